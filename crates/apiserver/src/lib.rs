@@ -1,0 +1,2 @@
+//! The Kubernetes API server.
+#![forbid(unsafe_code)]

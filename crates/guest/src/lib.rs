@@ -1,0 +1,1 @@
+//! The in-VM guest agent and the host-guest protocol.

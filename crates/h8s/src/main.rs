@@ -1,0 +1,46 @@
+//! `h8s`: one binary for the control plane, the pod runtime and their tools.
+
+use clap::{Parser, Subcommand};
+
+mod net;
+mod pod;
+mod server;
+mod store;
+
+#[derive(Parser)]
+#[command(name = "h8s", version, about = "A secure, multi-tenant Kubernetes: every pod its own VM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (API server on the embedded store by default).
+    Server(server::ServerArgs),
+    /// Store maintenance: backup, restore, check.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// Network fabric tools.
+    #[command(subcommand)]
+    Net(net::NetCommand),
+    #[command(flatten)]
+    Pod(pod::PodCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("H8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Store(cmd) => store::run(cmd),
+        Command::Net(cmd) => net::run(cmd),
+        Command::Pod(cmd) => pod::run(cmd),
+    }
+}

@@ -1,0 +1,1 @@
+//! Tenant network fabric: bridges, VXLAN, taps, IPAM, nftables.

@@ -1,0 +1,1 @@
+//! Pod runtime: CRI-shaped API, QEMU microvm backend, images.

@@ -1,0 +1,150 @@
+//! The h8s store: a key-value space with etcd's model.
+//!
+//! Every write bumps one global revision; each key remembers the revision that created
+//! it and the one that last modified it (`mod_revision`, which the API server exposes as
+//! `metadata.resourceVersion`). Writes compare-and-swap on `mod_revision`. Lists can be
+//! taken at a past revision and watches start from one, as long as that revision has not
+//! been compacted away; otherwise the call fails with [`Error::Compacted`] (the API
+//! server's 410 Gone).
+//!
+//! Keys follow Kubernetes' layout, `/registry/<group>/<resource>/[<namespace>/]<name>`;
+//! values are opaque bytes (the API server stores JSON without `resourceVersion`).
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// A global, monotonically increasing store revision. The first write is revision 1.
+pub type Revision = i64;
+
+/// One key and its value at some revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Bytes,
+    /// Revision of the write that created this key (since its last deletion).
+    pub create_revision: Revision,
+    /// Revision of the last write to this key.
+    pub mod_revision: Revision,
+}
+
+/// A change seen by a watch, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A create or an update; `prev` is the value before it, if there was one.
+    Put { kv: KeyValue, prev: Option<KeyValue> },
+    /// A deletion; `prev` is the deleted value, and `revision` the deleting write's.
+    Delete { prev: KeyValue, revision: Revision },
+}
+
+impl Event {
+    /// The revision of the write this event reports.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Event::Put { kv, .. } => kv.mod_revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// What to list under a prefix.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// Read at this revision; `None` reads the newest state.
+    pub revision: Option<Revision>,
+    /// Only keys strictly greater than this one (for paging).
+    pub start_after: Option<String>,
+    /// At most this many keys; `None` means all.
+    pub limit: Option<usize>,
+}
+
+/// The answer to a list.
+#[derive(Clone, Debug, Default)]
+pub struct ListResult {
+    /// Keys in ascending order.
+    pub items: Vec<KeyValue>,
+    /// The revision the list was read at.
+    pub revision: Revision,
+    /// Whether keys remain after the last one returned.
+    pub more: bool,
+}
+
+/// A stream of changes under a prefix. It ends when the store shuts down; an error
+/// item (for example a compaction that overtook a slow watcher) ends it too.
+pub type WatchStream = BoxStream<'static, Result<Event>>;
+
+/// Store errors. The API server maps them to Kubernetes `Status` codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("key {0} not found")]
+    NotFound(String),
+    #[error("key {0} already exists")]
+    AlreadyExists(String),
+    /// The compare-and-swap failed: the key's `mod_revision` is not the one expected.
+    #[error("key {key} was modified (expected revision {expected}, found {found})")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        found: Revision,
+    },
+    /// The requested revision has been compacted.
+    #[error("revision {requested} has been compacted (oldest kept is {compacted})")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    /// The requested revision is newer than the store's.
+    #[error("revision {requested} is in the future (current is {current})")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
+    #[error("value of {size} bytes is over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    /// The backend is unreachable or failed; the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Data on disk is damaged or foreign: the store refuses to serve it.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A key-value store with etcd's revision model. Object-safe: the API server holds an
+/// `Arc<dyn Store>` and does not know which backend is behind it.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The newest key's value, or `None`.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Keys under `prefix`, in key order, at a revision.
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult>;
+
+    /// How many keys are under `prefix` now.
+    async fn count(&self, prefix: &str) -> Result<u64>;
+
+    /// Creates `key`; fails with [`Error::AlreadyExists`] if it exists.
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue>;
+
+    /// Replaces `key`'s value if its `mod_revision` is `expected`
+    /// ([`Error::Conflict`] otherwise, [`Error::NotFound`] if it is gone).
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue>;
+
+    /// Deletes `key`, if its `mod_revision` is `expected` when one is given.
+    /// Returns the deleted value and the revision of the deletion.
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)>;
+
+    /// Changes under `prefix` with a revision greater than `after`, in order, without
+    /// gaps or duplicates. `after = 0` starts from now.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
+
+    /// The store's newest revision.
+    async fn revision(&self) -> Result<Revision>;
+
+    /// Forgets history up to `revision`; lists and watches at or before it then fail
+    /// with [`Error::Compacted`].
+    async fn compact(&self, revision: Revision) -> Result<()>;
+}
