@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod image;
 mod net;
 mod pod;
 mod server;
@@ -21,6 +22,9 @@ enum Command {
     /// Store maintenance: backup, restore, check.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Images: pull, import, list, remove.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Network fabric tools.
     #[command(subcommand)]
     Net(net::NetCommand),
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
         Command::Net(cmd) => net::run(cmd),
         Command::Pod(cmd) => pod::run(cmd),
     }

@@ -1,1 +1,3 @@
 //! Pod runtime: CRI-shaped API, QEMU microvm backend, images.
+
+pub mod image;

@@ -1,0 +1,1 @@
+//! OCI images: pull, import, content store, erofs root filesystems.
