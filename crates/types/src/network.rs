@@ -1,0 +1,307 @@
+//! The h8s kinds from the seeds: `Network` (core `v1`, cluster-scoped) and the
+//! `network` field h8s adds to `Namespace.spec`.
+//!
+//! The seeds' manifests apply verbatim:
+//!
+//! ```yaml
+//! apiVersion: v1
+//! kind: Network
+//! metadata: {name: net1}
+//! spec:
+//!   tenantID: 065f210a2ca9442aad898ab129426350
+//!   subnets:
+//!     subnet1: {cidr: 192.168.0.0/24, gateway: 192.168.0.1}
+//! ```
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// A tenant's isolated network: one L2 segment with its subnets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Network {
+    /// Standard object metadata (cluster-scoped: no namespace).
+    pub metadata: ObjectMeta,
+    /// What the tenant asked for.
+    pub spec: NetworkSpec,
+    /// What the network controller made of it.
+    pub status: Option<NetworkStatus>,
+}
+
+/// The desired state of a [`Network`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// The tenant (Keystone project) owning the network.
+    #[serde(rename = "tenantID", default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Subnets by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subnets: BTreeMap<String, Subnet>,
+    /// The network's id in the provider that realises it (set by the
+    /// controller when the user leaves it empty).
+    #[serde(
+        rename = "providerNetworkID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_network_id: Option<String>,
+}
+
+/// One subnet of a [`Network`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subnet {
+    /// The subnet in CIDR notation, e.g. `192.168.0.0/24`.
+    pub cidr: String,
+    /// The gateway address, inside `cidr`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+}
+
+/// The observed state of a [`Network`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    /// One of [`NetworkPhase`]'s names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// The phases a Network goes through, as Hypernetes named them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkPhase {
+    /// Accepted, not yet realised.
+    Pending,
+    /// Being set up by the provider.
+    Initializing,
+    /// Usable.
+    Active,
+    /// The provider failed to set it up.
+    Failed,
+    /// Being deleted.
+    Terminating,
+}
+
+impl NetworkPhase {
+    /// Every phase.
+    pub const ALL: [NetworkPhase; 5] = [
+        Self::Pending,
+        Self::Initializing,
+        Self::Active,
+        Self::Failed,
+        Self::Terminating,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Initializing => "Initializing",
+            Self::Active => "Active",
+            Self::Failed => "Failed",
+            Self::Terminating => "Terminating",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// A list of Networks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkList {
+    /// List metadata.
+    pub metadata: ListMeta,
+    /// The networks.
+    pub items: Vec<Network>,
+}
+
+// Written by hand so that apiVersion and kind are always on the wire and
+// checked on the way in, as k8s-openapi does for its own kinds.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkWire {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: NetworkSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<NetworkStatus>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkListWire {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Network>,
+}
+
+fn check_type<E: serde::de::Error>(
+    api_version: Option<&str>,
+    kind: Option<&str>,
+    want_kind: &str,
+) -> Result<(), E> {
+    if let Some(v) = api_version {
+        if v != "v1" {
+            return Err(E::custom(format!("expected apiVersion \"v1\", got {v:?}")));
+        }
+    }
+    if let Some(k) = kind {
+        if k != want_kind {
+            return Err(E::custom(format!("expected kind {want_kind:?}, got {k:?}")));
+        }
+    }
+    Ok(())
+}
+
+impl Serialize for Network {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        NetworkWire {
+            api_version: Some("v1".into()),
+            kind: Some("Network".into()),
+            metadata: self.metadata.clone(),
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = NetworkWire::deserialize(d)?;
+        check_type(w.api_version.as_deref(), w.kind.as_deref(), "Network")?;
+        Ok(Network {
+            metadata: w.metadata,
+            spec: w.spec,
+            status: w.status,
+        })
+    }
+}
+
+impl Serialize for NetworkList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        NetworkListWire {
+            api_version: Some("v1".into()),
+            kind: Some("NetworkList".into()),
+            metadata: self.metadata.clone(),
+            items: self.items.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = NetworkListWire::deserialize(d)?;
+        check_type(w.api_version.as_deref(), w.kind.as_deref(), "NetworkList")?;
+        Ok(NetworkList {
+            metadata: w.metadata,
+            items: w.items,
+        })
+    }
+}
+
+impl k8s_openapi::Resource for Network {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Network";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "networks";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::ListableResource for Network {
+    const LIST_KIND: &'static str = "NetworkList";
+}
+
+impl k8s_openapi::Metadata for Network {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The Network a Namespace is attached to (`spec.network`, the field h8s
+/// adds to Namespace), from the Namespace's JSON form. `None` when the
+/// Namespace uses the default cluster network.
+pub fn namespace_network(namespace: &serde_json::Value) -> Option<&str> {
+    namespace
+        .pointer("/spec/network")
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seed_manifest_round_trips() {
+        let seed = json!({
+            "apiVersion": "v1", "kind": "Network",
+            "metadata": {"name": "net1"},
+            "spec": {"tenantID": "065f210a2ca9442aad898ab129426350",
+                     "subnets": {"subnet1": {"cidr": "192.168.0.0/24", "gateway": "192.168.0.1"}}}
+        });
+        let n: Network = serde_json::from_value(seed.clone()).unwrap();
+        assert_eq!(n.metadata.name.as_deref(), Some("net1"));
+        assert_eq!(
+            n.spec.tenant_id.as_deref(),
+            Some("065f210a2ca9442aad898ab129426350")
+        );
+        assert_eq!(n.spec.subnets["subnet1"].gateway, "192.168.0.1");
+        assert_eq!(serde_json::to_value(&n).unwrap(), seed);
+    }
+
+    #[test]
+    fn wrong_kind_is_refused() {
+        let err = serde_json::from_value::<Network>(json!({"apiVersion": "v1", "kind": "Pod"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("expected kind"), "{err}");
+        assert!(serde_json::from_value::<Network>(json!({"apiVersion": "apps/v1"})).is_err());
+    }
+
+    #[test]
+    fn list_and_phases() {
+        let l = NetworkList {
+            items: vec![Network::default()],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&l).unwrap();
+        assert_eq!(v["kind"], "NetworkList");
+        assert_eq!(v["items"][0]["kind"], "Network");
+        for p in NetworkPhase::ALL {
+            assert_eq!(NetworkPhase::parse(p.as_str()), Some(p));
+        }
+    }
+
+    #[test]
+    fn namespace_network_field() {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "ns1"}, "spec": {"network": "net1"}});
+        assert_eq!(namespace_network(&ns), Some("net1"));
+        assert_eq!(namespace_network(&json!({"spec": {}})), None);
+        // k8s-openapi's Namespace ignores the extra field, so typed code that
+        // round-trips a Namespace must keep the JSON, not the typed value.
+        let typed: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(ns).unwrap();
+        assert_eq!(typed.metadata.name.as_deref(), Some("ns1"));
+    }
+}
