@@ -1,2 +1,22 @@
-//! Pure API machinery: patches (JSON, merge, strategic, apply), selectors, field paths.
+//! Pure API machinery for the h8s API server: selectors, patches, server-side apply and
+//! managed fields. No I/O, no async: everything works on `serde_json::Value`.
+//!
+//! - [`LabelSelector`] / [`FieldSelector`]: `labelSelector` / `fieldSelector` query strings
+//!   (and `metav1.LabelSelector` JSON) with Kubernetes' grammar and error texts.
+//!
+//! Every fallible function returns [`Error`]; [`Error::code`] and [`Error::reason`] give the
+//! `Status` code and reason kube-apiserver would answer with (400 BadRequest for malformed
+//! selectors and patches, 422 Invalid for patches that do not apply, 409 Conflict for
+//! server-side apply conflicts).
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+mod selector;
+mod validation;
+
+pub use error::{Conflict, Conflicts, Error, Result};
+pub use selector::{
+    escape_value, FieldOperator, FieldRequirement, FieldSelector, LabelSelector, Labels, Operator,
+    Requirement,
+};
