@@ -1,0 +1,168 @@
+//! Builds an image's root filesystem: layers flattened into a staging directory, then
+//! `mkfs.erofs` into `<root>/rootfs/<id>.erofs`.
+//!
+//! erofs-utils 1.5 (Debian 12) has no `--tar` input, so a staging directory it is. It
+//! lives under the store's `tmp/` (mode 0700) and is removed on success and failure.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use super::digest::Hasher;
+use super::flatten::Flattener;
+use super::oci::{self, Manifest};
+use super::store::{IoContext, Layout, Record};
+use super::{Digest, Error, Result};
+
+/// Where `mkfs.erofs` lives: `$H8S_MKFS_EROFS`, else the first on `PATH` or in sbin.
+fn mkfs_erofs() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("H8S_MKFS_EROFS") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join("mkfs.erofs"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Mkfs("not found: install Debian's erofs-utils".into()))
+}
+
+pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
+    let dest = layout.rootfs_path(&record.id);
+    // One builder per image at a time, across processes; the others wait, then find
+    // the file done.
+    let lock_path = dest.with_extension("lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .ctx(|| format!("open {}", lock_path.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io {
+        context: format!("lock {}", lock_path.display()),
+        source: e.into(),
+    })?;
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let manifest: Manifest = serde_json::from_slice(&layout.read_blob(&record.manifest)?)
+        .map_err(|e| Error::InvalidImage(format!("manifest {}: {e}", record.manifest)))?;
+
+    let started = Instant::now();
+    let staging = tempfile::Builder::new()
+        .prefix("rootfs-")
+        .tempdir_in(layout.tmp())
+        .ctx(|| format!("create staging dir in {}", layout.tmp().display()))?;
+    let tree = staging.path().join("root");
+    std::fs::create_dir(&tree).ctx(|| format!("create {}", tree.display()))?;
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod {}", tree.display()))?;
+    flatten_into(layout, &manifest, &tree)?;
+    let flattened = started.elapsed();
+
+    let out = tempfile::Builder::new()
+        .prefix(".building-")
+        .suffix(".erofs")
+        .tempfile_in(dest.parent().expect("rootfs dir"))
+        .ctx(|| "create rootfs temp file".into())?;
+    let mkfs = mkfs_erofs()?;
+    let result = Command::new(&mkfs)
+        .arg("--quiet")
+        .arg(out.path())
+        .arg(&tree)
+        .output()
+        .map_err(|e| Error::Mkfs(format!("run {}: {e}", mkfs.display())))?;
+    if !result.status.success() {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        return Err(Error::Mkfs(format!("{}: {}", result.status, stderr.trim())));
+    }
+    out.as_file().sync_all().ctx(|| "sync rootfs".into())?;
+    out.persist(&dest).map_err(|e| Error::Io {
+        context: format!("store {}", dest.display()),
+        source: e.error,
+    })?;
+    drop(staging);
+    let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        id = %record.id,
+        layers = manifest.layers.len(),
+        flatten_ms = flattened.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        bytes = size,
+        "rootfs built"
+    );
+    Ok(dest)
+}
+
+/// Applies the manifest's layers in order into `tree`, verifying every layer blob's
+/// digest as it is read.
+pub(crate) fn flatten_into(layout: &Layout, manifest: &Manifest, tree: &Path) -> Result<()> {
+    let flattener = Flattener::new(tree)?;
+    for layer in &manifest.layers {
+        match layer.media_type.as_str() {
+            oci::OCI_LAYER
+            | oci::OCI_LAYER_GZIP
+            | oci::DOCKER_LAYER_GZIP
+            | oci::DOCKER_FOREIGN_GZIP
+            | "" => {}
+            "application/vnd.docker.image.rootfs.diff.tar" => {}
+            oci::OCI_LAYER_ZSTD => {
+                return Err(Error::UnsupportedMediaType(layer.media_type.clone()))
+            }
+            other => return Err(Error::UnsupportedMediaType(other.to_owned())),
+        }
+        apply_blob(layout, &flattener, &layer.digest)?;
+    }
+    Ok(())
+}
+
+/// One layer blob: sniffed for compression (the media type is sometimes wrong in
+/// docker-archives), applied, then read to the end so the whole blob is hashed.
+pub(crate) fn apply_blob(layout: &Layout, flattener: &Flattener, digest: &Digest) -> Result<()> {
+    let file = layout.open_blob(digest)?;
+    let mut input = BufReader::with_capacity(
+        256 * 1024,
+        HashingReader {
+            inner: file,
+            hasher: Hasher::new(),
+        },
+    );
+    let head = input.fill_buf().ctx(|| format!("read layer {digest}"))?;
+    let stats = if head.starts_with(&[0x1f, 0x8b]) {
+        let mut gz = flate2::bufread::MultiGzDecoder::new(input);
+        let stats = flattener.apply(&mut gz)?;
+        io::copy(&mut gz, &mut io::sink())
+            .map_err(|e| Error::BadLayer(format!("layer {digest}: {e}")))?;
+        input = gz.into_inner();
+        stats
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(Error::UnsupportedMediaType("zstd-compressed layer".into()));
+    } else {
+        flattener.apply(&mut input)?
+    };
+    io::copy(&mut input, &mut io::sink()).ctx(|| format!("read layer {digest}"))?;
+    let actual = input.into_inner().hasher.finish();
+    if &actual != digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    tracing::debug!(%digest, ?stats, "layer applied");
+    Ok(())
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
