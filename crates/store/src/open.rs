@@ -1,0 +1,124 @@
+//! Choosing a backend from the server's `--store` flag.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::{Embedded, Error, Result, Store};
+
+/// Client certificates for etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    /// CA bundle that signed etcd's serving certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+/// The file the embedded store keeps in a data dir.
+pub const EMBEDDED_FILE: &str = "store.redb";
+
+/// What a `--store` URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Embedded,
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+pub(crate) fn parse(url: &str) -> Result<Target> {
+    let bad = |why: &str| Error::Unavailable(format!("bad store URL {url:?}: {why}"));
+    if url == "embedded" || url == "embedded://" {
+        return Ok(Target::Embedded);
+    }
+    let Some(rest) = url
+        .strip_prefix("etcd://")
+        .or_else(|| url.strip_prefix("etcds://"))
+    else {
+        return Err(bad(
+            "use `embedded` or `etcd://HOST:PORT[,HOST:PORT…][/prefix]`",
+        ));
+    };
+    let (hosts, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let endpoints: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(bad("no etcd endpoint"));
+    }
+    for e in &endpoints {
+        let port_ok = e
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(bad(&format!("endpoint {e:?} is not HOST:PORT")));
+        }
+    }
+    // Each cluster's keys live under its own prefix; `/registry/…` keys are appended
+    // to it. No trailing slash, so `/c1` and `/c1/` name the same place.
+    let prefix = prefix.trim_end_matches('/').to_owned();
+    Ok(Target::Etcd { endpoints, prefix })
+}
+
+/// Opens the store a `--store` URL names: `embedded` (the file `DATA_DIR/store.redb`) or
+/// `etcd://HOST:PORT[,HOST:PORT…][/prefix]`.
+pub async fn open(url: &str, data_dir: &Path, tls: Option<EtcdTls>) -> Result<Arc<dyn Store>> {
+    match parse(url)? {
+        Target::Embedded => {
+            let path = data_dir.join(EMBEDDED_FILE);
+            let store = tokio::task::spawn_blocking(move || Embedded::open(&path))
+                .await
+                .map_err(|e| Error::Unavailable(format!("opening the store failed: {e}")))??;
+            Ok(Arc::new(store))
+        }
+        Target::Etcd { .. } => {
+            let _ = tls;
+            Err(Error::Unavailable(
+                "the etcd backend is not built yet".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse("embedded").unwrap(), Target::Embedded);
+        assert_eq!(
+            parse("etcd://127.0.0.1:2379").unwrap(),
+            Target::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            parse("etcd://a:1,b:2/c1/").unwrap(),
+            Target::Etcd {
+                endpoints: vec!["a:1".into(), "b:2".into()],
+                prefix: "/c1".into()
+            }
+        );
+        for bad in [
+            "",
+            "etcd://",
+            "etcd://host",
+            "etcd://h:x",
+            "mysql://x",
+            "etcd:///p",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
