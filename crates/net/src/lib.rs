@@ -1,1 +1,20 @@
-//! Tenant network fabric: bridges, VXLAN, taps, IPAM, nftables.
+//! Tenant network fabric: each Network an isolated layer-2 segment (a Linux bridge per node,
+//! joined across nodes by a unicast VXLAN), with IPAM, a per-Network gateway namespace that
+//! masquerades egress, and nftables anti-spoofing on every pod port. See `docs/network.md`.
+
+mod error;
+mod fabric;
+mod link;
+mod model;
+pub mod netns;
+mod nft;
+mod store;
+
+pub use error::{Error, Result};
+pub use fabric::{Fabric, Inventory, NodeConfig};
+pub use model::{
+    Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, VXLAN_OVERHEAD,
+};
+pub use netns::NsRef;
+pub use nft::TABLE as NFT_TABLE;
+pub use store::NetworkStore;

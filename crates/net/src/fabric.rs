@@ -1,0 +1,528 @@
+//! The datapath of one node: per Network a bridge, a unicast VXLAN device and a gateway
+//! namespace; per pod a tap (VM) or veth (namespace) port with anti-spoofing rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::error::{Error, Result};
+use crate::link::{create_tap, Nl};
+use crate::model::{
+    next, port_names, valid_label, Attachment, MacAddr, Network, PortKind, SegmentNames,
+    DEVICE_PREFIX, VXLAN_OVERHEAD,
+};
+use crate::netns::{self, NsRef};
+use crate::nft::{self, NodeRules, PortRule};
+use crate::store::{NetworkStore, PortRequest};
+
+/// Where and how a node runs its part of the fabric.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name (a DNS label); part of the gateway namespaces' names.
+    pub name: String,
+    /// The namespace holding the node's devices: [`NsRef::Current`] on a real node, a test's
+    /// namespace in the multi-node tests.
+    pub netns: NsRef,
+    /// The node's underlay address: VXLAN endpoint, what other nodes send to.
+    pub underlay_ip: Ipv4Addr,
+    /// MTU of the underlay; a Network's MTU plus [`VXLAN_OVERHEAD`] must fit in it.
+    pub underlay_mtu: u32,
+    /// UDP port of VXLAN (IANA 4789).
+    pub vxlan_port: u16,
+    /// Range for gateway uplinks: each Network on the node takes a /31 of it.
+    pub transit: Ipv4Net,
+    /// Ranges tenant egress may never reach (the underlay, node and control-plane addresses).
+    pub protected: Vec<Ipv4Net>,
+    /// Host addresses that serve DNS to pods (the one exception to "nothing reaches the host").
+    pub host_dns: Vec<Ipv4Addr>,
+    /// Turn on IPv4 forwarding in the node namespace so gateways can masquerade egress.
+    pub egress: bool,
+}
+
+impl NodeConfig {
+    /// Defaults for a node called `name` whose underlay address is `underlay_ip`.
+    pub fn new(name: &str, underlay_ip: Ipv4Addr) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            netns: NsRef::Current,
+            underlay_ip,
+            underlay_mtu: 1500,
+            vxlan_port: 4789,
+            transit: "100.64.0.0/16".parse().expect("literal"),
+            protected: vec![],
+            host_dns: vec![],
+            egress: true,
+        }
+    }
+
+    /// Name of a Network's gateway namespace on this node.
+    pub fn gateway_netns(&self, vni: u32) -> String {
+        format!("{}{vni}", self.gateway_netns_prefix())
+    }
+
+    fn gateway_netns_prefix(&self) -> String {
+        format!("h8s-gw-{}-", self.name)
+    }
+
+    /// The transit /31 of uplink number `idx`: (host side, gateway side).
+    fn transit_pair(&self, idx: u32) -> (Ipv4Addr, Ipv4Addr) {
+        let host = next(self.transit.network(), 2 * idx);
+        (host, next(host, 1))
+    }
+}
+
+/// What h8s has made on a node, for leak checks and `h8s net inventory`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Links in the node namespace whose name starts with [`DEVICE_PREFIX`].
+    pub links: Vec<String>,
+    /// Gateway namespaces of this node.
+    pub namespaces: Vec<String>,
+    /// nftables tables named `h8s` in the node namespace, as `family name`.
+    pub tables: Vec<String>,
+}
+
+impl Inventory {
+    /// Nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty() && self.namespaces.is_empty() && self.tables.is_empty()
+    }
+}
+
+/// One node's share of the fabric, over a [`NetworkStore`].
+#[derive(Debug, Clone)]
+pub struct Fabric {
+    store: NetworkStore,
+    node: NodeConfig,
+}
+
+impl Fabric {
+    /// A node's fabric. Checks the configuration; touches nothing.
+    pub fn new(store: NetworkStore, node: NodeConfig) -> Result<Fabric> {
+        valid_label("node name", &node.name)?;
+        if node.transit.prefix_len() > 30 {
+            return Err(Error::invalid(
+                "transit range",
+                format!("{} is too small", node.transit),
+            ));
+        }
+        if !(576 + VXLAN_OVERHEAD..=65535).contains(&node.underlay_mtu) {
+            return Err(Error::invalid(
+                "underlay MTU",
+                node.underlay_mtu.to_string(),
+            ));
+        }
+        Ok(Fabric { store, node })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &NetworkStore {
+        &self.store
+    }
+
+    /// The node's configuration.
+    pub fn node(&self) -> &NodeConfig {
+        &self.node
+    }
+
+    /// Builds whatever is missing of `network`'s segment on this node (bridge, VXLAN, gateway,
+    /// rules, forwarding entries). Idempotent.
+    pub fn ensure_network(&self, network: &str) -> Result<()> {
+        let net = self.store.get(network)?;
+        if net.mtu + VXLAN_OVERHEAD > self.node.underlay_mtu {
+            return Err(Error::invalid(
+                "mtu",
+                format!(
+                    "network {} has MTU {} but VXLAN over this node's underlay (MTU {}) carries at most {}",
+                    net.name,
+                    net.mtu,
+                    self.node.underlay_mtu,
+                    self.node.underlay_mtu - VXLAN_OVERHEAD
+                ),
+            ));
+        }
+        let capacity = (1u64 << (32 - self.node.transit.prefix_len())) / 2;
+        let idx = self.store.update_node(&self.node.name, |rec| {
+            if let Some(i) = rec.transit.get(&net.name) {
+                return Ok(*i);
+            }
+            let used: BTreeSet<u32> = rec.transit.values().copied().collect();
+            let i = (0..capacity as u32)
+                .find(|i| !used.contains(i))
+                .ok_or_else(|| {
+                    Error::invalid("transit range", format!("{} is full", self.node.transit))
+                })?;
+            rec.transit.insert(net.name.clone(), i);
+            Ok(i)
+        })?;
+        let names = SegmentNames::new(net.vni);
+        let gw_ns_name = self.node.gateway_netns(net.vni);
+        let (host_t, gw_t) = self.node.transit_pair(idx);
+        let node = &self.node;
+        let gw_missing = self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            if nl.index(&names.bridge)?.is_none() {
+                nl.add_bridge(&names.bridge, net.mtu)?;
+                no_ipv6(&names.bridge);
+                let b = nl.require(&names.bridge)?;
+                nl.set_up(b, Some(net.mtu), None)?;
+            }
+            let br = nl.require(&names.bridge)?;
+            if nl.index(&names.vxlan)?.is_none() {
+                nl.add_vxlan(
+                    &names.vxlan,
+                    net.vni,
+                    node.underlay_ip,
+                    node.vxlan_port,
+                    net.mtu,
+                )?;
+                no_ipv6(&names.vxlan);
+                nl.enslave(nl.require(&names.vxlan)?, br, net.mtu)?;
+            }
+            if node.egress {
+                netns::sysctl("net.ipv4.ip_forward", "1")?;
+            }
+            let complete = nl.index(&names.gw_port)?.is_some()
+                && nl.index(&names.uplink)?.is_some()
+                && netns::list_named(&gw_ns_name).contains(&gw_ns_name);
+            Ok(!complete)
+        })?;
+        if gw_missing {
+            self.build_gateway(&net, &names, &gw_ns_name, host_t, gw_t)?;
+        }
+        self.reconcile()
+    }
+
+    fn build_gateway(
+        &self,
+        net: &Network,
+        names: &SegmentNames,
+        gw_ns_name: &str,
+        host_t: Ipv4Addr,
+        gw_t: Ipv4Addr,
+    ) -> Result<()> {
+        // Start from nothing: a half-built gateway from a crash is cheaper to redo than to repair.
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            for n in [
+                &names.gw_port,
+                &names.gw_peer,
+                &names.uplink,
+                &names.uplink_peer,
+            ] {
+                nl.del_name(n)?;
+            }
+            Ok(())
+        })?;
+        netns::delete_named(gw_ns_name)?;
+        let gw_ns = netns::create_named(gw_ns_name)?;
+        let gw_file = gw_ns.open()?;
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            let br = nl.require(&names.bridge)?;
+            nl.add_veth(&names.gw_port, &names.gw_peer)?;
+            nl.add_veth(&names.uplink, &names.uplink_peer)?;
+            no_ipv6(&names.gw_port);
+            no_ipv6(&names.uplink);
+            nl.move_to(nl.require(&names.gw_peer)?, &gw_file)?;
+            nl.move_to(nl.require(&names.uplink_peer)?, &gw_file)?;
+            nl.enslave(nl.require(&names.gw_port)?, br, net.mtu)?;
+            let up = nl.require(&names.uplink)?;
+            nl.add_addr(up, host_t, 31)?;
+            nl.set_up(up, None, None)
+        })?;
+        gw_ns.run(|| {
+            let nl = Nl::open()?;
+            netns::sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            netns::sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            netns::sysctl("net.ipv4.ip_forward", "1")?;
+            nl.set_up(nl.require("lo")?, None, None)?;
+            let g = nl.require(&names.gw_peer)?;
+            nl.rename(g, "gw0")?;
+            // One MAC for all gateway addresses of the Network, derived from the first.
+            nl.set_up(
+                g,
+                Some(net.mtu),
+                Some(MacAddr::for_ip(net.subnets[0].gateway)),
+            )?;
+            for s in &net.subnets {
+                nl.add_addr(g, s.gateway, s.cidr.prefix_len())?;
+            }
+            let u = nl.require(&names.uplink_peer)?;
+            nl.rename(u, "up0")?;
+            nl.set_up(u, None, None)?;
+            nl.add_addr(u, gw_t, 31)?;
+            nl.add_default_route(host_t)?;
+            nft::apply(&nft::gateway_script())
+        })
+    }
+
+    /// Removes `network`'s segment from this node: devices, gateway namespace, rules. Refuses
+    /// while pods of this node are attached.
+    pub fn teardown_network(&self, network: &str) -> Result<()> {
+        let net = self.store.get(network)?;
+        let local = self
+            .store
+            .attachments(network)?
+            .into_iter()
+            .filter(|a| a.node == self.node.name)
+            .count();
+        if local > 0 {
+            return Err(Error::InUse {
+                network: network.into(),
+                pods: local,
+            });
+        }
+        self.remove_segment(&net.name, net.vni)?;
+        self.reconcile()
+    }
+
+    fn remove_segment(&self, name: &str, vni: u32) -> Result<()> {
+        let names = SegmentNames::new(vni);
+        netns::delete_named(&self.node.gateway_netns(vni))?;
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            for n in [&names.vxlan, &names.gw_port, &names.uplink, &names.bridge] {
+                nl.del_name(n)?;
+            }
+            Ok(())
+        })?;
+        self.store.update_node(&self.node.name, |rec| {
+            rec.transit.remove(name);
+            Ok(())
+        })
+    }
+
+    /// Attaches pod `pod` (a VM) to `network` through a new tap; QEMU opens the tap by name.
+    pub fn attach(&self, network: &str, pod: &str) -> Result<Attachment> {
+        self.attach_port(network, pod, None)
+    }
+
+    /// Attaches pod `pod` living in network namespace `pod_ns` through a veth whose pod end
+    /// becomes `eth0` there, configured with the address, MTU and default route.
+    pub fn attach_netns(&self, network: &str, pod: &str, pod_ns: &NsRef) -> Result<Attachment> {
+        self.attach_port(network, pod, Some(pod_ns))
+    }
+
+    fn attach_port(&self, network: &str, pod: &str, pod_ns: Option<&NsRef>) -> Result<Attachment> {
+        let _span = tracing::info_span!("attach", network, pod).entered();
+        self.ensure_network(network)?;
+        let kind = if pod_ns.is_some() {
+            PortKind::Veth
+        } else {
+            PortKind::Tap
+        };
+        let att = self.store.allocate(
+            network,
+            &PortRequest {
+                pod,
+                node: &self.node.name,
+                node_ip: self.node.underlay_ip,
+                kind,
+            },
+        )?;
+        match self.plug(&att, pod_ns).and_then(|()| self.reconcile()) {
+            Ok(()) => {
+                tracing::info!(ip = %att.ip, port = %att.port, "attached");
+                Ok(att)
+            }
+            Err(e) => {
+                let _ = self.unplug(&att);
+                let _ = self.store.release(network, pod);
+                let _ = self.reconcile();
+                Err(e)
+            }
+        }
+    }
+
+    fn plug(&self, att: &Attachment, pod_ns: Option<&NsRef>) -> Result<()> {
+        let net = self.store.get(&att.network)?;
+        let names = SegmentNames::new(net.vni);
+        let peer = port_names(att.kind, &att.network, &att.pod).1;
+        let pod_file = pod_ns.map(|n| n.open()).transpose()?;
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            let br = nl.require(&names.bridge)?;
+            match &pod_file {
+                None => create_tap(&att.port)?,
+                Some(f) => {
+                    nl.add_veth(&att.port, &peer)?;
+                    nl.move_to(nl.require(&peer)?, f)?;
+                }
+            }
+            no_ipv6(&att.port);
+            let p = nl.require(&att.port)?;
+            nl.enslave(p, br, att.mtu)?;
+            nl.pod_port_opts(p)?;
+            nl.bridge_fdb_add(p, att.mac)
+        })?;
+        if let Some(ns) = pod_ns {
+            ns.run(|| {
+                let nl = Nl::open()?;
+                nl.set_up(nl.require("lo")?, None, None)?;
+                let i = nl.require(&peer)?;
+                nl.rename(i, "eth0")?;
+                nl.set_up(i, Some(att.mtu), Some(att.mac))?;
+                nl.add_addr(i, att.ip, att.prefix_len)?;
+                nl.add_default_route(att.gateway)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn unplug(&self, att: &Attachment) -> Result<()> {
+        self.node
+            .netns
+            .run(|| Nl::open()?.del_name(&att.port).map(|_| ()))
+    }
+
+    /// Detaches `pod` from `network`: deletes its port, frees its address, drops its rules.
+    pub fn detach(&self, network: &str, pod: &str) -> Result<Attachment> {
+        let _span = tracing::info_span!("detach", network, pod).entered();
+        let att = self
+            .store
+            .attachment(network, pod)?
+            .ok_or_else(|| Error::NotFound {
+                kind: "attachment",
+                name: format!("{network}/{pod}"),
+            })?;
+        if att.node != self.node.name {
+            return Err(Error::invalid(
+                "detach",
+                format!("{network}/{pod} is attached on node {}", att.node),
+            ));
+        }
+        self.unplug(&att)?;
+        self.store.release(network, pod)?;
+        self.reconcile()?;
+        Ok(att)
+    }
+
+    /// Brings the node's rules and every local segment's VXLAN forwarding entries in line with
+    /// the store: call it when pods come and go on other nodes.
+    pub fn reconcile(&self) -> Result<()> {
+        let local: BTreeMap<String, u32> = self
+            .store
+            .update_node(&self.node.name, |rec| Ok(rec.transit.clone()))?;
+        let mut rules = NodeRules {
+            ports: vec![],
+            gateway_macs: vec![],
+            vxlan_peers: vec![],
+            vxlan_port: self.node.vxlan_port,
+            protected: self.node.protected.clone(),
+            transit: self.node.transit,
+            host_dns: self.node.host_dns.clone(),
+        };
+        let mut fdb: Vec<(String, BTreeSet<(MacAddr, Ipv4Addr)>)> = vec![];
+        let mut peers = BTreeSet::new();
+        for name in local.keys() {
+            let net = match self.store.get(name) {
+                Ok(n) => n,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let names = SegmentNames::new(net.vni);
+            rules
+                .gateway_macs
+                .push((names.vxlan.clone(), MacAddr::for_ip(net.subnets[0].gateway)));
+            let mut want = BTreeSet::new();
+            for a in self.store.attachments(name)? {
+                if a.node == self.node.name {
+                    rules.ports.push(PortRule {
+                        port: a.port,
+                        mac: a.mac,
+                        ip: a.ip,
+                    });
+                } else {
+                    want.insert((a.mac, a.node_ip));
+                    want.insert((MacAddr([0; 6]), a.node_ip));
+                    peers.insert(a.node_ip);
+                }
+            }
+            fdb.push((names.vxlan, want));
+        }
+        rules.vxlan_peers = peers.into_iter().collect();
+        let script = rules.script();
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            for (dev, want) in &fdb {
+                let Some(ix) = nl.index(dev)? else { continue };
+                let have: BTreeSet<(MacAddr, Ipv4Addr)> = nl.fdb_list(ix)?.into_iter().collect();
+                for (mac, dst) in have.difference(want) {
+                    nl.fdb_del(ix, *mac, *dst)?;
+                }
+                for (mac, dst) in want.difference(&have) {
+                    nl.fdb_add(ix, *mac, *dst)?;
+                }
+            }
+            if local.is_empty() {
+                nft::delete_tables()
+            } else {
+                nft::apply(&script)
+            }
+        })
+    }
+
+    /// Everything h8s has made on this node.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let (links, tables) = self.node.netns.run(|| {
+            let mut links: Vec<String> = Nl::open()?
+                .links()?
+                .into_iter()
+                .map(|l| l.name)
+                .filter(|n| n.starts_with(DEVICE_PREFIX))
+                .collect();
+            links.sort();
+            let tables = nft::list_tables()?
+                .into_iter()
+                .filter(|(_, n)| n == nft::TABLE)
+                .map(|(f, n)| format!("{f} {n}"))
+                .collect();
+            Ok((links, tables))
+        })?;
+        Ok(Inventory {
+            links,
+            namespaces: netns::list_named(&self.node.gateway_netns_prefix()),
+            tables,
+        })
+    }
+
+    /// Removes everything h8s made on this node, tracked or not (tests' clean-up, `h8s net
+    /// reset`). Attachments recorded for this node are released.
+    pub fn teardown_all(&self) -> Result<()> {
+        for net in self.store.list()? {
+            for a in self.store.attachments(&net.name)? {
+                if a.node == self.node.name {
+                    self.store.release(&net.name, &a.pod)?;
+                }
+            }
+        }
+        for ns in netns::list_named(&self.node.gateway_netns_prefix()) {
+            netns::delete_named(&ns)?;
+        }
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            // Ports first, bridges last; veth peers vanish with their other end.
+            let mut links = nl.links()?;
+            links.retain(|l| l.name.starts_with(DEVICE_PREFIX));
+            links.sort_by_key(|l| l.name.starts_with("h8b"));
+            for l in links {
+                if nl.index(&l.name)?.is_some() {
+                    nl.del_name(&l.name)?;
+                }
+            }
+            nft::delete_tables()
+        })?;
+        self.store.update_node(&self.node.name, |rec| {
+            rec.transit.clear();
+            Ok(())
+        })
+    }
+}
+
+/// Host-side devices get no IPv6 (no link-local address, no router solicitations onto a
+/// tenant segment). Best effort: a kernel without IPv6 has nothing to turn off.
+fn no_ipv6(dev: &str) {
+    let _ = netns::sysctl_dev("ipv6", dev, "disable_ipv6", "1");
+}

@@ -1,0 +1,518 @@
+//! The node-level Network store and IPAM: one JSON file per Network under a directory, every
+//! read-modify-write under an exclusive `flock` on `<dir>/lock` (so several processes can allocate
+//! at once), every write atomic (temp file, fsync, rename, fsync of the directory).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{next, valid_label, valid_pod, Attachment, MacAddr, Network, PortKind};
+
+/// A Network and everything allocated on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkRecord {
+    network: Network,
+    /// Attachments by pod name.
+    #[serde(default)]
+    attachments: BTreeMap<String, Attachment>,
+    /// Per subnet: offset of the last address handed out. Allocation continues after it, so a
+    /// released address is the last to be reused (stale ARP caches and connections die first).
+    #[serde(default)]
+    cursors: Vec<u32>,
+}
+
+/// Per-node bookkeeping: which uplink (transit /31) index each Network uses on the node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeRecord {
+    #[serde(default)]
+    pub transit: BTreeMap<String, u32>,
+}
+
+/// What [`NetworkStore::allocate`] needs to know about the port besides the Network.
+#[derive(Debug, Clone)]
+pub(crate) struct PortRequest<'a> {
+    pub pod: &'a str,
+    pub node: &'a str,
+    pub node_ip: Ipv4Addr,
+    pub kind: PortKind,
+}
+
+/// The store of Networks and their address allocations in a directory.
+#[derive(Debug, Clone)]
+pub struct NetworkStore {
+    dir: PathBuf,
+}
+
+/// An exclusive lock on the whole store, released on drop.
+pub(crate) struct Locked<'a> {
+    store: &'a NetworkStore,
+    _lock: Flock<File>,
+}
+
+impl NetworkStore {
+    /// Opens (creating if needed) a store in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<NetworkStore> {
+        let dir = dir.into();
+        for d in [dir.clone(), dir.join("networks"), dir.join("nodes")] {
+            fs::create_dir_all(&d).map_err(|e| Error::State {
+                path: d.clone(),
+                source: e,
+            })?;
+        }
+        Ok(NetworkStore { dir })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn lock(&self) -> Result<Locked<'_>> {
+        let path = self.dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::State {
+                path: path.clone(),
+                source: e,
+            })?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::State {
+            path,
+            source: e.into(),
+        })?;
+        Ok(Locked {
+            store: self,
+            _lock: lock,
+        })
+    }
+
+    fn net_path(&self, name: &str) -> PathBuf {
+        self.dir.join("networks").join(format!("{name}.json"))
+    }
+
+    pub(crate) fn node_path(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.json"))
+    }
+
+    /// Adds a Network. Its name and VNI must be new, and it must validate.
+    pub fn create(&self, network: &Network) -> Result<()> {
+        network.validate()?;
+        let l = self.lock()?;
+        if l.store.net_path(&network.name).exists() {
+            return Err(Error::Exists {
+                kind: "network",
+                name: network.name.clone(),
+            });
+        }
+        if let Some(o) = l
+            .records()?
+            .into_iter()
+            .find(|r| r.network.vni == network.vni)
+        {
+            return Err(Error::Exists {
+                kind: "vni",
+                name: format!("{} (used by {})", network.vni, o.network.name),
+            });
+        }
+        let rec = NetworkRecord {
+            network: network.clone(),
+            attachments: BTreeMap::new(),
+            cursors: vec![0; network.subnets.len()],
+        };
+        write_json(&l.store.net_path(&network.name), &rec)
+    }
+
+    /// The smallest VNI not used by any Network, from 100 up.
+    pub fn free_vni(&self) -> Result<u32> {
+        let l = self.lock()?;
+        let used: Vec<u32> = l.records()?.iter().map(|r| r.network.vni).collect();
+        (100..=crate::model::MAX_VNI)
+            .find(|v| !used.contains(v))
+            .ok_or_else(|| Error::invalid("vni", "every VNI is in use"))
+    }
+
+    /// One Network.
+    pub fn get(&self, name: &str) -> Result<Network> {
+        valid_label("network name", name)?;
+        let l = self.lock()?;
+        Ok(l.record(name)?.network)
+    }
+
+    /// All Networks, by name.
+    pub fn list(&self) -> Result<Vec<Network>> {
+        let l = self.lock()?;
+        Ok(l.records()?.into_iter().map(|r| r.network).collect())
+    }
+
+    /// Attachments on a Network (every node's), by pod name.
+    pub fn attachments(&self, network: &str) -> Result<Vec<Attachment>> {
+        valid_label("network name", network)?;
+        let l = self.lock()?;
+        Ok(l.record(network)?.attachments.into_values().collect())
+    }
+
+    /// The attachment of `pod` to `network`, if any.
+    pub fn attachment(&self, network: &str, pod: &str) -> Result<Option<Attachment>> {
+        valid_label("network name", network)?;
+        let l = self.lock()?;
+        Ok(l.record(network)?.attachments.get(pod).cloned())
+    }
+
+    /// Removes a Network that has no attachments left.
+    pub fn remove(&self, name: &str) -> Result<Network> {
+        valid_label("network name", name)?;
+        let l = self.lock()?;
+        let rec = l.record(name)?;
+        if !rec.attachments.is_empty() {
+            return Err(Error::InUse {
+                network: name.into(),
+                pods: rec.attachments.len(),
+            });
+        }
+        let p = l.store.net_path(name);
+        fs::remove_file(&p).map_err(|e| Error::State { path: p, source: e })?;
+        sync_dir(&l.store.dir.join("networks"))?;
+        Ok(rec.network)
+    }
+
+    /// Allocates an address for `req.pod` on `network` and records the attachment. A pod already
+    /// attached to this Network is an error (one interface per pod and Network).
+    pub(crate) fn allocate(&self, network: &str, req: &PortRequest<'_>) -> Result<Attachment> {
+        valid_label("network name", network)?;
+        valid_pod(req.pod)?;
+        let l = self.lock()?;
+        let mut rec = l.record(network)?;
+        if rec.attachments.contains_key(req.pod) {
+            return Err(Error::Exists {
+                kind: "attachment",
+                name: format!("{}/{}", network, req.pod),
+            });
+        }
+        let used: std::collections::HashSet<Ipv4Addr> =
+            rec.attachments.values().map(|a| a.ip).collect();
+        rec.cursors.resize(rec.network.subnets.len(), 0);
+        let mut found = None;
+        'subnets: for (i, s) in rec.network.subnets.iter().enumerate() {
+            // Offsets 1 ..= size-2 are hosts; the gateway is skipped below.
+            let size = 1u32 << (32 - s.cidr.prefix_len());
+            let hosts = size - 2;
+            let start = rec.cursors[i];
+            for k in 1..=hosts {
+                let off = (start + k - 1) % hosts + 1;
+                let ip = next(s.cidr.network(), off);
+                if ip != s.gateway && !used.contains(&ip) {
+                    found = Some((i, off, ip, s.cidr.prefix_len(), s.gateway));
+                    break 'subnets;
+                }
+            }
+        }
+        let Some((i, off, ip, prefix_len, gateway)) = found else {
+            return Err(Error::Exhausted {
+                network: network.into(),
+                used: used.len(),
+                subnets: rec
+                    .network
+                    .subnets
+                    .iter()
+                    .map(|s| s.cidr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        rec.cursors[i] = off;
+        let att = Attachment {
+            pod: req.pod.into(),
+            network: network.into(),
+            node: req.node.into(),
+            node_ip: req.node_ip,
+            ip,
+            prefix_len,
+            gateway,
+            mac: MacAddr::for_ip(ip),
+            mtu: rec.network.mtu,
+            dns: rec.network.dns_servers(),
+            port: crate::model::port_names(req.kind, network, req.pod).0,
+            kind: req.kind,
+        };
+        rec.attachments.insert(req.pod.into(), att.clone());
+        write_json(&l.store.net_path(network), &rec)?;
+        tracing::debug!(network, pod = req.pod, %ip, "allocated");
+        Ok(att)
+    }
+
+    /// Releases the address of `pod` on `network`; returns the attachment it had.
+    pub(crate) fn release(&self, network: &str, pod: &str) -> Result<Attachment> {
+        valid_label("network name", network)?;
+        let l = self.lock()?;
+        let mut rec = l.record(network)?;
+        let att = rec.attachments.remove(pod).ok_or_else(|| Error::NotFound {
+            kind: "attachment",
+            name: format!("{network}/{pod}"),
+        })?;
+        write_json(&l.store.net_path(network), &rec)?;
+        Ok(att)
+    }
+
+    /// Runs `f` on a node's record under the lock and saves it.
+    pub(crate) fn update_node<R>(
+        &self,
+        node: &str,
+        f: impl FnOnce(&mut NodeRecord) -> Result<R>,
+    ) -> Result<R> {
+        let _l = self.lock()?;
+        let p = self.node_path(node);
+        let mut rec: NodeRecord = read_json(&p)?.unwrap_or_default();
+        let r = f(&mut rec)?;
+        write_json(&p, &rec)?;
+        Ok(r)
+    }
+}
+
+impl Locked<'_> {
+    fn record(&self, name: &str) -> Result<NetworkRecord> {
+        read_json(&self.store.net_path(name))?.ok_or_else(|| Error::NotFound {
+            kind: "network",
+            name: name.into(),
+        })
+    }
+
+    fn records(&self) -> Result<Vec<NetworkRecord>> {
+        let d = self.store.dir.join("networks");
+        let mut names: Vec<String> = fs::read_dir(&d)
+            .map_err(|e| Error::State {
+                path: d.clone(),
+                source: e,
+            })?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.record(n)).collect()
+    }
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path: path.into(),
+                source: e,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::State {
+            path: path.into(),
+            source: e,
+        }),
+    }
+}
+
+/// Writes `value` so that a crash leaves either the old or the new file, never a torn one.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let st = |e| Error::State {
+        path: path.into(),
+        source: e,
+    };
+    let dir = path.parent().expect("state files live in a directory");
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut bytes = serde_json::to_vec_pretty(value).expect("state types serialize");
+    bytes.push(b'\n');
+    let mut f = File::create(&tmp).map_err(st)?;
+    f.write_all(&bytes).map_err(st)?;
+    f.sync_all().map_err(st)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(st)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::State {
+            path: dir.into(),
+            source: e,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Subnet;
+
+    fn net(name: &str, vni: u32, cidr: &str) -> Network {
+        Network {
+            name: name.into(),
+            tenant: "t1".into(),
+            vni,
+            subnets: vec![Subnet::new("s1", cidr, None).unwrap()],
+            mtu: 1450,
+            dns: vec![],
+        }
+    }
+
+    fn req(pod: &str) -> PortRequest<'_> {
+        PortRequest {
+            pod,
+            node: "n1",
+            node_ip: Ipv4Addr::new(10, 0, 0, 1),
+            kind: PortKind::Veth,
+        }
+    }
+
+    #[test]
+    fn create_list_get_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        s.create(&net("a", 100, "192.168.0.0/24")).unwrap();
+        s.create(&net("b", 101, "192.168.0.0/24")).unwrap(); // overlapping subnets: other tenant's business
+        assert!(matches!(
+            s.create(&net("a", 102, "10.0.0.0/24")),
+            Err(Error::Exists {
+                kind: "network",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.create(&net("c", 100, "10.0.0.0/24")),
+            Err(Error::Exists { kind: "vni", .. })
+        ));
+        assert_eq!(s.free_vni().unwrap(), 102);
+        assert_eq!(
+            s.list()
+                .unwrap()
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(s.get("b").unwrap().vni, 101);
+        assert!(matches!(s.get("zz"), Err(Error::NotFound { .. })));
+        assert!(matches!(s.get("../x"), Err(Error::Invalid { .. })));
+        s.remove("a").unwrap();
+        assert!(matches!(s.remove("a"), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn allocation_skips_reserved_survives_reopen_and_exhausts_clearly() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        // /29: .0 network, .1 gateway, .7 broadcast -> .2 ..= .6 = 5 pods.
+        s.create(&net("a", 100, "10.9.0.0/29")).unwrap();
+        let mut got = Vec::new();
+        for i in 0..3 {
+            got.push(s.allocate("a", &req(&format!("p{i}"))).unwrap().ip);
+        }
+        // A new process (a new store value) sees the same state.
+        let s = NetworkStore::open(d.path()).unwrap();
+        for i in 3..5 {
+            got.push(s.allocate("a", &req(&format!("p{i}"))).unwrap().ip);
+        }
+        let want: Vec<Ipv4Addr> = (2..=6).map(|h| Ipv4Addr::new(10, 9, 0, h)).collect();
+        assert_eq!(got, want);
+        match s.allocate("a", &req("p5")) {
+            Err(e @ Error::Exhausted { .. }) => {
+                assert!(e.to_string().contains("10.9.0.0/29"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.allocate("a", &req("p1")),
+            Err(Error::Exists { .. })
+        ));
+        assert!(matches!(s.remove("a"), Err(Error::InUse { pods: 5, .. })));
+        // Release p1 (.3); the next allocation reuses it only because nothing else is free.
+        assert_eq!(s.release("a", "p1").unwrap().ip, Ipv4Addr::new(10, 9, 0, 3));
+        assert!(matches!(s.release("a", "p1"), Err(Error::NotFound { .. })));
+        let a = s.allocate("a", &req("p6")).unwrap();
+        assert_eq!(a.ip, Ipv4Addr::new(10, 9, 0, 3));
+        assert_eq!(a.gateway, Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(a.prefix_len, 29);
+        assert_eq!(a.mac, MacAddr::for_ip(a.ip));
+    }
+
+    #[test]
+    fn released_addresses_are_reused_last() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        s.create(&net("a", 100, "10.9.0.0/24")).unwrap();
+        let a = s.allocate("a", &req("p0")).unwrap().ip;
+        s.release("a", "p0").unwrap();
+        let b = s.allocate("a", &req("p1")).unwrap().ip;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn second_subnet_is_used_when_first_is_full() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        let mut n = net("a", 100, "10.9.0.0/30");
+        n.subnets
+            .push(Subnet::new("s2", "10.9.1.0/30", None).unwrap());
+        s.create(&n).unwrap();
+        assert_eq!(
+            s.allocate("a", &req("p0")).unwrap().ip,
+            Ipv4Addr::new(10, 9, 0, 2)
+        );
+        let b = s.allocate("a", &req("p1")).unwrap();
+        assert_eq!(
+            (b.ip, b.gateway),
+            (Ipv4Addr::new(10, 9, 1, 2), Ipv4Addr::new(10, 9, 1, 1))
+        );
+        assert!(matches!(
+            s.allocate("a", &req("p2")),
+            Err(Error::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        fs::write(d.path().join("networks/x.json"), b"{not json").unwrap();
+        assert!(matches!(s.get("x"), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn concurrent_threads_never_share_an_address() {
+        let d = tempfile::tempdir().unwrap();
+        NetworkStore::open(d.path())
+            .unwrap()
+            .create(&net("a", 100, "10.9.0.0/24"))
+            .unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let dir = d.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let s = NetworkStore::open(dir).unwrap();
+                    (0..20)
+                        .map(|i| s.allocate("a", &req(&format!("t{t}-{i}"))).unwrap().ip)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Ipv4Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert_eq!(n, 160);
+    }
+}
