@@ -3,10 +3,14 @@
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
+//! - [`validation`]: create/update validation with Kubernetes' field errors
+//!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
 
 pub mod network;
 pub mod resources;
+pub mod validation;
 
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
 pub use resources::{Resource, Subresource};
+pub use validation::{FieldError, FieldErrors};
