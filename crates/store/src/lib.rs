@@ -11,12 +11,14 @@
 //! values are opaque bytes (the API server stores JSON without `resourceVersion`).
 #![forbid(unsafe_code)]
 
+mod cache;
 mod embedded;
 mod open;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use cache::{WatchCache, WatchCacheOptions};
 pub use embedded::{Embedded, EmbeddedOptions};
 pub use open::{open, EtcdTls};
 
