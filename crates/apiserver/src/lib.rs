@@ -1,2 +1,37 @@
-//! The Kubernetes API server.
+//! The Kubernetes API server of h8s.
+//!
+//! A request goes through one chain: TLS → authentication ([`Authenticator`]) →
+//! authorization ([`Authorizer`]) → admission ([`Admission`]) → the generic registry
+//! (kinds are data: `h8s_types::resources`) → the store (`h8s_store::Store`). Every
+//! error is a Kubernetes `v1 Status`.
 #![forbid(unsafe_code)]
+
+mod admission;
+mod api;
+mod auth;
+mod body;
+mod discovery;
+mod error;
+mod hooks;
+mod metrics;
+mod ns;
+mod obj;
+mod openapi;
+mod patch;
+mod pki;
+mod proto;
+mod rest;
+mod route;
+mod server;
+mod util;
+mod watch;
+
+pub use admission::{Admission, NamespaceLifecycle, Operation, Request as AdmissionRequest};
+pub use api::{Api, Body, GIT_VERSION, KUBE_MINOR};
+pub use auth::{
+    AllowAuthenticated, Attributes, Authenticator, Authn, Authorizer, Decision, TokenAuthenticator,
+    UserInfo,
+};
+pub use error::{ApiError, Cause, Error, Result};
+pub use pki::{kubeconfig, random_token, Pki};
+pub use server::{Config, Server};

@@ -1,8 +1,101 @@
-//! `h8s server`.
+//! `h8s server`: the control plane (the API server on the embedded store by default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 #[derive(clap::Args)]
-pub struct ServerArgs {}
+pub struct ServerArgs {
+    /// Where the store, the PKI and admin.kubeconfig live
+    /// (default: $XDG_DATA_HOME/h8s or ~/.local/share/h8s).
+    #[arg(long, env = "H8S_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve HTTPS on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Extra subject alternative names (DNS names or IPs) for the serving certificate.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// The store: `embedded` (one file in the data dir) or `etcd://HOST:PORT[,…][/prefix]`.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// CA bundle of etcd's serving certificate.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+}
 
-pub fn run(_args: ServerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("h8s server is not built yet")
+/// The default data directory: `$XDG_DATA_HOME/h8s`, else `~/.local/share/h8s`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("h8s");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/h8s")
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let tls = if args.etcd_cafile.is_some()
+        || args.etcd_certfile.is_some()
+        || args.etcd_keyfile.is_some()
+    {
+        Some(h8s_store::EtcdTls {
+            ca_file: args.etcd_cafile.clone(),
+            cert_file: args.etcd_certfile.clone(),
+            key_file: args.etcd_keyfile.clone(),
+        })
+    } else {
+        None
+    };
+    let store = h8s_store::open(&args.store, &data_dir, tls)
+        .await
+        .with_context(|| format!("opening store {}", args.store))?;
+    let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store);
+    cfg.tls_sans = args.tls_san.clone();
+    let server = h8s_apiserver::Server::start(cfg)
+        .await
+        .context("starting the API server")?;
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    tracing::info!(
+        addr = %server.addr,
+        kubeconfig = %kubeconfig.display(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "h8s API server ready"
+    );
+    // One machine-readable line for scripts and tests.
+    println!("ready https://{} {}", server.addr, kubeconfig.display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
 }

@@ -1,0 +1,436 @@
+//! The request chain: authentication → authorization → admission → registry → store.
+//! [`Api::handle`] takes one HTTP request and always answers; errors become `Status`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Value};
+
+use crate::admission::Admission;
+use crate::auth::{Attributes, Authenticator, Authn, Authorizer, Decision, UserInfo};
+use crate::body::MAX_BODY;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::route::{route, Route, Target};
+use crate::util::Query;
+
+/// A response body: a whole buffer or a stream (watches).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The version `/version` reports. kubectl's dispatcher picks `kubectl.1.<minor>`
+/// from it, so it names the Kubernetes API level h8s serves.
+pub const KUBE_MINOR: &str = "33";
+pub const GIT_VERSION: &str = "v1.33.0-h8s";
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn json_response(code: u16, v: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(e.code, &e.to_status());
+    if let Some(s) = e.retry_after {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+/// One request's context, handed down the chain.
+pub struct Ctx {
+    pub user: UserInfo,
+    pub query: Query,
+    pub headers: HeaderMap,
+    pub method: Method,
+    /// The client accepts a `meta.k8s.io Table`.
+    pub as_table: bool,
+    /// `includeObject` for Tables: `Metadata` (default), `Object` or `None`.
+    pub include_object: String,
+    /// Warnings to send back as `Warning: 299` headers.
+    pub warnings: Vec<String>,
+    /// The Kubernetes verb, for metrics and authorization.
+    pub verb: &'static str,
+}
+
+impl Ctx {
+    pub fn dry_run(&self) -> bool {
+        self.query.all("dryRun").iter().any(|v| v == "All")
+    }
+    pub fn field_manager(&self) -> Option<&str> {
+        self.query.get("fieldManager").filter(|s| !s.is_empty())
+    }
+}
+
+/// Whether an `Accept` header asks for a `meta.k8s.io` Table (first choice wins,
+/// as the Kubernetes negotiation does).
+fn wants_table(accept: &str) -> bool {
+    for part in accept.split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let base = params.next().unwrap_or("");
+        let (mut is_table, mut g_ok) = (false, false);
+        for p in params {
+            match p.split_once('=') {
+                Some(("as", "Table")) => is_table = true,
+                Some(("g", "meta.k8s.io")) => g_ok = true,
+                _ => {}
+            }
+        }
+        if is_table && g_ok && (base == "application/json" || base == "*/*") {
+            return true;
+        }
+        if base == "application/json" && !is_table {
+            return false;
+        }
+    }
+    false
+}
+
+/// The server state behind every request.
+pub struct Api {
+    pub(crate) store: Arc<dyn h8s_store::Store>,
+    pub(crate) authn: Arc<dyn Authenticator>,
+    pub(crate) authz: Arc<dyn Authorizer>,
+    pub(crate) admission: Vec<Arc<dyn Admission>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) ready: std::sync::atomic::AtomicBool,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Api {
+    /// Answers one request. Never fails and never panics outward: a panic inside is
+    /// caught and answered with a 500 `Status`.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let start = Instant::now();
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        let mut verb = "unknown";
+        let mut resource = String::new();
+        let fut = std::panic::AssertUnwindSafe(self.clone().dispatch(
+            parts,
+            body,
+            &mut verb,
+            &mut resource,
+        ))
+        .catch_unwind();
+        let resp = match fut.await {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(path, panic = %msg, "request handler panicked");
+                error_response(&ApiError::internal(
+                    "an internal error occurred while serving the request",
+                ))
+            }
+        };
+        if verb != "watch" {
+            self.metrics
+                .observe(verb, &resource, resp.status().as_u16(), start.elapsed());
+        }
+        tracing::debug!(path, verb, code = resp.status().as_u16(), "request");
+        resp
+    }
+
+    async fn dispatch<B>(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: B,
+        verb_out: &mut &'static str,
+        res_out: &mut String,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let r = route(parts.uri.path());
+        // Health and version are public, as kube-apiserver's system:public-info-viewer
+        // makes them; everything else needs credentials.
+        match &r {
+            Route::Version => {
+                *verb_out = "get";
+                return json_response(200, &version());
+            }
+            Route::Health(which) => {
+                *verb_out = "get";
+                let ok =
+                    *which != "readyz" || self.ready.load(std::sync::atomic::Ordering::Relaxed);
+                let mut resp = Response::new(full(if ok { "ok" } else { "not ready" }));
+                *resp.status_mut() = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return resp;
+            }
+            _ => {}
+        }
+        let user = match self.authn.authenticate(&parts.headers) {
+            Authn::User(u) => u,
+            Authn::NoOpinion | Authn::Denied => return error_response(&ApiError::unauthorized()),
+        };
+        let query = Query::parse(parts.uri.query());
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut cx = Ctx {
+            user,
+            as_table: wants_table(&accept),
+            include_object: query.get("includeObject").unwrap_or("Metadata").to_string(),
+            query,
+            headers: parts.headers.clone(),
+            method: parts.method.clone(),
+            warnings: Vec::new(),
+            verb: "get",
+        };
+        let mut attrs = Attributes {
+            verb: String::new(),
+            path: parts.uri.path().to_string(),
+            ..Default::default()
+        };
+        if let Route::Resource(t) = &r {
+            cx.verb = verb_of(&parts.method, t, &cx.query);
+            *res_out = t.res.plural.to_string();
+            attrs.resource_request = true;
+            attrs.group = t.res.group.into();
+            attrs.version = t.res.version.into();
+            attrs.resource = t.res.plural.into();
+            attrs.subresource = t.sub.clone().unwrap_or_default();
+            attrs.name = t.name.clone().unwrap_or_default();
+            attrs.namespace = t.ns.clone().unwrap_or_default();
+        } else {
+            cx.verb = match parts.method {
+                Method::GET | Method::HEAD => "get",
+                Method::POST => "post",
+                Method::PUT => "put",
+                Method::DELETE => "delete",
+                _ => "unknown",
+            };
+        }
+        *verb_out = cx.verb;
+        attrs.verb = cx.verb.to_string();
+        if let Decision::Deny(why) = self.authz.authorize(&cx.user, &attrs) {
+            let msg = if attrs.resource_request {
+                format!(
+                    "{} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{}{}",
+                    attrs.resource, attrs.name, cx.user.username, attrs.verb, attrs.resource,
+                    attrs.group,
+                    if attrs.namespace.is_empty() { " at the cluster scope".to_string() } else { format!(" in the namespace \"{}\"", attrs.namespace) },
+                    if why.is_empty() { String::new() } else { format!(": {why}") }
+                )
+            } else {
+                format!(
+                    "forbidden: User \"{}\" cannot {} path \"{}\"",
+                    cx.user.username,
+                    attrs.verb.to_lowercase(),
+                    attrs.path
+                )
+            };
+            return error_response(&ApiError::forbidden(msg));
+        }
+        let body = match read_body(&parts, body).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e),
+        };
+        let result = match r {
+            Route::Resource(t) => self.resource(&mut cx, &t, body).await,
+            Route::Metrics => {
+                let mut resp = Response::new(full(self.metrics.render()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(resp)
+            }
+            Route::LegacyRoot => Ok(crate::discovery::legacy_root(&accept)),
+            Route::GroupList => Ok(crate::discovery::group_list(&accept)),
+            Route::Group(g) => crate::discovery::group(&g),
+            Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v),
+            Route::OpenApiV2 => crate::openapi::v2(&accept),
+            Route::OpenApiV3Index => crate::openapi::v3_index(),
+            Route::OpenApiV3(p) => crate::openapi::v3(&p),
+            Route::NotFound => Err(ApiError::no_route()),
+            Route::Version | Route::Health(_) => Err(ApiError::no_route()),
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        for w in &cx.warnings {
+            let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+            if let Ok(h) = HeaderValue::from_str(&v) {
+                resp.headers_mut().append(http::header::WARNING, h);
+            }
+        }
+        resp
+    }
+
+    async fn resource(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let sub = t.sub.as_deref();
+        if let Some(s) = sub {
+            if t.res.subresource(s).is_none() {
+                return Err(ApiError::no_route());
+            }
+        }
+        let need = |verb: &str| -> Result<(), ApiError> {
+            if sub.is_none() && !t.res.has_verb(verb) {
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
+            }
+            Ok(())
+        };
+        match (cx.verb, sub) {
+            ("list", None) => {
+                need("list")?;
+                self.list(cx, t).await
+            }
+            ("watch", None) => {
+                need("watch")?;
+                self.watch(cx, t).await
+            }
+            ("get", None) | ("get", Some("status")) => {
+                need("get")?;
+                self.get(cx, t).await
+            }
+            ("get", Some("scale")) => self.get_scale(cx, t).await,
+            ("create", None) => {
+                need("create")?;
+                self.create(cx, t, body).await
+            }
+            ("create", Some("binding")) => self.bind(cx, t, body).await,
+            ("update", None) | ("update", Some("status")) | ("update", Some("finalize")) => {
+                need("update")?;
+                self.update(cx, t, body).await
+            }
+            ("update", Some("scale")) => self.update_scale(cx, t, body).await,
+            ("patch", None) | ("patch", Some("status")) => {
+                need("patch")?;
+                self.patch(cx, t, body).await
+            }
+            ("patch", Some("scale")) => self.patch_scale(cx, t, body).await,
+            ("delete", None) => {
+                need("delete")?;
+                self.delete(cx, t, body).await
+            }
+            ("deletecollection", None) => {
+                need("deletecollection")?;
+                self.delete_collection(cx, t, body).await
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        }
+    }
+}
+
+fn verb_of(m: &Method, t: &Target, q: &Query) -> &'static str {
+    let watch = t.watch_path || q.flag("watch");
+    match *m {
+        Method::GET | Method::HEAD if t.name.is_some() && t.sub.is_none() && watch => "watch",
+        Method::GET | Method::HEAD if t.name.is_some() => "get",
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if t.name.is_some() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+async fn read_body<B>(parts: &http::request::Parts, body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Some(len) = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > MAX_BODY {
+            return Err(ApiError::too_large(MAX_BODY));
+        }
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::too_large(MAX_BODY))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "reading the request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// `/version`: kube's `version.Info`.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": KUBE_MINOR,
+        "gitVersion": GIT_VERSION,
+        "gitCommit": option_env!("H8S_GIT_COMMIT").unwrap_or("unknown"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_negotiation() {
+        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(!wants_table("application/json"));
+        assert!(!wants_table(
+            "application/vnd.kubernetes.protobuf,application/json"
+        ));
+        assert!(!wants_table(""));
+    }
+}

@@ -1,0 +1,210 @@
+//! Discovery: the legacy documents (`/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`) and
+//! aggregated discovery (`apidiscovery.k8s.io` v2 and v2beta1) on `/api` and `/apis`.
+//! Discovery is the same for every caller (kubectl caches it per host, not per user).
+
+use h8s_types::resources::{self, Resource};
+use http::{HeaderValue, Response};
+use serde_json::{json, Value};
+
+use crate::api::{full, json_response, Body};
+use crate::error::ApiError;
+
+/// Which aggregated discovery version an `Accept` header asks for first, if any.
+fn aggregated_version(accept: &str) -> Option<&'static str> {
+    for part in accept.split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let base = params.next().unwrap_or("");
+        let (mut g, mut v, mut as_) = ("", "", "");
+        for p in params {
+            match p.split_once('=') {
+                Some(("g", x)) => g = x,
+                Some(("v", x)) => v = x,
+                Some(("as", x)) => as_ = x,
+                _ => {}
+            }
+        }
+        if base == "application/json"
+            && g == "apidiscovery.k8s.io"
+            && as_ == "APIGroupDiscoveryList"
+        {
+            match v {
+                "v2" => return Some("v2"),
+                "v2beta1" => return Some("v2beta1"),
+                _ => continue,
+            }
+        }
+        if base == "application/json" || base == "*/*" {
+            return None;
+        }
+    }
+    None
+}
+
+fn kind_ref(group: &str, version: &str, kind: &str) -> Value {
+    json!({"group": group, "version": version, "kind": kind})
+}
+
+fn aggregated_resource(r: &Resource) -> Value {
+    let mut v = json!({
+        "resource": r.plural,
+        "responseKind": kind_ref(r.group, r.version, r.kind),
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs,
+    });
+    if !r.short_names.is_empty() {
+        v["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        v["categories"] = json!(r.categories);
+    }
+    if !r.subresources.is_empty() {
+        v["subresources"] = Value::Array(
+            r.subresources
+                .iter()
+                .map(|s| {
+                    json!({
+                        "subresource": s.name,
+                        "responseKind": kind_ref(s.group, s.version, s.kind),
+                        "verbs": s.verbs,
+                    })
+                })
+                .collect(),
+        );
+    }
+    v
+}
+
+fn aggregated_group(name: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let res: Vec<Value> = resources::in_group_version(name, v)
+                .map(aggregated_resource)
+                .collect();
+            json!({"version": v, "resources": res, "freshness": "Current"})
+        })
+        .collect();
+    json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
+}
+
+fn aggregated(core: bool, ver: &str) -> Response<Body> {
+    let items: Vec<Value> = resources::groups()
+        .iter()
+        .filter(|g| g.name.is_empty() == core)
+        .map(|g| aggregated_group(g.name, g.versions))
+        .collect();
+    let doc = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{ver}"),
+        "metadata": {},
+        "items": items,
+    });
+    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    let etag = format!("\"{:016x}\"", fnv(&body));
+    let mut r = Response::new(full(body));
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={ver};as=APIGroupDiscoveryList");
+    if let Ok(h) = HeaderValue::from_str(&ct) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, h);
+    }
+    r.headers_mut()
+        .insert(http::header::VARY, HeaderValue::from_static("Accept"));
+    if let Ok(h) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(http::header::ETAG, h);
+    }
+    r
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn with_vary(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(http::header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
+/// `/api`.
+pub fn legacy_root(accept: &str) -> Response<Body> {
+    if let Some(v) = aggregated_version(accept) {
+        return aggregated(true, v);
+    }
+    with_vary(json_response(
+        200,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+        }),
+    ))
+}
+
+fn group_doc(name: &str, versions: &[&str]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": resources::group_version(name, v), "version": v}))
+        .collect();
+    json!({
+        "name": name,
+        "versions": vs,
+        "preferredVersion": vs.first().cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// `/apis`.
+pub fn group_list(accept: &str) -> Response<Body> {
+    if let Some(v) = aggregated_version(accept) {
+        return aggregated(false, v);
+    }
+    let groups: Vec<Value> = resources::groups()
+        .iter()
+        .filter(|g| !g.name.is_empty())
+        .map(|g| group_doc(g.name, g.versions))
+        .collect();
+    with_vary(json_response(
+        200,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    ))
+}
+
+/// `/apis/<group>`.
+pub fn group(name: &str) -> Result<Response<Body>, ApiError> {
+    let g = resources::groups()
+        .iter()
+        .find(|g| g.name == name && !name.is_empty())
+        .ok_or_else(ApiError::no_route)?;
+    let mut doc = group_doc(g.name, g.versions);
+    doc["kind"] = json!("APIGroup");
+    doc["apiVersion"] = json!("v1");
+    Ok(json_response(200, &doc))
+}
+
+/// `/api/v1`, `/apis/<g>/<v>`: the APIResourceList.
+pub fn group_version(group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+    let doc = resources::api_resource_list(group, version).ok_or_else(ApiError::no_route)?;
+    Ok(json_response(200, &doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let d = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(d), Some("v2"));
+        assert_eq!(
+            aggregated_version("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"),
+            Some("v2beta1")
+        );
+        assert_eq!(aggregated_version("application/json, */*"), None);
+        let r = legacy_root(d);
+        assert_eq!(
+            r.headers()[http::header::CONTENT_TYPE],
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        );
+    }
+}

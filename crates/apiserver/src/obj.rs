@@ -1,0 +1,241 @@
+//! Helpers over objects in their JSON form, and the store key layout.
+
+use bytes::Bytes;
+use h8s_store::KeyValue;
+use h8s_types::Resource;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// The storage key prefix of a resource: `/registry/<group or core>/<plural>/`, plus
+/// `<namespace>/` when `ns` is given.
+pub fn prefix(r: &Resource, ns: Option<&str>) -> String {
+    let g = if r.group.is_empty() { "core" } else { r.group };
+    match ns {
+        Some(ns) => format!("/registry/{g}/{}/{ns}/", r.plural),
+        None => format!("/registry/{g}/{}/", r.plural),
+    }
+}
+
+/// The storage key of one object.
+pub fn key(r: &Resource, ns: Option<&str>, name: &str) -> String {
+    format!("{}{name}", prefix(r, ns.filter(|_| r.namespaced)))
+}
+
+pub fn meta(o: &Value) -> Option<&Map<String, Value>> {
+    o.get("metadata").and_then(Value::as_object)
+}
+
+/// `metadata`, created when missing or not an object.
+pub fn meta_mut(o: &mut Value) -> &mut Map<String, Value> {
+    if !o.is_object() {
+        *o = Value::Object(Map::new());
+    }
+    let m = o.as_object_mut().expect("object");
+    let e = m
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !e.is_object() {
+        *e = Value::Object(Map::new());
+    }
+    e.as_object_mut().expect("object")
+}
+
+pub fn meta_str<'a>(o: &'a Value, field: &str) -> &'a str {
+    meta(o)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn name(o: &Value) -> &str {
+    meta_str(o, "name")
+}
+pub fn namespace(o: &Value) -> &str {
+    meta_str(o, "namespace")
+}
+pub fn resource_version(o: &Value) -> &str {
+    meta_str(o, "resourceVersion")
+}
+pub fn uid(o: &Value) -> &str {
+    meta_str(o, "uid")
+}
+
+pub fn labels(o: &Value) -> Map<String, Value> {
+    meta(o)
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn finalizers(o: &Value) -> Vec<String> {
+    meta(o)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn is_deleting(o: &Value) -> bool {
+    meta(o).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|v| !v.is_null()))
+}
+
+/// Parses a stored value and sets `metadata.resourceVersion` from the revision.
+pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    meta_mut(&mut v).insert(
+        "resourceVersion".into(),
+        Value::String(kv.mod_revision.to_string()),
+    );
+    Ok(v)
+}
+
+/// Serialises an object for the store, without `resourceVersion`.
+pub fn encode(o: &Value) -> Bytes {
+    let mut o = o.clone();
+    meta_mut(&mut o).remove("resourceVersion");
+    Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
+}
+
+/// Value at a dotted path.
+pub fn at<'a>(o: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(o, |v, seg| v.get(seg))
+}
+
+/// Sets the value at a dotted path, creating objects on the way.
+pub fn set_at(o: &mut Value, dotted: &str, val: Value) {
+    let mut cur = o;
+    let segs: Vec<&str> = dotted.split('.').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let m = cur.as_object_mut().expect("object");
+        if i == segs.len() - 1 {
+            m.insert(seg.to_string(), val);
+            return;
+        }
+        cur = m
+            .entry(seg.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// Everything but `metadata` and `status`: what a change to bumps `generation`.
+pub fn spec_part(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    o
+}
+
+/// Kubernetes' `HumanDuration` (the AGE column).
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    let y = d / 365;
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 192 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if y < 2 {
+        format!("{d}d")
+    } else if y < 8 {
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
+    } else {
+        format!("{y}y")
+    }
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2024-01-02T03:04:05Z`, fractions ignored) to
+/// Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se)
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m5s");
+        assert_eq!(human_duration(3600 * 5), "5h");
+        assert_eq!(human_duration(86400 * 3 + 3600), "3d1h");
+        assert_eq!(human_duration(86400 * 30), "30d");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        for t in [0, 951782400, 1700000000, 1763700000] {
+            assert_eq!(parse_rfc3339(&crate::util::rfc3339(t)), Some(t));
+        }
+        assert_eq!(parse_rfc3339("nope"), None);
+    }
+
+    #[test]
+    fn paths() {
+        let mut v = serde_json::json!({});
+        set_at(&mut v, "spec.replicas", serde_json::json!(3));
+        assert_eq!(at(&v, "spec.replicas"), Some(&serde_json::json!(3)));
+    }
+}

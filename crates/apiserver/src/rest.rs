@@ -1,0 +1,1285 @@
+//! The generic registry: create, get, list, update, patch, delete and the scale
+//! subresource, for every kind in the resource table.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h8s_machinery::{FieldSelector, LabelSelector};
+use h8s_store::{KeyValue, ListOptions};
+use h8s_types::Resource;
+use http::Response;
+use serde_json::{json, Value};
+
+use crate::admission::{Operation, Request as AdmissionRequest};
+use crate::api::{json_response, Api, Body, Ctx};
+use crate::body::{decode_object, Media};
+use crate::error::{from_store, ApiError, Cause, Subject};
+use crate::hooks;
+use crate::obj;
+use crate::route::Target;
+use crate::util;
+
+/// How many times a write without a resourceVersion precondition is retried when it
+/// races another writer.
+const MAX_RETRIES: usize = 8;
+
+pub(crate) fn subject<'a>(t: &'a Target, name: &'a str) -> Subject<'a> {
+    Subject {
+        group: t.res.group,
+        resource: t.res.plural,
+        name,
+    }
+}
+
+pub(crate) fn machinery_err(e: h8s_machinery::Error) -> ApiError {
+    let mut a = ApiError::new(e.code(), e.reason(), e.to_string());
+    if e.code() == 422 {
+        a.reason = "Invalid";
+    }
+    a
+}
+
+/// Label and field selectors of a list or watch.
+pub(crate) struct Filter {
+    pub label: LabelSelector,
+    pub field: FieldSelector,
+    pub res: &'static Resource,
+}
+
+impl Filter {
+    pub fn from_query(cx: &Ctx, res: &'static Resource) -> Result<Filter, ApiError> {
+        let label = match cx.query.get("labelSelector") {
+            Some(s) if !s.is_empty() => LabelSelector::parse(s).map_err(machinery_err)?,
+            _ => LabelSelector::everything(),
+        };
+        let field = match cx.query.get("fieldSelector") {
+            Some(s) if !s.is_empty() => FieldSelector::parse(s).map_err(machinery_err)?,
+            _ => FieldSelector::everything(),
+        };
+        let fields = res.selectable_fields();
+        field
+            .check_supported(|f| fields.contains(&f))
+            .map_err(|_| {
+                let bad = field
+                    .requirements()
+                    .iter()
+                    .find(|r| !fields.contains(&r.field.as_str()))
+                    .map(|r| r.field.clone())
+                    .unwrap_or_default();
+                ApiError::bad_request(format!("field label not supported: {bad}"))
+            })?;
+        Ok(Filter { label, field, res })
+    }
+
+    pub fn matches(&self, o: &Value) -> bool {
+        self.label.matches_object(o) && self.field.matches(|f| self.res.field_value(o, f).ok())
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.label.is_everything() && self.field.is_everything()
+    }
+}
+
+/// The namespace a write goes to: the URL's, checked against the object's.
+fn target_namespace(t: &Target, o: &mut Value) -> Result<Option<String>, ApiError> {
+    if !t.res.namespaced {
+        obj::meta_mut(o).remove("namespace");
+        return Ok(None);
+    }
+    let Some(ns) = t.ns.clone() else {
+        return Err(ApiError::bad_request(
+            "a namespace is required to write a namespaced resource",
+        ));
+    };
+    let in_obj = obj::namespace(o).to_string();
+    if !in_obj.is_empty() && in_obj != ns {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    obj::meta_mut(o).insert("namespace".into(), json!(ns));
+    Ok(Some(ns))
+}
+
+/// Checks (or fills in) `apiVersion` and `kind` against the URL's resource.
+pub(crate) fn check_type_meta(res: &Resource, o: &mut Value) -> Result<(), ApiError> {
+    let want_av = res.api_version();
+    let m = o
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    match m.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            m.insert("apiVersion".into(), json!(want_av));
+        }
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )))
+        }
+    }
+    match m.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            m.insert("kind".into(), json!(res.kind));
+        }
+        Some(k) if k == res.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )))
+        }
+    }
+    if let Some(md) = m.get("metadata") {
+        if !md.is_object() && !md.is_null() {
+            return Err(ApiError::bad_request(
+                "metadata must be an object (ObjectMeta)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(res: &Resource, name: &str, causes: Vec<Cause>) -> ApiError {
+    ApiError::invalid(res.kind, res.group, name, causes)
+}
+
+/// Adds (or refreshes) the managedFields entry of a non-apply write by `manager`.
+fn touch_managed_fields(o: &mut Value, manager: Option<&str>, res: &Resource, sub: Option<&str>) {
+    let Some(manager) = manager else { return };
+    // TODO(machinery): compute fieldsV1 with h8s_machinery's managed-fields support.
+    let mut entry = json!({
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": res.api_version(),
+        "time": util::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {},
+    });
+    if let Some(s) = sub {
+        entry["subresource"] = json!(s);
+    }
+    let m = obj::meta_mut(o);
+    let list = m.entry("managedFields").or_insert_with(|| json!([]));
+    if let Some(a) = list.as_array_mut() {
+        a.retain(|e| {
+            !(e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Update")
+                && e.get("subresource").and_then(Value::as_str) == sub)
+        });
+        a.push(entry);
+    }
+}
+
+impl Api {
+    pub(crate) fn store_key(&self, t: &Target, name: &str) -> String {
+        obj::key(t.res, t.ns.as_deref(), name)
+    }
+
+    pub(crate) async fn read(
+        &self,
+        t: &Target,
+        name: &str,
+    ) -> Result<Option<(KeyValue, Value)>, ApiError> {
+        let kv = self
+            .store
+            .get(&self.store_key(t, name))
+            .await
+            .map_err(|e| from_store(e, &subject(t, name)))?;
+        match kv {
+            Some(kv) => {
+                let v = obj::decode(&kv)?;
+                Ok(Some((kv, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn admit(
+        &self,
+        cx: &Ctx,
+        t: &Target,
+        op: Operation,
+        name: &str,
+        ns: &str,
+        old: Option<&Value>,
+        mut o: Option<&mut Value>,
+    ) -> Result<(), ApiError> {
+        let req = AdmissionRequest {
+            op,
+            res: t.res,
+            sub: t.sub.as_deref(),
+            namespace: ns,
+            name,
+            user: &cx.user,
+            dry_run: cx.dry_run(),
+            old,
+        };
+        for a in &self.admission {
+            a.admit(&req, o.as_deref_mut()).await?;
+        }
+        Ok(())
+    }
+
+    // ---- get ----
+
+    pub(crate) async fn get(&self, cx: &mut Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
+        let name = t.name.clone().unwrap_or_default();
+        let (_, o) = self
+            .read(t, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&subject(t, &name)))?;
+        if cx.as_table {
+            let mut tab = hooks::table(t.res, std::slice::from_ref(&o), &cx.include_object, true);
+            tab["metadata"] = json!({"resourceVersion": obj::resource_version(&o)});
+            return Ok(json_response(200, &tab));
+        }
+        Ok(json_response(200, &o))
+    }
+
+    // ---- list ----
+
+    pub(crate) async fn list_objects(
+        &self,
+        cx: &Ctx,
+        t: &Target,
+        filter: &Filter,
+    ) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
+        let prefix = obj::prefix(t.res, t.ns.as_deref());
+        let limit = match cx.query.get("limit") {
+            Some(l) if !l.is_empty() => Some(
+                l.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            )
+            .filter(|n| *n > 0)
+            .map(|n| n as usize),
+            _ => None,
+        };
+        let mut revision = None;
+        let mut start_after = None;
+        if let Some(c) = cx.query.get("continue").filter(|c| !c.is_empty()) {
+            let (rv, start) = decode_continue(c, &prefix)?;
+            revision = Some(rv);
+            start_after = Some(start);
+        } else {
+            let rv = cx.query.get("resourceVersion").unwrap_or("");
+            let exact = cx.query.get("resourceVersionMatch") == Some("Exact");
+            if !rv.is_empty() && rv != "0" {
+                let n: i64 = rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version {rv:?}"))
+                })?;
+                if exact {
+                    revision = Some(n);
+                } else {
+                    let cur = self
+                        .store
+                        .revision()
+                        .await
+                        .map_err(|e| from_store(e, &subject(t, "")))?;
+                    if n > cur {
+                        return Err(ApiError::timeout(format!(
+                            "Too large resource version: {n}, current: {cur}"
+                        )));
+                    }
+                }
+            }
+        }
+        let mut items = Vec::new();
+        let mut read_rev = revision;
+        let mut last_key: Option<String> = None;
+        let mut more;
+        loop {
+            let page = limit.map(|l| (l - items.len()).max(1)).map(|n| {
+                if filter.is_everything() {
+                    n
+                } else {
+                    n.max(256)
+                }
+            });
+            let res = self
+                .store
+                .list(
+                    &prefix,
+                    ListOptions {
+                        revision: read_rev,
+                        start_after: start_after.clone(),
+                        limit: page,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    h8s_store::Error::Compacted { .. } if cx.query.get("continue").is_some() => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ),
+                    e => from_store(e, &subject(t, "")),
+                })?;
+            read_rev = Some(res.revision);
+            more = res.more;
+            let n = res.items.len();
+            for (i, kv) in res.items.iter().enumerate() {
+                let o = obj::decode(kv)?;
+                start_after = Some(kv.key.clone());
+                if filter.matches(&o) {
+                    items.push(o);
+                    last_key = Some(kv.key.clone());
+                    if limit.is_some_and(|l| items.len() >= l) {
+                        more = more || i + 1 < n;
+                        break;
+                    }
+                }
+            }
+            if !more || limit.is_none_or(|l| items.len() >= l) {
+                break;
+            }
+        }
+        let rev = read_rev.unwrap_or(0);
+        let cont = if more {
+            last_key
+                .or(start_after)
+                .map(|k| encode_continue(rev, &k, &prefix))
+        } else {
+            None
+        };
+        Ok((items, rev, cont))
+    }
+
+    pub(crate) async fn list(&self, cx: &mut Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
+        let filter = Filter::from_query(cx, t.res)?;
+        let (items, rev, cont) = self.list_objects(cx, t, &filter).await?;
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if let Some(c) = cont {
+            meta["continue"] = json!(c);
+        }
+        if cx.as_table {
+            let mut tab = hooks::table(t.res, &items, &cx.include_object, true);
+            tab["metadata"] = meta;
+            return Ok(json_response(200, &tab));
+        }
+        Ok(json_response(
+            200,
+            &json!({
+                "kind": t.res.list_kind,
+                "apiVersion": t.res.api_version(),
+                "metadata": meta,
+                "items": items,
+            }),
+        ))
+    }
+
+    // ---- create ----
+
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let media = Media::parse(content_type(cx))?;
+        let mut o = decode_object(media, &body)?;
+        self.check_fields(cx, t.res, &body, media)?;
+        if !t.res.is_stored() {
+            return self.review(cx, t, o);
+        }
+        check_type_meta(t.res, &mut o)?;
+        let created = self.create_object(cx, t, o).await?;
+        Ok(json_response(201, &created))
+    }
+
+    /// Strict/Warn field validation of a body.
+    pub(crate) fn check_fields(
+        &self,
+        cx: &mut Ctx,
+        _res: &Resource,
+        _body: &[u8],
+        _media: Media,
+    ) -> Result<(), ApiError> {
+        match cx.query.get("fieldValidation").unwrap_or("Warn") {
+            "Strict" | "Warn" | "Ignore" | "" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation parameter unsupported: {other}"
+                )))
+            }
+        }
+        // TODO(types): unknown and duplicate field detection from h8s_types.
+        Ok(())
+    }
+
+    /// The create path shared by POST, server-side apply of a missing object and the
+    /// namespace bootstrap.
+    pub(crate) async fn create_object(
+        self: &Arc<Self>,
+        cx: &Ctx,
+        t: &Target,
+        mut o: Value,
+    ) -> Result<Value, ApiError> {
+        let ns = target_namespace(t, &mut o)?;
+        {
+            let m = obj::meta_mut(&mut o);
+            let name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if name.is_empty() {
+                match m.get("generateName").and_then(Value::as_str) {
+                    Some(g) if !g.is_empty() => {
+                        let mut base = g.to_string();
+                        // Leave room for the suffix within the 63 characters of a label.
+                        if base.len() > 58 {
+                            base.truncate(58);
+                        }
+                        m.insert(
+                            "name".into(),
+                            json!(format!("{base}{}", util::name_suffix())),
+                        );
+                    }
+                    _ => {
+                        return Err(invalid(
+                            t.res,
+                            "",
+                            vec![Cause {
+                                reason: "FieldValueRequired".into(),
+                                message: "Required value: name or generateName is required".into(),
+                                field: "metadata.name".into(),
+                            }],
+                        ))
+                    }
+                }
+            }
+            m.insert("uid".into(), json!(util::new_uid()));
+            m.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
+            for f in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
+                m.remove(f);
+            }
+            if hooks::tracks_generation(t.res) {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        let name = obj::name(&o).to_string();
+        hooks::initial_status(t.res, &mut o);
+        hooks::default(t.res, &mut o);
+        let causes = hooks::validate(t.res, &o, None);
+        if !causes.is_empty() {
+            return Err(invalid(t.res, &name, causes));
+        }
+        touch_managed_fields(&mut o, cx.field_manager(), t.res, None);
+        let ns_str = ns.clone().unwrap_or_default();
+        self.admit(cx, t, Operation::Create, &name, &ns_str, None, Some(&mut o))
+            .await?;
+        let key = obj::key(t.res, ns.as_deref(), &name);
+        if cx.dry_run() {
+            if self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| from_store(e, &subject(t, &name)))?
+                .is_some()
+            {
+                return Err(ApiError::already_exists(&subject(t, &name)));
+            }
+            return Ok(o);
+        }
+        let kv = self
+            .store
+            .create(&key, obj::encode(&o))
+            .await
+            .map_err(|e| from_store(e, &subject(t, &name)))?;
+        obj::meta_mut(&mut o).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        Ok(o)
+    }
+
+    // ---- update ----
+
+    pub(crate) async fn update(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let media = Media::parse(content_type(cx))?;
+        let mut new = decode_object(media, &body)?;
+        self.check_fields(cx, t.res, &body, media)?;
+        check_type_meta(t.res, &mut new)?;
+        let name = t.name.clone().unwrap_or_default();
+        let in_obj = obj::name(&new).to_string();
+        if in_obj.is_empty() {
+            obj::meta_mut(&mut new).insert("name".into(), json!(name));
+        } else if in_obj != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({in_obj}) does not match the name on the URL ({name})"
+            )));
+        }
+        target_namespace(t, &mut new)?;
+        let (o, _) = self
+            .guaranteed_update(cx, t, &name, false, |_| Ok(new.clone()))
+            .await?;
+        Ok(json_response(200, &o))
+    }
+
+    /// Reads the object, lets `f` compute its new state from the current one and writes
+    /// it with compare-and-swap, retrying on races when the new state carries no
+    /// resourceVersion precondition. `create_missing` lets `f` create (apply).
+    /// Returns the written object and whether it was created.
+    pub(crate) async fn guaranteed_update<F>(
+        self: &Arc<Self>,
+        cx: &Ctx,
+        t: &Target,
+        name: &str,
+        create_missing: bool,
+        mut f: F,
+    ) -> Result<(Value, bool), ApiError>
+    where
+        F: FnMut(Option<&Value>) -> Result<Value, ApiError>,
+    {
+        for _ in 0..MAX_RETRIES {
+            let cur = self.read(t, name).await?;
+            let Some((kv, old)) = cur else {
+                if !create_missing {
+                    return Err(ApiError::not_found(&subject(t, name)));
+                }
+                let mut new = f(None)?;
+                check_type_meta(t.res, &mut new)?;
+                obj::meta_mut(&mut new).insert("name".into(), json!(name));
+                match self.create_object(cx, t, new).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    other => return other.map(|o| (o, true)),
+                }
+            };
+            let mut new = f(Some(&old))?;
+            let precondition = obj::resource_version(&new).to_string();
+            if !precondition.is_empty() && precondition != obj::resource_version(&old) {
+                return Err(ApiError::stale(&subject(t, name)));
+            }
+            self.prepare_update(cx, t, &old, &mut new)?;
+            if same_object(&old, &new) {
+                return Ok((old, false));
+            }
+            let ns = t.ns.clone().unwrap_or_default();
+            self.admit(
+                cx,
+                t,
+                Operation::Update,
+                name,
+                &ns,
+                Some(&old),
+                Some(&mut new),
+            )
+            .await?;
+            if cx.dry_run() {
+                return Ok((new, false));
+            }
+            // Removing the last finalizer of an object being deleted deletes it.
+            if obj::is_deleting(&new) && obj::finalizers(&new).is_empty() && t.sub.is_none() {
+                match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok((_, rev)) => {
+                        obj::meta_mut(&mut new)
+                            .insert("resourceVersion".into(), json!(rev.to_string()));
+                        return Ok((new, false));
+                    }
+                    Err(h8s_store::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(from_store(e, &subject(t, name))),
+                }
+            }
+            match self
+                .store
+                .update(&kv.key, obj::encode(&new), kv.mod_revision)
+                .await
+            {
+                Ok(w) => {
+                    obj::meta_mut(&mut new)
+                        .insert("resourceVersion".into(), json!(w.mod_revision.to_string()));
+                    return Ok((new, false));
+                }
+                Err(h8s_store::Error::Conflict { .. }) if precondition.is_empty() => continue,
+                Err(h8s_store::Error::NotFound(_)) => {
+                    return Err(ApiError::not_found(&subject(t, name)))
+                }
+                Err(e) => return Err(from_store(e, &subject(t, name))),
+            }
+        }
+        Err(ApiError::conflict(
+            &subject(t, name),
+            "the object is being modified by others too often; try again",
+        ))
+    }
+
+    /// Keeps system-owned fields, splits spec from status writes, bumps generation,
+    /// validates.
+    fn prepare_update(
+        &self,
+        cx: &Ctx,
+        t: &Target,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        let name = obj::name(old).to_string();
+        match t.sub.as_deref() {
+            Some("status") => {
+                // A status write changes only .status.
+                let status = new.get("status").cloned();
+                let mut merged = old.clone();
+                match status {
+                    Some(s) => merged["status"] = s,
+                    None => {
+                        merged.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+                *new = merged;
+            }
+            Some("finalize") => {
+                let fins = obj::at(new, "spec.finalizers")
+                    .cloned()
+                    .unwrap_or(json!([]));
+                let mut merged = old.clone();
+                obj::set_at(&mut merged, "spec.finalizers", fins);
+                *new = merged;
+            }
+            _ => {
+                if t.res.has_status {
+                    match old.get("status") {
+                        Some(s) => new["status"] = s.clone(),
+                        None => {
+                            new.as_object_mut().map(|m| m.remove("status"));
+                        }
+                    }
+                }
+            }
+        }
+        let om = obj::meta(old).cloned().unwrap_or_default();
+        let nm = obj::meta_mut(new);
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
+            match om.get(f) {
+                Some(v) => nm.insert(f.into(), v.clone()),
+                None => nm.remove(f),
+            };
+        }
+        nm.insert(
+            "resourceVersion".into(),
+            om.get("resourceVersion").cloned().unwrap_or(json!("")),
+        );
+        // Objects being deleted accept no new finalizers (as Kubernetes).
+        if obj::is_deleting(old) {
+            let oldf = obj::finalizers(old);
+            if obj::finalizers(new).iter().any(|f| !oldf.contains(f)) {
+                return Err(ApiError::forbidden_about(
+                    &subject(t, &name),
+                    "no new finalizers can be added if the object is being deleted",
+                ));
+            }
+        }
+        if hooks::tracks_generation(t.res)
+            && t.sub.is_none()
+            && obj::spec_part(old) != obj::spec_part(new)
+        {
+            let g = om.get("generation").and_then(Value::as_i64).unwrap_or(0);
+            obj::meta_mut(new).insert("generation".into(), json!(g + 1));
+        }
+        hooks::default(t.res, new);
+        let causes = hooks::validate(t.res, new, Some(old));
+        if !causes.is_empty() {
+            return Err(invalid(t.res, &name, causes));
+        }
+        if !same_object(old, new) {
+            touch_managed_fields(new, cx.field_manager(), t.res, t.sub.as_deref());
+        }
+        Ok(())
+    }
+
+    // ---- delete ----
+
+    pub(crate) async fn delete(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let opts = DeleteOptions::parse(cx, &body)?;
+        let name = t.name.clone().unwrap_or_default();
+        let (code, o) = self.delete_one(cx, t, &name, &opts).await?;
+        Ok(json_response(code, &o))
+    }
+
+    /// Deletes one object; returns the HTTP code and the body to send.
+    pub(crate) async fn delete_one(
+        self: &Arc<Self>,
+        cx: &Ctx,
+        t: &Target,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(u16, Value), ApiError> {
+        for _ in 0..MAX_RETRIES {
+            let (kv, old) = self
+                .read(t, name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(&subject(t, name)))?;
+            if let Some(u) = &opts.uid {
+                if u != obj::uid(&old) {
+                    return Err(ApiError::conflict(
+                        &subject(t, name),
+                        &format!(
+                            "Precondition failed: UID in precondition: {u}, UID in object meta: {}",
+                            obj::uid(&old)
+                        ),
+                    ));
+                }
+            }
+            if let Some(rv) = &opts.resource_version {
+                if rv != obj::resource_version(&old) {
+                    return Err(ApiError::conflict(
+                        &subject(t, name),
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            obj::resource_version(&old)
+                        ),
+                    ));
+                }
+            }
+            let ns = t.ns.clone().unwrap_or_default();
+            self.admit(cx, t, Operation::Delete, name, &ns, Some(&old), None)
+                .await?;
+            let is_namespace = t.res.group.is_empty() && t.res.plural == "namespaces";
+            let graceful = self.grace_period(t.res, &old, opts);
+            let pending = is_namespace || !obj::finalizers(&old).is_empty() || graceful.is_some();
+            if pending {
+                if obj::is_deleting(&old) && !(graceful == Some(0)) {
+                    return Ok((200, old));
+                }
+                let mut new = old.clone();
+                {
+                    let m = obj::meta_mut(&mut new);
+                    let grace = graceful.unwrap_or(0);
+                    let when = util::rfc3339(obj::now_secs() + grace);
+                    m.insert("deletionTimestamp".into(), json!(when));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    if hooks::tracks_generation(t.res) {
+                        let g = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
+                        m.insert("generation".into(), json!(g + 1));
+                    }
+                }
+                if is_namespace {
+                    obj::set_at(&mut new, "status.phase", json!("Terminating"));
+                }
+                if cx.dry_run() {
+                    return Ok((200, new));
+                }
+                match self
+                    .store
+                    .update(&kv.key, obj::encode(&new), kv.mod_revision)
+                    .await
+                {
+                    Ok(w) => {
+                        obj::meta_mut(&mut new)
+                            .insert("resourceVersion".into(), json!(w.mod_revision.to_string()));
+                        if is_namespace {
+                            crate::ns::spawn_finalizer(self.clone(), name.to_string());
+                        }
+                        let code = if opts.orphan_dependents == Some(false) {
+                            202
+                        } else {
+                            200
+                        };
+                        return Ok((code, new));
+                    }
+                    Err(h8s_store::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(from_store(e, &subject(t, name))),
+                }
+            }
+            if cx.dry_run() {
+                return Ok((200, old));
+            }
+            match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok((_, _rev)) => {
+                    if hooks::returns_deleted_object(t.res) {
+                        return Ok((200, old));
+                    }
+                    let mut details =
+                        json!({"name": name, "kind": t.res.plural, "uid": obj::uid(&old)});
+                    if !t.res.group.is_empty() {
+                        details["group"] = json!(t.res.group);
+                    }
+                    return Ok((
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+                    ));
+                }
+                Err(h8s_store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(from_store(e, &subject(t, name))),
+            }
+        }
+        Err(ApiError::conflict(
+            &subject(t, name),
+            "the object is being modified by others too often; try again",
+        ))
+    }
+
+    /// A graceful deletion period for pods bound to a node (their agent finishes the
+    /// deletion); `None` deletes at once.
+    fn grace_period(&self, res: &Resource, o: &Value, opts: &DeleteOptions) -> Option<i64> {
+        if !(res.group.is_empty() && res.kind == "Pod") {
+            return None;
+        }
+        let node = obj::at(o, "spec.nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let phase = obj::at(o, "status.phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
+            return None;
+        }
+        let g = opts.grace_period_seconds.unwrap_or_else(|| {
+            obj::at(o, "spec.terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        if g <= 0 {
+            return None;
+        }
+        Some(g)
+    }
+
+    pub(crate) async fn delete_collection(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let opts = DeleteOptions::parse(cx, &body)?;
+        let filter = Filter::from_query(cx, t.res)?;
+        let (items, rev, _) = self.list_objects(cx, t, &filter).await?;
+        let mut deleted = Vec::new();
+        for o in items {
+            let nt = Target {
+                ns: Some(obj::namespace(&o).to_string()).filter(|s| !s.is_empty()),
+                name: Some(obj::name(&o).to_string()),
+                ..t.clone()
+            };
+            match self.delete_one(cx, &nt, obj::name(&o), &opts).await {
+                Ok((_, _)) => deleted.push(o),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json_response(
+            200,
+            &json!({
+                "kind": t.res.list_kind,
+                "apiVersion": t.res.api_version(),
+                "metadata": {"resourceVersion": rev.to_string()},
+                "items": deleted,
+            }),
+        ))
+    }
+
+    // ---- scale ----
+
+    fn scale_of(&self, t: &Target, o: &Value) -> Result<Value, ApiError> {
+        let paths = t.res.scale.ok_or_else(ApiError::no_route)?;
+        let selector = obj::at(o, paths.selector).cloned().unwrap_or(Value::Null);
+        let sel_str = if paths.selector_is_map {
+            selector
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        } else if selector.is_null() {
+            String::new()
+        } else {
+            LabelSelector::from_json(&selector)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
+        let m = obj::meta(o).cloned().unwrap_or_default();
+        let mut meta = json!({});
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+        ] {
+            if let Some(v) = m.get(f) {
+                meta[f] = v.clone();
+            }
+        }
+        let spec_replicas = obj::at(o, paths.spec_replicas)
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let status_replicas = obj::at(o, paths.status_replicas)
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let mut status = json!({"replicas": status_replicas});
+        if !sel_str.is_empty() {
+            status["selector"] = json!(sel_str);
+        }
+        Ok(json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": meta,
+            "spec": {"replicas": spec_replicas},
+            "status": status,
+        }))
+    }
+
+    pub(crate) async fn get_scale(
+        &self,
+        _cx: &mut Ctx,
+        t: &Target,
+    ) -> Result<Response<Body>, ApiError> {
+        let name = t.name.clone().unwrap_or_default();
+        let (_, o) = self
+            .read(t, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&subject(t, &name)))?;
+        Ok(json_response(200, &self.scale_of(t, &o)?))
+    }
+
+    async fn write_scale<F>(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        mut f: F,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        F: FnMut(Value) -> Result<Value, ApiError>,
+    {
+        let paths = t.res.scale.ok_or_else(ApiError::no_route)?;
+        let name = t.name.clone().unwrap_or_default();
+        let main = Target {
+            sub: None,
+            ..t.clone()
+        };
+        let me = self.clone();
+        let (o, _) = self
+            .guaranteed_update(cx, &main, &name, false, |old| {
+                let old = old.cloned().unwrap_or(Value::Null);
+                let scale = me.scale_of(t, &old)?;
+                let new_scale = f(scale)?;
+                let replicas = obj::at(&new_scale, "spec.replicas")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| {
+                        invalid(
+                            t.res,
+                            &name,
+                            vec![Cause {
+                                reason: "FieldValueRequired".into(),
+                                message: "Required value".into(),
+                                field: "spec.replicas".into(),
+                            }],
+                        )
+                    })?;
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "Scale",
+                        "autoscaling",
+                        &name,
+                        vec![Cause {
+                            reason: "FieldValueInvalid".into(),
+                            message: format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
+                            field: "spec.replicas".into(),
+                        }],
+                    ));
+                }
+                let mut new = old.clone();
+                obj::set_at(&mut new, paths.spec_replicas, json!(replicas));
+                let rv = obj::resource_version(&new_scale).to_string();
+                obj::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+                Ok(new)
+            })
+            .await?;
+        Ok(json_response(200, &self.scale_of(t, &o)?))
+    }
+
+    pub(crate) async fn update_scale(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let media = Media::parse(content_type(cx))?;
+        let s = decode_object(media, &body)?;
+        self.write_scale(cx, t, |_| Ok(s.clone())).await
+    }
+
+    pub(crate) async fn patch_scale(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let media = Media::parse(content_type(cx))?;
+        let patch = body.clone();
+        self.write_scale(cx, t, |scale| {
+            crate::patch::apply_simple(media, &scale, &patch)
+        })
+        .await
+    }
+
+    // ---- pods/binding ----
+
+    pub(crate) async fn bind(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let media = Media::parse(content_type(cx))?;
+        let b = decode_object(media, &body)?;
+        let node = obj::at(&b, "target.name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                "Binding",
+                "",
+                obj::name(&b),
+                vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value".into(),
+                    field: "target.name".into(),
+                }],
+            ));
+        }
+        let name = t.name.clone().unwrap_or_default();
+        let main = Target {
+            sub: None,
+            ..t.clone()
+        };
+        self.guaranteed_update(cx, &main, &name, false, |old| {
+            let mut new = old.cloned().unwrap_or(Value::Null);
+            let cur = obj::at(&new, "spec.nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !cur.is_empty() {
+                return Err(ApiError::conflict(
+                    &subject(t, &name),
+                    &format!("pod {name} is already assigned to node \"{cur}\""),
+                ));
+            }
+            obj::set_at(&mut new, "spec.nodeName", json!(node));
+            Ok(new)
+        })
+        .await?;
+        Ok(json_response(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+
+    // ---- reviews (never stored) ----
+
+    fn review(&self, cx: &mut Ctx, t: &Target, mut o: Value) -> Result<Response<Body>, ApiError> {
+        let m = o
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+        m.insert("apiVersion".into(), json!(t.res.api_version()));
+        m.insert("kind".into(), json!(t.res.kind));
+        let meta = m.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(mm) = meta.as_object_mut() {
+            mm.insert("creationTimestamp".into(), Value::Null);
+        }
+        match t.res.kind {
+            "SelfSubjectReview" => {
+                o["status"] = json!({"userInfo": cx.user.to_json()});
+            }
+            "SelfSubjectAccessReview" => {
+                let ra = obj::at(&o, "spec.resourceAttributes").cloned();
+                let nra = obj::at(&o, "spec.nonResourceAttributes").cloned();
+                let s = |v: &Option<Value>, k: &str| {
+                    v.as_ref()
+                        .and_then(|x| x.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let attrs = if ra.is_some() {
+                    crate::auth::Attributes {
+                        verb: s(&ra, "verb"),
+                        namespace: s(&ra, "namespace"),
+                        group: s(&ra, "group"),
+                        version: s(&ra, "version"),
+                        resource: s(&ra, "resource"),
+                        subresource: s(&ra, "subresource"),
+                        name: s(&ra, "name"),
+                        resource_request: true,
+                        path: String::new(),
+                    }
+                } else {
+                    crate::auth::Attributes {
+                        verb: s(&nra, "verb"),
+                        path: s(&nra, "path"),
+                        ..Default::default()
+                    }
+                };
+                o["status"] = match self.authz.authorize(&cx.user, &attrs) {
+                    crate::auth::Decision::Allow => json!({"allowed": true}),
+                    crate::auth::Decision::Deny(why) => {
+                        json!({"allowed": false, "reason": why})
+                    }
+                };
+            }
+            _ => {
+                return Err(ApiError::method_not_allowed(
+                    "this resource cannot be created",
+                ))
+            }
+        }
+        Ok(json_response(201, &o))
+    }
+}
+
+/// Whether two versions of an object differ only in bookkeeping (then the write is a
+/// no-op and keeps its resourceVersion, as Kubernetes does).
+fn same_object(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        let m = obj::meta_mut(&mut v);
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+        v
+    };
+    strip(a) == strip(b)
+}
+
+pub(crate) fn content_type(cx: &Ctx) -> Option<&str> {
+    cx.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// `DeleteOptions` from the body and the query.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub orphan_dependents: Option<bool>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    pub fn parse(cx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+        let mut o = DeleteOptions::default();
+        if !body.iter().all(|b| b.is_ascii_whitespace()) {
+            let media = Media::parse(content_type(cx))?;
+            let v = decode_object(media, body)?;
+            o.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+            o.propagation_policy = v
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            o.orphan_dependents = v.get("orphanDependents").and_then(Value::as_bool);
+            o.uid = obj::at(&v, "preconditions.uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            o.resource_version = obj::at(&v, "preconditions.resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        if let Some(g) = cx.query.get("gracePeriodSeconds") {
+            o.grace_period_seconds =
+                Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+                })?);
+        }
+        if let Some(p) = cx.query.get("propagationPolicy") {
+            o.propagation_policy = Some(p.to_string());
+        }
+        if let Some(p) = &o.propagation_policy {
+            if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
+                return Err(ApiError::invalid(
+                    "DeleteOptions",
+                    "",
+                    "",
+                    vec![Cause {
+                        reason: "FieldValueNotSupported".into(),
+                        message: format!("Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                        field: "propagationPolicy".into(),
+                    }],
+                ));
+            }
+        }
+        if o.grace_period_seconds.is_some_and(|g| g < 0) {
+            o.grace_period_seconds = Some(0);
+        }
+        Ok(o)
+    }
+}
+
+fn encode_continue(rev: i64, key: &str, prefix: &str) -> String {
+    use base64::Engine;
+    let start = key.strip_prefix(prefix).unwrap_or(key);
+    let v = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn decode_continue(c: &str, prefix: &str) -> Result<(i64, String), ApiError> {
+    use base64::Engine;
+    let bad = || {
+        ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(c))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v
+        .get("rv")
+        .and_then(Value::as_i64)
+        .filter(|r| *r > 0)
+        .ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    if start.contains("..") {
+        return Err(bad());
+    }
+    Ok((rv, format!("{prefix}{start}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens() {
+        let c = encode_continue(42, "/registry/core/pods/default/p1", "/registry/core/pods/");
+        let (rv, k) = decode_continue(&c, "/registry/core/pods/").unwrap();
+        assert_eq!(rv, 42);
+        assert_eq!(k, "/registry/core/pods/default/p1");
+        assert_eq!(decode_continue("!!", "/x/").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn type_meta() {
+        let r = h8s_types::resources::find("apps", "v1", "deployments").unwrap();
+        let mut o = json!({"metadata": {"name": "d"}});
+        check_type_meta(r, &mut o).unwrap();
+        assert_eq!(o["apiVersion"], "apps/v1");
+        let mut bad = json!({"apiVersion": "v1", "kind": "Deployment"});
+        assert_eq!(check_type_meta(r, &mut bad).unwrap_err().code, 400);
+        let mut bad = json!({"apiVersion": "apps/v1", "kind": "Pod"});
+        assert_eq!(check_type_meta(r, &mut bad).unwrap_err().code, 400);
+    }
+}

@@ -1,0 +1,177 @@
+//! Transport: TLS (rustls, ALPN h2 + http/1.1) on a TCP listener, one task per
+//! connection, hyper's automatic HTTP/1.1 or HTTP/2 per connection.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::{Admission, NamespaceLifecycle};
+use crate::api::Api;
+use crate::auth::{AllowAuthenticated, Authenticator, AuthnChain, Authorizer, TokenAuthenticator};
+use crate::metrics::Metrics;
+use crate::pki::{self, Pki};
+use crate::{Error, Result};
+
+/// What the server needs to start.
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls_sans: Vec<String>,
+    pub store: Arc<dyn h8s_store::Store>,
+    /// Extra authenticators tried before the static tokens (Keystone, later).
+    pub authenticators: Vec<Arc<dyn Authenticator>>,
+    /// The authorizer; `None` allows every authenticated user.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Admission plugins run after the built-in NamespaceLifecycle.
+    pub admission: Vec<Arc<dyn Admission>>,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, store: Arc<dyn h8s_store::Store>) -> Self {
+        Config {
+            data_dir,
+            listen,
+            tls_sans: Vec::new(),
+            store,
+            authenticators: Vec::new(),
+            authorizer: None,
+            admission: Vec::new(),
+        }
+    }
+}
+
+/// A started server: its address, PKI and a handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub pki: Pki,
+    api: Arc<Api>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Sets up PKI, binds, bootstraps the default namespaces and starts serving.
+    pub async fn start(cfg: Config) -> Result<Server> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::Listen {
+                addr: cfg.listen.to_string(),
+                source: e,
+            })?;
+        let addr = listener.local_addr()?;
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let url = format!("https://{host}:{}", addr.port());
+        let dir = cfg.data_dir.clone();
+        let sans = cfg.tls_sans.clone();
+        let pki = tokio::task::spawn_blocking(move || pki::ensure(&dir, &sans, &url))
+            .await
+            .map_err(|e| Error::Pki(e.to_string()))??;
+        let tls = TlsAcceptor::from(Arc::new(pki::server_tls(&pki)?));
+
+        let mut authn: Vec<Arc<dyn Authenticator>> = cfg.authenticators.clone();
+        authn.push(Arc::new(TokenAuthenticator::new(
+            pki.admin_token.clone(),
+            Some(cfg.data_dir.join("tokens.csv")),
+        )));
+        let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle {
+            store: cfg.store.clone(),
+        })];
+        admission.extend(cfg.admission.iter().cloned());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let api = Arc::new(Api {
+            store: cfg.store.clone(),
+            authn: Arc::new(AuthnChain(authn)),
+            authz: cfg
+                .authorizer
+                .clone()
+                .unwrap_or_else(|| Arc::new(AllowAuthenticated)),
+            admission,
+            metrics: Metrics::default(),
+            ready: Default::default(),
+            shutdown: shutdown.clone(),
+        });
+        crate::ns::bootstrap(&api)
+            .await
+            .map_err(|e| Error::Pki(format!("bootstrapping namespaces: {}", e.message)))?;
+        api.ready.store(true, Ordering::Relaxed);
+        let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));
+        Ok(Server {
+            addr,
+            pki,
+            api,
+            stop,
+            task,
+        })
+    }
+
+    /// The request handler, for in-process use (tests, benchmarks).
+    pub fn api(&self) -> Arc<Api> {
+        self.api.clone()
+    }
+
+    /// Stops accepting and ends open watches.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    api: Arc<Api>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let svc = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+            });
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http2().max_concurrent_streams(2000);
+            if let Err(e) = b
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}

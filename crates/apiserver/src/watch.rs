@@ -1,0 +1,249 @@
+//! Watches: a chunked stream of newline-delimited `{"type","object"}` events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+
+use crate::api::{Api, Body, Ctx};
+use crate::error::{from_store, ApiError};
+use crate::hooks;
+use crate::obj;
+use crate::rest::{subject, Filter};
+use crate::route::Target;
+
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// The longest a watch lasts without `timeoutSeconds` (kube-apiserver picks a random
+/// value around 30–60 minutes; clients re-establish).
+const MAX_WATCH: Duration = Duration::from_secs(1800);
+
+struct Encoder {
+    res: &'static h8s_types::Resource,
+    table: bool,
+    include_object: String,
+    first: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, o: &Value) -> Bytes {
+        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+            let mut t = hooks::table(
+                self.res,
+                std::slice::from_ref(o),
+                &self.include_object,
+                self.first,
+            );
+            t["metadata"] = json!({"resourceVersion": obj::resource_version(o)});
+            self.first = false;
+            t
+        } else {
+            o.clone()
+        };
+        let mut b =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        b.push(b'\n');
+        Bytes::from(b)
+    }
+}
+
+impl Api {
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        cx: &mut Ctx,
+        t: &Target,
+    ) -> Result<Response<Body>, ApiError> {
+        let mut filter = Filter::from_query(cx, t.res)?;
+        if let Some(n) = &t.name {
+            // A watch on one object (the old /watch/…/name form) is a name selector.
+            let s = format!("metadata.name={}", h8s_machinery::escape_value(n));
+            filter.field =
+                h8s_machinery::FieldSelector::parse(&match cx.query.get("fieldSelector") {
+                    Some(f) if !f.is_empty() => format!("{f},{s}"),
+                    _ => s,
+                })
+                .map_err(crate::rest::machinery_err)?;
+        }
+        let timeout = match cx.query.get("timeoutSeconds") {
+            Some(s) if !s.is_empty() => Duration::from_secs(
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?,
+            )
+            .min(MAX_WATCH),
+            _ => MAX_WATCH,
+        };
+        let bookmarks = cx.query.flag("allowWatchBookmarks");
+        let send_initial = cx.query.get("sendInitialEvents") == Some("true");
+        let rv = cx.query.get("resourceVersion").unwrap_or("").to_string();
+        let prefix = obj::prefix(t.res, t.ns.as_deref());
+
+        // RV "" or "0" (or sendInitialEvents) start with the current state as ADDED.
+        let mut initial = Vec::new();
+        let start_rev: i64;
+        if rv.is_empty() || rv == "0" || send_initial {
+            let list_cx_query = strip_paging(cx.query.clone());
+            let tmp = Ctx {
+                user: cx.user.clone(),
+                query: list_cx_query,
+                headers: cx.headers.clone(),
+                method: cx.method.clone(),
+                as_table: false,
+                include_object: String::new(),
+                warnings: vec![],
+                verb: "list",
+            };
+            let (items, rev, _) = self.list_objects(&tmp, t, &filter).await?;
+            initial = items;
+            start_rev = rev;
+        } else {
+            start_rev = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+        }
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+        let mut enc = Encoder {
+            res: t.res,
+            table: cx.as_table,
+            include_object: cx.include_object.clone(),
+            first: true,
+        };
+        let stream = self.store.watch(&prefix, start_rev).await;
+        let me = self.clone();
+        let res = t.res;
+        let sub_name = t.name.clone().unwrap_or_default();
+        let t2 = t.clone();
+        me.metrics.watch_started();
+        tokio::spawn(async move {
+            let _guard = WatchGuard(me.clone());
+            for o in &initial {
+                if tx.send(enc.event("ADDED", o)).await.is_err() {
+                    return;
+                }
+            }
+            if send_initial && bookmarks {
+                let b = bookmark(res, start_rev, true);
+                if tx.send(enc.event("BOOKMARK", &b)).await.is_err() {
+                    return;
+                }
+            }
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    let st = from_store(e, &subject(&t2, &sub_name)).to_status();
+                    let _ = tx.send(enc.event("ERROR", &st)).await;
+                    return;
+                }
+            };
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+            tick.tick().await;
+            let mut last_rev = start_rev;
+            let mut shutdown = me.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                    _ = shutdown.changed() => return,
+                    _ = tick.tick(), if bookmarks => {
+                        let b = bookmark(res, last_rev, false);
+                        if tx.send(enc.event("BOOKMARK", &b)).await.is_err() { return; }
+                    }
+                    ev = stream.next() => {
+                        let Some(ev) = ev else { return };
+                        let ev = match ev {
+                            Ok(ev) => ev,
+                            Err(e) => {
+                                let st = from_store(e, &subject(&t2, &sub_name)).to_status();
+                                let _ = tx.send(enc.event("ERROR", &st)).await;
+                                return;
+                            }
+                        };
+                        last_rev = ev.revision();
+                        let out = match translate(&ev, &filter) {
+                            Ok(Some((kind, o))) => enc.event(kind, &o),
+                            Ok(None) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e.message, "watch: skipping an undecodable object");
+                                continue;
+                            }
+                        };
+                        if tx.send(out).await.is_err() { return; }
+                    }
+                }
+            }
+        });
+        let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        }))
+        .boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        Ok(resp)
+    }
+}
+
+struct WatchGuard(Arc<Api>);
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.metrics.watch_ended();
+    }
+}
+
+fn strip_paging(q: crate::util::Query) -> crate::util::Query {
+    // The initial list of a watch reads everything at the newest revision.
+    q.only(&["labelSelector", "fieldSelector"])
+}
+
+fn bookmark(res: &h8s_types::Resource, rev: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta})
+}
+
+/// A store event as a watch event, with selector transitions: an object that stops
+/// matching is DELETED for this watcher, one that starts matching is ADDED.
+fn translate(ev: &h8s_store::Event, f: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
+    match ev {
+        h8s_store::Event::Put { kv, prev } => {
+            let new = obj::decode(kv)?;
+            let new_ok = f.matches(&new);
+            let old_ok = match prev {
+                Some(p) => f.is_everything() || f.matches(&obj::decode(p)?),
+                None => false,
+            };
+            Ok(match (prev.is_some() && old_ok, new_ok) {
+                (false, true) => Some(("ADDED", new)),
+                (true, true) => Some(("MODIFIED", new)),
+                (true, false) => Some(("DELETED", new)),
+                (false, false) => None,
+            })
+        }
+        h8s_store::Event::Delete { prev, revision } => {
+            let mut old = obj::decode(prev)?;
+            if !f.matches(&old) {
+                return Ok(None);
+            }
+            obj::meta_mut(&mut old).insert("resourceVersion".into(), json!(revision.to_string()));
+            Ok(Some(("DELETED", old)))
+        }
+    }
+}
