@@ -445,3 +445,305 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Re
     }
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    /// Builds a layer; entries are appended with raw names so tests can write what a
+    /// hostile layer would (the tar crate's own setters refuse `..`).
+    struct Layer(tar::Builder<Vec<u8>>);
+
+    impl Layer {
+        fn new() -> Layer {
+            Layer(tar::Builder::new(Vec::new()))
+        }
+
+        fn entry(
+            &mut self,
+            name: &str,
+            kind: tar::EntryType,
+            mode: u32,
+            link: Option<&str>,
+            data: &[u8],
+        ) -> &mut Self {
+            let mut h = tar::Header::new_gnu();
+            {
+                let raw = &mut h.as_old_mut().name;
+                raw.fill(0);
+                raw[..name.len()].copy_from_slice(name.as_bytes());
+            }
+            if let Some(l) = link {
+                let raw = &mut h.as_old_mut().linkname;
+                raw.fill(0);
+                raw[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(1234);
+            h.set_gid(4321);
+            h.set_mtime(1_000_000);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        fn file(&mut self, name: &str, mode: u32, data: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Regular, mode, None, data.as_bytes())
+        }
+
+        fn dir(&mut self, name: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Directory, 0o755, None, b"")
+        }
+
+        fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Symlink, 0o777, Some(target), b"")
+        }
+
+        fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Link, 0o644, Some(target), b"")
+        }
+
+        fn bytes(&mut self) -> Vec<u8> {
+            std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
+                .into_inner()
+                .unwrap()
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "host secret").unwrap();
+        (t, root, outside)
+    }
+
+    fn outside_untouched(outside: &Path) {
+        let names: Vec<_> = std::fs::read_dir(outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("secret")],
+            "something was written outside the root"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "host secret"
+        );
+        assert_eq!(
+            std::fs::metadata(outside.join("secret")).unwrap().nlink(),
+            1
+        );
+    }
+
+    #[test]
+    fn unpacks_files_dirs_links_and_metadata() {
+        let (_t, root, _) = setup();
+        let f = Flattener::new(&root).unwrap();
+        let stats = f
+            .apply(
+                &Layer::new()
+                    .dir("./etc/")
+                    .file("etc/passwd", 0o644, "root:x:0:0")
+                    .file("/usr/bin/su", 0o4755, "setuid")
+                    .symlink("bin", "usr/bin")
+                    .hardlink("etc/passwd.bak", "./etc/passwd")
+                    .entry("run/fifo", tar::EntryType::Fifo, 0o600, None, b"")
+                    .entry("dev/null", tar::EntryType::Char, 0o666, None, b"")
+                    .bytes()[..],
+            )
+            .unwrap();
+        assert_eq!(stats.entries, 7);
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/passwd")).unwrap(),
+            "root:x:0:0"
+        );
+        let su = std::fs::metadata(root.join("usr/bin/su")).unwrap();
+        assert_eq!(su.mode() & 0o7777, 0o4755, "setuid bit kept");
+        assert_eq!(su.mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::read_link(root.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
+        let a = std::fs::metadata(root.join("etc/passwd")).unwrap();
+        let b = std::fs::metadata(root.join("etc/passwd.bak")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "hard link shares the inode");
+        // Parents that the layer did not list are created 0755.
+        assert_eq!(
+            std::fs::metadata(root.join("usr")).unwrap().mode() & 0o777,
+            0o755
+        );
+        assert!(std::fs::symlink_metadata(root.join("run/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        if rustix::process::geteuid().is_root() {
+            assert_eq!((su.uid(), su.gid()), (1234, 4321));
+            let l = std::fs::symlink_metadata(root.join("bin")).unwrap();
+            assert_eq!(
+                (l.uid(), l.gid()),
+                (1234, 4321),
+                "symlink owner set without following it"
+            );
+            assert!(std::fs::symlink_metadata(root.join("dev/null"))
+                .unwrap()
+                .file_type()
+                .is_char_device());
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_directories() {
+        let (_t, root, _) = setup();
+        let f = Flattener::new(&root).unwrap();
+        f.apply(
+            &Layer::new()
+                .file("a/x", 0o644, "x")
+                .file("a/y", 0o644, "y")
+                .file("b/old", 0o644, "old")
+                .file("b/sub/deep", 0o644, "deep")
+                .file("c/keep", 0o644, "keep")
+                .file("d/gone/file", 0o644, "f")
+                .bytes()[..],
+        )
+        .unwrap();
+        let stats = f
+            .apply(
+                &Layer::new()
+                    .file("a/.wh.x", 0o644, "")
+                    // The layer's own entries in an opaque dir survive even when they
+                    // come before the marker.
+                    .file("b/new", 0o644, "new")
+                    .dir("b/sub")
+                    .file("b/.wh..wh..opq", 0o644, "")
+                    .file("d/.wh.gone", 0o644, "")
+                    .file("nonexistent/.wh.z", 0o644, "")
+                    .bytes()[..],
+            )
+            .unwrap();
+        assert_eq!(stats.whiteouts, 4);
+        assert!(!root.join("a/x").exists());
+        assert!(root.join("a/y").exists());
+        assert!(
+            !root.join("a/.wh.x").exists(),
+            "whiteout markers are not files in the result"
+        );
+        assert!(!root.join("b/old").exists());
+        assert!(
+            root.join("b/sub").is_dir(),
+            "dir re-listed by the layer stays"
+        );
+        assert!(
+            !root.join("b/sub/deep").exists(),
+            "but its lower contents go"
+        );
+        assert_eq!(std::fs::read_to_string(root.join("b/new")).unwrap(), "new");
+        assert!(root.join("c/keep").exists());
+        assert!(
+            !root.join("d/gone").exists(),
+            "whiteout removes whole directories"
+        );
+        assert!(!root.join("nonexistent").exists());
+        // A later layer replaces a file by a directory and a directory by a file.
+        f.apply(
+            &Layer::new()
+                .dir("a/y")
+                .file("a/y/z", 0o644, "z")
+                .file("c", 0o600, "file now")
+                .bytes()[..],
+        )
+        .unwrap();
+        assert!(root.join("a/y").is_dir());
+        assert_eq!(std::fs::read_to_string(root.join("c")).unwrap(), "file now");
+    }
+
+    #[test]
+    fn rejects_parent_dir_components() {
+        let (_t, root, outside) = setup();
+        let f = Flattener::new(&root).unwrap();
+        for bad in ["../outside/evil", "a/../../outside/evil", "./../x"] {
+            let err = f
+                .apply(&Layer::new().file(bad, 0o644, "pwned").bytes()[..])
+                .unwrap_err();
+            assert!(matches!(err, Error::UnsafePath(_)), "{bad}: {err}");
+        }
+        let err = f
+            .apply(&Layer::new().hardlink("h", "../outside/secret").bytes()[..])
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsafePath(_)), "{err}");
+        let err = f
+            .apply(&Layer::new().file("a/.wh...", 0o644, "").bytes()[..])
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsafePath(_)), "{err}");
+        outside_untouched(&outside);
+    }
+
+    #[test]
+    fn symlinks_cannot_lead_outside_the_root() {
+        let (_t, root, outside) = setup();
+        let f = Flattener::new(&root).unwrap();
+        let abs = outside.to_str().unwrap();
+        // Absolute and relative symlinks to the outside dir, then entries through them.
+        let _ = f.apply(
+            &Layer::new()
+                .symlink("abs", abs)
+                .symlink("rel", "../outside")
+                .symlink("deep", "../../../../../../../../")
+                .bytes()[..],
+        );
+        for layer in [
+            Layer::new().file("abs/pwned", 0o644, "x").bytes(),
+            Layer::new().file("rel/pwned", 0o644, "x").bytes(),
+            Layer::new()
+                .file(&format!("deep{abs}/pwned"), 0o644, "x")
+                .bytes(),
+            Layer::new().hardlink("stolen", "abs/secret").bytes(),
+            Layer::new().hardlink("stolen2", "rel/secret").bytes(),
+            Layer::new().file("abs/.wh.secret", 0o644, "").bytes(),
+            Layer::new().file("rel/.wh..wh..opq", 0o644, "").bytes(),
+            Layer::new().dir("abs/newdir").bytes(),
+        ] {
+            // Either refused or confined: what matters is the host side.
+            let _ = f.apply(&layer[..]);
+            outside_untouched(&outside);
+        }
+        // Entries through "deep" resolved inside the root instead.
+        assert!(root
+            .join(abs.trim_start_matches('/'))
+            .join("pwned")
+            .exists());
+        // A file over a symlink replaces the link; it never writes through it.
+        std::fs::write(outside.join("target"), "host").unwrap();
+        f.apply(&Layer::new().symlink("f", &format!("{abs}/target")).bytes()[..])
+            .unwrap();
+        f.apply(&Layer::new().file("f", 0o644, "image").bytes()[..])
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("target")).unwrap(),
+            "host"
+        );
+        assert_eq!(std::fs::read_to_string(root.join("f")).unwrap(), "image");
+        std::fs::remove_file(outside.join("target")).unwrap();
+        outside_untouched(&outside);
+        // The staging root's own mode is set through its fd, whatever the layer says.
+        let m = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o755);
+    }
+
+    #[test]
+    fn clean_path_normalises() {
+        assert_eq!(
+            clean_path(Path::new("/a/./b/")).unwrap(),
+            Some(PathBuf::from("a/b"))
+        );
+        assert_eq!(clean_path(Path::new("./")).unwrap(), None);
+        assert!(clean_path(Path::new("a/../b")).is_err());
+    }
+}

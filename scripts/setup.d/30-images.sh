@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Images: erofs-utils (mkfs.erofs), busybox-static for the test image, docker-registry for
+# the registry tests; builds the busybox test image into the cache and imports it into
+# the default image store (${H8S_DATA:-~/.local/share/h8s}/images) as busybox:latest,
+# with its erofs root filesystem built, so `h8s run busybox …` works after set-up.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export H8S_CACHE="${H8S_CACHE:-$HOME/.cache/h8s}"
+
+missing=()
+for p in erofs-utils busybox-static docker-registry; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's docker-registry package starts a registry on :5000 at install; the tests
+# start their own on loopback, so keep the system one out of the way.
+if systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+bash scripts/build-test-image.sh "$H8S_CACHE/images/busybox-oci"
+
+cargo build -q -p h8s
+h8s=target/debug/h8s
+"$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest
+"$h8s" image rootfs busybox:latest >/dev/null
+echo "images: busybox:latest imported ($("$h8s" image inspect busybox:latest | grep -m1 '"Id"' | tr -d ' ",'))"
