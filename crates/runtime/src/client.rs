@@ -1,0 +1,672 @@
+//! The runtime API (the seam the node agent and the CLI use): pods, containers, streams.
+//! Each pod is served by its own supervisor process; this side is stateless apart from the
+//! pod directories, so any number of clients, and restarted ones, see the same pods.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncBufReadExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use crate::api::{
+    ContainerConfig, ContainerState, ContainerStatus, ExecConfig, SandboxConfig, SandboxState,
+    SandboxStatus, StreamEvent,
+};
+use crate::error::WireError;
+use crate::state::{list_ids, PodDir, PodRecord, ProcRef};
+use crate::util::{new_id, rfc3339_nano};
+use crate::wire::{self, Frame, Kind, Request, Response};
+use crate::{Error, Result, VmSettings};
+
+/// How to start a pod supervisor: a program and the arguments before `--root R [--adopt] ID`.
+#[derive(Debug, Clone)]
+pub struct ShimCommand {
+    /// The executable (e.g. the `h8s` binary itself).
+    pub program: PathBuf,
+    /// Leading arguments (e.g. `["pod-shim"]`).
+    pub args: Vec<String>,
+}
+
+/// Where state lives and how pods are started.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// State root: pods live in `<root>/pods/<id>/`.
+    pub root: PathBuf,
+    /// VM settings for new pods.
+    pub vm: VmSettings,
+    /// The supervisor command.
+    pub shim: ShimCommand,
+}
+
+impl RuntimeConfig {
+    /// The default state root: `$H8S_ROOT`, else `/run/h8s` as root, else
+    /// `$XDG_RUNTIME_DIR/h8s`. Kept short because unix socket paths are limited to 108 bytes.
+    pub fn default_root() -> PathBuf {
+        if let Some(r) = std::env::var_os("H8S_ROOT") {
+            return PathBuf::from(r);
+        }
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/run/h8s");
+        }
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| Path::new(&d).join("h8s"))
+            .unwrap_or_else(|| std::env::temp_dir().join("h8s"))
+    }
+}
+
+/// The pod runtime (vm backend).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+}
+
+impl Runtime {
+    /// A runtime over `cfg`.
+    pub fn new(cfg: RuntimeConfig) -> Runtime {
+        Runtime { cfg }
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.cfg.root
+    }
+
+    fn dir(&self, id: &str) -> PodDir {
+        PodDir::new(&self.cfg.root, id)
+    }
+
+    /// Finds a pod by id, unique id prefix or name.
+    pub fn resolve(&self, name_or_id: &str) -> Result<String> {
+        let ids = list_ids(&self.cfg.root)?;
+        if ids.iter().any(|i| i == name_or_id) {
+            return Ok(name_or_id.to_string());
+        }
+        let mut by_name = Vec::new();
+        for id in &ids {
+            if let Ok(rec) = self.dir(id).load() {
+                if rec.config.name == name_or_id {
+                    by_name.push(id.clone());
+                }
+            }
+        }
+        if by_name.len() == 1 {
+            return Ok(by_name.remove(0));
+        }
+        let by_prefix: Vec<&String> = ids
+            .iter()
+            .filter(|i| !name_or_id.is_empty() && i.starts_with(name_or_id))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::NotFound {
+                kind: "pod",
+                id: name_or_id.to_string(),
+            }),
+            _ => Err(Error::InvalidArgument(format!(
+                "{name_or_id:?} matches several pods"
+            ))),
+        }
+    }
+
+    /// Starts a pod VM and waits until its guest agent answers. On failure nothing is left
+    /// behind: no process, socket or directory.
+    #[tracing::instrument(skip_all, fields(pod = %config.name))]
+    pub async fn run_sandbox(&self, config: SandboxConfig) -> Result<String> {
+        config.validate()?;
+        self.cfg.vm.validate()?;
+        for id in list_ids(&self.cfg.root)? {
+            if let Ok(r) = self.dir(&id).load() {
+                if r.config.name == config.name {
+                    return Err(Error::AlreadyExists {
+                        kind: "pod",
+                        id: config.name,
+                    });
+                }
+            }
+        }
+        let id = new_id();
+        let dir = self.dir(&id);
+        let rec = PodRecord {
+            id: id.clone(),
+            config,
+            created_at: rfc3339_nano(SystemTime::now()),
+            state: SandboxState::Creating,
+            reason: None,
+            accel: None,
+            accel_reason: None,
+            guest_kernel: None,
+            shim: None,
+            qemu: None,
+            containers: Vec::new(),
+            process_ids: Default::default(),
+            vm: self.cfg.vm.clone(),
+        };
+        dir.create(&rec)?;
+        match self.spawn_shim(&dir, &id, false).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                // The shim cleans up after itself; make sure, then drop the directory.
+                if let Ok(rec) = dir.load() {
+                    for p in [rec.qemu, rec.shim].into_iter().flatten() {
+                        p.kill(libc::SIGKILL);
+                    }
+                }
+                let _ = dir.remove();
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_shim(&self, dir: &PodDir, id: &str, adopt: bool) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.shim_log())
+            .map_err(|e| Error::io(format!("creating {}", dir.shim_log().display()), e))?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.shim.program);
+        cmd.args(&self.cfg.shim.args)
+            .arg("--root")
+            .arg(&self.cfg.root);
+        if adopt {
+            cmd.arg("--adopt");
+        }
+        cmd.arg(id)
+            .stdin(Stdio::null())
+            .stdout(if adopt { Stdio::null() } else { Stdio::piped() })
+            .stderr(log)
+            .env(
+                "H8S_LOG",
+                std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        // SAFETY: setsid(2) is async-signal-safe; it puts the supervisor in its own session so
+        // the terminal's Ctrl-C and hangup reach only the client, never the pod.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Shim(format!(
+                "cannot run {}: {e}",
+                self.cfg.shim.program.display()
+            ))
+        })?;
+        if adopt {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            return Ok(());
+        }
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Shim("no stdout".into()))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let limit = Duration::from_secs(self.cfg.vm.boot_timeout_secs + 30);
+        let line = match tokio::time::timeout(limit, lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let _ = child.wait().await;
+                let tail = std::fs::read_to_string(dir.shim_log()).unwrap_or_default();
+                let tail = tail.lines().last().unwrap_or("").to_string();
+                return Err(Error::Shim(format!("exited during start: {tail}")));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(Error::Shim("no answer during start".into()));
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct Ready {
+            #[serde(default)]
+            ok: bool,
+            #[serde(default)]
+            error: Option<WireError>,
+        }
+        let ready: Ready = serde_json::from_str(&line)
+            .map_err(|e| Error::Shim(format!("bad start report {line:?}: {e}")))?;
+        if let Some(e) = ready.error {
+            let _ = child.wait().await;
+            return Err(e.into());
+        }
+        if !ready.ok {
+            return Err(Error::Shim(format!("bad start report {line:?}")));
+        }
+        // Reap the supervisor if this process outlives it (the node agent does).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
+    }
+
+    async fn call(&self, id: &str, req: &Request) -> Result<(Response, UnixStream)> {
+        let dir = self.dir(id);
+        let rec = dir.load()?;
+        if !rec.shim.is_some_and(|s| s.alive()) {
+            return Err(Error::FailedPrecondition(format!(
+                "pod {} is not running ({})",
+                rec.config.name,
+                state_word(rec.state)
+            )));
+        }
+        let mut conn = UnixStream::connect(dir.shim_sock()).await.map_err(|e| {
+            Error::Shim(format!(
+                "pod {} supervisor unreachable: {e}",
+                rec.config.name
+            ))
+        })?;
+        wire::write_frame(&mut conn, &Frame::json(Kind::Request, req)).await?;
+        let f = wire::read_frame(&mut conn)
+            .await?
+            .ok_or_else(|| Error::Shim("supervisor closed the connection".into()))?;
+        if f.kind != Kind::Response {
+            return Err(Error::Shim(format!(
+                "expected a response, got {:?}",
+                f.kind
+            )));
+        }
+        match f.parse::<Response>()? {
+            Response::Err(e) => Err(e.into()),
+            r => Ok((r, conn)),
+        }
+    }
+
+    async fn call_ok(&self, id: &str, req: Request) -> Result<()> {
+        self.call(id, &req).await.map(drop)
+    }
+
+    /// The pod's status (live from its supervisor when it runs, else from its record).
+    pub async fn sandbox_status(&self, id: &str) -> Result<SandboxStatus> {
+        let rec = self.dir(id).load()?;
+        if rec.shim.is_some_and(|s| s.alive()) {
+            if let Ok((Response::Status(s), _)) = self.call(id, &Request::Status).await {
+                return Ok(*s);
+            }
+        }
+        Ok(settle(rec).status())
+    }
+
+    /// All pods.
+    pub async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
+        let mut out = Vec::new();
+        for id in list_ids(&self.cfg.root)? {
+            match self.dir(&id).load() {
+                Ok(rec) => out.push(settle(rec).status()),
+                Err(e) => tracing::warn!(pod = %id, error = %e, "unreadable pod record"),
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(out)
+    }
+
+    /// Stops every container (SIGTERM, SIGKILL after `grace`) and powers the VM off.
+    /// The record and logs stay until [`Runtime::remove_sandbox`].
+    #[tracing::instrument(skip(self))]
+    pub async fn stop_sandbox(&self, id: &str, grace: Duration) -> Result<()> {
+        let dir = self.dir(id);
+        let rec = dir.load()?;
+        if rec.shim.is_some_and(|s| s.alive()) {
+            match self
+                .call_ok(
+                    id,
+                    Request::StopPod {
+                        timeout_secs: grace.as_secs(),
+                    },
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "supervisor failed to stop the pod; killing"),
+            }
+            // Wait for the supervisor to finish its record.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            while dir
+                .load()
+                .ok()
+                .and_then(|r| r.shim)
+                .is_some_and(|s| s.alive())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Whatever is left (a dead or stuck supervisor): kill by PID, checked by start time.
+        let mut rec = dir.load()?;
+        let mut killed = false;
+        for p in [rec.shim, rec.qemu].into_iter().flatten() {
+            if p.kill(libc::SIGKILL) {
+                killed = true;
+                wait_dead(p).await;
+            }
+        }
+        if killed || rec.shim.is_some() || rec.qemu.is_some() {
+            if matches!(rec.state, SandboxState::Ready | SandboxState::Creating) {
+                rec.state = SandboxState::Stopped;
+            }
+            rec.shim = None;
+            rec.qemu = None;
+            for c in &mut rec.containers {
+                if c.state == ContainerState::Running {
+                    c.state = ContainerState::Unknown;
+                }
+            }
+            dir.save(&rec)?;
+            for s in [dir.shim_sock(), dir.qmp_sock(), dir.agent_sock()] {
+                let _ = std::fs::remove_file(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a stopped pod's record and logs; `force` stops it first.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_sandbox(&self, id: &str, force: bool) -> Result<()> {
+        let dir = self.dir(id);
+        let rec = dir.load()?;
+        let running = rec.shim.is_some_and(|s| s.alive()) || rec.qemu.is_some_and(|q| q.alive());
+        if running {
+            if !force {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod {} is running; stop it first or force",
+                    rec.config.name
+                )));
+            }
+            self.stop_sandbox(id, Duration::from_secs(0)).await?;
+        }
+        dir.remove()
+    }
+
+    /// Re-attaches a supervisor to a pod whose VM runs but whose supervisor died.
+    pub async fn recover(&self, id: &str) -> Result<bool> {
+        let dir = self.dir(id);
+        let rec = dir.load()?;
+        if rec.shim.is_some_and(|s| s.alive()) || !rec.qemu.is_some_and(|q| q.alive()) {
+            return Ok(false);
+        }
+        self.spawn_shim(&dir, id, true).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = dir.load()?;
+            if r.shim.is_some_and(|s| s.alive()) && dir.shim_sock().exists() {
+                if let Ok((Response::Status(_), _)) = self.call(id, &Request::Status).await {
+                    return Ok(true);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Shim("reattach did not complete".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates a container in a running pod (its image must be attached to the pod).
+    #[tracing::instrument(skip(self, config), fields(container = %config.name))]
+    pub async fn create_container(&self, id: &str, config: ContainerConfig) -> Result<()> {
+        self.call_ok(id, Request::CreateContainer { config }).await
+    }
+
+    /// Starts a created container.
+    #[tracing::instrument(skip(self))]
+    pub async fn start_container(&self, id: &str, name: &str) -> Result<()> {
+        self.call_ok(
+            id,
+            Request::StartContainer {
+                name: name.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`.
+    #[tracing::instrument(skip(self))]
+    pub async fn stop_container(&self, id: &str, name: &str, grace: Duration) -> Result<()> {
+        self.call_ok(
+            id,
+            Request::StopContainer {
+                name: name.to_string(),
+                timeout_secs: grace.as_secs(),
+            },
+        )
+        .await
+    }
+
+    /// Removes a container that is not running.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_container(&self, id: &str, name: &str) -> Result<()> {
+        self.call_ok(
+            id,
+            Request::RemoveContainer {
+                name: name.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// A container's status.
+    pub async fn container_status(&self, id: &str, name: &str) -> Result<ContainerStatus> {
+        self.sandbox_status(id)
+            .await?
+            .containers
+            .into_iter()
+            .find(|c| c.config.name == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: name.to_string(),
+            })
+    }
+
+    /// A pod's containers.
+    pub async fn list_containers(&self, id: &str) -> Result<Vec<ContainerStatus>> {
+        Ok(self.sandbox_status(id).await?.containers)
+    }
+
+    /// A container's CRI log file.
+    pub fn log_path(&self, id: &str, name: &str) -> PathBuf {
+        self.dir(id).log_path(name)
+    }
+
+    /// Streams a container's stdio (attach before start to see all output).
+    pub async fn attach(&self, id: &str, name: &str) -> Result<Stream> {
+        let (_, conn) = self
+            .call(
+                id,
+                &Request::Attach {
+                    name: name.to_string(),
+                },
+            )
+            .await?;
+        Ok(Stream::new(conn))
+    }
+
+    /// Runs a process in a running container.
+    #[tracing::instrument(skip(self, config))]
+    pub async fn exec(&self, id: &str, container: &str, config: ExecConfig) -> Result<Stream> {
+        let (_, conn) = self
+            .call(
+                id,
+                &Request::Exec {
+                    container: container.to_string(),
+                    config,
+                },
+            )
+            .await?;
+        Ok(Stream::new(conn))
+    }
+
+    /// Waits for a container to exit; returns its exit code.
+    pub async fn wait_container(&self, id: &str, name: &str) -> Result<i32> {
+        let mut s = self.attach(id, name).await?;
+        loop {
+            match s.output.next().await? {
+                Some(StreamEvent::Exit(code)) => return Ok(code),
+                Some(_) => {}
+                None => {
+                    let st = self.container_status(id, name).await?;
+                    return st.exit_code.ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "container {name:?} ended in an unknown state"
+                        ))
+                    });
+                }
+            }
+        }
+    }
+
+    /// Creates and starts a pod's containers the way the kubelet does: init containers one by
+    /// one, each to a zero exit, then all app containers.
+    pub async fn start_pod_containers(
+        &self,
+        id: &str,
+        containers: &[ContainerConfig],
+    ) -> Result<()> {
+        for c in containers.iter().filter(|c| c.init) {
+            self.create_container(id, c.clone()).await?;
+            let mut s = self.attach(id, &c.name).await?;
+            self.start_container(id, &c.name).await?;
+            let code = loop {
+                match s.output.next().await? {
+                    Some(StreamEvent::Exit(code)) => break code,
+                    Some(_) => {}
+                    None => return Err(Error::FailedPrecondition("pod ended during init".into())),
+                }
+            };
+            if code != 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "init container {:?} exited with {code}",
+                    c.name
+                )));
+            }
+        }
+        for c in containers.iter().filter(|c| !c.init) {
+            self.create_container(id, c.clone()).await?;
+            self.start_container(id, &c.name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A record as seen from outside: a "ready" pod whose supervisor and VM are gone has failed.
+fn settle(mut rec: PodRecord) -> PodRecord {
+    let shim_alive = rec.shim.is_some_and(|s| s.alive());
+    if matches!(rec.state, SandboxState::Ready | SandboxState::Creating) && !shim_alive {
+        let vm_alive = rec.qemu.is_some_and(|q| q.alive());
+        rec.state = SandboxState::Failed;
+        rec.reason = Some(if vm_alive {
+            "pod supervisor died; the VM still runs (recover it)".into()
+        } else {
+            "pod supervisor and VM exited unexpectedly".into()
+        });
+    }
+    rec
+}
+
+fn state_word(s: SandboxState) -> &'static str {
+    match s {
+        SandboxState::Creating => "creating",
+        SandboxState::Ready => "ready",
+        SandboxState::Stopped => "stopped",
+        SandboxState::Failed => "failed",
+    }
+}
+
+async fn wait_dead(p: ProcRef) {
+    for _ in 0..250 {
+        if !p.alive() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An attach or exec stream.
+pub struct Stream {
+    /// Send stdin, resizes and signals.
+    pub input: StreamInput,
+    /// Receive output and the exit code.
+    pub output: StreamOutput,
+}
+
+impl Stream {
+    fn new(conn: UnixStream) -> Stream {
+        let (rd, wr) = conn.into_split();
+        Stream {
+            input: StreamInput { wr },
+            output: StreamOutput { rd },
+        }
+    }
+}
+
+/// The input half of a [`Stream`].
+pub struct StreamInput {
+    wr: OwnedWriteHalf,
+}
+
+impl StreamInput {
+    /// Bytes for the process's stdin (ignored unless it was started with stdin).
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<()> {
+        wire::write_frame(
+            &mut self.wr,
+            &Frame {
+                kind: Kind::Stdin,
+                data: data.to_vec(),
+            },
+        )
+        .await
+    }
+    /// End of input.
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        wire::write_frame(
+            &mut self.wr,
+            &Frame {
+                kind: Kind::StdinClose,
+                data: Vec::new(),
+            },
+        )
+        .await
+    }
+    /// New terminal size.
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
+        wire::write_frame(
+            &mut self.wr,
+            &Frame::json(Kind::Resize, &wire::Resize { rows, cols }),
+        )
+        .await
+    }
+    /// Delivers a signal to the process.
+    pub async fn signal(&mut self, signal: i32) -> Result<()> {
+        wire::write_frame(
+            &mut self.wr,
+            &Frame::json(Kind::Signal, &wire::SignalMsg { signal }),
+        )
+        .await
+    }
+}
+
+/// The output half of a [`Stream`].
+pub struct StreamOutput {
+    rd: OwnedReadHalf,
+}
+
+impl StreamOutput {
+    /// The next output or the exit; `None` if the stream ended without an exit (pod gone).
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
+        loop {
+            let Some(f) = wire::read_frame(&mut self.rd).await? else {
+                return Ok(None);
+            };
+            return Ok(Some(match f.kind {
+                Kind::Stdout => StreamEvent::Stdout(f.data),
+                Kind::Stderr => StreamEvent::Stderr(f.data),
+                Kind::Exit => StreamEvent::Exit(f.parse::<wire::Exit>()?.code),
+                _ => continue,
+            }));
+        }
+    }
+}

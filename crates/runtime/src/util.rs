@@ -1,0 +1,113 @@
+//! Small host helpers: ids, timestamps, process identity.
+
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A fresh 12-hex-digit id (short enough to keep unix socket paths under 108 bytes).
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 6];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        // Fall back to time and PID; ids only need to be unique on this host.
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id()) << 64;
+        b.copy_from_slice(&n.to_le_bytes()[..6]);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `t` as RFC 3339 with nanoseconds in UTC, as CRI log lines and Kubernetes use.
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The start time of a process (clock ticks since boot, field 22 of `/proc/PID/stat`);
+/// with the PID it names a process unambiguously even after PID reuse.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state); field 22 is index 19 here.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `start` still exists (and is not a zombie).
+pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .unwrap_or("X");
+    state != "Z" && state != "X" && process_start_time(pid) == Some(start)
+}
+
+/// Sends `sig` to `pid` only if it is still the process that started at `start`.
+pub(crate) fn kill_checked(pid: u32, start: u64, sig: i32) -> bool {
+    if !process_alive(pid, start) {
+        return false;
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; the PID was just checked
+    // against its start time, so we signal the process we started, not a reused PID.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_nano_formats_known_instants() {
+        let t = UNIX_EPOCH + Duration::new(1_475_713_029, 669_794_202);
+        assert_eq!(rfc3339_nano(t), "2016-10-06T00:17:09.669794202Z");
+        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(rfc3339_nano(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[test]
+    fn own_process_is_alive_and_ids_are_short() {
+        let me = std::process::id();
+        let start = process_start_time(me).expect("own start time");
+        assert!(process_alive(me, start));
+        assert!(!process_alive(me, start + 1));
+        let id = new_id();
+        assert_eq!(id.len(), 12);
+        assert_ne!(id, new_id());
+    }
+}

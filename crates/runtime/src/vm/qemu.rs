@@ -1,0 +1,334 @@
+//! The QEMU `microvm` command line for one pod, and the accelerator probe.
+
+use std::path::{Path, PathBuf};
+
+use crate::api::{Accel, SandboxConfig};
+
+/// How to pick the accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// Hardware KVM if the host has it and the guest kernel can boot on it, else TCG.
+    #[default]
+    Auto,
+    /// Always KVM (fails if unusable).
+    Kvm,
+    /// Always TCG.
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "auto" | "" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "accelerator {s:?} is not auto, kvm or tcg"
+            ))),
+        }
+    }
+}
+
+/// What the host offers, probed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostVirt {
+    /// `/dev/kvm` opens read-write.
+    pub kvm_usable: bool,
+    /// The KVM backend is PVM (software paravirtualization; stock kernels cannot boot on it).
+    pub pvm: bool,
+}
+
+impl HostVirt {
+    pub fn probe() -> Self {
+        let kvm_usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let pvm = Path::new("/sys/module/kvm_pvm").exists();
+        HostVirt { kvm_usable, pvm }
+    }
+
+    /// The accelerator for a guest, with the reason (logged and kept in the pod record).
+    pub fn choose(self, choice: AccelChoice, pvm_guest_kernel: bool) -> (Accel, &'static str) {
+        match choice {
+            AccelChoice::Kvm => (Accel::Kvm, "requested"),
+            AccelChoice::Tcg => (Accel::Tcg, "requested"),
+            AccelChoice::Auto if !self.kvm_usable => (Accel::Tcg, "no usable /dev/kvm"),
+            AccelChoice::Auto if self.pvm && !pvm_guest_kernel => (
+                Accel::Tcg,
+                "/dev/kvm is PVM and the guest kernel is not PVM-capable",
+            ),
+            AccelChoice::Auto if self.pvm => (Accel::Kvm, "PVM with a PVM guest kernel"),
+            AccelChoice::Auto => (Accel::Kvm, "hardware KVM"),
+        }
+    }
+}
+
+/// Host-wide settings of the vm backend.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSettings {
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// Guest kernel (bzImage or PVH vmlinux).
+    pub kernel: PathBuf,
+    /// Guest initramfs holding the agent (PID 1) and modules.
+    pub initramfs: PathBuf,
+    /// Extra kernel command line, after the runtime's own.
+    #[serde(default)]
+    pub cmdline_extra: String,
+    /// Accelerator choice.
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// The guest kernel has `CONFIG_PVM_GUEST` (so it may use PVM's `/dev/kvm`).
+    #[serde(default)]
+    pub pvm_guest_kernel: bool,
+    /// Seconds to wait for the guest agent's hello.
+    pub boot_timeout_secs: u64,
+    /// TCG translation cache size in MiB (QEMU's default, 1 GiB, costs host memory).
+    pub tcg_tb_size_mib: u32,
+}
+
+impl VmSettings {
+    /// Defaults from the environment: `$H8S_CACHE/guest/{vmlinuz,initramfs.img}`,
+    /// `H8S_ACCEL`, `H8S_BOOT_TIMEOUT`, `H8S_QEMU`, `H8S_GUEST_CMDLINE`, `H8S_PVM_GUEST`.
+    pub fn from_env() -> crate::Result<Self> {
+        let cache = std::env::var_os("H8S_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/h8s")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache/h8s"));
+        let guest = cache.join("guest");
+        let accel = std::env::var("H8S_ACCEL").unwrap_or_default().parse()?;
+        let boot_timeout_secs = match std::env::var("H8S_BOOT_TIMEOUT") {
+            Ok(s) => s.parse().map_err(|_| {
+                crate::Error::InvalidArgument(format!("H8S_BOOT_TIMEOUT {s:?} is not seconds"))
+            })?,
+            Err(_) => 60,
+        };
+        Ok(VmSettings {
+            qemu: std::env::var_os("H8S_QEMU")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            kernel: guest.join("vmlinuz"),
+            initramfs: guest.join("initramfs.img"),
+            cmdline_extra: std::env::var("H8S_GUEST_CMDLINE").unwrap_or_default(),
+            accel,
+            pvm_guest_kernel: std::env::var("H8S_PVM_GUEST").is_ok_and(|v| v == "1"),
+            boot_timeout_secs,
+            tcg_tb_size_mib: 32,
+        })
+    }
+
+    /// Checks that the guest kernel and initramfs exist.
+    pub fn validate(&self) -> crate::Result<()> {
+        for (what, p) in [
+            ("guest kernel", &self.kernel),
+            ("guest initramfs", &self.initramfs),
+        ] {
+            if !p.is_file() {
+                return Err(crate::Error::NotFound {
+                    kind: if what == "guest kernel" {
+                        "guest kernel"
+                    } else {
+                        "guest initramfs"
+                    },
+                    id: format!("{} (run scripts/setup)", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host TSC frequency in kHz, for the guest's `tsc_early_khz` (without it, TSC
+/// calibration under TCG sometimes fails and the boot hangs; see GUEST-KERNEL.md).
+pub(crate) fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The guest kernel command line.
+pub(crate) fn kernel_cmdline(settings: &VmSettings, accel: Accel) -> String {
+    let mut c = String::from("console=ttyS0 reboot=t panic=-1 quiet loglevel=4");
+    if accel == Accel::Tcg {
+        if let Some(khz) = host_tsc_khz() {
+            c.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    if !settings.cmdline_extra.is_empty() {
+        c.push(' ');
+        c.push_str(&settings.cmdline_extra);
+    }
+    c
+}
+
+/// Paths of one pod VM's host-side endpoints.
+pub(crate) struct VmPaths<'a> {
+    pub qmp: &'a Path,
+    pub agent: &'a Path,
+    pub console: &'a Path,
+}
+
+/// The full argv (after the program) for one pod VM.
+///
+/// Least privilege: QEMU's seccomp sandbox with everything denied that a running VM does not
+/// need, no defaults or user config, no shared host paths; the only devices are the agent's
+/// virtio-serial port, the images as read-only virtio-blk disks and an optional tap.
+pub(crate) fn qemu_args(
+    settings: &VmSettings,
+    accel: Accel,
+    id: &str,
+    cfg: &SandboxConfig,
+    paths: &VmPaths<'_>,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("h8s-{id}")]);
+    push(&["-machine", "microvm,rtc=on,acpi=on"]);
+    match accel {
+        Accel::Tcg => {
+            let tcg = format!("tcg,thread=multi,tb-size={}", settings.tcg_tb_size_mib);
+            push(&["-accel", &tcg, "-cpu", "max"]);
+        }
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
+    }
+    push(&[
+        "-smp",
+        &cfg.cpus.to_string(),
+        "-m",
+        &format!("{}M", cfg.memory_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-kernel",
+        &settings.kernel.to_string_lossy(),
+        "-initrd",
+        &settings.initramfs.to_string_lossy(),
+        "-append",
+        &kernel_cmdline(settings, accel),
+        "-chardev",
+        &format!("file,id=con,path={}", paths.console.display()),
+        "-serial",
+        "chardev:con",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", paths.qmp.display()),
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            paths.agent.display()
+        ),
+        "-device",
+        "virtserialport,chardev=agent,name=h8s.agent",
+    ]);
+    for (i, img) in cfg.images.iter().enumerate() {
+        // The serial names the disk inside the guest (/sys/block/vdX/serial).
+        push(&[
+            "-drive",
+            &format!(
+                "id=img{i},file={},format=raw,if=none,read-only=on",
+                qemu_escape(&img.path.to_string_lossy())
+            ),
+            "-device",
+            &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
+        ]);
+    }
+    if let Some(n) = &cfg.network {
+        push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+                n.tap
+            ),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", n.mac),
+        ]);
+    }
+    a
+}
+
+/// QEMU option values use `,,` for a literal comma.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ImageDisk, NetworkAttachment};
+
+    fn settings() -> VmSettings {
+        VmSettings {
+            qemu: "qemu-system-x86_64".into(),
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline_extra: "h8s.debug=1".into(),
+            accel: AccelChoice::Auto,
+            pvm_guest_kernel: false,
+            boot_timeout_secs: 5,
+            tcg_tb_size_mib: 32,
+        }
+    }
+
+    #[test]
+    fn pvm_without_pvm_guest_kernel_means_tcg() {
+        let pvm = HostVirt {
+            kvm_usable: true,
+            pvm: true,
+        };
+        assert_eq!(pvm.choose(AccelChoice::Auto, false).0, Accel::Tcg);
+        assert_eq!(pvm.choose(AccelChoice::Auto, true).0, Accel::Kvm);
+        let hw = HostVirt {
+            kvm_usable: true,
+            pvm: false,
+        };
+        assert_eq!(hw.choose(AccelChoice::Auto, false).0, Accel::Kvm);
+        let none = HostVirt {
+            kvm_usable: false,
+            pvm: false,
+        };
+        assert_eq!(none.choose(AccelChoice::Auto, false).0, Accel::Tcg);
+        assert_eq!(none.choose(AccelChoice::Kvm, false).0, Accel::Kvm);
+    }
+
+    #[test]
+    fn args_are_least_privilege_and_name_every_device() {
+        let mut cfg = SandboxConfig::new("p");
+        cfg.images.push(ImageDisk {
+            name: "busybox".into(),
+            path: "/c/a,b.erofs".into(),
+        });
+        cfg.network = Some(NetworkAttachment {
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            address: "10.0.0.2/24".into(),
+            gateway: None,
+            mtu: 1500,
+            dns: vec![],
+        });
+        let p = VmPaths {
+            qmp: Path::new("/r/qmp.sock"),
+            agent: Path::new("/r/agent.sock"),
+            console: Path::new("/r/console.log"),
+        };
+        let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
+        assert!(a.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
+        assert!(a.contains("-nodefaults -no-user-config"));
+        assert!(a.contains("file=/c/a,,b.erofs,format=raw,if=none,read-only=on"));
+        assert!(a.contains("vhost=off"));
+        assert!(a.contains("h8s.debug=1"));
+        assert!(a.contains("-accel tcg,thread=multi"));
+        assert!(!a.contains("virtfs") && !a.contains("9p") && !a.contains("vhost-user"));
+    }
+}

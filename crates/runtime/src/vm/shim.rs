@@ -1,0 +1,1162 @@
+//! The pod supervisor ("shim"): one small process per pod, like conmon or containerd-shim.
+//!
+//! It owns the pod's QEMU process, its QMP and agent connections, writes container logs,
+//! runs the watchdog and serves clients (`h8s`, the node agent) on the pod's unix socket.
+//! Clients come and go; the shim lives as long as the VM. It is started by
+//! [`crate::Runtime::run_sandbox`] and reports boot success or failure on its stdout.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use h8s_guest::{
+    BlockDevice, Channel, ContainerSpec, Event, ExecSpec, IdOrName, ProcessId, ProcessSpec,
+    ProcessState, Reply, Request as GuestRequest, User, WritableLayer,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::agent::{Agent, GuestEvent};
+use super::qemu::{qemu_args, HostVirt, VmPaths};
+use super::qmp::{Qmp, QmpEvent};
+use crate::api::{ContainerConfig, ContainerState, ContainerStatus, ExecConfig, SandboxState};
+use crate::logs::{LogStream, LogWriter};
+use crate::state::{PodDir, PodRecord, ProcRef};
+use crate::util::rfc3339_nano;
+use crate::wire::{self, Frame, Kind, Request, Response};
+use crate::{Error, Result};
+
+/// How often the watchdog looks at the VM, and how long a ping may take. Generous: on a
+/// loaded 2-core host a TCG guest can be slow without being dead.
+const WATCHDOG_TICK: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+const PING_FAILURES_FATAL: u32 = 3;
+
+/// Entry point of `h8s pod-shim` (and the `h8s-pod-shim` binary): supervises pod `id`
+/// under `root` until its VM is gone. Returns the process exit code.
+pub fn shim_main(root: &Path, id: &str, adopt: bool) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            ready_line(Err(Error::io("starting the shim runtime", e)));
+            return 1;
+        }
+    };
+    let dir = PodDir::new(root, id);
+    let span = tracing::info_span!("pod", id = %id);
+    match rt.block_on(supervise(dir, adopt).instrument(span)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "pod supervisor failed");
+            1
+        }
+    }
+}
+
+/// Tells the spawner (reading our stdout) how the boot went, then detaches stdout.
+fn ready_line(r: Result<()>) {
+    let line = match r {
+        Ok(()) => serde_json::json!({ "ok": true }),
+        Err(e) => serde_json::json!({ "error": e.to_wire() }),
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 with a valid open fd; nothing else in this process holds
+        // a reference to the old fd 1 except `stdout`, which is flushed above.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+/// A running guest process (container main process or exec session).
+struct Proc {
+    container: String,
+    main: bool,
+    log: Option<LogWriter>,
+    subs: Vec<mpsc::UnboundedSender<Frame>>,
+    exit: Option<i32>,
+}
+
+struct Shared {
+    rec: PodRecord,
+    procs: HashMap<u32, Proc>,
+    next_pid: u32,
+    stopping: bool,
+}
+
+struct Shim {
+    dir: PodDir,
+    st: Mutex<Shared>,
+    agent: Arc<Agent>,
+    qmp: Arc<Qmp>,
+    qemu: ProcRef,
+    /// Set when QEMU has exited.
+    qemu_gone: watch::Receiver<bool>,
+    /// Ends the main loop with a final state.
+    finish: mpsc::UnboundedSender<(SandboxState, Option<String>)>,
+    /// Itself, for tasks started from event handlers.
+    me: Mutex<std::sync::Weak<Shim>>,
+}
+
+impl Shim {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves consistent-enough data: keep going.
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, st: &Shared) {
+        if let Err(e) = self.dir.save(&st.rec) {
+            tracing::warn!(error = %e, "saving pod record");
+        }
+    }
+}
+
+enum Qemu {
+    Child(tokio::process::Child),
+    Adopted(ProcRef),
+}
+
+impl Qemu {
+    async fn wait(&mut self) {
+        match self {
+            Qemu::Child(c) => {
+                let _ = c.wait().await;
+            }
+            Qemu::Adopted(p) => {
+                while p.alive() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
+    let mut rec = match dir.load() {
+        Ok(r) => r,
+        Err(e) => {
+            ready_line(Err(Error::Shim(format!("no pod record: {e}"))));
+            return Err(e);
+        }
+    };
+    rec.shim = ProcRef::of(std::process::id());
+    let _ = std::fs::remove_file(dir.shim_sock());
+    let listener = match UnixListener::bind(dir.shim_sock()) {
+        Ok(l) => l,
+        Err(e) => {
+            let e = Error::io(format!("binding {}", dir.shim_sock().display()), e);
+            if !adopt {
+                ready_line(Err(Error::Shim(e.to_string())));
+            }
+            return Err(e);
+        }
+    };
+    let booted = if adopt {
+        reattach(&dir, &mut rec).await
+    } else {
+        boot(&dir, &mut rec).await
+    };
+    let (mut qemu, qmp, mut qmp_rx, agent, mut guest_rx, hello) = match booted {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "pod failed to start");
+            rec.state = SandboxState::Failed;
+            rec.reason = Some(e.to_string());
+            rec.shim = None;
+            rec.qemu = None;
+            let _ = dir.save(&rec);
+            remove_sockets(&dir);
+            if !adopt {
+                ready_line(Err(e));
+            }
+            return Ok(());
+        }
+    };
+    let qemu_ref = rec
+        .qemu
+        .ok_or_else(|| Error::Qemu("no QEMU process".into()))?;
+    rec.state = SandboxState::Ready;
+    rec.reason = None;
+    rec.guest_kernel = Some(hello.kernel_release.clone());
+    let mut procs = HashMap::new();
+    let mut next_pid = 1;
+    for c in &rec.containers {
+        let pid = rec.process_ids.get(&c.config.name).copied().unwrap_or(0);
+        next_pid = next_pid.max(pid + 1);
+        procs.insert(
+            pid,
+            Proc {
+                container: c.config.name.clone(),
+                main: true,
+                log: LogWriter::open(&c.log_path).ok(),
+                subs: Vec::new(),
+                exit: c.exit_code,
+            },
+        );
+    }
+    if adopt {
+        // Exec sessions of the previous supervisor have no client left; avoid their ids.
+        for c in &hello.containers {
+            for p in &c.processes {
+                next_pid = next_pid.max(p.id.0 + 1);
+            }
+        }
+    }
+    dir.save(&rec)?;
+    tracing::info!(
+        accel = ?rec.accel,
+        kernel = %hello.kernel_release,
+        guest_boot_ms = hello.boot_time_ms,
+        "pod ready"
+    );
+    if !adopt {
+        ready_line(Ok(()));
+    }
+
+    let (gone_tx, gone_rx) = watch::channel(false);
+    let (finish_tx, mut finish_rx) = mpsc::unbounded_channel();
+    let shim = Arc::new(Shim {
+        dir: dir.clone(),
+        st: Mutex::new(Shared {
+            rec,
+            procs,
+            next_pid,
+            stopping: false,
+        }),
+        agent,
+        qmp,
+        qemu: qemu_ref,
+        qemu_gone: gone_rx,
+        finish: finish_tx,
+        me: Mutex::new(std::sync::Weak::new()),
+    });
+    if let Ok(mut me) = shim.me.lock() {
+        *me = Arc::downgrade(&shim);
+    }
+    if adopt {
+        reconcile(&shim, &hello);
+    }
+    tokio::spawn(async move {
+        qemu.wait().await;
+        let _ = gone_tx.send(true);
+    });
+    let mut gone = shim.qemu_gone.clone();
+    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    tick.tick().await;
+    let ping_failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (final_state, reason) = loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                if let Ok((conn, _)) = conn {
+                    let s = shim.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(s, conn).await {
+                            tracing::debug!(error = %e, "client connection ended");
+                        }
+                    }.in_current_span());
+                }
+            }
+            ev = guest_rx.recv() => match ev {
+                Some(GuestEvent::Closed(_)) | None => {
+                    let why = match ev { Some(GuestEvent::Closed(w)) => w, _ => "agent channel gone".into() };
+                    if !shim.lock().stopping {
+                        // QEMU exiting closes the port too; let the exit win if it is near.
+                        let mut g = shim.qemu_gone.clone();
+                        let _ = tokio::time::timeout(Duration::from_secs(2), g.wait_for(|g| *g)).await;
+                    }
+                    if shim.lock().stopping {
+                        break wait_finish(&mut finish_rx).await;
+                    }
+                    break (SandboxState::Failed, Some(format!("lost the guest agent: {why}")));
+                }
+                Some(ev) => on_guest(&shim, ev),
+            },
+            ev = qmp_rx.recv() => {
+                let ev = ev.unwrap_or(QmpEvent { name: "CLOSED".into(), data: serde_json::Value::Null });
+                if let Some(r) = on_qmp(&shim, &ev) {
+                    break r;
+                }
+            }
+            _ = gone.wait_for(|g| *g) => {
+                if shim.lock().stopping {
+                    break wait_finish(&mut finish_rx).await;
+                }
+                break (SandboxState::Failed, Some(format!("VM exited unexpectedly (see {})", dir.console().display())));
+            }
+            f = finish_rx.recv() => {
+                break f.unwrap_or((SandboxState::Failed, Some("supervisor lost its state".into())));
+            }
+            _ = tick.tick() => {
+                let s = shim.clone();
+                let fails = ping_failures.clone();
+                tokio::spawn(async move { watchdog_check(s, fails).await }.in_current_span());
+            }
+        }
+    };
+    teardown(&shim, final_state, reason).await;
+    Ok(())
+}
+
+async fn wait_finish(
+    rx: &mut mpsc::UnboundedReceiver<(SandboxState, Option<String>)>,
+) -> (SandboxState, Option<String>) {
+    match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        Ok(Some(f)) => f,
+        _ => (SandboxState::Stopped, None),
+    }
+}
+
+type Booted = (
+    Qemu,
+    Arc<Qmp>,
+    mpsc::UnboundedReceiver<QmpEvent>,
+    Arc<Agent>,
+    mpsc::UnboundedReceiver<GuestEvent>,
+    h8s_guest::Hello,
+);
+
+/// Starts QEMU and waits for the guest agent's hello; on failure nothing is left running.
+async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
+    let settings = rec.vm.clone();
+    let (accel, why) = HostVirt::probe().choose(settings.accel, settings.pvm_guest_kernel);
+    tracing::info!(%accel, reason = why, "accelerator chosen");
+    rec.accel = Some(accel);
+    rec.accel_reason = Some(why.to_string());
+    remove_sockets(dir);
+    let paths = VmPaths {
+        qmp: &dir.qmp_sock(),
+        agent: &dir.agent_sock(),
+        console: &dir.console(),
+    };
+    let args = qemu_args(&settings, accel, &rec.id, &rec.config, &paths);
+    let qemu_log = dir.dir.join("qemu.log");
+    let stderr = std::fs::File::create(&qemu_log)
+        .map_err(|e| Error::io(format!("creating {}", qemu_log.display()), e))?;
+    let mut child = tokio::process::Command::new(&settings.qemu)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| Error::Qemu(format!("cannot run {}: {e}", settings.qemu.display())))?;
+    let pid = child.id().unwrap_or(0);
+    rec.qemu = ProcRef::of(pid);
+    dir.save(rec)?;
+    tracing::info!(pid, "QEMU started");
+    let timeout = Duration::from_secs(settings.boot_timeout_secs);
+    let result = tokio::select! {
+        r = connect_and_hello(dir, timeout) => r,
+        _ = child.wait() => {
+            let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim())))
+        }
+        _ = tokio::time::sleep(timeout) => Err(Error::BootTimeout(timeout)),
+    };
+    match result {
+        Ok((qmp, qmp_rx, agent, guest_rx, hello)) => {
+            Ok((Qemu::Child(child), qmp, qmp_rx, agent, guest_rx, hello))
+        }
+        Err(e) => {
+            // QEMU is our child: kill it by handle (its PID cannot have been reused).
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            rec.qemu = None;
+            Err(e)
+        }
+    }
+}
+
+/// Finds a running pod VM again after the previous supervisor died.
+async fn reattach(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
+    let q = rec
+        .qemu
+        .filter(ProcRef::alive)
+        .ok_or_else(|| Error::FailedPrecondition("the pod's VM is not running".into()))?;
+    let (qmp, qmp_rx, agent, guest_rx, hello) =
+        connect_and_hello(dir, Duration::from_secs(20)).await?;
+    tracing::info!(pid = q.pid, "reattached to running VM");
+    Ok((Qemu::Adopted(q), qmp, qmp_rx, agent, guest_rx, hello))
+}
+
+type Connected = (
+    Arc<Qmp>,
+    mpsc::UnboundedReceiver<QmpEvent>,
+    Arc<Agent>,
+    mpsc::UnboundedReceiver<GuestEvent>,
+    h8s_guest::Hello,
+);
+
+async fn connect_and_hello(dir: &PodDir, timeout: Duration) -> Result<Connected> {
+    let (qmp, mut qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
+    let (agent, mut guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            ev = guest_rx.recv() => match ev {
+                Some(GuestEvent::Hello(h)) => {
+                    if h.version != h8s_guest::PROTOCOL_VERSION {
+                        return Err(Error::Agent(format!(
+                            "guest speaks protocol {}, host {}",
+                            h.version,
+                            h8s_guest::PROTOCOL_VERSION
+                        )));
+                    }
+                    return Ok((qmp, qmp_rx, agent, guest_rx, h));
+                }
+                Some(GuestEvent::Closed(why)) | Some(GuestEvent::Event(Event::Log { message: why, .. })) => {
+                    tracing::info!(%why, "guest before hello");
+                    if guest_rx.is_closed() { return Err(Error::Agent(why)); }
+                }
+                Some(_) => {}
+                None => return Err(Error::Agent("agent channel closed before hello".into())),
+            },
+            ev = qmp_rx.recv() => {
+                if let Some(ev) = ev {
+                    if matches!(ev.name.as_str(), "STOP" | "GUEST_PANICKED" | "SHUTDOWN") {
+                        return Err(Error::Qemu(format!(
+                            "guest {} during boot (see {})",
+                            ev.name.to_lowercase(),
+                            dir.console().display()
+                        )));
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Err(Error::BootTimeout(timeout)),
+        }
+    }
+}
+
+/// After a reattach, folds what the guest reports into the record.
+fn reconcile(shim: &Shim, hello: &h8s_guest::Hello) {
+    let mut st = shim.lock();
+    let st = &mut *st;
+    for info in &hello.containers {
+        let Some(c) = st
+            .rec
+            .containers
+            .iter_mut()
+            .find(|c| c.config.name == info.id)
+        else {
+            continue;
+        };
+        if let Some(p) = info.processes.iter().find(|p| p.id == info.process_id) {
+            match p.state {
+                ProcessState::Running { .. } => c.state = ContainerState::Running,
+                ProcessState::Exited(s) => {
+                    c.state = ContainerState::Exited;
+                    c.exit_code = Some(s.shell_code());
+                    if let Some(pr) = st.procs.get_mut(&info.process_id.0) {
+                        pr.exit = Some(s.shell_code());
+                    }
+                }
+                ProcessState::Created => c.state = ContainerState::Created,
+            }
+        }
+    }
+    shim.save(st);
+}
+
+fn on_guest(shim: &Shim, ev: GuestEvent) {
+    match ev {
+        GuestEvent::Output {
+            process,
+            channel,
+            data,
+        } => {
+            let mut st = shim.lock();
+            if let Some(p) = st.procs.get_mut(&process.0) {
+                let (stream, kind) = match channel {
+                    Channel::Stderr => (LogStream::Stderr, Kind::Stderr),
+                    _ => (LogStream::Stdout, Kind::Stdout),
+                };
+                if let Some(log) = &mut p.log {
+                    log.write(stream, &data);
+                }
+                let f = Frame { kind, data };
+                p.subs.retain(|s| s.send(f.clone()).is_ok());
+            }
+        }
+        GuestEvent::Event(Event::Exited { process, status }) => {
+            let code = status.shell_code();
+            let mut st = shim.lock();
+            let st = &mut *st;
+            let Some(p) = st.procs.get_mut(&process.0) else {
+                return;
+            };
+            p.exit = Some(code);
+            if let Some(log) = &mut p.log {
+                log.flush();
+            }
+            let f = Frame::json(Kind::Exit, &wire::Exit { code });
+            for s in p.subs.drain(..) {
+                let _ = s.send(f.clone());
+            }
+            if p.main {
+                let name = p.container.clone();
+                if let Some(c) = st.rec.containers.iter_mut().find(|c| c.config.name == name) {
+                    c.state = ContainerState::Exited;
+                    c.exit_code = Some(code);
+                    c.finished_at = Some(rfc3339_nano(SystemTime::now()));
+                }
+                tracing::info!(container = %name, code, "container exited");
+                shim.save(st);
+                let all_done = st.rec.config.stop_with_containers
+                    && !st.stopping
+                    && st
+                        .rec
+                        .containers
+                        .iter()
+                        .all(|c| c.state == ContainerState::Exited);
+                if all_done {
+                    if let Some(me) = shim.me.lock().ok().and_then(|m| m.upgrade()) {
+                        tokio::spawn(
+                            async move {
+                                tracing::info!("all containers exited; stopping the pod");
+                                if stop_pod(&me, Duration::ZERO).await.is_ok() {
+                                    let _ = me.finish.send((SandboxState::Stopped, None));
+                                }
+                            }
+                            .in_current_span(),
+                        );
+                    }
+                }
+            } else {
+                st.procs.remove(&process.0);
+            }
+        }
+        GuestEvent::Event(Event::Log { level, message }) => {
+            tracing::info!(?level, %message, "guest agent");
+        }
+        GuestEvent::Hello(h) => {
+            tracing::info!(kernel = %h.kernel_release, "guest agent said hello again");
+        }
+        GuestEvent::Closed(_) => {}
+    }
+}
+
+/// QMP events that end the pod: a paused (QEMU pauses some crashed guests) or panicked VM.
+fn on_qmp(shim: &Shim, ev: &QmpEvent) -> Option<(SandboxState, Option<String>)> {
+    let stopping = shim.lock().stopping;
+    match ev.name.as_str() {
+        "STOP" if !stopping => Some((
+            SandboxState::Failed,
+            Some("VM paused (crashed guest?); stopped by the watchdog".into()),
+        )),
+        "GUEST_PANICKED" => Some((SandboxState::Failed, Some("guest kernel panicked".into()))),
+        "SHUTDOWN" | "CLOSED" => {
+            tracing::info!(event = %ev.name, data = %ev.data, "VM shutting down");
+            None
+        }
+        _ => None,
+    }
+}
+
+async fn watchdog_check(shim: Arc<Shim>, failures: Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::Ordering;
+    if shim.lock().stopping {
+        return;
+    }
+    if let Ok(status) = shim.qmp.status().await {
+        if matches!(
+            status.as_str(),
+            "paused" | "guest-panicked" | "internal-error" | "io-error"
+        ) {
+            let _ = shim.finish.send((
+                SandboxState::Failed,
+                Some(format!("VM {status}; stopped by the watchdog")),
+            ));
+            return;
+        }
+    }
+    match shim
+        .agent
+        .request_timeout(GuestRequest::Ping, PING_TIMEOUT)
+        .await
+    {
+        Ok(_) => failures.store(0, Ordering::Relaxed),
+        Err(e) => {
+            let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(error = %e, n, "guest agent did not answer a ping");
+            if n >= PING_FAILURES_FATAL {
+                let _ = shim.finish.send((
+                    SandboxState::Failed,
+                    Some("guest agent stopped answering; stopped by the watchdog".into()),
+                ));
+            }
+        }
+    }
+}
+
+/// Ends the pod: makes sure QEMU is gone, records the final state, removes the sockets.
+async fn teardown(shim: &Shim, state: SandboxState, reason: Option<String>) {
+    if !*shim.qemu_gone.borrow() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            shim.qmp.execute("quit", serde_json::Value::Null),
+        )
+        .await;
+        let mut gone = shim.qemu_gone.clone();
+        if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| *g))
+            .await
+            .is_err()
+        {
+            tracing::warn!(pid = shim.qemu.pid, "QEMU ignored quit; killing it");
+            shim.qemu.kill(libc::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| *g)).await;
+        }
+    }
+    let mut st = shim.lock();
+    let st = &mut *st;
+    for p in st.procs.values_mut() {
+        if let Some(log) = &mut p.log {
+            log.flush();
+        }
+        // Dropping the senders ends attached clients' streams without an exit code.
+        p.subs.clear();
+    }
+    for c in &mut st.rec.containers {
+        if matches!(c.state, ContainerState::Running | ContainerState::Created) {
+            c.state = if state == SandboxState::Stopped && c.state == ContainerState::Created {
+                ContainerState::Exited
+            } else {
+                ContainerState::Unknown
+            };
+            c.finished_at
+                .get_or_insert_with(|| rfc3339_nano(SystemTime::now()));
+        }
+    }
+    if state == SandboxState::Failed {
+        tracing::error!(reason = reason.as_deref().unwrap_or(""), "pod failed");
+    } else {
+        tracing::info!("pod stopped");
+    }
+    st.rec.state = state;
+    st.rec.reason = reason;
+    st.rec.qemu = None;
+    st.rec.shim = None;
+    shim.save(st);
+    remove_sockets(&shim.dir);
+}
+
+fn remove_sockets(dir: &PodDir) {
+    for p in [dir.qmp_sock(), dir.agent_sock(), dir.shim_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Serves one client connection.
+async fn serve(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
+    let Some(first) = wire::read_frame(&mut conn).await? else {
+        return Ok(());
+    };
+    let req: Request = first.parse()?;
+    match req {
+        Request::Attach { name } => {
+            let r = attach_sub(&shim, &name);
+            match r {
+                Ok((pid, rx)) => {
+                    respond(&mut conn, Ok(Response::Ok)).await?;
+                    stream(shim, conn, pid, rx).await
+                }
+                Err(e) => respond(&mut conn, Err(e)).await,
+            }
+        }
+        Request::Exec { container, config } => match start_exec(&shim, &container, config).await {
+            Ok((pid, rx)) => {
+                respond(&mut conn, Ok(Response::Ok)).await?;
+                stream(shim, conn, pid, rx).await
+            }
+            Err(e) => respond(&mut conn, Err(e)).await,
+        },
+        Request::StopPod { timeout_secs } => {
+            let r = stop_pod(&shim, Duration::from_secs(timeout_secs)).await;
+            let ok = r.is_ok();
+            respond(&mut conn, r.map(|_| Response::Ok)).await?;
+            if ok {
+                let _ = shim.finish.send((SandboxState::Stopped, None));
+            }
+            Ok(())
+        }
+        other => {
+            let r = handle(&shim, other).await;
+            respond(&mut conn, r).await
+        }
+    }
+}
+
+async fn respond(conn: &mut UnixStream, r: Result<Response>) -> Result<()> {
+    let resp = match r {
+        Ok(r) => r,
+        Err(e) => Response::Err(e.to_wire()),
+    };
+    wire::write_frame(conn, &Frame::json(Kind::Response, &resp)).await
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound {
+        kind: "container",
+        id: name.to_string(),
+    }
+}
+
+async fn handle(shim: &Shim, req: Request) -> Result<Response> {
+    match req {
+        Request::Status => Ok(Response::Status(Box::new(shim.lock().rec.status()))),
+        Request::CreateContainer { config } => create_container(shim, config).await,
+        Request::StartContainer { name } => start_container(shim, &name).await,
+        Request::StopContainer { name, timeout_secs } => {
+            let pid = main_pid(shim, &name)?;
+            stop_process(shim, pid, Duration::from_secs(timeout_secs)).await;
+            Ok(Response::Ok)
+        }
+        Request::RemoveContainer { name } => {
+            let pid = main_pid(shim, &name)?;
+            {
+                let st = shim.lock();
+                let c = st.rec.containers.iter().find(|c| c.config.name == name);
+                if c.is_some_and(|c| c.state == ContainerState::Running) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {name:?} is running; stop it first"
+                    )));
+                }
+            }
+            shim.agent
+                .request_timeout(
+                    GuestRequest::RemoveContainer {
+                        container: name.clone(),
+                    },
+                    Duration::from_secs(30),
+                )
+                .await?;
+            let mut st = shim.lock();
+            st.procs.remove(&pid);
+            st.rec.containers.retain(|c| c.config.name != name);
+            st.rec.process_ids.remove(&name);
+            shim.save(&st);
+            let _ = std::fs::remove_file(shim.dir.log_path(&name));
+            Ok(Response::Ok)
+        }
+        Request::Attach { .. } | Request::Exec { .. } | Request::StopPod { .. } => Err(
+            Error::InvalidArgument("streaming request on a plain call".into()),
+        ),
+    }
+}
+
+fn main_pid(shim: &Shim, name: &str) -> Result<u32> {
+    shim.lock()
+        .rec
+        .process_ids
+        .get(name)
+        .copied()
+        .ok_or_else(|| not_found(name))
+}
+
+/// `uid[:gid]` or `name[:group]` to the protocol's user.
+fn parse_user(s: &str) -> User {
+    let id_or_name = |x: &str| match x.parse::<u32>() {
+        Ok(n) => IdOrName::Id(n),
+        Err(_) => IdOrName::Name(x.to_string()),
+    };
+    let mut it = s.splitn(2, ':');
+    User {
+        user: id_or_name(it.next().unwrap_or("0")),
+        group: it.next().map(id_or_name),
+        additional_gids: Vec::new(),
+    }
+}
+
+async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Response> {
+    let (pid, spec, log_path) = {
+        let mut st = shim.lock();
+        if st.stopping {
+            return Err(Error::FailedPrecondition("pod is stopping".into()));
+        }
+        config.validate(&st.rec.config)?;
+        if st.rec.process_ids.contains_key(&config.name) {
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id: config.name.clone(),
+            });
+        }
+        let disk = st
+            .rec
+            .config
+            .images
+            .iter()
+            .position(|i| i.name == config.image)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("image {:?} not attached", config.image))
+            })?;
+        let pid = st.next_pid;
+        st.next_pid += 1;
+        let spec = ContainerSpec {
+            id: config.name.clone(),
+            rootfs: BlockDevice::Serial(format!("img{disk}")),
+            writable: WritableLayer::Default,
+            process: ProcessSpec {
+                args: config.command.clone(),
+                env: config.env.clone(),
+                working_dir: config.working_dir.clone(),
+                user: config.user.as_deref().map(parse_user),
+                tty: config.tty,
+                stdin: config.stdin,
+                tty_size: config.tty_size,
+            },
+            process_id: ProcessId(pid),
+            hostname: Some(st.rec.config.name.clone()),
+            mounts: Vec::new(),
+        };
+        // Reserve the name while the guest works on it.
+        st.rec.process_ids.insert(config.name.clone(), pid);
+        (pid, spec, shim.dir.log_path(&config.name))
+    };
+    let r = shim
+        .agent
+        .request_timeout(GuestRequest::CreateContainer(spec), Duration::from_secs(60))
+        .await;
+    let mut st = shim.lock();
+    if let Err(e) = r {
+        st.rec.process_ids.remove(&config.name);
+        return Err(e);
+    }
+    let log = LogWriter::open(&log_path)?;
+    st.procs.insert(
+        pid,
+        Proc {
+            container: config.name.clone(),
+            main: true,
+            log: Some(log),
+            subs: Vec::new(),
+            exit: None,
+        },
+    );
+    tracing::info!(container = %config.name, "container created");
+    st.rec.containers.push(ContainerStatus {
+        config,
+        state: ContainerState::Created,
+        exit_code: None,
+        created_at: rfc3339_nano(SystemTime::now()),
+        started_at: None,
+        finished_at: None,
+        reason: None,
+        log_path,
+    });
+    shim.save(&st);
+    Ok(Response::Ok)
+}
+
+async fn start_container(shim: &Shim, name: &str) -> Result<Response> {
+    {
+        let st = shim.lock();
+        let c = st
+            .rec
+            .containers
+            .iter()
+            .find(|c| c.config.name == name)
+            .ok_or_else(|| not_found(name))?;
+        if c.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {name:?} was already started"
+            )));
+        }
+    }
+    let r = shim
+        .agent
+        .request_timeout(
+            GuestRequest::StartContainer {
+                container: name.to_string(),
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+    let mut st = shim.lock();
+    let st = &mut *st;
+    let Some(c) = st.rec.containers.iter_mut().find(|c| c.config.name == name) else {
+        return Err(not_found(name));
+    };
+    let now = rfc3339_nano(SystemTime::now());
+    match r {
+        Ok(_) => {
+            // The process may already have exited (its event came first): keep that.
+            if c.state == ContainerState::Created {
+                c.state = ContainerState::Running;
+            }
+            c.started_at = Some(now);
+            tracing::info!(container = %name, "container started");
+            shim.save(st);
+            Ok(Response::Ok)
+        }
+        Err(e) => {
+            let code = match &e {
+                Error::CommandNotFound(_) => 127,
+                Error::CommandNotExecutable(_) => 126,
+                _ => 128,
+            };
+            c.state = ContainerState::Exited;
+            c.exit_code = Some(code);
+            c.finished_at = Some(now);
+            c.reason = Some(e.to_string());
+            if let Some(pid) = st.rec.process_ids.get(name) {
+                if let Some(p) = st.procs.get_mut(pid) {
+                    p.exit = Some(code);
+                    let f = Frame::json(Kind::Exit, &wire::Exit { code });
+                    for s in p.subs.drain(..) {
+                        let _ = s.send(f.clone());
+                    }
+                }
+            }
+            shim.save(st);
+            Err(e)
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`, as Kubernetes stops a container.
+async fn stop_process(shim: &Shim, pid: u32, grace: Duration) {
+    let exited = |shim: &Shim| shim.lock().procs.get(&pid).is_none_or(|p| p.exit.is_some());
+    for (sig, wait) in [
+        (libc::SIGTERM, grace),
+        (libc::SIGKILL, Duration::from_secs(5)),
+    ] {
+        if exited(shim) {
+            return;
+        }
+        let _ = shim
+            .agent
+            .request_timeout(
+                GuestRequest::Signal {
+                    process: ProcessId(pid),
+                    signal: sig,
+                },
+                Duration::from_secs(10),
+            )
+            .await;
+        let deadline = tokio::time::Instant::now() + wait;
+        while !exited(shim) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn stop_pod(shim: &Shim, grace: Duration) -> Result<()> {
+    let running: Option<Vec<u32>> = {
+        let mut st = shim.lock();
+        if st.stopping {
+            None
+        } else {
+            st.stopping = true;
+            Some(
+                st.procs
+                    .iter()
+                    .filter(|(_, p)| p.main && p.exit.is_none())
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
+        }
+    };
+    let Some(running) = running else {
+        // Someone else is stopping it: just wait for the VM to go.
+        let mut gone = shim.qemu_gone.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(30), gone.wait_for(|g| *g)).await;
+        return Ok(());
+    };
+    tracing::info!(containers = running.len(), "stopping pod");
+    let stops = running.iter().map(|&pid| stop_process(shim, pid, grace));
+    futures::future::join_all(stops).await;
+    let _ = shim
+        .agent
+        .request_timeout(GuestRequest::Shutdown, Duration::from_secs(5))
+        .await;
+    let mut gone = shim.qemu_gone.clone();
+    if tokio::time::timeout(Duration::from_secs(10), gone.wait_for(|g| *g))
+        .await
+        .is_err()
+    {
+        tracing::warn!("guest did not power off; quitting QEMU");
+        let _ = shim.qmp.execute("quit", serde_json::Value::Null).await;
+        if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| *g))
+            .await
+            .is_err()
+        {
+            shim.qemu.kill(libc::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| *g)).await;
+        }
+    }
+    Ok(())
+}
+
+type Sub = (u32, mpsc::UnboundedReceiver<Frame>);
+
+fn attach_sub(shim: &Shim, name: &str) -> Result<Sub> {
+    let mut st = shim.lock();
+    let pid = *st
+        .rec
+        .process_ids
+        .get(name)
+        .ok_or_else(|| not_found(name))?;
+    let p = st.procs.get_mut(&pid).ok_or_else(|| not_found(name))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(code) = p.exit {
+        let _ = tx.send(Frame::json(Kind::Exit, &wire::Exit { code }));
+    } else {
+        p.subs.push(tx);
+    }
+    Ok((pid, rx))
+}
+
+async fn start_exec(shim: &Shim, container: &str, config: ExecConfig) -> Result<Sub> {
+    if config.command.is_empty() || config.command[0].is_empty() {
+        return Err(Error::InvalidArgument("exec needs a command".into()));
+    }
+    let (pid, rx, env) = {
+        let mut st = shim.lock();
+        let c = st
+            .rec
+            .containers
+            .iter()
+            .find(|c| c.config.name == container)
+            .ok_or_else(|| not_found(container))?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {container:?} is not running"
+            )));
+        }
+        let mut env = c.config.env.clone();
+        env.extend(config.env.iter().cloned());
+        let pid = st.next_pid;
+        st.next_pid += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        st.procs.insert(
+            pid,
+            Proc {
+                container: container.to_string(),
+                main: false,
+                log: None,
+                subs: vec![tx],
+                exit: None,
+            },
+        );
+        (pid, rx, env)
+    };
+    let (workdir, user) = {
+        let st = shim.lock();
+        let c = st
+            .rec
+            .containers
+            .iter()
+            .find(|c| c.config.name == container);
+        (
+            c.and_then(|c| c.config.working_dir.clone()),
+            c.and_then(|c| c.config.user.clone()),
+        )
+    };
+    let spec = ExecSpec {
+        container: container.to_string(),
+        process_id: ProcessId(pid),
+        process: ProcessSpec {
+            args: config.command,
+            env,
+            working_dir: workdir,
+            user: user.as_deref().map(parse_user),
+            tty: config.tty,
+            stdin: config.stdin,
+            tty_size: config.size,
+        },
+    };
+    match shim
+        .agent
+        .request_timeout(GuestRequest::Exec(spec), Duration::from_secs(60))
+        .await
+    {
+        Ok(Reply::Started { .. }) | Ok(_) => Ok((pid, rx)),
+        Err(e) => {
+            shim.lock().procs.remove(&pid);
+            Err(e)
+        }
+    }
+}
+
+/// Pumps one attach/exec stream: process output to the client, client input to the guest.
+async fn stream(
+    shim: Arc<Shim>,
+    conn: UnixStream,
+    pid: u32,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) -> Result<()> {
+    let (mut rd, mut wr) = conn.into_split();
+    let out = async move {
+        while let Some(f) = rx.recv().await {
+            let last = f.kind == Kind::Exit;
+            wire::write_frame(&mut wr, &f).await?;
+            if last {
+                break;
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    let process = ProcessId(pid);
+    let agent = shim.agent.clone();
+    let input = async move {
+        while let Some(f) = wire::read_frame(&mut rd).await? {
+            let r = match f.kind {
+                Kind::Stdin => agent.stdin(process, &f.data).await,
+                Kind::StdinClose => agent
+                    .request_timeout(
+                        GuestRequest::CloseStdin { process },
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map(drop),
+                Kind::Resize => {
+                    let r: wire::Resize = f.parse()?;
+                    agent
+                        .request_timeout(
+                            GuestRequest::ResizeTty {
+                                process,
+                                rows: r.rows,
+                                cols: r.cols,
+                            },
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map(drop)
+                }
+                Kind::Signal => {
+                    let s: wire::SignalMsg = f.parse()?;
+                    agent
+                        .request_timeout(
+                            GuestRequest::Signal {
+                                process,
+                                signal: s.signal,
+                            },
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map(drop)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "forwarding client input");
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    tokio::select! {
+        r = out => r,
+        // The client went away; the process keeps running (like a detached docker exec).
+        _ = input => Ok(()),
+    }
+}
