@@ -3,10 +3,12 @@
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
+//! - [`defaults`]: defaulting on every write, and what a create resets.
 //! - [`validation`]: create/update validation with Kubernetes' field errors
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
 
+pub mod defaults;
 pub mod network;
 pub mod resources;
 pub mod validation;

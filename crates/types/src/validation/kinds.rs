@@ -825,13 +825,13 @@ fn secret(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
                 obj,
                 "/metadata/annotations/kubernetes.io~1service-account.name",
             )
-            .is_none()
-            => {
-                e.push(FieldError::required(
-                    "metadata.annotations[kubernetes.io/service-account.name]",
-                    "",
-                ));
-            }
+            .is_none() =>
+        {
+            e.push(FieldError::required(
+                "metadata.annotations[kubernetes.io/service-account.name]",
+                "",
+            ));
+        }
         "kubernetes.io/dockercfg" if !has(".dockercfg") => {
             e.push(FieldError::required("data[.dockercfg]", ""))
         }

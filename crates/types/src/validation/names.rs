@@ -99,10 +99,9 @@ pub fn dns1035_label(s: &str) -> Vec<String> {
 /// A name usable as one URL path segment.
 pub fn path_segment(s: &str, prefix: bool) -> Vec<String> {
     let mut out = Vec::new();
-    if !prefix
-        && (s == "." || s == "..") {
-            out.push(format!("may not be '{s}'"));
-        }
+    if !prefix && (s == "." || s == "..") {
+        out.push(format!("may not be '{s}'"));
+    }
     for bad in ["/", "%"] {
         if s.contains(bad) {
             out.push(format!("may not contain '{bad}'"));
