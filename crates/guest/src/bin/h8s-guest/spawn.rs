@@ -1,0 +1,255 @@
+//! Starting a process in a container: a raw `clone` (fork-like, optionally into new
+//! namespaces), then in the child only async-signal-safe syscalls on memory prepared beforehand
+//! (the agent is multi-threaded, so the child must not allocate or take locks).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Where a child failed before `execve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    Stdio = 1,
+    Namespace = 2,
+    Root = 3,
+    Proc = 4,
+    Hostname = 5,
+    Identity = 6,
+    WorkingDir = 7,
+    Exec = 8,
+}
+
+impl Stage {
+    fn from_u32(v: u32) -> Option<Stage> {
+        Some(match v {
+            1 => Stage::Stdio,
+            2 => Stage::Namespace,
+            3 => Stage::Root,
+            4 => Stage::Proc,
+            5 => Stage::Hostname,
+            6 => Stage::Identity,
+            7 => Stage::WorkingDir,
+            8 => Stage::Exec,
+            _ => return None,
+        })
+    }
+}
+
+/// The child's failure: the stage and the errno.
+#[derive(Debug)]
+pub struct ChildError {
+    pub stage: Stage,
+    pub error: io::Error,
+}
+
+/// Everything the child needs, prepared by the parent (owned C strings plus pointer arrays).
+pub struct Plan {
+    /// Extra `clone` flags (namespaces); `SIGCHLD` is always added.
+    pub clone_flags: libc::c_int,
+    /// Namespaces to enter in the child (exec sessions): `(ns file, CLONE_NEW*)`.
+    pub enter: Vec<(File, libc::c_int)>,
+    /// Make this directory the root with `pivot_root` (container main process).
+    pub pivot_root: Option<CString>,
+    /// Mount a fresh `/proc` after the root change (new pid namespace).
+    pub mount_proc: bool,
+    pub hostname: Option<CString>,
+    /// Executable paths to try, in order (the `PATH` search, done without allocating).
+    pub candidates: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+    /// Make stdin the controlling terminal.
+    pub tty: bool,
+}
+
+/// Clones and starts the child with `stdio` as its fds 0, 1, 2. Returns its pid once it has
+/// exec'd, or the child's error (the child has then exited; the caller's reaper reaps it).
+/// `register` runs right after the clone with the pid (before exec is known to have worked), so
+/// the reaper can always match the exit to a process.
+pub fn spawn(
+    plan: &Plan,
+    stdio: [RawFd; 3],
+    register: impl FnOnce(i32),
+) -> io::Result<Result<i32, ChildError>> {
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let (err_r, err_w) = crate::sys::pipe()?;
+
+    // SAFETY: a raw clone without CLONE_VM and a null stack behaves like fork: the child gets a
+    // copy of the address space and runs `child`, which only makes syscalls on memory prepared
+    // above (no allocation, no locks) and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        child(plan, stdio, &argv, &envp, err_w.as_raw_fd());
+    }
+    let pid = pid as i32;
+    register(pid);
+    drop(err_w);
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    let mut f = File::from(err_r);
+    while got < report.len() {
+        match f.read(&mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got == 0 {
+        return Ok(Ok(pid));
+    }
+    let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Ok(Err(ChildError {
+        stage: Stage::from_u32(stage).unwrap_or(Stage::Exec),
+        error: io::Error::from_raw_os_error(errno),
+    }))
+}
+
+/// The child side. Only async-signal-safe calls from here on.
+fn child(
+    plan: &Plan,
+    stdio: [RawFd; 3],
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    err: RawFd,
+) -> ! {
+    let fail = |stage: Stage| -> ! {
+        // SAFETY: errno location is thread-local and valid; write and _exit are
+        // async-signal-safe and take a valid buffer.
+        unsafe {
+            let errno = *libc::__errno_location();
+            let mut buf = [0u8; 8];
+            buf[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+            buf[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err, buf.as_ptr().cast(), buf.len());
+            libc::_exit(127)
+        }
+    };
+    // SAFETY: each call below is a plain syscall on descriptors and on
+    // NUL-terminated strings / arrays prepared by the parent, which stay valid in the child's
+    // copy of the address space.
+    unsafe {
+        // The agent blocks SIGCHLD and std ignores SIGPIPE; neither may leak into the workload
+        // (an ignored disposition survives execve).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        if libc::setsid() < 0 {
+            fail(Stage::Stdio);
+        }
+        for (target, &fd) in stdio.iter().enumerate() {
+            let target = target as RawFd;
+            if fd == target {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    fail(Stage::Stdio);
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                fail(Stage::Stdio);
+            }
+        }
+        if plan.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            fail(Stage::Stdio);
+        }
+        for (ns, kind) in &plan.enter {
+            if libc::setns(ns.as_raw_fd(), *kind) < 0 {
+                fail(Stage::Namespace);
+            }
+        }
+        if let Some(root) = &plan.pivot_root {
+            // Keep our mounts from propagating back to the agent's namespace.
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(Stage::Root);
+            }
+            if libc::chdir(root.as_ptr()) < 0 {
+                fail(Stage::Root);
+            }
+            // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
+            // leaves only the container's tree.
+            if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0 {
+                fail(Stage::Root);
+            }
+            if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0 {
+                fail(Stage::Root);
+            }
+            if libc::chdir(c"/".as_ptr()) < 0 {
+                fail(Stage::Root);
+            }
+        }
+        if plan.mount_proc
+            && libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) < 0
+        {
+            fail(Stage::Proc);
+        }
+        if let Some(h) = &plan.hostname {
+            if libc::sethostname(h.as_ptr(), h.as_bytes().len()) < 0 {
+                fail(Stage::Hostname);
+            }
+        }
+        // The directory is entered as root (before dropping privileges), as runc does when the
+        // user cannot search it.
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            fail(Stage::WorkingDir);
+        }
+        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0
+            || libc::setgid(plan.gid) < 0
+            || libc::setuid(plan.uid) < 0
+        {
+            fail(Stage::Identity);
+        }
+        let mut best_errno = libc::ENOENT;
+        for c in &plan.candidates {
+            libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let e = *libc::__errno_location();
+            // Like execvp: remember a more telling error than "not found".
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                best_errno = e;
+            }
+        }
+        *libc::__errno_location() = best_errno;
+        fail(Stage::Exec)
+    }
+}
