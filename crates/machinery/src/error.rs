@@ -28,13 +28,17 @@ pub enum Error {
     /// kube-apiserver answers for JSON Patch application errors.
     #[error("{0}")]
     PatchNotApplicable(String),
+    /// The request is over a size limit (e.g. more than 10,000 JSON Patch operations).
+    /// → 413 RequestEntityTooLarge.
+    #[error("{0}")]
+    TooLarge(String),
     /// Server-side apply found fields owned by other managers with different values, and
     /// `force` was not set. → 409 Conflict.
     #[error("{0}")]
     Conflict(Conflicts),
     /// The applied configuration or object is structurally unusable for apply / managed
     /// fields (e.g. not an object, duplicate keys in an associative list, `managedFields`
-    /// malformed). → 422 Invalid... except where noted by the message.
+    /// malformed). → 422 Invalid.
     #[error("{0}")]
     Invalid(String),
 }
@@ -48,6 +52,7 @@ impl Error {
             | Error::FieldLabelNotSupported(_)
             | Error::BadPatch(_) => 400,
             Error::Conflict(_) => 409,
+            Error::TooLarge(_) => 413,
             Error::PatchNotApplicable(_) | Error::Invalid(_) => 422,
         }
     }
@@ -57,6 +62,7 @@ impl Error {
         match self.code() {
             400 => "BadRequest",
             409 => "Conflict",
+            413 => "RequestEntityTooLarge",
             _ => "Invalid",
         }
     }

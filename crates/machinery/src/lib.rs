@@ -12,11 +12,17 @@
 #![deny(missing_docs)]
 
 mod error;
+mod patch;
+mod patch_meta;
 mod selector;
+mod strategic;
 mod validation;
 
 pub use error::{Conflict, Conflicts, Error, Result};
+pub use patch::{apply_patch, merge_patch, JsonPatch, PatchType, MAX_JSON_PATCH_OPERATIONS};
+pub use patch_meta::{FieldMeta, ListType, Schema};
 pub use selector::{
     escape_value, FieldOperator, FieldRequirement, FieldSelector, LabelSelector, Labels, Operator,
     Requirement,
 };
+pub use strategic::{strategic_merge_patch, strategic_merge_patch_value};

@@ -840,8 +840,8 @@ fn split_term(term: &str) -> Option<(&str, FieldOperator, &str)> {
             ("==", FieldOperator::DoubleEquals),
             ("=", FieldOperator::Equals),
         ] {
-            if rest.starts_with(op_s) {
-                return Some((&term[..i], op, &rest[op_s.len()..]));
+            if let Some(value) = rest.strip_prefix(op_s) {
+                return Some((&term[..i], op, value));
             }
         }
     }
