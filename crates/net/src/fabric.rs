@@ -254,7 +254,9 @@ impl Fabric {
             nl.set_up(u, None, None)?;
             nl.add_addr(u, gw_t, 31)?;
             nl.add_default_route(host_t)?;
-            nft::apply(&nft::gateway_script())
+            nft::apply(&nft::gateway_script(
+                &net.subnets.iter().map(|s| s.gateway).collect::<Vec<_>>(),
+            ))
         })
     }
 

@@ -264,6 +264,12 @@ impl Nl {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
                             dst = Some(*ip)
                         }
+                        // The bridge family's NDA_DST is not typed by the parser.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b))
+                            if b.len() == 4 =>
+                        {
+                            dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                        }
                         _ => {}
                     }
                 }

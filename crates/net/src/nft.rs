@@ -146,7 +146,12 @@ table inet {TABLE} {{
 
 /// The gateway namespace's table: answers pings and DNS on the gateway addresses, routes
 /// between the Network's own subnets, masquerades egress out of `up0`, lets nothing in.
-pub(crate) fn gateway_script() -> String {
+pub(crate) fn gateway_script(gateways: &[Ipv4Addr]) -> String {
+    let gw = gateways
+        .iter()
+        .map(|g| g.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"table ip {TABLE}
 delete table ip {TABLE}
@@ -155,8 +160,8 @@ table ip {TABLE} {{
     type filter hook input priority 0; policy drop;
     iif lo accept
     ct state established,related accept
-    iifname "gw0" icmp type echo-request accept
-    iifname "gw0" meta l4proto {{ tcp, udp }} th dport 53 accept
+    iifname "gw0" ip daddr {{ {gw} }} icmp type echo-request accept
+    iifname "gw0" ip daddr {{ {gw} }} meta l4proto {{ tcp, udp }} th dport 53 accept
   }}
   chain forward {{
     type filter hook forward priority 0; policy drop;

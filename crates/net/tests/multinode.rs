@@ -1,0 +1,203 @@
+//! Two (or three) "nodes" = network namespaces on a veth underlay, pods = namespaces with a
+//! veth; two tenants on the same subnet 192.168.0.0/24 on the same nodes.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use common::*;
+use h8s_net::{Network, NsRef, Subnet};
+
+const T: Duration = Duration::from_millis(1500);
+
+fn network(name: &str, tenant: &str, vni: u32, cidr: &str) -> Network {
+    Network {
+        name: name.into(),
+        tenant: tenant.into(),
+        vni,
+        subnets: vec![Subnet::new("subnet1", cidr, None).unwrap()],
+        mtu: 1450,
+        dns: vec![],
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn same_network_spans_nodes_other_tenant_on_same_subnet_is_unreachable() {
+    let mut lab = Lab::new("mn");
+    let nodes = lab.nodes(2);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    lab.store
+        .create(&network("neta", "tenant-a", 100, "192.168.0.0/24"))
+        .unwrap();
+    lab.store
+        .create(&network("netb", "tenant-b", 101, "192.168.0.0/24"))
+        .unwrap();
+    let pods: Vec<(String, NsRef)> = ["a1", "a2", "b1", "b2"]
+        .iter()
+        .map(|p| (p.to_string(), lab.ns(p)))
+        .collect();
+    let a1 = n1.attach_netns("neta", "a1", &pods[0].1).unwrap();
+    let a2 = n2.attach_netns("neta", "a2", &pods[1].1).unwrap();
+    let b1 = n1.attach_netns("netb", "b1", &pods[2].1).unwrap();
+    let b2 = n2.attach_netns("netb", "b2", &pods[3].1).unwrap();
+    // The shared store plays the control plane; each node programs what it learns from it.
+    n1.reconcile().unwrap();
+    n2.reconcile().unwrap();
+    // Same addresses in both tenants.
+    assert_eq!((a1.ip, a2.ip), (ip("192.168.0.2"), ip("192.168.0.3")));
+    assert_eq!((b1.ip, b2.ip), (a1.ip, a2.ip));
+    assert_eq!(a1.mtu, 1450);
+    let (pa1, pa2, pb1, pb2) = (&pods[0].1, &pods[1].1, &pods[2].1, &pods[3].1);
+
+    // Across nodes over VXLAN, within a tenant: ICMP and TCP.
+    assert!(ping(pa1, a2.ip, T).is_some(), "a1 -> a2 across nodes");
+    assert!(ping(pb2, b1.ip, T).is_some(), "b2 -> b1 across nodes");
+    tcp_token_server(pa2, SocketAddrV4::new(a2.ip, 7000), "tenant-a");
+    tcp_token_server(pb2, SocketAddrV4::new(b2.ip, 7000), "tenant-b");
+    assert_eq!(
+        tcp_read(pa1, SocketAddrV4::new(a2.ip, 7000)).as_deref(),
+        Some("tenant-a")
+    );
+    assert_eq!(
+        tcp_read(pb1, SocketAddrV4::new(b2.ip, 7000)).as_deref(),
+        Some("tenant-b")
+    );
+    // The MTU fits the VXLAN: a full-size packet crosses without fragmentation trouble.
+    let big = "x".repeat(1400);
+    let ua2 = udp(pa2, SocketAddrV4::new(a2.ip, 7001));
+    let ua1 = udp(pa1, SocketAddrV4::new(a1.ip, 0));
+    ua1.send_to(big.as_bytes(), SocketAddrV4::new(a2.ip, 7001))
+        .unwrap();
+    assert_eq!(drain(&ua2).len(), 1, "1400-byte datagram across VXLAN");
+
+    // Each pod's gateway answers (on its own node), the host and the underlay do not.
+    for p in [pa1, pa2, pb1, pb2] {
+        assert!(ping(p, ip("192.168.0.1"), T).is_some(), "gateway answers");
+        assert!(
+            ping(p, ip("10.77.0.1"), Duration::from_millis(500)).is_none(),
+            "node 1 is not reachable"
+        );
+        assert!(
+            ping(p, ip("10.77.0.2"), Duration::from_millis(500)).is_none(),
+            "node 2 is not reachable"
+        );
+        assert!(
+            ping(p, ip("100.64.0.0"), Duration::from_millis(500)).is_none(),
+            "the host end of the uplink is not reachable"
+        );
+    }
+
+    // No path between tenants: the stack of each node has no route into either segment, and
+    // the bridges are separate.
+    let n1ns = &n1.node().netns;
+    assert!(
+        ping(n1ns, a1.ip, Duration::from_millis(500)).is_none(),
+        "the node cannot reach pods"
+    );
+    tcp_token_server(pb1, SocketAddrV4::new(b1.ip, 7002), "b1");
+    assert_eq!(
+        tcp_read(pa2, SocketAddrV4::new(b1.ip, 7002)),
+        None,
+        "192.168.0.2 in tenant a is a1, which does not listen"
+    );
+    assert_eq!(tcp_read(pa2, SocketAddrV4::new(a1.ip, 7002)), None);
+    // And a1 sees a2 (tenant a) at 192.168.0.3, never b2.
+    assert_eq!(
+        tcp_read(pa1, SocketAddrV4::new(ip("192.168.0.3"), 7000)).as_deref(),
+        Some("tenant-a")
+    );
+    assert_eq!(
+        tcp_read(pb1, SocketAddrV4::new(ip("192.168.0.3"), 7000)).as_deref(),
+        Some("tenant-b")
+    );
+
+    // Detach everything; the nodes are left with nothing of h8s's.
+    for (f, net, pod) in [
+        (n1, "neta", "a1"),
+        (n2, "neta", "a2"),
+        (n1, "netb", "b1"),
+        (n2, "netb", "b2"),
+    ] {
+        f.detach(net, pod).unwrap();
+    }
+    for f in [n1, n2] {
+        f.teardown_network("neta").unwrap();
+        f.teardown_network("netb").unwrap();
+        let inv = f.inventory().unwrap();
+        assert!(inv.is_empty(), "leftovers on {}: {inv:?}", f.node().name);
+        let names = sh(&f.node().netns, "ip -o link | cut -d: -f2");
+        assert!(
+            !names.split_whitespace().any(|n| n.starts_with("h8")),
+            "no h8s links: {names}"
+        );
+        assert!(
+            !sh(&f.node().netns, "nft list tables").contains("h8s"),
+            "no h8s tables"
+        );
+    }
+    lab.store.remove("neta").unwrap();
+    lab.store.remove("netb").unwrap();
+}
+
+#[test]
+fn egress_is_masqueraded_and_tenants_cannot_reach_each_others_gateways() {
+    let mut lab = Lab::new("eg");
+    let nodes = lab.nodes(1);
+    let n1 = &nodes[0];
+    // An "internet" namespace behind the node.
+    let inet = lab.ns("inet");
+    let (NsRef::Path(np), NsRef::Path(ip_)) = (&n1.node().netns, &inet) else {
+        unreachable!()
+    };
+    run(&format!(
+        "ip -n {n} link add wan type veth peer name wan netns {i} && ip -n {n} addr add 203.0.113.1/24 dev wan && ip -n {n} link set wan up && \
+         ip -n {i} addr add 203.0.113.9/24 dev wan && ip -n {i} link set wan up && ip -n {n} route add default via 203.0.113.9",
+        n = np.file_name().unwrap().to_str().unwrap(),
+        i = ip_.file_name().unwrap().to_str().unwrap()
+    ));
+    lab.store
+        .create(&network("neta", "tenant-a", 200, "192.168.0.0/24"))
+        .unwrap();
+    lab.store
+        .create(&network("netc", "tenant-c", 201, "10.50.0.0/24"))
+        .unwrap();
+    let pa = lab.ns("a");
+    let pc = lab.ns("c");
+    let a = n1.attach_netns("neta", "a", &pa).unwrap();
+    let c = n1.attach_netns("netc", "c", &pc).unwrap();
+
+    // Egress: the outside sees the node's address, not the pod's.
+    let l = inet
+        .run(|| Ok(std::net::TcpListener::bind("203.0.113.9:8080").unwrap()))
+        .unwrap();
+    let t = std::thread::spawn(move || l.accept().map(|(_, peer)| peer).unwrap());
+    assert!(tcp_read(&pa, SocketAddrV4::new(ip("203.0.113.9"), 8080)).is_some());
+    let peer = t.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        "203.0.113.1",
+        "masqueraded to the node's address"
+    );
+    assert!(ping(&pa, ip("203.0.113.9"), T).is_some());
+
+    // Nothing comes in from outside.
+    assert!(ping(&inet, a.ip, Duration::from_millis(500)).is_none());
+    // Other tenant: its pod, its gateway, its uplink are all out of reach.
+    assert!(ping(&pa, c.ip, Duration::from_millis(500)).is_none());
+    assert!(ping(&pa, ip("10.50.0.1"), Duration::from_millis(500)).is_none());
+    for t in ["100.64.0.0", "100.64.0.1", "100.64.0.2", "100.64.0.3"] {
+        assert!(
+            ping(&pa, ip(t), Duration::from_millis(400)).is_none(),
+            "{t}"
+        );
+    }
+    assert!(
+        ping(&pc, ip("203.0.113.9"), T).is_some(),
+        "tenant c has egress too"
+    );
+}
