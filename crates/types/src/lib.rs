@@ -4,6 +4,8 @@
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
 //! - [`defaults`]: defaulting on every write, and what a create resets.
+//! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
+//!   merge keys, walkable by field.
 //! - [`validation`]: create/update validation with Kubernetes' field errors
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
@@ -11,6 +13,7 @@
 pub mod defaults;
 pub mod network;
 pub mod resources;
+pub mod schema;
 pub mod validation;
 
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
