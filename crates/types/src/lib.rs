@@ -6,6 +6,7 @@
 //! - [`defaults`]: defaulting on every write, and what a create resets.
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
 //!   merge keys, walkable by field.
+//! - [`strict`]: unknown and duplicate fields for `fieldValidation`.
 //! - [`validation`]: create/update validation with Kubernetes' field errors
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod defaults;
 pub mod network;
 pub mod resources;
 pub mod schema;
+pub mod strict;
 pub mod validation;
 
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};

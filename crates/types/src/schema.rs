@@ -611,8 +611,8 @@ const NETWORK_LIST_DEF: &str = "io.h8s.api.core.v1.NetworkList";
 
 macro_rules! kinds {
     ($g:ident; $( ($group:expr, $version:expr, $kind:expr, $ty:ty) ),* $(,)?) => {{
-        let mut v: Vec<(&str, &str, &str, schemars::Schema)> = Vec::new();
-        $( v.push(($group, $version, $kind, $g.subschema_for::<$ty>())); )*
+        let v: Vec<(&str, &str, &str, schemars::Schema)> =
+            vec![$( ($group, $version, $kind, $g.subschema_for::<$ty>()) ),*];
         v
     }};
 }
