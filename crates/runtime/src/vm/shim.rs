@@ -332,7 +332,9 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     tracing::info!(%accel, reason = why, "accelerator chosen");
     rec.accel = Some(accel);
     rec.accel_reason = Some(why.to_string());
-    remove_sockets(dir);
+    for p in [dir.qmp_sock(), dir.agent_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
     let paths = VmPaths {
         qmp: &dir.qmp_sock(),
         agent: &dir.agent_sock(),

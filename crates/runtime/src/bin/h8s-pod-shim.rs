@@ -1,0 +1,25 @@
+//! A standalone pod supervisor (`h8s pod-shim` without the rest of `h8s`), for the runtime's
+//! own tests and benchmarks: `h8s-pod-shim --root DIR [--adopt] ID`.
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut root = None;
+    let mut adopt = false;
+    let mut id = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--root" => root = args.next(),
+            "--adopt" => adopt = true,
+            _ => id = Some(a),
+        }
+    }
+    let (Some(root), Some(id)) = (root, id) else {
+        eprintln!("usage: h8s-pod-shim --root DIR [--adopt] ID");
+        std::process::exit(2);
+    };
+    std::process::exit(h8s_runtime::shim_main(
+        std::path::Path::new(&root),
+        &id,
+        adopt,
+    ));
+}

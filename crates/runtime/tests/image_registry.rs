@@ -1,0 +1,364 @@
+//! Push to and pull from Debian's `docker-registry` (the CNCF distribution registry),
+//! started by each test on a free loopback port and killed by PID when it ends:
+//! anonymous and basic auth, tags, digests, an OCI index, progress and caching.
+//! Needs docker-registry, busybox-static and erofs-utils (scripts/setup installs them).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use h8s_runtime::image::{Credentials, Error, ImageStore, Progress, ProgressFn, PullOptions};
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry; with `htpasswd`, basic auth for that user and password.
+    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(REGISTRY).exists(),
+            "needs Debian's docker-registry (scripts/setup)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: h8s-test-secret\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = htpasswd {
+            // The registry reads bcrypt only; $2a$ is the variant every version accepts.
+            let hash = bcrypt::hash_with_result(password, 4)
+                .unwrap()
+                .format_for_version(bcrypt::Version::TwoA);
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: h8s-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let mut r = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self._dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                panic!("registry exited ({st}): {log}");
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read(&mut buf).unwrap_or(0) >= 9 && buf.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "registry did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A raw PUT, for what our client has no call for (an index document).
+    fn put(&self, path: &str, content_type: &str, body: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.host(),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Child::kill signals exactly this PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn busybox_layout(dir: &Path) -> PathBuf {
+    let out = dir.join("busybox-oci");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let st = Command::new("bash")
+        .arg(root.join("scripts/build-test-image.sh"))
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "build-test-image.sh failed (needs busybox-static)"
+    );
+    out
+}
+
+/// A one-layer docker-archive, to have a second, different image.
+fn other_image(path: &Path) {
+    let mut l = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(5);
+    l.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
+    let layer = l.into_inner().unwrap();
+    let config = br#"{"architecture":"arm64","os":"linux","config":{"Cmd":["cat","/hello.txt"]}}"#;
+    let manifest = br#"[{"Config":"config.json","RepoTags":["other:1"],"Layers":["l/layer.tar"]}]"#;
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in [
+        ("l/layer.tar", &layer[..]),
+        ("config.json", &config[..]),
+        ("manifest.json", &manifest[..]),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+fn recorder() -> (Arc<Mutex<Vec<Progress>>>, ProgressFn) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    (
+        events,
+        Arc::new(move |p: &Progress| e.lock().unwrap().push(p.clone())),
+    )
+}
+
+#[tokio::test]
+async fn push_then_pull_anonymous_by_tag_digest_and_index() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let src = ImageStore::open(&t.path().join("src")).unwrap();
+    let bb = src
+        .import(&busybox_layout(t.path()), None)
+        .await
+        .unwrap()
+        .remove(0);
+    let target = format!("{}/test/busybox:v1", reg.host());
+    let pushed = src
+        .push("busybox", &target, &PullOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pushed, bb.manifest_digest);
+
+    let dst = ImageStore::open(&t.path().join("dst")).unwrap();
+    let (events, progress) = recorder();
+    let opts = PullOptions {
+        progress: Some(progress),
+        ..Default::default()
+    };
+    let img = dst.pull(&target, &opts).await.unwrap();
+    assert_eq!(img.id, bb.id);
+    assert_eq!(img.digest, bb.manifest_digest);
+    assert_eq!(img.names, vec![target.clone()]);
+    assert_eq!(img.config, bb.config);
+    {
+        let ev = events.lock().unwrap();
+        assert!(
+            matches!(&ev[0], Progress::Resolved { layers: 1, .. }),
+            "{ev:?}"
+        );
+        let layer = ev.iter().find_map(|p| match p {
+            Progress::Done {
+                digest,
+                size,
+                cached: false,
+            } if *size > 500_000 => Some(digest.clone()),
+            _ => None,
+        });
+        let layer = layer.expect("layer downloaded");
+        let last = ev.iter().rev().find_map(|p| match p {
+            Progress::Downloading {
+                digest,
+                received,
+                total,
+            } if digest == &layer => Some((*received, *total)),
+            _ => None,
+        });
+        let (received, total) = last.expect("byte progress reported");
+        assert_eq!(received, total);
+    }
+    let rootfs = dst.rootfs(&img).await.unwrap();
+    assert!(rootfs.is_file());
+
+    // Again: everything already present.
+    events.lock().unwrap().clear();
+    dst.pull(&target, &opts).await.unwrap();
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|p| !matches!(p, Progress::Done { cached: false, .. })));
+
+    // By digest, under another repository name form (localhost).
+    let by_digest = format!("{}/test/busybox@{}", reg.host(), bb.manifest_digest);
+    assert_eq!(
+        dst.pull(&by_digest, &PullOptions::default())
+            .await
+            .unwrap()
+            .id,
+        bb.id
+    );
+    let via_localhost = format!("localhost:{}/test/busybox:v1", reg.port);
+    assert_eq!(
+        dst.pull(&via_localhost, &PullOptions::default())
+            .await
+            .unwrap()
+            .id,
+        bb.id
+    );
+
+    // An OCI index with an arm64 image first: the amd64 one is chosen.
+    let other_tar = t.path().join("other.tar");
+    other_image(&other_tar);
+    let other = src.import(&other_tar, None).await.unwrap().remove(0);
+    src.push(
+        "other:1",
+        &format!("{}/test/busybox:arm", reg.host()),
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap();
+    let size = |d: &h8s_runtime::image::Digest| {
+        std::fs::metadata(src.root().join("blobs/sha256").join(d.hex()))
+            .unwrap()
+            .len()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other.manifest_digest.to_string(),
+             "size": size(&other.manifest_digest), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": bb.manifest_digest.to_string(),
+             "size": size(&bb.manifest_digest), "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    let body = serde_json::to_vec(&index).unwrap();
+    let resp = reg.put(
+        "/v2/test/busybox/manifests/multi",
+        "application/vnd.oci.image.index.v1+json",
+        &body,
+    );
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let multi = dst
+        .pull(
+            &format!("{}/test/busybox:multi", reg.host()),
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(multi.id, bb.id);
+    assert_eq!(
+        multi.digest,
+        h8s_runtime::image::Digest::of(&body),
+        "the name pins the index"
+    );
+    assert_eq!(multi.manifest_digest, bb.manifest_digest);
+
+    // Missing things are typed errors.
+    let missing = format!("{}/test/busybox:nope", reg.host());
+    assert!(matches!(
+        dst.pull(&missing, &PullOptions::default()).await,
+        Err(Error::NotFound(_))
+    ));
+    let missing = format!("{}/test/absent:v1", reg.host());
+    assert!(matches!(
+        dst.pull(&missing, &PullOptions::default()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(dst.list().unwrap().iter().all(|i| i.id == bb.id));
+    assert!(
+        std::fs::read_dir(dst.root().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no partial files"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_push_and_pull() {
+    let reg = Registry::start(Some(("h8s", "s3cret pass")));
+    let t = tempfile::tempdir().unwrap();
+    let src = ImageStore::open(&t.path().join("src")).unwrap();
+    let bb = src
+        .import(&busybox_layout(t.path()), None)
+        .await
+        .unwrap()
+        .remove(0);
+    let target = format!("{}/private/busybox:v1", reg.host());
+    let creds = |password: &str| PullOptions {
+        auth: Some(Credentials {
+            username: "h8s".into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    };
+
+    let err = src
+        .push("busybox", &target, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    src.push("busybox", &target, &creds("s3cret pass"))
+        .await
+        .unwrap();
+
+    let dst = ImageStore::open(&t.path().join("dst")).unwrap();
+    let err = dst
+        .pull(&target, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    let err = dst.pull(&target, &creds("wrong")).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    assert!(dst.list().unwrap().is_empty());
+    let img = dst.pull(&target, &creds("s3cret pass")).await.unwrap();
+    assert_eq!(img.id, bb.id);
+    assert!(dst.rootfs(&img).await.unwrap().is_file());
+}

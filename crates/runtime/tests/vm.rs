@@ -1,0 +1,396 @@
+//! The runtime API against real pod VMs: QEMU under TCG (or KVM where the host has it) with the
+//! guest kernel, initramfs and agent built by `scripts/setup`, and a busybox erofs image built
+//! here with `mkfs.erofs`. VMs are serialized across test binaries with a lock file: the
+//! machine has 2 cores.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use h8s_runtime::{
+    ContainerConfig, ContainerState, Error, ExecConfig, ImageDisk, Runtime, RuntimeConfig,
+    SandboxConfig, SandboxState, ShimCommand, StreamEvent, VmSettings,
+};
+
+const NEEDS: &str = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)";
+
+/// Holds the cross-binary VM lock for one test.
+struct VmLock(#[allow(dead_code)] std::fs::File);
+
+fn vm_lock() -> VmLock {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/h8s-vm-tests.lock")
+        .expect("lock file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock");
+    VmLock(f)
+}
+
+/// A busybox root filesystem as an erofs image (Debian's busybox-static).
+fn busybox_erofs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("needs busybox-static");
+    for applet in [
+        "sh", "echo", "cat", "uname", "sleep", "ls", "true", "false", "id", "env",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    let img = dir.join("busybox.erofs");
+    let st = std::process::Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&img)
+        .arg(&root)
+        .status()
+        .expect("needs erofs-utils");
+    assert!(st.success());
+    img
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    rt: Runtime,
+    image: PathBuf,
+    _lock: VmLock,
+}
+
+fn env() -> Env {
+    let lock = vm_lock();
+    let tmp = tempfile::Builder::new()
+        .prefix("h8s-rt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let image = busybox_erofs(tmp.path());
+    let mut vm = VmSettings::from_env().unwrap();
+    vm.boot_timeout_secs = 120;
+    let rt = Runtime::new(RuntimeConfig {
+        root: tmp.path().join("state"),
+        vm,
+        shim: ShimCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_h8s-pod-shim")),
+            args: vec![],
+        },
+    });
+    Env {
+        _tmp: tmp,
+        rt,
+        image,
+        _lock: lock,
+    }
+}
+
+fn sandbox(e: &Env, name: &str) -> SandboxConfig {
+    let mut s = SandboxConfig::new(name);
+    s.memory_mib = 128;
+    s.images.push(ImageDisk {
+        name: "busybox".into(),
+        path: e.image.clone(),
+    });
+    s
+}
+
+fn container(name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        name: name.into(),
+        image: "busybox".into(),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        working_dir: None,
+        user: None,
+        tty: false,
+        stdin: false,
+        tty_size: None,
+        init: false,
+    }
+}
+
+async fn collect(mut s: h8s_runtime::Stream) -> (Vec<u8>, Vec<u8>, Option<i32>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), s.output.next()).await {
+            Ok(Ok(Some(StreamEvent::Stdout(d)))) => out.extend(d),
+            Ok(Ok(Some(StreamEvent::Stderr(d)))) => err.extend(d),
+            Ok(Ok(Some(StreamEvent::Exit(c)))) => return (out, err, Some(c)),
+            Ok(Ok(None)) => return (out, err, None),
+            Ok(Err(e)) => panic!("stream error {e}"),
+            Err(_) => panic!("stream timed out"),
+        }
+    }
+}
+
+/// Every QEMU process whose command line mentions `needle` (our temp dir).
+fn qemu_procs(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("qemu-system") && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn init_containers_run_in_order_then_apps_and_exec_works() {
+    let _ = NEEDS;
+    let e = env();
+    let id =
+        e.rt.run_sandbox(sandbox(&e, "ordered"))
+            .await
+            .expect("pod starts");
+    let st = e.rt.sandbox_status(&id).await.unwrap();
+    assert_eq!(st.state, SandboxState::Ready);
+    assert!(st.accel.is_some());
+    let kernel = st.guest_kernel.clone().expect("guest kernel reported");
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(
+        kernel.trim(),
+        host.trim(),
+        "the pod must run its own kernel"
+    );
+
+    let mut first = container(
+        "first",
+        &["sh", "-c", "echo one > /tmp/order; echo init-one"],
+    );
+    first.init = true;
+    let mut second = container("second", &["sh", "-c", "echo init-two"]);
+    second.init = true;
+    let app = container("app", &["sh", "-c", "echo app-up; sleep 600"]);
+    e.rt.start_pod_containers(&id, &[first, second, app])
+        .await
+        .expect("containers start");
+    let cs = e.rt.list_containers(&id).await.unwrap();
+    let names: Vec<_> = cs.iter().map(|c| c.config.name.as_str()).collect();
+    assert_eq!(names, ["first", "second", "app"]);
+    assert_eq!(cs[0].state, ContainerState::Exited);
+    assert_eq!(cs[0].exit_code, Some(0));
+    assert_eq!(cs[2].state, ContainerState::Running);
+    assert!(cs[0].finished_at.as_deref() <= cs[1].started_at.as_deref());
+
+    // Exec with stdin: what goes in comes back out.
+    let mut s =
+        e.rt.exec(
+            &id,
+            "app",
+            ExecConfig {
+                command: vec!["cat".into()],
+                env: vec![],
+                tty: false,
+                stdin: true,
+                size: None,
+            },
+        )
+        .await
+        .unwrap();
+    s.input.stdin(b"ping through the VM\n").await.unwrap();
+    s.input.close_stdin().await.unwrap();
+    let (out, _, code) = collect(s).await;
+    assert_eq!(out, b"ping through the VM\n");
+    assert_eq!(code, Some(0));
+
+    // Exec exit codes and stderr.
+    let s =
+        e.rt.exec(
+            &id,
+            "app",
+            ExecConfig {
+                command: vec!["sh".into(), "-c".into(), "echo oops >&2; exit 3".into()],
+                env: vec![],
+                tty: false,
+                stdin: false,
+                size: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (_, err, code) = collect(s).await;
+    assert_eq!((err.as_slice(), code), (&b"oops\n"[..], Some(3)));
+
+    // A missing command is a typed error.
+    let r =
+        e.rt.exec(
+            &id,
+            "app",
+            ExecConfig {
+                command: vec!["/no/such/binary".into()],
+                env: vec![],
+                tty: false,
+                stdin: false,
+                size: None,
+            },
+        )
+        .await;
+    assert!(
+        matches!(r, Err(Error::CommandNotFound(_))),
+        "got {:?}",
+        r.err()
+    );
+
+    // CRI logs of the init containers and the app.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(e.rt.log_path(&id, "app")).unwrap();
+    let line = log.lines().next().expect("a log line");
+    let entry = h8s_runtime::LogEntry::parse(line.as_bytes()).expect("CRI format");
+    assert_eq!(entry.content, b"app-up");
+    assert!(entry.full && entry.time.ends_with('Z'));
+
+    e.rt.stop_sandbox(&id, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let st = e.rt.sandbox_status(&id).await.unwrap();
+    assert_eq!(st.state, SandboxState::Stopped);
+    assert_eq!(st.qemu_pid, None);
+    assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
+    e.rt.remove_sandbox(&id, false).await.unwrap();
+    assert!(e.rt.list_sandboxes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn a_failing_init_container_stops_the_app_from_starting() {
+    let e = env();
+    let id = e.rt.run_sandbox(sandbox(&e, "badinit")).await.unwrap();
+    let mut bad = container("bad", &["sh", "-c", "exit 4"]);
+    bad.init = true;
+    let app = container("app", &["sleep", "600"]);
+    let r = e.rt.start_pod_containers(&id, &[bad, app]).await;
+    assert!(
+        matches!(r, Err(Error::FailedPrecondition(ref m)) if m.contains("exited with 4")),
+        "{r:?}"
+    );
+    let cs = e.rt.list_containers(&id).await.unwrap();
+    assert_eq!(cs.len(), 1, "the app container was never created");
+    e.rt.remove_sandbox(&id, true).await.unwrap();
+    assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn a_crashing_guest_fails_the_pod_and_leaves_no_vm() {
+    let e = env();
+    let id = e.rt.run_sandbox(sandbox(&e, "crash")).await.unwrap();
+    e.rt.start_pod_containers(&id, &[container("app", &["sleep", "600"])])
+        .await
+        .unwrap();
+    // Panic the guest kernel: QEMU exits (panic=-1 + -no-reboot) or pauses; either way the
+    // supervisor must notice and mark the pod failed.
+    let s =
+        e.rt.exec(
+            &id,
+            "app",
+            ExecConfig {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo c > /proc/sysrq-trigger".into(),
+                ],
+                env: vec![],
+                tty: false,
+                stdin: false,
+                size: None,
+            },
+        )
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(60), collect(s)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = e.rt.sandbox_status(&id).await.unwrap();
+        if st.state == SandboxState::Failed {
+            assert!(st.reason.is_some());
+            assert_eq!(st.qemu_pid, None);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod not failed: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
+    e.rt.remove_sandbox(&id, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn a_vm_that_does_not_boot_in_time_leaves_nothing_behind() {
+    let mut e = env();
+    let mut vm = VmSettings::from_env().unwrap();
+    vm.boot_timeout_secs = 1;
+    e.rt = Runtime::new(RuntimeConfig {
+        root: e.rt.root().to_path_buf(),
+        vm,
+        shim: ShimCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_h8s-pod-shim")),
+            args: vec![],
+        },
+    });
+    let r = e.rt.run_sandbox(sandbox(&e, "slow")).await;
+    assert!(matches!(r, Err(Error::BootTimeout(_))), "{r:?}");
+    assert!(e.rt.list_sandboxes().await.unwrap().is_empty());
+    let pods = e.rt.root().join("pods");
+    assert_eq!(std::fs::read_dir(&pods).map(|d| d.count()).unwrap_or(0), 0);
+    assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
+}
+
+#[tokio::test]
+async fn bad_requests_fail_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vm = VmSettings::from_env().unwrap();
+    vm.kernel = tmp.path().join("no-kernel");
+    let rt = Runtime::new(RuntimeConfig {
+        root: tmp.path().join("state"),
+        vm,
+        shim: ShimCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_h8s-pod-shim")),
+            args: vec![],
+        },
+    });
+    let mut s = SandboxConfig::new("p");
+    assert!(matches!(
+        rt.run_sandbox(s.clone()).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.name = "bad name".into();
+    assert!(matches!(
+        rt.run_sandbox(s).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(rt.resolve("nope"), Err(Error::NotFound { .. })));
+    assert!(
+        !tmp.path().join("state/pods").exists()
+            || std::fs::read_dir(tmp.path().join("state/pods"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
