@@ -99,8 +99,12 @@ pub struct Image {
     pub id: Digest,
     /// Normalised references naming this image (may be empty: a dangling image).
     pub names: Vec<String>,
-    /// The manifest (or index, for multi-platform images) digest: `name@digest` pins it.
+    /// The manifest (or index, for multi-platform images) digest of the latest pull or
+    /// import: `name@digest` pins it.
     pub digest: Digest,
+    /// Every digest the image arrived by (a multi-platform index and the bare manifest
+    /// may both name it).
+    pub digests: Vec<Digest>,
     /// The linux/amd64 image manifest's digest (equals `digest` for single-platform).
     pub manifest_digest: Digest,
     /// Bytes stored for config and layers (compressed, as distributed).
@@ -150,12 +154,15 @@ pub enum Progress {
     },
 }
 
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
 /// Options for [`ImageStore::pull`] and [`ImageStore::push`].
 #[derive(Clone, Default)]
 pub struct PullOptions {
     pub auth: Option<Credentials>,
     /// Called from the pulling task; keep it cheap.
-    pub progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    pub progress: Option<ProgressFn>,
     /// Registries (`host:port`) allowed over plain http besides loopback ones.
     pub insecure_registries: Vec<String>,
 }
@@ -353,6 +360,7 @@ impl ImageStore {
     fn blobs_of(&self, r: &Record) -> Result<Vec<Digest>> {
         let m = self.manifest(&r.manifest)?;
         let mut out = vec![r.digest.clone(), r.manifest.clone(), r.id.clone()];
+        out.extend(r.digests.iter().cloned());
         out.extend(m.layers.into_iter().map(|l| l.digest));
         Ok(out)
     }
@@ -371,6 +379,11 @@ impl ImageStore {
             id: r.id.clone(),
             names: r.names.clone(),
             digest: r.digest.clone(),
+            digests: if r.digests.is_empty() {
+                vec![r.digest.clone()]
+            } else {
+                r.digests.clone()
+            },
             manifest_digest: r.manifest.clone(),
             size: r.size,
             created: r.created,
@@ -401,6 +414,7 @@ impl ImageStore {
                     index.images.push(Record {
                         id: p.id.clone(),
                         digest: p.digest.clone(),
+                        digests: vec![],
                         manifest: p.manifest.clone(),
                         names: vec![],
                         size: p.size,
@@ -409,6 +423,10 @@ impl ImageStore {
                     index.images.last_mut().expect("just pushed")
                 }
             };
+            rec.digest = p.digest.clone();
+            if !rec.digests.contains(&p.digest) {
+                rec.digests.push(p.digest.clone());
+            }
             for n in names {
                 if !rec.names.contains(n) {
                     rec.names.push(n.clone());
@@ -438,7 +456,7 @@ fn resolve(images: &[Record], q: &str) -> Result<(usize, Option<String>)> {
         let d = Digest::from_hex(hex).map_err(|_| Error::InvalidDigest(q.to_owned()))?;
         return images
             .iter()
-            .position(|r| r.id == d || r.digest == d || r.manifest == d)
+            .position(|r| r.id == d || r.manifest == d || r.digests.contains(&d) || r.digest == d)
             .map(|p| (p, None))
             .ok_or_else(|| Error::NotFound(q.to_owned()));
     }
@@ -450,7 +468,7 @@ fn resolve(images: &[Record], q: &str) -> Result<(usize, Option<String>)> {
         if let Some(d) = r.digest() {
             let repo = r.name();
             let hit = images.iter().position(|i| {
-                (&i.digest == d || &i.manifest == d)
+                (&i.digest == d || &i.manifest == d || i.digests.contains(d))
                     && i.names
                         .iter()
                         .any(|n| n.starts_with(&repo) && n[repo.len()..].starts_with([':', '@']))

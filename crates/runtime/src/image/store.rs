@@ -38,6 +38,10 @@ pub(crate) struct Record {
     pub id: Digest,
     /// What the name pointed at: an index / manifest list, or the manifest itself.
     pub digest: Digest,
+    /// Every top-level digest this image arrived by (an index pulled by one name, the
+    /// bare manifest by another), so each `name@digest` resolves.
+    #[serde(default)]
+    pub digests: Vec<Digest>,
     /// The linux/amd64 image manifest.
     pub manifest: Digest,
     /// Normalised references (`docker.io/library/busybox:latest`).
