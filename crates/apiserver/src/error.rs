@@ -176,10 +176,15 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {joined}"),
+            format!("{qualified} \"{name}\" is invalid: {joined}"),
         );
         e.name = Some(name.to_string());
         e.group = Some(group.to_string());

@@ -8,97 +8,44 @@ use serde_json::{json, Value};
 use crate::error::Cause;
 use crate::obj;
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+fn causes(e: h8s_types::FieldErrors) -> Vec<Cause> {
+    e.iter()
+        .map(|f| Cause {
+            reason: f.kind.reason().to_string(),
+            message: f.body(),
+            field: f.field.clone(),
+        })
+        .collect()
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Kubernetes' rule for a kind's `metadata.name`.
-// TODO(types): use h8s_types::validation once its per-kind name rules land.
-pub fn validate_name(res: &Resource, name: &str) -> Option<Cause> {
-    let (ok, msg) = match res.plural {
-        "namespaces" | "services" | "networks" => (
-            is_dns_label(name),
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-        ),
-        "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => (
-            !name.contains('/') && !name.contains('%') && name != "." && name != "..",
-            "may not contain '/' or '%' and may not be '.' or '..'",
-        ),
-        _ => (
-            is_dns_subdomain(name),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
-        ),
+/// Field errors of an object about to be written: `old` on updates, `status` for
+/// writes through the status subresource.
+pub fn validate(res: &Resource, o: &Value, old: Option<&Value>, status: bool) -> Vec<Cause> {
+    use h8s_types::validation as v;
+    let r = match (old, status) {
+        (None, _) => v::validate_create(res, o),
+        (Some(old), false) => v::validate_update(res, o, old),
+        (Some(old), true) => v::validate_status_update(res, o, old),
     };
-    (!ok).then(|| Cause {
-        reason: "FieldValueInvalid".into(),
-        message: format!("Invalid value: \"{name}\": {msg}"),
-        field: "metadata.name".into(),
-    })
-}
-
-/// Field errors of an object about to be written (`old` on updates).
-pub fn validate(res: &Resource, o: &Value, _old: Option<&Value>) -> Vec<Cause> {
-    let mut causes = Vec::new();
-    if let Some(c) = validate_name(res, obj::name(o)) {
-        causes.push(c);
-    }
-    // TODO(types): per-kind required fields and Network checks from h8s_types::validation.
-    causes
+    r.err().map(causes).unwrap_or_default()
 }
 
 /// Fills defaults a new or updated object gets.
 pub fn default(res: &Resource, o: &mut Value) {
-    if res.plural == "namespaces" && res.group.is_empty() {
-        let name = obj::name(o).to_string();
-        let m = obj::meta_mut(o);
-        let labels = m.entry("labels").or_insert_with(|| json!({}));
-        if let Some(l) = labels.as_object_mut() {
-            l.insert("kubernetes.io/metadata.name".into(), json!(name));
-        }
-        let spec = obj::at(o, "spec.finalizers").cloned();
-        if spec.is_none() {
-            obj::set_at(o, "spec.finalizers", json!(["kubernetes"]));
-        }
-    }
+    h8s_types::defaults::apply(res, o);
 }
 
-/// The status a newly created object starts with (the status subresource owns it
-/// afterwards): most kinds start empty, some with a phase.
+/// Resets what a create may not set and derives what Kubernetes derives then: the
+/// status a new object starts with (the status subresource owns it afterwards).
 pub fn initial_status(res: &Resource, o: &mut Value) {
-    if !res.has_status {
-        return;
+    // A node registers with its own status (the agent reports it at once).
+    let keep = (res.group.is_empty() && res.kind == "Node")
+        .then(|| o.get("status").cloned())
+        .flatten();
+    h8s_types::defaults::prepare_for_create(res, o);
+    if let (Some(s), Some(m)) = (keep, o.as_object_mut()) {
+        m.insert("status".into(), s);
     }
-    let m = match o.as_object_mut() {
-        Some(m) => m,
-        None => return,
-    };
-    let status = match (res.group, res.kind) {
-        ("", "Namespace") => Some(json!({"phase": "Active"})),
-        ("", "Pod") => {
-            let qos = "BestEffort";
-            Some(json!({"phase": "Pending", "qosClass": qos}))
-        }
-        ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => {
-            Some(json!({"phase": "Pending"}))
-        }
-        ("", "Network") => Some(json!({"phase": "Pending"})),
-        // A node registers with its own status.
-        ("", "Node") => return,
-        _ => None,
-    };
-    match status {
-        Some(s) => m.insert("status".into(), s),
-        None => m.remove("status"),
-    };
 }
 
 /// Whether writes to the object's spec bump `metadata.generation`.

@@ -61,14 +61,6 @@ pub fn uid(o: &Value) -> &str {
     meta_str(o, "uid")
 }
 
-pub fn labels(o: &Value) -> Map<String, Value> {
-    meta(o)
-        .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
-}
-
 pub fn finalizers(o: &Value) -> Vec<String> {
     meta(o)
         .and_then(|m| m.get("finalizers"))

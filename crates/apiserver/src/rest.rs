@@ -375,8 +375,7 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let media = Media::parse(content_type(cx))?;
-        let mut o = decode_object(media, &body)?;
-        self.check_fields(cx, t.res, &body, media)?;
+        let mut o = self.decode_checked(cx, t.res, media, &body)?;
         if !t.res.is_stored() {
             return self.review(cx, t, o);
         }
@@ -385,24 +384,29 @@ impl Api {
         Ok(json_response(201, &created))
     }
 
-    /// Strict/Warn field validation of a body.
-    pub(crate) fn check_fields(
+    /// Decodes a create or update body and applies `fieldValidation` (Strict, Warn
+    /// or Ignore) to it: unknown and duplicate fields.
+    pub(crate) fn decode_checked(
         &self,
         cx: &mut Ctx,
-        _res: &Resource,
-        _body: &[u8],
-        _media: Media,
-    ) -> Result<(), ApiError> {
-        match cx.query.get("fieldValidation").unwrap_or("Warn") {
-            "Strict" | "Warn" | "Ignore" | "" => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "fieldValidation parameter unsupported: {other}"
-                )))
-            }
+        res: &Resource,
+        media: Media,
+        raw: &[u8],
+    ) -> Result<Value, ApiError> {
+        let mode = field_validation(cx)?;
+        let (v, dups) = match media {
+            Media::Json if mode != "Ignore" => h8s_types::strict::parse_json(raw).map_err(|e| {
+                ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+            })?,
+            _ => (decode_object(media, raw)?, Vec::new()),
+        };
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON object (a Kubernetes object)",
+            ));
         }
-        // TODO(types): unknown and duplicate field detection from h8s_types.
-        Ok(())
+        report_strict(cx, mode, res, &v, dups)?;
+        Ok(v)
     }
 
     /// The create path shared by POST, server-side apply of a missing object and the
@@ -464,9 +468,9 @@ impl Api {
             }
         }
         let name = obj::name(&o).to_string();
-        hooks::initial_status(t.res, &mut o);
         hooks::default(t.res, &mut o);
-        let causes = hooks::validate(t.res, &o, None);
+        hooks::initial_status(t.res, &mut o);
+        let causes = hooks::validate(t.res, &o, None, false);
         if !causes.is_empty() {
             return Err(invalid(t.res, &name, causes));
         }
@@ -505,8 +509,7 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let media = Media::parse(content_type(cx))?;
-        let mut new = decode_object(media, &body)?;
-        self.check_fields(cx, t.res, &body, media)?;
+        let mut new = self.decode_checked(cx, t.res, media, &body)?;
         check_type_meta(t.res, &mut new)?;
         let name = t.name.clone().unwrap_or_default();
         let in_obj = obj::name(&new).to_string();
@@ -691,7 +694,7 @@ impl Api {
             obj::meta_mut(new).insert("generation".into(), json!(g + 1));
         }
         hooks::default(t.res, new);
-        let causes = hooks::validate(t.res, new, Some(old));
+        let causes = hooks::validate(t.res, new, Some(old), t.sub.as_deref() == Some("status"));
         if !causes.is_empty() {
             return Err(invalid(t.res, &name, causes));
         }
@@ -1032,7 +1035,7 @@ impl Api {
         let media = Media::parse(content_type(cx))?;
         let patch = body.clone();
         self.write_scale(cx, t, |scale| {
-            crate::patch::apply_simple(media, &scale, &patch)
+            crate::patch::apply_simple(media, "autoscaling", "Scale", &scale, &patch)
         })
         .await
     }
@@ -1162,6 +1165,48 @@ fn same_object(a: &Value, b: &Value) -> bool {
         v
     };
     strip(a) == strip(b)
+}
+
+/// The `fieldValidation` mode of a write; kube-apiserver's default is Warn.
+pub(crate) fn field_validation(cx: &Ctx) -> Result<&'static str, ApiError> {
+    match cx.query.get("fieldValidation").unwrap_or("") {
+        "Strict" => Ok("Strict"),
+        "Warn" | "" => Ok("Warn"),
+        "Ignore" => Ok("Ignore"),
+        other => Err(ApiError::bad_request(format!(
+            "fieldValidation parameter unsupported: {other}"
+        ))),
+    }
+}
+
+/// Reports unknown (against the kind's schema) and duplicate fields of `v` as
+/// `fieldValidation` asks: a 400 under Strict, warnings under Warn.
+pub(crate) fn report_strict(
+    cx: &mut Ctx,
+    mode: &str,
+    res: &Resource,
+    v: &Value,
+    duplicate: Vec<String>,
+) -> Result<(), ApiError> {
+    if mode == "Ignore" {
+        return Ok(());
+    }
+    let (group, version, kind) = (res.group, res.version, res.kind);
+    let unknown = h8s_types::strict::unknown_fields(group, version, kind, v).unwrap_or_default();
+    let errs = h8s_types::strict::StrictErrors { duplicate, unknown };
+    if errs.is_empty() {
+        return Ok(());
+    }
+    if mode == "Strict" {
+        let st = errs.to_status(kind, &res.api_version());
+        let msg = st["message"]
+            .as_str()
+            .unwrap_or("strict decoding error")
+            .to_string();
+        return Err(ApiError::bad_request(msg));
+    }
+    cx.warnings.extend(errs.messages());
+    Ok(())
 }
 
 pub(crate) fn content_type(cx: &Ctx) -> Option<&str> {

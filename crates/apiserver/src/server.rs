@@ -78,18 +78,22 @@ impl Server {
             .map_err(|e| Error::Pki(e.to_string()))??;
         let tls = TlsAcceptor::from(Arc::new(pki::server_tls(&pki)?));
 
+        // Every watcher reads from one shared upstream watch (fan-out), never the
+        // backend directly.
+        let store: Arc<dyn h8s_store::Store> =
+            h8s_store::WatchCache::new(cfg.store.clone()).await?;
         let mut authn: Vec<Arc<dyn Authenticator>> = cfg.authenticators.clone();
         authn.push(Arc::new(TokenAuthenticator::new(
             pki.admin_token.clone(),
             Some(cfg.data_dir.join("tokens.csv")),
         )));
         let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle {
-            store: cfg.store.clone(),
+            store: store.clone(),
         })];
         admission.extend(cfg.admission.iter().cloned());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let api = Arc::new(Api {
-            store: cfg.store.clone(),
+            store,
             authn: Arc::new(AuthnChain(authn)),
             authz: cfg
                 .authorizer

@@ -49,15 +49,6 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-/// Now as RFC 3339 with microseconds (`metav1.MicroTime`).
-pub fn now_rfc3339_micro() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let s = rfc3339(d.as_secs() as i64);
-    format!("{}.{:06}Z", &s[..s.len() - 1], d.subsec_micros())
-}
-
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);

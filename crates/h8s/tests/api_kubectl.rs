@@ -1,0 +1,283 @@
+//! Real kubectl (1.27, 1.30, 1.33) against the real `h8s server` binary.
+
+mod api_support;
+
+use api_support::{eventually, json, Server};
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  containers:
+  - name: c
+    image: nginx:1.27
+";
+
+/// The seeds' manifests, byte for byte (trailing spaces included).
+const SEED_NETWORK: &str = "apiVersion: v1  \nkind: Network  \nmetadata:  \n  name: net1  \nspec:  \n  tenantID: 065f210a2ca9442aad898ab129426350  \n  subnets:  \n    subnet1:  \n      cidr: 192.168.0.0/24  \n      gateway: 192.168.0.1\n";
+const SEED_NAMESPACE: &str =
+    "apiVersion: v1  \nkind: Namespace  \nmetadata:  \n  name: ns1  \nspec:  \n  network: net1\n";
+
+fn core_flow(ver: &str) {
+    let s = Server::start();
+    let k = |args: &[&str]| s.kubectl(ver, args);
+    let ki = |args: &[&str], input: &str| s.kubectl_stdin(ver, args, Some(input));
+
+    // version and discovery
+    let v = k(&["version", "-o", "json"]);
+    assert_eq!(json(&v)["serverVersion"]["minor"], "33");
+    let ns = k(&["get", "ns"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(n), "{ns}");
+    }
+    let ar = k(&["api-resources"]);
+    for r in [
+        "pods",
+        "deployments",
+        "networks",
+        "selfsubjectreviews",
+        "leases",
+    ] {
+        assert!(ar.contains(r), "api-resources lacks {r}: {ar}");
+    }
+
+    // create generators (protobuf bodies on kubectl ≥ 1.32)
+    k(&["create", "namespace", "team"]);
+    k(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "team",
+        "--from-literal=a=1",
+    ]);
+    k(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "team",
+        "--from-literal=p=s3cret",
+    ]);
+    k(&[
+        "create",
+        "deployment",
+        "dep",
+        "-n",
+        "team",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    let cm = json(&k(&["get", "cm", "cfg", "-n", "team", "-o", "json"]));
+    assert_eq!(cm["data"]["a"], "1");
+    assert!(cm["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| u.len() == 36));
+    let sec = json(&k(&["get", "secret", "sec", "-n", "team", "-o", "json"]));
+    assert_eq!(sec["data"]["p"], "czNjcmV0");
+    let dep = json(&k(&["get", "deploy", "dep", "-n", "team", "-o", "json"]));
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(dep["metadata"]["generation"], 1);
+    let err = s.kubectl_fails(ver, &["create", "configmap", "cfg", "-n", "team"], None);
+    assert!(
+        err.contains("AlreadyExists") || err.contains("already exists"),
+        "{err}"
+    );
+
+    // apply twice with a change, then server-side apply
+    ki(&["apply", "-f", "-"], POD);
+    let p = json(&k(&["get", "pod", "web", "-o", "json"]));
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert!(
+        p["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    let out = ki(&["apply", "-f", "-"], &POD.replace("app: web", "app: web2"));
+    assert!(out.contains("configured"), "{out}");
+    let p = json(&k(&["get", "pod", "web", "-o", "json"]));
+    assert_eq!(p["metadata"]["labels"]["app"], "web2");
+    let cm2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: v\n";
+    ki(&["apply", "--server-side", "-f", "-"], cm2);
+    ki(
+        &["apply", "--server-side", "-f", "-"],
+        &cm2.replace("k: v", "k: w"),
+    );
+    let c = json(&k(&["get", "cm", "ssa", "-o", "json"]));
+    assert_eq!(c["data"]["k"], "w");
+
+    // list outputs
+    let wide = k(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains("web"), "{wide}");
+    let y = k(&["get", "pods", "-o", "yaml"]);
+    assert!(y.contains("name: web"), "{y}");
+    let all = k(&["get", "pods", "-A"]);
+    assert!(all.contains("default") && all.contains("web"), "{all}");
+    let d = k(&["describe", "pod", "web"]);
+    assert!(d.contains("nginx:1.27"), "{d}");
+
+    // label, annotate, patch (merge, json, strategic)
+    k(&["label", "pod", "web", "tier=front"]);
+    k(&["annotate", "pod", "web", "note=hello"]);
+    let sel = k(&["get", "pods", "-l", "tier=front", "-o", "name"]);
+    assert_eq!(sel.trim(), "pod/web");
+    let none = k(&["get", "pods", "-l", "tier=back", "-o", "name"]);
+    assert_eq!(none.trim(), "");
+    k(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ]);
+    k(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/a"}]"#,
+    ]);
+    k(&[
+        "patch",
+        "deploy",
+        "dep",
+        "-n",
+        "team",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:2"}]}}}}"#,
+    ]);
+    let cm = json(&k(&["get", "cm", "cfg", "-n", "team", "-o", "json"]));
+    assert_eq!(cm["data"], serde_json::json!({"b": "2"}));
+    let dep = json(&k(&["get", "deploy", "dep", "-n", "team", "-o", "json"]));
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:2"
+    );
+    assert_eq!(dep["metadata"]["generation"], 2);
+
+    // scale
+    k(&["scale", "deploy", "dep", "-n", "team", "--replicas=5"]);
+    let dep = json(&k(&["get", "deploy", "dep", "-n", "team", "-o", "json"]));
+    assert_eq!(dep["spec"]["replicas"], 5);
+
+    // auth
+    let who = k(&["auth", "whoami", "-o", "json"]);
+    assert_eq!(json(&who)["status"]["userInfo"]["username"], "admin");
+    let can = k(&["auth", "can-i", "create", "pods"]);
+    assert_eq!(can.trim(), "yes");
+
+    // the seeds' manifests, verbatim
+    ki(&["apply", "-f", "-"], SEED_NETWORK);
+    ki(&["apply", "-f", "-"], SEED_NAMESPACE);
+    let net = json(&k(&["get", "network", "net1", "-o", "json"]));
+    assert_eq!(net["spec"]["subnets"]["subnet1"]["gateway"], "192.168.0.1");
+    let ns1 = json(&k(&["get", "ns", "ns1", "-o", "json"]));
+    assert_eq!(ns1["spec"]["network"], "net1");
+
+    // delete, and delete a namespace with contents
+    k(&["delete", "pod", "web"]);
+    let gone = s.kubectl_fails(ver, &["get", "pod", "web"], None);
+    assert!(
+        gone.contains("NotFound") || gone.contains("not found"),
+        "{gone}"
+    );
+    k(&["delete", "ns", "team", "--timeout=30s"]);
+    let left = k(&["get", "cm,secret,deploy", "-n", "team", "-o", "name"]);
+    assert_eq!(left.trim(), "");
+    assert!(eventually(10, || !k(&["get", "ns", "-o", "name"])
+        .contains("namespace/team")));
+}
+
+#[test]
+fn kubectl_1_33_core_flow() {
+    core_flow("1.33");
+}
+
+#[test]
+fn kubectl_1_30_core_flow() {
+    core_flow("1.30");
+}
+
+#[test]
+fn kubectl_1_27_core_flow() {
+    core_flow("1.27");
+}
+
+#[test]
+fn kubectl_get_watch_prints_changes() {
+    let s = Server::start();
+    s.kubectl("1.33", &["create", "configmap", "w0"]);
+    let mut child = s
+        .kubectl_cmd("1.33")
+        .args(["get", "configmaps", "-w", "--request-timeout=20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // The initial list, then a created object arrives as a new row.
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("header");
+    assert!(first.contains("NAME"), "{first}");
+    let mut seen = Vec::new();
+    s.kubectl("1.33", &["create", "configmap", "w1"]);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(l);
+            if seen.iter().any(|l| l.starts_with("w1")) {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.starts_with("w0")), "{seen:?}");
+    assert!(seen.iter().any(|l| l.starts_with("w1")), "{seen:?}");
+}
+
+#[test]
+fn restart_reuses_pki_and_data() {
+    let s = Server::start();
+    assert!(s.ready_in < std::time::Duration::from_secs(5));
+    s.kubectl(
+        "1.33",
+        &["create", "configmap", "keep", "--from-literal=x=1"],
+    );
+    let ca = std::fs::read(s.data_dir().join("ca.crt")).unwrap();
+    let tok = s.token.clone();
+    let dir = s.stop();
+    let s = Server::start_in(dir);
+    assert_eq!(std::fs::read(s.data_dir().join("ca.crt")).unwrap(), ca);
+    assert_eq!(s.token, tok);
+    let cm = json(&s.kubectl("1.33", &["get", "cm", "keep", "-o", "json"]));
+    assert_eq!(cm["data"]["x"], "1");
+    for f in ["ca.key", "server.key", "admin.token", "admin.kubeconfig"] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(s.data_dir().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o600, "{f}");
+    }
+}
