@@ -434,7 +434,7 @@ impl ImageStore {
             }
             Ok(rec.clone())
         })?;
-        tracing::info!(id = %record.id, names = ?record.names, "image stored");
+        tracing::debug!(id = %record.id, names = ?record.names, "image stored");
         self.to_image(&record)
     }
 }
