@@ -11,14 +11,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod apply;
 mod error;
+mod fieldset;
 mod patch;
 mod patch_meta;
 mod selector;
 mod strategic;
 mod validation;
 
+pub use apply::{
+    apply, field_set, managed_field_sets, update_managed_fields, Manager, LAST_APPLIED_ANNOTATION,
+};
 pub use error::{Conflict, Conflicts, Error, Result};
+pub use fieldset::{path_string, FieldSet, Path, PathElement};
 pub use patch::{apply_patch, merge_patch, JsonPatch, PatchType, MAX_JSON_PATCH_OPERATIONS};
 pub use patch_meta::{FieldMeta, ListType, Schema};
 pub use selector::{
