@@ -7,6 +7,7 @@
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
 //!   merge keys, walkable by field.
 //! - [`strict`]: unknown and duplicate fields for `fieldValidation`.
+//! - [`table`]: `meta.k8s.io/v1 Table` with kubectl's columns per kind.
 //! - [`validation`]: create/update validation with Kubernetes' field errors
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod network;
 pub mod resources;
 pub mod schema;
 pub mod strict;
+pub mod table;
 pub mod validation;
 
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
