@@ -291,6 +291,10 @@ struct ResolvedImage {
 
 async fn resolve_image(arg: &str) -> anyhow::Result<ResolvedImage> {
     let path = PathBuf::from(arg);
+    let looks_like_path = arg.starts_with('/') || arg.starts_with("./") || arg.ends_with(".erofs");
+    if looks_like_path && !path.is_file() {
+        anyhow::bail!("image file {arg} does not exist");
+    }
     if path.is_file() {
         // A bare root filesystem has no config: sensible defaults.
         return Ok(ResolvedImage {

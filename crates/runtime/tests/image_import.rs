@@ -142,6 +142,7 @@ async fn oci_layout_import_rootfs_and_remove() {
         store.root().join(format!("rootfs/{}.erofs", img.id.hex()))
     );
     assert_eq!(erofs_magic(&rootfs), 0xE0F5_E1E2, "an erofs superblock");
+    assert_eq!(std::fs::metadata(&rootfs).unwrap().mode() & 0o777, 0o444);
     let built = std::fs::metadata(&rootfs).unwrap().modified().unwrap();
     assert_eq!(store.rootfs(img).await.unwrap(), rootfs);
     assert_eq!(
@@ -189,6 +190,10 @@ async fn oci_layout_import_rootfs_and_remove() {
     let r = store.remove("localhost:5000/bb:v1").unwrap();
     assert_eq!(r.deleted, Some(img.id.clone()));
     assert!(!rootfs.exists());
+    assert!(
+        dir_is_empty(&store.root().join("rootfs")),
+        "rootfs and its lock removed"
+    );
     assert_eq!(blobs_verified(store.root()), 0, "unused blobs removed");
     assert!(store.list().unwrap().is_empty());
     assert!(matches!(store.remove("busybox"), Err(Error::NotFound(_))));

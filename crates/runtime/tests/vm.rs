@@ -65,6 +65,43 @@ struct Env {
     _lock: VmLock,
 }
 
+impl Drop for Env {
+    /// Whatever a test leaves running (also when it fails) is killed by PID here; on failure
+    /// the pod logs are kept in /tmp/h8s-test-logs for a look.
+    fn drop(&mut self) {
+        let pods = self.rt.root().join("pods");
+        for d in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            if std::thread::panicking() {
+                let keep = Path::new("/tmp/h8s-test-logs").join(d.file_name());
+                let _ = std::fs::create_dir_all(&keep);
+                for f in ["shim.log", "console.log", "qemu.log", "pod.json"] {
+                    let _ = std::fs::copy(d.path().join(f), keep.join(f));
+                }
+            }
+            let Ok(rec) = std::fs::read_to_string(d.path().join("pod.json")) else {
+                continue;
+            };
+            let rec: serde_json::Value = serde_json::from_str(&rec).unwrap_or_default();
+            for who in ["shim", "qemu"] {
+                if let Some(pid) = rec[who]["pid"].as_u64() {
+                    kill_if_ours(pid as u32, &self.rt.root().to_string_lossy());
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILLs `pid` if its command line names our state root (so never a stranger's process).
+fn kill_if_ours(pid: u32, root: &str) {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmd).contains(root) {
+        // SAFETY: kill(2) on a PID whose command line we just checked.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
 fn env() -> Env {
     let lock = vm_lock();
     let tmp = tempfile::Builder::new()

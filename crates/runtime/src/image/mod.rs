@@ -193,15 +193,22 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// `${H8S_DATA:-$HOME/.local/share/h8s}/images`.
+    /// `<data dir>/images`, the data dir being the first of `$H8S_DATA`,
+    /// `$H8S_DATA_DIR` (what `h8s server` reads), `$XDG_DATA_HOME/h8s`,
+    /// `$HOME/.local/share/h8s`.
     pub fn default_root() -> PathBuf {
-        let data = std::env::var_os("H8S_DATA")
-            .map(PathBuf::from)
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let data = env("H8S_DATA")
+            .or_else(|| env("H8S_DATA_DIR"))
+            .or_else(|| env("XDG_DATA_HOME").map(|x| x.join("h8s")))
             .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/root"));
-                home.join(".local/share/h8s")
+                env("HOME")
+                    .unwrap_or_else(|| PathBuf::from("/root"))
+                    .join(".local/share/h8s")
             });
         data.join("images")
     }
@@ -318,6 +325,7 @@ impl ImageStore {
             Ok((removed, Some(rec.id)))
         })?;
         if let Some(id) = gone {
+            let _ = std::fs::remove_file(self.layout.rootfs_path(&id).with_extension("lock"));
             let p = self.layout.rootfs_path(&id);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

@@ -78,6 +78,11 @@ pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
         let stderr = String::from_utf8_lossy(&result.stderr);
         return Err(Error::Mkfs(format!("{}: {}", result.status, stderr.trim())));
     }
+    // Read-only for everyone: the VMM may run as an unprivileged user, and nothing
+    // ever writes to a built image.
+    out.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o444))
+        .ctx(|| "chmod rootfs".into())?;
     out.as_file().sync_all().ctx(|| "sync rootfs".into())?;
     out.persist(&dest).map_err(|e| Error::Io {
         context: format!("store {}", dest.display()),

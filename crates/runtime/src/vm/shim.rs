@@ -254,6 +254,7 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     let mut tick = tokio::time::interval(WATCHDOG_TICK);
     tick.tick().await;
     let ping_failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut last_shutdown: Option<String> = None;
     let (final_state, reason) = loop {
         tokio::select! {
             conn = listener.accept() => {
@@ -277,12 +278,18 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
                     if shim.lock().stopping {
                         break wait_finish(&mut finish_rx).await;
                     }
+                    if *shim.qemu_gone.borrow() || last_shutdown.is_some() {
+                        break (SandboxState::Failed, Some(vm_exit_reason(&last_shutdown, &dir)));
+                    }
                     break (SandboxState::Failed, Some(format!("lost the guest agent: {why}")));
                 }
                 Some(ev) => on_guest(&shim, ev),
             },
             ev = qmp_rx.recv() => {
                 let ev = ev.unwrap_or(QmpEvent { name: "CLOSED".into(), data: serde_json::Value::Null });
+                if ev.name == "SHUTDOWN" {
+                    last_shutdown = ev.data.get("reason").and_then(|r| r.as_str()).map(str::to_string);
+                }
                 if let Some(r) = on_qmp(&shim, &ev) {
                     break r;
                 }
@@ -291,12 +298,16 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
                 if shim.lock().stopping {
                     break wait_finish(&mut finish_rx).await;
                 }
-                break (SandboxState::Failed, Some(format!("VM exited unexpectedly (see {})", dir.console().display())));
+                break (SandboxState::Failed, Some(vm_exit_reason(&last_shutdown, &dir)));
             }
             f = finish_rx.recv() => {
                 break f.unwrap_or((SandboxState::Failed, Some("supervisor lost its state".into())));
             }
             _ = tick.tick() => {
+                if !dir.record().exists() {
+                    // Someone removed the pod's state under us: nothing may outlive it.
+                    break (SandboxState::Failed, Some("pod directory removed".into()));
+                }
                 let s = shim.clone();
                 let fails = ping_failures.clone();
                 tokio::spawn(async move { watchdog_check(s, fails).await }.in_current_span());
@@ -305,6 +316,21 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     };
     teardown(&shim, final_state, reason).await;
     Ok(())
+}
+
+/// Why the VM went away, from QEMU's last SHUTDOWN event (`guest-reset` after a guest panic,
+/// since guests run with `panic=-1` and QEMU with `-no-reboot`).
+fn vm_exit_reason(last_shutdown: &Option<String>, dir: &PodDir) -> String {
+    let console = dir.console();
+    match last_shutdown.as_deref() {
+        Some("guest-reset") => format!(
+            "VM reset itself (guest kernel panic or reboot; see {})",
+            console.display()
+        ),
+        Some("guest-shutdown") => "guest powered off unexpectedly".into(),
+        Some(r) => format!("VM shut down ({r})"),
+        None => format!("VM exited unexpectedly (see {})", console.display()),
+    }
 }
 
 async fn wait_finish(

@@ -1,0 +1,378 @@
+//! `h8s run/exec/ps/logs/stop/rm` against real pod VMs (QEMU + the guest kernel, initramfs
+//! and agent from `scripts/setup`). Every test takes a host-wide lock so only one test VM
+//! boots at a time (2 cores), and kills whatever it left running, by PID, when it ends.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn guest_files() -> [PathBuf; 2] {
+    let cache = std::env::var_os("H8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"));
+    [
+        cache.join("guest/vmlinuz"),
+        cache.join("guest/initramfs.img"),
+    ]
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    image: PathBuf,
+    _lock: std::fs::File,
+}
+
+fn env() -> Env {
+    for f in guest_files() {
+        assert!(
+            f.is_file(),
+            "needs the guest kernel and initramfs ({}): run scripts/setup",
+            f.display()
+        );
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/h8s-vm-tests.lock")
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid fd we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let tmp = tempfile::Builder::new()
+        .prefix("h8s-pod")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let image = busybox_erofs(tmp.path());
+    Env {
+        tmp,
+        image,
+        _lock: lock,
+    }
+}
+
+fn busybox_erofs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("needs busybox-static");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let img = dir.join("busybox.erofs");
+    let ok = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&img)
+        .arg(&root)
+        .status()
+        .expect("needs erofs-utils")
+        .success();
+    assert!(ok);
+    img
+}
+
+impl Env {
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+    fn h8s(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_h8s"));
+        c.env("H8S_ROOT", self.root())
+            .env("H8S_BOOT_TIMEOUT", "120")
+            .env("H8S_LOG", "warn");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.h8s().args(args).stdin(Stdio::null()).output().unwrap();
+        eprintln!(
+            "h8s {args:?} -> {:?}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+    fn img(&self) -> &str {
+        self.image.to_str().unwrap()
+    }
+    fn pods(&self) -> serde_json::Value {
+        let out = self.run(&["ps", "-a", "--json"]);
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+    /// Nothing of ours left: no pod directory, socket or VM.
+    fn assert_clean(&self) {
+        let pods = self.root().join("pods");
+        let left: Vec<_> = std::fs::read_dir(&pods)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(our_processes(&self.root()).is_empty(), "processes left");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in our_processes(&self.root()) {
+            // SAFETY: kill(2) on a PID whose command line names our private state root.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Processes (supervisors, QEMU) whose command line names `root`.
+fn our_processes(root: &Path) -> Vec<u32> {
+    let root = root.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmd).contains(&root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn run_rm_prints_the_guest_kernel_and_passes_exit_codes() {
+    let e = env();
+    let out = e.run(&["run", "--rm", e.img(), "--", "uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0));
+    let guest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!guest.is_empty());
+    assert_ne!(guest, host_release(), "uname -r must show the guest kernel");
+
+    let out = e.run(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi there",
+        e.img(),
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; echo to-stderr >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
+    e.assert_clean();
+}
+
+#[test]
+fn failed_starts_exit_like_docker_and_leave_nothing() {
+    let e = env();
+    let out = e.run(&["run", "--rm", e.img(), "--", "/no/such/command"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    e.assert_clean();
+
+    let out = e.run(&["run", "--rm", "/no/such/image.erofs", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    e.assert_clean();
+
+    // A VM that cannot boot in time: the supervisor kills it and everything goes.
+    let out = e
+        .h8s()
+        .env("H8S_BOOT_TIMEOUT", "1")
+        .args(["run", "--rm", e.img(), "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not boot"));
+    e.assert_clean();
+}
+
+#[test]
+fn detached_pod_exec_logs_stop_rm() {
+    let e = env();
+    let out = e.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        e.img(),
+        "--",
+        "sh",
+        "-c",
+        "echo started; echo warn >&2; while true; do sleep 1; done",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 12);
+
+    let pods = e.pods();
+    assert_eq!(pods[0]["state"], "ready");
+    assert!(pods[0]["accel"].is_string());
+    let ps = e.run(&["ps"]);
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("web"));
+
+    // exec: output, exit code, stdin.
+    let out = e.run(&["exec", "web", "--", "sh", "-c", "uname -r; exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), host_release());
+    let mut child = e
+        .h8s()
+        .args(["exec", "-i", &id[..6], "--", "sh", "-c", "tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through the vm\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH THE VM\n");
+    let out = e.run(&["exec", "web", "--", "/no/such/thing"]);
+    assert_eq!(out.status.code(), Some(127));
+
+    // A terminal exec (stdin not a terminal here: the guest still allocates one).
+    let out = e.run(&["exec", "-t", "web", "--", "tty"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"));
+
+    // Logs, in the CRI file format underneath.
+    let out = e.run(&["logs", "web"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "warn\n");
+    let log = std::fs::read_to_string(e.root().join("pods").join(&id).join("logs/web.log"))
+        .unwrap_or_else(|_| {
+            let name = e.pods()[0]["containers"][0]["config"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            std::fs::read_to_string(
+                e.root()
+                    .join("pods")
+                    .join(&id)
+                    .join(format!("logs/{name}.log")),
+            )
+            .unwrap()
+        });
+    assert!(
+        log.lines().any(|l| l.ends_with(" stdout F started")),
+        "{log}"
+    );
+
+    // Stop: the VM goes, the record stays (ps -a), rm removes it.
+    let out = e.run(&["stop", "-t", "1", "web"]);
+    assert!(out.status.success());
+    let pods = e.pods();
+    assert_eq!(pods[0]["state"], "stopped");
+    assert!(pods[0]["qemu_pid"].is_null());
+    assert!(our_processes(&e.root()).is_empty());
+    let out = e.run(&["ps"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("web"));
+    let out = e.run(&["rm", "web"]);
+    assert!(out.status.success());
+    e.assert_clean();
+}
+
+#[test]
+fn interactive_terminal_session_and_follow_logs() {
+    let e = env();
+    // `script` gives h8s a real terminal: raw mode, window size, a shell in the guest.
+    let cmd = format!(
+        "{} run -it --rm {} -- sh",
+        env!("CARGO_BIN_EXE_h8s"),
+        e.img()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("H8S_ROOT", e.root())
+        .env("H8S_BOOT_TIMEOUT", "120")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Give the VM time to boot before typing (typed input before the shell runs is fine too:
+    // the terminal buffers it, but keep it realistic).
+    std::thread::sleep(Duration::from_secs(5));
+    stdin
+        .write_all(b"echo \"kernel:$(uname -r)\"; exit 3\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("kernel:"), "{text}");
+    assert!(!text.contains(&format!("kernel:{}", host_release())));
+    e.assert_clean();
+
+    // logs -f follows until the container exits.
+    let out = e.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        e.img(),
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick $i; sleep 1; done",
+    ]);
+    assert!(out.status.success());
+    let out = e.run(&["logs", "-f", "ticker"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tick 1\ntick 2\ntick 3\n"
+    );
+    let pods = e.pods();
+    assert_eq!(pods[0]["containers"][0]["exit_code"], 0);
+    e.run(&["rm", "-f", "ticker"]);
+    e.assert_clean();
+}
+
+#[test]
+fn a_restarted_supervisor_finds_the_running_vm_again() {
+    let e = env();
+    let out = e.run(&["run", "-d", "--name", "keep", e.img(), "--", "sleep", "600"]);
+    assert!(out.status.success());
+    let pods = e.pods();
+    let shim = pods[0]["shim_pid"].as_u64().unwrap() as i32;
+    let qemu = pods[0]["qemu_pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the supervisor PID this test's pod reported.
+    unsafe {
+        libc::kill(shim, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // `ps` notices the dead supervisor with a live VM and starts a new one that reattaches.
+    let pods = e.pods();
+    assert_eq!(pods[0]["state"], "ready", "{pods}");
+    assert_eq!(pods[0]["qemu_pid"].as_u64(), Some(qemu), "same VM");
+    assert_ne!(pods[0]["shim_pid"].as_i64(), Some(shim as i64));
+    let out = e.run(&["exec", "keep", "--", "echo", "still here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    let out = e.run(&["rm", "-f", "keep"]);
+    assert!(out.status.success());
+    e.assert_clean();
+}
