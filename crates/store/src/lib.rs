@@ -13,13 +13,17 @@
 
 mod cache;
 mod embedded;
+mod etcd;
 mod open;
+#[doc(hidden)]
+pub mod testing;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use cache::{WatchCache, WatchCacheOptions};
 pub use embedded::{Embedded, EmbeddedOptions};
+pub use etcd::{Etcd, EtcdOptions};
 pub use open::{open, EtcdTls};
 
 /// The largest value a backend accepts by default: the API server's 3 MiB body limit plus
@@ -180,45 +184,51 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Corrupt`]. The default reads every key at one revision and checks key
     /// order and revisions; backends add their own deeper checks.
     async fn check(&self) -> Result<CheckReport> {
-        let revision = self.revision().await?;
-        let mut keys = 0u64;
-        let mut last: Option<String> = None;
-        loop {
-            let page = self
-                .list(
-                    "",
-                    ListOptions {
-                        revision: Some(revision),
-                        start_after: last.clone(),
-                        limit: Some(1000),
-                    },
-                )
-                .await?;
-            for kv in &page.items {
-                if last.as_deref().is_some_and(|l| l >= kv.key.as_str()) {
-                    return Err(Error::Corrupt(format!("key {} out of order", kv.key)));
-                }
-                if kv.create_revision < 1
-                    || kv.create_revision > kv.mod_revision
-                    || kv.mod_revision > revision
-                {
-                    return Err(Error::Corrupt(format!(
-                        "key {}: revisions create={} mod={} at store revision {revision}",
-                        kv.key, kv.create_revision, kv.mod_revision
-                    )));
-                }
-                keys += 1;
-                last = Some(kv.key.clone());
-            }
-            if !page.more || page.items.is_empty() {
-                break;
-            }
-        }
-        Ok(CheckReport {
-            revision,
-            compacted: 0,
-            keys,
-            history: 0,
-        })
+        walk_check(self).await
     }
+}
+
+/// The backend-neutral check: reads every key at one revision, checking key order and
+/// revisions.
+pub(crate) async fn walk_check<S: Store + ?Sized>(s: &S) -> Result<CheckReport> {
+    let revision = s.revision().await?;
+    let mut keys = 0u64;
+    let mut last: Option<String> = None;
+    loop {
+        let page = s
+            .list(
+                "",
+                ListOptions {
+                    revision: Some(revision),
+                    start_after: last.clone(),
+                    limit: Some(1000),
+                },
+            )
+            .await?;
+        for kv in &page.items {
+            if last.as_deref().is_some_and(|l| l >= kv.key.as_str()) {
+                return Err(Error::Corrupt(format!("key {} out of order", kv.key)));
+            }
+            if kv.create_revision < 1
+                || kv.create_revision > kv.mod_revision
+                || kv.mod_revision > revision
+            {
+                return Err(Error::Corrupt(format!(
+                    "key {}: revisions create={} mod={} at store revision {revision}",
+                    kv.key, kv.create_revision, kv.mod_revision
+                )));
+            }
+            keys += 1;
+            last = Some(kv.key.clone());
+        }
+        if !page.more || page.items.is_empty() {
+            break;
+        }
+    }
+    Ok(CheckReport {
+        revision,
+        compacted: 0,
+        keys,
+        history: 0,
+    })
 }

@@ -1,0 +1,158 @@
+//! The conformance suite on etcd (Debian's etcd-server, started here on loopback), plus
+//! what only etcd has: shared prefixes, several store instances, member failures.
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h8s_store::testing::EtcdCluster;
+use h8s_store::{Error, Etcd, EtcdOptions, Store, WatchCache};
+
+const LIMIT: usize = 4 * 1024 * 1024;
+
+async fn connect(c: &EtcdCluster, prefix: &str) -> Etcd {
+    Etcd::connect(EtcdOptions {
+        endpoints: c.endpoints(),
+        prefix: prefix.to_owned(),
+        tls: None,
+        max_value_size: LIMIT,
+    })
+    .await
+    .unwrap()
+}
+
+async fn fresh() -> (conformance::S, String, EtcdCluster) {
+    let c = EtcdCluster::start(1).expect("start etcd (needs Debian etcd-server)");
+    let s = connect(&c, "/conformance").await;
+    (Arc::new(s), "/t".to_owned(), c)
+}
+
+conformance_tests!(fresh(), LIMIT, 100_000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_share_one_etcd_by_prefix() {
+    let c = EtcdCluster::start(1).unwrap();
+    let a = connect(&c, "/cluster-a").await;
+    let b = connect(&c, "/cluster-b").await;
+    a.create("/registry/x", Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    b.create("/registry/x", Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    assert_eq!(a.get("/registry/x").await.unwrap().unwrap().value, "a");
+    assert_eq!(b.get("/registry/x").await.unwrap().unwrap().value, "b");
+    assert_eq!(a.count("").await.unwrap(), 1);
+    // "/cluster-a" must not see "/cluster-ab".
+    let ab = connect(&c, "/cluster-ab").await;
+    ab.create("/registry/y", Bytes::from_static(b"ab"))
+        .await
+        .unwrap();
+    assert_eq!(a.list("", Default::default()).await.unwrap().items.len(), 1);
+    a.check().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_with_foreign_data_is_refused() {
+    let c = EtcdCluster::start(1).unwrap();
+    let mut raw = etcd_client::Client::connect(c.endpoints(), None)
+        .await
+        .unwrap();
+    raw.put("/kube/registry/pods/x", "not ours", None)
+        .await
+        .unwrap();
+    match Etcd::connect(EtcdOptions {
+        endpoints: c.endpoints(),
+        prefix: "/kube".into(),
+        tls: None,
+        max_value_size: LIMIT,
+    })
+    .await
+    {
+        Err(Error::Corrupt(msg)) => assert!(msg.contains("not an h8s store"), "{msg}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// Two store instances (as two API servers would have) on one etcd: writes through one
+/// are read and watched through the other, and compare-and-swap holds across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_one_cluster() {
+    let c = EtcdCluster::start(1).unwrap();
+    let one: Arc<dyn Store> = Arc::new(connect(&c, "/shared").await);
+    let two: Arc<dyn Store> = Arc::new(connect(&c, "/shared").await);
+    let two_cached = WatchCache::new(two.clone()).await.unwrap();
+    let mut w = two_cached.watch("/registry/", 0).await.unwrap();
+    let kv = one
+        .create("/registry/pods/p", Bytes::from_static(b"v1"))
+        .await
+        .unwrap();
+    let e = conformance::next(&mut w).await.unwrap();
+    assert_eq!(e.revision(), kv.mod_revision);
+    assert_eq!(two.get("/registry/pods/p").await.unwrap(), Some(kv.clone()));
+    // Both try to update from the same revision: exactly one wins.
+    let r1 = one
+        .update(
+            "/registry/pods/p",
+            Bytes::from_static(b"one"),
+            kv.mod_revision,
+        )
+        .await;
+    let r2 = two
+        .update(
+            "/registry/pods/p",
+            Bytes::from_static(b"two"),
+            kv.mod_revision,
+        )
+        .await;
+    assert!(r1.is_ok());
+    assert!(matches!(r2, Err(Error::Conflict { .. })));
+    let e = conformance::next(&mut w).await.unwrap();
+    assert_eq!(e.revision(), r1.unwrap().mod_revision);
+}
+
+/// A 3-member cluster keeps serving reads, writes and watches while one member is killed,
+/// and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_losing_a_member() {
+    let mut c = EtcdCluster::start(3).unwrap();
+    let s: Arc<dyn Store> = Arc::new(connect(&c, "/ha").await);
+    let cached = WatchCache::new(s.clone()).await.unwrap();
+    let start = s.revision().await.unwrap();
+    let mut w = cached.watch("/k/", start).await.unwrap();
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..1500 {
+                match s
+                    .create(&format!("/k/{i:05}"), Bytes::from(format!("v{i}")))
+                    .await
+                {
+                    Ok(kv) => acked.push(kv),
+                    Err(e) => panic!("write {i} failed while 2 of 3 members were up: {e}"),
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.kill(0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.restart(0).unwrap();
+    c.kill(1);
+    let acked = writer.await.unwrap();
+    assert_eq!(acked.len(), 1500);
+    for kv in &acked {
+        assert_eq!(s.get(&kv.key).await.unwrap().as_ref(), Some(kv));
+    }
+    let mut seen = 0;
+    while seen < acked.len() {
+        let e = conformance::next(&mut w).await.unwrap();
+        assert_eq!(e.revision(), acked[seen].mod_revision);
+        seen += 1;
+    }
+    s.check().await.unwrap();
+}
