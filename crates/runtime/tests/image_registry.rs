@@ -23,6 +23,11 @@ struct Registry {
 impl Registry {
     /// Starts a registry; with `htpasswd`, basic auth for that user and password.
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(htpasswd, "")
+    }
+
+    /// Same, with extra configuration (an `auth:` section) appended.
+    fn start_with(htpasswd: Option<(&str, &str)>, extra: &str) -> Registry {
         assert!(
             Path::new(REGISTRY).exists(),
             "needs Debian's docker-registry (scripts/setup)"
@@ -51,6 +56,7 @@ impl Registry {
                 file.display()
             ));
         }
+        config.push_str(extra);
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -361,4 +367,177 @@ async fn basic_auth_push_and_pull() {
     let img = dst.pull(&target, &creds("s3cret pass")).await.unwrap();
     assert_eq!(img.id, bb.id);
     assert!(dst.rootfs(&img).await.unwrap().is_file());
+}
+
+/// A token server for the registry's `token` auth: checks basic credentials and
+/// answers with an ES256 JWT whose x5c certificate the registry trusts. Records the
+/// scopes it was asked for.
+struct TokenServer {
+    port: u16,
+    scopes: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenServer {
+    async fn start(dir: &Path, user: &'static str, password: &'static str) -> TokenServer {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["h8s-token-issuer".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("token.crt"), cert.pem()).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        let header = serde_json::json!({
+            "typ": "JWT", "alg": "ES256",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(cert.der())],
+        });
+        let header = b64.encode(serde_json::to_vec(&header).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let scopes = Arc::new(Mutex::new(Vec::new()));
+        let seen = scopes.clone();
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(m) => n += m,
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let target = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let scope = param("scope")
+                    .replace("%3A", ":")
+                    .replace("%2F", "/")
+                    .replace("%2C", ",");
+                seen.lock().unwrap().push(scope.clone());
+                let authed = req.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("authorization") && v.trim() == good
+                    })
+                });
+                let resp = if !authed {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                } else {
+                    // scope = repository:<name>:<actions>
+                    let mut parts = scope.splitn(3, ':');
+                    let (_, name, actions) = (
+                        parts.next(),
+                        parts.next().unwrap_or(""),
+                        parts.next().unwrap_or(""),
+                    );
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let claims = serde_json::json!({
+                        "iss": "h8s-test-issuer", "sub": user, "aud": param("service"),
+                        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{n}"),
+                        "access": [{"type": "repository", "name": name,
+                                    "actions": actions.split(',').collect::<Vec<_>>()}],
+                    });
+                    let signing_input = format!(
+                        "{header}.{}",
+                        b64.encode(serde_json::to_vec(&claims).unwrap())
+                    );
+                    let sig = signer.sign(&rng, signing_input.as_bytes()).unwrap();
+                    let token = format!("{signing_input}.{}", b64.encode(sig.as_ref()));
+                    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        TokenServer { port, scopes, task }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn bearer_token_flow() {
+    let t = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(t.path(), "alice", "wonder land").await;
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: h8s-test-registry\n    \
+         issuer: h8s-test-issuer\n    rootcertbundle: {}\n",
+        tokens.port,
+        t.path().join("token.crt").display()
+    );
+    let reg = Registry::start_with(None, &auth);
+    let src = ImageStore::open(&t.path().join("src")).unwrap();
+    let bb = src
+        .import(&busybox_layout(t.path()), None)
+        .await
+        .unwrap()
+        .remove(0);
+    let target = format!("{}/team/busybox:v1", reg.host());
+    let creds = |password: &str| PullOptions {
+        auth: Some(Credentials {
+            username: "alice".into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    };
+
+    let err = src
+        .push("busybox", &target, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    src.push("busybox", &target, &creds("wonder land"))
+        .await
+        .unwrap();
+    assert!(tokens
+        .scopes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s == "repository:team/busybox:pull,push"));
+
+    let dst = ImageStore::open(&t.path().join("dst")).unwrap();
+    let err = dst.pull(&target, &creds("wrong")).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    tokens.scopes.lock().unwrap().clear();
+    let img = dst.pull(&target, &creds("wonder land")).await.unwrap();
+    assert_eq!(img.id, bb.id);
+    // One token for the whole pull: manifest, config and layer reuse it.
+    assert_eq!(
+        *tokens.scopes.lock().unwrap(),
+        vec!["repository:team/busybox:pull".to_string()]
+    );
 }
