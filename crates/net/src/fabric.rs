@@ -56,6 +56,21 @@ impl NodeConfig {
         }
     }
 
+    /// A node whose underlay is the interface of the IPv4 default route in `ns`.
+    pub fn detect(name: &str, ns: NsRef) -> Result<NodeConfig> {
+        let found = ns.run(|| Nl::open()?.default_route_source())?;
+        let (ip, mtu) = found.ok_or_else(|| {
+            Error::invalid(
+                "underlay",
+                "no IPv4 default route to take the node address from; set it explicitly",
+            )
+        })?;
+        let mut c = NodeConfig::new(name, ip);
+        c.netns = ns;
+        c.underlay_mtu = mtu;
+        Ok(c)
+    }
+
     /// Name of a Network's gateway namespace on this node.
     pub fn gateway_netns(&self, vni: u32) -> String {
         format!("{}{vni}", self.gateway_netns_prefix())
@@ -399,6 +414,19 @@ impl Fabric {
         self.store.release(network, pod)?;
         self.reconcile()?;
         Ok(att)
+    }
+
+    /// Detaches `pod` from every Network it is attached to on this node (pod removal).
+    pub fn detach_pod(&self, pod: &str) -> Result<Vec<Attachment>> {
+        let mut out = vec![];
+        for net in self.store.list()? {
+            if let Some(a) = self.store.attachment(&net.name, pod)? {
+                if a.node == self.node.name {
+                    out.push(self.detach(&net.name, pod)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Brings the node's rules and every local segment's VXLAN forwarding entries in line with

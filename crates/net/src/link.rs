@@ -240,6 +240,69 @@ impl Nl {
         })
     }
 
+    /// The address and MTU of the interface holding the IPv4 default route, if there is one.
+    pub fn default_route_source(&self) -> Result<Option<(Ipv4Addr, u32)>> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+        self.rt.block_on(async {
+            let routes: Vec<RouteMessage> = self
+                .h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("list routes", e))?;
+            let Some(oif) = routes
+                .iter()
+                .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+                .find_map(|r| {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(i) => Some(*i),
+                        _ => None,
+                    })
+                })
+            else {
+                return Ok(None);
+            };
+            let addrs: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .set_link_index_filter(oif)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("list addresses", e))?;
+            let Some(ip) = addrs.iter().find_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            }) else {
+                return Ok(None);
+            };
+            let links: Vec<LinkMessage> = self
+                .h
+                .link()
+                .get()
+                .match_index(oif)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("get link", e))?;
+            let mtu = links
+                .iter()
+                .flat_map(|l| l.attributes.iter())
+                .find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+                .unwrap_or(1500);
+            Ok(Some((ip, mtu)))
+        })
+    }
+
     /// `(mac, remote)` forwarding entries of a VXLAN device.
     pub fn fdb_list(&self, vxlan: u32) -> Result<Vec<(MacAddr, Ipv4Addr)>> {
         self.rt.block_on(async {
