@@ -1,5 +1,6 @@
 //! API kinds, the resource table and validation: no I/O.
 //!
+//! - [`openapi`]: `/openapi/v3` documents and `/openapi/v2` (JSON and protobuf).
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
@@ -14,6 +15,7 @@
 
 pub mod defaults;
 pub mod network;
+pub mod openapi;
 pub mod resources;
 pub mod schema;
 pub mod strict;

@@ -667,6 +667,7 @@ fn build() -> Schemas {
         ("meta.k8s.io", "v1", "WatchEvent", meta::WatchEvent<serde_json::Value>),
         ("meta.k8s.io", "v1", "APIResourceList", meta::APIResourceList),
         ("meta.k8s.io", "v1", "ListMeta", meta::ListMeta),
+        ("meta.k8s.io", "v1", "Patch", meta::Patch),
     );
     let mut defs: Map<String, Value> = g.take_definitions(true).into_iter().collect();
     let mut kinds = HashMap::new();
@@ -687,7 +688,8 @@ fn build() -> Schemas {
         } else {
             json!([{"group": group, "version": version, "kind": kind}])
         };
-        let is_kind = !(group == "meta.k8s.io" && matches!(kind, "ListMeta" | "APIResourceList"));
+        let is_kind =
+            !(group == "meta.k8s.io" && matches!(kind, "ListMeta" | "APIResourceList" | "Patch"));
         if let Some(Value::Object(d)) = defs.get_mut(&name).filter(|_| is_kind) {
             d.insert("x-kubernetes-group-version-kind".into(), gvk);
         }

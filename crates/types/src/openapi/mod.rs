@@ -1,0 +1,240 @@
+//! The OpenAPI documents kubectl reads, built once from the resource table
+//! and [`crate::schema`]:
+//!
+//! - `/openapi/v3` ([`v3_index`]) and one document per group version
+//!   ([`v3_document`]): paths whose operations carry
+//!   `x-kubernetes-group-version-kind` and a `fieldValidation` parameter,
+//!   PATCH bodies in the four patch content types, and the schemas with
+//!   their GVK and patch extensions. `kubectl apply` (1.29+) then leaves
+//!   validation to the server and `kubectl explain` works.
+//! - `/openapi/v2` as JSON ([`v2_json`]) and in gnostic's protobuf form
+//!   ([`v2_protobuf`]), which kubectl 1.27/1.28 need for apply and explain.
+
+mod gnostic;
+mod paths;
+
+use crate::resources::{self, group_version};
+use crate::schema::schemas;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha512};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+/// The Content-Type of `/openapi/v2` in protobuf.
+pub const V2_PROTOBUF_CONTENT_TYPE: &str =
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// The Kubernetes version the documents describe.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
+
+struct Built {
+    index: Vec<u8>,
+    docs: BTreeMap<String, (String, Vec<u8>)>,
+    v2_json: Vec<u8>,
+    v2_pb: Vec<u8>,
+}
+
+static BUILT: LazyLock<Built> = LazyLock::new(build);
+
+/// The `/openapi/v3` index: `{"paths":{"api/v1":{"serverRelativeURL":"/openapi/v3/api/v1?hash=…"},…}}`.
+pub fn v3_index() -> &'static [u8] {
+    &BUILT.index
+}
+
+/// The document of one group version, by its index key (`api/v1`,
+/// `apis/apps/v1`; a leading `/openapi/v3/` is accepted), with its hash
+/// (for the `hash=` parameter and the ETag).
+pub fn v3_document(path: &str) -> Option<(&'static str, &'static [u8])> {
+    let key = path
+        .trim_start_matches('/')
+        .trim_start_matches("openapi/v3/")
+        .trim_end_matches('/');
+    BUILT.docs.get(key).map(|(h, d)| (h.as_str(), d.as_slice()))
+}
+
+/// Every v3 document key (`api/v1`, `apis/apps/v1`, …).
+pub fn v3_paths() -> impl Iterator<Item = &'static str> {
+    BUILT.docs.keys().map(String::as_str)
+}
+
+/// `/openapi/v2` as JSON (Swagger 2.0).
+pub fn v2_json() -> &'static [u8] {
+    &BUILT.v2_json
+}
+
+/// `/openapi/v2` as gnostic's `openapi_v2.Document` in protobuf.
+pub fn v2_protobuf() -> &'static [u8] {
+    &BUILT.v2_pb
+}
+
+fn hash(bytes: &[u8]) -> String {
+    Sha512::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+fn build() -> Built {
+    let mut docs = BTreeMap::new();
+    let mut index = Map::new();
+    let mut all_paths: Vec<paths::PathEntry> = Vec::new();
+    for g in resources::groups() {
+        for v in g.versions {
+            let entries = paths::for_group_version(g.name, v);
+            let doc = v3_doc(&entries, g.name, v);
+            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+            let key = if g.name.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{}/{v}", g.name)
+            };
+            let h = hash(&bytes);
+            index.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={h}")}),
+            );
+            docs.insert(key, (h, bytes));
+            all_paths.extend(entries);
+        }
+    }
+    let index = serde_json::to_vec(&json!({"paths": index})).unwrap_or_default();
+    let v2 = v2_doc(&all_paths);
+    let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
+    let v2_pb = gnostic::encode_document(&v2);
+    Built {
+        index,
+        docs,
+        v2_json,
+        v2_pb,
+    }
+}
+
+/// The definitions `roots` refer to, transitively.
+fn closure(roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+    let defs = schemas().definitions();
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = roots.into_iter().collect();
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n.clone()) {
+            continue;
+        }
+        if let Some(d) = defs.get(&n) {
+            collect_refs(d, &mut todo);
+        }
+    }
+    seen
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "$ref" {
+                    if let Some(r) = x.as_str().and_then(|r| r.rsplit('/').next()) {
+                        out.push(r.to_string());
+                    }
+                } else {
+                    collect_refs(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
+
+fn v3_doc(entries: &[paths::PathEntry], group: &str, version: &str) -> Value {
+    let mut p = Map::new();
+    let mut used: Vec<String> = Vec::new();
+    for e in entries {
+        p.insert(e.path.clone(), e.to_v3(&mut used));
+    }
+    let defs = schemas().definitions();
+    let components: Map<String, Value> = closure(used)
+        .into_iter()
+        .filter_map(|n| defs.get(&n).map(|d| (n, d.clone())))
+        .collect();
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION,
+                 "description": format!("h8s serves {}", group_version(group, version))},
+        "paths": p,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"BearerToken": {"type": "apiKey", "description": "Bearer Token authentication", "name": "authorization", "in": "header"}},
+        },
+        "security": [{"BearerToken": []}],
+    })
+}
+
+/// Rewrites a v3 schema for Swagger 2.0: references point into
+/// `#/definitions/`, and a described reference (`allOf` of one `$ref`) is a
+/// plain `$ref` since v2 tools ignore siblings of `$ref` anyway.
+fn to_v2_schema(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Array(all)) = m.get("allOf") {
+                if let [one] = all.as_slice() {
+                    if let Some(r) = one.get("$ref").and_then(Value::as_str) {
+                        let mut out = Map::new();
+                        out.insert("$ref".into(), json!(v2_ref(r)));
+                        if let Some(d) = m.get("description") {
+                            out.insert("description".into(), d.clone());
+                        }
+                        for (k, x) in m {
+                            if k.starts_with("x-kubernetes-") {
+                                out.insert(k.clone(), x.clone());
+                            }
+                        }
+                        return Value::Object(out);
+                    }
+                }
+            }
+            let mut out = Map::new();
+            for (k, x) in m {
+                match k.as_str() {
+                    "$ref" => {
+                        out.insert(k.clone(), json!(v2_ref(x.as_str().unwrap_or_default())));
+                    }
+                    // Defaults and nullability are v3 only.
+                    "default" | "nullable" => {}
+                    _ => {
+                        out.insert(k.clone(), to_v2_schema(x));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(to_v2_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+fn v2_ref(r: &str) -> String {
+    format!("#/definitions/{}", r.rsplit('/').next().unwrap_or(r))
+}
+
+fn v2_doc(entries: &[paths::PathEntry]) -> Value {
+    let mut p = Map::new();
+    let mut used = Vec::new();
+    for e in entries {
+        p.insert(e.path.clone(), e.to_v2(&mut used));
+    }
+    // Every definition, as kube-apiserver's v2 document has them all.
+    let definitions: Map<String, Value> = schemas()
+        .definitions()
+        .iter()
+        .map(|(k, v)| (k.clone(), to_v2_schema(v)))
+        .collect();
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
+        "paths": p,
+        "definitions": definitions,
+        "securityDefinitions": {"BearerToken": {"type": "apiKey", "description": "Bearer Token authentication", "name": "authorization", "in": "header"}},
+        "security": [{"BearerToken": []}],
+    })
+}
+
+#[cfg(test)]
+mod tests;
