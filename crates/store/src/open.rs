@@ -80,11 +80,15 @@ pub async fn open(url: &str, data_dir: &Path, tls: Option<EtcdTls>) -> Result<Ar
                 .map_err(|e| Error::Unavailable(format!("opening the store failed: {e}")))??;
             Ok(Arc::new(store))
         }
-        Target::Etcd { .. } => {
-            let _ = tls;
-            Err(Error::Unavailable(
-                "the etcd backend is not built yet".into(),
-            ))
+        Target::Etcd { endpoints, prefix } => {
+            let store = crate::Etcd::connect(crate::EtcdOptions {
+                endpoints,
+                prefix,
+                tls,
+                max_value_size: crate::DEFAULT_MAX_VALUE_SIZE,
+            })
+            .await?;
+            Ok(Arc::new(store))
         }
     }
 }

@@ -156,3 +156,84 @@ async fn survives_losing_a_member() {
     }
     s.check().await.unwrap();
 }
+
+/// etcd with client-certificate authentication: the store connects with `EtcdTls`
+/// (rustls, ring), and is refused without a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = leaf(vec!["h8s-client".into()]);
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let sc = write("server.pem", &server_cert);
+    let sk = write("server-key.pem", &server_key);
+    let cc = write("client.pem", &client_cert);
+    let ck = write("client-key.pem", &client_key);
+    let c = EtcdCluster::start_with(
+        1,
+        &[
+            &format!("--cert-file={}", sc.display()),
+            &format!("--key-file={}", sk.display()),
+            &format!("--trusted-ca-file={}", ca_file.display()),
+            "--client-cert-auth",
+        ],
+    )
+    .unwrap();
+    let tls = h8s_store::EtcdTls {
+        ca_file: Some(ca_file.clone()),
+        cert_file: Some(cc),
+        key_file: Some(ck),
+    };
+    let s = h8s_store::open(&c.url("/tls"), dir.path(), Some(tls))
+        .await
+        .unwrap();
+    let kv = s
+        .create("/registry/x", Bytes::from_static(b"secret"))
+        .await
+        .unwrap();
+    assert_eq!(s.get("/registry/x").await.unwrap(), Some(kv));
+    let mut w = s.watch("/registry/", 0).await.unwrap();
+    let kv2 = s
+        .create("/registry/y", Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        conformance::next(&mut w).await.unwrap().revision(),
+        kv2.mod_revision
+    );
+
+    // Only the CA, no client certificate: etcd turns the connection away.
+    let no_cert = h8s_store::EtcdTls {
+        ca_file: Some(ca_file),
+        cert_file: None,
+        key_file: None,
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        h8s_store::open(&c.url("/tls"), dir.path(), Some(no_cert)),
+    )
+    .await
+    .expect("gives up within its retry window");
+    assert!(
+        matches!(r, Err(Error::Unavailable(_))),
+        "{:?}",
+        r.map(|_| ())
+    );
+}
