@@ -391,7 +391,8 @@ mod tests {
 
     #[test]
     fn bad_networks_are_rejected_with_reasons() {
-        let cases: Vec<(fn(&mut Network), &str)> = vec![
+        type Case = (fn(&mut Network), &'static str);
+        let cases: Vec<Case> = vec![
             (|n| n.name = "Net_1".into(), "network name"),
             (|n| n.name = String::new(), "network name"),
             (|n| n.tenant = "a b".into(), "tenant"),

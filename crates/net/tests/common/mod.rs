@@ -215,10 +215,8 @@ fn rand_u16() -> u16 {
 pub fn tcp_token_server(ns: &NsRef, addr: SocketAddrV4, token: &'static str) {
     let l = ns.run(|| Ok(TcpListener::bind(addr).unwrap())).unwrap();
     std::thread::spawn(move || {
-        for c in l.incoming() {
-            if let Ok(mut c) = c {
-                let _ = c.write_all(token.as_bytes());
-            }
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(token.as_bytes());
         }
     });
 }
@@ -297,6 +295,7 @@ impl Raw {
                 )
             };
             assert_eq!(r, 0);
+            // SAFETY: packet_mreq is plain data; all-zero is a valid value.
             let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
             mr.mr_ifindex = ifindex;
             mr.mr_type = libc::PACKET_MR_PROMISC as u16;

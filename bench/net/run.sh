@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Network fabric benchmark: throughput and latency on one Network (same node, across VXLAN)
+# beside a plain veth pair, and attach/detach time. Rewrites the `net` section of BENCHMARKS.md.
+# Needs root, iperf3, nftables, iproute2. Knobs: NETBENCH_ROUNDS, NETBENCH_SECS, NETBENCH_RR,
+# NETBENCH_ATTACH.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v iperf3 >/dev/null || { echo "bench/net: needs iperf3 (apt-get install iperf3)" >&2; exit 1; }
+cargo run --release -q -p h8s-net --example netbench -- --write "$PWD/BENCHMARKS.md"
