@@ -26,6 +26,6 @@ bash scripts/build-test-image.sh "$H8S_CACHE/images/busybox-oci"
 
 cargo build -q -p h8s
 h8s=target/debug/h8s
-"$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest
+id="$("$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest | awk '{print $2}')"
 "$h8s" image rootfs busybox:latest >/dev/null
-echo "images: busybox:latest imported ($("$h8s" image inspect busybox:latest | grep -m1 '"Id"' | tr -d ' ",'))"
+echo "images: busybox:latest imported ($id), rootfs built"

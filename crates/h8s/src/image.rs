@@ -8,6 +8,20 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use h8s_runtime::image::{Credentials, Image, ImageStore, Progress, ProgressFn, PullOptions};
 
+/// `println!` that treats a closed stdout (`h8s image ls | head -1`) as done, not as
+/// a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = writeln!(o, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
     /// Pull an image from a registry (https; plain http for loopback registries).
@@ -117,10 +131,10 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("pull {reference}"))?;
             if quiet {
-                println!("{}", image.id);
+                out!("{}", image.id);
             } else {
                 eprintln!("Digest: {}", image.digest);
-                println!(
+                out!(
                     "{} {}",
                     image.names.first().map(String::as_str).unwrap_or("<none>"),
                     image.id
@@ -138,23 +152,24 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                 } else {
                     i.names.join(",")
                 };
-                println!("{names} {}", i.id);
+                out!("{names} {}", i.id);
             }
         }
         ImageCommand::Ls { quiet } => {
             let images = store.list()?;
             if quiet {
                 for i in images {
-                    println!("{}", i.id.short());
+                    out!("{}", i.id.short());
                 }
                 return Ok(());
             }
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
+            out!(
                 "{:<48} {:<20} {:<14} {:>10}  CREATED",
-                "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
-            )?;
+                "REPOSITORY",
+                "TAG",
+                "IMAGE ID",
+                "SIZE"
+            );
             for i in images {
                 let names = if i.names.is_empty() {
                     vec!["<none>:<none>".to_owned()]
@@ -163,15 +178,14 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                 };
                 for n in names {
                     let (repo, tag) = split_name(&n);
-                    writeln!(
-                        out,
+                    out!(
                         "{:<48} {:<20} {:<14} {:>10}  {}",
                         repo,
                         tag,
                         i.id.short(),
                         human(i.size),
                         ago(i.created)
-                    )?;
+                    );
                 }
             }
         }
@@ -181,10 +195,10 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                 match store.remove(&r) {
                     Ok(removed) => {
                         for n in removed.untagged {
-                            println!("Untagged: {n}");
+                            out!("Untagged: {n}");
                         }
                         if let Some(d) = removed.deleted {
-                            println!("Deleted: {d}");
+                            out!("Deleted: {d}");
                         }
                     }
                     Err(e) => {
@@ -199,7 +213,7 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Inspect { image } => {
             let i = store.status(&image)?;
-            println!("{}", serde_json::to_string_pretty(&inspect_json(&i))?);
+            out!("{}", serde_json::to_string_pretty(&inspect_json(&i))?);
         }
         ImageCommand::Rootfs { image } => {
             let i = store.status(&image)?;
@@ -212,7 +226,7 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rootfs ready"
             );
-            println!("{}", path.display());
+            out!("{}", path.display());
         }
     }
     Ok(())
