@@ -66,6 +66,8 @@ pub struct Ctx {
     pub warnings: Vec<String>,
     /// The Kubernetes verb, for metrics and authorization.
     pub verb: &'static str,
+    /// The write is a server-side apply (managed fields are computed by apply).
+    pub applying: bool,
 }
 
 impl Ctx {
@@ -74,6 +76,24 @@ impl Ctx {
     }
     pub fn field_manager(&self) -> Option<&str> {
         self.query.get("fieldManager").filter(|s| !s.is_empty())
+    }
+    /// The manager of a write: `fieldManager`, else the User-Agent's program name, as
+    /// kube-apiserver derives it.
+    pub fn manager_name(&self) -> String {
+        if let Some(m) = self.field_manager() {
+            return m.to_string();
+        }
+        let ua = self
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let prog = ua.split('/').next().unwrap_or("").trim();
+        if prog.is_empty() {
+            "unknown".into()
+        } else {
+            prog.chars().take(128).collect()
+        }
     }
 }
 
@@ -211,6 +231,7 @@ impl Api {
             method: parts.method.clone(),
             warnings: Vec::new(),
             verb: "get",
+            applying: false,
         };
         let mut attrs = Attributes {
             verb: String::new(),
@@ -275,7 +296,7 @@ impl Api {
             Route::GroupList => Ok(crate::discovery::group_list(&accept)),
             Route::Group(g) => crate::discovery::group(&g),
             Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v),
-            Route::OpenApiV2 => crate::openapi::v2(&accept),
+            Route::OpenApiV2 => crate::openapi::v2(parts.uri.path(), &accept),
             Route::OpenApiV3Index => crate::openapi::v3_index(),
             Route::OpenApiV3(p) => crate::openapi::v3(&p),
             Route::NotFound => Err(ApiError::no_route()),

@@ -3,10 +3,9 @@
 //! what differs per kind lives in `h8s_types` and is called from here.
 
 use h8s_types::Resource;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::Cause;
-use crate::obj;
 
 fn causes(e: h8s_types::FieldErrors) -> Vec<Cause> {
     e.iter()
@@ -62,45 +61,13 @@ pub fn returns_deleted_object(res: &Resource) -> bool {
     res.group.is_empty() && matches!(res.kind, "Pod" | "Service" | "Namespace")
 }
 
-/// A `meta.k8s.io/v1 Table` of objects.
-// TODO(types): per-kind columns from h8s_types::table.
-pub fn table(_res: &Resource, objs: &[Value], include_object: &str, with_columns: bool) -> Value {
-    let now = obj::now_secs();
-    let rows: Vec<Value> = objs
-        .iter()
-        .map(|o| {
-            let created = obj::parse_rfc3339(obj::meta_str(o, "creationTimestamp"));
-            let age = created
-                .map(|c| obj::human_duration(now - c))
-                .unwrap_or_else(|| "<unknown>".into());
-            json!({"cells": [obj::name(o), age], "object": row_object(o, include_object)})
-        })
-        .collect();
-    let mut t = json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {},
-        "rows": rows,
-    });
-    if with_columns {
-        t["columnDefinitions"] = json!([
-            {"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0},
-            {"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0},
-        ]);
-    }
-    t
-}
-
-/// The `object` of a Table row: `includeObject=Object` embeds the object,
-/// `None` nothing, and the default (`Metadata`) a PartialObjectMetadata.
-pub fn row_object(o: &Value, include_object: &str) -> Value {
-    match include_object {
-        "Object" => o.clone(),
-        "None" => Value::Null,
-        _ => json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-        }),
-    }
+/// A `meta.k8s.io/v1 Table` of objects with the kind's kubectl columns.
+pub fn table(res: &Resource, objs: &[Value], include_object: &str, list_meta: Value) -> Value {
+    use h8s_types::table::IncludeObject;
+    let include = match include_object {
+        "Object" => IncludeObject::Object,
+        "None" => IncludeObject::None,
+        _ => IncludeObject::Metadata,
+    };
+    h8s_types::table::table(res, objs, &list_meta, include, std::time::SystemTime::now())
 }

@@ -1,19 +1,50 @@
-//! OpenAPI documents, served from `h8s_types`.
+//! OpenAPI documents, built by `h8s_types::openapi` and served here.
 
-use http::Response;
+use h8s_types::openapi;
+use http::{HeaderValue, Response};
 
-use crate::api::Body;
+use crate::api::{full, Body};
 use crate::error::ApiError;
 
-// TODO(types): serve h8s_types::openapi once it lands.
-pub fn v2(_accept: &str) -> Result<Response<Body>, ApiError> {
-    Err(ApiError::no_route())
+fn respond(ct: &str, body: &'static [u8], etag: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(full(bytes::Bytes::from_static(body)));
+    if let Ok(h) = HeaderValue::from_str(ct) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, h);
+    }
+    if let Some(e) = etag.and_then(|e| HeaderValue::from_str(&format!("\"{e}\"")).ok()) {
+        r.headers_mut().insert(http::header::ETAG, e);
+    }
+    r.headers_mut()
+        .insert(http::header::VARY, HeaderValue::from_static("Accept"));
+    r
 }
 
+/// `/openapi/v2`: protobuf when asked for (kubectl 1.27/1.28 must get it), else JSON.
+/// `/swagger-2.0.0.pb-v1` is always protobuf.
+pub fn v2(path: &str, accept: &str) -> Result<Response<Body>, ApiError> {
+    if path.ends_with(".pb-v1") || accept.contains("protobuf") {
+        return Ok(respond(
+            openapi::V2_PROTOBUF_CONTENT_TYPE,
+            openapi::v2_protobuf(),
+            None,
+        ));
+    }
+    Ok(respond("application/json", openapi::v2_json(), None))
+}
+
+/// `/openapi/v3`: the index of group-version documents.
 pub fn v3_index() -> Result<Response<Body>, ApiError> {
-    Err(ApiError::no_route())
+    Ok(respond("application/json", openapi::v3_index(), None))
 }
 
-pub fn v3(_path: &str) -> Result<Response<Body>, ApiError> {
-    Err(ApiError::no_route())
+/// `/openapi/v3/<api/v1 | apis/g/v>`.
+pub fn v3(path: &str) -> Result<Response<Body>, ApiError> {
+    let (hash, doc) = openapi::v3_document(path).ok_or_else(ApiError::no_route)?;
+    let mut r = respond("application/json", doc, Some(hash));
+    // The index links documents by hash, so a document at a hash never changes.
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, immutable"),
+    );
+    Ok(r)
 }

@@ -27,15 +27,9 @@ pub(crate) fn apply_simple(
         Media::MergePatch => PatchType::Merge,
         Media::StrategicMergePatch => PatchType::Strategic,
         Media::ApplyPatch => {
-            // TODO(machinery): server-side apply with managed fields once it lands;
-            // until then apply merges the applied configuration.
-            let p = parse_yaml(body)?;
-            if !p.is_object() {
-                return Err(ApiError::bad_request("apply patch must be an object"));
-            }
-            let mut out = obj.clone();
-            h8s_machinery::merge_patch(&mut out, &p);
-            return Ok(out);
+            return Err(ApiError::bad_request(
+                "apply patches go through server-side apply",
+            ))
         }
         _ => {
             return Err(ApiError::unsupported_media(
@@ -127,10 +121,46 @@ impl Api {
             }
             Ok(())
         };
+        cx.applying = apply;
+        let force = cx.query.flag("force");
+        let manager = cx.manager_name();
+        let sub = t.sub.clone().unwrap_or_default();
+        let av = res.api_version();
+        let config = applied.clone().map(|mut c| {
+            // Status is not applied through the main resource (and vice versa).
+            if let Some(m) = c.as_object_mut() {
+                if res.has_status && sub.is_empty() {
+                    m.remove("status");
+                }
+            }
+            c
+        });
+        let ssa = |live: Option<&Value>| -> Result<Value, ApiError> {
+            let time = crate::util::now_rfc3339();
+            let m = h8s_machinery::Manager {
+                name: &manager,
+                api_version: &av,
+                subresource: &sub,
+                time: &time,
+            };
+            let schema = Schema::for_kind(res.group, res.kind);
+            h8s_machinery::apply(
+                schema,
+                live,
+                config.as_ref().unwrap_or(&Value::Null),
+                &m,
+                force,
+            )
+            .map_err(machinery_err)
+        };
         let (o, created) = self
             .guaranteed_update(cx, t, &name, apply && t.sub.is_none(), |old| match old {
                 Some(old) => {
-                    let mut new = apply_simple(media, t2.res.group, t2.res.kind, old, &body)?;
+                    let mut new = if apply {
+                        ssa(Some(old))?
+                    } else {
+                        apply_simple(media, t2.res.group, t2.res.kind, old, &body)?
+                    };
                     if apply {
                         // Apply carries no precondition unless it names a resourceVersion.
                         let rv =
@@ -148,7 +178,7 @@ impl Api {
                     Ok(new)
                 }
                 None => {
-                    let mut new = applied.clone().unwrap_or(Value::Null);
+                    let mut new = ssa(None)?;
                     crate::rest::check_type_meta(t2.res, &mut new)?;
                     strict(None, &new)?;
                     Ok(new)
@@ -177,6 +207,8 @@ mod tests {
         let o = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1, 2]}});
         let m = apply_simple(
             Media::MergePatch,
+            "",
+            "ConfigMap",
             &o,
             br#"{"metadata":{"labels":{"a":null,"c":"3"}}}"#,
         )

@@ -144,31 +144,28 @@ fn invalid(res: &Resource, name: &str, causes: Vec<Cause>) -> ApiError {
     ApiError::invalid(res.kind, res.group, name, causes)
 }
 
-/// Adds (or refreshes) the managedFields entry of a non-apply write by `manager`.
-fn touch_managed_fields(o: &mut Value, manager: Option<&str>, res: &Resource, sub: Option<&str>) {
-    let Some(manager) = manager else { return };
-    // TODO(machinery): compute fieldsV1 with h8s_machinery's managed-fields support.
-    let mut entry = json!({
-        "manager": manager,
-        "operation": "Update",
-        "apiVersion": res.api_version(),
-        "time": util::now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": {},
-    });
-    if let Some(s) = sub {
-        entry["subresource"] = json!(s);
+/// Records a non-apply write in `metadata.managedFields` (the caller's Update entry).
+fn record_manager(
+    cx: &Ctx,
+    res: &Resource,
+    sub: Option<&str>,
+    live: Option<&Value>,
+    new: &mut Value,
+) -> Result<(), ApiError> {
+    if cx.applying {
+        return Ok(());
     }
-    let m = obj::meta_mut(o);
-    let list = m.entry("managedFields").or_insert_with(|| json!([]));
-    if let Some(a) = list.as_array_mut() {
-        a.retain(|e| {
-            !(e.get("manager").and_then(Value::as_str) == Some(manager)
-                && e.get("operation").and_then(Value::as_str) == Some("Update")
-                && e.get("subresource").and_then(Value::as_str) == sub)
-        });
-        a.push(entry);
-    }
+    let name = cx.manager_name();
+    let time = util::now_rfc3339();
+    let av = res.api_version();
+    let m = h8s_machinery::Manager {
+        name: &name,
+        api_version: &av,
+        subresource: sub.unwrap_or(""),
+        time: &time,
+    };
+    let schema = h8s_machinery::Schema::for_kind(res.group, res.kind);
+    h8s_machinery::update_managed_fields(schema, live, new, &m).map_err(machinery_err)
 }
 
 impl Api {
@@ -230,8 +227,8 @@ impl Api {
             .await?
             .ok_or_else(|| ApiError::not_found(&subject(t, &name)))?;
         if cx.as_table {
-            let mut tab = hooks::table(t.res, std::slice::from_ref(&o), &cx.include_object, true);
-            tab["metadata"] = json!({"resourceVersion": obj::resource_version(&o)});
+            let meta = json!({"resourceVersion": obj::resource_version(&o)});
+            let tab = hooks::table(t.res, std::slice::from_ref(&o), &cx.include_object, meta);
             return Ok(json_response(200, &tab));
         }
         Ok(json_response(200, &o))
@@ -351,8 +348,7 @@ impl Api {
             meta["continue"] = json!(c);
         }
         if cx.as_table {
-            let mut tab = hooks::table(t.res, &items, &cx.include_object, true);
-            tab["metadata"] = meta;
+            let tab = hooks::table(t.res, &items, &cx.include_object, meta);
             return Ok(json_response(200, &tab));
         }
         Ok(json_response(
@@ -474,7 +470,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(invalid(t.res, &name, causes));
         }
-        touch_managed_fields(&mut o, cx.field_manager(), t.res, None);
+        record_manager(cx, t.res, None, None, &mut o)?;
         let ns_str = ns.clone().unwrap_or_default();
         self.admit(cx, t, Operation::Create, &name, &ns_str, None, Some(&mut o))
             .await?;
@@ -699,7 +695,7 @@ impl Api {
             return Err(invalid(t.res, &name, causes));
         }
         if !same_object(old, new) {
-            touch_managed_fields(new, cx.field_manager(), t.res, t.sub.as_deref());
+            record_manager(cx, t.res, t.sub.as_deref(), Some(old), new)?;
         }
         Ok(())
     }

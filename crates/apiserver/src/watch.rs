@@ -28,21 +28,18 @@ struct Encoder {
     res: &'static h8s_types::Resource,
     table: bool,
     include_object: String,
-    first: bool,
 }
 
 impl Encoder {
     fn event(&mut self, kind: &str, o: &Value) -> Bytes {
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
-            let mut t = hooks::table(
+            let meta = json!({"resourceVersion": obj::resource_version(o)});
+            hooks::table(
                 self.res,
                 std::slice::from_ref(o),
                 &self.include_object,
-                self.first,
-            );
-            t["metadata"] = json!({"resourceVersion": obj::resource_version(o)});
-            self.first = false;
-            t
+                meta,
+            )
         } else {
             o.clone()
         };
@@ -97,6 +94,7 @@ impl Api {
                 include_object: String::new(),
                 warnings: vec![],
                 verb: "list",
+                applying: false,
             };
             let (items, rev, _) = self.list_objects(&tmp, t, &filter).await?;
             initial = items;
@@ -112,7 +110,6 @@ impl Api {
             res: t.res,
             table: cx.as_table,
             include_object: cx.include_object.clone(),
-            first: true,
         };
         let stream = self.store.watch(&prefix, start_rev).await;
         let me = self.clone();
