@@ -348,11 +348,16 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
     sandbox.images.push(img.disk.clone());
     sandbox.stop_with_containers = true;
     if let Some(net) = &a.network {
-        match pod_net::attachment(net) {
+        match pod_net::attachment(net, &sandbox.name) {
             Ok(att) => sandbox.network = Some(att),
-            Err(e) => return fail(format!("{e:#}"), 125),
+            Err(e) => {
+                pod_net::detach(&sandbox.name);
+                return fail(format!("{e:#}"), 125);
+            }
         }
     }
+    let pod_name = sandbox.name.clone();
+    let networked = sandbox.network.is_some();
     let tty = a.tty;
     let size = if tty { term::size() } else { None };
     let container = ContainerConfig {
@@ -375,17 +380,27 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         img.workdir.as_deref(),
         img.user.as_deref(),
     );
+    let undo_net = || {
+        if networked {
+            pod_net::detach(&pod_name);
+        }
+    };
     if let Err(e) = container.validate(&sandbox) {
+        undo_net();
         return fail(e.to_string(), 125);
     }
     let id = match runtime.run_sandbox(sandbox).await {
         Ok(id) => id,
-        Err(e) => return fail(format!("cannot start pod: {e}"), rt_exit_code(&e)),
+        Err(e) => {
+            undo_net();
+            return fail(format!("cannot start pod: {e}"), rt_exit_code(&e));
+        }
     };
     // From here on, a failure must not leave the pod behind.
     let cleanup = |runtime: Runtime, id: String| async move {
         let _ = runtime.stop_sandbox(&id, Duration::ZERO).await;
         let _ = runtime.remove_sandbox(&id, true).await;
+        undo_net();
     };
     if let Err(e) = runtime.create_container(&id, container.clone()).await {
         cleanup(runtime.clone(), id).await;
@@ -430,6 +445,7 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         if let Err(e) = runtime.remove_sandbox(&id, true).await {
             eprintln!("h8s: removing pod: {e}");
         }
+        undo_net();
     }
     Ok(code)
 }
@@ -665,7 +681,16 @@ async fn cmd_rm(a: RmArgs) -> anyhow::Result<()> {
     let mut failed = false;
     for p in &a.pods {
         let r = match runtime.resolve(p) {
-            Ok(id) => runtime.remove_sandbox(&id, a.force).await,
+            Ok(id) => {
+                let st = runtime.sandbox_status(&id).await;
+                let r = runtime.remove_sandbox(&id, a.force).await;
+                if let (Ok(()), Ok(st)) = (&r, st) {
+                    if st.config.network.is_some() {
+                        pod_net::detach(&st.config.name);
+                    }
+                }
+                r
+            }
             Err(e) => Err(e),
         };
         match r {

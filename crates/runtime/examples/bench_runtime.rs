@@ -240,9 +240,8 @@ async fn main() {
     let (bmin, bmed, b99) = stats(&mut bare);
     let (emin, emed, e99) = stats(&mut exec);
     let mib = |k: u64| k as f64 / 1024.0;
-    let avg = |f: &dyn Fn(&(u64, u64, u64, u64)) -> u64| {
-        mem.iter().map(f).sum::<u64>() / mem.len() as u64
-    };
+    type Sample = (u64, u64, u64, u64);
+    let avg = |f: &dyn Fn(&Sample) -> u64| mem.iter().map(f).sum::<u64>() / mem.len() as u64;
     let (qp, qr, sp, sr) = (avg(&|m| m.0), avg(&|m| m.1), avg(&|m| m.2), avg(&|m| m.3));
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -182,6 +182,23 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             return Ok(());
         }
     };
+    if let (false, Some(net)) = (adopt, rec.config.network.clone()) {
+        if let Err(e) = configure_network(&agent, &rec.config.name, &net).await {
+            tracing::error!(error = %e, "network set-up failed");
+            if let Qemu::Child(c) = &mut qemu {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+            rec.state = SandboxState::Failed;
+            rec.reason = Some(e.to_string());
+            rec.shim = None;
+            rec.qemu = None;
+            let _ = dir.save(&rec);
+            remove_sockets(&dir);
+            ready_line(Err(e));
+            return Ok(());
+        }
+    }
     let qemu_ref = rec
         .qemu
         .ok_or_else(|| Error::Qemu("no QEMU process".into()))?;
@@ -404,6 +421,30 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             Err(e)
         }
     }
+}
+
+/// Gives the guest its interface (found by MAC), address, route, DNS and hostname.
+async fn configure_network(
+    agent: &Agent,
+    hostname: &str,
+    net: &crate::api::NetworkAttachment,
+) -> Result<()> {
+    let cfg = h8s_guest::NetworkConfig {
+        interfaces: vec![h8s_guest::Interface {
+            mac: net.mac.clone(),
+            name: Some("eth0".into()),
+            addresses: vec![net.address.clone()],
+            gateway: net.gateway.clone(),
+            mtu: Some(net.mtu),
+        }],
+        dns_servers: net.dns.clone(),
+        dns_search: Vec::new(),
+        hostname: Some(hostname.to_string()),
+    };
+    agent
+        .request_timeout(GuestRequest::ConfigureNetwork(cfg), Duration::from_secs(30))
+        .await
+        .map(drop)
 }
 
 /// Finds a running pod VM again after the previous supervisor died.
