@@ -1,6 +1,7 @@
 //! API kinds, the resource table and validation: no I/O.
 //!
 //! - [`openapi`]: `/openapi/v3` documents and `/openapi/v2` (JSON and protobuf).
+//! - [`protobuf`]: protobuf request bodies (kubectl ≥ 1.32) decoded to JSON.
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
@@ -16,6 +17,7 @@
 pub mod defaults;
 pub mod network;
 pub mod openapi;
+pub mod protobuf;
 pub mod resources;
 pub mod schema;
 pub mod strict;
