@@ -69,9 +69,38 @@ impl Layout {
             let p = root.join(d);
             std::fs::create_dir_all(&p).ctx(|| format!("create {}", p.display()))?;
         }
-        Ok(Layout {
+        let layout = Layout {
             root: root.to_owned(),
-        })
+        };
+        layout.sweep_tmp();
+        Ok(layout)
+    }
+
+    /// Removes what a killed process left in `tmp/` (temp files are normally deleted on
+    /// drop, but not after SIGKILL or a crash). Only entries a day old: younger ones may
+    /// belong to another process's pull or build in progress.
+    fn sweep_tmp(&self) {
+        let Ok(entries) = std::fs::read_dir(self.tmp()) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if old {
+                let p = e.path();
+                tracing::debug!(path = %p.display(), "removing stale temp entry");
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
     }
 
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
