@@ -30,6 +30,9 @@ pub struct NodeArgs {
     /// Work in this named network namespace instead of the host's (tests, labs).
     #[arg(long, env = "H8S_NET_NETNS", global = true)]
     netns: Option<String>,
+    /// Let pods reach beyond their Network through its gateway (turns on IPv4 forwarding).
+    #[arg(long, env = "H8S_NET_EGRESS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    egress: bool,
     /// Ranges tenant egress may not reach (repeatable; e.g. the node and cluster network).
     #[arg(
         long = "protect",
@@ -196,6 +199,7 @@ impl NodeArgs {
             }
             None => NodeConfig::detect(&name, ns)?,
         };
+        node.egress = self.egress;
         if let Some(m) = self.node_mtu {
             node.underlay_mtu = m;
         }

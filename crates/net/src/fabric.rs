@@ -518,29 +518,38 @@ impl Fabric {
         })
     }
 
-    /// Removes everything h8s made on this node, tracked or not (tests' clean-up, `h8s net
-    /// reset`). Attachments recorded for this node are released.
+    /// Removes everything this store's Networks have on this node: every pod port, segment
+    /// device and gateway namespace, and the node's rules (tests' clean-up, `h8s net reset`).
+    /// Attachments recorded for this node are released; the Networks stay in the store.
+    /// Devices of another store sharing the namespace are not touched (one store per node).
     pub fn teardown_all(&self) -> Result<()> {
+        let mut names: Vec<String> = vec![];
         for net in self.store.list()? {
             for a in self.store.attachments(&net.name)? {
                 if a.node == self.node.name {
+                    let (port, peer) = port_names(a.kind, &a.network, &a.pod);
+                    names.extend([port, peer]);
                     self.store.release(&net.name, &a.pod)?;
                 }
             }
+            let s = SegmentNames::new(net.vni);
+            // Ports first, bridges last; veth peers vanish with their other end.
+            names.extend([
+                s.vxlan,
+                s.gw_port,
+                s.gw_peer,
+                s.uplink,
+                s.uplink_peer,
+                s.bridge,
+            ]);
         }
         for ns in netns::list_named(&self.node.gateway_netns_prefix()) {
             netns::delete_named(&ns)?;
         }
         self.node.netns.run(|| {
             let nl = Nl::open()?;
-            // Ports first, bridges last; veth peers vanish with their other end.
-            let mut links = nl.links()?;
-            links.retain(|l| l.name.starts_with(DEVICE_PREFIX));
-            links.sort_by_key(|l| l.name.starts_with("h8b"));
-            for l in links {
-                if nl.index(&l.name)?.is_some() {
-                    nl.del_name(&l.name)?;
-                }
+            for n in &names {
+                nl.del_name(n)?;
             }
             nft::delete_tables()
         })?;
