@@ -365,3 +365,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Registry-controlled headers and redirect targets never panic the parsers.
+        #[test]
+        fn header_parsers_never_panic(s in "\\PC{0,120}") {
+            let _ = Challenge::parse(&s);
+            if let Some(u) = Url::parse(&s) {
+                let _ = u.host_port();
+                let _ = u.is_loopback();
+                let _ = u.join(&s);
+            }
+        }
+    }
+}

@@ -124,7 +124,7 @@ fn valid_domain(d: &str) -> bool {
         }
     };
     if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
             return false;
         }
     }
@@ -266,6 +266,7 @@ mod tests {
             "a___b",
             "a..b",
             "localhost:abc/x",
+            "localhost:70000/x",
             "busybox:tag with space",
             "busybox@md5:abcd",
         ] {
@@ -273,6 +274,44 @@ mod tests {
                 bad.parse::<Reference>().is_err(),
                 "{bad:?} should be rejected"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any input: a value or an error, never a panic; what parses prints back to a
+        /// string that parses to the same reference.
+        #[test]
+        fn parse_never_panics_and_round_trips(s in "\\PC{0,80}") {
+            if let Ok(r) = s.parse::<Reference>() {
+                let again: Reference = r.to_string().parse().unwrap();
+                prop_assert_eq!(again, r);
+            }
+        }
+
+        #[test]
+        fn plausible_references_round_trip(
+            host in prop::option::of("[a-z]{1,8}\\.[a-z]{2,3}(:[1-9][0-9]{0,3})?"),
+            path in "[a-z0-9]{1,6}(/[a-z0-9]{1,6}){0,2}",
+            tag in prop::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}"),
+        ) {
+            let mut s = host.clone().map(|h| format!("{h}/")).unwrap_or_default();
+            s.push_str(&path);
+            if let Some(t) = &tag {
+                s.push(':');
+                s.push_str(t);
+            }
+            let r: Reference = s.parse().unwrap();
+            prop_assert_eq!(r.tag(), Some(tag.as_deref().unwrap_or("latest")));
+            if let Some(h) = host {
+                prop_assert_eq!(r.registry(), h.as_str());
+                prop_assert_eq!(r.repository(), path.as_str());
+            }
         }
     }
 }
