@@ -3,7 +3,7 @@
 //! other managers' fields, `force` taking ownership, and fields a manager stops applying
 //! removed unless someone else owns them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -247,13 +247,14 @@ fn index_items<'a>(
     allow_dups: bool,
 ) -> Result<Vec<(PathElement, &'a Value)>> {
     let mut out: Vec<(PathElement, &Value)> = Vec::with_capacity(items.len());
+    let mut seen: HashSet<PathElement> = HashSet::with_capacity(items.len());
     for it in items {
         let pe = match shape {
             Shape::Set => set_item(it, spath)?,
             Shape::Keyed(keys, _) => item_key(it, keys, spath)?,
             _ => continue,
         };
-        if out.iter().any(|(p, _)| *p == pe) {
+        if !seen.insert(pe.clone()) {
             if allow_dups {
                 continue;
             }
@@ -341,8 +342,11 @@ fn merge(schema: Schema, lhs: Option<&Value>, rhs: &Value, spath: &str) -> Resul
             let ri = index_items(r, spath, &sh, false)?;
             let item_path = format!("{spath}[]");
             let atomic_items = matches!(sh, Shape::Set | Shape::Keyed(_, true));
+            let l_by: HashMap<&PathElement, &Value> = li.iter().map(|(p, v)| (p, *v)).collect();
+            let r_pos: HashMap<&PathElement, usize> =
+                ri.iter().enumerate().map(|(i, (p, _))| (p, i)).collect();
             let merge_item = |pe: &PathElement, rv: &Value| -> Result<Value> {
-                let lv = li.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
+                let lv = l_by.get(pe).copied();
                 if atomic_items {
                     Ok(strip_nulls(rv.clone()))
                 } else {
@@ -353,7 +357,7 @@ fn merge(schema: Schema, lhs: Option<&Value>, rhs: &Value, spath: &str) -> Resul
             let mut emitted = vec![false; ri.len()];
             let mut next_r = 0;
             for (lpe, lv) in &li {
-                match ri.iter().position(|(p, _)| p == lpe) {
+                match r_pos.get(lpe).copied() {
                     None => out.push((*lv).clone()),
                     Some(pos) if !emitted[pos] => {
                         // Emit the configuration's items up to this shared one, in its order.
@@ -453,9 +457,11 @@ fn compare(
                 .collect();
             pes.sort();
             pes.dedup();
+            let l_by: HashMap<&PathElement, &Value> = li.iter().map(|(p, v)| (p, *v)).collect();
+            let r_by: HashMap<&PathElement, &Value> = ri.iter().map(|(p, v)| (p, *v)).collect();
             for pe in pes {
-                let lv = li.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
-                let rv = ri.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
+                let lv = l_by.get(pe).copied();
+                let rv = r_by.get(pe).copied();
                 prefix.push(pe.clone());
                 if atomic_items {
                     leaf_change(lv, rv, prefix, c);

@@ -1,15 +1,44 @@
 //! Pure API machinery for the h8s API server: selectors, patches, server-side apply and
-//! managed fields. No I/O, no async: everything works on `serde_json::Value`.
+//! managed fields. No I/O, no async, no clock: everything works on `serde_json::Value`.
 //!
-//! - [`LabelSelector`] / [`FieldSelector`]: `labelSelector` / `fieldSelector` query strings
-//!   (and `metav1.LabelSelector` JSON) with Kubernetes' grammar and error texts.
+//! # Selectors
+//! - [`LabelSelector::parse`]: a `labelSelector` query string (`a=b`, `a==b`, `a!=b`,
+//!   `a in (x,y)`, `a notin (x)`, `a`, `!a`, `a>1`, `a<1`, comma-joined) with Kubernetes'
+//!   grammar, validation and error texts; [`LabelSelector::from_json`] for a
+//!   `metav1.LabelSelector` (`null` matches nothing, `{}` everything);
+//!   [`LabelSelector::matches`] / [`LabelSelector::matches_object`].
+//! - [`FieldSelector::parse`]: a `fieldSelector` string (`a=b`, `a==b`, `a!=b`, `\`-escapes);
+//!   [`FieldSelector::check_supported`] refuses fields a kind does not index;
+//!   [`FieldSelector::matches`] takes the kind's field accessor.
 //!
+//! # Patches
+//! - [`PatchType::from_content_type`] recognises the four PATCH media types.
+//! - [`apply_patch`] applies a JSON Patch ([`JsonPatch`], RFC 6902), a JSON merge patch
+//!   ([`merge_patch`], RFC 7386) or a strategic merge patch ([`strategic_merge_patch`]) body.
+//! - [`Schema::for_kind`] gives the patch/list metadata of a built-in kind: the table of
+//!   `x-kubernetes-patch-strategy`/`-patch-merge-key`/`-list-type`/`-list-map-keys`/`-map-type`
+//!   facts of Kubernetes 1.33 ([`Schema::fields`] lists them, e.g. for OpenAPI generation).
+//!
+//! # Server-side apply and managed fields
+//! - [`apply`]: merge an applied configuration into the live object (or create), detect
+//!   conflicts with other managers, `force`, prune fields no longer applied, and maintain
+//!   `metadata.managedFields` (FieldsV1).
+//! - [`update_managed_fields`]: record an ordinary create/update/patch by a `fieldManager`.
+//! - [`field_set`], [`FieldSet`]: the FieldsV1 set algebra underneath.
+//!
+//! # Errors → Kubernetes `Status`
 //! Every fallible function returns [`Error`]; [`Error::code`] and [`Error::reason`] give the
-//! `Status` code and reason kube-apiserver would answer with (400 BadRequest for malformed
-//! selectors and patches, 422 Invalid for patches that do not apply, 409 Conflict for
-//! server-side apply conflicts).
+//! answer kube-apiserver sends for the same input:
+//!
+//! | variant | code | reason |
+//! |---|---|---|
+//! | [`Error::InvalidLabelSelector`], [`Error::InvalidFieldSelector`], [`Error::FieldLabelNotSupported`], [`Error::BadPatch`] | 400 | BadRequest |
+//! | [`Error::Conflict`] (apply conflicts; [`Conflicts::causes`] gives `details.causes`) | 409 | Conflict |
+//! | [`Error::TooLarge`] (over 10,000 JSON Patch operations) | 413 | RequestEntityTooLarge |
+//! | [`Error::PatchNotApplicable`], [`Error::Invalid`] | 422 | Invalid |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod apply;
 mod error;

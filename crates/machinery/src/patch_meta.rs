@@ -53,7 +53,7 @@ impl FieldMeta {
 /// A table of field metadata, with sub-tables included under a prefix (pod specs and object
 /// metadata appear in many kinds).
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     fields: &'static [FieldMeta],
     includes: &'static [(&'static str, &'static Table)],
 }

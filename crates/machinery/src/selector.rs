@@ -108,6 +108,10 @@ impl Requirement {
         })
     }
 
+    fn has_value(&self, v: &str) -> bool {
+        self.values.binary_search_by(|x| x.as_str().cmp(v)).is_ok()
+    }
+
     /// The label key.
     pub fn key(&self) -> &str {
         &self.key
@@ -127,12 +131,11 @@ impl Requirement {
     pub fn matches(&self, labels: &impl Labels) -> bool {
         let got = labels.get(&self.key);
         match self.op {
+            // `values` is sorted: binary search keeps huge `in (…)` lists cheap.
             Operator::Equals | Operator::DoubleEquals | Operator::In => {
-                got.is_some_and(|v| self.values.iter().any(|x| x == v))
+                got.is_some_and(|v| self.has_value(v))
             }
-            Operator::NotEquals | Operator::NotIn => {
-                got.is_none_or(|v| !self.values.iter().any(|x| x == v))
-            }
+            Operator::NotEquals | Operator::NotIn => got.is_none_or(|v| !self.has_value(v)),
             Operator::Exists => got.is_some(),
             Operator::DoesNotExist => got.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
@@ -602,12 +605,9 @@ impl Parser {
     }
 
     fn parse_identifiers_list(&mut self) -> std::result::Result<Vec<String>, String> {
+        // Kubernetes collects a set; `sorted_set` sorts and de-duplicates at the end.
         let mut s: Vec<String> = Vec::new();
-        let insert = |s: &mut Vec<String>, v: String| {
-            if !s.contains(&v) {
-                s.push(v)
-            }
-        };
+        let insert = |s: &mut Vec<String>, v: String| s.push(v);
         loop {
             let (t, lit) = self.consume(Ctx::Values);
             match t {
@@ -616,7 +616,7 @@ impl Parser {
                     let (t2, l2) = self.lookahead(Ctx::Values);
                     match t2 {
                         Tok::Comma => continue,
-                        Tok::ClosedPar => return Ok(s),
+                        Tok::ClosedPar => return Ok(sorted_set(s)),
                         _ => return Err(format!("found '{l2}', expected: ',' or ')'")),
                     }
                 }
@@ -627,7 +627,7 @@ impl Parser {
                     let (t2, _) = self.lookahead(Ctx::Values);
                     if t2 == Tok::ClosedPar {
                         insert(&mut s, String::new());
-                        return Ok(s);
+                        return Ok(sorted_set(s));
                     }
                     if t2 == Tok::Comma {
                         self.consume(Ctx::Values);
@@ -651,6 +651,13 @@ impl Parser {
             Err(format!("found '{lit}', expected: identifier"))
         }
     }
+}
+
+/// A `sets.String`'s `List()`: sorted, unique.
+fn sorted_set(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Go's `%v` of a `[]string`: `[a b]`.

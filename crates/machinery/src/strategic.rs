@@ -4,6 +4,8 @@
 //! `$patch` (`replace`, `delete`, `merge`), `$retainKeys`, `$setElementOrder/<list>` and
 //! `$deleteFromPrimitiveList/<list>`.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -108,8 +110,24 @@ fn fresh(mut v: Value) -> Option<Value> {
 
 fn no_merge_key(item: &Value, key: &str) -> Error {
     Error::BadPatch(format!(
-        "map: {item} does not contain declared merge key: {key}"
+        "map: {} does not contain declared merge key: {key}",
+        short(item)
     ))
+}
+
+/// A value for an error message, cut short: messages must stay readable (and small) however
+/// big the patch.
+fn short(v: &Value) -> String {
+    const MAX: usize = 200;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// The "kind" of list elements, as reflect.Type is used by Kubernetes: all elements of both
@@ -149,18 +167,35 @@ fn element_kind(lists: &[&[Value]], path: &str) -> Result<Option<ElemKind>> {
     }))
 }
 
-/// The identity of a list element for ordering: the merge key's value for maps, the value
-/// itself for scalars.
-fn ident<'a>(v: &'a Value, merge_key: &str, kind: ElemKind) -> Option<&'a Value> {
-    match kind {
+/// The identity of a list element for ordering and matching: the merge key's value for maps,
+/// the value itself for scalars, as canonical JSON (a missing merge key has an identity of its
+/// own, as Go's `nil == nil`).
+fn ident(v: &Value, merge_key: &str, kind: ElemKind) -> String {
+    let id = match kind {
         ElemKind::Map => v.get(merge_key),
         ElemKind::Scalar => Some(v),
+    };
+    match id {
+        Some(x) => x.to_string(),
+        None => "\u{0}none".to_string(),
     }
 }
 
-fn index_of(list: &[Value], v: &Value, merge_key: &str, kind: ElemKind) -> Option<usize> {
-    let want = ident(v, merge_key, kind);
-    list.iter().position(|x| ident(x, merge_key, kind) == want)
+/// Position of each identity's first occurrence in a list: hashing keeps huge lists linear.
+struct Order(HashMap<String, usize>);
+
+impl Order {
+    fn new(list: &[Value], merge_key: &str, kind: ElemKind) -> Order {
+        let mut m = HashMap::with_capacity(list.len());
+        for (i, v) in list.iter().enumerate() {
+            m.entry(ident(v, merge_key, kind)).or_insert(i);
+        }
+        Order(m)
+    }
+
+    fn get(&self, v: &Value, merge_key: &str, kind: ElemKind) -> Option<usize> {
+        self.0.get(&ident(v, merge_key, kind)).copied()
+    }
 }
 
 struct Ctx {
@@ -185,8 +220,9 @@ impl Ctx {
                 }
                 Some("delete") => Ok(Map::new()),
                 _ => Err(Error::BadPatch(format!(
-                    "unknown patch type: {d} in map: {}",
-                    Value::Object(patch.clone())
+                    "unknown patch type: {} in map: {}",
+                    short(d),
+                    short(&Value::Object(patch.clone()))
                 ))),
             };
         }
@@ -382,14 +418,16 @@ impl Ctx {
         };
         if kind == ElemKind::Scalar {
             if is_delete_list {
+                let gone: HashSet<String> = patch.iter().map(Value::to_string).collect();
                 return Ok(original
                     .into_iter()
-                    .filter(|v| !patch.contains(v))
+                    .filter(|v| !gone.contains(&v.to_string()))
                     .collect());
             }
+            let mut seen = HashSet::with_capacity(original.len() + patch.len());
             let mut merged: Vec<Value> = Vec::with_capacity(original.len() + patch.len());
             for v in original.iter().chain(patch.iter()) {
-                if !merged.contains(v) {
+                if seen.insert(v.to_string()) {
                     merged.push(v.clone());
                 }
             }
@@ -408,6 +446,7 @@ impl Ctx {
         let mut original = original;
         let mut plain = Vec::with_capacity(patch.len());
         let mut replace = false;
+        let mut deleted: HashSet<String> = HashSet::new();
         for v in patch {
             match v.get(DIRECTIVE) {
                 None => plain.push(v),
@@ -416,7 +455,7 @@ impl Ctx {
                         let Some(kv) = v.get(merge_key) else {
                             return Err(no_merge_key(&v, merge_key));
                         };
-                        original.retain(|o| o.get(merge_key) != Some(kv));
+                        deleted.insert(kv.to_string());
                     }
                     Some("replace") => replace = true,
                     Some("merge") => {
@@ -426,11 +465,19 @@ impl Ctx {
                     }
                     _ => {
                         return Err(Error::BadPatch(format!(
-                            "unknown patch type: {d} in map: {v}"
+                            "unknown patch type: {} in map: {}",
+                            short(d),
+                            short(&v)
                         )))
                     }
                 },
             }
+        }
+        if !deleted.is_empty() {
+            original.retain(|o| {
+                o.get(merge_key)
+                    .is_none_or(|kv| !deleted.contains(&kv.to_string()))
+            });
         }
         let (original, patch) = if replace {
             let replaced = plain.into_iter().filter_map(fresh).collect();
@@ -439,25 +486,25 @@ impl Ctx {
             (original, plain)
         };
 
+        // Index the original items by merge key: patches of huge lists stay linear.
         let mut merged = original.clone();
+        let mut by_key: HashMap<String, usize> = HashMap::with_capacity(merged.len());
+        for (i, o) in merged.iter().enumerate() {
+            let Value::Object(om) = o else {
+                return Err(Error::PatchNotApplicable(format!(
+                    "value for key {i} is not a map"
+                )));
+            };
+            if let Some(kv) = om.get(merge_key) {
+                by_key.entry(kv.to_string()).or_insert(i);
+            }
+        }
         for p in &patch {
             let Some(kv) = p.get(merge_key) else {
                 return Err(no_merge_key(p, merge_key));
             };
-            let mut found = None;
-            for (i, o) in merged.iter().enumerate() {
-                let Value::Object(om) = o else {
-                    return Err(Error::PatchNotApplicable(format!(
-                        "value for key {i} is not a map"
-                    )));
-                };
-                if om.get(merge_key) == Some(kv) {
-                    found = Some(i);
-                    break;
-                }
-            }
-            match found {
-                Some(i) => {
+            match by_key.get(&kv.to_string()) {
+                Some(&i) => {
                     let o = std::mem::take(&mut merged[i]);
                     let (Value::Object(om), Value::Object(pm)) = (o, p.clone()) else {
                         continue;
@@ -466,6 +513,7 @@ impl Ctx {
                 }
                 None => {
                     if let Some(v) = fresh(p.clone()) {
+                        by_key.insert(kv.to_string(), merged.len());
                         merged.push(v);
                     }
                 }
@@ -483,19 +531,14 @@ fn partition(
     merge_key: &str,
     kind: ElemKind,
 ) -> Result<(Vec<Value>, Vec<Value>)> {
+    let wanted: HashSet<String> = by.iter().map(|b| ident(b, merge_key, kind)).collect();
     let mut present = Vec::new();
     let mut server_only = Vec::new();
     for v in merged {
-        if kind == ElemKind::Map {
-            let Some(kv) = v.get(merge_key) else {
-                return Err(no_merge_key(&v, merge_key));
-            };
-            if by.iter().any(|b| b.get(merge_key) == Some(kv)) {
-                present.push(v);
-            } else {
-                server_only.push(v);
-            }
-        } else if by.contains(&v) {
+        if kind == ElemKind::Map && v.get(merge_key).is_none() {
+            return Err(no_merge_key(&v, merge_key));
+        }
+        if wanted.contains(&ident(&v, merge_key, kind)) {
             present.push(v);
         } else {
             server_only.push(v);
@@ -546,7 +589,8 @@ fn sort_by_order(
         to_delete = del;
     }
     // Stable: items missing from `order` keep their relative place after the known ones.
-    items.sort_by_key(|v| index_of(order, v, merge_key, kind).unwrap_or(usize::MAX));
+    let idx = Order::new(order, merge_key, kind);
+    items.sort_by_cached_key(|v| idx.get(v, merge_key, kind).unwrap_or(usize::MAX));
     items.extend(to_delete);
     Ok(items)
 }
@@ -560,6 +604,7 @@ fn merge_sorted(
     merge_key: &str,
     kind: ElemKind,
 ) -> Vec<Value> {
+    let idx = Order::new(server_order, merge_key, kind);
     let mut out = Vec::with_capacity(left.len() + right.len());
     let mut l = left.into_iter().peekable();
     let mut r = right.into_iter().peekable();
@@ -569,8 +614,8 @@ fn merge_sorted(
             (Some(_), None) => out.extend(l.next()),
             (None, Some(_)) => out.extend(r.next()),
             (Some(a), Some(b)) => {
-                let li = index_of(server_order, a, merge_key, kind);
-                let ri = index_of(server_order, b, merge_key, kind);
+                let li = idx.get(a, merge_key, kind);
+                let ri = idx.get(b, merge_key, kind);
                 let left_first = matches!((li, ri), (Some(x), Some(y)) if x < y);
                 if left_first {
                     out.extend(l.next());
@@ -618,8 +663,8 @@ fn validate_order(patch_list: &[Value], order: &[Value], merge_key: &str) -> Res
     if pi < non_delete.len() {
         return Err(Error::BadPatch(format!(
             "The order in patch list:\n{}\n doesn't match $setElementOrder list:\n{}\n",
-            Value::Array(patch_list.to_vec()),
-            Value::Array(order.to_vec())
+            short(&Value::Array(patch_list.to_vec())),
+            short(&Value::Array(order.to_vec()))
         )));
     }
     Ok(())
