@@ -11,6 +11,7 @@
 //! values are opaque bytes (the API server stores JSON without `resourceVersion`).
 #![forbid(unsafe_code)]
 
+mod backup;
 mod cache;
 mod embedded;
 mod etcd;
@@ -21,10 +22,11 @@ pub mod testing;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use backup::{backup, read_backup, restore, BackupSummary};
 pub use cache::{WatchCache, WatchCacheOptions};
 pub use embedded::{Embedded, EmbeddedOptions};
 pub use etcd::{Etcd, EtcdOptions};
-pub use open::{open, EtcdTls};
+pub use open::{open, EtcdTls, EMBEDDED_FILE};
 
 /// The largest value a backend accepts by default: the API server's 3 MiB body limit plus
 /// room for the metadata it adds.
@@ -185,6 +187,21 @@ pub trait Store: Send + Sync + 'static {
     /// order and revisions; backends add their own deeper checks.
     async fn check(&self) -> Result<CheckReport> {
         walk_check(self).await
+    }
+
+    /// Loads `items`, a snapshot taken at `revision` (see [`backup`]), into this store,
+    /// which must hold no keys. The default creates every key anew, so revisions change;
+    /// backends that can keep the snapshot's revisions do (the embedded one).
+    async fn load_snapshot(&self, items: Vec<KeyValue>, revision: Revision) -> Result<()> {
+        use futures::StreamExt;
+        let _ = revision;
+        let mut writes = futures::stream::iter(items)
+            .map(|kv| async move { self.create(&kv.key, kv.value).await })
+            .buffer_unordered(64);
+        while let Some(r) = writes.next().await {
+            r?;
+        }
+        Ok(())
     }
 }
 

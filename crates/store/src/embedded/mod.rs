@@ -99,6 +99,7 @@ enum Op {
     Update(String, Bytes, Revision),
     Delete(String, Option<Revision>),
     Compact(Option<Revision>),
+    Import(Vec<KeyValue>, Revision),
 }
 
 enum Done {
@@ -284,6 +285,10 @@ impl Store for Embedded {
 
     async fn check(&self) -> Result<CheckReport> {
         self.read(check_txn).await
+    }
+
+    async fn load_snapshot(&self, items: Vec<KeyValue>, revision: Revision) -> Result<()> {
+        self.write(Op::Import(items, revision)).await.map(|_| ())
     }
 }
 
@@ -760,6 +765,11 @@ fn commit_batch(shared: &Shared, revision: &mut Revision, batch: Vec<Request>) {
     for req in batch {
         match req.op {
             Op::Compact(target) => compactions.push((target, req.reply)),
+            Op::Import(items, at) => {
+                let _ = req
+                    .reply
+                    .send(import(shared, revision, items, at).map(|_| Done::Compacted));
+            }
             _ => writes.push(req),
         }
     }
@@ -911,7 +921,7 @@ fn apply(
                 Done::Deleted(old, rev),
             )
         }
-        Op::Compact(_) => unreachable!("compactions are run apart"),
+        Op::Compact(_) | Op::Import(..) => unreachable!("run apart from writes"),
     };
     let rev = *revision + 1;
     match &event {
@@ -942,6 +952,66 @@ fn publish(shared: &Shared, revision: Revision, events: Vec<Event>) {
     shared.published.store(revision, Ordering::SeqCst);
     // No receivers is fine: nobody is watching.
     let _ = tx.send(events.into());
+}
+
+/// Loads a snapshot into an empty store keeping its revisions: the store's revision
+/// becomes the snapshot's (or stays, if already newer) and history before it is gone.
+fn import(
+    shared: &Shared,
+    revision: &mut Revision,
+    items: Vec<KeyValue>,
+    at: Revision,
+) -> Result<()> {
+    let txn = shared.db.begin_write().map_err(db_err)?;
+    let new_rev;
+    {
+        let mut kv = txn.open_table(KV).map_err(db_err)?;
+        if kv.first().map_err(db_err)?.is_some() {
+            return Err(Error::AlreadyExists(
+                "the store holds keys; a snapshot loads only into an empty store".into(),
+            ));
+        }
+        let newest = items.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+        new_rev = (*revision).max(at).max(newest);
+        for item in &items {
+            if item.create_revision < 1 || item.create_revision > item.mod_revision {
+                return Err(Error::Corrupt(format!(
+                    "snapshot key {}: revisions create={} mod={}",
+                    item.key, item.create_revision, item.mod_revision
+                )));
+            }
+            if item.value.len() > shared.opts.max_value_size {
+                return Err(Error::TooLarge {
+                    size: item.value.len(),
+                    limit: shared.opts.max_value_size,
+                });
+            }
+            let rec = codec::encode_record(item.create_revision, item.mod_revision, &item.value);
+            kv.insert(item.key.as_str(), rec.as_slice())
+                .map_err(db_err)?;
+        }
+        txn.open_table(LOG)
+            .map_err(db_err)?
+            .retain(|_, _| false)
+            .map_err(db_err)?;
+        txn.open_table(HIST)
+            .map_err(db_err)?
+            .retain(|_, _| false)
+            .map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        meta.insert(REVISION_KEY, &new_rev.to_le_bytes()[..])
+            .map_err(db_err)?;
+        meta.insert(COMPACTED_KEY, &new_rev.to_le_bytes()[..])
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    *revision = new_rev;
+    shared.compacted.store(new_rev, Ordering::SeqCst);
+    let tx = shared.events.lock().expect("event lock");
+    shared.published.store(new_rev, Ordering::SeqCst);
+    drop(tx);
+    tracing::info!(keys = items.len(), revision = new_rev, "snapshot loaded");
+    Ok(())
 }
 
 /// Compacts up to `target`, or (with `None`) to what the retention options allow.
