@@ -197,4 +197,34 @@ fn pods_cannot_spoof_or_sniff() {
     raw2.send(&f);
     let (seen1, seen3) = (sniff1.collect(W), sniff3.collect(Duration::from_millis(50)));
     assert!(!has(&seen1, b"unknown-unicast-secret") && !has(&seen3, b"unknown-unicast-secret"));
+
+    // 6. Straight to the node's own stack over L2 (the bridge's MAC, the node's address): the
+    // node must receive nothing. Control: the same listener is reachable from the node itself.
+    let node = &n1.node().netns;
+    let br = sh(node, "ip -o link show h8b300");
+    let br_mac = br
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let host_rx = udp(node, SocketAddrV4::new("10.77.0.1".parse().unwrap(), 9999));
+    sh(&pa1, &format!("ip neigh replace 10.77.0.1 lladdr {br_mac} dev eth0 nud permanent && ip route add 10.77.0.1/32 dev eth0"));
+    tx.send_to(
+        b"to-the-host",
+        SocketAddrV4::new("10.77.0.1".parse().unwrap(), 9999),
+    )
+    .unwrap();
+    assert!(
+        drain(&host_rx).is_empty(),
+        "a pod's frame reached the node's stack"
+    );
+    let local = udp(node, SocketAddrV4::new("10.77.0.1".parse().unwrap(), 0));
+    local
+        .send_to(
+            b"control",
+            SocketAddrV4::new("10.77.0.1".parse().unwrap(), 9999),
+        )
+        .unwrap();
+    assert_eq!(drain(&host_rx).len(), 1, "control: the listener works");
 }
