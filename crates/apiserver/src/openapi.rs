@@ -23,13 +23,20 @@ fn respond(ct: &str, body: &'static [u8], etag: Option<&str>) -> Response<Body> 
 /// `/swagger-2.0.0.pb-v1` is always protobuf.
 pub fn v2(path: &str, accept: &str) -> Result<Response<Body>, ApiError> {
     if path.ends_with(".pb-v1") || accept.contains("protobuf") {
+        // kube-apiserver labels the protobuf document application/octet-stream: Go's
+        // mime parser (in client-go) rejects the '@' of the proto-openapi media type.
         return Ok(respond(
-            openapi::V2_PROTOBUF_CONTENT_TYPE,
+            "application/octet-stream",
             openapi::v2_protobuf(),
             None,
         ));
     }
     Ok(respond("application/json", openapi::v2_json(), None))
+}
+
+/// Builds the documents ahead of the first request (they are built lazily, once).
+pub fn warm_up() {
+    let _ = openapi::v3_index();
 }
 
 /// `/openapi/v3`: the index of group-version documents.

@@ -108,6 +108,7 @@ impl Server {
             .await
             .map_err(|e| Error::Pki(format!("bootstrapping namespaces: {}", e.message)))?;
         api.ready.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(crate::openapi::warm_up);
         let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));
         Ok(Server {
             addr,
