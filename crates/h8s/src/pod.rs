@@ -232,6 +232,7 @@ fn runtime(common: &Common) -> anyhow::Result<Runtime> {
     let program = std::env::current_exe().context("locating the h8s binary")?;
     Ok(Runtime::new(RuntimeConfig {
         root,
+        images: None,
         vm,
         shim: ShimCommand {
             program,

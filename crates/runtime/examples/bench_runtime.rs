@@ -154,6 +154,7 @@ async fn main() {
     let vm = VmSettings::from_env().unwrap();
     let (accel, why) = h8s_runtime::probe_accel(&vm);
     let rt = Runtime::new(RuntimeConfig {
+        images: None,
         root: tmp.path().join("state"),
         vm: vm.clone(),
         shim: ShimCommand {

@@ -11,10 +11,11 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use crate::api::{
-    ContainerConfig, ContainerState, ContainerStatus, ExecConfig, SandboxConfig, SandboxState,
-    SandboxStatus, StreamEvent,
+    ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ImageDisk, SandboxConfig,
+    SandboxState, SandboxStatus, StreamEvent,
 };
 use crate::error::WireError;
+use crate::image::{Image, ImageConfig, ImageStore, PullOptions};
 use crate::state::{list_ids, PodDir, PodRecord, ProcRef};
 use crate::util::{new_id, rfc3339_nano};
 use crate::wire::{self, Frame, Kind, Request, Response};
@@ -34,6 +35,8 @@ pub struct ShimCommand {
 pub struct RuntimeConfig {
     /// State root: pods live in `<root>/pods/<id>/`.
     pub root: PathBuf,
+    /// The image store's root (`ImageStore::default_root()` unless set).
+    pub images: Option<PathBuf>,
     /// VM settings for new pods.
     pub vm: VmSettings,
     /// The supervisor command.
@@ -76,6 +79,56 @@ impl Runtime {
 
     fn dir(&self, id: &str) -> PodDir {
         PodDir::new(&self.cfg.root, id)
+    }
+
+    /// The image store pods' images come from.
+    pub fn images(&self) -> Result<ImageStore> {
+        let root = self
+            .cfg
+            .images
+            .clone()
+            .unwrap_or_else(ImageStore::default_root);
+        Ok(ImageStore::open(&root)?)
+    }
+
+    /// Pulls an image (CRI `PullImage`).
+    pub async fn pull_image(&self, reference: &str, opts: &PullOptions) -> Result<Image> {
+        Ok(self.images()?.pull(reference, opts).await?)
+    }
+
+    /// Imports an OCI layout or docker-archive/OCI tarball.
+    pub async fn import_image(&self, path: &Path, name: Option<&str>) -> Result<Vec<Image>> {
+        Ok(self.images()?.import(path, name).await?)
+    }
+
+    /// Lists images (CRI `ListImages`).
+    pub fn list_images(&self) -> Result<Vec<Image>> {
+        Ok(self.images()?.list()?)
+    }
+
+    /// One image (CRI `ImageStatus`).
+    pub fn image_status(&self, name_or_id: &str) -> Result<Image> {
+        Ok(self.images()?.status(name_or_id)?)
+    }
+
+    /// Removes an image name, or the image (CRI `RemoveImage`).
+    pub fn remove_image(&self, name_or_id: &str) -> Result<crate::image::Removed> {
+        Ok(self.images()?.remove(name_or_id)?)
+    }
+
+    /// The disk a pod needs for `reference` (its erofs root filesystem, built on first use)
+    /// and the image's config for [`ContainerConfig::with_image_defaults`].
+    pub async fn image_disk(&self, reference: &str) -> Result<(ImageDisk, ImageConfig)> {
+        let store = self.images()?;
+        let image = store.status(reference)?;
+        let path = store.rootfs(&image).await?;
+        Ok((
+            ImageDisk {
+                name: reference.to_string(),
+                path,
+            },
+            image.config,
+        ))
     }
 
     /// Finds a pod by id, unique id prefix or name.
@@ -323,7 +376,19 @@ impl Runtime {
                 .await
             {
                 Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "supervisor failed to stop the pod; killing"),
+                // The supervisor may be finishing on its own (a one-shot pod whose containers
+                // exited): only worth a warning if it is still there.
+                Err(e) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if dir
+                        .load()
+                        .ok()
+                        .and_then(|r| r.shim)
+                        .is_some_and(|s| s.alive())
+                    {
+                        tracing::warn!(error = %e, "supervisor failed to stop the pod; killing");
+                    }
+                }
             }
             // Wait for the supervisor to finish its record.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(40);

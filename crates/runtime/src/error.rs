@@ -52,6 +52,15 @@ pub enum Error {
     },
 }
 
+impl From<crate::image::Error> for Error {
+    fn from(e: crate::image::Error) -> Self {
+        match e {
+            crate::image::Error::NotFound(id) => Error::NotFound { kind: "image", id },
+            other => Error::Image(other.to_string()),
+        }
+    }
+}
+
 /// `Result` with the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -112,6 +112,7 @@ fn env() -> Env {
     let mut vm = VmSettings::from_env().unwrap();
     vm.boot_timeout_secs = 120;
     let rt = Runtime::new(RuntimeConfig {
+        images: None,
         root: tmp.path().join("state"),
         vm,
         shim: ShimCommand {
@@ -384,6 +385,7 @@ async fn a_vm_that_does_not_boot_in_time_leaves_nothing_behind() {
     let mut vm = VmSettings::from_env().unwrap();
     vm.boot_timeout_secs = 1;
     e.rt = Runtime::new(RuntimeConfig {
+        images: None,
         root: e.rt.root().to_path_buf(),
         vm,
         shim: ShimCommand {
@@ -405,6 +407,7 @@ async fn bad_requests_fail_before_anything_starts() {
     let mut vm = VmSettings::from_env().unwrap();
     vm.kernel = tmp.path().join("no-kernel");
     let rt = Runtime::new(RuntimeConfig {
+        images: None,
         root: tmp.path().join("state"),
         vm,
         shim: ShimCommand {
