@@ -20,9 +20,15 @@ use sha2::{Digest, Sha512};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-/// The Content-Type of `/openapi/v2` in protobuf.
+/// The media type kubectl asks for in `Accept` to get `/openapi/v2` in
+/// protobuf (Go's MIME parser rejects the `@`, so replies use
+/// [`V2_PROTOBUF_CONTENT_TYPE`]).
+pub const V2_PROTOBUF_ACCEPT: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// The Content-Type of a protobuf `/openapi/v2` reply, as kube-apiserver
+/// sends it.
 pub const V2_PROTOBUF_CONTENT_TYPE: &str =
-    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 /// The Kubernetes version the documents describe.
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

@@ -324,7 +324,15 @@ fn to_json(v: &Value, node: Option<Node<'_>>) -> Json {
             }
             Json::Object(m)
         }
-        Value::Struct(name, fields) => match name.as_str() {
+        Value::Struct(name, fields) => struct_json(name, fields, node),
+    }
+}
+
+/// A message: Kubernetes' special types take their JSON forms, others
+/// become objects named by the schema.
+fn struct_json(struct_name: &str, fields: &[(String, Value)], node: Option<Node<'_>>) -> Json {
+    {
+        match struct_name {
             "Quantity" => field(fields, "string").map_or(Json::Null, |s| to_json(s, None)),
             "IntOrString" => {
                 let ty = field(fields, "r#type").and_then(Value::as_i64).unwrap_or(0);
@@ -344,7 +352,11 @@ fn to_json(v: &Value, node: Option<Node<'_>>) -> Json {
                     .and_then(Value::as_i64)
                     .unwrap_or(0);
                 let n = field(fields, "nanos").and_then(Value::as_i64).unwrap_or(0);
-                format_time(s, n, name == "MicroTime")
+                if s == 0 && n == 0 {
+                    // Go's zero time is `null` in JSON.
+                    return Json::Null;
+                }
+                format_time(s, n, struct_name == "MicroTime")
             }
             "Duration" if fields.len() == 1 => Json::String(go_duration(
                 field(fields, "duration")
@@ -359,6 +371,11 @@ fn to_json(v: &Value, node: Option<Node<'_>>) -> Json {
                 _ => Json::Object(Map::new()),
             },
             _ => {
+                let required: Vec<&str> = node
+                    .and_then(|n| n.resolved().value().get("required"))
+                    .and_then(Json::as_array)
+                    .map(|a| a.iter().filter_map(Json::as_str).collect())
+                    .unwrap_or_default();
                 let mut m = Map::new();
                 for (k, x) in fields {
                     let x = x.unwrap_some();
@@ -374,13 +391,191 @@ fn to_json(v: &Value, node: Option<Node<'_>>) -> Json {
                         continue;
                     }
                     let name = json_name(node, k);
+                    // Go writes its non-pointer fields even when zero; JSON
+                    // omits them (omitempty). Pointers are sent only when
+                    // set, and then a zero means something (`replicas: 0`).
+                    if x.is_zero()
+                        && !required.contains(&name.as_str())
+                        && !is_pointer(struct_name, &name)
+                    {
+                        continue;
+                    }
                     let child = node.and_then(|n| n.property(&name));
-                    m.insert(name, to_json(x, child));
+                    let j = to_json(x, child);
+                    if !j.is_null() {
+                        m.insert(name, j);
+                    }
                 }
                 Json::Object(m)
             }
-        },
+        }
     }
+}
+
+/// Scalar fields that are Go pointers in Kubernetes' types (by message and
+/// JSON name): sent on the wire only when set, so a zero is meaningful and
+/// kept. Every other zero scalar is a non-pointer Go field that JSON omits.
+const POINTER_FIELDS: &[(&str, &[&str])] = &[
+    ("ObjectMeta", &["deletionGracePeriodSeconds"]),
+    ("OwnerReference", &["controller", "blockOwnerDeletion"]),
+    (
+        "DeleteOptions",
+        &[
+            "gracePeriodSeconds",
+            "orphanDependents",
+            "propagationPolicy",
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+        ],
+    ),
+    ("Preconditions", &["uid", "resourceVersion"]),
+    (
+        "PodSpec",
+        &[
+            "terminationGracePeriodSeconds",
+            "activeDeadlineSeconds",
+            "automountServiceAccountToken",
+            "shareProcessNamespace",
+            "priority",
+            "enableServiceLinks",
+            "preemptionPolicy",
+            "runtimeClassName",
+            "setHostnameAsFQDN",
+            "hostUsers",
+        ],
+    ),
+    ("Container", &["restartPolicy"]),
+    ("EphemeralContainer", &["restartPolicy"]),
+    (
+        "SecurityContext",
+        &[
+            "privileged",
+            "runAsUser",
+            "runAsGroup",
+            "runAsNonRoot",
+            "readOnlyRootFilesystem",
+            "allowPrivilegeEscalation",
+            "procMount",
+        ],
+    ),
+    (
+        "PodSecurityContext",
+        &[
+            "runAsUser",
+            "runAsGroup",
+            "runAsNonRoot",
+            "fsGroup",
+            "fsGroupChangePolicy",
+            "supplementalGroupsPolicy",
+            "seLinuxChangePolicy",
+        ],
+    ),
+    ("Probe", &["terminationGracePeriodSeconds"]),
+    ("Toleration", &["tolerationSeconds"]),
+    ("SecretVolumeSource", &["defaultMode", "optional"]),
+    ("ConfigMapVolumeSource", &["defaultMode", "optional"]),
+    ("ProjectedVolumeSource", &["defaultMode"]),
+    ("DownwardAPIVolumeSource", &["defaultMode"]),
+    ("DownwardAPIVolumeFile", &["mode"]),
+    ("KeyToPath", &["mode"]),
+    ("HostPathVolumeSource", &["type"]),
+    ("CSIVolumeSource", &["readOnly", "fsType"]),
+    ("ServiceAccountTokenProjection", &["expirationSeconds"]),
+    ("ConfigMapKeySelector", &["optional"]),
+    ("SecretKeySelector", &["optional"]),
+    ("ConfigMapEnvSource", &["optional"]),
+    ("SecretEnvSource", &["optional"]),
+    ("ConfigMapProjection", &["optional"]),
+    ("SecretProjection", &["optional"]),
+    (
+        "PersistentVolumeClaimSpec",
+        &[
+            "storageClassName",
+            "volumeMode",
+            "volumeAttributesClassName",
+        ],
+    ),
+    (
+        "PersistentVolumeSpec",
+        &["volumeMode", "volumeAttributesClassName"],
+    ),
+    (
+        "DeploymentSpec",
+        &[
+            "replicas",
+            "revisionHistoryLimit",
+            "progressDeadlineSeconds",
+        ],
+    ),
+    ("ReplicaSetSpec", &["replicas"]),
+    ("ReplicationControllerSpec", &["replicas"]),
+    ("StatefulSetSpec", &["replicas", "revisionHistoryLimit"]),
+    ("RollingUpdateStatefulSetStrategy", &["partition"]),
+    ("DaemonSetSpec", &["revisionHistoryLimit"]),
+    (
+        "JobSpec",
+        &[
+            "parallelism",
+            "completions",
+            "activeDeadlineSeconds",
+            "backoffLimit",
+            "backoffLimitPerIndex",
+            "maxFailedIndexes",
+            "ttlSecondsAfterFinished",
+            "completionMode",
+            "suspend",
+            "manualSelector",
+            "podReplacementPolicy",
+            "managedBy",
+        ],
+    ),
+    (
+        "CronJobSpec",
+        &[
+            "startingDeadlineSeconds",
+            "suspend",
+            "successfulJobsHistoryLimit",
+            "failedJobsHistoryLimit",
+            "timeZone",
+        ],
+    ),
+    (
+        "ServiceSpec",
+        &[
+            "allocateLoadBalancerNodePorts",
+            "loadBalancerClass",
+            "internalTrafficPolicy",
+            "ipFamilyPolicy",
+            "trafficDistribution",
+        ],
+    ),
+    ("ServicePort", &["appProtocol"]),
+    ("ClientIPConfig", &["timeoutSeconds"]),
+    ("Secret", &["immutable"]),
+    ("ConfigMap", &["immutable"]),
+    ("ServiceAccount", &["automountServiceAccountToken"]),
+    (
+        "LeaseSpec",
+        &[
+            "holderIdentity",
+            "leaseDurationSeconds",
+            "leaseTransitions",
+            "strategy",
+            "preferredHolder",
+        ],
+    ),
+    (
+        "StorageClass",
+        &["reclaimPolicy", "allowVolumeExpansion", "volumeBindingMode"],
+    ),
+    ("NetworkPolicyPort", &["protocol", "endPort"]),
+    ("TokenRequestSpec", &["expirationSeconds"]),
+    ("PodDNSConfigOption", &["value"]),
+];
+
+fn is_pointer(message: &str, field: &str) -> bool {
+    POINTER_FIELDS
+        .iter()
+        .any(|(m, fs)| *m == message && fs.contains(&field))
 }
 
 #[cfg(test)]

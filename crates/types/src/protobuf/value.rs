@@ -34,6 +34,17 @@ impl Value {
             _ => None,
         }
     }
+    /// Go's zero value of a scalar: `""`, `0`, `false`.
+    pub(super) fn is_zero(&self) -> bool {
+        match self.unwrap_some() {
+            Value::Str(s) => s.is_empty(),
+            Value::Int(i) => *i == 0,
+            Value::UInt(u) => *u == 0,
+            Value::Float(f) => *f == 0.0,
+            Value::Bool(b) => !b,
+            _ => false,
+        }
+    }
     pub(super) fn as_byte(&self) -> Option<u8> {
         self.as_i64().and_then(|i| u8::try_from(i).ok())
     }
