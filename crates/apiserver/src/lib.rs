@@ -35,3 +35,6 @@ pub use auth::{
 pub use error::{ApiError, Cause, Error, Result};
 pub use pki::{kubeconfig, random_token, Pki};
 pub use server::{Config, Server};
+
+#[cfg(test)]
+mod fuzz_tests;
