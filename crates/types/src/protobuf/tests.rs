@@ -142,9 +142,15 @@ fn deployment_with_quantities_and_strategy() {
     );
     let c = &j["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["resources"]["limits"]["cpu"], "500m");
-    assert_eq!(j["spec"]["template"]["spec"]["hostIPC"], false);
+    // hostIPC is a Go bool, written even when false and omitted from JSON.
+    assert!(j["spec"]["template"]["spec"].get("hostIPC").is_none());
     assert_eq!(j["spec"]["strategy"], json!({}));
     assert_eq!(j["status"], json!({}));
+    // replicas is a Go pointer: a zero on the wire was set on purpose.
+    let mut zero = d.clone();
+    zero.spec.as_mut().unwrap().replicas = Some(0);
+    let jz = decode(&wrap("apps/v1", "Deployment", &zero)).unwrap();
+    assert_eq!(jz["spec"]["replicas"], 0);
     // The result passes strict decoding: every field has its JSON name.
     assert_eq!(
         crate::strict::unknown_fields("apps", "v1", "Deployment", &j),
