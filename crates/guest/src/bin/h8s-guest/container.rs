@@ -596,6 +596,7 @@ pub fn plan(root: &Path, p: &ProcessSpec) -> Result<Plan, ProtoError> {
     Ok(Plan {
         clone_flags: 0,
         enter: Vec::new(),
+        pidns: None,
         pivot_root: None,
         mount_proc: false,
         hostname: None,

@@ -202,7 +202,7 @@ fn main() {
         }
     };
     let reaper = std::sync::Arc::clone(&agent);
-    std::thread::spawn(move || server::reap_forever(reaper));
+    server::spawn_thread("reaper", move || server::reap_forever(reaper));
     if !failed.is_empty() {
         agent.log(
             LogLevel::Warn,

@@ -121,10 +121,7 @@ impl Netlink {
         })?;
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Netlink {
-            fd,
-            seq: 0,
-        })
+        Ok(Netlink { fd, seq: 0 })
     }
 
     /// Sends one request and waits for its acknowledgement.

@@ -421,21 +421,14 @@ impl Agent {
         let result = (|| {
             let mut plan = container::plan(&root, &spec.process)?;
             plan.enter = enter;
-            if let Some(ns) = &pidns {
-                // Children of this thread are born in the container's pid namespace until we
-                // switch back; only this (main) thread ever clones.
-                sys::setns(ns, libc::CLONE_NEWPID)
-                    .map_err(|e| err(ErrorCode::Internal, format!("enter pid namespace: {e}")))?;
+            if let Some(ns) = pidns {
+                let own = self
+                    .own_pidns
+                    .try_clone()
+                    .map_err(|e| err(ErrorCode::Internal, format!("duplicate namespace: {e}")))?;
+                plan.pidns = Some((ns, own));
             }
-            let r = self.launch(spec.process_id, &spec.process, &plan);
-            if pidns.is_some() {
-                if let Err(e) = sys::setns(&self.own_pidns, libc::CLONE_NEWPID) {
-                    // Later containers would nest in this one's namespace: unrecoverable.
-                    eprintln!("h8s-guest: cannot return to the agent's pid namespace: {e}");
-                    sys::power_off(self.reboot_to_power_off);
-                }
-            }
-            r
+            self.launch(spec.process_id, &spec.process, &plan)
         })();
         let mut st = lock(&self.state);
         match result {
@@ -536,7 +529,7 @@ impl Agent {
         };
         for (f, channel) in outputs {
             let agent = Arc::clone(self);
-            std::thread::spawn(move || agent.pump_output(id, f, channel));
+            spawn_thread("output", move || agent.pump_output(id, f, channel));
         }
         if p.stdin {
             let sink: Box<dyn Write + Send> = match (&tty, stdin_w) {
@@ -545,7 +538,7 @@ impl Agent {
                 (None, None) => unreachable!("stdin pipe exists when stdin is requested"),
             };
             let is_tty = tty.is_some();
-            std::thread::spawn(move || pump_stdin(stdin_rx, sink, is_tty));
+            spawn_thread("stdin", move || pump_stdin(stdin_rx, sink, is_tty));
         }
         if exited_early {
             self.start_grace_timer(id);
@@ -627,7 +620,7 @@ impl Agent {
 
     fn start_grace_timer(self: &Arc<Self>, id: ProcessId) {
         let agent = Arc::clone(self);
-        std::thread::spawn(move || {
+        spawn_thread("grace", move || {
             std::thread::sleep(OUTPUT_GRACE);
             agent.finalize(id);
         });
@@ -787,6 +780,13 @@ impl Agent {
             let _ = sys::umount_detach(&r.join("root"));
         }
         sys::power_off(self.reboot_to_power_off)
+    }
+}
+
+/// Starts a thread; a failure (out of memory or pids) is logged, never a panic in PID 1.
+pub fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        eprintln!("h8s-guest: cannot start a {name} thread: {e}");
     }
 }
 

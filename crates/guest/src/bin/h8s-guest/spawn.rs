@@ -50,6 +50,9 @@ pub struct Plan {
     pub clone_flags: libc::c_int,
     /// Namespaces to enter in the child (exec sessions): `(ns file, CLONE_NEW*)`.
     pub enter: Vec<(File, libc::c_int)>,
+    /// The pid namespace to create the child in (exec sessions) and the caller's own, to
+    /// return to at once: while switched, the calling thread cannot start threads.
+    pub pidns: Option<(File, File)>,
     /// Make this directory the root with `pivot_root` (container main process).
     pub pivot_root: Option<CString>,
     /// Mount a fresh `/proc` after the root change (new pid namespace).
@@ -89,6 +92,9 @@ pub fn spawn(
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let (err_r, err_w) = crate::sys::pipe()?;
+    if let Some((target, _)) = &plan.pidns {
+        crate::sys::setns(target, libc::CLONE_NEWPID)?;
+    }
 
     // SAFETY: a raw clone without CLONE_VM and a null stack behaves like fork: the child gets a
     // copy of the address space and runs `child`, which only makes syscalls on memory prepared
@@ -103,11 +109,20 @@ pub fn spawn(
             0usize,
         )
     };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let clone_error = io::Error::last_os_error();
     if pid == 0 {
         child(plan, stdio, &argv, &envp, err_w.as_raw_fd());
+    }
+    if let Some((_, own)) = &plan.pidns {
+        if let Err(e) = crate::sys::setns(own, libc::CLONE_NEWPID) {
+            // Every later container would nest in this one's namespace, and no thread could be
+            // started: nothing sensible is left to do.
+            eprintln!("h8s-guest: cannot return to the agent's pid namespace: {e}");
+            crate::sys::power_off(false);
+        }
+    }
+    if pid < 0 {
+        return Err(clone_error);
     }
     let pid = pid as i32;
     register(pid);
@@ -234,9 +249,12 @@ fn child(
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
             fail(Stage::WorkingDir);
         }
-        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0
-            || libc::setgid(plan.gid) < 0
-            || libc::setuid(plan.uid) < 0
+        // Raw syscalls, not glibc's setuid & co.: those broadcast the change to every thread
+        // glibc believes exists (the parent's, copied into this fork-like child) and wait for
+        // answers that never come.
+        if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0
+            || libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid) < 0
+            || libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) < 0
         {
             fail(Stage::Identity);
         }
