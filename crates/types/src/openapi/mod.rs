@@ -16,7 +16,6 @@ mod paths;
 use crate::resources::{self, group_version};
 use crate::schema::schemas;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha512};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
@@ -36,11 +35,16 @@ pub const KUBERNETES_VERSION: &str = "v1.33.0";
 struct Built {
     index: Vec<u8>,
     docs: BTreeMap<String, (String, Vec<u8>)>,
-    v2_json: Vec<u8>,
-    v2_pb: Vec<u8>,
 }
 
+struct BuiltV2 {
+    json: Vec<u8>,
+    pb: Vec<u8>,
+}
+
+// Separate, so kubectl ≥ 1.29 (v3 only) never pays for v2.
 static BUILT: LazyLock<Built> = LazyLock::new(build);
+static BUILT_V2: LazyLock<BuiltV2> = LazyLock::new(build_v2);
 
 /// The `/openapi/v3` index: `{"paths":{"api/v1":{"serverRelativeURL":"/openapi/v3/api/v1?hash=…"},…}}`.
 pub fn v3_index() -> &'static [u8] {
@@ -65,25 +69,34 @@ pub fn v3_paths() -> impl Iterator<Item = &'static str> {
 
 /// `/openapi/v2` as JSON (Swagger 2.0).
 pub fn v2_json() -> &'static [u8] {
-    &BUILT.v2_json
+    &BUILT_V2.json
 }
 
 /// `/openapi/v2` as gnostic's `openapi_v2.Document` in protobuf.
 pub fn v2_protobuf() -> &'static [u8] {
-    &BUILT.v2_pb
+    &BUILT_V2.pb
 }
 
+/// A content fingerprint for the `hash=` parameter and ETag: clients only
+/// compare it. Two FNV-1a passes with different seeds (128 bits) are
+/// cheap enough to run over megabytes in unoptimised builds, where SHA-512
+/// took most of the build time.
 fn hash(bytes: &[u8]) -> String {
-    Sha512::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
+    let fnv = |seed: u64| {
+        bytes.iter().fold(seed, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "{:016X}{:016X}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x6c62_272e_07bb_0142)
+    )
 }
 
 fn build() -> Built {
     let mut docs = BTreeMap::new();
     let mut index = Map::new();
-    let mut all_paths: Vec<paths::PathEntry> = Vec::new();
     for g in resources::groups() {
         for v in g.versions {
             let entries = paths::for_group_version(g.name, v);
@@ -100,18 +113,23 @@ fn build() -> Built {
                 json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={h}")}),
             );
             docs.insert(key, (h, bytes));
-            all_paths.extend(entries);
         }
     }
     let index = serde_json::to_vec(&json!({"paths": index})).unwrap_or_default();
+    Built { index, docs }
+}
+
+fn build_v2() -> BuiltV2 {
+    let mut all_paths: Vec<paths::PathEntry> = Vec::new();
+    for g in resources::groups() {
+        for v in g.versions {
+            all_paths.extend(paths::for_group_version(g.name, v));
+        }
+    }
     let v2 = v2_doc(&all_paths);
-    let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
-    let v2_pb = gnostic::encode_document(&v2);
-    Built {
-        index,
-        docs,
-        v2_json,
-        v2_pb,
+    BuiltV2 {
+        json: serde_json::to_vec(&v2).unwrap_or_default(),
+        pb: gnostic::encode_document(&v2),
     }
 }
 
