@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{busybox_image, launch, qemu_command, Client, Guest};
 use h8s_guest::{
     BlockDevice, Channel, ContainerSpec, ErrorCode, ExecSpec, ExitStatus, Frame, IdOrName,
-    ProcessId, ProcessSpec, Reply, Request, User, WritableLayer, PROTOCOL_VERSION,
+    Interface, NetworkConfig, ProcessId, ProcessSpec, Reply, Request, User, WritableLayer,
+    PROTOCOL_VERSION,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -77,6 +78,59 @@ fn pod_vm_runs_containers_and_execs() {
     assert_eq!(hello.kernel_release, g.release);
     assert!(hello.containers.is_empty());
     assert_eq!(c.call(Request::Ping), Ok(Reply::Pong));
+
+    // The network, before containers (they get resolv.conf, hosts, hostname at creation).
+    let mut net = NetworkConfig {
+        interfaces: vec![Interface {
+            mac: "52:54:00:00:00:99".into(),
+            name: Some("eth0".into()),
+            addresses: vec!["10.0.2.15/24".into()],
+            gateway: Some("10.0.2.2".into()),
+            mtu: Some(1400),
+        }],
+        dns_servers: vec!["10.0.2.3".into()],
+        dns_search: vec!["pod.local".into()],
+        hostname: Some("testpod".into()),
+    };
+    assert_eq!(
+        c.call(Request::ConfigureNetwork(net.clone()))
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+    net.interfaces[0].mac = common::TEST_MAC.into();
+    net.interfaces[0].addresses.push("10.0.2".into());
+    assert_eq!(
+        c.call(Request::ConfigureNetwork(net.clone()))
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
+    net.interfaces[0].addresses.pop();
+    net.interfaces[0].addresses.push("fd00::15/64".into());
+    assert_eq!(c.call(Request::ConfigureNetwork(net)), Ok(Reply::Done));
+    let script = "ip -o addr show dev eth0; ip route; cat /sys/class/net/eth0/mtu; \
+                  cat /etc/resolv.conf; hostname; grep testpod /etc/hosts; ip -o link show lo";
+    let st = run_container(&mut c, "net", 3, process(&["sh", "-c", script]));
+    let out = c.out(ProcessId(3), Channel::Stdout);
+    assert_eq!(
+        st,
+        ExitStatus::Code(0),
+        "{out}{}",
+        c.out(ProcessId(3), Channel::Stderr)
+    );
+    for want in [
+        "inet 10.0.2.15/24",
+        "inet6 fd00::15/64",
+        "default via 10.0.2.2 dev eth0",
+        "\n1400\n",
+        "nameserver 10.0.2.3\nsearch pod.local\n",
+        "\ntestpod\n",
+        "10.0.2.15\ttestpod",
+        "LOOPBACK,UP",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
 
     // A container sees the guest kernel, not the host's.
     let st = run_container(&mut c, "uname", 1, process(&["uname", "-r"]));
@@ -279,8 +333,8 @@ fn pod_vm_runs_containers_and_execs() {
         panic!("list failed")
     };
     let ids: Vec<_> = list.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["exit7", "sleeper", "uname"]);
-    for id in ["uname", "exit7", "sleeper"] {
+    assert_eq!(ids, ["exit7", "net", "sleeper", "uname"]);
+    for id in ["uname", "exit7", "sleeper", "net"] {
         c.call(Request::RemoveContainer {
             container: id.into(),
         })

@@ -15,6 +15,9 @@ use h8s_guest::{
     Request,
 };
 
+/// The MAC of the test VM's network interface.
+pub const TEST_MAC: &str = "52:54:00:12:34:56";
+
 /// The set-up step's outputs.
 pub struct Guest {
     pub kernel: PathBuf,
@@ -171,6 +174,12 @@ pub fn qemu_command(
         sock.display()
     ))
     .args(["-device", "virtserialport,chardev=agent,name=h8s.agent"]);
+    // One virtio-net device on a QEMU hub with nothing else on it: an interface to configure,
+    // with no traffic leaving QEMU.
+    c.args(["-netdev", "hubport,id=n0,hubid=0"]).args([
+        "-device",
+        &format!("virtio-net-device,netdev=n0,mac={TEST_MAC}"),
+    ]);
     for (i, (img, serial)) in disks.iter().enumerate() {
         c.arg("-drive").arg(format!(
             "file={},if=none,id=d{i},format=raw,readonly=on",
