@@ -27,3 +27,6 @@ pub mod validation;
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
 pub use resources::{Resource, Subresource};
 pub use validation::{FieldError, FieldErrors};
+
+#[cfg(test)]
+mod fuzz_tests;
