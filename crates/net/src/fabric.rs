@@ -175,9 +175,11 @@ impl Fabric {
         let gw_ns_name = self.node.gateway_netns(net.vni);
         let (host_t, gw_t) = self.node.transit_pair(idx);
         let node = &self.node;
-        let gw_missing = self.node.netns.run(|| {
+        let (created, gw_missing) = self.node.netns.run(|| {
             let nl = Nl::open()?;
+            let mut created = false;
             if nl.index(&names.bridge)?.is_none() {
+                created = true;
                 nl.add_bridge(&names.bridge, net.mtu)?;
                 no_ipv6(&names.bridge);
                 let b = nl.require(&names.bridge)?;
@@ -185,6 +187,7 @@ impl Fabric {
             }
             let br = nl.require(&names.bridge)?;
             if nl.index(&names.vxlan)?.is_none() {
+                created = true;
                 nl.add_vxlan(
                     &names.vxlan,
                     net.vni,
@@ -201,12 +204,17 @@ impl Fabric {
             let complete = nl.index(&names.gw_port)?.is_some()
                 && nl.index(&names.uplink)?.is_some()
                 && netns::list_named(&gw_ns_name).contains(&gw_ns_name);
-            Ok(!complete)
+            Ok((created, !complete))
         })?;
         if gw_missing {
             self.build_gateway(&net, &names, &gw_ns_name, host_t, gw_t)?;
         }
-        self.reconcile()
+        // Rules and forwarding entries only change when the segment was (re)built here;
+        // `reconcile` is the call that repairs them otherwise.
+        if created || gw_missing {
+            self.reconcile()?;
+        }
+        Ok(())
     }
 
     fn build_gateway(
