@@ -157,7 +157,7 @@ fn resource() -> impl Strategy<Value = &'static Resource> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn object_functions_never_panic(r in resource(), obj in json_value(), old in json_value()) {
