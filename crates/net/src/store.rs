@@ -29,7 +29,7 @@ struct NetworkRecord {
 }
 
 /// Per-node bookkeeping: which uplink (transit /31) index each Network uses on the node.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NodeRecord {
     #[serde(default)]
@@ -271,9 +271,12 @@ impl NetworkStore {
     ) -> Result<R> {
         let _l = self.lock()?;
         let p = self.node_path(node);
-        let mut rec: NodeRecord = read_json(&p)?.unwrap_or_default();
+        let before: NodeRecord = read_json(&p)?.unwrap_or_default();
+        let mut rec = before.clone();
         let r = f(&mut rec)?;
-        write_json(&p, &rec)?;
+        if rec != before {
+            write_json(&p, &rec)?;
+        }
         Ok(r)
     }
 }
