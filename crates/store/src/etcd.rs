@@ -426,6 +426,14 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(4)).min(1000))
 }
 
+/// etcd refuses an oversized request without saying its limit: report the size at least.
+fn sized(e: Error, size: usize) -> Error {
+    match e {
+        Error::TooLarge { .. } => Error::TooLarge { size, limit: 0 },
+        other => other,
+    }
+}
+
 /// Maps an etcd client error to the store's.
 fn map_err(e: etcd_client::Error) -> Error {
     match e {
@@ -538,7 +546,11 @@ impl Store for Etcd {
                 .or_else([TxnOp::get(full.clone(), None)])
         };
         let applied = |kv: &KeyValue| kv.value == value && kv.create_revision == kv.mod_revision;
-        match self.cas(txn, applied, key).await? {
+        match self
+            .cas(txn, applied, key)
+            .await
+            .map_err(|e| sized(e, value.len()))?
+        {
             Cas::Answered(resp) if resp.succeeded() => {
                 let rev = resp.header().map_or(0, |h| h.revision());
                 Ok(KeyValue {
@@ -570,7 +582,11 @@ impl Store for Etcd {
                 .or_else([TxnOp::get(full.clone(), None)])
         };
         let applied = |kv: &KeyValue| kv.value == value && kv.mod_revision > expected;
-        match self.cas(txn, applied, key).await? {
+        match self
+            .cas(txn, applied, key)
+            .await
+            .map_err(|e| sized(e, value.len()))?
+        {
             Cas::AppliedEarlier(kv) => Ok(kv),
             Cas::Answered(resp) => {
                 let rev = resp.header().map_or(0, |h| h.revision());
