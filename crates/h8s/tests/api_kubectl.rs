@@ -169,6 +169,21 @@ fn core_flow(ver: &str) {
     let dep = json(&k(&["get", "deploy", "dep", "-n", "team", "-o", "json"]));
     assert_eq!(dep["spec"]["replicas"], 5);
 
+    // explain (OpenAPI v3 on 1.29+, v2 protobuf on 1.27/1.28)
+    let ex = k(&["explain", "pods.spec.containers"]);
+    assert!(ex.contains("KIND:") && ex.contains("Pod"), "{ex}");
+    let ex = k(&["explain", "deployments"]);
+    assert!(ex.contains("Deployment"), "{ex}");
+
+    // events show up in describe (fieldSelector on involvedObject.*)
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let ev = format!(
+        "apiVersion: v1\nkind: Event\nmetadata:\n  name: web.1\ninvolvedObject:\n  kind: Pod\n  name: web\n  namespace: default\n  uid: {uid}\nreason: Testing\nmessage: hello from the test\ntype: Normal\n"
+    );
+    ki(&["create", "-f", "-"], &ev);
+    let d = k(&["describe", "pod", "web"]);
+    assert!(d.contains("hello from the test"), "{d}");
+
     // auth
     let who = k(&["auth", "whoami", "-o", "json"]);
     assert_eq!(json(&who)["status"]["userInfo"]["username"], "admin");
