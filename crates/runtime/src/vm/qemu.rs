@@ -90,6 +90,10 @@ pub struct VmSettings {
     pub boot_timeout_secs: u64,
     /// TCG translation cache size in MiB (QEMU's default, 1 GiB, costs host memory).
     pub tcg_tb_size_mib: u32,
+    /// Add a virtio-balloon with free page reporting, so memory the guest frees goes back to
+    /// the host (needs the guest's `virtio_balloon` driver; without it the device idles).
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 impl VmSettings {
@@ -118,7 +122,11 @@ impl VmSettings {
             accel,
             pvm_guest_kernel: std::env::var("H8S_PVM_GUEST").is_ok_and(|v| v == "1"),
             boot_timeout_secs,
-            tcg_tb_size_mib: 32,
+            tcg_tb_size_mib: std::env::var("H8S_TCG_TB_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(32),
+            free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -242,6 +250,9 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
         ]);
     }
+    if settings.free_page_reporting {
+        push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
+    }
     if let Some(n) = &cfg.network {
         push(&[
             "-netdev",
@@ -276,6 +287,7 @@ mod tests {
             pvm_guest_kernel: false,
             boot_timeout_secs: 5,
             tcg_tb_size_mib: 32,
+            free_page_reporting: true,
         }
     }
 
