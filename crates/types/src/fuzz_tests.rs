@@ -177,6 +177,7 @@ proptest! {
             prop_assert_eq!(row["cells"].as_array().map_or(0, Vec::len), cols);
         }
         let _ = strict::unknown_fields(r.group, r.version, r.kind, &obj);
+        let _ = strict::decode_error(r.group, r.version, r.kind, &obj);
         for f in r.selectable_fields() {
             prop_assert!(r.field_value(&obj, f).is_ok());
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`openapi`]: `/openapi/v3` documents and `/openapi/v2` (JSON and protobuf).
 //! - [`protobuf`]: protobuf request bodies (kubectl ≥ 1.32) decoded to JSON.
+//! - [`quantity`]: resource quantities (`500m`, `1Gi`).
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
@@ -18,6 +19,7 @@ pub mod defaults;
 pub mod network;
 pub mod openapi;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod schema;
 pub mod strict;

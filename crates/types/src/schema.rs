@@ -112,6 +112,37 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The definition this schema refers to (`io.k8s.api.core.v1.PodSpec`),
+    /// following `$ref` and single-element `allOf`.
+    pub fn definition_name(&self) -> Option<&'a str> {
+        let mut cur = self.value;
+        let mut name = None;
+        for _ in 0..16 {
+            if let Some(r) = cur.get("$ref").and_then(Value::as_str) {
+                let n = r.strip_prefix(REF_PREFIX)?;
+                name = Some(n);
+                cur = self.schemas.defs.get(n)?;
+            } else if let Some([one]) = cur
+                .get("allOf")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                cur = one;
+            } else {
+                break;
+            }
+        }
+        // The names of a definition's own schema are the map keys; a root
+        // Node made by `named`/`kind` carries no $ref, so look it up.
+        name.or_else(|| {
+            self.schemas
+                .defs
+                .iter()
+                .find(|(_, v)| std::ptr::eq(*v, self.value))
+                .map(|(k, _)| k.as_str())
+        })
+    }
+
     fn ext(&self, key: &str) -> Option<&'a Value> {
         self.value
             .get(key)

@@ -1,7 +1,9 @@
 //! Strict field validation, as kube-apiserver does it for
 //! `fieldValidation=Strict|Warn|Ignore`: fields the kind's schema does not
 //! have (`unknown field "spec.foo"`) and keys repeated in one JSON or YAML
-//! object (`duplicate field "spec.replicas"`).
+//! object (`duplicate field "spec.replicas"`). Also the checks Go's decoder
+//! makes whatever the mode ([`decode_error`]): JSON types, quantities,
+//! base64 and times.
 
 use crate::schema::{schemas, Node};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -252,6 +254,206 @@ fn walk(node: Node<'_>, v: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// A value Go's decoder would refuse for its field: wrong JSON type, a bad
+/// quantity, base64 or time. kube-apiserver answers these with 400 before
+/// any validation; the server must too, or it would store what typed
+/// clients then cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// Path of the field (`spec.replicas`).
+    pub path: String,
+    /// Go's text for the failure.
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl DecodeError {
+    /// The 400 `Status`: `Deployment in version "v1" cannot be handled as
+    /// a Deployment: json: cannot unmarshal string into Go struct field
+    /// DeploymentSpec.spec.replicas of type int32`.
+    pub fn to_status(&self, kind: &str, version: &str) -> Value {
+        let message = format!(
+            "{kind} in version {} cannot be handled as a {kind}: {}",
+            quote(version),
+            self.message
+        );
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": "BadRequest", "code": 400,
+        })
+    }
+}
+
+/// The first value in `obj` that Go's decoder would refuse for the kind
+/// `group/version/kind`, if any (`None` also when the kind has no schema).
+pub fn decode_error(group: &str, version: &str, kind: &str, obj: &Value) -> Option<DecodeError> {
+    let root = schemas().kind(group, version, kind)?;
+    let owner = short_def(root.definition_name().unwrap_or(kind));
+    check_types(root, obj, "", &owner).err()
+}
+
+fn short_def(def: &str) -> String {
+    def.rsplit('.').next().unwrap_or(def).to_string()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Go's name for the type a schema decodes into (approximate for maps
+/// and lists, exact for scalars and structs).
+fn go_type(node: Node<'_>) -> String {
+    let r = node.resolved();
+    if let Some(def) = node.definition_name() {
+        let mut parts = def.rsplit('.');
+        let name = parts.next().unwrap_or(def);
+        let pkg = parts.next().unwrap_or("v1");
+        return match name {
+            "Quantity" => "resource.Quantity".into(),
+            "IntOrString" => "intstr.IntOrString".into(),
+            "Time" | "MicroTime" => format!("v1.{name}"),
+            _ => format!("{pkg}.{name}"),
+        };
+    }
+    let format = r.value().get("format").and_then(Value::as_str);
+    match (r.type_name(), format) {
+        (Some("integer"), Some("int32")) => "int32".into(),
+        (Some("integer"), _) => "int64".into(),
+        (Some("number"), _) => "float64".into(),
+        (Some("boolean"), _) => "bool".into(),
+        (Some("string"), Some("byte")) => "[]uint8".into(),
+        (Some("string"), _) => "string".into(),
+        (Some("array"), _) => format!("[]{}", node.items().map_or("interface {}".into(), go_type)),
+        (Some("object"), _) => match node.additional_properties() {
+            Some(v) => format!("map[string]{}", go_type(v)),
+            None => "map[string]interface {}".into(),
+        },
+        _ => "interface {}".into(),
+    }
+}
+
+fn check_types(node: Node<'_>, v: &Value, path: &str, owner: &str) -> Result<(), DecodeError> {
+    if v.is_null() {
+        return Ok(());
+    }
+    let mismatch = |v: &Value| {
+        let got = match v {
+            Value::Number(n) => format!("number {n}"),
+            other => json_type(other).to_string(),
+        };
+        let field = if path.is_empty() {
+            format!("Go value of type {}", go_type(node))
+        } else {
+            format!("Go struct field {owner}.{path} of type {}", go_type(node))
+        };
+        Err(DecodeError {
+            path: path.to_string(),
+            message: format!("json: cannot unmarshal {got} into {field}"),
+        })
+    };
+    let r = node.resolved();
+    let def = node.definition_name().unwrap_or_default();
+    if def.ends_with(".Quantity") {
+        return match v {
+            Value::Number(_) => Ok(()),
+            Value::String(s) if crate::quantity::Quantity::parse(s).is_ok() => Ok(()),
+            Value::String(_) => Err(DecodeError {
+                path: path.to_string(),
+                message: crate::quantity::QUANTITY_MSG.to_string(),
+            }),
+            _ => mismatch(v),
+        };
+    }
+    if r.value().get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return match v {
+            Value::String(_) => Ok(()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(()),
+            _ => mismatch(v),
+        };
+    }
+    let format = r.value().get("format").and_then(Value::as_str);
+    match (r.type_name(), v) {
+        (Some("string"), Value::String(s)) => match format {
+            Some("byte") => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map(drop)
+                    .map_err(|e| DecodeError {
+                        path: path.to_string(),
+                        message: format!("illegal base64 data: {e}"),
+                    })
+            }
+            Some("date-time") if s.parse::<k8s_openapi::jiff::Timestamp>().is_err() => {
+                Err(DecodeError {
+                    path: path.to_string(),
+                    message: format!("parsing time {}: not an RFC 3339 time", quote(s)),
+                })
+            }
+            _ => Ok(()),
+        },
+        (Some("string"), _) => mismatch(v),
+        (Some("integer"), Value::Number(n)) => {
+            let fits = match format {
+                Some("int32") => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+                _ => n.is_i64() || n.is_u64(),
+            };
+            if fits {
+                Ok(())
+            } else {
+                mismatch(v)
+            }
+        }
+        (Some("integer"), _) => mismatch(v),
+        (Some("number"), Value::Number(_)) => Ok(()),
+        (Some("number"), _) => mismatch(v),
+        (Some("boolean"), Value::Bool(_)) => Ok(()),
+        (Some("boolean"), _) => mismatch(v),
+        (Some("array"), Value::Array(items)) => {
+            if let Some(item) = node.items() {
+                for (i, x) in items.iter().enumerate() {
+                    check_types(item, x, &format!("{path}[{i}]"), owner)?;
+                }
+            }
+            Ok(())
+        }
+        (Some("array"), _) => mismatch(v),
+        (Some("object") | None, Value::Object(m)) => {
+            if node.is_free_form() {
+                return Ok(());
+            }
+            let here = node.definition_name().map(short_def);
+            let owner = here.as_deref().unwrap_or(owner);
+            if let Some(values) = node.additional_properties() {
+                for (k, x) in m {
+                    check_types(values, x, &join(path, k), owner)?;
+                }
+            } else {
+                for (k, x) in m {
+                    if let Some(child) = node.property(k) {
+                        check_types(child, x, &join(path, k), owner)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Some("object"), _) => mismatch(v),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +504,42 @@ mod tests {
             Some(vec!["spec.template.spec.containers[0].nam".to_string()])
         );
         assert_eq!(unknown_fields("nope", "v1", "X", &d), None);
+    }
+
+    #[test]
+    fn go_decode_errors() {
+        let d = json!({"spec": {"replicas": "3"}});
+        let e = decode_error("apps", "v1", "Deployment", &d).unwrap();
+        assert_eq!(e.message, "json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32");
+        assert_eq!(
+            e.to_status("Deployment", "v1")["message"],
+            "Deployment in version \"v1\" cannot be handled as a Deployment: json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32"
+        );
+        let p = json!({"spec": {"containers": [{"name": "c", "image": 5}]}});
+        let e = decode_error("", "v1", "Pod", &p).unwrap();
+        assert_eq!(e.message, "json: cannot unmarshal number 5 into Go struct field Container.spec.containers[0].image of type string");
+        let p = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "lots"}}}]}});
+        assert!(decode_error("", "v1", "Pod", &p)
+            .unwrap()
+            .message
+            .starts_with("quantities must match"));
+        let s = json!({"data": {"a": "not base64!"}});
+        assert!(decode_error("", "v1", "Secret", &s)
+            .unwrap()
+            .message
+            .starts_with("illegal base64 data"));
+        let ok = json!({"metadata": {"name": "x", "labels": {"a": "b"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"replicas": 2, "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
+                "template": {"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}}]}}}});
+        assert_eq!(decode_error("apps", "v1", "Deployment", &ok), None);
+        let t = json!({"metadata": {"creationTimestamp": "yesterday"}});
+        assert!(decode_error("", "v1", "ConfigMap", &t).is_some());
+        let arr = json!({"spec": {"containers": {"name": "c"}}});
+        assert_eq!(decode_error("", "v1", "Pod", &arr).unwrap().message,
+            "json: cannot unmarshal object into Go struct field PodSpec.spec.containers of type []v1.Container");
+        let big = json!({"spec": {"replicas": 5_000_000_000i64}});
+        assert!(decode_error("apps", "v1", "Deployment", &big).is_some());
+        assert_eq!(decode_error("", "v1", "Pod", &json!({"spec": null})), None);
     }
 
     #[test]

@@ -593,6 +593,7 @@ fn container<'a>(
             Some(n) => name_with(e, &p, n, names::env_var_name),
         }
     }
+    resources(c, path, e);
     let mut mount_paths: Vec<&str> = Vec::new();
     for (i, m) in arr(c, "/volumeMounts").iter().enumerate() {
         let p = format!("{path}.volumeMounts[{i}]");
@@ -622,6 +623,51 @@ fn container<'a>(
                     ));
                 }
                 mount_paths.push(mp);
+            }
+        }
+    }
+}
+
+/// Quantities are non-negative and requests do not exceed limits.
+fn resources(c: &Value, path: &str, e: &mut FieldErrors) {
+    use crate::quantity::Quantity;
+    let get = |kind: &str| {
+        c.pointer(&format!("/resources/{kind}"))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            _ => return None,
+                        };
+                        Quantity::parse(&text).ok().map(|q| (k.clone(), text, q))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let (requests, limits) = (get("requests"), get("limits"));
+    for (kind, list) in [("requests", &requests), ("limits", &limits)] {
+        for (name, text, q) in list {
+            if q.is_negative() {
+                e.push(FieldError::invalid(
+                    format!("{path}.resources.{kind}[{name}]"),
+                    text.as_str(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+    }
+    for (name, text, q) in &requests {
+        if let Some((_, ltext, l)) = limits.iter().find(|(n, ..)| n == name) {
+            if q > l {
+                e.push(FieldError::invalid(
+                    format!("{path}.resources.requests"),
+                    text.as_str(),
+                    &format!("must be less than or equal to {name} limit of {ltext}"),
+                ));
             }
         }
     }

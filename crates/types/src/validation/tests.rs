@@ -56,6 +56,17 @@ fn pod_rules() {
 }
 
 #[test]
+fn resource_requests_within_limits() {
+    let mut p = good_pod();
+    p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1024Mi"}});
+    assert_eq!(messages(validate_create(res("", "pods"), &p)), vec![
+        "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1"]);
+    p["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "-1"}});
+    assert_eq!(messages(validate_create(res("", "pods"), &p)), vec![
+        "spec.containers[0].resources.limits[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"]);
+}
+
+#[test]
 fn seed_pod_with_cinder_volume_is_valid() {
     let p = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "nginx", "namespace": "default", "labels": {"app": "nginx"}},
