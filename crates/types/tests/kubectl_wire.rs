@@ -172,6 +172,45 @@ fn respond(req: &Seen, accept: &str) -> (u16, String, Vec<u8>) {
         }
         return j(201, obj);
     }
+    if req.method == "GET"
+        && (path == "/api/v1/namespaces/default/pods" || path == "/api/v1/networks")
+    {
+        let (r, items) = if path.ends_with("pods") {
+            let created = "2026-01-01T00:00:00Z";
+            (
+                resources::find("", "v1", "pods").unwrap(),
+                vec![json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "default", "creationTimestamp": created},
+                "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "nginx"}]},
+                "status": {"phase": "Running", "podIP": "10.1.0.7", "containerStatuses": [
+                    {"name": "c", "ready": true, "restartCount": 0, "state": {"running": {}}}]}})],
+            )
+        } else {
+            (
+                resources::find("", "v1", "networks").unwrap(),
+                vec![json!({
+                "apiVersion": "v1", "kind": "Network",
+                "metadata": {"name": "net1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"tenantID": "t1", "subnets": {"subnet1": {"cidr": "192.168.0.0/24", "gateway": "192.168.0.1"}}},
+                "status": {"phase": "Active"}})],
+            )
+        };
+        if accept.contains("as=Table") {
+            let t = h8s_types::table::table(
+                r,
+                &items,
+                &json!({"resourceVersion": "9"}),
+                h8s_types::table::IncludeObject::Metadata,
+                std::time::SystemTime::now(),
+            );
+            return j(200, t);
+        }
+        return j(
+            200,
+            json!({"apiVersion": "v1", "kind": format!("{}List", r.kind), "metadata": {"resourceVersion": "9"}, "items": items}),
+        );
+    }
     match path {
         "/api/v1/namespaces/default/pods/existing" => j(
             200,
@@ -600,4 +639,61 @@ fn kubectl_apply_validation_uses_our_openapi() {
     let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns1\nspec:\n  network: net1\n";
     let run = kubectl(27, &server, &cache27, &["apply", "-f", "-"], Some(ns));
     assert!(run.ok, "1.27 namespace: {}", run.stderr);
+}
+
+#[test]
+fn kubectl_prints_our_tables() {
+    let server = start();
+    let cache = tempfile::tempdir().unwrap();
+    let run = kubectl(
+        33,
+        &server,
+        &cache,
+        &["get", "pods", "-n", "default", "-o", "wide"],
+        None,
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let lines: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
+    assert_eq!(lines[1][..4], ["web-1", "1/1", "Running", "0"]);
+    assert_eq!(lines[1][5..], ["10.1.0.7", "node-a", "<none>", "<none>"]);
+    // Without -o wide the priority-1 columns stay hidden.
+    let run = kubectl(33, &server, &cache, &["get", "pods", "-n", "default"], None);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    let run = kubectl(27, &server, &cache, &["get", "networks"], None);
+    assert!(run.ok, "{}", run.stderr);
+    let lines: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "TENANT", "SUBNETS", "PHASE", "AGE"]);
+    assert_eq!(lines[1][..4], ["net1", "t1", "192.168.0.0/24", "Active"]);
 }
