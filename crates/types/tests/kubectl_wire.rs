@@ -474,6 +474,27 @@ fn kubectl_133_protobuf_bodies_decode_to_their_json_form() {
         let unknown =
             h8s_types::strict::unknown_fields(g, v, want["kind"].as_str().unwrap(), &decoded);
         assert_eq!(unknown, Some(vec![]), "{cmd:?}");
+        // What kubectl generates passes the server's pipeline: decoder
+        // checks, defaulting and validation (no false 400/422).
+        let kind = want["kind"].as_str().unwrap();
+        assert_eq!(
+            h8s_types::strict::decode_error(g, v, kind, &decoded),
+            None,
+            "{cmd:?}"
+        );
+        let r = resources::find_kind(g, v, kind).unwrap();
+        let mut obj = decoded.clone();
+        if r.namespaced {
+            obj["metadata"]["namespace"] = json!("default");
+        }
+        obj["metadata"]["uid"] = json!("0b5e6f3c-0000-4000-8000-000000000001");
+        h8s_types::defaults::apply(r, &mut obj);
+        h8s_types::defaults::prepare_for_create(r, &mut obj);
+        assert_eq!(
+            h8s_types::validation::validate_create(r, &obj),
+            Ok(()),
+            "{cmd:?}: {obj}"
+        );
     }
 }
 
@@ -499,6 +520,22 @@ fn kubectl_133_reviews_decode() {
     assert_eq!(v["spec"]["resourceAttributes"]["verb"], "create");
     assert_eq!(v["spec"]["resourceAttributes"]["resource"], "pods");
     assert_eq!(v["spec"]["resourceAttributes"]["namespace"], "team");
+
+    let run = kubectl(
+        33,
+        &server,
+        &cache,
+        &["create", "token", "sa", "-n", "team", "--duration=10m"],
+        None,
+    );
+    let seen = server.seen.lock().unwrap().clone();
+    let post = seen
+        .iter()
+        .find(|s| s.target.contains("/serviceaccounts/sa/token"))
+        .unwrap_or_else(|| panic!("no token request: {}", run.stderr));
+    let v = protobuf::decode(&post.body).unwrap();
+    assert_eq!(v["kind"], "TokenRequest");
+    assert_eq!(v["spec"]["expirationSeconds"], 600);
 
     let run = kubectl(33, &server, &cache, &["auth", "whoami", "-o", "json"], None);
     assert!(run.ok, "{}", run.stderr);
