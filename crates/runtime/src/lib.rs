@@ -10,6 +10,7 @@ mod client;
 mod error;
 pub mod image;
 mod logs;
+mod service;
 mod state;
 mod util;
 mod vm;
@@ -22,6 +23,7 @@ pub use api::{
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
 pub use logs::{LogEntry, LogStream};
+pub use service::{ContainerService, ImageService, SandboxService};
 pub use util::rfc3339_nano;
 pub use vm::{shim_main, AccelChoice, VmSettings};
 
