@@ -475,15 +475,47 @@ const PATCH_META: &[PatchMeta] = &[
         "conditions",
         M,
         Some("type"),
-        None,
-        &[],
+        MAP,
+        &["type"],
     ),
     (
         "io.k8s.api.core.v1.NodeStatus",
         "addresses",
         M,
         Some("type"),
+        MAP,
+        &["type"],
+    ),
+    (
+        "io.k8s.api.core.v1.ResourceRequirements",
+        "claims",
         None,
+        None,
+        MAP,
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        Some("merge,retainKeys"),
+        Some("name"),
+        MAP,
+        &["name"],
+    ),
+    (
+        "io.k8s.api.batch.v1.UncountedTerminatedPods",
+        "succeeded",
+        None,
+        None,
+        SET,
+        &[],
+    ),
+    (
+        "io.k8s.api.batch.v1.UncountedTerminatedPods",
+        "failed",
+        None,
+        None,
+        SET,
         &[],
     ),
     ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", M, None, SET, &[]),
@@ -630,10 +662,26 @@ const PATCH_META: &[PatchMeta] = &[
 const ATOMIC_MAPS: &[(&str, &str)] = &[
     ("io.k8s.api.core.v1.PodSpec", "nodeSelector"),
     ("io.k8s.api.core.v1.ServiceSpec", "selector"),
-    (
-        "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
-        "matchLabels",
-    ),
+    ("io.k8s.api.core.v1.ReplicationControllerSpec", "selector"),
+];
+
+/// Types marked `+structType=atomic`: replaced whole, published with
+/// `x-kubernetes-map-type: atomic` on their definition.
+const ATOMIC_STRUCTS: &[&str] = &[
+    "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
+    "io.k8s.api.core.v1.LocalObjectReference",
+    "io.k8s.api.core.v1.ObjectReference",
+    "io.k8s.api.core.v1.SecretReference",
+    "io.k8s.api.core.v1.ObjectFieldSelector",
+    "io.k8s.api.core.v1.ResourceFieldSelector",
+    "io.k8s.api.core.v1.ConfigMapKeySelector",
+    "io.k8s.api.core.v1.SecretKeySelector",
+    "io.k8s.api.core.v1.NodeSelector",
+    "io.k8s.api.core.v1.NodeSelectorTerm",
+    "io.k8s.api.core.v1.TypedLocalObjectReference",
+    "io.k8s.api.core.v1.TopologySelectorTerm",
+    "io.k8s.api.core.v1.ScopeSelector",
+    "io.k8s.api.rbac.v1.RoleRef",
 ];
 
 /// Definition names of the kinds h8s adds.
@@ -805,6 +853,11 @@ fn build() -> Schemas {
             p.insert("x-kubernetes-map-type".into(), json!("atomic"));
         }
     }
+    for def in ATOMIC_STRUCTS {
+        if let Some(Value::Object(d)) = defs.get_mut(*def) {
+            d.insert("x-kubernetes-map-type".into(), json!("atomic"));
+        }
+    }
     add_h8s(&mut defs, &mut kinds);
     Schemas { defs, kinds }
 }
@@ -966,6 +1019,24 @@ mod tests {
             Some("set")
         );
         assert!(d.path("spec.nonexistent").is_none());
+        assert_eq!(d.path("spec.selector").unwrap().map_type(), Some("atomic"));
+        for def in ATOMIC_STRUCTS {
+            assert_eq!(
+                schemas().named(def).and_then(|n| n.map_type()),
+                Some("atomic"),
+                "{def}"
+            );
+        }
+        for (def, prop) in ATOMIC_MAPS {
+            assert_eq!(
+                schemas()
+                    .named(def)
+                    .and_then(|d| d.property(prop))
+                    .and_then(|p| p.map_type()),
+                Some("atomic"),
+                "{def}.{prop}"
+            );
+        }
     }
 
     #[test]
