@@ -331,83 +331,80 @@ fn to_json(v: &Value, node: Option<Node<'_>>) -> Json {
 /// A message: Kubernetes' special types take their JSON forms, others
 /// become objects named by the schema.
 fn struct_json(struct_name: &str, fields: &[(String, Value)], node: Option<Node<'_>>) -> Json {
-    {
-        match struct_name {
-            "Quantity" => field(fields, "string").map_or(Json::Null, |s| to_json(s, None)),
-            "IntOrString" => {
-                let ty = field(fields, "r#type").and_then(Value::as_i64).unwrap_or(0);
-                if ty == 1 {
-                    field(fields, "str_val")
-                        .map_or(Json::String(String::new()), |s| to_json(s, None))
-                } else {
-                    Json::from(
-                        field(fields, "int_val")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(0),
-                    )
+    match struct_name {
+        "Quantity" => field(fields, "string").map_or(Json::Null, |s| to_json(s, None)),
+        "IntOrString" => {
+            let ty = field(fields, "r#type").and_then(Value::as_i64).unwrap_or(0);
+            if ty == 1 {
+                field(fields, "str_val").map_or(Json::String(String::new()), |s| to_json(s, None))
+            } else {
+                Json::from(
+                    field(fields, "int_val")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                )
+            }
+        }
+        "Time" | "MicroTime" => {
+            let s = field(fields, "seconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let n = field(fields, "nanos").and_then(Value::as_i64).unwrap_or(0);
+            if s == 0 && n == 0 {
+                // Go's zero time is `null` in JSON.
+                return Json::Null;
+            }
+            format_time(s, n, struct_name == "MicroTime")
+        }
+        "Duration" if fields.len() == 1 => Json::String(go_duration(
+            field(fields, "duration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+        )),
+        "RawExtension" | "FieldsV1" => match field(fields, "raw") {
+            Some(Value::List(b)) => {
+                let bytes: Vec<u8> = b.iter().filter_map(Value::as_byte).collect();
+                bytes_json(&bytes, None)
+            }
+            _ => Json::Object(Map::new()),
+        },
+        _ => {
+            let required: Vec<&str> = node
+                .and_then(|n| n.resolved().value().get("required"))
+                .and_then(Json::as_array)
+                .map(|a| a.iter().filter_map(Json::as_str).collect())
+                .unwrap_or_default();
+            let mut m = Map::new();
+            for (k, x) in fields {
+                let x = x.unwrap_some();
+                // proto2 optional fields left unset, and empty
+                // repeated or map fields, are absent in JSON too.
+                let empty = match x {
+                    Value::None => true,
+                    Value::List(l) => l.is_empty(),
+                    Value::Map(e) => e.is_empty(),
+                    _ => false,
+                };
+                if empty {
+                    continue;
+                }
+                let name = json_name(node, k);
+                // Go writes its non-pointer fields even when zero; JSON
+                // omits them (omitempty). Pointers are sent only when
+                // set, and then a zero means something (`replicas: 0`).
+                if x.is_zero()
+                    && !required.contains(&name.as_str())
+                    && !is_pointer(struct_name, &name)
+                {
+                    continue;
+                }
+                let child = node.and_then(|n| n.property(&name));
+                let j = to_json(x, child);
+                if !j.is_null() {
+                    m.insert(name, j);
                 }
             }
-            "Time" | "MicroTime" => {
-                let s = field(fields, "seconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let n = field(fields, "nanos").and_then(Value::as_i64).unwrap_or(0);
-                if s == 0 && n == 0 {
-                    // Go's zero time is `null` in JSON.
-                    return Json::Null;
-                }
-                format_time(s, n, struct_name == "MicroTime")
-            }
-            "Duration" if fields.len() == 1 => Json::String(go_duration(
-                field(fields, "duration")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0),
-            )),
-            "RawExtension" | "FieldsV1" => match field(fields, "raw") {
-                Some(Value::List(b)) => {
-                    let bytes: Vec<u8> = b.iter().filter_map(Value::as_byte).collect();
-                    bytes_json(&bytes, None)
-                }
-                _ => Json::Object(Map::new()),
-            },
-            _ => {
-                let required: Vec<&str> = node
-                    .and_then(|n| n.resolved().value().get("required"))
-                    .and_then(Json::as_array)
-                    .map(|a| a.iter().filter_map(Json::as_str).collect())
-                    .unwrap_or_default();
-                let mut m = Map::new();
-                for (k, x) in fields {
-                    let x = x.unwrap_some();
-                    // proto2 optional fields left unset, and empty
-                    // repeated or map fields, are absent in JSON too.
-                    let empty = match x {
-                        Value::None => true,
-                        Value::List(l) => l.is_empty(),
-                        Value::Map(e) => e.is_empty(),
-                        _ => false,
-                    };
-                    if empty {
-                        continue;
-                    }
-                    let name = json_name(node, k);
-                    // Go writes its non-pointer fields even when zero; JSON
-                    // omits them (omitempty). Pointers are sent only when
-                    // set, and then a zero means something (`replicas: 0`).
-                    if x.is_zero()
-                        && !required.contains(&name.as_str())
-                        && !is_pointer(struct_name, &name)
-                    {
-                        continue;
-                    }
-                    let child = node.and_then(|n| n.property(&name));
-                    let j = to_json(x, child);
-                    if !j.is_null() {
-                        m.insert(name, j);
-                    }
-                }
-                Json::Object(m)
-            }
+            Json::Object(m)
         }
     }
 }
