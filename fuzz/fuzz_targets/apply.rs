@@ -7,11 +7,25 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(cfg) = serde_json::from_slice::<Value>(data) else { return };
+    let Ok(cfg) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
     let s = Schema::for_kind("apps", "Deployment");
-    let a = Manager { name: "a", api_version: "apps/v1", subresource: "", time: "t1" };
-    let b = Manager { name: "b", api_version: "apps/v1", subresource: "", time: "t2" };
-    let Ok(live) = apply(s, None, &cfg, &a, false) else { return };
+    let a = Manager {
+        name: "a",
+        api_version: "apps/v1",
+        subresource: "",
+        time: "t1",
+    };
+    let b = Manager {
+        name: "b",
+        api_version: "apps/v1",
+        subresource: "",
+        time: "t2",
+    };
+    let Ok(live) = apply(s, None, &cfg, &a, false) else {
+        return;
+    };
     assert!(managed_field_sets(&live).is_ok());
     let again = apply(s, Some(&live), &cfg, &a, false).expect("re-apply works");
     assert_eq!(again, live);

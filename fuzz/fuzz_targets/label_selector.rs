@@ -4,7 +4,9 @@ use h8s_machinery::LabelSelector;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(sel) = LabelSelector::parse(s) {
         let again = LabelSelector::parse(&sel.to_string()).expect("canonical form parses");
         assert_eq!(again, sel);

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
                     "ports": [{"containerPort": 80}]}, {"name": "b", "image": "y"}],
                 "volumes": [{"name": "v", "emptyDir": {}}]}}}
     });
-    for schema in [Schema::for_kind("apps", "Deployment"), Schema::metadata_only()] {
+    for schema in [
+        Schema::for_kind("apps", "Deployment"),
+        Schema::metadata_only(),
+    ] {
         if let Ok(out) = strategic_merge_patch(&live, data, schema) {
             assert!(out.is_object());
         }
