@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::admission::Admission;
@@ -400,30 +400,38 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Some(len) = parts
+    // Over the limit, the rest of a moderately large body is still read (and dropped)
+    // so that the client sees the 413 instead of a reset connection.
+    const DRAIN_MAX: usize = 16 * 1024 * 1024;
+    let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > MAX_BODY {
-            return Err(ApiError::too_large(MAX_BODY));
-        }
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|l| l > DRAIN_MAX) {
+        return Err(ApiError::too_large(MAX_BODY));
     }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(ApiError::too_large(MAX_BODY))
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "reading the request body: {e}"
-                )))
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(format!("reading the request body: {}", e.into()))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > DRAIN_MAX {
+                return Err(ApiError::too_large(MAX_BODY));
+            }
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
             }
         }
     }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    Ok(buf.freeze())
 }
 
 /// `/version`: kube's `version.Info`.

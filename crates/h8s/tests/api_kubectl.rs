@@ -296,3 +296,53 @@ fn restart_reuses_pki_and_data() {
         assert_eq!(m & 0o777, 0o600, "{f}");
     }
 }
+
+#[test]
+fn server_side_apply_conflicts_and_force() {
+    let s = Server::start();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\ndata:\n  k: one\n";
+    s.kubectl_stdin(
+        "1.33",
+        &["apply", "--server-side", "--field-manager=alice", "-f", "-"],
+        Some(cm),
+    );
+    let err = s.kubectl_fails(
+        "1.33",
+        &["apply", "--server-side", "--field-manager=bob", "-f", "-"],
+        Some(&cm.replace("one", "two")),
+    );
+    assert!(err.contains("conflict") && err.contains("alice"), "{err}");
+    s.kubectl_stdin(
+        "1.33",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=bob",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&cm.replace("one", "two")),
+    );
+    let c = json(&s.kubectl(
+        "1.33",
+        &["get", "cm", "owned", "-o", "json", "--show-managed-fields"],
+    ));
+    assert_eq!(c["data"]["k"], "two");
+    let managers: Vec<&str> = c["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"bob"), "{managers:?}");
+    // A second identical apply changes nothing (same resourceVersion).
+    let rv = c["metadata"]["resourceVersion"].clone();
+    s.kubectl_stdin(
+        "1.33",
+        &["apply", "--server-side", "--field-manager=bob", "-f", "-"],
+        Some(&cm.replace("one", "two")),
+    );
+    let c = json(&s.kubectl("1.33", &["get", "cm", "owned", "-o", "json"]));
+    assert_eq!(c["metadata"]["resourceVersion"], rv);
+}
