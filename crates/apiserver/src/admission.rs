@@ -101,7 +101,7 @@ impl Admission for NamespaceLifecycle {
                         req.namespace
                     ),
                 );
-                e.causes.push(crate::error::Cause {
+                e.details.causes.push(crate::error::Cause {
                     reason: "NamespaceTerminating".into(),
                     message: format!("namespace {} is being terminated", req.namespace),
                     field: "metadata.namespace".into(),

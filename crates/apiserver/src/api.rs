@@ -45,7 +45,7 @@ pub fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.code, &e.to_status());
-    if let Some(s) = e.retry_after {
+    if let Some(s) = e.details.retry_after {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
     }

@@ -36,6 +36,13 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// `Status.details`, boxed: errors travel through many `Result`s and are rare.
+    pub details: Box<Details>,
+}
+
+/// `Status.details`.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
     pub name: Option<String>,
     pub group: Option<String>,
     pub kind: Option<String>,
@@ -69,18 +76,14 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
-            retry_after: None,
+            details: Box::default(),
         }
     }
 
     fn about(mut self, s: &Subject<'_>) -> Self {
-        self.name = Some(s.name.to_string());
-        self.group = Some(s.group.to_string());
-        self.kind = Some(s.resource.to_string());
+        self.details.name = Some(s.name.to_string());
+        self.details.group = Some(s.group.to_string());
+        self.details.kind = Some(s.resource.to_string());
         self
     }
 
@@ -186,10 +189,10 @@ impl ApiError {
             "Invalid",
             format!("{qualified} \"{name}\" is invalid: {joined}"),
         );
-        e.name = Some(name.to_string());
-        e.group = Some(group.to_string());
-        e.kind = Some(kind.to_string());
-        e.causes = causes;
+        e.details.name = Some(name.to_string());
+        e.details.group = Some(group.to_string());
+        e.details.kind = Some(kind.to_string());
+        e.details.causes = causes;
         e
     }
     pub fn internal(msg: impl Into<String>) -> Self {
@@ -200,7 +203,7 @@ impl ApiError {
     }
     pub fn unavailable(msg: impl Into<String>) -> Self {
         let mut e = Self::new(503, "ServiceUnavailable", msg);
-        e.retry_after = Some(1);
+        e.details.retry_after = Some(1);
         e
     }
 
@@ -216,24 +219,25 @@ impl ApiError {
             "code": self.code,
         });
         let mut details = serde_json::Map::new();
-        if let Some(n) = &self.name {
+        let d = &self.details;
+        if let Some(n) = &d.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(g) = self.group.as_ref().filter(|g| !g.is_empty()) {
+        if let Some(g) = d.group.as_ref().filter(|g| !g.is_empty()) {
             details.insert("group".into(), json!(g));
         }
-        if let Some(k) = &self.kind {
+        if let Some(k) = &d.kind {
             details.insert("kind".into(), json!(k));
         }
-        if !self.causes.is_empty() {
-            let causes: Vec<Value> = self
+        if !d.causes.is_empty() {
+            let causes: Vec<Value> = d
                 .causes
                 .iter()
                 .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                 .collect();
             details.insert("causes".into(), json!(causes));
         }
-        if let Some(r) = self.retry_after {
+        if let Some(r) = d.retry_after {
             details.insert("retryAfterSeconds".into(), json!(r));
         }
         if !details.is_empty() {

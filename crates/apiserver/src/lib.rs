@@ -32,7 +32,7 @@ pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, Authorizer, Decision, TokenAuthenticator,
     UserInfo,
 };
-pub use error::{ApiError, Cause, Error, Result};
+pub use error::{ApiError, Cause, Details, Error, Result};
 pub use pki::{kubeconfig, random_token, Pki};
 pub use server::{Config, Server};
 

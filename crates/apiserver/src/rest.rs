@@ -198,7 +198,6 @@ impl Api {
         t: &Target,
         op: Operation,
         name: &str,
-        ns: &str,
         old: Option<&Value>,
         mut o: Option<&mut Value>,
     ) -> Result<(), ApiError> {
@@ -206,7 +205,7 @@ impl Api {
             op,
             res: t.res,
             sub: t.sub.as_deref(),
-            namespace: ns,
+            namespace: t.ns.as_deref().unwrap_or(""),
             name,
             user: &cx.user,
             dry_run: cx.dry_run(),
@@ -471,8 +470,7 @@ impl Api {
             return Err(invalid(t.res, &name, causes));
         }
         record_manager(cx, t.res, None, None, &mut o)?;
-        let ns_str = ns.clone().unwrap_or_default();
-        self.admit(cx, t, Operation::Create, &name, &ns_str, None, Some(&mut o))
+        self.admit(cx, t, Operation::Create, &name, None, Some(&mut o))
             .await?;
         let key = obj::key(t.res, ns.as_deref(), &name);
         if cx.dry_run() {
@@ -561,17 +559,8 @@ impl Api {
             if same_object(&old, &new) {
                 return Ok((old, false));
             }
-            let ns = t.ns.clone().unwrap_or_default();
-            self.admit(
-                cx,
-                t,
-                Operation::Update,
-                name,
-                &ns,
-                Some(&old),
-                Some(&mut new),
-            )
-            .await?;
+            self.admit(cx, t, Operation::Update, name, Some(&old), Some(&mut new))
+                .await?;
             if cx.dry_run() {
                 return Ok((new, false));
             }
@@ -749,14 +738,13 @@ impl Api {
                     ));
                 }
             }
-            let ns = t.ns.clone().unwrap_or_default();
-            self.admit(cx, t, Operation::Delete, name, &ns, Some(&old), None)
+            self.admit(cx, t, Operation::Delete, name, Some(&old), None)
                 .await?;
             let is_namespace = t.res.group.is_empty() && t.res.plural == "namespaces";
             let graceful = self.grace_period(t.res, &old, opts);
             let pending = is_namespace || !obj::finalizers(&old).is_empty() || graceful.is_some();
             if pending {
-                if obj::is_deleting(&old) && !(graceful == Some(0)) {
+                if obj::is_deleting(&old) && graceful != Some(0) {
                     return Ok((200, old));
                 }
                 let mut new = old.clone();
