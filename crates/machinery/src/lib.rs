@@ -26,6 +26,24 @@
 //! - [`update_managed_fields`]: record an ordinary create/update/patch by a `fieldManager`.
 //! - [`field_set`], [`FieldSet`]: the FieldsV1 set algebra underneath.
 //!
+//! ```
+//! use h8s_machinery::{apply, apply_patch, LabelSelector, Manager, PatchType, Schema};
+//! use serde_json::json;
+//!
+//! let sel = LabelSelector::parse("app=web,tier in (fe,be)").unwrap();
+//! assert!(sel.matches_object(&json!({"metadata": {"labels": {"app": "web", "tier": "fe"}}})));
+//!
+//! let pod = json!({"spec": {"containers": [{"name": "a", "image": "a:1"}, {"name": "b"}]}});
+//! let body = br#"{"spec":{"containers":[{"name":"a","image":"a:2"}]}}"#;
+//! let out = apply_patch(PatchType::Strategic, &pod, body, Schema::for_kind("", "Pod")).unwrap();
+//! assert_eq!(out["spec"]["containers"][1]["name"], "b"); // merged by name, not replaced
+//!
+//! let mgr = Manager { name: "kubectl", api_version: "v1", subresource: "", time: "2024-01-01T00:00:00Z" };
+//! let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
+//! let created = apply(Schema::for_kind("", "ConfigMap"), None, &cm, &mgr, false).unwrap();
+//! assert_eq!(created["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:data": {"f:k": {}}}));
+//! ```
+//!
 //! # Errors → Kubernetes `Status`
 //! Every fallible function returns [`Error`]; [`Error::code`] and [`Error::reason`] give the
 //! answer kube-apiserver sends for the same input:
