@@ -554,7 +554,8 @@ impl Parser {
         }
         let errs = is_qualified_name(&lit);
         if !errs.is_empty() {
-            return Err(field_invalid("", &lit, &errs.join("; ")));
+            // Kubernetes validates the key against a nil field path, printed as `<nil>`.
+            return Err(field_invalid("<nil>", &lit, &errs.join("; ")));
         }
         let (t, _) = self.lookahead(Ctx::Values);
         if (t == Tok::End || t == Tok::Comma) && op.is_none() {
@@ -660,9 +661,14 @@ fn sorted_set(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// Go's `%v` of a `[]string`: `[a b]`.
+/// Go's `%#v` of a `[]string`, as `field.Invalid` prints it: `[]string{"a", "b"}`, and
+/// `[]string(nil)` when empty (Kubernetes copies the values with `append([]string(nil), …)`).
 fn go_string_slice(v: &[String]) -> String {
-    format!("[{}]", v.join(" "))
+    if v.is_empty() {
+        return "[]string(nil)".to_string();
+    }
+    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[]string{{{}}}", items.join(", "))
 }
 
 /// `utilerrors.Aggregate.Error()`: one message as is, several as `[a, b]`.
@@ -1001,8 +1007,9 @@ mod tests {
         assert!(err("a=b@c").starts_with(
             "unable to parse requirement: values[0][a]: Invalid value: \"b@c\": a valid label must be"
         ));
-        assert!(err("-a=b")
-            .starts_with("unable to parse requirement: : Invalid value: \"-a\": name part must"));
+        assert!(err("-a=b").starts_with(
+            "unable to parse requirement: <nil>: Invalid value: \"-a\": name part must"
+        ));
     }
 
     #[test]
@@ -1037,9 +1044,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             bad.to_string(),
-            "values: Invalid value: []: for 'in', 'notin' operators, values set can't be empty"
+            "values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty"
         );
         assert_eq!(bad.code(), 400);
+        let bad = LabelSelector::from_json(&serde_json::json!({
+            "matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x", "y"]}]
+        }))
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "values: Invalid value: []string{\"x\", \"y\"}: values set must be empty for exists and does not exist"
+        );
     }
 
     #[test]
