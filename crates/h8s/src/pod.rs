@@ -390,6 +390,25 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         undo_net();
         return fail(e.to_string(), 125);
     }
+    // Ctrl-C while the pod starts must not leave a VM behind: note it, finish the step that
+    // runs, then remove the pod and exit as an interrupted docker run does (130).
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut int, mut term) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let was_interrupted = || interrupted.load(std::sync::atomic::Ordering::SeqCst);
     let id = match runtime.run_sandbox(sandbox).await {
         Ok(id) => id,
         Err(e) => {
@@ -403,9 +422,17 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         let _ = runtime.remove_sandbox(&id, true).await;
         undo_net();
     };
+    if was_interrupted() {
+        cleanup(runtime.clone(), id).await;
+        return fail("interrupted; pod removed".into(), 130);
+    }
     if let Err(e) = runtime.create_container(&id, container.clone()).await {
         cleanup(runtime.clone(), id).await;
         return fail(format!("cannot create container: {e}"), rt_exit_code(&e));
+    }
+    if was_interrupted() {
+        cleanup(runtime.clone(), id).await;
+        return fail("interrupted; pod removed".into(), 130);
     }
     if a.detach {
         if let Err(e) = runtime.start_container(&id, &container.name).await {
@@ -415,6 +442,8 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         println!("{id}");
         return Ok(0);
     }
+    // From now on signals go to the container (see `term::pump`).
+    watcher.abort();
     let stream = match runtime.attach(&id, &container.name).await {
         Ok(s) => s,
         Err(e) => {
