@@ -250,7 +250,7 @@ fn main() {
          underlay → VXLAN → bridge. Throughput: iperf3, one TCP stream, ",
     );
     md.push_str(&format!(
-        "{secs} s per sample, {rounds} samples per case. Latency: 1-byte TCP request/response (TCP_NODELAY), {} round trips \
+        "{secs} s per sample, {rounds} samples per case (with so few samples p99 is the maximum). Latency: 1-byte TCP request/response (TCP_NODELAY), {} round trips \
          per case after warm-up. Attach/detach: {attach_n} cycles on a node that already has the Network (address \
          allocation under the store lock + devices over netlink + one `nft -f` rule-set swap).\n\n",
         rr[0].len()
