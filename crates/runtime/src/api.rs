@@ -352,6 +352,9 @@ pub struct SandboxStatus {
     pub accel: Option<Accel>,
     /// Guest kernel release reported by the guest agent.
     pub guest_kernel: Option<String>,
+    /// The guest's own boot time (its `CLOCK_BOOTTIME` when the agent became ready), in ms.
+    #[serde(default)]
+    pub guest_boot_ms: Option<u64>,
     /// QEMU's PID while it runs.
     pub qemu_pid: Option<u32>,
     /// The pod supervisor's PID while it runs.

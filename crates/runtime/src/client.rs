@@ -191,6 +191,7 @@ impl Runtime {
             accel: None,
             accel_reason: None,
             guest_kernel: None,
+            guest_boot_ms: None,
             shim: None,
             qemu: None,
             containers: Vec::new(),

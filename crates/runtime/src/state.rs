@@ -44,6 +44,8 @@ pub(crate) struct PodRecord {
     #[serde(default)]
     pub guest_kernel: Option<String>,
     #[serde(default)]
+    pub guest_boot_ms: Option<u64>,
+    #[serde(default)]
     pub shim: Option<ProcRef>,
     #[serde(default)]
     pub qemu: Option<ProcRef>,
@@ -65,6 +67,7 @@ impl PodRecord {
             reason: self.reason.clone(),
             accel: self.accel,
             guest_kernel: self.guest_kernel.clone(),
+            guest_boot_ms: self.guest_boot_ms,
             qemu_pid: self.qemu.filter(ProcRef::alive).map(|p| p.pid),
             shim_pid: self.shim.filter(ProcRef::alive).map(|p| p.pid),
             created_at: self.created_at.clone(),

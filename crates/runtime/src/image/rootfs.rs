@@ -83,6 +83,7 @@ pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
     out.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o444))
         .ctx(|| "chmod rootfs".into())?;
+    let built = started.elapsed();
     out.as_file().sync_all().ctx(|| "sync rootfs".into())?;
     out.persist(&dest).map_err(|e| Error::Io {
         context: format!("store {}", dest.display()),
@@ -94,6 +95,7 @@ pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
         id = %record.id,
         layers = manifest.layers.len(),
         flatten_ms = flattened.as_millis() as u64,
+        mkfs_ms = (built - flattened).as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         bytes = size,
         "rootfs built"

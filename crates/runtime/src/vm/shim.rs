@@ -205,6 +205,7 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     rec.state = SandboxState::Ready;
     rec.reason = None;
     rec.guest_kernel = Some(hello.kernel_release.clone());
+    rec.guest_boot_ms = Some(hello.boot_time_ms);
     let mut procs = HashMap::new();
     let mut next_pid = 1;
     for c in &rec.containers {
