@@ -440,6 +440,7 @@ impl Fabric {
     /// Brings the node's rules and every local segment's VXLAN forwarding entries in line with
     /// the store: call it when pods come and go on other nodes.
     pub fn reconcile(&self) -> Result<()> {
+        let _node_lock = self.store.node_lock(&self.node.name)?;
         let local: BTreeMap<String, u32> = self
             .store
             .update_node(&self.node.name, |rec| Ok(rec.transit.clone()))?;

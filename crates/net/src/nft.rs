@@ -51,7 +51,6 @@ impl NodeRules {
     /// protected ranges; egress masquerade).
     pub fn script(&self) -> String {
         let mut s = String::new();
-        let ports = elements(self.ports.iter().map(|p| format!("\"{}\"", p.port)));
         let port_mac = elements(
             self.ports
                 .iter()
@@ -76,13 +75,13 @@ impl NodeRules {
             r#"table bridge {TABLE}
 delete table bridge {TABLE}
 table bridge {TABLE} {{
-  set ports {{ type ifname;{ports} }}
   set port_mac {{ type ifname . ether_addr;{port_mac} }}
   set port_ip {{ type ifname . ipv4_addr;{port_ip} }}
   set gw_mac {{ type ifname . ether_addr;{gw_mac} }}
   chain ingress {{
     type filter hook prerouting priority -200; policy accept;
-    iifname @ports jump pod_port
+    iifname "h8t*" jump pod_port
+    iifname "h8v*" jump pod_port
     iifname . ether saddr @gw_mac drop
   }}
   chain pod_port {{

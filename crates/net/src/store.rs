@@ -76,26 +76,36 @@ impl NetworkStore {
     }
 
     pub(crate) fn lock(&self) -> Result<Locked<'_>> {
-        let path = self.dir.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::State {
-                path: path.clone(),
-                source: e,
-            })?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::State {
-            path,
-            source: e.into(),
-        })?;
         Ok(Locked {
             store: self,
-            _lock: lock,
+            _lock: flock(&self.dir.join("lock"))?,
         })
     }
 
+    /// A node's datapath lock: held while a node's rules and forwarding entries are rebuilt
+    /// from the store, so two processes never install a stale view over a newer one.
+    pub(crate) fn node_lock(&self, node: &str) -> Result<Flock<File>> {
+        flock(&self.dir.join("nodes").join(format!("{node}.lock")))
+    }
+}
+
+fn flock(path: &Path) -> Result<Flock<File>> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::State {
+            path: path.into(),
+            source: e,
+        })?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::State {
+        path: path.into(),
+        source: e.into(),
+    })
+}
+
+impl NetworkStore {
     fn net_path(&self, name: &str) -> PathBuf {
         self.dir.join("networks").join(format!("{name}.json"))
     }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::*;
-use h8s_net::{Network, Subnet};
+use h8s_net::{Network, NsRef, Subnet};
 
 const W: Duration = Duration::from_millis(700);
 
@@ -227,4 +227,24 @@ fn pods_cannot_spoof_or_sniff() {
         )
         .unwrap();
     assert_eq!(drain(&host_rx).len(), 1, "control: the listener works");
+
+    // 7. A port the store does not know (a crash between plug and rules, or a hand-made one)
+    // is closed, not open.
+    let rogue = lab.ns("rogue");
+    let NsRef::Path(rp) = &rogue else {
+        unreachable!()
+    };
+    sh(node, &format!(
+        "ip link add h8vrogue0000001 type veth peer name eth0 netns {} && ip link set h8vrogue0000001 master h8b300 up",
+        rp.file_name().unwrap().to_str().unwrap()
+    ));
+    sh(
+        &rogue,
+        "ip addr add 192.168.0.200/24 dev eth0 && ip link set eth0 up",
+    );
+    assert!(
+        ping(&rogue, a3.ip, Duration::from_millis(800)).is_none(),
+        "unknown port must be closed"
+    );
+    sh(node, "ip link del h8vrogue0000001");
 }
