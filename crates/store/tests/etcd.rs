@@ -142,6 +142,8 @@ async fn survives_losing_a_member() {
     c.kill(0);
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.restart(0).unwrap();
+    // One member down at a time: let the restarted one rejoin before the next kill.
+    c.wait_healthy(Duration::from_secs(30)).unwrap();
     c.kill(1);
     let acked = writer.await.unwrap();
     assert_eq!(acked.len(), 1500);
