@@ -222,7 +222,7 @@ pub fn fabric_from_env() -> anyhow::Result<Fabric> {
     let m = <Env as clap::CommandFactory>::command()
         .no_binary_name(true)
         .get_matches_from(Vec::<String>::new());
-    Ok(Env::from_arg_matches(&m)?.node.fabric()?)
+    Env::from_arg_matches(&m)?.node.fabric()
 }
 
 /// For `h8s run --network`: a tap on `network` for pod VM `pod`.
