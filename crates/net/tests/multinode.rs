@@ -201,3 +201,85 @@ fn egress_is_masqueraded_and_tenants_cannot_reach_each_others_gateways() {
         "tenant c has egress too"
     );
 }
+
+/// An Ethernet frame carrying IPv4/UDP `payload` from `src` to `dst` (valid IP checksum, no UDP
+/// checksum), wrapped in a VXLAN header for `vni`.
+fn vxlan_packet(
+    vni: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(&dmac);
+    p.extend_from_slice(&smac);
+    p.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&4444u16.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn forged_vxlan_from_the_underlay_is_dropped() {
+    let mut lab = Lab::new("vx");
+    let nodes = lab.nodes(3); // node 3 plays a stranger on the underlay: no pods on the Network
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    lab.store
+        .create(&network("neta", "tenant-a", 100, "192.168.0.0/24"))
+        .unwrap();
+    let (pa1, pa2) = (lab.ns("a1"), lab.ns("a2"));
+    let a1 = n1.attach_netns("neta", "a1", &pa1).unwrap();
+    let a2 = n2.attach_netns("neta", "a2", &pa2).unwrap();
+    n1.reconcile().unwrap();
+    n2.reconcile().unwrap();
+    let rx = udp(&pa1, SocketAddrV4::new(a1.ip, 9000));
+    let pkt = vxlan_packet(
+        100,
+        a1.mac.0,
+        a2.mac.0,
+        a2.ip,
+        a1.ip,
+        9000,
+        b"injected-through-vxlan",
+    );
+    let to = SocketAddrV4::new(ip("10.77.0.1"), 4789);
+    // Control: from a peer node the very same packet is delivered (it is well-formed).
+    let peer = n2
+        .node()
+        .netns
+        .run(|| Ok(std::net::UdpSocket::bind("10.77.0.2:0").unwrap()))
+        .unwrap();
+    peer.send_to(&pkt, to).unwrap();
+    assert_eq!(
+        drain(&rx).len(),
+        1,
+        "control: a peer's VXLAN packet arrives"
+    );
+    // From any other underlay address: dropped before decapsulation.
+    let stranger = n3
+        .node()
+        .netns
+        .run(|| Ok(std::net::UdpSocket::bind("10.77.0.3:0").unwrap()))
+        .unwrap();
+    stranger.send_to(&pkt, to).unwrap();
+    assert!(
+        drain(&rx).is_empty(),
+        "VXLAN from a non-peer must be dropped"
+    );
+}
