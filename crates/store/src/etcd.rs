@@ -27,6 +27,8 @@ use crate::{
 };
 
 const MARKER_SUFFIX: &str = "#h8s-store";
+/// Holds the revision this prefix's servers last compacted to (a turn-taking token).
+const COMPACT_SUFFIX: &str = "#h8s-compacted";
 const MARKER_VALUE: &[u8] = b"h8s-store/1";
 /// Keys per internal page when a caller lists without a limit (keeps gRPC messages small).
 const PAGE: usize = 2000;
@@ -47,6 +49,23 @@ pub struct EtcdOptions {
     /// Largest value accepted ([`Error::TooLarge`] above it). etcd's own request limit
     /// (`--max-request-bytes`, 1.5 MiB by default) must be at least this.
     pub max_value_size: usize,
+    /// Compact etcd's history every this often, to the revision seen one period earlier
+    /// (so at least one period of history is kept), as kube-apiserver does. Store
+    /// instances sharing the prefix take turns through a marker key, so one compacts per
+    /// period. `None` leaves compaction to etcd's `--auto-compaction-*` or the operator.
+    pub compact_every: Option<Duration>,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            prefix: String::new(),
+            tls: None,
+            max_value_size: crate::DEFAULT_MAX_VALUE_SIZE,
+            compact_every: Some(Duration::from_secs(5 * 60)),
+        }
+    }
 }
 
 /// A [`Store`] on etcd.
@@ -116,6 +135,9 @@ impl Etcd {
             }),
         };
         store.claim_prefix(&opts.endpoints).await?;
+        if let Some(every) = opts.compact_every {
+            tokio::spawn(compactor(Arc::downgrade(&store.inner), every));
+        }
         Ok(store)
     }
 
@@ -765,6 +787,65 @@ impl Store for Etcd {
         // Then the generic walk over every key.
         crate::walk_check(self).await
     }
+}
+
+/// Periodic compaction: every `every`, compact to the revision seen one period before,
+/// unless another instance on the same prefix already did this period's compaction.
+async fn compactor(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut seen: Option<Revision> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let store = Etcd { inner };
+        let now = match store.current().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%e, "etcd compactor: no revision");
+                continue;
+            }
+        };
+        if let Some(target) = seen.replace(now) {
+            if let Err(e) = compact_turn(&store, target).await {
+                tracing::warn!(%e, target, "etcd compaction failed");
+            }
+        }
+    }
+}
+
+/// Takes this period's turn (compare-and-swap on the compaction key) and compacts.
+async fn compact_turn(store: &Etcd, target: Revision) -> Result<()> {
+    let key = format!("{}{COMPACT_SUFFIX}", store.inner.prefix);
+    let k = key.clone();
+    let cur = store
+        .retry(|mut kv| {
+            let k = k.clone();
+            async move { kv.get(k, None).await }
+        })
+        .await?;
+    let (done, guard) = match cur.kvs().first() {
+        Some(kv) => (
+            std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|v| v.parse::<Revision>().ok())
+                .unwrap_or(0),
+            Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+        ),
+        None => (0, Compare::version(key.clone(), CompareOp::Equal, 0)),
+    };
+    if done >= target {
+        return Ok(());
+    }
+    let claim =
+        Txn::new()
+            .when([guard])
+            .and_then([TxnOp::put(key.clone(), target.to_string(), None)]);
+    let (_, m) = store.member();
+    let won = m.kv.clone().txn(claim).await.map_err(map_err)?.succeeded();
+    if won {
+        store.compact(target).await?;
+        tracing::info!(revision = target, "compacted etcd history");
+    }
+    Ok(())
 }
 
 enum WatchEnd {

@@ -85,7 +85,7 @@ pub async fn open(url: &str, data_dir: &Path, tls: Option<EtcdTls>) -> Result<Ar
                 endpoints,
                 prefix,
                 tls,
-                max_value_size: crate::DEFAULT_MAX_VALUE_SIZE,
+                ..Default::default()
             })
             .await?;
             Ok(Arc::new(store))

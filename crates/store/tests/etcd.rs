@@ -18,6 +18,7 @@ async fn connect(c: &EtcdCluster, prefix: &str) -> Etcd {
         prefix: prefix.to_owned(),
         tls: None,
         max_value_size: LIMIT,
+        compact_every: None,
     })
     .await
     .unwrap()
@@ -68,6 +69,7 @@ async fn a_prefix_with_foreign_data_is_refused() {
         prefix: "/kube".into(),
         tls: None,
         max_value_size: LIMIT,
+        compact_every: None,
     })
     .await
     {
@@ -238,4 +240,59 @@ async fn tls_client_certificates() {
         "{:?}",
         r.map(|_| ())
     );
+}
+
+/// The backend compacts etcd by itself, keeping one period of history, and store instances
+/// sharing a prefix take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_compaction() {
+    let c = EtcdCluster::start(1).unwrap();
+    let opts = EtcdOptions {
+        endpoints: c.endpoints(),
+        prefix: "/pc".into(),
+        compact_every: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let a = Etcd::connect(opts.clone()).await.unwrap();
+    let _b = Etcd::connect(opts).await.unwrap();
+    let first = a.create("/k/0", Bytes::from_static(b"0")).await.unwrap();
+    for i in 1..20 {
+        a.create(&format!("/k/{i}"), Bytes::from_static(b"v"))
+            .await
+            .unwrap();
+    }
+    // Two periods later, the revisions of the first period are gone.
+    let t0 = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = a
+            .list(
+                "/k/",
+                h8s_store::ListOptions {
+                    revision: Some(first.mod_revision),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if matches!(r, Err(Error::Compacted { .. })) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never compacted: {:?}",
+            r.map(|l| l.revision)
+        );
+    }
+    // The newest period is still there, and so is every key.
+    let now = a.revision().await.unwrap();
+    a.list(
+        "/k/",
+        h8s_store::ListOptions {
+            revision: Some(now),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.count("/k/").await.unwrap(), 20);
 }
