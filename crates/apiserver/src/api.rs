@@ -130,6 +130,9 @@ pub struct Api {
     pub(crate) metrics: Metrics,
     pub(crate) ready: std::sync::atomic::AtomicBool,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    pub(crate) service_cidr: crate::svc::Cidr,
+    /// Serialises Service address allocation with the write that records it.
+    pub(crate) svc_lock: tokio::sync::Mutex<()>,
 }
 
 impl Api {

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 pub enum Error {
     #[error("pki: {0}")]
     Pki(String),
+    #[error("{0}")]
+    Config(String),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: String,

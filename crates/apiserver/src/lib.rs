@@ -23,6 +23,7 @@ mod proto;
 mod rest;
 mod route;
 mod server;
+mod svc;
 mod util;
 mod watch;
 
@@ -35,6 +36,7 @@ pub use auth::{
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use pki::{kubeconfig, random_token, Pki};
 pub use server::{Config, Server};
+pub use svc::DEFAULT_SERVICE_CIDR;
 
 #[cfg(test)]
 mod fuzz_tests;

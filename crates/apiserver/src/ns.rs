@@ -22,7 +22,7 @@ fn ns_resource() -> &'static h8s_types::Resource {
 }
 
 /// Creates the default namespaces if missing; resumes finalizing terminating ones.
-pub async fn bootstrap(api: &Arc<Api>) -> Result<(), ApiError> {
+pub async fn bootstrap(api: &Arc<Api>, addr: std::net::SocketAddr) -> Result<(), ApiError> {
     let r = ns_resource();
     for name in DEFAULT_NAMESPACES {
         let key = obj::key(r, None, name);
@@ -53,6 +53,7 @@ pub async fn bootstrap(api: &Arc<Api>) -> Result<(), ApiError> {
             }
         }
     }
+    kubernetes_service(api, addr).await?;
     let all = api
         .store
         .list(&obj::prefix(r, None), ListOptions::default())
@@ -184,4 +185,66 @@ async fn count_left(api: &Arc<Api>, name: &str) -> Result<u64, ApiError> {
         }
     }
     Ok(n)
+}
+
+/// The `default/kubernetes` Service (first address of the service CIDR) and its Endpoints
+/// pointing at this server, refreshed at every start (the port may change).
+async fn kubernetes_service(api: &Arc<Api>, addr: std::net::SocketAddr) -> Result<(), ApiError> {
+    let store_err = |e| crate::error::from_store(e, &crate::error::Subject::default());
+    let svc_res = h8s_types::resources::find("", "v1", "services")
+        .ok_or_else(|| ApiError::internal("services are not in the resource table"))?;
+    let ep_res = h8s_types::resources::find("", "v1", "endpoints")
+        .ok_or_else(|| ApiError::internal("endpoints are not in the resource table"))?;
+    let ip = api.service_cidr.first().to_string();
+    let key = obj::key(svc_res, Some("default"), "kubernetes");
+    if api.store.get(&key).await.map_err(store_err)?.is_none() {
+        let o = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "uid": crate::util::new_uid(),
+                "creationTimestamp": crate::util::now_rfc3339(),
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                "internalTrafficPolicy": "Cluster",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
+            "status": {"loadBalancer": {}},
+        });
+        match api.store.create(&key, obj::encode(&o)).await {
+            Ok(_) | Err(h8s_store::Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    let ep_ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let subsets = json!([{"addresses": [{"ip": ep_ip}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]);
+    let key = obj::key(ep_res, Some("default"), "kubernetes");
+    match api.store.get(&key).await.map_err(store_err)? {
+        Some(kv) => {
+            let mut o = obj::decode(&kv)?;
+            if o.get("subsets") != Some(&subsets) {
+                o["subsets"] = subsets;
+                let _ = api
+                    .store
+                    .update(&key, obj::encode(&o), kv.mod_revision)
+                    .await;
+            }
+        }
+        None => {
+            let o = json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default", "uid": crate::util::new_uid(),
+                    "creationTimestamp": crate::util::now_rfc3339(),
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": subsets,
+            });
+            match api.store.create(&key, obj::encode(&o)).await {
+                Ok(_) | Err(h8s_store::Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+    Ok(())
 }

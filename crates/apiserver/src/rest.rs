@@ -473,6 +473,13 @@ impl Api {
         self.admit(cx, t, Operation::Create, &name, None, Some(&mut o))
             .await?;
         let key = obj::key(t.res, ns.as_deref(), &name);
+        let _svc_guard = if t.res.group.is_empty() && t.res.kind == "Service" {
+            let g = self.svc_lock.lock().await;
+            self.allocate_service(&mut o).await?;
+            Some(g)
+        } else {
+            None
+        };
         if cx.dry_run() {
             if self
                 .store
@@ -631,6 +638,9 @@ impl Api {
                 *new = merged;
             }
             _ => {
+                if t.res.group.is_empty() && t.res.kind == "Service" {
+                    crate::svc::keep_allocations(old, new);
+                }
                 if t.res.has_status {
                     match old.get("status") {
                         Some(s) => new["status"] = s.clone(),

@@ -30,6 +30,8 @@ pub struct Config {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Admission plugins run after the built-in NamespaceLifecycle.
     pub admission: Vec<Arc<dyn Admission>>,
+    /// The IPv4 CIDR Service cluster IPs come from.
+    pub service_cidr: String,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             authenticators: Vec::new(),
             authorizer: None,
             admission: Vec::new(),
+            service_cidr: crate::svc::DEFAULT_SERVICE_CIDR.to_string(),
         }
     }
 }
@@ -58,6 +61,12 @@ pub struct Server {
 impl Server {
     /// Sets up PKI, binds, bootstraps the default namespaces and starts serving.
     pub async fn start(cfg: Config) -> Result<Server> {
+        let service_cidr = crate::svc::Cidr::parse(&cfg.service_cidr).ok_or_else(|| {
+            Error::Config(format!(
+                "service CIDR {:?} is not an IPv4 CIDR of /30 or larger",
+                cfg.service_cidr
+            ))
+        })?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::Listen {
@@ -103,10 +112,12 @@ impl Server {
             metrics: Metrics::default(),
             ready: Default::default(),
             shutdown: shutdown.clone(),
+            service_cidr,
+            svc_lock: Default::default(),
         });
-        crate::ns::bootstrap(&api)
+        crate::ns::bootstrap(&api, addr)
             .await
-            .map_err(|e| Error::Pki(format!("bootstrapping namespaces: {}", e.message)))?;
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         api.ready.store(true, Ordering::Relaxed);
         tokio::task::spawn_blocking(crate::openapi::warm_up);
         let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));

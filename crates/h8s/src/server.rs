@@ -26,6 +26,9 @@ pub struct ServerArgs {
     /// The store: `embedded` (one file in the data dir) or `etcd://HOST:PORT[,…][/prefix]`.
     #[arg(long, default_value = "embedded")]
     pub store: String,
+    /// The IPv4 range Service cluster IPs are allocated from.
+    #[arg(long = "service-cluster-ip-range", default_value = h8s_apiserver::DEFAULT_SERVICE_CIDR)]
+    pub service_cluster_ip_range: String,
     /// CA bundle of etcd's serving certificate.
     #[arg(long)]
     pub etcd_cafile: Option<PathBuf>,
@@ -90,6 +93,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening store {}", args.store))?;
     let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store);
     cfg.tls_sans = args.tls_san.clone();
+    cfg.service_cidr = args.service_cluster_ip_range.clone();
     let server = h8s_apiserver::Server::start(cfg)
         .await
         .context("starting the API server")?;

@@ -346,3 +346,54 @@ fn server_side_apply_conflicts_and_force() {
     let c = json(&s.kubectl("1.33", &["get", "cm", "owned", "-o", "json"]));
     assert_eq!(c["metadata"]["resourceVersion"], rv);
 }
+
+#[test]
+fn services_get_cluster_ips_and_node_ports() {
+    let s = Server::start();
+    let k = json(&s.kubectl("1.33", &["get", "svc", "kubernetes", "-o", "json"]));
+    assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
+    s.kubectl(
+        "1.33",
+        &["create", "service", "clusterip", "a", "--tcp=80:8080"],
+    );
+    s.kubectl(
+        "1.33",
+        &["create", "service", "nodeport", "b", "--tcp=80:8080"],
+    );
+    s.kubectl(
+        "1.30",
+        &["create", "service", "clusterip", "h", "--clusterip=None"],
+    );
+    let a = json(&s.kubectl("1.33", &["get", "svc", "a", "-o", "json"]));
+    let b = json(&s.kubectl("1.33", &["get", "svc", "b", "-o", "json"]));
+    let h = json(&s.kubectl("1.33", &["get", "svc", "h", "-o", "json"]));
+    let (ia, ib) = (
+        a["spec"]["clusterIP"].as_str().unwrap(),
+        b["spec"]["clusterIP"].as_str().unwrap(),
+    );
+    assert!(
+        ia.starts_with("10.") && ia != ib && ia != "10.96.0.1",
+        "{ia} {ib}"
+    );
+    assert_eq!(a["spec"]["clusterIPs"][0], ia);
+    let np = b["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&np), "{np}");
+    assert_eq!(h["spec"]["clusterIP"], "None");
+    // A taken address is refused; an edit that omits the address keeps it.
+    let err = s.kubectl_fails(
+        "1.33",
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: c\nspec:\n  clusterIP: {ia}\n  ports:\n  - port: 1\n")),
+    );
+    assert!(err.contains("already allocated"), "{err}");
+    s.kubectl_stdin(
+        "1.33",
+        &["replace", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports:\n  - port: 81\n",
+        ),
+    );
+    let a2 = json(&s.kubectl("1.33", &["get", "svc", "a", "-o", "json"]));
+    assert_eq!(a2["spec"]["clusterIP"], ia);
+    assert_eq!(a2["spec"]["ports"][0]["port"], 81);
+}
