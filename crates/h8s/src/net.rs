@@ -57,7 +57,7 @@ pub enum NetCommand {
     Attach(AttachArgs),
     /// Detach a pod from a Network.
     Detach(DetachArgs),
-    /// Re-program rules and VXLAN forwarding entries from the store.
+    /// Rebuild missing segments and re-program rules and VXLAN forwarding entries from the store.
     Reconcile(Only),
     /// List every device, namespace and nftables table h8s made on this node.
     Inventory(Only),
@@ -277,7 +277,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<()> {
             a.node.fabric()?.detach(&a.network, &a.pod)?;
             Ok(())
         }
-        NetCommand::Reconcile(a) => Ok(a.node.fabric()?.reconcile()?),
+        NetCommand::Reconcile(a) => Ok(a.node.fabric()?.repair()?),
         NetCommand::Inventory(a) => {
             let inv = a.node.fabric()?.inventory()?;
             for l in &inv.links {

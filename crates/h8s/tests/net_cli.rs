@@ -189,6 +189,35 @@ fn create_attach_detach_remove_leaves_nothing() {
         "{rules}"
     );
 
+    // Repair after someone deleted the bridge and the gateway: both come back, the ports go
+    // back on the bridge, and the pod reaches its gateway again.
+    sh(&format!(
+        "ip -n {} link del h8b100 && ip netns del h8s-gw-{}-100",
+        n.ns, n.name
+    ));
+    n.ok(&["reconcile"]);
+    let link = sh(&format!("ip -n {} link show {port}", n.ns));
+    assert!(link.contains("master h8b100"), "{link}");
+    assert!(sh("ip netns list").contains(&format!("h8s-gw-{}-100", n.name)));
+    // The rebuilt gateway answers: nothing listens on its DNS port, so a refusal proves the path.
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p1,
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/192.168.0.1/53",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused"),
+        "{o:?}"
+    );
+
     assert!(n.err(&["rm", "neta"]).contains("still has 2 pod"));
     n.ok(&["detach", "neta", "p1"]);
     assert!(n.err(&["detach", "neta", "p1"]).contains("not found"));

@@ -437,6 +437,40 @@ impl Fabric {
         Ok(out)
     }
 
+    /// Rebuilds whatever is missing of every Network this node had (after a reboot or a
+    /// manual deletion), then reconciles rules and forwarding entries.
+    pub fn repair(&self) -> Result<()> {
+        let local: Vec<String> = self.store.update_node(&self.node.name, |rec| {
+            Ok(rec.transit.keys().cloned().collect())
+        })?;
+        for n in local {
+            match self.ensure_network(&n) {
+                Ok(()) => {}
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            // Ports that still exist go back on the (possibly rebuilt) bridge.
+            let net = self.store.get(&n)?;
+            let br_name = SegmentNames::new(net.vni).bridge;
+            for a in self.store.attachments(&n)? {
+                if a.node != self.node.name {
+                    continue;
+                }
+                self.node.netns.run(|| {
+                    let nl = Nl::open()?;
+                    let Some(p) = nl.index(&a.port)? else {
+                        tracing::warn!(pod = %a.pod, port = %a.port, "port is gone; detach and attach the pod again");
+                        return Ok(());
+                    };
+                    nl.enslave(p, nl.require(&br_name)?, a.mtu)?;
+                    nl.pod_port_opts(p)?;
+                    nl.bridge_fdb_add(p, a.mac)
+                })?;
+            }
+        }
+        self.reconcile()
+    }
+
     /// Brings the node's rules and every local segment's VXLAN forwarding entries in line with
     /// the store: call it when pods come and go on other nodes.
     pub fn reconcile(&self) -> Result<()> {

@@ -500,6 +500,47 @@ mod tests {
         assert!(matches!(s.get("x"), Err(Error::Corrupt { .. })));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any sequence of allocations and releases: addresses stay unique, inside the subnet,
+        /// never network/broadcast/gateway, and exhaustion happens exactly when full.
+        #[test]
+        fn allocations_stay_unique_and_in_range(prefix in 26u8..=30, ops in proptest::collection::vec((proptest::bool::ANY, 0usize..80), 1..120)) {
+            let d = tempfile::tempdir().unwrap();
+            let s = NetworkStore::open(d.path()).unwrap();
+            let cidr = format!("10.9.0.0/{prefix}");
+            s.create(&net("a", 100, &cidr)).unwrap();
+            let n = s.get("a").unwrap();
+            let sub = &n.subnets[0];
+            let mut live: std::collections::BTreeMap<String, Ipv4Addr> = Default::default();
+            for (alloc, k) in ops {
+                let pod = format!("p{k}");
+                if alloc {
+                    match s.allocate("a", &req(&pod)) {
+                        Ok(a) => {
+                            proptest::prop_assert!(!live.contains_key(&pod));
+                            proptest::prop_assert!(sub.cidr.contains(&a.ip));
+                            proptest::prop_assert!(a.ip != sub.gateway && a.ip != sub.cidr.network() && a.ip != sub.cidr.broadcast());
+                            proptest::prop_assert!(!live.values().any(|ip| *ip == a.ip));
+                            live.insert(pod, a.ip);
+                        }
+                        Err(Error::Exists { .. }) => proptest::prop_assert!(live.contains_key(&pod)),
+                        Err(Error::Exhausted { .. }) => proptest::prop_assert_eq!(live.len() as u32, sub.capacity()),
+                        Err(e) => proptest::prop_assert!(false, "{}", e),
+                    }
+                } else {
+                    match s.release("a", &pod) {
+                        Ok(a) => proptest::prop_assert_eq!(live.remove(&pod), Some(a.ip)),
+                        Err(Error::NotFound { .. }) => proptest::prop_assert!(!live.contains_key(&pod)),
+                        Err(e) => proptest::prop_assert!(false, "{}", e),
+                    }
+                }
+            }
+            let stored: Vec<Ipv4Addr> = s.attachments("a").unwrap().iter().map(|a| a.ip).collect();
+            proptest::prop_assert_eq!(stored.len(), live.len());
+        }
+    }
+
     #[test]
     fn concurrent_threads_never_share_an_address() {
         let d = tempfile::tempdir().unwrap();
