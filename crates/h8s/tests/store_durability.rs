@@ -128,7 +128,6 @@ async fn run(store: &str, mut etcd: Option<&mut EtcdCluster>) {
     let data = tmp.path().join("data");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut below = rng();
-    let mut kills = 0;
     for round in 0..40u64 {
         let server = Server::start(&data, store);
         let api = Api::connect(&server.addr, &data).await;
@@ -148,7 +147,8 @@ async fn run(store: &str, mut etcd: Option<&mut EtcdCluster>) {
                 "{store}: round {round}: all {} acknowledged writes present",
                 l.acks
             );
-            let done = l.acks >= 10_000 && kills >= 5;
+            // Round r starts after r kills.
+            let done = l.acks >= 10_000 && round >= 5;
             *ledger.lock().unwrap() = l;
             if done {
                 return;
@@ -179,7 +179,6 @@ async fn run(store: &str, mut etcd: Option<&mut EtcdCluster>) {
         }
         tokio::time::sleep(Duration::from_millis(200 + below(1500))).await;
         server.kill();
-        kills += 1;
         writer.await.unwrap();
         if let (Some(c), Some(v)) = (etcd.as_deref_mut(), victim) {
             c.restart(v).unwrap();
