@@ -34,14 +34,14 @@ fn env() -> Env {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
+        .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("h8s-vm-tests.lock"))
         .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a valid fd we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let tmp = tempfile::Builder::new()
         .prefix("h8s-pod")
-        .tempdir_in("/tmp")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let image = busybox_erofs(tmp.path());
     Env {

@@ -456,6 +456,14 @@ impl Runtime {
         if rec.shim.is_some_and(|s| s.alive()) || !rec.qemu.is_some_and(|q| q.alive()) {
             return Ok(false);
         }
+        // Two clients recovering at once must not start two supervisors: take the pod's lock,
+        // then look again.
+        let _lock = lock_file(&dir.dir.join("recover.lock")).await?;
+        let rec = dir.load()?;
+        if rec.shim.is_some_and(|s| s.alive()) || !rec.qemu.is_some_and(|q| q.alive()) {
+            return Ok(false);
+        }
+        tracing::info!(pod = %id, "supervisor gone, VM alive: taking it over");
         self.spawn_shim(&dir, id, true).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -640,6 +648,24 @@ fn state_word(s: SandboxState) -> &'static str {
         SandboxState::Stopped => "stopped",
         SandboxState::Failed => "failed",
     }
+}
+
+/// An exclusive `flock` on `path`, held until the file is dropped.
+async fn lock_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    for _ in 0..600 {
+        // SAFETY: flock(2) on a descriptor we own; LOCK_NB never blocks the async runtime.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Shim(format!("{} stays locked", path.display())))
 }
 
 async fn wait_dead(p: ProcRef) {

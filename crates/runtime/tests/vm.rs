@@ -20,7 +20,7 @@ fn vm_lock() -> VmLock {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
+        .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("h8s-vm-tests.lock"))
         .expect("lock file");
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
@@ -72,7 +72,9 @@ impl Drop for Env {
         let pods = self.rt.root().join("pods");
         for d in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
             if std::thread::panicking() {
-                let keep = Path::new("/tmp/h8s-test-logs").join(d.file_name());
+                let keep = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                    .join("h8s-test-logs")
+                    .join(d.file_name());
                 let _ = std::fs::create_dir_all(&keep);
                 for f in ["shim.log", "console.log", "qemu.log", "pod.json"] {
                     let _ = std::fs::copy(d.path().join(f), keep.join(f));
@@ -106,7 +108,7 @@ fn env() -> Env {
     let lock = vm_lock();
     let tmp = tempfile::Builder::new()
         .prefix("h8s-rt")
-        .tempdir_in("/tmp")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let image = busybox_erofs(tmp.path());
     let mut vm = VmSettings::from_env().unwrap();
