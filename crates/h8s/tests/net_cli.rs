@@ -183,6 +183,9 @@ fn create_attach_detach_remove_leaves_nothing() {
     assert_eq!(inspect["attachments"].as_array().unwrap().len(), 2);
 
     // The rules name exactly the attached ports.
+    // The underlay's subnet (from the default route) is out of tenant egress's reach.
+    let inet = sh(&format!("ip netns exec {} nft list table inet h8s", n.ns));
+    assert!(inet.contains("10.78.0.0/24"), "{inet}");
     let rules = sh(&format!("ip netns exec {} nft list table bridge h8s", n.ns));
     assert!(
         rules.contains(port) && rules.contains("0a:58:c0:a8:00:02"),

@@ -56,10 +56,11 @@ impl NodeConfig {
         }
     }
 
-    /// A node whose underlay is the interface of the IPv4 default route in `ns`.
+    /// A node whose underlay is the interface of the IPv4 default route in `ns`; that
+    /// interface's subnet is protected from tenant egress.
     pub fn detect(name: &str, ns: NsRef) -> Result<NodeConfig> {
         let found = ns.run(|| Nl::open()?.default_route_source())?;
-        let (ip, mtu) = found.ok_or_else(|| {
+        let (ip, prefix, mtu) = found.ok_or_else(|| {
             Error::invalid(
                 "underlay",
                 "no IPv4 default route to take the node address from; set it explicitly",
@@ -68,6 +69,9 @@ impl NodeConfig {
         let mut c = NodeConfig::new(name, ip);
         c.netns = ns;
         c.underlay_mtu = mtu;
+        if let Ok(net) = Ipv4Net::new(ip, prefix) {
+            c.protected.push(net.trunc());
+        }
         Ok(c)
     }
 

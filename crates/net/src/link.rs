@@ -241,7 +241,7 @@ impl Nl {
     }
 
     /// The address and MTU of the interface holding the IPv4 default route, if there is one.
-    pub fn default_route_source(&self) -> Result<Option<(Ipv4Addr, u32)>> {
+    pub fn default_route_source(&self) -> Result<Option<(Ipv4Addr, u8, u32)>> {
         use netlink_packet_route::address::{AddressAttribute, AddressMessage};
         use netlink_packet_route::route::{RouteAttribute, RouteMessage};
         self.rt.block_on(async {
@@ -274,9 +274,9 @@ impl Nl {
                 .try_collect()
                 .await
                 .map_err(|e| Error::nl("list addresses", e))?;
-            let Some(ip) = addrs.iter().find_map(|m| {
+            let Some((ip, prefix)) = addrs.iter().find_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
                     _ => None,
                 })
             }) else {
@@ -299,7 +299,7 @@ impl Nl {
                     _ => None,
                 })
                 .unwrap_or(1500);
-            Ok(Some((ip, mtu)))
+            Ok(Some((ip, prefix, mtu)))
         })
     }
 
