@@ -293,10 +293,14 @@ impl NetworkStore {
 
 impl Locked<'_> {
     fn record(&self, name: &str) -> Result<NetworkRecord> {
-        read_json(&self.store.net_path(name))?.ok_or_else(|| Error::NotFound {
-            kind: "network",
-            name: name.into(),
-        })
+        let rec: NetworkRecord =
+            read_json(&self.store.net_path(name))?.ok_or_else(|| Error::NotFound {
+                kind: "network",
+                name: name.into(),
+            })?;
+        // A hand-edited file must not reach the datapath unchecked.
+        rec.network.validate()?;
+        Ok(rec)
     }
 
     fn records(&self) -> Result<Vec<NetworkRecord>> {
@@ -498,6 +502,9 @@ mod tests {
         let s = NetworkStore::open(d.path()).unwrap();
         fs::write(d.path().join("networks/x.json"), b"{not json").unwrap();
         assert!(matches!(s.get("x"), Err(Error::Corrupt { .. })));
+        let bad = r#"{"network":{"name":"y","tenant":"t","vni":5,"subnets":[],"mtu":1450}}"#;
+        fs::write(d.path().join("networks/y.json"), bad).unwrap();
+        assert!(matches!(s.get("y"), Err(Error::Invalid { .. })));
     }
 
     proptest::proptest! {
