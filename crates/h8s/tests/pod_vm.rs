@@ -34,7 +34,7 @@ fn env() -> Env {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("h8s-vm-tests.lock"))
+        .open("/tmp/h8s-vm-tests.lock")
         .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a valid fd we own.
@@ -374,5 +374,101 @@ fn a_restarted_supervisor_finds_the_running_vm_again() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     let out = e.run(&["rm", "-f", "keep"]);
     assert!(out.status.success());
+    e.assert_clean();
+}
+
+/// Host links whose names start like the fabric's pod taps.
+fn taps() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("h8t"))
+        .collect()
+}
+
+#[test]
+fn networked_pods_get_their_address_and_failed_starts_release_the_tap() {
+    let e = env();
+    let node = format!("podvm{}", std::process::id());
+    let net = |args: &[&str]| {
+        let out = e
+            .h8s()
+            .args(args)
+            .env("H8S_NET_DIR", e.tmp.path().join("net"))
+            .env("H8S_NODE_NAME", &node)
+            .env("H8S_NET_EGRESS", "false")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "h8s {args:?} -> {:?}\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    struct Reset<'a>(&'a dyn Fn(&[&str]) -> Output);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["net", "reset", "--yes"]);
+        }
+    }
+    let _reset = Reset(&net);
+    let vni = (2_000_000 + std::process::id() % 1_000_000).to_string();
+    let out = net(&[
+        "net",
+        "create",
+        "podnet",
+        "--tenant",
+        "t1",
+        "--subnet",
+        "10.202.0.0/24",
+        "--vni",
+        &vni,
+    ]);
+    assert!(out.status.success());
+    let before = taps();
+
+    // A start that fails after the tap was made: exit 127, and the tap and address are gone.
+    let out = net(&[
+        "run",
+        "--rm",
+        "--network",
+        "podnet",
+        "--name",
+        "nf",
+        e.img(),
+        "--",
+        "/no/such",
+    ]);
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(taps(), before, "tap left behind");
+    let inspect = net(&["net", "inspect", "podnet"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["attachments"].as_array().map(|a| a.len()), Some(0), "{v}");
+    e.assert_clean();
+
+    // A working one: the guest's eth0 has the fabric's address.
+    let out = net(&[
+        "run",
+        "--rm",
+        "--network",
+        "podnet",
+        "--name",
+        "nok",
+        e.img(),
+        "--",
+        "ip",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.202.0."));
+    assert_eq!(taps(), before, "tap left behind after --rm");
     e.assert_clean();
 }
