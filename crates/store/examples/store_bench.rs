@@ -247,6 +247,15 @@ async fn ours(s: Arc<dyn Store>, tag: &str, z: Sizes) -> Vec<Row> {
     })
     .await;
     rows.push(Row::new(format!("list {} keys", z.conc), el, lat));
+    let keys = s.count("").await.unwrap();
+    let (el, lat) = drive(3, 1, |_| {
+        let s = s.clone();
+        async move {
+            s.check().await.unwrap();
+        }
+    })
+    .await;
+    rows.push(Row::new(format!("check() over {keys} keys"), el, lat));
     rows.push(watch_fanout(s, tag, z).await);
     rows
 }
@@ -348,7 +357,19 @@ fn main() {
         let e: Arc<dyn Store> = h8s_store::open(&etcd.url("/bench"), &dir, None).await.unwrap();
         let on_etcd = ours(e, "e", z).await;
         let m: Arc<dyn Store> = Arc::new(Embedded::open(&dir.join("store.redb")).unwrap());
-        let embedded = ours(m, "m", z).await;
+        let mut embedded = ours(m, "m", z).await;
+        // Start-up cost: reopening the file (what `h8s server` does before serving).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let path = dir.join("store.redb");
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let s = Embedded::open(&path).unwrap();
+            lat.push(t.elapsed());
+            drop(s);
+        }
+        embedded.push(Row::new("open the store file (restart)", t0.elapsed(), lat));
         let mut raw_table = String::from(
             "**Raw etcd** (etcd-client straight to etcd: put, the create transaction, get)\n\n| operation | ops/s | min ms | median ms | p99 ms | |\n|---|---:|---:|---:|---:|---:|\n",
         );

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use h8s_store::{Embedded, EmbeddedOptions, Error, ListOptions, Store};
+use redb::ReadableTable;
 
 async fn fresh() -> (conformance::S, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -166,4 +167,63 @@ async fn automatic_compaction_keeps_the_window() {
         Err(Error::Compacted { .. })
     ));
     assert_eq!(s.count("/x/").await.unwrap(), 101);
+}
+
+/// `check` notices logical damage that redb's own checksums cannot: a lost key, a changed
+/// value, a hole in the history.
+#[tokio::test]
+async fn check_finds_tampering() {
+    const KV: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("h8s_kv");
+    const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("h8s_log");
+    type Tamper = fn(&redb::WriteTransaction);
+    let cases: [(&str, Tamper, &str); 3] = [
+        (
+            "lost key",
+            |t| {
+                t.open_table(KV).unwrap().remove("/x/03").unwrap();
+            },
+            "missing",
+        ),
+        (
+            "changed value",
+            |t| {
+                let mut kv = t.open_table(KV).unwrap();
+                let mut rec = kv.get("/x/04").unwrap().unwrap().value().to_vec();
+                let n = rec.len();
+                rec[n - 1] ^= 1;
+                kv.insert("/x/04", rec.as_slice()).unwrap();
+            },
+            "differs",
+        ),
+        (
+            "hole in history",
+            |t| {
+                t.open_table(LOG).unwrap().remove(5).unwrap();
+            },
+            "gap",
+        ),
+    ];
+    for (what, tamper, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = Embedded::open(&path).unwrap();
+            for i in 0..10 {
+                s.create(&format!("/x/{i:02}"), Bytes::from(format!("value {i}")))
+                    .await
+                    .unwrap();
+            }
+        }
+        Embedded::check_file(&path).unwrap();
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let t = db.begin_write().unwrap();
+            tamper(&t);
+            t.commit().unwrap();
+        }
+        match Embedded::check_file(&path) {
+            Err(Error::Corrupt(msg)) => assert!(msg.contains(expect), "{what}: {msg}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
 }

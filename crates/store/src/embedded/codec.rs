@@ -119,6 +119,35 @@ pub(crate) fn decode_log(revision: Revision, raw: &[u8]) -> Result<(Event, u64)>
     Ok((event, millis))
 }
 
+/// A log entry read in place, for checks that must not copy values.
+pub(crate) struct LogView<'a> {
+    pub(crate) is_put: bool,
+    pub(crate) key: &'a str,
+    pub(crate) create: Revision,
+    pub(crate) value: &'a [u8],
+}
+
+pub(crate) fn view_log(revision: Revision, raw: &[u8]) -> Result<LogView<'_>> {
+    let mut r = Reader::new(raw, "log entry");
+    let kind = r.u8()?;
+    r.u64()?;
+    let create = r.i64()?;
+    let key = std::str::from_utf8(r.bytes()?)
+        .map_err(|_| Error::Corrupt(format!("log entry {revision}: key is not UTF-8")))?;
+    let value = r.bytes()?;
+    match kind {
+        PUT | DELETE => Ok(LogView {
+            is_put: kind == PUT,
+            key,
+            create,
+            value,
+        }),
+        other => Err(Error::Corrupt(format!(
+            "log entry {revision}: bad kind {other}"
+        ))),
+    }
+}
+
 /// The key a log entry is about, without decoding values.
 pub(crate) fn log_key(revision: Revision, raw: &[u8]) -> Result<String> {
     let mut r = Reader::new(raw, "log entry");

@@ -59,6 +59,9 @@ pub struct EmbeddedOptions {
     pub compact_every: Option<Duration>,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// Bytes of redb's page cache (it fills only with pages actually read or written;
+    /// the OS page cache holds the file as well).
+    pub cache_size: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -70,6 +73,7 @@ impl Default for EmbeddedOptions {
             max_retain_revisions: 1_000_000,
             compact_every: Some(Duration::from_secs(30)),
             max_batch: 1024,
+            cache_size: 128 * 1024 * 1024,
         }
     }
 }
@@ -123,7 +127,7 @@ impl Embedded {
 
     /// [`Embedded::open`] with explicit options.
     pub fn open_with(path: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
-        let db = open_or_create(path)?;
+        let db = open_or_create(path, opts.cache_size)?;
         let (revision, compacted) = {
             let txn = db.begin_read().map_err(db_err)?;
             read_marker(&txn, path)?
@@ -294,14 +298,17 @@ impl Store for Embedded {
 
 // ---- opening -------------------------------------------------------------------------
 
-fn open_or_create(path: &Path) -> Result<Database> {
+fn open_or_create(path: &Path, cache: usize) -> Result<Database> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(Error::Corrupt(format!(
             "{} is a directory, not a store file",
             path.display()
         ))),
-        Ok(_) => Database::open(path).map_err(|e| open_err(path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+        Ok(_) => redb::Builder::new()
+            .set_cache_size(cache)
+            .open(path)
+            .map_err(|e| open_err(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, cache),
         Err(e) => Err(Error::Io(e)),
     }
 }
@@ -309,14 +316,17 @@ fn open_or_create(path: &Path) -> Result<Database> {
 /// Creates a new store file atomically: it is initialised under a temporary name and
 /// renamed into place, so a crash never leaves a half-made file that would later be
 /// mistaken for a damaged store.
-fn create(path: &Path) -> Result<Database> {
+fn create(path: &Path, cache: usize) -> Result<Database> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("redb.creating");
     let _ = std::fs::remove_file(&tmp);
-    let db = Database::create(&tmp).map_err(|e| open_err(&tmp, e))?;
+    let db = redb::Builder::new()
+        .set_cache_size(cache)
+        .create(&tmp)
+        .map_err(|e| open_err(&tmp, e))?;
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -573,15 +583,21 @@ fn list_at(txn: &ReadTransaction, prefix: &str, opts: &ListOptions) -> Result<Li
 }
 
 /// Logical invariants: revisions in range, the log contiguous after the compaction
-/// revision, every live key agreeing with its last logged write, the history index
-/// matching the log.
+/// revision, the history index matching the log, every key whose last logged write is a
+/// put live with exactly that write, every key whose last logged write is a delete gone.
+/// One pass over the log, one over the live keys; values are compared in place.
 fn check_txn(txn: &ReadTransaction) -> Result<CheckReport> {
     let meta = txn.open_table(META).map_err(db_err)?;
     let current = meta_i64(&meta, REVISION_KEY)?;
     let compacted = meta_i64(&meta, COMPACTED_KEY)?;
     let mut problems = Vec::new();
+    let mut problem = |p: String| {
+        if problems.len() < 20 {
+            problems.push(p);
+        }
+    };
     if compacted > current || compacted < 0 {
-        problems.push(format!(
+        problem(format!(
             "compaction revision {compacted} outside 0..={current}"
         ));
     }
@@ -589,100 +605,84 @@ fn check_txn(txn: &ReadTransaction) -> Result<CheckReport> {
     let log = txn.open_table(LOG).map_err(db_err)?;
     let hist = txn.open_table(HIST).map_err(db_err)?;
 
-    let mut keys = 0u64;
-    for entry in kv.range::<&str>(..).map_err(db_err)? {
-        let (k, v) = entry.map_err(db_err)?;
-        let rec = codec::decode_record(k.value(), v.value())?;
-        keys += 1;
-        if rec.create_revision < 1
-            || rec.create_revision > rec.mod_revision
-            || rec.mod_revision > current
-        {
-            problems.push(format!(
-                "key {}: revisions create={} mod={} current={current}",
-                rec.key, rec.create_revision, rec.mod_revision
-            ));
-        }
-        if rec.mod_revision > compacted {
-            // Its last write is in the log window: it must be this very put.
-            match log.get(rec.mod_revision as u64).map_err(db_err)? {
-                Some(raw) => match codec::decode_log(rec.mod_revision, raw.value())? {
-                    (Event::Put { kv, .. }, _) if kv == rec => {}
-                    _ => problems.push(format!(
-                        "key {}: log entry {} does not match its value",
-                        rec.key, rec.mod_revision
-                    )),
-                },
-                None => problems.push(format!(
-                    "key {}: log entry {} missing",
-                    rec.key, rec.mod_revision
-                )),
-            }
-        }
-    }
-
+    // The log: contiguous, indexed, and each key's last write in the window.
     let mut expect = compacted + 1;
     let mut history = 0u64;
-    let mut last_write: std::collections::HashMap<String, Revision> = Default::default();
+    // key -> (revision, was a put)
+    let mut last_write: std::collections::HashMap<String, (Revision, bool)> = Default::default();
     for entry in log.range::<u64>(..).map_err(db_err)? {
         let (r, raw) = entry.map_err(db_err)?;
         let r = r.value() as i64;
         if r != expect {
-            problems.push(format!("log gap: expected revision {expect}, found {r}"));
-            if problems.len() > 20 {
-                break;
-            }
+            problem(format!("log gap: expected revision {expect}, found {r}"));
         }
         expect = r + 1;
         history += 1;
-        let (event, _) = codec::decode_log(r, raw.value())?;
-        let key = match &event {
-            Event::Put { kv, .. } => kv.key.clone(),
-            Event::Delete { prev, .. } => prev.key.clone(),
-        };
-        if hist
-            .get((key.as_str(), r as u64))
-            .map_err(db_err)?
-            .is_none()
-        {
-            problems.push(format!("history index lacks {key}@{r}"));
+        let raw = raw.value();
+        let v = codec::view_log(r, raw)?;
+        if hist.get((v.key, r as u64)).map_err(db_err)?.is_none() {
+            problem(format!("history index lacks {}@{r}", v.key));
         }
-        last_write.insert(key, r);
+        match last_write.get_mut(v.key) {
+            Some(slot) => *slot = (r, v.is_put),
+            None => {
+                last_write.insert(v.key.to_owned(), (r, v.is_put));
+            }
+        }
     }
     if history > 0 && expect != current + 1 {
-        problems.push(format!(
+        problem(format!(
             "log ends at {} but the store is at revision {current}",
             expect - 1
         ));
     }
     if history == 0 && current != compacted {
-        problems.push(format!(
+        problem(format!(
             "log empty but revisions {}..={current} are not compacted",
             compacted + 1
         ));
     }
-    // Keys whose last logged write was a delete must be gone; keys whose last write was
-    // a put must be live with that revision (checked above from the other side).
-    for (key, r) in &last_write {
-        let live = kv.get(key.as_str()).map_err(db_err)?;
-        let raw = log
-            .get(*r as u64)
-            .map_err(db_err)?
-            .ok_or_else(|| Error::Corrupt(format!("log entry {r} vanished")))?;
-        let (event, _) = codec::decode_log(*r, raw.value())?;
-        match (event, live) {
-            (Event::Delete { .. }, Some(_)) => {
-                problems.push(format!("key {key}: deleted at {r} but still live"))
+
+    // The live keys against it.
+    let mut keys = 0u64;
+    for entry in kv.range::<&str>(..).map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let (key, raw) = (k.value(), v.value());
+        let rec = record_view(key, raw)?;
+        keys += 1;
+        if rec.0 < 1 || rec.0 > rec.1 || rec.1 > current {
+            problem(format!(
+                "key {key}: revisions create={} mod={} current={current}",
+                rec.0, rec.1
+            ));
+        }
+        match last_write.remove(key) {
+            Some((r, true)) if r == rec.1 => {
+                // Its newest write is in the log window: it must be this very put.
+                let raw_log = log
+                    .get(r as u64)
+                    .map_err(db_err)?
+                    .ok_or_else(|| Error::Corrupt(format!("log entry {r} vanished")))?;
+                let l = codec::view_log(r, raw_log.value())?;
+                if l.create != rec.0 || l.value != rec.2 {
+                    problem(format!("key {key}: value differs from its log entry {r}"));
+                }
             }
-            (Event::Put { .. }, None) => {
-                problems.push(format!("key {key}: written at {r} but missing"))
+            Some((r, true)) => problem(format!(
+                "key {key}: live revision {} but last logged write is {r}",
+                rec.1
+            )),
+            Some((r, false)) => problem(format!("key {key}: deleted at {r} but still live")),
+            None if rec.1 > compacted => {
+                problem(format!("key {key}: write {} missing from the log", rec.1))
             }
-            (Event::Put { kv: logged, .. }, Some(v))
-                if codec::record_mod_revision(v.value())? != logged.mod_revision =>
-            {
-                problems.push(format!("key {key}: live revision differs from log {r}"));
-            }
-            _ => {}
+            None => {}
+        }
+    }
+    // What remains are keys the log saw last: only deletes may be absent.
+    for (key, (r, put)) in &last_write {
+        if *put {
+            problem(format!("key {key}: written at {r} but missing"));
         }
     }
     let mut hist_n = 0u64;
@@ -691,12 +691,11 @@ fn check_txn(txn: &ReadTransaction) -> Result<CheckReport> {
         hist_n += 1;
     }
     if hist_n != history {
-        problems.push(format!(
+        problem(format!(
             "history index has {hist_n} entries, log has {history}"
         ));
     }
     if !problems.is_empty() {
-        problems.truncate(20);
         return Err(Error::Corrupt(problems.join("; ")));
     }
     Ok(CheckReport {
@@ -705,6 +704,16 @@ fn check_txn(txn: &ReadTransaction) -> Result<CheckReport> {
         keys,
         history,
     })
+}
+
+/// `(create_revision, mod_revision, value)` of an encoded record, in place.
+fn record_view<'a>(key: &str, raw: &'a [u8]) -> Result<(Revision, Revision, &'a [u8])> {
+    if raw.len() < 16 {
+        return Err(Error::Corrupt(format!("key {key}: truncated record")));
+    }
+    let create = i64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+    let modr = codec::record_mod_revision(raw)?;
+    Ok((create, modr, &raw[16..]))
 }
 
 // ---- writes --------------------------------------------------------------------------
