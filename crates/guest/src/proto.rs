@@ -18,8 +18,10 @@
 //!
 //! # Conversation
 //!
-//! 1. When the agent (PID 1 in the guest) has found the port, and again every time the host
-//!    (re)connects to it, it sends [`Message::Hello`]. The host checks [`Hello::version`].
+//! 1. When the agent (PID 1 in the guest) has found the port, and again when it notices that
+//!    the host reconnected, it sends [`Message::Hello`]. The host checks [`Hello::version`].
+//!    A host connecting to an already running VM sends [`Request::Greet`] to get a Hello for
+//!    sure (a quick disconnect + connect can go unnoticed by the guest).
 //! 2. The host sends [`Message::Request`]s, each with an id it chooses ([`RequestId`]); the guest
 //!    answers each exactly once with a [`Message::Response`] carrying the same id. Responses may
 //!    come out of order ([`Request::Wait`] answers only when the process exits).
@@ -255,6 +257,11 @@ pub enum Request {
     ConfigureNetwork(NetworkConfig),
     /// Kill every process, sync, and power the VM off. Answered with [`Reply::Done`] just before.
     Shutdown,
+    /// Ask for a fresh [`Message::Hello`]: the agent sends one, then answers [`Reply::Done`].
+    /// A host that (re)connects to a running VM should send this instead of relying on the
+    /// spontaneous greeting: when a disconnect and the next connect reach the guest together,
+    /// the agent cannot tell that the host changed. (Added in version 1, additive.)
+    Greet,
 }
 
 /// How to create a container.

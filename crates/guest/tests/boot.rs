@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{busybox_image, launch, qemu_command, Client, Guest};
 use h8s_guest::{
     BlockDevice, Channel, ContainerSpec, ErrorCode, ExecSpec, ExitStatus, Frame, IdOrName,
-    Interface, NetworkConfig, ProcessId, ProcessSpec, Reply, Request, User, WritableLayer,
-    PROTOCOL_VERSION,
+    Interface, NetworkConfig, ProcessId, ProcessSpec, ProcessState, Reply, Request, User,
+    WritableLayer, PROTOCOL_VERSION,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -68,7 +68,7 @@ fn pod_vm_runs_containers_and_execs() {
     let sock = dir.path().join("agent.sock");
     let console = dir.path().join("console.log");
     let mut q = launch(
-        qemu_command(&g, &sock, &console, &[(img, "busybox")], ""),
+        qemu_command(&g, &sock, Some(&console), &[(img, "busybox")], ""),
         &sock,
     );
     let mut c = Client::connect(&mut q, BOOT_TIMEOUT);
@@ -189,6 +189,23 @@ fn pod_vm_runs_containers_and_execs() {
         "{out:?}"
     );
     assert_eq!(c.out(ProcessId(10), Channel::Stdout), "1\n");
+
+    // The host goes away and comes back (an h8s restart): the agent greets again and lists
+    // what runs.
+    drop(c);
+    let mut c = Client::connect(&mut q, BOOT_TIMEOUT);
+    assert_eq!(c.call(Request::Greet), Ok(Reply::Done));
+    let hello = c.last_hello.take().expect("a Hello before Greet's answer");
+    let sleeper = hello
+        .containers
+        .iter()
+        .find(|ci| ci.id == "sleeper")
+        .expect("sleeper listed after reconnect");
+    assert!(
+        matches!(sleeper.processes[0].state, ProcessState::Running { .. }),
+        "{sleeper:?}"
+    );
+    assert_eq!(c.call(Request::Ping), Ok(Reply::Pong));
 
     // Users from the image's /etc/passwd.
     let mut p = process(&["id"]);

@@ -131,12 +131,12 @@ impl Qemu {
 }
 
 /// The QEMU command line of a pod VM (see docs/guest.md): microvm, TCG, serial console to
-/// `console`, the agent port on a unix socket `sock` (QEMU listens), one read-only virtio-blk
+/// `console` (or QEMU's stdout, piped, when `None`), the agent port on a unix socket `sock` (QEMU listens), one read-only virtio-blk
 /// disk per `(image, serial)`.
 pub fn qemu_command(
     g: &Guest,
     sock: &Path,
-    console: &Path,
+    console: Option<&Path>,
     disks: &[(PathBuf, &str)],
     cmdline_extra: &str,
 ) -> Command {
@@ -160,7 +160,10 @@ pub fn qemu_command(
     ])
     .args(["-no-reboot"])
     .arg("-serial")
-    .arg(format!("file:{}", console.display()))
+    .arg(match console {
+        Some(path) => format!("file:{}", path.display()),
+        None => "stdio".to_string(),
+    })
     .arg("-kernel")
     .arg(&g.kernel)
     .arg("-initrd")
@@ -189,7 +192,11 @@ pub fn qemu_command(
             .arg(format!("virtio-blk-device,drive=d{i},serial={serial}"));
     }
     c.stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if console.is_some() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stderr(Stdio::piped());
     c
 }
@@ -212,6 +219,8 @@ pub struct Client {
     pub output: HashMap<(ProcessId, Channel), Vec<u8>>,
     pub exits: HashMap<ProcessId, ExitStatus>,
     pub logs: Vec<String>,
+    /// The latest Hello received after the first.
+    pub last_hello: Option<Hello>,
     /// Responses that arrived while another was awaited (the agent may answer out of order).
     early: HashMap<u64, Result<Reply, ProtoError>>,
 }
@@ -244,6 +253,7 @@ impl Client {
             output: HashMap::new(),
             exits: HashMap::new(),
             logs: Vec::new(),
+            last_hello: None,
             early: HashMap::new(),
         }
     }
@@ -279,6 +289,7 @@ impl Client {
                 self.logs.push(message)
             }
             Frame::Message(Message::Response { id, result }) => return Some((id, result)),
+            Frame::Message(Message::Hello(h)) => self.last_hello = Some(h),
             other => panic!("unexpected frame {other:?}"),
         }
         None

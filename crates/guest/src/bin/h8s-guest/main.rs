@@ -25,6 +25,8 @@ const MARKER: &str = "H8S-GUEST-MARKER";
 #[derive(Debug, Default, PartialEq)]
 struct Options {
     marker: bool,
+    /// Print boot phase times on the console.
+    debug: bool,
     reboot_to_power_off: bool,
     port_timeout: Option<u64>,
 }
@@ -34,6 +36,7 @@ fn parse_cmdline(cmdline: &str) -> Options {
     for w in cmdline.split_whitespace() {
         match w.split_once('=') {
             Some(("h8s.marker", v)) => o.marker = v == "1",
+            Some(("h8s.debug", v)) => o.debug = v == "1",
             Some(("h8s.poweroff", v)) => o.reboot_to_power_off = v == "reboot",
             Some(("h8s.port_timeout", v)) => o.port_timeout = v.parse().ok(),
             _ => {}
@@ -134,11 +137,18 @@ fn main() {
         sys::power_off(opts.reboot_to_power_off);
     }
 
+    let phase = |name: &str| {
+        if opts.debug {
+            eprintln!("h8s-guest: {name} at {} ms", sys::boottime_ms());
+        }
+    };
+    phase("start");
     let release = sys::kernel_release();
-    let (loaded, failed) = modules::load_all(&release);
+    let (loaded, failed) = modules::load_all(&release, opts.debug);
     for (path, e) in &failed {
         eprintln!("h8s-guest: load module {}: {e}", path.display());
     }
+    phase("modules loaded");
     if let Err(e) = switch_to_tmpfs_root() {
         // Containers will fail to pivot_root; keep going so the host hears about it.
         eprintln!("h8s-guest: cannot leave the initramfs root: {e}");
@@ -186,6 +196,7 @@ fn main() {
         eprintln!("h8s-guest: bring up lo: {e}");
     }
 
+    phase("mounted");
     let timeout = Duration::from_secs(opts.port_timeout.unwrap_or(30));
     let port = match server::open_port(PORT_NAME, timeout) {
         Ok(p) => p,
@@ -201,6 +212,7 @@ fn main() {
             sys::power_off(opts.reboot_to_power_off);
         }
     };
+    phase("port open");
     let reaper = std::sync::Arc::clone(&agent);
     server::spawn_thread("reaper", move || server::reap_forever(reaper));
     if !failed.is_empty() {
@@ -229,6 +241,7 @@ mod tests {
             o,
             Options {
                 marker: true,
+                debug: false,
                 reboot_to_power_off: true,
                 port_timeout: Some(5)
             }

@@ -66,7 +66,7 @@ pub fn load_order(lines: &[DepLine]) -> Vec<String> {
 /// Loads every module of `/lib/modules/<release>/modules.dep`; returns how many were loaded and
 /// the failures (module path, error). A missing `modules.dep` (a kernel with everything built
 /// in) loads nothing.
-pub fn load_all(release: &str) -> (usize, Vec<(PathBuf, io::Error)>) {
+pub fn load_all(release: &str, debug: bool) -> (usize, Vec<(PathBuf, io::Error)>) {
     let dir = Path::new("/lib/modules").join(release);
     let text = match std::fs::read_to_string(dir.join("modules.dep")) {
         Ok(t) => t,
@@ -76,7 +76,12 @@ pub fn load_all(release: &str) -> (usize, Vec<(PathBuf, io::Error)>) {
     let mut failed = Vec::new();
     for m in load_order(&parse_modules_dep(&text)) {
         let path = dir.join(&m);
-        match load(&path) {
+        let t = std::time::Instant::now();
+        let r = load(&path);
+        if debug {
+            eprintln!("h8s-guest: module {m}: {:?}", t.elapsed());
+        }
+        match r {
             Ok(()) => loaded += 1,
             Err(e) => failed.push((path, e)),
         }

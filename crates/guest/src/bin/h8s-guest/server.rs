@@ -264,6 +264,10 @@ impl Agent {
                 Reply::Done
             })),
             Request::Shutdown => Some(Ok(Reply::Done)),
+            Request::Greet => {
+                self.send_msg(Message::Hello(self.hello()));
+                Some(Ok(Reply::Done))
+            }
         }
     }
 
