@@ -39,7 +39,7 @@ pub enum StoreCommand {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
-    /// Load a backup into an empty store (embedded or etcd, whichever made the backup).
+    /// Load a backup (taken from either backend) into an empty store.
     Restore {
         #[command(flatten)]
         at: StoreArgs,
