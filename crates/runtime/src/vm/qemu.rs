@@ -125,7 +125,7 @@ impl VmSettings {
             tcg_tb_size_mib: std::env::var("H8S_TCG_TB_MIB")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(32),
+                .unwrap_or(16),
             free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
         })
     }
