@@ -593,8 +593,8 @@ async fn cmd_ps(a: PsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12}  {:<24}  {:<20}  {:<28}  {:<5}  {:<20}  CREATED",
-        "POD ID", "NAME", "IMAGE", "COMMAND", "ACCEL", "STATUS"
+        "{:<12}  {:<20}  {:<16}  {:<5}  {:<26}  {:<19}  COMMAND",
+        "POD ID", "NAME", "IMAGE", "ACCEL", "STATUS", "CREATED"
     );
     for p in &pods {
         let c = p.containers.iter().find(|c| !c.config.init);
@@ -603,22 +603,21 @@ async fn cmd_ps(a: PsArgs) -> anyhow::Result<()> {
             .or_else(|| p.config.images.first().map(|i| i.name.clone()))
             .unwrap_or_default();
         let mut command = c.map(|c| c.config.command.join(" ")).unwrap_or_default();
-        if command.len() > 28 {
-            command.truncate(25);
-            command.push_str("...");
+        if command.chars().count() > 40 {
+            command = command.chars().take(37).collect::<String>() + "...";
         }
         println!(
-            "{:<12}  {:<24}  {:<20}  {:<28}  {:<5}  {:<20}  {}",
+            "{:<12}  {:<20}  {:<16}  {:<5}  {:<26}  {:<19}  {}",
             p.id,
             p.config.name,
             image,
-            command,
             p.accel.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             state_text(p),
             p.created_at
                 .get(..19)
                 .unwrap_or(&p.created_at)
-                .replace('T', " ")
+                .replace('T', " "),
+            command
         );
     }
     Ok(())
