@@ -515,7 +515,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     rt.block_on(bench(args))
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let load_before = loadavg();
     // Start-to-ready, over 5 cold starts.
     let mut readies = Vec::new();
     for _ in 0..5 {
@@ -601,6 +608,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let fan = summarize(fl, Duration::from_secs(1));
     let watch_rss = rss_kib(pid);
 
+    let load_after = loadavg();
     let ready = summarize(readies.clone(), Duration::from_secs(1));
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -612,7 +620,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
          speaks HTTP/2 over TLS with a bearer token like client-go ({} connections, {} requests in flight). \
          Objects are ConfigMaps. Latency is per request, client side, in ms. The ratio column compares \
          throughput with the baseline measured in the same run: `GET /healthz` (TLS + HTTP/2 + auth-free \
-         path, the transport's ceiling) for reads, the embedded store's own `create` called in-process for writes.\n\n",
+         path, the transport's ceiling) for reads, the embedded store's own `create` called in-process for writes. \
+         Load average (1/5/15 min) before: {load_before}, after: {load_after}.\n\n",
         cfg!(debug_assertions),
         4,
         conc
