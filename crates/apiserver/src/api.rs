@@ -68,6 +68,8 @@ pub struct Ctx {
     pub verb: &'static str,
     /// The write is a server-side apply (managed fields are computed by apply).
     pub applying: bool,
+    /// The request's parts, for subresources delegated to a [`crate::SubresourceHandler`].
+    pub parts: Option<http::request::Parts>,
 }
 
 impl Ctx {
@@ -133,6 +135,9 @@ pub struct Api {
     pub(crate) service_cidr: crate::svc::Cidr,
     /// Serialises Service address allocation with the write that records it.
     pub(crate) svc_lock: tokio::sync::Mutex<()>,
+    /// Delegated subresources by (resource, subresource).
+    pub(crate) streams:
+        std::collections::HashMap<(String, String), Arc<dyn crate::stream::SubresourceHandler>>,
 }
 
 impl Api {
@@ -235,6 +240,7 @@ impl Api {
             warnings: Vec::new(),
             verb: "get",
             applying: false,
+            parts: None,
         };
         let mut attrs = Attributes {
             verb: String::new(),
@@ -285,6 +291,8 @@ impl Api {
             Ok(b) => b,
             Err(e) => return error_response(&e),
         };
+        let req_path = parts.uri.path().to_string();
+        cx.parts = Some(parts);
         let result = match r {
             Route::Resource(t) => self.resource(&mut cx, &t, body).await,
             Route::Metrics => {
@@ -299,7 +307,7 @@ impl Api {
             Route::GroupList => Ok(crate::discovery::group_list(&accept)),
             Route::Group(g) => crate::discovery::group(&g),
             Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v),
-            Route::OpenApiV2 => crate::openapi::v2(parts.uri.path(), &accept),
+            Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept),
             Route::OpenApiV3Index => crate::openapi::v3_index(),
             Route::OpenApiV3(p) => crate::openapi::v3(&p),
             Route::NotFound => Err(ApiError::no_route()),
@@ -338,6 +346,32 @@ impl Api {
             }
             Ok(())
         };
+        if let Some(s) = sub {
+            let key = (t.res.plural.to_string(), s.to_string());
+            if let Some(h) = self.streams.get(&key).cloned() {
+                let name = t.name.clone().unwrap_or_default();
+                let (_, object) = self
+                    .read(t, &name)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(&crate::rest::subject(t, &name)))?;
+                let parts = cx
+                    .parts
+                    .take()
+                    .ok_or_else(|| ApiError::internal("request parts are gone"))?;
+                return Ok(h
+                    .handle(crate::stream::SubresourceRequest {
+                        user: cx.user.clone(),
+                        resource: t.res.plural,
+                        subresource: s.to_string(),
+                        namespace: t.ns.clone().unwrap_or_default(),
+                        name,
+                        object,
+                        parts,
+                        body,
+                    })
+                    .await);
+            }
+        }
         match (cx.verb, sub) {
             ("list", None) => {
                 need("list")?;

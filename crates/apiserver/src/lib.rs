@@ -23,6 +23,7 @@ mod proto;
 mod rest;
 mod route;
 mod server;
+mod stream;
 mod svc;
 mod util;
 mod watch;
@@ -36,6 +37,7 @@ pub use auth::{
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use pki::{kubeconfig, random_token, Pki};
 pub use server::{Config, Server};
+pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub struct Config {
     pub admission: Vec<Arc<dyn Admission>>,
     /// The IPv4 CIDR Service cluster IPs come from.
     pub service_cidr: String,
+    /// Handlers of delegated subresources, by (resource, subresource), e.g.
+    /// (`pods`, `log`). Unregistered ones answer 405.
+    pub subresource_handlers: Vec<(String, String, Arc<dyn crate::stream::SubresourceHandler>)>,
 }
 
 impl Config {
@@ -45,6 +48,7 @@ impl Config {
             authorizer: None,
             admission: Vec::new(),
             service_cidr: crate::svc::DEFAULT_SERVICE_CIDR.to_string(),
+            subresource_handlers: Vec::new(),
         }
     }
 }
@@ -114,6 +118,11 @@ impl Server {
             shutdown: shutdown.clone(),
             service_cidr,
             svc_lock: Default::default(),
+            streams: cfg
+                .subresource_handlers
+                .iter()
+                .map(|(r, s, h)| ((r.clone(), s.clone()), h.clone()))
+                .collect(),
         });
         crate::ns::bootstrap(&api, addr)
             .await

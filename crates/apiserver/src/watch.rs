@@ -95,6 +95,7 @@ impl Api {
                 warnings: vec![],
                 verb: "list",
                 applying: false,
+                parts: None,
             };
             let (items, rev, _) = self.list_objects(&tmp, t, &filter).await?;
             initial = items;
