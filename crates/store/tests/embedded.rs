@@ -144,13 +144,17 @@ async fn automatic_compaction_keeps_the_window() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // Wake the writer so its timer check runs.
-    s.create("/x/zzz", Bytes::from_static(b"v")).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let r = s.check().await.unwrap();
+    // The writer compacts on its timer; give it (a loaded machine's worth of) time.
+    let t0 = std::time::Instant::now();
+    let r = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = s.check().await.unwrap();
+        if r.compacted >= 80 || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break r;
+        }
+    };
     assert!(r.compacted >= 80, "{r:?}");
-    assert!(r.history <= 21, "{r:?}");
+    assert!(r.history <= 20, "{r:?}");
     assert!(matches!(
         s.list(
             "/x/",
@@ -166,7 +170,7 @@ async fn automatic_compaction_keeps_the_window() {
         s.watch("/x/", 5).await,
         Err(Error::Compacted { .. })
     ));
-    assert_eq!(s.count("/x/").await.unwrap(), 101);
+    assert_eq!(s.count("/x/").await.unwrap(), 100);
 }
 
 /// `check` notices logical damage that redb's own checksums cannot: a lost key, a changed
