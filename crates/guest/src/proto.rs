@@ -926,6 +926,33 @@ mod tests {
         assert!(read_frame(&mut &[][..]).unwrap().is_none());
     }
 
+    proptest::proptest! {
+        /// Whatever the peer sends, decoding returns frames or typed errors, never panics, and
+        /// well-framed garbage is consumed.
+        #[test]
+        fn decoder_never_panics(chunks in proptest::collection::vec(
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..16)) {
+            let mut d = Decoder::new();
+            for c in &chunks {
+                d.feed(c);
+                while let Ok(Some(_)) | Err(Error::Json { .. } | Error::FrameKind(_)
+                    | Error::ShortData | Error::Channel(_)) = d.next_frame() {
+                    if d.pending() == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn data_frames_roundtrip(process in 0u32.., ch in 0u8..3, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let f = Frame::Data { process: ProcessId(process), channel: Channel::from_byte(ch).unwrap(), data };
+            let mut d = Decoder::new();
+            d.feed(&encode(&f));
+            proptest::prop_assert_eq!(d.next_frame().unwrap(), Some(f));
+        }
+    }
+
     #[test]
     fn shell_codes() {
         assert_eq!(ExitStatus::Code(3).shell_code(), 3);
