@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+#[path = "store_bench.rs"]
+mod bench;
+
 /// Where the store is: the same flags as `h8s server`.
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
@@ -52,9 +55,15 @@ pub enum StoreCommand {
         #[command(flatten)]
         at: StoreArgs,
     },
+    /// Benchmark the API on etcd beside raw etcd and the embedded store (starts its own
+    /// etcd and servers), optionally writing the results into BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cmd: StoreCommand) -> anyhow::Result<()> {
+    if let StoreCommand::Bench(args) = cmd {
+        return bench::run(args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,6 +74,7 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<()> {
             StoreCommand::Backup { at, output } => backup(&at, &output).await,
             StoreCommand::Restore { at, input } => restore(&at, &input).await,
             StoreCommand::Check { at } => check(&at).await,
+            StoreCommand::Bench(_) => unreachable!("handled above"),
         }
     })
 }

@@ -405,7 +405,13 @@ fn main() {
         let (Some(b), Some(e)) = (doc.find(begin), doc.find(end)) else {
             panic!("{path} has no store markers");
         };
-        let new = format!("{}{begin}\n{section}{}", &doc[..b], &doc[e..]);
+        // Keep the API-level block `h8s store bench` writes inside this section.
+        let old = &doc[b..e];
+        let api_block = match (old.find("<!-- store-api:begin -->"), old.find("<!-- store-api:end -->")) {
+            (Some(x), Some(y)) => format!("\n{}\n", &old[x..y + "<!-- store-api:end -->".len()]),
+            _ => String::new(),
+        };
+        let new = format!("{}{begin}\n{section}{api_block}{}", &doc[..b], &doc[e..]);
         std::fs::write(&path, new).expect("write BENCHMARKS.md");
         eprintln!("wrote the store section of {path}");
     }

@@ -101,6 +101,7 @@ impl Api {
         .with_no_client_auth();
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
