@@ -190,7 +190,13 @@ async fn accept_loop(
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
             });
             let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http2().max_concurrent_streams(2000);
+            // A client that never finishes its headers does not hold a connection forever.
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30));
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(2000);
             if let Err(e) = b
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await
