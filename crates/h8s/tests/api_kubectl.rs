@@ -397,3 +397,27 @@ fn services_get_cluster_ips_and_node_ports() {
     assert_eq!(a2["spec"]["clusterIP"], ia);
     assert_eq!(a2["spec"]["ports"][0]["port"], 81);
 }
+
+#[test]
+fn kubectl_every_minor_smoke() {
+    let s = Server::start();
+    for minor in 27..=33 {
+        let ver = format!("1.{minor}");
+        let v = ver.as_str();
+        let ns = format!("smoke-{minor}");
+        s.kubectl(v, &["create", "namespace", &ns]);
+        s.kubectl(
+            v,
+            &["create", "configmap", "c", "-n", &ns, "--from-literal=k=v"],
+        );
+        s.kubectl_stdin(v, &["apply", "-n", &ns, "-f", "-"], Some(POD));
+        let pods = s.kubectl(v, &["get", "pods", "-n", &ns]);
+        assert!(
+            pods.contains("web") && pods.contains("Pending"),
+            "{v}: {pods}"
+        );
+        let who = s.kubectl(v, &["auth", "whoami"]);
+        assert!(who.contains("admin"), "{v}: {who}");
+        s.kubectl(v, &["delete", "namespace", &ns, "--timeout=30s"]);
+    }
+}
