@@ -343,6 +343,9 @@ impl Runtime {
             if let Ok((Response::Status(s), _)) = self.call(id, &Request::Status).await {
                 return Ok(*s);
             }
+            // The supervisor may have written its final record and exited meanwhile: judge the
+            // newest record, not the one read before.
+            return Ok(settle(self.dir(id).load()?).status());
         }
         Ok(settle(rec).status())
     }

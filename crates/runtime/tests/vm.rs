@@ -436,3 +436,54 @@ async fn bad_requests_fail_before_anything_starts() {
                 == 0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn a_hung_vm_is_stopped_by_the_watchdog() {
+    let mut e = env();
+    let mut vm = VmSettings::from_env().unwrap();
+    vm.boot_timeout_secs = 120;
+    vm.watchdog_secs = 1;
+    e.rt = Runtime::new(RuntimeConfig {
+        images: None,
+        root: e.rt.root().to_path_buf(),
+        vm,
+        shim: ShimCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_h8s-pod-shim")),
+            args: vec![],
+        },
+    });
+    let id = e.rt.run_sandbox(sandbox(&e, "hang")).await.unwrap();
+    e.rt.start_pod_containers(&id, &[container("app", &["sleep", "600"])])
+        .await
+        .unwrap();
+    let qemu = e.rt.sandbox_status(&id).await.unwrap().qemu_pid.unwrap();
+    // Freeze QEMU: the guest stops answering, as a hung VM would.
+    // SAFETY: kill(2) on the QEMU PID our own pod reported.
+    unsafe {
+        libc::kill(qemu as i32, libc::SIGSTOP);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let st = loop {
+        let st = e.rt.sandbox_status(&id).await.unwrap();
+        if st.state == SandboxState::Failed {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog never fired: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        st.reason.as_deref().unwrap_or("").contains("watchdog"),
+        "{:?}",
+        st.reason
+    );
+    assert_eq!(st.qemu_pid, None);
+    assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
+    e.rt.remove_sandbox(&id, false).await.unwrap();
+}

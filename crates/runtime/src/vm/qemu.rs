@@ -90,6 +90,10 @@ pub struct VmSettings {
     pub boot_timeout_secs: u64,
     /// TCG translation cache size in MiB (QEMU's default, 1 GiB, costs host memory).
     pub tcg_tb_size_mib: u32,
+    /// Watchdog period in seconds: the VM is checked this often, a ping may take twice as
+    /// long, three missed pings in a row fail the pod.
+    #[serde(default = "default_watchdog")]
+    pub watchdog_secs: u64,
     /// Add a virtio-balloon with free page reporting, so memory the guest frees goes back to
     /// the host (needs the guest's `virtio_balloon` driver; without it the device idles).
     #[serde(default)]
@@ -126,6 +130,11 @@ impl VmSettings {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16),
+            watchdog_secs: std::env::var("H8S_WATCHDOG_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&s| s > 0)
+                .unwrap_or_else(default_watchdog),
             free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
         })
     }
@@ -149,6 +158,10 @@ impl VmSettings {
         }
         Ok(())
     }
+}
+
+fn default_watchdog() -> u64 {
+    10
 }
 
 /// The host TSC frequency in kHz, for the guest's `tsc_early_khz` (without it, TSC
@@ -287,6 +300,7 @@ mod tests {
             pvm_guest_kernel: false,
             boot_timeout_secs: 5,
             tcg_tb_size_mib: 32,
+            watchdog_secs: 10,
             free_page_reporting: true,
         }
     }

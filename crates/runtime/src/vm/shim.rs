@@ -29,10 +29,9 @@ use crate::util::rfc3339_nano;
 use crate::wire::{self, Frame, Kind, Request, Response};
 use crate::{Error, Result};
 
-/// How often the watchdog looks at the VM, and how long a ping may take. Generous: on a
-/// loaded 2-core host a TCG guest can be slow without being dead.
-const WATCHDOG_TICK: Duration = Duration::from_secs(10);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Missed pings in a row that fail a pod. The period (`VmSettings::watchdog_secs`, 10 s by
+/// default, a ping may take twice that) is generous: on a loaded 2-core host a TCG guest can
+/// be slow without being dead.
 const PING_FAILURES_FATAL: u32 = 3;
 
 /// Entry point of `h8s pod-shim` (and the `h8s-pod-shim` binary): supervises pod `id`
@@ -269,7 +268,8 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         let _ = gone_tx.send(true);
     });
     let mut gone = shim.qemu_gone.clone();
-    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    let period = Duration::from_secs(shim.lock().rec.vm.watchdog_secs.max(1));
+    let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let ping_failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut last_shutdown: Option<String> = None;
@@ -328,10 +328,12 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
                 }
                 let s = shim.clone();
                 let fails = ping_failures.clone();
-                tokio::spawn(async move { watchdog_check(s, fails).await }.in_current_span());
+                tokio::spawn(async move { watchdog_check(s, fails, period * 2).await }.in_current_span());
             }
         }
     };
+    // New clients get "refused" at once instead of waiting on a backlog nobody serves.
+    drop(listener);
     teardown(&shim, final_state, reason).await;
     Ok(())
 }
@@ -633,12 +635,17 @@ fn on_qmp(shim: &Shim, ev: &QmpEvent) -> Option<(SandboxState, Option<String>)> 
     }
 }
 
-async fn watchdog_check(shim: Arc<Shim>, failures: Arc<std::sync::atomic::AtomicU32>) {
+async fn watchdog_check(
+    shim: Arc<Shim>,
+    failures: Arc<std::sync::atomic::AtomicU32>,
+    ping_timeout: Duration,
+) {
     use std::sync::atomic::Ordering;
     if shim.lock().stopping {
         return;
     }
-    if let Ok(status) = shim.qmp.status().await {
+    let status = tokio::time::timeout(ping_timeout, shim.qmp.status()).await;
+    if let Ok(Ok(status)) = status {
         if matches!(
             status.as_str(),
             "paused" | "guest-panicked" | "internal-error" | "io-error"
@@ -652,7 +659,7 @@ async fn watchdog_check(shim: Arc<Shim>, failures: Arc<std::sync::atomic::Atomic
     }
     match shim
         .agent
-        .request_timeout(GuestRequest::Ping, PING_TIMEOUT)
+        .request_timeout(GuestRequest::Ping, ping_timeout)
         .await
     {
         Ok(_) => failures.store(0, Ordering::Relaxed),
