@@ -97,8 +97,7 @@ impl Server {
     /// Stops the server and gives back its data dir.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.kill();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     fn kill(&mut self) {
@@ -202,7 +201,6 @@ impl Server {
         token: Option<&str>,
     ) -> (u16, String) {
         let ca = self.data_dir().join("ca.crt");
-        let body_file = self.dir.path().join(format!("body-{}", std::process::id()));
         let mut c = Command::new("curl");
         c.args([
             "-sS",
@@ -233,7 +231,6 @@ impl Server {
                 c.args(["-H", "Content-Type:"]);
             }
         }
-        let _ = body_file;
         let o = c.output().expect("running curl");
         let s = String::from_utf8_lossy(&o.stdout).to_string();
         let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
