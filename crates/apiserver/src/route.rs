@@ -107,6 +107,12 @@ pub fn route(path: &str) -> Route {
     }
     let name = rest.get(1).map(|s| s.to_string());
     let sub = rest.get(2).map(|s| s.to_string());
+    // Names and namespaces become store keys: a decoded '/' (or an empty, '.' or '..'
+    // segment) could name a key of another scope, so such paths do not exist.
+    let bad = |s: &str| s.is_empty() || s.contains('/') || s == "." || s == "..";
+    if ns.as_deref().is_some_and(bad) || name.as_deref().is_some_and(bad) {
+        return Route::NotFound;
+    }
     if rest.len() > 3 && sub.as_deref() != Some("proxy") {
         return Route::NotFound;
     }
@@ -155,5 +161,17 @@ mod tests {
         ));
         assert!(matches!(route("/version/"), Route::Version));
         assert!(matches!(route("/apis/apps"), Route::Group(g) if g == "apps"));
+        assert!(matches!(
+            route("/api/v1/namespaces/default/configmaps/a%2Fb"),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            route("/api/v1/namespaces/a%2Fb/configmaps"),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            route("/api/v1/namespaces/default/configmaps/.."),
+            Route::NotFound
+        ));
     }
 }
