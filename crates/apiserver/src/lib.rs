@@ -12,6 +12,7 @@ mod auth;
 mod body;
 mod discovery;
 mod error;
+mod gc;
 mod hooks;
 mod metrics;
 mod ns;

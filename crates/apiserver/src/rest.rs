@@ -14,6 +14,7 @@ use crate::admission::{Operation, Request as AdmissionRequest};
 use crate::api::{json_response, Api, Body, Ctx};
 use crate::body::{decode_object, Media};
 use crate::error::{from_store, ApiError, Cause, Subject};
+use crate::gc;
 use crate::hooks;
 use crate::obj;
 use crate::route::Target;
@@ -575,6 +576,15 @@ impl Api {
             if obj::is_deleting(&new) && obj::finalizers(&new).is_empty() && t.sub.is_none() {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok((_, rev)) => {
+                        if t.res.namespaced {
+                            gc::spawn(
+                                self.clone(),
+                                t.ns.clone().unwrap_or_default(),
+                                obj::uid(&new).to_string(),
+                                gc::Policy::Background,
+                                None,
+                            );
+                        }
                         obj::meta_mut(&mut new)
                             .insert("resourceVersion".into(), json!(rev.to_string()));
                         return Ok((new, false));
@@ -752,7 +762,14 @@ impl Api {
                 .await?;
             let is_namespace = t.res.group.is_empty() && t.res.plural == "namespaces";
             let graceful = self.grace_period(t.res, &old, opts);
-            let pending = is_namespace || !obj::finalizers(&old).is_empty() || graceful.is_some();
+            let policy = gc_policy(t.res, opts);
+            // Foreground deletion keeps the owner (behind a finalizer) until its
+            // dependents are gone.
+            let foreground = policy == gc::Policy::Foreground && t.res.namespaced && !is_namespace;
+            let pending = is_namespace
+                || foreground
+                || !obj::finalizers(&old).is_empty()
+                || graceful.is_some();
             if pending {
                 if obj::is_deleting(&old) && graceful != Some(0) {
                     return Ok((200, old));
@@ -772,6 +789,11 @@ impl Api {
                 if is_namespace {
                     obj::set_at(&mut new, "status.phase", json!("Terminating"));
                 }
+                if foreground && !obj::finalizers(&new).iter().any(|f| f == gc::FOREGROUND) {
+                    let mut fins = obj::finalizers(&new);
+                    fins.push(gc::FOREGROUND.to_string());
+                    obj::meta_mut(&mut new).insert("finalizers".into(), json!(fins));
+                }
                 if cx.dry_run() {
                     return Ok((200, new));
                 }
@@ -785,6 +807,15 @@ impl Api {
                             .insert("resourceVersion".into(), json!(w.mod_revision.to_string()));
                         if is_namespace {
                             crate::ns::spawn_finalizer(self.clone(), name.to_string());
+                        }
+                        if foreground {
+                            gc::spawn(
+                                self.clone(),
+                                t.ns.clone().unwrap_or_default(),
+                                obj::uid(&old).to_string(),
+                                policy,
+                                Some(kv.key.clone()),
+                            );
                         }
                         let code = if opts.orphan_dependents == Some(false) {
                             202
@@ -802,6 +833,15 @@ impl Api {
             }
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok((_, _rev)) => {
+                    if t.res.namespaced {
+                        gc::spawn(
+                            self.clone(),
+                            t.ns.clone().unwrap_or_default(),
+                            obj::uid(&old).to_string(),
+                            policy,
+                            None,
+                        );
+                    }
                     if hooks::returns_deleted_object(t.res) {
                         return Ok((200, old));
                     }
@@ -1207,6 +1247,24 @@ pub(crate) fn content_type(cx: &Ctx) -> Option<&str> {
     cx.headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+}
+
+/// The garbage-collection policy of a delete: the request's, else the kind's default
+/// (core ReplicationControllers orphan, as in Kubernetes; everything else cascades).
+fn gc_policy(res: &Resource, opts: &DeleteOptions) -> gc::Policy {
+    match opts.propagation_policy.as_deref() {
+        Some("Foreground") => gc::Policy::Foreground,
+        Some("Orphan") => gc::Policy::Orphan,
+        Some(_) => gc::Policy::Background,
+        None => match opts.orphan_dependents {
+            Some(true) => gc::Policy::Orphan,
+            Some(false) => gc::Policy::Background,
+            None if res.group.is_empty() && res.kind == "ReplicationController" => {
+                gc::Policy::Orphan
+            }
+            None => gc::Policy::Background,
+        },
+    }
 }
 
 /// `DeleteOptions` from the body and the query.

@@ -283,3 +283,108 @@ fn extra_users_from_the_token_file() {
     let (c, _) = s.curl_with("GET", "/api/v1/namespaces", None, None, Some("nottoken"));
     assert_eq!(c, 401);
 }
+
+#[test]
+fn cascading_deletion_by_owner_references() {
+    let s = Server::start();
+    let uid_of = |b: &str| json(b)["metadata"]["uid"].as_str().unwrap().to_string();
+    let owned = |name: &str, owners: &[(&str, &str)]| {
+        let refs: Vec<String> = owners
+            .iter()
+            .map(|(n, u)| {
+                format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","name":"{n}","uid":"{u}"}}"#)
+            })
+            .collect();
+        cm(name, &format!(r#","ownerReferences":[{}]"#, refs.join(",")))
+    };
+    let gone = |name: &str| {
+        api_support::eventually(10, || {
+            s.curl("GET", &format!("{CMS}/{name}"), None, None).0 == 404
+        })
+    };
+
+    // Background (the default): dependents go after the owner, unless another owner lives.
+    let (_, b) = s.curl("POST", CMS, None, Some(&cm("owner", "")));
+    let owner = uid_of(&b);
+    let (_, b) = s.curl("POST", CMS, None, Some(&cm("keeper", "")));
+    let keeper = uid_of(&b);
+    s.curl(
+        "POST",
+        CMS,
+        None,
+        Some(&owned("child", &[("owner", &owner)])),
+    );
+    s.curl(
+        "POST",
+        CMS,
+        None,
+        Some(&owned("shared", &[("owner", &owner), ("keeper", &keeper)])),
+    );
+    s.curl(
+        "POST",
+        CMS,
+        None,
+        Some(&owned("grandchild", &[("child", "")])),
+    );
+    let (_, b) = s.curl("GET", &format!("{CMS}/child"), None, None);
+    let child = uid_of(&b);
+    s.curl("DELETE", &format!("{CMS}/grandchild"), None, None);
+    s.curl(
+        "POST",
+        CMS,
+        None,
+        Some(&owned("grandchild", &[("child", &child)])),
+    );
+    assert_eq!(s.curl("DELETE", &format!("{CMS}/owner"), None, None).0, 200);
+    assert!(gone("child"), "child should be collected");
+    assert!(gone("grandchild"), "the cascade continues");
+    assert!(api_support::eventually(10, || {
+        let (c, b) = s.curl("GET", &format!("{CMS}/shared"), None, None);
+        c == 200
+            && json(&b)["metadata"]["ownerReferences"]
+                .as_array()
+                .map(|a| a.len())
+                == Some(1)
+    }));
+
+    // Orphan: the dependent stays, without the reference.
+    let (_, b) = s.curl("POST", CMS, None, Some(&cm("o2", "")));
+    let o2 = uid_of(&b);
+    s.curl("POST", CMS, None, Some(&owned("orphan", &[("o2", &o2)])));
+    s.curl(
+        "DELETE",
+        &format!("{CMS}/o2"),
+        None,
+        Some(br#"{"propagationPolicy":"Orphan"}"#),
+    );
+    assert!(api_support::eventually(10, || {
+        let (c, b) = s.curl("GET", &format!("{CMS}/orphan"), None, None);
+        c == 200
+            && json(&b)["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+    }));
+
+    // Foreground: the owner waits (finalizer foregroundDeletion) for its dependents.
+    let (_, b) = s.curl("POST", CMS, None, Some(&cm("o3", "")));
+    let o3 = uid_of(&b);
+    s.curl("POST", CMS, None, Some(&owned("held", &[("o3", &o3)])));
+    s.curl("POST", CMS, None, Some(&owned("blocker", &[("held", "")])));
+    let (c, b) = s.curl(
+        "DELETE",
+        &format!("{CMS}/o3"),
+        None,
+        Some(br#"{"propagationPolicy":"Foreground"}"#),
+    );
+    assert_eq!(c, 200, "{b}");
+    let v = json(&b);
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{b}");
+    assert!(
+        v["metadata"]["finalizers"]
+            .to_string()
+            .contains("foregroundDeletion"),
+        "{b}"
+    );
+    assert!(gone("held"));
+    assert!(gone("o3"));
+}
