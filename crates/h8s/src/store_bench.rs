@@ -361,10 +361,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let header = "| operation | ops/s | min ms | median ms | p99 ms | vs raw etcd (ops/s) |\n|---|---:|---:|---:|---:|---:|\n";
     let mut md = format!(
         "**Through the API** — `h8s store bench --write BENCHMARKS.md`: one `h8s server` process \
-         (debug or release as built) on a one-member etcd (prefix `/bench-api`), then one on the \
+         ({build} build) on a one-member etcd (prefix `/bench-api`), then one on the \
          embedded store; a client over one HTTP/2 connection (like client-go) creates {n} \
          ConfigMaps (~600 bytes) and reads them back; raw etcd put/get of the same bytes in the same \
-         run is the baseline. API create is compared with raw put, API get with raw get.\n\n{header}"
+         run is the baseline. API create is compared with raw put, API get with raw get. Everything \
+         (etcd, server, client) shares the machine's cores.\n\n{header}",
+        build = if cfg!(debug_assertions) { "debug" } else { "release" },
     );
     for r in &raw {
         md.push_str(&r.md(None));

@@ -393,8 +393,8 @@ fn main() {
          Ratios compare ops/s with the raw etcd row of the same kind: our create with raw etcd's \
          create transaction (compare version = 0, put), our get with raw get. Watch rows: one event written every ~2 ms, \
          latency from the write's acknowledgement to each watcher receiving it, all watchers behind one \
-         `WatchCache`.\n\n{report}\nThe API-level comparison (create/get/list/watch through `h8s server` on \
-         etcd vs embedded) is in the API section once measured there.\n",
+         `WatchCache`.\n\n{report}\nThe API-level comparison on etcd (through `h8s server`) follows, \
+         written by `h8s store bench`.\n",
         etcd_version = etcd_version(),
     );
     println!("{section}");
@@ -407,7 +407,10 @@ fn main() {
         };
         // Keep the API-level block `h8s store bench` writes inside this section.
         let old = &doc[b..e];
-        let api_block = match (old.find("<!-- store-api:begin -->"), old.find("<!-- store-api:end -->")) {
+        let api_block = match (
+            old.find("<!-- store-api:begin -->"),
+            old.find("<!-- store-api:end -->"),
+        ) {
             (Some(x), Some(y)) => format!("\n{}\n", &old[x..y + "<!-- store-api:end -->".len()]),
             _ => String::new(),
         };
