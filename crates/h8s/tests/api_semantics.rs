@@ -75,7 +75,7 @@ fn create_get_delete_semantics() {
         &format!("{CMS}/pre"),
         None,
         Some(
-            format!(r#"{{"preconditions":{{"uid":"{uid}"}},"propagationPolicy":"Foreground"}}"#)
+            format!(r#"{{"preconditions":{{"uid":"{uid}"}},"propagationPolicy":"Background"}}"#)
                 .as_bytes(),
         ),
     );
