@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Images: erofs-utils (mkfs.erofs), busybox-static for the test image, docker-registry for
 # the registry tests; builds the busybox test image into the cache and imports it into
-# the default image store (${H8S_DATA:-~/.local/share/h8s}/images) as busybox:latest,
+# the default image store (${H8S_DATA_DIR:-~/.local/share/h8s}/images) as busybox:latest,
 # with its erofs root filesystem built, so `h8s run busybox …` works after set-up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

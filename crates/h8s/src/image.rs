@@ -1,5 +1,5 @@
 //! `h8s image pull|import|ls|rm|inspect|rootfs`: the image store from the command line.
-//! The store lives at `${H8S_DATA:-~/.local/share/h8s}/images` (see `ImageStore::default_root`).
+//! The store lives at `${H8S_DATA_DIR:-~/.local/share/h8s}/images` (see `ImageStore::default_root`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `h8s image …` end to end: the real binary against a temp store (`H8S_DATA`) and a
+//! `h8s image …` end to end: the real binary against a temp store (`H8S_DATA_DIR`) and a
 //! `docker-registry` on loopback with basic auth, started and killed by PID here.
 //! Needs busybox-static, erofs-utils and docker-registry (scripts/setup).
 
@@ -74,7 +74,7 @@ impl Drop for Registry {
 fn h8s(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_h8s"))
         .args(args)
-        .env("H8S_DATA", data)
+        .env("H8S_DATA_DIR", data)
         .env("H8S_LOG", "warn")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::piped())

@@ -193,17 +193,15 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// `<data dir>/images`, the data dir being the first of `$H8S_DATA`,
-    /// `$H8S_DATA_DIR` (what `h8s server` reads), `$XDG_DATA_HOME/h8s`,
-    /// `$HOME/.local/share/h8s`.
+    /// `<data dir>/images`, the data dir being the first of `$H8S_DATA_DIR` (the same
+    /// variable `h8s server` reads), `$XDG_DATA_HOME/h8s`, `$HOME/.local/share/h8s`.
     pub fn default_root() -> PathBuf {
         let env = |k: &str| {
             std::env::var_os(k)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        let data = env("H8S_DATA")
-            .or_else(|| env("H8S_DATA_DIR"))
+        let data = env("H8S_DATA_DIR")
             .or_else(|| env("XDG_DATA_HOME").map(|x| x.join("h8s")))
             .unwrap_or_else(|| {
                 env("HOME")
