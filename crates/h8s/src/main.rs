@@ -9,7 +9,11 @@ mod server;
 mod store;
 
 #[derive(Parser)]
-#[command(name = "h8s", version, about = "A secure, multi-tenant Kubernetes: every pod its own VM")]
+#[command(
+    name = "h8s",
+    version,
+    about = "A secure, multi-tenant Kubernetes: every pod its own VM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,8 +32,17 @@ enum Command {
     /// Network fabric tools.
     #[command(subcommand)]
     Net(net::NetCommand),
+    /// Benchmarks that write their method and figures into BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     #[command(flatten)]
     Pod(pod::PodCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The API server: a fresh `h8s server` process on a temp dir, driven over HTTPS.
+    Api(server::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(cmd) => store::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Net(cmd) => net::run(cmd),
+        Command::Bench(BenchCommand::Api(args)) => server::bench(args),
         Command::Pod(cmd) => pod::run(cmd),
     }
 }

@@ -8,11 +8,10 @@ use anyhow::Context;
 #[path = "server_bench.rs"]
 mod bench;
 
+pub use bench::{run as bench, BenchArgs};
+
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
-    #[command(subcommand)]
-    pub command: Option<ServerCommand>,
     /// Where the store, the PKI and admin.kubeconfig live
     /// (default: $XDG_DATA_HOME/h8s or ~/.local/share/h8s).
     #[arg(long, env = "H8S_DATA_DIR")]
@@ -40,13 +39,6 @@ pub struct ServerArgs {
     pub etcd_keyfile: Option<PathBuf>,
 }
 
-#[derive(clap::Subcommand)]
-pub enum ServerCommand {
-    /// Benchmark the API server (a fresh server process on a temp dir) and optionally
-    /// write the results into BENCHMARKS.md.
-    Bench(bench::BenchArgs),
-}
-
 /// The default data directory: `$XDG_DATA_HOME/h8s`, else `~/.local/share/h8s`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
@@ -57,9 +49,6 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    if let Some(ServerCommand::Bench(b)) = args.command {
-        return bench::run(b);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

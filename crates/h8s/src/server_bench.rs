@@ -1,4 +1,4 @@
-//! `h8s server bench`: the API server benchmark. Starts a real `h8s server` process
+//! `h8s bench api`: the API server benchmark. Starts a real `h8s server` process
 //! (this binary) on a temporary data dir and drives it over HTTPS/HTTP2 the way client-go
 //! does, then writes method and figures into BENCHMARKS.md between the `api` markers.
 
@@ -615,7 +615,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(1);
     let mut md = String::new();
     md.push_str(&format!(
-        "Measured by `h8s server bench` (debug={}) on {cpus} cores shared with the benchmark client and other work; \
+        "Measured by `h8s bench api` (debug={}) on {cpus} cores shared with the benchmark client and other work; \
          the server is a separate `h8s server` process on the embedded store with the watch cache, the client \
          speaks HTTP/2 over TLS with a bearer token like client-go ({} connections, {} requests in flight). \
          Objects are ConfigMaps. Latency is per request, client side, in ms. The ratio column compares \
