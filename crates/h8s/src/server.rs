@@ -80,7 +80,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let store = h8s_store::open(&args.store, &data_dir, tls)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
-    let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store);
+    let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store.clone());
     cfg.tls_sans = args.tls_san.clone();
     cfg.service_cidr = args.service_cluster_ip_range.clone();
     let server = h8s_apiserver::Server::start(cfg)
@@ -98,13 +98,32 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    // Opening already refuses foreign or damaged files; the full consistency check walks
+    // every key and the history, so it runs after the server is ready instead of delaying it.
+    let mut check = tokio::spawn(async move { store.check().await });
+    let mut checked = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            r = &mut check, if !checked => {
+                checked = true;
+                match r {
+                    Ok(Ok(report)) => tracing::info!(
+                        revision = report.revision,
+                        keys = report.keys,
+                        "store consistency check passed"
+                    ),
+                    Ok(Err(e)) => break Err(anyhow::anyhow!(e))
+                        .context("the store failed its consistency check; not serving it (restore from a backup: h8s store restore)"),
+                    Err(e) => tracing::warn!(error = %e, "store consistency check did not finish"),
+                }
+            }
+        }
+    };
     tracing::info!("shutting down");
     server.shutdown().await;
-    Ok(())
+    outcome
 }
