@@ -403,7 +403,7 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     tracing::info!(pid, "QEMU started");
     let timeout = Duration::from_secs(settings.boot_timeout_secs);
     let result = tokio::select! {
-        r = connect_and_hello(dir, timeout) => r,
+        r = connect_and_hello(dir, timeout, false) => r,
         _ = child.wait() => {
             let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
@@ -457,7 +457,7 @@ async fn reattach(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
         .filter(ProcRef::alive)
         .ok_or_else(|| Error::FailedPrecondition("the pod's VM is not running".into()))?;
     let (qmp, qmp_rx, agent, guest_rx, hello) =
-        connect_and_hello(dir, Duration::from_secs(20)).await?;
+        connect_and_hello(dir, Duration::from_secs(20), true).await?;
     tracing::info!(pid = q.pid, "reattached to running VM");
     Ok((Qemu::Adopted(q), qmp, qmp_rx, agent, guest_rx, hello))
 }
@@ -470,9 +470,20 @@ type Connected = (
     h8s_guest::Hello,
 );
 
-async fn connect_and_hello(dir: &PodDir, timeout: Duration) -> Result<Connected> {
+/// Connects QMP and the agent port and waits for the guest's `Hello`. A booting guest greets
+/// on its own; a running one (`greet`, after the previous supervisor died) is asked to, since
+/// it cannot always tell that a new host connected.
+async fn connect_and_hello(dir: &PodDir, timeout: Duration, greet: bool) -> Result<Connected> {
     let (qmp, mut qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
     let (agent, mut guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    if greet {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent.request_timeout(GuestRequest::Greet, timeout).await {
+                tracing::warn!(error = %e, "asking the guest to greet again failed");
+            }
+        });
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
