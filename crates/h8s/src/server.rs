@@ -12,31 +12,18 @@ pub use bench::{run as bench, BenchArgs};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
-    /// Where the store, the PKI and admin.kubeconfig live
-    /// (default: $XDG_DATA_HOME/h8s or ~/.local/share/h8s).
-    #[arg(long, env = "H8S_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// Where the data dir and the store are (`--data-dir`, `--store`, `--etcd-*`).
+    #[command(flatten)]
+    pub at: crate::store::StoreArgs,
     /// Address to serve HTTPS on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
     /// Extra subject alternative names (DNS names or IPs) for the serving certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     pub tls_san: Vec<String>,
-    /// The store: `embedded` (one file in the data dir) or `etcd://HOST:PORT[,…][/prefix]`.
-    #[arg(long, default_value = "embedded")]
-    pub store: String,
     /// The IPv4 range Service cluster IPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = h8s_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
-    /// CA bundle of etcd's serving certificate.
-    #[arg(long)]
-    pub etcd_cafile: Option<PathBuf>,
-    /// Client certificate for etcd.
-    #[arg(long)]
-    pub etcd_certfile: Option<PathBuf>,
-    /// Client key for etcd.
-    #[arg(long)]
-    pub etcd_keyfile: Option<PathBuf>,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/h8s`, else `~/.local/share/h8s`.
@@ -58,28 +45,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = args.at.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let tls = if args.etcd_cafile.is_some()
-        || args.etcd_certfile.is_some()
-        || args.etcd_keyfile.is_some()
-    {
-        Some(h8s_store::EtcdTls {
-            ca_file: args.etcd_cafile.clone(),
-            cert_file: args.etcd_certfile.clone(),
-            key_file: args.etcd_keyfile.clone(),
-        })
-    } else {
-        None
-    };
-    let store = h8s_store::open(&args.store, &data_dir, tls)
+    let store = h8s_store::open(&args.at.store, &data_dir, args.at.tls())
         .await
-        .with_context(|| format!("opening store {}", args.store))?;
+        .with_context(|| format!("opening store {}", args.at.store))?;
     let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store.clone());
     cfg.tls_sans = args.tls_san.clone();
     cfg.service_cidr = args.service_cluster_ip_range.clone();

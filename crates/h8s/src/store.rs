@@ -18,7 +18,8 @@ pub struct StoreArgs {
     /// `embedded` (the file DATA_DIR/store.redb) or `etcd://HOST:PORT[,…][/prefix]`.
     #[arg(long, default_value = "embedded")]
     pub store: String,
-    /// The server's data dir (default: $XDG_DATA_HOME/h8s or ~/.local/share/h8s).
+    /// The data dir: the embedded store, the PKI and admin.kubeconfig
+    /// (default: $XDG_DATA_HOME/h8s or ~/.local/share/h8s).
     #[arg(long, env = "H8S_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// CA bundle of etcd's serving certificate.
@@ -80,7 +81,7 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<()> {
 }
 
 impl StoreArgs {
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(crate::server::default_data_dir)
@@ -90,7 +91,7 @@ impl StoreArgs {
         (self.store == "embedded").then(|| self.data_dir().join(h8s_store::EMBEDDED_FILE))
     }
 
-    fn tls(&self) -> Option<h8s_store::EtcdTls> {
+    pub(crate) fn tls(&self) -> Option<h8s_store::EtcdTls> {
         (self.etcd_cafile.is_some() || self.etcd_certfile.is_some() || self.etcd_keyfile.is_some())
             .then(|| h8s_store::EtcdTls {
                 ca_file: self.etcd_cafile.clone(),
