@@ -1,9 +1,12 @@
 //! Admission: plugins that see every write after authorization and before the store.
 //! Mutating plugins may change the object; any plugin may refuse the request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use h8s_types::Resource;
 use serde_json::Value;
 
@@ -45,8 +48,90 @@ pub trait Admission: Send + Sync {
 
 /// Kubernetes' NamespaceLifecycle: no new objects in a namespace that does not exist or
 /// is being deleted, and the system namespaces cannot be deleted.
+///
+/// Like kube-apiserver's informer, it answers from namespaces it follows with a watch, so a
+/// create costs no extra store round trip; a namespace it has not seen (created a moment
+/// ago) is read from the store. An object created in the instant between a namespace's
+/// deletion and the watch reporting it is removed by the namespace deleter, which counts the
+/// contents again before it finalizes.
 pub struct NamespaceLifecycle {
-    pub store: Arc<dyn h8s_store::Store>,
+    store: Arc<dyn h8s_store::Store>,
+    /// Namespaces the watch has seen: name → being deleted.
+    seen: Arc<RwLock<HashMap<String, bool>>>,
+}
+
+impl NamespaceLifecycle {
+    /// Starts the plugin and its namespace watch, which ends when `shutdown` turns true.
+    pub fn new(
+        store: Arc<dyn h8s_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let seen = Arc::<RwLock<HashMap<String, bool>>>::default();
+        tokio::spawn(follow_namespaces(store.clone(), seen.clone(), shutdown));
+        Self { store, seen }
+    }
+
+    /// Whether the namespace is being deleted, from the watch (`None`: not seen).
+    fn cached(&self, name: &str) -> Option<bool> {
+        let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+        seen.get(name).copied()
+    }
+}
+
+/// Keeps `seen` equal to the namespaces in the store: list, then watch from the list's
+/// revision; on any error (a compaction that overtook the watch, a store restart) start over.
+async fn follow_namespaces(
+    store: Arc<dyn h8s_store::Store>,
+    seen: Arc<RwLock<HashMap<String, bool>>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(ns_res) = h8s_types::resources::find("", "v1", "namespaces") else {
+        return;
+    };
+    let prefix = obj::prefix(ns_res, None);
+    let state = |kv: &h8s_store::KeyValue| {
+        let name = kv.key.strip_prefix(&prefix)?.to_string();
+        let deleting = obj::decode(kv).map(|o| obj::is_deleting(&o)).ok()?;
+        Some((name, deleting))
+    };
+    let follow = async {
+        loop {
+            let listed = store.list(&prefix, Default::default()).await;
+            let watch = match &listed {
+                Ok(l) => store.watch(&prefix, l.revision).await,
+                Err(_) => Err(h8s_store::Error::Unavailable("list failed".into())),
+            };
+            if let (Ok(l), Ok(mut w)) = (listed, watch) {
+                {
+                    let mut m = seen.write().unwrap_or_else(|e| e.into_inner());
+                    m.clear();
+                    m.extend(l.items.iter().filter_map(state));
+                }
+                while let Some(Ok(ev)) = w.next().await {
+                    let mut m = seen.write().unwrap_or_else(|e| e.into_inner());
+                    match ev {
+                        h8s_store::Event::Put { kv, .. } => {
+                            if let Some((name, deleting)) = state(&kv) {
+                                m.insert(name, deleting);
+                            }
+                        }
+                        h8s_store::Event::Delete { prev, .. } => {
+                            if let Some(name) = prev.key.strip_prefix(&prefix) {
+                                m.remove(name);
+                            }
+                        }
+                    }
+                }
+            }
+            // Forget what may be stale, so admission reads the store until the next list.
+            seen.write().unwrap_or_else(|e| e.into_inner()).clear();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = follow => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
 }
 
 /// Namespaces that may never be deleted.
@@ -71,29 +156,42 @@ impl Admission for NamespaceLifecycle {
                         "this namespace may not be deleted",
                     ));
                 }
+                if req.op == Operation::Delete {
+                    // Until the watch reports the namespace terminating, read it from the
+                    // store: a create right after this delete must see the new state.
+                    let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+                    seen.remove(req.name);
+                }
                 return Ok(());
             }
             if req.op != Operation::Create || !req.res.namespaced || req.sub.is_some() {
                 return Ok(());
             }
-            let ns_res = h8s_types::resources::find("", "v1", "namespaces")
-                .ok_or_else(|| ApiError::internal("namespaces are not in the resource table"))?;
-            let key = obj::key(ns_res, None, req.namespace);
-            let ns_subject = Subject {
-                group: "",
-                resource: "namespaces",
-                name: req.namespace,
+            let deleting = match self.cached(req.namespace) {
+                Some(deleting) => deleting,
+                None => {
+                    let ns_res =
+                        h8s_types::resources::find("", "v1", "namespaces").ok_or_else(|| {
+                            ApiError::internal("namespaces are not in the resource table")
+                        })?;
+                    let key = obj::key(ns_res, None, req.namespace);
+                    let ns_subject = Subject {
+                        group: "",
+                        resource: "namespaces",
+                        name: req.namespace,
+                    };
+                    let kv = self
+                        .store
+                        .get(&key)
+                        .await
+                        .map_err(|e| crate::error::from_store(e, &ns_subject))?;
+                    let Some(kv) = kv else {
+                        return Err(ApiError::not_found(&ns_subject));
+                    };
+                    obj::is_deleting(&obj::decode(&kv)?)
+                }
             };
-            let kv = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| crate::error::from_store(e, &ns_subject))?;
-            let Some(kv) = kv else {
-                return Err(ApiError::not_found(&ns_subject));
-            };
-            let ns = obj::decode(&kv)?;
-            if obj::is_deleting(&ns) {
+            if deleting {
                 let mut e = ApiError::forbidden_about(
                     &subject,
                     &format!(

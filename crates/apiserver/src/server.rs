@@ -100,11 +100,12 @@ impl Server {
             pki.admin_token.clone(),
             Some(cfg.data_dir.join("tokens.csv")),
         )));
-        let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle {
-            store: store.clone(),
-        })];
-        admission.extend(cfg.admission.iter().cloned());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle::new(
+            store.clone(),
+            shutdown.clone(),
+        ))];
+        admission.extend(cfg.admission.iter().cloned());
         let api = Arc::new(Api {
             store,
             authn: Arc::new(AuthnChain(authn)),

@@ -154,6 +154,36 @@ fn errors_are_statuses_with_the_right_codes() {
     );
     assert_eq!(c, 404, "{b}");
     assert_eq!(status(&b)["details"]["kind"], "namespaces");
+    // A finalizer on an object inside keeps the namespace terminating; a create sent after
+    // the delete is answered is refused.
+    let (c, b) = s.curl(
+        "POST",
+        "/api/v1/namespaces",
+        None,
+        Some(br#"{"metadata":{"name":"doomed"}}"#),
+    );
+    assert_eq!(c, 201, "{b}");
+    let (c, b) = s.curl(
+        "POST",
+        "/api/v1/namespaces/doomed/configmaps",
+        None,
+        Some(br#"{"metadata":{"name":"held","finalizers":["example.com/hold"]}}"#),
+    );
+    assert_eq!(c, 201, "{b}");
+    let (c, b) = s.curl("DELETE", "/api/v1/namespaces/doomed", None, None);
+    assert!(c == 200 || c == 202, "{c} {b}");
+    let (c, b) = s.curl(
+        "POST",
+        "/api/v1/namespaces/doomed/configmaps",
+        None,
+        Some(br#"{"metadata":{"name":"late"}}"#),
+    );
+    assert_eq!(c, 403, "{b}");
+    assert_eq!(
+        status(&b)["details"]["causes"][0]["reason"],
+        "NamespaceTerminating",
+        "{b}"
+    );
 
     // Selector syntax errors: 400.
     let (c, _) = s.curl(
