@@ -81,18 +81,56 @@ pub fn is_deleting(o: &Value) -> bool {
 pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
-    meta_mut(&mut v).insert(
-        "resourceVersion".into(),
-        Value::String(kv.mod_revision.to_string()),
-    );
+    set_resource_version(&mut v, kv.mod_revision);
     Ok(v)
 }
 
-/// Serialises an object for the store, without `resourceVersion`.
+/// Sets `metadata.resourceVersion` to a store revision (the store keeps it out of values).
+pub fn set_resource_version(o: &mut Value, rev: h8s_store::Revision) {
+    meta_mut(o).insert("resourceVersion".into(), Value::String(rev.to_string()));
+}
+
+/// Serialises an object for the store, without `resourceVersion`. Every write goes through
+/// here, so it skips the field while serialising instead of copying the object first.
 pub fn encode(o: &Value) -> Bytes {
-    let mut o = o.clone();
-    meta_mut(&mut o).remove("resourceVersion");
-    Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
+    // A `Value` always serialises: its keys are strings and it holds no NaN.
+    Bytes::from(serde_json::to_vec(&WithoutRv(o)).expect("a JSON value serialises"))
+}
+
+/// An object as stored: its `metadata` without `resourceVersion`.
+struct WithoutRv<'a>(&'a Value);
+
+/// `metadata` without `resourceVersion`.
+struct MetaWithoutRv<'a>(&'a Map<String, Value>);
+
+impl serde::Serialize for WithoutRv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(m) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut out = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match v {
+                Value::Object(meta) if k == "metadata" => {
+                    out.serialize_entry(k, &MetaWithoutRv(meta))?
+                }
+                _ => out.serialize_entry(k, v)?,
+            }
+        }
+        out.end()
+    }
+}
+
+impl serde::Serialize for MetaWithoutRv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut out = s.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| *k != "resourceVersion") {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
 }
 
 /// Value at a dotted path.
@@ -141,11 +179,51 @@ pub fn now_secs() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn paths() {
         let mut v = serde_json::json!({});
         set_at(&mut v, "spec.replicas", serde_json::json!(3));
         assert_eq!(at(&v, "spec.replicas"), Some(&serde_json::json!(3)));
+    }
+
+    /// What `encode` must equal: the object copied, its resourceVersion removed, serialised.
+    fn encode_by_copy(o: &Value) -> Vec<u8> {
+        let mut o = o.clone();
+        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        serde_json::to_vec(&o).unwrap()
+    }
+
+    #[test]
+    fn encode_drops_only_the_resource_version() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "a", "resourceVersion": "42", "labels": {"resourceVersion": "kept"}},
+                   "data": {"resourceVersion": "kept too"}}),
+            json!({"metadata": {"name": "no-rv"}, "spec": {"x": [1, 2, {"metadata": {"resourceVersion": "nested"}}]}}),
+            json!({"metadata": "not an object", "a": 1}),
+            json!({"kind": "NoMetadata"}),
+            json!([1, 2, 3]),
+        ];
+        for o in &objects {
+            assert_eq!(encode(o).as_ref(), encode_by_copy(o).as_slice(), "{o}");
+        }
+        let stored: Value = serde_json::from_slice(&encode(&objects[0])).unwrap();
+        assert!(stored["metadata"].get("resourceVersion").is_none());
+        assert_eq!(stored["metadata"]["labels"]["resourceVersion"], "kept");
+    }
+
+    #[test]
+    fn decode_sets_the_revision() {
+        let kv = KeyValue {
+            key: "/registry/core/configmaps/default/a".into(),
+            value: encode(&json!({"metadata": {"name": "a", "resourceVersion": "1"}})),
+            create_revision: 3,
+            mod_revision: 7,
+        };
+        assert_eq!(resource_version(&decode(&kv).unwrap()), "7");
     }
 }

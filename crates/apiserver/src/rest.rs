@@ -498,7 +498,7 @@ impl Api {
             .create(&key, obj::encode(&o))
             .await
             .map_err(|e| from_store(e, &subject(t, &name)))?;
-        obj::meta_mut(&mut o).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        obj::set_resource_version(&mut o, kv.mod_revision);
         Ok(o)
     }
 
@@ -585,8 +585,7 @@ impl Api {
                                 None,
                             );
                         }
-                        obj::meta_mut(&mut new)
-                            .insert("resourceVersion".into(), json!(rev.to_string()));
+                        obj::set_resource_version(&mut new, rev);
                         return Ok((new, false));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
@@ -599,8 +598,7 @@ impl Api {
                 .await
             {
                 Ok(w) => {
-                    obj::meta_mut(&mut new)
-                        .insert("resourceVersion".into(), json!(w.mod_revision.to_string()));
+                    obj::set_resource_version(&mut new, w.mod_revision);
                     return Ok((new, false));
                 }
                 Err(h8s_store::Error::Conflict { .. }) if precondition.is_empty() => continue,
@@ -803,8 +801,7 @@ impl Api {
                     .await
                 {
                     Ok(w) => {
-                        obj::meta_mut(&mut new)
-                            .insert("resourceVersion".into(), json!(w.mod_revision.to_string()));
+                        obj::set_resource_version(&mut new, w.mod_revision);
                         if is_namespace {
                             crate::ns::spawn_finalizer(self.clone(), name.to_string());
                         }

@@ -240,7 +240,7 @@ fn translate(ev: &h8s_store::Event, f: &Filter) -> Result<Option<(&'static str, 
             if !f.matches(&old) {
                 return Ok(None);
             }
-            obj::meta_mut(&mut old).insert("resourceVersion".into(), json!(revision.to_string()));
+            obj::set_resource_version(&mut old, *revision);
             Ok(Some(("DELETED", old)))
         }
     }
