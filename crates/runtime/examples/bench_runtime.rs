@@ -1,8 +1,10 @@
 //! The pod runtime benchmark (run by `bench/runtime/run.sh`): pod start latency beside a bare
 //! QEMU boot of the same kernel and initramfs, exec round trips, and host memory per idle pod.
-//! Prints the `runtime` section of BENCHMARKS.md; with `--write FILE` replaces it in FILE.
+//! Prints one block of the `runtime` section of BENCHMARKS.md; with `--write FILE` replaces
+//! the block named by `--block` (default `cloud`) inside that section, adding it before the
+//! section's end the first time, so runs for different guest kernels keep each other's figures.
 //!
-//! Usage: bench_runtime --shim PATH [--runs N] [--write BENCHMARKS.md]
+//! Usage: bench_runtime --shim PATH [--runs N] [--write BENCHMARKS.md] [--block NAME]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -137,11 +139,13 @@ fn pss_rss(pid: u32) -> (u64, u64) {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut shim, mut runs, mut write) = (None, 20usize, None);
+    let mut block = String::from("cloud");
     while let Some(a) = args.next() {
         match a.as_str() {
             "--shim" => shim = args.next().map(PathBuf::from),
             "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(20),
             "--write" => write = args.next().map(PathBuf::from),
+            "--block" => block = args.next().expect("--block NAME"),
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -322,12 +326,21 @@ off); the pod start ends when the guest agent answers `StartContainer`.",
     println!("{section}");
     if let Some(path) = write {
         let text = std::fs::read_to_string(&path).unwrap();
-        let (b, e) = ("<!-- bench:runtime:begin -->", "<!-- bench:runtime:end -->");
-        let (Some(i), Some(j)) = (text.find(b), text.find(e)) else {
-            panic!("markers missing in {}", path.display());
+        let (b, e) = (
+            format!("<!-- bench:runtime:{block}:begin -->"),
+            format!("<!-- bench:runtime:{block}:end -->"),
+        );
+        let new = match (text.find(&b), text.find(&e)) {
+            (Some(i), Some(j)) => format!("{}{b}\n{section}\n{}", &text[..i], &text[j..]),
+            _ => {
+                let end = "<!-- bench:runtime:end -->";
+                let Some(j) = text.find(end) else {
+                    panic!("no runtime section in {}", path.display());
+                };
+                format!("{}{b}\n{section}\n{e}\n{}", &text[..j], &text[j..])
+            }
         };
-        let new = format!("{}{b}\n{section}\n{}", &text[..i], &text[j..]);
         std::fs::write(&path, new).unwrap();
-        eprintln!("wrote {}", path.display());
+        eprintln!("wrote the {block} block of {}", path.display());
     }
 }
