@@ -24,8 +24,12 @@ fi
 
 bash scripts/build-test-image.sh "$H8S_CACHE/images/busybox-oci"
 
-cargo build -q -p h8s
-h8s=target/debug/h8s
+# Build h8s with the profile the caller will use (scripts/up: release; scripts/test: debug), so a
+# newcomer waits for one build of it, not two.
+profile="${H8S_BUILD_PROFILE:-debug}"
+echo "images: building h8s ($profile) to import the test image"
+if [ "$profile" = release ]; then cargo build --release --locked -p h8s; else cargo build --locked -p h8s; fi
+h8s=target/$profile/h8s
 id="$("$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest | awk '{print $2}')"
 "$h8s" image rootfs busybox:latest >/dev/null
 echo "images: busybox:latest imported ($id), rootfs built"
