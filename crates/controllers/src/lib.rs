@@ -2,4 +2,91 @@
 //! client (kube-rs watchers and reflectors through `h8s-client`). Nothing here touches the
 //! store: every read and write goes through the API server, so admission, validation and
 //! finalizers apply to the controllers as to any client.
+//!
+//! Each controller is a module with `pub async fn run(ctx: Context) -> Result<(), Error>`
+//! that returns only on a fatal error; [`run`] starts them all.
 #![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod job;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod pdb;
+pub mod quota;
+pub mod replicaset;
+pub mod serviceaccount;
+pub mod statefulset;
+
+/// Every controller timer, so tests can shorten them (kube-controller-manager's flags).
+#[derive(Clone, Debug)]
+pub struct Timers {
+    /// How long a node's Lease may go unrenewed before the node is Ready=Unknown and
+    /// tainted unreachable (`--node-monitor-grace-period`, 50 s since Kubernetes 1.32).
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked (`--node-monitor-period`, 5 s).
+    pub node_monitor_period: Duration,
+    /// Periodic full resync of the workload controllers (kube's informer resync).
+    pub resync: Duration,
+    /// Minimum time between a CronJob's schedule checks (10 s in Kubernetes).
+    pub cronjob_sync: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            node_monitor_grace_period: Duration::from_secs(50),
+            node_monitor_period: Duration::from_secs(5),
+            resync: Duration::from_secs(300),
+            cronjob_sync: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every controller gets.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub timers: Timers,
+    /// The cluster CA (PEM), published as the `kube-root-ca.crt` ConfigMap in every namespace.
+    pub root_ca_pem: String,
+}
+
+/// Why a controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed")]
+    Kube(#[from] kube::Error),
+    #[error("watch failed")]
+    Watch(#[from] kube::runtime::watcher::Error),
+    #[error("controller {name} stopped")]
+    Stopped { name: &'static str },
+}
+
+/// Runs every controller until one fails fatally.
+pub async fn run(ctx: Context) -> Result<(), Error> {
+    use futures::future::try_join_all;
+    use futures::FutureExt;
+    type Fut = futures::future::BoxFuture<'static, Result<(), Error>>;
+    let all: Vec<Fut> = vec![
+        gc::run(ctx.clone()).boxed(),
+        namespace::run(ctx.clone()).boxed(),
+        deployment::run(ctx.clone()).boxed(),
+        replicaset::run(ctx.clone()).boxed(),
+        statefulset::run(ctx.clone()).boxed(),
+        daemonset::run(ctx.clone()).boxed(),
+        job::run(ctx.clone()).boxed(),
+        cronjob::run(ctx.clone()).boxed(),
+        endpoints::run(ctx.clone()).boxed(),
+        serviceaccount::run(ctx.clone()).boxed(),
+        nodelifecycle::run(ctx.clone()).boxed(),
+        pdb::run(ctx.clone()).boxed(),
+        quota::run(ctx.clone()).boxed(),
+    ];
+    try_join_all(all).await.map(|_| ())
+}

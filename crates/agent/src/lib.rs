@@ -1,0 +1,1 @@
+//! The h8s node agent (kubelet's role). Not built yet.
