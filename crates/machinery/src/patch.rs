@@ -239,15 +239,70 @@ impl JsonPatch {
     }
 
     /// Applies the operations in order. On error `doc` is left unchanged and the error is
-    /// [`Error::PatchNotApplicable`] (422), as kube-apiserver answers.
+    /// [`Error::PatchNotApplicable`] (422), as kube-apiserver answers, or [`Error::TooLarge`]
+    /// (413) when `copy` operations would together copy more than
+    /// [`MAX_JSON_PATCH_COPY_BYTES`] — the only operation that grows a document beyond what
+    /// the (size-limited) request body carries, so the bound is checked before each copy is
+    /// made, not after.
     pub fn apply(&self, doc: &mut Value) -> Result<()> {
         let mut work = doc.clone();
+        let mut copy_budget = MAX_JSON_PATCH_COPY_BYTES;
         for op in &self.ops {
+            if let Op::Copy { from, .. } = op {
+                let size = get(&work, from).map_or(Some(0), |v| json_size_within(v, copy_budget));
+                match size {
+                    Some(n) => copy_budget -= n,
+                    None => {
+                        return Err(Error::TooLarge(format!(
+                            "unable to copy {:?}: the copies of this JSON patch would exceed the \
+                             allowed {MAX_JSON_PATCH_COPY_BYTES} bytes",
+                            pointer_string(from)
+                        )))
+                    }
+                }
+            }
             apply_op(&mut work, op)?;
         }
         *doc = work;
         Ok(())
     }
+}
+
+/// How many bytes all `copy` operations of one JSON patch may copy together, as
+/// kube-apiserver's `JSONPatchMaxCopyBytes` (3 MiB, its request body limit).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The size of `v` serialised as compact JSON (escapes counted as one byte each, which is a
+/// lower bound), or `None` as soon as it exceeds `budget` — so measuring a huge value costs at
+/// most `budget` worth of walking.
+fn json_size_within(v: &Value, budget: usize) -> Option<usize> {
+    fn take(left: &mut usize, n: usize) -> bool {
+        match left.checked_sub(n) {
+            Some(l) => {
+                *left = l;
+                true
+            }
+            None => false,
+        }
+    }
+    fn walk(v: &Value, left: &mut usize) -> bool {
+        match v {
+            Value::Null => take(left, 4),
+            Value::Bool(b) => take(left, if *b { 4 } else { 5 }),
+            Value::Number(n) => take(left, n.to_string().len()),
+            Value::String(s) => take(left, s.len() + 2),
+            Value::Array(a) => {
+                take(left, 2 + a.len().saturating_sub(1)) && a.iter().all(|x| walk(x, left))
+            }
+            Value::Object(m) => {
+                take(left, 2 + m.len().saturating_sub(1))
+                    && m.iter()
+                        .all(|(k, x)| take(left, k.len() + 3) && walk(x, left))
+            }
+        }
+    }
+    let mut left = budget;
+    walk(v, &mut left).then(|| budget - left)
 }
 
 /// Parses an RFC 6901 JSON Pointer into unescaped reference tokens.
@@ -594,6 +649,43 @@ mod tests {
             json!([{"op":"move","from":"/a","path":"/a/b/c"}])
         )
         .is_err());
+    }
+
+    #[test]
+    fn copy_amplification_is_refused_before_it_is_built() {
+        // The attack of issue 8: each copy doubles a value; 20 of them would copy 1 GiB.
+        let mut doc = json!({"metadata":{"annotations":{"a": "x".repeat(1024)}}});
+        let mut ops = vec![json!({"op":"add","path":"/data","value":{"v0":"x".repeat(1024)}})];
+        for i in 0..20 {
+            ops.push(json!({"op":"add","path":format!("/data/v{}", i + 1),"value":{}}));
+            ops.push(json!({"op":"copy","from":format!("/data/v{i}"),"path":format!("/data/v{}/a", i + 1)}));
+            ops.push(json!({"op":"copy","from":format!("/data/v{i}"),"path":format!("/data/v{}/b", i + 1)}));
+        }
+        let before = doc.clone();
+        let e = JsonPatch::from_value(&Value::Array(ops))
+            .unwrap()
+            .apply(&mut doc)
+            .unwrap_err();
+        assert_eq!(e.code(), 413, "{e}");
+        assert_eq!(doc, before, "a refused patch leaves the object unchanged");
+        // Copies within the budget still work.
+        assert_eq!(
+            jp(
+                json!({"a":{"b":[1,2]}}),
+                json!([{"op":"copy","from":"/a","path":"/c"}])
+            )
+            .unwrap(),
+            json!({"a":{"b":[1,2]},"c":{"b":[1,2]}})
+        );
+    }
+
+    #[test]
+    fn json_size_matches_serialisation_and_stops_at_the_budget() {
+        let v = json!({"a":[1,true,null,"xy"],"bb":{"c":-1.5}});
+        let n = serde_json::to_string(&v).unwrap().len();
+        assert_eq!(json_size_within(&v, 1 << 20), Some(n));
+        assert_eq!(json_size_within(&v, n), Some(n));
+        assert_eq!(json_size_within(&v, n - 1), None);
     }
 
     #[test]
