@@ -72,7 +72,10 @@ pub use apply::{
 };
 pub use error::{Conflict, Conflicts, Error, Result};
 pub use fieldset::{path_string, FieldSet, Path, PathElement};
-pub use patch::{apply_patch, merge_patch, JsonPatch, PatchType, MAX_JSON_PATCH_OPERATIONS};
+pub use patch::{
+    apply_patch, merge_patch, JsonPatch, PatchType, MAX_JSON_PATCH_COPY_BYTES,
+    MAX_JSON_PATCH_OPERATIONS,
+};
 pub use patch_meta::{FieldMeta, ListType, Schema};
 pub use selector::{
     escape_value, FieldOperator, FieldRequirement, FieldSelector, LabelSelector, Labels, Operator,
