@@ -20,7 +20,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::{Error, Result};
+use super::{Error, Result, UnpackBudget};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -31,6 +31,10 @@ pub(crate) struct Flattener {
     root: OwnedFd,
     /// Only root may chown and mknod; as another user those steps are skipped.
     privileged: bool,
+    budget: UnpackBudget,
+    /// Decompressed bytes and entries of the layers applied so far.
+    bytes_used: std::cell::Cell<u64>,
+    entries_used: std::cell::Cell<u64>,
 }
 
 /// Counts of what was unpacked, for logs and tests.
@@ -60,7 +64,52 @@ impl Flattener {
         Ok(Flattener {
             root: root_fd,
             privileged: rustix::process::geteuid().is_root(),
+            budget: UnpackBudget::default(),
+            bytes_used: Default::default(),
+            entries_used: Default::default(),
         })
+    }
+
+    pub(crate) fn with_budget(mut self, budget: UnpackBudget) -> Flattener {
+        self.budget = budget;
+        self
+    }
+
+    /// How many decompressed bytes the next layer may have, and which limit that is.
+    pub(crate) fn bytes_left(&self) -> (u64, &'static str) {
+        let image_left = self
+            .budget
+            .image_bytes
+            .saturating_sub(self.bytes_used.get());
+        if image_left < self.budget.layer_bytes {
+            (image_left, "decompressed bytes in the image")
+        } else {
+            (self.budget.layer_bytes, "decompressed bytes in a layer")
+        }
+    }
+
+    /// Records the decompressed bytes of a layer just applied.
+    pub(crate) fn charge_bytes(&self, n: u64) {
+        self.bytes_used.set(self.bytes_used.get() + n);
+    }
+
+    fn count_entry(&self, in_layer: &mut u64) -> Result<()> {
+        *in_layer += 1;
+        if *in_layer > self.budget.layer_entries {
+            return Err(Error::OverBudget {
+                what: "entries in a layer",
+                limit: self.budget.layer_entries,
+            });
+        }
+        let total = self.entries_used.get() + 1;
+        if total > self.budget.image_entries {
+            return Err(Error::OverBudget {
+                what: "entries in the image",
+                limit: self.budget.image_entries,
+            });
+        }
+        self.entries_used.set(total);
+        Ok(())
     }
 
     /// Applies one uncompressed layer tar stream.
@@ -71,8 +120,10 @@ impl Flattener {
         let entries = archive
             .entries()
             .map_err(|e| Error::BadLayer(e.to_string()))?;
+        let mut in_layer = 0;
         for entry in entries {
             let mut entry = entry.map_err(|e| Error::BadLayer(e.to_string()))?;
+            self.count_entry(&mut in_layer)?;
             let raw = entry
                 .path()
                 .map_err(|e| Error::BadLayer(e.to_string()))?

@@ -56,6 +56,8 @@ pub enum Error {
     UnsafePath(String),
     #[error("malformed layer: {0}")]
     BadLayer(String),
+    #[error("image exceeds its unpack budget: more than {limit} {what}")]
+    OverBudget { what: &'static str, limit: u64 },
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
     #[error("registry {0}: authentication required or refused")]
@@ -74,6 +76,33 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How much an image may unpack to: a gzip bomb or a layer of millions of empty files is refused
+/// with [`Error::OverBudget`] while it is being unpacked, and its staging directory removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpackBudget {
+    /// Decompressed bytes of one layer's tar stream.
+    pub layer_bytes: u64,
+    /// Decompressed bytes of all of an image's layers together.
+    pub image_bytes: u64,
+    /// Tar entries of one layer.
+    pub layer_entries: u64,
+    /// Tar entries of all layers together.
+    pub image_entries: u64,
+}
+
+impl Default for UnpackBudget {
+    /// 4 GiB per layer, 8 GiB and a million entries per image: above any image a pod VM
+    /// boots in practice, far below what fills a node's disk.
+    fn default() -> Self {
+        UnpackBudget {
+            layer_bytes: 4 << 30,
+            image_bytes: 8 << 30,
+            layer_entries: 500_000,
+            image_entries: 1_000_000,
+        }
+    }
+}
 
 /// What a container runs by default, from the image config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -190,6 +219,7 @@ pub struct Removed {
 #[derive(Clone, Debug)]
 pub struct ImageStore {
     layout: Layout,
+    budget: UnpackBudget,
 }
 
 impl ImageStore {
@@ -214,7 +244,16 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<ImageStore> {
         let layout = Layout::create(root)?;
-        Ok(ImageStore { layout })
+        Ok(ImageStore {
+            layout,
+            budget: UnpackBudget::default(),
+        })
+    }
+
+    /// The same store with another unpack budget for the root filesystems it builds.
+    pub fn with_budget(mut self, budget: UnpackBudget) -> ImageStore {
+        self.budget = budget;
+        self
     }
 
     /// The store's root directory.
@@ -348,7 +387,8 @@ impl ImageStore {
         }
         let record = self.find(&image.id.to_string())?;
         let layout = self.layout.clone();
-        tokio::task::spawn_blocking(move || rootfs::build(&layout, &record))
+        let budget = self.budget;
+        tokio::task::spawn_blocking(move || rootfs::build(&layout, &record, budget))
             .await
             .map_err(|e| Error::Io {
                 context: "rootfs task".into(),

@@ -14,7 +14,7 @@ use super::digest::Hasher;
 use super::flatten::Flattener;
 use super::oci::{self, Manifest};
 use super::store::{IoContext, Layout, Record};
-use super::{Digest, Error, Result};
+use super::{Digest, Error, Result, UnpackBudget};
 
 /// Where `mkfs.erofs` lives: `$H8S_MKFS_EROFS`, else the first on `PATH` or in sbin.
 fn mkfs_erofs() -> Result<PathBuf> {
@@ -29,7 +29,7 @@ fn mkfs_erofs() -> Result<PathBuf> {
         .ok_or_else(|| Error::Mkfs("not found: install Debian's erofs-utils".into()))
 }
 
-pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
+pub(crate) fn build(layout: &Layout, record: &Record, budget: UnpackBudget) -> Result<PathBuf> {
     let dest = layout.rootfs_path(&record.id);
     // One builder per image at a time, across processes; the others wait, then find
     // the file done.
@@ -59,7 +59,7 @@ pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
     std::fs::create_dir(&tree).ctx(|| format!("create {}", tree.display()))?;
     std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))
         .ctx(|| format!("chmod {}", tree.display()))?;
-    flatten_into(layout, &manifest, &tree)?;
+    flatten_into(layout, &manifest, &tree, budget)?;
     let flattened = started.elapsed();
 
     let out = tempfile::Builder::new()
@@ -105,8 +105,13 @@ pub(crate) fn build(layout: &Layout, record: &Record) -> Result<PathBuf> {
 
 /// Applies the manifest's layers in order into `tree`, verifying every layer blob's
 /// digest as it is read.
-pub(crate) fn flatten_into(layout: &Layout, manifest: &Manifest, tree: &Path) -> Result<()> {
-    let flattener = Flattener::new(tree)?;
+pub(crate) fn flatten_into(
+    layout: &Layout,
+    manifest: &Manifest,
+    tree: &Path,
+    budget: UnpackBudget,
+) -> Result<()> {
+    let flattener = Flattener::new(tree)?.with_budget(budget);
     for layer in &manifest.layers {
         match layer.media_type.as_str() {
             oci::OCI_LAYER
@@ -126,7 +131,8 @@ pub(crate) fn flatten_into(layout: &Layout, manifest: &Manifest, tree: &Path) ->
 }
 
 /// One layer blob: sniffed for compression (the media type is sometimes wrong in
-/// docker-archives), applied, then read to the end so the whole blob is hashed.
+/// docker-archives), applied, then read to the end so the whole blob is hashed. Every
+/// decompressed byte, the tar's and any trailing data's, counts against the budget.
 pub(crate) fn apply_blob(layout: &Layout, flattener: &Flattener, digest: &Digest) -> Result<()> {
     let file = layout.open_blob(digest)?;
     let mut input = BufReader::with_capacity(
@@ -137,17 +143,26 @@ pub(crate) fn apply_blob(layout: &Layout, flattener: &Flattener, digest: &Digest
         },
     );
     let head = input.fill_buf().ctx(|| format!("read layer {digest}"))?;
+    let (limit, what) = flattener.bytes_left();
     let stats = if head.starts_with(&[0x1f, 0x8b]) {
-        let mut gz = flate2::bufread::MultiGzDecoder::new(input);
-        let stats = flattener.apply(&mut gz)?;
-        io::copy(&mut gz, &mut io::sink())
-            .map_err(|e| Error::BadLayer(format!("layer {digest}: {e}")))?;
-        input = gz.into_inner();
+        let mut gz = Limited::new(flate2::bufread::MultiGzDecoder::new(input), limit);
+        let r = flattener.apply(&mut gz).and_then(|stats| {
+            io::copy(&mut gz, &mut io::sink())
+                .map_err(|e| Error::BadLayer(format!("layer {digest}: {e}")))?;
+            Ok(stats)
+        });
+        let stats = gz.check(r, what)?;
+        flattener.charge_bytes(gz.read);
+        input = gz.inner.into_inner();
         stats
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         return Err(Error::UnsupportedMediaType("zstd-compressed layer".into()));
     } else {
-        flattener.apply(&mut input)?
+        let mut plain = Limited::new(&mut input, limit);
+        let r = flattener.apply(&mut plain);
+        let stats = plain.check(r, what)?;
+        flattener.charge_bytes(plain.read);
+        stats
     };
     io::copy(&mut input, &mut io::sink()).ctx(|| format!("read layer {digest}"))?;
     let actual = input.into_inner().hasher.finish();
@@ -161,6 +176,54 @@ pub(crate) fn apply_blob(layout: &Layout, flattener: &Flattener, digest: &Digest
     Ok(())
 }
 
+/// A reader that fails once more than `left` bytes would come out of it.
+struct Limited<R> {
+    inner: R,
+    limit: u64,
+    read: u64,
+    tripped: bool,
+}
+
+impl<R> Limited<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Limited {
+            inner,
+            limit,
+            read: 0,
+            tripped: false,
+        }
+    }
+
+    /// The budget error if this reader tripped (whatever error the reading code made of it).
+    fn check<T>(&self, r: Result<T>, what: &'static str) -> Result<T> {
+        if self.tripped {
+            return Err(Error::OverBudget {
+                what,
+                limit: self.limit,
+            });
+        }
+        r
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.limit - self.read;
+        // At the limit, one more byte tells the end of the stream from an excess.
+        let max = (left.max(1)).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..max])?;
+        if n as u64 > left {
+            self.tripped = true;
+            return Err(io::Error::other("unpack budget exceeded"));
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
@@ -171,5 +234,106 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A tar of `files` files, each `size` bytes of zeros.
+    fn tar_of(files: usize, size: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let data = vec![0u8; size];
+        for i in 0..files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append_data(&mut h, format!("f{i}"), &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn setup() -> (tempfile::TempDir, Layout, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::create(&d.path().join("store")).unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        (d, layout, tree)
+    }
+
+    fn budget() -> UnpackBudget {
+        UnpackBudget {
+            layer_bytes: 1 << 20,
+            image_bytes: 3 << 18,
+            layer_entries: 100,
+            image_entries: 150,
+        }
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_at_the_budget() {
+        let (_d, layout, tree) = setup();
+        // 64 MiB of zeros compress to ~64 KiB.
+        let bomb = gzip(&tar_of(1, 64 << 20));
+        assert!(bomb.len() < 200 << 10);
+        let digest = layout.put_bytes(&bomb, None).unwrap();
+        let f = Flattener::new(&tree).unwrap().with_budget(budget());
+        let e = apply_blob(&layout, &f, &digest).unwrap_err();
+        assert!(
+            matches!(e, Error::OverBudget { limit, .. } if limit == 3 << 18),
+            "{e}"
+        );
+        // What was unpacked before the limit is bounded by it.
+        let written = std::fs::metadata(tree.join("f0"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(written <= 3 << 18, "{written}");
+    }
+
+    #[test]
+    fn image_budget_spans_layers_and_entries_are_counted() {
+        let (_d, layout, tree) = setup();
+        let f = Flattener::new(&tree).unwrap().with_budget(budget());
+        // 600 KiB per layer: the first fits, the second crosses the image's 768 KiB.
+        let layer = gzip(&tar_of(1, 600 << 10));
+        let digest = layout.put_bytes(&layer, None).unwrap();
+        apply_blob(&layout, &f, &digest).unwrap();
+        let e = apply_blob(&layout, &f, &digest).unwrap_err();
+        assert!(
+            matches!(e, Error::OverBudget { what, .. } if what.contains("image")),
+            "{e}"
+        );
+
+        let (_d2, layout, tree) = setup();
+        let f = Flattener::new(&tree).unwrap().with_budget(budget());
+        let many = layout.put_bytes(&tar_of(101, 0), None).unwrap();
+        let e = apply_blob(&layout, &f, &many).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::OverBudget {
+                    what: "entries in a layer",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Within budget, a plain (uncompressed) layer still applies.
+        let few = layout.put_bytes(&tar_of(3, 10), None).unwrap();
+        let f = Flattener::new(&tree).unwrap().with_budget(budget());
+        apply_blob(&layout, &f, &few).unwrap();
+        assert!(tree.join("f2").is_file());
     }
 }
