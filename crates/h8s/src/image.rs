@@ -125,6 +125,9 @@ async fn run_async(cmd: ImageCommand) -> Result<()> {
                     Some(progress_printer())
                 },
                 insecure_registries: insecure,
+                // The operator's own command on the operator's own machine: a registry on
+                // loopback is what they asked for (a tenant's pod spec never gets this).
+                allow_local_registries: true,
             };
             let image = store
                 .pull(&reference, &opts)

@@ -14,6 +14,14 @@ use h8s_runtime::image::{Credentials, Error, ImageStore, Progress, ProgressFn, P
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
 
+/// These tests' registries run on loopback, which a pull must be allowed to reach.
+fn local() -> PullOptions {
+    PullOptions {
+        allow_local_registries: true,
+        ..Default::default()
+    }
+}
+
 struct Registry {
     child: Child,
     port: u16,
@@ -185,17 +193,14 @@ async fn push_then_pull_anonymous_by_tag_digest_and_index() {
         .unwrap()
         .remove(0);
     let target = format!("{}/test/busybox:v1", reg.host());
-    let pushed = src
-        .push("busybox", &target, &PullOptions::default())
-        .await
-        .unwrap();
+    let pushed = src.push("busybox", &target, &local()).await.unwrap();
     assert_eq!(pushed, bb.manifest_digest);
 
     let dst = ImageStore::open(&t.path().join("dst")).unwrap();
     let (events, progress) = recorder();
     let opts = PullOptions {
         progress: Some(progress),
-        ..Default::default()
+        ..local()
     };
     let img = dst.pull(&target, &opts).await.unwrap();
     assert_eq!(img.id, bb.id);
@@ -242,21 +247,27 @@ async fn push_then_pull_anonymous_by_tag_digest_and_index() {
 
     // By digest, under another repository name form (localhost).
     let by_digest = format!("{}/test/busybox@{}", reg.host(), bb.manifest_digest);
-    assert_eq!(
-        dst.pull(&by_digest, &PullOptions::default())
-            .await
-            .unwrap()
-            .id,
-        bb.id
-    );
+    assert_eq!(dst.pull(&by_digest, &local()).await.unwrap().id, bb.id);
+    // Without the allowance a loopback registry is refused — by address and by name — with
+    // a clear error, and nothing is pulled.
+    let fresh = ImageStore::open(&t.path().join("fresh")).unwrap();
+    for r in [
+        target.clone(),
+        format!("localhost:{}/test/busybox:v1", reg.port),
+    ] {
+        match fresh.pull(&r, &PullOptions::default()).await {
+            Err(Error::Registry { message, .. }) => {
+                assert!(
+                    message.contains("refusing to connect to local address"),
+                    "{message}"
+                )
+            }
+            other => panic!("{r}: {other:?}"),
+        }
+    }
+    assert!(fresh.list().unwrap().is_empty());
     let via_localhost = format!("localhost:{}/test/busybox:v1", reg.port);
-    assert_eq!(
-        dst.pull(&via_localhost, &PullOptions::default())
-            .await
-            .unwrap()
-            .id,
-        bb.id
-    );
+    assert_eq!(dst.pull(&via_localhost, &local()).await.unwrap().id, bb.id);
 
     // An OCI index with an arm64 image first: the amd64 one is chosen.
     let other_tar = t.path().join("other.tar");
@@ -265,7 +276,7 @@ async fn push_then_pull_anonymous_by_tag_digest_and_index() {
     src.push(
         "other:1",
         &format!("{}/test/busybox:arm", reg.host()),
-        &PullOptions::default(),
+        &local(),
     )
     .await
     .unwrap();
@@ -292,10 +303,7 @@ async fn push_then_pull_anonymous_by_tag_digest_and_index() {
     );
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
     let multi = dst
-        .pull(
-            &format!("{}/test/busybox:multi", reg.host()),
-            &PullOptions::default(),
-        )
+        .pull(&format!("{}/test/busybox:multi", reg.host()), &local())
         .await
         .unwrap();
     assert_eq!(multi.id, bb.id);
@@ -309,12 +317,12 @@ async fn push_then_pull_anonymous_by_tag_digest_and_index() {
     // Missing things are typed errors.
     let missing = format!("{}/test/busybox:nope", reg.host());
     assert!(matches!(
-        dst.pull(&missing, &PullOptions::default()).await,
+        dst.pull(&missing, &local()).await,
         Err(Error::NotFound(_))
     ));
     let missing = format!("{}/test/absent:v1", reg.host());
     assert!(matches!(
-        dst.pull(&missing, &PullOptions::default()).await,
+        dst.pull(&missing, &local()).await,
         Err(Error::NotFound(_))
     ));
     assert!(dst.list().unwrap().iter().all(|i| i.id == bb.id));
@@ -343,23 +351,17 @@ async fn basic_auth_push_and_pull() {
             username: "h8s".into(),
             password: password.into(),
         }),
-        ..Default::default()
+        ..local()
     };
 
-    let err = src
-        .push("busybox", &target, &PullOptions::default())
-        .await
-        .unwrap_err();
+    let err = src.push("busybox", &target, &local()).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
     src.push("busybox", &target, &creds("s3cret pass"))
         .await
         .unwrap();
 
     let dst = ImageStore::open(&t.path().join("dst")).unwrap();
-    let err = dst
-        .pull(&target, &PullOptions::default())
-        .await
-        .unwrap_err();
+    let err = dst.pull(&target, &local()).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
     let err = dst.pull(&target, &creds("wrong")).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
@@ -511,13 +513,10 @@ async fn bearer_token_flow() {
             username: "alice".into(),
             password: password.into(),
         }),
-        ..Default::default()
+        ..local()
     };
 
-    let err = src
-        .push("busybox", &target, &PullOptions::default())
-        .await
-        .unwrap_err();
+    let err = src.push("busybox", &target, &local()).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
     src.push("busybox", &target, &creds("wonder land"))
         .await

@@ -108,13 +108,30 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Loopback, link-local (cloud metadata at 169.254.169.254) and unspecified addresses: the
+/// node's own services, which an image reference must not reach unless configured.
+pub(crate) fn is_local_addr(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => a.is_loopback() || a.is_link_local() || a.is_unspecified(),
+        IpAddr::V6(a) => {
+            a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Client {
     tls: Arc<rustls::ClientConfig>,
+    allow_local: bool,
 }
 
 impl Client {
-    pub(crate) fn new() -> Result<Client> {
+    /// A client that connects to local addresses (see [`is_local_addr`]) only if `allow_local`.
+    pub(crate) fn new(allow_local: bool) -> Result<Client> {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -128,7 +145,10 @@ impl Client {
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        Ok(Client { tls: Arc::new(tls) })
+        Ok(Client {
+            tls: Arc::new(tls),
+            allow_local,
+        })
     }
 
     /// Sends one request on a fresh connection.
@@ -144,9 +164,34 @@ impl Client {
             message: m,
         };
         let (host, port) = url.host_port();
+        // Resolve first and connect to a checked address, so neither a name nor a redirect
+        // leads to the node's own services.
+        let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port)),
+        )
+        .await
+        .map_err(|_| err("name resolution timed out".into()))?
+        .map_err(|e| err(format!("resolve {host}: {e}")))?
+        .collect();
+        let allowed: Vec<_> = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.allow_local || !is_local_addr(a.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(err(match addrs.first() {
+                Some(a) => format!(
+                    "refusing to connect to local address {} (pulls from loopback or \
+                     link-local registries must be allowed by configuration)",
+                    a.ip()
+                ),
+                None => format!("{host} resolves to no address"),
+            }));
+        }
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
+            tokio::net::TcpStream::connect(&allowed[..]),
         )
         .await
         .map_err(|_| err("connect timed out".into()))?
@@ -357,6 +402,19 @@ mod tests {
         assert!(Url::parse("http://localhost/").unwrap().is_loopback());
         assert!(Url::parse("http://127.0.0.9:80/").unwrap().is_loopback());
         assert!(!Url::parse("http://10.0.0.1/").unwrap().is_loopback());
+        for local in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_local_addr(local.parse().unwrap()), "{local}");
+        }
+        for remote in ["10.0.0.1", "8.8.8.8", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(!is_local_addr(remote.parse().unwrap()), "{remote}");
+        }
         assert!(Url::parse("http://user@evil/").is_none());
         assert!(Url::parse("ftp://x/").is_none());
         assert_eq!(

@@ -194,6 +194,11 @@ pub struct PullOptions {
     pub progress: Option<ProgressFn>,
     /// Registries (`host:port`) allowed over plain http besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Whether the pull may connect to a loopback, link-local (169.254.0.0/16, where cloud
+    /// metadata lives; fe80::/10) or unspecified address — directly, through DNS, or through a
+    /// registry's redirect. Off by default: an image reference in a tenant's pod spec must not
+    /// reach the node's own services. `h8s image pull` on one's own machine turns it on.
+    pub allow_local_registries: bool,
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -201,6 +206,7 @@ impl std::fmt::Debug for PullOptions {
         f.debug_struct("PullOptions")
             .field("auth", &self.auth)
             .field("insecure_registries", &self.insecure_registries)
+            .field("allow_local_registries", &self.allow_local_registries)
             .finish_non_exhaustive()
     }
 }

@@ -48,7 +48,7 @@ impl<'a> Session<'a> {
             authority: host.to_owned(),
             path: "/".into(),
         };
-        let base = if base.is_loopback() || insecure {
+        let base = if (base.is_loopback() && opts.allow_local_registries) || insecure {
             Url {
                 https: false,
                 ..base
@@ -57,7 +57,7 @@ impl<'a> Session<'a> {
             base
         };
         Ok(Session {
-            client: Client::new()?,
+            client: Client::new(opts.allow_local_registries)?,
             registry: r.registry().to_owned(),
             base,
             repository: r.repository().to_owned(),
@@ -81,10 +81,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Plain http is allowed only where the registry itself is.
+    /// Plain http is allowed only to the registry itself when it is plain http, to a
+    /// registry listed insecure, or to loopback when local registries are allowed: a redirect
+    /// or token realm never downgrades a public registry to http.
     fn check_scheme(&self, u: &Url) -> Result<()> {
         if u.https
-            || u.is_loopback()
+            || (!self.base.https && u.authority == self.base.authority)
+            || (self.opts.allow_local_registries && u.is_loopback())
             || self
                 .opts
                 .insecure_registries
