@@ -219,7 +219,12 @@ impl Api {
             }
             _ => {}
         }
-        let user = match self.authn.authenticate(&parts.headers) {
+        // auth (helper "auth"): authenticators see the whole request and its TLS session.
+        let user = match self
+            .authn
+            .authenticate(&crate::auth::RequestInfo::from_parts(&parts))
+            .await
+        {
             Authn::User(u) => u,
             Authn::NoOpinion | Authn::Denied => return error_response(&ApiError::unauthorized()),
         };

@@ -1,13 +1,34 @@
 //! The front of the request chain: authentication, then authorization. Both are
 //! traits so that later work plugs in Keystone tokens, RBAC and the tenant guard
 //! without touching the REST code.
+//!
+//! Authentication is a chain ([`AuthnChain`]) of asynchronous [`Authenticator`]s, each
+//! seeing the whole request ([`RequestInfo`]: headers, the TLS client certificate,
+//! the peer address). The server's order: X.509 client certificates, static bearer
+//! tokens, ServiceAccount JWTs, bootstrap tokens, then the extra authenticators of
+//! [`crate::Config`] (the seam for Keystone). The first that recognises the caller wins.
+//!
+//! Authorization ([`Authorizer`]) answers allow, deny, or allow-filtered: a list or
+//! watch then only returns the objects the [`ObjectFilter`] lets through.
+
+mod bootstrap;
+mod x509;
+
+pub use bootstrap::{BootstrapGuard, BootstrapTokenAuthenticator, JoinToken};
+pub use x509::ClientCertAuthenticator;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use futures::future::BoxFuture;
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
+
+/// The group every authenticated user is in.
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,7 +53,59 @@ impl UserInfo {
     }
 }
 
+/// What the TLS layer knows about a connection. The server attaches it to every request
+/// it reads (as an `http::Extensions` entry); only the server creates it, so the
+/// certificates in it have been verified against the cluster CA.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    remote_addr: SocketAddr,
+    client_certs: Arc<[CertificateDer<'static>]>,
+}
+
+impl ConnInfo {
+    /// `client_certs` must have been verified (leaf first) against the cluster CA.
+    pub(crate) fn new(remote_addr: SocketAddr, client_certs: Vec<CertificateDer<'static>>) -> Self {
+        ConnInfo {
+            remote_addr,
+            client_certs: client_certs.into(),
+        }
+    }
+}
+
+/// One request as authenticators see it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    /// The client's certificate chain, leaf first, verified against the cluster CA by
+    /// the TLS layer; empty when the client sent none (or the request came in-process).
+    pub client_certs: &'a [CertificateDer<'static>],
+    /// The peer's address, when the request came over the network.
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// The request's view from its parts and the [`ConnInfo`] the server attached.
+    pub fn from_parts(parts: &'a http::request::Parts) -> Self {
+        let conn = parts.extensions.get::<ConnInfo>();
+        RequestInfo {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            client_certs: conn.map(|c| &c.client_certs[..]).unwrap_or(&[]),
+            remote_addr: conn.map(|c| c.remote_addr),
+        }
+    }
+
+    /// The bearer token of the `Authorization` header, if any.
+    pub fn bearer(&self) -> Option<&'a str> {
+        bearer(self.headers)
+    }
+}
+
 /// The result of authenticating one request.
+#[derive(Debug, Clone)]
 pub enum Authn {
     /// Valid credentials.
     User(UserInfo),
@@ -43,9 +116,11 @@ pub enum Authn {
     Denied,
 }
 
-/// Turns a request's credentials into a user.
+/// Turns a request's credentials into a user. Asynchronous, so that an authenticator
+/// may read the store (ServiceAccount tokens) or ask another service (Keystone); boxed,
+/// so that the chain holds `dyn Authenticator`s.
 pub trait Authenticator: Send + Sync {
-    fn authenticate(&self, headers: &http::HeaderMap) -> Authn;
+    fn authenticate<'a>(&'a self, req: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn>;
 }
 
 /// The bearer token in an `Authorization` header, if any.
@@ -81,7 +156,7 @@ impl TokenAuthenticator {
         UserInfo {
             username: "admin".into(),
             uid: String::new(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            groups: vec!["system:masters".into(), AUTHENTICATED_GROUP.into()],
             extra: HashMap::new(),
         }
     }
@@ -139,7 +214,7 @@ pub fn parse_token_file(s: &str) -> HashMap<String, UserInfo> {
                     .collect()
             })
             .unwrap_or_default();
-        groups.push("system:authenticated".into());
+        groups.push(AUTHENTICATED_GROUP.into());
         out.insert(
             fields[0].clone(),
             UserInfo {
@@ -153,8 +228,8 @@ pub fn parse_token_file(s: &str) -> HashMap<String, UserInfo> {
     out
 }
 
-impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, headers: &http::HeaderMap) -> Authn {
+impl TokenAuthenticator {
+    fn check(&self, headers: &http::HeaderMap) -> Authn {
         let Some(tok) = bearer(headers) else {
             return Authn::NoOpinion;
         };
@@ -169,7 +244,14 @@ impl Authenticator for TokenAuthenticator {
                 }
             }
         }
-        Authn::Denied
+        // Not one of ours; a later authenticator (JWTs, bootstrap tokens) may know it.
+        Authn::NoOpinion
+    }
+}
+
+impl Authenticator for TokenAuthenticator {
+    fn authenticate<'a>(&'a self, req: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn> {
+        Box::pin(std::future::ready(self.check(req.headers)))
     }
 }
 
@@ -189,11 +271,55 @@ pub struct Attributes {
     pub path: String,
 }
 
+/// Narrows what an allowed list or watch returns (Kubernetes has no such answer; the
+/// tenancy work needs it so that a caller sees only its own objects). The list path keeps
+/// the objects `allows` accepts; a watch sends only their events (an object that stops
+/// being allowed is seen as deleted).
+pub trait ObjectFilter: Send + Sync {
+    fn allows(&self, obj: &Value) -> bool;
+}
+
+/// A label selector is a filter: the caller only sees objects whose labels match.
+impl ObjectFilter for h8s_machinery::LabelSelector {
+    fn allows(&self, obj: &Value) -> bool {
+        self.matches_object(obj)
+    }
+}
+
+/// A predicate over objects as a filter.
+pub struct FnFilter<F>(pub F);
+
+impl<F: Fn(&Value) -> bool + Send + Sync> ObjectFilter for FnFilter<F> {
+    fn allows(&self, obj: &Value) -> bool {
+        (self.0)(obj)
+    }
+}
+
 /// An authorization decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Decision {
     Allow,
     Deny(String),
+    /// Allowed, but a list or watch returns only what the filter allows (other verbs
+    /// treat it as [`Decision::Allow`]).
+    AllowFiltered(Arc<dyn ObjectFilter>),
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Allow => f.write_str("Allow"),
+            Decision::Deny(why) => f.debug_tuple("Deny").field(why).finish(),
+            Decision::AllowFiltered(_) => f.write_str("AllowFiltered(..)"),
+        }
+    }
+}
+
+impl Decision {
+    /// Whether the request may go ahead (filtered or not).
+    pub fn allowed(&self) -> bool {
+        !matches!(self, Decision::Deny(_))
+    }
 }
 
 /// Decides whether a user may do something.
@@ -211,18 +337,28 @@ impl Authorizer for AllowAuthenticated {
     }
 }
 
-/// A chain of authenticators: the first opinion wins.
+/// A chain of authenticators, as Kubernetes' union authenticator: the first that
+/// recognises the caller wins; when none does, the request is [`Authn::Denied`] if any
+/// rejected a credential, else [`Authn::NoOpinion`] (both answer 401).
 pub struct AuthnChain(pub Vec<Arc<dyn Authenticator>>);
 
 impl Authenticator for AuthnChain {
-    fn authenticate(&self, headers: &http::HeaderMap) -> Authn {
-        for a in &self.0 {
-            match a.authenticate(headers) {
-                Authn::NoOpinion => continue,
-                other => return other,
+    fn authenticate<'a>(&'a self, req: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn> {
+        Box::pin(async move {
+            let mut denied = false;
+            for a in &self.0 {
+                match a.authenticate(req).await {
+                    Authn::User(u) => return Authn::User(u),
+                    Authn::Denied => denied = true,
+                    Authn::NoOpinion => {}
+                }
             }
-        }
-        Authn::NoOpinion
+            if denied {
+                Authn::Denied
+            } else {
+                Authn::NoOpinion
+            }
+        })
     }
 }
 
@@ -236,6 +372,61 @@ mod tests {
         h
     }
 
+    /// Runs `a` on a request with `headers` and no client certificate.
+    fn run(a: &dyn Authenticator, headers: &http::HeaderMap) -> Authn {
+        let req = RequestInfo {
+            method: &http::Method::GET,
+            path: "/api",
+            headers,
+            client_certs: &[],
+            remote_addr: None,
+        };
+        futures::executor::block_on(a.authenticate(&req))
+    }
+
+    #[test]
+    fn chain_first_user_wins_and_denial_is_remembered() {
+        struct Fixed(Authn);
+        impl Authenticator for Fixed {
+            fn authenticate<'a>(&'a self, _: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn> {
+                Box::pin(std::future::ready(self.0.clone()))
+            }
+        }
+        let u = |n: &str| UserInfo {
+            username: n.into(),
+            ..Default::default()
+        };
+        let none = http::HeaderMap::new();
+        let c = AuthnChain(vec![
+            Arc::new(Fixed(Authn::NoOpinion)),
+            Arc::new(Fixed(Authn::Denied)),
+            Arc::new(Fixed(Authn::User(u("b")))),
+            Arc::new(Fixed(Authn::User(u("c")))),
+        ]);
+        assert!(matches!(run(&c, &none), Authn::User(x) if x.username == "b"));
+        let c = AuthnChain(vec![
+            Arc::new(Fixed(Authn::Denied)),
+            Arc::new(Fixed(Authn::NoOpinion)),
+        ]);
+        assert!(matches!(run(&c, &none), Authn::Denied));
+        assert!(matches!(run(&AuthnChain(vec![]), &none), Authn::NoOpinion));
+    }
+
+    #[test]
+    fn filters() {
+        let sel = h8s_machinery::LabelSelector::parse("team=a").unwrap();
+        let d = Decision::AllowFiltered(Arc::new(sel));
+        assert!(d.allowed());
+        assert!(!Decision::Deny("no".into()).allowed());
+        let Decision::AllowFiltered(f) = d else {
+            unreachable!()
+        };
+        assert!(f.allows(&json!({"metadata": {"labels": {"team": "a"}}})));
+        assert!(!f.allows(&json!({"metadata": {"labels": {"team": "b"}}})));
+        let f = FnFilter(|o: &Value| o["metadata"]["namespace"] == "x");
+        assert!(f.allows(&json!({"metadata": {"namespace": "x"}})));
+    }
+
     #[test]
     fn tokens() {
         let d = tempfile::tempdir().unwrap();
@@ -243,23 +434,18 @@ mod tests {
         std::fs::write(&f, "t1,alice,u1,\"dev,ops\"\nbad\n").unwrap();
         let a = TokenAuthenticator::new("admintok".into(), Some(f));
         assert!(
-            matches!(a.authenticate(&hdr("Bearer admintok")), Authn::User(u) if u.username == "admin")
+            matches!(run(&a, &hdr("Bearer admintok")), Authn::User(u) if u.username == "admin")
         );
-        match a.authenticate(&hdr("bearer t1")) {
+        match run(&a, &hdr("bearer t1")) {
             Authn::User(u) => {
                 assert_eq!(u.username, "alice");
                 assert_eq!(u.groups, vec!["dev", "ops", "system:authenticated"]);
             }
             _ => panic!("t1 should authenticate"),
         }
-        assert!(matches!(a.authenticate(&hdr("Bearer nope")), Authn::Denied));
-        assert!(matches!(
-            a.authenticate(&hdr("Basic abc")),
-            Authn::NoOpinion
-        ));
-        assert!(matches!(
-            a.authenticate(&http::HeaderMap::new()),
-            Authn::NoOpinion
-        ));
+        // An unknown token is for a later authenticator to judge.
+        assert!(matches!(run(&a, &hdr("Bearer nope")), Authn::NoOpinion));
+        assert!(matches!(run(&a, &hdr("Basic abc")), Authn::NoOpinion));
+        assert!(matches!(run(&a, &http::HeaderMap::new()), Authn::NoOpinion));
     }
 }

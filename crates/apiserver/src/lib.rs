@@ -32,11 +32,12 @@ mod watch;
 pub use admission::{Admission, NamespaceLifecycle, Operation, Request as AdmissionRequest};
 pub use api::{Api, Body, GIT_VERSION, KUBE_MINOR};
 pub use auth::{
-    AllowAuthenticated, Attributes, Authenticator, Authn, Authorizer, Decision, TokenAuthenticator,
-    UserInfo,
+    AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
+    BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,
+    ObjectFilter, RequestInfo, TokenAuthenticator, UserInfo, AUTHENTICATED_GROUP,
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
-pub use pki::{kubeconfig, random_token, Pki};
+pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
 pub use server::{Config, Server};
 pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;

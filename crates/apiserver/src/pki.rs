@@ -2,7 +2,10 @@
 //! first start in the data directory and reused afterwards.
 //!
 //! Files (all mode 0600): `ca.crt`, `ca.key`, `server.crt`, `server.key`, `admin.token`,
-//! `admin.kubeconfig`. The serving certificate is re-issued (by the same CA) when the
+//! `admin.kubeconfig`. Client certificates for users and components are issued by the
+//! same CA ([`Pki::issue_client_cert`]); the server requests (but does not require) one
+//! on every TLS connection and authenticates its subject (CN → user, O → groups). The
+//! serving certificate is re-issued (by the same CA) when the
 //! wanted subject alternative names are not all in the existing one, so adding a
 //! `--tls-san` later does not invalidate kubeconfigs that trust the CA.
 
@@ -10,11 +13,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use crate::{Error, Result};
@@ -26,9 +30,119 @@ pub struct Pki {
     pub key_pem: String,
     pub admin_token: String,
     pub dir: PathBuf,
+    /// The CA's private key (PEM); never leaves the server.
+    ca_key_pem: String,
 }
 
-fn write_private(path: &Path, data: &str) -> Result<()> {
+/// The lifetime of a client certificate when the caller names none: one year.
+pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How far back a new certificate's validity starts, for clocks slightly behind ours.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pki {
+    /// Loads an existing PKI from a server's data dir without writing anything.
+    pub fn load(dir: &Path) -> Result<Pki> {
+        load(dir)
+    }
+
+    /// Issues a client certificate signed by the cluster CA for `user` (the subject's CN)
+    /// in `groups` (the subject's O), valid from now (minus five minutes of clock skew)
+    /// for `lifetime` (at most until the CA expires). Returns the certificate and its new
+    /// private key (ECDSA P-256, PKCS#8), both PEM.
+    ///
+    /// At most one group: rcgen, which writes the certificate, keeps one value per
+    /// subject attribute (Kubernetes' own identities — `system:masters`,
+    /// `system:nodes` — need only one).
+    pub fn issue_client_cert(
+        &self,
+        user: &str,
+        groups: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, String)> {
+        if user.is_empty() {
+            return Err(Error::Pki("a client certificate needs a user name".into()));
+        }
+        if groups.len() > 1 {
+            return Err(Error::Pki(
+                "a client certificate carries at most one group (O)".into(),
+            ));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for g in groups {
+            dn.push(DnType::OrganizationName, g.as_str());
+        }
+        dn.push(DnType::CommonName, user);
+        p.distinguished_name = dn;
+        let key = KeyPair::generate().map_err(rc)?;
+        let cert = self.sign_client(p, &key, lifetime)?;
+        Ok((cert, key.serialize_pem()))
+    }
+
+    /// Signs client-certificate parameters for `public_key` with the CA: a leaf with
+    /// `clientAuth` only, a random serial and the given lifetime.
+    fn sign_client(
+        &self,
+        mut p: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+        lifetime: Duration,
+    ) -> Result<String> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(rc)?;
+        let issuer = Issuer::new(ca_params(), &ca_key);
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = (now + lifetime).min(ca_params().not_after);
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.subject_alt_names.clear();
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut serial = crate::util::random_bytes::<16>();
+        serial[0] &= 0x7f;
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(public_key, &issuer).map_err(rc)?;
+        Ok(cert.pem())
+    }
+
+    /// Signs a PKCS#10 request (PEM) as a client certificate, keeping only its subject:
+    /// what the CSR signers of `certificates.k8s.io` issue. The request's signature is
+    /// checked; its extensions are not carried over.
+    pub(crate) fn sign_csr(
+        &self,
+        csr: &rcgen::CertificateSigningRequestParams,
+        lifetime: Duration,
+    ) -> Result<String> {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = csr.params.distinguished_name.clone();
+        self.sign_client(p, &csr.public_key, lifetime)
+    }
+
+    /// A kubeconfig for `server_url` that trusts this CA and presents a client
+    /// certificate (both PEM), e.g. from [`Pki::issue_client_cert`].
+    pub fn client_kubeconfig(
+        &self,
+        server_url: &str,
+        user: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> String {
+        kubeconfig_with_cert(server_url, &self.ca_pem, cert_pem, key_pem, user)
+    }
+}
+
+pub(crate) fn write_private(path: &Path, data: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -43,7 +157,7 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::Pki(format!("renaming {}: {e}", path.display())))
 }
 
-fn read(path: &Path) -> Result<Option<String>> {
+pub(crate) fn read(path: &Path) -> Result<Option<String>> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -106,6 +220,23 @@ pub fn wanted_sans(extra: &[String]) -> Vec<String> {
         }
     }
     sans
+}
+
+/// Loads an existing PKI from `dir` without writing anything (for commands that issue
+/// credentials from a server's data dir).
+pub fn load(dir: &Path) -> Result<Pki> {
+    let need = |f: &str| {
+        read(&dir.join(f))?
+            .ok_or_else(|| Error::Pki(format!("{} is missing", dir.join(f).display())))
+    };
+    Ok(Pki {
+        ca_pem: need("ca.crt")?,
+        cert_pem: need("server.crt")?,
+        key_pem: need("server.key")?,
+        admin_token: need("admin.token")?.trim().to_string(),
+        dir: dir.to_path_buf(),
+        ca_key_pem: need("ca.key")?,
+    })
 }
 
 /// Loads the PKI from `dir`, creating whatever is missing. `server_url` goes into the
@@ -179,6 +310,7 @@ pub fn ensure(dir: &Path, extra_sans: &[String], server_url: &str) -> Result<Pki
         key_pem,
         admin_token,
         dir: dir.to_path_buf(),
+        ca_key_pem,
     })
 }
 
@@ -190,8 +322,25 @@ pub fn kubeconfig(server_url: &str, ca_pem: &str, token: &str, user: &str) -> St
     )
 }
 
+/// A kubeconfig for `server_url` that trusts `ca_pem` and presents a client certificate.
+pub fn kubeconfig_with_cert(
+    server_url: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    user: &str,
+) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let (ca, cert, key) = (b64(ca_pem), b64(cert_pem), b64(key_pem));
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: h8s\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: h8s\n  context:\n    cluster: h8s\n    user: {user}\n    namespace: default\ncurrent-context: h8s\n"
+    )
+}
+
 /// The rustls server configuration for the serving certificate, with ALPN h2 and
-/// http/1.1.
+/// http/1.1. A client certificate is requested, not required: when one is sent it must
+/// chain to the cluster CA (and the handshake fails otherwise); the authenticator maps it
+/// to a user.
 pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -202,14 +351,38 @@ pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig> {
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())
         .map_err(|e| Error::Pki(format!("server.key: {e}")))?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Pki(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(pki, provider.clone())?)
         .with_single_cert(certs, key)
         .map_err(|e| Error::Pki(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// Verifies client certificates against the cluster CA; connections without one are
+/// accepted (they authenticate otherwise, or get 401).
+fn client_verifier(
+    pki: &Pki,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+) -> Result<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        let c = c.map_err(|e| Error::Pki(format!("ca.crt: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| Error::Pki(format!("ca.crt: {e}")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider,
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Pki(format!("client certificate verifier: {e}")))
 }
 
 #[cfg(test)]
@@ -222,6 +395,12 @@ mod tests {
         let a = ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
         let b = ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
         assert_eq!(a.ca_pem, b.ca_pem);
+        let l = Pki::load(d.path()).unwrap();
+        assert_eq!(
+            (l.ca_pem, l.admin_token),
+            (a.ca_pem.clone(), a.admin_token.clone())
+        );
+        assert!(Pki::load(&d.path().join("nope")).is_err());
         assert_eq!(a.cert_pem, b.cert_pem);
         assert_eq!(a.admin_token, b.admin_token);
         let mode = fs::metadata(d.path().join("ca.key")).unwrap();
@@ -234,5 +413,48 @@ mod tests {
         assert!(server_tls(&c).is_ok());
         let kc = fs::read_to_string(d.path().join("admin.kubeconfig")).unwrap();
         assert!(kc.contains(&a.admin_token));
+    }
+
+    #[test]
+    fn client_cert_subject_and_validity() {
+        use x509_parser::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let pki = ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
+        let groups = vec!["system:nodes".to_string()];
+        let (cert, key) = pki
+            .issue_client_cert("system:node:n1", &groups, CLIENT_CERT_LIFETIME)
+            .unwrap();
+        let two = ["a".to_string(), "b".to_string()];
+        assert!(pki
+            .issue_client_cert("u", &two, CLIENT_CERT_LIFETIME)
+            .is_err());
+        assert!(key.contains("PRIVATE KEY"));
+        let (_, pem) = parse_x509_pem(cert.as_bytes()).unwrap();
+        let x = pem.parse_x509().unwrap();
+        let cn: Vec<_> = x
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let o: Vec<_> = x
+            .subject()
+            .iter_organization()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(cn, ["system:node:n1"]);
+        assert_eq!(o, ["system:nodes"]);
+        let days =
+            (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86400;
+        assert_eq!(days, 365);
+        assert!(x.extended_key_usage().unwrap().unwrap().value.client_auth);
+        // It verifies against the CA, as the TLS layer does.
+        let (_, ca) = parse_x509_pem(pki.ca_pem.as_bytes()).unwrap();
+        let ca = ca.parse_x509().unwrap();
+        x.verify_signature(Some(ca.public_key())).unwrap();
+        assert!(pki
+            .issue_client_cert("", &[], CLIENT_CERT_LIFETIME)
+            .is_err());
+        let kc = pki.client_kubeconfig("https://x:1", "n1", &cert, &key);
+        assert!(kc.contains("client-certificate-data"));
     }
 }

@@ -1169,7 +1169,10 @@ impl Api {
                     }
                 };
                 o["status"] = match self.authz.authorize(&cx.user, &attrs) {
-                    crate::auth::Decision::Allow => json!({"allowed": true}),
+                    // auth: a filtered allowance is still an allowance.
+                    crate::auth::Decision::Allow | crate::auth::Decision::AllowFiltered(_) => {
+                        json!({"allowed": true})
+                    }
                     crate::auth::Decision::Deny(why) => {
                         json!({"allowed": false, "reason": why})
                     }

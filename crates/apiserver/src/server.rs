@@ -13,7 +13,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, NamespaceLifecycle};
 use crate::api::Api;
-use crate::auth::{AllowAuthenticated, Authenticator, AuthnChain, Authorizer, TokenAuthenticator};
+use crate::auth::{
+    AllowAuthenticated, Authenticator, AuthnChain, Authorizer, BootstrapGuard,
+    BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, JoinToken, TokenAuthenticator,
+};
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
 use crate::{Error, Result};
@@ -24,9 +27,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tls_sans: Vec<String>,
     pub store: Arc<dyn h8s_store::Store>,
-    /// Extra authenticators tried before the static tokens (Keystone, later).
+    /// Extra authenticators, tried after the built-in ones (client certificates, static
+    /// tokens, ServiceAccount tokens, bootstrap tokens): the seam for Keystone.
     pub authenticators: Vec<Arc<dyn Authenticator>>,
-    /// The authorizer; `None` allows every authenticated user.
+    /// The authorizer; `None` allows every authenticated user. Bootstrap-token users are
+    /// confined by [`BootstrapGuard`] before it is asked.
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Admission plugins run after the built-in NamespaceLifecycle.
     pub admission: Vec<Arc<dyn Admission>>,
@@ -57,6 +62,9 @@ impl Config {
 pub struct Server {
     pub addr: SocketAddr,
     pub pki: Pki,
+    /// The join token (also in `DATA_DIR/join-token`, mode 0600) node agents bootstrap
+    /// their client certificate with.
+    pub join_token: JoinToken,
     api: Arc<Api>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -95,11 +103,21 @@ impl Server {
         // backend directly.
         let store: Arc<dyn h8s_store::Store> =
             h8s_store::WatchCache::new(cfg.store.clone()).await?;
-        let mut authn: Vec<Arc<dyn Authenticator>> = cfg.authenticators.clone();
-        authn.push(Arc::new(TokenAuthenticator::new(
-            pki.admin_token.clone(),
-            Some(cfg.data_dir.join("tokens.csv")),
-        )));
+        let join_path = cfg.data_dir.join("join-token");
+        let join_token = tokio::task::spawn_blocking(move || JoinToken::ensure(&join_path))
+            .await
+            .map_err(|e| Error::Pki(e.to_string()))??;
+        // The chain's order: client certificates, static tokens, bootstrap tokens, then
+        // the extra authenticators (Keystone).
+        let mut authn: Vec<Arc<dyn Authenticator>> = vec![
+            Arc::new(ClientCertAuthenticator),
+            Arc::new(TokenAuthenticator::new(
+                pki.admin_token.clone(),
+                Some(cfg.data_dir.join("tokens.csv")),
+            )),
+            Arc::new(BootstrapTokenAuthenticator::new(vec![join_token.clone()])),
+        ];
+        authn.extend(cfg.authenticators.iter().cloned());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle::new(
             store.clone(),
@@ -109,10 +127,11 @@ impl Server {
         let api = Arc::new(Api {
             store,
             authn: Arc::new(AuthnChain(authn)),
-            authz: cfg
-                .authorizer
-                .clone()
-                .unwrap_or_else(|| Arc::new(AllowAuthenticated)),
+            authz: Arc::new(BootstrapGuard::new(
+                cfg.authorizer
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(AllowAuthenticated)),
+            )),
             admission,
             metrics: Metrics::default(),
             ready: Default::default(),
@@ -134,6 +153,7 @@ impl Server {
         Ok(Server {
             addr,
             pki,
+            join_token,
             api,
             stop,
             task,
@@ -186,7 +206,17 @@ async fn accept_loop(
                     }
                     Err(_) => return,
                 };
-            let svc = hyper::service::service_fn(move |req| {
+            // What the handshake proved (the verified client certificate) travels with
+            // every request of the connection, for the authenticators.
+            let certs = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let conn = ConnInfo::new(peer, certs);
+            let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                req.extensions_mut().insert(conn.clone());
                 let api = api.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
             });
