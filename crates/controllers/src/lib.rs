@@ -14,6 +14,7 @@ mod cluster;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+mod discover;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
@@ -21,6 +22,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod pdb;
 pub mod quota;
+pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -37,6 +39,15 @@ pub struct Timers {
     pub resync: Duration,
     /// Minimum time between a CronJob's schedule checks (10 s in Kubernetes).
     pub cronjob_sync: Duration,
+    /// How often the garbage collector re-reads discovery to watch new resources (30 s in
+    /// kube-controller-manager); also how long it waits for its first lists.
+    pub discovery_sync: Duration,
+    /// The longest back-off of a garbage-collector item that keeps failing (1000 s, as
+    /// client-go's default controller rate limiter).
+    pub gc_max_backoff: Duration,
+    /// How long the namespace controller expects finalizers of remaining content to take
+    /// before it checks again (15 s in Kubernetes; it checks after half of it plus 1 s).
+    pub namespace_finalizer_estimate: Duration,
 }
 
 impl Default for Timers {
@@ -46,6 +57,9 @@ impl Default for Timers {
             node_monitor_period: Duration::from_secs(5),
             resync: Duration::from_secs(300),
             cronjob_sync: Duration::from_secs(10),
+            discovery_sync: Duration::from_secs(30),
+            gc_max_backoff: Duration::from_secs(1000),
+            namespace_finalizer_estimate: Duration::from_secs(15),
         }
     }
 }
