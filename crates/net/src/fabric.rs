@@ -40,6 +40,22 @@ pub struct NodeConfig {
     pub egress: bool,
 }
 
+/// Ranges no tenant egress reaches by default: cloud metadata and the rest of link-local
+/// (169.254.0.0/16), loopback, "this network", the private ranges where a provider's own
+/// services and other customers' machines live, shared address space, multicast and reserved.
+/// An operator who wants pods to reach a private range edits [`NodeConfig::protected`].
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
 impl NodeConfig {
     /// Defaults for a node called `name` whose underlay address is `underlay_ip`.
     pub fn new(name: &str, underlay_ip: Ipv4Addr) -> NodeConfig {
@@ -50,7 +66,10 @@ impl NodeConfig {
             underlay_mtu: 1500,
             vxlan_port: 4789,
             transit: "100.64.0.0/16".parse().expect("literal"),
-            protected: vec![],
+            protected: DEFAULT_PROTECTED
+                .iter()
+                .map(|p| p.parse().expect("literal"))
+                .collect(),
             host_dns: vec![],
             egress: true,
         }

@@ -67,7 +67,13 @@ impl NodeRules {
                 .map(|(d, m)| format!("\"{d}\" . {m}")),
         );
         let peers = elements(self.vxlan_peers.iter().map(|p| p.to_string()));
-        let protected = elements(self.protected.iter().map(|p| p.to_string()));
+        // An interval set refuses overlapping elements; CIDRs overlap only by containment, so
+        // keep the outermost ones (Ipv4Net::aggregate also merges adjacent ranges).
+        let protected = elements(
+            Ipv4Net::aggregate(&self.protected)
+                .iter()
+                .map(|p| p.to_string()),
+        );
         let vp = self.vxlan_port;
         let transit = self.transit;
         let _ = write!(
@@ -274,5 +280,27 @@ mod tests {
         let s = r.script();
         assert!(s.contains(r#""h8tabc" . 0a:58:0a:00:00:02"#), "{s}");
         assert!(s.contains("th dport 53 accept"), "{s}");
+    }
+
+    #[test]
+    fn overlapping_protected_ranges_are_merged_for_the_interval_set() {
+        let r = NodeRules {
+            ports: vec![],
+            gateway_macs: vec![],
+            vxlan_peers: vec![],
+            vxlan_port: 4789,
+            // The detected underlay subnet inside a default private range.
+            protected: ["10.0.0.0/8", "10.77.0.0/24", "169.254.0.0/16"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
+            transit: "100.64.0.0/16".parse().unwrap(),
+            host_dns: vec![],
+        };
+        let s = r.script();
+        assert!(
+            s.contains("elements = { 10.0.0.0/8, 169.254.0.0/16 }"),
+            "{s}"
+        );
     }
 }

@@ -185,6 +185,22 @@ fn egress_is_masqueraded_and_tenants_cannot_reach_each_others_gateways() {
     );
     assert!(ping(&pa, ip("203.0.113.9"), T).is_some());
 
+    // Cloud metadata and private ranges beyond the gateway are out of reach, though the
+    // node itself routes to them.
+    run(&format!(
+        "ip -n {i} addr add 169.254.169.254/32 dev wan && ip -n {i} addr add 10.99.0.9/32 dev wan && \
+         ip -n {n} route add 169.254.169.254 via 203.0.113.9 && ip -n {n} route add 10.99.0.9 via 203.0.113.9",
+        n = np.file_name().unwrap().to_str().unwrap(),
+        i = ip_.file_name().unwrap().to_str().unwrap()
+    ));
+    assert!(ping(&n1.node().netns, ip("169.254.169.254"), T).is_some());
+    for t in ["169.254.169.254", "10.99.0.9"] {
+        assert!(
+            ping(&pa, ip(t), Duration::from_millis(500)).is_none(),
+            "{t}"
+        );
+    }
+
     // Nothing comes in from outside.
     assert!(ping(&inet, a.ip, Duration::from_millis(500)).is_none());
     // Other tenant: its pod, its gateway, its uplink are all out of reach.

@@ -67,7 +67,7 @@ impl Lab {
                 Ipv4Addr::new(10, 77, 0, i as u8),
             );
             cfg.netns = ns;
-            cfg.protected = vec!["10.77.0.0/24".parse().unwrap()];
+            cfg.protected.push("10.77.0.0/24".parse().unwrap());
             let f = Fabric::new(self.store.clone(), cfg).unwrap();
             self.fabrics.push(f.clone());
             out.push(f);
