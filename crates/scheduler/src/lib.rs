@@ -9,6 +9,42 @@
 
 use std::time::Duration;
 
+mod cluster;
+mod filter;
+mod model;
+mod preempt;
+mod quantity;
+mod schedule;
+mod score;
+mod selector;
+
+pub use cluster::Cluster;
+pub use filter::{Code, Plugin, PreFilter, Status};
+pub use model::{NodeInfo, PodInfo, Resources};
+pub use preempt::{preempt, Preemption};
+pub use quantity::parse_scaled;
+pub use schedule::{
+    num_feasible_nodes_to_find, Decision, FitError, Options, ScheduleError, Scheduler,
+};
+
+/// The reasons and messages kube-scheduler uses, word for word.
+pub mod messages {
+    pub use crate::filter::{
+        ERR_AFFINITY, ERR_ANTI, ERR_EXISTING_ANTI, ERR_NODE_AFFINITY, ERR_NODE_NAME,
+        ERR_NODE_PORTS, ERR_SPREAD, ERR_SPREAD_LABEL, ERR_TOO_MANY_PODS, ERR_UNSCHEDULABLE,
+    };
+    pub use crate::schedule::{NO_NODES, NO_VICTIMS, PREEMPTION_NOT_HELPFUL};
+}
+
+/// The score plugins, for tests and tools.
+pub mod scores {
+    pub use crate::score::{
+        balanced_allocation, default_normalize, inter_pod_affinity, least_allocated,
+        node_affinity_score, prefer_no_schedule_tolerations, score_nodes, taint_count,
+        topology_spread,
+    };
+}
+
 /// Every knob and timer of the scheduler; the binary turns them into flags.
 #[derive(Clone, Debug)]
 pub struct Config {
