@@ -26,6 +26,8 @@ pub(crate) enum Target {
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        /// `etcds://`: TLS is required, never plain text.
+        tls: bool,
     },
 }
 
@@ -34,6 +36,7 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
     if url == "embedded" || url == "embedded://" {
         return Ok(Target::Embedded);
     }
+    let tls = url.starts_with("etcds://");
     let Some(rest) = url
         .strip_prefix("etcd://")
         .or_else(|| url.strip_prefix("etcds://"))
@@ -66,11 +69,16 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
     // Each cluster's keys live under its own prefix; `/registry/…` keys are appended
     // to it. No trailing slash, so `/c1` and `/c1/` name the same place.
     let prefix = prefix.trim_end_matches('/').to_owned();
-    Ok(Target::Etcd { endpoints, prefix })
+    Ok(Target::Etcd {
+        endpoints,
+        prefix,
+        tls,
+    })
 }
 
 /// Opens the store a `--store` URL names: `embedded` (the file `DATA_DIR/store.redb`) or
-/// `etcd://HOST:PORT[,HOST:PORT…][/prefix]`.
+/// `etcd://HOST:PORT[,HOST:PORT…][/prefix]`; `etcds://…` refuses to connect without TLS
+/// settings rather than falling back to plain text.
 pub async fn open(url: &str, data_dir: &Path, tls: Option<EtcdTls>) -> Result<Arc<dyn Store>> {
     match parse(url)? {
         Target::Embedded => {
@@ -80,7 +88,16 @@ pub async fn open(url: &str, data_dir: &Path, tls: Option<EtcdTls>) -> Result<Ar
                 .map_err(|e| Error::Unavailable(format!("opening the store failed: {e}")))??;
             Ok(Arc::new(store))
         }
-        Target::Etcd { endpoints, prefix } => {
+        Target::Etcd {
+            endpoints,
+            prefix,
+            tls: tls_required,
+        } => {
+            if tls_required && tls.as_ref().is_none_or(|t| t.ca_file.is_none()) {
+                return Err(Error::Unavailable(format!(
+                    "{url}: etcds:// requires TLS settings (--etcd-cafile, and --etcd-certfile/--etcd-keyfile for a client certificate); refusing to connect in plain text"
+                )));
+            }
             let store = crate::Etcd::connect(crate::EtcdOptions {
                 endpoints,
                 prefix,
@@ -104,16 +121,22 @@ mod tests {
             parse("etcd://127.0.0.1:2379").unwrap(),
             Target::Etcd {
                 endpoints: vec!["127.0.0.1:2379".into()],
-                prefix: "".into()
+                prefix: "".into(),
+                tls: false,
             }
         );
         assert_eq!(
             parse("etcd://a:1,b:2/c1/").unwrap(),
             Target::Etcd {
                 endpoints: vec!["a:1".into(), "b:2".into()],
-                prefix: "/c1".into()
+                prefix: "/c1".into(),
+                tls: false,
             }
         );
+        assert!(matches!(
+            parse("etcds://a:1").unwrap(),
+            Target::Etcd { tls: true, .. }
+        ));
         for bad in [
             "",
             "etcd://",
@@ -123,6 +146,18 @@ mod tests {
             "etcd:///p",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn etcds_without_tls_settings_is_refused_not_plain_text() {
+        let d = tempfile::tempdir().unwrap();
+        for tls in [None, Some(EtcdTls::default())] {
+            match open("etcds://127.0.0.1:1", d.path(), tls).await {
+                Err(Error::Unavailable(m)) => assert!(m.contains("requires TLS"), "{m}"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected without TLS"),
+            }
         }
     }
 }
