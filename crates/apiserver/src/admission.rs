@@ -14,6 +14,35 @@ use crate::auth::UserInfo;
 use crate::error::{ApiError, Subject};
 use crate::obj;
 
+/// Settings of the built-in admission plugins (kube-apiserver's flags for them).
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// DefaultTolerationSeconds: how long pods tolerate `node.kubernetes.io/not-ready`
+    /// (`--default-not-ready-toleration-seconds`, 300).
+    pub not_ready_toleration_seconds: i64,
+    /// DefaultTolerationSeconds: how long pods tolerate `node.kubernetes.io/unreachable`
+    /// (`--default-unreachable-toleration-seconds`, 300).
+    pub unreachable_toleration_seconds: i64,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
+    }
+}
+
+/// Kubernetes' default admission chain, in kube-apiserver's order.
+pub fn default_chain(
+    store: Arc<dyn h8s_store::Store>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _cfg: &PluginConfig,
+) -> Vec<Arc<dyn Admission>> {
+    vec![Arc::new(NamespaceLifecycle::new(store, shutdown))]
+}
+
 /// The kind of write being admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {

@@ -1,103 +1,31 @@
 //! The request chain: authentication → authorization → admission → registry → store.
 //! [`Api::handle`] takes one HTTP request and always answers; errors become `Status`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
-use crate::admission::Admission;
-use crate::auth::{Attributes, Authenticator, Authn, Authorizer, Decision, UserInfo};
+use crate::auth::{Attributes, Authn, Decision};
 use crate::body::MAX_BODY;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::response::{error_response, full, json_response};
 use crate::route::{route, Route, Target};
+use crate::strategy::Sub;
 use crate::util::Query;
 
-/// A response body: a whole buffer or a stream (watches).
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub use crate::response::Body;
+pub use crate::state::Api;
 
 /// The version `/version` reports. kubectl's dispatcher picks `kubectl.1.<minor>`
 /// from it, so it names the Kubernetes API level h8s serves.
 pub const KUBE_MINOR: &str = "33";
 pub const GIT_VERSION: &str = "v1.33.0-h8s";
-
-pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
-}
-
-pub fn json_response(code: u16, v: &Value) -> Response<Body> {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub fn error_response(e: &ApiError) -> Response<Body> {
-    let mut r = json_response(e.code, &e.to_status());
-    if let Some(s) = e.details.retry_after {
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    r
-}
-
-/// One request's context, handed down the chain.
-pub struct Ctx {
-    pub user: UserInfo,
-    pub query: Query,
-    pub headers: HeaderMap,
-    pub method: Method,
-    /// The client accepts a `meta.k8s.io Table`.
-    pub as_table: bool,
-    /// `includeObject` for Tables: `Metadata` (default), `Object` or `None`.
-    pub include_object: String,
-    /// Warnings to send back as `Warning: 299` headers.
-    pub warnings: Vec<String>,
-    /// The Kubernetes verb, for metrics and authorization.
-    pub verb: &'static str,
-    /// The write is a server-side apply (managed fields are computed by apply).
-    pub applying: bool,
-    /// The request's parts, for subresources delegated to a [`crate::SubresourceHandler`].
-    pub parts: Option<http::request::Parts>,
-}
-
-impl Ctx {
-    pub fn dry_run(&self) -> bool {
-        self.query.all("dryRun").iter().any(|v| v == "All")
-    }
-    pub fn field_manager(&self) -> Option<&str> {
-        self.query.get("fieldManager").filter(|s| !s.is_empty())
-    }
-    /// The manager of a write: `fieldManager`, else the User-Agent's program name, as
-    /// kube-apiserver derives it.
-    pub fn manager_name(&self) -> String {
-        if let Some(m) = self.field_manager() {
-            return m.to_string();
-        }
-        let ua = self
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let prog = ua.split('/').next().unwrap_or("").trim();
-        if prog.is_empty() {
-            "unknown".into()
-        } else {
-            prog.chars().take(128).collect()
-        }
-    }
-}
 
 /// Whether an `Accept` header asks for a `meta.k8s.io` Table (first choice wins,
 /// as the Kubernetes negotiation does).
@@ -121,23 +49,6 @@ fn wants_table(accept: &str) -> bool {
         }
     }
     false
-}
-
-/// The server state behind every request.
-pub struct Api {
-    pub(crate) store: Arc<dyn h8s_store::Store>,
-    pub(crate) authn: Arc<dyn Authenticator>,
-    pub(crate) authz: Arc<dyn Authorizer>,
-    pub(crate) admission: Vec<Arc<dyn Admission>>,
-    pub(crate) metrics: Metrics,
-    pub(crate) ready: std::sync::atomic::AtomicBool,
-    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
-    pub(crate) service_cidr: crate::svc::Cidr,
-    /// Serialises Service address allocation with the write that records it.
-    pub(crate) svc_lock: tokio::sync::Mutex<()>,
-    /// Delegated subresources by (resource, subresource).
-    pub(crate) streams:
-        std::collections::HashMap<(String, String), Arc<dyn crate::stream::SubresourceHandler>>,
 }
 
 impl Api {
@@ -358,7 +269,7 @@ impl Api {
                 let (_, object) = self
                     .read(t, &name)
                     .await?
-                    .ok_or_else(|| ApiError::not_found(&crate::rest::subject(t, &name)))?;
+                    .ok_or_else(|| ApiError::not_found(&t.subject(&name)))?;
                 let parts = cx
                     .parts
                     .take()
@@ -377,7 +288,16 @@ impl Api {
                     .await);
             }
         }
-        match (cx.verb, sub) {
+        // What a subresource does is the kind's strategy's to say.
+        let role = match sub {
+            None => None,
+            Some(s) => Some(t.strategy().subresource(t.res, s).ok_or_else(|| {
+                ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                )
+            })?),
+        };
+        match (cx.verb, role) {
             ("list", None) => {
                 need("list")?;
                 self.list(cx, t).await
@@ -386,26 +306,27 @@ impl Api {
                 need("watch")?;
                 self.watch(cx, t).await
             }
-            ("get", None) | ("get", Some("status")) => {
+            ("get", None | Some(Sub::Status | Sub::Approval)) => {
                 need("get")?;
                 self.get(cx, t).await
             }
-            ("get", Some("scale")) => self.get_scale(cx, t).await,
+            ("get", Some(Sub::Scale)) => self.get_scale(cx, t).await,
             ("create", None) => {
                 need("create")?;
                 self.create(cx, t, body).await
             }
-            ("create", Some("binding")) => self.bind(cx, t, body).await,
-            ("update", None) | ("update", Some("status")) | ("update", Some("finalize")) => {
+            ("create", Some(Sub::Binding)) => self.bind(cx, t, body).await,
+            ("create", Some(Sub::Eviction)) => self.evict(cx, t, body).await,
+            ("update", None | Some(Sub::Status | Sub::Finalize | Sub::Approval)) => {
                 need("update")?;
                 self.update(cx, t, body).await
             }
-            ("update", Some("scale")) => self.update_scale(cx, t, body).await,
-            ("patch", None) | ("patch", Some("status")) => {
+            ("update", Some(Sub::Scale)) => self.update_scale(cx, t, body).await,
+            ("patch", None | Some(Sub::Status | Sub::Approval)) => {
                 need("patch")?;
                 self.patch(cx, t, body).await
             }
-            ("patch", Some("scale")) => self.patch_scale(cx, t, body).await,
+            ("patch", Some(Sub::Scale)) => self.patch_scale(cx, t, body).await,
             ("delete", None) => {
                 need("delete")?;
                 self.delete(cx, t, body).await

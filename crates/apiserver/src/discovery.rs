@@ -6,8 +6,8 @@ use h8s_types::resources::{self, Resource};
 use http::{HeaderValue, Response};
 use serde_json::{json, Value};
 
-use crate::api::{full, json_response, Body};
 use crate::error::ApiError;
+use crate::response::{full, json_response, Body};
 
 /// Which aggregated discovery version an `Accept` header asks for first, if any.
 fn aggregated_version(accept: &str) -> Option<&'static str> {

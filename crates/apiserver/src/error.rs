@@ -200,6 +200,20 @@ impl ApiError {
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(500, "InternalError", msg)
     }
+    /// 429 TooManyRequests, as the eviction API answers a disruption budget that
+    /// allows no disruption now.
+    pub fn too_many_requests(msg: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", msg)
+    }
+    /// 422 from the field errors of `h8s_types` validation.
+    pub fn from_field_errors(
+        kind: &str,
+        group: &str,
+        name: &str,
+        errs: &h8s_types::FieldErrors,
+    ) -> Self {
+        Self::invalid(kind, group, name, causes(errs))
+    }
     pub fn timeout(msg: impl Into<String>) -> Self {
         Self::new(504, "Timeout", msg)
     }
@@ -250,6 +264,26 @@ impl ApiError {
         }
         st
     }
+}
+
+/// The causes of a 422 from `h8s_types` field errors.
+pub fn causes(e: &h8s_types::FieldErrors) -> Vec<Cause> {
+    e.iter()
+        .map(|f| Cause {
+            reason: f.kind.reason().to_string(),
+            message: f.body(),
+            field: f.field.clone(),
+        })
+        .collect()
+}
+
+/// Maps errors of the patch, selector and apply machinery (422s keep `Invalid`).
+pub fn from_machinery(e: h8s_machinery::Error) -> ApiError {
+    let mut a = ApiError::new(e.code(), e.reason(), e.to_string());
+    if e.code() == 422 {
+        a.reason = "Invalid";
+    }
+    a
 }
 
 /// Maps store errors to API errors about `s`.

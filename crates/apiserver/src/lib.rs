@@ -10,8 +10,13 @@ mod admission;
 mod api;
 mod auth;
 mod body;
+mod bootstrap;
+mod cidr;
+mod ctx;
 mod discovery;
 mod error;
+mod eviction;
+mod filter;
 mod gc;
 mod hooks;
 mod metrics;
@@ -21,16 +26,23 @@ mod openapi;
 mod patch;
 mod pki;
 mod proto;
+mod response;
 mod rest;
 mod route;
+mod seams;
 mod server;
+mod state;
+mod strategy;
 mod stream;
 mod svc;
 mod util;
 mod watch;
 
 pub use admission::{Admission, NamespaceLifecycle, Operation, Request as AdmissionRequest};
-pub use api::{Api, Body, GIT_VERSION, KUBE_MINOR};
+pub use api::{GIT_VERSION, KUBE_MINOR};
+pub use response::Body;
+pub use seams::{CsrSigner, Reviewer};
+pub use state::Api;
 pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,

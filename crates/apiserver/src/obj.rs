@@ -8,9 +8,11 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 
 /// The storage key prefix of a resource: `/registry/<group or core>/<plural>/`, plus
-/// `<namespace>/` when `ns` is given.
+/// `<namespace>/` when `ns` is given. The group is the storage version's, so a kind
+/// served in two groups (`events.k8s.io` Events) lives in one place.
 pub fn prefix(r: &Resource, ns: Option<&str>) -> String {
-    let g = if r.group.is_empty() { "core" } else { r.group };
+    let group = r.storage.map_or(r.group, |(g, _, _)| g);
+    let g = if group.is_empty() { "core" } else { group };
     match ns {
         Some(ns) => format!("/registry/{g}/{}/{ns}/", r.plural),
         None => format!("/registry/{g}/{}/", r.plural),
@@ -131,6 +133,45 @@ impl serde::Serialize for MetaWithoutRv<'_> {
         }
         out.end()
     }
+}
+
+/// Checks (or fills in) `apiVersion` and `kind` against the URL's resource.
+pub fn check_type_meta(res: &Resource, o: &mut Value) -> Result<(), ApiError> {
+    let want_av = res.api_version();
+    let m = o
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    match m.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            m.insert("apiVersion".into(), Value::String(want_av));
+        }
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )))
+        }
+    }
+    match m.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            m.insert("kind".into(), Value::String(res.kind.into()));
+        }
+        Some(k) if k == res.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )))
+        }
+    }
+    if let Some(md) = m.get("metadata") {
+        if !md.is_object() && !md.is_null() {
+            return Err(ApiError::bad_request(
+                "metadata must be an object (ObjectMeta)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Value at a dotted path.

@@ -3,8 +3,8 @@
 use h8s_types::openapi;
 use http::{HeaderValue, Response};
 
-use crate::api::{full, Body};
 use crate::error::ApiError;
+use crate::response::{full, Body};
 
 fn respond(ct: &str, body: &'static [u8], etag: Option<&str>) -> Response<Body> {
     let mut r = Response::new(full(bytes::Bytes::from_static(body)));

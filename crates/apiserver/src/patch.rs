@@ -7,11 +7,12 @@ use h8s_machinery::{PatchType, Schema};
 use http::Response;
 use serde_json::Value;
 
-use crate::api::{json_response, Api, Body, Ctx};
 use crate::body::{parse_yaml, Media};
-use crate::error::ApiError;
-use crate::rest::{content_type, machinery_err, subject};
+use crate::ctx::Ctx;
+use crate::error::{from_machinery, ApiError};
+use crate::response::{json_response, Body};
 use crate::route::Target;
+use crate::state::Api;
 
 /// Applies a JSON, merge or strategic patch to `obj` (no managed fields involved).
 pub(crate) fn apply_simple(
@@ -41,7 +42,7 @@ pub(crate) fn apply_simple(
         // Malformed JSON is a 400 whatever the machinery calls it.
         crate::body::parse_json(body)?;
     }
-    h8s_machinery::apply_patch(pt, obj, body, schema).map_err(machinery_err)
+    h8s_machinery::apply_patch(pt, obj, body, schema).map_err(from_machinery)
 }
 
 impl Api {
@@ -51,7 +52,7 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let ct = content_type(cx).unwrap_or("");
+        let ct = cx.content_type().unwrap_or("");
         let media = Media::parse(Some(ct)).and_then(|m| {
             if m.is_patch() {
                 Ok(m)
@@ -60,7 +61,7 @@ impl Api {
             }
         })?;
         let name = t.name.clone().unwrap_or_default();
-        let mode = crate::rest::field_validation(cx)?;
+        let mode = cx.field_validation()?;
         let apply = media == Media::ApplyPatch;
         if apply && cx.field_manager().is_none() {
             return Err(ApiError::bad_request(
@@ -151,7 +152,7 @@ impl Api {
                 &m,
                 force,
             )
-            .map_err(machinery_err)
+            .map_err(from_machinery)
         };
         let (o, created) = self
             .guaranteed_update(cx, t, &name, apply && t.sub.is_none(), |old| match old {
@@ -179,7 +180,7 @@ impl Api {
                 }
                 None => {
                     let mut new = ssa(None)?;
-                    crate::rest::check_type_meta(t2.res, &mut new)?;
+                    crate::obj::check_type_meta(t2.res, &mut new)?;
                     strict(None, &new)?;
                     Ok(new)
                 }
@@ -187,7 +188,7 @@ impl Api {
             .await
             .map_err(|e| {
                 if e.code == 404 && !apply {
-                    ApiError::not_found(&subject(t, &name))
+                    ApiError::not_found(&t.subject(&name))
                 } else {
                     e
                 }

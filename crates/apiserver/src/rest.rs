@@ -4,82 +4,28 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use h8s_machinery::{FieldSelector, LabelSelector};
+use h8s_machinery::LabelSelector;
 use h8s_store::{KeyValue, ListOptions};
 use h8s_types::Resource;
 use http::Response;
 use serde_json::{json, Value};
 
 use crate::admission::{Operation, Request as AdmissionRequest};
-use crate::api::{json_response, Api, Body, Ctx};
 use crate::body::{decode_object, Media};
-use crate::error::{from_store, ApiError, Cause, Subject};
+use crate::ctx::Ctx;
+use crate::error::{from_machinery, from_store, ApiError, Cause};
+use crate::filter::Filter;
 use crate::gc;
-use crate::hooks;
-use crate::obj;
+use crate::obj::{self, check_type_meta};
+use crate::response::{json_response, success_status, Body};
 use crate::route::Target;
+use crate::state::Api;
+use crate::strategy::{Propagation, Sub};
 use crate::util;
 
 /// How many times a write without a resourceVersion precondition is retried when it
 /// races another writer.
 const MAX_RETRIES: usize = 8;
-
-pub(crate) fn subject<'a>(t: &'a Target, name: &'a str) -> Subject<'a> {
-    Subject {
-        group: t.res.group,
-        resource: t.res.plural,
-        name,
-    }
-}
-
-pub(crate) fn machinery_err(e: h8s_machinery::Error) -> ApiError {
-    let mut a = ApiError::new(e.code(), e.reason(), e.to_string());
-    if e.code() == 422 {
-        a.reason = "Invalid";
-    }
-    a
-}
-
-/// Label and field selectors of a list or watch.
-pub(crate) struct Filter {
-    pub label: LabelSelector,
-    pub field: FieldSelector,
-    pub res: &'static Resource,
-}
-
-impl Filter {
-    pub fn from_query(cx: &Ctx, res: &'static Resource) -> Result<Filter, ApiError> {
-        let label = match cx.query.get("labelSelector") {
-            Some(s) if !s.is_empty() => LabelSelector::parse(s).map_err(machinery_err)?,
-            _ => LabelSelector::everything(),
-        };
-        let field = match cx.query.get("fieldSelector") {
-            Some(s) if !s.is_empty() => FieldSelector::parse(s).map_err(machinery_err)?,
-            _ => FieldSelector::everything(),
-        };
-        let fields = res.selectable_fields();
-        field
-            .check_supported(|f| fields.contains(&f))
-            .map_err(|_| {
-                let bad = field
-                    .requirements()
-                    .iter()
-                    .find(|r| !fields.contains(&r.field.as_str()))
-                    .map(|r| r.field.clone())
-                    .unwrap_or_default();
-                ApiError::bad_request(format!("field label not supported: {bad}"))
-            })?;
-        Ok(Filter { label, field, res })
-    }
-
-    pub fn matches(&self, o: &Value) -> bool {
-        self.label.matches_object(o) && self.field.matches(|f| self.res.field_value(o, f).ok())
-    }
-
-    pub fn is_everything(&self) -> bool {
-        self.label.is_everything() && self.field.is_everything()
-    }
-}
 
 /// The namespace a write goes to: the URL's, checked against the object's.
 fn target_namespace(t: &Target, o: &mut Value) -> Result<Option<String>, ApiError> {
@@ -102,47 +48,29 @@ fn target_namespace(t: &Target, o: &mut Value) -> Result<Option<String>, ApiErro
     Ok(Some(ns))
 }
 
-/// Checks (or fills in) `apiVersion` and `kind` against the URL's resource.
-pub(crate) fn check_type_meta(res: &Resource, o: &mut Value) -> Result<(), ApiError> {
-    let want_av = res.api_version();
-    let m = o
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    match m.get("apiVersion").and_then(Value::as_str) {
-        None | Some("") => {
-            m.insert("apiVersion".into(), json!(want_av));
-        }
-        Some(av) if av == want_av => {}
-        Some(av) => {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({want_av})"
-            )))
-        }
-    }
-    match m.get("kind").and_then(Value::as_str) {
-        None | Some("") => {
-            m.insert("kind".into(), json!(res.kind));
-        }
-        Some(k) if k == res.kind => {}
-        Some(k) => {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the data ({k}) does not match the expected kind ({})",
-                res.kind
-            )))
-        }
-    }
-    if let Some(md) = m.get("metadata") {
-        if !md.is_object() && !md.is_null() {
-            return Err(ApiError::bad_request(
-                "metadata must be an object (ObjectMeta)",
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn invalid(res: &Resource, name: &str, causes: Vec<Cause>) -> ApiError {
     ApiError::invalid(res.kind, res.group, name, causes)
+}
+
+fn invalid_fields(
+    res: &Resource,
+    name: &str,
+    errs: Result<(), h8s_types::FieldErrors>,
+) -> Result<(), ApiError> {
+    errs.map_err(|e| ApiError::from_field_errors(res.kind, res.group, name, &e))
+}
+
+/// An object read from the store, in the form `t` serves.
+pub(crate) fn decode_for(t: &Target, kv: &KeyValue) -> Result<Value, ApiError> {
+    Ok(t.strategy().from_storage(obj::decode(kv)?))
+}
+
+/// An object as the store keeps it.
+pub(crate) fn encode_for(t: &Target, o: &Value) -> Bytes {
+    match t.strategy().to_storage(o) {
+        Some(stored) => obj::encode(&stored),
+        None => obj::encode(o),
+    }
 }
 
 /// Records a non-apply write in `metadata.managedFields` (the caller's Update entry).
@@ -166,7 +94,7 @@ fn record_manager(
         time: &time,
     };
     let schema = h8s_machinery::Schema::for_kind(res.group, res.kind);
-    h8s_machinery::update_managed_fields(schema, live, new, &m).map_err(machinery_err)
+    h8s_machinery::update_managed_fields(schema, live, new, &m).map_err(from_machinery)
 }
 
 impl Api {
@@ -183,10 +111,10 @@ impl Api {
             .store
             .get(&self.store_key(t, name))
             .await
-            .map_err(|e| from_store(e, &subject(t, name)))?;
+            .map_err(|e| from_store(e, &t.subject(name)))?;
         match kv {
             Some(kv) => {
-                let v = obj::decode(&kv)?;
+                let v = decode_for(t, &kv)?;
                 Ok(Some((kv, v)))
             }
             None => Ok(None),
@@ -225,10 +153,12 @@ impl Api {
         let (_, o) = self
             .read(t, &name)
             .await?
-            .ok_or_else(|| ApiError::not_found(&subject(t, &name)))?;
+            .ok_or_else(|| ApiError::not_found(&t.subject(&name)))?;
         if cx.as_table {
             let meta = json!({"resourceVersion": obj::resource_version(&o)});
-            let tab = hooks::table(t.res, std::slice::from_ref(&o), &cx.include_object, meta);
+            let tab = t
+                .strategy()
+                .table(t.res, std::slice::from_ref(&o), &cx.include_object, meta);
             return Ok(json_response(200, &tab));
         }
         Ok(json_response(200, &o))
@@ -272,7 +202,7 @@ impl Api {
                         .store
                         .revision()
                         .await
-                        .map_err(|e| from_store(e, &subject(t, "")))?;
+                        .map_err(|e| from_store(e, &t.subject("")))?;
                     if n > cur {
                         return Err(ApiError::timeout(format!(
                             "Too large resource version: {n}, current: {cur}"
@@ -308,13 +238,13 @@ impl Api {
                     h8s_store::Error::Compacted { .. } if cx.query.get("continue").is_some() => ApiError::gone(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
                     ),
-                    e => from_store(e, &subject(t, "")),
+                    e => from_store(e, &t.subject("")),
                 })?;
             read_rev = Some(res.revision);
             more = res.more;
             let n = res.items.len();
             for (i, kv) in res.items.iter().enumerate() {
-                let o = obj::decode(kv)?;
+                let o = decode_for(t, kv)?;
                 start_after = Some(kv.key.clone());
                 if filter.matches(&o) {
                     items.push(o);
@@ -348,7 +278,7 @@ impl Api {
             meta["continue"] = json!(c);
         }
         if cx.as_table {
-            let tab = hooks::table(t.res, &items, &cx.include_object, meta);
+            let tab = t.strategy().table(t.res, &items, &cx.include_object, meta);
             return Ok(json_response(200, &tab));
         }
         Ok(json_response(
@@ -370,10 +300,10 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let media = Media::parse(content_type(cx))?;
+        let media = Media::parse(cx.content_type())?;
         let mut o = self.decode_checked(cx, t.res, media, &body)?;
         if !t.res.is_stored() {
-            return self.review(cx, t, o);
+            return self.review(cx, t, o).await;
         }
         check_type_meta(t.res, &mut o)?;
         let created = self.create_object(cx, t, o).await?;
@@ -389,7 +319,7 @@ impl Api {
         media: Media,
         raw: &[u8],
     ) -> Result<Value, ApiError> {
-        let mode = field_validation(cx)?;
+        let mode = cx.field_validation()?;
         let (v, dups) = match media {
             Media::Json if mode != "Ignore" => h8s_types::strict::parse_json(raw).map_err(|e| {
                 ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -414,6 +344,7 @@ impl Api {
         mut o: Value,
     ) -> Result<Value, ApiError> {
         let ns = target_namespace(t, &mut o)?;
+        let strategy = t.strategy();
         {
             let m = obj::meta_mut(&mut o);
             let name = m
@@ -457,47 +388,41 @@ impl Api {
             ] {
                 m.remove(f);
             }
-            if hooks::tracks_generation(t.res) {
+            if strategy.tracks_generation(t.res) {
                 m.insert("generation".into(), json!(1));
             } else {
                 m.remove("generation");
             }
         }
         let name = obj::name(&o).to_string();
-        hooks::default(t.res, &mut o);
-        hooks::initial_status(t.res, &mut o);
-        let causes = hooks::validate(t.res, &o, None, false);
-        if !causes.is_empty() {
-            return Err(invalid(t.res, &name, causes));
-        }
-        record_manager(cx, t.res, None, None, &mut o)?;
+        // As kube-apiserver: defaults and the create strategy, then mutating admission,
+        // then validation of what admission made.
+        strategy.default(t.res, &mut o);
+        strategy.prepare_for_create(t.res, &cx.user, &mut o);
         self.admit(cx, t, Operation::Create, &name, None, Some(&mut o))
             .await?;
+        strategy.default(t.res, &mut o);
+        invalid_fields(t.res, &name, strategy.validate_create(t.res, &o))?;
+        record_manager(cx, t.res, None, None, &mut o)?;
         let key = obj::key(t.res, ns.as_deref(), &name);
-        let _svc_guard = if t.res.group.is_empty() && t.res.kind == "Service" {
-            let g = self.svc_lock.lock().await;
-            self.allocate_service(&mut o).await?;
-            Some(g)
-        } else {
-            None
-        };
+        let _guard = strategy.before_create(self, &mut o).await?;
         if cx.dry_run() {
             if self
                 .store
                 .get(&key)
                 .await
-                .map_err(|e| from_store(e, &subject(t, &name)))?
+                .map_err(|e| from_store(e, &t.subject(&name)))?
                 .is_some()
             {
-                return Err(ApiError::already_exists(&subject(t, &name)));
+                return Err(ApiError::already_exists(&t.subject(&name)));
             }
             return Ok(o);
         }
         let kv = self
             .store
-            .create(&key, obj::encode(&o))
+            .create(&key, encode_for(t, &o))
             .await
-            .map_err(|e| from_store(e, &subject(t, &name)))?;
+            .map_err(|e| from_store(e, &t.subject(&name)))?;
         obj::set_resource_version(&mut o, kv.mod_revision);
         Ok(o)
     }
@@ -510,7 +435,7 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let media = Media::parse(content_type(cx))?;
+        let media = Media::parse(cx.content_type())?;
         let mut new = self.decode_checked(cx, t.res, media, &body)?;
         check_type_meta(t.res, &mut new)?;
         let name = t.name.clone().unwrap_or_default();
@@ -548,7 +473,7 @@ impl Api {
             let cur = self.read(t, name).await?;
             let Some((kv, old)) = cur else {
                 if !create_missing {
-                    return Err(ApiError::not_found(&subject(t, name)));
+                    return Err(ApiError::not_found(&t.subject(name)));
                 }
                 let mut new = f(None)?;
                 check_type_meta(t.res, &mut new)?;
@@ -561,40 +486,46 @@ impl Api {
             let mut new = f(Some(&old))?;
             let precondition = obj::resource_version(&new).to_string();
             if !precondition.is_empty() && precondition != obj::resource_version(&old) {
-                return Err(ApiError::stale(&subject(t, name)));
+                return Err(ApiError::stale(&t.subject(name)));
             }
-            self.prepare_update(cx, t, &old, &mut new)?;
+            self.prepare_update(t, &old, &mut new)?;
             if same_object(&old, &new) {
                 return Ok((old, false));
             }
             self.admit(cx, t, Operation::Update, name, Some(&old), Some(&mut new))
                 .await?;
+            let strategy = t.strategy();
+            let sub = sub_of(t);
+            strategy.default(t.res, &mut new);
+            invalid_fields(
+                t.res,
+                name,
+                strategy.validate_update(t.res, sub, &new, &old),
+            )?;
+            record_manager(cx, t.res, t.sub.as_deref(), Some(&old), &mut new)?;
+            strategy.before_update(self, &old, &mut new).await?;
             if cx.dry_run() {
                 return Ok((new, false));
             }
-            // Removing the last finalizer of an object being deleted deletes it.
-            if obj::is_deleting(&new) && obj::finalizers(&new).is_empty() && t.sub.is_none() {
+            // Removing the last finalizer of an object being deleted deletes it (a
+            // namespace also needs its spec.finalizers gone).
+            if obj::is_deleting(&new)
+                && obj::finalizers(&new).is_empty()
+                && t.sub.is_none()
+                && (!strategy.deletes_by_finalizing() || gc::namespace_finalized(&new))
+            {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok((_, rev)) => {
-                        if t.res.namespaced {
-                            gc::spawn(
-                                self.clone(),
-                                t.ns.clone().unwrap_or_default(),
-                                obj::uid(&new).to_string(),
-                                gc::Policy::Background,
-                                None,
-                            );
-                        }
                         obj::set_resource_version(&mut new, rev);
                         return Ok((new, false));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(from_store(e, &subject(t, name))),
+                    Err(e) => return Err(from_store(e, &t.subject(name))),
                 }
             }
             match self
                 .store
-                .update(&kv.key, obj::encode(&new), kv.mod_revision)
+                .update(&kv.key, encode_for(t, &new), kv.mod_revision)
                 .await
             {
                 Ok(w) => {
@@ -603,62 +534,23 @@ impl Api {
                 }
                 Err(h8s_store::Error::Conflict { .. }) if precondition.is_empty() => continue,
                 Err(h8s_store::Error::NotFound(_)) => {
-                    return Err(ApiError::not_found(&subject(t, name)))
+                    return Err(ApiError::not_found(&t.subject(name)))
                 }
-                Err(e) => return Err(from_store(e, &subject(t, name))),
+                Err(e) => return Err(from_store(e, &t.subject(name))),
             }
         }
         Err(ApiError::conflict(
-            &subject(t, name),
+            &t.subject(name),
             "the object is being modified by others too often; try again",
         ))
     }
 
-    /// Keeps system-owned fields, splits spec from status writes, bumps generation,
-    /// validates.
-    fn prepare_update(
-        &self,
-        cx: &Ctx,
-        t: &Target,
-        old: &Value,
-        new: &mut Value,
-    ) -> Result<(), ApiError> {
+    /// Keeps system-owned fields, lets the kind's strategy split spec from status
+    /// writes, bumps generation and fills defaults (validation follows admission).
+    fn prepare_update(&self, t: &Target, old: &Value, new: &mut Value) -> Result<(), ApiError> {
         let name = obj::name(old).to_string();
-        match t.sub.as_deref() {
-            Some("status") => {
-                // A status write changes only .status.
-                let status = new.get("status").cloned();
-                let mut merged = old.clone();
-                match status {
-                    Some(s) => merged["status"] = s,
-                    None => {
-                        merged.as_object_mut().map(|m| m.remove("status"));
-                    }
-                }
-                *new = merged;
-            }
-            Some("finalize") => {
-                let fins = obj::at(new, "spec.finalizers")
-                    .cloned()
-                    .unwrap_or(json!([]));
-                let mut merged = old.clone();
-                obj::set_at(&mut merged, "spec.finalizers", fins);
-                *new = merged;
-            }
-            _ => {
-                if t.res.group.is_empty() && t.res.kind == "Service" {
-                    crate::svc::keep_allocations(old, new);
-                }
-                if t.res.has_status {
-                    match old.get("status") {
-                        Some(s) => new["status"] = s.clone(),
-                        None => {
-                            new.as_object_mut().map(|m| m.remove("status"));
-                        }
-                    }
-                }
-            }
-        }
+        let strategy = t.strategy();
+        strategy.prepare_for_update(t.res, sub_of(t), old, new);
         let om = obj::meta(old).cloned().unwrap_or_default();
         let nm = obj::meta_mut(new);
         for f in [
@@ -684,26 +576,19 @@ impl Api {
             let oldf = obj::finalizers(old);
             if obj::finalizers(new).iter().any(|f| !oldf.contains(f)) {
                 return Err(ApiError::forbidden_about(
-                    &subject(t, &name),
+                    &t.subject(&name),
                     "no new finalizers can be added if the object is being deleted",
                 ));
             }
         }
-        if hooks::tracks_generation(t.res)
+        if strategy.tracks_generation(t.res)
             && t.sub.is_none()
             && obj::spec_part(old) != obj::spec_part(new)
         {
             let g = om.get("generation").and_then(Value::as_i64).unwrap_or(0);
             obj::meta_mut(new).insert("generation".into(), json!(g + 1));
         }
-        hooks::default(t.res, new);
-        let causes = hooks::validate(t.res, new, Some(old), t.sub.as_deref() == Some("status"));
-        if !causes.is_empty() {
-            return Err(invalid(t.res, &name, causes));
-        }
-        if !same_object(old, new) {
-            record_manager(cx, t.res, t.sub.as_deref(), Some(old), new)?;
-        }
+        strategy.default(t.res, new);
         Ok(())
     }
 
@@ -733,11 +618,11 @@ impl Api {
             let (kv, old) = self
                 .read(t, name)
                 .await?
-                .ok_or_else(|| ApiError::not_found(&subject(t, name)))?;
+                .ok_or_else(|| ApiError::not_found(&t.subject(name)))?;
             if let Some(u) = &opts.uid {
                 if u != obj::uid(&old) {
                     return Err(ApiError::conflict(
-                        &subject(t, name),
+                        &t.subject(name),
                         &format!(
                             "Precondition failed: UID in precondition: {u}, UID in object meta: {}",
                             obj::uid(&old)
@@ -748,7 +633,7 @@ impl Api {
             if let Some(rv) = &opts.resource_version {
                 if rv != obj::resource_version(&old) {
                     return Err(ApiError::conflict(
-                        &subject(t, name),
+                        &t.subject(name),
                         &format!(
                             "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
                             obj::resource_version(&old)
@@ -756,30 +641,36 @@ impl Api {
                     ));
                 }
             }
+            let strategy = t.strategy();
+            if let Err(why) = strategy.check_delete(&old) {
+                return Err(ApiError::forbidden_about(&t.subject(name), &why));
+            }
             self.admit(cx, t, Operation::Delete, name, Some(&old), None)
                 .await?;
-            let is_namespace = t.res.group.is_empty() && t.res.plural == "namespaces";
-            let graceful = self.grace_period(t.res, &old, opts);
-            let policy = gc_policy(t.res, opts);
-            // Foreground deletion keeps the owner (behind a finalizer) until its
-            // dependents are gone.
-            let foreground = policy == gc::Policy::Foreground && t.res.namespaced && !is_namespace;
-            let pending = is_namespace
-                || foreground
-                || !obj::finalizers(&old).is_empty()
+            let is_namespace = strategy.deletes_by_finalizing();
+            let graceful = strategy.grace_period(&old, opts.grace_period_seconds);
+            let policy = gc_policy(strategy.default_propagation(), opts, &obj::finalizers(&old));
+            // As kube-apiserver: Foreground and Orphan keep the object behind the
+            // `foregroundDeletion` / `orphan` finalizer; the garbage collector (a controller)
+            // does the rest. A namespace waits for its spec.finalizers (the namespace
+            // controller empties it, then removes `kubernetes`).
+            let (fins_changed, fins) = gc::deletion_finalizers(&obj::finalizers(&old), policy);
+            let pending = (is_namespace && !gc::namespace_finalized(&old))
+                || !fins.is_empty()
                 || graceful.is_some();
             if pending {
-                if obj::is_deleting(&old) && graceful != Some(0) {
+                let already = obj::is_deleting(&old);
+                if already && graceful != Some(0) && !fins_changed {
                     return Ok((200, old));
                 }
                 let mut new = old.clone();
-                {
+                if !already || graceful == Some(0) {
                     let m = obj::meta_mut(&mut new);
                     let grace = graceful.unwrap_or(0);
                     let when = util::rfc3339(obj::now_secs() + grace);
                     m.insert("deletionTimestamp".into(), json!(when));
                     m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                    if hooks::tracks_generation(t.res) {
+                    if strategy.tracks_generation(t.res) {
                         let g = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
                         m.insert("generation".into(), json!(g + 1));
                     }
@@ -787,9 +678,7 @@ impl Api {
                 if is_namespace {
                     obj::set_at(&mut new, "status.phase", json!("Terminating"));
                 }
-                if foreground && !obj::finalizers(&new).iter().any(|f| f == gc::FOREGROUND) {
-                    let mut fins = obj::finalizers(&new);
-                    fins.push(gc::FOREGROUND.to_string());
+                if fins_changed {
                     obj::meta_mut(&mut new).insert("finalizers".into(), json!(fins));
                 }
                 if cx.dry_run() {
@@ -797,23 +686,11 @@ impl Api {
                 }
                 match self
                     .store
-                    .update(&kv.key, obj::encode(&new), kv.mod_revision)
+                    .update(&kv.key, encode_for(t, &new), kv.mod_revision)
                     .await
                 {
                     Ok(w) => {
                         obj::set_resource_version(&mut new, w.mod_revision);
-                        if is_namespace {
-                            crate::ns::spawn_finalizer(self.clone(), name.to_string());
-                        }
-                        if foreground {
-                            gc::spawn(
-                                self.clone(),
-                                t.ns.clone().unwrap_or_default(),
-                                obj::uid(&old).to_string(),
-                                policy,
-                                Some(kv.key.clone()),
-                            );
-                        }
                         let code = if opts.orphan_dependents == Some(false) {
                             202
                         } else {
@@ -822,7 +699,7 @@ impl Api {
                         return Ok((code, new));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(from_store(e, &subject(t, name))),
+                    Err(e) => return Err(from_store(e, &t.subject(name))),
                 }
             }
             if cx.dry_run() {
@@ -830,16 +707,7 @@ impl Api {
             }
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok((_, _rev)) => {
-                    if t.res.namespaced {
-                        gc::spawn(
-                            self.clone(),
-                            t.ns.clone().unwrap_or_default(),
-                            obj::uid(&old).to_string(),
-                            policy,
-                            None,
-                        );
-                    }
-                    if hooks::returns_deleted_object(t.res) {
+                    if strategy.returns_deleted_object() {
                         return Ok((200, old));
                     }
                     let mut details =
@@ -853,39 +721,13 @@ impl Api {
                     ));
                 }
                 Err(h8s_store::Error::Conflict { .. }) => continue,
-                Err(e) => return Err(from_store(e, &subject(t, name))),
+                Err(e) => return Err(from_store(e, &t.subject(name))),
             }
         }
         Err(ApiError::conflict(
-            &subject(t, name),
+            &t.subject(name),
             "the object is being modified by others too often; try again",
         ))
-    }
-
-    /// A graceful deletion period for pods bound to a node (their agent finishes the
-    /// deletion); `None` deletes at once.
-    fn grace_period(&self, res: &Resource, o: &Value, opts: &DeleteOptions) -> Option<i64> {
-        if !(res.group.is_empty() && res.kind == "Pod") {
-            return None;
-        }
-        let node = obj::at(o, "spec.nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let phase = obj::at(o, "status.phase")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
-            return None;
-        }
-        let g = opts.grace_period_seconds.unwrap_or_else(|| {
-            obj::at(o, "spec.terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30)
-        });
-        if g <= 0 {
-            return None;
-        }
-        Some(g)
     }
 
     pub(crate) async fn delete_collection(
@@ -984,7 +826,7 @@ impl Api {
         let (_, o) = self
             .read(t, &name)
             .await?
-            .ok_or_else(|| ApiError::not_found(&subject(t, &name)))?;
+            .ok_or_else(|| ApiError::not_found(&t.subject(&name)))?;
         Ok(json_response(200, &self.scale_of(t, &o)?))
     }
 
@@ -1052,7 +894,7 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let media = Media::parse(content_type(cx))?;
+        let media = Media::parse(cx.content_type())?;
         let s = decode_object(media, &body)?;
         self.write_scale(cx, t, |_| Ok(s.clone())).await
     }
@@ -1063,7 +905,7 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let media = Media::parse(content_type(cx))?;
+        let media = Media::parse(cx.content_type())?;
         let patch = body.clone();
         self.write_scale(cx, t, |scale| {
             crate::patch::apply_simple(media, "autoscaling", "Scale", &scale, &patch)
@@ -1079,7 +921,7 @@ impl Api {
         t: &Target,
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
-        let media = Media::parse(content_type(cx))?;
+        let media = Media::parse(cx.content_type())?;
         let b = decode_object(media, &body)?;
         let node = obj::at(&b, "target.name")
             .and_then(Value::as_str)
@@ -1109,7 +951,7 @@ impl Api {
                 .unwrap_or("");
             if !cur.is_empty() {
                 return Err(ApiError::conflict(
-                    &subject(t, &name),
+                    &t.subject(&name),
                     &format!("pod {name} is already assigned to node \"{cur}\""),
                 ));
             }
@@ -1117,15 +959,17 @@ impl Api {
             Ok(new)
         })
         .await?;
-        Ok(json_response(
-            201,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        ))
+        Ok(json_response(201, &success_status(201)))
     }
 
     // ---- reviews (never stored) ----
 
-    fn review(&self, cx: &mut Ctx, t: &Target, mut o: Value) -> Result<Response<Body>, ApiError> {
+    async fn review(
+        &self,
+        cx: &mut Ctx,
+        t: &Target,
+        mut o: Value,
+    ) -> Result<Response<Body>, ApiError> {
         let m = o
             .as_object_mut()
             .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
@@ -1134,6 +978,14 @@ impl Api {
         let meta = m.entry("metadata").or_insert_with(|| json!({}));
         if let Some(mm) = meta.as_object_mut() {
             mm.insert("creationTimestamp".into(), Value::Null);
+        }
+        let key = (t.res.group.to_string(), t.res.plural.to_string());
+        if let Some(r) = self.reviewers.get(&key) {
+            let strategy = t.strategy();
+            let name = obj::name(&o).to_string();
+            invalid_fields(t.res, &name, strategy.validate_create(t.res, &o))?;
+            let answered = r.review(&cx.user, o).await?;
+            return Ok(json_response(201, &answered));
         }
         match t.res.kind {
             "SelfSubjectReview" => {
@@ -1188,6 +1040,13 @@ impl Api {
     }
 }
 
+/// What the request's subresource does, per the kind's strategy.
+pub(crate) fn sub_of(t: &Target) -> Option<Sub> {
+    t.sub
+        .as_deref()
+        .and_then(|s| t.strategy().subresource(t.res, s))
+}
+
 /// Whether two versions of an object differ only in bookkeeping (then the write is a
 /// no-op and keeps its resourceVersion, as Kubernetes does).
 fn same_object(a: &Value, b: &Value) -> bool {
@@ -1199,18 +1058,6 @@ fn same_object(a: &Value, b: &Value) -> bool {
         v
     };
     strip(a) == strip(b)
-}
-
-/// The `fieldValidation` mode of a write; kube-apiserver's default is Warn.
-pub(crate) fn field_validation(cx: &Ctx) -> Result<&'static str, ApiError> {
-    match cx.query.get("fieldValidation").unwrap_or("") {
-        "Strict" => Ok("Strict"),
-        "Warn" | "" => Ok("Warn"),
-        "Ignore" => Ok("Ignore"),
-        other => Err(ApiError::bad_request(format!(
-            "fieldValidation parameter unsupported: {other}"
-        ))),
-    }
 }
 
 /// Reports unknown (against the kind's schema) and duplicate fields of `v` as
@@ -1243,15 +1090,10 @@ pub(crate) fn report_strict(
     Ok(())
 }
 
-pub(crate) fn content_type(cx: &Ctx) -> Option<&str> {
-    cx.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-}
-
-/// The garbage-collection policy of a delete: the request's, else the kind's default
-/// (core ReplicationControllers orphan, as in Kubernetes; everything else cascades).
-fn gc_policy(res: &Resource, opts: &DeleteOptions) -> gc::Policy {
+/// The garbage-collection policy of a delete: the request's, else the one an earlier
+/// delete left as a finalizer, else the kind's default (core ReplicationControllers
+/// orphan, as in Kubernetes; everything else cascades).
+fn gc_policy(default: Propagation, opts: &DeleteOptions, fins: &[String]) -> gc::Policy {
     match opts.propagation_policy.as_deref() {
         Some("Foreground") => gc::Policy::Foreground,
         Some("Orphan") => gc::Policy::Orphan,
@@ -1259,10 +1101,11 @@ fn gc_policy(res: &Resource, opts: &DeleteOptions) -> gc::Policy {
         None => match opts.orphan_dependents {
             Some(true) => gc::Policy::Orphan,
             Some(false) => gc::Policy::Background,
-            None if res.group.is_empty() && res.kind == "ReplicationController" => {
-                gc::Policy::Orphan
-            }
-            None => gc::Policy::Background,
+            None => match gc::policy_from_finalizers(fins) {
+                Some(p) => p,
+                None if default == Propagation::Orphan => gc::Policy::Orphan,
+                None => gc::Policy::Background,
+            },
         },
     }
 }
@@ -1278,23 +1121,34 @@ pub(crate) struct DeleteOptions {
 }
 
 impl DeleteOptions {
+    /// The options of a `DeleteOptions` object (a delete's body, an eviction's
+    /// `deleteOptions`).
+    pub fn from_value(v: &Value) -> DeleteOptions {
+        DeleteOptions {
+            grace_period_seconds: v
+                .get("gracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .map(|g| g.max(0)),
+            propagation_policy: v
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            orphan_dependents: v.get("orphanDependents").and_then(Value::as_bool),
+            uid: obj::at(v, "preconditions.uid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            resource_version: obj::at(v, "preconditions.resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+
     pub fn parse(cx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
         let mut o = DeleteOptions::default();
         if !body.iter().all(|b| b.is_ascii_whitespace()) {
-            let media = Media::parse(content_type(cx))?;
+            let media = Media::parse(cx.content_type())?;
             let v = decode_object(media, body)?;
-            o.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
-            o.propagation_policy = v
-                .get("propagationPolicy")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            o.orphan_dependents = v.get("orphanDependents").and_then(Value::as_bool);
-            o.uid = obj::at(&v, "preconditions.uid")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            o.resource_version = obj::at(&v, "preconditions.resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            o = DeleteOptions::from_value(&v);
         }
         if let Some(g) = cx.query.get("gracePeriodSeconds") {
             o.grace_period_seconds =

@@ -2,6 +2,8 @@
 
 use h8s_types::resources::{self, Resource};
 
+use crate::error::Subject;
+use crate::strategy::{self, Strategy};
 use crate::util::percent_decode;
 
 /// A resource request: which resource, where, and which object or subresource.
@@ -14,6 +16,22 @@ pub struct Target {
     pub sub: Option<String>,
     /// The path used the deprecated `/watch/` prefix.
     pub watch_path: bool,
+}
+
+impl Target {
+    /// What an error about object `name` of this resource names.
+    pub fn subject<'a>(&'a self, name: &'a str) -> Subject<'a> {
+        Subject {
+            group: self.res.group,
+            resource: self.res.plural,
+            name,
+        }
+    }
+
+    /// The registry strategy of the resource.
+    pub fn strategy(&self) -> &'static dyn Strategy {
+        strategy::of(self.res)
+    }
 }
 
 /// Every path the server answers.

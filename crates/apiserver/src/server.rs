@@ -11,7 +11,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{Admission, NamespaceLifecycle};
+use crate::admission::Admission;
 use crate::api::Api;
 use crate::auth::{
     AllowAuthenticated, Authenticator, AuthnChain, Authorizer, BootstrapGuard,
@@ -40,6 +40,16 @@ pub struct Config {
     /// Handlers of delegated subresources, by (resource, subresource), e.g.
     /// (`pods`, `log`). Unregistered ones answer 405.
     pub subresource_handlers: Vec<(String, String, Arc<dyn crate::stream::SubresourceHandler>)>,
+    /// (api: registry seams) Signs approved CertificateSigningRequests; `None` leaves
+    /// them approved and unsigned.
+    pub csr_signer: Option<Arc<dyn crate::seams::CsrSigner>>,
+    /// Answers create-only review kinds by (group, resource), e.g.
+    /// (`authentication.k8s.io`, `tokenreviews`).
+    pub reviewers: Vec<(String, String, Arc<dyn crate::seams::Reviewer>)>,
+    /// How long Events live after their last write (kube-apiserver's `--event-ttl`).
+    pub event_ttl: std::time::Duration,
+    /// Settings of the built-in admission plugins.
+    pub admission_plugins: crate::admission::PluginConfig,
 }
 
 impl Config {
@@ -54,6 +64,10 @@ impl Config {
             admission: Vec::new(),
             service_cidr: crate::svc::DEFAULT_SERVICE_CIDR.to_string(),
             subresource_handlers: Vec::new(),
+            csr_signer: None,
+            reviewers: Vec::new(),
+            event_ttl: std::time::Duration::from_secs(3600),
+            admission_plugins: Default::default(),
         }
     }
 }
@@ -119,10 +133,12 @@ impl Server {
         ];
         authn.extend(cfg.authenticators.iter().cloned());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut admission: Vec<Arc<dyn Admission>> = vec![Arc::new(NamespaceLifecycle::new(
+        // api: Kubernetes' default chain, then the configured plugins.
+        let mut admission: Vec<Arc<dyn Admission>> = crate::admission::default_chain(
             store.clone(),
             shutdown.clone(),
-        ))];
+            &cfg.admission_plugins,
+        );
         admission.extend(cfg.admission.iter().cloned());
         let api = Arc::new(Api {
             store,
@@ -143,8 +159,18 @@ impl Server {
                 .iter()
                 .map(|(r, s, h)| ((r.clone(), s.clone()), h.clone()))
                 .collect(),
+            csr_signer: cfg.csr_signer.clone(),
+            reviewers: cfg
+                .reviewers
+                .iter()
+                .map(|(g, r, h)| ((g.clone(), r.clone()), h.clone()))
+                .collect(),
         });
         crate::ns::bootstrap(&api, addr)
+            .await
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // api: the system PriorityClasses, and the Events' TTL sweeper.
+        crate::bootstrap::start(&api, cfg.event_ttl)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         api.ready.store(true, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use http::Response;
 use serde_json::Value;
 
-use crate::api::Body;
+use crate::response::Body;
 use crate::auth::UserInfo;
 
 /// One request for a delegated subresource.
@@ -52,7 +52,7 @@ mod tests {
                     .unwrap_or(""),
                 req.user.username
             );
-            Box::pin(async move { Response::new(crate::api::full(text)) })
+            Box::pin(async move { Response::new(crate::response::full(text)) })
         }
     }
 

@@ -8,44 +8,15 @@ use std::net::Ipv4Addr;
 use h8s_store::ListOptions;
 use serde_json::{json, Value};
 
-use crate::api::Api;
 use crate::error::{from_store, ApiError, Cause, Subject};
 use crate::obj;
+use crate::state::Api;
 
 /// The default service CIDR (kube-apiserver's `--service-cluster-ip-range` default).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 
-/// A parsed IPv4 CIDR.
-#[derive(Debug, Clone, Copy)]
-pub struct Cidr {
-    base: u32,
-    bits: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (ip, bits) = s.split_once('/')?;
-        let ip: Ipv4Addr = ip.parse().ok()?;
-        let bits: u8 = bits.parse().ok().filter(|b| *b <= 30)?;
-        let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
-        Some(Cidr {
-            base: u32::from(ip) & mask,
-            bits,
-        })
-    }
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.bits as u32)
-    }
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let v = u32::from(ip);
-        v >= self.base && v - self.base < self.size()
-    }
-    /// The first usable address: the `kubernetes` Service's.
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
-    }
-}
+pub(crate) use crate::cidr::Cidr;
 
 fn invalid(name: &str, field: &str, msg: String) -> ApiError {
     ApiError::invalid(
@@ -204,20 +175,5 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
                 p["nodePort"] = n.clone();
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidrs() {
-        let c = Cidr::parse("10.96.0.0/12").unwrap();
-        assert_eq!(c.first(), Ipv4Addr::new(10, 96, 0, 1));
-        assert!(c.contains(Ipv4Addr::new(10, 111, 255, 254)));
-        assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 1)));
-        assert!(Cidr::parse("10.0.0.0/31").is_none());
-        assert!(Cidr::parse("nope").is_none());
     }
 }

@@ -11,12 +11,14 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{json, Value};
 
-use crate::api::{Api, Body, Ctx};
-use crate::error::{from_store, ApiError};
-use crate::hooks;
+use crate::ctx::Ctx;
+use crate::error::{from_machinery, from_store, ApiError};
+use crate::filter::Filter;
 use crate::obj;
-use crate::rest::{subject, Filter};
+use crate::response::Body;
 use crate::route::Target;
+use crate::state::Api;
+use crate::strategy::Strategy;
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
@@ -26,6 +28,7 @@ const MAX_WATCH: Duration = Duration::from_secs(1800);
 
 struct Encoder {
     res: &'static h8s_types::Resource,
+    strategy: &'static dyn Strategy,
     table: bool,
     include_object: String,
 }
@@ -34,7 +37,7 @@ impl Encoder {
     fn event(&mut self, kind: &str, o: &Value) -> Bytes {
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
             let meta = json!({"resourceVersion": obj::resource_version(o)});
-            hooks::table(
+            self.strategy.table(
                 self.res,
                 std::slice::from_ref(o),
                 &self.include_object,
@@ -65,7 +68,7 @@ impl Api {
                     Some(f) if !f.is_empty() => format!("{f},{s}"),
                     _ => s,
                 })
-                .map_err(crate::rest::machinery_err)?;
+                .map_err(from_machinery)?;
         }
         let timeout = match cx.query.get("timeoutSeconds") {
             Some(s) if !s.is_empty() => Duration::from_secs(
@@ -109,6 +112,7 @@ impl Api {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
         let mut enc = Encoder {
             res: t.res,
+            strategy: t.strategy(),
             table: cx.as_table,
             include_object: cx.include_object.clone(),
         };
@@ -134,7 +138,7 @@ impl Api {
             let mut stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
-                    let st = from_store(e, &subject(&t2, &sub_name)).to_status();
+                    let st = from_store(e, &t2.subject(&sub_name)).to_status();
                     let _ = tx.send(enc.event("ERROR", &st)).await;
                     return;
                 }
@@ -159,13 +163,13 @@ impl Api {
                         let ev = match ev {
                             Ok(ev) => ev,
                             Err(e) => {
-                                let st = from_store(e, &subject(&t2, &sub_name)).to_status();
+                                let st = from_store(e, &t2.subject(&sub_name)).to_status();
                                 let _ = tx.send(enc.event("ERROR", &st)).await;
                                 return;
                             }
                         };
                         last_rev = ev.revision();
-                        let out = match translate(&ev, &filter) {
+                        let out = match translate(&ev, &filter, enc.strategy) {
                             Ok(Some((kind, o))) => enc.event(kind, &o),
                             Ok(None) => continue,
                             Err(e) => {
@@ -219,13 +223,20 @@ fn bookmark(res: &h8s_types::Resource, rev: i64, initial_end: bool) -> Value {
 
 /// A store event as a watch event, with selector transitions: an object that stops
 /// matching is DELETED for this watcher, one that starts matching is ADDED.
-fn translate(ev: &h8s_store::Event, f: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
+fn translate(
+    ev: &h8s_store::Event,
+    f: &Filter,
+    strategy: &dyn Strategy,
+) -> Result<Option<(&'static str, Value)>, ApiError> {
+    let decode = |kv: &h8s_store::KeyValue| -> Result<Value, ApiError> {
+        Ok(strategy.from_storage(obj::decode(kv)?))
+    };
     match ev {
         h8s_store::Event::Put { kv, prev } => {
-            let new = obj::decode(kv)?;
+            let new = decode(kv)?;
             let new_ok = f.matches(&new);
             let old_ok = match prev {
-                Some(p) => f.is_everything() || f.matches(&obj::decode(p)?),
+                Some(p) => f.is_everything() || f.matches(&decode(p)?),
                 None => false,
             };
             Ok(match (prev.is_some() && old_ok, new_ok) {
@@ -236,7 +247,7 @@ fn translate(ev: &h8s_store::Event, f: &Filter) -> Result<Option<(&'static str, 
             })
         }
         h8s_store::Event::Delete { prev, revision } => {
-            let mut old = obj::decode(prev)?;
+            let mut old = decode(prev)?;
             if !f.matches(&old) {
                 return Ok(None);
             }

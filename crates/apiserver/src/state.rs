@@ -1,0 +1,32 @@
+//! The server state every request handler works on. It sits below the handlers
+//! (`rest`, `watch`, `patch`, `svc`) and the dispatcher (`api`), so none of them imports
+//! the one above it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::admission::Admission;
+use crate::auth::{Authenticator, Authorizer};
+use crate::metrics::Metrics;
+use crate::seams::{CsrSigner, Reviewer};
+use crate::stream::SubresourceHandler;
+
+/// The server state behind every request.
+pub struct Api {
+    pub(crate) store: Arc<dyn h8s_store::Store>,
+    pub(crate) authn: Arc<dyn Authenticator>,
+    pub(crate) authz: Arc<dyn Authorizer>,
+    pub(crate) admission: Vec<Arc<dyn Admission>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) ready: std::sync::atomic::AtomicBool,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    pub(crate) service_cidr: crate::cidr::Cidr,
+    /// Serialises Service address allocation with the write that records it.
+    pub(crate) svc_lock: tokio::sync::Mutex<()>,
+    /// Delegated subresources by (resource, subresource).
+    pub(crate) streams: HashMap<(String, String), Arc<dyn SubresourceHandler>>,
+    /// Signs approved CertificateSigningRequests (`None`: they stay approved, unsigned).
+    pub(crate) csr_signer: Option<Arc<dyn CsrSigner>>,
+    /// Answers create-only review kinds (TokenReview…) by (group, resource).
+    pub(crate) reviewers: HashMap<(String, String), Arc<dyn Reviewer>>,
+}
