@@ -26,6 +26,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+mod workload;
 
 /// Every controller timer, so tests can shorten them (kube-controller-manager's flags).
 #[derive(Clone, Debug)]
