@@ -1,19 +1,13 @@
-//! `h8s run --network NAME`: the network fabric (`crate::net`) makes a tap on the Network's
-//! segment for the pod and hands out its address; the pod VM gets the tap, the guest agent
-//! configures the interface. Detached again when the pod is removed or fails to start.
+//! `h8s run --network NAME`: the shared glue (`h8s_runtime::network`) asks the network
+//! fabric (`crate::net`) for a tap on the Network's segment for the pod; the pod VM gets the
+//! tap, the guest agent configures the interface. Detached again when the pod is removed or
+//! fails to start.
 
 use h8s_runtime::NetworkAttachment;
 
 pub(super) fn attachment(network: &str, pod: &str) -> anyhow::Result<NetworkAttachment> {
     let a = crate::net::attach_vm(network, pod)?;
-    Ok(NetworkAttachment {
-        tap: a.port.clone(),
-        mac: a.mac.to_string(),
-        address: a.address_cidr(),
-        gateway: Some(a.gateway.to_string()),
-        mtu: a.mtu,
-        dns: a.dns.iter().map(|d| d.to_string()).collect(),
-    })
+    Ok(h8s_runtime::network::attachment(&a))
 }
 
 /// Releases the pod's tap and address (fine if it has none).

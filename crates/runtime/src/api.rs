@@ -92,8 +92,11 @@ pub struct SandboxConfig {
     pub stop_with_containers: bool,
 }
 
+/// Guest memory of a pod that asks for none, MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+
 fn default_memory() -> u32 {
-    256
+    DEFAULT_MEMORY_MIB
 }
 fn default_cpus() -> u32 {
     1

@@ -77,6 +77,25 @@ impl Runtime {
         &self.cfg.root
     }
 
+    /// The runtime's name, version and accelerator, and what a pod VM costs by default.
+    pub fn info(&self) -> crate::RuntimeInfo {
+        let (accel, why) = crate::probe_accel(&self.cfg.vm);
+        // Measured (docs/runtime.md, BENCHMARKS.md): QEMU's own heaps ~25 MiB and the
+        // supervisor ~2 MiB per pod, plus the TCG translation cache when there is no KVM.
+        let tb = match accel {
+            crate::Accel::Tcg => self.cfg.vm.tcg_tb_size_mib,
+            crate::Accel::Kvm => 0,
+        };
+        crate::RuntimeInfo {
+            name: crate::RUNTIME_NAME.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            accel,
+            accel_reason: why.to_string(),
+            default_memory_mib: crate::api::DEFAULT_MEMORY_MIB,
+            overhead_memory_mib: 32 + tb,
+        }
+    }
+
     fn dir(&self, id: &str) -> PodDir {
         PodDir::new(&self.cfg.root, id)
     }
@@ -689,6 +708,31 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// A stream that replays `events` and then ends: for test doubles of the runtime.
+    pub fn from_events(events: Vec<StreamEvent>) -> Result<Stream> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
+        tokio::spawn(async move {
+            let (_rd, mut wr) = theirs.into_split();
+            for ev in events {
+                let frame = match ev {
+                    StreamEvent::Stdout(data) => Frame {
+                        kind: Kind::Stdout,
+                        data,
+                    },
+                    StreamEvent::Stderr(data) => Frame {
+                        kind: Kind::Stderr,
+                        data,
+                    },
+                    StreamEvent::Exit(code) => Frame::json(Kind::Exit, &wire::Exit { code }),
+                };
+                if wire::write_frame(&mut wr, &frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Stream::new(ours))
+    }
+
     fn new(conn: UnixStream) -> Stream {
         let (rd, wr) = conn.into_split();
         Stream {

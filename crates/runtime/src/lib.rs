@@ -10,6 +10,7 @@ mod client;
 mod error;
 pub mod image;
 mod logs;
+pub mod network;
 mod service;
 mod state;
 mod util;
@@ -18,12 +19,15 @@ mod wire;
 
 pub use api::{
     Accel, ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ImageDisk,
-    NetworkAttachment, SandboxConfig, SandboxState, SandboxStatus, StreamEvent,
+    NetworkAttachment, SandboxConfig, SandboxState, SandboxStatus, StreamEvent, DEFAULT_MEMORY_MIB,
 };
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
 pub use logs::{LogEntry, LogStream};
-pub use service::{ContainerService, ImageService, SandboxService};
+pub use service::{
+    BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,
+    RUNTIME_NAME,
+};
 pub use util::rfc3339_nano;
 pub use vm::{shim_main, AccelChoice, VmSettings};
 

@@ -1,175 +1,230 @@
-//! The runtime API as narrow traits, CRI's three services: what the node agent programs
-//! against (so it can be tested with another implementation). [`Runtime`] implements all three
-//! with the `vm` backend.
+//! The runtime API as narrow, object-safe traits, CRI's three services: the seam the node
+//! agent programs against (as `Arc<dyn PodRuntime>`, so its unit tests can use a fake).
+//! [`Runtime`] implements all three with the `vm` backend.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
-use crate::api::{ContainerConfig, ContainerStatus, ExecConfig, SandboxConfig, SandboxStatus};
+use crate::api::{
+    Accel, ContainerConfig, ContainerStatus, ExecConfig, ImageDisk, SandboxConfig, SandboxStatus,
+};
 use crate::client::{Runtime, Stream};
 use crate::image::{Image, PullOptions, Removed};
-use crate::Result;
+use crate::{Error, Result};
+
+/// A boxed, `Send` future: what the object-safe service methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The runtime's name as CRI's `RuntimeName` (and the prefix of container ids: `h8s-vm://`).
+pub const RUNTIME_NAME: &str = "h8s-vm";
+
+/// What the runtime says about itself (CRI `Version`, plus the accelerator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// [`RUNTIME_NAME`] for the VM backend.
+    pub name: String,
+    /// The runtime's version.
+    pub version: String,
+    /// The accelerator new pods get on this host.
+    pub accel: Accel,
+    /// Why that accelerator.
+    pub accel_reason: String,
+    /// Guest memory a pod gets when it asks for none, MiB.
+    pub default_memory_mib: u32,
+    /// Host memory a pod VM costs beyond its guest RAM (QEMU heaps, translation cache), MiB.
+    pub overhead_memory_mib: u32,
+}
 
 /// Pod sandboxes (CRI `RunPodSandbox`, `StopPodSandbox`, `RemovePodSandbox`,
 /// `PodSandboxStatus`, `ListPodSandbox`).
-pub trait SandboxService {
+pub trait SandboxService: Send + Sync {
     /// Starts a pod; returns its id once it can take containers.
-    fn run_sandbox(&self, config: SandboxConfig) -> impl Future<Output = Result<String>> + Send;
+    fn run_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String>>;
     /// Stops its containers and its VM.
-    fn stop_sandbox(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn stop_sandbox<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<()>>;
     /// Forgets a stopped pod (`force`: stop it first).
-    fn remove_sandbox(&self, id: &str, force: bool) -> impl Future<Output = Result<()>> + Send;
+    fn remove_sandbox<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>>;
     /// One pod.
-    fn sandbox_status(&self, id: &str) -> impl Future<Output = Result<SandboxStatus>> + Send;
+    fn sandbox_status<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxStatus>>;
     /// All pods.
-    fn list_sandboxes(&self) -> impl Future<Output = Result<Vec<SandboxStatus>>> + Send;
+    fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>>;
+    /// Takes over a pod whose VM runs but whose supervisor died; `false` if there was
+    /// nothing to do.
+    fn recover<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// The runtime's name, version and accelerator.
+    fn info(&self) -> RuntimeInfo;
 }
 
 /// Containers in a pod (CRI `CreateContainer` … `Exec`, `Attach`).
-pub trait ContainerService {
+pub trait ContainerService: Send + Sync {
     /// Creates a container in a running pod.
-    fn create_container(
-        &self,
-        pod: &str,
+    fn create_container<'a>(
+        &'a self,
+        pod: &'a str,
         config: ContainerConfig,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> BoxFuture<'a, Result<()>>;
     /// Starts it.
-    fn start_container(&self, pod: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn start_container<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Stops it (SIGTERM, SIGKILL after `grace`).
-    fn stop_container(
-        &self,
-        pod: &str,
-        name: &str,
+    fn stop_container<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
         grace: Duration,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> BoxFuture<'a, Result<()>>;
     /// Removes a container that is not running.
-    fn remove_container(&self, pod: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn remove_container<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// One container.
-    fn container_status(
-        &self,
-        pod: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<ContainerStatus>> + Send;
+    fn container_status<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerStatus>>;
     /// A pod's containers.
-    fn list_containers(
-        &self,
-        pod: &str,
-    ) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
+    fn list_containers<'a>(&'a self, pod: &'a str) -> BoxFuture<'a, Result<Vec<ContainerStatus>>>;
     /// Its stdio.
-    fn attach(&self, pod: &str, name: &str) -> impl Future<Output = Result<Stream>> + Send;
+    fn attach<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<Stream>>;
     /// A new process in it.
-    fn exec(
-        &self,
-        pod: &str,
-        name: &str,
+    fn exec<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
         config: ExecConfig,
-    ) -> impl Future<Output = Result<Stream>> + Send;
+    ) -> BoxFuture<'a, Result<Stream>>;
+    /// The container's CRI log file (it may not exist yet).
+    fn log_path(&self, pod: &str, name: &str) -> PathBuf;
 }
 
-/// Images (CRI `PullImage`, `ListImages`, `ImageStatus`, `RemoveImage`; plus import).
-pub trait ImageService {
+/// Images (CRI `PullImage`, `ListImages`, `ImageStatus`, `RemoveImage`; plus import and the
+/// disk a pod VM gets for an image).
+pub trait ImageService: Send + Sync {
     /// Pulls from a registry.
-    /// (Not `Send`: the image store's pull future is not.)
-    fn pull_image(
-        &self,
-        reference: &str,
-        opts: &PullOptions,
-    ) -> impl Future<Output = Result<Image>>;
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        opts: PullOptions,
+    ) -> BoxFuture<'a, Result<Image>>;
     /// Imports an OCI layout or archive.
-    fn import_image(
-        &self,
-        path: &Path,
-        name: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<Image>>> + Send;
+    fn import_image<'a>(
+        &'a self,
+        path: &'a Path,
+        name: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Image>>>;
     /// All images.
     fn list_images(&self) -> Result<Vec<Image>>;
     /// One image.
     fn image_status(&self, name_or_id: &str) -> Result<Image>;
     /// Removes a name or the image.
     fn remove_image(&self, name_or_id: &str) -> Result<Removed>;
+    /// The disk a pod needs for the image `reference` (present in the store), named
+    /// `reference`, with the image itself (config, digests).
+    fn image_disk<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(ImageDisk, Image)>>;
 }
 
+/// The whole runtime: what the node agent holds as `Arc<dyn PodRuntime>`.
+pub trait PodRuntime: SandboxService + ContainerService + ImageService {}
+
+impl<T: SandboxService + ContainerService + ImageService> PodRuntime for T {}
+
 impl SandboxService for Runtime {
-    fn run_sandbox(&self, config: SandboxConfig) -> impl Future<Output = Result<String>> + Send {
-        Runtime::run_sandbox(self, config)
+    fn run_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String>> {
+        Box::pin(Runtime::run_sandbox(self, config))
     }
-    fn stop_sandbox(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send {
-        Runtime::stop_sandbox(self, id, grace)
+    fn stop_sandbox<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::stop_sandbox(self, id, grace))
     }
-    fn remove_sandbox(&self, id: &str, force: bool) -> impl Future<Output = Result<()>> + Send {
-        Runtime::remove_sandbox(self, id, force)
+    fn remove_sandbox<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::remove_sandbox(self, id, force))
     }
-    fn sandbox_status(&self, id: &str) -> impl Future<Output = Result<SandboxStatus>> + Send {
-        Runtime::sandbox_status(self, id)
+    fn sandbox_status<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxStatus>> {
+        Box::pin(Runtime::sandbox_status(self, id))
     }
-    fn list_sandboxes(&self) -> impl Future<Output = Result<Vec<SandboxStatus>>> + Send {
-        Runtime::list_sandboxes(self)
+    fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>> {
+        Box::pin(Runtime::list_sandboxes(self))
+    }
+    fn recover<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(Runtime::recover(self, id))
+    }
+    fn info(&self) -> RuntimeInfo {
+        Runtime::info(self)
     }
 }
 
 impl ContainerService for Runtime {
-    fn create_container(
-        &self,
-        pod: &str,
+    fn create_container<'a>(
+        &'a self,
+        pod: &'a str,
         config: ContainerConfig,
-    ) -> impl Future<Output = Result<()>> + Send {
-        Runtime::create_container(self, pod, config)
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::create_container(self, pod, config))
     }
-    fn start_container(&self, pod: &str, name: &str) -> impl Future<Output = Result<()>> + Send {
-        Runtime::start_container(self, pod, name)
+    fn start_container<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::start_container(self, pod, name))
     }
-    fn stop_container(
-        &self,
-        pod: &str,
-        name: &str,
+    fn stop_container<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
         grace: Duration,
-    ) -> impl Future<Output = Result<()>> + Send {
-        Runtime::stop_container(self, pod, name, grace)
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::stop_container(self, pod, name, grace))
     }
-    fn remove_container(&self, pod: &str, name: &str) -> impl Future<Output = Result<()>> + Send {
-        Runtime::remove_container(self, pod, name)
+    fn remove_container<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::remove_container(self, pod, name))
     }
-    fn container_status(
-        &self,
-        pod: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<ContainerStatus>> + Send {
-        Runtime::container_status(self, pod, name)
+    fn container_status<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerStatus>> {
+        Box::pin(Runtime::container_status(self, pod, name))
     }
-    fn list_containers(
-        &self,
-        pod: &str,
-    ) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send {
-        Runtime::list_containers(self, pod)
+    fn list_containers<'a>(&'a self, pod: &'a str) -> BoxFuture<'a, Result<Vec<ContainerStatus>>> {
+        Box::pin(Runtime::list_containers(self, pod))
     }
-    fn attach(&self, pod: &str, name: &str) -> impl Future<Output = Result<Stream>> + Send {
-        Runtime::attach(self, pod, name)
+    fn attach<'a>(&'a self, pod: &'a str, name: &'a str) -> BoxFuture<'a, Result<Stream>> {
+        Box::pin(Runtime::attach(self, pod, name))
     }
-    fn exec(
-        &self,
-        pod: &str,
-        name: &str,
+    fn exec<'a>(
+        &'a self,
+        pod: &'a str,
+        name: &'a str,
         config: ExecConfig,
-    ) -> impl Future<Output = Result<Stream>> + Send {
-        Runtime::exec(self, pod, name, config)
+    ) -> BoxFuture<'a, Result<Stream>> {
+        Box::pin(Runtime::exec(self, pod, name, config))
+    }
+    fn log_path(&self, pod: &str, name: &str) -> PathBuf {
+        Runtime::log_path(self, pod, name)
     }
 }
 
 impl ImageService for Runtime {
-    fn pull_image(
-        &self,
-        reference: &str,
-        opts: &PullOptions,
-    ) -> impl Future<Output = Result<Image>> {
-        Runtime::pull_image(self, reference, opts)
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        opts: PullOptions,
+    ) -> BoxFuture<'a, Result<Image>> {
+        // The image store's pull future is not `Send`: drive it on a blocking-pool thread of
+        // the caller's runtime (no runtime of its own).
+        let this = self.clone();
+        let reference = reference.to_string();
+        Box::pin(async move {
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(Runtime::pull_image(&this, &reference, &opts))
+            })
+            .await
+            .map_err(|e| Error::Image(format!("pull task failed: {e}")))?
+        })
     }
-    fn import_image(
-        &self,
-        path: &Path,
-        name: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<Image>>> + Send {
-        Runtime::import_image(self, path, name)
+    fn import_image<'a>(
+        &'a self,
+        path: &'a Path,
+        name: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Image>>> {
+        Box::pin(Runtime::import_image(self, path, name))
     }
     fn list_images(&self) -> Result<Vec<Image>> {
         Runtime::list_images(self)
@@ -179,5 +234,19 @@ impl ImageService for Runtime {
     }
     fn remove_image(&self, name_or_id: &str) -> Result<Removed> {
         Runtime::remove_image(self, name_or_id)
+    }
+    fn image_disk<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(ImageDisk, Image)>> {
+        Box::pin(async move {
+            let store = self.images()?;
+            let image = store.status(reference)?;
+            let path = store.rootfs(&image).await?;
+            Ok((
+                ImageDisk {
+                    name: reference.to_string(),
+                    path,
+                },
+                image,
+            ))
+        })
     }
 }
