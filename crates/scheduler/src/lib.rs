@@ -9,11 +9,14 @@
 
 use std::time::Duration;
 
+mod api;
 mod cluster;
 mod filter;
 mod model;
 mod preempt;
 mod quantity;
+mod queue;
+mod runner;
 mod schedule;
 mod score;
 mod selector;
@@ -48,8 +51,11 @@ pub mod scores {
 /// Every knob and timer of the scheduler; the binary turns them into flags.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Pods whose `spec.schedulerName` equals this are ours (`default-scheduler`).
+    /// Pods whose `spec.schedulerName` equals this are ours (`default-scheduler`); also
+    /// the events' reporting component.
     pub scheduler_name: String,
+    /// The events' reporting instance (kube-scheduler uses `<name>-<hostname>`).
+    pub instance: String,
     /// Initial back-off of a pod that failed to schedule (`podInitialBackoffSeconds`, 1 s).
     pub pod_initial_backoff: Duration,
     /// Maximum back-off (`podMaxBackoffSeconds`, 10 s).
@@ -73,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             scheduler_name: "default-scheduler".into(),
+            instance: "default-scheduler".into(),
             pod_initial_backoff: Duration::from_secs(1),
             pod_max_backoff: Duration::from_secs(10),
             flush_interval: Duration::from_secs(30),
@@ -95,16 +102,8 @@ pub enum Error {
     WatchEnded(&'static str),
 }
 
-/// Runs the scheduler until a fatal error.
+/// Runs the scheduler until a fatal error: watches nodes, pods and namespaces through
+/// `client` and binds the pending pods whose `schedulerName` is `cfg.scheduler_name`.
 pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
-    use futures::StreamExt;
-    use k8s_openapi::api::core::v1::Node;
-    use kube::runtime::{watcher, WatchStreamExt};
-    let _ = cfg;
-    let nodes: kube::Api<Node> = kube::Api::all(client);
-    let mut s = std::pin::pin!(watcher(nodes, watcher::Config::default()).default_backoff());
-    while let Some(ev) = s.next().await {
-        ev?;
-    }
-    Err(Error::WatchEnded("node"))
+    runner::run(client, cfg).await
 }

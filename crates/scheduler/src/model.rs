@@ -353,7 +353,14 @@ impl PodInfo {
 
     pub fn from_pod(p: &core::Pod) -> PodInfo {
         let meta = &p.metadata;
-        let spec = p.spec.clone().unwrap_or_default();
+        let default_spec;
+        let spec = match &p.spec {
+            Some(s) => s,
+            None => {
+                default_spec = core::PodSpec::default();
+                &default_spec
+            }
+        };
         let status = p.status.as_ref();
         let namespace = meta.namespace.clone().unwrap_or_default();
         let labels: Labels = meta.labels.clone().unwrap_or_default();
