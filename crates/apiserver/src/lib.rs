@@ -20,6 +20,7 @@ mod filter;
 mod gc;
 mod hooks;
 mod metrics;
+mod nodeproxy;
 mod ns;
 mod obj;
 mod openapi;
@@ -50,6 +51,7 @@ pub use auth::{
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
+pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
 pub use server::{Config, Server};
 pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;

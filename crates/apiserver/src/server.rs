@@ -132,6 +132,13 @@ impl Server {
             Arc::new(BootstrapTokenAuthenticator::new(vec![join_token.clone()])),
         ];
         authn.extend(cfg.authenticators.iter().cloned());
+        let mut streams: std::collections::HashMap<_, _> = cfg
+            .subresource_handlers
+            .iter()
+            .map(|(r, s, h)| ((r.clone(), s.clone()), h.clone()))
+            .collect();
+        // pods/log, exec, attach, portforward: proxied to the pod's node agent.
+        crate::nodeproxy::register(&mut streams, store.clone(), &pki)?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         // api: Kubernetes' default chain, then the configured plugins.
         let mut admission: Vec<Arc<dyn Admission>> = crate::admission::default_chain(
@@ -154,11 +161,7 @@ impl Server {
             shutdown: shutdown.clone(),
             service_cidr,
             svc_lock: Default::default(),
-            streams: cfg
-                .subresource_handlers
-                .iter()
-                .map(|(r, s, h)| ((r.clone(), s.clone()), h.clone()))
-                .collect(),
+            streams,
             csr_signer: cfg.csr_signer.clone(),
             reviewers: cfg
                 .reviewers

@@ -262,6 +262,18 @@ pub enum Request {
     /// spontaneous greeting: when a disconnect and the next connect reach the guest together,
     /// the agent cannot tell that the host changed. (Added in version 1, additive.)
     Greet,
+    /// Connect to `127.0.0.1:port` in the VM's network namespace (the pod's) and relay bytes
+    /// as if the connection were a process: [`Channel::Stdin`] data goes to the port,
+    /// [`Request::CloseStdin`] half-closes it, what the port sends comes back on
+    /// [`Channel::Stdout`], and [`Event::Exited`] with code 0 reports the connection's end.
+    /// Answered with [`Reply::Done`] once connected; a refused connection fails with
+    /// [`ErrorCode::FailedPrecondition`]. (Added in version 1, additive.)
+    PortForward {
+        /// The id the host gives this connection (a process id).
+        process_id: ProcessId,
+        /// The TCP port.
+        port: u16,
+    },
 }
 
 /// How to create a container.

@@ -596,6 +596,15 @@ impl Runtime {
         Ok(Stream::new(conn))
     }
 
+    /// Connects to `127.0.0.1:port` inside the pod VM (the pod's network namespace). Bytes
+    /// sent with [`StreamInput::stdin`] reach the port, [`StreamInput::close_stdin`]
+    /// half-closes it; what the port sends arrives as stdout, and `Exit(0)` when it closes.
+    #[tracing::instrument(skip(self))]
+    pub async fn port_forward(&self, id: &str, port: u16) -> Result<Stream> {
+        let (_, conn) = self.call(id, &Request::PortForward { port }).await?;
+        Ok(Stream::new(conn))
+    }
+
     /// Waits for a container to exit; returns its exit code.
     pub async fn wait_container(&self, id: &str, name: &str) -> Result<i32> {
         let mut s = self.attach(id, name).await?;

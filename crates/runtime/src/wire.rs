@@ -120,6 +120,11 @@ pub(crate) enum Request {
         container: String,
         config: ExecConfig,
     },
+    /// Connect to `127.0.0.1:port` inside the pod VM; the connection stays open as a stream
+    /// (stdin frames to the port, stdout frames back, exit 0 when the port closes).
+    PortForward {
+        port: u16,
+    },
     /// Stop every container and power the VM off; the shim exits afterwards.
     StopPod {
         timeout_secs: u64,

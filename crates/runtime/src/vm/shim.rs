@@ -768,6 +768,13 @@ async fn serve(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             }
             Err(e) => respond(&mut conn, Err(e)).await,
         },
+        Request::PortForward { port } => match start_port_forward(&shim, port).await {
+            Ok((pid, rx)) => {
+                respond(&mut conn, Ok(Response::Ok)).await?;
+                stream(shim, conn, pid, rx).await
+            }
+            Err(e) => respond(&mut conn, Err(e)).await,
+        },
         Request::StopPod { timeout_secs } => {
             let r = stop_pod(&shim, Duration::from_secs(timeout_secs)).await;
             let ok = r.is_ok();
@@ -836,7 +843,10 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
             let _ = std::fs::remove_file(shim.dir.log_path(&name));
             Ok(Response::Ok)
         }
-        Request::Attach { .. } | Request::Exec { .. } | Request::StopPod { .. } => Err(
+        Request::Attach { .. }
+        | Request::Exec { .. }
+        | Request::PortForward { .. }
+        | Request::StopPod { .. } => Err(
             Error::InvalidArgument("streaming request on a plain call".into()),
         ),
     }
@@ -1169,6 +1179,48 @@ async fn start_exec(shim: &Shim, container: &str, config: ExecConfig) -> Result<
         .await
     {
         Ok(Reply::Started { .. }) | Ok(_) => Ok((pid, rx)),
+        Err(e) => {
+            shim.lock().procs.remove(&pid);
+            Err(e)
+        }
+    }
+}
+
+/// Opens a connection to a port inside the VM; it streams like an exec session whose
+/// stdin goes to the port and whose stdout comes from it.
+async fn start_port_forward(shim: &Shim, port: u16) -> Result<Sub> {
+    if port == 0 {
+        return Err(Error::InvalidArgument("port 0".into()));
+    }
+    let (pid, rx) = {
+        let mut st = shim.lock();
+        let pid = st.next_pid;
+        st.next_pid += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        st.procs.insert(
+            pid,
+            Proc {
+                container: String::new(),
+                main: false,
+                log: None,
+                subs: vec![tx],
+                exit: None,
+            },
+        );
+        (pid, rx)
+    };
+    match shim
+        .agent
+        .request_timeout(
+            GuestRequest::PortForward {
+                process_id: ProcessId(pid),
+                port,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+    {
+        Ok(_) => Ok((pid, rx)),
         Err(e) => {
             shim.lock().procs.remove(&pid);
             Err(e)

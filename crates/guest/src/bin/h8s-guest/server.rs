@@ -264,6 +264,9 @@ impl Agent {
                 Reply::Done
             })),
             Request::Shutdown => Some(Ok(Reply::Done)),
+            Request::PortForward { process_id, port } => {
+                Some(self.port_forward(process_id, port))
+            }
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))
@@ -583,6 +586,79 @@ impl Agent {
         if done {
             self.finalize(id);
         }
+    }
+
+    /// Connects to a port on the VM's loopback (the pod's network namespace) and relays the
+    /// connection as a process: stdin data to the socket, the socket's bytes as stdout, an
+    /// exit with code 0 when the peer closes. Two threads, and the stdin queue is the
+    /// host's pace (the port is read only as fast as the host takes it).
+    fn port_forward(self: &Arc<Self>, id: ProcessId, port: u16) -> Result<Reply, ProtoError> {
+        use std::net::{Shutdown, SocketAddr, TcpStream};
+        {
+            let mut st = lock(&self.state);
+            if st.procs.contains_key(&id) {
+                return Err(err(
+                    ErrorCode::AlreadyExists,
+                    format!("process id {id} is in use"),
+                ));
+            }
+            st.procs.insert(id, Proc::new(PState::Starting));
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let connected = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).and_then(|s| {
+            let r = s.try_clone()?;
+            Ok((s, r))
+        });
+        let (mut sock, rd) = match connected {
+            Ok(x) => x,
+            Err(e) => {
+                lock(&self.state).procs.remove(&id);
+                return Err(err(
+                    ErrorCode::FailedPrecondition,
+                    format!("connecting to port {port}: {e}"),
+                ));
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        if let Some(p) = lock(&self.state).procs.get_mut(&id) {
+            p.state = PState::Running;
+            p.open_outputs = 1;
+            p.stdin = Some(tx);
+        }
+        spawn_thread("forward-in", move || {
+            for chunk in rx.iter() {
+                if sock.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = sock.shutdown(Shutdown::Write);
+        });
+        let agent = Arc::clone(self);
+        spawn_thread("forward-out", move || {
+            let mut f = File::from(OwnedFd::from(rd));
+            let mut buf = vec![0u8; MAX_DATA_LEN];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => agent.send(&Frame::Data {
+                        process: id,
+                        channel: Channel::Stdout,
+                        data: buf[..n].to_vec(),
+                    }),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            if let Some(p) = lock(&agent.state).procs.get_mut(&id) {
+                p.open_outputs = 0;
+                p.exit = Some(ExitStatus::Code(0));
+                p.state = PState::Running;
+            }
+            agent.finalize(id);
+            // A connection leaves no record behind.
+            lock(&agent.state).procs.remove(&id);
+        });
+        Ok(Reply::Done)
     }
 
     fn is_finalized(&self, id: ProcessId) -> bool {
