@@ -1,0 +1,561 @@
+//! The workload controllers through real kubectl (1.27, 1.30, 1.33) against one shared
+//! `h8s server`: Deployments (create, scale, rollout, undo, restart, pause/resume,
+//! `kubectl rollout status`), ReplicaSets and pods moving as in Kubernetes, a Job to
+//! completion, a DaemonSet on every node, a StatefulSet's ordered names, a CronJob firing.
+//!
+//! The server has no real node here: the test registers Node objects and plays their
+//! kubelet (a "fake kubelet" that marks pods Running and Ready, finishes job pods, and
+//! completes graceful deletions), so readiness drives the controllers as on a cluster.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use h8s_client::k8s_openapi::api::core::v1::{Node, Pod};
+use h8s_client::kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+const NODES: &[&str] = &["wl-node-a", "wl-node-b", "wl-node-c"];
+
+struct Shared {
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+/// The server (and fake kubelet) every test of this binary shares; killed at exit by PID.
+fn shared() -> &'static Shared {
+    static S: OnceLock<Shared> = OnceLock::new();
+    S.get_or_init(start)
+}
+
+static SERVER_PID: OnceLock<u32> = OnceLock::new();
+
+extern "C" fn kill_server() {
+    if let Some(pid) = SERVER_PID.get() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+}
+
+fn h8s_help(sub: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args([sub, "--help"])
+        .output()
+        .expect("h8s --help");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn start() -> Shared {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let data = dir.join("data");
+    let help = h8s_help("server");
+    let in_server = help.contains("--disable-controllers");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data);
+    if in_server {
+        cmd.args([
+            "--controllers-resync-period",
+            "2s",
+            "--cronjob-sync-period",
+            "1s",
+        ]);
+        if help.contains("--leader-elect") {
+            cmd.args(["--leader-elect", "false"]);
+        }
+    }
+    if help.contains("--disable-agent") {
+        cmd.arg("--disable-agent");
+    }
+    let mut child: Child = cmd
+        .env("H8S_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning h8s server");
+    let _ = SERVER_PID.set(child.id());
+    // SAFETY: atexit with a plain extern "C" function that captures nothing.
+    unsafe { libc::atexit(kill_server) };
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("ready line");
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let mut parts = line.split_whitespace();
+    assert_eq!(
+        parts.next(),
+        Some("ready"),
+        "unexpected first line {line:?}"
+    );
+    let _url = parts.next().expect("url");
+    let kubeconfig = PathBuf::from(parts.next().expect("kubeconfig"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let kc = kubeconfig.clone();
+    rt.block_on(async move {
+        let client = h8s_client::from_kubeconfig(&kc).await.expect("client");
+        let nodes: Api<Node> = Api::all(client.clone());
+        for n in NODES {
+            let node: Node = serde_json::from_value(json!({
+                "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+                    "capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+                }
+            }))
+            .expect("node");
+            let created = nodes.create(&PostParams::default(), &node).await;
+            if created.is_ok() {
+                let _ = nodes
+                    .patch_status(
+                        n,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": node.status})),
+                    )
+                    .await;
+            }
+        }
+        tokio::spawn(fake_kubelet(client.clone()));
+        if !in_server {
+            let ctx = h8s_controllers::Context {
+                client,
+                timers: h8s_controllers::Timers {
+                    resync: Duration::from_secs(2),
+                    cronjob_sync: Duration::from_secs(1),
+                    ..Default::default()
+                },
+                root_ca_pem: String::new(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = h8s_controllers::run(ctx).await {
+                    eprintln!("controllers stopped: {e}");
+                }
+            });
+        }
+    });
+    Shared {
+        kubeconfig,
+        dir,
+        rt,
+    }
+}
+
+/// Plays the kubelet of the test's Node objects: binds nothing (the scheduler does, or
+/// pods stay unbound), marks pending pods Running and Ready, finishes job pods
+/// (restartPolicy Never/OnFailure) with success unless their command says `exit 1`, and
+/// completes graceful deletions.
+async fn fake_kubelet(client: h8s_client::kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list.items {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                if !ns.starts_with("wl-") {
+                    continue;
+                }
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                if p.metadata.deletion_timestamp.is_some() {
+                    let _ = api
+                        .delete(
+                            &name,
+                            &DeleteParams {
+                                grace_period_seconds: Some(0),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    continue;
+                }
+                let phase = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default();
+                if phase != "Pending" && !phase.is_empty() {
+                    continue;
+                }
+                let spec = p.spec.clone().unwrap_or_default();
+                let job = matches!(
+                    spec.restart_policy.as_deref(),
+                    Some("Never") | Some("OnFailure")
+                );
+                let now = h8s_client::k8s_openapi::jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                let status = if job {
+                    let fail = serde_json::to_string(&spec.containers)
+                        .unwrap_or_default()
+                        .contains("exit 1");
+                    json!({"status": {
+                        "phase": if fail { "Failed" } else { "Succeeded" },
+                        "startTime": now,
+                        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+                        "containerStatuses": spec.containers.iter().map(|c| json!({
+                            "name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"terminated": {"exitCode": if fail {1} else {0}, "reason": if fail {"Error"} else {"Completed"}, "finishedAt": now}}
+                        })).collect::<Vec<_>>(),
+                    }})
+                } else {
+                    json!({"status": {
+                        "phase": "Running",
+                        "startTime": now,
+                        "podIP": "10.0.0.1",
+                        "conditions": [
+                            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                        ],
+                        "containerStatuses": spec.containers.iter().map(|c| json!({
+                            "name": c.name, "image": c.image, "imageID": "", "ready": true, "restartCount": 0,
+                            "started": true, "state": {"running": {"startedAt": now}}
+                        })).collect::<Vec<_>>(),
+                    }})
+                };
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kubectl_out(ver: &str, args: &[&str]) -> (bool, String, String) {
+    let s = shared();
+    let bin = Path::new(KUBECTL_DIR).join(format!("kubectl.{ver}"));
+    assert!(bin.exists(), "{} is missing", bin.display());
+    let o = Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .arg("--cache-dir")
+        .arg(s.dir.join(format!("cache-{ver}")))
+        .env_remove("KUBECONFIG")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn kubectl(ver: &str, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl_out(ver, args);
+    assert!(
+        ok,
+        "kubectl {ver} {args:?} failed:\nstdout: {out}\nstderr: {err}"
+    );
+    out
+}
+
+fn get_json(ver: &str, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = kubectl(ver, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        match f() {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: not within {secs} s; last: {last}");
+}
+
+fn ns_for(ver: &str, what: &str) -> String {
+    format!("wl-{what}-{}", ver.replace('.', ""))
+}
+
+/// ReplicaSets of `deploy` in `ns`: (name, spec.replicas, revision, image).
+fn replica_sets(ver: &str, ns: &str) -> Vec<(String, i64, String, String)> {
+    let v = get_json(ver, &["get", "rs", "-n", ns]);
+    let mut out: Vec<_> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rs| {
+            (
+                rs["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                rs["spec"]["replicas"].as_i64().unwrap_or(-1),
+                rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                rs["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.2.cmp(&b.2));
+    out
+}
+
+/// Live (not deleting) pods of `ns`: (name, image, controller name).
+fn pods(ver: &str, ns: &str) -> Vec<(String, String, String)> {
+    let v = get_json(ver, &["get", "pods", "-n", ns]);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["metadata"]["ownerReferences"][0]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn rollout_status(ver: &str, ns: &str, what: &str) {
+    let out = kubectl(ver, &["rollout", "status", what, "-n", ns, "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+}
+
+fn deployment_flow(ver: &str) {
+    let ns = ns_for(ver, "deploy");
+    kubectl(ver, &["create", "namespace", &ns]);
+    kubectl(
+        ver,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.0",
+            "--replicas=3",
+            "-n",
+            &ns,
+        ],
+    );
+    rollout_status(ver, &ns, "deployment/web");
+    let rss = replica_sets(ver, &ns);
+    assert_eq!(rss.len(), 1, "{rss:?}");
+    let (rs1, replicas, rev, _) = rss[0].clone();
+    assert!(rs1.starts_with("web-"), "{rs1}");
+    assert_eq!((replicas, rev.as_str()), (3, "1"));
+    let p = pods(ver, &ns);
+    assert_eq!(p.len(), 3, "{p:?}");
+    for (name, image, owner) in &p {
+        assert!(name.starts_with(&format!("{rs1}-")), "{name}");
+        assert_eq!(
+            (image.as_str(), owner.as_str()),
+            ("nginx:1.0", rs1.as_str())
+        );
+    }
+    let d = get_json(ver, &["get", "deploy", "web", "-n", &ns]);
+    assert_eq!(d["status"]["availableReplicas"], 3, "{d}");
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    let conds = d["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let reason = |t: &str| {
+        conds
+            .iter()
+            .find(|c| c["type"] == t)
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        reason("Available").as_deref(),
+        Some("MinimumReplicasAvailable")
+    );
+    assert_eq!(
+        reason("Progressing").as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
+    let rs = get_json(ver, &["get", "rs", &rs1, "-n", &ns]);
+    assert_eq!(rs["status"]["readyReplicas"], 3, "{rs}");
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["controller"], true);
+
+    // scale
+    kubectl(ver, &["scale", "deployment/web", "--replicas=5", "-n", &ns]);
+    rollout_status(ver, &ns, "deployment/web");
+    eventually(30, "5 pods", || {
+        let n = pods(ver, &ns).len();
+        (n == 5).then_some(()).ok_or(format!("{n} pods"))
+    });
+    kubectl(ver, &["scale", "deployment/web", "--replicas=2", "-n", &ns]);
+    eventually(30, "2 pods", || {
+        let n = pods(ver, &ns).len();
+        (n == 2).then_some(()).ok_or(format!("{n} pods"))
+    });
+
+    // rollout of a new image
+    kubectl(
+        ver,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "nginx=nginx:2.0",
+            "-n",
+            &ns,
+        ],
+    );
+    rollout_status(ver, &ns, "deployment/web");
+    let rss = replica_sets(ver, &ns);
+    assert_eq!(rss.len(), 2, "{rss:?}");
+    assert_eq!(
+        (rss[0].1, rss[0].2.as_str(), rss[0].3.as_str()),
+        (0, "1", "nginx:1.0")
+    );
+    assert_eq!(
+        (rss[1].1, rss[1].2.as_str(), rss[1].3.as_str()),
+        (2, "2", "nginx:2.0")
+    );
+    eventually(30, "pods of revision 2 only", || {
+        let p = pods(ver, &ns);
+        (p.len() == 2 && p.iter().all(|(_, i, o)| i == "nginx:2.0" && o == &rss[1].0))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    let hist = kubectl(ver, &["rollout", "history", "deployment/web", "-n", &ns]);
+    assert!(hist.contains('1') && hist.contains('2'), "{hist}");
+
+    // undo: back to the first template, which becomes revision 3
+    kubectl(ver, &["rollout", "undo", "deployment/web", "-n", &ns]);
+    rollout_status(ver, &ns, "deployment/web");
+    let rss = replica_sets(ver, &ns);
+    assert_eq!(rss.len(), 2, "{rss:?}");
+    let back = rss.iter().find(|r| r.0 == rs1).expect("first RS kept");
+    assert_eq!((back.1, back.2.as_str()), (2, "3"), "{rss:?}");
+    eventually(30, "pods of the first template", || {
+        let p = pods(ver, &ns);
+        (p.len() == 2 && p.iter().all(|(_, i, _)| i == "nginx:1.0"))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+
+    // restart: a new ReplicaSet with the restartedAt annotation
+    kubectl(ver, &["rollout", "restart", "deployment/web", "-n", &ns]);
+    rollout_status(ver, &ns, "deployment/web");
+    assert_eq!(replica_sets(ver, &ns).len(), 3);
+
+    // pause: a template change makes no ReplicaSet until resume
+    kubectl(ver, &["rollout", "pause", "deployment/web", "-n", &ns]);
+    kubectl(
+        ver,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "nginx=nginx:3.0",
+            "-n",
+            &ns,
+        ],
+    );
+    eventually(20, "Progressing=Unknown DeploymentPaused", || {
+        let d = get_json(ver, &["get", "deploy", "web", "-n", &ns]);
+        let paused = d["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["reason"] == "DeploymentPaused"));
+        paused.then_some(()).ok_or(d["status"].to_string())
+    });
+    assert_eq!(replica_sets(ver, &ns).len(), 3);
+    kubectl(ver, &["rollout", "resume", "deployment/web", "-n", &ns]);
+    rollout_status(ver, &ns, "deployment/web");
+    let rss = replica_sets(ver, &ns);
+    assert_eq!(rss.len(), 4, "{rss:?}");
+    assert_eq!(rss.last().map(|r| r.3.as_str()), Some("nginx:3.0"));
+
+    // events, as Kubernetes words them
+    let ev = kubectl(ver, &["get", "events", "-n", &ns]);
+    assert!(ev.contains("ScalingReplicaSet"), "{ev}");
+    assert!(ev.contains("SuccessfulCreate"), "{ev}");
+}
+
+#[test]
+fn deployment_kubectl_1_27() {
+    deployment_flow("1.27");
+}
+
+#[test]
+fn deployment_kubectl_1_30() {
+    deployment_flow("1.30");
+}
+
+#[test]
+fn deployment_kubectl_1_33() {
+    deployment_flow("1.33");
+}
+
+#[test]
+fn replication_controller_and_orphan_adoption() {
+    let ver = "1.33";
+    let ns = ns_for(ver, "rc");
+    kubectl(ver, &["create", "namespace", &ns]);
+    // An orphan pod with the labels is adopted: the RC creates only one more.
+    let orphan = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orphan", "namespace": ns, "labels": {"app": "rc"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let rc = json!({"apiVersion": "v1", "kind": "ReplicationController",
+        "metadata": {"name": "rc", "namespace": ns},
+        "spec": {"replicas": 2, "selector": {"app": "rc"}, "template": {
+            "metadata": {"labels": {"app": "rc"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    let f = shared().dir.join("rc.json");
+    std::fs::write(&f, orphan.to_string()).unwrap();
+    kubectl(ver, &["apply", "-f", f.to_str().unwrap()]);
+    std::fs::write(&f, rc.to_string()).unwrap();
+    kubectl(ver, &["apply", "-f", f.to_str().unwrap()]);
+    eventually(30, "2 pods, the orphan adopted", || {
+        let p = pods(ver, &ns);
+        let adopted = p.iter().any(|(n, _, o)| n == "orphan" && o == "rc");
+        (p.len() == 2 && adopted)
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    eventually(30, "RC status", || {
+        let v = get_json(ver, &["get", "rc", "rc", "-n", &ns]);
+        (v["status"]["readyReplicas"] == 2 && v["status"]["replicas"] == 2)
+            .then_some(())
+            .ok_or(v["status"].to_string())
+    });
+    // A deleted pod is replaced.
+    kubectl(ver, &["delete", "pod", "orphan", "-n", &ns, "--wait=false"]);
+    eventually(30, "a replacement", || {
+        let p = pods(ver, &ns);
+        (p.len() == 2 && p.iter().all(|(n, _, _)| n != "orphan"))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    let _ = &shared().rt;
+}
