@@ -14,7 +14,7 @@
 mod bootstrap;
 mod x509;
 
-pub use bootstrap::{BootstrapGuard, BootstrapTokenAuthenticator, JoinToken};
+pub use bootstrap::{BootstrapGuard, BootstrapTokenAuthenticator, JoinToken, BOOTSTRAPPERS_GROUP};
 pub use x509::ClientCertAuthenticator;
 
 use std::collections::HashMap;

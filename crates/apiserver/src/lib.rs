@@ -12,6 +12,7 @@ mod auth;
 mod body;
 mod bootstrap;
 mod cidr;
+mod csr;
 mod ctx;
 mod discovery;
 mod error;
@@ -30,6 +31,7 @@ mod proto;
 mod response;
 mod rest;
 mod route;
+mod sa_token;
 mod seams;
 mod server;
 mod state;
@@ -48,10 +50,18 @@ pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,
     ObjectFilter, RequestInfo, TokenAuthenticator, UserInfo, AUTHENTICATED_GROUP,
+    BOOTSTRAPPERS_GROUP,
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
+pub use sa_token::{
+    Claims as ServiceAccountClaims, ObjectRef, ServiceAccountAuthenticator, ServiceAccountConfig,
+    ServiceAccountTokens, TokenError, TokenSpec,
+};
 pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
+pub use csr::{
+    ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
+};
 pub use server::{Config, Server};
 pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;

@@ -24,6 +24,7 @@ use rcgen::{
 use crate::{Error, Result};
 
 /// The PKI material the server runs with.
+#[derive(Clone)]
 pub struct Pki {
     pub ca_pem: String,
     pub cert_pem: String,

@@ -19,6 +19,9 @@ use crate::auth::{
 };
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
+use crate::sa_token::{
+    ServiceAccountAuthenticator, ServiceAccountTokens, TokenRequestHandler, TokenReviewer,
+};
 use crate::{Error, Result};
 
 /// What the server needs to start.
@@ -37,8 +40,13 @@ pub struct Config {
     pub admission: Vec<Arc<dyn Admission>>,
     /// The IPv4 CIDR Service cluster IPs come from.
     pub service_cidr: String,
+    /// ServiceAccount tokens: issuer, API audiences, longest lifetime.
+    pub service_account: crate::sa_token::ServiceAccountConfig,
+    /// The automatic approval of node client certificates (its timers).
+    pub csr_approver: crate::csr::CsrApproverConfig,
     /// Handlers of delegated subresources, by (resource, subresource), e.g.
-    /// (`pods`, `log`). Unregistered ones answer 405.
+    /// (`pods`, `log`). Unregistered ones answer 405. (`serviceaccounts/token` is the
+    /// server's own TokenRequest unless one is given here.)
     pub subresource_handlers: Vec<(String, String, Arc<dyn crate::stream::SubresourceHandler>)>,
     /// (api: registry seams) Signs approved CertificateSigningRequests; `None` leaves
     /// them approved and unsigned.
@@ -63,6 +71,8 @@ impl Config {
             authorizer: None,
             admission: Vec::new(),
             service_cidr: crate::svc::DEFAULT_SERVICE_CIDR.to_string(),
+            service_account: Default::default(),
+            csr_approver: Default::default(),
             subresource_handlers: Vec::new(),
             csr_signer: None,
             reviewers: Vec::new(),
@@ -121,14 +131,26 @@ impl Server {
         let join_token = tokio::task::spawn_blocking(move || JoinToken::ensure(&join_path))
             .await
             .map_err(|e| Error::Pki(e.to_string()))??;
-        // The chain's order: client certificates, static tokens, bootstrap tokens, then
-        // the extra authenticators (Keystone).
+        let sa_key = cfg.data_dir.join("sa.key");
+        let sa_cfg = cfg.service_account.clone();
+        let sa_tokens = Arc::new(
+            tokio::task::spawn_blocking(move || ServiceAccountTokens::ensure(&sa_key, sa_cfg))
+                .await
+                .map_err(|e| Error::Pki(e.to_string()))??,
+        );
+        let sa_authn = Arc::new(ServiceAccountAuthenticator::new(
+            sa_tokens.clone(),
+            store.clone(),
+        ));
+        // The chain's order: client certificates, static tokens, ServiceAccount tokens,
+        // bootstrap tokens, then the extra authenticators (Keystone).
         let mut authn: Vec<Arc<dyn Authenticator>> = vec![
             Arc::new(ClientCertAuthenticator),
             Arc::new(TokenAuthenticator::new(
                 pki.admin_token.clone(),
                 Some(cfg.data_dir.join("tokens.csv")),
             )),
+            sa_authn.clone(),
             Arc::new(BootstrapTokenAuthenticator::new(vec![join_token.clone()])),
         ];
         authn.extend(cfg.authenticators.iter().cloned());
@@ -137,6 +159,11 @@ impl Server {
             .iter()
             .map(|(r, s, h)| ((r.clone(), s.clone()), h.clone()))
             .collect();
+        streams
+            .entry(("serviceaccounts".to_string(), "token".to_string()))
+            .or_insert_with(|| {
+                Arc::new(TokenRequestHandler::new(sa_tokens.clone(), store.clone()))
+            });
         // pods/log, exec, attach, portforward: proxied to the pod's node agent.
         crate::nodeproxy::register(&mut streams, store.clone(), &pki)?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -147,9 +174,26 @@ impl Server {
             &cfg.admission_plugins,
         );
         admission.extend(cfg.admission.iter().cloned());
+        // auth: the chain also answers TokenReviews; the cluster CA signs client CSRs.
+        let authn: Arc<dyn Authenticator> = Arc::new(AuthnChain(authn));
+        let mut reviewers: std::collections::HashMap<_, _> = cfg
+            .reviewers
+            .iter()
+            .map(|(g, r, h)| ((g.clone(), r.clone()), h.clone()))
+            .collect();
+        reviewers
+            .entry((
+                "authentication.k8s.io".to_string(),
+                "tokenreviews".to_string(),
+            ))
+            .or_insert_with(|| Arc::new(TokenReviewer::new(authn.clone(), sa_authn.clone())));
+        let csr_signer = cfg
+            .csr_signer
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::csr::ClusterCaSigner::new(Arc::new(pki.clone()))));
         let api = Arc::new(Api {
             store,
-            authn: Arc::new(AuthnChain(authn)),
+            authn,
             authz: Arc::new(BootstrapGuard::new(
                 cfg.authorizer
                     .clone()
@@ -162,12 +206,8 @@ impl Server {
             service_cidr,
             svc_lock: Default::default(),
             streams,
-            csr_signer: cfg.csr_signer.clone(),
-            reviewers: cfg
-                .reviewers
-                .iter()
-                .map(|(g, r, h)| ((g.clone(), r.clone()), h.clone()))
-                .collect(),
+            csr_signer: Some(csr_signer),
+            reviewers,
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -176,6 +216,24 @@ impl Server {
         crate::bootstrap::start(&api, cfg.event_ttl)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // auth: approves node client CSRs (bootstrap and renewal) through the API, as
+        // system:kube-controller-manager.
+        {
+            let (cert, _) = pki.issue_client_cert(
+                "system:kube-controller-manager",
+                &[],
+                std::time::Duration::from_secs(10 * 365 * 24 * 3600),
+            )?;
+            use rustls::pki_types::pem::PemObject;
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+                .map_err(|e| Error::Pki(format!("approver certificate: {e}")))?;
+            let approver = crate::csr::CsrApprover::new(
+                api.clone(),
+                ConnInfo::new(addr, vec![der]),
+                cfg.csr_approver.clone(),
+            );
+            tokio::spawn(approver.run(shutdown.clone()));
+        }
         api.ready.store(true, Ordering::Relaxed);
         tokio::task::spawn_blocking(crate::openapi::warm_up);
         let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));

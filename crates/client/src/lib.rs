@@ -13,6 +13,8 @@ use std::path::Path;
 pub use k8s_openapi;
 pub use kube;
 
+pub mod bootstrap;
+
 /// How a component proves who it is to the API server.
 #[derive(Clone)]
 pub enum Credentials {

@@ -147,7 +147,9 @@ impl BootstrapGuard {
     }
 
     /// What a bootstrapper may do: CSRs (create, get, list, watch; not approve or update
-    /// status), its own SelfSubjectReview, and discovery.
+    /// status), `create` on `certificatesigningrequests/nodeclient` (what kubeadm's
+    /// bootstrap role grants: the approver asks for it), its own SelfSubjectReview, and
+    /// discovery.
     pub fn bootstrapper_may(attrs: &Attributes) -> bool {
         if !attrs.resource_request {
             let discovery = ["/api", "/apis", "/openapi", "/version"]
@@ -157,8 +159,11 @@ impl BootstrapGuard {
         }
         match (attrs.group.as_str(), attrs.resource.as_str()) {
             ("certificates.k8s.io", "certificatesigningrequests") => {
-                attrs.subresource.is_empty()
-                    && matches!(attrs.verb.as_str(), "create" | "get" | "list" | "watch")
+                match attrs.subresource.as_str() {
+                    "" => matches!(attrs.verb.as_str(), "create" | "get" | "list" | "watch"),
+                    "nodeclient" => attrs.verb == "create",
+                    _ => false,
+                }
             }
             ("authentication.k8s.io", "selfsubjectreviews") => attrs.verb == "create",
             _ => false,
@@ -262,6 +267,11 @@ mod tests {
             assert!(g.authorize(&boot, &csr(v, "")).allowed(), "{v}");
         }
         assert!(!g.authorize(&boot, &csr("update", "approval")).allowed());
+        assert!(!g.authorize(&boot, &csr("update", "status")).allowed());
+        assert!(g.authorize(&boot, &csr("create", "nodeclient")).allowed());
+        assert!(!g
+            .authorize(&boot, &csr("create", "selfnodeclient"))
+            .allowed());
         assert!(!g.authorize(&boot, &csr("delete", "")).allowed());
         let pods = Attributes {
             verb: "list".into(),
