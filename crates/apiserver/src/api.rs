@@ -157,6 +157,7 @@ impl Api {
             verb: "get",
             applying: false,
             parts: None,
+            authz_filter: None,
         };
         let mut attrs = Attributes {
             verb: String::new(),
@@ -184,7 +185,12 @@ impl Api {
         }
         *verb_out = cx.verb;
         attrs.verb = cx.verb.to_string();
-        if let Decision::Deny(why) = self.authz.authorize(&cx.user, &attrs) {
+        let decision = self.authz.authorize(&cx.user, &attrs);
+        // auth: a filtered allowance narrows lists and watches (see filter.rs).
+        if let Decision::AllowFiltered(f) = &decision {
+            cx.authz_filter = Some(f.clone());
+        }
+        if let Decision::Deny(why) = decision {
             let msg = if attrs.resource_request {
                 format!(
                     "{} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{}{}",

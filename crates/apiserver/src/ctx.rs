@@ -24,6 +24,9 @@ pub struct Ctx {
     pub applying: bool,
     /// The request's parts, for subresources delegated to a [`crate::SubresourceHandler`].
     pub parts: Option<http::request::Parts>,
+    /// (auth) What the authorizer lets this caller see, when it answered
+    /// `Decision::AllowFiltered`: lists and watches return only what it allows.
+    pub authz_filter: Option<std::sync::Arc<dyn crate::auth::ObjectFilter>>,
 }
 
 impl Ctx {
@@ -45,6 +48,7 @@ impl Ctx {
             verb: "create",
             applying: false,
             parts: None,
+            authz_filter: None,
         }
     }
 

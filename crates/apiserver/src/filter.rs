@@ -15,6 +15,8 @@ pub(crate) struct Filter {
     pub field: FieldSelector,
     pub res: &'static Resource,
     strategy: &'static dyn Strategy,
+    /// (auth) The authorizer's narrowing of what the caller may see.
+    authz: Option<std::sync::Arc<dyn crate::auth::ObjectFilter>>,
 }
 
 impl Filter {
@@ -44,11 +46,13 @@ impl Filter {
             field,
             res,
             strategy: strategy::of(res),
+            authz: cx.authz_filter.clone(),
         })
     }
 
     pub fn matches(&self, o: &Value) -> bool {
-        self.label.matches_object(o)
+        self.authz.as_ref().is_none_or(|f| f.allows(o))
+            && self.label.matches_object(o)
             && (self.field.is_everything()
                 || self
                     .field
@@ -56,6 +60,6 @@ impl Filter {
     }
 
     pub fn is_everything(&self) -> bool {
-        self.label.is_everything() && self.field.is_everything()
+        self.authz.is_none() && self.label.is_everything() && self.field.is_everything()
     }
 }

@@ -99,6 +99,7 @@ impl Api {
                 verb: "list",
                 applying: false,
                 parts: None,
+                authz_filter: cx.authz_filter.clone(),
             };
             let (items, rev, _) = self.list_objects(&tmp, t, &filter).await?;
             initial = items;
