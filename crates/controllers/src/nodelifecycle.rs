@@ -91,9 +91,9 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         watcher::Config::default(),
         Some(wake.clone()),
     );
-    let _ = nodes.wait_until_ready().await;
-    let _ = leases.wait_until_ready().await;
-    let _ = pods.wait_until_ready().await;
+    cluster::ready(&nodes).await;
+    cluster::ready(&leases).await;
+    cluster::ready(&pods).await;
     let monitor = Monitor {
         client: client.clone(),
         events: Events::new(client.clone(), "node-controller"),

@@ -6,6 +6,7 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -41,6 +42,22 @@ where
         }
     });
     store
+}
+
+/// Waits until a store has seen its first full list. kube's `Store::wait_until_ready`
+/// wakes only the last task that polled it, so with another waiter (a `Controller` waits on
+/// its own store) a plain await could sleep forever: poll it again every 200 ms.
+pub(crate) async fn ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => continue,
+        }
+    }
 }
 
 /// Records events for one controller (`reportingController`), as `events.k8s.io/v1` Events.

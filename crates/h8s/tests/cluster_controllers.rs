@@ -1,0 +1,775 @@
+//! The cluster controllers (node lifecycle + taint eviction, endpoints and EndpointSlices,
+//! service accounts and the root CA, PodDisruptionBudget status, ResourceQuota status)
+//! against one real `h8s server` shared by every test of this binary. Each test runs the
+//! controller it exercises in its own runtime (`h8s_controllers::<module>::run`), with
+//! shortened timers, and works in its own namespace / on its own nodes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use h8s_client::k8s_openapi;
+use h8s_client::kube;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+
+/// The `h8s server` of this binary, with its own controller manager and scheduler turned
+/// off (when the binary has them): each test runs the controller it tests.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = env!("CARGO_BIN_EXE_h8s");
+        let help = Command::new(bin)
+            .args(["server", "--help"])
+            .output()
+            .expect("h8s server --help");
+        let help = String::from_utf8_lossy(&help.stdout);
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
+        for flag in ["--disable-controllers", "--disable-scheduler"] {
+            if help.contains(flag) {
+                cmd.arg(flag);
+            }
+        }
+        let mut child = cmd
+            .env("H8S_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning h8s server");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("h8s server did not become ready in 30 s");
+        };
+        let mut parts = line.split_whitespace();
+        assert_eq!(
+            parts.next(),
+            Some("ready"),
+            "unexpected first line: {line:?}"
+        );
+        let _url = parts.next().expect("url");
+        let kubeconfig = PathBuf::from(parts.next().expect("kubeconfig path"));
+        Server {
+            child,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM by PID, then SIGKILL if it lingers.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..250 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+extern "C" fn stop_server() {
+    let s = SERVER.lock().ok().and_then(|mut s| s.take());
+    drop(s);
+}
+
+/// Where the shared server's admin kubeconfig and data dir are.
+struct Shared {
+    kubeconfig: PathBuf,
+    data_dir: PathBuf,
+}
+
+/// The server shared by this test binary, started on first use and stopped at exit.
+fn server() -> Shared {
+    let mut g = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let s = match &*g {
+        Some(s) => s,
+        None => {
+            // SAFETY: `stop_server` is a plain `extern "C" fn()` that does not unwind (it
+            // drops a value whose Drop only signals and waits for a child process);
+            // registering it has no other precondition.
+            unsafe {
+                libc::atexit(stop_server);
+            }
+            g.insert(Server::start())
+        }
+    };
+    Shared {
+        kubeconfig: s.kubeconfig.clone(),
+        data_dir: s.data_dir(),
+    }
+}
+
+async fn client() -> kube::Client {
+    // The controllers' logs, for debugging: RUST_LOG=h8s_controllers=debug.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let s = server();
+    h8s_client::from_kubeconfig(&s.kubeconfig)
+        .await
+        .expect("client from the admin kubeconfig")
+}
+
+fn timers() -> h8s_controllers::Timers {
+    h8s_controllers::Timers {
+        node_monitor_grace_period: Duration::from_secs(3),
+        node_monitor_period: Duration::from_millis(300),
+        resync: Duration::from_secs(5),
+        cronjob_sync: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// Starts one controller in the background of the current test's runtime.
+fn start<F, Fut>(client: &kube::Client, run: F)
+where
+    F: FnOnce(h8s_controllers::Context) -> Fut,
+    Fut: std::future::Future<Output = Result<(), h8s_controllers::Error>> + Send + 'static,
+{
+    let ctx = h8s_controllers::Context {
+        client: client.clone(),
+        timers: timers(),
+        root_ca_pem: std::fs::read_to_string(server().data_dir.join("ca.crt")).expect("server CA"),
+    };
+    let fut = run(ctx);
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            panic!("controller stopped: {e}");
+        }
+    });
+}
+
+/// Polls `f` every 100 ms until it gives `Some`, for at most `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("test object")
+}
+
+async fn namespace(c: &kube::Client, name: &str) {
+    let api: Api<Namespace> = Api::all(c.clone());
+    api.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": name}})),
+    )
+    .await
+    .expect("create namespace");
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Creates a Node and sets its status Ready=True, as a node agent would.
+async fn ready_node(c: &kube::Client, name: &str, taints: Value) -> Node {
+    let api: Api<Node> = Api::all(c.clone());
+    let n: Node = api
+        .create(
+            &PostParams::default(),
+            &from(
+                json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+                         "spec": {"taints": taints}}),
+            ),
+        )
+        .await
+        .expect("create node");
+    set_node_ready(c, n, "True").await
+}
+
+async fn set_node_ready(c: &kube::Client, mut n: Node, status: &str) -> Node {
+    let api: Api<Node> = Api::all(c.clone());
+    let now = now_rfc3339();
+    n.status = Some(from(json!({"conditions": [
+        {"type": "Ready", "status": status, "reason": "KubeletReady", "message": "kubelet is posting ready status",
+         "lastHeartbeatTime": now, "lastTransitionTime": now}
+    ]})));
+    api.replace_status(
+        n.metadata.name.as_deref().unwrap_or_default(),
+        &PostParams::default(),
+        &n,
+    )
+    .await
+    .expect("node status")
+}
+
+/// Renews (or creates) the node's Lease in kube-node-lease.
+async fn renew_lease(c: &kube::Client, node: &str) {
+    let api: Api<Lease> = Api::namespaced(c.clone(), "kube-node-lease");
+    let now = now_rfc3339();
+    let body = json!({"metadata": {"name": node},
+                      "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+    match api.get_opt(node).await.expect("get lease") {
+        None => {
+            api.create(&PostParams::default(), &from(body))
+                .await
+                .expect("create lease");
+        }
+        Some(mut l) => {
+            l.spec.get_or_insert_with(Default::default).renew_time = Some(from(json!(now)));
+            api.replace(node, &PostParams::default(), &l)
+                .await
+                .expect("renew lease");
+        }
+    }
+}
+
+/// A pod bound to `node` (or unbound), with tolerations and labels; status Running and
+/// Ready=`ready` set as a node agent would.
+async fn pod(
+    c: &kube::Client,
+    ns: &str,
+    name: &str,
+    node: Option<&str>,
+    labels: Value,
+    tolerations: Value,
+    ready: Option<bool>,
+) -> Pod {
+    let api: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let mut spec = json!({"containers": [{"name": "c", "image": "busybox",
+        "ports": [{"name": "http", "containerPort": 8080}]}],
+        "tolerations": tolerations, "terminationGracePeriodSeconds": 0});
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    let p: Pod = api
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": name, "labels": labels}, "spec": spec})),
+        )
+        .await
+        .expect("create pod");
+    match ready {
+        None => p,
+        Some(r) => set_pod_ready(c, p, r).await,
+    }
+}
+
+async fn set_pod_ready(c: &kube::Client, mut p: Pod, ready: bool) -> Pod {
+    let api: Api<Pod> = Api::namespaced(c.clone(), p.metadata.namespace.as_deref().unwrap());
+    let now = now_rfc3339();
+    let r = if ready { "True" } else { "False" };
+    let idx = pod_ip_suffix(p.metadata.name.as_deref().unwrap());
+    p.status = Some(from(
+        json!({"phase": "Running", "podIP": format!("10.9.0.{idx}"),
+        "podIPs": [{"ip": format!("10.9.0.{idx}")}],
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": r, "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": r, "lastTransitionTime": now}
+        ]}),
+    ));
+    api.replace_status(
+        p.metadata.name.as_deref().unwrap(),
+        &PostParams::default(),
+        &p,
+    )
+    .await
+    .expect("pod status")
+}
+
+/// A distinct last IP byte per (short) pod name.
+fn pod_ip_suffix(name: &str) -> u32 {
+    name.bytes().map(u32::from).sum::<u32>() % 240 + 10
+}
+
+fn taint_keys(n: &Node) -> Vec<(String, String)> {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.effect))
+        .collect()
+}
+
+fn ready_condition(n: &Node) -> Option<k8s_openapi::api::core::v1::NodeCondition> {
+    n.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
+}
+
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_is_tainted_and_its_pods_evicted_then_comes_back() {
+    let c = client().await;
+    start(&c, h8s_controllers::nodelifecycle::run);
+    let ns = "cl-nodes";
+    namespace(&c, ns).await;
+    let nodes: Api<Node> = Api::all(c.clone());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let node = "cl-n1";
+    ready_node(&c, node, json!([])).await;
+    renew_lease(&c, node).await;
+
+    let ne = |key: &str, secs: Option<i64>| {
+        let mut t = json!({"key": key, "operator": "Exists", "effect": "NoExecute"});
+        if let Some(s) = secs {
+            t["tolerationSeconds"] = json!(s);
+        }
+        t
+    };
+    // No toleration of its own: the DefaultTolerationSeconds admission (when the server
+    // runs it) gives it 300 s, else it is evicted at once.
+    let plain = pod(
+        &c,
+        ns,
+        "plain",
+        Some(node),
+        json!({}),
+        json!([]),
+        Some(true),
+    )
+    .await;
+    let plain_tolerates = plain
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key.as_deref() == Some(UNREACHABLE) && t.toleration_seconds.is_some())
+        });
+    pod(
+        &c,
+        ns,
+        "short",
+        Some(node),
+        json!({}),
+        json!([ne(UNREACHABLE, Some(2))]),
+        Some(true),
+    )
+    .await;
+    pod(
+        &c,
+        ns,
+        "forever",
+        Some(node),
+        json!({}),
+        json!([ne(UNREACHABLE, None)]),
+        Some(true),
+    )
+    .await;
+
+    // While the lease is renewed (for longer than the grace period) the node stays Ready.
+    for _ in 0..10 {
+        renew_lease(&c, node).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let n = nodes.get(node).await.unwrap();
+    assert_eq!(ready_condition(&n).unwrap().status, "True");
+    assert!(taint_keys(&n).is_empty(), "{:?}", taint_keys(&n));
+
+    // The lease stops: Ready=Unknown and the unreachable taints.
+    let n = eventually(20, "node Ready=Unknown and tainted", || async {
+        let n = nodes.get(node).await.unwrap();
+        let t = taint_keys(&n);
+        (ready_condition(&n)?.status == "Unknown"
+            && t.contains(&(UNREACHABLE.into(), "NoExecute".into()))
+            && t.contains(&(UNREACHABLE.into(), "NoSchedule".into())))
+        .then_some(n)
+    })
+    .await;
+    let rc = ready_condition(&n).unwrap();
+    assert_eq!(rc.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(
+        rc.message.as_deref(),
+        Some("Kubelet stopped posting node status.")
+    );
+    let ne_taint = n
+        .spec
+        .as_ref()
+        .unwrap()
+        .taints
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|t| t.effect == "NoExecute")
+        .unwrap()
+        .clone();
+    assert!(
+        ne_taint.time_added.is_some(),
+        "NoExecute taint carries timeAdded"
+    );
+
+    // The 2 s toleration runs out: that pod goes; the one tolerating forever stays.
+    eventually(20, "short-tolerating pod deleted", || async {
+        pods.get_opt("short").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    if plain_tolerates {
+        assert!(
+            pods.get_opt("plain").await.unwrap().is_some(),
+            "300 s default toleration"
+        );
+    } else {
+        eventually(10, "untolerating pod deleted", || async {
+            pods.get_opt("plain").await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    // MarkPodsNotReady: the pods of a node gone silent are not Ready any more.
+    let forever = eventually(10, "pod marked not ready", || async {
+        let p = pods.get("forever").await.unwrap();
+        let ready = p
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .status
+            .clone();
+        (ready == "False").then_some(p)
+    })
+    .await;
+    assert!(forever.metadata.deletion_timestamp.is_none());
+
+    // The node comes back: status Ready and a renewed lease clear the taints.
+    let n = nodes.get(node).await.unwrap();
+    set_node_ready(&c, n, "True").await;
+    renew_lease(&c, node).await;
+    eventually(10, "taints removed", || async {
+        let n = nodes.get(node).await.unwrap();
+        taint_keys(&n).is_empty().then_some(())
+    })
+    .await;
+    // It keeps being Ready while the lease is renewed.
+    for _ in 0..8 {
+        renew_lease(&c, node).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let n = nodes.get(node).await.unwrap();
+    assert_eq!(ready_condition(&n).unwrap().status, "True");
+    assert!(taint_keys(&n).is_empty());
+    assert!(pods.get_opt("forever").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noexecute_taint_evicts_untolerating_pods_at_once() {
+    let c = client().await;
+    start(&c, h8s_controllers::nodelifecycle::run);
+    let ns = "cl-taints";
+    namespace(&c, ns).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let node = "cl-n2";
+    ready_node(&c, node, json!([])).await;
+    // Keep this node alive for the whole test.
+    let lc = c.clone();
+    let beat = tokio::spawn(async move {
+        loop {
+            renew_lease(&lc, node).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    pod(&c, ns, "victim", Some(node), json!({}), json!([]), None).await;
+    pod(
+        &c,
+        ns,
+        "tolerant",
+        Some(node),
+        json!({}),
+        json!([{"key": "example.com/maintenance", "operator": "Exists", "effect": "NoExecute"}]),
+        None,
+    )
+    .await;
+    pod(&c, ns, "elsewhere", None, json!({}), json!([]), None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        pods.get_opt("victim").await.unwrap().is_some(),
+        "no taint, no eviction"
+    );
+
+    let nodes: Api<Node> = Api::all(c.clone());
+    let mut n = nodes.get(node).await.unwrap();
+    n.spec.get_or_insert_with(Default::default).taints = Some(from(
+        json!([{"key": "example.com/maintenance", "effect": "NoExecute"}]),
+    ));
+    nodes
+        .replace(node, &PostParams::default(), &n)
+        .await
+        .unwrap();
+
+    eventually(10, "untolerating pod deleted", || async {
+        pods.get_opt("victim")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pods.get_opt("tolerant").await.unwrap().is_some());
+    assert!(pods.get_opt("elsewhere").await.unwrap().is_some());
+    // A foreign taint is the admin's: the controller leaves it.
+    let n = nodes.get(node).await.unwrap();
+    assert_eq!(
+        taint_keys(&n),
+        vec![(
+            "example.com/maintenance".to_string(),
+            "NoExecute".to_string()
+        )]
+    );
+    // The eviction was recorded as Kubernetes words it (when events.k8s.io is served).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), ns);
+    if let Ok(list) = events.list(&Default::default()).await {
+        assert!(
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("TaintManagerEviction")
+                    && e.note.as_deref() == Some("Marking for deletion Pod cl-taints/victim")),
+            "{:?}",
+            list.items
+                .iter()
+                .map(|e| (&e.reason, &e.note))
+                .collect::<Vec<_>>()
+        );
+    }
+    beat.abort();
+    let _ = nodes.delete(node, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_endpoints_and_slices_follow_pods() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let c = client().await;
+    start(&c, h8s_controllers::endpoints::run);
+    let ns = "cl-ep";
+    namespace(&c, ns).await;
+    ready_node(&c, "cl-ep-n", json!([])).await;
+    let svcs: Api<Service> = Api::namespaced(c.clone(), ns);
+    let eps: Api<Endpoints> = Api::namespaced(c.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let svc = svcs
+        .create(
+            &PostParams::default(),
+            &from(
+                json!({"metadata": {"name": "web", "labels": {"tier": "front"}},
+                "spec": {"selector": {"app": "web"}, "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "metrics", "port": 9090, "targetPort": 9100}]}}),
+            ),
+        )
+        .await
+        .expect("create service");
+    let web = json!({"app": "web"});
+    let a = pod(
+        &c,
+        ns,
+        "a",
+        Some("cl-ep-n"),
+        web.clone(),
+        json!([]),
+        Some(true),
+    )
+    .await;
+    let b = pod(
+        &c,
+        ns,
+        "b",
+        Some("cl-ep-n"),
+        web.clone(),
+        json!([]),
+        Some(false),
+    )
+    .await;
+    pod(
+        &c,
+        ns,
+        "other",
+        Some("cl-ep-n"),
+        json!({"app": "db"}),
+        json!([]),
+        Some(true),
+    )
+    .await;
+    pod(
+        &c,
+        ns,
+        "noip",
+        Some("cl-ep-n"),
+        web.clone(),
+        json!([]),
+        None,
+    )
+    .await;
+    let ip = |p: &Pod| p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let (ip_a, ip_b) = (ip(&a), ip(&b));
+
+    let addrs = |e: &Endpoints, ready: bool| -> Vec<String> {
+        e.subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                if ready {
+                    &s.addresses
+                } else {
+                    &s.not_ready_addresses
+                }
+            })
+            .flatten()
+            .map(|a| a.ip.clone())
+            .collect()
+    };
+    let e = eventually(15, "endpoints with a ready and b not ready", || async {
+        let e = eps.get_opt("web").await.unwrap()?;
+        (addrs(&e, true) == [ip_a.clone()] && addrs(&e, false) == [ip_b.clone()]).then_some(e)
+    })
+    .await;
+    let subset = &e.subsets.as_ref().unwrap()[0];
+    let mut ports: Vec<(String, i32)> = subset
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+        .collect();
+    ports.sort();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("metrics".to_string(), 9100)]
+    );
+    let addr = &subset.addresses.as_ref().unwrap()[0];
+    assert_eq!(addr.node_name.as_deref(), Some("cl-ep-n"));
+    assert_eq!(addr.target_ref.as_ref().unwrap().name.as_deref(), Some("a"));
+    assert_eq!(e.metadata.labels.as_ref().unwrap()["tier"], "front");
+
+    // EndpointSlices, when the server serves discovery.k8s.io/v1.
+    let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), ns);
+    let lp = kube::api::ListParams::default().labels("kubernetes.io/service-name=web");
+    let served = slices.list(&lp).await.is_ok();
+    if served {
+        let sl = eventually(15, "an EndpointSlice with both pods", || async {
+            let l = slices.list(&lp).await.unwrap();
+            l.items.into_iter().find(|s| s.endpoints.len() == 2)
+        })
+        .await;
+        let l = sl.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            l["endpointslice.kubernetes.io/managed-by"],
+            "endpointslice-controller.k8s.io"
+        );
+        let o = &sl.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((o.kind.as_str(), o.name.as_str()), ("Service", "web"));
+        assert_eq!(o.uid, svc.metadata.uid.clone().unwrap());
+        assert_eq!(sl.address_type, "IPv4");
+        let ep_b = sl
+            .endpoints
+            .iter()
+            .find(|e| e.addresses == [ip_b.clone()])
+            .unwrap();
+        let cnd = ep_b.conditions.as_ref().unwrap();
+        assert_eq!(
+            (cnd.ready, cnd.serving, cnd.terminating),
+            (Some(false), Some(false), Some(false))
+        );
+        let ep_a = sl
+            .endpoints
+            .iter()
+            .find(|e| e.addresses == [ip_a.clone()])
+            .unwrap();
+        assert_eq!(ep_a.conditions.as_ref().unwrap().ready, Some(true));
+        assert_eq!(ep_a.zone.as_deref(), Some("z1"));
+        assert_eq!(ep_a.node_name.as_deref(), Some("cl-ep-n"));
+        assert_eq!(ep_a.target_ref.as_ref().unwrap().name.as_deref(), Some("a"));
+    }
+
+    // b becomes ready; a goes away.
+    set_pod_ready(&c, b, true).await;
+    pods.delete("a", &DeleteParams::default()).await.unwrap();
+    eventually(15, "endpoints with only b, ready", || async {
+        let e = eps.get_opt("web").await.unwrap()?;
+        (addrs(&e, true) == [ip_b.clone()] && addrs(&e, false).is_empty()).then_some(())
+    })
+    .await;
+    if served {
+        eventually(15, "slice with only b, ready", || async {
+            let l = slices.list(&lp).await.unwrap();
+            let all: Vec<_> = l.items.iter().flat_map(|s| &s.endpoints).collect();
+            (all.len() == 1
+                && all[0].addresses == [ip_b.clone()]
+                && all[0].conditions.as_ref()?.ready == Some(true))
+            .then_some(())
+        })
+        .await;
+    }
+
+    // A Service without a selector keeps the Endpoints its owner writes.
+    svcs.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "manual"}, "spec": {"ports": [{"port": 5432}]}})),
+    )
+    .await
+    .unwrap();
+    eps.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "manual"},
+            "subsets": [{"addresses": [{"ip": "192.0.2.7"}], "ports": [{"port": 5432}]}]})),
+    )
+    .await
+    .unwrap();
+
+    // The Service goes: so do its Endpoints.
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(20, "endpoints of the deleted service removed", || async {
+        eps.get_opt("web").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let m = eps.get("manual").await.unwrap();
+    assert_eq!(addrs(&m, true), ["192.0.2.7"]);
+}
