@@ -141,6 +141,23 @@ pub struct PodNetworkConfig {
     pub cidr: String,
 }
 
+/// The streaming server's listening address and TLS.
+#[derive(Clone)]
+pub struct Streaming {
+    /// Address to listen on; its port is [`Config::streaming_port`].
+    pub address: IpAddr,
+    /// TLS (see [`stream::server_tls`]).
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the agent is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -158,8 +175,13 @@ pub struct Config {
     pub reserved_memory_bytes: u64,
     /// Where the node keeps its data (its filesystem is the ephemeral-storage capacity).
     pub data_dir: PathBuf,
-    /// The port of the agent's streaming server (`daemonEndpoints.kubeletEndpoint.Port`).
+    /// The port of the agent's streaming server (`daemonEndpoints.kubeletEndpoint.Port`);
+    /// with [`Config::streaming`] the port actually bound replaces it (0 picks a free one).
     pub streaming_port: u16,
+    /// The streaming server (logs, exec, attach, port-forward for the API server): where to
+    /// listen and its TLS (a serving certificate the cluster CA signed, client certificates
+    /// required). `None` runs no streaming server.
+    pub streaming: Option<Streaming>,
     /// Heartbeat timers.
     pub node_timers: NodeTimers,
     /// Pod worker timers.
@@ -192,6 +214,7 @@ impl Config {
             reserved_memory_bytes: 256 << 20,
             data_dir,
             streaming_port: 10250,
+            streaming: None,
             node_timers: NodeTimers::default(),
             pod_timers: PodTimers::default(),
             max_parallel_starts: 2,
@@ -206,6 +229,7 @@ impl Config {
 pub struct Agent {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    streaming: Option<tokio::task::JoinHandle<()>>,
     lookup: PodLookup,
 }
 
@@ -214,8 +238,28 @@ impl Agent {
     pub async fn start(
         client: kube::Client,
         runtime: Arc<dyn h8s_runtime::PodRuntime>,
-        cfg: Config,
+        mut cfg: Config,
     ) -> Result<Agent> {
+        let lookup = PodLookup::new(runtime.clone());
+        let mut tasks = Vec::new();
+        let mut streaming = None;
+        if let Some(st) = &cfg.streaming {
+            let addr = std::net::SocketAddr::new(st.address, cfg.streaming_port);
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("streaming server cannot listen on {addr}: {e}"))
+            })?;
+            if let Ok(a) = listener.local_addr() {
+                cfg.streaming_port = a.port();
+            }
+            tracing::info!(port = cfg.streaming_port, "streaming server listening");
+            let backend = Arc::new(stream::LookupBackend::new(lookup.clone()));
+            let serve_cfg = stream::ServeConfig::new(st.tls.clone());
+            streaming = Some(tokio::spawn(async move {
+                if let Err(e) = stream::serve(listener, serve_cfg, backend).await {
+                    tracing::error!(error = %e, "streaming server stopped");
+                }
+            }));
+        }
         let info = runtime.info();
         let facts = node::NodeFacts::probe(&cfg, &info);
         node::ensure_runtime_class(&client, &info).await;
@@ -223,7 +267,6 @@ impl Agent {
         node::register(&client, &node).await?;
         tracing::info!(node = %cfg.node_name, accel = %info.accel, "node registered");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(node::heartbeat(
             client.clone(),
             vec![cfg.node_name.clone()],
@@ -236,12 +279,12 @@ impl Agent {
             cfg.node_timers.clone(),
             stopped.clone(),
         )));
-        let lookup = PodLookup::new(runtime.clone());
         let dispatcher = pods::Dispatcher::new(client, runtime, cfg, lookup.clone()).await?;
         tasks.push(tokio::spawn(dispatcher.run(stopped)));
         Ok(Agent {
             stop,
             tasks,
+            streaming,
             lookup,
         })
     }
@@ -255,8 +298,17 @@ impl Agent {
     /// them over).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        if let Some(t) = self.streaming {
+            t.abort();
+        }
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                tracing::debug!("an agent task did not stop in time");
+                t.abort();
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod image;
 mod net;
 mod pod;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the control plane (API server on the embedded store by default).
     Server(server::ServerArgs),
+    /// Run the node agent: register this machine as a Node and run its pods as VMs.
+    Agent(agent::AgentArgs),
     /// Store maintenance: backup, restore, check.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Server(args) => server::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Store(cmd) => store::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Net(cmd) => net::run(cmd),

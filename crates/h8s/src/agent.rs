@@ -1,0 +1,501 @@
+//! `h8s agent`: the node agent (kubelet's role) for this machine, or `--hollow N` fake nodes
+//! for scale tests; and the in-process agent `h8s server` starts for its own machine.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use h8s_runtime::{Runtime, RuntimeConfig, ShimCommand, VmSettings};
+
+/// A duration flag: `10s`, `500ms`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 5m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A size flag: `256Mi`, `1Gi`, `512M`, bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256Mi"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" | "K" | "k" => 1 << 10,
+        "Mi" | "M" => 1 << 20,
+        "Gi" | "G" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok(n * mult)
+}
+
+/// The agent's settings shared by `h8s agent` and the agent inside `h8s server`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentOpts {
+    /// The Node's name (default: this host's name).
+    #[arg(long = "node-name", env = "H8S_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The node's address (InternalIP; default: the default route's source address).
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<IpAddr>,
+    /// Extra Node labels, `key=value`, repeatable.
+    #[arg(long = "node-labels", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Pod VM runtime state directory (default: $H8S_ROOT, /run/h8s as root).
+    #[arg(long = "root", env = "H8S_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Most pods on this node.
+    #[arg(long = "max-pods", default_value_t = 110)]
+    pub max_pods: u32,
+    /// CPU kept back from pods, millicores.
+    #[arg(long = "reserved-cpu", default_value_t = 0)]
+    pub reserved_cpu: u64,
+    /// Memory kept back from pods.
+    #[arg(long = "reserved-memory", default_value = "256Mi", value_parser = parse_bytes)]
+    pub reserved_memory: u64,
+    /// Lease renewal interval.
+    #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// The Lease's duration, seconds.
+    #[arg(long = "node-lease-duration-seconds", default_value_t = 40)]
+    pub lease_duration: i32,
+    /// How often the Node status is written.
+    #[arg(long = "node-status-update-frequency", default_value = "10s", value_parser = parse_duration)]
+    pub status_frequency: Duration,
+    /// How often a pod worker re-reads its VM's state.
+    #[arg(long = "pod-sync-period", default_value = "1s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+    /// First restart delay of a crashing container (doubled per crash).
+    #[arg(long = "restart-backoff", default_value = "10s", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+    /// Largest restart delay.
+    #[arg(long = "restart-backoff-max", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// First delay before retrying a failed image pull (doubled per failure).
+    #[arg(long = "image-pull-backoff", default_value = "10s", value_parser = parse_duration)]
+    pub image_backoff: Duration,
+    /// Largest image pull retry delay.
+    #[arg(long = "image-pull-backoff-max", default_value = "5m", value_parser = parse_duration)]
+    pub image_backoff_max: Duration,
+    /// How many pod VMs may boot at once.
+    #[arg(long = "max-parallel-starts", default_value_t = 2)]
+    pub max_parallel_starts: usize,
+    /// The port of the agent's streaming server (logs, exec, port-forward; 0 picks one).
+    #[arg(long = "streaming-port", default_value_t = 10250)]
+    pub streaming_port: u16,
+    /// The address the streaming server listens on.
+    #[arg(long = "streaming-address", default_value = "0.0.0.0")]
+    pub streaming_address: IpAddr,
+    /// The node-local pod Network (created if absent); `none` runs pods without a network.
+    #[arg(long = "pod-network", default_value = "h8s-pods")]
+    pub pod_network: String,
+    /// The pod Network's subnet.
+    #[arg(long = "pod-cidr", default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// Who owns this node's pod VMs in the runtime's state directory (default: the node
+    /// name); agents of different clusters sharing one state directory must differ.
+    #[arg(long = "runtime-owner")]
+    pub owner: Option<String>,
+}
+
+impl AgentOpts {
+    fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(host_name)
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self, data_dir: &Path) -> anyhow::Result<h8s_agent::Config> {
+        let mut cfg = h8s_agent::Config::new(self.node_name(), data_dir.to_path_buf());
+        cfg.node_ip = self.node_ip.or_else(default_route_ip);
+        for l in &self.node_labels {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--node-labels {l:?} is not key=value"))?;
+            cfg.labels.insert(k.to_string(), v.to_string());
+        }
+        cfg.max_pods = self.max_pods;
+        cfg.reserved_cpu_millis = self.reserved_cpu;
+        cfg.reserved_memory_bytes = self.reserved_memory;
+        cfg.streaming_port = self.streaming_port;
+        cfg.node_timers = h8s_agent::NodeTimers {
+            lease_renew_interval: self.lease_renew,
+            lease_duration_secs: self.lease_duration,
+            node_status_update_frequency: self.status_frequency,
+        };
+        cfg.pod_timers = h8s_agent::PodTimers {
+            sync_period: self.sync_period,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            image_backoff_initial: self.image_backoff,
+            image_backoff_max: self.image_backoff_max,
+            ..Default::default()
+        };
+        cfg.max_parallel_starts = self.max_parallel_starts;
+        if let Some(o) = &self.owner {
+            cfg.owner = o.clone();
+        }
+        Ok(cfg)
+    }
+
+    /// The pod VM runtime, with images in `data_dir/images`.
+    pub fn runtime(&self, data_dir: &Path) -> anyhow::Result<Runtime> {
+        let vm = VmSettings::from_env()?;
+        let program = std::env::current_exe().context("locating the h8s binary")?;
+        Ok(Runtime::new(RuntimeConfig {
+            root: self
+                .root
+                .clone()
+                .unwrap_or_else(RuntimeConfig::default_root),
+            images: Some(data_dir.join("images")),
+            vm,
+            shim: ShimCommand {
+                program,
+                args: vec!["pod-shim".into()],
+            },
+        }))
+    }
+
+    /// The pod network, unless `--pod-network none`.
+    pub fn network(&self) -> anyhow::Result<Option<h8s_agent::PodNetworkConfig>> {
+        if self.pod_network == "none" {
+            return Ok(None);
+        }
+        let fabric = crate::net::fabric_from_env().context("the network fabric")?;
+        Ok(Some(h8s_agent::PodNetworkConfig {
+            network: h8s_runtime::network::PodNetwork::new(fabric),
+            name: self.pod_network.clone(),
+            cidr: self.pod_cidr.clone(),
+        }))
+    }
+
+    /// Starts the agent for this machine; `tls` (a serving certificate the cluster CA signed,
+    /// the CA, as PEM) enables the streaming server.
+    pub async fn start(
+        &self,
+        client: h8s_client::kube::Client,
+        data_dir: &Path,
+        tls: Option<(&str, &str, &str)>,
+    ) -> anyhow::Result<h8s_agent::Agent> {
+        let mut cfg = self.config(data_dir)?;
+        if let Some((ca, cert, key)) = tls {
+            let tls = h8s_agent::stream::server_tls(ca, cert, key)
+                .context("the streaming server's TLS")?;
+            cfg.streaming = Some(h8s_agent::Streaming {
+                address: self.streaming_address,
+                tls: Arc::new(tls),
+            });
+        }
+        let net = self.network()?;
+        cfg.network = net;
+        let runtime: Arc<dyn h8s_runtime::PodRuntime> = Arc::new(self.runtime(data_dir)?);
+        let agent = h8s_agent::Agent::start(client, runtime, cfg)
+            .await
+            .context("starting the node agent")?;
+        Ok(agent)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The API server, `https://host:port`.
+    #[arg(long)]
+    server: Option<String>,
+    /// A join token from the server (traded for this node's client certificate).
+    #[arg(long = "join-token", env = "H8S_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// The cluster CA to trust when joining (default: DATA_DIR/ca.crt).
+    #[arg(long = "ca-file")]
+    ca_file: Option<PathBuf>,
+    /// The streaming server's certificate (signed by the cluster CA, PEM).
+    #[arg(long = "tls-cert-file")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "tls-private-key-file")]
+    tls_key: Option<PathBuf>,
+    /// A kubeconfig to use instead of a join token.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The agent's data directory (images, node credentials).
+    #[arg(long = "data-dir", env = "H8S_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Register this many hollow nodes (hollow-node-0 …) that report pods Running without
+    /// starting anything: for benchmarks and scale tests only.
+    #[arg(long)]
+    hollow: Option<usize>,
+    /// Name prefix of hollow nodes.
+    #[arg(long = "hollow-prefix", default_value = "hollow-node-")]
+    hollow_prefix: String,
+    #[command(flatten)]
+    opts: AgentOpts,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+/// The node's API client: `--kubeconfig`, else the credential saved by an earlier join
+/// (`DATA_DIR/node/`), else a join: the token is traded for a client certificate through a
+/// CertificateSigningRequest the server approves and signs (kubelet's TLS bootstrap).
+async fn client(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<h8s_client::kube::Client> {
+    if let Some(kc) = &args.kubeconfig {
+        return Ok(h8s_client::from_kubeconfig(kc).await?);
+    }
+    let dir = data_dir.join("node");
+    let ua = format!("h8s-agent/{}", env!("CARGO_PKG_VERSION"));
+    let read = |f: &str| std::fs::read(dir.join(f));
+    if let (Ok(server), Ok(ca), Ok(cert), Ok(key)) = (
+        read("server"),
+        read("ca.crt"),
+        read("client.crt"),
+        read("client.key"),
+    ) {
+        let conn = h8s_client::Connection {
+            server: String::from_utf8_lossy(&server).trim().to_string(),
+            ca_pem: ca,
+            credentials: h8s_client::Credentials::ClientCert {
+                cert_pem: cert,
+                key_pem: key,
+            },
+            user_agent: ua,
+        };
+        return Ok(conn.client()?);
+    }
+    let (Some(server), Some(token)) = (&args.server, &args.join_token) else {
+        bail!("pass --server and --join-token (first join), or --kubeconfig");
+    };
+    let ca_file = args
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("ca.crt"));
+    let ca = std::fs::read(&ca_file).with_context(|| {
+        format!(
+            "reading the cluster CA {} (copy the server's DATA_DIR/ca.crt, or pass --ca-file)",
+            ca_file.display()
+        )
+    })?;
+    let join = h8s_client::Connection {
+        server: server.clone(),
+        ca_pem: ca.clone(),
+        credentials: h8s_client::Credentials::Token(token.clone()),
+        user_agent: ua,
+    };
+    let node = args.opts.node_name();
+    let (conn, cert) = h8s_client::bootstrap::bootstrap_node(
+        &join,
+        &node,
+        &h8s_client::bootstrap::BootstrapOptions::default(),
+    )
+    .await
+    .context("joining the cluster")?;
+    std::fs::create_dir_all(&dir)?;
+    let write = |f: &str, data: &[u8]| -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut fh = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(f))
+            .with_context(|| format!("writing {}", dir.join(f).display()))?;
+        fh.write_all(data)?;
+        Ok(())
+    };
+    write("server", server.as_bytes())?;
+    write("ca.crt", &ca)?;
+    write("client.crt", &cert.cert_pem)?;
+    write("client.key", &cert.key_pem)?;
+    tracing::info!(%node, "joined the cluster; node credential saved");
+    Ok(conn.client()?)
+}
+
+async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::server::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let client = client(&args, &data_dir).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if let Some(n) = args.hollow {
+        let mut cfg = h8s_agent::hollow::HollowConfig::new(n, args.opts.config(&data_dir)?);
+        cfg.prefix = args.hollow_prefix.clone();
+        let hollow = h8s_agent::hollow::Hollow::start(client, cfg)
+            .await
+            .context("starting hollow nodes")?;
+        println!("ready hollow {n}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        hollow.shutdown().await;
+        return Ok(());
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let ca_file = args
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("node").join("ca.crt"));
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            Some((read(&ca_file)?, read(c)?, read(k)?))
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --tls-cert-file/--tls-private-key-file: no streaming server \
+                 (kubectl logs/exec/port-forward will not reach this node)"
+            );
+            None
+        }
+        _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
+    };
+    let agent = args
+        .opts
+        .start(
+            client,
+            &data_dir,
+            tls.as_ref()
+                .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())),
+        )
+        .await?;
+    println!("ready agent {}", args.opts.node_name());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("agent stopping; pod VMs keep running");
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// The in-process agent of `h8s server` (like k3s server's own kubelet).
+#[derive(clap::Args, Clone, Debug)]
+pub struct LocalAgentArgs {
+    /// Run no node agent in the server (a control-plane-only server).
+    #[arg(long = "disable-agent", env = "H8S_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub opts: AgentOpts,
+}
+
+/// Starts the server's own agent, authenticated with a client certificate the server's CA
+/// issues in-process (`system:node:<name>`, group `system:nodes`).
+pub async fn start_local(
+    server: &h8s_apiserver::Server,
+    data_dir: &Path,
+    args: &LocalAgentArgs,
+) -> anyhow::Result<Option<h8s_agent::Agent>> {
+    if args.disable_agent {
+        return Ok(None);
+    }
+    let node = args.opts.node_name();
+    let host = match server.addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let (cert, key) = server
+        .pki
+        .issue_client_cert(
+            &format!("system:node:{node}"),
+            &["system:nodes".to_string()],
+            h8s_apiserver::CLIENT_CERT_LIFETIME,
+        )
+        .context("issuing the node agent's client certificate")?;
+    let client = h8s_client::Connection {
+        server: format!("https://{host}:{}", server.addr.port()),
+        ca_pem: server.pki.ca_pem.clone().into_bytes(),
+        credentials: h8s_client::Credentials::ClientCert {
+            cert_pem: cert.into_bytes(),
+            key_pem: key.into_bytes(),
+        },
+        user_agent: format!("h8s-agent/{} ({node})", env!("CARGO_PKG_VERSION")),
+    }
+    .client()
+    .context("building the node agent's API client")?;
+    let mut opts = args.opts.clone();
+    opts.owner = Some(format!("{node}@{}", data_dir.display()));
+    // The streaming server presents the API server's own serving certificate: same machine,
+    // same process, signed by the cluster CA (all the API server's node proxy checks).
+    let tls = (
+        server.pki.ca_pem.as_str(),
+        server.pki.cert_pem.as_str(),
+        server.pki.key_pem.as_str(),
+    );
+    Ok(Some(opts.start(client, data_dir, Some(tls)).await?))
+}
+
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let n: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let n = n.trim_matches(['-', '.']).to_string();
+    if n.is_empty() {
+        "node".into()
+    } else {
+        n
+    }
+}
+
+/// The source address of the default route (what another machine would reach us on).
+fn default_route_ip() -> Option<IpAddr> {
+    // A UDP "connect" picks the route without sending anything.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(parse_bytes("256Mi").unwrap(), 256 << 20);
+        assert!(parse_bytes("1Q").is_err());
+    }
+}
