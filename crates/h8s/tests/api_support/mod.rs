@@ -42,6 +42,8 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_h8s"))
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            // API tests need no node agent (no pod VMs booting behind them).
+            .arg("--disable-agent")
             .env("H8S_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
