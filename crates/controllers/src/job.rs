@@ -1,8 +1,959 @@
-//! Not built yet: this controller does nothing so far (placeholder so the crate builds while
-//! its controller is written).
+//! The Job controller (with the TTL-after-finished controller), after
+//! kube-controller-manager's: runs `parallelism` pods until `completions` succeed (or, with
+//! no completions, until one does), counts finished pods through the
+//! `batch.kubernetes.io/job-tracking` finalizer (`status.uncountedTerminatedPods` first, then
+//! the counters, so no pod is counted twice or lost), backs off exponentially after
+//! failures (10 s doubling, at most 10 min), fails the Job past `backoffLimit` or
+//! `activeDeadlineSeconds`, suspends and resumes, runs Indexed jobs (completion index
+//! annotation and label, `JOB_COMPLETION_INDEX`, hostname `<job>-<index>`), and writes the
+//! conditions Kubernetes 1.33 writes: `SuccessCriteriaMet`/`FailureTarget` as soon as the
+//! outcome is known, then `Complete`/`Failed` once no pod is left running. Finished jobs
+//! with `ttlSecondsAfterFinished` are deleted when it runs out.
+//!
+//! Each sync is computed by [`plan`] from a snapshot; only [`reconcile`] talks to the API.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{
+    Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::workload::pods::{self, pod_from_template};
+use crate::workload::{
+    self, claim, controller_ref, key_of, Claim, Events, Expectations, ReconcileError, SeenRevision,
+};
 use crate::{Context, Error};
 
-pub async fn run(_ctx: Context) -> Result<(), Error> {
-    std::future::pending().await
+pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+pub(crate) const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+const CONTROLLER: &str = "job-controller";
+/// `DefaultJobPodFailureBackOff` and `MaxJobPodFailureBackOff`.
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// What one sync of a Job does.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Finished pods to record in `uncountedTerminatedPods` before their finalizer goes.
+    pub(crate) record: Option<JobStatus>,
+    /// Pods whose tracking finalizer is removed.
+    pub(crate) unfinalize: Vec<Arc<Pod>>,
+    /// Pods to create: their completion index for Indexed jobs.
+    pub(crate) create: Vec<Option<i32>>,
+    pub(crate) delete: Vec<Arc<Pod>>,
+    pub(crate) status: JobStatus,
+    pub(crate) events: Vec<(bool, &'static str, String)>,
+    pub(crate) requeue: Option<Duration>,
+    /// The TTL after finishing has run out.
+    pub(crate) delete_job: bool,
+}
+
+fn cond_true(s: &JobStatus, t: &str) -> Option<JobCondition> {
+    s.conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t && c.status == "True")
+        .cloned()
+}
+
+fn set_cond(
+    s: &mut JobStatus,
+    t: &str,
+    status: &str,
+    reason: &str,
+    msg: &str,
+    now: jiff::Timestamp,
+) {
+    let conds = s.conditions.get_or_insert_with(Vec::new);
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == t) {
+        if c.status == status && c.reason.as_deref() == Some(reason) {
+            return;
+        }
+        if c.status != status {
+            c.last_transition_time = Some(Time(now));
+        }
+        c.status = status.into();
+        c.reason = Some(reason.into());
+        c.message = Some(msg.into());
+        c.last_probe_time = Some(Time(now));
+        return;
+    }
+    conds.push(JobCondition {
+        type_: t.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(msg.into()),
+        last_probe_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    });
+}
+
+pub(crate) fn is_finished(s: &JobStatus) -> Option<JobCondition> {
+    cond_true(s, "Complete").or_else(|| cond_true(s, "Failed"))
+}
+
+fn index_of(p: &Pod) -> Option<i32> {
+    let m = &p.metadata;
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(INDEX_KEY))
+        .or_else(|| m.labels.as_ref().and_then(|l| l.get(INDEX_KEY)))
+        .and_then(|v| v.parse().ok())
+}
+
+fn has_finalizer(p: &Pod) -> bool {
+    p.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == TRACKING_FINALIZER))
+}
+
+/// Succeeded, failed, or still going. A pod being deleted before it succeeded counts as
+/// failed, as in Kubernetes.
+fn outcome(p: &Pod) -> Option<bool> {
+    match pods::phase(p) {
+        "Succeeded" => Some(true),
+        "Failed" => Some(false),
+        _ if p.metadata.deletion_timestamp.is_some() => Some(false),
+        _ => None,
+    }
+}
+
+/// `"1,3-5,7"` (Kubernetes' interval notation of `completedIndexes`).
+pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = set.iter().copied().peekable();
+    while let Some(start) = it.next() {
+        let mut end = start;
+        while it.peek() == Some(&(end + 1)) {
+            end = it.next().unwrap_or(end);
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(",")
+}
+
+pub(crate) fn parse_indexes(s: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b.min(a.saturating_add(100_000)));
+                }
+            }
+            None => {
+                if let Ok(v) = part.parse() {
+                    out.insert(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn finished_at(p: &Pod) -> Option<jiff::Timestamp> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max()
+}
+
+/// The sync of `job` over the pods it controls (`pods`, expectations applied).
+pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
+    let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let mut p = Plan::default();
+    let Some(spec) = job.spec.as_ref() else {
+        return p;
+    };
+    let old = job.status.clone().unwrap_or_default();
+    let mut s = old.clone();
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+
+    // 1. Count finished pods through the tracking finalizer.
+    let mut unc = s.uncounted_terminated_pods.clone().unwrap_or_default();
+    let mut unc_ok: BTreeSet<String> = unc
+        .succeeded
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut unc_fail: BTreeSet<String> =
+        unc.failed.clone().unwrap_or_default().into_iter().collect();
+    let mut new_uncounted = false;
+    let mut completed = parse_indexes(s.completed_indexes.as_deref().unwrap_or(""));
+    for pod in pods {
+        let Some(ok) = outcome(pod) else { continue };
+        if !has_finalizer(pod) {
+            continue;
+        }
+        let uid = pod.uid().unwrap_or_default();
+        if !unc_ok.contains(&uid) && !unc_fail.contains(&uid) {
+            if ok {
+                unc_ok.insert(uid);
+            } else {
+                unc_fail.insert(uid);
+            }
+            new_uncounted = true;
+        }
+        p.unfinalize.push(pod.clone());
+    }
+    if new_uncounted {
+        unc.succeeded = Some(unc_ok.iter().cloned().collect());
+        unc.failed = Some(unc_fail.iter().cloned().collect());
+        let mut rec = s.clone();
+        rec.uncounted_terminated_pods = Some(unc.clone());
+        p.record = Some(rec);
+    }
+    // Once the finalizers are gone, the counters take them.
+    let new_ok = unc_ok.len() as i32;
+    let new_fail = unc_fail.len() as i32;
+    for pod in pods {
+        let uid = pod.uid().unwrap_or_default();
+        if indexed && unc_ok.contains(&uid) {
+            if let Some(i) = index_of(pod).filter(|i| *i >= 0 && *i < spec.completions.unwrap_or(0))
+            {
+                completed.insert(i);
+            }
+        }
+    }
+    s.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+    let succeeded = if indexed {
+        completed.len() as i32
+    } else {
+        s.succeeded.unwrap_or(0) + new_ok
+    };
+    let failed = s.failed.unwrap_or(0) + new_fail;
+    s.succeeded = Some(succeeded);
+    s.failed = Some(failed);
+    if indexed {
+        s.completed_indexes = Some(format_indexes(&completed));
+    }
+
+    let active: Vec<Arc<Pod>> = pods
+        .iter()
+        .filter(|p| pods::is_active(p))
+        .cloned()
+        .collect();
+    let terminating = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some() && outcome_phase_running(p))
+        .count() as i32;
+
+    // 2. A finished job only tidies up.
+    if let Some(done) = is_finished(&s) {
+        p.status = finish_status(s, &active, terminating);
+        if let Some(ttl) = spec.ttl_seconds_after_finished {
+            let at = p
+                .status
+                .completion_time
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| done.last_transition_time.as_ref().map(|t| t.0))
+                .unwrap_or(now);
+            let expire = at + jiff::SignedDuration::from_secs(i64::from(ttl));
+            if expire <= now {
+                p.delete_job = true;
+            } else {
+                p.requeue = Duration::try_from(expire.duration_since(now)).ok();
+            }
+        }
+        return p;
+    }
+
+    let suspended = spec.suspend == Some(true);
+    if !suspended && s.start_time.is_none() {
+        s.start_time = Some(Time(now));
+    }
+
+    // 3. The outcome: failure first, as Kubernetes.
+    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    let mut failure = cond_true(&s, "FailureTarget")
+        .map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+    if failure.is_none() && failed > backoff_limit {
+        failure = Some((
+            "BackoffLimitExceeded".into(),
+            "Job has reached the specified backoff limit".into(),
+        ));
+    }
+    if failure.is_none() && !suspended {
+        if let (Some(ads), Some(start)) = (spec.active_deadline_seconds, s.start_time.as_ref()) {
+            let deadline = start.0 + jiff::SignedDuration::from_secs(ads);
+            if deadline <= now {
+                failure = Some((
+                    "DeadlineExceeded".into(),
+                    "Job was active longer than specified deadline".into(),
+                ));
+            } else {
+                let left = Duration::try_from(deadline.duration_since(now)).unwrap_or_default();
+                p.requeue = Some(left.max(Duration::from_secs(1)));
+            }
+        }
+    }
+    let completions = spec.completions;
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let success = cond_true(&s, "SuccessCriteriaMet").is_some()
+        || match completions {
+            Some(c) => succeeded >= c,
+            None => succeeded > 0 && active.is_empty(),
+        };
+    if let Some((reason, msg)) = failure {
+        set_cond(&mut s, "FailureTarget", "True", &reason, &msg, now);
+        p.delete = active.clone();
+        if active.is_empty() && terminating == 0 {
+            set_cond(&mut s, "Failed", "True", &reason, &msg, now);
+            p.events.push((true, leak(&reason), msg));
+        }
+        p.status = finish_status(s, &[], terminating + p.delete.len() as i32);
+        return p;
+    }
+    if success {
+        let msg = "Reached expected number of succeeded pods";
+        set_cond(
+            &mut s,
+            "SuccessCriteriaMet",
+            "True",
+            "CompletionsReached",
+            msg,
+            now,
+        );
+        p.delete = active.clone();
+        if active.is_empty() && terminating == 0 {
+            set_cond(&mut s, "Complete", "True", "CompletionsReached", msg, now);
+            s.completion_time = Some(Time(now));
+            p.events.push((false, "Completed", "Job completed".into()));
+        }
+        p.status = finish_status(s, &[], terminating + p.delete.len() as i32);
+        return p;
+    }
+
+    // 4. Suspension.
+    let was_suspended = cond_true(&s, "Suspended").is_some();
+    if suspended {
+        p.delete = active.clone();
+        if !was_suspended {
+            set_cond(
+                &mut s,
+                "Suspended",
+                "True",
+                "JobSuspended",
+                "Job suspended",
+                now,
+            );
+            p.events.push((false, "Suspended", "Job suspended".into()));
+        }
+        p.status = finish_status(s, &[], terminating + p.delete.len() as i32);
+        return p;
+    }
+    if was_suspended {
+        set_cond(
+            &mut s,
+            "Suspended",
+            "False",
+            "JobResumed",
+            "Job resumed",
+            now,
+        );
+        s.start_time = Some(Time(now));
+        p.events.push((false, "Resumed", "Job resumed".into()));
+    }
+
+    // 5. Keep the wanted number of pods running.
+    let mut want = match completions {
+        Some(c) if !indexed => (c - succeeded).clamp(0, parallelism),
+        Some(c) => (c - completed.len() as i32).clamp(0, parallelism),
+        None if succeeded > 0 => 0,
+        None => parallelism,
+    };
+    if indexed {
+        want = want.min(parallelism);
+    }
+    let have = active.len() as i32;
+    if have > want {
+        let mut ranked = active.clone();
+        pods::sort_for_deletion(&mut ranked);
+        ranked.truncate((have - want) as usize);
+        p.delete = ranked;
+    } else if have < want {
+        // Exponential back-off after failures.
+        let last_failure = pods
+            .iter()
+            .filter(|p| outcome(p) == Some(false))
+            .filter_map(|p| finished_at(p))
+            .max();
+        let mut wait = Duration::ZERO;
+        if failed > 0 {
+            if let Some(t) = last_failure {
+                let exp = u32::try_from(failed - 1).unwrap_or(0).min(10);
+                let delay = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
+                let since = Duration::try_from(now.duration_since(t)).unwrap_or_default();
+                wait = delay.saturating_sub(since);
+            }
+        }
+        if !wait.is_zero() {
+            p.requeue = Some(p.requeue.map_or(wait, |r| r.min(wait)));
+        } else if indexed {
+            let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+            let n = completions.unwrap_or(0);
+            p.create = (0..n)
+                .filter(|i| !completed.contains(i) && !running.contains(i))
+                .take((want - have) as usize)
+                .map(Some)
+                .collect();
+        } else {
+            p.create = vec![None; (want - have) as usize];
+        }
+    }
+    let active_after = active.len() as i32 + p.create.len() as i32 - p.delete.len() as i32;
+    let mut st = finish_status(s, &active, terminating + p.delete.len() as i32);
+    st.active = (active_after > 0).then_some(active_after);
+    p.status = st;
+    p
+}
+
+fn outcome_phase_running(p: &Pod) -> bool {
+    !matches!(pods::phase(p), "Succeeded" | "Failed")
+}
+
+/// Reasons are a small closed set; events want `&'static str`.
+fn leak(reason: &str) -> &'static str {
+    match reason {
+        "BackoffLimitExceeded" => "BackoffLimitExceeded",
+        "DeadlineExceeded" => "DeadlineExceeded",
+        "FailedIndexes" => "FailedIndexes",
+        "MaxFailedIndexesExceeded" => "MaxFailedIndexesExceeded",
+        _ => "PodFailurePolicy",
+    }
+}
+
+fn finish_status(mut s: JobStatus, active: &[Arc<Pod>], terminating: i32) -> JobStatus {
+    let n = active.len() as i32;
+    s.active = (n > 0).then_some(n);
+    s.ready = Some(active.iter().filter(|p| pods::is_ready(p)).count() as i32);
+    s.terminating = Some(terminating);
+    s
+}
+
+/// A pod of `job`, for completion index `index` when the job is Indexed.
+fn job_pod(job: &Job, index: Option<i32>) -> Pod {
+    let name = job.name_any();
+    let spec = job
+        .spec
+        .as_ref()
+        .expect("plan only creates for jobs with a spec");
+    let gen = match index {
+        Some(i) => format!("{name}-{i}-"),
+        None => format!("{name}-"),
+    };
+    let mut pod = pod_from_template(
+        &spec.template,
+        job.namespace().as_deref().unwrap_or_default(),
+        Some(gen),
+        None,
+        controller_ref(job),
+    );
+    pod.metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push(TRACKING_FINALIZER.into());
+    if let Some(i) = index {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(INDEX_KEY.into(), i.to_string());
+        pod.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(INDEX_KEY.into(), i.to_string());
+        if let Some(ps) = pod.spec.as_mut() {
+            if ps.hostname.is_none() {
+                ps.hostname = Some(format!("{name}-{i}"));
+            }
+            let env = EnvVar {
+                name: "JOB_COMPLETION_INDEX".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: None,
+                        field_path: format!("metadata.annotations['{INDEX_KEY}']"),
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let add = |c: &mut k8s_openapi::api::core::v1::Container| {
+                let e = c.env.get_or_insert_with(Vec::new);
+                if !e.iter().any(|v| v.name == env.name) {
+                    e.push(env.clone());
+                }
+            };
+            ps.containers.iter_mut().for_each(add);
+            if let Some(ic) = ps.init_containers.as_mut() {
+                ic.iter_mut().for_each(add);
+            }
+        }
+    }
+    pod
+}
+
+struct State {
+    client: kube::Client,
+    pods: Store<Pod>,
+    seen: Arc<SeenRevision>,
+    expectations: Expectations<Pod>,
+    events: Events,
+}
+
+/// Runs the Job controller (and the TTL-after-finished controller's work for jobs).
+pub async fn run(ctx: Context) -> Result<(), Error> {
+    let client = ctx.client.clone();
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let seen = Arc::new(SeenRevision::default());
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(pod_writer);
+    let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+        .with_config(Config::default().concurrency(8));
+    let triggers = workload::child_triggers(
+        pod_events,
+        controller.store(),
+        seen.clone(),
+        |j: &Job, p: &Pod| {
+            workload::selector(j.spec.as_ref().and_then(|s| s.selector.as_ref()))
+                .ok()
+                .flatten()
+                .is_some_and(|s| workload::selects(Some(&s), p.metadata.labels.as_ref()))
+        },
+    );
+    let state = Arc::new(State {
+        client: client.clone(),
+        pods: pod_store,
+        seen,
+        expectations: Expectations::default(),
+        events: Events::new(client, CONTROLLER),
+    });
+    controller
+        .reconcile_on(triggers)
+        .reconcile_all_on(workload::ticks(ctx.timers.resync))
+        .run(reconcile, error_policy, state)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "job reconcile failed");
+            }
+        })
+        .await;
+    Err(Error::Stopped { name: CONTROLLER })
+}
+
+fn error_policy(_: Arc<Job>, e: &ReconcileError, _: Arc<State>) -> Action {
+    tracing::warn!(error = %e, "job sync failed; requeued");
+    Action::requeue(Duration::from_secs(1))
+}
+
+#[tracing::instrument(skip_all, fields(namespace = job.namespace(), name = job.name_any()))]
+async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileError> {
+    let _ = st.pods.wait_until_ready().await;
+    if job
+        .spec
+        .as_ref()
+        .and_then(|s| s.managed_by.as_deref())
+        .is_some_and(|m| m != "kubernetes.io/job-controller")
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let key = key_of(&job.metadata);
+    let uid = job.uid().unwrap_or_default();
+    let deleting = job.metadata.deletion_timestamp.is_some();
+    let sel = workload::selector(job.spec.as_ref().and_then(|s| s.selector.as_ref()))?;
+    let (mine, others): (Vec<_>, Vec<_>) = st
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .partition(|p| workload::controller_of(&p.metadata).is_some_and(|r| r.uid == uid));
+    let api: Api<Pod> = Api::namespaced(st.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(st.client.clone(), &ns);
+    let mut owned = Vec::new();
+    for p in st
+        .expectations
+        .view(&key, mine, st.seen.get())
+        .into_iter()
+        .chain(others)
+    {
+        match claim(&uid, deleting, sel.as_ref(), &p.metadata) {
+            Claim::Owned => owned.push(p),
+            Claim::Adopt if is_finished(&job.status.clone().unwrap_or_default()).is_none() => {
+                workload::adopt(&api, p.as_ref(), controller_ref(job.as_ref())).await?;
+                owned.push(p);
+            }
+            Claim::Release => workload::release(&api, p.as_ref(), &uid).await?,
+            _ => {}
+        }
+    }
+    let plan = plan(&job, &owned, workload::now());
+
+    if plan.delete_job {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        return match jobs.delete(&name, &dp).await {
+            Ok(_) => Ok(Action::await_change()),
+            Err(e) if workload::is_not_found(&e) => Ok(Action::await_change()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    if let Some(rec) = &plan.record {
+        workload::write_status(&jobs, &name, job.status.as_ref(), rec).await?;
+    }
+    for p in &plan.unfinalize {
+        let fins: Vec<String> = p
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != TRACKING_FINALIZER)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"finalizers": fins}});
+        match api
+            .patch(
+                &p.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if workload::is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut failure: Option<kube::Error> = None;
+    if !plan.create.is_empty() {
+        let (_, err) = workload::slow_start(plan.create.len(), |i| {
+            let (api, st, key, job) = (&api, &st, &key, &job);
+            let pod = job_pod(job, plan.create[i]);
+            async move {
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(created) => {
+                        st.events.normal(
+                            job.object_ref(&()),
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", created.name_any()),
+                        );
+                        st.expectations.created(key, created);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if !workload::is_namespace_terminating(&e) {
+                            st.events.warning(
+                                job.object_ref(&()),
+                                "FailedCreate",
+                                format!("Error creating: {}", workload::api_message(&e)),
+                            );
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        })
+        .await;
+        failure = err;
+    }
+    for p in &plan.delete {
+        let pname = p.name_any();
+        let puid = p.uid().unwrap_or_default();
+        st.expectations.deleted(&key, &puid);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(puid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pname, &dp).await {
+            Ok(_) => st.events.normal(
+                job.object_ref(&()),
+                "SuccessfulDelete",
+                format!("Deleted pod: {pname}"),
+            ),
+            Err(e) if workload::is_not_found(&e) => {}
+            Err(e) => {
+                st.expectations.forget(&key);
+                return Err(e.into());
+            }
+        }
+    }
+    let base = plan.record.as_ref().or(job.status.as_ref());
+    workload::write_status(&jobs, &name, base, &plan.status).await?;
+    for (warning, reason, note) in plan.events {
+        if warning {
+            st.events.warning(job.object_ref(&()), reason, note);
+        } else {
+            st.events.normal(job.object_ref(&()), reason, note);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(match plan.requeue {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::pods::test_pods::pod;
+    use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn job(completions: Option<i32>, parallelism: i32) -> Job {
+        Job {
+            metadata: ObjectMeta {
+                name: Some("pi".into()),
+                namespace: Some("default".into()),
+                uid: Some("job-uid".into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                completions,
+                parallelism: Some(parallelism),
+                backoff_limit: Some(1),
+                template: PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "c".into(),
+                            ..Default::default()
+                        }],
+                        restart_policy: Some("Never".into()),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn jp(name: &str, phase: &str, tracked: bool) -> Arc<Pod> {
+        let mut p = pod(name, "n", phase, false, 1);
+        if tracked {
+            p.metadata.finalizers = Some(vec![TRACKING_FINALIZER.into()]);
+        }
+        Arc::new(p)
+    }
+
+    fn reason(s: &JobStatus, t: &str) -> Option<String> {
+        cond_true(s, t).and_then(|c| c.reason)
+    }
+
+    #[test]
+    fn starts_parallelism_pods_up_to_the_remaining_completions() {
+        let p = plan(&job(Some(5), 2), &[], jiff::Timestamp::now());
+        assert_eq!(p.create.len(), 2);
+        assert_eq!(p.status.active, Some(2));
+        assert!(p.status.start_time.is_some());
+        let mut j = job(Some(3), 5);
+        j.status = Some(JobStatus {
+            succeeded: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(plan(&j, &[], jiff::Timestamp::now()).create.len(), 1);
+    }
+
+    #[test]
+    fn finished_pods_are_recorded_then_counted_and_the_job_completes() {
+        let j = job(Some(1), 1);
+        let p = plan(&j, &[jp("a", "Succeeded", true)], jiff::Timestamp::now());
+        let rec = p.record.expect("recorded before the finalizer goes");
+        assert_eq!(
+            rec.uncounted_terminated_pods.unwrap().succeeded,
+            Some(vec!["uid-a".to_string()])
+        );
+        assert_eq!(p.unfinalize.len(), 1);
+        assert_eq!(p.status.succeeded, Some(1));
+        assert_eq!(
+            reason(&p.status, "SuccessCriteriaMet").as_deref(),
+            Some("CompletionsReached")
+        );
+        assert_eq!(
+            reason(&p.status, "Complete").as_deref(),
+            Some("CompletionsReached")
+        );
+        assert!(p.status.completion_time.is_some());
+        assert!(p.create.is_empty());
+        assert_eq!(p.events[0].1, "Completed");
+        // A pod counted already (finalizer gone) is not counted again.
+        let mut j2 = j.clone();
+        j2.status = Some(JobStatus {
+            succeeded: Some(1),
+            ..Default::default()
+        });
+        let p = plan(&j2, &[jp("a", "Succeeded", false)], jiff::Timestamp::now());
+        assert_eq!(p.status.succeeded, Some(1));
+        assert!(p.record.is_none());
+    }
+
+    #[test]
+    fn failures_past_the_backoff_limit_fail_the_job() {
+        let j = job(Some(1), 1);
+        let pods = [jp("a", "Failed", true), jp("b", "Failed", true)];
+        let p = plan(&j, &pods, jiff::Timestamp::now());
+        assert_eq!(p.status.failed, Some(2));
+        assert_eq!(
+            reason(&p.status, "FailureTarget").as_deref(),
+            Some("BackoffLimitExceeded")
+        );
+        assert_eq!(
+            reason(&p.status, "Failed").as_deref(),
+            Some("BackoffLimitExceeded")
+        );
+        assert_eq!(
+            p.events[0],
+            (
+                true,
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_failure_waits_for_the_back_off() {
+        let j = job(Some(1), 1);
+        let mut f = pod("a", "n", "Failed", false, 1);
+        f.metadata.finalizers = Some(vec![TRACKING_FINALIZER.into()]);
+        f.status.as_mut().unwrap().container_statuses =
+            Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                name: "c".into(),
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                        finished_at: Some(Time(jiff::Timestamp::now())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        let p = plan(&j, &[Arc::new(f)], jiff::Timestamp::now());
+        assert!(p.create.is_empty());
+        assert!(p
+            .requeue
+            .is_some_and(|d| d <= BACKOFF_BASE && d > Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn the_deadline_fails_the_job_and_deletes_its_pods() {
+        let mut j = job(Some(1), 1);
+        j.spec.as_mut().unwrap().active_deadline_seconds = Some(10);
+        j.status = Some(JobStatus {
+            start_time: Some(Time(
+                jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
+            )),
+            ..Default::default()
+        });
+        let p = plan(&j, &[jp("a", "Running", true)], jiff::Timestamp::now());
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(
+            reason(&p.status, "FailureTarget").as_deref(),
+            Some("DeadlineExceeded")
+        );
+        // Failed only once no pod runs any more.
+        assert!(cond_true(&p.status, "Failed").is_none());
+    }
+
+    #[test]
+    fn indexed_jobs_create_the_missing_indexes() {
+        let mut j = job(Some(4), 2);
+        j.spec.as_mut().unwrap().completion_mode = Some("Indexed".into());
+        j.status = Some(JobStatus {
+            completed_indexes: Some("0".into()),
+            ..Default::default()
+        });
+        let mut running = pod("r", "n", "Running", false, 1);
+        running.metadata.annotations = Some([(INDEX_KEY.to_string(), "1".to_string())].into());
+        let p = plan(&j, &[Arc::new(running)], jiff::Timestamp::now());
+        assert_eq!(p.create, vec![Some(2)]);
+        let pod = job_pod(&j, Some(2));
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-2-"));
+        assert_eq!(pod.metadata.annotations.unwrap()[INDEX_KEY], "2");
+        let ps = pod.spec.unwrap();
+        assert_eq!(ps.hostname.as_deref(), Some("pi-2"));
+        assert_eq!(
+            ps.containers[0].env.as_ref().unwrap()[0].name,
+            "JOB_COMPLETION_INDEX"
+        );
+        assert_eq!(pod.metadata.finalizers.unwrap(), [TRACKING_FINALIZER]);
+    }
+
+    #[test]
+    fn index_sets_round_trip() {
+        let s = parse_indexes("1,3-5,7");
+        assert_eq!(s.iter().copied().collect::<Vec<_>>(), [1, 3, 4, 5, 7]);
+        assert_eq!(format_indexes(&s), "1,3-5,7");
+    }
+
+    #[test]
+    fn ttl_after_finished_deletes_the_job_when_due() {
+        let mut j = job(Some(1), 1);
+        j.spec.as_mut().unwrap().ttl_seconds_after_finished = Some(5);
+        let done = |ago: i64| JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            completion_time: Some(Time(
+                jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago),
+            )),
+            ..Default::default()
+        };
+        j.status = Some(done(60));
+        assert!(plan(&j, &[], jiff::Timestamp::now()).delete_job);
+        j.status = Some(done(1));
+        let p = plan(&j, &[], jiff::Timestamp::now());
+        assert!(!p.delete_job);
+        assert!(p.requeue.is_some());
+    }
+
+    #[test]
+    fn suspending_deletes_the_active_pods() {
+        let mut j = job(Some(2), 2);
+        j.spec.as_mut().unwrap().suspend = Some(true);
+        let p = plan(&j, &[jp("a", "Running", true)], jiff::Timestamp::now());
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(
+            reason(&p.status, "Suspended").as_deref(),
+            Some("JobSuspended")
+        );
+    }
 }

@@ -559,3 +559,177 @@ fn replication_controller_and_orphan_adoption() {
     });
     let _ = &shared().rt;
 }
+
+fn apply_json(ver: &str, name: &str, v: &Value) {
+    let f = shared().dir.join(format!("{name}.json"));
+    std::fs::write(&f, v.to_string()).unwrap();
+    kubectl(ver, &["apply", "-f", f.to_str().unwrap()]);
+}
+
+fn job_flow(ver: &str) {
+    let ns = ns_for(ver, "job");
+    kubectl(ver, &["create", "namespace", &ns]);
+    kubectl(
+        ver,
+        &[
+            "create",
+            "job",
+            "ok",
+            "--image=busybox",
+            "-n",
+            &ns,
+            "--",
+            "sh",
+            "-c",
+            "echo ok",
+        ],
+    );
+    let out = kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/ok",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+    );
+    assert!(out.contains("condition met"), "{out}");
+    let j = get_json(ver, &["get", "job", "ok", "-n", &ns]);
+    assert_eq!(j["status"]["succeeded"], 1, "{j}");
+    assert!(j["status"]["completionTime"].is_string(), "{j}");
+    let types: Vec<&str> = j["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"SuccessCriteriaMet") && types.contains(&"Complete"),
+        "{types:?}"
+    );
+    let p = get_json(ver, &["get", "pods", "-n", &ns, "-l", "job-name=ok"]);
+    let items = p["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{p}");
+    assert!(
+        items[0]["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty()),
+        "{p}"
+    );
+
+    // A failing job with backoffLimit 0 fails at the first failure.
+    apply_json(
+        ver,
+        "fail",
+        &json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "fail", "namespace": ns},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "exit 1"]}]}}}}),
+    );
+    let out = kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/fail",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+    );
+    assert!(out.contains("condition met"), "{out}");
+    let j = get_json(ver, &["get", "job", "fail", "-n", &ns]);
+    assert_eq!(j["status"]["failed"], 1, "{j}");
+    let failed = j["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned();
+    assert_eq!(
+        failed.map(|c| c["reason"].clone()),
+        Some(json!("BackoffLimitExceeded")),
+        "{j}"
+    );
+
+    // Indexed, parallel, with a TTL of 0: completes all indexes, then disappears.
+    apply_json(
+        ver,
+        "indexed",
+        &json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "idx", "namespace": ns},
+        "spec": {"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+            "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo $JOB_COMPLETION_INDEX"]}]}}}}),
+    );
+    kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/idx",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+    );
+    let j = get_json(ver, &["get", "job", "idx", "-n", &ns]);
+    assert_eq!(j["status"]["completedIndexes"], "0-2", "{j}");
+    assert_eq!(j["status"]["succeeded"], 3, "{j}");
+    let p = get_json(ver, &["get", "pods", "-n", &ns, "-l", "job-name=idx"]);
+    let mut names: Vec<String> = p["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["0", "1", "2"]);
+    kubectl(
+        ver,
+        &[
+            "patch",
+            "job",
+            "idx",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"ttlSecondsAfterFinished":0}}"#,
+        ],
+    );
+    eventually(30, "the job deleted after its TTL", || {
+        let (ok, out, err) = kubectl_out(ver, &["get", "job", "idx", "-n", &ns]);
+        (!ok && err.contains("NotFound"))
+            .then_some(())
+            .ok_or(format!("{out}{err}"))
+    });
+    let ev = kubectl(ver, &["get", "events", "-n", &ns]);
+    assert!(
+        ev.contains("Completed") && ev.contains("BackoffLimitExceeded"),
+        "{ev}"
+    );
+}
+
+#[test]
+fn job_kubectl_1_27() {
+    job_flow("1.27");
+}
+
+#[test]
+fn job_kubectl_1_30() {
+    job_flow("1.30");
+}
+
+#[test]
+fn job_kubectl_1_33() {
+    job_flow("1.33");
+}
