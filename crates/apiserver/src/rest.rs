@@ -940,11 +940,9 @@ impl Api {
             ));
         }
         let name = t.name.clone().unwrap_or_default();
-        let main = Target {
-            sub: None,
-            ..t.clone()
-        };
-        self.guaranteed_update(cx, &main, &name, false, |old| {
+        // Through the binding subresource, so the pod strategy validates a binding (which
+        // sets spec.nodeName) rather than a spec update (which may not change it).
+        self.guaranteed_update(cx, t, &name, false, |old| {
             let mut new = old.cloned().unwrap_or(Value::Null);
             let cur = obj::at(&new, "spec.nodeName")
                 .and_then(Value::as_str)

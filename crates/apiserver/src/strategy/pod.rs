@@ -2,7 +2,7 @@
 //! the disruption-budget rules eviction follows (kube-apiserver's `EvictionREST`).
 
 use h8s_machinery::LabelSelector;
-use h8s_types::Resource;
+use h8s_types::{FieldErrors, Resource};
 use serde_json::{json, Value};
 
 use super::{Strategy, Sub};
@@ -30,6 +30,21 @@ impl Strategy for Pod {
 
     fn returns_deleted_object(&self) -> bool {
         true
+    }
+
+    /// A binding only sets `spec.nodeName` (the binding handler checks it was unset);
+    /// every other update is validated as usual.
+    fn validate_update(
+        &self,
+        res: &Resource,
+        sub: Option<Sub>,
+        new: &Value,
+        old: &Value,
+    ) -> Result<(), FieldErrors> {
+        match sub {
+            Some(Sub::Binding) => Ok(()),
+            _ => super::Generic.validate_update(res, sub, new, old),
+        }
     }
 
     /// Pods bound to a node and not finished get a graceful period (their agent finishes
