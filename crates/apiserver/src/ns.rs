@@ -1,12 +1,11 @@
-//! Namespace lifecycle: the default namespaces, and the finalizer that empties a
-//! terminating namespace and then removes it (kube-controller-manager's namespace
-//! controller, run inside the API server because nothing else may touch the store).
+//! Namespace lifecycle at the API server: the default namespaces and the
+//! `default/kubernetes` Service. A deleted namespace is only marked (`deletionTimestamp`,
+//! phase `Terminating`) by the delete; emptying it and removing its `kubernetes` finalizer is
+//! the namespace controller's work (`h8s-controllers`), through the API.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use h8s_store::ListOptions;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::api::Api;
 use crate::error::ApiError;
@@ -53,138 +52,7 @@ pub async fn bootstrap(api: &Arc<Api>, addr: std::net::SocketAddr) -> Result<(),
             }
         }
     }
-    kubernetes_service(api, addr).await?;
-    let all = api
-        .store
-        .list(&obj::prefix(r, None), ListOptions::default())
-        .await
-        .map_err(|e| crate::error::from_store(e, &crate::error::Subject::default()))?;
-    for kv in &all.items {
-        let o = obj::decode(kv)?;
-        if obj::is_deleting(&o) {
-            spawn_finalizer(api.clone(), obj::name(&o).to_string());
-        }
-    }
-    Ok(())
-}
-
-/// Starts emptying and removing a terminating namespace in the background.
-pub fn spawn_finalizer(api: Arc<Api>, name: String) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match finalize_once(&api, &name).await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(namespace = %name, error = %e.message, "namespace finalizer")
-                }
-            }
-            if *api.shutdown.borrow() {
-                return;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    });
-}
-
-/// One pass: delete what is left in the namespace; when it is empty, drop the
-/// `kubernetes` finalizer and the namespace. Returns whether the namespace is gone.
-async fn finalize_once(api: &Arc<Api>, name: &str) -> Result<bool, ApiError> {
-    let store_err = |e| crate::error::from_store(e, &crate::error::Subject::default());
-    let mut left = 0usize;
-    let mut seen = std::collections::HashSet::new();
-    for r in h8s_types::resources::all() {
-        if !r.namespaced || !r.is_stored() {
-            continue;
-        }
-        let prefix = obj::prefix(r, Some(name));
-        if !seen.insert(prefix.clone()) {
-            continue;
-        }
-        let items = api
-            .store
-            .list(&prefix, ListOptions::default())
-            .await
-            .map_err(store_err)?;
-        for kv in items.items {
-            left += 1;
-            let o = obj::decode(&kv)?;
-            if obj::finalizers(&o).is_empty() {
-                match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                    Ok(_)
-                    | Err(h8s_store::Error::NotFound(_))
-                    | Err(h8s_store::Error::Conflict { .. }) => {}
-                    Err(e) => return Err(store_err(e)),
-                }
-            } else if !obj::is_deleting(&o) {
-                let mut n = o.clone();
-                obj::meta_mut(&mut n).insert(
-                    "deletionTimestamp".into(),
-                    json!(crate::util::now_rfc3339()),
-                );
-                obj::meta_mut(&mut n).insert("deletionGracePeriodSeconds".into(), json!(0));
-                let _ = api
-                    .store
-                    .update(&kv.key, obj::encode(&n), kv.mod_revision)
-                    .await;
-            }
-        }
-    }
-    let r = ns_resource();
-    let key = obj::key(r, None, name);
-    let Some(kv) = api.store.get(&key).await.map_err(store_err)? else {
-        return Ok(true);
-    };
-    if left > 0 {
-        // Something was deleted (or waits on its finalizers): check again.
-        let remaining = count_left(api, name).await?;
-        if remaining > 0 {
-            return Ok(false);
-        }
-    }
-    let mut o = obj::decode(&kv)?;
-    let fins: Vec<Value> = obj::at(&o, "spec.finalizers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|f| f.as_str() != Some("kubernetes"))
-        .collect();
-    obj::set_at(&mut o, "spec.finalizers", json!(fins));
-    if !fins.is_empty() || !obj::finalizers(&o).is_empty() {
-        // Other finalizers hold the namespace: record our part and wait.
-        let _ = api
-            .store
-            .update(&key, obj::encode(&o), kv.mod_revision)
-            .await;
-        return Ok(false);
-    }
-    match api.store.delete(&key, Some(kv.mod_revision)).await {
-        Ok(_) | Err(h8s_store::Error::NotFound(_)) => Ok(true),
-        Err(h8s_store::Error::Conflict { .. }) => Ok(false),
-        Err(e) => Err(store_err(e)),
-    }
-}
-
-async fn count_left(api: &Arc<Api>, name: &str) -> Result<u64, ApiError> {
-    let mut n = 0;
-    let mut seen = std::collections::HashSet::new();
-    for r in h8s_types::resources::all() {
-        if !r.namespaced || !r.is_stored() {
-            continue;
-        }
-        let prefix = obj::prefix(r, Some(name));
-        if seen.insert(prefix.clone()) {
-            n += api
-                .store
-                .count(&prefix)
-                .await
-                .map_err(|e| crate::error::from_store(e, &crate::error::Subject::default()))?;
-        }
-    }
-    Ok(n)
+    kubernetes_service(api, addr).await
 }
 
 /// The `default/kubernetes` Service (first address of the service CIDR) and its Endpoints

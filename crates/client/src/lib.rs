@@ -15,6 +15,8 @@ pub use kube;
 
 pub mod bootstrap;
 
+pub mod leader;
+
 /// How a component proves who it is to the API server.
 #[derive(Clone)]
 pub enum Credentials {

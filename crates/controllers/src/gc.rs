@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{
-    Api, DeleteParams, DynamicObject, Patch, PatchParams, PartialObjectMeta, Preconditions,
+    Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions,
     PropagationPolicy,
 };
 use kube::discovery::ApiResource;
@@ -96,7 +96,10 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut watchers = Watchers::default();
     let wanted = watchable(&shared.resources());
-    let initial: HashSet<usize> = wanted.iter().map(|ar| watchers.start(&shared, ar)).collect();
+    let initial: HashSet<usize> = wanted
+        .iter()
+        .map(|ar| watchers.start(&shared, ar))
+        .collect();
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     tasks.spawn(build_graph(shared.clone(), rx, initial, synced_tx));
     // Decisions need the dependents index: wait for the first lists (bounded, as

@@ -160,23 +160,36 @@ async fn reconcile(ns: Arc<Namespace>, st: Arc<State>) -> Result<Action, NsError
         ));
     }
 
-    // Nothing left: remove our token through the finalize subresource.
-    let mut fin = ns.clone();
-    let rest: Vec<String> = fins.into_iter().filter(|f| f != FINALIZER).collect();
-    fin.spec.get_or_insert_with(Default::default).finalizers = Some(rest.clone());
-    match nss
-        .replace_subresource("finalize", &name, &PostParams::default(), &fin)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if status_of(&e) == 404 => return Ok(Action::await_change()),
-        Err(e) => return Err(e.into()),
+    // Nothing left: remove our token through the finalize subresource (re-reading the
+    // namespace when another writer got there first, as kube's retryOnConflictError).
+    let mut latest = ns;
+    for _ in 0..5 {
+        let rest: Vec<String> = spec_finalizers(&latest)
+            .into_iter()
+            .filter(|f| f != FINALIZER)
+            .collect();
+        let mut fin = latest.clone();
+        fin.spec.get_or_insert_with(Default::default).finalizers = Some(rest.clone());
+        match nss
+            .replace_subresource("finalize", &name, &PostParams::default(), &fin)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!("namespace content removed; finalized");
+                if rest.is_empty() {
+                    return delete_finalized(&nss, &name, &uid).await;
+                }
+                return Ok(Action::await_change());
+            }
+            Err(e) if status_of(&e) == 404 => return Ok(Action::await_change()),
+            Err(e) if status_of(&e) == 409 => match nss.get_opt(&name).await? {
+                Some(n) if n.metadata.uid.as_deref() == Some(uid.as_str()) => latest = n,
+                _ => return Ok(Action::await_change()),
+            },
+            Err(e) => return Err(e.into()),
+        }
     }
-    tracing::info!("namespace content removed; finalized");
-    if rest.is_empty() {
-        return delete_finalized(&nss, &name, &uid).await;
-    }
-    Ok(Action::await_change())
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 fn spec_finalizers(ns: &Namespace) -> Vec<String> {

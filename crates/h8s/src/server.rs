@@ -10,6 +10,9 @@ mod bench;
 
 pub use bench::{run as bench, BenchArgs};
 
+#[path = "control.rs"]
+mod control;
+
 #[derive(clap::Args)]
 pub struct ServerArgs {
     /// Where the data dir and the store are (`--data-dir`, `--store`, `--etcd-*`).
@@ -24,6 +27,10 @@ pub struct ServerArgs {
     /// The IPv4 range Service cluster IPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = h8s_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
+    /// The controller manager and the scheduler run in this process (`--disable-*`,
+    /// leader election, controller timers).
+    #[command(flatten)]
+    pub control: control::ControlArgs,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/h8s`, else `~/.local/share/h8s`.
@@ -72,6 +79,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     println!("ready https://{} {}", server.addr, kubeconfig.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // The control loops, as API clients of the ready server.
+    let control = control::start(&server, &args.control).context("starting the control plane")?;
 
     // Opening already refuses foreign or damaged files; the full consistency check walks
     // every key and the history, so it runs after the server is ready instead of delaying it.
@@ -99,6 +108,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!("shutting down");
+    control.stop().await;
     server.shutdown().await;
     outcome
 }

@@ -143,8 +143,10 @@ fn create_get_delete_semantics() {
     assert_eq!(c, 200);
     let d = json(&b);
     assert_eq!(d["metadata"]["generation"], 2);
-    assert!(
-        d["status"]["replicas"].is_null(),
+    // (The deployment controller of the server may have written a status by now.)
+    assert_ne!(
+        d["status"]["replicas"],
+        9,
         "status is written only through /status: {b}"
     );
     let (c, b) = s.curl(

@@ -551,7 +551,10 @@ mod tests {
         let mut g = Graph::default();
         let mut out = vec![];
         g.observe(
-            obs(id("Pod", "p", "p"), vec![oref("ReplicaSet", "r", "r", true)]),
+            obs(
+                id("Pod", "p", "p"),
+                vec![oref("ReplicaSet", "r", "r", true)],
+            ),
             2,
             1,
             &mut out,
@@ -636,7 +639,10 @@ mod tests {
         chain(&mut g);
         let mut out = vec![];
         g.observe(
-            obs(id("Pod", "p1", "p1"), vec![oref("ReplicaSet", "r", "r", false)]),
+            obs(
+                id("Pod", "p1", "p1"),
+                vec![oref("ReplicaSet", "r", "r", false)],
+            ),
             2,
             1,
             &mut out,
@@ -656,7 +662,10 @@ mod tests {
         let mut out = vec![];
         // Resource 2 (pods) relisted at generation 2 and returned only p1.
         g.observe(
-            obs(id("Pod", "p1", "p1"), vec![oref("ReplicaSet", "r", "r", true)]),
+            obs(
+                id("Pod", "p1", "p1"),
+                vec![oref("ReplicaSet", "r", "r", true)],
+            ),
             2,
             2,
             &mut out,
@@ -675,7 +684,10 @@ mod tests {
         g.mark_absent(None, "c");
         assert!(!g.known_absent(None, "a"));
         assert!(g.known_absent(Some("ns"), "b"));
-        assert!(g.known_absent(Some("x"), "c"), "cluster-wide entries match any namespace");
+        assert!(
+            g.known_absent(Some("x"), "c"),
+            "cluster-wide entries match any namespace"
+        );
     }
 
     #[test]
@@ -683,7 +695,10 @@ mod tests {
         let r = |uid: &str| oref("ReplicaSet", uid, uid, true);
         use RefClass::*;
         assert_eq!(decide(&[], false, false, &[]), Decision::Keep);
-        assert_eq!(decide(&[(r("a"), Solid)], false, false, &[]), Decision::Keep);
+        assert_eq!(
+            decide(&[(r("a"), Solid)], false, false, &[]),
+            Decision::Keep
+        );
         assert_eq!(
             decide(
                 &[(r("a"), Solid), (r("b"), Dangling), (r("c"), Waiting)],

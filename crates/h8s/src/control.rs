@@ -1,0 +1,252 @@
+//! The controller manager and the scheduler inside `h8s server`, as k3s runs them: started
+//! once the API server is ready, each an API client of its own (a client certificate from
+//! the cluster CA naming `system:kube-controller-manager` / `system:kube-scheduler`), each
+//! behind leader election on a Lease in `kube-system`, so several servers on one store run
+//! one active copy of each. A component that loses its lease is stopped and stands again.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use h8s_client::kube;
+use h8s_client::leader::{self, Elector, Outcome};
+use h8s_client::{Connection, Credentials};
+
+/// Flags of the in-process control plane.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControlArgs {
+    /// Do not run the controller manager (garbage collector, namespace, workload and node
+    /// controllers) in this server.
+    #[arg(long)]
+    pub disable_controllers: bool,
+    /// Do not run the scheduler in this server.
+    #[arg(long)]
+    pub disable_scheduler: bool,
+    /// Elect one active controller manager and scheduler among the servers of one store
+    /// through Leases in kube-system (`--leader-elect=false` runs them unconditionally).
+    #[arg(long = "leader-elect", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long a standby waits after the leader's last renewal before taking over.
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops its component.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often candidates try to acquire and the leader renews.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub leader_elect_retry_period: Duration,
+    /// Node controller: how long a node's Lease may go unrenewed before the node is
+    /// Ready=Unknown and tainted unreachable [default: 50s].
+    #[arg(long, value_parser = duration)]
+    pub node_monitor_grace_period: Option<Duration>,
+    /// Node controller: how often node health is checked [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub node_monitor_period: Option<Duration>,
+    /// Workload controllers: full resync period [default: 5m].
+    #[arg(long = "controllers-resync-period", value_parser = duration)]
+    pub resync: Option<Duration>,
+    /// CronJob controller: time between schedule checks [default: 10s].
+    #[arg(long = "cronjob-sync-period", value_parser = duration)]
+    pub cronjob_sync: Option<Duration>,
+    /// Garbage collector: how often discovery is re-read for new resources [default: 30s].
+    #[arg(long = "discovery-sync-period", value_parser = duration)]
+    pub discovery_sync: Option<Duration>,
+    /// Garbage collector: longest retry back-off of a failing item [default: 1000s].
+    #[arg(long = "gc-max-backoff", value_parser = duration)]
+    pub gc_max_backoff: Option<Duration>,
+    /// Namespace controller: expected time for finalizers of remaining content [default: 15s].
+    #[arg(long = "namespace-finalizer-estimate", value_parser = duration)]
+    pub namespace_finalizer_estimate: Option<Duration>,
+}
+
+/// A duration flag: `50s`, `500ms`, `5m`, `1h30m` (jiff's friendly format, which reads Go's).
+fn duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("duration {s:?} must not be negative"))
+}
+
+impl ControlArgs {
+    fn timers(&self) -> h8s_controllers::Timers {
+        let mut t = h8s_controllers::Timers::default();
+        let set = |slot: &mut Duration, v: Option<Duration>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(
+            &mut t.node_monitor_grace_period,
+            self.node_monitor_grace_period,
+        );
+        set(&mut t.node_monitor_period, self.node_monitor_period);
+        set(&mut t.resync, self.resync);
+        set(&mut t.cronjob_sync, self.cronjob_sync);
+        set(&mut t.discovery_sync, self.discovery_sync);
+        set(&mut t.gc_max_backoff, self.gc_max_backoff);
+        set(
+            &mut t.namespace_finalizer_estimate,
+            self.namespace_finalizer_estimate,
+        );
+        t
+    }
+
+    fn election(&self, lease: &str, identity: &str) -> Option<leader::Config> {
+        self.leader_elect.then(|| leader::Config {
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            ..leader::Config::new(lease, identity)
+        })
+    }
+}
+
+/// The running components; dropping it stops them.
+pub struct Control {
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Control {
+    /// Stops the components (their leases are released when they stop in time).
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the enabled components against the ready API server `server`.
+pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Result<Control> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let host = match server.addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("https://{host}:{}", server.addr.port());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "h8s".to_string());
+    // client-go's identity: the host name and something unique to this process.
+    let token = h8s_apiserver::random_token();
+    let identity = format!("{hostname}_{}", &token[..token.len().min(12)]);
+    let client_for = |user: &str, agent: &str| -> anyhow::Result<kube::Client> {
+        let (cert, key) = server
+            .pki
+            .issue_client_cert(user, &[], h8s_apiserver::CLIENT_CERT_LIFETIME)
+            .with_context(|| format!("issuing the client certificate of {user}"))?;
+        Connection {
+            server: url.clone(),
+            ca_pem: server.pki.ca_pem.clone().into_bytes(),
+            credentials: Credentials::ClientCert {
+                cert_pem: cert.into_bytes(),
+                key_pem: key.into_bytes(),
+            },
+            user_agent: agent.to_string(),
+        }
+        .client()
+        .with_context(|| format!("building the API client of {user}"))
+    };
+    if !args.disable_controllers {
+        let client = client_for(
+            "system:kube-controller-manager",
+            "kube-controller-manager/h8s",
+        )?;
+        let ctx = h8s_controllers::Context {
+            client: client.clone(),
+            timers: args.timers(),
+            root_ca_pem: server.pki.ca_pem.clone(),
+        };
+        tasks.spawn(lead(
+            "kube-controller-manager",
+            client,
+            args.election("kube-controller-manager", &identity),
+            move || h8s_controllers::run(ctx.clone()),
+        ));
+    }
+    if !args.disable_scheduler {
+        let client = client_for("system:kube-scheduler", "kube-scheduler/h8s")?;
+        let cfg = h8s_scheduler::Config::default();
+        let c = client.clone();
+        tasks.spawn(lead(
+            "kube-scheduler",
+            client,
+            args.election("kube-scheduler", &identity),
+            move || h8s_scheduler::run(c.clone(), cfg.clone()),
+        ));
+    }
+    Ok(Control { tasks })
+}
+
+/// Runs one component, behind its lease when `election` is set; restarts it after a
+/// failure and stands for election again after losing the lease.
+async fn lead<F, Fut, E>(
+    name: &'static str,
+    client: kube::Client,
+    election: Option<leader::Config>,
+    make: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::error::Error + 'static,
+{
+    let restart = Duration::from_secs(1);
+    let Some(cfg) = election else {
+        loop {
+            match make().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(component = name, error = %anyhow_chain(&e), "stopped; restarting")
+                }
+            }
+            tokio::time::sleep(restart).await;
+        }
+    };
+    let mut elector = Elector::new(client, cfg);
+    loop {
+        if let Err(e) = elector.acquire().await {
+            tracing::error!(component = name, error = %e, "leader election is misconfigured; not running");
+            return;
+        }
+        tracing::info!(component = name, "started (leading)");
+        match elector.hold(make()).await {
+            Ok(Outcome::Lost) => tracing::warn!(component = name, "lost its lease; stopped"),
+            Ok(Outcome::Finished(Ok(()))) => return,
+            Ok(Outcome::Finished(Err(e))) => {
+                tracing::error!(component = name, error = %anyhow_chain(&e), "stopped; restarting");
+                tokio::time::sleep(restart).await;
+            }
+            Err(e) => {
+                tracing::error!(component = name, error = %e, "leader election is misconfigured; not running");
+                return;
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line.
+fn anyhow_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubernetes_flags() {
+        assert_eq!(duration("50s").unwrap(), Duration::from_secs(50));
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(duration("-1s").is_err());
+        assert!(duration("soon").is_err());
+    }
+}
