@@ -232,7 +232,12 @@ impl Api {
             Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept),
             Route::OpenApiV3Index => crate::openapi::v3_index(),
             Route::OpenApiV3(p) => crate::openapi::v3(&p),
-            Route::NotFound => Err(ApiError::no_route()),
+            // auth: OIDC discovery of the ServiceAccount token issuer.
+            Route::NotFound => self
+                .openid
+                .as_ref()
+                .and_then(|t| crate::sa_token::discovery(t, &req_path))
+                .ok_or_else(ApiError::no_route),
             Route::Version | Route::Health(_) => Err(ApiError::no_route()),
         };
         let mut resp = match result {

@@ -318,6 +318,22 @@ impl ServiceAccountTokens {
     }
 }
 
+/// The OIDC discovery documents of the issuer, as kube-apiserver serves them:
+/// `/.well-known/openid-configuration` and `/openid/v1/jwks`.
+pub(crate) fn discovery(tokens: &ServiceAccountTokens, path: &str) -> Option<Response<Body>> {
+    let (doc, ct) = match path {
+        "/.well-known/openid-configuration" => (tokens.openid_configuration(), "application/json"),
+        "/openid/v1/jwks" => (tokens.jwks(), "application/jwk-set+json"),
+        _ => return None,
+    };
+    let mut r = json_response(200, &doc);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ct),
+    );
+    Some(r)
+}
+
 /// The user a ServiceAccount token's claims name.
 pub fn user_of(c: &Claims) -> UserInfo {
     let k = &c.kubernetes;

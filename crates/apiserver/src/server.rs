@@ -207,6 +207,7 @@ impl Server {
             svc_lock: Default::default(),
             streams,
             csr_signer: Some(csr_signer),
+            openid: Some(sa_tokens.clone()),
             reviewers,
         });
         crate::ns::bootstrap(&api, addr)

@@ -27,6 +27,9 @@ pub struct Api {
     pub(crate) streams: HashMap<(String, String), Arc<dyn SubresourceHandler>>,
     /// Signs approved CertificateSigningRequests (`None`: they stay approved, unsigned).
     pub(crate) csr_signer: Option<Arc<dyn CsrSigner>>,
+    /// (auth) The ServiceAccount token issuer, for OIDC discovery
+    /// (`/.well-known/openid-configuration`, `/openid/v1/jwks`).
+    pub(crate) openid: Option<Arc<crate::sa_token::ServiceAccountTokens>>,
     /// Answers create-only review kinds (TokenReview…) by (group, resource).
     pub(crate) reviewers: HashMap<(String, String), Arc<dyn Reviewer>>,
 }

@@ -117,6 +117,24 @@ async fn tokens_reviews_and_bootstrap() {
         .await;
     assert_eq!(c, 200);
 
+    // OIDC discovery names the issuer and publishes the key that signed the token.
+    let (c, oc) = t
+        .call(&t.admin, "GET", "/.well-known/openid-configuration", None)
+        .await;
+    assert_eq!(c, 200, "{oc}");
+    assert_eq!(oc["issuer"], "https://kubernetes.default.svc.cluster.local");
+    let (c, jwks) = t.call(&tok, "GET", "/openid/v1/jwks", None).await;
+    assert_eq!(c, 200, "{jwks}");
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tok.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(jwks["keys"][0]["kid"], header["kid"]);
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+
     // Too short, and a missing ServiceAccount.
     let (c, b) = t
         .token_request("robot", json!({"expirationSeconds": 60}))
