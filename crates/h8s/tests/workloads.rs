@@ -156,8 +156,30 @@ fn start() -> Shared {
 /// (restartPolicy Never/OnFailure) with success unless their command says `exit 1`, and
 /// completes graceful deletions.
 async fn fake_kubelet(client: h8s_client::kube::Client) {
+    use h8s_client::k8s_openapi::api::coordination::v1::Lease;
     let pods: Api<Pod> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut beat = Instant::now() - Duration::from_secs(60);
     loop {
+        // Node heartbeats, so the node lifecycle controller keeps the nodes Ready.
+        if beat.elapsed() > Duration::from_secs(5) {
+            beat = Instant::now();
+            let now = h8s_client::k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+                .to_string();
+            for n in NODES {
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": n, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": n, "leaseDurationSeconds": 40, "renewTime": now}});
+                let _ = leases
+                    .patch(
+                        n,
+                        &PatchParams::apply("wl-kubelet").force(),
+                        &Patch::Apply(&lease),
+                    )
+                    .await;
+            }
+        }
         if let Ok(list) = pods.list(&ListParams::default()).await {
             for p in list.items {
                 let ns = p.metadata.namespace.clone().unwrap_or_default();
@@ -732,4 +754,92 @@ fn job_kubectl_1_30() {
 #[test]
 fn job_kubectl_1_33() {
     job_flow("1.33");
+}
+
+fn daemonset_flow(ver: &str) {
+    let ns = ns_for(ver, "ds");
+    kubectl(ver, &["create", "namespace", &ns]);
+    let ds = |image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {
+            "metadata": {"labels": {"app": "agent"}},
+            "spec": {"containers": [{"name": "c", "image": image}]}}}})
+    };
+    apply_json(ver, "ds", &ds("busybox:1"));
+    rollout_status(ver, &ns, "daemonset/agent");
+    let targets = |ver: &str| -> Vec<(String, String)> {
+        let v = get_json(ver, &["get", "pods", "-n", &ns]);
+        let mut t: Vec<(String, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let pinned = p["spec"]["affinity"]["nodeAffinity"]
+                    ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+                    ["matchFields"][0]["values"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (
+                    pinned,
+                    p["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let t = targets(ver);
+    let want: Vec<(String, String)> = NODES
+        .iter()
+        .map(|n| (n.to_string(), "busybox:1".to_string()))
+        .collect();
+    assert_eq!(t, want);
+    let d = get_json(ver, &["get", "ds", "agent", "-n", &ns]);
+    assert_eq!(d["status"]["desiredNumberScheduled"], 3, "{d}");
+    assert_eq!(d["status"]["numberReady"], 3, "{d}");
+    // A rolling update to a new image, one node at a time.
+    apply_json(ver, "ds", &ds("busybox:2"));
+    rollout_status(ver, &ns, "daemonset/agent");
+    eventually(30, "new image on every node", || {
+        let t = targets(ver);
+        let want: Vec<(String, String)> = NODES
+            .iter()
+            .map(|n| (n.to_string(), "busybox:2".to_string()))
+            .collect();
+        (t == want).then_some(()).ok_or(format!("{t:?}"))
+    });
+    let hist = kubectl(ver, &["rollout", "history", "daemonset/agent", "-n", &ns]);
+    assert!(hist.contains('1') && hist.contains('2'), "{hist}");
+    let crs = get_json(ver, &["get", "controllerrevisions", "-n", &ns]);
+    assert_eq!(crs["items"].as_array().map(Vec::len), Some(2), "{crs}");
+    // Undo goes back to the first template (client-side, from the ControllerRevision).
+    kubectl(ver, &["rollout", "undo", "daemonset/agent", "-n", &ns]);
+    rollout_status(ver, &ns, "daemonset/agent");
+    eventually(30, "old image back on every node", || {
+        let t = targets(ver);
+        (t.iter().all(|(_, i)| i == "busybox:1") && t.len() == 3)
+            .then_some(())
+            .ok_or(format!("{t:?}"))
+    });
+}
+
+#[test]
+fn daemonset_kubectl_1_27() {
+    daemonset_flow("1.27");
+}
+
+#[test]
+fn daemonset_kubectl_1_30() {
+    daemonset_flow("1.30");
+}
+
+#[test]
+fn daemonset_kubectl_1_33() {
+    daemonset_flow("1.33");
 }

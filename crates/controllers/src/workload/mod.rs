@@ -9,6 +9,7 @@
 
 pub(crate) mod hash;
 pub(crate) mod pods;
+pub(crate) mod revisions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
