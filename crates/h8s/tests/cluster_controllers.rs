@@ -18,8 +18,9 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
 
-/// The `h8s server` of this binary, with its own controller manager and scheduler turned
-/// off (when the binary has them): each test runs the controller it tests.
+/// The `h8s server` of this binary, with its own controller manager, scheduler and node
+/// agent turned off (when the binary has them): each test runs the controller it tests,
+/// and plays the node agent itself.
 struct Server {
     child: Child,
     dir: tempfile::TempDir,
@@ -38,7 +39,11 @@ impl Server {
         let mut cmd = Command::new(bin);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"));
-        for flag in ["--disable-controllers", "--disable-scheduler"] {
+        for flag in [
+            "--disable-controllers",
+            "--disable-scheduler",
+            "--disable-agent",
+        ] {
             if help.contains(flag) {
                 cmd.arg(flag);
             }
@@ -772,4 +777,122 @@ async fn service_endpoints_and_slices_follow_pods() {
     .await;
     let m = eps.get("manual").await.unwrap();
     assert_eq!(addrs(&m, true), ["192.0.2.7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_default_service_account_and_root_ca() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+    let c = client().await;
+    start(&c, h8s_controllers::serviceaccount::run);
+    let ca = std::fs::read_to_string(server().data_dir.join("ca.crt")).unwrap();
+    let ns = "cl-sa";
+    namespace(&c, ns).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    let sa = eventually(15, "default service account", || async {
+        sas.get_opt("default").await.unwrap()
+    })
+    .await;
+    let ca_of = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get("ca.crt").cloned());
+    let cm = eventually(15, "kube-root-ca.crt", || async {
+        cms.get_opt("kube-root-ca.crt").await.unwrap()
+    })
+    .await;
+    assert_eq!(ca_of(&cm).as_deref(), Some(ca.as_str()));
+    // Namespaces that existed before the controller started have them too.
+    let def: Api<ConfigMap> = Api::namespaced(c.clone(), "kube-system");
+    eventually(15, "kube-root-ca.crt in kube-system", || async {
+        def.get_opt("kube-root-ca.crt").await.unwrap()
+    })
+    .await;
+
+    // Deleted: created again (a new object).
+    sas.delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(15, "default service account recreated", || async {
+        let s = sas.get_opt("default").await.unwrap()?;
+        (s.metadata.uid != sa.metadata.uid).then_some(())
+    })
+    .await;
+    // Edited: restored.
+    let mut edited = cm.clone();
+    edited.data = Some([("ca.crt".to_string(), "forged".to_string())].into());
+    cms.replace("kube-root-ca.crt", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    eventually(15, "kube-root-ca.crt restored", || async {
+        let cm = cms.get("kube-root-ca.crt").await.unwrap();
+        (ca_of(&cm).as_deref() == Some(ca.as_str())).then_some(())
+    })
+    .await;
+    cms.delete("kube-root-ca.crt", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(15, "kube-root-ca.crt recreated", || async {
+        let cm = cms.get_opt("kube-root-ca.crt").await.unwrap()?;
+        (ca_of(&cm).as_deref() == Some(ca.as_str())).then_some(())
+    })
+    .await;
+
+    // A legacy token Secret is filled with a token the API accepts, and goes with its
+    // ServiceAccount.
+    sas.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "builder"}})),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "builder-token",
+                "annotations": {"kubernetes.io/service-account.name": "builder"}},
+                "type": "kubernetes.io/service-account-token"})),
+        )
+        .await
+        .unwrap();
+    let s = eventually(15, "token secret filled", || async {
+        let s = secrets.get("builder-token").await.unwrap();
+        s.data.as_ref()?.get("token")?;
+        Some(s)
+    })
+    .await;
+    let data = s.data.unwrap();
+    assert_eq!(data["ca.crt"].0, ca.as_bytes());
+    assert_eq!(data["namespace"].0, ns.as_bytes());
+    let token = String::from_utf8(data["token"].0.clone()).unwrap();
+    // The token authenticates as the ServiceAccount.
+    let review: k8s_openapi::api::authentication::v1::TokenReview = {
+        let api: Api<k8s_openapi::api::authentication::v1::TokenReview> = Api::all(c.clone());
+        api.create(
+            &PostParams::default(),
+            &from(json!({"spec": {"token": token}})),
+        )
+        .await
+        .expect("TokenReview")
+    };
+    let st = review.status.unwrap();
+    assert_eq!(st.authenticated, Some(true), "{st:?}");
+    assert_eq!(
+        st.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:cl-sa:builder")
+    );
+    sas.delete("builder", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        15,
+        "token secret of the deleted service account removed",
+        || async {
+            secrets
+                .get_opt("builder-token")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
 }
