@@ -843,3 +843,99 @@ fn daemonset_kubectl_1_30() {
 fn daemonset_kubectl_1_33() {
     daemonset_flow("1.33");
 }
+
+fn statefulset_flow(ver: &str) {
+    let ns = ns_for(ver, "sts");
+    kubectl(ver, &["create", "namespace", &ns]);
+    let sts = |image: &str, replicas: i32| {
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": {"serviceName": "db", "replicas": replicas,
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "c", "image": image}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}})
+    };
+    apply_json(ver, "sts", &sts("busybox:1", 3));
+    rollout_status(ver, &ns, "statefulset/db");
+    let mut names: Vec<String> = pods(ver, &ns).into_iter().map(|p| p.0).collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    // Created in order: db-0's creation is not after db-1's, nor db-1's after db-2's.
+    let v = get_json(ver, &["get", "pods", "-n", &ns]);
+    let created = |n: &str| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["metadata"]["name"] == n)
+            .map(|p| {
+                p["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    assert!(created("db-0") <= created("db-1") && created("db-1") <= created("db-2"));
+    let pvcs = get_json(ver, &["get", "pvc", "-n", &ns]);
+    let mut claims: Vec<String> = pvcs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    claims.sort();
+    assert_eq!(claims, ["data-db-0", "data-db-1", "data-db-2"]);
+    let p = get_json(ver, &["get", "pod", "db-1", "-n", &ns]);
+    assert_eq!(p["spec"]["hostname"], "db-1");
+    assert_eq!(p["spec"]["subdomain"], "db");
+    assert_eq!(
+        p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+        "db-1"
+    );
+    // Rolling update from the top.
+    apply_json(ver, "sts", &sts("busybox:2", 3));
+    rollout_status(ver, &ns, "statefulset/db");
+    let s = get_json(ver, &["get", "sts", "db", "-n", &ns]);
+    assert_eq!(
+        s["status"]["currentRevision"], s["status"]["updateRevision"],
+        "{s}"
+    );
+    assert_eq!(s["status"]["updatedReplicas"], 3, "{s}");
+    eventually(30, "every pod on the new image", || {
+        let p = pods(ver, &ns);
+        (p.len() == 3 && p.iter().all(|(_, i, _)| i == "busybox:2"))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    // Scale down removes the highest ordinal; the claims stay (Retain).
+    kubectl(ver, &["scale", "statefulset/db", "--replicas=1", "-n", &ns]);
+    eventually(30, "db-0 alone", || {
+        let p: Vec<String> = pods(ver, &ns).into_iter().map(|p| p.0).collect();
+        (p == ["db-0"]).then_some(()).ok_or(format!("{p:?}"))
+    });
+    let pvcs = get_json(ver, &["get", "pvc", "-n", &ns]);
+    assert_eq!(pvcs["items"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn statefulset_kubectl_1_27() {
+    statefulset_flow("1.27");
+}
+
+#[test]
+fn statefulset_kubectl_1_30() {
+    statefulset_flow("1.30");
+}
+
+#[test]
+fn statefulset_kubectl_1_33() {
+    statefulset_flow("1.33");
+}
