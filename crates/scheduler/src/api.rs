@@ -18,12 +18,15 @@ const NOTE_LIMIT: usize = 1024;
 /// Event cache entries kept for repeat counting before the cache is reset.
 const EVENT_CACHE_LIMIT: usize = 10_000;
 
+/// (pod uid, reason, message) → (event name, count).
+type EventCache = HashMap<(String, String, String), (String, i32)>;
+
 pub struct Writer {
     client: kube::Client,
     component: String,
     instance: String,
     /// (pod uid, reason, message) → (event name, count): a repeated event is patched.
-    events: Mutex<HashMap<(String, String, String), (String, i32)>>,
+    events: Mutex<EventCache>,
 }
 
 fn pods(client: &kube::Client, ns: &str) -> Api<Pod> {

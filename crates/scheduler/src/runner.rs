@@ -26,7 +26,7 @@ use crate::selector::Labels;
 use crate::{Config, Error};
 
 enum Msg {
-    Node(Event<Node>),
+    Node(Event<Box<Node>>),
     Pod(Event<Arc<PodInfo>>),
     Namespace(Event<(String, Labels)>),
     Bound {
@@ -107,7 +107,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
         watcher::Config::default(),
         "node",
         tx.clone(),
-        |n| n,
+        Box::new,
         Msg::Node,
     );
     spawn_watch(
@@ -219,7 +219,7 @@ impl Runner {
         Ok(())
     }
 
-    fn on_node(&mut self, e: Event<Node>) {
+    fn on_node(&mut self, e: Event<Box<Node>>) {
         match e {
             Event::Init => self.node_relist = Some(HashSet::new()),
             Event::InitApply(n) | Event::Apply(n) => {
