@@ -153,6 +153,17 @@ pub fn apply(r: &Resource, obj: &mut Value) {
                 }
             }
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            set(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            if let Some(Value::Array(ports)) = obj.get_mut("ports") {
+                for p in ports.iter_mut().filter(|p| p.is_object()) {
+                    set(p, "name", json!(""));
+                    set(p, "protocol", json!("TCP"));
+                }
+            }
+        }
         ("storage.k8s.io", "StorageClass") => {
             set(obj, "reclaimPolicy", json!("Delete"));
             set(obj, "volumeBindingMode", json!("Immediate"));
@@ -290,8 +301,9 @@ pub fn pod_spec(spec: &mut Value) {
     set(spec, "schedulerName", json!("default-scheduler"));
     set(spec, "securityContext", json!({}));
     set(spec, "enableServiceLinks", json!(true));
-    // The service account admission plugin's default, and the deprecated
-    // field mirrored from the current one as the v1 conversion does.
+    // The deprecated field mirrored from the current one, as the v1 conversion does.
+    // (A pod's service account, priority and preemption policy are admission's: the
+    // ServiceAccount and Priority plugins set them on create; templates keep none.)
     let sa = spec
         .get("serviceAccountName")
         .and_then(Value::as_str)
@@ -301,12 +313,11 @@ pub fn pod_spec(spec: &mut Value) {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         })
-        .unwrap_or("default")
-        .to_string();
-    spec["serviceAccountName"] = json!(sa);
-    spec["serviceAccount"] = json!(sa);
-    set(spec, "priority", json!(0));
-    set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+        .map(str::to_string);
+    if let Some(sa) = sa {
+        spec["serviceAccountName"] = json!(sa);
+        spec["serviceAccount"] = json!(sa);
+    }
     let host_network = spec.get("hostNetwork").and_then(Value::as_bool) == Some(true);
     for list in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(Value::Array(cs)) = spec.get_mut(list) {
@@ -500,7 +511,8 @@ mod tests {
         assert_eq!(s["schedulerName"], "default-scheduler");
         assert_eq!(s["securityContext"], json!({}));
         assert_eq!(s["enableServiceLinks"], true);
-        assert_eq!(s["serviceAccountName"], "default");
+        // The ServiceAccount admission plugin's, not a default.
+        assert!(s.get("serviceAccountName").is_none());
         let c = &s["containers"][0];
         assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
         assert_eq!(c["terminationMessagePolicy"], "File");

@@ -7,6 +7,7 @@
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
 //! - [`defaults`]: defaulting on every write, and what a create resets.
+//! - [`events`]: `events.k8s.io/v1` Event ↔ core `v1` Event conversion.
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
 //!   merge keys, walkable by field.
 //! - [`strict`]: unknown and duplicate fields for `fieldValidation`.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
+pub mod events;
 pub mod network;
 pub mod openapi;
 pub mod protobuf;

@@ -325,6 +325,21 @@ const POD_SUBS: &[Subresource] = &[
     status_sub!("", "v1", "Pod"),
 ];
 
+/// The fields an Event selects on (both groups: one storage, the core fields).
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.apiVersion",
+    "involvedObject.fieldPath",
+    "involvedObject.kind",
+    "involvedObject.name",
+    "involvedObject.namespace",
+    "involvedObject.resourceVersion",
+    "involvedObject.uid",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
 /// A resource with the defaults most entries share; the table overrides
 /// fields with struct update syntax.
 const fn base(
@@ -462,19 +477,7 @@ static TABLE: &[Resource] = &[
     },
     Resource {
         short_names: &["ev"],
-        extra_selectable_fields: &[
-            "involvedObject.apiVersion",
-            "involvedObject.fieldPath",
-            "involvedObject.kind",
-            "involvedObject.name",
-            "involvedObject.namespace",
-            "involvedObject.resourceVersion",
-            "involvedObject.uid",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
+        extra_selectable_fields: EVENT_FIELDS,
         ..base("", "v1", "Event", "EventList", "events", "event", true)
     },
     Resource {
@@ -678,6 +681,19 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    Resource {
+        verbs: CREATE_ONLY,
+        storage: None,
+        ..base(
+            "authentication.k8s.io",
+            "v1",
+            "TokenReview",
+            "",
+            "tokenreviews",
+            "tokenreview",
+            false,
+        )
+    },
     // ---- authorization.k8s.io ----
     Resource {
         verbs: CREATE_ONLY,
@@ -715,6 +731,31 @@ static TABLE: &[Resource] = &[
         extra_selectable_fields: &["status.successful"],
         ..base("batch", "v1", "Job", "JobList", "jobs", "job", true)
     },
+    // ---- certificates.k8s.io/v1 ----
+    Resource {
+        short_names: &["csr"],
+        subresources: &[
+            sub(
+                "approval",
+                "certificates.k8s.io",
+                "v1",
+                "CertificateSigningRequest",
+                GPU,
+            ),
+            status_sub!("certificates.k8s.io", "v1", "CertificateSigningRequest"),
+        ],
+        has_status: true,
+        extra_selectable_fields: &["spec.signerName"],
+        ..base(
+            "certificates.k8s.io",
+            "v1",
+            "CertificateSigningRequest",
+            "CertificateSigningRequestList",
+            "certificatesigningrequests",
+            "certificatesigningrequest",
+            false,
+        )
+    },
     // ---- coordination.k8s.io/v1 ----
     base(
         "coordination.k8s.io",
@@ -725,6 +766,31 @@ static TABLE: &[Resource] = &[
         "lease",
         true,
     ),
+    // ---- discovery.k8s.io/v1 ----
+    base(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "EndpointSliceList",
+        "endpointslices",
+        "endpointslice",
+        true,
+    ),
+    // ---- events.k8s.io/v1: core Events in their newer form, stored as core v1 ----
+    Resource {
+        short_names: &["ev"],
+        storage: Some(("", "v1", "Event")),
+        extra_selectable_fields: EVENT_FIELDS,
+        ..base(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "EventList",
+            "events",
+            "event",
+            true,
+        )
+    },
     // ---- networking.k8s.io/v1 ----
     Resource {
         short_names: &["netpol"],
@@ -735,6 +801,31 @@ static TABLE: &[Resource] = &[
             "NetworkPolicyList",
             "networkpolicies",
             "networkpolicy",
+            true,
+        )
+    },
+    // ---- node.k8s.io/v1 ----
+    base(
+        "node.k8s.io",
+        "v1",
+        "RuntimeClass",
+        "RuntimeClassList",
+        "runtimeclasses",
+        "runtimeclass",
+        false,
+    ),
+    // ---- policy/v1 ----
+    Resource {
+        short_names: &["pdb"],
+        subresources: &[status_sub!("policy", "v1", "PodDisruptionBudget")],
+        has_status: true,
+        ..base(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "PodDisruptionBudgetList",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
             true,
         )
     },
@@ -775,6 +866,19 @@ static TABLE: &[Resource] = &[
         "role",
         true,
     ),
+    // ---- scheduling.k8s.io/v1 ----
+    Resource {
+        short_names: &["pc"],
+        ..base(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "PriorityClassList",
+            "priorityclasses",
+            "priorityclass",
+            false,
+        )
+    },
     // ---- storage.k8s.io/v1 ----
     Resource {
         short_names: &["sc"],
@@ -811,6 +915,10 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "events.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
         name: "authentication.k8s.io",
         versions: &["v1", "v1beta1"],
     },
@@ -823,7 +931,15 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "certificates.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
         name: "networking.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "policy",
         versions: &["v1"],
     },
     Group {
@@ -835,7 +951,19 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "scheduling.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
         name: "coordination.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "node.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "discovery.k8s.io",
         versions: &["v1"],
     },
 ];
@@ -1009,6 +1137,13 @@ mod tests {
             ("networking.k8s.io", "networkpolicies"),
             ("authentication.k8s.io", "selfsubjectreviews"),
             ("authorization.k8s.io", "selfsubjectaccessreviews"),
+            ("authentication.k8s.io", "tokenreviews"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("node.k8s.io", "runtimeclasses"),
+            ("scheduling.k8s.io", "priorityclasses"),
+            ("policy", "poddisruptionbudgets"),
+            ("certificates.k8s.io", "certificatesigningrequests"),
+            ("events.k8s.io", "events"),
         ];
         for (g, p) in want {
             let v = groups().iter().find(|x| x.name == g).unwrap().versions[0];

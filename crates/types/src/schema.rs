@@ -656,6 +656,54 @@ const PATCH_META: &[PatchMeta] = &[
         ATOMIC,
         &[],
     ),
+    (
+        "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+        "conditions",
+        M,
+        Some("type"),
+        MAP,
+        &["type"],
+    ),
+    (
+        "io.k8s.api.certificates.v1.CertificateSigningRequestStatus",
+        "conditions",
+        None,
+        None,
+        MAP,
+        &["type"],
+    ),
+    (
+        "io.k8s.api.certificates.v1.CertificateSigningRequestSpec",
+        "usages",
+        None,
+        None,
+        ATOMIC,
+        &[],
+    ),
+    (
+        "io.k8s.api.discovery.v1.EndpointSlice",
+        "endpoints",
+        None,
+        None,
+        ATOMIC,
+        &[],
+    ),
+    (
+        "io.k8s.api.discovery.v1.EndpointSlice",
+        "ports",
+        None,
+        None,
+        ATOMIC,
+        &[],
+    ),
+    (
+        "io.k8s.api.node.v1.Scheduling",
+        "tolerations",
+        None,
+        None,
+        ATOMIC,
+        &[],
+    ),
 ];
 
 /// Maps that Kubernetes replaces whole in server-side apply.
@@ -699,9 +747,10 @@ macro_rules! kinds {
 fn build() -> Schemas {
     use k8s_openapi::api::{
         apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-        autoscaling::v1 as autoscaling, batch::v1 as batch, coordination::v1 as coord,
-        core::v1 as core, networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac,
-        storage::v1 as storage,
+        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
+        coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
+        events::v1 as events, networking::v1 as net, node::v1 as node, policy::v1 as policy,
+        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
@@ -729,6 +778,13 @@ fn build() -> Schemas {
         ("apps", "v1", "StatefulSet", apps::StatefulSet),
         ("authentication.k8s.io", "v1", "SelfSubjectReview", authn::SelfSubjectReview),
         ("authentication.k8s.io", "v1", "TokenRequest", authn::TokenRequest),
+        ("authentication.k8s.io", "v1", "TokenReview", authn::TokenReview),
+        ("certificates.k8s.io", "v1", "CertificateSigningRequest", certificates::CertificateSigningRequest),
+        ("discovery.k8s.io", "v1", "EndpointSlice", discovery::EndpointSlice),
+        ("events.k8s.io", "v1", "Event", events::Event),
+        ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
+        ("policy", "v1", "PodDisruptionBudget", policy::PodDisruptionBudget),
+        ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
         ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", authz::SelfSubjectAccessReview),
         ("autoscaling", "v1", "Scale", autoscaling::Scale),
         ("batch", "v1", "CronJob", batch::CronJob),

@@ -106,10 +106,11 @@ pub fn table(
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            let cells = if r.group.is_empty() && r.kind == "Event" {
-                row(o, now)
-            } else {
-                with_name(o, row(o, now))
+            let cells = match (r.group, r.kind) {
+                ("", "Event") => row(o, now),
+                // One kind in two groups: the columns are the core kind's.
+                ("events.k8s.io", "Event") => row(&crate::events::v1_to_core(o.clone()), now),
+                _ => with_name(o, row(o, now)),
             };
             let mut row = json!({"cells": cells});
             match include {
@@ -385,7 +386,7 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
             ],
             node_row,
         ),
-        ("", "Event") => (
+        ("", "Event") | ("events.k8s.io", "Event") => (
             vec![
                 col("Last Seen", doc(&core("Event"), "lastTimestamp")),
                 col("Type", doc(&core("Event"), "type")),
@@ -584,8 +585,188 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
                 vec![json!(if sel == "<none>" { String::new() } else { sel }), age(o, now)]
             },
         ),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            let d = |p: &str| doc("io.k8s.api.discovery.v1.EndpointSlice", p);
+            (
+                vec![
+                    name_col(),
+                    col("AddressType", d("addressType")),
+                    col("Ports", d("ports")),
+                    col("Endpoints", d("endpoints")),
+                    age_col(),
+                ],
+                |o, now| {
+                    vec![
+                        json!(s(o, "/addressType")),
+                        json!(slice_ports(o)),
+                        json!(slice_endpoints(o)),
+                        age(o, now),
+                    ]
+                },
+            )
+        }
+        ("node.k8s.io", "RuntimeClass") => (
+            vec![
+                name_col(),
+                col("Handler", "Handler is the name of the underlying runtime and configuration."),
+                age_col(),
+            ],
+            |o, now| vec![json!(s(o, "/handler")), age(o, now)],
+        ),
+        ("scheduling.k8s.io", "PriorityClass") => {
+            let d = |p: &str| doc("io.k8s.api.scheduling.v1.PriorityClass", p);
+            (
+                vec![
+                    name_col(),
+                    int("Value", d("value")),
+                    Col { ty: "boolean", ..col("Global-Default", d("globalDefault")) },
+                    age_col(),
+                    col("PreemptionPolicy", d("preemptionPolicy")),
+                ],
+                |o, now| {
+                    vec![
+                        json!(i(o, "/value")),
+                        json!(o.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+                        age(o, now),
+                        json!(s(o, "/preemptionPolicy")),
+                    ]
+                },
+            )
+        }
+        ("policy", "PodDisruptionBudget") => (
+            vec![
+                name_col(),
+                col("Min Available", "The minimum number of pods that must be available."),
+                col("Max Unavailable", "The maximum number of pods that may be unavailable."),
+                int("Allowed Disruptions", "Calculated number of pods that may be disrupted at this time."),
+                age_col(),
+            ],
+            |o, now| {
+                vec![
+                    json!(int_or_string(o.pointer("/spec/minAvailable"))),
+                    json!(int_or_string(o.pointer("/spec/maxUnavailable"))),
+                    json!(i(o, "/status/disruptionsAllowed")),
+                    age(o, now),
+                ]
+            },
+        ),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            let d = |p: &str| doc("io.k8s.api.certificates.v1.CertificateSigningRequestSpec", p);
+            (
+                vec![
+                    name_col(),
+                    age_col(),
+                    col("SignerName", d("signerName")),
+                    col("Requestor", "Name of the user that created the request"),
+                    col("RequestedDuration", d("expirationSeconds")),
+                    col("Condition", doc("io.k8s.api.certificates.v1.CertificateSigningRequestStatus", "conditions")),
+                ],
+                |o, now| {
+                    let duration = match o.pointer("/spec/expirationSeconds").and_then(Value::as_i64) {
+                        Some(secs) => human_duration(secs),
+                        None => "<none>".into(),
+                    };
+                    vec![
+                        age(o, now),
+                        json!(or_none(s(o, "/spec/signerName"))),
+                        json!(s(o, "/spec/username")),
+                        json!(duration),
+                        json!(csr_condition(o)),
+                    ]
+                },
+            )
+        }
         _ => (vec![name_col(), age_col()], |o, now| vec![age(o, now)]),
     }
+}
+
+/// `IntOrString.String()`, `N/A` when unset (the PodDisruptionBudget columns).
+fn int_or_string(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        _ => "N/A".into(),
+    }
+}
+
+/// kubectl's `listWithMoreString`: the first three, then `+ N more...`; `<unset>`
+/// when empty.
+fn list_with_more(list: Vec<String>, count: usize) -> String {
+    const MAX: usize = 3;
+    let shown = list.into_iter().take(MAX).collect::<Vec<_>>().join(",");
+    if count > MAX {
+        format!("{shown} + {} more...", count - MAX)
+    } else if shown.is_empty() {
+        "<unset>".into()
+    } else {
+        shown
+    }
+}
+
+/// An EndpointSlice's ports: the number, else the name, else `*`.
+fn slice_ports(o: &Value) -> String {
+    let ports = o
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let list = ports
+        .iter()
+        .map(|p| match p.get("port").and_then(Value::as_i64) {
+            Some(n) => n.to_string(),
+            None => match p.get("name").and_then(Value::as_str) {
+                Some(n) => n.to_string(),
+                None => "*".into(),
+            },
+        })
+        .collect();
+    list_with_more(list, ports.len())
+}
+
+/// An EndpointSlice's addresses, over all its endpoints.
+fn slice_endpoints(o: &Value) -> String {
+    let list: Vec<String> = o
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|e| {
+            e.get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    let n = list.len();
+    list_with_more(list, n)
+}
+
+/// kubectl's CSR condition: `Approved`, `Denied` or `Pending`, then `,Failed` and
+/// `,Issued`.
+fn csr_condition(o: &Value) -> String {
+    let has = |t: &str| {
+        o.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c.get("type").and_then(Value::as_str) == Some(t))
+    };
+    let mut out = if has("Denied") {
+        "Denied".to_string()
+    } else if has("Approved") {
+        "Approved".to_string()
+    } else {
+        "Pending".to_string()
+    };
+    if has("Failed") {
+        out.push_str(",Failed");
+    }
+    if !s(o, "/status/certificate").is_empty() {
+        out.push_str(",Issued");
+    }
+    out
 }
 
 /// Row functions leave the name out (every printer but the events' starts

@@ -8,6 +8,9 @@ use crate::resources::Resource;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
+mod control;
+pub use control::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
+
 const MAX_DATA_SIZE: usize = 1024 * 1024;
 
 pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
@@ -41,12 +44,24 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
         ("storage.k8s.io", "StorageClass") => storage_class(obj, old, e),
         ("networking.k8s.io", "NetworkPolicy") => network_policy(obj, e),
         ("authorization.k8s.io", "SelfSubjectAccessReview") => ssar(obj, e),
+        ("scheduling.k8s.io", "PriorityClass") => control::priority_class(obj, old, e),
+        ("node.k8s.io", "RuntimeClass") => control::runtime_class(obj, old, e),
+        ("policy", "PodDisruptionBudget") => control::pod_disruption_budget(obj, e),
+        ("discovery.k8s.io", "EndpointSlice") => control::endpoint_slice(obj, old, e),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            control::certificate_signing_request(obj, old, e)
+        }
+        ("events.k8s.io", "Event") => control::events_v1(obj, old, e),
         _ => {}
     }
 }
 
-pub(super) fn validate_status(r: &Resource, obj: &Value, e: &mut FieldErrors) {
+pub(super) fn validate_status(r: &Resource, obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
     match (r.group, r.kind) {
+        ("policy", "PodDisruptionBudget") => control::pod_disruption_budget_status(obj, e),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            control::csr_conditions(obj, old, e)
+        }
         ("", "Pod") => {
             if let Some(p) = str_at(obj, "/status/phase") {
                 one_of(

@@ -11,6 +11,7 @@ pub mod names;
 mod network;
 
 pub use errors::{ErrorType, FieldError, FieldErrors};
+pub use kinds::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
 pub use names::NameRule;
 pub use network::{parse_cidr, Cidr};
 
@@ -27,6 +28,7 @@ pub fn name_rule(r: &Resource) -> NameRule {
         ("", "Service") => NameRule::Dns1035Label,
         ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => NameRule::PathSegment,
         ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        ("certificates.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
@@ -58,7 +60,7 @@ pub fn validate_status_update(r: &Resource, new: &Value, old: &Value) -> Result<
     let mut errs = FieldErrors::default();
     validate_object_meta(r, new, &mut errs);
     validate_object_meta_update(new, old, &mut errs);
-    kinds::validate_status(r, new, &mut errs);
+    kinds::validate_status(r, new, Some(old), &mut errs);
     errs.into_result()
 }
 
