@@ -14,8 +14,21 @@ use crate::auth::UserInfo;
 use crate::error::{ApiError, Subject};
 use crate::obj;
 
-/// Settings of the built-in admission plugins (kube-apiserver's flags for them).
-#[derive(Debug, Clone)]
+mod lookup;
+mod pod;
+mod quota;
+mod storage;
+
+pub use pod::{
+    DefaultTolerationSeconds, Priority, RuntimeClass, ServiceAccount, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME_PREFIX,
+};
+pub use quota::{LimitRangeHook, LimitRanger, QuotaHook, ResourceQuota};
+pub use storage::DefaultStorageClass;
+
+/// Settings of the built-in admission plugins (kube-apiserver's flags for them), and
+/// the hooks the tenancy work fills.
+#[derive(Clone)]
 pub struct PluginConfig {
     /// DefaultTolerationSeconds: how long pods tolerate `node.kubernetes.io/not-ready`
     /// (`--default-not-ready-toleration-seconds`, 300).
@@ -23,6 +36,13 @@ pub struct PluginConfig {
     /// DefaultTolerationSeconds: how long pods tolerate `node.kubernetes.io/unreachable`
     /// (`--default-unreachable-toleration-seconds`, 300).
     pub unreachable_toleration_seconds: i64,
+    /// ServiceAccount: refuse pods whose service account does not exist (Kubernetes
+    /// does; the ServiceAccount controller creates `default` in every namespace).
+    pub require_service_account: bool,
+    /// LimitRanger's enforcement (`None`: the plugin admits everything).
+    pub limit_ranges: Option<Arc<dyn LimitRangeHook>>,
+    /// ResourceQuota's enforcement (`None`: the plugin admits everything).
+    pub quota: Option<Arc<dyn QuotaHook>>,
 }
 
 impl Default for PluginConfig {
@@ -30,17 +50,38 @@ impl Default for PluginConfig {
         PluginConfig {
             not_ready_toleration_seconds: 300,
             unreachable_toleration_seconds: 300,
+            require_service_account: true,
+            limit_ranges: None,
+            quota: None,
         }
     }
 }
 
-/// Kubernetes' default admission chain, in kube-apiserver's order.
+/// Kubernetes' default admission chain, in kube-apiserver's order: NamespaceLifecycle,
+/// LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds, DefaultStorageClass,
+/// RuntimeClass, ResourceQuota.
 pub fn default_chain(
     store: Arc<dyn h8s_store::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    _cfg: &PluginConfig,
+    cfg: &PluginConfig,
 ) -> Vec<Arc<dyn Admission>> {
-    vec![Arc::new(NamespaceLifecycle::new(store, shutdown))]
+    let lookup = lookup::Lookup::new(store.clone());
+    vec![
+        Arc::new(NamespaceLifecycle::new(store, shutdown)),
+        Arc::new(LimitRanger::new(lookup.clone(), cfg.limit_ranges.clone())),
+        Arc::new(ServiceAccount::new(
+            lookup.clone(),
+            cfg.require_service_account,
+        )),
+        Arc::new(Priority::new(lookup.clone())),
+        Arc::new(DefaultTolerationSeconds {
+            not_ready_seconds: cfg.not_ready_toleration_seconds,
+            unreachable_seconds: cfg.unreachable_toleration_seconds,
+        }),
+        Arc::new(DefaultStorageClass::new(lookup.clone())),
+        Arc::new(RuntimeClass::new(lookup.clone())),
+        Arc::new(ResourceQuota::new(lookup, cfg.quota.clone())),
+    ]
 }
 
 /// The kind of write being admitted.
@@ -239,3 +280,6 @@ impl Admission for NamespaceLifecycle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

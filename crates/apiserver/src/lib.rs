@@ -41,7 +41,10 @@ mod svc;
 mod util;
 mod watch;
 
-pub use admission::{Admission, NamespaceLifecycle, Operation, Request as AdmissionRequest};
+pub use admission::{
+    Admission, LimitRangeHook, NamespaceLifecycle, Operation, PluginConfig as AdmissionConfig,
+    QuotaHook, Request as AdmissionRequest, TOKEN_MOUNT_PATH, TOKEN_VOLUME_PREFIX,
+};
 pub use api::{GIT_VERSION, KUBE_MINOR};
 pub use response::Body;
 pub use seams::{CsrSigner, Reviewer};

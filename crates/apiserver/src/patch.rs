@@ -160,7 +160,13 @@ impl Api {
                     let mut new = if apply {
                         ssa(Some(old))?
                     } else {
-                        apply_simple(media, t2.res.group, t2.res.kind, old, &body)?
+                        let mut new = apply_simple(media, t2.res.group, t2.res.kind, old, &body)?;
+                        // A patch is a precondition only when it names another
+                        // resourceVersion; else it is retried on races, as in Kubernetes.
+                        if crate::obj::resource_version(&new) == crate::obj::resource_version(old) {
+                            crate::obj::meta_mut(&mut new).remove("resourceVersion");
+                        }
+                        new
                     };
                     if apply {
                         // Apply carries no precondition unless it names a resourceVersion.

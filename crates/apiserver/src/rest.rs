@@ -62,12 +62,12 @@ fn invalid_fields(
 
 /// An object read from the store, in the form `t` serves.
 pub(crate) fn decode_for(t: &Target, kv: &KeyValue) -> Result<Value, ApiError> {
-    Ok(t.strategy().from_storage(obj::decode(kv)?))
+    Ok(t.strategy().served_form(obj::decode(kv)?))
 }
 
 /// An object as the store keeps it.
 pub(crate) fn encode_for(t: &Target, o: &Value) -> Bytes {
-    match t.strategy().to_storage(o) {
+    match t.strategy().stored_form(o) {
         Some(stored) => obj::encode(&stored),
         None => obj::encode(o),
     }
@@ -880,8 +880,13 @@ impl Api {
                 }
                 let mut new = old.clone();
                 obj::set_at(&mut new, paths.spec_replicas, json!(replicas));
+                // Only a resourceVersion other than the read one is a precondition.
                 let rv = obj::resource_version(&new_scale).to_string();
-                obj::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+                if rv == obj::resource_version(&old) {
+                    obj::meta_mut(&mut new).remove("resourceVersion");
+                } else {
+                    obj::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+                }
                 Ok(new)
             })
             .await?;

@@ -230,7 +230,7 @@ fn translate(
     strategy: &dyn Strategy,
 ) -> Result<Option<(&'static str, Value)>, ApiError> {
     let decode = |kv: &h8s_store::KeyValue| -> Result<Value, ApiError> {
-        Ok(strategy.from_storage(obj::decode(kv)?))
+        Ok(strategy.served_form(obj::decode(kv)?))
     };
     match ev {
         h8s_store::Event::Put { kv, prev } => {

@@ -28,31 +28,11 @@ impl Strategy for EventsV1 {
         core().field_value(&events::v1_to_core(o.clone()), field)
     }
 
-    fn to_storage(&self, o: &Value) -> Option<Value> {
+    fn stored_form(&self, o: &Value) -> Option<Value> {
         Some(events::v1_to_core(o.clone()))
     }
 
-    fn from_storage(&self, o: Value) -> Value {
+    fn served_form(&self, o: Value) -> Value {
         events::core_to_v1(o)
-    }
-
-    fn table(
-        &self,
-        _res: &Resource,
-        objs: &[Value],
-        include_object: &str,
-        list_meta: Value,
-    ) -> Value {
-        let core_objs: Vec<Value> = objs.iter().cloned().map(events::v1_to_core).collect();
-        let mut t = super::generic_table(core(), &core_objs, include_object, list_meta);
-        if include_object == "Object" {
-            // Rows carry the object as this resource serves it.
-            if let Some(rows) = t.get_mut("rows").and_then(Value::as_array_mut) {
-                for (row, o) in rows.iter_mut().zip(objs) {
-                    row["object"] = o.clone();
-                }
-            }
-        }
-        t
     }
 }

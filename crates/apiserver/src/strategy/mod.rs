@@ -9,7 +9,9 @@
 mod csr;
 mod events;
 pub(crate) mod pod;
-mod simple;
+
+pub(crate) use simple::system_priority_class_description;
+pub(crate) mod simple;
 
 use futures::future::BoxFuture;
 use h8s_types::resources::FieldSelectorError;
@@ -161,12 +163,12 @@ pub(crate) trait Strategy: Send + Sync {
 
     /// The object as the store keeps it when that differs from the served form (a kind
     /// served in two groups keeps one form); `None`: as served.
-    fn to_storage(&self, _o: &Value) -> Option<Value> {
+    fn stored_form(&self, _o: &Value) -> Option<Value> {
         None
     }
 
     /// The object as this resource serves it, from its stored form.
-    fn from_storage(&self, o: Value) -> Value {
+    fn served_form(&self, o: Value) -> Value {
         o
     }
 

@@ -114,28 +114,24 @@ impl Strategy for NoGeneration {
     }
 }
 
-/// The PriorityClasses every cluster has, with kube-apiserver's values.
-pub(crate) const SYSTEM_PRIORITY_CLASSES: &[(&str, i64, &str)] = &[
-    (
-        "system-node-critical",
-        2_000_001_000,
-        "Used for system critical pods that must not be moved from their current node.",
-    ),
-    (
-        "system-cluster-critical",
-        2_000_000_000,
-        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
-    ),
-];
+/// What kube-apiserver says of each system PriorityClass.
+pub(crate) fn system_priority_class_description(name: &str) -> &'static str {
+    match name {
+        "system-node-critical" => {
+            "Used for system critical pods that must not be moved from their current node."
+        }
+        _ => "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    }
+}
 
 /// PriorityClasses: the system classes cannot be deleted.
 pub(crate) struct PriorityClass;
 
 impl Strategy for PriorityClass {
     fn check_delete(&self, o: &Value) -> Result<(), String> {
-        if SYSTEM_PRIORITY_CLASSES
+        if h8s_types::validation::SYSTEM_PRIORITY_CLASSES
             .iter()
-            .any(|(n, _, _)| *n == obj::name(o))
+            .any(|(n, _)| *n == obj::name(o))
         {
             return Err("this is a system priority class and cannot be deleted".into());
         }
