@@ -939,3 +939,106 @@ fn statefulset_kubectl_1_30() {
 fn statefulset_kubectl_1_33() {
     statefulset_flow("1.33");
 }
+
+fn cronjob_flow(ver: &str, wait_for_schedule: bool) {
+    let ns = ns_for(ver, "cj");
+    kubectl(ver, &["create", "namespace", &ns]);
+    kubectl(
+        ver,
+        &[
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox",
+            "--schedule=* * * * *",
+            "-n",
+            &ns,
+            "--",
+            "sh",
+            "-c",
+            "date",
+        ],
+    );
+    // Run by hand, as `kubectl create job --from` does (client-side, owned by the CronJob).
+    kubectl(
+        ver,
+        &["create", "job", "manual", "--from=cronjob/tick", "-n", &ns],
+    );
+    kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/manual",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+    );
+    if !wait_for_schedule {
+        return;
+    }
+    // The schedule fires at the next minute: a job named tick-<minutes since the epoch>.
+    let mut fired = String::new();
+    eventually(90, "a scheduled job", || {
+        let v = get_json(ver, &["get", "jobs", "-n", &ns]);
+        let names: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string))
+            .filter(|n| n.starts_with("tick-"))
+            .collect();
+        match names.first() {
+            Some(n) => {
+                fired = n.clone();
+                Ok(())
+            }
+            None => Err(format!("{names:?}")),
+        }
+    });
+    let minutes: i64 = fired
+        .trim_start_matches("tick-")
+        .parse()
+        .expect("minutes in the job name");
+    let now = h8s_client::k8s_openapi::jiff::Timestamp::now().as_second() / 60;
+    assert!((now - 2..=now).contains(&minutes), "{fired} vs {now}");
+    kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=complete",
+            &format!("job/{fired}"),
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+    );
+    eventually(30, "lastScheduleTime and lastSuccessfulTime", || {
+        let c = get_json(ver, &["get", "cronjob", "tick", "-n", &ns]);
+        (c["status"]["lastScheduleTime"].is_string()
+            && c["status"]["lastSuccessfulTime"].is_string())
+        .then_some(())
+        .ok_or(c["status"].to_string())
+    });
+    let ev = kubectl(ver, &["get", "events", "-n", &ns]);
+    assert!(
+        ev.contains("SuccessfulCreate") && ev.contains("SawCompletedJob"),
+        "{ev}"
+    );
+}
+
+#[test]
+fn cronjob_kubectl_1_27() {
+    cronjob_flow("1.27", false);
+}
+
+#[test]
+fn cronjob_kubectl_1_30() {
+    cronjob_flow("1.30", false);
+}
+
+#[test]
+fn cronjob_kubectl_1_33_fires_on_schedule() {
+    cronjob_flow("1.33", true);
+}
