@@ -24,7 +24,7 @@ mod selector;
 pub use cluster::Cluster;
 pub use filter::{Code, Plugin, PreFilter, Status};
 pub use model::{NodeInfo, PodInfo, Resources};
-pub use preempt::{preempt, Preemption};
+pub use preempt::{preempt, NoPreemption, Preemption};
 pub use quantity::parse_scaled;
 pub use schedule::{
     num_feasible_nodes_to_find, Decision, FitError, Options, ScheduleError, Scheduler,

@@ -27,11 +27,31 @@ fn more_important(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
         .then_with(|| a.created.cmp(&b.created))
 }
 
-/// Finds a preemption for `pod` after `fit` refused every node. `Err` carries the
-/// post-filter message without its `preemption: ` prefix.
-pub fn preempt(c: &Cluster, pod: &PodInfo, fit: &FitError) -> Result<Preemption, String> {
+/// Why preemption did not happen.
+#[derive(Debug, PartialEq)]
+pub struct NoPreemption {
+    /// The post-filter message, without its `preemption: ` prefix.
+    pub message: String,
+    /// Whether the pod's nominated node is to be cleared (no candidate was found; an
+    /// ineligible pod keeps its nomination).
+    pub clear_nomination: bool,
+}
+
+impl NoPreemption {
+    fn ineligible(m: &str) -> NoPreemption {
+        NoPreemption {
+            message: m.to_string(),
+            clear_nomination: false,
+        }
+    }
+}
+
+/// Finds a preemption for `pod` after `fit` refused every node.
+pub fn preempt(c: &Cluster, pod: &PodInfo, fit: &FitError) -> Result<Preemption, NoPreemption> {
     if pod.preemption_never {
-        return Err("not eligible due to preemptionPolicy=Never.".into());
+        return Err(NoPreemption::ineligible(
+            "not eligible due to preemptionPolicy=Never.",
+        ));
     }
     if !pod.nominated_node.is_empty() {
         let code = crate::schedule::code_of(fit, &pod.nominated_node);
@@ -41,9 +61,9 @@ pub fn preempt(c: &Cluster, pod: &PodInfo, fit: &FitError) -> Result<Preemption,
                     .iter()
                     .any(|p| p.terminating && p.priority < pod.priority)
                 {
-                    return Err(
-                        "not eligible due to a terminating pod on the nominated node.".into(),
-                    );
+                    return Err(NoPreemption::ineligible(
+                        "not eligible due to a terminating pod on the nominated node.",
+                    ));
                 }
             }
         }
@@ -125,7 +145,10 @@ pub fn preempt(c: &Cluster, pod: &PodInfo, fit: &FitError) -> Result<Preemption,
         if rest > 0 {
             *counts.entry(PREEMPTION_NOT_HELPFUL).or_default() += rest;
         }
-        return Err(histogram_message(fit.num_all_nodes, &counts, ""));
+        return Err(NoPreemption {
+            message: histogram_message(fit.num_all_nodes, &counts, ""),
+            clear_nomination: true,
+        });
     }
     // kube-scheduler's pickOneNodeForPreemption (without PDBs): lowest highest-victim
     // priority, then lowest sum of priorities, then fewest victims.

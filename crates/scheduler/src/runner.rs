@@ -434,9 +434,9 @@ impl Runner {
                                     victims = pre.victims;
                                     nominated = Some(pre.node);
                                 }
-                                Err(post) => {
-                                    fit.post_filter_msg = format!("preemption: {post}");
-                                    if !p.nominated_node.is_empty() {
+                                Err(no) => {
+                                    fit.post_filter_msg = format!("preemption: {}", no.message);
+                                    if no.clear_nomination && !p.nominated_node.is_empty() {
                                         self.cluster.clear_nominated(&p.uid);
                                         nominated = Some(String::new());
                                     }

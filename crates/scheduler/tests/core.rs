@@ -152,7 +152,7 @@ fn resources_fit_and_message_wording() {
         panic!()
     };
     // Memory beyond the node's whole allocatable: preemption cannot help anywhere.
-    let msg = preempt(&c, &p, &fit).unwrap_err();
+    let msg = preempt(&c, &p, &fit).unwrap_err().message;
     assert_eq!(
         msg,
         "0/3 nodes are available: 3 Preemption is not helpful for scheduling."
@@ -851,7 +851,7 @@ fn preemption_picks_fewest_lowest_priority_victims() {
         panic!()
     };
     assert_eq!(
-        preempt(&c, &low, &fit).unwrap_err(),
+        preempt(&c, &low, &fit).unwrap_err().message,
         "0/2 nodes are available: 2 No preemption victims found for incoming pod."
     );
     // preemptionPolicy Never.
@@ -865,7 +865,7 @@ fn preemption_picks_fewest_lowest_priority_victims() {
         panic!()
     };
     assert_eq!(
-        preempt(&c, &never, &fit).unwrap_err(),
+        preempt(&c, &never, &fit).unwrap_err().message,
         "not eligible due to preemptionPolicy=Never."
     );
     // Evicting everything lower is not enough: the filter's reason.
@@ -874,9 +874,34 @@ fn preemption_picks_fewest_lowest_priority_victims() {
         panic!()
     };
     assert_eq!(
-        preempt(&c, &huge, &fit).unwrap_err(),
+        preempt(&c, &huge, &fit).unwrap_err().message,
         "0/2 nodes are available: 1 Insufficient cpu, 1 No preemption victims found for incoming pod."
     );
+}
+
+#[test]
+fn preemptor_waits_for_its_terminating_victims() {
+    let mut c = Cluster::new();
+    c.upsert_node(&node("a", "1", "2Gi", json!({})));
+    let victim = pod(
+        "v",
+        "1",
+        "100Mi",
+        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"priority": 1}}),
+    );
+    assert!(victim.terminating);
+    bind(&mut c, victim, "a");
+    let mut hi = pod("hi", "1", "100Mi", json!({"spec": {"priority": 10}}));
+    hi.nominated_node = "a".into();
+    let ScheduleError::Fit(fit) = sched().schedule(&c, &hi).unwrap_err() else {
+        panic!()
+    };
+    let no = preempt(&c, &hi, &fit).unwrap_err();
+    assert_eq!(
+        no.message,
+        "not eligible due to a terminating pod on the nominated node."
+    );
+    assert!(!no.clear_nomination);
 }
 
 #[test]
