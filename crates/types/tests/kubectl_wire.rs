@@ -443,6 +443,21 @@ fn kubectl_133_protobuf_bodies_decode_to_their_json_form() {
             "--",
             "date",
         ],
+        &[
+            "create",
+            "priorityclass",
+            "high",
+            "--value=1000",
+            "--description=important",
+            "--preemption-policy=Never",
+        ],
+        &[
+            "create",
+            "poddisruptionbudget",
+            "pdb",
+            "--selector=app=web",
+            "--min-available=50%",
+        ],
     ];
     for cmd in commands {
         let before = server.seen.lock().unwrap().len();

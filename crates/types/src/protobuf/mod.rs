@@ -114,8 +114,10 @@ fn debug_render(
     use k8s_pb::api::{
         apps::v1 as apps, authentication::v1 as authn, authentication::v1beta1 as authn_b1,
         authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coord, core::v1 as core, networking::v1 as net, policy::v1 as policy,
-        rbac::v1 as rbac, storage::v1 as storage,
+        certificates::v1 as certificates, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as net, node::v1 as node,
+        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
     let gv = split_api_version(api_version);
@@ -155,6 +157,13 @@ fn debug_render(
         ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", authz::SelfSubjectAccessReview),
         ("autoscaling", "v1", "Scale", autoscaling::Scale),
         ("policy", "v1", "Eviction", policy::Eviction),
+        ("policy", "v1", "PodDisruptionBudget", policy::PodDisruptionBudget),
+        ("authentication.k8s.io", "v1", "TokenReview", authn::TokenReview),
+        ("certificates.k8s.io", "v1", "CertificateSigningRequest", certificates::CertificateSigningRequest),
+        ("discovery.k8s.io", "v1", "EndpointSlice", discovery::EndpointSlice),
+        ("events.k8s.io", "v1", "Event", events::Event),
+        ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
+        ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
         ("meta.k8s.io", "v1", "DeleteOptions", meta::DeleteOptions),
         ("", "v1", "DeleteOptions", meta::DeleteOptions),
     );
