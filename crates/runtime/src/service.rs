@@ -95,6 +95,16 @@ pub trait ContainerService: Send + Sync {
     ) -> BoxFuture<'a, Result<Stream>>;
     /// The container's CRI log file (it may not exist yet).
     fn log_path(&self, pod: &str, name: &str) -> PathBuf;
+    /// A connection to `127.0.0.1:port` inside the pod VM, as a stream (stdin to the port,
+    /// stdout from it, exit at its end). Runtimes without it refuse.
+    fn port_forward<'a>(&'a self, pod: &'a str, port: u16) -> BoxFuture<'a, Result<Stream>> {
+        let _ = (pod, port);
+        Box::pin(async {
+            Err(crate::Error::FailedPrecondition(
+                "this runtime cannot forward ports".into(),
+            ))
+        })
+    }
 }
 
 /// Images (CRI `PullImage`, `ListImages`, `ImageStatus`, `RemoveImage`; plus import and the
@@ -197,6 +207,9 @@ impl ContainerService for Runtime {
     }
     fn log_path(&self, pod: &str, name: &str) -> PathBuf {
         Runtime::log_path(self, pod, name)
+    }
+    fn port_forward<'a>(&'a self, pod: &'a str, port: u16) -> BoxFuture<'a, Result<Stream>> {
+        Box::pin(Runtime::port_forward(self, pod, port))
     }
 }
 

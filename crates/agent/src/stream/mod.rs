@@ -18,11 +18,13 @@
 //! and whose common name is allowed ([`APISERVER_CLIENT_CN`] by default): the API server
 //! proxies users' requests here after its own authentication and authorization.
 //!
-//! What it streams comes from a [`StreamBackend`]; [`RuntimeBackend`] is the one over the
-//! pod runtime (`h8s-runtime`).
+//! What it streams comes from a [`StreamBackend`]: [`LookupBackend`] in a running agent
+//! (its pod table names the sandbox and container instances), [`RuntimeBackend`] over the
+//! bare pod runtime (pods found by their CRI labels).
 
 mod exec;
 mod logs;
+mod lookup_backend;
 mod portforward;
 mod runtime_backend;
 pub mod spdy;
@@ -44,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+pub use lookup_backend::LookupBackend;
 pub use runtime_backend::RuntimeBackend;
 
 /// The common name of the API server's client certificate for node agents (kubeadm's name).

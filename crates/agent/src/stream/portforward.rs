@@ -114,8 +114,12 @@ pub(crate) async fn serve(
 
 /// The ports of a channel WebSocket request (`port`, or the API's `ports`; comma lists).
 fn ports(q: &Query) -> Result<Vec<u16>, String> {
+    // kubelet's `port`; the API's `ports` when a client calls the agent with the API's
+    // names (the API server passes both).
     let mut raw = q.all("port");
-    raw.extend(q.all("ports"));
+    if raw.is_empty() {
+        raw = q.all("ports");
+    }
     if raw.is_empty() {
         return Err("query parameter \"port\" is required".into());
     }
@@ -386,8 +390,12 @@ mod tests {
     fn port_lists() {
         assert_eq!(ports(&Query::parse("port=80")).unwrap(), vec![80]);
         assert_eq!(
-            ports(&Query::parse("ports=80,8080&port=9")).unwrap(),
-            vec![9, 80, 8080]
+            ports(&Query::parse("ports=80,8080")).unwrap(),
+            vec![80, 8080]
+        );
+        assert_eq!(
+            ports(&Query::parse("ports=8080&port=8080")).unwrap(),
+            vec![8080]
         );
         assert!(ports(&Query::parse("")).is_err());
         assert!(ports(&Query::parse("port=0")).is_err());

@@ -39,7 +39,7 @@ impl RuntimeBackend {
     }
 }
 
-fn from_runtime(e: h8s_runtime::Error) -> BackendError {
+pub(crate) fn from_runtime(e: h8s_runtime::Error) -> BackendError {
     use h8s_runtime::Error as E;
     match e {
         E::NotFound { .. } => BackendError::NotFound(e.to_string()),
@@ -77,7 +77,7 @@ async fn resolve(rt: &Runtime, pod: &PodRef) -> Result<String, BackendError> {
 }
 
 /// Bridges a runtime stream to a [`Session`] through bounded queues.
-fn bridge(stream: h8s_runtime::Stream) -> Session {
+pub(crate) fn bridge(stream: h8s_runtime::Stream) -> Session {
     let h8s_runtime::Stream {
         input: mut rt_in,
         output: mut rt_out,
@@ -230,7 +230,7 @@ impl StreamBackend for RuntimeBackend {
 
 /// A runtime port-forward stream as a byte stream: stdin frames carry bytes to the pod,
 /// stdout frames bring them back, the exit is the connection's end.
-fn conn(stream: h8s_runtime::Stream) -> tokio::io::DuplexStream {
+pub(crate) fn conn(stream: h8s_runtime::Stream) -> tokio::io::DuplexStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (near, far) = tokio::io::duplex(64 * 1024);
     let (mut far_rd, mut far_wr) = tokio::io::split(far);
