@@ -324,12 +324,10 @@ pub(crate) fn plan(cj: &CronJob, jobs: &[Arc<Job>], now: Timestamp, zone: &TimeZ
             return finish(p, status, active);
         }
     };
-    let next_in = |now: Timestamp| {
-        cron.next_after(now, &tz)
-            .and_then(|n| Duration::try_from(n.duration_since(now)).ok())
-            .map(|d| d + Duration::from_millis(100))
-    };
-    p.requeue = next_in(now);
+    p.requeue = cron
+        .next_after(now, &tz)
+        .and_then(|n| Duration::try_from(n.duration_since(now)).ok())
+        .map(|d| d + Duration::from_millis(100));
     // The most recent unmet scheduled time.
     let mut earliest = status
         .last_schedule_time
@@ -684,7 +682,7 @@ mod tests {
         });
         let p = plan(
             &c,
-            &[running.clone()],
+            std::slice::from_ref(&running),
             ts("2026-01-01T10:00:30Z"),
             &TimeZone::UTC,
         );

@@ -236,6 +236,10 @@ pub(crate) struct Plan {
     pub(crate) events: Vec<(bool, &'static str, String)>,
 }
 
+/// A node that should run a daemon pod, with its pod of an old revision and of the
+/// current one.
+type NodePods = (String, Option<Arc<Pod>>, Option<Arc<Pod>>);
+
 fn pod_hash(p: &Pod) -> Option<&str> {
     p.metadata
         .labels
@@ -286,7 +290,7 @@ pub(crate) fn plan(
     let mut available = 0;
     let mut updated = 0;
     // (node, old pod, new pod) of nodes that should run a pod, for the rolling update.
-    let mut runs: Vec<(String, Option<Arc<Pod>>, Option<Arc<Pod>>)> = Vec::new();
+    let mut runs: Vec<NodePods> = Vec::new();
     for node in nodes {
         let name = node.name_any();
         let (run, keep) = should_run(ds, node);

@@ -527,11 +527,37 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let seen = Arc::new(SeenRevision::default());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer);
     let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .with_config(Config::default().concurrency(8));
+    // Finished or deleted pods whose Job is gone still carry the tracking finalizer:
+    // Kubernetes' job controller removes it, so they can go.
+    let (orphans_tx, orphans_rx) =
+        tokio::sync::mpsc::channel::<(String, String, Option<String>)>(1024);
+    let job_store = controller.store();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(pod_writer)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
+                if has_finalizer(p) && outcome(p).is_some() {
+                    let owner = workload::controller_of(&p.metadata);
+                    let alive = owner.is_some_and(|r| {
+                        job_store
+                            .state()
+                            .iter()
+                            .any(|j| j.metadata.uid.as_deref() == Some(r.uid.as_str()))
+                    });
+                    if !alive {
+                        let _ = orphans_tx.try_send((
+                            p.namespace().unwrap_or_default(),
+                            p.name_any(),
+                            owner.map(|r| r.name.clone()),
+                        ));
+                    }
+                }
+            }
+        });
+    tokio::spawn(release_orphans(client.clone(), orphans_rx));
     let triggers = workload::child_triggers(
         pod_events,
         controller.store(),
@@ -561,6 +587,42 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         })
         .await;
     Err(Error::Stopped { name: CONTROLLER })
+}
+
+/// Removes the tracking finalizer of pods whose Job no longer exists (checked against the
+/// API, not the cache).
+async fn release_orphans(
+    client: kube::Client,
+    mut rx: tokio::sync::mpsc::Receiver<(String, String, Option<String>)>,
+) {
+    while let Some((ns, name, job)) = rx.recv().await {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        if let Some(j) = &job {
+            match jobs.get_opt(j).await {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => continue,
+            }
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let Ok(Some(p)) = pods.get_opt(&name).await else {
+            continue;
+        };
+        let fins: Vec<String> = p
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != TRACKING_FINALIZER)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"finalizers": fins}});
+        if let Err(e) = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(error = %e, pod = %name, "releasing an orphan job pod failed");
+        }
+    }
 }
 
 fn error_policy(_: Arc<Job>, e: &ReconcileError, _: Arc<State>) -> Action {
