@@ -31,6 +31,7 @@ mod events;
 mod pods;
 mod quantity;
 mod status;
+mod volumes;
 mod worker;
 
 pub use pods::PodLookup;
@@ -139,6 +140,8 @@ pub struct PodNetworkConfig {
     pub name: String,
     /// Its subnet, e.g. `10.88.0.0/16`.
     pub cidr: String,
+    /// Its VXLAN VNI when created (0: the lowest free one).
+    pub vni: u32,
 }
 
 /// The streaming server's listening address and TLS.

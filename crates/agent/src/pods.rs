@@ -169,7 +169,7 @@ impl Dispatcher {
             let net = h8s_net::Network {
                 name: n.name.clone(),
                 tenant: "h8s-system".into(),
-                vni: 0,
+                vni: n.vni,
                 subnets: vec![subnet],
                 mtu,
                 dns: vec![],

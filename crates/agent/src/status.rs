@@ -455,6 +455,7 @@ mod tests {
                 stdin: false,
                 tty_size: None,
                 init: false,
+                mounts: Vec::new(),
             },
             state,
             exit_code: code,

@@ -114,6 +114,12 @@ struct Worker {
     terminal_handled: bool,
     vm_memory_mib: u32,
     vm_cpus: u32,
+    /// Content volumes as last written into the VM.
+    volumes_written: HashMap<String, Vec<h8s_guest::VolumeFile>>,
+    /// When volumes were last compared with their sources (None: never; containers wait).
+    volumes_checked: Option<Instant>,
+    /// The service account token in projected volumes, and when it was issued.
+    token: Option<(String, Instant)>,
 }
 
 /// Runs one pod until it is gone (or the agent stops).
@@ -151,6 +157,9 @@ pub(crate) async fn run(
         terminal_handled: false,
         vm_memory_mib: 0,
         vm_cpus: 0,
+        volumes_written: HashMap::new(),
+        volumes_checked: None,
+        token: None,
     };
     async move {
         if let Some(sb) = adopted {
@@ -308,6 +317,9 @@ impl Worker {
         self.refresh(&sb);
         if matches!(sb.state, SandboxState::Failed | SandboxState::Stopped) {
             self.vm_died(&sb).await;
+            return;
+        }
+        if !self.sync_volumes(&id).await {
             return;
         }
         if !self.run_init_containers(&id).await {
@@ -648,10 +660,34 @@ impl Worker {
 
     async fn start_sandbox(&mut self) {
         let spec = self.spec();
+        for v in spec.volumes.iter().flatten() {
+            if let Err(e) = crate::volumes::kind(v) {
+                self.ctx
+                    .recorder
+                    .event(&self.pod, None, Warning, "FailedMount", e.0.clone())
+                    .await;
+                self.sandbox_failed(e.0).await;
+                return;
+            }
+        }
         let (mem, cpus) = self.size();
         let mut cfg = SandboxConfig::new(self.sandbox_name.clone());
         cfg.memory_mib = mem;
         cfg.cpus = cpus;
+        let host: String = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.name.clone())
+            .chars()
+            .take(63)
+            .collect();
+        cfg.hostname = Some(host.trim_end_matches(['-', '.']).to_string());
+        let domain = &self.ctx.cfg.cluster_domain;
+        cfg.dns_search = vec![
+            format!("{}.svc.{domain}", self.ns),
+            format!("svc.{domain}"),
+            domain.clone(),
+        ];
         let mut attached = Vec::<String>::new();
         for c in spec
             .init_containers
@@ -785,6 +821,8 @@ impl Worker {
         }
         self.release_network().await;
         self.pod_ip = None;
+        self.volumes_written.clear();
+        self.volumes_checked = None;
         for cs in self.containers.values_mut() {
             cs.view.previous = cs.view.current.take();
             cs.view.previous_id = cs.view.container_id.take();
@@ -800,6 +838,200 @@ impl Worker {
             Some(format!("re-creating the pod VM: {reason}")),
         ));
         self.publish_lookup();
+    }
+
+    /// Writes the content volumes into the VM when their sources changed (every
+    /// `volume_refresh`; at once the first time). `false` while a volume cannot be built
+    /// (its containers wait, as kubelet's do for a failed mount).
+    async fn sync_volumes(&mut self, id: &str) -> bool {
+        let refresh = self.ctx.cfg.pod_timers.volume_refresh;
+        if self.volumes_checked.is_some_and(|t| t.elapsed() < refresh) {
+            return true;
+        }
+        let spec = self.spec();
+        let content: Vec<_> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| crate::volumes::kind(v).ok() == Some(crate::volumes::Kind::Content))
+            .cloned()
+            .collect();
+        if content.is_empty() {
+            self.volumes_checked = Some(Instant::now());
+            return true;
+        }
+        let (cms, secrets, token) = crate::volumes::references(&self.pod);
+        let mut src = crate::volumes::Sources::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        for n in cms {
+            match cm_api.get_opt(&n).await {
+                Ok(v) => {
+                    src.config_maps.insert(
+                        n,
+                        v.map(|cm| {
+                            let mut d: BTreeMap<String, Vec<u8>> = cm
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes()))
+                                .collect();
+                            for (k, v) in cm.binary_data.unwrap_or_default() {
+                                d.insert(k, v.0);
+                            }
+                            d
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(configmap = %n, error = %e, "reading a volume's configmap");
+                    return self.volumes_checked.is_some();
+                }
+            }
+        }
+        let sec_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        for n in secrets {
+            match sec_api.get_opt(&n).await {
+                Ok(v) => {
+                    src.secrets.insert(
+                        n,
+                        v.map(|s| {
+                            let mut d: BTreeMap<String, Vec<u8>> = s
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
+                            for (k, v) in s.string_data.unwrap_or_default() {
+                                d.insert(k, v.into_bytes());
+                            }
+                            d
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %n, error = %e, "reading a volume's secret");
+                    return self.volumes_checked.is_some();
+                }
+            }
+        }
+        if token {
+            // Rotated at 80 % of its life, as kubelet does.
+            let fresh = self
+                .token
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(3600 * 8 / 10));
+            if !fresh {
+                if let Some(t) = self.service_account_token(&spec).await {
+                    self.token = Some((t, Instant::now()));
+                }
+            }
+            src.token = self.token.as_ref().map(|(t, _)| t.clone());
+        }
+        let facts = crate::env::PodFacts {
+            pod_ip: self.pod_ip.clone(),
+            host_ip: self.ctx.host_ip.clone(),
+            node_name: self.ctx.cfg.node_name.clone(),
+            vm_cpu_millis: u128::from(self.vm_cpus.max(1)) * 1000,
+            vm_memory_bytes: u128::from(self.vm_memory_mib) << 20,
+        };
+        let mut ok = true;
+        for v in content {
+            let files = match crate::volumes::files(&self.pod, &v, &facts, &src) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.ctx
+                        .recorder
+                        .event(
+                            &self.pod,
+                            None,
+                            Warning,
+                            "FailedMount",
+                            format!(
+                                "MountVolume.SetUp failed for volume \"{}\" : {}",
+                                v.name, e.0
+                            ),
+                        )
+                        .await;
+                    ok = false;
+                    continue;
+                }
+            };
+            if self.volumes_written.get(&v.name) == Some(&files) {
+                continue;
+            }
+            let content = h8s_guest::VolumeContent {
+                name: v.name.clone(),
+                files: files.clone(),
+            };
+            match self.ctx.runtime.write_volume(id, content).await {
+                Ok(()) => {
+                    tracing::debug!(volume = %v.name, files = files.len(), "volume written");
+                    self.volumes_written.insert(v.name.clone(), files);
+                }
+                Err(e) => {
+                    self.ctx
+                        .recorder
+                        .event(
+                            &self.pod,
+                            None,
+                            Warning,
+                            "FailedMount",
+                            format!(
+                                "MountVolume.SetUp failed for volume \"{}\" : {}",
+                                v.name,
+                                error_chain(&e)
+                            ),
+                        )
+                        .await;
+                    ok = false;
+                }
+            }
+        }
+        // Once the volumes were set up, a failed refresh keeps the old content (as kubelet
+        // does); before that the containers wait and the set-up is retried every sync.
+        if ok || self.volumes_checked.is_some() {
+            self.volumes_checked = Some(Instant::now());
+        }
+        self.volumes_checked.is_some()
+    }
+
+    /// A bound token of the pod's service account (TokenRequest), if the API serves it.
+    async fn service_account_token(
+        &self,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+    ) -> Option<String> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let sa = spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3607),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(self.name.clone()),
+                    uid: Some(self.uid.clone()),
+                }),
+            },
+            ..Default::default()
+        };
+        match api
+            .create_token_request(&sa, &kube::api::PostParams::default(), &req)
+            .await
+        {
+            Ok(t) => t.status.map(|s| s.token),
+            Err(e) => {
+                tracing::debug!(error = %e, "no service account token");
+                None
+            }
+        }
     }
 
     /// Init containers one by one. `true` once all have completed.
@@ -1148,7 +1380,9 @@ impl Worker {
         if argv.is_empty() {
             return Err(format!("no command specified for container {:?}", c.name));
         }
+        let mounts = crate::volumes::mounts(&self.pod, c).map_err(|e| e.0)?;
         Ok(ContainerConfig {
+            mounts,
             name: inst.to_string(),
             image,
             command: argv,

@@ -257,6 +257,12 @@ pub enum Request {
     ConfigureNetwork(NetworkConfig),
     /// Kill every process, sync, and power the VM off. Answered with [`Reply::Done`] just before.
     Shutdown,
+    /// Replace the files of a pod volume (the directory containers mount with
+    /// [`MountSource::PodDir`]) as one atomic change, as kubelet's AtomicWriter does: the new
+    /// files go into a fresh hidden directory, `..data` is switched to it with one rename, and
+    /// the visible names are symlinks through `..data`, so a reader never sees a mix of old
+    /// and new content. Answered with [`Reply::Done`]. (Added in version 1, additive.)
+    WriteVolume(VolumeContent),
     /// Ask for a fresh [`Message::Hello`]: the agent sends one, then answers [`Reply::Done`].
     /// A host that (re)connects to a running VM should send this instead of relying on the
     /// spontaneous greeting: when a disconnect and the next connect reach the guest together,
@@ -296,6 +302,27 @@ pub struct ContainerSpec {
     /// Extra mounts (volumes).
     #[serde(default)]
     pub mounts: Vec<Mount>,
+}
+
+/// The content of a pod volume (ConfigMap, Secret, downward API, projected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeContent {
+    /// The volume's name (its [`MountSource::PodDir`] name).
+    pub name: String,
+    /// Every file of the volume; files not listed disappear.
+    pub files: Vec<VolumeFile>,
+}
+
+/// One file of a [`VolumeContent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFile {
+    /// Relative path inside the volume (no `..`, no leading `/`).
+    pub path: String,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Permission bits; `0o644` when absent.
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 /// How to start an exec session in a container.

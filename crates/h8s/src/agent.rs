@@ -95,6 +95,9 @@ pub struct AgentOpts {
     /// Largest image pull retry delay.
     #[arg(long = "image-pull-backoff-max", default_value = "5m", value_parser = parse_duration)]
     pub image_backoff_max: Duration,
+    /// How often ConfigMap and Secret volumes of running pods are refreshed.
+    #[arg(long = "volume-refresh-period", default_value = "1m", value_parser = parse_duration)]
+    pub volume_refresh: Duration,
     /// How many pod VMs may boot at once.
     #[arg(long = "max-parallel-starts", default_value_t = 2)]
     pub max_parallel_starts: usize,
@@ -110,6 +113,10 @@ pub struct AgentOpts {
     /// The pod Network's subnet.
     #[arg(long = "pod-cidr", default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
+    /// The pod Network's segment id (VXLAN VNI) when the agent creates it (0: the lowest
+    /// free one).
+    #[arg(long = "pod-network-vni", default_value_t = 0)]
+    pub pod_network_vni: u32,
     /// Who owns this node's pod VMs in the runtime's state directory (default: the node
     /// name); agents of different clusters sharing one state directory must differ.
     #[arg(long = "runtime-owner")]
@@ -146,7 +153,7 @@ impl AgentOpts {
             backoff_max: self.backoff_max,
             image_backoff_initial: self.image_backoff,
             image_backoff_max: self.image_backoff_max,
-            ..Default::default()
+            volume_refresh: self.volume_refresh,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
         if let Some(o) = &self.owner {
@@ -183,6 +190,7 @@ impl AgentOpts {
             network: h8s_runtime::network::PodNetwork::new(fabric),
             name: self.pod_network.clone(),
             cidr: self.pod_cidr.clone(),
+            vni: self.pod_network_vni,
         }))
     }
 

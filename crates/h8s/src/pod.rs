@@ -372,6 +372,7 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         stdin: a.interactive,
         tty_size: size,
         init: false,
+        mounts: Vec::new(),
     }
     .with_image_defaults(
         &img.entrypoint,

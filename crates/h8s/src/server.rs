@@ -31,6 +31,11 @@ pub struct ServerArgs {
     /// leader election, controller timers).
     #[command(flatten)]
     pub control: control::ControlArgs,
+    // --- node agent (crates/h8s/src/agent.rs) ---
+    /// The node agent this server runs for its own machine (`--disable-agent` to not).
+    #[command(flatten)]
+    pub agent: crate::agent::LocalAgentArgs,
+    // --- end node agent ---
 }
 
 /// The default data directory: `$XDG_DATA_HOME/h8s`, else `~/.local/share/h8s`.
@@ -81,6 +86,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     // The control loops, as API clients of the ready server.
     let control = control::start(&server, &args.control).context("starting the control plane")?;
+    // --- node agent (crates/h8s/src/agent.rs) ---
+    let agent = crate::agent::start_local(&server, &data_dir, &args.agent).await?;
+    // --- end node agent ---
 
     // Opening already refuses foreign or damaged files; the full consistency check walks
     // every key and the history, so it runs after the server is ready instead of delaying it.
@@ -108,6 +116,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!("shutting down");
+    // --- node agent ---
+    if let Some(a) = agent {
+        a.shutdown().await;
+    }
+    // --- end node agent ---
     control.stop().await;
     server.shutdown().await;
     outcome

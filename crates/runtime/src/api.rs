@@ -90,6 +90,12 @@ pub struct SandboxConfig {
     /// agent leaves this off and decides itself).
     #[serde(default)]
     pub stop_with_containers: bool,
+    /// The pod's hostname (default: its name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// DNS search domains for the pod's `resolv.conf`.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 /// Guest memory of a pod that asks for none, MiB.
@@ -113,6 +119,8 @@ impl SandboxConfig {
             network: None,
             labels: BTreeMap::new(),
             stop_with_containers: false,
+            hostname: None,
+            dns_search: Vec::new(),
         }
     }
 
@@ -209,6 +217,9 @@ pub struct ContainerConfig {
     /// An init container: runs to completion, in order, before app containers.
     #[serde(default)]
     pub init: bool,
+    /// Volumes mounted into the container (pod directories, tmpfs, block devices).
+    #[serde(default)]
+    pub mounts: Vec<h8s_guest::Mount>,
 }
 
 impl ContainerConfig {
@@ -396,6 +407,7 @@ mod tests {
             stdin: false,
             tty_size: None,
             init: false,
+            mounts: vec![],
         };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let m = c.clone().with_image_defaults(

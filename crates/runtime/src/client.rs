@@ -605,6 +605,13 @@ impl Runtime {
         Ok(Stream::new(conn))
     }
 
+    /// Replaces the files of one of the pod's volumes, atomically (containers mount it with
+    /// `h8s_guest::MountSource::PodDir`).
+    #[tracing::instrument(skip(self, content), fields(volume = %content.name))]
+    pub async fn write_volume(&self, id: &str, content: h8s_guest::VolumeContent) -> Result<()> {
+        self.call_ok(id, Request::WriteVolume { content }).await
+    }
+
     /// Waits for a container to exit; returns its exit code.
     pub async fn wait_container(&self, id: &str, name: &str) -> Result<i32> {
         let mut s = self.attach(id, name).await?;

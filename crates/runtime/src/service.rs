@@ -53,6 +53,12 @@ pub trait SandboxService: Send + Sync {
     /// Takes over a pod whose VM runs but whose supervisor died; `false` if there was
     /// nothing to do.
     fn recover<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Replaces the files of one of the pod's volumes, atomically.
+    fn write_volume<'a>(
+        &'a self,
+        id: &'a str,
+        content: h8s_guest::VolumeContent,
+    ) -> BoxFuture<'a, Result<()>>;
     /// The runtime's name, version and accelerator.
     fn info(&self) -> RuntimeInfo;
 }
@@ -156,6 +162,13 @@ impl SandboxService for Runtime {
     }
     fn recover<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(Runtime::recover(self, id))
+    }
+    fn write_volume<'a>(
+        &'a self,
+        id: &'a str,
+        content: h8s_guest::VolumeContent,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::write_volume(self, id, content))
     }
     fn info(&self) -> RuntimeInfo {
         Runtime::info(self)

@@ -125,6 +125,10 @@ pub(crate) enum Request {
     PortForward {
         port: u16,
     },
+    /// Replace a pod volume's files (see `h8s_guest::Request::WriteVolume`).
+    WriteVolume {
+        content: h8s_guest::VolumeContent,
+    },
     /// Stop every container and power the VM off; the shim exits afterwards.
     StopPod {
         timeout_secs: u64,

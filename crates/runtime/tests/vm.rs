@@ -152,6 +152,7 @@ fn container(name: &str, cmd: &[&str]) -> ContainerConfig {
         stdin: false,
         tty_size: None,
         init: false,
+        mounts: Vec::new(),
     }
 }
 

@@ -182,7 +182,10 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         }
     };
     if let (false, Some(net)) = (adopt, rec.config.network.clone()) {
-        if let Err(e) = configure_network(&agent, &rec.config.name, &net).await {
+        let hostname = rec.config.hostname.as_deref().unwrap_or(&rec.config.name);
+        if let Err(e) =
+            configure_network(&agent, hostname, &rec.config.dns_search, &net).await
+        {
             tracing::error!(error = %e, "network set-up failed");
             if let Qemu::Child(c) = &mut qemu {
                 let _ = c.start_kill();
@@ -430,6 +433,7 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
 async fn configure_network(
     agent: &Agent,
     hostname: &str,
+    dns_search: &[String],
     net: &crate::api::NetworkAttachment,
 ) -> Result<()> {
     let cfg = h8s_guest::NetworkConfig {
@@ -441,7 +445,7 @@ async fn configure_network(
             mtu: Some(net.mtu),
         }],
         dns_servers: net.dns.clone(),
-        dns_search: Vec::new(),
+        dns_search: dns_search.to_vec(),
         hostname: Some(hostname.to_string()),
     };
     agent
@@ -843,6 +847,12 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
             let _ = std::fs::remove_file(shim.dir.log_path(&name));
             Ok(Response::Ok)
         }
+        Request::WriteVolume { content } => {
+            shim.agent
+                .request_timeout(GuestRequest::WriteVolume(content), Duration::from_secs(30))
+                .await?;
+            Ok(Response::Ok)
+        }
         Request::Attach { .. }
         | Request::Exec { .. }
         | Request::PortForward { .. }
@@ -913,8 +923,14 @@ async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Respon
                 tty_size: config.tty_size,
             },
             process_id: ProcessId(pid),
-            hostname: Some(st.rec.config.name.clone()),
-            mounts: Vec::new(),
+            hostname: Some(
+                st.rec
+                    .config
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| st.rec.config.name.clone()),
+            ),
+            mounts: config.mounts.clone(),
         };
         // Reserve the name while the guest works on it.
         st.rec.process_ids.insert(config.name.clone(), pid);

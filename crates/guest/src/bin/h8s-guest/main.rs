@@ -11,6 +11,7 @@ mod net;
 mod server;
 mod spawn;
 mod sys;
+mod volume;
 
 use std::fs;
 use std::path::Path;

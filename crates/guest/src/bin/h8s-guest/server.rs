@@ -267,6 +267,7 @@ impl Agent {
             Request::PortForward { process_id, port } => {
                 Some(self.port_forward(process_id, port))
             }
+            Request::WriteVolume(v) => Some(crate::volume::write(&v).map(|()| Reply::Done)),
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))

@@ -1,0 +1,619 @@
+//! The node agent end to end: one real `h8s server` (with its in-process agent, controllers
+//! and scheduler) per test binary, pod VMs under QEMU (TCG here) from the busybox image of
+//! `scripts/setup`, on a node-local pod Network in a temp state dir; kubectl 1.33 as the
+//! client. Every test works in its own namespace and checks that its pods leave no VM,
+//! socket or tap behind. VMs boot at most two at a time (the agent's start limit).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+fn cache() -> PathBuf {
+    std::env::var_os("H8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
+}
+
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    node: String,
+    _child: Child,
+}
+
+impl Cluster {
+    fn root(&self) -> PathBuf {
+        self.dir.join("r")
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(start)
+}
+
+fn start() -> Cluster {
+    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
+        assert!(
+            cache().join(f).exists(),
+            "needs {f} in the cache: run scripts/setup"
+        );
+    }
+    // Short: unix socket paths under the runtime root must stay below 108 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("h8s-ag")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
+    let data = dir.join("data");
+    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["image", "import"])
+        .arg(cache().join("images/busybox-oci"))
+        .env("H8S_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        imp.status.success(),
+        "importing busybox: {}",
+        String::from_utf8_lossy(&imp.stderr)
+    );
+    let pid = std::process::id();
+    let node = format!("agent-test-{pid}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--node-name", &node])
+        .args(["--streaming-port", "0"])
+        .args(["--restart-backoff", "2s", "--restart-backoff-max", "8s"])
+        .args([
+            "--image-pull-backoff",
+            "1s",
+            "--image-pull-backoff-max",
+            "4s",
+        ])
+        .args(["--pod-sync-period", "500ms"])
+        .args(["--node-status-update-frequency", "2s"])
+        .args(["--node-lease-renew-interval", "2s"])
+        .args(["--volume-refresh-period", "2s"])
+        .args(["--pod-network", &format!("agt{}", pid % 100000)])
+        .args(["--pod-cidr", &format!("10.{}.0.0/16", 150 + pid % 50)])
+        .args(["--pod-network-vni", &(5000 + pid % 10000).to_string()])
+        .env("H8S_ROOT", dir.join("r"))
+        .env("H8S_NET_DIR", dir.join("net"))
+        .env("H8S_NET_EGRESS", "false")
+        .env("H8S_BOOT_TIMEOUT", "120")
+        .env("H8S_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::File::create(dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::inherit()),
+        );
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the test.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawning h8s server");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let mut parts = line.split_whitespace();
+    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
+    let _url = parts.next().unwrap();
+    let kubeconfig = PathBuf::from(parts.next().unwrap());
+    eprintln!("cluster in {} (server log: server.log)", dir.display());
+    let c = Cluster {
+        dir,
+        kubeconfig,
+        node,
+        _child: child,
+    };
+    wait(Duration::from_secs(30), "the node to register", || {
+        kubectl_json(&c, &["get", "node", &c.node]).ok()
+    });
+    c
+}
+
+fn kubectl_out(c: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(KUBECTL);
+    cmd.arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn kubectl(c: &Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl_out(c, args, None);
+    assert!(ok, "kubectl {args:?} failed: {err}");
+    out
+}
+
+fn apply(c: &Cluster, ns: &str, yaml: &str) {
+    let (ok, _, err) = kubectl_out(c, &["-n", ns, "apply", "-f", "-"], Some(yaml));
+    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
+}
+
+fn kubectl_json(c: &Cluster, args: &[&str]) -> Result<Value, String> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let (ok, out, err) = kubectl_out(c, &a, None);
+    if !ok {
+        return Err(err);
+    }
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn namespace(c: &Cluster, name: &str) -> String {
+    let ns = format!("{name}-{}", std::process::id() % 100000);
+    kubectl(c, &["create", "namespace", &ns]);
+    ns
+}
+
+fn pod(c: &Cluster, ns: &str, name: &str) -> Value {
+    kubectl_json(c, &["-n", ns, "get", "pod", name]).unwrap_or(Value::Null)
+}
+
+fn container_status(p: &Value) -> Value {
+    p["status"]["containerStatuses"][0].clone()
+}
+
+/// Pod VMs of `ns` the runtime still has (its pod records are labelled with the namespace).
+fn vms_of(c: &Cluster, ns: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(c.root().join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let rec = std::fs::read_to_string(e.path().join("pod.json")).unwrap_or_default();
+        if rec.contains(&format!("\"io.kubernetes.pod.namespace\":\"{ns}\"")) {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Deletes the namespace's pods and checks nothing of them is left: no pod VM record (the
+/// runtime removes it after killing QEMU and the supervisor), no address or tap on the pod
+/// network.
+fn cleanup(c: &Cluster, ns: &str) {
+    let names: Vec<String> = kubectl_json(c, &["-n", ns, "get", "pods"])
+        .ok()
+        .and_then(|l| {
+            l["items"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    kubectl(
+        c,
+        &[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            "--all",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    wait(Duration::from_secs(60), "the pod VMs to go", || {
+        vms_of(c, ns).is_empty().then_some(())
+    });
+    let mut nets = String::new();
+    for e in std::fs::read_dir(c.dir.join("net/networks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        nets.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    for n in names {
+        assert!(
+            !nets.contains(&format!("\"pod\": \"{n}-"))
+                && !nets.contains(&format!("\"pod\":\"{n}-")),
+            "pod {n} still has an address on the pod network"
+        );
+    }
+    kubectl(c, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn bare_pod(name: &str, node: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n{extra}"
+    )
+}
+
+#[test]
+fn node_registers_with_lease_conditions_and_runtime_class() {
+    let c = cluster();
+    let n = kubectl_json(c, &["get", "node", &c.node]).unwrap();
+    let st = &n["status"];
+    assert_eq!(st["nodeInfo"]["kubeletVersion"], "v1.33.0-h8s");
+    assert!(st["nodeInfo"]["containerRuntimeVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("h8s-vm://"));
+    let accel = n["metadata"]["labels"]["h8s.io/accelerator"]
+        .as_str()
+        .unwrap();
+    assert!(accel == "tcg" || accel == "kvm", "{accel}");
+    for cond in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(
+            st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["type"] == cond),
+            "no {cond} condition"
+        );
+    }
+    assert!(st["allocatable"]["memory"].is_string());
+    assert!(
+        st["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let lease = kubectl_json(c, &["-n", "kube-node-lease", "get", "lease", &c.node]).unwrap();
+    let t1 = lease["spec"]["renewTime"].as_str().unwrap().to_string();
+    wait(Duration::from_secs(15), "the lease to be renewed", || {
+        let l = kubectl_json(c, &["-n", "kube-node-lease", "get", "lease", &c.node]).ok()?;
+        (l["spec"]["renewTime"].as_str()? != t1).then_some(())
+    });
+    let rc = kubectl_json(c, &["get", "runtimeclass", "h8s-vm"]).unwrap();
+    assert_eq!(rc["handler"], "h8s-vm");
+    assert!(rc["overhead"]["podFixed"]["memory"].is_string());
+}
+
+#[test]
+fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
+    let c = cluster();
+    let ns = namespace(c, "run");
+    apply(
+        c,
+        &ns,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  greeting: hello-from-configmap\n",
+    );
+    let spec = r#"  containers:
+  - name: web
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo name=$MY_NAME greeting=$(cat /etc/cfg/greeting) host=$(hostname); httpd -f -p 8080"]
+    env:
+    - name: MY_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts:
+    - {name: cfg, mountPath: /etc/cfg}
+    - {name: scratch, mountPath: /scratch}
+    readinessProbe:
+      httpGet: {path: /, port: 8080}
+      periodSeconds: 1
+  volumes:
+  - name: cfg
+    configMap: {name: cfg}
+  - name: scratch
+    emptyDir: {}
+"#;
+    for name in ["web-1", "web-2"] {
+        apply(c, &ns, &bare_pod(name, &c.node, spec));
+    }
+    let mut ips = Vec::new();
+    for name in ["web-1", "web-2"] {
+        let p = wait(Duration::from_secs(240), "pods Running and Ready", || {
+            let p = pod(c, &ns, name);
+            let ready = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|x| x["type"] == "Ready" && x["status"] == "True");
+            (p["status"]["phase"] == "Running" && ready).then_some(p)
+        });
+        let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10."), "{ip}");
+        let cs = container_status(&p);
+        assert!(cs["containerID"].as_str().unwrap().starts_with("h8s-vm://"));
+        assert!(cs["imageID"].as_str().unwrap().contains("@sha256:"));
+        assert_eq!(p["status"]["qosClass"], "BestEffort");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    // The container's own view: env from the downward API, the ConfigMap volume, hostname.
+    let logs = wait(Duration::from_secs(30), "the container's output", || {
+        let (ok, out, _) = kubectl_out(c, &["-n", &ns, "logs", "web-1"], None);
+        (ok && out.contains("greeting=")).then_some(out)
+    });
+    assert!(logs.contains("name=web-1"), "{logs}");
+    assert!(logs.contains("greeting=hello-from-configmap"), "{logs}");
+    assert!(logs.contains("host=web-1"), "{logs}");
+    // A changed ConfigMap reaches the running pod.
+    apply(
+        c,
+        &ns,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  greeting: updated\n",
+    );
+    wait(
+        Duration::from_secs(60),
+        "the ConfigMap update inside the pod",
+        || {
+            let (ok, out, _) = kubectl_out(
+                c,
+                &["-n", &ns, "exec", "web-1", "--", "cat", "/etc/cfg/greeting"],
+                None,
+            );
+            (ok && out.trim() == "updated").then_some(())
+        },
+    );
+    // One pod reaches the other over the pod network.
+    let (ok, out, err) = kubectl_out(
+        c,
+        &[
+            "-n",
+            &ns,
+            "exec",
+            "web-1",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "-T",
+            "5",
+            &format!("http://{}:8080/", ips[1]),
+        ],
+        None,
+    );
+    assert!(
+        ok || out.contains("html") || err.contains("404"),
+        "pod to pod: {out} {err}"
+    );
+    assert_eq!(vms_of(c, &ns).len(), 2);
+    cleanup(c, &ns);
+}
+
+#[test]
+fn crashloop_backoff_with_growing_restart_count() {
+    let c = cluster();
+    let ns = namespace(c, "crash");
+    apply(
+        c,
+        &ns,
+        &bare_pod(
+            "crash",
+            &c.node,
+            "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo boom; exit 3\"]\n",
+        ),
+    );
+    let p = wait(
+        Duration::from_secs(240),
+        "CrashLoopBackOff with restarts",
+        || {
+            let p = pod(c, &ns, "crash");
+            let cs = container_status(&p);
+            (cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && cs["restartCount"].as_i64()? >= 2)
+                .then_some(p)
+        },
+    );
+    let cs = container_status(&p);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(p["status"]["phase"], "Running");
+    let first = cs["restartCount"].as_i64().unwrap();
+    wait(
+        Duration::from_secs(120),
+        "the restart count to grow",
+        || {
+            (container_status(&pod(c, &ns, "crash"))["restartCount"].as_i64()? > first)
+                .then_some(())
+        },
+    );
+    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    assert!(events.contains("BackOff"), "{events}");
+    cleanup(c, &ns);
+}
+
+#[test]
+fn run_to_completion_bad_image_and_bad_command() {
+    let c = cluster();
+    let ns = namespace(c, "done");
+    apply(
+        c,
+        &ns,
+        &bare_pod(
+            "job",
+            &c.node,
+            "  restartPolicy: Never\n  initContainers:\n  - name: init\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"true\"]\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo done\"]\n",
+        ),
+    );
+    apply(
+        c,
+        &ns,
+        &bare_pod(
+            "noimage",
+            &c.node,
+            "  containers:\n  - name: c\n    image: h8s-test-no-such-image:v1\n",
+        ),
+    );
+    apply(
+        c,
+        &ns,
+        &bare_pod(
+            "nocmd",
+            &c.node,
+            "  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"/no/such/command\"]\n",
+        ),
+    );
+    let p = wait(Duration::from_secs(240), "the pod to succeed", || {
+        let p = pod(c, &ns, "job");
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    });
+    assert_eq!(
+        container_status(&p)["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    wait(Duration::from_secs(60), "ImagePullBackOff", || {
+        let cs = container_status(&pod(c, &ns, "noimage"));
+        (cs["state"]["waiting"]["reason"] == "ImagePullBackOff").then_some(())
+    });
+    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    assert!(events.contains("Failed to pull image"), "{events}");
+    let p = wait(Duration::from_secs(240), "StartError", || {
+        let p = pod(c, &ns, "nocmd");
+        (container_status(&p)["state"]["terminated"]["reason"] == "StartError").then_some(p)
+    });
+    let msg = container_status(&p)["state"]["terminated"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("/no/such/command"), "{msg}");
+    assert_eq!(p["status"]["phase"], "Failed");
+    // The finished pods' VMs are stopped at once (their records stay until deletion).
+    cleanup(c, &ns);
+}
+
+#[test]
+fn failing_liveness_restarts_and_readiness_gates_ready() {
+    let c = cluster();
+    let ns = namespace(c, "probe");
+    apply(
+        c,
+        &ns,
+        &bare_pod(
+            "live",
+            &c.node,
+            "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"touch /tmp/ok; sleep 3600\"]\n    livenessProbe:\n      exec: {command: [\"cat\", \"/tmp/ok\"]}\n      periodSeconds: 1\n      failureThreshold: 2\n    readinessProbe:\n      exec: {command: [\"cat\", \"/tmp/ready\"]}\n      periodSeconds: 1\n",
+        ),
+    );
+    wait(
+        Duration::from_secs(240),
+        "the container running, not ready",
+        || {
+            let p = pod(c, &ns, "live");
+            let cs = container_status(&p);
+            (cs["state"]["running"].is_object() && cs["ready"] == false).then_some(())
+        },
+    );
+    // Readiness follows the probe.
+    kubectl(c, &["-n", &ns, "exec", "live", "--", "touch", "/tmp/ready"]);
+    wait(Duration::from_secs(30), "Ready", || {
+        (container_status(&pod(c, &ns, "live"))["ready"] == true).then_some(())
+    });
+    // Liveness failing restarts the container.
+    kubectl(c, &["-n", &ns, "exec", "live", "--", "rm", "/tmp/ok"]);
+    wait(
+        Duration::from_secs(120),
+        "a restart after the liveness failure",
+        || (container_status(&pod(c, &ns, "live"))["restartCount"].as_i64()? >= 1).then_some(()),
+    );
+    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    assert!(events.contains("Unhealthy"), "{events}");
+    cleanup(c, &ns);
+}
+
+#[test]
+fn deployment_scales_and_deletes() {
+    let c = cluster();
+    let ns = namespace(c, "deploy");
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "web",
+            "--image=busybox",
+            "--",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+        ],
+    );
+    let running = |want: usize| {
+        wait(
+            Duration::from_secs(300),
+            "deployment pods Running with IPs",
+            || {
+                let l = kubectl_json(c, &["-n", &ns, "get", "pods"]).ok()?;
+                let items = l["items"].as_array()?;
+                let ok = items
+                    .iter()
+                    .filter(|p| {
+                        p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
+                    })
+                    .count();
+                (ok == want && items.len() == want).then_some(())
+            },
+        )
+    };
+    running(1);
+    kubectl(
+        c,
+        &["-n", &ns, "scale", "deployment", "web", "--replicas=2"],
+    );
+    running(2);
+    kubectl(c, &["-n", &ns, "delete", "deployment", "web"]);
+    wait(
+        Duration::from_secs(120),
+        "the pods and their VMs to go",
+        || {
+            let l = kubectl_json(c, &["-n", &ns, "get", "pods"]).ok()?;
+            (l["items"].as_array()?.is_empty() && vms_of(c, &ns).is_empty()).then_some(())
+        },
+    );
+    cleanup(c, &ns);
+}
