@@ -358,6 +358,7 @@ async fn control_kinds_and_admission() {
         )
         .await;
     assert_eq!(es["ports"][0]["protocol"], "TCP");
+    assert_eq!(es["metadata"]["generation"], 1);
     let (c, _) = t
         .call(
             "POST",

@@ -198,6 +198,7 @@ pub(crate) fn of(res: &Resource) -> &'static dyn Strategy {
         ("", "ReplicationController") => &simple::ReplicationController,
         ("", "PersistentVolume" | "PersistentVolumeClaim") => &simple::NoGeneration,
         ("scheduling.k8s.io", "PriorityClass") => &simple::PriorityClass,
+        ("discovery.k8s.io", "EndpointSlice") => &simple::EndpointSlice,
         ("certificates.k8s.io", "CertificateSigningRequest") => &csr::Csr,
         ("events.k8s.io", "Event") => &events::EventsV1,
         _ => &Generic,

@@ -114,6 +114,16 @@ impl Strategy for NoGeneration {
     }
 }
 
+/// EndpointSlices have no status yet track a generation (their controller compares it
+/// to tell its own writes from stale ones).
+pub(crate) struct EndpointSlice;
+
+impl Strategy for EndpointSlice {
+    fn tracks_generation(&self, _res: &Resource) -> bool {
+        true
+    }
+}
+
 /// What kube-apiserver says of each system PriorityClass.
 pub(crate) fn system_priority_class_description(name: &str) -> &'static str {
     match name {

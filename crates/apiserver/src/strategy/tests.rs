@@ -33,6 +33,8 @@ fn kinds_get_their_strategies() {
     assert!(!of(res("", "v1", "persistentvolumeclaims")).tracks_generation(node));
     let cm = res("", "v1", "configmaps");
     assert!(!of(cm).tracks_generation(cm));
+    let es = res("discovery.k8s.io", "v1", "endpointslices");
+    assert!(of(es).tracks_generation(es));
 }
 
 #[test]
