@@ -50,10 +50,48 @@ impl Api {
         if eviction_of(&pod) == Eviction::CheckBudget {
             self.spend_disruption(cx, t, &pod).await?;
         }
-        match self.delete_one(cx, &pod_t, &name, &opts).await {
-            Ok(_) => Ok(json_response(201, &success_status(201))),
-            Err(e) => Err(e),
+        if !cx.dry_run() && !crate::obj::is_deleting(&pod) {
+            self.mark_disruption_target(cx, t, &name).await?;
         }
+        self.delete_one(cx, &pod_t, &name, &opts).await?;
+        Ok(json_response(201, &success_status(201)))
+    }
+
+    /// Records why the pod goes, as Kubernetes does before an eviction deletes it: the
+    /// `DisruptionTarget` condition (reason `EvictionByEvictionAPI`).
+    async fn mark_disruption_target(
+        self: &Arc<Self>,
+        cx: &Ctx,
+        t: &Target,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let status_t = Target {
+            sub: Some("status".into()),
+            ..t.clone()
+        };
+        let now = crate::util::now_rfc3339();
+        self.guaranteed_update(cx, &status_t, name, false, |cur| {
+            let mut new = cur.cloned().unwrap_or(Value::Null);
+            obj::meta_mut(&mut new).remove("resourceVersion");
+            let cond = serde_json::json!({"type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting",
+                "lastTransitionTime": now, "lastProbeTime": null});
+            if !obj::at(&new, "status.conditions").is_some_and(Value::is_array) {
+                obj::set_at(&mut new, "status.conditions", serde_json::json!([]));
+            }
+            if let Some(list) = new
+                .pointer_mut("/status/conditions")
+                .and_then(Value::as_array_mut)
+            {
+                match list.iter_mut().find(|c| c["type"] == "DisruptionTarget") {
+                    Some(c) => *c = cond,
+                    None => list.push(cond),
+                }
+            }
+            Ok(new)
+        })
+        .await?;
+        Ok(())
     }
 
     /// Spends one disruption of the budget covering `pod`, if any, or refuses.

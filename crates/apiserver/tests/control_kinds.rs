@@ -219,13 +219,19 @@ async fn control_kinds_and_admission() {
     assert_eq!(spec["overhead"], json!({"memory": "64Mi", "cpu": "100m"}));
     assert_eq!(spec["nodeSelector"]["h8s.io/vm"], "true");
     let tol = spec["tolerations"].as_array().unwrap();
-    assert!(tol.iter().any(|t| t["key"] == "node.kubernetes.io/not-ready"
-        && t["tolerationSeconds"] == 120
-        && t["effect"] == "NoExecute"));
-    assert!(tol.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"
-        && t["tolerationSeconds"] == 300));
+    assert!(tol
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/not-ready"
+            && t["tolerationSeconds"] == 120
+            && t["effect"] == "NoExecute"));
+    assert!(tol
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["tolerationSeconds"] == 300));
     let vol = spec["volumes"][0]["name"].as_str().unwrap();
-    assert!(vol.starts_with("kube-api-access-") && vol.len() == 21, "{vol}");
+    assert!(
+        vol.starts_with("kube-api-access-") && vol.len() == 21,
+        "{vol}"
+    );
     assert_eq!(
         spec["containers"][0]["volumeMounts"][0],
         json!({"name": vol, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"})
@@ -285,7 +291,11 @@ async fn control_kinds_and_admission() {
     };
     // The budget's controller has not looked at it yet: 429, retry later.
     let (c, b) = t
-        .call("POST", &format!("{PODS}/web-1/eviction"), Some(evict("web-1")))
+        .call(
+            "POST",
+            &format!("{PODS}/web-1/eviction"),
+            Some(evict("web-1")),
+        )
         .await;
     assert_eq!(c, 429, "{b}");
     assert_eq!(b["details"]["retryAfterSeconds"], 10);
@@ -304,7 +314,11 @@ async fn control_kinds_and_admission() {
         .await;
     assert_eq!(c, 200, "{b}");
     let (c, b) = t
-        .call("POST", &format!("{PODS}/web-1/eviction"), Some(evict("web-1")))
+        .call(
+            "POST",
+            &format!("{PODS}/web-1/eviction"),
+            Some(evict("web-1")),
+        )
         .await;
     assert_eq!(c, 429, "{b}");
     assert_eq!(b["reason"], "TooManyRequests");
@@ -318,6 +332,12 @@ async fn control_kinds_and_admission() {
         "The disruption budget web needs 2 healthy pods and has 3 currently"
     );
     t.ok("GET", &format!("{PODS}/web-1"), None).await;
+    // A watcher sees why the pod goes before it goes.
+    let before = t.ok("GET", &format!("{PODS}/web-1"), None).await;
+    let rv = before["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // One disruption allowed: the eviction spends it and deletes the pod.
     t.raw(
         "PATCH",
@@ -327,22 +347,65 @@ async fn control_kinds_and_admission() {
     )
     .await;
     let (c, b) = t
-        .call("POST", &format!("{PODS}/web-1/eviction"), Some(evict("web-1")))
+        .call(
+            "POST",
+            &format!("{PODS}/web-1/eviction"),
+            Some(evict("web-1")),
+        )
         .await;
     assert_eq!((c, b["status"].clone()), (201, json!("Success")), "{b}");
     let (c, _) = t.call("GET", &format!("{PODS}/web-1"), None).await;
     assert_eq!(c, 404);
+    let req = http::Request::builder()
+        .uri(format!(
+            "{PODS}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Dweb-1&timeoutSeconds=1"
+        ))
+        .header("authorization", format!("Bearer {}", t.admin))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let events = t
+        .srv
+        .api()
+        .handle(req)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let events: Vec<Value> = String::from_utf8_lossy(&events)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let marked = &events[0]["object"]["status"]["conditions"];
+    assert!(
+        marked
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "EvictionByEvictionAPI"),
+        "{events:?}"
+    );
+    assert_eq!(events.last().unwrap()["type"], "DELETED");
     let pdb = t.ok("GET", &format!("{PDBS}/web"), None).await;
     assert_eq!(pdb["status"]["disruptionsAllowed"], 0);
     assert!(pdb["status"]["disruptedPods"]["web-1"].is_string());
     let (c, _) = t
-        .call("POST", &format!("{PODS}/web-2/eviction"), Some(evict("web-2")))
+        .call(
+            "POST",
+            &format!("{PODS}/web-2/eviction"),
+            Some(evict("web-2")),
+        )
         .await;
     assert_eq!(c, 429);
     // A pending pod is evicted whatever the budget says.
     t.ok("POST", PODS, Some(pod("web-3", json!({})))).await;
     let (c, _) = t
-        .call("POST", &format!("{PODS}/web-3/eviction"), Some(evict("web-3")))
+        .call(
+            "POST",
+            &format!("{PODS}/web-3/eviction"),
+            Some(evict("web-3")),
+        )
         .await;
     assert_eq!(c, 201);
 
@@ -388,7 +451,11 @@ async fn control_kinds_and_admission() {
     approved["status"] = json!({"conditions": [{"type": "Approved", "status": "True",
         "reason": "Test", "message": "ok"}]});
     let a = t
-        .ok("PUT", &format!("{csrs}/c1/approval"), Some(approved.clone()))
+        .ok(
+            "PUT",
+            &format!("{csrs}/c1/approval"),
+            Some(approved.clone()),
+        )
         .await;
     assert_eq!(a["status"]["conditions"][0]["type"], "Approved");
     assert!(a["status"]["conditions"][0]["lastUpdateTime"].is_string());
@@ -430,8 +497,10 @@ async fn control_kinds_and_admission() {
     t.ok(
         "POST",
         "/api/v1/namespaces/default/events",
-        Some(json!({"metadata": {"name": "legacy"}, "message": "old style",
-            "involvedObject": {"kind": "Pod", "name": "web"}, "reason": "Old"})),
+        Some(
+            json!({"metadata": {"name": "legacy"}, "message": "old style",
+            "involvedObject": {"kind": "Pod", "name": "web"}, "reason": "Old"}),
+        ),
     )
     .await;
     let listed = t
@@ -458,7 +527,11 @@ async fn control_kinds_and_admission() {
     }
     assert!(gone, "the event outlived its TTL");
     let (c, _) = t
-        .call("GET", "/apis/events.k8s.io/v1/namespaces/default/events/e1", None)
+        .call(
+            "GET",
+            "/apis/events.k8s.io/v1/namespaces/default/events/e1",
+            None,
+        )
         .await;
     assert_eq!(c, 404);
 
