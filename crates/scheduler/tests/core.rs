@@ -937,3 +937,35 @@ fn spreads_over_equal_nodes() {
     }
     assert_eq!(Code::Unschedulable, Code::Unschedulable);
 }
+
+/// The core's own speed (no API): 10,000 pods over 1,000 nodes. Run with
+/// `cargo test --release -p h8s-scheduler --test core core_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check; run it in release"]
+fn core_throughput() {
+    let mut c = Cluster::new();
+    for i in 0..1000 {
+        c.upsert_node(&node(
+            &format!("n{i}"),
+            "32",
+            "64Gi",
+            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": format!("z{}", i % 3)}}}),
+        ));
+    }
+    let pods: Vec<PodInfo> = (0..10_000)
+        .map(|i| pod(&format!("p{i}"), "100m", "128Mi", json!({})))
+        .collect();
+    let mut s = sched();
+    let t0 = std::time::Instant::now();
+    for p in &pods {
+        let d = s.schedule(&c, p).unwrap();
+        c.assume(p, &d.node);
+    }
+    let el = t0.elapsed();
+    println!(
+        "{} pods over 1000 nodes in {:?}: {:.0} pods/s",
+        pods.len(),
+        el,
+        pods.len() as f64 / el.as_secs_f64()
+    );
+}
