@@ -38,9 +38,8 @@ use crate::{Context, Error};
 pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub(crate) const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
 const CONTROLLER: &str = "job-controller";
-/// `DefaultJobPodFailureBackOff` and `MaxJobPodFailureBackOff`.
-const BACKOFF_BASE: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// `MaxJobPodFailureBackOff` (10 min) over `DefaultJobPodFailureBackOff` (10 s).
+const BACKOFF_MAX_FACTOR: u32 = 60;
 
 /// What one sync of a Job does.
 #[derive(Debug, Default)]
@@ -179,7 +178,7 @@ fn finished_at(p: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// The sync of `job` over the pods it controls (`pods`, expectations applied).
-pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
+pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: Duration) -> Plan {
     let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
     let mut p = Plan::default();
     let Some(spec) = job.spec.as_ref() else {
@@ -404,7 +403,9 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
         if failed > 0 {
             if let Some(t) = last_failure {
                 let exp = u32::try_from(failed - 1).unwrap_or(0).min(10);
-                let delay = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
+                let delay = backoff
+                    .saturating_mul(1 << exp)
+                    .min(backoff.saturating_mul(BACKOFF_MAX_FACTOR));
                 let since = Duration::try_from(now.duration_since(t)).unwrap_or_default();
                 wait = delay.saturating_sub(since);
             }
@@ -520,6 +521,7 @@ struct State {
     seen: Arc<SeenRevision>,
     expectations: Expectations<Pod>,
     events: Events,
+    backoff: Duration,
 }
 
 /// Runs the Job controller (and the TTL-after-finished controller's work for jobs).
@@ -575,6 +577,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         seen,
         expectations: Expectations::default(),
         events: Events::new(client, CONTROLLER),
+        backoff: ctx.timers.job_backoff,
     });
     controller
         .reconcile_on(triggers)
@@ -672,7 +675,7 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
             _ => {}
         }
     }
-    let plan = plan(&job, &owned, workload::now());
+    let plan = plan(&job, &owned, workload::now(), st.backoff);
 
     if plan.delete_job {
         let dp = DeleteParams {
@@ -797,6 +800,8 @@ mod tests {
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+    const BACKOFF: Duration = Duration::from_secs(10);
+
     fn job(completions: Option<i32>, parallelism: i32) -> Job {
         Job {
             metadata: ObjectMeta {
@@ -840,7 +845,7 @@ mod tests {
 
     #[test]
     fn starts_parallelism_pods_up_to_the_remaining_completions() {
-        let p = plan(&job(Some(5), 2), &[], jiff::Timestamp::now());
+        let p = plan(&job(Some(5), 2), &[], jiff::Timestamp::now(), BACKOFF);
         assert_eq!(p.create.len(), 2);
         assert_eq!(p.status.active, Some(2));
         assert!(p.status.start_time.is_some());
@@ -849,13 +854,21 @@ mod tests {
             succeeded: Some(2),
             ..Default::default()
         });
-        assert_eq!(plan(&j, &[], jiff::Timestamp::now()).create.len(), 1);
+        assert_eq!(
+            plan(&j, &[], jiff::Timestamp::now(), BACKOFF).create.len(),
+            1
+        );
     }
 
     #[test]
     fn finished_pods_are_recorded_then_counted_and_the_job_completes() {
         let j = job(Some(1), 1);
-        let p = plan(&j, &[jp("a", "Succeeded", true)], jiff::Timestamp::now());
+        let p = plan(
+            &j,
+            &[jp("a", "Succeeded", true)],
+            jiff::Timestamp::now(),
+            BACKOFF,
+        );
         let rec = p.record.expect("recorded before the finalizer goes");
         assert_eq!(
             rec.uncounted_terminated_pods.unwrap().succeeded,
@@ -880,7 +893,12 @@ mod tests {
             succeeded: Some(1),
             ..Default::default()
         });
-        let p = plan(&j2, &[jp("a", "Succeeded", false)], jiff::Timestamp::now());
+        let p = plan(
+            &j2,
+            &[jp("a", "Succeeded", false)],
+            jiff::Timestamp::now(),
+            BACKOFF,
+        );
         assert_eq!(p.status.succeeded, Some(1));
         assert!(p.record.is_none());
     }
@@ -889,7 +907,7 @@ mod tests {
     fn failures_past_the_backoff_limit_fail_the_job() {
         let j = job(Some(1), 1);
         let pods = [jp("a", "Failed", true), jp("b", "Failed", true)];
-        let p = plan(&j, &pods, jiff::Timestamp::now());
+        let p = plan(&j, &pods, jiff::Timestamp::now(), BACKOFF);
         assert_eq!(p.status.failed, Some(2));
         assert_eq!(
             reason(&p.status, "FailureTarget").as_deref(),
@@ -926,11 +944,11 @@ mod tests {
                 }),
                 ..Default::default()
             }]);
-        let p = plan(&j, &[Arc::new(f)], jiff::Timestamp::now());
+        let p = plan(&j, &[Arc::new(f)], jiff::Timestamp::now(), BACKOFF);
         assert!(p.create.is_empty());
         assert!(p
             .requeue
-            .is_some_and(|d| d <= BACKOFF_BASE && d > Duration::from_secs(8)));
+            .is_some_and(|d| d <= BACKOFF && d > Duration::from_secs(8)));
     }
 
     #[test]
@@ -943,7 +961,12 @@ mod tests {
             )),
             ..Default::default()
         });
-        let p = plan(&j, &[jp("a", "Running", true)], jiff::Timestamp::now());
+        let p = plan(
+            &j,
+            &[jp("a", "Running", true)],
+            jiff::Timestamp::now(),
+            BACKOFF,
+        );
         assert_eq!(p.delete.len(), 1);
         assert_eq!(
             reason(&p.status, "FailureTarget").as_deref(),
@@ -963,7 +986,7 @@ mod tests {
         });
         let mut running = pod("r", "n", "Running", false, 1);
         running.metadata.annotations = Some([(INDEX_KEY.to_string(), "1".to_string())].into());
-        let p = plan(&j, &[Arc::new(running)], jiff::Timestamp::now());
+        let p = plan(&j, &[Arc::new(running)], jiff::Timestamp::now(), BACKOFF);
         assert_eq!(p.create, vec![Some(2)]);
         let pod = job_pod(&j, Some(2));
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-2-"));
@@ -1000,9 +1023,9 @@ mod tests {
             ..Default::default()
         };
         j.status = Some(done(60));
-        assert!(plan(&j, &[], jiff::Timestamp::now()).delete_job);
+        assert!(plan(&j, &[], jiff::Timestamp::now(), BACKOFF).delete_job);
         j.status = Some(done(1));
-        let p = plan(&j, &[], jiff::Timestamp::now());
+        let p = plan(&j, &[], jiff::Timestamp::now(), BACKOFF);
         assert!(!p.delete_job);
         assert!(p.requeue.is_some());
     }
@@ -1011,7 +1034,12 @@ mod tests {
     fn suspending_deletes_the_active_pods() {
         let mut j = job(Some(2), 2);
         j.spec.as_mut().unwrap().suspend = Some(true);
-        let p = plan(&j, &[jp("a", "Running", true)], jiff::Timestamp::now());
+        let p = plan(
+            &j,
+            &[jp("a", "Running", true)],
+            jiff::Timestamp::now(),
+            BACKOFF,
+        );
         assert_eq!(p.delete.len(), 1);
         assert_eq!(
             reason(&p.status, "Suspended").as_deref(),

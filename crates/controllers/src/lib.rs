@@ -49,6 +49,9 @@ pub struct Timers {
     /// How long the namespace controller expects finalizers of remaining content to take
     /// before it checks again (15 s in Kubernetes; it checks after half of it plus 1 s).
     pub namespace_finalizer_estimate: Duration,
+    /// The Job controller's back-off after a pod failure, doubled per failure up to 60
+    /// times this (Kubernetes' `DefaultJobPodFailureBackOff`, 10 s, and 10 min).
+    pub job_backoff: Duration,
 }
 
 impl Default for Timers {
@@ -61,6 +64,7 @@ impl Default for Timers {
             discovery_sync: Duration::from_secs(30),
             gc_max_backoff: Duration::from_secs(1000),
             namespace_finalizer_estimate: Duration::from_secs(15),
+            job_backoff: Duration::from_secs(10),
         }
     }
 }
