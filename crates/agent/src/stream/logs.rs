@@ -212,7 +212,7 @@ async fn pump(
                 let checks_every = (Duration::from_secs(1).as_millis()
                     / ctx.cfg.log_poll_interval.as_millis().max(1))
                 .max(1) as u32;
-                if idle_polls % checks_every == 0
+                if idle_polls.is_multiple_of(checks_every)
                     && !ctx.backend.is_running(pod.clone(), container.clone()).await
                 {
                     let n = rd.read_until(b'\n', &mut line).await?;
