@@ -19,13 +19,16 @@ pub(crate) enum Kind {
     Warning,
 }
 
+/// (namespace, involved uid, fieldPath, reason, message).
+type EventKey = (String, String, String, String, String);
+
 /// Writes pod events for one node.
 #[derive(Clone)]
 pub(crate) struct Recorder {
     client: kube::Client,
     node: String,
-    /// (namespace, involved uid, fieldPath, reason, message) → (event name, count).
-    seen: Arc<Mutex<HashMap<(String, String, String, String, String), (String, i32)>>>,
+    /// The key → (event name, count).
+    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
 }
 
 impl Recorder {

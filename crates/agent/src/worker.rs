@@ -406,7 +406,7 @@ impl Worker {
         if self.failed.is_some() || elapsed.as_secs() < secs {
             return false;
         }
-        let msg = format!("Pod was active on the node longer than the specified deadline");
+        let msg = "Pod was active on the node longer than the specified deadline".to_string();
         self.failed = Some(("DeadlineExceeded".into(), msg.clone()));
         self.ctx
             .recorder
