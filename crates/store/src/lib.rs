@@ -14,6 +14,7 @@
 mod backup;
 mod cache;
 mod embedded;
+mod encrypt;
 mod etcd;
 mod open;
 #[doc(hidden)]
@@ -25,6 +26,10 @@ use futures::stream::BoxStream;
 pub use backup::{backup, read_backup, restore, BackupSummary};
 pub use cache::{WatchCache, WatchCacheOptions};
 pub use embedded::{Embedded, EmbeddedOptions};
+pub use encrypt::{
+    ConfigError as EncryptionConfigError, Encrypting, EncryptionConfiguration, KeyConfig,
+    KeysConfig, ProviderConfig, ResourceConfig,
+};
 pub use etcd::{Etcd, EtcdOptions};
 pub use open::{open, EtcdTls, EMBEDDED_FILE};
 
