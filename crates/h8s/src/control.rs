@@ -104,19 +104,29 @@ impl ControlArgs {
 /// The running components; dropping it stops them.
 pub struct Control {
     tasks: tokio::task::JoinSet<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Control {
-    /// Stops the components (their leases are released when they stop in time).
+    /// Stops the components and releases their leases (client-go's `ReleaseOnCancel`), so a
+    /// standby server takes over within a retry period instead of a lease duration.
     pub async fn stop(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        let _ = self.stop.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(3), drain)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 }
 
 /// Starts the enabled components against the ready API server `server`.
 pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Result<Control> {
     let mut tasks = tokio::task::JoinSet::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let host = match server.addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
@@ -160,6 +170,7 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
         tasks.spawn(lead(
             "kube-controller-manager",
             client,
+            stopped.clone(),
             args.election("kube-controller-manager", &identity),
             move || h8s_controllers::run(ctx.clone()),
         ));
@@ -171,11 +182,12 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
         tasks.spawn(lead(
             "kube-scheduler",
             client,
+            stopped.clone(),
             args.election("kube-scheduler", &identity),
             move || h8s_scheduler::run(c.clone(), cfg.clone()),
         ));
     }
-    Ok(Control { tasks })
+    Ok(Control { tasks, stop })
 }
 
 /// Runs one component, behind its lease when `election` is set; restarts it after a
@@ -183,6 +195,7 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
 async fn lead<F, Fut, E>(
     name: &'static str,
     client: kube::Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     election: Option<leader::Config>,
     make: F,
 ) where
@@ -193,7 +206,11 @@ async fn lead<F, Fut, E>(
     let restart = Duration::from_secs(1);
     let Some(cfg) = election else {
         loop {
-            match make().await {
+            let r = tokio::select! {
+                r = make() => r,
+                _ = stopping(&mut stop) => return,
+            };
+            match r {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(component = name, error = %anyhow_chain(&e), "stopped; restarting")
@@ -204,12 +221,24 @@ async fn lead<F, Fut, E>(
     };
     let mut elector = Elector::new(client, cfg);
     loop {
-        if let Err(e) = elector.acquire().await {
+        let acquired = tokio::select! {
+            r = elector.acquire() => r,
+            _ = stopping(&mut stop) => return,
+        };
+        if let Err(e) = acquired {
             tracing::error!(component = name, error = %e, "leader election is misconfigured; not running");
             return;
         }
         tracing::info!(component = name, "started (leading)");
-        match elector.hold(make()).await {
+        let held = tokio::select! {
+            r = elector.hold(make()) => r,
+            _ = stopping(&mut stop) => {
+                // The component is dropped (stopped) with the `hold` future; hand over.
+                let _ = tokio::time::timeout(Duration::from_secs(2), elector.release()).await;
+                return;
+            }
+        };
+        match held {
             Ok(Outcome::Lost) => tracing::warn!(component = name, "lost its lease; stopped"),
             Ok(Outcome::Finished(Ok(()))) => return,
             Ok(Outcome::Finished(Err(e))) => {
@@ -222,6 +251,11 @@ async fn lead<F, Fut, E>(
             }
         }
     }
+}
+
+/// Resolves once `Control::stop` was called (or the control handle is gone).
+async fn stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// An error and its sources on one line.
