@@ -84,6 +84,9 @@ pub(crate) fn bridge(stream: h8s_runtime::Stream) -> Session {
     } = stream;
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<Output>(QUEUE);
+    // The supervisor takes a half-closed socket for a client that went away: the writing
+    // half stays open until the output has ended.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         async move {
             while let Some(i) = in_rx.recv().await {
@@ -93,14 +96,17 @@ pub(crate) fn bridge(stream: h8s_runtime::Stream) -> Session {
                     Input::Resize(sz) => rt_in.resize(sz.height, sz.width).await,
                 };
                 if r.is_err() {
-                    return;
+                    break;
                 }
             }
+            let _ = done_rx.await;
+            drop(rt_in);
         }
         .in_current_span(),
     );
     tokio::spawn(
         async move {
+            let _done = done_tx;
             loop {
                 let o = match rt_out.next().await {
                     Ok(Some(StreamEvent::Stdout(d))) => Output::Stdout(Bytes::from(d)),
@@ -238,6 +244,8 @@ pub(crate) fn conn(stream: h8s_runtime::Stream) -> tokio::io::DuplexStream {
         input: mut rt_in,
         output: mut rt_out,
     } = stream;
+    // As in `bridge`: the socket's writing half lives until the pod side has ended.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         async move {
             let mut buf = vec![0u8; 32 * 1024];
@@ -245,20 +253,23 @@ pub(crate) fn conn(stream: h8s_runtime::Stream) -> tokio::io::DuplexStream {
                 match far_rd.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let _ = rt_in.close_stdin().await;
-                        return;
+                        break;
                     }
                     Ok(n) => {
                         if rt_in.stdin(&buf[..n]).await.is_err() {
-                            return;
+                            break;
                         }
                     }
                 }
             }
+            let _ = done_rx.await;
+            drop(rt_in);
         }
         .in_current_span(),
     );
     tokio::spawn(
         async move {
+            let _done = done_tx;
             loop {
                 match rt_out.next().await {
                     Ok(Some(StreamEvent::Stdout(d))) | Ok(Some(StreamEvent::Stderr(d))) => {
