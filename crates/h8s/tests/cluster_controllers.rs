@@ -25,6 +25,7 @@ struct Server {
     child: Child,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    url: String,
 }
 
 impl Server {
@@ -75,12 +76,13 @@ impl Server {
             Some("ready"),
             "unexpected first line: {line:?}"
         );
-        let _url = parts.next().expect("url");
+        let url = parts.next().expect("url").to_string();
         let kubeconfig = PathBuf::from(parts.next().expect("kubeconfig path"));
         Server {
             child,
             dir,
             kubeconfig,
+            url,
         }
     }
 
@@ -116,6 +118,7 @@ extern "C" fn stop_server() {
 struct Shared {
     kubeconfig: PathBuf,
     data_dir: PathBuf,
+    url: String,
 }
 
 /// The server shared by this test binary, started on first use and stopped at exit.
@@ -136,6 +139,7 @@ fn server() -> Shared {
     Shared {
         kubeconfig: s.kubeconfig.clone(),
         data_dir: s.data_dir(),
+        url: s.url.clone(),
     }
 }
 
@@ -149,6 +153,30 @@ async fn client() -> kube::Client {
     h8s_client::from_kubeconfig(&s.kubeconfig)
         .await
         .expect("client from the admin kubeconfig")
+}
+
+/// POSTs one Eviction with curl (no client-side retries) and returns the HTTP status.
+async fn evict_once(ns: &str, pod: &str) -> String {
+    let s = server();
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).expect("admin.token");
+    let url = format!("{}/api/v1/namespaces/{ns}/pods/{pod}/eviction", s.url);
+    let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": ns}})
+    .to_string();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &url,
+        ])
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn timers() -> h8s_controllers::Timers {
@@ -203,7 +231,25 @@ fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("test object")
 }
 
+/// A namespace with its `default` ServiceAccount (the ServiceAccount admission wants it
+/// before a pod can be created; the serviceaccount controller is not running here).
 async fn namespace(c: &kube::Client, name: &str) {
+    bare_namespace(c, name).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), name);
+    match sas
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "default"}})),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create default service account: {e}"),
+    }
+}
+
+async fn bare_namespace(c: &kube::Client, name: &str) {
     let api: Api<Namespace> = Api::all(c.clone());
     api.create(
         &PostParams::default(),
@@ -786,7 +832,7 @@ async fn every_namespace_gets_default_service_account_and_root_ca() {
     start(&c, h8s_controllers::serviceaccount::run);
     let ca = std::fs::read_to_string(server().data_dir.join("ca.crt")).unwrap();
     let ns = "cl-sa";
-    namespace(&c, ns).await;
+    bare_namespace(&c, ns).await;
     let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
     let sa = eventually(15, "default service account", || async {
@@ -894,5 +940,292 @@ async fn every_namespace_gets_default_service_account_and_root_ca() {
                 .then_some(())
         },
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruption_budget_status_follows_pods_and_scale() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let c = client().await;
+    start(&c, h8s_controllers::pdb::run);
+    let ns = "cl-pdb";
+    namespace(&c, ns).await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+
+    // minAvailable as a number: counts the matching pods themselves.
+    for (n, ready) in [("db-0", true), ("db-1", true), ("db-2", false)] {
+        pod(
+            &c,
+            ns,
+            n,
+            None,
+            json!({"app": "db"}),
+            json!([]),
+            Some(ready),
+        )
+        .await;
+    }
+    pod(
+        &c,
+        ns,
+        "other",
+        None,
+        json!({"app": "web"}),
+        json!([]),
+        Some(true),
+    )
+    .await;
+    let b = pdbs
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "db"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}})),
+        )
+        .await
+        .expect("create pdb");
+    let figures = |p: &PodDisruptionBudget| {
+        p.status.as_ref().map(|s| {
+            (
+                s.current_healthy,
+                s.desired_healthy,
+                s.expected_pods,
+                s.disruptions_allowed,
+            )
+        })
+    };
+    let st = eventually(15, "pdb db status", || async {
+        let p = pdbs.get("db").await.unwrap();
+        (figures(&p) == Some((2, 1, 3, 1))).then_some(p)
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(st.observed_generation, b.metadata.generation);
+    let cond = &st.conditions.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            cond.type_.as_str(),
+            cond.status.as_str(),
+            cond.reason.as_str()
+        ),
+        ("DisruptionAllowed", "True", "SufficientPods")
+    );
+
+    // maxUnavailable: expected pods come from the owning ReplicaSet's scale.
+    let rs: ReplicaSet = Api::<ReplicaSet>::namespaced(c.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "api"}, "spec": {"replicas": 4,
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {"metadata": {"labels": {"app": "api"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})),
+        )
+        .await
+        .expect("create replicaset");
+    let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api",
+        "uid": rs.metadata.uid, "controller": true, "blockOwnerDeletion": true}]);
+    for (n, ready) in [
+        ("api-a", true),
+        ("api-b", true),
+        ("api-c", true),
+        ("api-d", false),
+    ] {
+        let api: Api<Pod> = Api::namespaced(c.clone(), ns);
+        let p: Pod = api
+            .create(
+                &PostParams::default(),
+                &from(json!({"metadata": {"name": n, "labels": {"app": "api"}, "ownerReferences": owner},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                             "terminationGracePeriodSeconds": 0}})),
+            )
+            .await
+            .expect("create owned pod");
+        set_pod_ready(&c, p, ready).await;
+    }
+    pdbs.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "api"},
+            "spec": {"maxUnavailable": "25%", "selector": {"matchLabels": {"app": "api"}}}})),
+    )
+    .await
+    .unwrap();
+    // 25% of 4 = 1 may be unavailable → 3 desired; 3 ready → none may go.
+    let p = eventually(15, "pdb api status (insufficient)", || async {
+        let p = pdbs.get("api").await.unwrap();
+        (figures(&p) == Some((3, 3, 4, 0))).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        p.status.unwrap().conditions.unwrap()[0].reason,
+        "InsufficientPods"
+    );
+    let d = pods.get("api-d").await.unwrap();
+    set_pod_ready(&c, d, true).await;
+    eventually(15, "pdb api status (sufficient)", || async {
+        let p = pdbs.get("api").await.unwrap();
+        (figures(&p) == Some((4, 3, 4, 1))).then_some(())
+    })
+    .await;
+
+    // The eviction API reads it: one eviction goes through, the next is refused.
+    let ep = kube::api::EvictParams::default();
+    pods.evict("api-a", &ep)
+        .await
+        .expect("first eviction allowed");
+    eventually(15, "budget used up", || async {
+        let p = pdbs.get("api").await.unwrap();
+        (p.status?.disruptions_allowed == 0).then_some(())
+    })
+    .await;
+    // (kube's client retries a 429 for minutes: ask with curl, once.)
+    let code = evict_once(ns, "api-b").await;
+    assert_eq!(code, "429", "second eviction should be refused");
+    assert!(pods.get_opt("api-b").await.unwrap().is_some());
+
+    // A matching pod without a controller makes a percentage unusable: SyncFailed.
+    pod(
+        &c,
+        ns,
+        "api-stray",
+        None,
+        json!({"app": "api"}),
+        json!([]),
+        Some(true),
+    )
+    .await;
+    let p = eventually(15, "pdb api SyncFailed", || async {
+        let p = pdbs.get("api").await.unwrap();
+        let c = p.status.as_ref()?.conditions.as_ref()?[0].clone();
+        (c.reason == "SyncFailed").then_some(p)
+    })
+    .await;
+    assert_eq!(p.status.unwrap().disruptions_allowed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quota_usage_is_counted() {
+    use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Secret, Service};
+    let c = client().await;
+    start(&c, h8s_controllers::quota::run);
+    let ns = "cl-quota";
+    namespace(&c, ns).await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), ns);
+    quotas
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "q"}, "spec": {"hard": {
+                "pods": "10", "requests.cpu": "4", "requests.memory": "1Gi", "limits.memory": "2Gi",
+                "configmaps": "10", "secrets": "10", "services": "5", "services.nodeports": "4",
+                "count/deployments.apps": "3"}}})),
+        )
+        .await
+        .expect("create quota");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let res_pod = |name: &str, cpu: &str, mem: &str, limit: Option<&str>| {
+        let mut r = json!({"requests": {"cpu": cpu, "memory": mem}});
+        if let Some(l) = limit {
+            r["limits"] = json!({"memory": l});
+        }
+        from::<Pod>(json!({"metadata": {"name": name}, "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": r}]}}))
+    };
+    pods.create(
+        &PostParams::default(),
+        &res_pod("a", "500m", "128Mi", Some("256Mi")),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &res_pod("b", "250m", "64Mi", Some("64Mi")),
+    )
+    .await
+    .unwrap();
+    Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}})),
+        )
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(c.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from(
+                json!({"metadata": {"name": "np"}, "spec": {"type": "NodePort",
+                "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "d"}, "spec": {"replicas": 0,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})),
+        )
+        .await
+        .unwrap();
+
+    let used = |q: &ResourceQuota, k: &str| {
+        q.status
+            .as_ref()
+            .and_then(|s| s.used.as_ref())
+            .and_then(|u| u.get(k))
+            .map(|v| v.0.clone())
+    };
+    // Other tests' controllers may add objects to this namespace (kube-root-ca.crt):
+    // config maps and secrets are compared with what is there.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    let q = eventually(20, "quota usage", || async {
+        let q = quotas.get("q").await.unwrap();
+        let ncm = cms
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            .to_string();
+        let nsec = secrets
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            .to_string();
+        let want = [
+            ("pods", "2".to_string()),
+            ("requests.cpu", "750m".into()),
+            ("requests.memory", "192Mi".into()),
+            ("limits.memory", "320Mi".into()),
+            ("services", "1".into()),
+            ("services.nodeports", "2".into()),
+            ("count/deployments.apps", "1".into()),
+            ("configmaps", ncm),
+            ("secrets", nsec),
+        ];
+        want.iter()
+            .all(|(k, v)| used(&q, k).as_deref() == Some(v.as_str()))
+            .then_some(q)
+    })
+    .await;
+    let st = q.status.unwrap();
+    assert_eq!(st.hard.as_ref().unwrap()["requests.cpu"].0, "4");
+    assert_eq!(st.hard.unwrap().len(), st.used.unwrap().len());
+
+    // A pod goes: usage follows.
+    pods.delete("a", &DeleteParams::default()).await.unwrap();
+    eventually(20, "usage after a delete", || async {
+        let q = quotas.get("q").await.unwrap();
+        (used(&q, "pods").as_deref() == Some("1")
+            && used(&q, "requests.cpu").as_deref() == Some("250m")
+            && used(&q, "limits.memory").as_deref() == Some("64Mi"))
+        .then_some(())
+    })
     .await;
 }
