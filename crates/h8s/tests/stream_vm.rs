@@ -513,19 +513,61 @@ print("LAT", " ".join("%.1f" % x for x in t))
             direct.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
     });
-    for v in [&mut api, &mut direct] {
+    // Whole commands: `h8s exec` (runtime directly) and `kubectl exec` (through the API).
+    let time_cmd = |mk: &dyn Fn() -> Command| -> Vec<f64> {
+        (0..20)
+            .map(|_| {
+                let t0 = Instant::now();
+                let o = mk().stdin(Stdio::null()).output().unwrap();
+                assert!(o.status.success(), "{}", text(&o.stderr));
+                t0.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect()
+    };
+    let mut h8s_cli = time_cmd(&|| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_h8s"));
+        c.arg("exec")
+            .arg("--root")
+            .arg(e.rt.root())
+            .args(["stream-vm", "--", "true"]);
+        c
+    });
+    let mut kubectl_ws = time_cmd(&|| {
+        let mut c = e.kubectl("1.33");
+        c.args(["exec", "vm", "--", "true"]);
+        c
+    });
+    let mut kubectl_spdy = time_cmd(&|| {
+        let mut c = e.kubectl("1.27");
+        c.args(["exec", "vm", "--", "true"]);
+        c
+    });
+    for (what, v) in [
+        (
+            "Python client exec through the API (WebSocket v5)",
+            &mut api,
+        ),
+        ("runtime exec in-process (Runtime::exec)", &mut direct),
+        ("`h8s exec` command (runtime, new process)", &mut h8s_cli),
+        (
+            "`kubectl.1.33 exec` command (WebSocket, through the API)",
+            &mut kubectl_ws,
+        ),
+        (
+            "`kubectl.1.27 exec` command (SPDY, through the API)",
+            &mut kubectl_spdy,
+        ),
+    ] {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    }
-    if !api.is_empty() {
-        eprintln!(
-            "exec round trip ms (min/median/p99): API {:.1}/{:.1}/{:.1}, runtime {:.1}/{:.1}/{:.1}",
-            api[0],
-            percentile(&api, 0.5),
-            percentile(&api, 0.99),
-            direct[0],
-            percentile(&direct, 0.5),
-            percentile(&direct, 0.99)
-        );
+        if !v.is_empty() {
+            eprintln!(
+                "exec round trip | {what} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                v.len(),
+                v[0],
+                percentile(v, 0.5),
+                percentile(v, 0.99)
+            );
+        }
     }
     drop(rt);
 }
