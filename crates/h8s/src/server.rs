@@ -27,6 +27,16 @@ pub struct ServerArgs {
     /// The IPv4 range Service cluster IPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = h8s_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
+    /// How long Events live after their last write (kube-apiserver's `--event-ttl`);
+    /// `0s` keeps them.
+    #[arg(long = "event-ttl", default_value = "1h", value_parser = crate::agent::parse_duration)]
+    pub event_ttl: std::time::Duration,
+    /// DefaultTolerationSeconds admission: how long pods tolerate a not-ready node.
+    #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
+    pub not_ready_toleration_seconds: i64,
+    /// DefaultTolerationSeconds admission: how long pods tolerate an unreachable node.
+    #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
+    pub unreachable_toleration_seconds: i64,
     /// The controller manager and the scheduler run in this process (`--disable-*`,
     /// leader election, controller timers).
     #[command(flatten)]
@@ -70,6 +80,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store.clone());
     cfg.tls_sans = args.tls_san.clone();
     cfg.service_cidr = args.service_cluster_ip_range.clone();
+    cfg.event_ttl = args.event_ttl;
+    cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
+    cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
     let server = h8s_apiserver::Server::start(cfg)
         .await
         .context("starting the API server")?;
