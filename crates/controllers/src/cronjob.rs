@@ -430,6 +430,7 @@ struct State {
     events: Events,
     sync: Duration,
     zone: TimeZone,
+    latest: workload::Latest<CronJob>,
 }
 
 /// Runs the CronJob controller.
@@ -456,6 +457,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         events: Events::new(client, CONTROLLER),
         sync: ctx.timers.cronjob_sync,
         zone: TimeZone::system(),
+        latest: workload::Latest::default(),
     });
     controller
         .reconcile_on(triggers)
@@ -478,6 +480,7 @@ fn error_policy(_: Arc<CronJob>, e: &ReconcileError, _: Arc<State>) -> Action {
 #[tracing::instrument(skip_all, fields(namespace = cj.namespace(), name = cj.name_any()))]
 async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, ReconcileError> {
     let _ = st.jobs.wait_until_ready().await;
+    let cj = st.latest.fresh(cj);
     let ns = cj.namespace().unwrap_or_default();
     let name = cj.name_any();
     let uid = cj.uid().unwrap_or_default();
@@ -535,7 +538,9 @@ async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, Reconcile
         }
     }
     let cj_api: Api<CronJob> = Api::namespaced(st.client.clone(), &ns);
-    workload::write_status(&cj_api, &name, cj.status.as_ref(), &status).await?;
+    if let Some(c) = workload::write_status(&cj_api, &name, cj.status.as_ref(), &status).await? {
+        st.latest.wrote(c);
+    }
     let wait = plan.requeue.map_or(st.sync, |d| d.min(st.sync));
     Ok(Action::requeue(wait))
 }

@@ -1149,6 +1149,7 @@ struct State {
     seen: Arc<SeenRevision>,
     written: Expectations<ReplicaSet>,
     events: Events,
+    latest: workload::Latest<Deployment>,
 }
 
 /// Runs the Deployment controller.
@@ -1185,6 +1186,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         seen,
         written: Expectations::default(),
         events: Events::new(client, CONTROLLER),
+        latest: workload::Latest::default(),
     });
     controller
         .reconcile_on(triggers)
@@ -1207,6 +1209,7 @@ fn error_policy(_: Arc<Deployment>, e: &ReconcileError, _: Arc<State>) -> Action
 #[tracing::instrument(skip_all, fields(namespace = d.namespace(), name = d.name_any()))]
 async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, ReconcileError> {
     let _ = st.rss.wait_until_ready().await;
+    let d = st.latest.fresh(d);
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let key = key_of(&d.metadata);
@@ -1324,7 +1327,7 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Reconci
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(w) => st.latest.wrote(w),
                     Err(e) if workload::is_not_found(&e) => return Ok(Action::await_change()),
                     Err(e) => return Err(e.into()),
                 }
@@ -1335,7 +1338,11 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Reconci
         }
     }
     if let Some(s) = last_status {
-        workload::write_status(&dep_api, &name, d.status.as_ref(), s.as_ref()).await?;
+        if let Some(w) =
+            workload::write_status(&dep_api, &name, d.status.as_ref(), s.as_ref()).await?
+        {
+            st.latest.wrote(w);
+        }
     }
     Ok(match requeue {
         Some(after) => Action::requeue(after),

@@ -522,6 +522,7 @@ struct State {
     expectations: Expectations<Pod>,
     events: Events,
     backoff: Duration,
+    latest: workload::Latest<Job>,
 }
 
 /// Runs the Job controller (and the TTL-after-finished controller's work for jobs).
@@ -578,6 +579,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         expectations: Expectations::default(),
         events: Events::new(client, CONTROLLER),
         backoff: ctx.timers.job_backoff,
+        latest: workload::Latest::default(),
     });
     controller
         .reconcile_on(triggers)
@@ -636,6 +638,7 @@ fn error_policy(_: Arc<Job>, e: &ReconcileError, _: Arc<State>) -> Action {
 #[tracing::instrument(skip_all, fields(namespace = job.namespace(), name = job.name_any()))]
 async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileError> {
     let _ = st.pods.wait_until_ready().await;
+    let job = st.latest.fresh(job);
     if job
         .spec
         .as_ref()
@@ -693,7 +696,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
         };
     }
     if let Some(rec) = &plan.record {
-        workload::write_status(&jobs, &name, job.status.as_ref(), rec).await?;
+        if let Some(j) = workload::write_status(&jobs, &name, job.status.as_ref(), rec).await? {
+            st.latest.wrote(j);
+        }
     }
     for p in &plan.unfinalize {
         let fins: Vec<String> = p
@@ -775,7 +780,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
         }
     }
     let base = plan.record.as_ref().or(job.status.as_ref());
-    workload::write_status(&jobs, &name, base, &plan.status).await?;
+    if let Some(j) = workload::write_status(&jobs, &name, base, &plan.status).await? {
+        st.latest.wrote(j);
+    }
     for (warning, reason, note) in plan.events {
         if warning {
             st.events.warning(job.object_ref(&()), reason, note);

@@ -182,41 +182,51 @@ pub(crate) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// A merge patch that turns status `old` into `new`: every top-level field of `new`, and an
-/// explicit `null` for each field `new` dropped (k8s-openapi omits zero values, so a plain
-/// patch could never clear `readyReplicas`). `None` when nothing changes.
+/// A merge patch that turns status `old` into `new`: what changed, recursively into
+/// objects, with an explicit `null` for each field `new` dropped (k8s-openapi omits zero
+/// values, so a plain patch could never clear `readyReplicas`); arrays are replaced whole.
+/// `None` when nothing changes.
 pub(crate) fn status_patch(old: &Value, new: &Value) -> Option<Value> {
+    diff(old, new).map(|d| json!({ "status": d }))
+}
+
+fn diff(old: &Value, new: &Value) -> Option<Value> {
     if old == new {
         return None;
     }
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return Some(new.clone());
+    };
     let mut out = serde_json::Map::new();
-    if let Some(n) = new.as_object() {
-        for (k, v) in n {
-            if old.get(k) != Some(v) {
+    for (k, v) in n {
+        match o.get(k) {
+            Some(ov) if ov == v => {}
+            Some(ov) if ov.is_object() && v.is_object() => {
+                if let Some(d) = diff(ov, v) {
+                    out.insert(k.clone(), d);
+                }
+            }
+            _ => {
                 out.insert(k.clone(), v.clone());
             }
         }
     }
-    if let Some(o) = old.as_object() {
-        for k in o.keys() {
-            if new.get(k).is_none() {
-                out.insert(k.clone(), Value::Null);
-            }
+    for k in o.keys() {
+        if !n.contains_key(k) {
+            out.insert(k.clone(), Value::Null);
         }
     }
-    if out.is_empty() {
-        return None;
-    }
-    Some(json!({ "status": out }))
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
-/// Writes a status computed by a controller, if it differs from the object's.
+/// Writes a status computed by a controller, if it differs from the object's; returns the
+/// object as written.
 pub(crate) async fn write_status<K, S>(
     api: &Api<K>,
     name: &str,
     old: Option<&S>,
     new: &S,
-) -> Result<bool, ReconcileError>
+) -> Result<Option<K>, ReconcileError>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
@@ -227,14 +237,14 @@ where
     };
     let new = serde_json::to_value(new)?;
     let Some(patch) = status_patch(&old, &new) else {
-        return Ok(false);
+        return Ok(None);
     };
     match api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
+        Ok(k) => Ok(Some(k)),
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -402,6 +412,52 @@ impl<C: Resource> Expectations<C> {
             g.remove(owner);
         }
         out
+    }
+}
+
+/// The latest version of owners a controller wrote itself, so a sync never starts from a
+/// cached owner older than its own last write (a Job's counters would go back).
+pub(crate) struct Latest<K> {
+    inner: Mutex<HashMap<String, Arc<K>>>,
+}
+
+impl<K> Default for Latest<K> {
+    fn default() -> Self {
+        Latest {
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Resource> Latest<K> {
+    /// Remembers what the API returned for a write.
+    pub(crate) fn wrote(&self, obj: K) {
+        let Some(uid) = obj.meta().uid.clone() else {
+            return;
+        };
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = g
+            .get(&uid)
+            .is_none_or(|o| parse_rv(o.meta()) < parse_rv(obj.meta()));
+        if newer {
+            g.insert(uid, Arc::new(obj));
+        }
+    }
+
+    /// `cached`, or what this controller wrote last if that is newer.
+    pub(crate) fn fresh(&self, cached: Arc<K>) -> Arc<K> {
+        let Some(uid) = cached.meta().uid.as_deref() else {
+            return cached;
+        };
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get(uid) {
+            Some(w) if parse_rv(w.meta()) > parse_rv(cached.meta()) => w.clone(),
+            Some(_) => {
+                g.remove(uid);
+                cached
+            }
+            None => cached,
+        }
     }
 }
 
@@ -581,6 +637,15 @@ mod tests {
             Some(json!({"status": {"readyReplicas": null}}))
         );
         assert_eq!(status_patch(&new, &new), None);
+        // Nested objects are diffed too: an emptied list inside one is written.
+        let old = json!({"uncountedTerminatedPods": {"succeeded": ["u1"]}, "succeeded": 0});
+        let new = json!({"uncountedTerminatedPods": {}, "succeeded": 1});
+        assert_eq!(
+            status_patch(&old, &new),
+            Some(
+                json!({"status": {"uncountedTerminatedPods": {"succeeded": null}, "succeeded": 1}})
+            )
+        );
     }
 
     #[test]
