@@ -440,9 +440,9 @@ impl Monitor {
             node = api.replace(&name, &PostParams::default(), &node).await?;
             tracing::info!(node = %name, ready = ?ready_status(&node), "node taints updated");
         }
-        if ready_status(&node) == Some("True") {
-            self.mark_pending.remove(&name);
-        } else if self.mark_pending.contains(&name) && self.mark_pods_not_ready(&name, pods).await {
+        let done = ready_status(&node) == Some("True")
+            || (self.mark_pending.contains(&name) && self.mark_pods_not_ready(&name, pods).await);
+        if done {
             self.mark_pending.remove(&name);
         }
         Ok(())
@@ -833,8 +833,14 @@ mod tests {
     fn eviction_verdicts() {
         let unreach = taint(TAINT_UNREACHABLE, NO_EXECUTE);
         let sched = taint("x", NO_SCHEDULE);
-        assert_eq!(eviction_verdict(&[sched.clone()], &[]), Verdict::Keep);
-        assert_eq!(eviction_verdict(&[unreach.clone()], &[]), Verdict::EvictNow);
+        assert_eq!(
+            eviction_verdict(std::slice::from_ref(&sched), &[]),
+            Verdict::Keep
+        );
+        assert_eq!(
+            eviction_verdict(std::slice::from_ref(&unreach), &[]),
+            Verdict::EvictNow
+        );
         let defaults = [
             tol(Some(TAINT_NOT_READY), "Exists", Some(NO_EXECUTE), Some(300)),
             tol(
@@ -865,7 +871,10 @@ mod tests {
         );
         // Tolerated forever.
         assert_eq!(
-            eviction_verdict(&[unreach.clone()], &[tol(None, "Exists", None, None)]),
+            eviction_verdict(
+                std::slice::from_ref(&unreach),
+                &[tol(None, "Exists", None, None)]
+            ),
             Verdict::Keep
         );
         assert_eq!(
