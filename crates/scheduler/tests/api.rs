@@ -9,6 +9,16 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
 
+fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 const SCHED: &str = "h8s-test-scheduler";
 
 fn merge(a: &mut Value, b: Value) {
@@ -236,13 +246,7 @@ fn sched_config() -> h8s_scheduler::Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_against_an_in_process_api_server() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_log();
     let dir = tempfile::tempdir().unwrap();
     let store = h8s_store::open("embedded", dir.path(), None).await.unwrap();
     let cfg = h8s_apiserver::Config::new(
@@ -471,4 +475,103 @@ async fn preemption(c: &kube::Client) {
         .delete("high", &DeleteParams::default().grace_period(0))
         .await;
     delete_nodes(c, &["p1"]).await;
+}
+
+/// Throughput through an in-process API server: N nodes, M pre-created pods, timed from the
+/// scheduler's start to the last binding (`h8s bench sched` is the real benchmark, against a
+/// separate server process). `SCHED_NODES`, `SCHED_PODS` override the sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_in_process() {
+    init_log();
+    use futures::{StreamExt, TryStreamExt};
+    let n_nodes: usize = std::env::var("SCHED_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let n_pods: usize = std::env::var("SCHED_PODS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = h8s_store::open("embedded", dir.path(), None).await.unwrap();
+    let cfg = h8s_apiserver::Config::new(
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        store,
+    );
+    let srv = h8s_apiserver::Server::start(cfg).await.unwrap();
+    let c = h8s_client::Connection {
+        server: format!("https://{}", srv.addr),
+        ca_pem: srv.pki.ca_pem.clone().into_bytes(),
+        credentials: h8s_client::Credentials::Token(srv.pki.admin_token.clone()),
+        user_agent: "h8s-scheduler-test".into(),
+    }
+    .client()
+    .expect("client");
+    let nodes: Api<Node> = Api::all(c.clone());
+    futures::stream::iter(0..n_nodes)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let name = format!("bn{i}");
+                let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+                nodes.create(&PostParams::default(), &n).await?;
+                let st = json!({"status": {"allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"}}});
+                nodes
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+                    .await?;
+                Ok::<(), kube::Error>(())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<()>()
+        .await
+        .unwrap();
+    make_ns(&c, "tp").await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "tp");
+    let t0 = std::time::Instant::now();
+    futures::stream::iter(0..n_pods)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let p: Pod =
+                    serde_json::from_value(pod_json(&format!("p{i}"), "100m", "128Mi", json!({})))
+                        .unwrap();
+                pods.create(&PostParams::default(), &p).await?;
+                Ok::<(), kube::Error>(())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<()>()
+        .await
+        .unwrap();
+    let create_rate = n_pods as f64 / t0.elapsed().as_secs_f64();
+    let mut cfg = sched_config();
+    cfg.bind_concurrency = 64;
+    let sc = c.clone();
+    let t0 = std::time::Instant::now();
+    let sched = tokio::spawn(async move { h8s_scheduler::run(sc, cfg).await });
+    // Count bindings with a watch (listing 10,000 pods repeatedly would load the server).
+    {
+        use kube::runtime::watcher;
+        let mut seen = std::collections::HashSet::new();
+        let mut s = std::pin::pin!(watcher(pods.clone(), watcher::Config::default()));
+        while let Some(ev) = s.next().await {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                    seen.insert(p.metadata.name.clone().unwrap_or_default());
+                }
+            }
+            if seen.len() >= n_pods {
+                break;
+            }
+        }
+    }
+    let el = t0.elapsed();
+    sched.abort();
+    println!(
+        "{n_pods} pods on {n_nodes} nodes: bound in {el:?} = {:.0} pods/s; pod creates ran at {create_rate:.0}/s",
+        n_pods as f64 / el.as_secs_f64()
+    );
 }
