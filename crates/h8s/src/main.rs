@@ -6,6 +6,7 @@ mod agent;
 mod image;
 mod net;
 mod pod;
+mod sched_bench;
 mod server;
 mod store;
 
@@ -46,6 +47,8 @@ enum Command {
 enum BenchCommand {
     /// The API server: a fresh `h8s server` process on a temp dir, driven over HTTPS.
     Api(server::BenchArgs),
+    /// The scheduler: N Node objects, M pods, bound through the API (vs raw pod creates).
+    Sched(sched_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(cmd) => image::run(cmd),
         Command::Net(cmd) => net::run(cmd),
         Command::Bench(BenchCommand::Api(args)) => server::bench(args),
+        Command::Bench(BenchCommand::Sched(args)) => sched_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
     }
 }
