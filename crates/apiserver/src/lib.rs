@@ -29,6 +29,7 @@ mod patch;
 mod pki;
 mod proto;
 mod response;
+mod review;
 mod rest;
 mod route;
 mod sa_token;
