@@ -504,8 +504,13 @@ impl TokenRequestHandler {
                 "the server does not allow this method on the requested resource",
             ));
         }
-        let mut tr: Value = serde_json::from_slice(&req.body)
-            .map_err(|e| bad(format!("the body is not a TokenRequest: {e}")))?;
+        // kubectl sends protobuf, other clients JSON or YAML.
+        let ct = req
+            .parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let mut tr = crate::body::decode_object(crate::body::Media::parse(ct)?, &req.body)?;
         if !tr.is_object() {
             return Err(bad("the body must be a JSON object"));
         }
