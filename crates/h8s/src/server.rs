@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// `0s` keeps them.
     #[arg(long = "event-ttl", default_value = "1h", value_parser = crate::agent::parse_duration)]
     pub event_ttl: std::time::Duration,
+    /// Encryption at rest (kube-apiserver's flag): an `EncryptionConfiguration` YAML file with
+    /// `aesgcm` (and `identity`) providers for the resources to encrypt, e.g. secrets.
+    #[arg(long = "encryption-provider-config")]
+    pub encryption_provider_config: Option<std::path::PathBuf>,
     /// DefaultTolerationSeconds admission: how long pods tolerate a not-ready node.
     #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
     pub not_ready_toleration_seconds: i64,
@@ -77,6 +81,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let store = h8s_store::open(&args.at.store, &data_dir, args.at.tls())
         .await
         .with_context(|| format!("opening store {}", args.at.store))?;
+    let store = match &args.encryption_provider_config {
+        None => store,
+        Some(path) => encrypting(store, path)?,
+    };
     let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store.clone());
     cfg.tls_sans = args.tls_san.clone();
     cfg.service_cidr = args.service_cluster_ip_range.clone();
@@ -137,4 +145,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     control.stop().await;
     server.shutdown().await;
     outcome
+}
+
+/// The store wrapped so the resources the encryption configuration names are encrypted at
+/// rest.
+fn encrypting(
+    store: std::sync::Arc<dyn h8s_store::Store>,
+    path: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn h8s_store::Store>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the encryption configuration {}", path.display()))?;
+    let config: h8s_store::EncryptionConfiguration = serde_saphyr::from_str(&text)
+        .with_context(|| format!("parsing the encryption configuration {}", path.display()))?;
+    let wrapped = h8s_store::Encrypting::new(store, &config)
+        .with_context(|| format!("the encryption configuration {}", path.display()))?;
+    Ok(std::sync::Arc::new(wrapped))
 }

@@ -37,6 +37,12 @@ impl Server {
 
     /// Starts on an existing data dir (to test restarts).
     pub fn start_in(dir: tempfile::TempDir) -> Server {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts on `dir` with extra `h8s server` flags.
+    #[allow(dead_code)]
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&std::ffi::OsStr]) -> Server {
         let t0 = Instant::now();
         let data = dir.path().join("data");
         let mut child = Command::new(env!("CARGO_BIN_EXE_h8s"))
@@ -44,6 +50,7 @@ impl Server {
             .arg(&data)
             // API tests need no node agent (no pod VMs booting behind them).
             .arg("--disable-agent")
+            .args(extra)
             .env("H8S_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
