@@ -718,7 +718,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
             )
             .await
         {
-            Ok(_) => {}
+            // Until the cache shows it, the pod is seen as written: without the finalizer,
+            // so it is never counted twice.
+            Ok(written) => st.expectations.created(&key, written),
             Err(e) if workload::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
