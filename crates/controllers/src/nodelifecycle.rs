@@ -100,6 +100,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         grace: ctx.timers.node_monitor_grace_period,
         health: HashMap::new(),
         mark_pending: HashSet::new(),
+        disrupted: false,
     };
     let eviction = Eviction {
         client: client.clone(),
@@ -216,12 +217,13 @@ pub fn unknown_conditions(node: &Node, now: &Time) -> Option<Vec<NodeCondition>>
 // Taints.
 
 /// The taints this controller manages that `node` should carry now, from its conditions and
-/// `spec.unschedulable`.
-pub fn wanted_taints(node: &Node) -> Vec<(String, &'static str)> {
+/// `spec.unschedulable`. `no_execute` is false in disruption mode (every node not Ready):
+/// then no NoExecute taint is wanted, so nothing is evicted.
+pub fn wanted_taints(node: &Node, no_execute: bool) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
     match ready_status(node) {
-        Some("False") => out.push((TAINT_NOT_READY.to_string(), NO_EXECUTE)),
-        Some("Unknown") => out.push((TAINT_UNREACHABLE.to_string(), NO_EXECUTE)),
+        Some("False") if no_execute => out.push((TAINT_NOT_READY.to_string(), NO_EXECUTE)),
+        Some("Unknown") if no_execute => out.push((TAINT_UNREACHABLE.to_string(), NO_EXECUTE)),
         _ => {}
     }
     for (cond, status, key) in NO_SCHEDULE_TAINTS {
@@ -252,14 +254,14 @@ fn managed(t: &Taint) -> bool {
 
 /// The node's new `spec.taints`, or `None` if they are already right: the managed taints
 /// that should be there are added (NoExecute ones stamped `timeAdded`), those that should not
-/// are removed, everything else is kept as it is.
-pub fn reconcile_taints(node: &Node, now: &Time) -> Option<Vec<Taint>> {
+/// are removed, everything else is kept as it is. See [`wanted_taints`] for `no_execute`.
+pub fn reconcile_taints(node: &Node, now: &Time, no_execute: bool) -> Option<Vec<Taint>> {
     let current = node
         .spec
         .as_ref()
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
-    let wanted = wanted_taints(node);
+    let wanted = wanted_taints(node, no_execute);
     let mut out: Vec<Taint> = current
         .iter()
         .filter(|t| !managed(t) || wanted.iter().any(|(k, e)| *k == t.key && *e == t.effect))
@@ -276,6 +278,34 @@ pub fn reconcile_taints(node: &Node, now: &Time) -> Option<Vec<Taint>> {
         }
     }
     (out != current).then_some(out)
+}
+
+/// A node's zone as kube keys it (region and zone labels).
+fn zone_of(node: &Node) -> String {
+    let l = node.labels();
+    format!(
+        "{}:\u{0}:{}",
+        l.get("topology.kubernetes.io/region")
+            .map(String::as_str)
+            .unwrap_or_default(),
+        l.get("topology.kubernetes.io/zone")
+            .map(String::as_str)
+            .unwrap_or_default()
+    )
+}
+
+/// Whether every zone is fully disrupted — every node not Ready — (kube's "master
+/// disruption mode"): then the fault is more likely the control plane's or the network's than
+/// the nodes', and kube taints nothing NoExecute (and removes such taints) so that no pod is
+/// evicted. False without nodes.
+pub fn all_zones_disrupted<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
+    let mut zones: HashMap<String, bool> = HashMap::new();
+    for n in nodes {
+        let down = ready_status(n) != Some("True");
+        let z = zones.entry(zone_of(n)).or_insert(true);
+        *z &= down;
+    }
+    !zones.is_empty() && zones.values().all(|down| *down)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -358,6 +388,8 @@ struct Monitor {
     health: HashMap<String, NodeHealth>,
     /// Nodes whose pods still have to be marked not ready (a failed attempt is retried).
     mark_pending: HashSet<String>,
+    /// Every node is down: no NoExecute taints (kube's master disruption mode).
+    disrupted: bool,
 }
 
 impl Monitor {
@@ -384,6 +416,8 @@ impl Monitor {
         let names: HashSet<String> = all.iter().map(|n| n.name_any()).collect();
         self.health.retain(|n, _| names.contains(n));
         self.mark_pending.retain(|n| names.contains(n));
+        // Health first: every node's status as of this pass.
+        let mut current: Vec<Node> = Vec::with_capacity(all.len());
         for node in all {
             let name = node.name_any();
             let lease = leases.get(&ObjectRef::new(&name).within(LEASE_NAMESPACE));
@@ -393,49 +427,82 @@ impl Monitor {
                 .or_insert_with(|| NodeHealth::new(&node, lease.as_deref(), now));
             h.observe(&node, lease.as_deref(), now);
             let silent = now.duration_since(h.probe) > self.grace;
-            if let Err(e) = self.check(&node, silent, pods).await {
-                if cluster::is_stale(&e) {
-                    tracing::debug!(node = %name, "node changed meanwhile; next pass");
-                } else {
-                    tracing::warn!(node = %name, error = %e, "node health update failed");
+            match self.update_health(&node, silent).await {
+                Ok(n) => current.push(n),
+                Err(e) => {
+                    log_write_error(&name, &e);
+                    current.push((*node).clone());
                 }
+            }
+        }
+        // Disruption mode: every node down.
+        let disrupted = all_zones_disrupted(&current);
+        if disrupted != self.disrupted {
+            if disrupted {
+                tracing::warn!(
+                    "every node is not Ready: disruption mode, no NoExecute taints (no evictions)"
+                );
+            } else {
+                tracing::info!("some nodes are Ready again: leaving disruption mode");
+                // Every node gets a fresh grace period, as in kube.
+                for h in self.health.values_mut() {
+                    h.probe = now;
+                }
+            }
+            self.disrupted = disrupted;
+        }
+        // Then taints and pods.
+        for node in current {
+            let name = node.name_any();
+            if let Err(e) = self.update_taints(node, pods).await {
+                log_write_error(&name, &e);
             }
         }
     }
 
-    async fn check(
+    /// Sets the node's conditions Unknown when it went silent; gives the node as it is now.
+    async fn update_health(&mut self, node: &Node, silent: bool) -> Result<Node, kube::Error> {
+        let mut node = node.clone();
+        if !silent {
+            return Ok(node);
+        }
+        let ts = cluster::now();
+        let Some(conds) = unknown_conditions(&node, &ts) else {
+            return Ok(node);
+        };
+        let api: Api<Node> = Api::all(self.client.clone());
+        let name = node.name_any();
+        let was_ready = ready_status(&node) == Some("True");
+        node.status.get_or_insert_with(Default::default).conditions = Some(conds);
+        node = api
+            .replace_status(&name, &PostParams::default(), &node)
+            .await?;
+        tracing::info!(node = %name, "node stopped posting status: Ready=Unknown");
+        if was_ready {
+            self.events
+                .publish(
+                    &node.object_ref(&()),
+                    EventType::Normal,
+                    "NodeNotReady",
+                    "NodeNotReady",
+                    format!("Node {name} status is now: NodeNotReady"),
+                )
+                .await;
+            self.mark_pending.insert(name);
+        }
+        Ok(node)
+    }
+
+    /// Brings the node's managed taints in line with its conditions, and marks its pods not
+    /// ready when it went down.
+    async fn update_taints(
         &mut self,
-        node: &Node,
-        silent: bool,
+        mut node: Node,
         pods: &Store<Pod>,
     ) -> Result<(), kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
         let name = node.name_any();
-        let ts = cluster::now();
-        let mut node = node.clone();
-        if silent {
-            if let Some(conds) = unknown_conditions(&node, &ts) {
-                let was_ready = ready_status(&node) == Some("True");
-                node.status.get_or_insert_with(Default::default).conditions = Some(conds);
-                node = api
-                    .replace_status(&name, &PostParams::default(), &node)
-                    .await?;
-                tracing::info!(node = %name, "node stopped posting status: Ready=Unknown");
-                if was_ready {
-                    self.events
-                        .publish(
-                            &node.object_ref(&()),
-                            EventType::Normal,
-                            "NodeNotReady",
-                            "NodeNotReady",
-                            format!("Node {name} status is now: NodeNotReady"),
-                        )
-                        .await;
-                    self.mark_pending.insert(name.clone());
-                }
-            }
-        }
-        if let Some(taints) = reconcile_taints(&node, &ts) {
+        if let Some(taints) = reconcile_taints(&node, &cluster::now(), !self.disrupted) {
             node.spec.get_or_insert_with(Default::default).taints = Some(taints);
             node = api.replace(&name, &PostParams::default(), &node).await?;
             tracing::info!(node = %name, ready = ?ready_status(&node), "node taints updated");
@@ -485,6 +552,14 @@ impl Monitor {
             }
         }
         ok
+    }
+}
+
+fn log_write_error(node: &str, e: &kube::Error) {
+    if cluster::is_stale(e) {
+        tracing::debug!(node, "node changed meanwhile; next pass");
+    } else {
+        tracing::warn!(node, error = %e, "node update failed");
     }
 }
 
@@ -744,7 +819,7 @@ mod tests {
     fn taints_follow_ready_condition() {
         let now = ts("2026-01-01T00:01:00Z");
         let keep = taint("dedicated", NO_SCHEDULE);
-        let t = reconcile_taints(&node(Some("Unknown"), vec![keep.clone()]), &now).unwrap();
+        let t = reconcile_taints(&node(Some("Unknown"), vec![keep.clone()]), &now, true).unwrap();
         assert_eq!(t.len(), 3);
         assert!(t.contains(&keep));
         let ne = t
@@ -758,9 +833,9 @@ mod tests {
             .unwrap();
         assert_eq!(ns.time_added, None);
         // Already tainted: no change.
-        assert!(reconcile_taints(&node(Some("Unknown"), t.clone()), &now).is_none());
+        assert!(reconcile_taints(&node(Some("Unknown"), t.clone()), &now, true).is_none());
         // Ready=False swaps unreachable for not-ready.
-        let t2 = reconcile_taints(&node(Some("False"), t.clone()), &now).unwrap();
+        let t2 = reconcile_taints(&node(Some("False"), t.clone()), &now, true).unwrap();
         assert!(t2.iter().all(|t| t.key != TAINT_UNREACHABLE));
         assert!(t2
             .iter()
@@ -769,10 +844,10 @@ mod tests {
             .iter()
             .any(|t| t.key == TAINT_NOT_READY && t.effect == NO_SCHEDULE));
         // Back to Ready: only the foreign taint stays.
-        let t3 = reconcile_taints(&node(Some("True"), t2), &now).unwrap();
+        let t3 = reconcile_taints(&node(Some("True"), t2), &now, true).unwrap();
         assert_eq!(t3, vec![keep]);
         // A healthy node without taints needs nothing.
-        assert!(reconcile_taints(&node(Some("True"), vec![]), &now).is_none());
+        assert!(reconcile_taints(&node(Some("True"), vec![]), &now, true).is_none());
     }
 
     #[test]
@@ -791,7 +866,7 @@ mod tests {
                 status: "True".into(),
                 ..Default::default()
             });
-        let t = reconcile_taints(&n, &now).unwrap();
+        let t = reconcile_taints(&n, &now, true).unwrap();
         assert_eq!(t.len(), 2);
         assert!(t
             .iter()
@@ -799,6 +874,43 @@ mod tests {
         assert!(t
             .iter()
             .any(|t| t.key == "node.kubernetes.io/disk-pressure"));
+    }
+
+    #[test]
+    fn disruption_mode_when_every_zone_is_down() {
+        let now = ts("2026-01-01T00:01:00Z");
+        let in_zone = |ready: &str, zone: &str| {
+            let mut n = node(Some(ready), vec![]);
+            n.metadata.labels =
+                Some([("topology.kubernetes.io/zone".to_string(), zone.to_string())].into());
+            n
+        };
+        assert!(!all_zones_disrupted(&[]));
+        assert!(all_zones_disrupted(&[
+            in_zone("Unknown", "a"),
+            in_zone("False", "b")
+        ]));
+        assert!(!all_zones_disrupted(&[
+            in_zone("Unknown", "a"),
+            in_zone("True", "b")
+        ]));
+        assert!(!all_zones_disrupted(&[
+            in_zone("Unknown", "a"),
+            in_zone("True", "a")
+        ]));
+        // In disruption mode a silent node gets only the NoSchedule taint, and loses a
+        // NoExecute one it had.
+        let down = node(Some("Unknown"), vec![]);
+        let t = reconcile_taints(&down, &now, false).unwrap();
+        assert_eq!(
+            t.iter().map(|t| t.effect.as_str()).collect::<Vec<_>>(),
+            [NO_SCHEDULE]
+        );
+        let tainted = node(
+            Some("Unknown"),
+            reconcile_taints(&down, &now, true).unwrap(),
+        );
+        assert_eq!(reconcile_taints(&tainted, &now, false).unwrap(), t);
     }
 
     #[test]

@@ -408,6 +408,16 @@ async fn silent_node_is_tainted_and_its_pods_evicted_then_comes_back() {
     let node = "cl-n1";
     ready_node(&c, node, json!([])).await;
     renew_lease(&c, node).await;
+    // Another node stays healthy: were every node down, the controller would be in
+    // disruption mode and taint nothing NoExecute (as kube).
+    ready_node(&c, "cl-keeper", json!([])).await;
+    let lc = c.clone();
+    let keeper = tokio::spawn(async move {
+        loop {
+            renew_lease(&lc, "cl-keeper").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 
     let ne = |key: &str, secs: Option<i64>| {
         let mut t = json!({"key": key, "operator": "Exists", "effect": "NoExecute"});
@@ -549,6 +559,8 @@ async fn silent_node_is_tainted_and_its_pods_evicted_then_comes_back() {
     assert_eq!(ready_condition(&n).unwrap().status, "True");
     assert!(taint_keys(&n).is_empty());
     assert!(pods.get_opt("forever").await.unwrap().is_some());
+    keeper.abort();
+    let _ = nodes.delete("cl-keeper", &DeleteParams::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

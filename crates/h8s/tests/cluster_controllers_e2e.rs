@@ -203,32 +203,56 @@ fn server_runs_the_cluster_controllers() {
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: e2e-node\n  namespace: kube-node-lease\nspec:\n  holderIdentity: e2e-node\n  leaseDurationSeconds: 40\n  renewTime: \"{}\"\n",
         now()
     ));
-    // The node agent's heartbeat, until the node is to go silent.
+    // A second node that stays healthy (with every node down the controller would be in
+    // disruption mode and taint nothing NoExecute, as kube).
+    s.apply("apiVersion: v1\nkind: Node\nmetadata:\n  name: e2e-keeper\n");
+    s.ok(&[
+        "patch",
+        "node",
+        "e2e-keeper",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+    s.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: e2e-keeper\n  namespace: kube-node-lease\nspec:\n  holderIdentity: e2e-keeper\n  leaseDurationSeconds: 40\n  renewTime: \"{}\"\n",
+        now()
+    ));
+    // The node agents' heartbeats: e2e-node's until it is to go silent, e2e-keeper's to
+    // the end.
     let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heart = {
-        let beating = beating.clone();
+        let (beating, done) = (beating.clone(), done.clone());
         let kubeconfig = s.kubeconfig.clone();
         std::thread::spawn(move || {
-            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let patch = format!(r#"{{"spec":{{"renewTime":"{}"}}}}"#, now());
-                let _ = Command::new(KUBECTL)
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args([
-                        "patch",
-                        "lease",
-                        "e2e-node",
-                        "-n",
-                        "kube-node-lease",
-                        "--type=merge",
-                        "-p",
-                        &patch,
-                    ])
-                    .env_remove("KUBECONFIG")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                std::thread::sleep(Duration::from_millis(700));
+                let mut leases = vec!["e2e-keeper"];
+                if beating.load(std::sync::atomic::Ordering::Relaxed) {
+                    leases.push("e2e-node");
+                }
+                for l in leases {
+                    let _ = Command::new(KUBECTL)
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig)
+                        .args([
+                            "patch",
+                            "lease",
+                            l,
+                            "-n",
+                            "kube-node-lease",
+                            "--type=merge",
+                            "-p",
+                            &patch,
+                        ])
+                        .env_remove("KUBECONFIG")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
         })
     };
@@ -314,7 +338,6 @@ fn server_runs_the_cluster_controllers() {
     // The lease is not renewed any more: after the 3 s grace period the node is tainted
     // unreachable and its pods marked not ready.
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
-    heart.join().expect("heartbeat thread");
     s.wait_for(
         30,
         &[
@@ -353,4 +376,18 @@ fn server_runs_the_cluster_controllers() {
         ],
         "/10.8.0.10 10.8.0.11",
     );
+    // The healthy node kept its Ready status and no taints.
+    s.wait_for(
+        5,
+        &[
+            "get",
+            "node",
+            "e2e-keeper",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}/{.spec.taints}",
+        ],
+        "True/",
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    heart.join().expect("heartbeat thread");
 }
