@@ -537,3 +537,62 @@ async fn control_kinds_and_admission() {
 
     t.srv.shutdown().await;
 }
+
+/// Events expire on etcd too: the sweeper works through the `Store` trait, whatever the
+/// backend (a real etcd member on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_on_etcd() {
+    let cluster = h8s_store::testing::EtcdCluster::start(1).expect("start etcd (etcd-server)");
+    let dir = tempfile::tempdir().unwrap();
+    let store = h8s_store::open(&cluster.url("/events-ttl"), dir.path(), None)
+        .await
+        .unwrap();
+    let mut cfg = h8s_apiserver::Config::new(
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        store,
+    );
+    cfg.event_ttl = Duration::from_secs(1);
+    let srv = h8s_apiserver::Server::start(cfg).await.unwrap();
+    let t = T {
+        admin: srv.pki.admin_token.clone(),
+        srv,
+        _dir: dir,
+    };
+    t.ok(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        Some(
+            json!({"metadata": {"name": "short"}, "message": "soon gone",
+            "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "Test"}),
+        ),
+    )
+    .await;
+    // A write renews the event's life.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    t.raw(
+        "PATCH",
+        "/api/v1/namespaces/default/events/short",
+        "application/merge-patch+json",
+        Some(json!({"count": 2})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (c, _) = t
+        .call("GET", "/api/v1/namespaces/default/events/short", None)
+        .await;
+    assert_eq!(c, 200, "expired a TTL after its create, not its last write");
+    let mut gone = false;
+    for _ in 0..50 {
+        let (c, _) = t
+            .call("GET", "/api/v1/namespaces/default/events/short", None)
+            .await;
+        if c == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the event outlived its TTL on etcd");
+    t.srv.shutdown().await;
+}
