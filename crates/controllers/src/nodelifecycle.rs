@@ -604,22 +604,39 @@ impl Eviction {
         let now = Instant::now();
         let mut next: Option<Duration> = None;
         let mut seen = HashSet::new();
-        for pod in pods.state() {
+        // Only pods on NoExecute-tainted nodes (usually none) and pods with a pending
+        // eviction need a look: a pass costs nothing while every node is healthy.
+        let tainted: HashMap<String, Vec<Taint>> = nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let t = n.spec.as_ref()?.taints.clone()?;
+                t.iter()
+                    .any(|t| t.effect == NO_EXECUTE)
+                    .then(|| (n.name_any(), t))
+            })
+            .collect();
+        if tainted.is_empty() && self.scheduled.is_empty() {
+            return None;
+        }
+        let key_of = |p: &Pod| format!("{}/{}", cluster::ns_name(p), p.uid().unwrap_or_default());
+        let scheduled = &self.scheduled;
+        let candidates = pods.state_filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| tainted.contains_key(n))
+                || (!scheduled.is_empty() && scheduled.contains_key(&key_of(p)))
+        });
+        for pod in candidates {
             let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
                 continue;
             };
             if cluster::pod_terminating(&pod) {
                 continue;
             }
-            let key = format!(
-                "{}/{}",
-                cluster::ns_name(&*pod),
-                pod.uid().unwrap_or_default()
-            );
-            let taints = nodes
-                .get(&ObjectRef::new(node_name))
-                .and_then(|n| n.spec.as_ref().and_then(|s| s.taints.clone()))
-                .unwrap_or_default();
+            let key = key_of(&pod);
+            let taints = tainted.get(node_name).cloned().unwrap_or_default();
             let tolerations = pod
                 .spec
                 .as_ref()

@@ -592,6 +592,18 @@ async fn noexecute_taint_evicts_untolerating_pods_at_once() {
     )
     .await;
     pod(&c, ns, "elsewhere", None, json!({}), json!([]), None).await;
+    // Tolerates the taint for 8 s: the taint goes before, so the eviction is cancelled.
+    pod(
+        &c,
+        ns,
+        "patient",
+        Some(node),
+        json!({}),
+        json!([{"key": "example.com/maintenance", "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 8}]),
+        None,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         pods.get_opt("victim").await.unwrap().is_some(),
@@ -636,6 +648,31 @@ async fn noexecute_taint_evicts_untolerating_pods_at_once() {
                 .iter()
                 .any(|e| e.reason.as_deref() == Some("TaintManagerEviction")
                     && e.note.as_deref() == Some("Marking for deletion Pod cl-taints/victim")),
+            "{:?}",
+            list.items
+                .iter()
+                .map(|e| (&e.reason, &e.note))
+                .collect::<Vec<_>>()
+        );
+    }
+    // The taint goes: the pending eviction of "patient" is cancelled.
+    let tainted_at = std::time::Instant::now();
+    let mut n = nodes.get(node).await.unwrap();
+    n.spec.get_or_insert_with(Default::default).taints = Some(vec![]);
+    nodes
+        .replace(node, &PostParams::default(), &n)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(tainted_at.elapsed())).await;
+    assert!(
+        pods.get_opt("patient").await.unwrap().is_some(),
+        "eviction cancelled with the taint"
+    );
+    if let Ok(list) = events.list(&Default::default()).await {
+        assert!(
+            list.items
+                .iter()
+                .any(|e| e.note.as_deref() == Some("Cancelling deletion of Pod cl-taints/patient")),
             "{:?}",
             list.items
                 .iter()
