@@ -115,7 +115,14 @@ pub(crate) fn bridge(stream: h8s_runtime::Stream) -> Session {
                         let _ = out_tx.send(Output::Exit(c)).await;
                         return;
                     }
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => {
+                        tracing::warn!("the pod's stream ended without an exit status");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the pod's stream");
+                        return;
+                    }
                 };
                 // Waiting here is the back-pressure: the runtime's socket is not read on.
                 if out_tx.send(o).await.is_err() {
