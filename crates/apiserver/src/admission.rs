@@ -65,7 +65,7 @@ pub fn default_chain(
     shutdown: tokio::sync::watch::Receiver<bool>,
     cfg: &PluginConfig,
 ) -> Vec<Arc<dyn Admission>> {
-    let lookup = lookup::Lookup::new(store.clone());
+    let lookup = lookup::Lookup::followed(store.clone(), shutdown.clone());
     vec![
         Arc::new(NamespaceLifecycle::new(store, shutdown)),
         Arc::new(LimitRanger::new(lookup.clone(), cfg.limit_ranges.clone())),
