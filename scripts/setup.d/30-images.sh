@@ -31,5 +31,10 @@ echo "images: building h8s ($profile) to import the test image"
 if [ "$profile" = release ]; then cargo build --release --locked -p h8s; else cargo build --locked -p h8s; fi
 h8s=target/$profile/h8s
 id="$("$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest | awk '{print $2}')"
+# Also as busybox:1.35 (Debian's busybox-static version): a tag other than latest has Kubernetes'
+# default imagePullPolicy IfNotPresent, so `kubectl create deployment --image=busybox:1.35` runs
+# from this imported copy on a machine without Docker Hub, as on any cluster with the image
+# pre-loaded (`busybox`/`:latest` means Always: the node agent pulls it from Docker Hub).
+"$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:1.35 >/dev/null
 "$h8s" image rootfs busybox:latest >/dev/null
-echo "images: busybox:latest imported ($id), rootfs built"
+echo "images: busybox:latest and busybox:1.35 imported ($id), rootfs built"
