@@ -62,9 +62,12 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
 
-    let pods = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
-    let nodes = cluster::reflect(Api::<Node>::all(client.clone()), cfg.clone(), None);
-    let endpoints = cluster::reflect(Api::<Endpoints>::all(client.clone()), cfg.clone(), None);
+    // The tasks end with this future (named bindings: `_` would drop them at once).
+    let (pods, _pods_task) = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
+    let (nodes, _nodes_task) =
+        cluster::reflect(Api::<Node>::all(client.clone()), cfg.clone(), None);
+    let (endpoints, _endpoints_task) =
+        cluster::reflect(Api::<Endpoints>::all(client.clone()), cfg.clone(), None);
 
     let controller = Controller::new(Api::<Service>::all(client.clone()), cfg.clone());
     let services = controller.store();
@@ -83,7 +86,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         nodes,
     });
     // Endpoints of deleted Services go, as in kube (also those left while we were down).
-    tokio::spawn(orphan_sweeper(
+    let _sweeper = cluster::Task::spawn(orphan_sweeper(
         client.clone(),
         services.clone(),
         endpoints,

@@ -76,17 +76,18 @@ const NO_SCHEDULE_TAINTS: [(&str, &str, &str); 6] = [
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let wake = Arc::new(Notify::new());
-    let nodes = cluster::reflect(
+    // The reflector tasks end with this future (named bindings keep them).
+    let (nodes, _nodes_task) = cluster::reflect(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
         Some(wake.clone()),
     );
-    let leases = cluster::reflect(
+    let (leases, _leases_task) = cluster::reflect(
         Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
         watcher::Config::default(),
         None,
     );
-    let pods = cluster::reflect(
+    let (pods, _pods_task) = cluster::reflect(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
         Some(wake.clone()),

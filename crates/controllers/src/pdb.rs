@@ -45,7 +45,7 @@ pub const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
-    let pods = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
+    let (pods, _pods_task) = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
     cluster::ready(&pods).await;
     let controller = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone());
     let pdbs = controller.store();

@@ -17,10 +17,31 @@ use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-/// A reflector's store, kept up to date by a background task that also pokes `wake` on
-/// every change (so a loop over the store can sleep until something happens). Watch errors
-/// are retried with kube's default back-off; they never end the task.
-pub(crate) fn reflect<K>(api: Api<K>, cfg: watcher::Config, wake: Option<Arc<Notify>>) -> Store<K>
+/// A background task that ends when this handle is dropped — with the controller's future,
+/// e.g. when leader election stops it — instead of outliving it.
+pub(crate) struct Task(tokio::task::JoinHandle<()>);
+
+impl Task {
+    pub(crate) fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+        Task(tokio::spawn(f))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A reflector's store, kept up to date by a background task (alive as long as the returned
+/// [`Task`]) that also pokes `wake` on every change (so a loop over the store can sleep
+/// until something happens). Watch errors are retried with kube's default back-off; they
+/// never end the task.
+pub(crate) fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    wake: Option<Arc<Notify>>,
+) -> (Store<K>, Task)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -28,7 +49,7 @@ where
     let (store, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, cfg).default_backoff().reflect(writer);
-    tokio::spawn(async move {
+    let task = Task::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
@@ -41,7 +62,7 @@ where
             }
         }
     });
-    store
+    (store, task)
 }
 
 /// Waits until a store has seen its first full list. kube's `Store::wait_until_ready`
@@ -140,4 +161,22 @@ pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 /// on, and the next pass sees its new state.
 pub(crate) fn is_stale(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_ends_with_its_handle() {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        let t = Task::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        drop(t);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!flag.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }
