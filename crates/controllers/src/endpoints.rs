@@ -138,11 +138,9 @@ fn error_policy(_svc: Arc<Service>, e: &ReconcileError, _s: Arc<State>) -> Actio
     Action::requeue(Duration::from_secs(1))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(service = %cluster::ns_name(&*svc)))]
 async fn reconcile(svc: Arc<Service>, s: Arc<State>) -> Result<Action, ReconcileError> {
     let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
-    let span = tracing::debug_span!("reconcile_endpoints", service = %format!("{ns}/{name}"));
-    let _g = span.enter();
     let Some(sel) = selector(&svc) else {
         return Ok(Action::await_change());
     };
@@ -159,7 +157,6 @@ async fn reconcile(svc: Arc<Service>, s: Arc<State>) -> Result<Action, Reconcile
             .and_then(|n| n.labels().get("topology.kubernetes.io/zone").cloned())
     };
     let eps = pod_endpoints(&svc, pods.iter().map(|p| &**p), &zone);
-    drop(_g);
 
     sync_endpoints(&s.client, &svc, &eps).await?;
     match sync_slices(&s.client, &svc, &eps).await {

@@ -323,6 +323,72 @@ fn server_runs_the_cluster_controllers() {
         "2/1",
     );
 
+    // Nothing changes, so nothing is written: no controller rewrites its objects in a loop
+    // (checked across a resync period).
+    let versions = || {
+        let rv = |args: &[&str]| s.ok(args);
+        [
+            rv(&[
+                "get",
+                "endpoints",
+                "web",
+                "-n",
+                "e2e",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]),
+            rv(&[
+                "get",
+                "endpointslices",
+                "-n",
+                "e2e",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "jsonpath={.items[*].metadata.resourceVersion}",
+            ]),
+            rv(&[
+                "get",
+                "pdb",
+                "web",
+                "-n",
+                "e2e",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]),
+            rv(&[
+                "get",
+                "resourcequota",
+                "q",
+                "-n",
+                "e2e",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]),
+            rv(&[
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-n",
+                "e2e",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]),
+            rv(&[
+                "get",
+                "serviceaccount",
+                "default",
+                "-n",
+                "e2e",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]),
+        ]
+    };
+    let before = versions();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(before, versions(), "an idle object was rewritten");
+
     // Still Ready while the lease is renewed.
     s.wait_for(
         5,
