@@ -1757,3 +1757,124 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod control_kind_tables {
+    use super::*;
+    use crate::resources::find;
+
+    fn one(g: &str, v: &str, p: &str, o: Value) -> (Vec<String>, Vec<Value>) {
+        let r = find(g, v, p).unwrap();
+        let t = table(r, &[o], &Value::Null, IncludeObject::None, UNIX_EPOCH);
+        let cols = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        (cols, t["rows"][0]["cells"].as_array().unwrap().clone())
+    }
+
+    #[test]
+    fn columns_as_kubectl_prints_them() {
+        let (c, r) = one(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4",
+                "ports": [{"port": 80}, {"name": "dns"}, {}],
+                "endpoints": [{"addresses": ["a", "b"]}, {"addresses": ["c", "d", "e"]}]}),
+        );
+        assert_eq!(c, ["Name", "AddressType", "Ports", "Endpoints", "Age"]);
+        assert_eq!(
+            r[1..4],
+            [json!("IPv4"), json!("80,dns,*"), json!("a,b,c + 2 more...")]
+        );
+        let (_, r) = one(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4"}),
+        );
+        assert_eq!(r[2..4], [json!("<unset>"), json!("<unset>")]);
+        let (c, r) = one(
+            "scheduling.k8s.io",
+            "v1",
+            "priorityclasses",
+            json!({"metadata": {"name": "p"}, "value": 7, "globalDefault": true,
+                "preemptionPolicy": "Never"}),
+        );
+        assert_eq!(
+            c,
+            ["Name", "Value", "Global-Default", "Age", "PreemptionPolicy"]
+        );
+        assert_eq!(
+            (r[1].clone(), r[2].clone(), r[4].clone()),
+            (json!(7), json!(true), json!("Never"))
+        );
+        let (c, r) = one(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            json!({"metadata": {"name": "b"}, "spec": {"maxUnavailable": "25%"},
+                "status": {"disruptionsAllowed": 2}}),
+        );
+        assert_eq!(
+            c,
+            [
+                "Name",
+                "Min Available",
+                "Max Unavailable",
+                "Allowed Disruptions",
+                "Age"
+            ]
+        );
+        assert_eq!(r[1..4], [json!("N/A"), json!("25%"), json!(2)]);
+        let (c, r) = one(
+            "certificates.k8s.io",
+            "v1",
+            "certificatesigningrequests",
+            json!({"metadata": {"name": "c"}, "spec": {"signerName": "x.io/y", "username": "u",
+                "expirationSeconds": 3600},
+                "status": {"conditions": [{"type": "Approved"}], "certificate": "Zm9v"}}),
+        );
+        assert_eq!(
+            c,
+            [
+                "Name",
+                "Age",
+                "SignerName",
+                "Requestor",
+                "RequestedDuration",
+                "Condition"
+            ]
+        );
+        assert_eq!(
+            r[2..6],
+            [
+                json!("x.io/y"),
+                json!("u"),
+                json!("60m"),
+                json!("Approved,Issued")
+            ]
+        );
+        let (c, r) = one(
+            "node.k8s.io",
+            "v1",
+            "runtimeclasses",
+            json!({"metadata": {"name": "vm"}, "handler": "h8s"}),
+        );
+        assert_eq!(c, ["Name", "Handler", "Age"]);
+        assert_eq!(r[1], json!("h8s"));
+        // events.k8s.io: the core columns over the converted object.
+        let (c, r) = one(
+            "events.k8s.io",
+            "v1",
+            "events",
+            json!({"metadata": {"name": "e"}, "type": "Warning", "reason": "R", "note": "hi",
+                "regarding": {"kind": "Pod", "name": "p"}}),
+        );
+        assert_eq!(c[0..4], ["Last Seen", "Type", "Reason", "Object"]);
+        assert_eq!(r[1..4], [json!("Warning"), json!("R"), json!("pod/p")]);
+    }
+}

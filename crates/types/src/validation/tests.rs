@@ -313,3 +313,197 @@ fn cidr_math() {
     assert!(parse_cidr("10.0.0.0/+8").is_none());
     assert!(!parse_cidr("10.0.0.1/24").unwrap().is_canonical());
 }
+
+fn first_res(g: &str, p: &str) -> &'static Resource {
+    let v = crate::resources::groups()
+        .iter()
+        .find(|x| x.name == g)
+        .unwrap()
+        .versions[0];
+    find(g, v, p).unwrap()
+}
+
+#[test]
+fn priority_class_rules() {
+    let pc = first_res("scheduling.k8s.io", "priorityclasses");
+    let ok = json!({"metadata": {"name": "high"}, "value": 1000});
+    assert_eq!(validate_create(pc, &ok), Ok(()));
+    assert_eq!(
+        messages(validate_create(
+            pc,
+            &json!({"metadata": {"name": "huge"}, "value": 1_000_000_001})
+        )),
+        vec!["value: Forbidden: maximum allowed value of a user defined priority is 1000000000"]
+    );
+    assert_eq!(
+        messages(validate_create(pc, &json!({"metadata": {"name": "system-mine"}, "value": 1}))),
+        vec!["metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: system-mine is not a known system priority class"]
+    );
+    let sys = json!({"metadata": {"name": "system-node-critical"}, "value": 2_000_001_000});
+    assert_eq!(validate_create(pc, &sys), Ok(()));
+    let mut wrong = sys.clone();
+    wrong["value"] = json!(5);
+    assert!(validate_create(pc, &wrong).is_err());
+    let mut changed = ok.clone();
+    changed["value"] = json!(7);
+    assert_eq!(
+        messages(validate_update(pc, &changed, &ok)),
+        vec!["value: Forbidden: may not be changed in an update."]
+    );
+    let mut bad = ok.clone();
+    bad["preemptionPolicy"] = json!("Sometimes");
+    assert!(validate_create(pc, &bad).is_err());
+}
+
+#[test]
+fn runtime_class_rules() {
+    let rc = first_res("node.k8s.io", "runtimeclasses");
+    let ok = json!({"metadata": {"name": "vm"}, "handler": "h8s",
+        "overhead": {"podFixed": {"memory": "64Mi"}}});
+    assert_eq!(validate_create(rc, &ok), Ok(()));
+    assert_eq!(
+        messages(validate_create(rc, &json!({"metadata": {"name": "vm"}}))),
+        vec!["handler: Required value"]
+    );
+    let mut neg = ok.clone();
+    neg["overhead"]["podFixed"]["cpu"] = json!("-1");
+    assert!(validate_create(rc, &neg).is_err());
+    let mut other = ok.clone();
+    other["handler"] = json!("runc");
+    assert_eq!(
+        messages(validate_update(rc, &other, &ok)),
+        vec!["handler: Invalid value: \"runc\": field is immutable"]
+    );
+}
+
+#[test]
+fn disruption_budget_rules() {
+    let pdb = first_res("policy", "poddisruptionbudgets");
+    let ok = json!({"metadata": {"name": "b", "namespace": "d"},
+        "spec": {"minAvailable": "50%", "selector": {"matchLabels": {"app": "web"}}}});
+    assert_eq!(validate_create(pdb, &ok), Ok(()));
+    let mut both = ok.clone();
+    both["spec"]["maxUnavailable"] = json!(1);
+    let m = messages(validate_create(pdb, &both));
+    assert!(
+        m[0].ends_with("minAvailable and maxUnavailable cannot be both set"),
+        "{m:?}"
+    );
+    let mut pct = ok.clone();
+    pct["spec"]["minAvailable"] = json!("150%");
+    assert!(validate_create(pdb, &pct).is_err());
+    let mut policy = ok.clone();
+    policy["spec"]["unhealthyPodEvictionPolicy"] = json!("Never");
+    assert!(validate_create(pdb, &policy).is_err());
+    let mut st = ok.clone();
+    st["status"] = json!({"disruptionsAllowed": -1});
+    assert_eq!(
+        messages(validate_status_update(pdb, &st, &ok)),
+        vec!["status.disruptionsAllowed: Invalid value: -1: must be greater than or equal to 0"]
+    );
+}
+
+#[test]
+fn endpoint_slice_rules() {
+    let es = first_res("discovery.k8s.io", "endpointslices");
+    let ok = json!({"metadata": {"name": "s", "namespace": "d"}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.1"]}], "ports": [{"name": "http", "port": 80}]});
+    assert_eq!(validate_create(es, &ok), Ok(()));
+    assert_eq!(
+        messages(validate_create(
+            es,
+            &json!({"metadata": {"name": "s", "namespace": "d"}})
+        )),
+        vec!["addressType: Required value"]
+    );
+    let mut v6 = ok.clone();
+    v6["endpoints"][0]["addresses"] = json!(["fd00::1"]);
+    assert_eq!(
+        messages(validate_create(es, &v6)),
+        vec!["endpoints[0].addresses[0]: Invalid value: \"fd00::1\": must be a valid IPv4 address"]
+    );
+    let mut none = ok.clone();
+    none["endpoints"][0]["addresses"] = json!([]);
+    assert!(validate_create(es, &none).is_err());
+    let mut port = ok.clone();
+    port["ports"][0]["port"] = json!(70000);
+    assert!(validate_create(es, &port).is_err());
+    let mut at = ok.clone();
+    at["addressType"] = json!("IPv6");
+    at["endpoints"] = json!([]);
+    assert!(messages(validate_update(es, &at, &ok))
+        .iter()
+        .any(|m| m.starts_with("addressType: Invalid value: \"IPv6\": field is immutable")));
+}
+
+#[test]
+fn csr_rules() {
+    use base64::Engine as _;
+    let csr = first_res("certificates.k8s.io", "certificatesigningrequests");
+    let pem = "-----BEGIN CERTIFICATE REQUEST-----\nMIHd\n-----END CERTIFICATE REQUEST-----\n";
+    let req = base64::engine::general_purpose::STANDARD.encode(pem);
+    let ok = json!({"metadata": {"name": "c"}, "spec": {"request": req,
+        "signerName": "example.com/signer", "usages": ["client auth"]}});
+    assert_eq!(validate_create(csr, &ok), Ok(()));
+    let mut bad = ok.clone();
+    bad["spec"]["request"] = json!(base64::engine::general_purpose::STANDARD.encode("junk"));
+    bad["spec"]["signerName"] = json!("nodomain");
+    bad["spec"]["usages"] = json!([]);
+    bad["spec"]["expirationSeconds"] = json!(60);
+    let m = messages(validate_create(csr, &bad));
+    assert_eq!(m.len(), 4, "{m:?}");
+    assert!(
+        m[0].ends_with("PEM block type must be CERTIFICATE REQUEST"),
+        "{m:?}"
+    );
+    assert_eq!(m[2], "spec.usages: Required value: usages must be provided");
+    let approved = json!({"metadata": {"name": "c"}, "spec": ok["spec"],
+        "status": {"conditions": [{"type": "Approved", "status": "True"}]}});
+    assert_eq!(validate_status_update(csr, &approved, &ok), Ok(()));
+    let mut both = approved.clone();
+    both["status"]["conditions"] =
+        json!([{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]);
+    assert!(messages(validate_status_update(csr, &both, &ok))
+        .iter()
+        .any(|m| m.ends_with("Approved and Denied conditions are mutually exclusive")));
+    assert_eq!(
+        messages(validate_status_update(csr, &ok, &approved)),
+        vec![
+            "status.conditions: Forbidden: updates may not remove a condition of type \"Approved\""
+        ]
+    );
+}
+
+#[test]
+fn events_v1_are_strict_on_create() {
+    let ev = first_res("events.k8s.io", "events");
+    let ok = json!({"metadata": {"name": "e", "namespace": "d"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "type": "Normal", "reason": "R",
+        "action": "A", "reportingController": "h8s.io/x", "reportingInstance": "i",
+        "regarding": {"kind": "Pod", "name": "p", "namespace": "d"}});
+    assert_eq!(validate_create(ev, &ok), Ok(()));
+    let m = messages(validate_create(
+        ev,
+        &json!({"metadata": {"name": "e", "namespace": "d"}, "type": "Normal"}),
+    ));
+    assert!(
+        m.contains(&"eventTime: Required value".to_string()),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"reportingController: Required value".to_string()),
+        "{m:?}"
+    );
+    let mut old = ok.clone();
+    old["deprecatedCount"] = json!(3);
+    assert_eq!(
+        messages(validate_create(ev, &old)),
+        vec!["deprecatedCount: Invalid value: \"\": needs to be unset"]
+    );
+    // Core v1 Events stay lax.
+    let core = res("", "events");
+    assert_eq!(
+        validate_create(core, &json!({"metadata": {"name": "e", "namespace": "d"}})),
+        Ok(())
+    );
+}
