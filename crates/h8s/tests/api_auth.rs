@@ -26,6 +26,21 @@ fn whoami_with(ver: &str, kubeconfig: &std::path::Path) -> serde_json::Value {
     json(&String::from_utf8_lossy(&o.stdout))
 }
 
+/// coreutils' base64 over `input` (the test crate has no base64 library).
+fn base64_cli(args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("base64")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64");
+    c.stdin.take().unwrap().write_all(input).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap()
+}
+
 fn assert_401(srv: &Server, token: &str) {
     let (code, body) = srv.curl_with(
         "GET",
@@ -245,6 +260,8 @@ fn authentication_end_to_end() {
         .enable_all()
         .build()
         .unwrap();
+    // kube clients spawn their workers on the current runtime.
+    let _in_rt = rt.enter();
     let conn = h8s_client::Connection {
         server: srv.url.clone(),
         ca_pem: std::fs::read(data.join("ca.crt")).unwrap(),
@@ -281,9 +298,44 @@ fn authentication_end_to_end() {
         me["status"]["userInfo"]["groups"],
         serde_json::json!(["system:nodes", "system:authenticated"])
     );
+    // The node renews its own certificate (approved as selfnodeclient), but cannot get
+    // one for another node.
+    let renewed = rt
+        .block_on(h8s_client::bootstrap::request_node_certificate(
+            node_conn.client().unwrap(),
+            "node-1",
+            &h8s_client::bootstrap::BootstrapOptions::default(),
+        ))
+        .expect("renewal");
+    assert_ne!(renewed.cert_pem, cert.cert_pem);
+    let other = rt.block_on(h8s_client::bootstrap::request_node_certificate(
+        node_conn.client().unwrap(),
+        "node-2",
+        &h8s_client::bootstrap::BootstrapOptions {
+            timeout: Duration::from_secs(3),
+            expiration: None,
+        },
+    ));
+    assert!(
+        matches!(
+            other,
+            Err(h8s_client::bootstrap::BootstrapError::Timeout { .. })
+        ),
+        "a node got another node's certificate: {other:?}"
+    );
     // The CSR shows who asked and who approved.
     let csrs = json(&srv.kubectl("1.33", &["get", "csr", "-o", "json"]));
-    let c = &csrs["items"][0];
+    let c = csrs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["spec"]["username"]
+                .as_str()
+                .unwrap()
+                .starts_with("system:bootstrap:")
+        })
+        .expect("the bootstrap CSR");
     assert!(c["spec"]["username"]
         .as_str()
         .unwrap()
@@ -294,4 +346,50 @@ fn authentication_end_to_end() {
     );
     assert_eq!(c["status"]["conditions"][0]["type"], "Approved");
     assert_eq!(c["spec"]["expirationSeconds"], 86400);
+
+    // --- a client CSR approved by hand (kubectl certificate approve) and signed ---
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "ops");
+    dn.push(rcgen::DnType::CommonName, "carol");
+    p.distinguished_name = dn;
+    let req = p.serialize_request(&key).unwrap().pem().unwrap();
+    let b64 = base64_cli(&["-w0"], req.as_bytes());
+    srv.kubectl_stdin(
+        "1.33",
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: carol\nspec:\n  request: {b64}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 3600\n  usages: [client auth]\n"
+        )),
+    );
+    let pending = json(&srv.kubectl("1.33", &["get", "csr", "carol", "-o", "json"]));
+    assert!(
+        pending["status"]["certificate"].is_null(),
+        "not approved yet: {pending}"
+    );
+    srv.kubectl("1.33", &["certificate", "approve", "carol"]);
+    let signed = srv.kubectl(
+        "1.33",
+        &[
+            "get",
+            "csr",
+            "carol",
+            "-o",
+            "jsonpath={.status.certificate}",
+        ],
+    );
+    let cert = base64_cli(&["-d"], signed.trim().as_bytes());
+    let kc = srv.dir.path().join("carol.kubeconfig");
+    std::fs::write(
+        &kc,
+        pki.client_kubeconfig(&srv.url, "carol", &cert, &key.serialize_pem()),
+    )
+    .unwrap();
+    let me = whoami_with("1.33", &kc);
+    assert_eq!(me["status"]["userInfo"]["username"], "carol");
+    assert_eq!(
+        me["status"]["userInfo"]["groups"],
+        serde_json::json!(["ops", "system:authenticated"])
+    );
 }
