@@ -1575,39 +1575,43 @@ impl Worker {
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         // The guest runs the probe; under TCG an exec alone takes a while, so allow for it.
         let budget = timeout + Duration::from_secs(5);
+        let net = |host: Option<String>, port: i32, http: Option<h8s_guest::HttpProbe>| {
+            h8s_guest::ProbeSpec {
+                host: host.unwrap_or_default(),
+                port: u16::try_from(port).unwrap_or(0),
+                http,
+                timeout_ms: timeout.as_millis() as u64,
+            }
+        };
         let cmd: Vec<String> = if let Some(e) = &p.exec {
             e.command.clone().unwrap_or_default()
         } else if let Some(h) = &p.http_get {
             let port = port_number(&h.port, self.spec_container_ports(inst))?;
-            let host = h.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-            let scheme = h
-                .scheme
-                .clone()
-                .unwrap_or_else(|| "HTTP".into())
-                .to_lowercase();
-            let path = h.path.clone().unwrap_or_else(|| "/".into());
-            vec![
-                "wget".into(),
-                "-q".into(),
-                "-T".into(),
-                timeout.as_secs().to_string(),
-                "-O".into(),
-                "/dev/null".into(),
-                format!("{scheme}://{host}:{port}{path}"),
-            ]
+            let headers = h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect();
+            let http =
+                (h.scheme.as_deref().unwrap_or("HTTP") != "HTTPS").then(|| h8s_guest::HttpProbe {
+                    path: h.path.clone().unwrap_or_else(|| "/".into()),
+                    headers,
+                });
+            let spec = net(h.host.clone(), port, http);
+            return tokio::time::timeout(budget, self.ctx.runtime.probe(id, spec))
+                .await
+                .map_err(|_| format!("probe timed out after {timeout:?}"))?
+                .map_err(|e| probe_message(&e));
         } else if let Some(t) = &p.tcp_socket {
             let port = port_number(&t.port, self.spec_container_ports(inst))?;
-            let host = t.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-            vec![
-                "nc".into(),
-                "-z".into(),
-                "-w".into(),
-                timeout.as_secs().to_string(),
-                host,
-                port.to_string(),
-            ]
+            let spec = net(t.host.clone(), port, None);
+            return tokio::time::timeout(budget, self.ctx.runtime.probe(id, spec))
+                .await
+                .map_err(|_| format!("probe timed out after {timeout:?}"))?
+                .map_err(|e| probe_message(&e));
         } else {
-            return Err("probe has no handler".into());
+            return Err("probe has no handler (grpc probes are not supported yet)".into());
         };
         if cmd.is_empty() {
             return Err("exec probe has no command".into());
@@ -1810,6 +1814,17 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "writing the pod status failed"),
         }
     }
+}
+
+/// The probe's own failure text (the guest's message, without the runtime's prefix).
+fn probe_message(e: &h8s_runtime::Error) -> String {
+    let s = e.to_string();
+    for p in ["guest agent: ", "failed precondition: "] {
+        if let Some(rest) = s.strip_prefix(p) {
+            return rest.trim_start_matches("failed precondition: ").to_string();
+        }
+    }
+    s
 }
 
 fn hook_command(c: &Container, post_start: bool) -> Option<Vec<String>> {

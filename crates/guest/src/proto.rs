@@ -263,6 +263,12 @@ pub enum Request {
     /// the visible names are symlinks through `..data`, so a reader never sees a mix of old
     /// and new content. Answered with [`Reply::Done`]. (Added in version 1, additive.)
     WriteVolume(VolumeContent),
+    /// Check a port inside the pod VM (the pod's network namespace) as kubelet's
+    /// `tcpSocket` and `httpGet` probes do: connect within the timeout, and for HTTP send a GET
+    /// and expect a status from 200 to 399. Answered with [`Reply::Done`] when the check
+    /// passes, else [`ErrorCode::FailedPrecondition`] with the reason. (Added in version 1,
+    /// additive.)
+    Probe(ProbeSpec),
     /// Ask for a fresh [`Message::Hello`]: the agent sends one, then answers [`Reply::Done`].
     /// A host that (re)connects to a running VM should send this instead of relying on the
     /// spontaneous greeting: when a disconnect and the next connect reach the guest together,
@@ -311,6 +317,32 @@ pub struct VolumeContent {
     pub name: String,
     /// Every file of the volume; files not listed disappear.
     pub files: Vec<VolumeFile>,
+}
+
+/// A network probe run inside the pod VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// An IP address (`127.0.0.1` when empty).
+    #[serde(default)]
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// An HTTP GET instead of a bare connect.
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    /// Connect plus answer, milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The HTTP part of a [`ProbeSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    /// Path and query, `/` when empty.
+    #[serde(default)]
+    pub path: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One file of a [`VolumeContent`].

@@ -605,6 +605,11 @@ impl Runtime {
         Ok(Stream::new(conn))
     }
 
+    /// Runs a tcpSocket/httpGet probe inside the pod VM; `Ok` when it passes.
+    pub async fn probe(&self, id: &str, spec: h8s_guest::ProbeSpec) -> Result<()> {
+        self.call_ok(id, Request::Probe { spec }).await
+    }
+
     /// Replaces the files of one of the pod's volumes, atomically (containers mount it with
     /// `h8s_guest::MountSource::PodDir`).
     #[tracing::instrument(skip(self, content), fields(volume = %content.name))]

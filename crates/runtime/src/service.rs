@@ -59,6 +59,8 @@ pub trait SandboxService: Send + Sync {
         id: &'a str,
         content: h8s_guest::VolumeContent,
     ) -> BoxFuture<'a, Result<()>>;
+    /// Runs a tcpSocket/httpGet probe inside the pod VM; `Ok` when it passes.
+    fn probe<'a>(&'a self, id: &'a str, spec: h8s_guest::ProbeSpec) -> BoxFuture<'a, Result<()>>;
     /// The runtime's name, version and accelerator.
     fn info(&self) -> RuntimeInfo;
 }
@@ -169,6 +171,9 @@ impl SandboxService for Runtime {
         content: h8s_guest::VolumeContent,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(Runtime::write_volume(self, id, content))
+    }
+    fn probe<'a>(&'a self, id: &'a str, spec: h8s_guest::ProbeSpec) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::probe(self, id, spec))
     }
     fn info(&self) -> RuntimeInfo {
         Runtime::info(self)

@@ -125,6 +125,10 @@ pub(crate) enum Request {
     PortForward {
         port: u16,
     },
+    /// Run a tcpSocket/httpGet probe inside the pod VM (see `h8s_guest::Request::Probe`).
+    Probe {
+        spec: h8s_guest::ProbeSpec,
+    },
     /// Replace a pod volume's files (see `h8s_guest::Request::WriteVolume`).
     WriteVolume {
         content: h8s_guest::VolumeContent,

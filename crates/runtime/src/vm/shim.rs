@@ -82,7 +82,8 @@ struct Proc {
     container: String,
     main: bool,
     log: Option<LogWriter>,
-    subs: Vec<mpsc::UnboundedSender<Frame>>,
+    /// Attached clients; bounded (see [`SUB_QUEUE`]).
+    subs: Vec<mpsc::Sender<Frame>>,
     exit: Option<i32>,
 }
 
@@ -572,7 +573,9 @@ fn on_guest(shim: &Shim, ev: GuestEvent) {
                     log.write(stream, &data);
                 }
                 let f = Frame { kind, data };
-                p.subs.retain(|s| s.send(f.clone()).is_ok());
+                // A client this far behind is cut off rather than queued for without
+                // bound: the host's memory is not the guest's to fill.
+                p.subs.retain(|s| s.try_send(f.clone()).is_ok());
             }
         }
         GuestEvent::Event(Event::Exited { process, status }) => {
@@ -588,7 +591,7 @@ fn on_guest(shim: &Shim, ev: GuestEvent) {
             }
             let f = Frame::json(Kind::Exit, &wire::Exit { code });
             for s in p.subs.drain(..) {
-                let _ = s.send(f.clone());
+                send_exit(s, f.clone());
             }
             if p.main {
                 let name = p.container.clone();
@@ -847,6 +850,13 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
             let _ = std::fs::remove_file(shim.dir.log_path(&name));
             Ok(Response::Ok)
         }
+        Request::Probe { spec } => {
+            let limit = Duration::from_millis(spec.timeout_ms) + Duration::from_secs(10);
+            shim.agent
+                .request_timeout(GuestRequest::Probe(spec), limit)
+                .await?;
+            Ok(Response::Ok)
+        }
         Request::WriteVolume { content } => {
             shim.agent
                 .request_timeout(GuestRequest::WriteVolume(content), Duration::from_secs(30))
@@ -1027,7 +1037,7 @@ async fn start_container(shim: &Shim, name: &str) -> Result<Response> {
                     p.exit = Some(code);
                     let f = Frame::json(Kind::Exit, &wire::Exit { code });
                     for s in p.subs.drain(..) {
-                        let _ = s.send(f.clone());
+                        send_exit(s, f.clone());
                     }
                 }
             }
@@ -1111,7 +1121,21 @@ async fn stop_pod(shim: &Shim, grace: Duration) -> Result<()> {
     Ok(())
 }
 
-type Sub = (u32, mpsc::UnboundedReceiver<Frame>);
+type Sub = (u32, mpsc::Receiver<Frame>);
+
+/// Frames queued per attached client (each at most 64 KiB of output): past this the client
+/// is cut off. The guest protocol has no per-process flow control yet, so a slow client
+/// cannot slow the guest down without stalling the VM's other streams.
+const SUB_QUEUE: usize = 1024;
+
+/// Hands a client the exit frame, waiting a while if its queue is full.
+fn send_exit(s: mpsc::Sender<Frame>, f: Frame) {
+    if let Err(mpsc::error::TrySendError::Full(f)) = s.try_send(f) {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s.send(f)).await;
+        });
+    }
+}
 
 fn attach_sub(shim: &Shim, name: &str) -> Result<Sub> {
     let mut st = shim.lock();
@@ -1121,9 +1145,9 @@ fn attach_sub(shim: &Shim, name: &str) -> Result<Sub> {
         .get(name)
         .ok_or_else(|| not_found(name))?;
     let p = st.procs.get_mut(&pid).ok_or_else(|| not_found(name))?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(SUB_QUEUE);
     if let Some(code) = p.exit {
-        let _ = tx.send(Frame::json(Kind::Exit, &wire::Exit { code }));
+        let _ = tx.try_send(Frame::json(Kind::Exit, &wire::Exit { code }));
     } else {
         p.subs.push(tx);
     }
@@ -1151,7 +1175,7 @@ async fn start_exec(shim: &Shim, container: &str, config: ExecConfig) -> Result<
         env.extend(config.env.iter().cloned());
         let pid = st.next_pid;
         st.next_pid += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SUB_QUEUE);
         st.procs.insert(
             pid,
             Proc {
@@ -1212,7 +1236,7 @@ async fn start_port_forward(shim: &Shim, port: u16) -> Result<Sub> {
         let mut st = shim.lock();
         let pid = st.next_pid;
         st.next_pid += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SUB_QUEUE);
         st.procs.insert(
             pid,
             Proc {
@@ -1249,7 +1273,7 @@ async fn stream(
     shim: Arc<Shim>,
     conn: UnixStream,
     pid: u32,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut rx: mpsc::Receiver<Frame>,
 ) -> Result<()> {
     let (mut rd, mut wr) = conn.into_split();
     let out = async move {

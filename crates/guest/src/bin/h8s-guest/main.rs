@@ -8,6 +8,7 @@
 mod container;
 mod modules;
 mod net;
+mod probe;
 mod server;
 mod spawn;
 mod sys;

@@ -268,6 +268,15 @@ impl Agent {
                 Some(self.port_forward(process_id, port))
             }
             Request::WriteVolume(v) => Some(crate::volume::write(&v).map(|()| Reply::Done)),
+            Request::Probe(spec) => {
+                // Probes wait on the network: answered from their own thread.
+                let this = self.clone();
+                std::thread::spawn(move || {
+                    let result = crate::probe::run(&spec).map(|()| Reply::Done);
+                    this.send_msg(Message::Response { id, result });
+                });
+                None
+            }
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))
