@@ -151,7 +151,10 @@ impl Server {
                 Some(cfg.data_dir.join("tokens.csv")),
             )),
             sa_authn.clone(),
-            Arc::new(BootstrapTokenAuthenticator::new(vec![join_token.clone()])),
+            Arc::new(
+                BootstrapTokenAuthenticator::new(vec![join_token.clone()])
+                    .with_secrets(store.clone()),
+            ),
         ];
         authn.extend(cfg.authenticators.iter().cloned());
         let mut streams: std::collections::HashMap<_, _> = cfg

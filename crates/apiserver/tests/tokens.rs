@@ -340,5 +340,73 @@ async fn tokens_reviews_and_bootstrap() {
         .await;
     assert_eq!(c, 403);
 
+    // --- bootstrap-token Secrets (kubeadm token create): more join tokens, with expiry ---
+    let secret = |id: &str, usage: &str, exp: &str| {
+        json!({
+            "metadata": {"name": format!("bootstrap-token-{id}")},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": id,
+                "token-secret": "0123456789abcdef",
+                "usage-bootstrap-authentication": usage,
+                "expiration": exp,
+                "auth-extra-groups": "system:bootstrappers:workers",
+            }
+        })
+    };
+    let sec_path = "/api/v1/namespaces/kube-system/secrets";
+    for (id, usage, exp) in [
+        ("aaaaaa", "true", "2999-01-01T00:00:00Z"),
+        ("bbbbbb", "true", "2001-01-01T00:00:00Z"),
+        ("cccccc", "false", "2999-01-01T00:00:00Z"),
+    ] {
+        let (c, b) = t
+            .call(&t.admin, "POST", sec_path, Some(secret(id, usage, exp)))
+            .await;
+        assert_eq!(c, 201, "{b}");
+    }
+    let (c, me) = t.whoami("aaaaaa.0123456789abcdef").await;
+    assert_eq!(c, 201, "{me}");
+    assert_eq!(
+        me["status"]["userInfo"]["username"],
+        "system:bootstrap:aaaaaa"
+    );
+    assert_eq!(
+        me["status"]["userInfo"]["groups"],
+        json!([
+            "system:bootstrappers",
+            "system:bootstrappers:workers",
+            "system:authenticated"
+        ])
+    );
+    let (c, _) = t
+        .call(
+            "aaaaaa.0123456789abcdef",
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            None,
+        )
+        .await;
+    assert_eq!(c, 403, "confined like the join token");
+    for bad in [
+        "aaaaaa.0123456789abcdee", // wrong secret
+        "bbbbbb.0123456789abcdef", // expired
+        "cccccc.0123456789abcdef", // not for authentication
+        "dddddd.0123456789abcdef", // no such token
+    ] {
+        let (c, b) = t.whoami(bad).await;
+        assert_401(c, &b);
+    }
+    // Deleting the Secret revokes the token.
+    t.call(
+        &t.admin,
+        "DELETE",
+        &format!("{sec_path}/bootstrap-token-aaaaaa"),
+        None,
+    )
+    .await;
+    let (c, b) = t.whoami("aaaaaa.0123456789abcdef").await;
+    assert_401(c, &b);
+
     t.srv.shutdown().await;
 }

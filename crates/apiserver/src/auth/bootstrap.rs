@@ -105,33 +105,126 @@ impl JoinToken {
     }
 }
 
-/// Authenticates the join tokens it holds.
+/// The type of the Secrets that hold bootstrap tokens (kubeadm's `kubeadm token create`).
+pub const BOOTSTRAP_TOKEN_SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+
+/// Authenticates the join tokens it holds and, with a store, bootstrap-token Secrets as
+/// kube-apiserver's `--enable-bootstrap-token-auth` does: `kube-system/bootstrap-token-ID`
+/// of type `bootstrap.kubernetes.io/token` with `token-id`, `token-secret`,
+/// `usage-bootstrap-authentication: "true"`, an optional RFC 3339 `expiration` and
+/// optional `auth-extra-groups` (each `system:bootstrappers:…`). So more join tokens, with
+/// expiry, can be made and revoked through the API.
 pub struct BootstrapTokenAuthenticator {
     tokens: Vec<JoinToken>,
+    store: Option<Arc<dyn h8s_store::Store>>,
 }
 
 impl BootstrapTokenAuthenticator {
     pub fn new(tokens: Vec<JoinToken>) -> Self {
-        BootstrapTokenAuthenticator { tokens }
+        BootstrapTokenAuthenticator {
+            tokens,
+            store: None,
+        }
     }
 
-    fn check(&self, req: &RequestInfo<'_>) -> Authn {
+    /// Also accepts bootstrap-token Secrets read from `store`.
+    pub fn with_secrets(mut self, store: Arc<dyn h8s_store::Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    async fn check(&self, req: &RequestInfo<'_>) -> Authn {
         let Some(t) = req.bearer().and_then(JoinToken::parse) else {
             return Authn::NoOpinion;
         };
         match self.tokens.iter().find(|k| k.id == t.id) {
             Some(k) if constant_time_eq(k.secret.as_bytes(), t.secret.as_bytes()) => {
-                Authn::User(k.user())
+                return Authn::User(k.user())
             }
-            Some(_) => Authn::Denied,
-            None => Authn::NoOpinion,
+            Some(_) => return Authn::Denied,
+            None => {}
+        }
+        let Some(store) = &self.store else {
+            return Authn::NoOpinion;
+        };
+        match secret_user(store.as_ref(), &t).await {
+            Ok(Some(u)) => Authn::User(u),
+            Ok(None) => Authn::NoOpinion,
+            Err(why) => {
+                tracing::debug!(token_id = %t.id, why, "bootstrap token rejected");
+                Authn::Denied
+            }
         }
     }
 }
 
+/// The user of a bootstrap-token Secret for `t`: `Ok(None)` when there is no such
+/// Secret, `Err(why)` when there is one and it refuses the token.
+async fn secret_user(
+    store: &dyn h8s_store::Store,
+    t: &JoinToken,
+) -> std::result::Result<Option<UserInfo>, &'static str> {
+    let Some(res) = h8s_types::resources::find("", "v1", "secrets") else {
+        return Ok(None);
+    };
+    let key = crate::obj::key(
+        res,
+        Some("kube-system"),
+        &format!("bootstrap-token-{}", t.id),
+    );
+    let kv = match store.get(&key).await {
+        Ok(Some(kv)) => kv,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err("the store could not be read"),
+    };
+    let o = crate::obj::decode(&kv).map_err(|_| "undecodable Secret")?;
+    if o["type"] != BOOTSTRAP_TOKEN_SECRET_TYPE {
+        return Ok(None);
+    }
+    if crate::obj::is_deleting(&o) {
+        return Err("the Secret is being deleted");
+    }
+    let field = |k: &str| -> Option<String> {
+        if let Some(s) = o["data"][k].as_str() {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+            return String::from_utf8(b).ok();
+        }
+        o["stringData"][k].as_str().map(str::to_string)
+    };
+    if field("token-id").as_deref() != Some(t.id.as_str()) {
+        return Err("token-id does not match the Secret's name");
+    }
+    let secret = field("token-secret").unwrap_or_default();
+    if !constant_time_eq(secret.as_bytes(), t.secret.as_bytes()) {
+        return Err("wrong secret");
+    }
+    if field("usage-bootstrap-authentication").as_deref() != Some("true") {
+        return Err("the token is not for authentication");
+    }
+    if let Some(exp) = field("expiration") {
+        let exp: jiff::Timestamp = exp.parse().map_err(|_| "unparsable expiration")?;
+        if exp <= jiff::Timestamp::now() {
+            return Err("the token has expired");
+        }
+    }
+    let mut user = t.user();
+    for g in field("auth-extra-groups").unwrap_or_default().split(',') {
+        let g = g.trim();
+        if g.is_empty() {
+            continue;
+        }
+        if !g.starts_with("system:bootstrappers:") {
+            return Err("auth-extra-groups must begin with system:bootstrappers:");
+        }
+        user.groups.insert(user.groups.len() - 1, g.to_string());
+    }
+    Ok(Some(user))
+}
+
 impl Authenticator for BootstrapTokenAuthenticator {
     fn authenticate<'a>(&'a self, req: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn> {
-        Box::pin(std::future::ready(self.check(req)))
+        Box::pin(self.check(req))
     }
 }
 
