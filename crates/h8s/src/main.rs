@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod deploy_bench;
 mod image;
 mod net;
 mod pod;
@@ -49,6 +50,9 @@ enum BenchCommand {
     Api(server::BenchArgs),
     /// The scheduler: N Node objects, M pods, bound through the API (vs raw pod creates).
     Sched(sched_bench::Args),
+    /// The control loop at scale: a Deployment over hollow nodes (create, rollout) against
+    /// bare pods, with the server's RSS and CPU.
+    Deploy(deploy_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Net(cmd) => net::run(cmd),
         Command::Bench(BenchCommand::Api(args)) => server::bench(args),
         Command::Bench(BenchCommand::Sched(args)) => sched_bench::run(args),
+        Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
     }
 }
