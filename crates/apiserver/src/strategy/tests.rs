@@ -185,3 +185,65 @@ fn unready_pods_and_the_budget() {
     short["spec"]["unhealthyPodEvictionPolicy"] = json!("AlwaysAllow");
     assert!(unhealthy_pod_may_go(&short, &unready));
 }
+
+#[test]
+fn csr_requester_and_subresources() {
+    let csrs = res("certificates.k8s.io", "v1", "certificatesigningrequests");
+    let s = of(csrs);
+    assert_eq!(s.subresource(csrs, "approval"), Some(Sub::Approval));
+    let user = UserInfo {
+        username: "alice".into(),
+        groups: vec!["dev".into()],
+        ..Default::default()
+    };
+    let mut o = json!({"metadata": {"name": "c"},
+        "spec": {"request": "x", "signerName": "a.io/b", "usages": ["client auth"],
+                 "username": "mallory", "groups": ["system:masters"]},
+        "status": {"certificate": "Zm9v"}});
+    s.prepare_for_create(csrs, &user, &mut o);
+    assert_eq!(o["spec"]["username"], "alice");
+    assert_eq!(o["spec"]["groups"], json!(["dev"]));
+    assert!(o.get("status").is_none());
+    // approval: only the conditions, with their times filled; the spec stays.
+    let mut approve = o.clone();
+    approve["spec"]["signerName"] = json!("evil.io/x");
+    approve["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}],
+        "certificate": "c2lnbmVk"});
+    s.prepare_for_update(csrs, Some(Sub::Approval), &o, &mut approve);
+    assert_eq!(approve["spec"]["signerName"], "a.io/b");
+    assert!(approve["status"].get("certificate").is_none());
+    assert!(approve["status"]["conditions"][0]["lastUpdateTime"].is_string());
+    // status: the certificate, but the approval decisions stay as they were.
+    let mut status = approve.clone();
+    status["status"] = json!({"certificate": "c2lnbmVk", "conditions": []});
+    s.prepare_for_update(csrs, Some(Sub::Status), &approve, &mut status);
+    assert_eq!(status["status"]["certificate"], "c2lnbmVk");
+    assert_eq!(status["status"]["conditions"][0]["type"], "Approved");
+    // the main resource: neither spec nor status.
+    let mut main = status.clone();
+    main["status"] = json!({});
+    main["metadata"]["labels"] = json!({"a": "b"});
+    s.prepare_for_update(csrs, None, &status, &mut main);
+    assert_eq!(main["status"], status["status"]);
+    assert_eq!(main["metadata"]["labels"]["a"], "b");
+}
+
+#[test]
+fn events_v1_are_core_events_in_store() {
+    let ev = res("events.k8s.io", "v1", "events");
+    let s = of(ev);
+    let v1 = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "e", "namespace": "d"}, "note": "hi", "reason": "R",
+        "regarding": {"kind": "Pod", "name": "p"}});
+    let stored = s.stored_form(&v1).unwrap();
+    assert_eq!(stored["apiVersion"], "v1");
+    assert_eq!(stored["message"], "hi");
+    assert_eq!(stored["involvedObject"]["name"], "p");
+    assert_eq!(s.served_form(stored), v1);
+    // Field selectors use the core fields.
+    assert_eq!(s.field_value(ev, &v1, "involvedObject.name").unwrap(), "p");
+    assert_eq!(s.field_value(ev, &v1, "reason").unwrap(), "R");
+    // Other kinds are stored as served.
+    let cm = res("", "v1", "configmaps");
+    assert!(of(cm).stored_form(&v1).is_none());
+}
