@@ -15,6 +15,7 @@ pub use kube;
 
 pub mod bootstrap;
 
+mod h2;
 pub mod leader;
 
 /// How a component proves who it is to the API server.

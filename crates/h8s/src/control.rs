@@ -154,7 +154,8 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
             },
             user_agent: agent.to_string(),
         }
-        .client()
+        // Every watch of the component on one HTTP/2 connection, as client-go does.
+        .client_http2()
         .with_context(|| format!("building the API client of {user}"))
     };
     if !args.disable_controllers {
