@@ -668,7 +668,10 @@ impl Eviction {
                         .entry(key.clone())
                         .or_insert(Scheduled { since: now, after });
                     s.after = after;
-                    let due = s.since + s.after;
+                    // Absurd tolerationSeconds (API data) mean "never", not a panic.
+                    let Some(due) = s.since.checked_add(s.after) else {
+                        continue;
+                    };
                     if due <= now {
                         self.scheduled.remove(&key);
                         self.evict(&pod).await;

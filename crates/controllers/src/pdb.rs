@@ -150,7 +150,8 @@ pub fn scaled(v: &IntOrString, total: i32, field: &'static str) -> Result<i32, C
                 .ok_or_else(invalid)?
                 .parse()
                 .map_err(|_| invalid())?;
-            Ok(((pct * i64::from(total) + 99) / 100) as i32)
+            let v = pct.saturating_mul(i64::from(total)).saturating_add(99) / 100;
+            Ok(v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
         }
     }
 }
@@ -194,14 +195,14 @@ pub fn compute_status(pdb: &PodDisruptionBudget, obs: &Observed<'_>) -> PodDisru
 
     let counted: Result<(i32, i32), CountError> = (|| {
         if let Some(max) = &spec.max_unavailable {
-            let expected: i32 = obs.scales.clone()?.values().sum();
+            let expected = total(&obs.scales.clone()?);
             let max = scaled(max, expected, "maxUnavailable")?;
-            Ok((expected, (expected - max).max(0)))
+            Ok((expected, expected.saturating_sub(max).max(0)))
         } else if let Some(min) = &spec.min_available {
             match min {
                 IntOrString::Int(n) => Ok((obs.pods.len() as i32, *n)),
                 IntOrString::String(_) => {
-                    let expected: i32 = obs.scales.clone()?.values().sum();
+                    let expected = total(&obs.scales.clone()?);
                     Ok((expected, scaled(min, expected, "minAvailable")?))
                 }
             }
@@ -215,7 +216,7 @@ pub fn compute_status(pdb: &PodDisruptionBudget, obs: &Observed<'_>) -> PodDisru
             let allowed = if expected <= 0 {
                 0
             } else {
-                (healthy - desired).max(0)
+                healthy.saturating_sub(desired).max(0)
             };
             let (status, reason) = if allowed > 0 {
                 ("True", "SufficientPods")
@@ -252,6 +253,13 @@ pub fn compute_status(pdb: &PodDisruptionBudget, obs: &Observed<'_>) -> PodDisru
             last_transition_time: transition,
         }]),
     }
+}
+
+/// The replicas of all controllers (saturating: API data may be absurd).
+fn total(scales: &BTreeMap<String, i32>) -> i32 {
+    scales
+        .values()
+        .fold(0i32, |a, b| a.saturating_add((*b).max(0)))
 }
 
 /// The earliest time (Unix seconds) a `disruptedPods` entry expires, to look again then.
@@ -449,6 +457,25 @@ mod tests {
         assert_eq!(scaled(&IntOrString::String("0%".into()), 3, "x"), Ok(0));
         assert_eq!(scaled(&IntOrString::Int(2), 9, "x"), Ok(2));
         assert!(scaled(&IntOrString::String("half".into()), 3, "x").is_err());
+        // Absurd API data saturates instead of overflowing.
+        assert_eq!(
+            scaled(
+                &IntOrString::String("9223372036854775807%".into()),
+                i32::MAX,
+                "x"
+            ),
+            Ok(i32::MAX)
+        );
+        let b = pdb(serde_json::json!({"minAvailable": i32::MIN, "selector": {}}));
+        let all = vec![pod("a", true, serde_json::json!({}))];
+        let st = compute_status(&b, &obs(matching_pods(&b, &all), &[]));
+        assert_eq!(st.disruptions_allowed, i32::MAX);
+        let b = pdb(serde_json::json!({"maxUnavailable": i32::MIN, "selector": {}}));
+        let st = compute_status(
+            &b,
+            &obs(matching_pods(&b, &all), &[("a", i32::MAX), ("b", i32::MAX)]),
+        );
+        assert_eq!(st.expected_pods, i32::MAX);
     }
 
     #[test]

@@ -301,7 +301,7 @@ fn add(sums: &mut Sums, name: &str, q: &KQuantity) {
     };
     let binary = q.0.ends_with('i');
     let e = sums.entry(name.to_string()).or_insert((0, false));
-    e.0 += m;
+    e.0 = e.0.saturating_add(m);
     e.1 |= binary;
 }
 
@@ -317,7 +317,7 @@ fn max_into(into: &mut Sums, other: &Sums) {
 fn merge_add(into: &mut Sums, other: &Sums) {
     for (k, (v, b)) in other {
         let e = into.entry(k.clone()).or_insert((0, false));
-        e.0 += *v;
+        e.0 = e.0.saturating_add(*v);
         e.1 |= *b;
     }
 }
@@ -371,7 +371,7 @@ fn pod_resources(pod: &Pod, limits: bool) -> Sums {
             continue;
         }
         let e = sum.entry(k).or_insert((0, false));
-        e.0 += v;
+        e.0 = e.0.saturating_add(v);
         e.1 |= b;
     }
     sum
@@ -497,7 +497,8 @@ pub fn compute_status(quota: &ResourceQuota, inv: &Inventory, now: i64) -> Resou
     let scoped = scoped(quota);
     let mut sums = Sums::new();
     let count = |sums: &mut Sums, name: &str, n: i64| {
-        sums.entry(name.to_string()).or_insert((0, false)).0 += i128::from(n) * 1000;
+        let e = sums.entry(name.to_string()).or_insert((0, false));
+        e.0 = e.0.saturating_add(i128::from(n) * 1000);
     };
 
     // Pods.
@@ -512,13 +513,13 @@ pub fn compute_status(quota: &ResourceQuota, inv: &Inventory, now: i64) -> Resou
         for (k, (v, b)) in pod_resources(p, false) {
             for name in [format!("requests.{k}"), k.clone()] {
                 let e = sums.entry(name).or_insert((0, false));
-                e.0 += v;
+                e.0 = e.0.saturating_add(v);
                 e.1 |= b;
             }
         }
         for (k, (v, b)) in pod_resources(p, true) {
             let e = sums.entry(format!("limits.{k}")).or_insert((0, false));
-            e.0 += v;
+            e.0 = e.0.saturating_add(v);
             e.1 |= b;
         }
     }

@@ -305,8 +305,8 @@ pub fn token_action(
         && get("namespace") == secret.namespace()
         && secret.annotations().get(SA_UID_ANNOTATION) == Some(&sa_uid);
     match get("token").as_deref().and_then(jwt_expiry) {
-        Some(exp) if complete && exp - now > TOKEN_RENEW_BEFORE => {
-            TokenAction::Wait(exp - now - TOKEN_RENEW_BEFORE)
+        Some(exp) if complete && exp.saturating_sub(now) > TOKEN_RENEW_BEFORE => {
+            TokenAction::Wait(exp.saturating_sub(now) - TOKEN_RENEW_BEFORE)
         }
         _ => TokenAction::Fill,
     }
