@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use h8s_client::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use h8s_client::k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use h8s_client::kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use h8s_client::kube::runtime::watcher;
 use h8s_client::kube::{self, Api};
@@ -77,7 +77,7 @@ fn start_server() -> anyhow::Result<Proc> {
         ])
         .arg(&data)
         .env("H8S_LOG", "warn")
-        .env("H8S_DISABLE_AGENT", "1")
+        .env("H8S_DISABLE_AGENT", "true")
         .stdout(Stdio::piped())
         .spawn()
         .context("starting h8s server")?;
@@ -145,7 +145,7 @@ async fn create_pods(
         .buffer_unordered(conc)
         .try_collect()
         .await
-        .context("creating pods")?;
+        .map_err(|e| anyhow::anyhow!("creating pods: {e:?}"))?;
     Ok((lat, t0.elapsed()))
 }
 
@@ -198,6 +198,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     for ns in ["bench-baseline", "bench-sched"] {
         let o: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
         nss.create(&PostParams::default(), &o).await?;
+        // The ServiceAccount admission wants the default account (its controller is off).
+        let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+        match sas.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).context("creating the default ServiceAccount"),
+        }
     }
 
     // Baseline: the raw pod-create rate of this server (pods no scheduler takes).

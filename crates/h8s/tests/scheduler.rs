@@ -253,7 +253,7 @@ fn scheduler_against_the_api() {
         .with_test_writer()
         .try_init();
     // No node agent for this machine: the test's nodes are the only ones.
-    std::env::set_var("H8S_DISABLE_AGENT", "1");
+    std::env::set_var("H8S_DISABLE_AGENT", "true");
     let server = Server::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
