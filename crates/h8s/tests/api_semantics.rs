@@ -145,8 +145,7 @@ fn create_get_delete_semantics() {
     assert_eq!(d["metadata"]["generation"], 2);
     // (The deployment controller of the server may have written a status by now.)
     assert_ne!(
-        d["status"]["replicas"],
-        9,
+        d["status"]["replicas"], 9,
         "status is written only through /status: {b}"
     );
     let (c, b) = s.curl(
@@ -256,6 +255,9 @@ fn watch_follows_selectors_and_paging_follows_continue() {
             s.curl("POST", CMS, None, Some(&cm("late", "")));
         }
     }
+    // The root CA ConfigMap the ServiceAccount controller publishes in every namespace may
+    // be there too, depending on when the controller got to this namespace.
+    seen.retain(|n| n != "kube-root-ca.crt");
     assert_eq!(seen, vec!["other", "p0", "p1", "p2", "p3", "p4", "w"]);
     assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
 }
