@@ -21,6 +21,8 @@ const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
 const NODES: &[&str] = &["wl-node-a", "wl-node-b", "wl-node-c"];
 
 struct Shared {
+    /// The server, killed by PID at exit (`kill_server`).
+    _server: std::sync::Mutex<Child>,
     kubeconfig: PathBuf,
     dir: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -145,6 +147,7 @@ fn start() -> Shared {
         }
     });
     Shared {
+        _server: std::sync::Mutex::new(child),
         kubeconfig,
         dir,
         rt,
