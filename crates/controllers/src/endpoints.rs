@@ -62,12 +62,13 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
 
-    // The tasks end with this future (named bindings: `_` would drop them at once).
-    let (pods, _pods_task) = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
+    // Pods and Endpoints: one watch each, caching and triggering (the controller polls them).
+    let (pods, pod_events) = cluster::reflect_stream(Api::<Pod>::all(client.clone()), cfg.clone());
+    let (endpoints, endpoint_events) =
+        cluster::reflect_stream(Api::<Endpoints>::all(client.clone()), cfg.clone());
+    // The task ends with this future (a named binding: `_` would drop it at once).
     let (nodes, _nodes_task) =
         cluster::reflect(Api::<Node>::all(client.clone()), cfg.clone(), None);
-    let (endpoints, _endpoints_task) =
-        cluster::reflect(Api::<Endpoints>::all(client.clone()), cfg.clone(), None);
 
     let controller = Controller::new(Api::<Service>::all(client.clone()), cfg.clone());
     let services = controller.store();
@@ -77,9 +78,6 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         tokio::time::sleep(resync).await;
         Some(((), ()))
     });
-    // The first reconciles must see every pod, not an empty cache.
-    cluster::ready(&pods).await;
-    cluster::ready(&nodes).await;
     let state = Arc::new(State {
         client: client.clone(),
         pods,
@@ -93,20 +91,16 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         resync,
     ));
     controller
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            cfg.clone(),
-            move |pod: Pod| {
-                let ns = pod.namespace();
-                by_ns
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == ns && selector(s).is_some())
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(Api::<Endpoints>::all(client.clone()), cfg.clone(), |ep| {
+        .watches_stream(pod_events, move |pod: Pod| {
+            let ns = pod.namespace();
+            by_ns
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == ns && selector(s).is_some())
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(endpoint_events, |ep: Endpoints| {
             Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
         })
         .owns(Api::<discovery::EndpointSlice>::all(client), cfg)
@@ -147,6 +141,9 @@ async fn reconcile(svc: Arc<Service>, s: Arc<State>) -> Result<Action, Reconcile
     if svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // Every pod and node must be known, not an empty cache at start.
+    cluster::ready(&s.pods).await;
+    cluster::ready(&s.nodes).await;
     let pods: Vec<Arc<Pod>> = s.pods.state_filter(|p| {
         p.namespace().as_deref() == Some(ns.as_str())
             && sel.iter().all(|(k, v)| p.labels().get(k) == Some(v))

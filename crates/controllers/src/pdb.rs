@@ -45,8 +45,8 @@ pub const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
-    let (pods, _pods_task) = cluster::reflect(Api::<Pod>::all(client.clone()), cfg.clone(), None);
-    cluster::ready(&pods).await;
+    // One pod watch, caching and triggering (the controller polls it).
+    let (pods, pod_events) = cluster::reflect_stream(Api::<Pod>::all(client.clone()), cfg.clone());
     let controller = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone());
     let pdbs = controller.store();
     let resync = ctx.timers.resync;
@@ -59,9 +59,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         pods,
     });
     controller
-        .watches(Api::<Pod>::all(client), cfg, move |pod: Pod| {
-            budgets_of(&pdbs, &pod)
-        })
+        .watches_stream(pod_events, move |pod: Pod| budgets_of(&pdbs, &pod))
         .reconcile_all_on(ticks)
         .run(reconcile, error_policy, state)
         .for_each(|r| async move {
@@ -383,6 +381,8 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, s: Arc<State>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let ns = pdb.namespace().unwrap_or_default();
+    // Every pod must be known, not an empty cache at start.
+    cluster::ready(&s.pods).await;
     let all = s.pods.state();
     let pods = matching_pods(&pdb, &all);
     let scales = if needs_scales(&pdb) {

@@ -81,6 +81,29 @@ where
     }
 }
 
+/// A reflector whose store is filled by the returned stream of touched objects — for a
+/// `Controller`'s `watches_stream` — so one watch both caches and triggers. The store is
+/// filled only while the controller polls the stream: wait with [`ready`] inside the
+/// reconcile, not before the controller runs.
+pub(crate) fn reflect_stream<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
 /// Records events for one controller (`reportingController`), as `events.k8s.io/v1` Events.
 #[derive(Clone)]
 pub(crate) struct Events {
