@@ -649,6 +649,50 @@ mod tests {
     }
 
     #[test]
+    fn latest_wins_over_an_older_cache_only() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cm = |rv: &str, v: &str| ConfigMap {
+            metadata: ObjectMeta {
+                uid: Some("u".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            data: Some([("k".to_string(), v.to_string())].into()),
+            ..Default::default()
+        };
+        let l = Latest::<ConfigMap>::default();
+        l.wrote(cm("10", "mine"));
+        let got = l.fresh(Arc::new(cm("9", "stale")));
+        assert_eq!(got.data.as_ref().unwrap()["k"], "mine");
+        let got = l.fresh(Arc::new(cm("11", "newer")));
+        assert_eq!(got.data.as_ref().unwrap()["k"], "newer");
+        // Forgotten once the cache caught up.
+        let got = l.fresh(Arc::new(cm("9", "stale")));
+        assert_eq!(got.data.as_ref().unwrap()["k"], "stale");
+    }
+
+    #[test]
+    fn expectations_show_updates_until_the_cache_has_them() {
+        use k8s_openapi::api::core::v1::Pod;
+        let pod = |rv: &str, fin: bool| Pod {
+            metadata: ObjectMeta {
+                uid: Some("p".into()),
+                resource_version: Some(rv.into()),
+                finalizers: fin.then(|| vec!["f".to_string()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Expectations::<Pod>::default();
+        e.created("o", pod("20", false));
+        let v = e.view("o", vec![Arc::new(pod("15", true))], 15);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].metadata.finalizers.is_none());
+        let v = e.view("o", vec![Arc::new(pod("20", false))], 20);
+        assert_eq!(v[0].metadata.resource_version.as_deref(), Some("20"));
+    }
+
+    #[test]
     fn claims_follow_controller_ref_semantics() {
         let sel: Selector = [("app", "web")].into_iter().collect();
         let mut m = ObjectMeta {
