@@ -95,7 +95,7 @@ fn start() -> Cluster {
                 .map(Stdio::from)
                 .unwrap_or(Stdio::inherit()),
         );
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the test.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the tests.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
@@ -103,7 +103,16 @@ fn start() -> Cluster {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawning h8s server");
+    // PR_SET_PDEATHSIG follows the thread that forked: fork from one that lives as long as
+    // the test process, not from whichever test thread happens to start the cluster.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let mut child = rx.recv().unwrap().expect("spawning h8s server");
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -328,7 +337,7 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
   - name: web
     image: busybox
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "echo name=$MY_NAME greeting=$(cat /etc/cfg/greeting) host=$(hostname); httpd -f -p 8080"]
+    command: ["sh", "-c", "echo name=$MY_NAME greeting=$(cat /etc/cfg/greeting) host=$(hostname); mkdir -p /www; echo it-works > /www/index.html; httpd -f -p 8080 -h /www"]
     env:
     - name: MY_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -405,14 +414,12 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
             "-q",
             "-O",
             "-",
-            "-T",
-            "5",
             &format!("http://{}:8080/", ips[1]),
         ],
         None,
     );
     assert!(
-        ok || out.contains("html") || err.contains("404"),
+        ok && out.contains("it-works"),
         "pod to pod: {out} {err}"
     );
     assert_eq!(vms_of(c, &ns).len(), 2);
@@ -534,7 +541,7 @@ fn failing_liveness_restarts_and_readiness_gates_ready() {
         &bare_pod(
             "live",
             &c.node,
-            "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"touch /tmp/ok; sleep 3600\"]\n    livenessProbe:\n      exec: {command: [\"cat\", \"/tmp/ok\"]}\n      periodSeconds: 1\n      failureThreshold: 2\n    readinessProbe:\n      exec: {command: [\"cat\", \"/tmp/ready\"]}\n      periodSeconds: 1\n",
+            "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"touch /tmp/ok; sleep 3600\"]\n    livenessProbe:\n      exec: {command: [\"cat\", \"/tmp/ok\"]}\n      periodSeconds: 1\n      failureThreshold: 2\n    readinessProbe:\n      exec: {command: [\"cat\", \"/tmp/ready\"]}\n      periodSeconds: 1\n",
         ),
     );
     wait(
