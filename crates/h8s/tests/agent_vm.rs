@@ -221,8 +221,11 @@ fn vms_of(c: &Cluster, ns: &str) -> Vec<PathBuf> {
         .flatten()
         .flatten()
     {
-        let rec = std::fs::read_to_string(e.path().join("pod.json")).unwrap_or_default();
-        if rec.contains(&format!("\"io.kubernetes.pod.namespace\":\"{ns}\"")) {
+        let rec: Value = std::fs::read(e.path().join("pod.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if rec["config"]["labels"]["io.kubernetes.pod.namespace"] == ns {
             out.push(e.path());
         }
     }
