@@ -30,15 +30,34 @@ struct Shared {
 
 /// The server (and fake kubelet) every test of this binary shares; killed at exit by PID.
 fn shared() -> &'static Shared {
-    static S: OnceLock<Shared> = OnceLock::new();
-    S.get_or_init(start)
+    SHARED.get_or_init(start)
 }
 
-static SERVER_PID: OnceLock<u32> = OnceLock::new();
+static SHARED: OnceLock<Shared> = OnceLock::new();
 
+static SERVER_PID: OnceLock<u32> = OnceLock::new();
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// At exit: stops the shared server by PID, waits for it, removes its directory.
 extern "C" fn kill_server() {
     if let Some(pid) = SERVER_PID.get() {
         let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    if let Some(s) = SHARED.get() {
+        if let Ok(mut child) = s._server.lock() {
+            // SIGTERM was sent; SIGKILL if it lingers.
+            for _ in 0..50 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    if let Some(d) = DATA_DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
 
@@ -52,6 +71,7 @@ fn h8s_help(sub: &str) -> String {
 
 fn start() -> Shared {
     let dir = tempfile::tempdir().expect("tempdir").keep();
+    let _ = DATA_DIR.set(dir.clone());
     let data = dir.join("data");
     let help = h8s_help("server");
     let in_server = help.contains("--disable-controllers");
