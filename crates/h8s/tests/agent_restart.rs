@@ -219,4 +219,15 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     wait(Duration::from_secs(60), "the VM to go", || {
         qemu_of("keep").is_none().then_some(())
     });
+    // Take the pod network's devices down again.
+    let rm = Command::new(bin)
+        .args(["net", "rm", "--force", &format!("ar{}", pid % 100000)])
+        .env("H8S_NET_DIR", d.join("net"))
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
 }

@@ -113,6 +113,11 @@ fn start() -> Cluster {
         }
     });
     let mut child = rx.recv().unwrap().expect("spawning h8s server");
+    // At exit: stop the server, then take the pod network's devices down (the tests have
+    // removed their pods; the Network's bridge, gateway and rules are left otherwise).
+    let _ = TEARDOWN.set((child.id(), dir.clone(), format!("agt{}", pid % 100000)));
+    // SAFETY: registering a plain extern "C" fn with atexit(3).
+    unsafe { libc::atexit(teardown) };
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -137,6 +142,24 @@ fn start() -> Cluster {
         kubectl_json(&c, &["get", "node", &c.node]).ok()
     });
     c
+}
+
+static TEARDOWN: OnceLock<(u32, PathBuf, String)> = OnceLock::new();
+
+extern "C" fn teardown() {
+    let Some((pid, dir, net)) = TEARDOWN.get() else {
+        return;
+    };
+    // SAFETY: kill(2) on the server we started.
+    unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["net", "rm", "--force", net])
+        .env("H8S_NET_DIR", dir.join("net"))
+        .env("H8S_ROOT", dir.join("r"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn kubectl_out(c: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -421,10 +444,7 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
         ],
         None,
     );
-    assert!(
-        ok && out.contains("it-works"),
-        "pod to pod: {out} {err}"
-    );
+    assert!(ok && out.contains("it-works"), "pod to pod: {out} {err}");
     assert_eq!(vms_of(c, &ns).len(), 2);
     cleanup(c, &ns);
 }
