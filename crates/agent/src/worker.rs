@@ -539,9 +539,11 @@ impl Worker {
                         )
                         .await;
                 }
-                Err(e) if present.is_some() => {
-                    // Policy Always but the registry cannot be reached: the node's copy serves
-                    // (documented in docs/agent.md; kubelet would fail the pull).
+                Err(e @ h8s_runtime::Error::ImageUnreachable(_)) if present.is_some() => {
+                    // Policy Always but the registry cannot be reached at all: the node's copy
+                    // serves (documented in docs/agent.md; kubelet would fail the pull). Never
+                    // when the registry answered — a refused or unknown pull must not be
+                    // served another tenant's copy.
                     if let Some(img) = present {
                         self.images.insert(image.clone(), image_id(&img));
                     }

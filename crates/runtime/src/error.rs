@@ -43,6 +43,9 @@ pub enum Error {
     /// The image store failed.
     #[error("image: {0}")]
     Image(String),
+    /// An image's registry could not be reached at all (nothing was refused by it).
+    #[error("image: {0}")]
+    ImageUnreachable(String),
     /// A host I/O operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -56,6 +59,7 @@ impl From<crate::image::Error> for Error {
     fn from(e: crate::image::Error) -> Self {
         match e {
             crate::image::Error::NotFound(id) => Error::NotFound { kind: "image", id },
+            e @ crate::image::Error::Unreachable { .. } => Error::ImageUnreachable(e.to_string()),
             other => Error::Image(other.to_string()),
         }
     }
@@ -86,6 +90,7 @@ impl Error {
             Error::Agent(_) => "agent".into(),
             Error::Shim(_) => "shim".into(),
             Error::Image(_) => "image".into(),
+            Error::ImageUnreachable(_) => "image-unreachable".into(),
             Error::Io { .. } => "io".into(),
         };
         let message = match self {
@@ -98,7 +103,8 @@ impl Error {
             | Error::Qmp(m)
             | Error::Agent(m)
             | Error::Shim(m)
-            | Error::Image(m) => m.clone(),
+            | Error::Image(m)
+            | Error::ImageUnreachable(m) => m.clone(),
             Error::BootTimeout(d) => d.as_millis().to_string(),
             Error::Io { .. } => self.to_string(),
         };
@@ -143,6 +149,7 @@ impl From<WireError> for Error {
             "qmp" => Error::Qmp(m),
             "agent" => Error::Agent(m),
             "image" => Error::Image(m),
+            "image-unreachable" => Error::ImageUnreachable(m),
             "io" => Error::Io {
                 what: "pod supervisor".into(),
                 source: std::io::Error::other(m),

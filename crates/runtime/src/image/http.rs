@@ -163,6 +163,11 @@ impl Client {
             registry: url.authority.clone(),
             message: m,
         };
+        // The registry could not be reached at all (name or connection): nothing was said by it.
+        let unreachable = |m: String| Error::Unreachable {
+            registry: url.authority.clone(),
+            message: m,
+        };
         let (host, port) = url.host_port();
         // Resolve first and connect to a checked address, so neither a name nor a redirect
         // leads to the node's own services.
@@ -171,8 +176,8 @@ impl Client {
             tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port)),
         )
         .await
-        .map_err(|_| err("name resolution timed out".into()))?
-        .map_err(|e| err(format!("resolve {host}: {e}")))?
+        .map_err(|_| unreachable("name resolution timed out".into()))?
+        .map_err(|e| unreachable(format!("resolve {host}: {e}")))?
         .collect();
         let allowed: Vec<_> = addrs
             .iter()
@@ -194,8 +199,8 @@ impl Client {
             tokio::net::TcpStream::connect(&allowed[..]),
         )
         .await
-        .map_err(|_| err("connect timed out".into()))?
-        .map_err(|e| err(format!("connect: {e}")))?;
+        .map_err(|_| unreachable("connect timed out".into()))?
+        .map_err(|e| unreachable(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let mut sender = if url.https {
             let name = rustls::pki_types::ServerName::try_from(host.clone())

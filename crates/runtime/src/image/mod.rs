@@ -60,6 +60,9 @@ pub enum Error {
     OverBudget { what: &'static str, limit: u64 },
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
+    /// The registry could not be reached (name resolution or connection failed).
+    #[error("registry {registry} unreachable: {message}")]
+    Unreachable { registry: String, message: String },
     #[error("registry {0}: authentication required or refused")]
     Unauthorized(String),
     #[error("registry {0} is not on loopback and not listed as insecure: refusing plain http")]
