@@ -23,9 +23,14 @@ pub struct ControlArgs {
     #[arg(long)]
     pub disable_scheduler: bool,
     /// Elect one active controller manager and scheduler among the servers of one store
-    /// through Leases in kube-system (`--leader-elect=false` runs them unconditionally).
-    #[arg(long = "leader-elect", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
+    /// through Leases in kube-system. Default: on with etcd (several servers may share it),
+    /// off with the embedded store (its file admits one server, so there is nobody to elect
+    /// against, and a lease renewal late under load would only restart the controllers).
+    #[arg(long = "leader-elect", action = clap::ArgAction::Set)]
+    pub leader_elect: Option<bool>,
+    /// Whether the store can be shared by several servers (set by the server from `--store`).
+    #[arg(skip)]
+    pub store_shared: bool,
     /// How long a standby waits after the leader's last renewal before taking over.
     #[arg(long, value_parser = duration, default_value = "15s")]
     pub leader_elect_lease_duration: Duration,
@@ -92,12 +97,14 @@ impl ControlArgs {
     }
 
     fn election(&self, lease: &str, identity: &str) -> Option<leader::Config> {
-        self.leader_elect.then(|| leader::Config {
-            lease_duration: self.leader_elect_lease_duration,
-            renew_deadline: self.leader_elect_renew_deadline,
-            retry_period: self.leader_elect_retry_period,
-            ..leader::Config::new(lease, identity)
-        })
+        self.leader_elect
+            .unwrap_or(self.store_shared)
+            .then(|| leader::Config {
+                lease_duration: self.leader_elect_lease_duration,
+                renew_deadline: self.leader_elect_renew_deadline,
+                retry_period: self.leader_elect_retry_period,
+                ..leader::Config::new(lease, identity)
+            })
     }
 }
 

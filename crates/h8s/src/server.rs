@@ -69,7 +69,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     rt.block_on(serve(args))
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
+    args.control.store_shared = args.at.store != "embedded" && args.at.store != "embedded://";
     let started = std::time::Instant::now();
     let data_dir = args.at.data_dir();
     std::fs::create_dir_all(&data_dir)

@@ -32,7 +32,15 @@ fn server() -> Arc<Server> {
     if let Some(s) = &*g {
         return s.clone();
     }
-    let s = Arc::new(Server::start());
+    // Leader election is off by default on the embedded store (one server only); this binary
+    // tests it, so turn it on.
+    let s = Arc::new(Server::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &[
+            std::ffi::OsStr::new("--leader-elect"),
+            std::ffi::OsStr::new("true"),
+        ],
+    ));
     *g = Some(s.clone());
     // SAFETY: `stop_server` is a plain `extern "C" fn()` that does not unwind (it drops a
     // value whose Drop kills a child process by PID and waits for it) and uses no
