@@ -160,6 +160,8 @@ fn import_ls_inspect_rootfs_push_pull_rm() {
             username: "u".into(),
             password: "p4ss".into(),
         }),
+        // The test registry is on loopback.
+        allow_local_registries: true,
         ..Default::default()
     };
     rt.block_on(store.push("busybox", &target, &creds)).unwrap();
