@@ -19,7 +19,10 @@ impl Connection {
     pub fn client_http2(&self) -> Result<kube::Client, Error> {
         let cfg = self.config()?;
         // hyper-rustls offers ALPN `h2, http/1.1` from enable_http2/enable_http1 below.
-        let tls = cfg.rustls_client_config().map_err(Error::Client)?;
+        let mut tls = cfg.rustls_client_config().map_err(Error::Client)?;
+        // hyper-rustls panics ("ALPN protocols should not be pre-defined") if the config
+        // already names protocols, as kube's may: it sets them itself.
+        tls.alpn_protocols.clear();
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(cfg.connect_timeout);
