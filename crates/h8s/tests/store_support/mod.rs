@@ -33,6 +33,9 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data)
+            // Store tests need no node agent (several servers at once would also contend for
+            // its streaming port).
+            .arg("--disable-agent")
             .env("H8S_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
