@@ -424,7 +424,7 @@ fn write_section(path: &Path, md: &str) -> anyhow::Result<()> {
     let new = match (cur.find(b), cur.find(e)) {
         (Some(i), Some(j)) if j > i => format!("{}{}{}", &cur[..i], block, &cur[j + e.len()..]),
         _ => format!(
-            "{}\n## Control loop at scale (Deployment over hollow nodes)\n{block}\n",
+            "{}\n\n## Control loop at scale (Deployment over hollow nodes)\n{block}\n",
             cur.trim_end_matches('\n')
         ),
     };
