@@ -29,8 +29,8 @@ mod patch;
 mod pki;
 mod proto;
 mod response;
-mod review;
 mod rest;
+mod review;
 mod route;
 mod sa_token;
 mod seams;
@@ -47,26 +47,26 @@ pub use admission::{
     QuotaHook, Request as AdmissionRequest, TOKEN_MOUNT_PATH, TOKEN_VOLUME_PREFIX,
 };
 pub use api::{GIT_VERSION, KUBE_MINOR};
-pub use response::Body;
-pub use seams::{CsrSigner, Reviewer};
-pub use state::Api;
 pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,
     ObjectFilter, RequestInfo, TokenAuthenticator, UserInfo, AUTHENTICATED_GROUP,
     BOOTSTRAPPERS_GROUP,
 };
+pub use csr::{
+    ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
+};
 pub use error::{ApiError, Cause, Details, Error, Result};
+pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
 pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
+pub use response::Body;
 pub use sa_token::{
     Claims as ServiceAccountClaims, ObjectRef, ServiceAccountAuthenticator, ServiceAccountConfig,
     ServiceAccountTokens, TokenError, TokenSpec,
 };
-pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
-pub use csr::{
-    ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
-};
+pub use seams::{CsrSigner, Reviewer};
 pub use server::{Config, Server};
+pub use state::Api;
 pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;
 

@@ -187,7 +187,10 @@ fn create_attach_detach_remove_leaves_nothing() {
     // reach: it lies inside the default protected 10.0.0.0/8, into which it is merged, with
     // cloud metadata's link-local range.
     let inet = sh(&format!("ip netns exec {} nft list table inet h8s", n.ns));
-    assert!(inet.contains("10.0.0.0/8") && inet.contains("169.254.0.0/16"), "{inet}");
+    assert!(
+        inet.contains("10.0.0.0/8") && inet.contains("169.254.0.0/16"),
+        "{inet}"
+    );
     let rules = sh(&format!("ip netns exec {} nft list table bridge h8s", n.ns));
     assert!(
         rules.contains(port) && rules.contains("0a:58:c0:a8:00:02"),

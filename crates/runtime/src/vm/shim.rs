@@ -184,9 +184,7 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     };
     if let (false, Some(net)) = (adopt, rec.config.network.clone()) {
         let hostname = rec.config.hostname.as_deref().unwrap_or(&rec.config.name);
-        if let Err(e) =
-            configure_network(&agent, hostname, &rec.config.dns_search, &net).await
-        {
+        if let Err(e) = configure_network(&agent, hostname, &rec.config.dns_search, &net).await {
             tracing::error!(error = %e, "network set-up failed");
             if let Qemu::Child(c) = &mut qemu {
                 let _ = c.start_kill();
@@ -866,9 +864,9 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
         Request::Attach { .. }
         | Request::Exec { .. }
         | Request::PortForward { .. }
-        | Request::StopPod { .. } => Err(
-            Error::InvalidArgument("streaming request on a plain call".into()),
-        ),
+        | Request::StopPod { .. } => Err(Error::InvalidArgument(
+            "streaming request on a plain call".into(),
+        )),
     }
 }
 

@@ -61,9 +61,11 @@ pub fn run(p: &ProbeSpec) -> Result<(), ProtoError> {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(fail(format!(
+            Err(e) => {
+                return Err(fail(format!(
                 "Get \"http://{addr}{path}\": {e} (Client.Timeout exceeded while awaiting headers)"
-            ))),
+            )))
+            }
         }
     }
     let line = String::from_utf8_lossy(&got);

@@ -264,9 +264,7 @@ impl Agent {
                 Reply::Done
             })),
             Request::Shutdown => Some(Ok(Reply::Done)),
-            Request::PortForward { process_id, port } => {
-                Some(self.port_forward(process_id, port))
-            }
+            Request::PortForward { process_id, port } => Some(self.port_forward(process_id, port)),
             Request::WriteVolume(v) => Some(crate::volume::write(&v).map(|()| Reply::Done)),
             Request::Probe(spec) => {
                 // Probes wait on the network: answered from their own thread.
