@@ -1244,13 +1244,7 @@ impl Worker {
                     .await;
                 if let Some(cmd) = hook_command(c, true) {
                     let t = Duration::from_secs(30);
-                    if let Err(msg) = self.exec(id, &inst, cmd, t).await.and_then(|(code, out)| {
-                        if code == 0 {
-                            Ok(())
-                        } else {
-                            Err(format!("exited with {code}: {out}"))
-                        }
-                    }) {
+                    if let Err(msg) = self.run_hook(id, &inst, cmd, t).await {
                         self.ctx
                             .recorder
                             .event(
@@ -1403,6 +1397,20 @@ impl Worker {
     }
 
     /// Runs a command in a container: its exit code and (bounded) output.
+    /// Runs a postStart/preStop hook's command; a non-zero exit is a failure with its output.
+    async fn run_hook(
+        &self,
+        id: &str,
+        inst: &str,
+        command: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self.exec(id, inst, command, timeout).await? {
+            (0, _) => Ok(()),
+            (code, out) => Err(format!("exited with {code}: {out}")),
+        }
+    }
+
     async fn exec(
         &self,
         id: &str,
@@ -1643,17 +1651,7 @@ impl Worker {
     async fn stop_one(&self, id: &str, c: &Container, inst: &str, grace: Duration) {
         let started = Instant::now();
         if let Some(cmd) = hook_command(c, false) {
-            if let Err(msg) = self
-                .exec(id, inst, cmd, grace)
-                .await
-                .and_then(|(code, out)| {
-                    if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(format!("exited with {code}: {out}"))
-                    }
-                })
-            {
+            if let Err(msg) = self.run_hook(id, inst, cmd, grace).await {
                 self.ctx
                     .recorder
                     .event(
