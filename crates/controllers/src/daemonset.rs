@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Taint, Toleration,
 };
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -632,30 +632,16 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, Reconci
         .await;
         failure = err;
     }
-    for p in &plan.delete {
-        let pname = p.name_any();
-        let puid = p.uid().unwrap_or_default();
-        st.expectations.deleted(&key, &puid);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(puid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pname, &dp).await {
-            Ok(_) => st.events.normal(
-                ds.object_ref(&()),
-                "SuccessfulDelete",
-                format!("Deleted pod: {pname}"),
-            ),
-            Err(e) if workload::is_not_found(&e) => {}
-            Err(e) => {
-                st.expectations.forget(&key);
-                return Err(e.into());
-            }
-        }
-    }
+    workload::delete_pods(
+        &api,
+        &plan.delete,
+        &st.expectations,
+        &key,
+        &st.events,
+        &ds.object_ref(&()),
+        |pname| format!("Deleted pod: {pname}"),
+    )
+    .await?;
     workload::write_status(&ds_api, &name, ds.status.as_ref(), &plan.status).await?;
     let live: HashSet<String> = owned
         .iter()

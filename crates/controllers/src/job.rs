@@ -757,30 +757,16 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
         .await;
         failure = err;
     }
-    for p in &plan.delete {
-        let pname = p.name_any();
-        let puid = p.uid().unwrap_or_default();
-        st.expectations.deleted(&key, &puid);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(puid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pname, &dp).await {
-            Ok(_) => st.events.normal(
-                job.object_ref(&()),
-                "SuccessfulDelete",
-                format!("Deleted pod: {pname}"),
-            ),
-            Err(e) if workload::is_not_found(&e) => {}
-            Err(e) => {
-                st.expectations.forget(&key);
-                return Err(e.into());
-            }
-        }
-    }
+    workload::delete_pods(
+        &api,
+        &plan.delete,
+        &st.expectations,
+        &key,
+        &st.events,
+        &job.object_ref(&()),
+        |pname| format!("Deleted pod: {pname}"),
+    )
+    .await?;
     let base = plan.record.as_ref().or(job.status.as_ref());
     if let Some(j) = workload::write_status(&jobs, &name, base, &plan.status).await? {
         st.latest.wrote(j);

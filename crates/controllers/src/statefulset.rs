@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -508,30 +508,16 @@ async fn reconcile(sts: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, Reco
             }
         }
     }
-    for p in &plan.delete {
-        let pname = p.name_any();
-        let puid = p.uid().unwrap_or_default();
-        st.expectations.deleted(&key, &puid);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(puid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pname, &dp).await {
-            Ok(_) => st.events.normal(
-                sts.object_ref(&()),
-                "SuccessfulDelete",
-                format!("delete Pod {pname} in StatefulSet {name} successful"),
-            ),
-            Err(e) if workload::is_not_found(&e) => {}
-            Err(e) => {
-                st.expectations.forget(&key);
-                return Err(e.into());
-            }
-        }
-    }
+    workload::delete_pods(
+        &api,
+        &plan.delete,
+        &st.expectations,
+        &key,
+        &st.events,
+        &sts.object_ref(&()),
+        |pname| format!("delete Pod {pname} in StatefulSet {name} successful"),
+    )
+    .await?;
     let sts_api: Api<StatefulSet> = Api::namespaced(st.client.clone(), &ns);
     workload::write_status(&sts_api, &name, sts.status.as_ref(), &plan.status).await?;
     let keep: HashSet<String> = owned

@@ -174,6 +174,44 @@ where
     }
 }
 
+/// Deletes the pods a plan chose, each with a uid precondition (never a newer pod of the same
+/// name), recording the expected deletion under `owner_key` first and a `SuccessfulDelete`
+/// event (worded by `note`) after; a pod already gone is no error. On a failure the owner's
+/// expectations are dropped so its next sync starts from what the cache shows.
+pub(crate) async fn delete_pods(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pods: &[std::sync::Arc<k8s_openapi::api::core::v1::Pod>],
+    expectations: &Expectations<k8s_openapi::api::core::v1::Pod>,
+    owner_key: &str,
+    events: &Events,
+    regarding: &ObjectReference,
+    note: impl Fn(&str) -> String,
+) -> Result<(), kube::Error> {
+    use kube::api::{DeleteParams, Preconditions};
+    use kube::ResourceExt;
+    for p in pods {
+        let pname = p.name_any();
+        let puid = p.uid().unwrap_or_default();
+        expectations.deleted(owner_key, &puid);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(puid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pname, &dp).await {
+            Ok(_) => events.normal(regarding.clone(), "SuccessfulDelete", note(&pname)),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                expectations.forget(owner_key);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
