@@ -11,8 +11,9 @@
 //! figures into BENCHMARKS.md between the `deploy` markers.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use crate::bench_support::{start_server, stats, write_section};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,63 +41,6 @@ pub struct Args {
     /// The BENCHMARKS.md to update (nothing is written when absent).
     #[arg(long)]
     pub write: Option<PathBuf>,
-}
-
-/// The server process, stopped on drop.
-struct Server {
-    child: Child,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM lets it release its leases; then make sure it is gone.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> anyhow::Result<Server> {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["server", "--listen", "127.0.0.1:0", "--disable-agent"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("H8S_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting h8s server")?;
-    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
-            s.clear();
-        }
-    });
-    if !line.starts_with("ready ") {
-        let _ = child.kill();
-        bail!("server did not start: {line:?}");
-    }
-    Ok(Server {
-        child,
-        kubeconfig: data.join("admin.kubeconfig"),
-        _dir: dir,
-    })
 }
 
 /// RSS (bytes) and CPU time (user + system) of a process, from /proc.
@@ -200,16 +144,6 @@ fn ready_times(
     })
 }
 
-/// min, median, p99 of a sample (ms).
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (v[0], at(0.5), at(0.99))
-}
-
 fn template(labels: serde_json::Value, version: &str) -> serde_json::Value {
     json!({
         "metadata": {"labels": labels},
@@ -257,7 +191,7 @@ struct Phase {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let server = start_server()?;
+    let server = start_server(&["--disable-agent"])?;
     let pid = server.child.id();
     let c = h8s_client::from_kubeconfig(&server.kubeconfig).await?;
     let n = args.replicas;
@@ -410,24 +344,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     println!("{md}");
     if let Some(path) = &args.write {
-        write_section(path, &md)?;
+        write_section(
+            path,
+            "deploy",
+            "Control loop at scale (Deployment over hollow nodes)",
+            &md,
+        )?;
     }
     drop(server);
-    Ok(())
-}
-
-fn write_section(path: &Path, md: &str) -> anyhow::Result<()> {
-    let (b, e) = ("<!-- bench:deploy:begin -->", "<!-- bench:deploy:end -->");
-    let cur =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let block = format!("{b}\n{md}\n{e}");
-    let new = match (cur.find(b), cur.find(e)) {
-        (Some(i), Some(j)) if j > i => format!("{}{}{}", &cur[..i], block, &cur[j + e.len()..]),
-        _ => format!(
-            "{}\n\n## Control loop at scale (Deployment over hollow nodes)\n{block}\n",
-            cur.trim_end_matches('\n')
-        ),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod bench_support;
 mod deploy_bench;
 mod image;
 mod net;

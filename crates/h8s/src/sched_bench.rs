@@ -6,11 +6,12 @@
 //! BENCHMARKS.md between the `sched` markers.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use crate::bench_support::{start_server, stats, write_section};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use h8s_client::k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use h8s_client::kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -37,79 +38,6 @@ pub struct Args {
     /// The BENCHMARKS.md to update (nothing is written when absent).
     #[arg(long)]
     pub write: Option<PathBuf>,
-}
-
-struct Proc {
-    child: Child,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> anyhow::Result<Proc> {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--disable-scheduler",
-            "--disable-controllers",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("H8S_LOG", "warn")
-        .env("H8S_DISABLE_AGENT", "true")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting h8s server")?;
-    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
-            s.clear();
-        }
-    });
-    let mut parts = line.split_whitespace();
-    if parts.next() != Some("ready") {
-        let _ = child.kill();
-        bail!("server did not start: {line:?}");
-    }
-    Ok(Proc {
-        child,
-        kubeconfig: data.join("admin.kubeconfig"),
-        _dir: dir,
-    })
-}
-
-/// min, median, p99 of a sample.
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (v[0], at(0.5), at(0.99))
 }
 
 fn pod(name: &str, scheduler: &str) -> Pod {
@@ -158,7 +86,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let server = start_server()?;
+    let server = start_server(&[
+        "--disable-scheduler",
+        "--disable-controllers",
+        "--disable-agent",
+    ])?;
     let c = h8s_client::from_kubeconfig(&server.kubeconfig).await?;
     let conc = args.concurrency.max(1);
 
@@ -341,24 +273,8 @@ thresholds are 680–1,100 pods/s.",
     );
     println!("{md}");
     if let Some(path) = &args.write {
-        write_section(path, &md)?;
+        write_section(path, "sched", "Scheduler", &md)?;
     }
     drop(server);
-    Ok(())
-}
-
-fn write_section(path: &Path, md: &str) -> anyhow::Result<()> {
-    let (b, e) = ("<!-- bench:sched:begin -->", "<!-- bench:sched:end -->");
-    let cur =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let block = format!("{b}\n{md}\n{e}");
-    let new = match (cur.find(b), cur.find(e)) {
-        (Some(i), Some(j)) if j > i => format!("{}{}{}", &cur[..i], block, &cur[j + e.len()..]),
-        _ => format!(
-            "{}\n## Scheduler\n{block}\n",
-            cur.trim_end_matches('\n').to_string() + "\n"
-        ),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
