@@ -30,6 +30,21 @@ use serde_json::{json, Value};
 /// The group every authenticated user is in.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
+/// The prefix of the group that names a tenant user's tenant (`h8s:tenant:acme`): the one
+/// source of a caller's tenant for authorization and the tenant guard. Only authenticators
+/// the operator trusts (the identity service, Keystone, token files) put it there.
+pub const TENANT_GROUP_PREFIX: &str = "h8s:tenant:";
+
+impl UserInfo {
+    /// The caller's tenant, from its `h8s:tenant:<name>` group; `None` for cluster-wide
+    /// identities (admins, components, nodes, ServiceAccounts).
+    pub fn tenant(&self) -> Option<&str> {
+        self.groups
+            .iter()
+            .find_map(|g| g.strip_prefix(TENANT_GROUP_PREFIX))
+    }
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserInfo {

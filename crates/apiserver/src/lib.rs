@@ -51,7 +51,7 @@ pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,
     ObjectFilter, RequestInfo, TokenAuthenticator, UserInfo, AUTHENTICATED_GROUP,
-    BOOTSTRAPPERS_GROUP,
+    BOOTSTRAPPERS_GROUP, TENANT_GROUP_PREFIX,
 };
 pub use csr::{
     ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
