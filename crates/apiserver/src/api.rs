@@ -130,6 +130,14 @@ impl Api {
             }
             _ => {}
         }
+        // identity: the Keystone v3 API checks its own credentials (X-Auth-Token).
+        if crate::identity::keystone::is_identity_path(parts.uri.path()) {
+            if let Some(id) = self.identity.clone() {
+                *verb_out = "keystone";
+                let body = read_body(&parts, body).await;
+                return crate::identity::keystone::handle(&self, &id, parts, body).await;
+            }
+        }
         // auth (helper "auth"): authenticators see the whole request and its TLS session.
         let user = match self
             .authn

@@ -20,6 +20,7 @@ mod eviction;
 mod filter;
 mod gc;
 mod hooks;
+mod identity;
 mod metrics;
 mod nodeproxy;
 mod ns;
@@ -57,6 +58,9 @@ pub use csr::{
     ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
+pub use identity::{
+    Identity, IdentityAuthenticator, IdentityConfig, ADMIN_PASSWORD_FILE, BOOTSTRAP_ADMIN,
+};
 pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
 pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
 pub use response::Body;

@@ -58,6 +58,9 @@ pub struct Config {
     pub event_ttl: std::time::Duration,
     /// Settings of the built-in admission plugins.
     pub admission_plugins: crate::admission::PluginConfig,
+    /// (identity) The built-in identity service (Tenants, Users, passwords, tokens, the
+    /// Keystone v3 API under `/v3`); `None` turns it off.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             reviewers: Vec::new(),
             event_ttl: std::time::Duration::from_secs(3600),
             admission_plugins: Default::default(),
+            identity: Some(Default::default()),
         }
     }
 }
@@ -156,6 +160,14 @@ impl Server {
                     .with_secrets(store.clone()),
             ),
         ];
+        // identity: its tokens as bearer tokens, and users/password.
+        let identity = cfg
+            .identity
+            .clone()
+            .map(|c| Arc::new(crate::identity::Identity::new(store.clone(), c)));
+        if let Some(id) = &identity {
+            authn.push(Arc::new(crate::identity::IdentityAuthenticator(id.clone())));
+        }
         authn.extend(cfg.authenticators.iter().cloned());
         let mut streams: std::collections::HashMap<_, _> = cfg
             .subresource_handlers
@@ -167,6 +179,15 @@ impl Server {
             .or_insert_with(|| {
                 Arc::new(TokenRequestHandler::new(sa_tokens.clone(), store.clone()))
             });
+        if identity.is_some() {
+            streams
+                .entry(("users".to_string(), "password".to_string()))
+                .or_insert_with(|| {
+                    Arc::new(crate::identity::password::PasswordHandler::new(
+                        store.clone(),
+                    ))
+                });
+        }
         // pods/log, exec, attach, portforward: proxied to the pod's node agent.
         crate::nodeproxy::register(&mut streams, store.clone(), &pki)?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -212,6 +233,7 @@ impl Server {
             csr_signer: Some(csr_signer),
             openid: Some(sa_tokens.clone()),
             reviewers,
+            identity: identity.clone(),
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -220,6 +242,13 @@ impl Server {
         crate::bootstrap::start(&api, cfg.event_ttl)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // identity: the cloud-admin tenant and user; the sweeper of expired tokens.
+        if let Some(id) = &identity {
+            crate::identity::bootstrap(&api, id, &cfg.data_dir)
+                .await
+                .map_err(|e| Error::Config(format!("bootstrapping identity: {}", e.message)))?;
+            tokio::spawn(id.clone().sweep(shutdown.clone()));
+        }
         // auth: approves node client CSRs (bootstrap and renewal) through the API, as
         // system:kube-controller-manager.
         {

@@ -32,4 +32,6 @@ pub struct Api {
     pub(crate) openid: Option<Arc<crate::sa_token::ServiceAccountTokens>>,
     /// Answers create-only review kinds (TokenReview…) by (group, resource).
     pub(crate) reviewers: HashMap<(String, String), Arc<dyn Reviewer>>,
+    /// (identity) The built-in identity service answering `/v3` (Keystone v3).
+    pub(crate) identity: Option<Arc<crate::identity::Identity>>,
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod bench_support;
 mod deploy_bench;
+mod identity_flags;
 mod image;
 mod net;
 mod pod;

@@ -41,6 +41,9 @@ pub struct ServerArgs {
     /// DefaultTolerationSeconds admission: how long pods tolerate an unreachable node.
     #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
     pub unreachable_toleration_seconds: i64,
+    /// The built-in identity service (`--token-ttl`, `--cloud-admin-tenant`).
+    #[command(flatten)]
+    pub identity: crate::identity_flags::IdentityArgs,
     /// The controller manager and the scheduler run in this process (`--disable-*`,
     /// leader election, controller timers).
     #[command(flatten)]
@@ -90,6 +93,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.tls_sans = args.tls_san.clone();
     cfg.service_cidr = args.service_cluster_ip_range.clone();
     cfg.event_ttl = args.event_ttl;
+    cfg.identity = args.identity.config();
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
     cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
     let server = h8s_apiserver::Server::start(cfg)

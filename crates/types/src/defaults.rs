@@ -37,6 +37,7 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             }
         }
         ("", "Service") => service(obj),
+        ("tenancy.h8s.io", kind @ ("Tenant" | "User")) => crate::tenancy::default(kind, obj),
         ("", "Secret") => secret(obj),
         ("", "Endpoints") => {
             if let Some(Value::Array(subsets)) = obj.get_mut("subsets") {
@@ -210,7 +211,9 @@ pub fn prepare_for_create(r: &Resource, obj: &mut Value) {
             let qos = pod_qos(obj.get("spec").unwrap_or(&Value::Null));
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
-        ("", "Namespace") => obj["status"] = json!({"phase": "Active"}),
+        ("", "Namespace") | ("tenancy.h8s.io", "Tenant") => {
+            obj["status"] = json!({"phase": "Active"})
+        }
         ("", "Network" | "PersistentVolume" | "PersistentVolumeClaim") => {
             obj["status"] = json!({"phase": "Pending"})
         }

@@ -6,6 +6,7 @@
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
+//! - [`tenancy`]: `tenancy.h8s.io/v1` `Tenant` and `User`.
 //! - [`defaults`]: defaulting on every write, and what a create resets.
 //! - [`events`]: `events.k8s.io/v1` Event ↔ core `v1` Event conversion.
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
@@ -26,6 +27,7 @@ pub mod resources;
 pub mod schema;
 pub mod strict;
 pub mod table;
+pub mod tenancy;
 pub mod validation;
 
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};

@@ -892,6 +892,41 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    // ---- tenancy.h8s.io/v1 (h8s kinds: Keystone-style tenants and users) ----
+    Resource {
+        subresources: &[status_sub!("tenancy.h8s.io", "v1", "Tenant")],
+        has_status: true,
+        h8s_kind: true,
+        ..base(
+            "tenancy.h8s.io",
+            "v1",
+            "Tenant",
+            "TenantList",
+            "tenants",
+            "tenant",
+            false,
+        )
+    },
+    Resource {
+        subresources: &[sub(
+            "password",
+            "tenancy.h8s.io",
+            "v1",
+            "UserPassword",
+            &["create", "update"],
+        )],
+        extra_selectable_fields: &["spec.tenant"],
+        h8s_kind: true,
+        ..base(
+            "tenancy.h8s.io",
+            "v1",
+            "User",
+            "UserList",
+            "users",
+            "user",
+            false,
+        )
+    },
 ];
 
 /// A group as `/apis` lists it: its versions, preferred first.
@@ -964,6 +999,10 @@ static GROUPS: &[Group] = &[
     },
     Group {
         name: "discovery.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "tenancy.h8s.io",
         versions: &["v1"],
     },
 ];
@@ -1144,6 +1183,8 @@ mod tests {
             ("policy", "poddisruptionbudgets"),
             ("certificates.k8s.io", "certificatesigningrequests"),
             ("events.k8s.io", "events"),
+            ("tenancy.h8s.io", "tenants"),
+            ("tenancy.h8s.io", "users"),
         ];
         for (g, p) in want {
             let v = groups().iter().find(|x| x.name == g).unwrap().versions[0];

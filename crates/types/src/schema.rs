@@ -1003,6 +1003,20 @@ fn add_h8s(defs: &mut Map<String, Value>, kinds: &mut HashMap<(String, String, S
         ("".into(), "v1".into(), "NetworkList".into()),
         NETWORK_LIST_DEF.into(),
     );
+    // tenancy.h8s.io/v1: Tenant, User and the users/password request.
+    for (name, kind, schema) in crate::tenancy::schemas() {
+        if let Some(kind) = kind {
+            kinds.insert(
+                (
+                    crate::tenancy::GROUP.into(),
+                    crate::tenancy::VERSION.into(),
+                    kind.into(),
+                ),
+                name.clone(),
+            );
+        }
+        defs.insert(name, schema);
+    }
 }
 
 /// True when every served resource has a schema (checked in tests; the

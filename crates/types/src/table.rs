@@ -188,6 +188,30 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
             ],
             network_row,
         ),
+        ("tenancy.h8s.io", "Tenant") => (
+            vec![
+                name_col(),
+                col("Display Name", "A human-readable name of the tenant."),
+                col("Enabled", "Whether the tenant's users may log in."),
+                col("Phase", "Active or Terminating."),
+                age_col(),
+                wide(col("Quota", "The tenant-wide hard limits.")),
+            ],
+            tenant_row,
+        ),
+        ("tenancy.h8s.io", "User") => (
+            vec![
+                name_col(),
+                col("Tenant", "The tenant the user belongs to."),
+                col("Display Name", "A human-readable name of the user."),
+                col("Roles", "The user's roles in its tenant."),
+                col("Enabled", "Whether the user may log in."),
+                age_col(),
+                wide(col("Email", "The user's e-mail address.")),
+                wide(col("Groups", "Extra groups of the user.")),
+            ],
+            user_row,
+        ),
         ("apps", "Deployment") => (
             vec![
                 name_col(),
@@ -1165,6 +1189,53 @@ fn network_row(o: &Value, now: i64) -> Vec<Value> {
         age(o, now),
         json!(or_none(&list("gateway"))),
         json!(or_none(s(o, "/spec/providerNetworkID"))),
+    ]
+}
+
+fn enabled(o: &Value) -> Value {
+    json!(o.pointer("/spec/enabled").and_then(Value::as_bool) != Some(false))
+}
+
+fn joined(o: &Value, ptr: &str) -> String {
+    arr_strs(o, ptr).join(",")
+}
+
+fn arr_strs<'a>(o: &'a Value, ptr: &str) -> Vec<&'a str> {
+    o.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn tenant_row(o: &Value, now: i64) -> Vec<Value> {
+    let quota = o
+        .pointer("/spec/quota/hard")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        json!(or_none(s(o, "/spec/displayName"))),
+        enabled(o),
+        json!(or_none(s(o, "/status/phase"))),
+        age(o, now),
+        json!(or_none(&quota)),
+    ]
+}
+
+fn user_row(o: &Value, now: i64) -> Vec<Value> {
+    vec![
+        json!(s(o, "/spec/tenant")),
+        json!(or_none(s(o, "/spec/displayName"))),
+        json!(or_none(&joined(o, "/spec/roles"))),
+        enabled(o),
+        age(o, now),
+        json!(or_none(s(o, "/spec/email"))),
+        json!(or_none(&joined(o, "/spec/groups"))),
     ]
 }
 

@@ -3,7 +3,7 @@
 //! Kubernetes' validation.
 
 use super::names::{self, NameRule};
-use super::{network, string_list, validate_labels, FieldError, FieldErrors};
+use super::{network, string_list, tenancy, validate_labels, FieldError, FieldErrors};
 use crate::resources::Resource;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -29,6 +29,8 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
         ("", "LimitRange") => limit_range(obj, e),
         ("", "ReplicationController") => replication_controller(obj, e),
         ("", "Network") => network::validate(obj, old, e),
+        ("tenancy.h8s.io", "Tenant") => tenancy::tenant(obj, e),
+        ("tenancy.h8s.io", "User") => tenancy::user(obj, old, e),
         ("apps", "Deployment") => deployment(obj, old, e),
         ("apps", "ReplicaSet") => replica_set(obj, old, e),
         ("apps", "StatefulSet") => stateful_set(obj, old, e),
@@ -78,6 +80,11 @@ pub(super) fn validate_status(r: &Resource, obj: &Value, old: Option<&Value>, e:
             }
         }
         ("", "Network") => network::validate_status(obj, e),
+        ("tenancy.h8s.io", "Tenant") => {
+            if let Some(p) = str_at(obj, "/status/phase") {
+                one_of(e, "status.phase", p, &["Active", "Terminating"]);
+            }
+        }
         (_, _) => {
             for f in [
                 "replicas",

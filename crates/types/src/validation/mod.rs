@@ -9,6 +9,7 @@ mod errors;
 mod kinds;
 pub mod names;
 mod network;
+mod tenancy;
 
 pub use errors::{ErrorType, FieldError, FieldErrors};
 pub use kinds::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
@@ -25,6 +26,8 @@ pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
 pub fn name_rule(r: &Resource) -> NameRule {
     match (r.group, r.kind) {
         ("", "Namespace") | ("", "Network") => NameRule::Dns1123Label,
+        // A tenant's name is a label value (`tenancy.h8s.io/tenant=<name>`).
+        ("tenancy.h8s.io", "Tenant") => NameRule::Dns1123Label,
         ("", "Service") => NameRule::Dns1035Label,
         ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => NameRule::PathSegment,
         ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
