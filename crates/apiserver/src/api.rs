@@ -181,6 +181,14 @@ impl Api {
             attrs.resource = t.res.plural.into();
             attrs.subresource = t.sub.clone().unwrap_or_default();
             attrs.name = t.name.clone().unwrap_or_default();
+            // rbac: a list or watch of one object by `metadata.name` is about that name
+            // (kube-apiserver's RequestInfo), so resourceNames rules and the Node
+            // authorizer apply to it.
+            if attrs.name.is_empty() && matches!(cx.verb, "list" | "watch") {
+                if let Some(n) = cx.query.get("fieldSelector").and_then(name_in_selector) {
+                    attrs.name = n;
+                }
+            }
             attrs.namespace = t.ns.clone().unwrap_or_default();
         } else {
             cx.verb = match parts.method {
@@ -199,23 +207,18 @@ impl Api {
             cx.authz_filter = Some(f.clone());
         }
         if let Decision::Deny(why) = decision {
-            let msg = if attrs.resource_request {
-                format!(
-                    "{} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{}{}",
-                    attrs.resource, attrs.name, cx.user.username, attrs.verb, attrs.resource,
-                    attrs.group,
-                    if attrs.namespace.is_empty() { " at the cluster scope".to_string() } else { format!(" in the namespace \"{}\"", attrs.namespace) },
-                    if why.is_empty() { String::new() } else { format!(": {why}") }
-                )
+            // rbac: kube-apiserver's wording, and its details (group, resource, name).
+            let msg = crate::rbac::forbidden_message(&cx.user, &attrs, &why);
+            let e = if attrs.resource_request {
+                ApiError::forbidden(msg).about(&crate::error::Subject {
+                    group: &attrs.group,
+                    resource: &attrs.resource,
+                    name: &attrs.name,
+                })
             } else {
-                format!(
-                    "forbidden: User \"{}\" cannot {} path \"{}\"",
-                    cx.user.username,
-                    attrs.verb.to_lowercase(),
-                    attrs.path
-                )
+                ApiError::forbidden(msg)
             };
-            return error_response(&ApiError::forbidden(msg));
+            return error_response(&e);
         }
         let body = match read_body(&parts, body).await {
             Ok(b) => b,
@@ -428,6 +431,14 @@ pub fn version() -> Value {
         "goVersion": "go1.24.0",
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+/// The name a field selector pins with `metadata.name=X` (or `==`), if any.
+fn name_in_selector(sel: &str) -> Option<String> {
+    sel.split(',').find_map(|req| {
+        let (k, v) = req.split_once("==").or_else(|| req.split_once('='))?;
+        (k.trim() == "metadata.name").then(|| v.trim().to_string())
     })
 }
 

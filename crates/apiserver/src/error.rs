@@ -82,7 +82,7 @@ impl ApiError {
         }
     }
 
-    fn about(mut self, s: &Subject<'_>) -> Self {
+    pub(crate) fn about(mut self, s: &Subject<'_>) -> Self {
         self.details.name = Some(s.name.to_string());
         self.details.group = Some(s.group.to_string());
         self.details.kind = Some(s.resource.to_string());

@@ -29,6 +29,7 @@ mod openapi;
 mod patch;
 mod pki;
 mod proto;
+mod rbac;
 mod response;
 mod rest;
 mod review;
@@ -63,6 +64,8 @@ pub use identity::{
 };
 pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
 pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
+pub use rbac::node::{NodeAuthorizer, NodeRestriction};
+pub use rbac::{RbacAuthorizer, Union};
 pub use response::Body;
 pub use sa_token::{
     Claims as ServiceAccountClaims, ObjectRef, ServiceAccountAuthenticator, ServiceAccountConfig,

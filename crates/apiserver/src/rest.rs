@@ -424,6 +424,7 @@ impl Api {
             .await
             .map_err(|e| from_store(e, &t.subject(&name)))?;
         obj::set_resource_version(&mut o, kv.mod_revision);
+        self.rbac_written(t, kv.mod_revision).await;
         Ok(o)
     }
 
@@ -517,6 +518,7 @@ impl Api {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok((_, rev)) => {
                         obj::set_resource_version(&mut new, rev);
+                        self.rbac_written(t, rev).await;
                         return Ok((new, false));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
@@ -530,6 +532,7 @@ impl Api {
             {
                 Ok(w) => {
                     obj::set_resource_version(&mut new, w.mod_revision);
+                    self.rbac_written(t, w.mod_revision).await;
                     return Ok((new, false));
                 }
                 Err(h8s_store::Error::Conflict { .. }) if precondition.is_empty() => continue,
@@ -691,6 +694,7 @@ impl Api {
                 {
                     Ok(w) => {
                         obj::set_resource_version(&mut new, w.mod_revision);
+                        self.rbac_written(t, w.mod_revision).await;
                         let code = if opts.orphan_dependents == Some(false) {
                             202
                         } else {
@@ -706,7 +710,8 @@ impl Api {
                 return Ok((200, old));
             }
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                Ok((_, _rev)) => {
+                Ok((_, rev)) => {
+                    self.rbac_written(t, rev).await;
                     if strategy.returns_deleted_object() {
                         return Ok((200, old));
                     }

@@ -33,7 +33,7 @@ fn builtin(res: &h8s_types::Resource) -> Option<Builtin> {
 }
 
 /// The attributes a SelfSubjectAccessReview asks about.
-fn access_attributes(o: &Value) -> Attributes {
+pub(crate) fn access_attributes(o: &Value) -> Attributes {
     let ra = obj::at(o, "spec.resourceAttributes").filter(|v| !v.is_null());
     let s = |v: Option<&Value>, k: &str| {
         v.and_then(|x| x.get(k))
@@ -79,6 +79,10 @@ impl Api {
         let meta = m.entry("metadata").or_insert_with(|| json!({}));
         if let Some(mm) = meta.as_object_mut() {
             mm.insert("creationTimestamp".into(), Value::Null);
+            // rbac: a namespaced review (LocalSubjectAccessReview) is in its URL's namespace.
+            if let Some(ns) = &t.ns {
+                mm.insert("namespace".into(), json!(ns));
+            }
         }
         let name = obj::name(&o).to_string();
         t.strategy()

@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Admission;
 use crate::api::Api;
 use crate::auth::{
-    AllowAuthenticated, Authenticator, AuthnChain, Authorizer, BootstrapGuard,
-    BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, JoinToken, TokenAuthenticator,
+    Authenticator, AuthnChain, Authorizer, BootstrapGuard, BootstrapTokenAuthenticator,
+    ClientCertAuthenticator, ConnInfo, JoinToken, TokenAuthenticator,
 };
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
@@ -33,8 +33,9 @@ pub struct Config {
     /// Extra authenticators, tried after the built-in ones (client certificates, static
     /// tokens, ServiceAccount tokens, bootstrap tokens): the seam for Keystone.
     pub authenticators: Vec<Arc<dyn Authenticator>>,
-    /// The authorizer; `None` allows every authenticated user. Bootstrap-token users are
-    /// confined by [`BootstrapGuard`] before it is asked.
+    /// The authorizer; `None` is the default chain, the Node authorizer then RBAC
+    /// (`system:masters` may do anything). Bootstrap-token users are confined by
+    /// [`BootstrapGuard`] before it is asked.
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Admission plugins run after the built-in NamespaceLifecycle.
     pub admission: Vec<Arc<dyn Admission>>,
@@ -197,6 +198,21 @@ impl Server {
             shutdown.clone(),
             &cfg.admission_plugins,
         );
+        // rbac: the authorizer chain, Node authorizer → RBAC, both deciding from indexes
+        // that watches keep (listed before the first request).
+        let rbac = crate::rbac::RbacAuthorizer::start(store.clone(), shutdown.clone()).await;
+        let node_authz =
+            crate::rbac::node::NodeAuthorizer::start(store.clone(), shutdown.clone()).await;
+        let chain: Arc<dyn Authorizer> = match &cfg.authorizer {
+            Some(a) => a.clone(),
+            None => Arc::new(crate::rbac::Union(vec![node_authz, rbac.clone()])),
+        };
+        let authz: Arc<dyn Authorizer> = Arc::new(BootstrapGuard::new(chain));
+        // rbac: NodeRestriction, and escalation prevention on roles and bindings.
+        admission.push(Arc::new(crate::rbac::node::NodeRestriction));
+        admission.push(Arc::new(crate::rbac::escalation::Escalation::new(
+            rbac.clone(),
+        )));
         admission.extend(cfg.admission.iter().cloned());
         // auth: the chain also answers TokenReviews; the cluster CA signs client CSRs.
         let authn: Arc<dyn Authenticator> = Arc::new(AuthnChain(authn));
@@ -211,6 +227,24 @@ impl Server {
                 "tokenreviews".to_string(),
             ))
             .or_insert_with(|| Arc::new(TokenReviewer::new(authn.clone(), sa_authn.clone())));
+        // rbac: the access reviews the registry does not answer itself.
+        let az = "authorization.k8s.io".to_string();
+        for (plural, local) in [
+            ("subjectaccessreviews", false),
+            ("localsubjectaccessreviews", true),
+        ] {
+            reviewers
+                .entry((az.clone(), plural.to_string()))
+                .or_insert_with(|| {
+                    Arc::new(crate::rbac::review::AccessReviewer::new(
+                        authz.clone(),
+                        local,
+                    ))
+                });
+        }
+        reviewers
+            .entry((az, "selfsubjectrulesreviews".to_string()))
+            .or_insert_with(|| Arc::new(crate::rbac::review::RulesReviewer::new(rbac.clone())));
         let csr_signer = cfg
             .csr_signer
             .clone()
@@ -218,11 +252,7 @@ impl Server {
         let api = Arc::new(Api {
             store,
             authn,
-            authz: Arc::new(BootstrapGuard::new(
-                cfg.authorizer
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(AllowAuthenticated)),
-            )),
+            authz,
             admission,
             metrics: Metrics::default(),
             ready: Default::default(),
@@ -234,6 +264,7 @@ impl Server {
             openid: Some(sa_tokens.clone()),
             reviewers,
             identity: identity.clone(),
+            rbac: Some(rbac),
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -249,6 +280,18 @@ impl Server {
                 .map_err(|e| Error::Config(format!("bootstrapping identity: {}", e.message)))?;
             tokio::spawn(id.clone().sweep(shutdown.clone()));
         }
+        // rbac: the default roles and bindings (kube-apiserver's rbac/bootstrap-roles),
+        // and the ClusterRole aggregation that follows ClusterRoles from then on.
+        crate::rbac::bootstrap::reconcile(&api).await.map_err(|e| {
+            Error::Config(format!(
+                "reconciling the default RBAC policy: {}",
+                e.message
+            ))
+        })?;
+        tokio::spawn(crate::rbac::bootstrap::run_aggregation(
+            api.clone(),
+            shutdown.clone(),
+        ));
         // auth: approves node client CSRs (bootstrap and renewal) through the API, as
         // system:kube-controller-manager.
         {

@@ -34,4 +34,6 @@ pub struct Api {
     pub(crate) reviewers: HashMap<(String, String), Arc<dyn Reviewer>>,
     /// (identity) The built-in identity service answering `/v3` (Keystone v3).
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
+    /// (rbac) The RBAC index, which a write of an RBAC object waits for.
+    pub(crate) rbac: Option<Arc<crate::rbac::RbacAuthorizer>>,
 }

@@ -80,7 +80,17 @@ fn authentication_end_to_end() {
             "{ver}"
         );
     }
-    // The same certificate reads the API.
+    // The same certificate reads the API (what RBAC grants it: view, cluster-wide).
+    srv.kubectl(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "jane-view",
+            "--clusterrole=view",
+            "--user=jane",
+        ],
+    );
     let o = std::process::Command::new(api_support::kubectl_bin("1.33"))
         .arg("--kubeconfig")
         .arg(&kc)
@@ -97,6 +107,17 @@ fn authentication_end_to_end() {
         .kubectl_out("1.33", &["get", "serviceaccount", "default"], None)
         .status
         .success()));
+    // What the tokens below may read: RBAC's view role in `default`.
+    srv.kubectl(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "sa-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:default",
+        ],
+    );
     let mut tokens = Vec::new();
     for ver in ["1.33", "1.27"] {
         let tok = srv

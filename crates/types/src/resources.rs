@@ -708,6 +708,45 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    Resource {
+        verbs: CREATE_ONLY,
+        storage: None,
+        ..base(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "",
+            "subjectaccessreviews",
+            "subjectaccessreview",
+            false,
+        )
+    },
+    Resource {
+        verbs: CREATE_ONLY,
+        storage: None,
+        ..base(
+            "authorization.k8s.io",
+            "v1",
+            "LocalSubjectAccessReview",
+            "",
+            "localsubjectaccessreviews",
+            "localsubjectaccessreview",
+            true,
+        )
+    },
+    Resource {
+        verbs: CREATE_ONLY,
+        storage: None,
+        ..base(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "",
+            "selfsubjectrulesreviews",
+            "selfsubjectrulesreview",
+            false,
+        )
+    },
     // ---- batch/v1 ----
     Resource {
         short_names: &["cj"],
@@ -1176,6 +1215,9 @@ mod tests {
             ("networking.k8s.io", "networkpolicies"),
             ("authentication.k8s.io", "selfsubjectreviews"),
             ("authorization.k8s.io", "selfsubjectaccessreviews"),
+            ("authorization.k8s.io", "subjectaccessreviews"),
+            ("authorization.k8s.io", "localsubjectaccessreviews"),
+            ("authorization.k8s.io", "selfsubjectrulesreviews"),
             ("authentication.k8s.io", "tokenreviews"),
             ("discovery.k8s.io", "endpointslices"),
             ("node.k8s.io", "runtimeclasses"),

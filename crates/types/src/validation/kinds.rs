@@ -46,6 +46,8 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
         ("storage.k8s.io", "StorageClass") => storage_class(obj, old, e),
         ("networking.k8s.io", "NetworkPolicy") => network_policy(obj, e),
         ("authorization.k8s.io", "SelfSubjectAccessReview") => ssar(obj, e),
+        ("authorization.k8s.io", "LocalSubjectAccessReview") => sar(obj, e),
+        ("authorization.k8s.io", "SubjectAccessReview") => sar(obj, e),
         ("scheduling.k8s.io", "PriorityClass") => control::priority_class(obj, old, e),
         ("node.k8s.io", "RuntimeClass") => control::runtime_class(obj, old, e),
         ("policy", "PodDisruptionBudget") => control::pod_disruption_budget(obj, e),
@@ -1702,6 +1704,26 @@ fn network_policy(obj: &Value, e: &mut FieldErrors) {
                 }
             }
         }
+    }
+}
+
+/// A (Local)SubjectAccessReview: what a SelfSubjectAccessReview needs, and a subject.
+fn sar(obj: &Value, e: &mut FieldErrors) {
+    ssar(obj, e);
+    let user = obj
+        .pointer("/spec/user")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let groups = obj
+        .pointer("/spec/groups")
+        .and_then(Value::as_array)
+        .is_some_and(|g| !g.is_empty());
+    if user.is_empty() && !groups {
+        e.push(FieldError::invalid(
+            "spec.user",
+            json!(user),
+            "at least one of user or group must be specified",
+        ));
     }
 }
 

@@ -1,0 +1,718 @@
+//! The Node authorizer and the NodeRestriction admission plugin, for node agents
+//! (`system:node:<name>` in `system:nodes`).
+//!
+//! As Kubernetes' Node authorizer, a graph of pods decides the objects a node may read:
+//! a Secret, ConfigMap or PersistentVolumeClaim only by name and only when a pod bound to
+//! the node uses it, a ServiceAccount token only for a pod's account. Other requests are
+//! decided by the node rules (`system:node`'s). Stricter than Kubernetes' default, a node
+//! listing or watching pods is answered allow-filtered: it sees its own pods only.
+//! NodeRestriction confines the writes those rules allow to the node's own Node, Lease,
+//! pods (status, deletion, eviction) and the `h8s-vm` RuntimeClass its agent publishes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+#[cfg(test)]
+use serde_json::json;
+use serde_json::Value;
+
+use super::rule::Rule;
+use crate::admission::{Admission, Operation, Request};
+use crate::auth::{Attributes, Authorizer, Decision, FnFilter, UserInfo};
+use crate::error::{ApiError, Subject};
+use crate::obj;
+
+pub const NODES_GROUP: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The RuntimeClass node agents publish (with the VM overhead).
+pub const AGENT_RUNTIME_CLASS: &str = "h8s-vm";
+const POD_PREFIX: &str = "/registry/core/pods/";
+
+/// The node a user is, if it is one.
+pub fn node_name(user: &UserInfo) -> Option<&str> {
+    if !user.groups.iter().any(|g| g == NODES_GROUP) {
+        return None;
+    }
+    user.username.strip_prefix(NODE_USER_PREFIX)
+}
+
+/// What a pod uses, as the graph keeps it.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct PodRefs {
+    node: String,
+    ns: String,
+    name: String,
+    service_account: String,
+    secrets: HashSet<String>,
+    config_maps: HashSet<String>,
+    claims: HashSet<String>,
+}
+
+fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    v.pointer(path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn arr<'a>(v: &'a Value, path: &str) -> impl Iterator<Item = &'a Value> + 'a {
+    v.pointer(path)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+impl PodRefs {
+    fn of(pod: &Value) -> PodRefs {
+        let mut r = PodRefs {
+            node: str_at(pod, "/spec/nodeName").unwrap_or("").into(),
+            ns: obj::namespace(pod).into(),
+            name: obj::name(pod).into(),
+            service_account: str_at(pod, "/spec/serviceAccountName")
+                .unwrap_or("default")
+                .into(),
+            ..Default::default()
+        };
+        for s in arr(pod, "/spec/imagePullSecrets") {
+            r.secrets.extend(str_at(s, "/name").map(String::from));
+        }
+        for v in arr(pod, "/spec/volumes") {
+            r.secrets
+                .extend(str_at(v, "/secret/secretName").map(String::from));
+            r.config_maps
+                .extend(str_at(v, "/configMap/name").map(String::from));
+            r.claims
+                .extend(str_at(v, "/persistentVolumeClaim/claimName").map(String::from));
+            if v.pointer("/ephemeral").is_some() {
+                if let Some(n) = str_at(v, "/name") {
+                    r.claims.insert(format!("{}-{n}", r.name));
+                }
+            }
+            for src in arr(v, "/projected/sources") {
+                r.secrets
+                    .extend(str_at(src, "/secret/name").map(String::from));
+                r.config_maps
+                    .extend(str_at(src, "/configMap/name").map(String::from));
+            }
+            for p in ["/csi/nodePublishSecretRef/name", "/cephfs/secretRef/name"] {
+                r.secrets.extend(str_at(v, p).map(String::from));
+            }
+        }
+        for list in [
+            "/spec/containers",
+            "/spec/initContainers",
+            "/spec/ephemeralContainers",
+        ] {
+            for c in arr(pod, list) {
+                for e in arr(c, "/env") {
+                    r.secrets
+                        .extend(str_at(e, "/valueFrom/secretKeyRef/name").map(String::from));
+                    r.config_maps
+                        .extend(str_at(e, "/valueFrom/configMapKeyRef/name").map(String::from));
+                }
+                for e in arr(c, "/envFrom") {
+                    r.secrets
+                        .extend(str_at(e, "/secretRef/name").map(String::from));
+                    r.config_maps
+                        .extend(str_at(e, "/configMapRef/name").map(String::from));
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Pods by node, kept by a watch of pods.
+#[derive(Default)]
+struct Graph {
+    /// node → pod key → what the pod uses.
+    by_node: HashMap<String, HashMap<String, PodRefs>>,
+    /// pod key → node.
+    node_of: HashMap<String, String>,
+}
+
+impl Graph {
+    fn put(&mut self, key: &str, pod: &Value) {
+        self.remove(key);
+        let refs = PodRefs::of(pod);
+        if refs.node.is_empty() {
+            return;
+        }
+        self.node_of.insert(key.into(), refs.node.clone());
+        self.by_node
+            .entry(refs.node.clone())
+            .or_default()
+            .insert(key.into(), refs);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(n) = self.node_of.remove(key) {
+            if let Some(m) = self.by_node.get_mut(&n) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.by_node.remove(&n);
+                }
+            }
+        }
+    }
+
+    fn pods<'a>(&'a self, node: &str, ns: &'a str) -> impl Iterator<Item = &'a PodRefs> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(move |p| p.ns == ns)
+    }
+}
+
+/// The Node authorizer (and, through [`NodeAuthorizer::restriction`], NodeRestriction).
+pub struct NodeAuthorizer {
+    graph: Arc<RwLock<Graph>>,
+    rules: Vec<Rule>,
+}
+
+impl NodeAuthorizer {
+    /// Starts following pods (until `shutdown`); returns once they have been listed.
+    pub async fn start(
+        store: Arc<dyn h8s_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let graph = Arc::new(RwLock::new(Graph::default()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(follow_pods(store, graph.clone(), tx, shutdown));
+        let _ = rx.await;
+        Arc::new(NodeAuthorizer {
+            graph,
+            rules: node_rules(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Graph> {
+        self.graph.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kubernetes' `authorizeReadNamespacedObject` / relationship checks.
+    fn related(&self, node: &str, a: &Attributes) -> Decision {
+        let g = self.read();
+        let mut pods = g.pods(node, &a.namespace);
+        let found = match a.resource.as_str() {
+            "secrets" => pods.any(|p| p.secrets.contains(&a.name)),
+            "configmaps" => pods.any(|p| p.config_maps.contains(&a.name)),
+            "persistentvolumeclaims" => pods.any(|p| p.claims.contains(&a.name)),
+            "serviceaccounts" => pods.any(|p| p.service_account == a.name),
+            "pods" => pods.any(|p| p.name == a.name),
+            _ => false,
+        };
+        if found {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!(
+                "no relationship found between node '{node}' and this object"
+            ))
+        }
+    }
+
+    /// The NodeRestriction admission plugin.
+    pub fn restriction() -> NodeRestriction {
+        NodeRestriction
+    }
+}
+
+impl Authorizer for NodeAuthorizer {
+    fn authorize(&self, user: &UserInfo, a: &Attributes) -> Decision {
+        let Some(node) = node_name(user) else {
+            return Decision::Deny(String::new());
+        };
+        if node.is_empty() {
+            return Decision::Deny("unknown node".into());
+        }
+        if a.resource_request && a.group.is_empty() {
+            match (a.resource.as_str(), a.subresource.as_str()) {
+                ("secrets" | "configmaps", "") => {
+                    if !matches!(a.verb.as_str(), "get" | "list" | "watch") || a.name.is_empty() {
+                        return Decision::Deny(
+                            "can only read individual resources of this type".into(),
+                        );
+                    }
+                    return self.related(node, a);
+                }
+                ("persistentvolumeclaims", "") => {
+                    if a.verb != "get" || a.name.is_empty() {
+                        return Decision::Deny(
+                            "can only get individual resources of this type".into(),
+                        );
+                    }
+                    return self.related(node, a);
+                }
+                ("persistentvolumes", _) => {
+                    return Decision::Deny(
+                        "no relationship found between node and this object".into(),
+                    );
+                }
+                ("serviceaccounts", "token") => {
+                    if a.verb != "create" || a.name.is_empty() {
+                        return Decision::Deny(
+                            "can only create tokens for individual service accounts".into(),
+                        );
+                    }
+                    return self.related(node, a);
+                }
+                ("pods", "") if a.verb == "get" => return self.related(node, a),
+                ("pods", "") if matches!(a.verb.as_str(), "list" | "watch") => {
+                    // Its own pods only (Kubernetes asks for a spec.nodeName field
+                    // selector; here the list is filtered).
+                    let node = node.to_string();
+                    return Decision::AllowFiltered(Arc::new(FnFilter(move |o: &Value| {
+                        o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(&node)
+                    })));
+                }
+                _ => {}
+            }
+        }
+        if self.rules.iter().any(|r| r.allows(a)) {
+            Decision::Allow
+        } else {
+            Decision::Deny(String::new())
+        }
+    }
+}
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Rule {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+    Rule {
+        verbs: v(verbs),
+        api_groups: v(groups),
+        resources: v(resources),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes' `NodeRules()` (the `system:node` role), for what the graph does not
+/// decide, plus the RuntimeClass h8s' agent publishes.
+pub fn node_rules() -> Vec<Rule> {
+    vec![
+        rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews", "localsubjectaccessreviews"],
+        ),
+        rule(&["get", "list", "watch"], &[""], &["services"]),
+        rule(
+            &["create", "get", "list", "watch", "patch", "update"],
+            &[""],
+            &["nodes"],
+        ),
+        rule(&["update", "patch"], &[""], &["nodes/status"]),
+        rule(
+            &["create", "update", "patch"],
+            &["", "events.k8s.io"],
+            &["events"],
+        ),
+        rule(&["create", "delete"], &[""], &["pods"]),
+        rule(&["update", "patch"], &[""], &["pods/status"]),
+        rule(&["create"], &[""], &["pods/eviction"]),
+        rule(&["get"], &[""], &["endpoints"]),
+        rule(
+            &["create", "get", "list", "watch"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+        ),
+        rule(
+            &["get", "create", "update", "patch", "delete"],
+            &["coordination.k8s.io"],
+            &["leases"],
+        ),
+        rule(
+            &["get", "list", "watch"],
+            &["node.k8s.io"],
+            &["runtimeclasses"],
+        ),
+        rule(&["create"], &["node.k8s.io"], &["runtimeclasses"]),
+        rule(
+            &["get", "list", "watch"],
+            &["storage.k8s.io"],
+            &["storageclasses"],
+        ),
+    ]
+}
+
+/// NodeRestriction: a node writes only its own Node and Lease, its own pods' status,
+/// deletion and eviction, no pods of its own making (h8s has no mirror pods), and of
+/// RuntimeClasses only the one its agent publishes.
+pub struct NodeRestriction;
+
+impl NodeRestriction {
+    fn check(req: &Request<'_>, node: &str, obj: Option<&Value>) -> Result<(), ApiError> {
+        let subject = Subject {
+            group: req.res.group,
+            resource: req.res.plural,
+            name: req.name,
+        };
+        let forbid = |why: String| Err(ApiError::forbidden_about(&subject, &why));
+        match (req.res.group, req.res.plural, req.sub) {
+            ("", "nodes", _) => {
+                let name = obj.map(obj::name).filter(|n| !n.is_empty()).unwrap_or(req.name);
+                if name != node {
+                    return forbid(format!("node {node:?} is not allowed to modify node {name:?}"));
+                }
+                Ok(())
+            }
+            ("", "pods", None) => match req.op {
+                Operation::Create => forbid(format!(
+                    "pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"
+                )),
+                Operation::Update => forbid(format!("node {node:?} can only update pod status")),
+                Operation::Delete => {
+                    if bound_to(req.old, node) {
+                        Ok(())
+                    } else {
+                        forbid(format!(
+                            "node {node:?} can only delete pods with spec.nodeName set to itself"
+                        ))
+                    }
+                }
+            },
+            ("", "pods", Some("status")) => {
+                if bound_to(req.old, node) {
+                    Ok(())
+                } else {
+                    forbid(format!(
+                        "node {node:?} can only update pod status for pods with spec.nodeName set to itself"
+                    ))
+                }
+            }
+            ("", "pods", Some("eviction")) => {
+                if bound_to(req.old, node) {
+                    Ok(())
+                } else {
+                    forbid(format!(
+                        "node {node:?} can only evict pods with spec.nodeName set to itself"
+                    ))
+                }
+            }
+            ("coordination.k8s.io", "leases", _) => {
+                if req.namespace != "kube-node-lease" || req.name != node {
+                    let n = obj.map(obj::name).unwrap_or(req.name);
+                    if req.namespace != "kube-node-lease" || n != node {
+                        return forbid(
+                            "can only access node lease with the same name as the requesting node"
+                                .into(),
+                        );
+                    }
+                }
+                Ok(())
+            }
+            ("node.k8s.io", "runtimeclasses", _) => {
+                let n = obj.map(obj::name).unwrap_or(req.name);
+                if req.op == Operation::Create && n == AGENT_RUNTIME_CLASS {
+                    Ok(())
+                } else {
+                    forbid(format!(
+                        "node {node:?} can only create the {AGENT_RUNTIME_CLASS:?} RuntimeClass"
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn bound_to(pod: Option<&Value>, node: &str) -> bool {
+    pod.and_then(|p| p.pointer("/spec/nodeName"))
+        .and_then(Value::as_str)
+        == Some(node)
+}
+
+impl Admission for NodeRestriction {
+    fn admit<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        obj: Option<&'a mut Value>,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        let r = match node_name(req.user) {
+            Some(node) => Self::check(req, node, obj.map(|o| &*o)),
+            None => Ok(()),
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+async fn follow_pods(
+    store: Arc<dyn h8s_store::Store>,
+    graph: Arc<RwLock<Graph>>,
+    first: tokio::sync::oneshot::Sender<()>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut first = Some(first);
+    let run = async {
+        loop {
+            let listed = store.list(POD_PREFIX, Default::default()).await;
+            let watch = match &listed {
+                Ok(l) => store.watch(POD_PREFIX, l.revision).await,
+                Err(e) => Err(h8s_store::Error::Unavailable(e.to_string())),
+            };
+            if let (Ok(l), Ok(mut w)) = (listed, watch) {
+                let mut g = Graph::default();
+                for kv in &l.items {
+                    if let Ok(o) = obj::decode(kv) {
+                        g.put(&kv.key, &o);
+                    }
+                }
+                *graph.write().unwrap_or_else(|e| e.into_inner()) = g;
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+                while let Some(Ok(ev)) = w.next().await {
+                    let mut g = graph.write().unwrap_or_else(|e| e.into_inner());
+                    match ev {
+                        h8s_store::Event::Put { kv, .. } => match obj::decode(&kv) {
+                            Ok(o) => g.put(&kv.key, &o),
+                            Err(_) => g.remove(&kv.key),
+                        },
+                        h8s_store::Event::Delete { prev, .. } => g.remove(&prev.key),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+}
+
+/// A pod on `node` for tests.
+#[cfg(test)]
+fn test_pod(ns: &str, name: &str, node: &str) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name}, "spec": {"nodeName": node,
+        "serviceAccountName": "sa1",
+        "volumes": [{"name": "v", "secret": {"secretName": "s1"}},
+                    {"name": "c", "projected": {"sources": [{"configMap": {"name": "cm2"}}]}},
+                    {"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+        "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cm1", "key": "k"}}}]}]}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_user(n: &str) -> UserInfo {
+        UserInfo {
+            username: format!("{NODE_USER_PREFIX}{n}"),
+            groups: vec![NODES_GROUP.into(), "system:authenticated".into()],
+            ..Default::default()
+        }
+    }
+
+    fn a(verb: &str, ns: &str, resource: &str, sub: &str, name: &str) -> Attributes {
+        Attributes {
+            verb: verb.into(),
+            namespace: ns.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            name: name.into(),
+            resource_request: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_read_only_what_their_pods_use() {
+        let mut g = Graph::default();
+        g.put(&format!("{POD_PREFIX}ns1/p1"), &test_pod("ns1", "p1", "n1"));
+        let z = NodeAuthorizer {
+            graph: Arc::new(RwLock::new(g)),
+            rules: node_rules(),
+        };
+        let n1 = node_user("n1");
+        let n2 = node_user("n2");
+        for (res, sub, name, verb) in [
+            ("secrets", "", "s1", "get"),
+            ("secrets", "", "s1", "watch"),
+            ("configmaps", "", "cm1", "get"),
+            ("configmaps", "", "cm2", "list"),
+            ("persistentvolumeclaims", "", "data", "get"),
+            ("serviceaccounts", "token", "sa1", "create"),
+            ("pods", "", "p1", "get"),
+        ] {
+            assert!(
+                z.authorize(&n1, &a(verb, "ns1", res, sub, name)).allowed(),
+                "{res} {name}"
+            );
+            assert!(
+                !z.authorize(&n2, &a(verb, "ns1", res, sub, name)).allowed(),
+                "{res} {name}"
+            );
+            assert!(
+                !z.authorize(&n1, &a(verb, "ns2", res, sub, name)).allowed(),
+                "{res} {name}"
+            );
+        }
+        assert!(!z
+            .authorize(&n1, &a("get", "ns1", "secrets", "", "other"))
+            .allowed());
+        assert!(!z
+            .authorize(&n1, &a("list", "ns1", "secrets", "", ""))
+            .allowed());
+        assert!(!z
+            .authorize(&n1, &a("delete", "ns1", "secrets", "", "s1"))
+            .allowed());
+        // Pod lists are narrowed to the node's own pods.
+        match z.authorize(&n1, &a("list", "", "pods", "", "")) {
+            Decision::AllowFiltered(f) => {
+                assert!(f.allows(&test_pod("ns1", "p1", "n1")));
+                assert!(!f.allows(&test_pod("ns1", "p2", "n2")));
+            }
+            d => panic!("{d:?}"),
+        }
+        // The node rules; nothing for anyone else.
+        assert!(z
+            .authorize(&n1, &a("patch", "ns1", "pods", "status", "p1"))
+            .allowed());
+        assert!(!z
+            .authorize(&n1, &a("update", "ns1", "pods", "", "p1"))
+            .allowed());
+        assert!(!z
+            .authorize(&n1, &a("create", "ns1", "deployments", "", ""))
+            .allowed());
+        let alice = UserInfo {
+            username: "alice".into(),
+            ..Default::default()
+        };
+        assert!(!z
+            .authorize(&alice, &a("get", "ns1", "secrets", "", "s1"))
+            .allowed());
+    }
+
+    #[test]
+    fn node_restriction() {
+        let n1 = node_user("n1");
+        let run = |group: &str,
+                   res: &str,
+                   sub: Option<&str>,
+                   op,
+                   ns: &str,
+                   name: &str,
+                   old: Option<&Value>| {
+            let r = h8s_types::resources::groups()
+                .iter()
+                .find(|g| g.name == group)
+                .and_then(|g| h8s_types::resources::find(group, g.versions[0], res))
+                .unwrap();
+            let req = Request {
+                op,
+                res: r,
+                sub,
+                namespace: ns,
+                name,
+                user: &n1,
+                dry_run: false,
+                old,
+            };
+            let mut o = json!({"metadata": {"name": name, "namespace": ns}});
+            futures::executor::block_on(NodeRestriction.admit(&req, Some(&mut o)))
+        };
+        let mine = test_pod("ns1", "p1", "n1");
+        let theirs = test_pod("ns1", "p2", "n2");
+        assert!(run(
+            "",
+            "nodes",
+            Some("status"),
+            Operation::Update,
+            "",
+            "n1",
+            None
+        )
+        .is_ok());
+        let e = run("", "nodes", None, Operation::Update, "", "n2", None).unwrap_err();
+        assert_eq!(
+            e.message,
+            "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+        );
+        assert!(run(
+            "",
+            "pods",
+            Some("status"),
+            Operation::Update,
+            "ns1",
+            "p1",
+            Some(&mine)
+        )
+        .is_ok());
+        assert!(run(
+            "",
+            "pods",
+            Some("status"),
+            Operation::Update,
+            "ns1",
+            "p2",
+            Some(&theirs)
+        )
+        .is_err());
+        assert!(run(
+            "",
+            "pods",
+            None,
+            Operation::Delete,
+            "ns1",
+            "p1",
+            Some(&mine)
+        )
+        .is_ok());
+        assert!(run(
+            "",
+            "pods",
+            None,
+            Operation::Delete,
+            "ns1",
+            "p2",
+            Some(&theirs)
+        )
+        .is_err());
+        assert!(run("", "pods", None, Operation::Create, "ns1", "p3", None).is_err());
+        assert!(run(
+            "coordination.k8s.io",
+            "leases",
+            None,
+            Operation::Update,
+            "kube-node-lease",
+            "n1",
+            None
+        )
+        .is_ok());
+        assert!(run(
+            "coordination.k8s.io",
+            "leases",
+            None,
+            Operation::Update,
+            "kube-node-lease",
+            "n2",
+            None
+        )
+        .is_err());
+        assert!(run(
+            "node.k8s.io",
+            "runtimeclasses",
+            None,
+            Operation::Create,
+            "",
+            AGENT_RUNTIME_CLASS,
+            None
+        )
+        .is_ok());
+        assert!(run(
+            "node.k8s.io",
+            "runtimeclasses",
+            None,
+            Operation::Create,
+            "",
+            "other",
+            None
+        )
+        .is_err());
+    }
+}
