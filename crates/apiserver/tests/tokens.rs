@@ -87,6 +87,18 @@ async fn tokens_reviews_and_bootstrap() {
         .await;
     assert_eq!(c, 201, "{b}");
     let sa_uid = b["metadata"]["uid"].as_str().unwrap().to_string();
+    // What the account may read: RBAC's `view` in its namespace.
+    let (c, b) = t
+        .call(
+            &t.admin,
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            Some(json!({"metadata": {"name": "robot-view"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}]})),
+        )
+        .await;
+    assert_eq!(c, 201, "{b}");
     let (c, tr) = t.token_request("robot", json!({})).await;
     assert_eq!(c, 201, "{tr}");
     assert_eq!(tr["kind"], "TokenRequest");

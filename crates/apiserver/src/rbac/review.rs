@@ -3,7 +3,6 @@
 //! for any user), and SelfSubjectRulesReview (the caller's rules in a namespace, what
 //! `kubectl auth can-i --list` prints).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -41,7 +40,7 @@ fn subject_of(spec: &Value) -> UserInfo {
             .get("extra")
             .and_then(Value::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
-            .unwrap_or_else(HashMap::new),
+            .unwrap_or_default(),
     }
 }
 
