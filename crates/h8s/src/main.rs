@@ -9,6 +9,7 @@ mod identity_flags;
 mod image;
 mod net;
 mod pod;
+mod rbac_bench;
 mod sched_bench;
 mod server;
 mod store;
@@ -57,6 +58,9 @@ enum BenchCommand {
     /// The control loop at scale: a Deployment over hollow nodes (create, rollout) against
     /// bare pods, with the server's RSS and CPU.
     Deploy(deploy_bench::Args),
+    /// RBAC: GETs as a tenant user authorized through RBAC (1,000 Roles and bindings in
+    /// the cluster) against the same GETs as the admin, in the same run.
+    Rbac(rbac_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api(args)) => server::bench(args),
         Command::Bench(BenchCommand::Sched(args)) => sched_bench::run(args),
         Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
+        Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
     }
 }

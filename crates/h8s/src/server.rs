@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 #[path = "server_bench.rs"]
-mod bench;
+pub(crate) mod bench;
 
 pub use bench::{run as bench, BenchArgs};
 

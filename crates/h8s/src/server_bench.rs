@@ -111,14 +111,19 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[derive(Clone)]
-struct Client {
+pub(crate) struct Client {
     conns: Vec<SendRequest<Full<Bytes>>>,
     base: String,
     auth: String,
     next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-async fn connect(url: &str, ca_pem: &str, token: &str, n: usize) -> anyhow::Result<Client> {
+pub(crate) async fn connect(
+    url: &str,
+    ca_pem: &str,
+    token: &str,
+    n: usize,
+) -> anyhow::Result<Client> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -170,7 +175,7 @@ impl Client {
         self.conns[i % self.conns.len()].clone()
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -186,15 +191,15 @@ impl Client {
 }
 
 /// Latency summary in milliseconds.
-struct Summary {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p99: f64,
-    per_sec: f64,
+pub(crate) struct Summary {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub per_sec: f64,
 }
 
-fn summarize(mut lat: Vec<Duration>, wall: Duration) -> Summary {
+pub(crate) fn summarize(mut lat: Vec<Duration>, wall: Duration) -> Summary {
     lat.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pick = |q: f64| {
@@ -215,7 +220,7 @@ fn summarize(mut lat: Vec<Duration>, wall: Duration) -> Summary {
 
 /// Runs `total` calls of `f(i)` with `conc` in flight, as fast as possible, or at
 /// `rate` per second when given. Returns latencies and wall time.
-async fn drive<F, Fut>(
+pub(crate) async fn drive<F, Fut>(
     total: usize,
     conc: usize,
     rate: Option<f64>,
@@ -265,7 +270,7 @@ fn cm_body(name: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn create_ns(c: &Client, ns: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_ns(c: &Client, ns: &str) -> anyhow::Result<()> {
     let (code, b) = c
         .call(
             "POST",
@@ -282,7 +287,7 @@ async fn create_ns(c: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fill(
+pub(crate) async fn fill(
     c: &Client,
     ns: &str,
     n: usize,
@@ -310,7 +315,7 @@ async fn fill(
     .await
 }
 
-async fn gets(
+pub(crate) async fn gets(
     c: &Client,
     ns: &str,
     have: usize,
@@ -498,7 +503,7 @@ async fn baseline_store_creates(
     .await
 }
 
-fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
+pub(crate) fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
     let ratio = base
         .map(|b| format!("{:.2}", s.per_sec / b.per_sec.max(1e-9)))
         .unwrap_or_else(|| "—".into());
@@ -515,7 +520,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     rt.block_on(bench(args))
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
