@@ -15,10 +15,12 @@ use crate::error::{ApiError, Subject};
 use crate::obj;
 
 mod lookup;
+mod network;
 mod pod;
 mod quota;
 mod storage;
 
+pub use network::NamespaceNetwork;
 pub use pod::{
     DefaultTolerationSeconds, Priority, RuntimeClass, ServiceAccount, TOKEN_MOUNT_PATH,
     TOKEN_VOLUME_PREFIX,
@@ -59,7 +61,7 @@ impl Default for PluginConfig {
 
 /// Kubernetes' default admission chain, in kube-apiserver's order: NamespaceLifecycle,
 /// LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds, DefaultStorageClass,
-/// RuntimeClass, ResourceQuota.
+/// RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork.
 pub fn default_chain(
     store: Arc<dyn h8s_store::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -80,7 +82,8 @@ pub fn default_chain(
         }),
         Arc::new(DefaultStorageClass::new(lookup.clone())),
         Arc::new(RuntimeClass::new(lookup.clone())),
-        Arc::new(ResourceQuota::new(lookup, cfg.quota.clone())),
+        Arc::new(ResourceQuota::new(lookup.clone(), cfg.quota.clone())),
+        Arc::new(NamespaceNetwork::new(lookup)),
     ]
 }
 

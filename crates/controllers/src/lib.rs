@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod network;
 pub mod nodelifecycle;
 pub mod pdb;
 pub mod queue;
@@ -108,6 +109,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         nodelifecycle::run(ctx.clone()).boxed(),
         pdb::run(ctx.clone()).boxed(),
         quota::run(ctx.clone()).boxed(),
+        network::run(ctx.clone()).boxed(),
     ];
     try_join_all(all).await.map(|_| ())
 }

@@ -41,6 +41,17 @@ pub struct NodeArgs {
         global = true
     )]
     protect: Vec<String>,
+    /// Destinations tenant egress may reach through the gateways' NAT (comma-separated
+    /// CIDRs; the protected ranges stay refused). Default: everything but the protected
+    /// ranges, i.e. the default route's destinations minus private and link-local ranges.
+    /// `none`: no egress.
+    #[arg(
+        long = "egress-allow",
+        env = "H8S_NET_EGRESS_ALLOW",
+        value_delimiter = ',',
+        global = true
+    )]
+    egress_allow: Vec<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -207,8 +218,29 @@ impl NodeArgs {
             node.protected
                 .push(p.parse().with_context(|| format!("--protect {p:?}"))?);
         }
+        if let Some(allow) = parse_egress_allow(&self.egress_allow)? {
+            node.egress_allow = allow;
+        }
         Ok(Fabric::new(store, node)?)
     }
+}
+
+/// `--egress-allow`: `None` keeps the default (everything not protected), `none` allows
+/// nothing, else the CIDRs.
+pub fn parse_egress_allow(v: &[String]) -> anyhow::Result<Option<Vec<h8s_net::Ipv4Net>>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.len() == 1 && v[0] == "none" {
+        return Ok(Some(vec![]));
+    }
+    v.iter()
+        .map(|c| {
+            c.parse()
+                .with_context(|| format!("--egress-allow {c:?} is not an IPv4 CIDR"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// The fabric of this node as the environment configures it (`H8S_NET_DIR`, `H8S_NODE_*`).

@@ -1278,3 +1278,174 @@ async fn resource_quota_usage_is_counted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_get_segments_finalizers_and_tenant_defaults() {
+    use h8s_controllers::network::{NetNamespace, FIRST_SEGMENT};
+    use h8s_types::Network;
+    let c = client().await;
+    start(&c, h8s_controllers::network::run);
+    start(&c, h8s_controllers::namespace::run);
+    let nets: Api<Network> = Api::all(c.clone());
+    let nss: Api<NetNamespace> = Api::all(c.clone());
+    let pp = PostParams::default();
+    let ns = |name: &str, tenant: &str, network: Option<&str>| -> NetNamespace {
+        from(
+            json!({"metadata": {"name": name, "labels": {"tenancy.h8s.io/tenant": tenant}},
+            "spec": {"network": network}}),
+        )
+    };
+    let active = |name: &'static str| {
+        let nets = nets.clone();
+        async move {
+            eventually(20, &format!("network {name} Active"), || async {
+                let n = nets.get_opt(name).await.unwrap()?;
+                let phase = n.status.as_ref()?.phase.as_deref()?;
+                (phase == "Active").then_some(n)
+            })
+            .await
+        }
+    };
+    let segment = |n: &Network| -> u32 {
+        n.spec
+            .provider_network_id
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .expect("segment id")
+    };
+    // Two tenants' namespaces without spec.network: each tenant gets its own default
+    // Network on its own segment.
+    nss.create(&pp, &ns("netc-a", "netca", None)).await.unwrap();
+    nss.create(&pp, &ns("netc-b", "netcb", None)).await.unwrap();
+    let a = active("tenant-netca").await;
+    let b = active("tenant-netcb").await;
+    assert_eq!(a.spec.tenant_id.as_deref(), Some("netca"));
+    assert_eq!(
+        a.metadata.finalizers.as_deref(),
+        Some(&["networks.h8s.io/namespaces".to_string()][..])
+    );
+    assert!(segment(&a) >= FIRST_SEGMENT && segment(&b) >= FIRST_SEGMENT);
+    assert_ne!(segment(&a), segment(&b));
+    // Many Networks at once: every one a segment of its own.
+    let mut creates = vec![];
+    for i in 0..8 {
+        let nets = nets.clone();
+        creates.push(tokio::spawn(async move {
+            let n: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+                "metadata": {"name": format!("netc-many-{i}")},
+                "spec": {"tenantID": format!("many{i}"), "subnets": {"s": {"cidr": "192.168.0.0/24"}}}}));
+            nets.create(&PostParams::default(), &n).await.unwrap();
+        }));
+    }
+    for t in creates {
+        t.await.unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::from([segment(&a), segment(&b)]);
+    for i in 0..8 {
+        let name: &'static str = Box::leak(format!("netc-many-{i}").into_boxed_str());
+        let n = active(name).await;
+        assert!(
+            seen.insert(segment(&n)),
+            "segment {} given twice",
+            segment(&n)
+        );
+    }
+    // Attaching to another tenant's segment fails, with the reason in the status.
+    let steal: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+        "metadata": {"name": "netc-steal"},
+        "spec": {"tenantID": "netcb", "providerNetworkID": segment(&a).to_string(),
+                 "subnets": {"s": {"cidr": "10.0.0.0/24"}}}}));
+    nets.create(&pp, &steal).await.unwrap();
+    let failed = eventually(20, "netc-steal Failed", || async {
+        let n = nets.get_opt("netc-steal").await.unwrap()?;
+        let st = n.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(failed.reason.as_deref(), Some("SegmentInUse"));
+    // Bad input: overlapping subnets in one Network, a namespace naming a missing Network,
+    // another tenant's Network, or a tenant's reserved default name.
+    let overlap: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+        "metadata": {"name": "netc-overlap"},
+        "spec": {"subnets": {"a": {"cidr": "10.1.0.0/16"}, "b": {"cidr": "10.1.2.0/24"}}}}));
+    let e = nets.create(&pp, &overlap).await.unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 422 && s.message.contains("overlaps subnet")),
+        "{e:?}"
+    );
+    let e = nss
+        .create(&pp, &ns("netc-missing", "netca", Some("no-such-net")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 422 && s.message.contains("network \"no-such-net\" not found")),
+        "{e:?}"
+    );
+    let e = nss
+        .create(&pp, &ns("netc-cross", "netcb", Some("tenant-netca")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 422 && s.message.contains("another tenant")),
+        "{e:?}"
+    );
+    let squat: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+        "metadata": {"name": "tenant-netcz"},
+        "spec": {"tenantID": "netca", "subnets": {"a": {"cidr": "10.1.0.0/16"}}}}));
+    let e = nets.create(&pp, &squat).await.unwrap_err();
+    assert!(matches!(&e, kube::Error::Api(s) if s.code == 422), "{e:?}");
+    // A Network named by a namespace outlives its deletion until the namespace is gone.
+    let own: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+        "metadata": {"name": "netc-own"},
+        "spec": {"tenantID": "netca", "subnets": {"s": {"cidr": "192.168.0.0/24"}}}}));
+    nets.create(&pp, &own).await.unwrap();
+    active("netc-own").await;
+    nss.create(&pp, &ns("netc-c", "netca", Some("netc-own")))
+        .await
+        .unwrap();
+    nets.delete("netc-own", &DeleteParams::default())
+        .await
+        .unwrap();
+    let st = eventually(20, "netc-own Terminating", || async {
+        let st = nets.get_opt("netc-own").await.unwrap()?.status?;
+        (st.phase.as_deref() == Some("Terminating")).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        st.message.as_deref(),
+        Some("still used by namespaces netc-c")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(nets.get_opt("netc-own").await.unwrap().is_some());
+    nss.delete("netc-c", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "netc-own gone", || async {
+        nets.get_opt("netc-own")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Unused Networks go at once; the tenants' defaults stay while their namespaces do.
+    for i in 0..8 {
+        nets.delete(&format!("netc-many-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually(20, "netc-many-* gone", || async {
+        for i in 0..8 {
+            if nets
+                .get_opt(&format!("netc-many-{i}"))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}

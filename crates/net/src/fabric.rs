@@ -34,6 +34,11 @@ pub struct NodeConfig {
     pub transit: Ipv4Net,
     /// Ranges tenant egress may never reach (the underlay, node and control-plane addresses).
     pub protected: Vec<Ipv4Net>,
+    /// Destinations tenant egress may reach through the gateways' NAT (the operator's
+    /// `--egress-allow`); [`NodeConfig::protected`] is refused even inside these. Default:
+    /// everything (`0.0.0.0/0`), i.e. the default route's destinations minus the protected
+    /// ranges; empty: no egress at all.
+    pub egress_allow: Vec<Ipv4Net>,
     /// Host addresses that serve DNS to pods (the one exception to "nothing reaches the host").
     pub host_dns: Vec<Ipv4Addr>,
     /// Turn on IPv4 forwarding in the node namespace so gateways can masquerade egress.
@@ -72,13 +77,18 @@ impl NodeConfig {
                 .collect(),
             host_dns: vec![],
             egress: true,
+            egress_allow: vec![Ipv4Net::default()],
         }
     }
 
-    /// A node whose underlay is the interface of the IPv4 default route in `ns`; that
-    /// interface's subnet is protected from tenant egress.
+    /// A node whose underlay is the interface of the IPv4 default route in `ns`. Every
+    /// address of the node (any interface) and every subnet it is connected to are protected
+    /// from tenant egress, besides [`DEFAULT_PROTECTED`].
     pub fn detect(name: &str, ns: NsRef) -> Result<NodeConfig> {
-        let found = ns.run(|| Nl::open()?.default_route_source())?;
+        let (found, addrs) = ns.run(|| {
+            let nl = Nl::open()?;
+            Ok((nl.default_route_source()?, nl.ipv4_addrs()?))
+        })?;
         let (ip, prefix, mtu) = found.ok_or_else(|| {
             Error::invalid(
                 "underlay",
@@ -91,7 +101,22 @@ impl NodeConfig {
         if let Ok(net) = Ipv4Net::new(ip, prefix) {
             c.protected.push(net.trunc());
         }
+        c.protect_host_addresses(&addrs);
         Ok(c)
+    }
+
+    /// Protects each of the node's own addresses and the subnets they sit on (other host
+    /// interfaces' networks), except the gateways' transit links, which the rules handle.
+    pub fn protect_host_addresses(&mut self, addrs: &[(Ipv4Addr, u8)]) {
+        for (ip, prefix) in addrs {
+            if self.transit.contains(ip) {
+                continue;
+            }
+            self.protected.push(Ipv4Net::from(*ip));
+            if let Ok(net) = Ipv4Net::new(*ip, *prefix) {
+                self.protected.push(net.trunc());
+            }
+        }
     }
 
     /// Name of a Network's gateway namespace on this node.
@@ -507,6 +532,7 @@ impl Fabric {
             vxlan_peers: vec![],
             vxlan_port: self.node.vxlan_port,
             protected: self.node.protected.clone(),
+            egress_allow: self.node.egress_allow.clone(),
             transit: self.node.transit,
             host_dns: self.node.host_dns.clone(),
         };
@@ -630,4 +656,32 @@ impl Fabric {
 /// tenant segment). Best effort: a kernel without IPv6 has nothing to turn off.
 fn no_ipv6(dev: &str) {
     let _ = netns::sysctl_dev("ipv6", dev, "disable_ipv6", "1");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_addresses_and_their_subnets_are_protected_transit_is_not() {
+        let mut c = NodeConfig::new("n1", Ipv4Addr::new(10, 1, 0, 2));
+        c.protected.clear();
+        c.protect_host_addresses(&[
+            (Ipv4Addr::new(203, 0, 113, 7), 24),
+            (Ipv4Addr::new(198, 51, 100, 9), 32),
+            (Ipv4Addr::new(100, 64, 0, 1), 31),
+        ]);
+        let got: Vec<String> = c.protected.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "203.0.113.7/32",
+                "203.0.113.0/24",
+                "198.51.100.9/32",
+                "198.51.100.9/32"
+            ]
+        );
+        assert_eq!(c.egress_allow, vec![Ipv4Net::default()]);
+        assert_eq!(c.egress_allow[0].to_string(), "0.0.0.0/0");
+    }
 }

@@ -11,9 +11,11 @@ mod nft;
 mod store;
 
 pub use error::{Error, Result};
-pub use fabric::{Fabric, Inventory, NodeConfig};
+pub use fabric::{Fabric, Inventory, NodeConfig, DEFAULT_PROTECTED};
+pub use ipnet::Ipv4Net;
 pub use model::{
-    Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, VXLAN_OVERHEAD,
+    Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, SYSTEM_TENANT,
+    VXLAN_OVERHEAD,
 };
 pub use netns::NsRef;
 pub use nft::TABLE as NFT_TABLE;

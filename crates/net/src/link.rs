@@ -240,6 +240,32 @@ impl Nl {
         })
     }
 
+    /// Every IPv4 address of the namespace with its prefix length (all interfaces).
+    pub fn ipv4_addrs(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        self.rt.block_on(async {
+            let addrs: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("list addresses", e))?;
+            Ok(addrs
+                .iter()
+                .filter_map(|m| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V4(ip)) => {
+                            Some((*ip, m.header.prefix_len))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect())
+        })
+    }
+
     /// The address and MTU of the interface holding the IPv4 default route, if there is one.
     pub fn default_route_source(&self) -> Result<Option<(Ipv4Addr, u8, u32)>> {
         use netlink_packet_route::address::{AddressAttribute, AddressMessage};

@@ -106,7 +106,55 @@ pub(crate) fn next(a: Ipv4Addr, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(a).wrapping_add(n))
 }
 
+/// The tenant of Networks the API gives none (the system `default` Network).
+pub const SYSTEM_TENANT: &str = "h8s-system";
+
 impl Network {
+    /// The fabric's view of the API's `Network` kind — the one place the two meet. The
+    /// segment id is the `spec.providerNetworkID` the network controller records (a
+    /// Network without one is not ready for the fabric); subnets come in name order (the
+    /// first has the gateway MAC and default DNS); `mtu` is the node's choice (its underlay
+    /// MTU minus [`VXLAN_OVERHEAD`]). The result is validated.
+    pub fn from_api(api: &h8s_types::Network, mtu: u32) -> Result<Network> {
+        let name = api.metadata.name.clone().unwrap_or_default();
+        let vni = api
+            .spec
+            .provider_network_id
+            .as_deref()
+            .and_then(h8s_types::segment_id)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "vni",
+                    format!("network {name:?} has no segment id yet (spec.providerNetworkID)"),
+                )
+            })?;
+        let mut subnets = Vec::with_capacity(api.spec.subnets.len());
+        for (sname, sn) in &api.spec.subnets {
+            let gateway = match sn.gateway.as_str() {
+                "" => None,
+                g => Some(g.parse::<Ipv4Addr>().map_err(|_| {
+                    Error::invalid("gateway", format!("{g:?} is not an IPv4 address"))
+                })?),
+            };
+            subnets.push(Subnet::new(sname, &sn.cidr, gateway)?);
+        }
+        let net = Network {
+            name,
+            tenant: api
+                .spec
+                .tenant_id
+                .clone()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| SYSTEM_TENANT.into()),
+            vni,
+            subnets,
+            mtu,
+            dns: vec![],
+        };
+        net.validate()?;
+        Ok(net)
+    }
+
     /// Checks everything that can be checked without the node: names, VNI, subnets, MTU.
     pub fn validate(&self) -> Result<()> {
         valid_label("network name", &self.name)?;
@@ -378,6 +426,45 @@ mod tests {
             mtu: 1350,
             dns: vec![],
         }
+    }
+
+    #[test]
+    fn the_apis_network_converts_in_one_place() {
+        let api: h8s_types::Network = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Network", "metadata": {"name": "net1"},
+            "spec": {"tenantID": "acme", "providerNetworkID": "4097",
+                "subnets": {"b": {"cidr": "10.1.0.0/24"},
+                            "a": {"cidr": "192.168.0.0/24", "gateway": "192.168.0.254"}}}}))
+        .unwrap();
+        let n = Network::from_api(&api, 1350).unwrap();
+        assert_eq!(
+            (n.name.as_str(), n.tenant.as_str(), n.vni, n.mtu),
+            ("net1", "acme", 4097, 1350)
+        );
+        assert_eq!(n.subnets[0].name, "a");
+        assert_eq!(n.subnets[0].gateway, Ipv4Addr::new(192, 168, 0, 254));
+        assert_eq!(n.subnets[1].gateway, Ipv4Addr::new(10, 1, 0, 1));
+        let mut sys = api.clone();
+        sys.spec.tenant_id = None;
+        assert_eq!(Network::from_api(&sys, 1350).unwrap().tenant, SYSTEM_TENANT);
+        let mut pending = api.clone();
+        pending.spec.provider_network_id = None;
+        assert!(matches!(
+            Network::from_api(&pending, 1350),
+            Err(Error::Invalid { what: "vni", .. })
+        ));
+        let mut v6 = api.clone();
+        v6.spec.subnets.get_mut("b").unwrap().cidr = "fd00::/64".into();
+        assert!(Network::from_api(&v6, 1350).is_err());
+        let mut bad_gw = api;
+        bad_gw.spec.subnets.get_mut("a").unwrap().gateway = "fd00::1".into();
+        assert!(matches!(
+            Network::from_api(&bad_gw, 1350),
+            Err(Error::Invalid {
+                what: "gateway",
+                ..
+            })
+        ));
     }
 
     #[test]

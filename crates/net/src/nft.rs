@@ -31,6 +31,8 @@ pub(crate) struct NodeRules {
     pub vxlan_peers: Vec<Ipv4Addr>,
     pub vxlan_port: u16,
     pub protected: Vec<Ipv4Net>,
+    /// Destinations egress may reach (the protected ranges are refused first).
+    pub egress_allow: Vec<Ipv4Net>,
     pub transit: Ipv4Net,
     pub host_dns: Vec<Ipv4Addr>,
 }
@@ -74,6 +76,11 @@ impl NodeRules {
                 .iter()
                 .map(|p| p.to_string()),
         );
+        let allow = elements(
+            Ipv4Net::aggregate(&self.egress_allow)
+                .iter()
+                .map(|p| p.to_string()),
+        );
         let vp = self.vxlan_port;
         let transit = self.transit;
         let _ = write!(
@@ -111,6 +118,7 @@ delete table inet {TABLE}
 table inet {TABLE} {{
   set vxlan_peers {{ type ipv4_addr;{peers} }}
   set protected {{ type ipv4_addr; flags interval;{protected} }}
+  set egress_allow {{ type ipv4_addr; flags interval;{allow} }}
   chain input {{
     type filter hook input priority -10; policy accept;
     udp dport {vp} ip saddr != @vxlan_peers drop
@@ -134,6 +142,7 @@ table inet {TABLE} {{
     type filter hook forward priority -10; policy accept;
     iifname "h8u*" oifname "h8u*" drop
     iifname "h8u*" ip daddr @protected drop
+    iifname "h8u*" ip daddr != @egress_allow drop
     iifname "h8u*" udp dport {vp} drop
     oifname "h8u*" ct state established,related accept
     oifname "h8u*" drop
@@ -262,6 +271,7 @@ mod tests {
             vxlan_peers: vec![],
             vxlan_port: 4789,
             protected: vec![],
+            egress_allow: vec![],
             transit: "100.64.0.0/16".parse().unwrap(),
             host_dns: vec![],
         };
@@ -294,6 +304,10 @@ mod tests {
                 .iter()
                 .map(|p| p.parse().unwrap())
                 .collect(),
+            egress_allow: ["0.0.0.0/0", "8.8.8.0/24"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
             transit: "100.64.0.0/16".parse().unwrap(),
             host_dns: vec![],
         };
@@ -302,5 +316,15 @@ mod tests {
             s.contains("elements = { 10.0.0.0/8, 169.254.0.0/16 }"),
             "{s}"
         );
+        assert!(
+            s.contains(
+                "set egress_allow { type ipv4_addr; flags interval; elements = { 0.0.0.0/0 }; }"
+            ),
+            "{s}"
+        );
+        // Protected first, then anything not allowed: order matters.
+        let p = s.find("ip daddr @protected drop").unwrap();
+        let a = s.find("ip daddr != @egress_allow drop").unwrap();
+        assert!(p < a, "{s}");
     }
 }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::*;
-use h8s_net::{Network, NsRef, Subnet};
+use h8s_net::{Fabric, Network, NodeConfig, NsRef, Subnet};
 
 const T: Duration = Duration::from_millis(1500);
 
@@ -215,6 +215,85 @@ fn egress_is_masqueraded_and_tenants_cannot_reach_each_others_gateways() {
     assert!(
         ping(&pc, ip("203.0.113.9"), T).is_some(),
         "tenant c has egress too"
+    );
+}
+
+#[test]
+fn egress_reaches_only_allowed_destinations_never_node_addresses_or_their_networks() {
+    let mut lab = Lab::new("ea");
+    let nodes = lab.nodes(1);
+    let n1 = &nodes[0];
+    let inet = lab.ns("inet");
+    let lan = lab.ns("lan");
+    let name = |n: &NsRef| match n {
+        NsRef::Path(p) => p.file_name().unwrap().to_str().unwrap().to_string(),
+        _ => unreachable!(),
+    };
+    let (n, i, l) = (name(&n1.node().netns), name(&inet), name(&lan));
+    // "Internet" behind the default route with two public addresses and the metadata
+    // address; a second host interface on a LAN (198.18.5.0/24, not a private range).
+    run(&format!(
+        "ip -n {n} link add wan type veth peer name wan netns {i} && ip -n {n} addr add 203.0.113.1/24 dev wan && ip -n {n} link set wan up && \
+         ip -n {i} addr add 203.0.113.9/24 dev wan && ip -n {i} link set wan up && ip -n {n} route add default via 203.0.113.9 && \
+         ip -n {i} addr add 8.8.8.8/32 dev lo && ip -n {i} addr add 1.1.1.1/32 dev lo && ip -n {i} addr add 169.254.169.254/32 dev lo && \
+         ip -n {n} route add 169.254.169.254 via 203.0.113.9 && \
+         ip -n {n} link add lan type veth peer name lan netns {l} && ip -n {n} addr add 198.18.5.1/24 dev lan && ip -n {n} link set lan up && \
+         ip -n {l} addr add 198.18.5.9/24 dev lan && ip -n {l} link set lan up && ip -n {l} route add default via 198.18.5.1"
+    ));
+    lab.store
+        .create(&network("nete", "tenant-e", 210, "192.168.0.0/24"))
+        .unwrap();
+    let pod = lab.ns("e");
+    n1.attach_netns("nete", "e", &pod).unwrap();
+    let short = Duration::from_millis(500);
+    // Positive controls under the defaults (everything not protected is allowed): the LAN
+    // behind the second interface is reachable when nothing protects it.
+    for t in ["8.8.8.8", "1.1.1.1", "198.18.5.9"] {
+        assert!(ping(&pod, ip(t), T).is_some(), "{t} with the defaults");
+    }
+    assert!(ping(&n1.node().netns, ip("169.254.169.254"), T).is_some());
+    // The guarded node: its own addresses and networks detected, egress only to 8.8.8.8.
+    let mut cfg = NodeConfig::detect(&n1.node().name, n1.node().netns.clone()).unwrap();
+    assert_eq!(cfg.underlay_ip, ip("203.0.113.1"));
+    cfg.egress_allow = vec!["8.8.8.8/32".parse().unwrap()];
+    let guarded = Fabric::new(lab.store.clone(), cfg).unwrap();
+    lab.fabrics.push(guarded.clone());
+    guarded.reconcile().unwrap();
+    assert!(
+        ping(&pod, ip("8.8.8.8"), T).is_some(),
+        "allowed destination"
+    );
+    for t in [
+        "1.1.1.1",
+        "169.254.169.254",
+        "198.18.5.9",
+        "198.18.5.1",
+        "203.0.113.1",
+        "203.0.113.9",
+    ] {
+        assert!(
+            ping(&pod, ip(t), short).is_none(),
+            "{t} must be unreachable"
+        );
+    }
+    let tcp = SocketAddrV4::new(ip("198.18.5.9"), 8081);
+    tcp_token_server(&lan, tcp, "lan");
+    assert!(
+        tcp_read(&pod, tcp).is_none(),
+        "TCP into the second host network"
+    );
+    assert!(
+        tcp_read(&n1.node().netns, tcp).is_some(),
+        "the node itself reaches it"
+    );
+    // No egress at all.
+    let mut cfg = guarded.node().clone();
+    cfg.egress_allow = vec![];
+    let closed = Fabric::new(lab.store.clone(), cfg).unwrap();
+    closed.reconcile().unwrap();
+    assert!(
+        ping(&pod, ip("8.8.8.8"), short).is_none(),
+        "egress-allow none"
     );
 }
 

@@ -30,6 +30,10 @@ pub mod table;
 pub mod tenancy;
 pub mod validation;
 
+pub use network::{
+    default_network_name, effective_network, namespace_tenant, segment_id, NETWORK_FINALIZER,
+    TENANT_LABEL,
+};
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
 pub use resources::{Resource, Subresource};
 pub use validation::{FieldError, FieldErrors};

@@ -66,6 +66,12 @@ pub struct NetworkStatus {
     /// One of [`NetworkPhase`]'s names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// A CamelCase reason for the phase (set when `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human-readable explanation of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The phases a Network goes through, as Hypernetes named them.
@@ -240,12 +246,85 @@ impl k8s_openapi::Metadata for Network {
 
 /// The Network a Namespace is attached to (`spec.network`, the field h8s
 /// adds to Namespace), from the Namespace's JSON form. `None` when the
-/// Namespace uses the default cluster network.
+/// Namespace uses its tenant's default Network ([`effective_network`]).
 pub fn namespace_network(namespace: &serde_json::Value) -> Option<&str> {
     namespace
         .pointer("/spec/network")
         .and_then(serde_json::Value::as_str)
         .filter(|s| !s.is_empty())
+}
+
+/// The label carrying a Namespace's tenant (set only by the server).
+pub const TENANT_LABEL: &str = "tenancy.h8s.io/tenant";
+
+/// The finalizer the network controller puts on every Network: it stays until no
+/// Namespace uses the Network.
+pub const NETWORK_FINALIZER: &str = "networks.h8s.io/namespaces";
+
+/// Name of the default Network of namespaces without a tenant.
+pub const SYSTEM_NETWORK: &str = "default";
+
+/// Prefix of the names of tenants' default Networks.
+pub const TENANT_NETWORK_PREFIX: &str = "tenant-";
+
+/// The subnet of every default Network (tenants' default Networks overlap freely: each is
+/// its own segment).
+pub const DEFAULT_NETWORK_CIDR: &str = "10.88.0.0/16";
+
+/// The name of the default Network of `tenant` (`None`: namespaces without a tenant):
+/// `default`, or `tenant-<tenant>` when that is a DNS label, else `tenant-` and a stable
+/// hash of the tenant. Validation reserves these names for their tenant.
+pub fn default_network_name(tenant: Option<&str>) -> String {
+    let Some(t) = tenant.filter(|t| !t.is_empty()) else {
+        return SYSTEM_NETWORK.into();
+    };
+    let plain = format!("{TENANT_NETWORK_PREFIX}{t}");
+    let label_ok = plain.len() <= 63
+        && plain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !plain.ends_with('-');
+    if label_ok {
+        return plain;
+    }
+    // FNV-1a: stable across processes and releases.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in t.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{TENANT_NETWORK_PREFIX}h{h:016x}")
+}
+
+/// A Namespace's tenant (its [`TENANT_LABEL`]), from its JSON form.
+pub fn namespace_tenant(namespace: &serde_json::Value) -> Option<&str> {
+    namespace
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(TENANT_LABEL))
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The Network a Namespace's pods join: `spec.network`, else its tenant's default Network.
+pub fn effective_network(namespace: &serde_json::Value) -> String {
+    match namespace_network(namespace) {
+        Some(n) => n.to_string(),
+        None => default_network_name(namespace_tenant(namespace)),
+    }
+}
+
+/// The segment id (VXLAN VNI) a Network's `spec.providerNetworkID` names, if it is one:
+/// a decimal 1 ..= 2^24-1.
+pub fn segment_id(provider_network_id: &str) -> Option<u32> {
+    if provider_network_id.is_empty()
+        || provider_network_id.starts_with('0')
+        || provider_network_id.len() > 8
+        || !provider_network_id.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let v: u32 = provider_network_id.parse().ok()?;
+    (1..(1 << 24)).contains(&v).then_some(v)
 }
 
 #[cfg(test)]
@@ -290,6 +369,32 @@ mod tests {
         assert_eq!(v["items"][0]["kind"], "Network");
         for p in NetworkPhase::ALL {
             assert_eq!(NetworkPhase::parse(p.as_str()), Some(p));
+        }
+    }
+
+    #[test]
+    fn default_networks_and_segment_ids() {
+        assert_eq!(default_network_name(None), "default");
+        assert_eq!(default_network_name(Some("")), "default");
+        assert_eq!(default_network_name(Some("acme")), "tenant-acme");
+        let odd = default_network_name(Some("Acme_Corp"));
+        assert!(odd.starts_with("tenant-h") && odd.len() == 24, "{odd}");
+        assert_eq!(odd, default_network_name(Some("Acme_Corp")));
+        assert_ne!(odd, default_network_name(Some("Acme_Corq")));
+        let long = "a".repeat(63);
+        assert!(default_network_name(Some(&long)).len() <= 63);
+        let ns = json!({"metadata": {"name": "a", "labels": {TENANT_LABEL: "acme"}}, "spec": {}});
+        assert_eq!(effective_network(&ns), "tenant-acme");
+        let ns = json!({"metadata": {"name": "a", "labels": {TENANT_LABEL: "acme"}}, "spec": {"network": "n1"}});
+        assert_eq!(effective_network(&ns), "n1");
+        assert_eq!(
+            effective_network(&json!({"metadata": {"name": "a"}})),
+            "default"
+        );
+        assert_eq!(segment_id("100"), Some(100));
+        assert_eq!(segment_id("16777215"), Some(16777215));
+        for bad in ["", "0", "16777216", "-1", "1e3", "abc", "00000001"] {
+            assert_eq!(segment_id(bad), None, "{bad}");
         }
     }
 

@@ -969,7 +969,7 @@ fn add_h8s(defs: &mut Map<String, Value>, kinds: &mut HashMap<(String, String, S
             "tenantID": {"description": "TenantID is the tenant (Keystone project) that owns the network. Cannot be changed once set.", "type": "string"},
             "subnets": {"description": "Subnets of the network by name. Subnets of one network may not overlap; existing subnets cannot be changed.", "type": "object",
                 "additionalProperties": {"allOf": [{"$ref": format!("{REF_PREFIX}io.h8s.api.core.v1.Subnet")}], "default": {}}},
-            "providerNetworkID": {"description": "ProviderNetworkID is the id of the network in the provider that realises it.", "type": "string"},
+            "providerNetworkID": {"description": "ProviderNetworkID is the network's segment id (VXLAN VNI, 1-16777215, decimal). Left empty, the network controller allocates one unique in the cluster; set, the network attaches to that existing segment (only a segment of the same tenant). Cannot be changed once set.", "type": "string"},
         },
     }));
     defs.insert("io.h8s.api.core.v1.Subnet".into(), json!({
@@ -986,6 +986,8 @@ fn add_h8s(defs: &mut Map<String, Value>, kinds: &mut HashMap<(String, String, S
         "type": "object",
         "properties": {
             "phase": {"description": "Phase is one of Pending, Initializing, Active, Failed, Terminating.", "type": "string"},
+            "reason": {"description": "Reason is a CamelCase reason for the phase, set when it is Failed.", "type": "string"},
+            "message": {"description": "Message explains the phase in words.", "type": "string"},
         },
     }));
     let mut list_props = type_meta.as_object().cloned().unwrap_or_default();

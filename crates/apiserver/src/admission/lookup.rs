@@ -20,6 +20,7 @@ const FOLLOWED: &[(&str, &str)] = &[
     ("", "serviceaccounts"),
     ("", "limitranges"),
     ("", "resourcequotas"),
+    ("", "networks"),
     ("scheduling.k8s.io", "priorityclasses"),
     ("node.k8s.io", "runtimeclasses"),
     ("storage.k8s.io", "storageclasses"),

@@ -386,3 +386,86 @@ async fn quota_hook_sees_the_namespace_quotas() {
     let open = ResourceQuota::new(lookup, None);
     open.admit(&create, Some(&mut cm)).await.unwrap();
 }
+
+#[tokio::test]
+async fn namespace_network_plugin() {
+    let (_dir, store) = store().await;
+    let plugin = NamespaceNetwork::new(lookup::Lookup::new(store.clone()));
+    put(
+        &store,
+        "",
+        "networks",
+        None,
+        json!({"apiVersion": "v1", "kind": "Network", "metadata": {"name": "acme-net"},
+            "spec": {"tenantID": "acme", "subnets": {"s": {"cidr": "192.168.0.0/24"}}}}),
+    )
+    .await;
+    put(
+        &store,
+        "",
+        "networks",
+        None,
+        json!({"apiVersion": "v1", "kind": "Network", "metadata": {"name": "shared"},
+            "spec": {"subnets": {"s": {"cidr": "10.0.0.0/24"}}}}),
+    )
+    .await;
+    let user = UserInfo::default();
+    let r = req("namespaces", "", Operation::Create, &user, None);
+    let ns = |net: &str, tenant: Option<&str>| {
+        let mut v = json!({"metadata": {"name": "p"}, "spec": {"network": net}});
+        if let Some(t) = tenant {
+            v["metadata"]["labels"] = json!({"tenancy.h8s.io/tenant": t});
+        }
+        v
+    };
+    let e = plugin
+        .admit(&r, Some(&mut ns("nope", Some("acme"))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 422);
+    assert_eq!(
+        e.message,
+        "Namespace \"p\" is invalid: spec.network: Invalid value: \"nope\": network \"nope\" not found"
+    );
+    plugin
+        .admit(&r, Some(&mut ns("acme-net", Some("acme"))))
+        .await
+        .unwrap();
+    // A Network of another tenant, or a tenant's Network for a namespace without tenant.
+    for t in [Some("other"), None] {
+        let e = plugin
+            .admit(&r, Some(&mut ns("acme-net", t)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 422, "{t:?}");
+        assert!(
+            e.message.ends_with("belongs to another tenant"),
+            "{}",
+            e.message
+        );
+    }
+    // The caller's tenant stands in when the label is not set yet.
+    let acme = UserInfo {
+        username: "u".into(),
+        groups: vec!["h8s:tenant:acme".into()],
+        ..Default::default()
+    };
+    let r2 = req("namespaces", "", Operation::Create, &acme, None);
+    plugin
+        .admit(&r2, Some(&mut ns("acme-net", None)))
+        .await
+        .unwrap();
+    // A Network without tenant is open to every namespace; no spec.network: not checked.
+    plugin
+        .admit(&r, Some(&mut ns("shared", Some("x"))))
+        .await
+        .unwrap();
+    plugin
+        .admit(&r, Some(&mut json!({"metadata": {"name": "p"}})))
+        .await
+        .unwrap();
+    // Updates keeping the Network are not checked again.
+    let old = ns("gone", None);
+    let u = req("namespaces", "", Operation::Update, &user, Some(&old));
+    plugin.admit(&u, Some(&mut ns("gone", None))).await.unwrap();
+}

@@ -2,7 +2,7 @@
 //! their subnet, and subnets of one Network don't overlap.
 
 use super::{names, FieldError, FieldErrors};
-use crate::network::NetworkPhase;
+use crate::network::{self, NetworkPhase};
 use serde_json::Value;
 use std::net::IpAddr;
 
@@ -99,6 +99,50 @@ pub fn parse_cidr(s: &str) -> Option<Cidr> {
 }
 
 pub(super) fn validate(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
+    let tenant = obj
+        .pointer("/spec/tenantID")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty());
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // Default Networks' names belong to their tenant (namespaces without `spec.network`
+    // join them by name), so no one else can pre-empt them.
+    if old.is_none()
+        && (name == network::SYSTEM_NETWORK || name.starts_with(network::TENANT_NETWORK_PREFIX))
+        && network::default_network_name(tenant) != name
+    {
+        e.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            &format!(
+                "is reserved for the default network of {}",
+                if name == network::SYSTEM_NETWORK {
+                    "namespaces without a tenant (spec.tenantID must be empty)".to_string()
+                } else {
+                    "another tenant".to_string()
+                }
+            ),
+        ));
+    }
+    if let Some(p) = obj.pointer("/spec/providerNetworkID") {
+        match p.as_str() {
+            None if !p.is_null() => e.push(FieldError::invalid(
+                "spec.providerNetworkID",
+                p.clone(),
+                "must be a string",
+            )),
+            Some(s) if !s.is_empty() && network::segment_id(s).is_none() => {
+                e.push(FieldError::invalid(
+                    "spec.providerNetworkID",
+                    s,
+                    "must be a segment id: a decimal number 1-16777215 without leading zeros",
+                ))
+            }
+            _ => {}
+        }
+    }
     if let Some(t) = obj.pointer("/spec/tenantID") {
         if !t.is_string() && !t.is_null() {
             e.push(FieldError::invalid(

@@ -289,6 +289,32 @@ fn network_rules() {
         messages(validate_update(nets, &moved, &seed)),
         vec!["spec.tenantID: Invalid value: \"other\": field is immutable"]
     );
+    let sub = json!({"a": {"cidr": "10.0.0.0/24"}});
+    let reserved = [
+        (
+            json!({"name": "tenant-acme"}),
+            json!({"tenantID": "other", "subnets": sub}),
+        ),
+        (
+            json!({"name": "default"}),
+            json!({"tenantID": "acme", "subnets": sub}),
+        ),
+        (
+            json!({"name": "n"}),
+            json!({"providerNetworkID": "0x10", "subnets": sub}),
+        ),
+    ];
+    let want = [
+        "metadata.name: Invalid value: \"tenant-acme\": is reserved for the default network of another tenant",
+        "metadata.name: Invalid value: \"default\": is reserved for the default network of namespaces without a tenant (spec.tenantID must be empty)",
+        "spec.providerNetworkID: Invalid value: \"0x10\": must be a segment id: a decimal number 1-16777215 without leading zeros",
+    ];
+    for ((meta, spec), want) in reserved.into_iter().zip(want) {
+        let obj = json!({"metadata": meta, "spec": spec});
+        assert_eq!(messages(validate_create(nets, &obj)), vec![want]);
+    }
+    let own = json!({"metadata": {"name": "tenant-acme"}, "spec": {"tenantID": "acme", "providerNetworkID": "4097", "subnets": sub}});
+    assert_eq!(validate_create(nets, &own), Ok(()));
     let v6 = json!({"metadata": {"name": "n"}, "spec": {"subnets": {"a": {"cidr": "fd00::/64", "gateway": "fd00::1"}, "b": {"cidr": "10.0.0.0/24"}}}});
     assert_eq!(validate_create(nets, &v6), Ok(()));
     let ns = json!({"metadata": {"name": "ns1"}, "spec": {"network": "net1"}});
