@@ -150,11 +150,17 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 
 /// Static bearer tokens: the admin token plus a token file in Kubernetes'
 /// `--token-auth-file` format (`token,user,uid,"group1,group2"` per line), re-read
-/// when it changes, so that the admin can add users without a restart.
+/// when it changes, so that the admin can add users without a restart. A known token
+/// looks at the file's modification time at most once a second (a removed line stops
+/// working within that second); an unknown one always does (a line just added works at
+/// once).
 pub struct TokenAuthenticator {
     admin_token: String,
     file: Option<PathBuf>,
     cache: RwLock<(Option<SystemTime>, HashMap<String, UserInfo>)>,
+    /// When the file's time was last looked at, in ms since `started` (+1; 0 = never).
+    checked_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl TokenAuthenticator {
@@ -163,6 +169,8 @@ impl TokenAuthenticator {
             admin_token,
             file,
             cache: RwLock::new((None, HashMap::new())),
+            checked_ms: Default::default(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -176,7 +184,22 @@ impl TokenAuthenticator {
         }
     }
 
+    /// Whether the file's time was looked at less than a second ago.
+    fn recently_checked(&self) -> bool {
+        let at = self.checked_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        at != 0 && now.saturating_sub(at) < 1000
+    }
+
+    fn lookup(&self, tok: &str) -> Option<UserInfo> {
+        self.cache.read().ok().and_then(|c| c.1.get(tok).cloned())
+    }
+
     fn reload(&self, path: &Path) {
+        self.checked_ms.store(
+            self.started.elapsed().as_millis() as u64 + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if let Ok(c) = self.cache.read() {
             if c.0 == mtime && mtime.is_some() {
@@ -252,10 +275,17 @@ impl TokenAuthenticator {
             return Authn::User(Self::admin());
         }
         if let Some(f) = &self.file {
-            self.reload(f);
-            if let Ok(c) = self.cache.read() {
-                if let Some(u) = c.1.get(tok) {
-                    return Authn::User(u.clone());
+            let fresh = self.recently_checked();
+            if !fresh {
+                self.reload(f);
+            }
+            if let Some(u) = self.lookup(tok) {
+                return Authn::User(u);
+            }
+            if fresh {
+                self.reload(f);
+                if let Some(u) = self.lookup(tok) {
+                    return Authn::User(u);
                 }
             }
         }
