@@ -147,6 +147,11 @@ impl Api {
             Authn::User(u) => u,
             Authn::NoOpinion | Authn::Denied => return error_response(&ApiError::unauthorized()),
         };
+        // rbac: `Impersonate-*` headers (kubectl --as), for callers allowed to impersonate.
+        let user = match crate::rbac::impersonate::impersonate(&*self.authz, user, &parts.headers) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
+        };
         let query = Query::parse(parts.uri.query());
         let accept = parts
             .headers

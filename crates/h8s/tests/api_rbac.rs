@@ -561,6 +561,48 @@ fn rbac_end_to_end() {
         }),
         "view and admin gather the new role's rules"
     );
+    // --- impersonation (kubectl --as): the admin may, bob may not ---
+    for ver in VERSIONS {
+        let yes = srv.kubectl_out(
+            ver,
+            &[
+                "auth",
+                "can-i",
+                "get",
+                "configmap/a",
+                "-n",
+                "ns-b",
+                "--as",
+                "bob",
+            ],
+            None,
+        );
+        assert_eq!(String::from_utf8_lossy(&yes.stdout).trim(), "yes", "{ver}");
+        let no = srv.kubectl_out(
+            ver,
+            &[
+                "auth",
+                "can-i",
+                "get",
+                "configmap/b",
+                "-n",
+                "ns-b",
+                "--as",
+                "bob",
+            ],
+            None,
+        );
+        assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no", "{ver}");
+        let e = bob.fails(
+            ver,
+            &["get", "configmap", "a", "-n", "ns-b", "--as", "alice"],
+            None,
+        );
+        assert!(
+            e.contains(r#"users "alice" is forbidden: User "bob" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+            "{ver}: {e}"
+        );
+    }
     // The admin (system:masters) is never refused.
     assert!(
         srv.kubectl("1.33", &["auth", "can-i", "escalate", "clusterroles"])

@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod escalation;
+pub mod impersonate;
 pub mod index;
 pub mod node;
 pub mod review;
