@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub mod hollow;
 pub mod node;
+pub mod stats;
 pub mod stream;
 
 mod env;
@@ -201,6 +202,9 @@ pub struct Config {
     /// removes only VMs carrying its owner, so agents of other clusters sharing the state
     /// directory are left alone. Defaults to the node name.
     pub owner: String,
+    /// How often the node's and pods' usage is sampled for `/stats/summary` (cAdvisor's
+    /// housekeeping interval, 10 s); CPU rates cover one interval.
+    pub stats_interval: Duration,
 }
 
 impl Config {
@@ -224,6 +228,7 @@ impl Config {
             default_grace: Duration::from_secs(30),
             network: None,
             cluster_domain: "cluster.local".into(),
+            stats_interval: Duration::from_secs(10),
         }
     }
 }
@@ -246,6 +251,7 @@ impl Agent {
         let lookup = PodLookup::new(runtime.clone());
         let mut tasks = Vec::new();
         let mut streaming = None;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(st) = &cfg.streaming {
             let addr = std::net::SocketAddr::new(st.address, cfg.streaming_port);
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -256,7 +262,16 @@ impl Agent {
             }
             tracing::info!(port = cfg.streaming_port, "streaming server listening");
             let backend = Arc::new(stream::LookupBackend::new(lookup.clone()));
-            let serve_cfg = stream::ServeConfig::new(st.tls.clone());
+            let mut serve_cfg = stream::ServeConfig::new(st.tls.clone());
+            let stats = Arc::new(stats::Stats::new(
+                &cfg.node_name,
+                &cfg.owner,
+                runtime.clone(),
+            ));
+            tasks.push(tokio::spawn(
+                stats.clone().run(cfg.stats_interval, stopped.clone()),
+            ));
+            serve_cfg.stats = Some(stats);
             streaming = Some(tokio::spawn(async move {
                 if let Err(e) = stream::serve(listener, serve_cfg, backend).await {
                     tracing::error!(error = %e, "streaming server stopped");
@@ -269,7 +284,6 @@ impl Agent {
         let node = node::build_node(&cfg.node_name, &cfg, &facts);
         node::register(&client, &node).await?;
         tracing::info!(node = %cfg.node_name, accel = %info.accel, "node registered");
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         tasks.push(tokio::spawn(node::heartbeat(
             client.clone(),
             vec![cfg.node_name.clone()],

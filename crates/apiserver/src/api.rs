@@ -195,6 +195,15 @@ impl Api {
                 }
             }
             attrs.namespace = t.ns.clone().unwrap_or_default();
+        } else if let Route::MetricsApi(t) = &r {
+            cx.verb = crate::metrics_api::verb(&parts.method, t, cx.query.flag("watch"));
+            *res_out = t.kind.plural().to_string();
+            attrs.resource_request = true;
+            attrs.group = crate::metrics_api::GROUP.into();
+            attrs.version = crate::metrics_api::VERSION.into();
+            attrs.resource = t.kind.plural().into();
+            attrs.name = t.name.clone().unwrap_or_default();
+            attrs.namespace = t.ns.clone().unwrap_or_default();
         } else {
             cx.verb = match parts.method {
                 Method::GET | Method::HEAD => "get",
@@ -233,6 +242,10 @@ impl Api {
         cx.parts = Some(parts);
         let result = match r {
             Route::Resource(t) => self.resource(&mut cx, &t, body).await,
+            Route::MetricsApi(t) => match &self.metrics_api {
+                Some(m) => m.serve(&cx, &t).await,
+                None => Err(ApiError::no_route()),
+            },
             Route::Metrics => {
                 let mut resp = Response::new(full(self.metrics.render()));
                 resp.headers_mut().insert(

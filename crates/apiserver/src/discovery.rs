@@ -89,11 +89,14 @@ fn aggregated_group(name: &str, versions: &[&str]) -> Value {
 }
 
 fn aggregated(core: bool, ver: &str) -> Response<Body> {
-    let items: Vec<Value> = resources::groups()
+    let mut items: Vec<Value> = resources::groups()
         .iter()
         .filter(|g| g.name.is_empty() == core)
         .map(|g| aggregated_group(g.name, g.versions))
         .collect();
+    if !core {
+        items.push(crate::metrics_api::aggregated_group());
+    }
     let doc = json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": format!("apidiscovery.k8s.io/{ver}"),
@@ -159,11 +162,12 @@ pub fn group_list(accept: &str) -> Response<Body> {
     if let Some(v) = aggregated_version(accept) {
         return aggregated(false, v);
     }
-    let groups: Vec<Value> = resources::groups()
+    let mut groups: Vec<Value> = resources::groups()
         .iter()
         .filter(|g| !g.name.is_empty())
         .map(|g| group_doc(g.name, g.versions))
         .collect();
+    groups.push(crate::metrics_api::group_doc());
     with_vary(json_response(
         200,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
@@ -172,6 +176,12 @@ pub fn group_list(accept: &str) -> Response<Body> {
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Result<Response<Body>, ApiError> {
+    if name == crate::metrics_api::GROUP {
+        let mut doc = crate::metrics_api::group_doc();
+        doc["kind"] = json!("APIGroup");
+        doc["apiVersion"] = json!("v1");
+        return Ok(json_response(200, &doc));
+    }
     let g = resources::groups()
         .iter()
         .find(|g| g.name == name && !name.is_empty())
@@ -184,6 +194,9 @@ pub fn group(name: &str) -> Result<Response<Body>, ApiError> {
 
 /// `/api/v1`, `/apis/<g>/<v>`: the APIResourceList.
 pub fn group_version(group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+    if group == crate::metrics_api::GROUP && version == crate::metrics_api::VERSION {
+        return Ok(json_response(200, &crate::metrics_api::resource_list()));
+    }
     let doc = resources::api_resource_list(group, version).ok_or_else(ApiError::no_route)?;
     Ok(json_response(200, &doc))
 }

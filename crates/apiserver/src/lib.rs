@@ -22,6 +22,7 @@ mod gc;
 mod hooks;
 mod identity;
 mod metrics;
+pub mod metrics_api;
 mod nodeproxy;
 mod ns;
 mod obj;

@@ -52,20 +52,20 @@ pub(crate) fn register(
     streams: &mut HashMap<(String, String), Arc<dyn SubresourceHandler>>,
     store: Arc<dyn h8s_store::Store>,
     pki: &Pki,
-) -> crate::Result<()> {
+) -> crate::Result<NodeProxy> {
     let (cert, key) = pki.issue_client_cert(
         KUBELET_CLIENT_CN,
         &["system:masters".to_string()],
         crate::pki::CLIENT_CERT_LIFETIME,
     )?;
-    let proxy: Arc<dyn SubresourceHandler> =
-        Arc::new(NodeProxy::new(store, &pki.ca_pem, &cert, &key)?);
+    let node_proxy = NodeProxy::new(store, &pki.ca_pem, &cert, &key)?;
+    let proxy: Arc<dyn SubresourceHandler> = Arc::new(node_proxy.clone());
     for sub in ["log", "exec", "attach", "portforward"] {
         streams
             .entry(("pods".to_string(), sub.to_string()))
             .or_insert_with(|| proxy.clone());
     }
-    Ok(())
+    Ok(node_proxy)
 }
 
 impl NodeProxy {
@@ -267,13 +267,20 @@ impl NodeProxy {
         self.forward(req, &host, port, &path_q).await
     }
 
-    async fn forward(
+    /// An HTTP/1.1 connection to the agent at `host:port` over mutually authenticated TLS
+    /// (the connection task runs until the sender and any upgrade are dropped), and the
+    /// `Host` value to send.
+    async fn connect(
         &self,
-        req: SubresourceRequest,
         host: &str,
         port: u16,
-        path_q: &str,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+            String,
+        ),
+        ApiError,
+    > {
         let dial = |e: &dyn std::fmt::Display| {
             ApiError::unavailable(format!("error dialing backend: {e}"))
         };
@@ -295,7 +302,7 @@ impl NodeProxy {
         .await
         .map_err(|_| dial(&"TLS handshake timeout"))?
         .map_err(|e| dial(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| dial(&e))?;
         tokio::spawn(
@@ -306,6 +313,61 @@ impl NodeProxy {
             }
             .in_current_span(),
         );
+        Ok((sender, addr))
+    }
+
+    /// `GET path` from a Node's agent; the body, at most `limit` bytes (else 503).
+    pub(crate) async fn agent_get(
+        &self,
+        node: &Value,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, ApiError> {
+        let name = node["metadata"]["name"].as_str().unwrap_or("");
+        let (host, port) = agent_endpoint(node).ok_or_else(|| {
+            ApiError::unavailable(format!("node {name} has no address to reach its agent at"))
+        })?;
+        let (mut sender, addr) = self.connect(&host, port).await?;
+        let req = Request::get(path)
+            .header(http::header::HOST, addr.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ApiError::bad_request(format!("cannot build the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("error querying node {name}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(ApiError::unavailable(format!(
+                "node {name} answered {} for {path}",
+                resp.status()
+            )));
+        }
+        let mut body = resp.into_body();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(f) = body.frame().await {
+            let f =
+                f.map_err(|e| ApiError::unavailable(format!("reading from node {name}: {e}")))?;
+            if let Ok(d) = f.into_data() {
+                if buf.len() + d.len() > limit {
+                    return Err(ApiError::unavailable(format!(
+                        "node {name}'s answer for {path} is larger than {limit} bytes"
+                    )));
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn forward(
+        &self,
+        req: SubresourceRequest,
+        host: &str,
+        port: u16,
+        path_q: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (mut sender, addr) = self.connect(host, port).await?;
         let SubresourceRequest { parts, .. } = req;
         let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let mut b = Request::builder()

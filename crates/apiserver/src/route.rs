@@ -53,6 +53,8 @@ pub enum Route {
     /// `/openapi/v3/<api/v1 | apis/g/v>`
     OpenApiV3(String),
     Resource(Target),
+    /// `metrics.k8s.io` (served by [`crate::metrics_api`], not the registry).
+    MetricsApi(crate::metrics_api::Target),
     /// A known group version but an unknown resource, or any other path.
     NotFound,
 }
@@ -96,6 +98,11 @@ pub fn route(path: &str) -> Route {
     };
     if rest.is_empty() {
         return Route::GroupVersion(group, version);
+    }
+    if group == crate::metrics_api::GROUP {
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        return crate::metrics_api::route(&version, &rest)
+            .map_or(Route::NotFound, Route::MetricsApi);
     }
     if !resources::serves_group_version(&group, &version) {
         return Route::NotFound;

@@ -62,6 +62,8 @@ pub struct Config {
     /// (identity) The built-in identity service (Tenants, Users, passwords, tokens, the
     /// Keystone v3 API under `/v3`); `None` turns it off.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// How long `metrics.k8s.io` reuses a node agent's stats.
+    pub metrics_cache_ttl: std::time::Duration,
 }
 
 impl Config {
@@ -83,6 +85,7 @@ impl Config {
             event_ttl: std::time::Duration::from_secs(3600),
             admission_plugins: Default::default(),
             identity: Some(Default::default()),
+            metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
         }
     }
 }
@@ -190,7 +193,13 @@ impl Server {
                 });
         }
         // pods/log, exec, attach, portforward: proxied to the pod's node agent.
-        crate::nodeproxy::register(&mut streams, store.clone(), &pki)?;
+        let node_proxy = crate::nodeproxy::register(&mut streams, store.clone(), &pki)?;
+        // metrics.k8s.io: node agents' stats through the same mTLS as the node proxy.
+        let metrics_api = Arc::new(crate::metrics_api::MetricsApi::new(
+            store.clone(),
+            node_proxy,
+            cfg.metrics_cache_ttl,
+        ));
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         // api: Kubernetes' default chain, then the configured plugins.
         let mut admission: Vec<Arc<dyn Admission>> = crate::admission::default_chain(
@@ -265,6 +274,7 @@ impl Server {
             reviewers,
             identity: identity.clone(),
             rbac: Some(rbac),
+            metrics_api: Some(metrics_api),
         });
         crate::ns::bootstrap(&api, addr)
             .await

@@ -36,4 +36,6 @@ pub struct Api {
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
     /// (rbac) The RBAC index, which a write of an RBAC object waits for.
     pub(crate) rbac: Option<Arc<crate::rbac::RbacAuthorizer>>,
+    /// `metrics.k8s.io`, scraped from node agents.
+    pub(crate) metrics_api: Option<Arc<crate::metrics_api::MetricsApi>>,
 }

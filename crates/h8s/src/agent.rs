@@ -121,6 +121,10 @@ pub struct AgentOpts {
     /// name); agents of different clusters sharing one state directory must differ.
     #[arg(long = "runtime-owner")]
     pub owner: Option<String>,
+    /// How often node and pod usage is sampled for `kubectl top` (CPU rates cover one
+    /// interval).
+    #[arg(long = "stats-interval", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
 }
 
 impl AgentOpts {
@@ -156,6 +160,7 @@ impl AgentOpts {
             volume_refresh: self.volume_refresh,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
+        cfg.stats_interval = self.stats_interval;
         if let Some(o) = &self.owner {
             cfg.owner = o.clone();
         }

@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// `0s` keeps them.
     #[arg(long = "event-ttl", default_value = "1h", value_parser = crate::agent::parse_duration)]
     pub event_ttl: std::time::Duration,
+    /// How long `metrics.k8s.io` reuses a node agent's stats (`kubectl top`, the HPA).
+    #[arg(long = "metrics-cache-ttl", default_value = "5s", value_parser = crate::agent::parse_duration)]
+    pub metrics_cache_ttl: std::time::Duration,
     /// Encryption at rest (kube-apiserver's flag): an `EncryptionConfiguration` YAML file with
     /// `aesgcm` (and `identity`) providers for the resources to encrypt, e.g. secrets.
     #[arg(long = "encryption-provider-config")]
@@ -94,6 +97,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.service_cidr = args.service_cluster_ip_range.clone();
     cfg.event_ttl = args.event_ttl;
     cfg.identity = args.identity.config();
+    cfg.metrics_cache_ttl = args.metrics_cache_ttl;
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
     cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
     let server = h8s_apiserver::Server::start(cfg)

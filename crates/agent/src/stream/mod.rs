@@ -209,6 +209,8 @@ pub struct ServeConfig {
     pub log_poll_interval: Duration,
     /// TLS handshake limit.
     pub handshake_timeout: Duration,
+    /// Serves `/stats/summary` (kubelet's Summary API) when set.
+    pub stats: Option<Arc<crate::stats::Stats>>,
 }
 
 impl ServeConfig {
@@ -220,6 +222,7 @@ impl ServeConfig {
             stream_creation_timeout: Duration::from_secs(30),
             log_poll_interval: Duration::from_millis(200),
             handshake_timeout: Duration::from_secs(10),
+            stats: None,
         }
     }
 }
@@ -433,6 +436,18 @@ async fn route(req: Request<IncomingBody>, ctx: Arc<Ctx>) -> Response<Body> {
     };
     match segs.as_slice() {
         ["healthz"] => Response::new(full("ok")),
+        ["stats", "summary"] => match &ctx.cfg.stats {
+            Some(stats) => {
+                let body = serde_json::to_vec(&stats.summary()).unwrap_or_default();
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => status_response(StatusCode::NOT_FOUND, "NotFound", "no stats on this node"),
+        },
         ["containerLogs", ns, name, c] => {
             let p = pod(ns, name, None);
             let span = tracing::info_span!("container_logs", pod = %p, container = %c);
