@@ -1,6 +1,7 @@
 //! NamespaceNetwork (an h8s plugin): a Namespace's `spec.network` must name an existing
 //! Network of the Namespace's own tenant, so a namespace never joins a segment that does not
-//! exist or that another tenant owns. Namespaces without `spec.network` use their tenant's
+//! exist or that another tenant owns. A namespace of no tenant (a cluster admin's, as in the
+//! seeds' manifests) may name any Network. Namespaces without `spec.network` use their tenant's
 //! default Network, which the network controller creates on demand.
 
 use futures::future::BoxFuture;
@@ -81,8 +82,10 @@ impl Admission for NamespaceNetwork {
                 .pointer("/spec/tenantID")
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty());
-            if let Some(owner) = net_tenant {
-                if ns_tenant.as_deref() != Some(owner) {
+            // A namespace of no tenant (made by a cluster admin) may join any Network: that
+            // is the operator's decision. A tenant's namespace joins only its own.
+            if let (Some(owner), Some(ns_tenant)) = (net_tenant, ns_tenant.as_deref()) {
+                if ns_tenant != owner {
                     return Err(invalid(
                         req.name,
                         net,
