@@ -7,12 +7,14 @@ mod bench_support;
 mod deploy_bench;
 mod identity_flags;
 mod image;
+mod login;
 mod net;
 mod pod;
 mod rbac_bench;
 mod sched_bench;
 mod server;
 mod store;
+mod tenant_cli;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +49,18 @@ enum Command {
     Bench(BenchCommand),
     #[command(flatten)]
     Pod(pod::PodCommand),
+    /// Logs in to a cluster's identity service and writes a kubeconfig context whose
+    /// credential is `h8s credential`.
+    Login(login::LoginArgs),
+    /// The kubectl exec credential plugin `h8s login` configures.
+    #[command(hide = true)]
+    Credential(login::CredentialArgs),
+    /// Tenants (operators, with the admin kubeconfig).
+    #[command(subcommand)]
+    Tenant(tenant_cli::TenantCommand),
+    /// Users of tenants (operators, with the admin kubeconfig).
+    #[command(subcommand)]
+    User(tenant_cli::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -83,5 +97,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
+        Command::Login(args) => login::login(args),
+        Command::Credential(args) => login::credential(args),
+        Command::Tenant(cmd) => tenant_cli::tenant(cmd),
+        Command::User(cmd) => tenant_cli::user(cmd),
     }
 }
