@@ -198,6 +198,17 @@ impl Server {
             shutdown.clone(),
             &cfg.admission_plugins,
         );
+        // tenancy: who owns each Namespace, Network and PersistentVolume, complete before
+        // the first request; the tenancy plugin runs right after NamespaceLifecycle.
+        let tenant_index = Arc::new(crate::tenancy::TenantIndex::default());
+        tenant_index.start(store.clone(), shutdown.clone()).await;
+        admission.insert(
+            1.min(admission.len()),
+            Arc::new(crate::admission::Tenancy::new(
+                store.clone(),
+                tenant_index.clone(),
+            )),
+        );
         // rbac: the authorizer chain, Node authorizer → RBAC, both deciding from indexes
         // that watches keep (listed before the first request).
         let rbac = crate::rbac::RbacAuthorizer::start(store.clone(), shutdown.clone()).await;
@@ -207,7 +218,11 @@ impl Server {
             Some(a) => a.clone(),
             None => Arc::new(crate::rbac::Union(vec![node_authz, rbac.clone()])),
         };
-        let authz: Arc<dyn Authorizer> = Arc::new(BootstrapGuard::new(chain));
+        // tenancy: the tenant guard wraps the chain (it turns tenant users' cluster-wide
+        // lists into allow-filtered ones); bootstrap-token users are confined first.
+        let authz: Arc<dyn Authorizer> = Arc::new(BootstrapGuard::new(Arc::new(
+            crate::tenancy::TenantGuard::with_index(chain, tenant_index.clone()),
+        )));
         // rbac: NodeRestriction, and escalation prevention on roles and bindings.
         admission.push(Arc::new(crate::rbac::node::NodeRestriction));
         admission.push(Arc::new(crate::rbac::escalation::Escalation::new(
