@@ -8,6 +8,7 @@
 
 mod admission;
 mod api;
+mod audit;
 mod auth;
 mod body;
 mod bootstrap;
@@ -51,6 +52,7 @@ pub use admission::{
     TOKEN_VOLUME_PREFIX,
 };
 pub use api::{GIT_VERSION, KUBE_MINOR};
+pub use audit::{AuditConfig, AuditError, AuditLog, Level as AuditLevel, Policy as AuditPolicy};
 pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,

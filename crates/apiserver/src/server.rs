@@ -62,6 +62,8 @@ pub struct Config {
     /// (identity) The built-in identity service (Tenants, Users, passwords, tokens, the
     /// Keystone v3 API under `/v3`); `None` turns it off.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// (audit) Where the audit log goes and its policy; `None`: no audit log.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl Config {
@@ -83,6 +85,7 @@ impl Config {
             event_ttl: std::time::Duration::from_secs(3600),
             admission_plugins: Default::default(),
             identity: Some(Default::default()),
+            audit: None,
         }
     }
 }
@@ -280,6 +283,12 @@ impl Server {
             reviewers,
             identity: identity.clone(),
             rbac: Some(rbac),
+            audit: match cfg.audit.clone() {
+                Some(a) => Some(
+                    crate::audit::AuditLog::start(a).map_err(|e| Error::Config(e.to_string()))?,
+                ),
+                None => None,
+            },
         });
         crate::ns::bootstrap(&api, addr)
             .await

@@ -223,7 +223,28 @@ fn ns_of(t: &str, i: u32) -> String {
 
 #[test]
 fn tenant_guard_end_to_end() {
-    let srv = Server::start();
+    // The audit log: everything at Metadata except health checks, rotated at 1 MiB.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit").join("audit.log");
+    let policy = dir.path().join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  nonResourceURLs: [\"/healthz*\", \"/readyz*\", \"/livez*\"]\n- level: Metadata\n",
+    )
+    .expect("policy");
+    let srv = Server::start_with(
+        dir,
+        &[
+            "--audit-log-path".as_ref(),
+            audit.as_os_str(),
+            "--audit-log-maxsize".as_ref(),
+            "1".as_ref(),
+            "--audit-log-maxbackup".as_ref(),
+            "3".as_ref(),
+            "--audit-policy-file".as_ref(),
+            policy.as_os_str(),
+        ],
+    );
     // Two tenants, two users each; an outsider with no tenant for contrast.
     let mut csv = String::new();
     for t in TENANTS {
@@ -235,6 +256,64 @@ fn tenant_guard_end_to_end() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(run(&srv));
     kubectl_and_python(&srv);
+    check_audit(&srv, &audit);
+}
+
+/// The audit log holds one line per request with who, which tenant, what and the answer.
+fn check_audit(srv: &Server, path: &std::path::Path) {
+    let _ = srv.curl("GET", "/healthz", None, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = path.parent().expect("dir");
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .expect("audit dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(files.len() <= 4, "at most 3 backups: {files:?}");
+    let mut lines = Vec::new();
+    for f in &files {
+        let meta = std::fs::metadata(f).expect("meta");
+        assert!(
+            meta.len() <= 1024 * 1024,
+            "{} is over the size limit",
+            f.display()
+        );
+        lines.extend(std::fs::read_to_string(f).expect("read").lines().map(json));
+    }
+    assert!(!lines.is_empty());
+    assert!(lines
+        .iter()
+        .all(|l| l["kind"] == "Event" && l["apiVersion"] == "audit.k8s.io/v1"));
+    assert!(lines.iter().all(|l| !l["requestURI"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("/healthz")));
+    // A refused request of a tenant user, with its tenant and source.
+    let refused = lines
+        .iter()
+        .find(|l| {
+            l["user"]["username"] == "acme-u1"
+                && l["responseStatus"]["code"] == 403
+                && l["objectRef"]["namespace"] == "bolt-ns1"
+        })
+        .expect("a refused request of acme-u1 in bolt-ns1 is logged");
+    assert_eq!(refused["tenant"], "acme");
+    assert_eq!(
+        refused["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    assert_eq!(refused["sourceIPs"][0], "127.0.0.1");
+    assert!(refused["user"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("h8s:tenant:acme")));
+    assert!(refused["latencyMicros"].as_u64().is_some());
+    assert!(lines
+        .iter()
+        .any(|l| l["user"]["username"] == "bolt-u2" && l["verb"] == "watch"));
+    assert!(lines.iter().any(|l| l["verb"] == "create"
+        && l["objectRef"]["resource"] == "namespaces"
+        && l["responseStatus"]["code"] == 201
+        && l["tenant"] == "bolt"));
 }
 
 async fn run(srv: &Server) {
