@@ -247,7 +247,7 @@ fn tenant_guard_end_to_end() {
     );
     // Two tenants, two users each; an outsider with no tenant for contrast.
     let mut csv = String::new();
-    for t in TENANTS {
+    for t in TENANTS.iter().chain(&["corp"]) {
         for n in 1..=2 {
             csv += &format!("{},{t}-u{n},uid-{t}-{n},\"h8s:tenant:{t}\"\n", token(t, n));
         }
@@ -255,6 +255,7 @@ fn tenant_guard_end_to_end() {
     std::fs::write(srv.data_dir().join("tokens.csv"), csv).expect("tokens.csv");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(run(&srv));
+    rt.block_on(auth_controller(&srv));
     kubectl_and_python(&srv);
     check_audit(&srv, &audit);
 }
@@ -1201,4 +1202,209 @@ print("ok")
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Polls `f` every 200 ms for up to `secs` seconds.
+async fn until<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The auth-controller: bindings per namespace, network and user, restored when deleted by
+/// hand, removed with their owners; the seeds' workflow; a Tenant deleted with its content.
+async fn auth_controller(srv: &Server) {
+    let admin = Client::new(srv, &srv.token);
+    let rb = |ns: &str, name: &str| {
+        format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
+    };
+    // A tenant namespace gets its two RoleBindings.
+    let a = admin.clone();
+    until(60, "namespace-binding in acme-ns1", || {
+        let a = a.clone();
+        async move {
+            let r = a.get(&rb("acme-ns1", "namespace-binding")).await;
+            r.code == 200 && {
+                let b = json(&r.body);
+                b["roleRef"]["name"] == "admin" && b["subjects"][0]["name"] == "h8s:tenant:acme"
+            }
+        }
+    })
+    .await;
+    let r = admin.get(&rb("acme-ns1", "default-sa-binding")).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(json(&r.body)["subjects"][0]["kind"], "ServiceAccount");
+    // Deleted by hand, it comes back.
+    let r = admin
+        .send("DELETE", &rb("acme-ns1", "namespace-binding"), "", None)
+        .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    until(30, "namespace-binding restored", || {
+        let a = a.clone();
+        async move { a.get(&rb("acme-ns1", "namespace-binding")).await.code == 200 }
+    })
+    .await;
+    // A Network grants its tenant rights on it.
+    until(30, "network:acme-net binding", || {
+        let a = a.clone();
+        async move {
+            let r = a
+                .get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/network:acme-net")
+                .await;
+            r.code == 200 && json(&r.body)["subjects"][0]["name"] == "h8s:tenant:acme"
+        }
+    })
+    .await;
+
+    // The seeds' workflow: a user creates a namespace, works in it, deletes it, and its
+    // bindings are gone with it.
+    let u = Client::new(srv, &token("acme", 2));
+    let r = u
+        .post(
+            "/api/v1/namespaces",
+            &json!({"metadata": {"name": "acme-work"}}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    until(30, "acme-work bindings", || {
+        let a = a.clone();
+        async move { a.get(&rb("acme-work", "namespace-binding")).await.code == 200 }
+    })
+    .await;
+    let r = u
+        .post(
+            "/api/v1/namespaces/acme-work/configmaps",
+            &json!({"metadata": {"name": "settings"}, "data": {"a": "b"}}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let r = u
+        .send("DELETE", "/api/v1/namespaces/acme-work", "", None)
+        .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    until(60, "acme-work and its bindings gone", || {
+        let a = a.clone();
+        async move {
+            a.get("/api/v1/namespaces/acme-work").await.code == 404
+                && a.get(&rb("acme-work", "namespace-binding")).await.code == 404
+        }
+    })
+    .await;
+
+    // Users: a ClusterRoleBinding each; a deleted User loses every binding naming it.
+    let r = admin
+        .post("/apis/tenancy.h8s.io/v1/tenants", &json!({"apiVersion": "tenancy.h8s.io/v1", "kind": "Tenant", "metadata": {"name": "corp"}, "spec": {"displayName": "Corp"}}))
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let r = admin
+        .post("/apis/tenancy.h8s.io/v1/users", &json!({"apiVersion": "tenancy.h8s.io/v1", "kind": "User", "metadata": {"name": "carol"}, "spec": {"tenant": "corp", "displayName": "Carol", "email": "carol@example.com"}}))
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/carol-namespace-creater";
+    until(30, "carol-namespace-creater", || {
+        let a = a.clone();
+        async move {
+            let r = a.get(crb).await;
+            r.code == 200 && json(&r.body)["roleRef"]["name"] == "namespace-creater"
+        }
+    })
+    .await;
+    let r = admin
+        .get("/apis/rbac.authorization.k8s.io/v1/clusterroles/namespace-creater")
+        .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    let r = admin.send("DELETE", crb, "", None).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    until(30, "carol-namespace-creater restored", || {
+        let a = a.clone();
+        async move { a.get(crb).await.code == 200 }
+    })
+    .await;
+    // A hand-made binding naming carol and someone else.
+    let r = admin
+        .post(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/acme-ns1/rolebindings",
+            &json!({"metadata": {"name": "shared"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                    "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "carol"}, {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "dave"}]}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let r = admin
+        .send("DELETE", "/apis/tenancy.h8s.io/v1/users/carol", "", None)
+        .await;
+    assert!(r.code == 200 || r.code == 202, "{}", r.body);
+    until(30, "carol's bindings gone", || {
+        let a = a.clone();
+        async move {
+            let shared = a.get(&rb("acme-ns1", "shared")).await;
+            a.get(crb).await.code == 404
+                && a.get("/apis/tenancy.h8s.io/v1/users/carol").await.code == 404
+                && shared.code == 200
+                && !shared.body.contains("carol")
+                && shared.body.contains("dave")
+        }
+    })
+    .await;
+
+    // Deleting a Tenant deletes its namespaces, networks and volumes, then the Tenant.
+    let c = Client::new(srv, &token("corp", 1));
+    assert_eq!(
+        c.post(
+            "/api/v1/namespaces",
+            &json!({"metadata": {"name": "corp-ns"}})
+        )
+        .await
+        .code,
+        201
+    );
+    assert_eq!(
+        c.post("/api/v1/networks", &network("corp-net", 30))
+            .await
+            .code,
+        201
+    );
+    assert_eq!(
+        c.post("/api/v1/persistentvolumes", &pv("corp-pv"))
+            .await
+            .code,
+        201
+    );
+    let r = admin
+        .post("/apis/tenancy.h8s.io/v1/users", &json!({"apiVersion": "tenancy.h8s.io/v1", "kind": "User", "metadata": {"name": "erin"}, "spec": {"tenant": "corp"}}))
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    until(30, "corp's finalizer", || {
+        let a = a.clone();
+        async move {
+            a.get("/apis/tenancy.h8s.io/v1/tenants/corp")
+                .await
+                .body
+                .contains("tenancy.h8s.io/cleanup")
+        }
+    })
+    .await;
+    let r = admin
+        .send("DELETE", "/apis/tenancy.h8s.io/v1/tenants/corp", "", None)
+        .await;
+    assert!(r.code == 200 || r.code == 202, "{}", r.body);
+    until(90, "corp and its content gone", || {
+        let a = a.clone();
+        async move {
+            a.get("/apis/tenancy.h8s.io/v1/tenants/corp").await.code == 404
+                && a.get("/api/v1/namespaces/corp-ns").await.code == 404
+                && a.get("/api/v1/networks/corp-net").await.code == 404
+                && a.get("/api/v1/persistentvolumes/corp-pv").await.code == 404
+                && a.get("/apis/tenancy.h8s.io/v1/users/erin").await.code == 404
+        }
+    })
+    .await;
 }
