@@ -114,6 +114,14 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         client: ctx.client.clone(),
         resync: ctx.timers.resync,
     });
+    // The ClusterRole exists from the start, users or not (retried until the API answers).
+    let c = s.client.clone();
+    tokio::spawn(async move {
+        while let Err(e) = ensure_namespace_creater(&c).await {
+            tracing::debug!(error = %e, "auth-controller: namespace-creater; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     tokio::join!(
         users(s.clone()),
         namespaces(s.clone()),

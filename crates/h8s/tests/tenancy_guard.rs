@@ -335,6 +335,34 @@ async fn run(srv: &Server) {
             .expect("user")
     };
     let mut secrets = Secrets::default();
+    // These static-token users have no User objects (the auth-controller binds Users): bind
+    // their tenants' groups to the auth-controller's `namespace-creater` as it would.
+    let mut ok = false;
+    for _ in 0..150 {
+        if admin
+            .get("/apis/rbac.authorization.k8s.io/v1/clusterroles/namespace-creater")
+            .await
+            .code
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        ok,
+        "the auth-controller made no namespace-creater ClusterRole"
+    );
+    let r = admin
+        .post(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            &json!({"metadata": {"name": "test-tenants-namespace-creater"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "namespace-creater"},
+                    "subjects": ["acme", "bolt", "corp"].iter().map(|t| json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": format!("h8s:tenant:{t}")})).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
 
     // ---- each tenant's own objects, created by its users ----
     for (ti, t) in TENANTS.iter().enumerate() {
@@ -371,9 +399,20 @@ async fn run(srv: &Server) {
             let o = json(&r.body);
             assert_eq!(o["metadata"]["labels"]["tenancy.h8s.io/tenant"], *t);
             secrets.add(t, &o);
-            // Usable at once (the index records the admitted namespace).
-            let r = c.get(&format!("/api/v1/namespaces/{ns}/configmaps")).await;
-            assert_eq!(r.code, 200, "{}", r.body);
+            // Usable as soon as the auth-controller has bound the tenant's group to
+            // `admin` in it (the guard's index records the admitted namespace at once).
+            let mut code = 0;
+            for _ in 0..150 {
+                code = c
+                    .get(&format!("/api/v1/namespaces/{ns}/configmaps"))
+                    .await
+                    .code;
+                if code == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert_eq!(code, 200, "{ns} not usable by its tenant");
             for k in kinds() {
                 let name = format!("{}-{ns}", &k.plural[..k.plural.len() - 1]);
                 let r = admin
@@ -1278,6 +1317,11 @@ async fn auth_controller(srv: &Server) {
     until(30, "acme-work bindings", || {
         let a = a.clone();
         async move { a.get(&rb("acme-work", "namespace-binding")).await.code == 200 }
+    })
+    .await;
+    until(10, "acme-u2 may write in acme-work", || {
+        let u = u.clone();
+        async move { u.get("/api/v1/namespaces/acme-work/configmaps").await.code == 200 }
     })
     .await;
     let r = u
