@@ -19,6 +19,7 @@ mod network;
 mod pod;
 mod quota;
 mod storage;
+mod tenancy;
 
 pub use network::NamespaceNetwork;
 pub use pod::{
@@ -27,6 +28,7 @@ pub use pod::{
 };
 pub use quota::{LimitRangeHook, LimitRanger, QuotaHook, ResourceQuota};
 pub use storage::DefaultStorageClass;
+pub use tenancy::Tenancy;
 
 /// Settings of the built-in admission plugins (kube-apiserver's flags for them), and
 /// the hooks the tenancy work fills.

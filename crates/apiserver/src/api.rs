@@ -27,6 +27,15 @@ pub use crate::state::Api;
 pub const KUBE_MINOR: &str = "33";
 pub const GIT_VERSION: &str = "v1.33.0-h8s";
 
+/// What the audit log needs of a request that the dispatcher consumes.
+struct AuditHead {
+    received: jiff::Timestamp,
+    method: Method,
+    uri: String,
+    source: Option<std::net::SocketAddr>,
+    user_agent: String,
+}
+
 /// Whether an `Accept` header asks for a `meta.k8s.io` Table (first choice wins,
 /// as the Kubernetes negotiation does).
 fn wants_table(accept: &str) -> bool {
@@ -64,11 +73,26 @@ impl Api {
         let path = parts.uri.path().to_string();
         let mut verb = "unknown";
         let mut resource = String::new();
+        // audit: what the request was, before the dispatcher consumes it.
+        let audit_head = self.audit.as_ref().map(|_| AuditHead {
+            received: jiff::Timestamp::now(),
+            method: parts.method.clone(),
+            uri: parts.uri.to_string(),
+            source: crate::auth::RequestInfo::from_parts(&parts).remote_addr,
+            user_agent: parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+        });
+        let mut trace = None;
         let fut = std::panic::AssertUnwindSafe(self.clone().dispatch(
             parts,
             body,
             &mut verb,
             &mut resource,
+            &mut trace,
         ))
         .catch_unwind();
         let resp = match fut.await {
@@ -90,6 +114,32 @@ impl Api {
                 .observe(verb, &resource, resp.status().as_u16(), start.elapsed());
         }
         tracing::debug!(path, verb, code = resp.status().as_u16(), "request");
+        if let (Some(log), Some(head)) = (self.audit.as_ref(), audit_head) {
+            let (user, attrs, decision) = match trace {
+                Some((u, a, d)) => (Some(u), a, Some(d)),
+                None => (
+                    None,
+                    Attributes {
+                        verb: verb.to_string(),
+                        path: path.clone(),
+                        ..Default::default()
+                    },
+                    None,
+                ),
+            };
+            log.record(&crate::audit::Record {
+                user: user.as_ref(),
+                attrs: &attrs,
+                method: &head.method,
+                uri: &head.uri,
+                source: head.source,
+                user_agent: &head.user_agent,
+                code: resp.status().as_u16(),
+                received: head.received,
+                latency: start.elapsed(),
+                decision,
+            });
+        }
         resp
     }
 
@@ -99,6 +149,7 @@ impl Api {
         body: B,
         verb_out: &mut &'static str,
         res_out: &mut String,
+        trace: &mut Option<(crate::auth::UserInfo, Attributes, bool)>,
     ) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -216,6 +267,9 @@ impl Api {
         *verb_out = cx.verb;
         attrs.verb = cx.verb.to_string();
         let decision = self.authz.authorize(&cx.user, &attrs);
+        if self.audit.is_some() {
+            *trace = Some((cx.user.clone(), attrs.clone(), decision.allowed()));
+        }
         // auth: a filtered allowance narrows lists and watches (see filter.rs).
         if let Decision::AllowFiltered(f) = &decision {
             cx.authz_filter = Some(f.clone());

@@ -8,6 +8,7 @@
 
 mod admission;
 mod api;
+mod audit;
 mod auth;
 mod body;
 mod bootstrap;
@@ -42,14 +43,17 @@ mod state;
 mod strategy;
 mod stream;
 mod svc;
+mod tenancy;
 mod util;
 mod watch;
 
 pub use admission::{
     Admission, LimitRangeHook, NamespaceLifecycle, Operation, PluginConfig as AdmissionConfig,
-    QuotaHook, Request as AdmissionRequest, TOKEN_MOUNT_PATH, TOKEN_VOLUME_PREFIX,
+    QuotaHook, Request as AdmissionRequest, Tenancy as TenancyAdmission, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME_PREFIX,
 };
 pub use api::{GIT_VERSION, KUBE_MINOR};
+pub use audit::{AuditConfig, AuditError, AuditLog, Level as AuditLevel, Policy as AuditPolicy};
 pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,
     BootstrapTokenAuthenticator, ClientCertAuthenticator, ConnInfo, Decision, FnFilter, JoinToken,
@@ -77,6 +81,9 @@ pub use server::{Config, Server};
 pub use state::Api;
 pub use stream::{SubresourceHandler, SubresourceRequest};
 pub use svc::DEFAULT_SERVICE_CIDR;
+pub use tenancy::{
+    confined_tenant, label_tenant, Owned, TenantGuard, TenantIndex, MASTERS_GROUP, TENANT_LABEL,
+};
 
 #[cfg(test)]
 mod fuzz_tests;

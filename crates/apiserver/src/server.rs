@@ -64,6 +64,8 @@ pub struct Config {
     pub identity: Option<crate::identity::IdentityConfig>,
     /// How long `metrics.k8s.io` reuses a node agent's stats.
     pub metrics_cache_ttl: std::time::Duration,
+    /// (audit) Where the audit log goes and its policy; `None`: no audit log.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             admission_plugins: Default::default(),
             identity: Some(Default::default()),
             metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
+            audit: None,
         }
     }
 }
@@ -207,6 +210,17 @@ impl Server {
             shutdown.clone(),
             &cfg.admission_plugins,
         );
+        // tenancy: who owns each Namespace, Network and PersistentVolume, complete before
+        // the first request; the tenancy plugin runs right after NamespaceLifecycle.
+        let tenant_index = Arc::new(crate::tenancy::TenantIndex::default());
+        tenant_index.start(store.clone(), shutdown.clone()).await;
+        admission.insert(
+            1.min(admission.len()),
+            Arc::new(crate::admission::Tenancy::new(
+                store.clone(),
+                tenant_index.clone(),
+            )),
+        );
         // rbac: the authorizer chain, Node authorizer → RBAC, both deciding from indexes
         // that watches keep (listed before the first request).
         let rbac = crate::rbac::RbacAuthorizer::start(store.clone(), shutdown.clone()).await;
@@ -216,7 +230,11 @@ impl Server {
             Some(a) => a.clone(),
             None => Arc::new(crate::rbac::Union(vec![node_authz, rbac.clone()])),
         };
-        let authz: Arc<dyn Authorizer> = Arc::new(BootstrapGuard::new(chain));
+        // tenancy: the tenant guard wraps the chain (it turns tenant users' cluster-wide
+        // lists into allow-filtered ones); bootstrap-token users are confined first.
+        let authz: Arc<dyn Authorizer> = Arc::new(BootstrapGuard::new(Arc::new(
+            crate::tenancy::TenantGuard::with_index(chain, tenant_index.clone()),
+        )));
         // rbac: NodeRestriction, and escalation prevention on roles and bindings.
         admission.push(Arc::new(crate::rbac::node::NodeRestriction));
         admission.push(Arc::new(crate::rbac::escalation::Escalation::new(
@@ -275,6 +293,12 @@ impl Server {
             identity: identity.clone(),
             rbac: Some(rbac),
             metrics_api: Some(metrics_api),
+            audit: match cfg.audit.clone() {
+                Some(a) => Some(
+                    crate::audit::AuditLog::start(a).map_err(|e| Error::Config(e.to_string()))?,
+                ),
+                None => None,
+            },
         });
         crate::ns::bootstrap(&api, addr)
             .await

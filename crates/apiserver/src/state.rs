@@ -32,6 +32,8 @@ pub struct Api {
     pub(crate) openid: Option<Arc<crate::sa_token::ServiceAccountTokens>>,
     /// Answers create-only review kinds (TokenReview…) by (group, resource).
     pub(crate) reviewers: HashMap<(String, String), Arc<dyn Reviewer>>,
+    /// (audit) The audit log, when `--audit-log-path` is set.
+    pub(crate) audit: Option<Arc<crate::audit::AuditLog>>,
     /// (identity) The built-in identity service answering `/v3` (Keystone v3).
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
     /// (rbac) The RBAC index, which a write of an RBAC object waits for.

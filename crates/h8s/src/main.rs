@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod audit_flags;
 mod bench_support;
 mod deploy_bench;
 mod identity_flags;

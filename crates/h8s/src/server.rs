@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// The built-in identity service (`--token-ttl`, `--cloud-admin-tenant`).
     #[command(flatten)]
     pub identity: crate::identity_flags::IdentityArgs,
+    /// The audit log (`--audit-log-path`, `--audit-log-maxsize`, `--audit-log-maxbackup`,
+    /// `--audit-policy-file`).
+    #[command(flatten)]
+    pub audit: crate::audit_flags::AuditArgs,
     /// The controller manager and the scheduler run in this process (`--disable-*`,
     /// leader election, controller timers).
     #[command(flatten)]
@@ -98,6 +102,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.event_ttl = args.event_ttl;
     cfg.identity = args.identity.config();
     cfg.metrics_cache_ttl = args.metrics_cache_ttl;
+    cfg.audit = args.audit.config()?;
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
     cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
     let server = h8s_apiserver::Server::start(cfg)
