@@ -36,4 +36,6 @@ pub struct Api {
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
     /// (rbac) The RBAC index, which a write of an RBAC object waits for.
     pub(crate) rbac: Option<Arc<crate::rbac::RbacAuthorizer>>,
+    /// The custom resources served now (kept by `crd::controller`).
+    pub(crate) crds: crate::crd::Registry,
 }
