@@ -242,13 +242,7 @@ impl Registry {
     /// Every served custom resource.
     pub(crate) fn all(&self) -> Vec<Arc<CustomResource>> {
         let mut v: Vec<Arc<CustomResource>> = self.read().served.values().cloned().collect();
-        v.sort_by(|a, b| {
-            (a.res.group, a.res.version, a.res.plural).cmp(&(
-                b.res.group,
-                b.res.version,
-                b.res.plural,
-            ))
-        });
+        v.sort_by_key(|c| (c.res.group, c.res.version, c.res.plural));
         v
     }
 

@@ -14,6 +14,9 @@ use super::{CustomResource, Registry};
 
 const META_REF: &str = "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
+/// `/openapi/v2` as JSON and as protobuf.
+type V2 = Arc<(Vec<u8>, Vec<u8>)>;
+
 /// The documents for one state of the registry.
 #[derive(Default)]
 pub(crate) struct Docs {
@@ -22,7 +25,7 @@ pub(crate) struct Docs {
     /// The v3 index with the custom group versions.
     pub index: Vec<u8>,
     /// `/openapi/v2` (JSON, protobuf), built on first use.
-    v2: Mutex<Option<Arc<(Vec<u8>, Vec<u8>)>>>,
+    v2: Mutex<Option<V2>>,
 }
 
 /// The cache: the registry generation the documents were built for.
@@ -117,7 +120,7 @@ fn build(reg: &Registry) -> Docs {
 
 impl Docs {
     /// `/openapi/v2` with the custom kinds (JSON, protobuf).
-    pub(crate) fn v2(&self, reg: &Registry) -> Arc<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn v2(&self, reg: &Registry) -> V2 {
         let mut g = self.v2.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = &*g {
             return d.clone();

@@ -104,7 +104,7 @@ fn printer_columns() {
     let now =
         std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + 300);
     let created = "2023-11-14T22:13:20Z"; // 1_700_000_000
-    let objs = vec![
+    let objs = [
         json!({"metadata": {"name": "a", "creationTimestamp": created}, "spec": {"replicas": 3},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
     ];

@@ -186,7 +186,7 @@ impl Definition {
     /// numbers first, others alphabetically last), the preferred first.
     pub fn served_versions(&self) -> Vec<&Version> {
         let mut v: Vec<&Version> = self.versions.iter().filter(|v| v.served).collect();
-        v.sort_by(|a, b| version_priority(&a.name).cmp(&version_priority(&b.name)));
+        v.sort_by_key(|a| version_priority(&a.name));
         v
     }
 }

@@ -234,11 +234,11 @@ fn jsonpaths() {
 
 #[test]
 fn version_priority_orders_like_kubernetes() {
-    let mut v = vec!["v1alpha1", "foo", "v2", "v1beta1", "v1", "v1beta2", "v10"];
+    let mut v = ["v1alpha1", "foo", "v2", "v1beta1", "v1", "v1beta2", "v10"];
     v.sort_by_key(|x| version_priority(x));
     assert_eq!(
         v,
-        vec!["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        ["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
     );
 }
 

@@ -132,10 +132,13 @@ fn tag(g: &str, v: &str) -> String {
     format!("{g}_{v}")
 }
 
+/// `((group, version, kind), definition name)` of custom kinds.
+type CustomDefs = Vec<((String, String, String), String)>;
+
 thread_local! {
     /// Definition names of custom kinds while their paths are built
     /// ([`for_custom`]).
-    static CUSTOM_DEFS: std::cell::RefCell<Vec<((String, String, String), String)>> =
+    static CUSTOM_DEFS: std::cell::RefCell<CustomDefs> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -153,10 +156,7 @@ fn def(g: &str, v: &str, k: &str) -> Option<String> {
 
 /// The operations of resources outside the table (custom resources), whose kind and
 /// list definitions are named by `defs` as `((group, version, kind), name)`.
-pub(super) fn for_custom(
-    resources: &[&Resource],
-    defs: Vec<((String, String, String), String)>,
-) -> Vec<PathEntry> {
+pub(super) fn for_custom(resources: &[&Resource], defs: CustomDefs) -> Vec<PathEntry> {
     CUSTOM_DEFS.with(|c| *c.borrow_mut() = defs);
     let out = resources.iter().flat_map(|r| for_resource(r)).collect();
     CUSTOM_DEFS.with(|c| c.borrow_mut().clear());
