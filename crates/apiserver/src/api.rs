@@ -155,7 +155,7 @@ impl Api {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let r = route(parts.uri.path());
+        let r = route(parts.uri.path(), &self.crds);
         // Health and version are public, as kube-apiserver's system:public-info-viewer
         // makes them; everything else needs credentials.
         match &r {
@@ -308,13 +308,13 @@ impl Api {
                 );
                 Ok(resp)
             }
-            Route::LegacyRoot => Ok(crate::discovery::legacy_root(&accept)),
-            Route::GroupList => Ok(crate::discovery::group_list(&accept)),
-            Route::Group(g) => crate::discovery::group(&g),
-            Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v),
-            Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept),
-            Route::OpenApiV3Index => crate::openapi::v3_index(),
-            Route::OpenApiV3(p) => crate::openapi::v3(&p),
+            Route::LegacyRoot => Ok(crate::discovery::legacy_root(&accept, &self.crds)),
+            Route::GroupList => Ok(crate::discovery::group_list(&accept, &self.crds)),
+            Route::Group(g) => crate::discovery::group(&g, &self.crds),
+            Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v, &self.crds),
+            Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept, &self.crds),
+            Route::OpenApiV3Index => crate::openapi::v3_index(&self.crds),
+            Route::OpenApiV3(p) => crate::openapi::v3(&p, &self.crds),
             // auth: OIDC discovery of the ServiceAccount token issuer.
             Route::NotFound => self
                 .openid
@@ -343,6 +343,9 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let sub = t.sub.as_deref();
+        if let Some(w) = t.cr.as_ref().and_then(|c| c.deprecation_warning()) {
+            cx.warnings.push(w);
+        }
         if let Some(s) = sub {
             if t.res.subresource(s).is_none() {
                 return Err(ApiError::no_route());

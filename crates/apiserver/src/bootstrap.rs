@@ -61,6 +61,7 @@ async fn system_priority_classes(api: &Arc<Api>) -> Result<(), ApiError> {
             name: Some(name.to_string()),
             sub: None,
             watch_path: false,
+            cr: None,
         };
         if api.read(&t, name).await?.is_some() {
             continue;
@@ -96,6 +97,7 @@ async fn system_service_accounts(api: &Arc<Api>) -> Result<(), ApiError> {
             name: Some("default".into()),
             sub: None,
             watch_path: false,
+            cr: None,
         };
         if api.read(&t, "default").await?.is_some() {
             continue;

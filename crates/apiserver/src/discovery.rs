@@ -6,6 +6,7 @@ use h8s_types::resources::{self, Resource};
 use http::{HeaderValue, Response};
 use serde_json::{json, Value};
 
+use crate::crd::Registry;
 use crate::error::ApiError;
 use crate::response::{full, json_response, Body};
 
@@ -88,7 +89,22 @@ fn aggregated_group(name: &str, versions: &[&str]) -> Value {
     json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
 }
 
-fn aggregated(core: bool, ver: &str) -> Response<Body> {
+fn aggregated_custom_group(name: &str, versions: &[String], crds: &Registry) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let res: Vec<Value> = crds
+                .in_group_version(name, v)
+                .iter()
+                .map(|c| aggregated_resource(c.res))
+                .collect();
+            json!({"version": v, "resources": res, "freshness": "Current"})
+        })
+        .collect();
+    json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
+}
+
+fn aggregated(core: bool, ver: &str, crds: &Registry) -> Response<Body> {
     let mut items: Vec<Value> = resources::groups()
         .iter()
         .filter(|g| g.name.is_empty() == core)
@@ -96,6 +112,12 @@ fn aggregated(core: bool, ver: &str) -> Response<Body> {
         .collect();
     if !core {
         items.push(crate::metrics_api::aggregated_group());
+        // Custom resource groups follow the built-in ones, by name.
+        items.extend(
+            crds.groups()
+                .iter()
+                .map(|(g, vs)| aggregated_custom_group(g, vs, crds)),
+        );
     }
     let doc = json!({
         "kind": "APIGroupDiscoveryList",
@@ -131,9 +153,9 @@ fn with_vary(mut r: Response<Body>) -> Response<Body> {
 }
 
 /// `/api`.
-pub fn legacy_root(accept: &str) -> Response<Body> {
+pub fn legacy_root(accept: &str, crds: &Registry) -> Response<Body> {
     if let Some(v) = aggregated_version(accept) {
-        return aggregated(true, v);
+        return aggregated(true, v, crds);
     }
     with_vary(json_response(
         200,
@@ -145,10 +167,13 @@ pub fn legacy_root(accept: &str) -> Response<Body> {
     ))
 }
 
-fn group_doc(name: &str, versions: &[&str]) -> Value {
+fn group_doc<S: AsRef<str>>(name: &str, versions: &[S]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
-        .map(|v| json!({"groupVersion": resources::group_version(name, v), "version": v}))
+        .map(|v| {
+            let v = v.as_ref();
+            json!({"groupVersion": resources::group_version(name, v), "version": v})
+        })
         .collect();
     json!({
         "name": name,
@@ -158,9 +183,9 @@ fn group_doc(name: &str, versions: &[&str]) -> Value {
 }
 
 /// `/apis`.
-pub fn group_list(accept: &str) -> Response<Body> {
+pub fn group_list(accept: &str, crds: &Registry) -> Response<Body> {
     if let Some(v) = aggregated_version(accept) {
-        return aggregated(false, v);
+        return aggregated(false, v, crds);
     }
     let mut groups: Vec<Value> = resources::groups()
         .iter()
@@ -168,6 +193,7 @@ pub fn group_list(accept: &str) -> Response<Body> {
         .map(|g| group_doc(g.name, g.versions))
         .collect();
     groups.push(crate::metrics_api::group_doc());
+    groups.extend(crds.groups().iter().map(|(g, vs)| group_doc(g, vs)));
     with_vary(json_response(
         200,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
@@ -175,29 +201,60 @@ pub fn group_list(accept: &str) -> Response<Body> {
 }
 
 /// `/apis/<group>`.
-pub fn group(name: &str) -> Result<Response<Body>, ApiError> {
+pub fn group(name: &str, crds: &Registry) -> Result<Response<Body>, ApiError> {
     if name == crate::metrics_api::GROUP {
         let mut doc = crate::metrics_api::group_doc();
         doc["kind"] = json!("APIGroup");
         doc["apiVersion"] = json!("v1");
         return Ok(json_response(200, &doc));
     }
-    let g = resources::groups()
+    let mut doc = match resources::groups()
         .iter()
         .find(|g| g.name == name && !name.is_empty())
-        .ok_or_else(ApiError::no_route)?;
-    let mut doc = group_doc(g.name, g.versions);
+    {
+        Some(g) => group_doc(g.name, g.versions),
+        None => {
+            let (_, vs) = crds
+                .groups()
+                .into_iter()
+                .find(|(g, _)| g == name)
+                .ok_or_else(ApiError::no_route)?;
+            group_doc(name, &vs)
+        }
+    };
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");
     Ok(json_response(200, &doc))
 }
 
 /// `/api/v1`, `/apis/<g>/<v>`: the APIResourceList.
-pub fn group_version(group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+pub fn group_version(
+    group: &str,
+    version: &str,
+    crds: &Registry,
+) -> Result<Response<Body>, ApiError> {
     if group == crate::metrics_api::GROUP && version == crate::metrics_api::VERSION {
         return Ok(json_response(200, &crate::metrics_api::resource_list()));
     }
-    let doc = resources::api_resource_list(group, version).ok_or_else(ApiError::no_route)?;
+    let doc = match resources::api_resource_list(group, version) {
+        Some(d) => d,
+        None => {
+            let crs = crds.in_group_version(group, version);
+            if crs.is_empty() {
+                return Err(ApiError::no_route());
+            }
+            let list: Vec<Value> = crs
+                .iter()
+                .flat_map(|c| resources::api_resources(c.res))
+                .collect();
+            json!({
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": resources::group_version(group, version),
+                "resources": list,
+            })
+        }
+    };
     Ok(json_response(200, &doc))
 }
 
@@ -214,7 +271,7 @@ mod tests {
             Some("v2beta1")
         );
         assert_eq!(aggregated_version("application/json, */*"), None);
-        let r = legacy_root(d);
+        let r = legacy_root(d, &Registry::default());
         assert_eq!(
             r.headers()[http::header::CONTENT_TYPE],
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"

@@ -164,6 +164,18 @@ impl ApiError {
             format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"),
         )
     }
+    /// 415 for a patch type the resource does not take (strategic merge patch on custom
+    /// resources), worded as kube-apiserver.
+    pub fn unsupported_patch(accepted: &[&str]) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
+            ),
+        )
+    }
     /// 422 Invalid: `Kind "name" is invalid: field: message, …`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes

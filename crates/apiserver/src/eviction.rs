@@ -110,6 +110,7 @@ impl Api {
             name: None,
             sub: Some("status".into()),
             watch_path: false,
+            cr: None,
         };
         let listed = self
             .store

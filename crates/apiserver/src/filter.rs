@@ -7,20 +7,22 @@ use serde_json::Value;
 
 use crate::ctx::Ctx;
 use crate::error::{from_machinery, ApiError};
-use crate::strategy::{self, Strategy};
+use crate::route::Target;
+use crate::strategy::StrategyRef;
 
 /// Label and field selectors of a list or watch.
 pub(crate) struct Filter {
     pub label: LabelSelector,
     pub field: FieldSelector,
     pub res: &'static Resource,
-    strategy: &'static dyn Strategy,
+    strategy: StrategyRef,
     /// (auth) The authorizer's narrowing of what the caller may see.
     authz: Option<std::sync::Arc<dyn crate::auth::ObjectFilter>>,
 }
 
 impl Filter {
-    pub fn from_query(cx: &Ctx, res: &'static Resource) -> Result<Filter, ApiError> {
+    pub fn from_query(cx: &Ctx, t: &Target) -> Result<Filter, ApiError> {
+        let res = t.res;
         let label = match cx.query.get("labelSelector") {
             Some(s) if !s.is_empty() => LabelSelector::parse(s).map_err(from_machinery)?,
             _ => LabelSelector::everything(),
@@ -45,7 +47,7 @@ impl Filter {
             label,
             field,
             res,
-            strategy: strategy::of(res),
+            strategy: t.strategy(),
             authz: cx.authz_filter.clone(),
         })
     }

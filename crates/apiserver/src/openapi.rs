@@ -3,11 +3,12 @@
 use h8s_types::openapi;
 use http::{HeaderValue, Response};
 
+use crate::crd::Registry;
 use crate::error::ApiError;
 use crate::response::{full, Body};
 
-fn respond(ct: &str, body: &'static [u8], etag: Option<&str>) -> Response<Body> {
-    let mut r = Response::new(full(bytes::Bytes::from_static(body)));
+fn respond(ct: &str, body: impl Into<bytes::Bytes>, etag: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
     if let Ok(h) = HeaderValue::from_str(ct) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, h);
     }
@@ -21,8 +22,17 @@ fn respond(ct: &str, body: &'static [u8], etag: Option<&str>) -> Response<Body> 
 
 /// `/openapi/v2`: protobuf when asked for (kubectl 1.27/1.28 must get it), else JSON.
 /// `/swagger-2.0.0.pb-v1` is always protobuf.
-pub fn v2(path: &str, accept: &str) -> Result<Response<Body>, ApiError> {
-    if path.ends_with(".pb-v1") || accept.contains("protobuf") {
+pub fn v2(path: &str, accept: &str, crds: &Registry) -> Result<Response<Body>, ApiError> {
+    let pb = path.ends_with(".pb-v1") || accept.contains("protobuf");
+    if let Some(docs) = crds.openapi() {
+        let d = docs.v2(crds);
+        return Ok(if pb {
+            respond("application/octet-stream", d.1.clone(), None)
+        } else {
+            respond("application/json", d.0.clone(), None)
+        });
+    }
+    if pb {
         // kube-apiserver labels the protobuf document application/octet-stream: Go's
         // mime parser (in client-go) rejects the '@' of the proto-openapi media type.
         return Ok(respond(
@@ -40,14 +50,24 @@ pub fn warm_up() {
 }
 
 /// `/openapi/v3`: the index of group-version documents.
-pub fn v3_index() -> Result<Response<Body>, ApiError> {
+pub fn v3_index(crds: &Registry) -> Result<Response<Body>, ApiError> {
+    if let Some(docs) = crds.openapi() {
+        return Ok(respond("application/json", docs.index.clone(), None));
+    }
     Ok(respond("application/json", openapi::v3_index(), None))
 }
 
 /// `/openapi/v3/<api/v1 | apis/g/v>`.
-pub fn v3(path: &str) -> Result<Response<Body>, ApiError> {
-    let (hash, doc) = openapi::v3_document(path).ok_or_else(ApiError::no_route)?;
-    let mut r = respond("application/json", doc, Some(hash));
+pub fn v3(path: &str, crds: &Registry) -> Result<Response<Body>, ApiError> {
+    let mut r = match openapi::v3_document(path) {
+        Some((hash, doc)) => respond("application/json", doc, Some(hash)),
+        None => {
+            let key = path.trim_start_matches('/').trim_end_matches('/');
+            let docs = crds.openapi().ok_or_else(ApiError::no_route)?;
+            let (hash, doc) = docs.v3.get(key).ok_or_else(ApiError::no_route)?;
+            respond("application/json", doc.clone(), Some(hash))
+        }
+    };
     // The index links documents by hash, so a document at a hash never changes.
     r.headers_mut().insert(
         http::header::CACHE_CONTROL,

@@ -60,6 +60,13 @@ impl Api {
                 Err(ApiError::unsupported_media(ct))
             }
         })?;
+        if media == Media::StrategicMergePatch && !t.strategy().strategic_merge_patch() {
+            return Err(ApiError::unsupported_patch(&[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]));
+        }
         let name = t.name.clone().unwrap_or_default();
         let mode = cx.field_validation()?;
         let apply = media == Media::ApplyPatch;
@@ -92,10 +99,8 @@ impl Api {
             if mode == "Ignore" || t2.sub.is_some() {
                 return Ok(());
             }
-            let unknown = |v: &Value| {
-                h8s_types::strict::unknown_fields(res.group, res.version, res.kind, v)
-                    .unwrap_or_default()
-            };
+            let strategy = t2.strategy();
+            let unknown = |v: &Value| strategy.unknown_fields(res, v);
             let before = old.map(unknown).unwrap_or_default();
             let new_unknown: Vec<String> = unknown(new)
                 .into_iter()

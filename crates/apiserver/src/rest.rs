@@ -271,7 +271,7 @@ impl Api {
     }
 
     pub(crate) async fn list(&self, cx: &mut Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
-        let filter = Filter::from_query(cx, t.res)?;
+        let filter = Filter::from_query(cx, t)?;
         let (items, rev, cont) = self.list_objects(cx, t, &filter).await?;
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if let Some(c) = cont {
@@ -301,7 +301,7 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let media = Media::parse(cx.content_type())?;
-        let mut o = self.decode_checked(cx, t.res, media, &body)?;
+        let mut o = self.decode_checked(cx, t, media, &body)?;
         if !t.res.is_stored() {
             return self.review(cx, t, o).await;
         }
@@ -315,10 +315,11 @@ impl Api {
     pub(crate) fn decode_checked(
         &self,
         cx: &mut Ctx,
-        res: &Resource,
+        t: &Target,
         media: Media,
         raw: &[u8],
     ) -> Result<Value, ApiError> {
+        let res = t.res;
         let mode = cx.field_validation()?;
         let (v, dups) = match media {
             Media::Json if mode != "Ignore" => h8s_types::strict::parse_json(raw).map_err(|e| {
@@ -331,7 +332,12 @@ impl Api {
                 "the body must be a JSON object (a Kubernetes object)",
             ));
         }
-        report_strict(cx, mode, res, &v, dups)?;
+        let unknown = if mode == "Ignore" {
+            Vec::new()
+        } else {
+            t.strategy().unknown_fields(res, &v)
+        };
+        report_strict(cx, mode, res, unknown, dups)?;
         Ok(v)
     }
 
@@ -437,7 +443,7 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let media = Media::parse(cx.content_type())?;
-        let mut new = self.decode_checked(cx, t.res, media, &body)?;
+        let mut new = self.decode_checked(cx, t, media, &body)?;
         check_type_meta(t.res, &mut new)?;
         let name = t.name.clone().unwrap_or_default();
         let in_obj = obj::name(&new).to_string();
@@ -742,7 +748,7 @@ impl Api {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let opts = DeleteOptions::parse(cx, &body)?;
-        let filter = Filter::from_query(cx, t.res)?;
+        let filter = Filter::from_query(cx, t)?;
         let (items, rev, _) = self.list_objects(cx, t, &filter).await?;
         let mut deleted = Vec::new();
         for o in items {
@@ -772,8 +778,15 @@ impl Api {
 
     fn scale_of(&self, t: &Target, o: &Value) -> Result<Value, ApiError> {
         let paths = t.res.scale.ok_or_else(ApiError::no_route)?;
-        let selector = obj::at(o, paths.selector).cloned().unwrap_or(Value::Null);
-        let sel_str = if paths.selector_is_map {
+        let selector = if paths.selector.is_empty() {
+            Value::Null
+        } else {
+            obj::at(o, paths.selector).cloned().unwrap_or(Value::Null)
+        };
+        let sel_str = if let Value::String(s) = &selector {
+            // Custom resources keep the selector in its string form.
+            s.clone()
+        } else if paths.selector_is_map {
             selector
                 .as_object()
                 .map(|m| {
@@ -997,14 +1010,13 @@ pub(crate) fn report_strict(
     cx: &mut Ctx,
     mode: &str,
     res: &Resource,
-    v: &Value,
+    unknown: Vec<String>,
     duplicate: Vec<String>,
 ) -> Result<(), ApiError> {
     if mode == "Ignore" {
         return Ok(());
     }
-    let (group, version, kind) = (res.group, res.version, res.kind);
-    let unknown = h8s_types::strict::unknown_fields(group, version, kind, v).unwrap_or_default();
+    let kind = res.kind;
     let errs = h8s_types::strict::StrictErrors { duplicate, unknown };
     if errs.is_empty() {
         return Ok(());

@@ -2,9 +2,11 @@
 
 use h8s_types::resources::{self, Resource};
 
+use crate::crd::{CustomResource, Registry};
 use crate::error::Subject;
-use crate::strategy::{self, Strategy};
+use crate::strategy::{self, StrategyRef};
 use crate::util::percent_decode;
+use std::sync::Arc;
 
 /// A resource request: which resource, where, and which object or subresource.
 #[derive(Debug, Clone)]
@@ -16,6 +18,8 @@ pub struct Target {
     pub sub: Option<String>,
     /// The path used the deprecated `/watch/` prefix.
     pub watch_path: bool,
+    /// The custom resource version when `res` is one.
+    pub cr: Option<Arc<CustomResource>>,
 }
 
 impl Target {
@@ -29,8 +33,11 @@ impl Target {
     }
 
     /// The registry strategy of the resource.
-    pub fn strategy(&self) -> &'static dyn Strategy {
-        strategy::of(self.res)
+    pub fn strategy(&self) -> StrategyRef {
+        match &self.cr {
+            Some(c) => StrategyRef::Custom(c.clone()),
+            None => StrategyRef::Static(strategy::of(self.res)),
+        }
     }
 }
 
@@ -61,8 +68,8 @@ pub enum Route {
 
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
-/// Routes a path (already without the query string).
-pub fn route(path: &str) -> Route {
+/// Routes a path (already without the query string); custom resources come from `crds`.
+pub fn route(path: &str, crds: &Registry) -> Route {
     let trimmed = path.trim_end_matches('/');
     match trimmed {
         "/version" => return Route::Version,
@@ -104,7 +111,9 @@ pub fn route(path: &str) -> Route {
         return crate::metrics_api::route(&version, &rest)
             .map_or(Route::NotFound, Route::MetricsApi);
     }
-    if !resources::serves_group_version(&group, &version) {
+    if !resources::serves_group_version(&group, &version)
+        && !crds.serves_group_version(&group, &version)
+    {
         return Route::NotFound;
     }
     let mut rest: Vec<&str> = rest.iter().map(String::as_str).collect();
@@ -124,8 +133,12 @@ pub fn route(path: &str) -> Route {
     let Some(plural) = rest.first() else {
         return Route::NotFound;
     };
-    let Some(res) = resources::find(&group, &version, plural) else {
-        return Route::NotFound;
+    let (res, cr) = match resources::find(&group, &version, plural) {
+        Some(r) => (r, None),
+        None => match crds.find(&group, &version, plural) {
+            Some(c) => (c.res, Some(c)),
+            None => return Route::NotFound,
+        },
     };
     if ns.is_some() && !res.namespaced {
         return Route::NotFound;
@@ -147,6 +160,7 @@ pub fn route(path: &str) -> Route {
         name,
         sub,
         watch_path,
+        cr,
     })
 }
 
@@ -155,7 +169,7 @@ mod tests {
     use super::*;
 
     fn t(p: &str) -> Target {
-        match route(p) {
+        match route(p, &Registry::default()) {
             Route::Resource(t) => t,
             other => panic!("{p}: {other:?}"),
         }
@@ -178,24 +192,40 @@ mod tests {
         assert!(x.ns.is_none());
         let x = t("/api/v1/watch/namespaces/d/pods");
         assert!(x.watch_path);
-        assert!(matches!(route("/api/v1"), Route::GroupVersion(g, v) if g.is_empty() && v == "v1"));
-        assert!(matches!(route("/apis/apps/v1/nothing"), Route::NotFound));
+        assert!(
+            matches!(route("/api/v1", &Registry::default()), Route::GroupVersion(g, v) if g.is_empty() && v == "v1")
+        );
         assert!(matches!(
-            route("/api/v1/namespaces/x/nodes"),
-            Route::NotFound
-        ));
-        assert!(matches!(route("/version/"), Route::Version));
-        assert!(matches!(route("/apis/apps"), Route::Group(g) if g == "apps"));
-        assert!(matches!(
-            route("/api/v1/namespaces/default/configmaps/a%2Fb"),
+            route("/apis/apps/v1/nothing", &Registry::default()),
             Route::NotFound
         ));
         assert!(matches!(
-            route("/api/v1/namespaces/a%2Fb/configmaps"),
+            route("/api/v1/namespaces/x/nodes", &Registry::default()),
             Route::NotFound
         ));
         assert!(matches!(
-            route("/api/v1/namespaces/default/configmaps/.."),
+            route("/version/", &Registry::default()),
+            Route::Version
+        ));
+        assert!(
+            matches!(route("/apis/apps", &Registry::default()), Route::Group(g) if g == "apps")
+        );
+        assert!(matches!(
+            route(
+                "/api/v1/namespaces/default/configmaps/a%2Fb",
+                &Registry::default()
+            ),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            route("/api/v1/namespaces/a%2Fb/configmaps", &Registry::default()),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            route(
+                "/api/v1/namespaces/default/configmaps/..",
+                &Registry::default()
+            ),
             Route::NotFound
         ));
     }

@@ -299,6 +299,7 @@ impl Server {
                 ),
                 None => None,
             },
+            crds: Default::default(),
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -346,6 +347,8 @@ impl Server {
         }
         api.ready.store(true, Ordering::Relaxed);
         tokio::task::spawn_blocking(crate::openapi::warm_up);
+        // Custom resources: served from a watch on their definitions.
+        tokio::spawn(crate::crd::controller::run(api.clone()));
         let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));
         Ok(Server {
             addr,

@@ -40,4 +40,6 @@ pub struct Api {
     pub(crate) rbac: Option<Arc<crate::rbac::RbacAuthorizer>>,
     /// `metrics.k8s.io`, scraped from node agents.
     pub(crate) metrics_api: Option<Arc<crate::metrics_api::MetricsApi>>,
+    /// The custom resources served now (kept by `crd::controller`).
+    pub(crate) crds: crate::crd::Registry,
 }

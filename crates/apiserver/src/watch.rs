@@ -28,7 +28,7 @@ const MAX_WATCH: Duration = Duration::from_secs(1800);
 
 struct Encoder {
     res: &'static h8s_types::Resource,
-    strategy: &'static dyn Strategy,
+    strategy: crate::strategy::StrategyRef,
     table: bool,
     include_object: String,
 }
@@ -59,7 +59,7 @@ impl Api {
         cx: &mut Ctx,
         t: &Target,
     ) -> Result<Response<Body>, ApiError> {
-        let mut filter = Filter::from_query(cx, t.res)?;
+        let mut filter = Filter::from_query(cx, t)?;
         if let Some(n) = &t.name {
             // A watch on one object (the old /watch/…/name form) is a name selector.
             let s = format!("metadata.name={}", h8s_machinery::escape_value(n));
@@ -170,7 +170,7 @@ impl Api {
                             }
                         };
                         last_rev = ev.revision();
-                        let out = match translate(&ev, &filter, enc.strategy) {
+                        let out = match translate(&ev, &filter, &*enc.strategy) {
                             Ok(Some((kind, o))) => enc.event(kind, &o),
                             Ok(None) => continue,
                             Err(e) => {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod audit_flags;
 mod bench_support;
+mod crd_bench;
 mod deploy_bench;
 mod identity_flags;
 mod image;
@@ -76,6 +77,9 @@ enum BenchCommand {
     /// RBAC: GETs as a tenant user authorized through RBAC (1,000 Roles and bindings in
     /// the cluster) against the same GETs as the admin, in the same run.
     Rbac(rbac_bench::Args),
+    /// Custom resources: create/get of a CRD with a ~50 KB schema and CEL rules, against
+    /// ConfigMaps of the same size.
+    Crd(crd_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Sched(args)) => sched_bench::run(args),
         Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
+        Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

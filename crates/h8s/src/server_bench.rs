@@ -32,11 +32,11 @@ pub struct BenchArgs {
     pub write: Option<PathBuf>,
 }
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    url: String,
-    token: String,
-    ca: String,
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) ca: String,
     ready: Duration,
     _dir: tempfile::TempDir,
 }
@@ -58,7 +58,7 @@ impl Drop for Proc {
     }
 }
 
-fn start_server() -> anyhow::Result<Proc> {
+pub(crate) fn start_server() -> anyhow::Result<Proc> {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");

@@ -7,6 +7,8 @@
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
 //! - [`tenancy`]: `tenancy.h8s.io/v1` `Tenant` and `User`.
+//! - [`crd`]: CustomResourceDefinitions: their validation, structural schemas,
+//!   and what a schema does to custom objects (defaults, pruning, validation).
 //! - [`defaults`]: defaulting on every write, and what a create resets.
 //! - [`events`]: `events.k8s.io/v1` Event ↔ core `v1` Event conversion.
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
@@ -17,6 +19,7 @@
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
 
+pub mod crd;
 pub mod defaults;
 pub mod events;
 pub mod network;

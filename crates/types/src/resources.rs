@@ -815,6 +815,26 @@ static TABLE: &[Resource] = &[
         "endpointslice",
         true,
     ),
+    // ---- apiextensions.k8s.io/v1 ----
+    Resource {
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        subresources: &[status_sub!(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition"
+        )],
+        has_status: true,
+        ..base(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "CustomResourceDefinitionList",
+            "customresourcedefinitions",
+            "customresourcedefinition",
+            false,
+        )
+    },
     // ---- events.k8s.io/v1: core Events in their newer form, stored as core v1 ----
     Resource {
         short_names: &["ev"],
@@ -1041,6 +1061,10 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "apiextensions.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
         name: "tenancy.h8s.io",
         versions: &["v1"],
     },
@@ -1227,6 +1251,7 @@ mod tests {
             ("events.k8s.io", "events"),
             ("tenancy.h8s.io", "tenants"),
             ("tenancy.h8s.io", "users"),
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
         ];
         for (g, p) in want {
             let v = groups().iter().find(|x| x.name == g).unwrap().versions[0];

@@ -785,6 +785,7 @@ fn build() -> Schemas {
         ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
         ("policy", "v1", "PodDisruptionBudget", policy::PodDisruptionBudget),
         ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
+        ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition),
         ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", authz::SelfSubjectAccessReview),
         ("authorization.k8s.io", "v1", "SubjectAccessReview", authz::SubjectAccessReview),
         ("authorization.k8s.io", "v1", "LocalSubjectAccessReview", authz::LocalSubjectAccessReview),

@@ -700,6 +700,16 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
                 },
             )
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => (
+            vec![
+                name_col(),
+                Col {
+                    ty: "date",
+                    ..col("Created At", doc(META, "creationTimestamp"))
+                },
+            ],
+            |o, _| vec![json!(s(o, "/metadata/creationTimestamp"))],
+        ),
         _ => (vec![name_col(), age_col()], |o, now| vec![age(o, now)]),
     }
 }

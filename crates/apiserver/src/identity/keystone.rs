@@ -43,6 +43,7 @@ pub(crate) fn target(res: &'static h8s_types::Resource, name: Option<&str>) -> T
         name: name.map(str::to_string),
         sub: None,
         watch_path: false,
+        cr: None,
     }
 }
 

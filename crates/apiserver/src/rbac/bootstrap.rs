@@ -495,6 +495,7 @@ fn target(plural: &str, name: &str) -> Result<Target, ApiError> {
         name: Some(name.to_string()),
         sub: None,
         watch_path: false,
+        cr: None,
     })
 }
 

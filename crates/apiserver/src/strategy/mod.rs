@@ -68,6 +68,16 @@ pub(crate) trait Strategy: Send + Sync {
         res.has_status
     }
 
+    /// Whether the kind takes strategic merge patches (custom resources do not: 415).
+    fn strategic_merge_patch(&self) -> bool {
+        true
+    }
+
+    /// Fields of `o` the kind does not know (`spec.foo`), for `fieldValidation`.
+    fn unknown_fields(&self, res: &Resource, o: &Value) -> Vec<String> {
+        h8s_types::strict::unknown_fields(res.group, res.version, res.kind, o).unwrap_or_default()
+    }
+
     /// Whether a delete answers with the deleted object rather than a `Status`.
     fn returns_deleted_object(&self) -> bool {
         false
@@ -184,6 +194,24 @@ pub(crate) trait Strategy: Send + Sync {
     }
 }
 
+/// A strategy as a request holds it: a static one from the table's kinds, or a custom
+/// resource's, which lives as long as its definition is served.
+#[derive(Clone)]
+pub(crate) enum StrategyRef {
+    Static(&'static dyn Strategy),
+    Custom(std::sync::Arc<crate::crd::CustomResource>),
+}
+
+impl std::ops::Deref for StrategyRef {
+    type Target = dyn Strategy;
+    fn deref(&self) -> &(dyn Strategy + 'static) {
+        match self {
+            StrategyRef::Static(s) => *s,
+            StrategyRef::Custom(c) => &**c,
+        }
+    }
+}
+
 /// The registry's behaviour for kinds with nothing special.
 pub(crate) struct Generic;
 impl Strategy for Generic {}
@@ -201,6 +229,7 @@ pub(crate) fn of(res: &Resource) -> &'static dyn Strategy {
         ("discovery.k8s.io", "EndpointSlice") => &simple::EndpointSlice,
         ("certificates.k8s.io", "CertificateSigningRequest") => &csr::Csr,
         ("events.k8s.io", "Event") => &events::EventsV1,
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => &crate::crd::kind::Crd,
         _ => &Generic,
     }
 }

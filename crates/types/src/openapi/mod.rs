@@ -133,6 +133,154 @@ fn build_v2() -> BuiltV2 {
     }
 }
 
+/// A kind outside the resource table (a custom resource version) to publish.
+pub struct CustomKind<'a> {
+    /// The served resource.
+    pub res: &'a crate::resources::Resource,
+    /// The definition name (`com.example.stable.v1.CronTab`).
+    pub name: String,
+    /// Its schema in OpenAPI v3 form (references into `#/components/schemas/`).
+    pub schema: Value,
+}
+
+fn custom_paths(kinds: &[CustomKind<'_>]) -> (Vec<paths::PathEntry>, Map<String, Value>) {
+    let mut defs = Vec::new();
+    let mut schemas_out = Map::new();
+    for k in kinds {
+        let r = k.res;
+        let gvk = |kind: &str| (r.group.to_string(), r.version.to_string(), kind.to_string());
+        defs.push((gvk(r.kind), k.name.clone()));
+        defs.push((gvk(r.list_kind), format!("{}List", k.name)));
+        schemas_out.insert(k.name.clone(), k.schema.clone());
+        schemas_out.insert(
+            format!("{}List", k.name),
+            list_schema_v3(&k.name, r.group, r.version, r.list_kind),
+        );
+    }
+    let res: Vec<&crate::resources::Resource> = kinds.iter().map(|k| k.res).collect();
+    (paths::for_custom(&res, defs), schemas_out)
+}
+
+fn list_schema_v3(item: &str, group: &str, version: &str, list_kind: &str) -> Value {
+    json!({
+        "description": format!("{list_kind} is a list of {}", item.rsplit('.').next().unwrap_or(item)),
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
+            "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")},
+                      "description": "List of items. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"},
+            "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
+            "metadata": {"allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"}],
+                         "default": {}, "description": "ListMeta describes metadata that synthetic resources must have."},
+        },
+        "x-kubernetes-group-version-kind": [{"group": group, "version": version, "kind": list_kind}],
+    })
+}
+
+const SMP: &str = "application/strategic-merge-patch+json";
+
+/// Custom resources take no strategic merge patch: their PATCH operations do not offer
+/// it (kubectl then sends merge patches), in v3 `requestBody.content` and v2 `consumes`.
+fn drop_smp(paths: &mut Value, prefixes: &[String]) {
+    let Some(p) = paths.as_object_mut() else {
+        return;
+    };
+    for (path, item) in p.iter_mut() {
+        if !prefixes.iter().any(|x| path.starts_with(x.as_str())) {
+            continue;
+        }
+        if let Some(Value::Object(c)) = item.pointer_mut("/patch/requestBody/content") {
+            c.remove(SMP);
+        }
+        if let Some(Value::Array(c)) = item.pointer_mut("/patch/consumes") {
+            c.retain(|x| x != SMP);
+        }
+    }
+}
+
+fn custom_prefixes(kinds: &[CustomKind<'_>]) -> Vec<String> {
+    kinds
+        .iter()
+        .map(|k| format!("/apis/{}/{}/", k.res.group, k.res.version))
+        .collect()
+}
+
+/// The v3 document of a group version of custom kinds (all of `kinds` share it).
+pub fn custom_v3_document(group: &str, version: &str, kinds: &[CustomKind<'_>]) -> Value {
+    let (entries, custom) = custom_paths(kinds);
+    let mut doc = v3_doc(&entries, group, version);
+    if let Some(p) = doc.get_mut("paths") {
+        drop_smp(p, &custom_prefixes(kinds));
+    }
+    let mut refs = Vec::new();
+    for v in custom.values() {
+        collect_refs(v, &mut refs);
+    }
+    let defs = schemas().definitions();
+    if let Some(Value::Object(c)) = doc.pointer_mut("/components/schemas") {
+        for n in closure(refs) {
+            if let Some(d) = defs.get(&n) {
+                c.insert(n, d.clone());
+            }
+        }
+        for (k, v) in custom {
+            c.insert(k, v);
+        }
+    }
+    doc
+}
+
+/// The v3 index with custom group versions added (`key` → hash).
+pub fn v3_index_with(extra: &[(String, String)]) -> Vec<u8> {
+    let mut idx: Value = serde_json::from_slice(&BUILT.index).unwrap_or(json!({"paths": {}}));
+    if let Some(Value::Object(p)) = idx.get_mut("paths") {
+        for (key, h) in extra {
+            p.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={h}")}),
+            );
+        }
+    }
+    serde_json::to_vec(&idx).unwrap_or_default()
+}
+
+/// The content hash used in v3 index links.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hash(bytes)
+}
+
+/// `/openapi/v2` (JSON and protobuf) with custom kinds added.
+pub fn v2_with_custom(kinds: &[CustomKind<'_>]) -> (Vec<u8>, Vec<u8>) {
+    let mut all_paths: Vec<paths::PathEntry> = Vec::new();
+    for g in resources::groups() {
+        for v in g.versions {
+            all_paths.extend(paths::for_group_version(g.name, v));
+        }
+    }
+    let (entries, custom) = custom_paths(kinds);
+    all_paths.extend(entries);
+    let mut v2 = v2_doc(&all_paths);
+    if let Some(p) = v2.get_mut("paths") {
+        drop_smp(p, &custom_prefixes(kinds));
+    }
+    if let Some(Value::Object(d)) = v2.get_mut("definitions") {
+        for (k, v) in custom {
+            let mut v = to_v2_schema(&v);
+            // kubectl ≤ 1.28 picks strategic merge patch for any kind it finds in the v2
+            // document; without the kind extension it sends merge patches to custom
+            // resources, as it must.
+            if let Some(m) = v.as_object_mut() {
+                m.remove("x-kubernetes-group-version-kind");
+            }
+            d.insert(k, v);
+        }
+    }
+    let json = serde_json::to_vec(&v2).unwrap_or_default();
+    let pb = gnostic::encode_document(&v2);
+    (json, pb)
+}
+
 /// The definitions `roots` refer to, transitively.
 fn closure(roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     let defs = schemas().definitions();

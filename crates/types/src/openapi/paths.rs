@@ -132,8 +132,35 @@ fn tag(g: &str, v: &str) -> String {
     format!("{g}_{v}")
 }
 
+/// `((group, version, kind), definition name)` of custom kinds.
+type CustomDefs = Vec<((String, String, String), String)>;
+
+thread_local! {
+    /// Definition names of custom kinds while their paths are built
+    /// ([`for_custom`]).
+    static CUSTOM_DEFS: std::cell::RefCell<CustomDefs> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn def(g: &str, v: &str, k: &str) -> Option<String> {
+    if let Some(d) = CUSTOM_DEFS.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|((cg, cv, ck), _)| cg == g && cv == v && ck == k)
+            .map(|(_, d)| d.clone())
+    }) {
+        return Some(d);
+    }
     schemas().definition_name(g, v, k).map(str::to_string)
+}
+
+/// The operations of resources outside the table (custom resources), whose kind and
+/// list definitions are named by `defs` as `((group, version, kind), name)`.
+pub(super) fn for_custom(resources: &[&Resource], defs: CustomDefs) -> Vec<PathEntry> {
+    CUSTOM_DEFS.with(|c| *c.borrow_mut() = defs);
+    let out = resources.iter().flat_map(|r| for_resource(r)).collect();
+    CUSTOM_DEFS.with(|c| c.borrow_mut().clear());
+    out
 }
 
 fn path_param(name: &'static str, description: &'static str) -> Param {
