@@ -179,8 +179,13 @@ impl Order {
         // (`authentication.k8s.io/v1beta1` → `api.authentication.v1beta1`).
         if let Some((group, version)) = av.split_once('/') {
             let first = group.split('.').next().unwrap_or(group);
-            if let Some(&id) = in_module(&format!("api.{first}.{version}")) {
-                return Some(id);
+            for module in [
+                format!("api.{first}.{version}"),
+                format!("metrics.pkg.apis.{first}.{version}"),
+            ] {
+                if let Some(&id) = in_module(&module) {
+                    return Some(id);
+                }
             }
         }
         // meta kinds served under every version (Status, APIGroupList, WatchEvent…).

@@ -150,3 +150,12 @@ fn strings_escaped_as_go_does() {
         r#"{"a":"\u003cnone\u003e \u0026 \u2028é\"x\""}"#
     );
 }
+
+#[test]
+fn metrics_in_go_order() {
+    check(
+        json!({"apiVersion":"metrics.k8s.io/v1beta1","kind":"NodeMetrics","metadata":{"name":"n"},
+               "usage":{"memory":"1Mi","cpu":"1m"},"window":"10s","timestamp":"2026-01-01T00:00:00Z"}),
+        r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"n"},"timestamp":"2026-01-01T00:00:00Z","window":"10s","usage":{"cpu":"1m","memory":"1Mi"}}"#,
+    );
+}
