@@ -125,7 +125,7 @@ fn aggregated(core: bool, ver: &str, crds: &Registry) -> Response<Body> {
         "metadata": {},
         "items": items,
     });
-    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    let body = h8s_types::wire::to_vec(&doc);
     let etag = format!("\"{:016x}\"", fnv(&body));
     let mut r = Response::new(full(body));
     let ct = format!("application/json;g=apidiscovery.k8s.io;v={ver};as=APIGroupDiscoveryList");

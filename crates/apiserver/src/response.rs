@@ -18,9 +18,10 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
 }
 
-/// A JSON response with the given HTTP code.
+/// A JSON response with the given HTTP code, fields in kube-apiserver's order
+/// (`h8s_types::wire`).
 pub fn json_response(code: u16, v: &Value) -> Response<Body> {
-    let body = serde_json::to_vec(v).unwrap_or_default();
+    let body = h8s_types::wire::to_vec(v);
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     r.headers_mut().insert(

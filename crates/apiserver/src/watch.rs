@@ -46,8 +46,7 @@ impl Encoder {
         } else {
             o.clone()
         };
-        let mut b =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut b = h8s_types::wire::watch_event(kind, &object);
         b.push(b'\n');
         Bytes::from(b)
     }

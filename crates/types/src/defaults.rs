@@ -18,6 +18,10 @@ pub fn apply(r: &Resource, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
+                // A pod's, not a template's (Kubernetes' SetDefaults_Pod).
+                if spec.is_object() {
+                    set(spec, "enableServiceLinks", json!(true));
+                }
             }
         }
         ("", "Namespace") => {
@@ -303,7 +307,6 @@ pub fn pod_spec(spec: &mut Value) {
     set(spec, "terminationGracePeriodSeconds", json!(30));
     set(spec, "schedulerName", json!("default-scheduler"));
     set(spec, "securityContext", json!({}));
-    set(spec, "enableServiceLinks", json!(true));
     // The deprecated field mirrored from the current one, as the v1 conversion does.
     // (A pod's service account, priority and preemption policy are admission's: the
     // ServiceAccount and Priority plugins set them on create; templates keep none.)

@@ -15,6 +15,7 @@
 //!   merge keys, walkable by field.
 //! - [`strict`]: unknown and duplicate fields for `fieldValidation`.
 //! - [`table`]: `meta.k8s.io/v1 Table` with kubectl's columns per kind.
+//! - [`wire`]: JSON in kube-apiserver's field order (Go struct order).
 //! - [`validation`]: create/update validation with Kubernetes' field errors
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod strict;
 pub mod table;
 pub mod tenancy;
 pub mod validation;
+pub mod wire;
 
 pub use network::{
     default_network_name, effective_network, namespace_tenant, segment_id, NETWORK_FINALIZER,

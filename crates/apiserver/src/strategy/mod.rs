@@ -63,9 +63,10 @@ pub(crate) trait Strategy: Send + Sync {
         }
     }
 
-    /// Whether writes to the spec bump `metadata.generation`.
+    /// Whether writes to the spec bump `metadata.generation` (Services have a status
+    /// but no generation in Kubernetes).
     fn tracks_generation(&self, res: &Resource) -> bool {
-        res.has_status
+        res.has_status && !(res.group.is_empty() && res.kind == "Service")
     }
 
     /// Whether the kind takes strategic merge patches (custom resources do not: 415).
