@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod hollow;
+pub mod netapi;
 pub mod node;
 pub mod stats;
 pub mod stream;
@@ -143,6 +144,9 @@ pub struct PodNetworkConfig {
     pub cidr: String,
     /// Its VXLAN VNI when created (0: the lowest free one).
     pub vni: u32,
+    /// Pods join their namespace's Network from the API (cluster-wide segments and IPAM,
+    /// see [`netapi`]) instead of the node-local Network `name`.
+    pub from_api: bool,
 }
 
 /// The streaming server's listening address and TLS.

@@ -134,6 +134,8 @@ pub(crate) struct Ctx {
     pub host_ip: Option<String>,
     pub node_cpus: u32,
     pub node_memory_mib: u32,
+    /// Pod networks from the API (when [`crate::PodNetworkConfig::from_api`]).
+    pub api_networks: Option<Arc<crate::netapi::ApiNetworks>>,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -162,7 +164,15 @@ impl Dispatcher {
         cfg: Config,
         lookup: PodLookup,
     ) -> Result<Dispatcher> {
-        if let Some(n) = &cfg.network {
+        let mut api_networks = None;
+        if let Some(n) = cfg.network.as_ref().filter(|n| n.from_api) {
+            api_networks = Some(crate::netapi::ApiNetworks::start(
+                client.clone(),
+                n.network.fabric().clone(),
+                &cfg.node_name,
+            ));
+        }
+        if let Some(n) = cfg.network.as_ref().filter(|n| !n.from_api) {
             let subnet = h8s_net::Subnet::new("pods", &n.cidr, None)
                 .map_err(|e| Error::Config(format!("pod CIDR {:?}: {e}", n.cidr)))?;
             let mtu = n.network.fabric().node().underlay_mtu - h8s_net::VXLAN_OVERHEAD;
@@ -200,6 +210,7 @@ impl Dispatcher {
                 cfg,
                 node_cpus,
                 node_memory_mib,
+                api_networks,
             }),
         })
     }
@@ -221,6 +232,9 @@ impl Dispatcher {
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let ctx = self.ctx.clone();
+        if let Some(nets) = &ctx.api_networks {
+            tokio::spawn(nets.clone().run(stop.clone()));
+        }
         let pods: Api<Pod> = Api::all(ctx.client.clone());
         let selector = format!("spec.nodeName={}", ctx.cfg.node_name);
         let stream = watcher(pods, watcher::Config::default().fields(&selector));
@@ -318,7 +332,12 @@ pub(crate) async fn remove_orphan(ctx: &Ctx, sb: &SandboxStatus) {
     if let Err(e) = ctx.runtime.remove_sandbox(&sb.id, true).await {
         tracing::warn!(sandbox = %sb.id, error = %e, "removing orphan VM");
     }
-    if let Some(n) = &ctx.cfg.network {
+    if let Some(nets) = &ctx.api_networks {
+        let uid = sb.config.labels.get(LABEL_UID).cloned().unwrap_or_default();
+        if let Err(e) = nets.release(name, &uid).await {
+            tracing::warn!(sandbox = %sb.id, error = %crate::worker::error_chain(&e), "releasing orphan's address");
+        }
+    } else if let Some(n) = &ctx.cfg.network {
         if let Err(e) = n.network.detach_pod(name).await {
             tracing::warn!(sandbox = %sb.id, error = %e, "releasing orphan's address");
         }

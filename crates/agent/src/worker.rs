@@ -725,7 +725,18 @@ impl Worker {
         let ctx = self.ctx.clone();
         let _permit = ctx.starts.acquire().await;
         if let Some(n) = &self.ctx.cfg.network {
-            match n.network.attach(&n.name, &self.sandbox_name).await {
+            let attached = match &self.ctx.api_networks {
+                Some(nets) => nets
+                    .attach(&self.ns, &self.name, &self.uid, &self.sandbox_name)
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                None => n
+                    .network
+                    .attach(&n.name, &self.sandbox_name)
+                    .await
+                    .map_err(|e| error_chain(&e)),
+            };
+            match attached {
                 Ok(a) => {
                     self.pod_ip = Some(a.ip.to_string());
                     let mut att = h8s_runtime::network::attachment(&a);
@@ -735,7 +746,7 @@ impl Worker {
                     cfg.network = Some(att);
                 }
                 Err(e) => {
-                    let msg = format!("attaching the pod network: {}", error_chain(&e));
+                    let msg = format!("attaching the pod network: {e}");
                     self.sandbox_failed(msg).await;
                     return;
                 }
@@ -781,7 +792,11 @@ impl Worker {
     }
 
     async fn release_network(&self) {
-        if let Some(n) = &self.ctx.cfg.network {
+        if let Some(nets) = &self.ctx.api_networks {
+            if let Err(e) = nets.release(&self.sandbox_name, &self.uid).await {
+                tracing::warn!(error = %error_chain(&e), "releasing the pod's address failed");
+            }
+        } else if let Some(n) = &self.ctx.cfg.network {
             if let Err(e) = n.network.detach_pod(&self.sandbox_name).await {
                 tracing::warn!(error = %error_chain(&e), "releasing the pod's address failed");
             }

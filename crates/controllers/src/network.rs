@@ -28,7 +28,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use h8s_types::network::{
     default_network_name, segment_id, NetworkPhase, DEFAULT_NETWORK_CIDR, NETWORK_FINALIZER,
-    TENANT_LABEL,
 };
 use h8s_types::{Network, NetworkSpec, NetworkStatus, Subnet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -37,7 +36,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
 
 use crate::cluster;
 use crate::{Context, Error};
@@ -52,66 +50,10 @@ pub const LAST_SEGMENT: u32 = (1 << 24) - 1;
 /// The field manager of the controller's writes.
 const MANAGER: &str = "h8s-network-controller";
 
-/// A Namespace as the controller reads it: metadata and the `spec.network` h8s adds (the
-/// k8s-openapi type drops that field).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NetNamespace {
-    /// Standard metadata.
-    pub metadata: ObjectMeta,
-    /// `spec`, with `network`.
-    #[serde(default)]
-    pub spec: NetNamespaceSpec,
-}
+pub use h8s_types::network::{NetNamespace, NetNamespaceSpec};
 
-/// The part of a Namespace's spec the controller reads.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NetNamespaceSpec {
-    /// The Network its pods join; empty means the tenant's default Network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-}
-
-impl k8s_openapi::Resource for NetNamespace {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Namespace";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "namespaces";
-    type Scope = k8s_openapi::ClusterResourceScope;
-}
-
-impl k8s_openapi::Metadata for NetNamespace {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl NetNamespace {
-    /// Its tenant (the [`TENANT_LABEL`]).
-    pub fn tenant(&self) -> Option<&str> {
-        self.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(TENANT_LABEL))
-            .map(String::as_str)
-            .filter(|t| !t.is_empty())
-    }
-
-    /// The Network its pods join.
-    pub fn network(&self) -> String {
-        match self.spec.network.as_deref().filter(|n| !n.is_empty()) {
-            Some(n) => n.to_string(),
-            None => default_network_name(self.tenant()),
-        }
-    }
-
-    fn deleting(&self) -> bool {
-        self.metadata.deletion_timestamp.is_some()
-    }
+fn deleting(ns: &NetNamespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
 }
 
 /// The default Network of `tenant` (`None`: namespaces without a tenant).
@@ -319,7 +261,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
 
 /// Creates the default Network a Namespace without `spec.network` joins, unless it exists.
 async fn ensure_default(s: &State, ns: &NetNamespace) {
-    if ns.deleting() || ns.spec.network.as_deref().is_some_and(|n| !n.is_empty()) {
+    if deleting(ns) || ns.spec.network.as_deref().is_some_and(|n| !n.is_empty()) {
         return;
     }
     let name = ns.network();
@@ -465,8 +407,12 @@ async fn set_status(
         phase: Some(phase.as_str().into()),
         reason: reason.map(str::to_string),
         message: Some(message),
+        ..Default::default()
     };
-    if current == Some(&want) {
+    // Allocations are the node agents' part of the status, never compared or written here.
+    if current.is_some_and(|c| {
+        (&c.phase, &c.reason, &c.message) == (&want.phase, &want.reason, &want.message)
+    }) {
         return Ok(false);
     }
     // A merge patch replaces the fields it names; null clears a stale reason.
@@ -487,6 +433,7 @@ async fn set_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use h8s_types::network::TENANT_LABEL;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn net(name: &str, tenant: &str, seg: Option<u32>, age: i64) -> Arc<Network> {

@@ -107,8 +107,11 @@ pub struct AgentOpts {
     /// The address the streaming server listens on.
     #[arg(long = "streaming-address", default_value = "0.0.0.0")]
     pub streaming_address: IpAddr,
-    /// The node-local pod Network (created if absent); `none` runs pods without a network.
-    #[arg(long = "pod-network", default_value = "h8s-pods")]
+    /// `api`: each pod joins its namespace's Network from the API (its `spec.network`, else
+    /// its tenant's default Network), with cluster-wide segments and addresses; another name:
+    /// a node-local Network of that name (created if absent, `--pod-cidr`); `none`: pods
+    /// without a network.
+    #[arg(long = "pod-network", default_value = "api")]
     pub pod_network: String,
     /// The pod Network's subnet.
     #[arg(long = "pod-cidr", default_value = "10.88.0.0/16")]
@@ -196,6 +199,7 @@ impl AgentOpts {
             name: self.pod_network.clone(),
             cidr: self.pod_cidr.clone(),
             vni: self.pod_network_vni,
+            from_api: self.pod_network == "api",
         }))
     }
 

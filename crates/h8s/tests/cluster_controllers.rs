@@ -1350,7 +1350,9 @@ async fn networks_get_segments_finalizers_and_tenant_defaults() {
             segment(&n)
         );
     }
-    // Attaching to another tenant's segment fails, with the reason in the status.
+    // Attaching to another tenant's segment fails, with the reason in the status (the
+    // older Network keeps a segment; creation times have a resolution of a second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let steal: Network = from(json!({"apiVersion": "v1", "kind": "Network",
         "metadata": {"name": "netc-steal"},
         "spec": {"tenantID": "netcb", "providerNetworkID": segment(&a).to_string(),
@@ -1448,4 +1450,104 @@ async fn networks_get_segments_finalizers_and_tenant_defaults() {
         Some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_ipam_is_unique_across_nodes_and_concurrent_starts_per_network() {
+    use h8s_agent::netapi::{allocate, release, NetApiError};
+    use h8s_types::network::IpAllocation;
+    use h8s_types::Network;
+    // No network controller here (a second one beside the other test's would race it for
+    // segment ids): explicit segments, and the phase written by hand.
+    let c = client().await;
+    let nets: Api<Network> = Api::all(c.clone());
+    // Two tenants' Networks on the same /28 (13 pod addresses each).
+    for (name, tenant, seg) in [("ipam-a", "ipama", "9001"), ("ipam-b", "ipamb", "9002")] {
+        let n: Network = from(json!({"apiVersion": "v1", "kind": "Network",
+            "metadata": {"name": name},
+            "spec": {"tenantID": tenant, "providerNetworkID": seg,
+                     "subnets": {"s": {"cidr": "192.168.0.0/28"}}}}));
+        nets.create(&PostParams::default(), &n).await.unwrap();
+        let p = json!({"status": {"phase": "Active"}});
+        nets.patch_status(name, &Default::default(), &kube::api::Patch::Merge(&p))
+            .await
+            .unwrap();
+    }
+    let holder = |i: usize| IpAllocation {
+        node: format!("ipam-node{}", i % 2),
+        namespace: "ns".into(),
+        pod: format!("p{i}"),
+        pod_uid: format!("uid-{i}"),
+    };
+    // 16 concurrent starts from two "nodes" on each Network: 13 distinct addresses, 3 clear
+    // exhaustion errors, the same answer for both Networks' address space.
+    let mut got = vec![];
+    for name in ["ipam-a", "ipam-b"] {
+        let mut tasks = vec![];
+        for i in 0..16 {
+            let (nets, h) = (nets.clone(), holder(i));
+            tasks.push(tokio::spawn(async move { allocate(&nets, name, &h).await }));
+        }
+        let mut ips = std::collections::BTreeSet::new();
+        let mut exhausted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(ip) => assert!(ips.insert(ip), "{ip} handed out twice on {name}"),
+                Err(NetApiError::Exhausted { used, .. }) => {
+                    assert_eq!(used, 13);
+                    exhausted += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ips.len(), exhausted), (13, 3), "{name}");
+        assert!(
+            !ips.contains(&"192.168.0.1".parse().unwrap()),
+            "the gateway"
+        );
+        let st = nets.get(name).await.unwrap().status.unwrap();
+        assert_eq!(st.allocations.len(), 13);
+        assert_eq!(
+            st.phase.as_deref(),
+            Some("Active"),
+            "the controller's status kept"
+        );
+        got.push(ips);
+    }
+    assert_eq!(
+        got[0], got[1],
+        "overlapping Networks reuse the same addresses"
+    );
+    // A pod that asks again (an agent restart) keeps its address.
+    let st = nets.get("ipam-a").await.unwrap().status.unwrap();
+    let (ip0, h0) = st.allocations.iter().next().unwrap();
+    assert_eq!(
+        allocate(&nets, "ipam-a", h0).await.unwrap().to_string(),
+        *ip0
+    );
+    // Released addresses are free again; another node's release leaves them alone.
+    release(&nets, "ipam-a", &h0.pod_uid, "some-other-node")
+        .await
+        .unwrap();
+    assert_eq!(
+        nets.get("ipam-a")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .allocations
+            .len(),
+        13
+    );
+    release(&nets, "ipam-a", &h0.pod_uid, &h0.node)
+        .await
+        .unwrap();
+    let st = nets.get("ipam-a").await.unwrap().status.unwrap();
+    assert_eq!(st.allocations.len(), 12);
+    assert!(!st.allocations.contains_key(ip0));
+    let again = allocate(&nets, "ipam-a", &holder(99)).await.unwrap();
+    assert_eq!(again.to_string(), *ip0, "the lowest free address");
+    for name in ["ipam-a", "ipam-b"] {
+        nets.delete(name, &DeleteParams::default()).await.unwrap();
+    }
 }

@@ -351,6 +351,20 @@ impl Fabric {
         self.reconcile()
     }
 
+    /// Removes `network` from this node and from the node's store (the store as a cache of
+    /// the API: the Network is programmed again when a pod needs it). Refuses while pods of
+    /// this node are attached.
+    pub fn forget_network(&self, network: &str) -> Result<()> {
+        match self.store.get(network) {
+            Ok(_) => {}
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.teardown_network(network)?;
+        self.store.set_remote(network, &self.node.name, vec![])?;
+        self.store.remove(network).map(|_| ())
+    }
+
     fn remove_segment(&self, name: &str, vni: u32) -> Result<()> {
         let names = SegmentNames::new(vni);
         netns::delete_named(&self.node.gateway_netns(vni))?;
@@ -378,7 +392,23 @@ impl Fabric {
         self.attach_port(network, pod, Some(pod_ns))
     }
 
+    /// Attaches pod VM `pod` to `network` through a new tap with the address `ip` the
+    /// cluster's IPAM (the API) gave it.
+    pub fn attach_ip(&self, network: &str, pod: &str, ip: Ipv4Addr) -> Result<Attachment> {
+        self.attach_port_ip(network, pod, None, Some(ip))
+    }
+
     fn attach_port(&self, network: &str, pod: &str, pod_ns: Option<&NsRef>) -> Result<Attachment> {
+        self.attach_port_ip(network, pod, pod_ns, None)
+    }
+
+    fn attach_port_ip(
+        &self,
+        network: &str,
+        pod: &str,
+        pod_ns: Option<&NsRef>,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Attachment> {
         let _span = tracing::info_span!("attach", network, pod).entered();
         self.ensure_network(network)?;
         let kind = if pod_ns.is_some() {
@@ -393,6 +423,7 @@ impl Fabric {
                 node: &self.node.name,
                 node_ip: self.node.underlay_ip,
                 kind,
+                ip,
             },
         )?;
         match self.plug(&att, pod_ns).and_then(|()| self.reconcile()) {

@@ -43,6 +43,8 @@ pub(crate) struct PortRequest<'a> {
     pub node: &'a str,
     pub node_ip: Ipv4Addr,
     pub kind: PortKind,
+    /// The address, when the cluster's IPAM (the API) chose it; `None` allocates here.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// The store of Networks and their address allocations in a directory.
@@ -178,6 +180,67 @@ impl NetworkStore {
         Ok(l.record(network)?.attachments.get(pod).cloned())
     }
 
+    /// Creates `network`, or updates the stored one to it (the node's cache of the API's
+    /// Network). Its VNI must not be another Network's; a changed VNI or subnets are refused
+    /// while pods of this store are attached (they would be stranded).
+    pub fn put(&self, network: &Network) -> Result<()> {
+        network.validate()?;
+        let l = self.lock()?;
+        if let Some(o) = l
+            .records()?
+            .into_iter()
+            .find(|r| r.network.vni == network.vni && r.network.name != network.name)
+        {
+            return Err(Error::Exists {
+                kind: "vni",
+                name: format!("{} (used by {})", network.vni, o.network.name),
+            });
+        }
+        let path = l.store.net_path(&network.name);
+        let rec = match read_json::<NetworkRecord>(&path)? {
+            None => NetworkRecord {
+                network: network.clone(),
+                attachments: BTreeMap::new(),
+                cursors: vec![0; network.subnets.len()],
+            },
+            Some(r) if r.network == *network => return Ok(()),
+            Some(mut r) => {
+                let moved = r.network.vni != network.vni || r.network.subnets != network.subnets;
+                if moved && !r.attachments.is_empty() {
+                    return Err(Error::InUse {
+                        network: network.name.clone(),
+                        pods: r.attachments.len(),
+                    });
+                }
+                r.network = network.clone();
+                r.cursors.resize(network.subnets.len(), 0);
+                r
+            }
+        };
+        write_json(&path, &rec)
+    }
+
+    /// Replaces the attachments of `network` that are not on node `local` with `remote`
+    /// (pods on other nodes, as the API lists them: what the VXLAN forwarding entries are
+    /// made from). True when anything changed.
+    pub fn set_remote(&self, network: &str, local: &str, remote: Vec<Attachment>) -> Result<bool> {
+        valid_label("network name", network)?;
+        let l = self.lock()?;
+        let mut rec = l.record(network)?;
+        let before = rec.attachments.clone();
+        rec.attachments.retain(|_, a| a.node == local);
+        for a in remote {
+            if a.node != local && !rec.attachments.contains_key(&a.pod) {
+                rec.attachments.insert(a.pod.clone(), a);
+            }
+        }
+        if rec.attachments == before {
+            return Ok(false);
+        }
+        write_json(&l.store.net_path(network), &rec)?;
+        Ok(true)
+    }
+
     /// Removes a Network that has no attachments left.
     pub fn remove(&self, name: &str) -> Result<Network> {
         valid_label("network name", name)?;
@@ -212,11 +275,39 @@ impl NetworkStore {
             rec.attachments.values().map(|a| a.ip).collect();
         rec.cursors.resize(rec.network.subnets.len(), 0);
         let mut found = None;
+        if let Some(ip) = req.ip {
+            let s = rec.network.subnet_of(ip).ok_or_else(|| {
+                Error::invalid("address", format!("{ip} is in no subnet of {network}"))
+            })?;
+            if ip == s.gateway || ip == s.cidr.network() || ip == s.cidr.broadcast() {
+                return Err(Error::invalid(
+                    "address",
+                    format!("{ip} is not a pod address of {}", s.cidr),
+                ));
+            }
+            if let Some(o) = rec.attachments.values().find(|a| a.ip == ip) {
+                return Err(Error::Exists {
+                    kind: "address",
+                    name: format!("{ip} (held by {})", o.pod),
+                });
+            }
+            let i = rec
+                .network
+                .subnets
+                .iter()
+                .position(|x| x.cidr == s.cidr)
+                .unwrap_or(0);
+            let off = u32::from(ip) - u32::from(s.cidr.network());
+            found = Some((i, off, ip, s.cidr.prefix_len(), s.gateway));
+        }
         'subnets: for (i, s) in rec.network.subnets.iter().enumerate() {
             // Offsets 1 ..= size-2 are hosts; the gateway is skipped below.
             let size = 1u32 << (32 - s.cidr.prefix_len());
             let hosts = size - 2;
             let start = rec.cursors[i];
+            if found.is_some() {
+                break;
+            }
             for k in 1..=hosts {
                 let off = (start + k - 1) % hosts + 1;
                 let ip = next(s.cidr.network(), off);
@@ -388,7 +479,74 @@ mod tests {
             node: "n1",
             node_ip: Ipv4Addr::new(10, 0, 0, 1),
             kind: PortKind::Veth,
+            ip: None,
         }
+    }
+
+    #[test]
+    fn the_apis_addresses_are_recorded_and_remote_pods_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        let mut n = net("a", 100, "192.168.0.0/24");
+        s.put(&n).unwrap();
+        s.put(&n).unwrap();
+        let fixed = |pod, ip: &str| PortRequest {
+            ip: Some(ip.parse().unwrap()),
+            ..req(pod)
+        };
+        let a = s.allocate("a", &fixed("p1", "192.168.0.77")).unwrap();
+        assert_eq!(a.ip, Ipv4Addr::new(192, 168, 0, 77));
+        for (pod, ip) in [
+            ("p2", "192.168.0.77"),
+            ("p3", "192.168.0.1"),
+            ("p4", "10.0.0.5"),
+            ("p5", "192.168.0.255"),
+        ] {
+            assert!(s.allocate("a", &fixed(pod, ip)).is_err(), "{ip}");
+        }
+        // Other nodes' pods come and go as a set; local ones stay.
+        let remote = |pod: &str, ip: &str| Attachment {
+            pod: pod.into(),
+            node: "n2".into(),
+            node_ip: Ipv4Addr::new(10, 0, 0, 2),
+            ip: ip.parse().unwrap(),
+            mac: MacAddr::for_ip(ip.parse().unwrap()),
+            ..a.clone()
+        };
+        assert!(s
+            .set_remote(
+                "a",
+                "n1",
+                vec![remote("r1", "192.168.0.5"), remote("r2", "192.168.0.6")]
+            )
+            .unwrap());
+        assert!(!s
+            .set_remote(
+                "a",
+                "n1",
+                vec![remote("r1", "192.168.0.5"), remote("r2", "192.168.0.6")]
+            )
+            .unwrap());
+        assert!(s
+            .set_remote("a", "n1", vec![remote("r2", "192.168.0.6")])
+            .unwrap());
+        let pods: Vec<String> = s
+            .attachments("a")
+            .unwrap()
+            .into_iter()
+            .map(|a| a.pod)
+            .collect();
+        assert_eq!(pods, ["p1", "r2"]);
+        // A changed MTU is taken; new subnets are refused under attached pods.
+        n.mtu = 1400;
+        s.put(&n).unwrap();
+        assert_eq!(s.get("a").unwrap().mtu, 1400);
+        n.subnets = vec![Subnet::new("s1", "10.1.0.0/24", None).unwrap()];
+        assert!(matches!(s.put(&n), Err(Error::InUse { .. })));
+        assert!(matches!(
+            s.put(&net("b", 100, "10.0.0.0/24")),
+            Err(Error::Exists { kind: "vni", .. })
+        ));
     }
 
     #[test]

@@ -72,6 +72,85 @@ pub struct NetworkStatus {
     /// A human-readable explanation of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The cluster-wide IPAM of the Network: every pod address handed out, by address.
+    /// Node agents add and remove entries with compare-and-swap writes of the status
+    /// (`resourceVersion` preconditions), so an address is unique within the Network
+    /// across nodes and concurrent starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocations: BTreeMap<String, IpAllocation>,
+}
+
+/// Who holds one address of a Network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAllocation {
+    /// The node the pod runs on (its agent programs the address's forwarding entries).
+    pub node: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's uid (a new pod of the same name gets a new address).
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+}
+
+/// A Namespace as the network controller and node agents read it: metadata and the
+/// `spec.network` h8s adds (k8s-openapi's `Namespace` drops that field).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetNamespace {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// `spec`, with `network`.
+    #[serde(default)]
+    pub spec: NetNamespaceSpec,
+}
+
+/// The part of a Namespace's spec networks read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetNamespaceSpec {
+    /// The Network its pods join; empty means the tenant's default Network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+impl k8s_openapi::Resource for NetNamespace {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Namespace";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "namespaces";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for NetNamespace {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl NetNamespace {
+    /// Its tenant (the [`TENANT_LABEL`]).
+    pub fn tenant(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(TENANT_LABEL))
+            .map(String::as_str)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The Network its pods join: `spec.network`, else its tenant's default Network.
+    pub fn network(&self) -> String {
+        match self.spec.network.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => n.to_string(),
+            None => default_network_name(self.tenant()),
+        }
+    }
 }
 
 /// The phases a Network goes through, as Hypernetes named them.

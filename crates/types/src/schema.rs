@@ -989,8 +989,24 @@ fn add_h8s(defs: &mut Map<String, Value>, kinds: &mut HashMap<(String, String, S
             "phase": {"description": "Phase is one of Pending, Initializing, Active, Failed, Terminating.", "type": "string"},
             "reason": {"description": "Reason is a CamelCase reason for the phase, set when it is Failed.", "type": "string"},
             "message": {"description": "Message explains the phase in words.", "type": "string"},
+            "allocations": {"description": "Allocations are the pod addresses handed out on the network, by address (the cluster-wide IPAM, written by node agents with resourceVersion preconditions).", "type": "object",
+                "additionalProperties": {"allOf": [{"$ref": format!("{REF_PREFIX}io.h8s.api.core.v1.IPAllocation")}], "default": {}}},
         },
     }));
+    defs.insert(
+        "io.h8s.api.core.v1.IPAllocation".into(),
+        json!({
+            "description": "IPAllocation says who holds one address of a Network.",
+            "type": "object",
+            "required": ["node", "namespace", "pod", "podUID"],
+            "properties": {
+                "node": {"description": "Node the pod runs on.", "type": "string"},
+                "namespace": {"description": "Namespace of the pod.", "type": "string"},
+                "pod": {"description": "Name of the pod.", "type": "string"},
+                "podUID": {"description": "UID of the pod.", "type": "string"},
+            },
+        }),
+    );
     let mut list_props = type_meta.as_object().cloned().unwrap_or_default();
     list_props.insert("metadata".into(), meta("ListMeta"));
     list_props.insert("items".into(), json!({"description": "Items is the list of Networks.", "type": "array", "items": {"$ref": format!("{REF_PREFIX}{NETWORK_DEF}")}}));

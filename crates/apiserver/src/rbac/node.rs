@@ -300,6 +300,15 @@ pub fn node_rules() -> Vec<Rule> {
             &["subjectaccessreviews", "localsubjectaccessreviews"],
         ),
         rule(&["get", "list", "watch"], &[""], &["services"]),
+        // h8s: pod networks from the API (the namespace's Network, its segment and the
+        // cluster-wide IPAM in the Network's status; NodeRestriction confines the writes
+        // to the node's own addresses).
+        rule(
+            &["get", "list", "watch"],
+            &[""],
+            &["networks", "namespaces"],
+        ),
+        rule(&["update", "patch"], &[""], &["networks/status"]),
         rule(
             &["create", "get", "list", "watch", "patch", "update"],
             &[""],
@@ -405,6 +414,14 @@ impl NodeRestriction {
                 }
                 Ok(())
             }
+            ("", "networks", Some("status")) => {
+                let new = obj.cloned().unwrap_or(Value::Null);
+                let old = req.old.cloned().unwrap_or(Value::Null);
+                match foreign_network_change(&old, &new, node) {
+                    None => Ok(()),
+                    Some(why) => forbid(format!("node {node:?} {why}")),
+                }
+            }
             ("node.k8s.io", "runtimeclasses", _) => {
                 let n = obj.map(obj::name).unwrap_or(req.name);
                 if req.op == Operation::Create && n == AGENT_RUNTIME_CLASS {
@@ -418,6 +435,41 @@ impl NodeRestriction {
             _ => Ok(()),
         }
     }
+}
+
+/// What a node changed in a Network's status beyond adding and removing its own address
+/// allocations (`status.allocations` entries whose `node` is itself), if anything.
+fn foreign_network_change(old: &Value, new: &Value, node: &str) -> Option<String> {
+    let allocs = |v: &Value| -> serde_json::Map<String, Value> {
+        v.pointer("/status/allocations")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (a, b) = (allocs(old), allocs(new));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x == y {
+            continue;
+        }
+        for v in [x, y].into_iter().flatten() {
+            if v.pointer("/node").and_then(Value::as_str) != Some(node) {
+                return Some(format!(
+                    "can only change address allocations of its own pods ({k})"
+                ));
+            }
+        }
+    }
+    for f in ["phase", "reason", "message"] {
+        let p = format!("/status/{f}");
+        if old.pointer(&p) != new.pointer(&p) {
+            return Some(format!(
+                "can only change status.allocations, not status.{f}"
+            ));
+        }
+    }
+    None
 }
 
 fn bound_to(pod: Option<&Value>, node: &str) -> bool {
@@ -714,5 +766,39 @@ mod tests {
             None
         )
         .is_err());
+    }
+
+    #[test]
+    fn nodes_change_only_their_own_network_allocations() {
+        let holder = |n: &str| json!({"node": n, "namespace": "a", "pod": "p", "podUID": "u"});
+        let net = |allocs: Value, phase: &str| json!({"metadata": {"name": "n1"}, "status": {"phase": phase, "allocations": allocs}});
+        let old = net(
+            json!({"10.0.0.2": holder("n1"), "10.0.0.3": holder("n2")}),
+            "Active",
+        );
+        let add_own = net(
+            json!({"10.0.0.2": holder("n1"), "10.0.0.3": holder("n2"), "10.0.0.4": holder("n1")}),
+            "Active",
+        );
+        assert_eq!(foreign_network_change(&old, &add_own, "n1"), None);
+        let drop_own = net(json!({"10.0.0.3": holder("n2")}), "Active");
+        assert_eq!(foreign_network_change(&old, &drop_own, "n1"), None);
+        let drop_other = net(json!({"10.0.0.2": holder("n1")}), "Active");
+        assert!(foreign_network_change(&old, &drop_other, "n1").is_some());
+        let steal = net(
+            json!({"10.0.0.2": holder("n1"), "10.0.0.3": holder("n1")}),
+            "Active",
+        );
+        assert!(foreign_network_change(&old, &steal, "n1").is_some());
+        let add_for_other = net(
+            json!({"10.0.0.2": holder("n1"), "10.0.0.3": holder("n2"), "10.0.0.9": holder("n2")}),
+            "Active",
+        );
+        assert!(foreign_network_change(&old, &add_for_other, "n1").is_some());
+        let phase = net(
+            json!({"10.0.0.2": holder("n1"), "10.0.0.3": holder("n2")}),
+            "Failed",
+        );
+        assert!(foreign_network_change(&old, &phase, "n1").is_some());
     }
 }

@@ -267,4 +267,52 @@ pub(super) fn validate_status(obj: &Value, e: &mut FieldErrors) {
             e.push(FieldError::not_supported("status.phase", p, &all));
         }
     }
+    let Some(allocs) = obj
+        .pointer("/status/allocations")
+        .and_then(Value::as_object)
+    else {
+        return;
+    };
+    let subnets: Vec<(Cidr, Option<IpAddr>)> = obj
+        .pointer("/spec/subnets")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|sn| {
+            let c = parse_cidr(sn.get("cidr")?.as_str()?)?;
+            let gw = sn
+                .get("gateway")
+                .and_then(Value::as_str)
+                .and_then(|g| g.parse().ok());
+            Some((c, gw))
+        })
+        .collect();
+    for (ip, holder) in allocs {
+        let p = format!("status.allocations[{ip}]");
+        let Ok(addr) = ip.parse::<IpAddr>() else {
+            e.push(FieldError::invalid(&p, ip.as_str(), IP_MSG));
+            continue;
+        };
+        let usable = subnets.iter().any(|(c, gw)| {
+            let n = Cidr::as_u128(addr);
+            let gw = gw.map(Cidr::as_u128).unwrap_or(c.network() + 1);
+            c.contains(addr) && n != c.network() && n != c.last() && n != gw
+        });
+        if !usable {
+            e.push(FieldError::invalid(
+                &p,
+                ip.as_str(),
+                "must be a host address of one of the network's subnets, not its gateway",
+            ));
+        }
+        for f in ["node", "namespace", "pod", "podUID"] {
+            if holder
+                .get(f)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                e.push(FieldError::required(format!("{p}.{f}"), ""));
+            }
+        }
+    }
 }

@@ -313,6 +313,20 @@ fn network_rules() {
         let obj = json!({"metadata": meta, "spec": spec});
         assert_eq!(messages(validate_create(nets, &obj)), vec![want]);
     }
+    let holder = json!({"node": "n1", "namespace": "a", "pod": "p", "podUID": "u1"});
+    let mut alloc = json!({"metadata": {"name": "n"}, "spec": {"subnets": sub},
+        "status": {"allocations": {"10.0.0.5": holder, "10.0.0.1": holder, "10.9.0.1": holder, "x": holder, "10.0.0.6": {"node": "n1"}}}});
+    let m = messages(validate_create(nets, &alloc));
+    assert_eq!(m, vec![
+        "status.allocations[10.0.0.1]: Invalid value: \"10.0.0.1\": must be a host address of one of the network's subnets, not its gateway",
+        "status.allocations[10.0.0.6].namespace: Required value",
+        "status.allocations[10.0.0.6].pod: Required value",
+        "status.allocations[10.0.0.6].podUID: Required value",
+        "status.allocations[10.9.0.1]: Invalid value: \"10.9.0.1\": must be a host address of one of the network's subnets, not its gateway",
+        "status.allocations[x]: Invalid value: \"x\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+    ]);
+    alloc["status"]["allocations"] = json!({"10.0.0.5": holder});
+    assert_eq!(validate_create(nets, &alloc), Ok(()));
     let own = json!({"metadata": {"name": "tenant-acme"}, "spec": {"tenantID": "acme", "providerNetworkID": "4097", "subnets": sub}});
     assert_eq!(validate_create(nets, &own), Ok(()));
     let v6 = json!({"metadata": {"name": "n"}, "spec": {"subnets": {"a": {"cidr": "fd00::/64", "gateway": "fd00::1"}, "b": {"cidr": "10.0.0.0/24"}}}});
