@@ -27,6 +27,7 @@ pub mod quota;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod volume;
 mod workload;
 
 /// Every controller timer, so tests can shorten them (kube-controller-manager's flags).
@@ -110,6 +111,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         pdb::run(ctx.clone()).boxed(),
         quota::run(ctx.clone()).boxed(),
         network::run(ctx.clone()).boxed(),
+        volume::run(ctx.clone()).boxed(),
     ];
     try_join_all(all).await.map(|_| ())
 }
