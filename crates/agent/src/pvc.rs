@@ -592,6 +592,27 @@ async fn expand(ctx: &Arc<Ctx>, b: &Local, pv: &PersistentVolume, id: &VolumeId)
         return;
     }
     let involved = claim_ref(&claim);
+    let class = spec.storage_class_name.clone().unwrap_or_default();
+    let scs: Api<StorageClass> = Api::all(ctx.client.clone());
+    let allowed = scs
+        .get_opt(&class)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|sc| sc.allow_volume_expansion)
+        .unwrap_or(false);
+    if !allowed {
+        ctx.recorder
+            .object_event(
+                involved,
+                LOCAL_PROVISIONER,
+                Warning,
+                "VolumeResizeFailed",
+                format!("storageclass {class:?} does not allow volume expansion"),
+            )
+            .await;
+        return;
+    }
     // Offline: never under a running VM.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let in_use = pods.list(&ListParams::default()).await.is_ok_and(|l| {

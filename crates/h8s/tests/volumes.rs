@@ -158,6 +158,10 @@ fn start() -> Cluster {
     wait(Duration::from_secs(30), "the node to register", || {
         kubectl_json(&c, &["get", "node", &c.node]).ok()
     });
+    // The volume controller creates the default class at its start.
+    wait(Duration::from_secs(60), "the default StorageClass", || {
+        kubectl_json(&c, &["get", "storageclass", "h8s-local"]).ok()
+    });
     c
 }
 
