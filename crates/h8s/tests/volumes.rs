@@ -323,12 +323,6 @@ fn cleanup(c: &Cluster, ns: &str) {
     kubectl(c, &["delete", "namespace", ns, "--wait=false"]);
 }
 
-fn bare_pod(name: &str, node: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n{extra}"
-    )
-}
-
 fn vols(c: &Cluster) -> PathBuf {
     c.dir.join("vols")
 }
