@@ -10,7 +10,6 @@
 //! local volumes with reclaim policy Delete, and grows local volumes whose claim asks for more
 //! while no pod VM of this node uses them (offline expansion; the guest grows the filesystem).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use h8s_volumes::{local::Local, rbd::Rbd, Backend, Filesystem, VolumeId};
@@ -528,7 +527,8 @@ async fn provision_local(ctx: &Arc<Ctx>, claim: &PersistentVolumeClaim) -> Resul
     Ok(())
 }
 
-/// One pass of the local volumes' housekeeping: Delete reclaim and offline expansion.
+/// One pass of the local volumes' housekeeping: Delete reclaim and offline expansion (asked
+/// for by the volume controller; the agent touches only its own node's volumes).
 pub(crate) async fn housekeeping(ctx: &Arc<Ctx>) {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let Ok(list) = pvs.list(&ListParams::default()).await else {
@@ -569,132 +569,40 @@ pub(crate) async fn housekeeping(ctx: &Arc<Ctx>) {
     }
 }
 
+/// The annotation with which the volume controller asks a node to grow a local volume
+/// (bytes), once no pod uses its claim (offline expansion).
+pub const RESIZE_ANNOTATION: &str = "volumes.h8s.io/resize-to";
+
+/// Grows a local volume the controller asked to grow; writes the new capacity to the
+/// PersistentVolume (the controller copies it to the claim).
 async fn expand(ctx: &Arc<Ctx>, b: &Local, pv: &PersistentVolume, id: &VolumeId) {
-    let spec = pv.spec.clone().unwrap_or_default();
-    let Some(cref) = &spec.claim_ref else { return };
-    let ns = cref.namespace.clone().unwrap_or_default();
-    let cname = cref.name.clone().unwrap_or_default();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let Ok(Some(claim)) = pvcs.get_opt(&cname).await else {
-        return;
-    };
-    let Some(want) = storage_request(&claim) else {
-        return;
-    };
-    let have = spec
-        .capacity
+    let Some(want) = pv
+        .metadata
+        .annotations
         .as_ref()
-        .and_then(|c| c.get("storage"))
-        .and_then(|q| crate::quantity::units(&q.0))
-        .and_then(|v| u64::try_from(v).ok())
-        .unwrap_or(0);
-    if want <= have {
+        .and_then(|a| a.get(RESIZE_ANNOTATION))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
         return;
-    }
-    let involved = claim_ref(&claim);
-    let class = spec.storage_class_name.clone().unwrap_or_default();
-    let scs: Api<StorageClass> = Api::all(ctx.client.clone());
-    let allowed = scs
-        .get_opt(&class)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|sc| sc.allow_volume_expansion)
-        .unwrap_or(false);
-    if !allowed {
-        ctx.recorder
-            .object_event(
-                involved,
-                LOCAL_PROVISIONER,
-                Warning,
-                "VolumeResizeFailed",
-                format!("storageclass {class:?} does not allow volume expansion"),
-            )
-            .await;
-        return;
-    }
-    // Offline: never under a running VM.
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let in_use = pods.list(&ListParams::default()).await.is_ok_and(|l| {
-        l.items.iter().any(|p| {
-            let done = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| matches!(ph, "Succeeded" | "Failed"));
-            !done
-                && p.spec.as_ref().is_some_and(|s| {
-                    s.node_name.is_some()
-                        && s.volumes.iter().flatten().any(|v| {
-                            v.persistent_volume_claim
-                                .as_ref()
-                                .is_some_and(|c| c.claim_name == cname)
-                        })
-                })
-        })
-    });
-    if in_use {
-        ctx.recorder
-            .object_event(
-                involved,
-                LOCAL_PROVISIONER,
-                Warning,
-                "VolumeResizeFailed",
-                "the volume is in use by a pod; h8s expands volumes offline, when no pod VM has it attached",
-            )
-            .await;
-        return;
-    }
-    ctx.recorder
-        .object_event(
-            involved.clone(),
-            LOCAL_PROVISIONER,
-            Normal,
-            "Resizing",
-            format!("External resizer is resizing volume {}", id),
-        )
-        .await;
+    };
+    let name = pv.metadata.name.clone().unwrap_or_default();
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let (b2, i) = (b.clone(), id.clone());
     match blocking(move || b2.resize(&i, want)).await {
         Ok(info) => {
-            let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-            let q = Quantity(info.size.to_string());
-            let _ = pvs
-                .patch(
-                    &pv.metadata.name.clone().unwrap_or_default(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": {"capacity": {"storage": q}}})),
-                )
-                .await;
-            let cap: BTreeMap<String, Quantity> = BTreeMap::from([("storage".into(), q)]);
-            let _ = pvcs
-                .patch_status(
-                    &cname,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"status": {"capacity": cap}})),
-                )
-                .await;
-            ctx.recorder
-                .object_event(
-                    involved,
-                    LOCAL_PROVISIONER,
-                    Normal,
-                    "VolumeResizeSuccessful",
-                    "resize volume succeeded; the filesystem grows when a pod mounts it",
-                )
-                .await;
+            let patch = json!({
+                "metadata": {"annotations": {RESIZE_ANNOTATION: null}},
+                "spec": {"capacity": {"storage": Quantity(info.size.to_string())}},
+            });
+            match pvs
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(pv = %name, bytes = info.size, "local volume grown"),
+                Err(e) => tracing::warn!(pv = %name, error = %e, "recording a grown volume"),
+            }
         }
-        Err(e) => {
-            ctx.recorder
-                .object_event(
-                    involved,
-                    LOCAL_PROVISIONER,
-                    Warning,
-                    "VolumeResizeFailed",
-                    format!("resize volume {id} failed: {e}"),
-                )
-                .await;
-        }
+        Err(e) => tracing::warn!(pv = %name, error = %e, "growing a local volume failed"),
     }
 }
 

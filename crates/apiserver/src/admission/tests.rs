@@ -472,7 +472,9 @@ async fn namespace_network_plugin() {
     let old = ns("gone", None);
     let u = req("namespaces", "", Operation::Update, &user, Some(&old));
     plugin.admit(&u, Some(&mut ns("gone", None))).await.unwrap();
+}
 
+#[tokio::test]
 async fn cinder_volumes_of_other_tenants_are_refused() {
     let (_dir, store) = store().await;
     let lookup = lookup::Lookup::new(store.clone());

@@ -44,6 +44,8 @@ pub const LOCAL_PROVISIONER: &str = "volumes.h8s.io/local";
 pub const RBD_PROVISIONER: &str = "volumes.h8s.io/rbd";
 /// The CSI driver name of RBD volumes (as the agent reads it).
 pub const RBD_DRIVER: &str = "rbd.volumes.h8s.io";
+/// Asks a node's agent to grow one of its local volumes to this many bytes.
+pub const RESIZE_ANNOTATION: &str = "volumes.h8s.io/resize-to";
 const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
 const DEFAULT_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
@@ -262,11 +264,14 @@ impl Ctl {
             .and_then(|s| s.volume_name.clone())
             .unwrap_or_default();
         if phase == "Bound" && !vname.is_empty() {
-            let exists = s
+            let pv = s
                 .pvs
                 .iter()
-                .any(|p| p.metadata.name.as_deref() == Some(vname.as_str()));
-            if !exists {
+                .find(|p| p.metadata.name.as_deref() == Some(vname.as_str()));
+            if let Some(pv) = pv {
+                return self.expand(s, pvc, pv).await;
+            }
+            {
                 api.patch_status(
                     &name,
                     &PatchParams::default(),
@@ -335,6 +340,148 @@ impl Ctl {
             return self.provision_rbd(sc, pvc).await;
         }
         self.tell(&r, EventType::Normal, "ExternalProvisioning", format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.", sc.provisioner)).await;
+        Ok(())
+    }
+
+    /// Offline expansion: a bound claim asking for more than its volume has. Local volumes
+    /// are grown by their node's agent (asked through the volume's
+    /// `volumes.h8s.io/resize-to` annotation), RBD images here; both only while no
+    /// unfinished pod uses the claim. The grown size is then copied to the claim's status.
+    async fn expand(
+        &mut self,
+        s: &Snapshot,
+        pvc: &PersistentVolumeClaim,
+        pv: &PersistentVolume,
+    ) -> Result<(), kube::Error> {
+        let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+        let name = pvc.metadata.name.clone().unwrap_or_default();
+        let vname = pv.metadata.name.clone().unwrap_or_default();
+        let want = binder::request(pvc);
+        let have = binder::capacity(pv);
+        let r = reference(pvc);
+        let status_cap = pvc
+            .status
+            .as_ref()
+            .and_then(|st| st.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .and_then(|q| binder::bytes(&q.0))
+            .unwrap_or(0);
+        if want <= have {
+            if status_cap < have && status_cap > 0 {
+                let cap = pv.spec.as_ref().and_then(|sp| sp.capacity.clone());
+                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": {"capacity": cap}})),
+                    )
+                    .await?;
+                self.tell(
+                    &r,
+                    EventType::Normal,
+                    "VolumeResizeSuccessful",
+                    format!("resize volume \"{vname}\" succeeded; the filesystem grows when a pod mounts it"),
+                )
+                .await;
+            }
+            return Ok(());
+        }
+        let class = binder::pvc_class(pvc).to_string();
+        let allowed = s
+            .classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(class.as_str()))
+            .and_then(|c| c.allow_volume_expansion)
+            .unwrap_or(false);
+        if !allowed {
+            self.tell(
+                &r,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                format!("storageclass \"{class}\" does not allow volume expansion"),
+            )
+            .await;
+            return Ok(());
+        }
+        let used = s.pods.iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str()) && binder::pod_uses(p, &name)
+        });
+        if used {
+            self.tell(
+                &r,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                "waiting for the claim's pods to stop: h8s expands volumes offline".into(),
+            )
+            .await;
+            return Ok(());
+        }
+        let driver = pv
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.csi.as_ref())
+            .map(|c| c.driver.clone())
+            .unwrap_or_default();
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        if driver == RBD_DRIVER {
+            use h8s_volumes::Backend;
+            let csi = pv
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.csi.clone())
+                .unwrap_or_default();
+            let pool = csi
+                .volume_attributes
+                .as_ref()
+                .and_then(|a| a.get("pool").cloned());
+            let (Some(b), Ok(id)) = (
+                self.rbd_backend(pool),
+                h8s_volumes::VolumeId::new(&csi.volume_handle),
+            ) else {
+                return Ok(());
+            };
+            match tokio::task::spawn_blocking(move || b.resize(&id, want)).await {
+                Ok(Ok(info)) => {
+                    pvs.patch(
+                        &vname,
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            &json!({"spec": {"capacity": {"storage": info.size.to_string()}}}),
+                        ),
+                    )
+                    .await?;
+                }
+                Ok(Err(e)) => {
+                    self.tell(&r, EventType::Warning, "VolumeResizeFailed", e.to_string())
+                        .await
+                }
+                Err(e) => tracing::warn!(error = %e, "rbd resize task failed"),
+            }
+            return Ok(());
+        }
+        let asked = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESIZE_ANNOTATION))
+            .cloned();
+        if asked.as_deref() != Some(want.to_string().as_str()) {
+            pvs.patch(
+                &vname,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    &json!({"metadata": {"annotations": {RESIZE_ANNOTATION: want.to_string()}}}),
+                ),
+            )
+            .await?;
+            self.tell(
+                &r,
+                EventType::Normal,
+                "Resizing",
+                format!("External resizer is resizing volume {vname}"),
+            )
+            .await;
+        }
         Ok(())
     }
 
