@@ -1,6 +1,8 @@
 //! Block volumes end to end (docs/volumes.md): one real `h8s server` (agent, controllers,
-//! scheduler) per test binary with a local volume pool of 2 GiB in a temp dir, pod VMs under
-//! QEMU (TCG here) from the busybox image of `scripts/setup`; kubectl 1.33 as the client. Each
+//! scheduler) per test binary with a local volume pool of 2 GiB in a temp dir and a one-node
+//! Ceph cluster started for the run (`crates/volumes/tests/ceph-up.sh`, stopped at exit), pod
+//! VMs under QEMU (TCG here) from the busybox image of `scripts/setup`; kubectl 1.33 as the
+//! client. Each
 //! test works in its own namespace. Volumes are virtio-blk disks of the pod VMs: the tests also
 //! check that nothing is ever mounted on the host.
 
@@ -76,6 +78,29 @@ fn start() -> Cluster {
         "importing nginx: {}",
         String::from_utf8_lossy(&imp.stderr)
     );
+    // One Ceph cluster (one mon, one mgr, one BlueStore OSD on a file) for this test run,
+    // started before the server (which provisions and attaches RBD volumes with it), stopped
+    // at exit.
+    let ceph = dir.join("ceph");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let up = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../volumes/tests/ceph-up.sh"
+        ))
+        .arg(&ceph)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "ceph did not start: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let pid = std::process::id();
     let node = format!("vol-test-{pid}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
@@ -106,6 +131,7 @@ fn start() -> Cluster {
         .env("H8S_NET_EGRESS", "false")
         .env("H8S_BOOT_TIMEOUT", "120")
         .env("H8S_LOG", "info")
+        .env("H8S_RBD_CEPH_CONF", ceph.join("ceph.conf"))
         .stdout(Stdio::piped())
         .stderr(
             std::fs::File::create(dir.join("server.log"))
@@ -174,6 +200,13 @@ extern "C" fn teardown() {
     // SAFETY: kill(2) on the server we started.
     unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../volumes/tests/ceph-down.sh"
+        ))
+        .arg(dir.join("ceph"))
+        .status();
     let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
         .args(["net", "rm", "--force", net])
         .env("H8S_NET_DIR", dir.join("net"))
@@ -891,4 +924,113 @@ spec:
     for pv in [missing, damaged, blank] {
         kubectl(c, &["delete", "pv", &pv, "--wait=false"]);
     }
+}
+
+#[test]
+fn rbd_volume_follows_its_pod_through_qemus_rbd_driver() {
+    let c = cluster();
+    let ns = namespace(c, "vol-rbd");
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: h8s-rbd-test}
+provisioner: volumes.h8s.io/rbd
+parameters: {pool: h8s}
+reclaimPolicy: Delete
+allowVolumeExpansion: true
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: shared}
+spec:
+  storageClassName: h8s-rbd-test
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 32Mi}}
+"#,
+    );
+    // Immediate binding: the controller makes the image and binds it.
+    let pv_name = wait(Duration::from_secs(90), "the rbd claim to bind", || {
+        let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "shared"]).ok()?;
+        (cl["status"]["phase"] == "Bound")
+            .then(|| cl["spec"]["volumeName"].as_str().unwrap().to_string())
+    });
+    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    assert_eq!(pv["spec"]["csi"]["driver"], "rbd.volumes.h8s.io");
+    assert!(
+        pv["spec"]["nodeAffinity"].is_null(),
+        "rbd volumes go anywhere"
+    );
+    let pod_yaml = |name: &str, cmd: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "{cmd}"]
+    volumeMounts:
+    - {{name: v, mountPath: /data}}
+  volumes:
+  - name: v
+    persistentVolumeClaim: {{claimName: shared}}
+"#
+        )
+    };
+    apply(
+        c,
+        &ns,
+        &pod_yaml("w", "echo on-ceph > /data/f && sync && sleep 3600"),
+    );
+    running_pod(c, &ns, "app=w");
+    // QEMU opened the image itself: its command line names the rbd: drive.
+    let qemu_has_rbd = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).contains(&format!("rbd:h8s/{pv_name}")))
+            .unwrap_or(false)
+    });
+    assert!(qemu_has_rbd, "a QEMU process attaches rbd:h8s/{pv_name}");
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "w",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    apply(c, &ns, &pod_yaml("r", "sleep 3600"));
+    running_pod(c, &ns, "app=r");
+    let (ok, out, err) = exec(c, &ns, "r", "cat /data/f");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "on-ceph");
+    assert_nothing_mounted_on_host(c);
+    cleanup(c, &ns);
+    // Delete: the controller removes the image and the volume.
+    kubectl(c, &["-n", &ns, "delete", "pvc", "shared", "--wait=true"]);
+    wait(Duration::from_secs(60), "the rbd PV to go", || {
+        kubectl_json(c, &["get", "pv", &pv_name])
+            .is_err()
+            .then_some(())
+    });
+    let ls = Command::new("rbd")
+        .arg("-c")
+        .arg(c.dir.join("ceph/ceph.conf"))
+        .args(["ls", "h8s"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains(&pv_name),
+        "the image is removed"
+    );
+    kubectl(c, &["delete", "storageclass", "h8s-rbd-test"]);
 }
