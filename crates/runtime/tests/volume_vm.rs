@@ -314,20 +314,16 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], p99)
 }
 
-fn mbps(out: &str) -> f64 {
-    // busybox dd: "67108864 bytes (64.0MB) copied, 0.5 seconds, 128.0MB/s"
-    let secs: f64 = out
-        .split(", ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN);
-    let bytes: f64 = out
+/// Seconds between the two `/proc/uptime` readings a guest command printed (10 ms steps).
+fn guest_secs(out: &str) -> f64 {
+    let v: Vec<f64> = out
         .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN);
-    bytes / secs / 1e6
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match v.as_slice() {
+        [a, b, ..] => (b - a).max(0.01),
+        _ => f64::NAN,
+    }
 }
 
 /// Attach + mount cost and volume I/O, printed for BENCHMARKS.md.
@@ -399,58 +395,139 @@ async fn bench_volumes() {
     let mut c = container("c", &["sleep", "600"]);
     c.mounts = vec![vol_mount("/data", "vol0", None, false)];
     e.rt.start_pod_containers(&id, &[c]).await.unwrap();
+    // Each guest command is timed inside the VM with /proc/uptime around it.
     let guest = |cmd: &'static str| {
         let e = &e;
         let id = id.clone();
-        async move { sh(e, &id, "c", cmd).await.1 }
+        async move {
+            let timed = format!(
+                "read a _ < /proc/uptime; {cmd} >/dev/null 2>&1; read b _ < /proc/uptime; echo $a $b"
+            );
+            let s =
+                e.rt.exec(
+                    &id,
+                    "c",
+                    ExecConfig {
+                        command: vec!["sh".into(), "-c".into(), timed],
+                        env: vec![],
+                        tty: false,
+                        stdin: false,
+                        size: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let (o, _, _) = collect(s).await;
+            guest_secs(&String::from_utf8_lossy(&o))
+        }
     };
-    let hostdir = e._tmp.path().join("hostio");
-    std::fs::create_dir_all(&hostdir).unwrap();
-    let host = |cmd: String| {
-        let o = std::process::Command::new("busybox")
-            .args(["sh", "-c", &cmd])
-            .output()
+    // The host side reads the volume's own backing file; writes go to a file beside it.
+    let backing = pool.path(&v).display().to_string();
+    let scratch = pool.dir().join("host-scratch").display().to_string();
+    let host = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        let st = std::process::Command::new("dd")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
             .unwrap();
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        assert!(st.success(), "dd {args:?}");
+        t.elapsed().as_secs_f64()
     };
-    let hd = hostdir.display().to_string();
-    let g_w = mbps(&guest("dd if=/dev/zero of=/data/f bs=1M count=64 conv=fsync").await);
-    let h_w = mbps(&host(format!(
-        "dd if=/dev/zero of={hd}/f bs=1M count=64 conv=fsync"
-    )));
-    let _ = guest("echo 3 > /proc/sys/vm/drop_caches").await;
-    let g_r = mbps(&guest("dd if=/data/f of=/dev/null bs=1M").await);
-    let h_r = mbps(&host(format!(
-        "dd if={hd}/f of=/dev/null bs=1M iflag=direct"
-    )));
-    let g_4w = mbps(&guest("dd if=/dev/zero of=/data/g bs=4k count=4096 oflag=direct").await);
-    let h_4w = mbps(&host(format!(
-        "dd if=/dev/zero of={hd}/g bs=4k count=4096 oflag=direct"
-    )));
-    let g_4r = mbps(&guest("dd if=/data/g of=/dev/null bs=4k iflag=direct").await);
-    let h_4r = mbps(&host(format!(
-        "dd if={hd}/g of=/dev/null bs=4k iflag=direct"
-    )));
-    let iops = |m: f64| m * 1e6 / 4096.0;
-    println!(
-        "BENCH seq write 1 MiB + fsync: VM {g_w:.1} MB/s, host {h_w:.1} MB/s, ratio {:.2}",
-        g_w / h_w
+    let mib = |secs: f64, bytes: f64| bytes / secs / (1 << 20) as f64;
+    let (mut gw, mut hw, mut gr, mut hr, mut g4w, mut h4w, mut g4r, mut h4r) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
     );
+    let big = 64.0 * (1 << 20) as f64;
+    let small = 16.0 * (1 << 20) as f64;
+    for _ in 0..3 {
+        gw.push(mib(
+            guest("dd if=/dev/zero of=/data/f bs=1M count=64 conv=fsync").await,
+            big,
+        ));
+        hw.push(mib(
+            host(&[
+                "if=/dev/zero",
+                &format!("of={scratch}"),
+                "bs=1M",
+                "count=64",
+                "conv=fsync",
+            ]),
+            big,
+        ));
+        let _ = guest("sync; echo 3 > /proc/sys/vm/drop_caches").await;
+        gr.push(mib(guest("dd if=/data/f of=/dev/null bs=1M").await, big));
+        hr.push(mib(
+            host(&[
+                &format!("if={backing}"),
+                "of=/dev/null",
+                "bs=1M",
+                "count=64",
+                "iflag=direct",
+            ]),
+            big,
+        ));
+        g4w.push(mib(
+            guest("dd if=/dev/zero of=/data/g bs=4k count=4096 oflag=direct").await,
+            small,
+        ));
+        h4w.push(mib(
+            host(&[
+                "if=/dev/zero",
+                &format!("of={scratch}"),
+                "bs=4k",
+                "count=4096",
+                "oflag=direct",
+            ]),
+            small,
+        ));
+        g4r.push(mib(
+            guest("dd if=/data/g of=/dev/null bs=4k iflag=direct").await,
+            small,
+        ));
+        h4r.push(mib(
+            host(&[
+                &format!("if={backing}"),
+                "of=/dev/null",
+                "bs=4k",
+                "count=4096",
+                "iflag=direct",
+            ]),
+            small,
+        ));
+    }
+    let med = |v: &mut Vec<f64>| stats(v).1;
+    let iops = |m: f64| m * (1 << 20) as f64 / 4096.0;
+    let (a, b) = (med(&mut gw), med(&mut hw));
     println!(
-        "BENCH seq read 1 MiB (cold): VM {g_r:.1} MB/s, host {h_r:.1} MB/s (O_DIRECT), ratio {:.2}",
-        g_r / h_r
+        "BENCH seq write 1 MiB + fsync (MiB/s, median of 3): VM {a:.1}, host {b:.1}, ratio {:.2}",
+        a / b
     );
+    let (a, b) = (med(&mut gr), med(&mut hr));
     println!(
-        "BENCH 4 KiB O_DIRECT write: VM {:.0} IOPS, host {:.0} IOPS, ratio {:.3}",
-        iops(g_4w),
-        iops(h_4w),
-        g_4w / h_4w
+        "BENCH seq read 1 MiB, cold (MiB/s): VM {a:.1}, host O_DIRECT {b:.1}, ratio {:.2}",
+        a / b
     );
+    let (a, b) = (med(&mut g4w), med(&mut h4w));
     println!(
-        "BENCH 4 KiB O_DIRECT read: VM {:.0} IOPS, host {:.0} IOPS, ratio {:.3}",
-        iops(g_4r),
-        iops(h_4r),
-        g_4r / h_4r
+        "BENCH 4 KiB O_DIRECT write (IOPS): VM {:.0}, host {:.0}, ratio {:.3}",
+        iops(a),
+        iops(b),
+        a / b
+    );
+    let (a, b) = (med(&mut g4r), med(&mut h4r));
+    println!(
+        "BENCH 4 KiB O_DIRECT read (IOPS): VM {:.0}, host {:.0}, ratio {:.3}",
+        iops(a),
+        iops(b),
+        a / b
     );
     e.rt.remove_sandbox(&id, true).await.unwrap();
 }

@@ -696,23 +696,29 @@ mod tests {
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
         };
         let n1 = node_user("n1");
-        let req = |res: &'static str, op, old: Option<&'static Value>| {
-            let r = h8s_types::resources::find("", "v1", res).unwrap();
-            move |obj: Option<&mut Value>| {
-                let rq = Request {
-                    op,
-                    res: r,
-                    sub: None,
-                    namespace: "",
-                    name: "pv",
-                    user: &n1,
-                    dry_run: false,
-                    old,
-                };
-                futures::executor::block_on(NodeRestriction.admit(&rq, obj))
-            }
+        fn adm(
+            user: &UserInfo,
+            res: &str,
+            op: Operation,
+            old: Option<&Value>,
+            obj: Option<&mut Value>,
+        ) -> Result<(), ApiError> {
+            let rq = Request {
+                op,
+                res: h8s_types::resources::find("", "v1", res).unwrap(),
+                sub: None,
+                namespace: "",
+                name: "pv",
+                user,
+                dry_run: false,
+                old,
+            };
+            futures::executor::block_on(NodeRestriction.admit(&rq, obj))
+        }
+        let req = |res: &'static str, op: Operation, old: Option<&'static Value>| {
+            let n1 = n1.clone();
+            move |obj: Option<&mut Value>| adm(&n1, res, op, old, obj)
         };
-        let _ = &req;
         let mine: &'static Value = Box::leak(Box::new(pv("n1")));
         let theirs: &'static Value = Box::leak(Box::new(pv("n2")));
         assert!(req("persistentvolumes", Operation::Create, None)(Some(&mut pv("n1"))).is_ok());
