@@ -67,6 +67,34 @@ impl Recorder {
                 }
             })
             .unwrap_or_default();
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(ns),
+            uid: Some(uid),
+            field_path: (!field_path.is_empty()).then_some(field_path),
+            resource_version: None,
+        };
+        self.object_event(involved, "kubelet", kind, reason, message)
+            .await
+    }
+
+    /// Records an event about any namespaced object (a PersistentVolumeClaim …) as
+    /// `component`, folding repeats like [`Recorder::event`].
+    pub async fn object_event(
+        &self,
+        involved: ObjectReference,
+        component: &str,
+        kind: Kind,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let message: String = message.into();
+        let ns = involved.namespace.clone().unwrap_or_default();
+        let uid = involved.uid.clone().unwrap_or_default();
+        let name = involved.name.clone().unwrap_or_default();
+        let field_path = involved.field_path.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Time(jiff::Timestamp::now());
         let key = (
@@ -98,15 +126,7 @@ impl Recorder {
                 namespace: Some(ns.clone()),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name),
-                namespace: Some(ns),
-                uid: Some(uid),
-                field_path: (!field_path.is_empty()).then_some(field_path),
-                resource_version: None,
-            },
+            involved_object: involved,
             reason: Some(reason.into()),
             message: Some(message),
             type_: Some(
@@ -117,10 +137,10 @@ impl Recorder {
                 .into(),
             ),
             source: Some(EventSource {
-                component: Some("kubelet".into()),
+                component: Some(component.into()),
                 host: Some(self.node.clone()),
             }),
-            reporting_component: Some("kubelet".into()),
+            reporting_component: Some(component.into()),
             reporting_instance: Some(self.node.clone()),
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now.clone()),

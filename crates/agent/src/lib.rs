@@ -31,12 +31,38 @@ pub mod stream;
 mod env;
 mod events;
 mod pods;
+mod pvc;
 mod quantity;
 mod status;
 mod volumes;
 mod worker;
 
 pub use pods::PodLookup;
+pub use pvc::{LOCAL_DRIVER, LOCAL_PROVISIONER, RBD_DRIVER, RBD_PROVISIONER};
+
+/// Block volumes of this node (see docs/volumes.md).
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Where the node's local volumes live (`<dir>/<id>.raw`).
+    pub local_dir: PathBuf,
+    /// The most bytes local volumes may be given together; `None`: the directory's free space.
+    pub local_capacity: Option<u64>,
+    /// Ceph RBD, if this node reaches a cluster.
+    pub rbd: Option<RbdConfig>,
+    /// How often Released local volumes are deleted and grown claims expanded.
+    pub housekeeping_period: Duration,
+}
+
+/// How the node reaches Ceph for RBD volumes (QEMU's rbd driver reads the same files).
+#[derive(Debug, Clone)]
+pub struct RbdConfig {
+    /// `ceph.conf` naming the monitors and the keyring.
+    pub conf: PathBuf,
+    /// The Ceph client (without `client.`).
+    pub user: String,
+    /// The default pool.
+    pub pool: String,
+}
 
 /// Why the agent stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +235,8 @@ pub struct Config {
     /// How often the node's and pods' usage is sampled for `/stats/summary` (cAdvisor's
     /// housekeeping interval, 10 s); CPU rates cover one interval.
     pub stats_interval: Duration,
+    /// Block volumes.
+    pub volumes: VolumeConfig,
 }
 
 impl Config {
@@ -223,7 +251,6 @@ impl Config {
             max_pods: 110,
             reserved_cpu_millis: 0,
             reserved_memory_bytes: 256 << 20,
-            data_dir,
             streaming_port: 10250,
             streaming: None,
             node_timers: NodeTimers::default(),
@@ -233,6 +260,13 @@ impl Config {
             network: None,
             cluster_domain: "cluster.local".into(),
             stats_interval: Duration::from_secs(10),
+            volumes: VolumeConfig {
+                local_dir: data_dir.join("volumes"),
+                local_capacity: None,
+                rbd: None,
+                housekeeping_period: Duration::from_secs(10),
+            },
+            data_dir,
         }
     }
 }

@@ -235,6 +235,20 @@ impl Dispatcher {
         if let Some(nets) = &ctx.api_networks {
             tokio::spawn(nets.clone().run(stop.clone()));
         }
+        {
+            // Local volumes' housekeeping (Delete reclaim, offline expansion).
+            let ctx = ctx.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    crate::pvc::housekeeping(&ctx).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(ctx.cfg.volumes.housekeeping_period) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
         let pods: Api<Pod> = Api::all(ctx.client.clone());
         let selector = format!("spec.nodeName={}", ctx.cfg.node_name);
         let stream = watcher(pods, watcher::Config::default().fields(&selector));

@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Empty,
     /// Files the agent writes.
     Content,
+    /// A persistent volume: a disk of the pod VM (`persistentVolumeClaim`, `cinder`).
+    Disk,
 }
 
 /// The objects volumes read: name → data (`None`: does not exist).
@@ -82,6 +84,9 @@ pub(crate) fn kind(v: &Volume) -> Result<Kind, EnvError> {
     {
         return Ok(Kind::Content);
     }
+    if v.persistent_volume_claim.is_some() || v.cinder.is_some() {
+        return Ok(Kind::Disk);
+    }
     if v.host_path.is_some() {
         return Err(EnvError(format!(
             "volume {:?}: hostPath volumes are not available to VM pods (no host path enters a pod VM)",
@@ -89,7 +94,7 @@ pub(crate) fn kind(v: &Volume) -> Result<Kind, EnvError> {
         )));
     }
     Err(EnvError(format!(
-        "volume {:?}: only emptyDir, configMap, secret, downwardAPI and projected volumes are supported",
+        "volume {:?}: only emptyDir, configMap, secret, downwardAPI, projected, persistentVolumeClaim and cinder volumes are supported",
         v.name
     )))
 }
@@ -298,14 +303,27 @@ pub(crate) fn files(
     Ok(vec![])
 }
 
-/// The guest mounts of a container's volumeMounts. Content volumes are always read-only
-/// (as in Kubernetes).
-pub(crate) fn mounts(pod: &Pod, c: &Container) -> Result<Vec<Mount>, EnvError> {
-    let vols: Vec<Volume> = pod
-        .spec
+/// The guest mounts of a container's volumeMounts and volumeDevices. Content volumes are
+/// always read-only (as in Kubernetes); persistent volumes come from `disks` (the pod VM's
+/// volume disks) with subPath, readOnly and the pod's fsGroup.
+pub(crate) fn mounts(
+    pod: &Pod,
+    c: &Container,
+    disks: &[crate::pvc::Attached],
+) -> Result<Vec<Mount>, EnvError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let vols: Vec<Volume> = spec.volumes.clone().unwrap_or_default();
+    let fs_group = spec
+        .security_context
         .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    let disk = |name: &str| {
+        disks
+            .iter()
+            .find(|d| d.volume == name)
+            .ok_or_else(|| EnvError(format!("volume {name:?}: the pod VM has no disk for it")))
+    };
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
         let v = vols.iter().find(|v| v.name == m.name).ok_or_else(|| {
@@ -315,20 +333,68 @@ pub(crate) fn mounts(pod: &Pod, c: &Container) -> Result<Vec<Mount>, EnvError> {
             ))
         })?;
         let k = kind(v)?;
-        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty())
-            || m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty())
+        let sub_path = m.sub_path.clone().filter(|s| !s.is_empty());
+        if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty())
+            || (sub_path.is_some() && k != Kind::Disk)
         {
             return Err(EnvError(format!(
-                "volumeMount {:?}: subPath is not supported on VM pods yet",
+                "volumeMount {:?}: subPath is supported on persistent volumes only (subPathExpr not at all) on VM pods",
                 m.name
             )));
         }
+        if let Some(sp) = &sub_path {
+            let p = std::path::Path::new(sp);
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(EnvError(format!(
+                    "volumeMount {:?}: subPath {sp:?} must be a relative path without '..'",
+                    m.name
+                )));
+            }
+        }
+        let read_only = m.read_only.unwrap_or(false) || k == Kind::Content;
+        let source = if k == Kind::Disk {
+            let d = disk(&v.name)?;
+            if d.block_mode {
+                return Err(EnvError(format!(
+                    "volume {:?} has volumeMode Block: use volumeDevices, not volumeMounts",
+                    v.name
+                )));
+            }
+            MountSource::Volume {
+                device: h8s_guest::BlockDevice::Serial(d.serial.clone()),
+                fstype: d.fstype.clone(),
+                sub_path,
+                fs_group,
+                device_read_only: d.read_only,
+            }
+        } else {
+            MountSource::PodDir {
+                name: v.name.clone(),
+            }
+        };
         out.push(Mount {
             target: m.mount_path.clone(),
-            source: MountSource::PodDir {
-                name: v.name.clone(),
+            source,
+            read_only,
+        });
+    }
+    for dv in c.volume_devices.iter().flatten() {
+        let d = disk(&dv.name)?;
+        if !d.block_mode {
+            return Err(EnvError(format!(
+                "volume {:?} has volumeMode Filesystem: use volumeMounts, not volumeDevices",
+                dv.name
+            )));
+        }
+        out.push(Mount {
+            target: dv.device_path.clone(),
+            source: MountSource::Device {
+                device: h8s_guest::BlockDevice::Serial(d.serial.clone()),
             },
-            read_only: m.read_only.unwrap_or(false) || k == Kind::Content,
+            read_only: d.read_only,
         });
     }
     Ok(out)
@@ -410,7 +476,7 @@ mod tests {
         let d = files(&pod, &vols[1], &PodFacts::default(), &src).unwrap();
         assert_eq!(d[0].data, b"p");
         assert!(kind(&vols[2]).unwrap_err().0.contains("hostPath"));
-        let m = mounts(&pod, &c).unwrap();
+        let m = mounts(&pod, &c, &[]).unwrap();
         assert!(m[0].read_only);
         assert_eq!(references(&pod).0, vec!["cm".to_string()]);
         src.config_maps.insert("cm".into(), None);

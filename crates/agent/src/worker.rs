@@ -120,6 +120,8 @@ struct Worker {
     volumes_checked: Option<Instant>,
     /// The service account token in projected volumes, and when it was issued.
     token: Option<(String, Instant)>,
+    /// The pod VM's persistent volume disks (None: not resolved since the agent started).
+    disks: Option<Vec<crate::pvc::Attached>>,
 }
 
 /// Runs one pod until it is gone (or the agent stops).
@@ -160,6 +162,7 @@ pub(crate) async fn run(
         volumes_written: HashMap::new(),
         volumes_checked: None,
         token: None,
+        disks: None,
     };
     async move {
         if let Some(sb) = adopted {
@@ -318,6 +321,21 @@ impl Worker {
         if matches!(sb.state, SandboxState::Failed | SandboxState::Stopped) {
             self.vm_died(&sb).await;
             return;
+        }
+        if self.disks.is_none() {
+            if !crate::pvc::has_block(&self.pod) {
+                self.disks = Some(Vec::new());
+            } else {
+                // Taken over after an agent restart: the VM keeps its disks; learn them again
+                // (without provisioning or Multi-Attach checks: the VM already has them).
+                match crate::pvc::resolve(&self.ctx, &self.pod, false).await {
+                    crate::pvc::Outcome::Ready(d) => self.disks = Some(d),
+                    crate::pvc::Outcome::Wait(_, msg) => {
+                        tracing::warn!(error = %msg, "the running pod VM's volumes cannot be read back");
+                        return;
+                    }
+                }
+            }
         }
         if !self.sync_volumes(&id).await {
             return;
@@ -672,8 +690,25 @@ impl Worker {
                 return;
             }
         }
+        let mut disks = Vec::new();
+        if crate::pvc::has_block(&self.pod) {
+            match crate::pvc::resolve(&self.ctx, &self.pod, true).await {
+                crate::pvc::Outcome::Ready(d) => disks = d,
+                crate::pvc::Outcome::Wait(reason, msg) => {
+                    self.volume_wait(reason, msg).await;
+                    return;
+                }
+            }
+        }
         let (mem, cpus) = self.size();
         let mut cfg = SandboxConfig::new(self.sandbox_name.clone());
+        cfg.volumes = disks
+            .iter()
+            .map(|d| h8s_runtime::VolumeDisk {
+                serial: d.serial.clone(),
+                drive: d.drive.clone(),
+            })
+            .collect();
         cfg.memory_mib = mem;
         cfg.cpus = cpus;
         let host: String = spec
@@ -757,6 +792,7 @@ impl Worker {
             Ok(id) => {
                 tracing::info!(sandbox = %id, memory_mib = mem, cpus, ms = started.elapsed().as_millis() as u64, "pod VM started");
                 self.sandbox = Some(id);
+                self.disks = Some(disks);
                 self.vm_memory_mib = mem;
                 self.vm_cpus = cpus;
                 self.sandbox_waiting = None;
@@ -770,6 +806,22 @@ impl Worker {
                 self.sandbox_failed(msg).await;
             }
         }
+    }
+
+    /// A persistent volume is not ready (unbound claim, Multi-Attach, missing or damaged
+    /// backing store): an event, the reason in the containers' waiting message, retried soon.
+    async fn volume_wait(&mut self, reason: &str, msg: String) {
+        let t = &self.ctx.cfg.pod_timers;
+        let d = self.sandbox_backoff.fail(
+            t.backoff_initial.min(Duration::from_secs(2)),
+            t.backoff_max.min(Duration::from_secs(30)),
+        );
+        tracing::info!(reason, message = %msg, retry_in = ?d, "pod volumes not ready");
+        self.sandbox_waiting = Some(Waiting::new("ContainerCreating", Some(msg.clone())));
+        self.ctx
+            .recorder
+            .event(&self.pod, None, Warning, reason, msg)
+            .await;
     }
 
     async fn sandbox_failed(&mut self, msg: String) {
@@ -1391,7 +1443,8 @@ impl Worker {
         if argv.is_empty() {
             return Err(format!("no command specified for container {:?}", c.name));
         }
-        let mounts = crate::volumes::mounts(&self.pod, c).map_err(|e| e.0)?;
+        let mounts = crate::volumes::mounts(&self.pod, c, self.disks.as_deref().unwrap_or(&[]))
+            .map_err(|e| e.0)?;
         Ok(ContainerConfig {
             mounts,
             name: inst.to_string(),

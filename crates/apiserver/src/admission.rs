@@ -27,7 +27,7 @@ pub use pod::{
     TOKEN_VOLUME_PREFIX,
 };
 pub use quota::{LimitRangeHook, LimitRanger, QuotaHook, ResourceQuota};
-pub use storage::DefaultStorageClass;
+pub use storage::{CinderVolumeTenant, DefaultStorageClass};
 pub use tenancy::Tenancy;
 
 /// Settings of the built-in admission plugins (kube-apiserver's flags for them), and
@@ -63,7 +63,7 @@ impl Default for PluginConfig {
 
 /// Kubernetes' default admission chain, in kube-apiserver's order: NamespaceLifecycle,
 /// LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds, DefaultStorageClass,
-/// RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork.
+/// (h8s) CinderVolumeTenant, RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork.
 pub fn default_chain(
     store: Arc<dyn h8s_store::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -83,6 +83,7 @@ pub fn default_chain(
             unreachable_seconds: cfg.unreachable_toleration_seconds,
         }),
         Arc::new(DefaultStorageClass::new(lookup.clone())),
+        Arc::new(CinderVolumeTenant::new(lookup.clone())),
         Arc::new(RuntimeClass::new(lookup.clone())),
         Arc::new(ResourceQuota::new(lookup.clone(), cfg.quota.clone())),
         Arc::new(NamespaceNetwork::new(lookup)),

@@ -480,6 +480,32 @@ pub enum MountSource {
         /// Filesystem type, e.g. `ext4` or `erofs`.
         fstype: String,
     },
+    /// A persistent volume (PVC, `cinder:`): the filesystem on a volume disk, mounted once per
+    /// pod under the agent's run directory (grown to the device's size first, group-owned by
+    /// `fs_group` when set) and bind-mounted here — the whole volume or its `sub_path`,
+    /// created if missing. (Added in version 1, additive.)
+    Volume {
+        /// The volume disk.
+        device: BlockDevice,
+        /// Filesystem type (`ext4`).
+        fstype: String,
+        /// A relative directory inside the volume (`volumeMounts[].subPath`).
+        #[serde(default)]
+        sub_path: Option<String>,
+        /// The pod's `securityContext.fsGroup`.
+        #[serde(default)]
+        fs_group: Option<u32>,
+        /// The disk is attached read-only (mount the filesystem with `ro`, never replay its
+        /// journal for writing).
+        #[serde(default)]
+        device_read_only: bool,
+    },
+    /// The raw block device of a volume (`volumeMode: Block`), at `target` in the container
+    /// (`volumeDevices[].devicePath`). (Added in version 1, additive.)
+    Device {
+        /// The volume disk.
+        device: BlockDevice,
+    },
 }
 
 /// The VM's network set-up.

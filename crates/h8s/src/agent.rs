@@ -128,6 +128,24 @@ pub struct AgentOpts {
     /// interval).
     #[arg(long = "stats-interval", default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// Where this node's local volumes live (default DATA_DIR/volumes).
+    #[arg(long = "volume-dir", env = "H8S_VOLUME_DIR")]
+    pub volume_dir: Option<PathBuf>,
+    /// The most bytes local volumes may be given together (default: the directory's free space).
+    #[arg(long = "volume-capacity", value_parser = parse_bytes)]
+    pub volume_capacity: Option<u64>,
+    /// How often Released local volumes are deleted and grown claims expanded.
+    #[arg(long = "volume-housekeeping-period", default_value = "10s", value_parser = parse_duration)]
+    pub volume_housekeeping: Duration,
+    /// Ceph configuration (monitors, keyring) for RBD volumes; none: no RBD on this node.
+    #[arg(long = "rbd-ceph-conf", env = "H8S_RBD_CEPH_CONF")]
+    pub rbd_conf: Option<PathBuf>,
+    /// The Ceph client for RBD volumes.
+    #[arg(long = "rbd-user", default_value = "admin")]
+    pub rbd_user: String,
+    /// The default RBD pool.
+    #[arg(long = "rbd-pool", default_value = "h8s")]
+    pub rbd_pool: String,
 }
 
 impl AgentOpts {
@@ -167,6 +185,16 @@ impl AgentOpts {
         if let Some(o) = &self.owner {
             cfg.owner = o.clone();
         }
+        if let Some(d) = &self.volume_dir {
+            cfg.volumes.local_dir = d.clone();
+        }
+        cfg.volumes.local_capacity = self.volume_capacity;
+        cfg.volumes.housekeeping_period = self.volume_housekeeping;
+        cfg.volumes.rbd = self.rbd_conf.as_ref().map(|c| h8s_agent::RbdConfig {
+            conf: c.clone(),
+            user: self.rbd_user.clone(),
+            pool: self.rbd_pool.clone(),
+        });
         Ok(cfg)
     }
 

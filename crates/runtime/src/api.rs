@@ -39,6 +39,23 @@ pub struct ImageDisk {
     pub path: PathBuf,
 }
 
+/// A persistent volume attached to the pod VM as a writable (or read-only) virtio-blk disk:
+/// QEMU opens the backing store itself (a local file or a Ceph RBD image through QEMU's rbd
+/// driver); the host never mounts it. Like images, volumes are attached at VM start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDisk {
+    /// The serial the guest finds the disk by (`/sys/block/vdX/serial`, at most 20 bytes).
+    pub serial: String,
+    /// QEMU `-drive` properties from the volume backend (`h8s_volumes::Drive`), without
+    /// `id` and `if`.
+    pub drive: String,
+}
+
+/// The virtio-mmio transports of QEMU's microvm machine (`VIRTIO_NUM_TRANSPORTS`): every
+/// virtio device of a pod VM (agent port, images, volumes, network, balloon) takes one.
+pub const VIRTIO_MMIO_SLOTS: usize = 8;
+
 /// A network attachment prepared by the network fabric: the pod VM gets a virtio-net device
 /// on `tap` and the guest agent configures the interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +100,9 @@ pub struct SandboxConfig {
     /// Optional network attachment.
     #[serde(default)]
     pub network: Option<NetworkAttachment>,
+    /// Persistent volumes attached at boot (see [`VolumeDisk`]).
+    #[serde(default)]
+    pub volumes: Vec<VolumeDisk>,
     /// Free-form labels (the node agent keeps the Kubernetes pod's identity here).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -117,11 +137,21 @@ impl SandboxConfig {
             cpus: default_cpus(),
             images: Vec::new(),
             network: None,
+            volumes: Vec::new(),
             labels: BTreeMap::new(),
             stop_with_containers: false,
             hostname: None,
             dns_search: Vec::new(),
         }
+    }
+
+    /// How many virtio-mmio transports the VM takes: the agent's virtio-serial port, one per
+    /// image and volume, the network, and the balloon when the host adds one.
+    pub fn mmio_devices(&self, balloon: bool) -> usize {
+        1 + self.images.len()
+            + self.volumes.len()
+            + usize::from(self.network.is_some())
+            + usize::from(balloon)
     }
 
     /// Checks what can be checked before anything is started.
@@ -152,6 +182,37 @@ impl SandboxConfig {
                     id: img.path.display().to_string(),
                 });
             }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let serial_ok = !v.serial.is_empty()
+                && v.serial.len() <= 20
+                && v.serial
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-');
+            if !serial_ok || self.volumes[..i].iter().any(|o| o.serial == v.serial) {
+                return Err(Error::InvalidArgument(format!(
+                    "volume serial {:?} is not 1-20 letters, digits or '-', or is used twice",
+                    v.serial
+                )));
+            }
+            if v.drive
+                .split(',')
+                .any(|p| p.starts_with("id=") || p.starts_with("if="))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "volume {:?}: the drive properties must not set id or if",
+                    v.serial
+                )));
+            }
+        }
+        let slots = self.mmio_devices(false);
+        if slots > VIRTIO_MMIO_SLOTS {
+            return Err(Error::InvalidArgument(format!(
+                "the pod needs {slots} virtio-mmio devices (the agent port, {} image(s), {} volume(s){}), but a pod VM has {VIRTIO_MMIO_SLOTS}",
+                self.images.len(),
+                self.volumes.len(),
+                if self.network.is_some() { ", the network" } else { "" }
+            )));
         }
         if let Some(n) = &self.network {
             valid_name("tap", &n.tap)?;
@@ -393,6 +454,39 @@ pub enum StreamEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_count_against_the_eight_mmio_slots() {
+        let mut cfg = SandboxConfig::new("p");
+        for i in 0..7 {
+            cfg.volumes.push(VolumeDisk {
+                serial: format!("vol{i}"),
+                drive: "file=/v/x.raw,format=raw".into(),
+            });
+        }
+        // agent port + 7 volumes = 8: fits.
+        assert!(cfg.validate().is_ok());
+        cfg.volumes.push(VolumeDisk {
+            serial: "vol7".into(),
+            drive: "file=/v/y.raw,format=raw".into(),
+        });
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("needs 9 virtio-mmio devices") && e.contains("has 8"),
+            "{e}"
+        );
+        cfg.volumes.truncate(1);
+        cfg.volumes.push(VolumeDisk {
+            serial: "vol0".into(),
+            drive: "file=/v/z.raw,format=raw".into(),
+        });
+        assert!(cfg.validate().is_err(), "serials are unique");
+        cfg.volumes[1] = VolumeDisk {
+            serial: "vol1".into(),
+            drive: "file=/v/z.raw,if=ide".into(),
+        };
+        assert!(cfg.validate().is_err(), "the runtime sets if=");
+    }
 
     #[test]
     fn image_defaults_merge_like_kubernetes() {

@@ -19,7 +19,8 @@ mod wire;
 
 pub use api::{
     Accel, ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ImageDisk,
-    NetworkAttachment, SandboxConfig, SandboxState, SandboxStatus, StreamEvent, DEFAULT_MEMORY_MIB,
+    NetworkAttachment, SandboxConfig, SandboxState, SandboxStatus, StreamEvent, VolumeDisk,
+    DEFAULT_MEMORY_MIB, VIRTIO_MMIO_SLOTS,
 };
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};

@@ -28,6 +28,9 @@ pub struct Cluster {
     nominated_at: HashMap<String, String>,
     /// Count of present nodes.
     present: usize,
+    /// `namespace/claim` → the node its volume is on (a bound local volume's node affinity,
+    /// or the node chosen for it), for VolumeBinding.
+    claim_nodes: HashMap<String, String>,
 }
 
 impl Cluster {
@@ -110,6 +113,20 @@ impl Cluster {
 
     pub fn remove_namespace(&mut self, name: &str) {
         self.namespaces.remove(name);
+    }
+
+    /// Replaces the claims' nodes (VolumeBinding); whether anything changed.
+    pub fn set_claim_nodes(&mut self, m: HashMap<String, String>) -> bool {
+        let changed = m != self.claim_nodes;
+        self.claim_nodes = m;
+        changed
+    }
+
+    /// The node a claim's volume is on, if it is pinned to one.
+    pub fn claim_node(&self, ns: &str, claim: &str) -> Option<&str> {
+        self.claim_nodes
+            .get(&format!("{ns}/{claim}"))
+            .map(String::as_str)
     }
 
     pub fn namespace_labels(&self, name: &str) -> Option<Labels> {

@@ -19,6 +19,7 @@ pub const ERR_SPREAD_LABEL: &str =
 pub const ERR_EXISTING_ANTI: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
 pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
 pub const ERR_ANTI: &str = "node(s) didn't match pod anti-affinity rules";
+pub const ERR_VOLUME_NODE: &str = "node(s) had volume node affinity conflict";
 
 /// The filter plugins, in kube-scheduler's default order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +32,7 @@ pub enum Plugin {
     NodeResourcesFit,
     PodTopologySpread,
     InterPodAffinity,
+    VolumeBinding,
 }
 
 impl Plugin {
@@ -77,6 +79,8 @@ pub struct PreFilter {
     affinity_self_match: bool,
     /// Hard spread constraints: matching pods per domain and the minimum.
     spread: Vec<SpreadState>,
+    /// Nodes the pod's claims' volumes are pinned to (VolumeBinding; all must be the node).
+    volume_nodes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -118,6 +122,13 @@ impl PreFilter {
     /// Computes the state; `skip` leaves out pods (preemption victims being tried).
     pub fn compute(c: &Cluster, pod: &PodInfo, skip: &HashSet<String>) -> PreFilter {
         let mut s = PreFilter::default();
+        for claim in &pod.claims {
+            if let Some(n) = c.claim_node(&pod.namespace, claim) {
+                if !s.volume_nodes.iter().any(|x| x == n) {
+                    s.volume_nodes.push(n.to_string());
+                }
+            }
+        }
         let nsl = |ns: &str| c.namespace_labels(ns);
         // Existing pods' required anti-affinity against this pod.
         for n in c.nodes().iter().filter(|n| n.pods_with_required_anti > 0) {
@@ -248,6 +259,11 @@ pub fn run_filters(pod: &PodInfo, node: &NodeInfo, pre: &PreFilter) -> Option<St
     // NodeAffinity
     if !node_affinity_matches(pod, node) {
         return Some(Status::new(NodeAffinity, Unresolvable, ERR_NODE_AFFINITY));
+    }
+    // VolumeBinding (kube-scheduler runs it later; here it is cheap): a volume pinned to a
+    // node (a local volume) allows only that node.
+    if pre.volume_nodes.iter().any(|n| *n != node.name) {
+        return Some(Status::new(VolumeBinding, Unresolvable, ERR_VOLUME_NODE));
     }
     // NodePorts
     if pod
@@ -399,4 +415,47 @@ pub fn filter_node(c: &Cluster, pod: &PodInfo, node: &NodeInfo, pre: &PreFilter)
         }
     }
     run_filters(pod, node, pre)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn volume_binding_keeps_pods_on_their_local_volumes_node() {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2"] {
+            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+                "metadata": {"name": n},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+            }))
+            .unwrap();
+            c.upsert_node(&node);
+        }
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [{"name": "c"}],
+                     "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}
+        }))
+        .unwrap();
+        let p = PodInfo::from_pod(&pod);
+        assert_eq!(p.claims, vec!["data".to_string()]);
+        let fits = |c: &Cluster| -> Vec<String> {
+            let pre = PreFilter::compute(c, &p, &HashSet::new());
+            c.nodes()
+                .iter()
+                .filter(|n| run_filters(&p, n, &pre).is_none())
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        assert_eq!(fits(&c).len(), 2, "an unpinned claim allows any node");
+        c.set_claim_nodes(HashMap::from([("ns/data".to_string(), "n2".to_string())]));
+        assert_eq!(fits(&c), vec!["n2".to_string()]);
+        let pre = PreFilter::compute(&c, &p, &HashSet::new());
+        let n1 = c.nodes().iter().find(|n| n.name == "n1").unwrap();
+        let st = run_filters(&p, n1, &pre).unwrap();
+        assert_eq!(st.plugin, Plugin::VolumeBinding);
+        assert_eq!(st.reasons, vec![ERR_VOLUME_NODE]);
+    }
 }

@@ -316,6 +316,8 @@ pub struct PodInfo {
     pub spread: Vec<SpreadConstraint>,
     /// The PodScheduled condition's reason, if it is False (to avoid rewriting it).
     pub unschedulable_message: Option<String>,
+    /// The PersistentVolumeClaims the pod's volumes name (VolumeBinding).
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -590,6 +592,13 @@ impl PodInfo {
             anti_affinity,
             spread,
             unschedulable_message,
+            claims: spec
+                .volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.clone())
+                .collect(),
             namespace,
             labels,
         }

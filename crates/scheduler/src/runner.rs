@@ -3,12 +3,12 @@
 //! snapshot copies). API writes (bindings, events, status, preemption) run as tasks with
 //! bounded concurrency and report back to the loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -29,12 +29,50 @@ enum Msg {
     Node(Event<Box<Node>>),
     Pod(Event<Arc<PodInfo>>),
     Namespace(Event<(String, Labels)>),
+    Claim(Event<ClaimInfo>),
+    Volume(Event<(String, Option<String>)>),
     Bound {
         pod: Arc<PodInfo>,
         node: String,
         result: Result<(), kube::Error>,
     },
     Ended(&'static str),
+}
+
+/// What VolumeBinding needs of a claim: `namespace/name`, its volume, the node chosen for it.
+type ClaimInfo = (String, Option<String>, Option<String>);
+
+fn claim_info(c: PersistentVolumeClaim) -> ClaimInfo {
+    let key = format!(
+        "{}/{}",
+        c.metadata.namespace.unwrap_or_default(),
+        c.metadata.name.unwrap_or_default()
+    );
+    let node = c
+        .metadata
+        .annotations
+        .and_then(|a| a.get("volume.kubernetes.io/selected-node").cloned());
+    let vol = c.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty());
+    (key, vol, node)
+}
+
+/// A volume's name and the node its required node affinity pins it to
+/// (`kubernetes.io/hostname In [node]`).
+fn volume_info(v: PersistentVolume) -> (String, Option<String>) {
+    let node = v
+        .spec
+        .and_then(|s| s.node_affinity)
+        .and_then(|a| a.required)
+        .and_then(|r| {
+            r.node_selector_terms.into_iter().find_map(|t| {
+                t.match_expressions.into_iter().flatten().find_map(|e| {
+                    (e.key == "kubernetes.io/hostname" && e.operator == "In")
+                        .then(|| e.values.and_then(|v| v.into_iter().next()))
+                        .flatten()
+                })
+            })
+        });
+    (v.metadata.name.unwrap_or_default(), node)
 }
 
 fn map_event<T, U>(e: Event<T>, f: impl Fn(T) -> U) -> Event<U> {
@@ -98,6 +136,9 @@ struct Runner {
     ns_relist: Option<HashSet<String>>,
     namespaces: HashSet<String>,
     scheduled: u64,
+    /// VolumeBinding's view: claims (`ns/name` → volume, chosen node) and volumes' nodes.
+    claims: HashMap<String, (Option<String>, Option<String>)>,
+    volumes: HashMap<String, Option<String>>,
 }
 
 pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
@@ -131,6 +172,22 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
         },
         Msg::Namespace,
     );
+    spawn_watch(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+        "persistentvolumeclaim",
+        tx.clone(),
+        claim_info,
+        Msg::Claim,
+    );
+    spawn_watch(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+        "persistentvolume",
+        tx.clone(),
+        volume_info,
+        Msg::Volume,
+    );
     let seed = jiff::Timestamp::now().as_nanosecond() as u64;
     let mut r = Runner {
         queue: Queue::new(QueueTimers {
@@ -155,6 +212,8 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
         ns_relist: None,
         namespaces: HashSet::new(),
         scheduled: 0,
+        claims: HashMap::new(),
+        volumes: HashMap::new(),
         cfg,
     };
     info!(scheduler = %r.cfg.scheduler_name, "scheduler starting");
@@ -213,10 +272,54 @@ impl Runner {
             Msg::Node(e) => self.on_node(e),
             Msg::Pod(e) => self.on_pod_event(e),
             Msg::Namespace(e) => self.on_namespace(e),
+            Msg::Claim(e) => {
+                match e {
+                    Event::Init => self.claims.clear(),
+                    Event::InitApply((k, v, n)) | Event::Apply((k, v, n)) => {
+                        self.claims.insert(k, (v, n));
+                    }
+                    Event::Delete((k, _, _)) => {
+                        self.claims.remove(&k);
+                    }
+                    Event::InitDone => {}
+                }
+                self.claim_nodes_changed();
+            }
+            Msg::Volume(e) => {
+                match e {
+                    Event::Init => self.volumes.clear(),
+                    Event::InitApply((k, n)) | Event::Apply((k, n)) => {
+                        self.volumes.insert(k, n);
+                    }
+                    Event::Delete((k, _)) => {
+                        self.volumes.remove(&k);
+                    }
+                    Event::InitDone => {}
+                }
+                self.claim_nodes_changed();
+            }
             Msg::Bound { pod, node, result } => self.on_bound(pod, node, result),
             Msg::Ended(what) => return Err(Error::WatchEnded(what)),
         }
         Ok(())
+    }
+
+    /// Recomputes where each claim's volume is pinned; pods waiting on VolumeBinding are
+    /// retried when that changed.
+    fn claim_nodes_changed(&mut self) {
+        let m: HashMap<String, String> = self
+            .claims
+            .iter()
+            .filter_map(|(k, (vol, chosen))| {
+                let pinned = vol
+                    .as_ref()
+                    .and_then(|v| self.volumes.get(v).cloned().flatten());
+                pinned.or_else(|| chosen.clone()).map(|n| (k.clone(), n))
+            })
+            .collect();
+        if self.cluster.set_claim_nodes(m) {
+            self.queue.move_on_event(Plugin::VolumeBinding.bit());
+        }
     }
 
     fn on_node(&mut self, e: Event<Box<Node>>) {

@@ -242,6 +242,7 @@ pub fn all_plugins() -> u16 {
         Plugin::NodeResourcesFit,
         Plugin::PodTopologySpread,
         Plugin::InterPodAffinity,
+        Plugin::VolumeBinding,
     ]
     .iter()
     .fold(0, |m, p| m | p.bit())

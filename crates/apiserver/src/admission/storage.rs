@@ -79,3 +79,79 @@ impl Admission for DefaultStorageClass {
         })
     }
 }
+
+/// The label naming a Namespace's (and an h8s volume's) tenant.
+const TENANT_LABEL: &str = "tenancy.h8s.io/tenant";
+
+/// h8s' `cinder:` volumes (the seeds' inline volume naming an h8s volume, a
+/// PersistentVolume, by id): in a tenant's namespace a pod may name only volumes labelled
+/// with the same tenant (`tenancy.h8s.io/tenant`). A volume of another tenant and one that
+/// does not exist are refused alike (403), so ids of other tenants' volumes cannot be probed.
+/// Namespaces without a tenant (the cluster's own) may name any volume.
+pub struct CinderVolumeTenant {
+    lookup: Lookup,
+}
+
+impl CinderVolumeTenant {
+    pub(crate) fn new(lookup: Lookup) -> Self {
+        CinderVolumeTenant { lookup }
+    }
+}
+
+fn label<'v>(o: &'v Value, key: &str) -> Option<&'v str> {
+    obj::meta(o)
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| l.get(key))
+        .and_then(Value::as_str)
+}
+
+impl Admission for CinderVolumeTenant {
+    fn admit<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        obj: Option<&'a mut Value>,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let Some(pod) = obj else { return Ok(()) };
+            if !(req.res.group.is_empty()
+                && req.res.plural == "pods"
+                && req.sub.is_none()
+                && req.op == Operation::Create)
+            {
+                return Ok(());
+            }
+            let ids: Vec<String> = obj::at(pod, "spec.volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.pointer("/cinder/volumeID").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let ns = self
+                .lookup
+                .get("", "namespaces", None, req.namespace)
+                .await?;
+            let Some(tenant) = ns.as_ref().and_then(|n| label(n, TENANT_LABEL)) else {
+                return Ok(());
+            };
+            for id in ids {
+                let pv = self.lookup.get("", "persistentvolumes", None, &id).await?;
+                if pv.as_ref().and_then(|p| label(p, TENANT_LABEL)) != Some(tenant) {
+                    let s = crate::error::Subject {
+                        group: "",
+                        resource: "pods",
+                        name: req.name,
+                    };
+                    return Err(ApiError::forbidden_about(
+                        &s,
+                        &format!("cinder volume {id:?} is not a volume of tenant {tenant:?}"),
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -473,3 +473,48 @@ async fn namespace_network_plugin() {
     let u = req("namespaces", "", Operation::Update, &user, Some(&old));
     plugin.admit(&u, Some(&mut ns("gone", None))).await.unwrap();
 }
+
+#[tokio::test]
+async fn cinder_volumes_of_other_tenants_are_refused() {
+    let (_dir, store) = store().await;
+    let lookup = lookup::Lookup::new(store.clone());
+    let plugin = super::storage::CinderVolumeTenant::new(lookup);
+    let user = UserInfo::default();
+    let create = req("pods", "", Operation::Create, &user, None);
+    let with = |id: &str| {
+        let mut p = pod();
+        p["spec"]["volumes"] = json!([{"name": "v", "cinder": {"volumeID": id, "fsType": "ext4"}}]);
+        p
+    };
+    // The namespace "d" has no tenant yet: the cluster's own namespaces may name any volume.
+    plugin.admit(&create, Some(&mut with("any"))).await.unwrap();
+    put(
+        &store,
+        "",
+        "namespaces",
+        None,
+        json!({"metadata": {"name": "d", "labels": {"tenancy.h8s.io/tenant": "acme"}}}),
+    )
+    .await;
+    put(&store, "", "persistentvolumes", None,
+        json!({"metadata": {"name": "mine", "labels": {"tenancy.h8s.io/tenant": "acme"}}, "spec": {}})).await;
+    put(&store, "", "persistentvolumes", None,
+        json!({"metadata": {"name": "theirs", "labels": {"tenancy.h8s.io/tenant": "other"}}, "spec": {}})).await;
+    plugin
+        .admit(&create, Some(&mut with("mine")))
+        .await
+        .unwrap();
+    for id in ["theirs", "missing"] {
+        let e = plugin
+            .admit(&create, Some(&mut with(id)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            format!("pods \"p\" is forbidden: cinder volume \"{id}\" is not a volume of tenant \"acme\"")
+        );
+    }
+    // Pods without cinder volumes are not looked at.
+    plugin.admit(&create, Some(&mut pod())).await.unwrap();
+}

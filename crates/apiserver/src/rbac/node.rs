@@ -238,13 +238,29 @@ impl Authorizer for NodeAuthorizer {
                     }
                     return self.related(node, a);
                 }
+                // h8s: the agent is its node's local volume provisioner (docs/volumes.md): it
+                // reads its pods' claims and marks them with the node it provisions on
+                // (NodeRestriction lets it change only those annotations).
                 ("persistentvolumeclaims", "") => {
-                    if a.verb != "get" || a.name.is_empty() {
+                    if !matches!(a.verb.as_str(), "get" | "patch") || a.name.is_empty() {
                         return Decision::Deny(
                             "can only get individual resources of this type".into(),
                         );
                     }
                     return self.related(node, a);
+                }
+                // h8s: volumes are read to attach them, and the node's own local volumes
+                // (NodeRestriction checks the node affinity) are created, grown and removed.
+                ("persistentvolumes", "") => {
+                    if matches!(
+                        a.verb.as_str(),
+                        "get" | "list" | "watch" | "create" | "patch" | "update" | "delete"
+                    ) {
+                        return Decision::Allow;
+                    }
+                    return Decision::Deny(
+                        "no relationship found between node and this object".into(),
+                    );
                 }
                 ("persistentvolumes", _) => {
                     return Decision::Deny(
@@ -422,6 +438,55 @@ impl NodeRestriction {
                     Some(why) => forbid(format!("node {node:?} {why}")),
                 }
             }
+            ("", "persistentvolumes", None) => {
+                // Only local volumes pinned to this node, before and after the write.
+                let mine = |v: Option<&Value>| v.is_some_and(|v| local_volume_node(v) == Some(node));
+                let ok = match req.op {
+                    Operation::Create => mine(obj),
+                    Operation::Update => mine(req.old) && mine(obj),
+                    Operation::Delete => mine(req.old),
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    forbid(format!(
+                        "node {node:?} can only write local volumes pinned to itself"
+                    ))
+                }
+            }
+            ("", "persistentvolumeclaims", None) => {
+                // Only the provisioning annotations may change, and only to this node.
+                let strip = |v: Option<&Value>| {
+                    let mut v = v.cloned().unwrap_or(Value::Null);
+                    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        for k in ["resourceVersion", "managedFields", "generation"] {
+                            m.remove(k);
+                        }
+                        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+                            for k in PROVISIONING_ANNOTATIONS {
+                                a.remove(*k);
+                            }
+                            if a.is_empty() {
+                                m.remove("annotations");
+                            }
+                        }
+                    }
+                    v
+                };
+                let selected = obj
+                    .and_then(|o| o.pointer("/metadata/annotations/volume.kubernetes.io~1selected-node"))
+                    .and_then(Value::as_str);
+                if req.op == Operation::Update
+                    && strip(obj) == strip(req.old)
+                    && selected.is_none_or(|n| n == node)
+                {
+                    Ok(())
+                } else {
+                    forbid(format!(
+                        "node {node:?} can only mark claims it provisions for itself"
+                    ))
+                }
+            }
             ("node.k8s.io", "runtimeclasses", _) => {
                 let n = obj.map(obj::name).unwrap_or(req.name);
                 if req.op == Operation::Create && n == AGENT_RUNTIME_CLASS {
@@ -470,6 +535,40 @@ fn foreign_network_change(old: &Value, new: &Value, node: &str) -> Option<String
         }
     }
     None
+}
+
+/// The annotations a node's local provisioner writes on a claim.
+const PROVISIONING_ANNOTATIONS: &[&str] = &[
+    "volume.kubernetes.io/selected-node",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+];
+
+/// The node an h8s local volume (CSI driver `local.volumes.h8s.io`) is pinned to by its
+/// required node affinity on `kubernetes.io/hostname`.
+fn local_volume_node(pv: &Value) -> Option<&str> {
+    if pv.pointer("/spec/csi/driver").and_then(Value::as_str) != Some("local.volumes.h8s.io") {
+        return None;
+    }
+    let terms = pv
+        .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+        .and_then(Value::as_array)?;
+    let [term] = terms.as_slice() else {
+        return None;
+    };
+    let exprs = term.get("matchExpressions").and_then(Value::as_array)?;
+    let [e] = exprs.as_slice() else {
+        return None;
+    };
+    if e.get("key").and_then(Value::as_str) != Some("kubernetes.io/hostname")
+        || e.get("operator").and_then(Value::as_str) != Some("In")
+    {
+        return None;
+    }
+    match e.get("values").and_then(Value::as_array).map(Vec::as_slice) {
+        Some([v]) => v.as_str(),
+        _ => None,
+    }
 }
 
 fn bound_to(pod: Option<&Value>, node: &str) -> bool {
@@ -637,6 +736,104 @@ mod tests {
         };
         assert!(!z
             .authorize(&alice, &a("get", "ns1", "secrets", "", "s1"))
+            .allowed());
+    }
+
+    #[test]
+    fn nodes_write_only_their_own_local_volumes_and_claim_marks() {
+        let pv = |node: &str| {
+            json!({"metadata": {"name": "pv"}, "spec": {
+                "csi": {"driver": "local.volumes.h8s.io", "volumeHandle": "pv"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+        };
+        let n1 = node_user("n1");
+        fn adm(
+            user: &UserInfo,
+            res: &str,
+            op: Operation,
+            old: Option<&Value>,
+            obj: Option<&mut Value>,
+        ) -> Result<(), ApiError> {
+            let rq = Request {
+                op,
+                res: h8s_types::resources::find("", "v1", res).unwrap(),
+                sub: None,
+                namespace: "",
+                name: "pv",
+                user,
+                dry_run: false,
+                old,
+            };
+            futures::executor::block_on(NodeRestriction.admit(&rq, obj))
+        }
+        let req = |res: &'static str, op: Operation, old: Option<&'static Value>| {
+            let n1 = n1.clone();
+            move |obj: Option<&mut Value>| adm(&n1, res, op, old, obj)
+        };
+        let mine: &'static Value = Box::leak(Box::new(pv("n1")));
+        let theirs: &'static Value = Box::leak(Box::new(pv("n2")));
+        assert!(req("persistentvolumes", Operation::Create, None)(Some(&mut pv("n1"))).is_ok());
+        assert!(req("persistentvolumes", Operation::Create, None)(Some(&mut pv("n2"))).is_err());
+        assert!(
+            req("persistentvolumes", Operation::Update, Some(mine))(Some(&mut pv("n1"))).is_ok()
+        );
+        assert!(
+            req("persistentvolumes", Operation::Update, Some(theirs))(Some(&mut pv("n1"))).is_err()
+        );
+        assert!(req("persistentvolumes", Operation::Delete, Some(mine))(None).is_ok());
+        assert!(req("persistentvolumes", Operation::Delete, Some(theirs))(None).is_err());
+        let mut rbd = pv("n1");
+        rbd["spec"]["csi"]["driver"] = json!("rbd.volumes.h8s.io");
+        assert!(req("persistentvolumes", Operation::Create, None)(Some(&mut rbd)).is_err());
+        // Claims: only the provisioning marks, and only naming this node.
+        let claim: &'static Value = Box::leak(Box::new(
+            json!({"metadata": {"name": "c", "namespace": "ns1"}, "spec": {"volumeName": ""}}),
+        ));
+        let mut marked = claim.clone();
+        marked["metadata"]["annotations"] = json!({"volume.kubernetes.io/selected-node": "n1", "volume.kubernetes.io/storage-provisioner": "volumes.h8s.io/local"});
+        assert!(
+            req("persistentvolumeclaims", Operation::Update, Some(claim))(Some(
+                &mut marked.clone()
+            ))
+            .is_ok()
+        );
+        let mut other = marked.clone();
+        other["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!("n2");
+        assert!(
+            req("persistentvolumeclaims", Operation::Update, Some(claim))(Some(&mut other))
+                .is_err()
+        );
+        let mut spec = marked.clone();
+        spec["spec"]["volumeName"] = json!("stolen");
+        assert!(
+            req("persistentvolumeclaims", Operation::Update, Some(claim))(Some(&mut spec)).is_err()
+        );
+        // The authorizer: volumes readable and writable (NodeRestriction narrows), claims
+        // of its pods patchable.
+        let mut g = Graph::default();
+        g.put(&format!("{POD_PREFIX}ns1/p1"), &test_pod("ns1", "p1", "n1"));
+        let z = NodeAuthorizer {
+            graph: Arc::new(RwLock::new(g)),
+            rules: node_rules(),
+        };
+        assert!(z
+            .authorize(&n1, &a("create", "", "persistentvolumes", "", ""))
+            .allowed());
+        assert!(!z
+            .authorize(&n1, &a("patch", "", "persistentvolumes", "status", "pv"))
+            .allowed());
+        assert!(z
+            .authorize(
+                &n1,
+                &a("patch", "ns1", "persistentvolumeclaims", "", "data")
+            )
+            .allowed());
+        assert!(!z
+            .authorize(
+                &n1,
+                &a("patch", "ns1", "persistentvolumeclaims", "", "other")
+            )
             .allowed());
     }
 

@@ -263,7 +263,17 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
         ]);
     }
-    if settings.free_page_reporting {
+    for (i, v) in cfg.volumes.iter().enumerate() {
+        // Writable volumes: the backend's drive (file or rbd:), named by serial in the guest.
+        push(&[
+            "-drive",
+            &format!("id=vol{i},if=none,{}", v.drive),
+            "-device",
+            &format!("virtio-blk-device,drive=vol{i},serial={}", v.serial),
+        ]);
+    }
+    // The balloon only while a transport is left (volumes and images come first).
+    if settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS {
         push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
     }
     if let Some(n) = &cfg.network {
@@ -346,7 +356,16 @@ mod tests {
             agent: Path::new("/r/agent.sock"),
             console: Path::new("/r/console.log"),
         };
+        cfg.volumes.push(crate::api::VolumeDisk {
+            serial: "vol-data".into(),
+            drive: "file=/v/pv1.raw,format=raw,read-only=off".into(),
+        });
         let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
+        assert!(a.contains(
+            "-drive id=vol0,if=none,file=/v/pv1.raw,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
+        ));
+        // agent port + image + volume + net + balloon = 5 of 8 slots.
+        assert!(a.contains("virtio-balloon-device"));
         assert!(a.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));

@@ -325,7 +325,8 @@ fn mount_dev(rootfs: &mut Rootfs) -> Result<(), ProtoError> {
 
 fn mount_volume(rootfs: &mut Rootfs, m: &h8s_guest::Mount) -> Result<(), ProtoError> {
     let root = rootfs.root.clone();
-    let target = safe_join(&root, &m.target, true, false)?;
+    let is_device = matches!(m.source, MountSource::Device { .. });
+    let target = safe_join(&root, &m.target, true, is_device)?;
     let ro = if m.read_only { libc::MS_RDONLY } else { 0 };
     match &m.source {
         MountSource::PodDir { name } => {
@@ -368,6 +369,51 @@ fn mount_volume(rootfs: &mut Rootfs, m: &h8s_guest::Mount) -> Result<(), ProtoEr
                 return Err(invalid(format!("bad filesystem type {fstype:?}")));
             }
             rootfs.mount(Some(&dev), &target, Some(fstype), ro, None)?;
+        }
+        MountSource::Volume {
+            device,
+            fstype,
+            sub_path,
+            fs_group,
+            device_read_only,
+        } => {
+            let dev = find_device(device)?;
+            let base = crate::pvol::ensure(&dev, fstype, *fs_group, *device_read_only)?;
+            let src = match sub_path.as_deref().filter(|s| !s.is_empty()) {
+                None => base,
+                Some(sp) if Path::new(sp).is_absolute() => {
+                    return Err(invalid(format!("subPath {sp:?} must be a relative path")))
+                }
+                // Refuses `..` and symlinks (a tenant's volume must not redirect the mount).
+                Some(sp) => safe_join(&base, &format!("/{sp}"), !*device_read_only, false)?,
+            };
+            if !src.is_dir() {
+                return Err(ProtoError::new(
+                    ErrorCode::NotFound,
+                    "subPath does not exist in the read-only volume".to_string(),
+                ));
+            }
+            let src = src.to_string_lossy().into_owned();
+            rootfs.mount(Some(&src), &target, None, libc::MS_BIND, None)?;
+            if m.read_only || *device_read_only {
+                sys::mount(
+                    None,
+                    &target,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    None,
+                )
+                .map_err(|e| internal("remount volume read-only", e))?;
+            }
+        }
+        MountSource::Device { device } => {
+            let dev = find_device(device)?;
+            // The device node itself is bind-mounted onto an empty file at the devicePath.
+            if !target.exists() {
+                fs::File::create(&target).map_err(|e| internal("create the device path", e))?;
+            }
+            let src = dev.to_string_lossy().into_owned();
+            rootfs.mount(Some(&src), &target, None, libc::MS_BIND, None)?;
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ mod container;
 mod modules;
 mod net;
 mod probe;
+mod pvol;
 mod server;
 mod spawn;
 mod sys;

@@ -211,3 +211,35 @@ pub fn power_off(reboot: bool) -> ! {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
+
+/// The block size of the filesystem holding `p` (statfs(2) `f_bsize`).
+pub fn statfs_block_size(p: &Path) -> io::Result<u64> {
+    let c = cpath(p)?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statfs that outlives the call.
+    check(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_bsize as u64)
+}
+
+/// `EXT4_IOC_RESIZE_FS` (`_IOW('f', 16, __u64)`).
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// Grows the ext4 filesystem mounted at `dir` to `blocks` blocks (online resize; the kernel
+/// returns at once when the size is unchanged).
+pub fn ext4_resize(dir: &Path, blocks: u64) -> io::Result<()> {
+    let f = File::open(dir)?;
+    let n: u64 = blocks;
+    // SAFETY: the fd is open for the call's duration; the ioctl reads one u64 through the
+    // pointer, which points at `n`, alive until the call returns.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), EXT4_IOC_RESIZE_FS, &n as *const u64) })?;
+    Ok(())
+}
+
+/// lchown(2); `None` leaves an id unchanged.
+pub fn lchown(p: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let c = cpath(p)?;
+    // SAFETY: `c` is a valid C string; lchown only reads it.
+    check(unsafe { libc::lchown(c.as_ptr(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)) })?;
+    Ok(())
+}

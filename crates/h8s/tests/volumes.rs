@@ -1,0 +1,1036 @@
+//! Block volumes end to end (docs/volumes.md): one real `h8s server` (agent, controllers,
+//! scheduler) per test binary with a local volume pool of 2 GiB in a temp dir and a one-node
+//! Ceph cluster started for the run (`crates/volumes/tests/ceph-up.sh`, stopped at exit), pod
+//! VMs under QEMU (TCG here) from the busybox image of `scripts/setup`; kubectl 1.33 as the
+//! client. Each
+//! test works in its own namespace. Volumes are virtio-blk disks of the pod VMs: the tests also
+//! check that nothing is ever mounted on the host.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+fn cache() -> PathBuf {
+    std::env::var_os("H8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
+}
+
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    node: String,
+    _child: Child,
+}
+
+impl Cluster {
+    fn root(&self) -> PathBuf {
+        self.dir.join("r")
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(start)
+}
+
+fn start() -> Cluster {
+    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
+        assert!(
+            cache().join(f).exists(),
+            "needs {f} in the cache: run scripts/setup"
+        );
+    }
+    // Short: unix socket paths under the runtime root must stay below 108 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("h8s-vo")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
+    let data = dir.join("data");
+    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["image", "import"])
+        .arg(cache().join("images/busybox-oci"))
+        .env("H8S_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        imp.status.success(),
+        "importing busybox: {}",
+        String::from_utf8_lossy(&imp.stderr)
+    );
+    // The seeds' manifest names `nginx`: the node has busybox under that name too (the
+    // registry is not reachable here; the agent then uses the node's copy).
+    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["image", "import", "--name", "nginx:latest"])
+        .arg(cache().join("images/busybox-oci"))
+        .env("H8S_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        imp.status.success(),
+        "importing nginx: {}",
+        String::from_utf8_lossy(&imp.stderr)
+    );
+    // One Ceph cluster (one mon, one mgr, one BlueStore OSD on a file) for this test run,
+    // started before the server (which provisions and attaches RBD volumes with it), stopped
+    // at exit.
+    let ceph = dir.join("ceph");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let up = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../volumes/tests/ceph-up.sh"
+        ))
+        .arg(&ceph)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "ceph did not start: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let pid = std::process::id();
+    let node = format!("vol-test-{pid}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--node-name", &node])
+        .args(["--streaming-port", "0"])
+        .args(["--restart-backoff", "2s", "--restart-backoff-max", "8s"])
+        .args([
+            "--image-pull-backoff",
+            "1s",
+            "--image-pull-backoff-max",
+            "4s",
+        ])
+        .args(["--pod-sync-period", "500ms"])
+        .args(["--node-status-update-frequency", "2s"])
+        .args(["--node-lease-renew-interval", "2s"])
+        .args(["--volume-refresh-period", "2s"])
+        .arg("--volume-dir")
+        .arg(dir.join("vols"))
+        .args(["--volume-capacity", "2Gi"])
+        .args(["--volume-housekeeping-period", "1s"])
+        .args(["--pod-network", &format!("vol{}", pid % 100000)])
+        .args(["--pod-cidr", &format!("10.{}.0.0/16", 100 + pid % 40)])
+        .args(["--pod-network-vni", &(16000 + pid % 10000).to_string()])
+        .env("H8S_ROOT", dir.join("r"))
+        .env("H8S_NET_DIR", dir.join("net"))
+        .env("H8S_NET_EGRESS", "false")
+        .env("H8S_BOOT_TIMEOUT", "120")
+        .env("H8S_LOG", "info")
+        .env("H8S_RBD_CEPH_CONF", ceph.join("ceph.conf"))
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::File::create(dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::inherit()),
+        );
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the tests.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    // PR_SET_PDEATHSIG follows the thread that forked: fork from one that lives as long as
+    // the test process, not from whichever test thread happens to start the cluster.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let mut child = rx.recv().unwrap().expect("spawning h8s server");
+    // At exit: stop the server, then take the pod network's devices down (the tests have
+    // removed their pods; the Network's bridge, gateway and rules are left otherwise).
+    let _ = TEARDOWN.set((child.id(), dir.clone(), format!("vol{}", pid % 100000)));
+    // SAFETY: registering a plain extern "C" fn with atexit(3).
+    unsafe { libc::atexit(teardown) };
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let mut parts = line.split_whitespace();
+    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
+    let _url = parts.next().unwrap();
+    let kubeconfig = PathBuf::from(parts.next().unwrap());
+    eprintln!("cluster in {} (server log: server.log)", dir.display());
+    let c = Cluster {
+        dir,
+        kubeconfig,
+        node,
+        _child: child,
+    };
+    wait(Duration::from_secs(30), "the node to register", || {
+        kubectl_json(&c, &["get", "node", &c.node]).ok()
+    });
+    // The volume controller creates the default class at its start.
+    wait(Duration::from_secs(60), "the default StorageClass", || {
+        kubectl_json(&c, &["get", "storageclass", "h8s-local"]).ok()
+    });
+    c
+}
+
+static TEARDOWN: OnceLock<(u32, PathBuf, String)> = OnceLock::new();
+
+extern "C" fn teardown() {
+    let Some((pid, dir, net)) = TEARDOWN.get() else {
+        return;
+    };
+    // SAFETY: kill(2) on the server we started.
+    unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../volumes/tests/ceph-down.sh"
+        ))
+        .arg(dir.join("ceph"))
+        .status();
+    let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["net", "rm", "--force", net])
+        .env("H8S_NET_DIR", dir.join("net"))
+        .env("H8S_ROOT", dir.join("r"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn kubectl_out(c: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(KUBECTL);
+    cmd.arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn kubectl(c: &Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl_out(c, args, None);
+    assert!(ok, "kubectl {args:?} failed: {err}");
+    out
+}
+
+fn apply(c: &Cluster, ns: &str, yaml: &str) {
+    let (ok, _, err) = kubectl_out(c, &["-n", ns, "apply", "-f", "-"], Some(yaml));
+    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
+}
+
+fn kubectl_json(c: &Cluster, args: &[&str]) -> Result<Value, String> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let (ok, out, err) = kubectl_out(c, &a, None);
+    if !ok {
+        return Err(err);
+    }
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn namespace(c: &Cluster, name: &str) -> String {
+    let ns = format!("{name}-{}", std::process::id() % 100000);
+    kubectl(c, &["create", "namespace", &ns]);
+    ns
+}
+
+fn pod(c: &Cluster, ns: &str, name: &str) -> Value {
+    kubectl_json(c, &["-n", ns, "get", "pod", name]).unwrap_or(Value::Null)
+}
+
+fn container_status(p: &Value) -> Value {
+    p["status"]["containerStatuses"][0].clone()
+}
+
+/// Pod VMs of `ns` the runtime still has (its pod records are labelled with the namespace).
+fn vms_of(c: &Cluster, ns: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(c.root().join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let rec: Value = std::fs::read(e.path().join("pod.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if rec["config"]["labels"]["io.kubernetes.pod.namespace"] == ns {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Deletes the namespace's pods and checks nothing of them is left: no pod VM record (the
+/// runtime removes it after killing QEMU and the supervisor), no address or tap on the pod
+/// network.
+fn cleanup(c: &Cluster, ns: &str) {
+    let names: Vec<String> = kubectl_json(c, &["-n", ns, "get", "pods"])
+        .ok()
+        .and_then(|l| {
+            l["items"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    kubectl(
+        c,
+        &[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            "--all",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    wait(Duration::from_secs(60), "the pod VMs to go", || {
+        vms_of(c, ns).is_empty().then_some(())
+    });
+    let mut nets = String::new();
+    for e in std::fs::read_dir(c.dir.join("net/networks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        nets.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    for n in names {
+        assert!(
+            !nets.contains(&format!("\"pod\": \"{n}-"))
+                && !nets.contains(&format!("\"pod\":\"{n}-")),
+            "pod {n} still has an address on the pod network"
+        );
+    }
+    kubectl(c, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn vols(c: &Cluster) -> PathBuf {
+    c.dir.join("vols")
+}
+
+/// Nothing of the volume pool is mounted on the host, and no loop device backs a volume
+/// file: tenants' filesystems are parsed by guest kernels only.
+fn assert_nothing_mounted_on_host(c: &Cluster) {
+    let pool = vols(c).display().to_string();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.lines().any(|l| l.contains(&pool) || l.contains("/pvc-")),
+        "a volume is mounted on the host:\n{mi}"
+    );
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(b) = std::fs::read_to_string(backing) {
+            assert!(
+                !b.contains(&pool),
+                "loop device {:?} backs {b}",
+                e.file_name()
+            );
+        }
+    }
+}
+
+fn pvc_events(c: &Cluster, ns: &str, name: &str) -> String {
+    kubectl(
+        c,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "custom-columns=R:.reason,M:.message,N:.note",
+        ],
+    )
+}
+
+fn events_of(c: &Cluster, ns: &str) -> String {
+    // core/v1 events (the agent's) and events.k8s.io/v1 (the controllers') both list here.
+    kubectl(
+        c,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "-o",
+            "custom-columns=O:.involvedObject.name,R:.reason,M:.message,N:.note",
+        ],
+    )
+}
+
+fn running_pod(c: &Cluster, ns: &str, selector: &str) -> String {
+    wait(Duration::from_secs(240), "a Running pod", || {
+        let l = kubectl_json(c, &["-n", ns, "get", "pods", "-l", selector]).ok()?;
+        l["items"].as_array()?.iter().find_map(|p| {
+            (p["status"]["phase"] == "Running"
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && container_status(p)["ready"] == true)
+                .then(|| p["metadata"]["name"].as_str().unwrap().to_string())
+        })
+    })
+}
+
+fn exec(c: &Cluster, ns: &str, pod: &str, cmd: &str) -> (bool, String, String) {
+    kubectl_out(c, &["-n", ns, "exec", pod, "--", "sh", "-c", cmd], None)
+}
+
+#[test]
+fn pvc_deployment_keeps_data_across_pods_expands_offline_and_deletes() {
+    let c = cluster();
+    let ns = namespace(c, "vol-dep");
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: vol}}
+  template:
+    metadata: {labels: {app: vol}}
+    spec:
+      securityContext: {fsGroup: 2000}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox
+        command: ["sh", "-c", "mkdir -p /data/logs && hostname >> /data/logs/who && sleep 3600"]
+        volumeMounts:
+        - {name: data, mountPath: /data}
+        - {name: data, mountPath: /logs, subPath: logs, readOnly: true}
+      volumes:
+      - name: data
+        persistentVolumeClaim: {claimName: data}
+"#,
+    );
+    let p1 = running_pod(c, &ns, "app=vol");
+    // The default class bound it to a local volume made on this node.
+    let claim = kubectl_json(c, &["-n", &ns, "get", "pvc", "data"]).unwrap();
+    assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
+    assert_eq!(claim["spec"]["storageClassName"], "h8s-local");
+    let finalizers = claim["metadata"]["finalizers"].to_string();
+    assert!(
+        finalizers.contains("kubernetes.io/pvc-protection"),
+        "{finalizers}"
+    );
+    let pv_name = claim["spec"]["volumeName"].as_str().unwrap().to_string();
+    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    assert_eq!(pv["status"]["phase"], "Bound");
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete");
+    assert_eq!(pv["spec"]["csi"]["driver"], "local.volumes.h8s.io");
+    assert!(pv["metadata"]["finalizers"]
+        .to_string()
+        .contains("kubernetes.io/pv-protection"));
+    assert!(pv["spec"]["nodeAffinity"].to_string().contains(&c.node));
+    let file = vols(c).join(format!("{pv_name}.raw"));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+    let ev = pvc_events(c, &ns, "data");
+    assert!(ev.contains("ProvisioningSucceeded"), "{ev}");
+
+    // Inside the VM: the filesystem, the subPath read-only, fsGroup on new files.
+    let (ok, out, err) = exec(
+        c,
+        &ns,
+        &p1,
+        "cat /logs/who; stat -c %g /data/logs/who; grep ' /data ' /proc/mounts",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains(&p1), "{out}");
+    assert!(out.contains("2000"), "fsGroup: {out}");
+    assert!(out.contains("ext4"), "{out}");
+    let (ok, _, err) = exec(c, &ns, &p1, "touch /logs/x");
+    assert!(!ok && err.contains("Read-only"), "subPath readOnly: {err}");
+    assert_nothing_mounted_on_host(c);
+
+    // Offline expansion: no pod, the claim asks for more, the next pod sees the data and room.
+    kubectl(
+        c,
+        &["-n", &ns, "scale", "deployment", "app", "--replicas=0"],
+    );
+    wait(Duration::from_secs(120), "the pod VM to stop", || {
+        vms_of(c, &ns).is_empty().then_some(())
+    });
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "pvc",
+            "data",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
+        ],
+    );
+    wait(Duration::from_secs(60), "the volume to grow", || {
+        (std::fs::metadata(&file).ok()?.len() == 128 << 20).then_some(())
+    });
+    wait(Duration::from_secs(30), "the claim's capacity", || {
+        let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "data"]).ok()?;
+        (cl["status"]["capacity"]["storage"] == "134217728"
+            || cl["status"]["capacity"]["storage"] == "128Mi")
+            .then_some(())
+    });
+    kubectl(
+        c,
+        &["-n", &ns, "scale", "deployment", "app", "--replicas=1"],
+    );
+    let p2 = running_pod(c, &ns, "app=vol");
+    assert_ne!(p1, p2);
+    let (ok, out, err) = exec(c, &ns, &p2, "cat /data/logs/who; df -k /data | tail -1");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&p1) && out.contains(&p2),
+        "data of both pods: {out}"
+    );
+    let size_k: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(size_k > 100_000, "the filesystem grew to the disk: {out}");
+    assert_nothing_mounted_on_host(c);
+
+    // Delete: the claim goes, the volume is Released, its file removed, the PV deleted.
+    kubectl(c, &["-n", &ns, "delete", "deployment", "app"]);
+    wait(Duration::from_secs(120), "the pod VMs to go", || {
+        vms_of(c, &ns).is_empty().then_some(())
+    });
+    kubectl(c, &["-n", &ns, "delete", "pvc", "data", "--wait=true"]);
+    wait(Duration::from_secs(60), "the volume file to go", || {
+        (!file.exists()).then_some(())
+    });
+    wait(Duration::from_secs(60), "the PV to go", || {
+        kubectl_json(c, &["get", "pv", &pv_name])
+            .is_err()
+            .then_some(())
+    });
+    cleanup(c, &ns);
+}
+
+#[test]
+fn block_mode_gives_the_raw_device_and_rwop_waits_with_multi_attach() {
+    let c = cluster();
+    let ns = namespace(c, "vol-blk");
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: raw}
+spec:
+  accessModes: [ReadWriteOncePod]
+  volumeMode: Block
+  resources: {requests: {storage: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: blk, labels: {app: blk}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo h8s-block-data | dd of=/dev/xvda bs=512 seek=8 conv=sync && sync && sleep 3600"]
+    volumeDevices:
+    - {name: raw, devicePath: /dev/xvda}
+  volumes:
+  - name: raw
+    persistentVolumeClaim: {claimName: raw}
+"#,
+    );
+    running_pod(c, &ns, "app=blk");
+    let (ok, out, err) = exec(
+        c,
+        &ns,
+        "blk",
+        "dd if=/dev/xvda bs=512 skip=8 count=1 2>/dev/null; blockdev --getsize64 /dev/xvda; grep -c xvda /proc/mounts",
+    );
+    assert!(ok || out.contains("h8s-block-data"), "{err}");
+    assert!(out.contains("h8s-block-data"), "{out}");
+    assert!(out.contains(&(16u64 << 20).to_string()), "{out}");
+    let pv_name = kubectl_json(c, &["-n", &ns, "get", "pvc", "raw"]).unwrap()["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    assert_eq!(pv["spec"]["volumeMode"], "Block");
+    // The bytes went to the backing file (read as a file, never mounted).
+    let data = std::fs::read(vols(c).join(format!("{pv_name}.raw"))).unwrap();
+    assert_eq!(&data[4096..4110], b"h8s-block-data");
+
+    // ReadWriteOncePod: a second pod waits with a Multi-Attach event.
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: blk2}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+    volumeDevices:
+    - {name: raw, devicePath: /dev/xvda}
+  volumes:
+  - name: raw
+    persistentVolumeClaim: {claimName: raw}
+"#,
+    );
+    wait(Duration::from_secs(60), "a Multi-Attach event", || {
+        let ev = events_of(c, &ns);
+        (ev.contains("FailedAttachVolume") && ev.contains("Multi-Attach error")).then_some(())
+    });
+    let p = pod(c, &ns, "blk2");
+    assert_eq!(p["status"]["phase"], "Pending");
+    let msg = container_status(&p)["state"]["waiting"]["message"].to_string();
+    assert!(msg.contains("Multi-Attach"), "{p}");
+    assert!(vms_of(c, &ns).len() == 1, "the second pod has no VM");
+    assert_nothing_mounted_on_host(c);
+    cleanup(c, &ns);
+    kubectl(c, &["-n", &ns, "delete", "pvc", "raw", "--wait=false"]);
+}
+
+fn make_volume_file(c: &Cluster, id: &str, ext4: bool) -> PathBuf {
+    std::fs::create_dir_all(vols(c)).unwrap();
+    let f = vols(c).join(format!("{id}.raw"));
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&f)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    if ext4 {
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    f
+}
+
+fn static_pv(c: &Cluster, name: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {name}}}
+spec:
+  capacity: {{storage: 32Mi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  csi: {{driver: local.volumes.h8s.io, volumeHandle: {name}, fsType: ext4}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}
+{extra_spec}"#,
+        node = c.node
+    )
+}
+
+#[test]
+fn seeds_cinder_manifest_attaches_the_named_volume() {
+    let c = cluster();
+    let ns = namespace(c, "vol-cinder");
+    let id = "651b2a7b-683e-47e1-bdd6-e3c62e8f91c0";
+    // The admin makes the volume beforehand (the seeds: "create the Cinder volume first").
+    make_volume_file(c, id, true);
+    apply(c, &ns, &static_pv(c, id, ""));
+    // The manifest from the seeds, verbatim (two-space line ends and all).
+    let seed = "apiVersion: v1  \nkind: Pod  \nmetadata:  \n  name: nginx  \n  labels:  \n    app: nginx  \nspec:  \n  containers:  \n  - name: nginx  \n    image: nginx  \n    ports:  \n    - containerPort: 80  \n    volumeMounts:  \n    - name: nginx-persistent-storage  \n      mountPath: /var/lib/nginx  \n  volumes:  \n  - name: nginx-persistent-storage  \n    cinder:  \n      volumeID: 651b2a7b-683e-47e1-bdd6-e3c62e8f91c0  \n      fsType: ext4\n";
+    apply(c, &ns, seed);
+    // The image's command (busybox's sh here) runs with the volume mounted: the container
+    // starts (and ends; it is restarted), it never fails to mount.
+    wait(
+        Duration::from_secs(240),
+        "the nginx container to start",
+        || {
+            let p = pod(c, &ns, "nginx");
+            let cs = container_status(&p);
+            let started = cs["restartCount"].as_i64().unwrap_or(0) > 0
+                || !cs["state"]["running"].is_null()
+                || cs["state"]["terminated"]["exitCode"] == 0;
+            let msg = cs["state"]["waiting"]["message"].to_string();
+            assert!(!msg.contains("mount"), "mount failed: {p}");
+            started.then_some(())
+        },
+    );
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "nginx",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    // The same volume by id in a busybox pod: written, and kept for the next pod.
+    let pod_yaml = |name: &str, cmd: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "{cmd}"]
+    volumeMounts:
+    - {{name: v, mountPath: /var/lib/nginx}}
+  volumes:
+  - name: v
+    cinder: {{volumeID: {id}, fsType: ext4}}
+"#
+        )
+    };
+    apply(
+        c,
+        &ns,
+        &pod_yaml("w", "echo seeded > /var/lib/nginx/f && sleep 3600"),
+    );
+    running_pod(c, &ns, "app=w");
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "w",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    apply(c, &ns, &pod_yaml("r", "sleep 3600"));
+    running_pod(c, &ns, "app=r");
+    let (ok, out, err) = exec(c, &ns, "r", "cat /var/lib/nginx/f");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "seeded");
+    assert_nothing_mounted_on_host(c);
+    cleanup(c, &ns);
+    kubectl(c, &["delete", "pv", id, "--wait=false"]);
+}
+
+#[test]
+fn bad_input_is_reported_on_the_claim_and_the_pod() {
+    let c = cluster();
+    let ns = namespace(c, "vol-bad");
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: huge}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 10Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: noclass}
+spec:
+  storageClassName: nope
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: huge}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["sleep", "3600"], volumeMounts: [{name: v, mountPath: /v}]}
+  volumes:
+  - {name: v, persistentVolumeClaim: {claimName: huge}}
+"#,
+    );
+    // Larger than the 2 GiB pool: Pending with ProvisioningFailed.
+    wait(
+        Duration::from_secs(60),
+        "ProvisioningFailed on the big claim",
+        || {
+            let ev = pvc_events(c, &ns, "huge");
+            (ev.contains("ProvisioningFailed") && ev.contains("not enough space")).then_some(())
+        },
+    );
+    let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "huge"]).unwrap();
+    assert_eq!(cl["status"]["phase"], "Pending");
+    let p = pod(c, &ns, "huge");
+    assert!(
+        container_status(&p)["state"]["waiting"]["message"]
+            .to_string()
+            .contains("not enough space"),
+        "{p}"
+    );
+    // Unknown class.
+    wait(
+        Duration::from_secs(60),
+        "ProvisioningFailed on the unknown class",
+        || {
+            let ev = pvc_events(c, &ns, "noclass");
+            ev.contains("storageclass.storage.k8s.io \"nope\" not found")
+                .then_some(())
+        },
+    );
+    // A missing and a damaged backing file: the pod's status says so.
+    let missing = format!("missing-{}", std::process::id());
+    let damaged = format!("damaged-{}", std::process::id());
+    apply(c, &ns, &static_pv(c, &missing, ""));
+    std::fs::create_dir_all(vols(c)).unwrap();
+    std::fs::write(vols(c).join(format!("{damaged}.raw")), b"not a disk").unwrap();
+    apply(c, &ns, &static_pv(c, &damaged, ""));
+    for (name, vol, want) in [("m", &missing, "not found"), ("d", &damaged, "corrupt")] {
+        apply(
+            c,
+            &ns,
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: busybox, command: ["sleep", "3600"], volumeMounts: [{{name: v, mountPath: /v}}]}}
+  volumes:
+  - {{name: v, cinder: {{volumeID: {vol}}}}}
+"#
+            ),
+        );
+        wait(
+            Duration::from_secs(60),
+            "the pod to report its volume",
+            || {
+                let p = pod(c, &ns, name);
+                container_status(&p)["state"]["waiting"]["message"]
+                    .to_string()
+                    .contains(want)
+                    .then_some(())
+            },
+        );
+    }
+    // A file that is a disk but holds no filesystem: the guest refuses to mount it.
+    let blank = format!("blank-{}", std::process::id());
+    make_volume_file(c, &blank, false);
+    apply(c, &ns, &static_pv(c, &blank, ""));
+    apply(
+        c,
+        &ns,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: b}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: busybox, command: ["sleep", "3600"], volumeMounts: [{{name: v, mountPath: /v}}]}}
+  volumes:
+  - {{name: v, cinder: {{volumeID: {blank}}}}}
+"#
+        ),
+    );
+    wait(
+        Duration::from_secs(240),
+        "the guest's mount failure",
+        || {
+            let p = pod(c, &ns, "b");
+            let m = container_status(&p)["state"]["waiting"]["message"].to_string();
+            m.contains("ext4").then_some(())
+        },
+    );
+    assert_nothing_mounted_on_host(c);
+    cleanup(c, &ns);
+    for pv in [missing, damaged, blank] {
+        kubectl(c, &["delete", "pv", &pv, "--wait=false"]);
+    }
+}
+
+#[test]
+fn rbd_volume_follows_its_pod_through_qemus_rbd_driver() {
+    let c = cluster();
+    let ns = namespace(c, "vol-rbd");
+    apply(
+        c,
+        &ns,
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: h8s-rbd-test}
+provisioner: volumes.h8s.io/rbd
+parameters: {pool: h8s}
+reclaimPolicy: Delete
+allowVolumeExpansion: true
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: shared}
+spec:
+  storageClassName: h8s-rbd-test
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 32Mi}}
+"#,
+    );
+    // Immediate binding: the controller makes the image and binds it.
+    let pv_name = wait(Duration::from_secs(90), "the rbd claim to bind", || {
+        let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "shared"]).ok()?;
+        (cl["status"]["phase"] == "Bound")
+            .then(|| cl["spec"]["volumeName"].as_str().unwrap().to_string())
+    });
+    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    assert_eq!(pv["spec"]["csi"]["driver"], "rbd.volumes.h8s.io");
+    assert!(
+        pv["spec"]["nodeAffinity"].is_null(),
+        "rbd volumes go anywhere"
+    );
+    let pod_yaml = |name: &str, cmd: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "{cmd}"]
+    volumeMounts:
+    - {{name: v, mountPath: /data}}
+  volumes:
+  - name: v
+    persistentVolumeClaim: {{claimName: shared}}
+"#
+        )
+    };
+    apply(
+        c,
+        &ns,
+        &pod_yaml("w", "echo on-ceph > /data/f && sync && sleep 3600"),
+    );
+    running_pod(c, &ns, "app=w");
+    // QEMU opened the image itself: its command line names the rbd: drive.
+    let qemu_has_rbd = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).contains(&format!("rbd:h8s/{pv_name}")))
+            .unwrap_or(false)
+    });
+    assert!(qemu_has_rbd, "a QEMU process attaches rbd:h8s/{pv_name}");
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "w",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+    );
+    apply(c, &ns, &pod_yaml("r", "sleep 3600"));
+    running_pod(c, &ns, "app=r");
+    let (ok, out, err) = exec(c, &ns, "r", "cat /data/f");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "on-ceph");
+    assert_nothing_mounted_on_host(c);
+    cleanup(c, &ns);
+    // Delete: the controller removes the image and the volume.
+    kubectl(c, &["-n", &ns, "delete", "pvc", "shared", "--wait=true"]);
+    wait(Duration::from_secs(60), "the rbd PV to go", || {
+        kubectl_json(c, &["get", "pv", &pv_name])
+            .is_err()
+            .then_some(())
+    });
+    let ls = Command::new("rbd")
+        .arg("-c")
+        .arg(c.dir.join("ceph/ceph.conf"))
+        .args(["ls", "h8s"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains(&pv_name),
+        "the image is removed"
+    );
+    kubectl(c, &["delete", "storageclass", "h8s-rbd-test"]);
+}
