@@ -815,10 +815,16 @@ fn recover_request_id(json: &[u8]) -> Option<RequestId> {
 }
 
 /// An incremental decoder for non-blocking readers (e.g. the host's async side): feed it bytes,
-/// take complete frames out.
+/// take complete frames out. Linear in the bytes fed: frames are taken from a cursor into
+/// the buffer, and what is left after them is moved to the front only when more bytes come.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    start: usize,
+    /// Bytes moved to the front so far (tests check it stays below the bytes fed).
+    #[cfg(test)]
+    shifted: usize,
 }
 
 impl Decoder {
@@ -829,6 +835,15 @@ impl Decoder {
 
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            // Only the undecoded tail (less than one frame) moves.
+            #[cfg(test)]
+            {
+                self.shifted += self.buf.len() - self.start;
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
@@ -836,29 +851,72 @@ impl Decoder {
     /// ([`Error::FrameLength`]) the stream cannot be resynchronised and should be dropped; after
     /// a decoding error of a well-framed body the frame is consumed and decoding can go on.
     pub fn next_frame(&mut self) -> Result<Option<Frame>> {
-        if self.buf.len() < 4 {
+        let rest = &self.buf[self.start..];
+        if rest.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
         check_len(len)?;
         let end = 4 + len as usize;
-        if self.buf.len() < end {
+        if rest.len() < end {
             return Ok(None);
         }
-        let result = decode_body(&self.buf[4..end]);
-        self.buf.drain(..end);
+        let result = decode_body(&rest[4..end]);
+        self.start += end;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         result.map(Some)
     }
 
     /// Bytes buffered but not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_is_linear_and_keeps_partial_frames() {
+        let one = encode(&Frame::Data {
+            process: ProcessId(7),
+            channel: Channel::Stdout,
+            data: b"y\n".to_vec(),
+        });
+        // 20,000 frames in one feed, then a frame split over three feeds.
+        let n = 20_000;
+        let mut bytes = Vec::with_capacity(one.len() * n);
+        for _ in 0..n {
+            bytes.extend_from_slice(&one);
+        }
+        let mut d = Decoder::new();
+        d.feed(&bytes);
+        let mut got = 0;
+        while let Some(f) = d.next_frame().unwrap() {
+            assert!(matches!(f, Frame::Data { ref data, .. } if data == b"y\n"));
+            got += 1;
+        }
+        assert_eq!(got, n);
+        assert_eq!(d.pending(), 0);
+        d.feed(&one[..3]);
+        assert!(d.next_frame().unwrap().is_none());
+        d.feed(&one[3..5]);
+        assert!(d.next_frame().unwrap().is_none());
+        let mut tail = one[5..].to_vec();
+        tail.extend_from_slice(&one[..2]);
+        d.feed(&tail);
+        assert!(d.next_frame().unwrap().is_some());
+        assert_eq!(d.pending(), 2);
+        // Bytes moved to the front: only undecoded partial frames, never the whole buffer
+        // per frame (draining per frame would move ~n²/2 frames' worth here).
+        d.feed(&one[2..]);
+        assert!(d.next_frame().unwrap().is_some());
+        assert!(d.shifted <= 3 * one.len(), "moved {} bytes", d.shifted);
+    }
 
     fn roundtrip(frame: Frame) {
         let bytes = encode(&frame);

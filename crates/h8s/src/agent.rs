@@ -146,6 +146,14 @@ pub struct AgentOpts {
     /// The default RBD pool.
     #[arg(long = "rbd-pool", default_value = "h8s")]
     pub rbd_pool: String,
+    /// Largest size of a container's log file before it is rotated (kubelet's
+    /// containerLogMaxSize); also caps the pod VM's console log.
+    #[arg(long = "container-log-max-size", default_value = "10Mi", value_parser = parse_bytes)]
+    pub container_log_max_size: u64,
+    /// Most log files kept per container, the current one included (kubelet's
+    /// containerLogMaxFiles).
+    #[arg(long = "container-log-max-files", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub container_log_max_files: u32,
 }
 
 impl AgentOpts {
@@ -200,7 +208,11 @@ impl AgentOpts {
 
     /// The pod VM runtime, with images in `data_dir/images`.
     pub fn runtime(&self, data_dir: &Path) -> anyhow::Result<Runtime> {
-        let vm = VmSettings::from_env()?;
+        let mut vm = VmSettings::from_env()?;
+        vm.log_limits = h8s_runtime::LogLimits {
+            max_bytes: self.container_log_max_size,
+            max_files: self.container_log_max_files,
+        };
         let program = std::env::current_exe().context("locating the h8s binary")?;
         Ok(Runtime::new(RuntimeConfig {
             root: self

@@ -24,7 +24,7 @@ pub use api::{
 };
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
-pub use logs::{LogEntry, LogStream};
+pub use logs::{LogEntry, LogLimits, LogStream};
 pub use service::{
     BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,
     RUNTIME_NAME,

@@ -2,8 +2,10 @@
 //! `<RFC3339Nano> <stdout|stderr> <F|P> <content>`, `P` marking a partial line.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
 
 use crate::util::rfc3339_nano;
 use crate::{Error, Result};
@@ -11,9 +13,33 @@ use crate::{Error, Result};
 /// Longest content of one entry; longer lines are split into `P` entries.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Appends a container's output to its log file, line by line.
+/// How large a container's log may grow: kubelet's `containerLogMaxSize` (10 MiB) and
+/// `containerLogMaxFiles` (5, the current file included). When the current file would pass
+/// `max_bytes` it is renamed to `<file>.<UTC time>` and a new one is started; only the newest
+/// `max_files - 1` rotated files are kept. `max_bytes == 0` turns rotation off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLimits {
+    /// Largest size of one file, bytes.
+    pub max_bytes: u64,
+    /// Most files per container, the current one included (at least 1).
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+/// Appends a container's output to its log file, line by line, rotating it at its limit.
 pub(crate) struct LogWriter {
     file: std::fs::File,
+    path: PathBuf,
+    size: u64,
+    limits: LogLimits,
     partial: [Vec<u8>; 2],
 }
 
@@ -36,14 +62,14 @@ impl LogStream {
 }
 
 impl LogWriter {
-    pub fn open(path: &Path) -> Result<LogWriter> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    pub fn open(path: &Path, limits: LogLimits) -> Result<LogWriter> {
+        let file = open_append(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogWriter {
             file,
+            path: path.to_path_buf(),
+            size,
+            limits,
             partial: [Vec::new(), Vec::new()],
         })
     }
@@ -82,13 +108,104 @@ impl LogWriter {
         self.emit(&out);
     }
 
+    /// Writes whole entries, rotating first when the next ones would pass the limit (a
+    /// file holds at least one entry, so it stays below `max_bytes` + one entry).
     fn emit(&mut self, out: &[u8]) {
-        if !out.is_empty() {
-            if let Err(e) = self.file.write_all(out) {
+        let mut rest = out;
+        while !rest.is_empty() {
+            let room = if self.limits.max_bytes == 0 {
+                u64::MAX
+            } else {
+                self.limits.max_bytes.saturating_sub(self.size)
+            };
+            // The longest run of whole entries that fits.
+            let mut take = 0usize;
+            for (i, b) in rest.iter().enumerate() {
+                if *b == b'\n' {
+                    if (i + 1) as u64 > room {
+                        break;
+                    }
+                    take = i + 1;
+                }
+            }
+            if take == 0 {
+                if self.size > 0 {
+                    self.rotate();
+                    continue;
+                }
+                // One entry larger than the limit: it gets a file of its own.
+                take = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+            }
+            if let Err(e) = self.file.write_all(&rest[..take]) {
                 tracing::warn!(error = %e, "writing container log");
+            }
+            self.size += take as u64;
+            rest = &rest[take..];
+        }
+    }
+
+    fn rotate(&mut self) {
+        let stamp: String = rfc3339_nano(SystemTime::now())
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        let rotated = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            tracing::warn!(error = %e, "rotating container log");
+        }
+        match open_append(&self.path) {
+            Ok(f) => {
+                self.file = f;
+                self.size = 0;
+            }
+            Err(e) => tracing::warn!(error = %e, "reopening container log"),
+        }
+        let keep = self.limits.max_files.saturating_sub(1) as usize;
+        let mut old = rotated_files(&self.path);
+        if old.len() > keep {
+            old.sort();
+            for p in &old[..old.len() - keep] {
+                let _ = std::fs::remove_file(p);
             }
         }
     }
+}
+
+fn open_append(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))
+}
+
+/// The rotated files of log `path` (`<file>.<UTC time>`, e.g. `c.0.log.20261204T221500.123456789Z`).
+pub(crate) fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(&prefix).is_some_and(|rest| {
+                    rest.len() >= 16 && rest.contains('T') && rest.ends_with('Z')
+                })
+            })
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Removes a container's log and its rotated files.
+pub(crate) fn remove_log(path: &Path) {
+    for p in rotated_files(path) {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 fn entry(out: &mut Vec<u8>, t: SystemTime, stream: LogStream, full: bool, content: &[u8]) {
@@ -154,7 +271,7 @@ mod tests {
     fn lines_partials_and_streams_are_kept_apart() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.log");
-        let mut w = LogWriter::open(&p).unwrap();
+        let mut w = LogWriter::open(&p, LogLimits::default()).unwrap();
         w.write(LogStream::Stdout, b"hel");
         w.write(LogStream::Stderr, b"oops\n");
         w.write(LogStream::Stdout, b"lo\r\nworld");
@@ -180,5 +297,46 @@ mod tests {
             "2016-10-06T00:17:09.669794202Z".len()
         );
         assert!(LogEntry::parse(b"garbage").is_none());
+    }
+
+    #[test]
+    fn logs_rotate_at_their_limit_and_keep_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.0.log");
+        let limits = LogLimits {
+            max_bytes: 4096,
+            max_files: 3,
+        };
+        let mut w = LogWriter::open(&p, limits).unwrap();
+        // `yes`: 1 MiB of "y\n" in 64 KiB writes.
+        for _ in 0..16 {
+            w.write(LogStream::Stdout, &b"y\n".repeat(32 * 1024));
+        }
+        let rotated = rotated_files(&p);
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        let mut total = std::fs::metadata(&p).unwrap().len();
+        for r in &rotated {
+            let len = std::fs::metadata(r).unwrap().len();
+            assert!(len <= 4096, "{} is {len} bytes", r.display());
+            total += len;
+        }
+        assert!(total <= 3 * 4096, "{total}");
+        // Every file holds whole, parsable entries; the current one the newest output.
+        let text = std::fs::read(&p).unwrap();
+        assert!(text.ends_with(b" stdout F y\n"));
+        for l in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            assert_eq!(LogEntry::parse(l).unwrap().content, b"y");
+        }
+        // Other files in the directory are not taken for rotated ones.
+        std::fs::write(dir.path().join("c.0.log.1"), b"x").unwrap();
+        assert_eq!(rotated_files(&p).len(), 2);
+        remove_log(&p);
+        assert!(!p.exists() && rotated_files(&p).is_empty());
+        // An entry larger than the limit gets a file of its own.
+        let mut w = LogWriter::open(&p, LogLimits { max_bytes: 10, max_files: 2 }).unwrap();
+        w.write(LogStream::Stdout, b"a long line\nanother\n");
+        assert_eq!(rotated_files(&p).len(), 1);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.ends_with(" stdout F another\n"), "{text}");
     }
 }

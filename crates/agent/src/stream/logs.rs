@@ -132,6 +132,15 @@ fn text(body: Body) -> Response<Body> {
     r
 }
 
+/// Whether `path` now names another file than the one open (log rotation).
+async fn rotated_away(open: &tokio::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (open.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino() || a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
 /// Where the last `n` lines of the file start.
 async fn tail_offset(path: &Path, n: u64) -> std::io::Result<u64> {
     let path = path.to_path_buf();
@@ -193,6 +202,7 @@ async fn pump(
     let mut line: Vec<u8> = Vec::new();
     let mut sent: u64 = 0;
     let mut idle_polls = 0u32;
+    let mut switch_pending = false;
     loop {
         let before = line.len();
         let n = (&mut rd)
@@ -206,6 +216,20 @@ async fn pump(
                 break;
             }
             if n == 0 {
+                // Rotated (the runtime renamed the file and started a new one): once the
+                // old file is read to its end (it gets no more writes), go on in the new one.
+                if rotated_away(rd.get_ref(), path).await {
+                    if switch_pending {
+                        if let Ok(f) = tokio::fs::File::open(path).await {
+                            rd = BufReader::with_capacity(64 * 1024, f);
+                            switch_pending = false;
+                            continue;
+                        }
+                    } else {
+                        switch_pending = true;
+                        continue;
+                    }
+                }
                 idle_polls += 1;
                 // Check now and then whether the container still runs; once it does not,
                 // a last read picks up what it wrote before stopping.

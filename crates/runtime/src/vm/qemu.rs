@@ -98,6 +98,10 @@ pub struct VmSettings {
     /// the host (needs the guest's `virtio_balloon` driver; without it the device idles).
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// Container logs' and the console log's size limits (kubelet's containerLogMaxSize and
+    /// containerLogMaxFiles).
+    #[serde(default)]
+    pub log_limits: crate::logs::LogLimits,
 }
 
 impl VmSettings {
@@ -136,6 +140,7 @@ impl VmSettings {
                 .filter(|&s| s > 0)
                 .unwrap_or_else(default_watchdog),
             free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
+            log_limits: Default::default(),
         })
     }
 
@@ -236,7 +241,7 @@ pub(crate) fn qemu_args(
         "-append",
         &kernel_cmdline(settings, accel),
         "-chardev",
-        &format!("file,id=con,path={}", paths.console.display()),
+        &format!("file,id=con,path={},append=on", paths.console.display()),
         "-serial",
         "chardev:con",
         "-qmp",
@@ -312,6 +317,7 @@ mod tests {
             tcg_tb_size_mib: 32,
             watchdog_secs: 10,
             free_page_reporting: true,
+            log_limits: Default::default(),
         }
     }
 

@@ -217,7 +217,7 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             Proc {
                 container: c.config.name.clone(),
                 main: true,
-                log: LogWriter::open(&c.log_path).ok(),
+                log: LogWriter::open(&c.log_path, rec.vm.log_limits).ok(),
                 subs: Vec::new(),
                 exit: c.exit_code,
             },
@@ -269,6 +269,24 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         qemu.wait().await;
         let _ = gone_tx.send(true);
     });
+    {
+        // The console log is QEMU's file (opened O_APPEND): capped by copying it aside and
+        // truncating it, checked every second.
+        let console = shim.dir.console();
+        let limits = shim.lock().rec.vm.log_limits;
+        let mut gone = shim.qemu_gone.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONSOLE_CHECK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = gone.changed() => return,
+                }
+                let c = console.clone();
+                let _ = tokio::task::spawn_blocking(move || cap_console(&c, limits)).await;
+            }
+        });
+    }
     let mut gone = shim.qemu_gone.clone();
     let period = Duration::from_secs(shim.lock().rec.vm.watchdog_secs.max(1));
     let mut tick = tokio::time::interval(period);
@@ -352,6 +370,39 @@ fn vm_exit_reason(last_shutdown: &Option<String>, dir: &PodDir) -> String {
         Some("guest-shutdown") => "guest powered off unexpectedly".into(),
         Some(r) => format!("VM shut down ({r})"),
         None => format!("VM exited unexpectedly (see {})", console.display()),
+    }
+}
+
+/// How often the console log's size is checked.
+const CONSOLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps the console log within `limits.max_bytes`: a full file is copied to
+/// `console.log.1` (replacing the previous copy) and truncated. QEMU writes with O_APPEND, so
+/// its next write lands at the new end. Output written between the copy and the truncation
+/// is lost; the disk used stays below 2 × `max_bytes` plus one second of output.
+fn cap_console(path: &std::path::Path, limits: crate::logs::LogLimits) {
+    if limits.max_bytes == 0 {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() <= limits.max_bytes {
+        return;
+    }
+    let aside = path.with_extension("log.1");
+    if limits.max_files > 1 {
+        if let Err(e) = std::fs::copy(path, &aside) {
+            tracing::warn!(error = %e, "copying the console log aside");
+        }
+    }
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => {
+            if let Err(e) = f.set_len(0) {
+                tracing::warn!(error = %e, "truncating the console log");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "opening the console log"),
     }
 }
 
@@ -845,7 +896,7 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
             st.rec.containers.retain(|c| c.config.name != name);
             st.rec.process_ids.remove(&name);
             shim.save(&st);
-            let _ = std::fs::remove_file(shim.dir.log_path(&name));
+            crate::logs::remove_log(&shim.dir.log_path(&name));
             Ok(Response::Ok)
         }
         Request::Probe { spec } => {
@@ -953,7 +1004,7 @@ async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Respon
         st.rec.process_ids.remove(&config.name);
         return Err(e);
     }
-    let log = LogWriter::open(&log_path)?;
+    let log = LogWriter::open(&log_path, st.rec.vm.log_limits)?;
     st.procs.insert(
         pid,
         Proc {
