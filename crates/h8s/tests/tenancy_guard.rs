@@ -359,7 +359,7 @@ async fn run(srv: &Server) {
             "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
             &json!({"metadata": {"name": "test-tenants-namespace-creater"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "namespace-creater"},
-                    "subjects": ["acme", "bolt", "corp"].iter().map(|t| json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": format!("h8s:tenant:{t}")})).collect::<Vec<_>>()}),
+                    "subjects": (["acme", "bolt", "corp"].iter().map(|t| json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": format!("h8s:tenant:{t}")})).collect::<Vec<_>>())}),
         )
         .await;
     assert_eq!(r.code, 201, "{}", r.body);

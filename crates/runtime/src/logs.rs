@@ -134,7 +134,10 @@ impl LogWriter {
                     continue;
                 }
                 // One entry larger than the limit: it gets a file of its own.
-                take = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+                take = rest
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len(), |i| i + 1);
             }
             if let Err(e) = self.file.write_all(&rest[..take]) {
                 tracing::warn!(error = %e, "writing container log");
@@ -333,7 +336,14 @@ mod tests {
         remove_log(&p);
         assert!(!p.exists() && rotated_files(&p).is_empty());
         // An entry larger than the limit gets a file of its own.
-        let mut w = LogWriter::open(&p, LogLimits { max_bytes: 10, max_files: 2 }).unwrap();
+        let mut w = LogWriter::open(
+            &p,
+            LogLimits {
+                max_bytes: 10,
+                max_files: 2,
+            },
+        )
+        .unwrap();
         w.write(LogStream::Stdout, b"a long line\nanother\n");
         assert_eq!(rotated_files(&p).len(), 1);
         let text = std::fs::read_to_string(&p).unwrap();
