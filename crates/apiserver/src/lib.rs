@@ -70,7 +70,9 @@ pub use identity::{
     Identity, IdentityAuthenticator, IdentityConfig, ADMIN_PASSWORD_FILE, BOOTSTRAP_ADMIN,
 };
 pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
-pub use pki::{kubeconfig, kubeconfig_with_cert, random_token, Pki, CLIENT_CERT_LIFETIME};
+pub use pki::{
+    kubeconfig, kubeconfig_with_cert, needs_renewal, random_token, Pki, CLIENT_CERT_LIFETIME,
+};
 pub use rbac::node::{NodeAuthorizer, NodeRestriction};
 pub use rbac::{RbacAuthorizer, Union};
 pub use response::Body;

@@ -8,6 +8,12 @@
 //! serving certificate is re-issued (by the same CA) when the
 //! wanted subject alternative names are not all in the existing one, so adding a
 //! `--tls-san` later does not invalidate kubeconfigs that trust the CA.
+//!
+//! Lifetimes, as kubeadm and k3s choose them: the CA ten years, the serving certificate and
+//! client certificates one year. The serving certificate is renewed at start when less than
+//! [`RENEW_BEFORE`] of it is left (or when it outlives [`SERVING_CERT_LIFETIME`], as
+//! certificates made before lifetimes were bounded do); a server that runs for a year without
+//! a restart must be restarted to renew it, as k3s must.
 
 use std::fs;
 use std::io::Write;
@@ -37,6 +43,16 @@ pub struct Pki {
 
 /// The lifetime of a client certificate when the caller names none: one year.
 pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The lifetime of the serving certificate: one year.
+pub const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The lifetime of a new cluster CA: ten years (kubeadm's).
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A certificate with less than this left is renewed when the server (or a joined agent)
+/// starts: 90 days, k3s's threshold.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// How far back a new certificate's validity starts, for clocks slightly behind ours.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
@@ -101,7 +117,7 @@ impl Pki {
         let issuer = Issuer::new(ca_params(), &ca_key);
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - BACKDATE;
-        p.not_after = (now + lifetime).min(ca_params().not_after);
+        p.not_after = (now + lifetime).min(not_after(&self.ca_pem)?);
         p.is_ca = IsCa::ExplicitNoCa;
         p.subject_alt_names.clear();
         p.key_usages = vec![
@@ -175,6 +191,29 @@ fn rc(e: rcgen::Error) -> Error {
     Error::Pki(e.to_string())
 }
 
+/// The end of a PEM certificate's validity.
+pub fn not_after(pem: &str) -> Result<time::OffsetDateTime> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| Error::Pki(format!("reading a certificate: {e}")))?;
+    let x = der
+        .parse_x509()
+        .map_err(|e| Error::Pki(format!("reading a certificate: {e}")))?;
+    time::OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp())
+        .map_err(|e| Error::Pki(format!("reading a certificate: {e}")))
+}
+
+/// Whether a certificate (PEM) should be renewed now: unreadable, less than
+/// [`RENEW_BEFORE`] left, or valid for longer than `lifetime` from now (made before
+/// lifetimes were bounded).
+pub fn needs_renewal(pem: &str, lifetime: Duration) -> bool {
+    let now = time::OffsetDateTime::now_utc();
+    match not_after(pem) {
+        Ok(end) => end - now < RENEW_BEFORE || end - now > lifetime + Duration::from_secs(86400),
+        Err(_) => true,
+    }
+}
+
+/// The CA's identity (what issuing needs); its validity is set only when it is made.
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -186,8 +225,6 @@ fn ca_params() -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     p
 }
 
@@ -250,7 +287,11 @@ pub fn ensure(dir: &Path, extra_sans: &[String], server_url: &str) -> Result<Pki
         (Some(c), Some(k)) => (c, k),
         _ => {
             let key = KeyPair::generate().map_err(rc)?;
-            let cert = ca_params().self_signed(&key).map_err(rc)?;
+            let mut p = ca_params();
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - BACKDATE;
+            p.not_after = now + CA_LIFETIME;
+            let cert = p.self_signed(&key).map_err(rc)?;
             let (c, k) = (cert.pem(), key.serialize_pem());
             write_private(&ca_key, &k)?;
             write_private(&ca_crt, &c)?;
@@ -267,7 +308,12 @@ pub fn ensure(dir: &Path, extra_sans: &[String], server_url: &str) -> Result<Pki
     let have = read(&sans_file)?.unwrap_or_default();
     let have: Vec<&str> = have.lines().collect();
     let (cert_pem, key_pem) = match (read(&srv_crt)?, read(&srv_key)?) {
-        (Some(c), Some(k)) if sans.iter().all(|s| have.contains(&s.as_str())) => (c, k),
+        (Some(c), Some(k))
+            if sans.iter().all(|s| have.contains(&s.as_str()))
+                && !needs_renewal(&c, SERVING_CERT_LIFETIME) =>
+        {
+            (c, k)
+        }
         _ => {
             // The CA's parameters are fixed, so rebuilding them names the same issuer.
             let issuer = Issuer::new(ca_params(), &ca_key);
@@ -282,8 +328,12 @@ pub fn ensure(dir: &Path, extra_sans: &[String], server_url: &str) -> Result<Pki
                 KeyUsagePurpose::KeyEncipherment,
             ];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - BACKDATE;
+            p.not_after = (now + SERVING_CERT_LIFETIME).min(not_after(&ca_pem)?);
+            let mut serial = crate::util::random_bytes::<16>();
+            serial[0] &= 0x7f;
+            p.serial_number = Some(SerialNumber::from_slice(&serial));
             let cert = p.signed_by(&key, &issuer).map_err(rc)?;
             let (c, k) = (cert.pem(), key.serialize_pem());
             write_private(&srv_key, &k)?;
@@ -414,6 +464,37 @@ mod tests {
         assert!(server_tls(&c).is_ok());
         let kc = fs::read_to_string(d.path().join("admin.kubeconfig")).unwrap();
         assert!(kc.contains(&a.admin_token));
+    }
+
+    fn days_valid(pem: &str) -> i64 {
+        use x509_parser::prelude::*;
+        let (_, der) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let x = der.parse_x509().unwrap();
+        (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86400
+    }
+
+    #[test]
+    fn lifetimes_are_bounded_and_the_serving_certificate_renews() {
+        let d = tempfile::tempdir().unwrap();
+        let a = ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
+        assert_eq!(days_valid(&a.ca_pem), 3650);
+        assert_eq!(days_valid(&a.cert_pem), 365);
+        assert!(!needs_renewal(&a.cert_pem, SERVING_CERT_LIFETIME));
+        // A serving certificate with 10 days left (here: a client certificate standing in
+        // for one, signed by the same CA) is renewed at the next start.
+        let (short, key) = a
+            .issue_client_cert("x", &[], Duration::from_secs(10 * 86400))
+            .unwrap();
+        assert!(needs_renewal(&short, SERVING_CERT_LIFETIME));
+        write_private(&d.path().join("server.crt"), &short).unwrap();
+        write_private(&d.path().join("server.key"), &key).unwrap();
+        let b = ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_ne!(b.cert_pem, short);
+        assert_eq!(days_valid(&b.cert_pem), 365);
+        // One valid for a century (made before lifetimes were bounded) is renewed too.
+        assert!(needs_renewal(&a.ca_pem, SERVING_CERT_LIFETIME));
+        assert!(needs_renewal("not a certificate", SERVING_CERT_LIFETIME));
     }
 
     #[test]

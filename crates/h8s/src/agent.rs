@@ -332,12 +332,45 @@ async fn client(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<h8s_client:
             server: String::from_utf8_lossy(&server).trim().to_string(),
             ca_pem: ca,
             credentials: h8s_client::Credentials::ClientCert {
-                cert_pem: cert,
+                cert_pem: cert.clone(),
                 key_pem: key,
             },
             user_agent: ua,
         };
-        return Ok(conn.client()?);
+        let client = conn.client()?;
+        // Renewed at start when less than 90 days of it are left, with the node's own
+        // credential (the server approves a node's renewal of itself).
+        let lifetime = h8s_apiserver::CLIENT_CERT_LIFETIME;
+        if h8s_apiserver::needs_renewal(&String::from_utf8_lossy(&cert), lifetime) {
+            let node = args.opts.node_name();
+            match h8s_client::bootstrap::request_node_certificate(
+                client.clone(),
+                &node,
+                &h8s_client::bootstrap::BootstrapOptions::default(),
+            )
+            .await
+            {
+                Ok(new) => {
+                    write_private(&dir.join("client.key"), &new.key_pem)?;
+                    write_private(&dir.join("client.crt"), &new.cert_pem)?;
+                    tracing::info!(%node, "renewed the node's client certificate");
+                    let conn = h8s_client::Connection {
+                        credentials: h8s_client::Credentials::ClientCert {
+                            cert_pem: new.cert_pem,
+                            key_pem: new.key_pem,
+                        },
+                        ..conn
+                    };
+                    return Ok(conn.client()?);
+                }
+                Err(e) => tracing::warn!(
+                    %node,
+                    error = %anyhow::Error::from(e),
+                    "renewing the node's client certificate failed; using the current one"
+                ),
+            }
+        }
+        return Ok(client);
     }
     let (Some(server), Some(token)) = (&args.server, &args.join_token) else {
         bail!("pass --server and --join-token (first join), or --kubeconfig");
@@ -367,25 +400,32 @@ async fn client(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<h8s_client:
     .await
     .context("joining the cluster")?;
     std::fs::create_dir_all(&dir)?;
-    let write = |f: &str, data: &[u8]| -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut fh = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join(f))
-            .with_context(|| format!("writing {}", dir.join(f).display()))?;
-        fh.write_all(data)?;
-        Ok(())
-    };
+    let write = |f: &str, data: &[u8]| write_private(&dir.join(f), data);
     write("server", server.as_bytes())?;
     write("ca.crt", &ca)?;
     write("client.crt", &cert.cert_pem)?;
     write("client.key", &cert.key_pem)?;
     tracing::info!(%node, "joined the cluster; node credential saved");
     Ok(conn.client()?)
+}
+
+/// Writes `data` to `path` with mode 0600 through a temporary file and a rename, so a crash
+/// never leaves half a credential.
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut fh = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fh.write_all(data)?;
+    fh.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {

@@ -329,6 +329,16 @@ fn authentication_end_to_end() {
         ))
         .expect("renewal");
     assert_ne!(renewed.cert_pem, cert.cert_pem);
+    // What `h8s agent` decides at start: a day left → renew; a fresh year → keep.
+    let lifetime = h8s_apiserver::CLIENT_CERT_LIFETIME;
+    assert!(h8s_apiserver::needs_renewal(
+        &String::from_utf8_lossy(&cert.cert_pem),
+        lifetime
+    ));
+    assert!(!h8s_apiserver::needs_renewal(
+        &String::from_utf8_lossy(&renewed.cert_pem),
+        lifetime
+    ));
     let other = rt.block_on(h8s_client::bootstrap::request_node_certificate(
         node_conn.client().unwrap(),
         "node-2",
