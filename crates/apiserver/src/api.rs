@@ -161,7 +161,7 @@ impl Api {
         match &r {
             Route::Version => {
                 *verb_out = "get";
-                return json_response(200, &version());
+                return json_response(200, &version(&self.build));
             }
             Route::Health(which) => {
                 *verb_out = "get";
@@ -494,15 +494,37 @@ where
     Ok(buf.freeze())
 }
 
+/// What `/version` says about the build, stamped by the binary (the apiserver library
+/// knows nothing of how it was built).
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    /// The commit built, or `unknown`.
+    pub git_commit: String,
+    /// `clean` or `dirty` (uncommitted changes when built), or `unknown`.
+    pub git_tree_state: String,
+    /// RFC 3339; unstamped builds say what an unstamped Kubernetes build says.
+    pub build_date: String,
+}
+
+impl Default for BuildInfo {
+    fn default() -> Self {
+        BuildInfo {
+            git_commit: "unknown".into(),
+            git_tree_state: "unknown".into(),
+            build_date: "1970-01-01T00:00:00Z".into(),
+        }
+    }
+}
+
 /// `/version`: kube's `version.Info`.
-pub fn version() -> Value {
+pub fn version(build: &BuildInfo) -> Value {
     json!({
         "major": "1",
         "minor": KUBE_MINOR,
         "gitVersion": GIT_VERSION,
-        "gitCommit": option_env!("H8S_GIT_COMMIT").unwrap_or("unknown"),
-        "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z",
+        "gitCommit": build.git_commit,
+        "gitTreeState": build.git_tree_state,
+        "buildDate": build.build_date,
         "goVersion": "go1.24.0",
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),

@@ -54,7 +54,7 @@ pub use admission::{
     QuotaHook, Request as AdmissionRequest, Tenancy as TenancyAdmission, TOKEN_MOUNT_PATH,
     TOKEN_VOLUME_PREFIX,
 };
-pub use api::{GIT_VERSION, KUBE_MINOR};
+pub use api::{BuildInfo, GIT_VERSION, KUBE_MINOR};
 pub use audit::{AuditConfig, AuditError, AuditLog, Level as AuditLevel, Policy as AuditPolicy};
 pub use auth::{
     AllowAuthenticated, Attributes, Authenticator, Authn, AuthnChain, Authorizer, BootstrapGuard,

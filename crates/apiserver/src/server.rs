@@ -61,6 +61,8 @@ pub struct Config {
     pub admission_plugins: crate::admission::PluginConfig,
     /// (identity) The built-in identity service (Tenants, Users, passwords, tokens, the
     /// Keystone v3 API under `/v3`); `None` turns it off.
+    /// What `/version` reports about the build (the binary stamps it).
+    pub build: crate::api::BuildInfo,
     pub identity: Option<crate::identity::IdentityConfig>,
     /// How long `metrics.k8s.io` reuses a node agent's stats.
     pub metrics_cache_ttl: std::time::Duration,
@@ -87,6 +89,7 @@ impl Config {
             event_ttl: std::time::Duration::from_secs(3600),
             admission_plugins: Default::default(),
             identity: Some(Default::default()),
+            build: Default::default(),
             metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
             audit: None,
         }
@@ -291,6 +294,7 @@ impl Server {
             openid: Some(sa_tokens.clone()),
             reviewers,
             identity: identity.clone(),
+            build: cfg.build.clone(),
             rbac: Some(rbac),
             metrics_api: Some(metrics_api),
             audit: match cfg.audit.clone() {

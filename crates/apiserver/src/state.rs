@@ -36,6 +36,8 @@ pub struct Api {
     pub(crate) audit: Option<Arc<crate::audit::AuditLog>>,
     /// (identity) The built-in identity service answering `/v3` (Keystone v3).
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
+    /// What `/version` reports about the build.
+    pub(crate) build: crate::api::BuildInfo,
     /// (rbac) The RBAC index, which a write of an RBAC object waits for.
     pub(crate) rbac: Option<Arc<crate::rbac::RbacAuthorizer>>,
     /// `metrics.k8s.io`, scraped from node agents.

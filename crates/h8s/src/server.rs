@@ -101,6 +101,11 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.service_cidr = args.service_cluster_ip_range.clone();
     cfg.event_ttl = args.event_ttl;
     cfg.identity = args.identity.config();
+    cfg.build = h8s_apiserver::BuildInfo {
+        git_commit: env!("H8S_GIT_COMMIT").into(),
+        git_tree_state: env!("H8S_GIT_TREE_STATE").into(),
+        build_date: env!("H8S_BUILD_DATE").into(),
+    };
     cfg.metrics_cache_ttl = args.metrics_cache_ttl;
     cfg.audit = args.audit.config()?;
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;

@@ -28,7 +28,19 @@ fn errors_are_statuses_with_the_right_codes() {
     assert_eq!((c, b.as_str()), (200, "ok"));
     let (c, b) = s.curl_with("GET", "/version/", None, None, None);
     assert_eq!(c, 200);
-    assert_eq!(json(&b)["major"], "1");
+    let v = json(&b);
+    assert_eq!(v["major"], "1");
+    // Stamped by the binary's build script from this checkout: the commit and its date.
+    let commit = v["gitCommit"].as_str().unwrap_or_default();
+    assert!(
+        commit.len() == 40 && commit.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{v}"
+    );
+    assert!(
+        v["buildDate"].as_str().unwrap_or_default().ends_with('Z'),
+        "{v}"
+    );
+    assert_ne!(v["buildDate"], "1970-01-01T00:00:00Z", "{v}");
 
     // 404 for unknown paths and objects.
     let (c, b) = s.curl("GET", "/api/v1/nothings", None, None);
