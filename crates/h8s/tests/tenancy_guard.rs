@@ -193,7 +193,10 @@ impl Secrets {
     /// itself said (a 403 echoes the guessed name).
     fn leaked(&self, tenant: &str, req: &Attempt, body: &str) -> Vec<String> {
         let mut scrubbed = body.to_string();
-        let mut said: Vec<&str> = req.path.split(['/', '?', '&', '=']).collect();
+        // Query values as the server reads them (`fieldSelector=metadata.name%3Dx`: a 403
+        // names `x`, as kube-apiserver's does, whether or not it exists).
+        let path = req.path.replace("%3D", "=").replace("%2C", ",");
+        let mut said: Vec<&str> = path.split(['/', '?', '&', '=', ',']).collect();
         let req_body = req.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
         if let Some(b) = &req.body {
             said.extend(b["metadata"]["name"].as_str());
@@ -1110,9 +1113,23 @@ async fn run(srv: &Server) {
             .collect();
         assert!(nss.iter().all(|n| n.starts_with(t)), "{nss:?}");
         assert!(nss.contains(ns_of(t, 1).as_str()));
+        // Its own Networks only: the one it made and, for namespaces without
+        // `spec.network`, the default Network the network controller made for it.
         let r = c.get("/api/v1/networks").await;
         let l = json(&r.body);
-        assert_eq!(l["items"].as_array().unwrap().len(), 1, "{}", r.body);
+        let items = l["items"].as_array().unwrap();
+        assert!(
+            items.iter().all(|n| n["spec"]["tenantID"] == *t),
+            "{}",
+            r.body
+        );
+        assert!(
+            items
+                .iter()
+                .any(|n| n["metadata"]["name"] == format!("{t}-net")),
+            "{}",
+            r.body
+        );
         // A watch from the list's resourceVersion sees the tenant's new namespace and not
         // the other's.
         let rv = json(&c.get("/api/v1/namespaces").await.body)["metadata"]["resourceVersion"]

@@ -656,7 +656,19 @@ spec:
     assert!(vms_of(c, &ns).len() == 1, "the second pod has no VM");
     assert_nothing_mounted_on_host(c);
     cleanup(c, &ns);
-    kubectl(c, &["-n", &ns, "delete", "pvc", "raw", "--wait=false"]);
+    // The namespace is on its way out with its claim; whichever deletes it first.
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pvc",
+            "raw",
+            "--wait=false",
+            "--ignore-not-found",
+        ],
+    );
 }
 
 fn make_volume_file(c: &Cluster, id: &str, ext4: bool) -> PathBuf {
@@ -1015,8 +1027,20 @@ spec:
     assert_eq!(out.trim(), "on-ceph");
     assert_nothing_mounted_on_host(c);
     cleanup(c, &ns);
-    // Delete: the controller removes the image and the volume.
-    kubectl(c, &["-n", &ns, "delete", "pvc", "shared", "--wait=true"]);
+    // Delete: the controller removes the image and the volume (the claim goes with its
+    // namespace, which cleanup is deleting, if this does not get there first).
+    kubectl(
+        c,
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pvc",
+            "shared",
+            "--wait=true",
+            "--ignore-not-found",
+        ],
+    );
     wait(Duration::from_secs(60), "the rbd PV to go", || {
         kubectl_json(c, &["get", "pv", &pv_name])
             .is_err()

@@ -83,13 +83,15 @@ impl Admission for NamespaceNetwork {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty());
             // A namespace of no tenant (made by a cluster admin) may join any Network: that
-            // is the operator's decision. A tenant's namespace joins only its own.
+            // is the operator's decision. A tenant's namespace joins only its own, and another
+            // tenant's Network is "not found" (its existence is not the caller's business;
+            // the tenancy plugin, earlier in the chain, answers the same).
             if let (Some(owner), Some(ns_tenant)) = (net_tenant, ns_tenant.as_deref()) {
                 if ns_tenant != owner {
                     return Err(invalid(
                         req.name,
                         net,
-                        &format!("network {net:?} belongs to another tenant"),
+                        &format!("network {net:?} not found"),
                     ));
                 }
             }

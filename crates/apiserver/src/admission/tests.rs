@@ -431,14 +431,14 @@ async fn namespace_network_plugin() {
         .admit(&r, Some(&mut ns("acme-net", Some("acme"))))
         .await
         .unwrap();
-    // A Network of another tenant is refused.
+    // A Network of another tenant is refused, as if it did not exist.
     let e = plugin
         .admit(&r, Some(&mut ns("acme-net", Some("other"))))
         .await
         .unwrap_err();
     assert_eq!(e.code, 422);
     assert!(
-        e.message.ends_with("belongs to another tenant"),
+        e.message.ends_with("network \"acme-net\" not found"),
         "{}",
         e.message
     );

@@ -93,6 +93,15 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
     ml && me
 }
 
+/// The tenant an object belongs to: its `tenancy.h8s.io/tenant` label.
+pub fn tenant(meta: &kube::api::ObjectMeta) -> Option<&str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get("tenancy.h8s.io/tenant"))
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+}
+
 /// Whether the volume's claimRef names this claim (by namespace/name, and uid when set).
 pub fn claimed_by(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
     let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {

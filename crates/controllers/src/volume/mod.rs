@@ -16,7 +16,11 @@
 //! * a volume whose claim is gone is `Released`; with reclaim policy Delete an RBD image is
 //!   removed here (local files by their node's agent), with Retain it stays;
 //! * the `kubernetes.io/pvc-protection` finalizer keeps a claim while a pod uses it, and
-//!   `kubernetes.io/pv-protection` keeps a volume while it is bound.
+//!   `kubernetes.io/pv-protection` keeps a volume while it is bound;
+//! * tenancy: a claim binds only to a volume of its namespace's tenant (the
+//!   `tenancy.h8s.io/tenant` label of both; no label = no tenant) or to one pre-bound to it
+//!   (`claimRef`, written by a provisioner or a cluster admin), so a tenant's free volume is
+//!   never handed to another tenant's claim.
 
 pub mod binder;
 
@@ -24,7 +28,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
@@ -88,11 +94,21 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         cfg.clone(),
         Some(wake.clone()),
     );
-    let (pods, _t4) = cluster::reflect(Api::<Pod>::all(client.clone()), cfg, Some(wake.clone()));
+    let (pods, _t4) = cluster::reflect(
+        Api::<Pod>::all(client.clone()),
+        cfg.clone(),
+        Some(wake.clone()),
+    );
+    let (namespaces, _t5) = cluster::reflect(
+        Api::<Namespace>::all(client.clone()),
+        cfg,
+        Some(wake.clone()),
+    );
     cluster::ready(&pvcs).await;
     cluster::ready(&pvs).await;
     cluster::ready(&classes).await;
     cluster::ready(&pods).await;
+    cluster::ready(&namespaces).await;
     let mut c = Ctl {
         client: client.clone(),
         events: Events::new(client, "persistentvolume-controller"),
@@ -105,6 +121,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
             pvs: pvs.state(),
             classes: classes.state(),
             pods: pods.state(),
+            namespaces: namespaces.state(),
         };
         c.sync(&snap).await;
         // Changes wake the loop; the resync also retries failed writes.
@@ -155,6 +172,17 @@ struct Snapshot {
     pvs: Vec<Arc<PersistentVolume>>,
     classes: Vec<Arc<StorageClass>>,
     pods: Vec<Arc<Pod>>,
+    namespaces: Vec<Arc<Namespace>>,
+}
+
+impl Snapshot {
+    /// The tenant of the namespace `ns` (its `tenancy.h8s.io/tenant` label).
+    fn namespace_tenant(&self, ns: &str) -> Option<&str> {
+        self.namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns))
+            .and_then(|n| binder::tenant(&n.metadata))
+    }
 }
 
 struct Ctl {
@@ -293,7 +321,14 @@ impl Ctl {
             )
             .await?;
         }
-        if let Some(pv) = binder::find(pvc, &s.pvs) {
+        let tenant = s.namespace_tenant(&ns);
+        let candidates: Vec<Arc<PersistentVolume>> = s
+            .pvs
+            .iter()
+            .filter(|pv| binder::tenant(&pv.metadata) == tenant || binder::claimed_by(pv, pvc))
+            .cloned()
+            .collect();
+        if let Some(pv) = binder::find(pvc, &candidates) {
             return self.bind(pv, pvc).await;
         }
         let r = reference(pvc);
