@@ -22,8 +22,10 @@ pub fn apply(r: &Resource, obj: &mut Value) {
                 if spec.is_object() {
                     set(spec, "enableServiceLinks", json!(true));
                 }
+                requests_from_limits(spec);
             }
         }
+        ("", "LimitRange") => limit_range(obj),
         ("", "Namespace") => {
             let name = obj
                 .pointer("/metadata/name")
@@ -271,6 +273,54 @@ fn entry<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
         *e = json!({});
     }
     e
+}
+
+/// A container's limits stand in for the requests it leaves out (Kubernetes'
+/// SetDefaults_Pod, for pods only, not templates).
+fn requests_from_limits(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        let Some(Value::Array(cs)) = spec.get_mut(list) else {
+            continue;
+        };
+        for c in cs.iter_mut() {
+            let Some(Value::Object(limits)) = c.pointer("/resources/limits").cloned() else {
+                continue;
+            };
+            if limits.is_empty() {
+                continue;
+            }
+            let Some(res) = c.get_mut("resources").filter(|r| r.is_object()) else {
+                continue;
+            };
+            let requests = entry(res, "requests");
+            for (k, v) in limits {
+                set(requests, &k, v);
+            }
+        }
+    }
+}
+
+/// A LimitRange's Container items: `default` from `max`, `defaultRequest` from `default`
+/// then from `min` (Kubernetes' SetDefaults_LimitRangeItem).
+fn limit_range(obj: &mut Value) {
+    let Some(Value::Array(items)) = obj.pointer_mut("/spec/limits") else {
+        return;
+    };
+    for item in items.iter_mut() {
+        if item.get("type").and_then(Value::as_str) != Some("Container") {
+            continue;
+        }
+        let from = |item: &Value, f: &str| item.get(f).and_then(Value::as_object).cloned();
+        for (src, dst) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
+            let Some(src) = from(item, src) else {
+                continue;
+            };
+            let d = entry(item, dst);
+            for (k, v) in src {
+                set(d, &k, v);
+            }
+        }
+    }
 }
 
 /// Sets `key` when it is missing or null.
@@ -635,5 +685,28 @@ mod tests {
             sec,
             json!({"type": "Opaque", "data": {"a": "aGVsbG8=", "b": "eA=="}})
         );
+    }
+
+    #[test]
+    fn requests_from_limits_and_limit_range_items() {
+        let pods = find("", "v1", "pods").unwrap();
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "i", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}}]}});
+        apply(pods, &mut p);
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "500m", "memory": "1Gi"})
+        );
+        let lr = find("", "v1", "limitranges").unwrap();
+        let mut l = json!({"spec": {"limits": [
+            {"type": "Container", "max": {"cpu": "2"}, "min": {"memory": "64Mi"}, "default": {"memory": "256Mi"}},
+            {"type": "Pod", "max": {"cpu": "4"}}]}});
+        apply(lr, &mut l);
+        assert_eq!(l["spec"]["limits"][0]["default"], json!({"cpu": "2", "memory": "256Mi"}));
+        assert_eq!(
+            l["spec"]["limits"][0]["defaultRequest"],
+            json!({"cpu": "2", "memory": "256Mi"})
+        );
+        assert!(l["spec"]["limits"][1].get("default").is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! - [`openapi`]: `/openapi/v3` documents and `/openapi/v2` (JSON and protobuf).
 //! - [`protobuf`]: protobuf request bodies (kubectl ≥ 1.32) decoded to JSON.
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`).
+//! - [`quota`]: quota usage and checks, as kube's quota evaluators compute them.
 //! - [`resources`]: every served resource with its discovery details and
 //!   field-selector support.
 //! - [`network`]: the h8s kinds (`Network`, `Namespace.spec.network`).
@@ -27,6 +28,7 @@ pub mod network;
 pub mod openapi;
 pub mod protobuf;
 pub mod quantity;
+pub mod quota;
 pub mod resources;
 pub mod schema;
 pub mod strict;
