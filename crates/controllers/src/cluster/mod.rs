@@ -153,14 +153,6 @@ pub(crate) fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// Whether a pod has finished for good (phase `Succeeded` or `Failed`).
-pub(crate) fn pod_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
 /// Whether a pod is being deleted.
 pub(crate) fn pod_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
