@@ -21,6 +21,7 @@ mod quota;
 mod storage;
 mod tenancy;
 
+pub(crate) use lookup::Lookup;
 pub use network::NamespaceNetwork;
 pub use pod::{
     DefaultTolerationSeconds, Priority, RuntimeClass, ServiceAccount, TOKEN_MOUNT_PATH,

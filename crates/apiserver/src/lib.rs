@@ -33,6 +33,7 @@ mod openapi;
 mod patch;
 mod pki;
 mod proto;
+mod quota;
 mod rbac;
 mod response;
 mod rest;

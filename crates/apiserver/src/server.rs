@@ -207,16 +207,21 @@ impl Server {
             cfg.metrics_cache_ttl,
         ));
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        // api: Kubernetes' default chain, then the configured plugins.
-        let mut admission: Vec<Arc<dyn Admission>> = crate::admission::default_chain(
-            store.clone(),
-            shutdown.clone(),
-            &cfg.admission_plugins,
-        );
         // tenancy: who owns each Namespace, Network and PersistentVolume, complete before
         // the first request; the tenancy plugin runs right after NamespaceLifecycle.
         let tenant_index = Arc::new(crate::tenancy::TenantIndex::default());
         tenant_index.start(store.clone(), shutdown.clone()).await;
+        // quota: LimitRanger and ResourceQuota enforce unless the config brings its own.
+        let mut plugins = cfg.admission_plugins.clone();
+        crate::quota::install(
+            &mut plugins,
+            store.clone(),
+            tenant_index.clone(),
+            shutdown.clone(),
+        );
+        // api: Kubernetes' default chain, then the configured plugins.
+        let mut admission: Vec<Arc<dyn Admission>> =
+            crate::admission::default_chain(store.clone(), shutdown.clone(), &plugins);
         admission.insert(
             1.min(admission.len()),
             Arc::new(crate::admission::Tenancy::new(

@@ -264,9 +264,10 @@ mod tests {
 
     #[test]
     fn status_carries_hard_and_the_used_of_each_named_resource() {
-        let q: ResourceQuota = serde_json::from_value(json!({"metadata": {"name": "q", "namespace": "ns"},
+        let q: ResourceQuota =
+            serde_json::from_value(json!({"metadata": {"name": "q", "namespace": "ns"},
             "spec": {"hard": {"pods": "10", "requests.cpu": "4", "configmaps": "3", "foo": "1"}}}))
-        .unwrap();
+            .unwrap();
         let p: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"overhead": {"cpu": "250m"},
             "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m"}}}]}}))
         .unwrap();

@@ -311,7 +311,11 @@ fn limit_range(obj: &mut Value) {
             continue;
         }
         let from = |item: &Value, f: &str| item.get(f).and_then(Value::as_object).cloned();
-        for (src, dst) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
+        for (src, dst) in [
+            ("max", "default"),
+            ("default", "defaultRequest"),
+            ("min", "defaultRequest"),
+        ] {
             let Some(src) = from(item, src) else {
                 continue;
             };
@@ -702,7 +706,10 @@ mod tests {
             {"type": "Container", "max": {"cpu": "2"}, "min": {"memory": "64Mi"}, "default": {"memory": "256Mi"}},
             {"type": "Pod", "max": {"cpu": "4"}}]}});
         apply(lr, &mut l);
-        assert_eq!(l["spec"]["limits"][0]["default"], json!({"cpu": "2", "memory": "256Mi"}));
+        assert_eq!(
+            l["spec"]["limits"][0]["default"],
+            json!({"cpu": "2", "memory": "256Mi"})
+        );
         assert_eq!(
             l["spec"]["limits"][0]["defaultRequest"],
             json!({"cpu": "2", "memory": "256Mi"})

@@ -517,7 +517,8 @@ pub fn service_usage(svc: &Service) -> Usage {
         out.0.insert(r.into(), Amount::count(1));
     }
     out.0.insert("services.nodeports".into(), Amount::count(0));
-    out.0.insert("services.loadbalancers".into(), Amount::count(0));
+    out.0
+        .insert("services.loadbalancers".into(), Amount::count(0));
     let spec = svc.spec.clone().unwrap_or_default();
     let ports = spec.ports.as_ref().map_or(0, Vec::len) as i64;
     match spec.type_.as_deref() {
@@ -692,7 +693,6 @@ impl Evaluator {
     }
 }
 
-
 /// The (group, plural) an object-count resource name counts: `configmaps` →
 /// ("", "configmaps"), `count/deployments.apps` → ("apps", "deployments").
 pub fn counted_resource(name: &str) -> Option<(&str, &str)> {
@@ -771,7 +771,12 @@ pub fn needs(hard: &[&str]) -> (bool, bool, bool) {
 /// an evaluator knows, the sum over the inventory's matching objects (0 when none).
 /// `now` is in seconds since the epoch.
 pub fn compute_used(spec: &ResourceQuotaSpec, inv: &Inventory, now: i64) -> Usage {
-    let hard: Vec<&str> = spec.hard.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    let hard: Vec<&str> = spec
+        .hard
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect();
     let scoped = scoped(spec);
     let mut out = Usage::default();
     let mut sum = |ev: Evaluator, items: &mut dyn Iterator<Item = Usage>| {

@@ -66,8 +66,17 @@ impl Lookup {
         store: Arc<dyn h8s_store::Store>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        Self::following(store, shutdown, FOLLOWED)
+    }
+
+    /// Reads `which` (group, plural) from caches kept by watches, until `shutdown`.
+    pub fn following(
+        store: Arc<dyn h8s_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        which: &[(&'static str, &'static str)],
+    ) -> Self {
         let mut caches = HashMap::new();
-        for (group, plural) in FOLLOWED {
+        for (group, plural) in which {
             let Ok(r) = resource(group, plural) else {
                 continue;
             };

@@ -1,8 +1,8 @@
 //! The LimitRanger and ResourceQuota plugins' places in the chain. What they enforce is
 //! the tenancy work's: it plugs a [`LimitRangeHook`] and a [`QuotaHook`] into
-//! [`crate::admission::PluginConfig`]. The plugins do the reads (the namespace's
-//! LimitRanges and ResourceQuotas) and call the hooks only when there is something to
-//! enforce; without a hook they admit everything.
+//! [`crate::admission::PluginConfig`] (by default `crate::quota`'s). The plugins do the
+//! reads (the namespace's LimitRanges and ResourceQuotas) and call the hooks; without a
+//! hook they admit everything.
 
 use std::sync::Arc;
 
@@ -29,9 +29,9 @@ pub trait LimitRangeHook: Send + Sync {
 /// Checks (and charges) a write against a namespace's ResourceQuotas, as Kubernetes'
 /// ResourceQuota plugin does — the last plugin of the chain.
 pub trait QuotaHook: Send + Sync {
-    /// `quotas` are the namespace's ResourceQuota objects (never empty); `obj` is the
-    /// object as it will be stored (`None` for deletes). An error refuses the write
-    /// (Kubernetes answers 403 `exceeded quota: …`).
+    /// `quotas` are the namespace's ResourceQuota objects (possibly none: a tenant-wide
+    /// quota may still apply); `obj` is the object as it will be stored (`None` for
+    /// deletes). An error refuses the write (Kubernetes answers 403 `exceeded quota: …`).
     fn admit<'a>(
         &'a self,
         req: &'a Request<'a>,
@@ -82,8 +82,8 @@ impl Admission for LimitRanger {
     }
 }
 
-/// The ResourceQuota plugin: namespaced writes in namespaces with ResourceQuotas go
-/// through the hook.
+/// The ResourceQuota plugin: namespaced creates and updates go through the hook with
+/// their namespace's ResourceQuotas.
 pub struct ResourceQuota {
     lookup: Lookup,
     hook: Option<Arc<dyn QuotaHook>>,
@@ -108,13 +108,15 @@ impl Admission for ResourceQuota {
             if !req.res.namespaced || req.namespace.is_empty() {
                 return Ok(());
             }
+            // Deletes and subresources are not charged (kube's evaluators); usage comes
+            // back when the status controllers recount.
+            if req.op == Operation::Delete || req.sub.is_some() {
+                return Ok(());
+            }
             let quotas = self
                 .lookup
                 .list("", "resourcequotas", Some(req.namespace))
                 .await?;
-            if quotas.is_empty() {
-                return Ok(());
-            }
             hook.admit(req, obj.as_deref(), &quotas).await
         })
     }

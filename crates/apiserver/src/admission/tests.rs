@@ -364,8 +364,16 @@ async fn quota_hook_sees_the_namespace_quotas() {
     let user = UserInfo::default();
     let create = req("configmaps", "", Operation::Create, &user, None);
     let mut cm = json!({"metadata": {"name": "p"}});
-    // No quota in the namespace: the hook is not asked.
-    plugin.admit(&create, Some(&mut cm)).await.unwrap();
+    // No quota in the namespace: the hook is asked all the same (a tenant-wide quota may
+    // apply), with none.
+    assert_eq!(
+        plugin
+            .admit(&create, Some(&mut cm))
+            .await
+            .unwrap_err()
+            .message,
+        "exceeded quota: 0"
+    );
     put(
         &store,
         "",
