@@ -28,6 +28,7 @@ pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod tenancy;
+pub mod tenantquota;
 pub mod volume;
 mod workload;
 
@@ -113,6 +114,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         quota::run(ctx.clone()).boxed(),
         network::run(ctx.clone()).boxed(),
         tenancy::run(ctx.clone()).boxed(),
+        tenantquota::run(ctx.clone()).boxed(),
         volume::run(ctx.clone()).boxed(),
     ];
     try_join_all(all).await.map(|_| ())

@@ -193,7 +193,7 @@ async fn reconcile(
 }
 
 /// How many objects of a resource a namespace holds (metadata-only list).
-async fn count_objects(
+pub(crate) async fn count_objects(
     client: &kube::Client,
     ns: &str,
     group: &str,

@@ -75,7 +75,7 @@ fn user_ar() -> ApiResource {
     }
 }
 
-fn tenant_ar() -> ApiResource {
+pub(crate) fn tenant_ar() -> ApiResource {
     ApiResource {
         group: "tenancy.h8s.io".into(),
         version: "v1".into(),
