@@ -136,6 +136,14 @@ pub fn apply_defaults(pod: &mut Value, ranges: &[LimitRange]) {
         }
     }
     if !notes.is_empty() {
+        // The create strategy derived the QoS class before admission; kube-apiserver
+        // derives it after mutating admission, so from the defaults set here.
+        if let Some(spec) = pod.get("spec") {
+            let qos = h8s_types::defaults::pod_qos(spec);
+            if let Some(st) = pod.get_mut("status").and_then(Value::as_object_mut) {
+                st.insert("qosClass".into(), json!(qos));
+            }
+        }
         let meta = obj::meta_mut(pod);
         let ann = meta
             .entry("annotations")
@@ -157,19 +165,14 @@ fn merge(c: &mut Value, field: &str, defaults: &List) -> Vec<String> {
     let Some(cm) = c.as_object_mut() else {
         return Vec::new();
     };
+    // A malformed container is left as sent, for validation to refuse.
     let res = cm
         .entry("resources")
         .or_insert_with(|| Value::Object(Map::new()));
-    if !res.is_object() {
-        *res = Value::Object(Map::new());
-    }
     let Some(rm) = res.as_object_mut() else {
         return Vec::new();
     };
     let list = rm.entry(field).or_insert_with(|| Value::Object(Map::new()));
-    if !list.is_object() {
-        *list = Value::Object(Map::new());
-    }
     let Some(lm) = list.as_object_mut() else {
         return Vec::new();
     };

@@ -259,11 +259,14 @@ impl QuotaHook for Quotas {
                 Operation::Update if ev.charges_updates() => {}
                 _ => return Ok(()),
             }
+            // The quotas that track this kind, by the watched copies (most writes
+            // concern none, and then cost no store read).
             let mut targets: Vec<Target> = quotas
                 .iter()
+                .filter(|o| !ev.matching(usage_at(o, "/status/hard").names()).is_empty())
                 .map(|o| Target::Namespace(req.namespace.to_string(), obj::name(o).to_string()))
                 .collect();
-            if let Some(t) = self.tenants.with_quota(req.namespace).await? {
+            if let Some(t) = self.tenants.with_quota(req.namespace, &ev).await? {
                 targets.push(Target::Tenant(t));
             }
             if targets.is_empty() {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use h8s_types::quota::Evaluator;
 use serde_json::Value;
 
 use super::resourcequota::{usage_at, Target, View};
@@ -48,13 +49,21 @@ impl Tenants {
         }
     }
 
-    /// The tenant owning namespace `ns`, when it has a quota.
-    pub(crate) async fn with_quota(&self, ns: &str) -> Result<Option<String>, ApiError> {
+    /// The tenant owning namespace `ns`, when it has a quota that `ev` counts for.
+    pub(crate) async fn with_quota(
+        &self,
+        ns: &str,
+        ev: &Evaluator,
+    ) -> Result<Option<String>, ApiError> {
         let Some(t) = self.index.owner(Owned::Namespace, ns) else {
             return Ok(None);
         };
         let tenant = self.lookup.get(GROUP, "tenants", None, &t).await?;
-        Ok(tenant.filter(has_quota).map(|_| t))
+        let tracks = tenant.is_some_and(|o| {
+            !ev.matching(usage_at(&o, "/spec/quota/hard").names())
+                .is_empty()
+        });
+        Ok(tracks.then_some(t))
     }
 
     /// A Tenant's quota as stored now (`None`: no such tenant, or no quota).
