@@ -179,6 +179,8 @@ pub(crate) fn check(
 pub struct Quotas {
     store: Arc<dyn h8s_store::Store>,
     tenants: tenant::Tenants,
+    /// Charges that lost a race (a conflict) and were tried again.
+    retried: std::sync::atomic::AtomicU64,
 }
 
 impl Quotas {
@@ -190,6 +192,7 @@ impl Quotas {
         Quotas {
             tenants: tenant::Tenants::new(store.clone(), index, lookup),
             store,
+            retried: Default::default(),
         }
     }
 
@@ -314,6 +317,8 @@ impl QuotaHook for Quotas {
                         Ok(()) => break,
                         Err(h8s_store::Error::Conflict { .. }) if conflicts < MAX_CONFLICTS => {
                             conflicts += 1;
+                            self.retried
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::debug!(quota = %fresh.label, conflicts, "quota changed meanwhile; charging again");
                             tokio::time::sleep(Duration::from_millis(u64::from(conflicts))).await;
                         }
@@ -467,5 +472,73 @@ mod tests {
             check(&Evaluator::Claims, &pvc, &d, &[&q]).unwrap_err(),
             Refusal::Forbidden("exceeded quota: q, requested: gold.storageclass.storage.k8s.io/requests.storage=4Gi, used: gold.storageclass.storage.k8s.io/requests.storage=8Gi, limited: gold.storageclass.storage.k8s.io/requests.storage=10Gi".into())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_cannot_both_take_the_last_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = h8s_store::open("embedded", dir.path(), None).await.unwrap();
+        let rq = h8s_types::resources::find("", "v1", "resourcequotas").unwrap();
+        let quota = json!({"metadata": {"name": "q", "namespace": "d"}, "spec": {"hard": {"pods": "2"}},
+            "status": {"hard": {"pods": "2"}, "used": {"pods": "1"}}});
+        store
+            .create(&obj::key(rq, Some("d"), "q"), obj::encode(&quota))
+            .await
+            .unwrap();
+        let hook = Arc::new(Quotas::new(
+            store.clone(),
+            Arc::new(TenantIndex::default()),
+            Lookup::new(store.clone()),
+        ));
+        let pods = h8s_types::resources::find("", "v1", "pods").unwrap();
+        let user = crate::auth::UserInfo::default();
+        let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
+        let attempts = names.iter().map(|name| {
+            let (hook, user, quota) = (hook.clone(), user.clone(), quota.clone());
+            let name = name.clone();
+            tokio::spawn(async move {
+                let req = Request {
+                    op: Operation::Create,
+                    res: pods,
+                    sub: None,
+                    namespace: "d",
+                    name: &name,
+                    user: &user,
+                    dry_run: false,
+                    old: None,
+                };
+                let pod = pod(json!({}));
+                hook.admit(&req, Some(&pod), std::slice::from_ref(&quota))
+                    .await
+                    .map_err(|e| (e.code, e.message))
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 1, "{results:?}");
+        eprintln!(
+            "charges retried after a conflict: {}",
+            hook.retried.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(r.0, 403);
+            assert!(
+                r.1.ends_with(
+                    "exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"
+                ),
+                "{}",
+                r.1
+            );
+        }
+        let kv = store
+            .get(&obj::key(rq, Some("d"), "q"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(obj::decode(&kv).unwrap()["status"]["used"]["pods"], "2");
     }
 }
