@@ -16,6 +16,7 @@ mod rbac_bench;
 mod sched_bench;
 mod server;
 mod store;
+mod tenancy_bench;
 mod tenant_cli;
 
 #[derive(Parser)]
@@ -80,6 +81,9 @@ enum BenchCommand {
     /// Custom resources: create/get of a CRD with a ~50 KB schema and CEL rules, against
     /// ConfigMaps of the same size.
     Crd(crd_bench::Args),
+    /// Tenancy: a tenant user's namespace list filtered by the tenant guard (10,000
+    /// namespaces over 100 tenants) against the admin's label-selected list of the same.
+    Tenancy(tenancy_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
+        Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),
