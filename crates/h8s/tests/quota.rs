@@ -156,6 +156,29 @@ fn limit_ranges(srv: &Server) {
         st["message"],
         "pods \"big\" is forbidden: maximum memory usage per Container is 1Gi, but limit is 4Gi"
     );
+    // Claims: min and max of the storage request.
+    srv.kubectl_stdin(
+        V,
+        &["create", "-n", "lr", "-f", "-"],
+        Some("apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: storage\nspec:\n  limits:\n  - type: PersistentVolumeClaim\n    min:\n      storage: 1Gi\n    max:\n      storage: 10Gi\n"),
+    );
+    let claim = |name: &str, size: &str| {
+        format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: \"\"\n  resources:\n    requests:\n      storage: {size}\n")
+    };
+    let err = srv.kubectl_fails(
+        V,
+        &["create", "-n", "lr", "-f", "-"],
+        Some(&claim("huge", "20Gi")),
+    );
+    assert!(
+        err.contains("persistentvolumeclaims \"huge\" is forbidden: maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"),
+        "{err}"
+    );
+    srv.kubectl_stdin(
+        V,
+        &["create", "-n", "lr", "-f", "-"],
+        Some(&claim("fine", "2Gi")),
+    );
 }
 
 const QUOTA: &str = "apiVersion: v1

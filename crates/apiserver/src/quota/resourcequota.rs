@@ -18,6 +18,7 @@ use h8s_types::quota::{self as q, Evaluator, Usage};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuotaSpec};
 use serde::Deserialize as _;
 use serde_json::{json, Value};
+use tracing::Instrument as _;
 
 use super::tenant;
 use crate::admission::{Lookup, Operation, QuotaHook, Request};
@@ -342,7 +343,13 @@ impl QuotaHook for Quotas {
                 }
             }
             Ok(())
-        })
+        }
+        .instrument(tracing::debug_span!(
+            "quota admission",
+            resource = req.res.plural,
+            namespace = req.namespace,
+            name = req.name
+        )))
     }
 }
 
