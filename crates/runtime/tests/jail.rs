@@ -315,6 +315,7 @@ async fn a_pod_over_its_memory_limit_is_killed_with_the_reason() {
     let id = match e.rt.run_sandbox(sandbox(&e, "hog", 192)).await {
         Err(err) => {
             // Killed while booting: the start fails with the reason, and leaves nothing.
+            eprintln!("killed while booting: {err}");
             assert!(err.to_string().contains("out-of-memory"), "{err}");
             assert!(e.rt.list_sandboxes().await.unwrap().is_empty());
             assert!(std::fs::read_dir(e.rt.root().join("jail/uids"))
@@ -353,6 +354,7 @@ async fn a_pod_over_its_memory_limit_is_killed_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let reason = st.reason.unwrap_or_default();
+    eprintln!("killed while running: {reason}");
     assert!(reason.contains("out-of-memory"), "{reason}");
     for d in &dirs {
         assert!(!d.exists(), "cgroup {} removed", d.display());
