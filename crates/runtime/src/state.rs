@@ -123,16 +123,19 @@ impl PodDir {
         // Root-only (or owner-only): the pod's logs and sockets are nobody else's business,
         // least of all other pods' QEMU uids.
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists {
-                    kind: "pod",
-                    id: rec.id.clone(),
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists {
+                        kind: "pod",
+                        id: rec.id.clone(),
+                    }
+                } else {
+                    Error::io(format!("creating {}", self.dir.display()), e)
                 }
-            } else {
-                Error::io(format!("creating {}", self.dir.display()), e)
-            }
-        })?;
+            })?;
         let logs = self.dir.join("logs");
         std::fs::create_dir(&logs)
             .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;

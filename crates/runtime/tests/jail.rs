@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use h8s_runtime::{
-    ContainerConfig, ImageDisk, Runtime, RuntimeConfig, SandboxConfig, SandboxState,
-    SandboxStatus, ShimCommand, StreamEvent, VmSettings,
+    ContainerConfig, ImageDisk, Runtime, RuntimeConfig, SandboxConfig, SandboxState, SandboxStatus,
+    ShimCommand, StreamEvent, VmSettings,
 };
 
 struct VmLock(#[allow(dead_code)] std::fs::File);
@@ -235,7 +235,13 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         );
         // Its root holds what the VM needs and no pod's directory, its own included.
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        for p in ["usr/bin", "vm/kernel", "vm/initrd", "dev/null", "dev/urandom"] {
+        for p in [
+            "usr/bin",
+            "vm/kernel",
+            "vm/initrd",
+            "dev/null",
+            "dev/urandom",
+        ] {
             assert!(root.join(p).exists(), "{p} in the jail");
         }
         assert!(!root.join("dev/kvm").exists(), "no /dev/kvm under TCG");
@@ -249,7 +255,10 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
             .flatten()
             .map(|d| d.file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(!top.contains(&"etc".to_string()) && !top.contains(&"home".to_string()), "{top:?}");
+        assert!(
+            !top.contains(&"etc".to_string()) && !top.contains(&"home".to_string()),
+            "{top:?}"
+        );
         // The pod directory is root-only.
         let mode = std::fs::metadata(pods_dir.join(&s.id)).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -262,7 +271,7 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
             .unwrap_or_else(|| panic!("no memory limit: {j:?}"));
         let (file, value) = mem.limit.split_once('=').unwrap();
         let value: u64 = value.parse().unwrap();
-        assert!(value >= 128 << 20 && value < 512 << 20, "{value}");
+        assert!((128 << 20..512 << 20).contains(&value), "{value}");
         let on_disk = std::fs::read_to_string(mem.path.join(file)).unwrap();
         assert_eq!(on_disk.trim().parse::<u64>().unwrap(), value);
         let procs = std::fs::read_to_string(mem.path.join("cgroup.procs")).unwrap();
@@ -281,7 +290,11 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         );
         let peak = mem.path.join("memory.max_usage_in_bytes");
         if let Ok(p) = std::fs::read_to_string(peak) {
-            eprintln!("pod {} peak memory {} MiB", s.id, p.trim().parse::<u64>().unwrap_or(0) >> 20);
+            eprintln!(
+                "pod {} peak memory {} MiB",
+                s.id,
+                p.trim().parse::<u64>().unwrap_or(0) >> 20
+            );
         }
     }
 
@@ -292,7 +305,10 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         e.rt.remove_sandbox(&s.id, true).await.unwrap();
         let pid = s.qemu_pid.unwrap();
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&cmd).contains("qemu"), "QEMU {pid} gone");
+        assert!(
+            !String::from_utf8_lossy(&cmd).contains("qemu"),
+            "QEMU {pid} gone"
+        );
         for d in &j.cgroup_dirs {
             assert!(!d.exists(), "cgroup {} removed", d.display());
         }
@@ -350,7 +366,11 @@ async fn a_pod_over_its_memory_limit_is_killed_with_the_reason() {
         if st.state == SandboxState::Failed {
             break st;
         }
-        assert!(tokio::time::Instant::now() < deadline, "pod still {:?}", st.state);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod still {:?}",
+            st.state
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let reason = st.reason.unwrap_or_default();
@@ -360,4 +380,48 @@ async fn a_pod_over_its_memory_limit_is_killed_with_the_reason() {
         assert!(!d.exists(), "cgroup {} removed", d.display());
     }
     e.rt.remove_sandbox(&id, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn hardware_virt_required_refuses_a_tcg_pod_and_leaves_nothing() {
+    if !is_root() {
+        panic!("the jail needs root (run the VM tests as root)");
+    }
+    let mut e = env(None);
+    let mut cfg = RuntimeConfig {
+        images: None,
+        root: e.rt.root().to_path_buf(),
+        vm: VmSettings::from_env().unwrap(),
+        shim: ShimCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_h8s-pod-shim")),
+            args: vec![],
+        },
+    };
+    cfg.vm.require_hardware_virt = true;
+    // Under TCG by choice, so the test means the same on a host with KVM.
+    cfg.vm.accel = h8s_runtime::AccelChoice::Tcg;
+    e.rt = Runtime::new(cfg);
+    let err =
+        e.rt.run_sandbox(sandbox(&e, "tenant", 128))
+            .await
+            .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("requires hardware virtualization") && msg.contains("TCG"),
+        "{msg}"
+    );
+    assert!(
+        matches!(err, h8s_runtime::Error::FailedPrecondition(_)),
+        "{err:?}"
+    );
+    assert!(e.rt.list_sandboxes().await.unwrap().is_empty());
+    let uids = e.rt.root().join("jail/uids");
+    assert!(
+        std::fs::read_dir(uids).unwrap().next().is_none(),
+        "uid freed"
+    );
 }

@@ -208,7 +208,11 @@ pub(crate) fn plan(hier: &[Hierarchy], id: &str, l: Limits) -> (Vec<Write>, Vec<
             ("memory", 1) => {
                 w("memory.limit_in_bytes", l.memory_bytes.to_string(), true);
                 // Swap must not lift the limit (the file exists only with swap accounting).
-                w("memory.memsw.limit_in_bytes", l.memory_bytes.to_string(), false);
+                w(
+                    "memory.memsw.limit_in_bytes",
+                    l.memory_bytes.to_string(),
+                    false,
+                );
             }
             ("memory", _) => {
                 w("memory.max", l.memory_bytes.to_string(), true);
@@ -218,7 +222,11 @@ pub(crate) fn plan(hier: &[Hierarchy], id: &str, l: Limits) -> (Vec<Write>, Vec<
                 w("cpu.cfs_period_us", CPU_PERIOD_US.to_string(), false);
                 w("cpu.cfs_quota_us", l.cpu_quota_us.to_string(), true);
             }
-            ("cpu", _) => w("cpu.max", format!("{} {CPU_PERIOD_US}", l.cpu_quota_us), true),
+            ("cpu", _) => w(
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", l.cpu_quota_us),
+                true,
+            ),
             _ => w("pids.max", l.pids.to_string(), true),
         }
     }
@@ -269,7 +277,8 @@ fn apply(hier: &[Hierarchy], writes: &[Write], out: &mut PodCgroups) -> Result<(
                         .collect();
                     for d in [h.mount.join(&h.own), parent.clone()] {
                         for c in &ctrls {
-                            let _ = std::fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
+                            let _ =
+                                std::fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
                         }
                     }
                 }
@@ -375,14 +384,14 @@ mod tests {
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert!(missing[0].starts_with("pids limit"));
         let mem: Vec<_> = w.iter().filter(|w| w.controller == "memory").collect();
-        assert_eq!(
-            mem[0].dir,
-            Path::new("/sys/fs/cgroup/memory/agent/h8s/abc")
-        );
+        assert_eq!(mem[0].dir, Path::new("/sys/fs/cgroup/memory/agent/h8s/abc"));
         assert_eq!(mem[0].file, "memory.limit_in_bytes");
         assert_eq!(mem[0].value, (208u64 << 20).to_string());
         let cpu: Vec<_> = w.iter().filter(|w| w.controller == "cpu").collect();
-        assert_eq!(cpu[0].dir, Path::new("/sys/fs/cgroup/cpu,cpuacct/agent/h8s/abc"));
+        assert_eq!(
+            cpu[0].dir,
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/agent/h8s/abc")
+        );
         assert_eq!(cpu[1].file, "cpu.cfs_quota_us");
         assert_eq!(cpu[1].value, "200000");
     }
@@ -396,7 +405,10 @@ mod tests {
         let (w, missing) = plan(&h, "abc", Limits::for_pod(256, 1, 64));
         assert!(missing.is_empty());
         assert!(w.iter().all(|w| w.version == 2));
-        let files: Vec<String> = w.iter().map(|w| format!("{}={}", w.file, w.value)).collect();
+        let files: Vec<String> = w
+            .iter()
+            .map(|w| format!("{}={}", w.file, w.value))
+            .collect();
         assert_eq!(
             files,
             vec![

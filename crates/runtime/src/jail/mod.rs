@@ -27,7 +27,7 @@ pub(crate) mod uids;
 use serde::{Deserialize, Serialize};
 
 /// Host-wide jail settings (part of [`crate::VmSettings`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailSettings {
     /// Jail new pods (needs root). Off: QEMU runs as the caller, with only `-sandbox`.
@@ -40,16 +40,6 @@ pub struct JailSettings {
     /// translation cache, page cache of its disks). `None`: [`default_overhead_mib`].
     #[serde(default)]
     pub memory_overhead_mib: Option<u32>,
-}
-
-impl Default for JailSettings {
-    fn default() -> Self {
-        JailSettings {
-            enabled: false,
-            uid_range: UidRange::default(),
-            memory_overhead_mib: None,
-        }
-    }
 }
 
 /// The cgroup memory overhead when none is configured: 64 MiB plus the TCG translation
@@ -171,7 +161,15 @@ mod tests {
         let r: UidRange = "200000-265535".parse().unwrap();
         assert_eq!(r.len(), 65536);
         assert_eq!(r.to_string(), "200000-265535");
-        for bad in ["", "5", "0-10", "999-2000", "3000-2000", "1000-4294967295", "a-b"] {
+        for bad in [
+            "",
+            "5",
+            "0-10",
+            "999-2000",
+            "3000-2000",
+            "1000-4294967295",
+            "a-b",
+        ] {
             assert!(bad.parse::<UidRange>().is_err(), "{bad}");
         }
     }

@@ -165,10 +165,8 @@ impl Plan {
                 flags: libc::MS_NOEXEC,
             });
         }
-        let mut unshare = libc::CLONE_NEWNS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP;
+        let mut unshare =
+            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
         let mut namespaces: Vec<String> = ["mount", "pid", "ipc", "uts", "cgroup"]
             .iter()
             .map(|s| s.to_string())
@@ -204,39 +202,54 @@ impl Plan {
                 Ok(())
             }
         };
-        // SAFETY (whole function): every pointer passed is a NUL-terminated C string or a
+        // SAFETY: (the whole sequence) every pointer passed is a NUL-terminated C string or a
         // buffer owned by `self`, alive for the call; the calls are system calls listed as
         // async-signal-safe or raw ones (mount, pivot_root, prctl, setres*id, capset) that
         // take no user-space locks; only this single-threaded child is affected.
         unsafe {
             for &fd in &self.cgroups {
-                let r = if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 { 0 } else { -1 };
+                let r = if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    0
+                } else {
+                    -1
+                };
                 check(r, b"h8s jail: joining the pod's cgroup failed\n")?;
             }
             for &fd in &self.keep {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 check(flags, b"h8s jail: F_GETFD failed\n")?;
-                check(libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC), b"h8s jail: F_SETFD failed\n")?;
+                check(
+                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC),
+                    b"h8s jail: F_SETFD failed\n",
+                )?;
             }
             check(libc::unshare(self.unshare), b"h8s jail: unshare failed\n")?;
             // Nothing mounted from here on propagates back to the host.
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ), b"h8s jail: making mounts private failed\n")?;
-            check(libc::mount(
-                c"tmpfs".as_ptr(),
-                self.root.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                self.tmpfs_opts.as_ptr().cast(),
-            ), b"h8s jail: mounting the root tmpfs failed\n")?;
+            check(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                b"h8s jail: making mounts private failed\n",
+            )?;
+            check(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    self.root.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    self.tmpfs_opts.as_ptr().cast(),
+                ),
+                b"h8s jail: mounting the root tmpfs failed\n",
+            )?;
             for op in &self.ops {
                 match op {
-                    Op::Mkdir(p) => check(libc::mkdir(p.as_ptr(), 0o755), b"h8s jail: mkdir failed\n")?,
+                    Op::Mkdir(p) => {
+                        check(libc::mkdir(p.as_ptr(), 0o755), b"h8s jail: mkdir failed\n")?
+                    }
                     Op::Touch(p) => {
                         let fd = libc::open(
                             p.as_ptr(),
@@ -246,39 +259,59 @@ impl Plan {
                         check(fd, b"h8s jail: creating a mount point failed\n")?;
                         libc::close(fd);
                     }
-                    Op::Symlink { target, link } => {
-                        check(libc::symlink(target.as_ptr(), link.as_ptr()), b"h8s jail: symlink failed\n")?
-                    }
+                    Op::Symlink { target, link } => check(
+                        libc::symlink(target.as_ptr(), link.as_ptr()),
+                        b"h8s jail: symlink failed\n",
+                    )?,
                     Op::Bind { src, dst, flags } => {
-                        check(libc::mount(
-                            src.as_ptr(),
-                            dst.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REC,
-                            std::ptr::null(),
-                        ), b"h8s jail: bind mount failed\n")?;
-                        check(libc::mount(
-                            std::ptr::null(),
-                            dst.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | flags,
-                            std::ptr::null(),
-                        ), b"h8s jail: read-only remount failed\n")?;
+                        check(
+                            libc::mount(
+                                src.as_ptr(),
+                                dst.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND | libc::MS_REC,
+                                std::ptr::null(),
+                            ),
+                            b"h8s jail: bind mount failed\n",
+                        )?;
+                        check(
+                            libc::mount(
+                                std::ptr::null(),
+                                dst.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | flags,
+                                std::ptr::null(),
+                            ),
+                            b"h8s jail: read-only remount failed\n",
+                        )?;
                     }
                 }
             }
             // pivot_root(".", "."): the old root ends up on top of the new one and is detached.
             check(libc::chdir(self.root.as_ptr()), b"h8s jail: chdir failed\n")?;
-            check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int, b"h8s jail: pivot_root failed\n")?;
-            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), b"h8s jail: detaching the old root failed\n")?;
+            check(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+                b"h8s jail: pivot_root failed\n",
+            )?;
+            check(
+                libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+                b"h8s jail: detaching the old root failed\n",
+            )?;
             check(libc::chdir(c"/".as_ptr()), b"h8s jail: chdir / failed\n")?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ), b"h8s jail: remounting the root read-only failed\n")?;
+            check(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ),
+                b"h8s jail: remounting the root read-only failed\n",
+            )?;
             // Capabilities: the bounding set first (needs CAP_SETPCAP, so before the uid
             // switch); values past the kernel's last capability fail with EINVAL.
             for cap in 0..64 {
@@ -289,16 +322,28 @@ impl Plan {
                     }
                 }
             }
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ), b"h8s jail: clearing ambient capabilities failed\n")?;
-            check(libc::setgroups(0, std::ptr::null()), b"h8s jail: setgroups failed\n")?;
-            check(libc::setresgid(self.gid, self.gid, self.gid), b"h8s jail: setresgid failed\n")?;
-            check(libc::setresuid(self.uid, self.uid, self.uid), b"h8s jail: setresuid failed\n")?;
+            check(
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                ),
+                b"h8s jail: clearing ambient capabilities failed\n",
+            )?;
+            check(
+                libc::setgroups(0, std::ptr::null()),
+                b"h8s jail: setgroups failed\n",
+            )?;
+            check(
+                libc::setresgid(self.gid, self.gid, self.gid),
+                b"h8s jail: setresgid failed\n",
+            )?;
+            check(
+                libc::setresuid(self.uid, self.uid, self.uid),
+                b"h8s jail: setresuid failed\n",
+            )?;
             // The uid switch cleared the permitted and effective sets; clear inheritable too.
             #[repr(C)]
             struct Header {
@@ -327,8 +372,15 @@ impl Plan {
                     inheritable: 0,
                 },
             ];
-            check(libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) as libc::c_int, b"h8s jail: capset failed\n")?;
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), b"h8s jail: no_new_privs failed\n")?;
+            check(
+                libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr())
+                    as libc::c_int,
+                b"h8s jail: capset failed\n",
+            )?;
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                b"h8s jail: no_new_privs failed\n",
+            )?;
         }
         Ok(())
     }

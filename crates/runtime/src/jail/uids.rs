@@ -24,12 +24,9 @@ pub(crate) fn allocate(root: &Path, range: UidRange, id: &str) -> Result<u32> {
     let d = dir(root);
     std::fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
     let n = u64::from(range.len());
-    let start = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-        % n;
+    let start = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) % n;
     for i in 0..n {
         let uid = range.first + ((start + i) % n) as u32;
         let path = marker(root, uid);

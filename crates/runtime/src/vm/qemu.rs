@@ -337,7 +337,9 @@ fn split_opts(s: &str) -> Vec<String> {
         if c == ',' {
             if it.peek() == Some(&',') {
                 it.next();
-                out.last_mut().map(|o| o.push(','));
+                if let Some(o) = out.last_mut() {
+                    o.push(',');
+                }
             } else {
                 out.push(String::new());
             }
@@ -459,7 +461,9 @@ mod tests {
         assert!(a.contains(
             "-add-fd fd=7,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
         ));
-        assert!(a.contains("-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"));
+        assert!(a.contains(
+            "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"
+        ));
         assert!(a.contains("-chardev socket,id=agent,fd=4,server=on"));
         assert!(a.contains("-add-fd fd=5,set=5 -chardev file,id=con,path=/dev/fdset/5,append=on"));
         assert!(a.contains("-netdev tap,id=net0,fd=8,vhost=off"));
@@ -476,7 +480,10 @@ mod tests {
         assert!(a.contains("h8s.debug=1"));
         assert!(a.contains("-accel tcg,thread=multi"));
         assert!(!a.contains("virtfs") && !a.contains("9p") && !a.contains("vhost-user"));
-        assert!(!a.contains("/r/") && !a.contains("ifname"), "no host path but the kernel's: {a}");
+        assert!(
+            !a.contains("/r/") && !a.contains("ifname"),
+            "no host path but the kernel's: {a}"
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ use tracing::Instrument;
 
 use super::agent::{Agent, GuestEvent};
 use super::qemu::{drive_local_file, qemu_args, HostVirt, VmEndpoints};
-use crate::jail::spawn::open_tap;
 use super::qmp::{Qmp, QmpEvent};
 use crate::api::{ContainerConfig, ContainerState, ContainerStatus, ExecConfig, SandboxState};
+use crate::jail::spawn::open_tap;
 use crate::logs::{LogStream, LogWriter};
 use crate::state::{PodDir, PodRecord, ProcRef};
 use crate::util::rfc3339_nano;
@@ -222,7 +222,8 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             Err(e) => {
                 tracing::warn!(error = %e, "jail: supervisor seccomp filter not installed");
                 j.supervisor_seccomp = false;
-                j.not_enforced.retain(|w| !w.starts_with("supervisor seccomp"));
+                j.not_enforced
+                    .retain(|w| !w.starts_with("supervisor seccomp"));
                 j.not_enforced.push(format!("supervisor seccomp: {e}"));
             }
         }
@@ -618,10 +619,7 @@ fn prepare_jail(
     accel: crate::Accel,
     jail: &mut crate::JailStatus,
     keep: Vec<std::os::fd::RawFd>,
-) -> Result<(
-    crate::jail::spawn::Plan,
-    crate::jail::cgroup::PodCgroups,
-)> {
+) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
     use crate::jail::{cgroup, spawn};
     jail.not_enforced.clear();
     let overhead = settings
@@ -646,7 +644,10 @@ fn prepare_jail(
     jail.cgroup_dirs = cg.dirs.clone();
     jail.not_enforced.extend(cg.not_enforced.iter().cloned());
     // Volumes the supervisor cannot hand over as files (rbd:) need the host's network.
-    let own_net = cfg.volumes.iter().all(|v| drive_local_file(&v.drive).is_some());
+    let own_net = cfg
+        .volumes
+        .iter()
+        .all(|v| drive_local_file(&v.drive).is_some());
     if !own_net {
         jail.not_enforced.push(
             "network namespace: a volume drive (rbd:) reaches its storage over the host network"
