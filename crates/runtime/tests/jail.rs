@@ -284,6 +284,27 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         // The supervisor is filtered: seccomp mode 2.
         let shim = s.shim_pid.unwrap();
         assert_eq!(status_field(shim, "Seccomp"), "2");
+        // …and keeps only CAP_KILL (bit 5), on every thread.
+        assert_eq!(j.supervisor_caps, vec!["CAP_KILL".to_string()]);
+        for t in std::fs::read_dir(format!("/proc/{shim}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+            for (field, want) in [
+                ("CapEff", "0000000000000020"),
+                ("CapPrm", "0000000000000020"),
+                ("CapBnd", "0000000000000020"),
+                ("Seccomp", "2"),
+            ] {
+                let got = st
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                    .unwrap()
+                    .trim();
+                assert_eq!(got, want, "supervisor thread {:?} {field}", t.file_name());
+            }
+        }
         eprintln!(
             "pod {}: uid {} cgroups {:?} not enforced {:?}",
             s.id, j.uid, j.cgroups, j.not_enforced

@@ -122,6 +122,9 @@ pub struct JailStatus {
     /// The pod's cgroup directories (removed when the VM is gone).
     #[serde(default)]
     pub cgroup_dirs: Vec<std::path::PathBuf>,
+    /// The only capabilities the supervisor kept once the VM ran (it stays uid 0).
+    #[serde(default)]
+    pub supervisor_caps: Vec<String>,
     /// The supervisor runs under its own seccomp filter.
     #[serde(default)]
     pub supervisor_seccomp: bool,

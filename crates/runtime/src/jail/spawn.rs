@@ -467,3 +467,62 @@ pub(crate) fn open_tap(name: &str, owner: Option<(u32, u32)>) -> Result<std::fs:
     }
     Ok(f)
 }
+
+/// Leaves the supervisor (still uid 0, so it keeps writing its root-owned pod directory)
+/// only `CAP_KILL`, to signal QEMU, which runs under another uid: every other capability
+/// goes from its effective, permitted, inheritable and bounding sets. Capabilities are per
+/// thread: this is done on the thread that runs the supervisor's event loop, before it
+/// starts any helper thread, which then inherits the reduced sets.
+pub(crate) fn drop_supervisor_caps() -> Result<()> {
+    const CAP_KILL: u32 = 5; // linux/capability.h
+    let keep = CAP_KILL;
+    // SAFETY: prctl/capset with plain integers and stack buffers that outlive the calls;
+    // they change only this thread's credentials.
+    unsafe {
+        for cap in 0..64u32 {
+            if cap == keep {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(Error::io("dropping the bounding set", e));
+                }
+            }
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let hdr = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [
+            Data {
+                effective: 1 << keep,
+                permitted: 1 << keep,
+                inheritable: 0,
+            },
+            Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        if libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) < 0 {
+            return Err(Error::io(
+                "dropping capabilities",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -214,7 +214,17 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         }
     }
     if let Some(j) = rec.jail.as_mut() {
-        // From here on the supervisor only serves: no exec, no fork, no mount.
+        // From here on the supervisor only serves: no capability but CAP_KILL (for QEMU),
+        // no exec, no fork, no mount.
+        match crate::jail::spawn::drop_supervisor_caps() {
+            Ok(()) => j.supervisor_caps = vec!["CAP_KILL".into()],
+            Err(e) => {
+                tracing::warn!(error = %e, "jail: supervisor keeps its capabilities");
+                j.not_enforced
+                    .retain(|w| !w.starts_with("supervisor capabilities"));
+                j.not_enforced.push(format!("supervisor capabilities: {e}"));
+            }
+        }
         match crate::jail::seccomp::supervisor_filters()
             .and_then(|f| crate::jail::seccomp::apply_to_process(&f))
         {
