@@ -260,6 +260,8 @@ pub(crate) fn create(hier: &[Hierarchy], id: &str, l: Limits) -> Result<PodCgrou
 }
 
 fn apply(hier: &[Hierarchy], writes: &[Write], out: &mut PodCgroups) -> Result<()> {
+    // v2 controllers an ancestor refused to pass down.
+    let mut refused: Vec<&str> = Vec::new();
     for w in writes {
         if !out.dirs.contains(&w.dir) {
             let parent = w.dir.parent().unwrap_or(&w.dir).to_path_buf();
@@ -277,8 +279,17 @@ fn apply(hier: &[Hierarchy], writes: &[Write], out: &mut PodCgroups) -> Result<(
                         .collect();
                     for d in [h.mount.join(&h.own), parent.clone()] {
                         for c in &ctrls {
-                            let _ =
-                                std::fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
+                            let f = d.join("cgroup.subtree_control");
+                            if let Err(e) = std::fs::write(&f, format!("+{c}")) {
+                                if !refused.contains(c) {
+                                    refused.push(c);
+                                    out.not_enforced.push(format!(
+                                        "{c} limit: cannot enable {c} in {} ({e}; cgroup v2 \
+                                         needs a delegated parent without processes)",
+                                        f.display()
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
@@ -293,6 +304,9 @@ fn apply(hier: &[Hierarchy], writes: &[Write], out: &mut PodCgroups) -> Result<(
                     .open(&procs)
                     .map_err(|e| Error::io(format!("opening {}", procs.display()), e))?,
             );
+        }
+        if refused.contains(&w.controller) {
+            continue;
         }
         let path = w.dir.join(w.file);
         match std::fs::write(&path, &w.value) {
