@@ -222,8 +222,10 @@ pub(crate) struct VmEndpoints {
     pub console_fd: RawFd,
     /// Each image, read-only.
     pub image_fds: Vec<RawFd>,
-    /// Each volume's local file (`None`: the drive opens itself, e.g. `rbd:`).
-    pub volume_fds: Vec<Option<RawFd>>,
+    /// Each volume's local file, as the descriptors of one fd set (a writable volume needs
+    /// a read-write and a read-only one: QEMU's block layer opens it both ways); empty: the
+    /// drive opens itself (e.g. `rbd:`).
+    pub volume_fds: Vec<Vec<RawFd>>,
     /// The tap, attached (`TUNSETIFF`) by the supervisor.
     pub tap_fd: Option<RawFd>,
 }
@@ -300,12 +302,14 @@ pub(crate) fn qemu_args(
     }
     for (i, v) in cfg.volumes.iter().enumerate() {
         // Writable volumes: the backend's drive (file or rbd:), named by serial in the guest.
-        let drive = match ep.volume_fds.get(i).copied().flatten() {
-            Some(fd) => {
-                push(&["-add-fd", &fdset(fd)]);
-                drive_with_file(&v.drive, &format!("/dev/fdset/{fd}"))
+        let drive = match ep.volume_fds.get(i).map(Vec::as_slice) {
+            Some(fds @ [set, ..]) => {
+                for fd in fds {
+                    push(&["-add-fd", &format!("fd={fd},set={set}")]);
+                }
+                drive_with_file(&v.drive, &format!("/dev/fdset/{set}"))
             }
-            None => v.drive.clone(),
+            _ => v.drive.clone(),
         };
         push(&[
             "-drive",
@@ -450,7 +454,7 @@ mod tests {
             agent_fd: 4,
             console_fd: 5,
             image_fds: vec![6],
-            volume_fds: vec![Some(7)],
+            volume_fds: vec![vec![7, 9]],
             tap_fd: Some(8),
         };
         cfg.volumes.push(crate::api::VolumeDisk {
@@ -459,7 +463,7 @@ mod tests {
         });
         let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
         assert!(a.contains(
-            "-add-fd fd=7,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
+            "-add-fd fd=7,set=7 -add-fd fd=9,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
         ));
         assert!(a.contains(
             "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"

@@ -498,18 +498,22 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
                 .map_err(|e| Error::io(format!("opening image {}", img.path.display()), e))?,
         );
     }
-    let mut volumes = Vec::new();
+    let mut volumes: Vec<Vec<std::fs::File>> = Vec::new();
     for v in &rec.config.volumes {
-        volumes.push(match drive_local_file(&v.drive) {
-            Some((path, ro)) => Some(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(!ro)
-                    .open(&path)
-                    .map_err(|e| Error::io(format!("opening volume {}", path.display()), e))?,
-            ),
-            None => None,
-        });
+        let mut files = Vec::new();
+        if let Some((path, ro)) = drive_local_file(&v.drive) {
+            // Read-write first (it names the fd set), then read-only: QEMU opens both ways.
+            for write in [!ro, false].into_iter().skip(usize::from(ro)) {
+                files.push(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(write)
+                        .open(&path)
+                        .map_err(|e| Error::io(format!("opening volume {}", path.display()), e))?,
+                );
+            }
+        }
+        volumes.push(files);
     }
     let owner = rec.jail.as_ref().map(|j| (j.uid, j.gid));
     let tap = match &rec.config.network {
@@ -525,7 +529,7 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
         image_fds: images.iter().map(|f| f.as_raw_fd()).collect(),
         volume_fds: volumes
             .iter()
-            .map(|f| f.as_ref().map(|f| f.as_raw_fd()))
+            .map(|fs| fs.iter().map(|f| f.as_raw_fd()).collect())
             .collect(),
         tap_fd: tap.as_ref().map(|f| f.as_raw_fd()),
     };
@@ -596,14 +600,23 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     dir.save(rec)?;
     tracing::info!(pid, jailed = rec.jail.is_some(), "QEMU started");
     let timeout = Duration::from_secs(settings.boot_timeout_secs);
+    let exited = |qemu_log: &Path| {
+        let log = std::fs::read_to_string(qemu_log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim()))
+    };
     let result = tokio::select! {
-        r = connect_and_hello(dir, timeout, false) => r,
-        _ = child.wait() => {
-            let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim())))
-        }
+        r = connect_and_hello(dir, timeout, false) => match r {
+            // The sockets listen before QEMU reads its arguments: a QEMU that dies at once
+            // resets the connection. Its own words say more.
+            Err(e) => match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                Ok(_) => Err(exited(&qemu_log)),
+                Err(_) => Err(e),
+            },
+            ok => ok,
+        },
+        _ = child.wait() => Err(exited(&qemu_log)),
         _ = tokio::time::sleep(timeout) => Err(Error::BootTimeout(timeout)),
     };
     match result {
