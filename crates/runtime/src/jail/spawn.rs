@@ -39,8 +39,8 @@ enum Op {
 /// What QEMU's jail holds and how QEMU runs.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
+    /// uid and gid to switch to (`None`: stay uid 0).
+    ids: Option<(libc::uid_t, libc::gid_t)>,
     /// `unshare(2)` flags.
     unshare: libc::c_int,
     /// The directory the new root is mounted on (empty, created by the supervisor).
@@ -62,8 +62,10 @@ pub(crate) const INITRD: &str = "/vm/initrd";
 
 /// What goes into the jail.
 pub(crate) struct Contents<'a> {
-    pub uid: u32,
-    pub gid: u32,
+    /// The pod's uid and gid; `None`: QEMU stays uid 0 (still without any capability).
+    pub ids: Option<(u32, u32)>,
+    /// Host directories QEMU sees read-only at the same path (e.g. a Ceph configuration).
+    pub extra_ro_dirs: Vec<PathBuf>,
     /// The (empty) directory to build the root on.
     pub root: &'a Path,
     /// QEMU's executable, absolute.
@@ -141,6 +143,16 @@ impl Plan {
                 flags: RO,
             });
         }
+        for d in &c.extra_ro_dirs {
+            if d.is_dir() && d.is_absolute() {
+                mkdir_p(&mut ops, d)?;
+                ops.push(Op::Bind {
+                    src: cstr(d)?,
+                    dst: cstr(at(d))?,
+                    flags: RO | libc::MS_NOEXEC,
+                });
+            }
+        }
         // The guest's kernel and initramfs, read-only.
         mkdir_p(&mut ops, Path::new("/vm"))?;
         for (src, dst) in [(c.kernel, KERNEL), (c.initrd, INITRD)] {
@@ -176,8 +188,7 @@ impl Plan {
             namespaces.push("net".into());
         }
         Ok(Plan {
-            uid: c.uid,
-            gid: c.gid,
+            ids: c.ids,
             unshare,
             root: cstr(c.root)?,
             tmpfs_opts: cstr("mode=0755,size=1m,nr_inodes=256")?,
@@ -332,18 +343,20 @@ impl Plan {
                 ),
                 b"h8s jail: clearing ambient capabilities failed\n",
             )?;
-            check(
-                libc::setgroups(0, std::ptr::null()),
-                b"h8s jail: setgroups failed\n",
-            )?;
-            check(
-                libc::setresgid(self.gid, self.gid, self.gid),
-                b"h8s jail: setresgid failed\n",
-            )?;
-            check(
-                libc::setresuid(self.uid, self.uid, self.uid),
-                b"h8s jail: setresuid failed\n",
-            )?;
+            if let Some((uid, gid)) = self.ids {
+                check(
+                    libc::setgroups(0, std::ptr::null()),
+                    b"h8s jail: setgroups failed\n",
+                )?;
+                check(
+                    libc::setresgid(gid, gid, gid),
+                    b"h8s jail: setresgid failed\n",
+                )?;
+                check(
+                    libc::setresuid(uid, uid, uid),
+                    b"h8s jail: setresuid failed\n",
+                )?;
+            }
             // The uid switch cleared the permitted and effective sets; clear inheritable too.
             #[repr(C)]
             struct Header {

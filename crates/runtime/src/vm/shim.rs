@@ -666,16 +666,30 @@ fn prepare_jail(
     jail.cgroups = cg.enforced.clone();
     jail.cgroup_dirs = cg.dirs.clone();
     jail.not_enforced.extend(cg.not_enforced.iter().cloned());
-    // Volumes the supervisor cannot hand over as files (rbd:) need the host's network.
-    let own_net = cfg
+    // Volumes the supervisor cannot hand over as files (rbd:) are opened by QEMU itself: it
+    // needs the host's network, its Ceph configuration and the keyring, which is root's.
+    let remote: Vec<&str> = cfg
         .volumes
         .iter()
-        .all(|v| drive_local_file(&v.drive).is_some());
+        .filter(|v| drive_local_file(&v.drive).is_none())
+        .map(|v| v.drive.as_str())
+        .collect();
+    let own_net = remote.is_empty();
+    let mut extra_ro_dirs = Vec::new();
     if !own_net {
         jail.not_enforced.push(
             "network namespace: a volume drive (rbd:) reaches its storage over the host network"
                 .into(),
         );
+        jail.not_enforced.push(
+            "own uid: QEMU opens rbd volumes with the host's Ceph keyring (root-only), so it \
+             stays uid 0, without capabilities"
+                .into(),
+        );
+        for d in &remote {
+            extra_ro_dirs.extend(ceph_conf_dir(d));
+        }
+        extra_ro_dirs.push("/etc/ceph".into());
     }
     let root = dir.dir.join("vmroot");
     match std::fs::create_dir(&root) {
@@ -685,8 +699,8 @@ fn prepare_jail(
     }
     let qemu = spawn::resolve_program(&settings.qemu)?;
     let plan = spawn::Plan::new(&spawn::Contents {
-        uid: jail.uid,
-        gid: jail.gid,
+        ids: own_net.then_some((jail.uid, jail.gid)),
+        extra_ro_dirs,
         root: &root,
         qemu: &qemu,
         kernel: &settings.kernel,
@@ -711,6 +725,14 @@ fn prepare_jail(
         "jail ready"
     );
     Ok((plan, cg))
+}
+
+/// The directory of the `conf=` file of an `rbd:` drive (QEMU's rbd options are `:`-separated).
+fn ceph_conf_dir(drive: &str) -> Option<std::path::PathBuf> {
+    let conf = drive
+        .split([':', ','])
+        .find_map(|o| o.strip_prefix("conf="))?;
+    Path::new(conf).parent().map(Path::to_path_buf)
 }
 
 /// Gives the guest its interface (found by MAC), address, route, DNS and hostname.
