@@ -228,6 +228,9 @@ pub(crate) struct VmEndpoints {
     pub volume_fds: Vec<Vec<RawFd>>,
     /// The tap, attached (`TUNSETIFF`) by the supervisor.
     pub tap_fd: Option<RawFd>,
+    /// The pod directory, named in QEMU's command line only (`-add-fd …,opaque=`), so
+    /// operators and test harnesses can tell whose QEMU a process is.
+    pub pod_dir: PathBuf,
 }
 
 /// The full argv (after the program) for one pod VM.
@@ -273,7 +276,11 @@ pub(crate) fn qemu_args(
         "-append",
         &kernel_cmdline(settings, accel),
         "-add-fd",
-        &fdset(ep.console_fd),
+        &format!(
+            "{},opaque={}",
+            fdset(ep.console_fd),
+            qemu_escape(&ep.pod_dir.to_string_lossy())
+        ),
         "-chardev",
         &format!("file,id=con,path=/dev/fdset/{},append=on", ep.console_fd),
         "-serial",
@@ -456,6 +463,7 @@ mod tests {
             image_fds: vec![6],
             volume_fds: vec![vec![7, 9]],
             tap_fd: Some(8),
+            pod_dir: "/r/pods/abc".into(),
         };
         cfg.volumes.push(crate::api::VolumeDisk {
             serial: "vol-data".into(),
@@ -469,7 +477,9 @@ mod tests {
             "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"
         ));
         assert!(a.contains("-chardev socket,id=agent,fd=4,server=on"));
-        assert!(a.contains("-add-fd fd=5,set=5 -chardev file,id=con,path=/dev/fdset/5,append=on"));
+        assert!(a.contains(
+            "-add-fd fd=5,set=5,opaque=/r/pods/abc -chardev file,id=con,path=/dev/fdset/5,append=on"
+        ));
         assert!(a.contains("-netdev tap,id=net0,fd=8,vhost=off"));
         assert!(a.contains("-kernel /vm/kernel -initrd /vm/initrd"));
         // agent port + image + volume + net + balloon = 5 of 8 slots.
@@ -485,7 +495,7 @@ mod tests {
         assert!(a.contains("-accel tcg,thread=multi"));
         assert!(!a.contains("virtfs") && !a.contains("9p") && !a.contains("vhost-user"));
         assert!(
-            !a.contains("/r/") && !a.contains("ifname"),
+            !a.contains("/r/q") && !a.contains("ifname"),
             "no host path but the kernel's: {a}"
         );
     }

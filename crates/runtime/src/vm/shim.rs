@@ -532,6 +532,7 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             .map(|fs| fs.iter().map(|f| f.as_raw_fd()).collect())
             .collect(),
         tap_fd: tap.as_ref().map(|f| f.as_raw_fd()),
+        pod_dir: dir.dir.clone(),
     };
     let mut keep = vec![ep.qmp_fd, ep.agent_fd, ep.console_fd];
     keep.extend(&ep.image_fds);
