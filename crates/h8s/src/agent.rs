@@ -50,6 +50,12 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 /// The agent's settings shared by `h8s agent` and the agent inside `h8s server`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentOpts {
+    #[command(flatten)]
+    pub jail: crate::jail::JailArgs,
+    /// Refuse to start pods whose VM would run under TCG (no hardware virtualization here):
+    /// under TCG QEMU is no security boundary; such pods fail with that reason.
+    #[arg(long = "require-hardware-virt")]
+    pub require_hardware_virt: bool,
     /// The Node's name (default: this host's name).
     #[arg(long = "node-name", env = "H8S_NODE_NAME")]
     pub node_name: Option<String>,
@@ -213,6 +219,8 @@ impl AgentOpts {
             max_bytes: self.container_log_max_size,
             max_files: self.container_log_max_files,
         };
+        self.jail.apply(&mut vm);
+        vm.require_hardware_virt = self.require_hardware_virt;
         let program = std::env::current_exe().context("locating the h8s binary")?;
         Ok(Runtime::new(RuntimeConfig {
             root: self

@@ -9,6 +9,7 @@ mod crd_bench;
 mod deploy_bench;
 mod identity_flags;
 mod image;
+mod jail;
 mod login;
 mod net;
 mod pod;

@@ -48,6 +48,8 @@ pub enum PodCommand {
 pub struct RunArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    jail: crate::jail::JailArgs,
     /// Remove the pod when its container exits.
     #[arg(long)]
     rm: bool,
@@ -224,11 +226,21 @@ pub fn run(cmd: PodCommand) -> anyhow::Result<()> {
 }
 
 fn runtime(common: &Common) -> anyhow::Result<Runtime> {
+    runtime_jailed(common, None)
+}
+
+fn runtime_jailed(
+    common: &Common,
+    jail: Option<&crate::jail::JailArgs>,
+) -> anyhow::Result<Runtime> {
     let root = common
         .root
         .clone()
         .unwrap_or_else(RuntimeConfig::default_root);
-    let vm = VmSettings::from_env()?;
+    let mut vm = VmSettings::from_env()?;
+    if let Some(j) = jail {
+        j.apply(&mut vm);
+    }
     let program = std::env::current_exe().context("locating the h8s binary")?;
     Ok(Runtime::new(RuntimeConfig {
         root,
@@ -325,7 +337,7 @@ fn rt_exit_code(e: &RtError) -> i32 {
 }
 
 async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
-    let runtime = runtime(&a.common)?;
+    let runtime = runtime_jailed(&a.common, Some(&a.jail))?;
     let fail = |msg: String, code: i32| -> anyhow::Result<i32> {
         eprintln!("h8s: {msg}");
         Ok(code)

@@ -438,6 +438,10 @@ pub struct SandboxStatus {
     pub created_at: String,
     /// Containers in creation order.
     pub containers: Vec<ContainerStatus>,
+    /// What confines the pod's VM (uid, namespaces, cgroup limits, what is not enforced);
+    /// `None` when it runs without the jail.
+    #[serde(default)]
+    pub jail: Option<crate::JailStatus>,
 }
 
 /// Output and end of an attach or exec stream.

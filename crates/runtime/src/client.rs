@@ -216,8 +216,13 @@ impl Runtime {
             containers: Vec::new(),
             process_ids: Default::default(),
             vm: self.cfg.vm.clone(),
+            jail: None,
         };
         dir.create(&rec)?;
+        if let Err(e) = self.assign_jail(&dir, rec) {
+            let _ = dir.remove();
+            return Err(e);
+        }
         match self.spawn_shim(&dir, &id, false).await {
             Ok(()) => Ok(id),
             Err(e) => {
@@ -225,12 +230,40 @@ impl Runtime {
                 if let Ok(rec) = dir.load() {
                     for p in [rec.qemu, rec.shim].into_iter().flatten() {
                         p.kill(libc::SIGKILL);
+                        wait_dead(p).await;
+                    }
+                    if let Some(j) = &rec.jail {
+                        crate::jail::release(&self.cfg.root, &id, j, true);
                     }
                 }
                 let _ = dir.remove();
                 Err(e)
             }
         }
+    }
+
+    /// Gives a new pod its own uid when the jail is on (and it can be: it needs root).
+    fn assign_jail(&self, dir: &PodDir, mut rec: PodRecord) -> Result<()> {
+        let settings = &self.cfg.vm.jail;
+        if !settings.enabled {
+            return Ok(());
+        }
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            tracing::warn!("jail disabled for this pod: it needs root (QEMU runs as the caller)");
+            return Ok(());
+        }
+        let uid = crate::jail::uids::allocate(&self.cfg.root, settings.uid_range, &rec.id)?;
+        rec.jail = Some(crate::JailStatus {
+            uid,
+            gid: uid,
+            ..Default::default()
+        });
+        if let Err(e) = dir.save(&rec) {
+            crate::jail::uids::release(&self.cfg.root, uid, &rec.id);
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn spawn_shim(&self, dir: &PodDir, id: &str, adopt: bool) -> Result<()> {
@@ -450,6 +483,9 @@ impl Runtime {
                 let _ = std::fs::remove_file(s);
             }
         }
+        if let Some(j) = &rec.jail {
+            crate::jail::release(&self.cfg.root, id, j, false);
+        }
         Ok(())
     }
 
@@ -468,7 +504,11 @@ impl Runtime {
             }
             self.stop_sandbox(id, Duration::from_secs(0)).await?;
         }
-        dir.remove()
+        dir.remove()?;
+        if let Some(j) = &rec.jail {
+            crate::jail::release(&self.cfg.root, id, j, true);
+        }
+        Ok(())
     }
 
     /// Re-attaches a supervisor to a pod whose VM runs but whose supervisor died.

@@ -9,6 +9,7 @@ mod api;
 mod client;
 mod error;
 pub mod image;
+mod jail;
 mod logs;
 pub mod network;
 mod service;
@@ -24,6 +25,7 @@ pub use api::{
 };
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
+pub use jail::{CgroupLimit, JailSettings, JailStatus, UidRange};
 pub use logs::{LogEntry, LogLimits, LogStream};
 pub use service::{
     BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,

@@ -56,6 +56,9 @@ pub(crate) struct PodRecord {
     pub process_ids: std::collections::BTreeMap<String, u32>,
     /// The VM settings the pod was started with.
     pub vm: crate::VmSettings,
+    /// The pod's jail (uid from the start, the rest once QEMU runs); `None`: not jailed.
+    #[serde(default)]
+    pub jail: Option<crate::JailStatus>,
 }
 
 impl PodRecord {
@@ -72,6 +75,7 @@ impl PodRecord {
             shim_pid: self.shim.filter(ProcRef::alive).map(|p| p.pid),
             created_at: self.created_at.clone(),
             containers: self.containers.clone(),
+            jail: self.jail.clone(),
         }
     }
 }
@@ -116,16 +120,22 @@ impl PodDir {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
         }
-        std::fs::create_dir(&self.dir).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists {
-                    kind: "pod",
-                    id: rec.id.clone(),
+        // Root-only (or owner-only): the pod's logs and sockets are nobody else's business,
+        // least of all other pods' QEMU uids.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists {
+                        kind: "pod",
+                        id: rec.id.clone(),
+                    }
+                } else {
+                    Error::io(format!("creating {}", self.dir.display()), e)
                 }
-            } else {
-                Error::io(format!("creating {}", self.dir.display()), e)
-            }
-        })?;
+            })?;
         let logs = self.dir.join("logs");
         std::fs::create_dir(&logs)
             .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;

@@ -1,5 +1,6 @@
 //! The QEMU `microvm` command line for one pod, and the accelerator probe.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use crate::api::{Accel, SandboxConfig};
@@ -102,6 +103,13 @@ pub struct VmSettings {
     /// containerLogMaxFiles).
     #[serde(default)]
     pub log_limits: crate::logs::LogLimits,
+    /// The jail around each pod VM (`docs/runtime.md`, "Jail").
+    #[serde(default)]
+    pub jail: crate::JailSettings,
+    /// Refuse to start a pod whose VM would run under TCG (no hardware virtualization): under
+    /// TCG, QEMU is no security boundary of its own.
+    #[serde(default)]
+    pub require_hardware_virt: bool,
 }
 
 impl VmSettings {
@@ -141,6 +149,13 @@ impl VmSettings {
                 .unwrap_or_else(default_watchdog),
             free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
             log_limits: Default::default(),
+            // On where it can work: the jail needs root.
+            jail: crate::JailSettings {
+                // SAFETY: geteuid(2) cannot fail and touches no memory.
+                enabled: unsafe { libc::geteuid() } == 0,
+                ..Default::default()
+            },
+            require_hardware_virt: false,
         })
     }
 
@@ -193,11 +208,29 @@ pub(crate) fn kernel_cmdline(settings: &VmSettings, accel: Accel) -> String {
     c
 }
 
-/// Paths of one pod VM's host-side endpoints.
-pub(crate) struct VmPaths<'a> {
-    pub qmp: &'a Path,
-    pub agent: &'a Path,
-    pub console: &'a Path,
+/// How one pod VM reaches the host: the kernel and initramfs by path (as QEMU sees them,
+/// inside its jail or not), everything else as descriptors the supervisor opened and QEMU
+/// inherits, so QEMU needs no access to the pod directory, the image store or `/dev/net/tun`.
+pub(crate) struct VmEndpoints {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Listening socket for QMP (`qmp.sock`).
+    pub qmp_fd: RawFd,
+    /// Listening socket for the guest agent port (`agent.sock`).
+    pub agent_fd: RawFd,
+    /// `console.log`, opened write-only with `O_APPEND`.
+    pub console_fd: RawFd,
+    /// Each image, read-only.
+    pub image_fds: Vec<RawFd>,
+    /// Each volume's local file, as the descriptors of one fd set (a writable volume needs
+    /// a read-write and a read-only one: QEMU's block layer opens it both ways); empty: the
+    /// drive opens itself (e.g. `rbd:`).
+    pub volume_fds: Vec<Vec<RawFd>>,
+    /// The tap, attached (`TUNSETIFF`) by the supervisor.
+    pub tap_fd: Option<RawFd>,
+    /// The pod directory, named in QEMU's command line only (`-add-fd …,opaque=`), so
+    /// operators and test harnesses can tell whose QEMU a process is.
+    pub pod_dir: PathBuf,
 }
 
 /// The full argv (after the program) for one pod VM.
@@ -210,7 +243,7 @@ pub(crate) fn qemu_args(
     accel: Accel,
     id: &str,
     cfg: &SandboxConfig,
-    paths: &VmPaths<'_>,
+    ep: &VmEndpoints,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
@@ -223,6 +256,8 @@ pub(crate) fn qemu_args(
         }
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
     }
+    // A descriptor for QEMU's file opens: fd set N holds fd N.
+    let fdset = |fd: RawFd| format!("fd={fd},set={fd}");
     push(&[
         "-smp",
         &cfg.cpus.to_string(),
@@ -235,44 +270,57 @@ pub(crate) fn qemu_args(
         "-sandbox",
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-kernel",
-        &settings.kernel.to_string_lossy(),
+        &ep.kernel.to_string_lossy(),
         "-initrd",
-        &settings.initramfs.to_string_lossy(),
+        &ep.initrd.to_string_lossy(),
         "-append",
         &kernel_cmdline(settings, accel),
+        "-add-fd",
+        &format!(
+            "{},opaque={}",
+            fdset(ep.console_fd),
+            qemu_escape(&ep.pod_dir.to_string_lossy())
+        ),
         "-chardev",
-        &format!("file,id=con,path={},append=on", paths.console.display()),
+        &format!("file,id=con,path=/dev/fdset/{},append=on", ep.console_fd),
         "-serial",
         "chardev:con",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", paths.qmp.display()),
+        "-chardev",
+        &format!("socket,id=qmp,fd={},server=on,wait=off", ep.qmp_fd),
+        "-mon",
+        "chardev=qmp,mode=control",
         "-device",
         "virtio-serial-device",
         "-chardev",
-        &format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            paths.agent.display()
-        ),
+        &format!("socket,id=agent,fd={},server=on,wait=off", ep.agent_fd),
         "-device",
         "virtserialport,chardev=agent,name=h8s.agent",
     ]);
-    for (i, img) in cfg.images.iter().enumerate() {
+    for (i, (_, fd)) in cfg.images.iter().zip(&ep.image_fds).enumerate() {
         // The serial names the disk inside the guest (/sys/block/vdX/serial).
         push(&[
+            "-add-fd",
+            &fdset(*fd),
             "-drive",
-            &format!(
-                "id=img{i},file={},format=raw,if=none,read-only=on",
-                qemu_escape(&img.path.to_string_lossy())
-            ),
+            &format!("id=img{i},file=/dev/fdset/{fd},format=raw,if=none,read-only=on"),
             "-device",
             &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
         ]);
     }
     for (i, v) in cfg.volumes.iter().enumerate() {
         // Writable volumes: the backend's drive (file or rbd:), named by serial in the guest.
+        let drive = match ep.volume_fds.get(i).map(Vec::as_slice) {
+            Some(fds @ [set, ..]) => {
+                for fd in fds {
+                    push(&["-add-fd", &format!("fd={fd},set={set}")]);
+                }
+                drive_with_file(&v.drive, &format!("/dev/fdset/{set}"))
+            }
+            _ => v.drive.clone(),
+        };
         push(&[
             "-drive",
-            &format!("id=vol{i},if=none,{}", v.drive),
+            &format!("id=vol{i},if=none,{drive}"),
             "-device",
             &format!("virtio-blk-device,drive=vol{i},serial={}", v.serial),
         ]);
@@ -281,18 +329,65 @@ pub(crate) fn qemu_args(
     if settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS {
         push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
     }
-    if let Some(n) = &cfg.network {
+    if let (Some(n), Some(fd)) = (&cfg.network, ep.tap_fd) {
         push(&[
             "-netdev",
-            &format!(
-                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
-                n.tap
-            ),
+            &format!("tap,id=net0,fd={fd},vhost=off"),
             "-device",
             &format!("virtio-net-device,netdev=net0,mac={}", n.mac),
         ]);
     }
     a
+}
+
+/// Splits QEMU `key=value,…` options (`,,` is a literal comma).
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == ',' {
+            if it.peek() == Some(&',') {
+                it.next();
+                if let Some(o) = out.last_mut() {
+                    o.push(',');
+                }
+            } else {
+                out.push(String::new());
+            }
+        } else if let Some(o) = out.last_mut() {
+            o.push(c);
+        }
+    }
+    out
+}
+
+/// The local file a volume drive opens (`file=/path`) and whether read-only; `None` for
+/// protocol drives such as `rbd:`.
+pub(crate) fn drive_local_file(drive: &str) -> Option<(PathBuf, bool)> {
+    let opts = split_opts(drive);
+    let file = opts.iter().find_map(|o| o.strip_prefix("file="))?;
+    if !file.starts_with('/') {
+        return None;
+    }
+    let ro = opts
+        .iter()
+        .any(|o| matches!(o.as_str(), "read-only=on" | "readonly=on"));
+    Some((PathBuf::from(file), ro))
+}
+
+/// `drive` with its `file=` replaced by `file`.
+fn drive_with_file(drive: &str, file: &str) -> String {
+    split_opts(drive)
+        .into_iter()
+        .map(|o| {
+            if o.starts_with("file=") {
+                format!("file={}", qemu_escape(file))
+            } else {
+                qemu_escape(&o)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// QEMU option values use `,,` for a literal comma.
@@ -318,6 +413,8 @@ mod tests {
             watchdog_secs: 10,
             free_page_reporting: true,
             log_limits: Default::default(),
+            jail: Default::default(),
+            require_hardware_virt: false,
         }
     }
 
@@ -357,10 +454,16 @@ mod tests {
             mtu: 1500,
             dns: vec![],
         });
-        let p = VmPaths {
-            qmp: Path::new("/r/qmp.sock"),
-            agent: Path::new("/r/agent.sock"),
-            console: Path::new("/r/console.log"),
+        let p = VmEndpoints {
+            kernel: "/vm/kernel".into(),
+            initrd: "/vm/initrd".into(),
+            qmp_fd: 3,
+            agent_fd: 4,
+            console_fd: 5,
+            image_fds: vec![6],
+            volume_fds: vec![vec![7, 9]],
+            tap_fd: Some(8),
+            pod_dir: "/r/pods/abc".into(),
         };
         cfg.volumes.push(crate::api::VolumeDisk {
             serial: "vol-data".into(),
@@ -368,18 +471,52 @@ mod tests {
         });
         let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
         assert!(a.contains(
-            "-drive id=vol0,if=none,file=/v/pv1.raw,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
+            "-add-fd fd=7,set=7 -add-fd fd=9,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
         ));
+        assert!(a.contains(
+            "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"
+        ));
+        assert!(a.contains("-chardev socket,id=agent,fd=4,server=on"));
+        assert!(a.contains(
+            "-add-fd fd=5,set=5,opaque=/r/pods/abc -chardev file,id=con,path=/dev/fdset/5,append=on"
+        ));
+        assert!(a.contains("-netdev tap,id=net0,fd=8,vhost=off"));
+        assert!(a.contains("-kernel /vm/kernel -initrd /vm/initrd"));
         // agent port + image + volume + net + balloon = 5 of 8 slots.
         assert!(a.contains("virtio-balloon-device"));
         assert!(a.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));
         assert!(a.contains("-nodefaults -no-user-config"));
-        assert!(a.contains("file=/c/a,,b.erofs,format=raw,if=none,read-only=on"));
-        assert!(a.contains("vhost=off"));
+        assert!(a.contains(
+            "-add-fd fd=6,set=6 -drive id=img0,file=/dev/fdset/6,format=raw,if=none,read-only=on"
+        ));
         assert!(a.contains("h8s.debug=1"));
         assert!(a.contains("-accel tcg,thread=multi"));
         assert!(!a.contains("virtfs") && !a.contains("9p") && !a.contains("vhost-user"));
+        assert!(
+            !a.contains("/r/q") && !a.contains("ifname"),
+            "no host path but the kernel's: {a}"
+        );
+    }
+
+    #[test]
+    fn volume_drives_name_their_local_file() {
+        assert_eq!(
+            drive_local_file("file=/v/a,,b.raw,format=raw,read-only=on"),
+            Some((PathBuf::from("/v/a,b.raw"), true))
+        );
+        assert_eq!(
+            drive_local_file("file=/v/p.raw,format=raw,read-only=off"),
+            Some((PathBuf::from("/v/p.raw"), false))
+        );
+        assert_eq!(
+            drive_local_file("file=rbd:h8s/pv-1:id=admin:conf=/etc/ceph/ceph.conf,format=raw"),
+            None
+        );
+        assert_eq!(
+            drive_with_file("file=/v/a,,b.raw,format=raw,discard=unmap", "/dev/fdset/9"),
+            "file=/dev/fdset/9,format=raw,discard=unmap"
+        );
     }
 }

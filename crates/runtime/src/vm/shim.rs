@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -20,9 +22,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::agent::{Agent, GuestEvent};
-use super::qemu::{qemu_args, HostVirt, VmPaths};
+use super::qemu::{drive_local_file, qemu_args, HostVirt, VmEndpoints};
 use super::qmp::{Qmp, QmpEvent};
 use crate::api::{ContainerConfig, ContainerState, ContainerStatus, ExecConfig, SandboxState};
+use crate::jail::spawn::open_tap;
 use crate::logs::{LogStream, LogWriter};
 use crate::state::{PodDir, PodRecord, ProcRef};
 use crate::util::rfc3339_nano;
@@ -169,11 +172,18 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     let (mut qemu, qmp, mut qmp_rx, agent, mut guest_rx, hello) = match booted {
         Ok(b) => b,
         Err(e) => {
+            let e = match oom_reason(&rec) {
+                Some(why) => Error::Qemu(why),
+                None => e,
+            };
             tracing::error!(error = %e, "pod failed to start");
             rec.state = SandboxState::Failed;
             rec.reason = Some(e.to_string());
             rec.shim = None;
             rec.qemu = None;
+            if let (false, Some(j)) = (adopt, &rec.jail) {
+                crate::jail::cgroup::remove(&j.cgroup_dirs);
+            }
             let _ = dir.save(&rec);
             remove_sockets(&dir);
             if !adopt {
@@ -194,10 +204,38 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             rec.reason = Some(e.to_string());
             rec.shim = None;
             rec.qemu = None;
+            if let Some(j) = &rec.jail {
+                crate::jail::cgroup::remove(&j.cgroup_dirs);
+            }
             let _ = dir.save(&rec);
             remove_sockets(&dir);
             ready_line(Err(e));
             return Ok(());
+        }
+    }
+    if let Some(j) = rec.jail.as_mut() {
+        // From here on the supervisor only serves: no capability but CAP_KILL (for QEMU),
+        // no exec, no fork, no mount.
+        match crate::jail::spawn::drop_supervisor_caps() {
+            Ok(()) => j.supervisor_caps = vec!["CAP_KILL".into()],
+            Err(e) => {
+                tracing::warn!(error = %e, "jail: supervisor keeps its capabilities");
+                j.not_enforced
+                    .retain(|w| !w.starts_with("supervisor capabilities"));
+                j.not_enforced.push(format!("supervisor capabilities: {e}"));
+            }
+        }
+        match crate::jail::seccomp::supervisor_filters()
+            .and_then(|f| crate::jail::seccomp::apply_to_process(&f))
+        {
+            Ok(()) => j.supervisor_seccomp = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "jail: supervisor seccomp filter not installed");
+                j.supervisor_seccomp = false;
+                j.not_enforced
+                    .retain(|w| !w.starts_with("supervisor seccomp"));
+                j.not_enforced.push(format!("supervisor seccomp: {e}"));
+            }
         }
     }
     let qemu_ref = rec
@@ -431,38 +469,155 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     tracing::info!(%accel, reason = why, "accelerator chosen");
     rec.accel = Some(accel);
     rec.accel_reason = Some(why.to_string());
+    if settings.require_hardware_virt && accel == crate::Accel::Tcg {
+        return Err(Error::FailedPrecondition(format!(
+            "this node requires hardware virtualization, and the pod would run under TCG \
+             ({why})"
+        )));
+    }
+    // Everything QEMU uses but its kernel and initramfs is opened here and inherited.
     for p in [dir.qmp_sock(), dir.agent_sock()] {
         let _ = std::fs::remove_file(p);
     }
-    let paths = VmPaths {
-        qmp: &dir.qmp_sock(),
-        agent: &dir.agent_sock(),
-        console: &dir.console(),
+    let listen = |p: &Path| {
+        std::os::unix::net::UnixListener::bind(p)
+            .map_err(|e| Error::io(format!("binding {}", p.display()), e))
     };
-    let args = qemu_args(&settings, accel, &rec.id, &rec.config, &paths);
+    let qmp_listener = listen(&dir.qmp_sock())?;
+    let agent_listener = listen(&dir.agent_sock())?;
+    let console = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.console())
+        .map_err(|e| Error::io(format!("opening {}", dir.console().display()), e))?;
+    let mut images = Vec::new();
+    for img in &rec.config.images {
+        images.push(
+            std::fs::File::open(&img.path)
+                .map_err(|e| Error::io(format!("opening image {}", img.path.display()), e))?,
+        );
+    }
+    let mut volumes: Vec<Vec<std::fs::File>> = Vec::new();
+    for v in &rec.config.volumes {
+        let mut files = Vec::new();
+        if let Some((path, ro)) = drive_local_file(&v.drive) {
+            // Read-write first (it names the fd set), then read-only: QEMU opens both ways.
+            for write in [!ro, false].into_iter().skip(usize::from(ro)) {
+                files.push(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(write)
+                        .open(&path)
+                        .map_err(|e| Error::io(format!("opening volume {}", path.display()), e))?,
+                );
+            }
+        }
+        volumes.push(files);
+    }
+    let owner = rec.jail.as_ref().map(|j| (j.uid, j.gid));
+    let tap = match &rec.config.network {
+        Some(n) => Some(open_tap(&n.tap, owner)?),
+        None => None,
+    };
+    let mut ep = VmEndpoints {
+        kernel: settings.kernel.clone(),
+        initrd: settings.initramfs.clone(),
+        qmp_fd: qmp_listener.as_raw_fd(),
+        agent_fd: agent_listener.as_raw_fd(),
+        console_fd: console.as_raw_fd(),
+        image_fds: images.iter().map(|f| f.as_raw_fd()).collect(),
+        volume_fds: volumes
+            .iter()
+            .map(|fs| fs.iter().map(|f| f.as_raw_fd()).collect())
+            .collect(),
+        tap_fd: tap.as_ref().map(|f| f.as_raw_fd()),
+        pod_dir: dir.dir.clone(),
+    };
+    let mut keep = vec![ep.qmp_fd, ep.agent_fd, ep.console_fd];
+    keep.extend(&ep.image_fds);
+    keep.extend(ep.volume_fds.iter().flatten());
+    keep.extend(ep.tap_fd);
     let qemu_log = dir.dir.join("qemu.log");
     let stderr = std::fs::File::create(&qemu_log)
         .map_err(|e| Error::io(format!("creating {}", qemu_log.display()), e))?;
-    let mut child = tokio::process::Command::new(&settings.qemu)
+    let mut program = settings.qemu.clone();
+    let mut cmd;
+    // The cgroups' `cgroup.procs` stay open until QEMU has joined them.
+    let mut cgroups = crate::jail::cgroup::PodCgroups::default();
+    if let Some(jail) = rec.jail.as_mut() {
+        let (plan, cg) = prepare_jail(dir, &settings, &rec.config, accel, jail, keep)?;
+        cgroups = cg;
+        ep.kernel = crate::jail::spawn::KERNEL.into();
+        ep.initrd = crate::jail::spawn::INITRD.into();
+        program = crate::jail::spawn::resolve_program(&settings.qemu)?;
+        cmd = tokio::process::Command::new(&program);
+        // SAFETY: `Plan::enter` makes only async-signal-safe system calls on data prepared
+        // before the fork and allocates nothing (see its documentation).
+        unsafe {
+            cmd.pre_exec(move || plan.enter());
+        }
+    } else {
+        cmd = tokio::process::Command::new(&program);
+        // SAFETY: fcntl(2) is async-signal-safe; the descriptors are ours, open until spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    dir.save(rec)?;
+    let args = qemu_args(&settings, accel, &rec.id, &rec.config, &ep);
+    let spawned = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
-        .spawn()
-        .map_err(|e| Error::Qemu(format!("cannot run {}: {e}", settings.qemu.display())))?;
+        .spawn();
+    // QEMU holds its own copies now; the listening sockets must be QEMU's alone, or a client
+    // could connect to a socket whose VM is gone.
+    drop((qmp_listener, agent_listener, console, images, volumes, tap));
+    let cgroup_dirs = std::mem::take(&mut cgroups.dirs);
+    drop(cgroups);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            crate::jail::cgroup::remove(&cgroup_dirs);
+            let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+            return Err(Error::Qemu(format!(
+                "cannot run {}: {e} {}",
+                program.display(),
+                log.trim()
+            )));
+        }
+    };
     let pid = child.id().unwrap_or(0);
     rec.qemu = ProcRef::of(pid);
     dir.save(rec)?;
-    tracing::info!(pid, "QEMU started");
+    tracing::info!(pid, jailed = rec.jail.is_some(), "QEMU started");
     let timeout = Duration::from_secs(settings.boot_timeout_secs);
+    let exited = |qemu_log: &Path| {
+        let log = std::fs::read_to_string(qemu_log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim()))
+    };
     let result = tokio::select! {
-        r = connect_and_hello(dir, timeout, false) => r,
-        _ = child.wait() => {
-            let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim())))
-        }
+        r = connect_and_hello(dir, timeout, false) => match r {
+            // The sockets listen before QEMU reads its arguments: a QEMU that dies at once
+            // resets the connection. Its own words say more.
+            Err(e) => match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                Ok(_) => Err(exited(&qemu_log)),
+                Err(_) => Err(e),
+            },
+            ok => ok,
+        },
+        _ = child.wait() => Err(exited(&qemu_log)),
         _ = tokio::time::sleep(timeout) => Err(Error::BootTimeout(timeout)),
     };
     match result {
@@ -477,6 +632,108 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             Err(e)
         }
     }
+}
+
+/// Builds the pod's jail: its cgroups (whatever the host offers; what it does not is logged
+/// and recorded), the new root's contents, the namespaces.
+fn prepare_jail(
+    dir: &PodDir,
+    settings: &crate::VmSettings,
+    cfg: &crate::SandboxConfig,
+    accel: crate::Accel,
+    jail: &mut crate::JailStatus,
+    keep: Vec<std::os::fd::RawFd>,
+) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
+    use crate::jail::{cgroup, spawn};
+    jail.not_enforced.clear();
+    let overhead = settings
+        .jail
+        .memory_overhead_mib
+        .unwrap_or_else(|| crate::jail::default_overhead_mib(accel, settings.tcg_tb_size_mib));
+    let limits = cgroup::Limits::for_pod(cfg.memory_mib, cfg.cpus, overhead);
+    let id = dir
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cg = match cgroup::create(&cgroup::host_hierarchies(), &id, limits) {
+        Ok(cg) => cg,
+        Err(e) => {
+            let mut cg = cgroup::PodCgroups::default();
+            cg.not_enforced.push(format!("cgroups: {e}"));
+            cg
+        }
+    };
+    jail.cgroups = cg.enforced.clone();
+    jail.cgroup_dirs = cg.dirs.clone();
+    jail.not_enforced.extend(cg.not_enforced.iter().cloned());
+    // Volumes the supervisor cannot hand over as files (rbd:) are opened by QEMU itself: it
+    // needs the host's network, its Ceph configuration and the keyring, which is root's.
+    let remote: Vec<&str> = cfg
+        .volumes
+        .iter()
+        .filter(|v| drive_local_file(&v.drive).is_none())
+        .map(|v| v.drive.as_str())
+        .collect();
+    let own_net = remote.is_empty();
+    let mut extra_ro_dirs = Vec::new();
+    if !own_net {
+        jail.not_enforced.push(
+            "network namespace: a volume drive (rbd:) reaches its storage over the host network"
+                .into(),
+        );
+        jail.not_enforced.push(
+            "own uid: QEMU opens rbd volumes with the host's Ceph keyring (root-only), so it \
+             stays uid 0, without capabilities"
+                .into(),
+        );
+        for d in &remote {
+            extra_ro_dirs.extend(ceph_conf_dir(d));
+        }
+        extra_ro_dirs.push("/etc/ceph".into());
+    }
+    let root = dir.dir.join("vmroot");
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("creating {}", root.display()), e)),
+    }
+    let qemu = spawn::resolve_program(&settings.qemu)?;
+    let plan = spawn::Plan::new(&spawn::Contents {
+        ids: own_net.then_some((jail.uid, jail.gid)),
+        extra_ro_dirs,
+        root: &root,
+        qemu: &qemu,
+        kernel: &settings.kernel,
+        initrd: &settings.initramfs,
+        kvm: accel == crate::Accel::Kvm,
+        own_net,
+        keep,
+        cgroups: &cg.procs,
+    })?;
+    jail.namespaces = plan.namespaces.clone();
+    if let Err(e) = spawn::unshare_pid_for_children() {
+        jail.namespaces.retain(|n| n != "pid");
+        jail.not_enforced.push(format!("pid namespace: {e}"));
+    }
+    for what in &jail.not_enforced {
+        tracing::warn!(what = %what, "jail: not enforced");
+    }
+    tracing::info!(
+        uid = jail.uid,
+        namespaces = %jail.namespaces.join(","),
+        cgroups = %jail.cgroups.iter().map(|l| format!("{}(v{})", l.limit, l.version)).collect::<Vec<_>>().join(" "),
+        "jail ready"
+    );
+    Ok((plan, cg))
+}
+
+/// The directory of the `conf=` file of an `rbd:` drive (QEMU's rbd options are `:`-separated).
+fn ceph_conf_dir(drive: &str) -> Option<std::path::PathBuf> {
+    let conf = drive
+        .split([':', ','])
+        .find_map(|o| o.strip_prefix("conf="))?;
+    Path::new(conf).parent().map(Path::to_path_buf)
 }
 
 /// Gives the guest its interface (found by MAC), address, route, DNS and hostname.
@@ -786,12 +1043,39 @@ async fn teardown(shim: &Shim, state: SandboxState, reason: Option<String>) {
     } else {
         tracing::info!("pod stopped");
     }
+    let reason = match (state, oom_reason(&st.rec)) {
+        (SandboxState::Failed, Some(why)) => Some(why),
+        _ => reason,
+    };
+    if let Some(j) = &st.rec.jail {
+        // QEMU is gone (reaped, or not ours and dead): its cgroups are empty.
+        crate::jail::cgroup::remove(&j.cgroup_dirs);
+    }
     st.rec.state = state;
     st.rec.reason = reason;
     st.rec.qemu = None;
     st.rec.shim = None;
     shim.save(st);
     remove_sockets(&shim.dir);
+}
+
+/// The reason when the kernel's OOM killer ended QEMU inside the pod's memory cgroup.
+fn oom_reason(rec: &PodRecord) -> Option<String> {
+    let j = rec.jail.as_ref()?;
+    if !crate::jail::cgroup::oom_killed(&j.cgroups) {
+        return None;
+    }
+    let limit = j
+        .cgroups
+        .iter()
+        .find(|l| l.controller == "memory")
+        .map(|l| l.limit.clone())
+        .unwrap_or_default();
+    Some(format!(
+        "QEMU was killed by the out-of-memory killer: the pod's cgroup memory limit \
+         ({limit}: guest RAM {} MiB plus overhead) was exceeded",
+        rec.config.memory_mib
+    ))
 }
 
 fn remove_sockets(dir: &PodDir) {
