@@ -356,6 +356,7 @@ mod tests {
             gateway: None,
             mtu: 1500,
             dns: vec![],
+            cluster_dns: None,
         });
         let p = VmPaths {
             qmp: Path::new("/r/qmp.sock"),
