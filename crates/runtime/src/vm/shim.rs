@@ -915,7 +915,10 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
         }
         Request::UpdateServices { update } => {
             shim.agent
-                .request_timeout(GuestRequest::UpdateServices(update), Duration::from_secs(30))
+                .request_timeout(
+                    GuestRequest::UpdateServices(update),
+                    Duration::from_secs(30),
+                )
                 .await?;
             Ok(Response::Ok)
         }

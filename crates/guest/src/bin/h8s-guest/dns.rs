@@ -140,8 +140,7 @@ pub fn answer(zone: &Zone, q: &Message, upstream: bool) -> Answer {
     match found {
         Found::Service(e) => match &e.kind {
             ServiceKind::ExternalName { name } => {
-                if let Ok(target) = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-                {
+                if let Ok(target) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) {
                     r.add_answer(Record::from_rdata(owner, TTL, RData::CNAME(CNAME(target))));
                 }
             }
@@ -195,7 +194,13 @@ pub fn answer(zone: &Zone, q: &Message, upstream: bool) -> Answer {
 
 /// SRV targets of the named port `port`/`proto` of `e`: the Service's own name and port, or
 /// (headless) every ready endpoint with its port.
-fn srv(e: &ServiceEntry, port: &str, proto: &str, ns: &str, domain: &str) -> Option<Vec<(u16, Name)>> {
+fn srv(
+    e: &ServiceEntry,
+    port: &str,
+    proto: &str,
+    ns: &str,
+    domain: &str,
+) -> Option<Vec<(u16, Name)>> {
     let want = match proto {
         "tcp" => PortProtocol::Tcp,
         "udp" => PortProtocol::Udp,
@@ -263,7 +268,10 @@ mod tests {
                     "192.168.0.6:8080".parse().unwrap(),
                 ],
             }],
-            endpoints: vec!["192.168.0.5".parse().unwrap(), "192.168.0.6".parse().unwrap()],
+            endpoints: vec![
+                "192.168.0.5".parse().unwrap(),
+                "192.168.0.6".parse().unwrap(),
+            ],
         }
     }
 
@@ -339,9 +347,19 @@ mod tests {
         // Headless: the ready endpoints, and each endpoint by its dashed address.
         let m = reply_of(ask(&z, "db.a.svc.cluster.local.", RecordType::A, true));
         assert_eq!(a_records(&m), ["192.168.0.5", "192.168.0.6"]);
-        let m = reply_of(ask(&z, "192-168-0-6.db.a.svc.cluster.local.", RecordType::A, true));
+        let m = reply_of(ask(
+            &z,
+            "192-168-0-6.db.a.svc.cluster.local.",
+            RecordType::A,
+            true,
+        ));
         assert_eq!(a_records(&m), ["192.168.0.6"]);
-        let m = reply_of(ask(&z, "192-168-0-9.db.a.svc.cluster.local.", RecordType::A, true));
+        let m = reply_of(ask(
+            &z,
+            "192-168-0-9.db.a.svc.cluster.local.",
+            RecordType::A,
+            true,
+        ));
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         // ExternalName: a CNAME, whatever the type asked.
         let m = reply_of(ask(&z, "ext.b.svc.cluster.local.", RecordType::A, true));
@@ -354,7 +372,12 @@ mod tests {
     #[test]
     fn srv_and_pods() {
         let z = zone();
-        let m = reply_of(ask(&z, "_http._tcp.web.a.svc.cluster.local.", RecordType::SRV, true));
+        let m = reply_of(ask(
+            &z,
+            "_http._tcp.web.a.svc.cluster.local.",
+            RecordType::SRV,
+            true,
+        ));
         let srv: Vec<(u16, String)> = m
             .answers
             .iter()
@@ -365,14 +388,32 @@ mod tests {
             .collect();
         assert_eq!(srv, [(80, "web.a.svc.cluster.local.".to_string())]);
         assert_eq!(m.additionals.len(), 1);
-        let m = reply_of(ask(&z, "_http._tcp.db.a.svc.cluster.local.", RecordType::SRV, true));
+        let m = reply_of(ask(
+            &z,
+            "_http._tcp.db.a.svc.cluster.local.",
+            RecordType::SRV,
+            true,
+        ));
         assert_eq!(m.answers.len(), 2);
-        let m = reply_of(ask(&z, "_http._udp.web.a.svc.cluster.local.", RecordType::SRV, true));
+        let m = reply_of(ask(
+            &z,
+            "_http._udp.web.a.svc.cluster.local.",
+            RecordType::SRV,
+            true,
+        ));
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-        let m = reply_of(ask(&z, "192-168-0-5.a.pod.cluster.local.", RecordType::A, true));
+        let m = reply_of(ask(
+            &z,
+            "192-168-0-5.a.pod.cluster.local.",
+            RecordType::A,
+            true,
+        ));
         assert_eq!(a_records(&m), ["192.168.0.5"]);
         // A pod of another namespace, or an address of no pod here: unknown.
-        for n in ["192-168-0-5.b.pod.cluster.local.", "10-0-0-1.a.pod.cluster.local."] {
+        for n in [
+            "192-168-0-5.b.pod.cluster.local.",
+            "10-0-0-1.a.pod.cluster.local.",
+        ] {
             let m = reply_of(ask(&z, n, RecordType::A, true));
             assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{n}");
         }

@@ -264,7 +264,13 @@ impl Netlink {
     }
 
     /// Adds (`add`) or deletes an IPv4 address.
-    pub fn address4(&mut self, index: i32, addr: Ipv4Addr, prefix: u8, add: bool) -> io::Result<()> {
+    pub fn address4(
+        &mut self,
+        index: i32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        add: bool,
+    ) -> io::Result<()> {
         if add {
             return self.address(
                 index,

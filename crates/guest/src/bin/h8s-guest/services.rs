@@ -18,9 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{
-    Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -481,11 +479,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn zone_answer(
-    zone: &RwLock<Zone>,
-    q: &hickory_proto::op::Message,
-    upstream: bool,
-) -> dns::Answer {
+fn zone_answer(zone: &RwLock<Zone>, q: &hickory_proto::op::Message, upstream: bool) -> dns::Answer {
     let z = zone.read().unwrap_or_else(|p| p.into_inner());
     dns::answer(&z, q, upstream)
 }
@@ -636,7 +630,11 @@ mod tests {
     #[test]
     fn updates_apply_in_order_and_full_replaces() {
         let (mut t, mut p, mut g) = (BTreeMap::new(), BTreeMap::new(), 0);
-        let a = svc("a", "10.96.0.1", &[(80, PortProtocol::Tcp, &["192.168.0.2:80"])]);
+        let a = svc(
+            "a",
+            "10.96.0.1",
+            &[(80, PortProtocol::Tcp, &["192.168.0.2:80"])],
+        );
         let b = svc("b", "10.96.0.2", &[]);
         let u = ServiceUpdate {
             version: SERVICES_VERSION,
@@ -701,14 +699,17 @@ mod tests {
         let keys: Vec<(String, u16)> = d.keys().map(|k| (k.ip.to_string(), k.port)).collect();
         assert_eq!(
             keys,
-            [("10.96.0.1".to_string(), 80), ("10.96.0.1".to_string(), 443)]
+            [
+                ("10.96.0.1".to_string(), 80),
+                ("10.96.0.1".to_string(), 443)
+            ]
         );
         assert_eq!(
             d[&ListenKey {
                 ip: "10.96.0.1".parse().unwrap(),
                 port: 443
             }]
-            .backends,
+                .backends,
             ["192.168.0.2:8443".parse::<SocketAddrV4>().unwrap()]
         );
     }
@@ -725,7 +726,11 @@ mod tests {
         };
         assert_eq!(order(&t, 0, None)[0], b[0]);
         assert_eq!(order(&t, 1, None), [b[1], b[2], b[0]]);
-        assert_eq!(order(&t, 5, Some(b[0]))[0], b[2], "no affinity: sticky ignored");
+        assert_eq!(
+            order(&t, 5, Some(b[0]))[0],
+            b[2],
+            "no affinity: sticky ignored"
+        );
         t.affinity = true;
         assert_eq!(order(&t, 5, Some(b[0])), [b[0], b[2], b[1]]);
         // A sticky backend that is no longer ready is not used.
