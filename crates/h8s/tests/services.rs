@@ -276,13 +276,15 @@ fn running_pods(c: &Cluster, ns: &str, selector: &str) -> Vec<(String, String)> 
 fn fetch_many(c: &Cluster, ns: &str, url: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            let (good, out) = c.exec(ns, "client", &["wget", "-qO-", "-T", "5", url]);
+            let (good, out) = c.exec(ns, "client", &["timeout", "10", "wget", "-qO-", url]);
             assert!(good, "wget {url}: {out}");
             out.trim().to_string()
         })
         .collect()
 }
 
+// Debian's busybox-static 1.35 `wget -T` crashes (SIGSEGV, also on the host): `timeout` bounds
+// the fetches instead.
 const WEB: &str =
     "mkdir -p /www && echo $HOSTNAME > /www/index.html && exec httpd -f -p 8080 -h /www";
 
@@ -382,7 +384,10 @@ spec:
     // The Service by its short name (search path) and its full name, both endpoints seen.
     let full = format!("http://web.{a}.svc.cluster.local");
     wait(Duration::from_secs(60), "the Service answering", || {
-        let (good, out) = c.exec(&a, "client", &["wget", "-qO-", "-T", "5", "http://web"]);
+        let (good, out) = c.exec(&a, "client", &["timeout", "10", "wget", "-qO-", "http://web"]);
+        if !good {
+            eprintln!("not yet: {out}");
+        }
         (good && names.contains(out.trim())).then_some(())
     });
     let mut seen = BTreeSet::new();
@@ -424,7 +429,7 @@ spec:
     let (good, out) = c.exec(
         &a,
         "client",
-        &["wget", "-qO-", "-T", "3", &format!("http://{b_ip}")],
+        &["timeout", "5", "wget", "-qO-", &format!("http://{b_ip}")],
     );
     assert!(!good, "another tenant's ClusterIP answered: {out}");
     // Positive control: B's own pod reaches B's Service by name (through its own proxy).
@@ -432,7 +437,7 @@ spec:
     let (good, out) = c.exec(
         &b,
         "bweb",
-        &["wget", "-qO-", "-T", "5", &format!("http://{other}")],
+        &["timeout", "10", "wget", "-qO-", &format!("http://{other}")],
     );
     assert!(
         good && out.trim() == bweb,
