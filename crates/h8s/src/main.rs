@@ -16,6 +16,7 @@ mod rbac_bench;
 mod sched_bench;
 mod server;
 mod store;
+mod svc_bench;
 mod tenant_cli;
 
 #[derive(Parser)]
@@ -80,6 +81,9 @@ enum BenchCommand {
     /// Custom resources: create/get of a CRD with a ~50 KB schema and CEL rules, against
     /// ConfigMaps of the same size.
     Crd(crd_bench::Args),
+    /// Services: pod → ClusterIP (the in-pod proxy) against pod → pod, request time and
+    /// throughput, in pod VMs on one tenant Network.
+    Svc(svc_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Deploy(args)) => deploy_bench::run(args),
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
+        Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

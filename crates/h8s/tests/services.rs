@@ -384,7 +384,11 @@ spec:
     // The Service by its short name (search path) and its full name, both endpoints seen.
     let full = format!("http://web.{a}.svc.cluster.local");
     wait(Duration::from_secs(60), "the Service answering", || {
-        let (good, out) = c.exec(&a, "client", &["timeout", "10", "wget", "-qO-", "http://web"]);
+        let (good, out) = c.exec(
+            &a,
+            "client",
+            &["timeout", "10", "wget", "-qO-", "http://web"],
+        );
         if !good {
             eprintln!("not yet: {out}");
         }

@@ -60,6 +60,7 @@ fn log(msg: impl std::fmt::Display) {
 pub struct ListenKey {
     pub ip: Ipv4Addr,
     pub port: u16,
+    pub udp: bool,
 }
 
 /// Where a listener sends connections.
@@ -69,17 +70,21 @@ pub struct Target {
     pub affinity: bool,
 }
 
-/// What the proxy must listen on for `services` (pure): TCP ports of ClusterIP Services.
-/// (UDP and SCTP ports are not proxied.)
+/// What the proxy must listen on for `services` (pure): TCP and UDP ports of ClusterIP
+/// Services (SCTP ports are not proxied).
 pub fn desired(services: &BTreeMap<ServiceName, ServiceEntry>) -> BTreeMap<ListenKey, Target> {
     let mut out = BTreeMap::new();
     for e in services.values() {
         let ServiceKind::ClusterIp { ip } = e.kind else {
             continue;
         };
-        for p in e.ports.iter().filter(|p| p.protocol == PortProtocol::Tcp) {
+        for p in e.ports.iter().filter(|p| p.protocol != PortProtocol::Sctp) {
             out.insert(
-                ListenKey { ip, port: p.port },
+                ListenKey {
+                    ip,
+                    port: p.port,
+                    udp: p.protocol == PortProtocol::Udp,
+                },
                 Target {
                     backends: p.backends.clone(),
                     affinity: e.affinity,
@@ -121,7 +126,8 @@ pub fn apply(
 }
 
 struct Listener {
-    sock: Arc<TcpListener>,
+    /// The listening (TCP) or receiving (UDP) socket, kept open by its thread too.
+    fd: Arc<dyn AsRawFd + Send + Sync>,
     stop: Arc<AtomicBool>,
     target: Arc<RwLock<Target>>,
 }
@@ -129,8 +135,9 @@ struct Listener {
 impl Listener {
     fn close(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown(2) on a descriptor `sock` keeps open; it wakes the blocked accept.
-        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        // SAFETY: shutdown(2) on a descriptor `fd` keeps open; it wakes a blocked accept
+        // (a UDP receiver also wakes on its read timeout).
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 
@@ -327,16 +334,26 @@ impl Services {
                 continue;
             }
             let addr = SocketAddr::from((k.ip, k.port));
-            match in_ns(&self.svc_ns, || TcpListener::bind(addr)) {
-                Ok(sock) => {
-                    let l = Listener {
-                        sock: Arc::new(sock),
-                        stop: Arc::new(AtomicBool::new(false)),
-                        target: Arc::new(RwLock::new(t)),
-                    };
-                    let (sock, stop, target) = (l.sock.clone(), l.stop.clone(), l.target.clone());
-                    spawn("svc-accept", move || accept_loop(sock, stop, target));
-                    st.listeners.insert(k, l);
+            let (stop, target) = (Arc::new(AtomicBool::new(false)), Arc::new(RwLock::new(t)));
+            let (s2, t2) = (stop.clone(), target.clone());
+            let fd: io::Result<Arc<dyn AsRawFd + Send + Sync>> = if k.udp {
+                in_ns(&self.svc_ns, || UdpSocket::bind(addr)).map(|sock| {
+                    let sock = Arc::new(sock);
+                    let s = sock.clone();
+                    spawn("svc-udp", move || udp_loop(s, s2, t2));
+                    sock as Arc<dyn AsRawFd + Send + Sync>
+                })
+            } else {
+                in_ns(&self.svc_ns, || TcpListener::bind(addr)).map(|sock| {
+                    let sock = Arc::new(sock);
+                    let s = sock.clone();
+                    spawn("svc-accept", move || accept_loop(s, s2, t2));
+                    sock as Arc<dyn AsRawFd + Send + Sync>
+                })
+            };
+            match fd {
+                Ok(fd) => {
+                    st.listeners.insert(k, Listener { fd, stop, target });
                 }
                 Err(e) => errors.push(format!("{addr}: {e}")),
             }
@@ -392,6 +409,66 @@ fn accept_loop(sock: Arc<TcpListener>, stop: Arc<AtomicBool>, target: Arc<RwLock
             }
             active.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// How long a UDP flow (client address → backend) lives without traffic.
+const UDP_IDLE: Duration = Duration::from_secs(30);
+
+/// Relays datagrams: each client address gets a connected socket to one backend (chosen as
+/// for TCP) and a thread returning the backend's answers, until [`UDP_IDLE`] passes.
+fn udp_loop(sock: Arc<UdpSocket>, stop: Arc<AtomicBool>, target: Arc<RwLock<Target>>) {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+    let flows: Arc<Mutex<BTreeMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let next = AtomicUsize::new(0);
+    let sticky: Mutex<Option<SocketAddrV4>> = Mutex::new(None);
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::SeqCst) {
+        let (n, client) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(_) => continue, // timeout (or shut down: the loop condition ends it)
+        };
+        let existing = lock(&flows).get(&client).cloned();
+        let up = match existing {
+            Some(u) => u,
+            None => {
+                if lock(&flows).len() >= MAX_CONNS {
+                    continue;
+                }
+                let t = target.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let s = *lock(&sticky);
+                let Some(b) = order(&t, start, s).into_iter().next() else {
+                    continue; // no ready backend: dropped
+                };
+                if t.affinity {
+                    *lock(&sticky) = Some(b);
+                }
+                let Ok(u) = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))) else {
+                    continue;
+                };
+                if u.connect(SocketAddr::V4(b)).is_err() {
+                    continue;
+                }
+                let _ = u.set_read_timeout(Some(UDP_IDLE));
+                let u = Arc::new(u);
+                lock(&flows).insert(client, u.clone());
+                let (u2, sock2, flows2, stop2) =
+                    (u.clone(), sock.clone(), flows.clone(), stop.clone());
+                spawn("svc-udp-flow", move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = u2.recv(&mut buf) {
+                        if stop2.load(Ordering::SeqCst) || sock2.send_to(&buf[..n], client).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    lock(&flows2).remove(&client);
+                });
+                u
+            }
+        };
+        let _ = up.send(&buf[..n]);
     }
 }
 
@@ -676,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn listeners_for_tcp_ports_of_cluster_ips_only() {
+    fn listeners_for_tcp_and_udp_ports_of_cluster_ips_only() {
         let mut t = BTreeMap::new();
         for e in [
             svc(
@@ -696,22 +773,131 @@ mod tests {
             t.insert(e.key.clone(), e);
         }
         let d = desired(&t);
-        let keys: Vec<(String, u16)> = d.keys().map(|k| (k.ip.to_string(), k.port)).collect();
+        let keys: Vec<(String, u16, bool)> = d
+            .keys()
+            .map(|k| (k.ip.to_string(), k.port, k.udp))
+            .collect();
         assert_eq!(
             keys,
             [
-                ("10.96.0.1".to_string(), 80),
-                ("10.96.0.1".to_string(), 443)
+                ("10.96.0.1".to_string(), 53, true),
+                ("10.96.0.1".to_string(), 80, false),
+                ("10.96.0.1".to_string(), 443, false)
             ]
         );
         assert_eq!(
             d[&ListenKey {
                 ip: "10.96.0.1".parse().unwrap(),
-                port: 443
+                port: 443,
+                udp: false,
             }]
                 .backends,
             ["192.168.0.2:8443".parse::<SocketAddrV4>().unwrap()]
         );
+    }
+
+    fn target(backends: &[SocketAddr]) -> Arc<RwLock<Target>> {
+        Arc::new(RwLock::new(Target {
+            backends: backends
+                .iter()
+                .filter_map(|a| match a {
+                    SocketAddr::V4(v) => Some(*v),
+                    SocketAddr::V6(_) => None,
+                })
+                .collect(),
+            affinity: false,
+        }))
+    }
+
+    // The relays on loopback (no namespaces needed): what the guest runs between its
+    // service namespace and the pod's.
+    #[test]
+    fn tcp_relay_round_robins_skips_dead_backends_and_closes() {
+        let mut addrs = Vec::new();
+        for name in ["one", "two"] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            addrs.push(l.local_addr().unwrap());
+            std::thread::spawn(move || {
+                for mut c in l.incoming().flatten() {
+                    let mut req = [0u8; 4];
+                    let _ = c.read_exact(&mut req);
+                    let answer = format!("{name}:{}", String::from_utf8_lossy(&req));
+                    let _ = c.write_all(answer.as_bytes());
+                }
+            });
+        }
+        let front = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+        let at = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = target(&addrs);
+        let (f, s, tt) = (front.clone(), stop.clone(), t.clone());
+        std::thread::spawn(move || accept_loop(f, s, tt));
+        let get = || -> io::Result<String> {
+            let mut c = TcpStream::connect(at)?;
+            c.write_all(b"ping")?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        let got: BTreeSet<String> = (0..4).map(|_| get().unwrap()).collect();
+        assert_eq!(
+            got,
+            BTreeSet::from(["one:ping".to_string(), "two:ping".to_string()])
+        );
+        // A backend that refuses is skipped.
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let new = target(&[dead, addrs[1]]).read().unwrap().clone();
+        *t.write().unwrap() = new;
+        for _ in 0..3 {
+            assert_eq!(get().unwrap(), "two:ping");
+        }
+        // No backend: the connection is reset, nothing answered.
+        *t.write().unwrap() = Target::default();
+        assert!(get().map(|s| s.is_empty()).unwrap_or(true));
+        // Closed: nothing accepts any more.
+        Listener {
+            fd: front.clone(),
+            stop,
+            target: t,
+        }
+        .close();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(get().map(|s| s.is_empty()).unwrap_or(true));
+    }
+
+    #[test]
+    fn udp_relay_keeps_a_flow_per_client() {
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_at = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let mut r = b"echo:".to_vec();
+                r.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&r, from);
+            }
+        });
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let at = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s, t) = (front.clone(), stop.clone(), target(&[echo_at]));
+        std::thread::spawn(move || udp_loop(f, s, t));
+        for client in 0..2 {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            for i in 0..3 {
+                let msg = format!("c{client}-{i}");
+                c.send_to(msg.as_bytes(), at).unwrap();
+                let mut buf = [0u8; 512];
+                let (n, from) = c.recv_from(&mut buf).unwrap();
+                assert_eq!(from, at, "answers come from the Service address");
+                assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes());
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
     }
 
     #[test]
