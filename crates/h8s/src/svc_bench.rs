@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub requests: usize,
     /// MiB sent per throughput batch.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 16)]
     pub mib: usize,
     /// kubectl to drive the cluster with.
     #[arg(long, env = "KUBECTL", default_value = "kubectl")]
