@@ -444,11 +444,13 @@ mod tests {
         }))
     }
 
-    fn world() -> (
+    type World = (
         Vec<Arc<NetNamespace>>,
         Vec<Arc<Service>>,
         Vec<Arc<EndpointSlice>>,
-    ) {
+    );
+
+    fn world() -> World {
         let nss = vec![ns("a1", "t1"), ns("a2", "t1"), ns("b1", "t2")];
         let svcs = vec![
             svc(
