@@ -117,8 +117,9 @@ if ! file "$agent" 2>/dev/null | grep -q 'static' && ldd "$agent" >/dev/null 2>&
 fi
 
 # --- 3. the initramfs -----------------------------------------------------------------------
-# What the pod VM needs that this kernel builds as modules (built-ins are skipped by modprobe).
-wanted=(virtio_mmio virtio_blk virtio_net virtio_console erofs overlay)
+# What the pod VM needs that this kernel builds as modules (built-ins are skipped by modprobe);
+# veth joins the pod to its in-VM service namespace (Service proxy and cluster DNS).
+wanted=(virtio_mmio virtio_blk virtio_net virtio_console erofs overlay veth)
 mods=()
 [ "${H8S_GUEST_KERNEL:-cloud}" = minimal ] && wanted=()  # everything is built in
 for m in "${wanted[@]}"; do

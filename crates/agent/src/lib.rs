@@ -33,6 +33,7 @@ mod events;
 mod pods;
 mod pvc;
 mod quantity;
+mod services;
 mod status;
 mod volumes;
 mod worker;

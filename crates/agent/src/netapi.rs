@@ -68,7 +68,7 @@ pub struct ApiNetworks {
     _tasks: Vec<AbortOnDrop>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -84,7 +84,7 @@ impl std::fmt::Debug for ApiNetworks {
     }
 }
 
-fn reflect<K>(api: Api<K>, wake: Arc<Notify>) -> (Store<K>, AbortOnDrop)
+pub(crate) fn reflect<K>(api: Api<K>, wake: Arc<Notify>) -> (Store<K>, AbortOnDrop)
 where
     K: kube::Resource
         + Clone

@@ -136,6 +136,8 @@ pub(crate) struct Ctx {
     pub node_memory_mib: u32,
     /// Pod networks from the API (when [`crate::PodNetworkConfig::from_api`]).
     pub api_networks: Option<Arc<crate::netapi::ApiNetworks>>,
+    /// The in-pod Service proxies' feed (with [`Ctx::api_networks`]).
+    pub services: Option<Arc<crate::services::ServiceFeed>>,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -192,6 +194,9 @@ impl Dispatcher {
                     source,
                 })?;
         }
+        let services = api_networks.as_ref().map(|_| {
+            crate::services::ServiceFeed::start(client.clone(), runtime.clone(), &cfg.owner)
+        });
         let info = runtime.info();
         let recorder = Recorder::new(client.clone(), cfg.node_name.clone());
         let node_cpus = std::thread::available_parallelism()
@@ -211,6 +216,7 @@ impl Dispatcher {
                 node_cpus,
                 node_memory_mib,
                 api_networks,
+                services,
             }),
         })
     }
@@ -234,6 +240,9 @@ impl Dispatcher {
         let ctx = self.ctx.clone();
         if let Some(nets) = &ctx.api_networks {
             tokio::spawn(nets.clone().run(stop.clone()));
+        }
+        if let Some(feed) = &ctx.services {
+            tokio::spawn(feed.clone().run(stop.clone()));
         }
         {
             // Local volumes' housekeeping (Delete reclaim, offline expansion).

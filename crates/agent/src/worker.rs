@@ -778,6 +778,16 @@ impl Worker {
                     if att.dns.is_empty() {
                         att.dns = vec![a.gateway.to_string()];
                     }
+                    // ClusterFirst (the default): cluster DNS served in the VM, the
+                    // Network's resolvers upstream. `Default` keeps those alone.
+                    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+                    if self.ctx.services.is_some() && policy.starts_with("ClusterFirst") {
+                        att.cluster_dns = Some(h8s_guest::ClusterDns {
+                            domain: self.ctx.cfg.cluster_domain.clone(),
+                            upstream: att.dns.clone(),
+                            ndots: 5,
+                        });
+                    }
                     cfg.network = Some(att);
                 }
                 Err(e) => {
@@ -791,13 +801,17 @@ impl Worker {
         match self.ctx.runtime.run_sandbox(cfg).await {
             Ok(id) => {
                 tracing::info!(sandbox = %id, memory_mib = mem, cpus, ms = started.elapsed().as_millis() as u64, "pod VM started");
-                self.sandbox = Some(id);
+                self.sandbox = Some(id.clone());
                 self.disks = Some(disks);
                 self.vm_memory_mib = mem;
                 self.vm_cpus = cpus;
                 self.sandbox_waiting = None;
                 self.sandbox_backoff.reset();
                 self.publish_lookup();
+                if let Some(feed) = &self.ctx.services {
+                    // Containers start with their Network's Services already known.
+                    feed.wait_pushed(&id, Duration::from_secs(5)).await;
+                }
             }
             Err(e) => {
                 self.release_network().await;

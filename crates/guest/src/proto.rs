@@ -286,6 +286,147 @@ pub enum Request {
         /// The TCP port.
         port: u16,
     },
+    /// Change the pod's view of its Network's Services (the in-pod Service proxy and cluster
+    /// DNS, see [`ServiceUpdate`]). Answered with [`Reply::Done`]; an update older than the
+    /// last one applied is ignored (also `Done`). (Added in version 1, additive; the table's
+    /// own format is versioned by [`ServiceUpdate::version`].)
+    UpdateServices(ServiceUpdate),
+}
+
+/// The format version of [`ServiceUpdate`]: a guest refuses (`unsupported`) other versions.
+pub const SERVICES_VERSION: u32 = 1;
+
+/// Cluster DNS inside the pod VM (in [`NetworkConfig::cluster_dns`]): the agent serves the
+/// names of the Services it is told about ([`Request::UpdateServices`]) at
+/// [`CLUSTER_DNS_ADDR`], forwards other names to `upstream`, and writes `/etc/resolv.conf` as
+/// kubelet does for `dnsPolicy: ClusterFirst`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDns {
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// Resolvers for every other name (addresses); empty: other names are refused.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    /// `options ndots:N` (kubelet: 5).
+    #[serde(default = "default_ndots")]
+    pub ndots: u8,
+}
+
+fn default_ndots() -> u8 {
+    5
+}
+
+/// Where the in-pod cluster DNS listens (UDP and TCP port 53), in the VM's service network
+/// namespace (reached from the pod over a veth pair; never bound in the pod's own namespace,
+/// so the pod's own sockets on any port never collide with it).
+pub const CLUSTER_DNS_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 53, 2);
+
+/// An incremental change of the Service table a pod VM holds (only the pod's own Network's
+/// Services and pods). `full` replaces the table; otherwise entries in `services`/`pods`
+/// replace the ones with the same key and `removed`/`removed_pods` delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceUpdate {
+    /// [`SERVICES_VERSION`].
+    pub version: u32,
+    /// Increases with every update the host sends to this VM; an older one is ignored.
+    pub generation: u64,
+    /// Replace the whole table (the host's first update to a VM, or after a reconnect).
+    #[serde(default)]
+    pub full: bool,
+    /// Services added or changed (whole entries).
+    #[serde(default)]
+    pub services: Vec<ServiceEntry>,
+    /// Services gone.
+    #[serde(default)]
+    pub removed: Vec<ServiceName>,
+    /// Pods of the Network added or changed (for `<a-b-c-d>.<ns>.pod.<domain>`).
+    #[serde(default)]
+    pub pods: Vec<PodRecord>,
+    /// Pod addresses gone.
+    #[serde(default)]
+    pub removed_pods: Vec<std::net::Ipv4Addr>,
+}
+
+/// A Service's key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// One Service as the pod sees it: ports already resolved to ready backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// Namespace and name.
+    #[serde(flatten)]
+    pub key: ServiceName,
+    /// What kind of Service.
+    pub kind: ServiceKind,
+    /// `sessionAffinity: ClientIP`: a client keeps its backend while it is ready.
+    #[serde(default)]
+    pub affinity: bool,
+    /// Its ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePortEntry>,
+    /// Addresses of its ready endpoints (A records of a headless Service).
+    #[serde(default)]
+    pub endpoints: Vec<std::net::Ipv4Addr>,
+}
+
+/// The kind of a [`ServiceEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// A virtual address the pod's proxy answers.
+    ClusterIp {
+        /// The ClusterIP.
+        ip: std::net::Ipv4Addr,
+    },
+    /// No ClusterIP: DNS answers with the ready endpoints.
+    Headless,
+    /// A DNS alias (CNAME).
+    ExternalName {
+        /// The target name.
+        name: String,
+    },
+}
+
+/// A transport protocol of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP (never proxied).
+    Sctp,
+}
+
+/// One port of a Service with its ready backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePortEntry {
+    /// The port's name (empty for an unnamed single port).
+    #[serde(default)]
+    pub name: String,
+    /// Its protocol.
+    pub protocol: PortProtocol,
+    /// The Service port.
+    pub port: u16,
+    /// Ready endpoints with the target port resolved for each.
+    #[serde(default)]
+    pub backends: Vec<std::net::SocketAddrV4>,
+}
+
+/// A pod of the Network, for pod A records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// The pod's address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its namespace.
+    pub namespace: String,
 }
 
 /// How to create a container.
@@ -523,6 +664,10 @@ pub struct NetworkConfig {
     /// The VM's (pod's) hostname.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Serve cluster DNS inside the VM and point `/etc/resolv.conf` at it (then
+    /// `dns_servers` are not written; `dns_search` still is). (Added in version 1, additive.)
+    #[serde(default)]
+    pub cluster_dns: Option<ClusterDns>,
 }
 
 /// One network interface.

@@ -91,6 +91,7 @@ fn pod_vm_runs_containers_and_execs() {
         dns_servers: vec!["10.0.2.3".into()],
         dns_search: vec!["pod.local".into()],
         hostname: Some("testpod".into()),
+        cluster_dns: None,
     };
     assert_eq!(
         c.call(Request::ConfigureNetwork(net.clone()))

@@ -17,6 +17,7 @@ mod rbac_bench;
 mod sched_bench;
 mod server;
 mod store;
+mod svc_bench;
 mod tenancy_bench;
 mod tenant_cli;
 
@@ -85,6 +86,9 @@ enum BenchCommand {
     /// Tenancy: a tenant user's namespace list filtered by the tenant guard (10,000
     /// namespaces over 100 tenants) against the admin's label-selected list of the same.
     Tenancy(tenancy_bench::Args),
+    /// Services: pod → ClusterIP (the in-pod proxy) against pod → pod, request time and
+    /// throughput, in pod VMs on one tenant Network.
+    Svc(svc_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
+        Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

@@ -76,6 +76,9 @@ pub struct NetworkAttachment {
     /// DNS servers for the pod's `/etc/resolv.conf`.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// Cluster DNS served inside the VM (then `dns` are its upstream resolvers).
+    #[serde(default)]
+    pub cluster_dns: Option<h8s_guest::ClusterDns>,
 }
 
 fn default_mtu() -> u32 {

@@ -657,6 +657,12 @@ impl Runtime {
         self.call_ok(id, Request::WriteVolume { content }).await
     }
 
+    /// Changes the pod's view of its Network's Services (in-pod proxy and DNS).
+    #[tracing::instrument(skip(self, update), fields(generation = update.generation))]
+    pub async fn update_services(&self, id: &str, update: h8s_guest::ServiceUpdate) -> Result<()> {
+        self.call_ok(id, Request::UpdateServices { update }).await
+    }
+
     /// Waits for a container to exit; returns its exit code.
     pub async fn wait_container(&self, id: &str, name: &str) -> Result<i32> {
         let mut s = self.attach(id, name).await?;

@@ -34,6 +34,7 @@ pub fn attachment(a: &Attachment) -> NetworkAttachment {
         gateway: Some(a.gateway.to_string()),
         mtu: a.mtu,
         dns: a.dns.iter().map(|d| d.to_string()).collect(),
+        cluster_dns: None,
     }
 }
 

@@ -61,6 +61,20 @@ pub trait SandboxService: Send + Sync {
     ) -> BoxFuture<'a, Result<()>>;
     /// Runs a tcpSocket/httpGet probe inside the pod VM; `Ok` when it passes.
     fn probe<'a>(&'a self, id: &'a str, spec: h8s_guest::ProbeSpec) -> BoxFuture<'a, Result<()>>;
+    /// Changes the pod's view of its Network's Services (in-pod proxy and DNS). Runtimes
+    /// without it refuse.
+    fn update_services<'a>(
+        &'a self,
+        id: &'a str,
+        update: h8s_guest::ServiceUpdate,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (id, update);
+        Box::pin(async {
+            Err(crate::Error::FailedPrecondition(
+                "this runtime has no in-pod Service proxy".into(),
+            ))
+        })
+    }
     /// The runtime's name, version and accelerator.
     fn info(&self) -> RuntimeInfo;
 }
@@ -174,6 +188,13 @@ impl SandboxService for Runtime {
     }
     fn probe<'a>(&'a self, id: &'a str, spec: h8s_guest::ProbeSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(Runtime::probe(self, id, spec))
+    }
+    fn update_services<'a>(
+        &'a self,
+        id: &'a str,
+        update: h8s_guest::ServiceUpdate,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Runtime::update_services(self, id, update))
     }
     fn info(&self) -> RuntimeInfo {
         Runtime::info(self)

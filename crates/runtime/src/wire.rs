@@ -133,6 +133,10 @@ pub(crate) enum Request {
     WriteVolume {
         content: h8s_guest::VolumeContent,
     },
+    /// Change the pod's Service table (see `h8s_guest::Request::UpdateServices`).
+    UpdateServices {
+        update: h8s_guest::ServiceUpdate,
+    },
     /// Stop every container and power the VM off; the shim exits afterwards.
     StopPod {
         timeout_secs: u64,

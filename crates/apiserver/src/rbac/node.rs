@@ -316,6 +316,13 @@ pub fn node_rules() -> Vec<Rule> {
             &["subjectaccessreviews", "localsubjectaccessreviews"],
         ),
         rule(&["get", "list", "watch"], &[""], &["services"]),
+        // h8s: the in-pod Service proxies (kube-proxy's `system:node-proxier` reads, which
+        // the node agent does for its pods here).
+        rule(
+            &["list", "watch"],
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+        ),
         // h8s: pod networks from the API (the namespace's Network, its segment and the
         // cluster-wide IPAM in the Network's status; NodeRestriction confines the writes
         // to the node's own addresses).

@@ -453,6 +453,7 @@ mod tests {
             gateway: None,
             mtu: 1500,
             dns: vec![],
+            cluster_dns: None,
         });
         let p = VmEndpoints {
             kernel: "/vm/kernel".into(),

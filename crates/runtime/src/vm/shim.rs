@@ -754,6 +754,7 @@ async fn configure_network(
         dns_servers: net.dns.clone(),
         dns_search: dns_search.to_vec(),
         hostname: Some(hostname.to_string()),
+        cluster_dns: net.cluster_dns.clone(),
     };
     agent
         .request_timeout(GuestRequest::ConfigureNetwork(cfg), Duration::from_secs(30))
@@ -1193,6 +1194,15 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
         Request::WriteVolume { content } => {
             shim.agent
                 .request_timeout(GuestRequest::WriteVolume(content), Duration::from_secs(30))
+                .await?;
+            Ok(Response::Ok)
+        }
+        Request::UpdateServices { update } => {
+            shim.agent
+                .request_timeout(
+                    GuestRequest::UpdateServices(update),
+                    Duration::from_secs(30),
+                )
                 .await?;
             Ok(Response::Ok)
         }

@@ -6,11 +6,13 @@
 //! See `docs/guest.md`.
 
 mod container;
+mod dns;
 mod modules;
 mod net;
 mod probe;
 mod pvol;
 mod server;
+mod services;
 mod spawn;
 mod sys;
 mod volume;

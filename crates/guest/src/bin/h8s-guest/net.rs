@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use h8s_guest::{ErrorCode, NetworkConfig, ProtoError};
@@ -13,7 +13,18 @@ use crate::sys::check;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const NLM_F_EXCL: u16 = 0x200;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const IFLA_NET_NS_FD: u16 = 28;
+const NLA_F_NESTED: u16 = 0x8000;
+const RTA_DST: u16 = 1;
+const RT_SCOPE_LINK: u8 = 253;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
@@ -104,13 +115,41 @@ impl Msg {
     }
 }
 
-struct Netlink {
+/// Nested netlink attributes (the payload of one attribute).
+struct Attrs(Vec<u8>);
+
+impl Attrs {
+    fn new(fixed: &[u8]) -> Attrs {
+        Attrs(fixed.to_vec())
+    }
+
+    fn attr(mut self, kind: u16, data: &[u8]) -> Attrs {
+        self.0
+            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(data);
+        while !self.0.len().is_multiple_of(4) {
+            self.0.push(0);
+        }
+        self
+    }
+}
+
+fn cstring(s: &str) -> Vec<u8> {
+    let mut b = s.as_bytes().to_vec();
+    b.push(0);
+    b
+}
+
+/// An rtnetlink socket of the calling thread's network namespace.
+pub struct Netlink {
     fd: OwnedFd,
     seq: u32,
 }
 
 impl Netlink {
-    fn open() -> io::Result<Netlink> {
+    /// Opens one in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
         // SAFETY: socket(2) has no memory arguments.
         let fd = check(unsafe {
             libc::socket(
@@ -202,7 +241,77 @@ impl Netlink {
         self.call(m)
     }
 
-    fn default_route(&mut self, index: i32, gw: &IpAddr) -> io::Result<()> {
+    /// Creates the veth pair `name` ↔ `peer`, the peer in the network namespace `peer_ns`.
+    pub fn create_veth(&mut self, name: &str, peer: &str, peer_ns: &fs::File) -> io::Result<()> {
+        let peer_info = Attrs::new(&[0u8; 16])
+            .attr(IFLA_IFNAME, &cstring(peer))
+            .attr(IFLA_NET_NS_FD, &(peer_ns.as_raw_fd() as u32).to_ne_bytes());
+        let data = Attrs::new(&[]).attr(VETH_INFO_PEER | NLA_F_NESTED, &peer_info.0);
+        let info = Attrs::new(&[])
+            .attr(IFLA_INFO_KIND, b"veth")
+            .attr(IFLA_INFO_DATA | NLA_F_NESTED, &data.0);
+        let mut fixed = vec![0u8; 16];
+        fixed[0] = libc::AF_UNSPEC as u8;
+        let m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &fixed)
+            .attr(IFLA_IFNAME, &cstring(name))
+            .attr(IFLA_LINKINFO | NLA_F_NESTED, &info.0);
+        self.call(m)
+    }
+
+    /// Sets a link up.
+    pub fn up(&mut self, index: i32) -> io::Result<()> {
+        self.link(index, true, None, None)
+    }
+
+    /// Adds (`add`) or deletes an IPv4 address.
+    pub fn address4(
+        &mut self,
+        index: i32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        add: bool,
+    ) -> io::Result<()> {
+        if add {
+            return self.address(
+                index,
+                &Cidr {
+                    addr: IpAddr::V4(addr),
+                    prefix,
+                },
+            );
+        }
+        let mut fixed = vec![0u8; 8];
+        fixed[0] = libc::AF_INET as u8;
+        fixed[1] = prefix;
+        fixed[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+        let m = Msg::new(RTM_DELADDR, 0, &fixed)
+            .attr(IFA_LOCAL, &addr.octets())
+            .attr(IFA_ADDRESS, &addr.octets());
+        self.call(m)
+    }
+
+    /// Adds (`add`) or deletes the on-link route `dst/32 dev index`.
+    pub fn host_route(&mut self, index: i32, dst: Ipv4Addr, add: bool) -> io::Result<()> {
+        let mut fixed = vec![0u8; 12];
+        fixed[0] = libc::AF_INET as u8;
+        fixed[1] = 32;
+        fixed[4] = RT_TABLE_MAIN;
+        fixed[5] = RTPROT_BOOT;
+        fixed[6] = RT_SCOPE_LINK;
+        fixed[7] = RTN_UNICAST;
+        let (kind, flags) = if add {
+            (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
+        } else {
+            (RTM_DELROUTE, 0)
+        };
+        let m = Msg::new(kind, flags, &fixed)
+            .attr(RTA_DST, &dst.octets())
+            .attr(RTA_OIF, &(index as u32).to_ne_bytes());
+        self.call(m)
+    }
+
+    /// The default route via `gw` on `index`.
+    pub fn default_route(&mut self, index: i32, gw: &IpAddr) -> io::Result<()> {
         let mut fixed = vec![0u8; 12];
         fixed[0] = family(gw);
         fixed[4] = RT_TABLE_MAIN;
@@ -321,16 +430,19 @@ pub fn configure(cfg: &NetworkConfig) -> Result<NetFiles, ProtoError> {
         check(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) })
             .map_err(|e| fail("set hostname".into(), e))?;
     }
-    let resolv_conf = (!cfg.dns_servers.is_empty() || !cfg.dns_search.is_empty()).then(|| {
-        let mut r = String::new();
-        for s in &cfg.dns_servers {
-            r.push_str(&format!("nameserver {s}\n"));
+    // Cluster DNS in the VM when asked for; if it cannot start (an initramfs without the
+    // veth module), the pod keeps its plain resolvers and the host hears of it when it sends
+    // the Service table.
+    let cluster_dns = cfg.cluster_dns.as_ref().filter(|c| {
+        match crate::services::get().and_then(|s| s.start_dns(c)) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("h8s-guest: cluster DNS not served: {}", e.message);
+                false
+            }
         }
-        if !cfg.dns_search.is_empty() {
-            r.push_str(&format!("search {}\n", cfg.dns_search.join(" ")));
-        }
-        r
     });
+    let resolv_conf = resolv_conf(cfg, cluster_dns);
     Ok(NetFiles {
         resolv_conf,
         pod_ip,
@@ -338,9 +450,58 @@ pub fn configure(cfg: &NetworkConfig) -> Result<NetFiles, ProtoError> {
     })
 }
 
+/// The pod's `/etc/resolv.conf`: with cluster DNS as kubelet writes it for `ClusterFirst`
+/// (the in-VM server, the search path, `ndots`), else the configured resolvers.
+fn resolv_conf(cfg: &NetworkConfig, cluster_dns: Option<&h8s_guest::ClusterDns>) -> Option<String> {
+    let mut r = String::new();
+    match cluster_dns {
+        Some(_) => r.push_str(&format!("nameserver {}\n", h8s_guest::CLUSTER_DNS_ADDR)),
+        None => {
+            for s in &cfg.dns_servers {
+                r.push_str(&format!("nameserver {s}\n"));
+            }
+        }
+    }
+    if !cfg.dns_search.is_empty() {
+        r.push_str(&format!("search {}\n", cfg.dns_search.join(" ")));
+    }
+    if let Some(c) = cluster_dns {
+        r.push_str(&format!("options ndots:{}\n", c.ndots));
+    }
+    (!r.is_empty()).then_some(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_for_cluster_first() {
+        let cfg = NetworkConfig {
+            interfaces: vec![],
+            dns_servers: vec!["192.168.0.1".into()],
+            dns_search: vec![
+                "a.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            hostname: None,
+            cluster_dns: None,
+        };
+        let dns = h8s_guest::ClusterDns {
+            domain: "cluster.local".into(),
+            upstream: vec!["192.168.0.1".into()],
+            ndots: 5,
+        };
+        assert_eq!(
+            resolv_conf(&cfg, Some(&dns)).unwrap(),
+            "nameserver 169.254.53.2\nsearch a.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+        assert_eq!(
+            resolv_conf(&cfg, None).unwrap(),
+            "nameserver 192.168.0.1\nsearch a.svc.cluster.local svc.cluster.local cluster.local\n"
+        );
+    }
 
     #[test]
     fn cidrs() {

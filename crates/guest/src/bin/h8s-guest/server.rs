@@ -275,6 +275,11 @@ impl Agent {
                 });
                 None
             }
+            Request::UpdateServices(u) => Some(
+                crate::services::get()
+                    .and_then(|s| s.update(&u))
+                    .map(|()| Reply::Done),
+            ),
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))

@@ -1,0 +1,618 @@
+//! Services inside tenant Networks (Hypernetes's per-pod "Service portal"): the node's
+//! kube-proxy cannot reach into isolated tenant segments, so every pod VM proxies and resolves
+//! Services itself, and this feed tells it what to proxy.
+//!
+//! The feed follows Services, EndpointSlices, Namespaces and Networks (watches), and for every
+//! running pod VM of this node pushes (`h8s_guest::Request::UpdateServices`) the Services of
+//! the pod's own Network only — those of the namespaces whose Network (`spec.network`, else the
+//! tenant's default) is the pod's — with each port resolved to its ready backends, plus the
+//! Network's pods (for pod DNS names). Pushes are incremental: the first one to a VM is the
+//! whole table, later ones only the entries that changed. A pod is never told another
+//! Network's Services, so it cannot resolve or reach them through the proxy.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use h8s_guest::{
+    PodRecord, PortProtocol, ServiceEntry, ServiceKind, ServiceName, ServicePortEntry,
+    ServiceUpdate, SERVICES_VERSION,
+};
+use h8s_runtime::{PodRuntime, SandboxState};
+use h8s_types::network::NetNamespace;
+use h8s_types::Network as ApiNetwork;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
+use kube::Api;
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::netapi::{reflect, AbortOnDrop};
+use crate::pods::{LABEL_NAMESPACE, LABEL_OWNER};
+
+/// The label tying an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How often the feed looks for new pod VMs without being woken.
+const RESYNC: Duration = Duration::from_secs(2);
+/// How long a VM that refused its table is left alone.
+const FAILED_PAUSE: Duration = Duration::from_secs(30);
+
+/// What one VM was last told.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Pushed {
+    network: String,
+    generation: u64,
+    services: BTreeMap<ServiceName, ServiceEntry>,
+    pods: BTreeMap<Ipv4Addr, String>,
+}
+
+/// One Network's table: its Services and its pods.
+pub(crate) type Table = (
+    BTreeMap<ServiceName, ServiceEntry>,
+    BTreeMap<Ipv4Addr, String>,
+);
+
+/// The node's Service feed.
+pub(crate) struct ServiceFeed {
+    runtime: Arc<dyn PodRuntime>,
+    owner: String,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    namespaces: Store<NetNamespace>,
+    networks: Store<ApiNetwork>,
+    wake: Arc<Notify>,
+    pushed: Mutex<HashMap<String, Pushed>>,
+    failed: Mutex<HashMap<String, Instant>>,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+fn protocol(p: Option<&str>) -> PortProtocol {
+    match p {
+        Some("UDP") => PortProtocol::Udp,
+        Some("SCTP") => PortProtocol::Sctp,
+        _ => PortProtocol::Tcp,
+    }
+}
+
+/// A Service as a pod sees it (pure): `None` while it has no ClusterIP yet.
+pub(crate) fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceEntry> {
+    let spec = svc.spec.as_ref()?;
+    let key = ServiceName {
+        namespace: svc.metadata.namespace.clone()?,
+        name: svc.metadata.name.clone()?,
+    };
+    let kind = if spec.type_.as_deref() == Some("ExternalName") {
+        ServiceKind::ExternalName {
+            name: spec.external_name.clone()?,
+        }
+    } else {
+        match spec.cluster_ip.as_deref() {
+            Some("None") => ServiceKind::Headless,
+            Some(ip) => ServiceKind::ClusterIp {
+                ip: ip.parse().ok()?,
+            },
+            None => return None,
+        }
+    };
+    let ready_slices: Vec<&EndpointSlice> = slices
+        .iter()
+        .copied()
+        .filter(|s| s.address_type == "IPv4")
+        .collect();
+    let ready = |s: &EndpointSlice| -> Vec<Ipv4Addr> {
+        s.endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
+            .collect()
+    };
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let name = p.name.clone().unwrap_or_default();
+        let proto = protocol(p.protocol.as_deref());
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let mut backends = Vec::new();
+        for s in &ready_slices {
+            // The slice's port of the same name carries the target port resolved per pod
+            // (named targetPorts included).
+            let Some(sp) = s.ports.iter().flatten().find(|sp| {
+                sp.name.clone().unwrap_or_default() == name
+                    && protocol(sp.protocol.as_deref()) == proto
+            }) else {
+                continue;
+            };
+            let Some(target) = sp.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            backends.extend(ready(s).into_iter().map(|ip| SocketAddrV4::new(ip, target)));
+        }
+        backends.sort();
+        backends.dedup();
+        ports.push(ServicePortEntry {
+            name,
+            protocol: proto,
+            port,
+            backends,
+        });
+    }
+    let mut endpoints: Vec<Ipv4Addr> = ready_slices.iter().flat_map(|s| ready(s)).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    Some(ServiceEntry {
+        key,
+        kind,
+        affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+        ports,
+        endpoints,
+    })
+}
+
+/// The table of Network `network` (pure): the Services of its namespaces, its pods.
+pub(crate) fn network_table(
+    network: &str,
+    namespaces: &[Arc<NetNamespace>],
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    net: Option<&ApiNetwork>,
+) -> Table {
+    let members: HashSet<&str> = namespaces
+        .iter()
+        .filter(|n| n.network() == network)
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map(String::as_str),
+        ) else {
+            continue;
+        };
+        if members.contains(ns) {
+            by_service.entry((ns, svc)).or_default().push(s);
+        }
+    }
+    let mut table = BTreeMap::new();
+    for svc in services {
+        let (Some(ns), Some(name)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        if !members.contains(ns) || svc.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let sl = by_service.get(&(ns, name)).cloned().unwrap_or_default();
+        if let Some(e) = service_entry(svc, &sl) {
+            table.insert(e.key.clone(), e);
+        }
+    }
+    let mut pods = BTreeMap::new();
+    for (ip, a) in net
+        .and_then(|n| n.status.as_ref())
+        .map(|s| &s.allocations)
+        .into_iter()
+        .flatten()
+    {
+        if let (Ok(ip), true) = (
+            ip.parse::<Ipv4Addr>(),
+            members.contains(a.namespace.as_str()),
+        ) {
+            pods.insert(ip, a.namespace.clone());
+        }
+    }
+    (table, pods)
+}
+
+/// The update that turns `prev` into `next` (pure): everything when `prev` is `None` (or of
+/// another Network), else only what changed; `None` when nothing did.
+pub(crate) fn diff(
+    prev: Option<&Pushed>,
+    network: &str,
+    next: &Table,
+) -> Option<(ServiceUpdate, Pushed)> {
+    let (services, pods) = next;
+    let prev = prev.filter(|p| p.network == network);
+    let generation = prev.map_or(1, |p| p.generation + 1);
+    let pushed = Pushed {
+        network: network.to_string(),
+        generation,
+        services: services.clone(),
+        pods: pods.clone(),
+    };
+    let Some(prev) = prev else {
+        return Some((
+            ServiceUpdate {
+                version: SERVICES_VERSION,
+                generation,
+                full: true,
+                services: services.values().cloned().collect(),
+                pods: pods
+                    .iter()
+                    .map(|(ip, ns)| PodRecord {
+                        ip: *ip,
+                        namespace: ns.clone(),
+                    })
+                    .collect(),
+                ..ServiceUpdate::default()
+            },
+            pushed,
+        ));
+    };
+    let u = ServiceUpdate {
+        version: SERVICES_VERSION,
+        generation,
+        full: false,
+        services: services
+            .iter()
+            .filter(|(k, e)| prev.services.get(*k) != Some(*e))
+            .map(|(_, e)| e.clone())
+            .collect(),
+        removed: prev
+            .services
+            .keys()
+            .filter(|k| !services.contains_key(*k))
+            .cloned()
+            .collect(),
+        pods: pods
+            .iter()
+            .filter(|(ip, ns)| prev.pods.get(*ip) != Some(*ns))
+            .map(|(ip, ns)| PodRecord {
+                ip: *ip,
+                namespace: ns.clone(),
+            })
+            .collect(),
+        removed_pods: prev
+            .pods
+            .keys()
+            .filter(|ip| !pods.contains_key(*ip))
+            .copied()
+            .collect(),
+    };
+    if u.services.is_empty()
+        && u.removed.is_empty()
+        && u.pods.is_empty()
+        && u.removed_pods.is_empty()
+    {
+        return None;
+    }
+    Some((u, pushed))
+}
+
+impl ServiceFeed {
+    /// Starts following the API.
+    pub fn start(
+        client: kube::Client,
+        runtime: Arc<dyn PodRuntime>,
+        owner: &str,
+    ) -> Arc<ServiceFeed> {
+        let wake = Arc::new(Notify::new());
+        let (services, t1) = reflect(Api::<Service>::all(client.clone()), wake.clone());
+        let (slices, t2) = reflect(Api::<EndpointSlice>::all(client.clone()), wake.clone());
+        let (namespaces, t3) = reflect(Api::<NetNamespace>::all(client.clone()), wake.clone());
+        let (networks, t4) = reflect(Api::<ApiNetwork>::all(client), wake.clone());
+        Arc::new(ServiceFeed {
+            runtime,
+            owner: owner.to_string(),
+            services,
+            slices,
+            namespaces,
+            networks,
+            wake,
+            pushed: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            _tasks: vec![t1, t2, t3, t4],
+        })
+    }
+
+    /// Pushes changes until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            self.pass().await;
+            tokio::select! {
+                _ = self.wake.notified() => {
+                    // Let a burst of watch events settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(RESYNC) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Waits (up to `limit`) until the VM `id` got its first table, so its containers start
+    /// with their Services resolvable. Wakes the feed.
+    pub async fn wait_pushed(&self, id: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        self.wake.notify_one();
+        while Instant::now() < deadline {
+            if self.pushed.lock().await.contains_key(id)
+                || self.failed.lock().await.contains_key(id)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::debug!(sandbox = id, "no Service table pushed in time");
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn pass(&self) {
+        let sandboxes = match self.runtime.list_sandboxes().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing pod VMs failed");
+                return;
+            }
+        };
+        let namespaces = self.namespaces.state();
+        let (services, slices) = (self.services.state(), self.slices.state());
+        let mut tables: HashMap<String, Table> = HashMap::new();
+        let mut live = HashSet::new();
+        for sb in sandboxes {
+            if sb.config.labels.get(LABEL_OWNER) != Some(&self.owner)
+                || sb.state != SandboxState::Ready
+                || sb.config.network.is_none()
+            {
+                continue;
+            }
+            live.insert(sb.id.clone());
+            let Some(ns) = sb.config.labels.get(LABEL_NAMESPACE) else {
+                continue;
+            };
+            let Some(network) = namespaces
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(ns.as_str()))
+                .map(|n| n.network())
+            else {
+                continue;
+            };
+            if let Some(t) = self.failed.lock().await.get(&sb.id) {
+                if t.elapsed() < FAILED_PAUSE {
+                    continue;
+                }
+            }
+            let table = tables.entry(network.clone()).or_insert_with(|| {
+                let net = self
+                    .networks
+                    .state()
+                    .into_iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(network.as_str()));
+                network_table(&network, &namespaces, &services, &slices, net.as_deref())
+            });
+            let prev = self.pushed.lock().await.get(&sb.id).cloned();
+            let Some((update, pushed)) = diff(prev.as_ref(), &network, table) else {
+                continue;
+            };
+            let changed = update.services.len() + update.removed.len();
+            match self.runtime.update_services(&sb.id, update).await {
+                Ok(()) => {
+                    tracing::debug!(sandbox = %sb.id, network, changed, generation = pushed.generation, "Service table pushed");
+                    self.failed.lock().await.remove(&sb.id);
+                    self.pushed.lock().await.insert(sb.id.clone(), pushed);
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %sb.id, error = %e, "pushing the Service table failed; retrying later with the whole table");
+                    self.pushed.lock().await.remove(&sb.id);
+                    self.failed
+                        .lock()
+                        .await
+                        .insert(sb.id.clone(), Instant::now());
+                }
+            }
+        }
+        self.pushed.lock().await.retain(|id, _| live.contains(id));
+        self.failed.lock().await.retain(|id, _| live.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn ns(name: &str, tenant: &str) -> Arc<NetNamespace> {
+        obj(json!({"metadata": {"name": name, "labels": {"tenancy.h8s.io/tenant": tenant}}}))
+    }
+
+    fn svc(ns: &str, name: &str, spec: serde_json::Value) -> Arc<Service> {
+        obj(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+    }
+
+    fn slice(
+        ns: &str,
+        svc: &str,
+        ports: serde_json::Value,
+        eps: serde_json::Value,
+    ) -> Arc<EndpointSlice> {
+        obj(json!({
+            "metadata": {"namespace": ns, "name": format!("{svc}-x"),
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": ports, "endpoints": eps
+        }))
+    }
+
+    type World = (
+        Vec<Arc<NetNamespace>>,
+        Vec<Arc<Service>>,
+        Vec<Arc<EndpointSlice>>,
+    );
+
+    fn world() -> World {
+        let nss = vec![ns("a1", "t1"), ns("a2", "t1"), ns("b1", "t2")];
+        let svcs = vec![
+            svc(
+                "a1",
+                "web",
+                json!({"clusterIP": "10.96.0.10", "ports": [
+                {"name": "http", "port": 80, "targetPort": "web"},
+                {"name": "metrics", "port": 9090, "targetPort": 9090}]}),
+            ),
+            svc(
+                "a2",
+                "db",
+                json!({"clusterIP": "None", "ports": [{"port": 5432}]}),
+            ),
+            svc(
+                "a2",
+                "ext",
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+            ),
+            svc(
+                "b1",
+                "web",
+                json!({"clusterIP": "10.96.0.20", "ports": [{"port": 80}],
+                                    "sessionAffinity": "ClientIP"}),
+            ),
+            svc("a1", "pending", json!({"ports": [{"port": 80}]})),
+        ];
+        let slices = vec![
+            slice(
+                "a1",
+                "web",
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "metrics", "port": 9090}]),
+                json!([{"addresses": ["192.168.0.5"], "conditions": {"ready": true}},
+                       {"addresses": ["192.168.0.6"], "conditions": {"ready": false}},
+                       {"addresses": ["192.168.0.7"]}]),
+            ),
+            slice(
+                "a2",
+                "db",
+                json!([{"port": 5432}]),
+                json!([{"addresses": ["192.168.0.8"], "conditions": {"ready": true}}]),
+            ),
+            slice(
+                "b1",
+                "web",
+                json!([{"port": 80}]),
+                json!([{"addresses": ["192.168.0.5"], "conditions": {"ready": true}}]),
+            ),
+        ];
+        (nss, svcs, slices)
+    }
+
+    #[test]
+    fn a_network_sees_only_its_namespaces_services() {
+        let (nss, svcs, slices) = world();
+        let (t, _) = network_table("tenant-t1", &nss, &svcs, &slices, None);
+        let names: Vec<String> = t
+            .keys()
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect();
+        assert_eq!(names, ["a1/web", "a2/db", "a2/ext"]);
+        let web = &t[&ServiceName {
+            namespace: "a1".into(),
+            name: "web".into(),
+        }];
+        assert_eq!(
+            web.kind,
+            ServiceKind::ClusterIp {
+                ip: "10.96.0.10".parse().unwrap()
+            }
+        );
+        // Named targetPort resolved from the slice; only ready (or unknown) endpoints.
+        assert_eq!(web.ports[0].name, "http");
+        assert_eq!(
+            web.ports[0].backends,
+            [
+                "192.168.0.5:8080".parse::<SocketAddrV4>().unwrap(),
+                "192.168.0.7:8080".parse().unwrap()
+            ]
+        );
+        assert_eq!(web.ports[1].port, 9090);
+        assert_eq!(web.ports[1].backends.len(), 2);
+        let db = &t[&ServiceName {
+            namespace: "a2".into(),
+            name: "db".into(),
+        }];
+        assert_eq!(db.kind, ServiceKind::Headless);
+        assert_eq!(db.endpoints, ["192.168.0.8".parse::<Ipv4Addr>().unwrap()]);
+        let ext = &t[&ServiceName {
+            namespace: "a2".into(),
+            name: "ext".into(),
+        }];
+        assert_eq!(
+            ext.kind,
+            ServiceKind::ExternalName {
+                name: "example.com".into()
+            }
+        );
+        let (t2, _) = network_table("tenant-t2", &nss, &svcs, &slices, None);
+        assert_eq!(t2.len(), 1);
+        assert!(t2.values().all(|e| e.affinity && e.key.namespace == "b1"));
+    }
+
+    #[test]
+    fn diffs_are_incremental() {
+        let (nss, mut svcs, mut slices) = world();
+        let t = network_table("tenant-t1", &nss, &svcs, &slices, None);
+        let (first, pushed) = diff(None, "tenant-t1", &t).unwrap();
+        assert!(first.full);
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.services.len(), 3);
+        assert!(
+            diff(Some(&pushed), "tenant-t1", &t).is_none(),
+            "nothing changed"
+        );
+        // An endpoint becomes ready: only that Service is sent.
+        slices[0] = slice(
+            "a1",
+            "web",
+            json!([{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}]),
+            json!([{"addresses": ["192.168.0.5", "192.168.0.6"], "conditions": {"ready": true}}]),
+        );
+        // A Service goes away.
+        svcs.retain(|s| s.metadata.name.as_deref() != Some("ext"));
+        let t2 = network_table("tenant-t1", &nss, &svcs, &slices, None);
+        let (u, pushed2) = diff(Some(&pushed), "tenant-t1", &t2).unwrap();
+        assert!(!u.full);
+        assert_eq!(u.generation, 2);
+        assert_eq!(
+            u.services
+                .iter()
+                .map(|e| e.key.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        assert_eq!(
+            u.removed,
+            [ServiceName {
+                namespace: "a2".into(),
+                name: "ext".into()
+            }]
+        );
+        assert_eq!(pushed2.services.len(), 2);
+        // The pod's Network changed (never in practice): a full table again.
+        let (u, _) = diff(Some(&pushed2), "tenant-t2", &t2).unwrap();
+        assert!(u.full);
+    }
+
+    #[test]
+    fn pods_of_the_network_by_address() {
+        let (nss, svcs, slices) = world();
+        let net: ApiNetwork = serde_json::from_value(json!({
+            "metadata": {"name": "tenant-t1"},
+            "spec": {},
+            "status": {"allocations": {
+                "192.168.0.5": {"node": "n", "namespace": "a1", "pod": "p", "podUID": "u"},
+                "192.168.0.9": {"node": "n", "namespace": "b1", "pod": "q", "podUID": "v"}
+            }}
+        }))
+        .unwrap();
+        let (_, pods) = network_table("tenant-t1", &nss, &svcs, &slices, Some(&net));
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[&"192.168.0.5".parse::<Ipv4Addr>().unwrap()], "a1");
+    }
+}

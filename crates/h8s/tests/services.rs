@@ -1,0 +1,469 @@
+//! Services inside tenant Networks, end to end: `h8s server` with its in-process node agent
+//! (`--pod-network api`: every namespace's pods on its tenant's Network), pod VMs under QEMU
+//! (TCG here) from the busybox image of `scripts/setup`, at most four at once.
+//!
+//! Tenant A: a Deployment of two busybox `httpd` pods, each serving its own name, behind a
+//! ClusterIP Service with a named targetPort, and a client pod. Tenant B (its own Network, same
+//! node): one `httpd` pod behind a Service of the same name. The client reaches both of A's
+//! endpoints through `http://web` and the full name (in-pod proxy + DNS), sees the Deployment
+//! scaled down, and can neither resolve B's Service (NXDOMAIN) nor reach B's ClusterIP; B's
+//! own pod reaches its Service (the positive control).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+fn cache() -> PathBuf {
+    std::env::var_os("H8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
+}
+
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    node: String,
+    child: Child,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the server this test started.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        // Pod VMs outlive their agent by design: stop whatever still runs under this
+        // cluster's directory (supervisors and QEMU), by PID after checking the command line.
+        let dir = self.dir.to_string_lossy().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmd).contains(&dir) {
+                // SAFETY: kill(2) on a process whose command line names this test's directory.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        // The Networks' segments on this node (bridges, VXLANs, gateways, rules).
+        let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
+            .args(["net", "reset", "--yes"])
+            .env("H8S_NET_DIR", self.dir.join("net"))
+            .env("H8S_NODE_NAME", &self.node)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn start() -> Cluster {
+    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
+        assert!(
+            cache().join(f).exists(),
+            "needs {f} in the cache: run scripts/setup"
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("h8s-sv")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
+    let data = dir.join("data");
+    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
+        .args(["image", "import"])
+        .arg(cache().join("images/busybox-oci"))
+        .env("H8S_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        imp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imp.stderr)
+    );
+    let pid = std::process::id();
+    let node = format!("svc-{pid}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--node-name", &node])
+        .args(["--streaming-port", "0"])
+        .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s"])
+        .args(["--pod-sync-period", "500ms"])
+        .args(["--node-status-update-frequency", "2s"])
+        .args(["--node-lease-renew-interval", "2s"])
+        .args(["--max-parallel-starts", "2"])
+        .args(["--pod-network", "api"])
+        .env("H8S_ROOT", dir.join("r"))
+        .env("H8S_NET_DIR", dir.join("net"))
+        .env("H8S_NODE_NAME", &node)
+        .env("H8S_NET_EGRESS", "false")
+        .env("H8S_BOOT_TIMEOUT", "120")
+        .env("H8S_LOG", "info,h8s_agent::services=debug")
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::File::create(dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::inherit()),
+        );
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the test.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawning h8s server");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let mut parts = line.split_whitespace();
+    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
+    let _url = parts.next().unwrap();
+    let kubeconfig = PathBuf::from(parts.next().unwrap());
+    eprintln!("cluster in {} (server log: server.log)", dir.display());
+    Cluster {
+        dir,
+        kubeconfig,
+        node,
+        child,
+    }
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut c = Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.join("kcache"))
+            .env_remove("KUBECONFIG")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("kubectl");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        wait_timeout(child, Duration::from_secs(120))
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let o = self.run(&a, None);
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Runs `cmd` in `pod`'s container; (success, stdout + stderr).
+    fn exec(&self, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
+        let mut a = vec!["-n", ns, "exec", pod, "--"];
+        a.extend_from_slice(cmd);
+        let o = self.run(&a, None);
+        (
+            o.status.success(),
+            format!("{}{}", text(&o.stdout), text(&o.stderr)),
+        )
+    }
+}
+
+fn wait_timeout(mut child: Child, limit: Duration) -> Output {
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let e = String::from_utf8_lossy(&err.join().unwrap()).to_string();
+            panic!("timed out; stderr {e:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout {}\nstderr {}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn running_pods(c: &Cluster, ns: &str, selector: &str) -> Vec<(String, String)> {
+    let l = c.json(&["-n", ns, "get", "pods", "-l", selector]);
+    l["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                p["status"]["podIP"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// `n` fetches of `url` from the client pod; the bodies seen.
+fn fetch_many(c: &Cluster, ns: &str, url: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (good, out) = c.exec(ns, "client", &["timeout", "10", "wget", "-qO-", url]);
+            assert!(good, "wget {url}: {out}");
+            out.trim().to_string()
+        })
+        .collect()
+}
+
+// Debian's busybox-static 1.35 `wget -T` crashes (SIGSEGV, also on the host): `timeout` bounds
+// the fetches instead.
+const WEB: &str =
+    "mkdir -p /www && echo $HOSTNAME > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+#[test]
+fn pods_reach_their_networks_services_only() {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/h8s-vm-tests.lock")
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let c = start();
+    let id = std::process::id() % 100000;
+    let (a, b) = (format!("sva-{id}"), format!("svb-{id}"));
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {a}, labels: {{tenancy.h8s.io/tenant: sta{id}}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {b}, labels: {{tenancy.h8s.io/tenant: stb{id}}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {a}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "{WEB}"]
+        ports: [{{name: http, containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {a}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {a}}}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: bweb, namespace: {b}, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: web
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "{WEB}"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {b}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    );
+    ok(&c.run(&["apply", "-f", "-"], Some(yaml.as_bytes())));
+    let webs = wait(Duration::from_secs(300), "two Running web pods", || {
+        let p = running_pods(&c, &a, "app=web");
+        (p.len() == 2).then_some(p)
+    });
+    wait(Duration::from_secs(300), "client and bweb Running", || {
+        (running_pods(&c, &a, "!app").len() == 1 && running_pods(&c, &b, "app=web").len() == 1)
+            .then_some(())
+    });
+    let names: BTreeSet<String> = webs.iter().map(|(n, _)| n.clone()).collect();
+    let b_ip = c.json(&["-n", &b, "get", "service", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a_ip = c.json(&["-n", &a, "get", "service", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(a_ip, b_ip);
+
+    // The Service by its short name (search path) and its full name, both endpoints seen.
+    let full = format!("http://web.{a}.svc.cluster.local");
+    wait(Duration::from_secs(60), "the Service answering", || {
+        let (good, out) = c.exec(
+            &a,
+            "client",
+            &["timeout", "10", "wget", "-qO-", "http://web"],
+        );
+        if !good {
+            eprintln!("not yet: {out}");
+        }
+        (good && names.contains(out.trim())).then_some(())
+    });
+    let mut seen = BTreeSet::new();
+    for url in ["http://web", full.as_str(), &format!("http://{a_ip}")] {
+        let got = fetch_many(&c, &a, url, 4);
+        for g in &got {
+            assert!(names.contains(g), "{url} answered {g:?}, not a web pod");
+        }
+        seen.extend(got);
+    }
+    assert_eq!(seen, names, "round robin reaches both endpoints");
+
+    // DNS: the Service's A record, the pod record, and nothing of the other Network.
+    let (good, out) = c.exec(
+        &a,
+        "client",
+        &["nslookup", &format!("web.{a}.svc.cluster.local")],
+    );
+    assert!(
+        good && out.contains(&a_ip),
+        "nslookup of own Service: {out}"
+    );
+    let client_ip = c.json(&["-n", &a, "get", "pod", "client"])["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pod_name = format!("{}.{a}.pod.cluster.local", client_ip.replace('.', "-"));
+    let (good, out) = c.exec(&a, "client", &["nslookup", &pod_name]);
+    assert!(
+        good && out.contains(&client_ip),
+        "nslookup {pod_name}: {out}"
+    );
+    let other = format!("web.{b}.svc.cluster.local");
+    let (good, out) = c.exec(&a, "client", &["nslookup", &other]);
+    assert!(
+        !good && out.to_ascii_uppercase().contains("NXDOMAIN"),
+        "another tenant's Service resolved: {out}"
+    );
+    let (good, out) = c.exec(
+        &a,
+        "client",
+        &["timeout", "5", "wget", "-qO-", &format!("http://{b_ip}")],
+    );
+    assert!(!good, "another tenant's ClusterIP answered: {out}");
+    // Positive control: B's own pod reaches B's Service by name (through its own proxy).
+    let bweb = running_pods(&c, &b, "app=web")[0].0.clone();
+    let (good, out) = c.exec(
+        &b,
+        "bweb",
+        &["timeout", "10", "wget", "-qO-", &format!("http://{other}")],
+    );
+    assert!(
+        good && out.trim() == bweb,
+        "B's pod through B's Service: {out}"
+    );
+
+    // Scaling down: the client sees only the remaining endpoint.
+    ok(&c.run(
+        &["-n", &a, "scale", "deployment", "web", "--replicas=1"],
+        None,
+    ));
+    let left = wait(Duration::from_secs(120), "one web pod left", || {
+        let l = c.json(&["-n", &a, "get", "pods", "-l", "app=web"]);
+        let items = l["items"].as_array()?;
+        (items.len() == 1).then(|| items[0]["metadata"]["name"].as_str().map(str::to_string))?
+    });
+    wait(
+        Duration::from_secs(60),
+        "the proxy following the scale-down",
+        || {
+            let got = fetch_many(&c, &a, "http://web", 4);
+            got.iter().all(|g| *g == left).then_some(())
+        },
+    );
+}
