@@ -49,6 +49,7 @@ mod svc;
 mod tenancy;
 mod util;
 mod watch;
+mod webhook;
 
 pub use admission::{
     Admission, LimitRangeHook, NamespaceLifecycle, Operation, PluginConfig as AdmissionConfig,

@@ -284,6 +284,7 @@ impl Server {
             .csr_signer
             .clone()
             .unwrap_or_else(|| Arc::new(crate::csr::ClusterCaSigner::new(Arc::new(pki.clone()))));
+        let api_store = store.clone();
         let api = Arc::new(Api {
             store,
             authn,
@@ -309,6 +310,7 @@ impl Server {
                 None => None,
             },
             crds: Default::default(),
+            dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
         });
         crate::ns::bootstrap(&api, addr)
             .await

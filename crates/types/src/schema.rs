@@ -746,11 +746,12 @@ macro_rules! kinds {
 
 fn build() -> Schemas {
     use k8s_openapi::api::{
-        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-        coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
-        events::v1 as events, networking::v1 as net, node::v1 as node, policy::v1 as policy,
-        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+        admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
+        authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
+        certificates::v1 as certificates, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as net, node::v1 as node,
+        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
@@ -785,6 +786,10 @@ fn build() -> Schemas {
         ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
         ("policy", "v1", "PodDisruptionBudget", policy::PodDisruptionBudget),
         ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
+        ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", admreg::MutatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", admreg::ValidatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", admreg::ValidatingAdmissionPolicy),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", admreg::ValidatingAdmissionPolicyBinding),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition),
         ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", authz::SelfSubjectAccessReview),
         ("authorization.k8s.io", "v1", "SubjectAccessReview", authz::SubjectAccessReview),
