@@ -120,26 +120,27 @@ fn start_hooks() -> Hooks {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let seen = seen.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let query = req.uri().query().unwrap_or("").to_string();
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let review: Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let mut rec = review.clone();
-                        rec["path"] = j!(path);
-                        rec["query"] = j!(query);
-                        seen.lock().unwrap().push(rec);
-                        let out = answer(&path, review).await;
-                        Ok::<_, hyper::Error>(
-                            http::Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap())))
-                                .unwrap(),
-                        )
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let query = req.uri().query().unwrap_or("").to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let mut rec = review.clone();
+                            rec["path"] = j!(path);
+                            rec["query"] = j!(query);
+                            seen.lock().unwrap().push(rec);
+                            let out = answer(&path, review).await;
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                     .await;
@@ -233,7 +234,10 @@ fn webhooks_and_policies_with_kubectl() {
     ] {
         assert!(ar.contains(r), "api-resources lacks {r}:\n{ar}");
     }
-    let ex = k(&["explain", "validatingwebhookconfiguration.webhooks.sideEffects"]);
+    let ex = k(&[
+        "explain",
+        "validatingwebhookconfiguration.webhooks.sideEffects",
+    ]);
     assert!(ex.contains("FIELD: sideEffects <string>"), "{ex}");
 
     // ---- configurations the API refuses (422, Kubernetes' field errors) ----
@@ -322,7 +326,13 @@ fn webhooks_and_policies_with_kubectl() {
             j!({"namespaceSelector": {"matchLabels": {"webhooks": "on"}}}),
         )],
     ));
-    let got = json(&k(&["get", "validatingwebhookconfiguration", "deny", "-o", "json"]));
+    let got = json(&k(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "deny",
+        "-o",
+        "json",
+    ]));
     let w = &got["webhooks"][0];
     assert_eq!(w["failurePolicy"], "Fail", "{w}");
     assert_eq!(w["matchPolicy"], "Equivalent");
@@ -331,7 +341,12 @@ fn webhooks_and_policies_with_kubectl() {
     assert_eq!(w["rules"][0]["scope"], "*");
     let table = k(&["get", "validatingwebhookconfigurations"]);
     assert!(
-        table.lines().next().unwrap().split_whitespace().collect::<Vec<_>>()
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
             == ["NAME", "WEBHOOKS", "AGE"],
         "{table}"
     );
@@ -341,7 +356,10 @@ fn webhooks_and_policies_with_kubectl() {
         "{err}"
     );
     let warned = ok(&cm("wh-on", "yes", j!({})));
-    assert!(warned.contains("Warning: seen by the deny hook"), "{warned}");
+    assert!(
+        warned.contains("Warning: seen by the deny hook"),
+        "{warned}"
+    );
     // Not selected: the other namespace.
     ok(&cm("wh-off", "no", j!({"deny": "true"})));
     // kubectl 1.27 meets the same denial.
@@ -350,7 +368,10 @@ fn webhooks_and_policies_with_kubectl() {
         &["apply", "-f", "-"],
         Some(&cm("wh-on", "no27", j!({"deny": "true"}))),
     );
-    assert!(err.contains(r#"denied the request: labels say no"#), "{err}");
+    assert!(
+        err.contains(r#"denied the request: labels say no"#),
+        "{err}"
+    );
     // What the webhook was sent.
     let reviews = h.seen("/deny");
     let r = reviews
@@ -361,7 +382,10 @@ fn webhooks_and_policies_with_kubectl() {
     assert_eq!(r["kind"], "AdmissionReview");
     let q = &r["request"];
     assert!(!q["uid"].as_str().unwrap().is_empty());
-    assert_eq!(q["kind"], j!({"group": "", "version": "v1", "kind": "ConfigMap"}));
+    assert_eq!(
+        q["kind"],
+        j!({"group": "", "version": "v1", "kind": "ConfigMap"})
+    );
     assert_eq!(
         q["resource"],
         j!({"group": "", "version": "v1", "resource": "configmaps"})
@@ -424,11 +448,14 @@ fn webhooks_and_policies_with_kubectl() {
     assert_eq!(m27["metadata"]["labels"]["mutated"], "yes");
     // Mutation happens before validation: the deny webhook saw the mutated object.
     ok(&cm("wh-on", "m-on", j!({"mutate": "please"})));
-    let seen_mutated = h
-        .seen("/deny")
-        .iter()
-        .any(|r| r["request"]["name"] == "m-on" && r["request"]["object"]["metadata"]["labels"]["mutated"] == "yes");
-    assert!(seen_mutated, "the validating webhook saw the unmutated object");
+    let seen_mutated = h.seen("/deny").iter().any(|r| {
+        r["request"]["name"] == "m-on"
+            && r["request"]["object"]["metadata"]["labels"]["mutated"] == "yes"
+    });
+    assert!(
+        seen_mutated,
+        "the validating webhook saw the unmutated object"
+    );
 
     // ---- a webhook that does not answer in time ----
     ok(&config(
@@ -487,7 +514,13 @@ fn webhooks_and_policies_with_kubectl() {
             "objectSelector": {"matchLabels": {"svc": "yes"}},
             "sideEffects": "None", "admissionReviewVersions": ["v1"]})],
     ));
-    let got = json(&k(&["get", "validatingwebhookconfiguration", "svc", "-o", "json"]));
+    let got = json(&k(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "svc",
+        "-o",
+        "json",
+    ]));
     assert_eq!(got["webhooks"][0]["clientConfig"]["service"]["port"], 443);
     let err = fails(
         &j!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -529,7 +562,10 @@ fn webhooks_and_policies_with_kubectl() {
             "status.h8s.test",
             "/status",
             &["pods/status"],
-            j!({"namespaceSelector": {"matchLabels": {"webhooks": "on"}}}),
+            // Only people: the scheduler's own status writes pass.
+            j!({"namespaceSelector": {"matchLabels": {"webhooks": "on"}},
+                "matchConditions": [{"name": "people-only",
+                    "expression": "!request.userInfo.username.startsWith('system:')"}]}),
         )],
     ));
     ok(&j!({"apiVersion": "v1", "kind": "Pod",
@@ -566,17 +602,17 @@ fn webhooks_and_policies_with_kubectl() {
 
     // ---- ValidatingAdmissionPolicy ----
     let policy = j!({"apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy", "metadata": {"name": "max-keys"},
-        "spec": {
-            "matchConstraints": {"resourceRules": [{"operations": ["CREATE", "UPDATE"],
-                "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]},
-            "variables": [{"name": "keys", "expression": "has(object.data) ? object.data.size() : 0"}],
-            "validations": [
-                {"expression": "variables.keys <= 2", "message": "too many keys",
-                 "reason": "Forbidden"},
-                {"expression": "!object.metadata.name.startsWith('bad-')",
-                 "messageExpression": "'name ' + object.metadata.name + ' is not allowed'"}
-            ]}});
+    "kind": "ValidatingAdmissionPolicy", "metadata": {"name": "max-keys"},
+    "spec": {
+        "matchConstraints": {"resourceRules": [{"operations": ["CREATE", "UPDATE"],
+            "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]},
+        "variables": [{"name": "keys", "expression": "has(object.data) ? object.data.size() : 0"}],
+        "validations": [
+            {"expression": "variables.keys <= 2", "message": "too many keys",
+             "reason": "Forbidden"},
+            {"expression": "!object.metadata.name.startsWith('bad-')",
+             "messageExpression": "'name ' + object.metadata.name + ' is not allowed'"}
+        ]}});
     ok(&policy.to_string());
     ok(&j!({"apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "max-keys-binding"},
@@ -596,7 +632,10 @@ fn webhooks_and_policies_with_kubectl() {
     assert!(err.contains("name bad-name is not allowed"), "{err}");
     ok(&cm("wh-off", "bad-name", j!({})));
     let vap = k(&["get", "validatingadmissionpolicies"]);
-    assert!(vap.contains("max-keys") && vap.contains("VALIDATIONS"), "{vap}");
+    assert!(
+        vap.contains("max-keys") && vap.contains("VALIDATIONS"),
+        "{vap}"
+    );
     // Warn instead of Deny.
     ok(&j!({"apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "max-keys-binding"},
