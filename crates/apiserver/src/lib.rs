@@ -8,6 +8,7 @@
 
 mod admission;
 mod api;
+mod apiservice;
 mod audit;
 mod auth;
 mod body;

@@ -319,6 +319,10 @@ impl Server {
         crate::bootstrap::start(&api, cfg.event_ttl)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // apiregistration: the local APIService of every served group version.
+        crate::apiservice::ensure_local(&api)
+            .await
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // identity: the cloud-admin tenant and user; the sweeper of expired tokens.
         if let Some(id) = &identity {
             crate::identity::bootstrap(&api, id, &cfg.data_dir)

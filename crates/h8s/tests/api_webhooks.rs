@@ -664,4 +664,64 @@ fn webhooks_and_policies_with_kubectl() {
         .to_string(),
     );
     assert!(err.contains("must not contain both Deny and Warn"), "{err}");
+
+    // ---- APIService: local ones for every served group version, a remote one ----
+    let table = k(&["get", "apiservices"]);
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "SERVICE", "AVAILABLE", "AGE"],
+        "{table}"
+    );
+    for name in [
+        "v1.",
+        "v1.apps",
+        "v1.admissionregistration.k8s.io",
+        "v1beta1.metrics.k8s.io",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no APIService {name}:\n{table}"));
+        assert!(line.contains("Local") && line.contains("True"), "{line}");
+    }
+    let ex = k(&["explain", "apiservice.spec.groupPriorityMinimum"]);
+    assert!(ex.contains("FIELD: groupPriorityMinimum <integer>"), "{ex}");
+    ok(
+        &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": "v1alpha1.example.h8s.io"},
+        "spec": {"group": "example.h8s.io", "version": "v1alpha1",
+            "service": {"namespace": "default", "name": "ext"},
+            "groupPriorityMinimum": 1000, "versionPriority": 15,
+            "insecureSkipTLSVerify": true}})
+        .to_string(),
+    );
+    let got = json(&k(&[
+        "get",
+        "apiservice",
+        "v1alpha1.example.h8s.io",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(got["spec"]["service"]["port"], 443);
+    let cond = &got["status"]["conditions"][0];
+    assert_eq!(cond["type"], "Available");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "FailedDiscoveryCheck");
+    let err = fails(
+        &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "wrong"},
+            "spec": {"group": "example.h8s.io", "version": "v1", "groupPriorityMinimum": 0,
+                "versionPriority": 15}})
+        .to_string(),
+    );
+    assert!(
+        err.contains("metadata.name: Invalid value: \"wrong\"")
+            && err.contains("spec.groupPriorityMinimum: Invalid value: 0"),
+        "{err}"
+    );
 }

@@ -161,6 +161,13 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             }
         }
         ("admissionregistration.k8s.io", kind) => admission(kind, obj),
+        ("apiregistration.k8s.io", "APIService") => {
+            if let Some(svc) = obj.pointer_mut("/spec/service") {
+                if svc.is_object() {
+                    set(svc, "port", json!(443));
+                }
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => {
             set(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }

@@ -815,6 +815,21 @@ static TABLE: &[Resource] = &[
         "endpointslice",
         true,
     ),
+    // ---- apiregistration.k8s.io/v1 (kube-aggregator) ----
+    Resource {
+        categories: &["api-extensions"],
+        subresources: &[status_sub!("apiregistration.k8s.io", "v1", "APIService")],
+        has_status: true,
+        ..base(
+            "apiregistration.k8s.io",
+            "v1",
+            "APIService",
+            "APIServiceList",
+            "apiservices",
+            "apiservice",
+            false,
+        )
+    },
     // ---- admissionregistration.k8s.io/v1 ----
     base(
         "admissionregistration.k8s.io",
@@ -1047,6 +1062,10 @@ pub struct Group {
 static GROUPS: &[Group] = &[
     Group {
         name: "",
+        versions: &["v1"],
+    },
+    Group {
+        name: "apiregistration.k8s.io",
         versions: &["v1"],
     },
     Group {
@@ -1317,6 +1336,7 @@ mod tests {
                 "admissionregistration.k8s.io",
                 "validatingadmissionpolicybindings",
             ),
+            ("apiregistration.k8s.io", "apiservices"),
         ];
         for (g, p) in want {
             let v = groups().iter().find(|x| x.name == g).unwrap().versions[0];

@@ -708,6 +708,30 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
             ],
             |o, now| vec![json!(obj_len(o, "/webhooks")), age(o, now)],
         ),
+        ("apiregistration.k8s.io", "APIService") => (
+            vec![
+                name_col(),
+                col("Service", "The reference to the service that hosts this API endpoint."),
+                col("Available", "Whether this service is available."),
+                age_col(),
+            ],
+            |o, now| {
+                let service = match (s(o, "/spec/service/namespace"), s(o, "/spec/service/name")) {
+                    (_, "") => "Local".to_string(),
+                    (ns, n) => format!("{ns}/{n}"),
+                };
+                let cond = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Available"));
+                let available = match cond {
+                    None => "Unknown".to_string(),
+                    Some(c) if c["status"] == "True" => "True".to_string(),
+                    Some(c) => format!("{} ({})", s(c, "/status"), s(c, "/reason")),
+                };
+                vec![json!(service), json!(available), age(o, now)]
+            },
+        ),
         ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => (
             vec![
                 name_col(),
