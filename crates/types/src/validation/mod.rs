@@ -35,6 +35,8 @@ pub fn name_rule(r: &Resource) -> NameRule {
         ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => NameRule::PathSegment,
         ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
         ("certificates.k8s.io", _) => NameRule::PathSegment,
+        // `v1.` is the core group's APIService.
+        ("apiregistration.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
