@@ -19,6 +19,7 @@ mod server;
 mod store;
 mod tenancy_bench;
 mod tenant_cli;
+mod webhook_bench;
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +86,9 @@ enum BenchCommand {
     /// Tenancy: a tenant user's namespace list filtered by the tenant guard (10,000
     /// namespaces over 100 tenants) against the admin's label-selected list of the same.
     Tenancy(tenancy_bench::Args),
+    /// Dynamic admission: ConfigMap creates with a validating webhook / a
+    /// ValidatingAdmissionPolicy selecting them, against none, in the same run.
+    Webhook(webhook_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
+        Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),
