@@ -221,7 +221,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut md = format!(
-        "Measured by `h8s bench webhook` (debug={}) on {cpus} cores shared with the client, the webhook and other work: one `h8s server` process (embedded store), the client speaks HTTP/2 over TLS (4 connections, {conc} requests in flight). ConfigMap creates in three namespaces, same run, cases alternating (a warm-up, then two rounds; the second round is shown): no admission configuration selects the first (baseline); a ValidatingWebhookConfiguration selects the second — one HTTPS call per create to a webhook in the benchmark process (rustls, its own CA; h8s opens one connection per call, no pooling) that allows everything; a ValidatingAdmissionPolicy with two CEL validations selects the third. Latency per request, client side, ms; ratio is p50 over the baseline's.\n\n",
+        "Measured by `h8s bench webhook` (debug={}) on {cpus} cores shared with the client, the webhook and other work: one `h8s server` process (embedded store), the client speaks HTTP/2 over TLS (4 connections, {conc} requests in flight). ConfigMap creates in three namespaces, same run, cases alternating (a warm-up, then two rounds; the second round is shown): no admission configuration selects the first (baseline); a ValidatingWebhookConfiguration selects the second — one HTTPS call per create to a webhook in the benchmark process (rustls, its own CA; h8s keeps up to 8 idle connections per webhook) that allows everything; a ValidatingAdmissionPolicy with two CEL validations selects the third. Latency per request, client side, ms; ratio is p50 over the baseline's.\n\n",
         cfg!(debug_assertions)
     );
     md.push_str(

@@ -20,6 +20,61 @@ use crate::error::{ApiError, Cause};
 /// Largest AdmissionReview response read (kube-apiserver's limit is the request
 /// size limit, 3 MiB).
 const MAX_RESPONSE: usize = crate::body::MAX_BODY;
+/// Most idle connections kept per webhook.
+const MAX_IDLE: usize = 8;
+
+/// Idle HTTP/1.1 connections to one webhook (each with the task driving it).
+#[derive(Default)]
+pub(crate) struct Pool(
+    std::sync::Mutex<
+        Vec<(
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
+);
+
+impl Pool {
+    /// An idle connection still open, if any.
+    fn take(
+        &self,
+    ) -> Option<(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, task)) = v.pop() {
+            if !s.is_closed() && !task.is_finished() {
+                return Some((s, task));
+            }
+            task.abort();
+        }
+        None
+    }
+
+    fn put(
+        &self,
+        s: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        task: tokio::task::JoinHandle<()>,
+    ) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_IDLE && !s.is_closed() {
+            v.push((s, task));
+        } else {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let v = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in v.drain(..) {
+            task.abort();
+        }
+    }
+}
+
 /// Most warnings kept from one response, and their longest text.
 const MAX_WARNINGS: usize = 32;
 const MAX_WARNING_LEN: usize = 512;
@@ -265,37 +320,68 @@ fn url_with_timeout(h: &Hook) -> String {
     }
 }
 
-/// POSTs the review; the response body (any status) or why there is none.
+/// POSTs the review; the response body (any status) or why there is none. Reuses an
+/// idle connection to the webhook when there is one; a connection is kept only after a
+/// complete exchange (a timed-out call drops it). A reused connection that fails (the
+/// webhook closed it while idle) is replaced by a new one, once.
 async fn post(h: &Hook, body: &Value) -> Result<(u16, Bytes), String> {
-    let (url, tls) = match &h.endpoint {
-        Endpoint::Url { url, tls } => (url, tls.clone()),
+    match post_once(h, body, true).await {
+        Err((true, _)) => post_once(h, body, false).await.map_err(|(_, e)| e),
+        other => other.map_err(|(_, e)| e),
+    }
+}
+
+/// One POST; the error says whether it was on a reused connection.
+async fn post_once(h: &Hook, body: &Value, reuse: bool) -> Result<(u16, Bytes), (bool, String)> {
+    let reused = std::sync::atomic::AtomicBool::new(false);
+    post_on(h, body, reuse, &reused)
+        .await
+        .map_err(|e| (reused.load(std::sync::atomic::Ordering::Relaxed), e))
+}
+
+async fn post_on(
+    h: &Hook,
+    body: &Value,
+    reuse: bool,
+    reused: &std::sync::atomic::AtomicBool,
+) -> Result<(u16, Bytes), String> {
+    let (url, tls, idle) = match &h.endpoint {
+        Endpoint::Url { url, tls, idle } => (url, tls.clone(), idle),
         Endpoint::Unreachable(why) => return Err(format!("failed to call webhook: {why}")),
     };
     let shown = url_with_timeout(h);
     let fail = |e: &dyn std::fmt::Display| format!("failed to call webhook: Post {shown:?}: {e}");
     let host = url.host().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_u16().unwrap_or(443);
-    let addr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
-        Err(_) => format!("{host}:{port}"),
+    let pooled = if reuse { idle.take() } else { None };
+    reused.store(pooled.is_some(), std::sync::atomic::Ordering::Relaxed);
+    let (mut sender, conn) = match pooled {
+        Some(c) => c,
+        None => {
+            let port = url.port_u16().unwrap_or(443);
+            let addr = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) => format!("{host}:{port}"),
+            };
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| fail(&e))?;
+            let _ = tcp.set_nodelay(true);
+            let server_name =
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| fail(&e))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(&e))?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (sender, task)
+        }
     };
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| fail(&e))?;
-    let _ = tcp.set_nodelay(true);
-    let server_name =
-        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| fail(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(&e))?;
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let sep = if path.contains('?') { '&' } else { '?' };
     let target = format!("{path}{sep}timeout={}s", h.timeout.as_secs());
@@ -309,6 +395,7 @@ async fn post(h: &Hook, body: &Value) -> Result<(u16, Bytes), String> {
         .body(Full::new(Bytes::from(body_bytes)))
         .map_err(|e| fail(&e))?;
     let result = async {
+        sender.ready().await.map_err(|e| fail(&e))?;
         let resp = sender.send_request(request).await.map_err(|e| fail(&e))?;
         let status = resp.status().as_u16();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
@@ -319,7 +406,10 @@ async fn post(h: &Hook, body: &Value) -> Result<(u16, Bytes), String> {
         Ok((status, bytes))
     }
     .await;
-    conn.abort();
+    match &result {
+        Ok(_) => idle.put(sender, conn),
+        Err(_) => conn.abort(),
+    }
     result
 }
 

@@ -144,10 +144,12 @@ impl FailurePolicy {
 
 /// Where a webhook is called.
 pub(crate) enum Endpoint {
-    /// `https://host:port/path` with a TLS client that trusts the caBundle.
+    /// `https://host:port/path` with a TLS client that trusts the caBundle, and idle
+    /// connections kept for the next call.
     Url {
         url: http::Uri,
         tls: Arc<rustls::ClientConfig>,
+        idle: super::call::Pool,
     },
     /// Not callable from the API server; the text says why.
     Unreachable(String),
@@ -337,6 +339,7 @@ fn endpoint(cc: &Value) -> Endpoint {
         Ok(tls) => Endpoint::Url {
             url: uri,
             tls: Arc::new(tls),
+            idle: Default::default(),
         },
         Err(e) => Endpoint::Unreachable(e),
     }

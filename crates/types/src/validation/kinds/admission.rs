@@ -481,3 +481,141 @@ pub(super) fn validating_admission_policy_binding(obj: &Value, e: &mut FieldErro
         match_resources(m, "spec.matchResources", false, e);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::resources::find;
+    use crate::validation::validate_create;
+    use serde_json::{json, Value};
+
+    fn errors(plural: &str, mut o: Value) -> Vec<String> {
+        let r = find("admissionregistration.k8s.io", "v1", plural).unwrap();
+        crate::defaults::apply(r, &mut o);
+        match validate_create(r, &o) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn webhook(extra: Value) -> Value {
+        let mut w = json!({"name": "a.b.c", "clientConfig": {"url": "https://h:1/p"},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods", "pods/status"]}]});
+        for (k, v) in extra.as_object().unwrap() {
+            w[k] = v.clone();
+        }
+        json!({"metadata": {"name": "c"}, "webhooks": [w]})
+    }
+
+    #[test]
+    fn webhook_configurations_as_kube_apiserver_checks_them() {
+        let vwc = "validatingwebhookconfigurations";
+        assert_eq!(errors(vwc, webhook(json!({}))), Vec::<String>::new());
+        let cases = [
+            (json!({"clientConfig": {"url": "http://h/p"}}),
+             r#"webhooks[0].clientConfig.url: Unsupported value: "http": supported values: "https""#),
+            (json!({"clientConfig": {"url": "https://u@h/p"}}),
+             "user information is not permitted in the URL"),
+            (json!({"clientConfig": {"url": "https://h/p?x=1"}}),
+             "query parameters are not permitted in the URL"),
+            (json!({"clientConfig": {}}),
+             "webhooks[0].clientConfig: Required value: exactly one of url or service is required"),
+            (json!({"clientConfig": {"service": {"name": "s"}}}),
+             "webhooks[0].clientConfig.service.namespace: Required value"),
+            (json!({"sideEffects": "Unknown"}), r#"webhooks[0].sideEffects: Unsupported value: "Unknown""#),
+            (json!({"admissionReviewVersions": []}),
+             "webhooks[0].admissionReviewVersions: Required value"),
+            (json!({"timeoutSeconds": 0}),
+             "webhooks[0].timeoutSeconds: Invalid value: 0: the timeout value must be between 1 and 30 seconds"),
+            (json!({"name": "two.parts"}),
+             "should be a domain with at least three segments separated by dots"),
+            (json!({"rules": [{"operations": ["CREATE", "*"], "apiGroups": [""],
+                "apiVersions": ["v1"], "resources": ["pods"]}]}),
+             "if '*' is present, must not specify other operations"),
+            (json!({"rules": [{"operations": ["PATCH"], "apiGroups": [""],
+                "apiVersions": ["v1"], "resources": ["pods"]}]}),
+             r#"webhooks[0].rules[0].operations[0]: Unsupported value: "PATCH""#),
+            (json!({"rules": [{"operations": ["CREATE"], "apiGroups": [""],
+                "apiVersions": ["v1"], "resources": ["a/b/c"]}]}),
+             "webhooks[0].rules[0].resources[0]: Invalid value"),
+            (json!({"matchPolicy": "Loose"}), r#"webhooks[0].matchPolicy: Unsupported value: "Loose""#),
+            (json!({"namespaceSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]}}),
+             "webhooks[0].namespaceSelector.matchExpressions[0].values: Required value"),
+        ];
+        for (extra, want) in cases {
+            let errs = errors(vwc, webhook(extra.clone()));
+            assert!(errs.iter().any(|e| e.contains(want)), "{extra}: {errs:?}");
+        }
+        // Duplicate names; reinvocationPolicy only on mutating ones.
+        let mut two = webhook(json!({}));
+        let w = two["webhooks"][0].clone();
+        two["webhooks"].as_array_mut().unwrap().push(w);
+        assert!(errors(vwc, two)
+            .iter()
+            .any(|e| e.contains(r#"webhooks[1].name: Duplicate value: "a.b.c""#)));
+        let errs = errors(
+            "mutatingwebhookconfigurations",
+            webhook(json!({"reinvocationPolicy": "Always"})),
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("reinvocationPolicy")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn webhook_defaults() {
+        let r = find(
+            "admissionregistration.k8s.io",
+            "v1",
+            "mutatingwebhookconfigurations",
+        )
+        .unwrap();
+        let mut o = webhook(json!({"clientConfig": {"service": {"name": "s", "namespace": "n"}}}));
+        crate::defaults::apply(r, &mut o);
+        let w = &o["webhooks"][0];
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["matchPolicy"], "Equivalent");
+        assert_eq!(w["timeoutSeconds"], 10);
+        assert_eq!(w["reinvocationPolicy"], "Never");
+        assert_eq!(w["namespaceSelector"], json!({}));
+        assert_eq!(w["rules"][0]["scope"], "*");
+        assert_eq!(w["clientConfig"]["service"]["port"], 443);
+    }
+
+    #[test]
+    fn policies_and_bindings() {
+        let ok = json!({"metadata": {"name": "p"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": [""],
+                "apiVersions": ["v1"], "resources": ["pods"]}]},
+            "validations": [{"expression": "true"}]}});
+        assert_eq!(
+            errors("validatingadmissionpolicies", ok),
+            Vec::<String>::new()
+        );
+        let errs = errors(
+            "validatingadmissionpolicies",
+            json!({"metadata": {"name": "p"}, "spec": {"validations": [{"expression": "",
+                "reason": "Teapot"}], "variables": [{"name": "1x", "expression": "1"}]}}),
+        );
+        for want in [
+            "spec.matchConstraints: Required value",
+            "spec.validations[0].expression: Required value",
+            r#"spec.validations[0].reason: Unsupported value: "Teapot""#,
+            "spec.variables[0].name: Invalid value",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        let errs = errors(
+            "validatingadmissionpolicybindings",
+            json!({"metadata": {"name": "b"}, "spec": {"validationActions": ["Deny", "Nope"]}}),
+        );
+        for want in [
+            "spec.policyName: Required value",
+            r#"spec.validationActions[1]: Unsupported value: "Nope""#,
+        ] {
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+    }
+}
