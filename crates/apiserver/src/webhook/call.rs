@@ -23,25 +23,19 @@ const MAX_RESPONSE: usize = crate::body::MAX_BODY;
 /// Most idle connections kept per webhook.
 const MAX_IDLE: usize = 8;
 
-/// Idle HTTP/1.1 connections to one webhook (each with the task driving it).
-#[derive(Default)]
-pub(crate) struct Pool(
-    std::sync::Mutex<
-        Vec<(
-            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-            tokio::task::JoinHandle<()>,
-        )>,
-    >,
+/// An HTTP/1.1 connection to a webhook: the request half and the task driving it.
+type Conn = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
 );
+
+/// Idle HTTP/1.1 connections to one webhook.
+#[derive(Default)]
+pub(crate) struct Pool(std::sync::Mutex<Vec<Conn>>);
 
 impl Pool {
     /// An idle connection still open, if any.
-    fn take(
-        &self,
-    ) -> Option<(
-        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        tokio::task::JoinHandle<()>,
-    )> {
+    fn take(&self) -> Option<Conn> {
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, task)) = v.pop() {
             if !s.is_closed() && !task.is_finished() {
