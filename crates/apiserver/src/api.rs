@@ -218,6 +218,7 @@ impl Api {
             headers: parts.headers.clone(),
             method: parts.method.clone(),
             warnings: Vec::new(),
+            late_warnings: Default::default(),
             verb: "get",
             applying: false,
             parts: None,
@@ -327,7 +328,8 @@ impl Api {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
-        for w in &cx.warnings {
+        let late = std::mem::take(&mut *cx.late_warnings.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in cx.warnings.iter().chain(&late) {
             let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
             if let Ok(h) = HeaderValue::from_str(&v) {
                 resp.headers_mut().append(http::header::WARNING, h);

@@ -130,6 +130,51 @@ impl Program {
             Err(e) => Err(e.to_string()),
         }
     }
+
+    /// Evaluates with the given variables; the result as JSON (admission policies'
+    /// `variables`). Values JSON cannot hold (functions, opaque values) become null.
+    pub fn eval_json(&self, vars: &[(&str, &Value)]) -> Result<Value, String> {
+        let mut ctx = cel::Context::with_env(ENV.clone());
+        for (name, v) in vars {
+            ctx.add_variable_from_value(*name, to_cel(v));
+        }
+        self.program
+            .execute(&ctx)
+            .map(|v| from_cel(&v))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Converts a CEL value to JSON.
+pub fn from_cel(v: &cel::Value) -> Value {
+    use base64::Engine as _;
+    match v {
+        cel::Value::Null => Value::Null,
+        cel::Value::Bool(b) => Value::Bool(*b),
+        cel::Value::Int(i) => Value::from(*i),
+        cel::Value::UInt(u) => Value::from(*u),
+        cel::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        cel::Value::String(s) => Value::String(s.to_string()),
+        cel::Value::Bytes(b) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&**b))
+        }
+        cel::Value::List(l) => Value::Array(l.iter().map(from_cel).collect()),
+        cel::Value::Map(m) => Value::Object(
+            m.map
+                .iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        cel::objects::Key::Int(i) => i.to_string(),
+                        cel::objects::Key::Uint(u) => u.to_string(),
+                        cel::objects::Key::Bool(b) => b.to_string(),
+                        cel::objects::Key::String(s) => s.to_string(),
+                    };
+                    (k, from_cel(v))
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
 }
 
 /// One compiled `x-kubernetes-validations` entry.

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub include_object: String,
     /// Warnings to send back as `Warning: 299` headers.
     pub warnings: Vec<String>,
+    /// Warnings added where the context is shared (admission webhooks and policies).
+    pub late_warnings: std::sync::Mutex<Vec<String>>,
     /// The Kubernetes verb, for metrics and authorization.
     pub verb: &'static str,
     /// The write is a server-side apply (managed fields are computed by apply).
@@ -45,6 +47,7 @@ impl Ctx {
             as_table: false,
             include_object: String::new(),
             warnings: Vec::new(),
+            late_warnings: Default::default(),
             verb: "create",
             applying: false,
             parts: None,

@@ -8,6 +8,7 @@
 
 mod admission;
 mod api;
+mod apiservice;
 mod audit;
 mod auth;
 mod body;
@@ -49,6 +50,7 @@ mod svc;
 mod tenancy;
 mod util;
 mod watch;
+mod webhook;
 
 pub use admission::{
     Admission, LimitRangeHook, NamespaceLifecycle, Operation, PluginConfig as AdmissionConfig,

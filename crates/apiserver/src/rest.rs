@@ -143,7 +143,57 @@ impl Api {
         for a in &self.admission {
             a.admit(&req, o.as_deref_mut()).await?;
         }
+        // Mutating webhooks run after the built-in plugins, before validation.
+        if let Some(d) = &self.dynamic {
+            let mut warnings = Vec::new();
+            let r = d
+                .mutate(&req, &admission_options(cx, op), o, &mut warnings)
+                .await;
+            add_late_warnings(cx, warnings);
+            r?;
+        }
         Ok(())
+    }
+
+    /// Validating admission after the kind's validation: ValidatingAdmissionPolicies,
+    /// then validating webhooks.
+    pub(crate) async fn admit_validated(
+        &self,
+        cx: &Ctx,
+        t: &Target,
+        op: Operation,
+        name: &str,
+        old: Option<&Value>,
+        o: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(d) = &self.dynamic else {
+            return Ok(());
+        };
+        let req = AdmissionRequest {
+            op,
+            res: t.res,
+            sub: t.sub.as_deref(),
+            namespace: t.ns.as_deref().unwrap_or(""),
+            name,
+            user: &cx.user,
+            dry_run: cx.dry_run(),
+            old,
+        };
+        let mut warnings = Vec::new();
+        let r = d
+            .validate(&req, &admission_options(cx, op), o, &mut warnings)
+            .await;
+        add_late_warnings(cx, warnings);
+        r
+    }
+
+    /// Returns once a write of an RBAC or admission configuration kind (at `rev`) is in
+    /// force for the next request.
+    async fn written(&self, t: &Target, rev: i64) {
+        self.rbac_written(t, rev).await;
+        if let Some(d) = &self.dynamic {
+            d.written(t.res, rev).await;
+        }
     }
 
     // ---- get ----
@@ -409,6 +459,8 @@ impl Api {
             .await?;
         strategy.default(t.res, &mut o);
         invalid_fields(t.res, &name, strategy.validate_create(t.res, &o))?;
+        self.admit_validated(cx, t, Operation::Create, &name, None, Some(&o))
+            .await?;
         record_manager(cx, t.res, None, None, &mut o)?;
         let key = obj::key(t.res, ns.as_deref(), &name);
         let _guard = strategy.before_create(self, &mut o).await?;
@@ -430,7 +482,7 @@ impl Api {
             .await
             .map_err(|e| from_store(e, &t.subject(&name)))?;
         obj::set_resource_version(&mut o, kv.mod_revision);
-        self.rbac_written(t, kv.mod_revision).await;
+        self.written(t, kv.mod_revision).await;
         Ok(o)
     }
 
@@ -509,6 +561,8 @@ impl Api {
                 name,
                 strategy.validate_update(t.res, sub, &new, &old),
             )?;
+            self.admit_validated(cx, t, Operation::Update, name, Some(&old), Some(&new))
+                .await?;
             record_manager(cx, t.res, t.sub.as_deref(), Some(&old), &mut new)?;
             strategy.before_update(self, &old, &mut new).await?;
             if cx.dry_run() {
@@ -524,7 +578,7 @@ impl Api {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok((_, rev)) => {
                         obj::set_resource_version(&mut new, rev);
-                        self.rbac_written(t, rev).await;
+                        self.written(t, rev).await;
                         return Ok((new, false));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
@@ -538,7 +592,7 @@ impl Api {
             {
                 Ok(w) => {
                     obj::set_resource_version(&mut new, w.mod_revision);
-                    self.rbac_written(t, w.mod_revision).await;
+                    self.written(t, w.mod_revision).await;
                     return Ok((new, false));
                 }
                 Err(h8s_store::Error::Conflict { .. }) if precondition.is_empty() => continue,
@@ -656,6 +710,8 @@ impl Api {
             }
             self.admit(cx, t, Operation::Delete, name, Some(&old), None)
                 .await?;
+            self.admit_validated(cx, t, Operation::Delete, name, Some(&old), None)
+                .await?;
             let is_namespace = strategy.deletes_by_finalizing();
             let graceful = strategy.grace_period(&old, opts.grace_period_seconds);
             let policy = gc_policy(strategy.default_propagation(), opts, &obj::finalizers(&old));
@@ -700,7 +756,7 @@ impl Api {
                 {
                     Ok(w) => {
                         obj::set_resource_version(&mut new, w.mod_revision);
-                        self.rbac_written(t, w.mod_revision).await;
+                        self.written(t, w.mod_revision).await;
                         let code = if opts.orphan_dependents == Some(false) {
                             202
                         } else {
@@ -717,7 +773,7 @@ impl Api {
             }
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok((_, rev)) => {
-                    self.rbac_written(t, rev).await;
+                    self.written(t, rev).await;
                     if strategy.returns_deleted_object() {
                         return Ok((200, old));
                     }
@@ -1150,6 +1206,35 @@ fn decode_continue(c: &str, prefix: &str) -> Result<(i64, String), ApiError> {
         return Err(bad());
     }
     Ok((rv, format!("{prefix}{start}")))
+}
+
+/// The `options` of an AdmissionReview: the write's CreateOptions, UpdateOptions or
+/// DeleteOptions as the request gave them.
+fn admission_options(cx: &Ctx, op: Operation) -> Value {
+    let kind = match op {
+        Operation::Create => "CreateOptions",
+        Operation::Update => "UpdateOptions",
+        Operation::Delete => "DeleteOptions",
+    };
+    let mut o = json!({"kind": kind, "apiVersion": "meta.k8s.io/v1"});
+    if cx.dry_run() {
+        o["dryRun"] = json!(["All"]);
+    }
+    if op != Operation::Delete {
+        if let Some(m) = cx.field_manager() {
+            o["fieldManager"] = json!(m);
+        }
+    }
+    o
+}
+
+fn add_late_warnings(cx: &Ctx, warnings: Vec<String>) {
+    if !warnings.is_empty() {
+        cx.late_warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(warnings);
+    }
 }
 
 #[cfg(test)]

@@ -284,6 +284,7 @@ impl Server {
             .csr_signer
             .clone()
             .unwrap_or_else(|| Arc::new(crate::csr::ClusterCaSigner::new(Arc::new(pki.clone()))));
+        let api_store = store.clone();
         let api = Arc::new(Api {
             store,
             authn,
@@ -309,12 +310,17 @@ impl Server {
                 None => None,
             },
             crds: Default::default(),
+            dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
         });
         crate::ns::bootstrap(&api, addr)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // api: the system PriorityClasses, and the Events' TTL sweeper.
         crate::bootstrap::start(&api, cfg.event_ttl)
+            .await
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // apiregistration: the local APIService of every served group version.
+        crate::apiservice::ensure_local(&api)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // identity: the cloud-admin tenant and user; the sweeper of expired tokens.

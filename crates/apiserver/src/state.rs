@@ -44,4 +44,6 @@ pub struct Api {
     pub(crate) metrics_api: Option<Arc<crate::metrics_api::MetricsApi>>,
     /// The custom resources served now (kept by `crd::controller`).
     pub(crate) crds: crate::crd::Registry,
+    /// (webhooks) Admission webhooks and ValidatingAdmissionPolicies, from watches.
+    pub(crate) dynamic: Option<Arc<crate::webhook::Dynamic>>,
 }

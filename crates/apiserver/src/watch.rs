@@ -95,6 +95,7 @@ impl Api {
                 as_table: false,
                 include_object: String::new(),
                 warnings: vec![],
+                late_warnings: Default::default(),
                 verb: "list",
                 applying: false,
                 parts: None,

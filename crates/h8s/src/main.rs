@@ -20,6 +20,7 @@ mod store;
 mod svc_bench;
 mod tenancy_bench;
 mod tenant_cli;
+mod webhook_bench;
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +90,9 @@ enum BenchCommand {
     /// Services: pod → ClusterIP (the in-pod proxy) against pod → pod, request time and
     /// throughput, in pod VMs on one tenant Network.
     Svc(svc_bench::Args),
+    /// Dynamic admission: ConfigMap creates with a validating webhook / a
+    /// ValidatingAdmissionPolicy selecting them, against none, in the same run.
+    Webhook(webhook_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
+        Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

@@ -160,6 +160,14 @@ pub fn apply(r: &Resource, obj: &mut Value) {
                 }
             }
         }
+        ("admissionregistration.k8s.io", kind) => admission(kind, obj),
+        ("apiregistration.k8s.io", "APIService") => {
+            if let Some(svc) = obj.pointer_mut("/spec/service") {
+                if svc.is_object() {
+                    set(svc, "port", json!(443));
+                }
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => {
             set(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
@@ -547,6 +555,72 @@ fn job_selector(obj: &mut Value) {
         ("job-name", &name),
     ] {
         labels[k] = json!(v);
+    }
+}
+
+/// `admissionregistration.k8s.io/v1` defaults (kube's `SetDefaults_ValidatingWebhook`,
+/// `SetDefaults_MutatingWebhook`, `SetDefaults_Rule`, `SetDefaults_ServiceReference`,
+/// `SetDefaults_ValidatingAdmissionPolicySpec`, `SetDefaults_MatchResources`,
+/// `SetDefaults_ParamRef`).
+fn admission(kind: &str, obj: &mut Value) {
+    fn rules(list: Option<&mut Value>) {
+        if let Some(Value::Array(rules)) = list {
+            for r in rules.iter_mut().filter(|r| r.is_object()) {
+                set(r, "scope", json!("*"));
+            }
+        }
+    }
+    fn match_resources(m: &mut Value) {
+        if !m.is_object() {
+            return;
+        }
+        set(m, "matchPolicy", json!("Equivalent"));
+        set(m, "namespaceSelector", json!({}));
+        set(m, "objectSelector", json!({}));
+        rules(m.get_mut("resourceRules"));
+        rules(m.get_mut("excludeResourceRules"));
+    }
+    match kind {
+        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
+            let mutating = kind.starts_with("Mutating");
+            if let Some(Value::Array(hooks)) = obj.get_mut("webhooks") {
+                for w in hooks.iter_mut().filter(|w| w.is_object()) {
+                    set(w, "failurePolicy", json!("Fail"));
+                    set(w, "matchPolicy", json!("Equivalent"));
+                    set(w, "namespaceSelector", json!({}));
+                    set(w, "objectSelector", json!({}));
+                    set(w, "timeoutSeconds", json!(10));
+                    if mutating {
+                        set(w, "reinvocationPolicy", json!("Never"));
+                    }
+                    rules(w.get_mut("rules"));
+                    if let Some(svc) = w.pointer_mut("/clientConfig/service") {
+                        if svc.is_object() {
+                            set(svc, "port", json!(443));
+                        }
+                    }
+                }
+            }
+        }
+        "ValidatingAdmissionPolicy" => {
+            let spec = entry(obj, "spec");
+            set(spec, "failurePolicy", json!("Fail"));
+            if let Some(m) = spec.get_mut("matchConstraints") {
+                match_resources(m);
+            }
+        }
+        "ValidatingAdmissionPolicyBinding" => {
+            let spec = entry(obj, "spec");
+            if let Some(m) = spec.get_mut("matchResources") {
+                match_resources(m);
+            }
+            if let Some(p) = spec.get_mut("paramRef") {
+                if p.is_object() {
+                    set(p, "parameterNotFoundAction", json!("Deny"));
+                }
+            }
+        }
+        _ => {}
     }
 }
 

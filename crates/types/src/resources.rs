@@ -815,6 +815,66 @@ static TABLE: &[Resource] = &[
         "endpointslice",
         true,
     ),
+    // ---- apiregistration.k8s.io/v1 (kube-aggregator) ----
+    Resource {
+        categories: &["api-extensions"],
+        subresources: &[status_sub!("apiregistration.k8s.io", "v1", "APIService")],
+        has_status: true,
+        ..base(
+            "apiregistration.k8s.io",
+            "v1",
+            "APIService",
+            "APIServiceList",
+            "apiservices",
+            "apiservice",
+            false,
+        )
+    },
+    // ---- admissionregistration.k8s.io/v1 ----
+    base(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "MutatingWebhookConfigurationList",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        false,
+    ),
+    Resource {
+        subresources: &[status_sub!(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy"
+        )],
+        has_status: true,
+        ..base(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyList",
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicy",
+            false,
+        )
+    },
+    base(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBindingList",
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        false,
+    ),
+    base(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "ValidatingWebhookConfigurationList",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        false,
+    ),
     // ---- apiextensions.k8s.io/v1 ----
     Resource {
         short_names: &["crd", "crds"],
@@ -1005,6 +1065,10 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "apiregistration.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
         name: "apps",
         versions: &["v1"],
     },
@@ -1042,6 +1106,10 @@ static GROUPS: &[Group] = &[
     },
     Group {
         name: "storage.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "admissionregistration.k8s.io",
         versions: &["v1"],
     },
     Group {
@@ -1252,6 +1320,23 @@ mod tests {
             ("tenancy.h8s.io", "tenants"),
             ("tenancy.h8s.io", "users"),
             ("apiextensions.k8s.io", "customresourcedefinitions"),
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicies",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicybindings",
+            ),
+            ("apiregistration.k8s.io", "apiservices"),
         ];
         for (g, p) in want {
             let v = groups().iter().find(|x| x.name == g).unwrap().versions[0];

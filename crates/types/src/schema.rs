@@ -746,11 +746,12 @@ macro_rules! kinds {
 
 fn build() -> Schemas {
     use k8s_openapi::api::{
-        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-        coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
-        events::v1 as events, networking::v1 as net, node::v1 as node, policy::v1 as policy,
-        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+        admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
+        authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
+        certificates::v1 as certificates, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as net, node::v1 as node,
+        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
@@ -785,6 +786,10 @@ fn build() -> Schemas {
         ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
         ("policy", "v1", "PodDisruptionBudget", policy::PodDisruptionBudget),
         ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
+        ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", admreg::MutatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", admreg::ValidatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", admreg::ValidatingAdmissionPolicy),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", admreg::ValidatingAdmissionPolicyBinding),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition),
         ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", authz::SelfSubjectAccessReview),
         ("authorization.k8s.io", "v1", "SubjectAccessReview", authz::SubjectAccessReview),
@@ -919,6 +924,7 @@ fn build() -> Schemas {
         }
     }
     add_h8s(&mut defs, &mut kinds);
+    add_apiregistration(&mut defs, &mut kinds);
     Schemas { defs, kinds }
 }
 
@@ -1038,6 +1044,109 @@ fn add_h8s(defs: &mut Map<String, Value>, kinds: &mut HashMap<(String, String, S
             );
         }
         defs.insert(name, schema);
+    }
+}
+
+/// `apiregistration.k8s.io/v1` APIService (kube-aggregator's types, which k8s-openapi
+/// does not carry), as kube-apiserver publishes them.
+fn add_apiregistration(
+    defs: &mut Map<String, Value>,
+    kinds: &mut HashMap<(String, String, String), String>,
+) {
+    const P: &str = "io.k8s.kube-aggregator.pkg.apis.apiregistration.v1";
+    let r = |d: &str| format!("{REF_PREFIX}{P}.{d}");
+    let meta = |d: &str| format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.{d}");
+    let gvk = |k: &str| json!([{"group": "apiregistration.k8s.io", "version": "v1", "kind": k}]);
+    let type_meta = |o: &mut Value| {
+        o["properties"]["apiVersion"] = json!({"description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values.", "type": "string"});
+        o["properties"]["kind"] = json!({"description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase.", "type": "string"});
+    };
+    let mut svc = json!({
+        "description": "APIService represents a server for a particular GroupVersion. Name must be \"version.group\".",
+        "type": "object",
+        "properties": {
+            "metadata": {"allOf": [{"$ref": meta("ObjectMeta")}], "default": {}, "description": "Standard object's metadata."},
+            "spec": {"allOf": [{"$ref": r("APIServiceSpec")}], "default": {}, "description": "Spec contains information for locating and communicating with a server"},
+            "status": {"allOf": [{"$ref": r("APIServiceStatus")}], "default": {}, "description": "Status contains derived information about an API server"},
+        },
+        "x-kubernetes-group-version-kind": gvk("APIService"),
+    });
+    type_meta(&mut svc);
+    let mut list = json!({
+        "description": "APIServiceList is a list of APIService objects.",
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "metadata": {"allOf": [{"$ref": meta("ListMeta")}], "default": {}, "description": "Standard list metadata."},
+            "items": {"description": "Items is the list of APIService", "type": "array", "items": {"allOf": [{"$ref": r("APIService")}], "default": {}}},
+        },
+        "x-kubernetes-group-version-kind": gvk("APIServiceList"),
+    });
+    type_meta(&mut list);
+    let spec = json!({
+        "description": "APIServiceSpec contains information for locating and communicating with a server. Only https is supported, though you are able to disable certificate verification.",
+        "type": "object",
+        "required": ["groupPriorityMinimum", "versionPriority"],
+        "properties": {
+            "service": {"allOf": [{"$ref": r("ServiceReference")}], "description": "Service is a reference to the service for this API server.  It must communicate on port 443. If the Service is nil, that means the handling for the API groupversion is handled locally on this server. The call will simply delegate to the normal handler chain to be fulfilled."},
+            "group": {"description": "Group is the API group name this server hosts", "type": "string"},
+            "version": {"description": "Version is the API version this server hosts.  For example, \"v1\"", "type": "string"},
+            "insecureSkipTLSVerify": {"description": "InsecureSkipTLSVerify disables TLS certificate verification when communicating with this server. This is strongly discouraged.  You should use the CABundle instead.", "type": "boolean"},
+            "caBundle": {"description": "CABundle is a PEM encoded CA bundle which will be used to validate an API server's serving certificate. If unspecified, system trust roots on the apiserver are used.", "type": "string", "format": "byte", "x-kubernetes-list-type": "atomic"},
+            "groupPriorityMinimum": {"description": "GroupPriorityMinimum is the priority this group should have at least. Higher priority means that the group is preferred by clients over lower priority ones.", "type": "integer", "format": "int32", "default": 0},
+            "versionPriority": {"description": "VersionPriority controls the ordering of this API version inside of its group.  Must be greater than zero.", "type": "integer", "format": "int32", "default": 0},
+        },
+    });
+    let service_ref = json!({
+        "description": "ServiceReference holds a reference to Service.legacy.k8s.io",
+        "type": "object",
+        "properties": {
+            "namespace": {"description": "Namespace is the namespace of the service", "type": "string"},
+            "name": {"description": "Name is the name of the service", "type": "string"},
+            "port": {"description": "If specified, the port on the service that hosting webhook. Default to 443 for backward compatibility. `port` should be a valid port number (1-65535, inclusive).", "type": "integer", "format": "int32"},
+        },
+    });
+    let status = json!({
+        "description": "APIServiceStatus contains derived information about an API server",
+        "type": "object",
+        "properties": {
+            "conditions": {"description": "Current service state of apiService.", "type": "array", "items": {"allOf": [{"$ref": r("APIServiceCondition")}], "default": {}},
+                "x-kubernetes-list-map-keys": ["type"], "x-kubernetes-list-type": "map",
+                "x-kubernetes-patch-merge-key": "type", "x-kubernetes-patch-strategy": "merge"},
+        },
+    });
+    let cond = json!({
+        "description": "APIServiceCondition describes the state of an APIService at a particular point",
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"description": "Type is the type of the condition.", "type": "string", "default": ""},
+            "status": {"description": "Status is the status of the condition. Can be True, False, Unknown.", "type": "string", "default": ""},
+            "lastTransitionTime": {"allOf": [{"$ref": meta("Time")}], "description": "Last time the condition transitioned from one status to another."},
+            "reason": {"description": "Unique, one-word, CamelCase reason for the condition's last transition.", "type": "string"},
+            "message": {"description": "Human-readable message indicating details about last transition.", "type": "string"},
+        },
+    });
+    for (name, d) in [
+        ("APIService", svc),
+        ("APIServiceList", list),
+        ("APIServiceSpec", spec),
+        ("ServiceReference", service_ref),
+        ("APIServiceStatus", status),
+        ("APIServiceCondition", cond),
+    ] {
+        let full = format!("{P}.{name}");
+        if name.starts_with("APIService")
+            && !name.contains("Spec")
+            && !name.contains("Status")
+            && !name.contains("Condition")
+        {
+            kinds.insert(
+                ("apiregistration.k8s.io".into(), "v1".into(), name.into()),
+                full.clone(),
+            );
+        }
+        defs.insert(full, d);
     }
 }
 

@@ -700,6 +700,72 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
                 },
             )
         }
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration") => (
+            vec![
+                name_col(),
+                int("Webhooks", "Webhooks indicates the number of webhooks registered in this configuration."),
+                age_col(),
+            ],
+            |o, now| vec![json!(obj_len(o, "/webhooks")), age(o, now)],
+        ),
+        ("apiregistration.k8s.io", "APIService") => (
+            vec![
+                name_col(),
+                col("Service", "The reference to the service that hosts this API endpoint."),
+                col("Available", "Whether this service is available."),
+                age_col(),
+            ],
+            |o, now| {
+                let service = match (s(o, "/spec/service/namespace"), s(o, "/spec/service/name")) {
+                    (_, "") => "Local".to_string(),
+                    (ns, n) => format!("{ns}/{n}"),
+                };
+                let cond = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Available"));
+                let available = match cond {
+                    None => "Unknown".to_string(),
+                    Some(c) if c["status"] == "True" => "True".to_string(),
+                    Some(c) => format!("{} ({})", s(c, "/status"), s(c, "/reason")),
+                };
+                vec![json!(service), json!(available), age(o, now)]
+            },
+        ),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => (
+            vec![
+                name_col(),
+                int("Validations", "Validations indicates the number of validation rules in this policy."),
+                col("ParamKind", "ParamKind specifies the kind of resources used to parameterize this policy"),
+                age_col(),
+            ],
+            |o, now| {
+                let pk = match (s(o, "/spec/paramKind/apiVersion"), s(o, "/spec/paramKind/kind")) {
+                    ("", "") => "<unset>".to_string(),
+                    (v, k) => format!("{v}/{k}"),
+                };
+                vec![json!(obj_len(o, "/spec/validations")), json!(pk), age(o, now)]
+            },
+        ),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => (
+            vec![
+                name_col(),
+                col("PolicyName", "PolicyName indicates the policy definition which the policy binding binded to."),
+                col("ParamRef", "ParamRef indicates the param resource which sets the configration param"),
+                age_col(),
+            ],
+            |o, now| {
+                let pr = match (s(o, "/spec/paramRef/namespace"), s(o, "/spec/paramRef/name")) {
+                    (_, "") if o.pointer("/spec/paramRef/selector").is_some() => {
+                        label_selector(o.pointer("/spec/paramRef/selector"))
+                    }
+                    (_, "") => "<unset>".to_string(),
+                    ("", n) => format!("*/{n}"),
+                    (ns, n) => format!("{ns}/{n}"),
+                };
+                vec![json!(s(o, "/spec/policyName")), json!(pr), age(o, now)]
+            },
+        ),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => (
             vec![
                 name_col(),

@@ -231,6 +231,8 @@ pub(crate) fn of(res: &Resource) -> &'static dyn Strategy {
         ("certificates.k8s.io", "CertificateSigningRequest") => &csr::Csr,
         ("events.k8s.io", "Event") => &events::EventsV1,
         ("apiextensions.k8s.io", "CustomResourceDefinition") => &crate::crd::kind::Crd,
+        ("admissionregistration.k8s.io", _) => &crate::webhook::Configuration,
+        ("apiregistration.k8s.io", "APIService") => &crate::apiservice::ApiService,
         _ => &Generic,
     }
 }

@@ -112,12 +112,12 @@ fn debug_render(
     raw: &[u8],
 ) -> Result<Option<String>, prost::DecodeError> {
     use k8s_pb::api::{
-        apps::v1 as apps, authentication::v1 as authn, authentication::v1beta1 as authn_b1,
-        authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
-        certificates::v1 as certificates, coordination::v1 as coord, core::v1 as core,
-        discovery::v1 as discovery, events::v1 as events, networking::v1 as net, node::v1 as node,
-        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-        storage::v1 as storage,
+        admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
+        authentication::v1beta1 as authn_b1, authorization::v1 as authz,
+        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
+        coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
+        events::v1 as events, networking::v1 as net, node::v1 as node, policy::v1 as policy,
+        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
     let gv = split_api_version(api_version);
@@ -167,6 +167,10 @@ fn debug_render(
         ("events.k8s.io", "v1", "Event", events::Event),
         ("node.k8s.io", "v1", "RuntimeClass", node::RuntimeClass),
         ("scheduling.k8s.io", "v1", "PriorityClass", scheduling::PriorityClass),
+        ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", admreg::MutatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", admreg::ValidatingWebhookConfiguration),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", admreg::ValidatingAdmissionPolicy),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", admreg::ValidatingAdmissionPolicyBinding),
         ("meta.k8s.io", "v1", "DeleteOptions", meta::DeleteOptions),
         ("", "v1", "DeleteOptions", meta::DeleteOptions),
     );

@@ -8,7 +8,10 @@ use crate::resources::Resource;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
+mod admission;
+mod apiservice;
 mod control;
+pub use admission::{ADMISSION_REVIEW_VERSIONS, MAX_MATCH_CONDITIONS};
 pub use control::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
 
 const MAX_DATA_SIZE: usize = 1024 * 1024;
@@ -56,6 +59,19 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
             control::certificate_signing_request(obj, old, e)
         }
         ("events.k8s.io", "Event") => control::events_v1(obj, old, e),
+        ("apiregistration.k8s.io", "APIService") => apiservice::api_service(obj, e),
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
+            admission::webhook_configuration(obj, false, e)
+        }
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+            admission::webhook_configuration(obj, true, e)
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => {
+            admission::validating_admission_policy(obj, e)
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            admission::validating_admission_policy_binding(obj, e)
+        }
         _ => {}
     }
 }

@@ -12,7 +12,10 @@ mod network;
 mod tenancy;
 
 pub use errors::{ErrorType, FieldError, FieldErrors};
-pub use kinds::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
+pub use kinds::{
+    ADMISSION_REVIEW_VERSIONS, HIGHEST_USER_DEFINABLE_PRIORITY, MAX_MATCH_CONDITIONS,
+    SYSTEM_PRIORITY_CLASSES,
+};
 pub use names::NameRule;
 pub use network::{parse_cidr, Cidr};
 
@@ -32,6 +35,8 @@ pub fn name_rule(r: &Resource) -> NameRule {
         ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => NameRule::PathSegment,
         ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
         ("certificates.k8s.io", _) => NameRule::PathSegment,
+        // `v1.` is the core group's APIService.
+        ("apiregistration.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }

@@ -33,6 +33,14 @@ x.meta.Table metadata:apimachinery.pkg.apis.meta.v1.ListMeta columndefinitions:x
 x.meta.TableColumnDefinition name type format description priority
 x.meta.TableRow cells conditions object
 x.discovery.APIGroupDiscoveryList metadata:apimachinery.pkg.apis.meta.v1.ListMeta items
+@ apiregistration.k8s.io/v1 APIService x.apireg.APIService
+@ apiregistration.k8s.io/v1 APIServiceList x.apireg.APIServiceList
+x.apireg.APIService metadata:apimachinery.pkg.apis.meta.v1.ObjectMeta spec:x.apireg.APIServiceSpec status:x.apireg.APIServiceStatus
+x.apireg.APIServiceList metadata:apimachinery.pkg.apis.meta.v1.ListMeta items:x.apireg.APIService
+x.apireg.APIServiceSpec service:x.apireg.ServiceReference group version insecureskiptlsverify cabundle grouppriorityminimum versionpriority
+x.apireg.ServiceReference namespace name port
+x.apireg.APIServiceStatus conditions:x.apireg.APIServiceCondition
+x.apireg.APIServiceCondition type status lasttransitiontime reason message
 ! api.core.v1.ServiceStatus loadBalancer
 ! api.core.v1.Container resources
 ! api.core.v1.PodSpec securityContext

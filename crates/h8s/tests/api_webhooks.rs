@@ -1,0 +1,727 @@
+//! Dynamic admission against the real `h8s server`, driven with real kubectl 1.33 (and
+//! 1.27 for one case): a webhook server written here (hyper + rustls on 127.0.0.1, its
+//! own CA made with rcgen) that denies, mutates, stalls and records; validating and
+//! mutating webhook configurations with rules, namespace and object selectors, CEL match
+//! conditions, failure policies and timeouts; a `pods/status` rule; a
+//! ValidatingAdmissionPolicy; and configurations the API refuses (422).
+
+mod api_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use api_support::{json, Server};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json as j, Value};
+
+const V: &str = "1.33";
+
+/// The webhook server: its CA (PEM), port, and the reviews it received.
+struct Hooks {
+    ca_pem: String,
+    port: u16,
+    seen: Arc<Mutex<Vec<Value>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn allow(uid: &str) -> Value {
+    j!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": true}})
+}
+
+/// What each path answers.
+async fn answer(path: &str, review: Value) -> Value {
+    let req = &review["request"];
+    let uid = req["uid"].as_str().unwrap_or("").to_string();
+    let labels = req["object"]["metadata"]["labels"].clone();
+    match path {
+        "/deny" => {
+            if labels["deny"] == "true" {
+                j!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": uid, "allowed": false,
+                        "status": {"code": 403, "reason": "Forbidden", "message": "labels say no"}}})
+            } else {
+                let mut a = allow(&uid);
+                a["response"]["warnings"] = j!(["seen by the deny hook"]);
+                a
+            }
+        }
+        "/mutate" => {
+            let patch = if labels.is_object() {
+                j!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}])
+            } else {
+                j!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
+            };
+            let mut a = allow(&uid);
+            a["response"]["patchType"] = j!("JSONPatch");
+            a["response"]["patch"] = j!(base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&patch).unwrap()));
+            a
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            allow(&uid)
+        }
+        "/status" => j!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": false,
+                "status": {"message": "status is frozen"}}}),
+        "/baduid" => allow("not-the-uid"),
+        _ => allow(&uid),
+    }
+}
+
+fn start_hooks() -> Hooks {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A CA of our own and a serving certificate for 127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let query = req.uri().query().unwrap_or("").to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let mut rec = review.clone();
+                            rec["path"] = j!(path);
+                            rec["query"] = j!(query);
+                            seen.lock().unwrap().push(rec);
+                            let out = answer(&path, review).await;
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Hooks {
+        ca_pem: ca_cert.pem(),
+        port,
+        seen,
+        _rt: rt,
+    }
+}
+
+impl Hooks {
+    fn ca_bundle(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The reviews received on `path`.
+    fn seen(&self, path: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == path)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A webhook entry (JSON) calling `path` for `resources` (CREATE, UPDATE).
+fn hook(h: &Hooks, name: &str, path: &str, resources: &[&str], extra: Value) -> Value {
+    let mut w = j!({
+        "name": name,
+        "clientConfig": {"url": h.url(path), "caBundle": h.ca_bundle()},
+        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""],
+            "apiVersions": ["v1"], "resources": resources}],
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+    });
+    if let (Some(w), Some(e)) = (w.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            w.insert(k.clone(), v.clone());
+        }
+    }
+    w
+}
+
+fn config(kind: &str, name: &str, hooks: Vec<Value>) -> String {
+    j!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name}, "webhooks": hooks})
+    .to_string()
+}
+
+fn cm(ns: &str, name: &str, labels: Value) -> String {
+    j!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "data": {"a": "1"}})
+    .to_string()
+}
+
+#[test]
+fn webhooks_and_policies_with_kubectl() {
+    let s = Server::start();
+    let h = start_hooks();
+    let k = |args: &[&str]| s.kubectl(V, args);
+    let apply = |input: &str| s.kubectl_out(V, &["apply", "-f", "-"], Some(input));
+    let ok = |input: &str| {
+        let o = apply(input);
+        assert!(
+            o.status.success(),
+            "apply failed: {}\n{input}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let fails = |input: &str| s.kubectl_fails(V, &["apply", "-f", "-"], Some(input));
+
+    // ---- discovery, explain, columns ----
+    let ar = k(&["api-resources", "--api-group=admissionregistration.k8s.io"]);
+    for r in [
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+    ] {
+        assert!(ar.contains(r), "api-resources lacks {r}:\n{ar}");
+    }
+    let ex = k(&[
+        "explain",
+        "validatingwebhookconfiguration.webhooks.sideEffects",
+    ]);
+    assert!(ex.contains("FIELD: sideEffects <string>"), "{ex}");
+
+    // ---- configurations the API refuses (422, Kubernetes' field errors) ----
+    let bad = |extra: Value| {
+        config(
+            "ValidatingWebhookConfiguration",
+            "bad",
+            vec![hook(&h, "bad.h8s.test", "/", &["configmaps"], extra)],
+        )
+    };
+    for (extra, want) in [
+        (
+            j!({"clientConfig": {"url": "http://127.0.0.1:1/x"}}),
+            r#"webhooks[0].clientConfig.url: Unsupported value: "http": supported values: "https""#,
+        ),
+        (
+            j!({"clientConfig": {"url": "https://127.0.0.1:1/x",
+                "service": {"name": "s", "namespace": "default"}}}),
+            "webhooks[0].clientConfig: Required value: exactly one of url or service is required",
+        ),
+        (
+            j!({"sideEffects": null}),
+            "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun",
+        ),
+        (
+            j!({"sideEffects": "Some"}),
+            r#"webhooks[0].sideEffects: Unsupported value: "Some""#,
+        ),
+        (
+            j!({"timeoutSeconds": 31}),
+            "webhooks[0].timeoutSeconds: Invalid value: 31: the timeout value must be between 1 and 30 seconds",
+        ),
+        (
+            j!({"admissionReviewVersions": ["v1beta1"]}),
+            "webhooks[0].admissionReviewVersions: Invalid value",
+        ),
+        (
+            j!({"name": "deny"}),
+            "should be a domain with at least three segments separated by dots",
+        ),
+        (
+            j!({"matchConditions": [{"name": "c", "expression": "object.metadata.name =="}]}),
+            "webhooks[0].matchConditions[0].expression: Invalid value",
+        ),
+        (
+            j!({"failurePolicy": "Sometimes"}),
+            r#"webhooks[0].failurePolicy: Unsupported value: "Sometimes""#,
+        ),
+    ] {
+        let err = fails(&bad(extra.clone()));
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(err.contains("is invalid"), "{err}");
+    }
+    let err = fails(&config(
+        "MutatingWebhookConfiguration",
+        "bad",
+        vec![hook(
+            &h,
+            "bad.h8s.test",
+            "/",
+            &["configmaps"],
+            j!({"reinvocationPolicy": "Always"}),
+        )],
+    ));
+    assert!(
+        err.contains(r#"webhooks[0].reinvocationPolicy: Unsupported value: "Always""#),
+        "{err}"
+    );
+
+    // ---- namespaces the selectors pick ----
+    for (ns, label) in [("wh-on", "on"), ("wh-off", "off")] {
+        ok(&j!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"webhooks": label}}})
+        .to_string());
+    }
+
+    // ---- a validating webhook: deny, warnings, namespaceSelector; defaults ----
+    ok(&config(
+        "ValidatingWebhookConfiguration",
+        "deny",
+        vec![hook(
+            &h,
+            "deny.h8s.test",
+            "/deny",
+            &["configmaps"],
+            j!({"namespaceSelector": {"matchLabels": {"webhooks": "on"}}}),
+        )],
+    ));
+    let got = json(&k(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "deny",
+        "-o",
+        "json",
+    ]));
+    let w = &got["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Fail", "{w}");
+    assert_eq!(w["matchPolicy"], "Equivalent");
+    assert_eq!(w["timeoutSeconds"], 10);
+    assert_eq!(w["objectSelector"], j!({}));
+    assert_eq!(w["rules"][0]["scope"], "*");
+    let table = k(&["get", "validatingwebhookconfigurations"]);
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["NAME", "WEBHOOKS", "AGE"],
+        "{table}"
+    );
+    let err = fails(&cm("wh-on", "no", j!({"deny": "true"})));
+    assert!(
+        err.contains(r#"admission webhook "deny.h8s.test" denied the request: labels say no"#),
+        "{err}"
+    );
+    let warned = ok(&cm("wh-on", "yes", j!({})));
+    assert!(
+        warned.contains("Warning: seen by the deny hook"),
+        "{warned}"
+    );
+    // Not selected: the other namespace.
+    ok(&cm("wh-off", "no", j!({"deny": "true"})));
+    // kubectl 1.27 meets the same denial.
+    let err = s.kubectl_fails(
+        "1.27",
+        &["apply", "-f", "-"],
+        Some(&cm("wh-on", "no27", j!({"deny": "true"}))),
+    );
+    assert!(
+        err.contains(r#"denied the request: labels say no"#),
+        "{err}"
+    );
+    // What the webhook was sent.
+    let reviews = h.seen("/deny");
+    let r = reviews
+        .iter()
+        .find(|r| r["request"]["name"] == "yes")
+        .expect("a review of wh-on/yes");
+    assert_eq!(r["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(r["kind"], "AdmissionReview");
+    let q = &r["request"];
+    assert!(!q["uid"].as_str().unwrap().is_empty());
+    assert_eq!(
+        q["kind"],
+        j!({"group": "", "version": "v1", "kind": "ConfigMap"})
+    );
+    assert_eq!(
+        q["resource"],
+        j!({"group": "", "version": "v1", "resource": "configmaps"})
+    );
+    assert_eq!(q["namespace"], "wh-on");
+    assert_eq!(q["operation"], "CREATE");
+    assert_eq!(q["dryRun"], false);
+    assert_eq!(q["options"]["kind"], "CreateOptions");
+    assert_eq!(q["object"]["data"]["a"], "1");
+    assert!(q["userInfo"]["username"].as_str().is_some(), "{q}");
+    assert_eq!(r["query"], "timeout=10s");
+    assert!(
+        h.seen("/deny")
+            .iter()
+            .all(|r| r["request"]["namespace"] != "wh-off"),
+        "namespaceSelector let wh-off through"
+    );
+    // An update carries the old object.
+    k(&["label", "configmap", "-n", "wh-on", "yes", "x=1"]);
+    let upd = h
+        .seen("/deny")
+        .into_iter()
+        .find(|r| r["request"]["operation"] == "UPDATE")
+        .expect("an UPDATE review");
+    assert_eq!(upd["request"]["oldObject"]["metadata"]["name"], "yes");
+    assert_eq!(upd["request"]["object"]["metadata"]["labels"]["x"], "1");
+    assert_eq!(upd["request"]["options"]["kind"], "UpdateOptions");
+
+    // ---- a mutating webhook with an objectSelector (and a match condition) ----
+    ok(&config(
+        "MutatingWebhookConfiguration",
+        "mutate",
+        vec![hook(
+            &h,
+            "mutate.h8s.test",
+            "/mutate",
+            &["configmaps"],
+            j!({"objectSelector": {"matchLabels": {"mutate": "please"}},
+                "matchConditions": [{"name": "not-skipped",
+                    "expression": "!('skip' in object.metadata.labels)"}]}),
+        )],
+    ));
+    ok(&cm("wh-off", "m1", j!({"mutate": "please"})));
+    let m1 = json(&k(&["get", "cm", "-n", "wh-off", "m1", "-o", "json"]));
+    assert_eq!(m1["metadata"]["labels"]["mutated"], "yes", "{m1}");
+    ok(&cm("wh-off", "m2", j!({"other": "x"})));
+    let m2 = json(&k(&["get", "cm", "-n", "wh-off", "m2", "-o", "json"]));
+    assert!(m2["metadata"]["labels"].get("mutated").is_none(), "{m2}");
+    ok(&cm("wh-off", "m3", j!({"mutate": "please", "skip": "1"})));
+    let m3 = json(&k(&["get", "cm", "-n", "wh-off", "m3", "-o", "json"]));
+    assert!(m3["metadata"]["labels"].get("mutated").is_none(), "{m3}");
+    // kubectl 1.27 creates through the mutating webhook too.
+    let o = s.kubectl_out(
+        "1.27",
+        &["apply", "-f", "-"],
+        Some(&cm("wh-off", "m27", j!({"mutate": "please"}))),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m27 = json(&k(&["get", "cm", "-n", "wh-off", "m27", "-o", "json"]));
+    assert_eq!(m27["metadata"]["labels"]["mutated"], "yes");
+    // Mutation happens before validation: the deny webhook saw the mutated object.
+    ok(&cm("wh-on", "m-on", j!({"mutate": "please"})));
+    let seen_mutated = h.seen("/deny").iter().any(|r| {
+        r["request"]["name"] == "m-on"
+            && r["request"]["object"]["metadata"]["labels"]["mutated"] == "yes"
+    });
+    assert!(
+        seen_mutated,
+        "the validating webhook saw the unmutated object"
+    );
+
+    // ---- a webhook that does not answer in time ----
+    ok(&config(
+        "ValidatingWebhookConfiguration",
+        "slow",
+        vec![
+            hook(
+                &h,
+                "slow-fail.h8s.test",
+                "/slow",
+                &["secrets"],
+                j!({"timeoutSeconds": 1,
+                    "objectSelector": {"matchLabels": {"slow": "fail"}}}),
+            ),
+            hook(
+                &h,
+                "slow-ignore.h8s.test",
+                "/slow",
+                &["secrets"],
+                j!({"timeoutSeconds": 1, "failurePolicy": "Ignore",
+                    "objectSelector": {"matchLabels": {"slow": "ignore"}}}),
+            ),
+        ],
+    ));
+    let secret = |name: &str, slow: &str| {
+        j!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default", "labels": {"slow": slow}},
+            "stringData": {"k": "v"}})
+        .to_string()
+    };
+    let t0 = Instant::now();
+    let err = fails(&secret("s1", "fail"));
+    let took = t0.elapsed();
+    assert!(
+        err.contains(r#"Internal error occurred: failed calling webhook "slow-fail.h8s.test""#)
+            && err.contains("context deadline exceeded"),
+        "{err}"
+    );
+    // Bounded by the webhook's 1 s timeout, not the webhook's 5 s stall.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let t0 = Instant::now();
+    ok(&secret("s2", "ignore"));
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    k(&["get", "secret", "s2"]);
+
+    // ---- a service reference: not reachable from the API server ----
+    ok(&config(
+        "ValidatingWebhookConfiguration",
+        "svc",
+        vec![j!({
+            "name": "svc.h8s.test",
+            "clientConfig": {"service": {"name": "hook", "namespace": "default", "path": "/v"},
+                "caBundle": h.ca_bundle()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["serviceaccounts"]}],
+            "objectSelector": {"matchLabels": {"svc": "yes"}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"]})],
+    ));
+    let got = json(&k(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "svc",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(got["webhooks"][0]["clientConfig"]["service"]["port"], 443);
+    let err = fails(
+        &j!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "sa1", "namespace": "default", "labels": {"svc": "yes"}}})
+        .to_string(),
+    );
+    assert!(
+        err.contains(r#"failed calling webhook "svc.h8s.test""#)
+            && err.contains("not reachable from the h8s API server"),
+        "{err}"
+    );
+
+    // ---- a webhook answering with the wrong uid fails closed ----
+    ok(&config(
+        "ValidatingWebhookConfiguration",
+        "baduid",
+        vec![hook(
+            &h,
+            "baduid.h8s.test",
+            "/baduid",
+            &["services"],
+            j!({"objectSelector": {"matchLabels": {"uid": "bad"}}}),
+        )],
+    ));
+    let err = fails(
+        &j!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "svc1", "namespace": "default", "labels": {"uid": "bad"}},
+            "spec": {"ports": [{"port": 80}]}})
+        .to_string(),
+    );
+    assert!(err.contains("expected response.uid="), "{err}");
+
+    // ---- a subresource rule: pods/status ----
+    ok(&config(
+        "ValidatingWebhookConfiguration",
+        "status",
+        vec![hook(
+            &h,
+            "status.h8s.test",
+            "/status",
+            &["pods/status"],
+            // Only people: the scheduler's own status writes pass.
+            j!({"namespaceSelector": {"matchLabels": {"webhooks": "on"}},
+                "matchConditions": [{"name": "people-only",
+                    "expression": "!request.userInfo.username.startsWith('system:')"}]}),
+        )],
+    ));
+    ok(&j!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "wh-on"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    .to_string());
+    let err = s.kubectl_fails(
+        V,
+        &[
+            "patch",
+            "pod",
+            "p",
+            "-n",
+            "wh-on",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"message":"hello"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains(r#"admission webhook "status.h8s.test" denied the request: status is frozen"#),
+        "{err}"
+    );
+    // The pod itself (no subresource) is not subject to the rule.
+    k(&["label", "pod", "p", "-n", "wh-on", "x=1"]);
+    let st = h.seen("/status");
+    assert!(st.iter().all(|r| r["request"]["subResource"] == "status"));
+
+    // ---- deleting a configuration takes effect for the next request ----
+    k(&["delete", "validatingwebhookconfiguration", "deny"]);
+    ok(&cm("wh-on", "after", j!({"deny": "true"})));
+
+    // ---- ValidatingAdmissionPolicy ----
+    let policy = j!({"apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicy", "metadata": {"name": "max-keys"},
+    "spec": {
+        "matchConstraints": {"resourceRules": [{"operations": ["CREATE", "UPDATE"],
+            "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]},
+        "variables": [{"name": "keys", "expression": "has(object.data) ? object.data.size() : 0"}],
+        "validations": [
+            {"expression": "variables.keys <= 2", "message": "too many keys",
+             "reason": "Forbidden"},
+            {"expression": "!object.metadata.name.startsWith('bad-')",
+             "messageExpression": "'name ' + object.metadata.name + ' is not allowed'"}
+        ]}});
+    ok(&policy.to_string());
+    ok(&j!({"apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "max-keys-binding"},
+        "spec": {"policyName": "max-keys", "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"webhooks": "on"}}}}})
+    .to_string());
+    let many = j!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "many", "namespace": "wh-on"},
+        "data": {"a": "1", "b": "2", "c": "3"}})
+    .to_string();
+    let err = fails(&many);
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys-binding' denied request: too many keys"),
+        "{err}"
+    );
+    let err = fails(&cm("wh-on", "bad-name", j!({})));
+    assert!(err.contains("name bad-name is not allowed"), "{err}");
+    ok(&cm("wh-off", "bad-name", j!({})));
+    let vap = k(&["get", "validatingadmissionpolicies"]);
+    assert!(
+        vap.contains("max-keys") && vap.contains("VALIDATIONS"),
+        "{vap}"
+    );
+    // Warn instead of Deny.
+    ok(&j!({"apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "max-keys-binding"},
+        "spec": {"policyName": "max-keys", "validationActions": ["Warn"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"webhooks": "on"}}}}})
+    .to_string());
+    let warned = ok(&many);
+    assert!(
+        warned.contains("Validation failed for ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys-binding': too many keys"),
+        "{warned}"
+    );
+    // A policy whose CEL does not compile: 422.
+    let mut broken = policy.clone();
+    broken["metadata"]["name"] = j!("broken");
+    broken["spec"]["validations"][0]["expression"] = j!("object.data.size( <");
+    let err = fails(&broken.to_string());
+    assert!(
+        err.contains("spec.validations[0].expression: Invalid value")
+            && err.contains("compilation failed"),
+        "{err}"
+    );
+    let err = fails(
+        &j!({"apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "b2"},
+            "spec": {"policyName": "max-keys", "validationActions": ["Deny", "Warn"]}})
+        .to_string(),
+    );
+    assert!(err.contains("must not contain both Deny and Warn"), "{err}");
+
+    // ---- APIService: local ones for every served group version, a remote one ----
+    let table = k(&["get", "apiservices"]);
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "SERVICE", "AVAILABLE", "AGE"],
+        "{table}"
+    );
+    for name in [
+        "v1.",
+        "v1.apps",
+        "v1.admissionregistration.k8s.io",
+        "v1beta1.metrics.k8s.io",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no APIService {name}:\n{table}"));
+        assert!(line.contains("Local") && line.contains("True"), "{line}");
+    }
+    let ex = k(&["explain", "apiservice.spec.groupPriorityMinimum"]);
+    assert!(ex.contains("FIELD: groupPriorityMinimum <integer>"), "{ex}");
+    ok(
+        &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": "v1alpha1.example.h8s.io"},
+        "spec": {"group": "example.h8s.io", "version": "v1alpha1",
+            "service": {"namespace": "default", "name": "ext"},
+            "groupPriorityMinimum": 1000, "versionPriority": 15,
+            "insecureSkipTLSVerify": true}})
+        .to_string(),
+    );
+    let got = json(&k(&[
+        "get",
+        "apiservice",
+        "v1alpha1.example.h8s.io",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(got["spec"]["service"]["port"], 443);
+    let cond = &got["status"]["conditions"][0];
+    assert_eq!(cond["type"], "Available");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "FailedDiscoveryCheck");
+    let err = fails(
+        &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "wrong"},
+            "spec": {"group": "example.h8s.io", "version": "v1", "groupPriorityMinimum": 0,
+                "versionPriority": 15}})
+        .to_string(),
+    );
+    assert!(
+        err.contains("metadata.name: Invalid value: \"wrong\"")
+            && err.contains("spec.groupPriorityMinimum: Invalid value: 0"),
+        "{err}"
+    );
+}
