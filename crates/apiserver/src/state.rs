@@ -44,4 +44,6 @@ pub struct Api {
     pub(crate) metrics_api: Option<Arc<crate::metrics_api::MetricsApi>>,
     /// The custom resources served now (kept by `crd::controller`).
     pub(crate) crds: crate::crd::Registry,
+    /// (limits) Priority and fairness, connection and watch limits.
+    pub(crate) flow: Arc<crate::flow::Flow>,
 }
