@@ -10,6 +10,7 @@ mod deploy_bench;
 mod identity_flags;
 mod image;
 mod jail;
+mod limits_flags;
 mod login;
 mod net;
 mod pod;

@@ -72,7 +72,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Connections open at once from one source IP (0: no limit).
     pub max_connections_per_ip: usize,
-    /// `--http2-max-streams-per-connection` (0: kube's default, 100).
+    /// `--http2-max-streams-per-connection` (0: kube-apiserver's default, 100). h8s's
+    /// default is 1000: its own components multiplex every watch over one HTTP/2
+    /// connection and would stall at 100 (client-go opens another connection instead).
     pub http2_max_streams_per_connection: u32,
     /// HTTP/2 keep-alive pings; a peer that does not answer one in as long is dropped.
     pub http2_keepalive: Option<Duration>,
@@ -102,7 +104,7 @@ impl Default for LimitsConfig {
             max_watches_per_user: 1000,
             max_connections: 10_000,
             max_connections_per_ip: 500,
-            http2_max_streams_per_connection: 0,
+            http2_max_streams_per_connection: 1000,
             http2_keepalive: Some(Duration::from_secs(30)),
             idle_timeout: Duration::from_secs(90),
             read_header_timeout: Duration::from_secs(32),
@@ -307,6 +309,12 @@ impl Flow {
             return Ok(Admitted::Exempt);
         }
         let level = match (prio, kind) {
+            // The control plane's components are trusted with any number of watches
+            // (the controller manager alone has one per resource for its garbage
+            // collector); they count towards the total only.
+            (Priority::System, Kind::LongRunning { .. }) => {
+                return self.admit_long_running(user, false)
+            }
             (_, Kind::LongRunning { watch }) => return self.admit_long_running(user, watch),
             (Priority::System, Kind::ReadOnly) => &self.system_ro,
             (Priority::System, Kind::Mutating) => &self.system_mut,
@@ -635,7 +643,13 @@ mod tests {
         drop((a1, x1, x2));
         assert_eq!(f.watches_of("alice"), 1);
         assert!(f.admit(&a, w).await.is_ok());
+        // The scheduler's watches are not capped per user (only in all: 5).
         drop((a2, b1));
+        let sched = user("system:kube-scheduler", &[]);
+        let many: Vec<_> = futures::future::join_all((0..5).map(|_| f.admit(&sched, w))).await;
+        assert!(many.iter().all(Result::is_ok));
+        assert_eq!(f.watches_of("system:kube-scheduler"), 0);
+        drop(many);
         assert_eq!(f.watches_of("alice"), 0);
         assert_eq!(f.long_running.load(Ordering::Relaxed), 0);
         assert!(f.watches_lock().is_empty());
