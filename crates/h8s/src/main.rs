@@ -10,6 +10,7 @@ mod deploy_bench;
 mod identity_flags;
 mod image;
 mod jail;
+mod limits_bench;
 mod limits_flags;
 mod login;
 mod net;
@@ -86,6 +87,8 @@ enum BenchCommand {
     /// Tenancy: a tenant user's namespace list filtered by the tenant guard (10,000
     /// namespaces over 100 tenants) against the admin's label-selected list of the same.
     Tenancy(tenancy_bench::Args),
+    /// Limits: GETs of a workload user with priority and fairness off, on and tight.
+    Limits(limits_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
+        Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),
