@@ -91,7 +91,7 @@ fn limits_and_fairness() {
         "--max-watches-per-user=2",
         "--watch-buffer-bytes=65536",
         "--watch-slow-reader-timeout=1s",
-        "--max-connections-per-ip=40",
+        "--max-connections-per-ip=100",
     ]
     .iter()
     .map(Into::into)
@@ -109,14 +109,24 @@ fn limits_and_fairness() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"kind": "Group", "name": "testers", "apiGroup": "rbac.authorization.k8s.io"}],
     });
-    let (c, _, b) = curl(
-        &s,
-        &s.token,
-        "POST",
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        Some(crb.to_string().as_bytes()),
+    // The control plane opens many connections from this same IP while it starts; the
+    // cap of 100 may refuse a connection for a moment.
+    let mut last = None;
+    assert!(
+        eventually(20, || {
+            let r = curl(
+                &s,
+                &s.token,
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                Some(crb.to_string().as_bytes()),
+            );
+            let ok = r.0 == 201;
+            last = Some(r);
+            ok
+        }),
+        "{last:?}"
     );
-    assert_eq!(c, 201, "{b}");
     let cms = "/api/v1/namespaces/default/configmaps";
     assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
 
@@ -257,20 +267,25 @@ fn limits_and_fairness() {
     // --- Connections over the per-IP cap are closed at accept. ---
     let refused_before = metric(&s, "h8s_apiserver_connections_refused_total");
     let addr = s.url.trim_start_matches("https://").to_string();
-    let mut conns = Vec::new();
+    // Open them all first (an accepted one waits for its TLS handshake up to 10 s), then
+    // see which the server closed.
+    let conns: Vec<std::net::TcpStream> = (0..150)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let mut closed = 0;
-    for _ in 0..60 {
-        let mut t = std::net::TcpStream::connect(&addr).unwrap();
-        t.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+    for t in &conns {
+        t.set_nonblocking(true).unwrap();
         let mut b = [0u8; 1];
-        match t.read(&mut b) {
-            Ok(0) => closed += 1,
-            _ => conns.push(t),
+        if matches!((&*t).read(&mut b), Ok(0)) {
+            closed += 1;
         }
     }
-    assert!(closed >= 20, "only {closed} of 60 connections were refused");
+    assert!(
+        closed >= 50,
+        "only {closed} of 150 connections were refused"
+    );
     drop(conns);
     assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
-    assert!(metric(&s, "h8s_apiserver_connections_refused_total") >= refused_before + 20.0);
+    assert!(metric(&s, "h8s_apiserver_connections_refused_total") >= refused_before + 50.0);
 }
