@@ -107,7 +107,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("limits on (defaults 400/200)", &[]),
         (
             "limits on, tight (--max-requests-inflight=8: queuing)",
-            &["--max-requests-inflight=8"],
+            // One user's queue holds 50 by default; 64 in flight would overflow it.
+            &["--max-requests-inflight=8", "--apf-queue-length-limit=100"],
         ),
     ];
     let mut servers = Vec::new();
