@@ -267,6 +267,19 @@ impl Api {
         }
         *verb_out = cx.verb;
         attrs.verb = cx.verb.to_string();
+        // limits: priority and fairness after authentication, before authorization (where
+        // kube-apiserver's APF filter sits); long-running requests hold their place until
+        // their response ends.
+        let kind = match &r {
+            Route::Resource(t) => {
+                crate::flow::Kind::of(cx.verb, t.sub.as_deref(), cx.query.flag("follow"))
+            }
+            _ => crate::flow::Kind::of(cx.verb, None, false),
+        };
+        let admitted = match self.flow.admit(&cx.user, kind).await {
+            Ok(a) => a,
+            Err(e) => return error_response(&e),
+        };
         let decision = self.authz.authorize(&cx.user, &attrs);
         if self.audit.is_some() {
             *trace = Some((cx.user.clone(), attrs.clone(), decision.allowed()));
@@ -302,7 +315,9 @@ impl Api {
                 None => Err(ApiError::no_route()),
             },
             Route::Metrics => {
-                let mut resp = Response::new(full(self.metrics.render()));
+                let mut text = self.metrics.render();
+                text.push_str(&self.flow.render());
+                let mut resp = Response::new(full(text));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -335,7 +350,7 @@ impl Api {
                 resp.headers_mut().append(http::header::WARNING, h);
             }
         }
-        resp
+        admitted.attach(resp)
     }
 
     async fn resource(

@@ -22,6 +22,7 @@ mod discovery;
 mod error;
 mod eviction;
 mod filter;
+mod flow;
 mod gc;
 mod hooks;
 mod identity;
@@ -69,6 +70,7 @@ pub use csr::{
     ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
+pub use flow::LimitsConfig;
 pub use identity::{
     Identity, IdentityAuthenticator, IdentityConfig, ADMIN_PASSWORD_FILE, BOOTSTRAP_ADMIN,
 };

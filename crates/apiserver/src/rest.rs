@@ -392,8 +392,25 @@ impl Api {
     }
 
     /// The create path shared by POST, server-side apply of a missing object and the
-    /// namespace bootstrap.
+    /// namespace bootstrap. A generated name that is taken is retried with a new one
+    /// (limits: kube-apiserver ≥ 1.32's RetryGenerateName).
     pub(crate) async fn create_object(
+        self: &Arc<Self>,
+        cx: &Ctx,
+        t: &Target,
+        o: Value,
+    ) -> Result<Value, ApiError> {
+        let generated = obj::name(&o).is_empty()
+            && o["metadata"]["generateName"]
+                .as_str()
+                .is_some_and(|g| !g.is_empty());
+        if !generated {
+            return self.create_object_once(cx, t, o).await;
+        }
+        crate::flow::retry::with_generated_name(|| self.create_object_once(cx, t, o.clone())).await
+    }
+
+    async fn create_object_once(
         self: &Arc<Self>,
         cx: &Ctx,
         t: &Target,

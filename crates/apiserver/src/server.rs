@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -68,6 +68,8 @@ pub struct Config {
     pub metrics_cache_ttl: std::time::Duration,
     /// (audit) Where the audit log goes and its policy; `None`: no audit log.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// (limits) In-flight requests, fair queuing, connections, watches.
+    pub limits: crate::flow::LimitsConfig,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
             build: Default::default(),
             metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
             audit: None,
+            limits: Default::default(),
         }
     }
 }
@@ -311,6 +314,7 @@ impl Server {
             },
             crds: Default::default(),
             dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
+            flow: crate::flow::Flow::new(cfg.limits.clone(), Some(tenant_index.clone())),
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -406,21 +410,29 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        // limits: over the connection caps, closed before the TLS handshake.
+        let Ok(place) = api.flow.conns.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let api = api.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let _place = place;
+            let handshake = api
+                .flow
+                .cfg
+                .read_header_timeout
+                .min(Duration::from_secs(10));
+            let stream = match tokio::time::timeout(handshake, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
             // What the handshake proved (the verified client certificate) travels with
             // every request of the connection, for the authenticators.
             let certs = stream
@@ -430,25 +442,8 @@ async fn accept_loop(
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
             let conn = ConnInfo::new(peer, certs);
-            let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
-                req.extensions_mut().insert(conn.clone());
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
-            });
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            // A client that never finishes its headers does not hold a connection forever.
-            b.http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30));
-            b.http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_concurrent_streams(2000);
-            if let Err(e) = b
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
-            }
+            let cfg = api.flow.cfg.clone();
+            crate::flow::conn::serve(api, conn, peer, stream, &cfg).await;
         });
     }
 }

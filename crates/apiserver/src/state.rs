@@ -46,4 +46,6 @@ pub struct Api {
     pub(crate) crds: crate::crd::Registry,
     /// (webhooks) Admission webhooks and ValidatingAdmissionPolicies, from watches.
     pub(crate) dynamic: Option<Arc<crate::webhook::Dynamic>>,
+    /// (limits) Priority and fairness, connection and watch limits.
+    pub(crate) flow: Arc<crate::flow::Flow>,
 }

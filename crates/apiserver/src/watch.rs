@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use crate::ctx::Ctx;
 use crate::error::{from_machinery, from_store, ApiError};
 use crate::filter::Filter;
+use crate::flow::conn::ConnKill;
+use crate::flow::{Room, SendEnd, WatchBudget};
 use crate::obj;
 use crate::response::Body;
 use crate::route::Target;
@@ -110,7 +112,15 @@ impl Api {
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
         }
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+        // limits: a bounded send buffer (events and bytes); a reader that does not make
+        // room in time ends its watch (it re-lists, as after kube's "too slow" close).
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, Room)>(256);
+        let budget = WatchBudget::new(&self.flow.cfg);
+        let http1 = cx
+            .parts
+            .as_ref()
+            .filter(|p| p.version < http::Version::HTTP_2)
+            .and_then(|p| p.extensions.get::<ConnKill>().cloned());
         let mut enc = Encoder {
             res: t.res,
             strategy: t.strategy(),
@@ -125,14 +135,20 @@ impl Api {
         me.metrics.watch_started();
         tokio::spawn(async move {
             let _guard = WatchGuard(me.clone());
+            let sink = Sink {
+                api: &me,
+                budget,
+                tx: &tx,
+                http1,
+            };
             for o in &initial {
-                if tx.send(enc.event("ADDED", o)).await.is_err() {
+                if !sink.put(enc.event("ADDED", o)).await {
                     return;
                 }
             }
             if send_initial && bookmarks {
                 let b = bookmark(res, start_rev, true);
-                if tx.send(enc.event("BOOKMARK", &b)).await.is_err() {
+                if !sink.put(enc.event("BOOKMARK", &b)).await {
                     return;
                 }
             }
@@ -140,7 +156,7 @@ impl Api {
                 Ok(s) => s,
                 Err(e) => {
                     let st = from_store(e, &t2.subject(&sub_name)).to_status();
-                    let _ = tx.send(enc.event("ERROR", &st)).await;
+                    let _ = sink.put(enc.event("ERROR", &st)).await;
                     return;
                 }
             };
@@ -157,7 +173,7 @@ impl Api {
                     _ = shutdown.changed() => return,
                     _ = tick.tick(), if bookmarks => {
                         let b = bookmark(res, last_rev, false);
-                        if tx.send(enc.event("BOOKMARK", &b)).await.is_err() { return; }
+                        if !sink.put(enc.event("BOOKMARK", &b)).await { return; }
                     }
                     ev = stream.next() => {
                         let Some(ev) = ev else { return };
@@ -165,7 +181,7 @@ impl Api {
                             Ok(ev) => ev,
                             Err(e) => {
                                 let st = from_store(e, &t2.subject(&sub_name)).to_status();
-                                let _ = tx.send(enc.event("ERROR", &st)).await;
+                                let _ = sink.put(enc.event("ERROR", &st)).await;
                                 return;
                             }
                         };
@@ -178,15 +194,17 @@ impl Api {
                                 continue;
                             }
                         };
-                        if tx.send(out).await.is_err() { return; }
+                        if !sink.put(out).await { return; }
                     }
                 }
             }
         });
         let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+            // The event leaves the watch's buffer (its room is given back) as the
+            // connection takes it.
             rx.recv()
                 .await
-                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                .map(|(b, _room)| (Ok::<_, Infallible>(Frame::data(b)), rx))
         }))
         .boxed_unsync();
         let mut resp = Response::new(body);
@@ -199,6 +217,37 @@ impl Api {
             HeaderValue::from_static("no-cache, private"),
         );
         Ok(resp)
+    }
+}
+
+/// Where a watch's events go: its bounded buffer towards the connection.
+struct Sink<'a> {
+    api: &'a Arc<Api>,
+    budget: WatchBudget,
+    tx: &'a tokio::sync::mpsc::Sender<(Bytes, Room)>,
+    /// Over HTTP/1.1, the connection's kill switch: a response that cannot be finished
+    /// takes its connection with it.
+    http1: Option<ConnKill>,
+}
+
+impl Sink<'_> {
+    /// Whether the watch goes on.
+    async fn put(&self, b: Bytes) -> bool {
+        match self.budget.send(self.tx, b).await {
+            Ok(()) => true,
+            Err(SendEnd::Closed) => false,
+            Err(SendEnd::TooSlow(_)) => {
+                self.api
+                    .flow
+                    .slow_watches_ended
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!("ending a watch whose reader does not keep up");
+                if let Some(k) = &self.http1 {
+                    k.kill();
+                }
+                false
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@ mod deploy_bench;
 mod identity_flags;
 mod image;
 mod jail;
+mod limits_bench;
+mod limits_flags;
 mod login;
 mod net;
 mod pod;
@@ -93,6 +95,8 @@ enum BenchCommand {
     /// Dynamic admission: ConfigMap creates with a validating webhook / a
     /// ValidatingAdmissionPolicy selecting them, against none, in the same run.
     Webhook(webhook_bench::Args),
+    /// Limits: GETs of a workload user with priority and fairness off, on and tight.
+    Limits(limits_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
+        Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

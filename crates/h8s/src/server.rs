@@ -51,6 +51,9 @@ pub struct ServerArgs {
     /// `--audit-policy-file`).
     #[command(flatten)]
     pub audit: crate::audit_flags::AuditArgs,
+    /// Limits and fairness (`--max-requests-inflight`, `--max-watches-per-user`, …).
+    #[command(flatten)]
+    pub limits: crate::limits_flags::LimitsArgs,
     /// The controller manager and the scheduler run in this process (`--disable-*`,
     /// leader election, controller timers).
     #[command(flatten)]
@@ -108,6 +111,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     };
     cfg.metrics_cache_ttl = args.metrics_cache_ttl;
     cfg.audit = args.audit.config()?;
+    cfg.limits = args.limits.config();
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
     cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
     let server = h8s_apiserver::Server::start(cfg)

@@ -1,0 +1,291 @@
+//! Limits and fairness over real HTTPS (curl), on one server with tiny limits set by
+//! flags: an in-flight seat held by a request whose body never ends makes the next one
+//! wait and get 429 (a proper Status, `Retry-After: 1`) while an admin still gets in;
+//! watches over the per-user cap get 429; a watch whose client never reads is ended and
+//! its connection closed; connections over the per-IP cap are closed at accept.
+
+mod api_support;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api_support::{eventually, json, Server};
+
+const TESTER: &str = "tester-token";
+
+/// One curl request: (code, response headers, body).
+fn curl(
+    s: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> (u16, String, String) {
+    let hdrs = tempfile::NamedTempFile::new_in(s.dir.path()).unwrap();
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-D"])
+        .arg(hdrs.path())
+        .arg("--cacert")
+        .arg(s.data_dir().join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json"])
+        .arg(format!("{}{}", s.url, path));
+    let tmp;
+    if let Some(b) = body {
+        tmp = tempfile::NamedTempFile::new_in(s.dir.path()).unwrap();
+        std::fs::write(tmp.path(), b).unwrap();
+        c.arg("--data-binary")
+            .arg(format!("@{}", tmp.path().display()));
+    }
+    let o = c.output().expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (b, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    let headers = std::fs::read_to_string(hdrs.path()).unwrap_or_default();
+    let code = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        // curl's own error, for the assertion message.
+        return (0, headers, String::from_utf8_lossy(&o.stderr).to_string());
+    }
+    (code, headers, b.to_string())
+}
+
+/// A curl started in the background with piped stdin and stdout.
+fn spawn_curl(s: &Server, token: &str, extra: &[&str], path: &str) -> Child {
+    Command::new("curl")
+        .args(["-sS", "-N", "--cacert"])
+        .arg(s.data_dir().join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(extra)
+        .arg(format!("{}{}", s.url, path))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl")
+}
+
+fn configmap(name: &str, bytes: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"blob": "x".repeat(bytes)},
+    }))
+    .unwrap()
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (_, _, text) = curl(s, &s.token, "GET", "/metrics", None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn limits_and_fairness() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<std::ffi::OsString> = [
+        // Two mutating seats: one for the control plane, one for everyone else.
+        "--max-mutating-requests-inflight=2",
+        "--apf-queue-wait=1s",
+        "--max-watches-per-user=2",
+        "--watch-buffer-bytes=65536",
+        "--watch-slow-reader-timeout=1s",
+        "--max-connections-per-ip=100",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let flags: Vec<&std::ffi::OsStr> = flags.iter().map(|f| f.as_os_str()).collect();
+    let s = Server::start_with(dir, &flags);
+    std::fs::write(
+        s.data_dir().join("tokens.csv"),
+        format!("{TESTER},tester,u1,\"testers\"\n"),
+    )
+    .unwrap();
+    let crb = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "testers-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "Group", "name": "testers", "apiGroup": "rbac.authorization.k8s.io"}],
+    });
+    // The control plane opens many connections from this same IP while it starts; the
+    // cap of 100 may refuse a connection for a moment.
+    let mut last = None;
+    assert!(
+        eventually(20, || {
+            let r = curl(
+                &s,
+                &s.token,
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                Some(crb.to_string().as_bytes()),
+            );
+            let ok = r.0 == 201;
+            last = Some(r);
+            ok
+        }),
+        "{last:?}"
+    );
+    let cms = "/api/v1/namespaces/default/configmaps";
+    assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
+
+    // --- In-flight: a create whose body never ends holds the one workload seat. ---
+    let mut holder = spawn_curl(
+        &s,
+        TESTER,
+        &[
+            "--http1.1",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Expect:",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+        cms,
+    );
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin
+        .write_all(br#"{"apiVersion":"v1","kind":"ConfigMap","#)
+        .unwrap();
+    stdin.flush().unwrap();
+    // The next mutating request of a workload user waits its 1 s and gets 429.
+    let mut got = None;
+    assert!(
+        eventually(20, || {
+            let r = curl(&s, TESTER, "POST", cms, Some(&configmap("queued", 10)));
+            let done = r.0 == 429;
+            got = Some(r);
+            done
+        }),
+        "no 429 while the seat is held: {got:?}"
+    );
+    let (_, headers, body) = got.unwrap();
+    assert!(
+        headers.to_ascii_lowercase().contains("retry-after: 1"),
+        "{headers}"
+    );
+    let st = json(&body);
+    assert_eq!(st["kind"], "Status", "{body}");
+    assert_eq!(st["status"], "Failure");
+    assert_eq!(st["reason"], "TooManyRequests");
+    assert_eq!(st["code"], 429);
+    assert_eq!(st["details"]["retryAfterSeconds"], 1);
+    // Reads have seats of their own, and an admin (system:masters) is exempt.
+    assert_eq!(curl(&s, TESTER, "GET", cms, None).0, 200);
+    let (c, _, b) = curl(&s, &s.token, "POST", cms, Some(&configmap("by-admin", 10)));
+    assert_eq!(c, 201, "{b}");
+    // The held request completes, and the seat is free again.
+    stdin
+        .write_all(br#""metadata":{"name":"held"},"data":{"a":"b"}}"#)
+        .unwrap();
+    drop(stdin);
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    let (c, _, b) = curl(&s, TESTER, "POST", cms, Some(&configmap("after", 10)));
+    assert_eq!(c, 201, "{b}");
+    assert!(metric(&s, "apiserver_flowcontrol_rejected_requests_total") >= 1.0);
+
+    // --- Watches per user: two open, the third is refused. ---
+    let w = format!("{cms}?watch=1&timeoutSeconds=6");
+    let mut watches: Vec<Child> = (0..2).map(|_| spawn_curl(&s, TESTER, &[], &w)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (c, headers, body) = curl(&s, TESTER, "GET", &w, None);
+    assert_eq!(c, 429, "{body}");
+    assert!(headers.to_ascii_lowercase().contains("retry-after: 1"));
+    let st = json(&body);
+    assert_eq!(st["reason"], "TooManyRequests", "{body}");
+    assert!(st["message"].as_str().unwrap().contains("tester"), "{body}");
+    // Another user's watches are not counted against the tester.
+    let short = format!("{cms}?watch=1&timeoutSeconds=1");
+    assert_eq!(curl(&s, &s.token, "GET", &short, None).0, 200);
+    // When the watches end (timeoutSeconds), their places come back.
+    for c in &mut watches {
+        let _ = c.wait();
+    }
+    assert!(eventually(10, || curl(&s, TESTER, "GET", &short, None).0 == 200));
+
+    // --- A watch that is never read is ended, and its connection closed. ---
+    let mut stalled = spawn_curl(
+        &s,
+        TESTER,
+        &["--http1.1"],
+        &format!("{cms}?watch=1&resourceVersion=0"),
+    );
+    // Wait for the watch to be established (its initial events arrive in the pipe).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = metric(&s, "h8s_apiserver_watches_too_slow_total");
+    assert!(before >= 0.0);
+    // 60 objects of 500 kB: 30 MB, far beyond the pipe, the sockets and the 64 kB buffer.
+    let mut produced = 0usize;
+    for i in 0..60 {
+        let b = configmap(&format!("big-{i}"), 500_000);
+        produced += b.len();
+        let (c, _, body) = curl(&s, &s.token, "POST", cms, Some(&b));
+        assert_eq!(c, 201, "{body}");
+    }
+    assert!(
+        eventually(30, || metric(&s, "h8s_apiserver_watches_too_slow_total")
+            > before),
+        "the stalled watch was not ended"
+    );
+    // The client now reads what reached it: the stream ends (the server closed it) well
+    // short of everything produced.
+    let mut out = stalled.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(k) = out.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    });
+    let t0 = Instant::now();
+    while !reader.is_finished() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        reader.is_finished(),
+        "the stalled watch's stream did not end"
+    );
+    let read = reader.join().unwrap();
+    assert!(read < produced, "read {read} of {produced} bytes");
+    let _ = stalled.wait();
+    // The server is fine: a new watch and a list work.
+    assert_eq!(curl(&s, TESTER, "GET", cms, None).0, 200);
+
+    // --- Connections over the per-IP cap are closed at accept. ---
+    let refused_before = metric(&s, "h8s_apiserver_connections_refused_total");
+    let addr = s.url.trim_start_matches("https://").to_string();
+    // Open them all first (an accepted one waits for its TLS handshake up to 10 s), then
+    // see which the server closed.
+    let conns: Vec<std::net::TcpStream> = (0..150)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut closed = 0;
+    for t in &conns {
+        t.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        if matches!((&*t).read(&mut b), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 50,
+        "only {closed} of 150 connections were refused"
+    );
+    drop(conns);
+    assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
+    assert!(metric(&s, "h8s_apiserver_connections_refused_total") >= refused_before + 50.0);
+}
