@@ -3,6 +3,8 @@
 //! `scripts/setup`, on a node-local pod Network in a temp state dir; kubectl 1.33 as the
 //! client. Every test works in its own namespace and checks that its pods leave no VM,
 //! socket or tap behind. VMs boot at most two at a time (the agent's start limit).
+//! `metrics.k8s.io` (`kubectl top`, 1.27 and 1.33) is read from the agent's stats of the same
+//! pod VMs.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -81,6 +83,9 @@ fn start() -> Cluster {
         .args(["--node-status-update-frequency", "2s"])
         .args(["--node-lease-renew-interval", "2s"])
         .args(["--volume-refresh-period", "2s"])
+        // Metrics sampled and served often enough for `kubectl top` within a test.
+        .args(["--stats-interval", "2s"])
+        .args(["--metrics-cache-ttl", "1s"])
         .args(["--pod-network", &format!("agt{}", pid % 100000)])
         .args(["--pod-cidr", &format!("10.{}.0.0/16", 150 + pid % 50)])
         .args(["--pod-network-vni", &(5000 + pid % 10000).to_string()])
@@ -645,5 +650,152 @@ fn deployment_scales_and_deletes() {
             (l["items"].as_array()?.is_empty() && vms_of(c, &ns).is_empty()).then_some(())
         },
     );
+    cleanup(c, &ns);
+}
+
+const KUBECTL_127: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
+
+fn kubectl_with(c: &Cluster, bin: &str, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A busybox pod pinned to `node`, running `command` under `sh -c`.
+fn busybox_pod(name: &str, node: &str, labels: &str, command: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", {command:?}]\n"
+    )
+}
+
+fn running(c: &Cluster, ns: &str, name: &str) -> bool {
+    pod(c, ns, name)["status"]["phase"] == "Running"
+}
+
+/// `kubectl top` output as (name, cpu millicores, memory MiB) rows.
+fn top_rows(out: &str) -> Vec<(String, u64, u64)> {
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let cpu = f.get(1)?.strip_suffix('m')?.parse().ok()?;
+            let mem = f
+                .iter()
+                .skip(2)
+                .find_map(|x| x.strip_suffix("Mi"))?
+                .parse()
+                .ok()?;
+            Some((f[0].to_string(), cpu, mem))
+        })
+        .collect()
+}
+
+#[test]
+fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
+    let c = cluster();
+    // Discovery lists the group, with both resources (kubectl top checks it first).
+    let out = kubectl(
+        c,
+        &["api-resources", "--api-group=metrics.k8s.io", "-o", "name"],
+    );
+    assert!(
+        out.contains("nodes.metrics.k8s.io") && out.contains("pods.metrics.k8s.io"),
+        "{out}"
+    );
+    // The node: kubectl 1.27 and 1.33.
+    for bin in [KUBECTL, KUBECTL_127] {
+        let out = wait(Duration::from_secs(30), "kubectl top node", || {
+            let (ok, out, _) = kubectl_with(c, bin, &["top", "node"]);
+            (ok && top_rows(&out).iter().any(|r| r.0 == c.node)).then_some(out)
+        });
+        let row = top_rows(&out).into_iter().find(|r| r.0 == c.node).unwrap();
+        assert!(row.2 > 0, "node memory {out}");
+    }
+    let (ok, out, err) = kubectl_out(
+        c,
+        &[
+            "get",
+            "--raw",
+            &format!("/apis/metrics.k8s.io/v1beta1/nodes/{}", c.node),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let nm: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(nm["kind"], "NodeMetrics");
+    assert!(nm["window"].as_str().unwrap().ends_with('s'));
+
+    // Two pods: one spinning, one asleep.
+    let ns = namespace(c, "top");
+    apply(
+        c,
+        &ns,
+        &busybox_pod("busy", &c.node, "app: busy", "while :; do :; done"),
+    );
+    apply(
+        c,
+        &ns,
+        &busybox_pod("idle", &c.node, "app: idle", "sleep 3600"),
+    );
+    wait(Duration::from_secs(240), "both pods Running", || {
+        (running(c, &ns, "busy") && running(c, &ns, "idle")).then_some(())
+    });
+    for bin in [KUBECTL, KUBECTL_127] {
+        let out = wait(
+            Duration::from_secs(60),
+            "kubectl top pod with both pods",
+            || {
+                let (ok, out, _) = kubectl_with(c, bin, &["-n", &ns, "top", "pod"]);
+                (ok && top_rows(&out).len() == 2).then_some(out)
+            },
+        );
+        let rows = top_rows(&out);
+        let busy = rows.iter().find(|r| r.0 == "busy").unwrap();
+        let idle = rows.iter().find(|r| r.0 == "idle").unwrap();
+        // The spinning guest costs its host a good part of a core; both VMs hold memory.
+        assert!(busy.1 > idle.1 && busy.1 >= 100, "{out}");
+        assert!(busy.2 > 0 && idle.2 > 0, "{out}");
+        // Label selector and get by name.
+        let (ok, out, err) = kubectl_with(c, bin, &["-n", &ns, "top", "pod", "-l", "app=idle"]);
+        assert!(ok, "{err}");
+        let rows = top_rows(&out);
+        assert_eq!(rows.len(), 1, "{out}");
+        assert_eq!(rows[0].0, "idle");
+        let (ok, out, err) =
+            kubectl_with(c, bin, &["-n", &ns, "top", "pod", "busy", "--containers"]);
+        assert!(ok && out.contains("main"), "{out}{err}");
+    }
+    // All namespaces, and errors as Kubernetes words them.
+    let (ok, out, _) = kubectl_with(c, KUBECTL, &["top", "pod", "-A"]);
+    assert!(ok && out.contains("busy") && out.contains(&ns), "{out}");
+    let (ok, _, err) = kubectl_out(
+        c,
+        &[
+            "get",
+            "--raw",
+            &format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/nothing"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = kubectl_out(
+        c,
+        &[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dx",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("field label not supported"), "{err}");
     cleanup(c, &ns);
 }
