@@ -242,7 +242,8 @@ mod tests {
             .unwrap();
         assert_eq!(a.unwrap()["value"], 1);
         let synced = || l.cache("scheduling.k8s.io", "priorityclasses").is_some();
-        for _ in 0..100 {
+        // Waits are long: CI runs this beside the whole suite on two cores.
+        for _ in 0..2000 {
             if synced() {
                 break;
             }
@@ -252,7 +253,7 @@ mod tests {
         let (k2, b2) = put("b", 2);
         store.create(&k2, b2).await.unwrap();
         let mut n = 0;
-        for _ in 0..100 {
+        for _ in 0..2000 {
             n = l
                 .list("scheduling.k8s.io", "priorityclasses", None)
                 .await
@@ -266,7 +267,7 @@ mod tests {
         assert_eq!(n, 2);
         store.delete(&k, None).await.unwrap();
         let mut gone = false;
-        for _ in 0..100 {
+        for _ in 0..2000 {
             if l.get("scheduling.k8s.io", "priorityclasses", None, "a")
                 .await
                 .unwrap()
