@@ -344,11 +344,8 @@ impl Api {
             Err(e) => error_response(&e),
         };
         let late = std::mem::take(&mut *cx.late_warnings.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in cx.warnings.iter().chain(&late) {
-            let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
-            if let Ok(h) = HeaderValue::from_str(&v) {
-                resp.headers_mut().append(http::header::WARNING, h);
-            }
+        for h in crate::response::warning_headers(cx.warnings.iter().chain(&late)) {
+            resp.headers_mut().append(http::header::WARNING, h);
         }
         admitted.attach(resp)
     }

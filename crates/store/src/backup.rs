@@ -65,7 +65,16 @@ impl<W: Write> Hashing<W> {
 pub async fn backup(store: &dyn Store, path: &Path) -> Result<BackupSummary> {
     let revision = store.revision().await?;
     let tmp = path.with_extension("partial");
-    let file = std::fs::File::create(&tmp)?;
+    // A backup holds every Secret: readable by its owner only.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     let mut out = Hashing {
         w: BufWriter::new(file),
         hash: Fnv::new(),

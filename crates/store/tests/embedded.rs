@@ -44,6 +44,23 @@ async fn data_survives_reopen_with_revisions() {
 }
 
 #[tokio::test]
+async fn the_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    drop(Embedded::open(&path).unwrap());
+    assert_eq!(mode(&path), 0o600, "a new store file");
+    // A store made before files were private is tightened when opened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = Embedded::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600, "an existing store file");
+    let backup = dir.path().join("b.h8sbackup");
+    h8s_store::backup(&s, &backup).await.unwrap();
+    assert_eq!(mode(&backup), 0o600, "a backup");
+}
+
+#[tokio::test]
 async fn foreign_and_damaged_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // A file that is not a database at all.

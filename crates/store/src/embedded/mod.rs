@@ -299,15 +299,22 @@ impl Store for Embedded {
 // ---- opening -------------------------------------------------------------------------
 
 fn open_or_create(path: &Path, cache: usize) -> Result<Database> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(Error::Corrupt(format!(
             "{} is a directory, not a store file",
             path.display()
         ))),
-        Ok(_) => redb::Builder::new()
-            .set_cache_size(cache)
-            .open(path)
-            .map_err(|e| open_err(path, e)),
+        Ok(m) => {
+            // Stores made before files were private get tightened on open.
+            if m.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            redb::Builder::new()
+                .set_cache_size(cache)
+                .open(path)
+                .map_err(|e| open_err(path, e))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, cache),
         Err(e) => Err(Error::Io(e)),
     }
@@ -317,6 +324,7 @@ fn open_or_create(path: &Path, cache: usize) -> Result<Database> {
 /// renamed into place, so a crash never leaves a half-made file that would later be
 /// mistaken for a damaged store.
 fn create(path: &Path, cache: usize) -> Result<Database> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
@@ -327,6 +335,8 @@ fn create(path: &Path, cache: usize) -> Result<Database> {
         .set_cache_size(cache)
         .create(&tmp)
         .map_err(|e| open_err(&tmp, e))?;
+    // The store holds every Secret: readable by its owner only.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut meta = txn.open_table(META).map_err(db_err)?;
