@@ -18,6 +18,7 @@ mod pod;
 mod rbac_bench;
 mod sched_bench;
 mod server;
+mod soak_bench;
 mod store;
 mod svc_bench;
 mod tenancy_bench;
@@ -97,6 +98,9 @@ enum BenchCommand {
     Webhook(webhook_bench::Args),
     /// Limits: GETs of a workload user with priority and fairness off, on and tight.
     Limits(limits_bench::Args),
+    /// Soak: a steady open-loop mix of reads and writes with watchers for minutes; no
+    /// errors and flat memory, the first minute as the baseline.
+    Soak(soak_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
         Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),
+        Command::Bench(BenchCommand::Soak(args)) => soak_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),
         Command::Login(args) => login::login(args),
         Command::Credential(args) => login::credential(args),

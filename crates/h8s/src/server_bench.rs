@@ -98,7 +98,7 @@ pub(crate) fn start_server() -> anyhow::Result<Proc> {
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -159,7 +159,12 @@ pub(crate) async fn connect(
 }
 
 impl Client {
-    fn req(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> http::Request<Full<Bytes>> {
+    pub(crate) fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> http::Request<Full<Bytes>> {
         http::Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path))
@@ -170,7 +175,7 @@ impl Client {
             .expect("request")
     }
 
-    fn conn(&self) -> SendRequest<Full<Bytes>> {
+    pub(crate) fn conn(&self) -> SendRequest<Full<Bytes>> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.conns[i % self.conns.len()].clone()
     }
@@ -263,7 +268,7 @@ where
     Ok((all, t0.elapsed()))
 }
 
-fn cm_body(name: &str) -> Vec<u8> {
+pub(crate) fn cm_body(name: &str) -> Vec<u8> {
     format!(
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"bench":"yes"}}}},"data":{{"k":"v"}}}}"#
     )

@@ -69,6 +69,16 @@ impl NetworkStore {
                 source: e,
             })?;
         }
+        // Tenants' subnets, pod addresses and MACs: readable by root only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                Error::State {
+                    path: dir.clone(),
+                    source: e,
+                }
+            })?;
+        }
         Ok(NetworkStore { dir })
     }
 
@@ -618,6 +628,16 @@ mod tests {
         assert_eq!(a.gateway, Ipv4Addr::new(10, 9, 0, 1));
         assert_eq!(a.prefix_len, 29);
         assert_eq!(a.mac, MacAddr::for_ip(a.ip));
+    }
+
+    #[test]
+    fn the_store_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("net");
+        NetworkStore::open(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]
