@@ -315,6 +315,7 @@ impl Server {
             crds: Default::default(),
             dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
             flow: crate::flow::Flow::new(cfg.limits.clone(), Some(tenant_index.clone())),
+            watch_encodings: Default::default(),
         });
         crate::ns::bootstrap(&api, addr)
             .await

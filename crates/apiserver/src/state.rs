@@ -48,4 +48,6 @@ pub struct Api {
     pub(crate) dynamic: Option<Arc<crate::webhook::Dynamic>>,
     /// (limits) Priority and fairness, connection and watch limits.
     pub(crate) flow: Arc<crate::flow::Flow>,
+    /// Watch events encoded once for every watch that sends the same bytes.
+    pub(crate) watch_encodings: crate::watch::SharedEncodings,
 }

@@ -28,6 +28,65 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 /// value around 30–60 minutes; clients re-establish).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
+/// Encoded events shared by the watches that need the same bytes for an event — one
+/// resource version, no selector, no authorization filter, JSON rather than Table — the way
+/// kube-apiserver's watch cache serializes an event once for all its watchers
+/// (`cachingObject`): with N such watchers an event is decoded and encoded once, not N
+/// times. Bounded in events and bytes; the oldest go first.
+#[derive(Default)]
+pub(crate) struct SharedEncodings {
+    inner: std::sync::Mutex<SharedInner>,
+}
+
+#[derive(Default)]
+struct SharedInner {
+    map: std::collections::HashMap<EncodingKey, Bytes>,
+    order: std::collections::VecDeque<EncodingKey>,
+    bytes: usize,
+}
+
+/// (store revision, served resource, hash of the store key).
+type EncodingKey = (i64, usize, u64);
+
+const SHARED_MAX_EVENTS: usize = 1024;
+const SHARED_MAX_BYTES: usize = 64 << 20;
+
+impl SharedEncodings {
+    fn key(res: &'static h8s_types::Resource, ev: &h8s_store::Event) -> EncodingKey {
+        use std::hash::{Hash, Hasher};
+        let key = match ev {
+            h8s_store::Event::Put { kv, .. } => &kv.key,
+            h8s_store::Event::Delete { prev, .. } => &prev.key,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (ev.revision(), res as *const _ as usize, h.finish())
+    }
+
+    fn get(&self, k: &EncodingKey) -> Option<Bytes> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.map.get(k).cloned()
+    }
+
+    fn put(&self, k: EncodingKey, b: Bytes) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() > SHARED_MAX_BYTES / 4 || inner.map.contains_key(&k) {
+            return;
+        }
+        inner.bytes += b.len();
+        inner.map.insert(k, b);
+        inner.order.push_back(k);
+        while inner.order.len() > SHARED_MAX_EVENTS || inner.bytes > SHARED_MAX_BYTES {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = inner.map.remove(&old) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
+}
+
 struct Encoder {
     res: &'static h8s_types::Resource,
     strategy: crate::strategy::StrategyRef,
@@ -186,6 +245,12 @@ impl Api {
                             }
                         };
                         last_rev = ev.revision();
+                        let shared = (filter.is_everything() && !enc.table)
+                            .then(|| SharedEncodings::key(res, &ev));
+                        if let Some(b) = shared.as_ref().and_then(|k| me.watch_encodings.get(k)) {
+                            if !sink.put(b).await { return; }
+                            continue;
+                        }
                         let out = match translate(&ev, &filter, &*enc.strategy) {
                             Ok(Some((kind, o))) => enc.event(kind, &o),
                             Ok(None) => continue,
@@ -194,6 +259,9 @@ impl Api {
                                 continue;
                             }
                         };
+                        if let Some(k) = shared {
+                            me.watch_encodings.put(k, out.clone());
+                        }
                         if !sink.put(out).await { return; }
                     }
                 }
@@ -304,5 +372,56 @@ fn translate(
             obj::set_resource_version(&mut old, *revision);
             Ok(Some(("DELETED", old)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(rev: i64, key: &str) -> h8s_store::Event {
+        h8s_store::Event::Put {
+            kv: h8s_store::KeyValue {
+                key: key.into(),
+                value: Bytes::from_static(b"{}"),
+                create_revision: rev,
+                mod_revision: rev,
+            },
+            prev: None,
+        }
+    }
+
+    #[test]
+    fn shared_encodings_are_keyed_by_event_and_resource_and_bounded() {
+        let cm = h8s_types::resources::find("", "v1", "configmaps").unwrap();
+        let sec = h8s_types::resources::find("", "v1", "secrets").unwrap();
+        let s = SharedEncodings::default();
+        let k = SharedEncodings::key(cm, &put(7, "/registry/configmaps/a/b"));
+        s.put(k, Bytes::from_static(b"seven"));
+        assert_eq!(s.get(&k).as_deref(), Some(&b"seven"[..]));
+        // Another resource or another key at the same revision is another entry.
+        assert!(s
+            .get(&SharedEncodings::key(
+                sec,
+                &put(7, "/registry/configmaps/a/b")
+            ))
+            .is_none());
+        assert!(s
+            .get(&SharedEncodings::key(
+                cm,
+                &put(7, "/registry/configmaps/a/c")
+            ))
+            .is_none());
+        // At most SHARED_MAX_EVENTS are kept, the oldest dropped first.
+        for r in 8..8 + SHARED_MAX_EVENTS as i64 {
+            s.put(
+                SharedEncodings::key(cm, &put(r, "/k")),
+                Bytes::from_static(b"x"),
+            );
+        }
+        assert!(s.get(&k).is_none());
+        let inner = s.inner.lock().unwrap();
+        assert_eq!(inner.map.len(), SHARED_MAX_EVENTS);
+        assert_eq!(inner.bytes, SHARED_MAX_EVENTS);
     }
 }
