@@ -143,7 +143,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     fill(&c, NS, args.objects, 64).await?;
     let rss_idle = rss_kib(pid);
 
-    // Watchers: each counts the events it reads; a watch that ends early is a failure.
+    // Watchers, from the current resource version (no initial ADDED events): each counts
+    // the events it reads; a watch that ends early is a failure.
+    let (_, listed) = c
+        .call(
+            "GET",
+            &format!("/api/v1/namespaces/{NS}/configmaps?limit=1"),
+            None,
+        )
+        .await?;
+    let rv = serde_json::from_slice::<serde_json::Value>(&listed)?["metadata"]["resourceVersion"]
+        .as_str()
+        .context("the list's resourceVersion")?
+        .to_string();
     let events = Arc::new(AtomicU64::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
     let mut watchers = Vec::new();
@@ -152,7 +164,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         conn.ready().await?;
         let req = c.req(
             "GET",
-            &format!("/api/v1/namespaces/{NS}/configmaps?watch=true&timeoutSeconds=86400"),
+            &format!(
+                "/api/v1/namespaces/{NS}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=86400"
+            ),
             None,
         );
         let resp = conn.send_request(req).await?;
