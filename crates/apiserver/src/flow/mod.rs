@@ -18,8 +18,8 @@
 //!   time is cut off (the watch handler uses [`WatchBudget`]).
 //! - **generateName**: a taken generated name is retried ([`retry`]).
 //!
-//! The levels are fixed and sized by flags: FlowSchema and PriorityLevelConfiguration
-//! are not served by h8s.
+//! The levels are fixed and sized by flags. FlowSchemas and PriorityLevelConfigurations
+//! are served (`kinds.rs` creates Kubernetes' defaults) but not read here.
 
 mod body;
 pub(crate) mod conn;
@@ -428,9 +428,9 @@ impl Flow {
         out
     }
 
-    /// Open watches of `user` (tests).
-    #[cfg(test)]
-    fn watches_of(&self, user: &str) -> usize {
+    /// Open watches of `user` (tests, and ComponentStatus: a control loop holding a
+    /// watch is connected).
+    pub(crate) fn watches_of(&self, user: &str) -> usize {
         self.watches_lock().get(user).copied().unwrap_or(0)
     }
 }
