@@ -28,7 +28,7 @@ impl Cidr {
         v >= self.base && v - self.base < self.size()
     }
     /// The range as written in `--service-cluster-ip-range` (`10.96.0.0/12`).
-    pub fn to_cidr_string(&self) -> String {
+    pub fn cidr_string(&self) -> String {
         format!("{}/{}", Ipv4Addr::from(self.base), self.bits)
     }
     /// The first usable address: the `kubernetes` Service's.

@@ -185,7 +185,7 @@ pub(crate) async fn ensure_defaults(api: &Arc<Api>) -> Result<(), ApiError> {
         "servicecidrs",
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
             "metadata": {"name": "kubernetes"},
-            "spec": {"cidrs": [api.service_cidr.to_cidr_string()]}}),
+            "spec": {"cidrs": [api.service_cidr.cidr_string()]}}),
     )];
     for o in priority_levels() {
         objs.push((

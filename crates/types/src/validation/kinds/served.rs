@@ -663,7 +663,7 @@ pub(super) fn flow_schema(obj: &Value, e: &mut FieldErrors) {
         let non = arr(r, "/nonResourceRules");
         if res.is_empty() && non.is_empty() {
             e.push(FieldError::required(
-                format!("{rp}"),
+                rp.clone(),
                 "at least one of resourceRules and nonResourceRules has to be non-empty",
             ));
         }
