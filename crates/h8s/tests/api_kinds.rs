@@ -1,7 +1,8 @@
 //! The rest of the built-in kinds (issue 12) with real kubectl 1.33 against the real
 //! `h8s server`: `kubectl api-resources` compared with what a 1.33 cluster lists
 //! (fixtures/api_resources_1.33.txt), create/get/list of each new kind with kubectl's
-//! columns, `kubectl autoscale` and the HPA served in autoscaling/v2 and v1, core
+//! columns, `kubectl autoscale` and the HPA served in autoscaling/v2 and v1 with its
+//! controller scaling the target (no pod metrics here: no node runs the pods), core
 //! Bindings, ComponentStatuses, the default ServiceCIDR and APF objects, and validation
 //! errors naming their fields.
 
@@ -117,7 +118,13 @@ spec:
 
 #[test]
 fn hpa_in_both_versions_with_kubectl() {
-    let s = Server::start();
+    let s = Server::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &[
+            "--horizontal-pod-autoscaler-sync-period".as_ref(),
+            "1s".as_ref(),
+        ],
+    );
     let k = |args: &[&str]| s.kubectl(V, args);
     s.kubectl_stdin(V, &["apply", "-f", "-"], Some(DEPLOY));
     k(&[
@@ -186,11 +193,17 @@ fn hpa_in_both_versions_with_kubectl() {
         None,
         None,
     );
+    // Unconditional (the controller writes the status meanwhile).
+    let mut v1 = json(&body);
+    v1["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     let (code, body) = s.curl(
         "PUT",
         "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/mem",
         Some("application/json"),
-        Some(body.as_bytes()),
+        Some(v1.to_string().as_bytes()),
     );
     assert_eq!(code, 200, "{body}");
     let v2 = json(&k(&["get", "hpa.v2.autoscaling", "mem", "-o", "json"]));
@@ -217,15 +230,65 @@ fn hpa_in_both_versions_with_kubectl() {
         err.contains("spec.metrics[0].resource.target.averageUtilization: Required value"),
         "{err}"
     );
-    // The status subresource in v1.
-    let (code, body) = s.curl(
-        "PATCH",
-        "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web/status",
-        Some("application/merge-patch+json"),
-        Some(br#"{"status":{"currentReplicas":2,"desiredReplicas":2,"currentCPUUtilizationPercentage":30}}"#),
+    // The controller (in the server, syncing every second) scales the target up to
+    // minReplicas, records it, and says why it cannot compute more: the pods have no
+    // metrics (no node runs them here).
+    assert!(
+        api_support::eventually(60, || {
+            let d = json(&k(&["get", "deployment", "web", "-o", "json"]));
+            d["spec"]["replicas"] == 2
+        }),
+        "the HPA did not scale web to minReplicas: {}",
+        k(&["get", "hpa", "web", "-o", "yaml"])
     );
-    assert_eq!(code, 200, "{body}");
-    assert!(row(&k(&["get", "hpa"]), "web").contains("cpu: 30%/50%"));
+    let ev = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web,reason=SuccessfulRescale",
+    ]);
+    assert!(
+        ev.contains("New size: 2; reason: Current number of replicas below Spec.MinReplicas"),
+        "{ev}"
+    );
+    assert!(
+        api_support::eventually(60, || {
+            let h = json(&k(&["get", "hpa.v2.autoscaling", "web", "-o", "json"]));
+            let conds = h["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let c = |t: &str| {
+                conds
+                    .iter()
+                    .find(|c| c["type"] == t)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            h["status"]["currentReplicas"] == 2
+                && c("AbleToScale")["status"] == "True"
+                && c("ScalingActive")["status"] == "False"
+                && c("ScalingActive")["reason"] == "FailedGetResourceMetric"
+        }),
+        "{}",
+        k(&["get", "hpa.v2.autoscaling", "web", "-o", "yaml"])
+    );
+    // Its v1 form carries the v2 conditions in the annotation Kubernetes uses.
+    let v1 = json(
+        &s.curl(
+            "GET",
+            "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web",
+            None,
+            None,
+        )
+        .1,
+    );
+    assert!(
+        v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/conditions"]
+            .as_str()
+            .is_some_and(|c| c.contains("FailedGetResourceMetric")),
+        "{v1}"
+    );
 }
 
 const NETWORKING: &str = "apiVersion: networking.k8s.io/v1
