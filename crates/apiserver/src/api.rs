@@ -399,6 +399,15 @@ impl Api {
                     .await);
             }
         }
+        // Computed, never stored: h8s's own components.
+        if t.res.group.is_empty() && t.res.kind == "ComponentStatus" && sub.is_none() {
+            return match cx.verb {
+                "get" | "list" => self.serve_component_status(cx, t).await,
+                _ => Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                )),
+            };
+        }
         // What a subresource does is the kind's strategy's to say.
         let role = match sub {
             None => None,

@@ -27,6 +27,10 @@ impl Cidr {
         let v = u32::from(ip);
         v >= self.base && v - self.base < self.size()
     }
+    /// The range as written in `--service-cluster-ip-range` (`10.96.0.0/12`).
+    pub fn cidr_string(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.base), self.bits)
+    }
     /// The first usable address: the `kubernetes` Service's.
     pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)

@@ -26,6 +26,7 @@ mod flow;
 mod gc;
 mod hooks;
 mod identity;
+mod kinds;
 mod metrics;
 pub mod metrics_api;
 mod nodeproxy;

@@ -352,6 +352,9 @@ impl Api {
     ) -> Result<Response<Body>, ApiError> {
         let media = Media::parse(cx.content_type())?;
         let mut o = self.decode_checked(cx, t, media, &body)?;
+        if t.res.group.is_empty() && t.res.kind == "Binding" {
+            return self.create_binding(cx, t, o).await;
+        }
         if !t.res.is_stored() {
             return self.review(cx, t, o).await;
         }

@@ -328,6 +328,10 @@ impl Server {
         crate::apiservice::ensure_local(&api)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // kinds: the default ServiceCIDR, FlowSchemas and PriorityLevelConfigurations.
+        crate::kinds::ensure_defaults(&api)
+            .await
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // identity: the cloud-admin tenant and user; the sweeper of expired tokens.
         if let Some(id) = &identity {
             crate::identity::bootstrap(&api, id, &cfg.data_dir)

@@ -17,6 +17,7 @@ pub mod deployment;
 mod discover;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod network;
@@ -56,6 +57,12 @@ pub struct Timers {
     /// The Job controller's back-off after a pod failure, doubled per failure up to 60
     /// times this (Kubernetes' `DefaultJobPodFailureBackOff`, 10 s, and 10 min).
     pub job_backoff: Duration,
+    /// How often each HorizontalPodAutoscaler is reconciled
+    /// (`--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub hpa_sync_period: Duration,
+    /// How long a HorizontalPodAutoscaler keeps its highest recent recommendation before
+    /// scaling down (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 min).
+    pub hpa_downscale_stabilization: Duration,
 }
 
 impl Default for Timers {
@@ -69,6 +76,8 @@ impl Default for Timers {
             gc_max_backoff: Duration::from_secs(1000),
             namespace_finalizer_estimate: Duration::from_secs(15),
             job_backoff: Duration::from_secs(10),
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
         }
     }
 }
@@ -116,6 +125,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         tenancy::run(ctx.clone()).boxed(),
         tenantquota::run(ctx.clone()).boxed(),
         volume::run(ctx.clone()).boxed(),
+        hpa::run(ctx.clone()).boxed(),
     ];
     try_join_all(all).await.map(|_| ())
 }

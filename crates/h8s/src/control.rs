@@ -62,6 +62,12 @@ pub struct ControlArgs {
     /// Namespace controller: expected time for finalizers of remaining content [default: 15s].
     #[arg(long = "namespace-finalizer-estimate", value_parser = duration)]
     pub namespace_finalizer_estimate: Option<Duration>,
+    /// HorizontalPodAutoscalers: how often each is reconciled [default: 15s].
+    #[arg(long = "horizontal-pod-autoscaler-sync-period", value_parser = duration)]
+    pub hpa_sync_period: Option<Duration>,
+    /// HorizontalPodAutoscalers: the downscale stabilization window [default: 5m].
+    #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", value_parser = duration)]
+    pub hpa_downscale_stabilization: Option<Duration>,
 }
 
 /// A duration flag: `50s`, `500ms`, `5m`, `1h30m` (jiff's friendly format, which reads Go's).
@@ -92,6 +98,11 @@ impl ControlArgs {
         set(
             &mut t.namespace_finalizer_estimate,
             self.namespace_finalizer_estimate,
+        );
+        set(&mut t.hpa_sync_period, self.hpa_sync_period);
+        set(
+            &mut t.hpa_downscale_stabilization,
+            self.hpa_downscale_stabilization,
         );
         t
     }

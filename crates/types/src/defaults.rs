@@ -168,6 +168,56 @@ pub fn apply(r: &Resource, obj: &mut Value) {
                 }
             }
         }
+        ("", "PodTemplate") => {
+            if let Some(ps) = obj.pointer_mut("/template/spec") {
+                pod_spec(ps);
+            }
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => match r.version {
+            "v1" => crate::autoscaling::default_v1(obj),
+            _ => crate::autoscaling::default_v2(obj),
+        },
+        ("storage.k8s.io", "CSIDriver") => {
+            let spec = entry(obj, "spec");
+            set(spec, "attachRequired", json!(true));
+            set(spec, "podInfoOnMount", json!(false));
+            set(spec, "storageCapacity", json!(false));
+            set(spec, "fsGroupPolicy", json!("ReadWriteOnceWithFSType"));
+            set(spec, "volumeLifecycleModes", json!(["Persistent"]));
+            set(spec, "requiresRepublish", json!(false));
+            set(spec, "seLinuxMount", json!(false));
+        }
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            let spec = entry(obj, "spec");
+            if spec
+                .get("matchingPrecedence")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0
+            {
+                spec["matchingPrecedence"] = json!(1000);
+            }
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            let spec = entry(obj, "spec");
+            if let Some(l) = spec.get_mut("limited").filter(|l| l.is_object()) {
+                set(l, "nominalConcurrencyShares", json!(30));
+                set(l, "lendablePercent", json!(0));
+                if let Some(lr) = l
+                    .get_mut("limitResponse")
+                    .filter(|lr| lr["type"] == "Queuing")
+                {
+                    let q = entry(lr, "queuing");
+                    set(q, "queues", json!(64));
+                    set(q, "handSize", json!(8));
+                    set(q, "queueLengthLimit", json!(50));
+                }
+            }
+            if let Some(e) = spec.get_mut("exempt").filter(|e| e.is_object()) {
+                set(e, "nominalConcurrencyShares", json!(0));
+                set(e, "lendablePercent", json!(0));
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => {
             set(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }

@@ -11,6 +11,7 @@
 //! - [`crd`]: CustomResourceDefinitions: their validation, structural schemas,
 //!   and what a schema does to custom objects (defaults, pruning, validation).
 //! - [`defaults`]: defaulting on every write, and what a create resets.
+//! - [`autoscaling`]: HorizontalPodAutoscaler `v2` ↔ `v1` conversion and defaults.
 //! - [`events`]: `events.k8s.io/v1` Event ↔ core `v1` Event conversion.
 //! - [`schema`]: OpenAPI schemas of every kind with patch strategies and
 //!   merge keys, walkable by field.
@@ -21,6 +22,7 @@
 //!   and the 422 `Status` built from them.
 #![forbid(unsafe_code)]
 
+pub mod autoscaling;
 pub mod crd;
 pub mod defaults;
 pub mod events;

@@ -561,6 +561,35 @@ static TABLE: &[Resource] = &[
             true,
         )
     },
+    Resource {
+        verbs: CREATE_ONLY,
+        storage: None,
+        ..base("", "v1", "Binding", "", "bindings", "binding", true)
+    },
+    // Read-only, computed on request from h8s's own components (not stored).
+    Resource {
+        short_names: &["cs"],
+        verbs: &["get", "list"],
+        storage: None,
+        ..base(
+            "",
+            "v1",
+            "ComponentStatus",
+            "ComponentStatusList",
+            "componentstatuses",
+            "componentstatus",
+            false,
+        )
+    },
+    base(
+        "",
+        "v1",
+        "PodTemplate",
+        "PodTemplateList",
+        "podtemplates",
+        "podtemplate",
+        true,
+    ),
     // The h8s kind from the seeds: `apiVersion: v1, kind: Network`.
     Resource {
         short_names: &["net"],
@@ -747,6 +776,38 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    // ---- autoscaling/v2 and v1: one HorizontalPodAutoscaler, stored as v2 ----
+    Resource {
+        short_names: &["hpa"],
+        categories: ALL,
+        subresources: &[status_sub!("autoscaling", "v2", "HorizontalPodAutoscaler")],
+        has_status: true,
+        ..base(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "HorizontalPodAutoscalerList",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            true,
+        )
+    },
+    Resource {
+        short_names: &["hpa"],
+        categories: ALL,
+        subresources: &[status_sub!("autoscaling", "v1", "HorizontalPodAutoscaler")],
+        has_status: true,
+        storage: Some(("autoscaling", "v2", "HorizontalPodAutoscaler")),
+        ..base(
+            "autoscaling",
+            "v1",
+            "HorizontalPodAutoscaler",
+            "HorizontalPodAutoscalerList",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            true,
+        )
+    },
     // ---- batch/v1 ----
     Resource {
         short_names: &["cj"],
@@ -923,6 +984,54 @@ static TABLE: &[Resource] = &[
             true,
         )
     },
+    Resource {
+        subresources: &[status_sub!("networking.k8s.io", "v1", "Ingress")],
+        has_status: true,
+        short_names: &["ing"],
+        ..base(
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "IngressList",
+            "ingresses",
+            "ingress",
+            true,
+        )
+    },
+    base(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "IngressClassList",
+        "ingressclasses",
+        "ingressclass",
+        false,
+    ),
+    Resource {
+        short_names: &["ip"],
+        ..base(
+            "networking.k8s.io",
+            "v1",
+            "IPAddress",
+            "IPAddressList",
+            "ipaddresses",
+            "ipaddress",
+            false,
+        )
+    },
+    Resource {
+        subresources: &[status_sub!("networking.k8s.io", "v1", "ServiceCIDR")],
+        has_status: true,
+        ..base(
+            "networking.k8s.io",
+            "v1",
+            "ServiceCIDR",
+            "ServiceCIDRList",
+            "servicecidrs",
+            "servicecidr",
+            false,
+        )
+    },
     // ---- node.k8s.io/v1 ----
     base(
         "node.k8s.io",
@@ -1011,6 +1120,68 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    base(
+        "storage.k8s.io",
+        "v1",
+        "CSIDriver",
+        "CSIDriverList",
+        "csidrivers",
+        "csidriver",
+        false,
+    ),
+    base(
+        "storage.k8s.io",
+        "v1",
+        "CSINode",
+        "CSINodeList",
+        "csinodes",
+        "csinode",
+        false,
+    ),
+    base(
+        "storage.k8s.io",
+        "v1",
+        "CSIStorageCapacity",
+        "CSIStorageCapacityList",
+        "csistoragecapacities",
+        "csistoragecapacity",
+        true,
+    ),
+    // ---- flowcontrol.apiserver.k8s.io/v1 ----
+    Resource {
+        subresources: &[status_sub!(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "FlowSchema"
+        )],
+        has_status: true,
+        ..base(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "FlowSchema",
+            "FlowSchemaList",
+            "flowschemas",
+            "flowschema",
+            false,
+        )
+    },
+    Resource {
+        subresources: &[status_sub!(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "PriorityLevelConfiguration"
+        )],
+        has_status: true,
+        ..base(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "PriorityLevelConfiguration",
+            "PriorityLevelConfigurationList",
+            "prioritylevelconfigurations",
+            "prioritylevelconfiguration",
+            false,
+        )
+    },
     // ---- tenancy.h8s.io/v1 (h8s kinds: Keystone-style tenants and users) ----
     Resource {
         subresources: &[status_sub!("tenancy.h8s.io", "v1", "Tenant")],
@@ -1085,6 +1256,10 @@ static GROUPS: &[Group] = &[
         versions: &["v1"],
     },
     Group {
+        name: "autoscaling",
+        versions: &["v2", "v1"],
+    },
+    Group {
         name: "batch",
         versions: &["v1"],
     },
@@ -1126,6 +1301,10 @@ static GROUPS: &[Group] = &[
     },
     Group {
         name: "discovery.k8s.io",
+        versions: &["v1"],
+    },
+    Group {
+        name: "flowcontrol.apiserver.k8s.io",
         versions: &["v1"],
     },
     Group {
@@ -1367,7 +1546,13 @@ mod tests {
                 "{}",
                 r.plural
             );
-            assert_eq!(r.is_stored(), !r.list_kind.is_empty(), "{}", r.plural);
+            // ComponentStatuses are listed but computed, never stored.
+            assert_eq!(
+                r.is_stored() || r.kind == "ComponentStatus",
+                !r.list_kind.is_empty(),
+                "{}",
+                r.plural
+            );
             assert_eq!(r.plural, r.plural.to_ascii_lowercase());
             // No two resources in a group version share a plural or kind.
             let same: Vec<_> = in_group_version(r.group, r.version)

@@ -776,8 +776,386 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
             ],
             |o, _| vec![json!(s(o, "/metadata/creationTimestamp"))],
         ),
+        ("", "PodTemplate") => (
+            vec![
+                name_col(),
+                col("Containers", "Names of each container in the template."),
+                col("Images", "Images referenced by each container in the template."),
+                col("Pod Labels", "The labels for the pod template."),
+            ],
+            |o, _| {
+                let [c, i] = containers_images(o, "/template/spec");
+                vec![c, i, json!(labels_string(o.pointer("/template/metadata/labels")))]
+            },
+        ),
+        ("", "ComponentStatus") => (
+            vec![
+                name_col(),
+                col("Status", "Status of the component conditions"),
+                col("Message", "Message of the component conditions"),
+                col("Error", "Error of the component conditions"),
+            ],
+            |o, _| {
+                let healthy = o
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Healthy"));
+                let (st, msg, err) = match healthy {
+                    Some(c) => (
+                        if c["status"] == "True" { "Healthy" } else { "Unhealthy" },
+                        s(c, "/message"),
+                        s(c, "/error"),
+                    ),
+                    None => ("Unknown", "", ""),
+                };
+                vec![json!(st), json!(msg), json!(err)]
+            },
+        ),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            let d = |p: &str| doc("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("Reference", d("scaleTargetRef")),
+                    col("Targets", d("metrics")),
+                    col("MinPods", d("minReplicas")),
+                    int("MaxPods", d("maxReplicas")),
+                    int("Replicas", doc("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus", "currentReplicas")),
+                    age_col(),
+                ],
+                |o, now| {
+                    let v2 = if s(o, "/apiVersion") == "autoscaling/v1" {
+                        crate::autoscaling::v1_to_v2(o.clone())
+                    } else {
+                        o.clone()
+                    };
+                    let min = match v2.pointer("/spec/minReplicas").and_then(Value::as_i64) {
+                        Some(m) => m.to_string(),
+                        None => "<unset>".into(),
+                    };
+                    vec![
+                        json!(format!("{}/{}", s(&v2, "/spec/scaleTargetRef/kind"), s(&v2, "/spec/scaleTargetRef/name"))),
+                        json!(hpa_metrics(&v2)),
+                        json!(min),
+                        json!(i(&v2, "/spec/maxReplicas")),
+                        json!(i(&v2, "/status/currentReplicas")),
+                        age(o, now),
+                    ]
+                },
+            )
+        }
+        ("networking.k8s.io", "Ingress") => {
+            let d = |p: &str| doc("io.k8s.api.networking.v1.IngressSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("Class", d("ingressClassName")),
+                    col("Hosts", "Hosts that incoming requests are matched against before the ingress rule"),
+                    col("Address", "Address is a list containing ingress points for the load-balancer"),
+                    col("Ports", "Ports of TLS configurations that open"),
+                    age_col(),
+                ],
+                |o, now| {
+                    let rules = o.pointer("/spec/rules").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                    let hosts: Vec<String> = rules
+                        .iter()
+                        .map(|r| or_default(s(r, "/host"), "*").to_string())
+                        .collect();
+                    let n = hosts.len();
+                    let hosts = if n == 0 { "*".to_string() } else { list_with_more(hosts, n) };
+                    let lbs = o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                    let addrs: Vec<&str> = lbs
+                        .iter()
+                        .map(|l| or_default(s(l, "/ip"), s(l, "/hostname")))
+                        .filter(|a| !a.is_empty())
+                        .collect();
+                    let tls = o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+                    vec![
+                        json!(or_none(s(o, "/spec/ingressClassName"))),
+                        json!(hosts),
+                        json!(addrs.join(",")),
+                        json!(if tls { "80, 443" } else { "80" }),
+                        age(o, now),
+                    ]
+                },
+            )
+        }
+        ("networking.k8s.io", "IngressClass") => {
+            let d = |p: &str| doc("io.k8s.api.networking.v1.IngressClassSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("Controller", d("controller")),
+                    col("Parameters", d("parameters")),
+                    age_col(),
+                ],
+                |o, now| {
+                    let params = match o.pointer("/spec/parameters").filter(|p| p.is_object()) {
+                        None => "<none>".to_string(),
+                        Some(p) => {
+                            let mut k = s(p, "/kind").to_string();
+                            if let Some(g) = p.get("apiGroup").and_then(Value::as_str) {
+                                k = format!("{k}.{g}");
+                            }
+                            format!("{k}/{}", s(p, "/name"))
+                        }
+                    };
+                    vec![json!(s(o, "/spec/controller")), json!(params), age(o, now)]
+                },
+            )
+        }
+        ("networking.k8s.io", "ServiceCIDR") => (
+            vec![
+                name_col(),
+                col("CIDRs", doc("io.k8s.api.networking.v1.ServiceCIDRSpec", "cidrs")),
+                age_col(),
+            ],
+            |o, now| vec![json!(joined(o, "/spec/cidrs")), age(o, now)],
+        ),
+        ("networking.k8s.io", "IPAddress") => (
+            vec![
+                name_col(),
+                col("ParentRef", doc("io.k8s.api.networking.v1.IPAddressSpec", "parentRef")),
+                age_col(),
+            ],
+            |o, now| {
+                let parent = match o.pointer("/spec/parentRef").filter(|p| p.is_object()) {
+                    None => "<none>".to_string(),
+                    Some(p) => {
+                        let (g, r) = (s(p, "/group"), s(p, "/resource"));
+                        let mut out = if g.is_empty() { r.to_string() } else { format!("{r}.{g}") };
+                        out = out.to_lowercase();
+                        if !s(p, "/namespace").is_empty() {
+                            out = format!("{out}/{}", s(p, "/namespace"));
+                        }
+                        format!("{out}/{}", s(p, "/name"))
+                    }
+                };
+                vec![json!(parent), age(o, now)]
+            },
+        ),
+        ("storage.k8s.io", "CSIDriver") => {
+            let d = |p: &str| doc("io.k8s.api.storage.v1.CSIDriverSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("AttachRequired", d("attachRequired")),
+                    col("PodInfoOnMount", d("podInfoOnMount")),
+                    col("StorageCapacity", d("storageCapacity")),
+                    col("TokenRequests", d("tokenRequests")),
+                    col("RequiresRepublish", d("requiresRepublish")),
+                    col("Modes", d("volumeLifecycleModes")),
+                    age_col(),
+                ],
+                |o, now| {
+                    let b = |f: &str| json!(o.pointer(&format!("/spec/{f}")).and_then(Value::as_bool).unwrap_or(false));
+                    let audiences: Vec<&str> = o
+                        .pointer("/spec/tokenRequests")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().map(|t| s(t, "/audience")).collect())
+                        .unwrap_or_default();
+                    vec![
+                        b("attachRequired"),
+                        b("podInfoOnMount"),
+                        b("storageCapacity"),
+                        json!(or_unset(&audiences.join(","))),
+                        b("requiresRepublish"),
+                        json!(or_none(&joined(o, "/spec/volumeLifecycleModes"))),
+                        age(o, now),
+                    ]
+                },
+            )
+        }
+        ("storage.k8s.io", "CSINode") => (
+            vec![
+                name_col(),
+                int("Drivers", "Drivers indicates the number of CSI drivers registered on the node"),
+                age_col(),
+            ],
+            |o, now| {
+                let n = o.pointer("/spec/drivers").and_then(Value::as_array).map_or(0, Vec::len);
+                vec![json!(n), age(o, now)]
+            },
+        ),
+        ("storage.k8s.io", "CSIStorageCapacity") => {
+            let d = |p: &str| doc("io.k8s.api.storage.v1.CSIStorageCapacity", p);
+            (
+                vec![
+                    name_col(),
+                    col("StorageClassName", d("storageClassName")),
+                    col("Capacity", d("capacity")),
+                    age_col(),
+                ],
+                |o, now| {
+                    let cap = o.get("capacity").and_then(Value::as_str).unwrap_or("<unset>");
+                    vec![json!(s(o, "/storageClassName")), json!(cap), age(o, now)]
+                },
+            )
+        }
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            let d = |p: &str| doc("io.k8s.api.flowcontrol.v1.FlowSchemaSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("PriorityLevel", d("priorityLevelConfiguration")),
+                    int("MatchingPrecedence", d("matchingPrecedence")),
+                    col("DistinguisherMethod", d("distinguisherMethod")),
+                    age_col(),
+                    col("MissingPL", "references a broken or non-existent PriorityLevelConfiguration"),
+                ],
+                |o, now| {
+                    let dm = or_default(s(o, "/spec/distinguisherMethod/type"), "*");
+                    let missing = o
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .and_then(|c| c.iter().find(|c| c["type"] == "Dangling"))
+                        .map_or("?", |c| s(c, "/status"));
+                    vec![
+                        json!(s(o, "/spec/priorityLevelConfiguration/name")),
+                        json!(i(o, "/spec/matchingPrecedence")),
+                        json!(dm),
+                        age(o, now),
+                        json!(missing),
+                    ]
+                },
+            )
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            let d = |p: &str| doc("io.k8s.api.flowcontrol.v1.PriorityLevelConfigurationSpec", p);
+            (
+                vec![
+                    name_col(),
+                    col("Type", d("type")),
+                    col("NominalConcurrencyShares", "nominalConcurrencyShares of the priority level"),
+                    col("Queues", "queues of the priority level"),
+                    col("HandSize", "handSize of the priority level"),
+                    col("QueueLengthLimit", "queueLengthLimit of the priority level"),
+                    age_col(),
+                ],
+                |o, now| {
+                    let none = || json!("<none>");
+                    let (mut ncs, mut q, mut h, mut l) = (none(), none(), none(), none());
+                    if s(o, "/spec/type") == "Limited" {
+                        if let Some(n) = o.pointer("/spec/limited/nominalConcurrencyShares").and_then(Value::as_i64) {
+                            ncs = json!(n.to_string());
+                        }
+                        if s(o, "/spec/limited/limitResponse/type") == "Queuing" {
+                            let qp = |f: &str| json!(i(o, &format!("/spec/limited/limitResponse/queuing/{f}")).to_string());
+                            (q, h, l) = (qp("queues"), qp("handSize"), qp("queueLengthLimit"));
+                        }
+                    }
+                    vec![json!(s(o, "/spec/type")), ncs, q, h, l, age(o, now)]
+                },
+            )
+        }
         _ => (vec![name_col(), age_col()], |o, now| vec![age(o, now)]),
     }
+}
+
+/// Kubernetes' `formatHPAMetrics`: `name: current/target` per metric, three at most.
+fn hpa_metrics(o: &Value) -> String {
+    let specs = o
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = o
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let unknown = "<unknown>".to_string();
+    let q = |v: &Value, p: &str| {
+        v.pointer(p).map(|x| match x {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(n, m)| {
+            let st = statuses.get(n);
+            match s(m, "/type") {
+                t @ ("Resource" | "ContainerResource") => {
+                    let key = if t == "Resource" {
+                        "resource"
+                    } else {
+                        "containerResource"
+                    };
+                    let src = &m[key];
+                    let cur = st.map(|c| &c[key]).filter(|c| c.is_object());
+                    let name = s(src, "/name");
+                    let prefix = if t == "Resource" {
+                        name.to_string()
+                    } else {
+                        format!("{name} on {}", s(src, "/container"))
+                    };
+                    if let Some(av) = q(src, "/target/averageValue") {
+                        let c = cur
+                            .and_then(|c| q(c, "/current/averageValue"))
+                            .unwrap_or_else(|| unknown.clone());
+                        format!("{prefix}: {c}/{av}")
+                    } else {
+                        let c = cur
+                            .and_then(|c| {
+                                c.pointer("/current/averageUtilization")
+                                    .and_then(Value::as_i64)
+                            })
+                            .map_or_else(|| unknown.clone(), |u| format!("{u}%"));
+                        let target = src
+                            .pointer("/target/averageUtilization")
+                            .and_then(Value::as_i64)
+                            .map_or_else(|| "<auto>".to_string(), |u| format!("{u}%"));
+                        format!("{prefix}: {c}/{target}")
+                    }
+                }
+                t @ ("Pods" | "Object" | "External") => {
+                    let key = match t {
+                        "Pods" => "pods",
+                        "Object" => "object",
+                        _ => "external",
+                    };
+                    let src = &m[key];
+                    let cur = st.map(|c| &c[key]).filter(|c| c.is_object());
+                    let (tp, cp) = match q(src, "/target/averageValue") {
+                        Some(av) => (format!("{av} (avg)"), "/current/averageValue"),
+                        None => (
+                            q(src, "/target/value").unwrap_or_default(),
+                            "/current/value",
+                        ),
+                    };
+                    let c = cur
+                        .and_then(|c| q(c, cp))
+                        .unwrap_or_else(|| unknown.clone());
+                    let c = if tp.ends_with("(avg)") && c != unknown && t != "Pods" {
+                        format!("{c} (avg)")
+                    } else {
+                        c
+                    };
+                    format!("{c}/{tp}")
+                }
+                _ => "<unknown type>".to_string(),
+            }
+        })
+        .collect();
+    // Unlike other lists, the metrics are joined with ", ".
+    const MAX: usize = 3;
+    let n = list.len();
+    let shown = list.into_iter().take(MAX).collect::<Vec<_>>().join(", ");
+    if n > MAX {
+        format!("{shown} + {} more...", n - MAX)
+    } else {
+        shown
+    }
+}
+
+/// Labels as `k=v,k2=v2` (sorted), `<none>` when there are none.
+fn labels_string(l: Option<&Value>) -> String {
+    map_selector(l)
 }
 
 /// `IntOrString.String()`, `N/A` when unset (the PodDisruptionBudget columns).
@@ -2023,5 +2401,155 @@ mod control_kind_tables {
         );
         assert_eq!(c[0..4], ["Last Seen", "Type", "Reason", "Object"]);
         assert_eq!(r[1..4], [json!("Warning"), json!("R"), json!("pod/p")]);
+    }
+
+    #[test]
+    fn columns_of_the_issue_12_kinds() {
+        let (c, r) = one(
+            "autoscaling",
+            "v2",
+            "horizontalpodautoscalers",
+            json!({"apiVersion": "autoscaling/v2", "metadata": {"name": "h"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1,
+                    "maxReplicas": 5, "metrics": [
+                        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+                        {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]},
+                "status": {"currentReplicas": 2, "currentMetrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 30}}}]}}),
+        );
+        assert_eq!(
+            c,
+            [
+                "Name",
+                "Reference",
+                "Targets",
+                "MinPods",
+                "MaxPods",
+                "Replicas",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            r[1..6],
+            [
+                json!("Deployment/web"),
+                json!("cpu: 30%/50%, memory: <unknown>/100Mi"),
+                json!("1"),
+                json!(5),
+                json!(2)
+            ]
+        );
+        // v1 objects print the same columns.
+        let (_, r) = one(
+            "autoscaling",
+            "v1",
+            "horizontalpodautoscalers",
+            json!({"apiVersion": "autoscaling/v1", "metadata": {"name": "h"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 3,
+                    "targetCPUUtilizationPercentage": 80}}),
+        );
+        assert_eq!(r[2..4], [json!("cpu: <unknown>/80%"), json!("<unset>")]);
+        let (c, r) = one(
+            "networking.k8s.io",
+            "v1",
+            "ingresses",
+            json!({"metadata": {"name": "i"}, "spec": {"ingressClassName": "nginx",
+                "rules": [{"host": "a.example.com"}, {}], "tls": [{"hosts": ["a.example.com"]}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}}),
+        );
+        assert_eq!(c, ["Name", "Class", "Hosts", "Address", "Ports", "Age"]);
+        assert_eq!(
+            r[1..5],
+            [
+                json!("nginx"),
+                json!("a.example.com,*"),
+                json!("10.0.0.1"),
+                json!("80, 443")
+            ]
+        );
+        let (c, r) = one(
+            "networking.k8s.io",
+            "v1",
+            "ipaddresses",
+            json!({"metadata": {"name": "10.96.0.1"}, "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "kubernetes"}}}),
+        );
+        assert_eq!(c, ["Name", "ParentRef", "Age"]);
+        assert_eq!(r[1], json!("services/default/kubernetes"));
+        let (c, r) = one(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "prioritylevelconfigurations",
+            json!({"metadata": {"name": "workload-low"}, "spec": {"type": "Limited", "limited": {
+                "nominalConcurrencyShares": 100, "limitResponse": {"type": "Queuing",
+                "queuing": {"queues": 128, "handSize": 6, "queueLengthLimit": 50}}}}}),
+        );
+        assert_eq!(
+            c[..6],
+            [
+                "Name",
+                "Type",
+                "NominalConcurrencyShares",
+                "Queues",
+                "HandSize",
+                "QueueLengthLimit"
+            ]
+        );
+        assert_eq!(
+            r[1..6],
+            [
+                json!("Limited"),
+                json!("100"),
+                json!("128"),
+                json!("6"),
+                json!("50")
+            ]
+        );
+        let (c, r) = one(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "flowschemas",
+            json!({"metadata": {"name": "exempt"}, "spec": {"priorityLevelConfiguration": {"name": "exempt"},
+                "matchingPrecedence": 1}, "status": {"conditions": [{"type": "Dangling", "status": "False"}]}}),
+        );
+        assert_eq!(
+            c,
+            [
+                "Name",
+                "PriorityLevel",
+                "MatchingPrecedence",
+                "DistinguisherMethod",
+                "Age",
+                "MissingPL"
+            ]
+        );
+        assert_eq!(r[1..4], [json!("exempt"), json!(1), json!("*")]);
+        assert_eq!(r[5], json!("False"));
+        let (c, r) = one(
+            "",
+            "v1",
+            "componentstatuses",
+            json!({"metadata": {"name": "etcd-0"}, "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}]}),
+        );
+        assert_eq!(c, ["Name", "Status", "Message", "Error"]);
+        assert_eq!(r[1..4], [json!("Healthy"), json!("ok"), json!("")]);
+        let (c, r) = one(
+            "storage.k8s.io",
+            "v1",
+            "csidrivers",
+            json!({"metadata": {"name": "d"}, "spec": {"attachRequired": true, "volumeLifecycleModes": ["Persistent"]}}),
+        );
+        assert_eq!(c.len(), 8);
+        assert_eq!(r[1], json!(true));
+        assert_eq!(r[4], json!("<unset>"));
+        assert_eq!(r[6], json!("Persistent"));
+        let (c, r) = one(
+            "",
+            "v1",
+            "podtemplates",
+            json!({"metadata": {"name": "t"}, "template": {"metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}),
+        );
+        assert_eq!(c, ["Name", "Containers", "Images", "Pod Labels"]);
+        assert_eq!(r[1..4], [json!("c"), json!("busybox"), json!("app=x")]);
     }
 }

@@ -18,8 +18,8 @@
 //!   time is cut off (the watch handler uses [`WatchBudget`]).
 //! - **generateName**: a taken generated name is retried ([`retry`]).
 //!
-//! The levels are fixed and sized by flags: FlowSchema and PriorityLevelConfiguration
-//! are not served by h8s.
+//! The levels are fixed and sized by flags. FlowSchemas and PriorityLevelConfigurations
+//! are served (`kinds.rs` creates Kubernetes' defaults) but not read here.
 
 mod body;
 pub(crate) mod conn;
@@ -311,11 +311,12 @@ impl Flow {
         let level = match (prio, kind) {
             // The control plane's components are trusted with any number of watches
             // (the controller manager alone has one per resource for its garbage
-            // collector); they count towards the total only.
-            (Priority::System, Kind::LongRunning { .. }) => {
-                return self.admit_long_running(user, false)
+            // collector); they count towards the total only (and are counted per user,
+            // uncapped: ComponentStatus reads them).
+            (Priority::System, Kind::LongRunning { watch }) => {
+                return self.admit_long_running(user, watch, false)
             }
-            (_, Kind::LongRunning { watch }) => return self.admit_long_running(user, watch),
+            (_, Kind::LongRunning { watch }) => return self.admit_long_running(user, watch, true),
             (Priority::System, Kind::ReadOnly) => &self.system_ro,
             (Priority::System, Kind::Mutating) => &self.system_mut,
             (_, Kind::ReadOnly) => &self.workload_ro,
@@ -335,6 +336,7 @@ impl Flow {
         self: &Arc<Self>,
         user: &UserInfo,
         watch: bool,
+        capped: bool,
     ) -> Result<Admitted, ApiError> {
         let max = self.cfg.max_long_running;
         let prev = self.long_running.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +352,7 @@ impl Flow {
             let mut m = self.watches_lock();
             let n = m.entry(user.username.clone()).or_insert(0);
             let cap = self.cfg.max_watches_per_user;
-            if cap > 0 && *n >= cap {
+            if capped && cap > 0 && *n >= cap {
                 if *n == 0 {
                     m.remove(&user.username);
                 }
@@ -428,9 +430,9 @@ impl Flow {
         out
     }
 
-    /// Open watches of `user` (tests).
-    #[cfg(test)]
-    fn watches_of(&self, user: &str) -> usize {
+    /// Open watches of `user` (tests, and ComponentStatus: a control loop holding a
+    /// watch is connected).
+    pub(crate) fn watches_of(&self, user: &str) -> usize {
         self.watches_lock().get(user).copied().unwrap_or(0)
     }
 }
@@ -648,8 +650,10 @@ mod tests {
         let sched = user("system:kube-scheduler", &[]);
         let many: Vec<_> = futures::future::join_all((0..5).map(|_| f.admit(&sched, w))).await;
         assert!(many.iter().all(Result::is_ok));
-        assert_eq!(f.watches_of("system:kube-scheduler"), 0);
+        // Counted (ComponentStatus reads it), not capped.
+        assert_eq!(f.watches_of("system:kube-scheduler"), 5);
         drop(many);
+        assert_eq!(f.watches_of("system:kube-scheduler"), 0);
         assert_eq!(f.watches_of("alice"), 0);
         assert_eq!(f.long_running.load(Ordering::Relaxed), 0);
         assert!(f.watches_lock().is_empty());

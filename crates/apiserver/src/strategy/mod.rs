@@ -6,6 +6,7 @@
 //! nothing special get [`Generic`], which defaults, validates and renders Tables from
 //! `h8s_types`.
 
+mod autoscaling;
 mod csr;
 mod events;
 pub(crate) mod pod;
@@ -230,6 +231,7 @@ pub(crate) fn of(res: &Resource) -> &'static dyn Strategy {
         ("discovery.k8s.io", "EndpointSlice") => &simple::EndpointSlice,
         ("certificates.k8s.io", "CertificateSigningRequest") => &csr::Csr,
         ("events.k8s.io", "Event") => &events::EventsV1,
+        ("autoscaling", "HorizontalPodAutoscaler") if res.version == "v1" => &autoscaling::HpaV1,
         ("apiextensions.k8s.io", "CustomResourceDefinition") => &crate::crd::kind::Crd,
         ("admissionregistration.k8s.io", _) => &crate::webhook::Configuration,
         ("apiregistration.k8s.io", "APIService") => &crate::apiservice::ApiService,

@@ -12,7 +12,8 @@
 //!   *allowed, filtered* to the caller's objects.
 //! - Namespaced kinds: only in the caller's namespaces; lists and watches across all
 //!   namespaces are filtered to objects in the caller's namespaces.
-//! - Nodes, StorageClasses, RuntimeClasses, PriorityClasses: read-only.
+//! - Nodes, StorageClasses, CSIDrivers, IngressClasses, RuntimeClasses, PriorityClasses:
+//!   read-only.
 //! - The caller's own Tenant and User (and its tenant's Users in lists): read-only.
 //! - Every other cluster-scoped kind (CRDs, webhook configurations, APIServices,
 //!   ClusterRoles and their bindings, CSRs, TokenReviews, SubjectAccessReviews, …) is for
@@ -49,6 +50,7 @@ const READ_ONLY: &[(&str, &str)] = &[
     ("", "nodes"),
     ("storage.k8s.io", "storageclasses"),
     ("storage.k8s.io", "csidrivers"),
+    ("networking.k8s.io", "ingressclasses"),
     ("node.k8s.io", "runtimeclasses"),
     ("scheduling.k8s.io", "priorityclasses"),
 ];

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 mod admission;
 mod apiservice;
 mod control;
+mod served;
 pub use admission::{ADMISSION_REVIEW_VERSIONS, MAX_MATCH_CONDITIONS};
 pub use control::{HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASSES};
 
@@ -60,6 +61,23 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
         }
         ("events.k8s.io", "Event") => control::events_v1(obj, old, e),
         ("apiregistration.k8s.io", "APIService") => apiservice::api_service(obj, e),
+        ("", "PodTemplate") => served::pod_template(obj, e),
+        ("", "Binding") => served::binding_v1(obj, e),
+        ("networking.k8s.io", "Ingress") => served::ingress(obj, e),
+        ("networking.k8s.io", "IngressClass") => served::ingress_class(obj, old, e),
+        ("networking.k8s.io", "ServiceCIDR") => served::service_cidr(obj, old, e),
+        ("networking.k8s.io", "IPAddress") => served::ip_address(obj, old, e),
+        ("autoscaling", "HorizontalPodAutoscaler") if r.version == "v1" => {
+            served::horizontal_pod_autoscaler(&crate::autoscaling::v1_to_v2(obj.clone()), e)
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => served::horizontal_pod_autoscaler(obj, e),
+        ("storage.k8s.io", "CSIDriver") => served::csi_driver(obj, old, e),
+        ("storage.k8s.io", "CSINode") => served::csi_node(obj, e),
+        ("storage.k8s.io", "CSIStorageCapacity") => served::csi_storage_capacity(obj, e),
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => served::flow_schema(obj, e),
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            served::priority_level(obj, e)
+        }
         ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
             admission::webhook_configuration(obj, false, e)
         }
@@ -101,6 +119,13 @@ pub(super) fn validate_status(r: &Resource, obj: &Value, old: Option<&Value>, e:
         ("tenancy.h8s.io", "Tenant") => {
             if let Some(p) = str_at(obj, "/status/phase") {
                 one_of(e, "status.phase", p, &["Active", "Terminating"]);
+            }
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            for f in ["currentReplicas", "desiredReplicas"] {
+                if let Some(n) = obj.pointer(&format!("/status/{f}")).and_then(Value::as_i64) {
+                    non_negative(e, &format!("status.{f}"), n);
+                }
             }
         }
         (_, _) => {

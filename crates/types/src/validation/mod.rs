@@ -37,6 +37,9 @@ pub fn name_rule(r: &Resource) -> NameRule {
         ("certificates.k8s.io", _) => NameRule::PathSegment,
         // `v1.` is the core group's APIService.
         ("apiregistration.k8s.io", _) => NameRule::PathSegment,
+        // IPv6 addresses are not subdomains; the kind checks the address itself.
+        ("networking.k8s.io", "IPAddress") => NameRule::PathSegment,
+        ("flowcontrol.apiserver.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
