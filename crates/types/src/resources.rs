@@ -1011,6 +1011,19 @@ static TABLE: &[Resource] = &[
             false,
         )
     },
+    Resource {
+        subresources: &[status_sub!("storage.k8s.io", "v1", "VolumeAttachment")],
+        has_status: true,
+        ..base(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "VolumeAttachmentList",
+            "volumeattachments",
+            "volumeattachment",
+            false,
+        )
+    },
     // ---- tenancy.h8s.io/v1 (h8s kinds: Keystone-style tenants and users) ----
     Resource {
         subresources: &[status_sub!("tenancy.h8s.io", "v1", "Tenant")],
@@ -1304,6 +1317,7 @@ mod tests {
             ("rbac.authorization.k8s.io", "clusterrolebindings"),
             ("coordination.k8s.io", "leases"),
             ("storage.k8s.io", "storageclasses"),
+            ("storage.k8s.io", "volumeattachments"),
             ("networking.k8s.io", "networkpolicies"),
             ("authentication.k8s.io", "selfsubjectreviews"),
             ("authorization.k8s.io", "selfsubjectaccessreviews"),
