@@ -272,5 +272,10 @@ spec:
     wait(Duration::from_secs(60), "the attachments to go", || {
         attachments(c, &pv).is_empty().then_some(())
     });
+    // The claim went with its namespace: reclaim Delete removes the image and the volume.
+    // Waited for here, while Ceph still runs (the controller's `rbd rm` needs it).
+    wait(Duration::from_secs(120), "the rbd PV to go", || {
+        c.json(&["get", "pv", &pv]).is_err().then_some(())
+    });
     c.kubectl(&["delete", "storageclass", &class]);
 }

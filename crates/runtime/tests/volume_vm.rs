@@ -666,12 +666,11 @@ async fn bench_volumes() {
             );
         }
         // The pod cgroup's peak memory (cgroup v1 memory controller, if the jail made one).
-        let rec: serde_json::Value = std::fs::read_to_string(
-            e.rt.root().join("pods").join(&id).join("pod.json"),
-        )
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+        let rec: serde_json::Value =
+            std::fs::read_to_string(e.rt.root().join("pods").join(&id).join("pod.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
         for cg in rec["jail"]["cgroups"].as_array().into_iter().flatten() {
             if cg["controller"] == "memory" {
                 let dir = Path::new(cg["path"].as_str().unwrap_or_default());
