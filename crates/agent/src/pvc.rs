@@ -16,7 +16,7 @@ use h8s_volumes::{local::Local, rbd::Rbd, Backend, Filesystem, VolumeId};
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, Pod,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
@@ -271,6 +271,12 @@ pub(crate) async fn resolve(ctx: &Arc<Ctx>, pod: &Pod, provision: bool) -> Outco
             }
         }
         let spec = pv.spec.clone().unwrap_or_default();
+        let rbd = spec.csi.as_ref().is_some_and(|c| c.driver == RBD_DRIVER);
+        if rbd && provision {
+            if let Some(msg) = unattached(ctx, &v.name, &pv_name).await {
+                return Outcome::Wait("FailedMount", msg);
+            }
+        }
         let block_mode = spec.volume_mode.as_deref() == Some("Block") && v.cinder.is_none();
         let drive = match drive_of(ctx, &pv_name, &spec, pv_node(&pv), read_only).await {
             Ok(d) => d,
@@ -287,6 +293,31 @@ pub(crate) async fn resolve(ctx: &Arc<Ctx>, pod: &Pod, provision: bool) -> Outco
         });
     }
     Outcome::Ready(out)
+}
+
+/// Why an RBD volume cannot be used on this node yet: the attach-detach controller has not
+/// attached it here (a `storage.k8s.io/v1` VolumeAttachment of the volume to this node with
+/// `attached: true`; for a single-node volume it waits while another node has one, and tells
+/// the pod with a Multi-Attach event). `None`: attached.
+async fn unattached(ctx: &Arc<Ctx>, volume: &str, pv: &str) -> Option<String> {
+    let api: Api<VolumeAttachment> = Api::all(ctx.client.clone());
+    let node = ctx.cfg.node_name.as_str();
+    let list = match api.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => return Some(format!("reading VolumeAttachments: {e}")),
+    };
+    let attached = list.items.iter().any(|va| {
+        va.spec.attacher == RBD_DRIVER
+            && va.spec.node_name == node
+            && va.spec.source.persistent_volume_name.as_deref() == Some(pv)
+            && va.status.as_ref().is_some_and(|s| s.attached)
+            && va.metadata.deletion_timestamp.is_none()
+    });
+    (!attached).then(|| {
+        format!(
+            "Unable to attach or mount volumes: unattached volumes=[{volume}]: volume {pv:?} is not attached to node {node:?} yet (VolumeAttachment)"
+        )
+    })
 }
 
 /// The Multi-Attach message when another pod holds a single-node volume.

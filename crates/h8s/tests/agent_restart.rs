@@ -1,6 +1,7 @@
 //! The node agent restarting: `h8s server --disable-agent` plus a separate `h8s agent`
 //! process with pod VMs (QEMU, TCG here). Killing the agent leaves the VMs running; the new
-//! agent takes them over without restarting them, and removes the VM of a pod that was
+//! agent takes them over without restarting them — with their volume disks still attached (a
+//! local volume named by a `cinder:` volume id) — and removes the VM of a pod that was
 //! deleted while it was down (with its address).
 
 use std::io::{BufRead, BufReader};
@@ -154,14 +155,36 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
             &d.join(log),
         )
     };
+    // A local volume made by the admin (an ext4 file in the agent's volume directory) and
+    // its PersistentVolume, which "keep" names by id.
+    let vols = agent_data.join("volumes");
+    std::fs::create_dir_all(&vols).unwrap();
+    let vol_file = vols.join("keep-vol.raw");
+    for (prog, args) in [
+        ("qemu-img", vec!["create", "-q", "-f", "raw"]),
+        ("mkfs.ext4", vec!["-q", "-F"]),
+    ] {
+        let mut cmd = Command::new(prog);
+        cmd.args(args).arg(&vol_file);
+        if prog == "qemu-img" {
+            cmd.arg("16M");
+        }
+        assert!(cmd.status().unwrap().success(), "{prog}");
+    }
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: keep-vol}}\nspec:\n  capacity: {{storage: 16Mi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  csi: {{driver: local.volumes.h8s.io, volumeHandle: keep-vol, fsType: ext4}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions:\n        - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}\n")),
+    );
     let (first, _) = agent("agent1.log");
     let spec = |name: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n")
     };
+    let keep = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: keep\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo before-restart > /data/f && sync && sleep 3600\"]\n    volumeMounts:\n    - {{name: v, mountPath: /data}}\n  volumes:\n  - name: v\n    cinder: {{volumeID: keep-vol, fsType: ext4}}\n");
     kubectl(
         &kc,
         &["apply", "-f", "-"],
-        Some(&(spec("keep") + "---\n" + &spec("gone"))),
+        Some(&(keep + "---\n" + &spec("gone"))),
     );
     for p in ["keep", "gone"] {
         wait(Duration::from_secs(240), "pods Running", || {
@@ -205,7 +228,7 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     );
     assert_eq!(
         qemu_of("keep"),
-        Some(keep_qemu),
+        Some(keep_qemu.clone()),
         "the VM was taken over, not restarted"
     );
     std::thread::sleep(Duration::from_secs(3));
@@ -214,6 +237,22 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     assert_eq!(p["status"]["phase"], "Running");
     assert_eq!(cs["restartCount"], 0);
     assert_eq!(cs["state"]["running"]["startedAt"], started);
+    // The volume disk is still the VM's: the file written before the restart is there, and
+    // the new agent writes to it too.
+    let out = kubectl(
+        &kc,
+        &[
+            "exec",
+            "keep",
+            "--",
+            "sh",
+            "-c",
+            "cat /data/f && echo after-restart >> /data/f && sync && cat /data/f",
+        ],
+        None,
+    );
+    assert_eq!(out, "before-restart\nbefore-restart\nafter-restart\n");
+    assert_eq!(qemu_of("keep"), Some(keep_qemu), "still the same VM");
     // Deleting it now cleans up as usual.
     kubectl(&kc, &["delete", "pod", "keep", "--wait=true"], None);
     wait(Duration::from_secs(60), "the VM to go", || {

@@ -1008,6 +1008,19 @@ spec:
             .unwrap_or(false)
     });
     assert!(qemu_has_rbd, "a QEMU process attaches rbd:h8s/{pv_name}");
+    // The attach-detach controller's VolumeAttachment of the image to the node.
+    let vas = kubectl_json(c, &["get", "volumeattachments"]).unwrap();
+    let va = vas["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["spec"]["source"]["persistentVolumeName"] == pv_name.as_str())
+        .unwrap_or_else(|| panic!("a VolumeAttachment of {pv_name}: {vas}"))
+        .clone();
+    assert_eq!(va["spec"]["attacher"], "rbd.volumes.h8s.io");
+    assert_eq!(va["spec"]["nodeName"], c.node.as_str());
+    assert_eq!(va["status"]["attached"], true);
+    assert!(va["metadata"]["name"].as_str().unwrap().starts_with("csi-"));
     kubectl(
         c,
         &[
@@ -1046,6 +1059,14 @@ spec:
             .is_err()
             .then_some(())
     });
+    wait(
+        Duration::from_secs(60),
+        "the VolumeAttachment to go",
+        || {
+            let vas = kubectl_json(c, &["get", "volumeattachments"]).ok()?;
+            (!vas.to_string().contains(&pv_name)).then_some(())
+        },
+    );
     let ls = Command::new("rbd")
         .arg("-c")
         .arg(c.dir.join("ceph/ceph.conf"))

@@ -45,6 +45,11 @@ fn busybox_erofs(dir: &Path) -> PathBuf {
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
+    add_host_program(
+        &root,
+        Path::new(env!("CARGO_BIN_EXE_h8s-iobench")),
+        "h8s-iobench",
+    );
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
@@ -60,6 +65,28 @@ fn busybox_erofs(dir: &Path) -> PathBuf {
         .expect("needs erofs-utils");
     assert!(st.success());
     img
+}
+
+/// Copies a host program into the image's `/bin` with the shared libraries `ldd` names, at
+/// their host paths (the guest runs the very same binary as the host).
+fn add_host_program(root: &Path, prog: &Path, name: &str) {
+    std::fs::copy(prog, root.join("bin").join(name)).expect("copy the program");
+    let out = std::process::Command::new("ldd")
+        .arg(prog)
+        .output()
+        .expect("needs ldd");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        let Some(path) = path else { continue };
+        let dest = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(path, &dest).expect("copy a library");
+    }
 }
 
 struct Env {
@@ -314,19 +341,144 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], p99)
 }
 
-/// Seconds between the two `/proc/uptime` readings a guest command printed (10 ms steps).
-fn guest_secs(out: &str) -> f64 {
-    let v: Vec<f64> = out
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    match v.as_slice() {
-        [a, b, ..] => (b - a).max(0.01),
-        _ => f64::NAN,
+/// A one-node Ceph cluster for the benchmark (`crates/volumes/tests/ceph-up.sh`), stopped on
+/// drop.
+struct Ceph {
+    dir: PathBuf,
+}
+
+impl Ceph {
+    fn start() -> Result<Ceph, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("h8s-ceph-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let out = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../volumes/tests/ceph-up.sh"
+            ))
+            .arg(&dir)
+            .arg(port.to_string())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let c = Ceph { dir };
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(c)
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("ceph.conf")
     }
 }
 
-/// Attach + mount cost and volume I/O, printed for BENCHMARKS.md.
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../volumes/tests/ceph-down.sh"
+            ))
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `(ops, secs)` from h8s-iobench's `ops=N secs=S`.
+fn iobench_result(out: &str) -> Option<(f64, f64)> {
+    let mut ops = None;
+    let mut secs = None;
+    for w in out.split_whitespace() {
+        if let Some(v) = w.strip_prefix("ops=") {
+            ops = v.parse().ok();
+        } else if let Some(v) = w.strip_prefix("secs=") {
+            secs = v.parse().ok();
+        }
+    }
+    Some((ops?, secs?))
+}
+
+/// Runs h8s-iobench on the host; `(ops, secs)`.
+fn host_iobench(file: &str, mode: &str, bs: usize, ops: u64) -> (f64, f64) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_h8s-iobench"))
+        .args([file, mode, &bs.to_string(), &ops.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "h8s-iobench {file} {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iobench_result(&String::from_utf8_lossy(&out.stdout)).expect("h8s-iobench output")
+}
+
+/// `rbd bench` (librbd, the library QEMU's rbd driver uses) on the host, one request in flight
+/// like h8s-iobench; `(ops, secs)`.
+fn host_rbd_bench(
+    conf: &Path,
+    image: &str,
+    io: &str,
+    pattern: &str,
+    bs: usize,
+    ops: u64,
+) -> (f64, f64) {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new("rbd")
+        .arg("-c")
+        .arg(conf)
+        .args([
+            "bench",
+            "--io-type",
+            io,
+            "--io-pattern",
+            pattern,
+            "--io-size",
+            &bs.to_string(),
+            "--io-threads",
+            "1",
+            "--io-total",
+            &(bs as u64 * ops).to_string(),
+            image,
+        ])
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "rbd bench {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "elapsed: 2   ops: 2048   ops/sec: 917.5   bytes/sec: ..." — prefer rbd's own timing.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("ops/sec:"))
+        .and_then(|l| l.split("ops/sec:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok());
+    match rate {
+        Some(r) if r > 0.0 => (ops as f64, ops as f64 / r),
+        _ => (ops as f64, secs),
+    }
+}
+
+/// One measured figure per side: ops/s (IOPS) or MiB/s.
+struct Figures {
+    vm: Vec<f64>,
+    host: Vec<f64>,
+}
+
+/// Attach + mount cost and volume I/O (local and, when Ceph starts, rbd), printed for
+/// BENCHMARKS.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test -p h8s-runtime --test volume_vm -- --ignored --nocapture"]
 async fn bench_volumes() {
@@ -334,200 +486,207 @@ async fn bench_volumes() {
     let pool = Local::new(e._tmp.path().join("vols"), "n", None).unwrap();
     let v = VolumeId::new("bench").unwrap();
     pool.create(&v, 256 << 20, Some(Filesystem::Ext4)).unwrap();
+    let ceph = match std::env::var("H8S_BENCH_RBD").as_deref() {
+        Ok("0") => None,
+        _ => match Ceph::start() {
+            Ok(c) => Some(c),
+            Err(err) => {
+                println!("BENCH rbd skipped: Ceph did not start: {err}");
+                None
+            }
+        },
+    };
+    let rbd = ceph
+        .as_ref()
+        .map(|c| h8s_volumes::rbd::Rbd::new("h8s", c.conf(), "admin"));
+    if let Some(r) = &rbd {
+        r.create(&v, 256 << 20, Some(Filesystem::Ext4)).unwrap();
+    }
+    let drive = |kind: &str| match kind {
+        "local" => pool.drive(&v, false).spec,
+        _ => rbd.as_ref().unwrap().drive(&v, false).spec,
+    };
+    let mut kinds = vec!["none", "local"];
+    if rbd.is_some() {
+        kinds.push("rbd");
+    }
     let rounds: usize = std::env::var("H8S_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let (mut boot0, mut boot1, mut mnt0, mut mnt1) = (vec![], vec![], vec![], vec![]);
+    let mut boot: Vec<Vec<f64>> = vec![vec![]; kinds.len()];
+    let mut mnt: Vec<Vec<f64>> = vec![vec![]; kinds.len()];
     for r in 0..rounds {
-        for with in [false, true] {
-            let mut cfg = sandbox(&e, &format!("b{r}{}", with as u8));
-            if with {
+        for (k, kind) in kinds.iter().enumerate() {
+            let mut cfg = sandbox(&e, &format!("b{r}{k}"));
+            if *kind != "none" {
                 cfg.volumes.push(VolumeDisk {
                     serial: "vol0".into(),
-                    drive: pool.drive(&v, false).spec,
+                    drive: drive(kind),
                 });
             }
             let t = std::time::Instant::now();
             let id = e.rt.run_sandbox(cfg).await.unwrap();
-            let boot = t.elapsed().as_secs_f64() * 1e3;
+            boot[k].push(t.elapsed().as_secs_f64() * 1e3);
             let mut c = container("c", &["sleep", "600"]);
-            if with {
+            if *kind != "none" {
                 c.mounts = vec![vol_mount("/data", "vol0", None, false)];
             }
             let t = std::time::Instant::now();
             e.rt.start_pod_containers(&id, &[c]).await.unwrap();
-            let start = t.elapsed().as_secs_f64() * 1e3;
-            if with {
-                boot1.push(boot);
-                mnt1.push(start);
-            } else {
-                boot0.push(boot);
-                mnt0.push(start);
-            }
+            mnt[k].push(t.elapsed().as_secs_f64() * 1e3);
             e.rt.remove_sandbox(&id, true).await.unwrap();
         }
     }
-    let show = |n: &str, v: &mut Vec<f64>| {
-        let (a, b, c) = stats(v);
-        println!("BENCH {n}: min {a:.0} ms, median {b:.0} ms, p99 {c:.0} ms");
-        b
-    };
-    let b0 = show("boot (run_sandbox) without volume", &mut boot0);
-    let b1 = show("boot (run_sandbox) with one volume disk", &mut boot1);
-    let m0 = show("container start without mount", &mut mnt0);
-    let m1 = show("container start with volume mount", &mut mnt1);
-    println!(
-        "BENCH attach+mount added (medians): {:.0} ms (boot {:+.0}, start {:+.0}), {rounds} rounds",
-        (b1 - b0) + (m1 - m0),
-        b1 - b0,
-        m1 - m0
-    );
+    let mut med = Vec::new();
+    for (k, kind) in kinds.iter().enumerate() {
+        let (a, b, c) = stats(&mut boot[k]);
+        println!("BENCH boot (run_sandbox), volume {kind}: min {a:.0} ms, median {b:.0} ms, p99 {c:.0} ms");
+        let (d, f, g) = stats(&mut mnt[k]);
+        println!(
+            "BENCH container start, volume {kind}: min {d:.0} ms, median {f:.0} ms, p99 {g:.0} ms"
+        );
+        med.push((b, f));
+    }
+    for k in 1..kinds.len() {
+        let (db, dm) = (med[k].0 - med[0].0, med[k].1 - med[0].1);
+        println!(
+            "BENCH attach+mount added, {} (medians): {:.0} ms (boot {db:+.0}, start {dm:+.0}), {rounds} rounds",
+            kinds[k],
+            db + dm
+        );
+    }
 
-    // I/O: the same 64 MiB in the VM (through ext4 on the disk) and on the host (the backing
-    // file's filesystem), busybox dd both sides; 4 KiB direct I/O as the small-block figure.
-    let mut cfg = sandbox(&e, "io");
-    cfg.volumes.push(VolumeDisk {
-        serial: "vol0".into(),
-        drive: pool.drive(&v, false).spec,
-    });
-    let id = e.rt.run_sandbox(cfg).await.unwrap();
-    let mut c = container("c", &["sleep", "600"]);
-    c.mounts = vec![vol_mount("/data", "vol0", None, false)];
-    e.rt.start_pod_containers(&id, &[c]).await.unwrap();
-    // Each guest command is timed inside the VM with /proc/uptime around it.
-    let guest = |cmd: &'static str| {
-        let e = &e;
-        let id = id.clone();
-        async move {
-            let timed = format!(
-                "read a _ < /proc/uptime; {cmd} >/dev/null 2>&1; read b _ < /proc/uptime; echo $a $b"
-            );
-            let s =
-                e.rt.exec(
+    // I/O with the same program on both sides (h8s-iobench, O_DIRECT, one request in flight):
+    // in the VM on a 64 MiB file of the volume's ext4, on the host the volume's backing file
+    // (reads) and a 64 MiB scratch file beside it (writes; rbd: `rbd bench` on the image and a
+    // scratch image).
+    let reps: usize = std::env::var("H8S_BENCH_IO_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rand_ops: u64 = 1000;
+    let seq_mib: u64 = 32;
+    let scratch = pool.dir().join("host-scratch");
+    std::fs::write(&scratch, vec![0u8; 64 << 20]).unwrap();
+    let scratch = scratch.display().to_string();
+    let backing = pool.path(&v).display().to_string();
+    if let Some(r) = &rbd {
+        r.create(&VolumeId::new("scratch").unwrap(), 64 << 20, None)
+            .unwrap();
+    }
+    for kind in kinds.iter().skip(1) {
+        let mut cfg = sandbox(&e, &format!("io-{kind}"));
+        cfg.volumes.push(VolumeDisk {
+            serial: "vol0".into(),
+            drive: drive(kind),
+        });
+        let id = e.rt.run_sandbox(cfg).await.unwrap();
+        let mut c = container("c", &["sleep", "3600"]);
+        c.mounts = vec![vol_mount("/data", "vol0", None, false)];
+        e.rt.start_pod_containers(&id, &[c]).await.unwrap();
+        let (o, err, code) = sh(
+            &e,
+            &id,
+            "c",
+            "dd if=/dev/zero of=/data/f bs=1M count=64 2>/dev/null && sync && echo ok",
+        )
+        .await;
+        assert_eq!(code, Some(0), "{o}{err}");
+        let guest = |mode: &'static str, bs: usize, ops: u64| {
+            let e = &e;
+            let id = id.clone();
+            async move {
+                let (o, err, code) = sh(
+                    e,
                     &id,
                     "c",
-                    ExecConfig {
-                        command: vec!["sh".into(), "-c".into(), timed],
-                        env: vec![],
-                        tty: false,
-                        stdin: false,
-                        size: None,
-                    },
+                    &format!("h8s-iobench /data/f {mode} {bs} {ops}"),
                 )
-                .await
-                .unwrap();
-            let (o, _, _) = collect(s).await;
-            guest_secs(&String::from_utf8_lossy(&o))
+                .await;
+                assert_eq!(code, Some(0), "guest h8s-iobench {mode}: {o}{err}");
+                iobench_result(&o).expect("h8s-iobench output")
+            }
+        };
+        let conf = ceph.as_ref().map(|c| c.conf());
+        let host = |mode: &str, bs: usize, ops: u64| -> (f64, f64) {
+            let write = mode.ends_with("write");
+            match (*kind, &conf) {
+                ("rbd", Some(conf)) => {
+                    let image = if write { "h8s/scratch" } else { "h8s/bench" };
+                    let pattern = if mode.starts_with("rand") {
+                        "rand"
+                    } else {
+                        "seq"
+                    };
+                    let io = if write { "write" } else { "read" };
+                    host_rbd_bench(conf, image, io, pattern, bs, ops)
+                }
+                _ => host_iobench(if write { &scratch } else { &backing }, mode, bs, ops),
+            }
+        };
+        let tests: [(&str, &'static str, usize, u64); 4] = [
+            ("seq write 1 MiB (MiB/s)", "seqwrite", 1 << 20, seq_mib),
+            ("seq read 1 MiB (MiB/s)", "seqread", 1 << 20, seq_mib),
+            ("4 KiB random write (IOPS)", "randwrite", 4096, rand_ops),
+            ("4 KiB random read (IOPS)", "randread", 4096, rand_ops),
+        ];
+        let mut figs: Vec<Figures> = tests
+            .iter()
+            .map(|_| Figures {
+                vm: vec![],
+                host: vec![],
+            })
+            .collect();
+        for rep in 0..reps {
+            for (i, (_, mode, bs, ops)) in tests.iter().enumerate() {
+                // Which side goes first alternates, so both see the same load.
+                let per = |(n, s): (f64, f64)| {
+                    if *bs == 4096 {
+                        n / s
+                    } else {
+                        n * (*bs as f64) / s / (1 << 20) as f64
+                    }
+                };
+                if rep % 2 == 0 {
+                    figs[i].vm.push(per(guest(mode, *bs, *ops).await));
+                    figs[i].host.push(per(host(mode, *bs, *ops)));
+                } else {
+                    figs[i].host.push(per(host(mode, *bs, *ops)));
+                    figs[i].vm.push(per(guest(mode, *bs, *ops).await));
+                }
+            }
         }
-    };
-    // The host side reads the volume's own backing file; writes go to a file beside it.
-    let backing = pool.path(&v).display().to_string();
-    let scratch = pool.dir().join("host-scratch").display().to_string();
-    let host = |args: &[&str]| {
-        let t = std::time::Instant::now();
-        let st = std::process::Command::new("dd")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "dd {args:?}");
-        t.elapsed().as_secs_f64()
-    };
-    let mib = |secs: f64, bytes: f64| bytes / secs / (1 << 20) as f64;
-    let (mut gw, mut hw, mut gr, mut hr, mut g4w, mut h4w, mut g4r, mut h4r) = (
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-    );
-    let big = 64.0 * (1 << 20) as f64;
-    let small = 16.0 * (1 << 20) as f64;
-    for _ in 0..3 {
-        gw.push(mib(
-            guest("dd if=/dev/zero of=/data/f bs=1M count=64 conv=fsync").await,
-            big,
-        ));
-        hw.push(mib(
-            host(&[
-                "if=/dev/zero",
-                &format!("of={scratch}"),
-                "bs=1M",
-                "count=64",
-                "conv=fsync",
-            ]),
-            big,
-        ));
-        let _ = guest("sync; echo 3 > /proc/sys/vm/drop_caches").await;
-        gr.push(mib(guest("dd if=/data/f of=/dev/null bs=1M").await, big));
-        hr.push(mib(
-            host(&[
-                &format!("if={backing}"),
-                "of=/dev/null",
-                "bs=1M",
-                "count=64",
-                "iflag=direct",
-            ]),
-            big,
-        ));
-        g4w.push(mib(
-            guest("dd if=/dev/zero of=/data/g bs=4k count=4096 oflag=direct").await,
-            small,
-        ));
-        h4w.push(mib(
-            host(&[
-                "if=/dev/zero",
-                &format!("of={scratch}"),
-                "bs=4k",
-                "count=4096",
-                "oflag=direct",
-            ]),
-            small,
-        ));
-        g4r.push(mib(
-            guest("dd if=/data/g of=/dev/null bs=4k iflag=direct").await,
-            small,
-        ));
-        h4r.push(mib(
-            host(&[
-                &format!("if={backing}"),
-                "of=/dev/null",
-                "bs=4k",
-                "count=4096",
-                "iflag=direct",
-            ]),
-            small,
-        ));
+        for (i, (name, ..)) in tests.iter().enumerate() {
+            let (a0, a1, a2) = stats(&mut figs[i].vm);
+            let (b0, b1, b2) = stats(&mut figs[i].host);
+            println!(
+                "BENCH io {kind} {name}, {reps} reps: VM min {a0:.1} median {a1:.1} max {a2:.1}; host min {b0:.1} median {b1:.1} max {b2:.1}; VM/host median ratio {:.3}",
+                a1 / b1
+            );
+        }
+        // The pod cgroup's peak memory (cgroup v1 memory controller, if the jail made one).
+        let rec: serde_json::Value =
+            std::fs::read_to_string(e.rt.root().join("pods").join(&id).join("pod.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+        for cg in rec["jail"]["cgroups"].as_array().into_iter().flatten() {
+            if cg["controller"] == "memory" {
+                let dir = Path::new(cg["path"].as_str().unwrap_or_default());
+                let peak = ["memory.max_usage_in_bytes", "memory.peak"]
+                    .iter()
+                    .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                if let Some(peak) = peak {
+                    println!(
+                        "BENCH io {kind}: pod cgroup peak memory {} MiB ({})",
+                        peak >> 20,
+                        cg["limit"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        e.rt.remove_sandbox(&id, true).await.unwrap();
     }
-    let med = |v: &mut Vec<f64>| stats(v).1;
-    let iops = |m: f64| m * (1 << 20) as f64 / 4096.0;
-    let (a, b) = (med(&mut gw), med(&mut hw));
-    println!(
-        "BENCH seq write 1 MiB + fsync (MiB/s, median of 3): VM {a:.1}, host {b:.1}, ratio {:.2}",
-        a / b
-    );
-    let (a, b) = (med(&mut gr), med(&mut hr));
-    println!(
-        "BENCH seq read 1 MiB, cold (MiB/s): VM {a:.1}, host O_DIRECT {b:.1}, ratio {:.2}",
-        a / b
-    );
-    let (a, b) = (med(&mut g4w), med(&mut h4w));
-    println!(
-        "BENCH 4 KiB O_DIRECT write (IOPS): VM {:.0}, host {:.0}, ratio {:.3}",
-        iops(a),
-        iops(b),
-        a / b
-    );
-    let (a, b) = (med(&mut g4r), med(&mut h4r));
-    println!(
-        "BENCH 4 KiB O_DIRECT read (IOPS): VM {:.0}, host {:.0}, ratio {:.3}",
-        iops(a),
-        iops(b),
-        a / b
-    );
-    e.rt.remove_sandbox(&id, true).await.unwrap();
 }

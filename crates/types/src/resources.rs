@@ -1179,6 +1179,16 @@ static TABLE: &[Resource] = &[
             "PriorityLevelConfigurationList",
             "prioritylevelconfigurations",
             "prioritylevelconfiguration",
+    Resource {
+        subresources: &[status_sub!("storage.k8s.io", "v1", "VolumeAttachment")],
+        has_status: true,
+        ..base(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "VolumeAttachmentList",
+            "volumeattachments",
+            "volumeattachment",
             false,
         )
     },
@@ -1483,6 +1493,7 @@ mod tests {
             ("rbac.authorization.k8s.io", "clusterrolebindings"),
             ("coordination.k8s.io", "leases"),
             ("storage.k8s.io", "storageclasses"),
+            ("storage.k8s.io", "volumeattachments"),
             ("networking.k8s.io", "networkpolicies"),
             ("authentication.k8s.io", "selfsubjectreviews"),
             ("authorization.k8s.io", "selfsubjectaccessreviews"),

@@ -820,6 +820,7 @@ fn build() -> Schemas {
         ("rbac.authorization.k8s.io", "v1", "RoleBinding", rbac::RoleBinding),
         ("rbac.authorization.k8s.io", "v1", "Role", rbac::Role),
         ("storage.k8s.io", "v1", "StorageClass", storage::StorageClass),
+        ("storage.k8s.io", "v1", "VolumeAttachment", storage::VolumeAttachment),
         ("meta.k8s.io", "v1", "Status", meta::Status),
         ("meta.k8s.io", "v1", "DeleteOptions", meta::DeleteOptions),
         ("meta.k8s.io", "v1", "WatchEvent", meta::WatchEvent<serde_json::Value>),

@@ -579,6 +579,25 @@ fn printer(r: &Resource) -> (Vec<Col>, RowFn) {
             ],
             |o, now| vec![json!(s(o, "/spec/holderIdentity")), age(o, now)],
         ),
+        ("storage.k8s.io", "VolumeAttachment") => (
+            vec![
+                name_col(),
+                col("Attacher", doc("io.k8s.api.storage.v1.VolumeAttachmentSpec", "attacher")),
+                col("PV", doc("io.k8s.api.storage.v1.VolumeAttachmentSource", "persistentVolumeName")),
+                col("Node", doc("io.k8s.api.storage.v1.VolumeAttachmentSpec", "nodeName")),
+                Col { ty: "boolean", ..col("Attached", doc("io.k8s.api.storage.v1.VolumeAttachmentStatus", "attached")) },
+                age_col(),
+            ],
+            |o, now| {
+                vec![
+                    json!(s(o, "/spec/attacher")),
+                    json!(s(o, "/spec/source/persistentVolumeName")),
+                    json!(s(o, "/spec/nodeName")),
+                    json!(o.pointer("/status/attached").and_then(Value::as_bool).unwrap_or(false)),
+                    age(o, now),
+                ]
+            },
+        ),
         ("storage.k8s.io", "StorageClass") => (
             vec![
                 name_col(),

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Starts a one-node Ceph cluster (one mon, one mgr, one OSD with BlueStore on a file) in $1,
-# on loopback port $2, for the rbd tests; writes $1/ceph.conf (with the admin keyring) and
-# creates pool "h8s". Stop it with ceph-down.sh $1.
+# on port $2 of address $3 (default loopback; a multi-node test gives its bridge address so
+# agents in network namespaces reach it), for the rbd tests; writes $1/ceph.conf (with the
+# admin keyring) and creates pool "h8s". Stop it with ceph-down.sh $1.
 set -euo pipefail
-dir=$1; port=$2
+dir=$1; port=$2; addr=${3:-127.0.0.1}
 mkdir -p "$dir"/{mon,mgr,osd,run,log}
 fsid=$(cat /proc/sys/kernel/random/uuid)
 conf=$dir/ceph.conf
 cat > "$conf" <<C
 [global]
 fsid = $fsid
-mon host = v2:127.0.0.1:$port
+mon host = v2:$addr:$port
 mon initial members = a
 auth cluster required = cephx
 auth service required = cephx
@@ -26,7 +27,7 @@ mon warn on pool no redundancy = false
 osd crush chooseleaf type = 0
 ms bind ipv4 = true
 ms bind ipv6 = false
-public addr = 127.0.0.1
+public addr = $addr
 mon data = $dir/mon
 mgr data = $dir/mgr
 osd data = $dir/osd
@@ -56,7 +57,7 @@ ceph-authtool --create-keyring "$dir/mon.keyring" --gen-key -n mon. --cap mon 'a
 ceph-authtool --create-keyring "$dir/admin.keyring" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
 ceph-authtool "$dir/mon.keyring" --import-keyring "$dir/admin.keyring" >/dev/null
-monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
+monmaptool --create --fsid "$fsid" --addv a "[v2:$addr:$port]" "$dir/monmap" >/dev/null
 ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.keyring"
 ceph-mon -c "$conf" -i a
 ceph -c "$conf" auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' -o "$dir/mgr/keyring"

@@ -287,6 +287,24 @@ impl Authorizer for NodeAuthorizer {
                 _ => {}
             }
         }
+        // h8s: an agent waits for the attach-detach controller's VolumeAttachments of its
+        // RBD volumes to its node (Kubernetes lets a node get the attachments of its graph);
+        // lists and watches return only those naming the node.
+        if a.resource_request
+            && a.group == "storage.k8s.io"
+            && a.resource == "volumeattachments"
+            && a.subresource.is_empty()
+        {
+            if matches!(a.verb.as_str(), "list" | "watch") {
+                let node = node.to_string();
+                return Decision::AllowFiltered(Arc::new(FnFilter(move |o: &Value| {
+                    o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(&node)
+                })));
+            }
+            return Decision::Deny(
+                "nodes can only list and watch their own volume attachments".into(),
+            );
+        }
         if self.rules.iter().any(|r| r.allows(a)) {
             Decision::Allow
         } else {
@@ -726,6 +744,21 @@ mod tests {
                 assert!(!f.allows(&test_pod("ns1", "p2", "n2")));
             }
             d => panic!("{d:?}"),
+        }
+        // VolumeAttachments: lists narrowed to the node's own; no writes.
+        let va = |verb: &str| Attributes {
+            group: "storage.k8s.io".into(),
+            ..a(verb, "", "volumeattachments", "", "")
+        };
+        match z.authorize(&n1, &va("watch")) {
+            Decision::AllowFiltered(f) => {
+                assert!(f.allows(&json!({"spec": {"nodeName": "n1"}})));
+                assert!(!f.allows(&json!({"spec": {"nodeName": "n2"}})));
+            }
+            d => panic!("{d:?}"),
+        }
+        for verb in ["create", "update", "patch", "delete", "get"] {
+            assert!(!z.authorize(&n1, &va(verb)).allowed(), "{verb}");
         }
         // The node rules; nothing for anyone else.
         assert!(z

@@ -20,8 +20,11 @@
 //! * tenancy: a claim binds only to a volume of its namespace's tenant (the
 //!   `tenancy.h8s.io/tenant` label of both; no label = no tenant) or to one pre-bound to it
 //!   (`claimRef`, written by a provisioner or a cluster admin), so a tenant's free volume is
-//!   never handed to another tenant's claim.
+//!   never handed to another tenant's claim;
+//! * attach-detach ([`attach`]): VolumeAttachments of RBD volumes to the nodes of their
+//!   pods, one node at a time unless the volume is multi-attachable (Multi-Attach events).
 
+pub mod attach;
 pub mod binder;
 
 use std::collections::HashSet;
@@ -31,7 +34,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{
     Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -101,6 +104,11 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     );
     let (namespaces, _t5) = cluster::reflect(
         Api::<Namespace>::all(client.clone()),
+        cfg.clone(),
+        Some(wake.clone()),
+    );
+    let (attachments, _t6) = cluster::reflect(
+        Api::<VolumeAttachment>::all(client.clone()),
         cfg,
         Some(wake.clone()),
     );
@@ -109,9 +117,11 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     cluster::ready(&classes).await;
     cluster::ready(&pods).await;
     cluster::ready(&namespaces).await;
+    cluster::ready(&attachments).await;
     let mut c = Ctl {
         client: client.clone(),
-        events: Events::new(client, "persistentvolume-controller"),
+        events: Events::new(client.clone(), "persistentvolume-controller"),
+        attach_events: Events::new(client, "attachdetach-controller"),
         told: HashSet::new(),
         rbd: rbd_settings(),
     };
@@ -122,6 +132,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
             classes: classes.state(),
             pods: pods.state(),
             namespaces: namespaces.state(),
+            attachments: attachments.state(),
         };
         c.sync(&snap).await;
         // Changes wake the loop; the resync also retries failed writes.
@@ -173,6 +184,7 @@ struct Snapshot {
     classes: Vec<Arc<StorageClass>>,
     pods: Vec<Arc<Pod>>,
     namespaces: Vec<Arc<Namespace>>,
+    attachments: Vec<Arc<VolumeAttachment>>,
 }
 
 impl Snapshot {
@@ -188,6 +200,7 @@ impl Snapshot {
 struct Ctl {
     client: kube::Client,
     events: Events,
+    attach_events: Events,
     /// (uid, reason) of events already recorded: a waiting claim is told once.
     told: HashSet<(String, String)>,
     rbd: Option<RbdSettings>,
@@ -243,6 +256,92 @@ impl Ctl {
             if let Err(e) = self.volume(s, pv).await {
                 tracing::debug!(volume = ?pv.metadata.name, error = %e, "volume sync failed");
             }
+        }
+        self.attach_detach(s).await;
+    }
+
+    /// Carries out [`attach::plan`]: creates, marks and deletes VolumeAttachments and tells
+    /// waiting pods why (once per pod and message).
+    async fn attach_detach(&mut self, s: &Snapshot) {
+        let plan = attach::plan(&s.pods, &s.pvcs, &s.pvs, &s.attachments);
+        let api: Api<VolumeAttachment> = Api::all(self.client.clone());
+        let attached = json!({"status": {"attached": true}});
+        for a in &plan.create {
+            let va: Result<VolumeAttachment, _> = serde_json::from_value(json!({
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "VolumeAttachment",
+                "metadata": {"name": a.name},
+                "spec": {
+                    "attacher": attach::ATTACHER,
+                    "nodeName": a.node,
+                    "source": {"persistentVolumeName": a.pv},
+                },
+            }));
+            let Ok(va) = va else { continue };
+            match api.create(&PostParams::default(), &va).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(st)) if st.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(volume = %a.pv, node = %a.node, error = %e, "creating a VolumeAttachment failed");
+                    continue;
+                }
+            }
+            // h8s' attacher has nothing to do outside the node: QEMU opens the image itself.
+            match api
+                .patch_status(&a.name, &PatchParams::default(), &Patch::Merge(&attached))
+                .await
+            {
+                Ok(_) => tracing::info!(volume = %a.pv, node = %a.node, "volume attached"),
+                Err(e) => {
+                    tracing::warn!(volume = %a.pv, error = %e, "marking a VolumeAttachment failed")
+                }
+            }
+        }
+        for name in &plan.mark {
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&attached))
+                .await
+            {
+                tracing::warn!(attachment = %name, error = %e, "marking a VolumeAttachment failed");
+            }
+        }
+        for name in &plan.delete {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(attachment = %name, "volume detached"),
+                Err(kube::Error::Api(st)) if st.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(attachment = %name, error = %e, "deleting a VolumeAttachment failed")
+                }
+            }
+        }
+        for m in plan.multi_attach {
+            let key = (
+                m.pod.uid.clone(),
+                format!("FailedAttachVolume:{}", m.message),
+            );
+            if self.told.len() > 10_000 {
+                self.told.clear();
+            }
+            if !self.told.insert(key) {
+                continue;
+            }
+            let r = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(m.pod.name),
+                namespace: Some(m.pod.namespace),
+                uid: Some(m.pod.uid),
+                ..Default::default()
+            };
+            self.attach_events
+                .publish(
+                    &r,
+                    EventType::Warning,
+                    "FailedAttachVolume",
+                    "Attach",
+                    m.message,
+                )
+                .await;
         }
     }
 

@@ -51,6 +51,12 @@ pub fn default_overhead_mib(accel: crate::Accel, tcg_tb_size_mib: u32) -> u32 {
     }
 }
 
+/// Memory a pod's cgroup allows in addition for each volume QEMU opens through a network
+/// block driver (`rbd:`): the Ceph client inside QEMU (librados' messenger threads and
+/// buffers, librbd's 32 MiB writeback cache). Without it a pod VM writing to an RBD volume
+/// was killed by the cgroup's OOM killer at guest RAM + 80 MiB (bench_volumes, TCG).
+pub const REMOTE_DRIVE_OVERHEAD_MIB: u32 = 128;
+
 /// An inclusive range of host uids, written `FIRST-LAST`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UidRange {

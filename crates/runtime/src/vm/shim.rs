@@ -573,12 +573,38 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     }
     dir.save(rec)?;
     let args = qemu_args(&settings, accel, &rec.id, &rec.config, &ep);
-    let spawned = cmd
-        .args(&args)
+    cmd.args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn();
+        .stderr(stderr);
+    let spawned = if let Some(jail) = rec.jail.as_mut() {
+        // QEMU becomes PID 1 of a new PID namespace. A thread whose children go to another
+        // PID namespace can no longer create threads (the kernel answers CLONE_THREAD with
+        // EINVAL), so the unshare and the fork happen on a thread of their own: the
+        // supervisor's runtime thread must still start blocking-pool threads later.
+        let handle = tokio::runtime::Handle::current();
+        let joined = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _rt = handle.enter();
+                let pid_ns = crate::jail::spawn::unshare_pid_for_children();
+                (pid_ns, cmd.spawn())
+            })
+            .join()
+        });
+        match joined {
+            Ok((pid_ns, spawned)) => {
+                if let Err(e) = pid_ns {
+                    jail.namespaces.retain(|n| n != "pid");
+                    jail.not_enforced.push(format!("pid namespace: {e}"));
+                    tracing::warn!(what = %format!("pid namespace: {e}"), "jail: not enforced");
+                }
+                spawned
+            }
+            Err(_) => Err(std::io::Error::other("the QEMU spawning thread panicked")),
+        }
+    } else {
+        cmd.spawn()
+    };
     // QEMU holds its own copies now; the listening sockets must be QEMU's alone, or a client
     // could connect to a socket whose VM is gone.
     drop((qmp_listener, agent_listener, console, images, volumes, tap));
@@ -646,10 +672,21 @@ fn prepare_jail(
 ) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
     use crate::jail::{cgroup, spawn};
     jail.not_enforced.clear();
+    // Volumes the supervisor cannot hand over as files (rbd:) are opened by QEMU itself: it
+    // needs the host's network, its Ceph configuration and the keyring, which is root's.
+    let remote: Vec<&str> = cfg
+        .volumes
+        .iter()
+        .filter(|v| drive_local_file(&v.drive).is_none())
+        .map(|v| v.drive.as_str())
+        .collect();
+    // Each opens its own Ceph client inside QEMU (librados' threads and buffers, librbd's
+    // cache): its memory counts beyond the configured overhead.
     let overhead = settings
         .jail
         .memory_overhead_mib
-        .unwrap_or_else(|| crate::jail::default_overhead_mib(accel, settings.tcg_tb_size_mib));
+        .unwrap_or_else(|| crate::jail::default_overhead_mib(accel, settings.tcg_tb_size_mib))
+        .saturating_add(crate::jail::REMOTE_DRIVE_OVERHEAD_MIB * remote.len() as u32);
     let limits = cgroup::Limits::for_pod(cfg.memory_mib, cfg.cpus, overhead);
     let id = dir
         .dir
@@ -667,14 +704,6 @@ fn prepare_jail(
     jail.cgroups = cg.enforced.clone();
     jail.cgroup_dirs = cg.dirs.clone();
     jail.not_enforced.extend(cg.not_enforced.iter().cloned());
-    // Volumes the supervisor cannot hand over as files (rbd:) are opened by QEMU itself: it
-    // needs the host's network, its Ceph configuration and the keyring, which is root's.
-    let remote: Vec<&str> = cfg
-        .volumes
-        .iter()
-        .filter(|v| drive_local_file(&v.drive).is_none())
-        .map(|v| v.drive.as_str())
-        .collect();
     let own_net = remote.is_empty();
     let mut extra_ro_dirs = Vec::new();
     if !own_net {
@@ -712,10 +741,6 @@ fn prepare_jail(
         cgroups: &cg.procs,
     })?;
     jail.namespaces = plan.namespaces.clone();
-    if let Err(e) = spawn::unshare_pid_for_children() {
-        jail.namespaces.retain(|n| n != "pid");
-        jail.not_enforced.push(format!("pid namespace: {e}"));
-    }
     for what in &jail.not_enforced {
         tracing::warn!(what = %what, "jail: not enforced");
     }

@@ -163,6 +163,7 @@ fn debug_render(
         ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", rbac::ClusterRoleBinding),
         ("coordination.k8s.io", "v1", "Lease", coord::Lease),
         ("storage.k8s.io", "v1", "StorageClass", storage::StorageClass),
+        ("storage.k8s.io", "v1", "VolumeAttachment", storage::VolumeAttachment),
         ("networking.k8s.io", "v1", "NetworkPolicy", net::NetworkPolicy),
         ("authentication.k8s.io", "v1", "SelfSubjectReview", authn::SelfSubjectReview),
         ("authentication.k8s.io", "v1", "TokenRequest", authn::TokenRequest),

@@ -48,6 +48,7 @@ pub(super) fn validate_kind(r: &Resource, obj: &Value, old: Option<&Value>, e: &
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => binding(obj, old, false, e),
         ("coordination.k8s.io", "Lease") => lease(obj, e),
         ("storage.k8s.io", "StorageClass") => storage_class(obj, old, e),
+        ("storage.k8s.io", "VolumeAttachment") => volume_attachment(obj, old, e),
         ("networking.k8s.io", "NetworkPolicy") => network_policy(obj, e),
         ("authorization.k8s.io", "SelfSubjectAccessReview") => ssar(obj, e),
         ("authorization.k8s.io", "LocalSubjectAccessReview") => sar(obj, e),
@@ -1698,6 +1699,63 @@ fn storage_class(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
         }
         immutable(e, obj, Some(old), "/volumeBindingMode", "volumeBindingMode");
     }
+}
+
+/// Kubernetes' `ValidateVolumeAttachment` (+ `ValidateVolumeAttachmentUpdate`): the attacher
+/// (a CSI driver name), the node and exactly one source are required, the spec never changes,
+/// and the status' metadata and error messages are bounded.
+fn volume_attachment(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
+    const MAX_METADATA: usize = 256 * 1024;
+    const MAX_ERROR: usize = 1024;
+    match nonempty_str(obj, "/spec/attacher") {
+        None => e.push(FieldError::required("spec.attacher", "")),
+        Some(a) => {
+            if a.len() > 63 {
+                e.push(FieldError::too_long("spec.attacher", 63));
+            }
+            name_with(e, "spec.attacher", &a.to_ascii_lowercase(), dns_subdomain);
+        }
+    }
+    match nonempty_str(obj, "/spec/nodeName") {
+        None => e.push(FieldError::required("spec.nodeName", "")),
+        Some(n) => name_with(e, "spec.nodeName", n, dns_subdomain),
+    }
+    let pv = nonempty_str(obj, "/spec/source/persistentVolumeName");
+    let inline = obj
+        .pointer("/spec/source/inlineVolumeSpec")
+        .is_some_and(|v| !v.is_null());
+    match (pv, inline) {
+        (Some(_), true) | (None, false) => e.push(FieldError::required(
+            "spec.source",
+            "must specify exactly one of inlineVolumeSpec and persistentVolumeName",
+        )),
+        (Some(p), false) => name_with(e, "spec.source.persistentVolumeName", p, dns_subdomain),
+        (None, true) => {}
+    }
+    if let Some(m) = obj
+        .pointer("/status/attachmentMetadata")
+        .and_then(Value::as_object)
+    {
+        let size: usize = m
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > MAX_METADATA {
+            e.push(FieldError::too_long(
+                "status.attachmentMetadata",
+                MAX_METADATA,
+            ));
+        }
+    }
+    for f in ["attachError", "detachError"] {
+        if str_at(obj, &format!("/status/{f}/message")).is_some_and(|m| m.len() > MAX_ERROR) {
+            e.push(FieldError::too_long(
+                format!("status.{f}.message"),
+                MAX_ERROR,
+            ));
+        }
+    }
+    immutable(e, obj, old, "/spec", "spec");
 }
 
 fn network_policy(obj: &Value, e: &mut FieldErrors) {

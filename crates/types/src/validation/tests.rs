@@ -547,3 +547,38 @@ fn events_v1_are_strict_on_create() {
         Ok(())
     );
 }
+
+#[test]
+fn volume_attachment_rules() {
+    let r = res("storage.k8s.io", "volumeattachments");
+    let good = json!({"metadata": {"name": "csi-abc"}, "spec": {
+        "attacher": "rbd.volumes.h8s.io", "nodeName": "n1",
+        "source": {"persistentVolumeName": "pvc-1"}}});
+    assert!(validate_create(r, &good).is_ok());
+    let mut none = good.clone();
+    none["spec"]["source"] = json!({});
+    let mut both = good.clone();
+    both["spec"]["source"]["inlineVolumeSpec"] =
+        json!({"csi": {"driver": "d", "volumeHandle": "h"}});
+    for bad in [none, both] {
+        let m = messages(validate_create(r, &bad));
+        assert!(
+            m.iter()
+                .any(|m| m.contains("exactly one of inlineVolumeSpec and persistentVolumeName")),
+            "{m:?}"
+        );
+    }
+    let mut no_node = good.clone();
+    no_node["spec"]["nodeName"] = json!("");
+    assert!(messages(validate_create(r, &no_node))
+        .iter()
+        .any(|m| m.contains("spec.nodeName")));
+    let mut moved = good.clone();
+    moved["spec"]["nodeName"] = json!("n2");
+    assert!(messages(validate_update(r, &moved, &good))
+        .iter()
+        .any(|m| m.contains("immutable")));
+    let mut status = good.clone();
+    status["status"] = json!({"attached": true, "attachError": {"message": "x".repeat(2000)}});
+    assert!(validate_create(r, &status).is_err());
+}
