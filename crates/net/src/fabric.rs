@@ -14,6 +14,7 @@ use crate::model::{
 };
 use crate::netns::{self, NsRef};
 use crate::nft::{self, NodeRules, PortRule};
+use crate::policy::PolicyRules;
 use crate::store::{NetworkStore, PortRequest};
 
 /// Where and how a node runs its part of the fabric.
@@ -617,6 +618,49 @@ impl Fabric {
         })
     }
 
+    /// Programs the node's NetworkPolicy table (`inet h8s_policy`): only the elements that
+    /// changed since `old` (what the previous call installed), or the whole table when `old`
+    /// is `None` or the incremental update is refused (the table went away with the node's
+    /// last Network, say). An empty rule set removes the table. Needs bridged IPv4 to pass the
+    /// inet hooks (`br_netfilter`): turns `net.bridge.bridge-nf-call-iptables` on and fails if
+    /// the kernel has no such switch.
+    pub fn program_policy(&self, old: Option<&PolicyRules>, new: &PolicyRules) -> Result<()> {
+        self.node.netns.run(|| {
+            if new.is_empty() {
+                if old.is_some_and(|o| o.is_empty()) {
+                    return Ok(());
+                }
+                let exists = nft::list_tables()?
+                    .iter()
+                    .any(|(f, n)| f == "inet" && n == crate::policy::POLICY_TABLE);
+                if exists {
+                    nft::apply(&format!(
+                        "delete table inet {}\n",
+                        crate::policy::POLICY_TABLE
+                    ))?;
+                }
+                return Ok(());
+            }
+            if let Some(old) = old.filter(|o| !o.is_empty()) {
+                match new.diff_script(old) {
+                    None => return Ok(()),
+                    Some(script) => match nft::apply(&script) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "incremental policy update refused; rewriting the table")
+                        }
+                    },
+                }
+            }
+            netns::sysctl("net.bridge.bridge-nf-call-iptables", "1").map_err(|e| {
+                Error::Nft(format!(
+                    "NetworkPolicy needs bridged IPv4 in the inet hooks (br_netfilter): {e}"
+                ))
+            })?;
+            nft::apply(&new.script())
+        })
+    }
+
     /// Everything h8s has made on this node.
     pub fn inventory(&self) -> Result<Inventory> {
         let (links, tables) = self.node.netns.run(|| {
@@ -629,7 +673,7 @@ impl Fabric {
             links.sort();
             let tables = nft::list_tables()?
                 .into_iter()
-                .filter(|(_, n)| n == nft::TABLE)
+                .filter(|(_, n)| n == nft::TABLE || n == crate::policy::POLICY_TABLE)
                 .map(|(f, n)| format!("{f} {n}"))
                 .collect();
             Ok((links, tables))

@@ -8,6 +8,7 @@ mod link;
 mod model;
 pub mod netns;
 mod nft;
+pub mod policy;
 mod store;
 
 pub use error::{Error, Result};
@@ -19,4 +20,5 @@ pub use model::{
 };
 pub use netns::NsRef;
 pub use nft::TABLE as NFT_TABLE;
+pub use policy::{PolicyRules, POLICY_TABLE};
 pub use store::NetworkStore;

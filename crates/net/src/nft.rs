@@ -218,11 +218,12 @@ pub(crate) fn apply(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the h8s tables of the calling thread's namespace, if present.
+/// Deletes the h8s tables (and the NetworkPolicy table) of the calling thread's namespace, if
+/// present.
 pub(crate) fn delete_tables() -> Result<()> {
     let mut script = String::new();
     for (fam, name) in list_tables()? {
-        if name == TABLE {
+        if name == TABLE || (fam == "inet" && name == crate::policy::POLICY_TABLE) {
             let _ = writeln!(script, "delete table {fam} {name}");
         }
     }
