@@ -44,7 +44,16 @@ pub struct NodeConfig {
     pub host_dns: Vec<Ipv4Addr>,
     /// Turn on IPv4 forwarding in the node namespace so gateways can masquerade egress.
     pub egress: bool,
+    /// The node agent's API server relay (a TCP port on the node): each gateway forwards
+    /// connections to its gateway addresses' port [`API_GATEWAY_PORT`] there, so pods reach
+    /// the API server (`kubernetes.default.svc`) through their Network's gateway and nothing
+    /// else of the host. The port is reachable from gateway uplinks only.
+    pub api_relay_port: Option<u16>,
 }
+
+/// The port of a gateway address that leads to the API server (through the node agent's
+/// relay, [`NodeConfig::api_relay_port`]).
+pub const API_GATEWAY_PORT: u16 = 443;
 
 /// Ranges no tenant egress reaches by default: cloud metadata and the rest of link-local
 /// (169.254.0.0/16), loopback, "this network", the private ranges where a provider's own
@@ -79,6 +88,7 @@ impl NodeConfig {
             host_dns: vec![],
             egress: true,
             egress_allow: vec![Ipv4Net::default()],
+            api_relay_port: None,
         }
     }
 
@@ -178,6 +188,12 @@ impl Fabric {
             ));
         }
         Ok(Fabric { store, node })
+    }
+
+    /// Sets the node agent's API server relay port (see [`NodeConfig::api_relay_port`]);
+    /// gateways built afterwards forward to it.
+    pub fn set_api_relay_port(&mut self, port: Option<u16>) {
+        self.node.api_relay_port = port;
     }
 
     /// The store.
@@ -328,6 +344,7 @@ impl Fabric {
             nl.add_default_route(host_t)?;
             nft::apply(&nft::gateway_script(
                 &net.subnets.iter().map(|s| s.gateway).collect::<Vec<_>>(),
+                self.node.api_relay_port.map(|p| (host_t, p)),
             ))
         })
     }
@@ -567,6 +584,7 @@ impl Fabric {
             egress_allow: self.node.egress_allow.clone(),
             transit: self.node.transit,
             host_dns: self.node.host_dns.clone(),
+            api_relay_port: self.node.api_relay_port,
         };
         let mut fdb: Vec<(String, BTreeSet<(MacAddr, Ipv4Addr)>)> = vec![];
         let mut peers = BTreeSet::new();

@@ -12,7 +12,7 @@ pub mod policy;
 mod store;
 
 pub use error::{Error, Result};
-pub use fabric::{Fabric, Inventory, NodeConfig, DEFAULT_PROTECTED};
+pub use fabric::{Fabric, Inventory, NodeConfig, API_GATEWAY_PORT, DEFAULT_PROTECTED};
 pub use ipnet::Ipv4Net;
 pub use model::{
     Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, SYSTEM_TENANT,
