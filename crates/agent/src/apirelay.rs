@@ -67,6 +67,7 @@ pub async fn serve(listener: TcpListener, client: kube::Client, mut stop: watch:
             );
             continue;
         };
+        tracing::debug!(%peer, %to, "API relay connection");
         let cached = cached.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -105,7 +105,10 @@ fn start() -> Cluster {
         .env("H8S_NODE_NAME", &node)
         .env("H8S_NET_EGRESS", "false")
         .env("H8S_BOOT_TIMEOUT", "120")
-        .env("H8S_LOG", "info,h8s_agent::services=debug")
+        .env(
+            "H8S_LOG",
+            "info,h8s_agent::services=debug,h8s_agent::apirelay=debug",
+        )
         .stdout(Stdio::piped())
         .stderr(
             std::fs::File::create(dir.join("server.log"))
@@ -602,6 +605,12 @@ spec:
         let (good, out) = c.exec(&a, "client", &["timeout", "10", "sh", "-c", api]);
         if !good {
             eprintln!("not yet: {out}");
+            let (_, dns) = c.exec(
+                &a,
+                "client",
+                &["nslookup", "kubernetes.default.svc.cluster.local"],
+            );
+            eprintln!("kubernetes.default.svc.cluster.local: {dns}");
         }
         good.then_some(out)
     });

@@ -385,6 +385,49 @@ fn has_named(ports: Option<&[NetworkPolicyPort]>) -> bool {
         .any(|p| matches!(p.port, Some(IntOrString::String(_))))
 }
 
+/// A policy's part that does not depend on the pod it is applied to.
+struct Pre<'a> {
+    ns: &'a str,
+    sel: LabelSelector,
+    /// Ingress, egress rules (`None`: the policy does not have that type).
+    rules: [Option<Vec<PreRule<'a>>>; 2],
+}
+
+/// One rule with its peers resolved.
+struct PreRule<'a> {
+    peers: Peers<'a>,
+    /// Every peer address as merged ranges.
+    ranges: Vec<IpRange>,
+    ports: Option<&'a [NetworkPolicyPort]>,
+}
+
+fn pre_rules<'a>(
+    rules: Vec<Rule<'a>>,
+    ns: &str,
+    pods: &'a [PolicyPod],
+    namespaces: &[PolicyNamespace],
+) -> Vec<PreRule<'a>> {
+    rules
+        .into_iter()
+        .map(|(peer_list, ports)| {
+            let ps = peers(peer_list, ns, pods, namespaces);
+            let mut ranges: Vec<(u32, u32)> = ps.ranges.iter().map(|r| (r.0, r.1)).collect();
+            if ps.any {
+                ranges.push((0, u32::MAX));
+            }
+            ranges.extend(ps.pods.iter().map(|p| (u32::from(p.ip), u32::from(p.ip))));
+            PreRule {
+                peers: ps,
+                ranges: merge(ranges)
+                    .into_iter()
+                    .map(|(a, b)| IpRange(a, b))
+                    .collect(),
+                ports,
+            }
+        })
+        .collect()
+}
+
 /// One rule: its peers and its ports.
 type Rule<'a> = (
     Option<&'a [NetworkPolicyPeer]>,
@@ -408,13 +451,48 @@ type Rule<'a> = (
 /// empty `ports` every protocol and port; a named port resolves against the destination pod's
 /// container ports (ingress: the local pod; egress: each peer pod, so an `ipBlock` with a
 /// named port matches the pods of the Network inside the block); `endPort` makes a range.
-pub fn compile(
+pub fn compile<'a>(
     bridge: &str,
     local: &[Ipv4Addr],
-    pods: &[PolicyPod],
+    pods: &'a [PolicyPod],
     namespaces: &[PolicyNamespace],
-    policies: &[NetworkPolicy],
+    policies: &'a [NetworkPolicy],
 ) -> PolicyRules {
+    // What does not depend on the local pod is worked out once per policy: its selector, its
+    // types, and each rule's peers (selectors against every pod and namespace).
+    let pre: Vec<Pre<'a>> = policies
+        .iter()
+        .filter_map(|pol| {
+            let ns = pol.metadata.namespace.as_deref()?;
+            let spec = pol.spec.as_ref()?;
+            let sel = selector(spec.pod_selector.as_ref().or(Some(&ApiSelector::default())));
+            let (ing, eg) = types(pol);
+            let build = |rules: Vec<Rule<'a>>| pre_rules(rules, ns, pods, namespaces);
+            let ingress = ing.then(|| {
+                build(
+                    spec.ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                        .collect(),
+                )
+            });
+            let egress = eg.then(|| {
+                build(
+                    spec.egress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                        .collect(),
+                )
+            });
+            Some(Pre {
+                ns,
+                sel,
+                rules: [ingress, egress],
+            })
+        })
+        .collect();
     let mut out = PolicyRules::default();
     for ip in local {
         let Some(me) = pods.iter().find(|p| p.ip == *ip) else {
@@ -425,43 +503,16 @@ pub fn compile(
         let mut boxes: [BTreeMap<Proto, Vec<(IpRange, PortRange)>>; 2] =
             [BTreeMap::new(), BTreeMap::new()];
         let mut isolated = [false, false];
-        for pol in policies {
-            if pol.metadata.namespace.as_deref() != Some(me.namespace.as_str()) {
+        for pol in &pre {
+            if pol.ns != me.namespace || !pol.sel.matches(&me.labels) {
                 continue;
             }
-            let Some(spec) = &pol.spec else { continue };
-            if !selector(spec.pod_selector.as_ref().or(Some(&ApiSelector::default())))
-                .matches(&me.labels)
-            {
-                continue;
-            }
-            let (ing, eg) = types(pol);
-            let policy_ns = me.namespace.as_str();
             for dir in [Dir::Ingress, Dir::Egress] {
                 let i = (dir == Dir::Egress) as usize;
-                let rules: Vec<Rule<'_>> = match dir {
-                    Dir::Ingress if ing => spec
-                        .ingress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.from.as_deref(), r.ports.as_deref()))
-                        .collect(),
-                    Dir::Egress if eg => spec
-                        .egress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.to.as_deref(), r.ports.as_deref()))
-                        .collect(),
-                    _ => continue,
-                };
+                let Some(rules) = &pol.rules[i] else { continue };
                 isolated[i] = true;
-                for (peer_list, ports) in rules {
-                    let ps = peers(peer_list, policy_ns, pods, namespaces);
-                    let mut ranges: Vec<IpRange> = ps.ranges.clone();
-                    if ps.any {
-                        ranges.push(IpRange::ALL);
-                    }
-                    ranges.extend(ps.pods.iter().map(|p| IpRange::host(p.ip)));
+                for rule in rules {
+                    let (ps, ranges, ports) = (&rule.peers, rule.ranges.as_slice(), rule.ports);
                     if dir == Dir::Egress && has_named(ports) {
                         // Per destination pod: the pods named, plus the Network's pods inside
                         // the address ranges named.
@@ -489,7 +540,7 @@ pub fn compile(
                         if !others.is_empty() {
                             for (proto, pr) in resolve_ports(Some(&others), me).unwrap_or_default()
                             {
-                                for r in &ranges {
+                                for r in ranges {
                                     boxes[i].entry(proto).or_default().push((*r, pr));
                                 }
                             }
@@ -502,7 +553,7 @@ pub fn compile(
                         None => any[i].extend(ranges.iter().map(|r| (r.0, r.1))),
                         Some(list) => {
                             for (proto, pr) in list {
-                                for r in &ranges {
+                                for r in ranges {
                                     boxes[i].entry(proto).or_default().push((*r, pr));
                                 }
                             }

@@ -181,7 +181,7 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 /// baseline `nft -f` of one element on the same node in the same run. Writes its section
 /// of BENCHMARKS.md.
 #[test]
-#[ignore = "benchmark: cargo test --release -p h8s-net --test policy -- --ignored bench"]
+#[ignore = "benchmark: cargo test -p h8s-net --test policy -- --ignored bench"]
 fn bench_policy_update_latency() {
     let mut lab = Lab::new("npb");
     let node = lab.nodes(1).remove(0);
@@ -258,7 +258,7 @@ fn bench_policy_update_latency() {
             .unwrap();
     }
     let section = format!(
-        "<!-- bench:netpol:begin -->\n`cargo test --release -p h8s-net --test policy -- --ignored bench` ({reps} updates per row), on the shared 2-core machine. One node (a network namespace); 400 pods of one Network in 20 apps, 100 of them on this node; N policies, each isolating one app both ways, allowing ingress from the next app and from `10.0.0.0/8` minus a /16 on a 11-port range, and egress to the app after that on 443. An update: one pod on another node changes its `app` label; *compile* is the pure `compile` of the node's rules (all policies, all pods), *program* the one `nft -f` transaction of the changed set elements. Baseline: the same node, one `nft -f` adding one element (the cost of running `nft` at all): {bmin:.1} / {bmed:.1} / {bp99:.1} ms (min / median / p99).\n\n| N policies | set elements | first compile / first program, ms | update compile, ms (min / median / p99) | update program, ms (min / median / p99) | program ÷ baseline (medians) |\n|---|---|---|---|---|---|\n{}\n\nThe agent adds its 50 ms debounce and the watch delivery to these; the whole path stays far inside the 1 s goal at these sizes.\n<!-- bench:netpol:end -->",
+        "<!-- bench:netpol:begin -->\n`cargo test -p h8s-net --test policy -- --ignored bench` (debug build, {reps} updates per row), on the shared 2-core machine while VM tests ran. One node (a network namespace); 400 pods of one Network in 20 apps, 100 of them on this node; N policies, each isolating one app both ways, allowing ingress from the next app and from `10.0.0.0/8` minus a /16 on a 11-port range, and egress to the app after that on 443. An update: one pod on another node changes its `app` label; *compile* is the pure `compile` of the node's rules (all policies, all pods), *program* the one `nft -f` transaction of the changed set elements. Baseline: the same node, one `nft -f` adding one element (the cost of running `nft` at all): {bmin:.1} / {bmed:.1} / {bp99:.1} ms (min / median / p99).\n\n| N policies | set elements | first compile / first program, ms | update compile, ms (min / median / p99) | update program, ms (min / median / p99) | program ÷ baseline (medians) |\n|---|---|---|---|---|---|\n{}\n\nThe agent adds its 50 ms debounce and the watch delivery to these; the whole path stays far inside the 1 s goal at these sizes.\n<!-- bench:netpol:end -->",
         rows.join("\n")
     );
     eprintln!("{section}");
