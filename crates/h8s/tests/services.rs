@@ -107,7 +107,7 @@ fn start() -> Cluster {
         .env("H8S_BOOT_TIMEOUT", "120")
         .env(
             "H8S_LOG",
-            "info,h8s_agent::services=debug,h8s_agent::apirelay=debug",
+            "info,h8s_agent::services=debug,h8s_agent::apirelay=debug,h8s_apiserver::server=debug",
         )
         .stdout(Stdio::piped())
         .stderr(
