@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod apirelay;
 pub mod hollow;
 pub mod netapi;
 pub mod node;
@@ -31,6 +32,7 @@ pub mod stream;
 mod env;
 mod events;
 mod pods;
+mod policy;
 mod pvc;
 mod quantity;
 mod services;
@@ -174,6 +176,9 @@ pub struct PodNetworkConfig {
     /// Pods join their namespace's Network from the API (cluster-wide segments and IPAM,
     /// see [`netapi`]) instead of the node-local Network `name`.
     pub from_api: bool,
+    /// The API server relay's listener (with [`PodNetworkConfig::from_api`]); its port is
+    /// the fabric's [`h8s_net::NodeConfig::api_relay_port`]. See `apirelay`.
+    pub api_relay: Option<Arc<std::net::TcpListener>>,
 }
 
 /// The streaming server's listening address and TLS.

@@ -138,6 +138,8 @@ pub(crate) struct Ctx {
     pub api_networks: Option<Arc<crate::netapi::ApiNetworks>>,
     /// The in-pod Service proxies' feed (with [`Ctx::api_networks`]).
     pub services: Option<Arc<crate::services::ServiceFeed>>,
+    /// NetworkPolicy enforcement (with [`Ctx::api_networks`]).
+    pub policy: Option<Arc<crate::policy::PolicyAgent>>,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -195,8 +197,17 @@ impl Dispatcher {
                 })?;
         }
         let services = api_networks.as_ref().map(|_| {
-            crate::services::ServiceFeed::start(client.clone(), runtime.clone(), &cfg.owner)
+            crate::services::ServiceFeed::start(
+                client.clone(),
+                runtime.clone(),
+                &cfg.owner,
+                cfg.network.as_ref().is_some_and(|n| n.api_relay.is_some()),
+            )
         });
+        let policy =
+            cfg.network.as_ref().filter(|n| n.from_api).map(|n| {
+                crate::policy::PolicyAgent::start(client.clone(), n.network.fabric().clone())
+            });
         let info = runtime.info();
         let recorder = Recorder::new(client.clone(), cfg.node_name.clone());
         let node_cpus = std::thread::available_parallelism()
@@ -217,6 +228,7 @@ impl Dispatcher {
                 node_memory_mib,
                 api_networks,
                 services,
+                policy,
             }),
         })
     }
@@ -243,6 +255,30 @@ impl Dispatcher {
         }
         if let Some(feed) = &ctx.services {
             tokio::spawn(feed.clone().run(stop.clone()));
+        }
+        if let Some(policy) = &ctx.policy {
+            tokio::spawn(policy.clone().run(stop.clone()));
+        }
+        if let Some(l) = ctx
+            .cfg
+            .network
+            .as_ref()
+            .filter(|n| n.from_api)
+            .and_then(|n| n.api_relay.as_ref())
+        {
+            match l
+                .try_clone()
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                })
+                .and_then(tokio::net::TcpListener::from_std)
+            {
+                Ok(l) => {
+                    tokio::spawn(crate::apirelay::serve(l, ctx.client.clone(), stop.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "the API relay cannot listen"),
+            }
         }
         {
             // Local volumes' housekeeping (Delete reclaim, offline expansion).

@@ -61,6 +61,9 @@ pub(crate) struct ServiceFeed {
     slices: Store<EndpointSlice>,
     namespaces: Store<NetNamespace>,
     networks: Store<ApiNetwork>,
+    /// Every table carries the `kubernetes` Service, backed by the Network's gateway
+    /// (the node agent's API relay, see `apirelay`).
+    api_relay: bool,
     wake: Arc<Notify>,
     pushed: Mutex<HashMap<String, Pushed>>,
     failed: Mutex<HashMap<String, Instant>>,
@@ -212,6 +215,30 @@ pub(crate) fn network_table(
     (table, pods)
 }
 
+/// The `default/kubernetes` Service as every pod of `net` sees it (pure): its ClusterIP and
+/// ports, each backed by the Network's (first subnet's) gateway at
+/// [`h8s_net::API_GATEWAY_PORT`], which forwards to the node agent's API relay.
+pub(crate) fn kubernetes_entry(
+    services: &[Arc<Service>],
+    net: &ApiNetwork,
+) -> Option<ServiceEntry> {
+    let svc = services.iter().find(|s| {
+        s.metadata.namespace.as_deref() == Some("default")
+            && s.metadata.name.as_deref() == Some("kubernetes")
+    })?;
+    let mut e = service_entry(svc, &[])?;
+    let gw = h8s_net::Network::from_api(net, 1350)
+        .ok()?
+        .subnets
+        .first()?
+        .gateway;
+    for p in &mut e.ports {
+        p.backends = vec![SocketAddrV4::new(gw, h8s_net::API_GATEWAY_PORT)];
+    }
+    e.endpoints = vec![gw];
+    Some(e)
+}
+
 /// The update that turns `prev` into `next` (pure): everything when `prev` is `None` (or of
 /// another Network), else only what changed; `None` when nothing did.
 pub(crate) fn diff(
@@ -293,6 +320,7 @@ impl ServiceFeed {
         client: kube::Client,
         runtime: Arc<dyn PodRuntime>,
         owner: &str,
+        api_relay: bool,
     ) -> Arc<ServiceFeed> {
         let wake = Arc::new(Notify::new());
         let (services, t1) = reflect(Api::<Service>::all(client.clone()), wake.clone());
@@ -306,6 +334,7 @@ impl ServiceFeed {
             slices,
             namespaces,
             networks,
+            api_relay,
             wake,
             pushed: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
@@ -386,7 +415,14 @@ impl ServiceFeed {
                     .state()
                     .into_iter()
                     .find(|n| n.metadata.name.as_deref() == Some(network.as_str()));
-                network_table(&network, &namespaces, &services, &slices, net.as_deref())
+                let mut t =
+                    network_table(&network, &namespaces, &services, &slices, net.as_deref());
+                if self.api_relay {
+                    if let Some(e) = net.as_deref().and_then(|n| kubernetes_entry(&services, n)) {
+                        t.0.insert(e.key.clone(), e);
+                    }
+                }
+                t
             });
             let prev = self.pushed.lock().await.get(&sb.id).cloned();
             let Some((update, pushed)) = diff(prev.as_ref(), &network, table) else {

@@ -119,6 +119,11 @@ pub struct AgentOpts {
     /// without a network.
     #[arg(long = "pod-network", default_value = "api")]
     pub pod_network: String,
+    /// The node port pods' connections to the API server (`kubernetes.default.svc`) are
+    /// relayed on from their Networks' gateways, with `--pod-network api` (0 picks a free
+    /// one). Only gateway uplinks may connect to it.
+    #[arg(long = "api-relay-port", default_value_t = 0)]
+    pub api_relay_port: u16,
     /// The pod Network's subnet.
     #[arg(long = "pod-cidr", default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
@@ -241,13 +246,26 @@ impl AgentOpts {
         if self.pod_network == "none" {
             return Ok(None);
         }
-        let fabric = crate::net::fabric_from_env().context("the network fabric")?;
+        let mut fabric = crate::net::fabric_from_env().context("the network fabric")?;
+        let from_api = self.pod_network == "api";
+        // The API server relay for pods (gateway → this port → the API server); the node's
+        // rules open it to gateway uplinks only.
+        let api_relay = if from_api {
+            let port = self.api_relay_port;
+            let l = std::net::TcpListener::bind(("0.0.0.0", port))
+                .with_context(|| format!("the API relay's port {port}"))?;
+            fabric.set_api_relay_port(Some(l.local_addr()?.port()));
+            Some(Arc::new(l))
+        } else {
+            None
+        };
         Ok(Some(h8s_agent::PodNetworkConfig {
             network: h8s_runtime::network::PodNetwork::new(fabric),
             name: self.pod_network.clone(),
             cidr: self.pod_cidr.clone(),
             vni: self.pod_network_vni,
-            from_api: self.pod_network == "api",
+            from_api,
+            api_relay,
         }))
     }
 

@@ -14,6 +14,7 @@ use crate::model::{
 };
 use crate::netns::{self, NsRef};
 use crate::nft::{self, NodeRules, PortRule};
+use crate::policy::PolicyRules;
 use crate::store::{NetworkStore, PortRequest};
 
 /// Where and how a node runs its part of the fabric.
@@ -43,7 +44,16 @@ pub struct NodeConfig {
     pub host_dns: Vec<Ipv4Addr>,
     /// Turn on IPv4 forwarding in the node namespace so gateways can masquerade egress.
     pub egress: bool,
+    /// The node agent's API server relay (a TCP port on the node): each gateway forwards
+    /// connections to its gateway addresses' port [`API_GATEWAY_PORT`] there, so pods reach
+    /// the API server (`kubernetes.default.svc`) through their Network's gateway and nothing
+    /// else of the host. The port is reachable from gateway uplinks only.
+    pub api_relay_port: Option<u16>,
 }
+
+/// The port of a gateway address that leads to the API server (through the node agent's
+/// relay, [`NodeConfig::api_relay_port`]).
+pub const API_GATEWAY_PORT: u16 = 443;
 
 /// Ranges no tenant egress reaches by default: cloud metadata and the rest of link-local
 /// (169.254.0.0/16), loopback, "this network", the private ranges where a provider's own
@@ -78,6 +88,7 @@ impl NodeConfig {
             host_dns: vec![],
             egress: true,
             egress_allow: vec![Ipv4Net::default()],
+            api_relay_port: None,
         }
     }
 
@@ -177,6 +188,12 @@ impl Fabric {
             ));
         }
         Ok(Fabric { store, node })
+    }
+
+    /// Sets the node agent's API server relay port (see [`NodeConfig::api_relay_port`]);
+    /// gateways built afterwards forward to it.
+    pub fn set_api_relay_port(&mut self, port: Option<u16>) {
+        self.node.api_relay_port = port;
     }
 
     /// The store.
@@ -327,6 +344,7 @@ impl Fabric {
             nl.add_default_route(host_t)?;
             nft::apply(&nft::gateway_script(
                 &net.subnets.iter().map(|s| s.gateway).collect::<Vec<_>>(),
+                self.node.api_relay_port.map(|p| (host_t, p)),
             ))
         })
     }
@@ -566,6 +584,7 @@ impl Fabric {
             egress_allow: self.node.egress_allow.clone(),
             transit: self.node.transit,
             host_dns: self.node.host_dns.clone(),
+            api_relay_port: self.node.api_relay_port,
         };
         let mut fdb: Vec<(String, BTreeSet<(MacAddr, Ipv4Addr)>)> = vec![];
         let mut peers = BTreeSet::new();
@@ -617,6 +636,49 @@ impl Fabric {
         })
     }
 
+    /// Programs the node's NetworkPolicy table (`inet h8s_policy`): only the elements that
+    /// changed since `old` (what the previous call installed), or the whole table when `old`
+    /// is `None` or the incremental update is refused (the table went away with the node's
+    /// last Network, say). An empty rule set removes the table. Needs bridged IPv4 to pass the
+    /// inet hooks (`br_netfilter`): turns `net.bridge.bridge-nf-call-iptables` on and fails if
+    /// the kernel has no such switch.
+    pub fn program_policy(&self, old: Option<&PolicyRules>, new: &PolicyRules) -> Result<()> {
+        self.node.netns.run(|| {
+            if new.is_empty() {
+                if old.is_some_and(|o| o.is_empty()) {
+                    return Ok(());
+                }
+                let exists = nft::list_tables()?
+                    .iter()
+                    .any(|(f, n)| f == "inet" && n == crate::policy::POLICY_TABLE);
+                if exists {
+                    nft::apply(&format!(
+                        "delete table inet {}\n",
+                        crate::policy::POLICY_TABLE
+                    ))?;
+                }
+                return Ok(());
+            }
+            if let Some(old) = old.filter(|o| !o.is_empty()) {
+                match new.diff_script(old) {
+                    None => return Ok(()),
+                    Some(script) => match nft::apply(&script) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "incremental policy update refused; rewriting the table")
+                        }
+                    },
+                }
+            }
+            netns::sysctl("net.bridge.bridge-nf-call-iptables", "1").map_err(|e| {
+                Error::Nft(format!(
+                    "NetworkPolicy needs bridged IPv4 in the inet hooks (br_netfilter): {e}"
+                ))
+            })?;
+            nft::apply(&new.script())
+        })
+    }
+
     /// Everything h8s has made on this node.
     pub fn inventory(&self) -> Result<Inventory> {
         let (links, tables) = self.node.netns.run(|| {
@@ -629,7 +691,7 @@ impl Fabric {
             links.sort();
             let tables = nft::list_tables()?
                 .into_iter()
-                .filter(|(_, n)| n == nft::TABLE)
+                .filter(|(_, n)| n == nft::TABLE || n == crate::policy::POLICY_TABLE)
                 .map(|(f, n)| format!("{f} {n}"))
                 .collect();
             Ok((links, tables))

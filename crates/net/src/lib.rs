@@ -8,10 +8,11 @@ mod link;
 mod model;
 pub mod netns;
 mod nft;
+pub mod policy;
 mod store;
 
 pub use error::{Error, Result};
-pub use fabric::{Fabric, Inventory, NodeConfig, DEFAULT_PROTECTED};
+pub use fabric::{Fabric, Inventory, NodeConfig, API_GATEWAY_PORT, DEFAULT_PROTECTED};
 pub use ipnet::Ipv4Net;
 pub use model::{
     Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, SYSTEM_TENANT,
@@ -19,4 +20,5 @@ pub use model::{
 };
 pub use netns::NsRef;
 pub use nft::TABLE as NFT_TABLE;
+pub use policy::{PolicyRules, POLICY_TABLE};
 pub use store::NetworkStore;

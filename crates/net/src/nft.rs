@@ -35,6 +35,8 @@ pub(crate) struct NodeRules {
     pub egress_allow: Vec<Ipv4Net>,
     pub transit: Ipv4Net,
     pub host_dns: Vec<Ipv4Addr>,
+    /// The node agent's API relay port: open to gateway uplinks, closed to everyone else.
+    pub api_relay_port: Option<u16>,
 }
 
 fn elements(items: impl IntoIterator<Item = String>) -> String {
@@ -134,6 +136,10 @@ table inet {TABLE} {{
                 .join(", ");
             let _ = writeln!(s, "    iifname \"h8u*\" ip daddr {{ {dns} }} meta l4proto {{ tcp, udp }} th dport 53 accept");
         }
+        if let Some(p) = self.api_relay_port {
+            let _ = writeln!(s, "    iifname \"h8u*\" tcp dport {p} accept");
+            let _ = writeln!(s, "    tcp dport {p} drop");
+        }
         let _ = write!(
             s,
             r#"    iifname "h8u*" drop
@@ -160,12 +166,26 @@ table inet {TABLE} {{
 
 /// The gateway namespace's table: answers pings and DNS on the gateway addresses, routes
 /// between the Network's own subnets, masquerades egress out of `up0`, lets nothing in.
-pub(crate) fn gateway_script(gateways: &[Ipv4Addr]) -> String {
+///
+/// With `relay` (the uplink's host address and the node agent's API relay port), TCP to the
+/// gateway addresses' [`crate::fabric::API_GATEWAY_PORT`] is forwarded there.
+pub(crate) fn gateway_script(gateways: &[Ipv4Addr], relay: Option<(Ipv4Addr, u16)>) -> String {
     let gw = gateways
         .iter()
         .map(|g| g.to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    let dnat = match relay {
+        Some((host, port)) => format!(
+            r#"  chain prerouting {{
+    type nat hook prerouting priority -100; policy accept;
+    iifname "gw0" ip daddr {{ {gw} }} tcp dport {} dnat to {host}:{port}
+  }}
+"#,
+            crate::fabric::API_GATEWAY_PORT
+        ),
+        None => String::new(),
+    };
     format!(
         r#"table ip {TABLE}
 delete table ip {TABLE}
@@ -187,7 +207,7 @@ table ip {TABLE} {{
     type nat hook postrouting priority 100; policy accept;
     oifname "up0" masquerade
   }}
-}}
+{dnat}}}
 "#
     )
 }
@@ -218,11 +238,12 @@ pub(crate) fn apply(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the h8s tables of the calling thread's namespace, if present.
+/// Deletes the h8s tables (and the NetworkPolicy table) of the calling thread's namespace, if
+/// present.
 pub(crate) fn delete_tables() -> Result<()> {
     let mut script = String::new();
     for (fam, name) in list_tables()? {
-        if name == TABLE {
+        if name == TABLE || (fam == "inet" && name == crate::policy::POLICY_TABLE) {
             let _ = writeln!(script, "delete table {fam} {name}");
         }
     }
@@ -274,6 +295,7 @@ mod tests {
             egress_allow: vec![],
             transit: "100.64.0.0/16".parse().unwrap(),
             host_dns: vec![],
+            api_relay_port: None,
         };
         for _ in 0..2 {
             let s = r.script();
@@ -310,6 +332,7 @@ mod tests {
                 .collect(),
             transit: "100.64.0.0/16".parse().unwrap(),
             host_dns: vec![],
+            api_relay_port: None,
         };
         let s = r.script();
         assert!(
@@ -326,5 +349,35 @@ mod tests {
         let p = s.find("ip daddr @protected drop").unwrap();
         let a = s.find("ip daddr != @egress_allow drop").unwrap();
         assert!(p < a, "{s}");
+    }
+
+    #[test]
+    fn api_relay_is_open_to_uplinks_only_and_gateways_forward_to_it() {
+        let r = NodeRules {
+            ports: vec![],
+            gateway_macs: vec![],
+            vxlan_peers: vec![],
+            vxlan_port: 4789,
+            protected: vec![],
+            egress_allow: vec![],
+            transit: "100.64.0.0/16".parse().unwrap(),
+            host_dns: vec![],
+            api_relay_port: Some(6444),
+        };
+        let s = r.script();
+        let open = s.find("iifname \"h8u*\" tcp dport 6444 accept").unwrap();
+        let closed = s.find("    tcp dport 6444 drop").unwrap();
+        let rest = s.find("    iifname \"h8u*\" drop").unwrap();
+        assert!(open < closed && closed < rest, "{s}");
+        let g = gateway_script(
+            &[Ipv4Addr::new(192, 168, 0, 1)],
+            Some((Ipv4Addr::new(100, 64, 0, 0), 6444)),
+        );
+        assert!(
+            g.contains("ip daddr { 192.168.0.1 } tcp dport 443 dnat to 100.64.0.0:6444"),
+            "{g}"
+        );
+        assert_eq!(g.matches('{').count(), g.matches('}').count(), "{g}");
+        assert!(!gateway_script(&[Ipv4Addr::new(192, 168, 0, 1)], None).contains("dnat"));
     }
 }

@@ -5,7 +5,8 @@
 //! a Secret, ConfigMap or PersistentVolumeClaim only by name and only when a pod bound to
 //! the node uses it, a ServiceAccount token only for a pod's account. Other requests are
 //! decided by the node rules (`system:node`'s). Stricter than Kubernetes' default, a node
-//! listing or watching pods is answered allow-filtered: it sees its own pods only.
+//! listing or watching pods is answered allow-filtered: it sees its own pods and the pods of
+//! the namespaces it runs pods of (NetworkPolicy peers).
 //! NodeRestriction confines the writes those rules allow to the node's own Node, Lease,
 //! pods (status, deletion, eviction) and the `h8s-vm` RuntimeClass its agent publishes.
 
@@ -277,11 +278,24 @@ impl Authorizer for NodeAuthorizer {
                 }
                 ("pods", "") if a.verb == "get" => return self.related(node, a),
                 ("pods", "") if matches!(a.verb.as_str(), "list" | "watch") => {
-                    // Its own pods only (Kubernetes asks for a spec.nodeName field
-                    // selector; here the list is filtered).
+                    // Its own pods (Kubernetes asks for a spec.nodeName field selector;
+                    // here the list is filtered), and — h8s: NetworkPolicy peers, whose
+                    // labels and ports the agent enforcing policies needs — the pods of
+                    // the namespaces it runs a pod of, decided per object as the graph
+                    // changes.
                     let node = node.to_string();
+                    let graph = self.graph.clone();
                     return Decision::AllowFiltered(Arc::new(FnFilter(move |o: &Value| {
-                        o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(&node)
+                        if o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(&node) {
+                            return true;
+                        }
+                        let ns = o
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let g = graph.read().unwrap_or_else(|e| e.into_inner());
+                        let hosts = g.pods(&node, ns).next().is_some();
+                        hosts
                     })));
                 }
                 _ => {}
@@ -340,6 +354,12 @@ pub fn node_rules() -> Vec<Rule> {
             &["list", "watch"],
             &["discovery.k8s.io"],
             &["endpointslices"],
+        ),
+        // h8s: NetworkPolicy is enforced by the node agent on each pod's port.
+        rule(
+            &["list", "watch"],
+            &["networking.k8s.io"],
+            &["networkpolicies"],
         ),
         // h8s: pod networks from the API (the namespace's Network, its segment and the
         // cluster-wide IPAM in the Network's status; NodeRestriction confines the writes
@@ -737,11 +757,14 @@ mod tests {
         assert!(!z
             .authorize(&n1, &a("delete", "ns1", "secrets", "", "s1"))
             .allowed());
-        // Pod lists are narrowed to the node's own pods.
+        // Pod lists are narrowed to the node's own pods and their namespaces.
         match z.authorize(&n1, &a("list", "", "pods", "", "")) {
             Decision::AllowFiltered(f) => {
                 assert!(f.allows(&test_pod("ns1", "p1", "n1")));
-                assert!(!f.allows(&test_pod("ns1", "p2", "n2")));
+                // Another node's pod in a namespace n1 runs pods of (a policy peer) …
+                assert!(f.allows(&test_pod("ns1", "p2", "n2")));
+                // … but not of a namespace it has no pod of.
+                assert!(!f.allows(&test_pod("ns2", "p3", "n2")));
             }
             d => panic!("{d:?}"),
         }
