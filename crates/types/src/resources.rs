@@ -1179,6 +1179,9 @@ static TABLE: &[Resource] = &[
             "PriorityLevelConfigurationList",
             "prioritylevelconfigurations",
             "prioritylevelconfiguration",
+            false,
+        )
+    },
     Resource {
         subresources: &[status_sub!("storage.k8s.io", "v1", "VolumeAttachment")],
         has_status: true,
