@@ -43,10 +43,19 @@ impl Server {
     /// Starts on `dir` with extra `h8s server` flags.
     #[allow(dead_code)]
     pub fn start_with(dir: tempfile::TempDir, extra: &[&std::ffi::OsStr]) -> Server {
+        Self::start_listen(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts on `dir`, listening on `listen` (`IP:0` picks a free port), with extra flags.
+    pub fn start_listen(
+        dir: tempfile::TempDir,
+        listen: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Server {
         let t0 = Instant::now();
         let data = dir.path().join("data");
         let mut child = Command::new(env!("CARGO_BIN_EXE_h8s"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(&data)
             // API tests need no node agent (no pod VMs booting behind them).
             .arg("--disable-agent")
