@@ -4,7 +4,8 @@
 //! with IPs; `kubectl logs` and `exec` reach pods on every joined node (the agents' serving
 //! certificates come from `kubernetes.io/kubelet-serving` CSRs); powering one node off (its
 //! agent, supervisors and QEMU killed) makes its pods replaced on the other once the node
-//! controller has seen it NotReady and the pods' tolerations ran out (shortened here).
+//! controller has seen it NotReady and the pods' tolerations ran out (shortened here). Also:
+//! the kubelet-serving CSRs approved, and host namespaces / hostPath refused (403).
 
 mod api_support;
 mod cluster_support;
@@ -170,4 +171,81 @@ fn killed_node_has_its_pods_replaced_on_the_other() {
     });
     c.kubectl(&["-n", &ns, "delete", "deployment", "kw"]);
     c.cleanup(&ns);
+}
+
+#[test]
+fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
+    let c = c();
+    // Each joined agent asked the kubelet-serving signer for its own certificate; the server
+    // approved and signed it.
+    let csrs = c.json(&["get", "csr"]).unwrap();
+    for n in &c.nodes {
+        let mine = csrs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| {
+                x["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                    && x["spec"]["username"] == format!("system:node:{}", n.name).as_str()
+            })
+            .unwrap_or_else(|| panic!("no kubelet-serving CSR of {}", n.name));
+        assert!(cluster_support::condition(mine, "Approved"), "{mine}");
+        assert!(mine["status"]["certificate"].is_string());
+        assert!(n.data.join("node/serving.crt").exists());
+    }
+    // Host namespaces and host paths: 403 for pods and pod templates, whoever asks.
+    let ns = c.namespace("host");
+    let pod = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: h\nspec:\n{extra}  containers:\n  - name: c\n    image: busybox\n"
+        )
+    };
+    for (extra, field) in [
+        ("  hostNetwork: true\n", "spec.hostNetwork"),
+        ("  hostPID: true\n", "spec.hostPID"),
+        ("  hostIPC: true\n", "spec.hostIPC"),
+        (
+            "  volumes:\n  - name: v\n    hostPath: {path: /etc}\n",
+            "spec.volumes[0].hostPath",
+        ),
+    ] {
+        let (ok, _, err) = c.kubectl_out(&["-n", &ns, "create", "-f", "-"], Some(&pod(extra)));
+        assert!(!ok, "{field} was accepted");
+        assert!(
+            err.contains("Forbidden") && err.contains(field) && err.contains("own VM"),
+            "{field}: {err}"
+        );
+    }
+    let (ok, out, _) = c.kubectl_out(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "hn",
+            "--image=busybox",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok);
+    let mut d: Value = serde_json::from_str(&out).unwrap();
+    d["spec"]["template"]["spec"]["hostNetwork"] = Value::Bool(true);
+    let (ok, _, err) = c.kubectl_out(&["-n", &ns, "create", "-f", "-"], Some(&d.to_string()));
+    assert!(
+        !ok && err.contains("spec.template.spec.hostNetwork"),
+        "{err}"
+    );
+    // `privileged` is allowed: privileged inside the pod's own VM.
+    let (ok, _, err) = c.kubectl_out(
+        &["-n", &ns, "create", "--dry-run=server", "-f", "-"],
+        Some(&pod("").replace(
+            "    image: busybox\n",
+            "    image: busybox\n    securityContext: {privileged: true}\n",
+        )),
+    );
+    assert!(ok, "privileged refused: {err}");
+    c.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
