@@ -1672,6 +1672,7 @@ impl Worker {
                 host: host.unwrap_or_default(),
                 port: u16::try_from(port).unwrap_or(0),
                 http,
+                grpc: None,
                 timeout_ms: timeout.as_millis() as u64,
             }
         };
@@ -1702,8 +1703,19 @@ impl Worker {
                 .await
                 .map_err(|_| format!("probe timed out after {timeout:?}"))?
                 .map_err(|e| probe_message(&e));
+        } else if let Some(g) = &p.grpc {
+            // The guest dials 127.0.0.1 in the VM (kubelet dials the pod IP; a server on all
+            // addresses answers both).
+            let mut spec = net(None, g.port, None);
+            spec.grpc = Some(h8s_guest::GrpcProbe {
+                service: g.service.clone().unwrap_or_default(),
+            });
+            return tokio::time::timeout(budget, self.ctx.runtime.probe(id, spec))
+                .await
+                .map_err(|_| format!("probe timed out after {timeout:?}"))?
+                .map_err(|e| probe_message(&e));
         } else {
-            return Err("probe has no handler (grpc probes are not supported yet)".into());
+            return Err("probe has no handler".into());
         };
         if cmd.is_empty() {
             return Err("exec probe has no command".into());

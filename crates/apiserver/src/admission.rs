@@ -14,6 +14,7 @@ use crate::auth::UserInfo;
 use crate::error::{ApiError, Subject};
 use crate::obj;
 
+mod host;
 mod lookup;
 mod network;
 mod pod;
@@ -21,6 +22,7 @@ mod quota;
 mod storage;
 mod tenancy;
 
+pub use host::HostNamespaces;
 pub(crate) use lookup::Lookup;
 pub use network::NamespaceNetwork;
 pub use pod::{
@@ -64,7 +66,8 @@ impl Default for PluginConfig {
 
 /// Kubernetes' default admission chain, in kube-apiserver's order: NamespaceLifecycle,
 /// LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds, DefaultStorageClass,
-/// (h8s) CinderVolumeTenant, RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork.
+/// (h8s) CinderVolumeTenant, RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork and
+/// HostNamespaces.
 pub fn default_chain(
     store: Arc<dyn h8s_store::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -88,6 +91,7 @@ pub fn default_chain(
         Arc::new(RuntimeClass::new(lookup.clone())),
         Arc::new(ResourceQuota::new(lookup.clone(), cfg.quota.clone())),
         Arc::new(NamespaceNetwork::new(lookup)),
+        Arc::new(HostNamespaces),
     ]
 }
 

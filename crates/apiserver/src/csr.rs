@@ -5,7 +5,9 @@
 //! - `kubernetes.io/kube-apiserver-client`: any client certificate (approval is the
 //!   privileged act);
 //! - `kubernetes.io/kube-apiserver-client-kubelet`: a node's client certificate
-//!   (`CN=system:node:NAME`, `O=system:nodes`, no subject alternative names).
+//!   (`CN=system:node:NAME`, `O=system:nodes`, no subject alternative names);
+//! - `kubernetes.io/kubelet-serving`: a node agent's serving certificate (same subject,
+//!   DNS and IP subject alternative names only, `server auth`).
 //!
 //! [`ClusterCaSigner`] is the registry's [`CsrSigner`]: an approved request of those
 //! signers gets `status.certificate`, valid for `spec.expirationSeconds` (at most a year).
@@ -13,7 +15,12 @@
 //! subresource, as `system:kube-controller-manager`), kubelet client requests made with
 //! a bootstrap token (group `system:bootstrappers`) or by a node renewing its own
 //! certificate, when the authorizer allows the requester `create` on
-//! `certificatesigningrequests/nodeclient` (or `selfnodeclient`).
+//! `certificatesigningrequests/nodeclient` (or `selfnodeclient`); and kubelet serving
+//! requests a node makes for itself (requester `system:node:NAME` in `system:nodes`, the
+//! subject's CN the same). Upstream leaves serving requests to an operator because their
+//! names are not checked; here the API server does not rely on those names: it accepts an
+//! agent only with the serving certificate of the Node it dials (`nodeproxy`), so a node
+//! naming another's address gains nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +42,15 @@ use crate::state::Api;
 pub const KUBE_APISERVER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 /// The signer of kubelet (node) client certificates.
 pub const KUBE_APISERVER_CLIENT_KUBELET: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet (node agent) serving certificates.
+pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 /// The group of nodes.
 pub const NODES_GROUP: &str = "system:nodes";
 /// The prefix of a node's user name.
 pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// The most names a kubelet serving certificate carries.
+const MAX_SERVING_SANS: usize = 32;
 
 /// The shortest certificate a CSR can ask for (Kubernetes: ten minutes).
 const MIN_EXPIRATION: Duration = Duration::from_secs(600);
@@ -49,6 +61,12 @@ pub(crate) struct ParsedCsr {
     pub organizations: Vec<String>,
     /// Whether it asks for any subject alternative name.
     pub has_sans: bool,
+    /// The IP subject alternative names it asks for.
+    pub ips: Vec<std::net::IpAddr>,
+    /// The DNS subject alternative names it asks for.
+    pub dns: Vec<String>,
+    /// Whether it asks for another kind of name (email, URI, …).
+    pub other_sans: bool,
     pub params: rcgen::CertificateSigningRequestParams,
 }
 
@@ -112,19 +130,35 @@ pub(crate) fn parse_request(csr: &Value) -> Result<ParsedCsr, ApiError> {
         .filter_map(|a| a.as_str().ok())
         .map(str::to_string)
         .collect();
-    let has_sans = req.requested_extensions().into_iter().flatten().any(|e| {
-        matches!(
-            e,
-            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(s)
-                if !s.general_names.is_empty()
-        )
-    });
+    let (mut ips, mut dns, mut other_sans) = (Vec::new(), Vec::new(), false);
+    for e in req.requested_extensions().into_iter().flatten() {
+        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(s) = e {
+            for g in &s.general_names {
+                use x509_parser::extensions::GeneralName as G;
+                match g {
+                    G::DNSName(d) => dns.push(d.to_string()),
+                    G::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                        Ok(v4) => ips.push(std::net::IpAddr::from(v4)),
+                        Err(_) => match <[u8; 16]>::try_from(*b) {
+                            Ok(v6) => ips.push(std::net::IpAddr::from(v6)),
+                            Err(_) => other_sans = true,
+                        },
+                    },
+                    _ => other_sans = true,
+                }
+            }
+        }
+    }
+    let has_sans = !ips.is_empty() || !dns.is_empty() || other_sans;
     let params = rcgen::CertificateSigningRequestParams::from_der(&p.contents.clone().into())
         .map_err(|e| invalid(name, field, format!("unusable certificate request: {e}")))?;
     Ok(ParsedCsr {
         common_name,
         organizations,
         has_sans,
+        ips,
+        dns,
+        other_sans,
         params,
     })
 }
@@ -151,7 +185,12 @@ pub(crate) fn check_for_signer(csr: &Value, p: &ParsedCsr) -> Result<(), ApiErro
         .and_then(Value::as_str)
         .unwrap_or("");
     let u = usages(csr);
-    let allowed = ["digital signature", "key encipherment", "client auth"];
+    let auth = if signer == KUBELET_SERVING {
+        "server auth"
+    } else {
+        "client auth"
+    };
+    let allowed = ["digital signature", "key encipherment", auth];
     if let Some(bad) = u.iter().find(|x| !allowed.contains(&x.as_str())) {
         return Err(invalid(
             name,
@@ -159,8 +198,12 @@ pub(crate) fn check_for_signer(csr: &Value, p: &ParsedCsr) -> Result<(), ApiErro
             format!("{bad:?} is not allowed for signer {signer}"),
         ));
     }
-    if !u.iter().any(|x| x == "client auth") {
-        return Err(invalid(name, "spec.usages", "\"client auth\" is required"));
+    if !u.iter().any(|x| x == auth) {
+        return Err(invalid(
+            name,
+            "spec.usages",
+            format!("{auth:?} is required"),
+        ));
     }
     if p.common_name.is_empty() {
         return Err(invalid(
@@ -169,7 +212,7 @@ pub(crate) fn check_for_signer(csr: &Value, p: &ParsedCsr) -> Result<(), ApiErro
             "the subject needs a common name",
         ));
     }
-    if signer == KUBE_APISERVER_CLIENT_KUBELET {
+    if signer == KUBE_APISERVER_CLIENT_KUBELET || signer == KUBELET_SERVING {
         if p.organizations != [NODES_GROUP] {
             return Err(invalid(
                 name,
@@ -186,11 +229,34 @@ pub(crate) fn check_for_signer(csr: &Value, p: &ParsedCsr) -> Result<(), ApiErro
                 format!("the subject's common name must begin with {NODE_USER_PREFIX:?}"),
             ));
         }
-        if p.has_sans {
+    }
+    if signer == KUBE_APISERVER_CLIENT_KUBELET && p.has_sans {
+        return Err(invalid(
+            name,
+            "spec.request",
+            "a kubelet client certificate has no subject alternative names",
+        ));
+    }
+    if signer == KUBELET_SERVING {
+        if p.other_sans {
             return Err(invalid(
                 name,
                 "spec.request",
-                "a kubelet client certificate has no subject alternative names",
+                "a kubelet serving certificate names only DNS names and IP addresses",
+            ));
+        }
+        if p.ips.is_empty() && p.dns.is_empty() {
+            return Err(invalid(
+                name,
+                "spec.request",
+                "a kubelet serving certificate needs at least one DNS name or IP address",
+            ));
+        }
+        if p.ips.len() + p.dns.len() > MAX_SERVING_SANS {
+            return Err(invalid(
+                name,
+                "spec.request",
+                format!("at most {MAX_SERVING_SANS} subject alternative names"),
             ));
         }
     }
@@ -221,15 +287,22 @@ impl ClusterCaSigner {
         let signer = obj::at(csr, "spec.signerName")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if signer != KUBE_APISERVER_CLIENT && signer != KUBE_APISERVER_CLIENT_KUBELET {
+        if signer != KUBE_APISERVER_CLIENT
+            && signer != KUBE_APISERVER_CLIENT_KUBELET
+            && signer != KUBELET_SERVING
+        {
             return Ok(None);
         }
         let p = parse_request(csr)?;
         check_for_signer(csr, &p)?;
-        let pem = self
-            .pki
-            .sign_csr(&p.params, lifetime(csr))
-            .map_err(|e| ApiError::internal(format!("signing the certificate: {e}")))?;
+        let signed = if signer == KUBELET_SERVING {
+            self.pki
+                .sign_serving_csr(&p.params, &p.ips, &p.dns, lifetime(csr))
+        } else {
+            self.pki.sign_csr(&p.params, lifetime(csr))
+        };
+        let pem =
+            signed.map_err(|e| ApiError::internal(format!("signing the certificate: {e}")))?;
         tracing::info!(csr = obj::name(csr), signer, subject = %p.common_name, "signed a certificate");
         Ok(Some(pem.into_bytes()))
     }
@@ -303,8 +376,20 @@ impl CsrApprover {
 
     /// Why `csr` should be approved (the condition's message), or `None`.
     fn should_approve(&self, csr: &Value) -> Option<&'static str> {
-        if obj::at(csr, "spec.signerName").and_then(Value::as_str)
-            != Some(KUBE_APISERVER_CLIENT_KUBELET)
+        let signer = obj::at(csr, "spec.signerName").and_then(Value::as_str);
+        if signer == Some(KUBELET_SERVING)
+            && !has_condition(csr, "Approved")
+            && !has_condition(csr, "Denied")
+            && !has_condition(csr, "Failed")
+        {
+            let p = parse_request(csr).ok()?;
+            check_for_signer(csr, &p).ok()?;
+            let user = requester(csr);
+            let own =
+                user.groups.iter().any(|g| g == NODES_GROUP) && user.username == p.common_name;
+            return own.then_some("Auto approving a node's own kubelet serving certificate.");
+        }
+        if signer != Some(KUBE_APISERVER_CLIENT_KUBELET)
             || has_condition(csr, "Approved")
             || has_condition(csr, "Denied")
             || has_condition(csr, "Failed")
@@ -532,6 +617,57 @@ mod tests {
         // Other signers are not ours.
         c["spec"]["signerName"] = json!("example.com/other");
         assert!(s.sign_now(&c).unwrap().is_none());
+    }
+
+    #[test]
+    fn signs_kubelet_serving_requests_with_their_names() {
+        let (_d, s) = signer();
+        let k = KUBELET_SERVING;
+        let usages: &[&str] = &["digital signature", "key encipherment", "server auth"];
+        let c = csr_obj(
+            "system:node:n1",
+            &["system:nodes"],
+            k,
+            usages,
+            &["10.1.2.3", "n1.example"],
+        );
+        let pem = s.sign_now(&c).unwrap().unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let x = p.parse_x509().unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let sans = x.subject_alternative_name().unwrap().unwrap().value;
+        let names: Vec<String> = sans.general_names.iter().map(|g| g.to_string()).collect();
+        assert!(names.iter().any(|n| n.contains("0a:01:02:03")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("n1.example")), "{names:?}");
+        assert_eq!(
+            x.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "system:node:n1"
+        );
+        let bad = [
+            // No names.
+            csr_obj("system:node:n1", &["system:nodes"], k, usages, &[]),
+            // Client usage.
+            csr_obj(
+                "system:node:n1",
+                &["system:nodes"],
+                k,
+                &["digital signature", "client auth"],
+                &["n1"],
+            ),
+            // Not a node.
+            csr_obj("mallory", &["system:nodes"], k, usages, &["n1"]),
+            csr_obj("system:node:n1", &["system:masters"], k, usages, &["n1"]),
+        ];
+        for (i, c) in bad.iter().enumerate() {
+            let e = s.sign_now(c).unwrap_err();
+            assert_eq!(e.code, 422, "case {i}: {}", e.message);
+        }
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub use auth::{
     BOOTSTRAPPERS_GROUP, TENANT_GROUP_PREFIX,
 };
 pub use csr::{
-    ClusterCaSigner, CsrApproverConfig, KUBE_APISERVER_CLIENT, KUBE_APISERVER_CLIENT_KUBELET,
+    ClusterCaSigner, CsrApproverConfig, KUBELET_SERVING, KUBE_APISERVER_CLIENT,
+    KUBE_APISERVER_CLIENT_KUBELET,
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use flow::LimitsConfig;
@@ -78,6 +79,7 @@ pub use identity::{
 pub use nodeproxy::{NodeProxy, KUBELET_CLIENT_CN};
 pub use pki::{
     kubeconfig, kubeconfig_with_cert, needs_renewal, random_token, Pki, CLIENT_CERT_LIFETIME,
+    SERVING_CERT_LIFETIME,
 };
 pub use rbac::node::{NodeAuthorizer, NodeRestriction};
 pub use rbac::{RbacAuthorizer, Union};

@@ -105,13 +105,51 @@ impl Pki {
         Ok((cert, key.serialize_pem()))
     }
 
+    /// Issues a node agent's serving certificate (what a `kubernetes.io/kubelet-serving`
+    /// CSR gets): `CN=system:node:NODE`, `O=system:nodes`, the given DNS names and IPs as
+    /// subject alternative names, `serverAuth` only. Returns the certificate and its new
+    /// private key, both PEM.
+    pub fn issue_node_serving_cert(
+        &self,
+        node: &str,
+        sans: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, String)> {
+        if node.is_empty() {
+            return Err(Error::Pki(
+                "a node serving certificate needs a node name".into(),
+            ));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "system:nodes");
+        dn.push(DnType::CommonName, format!("system:node:{node}"));
+        p.distinguished_name = dn;
+        let key = KeyPair::generate().map_err(rc)?;
+        let sans = sans.iter().map(|s| san_of(s)).collect();
+        let cert = self.sign_leaf(p, &key, lifetime, Leaf::Serving(sans))?;
+        Ok((cert, key.serialize_pem()))
+    }
+
     /// Signs client-certificate parameters for `public_key` with the CA: a leaf with
     /// `clientAuth` only, a random serial and the given lifetime.
     fn sign_client(
         &self,
+        p: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+        lifetime: Duration,
+    ) -> Result<String> {
+        self.sign_leaf(p, public_key, lifetime, Leaf::Client)
+    }
+
+    /// Signs a leaf for `public_key` with the CA: a random serial, the given lifetime (at
+    /// most the CA's), `clientAuth` and no names, or `serverAuth` with the given names.
+    fn sign_leaf(
+        &self,
         mut p: CertificateParams,
         public_key: &impl rcgen::PublicKeyData,
         lifetime: Duration,
+        leaf: Leaf,
     ) -> Result<String> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(rc)?;
         let issuer = Issuer::new(ca_params(), &ca_key);
@@ -119,12 +157,20 @@ impl Pki {
         p.not_before = now - BACKDATE;
         p.not_after = (now + lifetime).min(not_after(&self.ca_pem)?);
         p.is_ca = IsCa::ExplicitNoCa;
-        p.subject_alt_names.clear();
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        match leaf {
+            Leaf::Client => {
+                p.subject_alt_names.clear();
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            Leaf::Serving(sans) => {
+                p.subject_alt_names = sans;
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+        }
         let mut serial = crate::util::random_bytes::<16>();
         serial[0] &= 0x7f;
         p.serial_number = Some(SerialNumber::from_slice(&serial));
@@ -146,6 +192,25 @@ impl Pki {
         self.sign_client(p, &csr.public_key, lifetime)
     }
 
+    /// Signs a PKCS#10 request as a serving certificate (the `kubelet-serving` signer):
+    /// its subject and its DNS and IP subject alternative names (checked by the caller),
+    /// `serverAuth` only; its other extensions are not carried over.
+    pub(crate) fn sign_serving_csr(
+        &self,
+        csr: &rcgen::CertificateSigningRequestParams,
+        sans: &[std::net::IpAddr],
+        dns: &[String],
+        lifetime: Duration,
+    ) -> Result<String> {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = csr.params.distinguished_name.clone();
+        let mut names: Vec<SanType> = sans.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        for d in dns {
+            names.push(SanType::DnsName(d.clone().try_into().map_err(rc)?));
+        }
+        self.sign_leaf(p, &csr.public_key, lifetime, Leaf::Serving(names))
+    }
+
     /// A kubeconfig for `server_url` that trusts this CA and presents a client
     /// certificate (both PEM), e.g. from [`Pki::issue_client_cert`].
     pub fn client_kubeconfig(
@@ -157,6 +222,12 @@ impl Pki {
     ) -> String {
         kubeconfig_with_cert(server_url, &self.ca_pem, cert_pem, key_pem, user)
     }
+}
+
+/// What a CA-signed leaf is for.
+enum Leaf {
+    Client,
+    Serving(Vec<SanType>),
 }
 
 pub(crate) fn write_private(path: &Path, data: &str) -> Result<()> {

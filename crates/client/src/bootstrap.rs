@@ -21,12 +21,16 @@ use crate::{Connection, Credentials};
 
 /// The signer of node client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of node agents' serving certificates.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
 /// Why bootstrapping failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("invalid node name {0:?}")]
     NodeName(String),
+    #[error("a serving certificate needs at least one DNS name or IP address")]
+    NoNames,
     #[error("generating the node key or request")]
     Key(#[source] rcgen::Error),
     #[error(transparent)]
@@ -84,17 +88,59 @@ impl std::fmt::Debug for NodeCertificate {
 }
 
 /// Requests a client certificate for node `node_name` through `client` (authenticated
-/// with a join token) and waits for it.
+/// with a join token, or the node's current certificate to renew it) and waits for it.
 pub async fn request_node_certificate(
     client: kube::Client,
     node_name: &str,
+    opts: &BootstrapOptions,
+) -> Result<NodeCertificate, BootstrapError> {
+    request(
+        client,
+        node_name,
+        KUBELET_CLIENT_SIGNER,
+        &[],
+        "client auth",
+        opts,
+    )
+    .await
+}
+
+/// Requests the node agent's serving certificate (`kubernetes.io/kubelet-serving`,
+/// `CN=system:node:NAME`, the node's addresses and host names as subject alternative
+/// names) through `client`, authenticated as the node, and waits for it.
+pub async fn request_serving_certificate(
+    client: kube::Client,
+    node_name: &str,
+    names: &[String],
+    opts: &BootstrapOptions,
+) -> Result<NodeCertificate, BootstrapError> {
+    if names.is_empty() {
+        return Err(BootstrapError::NoNames);
+    }
+    request(
+        client,
+        node_name,
+        KUBELET_SERVING_SIGNER,
+        names,
+        "server auth",
+        opts,
+    )
+    .await
+}
+
+async fn request(
+    client: kube::Client,
+    node_name: &str,
+    signer: &str,
+    names: &[String],
+    auth_usage: &str,
     opts: &BootstrapOptions,
 ) -> Result<NodeCertificate, BootstrapError> {
     if node_name.is_empty() || node_name.len() > 253 {
         return Err(BootstrapError::NodeName(node_name.into()));
     }
     let key = rcgen::KeyPair::generate().map_err(BootstrapError::Key)?;
-    let mut params = rcgen::CertificateParams::default();
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(BootstrapError::Key)?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::OrganizationName, "system:nodes");
     dn.push(
@@ -115,8 +161,8 @@ pub async fn request_node_certificate(
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(request.into_bytes()),
-            signer_name: KUBELET_CLIENT_SIGNER.into(),
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            signer_name: signer.into(),
+            usages: Some(vec!["digital signature".into(), auth_usage.into()]),
             expiration_seconds: opts
                 .expiration
                 .map(|d| d.as_secs().min(i32::MAX as u64) as i32),
@@ -129,7 +175,7 @@ pub async fn request_node_certificate(
         .await
         .map_err(BootstrapError::Create)?;
     let name = created.metadata.name.clone().unwrap_or_default();
-    let span = tracing::info_span!("node bootstrap", csr = %name, node = %node_name);
+    let span = tracing::info_span!("node certificate", csr = %name, node = %node_name, signer);
     let _e = span.enter();
     tracing::info!("sent a certificate signing request; waiting for the certificate");
 

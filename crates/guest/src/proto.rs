@@ -471,8 +471,19 @@ pub struct ProbeSpec {
     /// An HTTP GET instead of a bare connect.
     #[serde(default)]
     pub http: Option<HttpProbe>,
+    /// A gRPC health check (`grpc.health.v1.Health/Check` over plain HTTP/2) instead.
+    #[serde(default)]
+    pub grpc: Option<GrpcProbe>,
     /// Connect plus answer, milliseconds.
     pub timeout_ms: u64,
+}
+
+/// The gRPC part of a [`ProbeSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrpcProbe {
+    /// The `service` of the HealthCheckRequest (empty: the server as a whole).
+    #[serde(default)]
+    pub service: String,
 }
 
 /// The HTTP part of a [`ProbeSpec`].

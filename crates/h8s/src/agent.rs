@@ -435,6 +435,58 @@ async fn client(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<h8s_client:
     Ok(conn.client()?)
 }
 
+/// The streaming server's certificate and key (PEM): `DATA_DIR/node/serving.{crt,key}`,
+/// requested through a `kubernetes.io/kubelet-serving` CSR (the server approves a node's
+/// request for itself) when missing, when less than 90 days of it are left, or when the
+/// node's names (its address and host name) changed.
+async fn serving_cert(
+    opts: &AgentOpts,
+    client: &h8s_client::kube::Client,
+    data_dir: &Path,
+) -> anyhow::Result<(String, String)> {
+    let dir = data_dir.join("node");
+    let node = opts.node_name();
+    let mut names = Vec::new();
+    if let Some(ip) = opts.node_ip.or_else(default_route_ip) {
+        names.push(ip.to_string());
+    }
+    names.push(node.clone());
+    let host = host_name();
+    if !names.contains(&host) {
+        names.push(host);
+    }
+    let want = names.join("\n");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    if let (Some(cert), Some(key), Some(have)) = (
+        read("serving.crt"),
+        read("serving.key"),
+        read("serving.names"),
+    ) {
+        if have == want
+            && !h8s_apiserver::needs_renewal(&cert, h8s_apiserver::SERVING_CERT_LIFETIME)
+        {
+            return Ok((cert, key));
+        }
+    }
+    let got = h8s_client::bootstrap::request_serving_certificate(
+        client.clone(),
+        &node,
+        &names,
+        &h8s_client::bootstrap::BootstrapOptions::default(),
+    )
+    .await
+    .context("requesting the streaming server's certificate (kubelet-serving CSR)")?;
+    std::fs::create_dir_all(&dir)?;
+    write_private(&dir.join("serving.key"), &got.key_pem)?;
+    write_private(&dir.join("serving.crt"), &got.cert_pem)?;
+    write_private(&dir.join("serving.names"), want.as_bytes())?;
+    tracing::info!(%node, ?names, "got the streaming server's certificate");
+    Ok((
+        String::from_utf8_lossy(&got.cert_pem).into_owned(),
+        String::from_utf8_lossy(&got.key_pem).into_owned(),
+    ))
+}
+
 /// Writes `data` to `path` with mode 0600 through a temporary file and a rename, so a crash
 /// never leaves half a credential.
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
@@ -491,11 +543,25 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             Some((read(&ca_file)?, read(c)?, read(k)?))
         }
         (None, None) => {
-            tracing::warn!(
-                "no --tls-cert-file/--tls-private-key-file: no streaming server \
-                 (kubectl logs/exec/port-forward will not reach this node)"
-            );
-            None
+            let ca_file = args
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("node").join("ca.crt"));
+            match std::fs::read_to_string(&ca_file) {
+                Ok(ca) => {
+                    let (cert, key) = serving_cert(&args.opts, &client, &data_dir).await?;
+                    Some((ca, cert, key))
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        ca = %ca_file.display(),
+                        "no cluster CA and no --tls-cert-file/--tls-private-key-file: no \
+                         streaming server (kubectl logs/exec/port-forward will not reach \
+                         this node)"
+                    );
+                    None
+                }
+            }
         }
         _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
     };

@@ -454,9 +454,17 @@ impl Cluster {
         vm_records(&n.root)
     }
 
-    /// Deletes the pods of `ns` and waits until no node has a VM of them left; then deletes
-    /// the namespace.
+    /// Deletes the workloads and pods of `ns` and waits until no node has a VM of them
+    /// left; then deletes the namespace.
     pub fn cleanup(&self, ns: &str) {
+        self.kubectl(&[
+            "-n",
+            ns,
+            "delete",
+            "deployments,replicasets,statefulsets,daemonsets,jobs,cronjobs,replicationcontrollers",
+            "--all",
+            "--cascade=orphan",
+        ]);
         self.kubectl(&["-n", ns, "delete", "pod", "--all", "--grace-period=1"]);
         wait(Duration::from_secs(120), "the pod VMs to go", || {
             self.nodes

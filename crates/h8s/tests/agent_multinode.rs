@@ -1,0 +1,251 @@
+//! Multi-node on one machine (issue 10, item 9): one `h8s server --disable-agent` and two
+//! `h8s agent`s, each in its own network namespace with its own data dir, joined through the
+//! join token (`cluster_support`). A Deployment spreads over both nodes with pods Running
+//! with IPs; `kubectl logs` and `exec` reach pods on every joined node (the agents' serving
+//! certificates come from `kubernetes.io/kubelet-serving` CSRs); powering one node off (its
+//! agent, supervisors and QEMU killed) makes its pods replaced on the other once the node
+//! controller has seen it NotReady and the pods' tolerations ran out (shortened here). Also:
+//! the kubelet-serving CSRs approved, and host namespaces / hostPath refused (403).
+
+mod api_support;
+mod cluster_support;
+
+use std::time::Duration;
+
+use cluster_support::{cluster, Cluster, Opts};
+use serde_json::Value;
+
+fn c() -> &'static Cluster {
+    cluster(&Opts {
+        nodes: 2,
+        server_args: [
+            "--node-monitor-grace-period=8s",
+            "--node-monitor-period=1s",
+            "--default-not-ready-toleration-seconds=4",
+            "--default-unreachable-toleration-seconds=4",
+        ]
+        .map(String::from)
+        .to_vec(),
+        agent_args: Vec::new(),
+    })
+}
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {{matchLabels: {{app: {name}}}}}
+      containers:
+      - name: web
+        image: busybox
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "echo hello-from-$(hostname); mkdir -p /www; echo ok > /www/index.html; httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          httpGet: {{path: /, port: 8080}}
+          periodSeconds: 1
+"#
+    )
+}
+
+fn node_of(p: &Value) -> String {
+    p["spec"]["nodeName"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn deployment_spreads_over_both_nodes_and_streams_reach_them() {
+    let c = c();
+    let ns = c.namespace("spread");
+    c.apply(&ns, &deployment("web", 2));
+    let pods = c.wait_running(&ns, "app=web", 2, Duration::from_secs(300));
+    let mut nodes: Vec<String> = pods.iter().map(node_of).collect();
+    nodes.sort();
+    let mut want: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    want.sort();
+    assert_eq!(nodes, want, "one pod per node");
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        let node = c.nodes.iter().find(|n| n.name == node_of(p)).unwrap();
+        assert_eq!(p["status"]["hostIP"], node.ip.as_str(), "{name}");
+        // The VM is on that node's runtime, not the other's.
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        assert!(
+            c.vms(node)
+                .iter()
+                .any(|r| r["config"]["labels"]["io.kubernetes.pod.uid"] == uid),
+            "{name}: no VM on {}",
+            node.name
+        );
+        let logs = c.kubectl(&["-n", &ns, "logs", name]);
+        assert!(logs.contains("hello-from-"), "{name} logs: {logs:?}");
+        let out = c.kubectl(&["-n", &ns, "exec", name, "--", "cat", "/www/index.html"]);
+        assert_eq!(out.trim(), "ok", "exec in {name}");
+    }
+    // Pod to pod across the nodes, over the namespace's Network (VXLAN between them).
+    let ip1 = pods[1]["status"]["podIP"].as_str().unwrap();
+    let p0 = pods[0]["metadata"]["name"].as_str().unwrap();
+    let got = c.kubectl(&[
+        "-n",
+        &ns,
+        "exec",
+        p0,
+        "--",
+        // Not `wget -T`: busybox 1.35's crashes (services.rs).
+        "timeout",
+        "10",
+        "wget",
+        "-qO-",
+        &format!("http://{ip1}:8080/"),
+    ]);
+    assert_eq!(got.trim(), "ok", "pod to pod across nodes");
+    c.cleanup(&ns);
+}
+
+#[test]
+fn killed_node_has_its_pods_replaced_on_the_other() {
+    let c = c();
+    let ns = c.namespace("kill");
+    // No spread constraint: a dead node still counts as a topology domain, which would
+    // keep the replacement Pending.
+    let yaml = deployment("kw", 2).replace(
+        "      topologySpreadConstraints:\n      - maxSkew: 1\n        topologyKey: kubernetes.io/hostname\n        whenUnsatisfiable: DoNotSchedule\n        labelSelector: {matchLabels: {app: kw}}\n",
+        "",
+    );
+    assert!(!yaml.contains("topologySpread"));
+    c.apply(&ns, &yaml);
+    let pods = c.wait_running(&ns, "app=kw", 2, Duration::from_secs(300));
+    let victim = c
+        .nodes
+        .iter()
+        .find(|n| n.name == node_of(&pods[0]))
+        .unwrap();
+    let survivor = c.nodes.iter().find(|n| n.name != victim.name).unwrap();
+    let doomed: Vec<String> = pods
+        .iter()
+        .filter(|p| node_of(p) == victim.name)
+        .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "powering off {} ({} of the pods)",
+        victim.name,
+        doomed.len()
+    );
+    let t0 = std::time::Instant::now();
+    c.kill_node(victim);
+    // The node controller sees the lease expire: the Node goes NotReady (Unknown)...
+    cluster_support::wait(Duration::from_secs(60), "the node NotReady", || {
+        let n = c.json(&["get", "node", &victim.name]).ok()?;
+        (!cluster_support::condition(&n, "Ready")).then_some(())
+    });
+    // ...its pods are evicted once their tolerations run out and replaced on the survivor.
+    let now = c.wait_running(&ns, "app=kw", 2, Duration::from_secs(300));
+    eprintln!("replaced after {:?}", t0.elapsed());
+    for p in &now {
+        assert_eq!(node_of(p), survivor.name, "{}", p["metadata"]["name"]);
+        assert!(!doomed.contains(&p["metadata"]["uid"].as_str().unwrap().to_string()));
+    }
+    // Power the node back on: the agent comes back with its saved credential, finishes the
+    // evicted pods (their VMs died with the node) and is Ready again.
+    c.start_agent(victim);
+    c.wait_node_ready(victim, Duration::from_secs(60));
+    cluster_support::wait(Duration::from_secs(120), "the evicted pods gone", || {
+        let left = c
+            .pods(&ns, Some("app=kw"))
+            .iter()
+            .filter(|p| doomed.contains(&p["metadata"]["uid"].as_str().unwrap_or("").to_string()))
+            .count();
+        (left == 0).then_some(())
+    });
+    c.kubectl(&["-n", &ns, "delete", "deployment", "kw"]);
+    c.cleanup(&ns);
+}
+
+#[test]
+fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
+    let c = c();
+    // Each joined agent asked the kubelet-serving signer for its own certificate; the server
+    // approved and signed it.
+    let csrs = c.json(&["get", "csr"]).unwrap();
+    for n in &c.nodes {
+        let mine = csrs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| {
+                x["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                    && x["spec"]["username"] == format!("system:node:{}", n.name).as_str()
+            })
+            .unwrap_or_else(|| panic!("no kubelet-serving CSR of {}", n.name));
+        assert!(cluster_support::condition(mine, "Approved"), "{mine}");
+        assert!(mine["status"]["certificate"].is_string());
+        assert!(n.data.join("node/serving.crt").exists());
+    }
+    // Host namespaces and host paths: 403 for pods and pod templates, whoever asks.
+    let ns = c.namespace("host");
+    let pod = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: h\nspec:\n{extra}  containers:\n  - name: c\n    image: busybox\n"
+        )
+    };
+    for (extra, field) in [
+        ("  hostNetwork: true\n", "spec.hostNetwork"),
+        ("  hostPID: true\n", "spec.hostPID"),
+        ("  hostIPC: true\n", "spec.hostIPC"),
+        (
+            "  volumes:\n  - name: v\n    hostPath: {path: /etc}\n",
+            "spec.volumes[0].hostPath",
+        ),
+    ] {
+        let (ok, _, err) = c.kubectl_out(&["-n", &ns, "create", "-f", "-"], Some(&pod(extra)));
+        assert!(!ok, "{field} was accepted");
+        assert!(
+            err.contains("Forbidden") && err.contains(field) && err.contains("own VM"),
+            "{field}: {err}"
+        );
+    }
+    let (ok, out, _) = c.kubectl_out(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "hn",
+            "--image=busybox",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok);
+    let mut d: Value = serde_json::from_str(&out).unwrap();
+    d["spec"]["template"]["spec"]["hostNetwork"] = Value::Bool(true);
+    let (ok, _, err) = c.kubectl_out(&["-n", &ns, "create", "-f", "-"], Some(&d.to_string()));
+    assert!(
+        !ok && err.contains("spec.template.spec.hostNetwork"),
+        "{err}"
+    );
+    // `privileged` is allowed: privileged inside the pod's own VM.
+    let (ok, _, err) = c.kubectl_out(
+        &["-n", &ns, "create", "--dry-run=server", "-f", "-"],
+        Some(&pod("").replace(
+            "    image: busybox\n",
+            "    image: busybox\n    securityContext: {privileged: true}\n",
+        )),
+    );
+    assert!(ok, "privileged refused: {err}");
+    c.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
