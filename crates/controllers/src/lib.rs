@@ -56,6 +56,9 @@ pub struct Timers {
     /// The Job controller's back-off after a pod failure, doubled per failure up to 60
     /// times this (Kubernetes' `DefaultJobPodFailureBackOff`, 10 s, and 10 min).
     pub job_backoff: Duration,
+    /// The node lifecycle controller's zone-aware NoExecute tainting rates and thresholds
+    /// (`--node-eviction-rate` and friends; rates, not timers, but flags all the same).
+    pub node_eviction: nodelifecycle::zones::Limits,
 }
 
 impl Default for Timers {
@@ -69,6 +72,7 @@ impl Default for Timers {
             gc_max_backoff: Duration::from_secs(1000),
             namespace_finalizer_estimate: Duration::from_secs(15),
             job_backoff: Duration::from_secs(10),
+            node_eviction: Default::default(),
         }
     }
 }
