@@ -55,13 +55,15 @@ fn spawn_ready(cmd: &mut Command) -> (Child, String) {
     (child, line)
 }
 
+/// A job for the keeper thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Runs `f` on a thread that lives as long as the process, so the children it spawns are
 /// not sent their death signal when the calling test's thread ends.
 fn on_keeper<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    static KEEPER: OnceLock<Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>> =
-        OnceLock::new();
+    static KEEPER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
     let tx = KEEPER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::spawn(move || {
             for job in rx {
                 job();

@@ -233,9 +233,9 @@ impl ZoneTainter {
 
     /// kube's `handleDisruption`: takes each zone's nodes' `Ready` statuses, updates the
     /// zones' states and rates, and says whether master disruption began or ended.
-    pub fn handle_disruption<'a>(
+    pub fn handle_disruption(
         &mut self,
-        zones: &BTreeMap<String, Vec<Option<&'a str>>>,
+        zones: &BTreeMap<String, Vec<Option<&str>>>,
         now: Instant,
     ) -> Transition {
         let mut new_states = BTreeMap::new();
