@@ -10,6 +10,15 @@
 //! outcome is known, then `Complete`/`Failed` once no pod is left running. Finished jobs
 //! with `ttlSecondsAfterFinished` are deleted when it runs out.
 //!
+//! `podFailurePolicy` ([`match_failure_policy`]): each newly failed pod is matched against
+//! the rules in order (`onExitCodes` In/NotIn, `onPodConditions` such as `DisruptionTarget`);
+//! `FailJob` fails the Job at once (reason `PodFailurePolicy`, kube's message), `Ignore`
+//! leaves the failure uncounted (the pod is replaced, `backoffLimit` untouched), `Count` and
+//! no match count it. Not done: `backoffLimitPerIndex` (so `FailIndex` counts like `Count`;
+//! validation rejects it without `backoffLimitPerIndex`, as kube), `successPolicy`,
+//! `podReplacementPolicy` (a pod being deleted counts as failed at once, also with a
+//! policy, where kube waits for its phase to be `Failed`).
+//!
 //! Each sync is computed by [`plan`] from a snapshot; only [`reconcile`] talks to the API.
 
 use std::collections::BTreeSet;
@@ -129,6 +138,84 @@ fn outcome(p: &Pod) -> Option<bool> {
     }
 }
 
+/// What a Job's `podFailurePolicy` makes of a failed pod (kube's `matchPodFailurePolicy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FailureAction {
+    /// Fail the whole Job, with this message (condition reason `PodFailurePolicy`).
+    FailJob(String),
+    /// Not counted towards `backoffLimit`; the pod is replaced.
+    Ignore,
+    /// Counted, as without a policy (also when no rule matches). `FailIndex` counts too:
+    /// `backoffLimitPerIndex` is not implemented.
+    Count,
+}
+
+/// The first rule of `policy` that matches the failed `pod`, in order: `onExitCodes` looks at
+/// the terminated containers (init containers first) with a non-zero exit code, optionally of
+/// one container name (`In`/`NotIn` the values); `onPodConditions` at the pod's conditions
+/// (`DisruptionTarget` for evictions, preemption and the taint manager).
+pub(crate) fn match_failure_policy(
+    policy: &k8s_openapi::api::batch::v1::PodFailurePolicy,
+    pod: &Pod,
+) -> FailureAction {
+    let status = pod.status.clone().unwrap_or_default();
+    let who = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let statuses: Vec<_> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .collect();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let hit = if let Some(req) = &rule.on_exit_codes {
+            statuses.iter().find_map(|c| {
+                let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+                let named = req.container_name.as_ref().is_none_or(|n| *n == c.name);
+                let listed = req.values.contains(&code);
+                let matches = match req.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => false,
+                };
+                (named && code != 0 && matches).then(|| {
+                    format!(
+                        "Container {} for pod {who} failed with exit code {code} matching {} rule at index {i}",
+                        c.name, rule.action
+                    )
+                })
+            })
+        } else if let Some(pats) = &rule.on_pod_conditions {
+            pats.iter().find_map(|pat| {
+                let want = match pat.status.as_str() {
+                    "" => "True",
+                    s => s,
+                };
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == pat.type_ && c.status == want)
+                    .then(|| {
+                        format!(
+                            "Pod {who} has condition {} matching {} rule at index {i}",
+                            pat.type_, rule.action
+                        )
+                    })
+            })
+        } else {
+            None
+        };
+        if let Some(msg) = hit {
+            return match rule.action.as_str() {
+                "FailJob" => FailureAction::FailJob(msg),
+                "Ignore" => FailureAction::Ignore,
+                _ => FailureAction::Count,
+            };
+        }
+    }
+    FailureAction::Count
+}
+
 /// `"1,3-5,7"` (Kubernetes' interval notation of `completedIndexes`).
 pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -200,6 +287,8 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
         unc.failed.clone().unwrap_or_default().into_iter().collect();
     let mut new_uncounted = false;
     let mut completed = parse_indexes(s.completed_indexes.as_deref().unwrap_or(""));
+    // A podFailurePolicy rule that fails the Job.
+    let mut policy_failure: Option<String> = None;
     for pod in pods {
         let Some(ok) = outcome(pod) else { continue };
         if !has_finalizer(pod) {
@@ -207,12 +296,20 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
         }
         let uid = pod.uid().unwrap_or_default();
         if !unc_ok.contains(&uid) && !unc_fail.contains(&uid) {
+            let action = match (&spec.pod_failure_policy, ok) {
+                (Some(policy), false) => match_failure_policy(policy, pod),
+                _ => FailureAction::Count,
+            };
             if ok {
                 unc_ok.insert(uid);
-            } else {
+                new_uncounted = true;
+            } else if action != FailureAction::Ignore {
                 unc_fail.insert(uid);
+                new_uncounted = true;
             }
-            new_uncounted = true;
+            if let FailureAction::FailJob(msg) = action {
+                policy_failure.get_or_insert(msg);
+            }
         }
         p.unfinalize.push(pod.clone());
     }
@@ -287,7 +384,8 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     // 3. The outcome: failure first, as Kubernetes.
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
     let mut failure = cond_true(&s, "FailureTarget")
-        .map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+        .map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+        .or_else(|| policy_failure.map(|m| ("PodFailurePolicy".to_string(), m)));
     if failure.is_none() && failed > backoff_limit {
         failure = Some((
             "BackoffLimitExceeded".into(),
@@ -919,6 +1017,148 @@ mod tests {
                 "BackoffLimitExceeded",
                 "Job has reached the specified backoff limit".into()
             )
+        );
+    }
+
+    /// A failed pod whose container `c` exited with `code`, and optionally a condition.
+    fn failed_with(name: &str, code: i32, condition: Option<&str>) -> Arc<Pod> {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition,
+        };
+        let mut p = (*jp(name, "Failed", true)).clone();
+        let st = p.status.get_or_insert_with(Default::default);
+        st.container_statuses = Some(vec![ContainerStatus {
+            name: "c".into(),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: code,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        if let Some(t) = condition {
+            st.conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: t.into(),
+                    status: "True".into(),
+                    ..Default::default()
+                });
+        }
+        Arc::new(p)
+    }
+
+    fn with_policy(rules: serde_json::Value) -> Job {
+        let mut j = job(Some(2), 1);
+        j.spec.as_mut().unwrap().backoff_limit = Some(3);
+        j.spec.as_mut().unwrap().pod_failure_policy =
+            Some(serde_json::from_value(json!({ "rules": rules })).unwrap());
+        j
+    }
+
+    #[test]
+    fn pod_failure_policy_rules_match_in_order() {
+        let policy: k8s_openapi::api::batch::v1::PodFailurePolicy =
+            serde_json::from_value(json!({"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+                {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}},
+            ]}))
+            .unwrap();
+        assert_eq!(
+            match_failure_policy(&policy, &failed_with("a", 42, None)),
+            FailureAction::FailJob(
+                "Container c for pod default/a failed with exit code 42 matching FailJob rule at index 1".into()
+            )
+        );
+        // The first matching rule wins: a disrupted pod is ignored whatever its exit code.
+        assert_eq!(
+            match_failure_policy(&policy, &failed_with("b", 42, Some("DisruptionTarget"))),
+            FailureAction::Ignore
+        );
+        // Exit code 1 matches no rule (NotIn [1, 2] excludes it): counted.
+        assert_eq!(
+            match_failure_policy(&policy, &failed_with("c", 1, None)),
+            FailureAction::Count
+        );
+        // Exit code 0 never matches an exit-code rule.
+        let p: k8s_openapi::api::batch::v1::PodFailurePolicy = serde_json::from_value(
+            json!({"rules": [{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [5]}}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            match_failure_policy(&p, &failed_with("d", 0, None)),
+            FailureAction::Count
+        );
+        // A condition pattern with an explicit status.
+        let p: k8s_openapi::api::batch::v1::PodFailurePolicy = serde_json::from_value(
+            json!({"rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "False"}]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            match_failure_policy(&p, &failed_with("e", 3, Some("DisruptionTarget"))),
+            FailureAction::Count
+        );
+    }
+
+    #[test]
+    fn a_fail_job_rule_fails_the_job_at_once() {
+        let j = with_policy(json!([
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}
+        ]));
+        let p = plan(
+            &j,
+            &[failed_with("a", 42, None)],
+            jiff::Timestamp::now(),
+            BACKOFF,
+        );
+        // Counted as a failure, far below the backoff limit, and yet the Job fails.
+        assert_eq!(p.status.failed, Some(1));
+        assert_eq!(
+            reason(&p.status, "FailureTarget").as_deref(),
+            Some("PodFailurePolicy")
+        );
+        let failed = cond_true(&p.status, "Failed").unwrap();
+        assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0")
+        );
+        assert_eq!(p.events[0].1, "PodFailurePolicy");
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn ignored_failures_do_not_count_and_are_replaced() {
+        let j = with_policy(json!([
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        ]));
+        let pods = [
+            failed_with("a", 137, Some("DisruptionTarget")),
+            failed_with("b", 137, Some("DisruptionTarget")),
+            failed_with("c", 137, Some("DisruptionTarget")),
+            failed_with("d", 137, Some("DisruptionTarget")),
+        ];
+        let p = plan(&j, &pods, jiff::Timestamp::now(), BACKOFF);
+        // Four failures over a backoff limit of 3, all ignored: not counted, not recorded,
+        // finalizers released, and a replacement started.
+        assert_eq!(p.status.failed, Some(0));
+        assert!(p.record.is_none());
+        assert_eq!(p.unfinalize.len(), 4);
+        assert!(cond_true(&p.status, "FailureTarget").is_none());
+        assert_eq!(p.create.len(), 1);
+        // Without the condition the same failures count and fail the Job.
+        let pods: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| failed_with(n, 137, None))
+            .collect();
+        let p = plan(&j, &pods, jiff::Timestamp::now(), BACKOFF);
+        assert_eq!(p.status.failed, Some(4));
+        assert_eq!(
+            reason(&p.status, "Failed").as_deref(),
+            Some("BackoffLimitExceeded")
         );
     }
 

@@ -63,6 +63,9 @@ pub struct Timers {
     /// How long a HorizontalPodAutoscaler keeps its highest recent recommendation before
     /// scaling down (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 min).
     pub hpa_downscale_stabilization: Duration,
+    /// The node lifecycle controller's zone-aware NoExecute tainting rates and thresholds
+    /// (`--node-eviction-rate` and friends; rates, not timers, but flags all the same).
+    pub node_eviction: nodelifecycle::zones::Limits,
 }
 
 impl Default for Timers {
@@ -78,6 +81,7 @@ impl Default for Timers {
             job_backoff: Duration::from_secs(10),
             hpa_sync_period: Duration::from_secs(15),
             hpa_downscale_stabilization: Duration::from_secs(300),
+            node_eviction: Default::default(),
         }
     }
 }

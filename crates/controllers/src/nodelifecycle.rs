@@ -19,10 +19,15 @@
 //!   the taint goes first. Each deletion records `TaintManagerEviction` "Marking for deletion
 //!   Pod ns/name" and sets the pod's `DisruptionTarget` condition.
 //!
-//! Not done (yet): kube's zone-aware rate limiting of evictions (`--node-eviction-rate`,
-//! partial/full disruption modes).
+//! * Rate limiting ([`zones`]): a node that goes NotReady/Unknown is tainted NoExecute only
+//!   when its zone's queue hands it out — 0.1 nodes/s in a healthy zone
+//!   (`--node-eviction-rate`), slower or not at all in a zone mostly down
+//!   (`--secondary-node-eviction-rate`, `--unhealthy-zone-threshold`,
+//!   `--large-cluster-size-threshold`), and never while every zone is down (master
+//!   disruption: the NoExecute taints are removed). A taint it has is kept, and swapped at
+//!   once between `not-ready` and `unreachable` as its Ready condition changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +45,10 @@ use tracing::Instrument;
 
 use crate::cluster::{self, Events};
 use crate::{Context, Error};
+
+pub mod zones;
+
+use zones::{Transition, ZoneTainter};
 
 /// The namespace of node heartbeats.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -101,7 +110,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         grace: ctx.timers.node_monitor_grace_period,
         health: HashMap::new(),
         mark_pending: HashSet::new(),
-        disrupted: false,
+        tainter: ZoneTainter::new(ctx.timers.node_eviction),
     };
     let eviction = Eviction {
         client: client.clone(),
@@ -217,14 +226,37 @@ pub fn unknown_conditions(node: &Node, now: &Time) -> Option<Vec<NodeCondition>>
 // ---------------------------------------------------------------------------------------
 // Taints.
 
+/// What may happen to a node's NoExecute taint (`not-ready` or `unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoExecute {
+    /// None wanted: master disruption mode (every zone down), nothing is evicted.
+    Remove,
+    /// Keep the one the node has (swapped at once between `not-ready` and `unreachable` as
+    /// its Ready condition says, as kube does), but add none: the node waits its turn in
+    /// its zone's rate-limited queue.
+    Keep,
+    /// The node's turn came: add the taint its Ready condition calls for.
+    Add,
+}
+
 /// The taints this controller manages that `node` should carry now, from its conditions and
-/// `spec.unschedulable`. `no_execute` is false in disruption mode (every node not Ready):
-/// then no NoExecute taint is wanted, so nothing is evicted.
-pub fn wanted_taints(node: &Node, no_execute: bool) -> Vec<(String, &'static str)> {
+/// `spec.unschedulable`; `no_execute` says whether a NoExecute taint may be added or kept.
+pub fn wanted_taints(node: &Node, no_execute: NoExecute) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
+    let has_no_execute = || {
+        node.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.effect == NO_EXECUTE && managed(t)))
+    };
+    let allowed = match no_execute {
+        NoExecute::Remove => false,
+        NoExecute::Keep => has_no_execute(),
+        NoExecute::Add => true,
+    };
     match ready_status(node) {
-        Some("False") if no_execute => out.push((TAINT_NOT_READY.to_string(), NO_EXECUTE)),
-        Some("Unknown") if no_execute => out.push((TAINT_UNREACHABLE.to_string(), NO_EXECUTE)),
+        Some("False") if allowed => out.push((TAINT_NOT_READY.to_string(), NO_EXECUTE)),
+        Some("Unknown") if allowed => out.push((TAINT_UNREACHABLE.to_string(), NO_EXECUTE)),
         _ => {}
     }
     for (cond, status, key) in NO_SCHEDULE_TAINTS {
@@ -255,8 +287,8 @@ fn managed(t: &Taint) -> bool {
 
 /// The node's new `spec.taints`, or `None` if they are already right: the managed taints
 /// that should be there are added (NoExecute ones stamped `timeAdded`), those that should not
-/// are removed, everything else is kept as it is. See [`wanted_taints`] for `no_execute`.
-pub fn reconcile_taints(node: &Node, now: &Time, no_execute: bool) -> Option<Vec<Taint>> {
+/// are removed, everything else is kept as it is. See [`NoExecute`] for `no_execute`.
+pub fn reconcile_taints(node: &Node, now: &Time, no_execute: NoExecute) -> Option<Vec<Taint>> {
     let current = node
         .spec
         .as_ref()
@@ -293,20 +325,6 @@ fn zone_of(node: &Node) -> String {
             .map(String::as_str)
             .unwrap_or_default()
     )
-}
-
-/// Whether every zone is fully disrupted — every node not Ready — (kube's "master
-/// disruption mode"): then the fault is more likely the control plane's or the network's than
-/// the nodes', and kube taints nothing NoExecute (and removes such taints) so that no pod is
-/// evicted. False without nodes.
-pub fn all_zones_disrupted<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
-    let mut zones: HashMap<String, bool> = HashMap::new();
-    for n in nodes {
-        let down = ready_status(n) != Some("True");
-        let z = zones.entry(zone_of(n)).or_insert(true);
-        *z &= down;
-    }
-    !zones.is_empty() && zones.values().all(|down| *down)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -389,8 +407,8 @@ struct Monitor {
     health: HashMap<String, NodeHealth>,
     /// Nodes whose pods still have to be marked not ready (a failed attempt is retried).
     mark_pending: HashSet<String>,
-    /// Every node is down: no NoExecute taints (kube's master disruption mode).
-    disrupted: bool,
+    /// The per-zone, rate-limited queues of nodes waiting for their NoExecute taint.
+    tainter: ZoneTainter,
 }
 
 impl Monitor {
@@ -401,13 +419,25 @@ impl Monitor {
         pods: Store<Pod>,
         period: Duration,
     ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_pass = Instant::now();
         loop {
-            tick.tick().await;
-            self.pass(&nodes, &leases, &pods)
-                .instrument(tracing::debug_span!("node_monitor"))
+            if Instant::now() >= next_pass {
+                self.pass(&nodes, &leases, &pods)
+                    .instrument(tracing::debug_span!("node_monitor"))
+                    .await;
+                next_pass = Instant::now() + period;
+            }
+            self.taint_due(&nodes, &pods)
+                .instrument(tracing::debug_span!("no_execute_tainting"))
                 .await;
+            // Wake for the next health pass, or sooner when a zone's queue hands out its next
+            // node (not more often than kube's tainting pass, every 100 ms).
+            let now = Instant::now();
+            let wake = self
+                .tainter
+                .next_due(now)
+                .map_or(next_pass, |d| d.min(next_pass));
+            tokio::time::sleep_until(wake.max(now + Duration::from_millis(100))).await;
         }
     }
 
@@ -417,6 +447,7 @@ impl Monitor {
         let names: HashSet<String> = all.iter().map(|n| n.name_any()).collect();
         self.health.retain(|n, _| names.contains(n));
         self.mark_pending.retain(|n| names.contains(n));
+        self.tainter.retain_nodes(|n| names.contains(n));
         // Health first: every node's status as of this pass.
         let mut current: Vec<Node> = Vec::with_capacity(all.len());
         for node in all {
@@ -436,27 +467,66 @@ impl Monitor {
                 }
             }
         }
-        // Disruption mode: every node down.
-        let disrupted = all_zones_disrupted(&current);
-        if disrupted != self.disrupted {
-            if disrupted {
-                tracing::warn!(
-                    "every node is not Ready: disruption mode, no NoExecute taints (no evictions)"
-                );
-            } else {
-                tracing::info!("some nodes are Ready again: leaving disruption mode");
+        // Zone states and their tainting rates.
+        let mut by_zone: BTreeMap<String, Vec<Option<&str>>> = BTreeMap::new();
+        for n in &current {
+            by_zone.entry(zone_of(n)).or_default().push(ready_status(n));
+        }
+        match self.tainter.handle_disruption(&by_zone, now) {
+            Transition::EnterMasterDisruption => tracing::warn!(
+                "every node is not Ready: master disruption mode, no NoExecute taints (no evictions)"
+            ),
+            Transition::ExitMasterDisruption => {
+                tracing::info!("some nodes are Ready again: leaving master disruption mode");
                 // Every node gets a fresh grace period, as in kube.
                 for h in self.health.values_mut() {
                     h.probe = now;
                 }
             }
-            self.disrupted = disrupted;
+            Transition::None => {}
         }
-        // Then taints and pods.
+        let disrupted = self.tainter.master_disrupted();
+        // Then taints and pods: a node that is not Ready keeps (or swaps) the NoExecute taint
+        // it has and otherwise waits in its zone's queue; a Ready one leaves the queue.
         for node in current {
             let name = node.name_any();
-            if let Err(e) = self.update_taints(node, pods).await {
+            let zone = zone_of(&node);
+            let mode = if disrupted {
+                NoExecute::Remove
+            } else {
+                match ready_status(&node) {
+                    Some("True") => self.tainter.cancel(&zone, &name),
+                    Some("False") | Some("Unknown") => {
+                        self.tainter.enqueue(&zone, &name, now);
+                    }
+                    _ => {}
+                }
+                NoExecute::Keep
+            };
+            if let Err(e) = self.update_taints(node, mode, pods).await {
                 log_write_error(&name, &e);
+            }
+        }
+    }
+
+    /// Taints NoExecute the nodes whose turn came in their zone's queue.
+    async fn taint_due(&mut self, nodes: &Store<Node>, pods: &Store<Pod>) {
+        for (zone, name) in self.tainter.take_due(Instant::now()) {
+            let Some(node) = nodes.get(&ObjectRef::new(&name)) else {
+                continue;
+            };
+            if !matches!(ready_status(&node), Some("False") | Some("Unknown")) {
+                continue;
+            }
+            match self
+                .update_taints((*node).clone(), NoExecute::Add, pods)
+                .await
+            {
+                Ok(_) => tracing::info!(node = %name, zone = %zone, "node tainted NoExecute"),
+                Err(e) => {
+                    log_write_error(&name, &e);
+                    self.tainter.retry(&zone, &name, Instant::now());
+                }
             }
         }
     }
@@ -494,19 +564,33 @@ impl Monitor {
         Ok(node)
     }
 
-    /// Brings the node's managed taints in line with its conditions, and marks its pods not
-    /// ready when it went down.
+    /// Brings the node's managed taints in line with its conditions (a node changed meanwhile
+    /// is read again once, as kube's `SwapNodeControllerTaint`), and marks its pods not ready
+    /// when it went down.
     async fn update_taints(
         &mut self,
         mut node: Node,
+        no_execute: NoExecute,
         pods: &Store<Pod>,
     ) -> Result<(), kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
         let name = node.name_any();
-        if let Some(taints) = reconcile_taints(&node, &cluster::now(), !self.disrupted) {
-            node.spec.get_or_insert_with(Default::default).taints = Some(taints);
-            node = api.replace(&name, &PostParams::default(), &node).await?;
-            tracing::info!(node = %name, ready = ?ready_status(&node), "node taints updated");
+        let mut fresh_read = false;
+        while let Some(taints) = reconcile_taints(&node, &cluster::now(), no_execute) {
+            let mut want = node.clone();
+            want.spec.get_or_insert_with(Default::default).taints = Some(taints);
+            match api.replace(&name, &PostParams::default(), &want).await {
+                Ok(n) => {
+                    node = n;
+                    tracing::info!(node = %name, ready = ?ready_status(&node), "node taints updated");
+                    break;
+                }
+                Err(e) if cluster::is_stale(&e) && !fresh_read => {
+                    fresh_read = true;
+                    node = api.get(&name).await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         let done = ready_status(&node) == Some("True")
             || (self.mark_pending.contains(&name) && self.mark_pods_not_ready(&name, pods).await);
@@ -840,7 +924,12 @@ mod tests {
     fn taints_follow_ready_condition() {
         let now = ts("2026-01-01T00:01:00Z");
         let keep = taint("dedicated", NO_SCHEDULE);
-        let t = reconcile_taints(&node(Some("Unknown"), vec![keep.clone()]), &now, true).unwrap();
+        let t = reconcile_taints(
+            &node(Some("Unknown"), vec![keep.clone()]),
+            &now,
+            NoExecute::Add,
+        )
+        .unwrap();
         assert_eq!(t.len(), 3);
         assert!(t.contains(&keep));
         let ne = t
@@ -854,9 +943,11 @@ mod tests {
             .unwrap();
         assert_eq!(ns.time_added, None);
         // Already tainted: no change.
-        assert!(reconcile_taints(&node(Some("Unknown"), t.clone()), &now, true).is_none());
+        assert!(
+            reconcile_taints(&node(Some("Unknown"), t.clone()), &now, NoExecute::Add).is_none()
+        );
         // Ready=False swaps unreachable for not-ready.
-        let t2 = reconcile_taints(&node(Some("False"), t.clone()), &now, true).unwrap();
+        let t2 = reconcile_taints(&node(Some("False"), t.clone()), &now, NoExecute::Add).unwrap();
         assert!(t2.iter().all(|t| t.key != TAINT_UNREACHABLE));
         assert!(t2
             .iter()
@@ -865,10 +956,10 @@ mod tests {
             .iter()
             .any(|t| t.key == TAINT_NOT_READY && t.effect == NO_SCHEDULE));
         // Back to Ready: only the foreign taint stays.
-        let t3 = reconcile_taints(&node(Some("True"), t2), &now, true).unwrap();
+        let t3 = reconcile_taints(&node(Some("True"), t2), &now, NoExecute::Add).unwrap();
         assert_eq!(t3, vec![keep]);
         // A healthy node without taints needs nothing.
-        assert!(reconcile_taints(&node(Some("True"), vec![]), &now, true).is_none());
+        assert!(reconcile_taints(&node(Some("True"), vec![]), &now, NoExecute::Add).is_none());
     }
 
     #[test]
@@ -887,7 +978,7 @@ mod tests {
                 status: "True".into(),
                 ..Default::default()
             });
-        let t = reconcile_taints(&n, &now, true).unwrap();
+        let t = reconcile_taints(&n, &now, NoExecute::Add).unwrap();
         assert_eq!(t.len(), 2);
         assert!(t
             .iter()
@@ -898,40 +989,65 @@ mod tests {
     }
 
     #[test]
-    fn disruption_mode_when_every_zone_is_down() {
+    fn master_disruption_removes_no_execute_taints() {
         let now = ts("2026-01-01T00:01:00Z");
-        let in_zone = |ready: &str, zone: &str| {
-            let mut n = node(Some(ready), vec![]);
-            n.metadata.labels =
-                Some([("topology.kubernetes.io/zone".to_string(), zone.to_string())].into());
-            n
-        };
-        assert!(!all_zones_disrupted(&[]));
-        assert!(all_zones_disrupted(&[
-            in_zone("Unknown", "a"),
-            in_zone("False", "b")
-        ]));
-        assert!(!all_zones_disrupted(&[
-            in_zone("Unknown", "a"),
-            in_zone("True", "b")
-        ]));
-        assert!(!all_zones_disrupted(&[
-            in_zone("Unknown", "a"),
-            in_zone("True", "a")
-        ]));
         // In disruption mode a silent node gets only the NoSchedule taint, and loses a
         // NoExecute one it had.
         let down = node(Some("Unknown"), vec![]);
-        let t = reconcile_taints(&down, &now, false).unwrap();
+        let t = reconcile_taints(&down, &now, NoExecute::Remove).unwrap();
         assert_eq!(
             t.iter().map(|t| t.effect.as_str()).collect::<Vec<_>>(),
             [NO_SCHEDULE]
         );
         let tainted = node(
             Some("Unknown"),
-            reconcile_taints(&down, &now, true).unwrap(),
+            reconcile_taints(&down, &now, NoExecute::Add).unwrap(),
         );
-        assert_eq!(reconcile_taints(&tainted, &now, false).unwrap(), t);
+        assert_eq!(
+            reconcile_taints(&tainted, &now, NoExecute::Remove).unwrap(),
+            t
+        );
+    }
+
+    #[test]
+    fn a_node_waiting_its_turn_keeps_or_swaps_but_gets_no_new_no_execute_taint() {
+        let now = ts("2026-01-01T00:01:00Z");
+        // Not tainted yet: Keep adds only the NoSchedule taint.
+        let down = node(Some("Unknown"), vec![]);
+        let t = reconcile_taints(&down, &now, NoExecute::Keep).unwrap();
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.key.as_str(), t.effect.as_str()))
+                .collect::<Vec<_>>(),
+            [(TAINT_UNREACHABLE, NO_SCHEDULE)]
+        );
+        // Its turn: the NoExecute taint, kept afterwards.
+        let t = reconcile_taints(&node(Some("Unknown"), t), &now, NoExecute::Add).unwrap();
+        assert!(t
+            .iter()
+            .any(|t| t.key == TAINT_UNREACHABLE && t.effect == NO_EXECUTE));
+        assert!(
+            reconcile_taints(&node(Some("Unknown"), t.clone()), &now, NoExecute::Keep).is_none()
+        );
+        // Unknown → False swaps at once, without waiting for a turn.
+        let swapped = reconcile_taints(&node(Some("False"), t), &now, NoExecute::Keep).unwrap();
+        let mut keys: Vec<_> = swapped
+            .iter()
+            .map(|t| (t.key.as_str(), t.effect.as_str()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                (TAINT_NOT_READY, NO_EXECUTE),
+                (TAINT_NOT_READY, NO_SCHEDULE)
+            ]
+        );
+        // Ready again: both go.
+        assert_eq!(
+            reconcile_taints(&node(Some("True"), swapped), &now, NoExecute::Keep).unwrap(),
+            vec![]
+        );
     }
 
     #[test]

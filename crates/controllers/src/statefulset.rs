@@ -4,10 +4,14 @@
 //! volumeClaimTemplate and ordinal (`<claim>-<sts>-<ordinal>`, created before the pod; binding
 //! is the volume controllers' job), OrderedReady (one pod at a time, in order up, in reverse
 //! order down, waiting for Running and Ready) and Parallel management, RollingUpdate from the
-//! highest ordinal down to `partition`, and OnDelete; revisions as ControllerRevisions
+//! highest ordinal down to `partition` with at most `maxUnavailable` pods (default 1; a
+//! number or a percentage of replicas, rounded up) unavailable at once — kube's
+//! `MaxUnavailableStatefulSet` — and `minReadySeconds` before a pod counts as available,
+//! and OnDelete; revisions as ControllerRevisions
 //! (`controller-revision-hash` = `<sts>-<hash>`), with `currentRevision`/`updateRevision` in
 //! the status; `persistentVolumeClaimRetentionPolicy.whenDeleted: Delete` makes the claims
-//! owned by the StatefulSet. Events worded as Kubernetes' (`create Pod web-0 in
+//! owned by the StatefulSet, `whenScaled: Delete` the claims of a pod removed by a scale-down
+//! owned by that pod (so the garbage collector deletes them after it). Events worded as Kubernetes' (`create Pod web-0 in
 //! StatefulSet web successful`).
 
 use std::collections::HashSet;
@@ -217,20 +221,36 @@ pub(crate) fn plan(
             return p;
         }
     }
-    // Rolling update: from the highest ordinal down to the partition, one at a time.
+    // Rolling update: from the highest ordinal down to the partition, at most
+    // `maxUnavailable` pods (1 by default) unavailable at a time, counting every pod of the
+    // set (kube's `updateStatefulSetAfterInvariantEstablished`).
     if rolling {
+        let max_unavailable = strategy
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.max_unavailable.as_ref())
+            .map_or(1, |v| {
+                workload::scaled_value(Some(v), replicas, true, 1).unwrap_or(1)
+            })
+            .max(1);
+        let unavailable = slots
+            .iter()
+            .filter(|s| match s {
+                None => true,
+                Some(pod) => {
+                    pod.metadata.deletion_timestamp.is_some()
+                        || !(running_and_ready(pod) && pods::is_available(pod, min_ready, now))
+                }
+            })
+            .count() as i32;
+        let mut budget = max_unavailable - unavailable;
         for (i, slot) in slots.iter().enumerate().rev() {
-            let ord = start + i as i32;
-            if ord < start + partition {
+            if budget <= 0 || (i as i32) < partition {
                 break;
             }
-            let Some(pod) = slot else { return p };
+            let Some(pod) = slot else { continue };
             if pod_rev(pod) != Some(update) && pod.metadata.deletion_timestamp.is_none() {
                 p.delete.push(pod.clone());
-                return p;
-            }
-            if !(running_and_ready(pod) && pods::is_available(pod, min_ready, now)) {
-                return p;
+                budget -= 1;
             }
         }
     }
@@ -318,6 +338,65 @@ pub(crate) fn claims_for(sts: &StatefulSet, ord: i32) -> Vec<PersistentVolumeCla
             }
         })
         .collect()
+}
+
+/// `persistentVolumeClaimRetentionPolicy.whenScaled: Delete`: the claims of a pod the
+/// scale-down removes (its ordinal outside the set's range) become owned by that pod, so the
+/// garbage collector deletes them after it (kube's `updateClaimOwnerRefForSetAndPod`).
+/// Returns the claim names to hand over; none under `Retain` or for a pod in range.
+pub(crate) fn claims_released_with(sts: &StatefulSet, pod: &Pod) -> Vec<String> {
+    let Some(spec) = sts.spec.as_ref() else {
+        return Vec::new();
+    };
+    let when_scaled = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_scaled.as_deref());
+    let name = sts.name_any();
+    let Some(ord) = ordinal(&name, &pod.name_any()) else {
+        return Vec::new();
+    };
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
+    let end = start.saturating_add(spec.replicas.unwrap_or(1).max(0));
+    if when_scaled != Some("Delete") || (start..end).contains(&ord) {
+        return Vec::new();
+    }
+    spec.volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|t| {
+            format!(
+                "{}-{name}-{ord}",
+                t.metadata.name.clone().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The claim's owner references with `pod` added, or `None` when it is already there.
+pub(crate) fn with_pod_owner(
+    claim: &PersistentVolumeClaim,
+    pod: &Pod,
+) -> Option<Vec<OwnerReference>> {
+    let uid = pod.uid()?;
+    let mut refs = claim.metadata.owner_references.clone().unwrap_or_default();
+    if refs.iter().any(|r| r.uid == uid) {
+        return None;
+    }
+    refs.push(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.name_any(),
+        uid,
+        controller: None,
+        block_owner_deletion: None,
+    });
+    Some(refs)
 }
 
 /// The template a revision holds (the inverse of `revisions::data_of`).
@@ -508,6 +587,26 @@ async fn reconcile(sts: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, Reco
             }
         }
     }
+    // whenScaled: Delete — the claims of pods the scale-down removes go with them.
+    for pod in &plan.delete {
+        for cname in claims_released_with(&sts, pod) {
+            let Some(claim) = pvcs.get_opt(&cname).await? else {
+                continue;
+            };
+            if let Some(refs) = with_pod_owner(&claim, pod) {
+                let patch = serde_json::json!({"metadata": {
+                    "ownerReferences": refs,
+                    "resourceVersion": claim.resource_version(),
+                }});
+                pvcs.patch(
+                    &cname,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await?;
+            }
+        }
+    }
     workload::delete_pods(
         &api,
         &plan.delete,
@@ -674,6 +773,90 @@ mod tests {
             jiff::Timestamp::now(),
         );
         assert_eq!(p.create, [(0, Rev::Current)]);
+    }
+
+    #[test]
+    fn rolling_update_keeps_at_most_max_unavailable_down() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let mut s = sts(5, true);
+        let strategy = |mu: IntOrString| StatefulSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                partition: Some(1),
+                max_unavailable: Some(mu),
+            }),
+        };
+        s.spec.as_mut().unwrap().update_strategy = Some(strategy(IntOrString::Int(2)));
+        let names = |p: &Plan| p.delete.iter().map(|x| x.name_any()).collect::<Vec<_>>();
+        let all_old: Vec<_> = (0..5).map(|o| sp(o, "r1", true)).collect();
+        // Two at once, from the top.
+        let p = plan(&s, &all_old, "r1", "r2", jiff::Timestamp::now());
+        assert_eq!(names(&p), ["web-4", "web-3"]);
+        // One updated pod not ready yet: one more may go.
+        let mut pods = all_old.clone();
+        pods[4] = sp(4, "r2", false);
+        let p = plan(&s, &pods, "r1", "r2", jiff::Timestamp::now());
+        assert_eq!(names(&p), ["web-3"]);
+        // An unavailable pod below the partition counts too: with two down, nothing goes.
+        pods[0] = sp(0, "r1", false);
+        let p = plan(&s, &pods, "r1", "r2", jiff::Timestamp::now());
+        assert!(p.delete.is_empty());
+        // The partition holds: web-0 is never updated.
+        let mut pods: Vec<_> = (1..5).map(|o| sp(o, "r2", true)).collect();
+        pods.insert(0, sp(0, "r1", true));
+        let p = plan(&s, &pods, "r1", "r2", jiff::Timestamp::now());
+        assert!(p.delete.is_empty());
+        // A percentage of replicas, rounded up: 30% of 5 is 2.
+        s.spec.as_mut().unwrap().update_strategy =
+            Some(strategy(IntOrString::String("30%".into())));
+        let p = plan(&s, &all_old, "r1", "r2", jiff::Timestamp::now());
+        assert_eq!(names(&p), ["web-4", "web-3"]);
+        // minReadySeconds: a Ready pod younger than that is not available yet.
+        s.spec.as_mut().unwrap().min_ready_seconds = Some(60);
+        let p = plan(&s, &all_old, "r1", "r2", jiff::Timestamp::now());
+        assert!(p.delete.is_empty(), "pods ready 10 s ago are not available");
+    }
+
+    #[test]
+    fn claims_of_scaled_down_pods_go_with_them_when_asked() {
+        use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
+        let mut s = sts(2, false);
+        let p3 = sp(3, "r1", true);
+        let p1 = sp(1, "r1", true);
+        // Retain (the default): nothing is handed over.
+        assert!(claims_released_with(&s, &p3).is_empty());
+        s.spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy =
+            Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: None,
+                when_scaled: Some("Delete".into()),
+            });
+        // Only a pod outside 0..2.
+        assert!(claims_released_with(&s, &p1).is_empty());
+        assert_eq!(claims_released_with(&s, &p3), ["www-web-3"]);
+        // The pod is added as an owner once, next to what the claim had.
+        let mut claim = claims_for(&s, 3).remove(0);
+        claim.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "keep".into(),
+            uid: "other".into(),
+            ..Default::default()
+        }]);
+        let refs = with_pod_owner(&claim, &p3).unwrap();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(
+            (
+                refs[1].kind.as_str(),
+                refs[1].name.as_str(),
+                refs[1].uid.as_str()
+            ),
+            ("Pod", "web-3", "uid-web-3")
+        );
+        claim.metadata.owner_references = Some(refs);
+        assert!(with_pod_owner(&claim, &p3).is_none());
     }
 
     #[test]

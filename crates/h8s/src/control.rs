@@ -47,6 +47,22 @@ pub struct ControlArgs {
     /// Node controller: how often node health is checked [default: 5s].
     #[arg(long, value_parser = duration)]
     pub node_monitor_period: Option<Duration>,
+    /// Node controller: nodes per second tainted NoExecute (so evicted) in a healthy zone
+    /// [default: 0.1].
+    #[arg(long, value_parser = rate)]
+    pub node_eviction_rate: Option<f64>,
+    /// Node controller: nodes per second in a zone of more than
+    /// --large-cluster-size-threshold nodes in partial disruption [default: 0.01].
+    #[arg(long, value_parser = rate)]
+    pub secondary_node_eviction_rate: Option<f64>,
+    /// Node controller: share of not-Ready nodes (more than two) that puts a zone in partial
+    /// disruption [default: 0.55].
+    #[arg(long, value_parser = share)]
+    pub unhealthy_zone_threshold: Option<f64>,
+    /// Node controller: zones up to this size stop evicting in partial disruption
+    /// [default: 50].
+    #[arg(long)]
+    pub large_cluster_size_threshold: Option<usize>,
     /// Workload controllers: full resync period [default: 5m].
     #[arg(long = "controllers-resync-period", value_parser = duration)]
     pub resync: Option<Duration>,
@@ -78,6 +94,22 @@ fn duration(s: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("duration {s:?} must not be negative"))
 }
 
+/// A rate flag: a finite number ≥ 0.
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("invalid rate {s:?}: want a number >= 0")),
+    }
+}
+
+/// A share flag: a number in [0, 1].
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid share {s:?}: want a number in [0, 1]")),
+    }
+}
+
 impl ControlArgs {
     fn timers(&self) -> h8s_controllers::Timers {
         let mut t = h8s_controllers::Timers::default();
@@ -92,6 +124,17 @@ impl ControlArgs {
         );
         set(&mut t.node_monitor_period, self.node_monitor_period);
         set(&mut t.resync, self.resync);
+        let e = &mut t.node_eviction;
+        e.eviction_rate = self.node_eviction_rate.unwrap_or(e.eviction_rate);
+        e.secondary_eviction_rate = self
+            .secondary_node_eviction_rate
+            .unwrap_or(e.secondary_eviction_rate);
+        e.unhealthy_zone_threshold = self
+            .unhealthy_zone_threshold
+            .unwrap_or(e.unhealthy_zone_threshold);
+        e.large_cluster_size_threshold = self
+            .large_cluster_size_threshold
+            .unwrap_or(e.large_cluster_size_threshold);
         set(&mut t.cronjob_sync, self.cronjob_sync);
         set(&mut t.discovery_sync, self.discovery_sync);
         set(&mut t.gc_max_backoff, self.gc_max_backoff);

@@ -1,7 +1,9 @@
 //! The runner: watches nodes, pods and namespaces, keeps the cluster view current, and
 //! schedules queued pods one at a time in a single loop that owns all state (no locks, no
-//! snapshot copies). API writes (bindings, events, status, preemption) run as tasks with
-//! bounded concurrency and report back to the loop.
+//! snapshot copies). API writes (bindings, failure events, status, preemption) run as tasks
+//! with bounded concurrency and report back to the loop; `Scheduled` events follow the
+//! bindings through a bounded queue of their own, off the binding path (dropped when it is
+//! full, as client-go's event broadcaster does).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -121,8 +123,47 @@ const ASSIGNED_POD_DELETE: u16 = 1 << (Plugin::NodeResourcesFit as u16)
     | 1 << (Plugin::PodTopologySpread as u16);
 const NAMESPACE_CHANGE: u16 = 1 << (Plugin::InterPodAffinity as u16);
 
+/// `Scheduled` events waiting to be written: like client-go's event broadcaster, a bounded
+/// queue (1,000) that drops events when full rather than hold up scheduling.
+const EVENT_QUEUE: usize = 1000;
+/// Event writes in flight.
+const EVENT_WRITERS: usize = 8;
+
+/// A `Scheduled` event to record: the pod and the node it was bound to.
+type ScheduledEvent = (Arc<PodInfo>, String);
+
+/// Records `Scheduled` events off the binding path: a binding's permit is released as soon
+/// as the binding is written, and the event follows from this queue.
+fn spawn_event_recorder(writer: Arc<Writer>) -> mpsc::Sender<ScheduledEvent> {
+    let (tx, rx) = mpsc::channel::<ScheduledEvent>(EVENT_QUEUE);
+    let stream = futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+    );
+    tokio::spawn(
+        stream.for_each_concurrent(EVENT_WRITERS, move |(pod, node)| {
+            let writer = Arc::clone(&writer);
+            async move {
+                let msg = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    pod.namespace, pod.name
+                );
+                if let Err(e) = writer
+                    .event(&pod, "Normal", "Scheduled", "Binding", &msg)
+                    .await
+                {
+                    debug!(error = %e, pod = %pod.key(), "recording the Scheduled event failed");
+                }
+                writer.forget(&pod.uid);
+            }
+        }),
+    );
+    tx
+}
+
 struct Runner {
     cfg: Config,
+    events: mpsc::Sender<ScheduledEvent>,
     cluster: Cluster,
     queue: Queue,
     sched: Scheduler,
@@ -189,6 +230,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
         Msg::Volume,
     );
     let seed = jiff::Timestamp::now().as_nanosecond() as u64;
+    let writer = Arc::new(Writer::new(client, &cfg.scheduler_name, &cfg.instance));
     let mut r = Runner {
         queue: Queue::new(QueueTimers {
             initial_backoff: cfg.pod_initial_backoff,
@@ -201,7 +243,8 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
             },
             seed,
         ),
-        writer: Arc::new(Writer::new(client, &cfg.scheduler_name, &cfg.instance)),
+        writer: Arc::clone(&writer),
+        events: spawn_event_recorder(writer),
         sem: Arc::new(Semaphore::new(cfg.bind_concurrency.max(1))),
         cluster: Cluster::new(),
         tx,
@@ -561,21 +604,18 @@ impl Runner {
         let writer = Arc::clone(&self.writer);
         let sem = Arc::clone(&self.sem);
         let tx = self.tx.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let permit = sem.acquire_owned().await;
             let result = writer.bind(&pod, &node).await;
+            drop(permit);
             if result.is_ok() {
-                let msg = format!(
-                    "Successfully assigned {}/{} to {node}",
-                    pod.namespace, pod.name
-                );
-                if let Err(e) = writer
-                    .event(&pod, "Normal", "Scheduled", "Binding", &msg)
-                    .await
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    events.try_send((Arc::clone(&pod), node.clone()))
                 {
-                    debug!(error = %e, pod = %pod.key(), "recording the Scheduled event failed");
+                    debug!(pod = %pod.key(), "event queue full: Scheduled event dropped");
+                    writer.forget(&pod.uid);
                 }
-                writer.forget(&pod.uid);
             }
             let _ = tx.send(Msg::Bound { pod, node, result }).await;
         });

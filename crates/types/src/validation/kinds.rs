@@ -1378,6 +1378,146 @@ fn job_spec(spec_owner: &Value, base_ptr: &str, base: &str, e: &mut FieldErrors)
         &["OnFailure", "Never"],
         e,
     );
+    if let Some(policy) = job.get("podFailurePolicy").filter(|p| !p.is_null()) {
+        pod_failure_policy(&job, policy, base, e);
+    }
+}
+
+/// `spec.podFailurePolicy`, with kube-apiserver's rules and words.
+fn pod_failure_policy(job: &Value, policy: &Value, base: &str, e: &mut FieldErrors) {
+    let restart = job
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if restart != "Never" {
+        e.push(FieldError::invalid(
+            format!("{base}.template.spec.restartPolicy"),
+            restart,
+            "only \"Never\" is supported when podFailurePolicy is specified",
+        ));
+    }
+    let path = format!("{base}.podFailurePolicy.rules");
+    let rules = policy
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if rules.len() > 20 {
+        e.push(FieldError::too_many(&path, rules.len(), 20));
+    }
+    let containers: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| job.pointer(&format!("/template/spec/{k}"))?.as_array())
+        .flatten()
+        .filter_map(|c| c.get("name")?.as_str())
+        .collect();
+    let per_index = job
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    for (i, rule) in rules.iter().enumerate() {
+        let rp = format!("{path}[{i}]");
+        match rule.get("action").and_then(Value::as_str) {
+            None | Some("") => e.push(FieldError::required(format!("{rp}.action"), "")),
+            Some(a) => {
+                one_of(
+                    e,
+                    &format!("{rp}.action"),
+                    a,
+                    &["Count", "FailIndex", "FailJob", "Ignore"],
+                );
+                if a == "FailIndex" && !per_index {
+                    e.push(FieldError::invalid(
+                        format!("{rp}.action"),
+                        a,
+                        "requires the backoffLimitPerIndex to be set",
+                    ));
+                }
+            }
+        }
+        let codes = rule.get("onExitCodes").filter(|v| !v.is_null());
+        let conds = rule
+            .get("onPodConditions")
+            .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        match (codes, conds) {
+            (Some(_), Some(_)) => e.push(FieldError {
+                kind: super::ErrorType::Invalid,
+                field: rp.clone(),
+                bad_value: None,
+                detail: "specifying both OnExitCodes and OnPodConditions is not supported".into(),
+            }),
+            (None, None) => e.push(FieldError {
+                kind: super::ErrorType::Invalid,
+                field: rp.clone(),
+                bad_value: None,
+                detail: "specifying one of OnExitCodes and OnPodConditions is required".into(),
+            }),
+            _ => {}
+        }
+        if let Some(c) = codes {
+            let cp = format!("{rp}.onExitCodes");
+            if let Some(name) = c.get("containerName").and_then(Value::as_str) {
+                if !containers.contains(&name) {
+                    e.push(FieldError::invalid(
+                        format!("{cp}.containerName"),
+                        name,
+                        "must be one of the container or initContainer names in the pod template",
+                    ));
+                }
+            }
+            let op = c
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            one_of(e, &format!("{cp}.operator"), op, &["In", "NotIn"]);
+            let values: Vec<i64> = c
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|v| v.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            let vp = format!("{cp}.values");
+            if values.is_empty() {
+                e.push(FieldError::required(&vp, "at least one value is required"));
+            }
+            if values.len() > 255 {
+                e.push(FieldError::too_many(&vp, values.len(), 255));
+            }
+            for (j, v) in values.iter().enumerate() {
+                if j > 0 && values[j - 1] == *v {
+                    e.push(FieldError::duplicate(format!("{vp}[{j}]"), *v));
+                } else if j > 0 && values[j - 1] > *v {
+                    e.push(FieldError::invalid(
+                        format!("{vp}[{j}]"),
+                        *v,
+                        "must be ordered",
+                    ));
+                }
+                if op == "In" && *v == 0 {
+                    e.push(FieldError::invalid(
+                        format!("{vp}[{j}]"),
+                        0,
+                        "must not be 0 for the In operator",
+                    ));
+                }
+            }
+        }
+        if let Some(c) = conds.and_then(Value::as_array) {
+            for (j, pat) in c.iter().enumerate() {
+                let pp = format!("{rp}.onPodConditions[{j}]");
+                match pat.get("type").and_then(Value::as_str) {
+                    None | Some("") => e.push(FieldError::required(format!("{pp}.type"), "")),
+                    Some(_) => {}
+                }
+                if let Some(st) = pat.get("status").and_then(Value::as_str) {
+                    one_of(
+                        e,
+                        &format!("{pp}.status"),
+                        st,
+                        &["True", "False", "Unknown"],
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn job(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {

@@ -210,6 +210,47 @@ fn workloads_and_batch() {
         "{m:?}"
     );
     assert!(m.contains(&"spec.ports[1].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"".to_string()), "{m:?}");
+    // podFailurePolicy, in kube-apiserver's words.
+    let pfp = |restart: &str, rules: Value| {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "d"},
+            "spec": {"podFailurePolicy": {"rules": rules}, "template": {"spec": {
+                "restartPolicy": restart, "containers": [{"name": "main", "image": "i"}]}}}})
+    };
+    let ok = pfp(
+        "Never",
+        json!([
+        {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [1, 42]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]),
+    );
+    assert!(validate_create(jobs, &ok).is_ok());
+    assert_eq!(
+        messages(validate_create(jobs, &pfp("OnFailure", json!([{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}])))),
+        vec!["spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified"]
+    );
+    let bad = pfp(
+        "Never",
+        json!([
+        {"action": "Explode", "onExitCodes": {"operator": "In", "values": [0, 3, 2, 2]}},
+        {"action": "FailIndex", "onPodConditions": [{"type": "DisruptionTarget", "status": "Maybe"}]},
+        {"action": "Count"},
+        {"action": "Count", "onExitCodes": {"containerName": "other", "operator": "Within", "values": [1]},
+         "onPodConditions": [{"type": "X"}]}]),
+    );
+    assert_eq!(
+        messages(validate_create(jobs, &bad)),
+        vec![
+            "spec.podFailurePolicy.rules[0].action: Unsupported value: \"Explode\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[0]: Invalid value: 0: must not be 0 for the In operator",
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[2]: Invalid value: 2: must be ordered",
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[3]: Duplicate value: 2",
+            "spec.podFailurePolicy.rules[1].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+            "spec.podFailurePolicy.rules[1].onPodConditions[0].status: Unsupported value: \"Maybe\": supported values: \"True\", \"False\", \"Unknown\"",
+            "spec.podFailurePolicy.rules[2]: Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+            "spec.podFailurePolicy.rules[3]: Invalid value: specifying both OnExitCodes and OnPodConditions is not supported",
+            "spec.podFailurePolicy.rules[3].onExitCodes.containerName: Invalid value: \"other\": must be one of the container or initContainer names in the pod template",
+            "spec.podFailurePolicy.rules[3].onExitCodes.operator: Unsupported value: \"Within\": supported values: \"In\", \"NotIn\"",
+        ]
+    );
 }
 
 #[test]
