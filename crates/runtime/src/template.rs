@@ -472,9 +472,10 @@ fn hold(t: &TemplateDir, listener: UnixListener, mem: std::fs::File) {
         match listener.accept() {
             Ok((conn, _)) => {
                 let _ = conn.set_nonblocking(false);
+                // A liveness probe (`choose`) hangs up at once: EPIPE is no news.
                 if peer_uid(&conn) == Some(me) {
                     if let Err(e) = send_fd(&conn, mem.as_raw_fd()) {
-                        tracing::warn!(error = %e, "handing out the template memory");
+                        tracing::debug!(error = %e, "handing out the template memory");
                     }
                 }
             }

@@ -1094,11 +1094,10 @@ async fn connect_and_restore(
     let (qmp, qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
     qmp.execute("migrate-set-capabilities", ignore_shared())
         .await?;
-    qmp.execute(
-        "migrate-incoming",
-        serde_json::json!({ "uri": format!("fd:{state_fd}") }),
-    )
-    .await?;
+    // By name, as for the outgoing side (QEMU 7.2 parses numeric `fd:` only on some paths).
+    qmp.getfd("state", state_fd).await?;
+    qmp.execute("migrate-incoming", serde_json::json!({ "uri": "fd:state" }))
+        .await?;
     wait_migration(&qmp, timeout).await?;
     let (agent, guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
     qmp.execute("cont", serde_json::Value::Null).await?;
