@@ -323,6 +323,8 @@ impl Agent {
             }));
         }
         let info = runtime.info();
+        // Fresh VM templates per agent run (docs/runtime.md, "VM templates").
+        runtime.rotate_templates();
         let facts = node::NodeFacts::probe(&cfg, &info);
         node::ensure_runtime_class(&client, &info).await;
         let node = node::build_node(&cfg.node_name, &cfg, &facts);

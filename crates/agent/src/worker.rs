@@ -711,6 +711,15 @@ impl Worker {
             .collect();
         cfg.memory_mib = mem;
         cfg.cpus = cpus;
+        // Opt out of VM templates (a kernel layout of its own): RuntimeClass or annotation.
+        cfg.cold_boot = spec.runtime_class_name.as_deref() == Some("h8s-vm-cold")
+            || self
+                .pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("h8s.io/vm-boot"))
+                == Some(&"cold".to_string());
         let host: String = spec
             .hostname
             .clone()

@@ -198,6 +198,10 @@ pub struct Hello {
     /// Containers and exec processes that already exist (non-empty after a host reconnect).
     #[serde(default)]
     pub containers: Vec<ContainerInfo>,
+    /// A random id the agent draws when it starts and again after [`Request::Restored`]
+    /// (so clones of one template differ). (Added in version 1, additive.)
+    #[serde(default)]
+    pub agent_id: String,
 }
 
 /// Host → guest requests.
@@ -291,6 +295,33 @@ pub enum Request {
     /// last one applied is ignored (also `Done`). (Added in version 1, additive; the table's
     /// own format is versioned by [`ServiceUpdate::version`].)
     UpdateServices(ServiceUpdate),
+    /// The VM was just restored from a VM template (a saved, paused VM that other pods were
+    /// restored from too): reseed the kernel RNG from the host's entropy, set the clock,
+    /// re-probe the disks (their backends and sizes changed), give the NICs the pod's MACs
+    /// and renew the agent's own random state. The host sends it right after the Hello and
+    /// before anything else. Answered with [`Reply::Restored`]. (Added in version 1,
+    /// additive.)
+    Restored(RestoreInfo),
+}
+
+/// What a VM restored from a template needs to stop being a copy ([`Request::Restored`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// Fresh random bytes from the host (at least [`RestoreInfo::MIN_ENTROPY`]), mixed into the
+    /// kernel's pool (credited) before the CRNG is reseeded.
+    pub entropy: Vec<u8>,
+    /// The host's `CLOCK_REALTIME`, nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    /// Unbind and rebind every virtio-blk disk, so the guest reads each one's real size.
+    pub rescan_disks: bool,
+    /// NICs to give another MAC: `(template's MAC, pod's MAC)`.
+    #[serde(default)]
+    pub macs: Vec<(String, String)>,
+}
+
+impl RestoreInfo {
+    /// The least entropy a guest accepts, bytes (256 bits).
+    pub const MIN_ENTROPY: usize = 32;
 }
 
 /// The format version of [`ServiceUpdate`]: a guest refuses (`unsupported`) other versions.
@@ -717,6 +748,11 @@ pub enum Reply {
     Exited(ExitStatus),
     /// Answer to [`Request::ListContainers`].
     Containers(Vec<ContainerInfo>),
+    /// Answer to [`Request::Restored`]: the agent's new id.
+    Restored {
+        /// See [`Hello::agent_id`].
+        agent_id: String,
+    },
 }
 
 /// How a process ended.
@@ -1127,7 +1163,17 @@ mod tests {
             kernel_release: "6.1.0-1-cloud-amd64".into(),
             boot_time_ms: 812,
             containers: vec![],
+            agent_id: "00ff".into(),
         })));
+        roundtrip(Frame::Message(Message::Request {
+            id: 4,
+            request: Request::Restored(RestoreInfo {
+                entropy: vec![7; 32],
+                realtime_ns: 1_700_000_000_000_000_000,
+                rescan_disks: true,
+                macs: vec![("02:00:00:00:00:01".into(), "02:aa:00:00:00:02".into())],
+            }),
+        }));
         roundtrip(Frame::Message(Message::Request {
             id: 3,
             request: Request::CreateContainer(spec()),

@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Attach the pod to this network (from `h8s net`).
     #[arg(long)]
     network: Option<String>,
+    /// Boot the VM from scratch instead of restoring a VM template (the pod then shares no
+    /// kernel layout with other pods; slower).
+    #[arg(long)]
+    cold: bool,
     /// Working directory in the container.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
@@ -176,6 +180,9 @@ pub struct ShimArgs {
     /// Reattach to a running VM whose supervisor died.
     #[arg(long)]
     adopt: bool,
+    /// Build the VM template named by ID instead (started by `run` in the background).
+    #[arg(long)]
+    build_template: bool,
     id: String,
 }
 
@@ -192,7 +199,11 @@ impl std::error::Error for Exit {}
 
 pub fn run(cmd: PodCommand) -> anyhow::Result<()> {
     if let PodCommand::PodShim(a) = cmd {
-        let code = h8s_runtime::shim_main(&a.root, &a.id, a.adopt);
+        let code = if a.build_template {
+            h8s_runtime::template_main(&a.root, &a.id)
+        } else {
+            h8s_runtime::shim_main(&a.root, &a.id, a.adopt)
+        };
         std::process::exit(code);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -360,6 +371,7 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
     sandbox.cpus = a.cpus;
     sandbox.images.push(img.disk.clone());
     sandbox.stop_with_containers = true;
+    sandbox.cold_boot = a.cold;
     if let Some(net) = &a.network {
         match pod_net::attachment(net, &sandbox.name) {
             Ok(att) => sandbox.network = Some(att),

@@ -84,7 +84,10 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_h8s"));
         c.env("H8S_ROOT", self.root())
             .env("H8S_BOOT_TIMEOUT", "120")
-            .env("H8S_LOG", "warn");
+            .env("H8S_LOG", "warn")
+            // Cold boots unless a test turns templates on (a template build is a whole boot
+            // in the background, per state root).
+            .env("H8S_TEMPLATES", "0");
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -179,6 +182,132 @@ fn run_rm_prints_the_guest_kernel_and_passes_exit_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
     e.assert_clean();
+}
+
+/// Waits until the template builder has a ready VM template under the state root.
+fn wait_template_ready(e: &Env) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ready = std::fs::read_dir(e.root().join("templates"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path())
+            .find(|p| p.join("ready").is_file());
+        if let Some(t) = ready {
+            return t;
+        }
+        for d in std::fs::read_dir(e.root().join("templates"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let failed = d.path().join("failed");
+            assert!(
+                !failed.exists(),
+                "template build failed: {}\n{}",
+                std::fs::read_to_string(&failed).unwrap_or_default(),
+                std::fs::read_to_string(d.path().join("build.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no VM template after 300 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pod_status(e: &Env, name: &str) -> serde_json::Value {
+    e.pods()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["config"]["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pod {name}"))
+}
+
+#[test]
+fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away() {
+    let e = env();
+    let with_templates = |args: &[&str]| {
+        let out = e
+            .h8s()
+            .env("H8S_TEMPLATES", "1")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "h8s {args:?} -> {:?}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // No template yet: this pod boots cold and starts the template's build.
+    let out = with_templates(&["run", "--rm", e.img(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    let t = wait_template_ready(&e);
+    let state = std::fs::metadata(t.join("state")).unwrap().len();
+    assert!(
+        state > 0 && state < 4 << 20,
+        "device state only: {state} bytes"
+    );
+
+    // Two clones, each with its own disk backend: the image's files are there.
+    for n in ["clone-a", "clone-b"] {
+        let out = with_templates(&["run", "-d", "--name", n, e.img(), "--", "sleep", "600"]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let mut ids = Vec::new();
+    let mut randoms = Vec::new();
+    for n in ["clone-a", "clone-b"] {
+        let st = pod_status(&e, n);
+        assert_eq!(st["boot"], "template", "{st}");
+        ids.push(st["guest_agent_id"].as_str().unwrap().to_string());
+        let out = e.run(&[
+            "exec",
+            n,
+            "--",
+            "sh",
+            "-c",
+            "head -c 32 /dev/urandom | od -An -tx1; date +%s; ls /bin/busybox",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.pop(), Some("/bin/busybox"), "the pod's own image");
+        let guest_now: u64 = lines.pop().unwrap().trim().parse().unwrap();
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            guest_now.abs_diff(host_now) <= 5,
+            "guest clock corrected: guest {guest_now}, host {host_now}"
+        );
+        randoms.push(lines.join(" "));
+    }
+    assert_ne!(ids[0], ids[1], "agent ids of two clones");
+    assert!(!ids[0].is_empty());
+    assert_ne!(randoms[0], randoms[1], "/dev/urandom of two clones");
+
+    // --cold: booted, not restored.
+    let out = with_templates(&[
+        "run",
+        "-d",
+        "--cold",
+        "--name",
+        "cold",
+        e.img(),
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(pod_status(&e, "cold")["boot"], "cold");
+    let out = e.run(&["rm", "-f", "clone-a", "clone-b", "cold"]);
+    assert!(out.status.success());
 }
 
 #[test]

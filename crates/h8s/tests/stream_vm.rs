@@ -201,6 +201,8 @@ async fn setup(dir: &Path) -> (Env, h8s_apiserver::Server) {
 
     // The pod VM.
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 180;
     let rt = Runtime::new(RuntimeConfig {
         images: Some(dir.join("images")),

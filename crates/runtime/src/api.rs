@@ -119,6 +119,10 @@ pub struct SandboxConfig {
     /// DNS search domains for the pod's `resolv.conf`.
     #[serde(default)]
     pub dns_search: Vec<String>,
+    /// Boot the VM from scratch even when a VM template could start it (`h8s run --cold`,
+    /// RuntimeClass `h8s-vm-cold`): the pod then shares no kernel layout (KASLR) with others.
+    #[serde(default)]
+    pub cold_boot: bool,
 }
 
 /// Guest memory of a pod that asks for none, MiB.
@@ -145,6 +149,7 @@ impl SandboxConfig {
             stop_with_containers: false,
             hostname: None,
             dns_search: Vec::new(),
+            cold_boot: false,
         }
     }
 
@@ -445,6 +450,12 @@ pub struct SandboxStatus {
     /// `None` when it runs without the jail.
     #[serde(default)]
     pub jail: Option<crate::JailStatus>,
+    /// How the VM started: `template` (restored from a VM template) or `cold` (booted).
+    #[serde(default)]
+    pub boot: Option<String>,
+    /// The guest agent's random id (drawn again after a restore, so clones differ).
+    #[serde(default)]
+    pub guest_agent_id: Option<String>,
 }
 
 /// Output and end of an attach or exec stream.

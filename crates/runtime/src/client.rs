@@ -217,7 +217,17 @@ impl Runtime {
             process_ids: Default::default(),
             vm: self.cfg.vm.clone(),
             jail: None,
+            template: None,
+            boot: None,
+            guest_agent_id: None,
         };
+        let mut rec = rec;
+        match crate::template::choose(&self.cfg.root, &self.cfg.vm, &rec.config) {
+            Ok(crate::template::Choice::Use(key)) => rec.template = Some(key),
+            Ok(crate::template::Choice::Cold(Some(key))) => self.spawn_template_builder(&key),
+            Ok(crate::template::Choice::Cold(None)) => {}
+            Err(e) => tracing::warn!(error = %e, "VM templates unavailable; booting cold"),
+        }
         dir.create(&rec)?;
         if let Err(e) = self.assign_jail(&dir, rec) {
             let _ = dir.remove();
@@ -240,6 +250,75 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Starts building VM template `key` in a detached process (its log: `build.log` in the
+    /// template's directory); pods keep booting cold until it is ready.
+    fn spawn_template_builder(&self, key: &str) {
+        let t = crate::template::TemplateDir::new(&self.cfg.root, key);
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(t.dir.join("build.log"))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the VM template builder");
+                return;
+            }
+        };
+        let mut cmd = std::process::Command::new(&self.cfg.shim.program);
+        cmd.args(&self.cfg.shim.args)
+            .arg("--root")
+            .arg(&self.cfg.root)
+            .arg("--build-template")
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env(
+                "H8S_LOG",
+                std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid(2) is async-signal-safe; the builder outlives this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tracing::info!(template = %key, pid = child.id(), "building a VM template");
+                // Reaped by a thread so a long-lived caller keeps no zombie.
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the VM template builder"),
+        }
+    }
+
+    /// Builds (in the background) the VM template pods of `config`'s shape would restore,
+    /// unless it is ready or building. Returns whether a build was started.
+    pub fn prepare_template(&self, config: &SandboxConfig) -> Result<bool> {
+        match crate::template::choose(&self.cfg.root, &self.cfg.vm, config)? {
+            crate::template::Choice::Cold(Some(key)) => {
+                self.spawn_template_builder(&key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Retires every VM template, so pods that follow restore freshly built ones (a new
+    /// kernel layout and RNG state); returns how many were retired. The node agent calls
+    /// this when it starts.
+    pub fn rotate_templates(&self) -> usize {
+        crate::template::retire_all(&self.cfg.root)
     }
 
     /// Gives a new pod its own uid when the jail is on (and it can be: it needs root).

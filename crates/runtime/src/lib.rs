@@ -14,6 +14,7 @@ mod logs;
 pub mod network;
 mod service;
 mod state;
+mod template;
 mod util;
 mod vm;
 mod wire;
@@ -31,6 +32,7 @@ pub use service::{
     BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,
     RUNTIME_NAME,
 };
+pub use template::template_main;
 pub use util::rfc3339_nano;
 pub use vm::{shim_main, AccelChoice, VmSettings};
 

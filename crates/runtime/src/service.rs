@@ -77,6 +77,13 @@ pub trait SandboxService: Send + Sync {
     }
     /// The runtime's name, version and accelerator.
     fn info(&self) -> RuntimeInfo;
+    /// Retires every VM template and starts building the one for the usual pod shape (one
+    /// image, a NIC, default memory, one vCPU) in the background; a node agent calls it when
+    /// it starts, so each agent run restores pods from freshly built templates (their own
+    /// kernel layout and RNG state). Returns how many templates were retired.
+    fn rotate_templates(&self) -> usize {
+        0
+    }
 }
 
 /// Containers in a pod (CRI `CreateContainer` … `Exec`, `Attach`).
@@ -198,6 +205,27 @@ impl SandboxService for Runtime {
     }
     fn info(&self) -> RuntimeInfo {
         Runtime::info(self)
+    }
+    fn rotate_templates(&self) -> usize {
+        let n = Runtime::rotate_templates(self);
+        let mut usual = SandboxConfig::new("template");
+        usual.images.push(crate::ImageDisk {
+            name: "image".into(),
+            path: "/dev/null".into(),
+        });
+        usual.network = Some(crate::NetworkAttachment {
+            tap: String::new(),
+            mac: String::new(),
+            address: String::new(),
+            gateway: None,
+            mtu: 1500,
+            dns: vec![],
+            cluster_dns: None,
+        });
+        if let Err(e) = self.prepare_template(&usual) {
+            tracing::warn!(error = %e, "cannot prepare the usual VM template");
+        }
+        n
     }
 }
 

@@ -59,6 +59,15 @@ pub(crate) struct PodRecord {
     /// The pod's jail (uid from the start, the rest once QEMU runs); `None`: not jailed.
     #[serde(default)]
     pub jail: Option<crate::JailStatus>,
+    /// The VM template run_sandbox chose for this pod (its directory name), if any.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// How the VM started (`template` or `cold`), and why a chosen template was not used.
+    #[serde(default)]
+    pub boot: Option<String>,
+    /// See [`SandboxStatus::guest_agent_id`].
+    #[serde(default)]
+    pub guest_agent_id: Option<String>,
 }
 
 impl PodRecord {
@@ -76,6 +85,8 @@ impl PodRecord {
             created_at: self.created_at.clone(),
             containers: self.containers.clone(),
             jail: self.jail.clone(),
+            boot: self.boot.clone(),
+            guest_agent_id: self.guest_agent_id.clone(),
         }
     }
 }

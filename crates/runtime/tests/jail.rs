@@ -109,6 +109,8 @@ fn env(overhead: Option<u32>) -> Env {
         .unwrap();
     let image = busybox_erofs(tmp.path());
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 180;
     assert!(vm.jail.enabled, "the jail is on by default as root");
     vm.jail.memory_overhead_mib = overhead;

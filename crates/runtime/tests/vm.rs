@@ -112,6 +112,8 @@ fn env() -> Env {
         .unwrap();
     let image = busybox_erofs(tmp.path());
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 120;
     let rt = Runtime::new(RuntimeConfig {
         images: None,
@@ -386,6 +388,8 @@ async fn a_crashing_guest_fails_the_pod_and_leaves_no_vm() {
 async fn a_vm_that_does_not_boot_in_time_leaves_nothing_behind() {
     let mut e = env();
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 1;
     e.rt = Runtime::new(RuntimeConfig {
         images: None,
@@ -408,6 +412,8 @@ async fn a_vm_that_does_not_boot_in_time_leaves_nothing_behind() {
 async fn bad_requests_fail_before_anything_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.kernel = tmp.path().join("no-kernel");
     let rt = Runtime::new(RuntimeConfig {
         images: None,
@@ -446,6 +452,8 @@ async fn bad_requests_fail_before_anything_starts() {
 async fn a_hung_vm_is_stopped_by_the_watchdog() {
     let mut e = env();
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 120;
     vm.watchdog_secs = 1;
     e.rt = Runtime::new(RuntimeConfig {

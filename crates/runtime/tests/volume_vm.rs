@@ -143,6 +143,8 @@ fn env() -> Env {
         .unwrap();
     let image = busybox_erofs(tmp.path());
     let mut vm = VmSettings::from_env().unwrap();
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
+    vm.templates = false;
     vm.boot_timeout_secs = 120;
     let rt = Runtime::new(RuntimeConfig {
         images: None,

@@ -27,6 +27,8 @@ enum Op {
         target: CString,
         link: CString,
     },
+    /// A procfs showing only processes (QEMU's own: it is PID 1 of its PID namespace).
+    Proc(CString),
     /// Bind `src` onto `dst`, then remount it with `flags` (always nosuid; `MS_RDONLY`,
     /// `MS_NODEV`, `MS_NOEXEC` as given).
     Bind {
@@ -72,6 +74,10 @@ pub(crate) struct Contents<'a> {
     pub qemu: &'a Path,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
+    /// Mount a process-only procfs (`subset=pid,hidepid=invisible`) at `/proc`: QEMU opens a
+    /// VM template's memory, a sealed memfd it inherits, as `/proc/self/fd/N` (QEMU 7.2 takes
+    /// memory files by path only).
+    pub proc_pids: bool,
     /// Add `/dev/kvm`.
     pub kvm: bool,
     /// Give QEMU its own network namespace (it then reaches no network but its tap).
@@ -162,6 +168,10 @@ impl Plan {
                 dst: cstr(at(Path::new(dst)))?,
                 flags: RO | libc::MS_NOEXEC,
             });
+        }
+        if c.proc_pids {
+            mkdir_p(&mut ops, Path::new("/proc"))?;
+            ops.push(Op::Proc(cstr(at(Path::new("/proc")))?));
         }
         // Device nodes: only these.
         mkdir_p(&mut ops, Path::new("/dev"))?;
@@ -270,6 +280,16 @@ impl Plan {
                         check(fd, b"h8s jail: creating a mount point failed\n")?;
                         libc::close(fd);
                     }
+                    Op::Proc(dst) => check(
+                        libc::mount(
+                            c"proc".as_ptr(),
+                            dst.as_ptr(),
+                            c"proc".as_ptr(),
+                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                            c"subset=pid,hidepid=invisible".as_ptr().cast(),
+                        ),
+                        b"h8s jail: mounting /proc failed\n",
+                    )?,
                     Op::Symlink { target, link } => check(
                         libc::symlink(target.as_ptr(), link.as_ptr()),
                         b"h8s jail: symlink failed\n",
@@ -402,6 +422,14 @@ impl Plan {
 /// Gives the calling thread's future children a new PID namespace (QEMU becomes its PID 1).
 /// The supervisor starts only QEMU, so this is done once, just before that.
 pub(crate) fn unshare_pid_for_children() -> Result<()> {
+    // A second VM of the same supervisor (a cold boot after a failed template restore) needs
+    // a new namespace: the first one died with its PID 1. Back to our own first (unshare
+    // refuses while the namespace for children differs from ours).
+    if let Ok(own) = std::fs::File::open("/proc/self/ns/pid") {
+        // SAFETY: setns(2) on a namespace descriptor we own; it changes only which namespace
+        // this thread's later children are created in.
+        unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) };
+    }
     // SAFETY: unshare(2) with CLONE_NEWPID changes only which namespace this thread's later
     // children are created in; it touches no memory.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {

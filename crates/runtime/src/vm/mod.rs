@@ -5,6 +5,9 @@ mod qemu;
 mod qmp;
 mod shim;
 
-pub(crate) use qemu::HostVirt;
+pub(crate) use qemu::{
+    drive_local_file, kernel_cmdline as kernel_cmdline_for, HostVirt, TEMPLATE_MAC,
+};
 pub use qemu::{AccelChoice, VmSettings};
+pub(crate) use shim::build_template;
 pub use shim::shim_main;

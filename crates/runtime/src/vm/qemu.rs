@@ -110,6 +110,22 @@ pub struct VmSettings {
     /// TCG, QEMU is no security boundary of its own.
     #[serde(default)]
     pub require_hardware_virt: bool,
+    /// Start pods by restoring a VM template when one is ready for their shape (built in the
+    /// background on first use; see `docs/runtime.md`, "VM templates").
+    #[serde(default = "default_templates")]
+    pub templates: bool,
+    /// Retire a template (and build a fresh one, with a new kernel layout and RNG state)
+    /// after this many pods were restored from it; 0: never.
+    #[serde(default = "default_template_max_uses")]
+    pub template_max_uses: u32,
+}
+
+fn default_templates() -> bool {
+    true
+}
+
+fn default_template_max_uses() -> u32 {
+    100
 }
 
 impl VmSettings {
@@ -156,6 +172,11 @@ impl VmSettings {
                 ..Default::default()
             },
             require_hardware_virt: false,
+            templates: std::env::var("H8S_TEMPLATES").map_or(true, |v| v != "0"),
+            template_max_uses: std::env::var("H8S_TEMPLATE_MAX_USES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(default_template_max_uses),
         })
     }
 
@@ -231,6 +252,24 @@ pub(crate) struct VmEndpoints {
     /// The pod directory, named in QEMU's command line only (`-add-fd …,opaque=`), so
     /// operators and test harnesses can tell whose QEMU a process is.
     pub pod_dir: PathBuf,
+    /// Cold boot, template build or restore.
+    pub mode: LaunchMode,
+}
+
+/// The MAC a template's NIC has; a restored guest changes it to the pod's.
+pub(crate) const TEMPLATE_MAC: &str = "02:68:38:73:00:01";
+
+/// How QEMU starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LaunchMode {
+    /// Boot the kernel.
+    Cold,
+    /// Boot a template VM: guest RAM in `mem` (as QEMU sees it), mapped shared, so what
+    /// the guest writes lands in the file; the NIC has [`TEMPLATE_MAC`] and no backend.
+    Template { mem: PathBuf },
+    /// Restore a template: the same machine, guest RAM a private (copy-on-write) mapping of
+    /// the template's `mem`, waiting for its device state (`-incoming defer`).
+    Restore { mem: PathBuf },
 }
 
 /// The full argv (after the program) for one pod VM.
@@ -248,7 +287,24 @@ pub(crate) fn qemu_args(
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", &format!("h8s-{id}")]);
-    push(&["-machine", "microvm,rtc=on,acpi=on"]);
+    let mem = match &ep.mode {
+        LaunchMode::Cold => None,
+        LaunchMode::Template { mem } => Some((mem, "on")),
+        LaunchMode::Restore { mem } => Some((mem, "off")),
+    };
+    match mem {
+        None => push(&["-machine", "microvm,rtc=on,acpi=on"]),
+        Some((path, share)) => push(&[
+            "-machine",
+            "microvm,rtc=on,acpi=on,memory-backend=mem",
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={share}",
+                cfg.memory_mib,
+                qemu_escape(&path.to_string_lossy())
+            ),
+        ]),
+    }
     match accel {
         Accel::Tcg => {
             let tcg = format!("tcg,thread=multi,tb-size={}", settings.tcg_tb_size_mib);
@@ -325,17 +381,35 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-device,drive=vol{i},serial={}", v.serial),
         ]);
     }
-    // The balloon only while a transport is left (volumes and images come first).
-    if settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS {
+    // The balloon only while a transport is left (volumes and images come first), and not
+    // for templates: QEMU 7.2 would punch holes into the template's memory file for pages a
+    // clone reports free.
+    if settings.free_page_reporting
+        && ep.mode == LaunchMode::Cold
+        && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS
+    {
         push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
     }
-    if let (Some(n), Some(fd)) = (&cfg.network, ep.tap_fd) {
-        push(&[
+    match (&cfg.network, ep.tap_fd, &ep.mode) {
+        (Some(n), Some(fd), LaunchMode::Cold) => push(&[
             "-netdev",
             &format!("tap,id=net0,fd={fd},vhost=off"),
             "-device",
             &format!("virtio-net-device,netdev=net0,mac={}", n.mac),
-        ]);
+        ]),
+        (Some(_), Some(fd), LaunchMode::Restore { .. }) => push(&[
+            "-netdev",
+            &format!("tap,id=net0,fd={fd},vhost=off"),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={TEMPLATE_MAC}"),
+        ]),
+        (Some(_), _, LaunchMode::Template { .. }) => {
+            push(&["-device", &format!("virtio-net-device,mac={TEMPLATE_MAC}")])
+        }
+        _ => {}
+    }
+    if let LaunchMode::Restore { .. } = ep.mode {
+        push(&["-incoming", "defer"]);
     }
     a
 }
@@ -415,6 +489,8 @@ mod tests {
             log_limits: Default::default(),
             jail: Default::default(),
             require_hardware_virt: false,
+            templates: true,
+            template_max_uses: 100,
         }
     }
 
@@ -465,6 +541,7 @@ mod tests {
             volume_fds: vec![vec![7, 9]],
             tap_fd: Some(8),
             pod_dir: "/r/pods/abc".into(),
+            mode: LaunchMode::Cold,
         };
         cfg.volumes.push(crate::api::VolumeDisk {
             serial: "vol-data".into(),

@@ -129,6 +129,64 @@ impl Qmp {
         }
     }
 
+    /// Runs `getfd` handing QEMU `fd` under `name` (`SCM_RIGHTS` with the command), for
+    /// commands that take descriptors by name (e.g. an outgoing `migrate` to `fd:NAME`).
+    pub async fn getfd(&self, name: &str, fd: std::os::fd::RawFd) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| Error::Qmp("state poisoned".into()))?
+            .insert(id, tx);
+        let mut line =
+            json!({ "execute": "getfd", "arguments": { "fdname": name }, "id": id }).to_string();
+        line.push('\n');
+        {
+            let w = self.writer.lock().await;
+            let sock = AsRef::<UnixStream>::as_ref(&*w).as_raw_fd();
+            let mut iov = libc::iovec {
+                iov_base: line.as_ptr() as *mut libc::c_void,
+                iov_len: line.len(),
+            };
+            // SAFETY: CMSG_SPACE is arithmetic.
+            let space =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+            let mut cbuf = vec![0u8; space];
+            loop {
+                // SAFETY: an all-zero msghdr is valid; the iovec, line and control buffer
+                // outlive the call, and the control buffer holds one descriptor.
+                let r = unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = cbuf.as_mut_ptr().cast();
+                    msg.msg_controllen = space as _;
+                    let c = libc::CMSG_FIRSTHDR(&msg);
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
+                    libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+                };
+                if r == line.len() as isize {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if r < 0 && e.kind() == std::io::ErrorKind::WouldBlock {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                return Err(Error::Qmp(format!("getfd: {e} ({r} bytes sent)")));
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r.map(drop),
+            Ok(Err(_)) => Err(Error::Qmp("getfd: connection closed".into())),
+            Err(_) => Err(Error::Qmp("getfd: no reply in 10 s".into())),
+        }
+    }
+
     /// `query-status`: the run state (`running`, `paused`, `shutdown`, `guest-panicked`, …).
     pub async fn status(&self) -> Result<String> {
         let r = self.execute("query-status", Value::Null).await?;

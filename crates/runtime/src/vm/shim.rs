@@ -245,6 +245,9 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     rec.reason = None;
     rec.guest_kernel = Some(hello.kernel_release.clone());
     rec.guest_boot_ms = Some(hello.boot_time_ms);
+    if !hello.agent_id.is_empty() {
+        rec.guest_agent_id = Some(hello.agent_id.clone());
+    }
     let mut procs = HashMap::new();
     let mut next_pid = 1;
     for c in &rec.containers {
@@ -462,8 +465,273 @@ type Booted = (
     h8s_guest::Hello,
 );
 
-/// Starts QEMU and waits for the guest agent's hello; on failure nothing is left running.
+/// How a VM starts (decided before QEMU runs).
+pub(crate) enum Start<'a> {
+    /// Boot the kernel.
+    Cold,
+    /// Boot a template VM whose RAM is `mem` (a memfd) and save it later through `state`.
+    Template {
+        mem: &'a std::fs::File,
+        state: &'a std::fs::File,
+    },
+    /// Restore template `mem` + `state`.
+    Restore {
+        mem: &'a std::fs::File,
+        state: &'a std::fs::File,
+    },
+}
+
+/// Starts the pod's VM: restored from its template when `run_sandbox` chose one and that
+/// works, else booted. On failure nothing is left running.
 async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
+    if let Some(key) = rec.template.clone() {
+        let root = dir
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        let t = crate::template::TemplateDir::new(&root, &key);
+        let files = (|| -> Result<(std::fs::File, std::fs::File)> {
+            let open = |p: &Path| {
+                std::fs::File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))
+            };
+            if !t.is_ready() {
+                return Err(Error::FailedPrecondition("template not ready".into()));
+            }
+            Ok((crate::template::fetch_memory(&t)?, open(&t.state())?))
+        })();
+        let why = match files {
+            Ok((mem, state)) => {
+                t.count_use();
+                let start = Start::Restore {
+                    mem: &mem,
+                    state: &state,
+                };
+                match launch(dir, rec, start).await {
+                    Ok(mut b) => match restored(&b.3, &rec.config).await {
+                        Ok(agent_id) => {
+                            b.5.agent_id = agent_id;
+                            rec.boot = Some("template".into());
+                            return Ok(b);
+                        }
+                        Err(e) => {
+                            if let Qemu::Child(c) = &mut b.0 {
+                                let _ = c.start_kill();
+                                let _ = c.wait().await;
+                            }
+                            rec.qemu = None;
+                            e.to_string()
+                        }
+                    },
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(template = %key, error = %why, "restoring the VM template failed; booting cold");
+        if let Some(j) = &rec.jail {
+            crate::jail::cgroup::remove(&j.cgroup_dirs);
+        }
+        rec.boot = Some(format!("cold (template {key}: {why})"));
+        return launch(dir, rec, Start::Cold).await;
+    }
+    rec.boot = Some("cold".into());
+    launch(dir, rec, Start::Cold).await
+}
+
+/// Makes a restored clone its own before anything runs in it: fresh host entropy for its
+/// kernel RNG (credited, then a forced CRNG reseed), the clock, its disks re-probed, the
+/// pod's MAC. Returns the agent's new id.
+async fn restored(agent: &Agent, cfg: &crate::SandboxConfig) -> Result<String> {
+    let mut entropy = vec![0u8; 64];
+    // SAFETY: getrandom writes at most `entropy.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(entropy.as_mut_ptr().cast(), entropy.len(), 0) };
+    if n != entropy.len() as isize {
+        return Err(Error::io(
+            "reading host entropy",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let realtime_ns = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let info = h8s_guest::RestoreInfo {
+        entropy,
+        realtime_ns,
+        rescan_disks: !cfg.images.is_empty() || !cfg.volumes.is_empty(),
+        macs: cfg
+            .network
+            .iter()
+            .map(|n| (super::qemu::TEMPLATE_MAC.to_string(), n.mac.clone()))
+            .collect(),
+    };
+    match agent
+        .request_timeout(GuestRequest::Restored(info), Duration::from_secs(30))
+        .await?
+    {
+        Reply::Restored { agent_id } => Ok(agent_id),
+        other => Err(Error::Agent(format!(
+            "unexpected answer to Restored: {other:?}"
+        ))),
+    }
+}
+
+/// Builds the VM template in `t` (see [`crate::template`]); returns its memory, sealed.
+pub(crate) async fn build_template(
+    root: &Path,
+    t: &crate::template::TemplateDir,
+) -> Result<std::fs::File> {
+    let spec: crate::template::Spec = serde_json::from_slice(
+        &std::fs::read(t.spec()).map_err(|e| Error::io("reading the template spec", e))?,
+    )
+    .map_err(|e| Error::Shim(format!("bad template spec: {e}")))?;
+    let (accel, _) = HostVirt::probe().choose(spec.vm.accel, spec.vm.pvm_guest_kernel);
+    if accel != spec.accel {
+        return Err(Error::FailedPrecondition(format!(
+            "the template is for {}, this host gives {accel}",
+            spec.accel
+        )));
+    }
+    let placeholder = |name: &str| -> Result<()> {
+        let f = std::fs::File::create(t.dir.join(name))
+            .map_err(|e| Error::io(format!("creating placeholder {name}"), e))?;
+        f.set_len(4096)
+            .map_err(|e| Error::io(format!("sizing placeholder {name}"), e))
+    };
+    placeholder("placeholder.img")?;
+    for i in 0..spec.volumes_read_only.len() {
+        placeholder(&format!("placeholder-vol{i}.img"))?;
+    }
+    let key = t
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = format!("template-{key}");
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let jailed = spec.vm.jail.enabled && unsafe { libc::geteuid() } == 0;
+    let mem = crate::template::memfd(u64::from(spec.memory_mib) << 20)?;
+    let state = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(t.state())
+        .map_err(|e| Error::io(format!("creating {}", t.state().display()), e))?;
+    let mut rec = PodRecord {
+        id: id.clone(),
+        config: spec.placeholder_config(&t.dir),
+        created_at: rfc3339_nano(SystemTime::now()),
+        state: SandboxState::Creating,
+        reason: None,
+        accel: None,
+        accel_reason: None,
+        guest_kernel: None,
+        guest_boot_ms: None,
+        shim: None,
+        qemu: None,
+        containers: Vec::new(),
+        process_ids: Default::default(),
+        vm: spec.vm.clone(),
+        jail: None,
+        template: None,
+        boot: None,
+        guest_agent_id: None,
+    };
+    if jailed {
+        let uid = crate::jail::uids::allocate(root, spec.vm.jail.uid_range, &id)?;
+        rec.jail = Some(crate::JailStatus {
+            uid,
+            gid: uid,
+            ..Default::default()
+        });
+    }
+    let dir = PodDir { dir: t.dir.clone() };
+    let started = std::time::Instant::now();
+    let result = async {
+        let start = Start::Template {
+            mem: &mem,
+            state: &state,
+        };
+        let (mut qemu, qmp, _qmp_rx, _agent, _guest_rx, hello) =
+            launch(&dir, &mut rec, start).await?;
+        tracing::info!(
+            boot_ms = started.elapsed().as_millis() as u64,
+            guest_boot_ms = hello.boot_time_ms,
+            "template VM up; saving it"
+        );
+        let save = async {
+            qmp.execute("stop", serde_json::Value::Null).await?;
+            qmp.execute("migrate-set-capabilities", ignore_shared())
+                .await?;
+            // An outgoing fd: migration takes only a descriptor named over QMP.
+            qmp.getfd("state", state.as_raw_fd()).await?;
+            qmp.execute("migrate", serde_json::json!({ "uri": "fd:state" }))
+                .await?;
+            wait_migration(&qmp, Duration::from_secs(60)).await
+        }
+        .await;
+        let _ = qmp.execute("quit", serde_json::Value::Null).await;
+        if tokio::time::timeout(Duration::from_secs(10), qemu.wait())
+            .await
+            .is_err()
+        {
+            if let Qemu::Child(c) = &mut qemu {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+        save
+    }
+    .await;
+    if let Some(j) = &rec.jail {
+        crate::jail::release(root, &id, j, true);
+    }
+    remove_sockets(&dir);
+    let _ = std::fs::remove_file(t.dir.join("placeholder.img"));
+    for i in 0..spec.volumes_read_only.len() {
+        let _ = std::fs::remove_file(t.dir.join(format!("placeholder-vol{i}.img")));
+    }
+    result?;
+    crate::template::seal(&mem)?;
+    Ok(mem)
+}
+
+/// `migrate-set-capabilities` for templates: RAM stays in the (shared) memory file.
+fn ignore_shared() -> serde_json::Value {
+    serde_json::json!({
+        "capabilities": [ { "capability": "x-ignore-shared", "state": true } ]
+    })
+}
+
+/// Polls `query-migrate` until the migration (either side) completed.
+async fn wait_migration(qmp: &Qmp, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = qmp
+            .execute("query-migrate", serde_json::Value::Null)
+            .await?;
+        match r.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some(st @ ("failed" | "cancelled")) => {
+                return Err(Error::Qemu(format!(
+                    "migration {st}: {}",
+                    r.get("error-desc").and_then(|e| e.as_str()).unwrap_or("")
+                )))
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::BootTimeout(limit));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Starts QEMU and waits for the guest agent's hello; on failure nothing is left running.
+async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<Booted> {
     let settings = rec.vm.clone();
     let (accel, why) = HostVirt::probe().choose(settings.accel, settings.pvm_guest_kernel);
     tracing::info!(%accel, reason = why, "accelerator chosen");
@@ -516,10 +784,32 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
         volumes.push(files);
     }
     let owner = rec.jail.as_ref().map(|j| (j.uid, j.gid));
-    let tap = match &rec.config.network {
-        Some(n) => Some(open_tap(&n.tap, owner)?),
-        None => None,
+    let tap = match (&rec.config.network, &start) {
+        // A template's NIC has no backend.
+        (Some(_), Start::Template { .. }) => None,
+        (Some(n), _) => Some(open_tap(&n.tap, owner)?),
+        (None, _) => None,
     };
+    let (mem, state_fd) = match &start {
+        Start::Cold => (None, None),
+        Start::Template { mem, state } | Start::Restore { mem, state } => {
+            (Some(*mem), Some(state.as_raw_fd()))
+        }
+    };
+    // QEMU 7.2 takes memory files by path only: the memfd it inherits, through its /proc.
+    let mem_for_qemu = |m: &&std::fs::File| -> std::path::PathBuf {
+        format!("/proc/self/fd/{}", m.as_raw_fd()).into()
+    };
+    let mode = match (&start, &mem) {
+        (Start::Template { .. }, Some(m)) => super::qemu::LaunchMode::Template {
+            mem: mem_for_qemu(m),
+        },
+        (Start::Restore { .. }, Some(m)) => super::qemu::LaunchMode::Restore {
+            mem: mem_for_qemu(m),
+        },
+        _ => super::qemu::LaunchMode::Cold,
+    };
+    let jail_proc = mem.is_some();
     let mut ep = VmEndpoints {
         kernel: settings.kernel.clone(),
         initrd: settings.initramfs.clone(),
@@ -533,8 +823,11 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             .collect(),
         tap_fd: tap.as_ref().map(|f| f.as_raw_fd()),
         pod_dir: dir.dir.clone(),
+        mode,
     };
     let mut keep = vec![ep.qmp_fd, ep.agent_fd, ep.console_fd];
+    keep.extend(state_fd);
+    keep.extend(mem.map(|f| f.as_raw_fd()));
     keep.extend(&ep.image_fds);
     keep.extend(ep.volume_fds.iter().flatten());
     keep.extend(ep.tap_fd);
@@ -546,7 +839,7 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     // The cgroups' `cgroup.procs` stay open until QEMU has joined them.
     let mut cgroups = crate::jail::cgroup::PodCgroups::default();
     if let Some(jail) = rec.jail.as_mut() {
-        let (plan, cg) = prepare_jail(dir, &settings, &rec.config, accel, jail, keep)?;
+        let (plan, cg) = prepare_jail(dir, &settings, &rec.config, accel, jail, keep, jail_proc)?;
         cgroups = cg;
         ep.kernel = crate::jail::spawn::KERNEL.into();
         ep.initrd = crate::jail::spawn::INITRD.into();
@@ -633,8 +926,14 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim()))
     };
+    let restore = state_fd.filter(|_| matches!(start, Start::Restore { .. }));
     let result = tokio::select! {
-        r = connect_and_hello(dir, timeout, false) => match r {
+        r = async {
+            match restore {
+                Some(fd) => connect_and_restore(dir, timeout, fd).await,
+                None => connect_and_hello(dir, timeout, false).await,
+            }
+        } => match r {
             // The sockets listen before QEMU reads its arguments: a QEMU that dies at once
             // resets the connection. Its own words say more.
             Err(e) => match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
@@ -669,6 +968,7 @@ fn prepare_jail(
     accel: crate::Accel,
     jail: &mut crate::JailStatus,
     keep: Vec<std::os::fd::RawFd>,
+    proc_pids: bool,
 ) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
     use crate::jail::{cgroup, spawn};
     jail.not_enforced.clear();
@@ -735,6 +1035,7 @@ fn prepare_jail(
         qemu: &qemu,
         kernel: &settings.kernel,
         initrd: &settings.initramfs,
+        proc_pids,
         kvm: accel == crate::Accel::Kvm,
         own_net,
         keep,
@@ -807,12 +1108,41 @@ type Connected = (
     h8s_guest::Hello,
 );
 
+/// Restores a template VM started with `-incoming defer`: loads its device state from
+/// `state_fd`, connects the agent port, lets the VM run and waits for the agent's `Hello`
+/// (the agent notices the new host connection).
+async fn connect_and_restore(
+    dir: &PodDir,
+    timeout: Duration,
+    state_fd: std::os::fd::RawFd,
+) -> Result<Connected> {
+    let (qmp, qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    // By name, as for the outgoing side (QEMU 7.2 parses numeric `fd:` only on some paths).
+    qmp.getfd("state", state_fd).await?;
+    qmp.execute("migrate-incoming", serde_json::json!({ "uri": "fd:state" }))
+        .await?;
+    wait_migration(&qmp, timeout).await?;
+    let (agent, guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    qmp.execute("cont", serde_json::Value::Null).await?;
+    // The template was saved with its builder connected, so the guest may see no change of
+    // host at all: ask for the Hello.
+    let greeter = agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = greeter.request_timeout(GuestRequest::Greet, timeout).await {
+            tracing::warn!(error = %e, "asking the restored guest to greet failed");
+        }
+    });
+    wait_hello(dir, timeout, qmp, qmp_rx, agent, guest_rx, true).await
+}
+
 /// Connects QMP and the agent port and waits for the guest's `Hello`. A booting guest greets
 /// on its own; a running one (`greet`, after the previous supervisor died) is asked to, since
 /// it cannot always tell that a new host connected.
 async fn connect_and_hello(dir: &PodDir, timeout: Duration, greet: bool) -> Result<Connected> {
-    let (qmp, mut qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
-    let (agent, mut guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    let (qmp, qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
+    let (agent, guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
     if greet {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -821,6 +1151,20 @@ async fn connect_and_hello(dir: &PodDir, timeout: Duration, greet: bool) -> Resu
             }
         });
     }
+    wait_hello(dir, timeout, qmp, qmp_rx, agent, guest_rx, false).await
+}
+
+/// Waits for the guest agent's `Hello`; a guest that stops, panics or shuts down first fails
+/// (`restored`: the pause a restore starts in and the `cont` after it are expected).
+async fn wait_hello(
+    dir: &PodDir,
+    timeout: Duration,
+    qmp: Arc<Qmp>,
+    mut qmp_rx: mpsc::UnboundedReceiver<QmpEvent>,
+    agent: Arc<Agent>,
+    mut guest_rx: mpsc::UnboundedReceiver<GuestEvent>,
+    restored: bool,
+) -> Result<Connected> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
@@ -844,7 +1188,9 @@ async fn connect_and_hello(dir: &PodDir, timeout: Duration, greet: bool) -> Resu
             },
             ev = qmp_rx.recv() => {
                 if let Some(ev) = ev {
-                    if matches!(ev.name.as_str(), "STOP" | "GUEST_PANICKED" | "SHUTDOWN") {
+                    if (ev.name == "STOP" && !restored)
+                        || matches!(ev.name.as_str(), "GUEST_PANICKED" | "SHUTDOWN")
+                    {
                         return Err(Error::Qemu(format!(
                             "guest {} during boot (see {})",
                             ev.name.to_lowercase(),

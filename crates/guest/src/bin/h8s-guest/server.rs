@@ -100,6 +100,8 @@ pub struct Agent {
     boot_time_ms: u64,
     log_budget: Mutex<(Instant, u32)>,
     reboot_to_power_off: bool,
+    /// See [`Hello::agent_id`]: drawn at start, again after a restore.
+    agent_id: Mutex<String>,
 }
 
 type Outcome = Option<Result<Reply, ProtoError>>;
@@ -133,6 +135,7 @@ impl Agent {
             boot_time_ms,
             log_budget: Mutex::new((Instant::now(), 0)),
             reboot_to_power_off,
+            agent_id: Mutex::new(crate::restore::new_agent_id()),
         }))
     }
 
@@ -169,6 +172,7 @@ impl Agent {
             kernel_release: self.kernel_release.clone(),
             boot_time_ms: self.boot_time_ms,
             containers: self.list(),
+            agent_id: lock(&self.agent_id).clone(),
         }
     }
 
@@ -280,6 +284,13 @@ impl Agent {
                     .and_then(|s| s.update(&u))
                     .map(|()| Reply::Done),
             ),
+            Request::Restored(info) => Some(crate::restore::apply(&info).map(|()| {
+                // After the reseed: the id (and whatever random state follows) is this
+                // clone's own.
+                let id = crate::restore::new_agent_id();
+                *lock(&self.agent_id) = id.clone();
+                Reply::Restored { agent_id: id }
+            })),
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))
@@ -957,7 +968,9 @@ fn wait_for_host(port: &File) {
         if n >= 0 && pfd.revents & libc::POLLHUP == 0 {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Short: a VM restored from a template waits here for its supervisor to connect,
+        // and every millisecond counts towards its start.
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

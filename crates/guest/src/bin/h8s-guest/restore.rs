@@ -1,0 +1,184 @@
+//! What a VM restored from a template does before it serves its pod ([`Request::Restored`]):
+//! every clone of a template wakes up with the template's kernel RNG state, clock, NIC MACs
+//! and cached disk sizes, and this makes it its own.
+//!
+//! [`Request::Restored`]: h8s_guest::Request::Restored
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use h8s_guest::{ErrorCode, ProtoError, RestoreInfo};
+
+use crate::sys;
+
+/// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` (`_IO('R', 0x07)`).
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+fn fail(what: &str, e: io::Error) -> ProtoError {
+    ProtoError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+/// Applies `info`; the RNG and the clock first, so nothing after sees the template's.
+pub fn apply(info: &RestoreInfo) -> Result<(), ProtoError> {
+    if info.entropy.len() < RestoreInfo::MIN_ENTROPY || info.entropy.len() > 4096 {
+        return Err(ProtoError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "restore entropy must be {}..=4096 bytes, not {}",
+                RestoreInfo::MIN_ENTROPY,
+                info.entropy.len()
+            ),
+        ));
+    }
+    reseed(&info.entropy).map_err(|e| fail("reseeding the kernel RNG", e))?;
+    set_clock(info.realtime_ns).map_err(|e| fail("setting the clock", e))?;
+    for (from, to) in &info.macs {
+        set_mac(from, to).map_err(|e| fail(&format!("giving NIC {from} the MAC {to}"), e))?;
+    }
+    if info.rescan_disks {
+        rescan_disks().map_err(|e| fail("re-probing the disks", e))?;
+    }
+    Ok(())
+}
+
+/// Credits `entropy` to the input pool (`RNDADDENTROPY`) and makes the CRNG reseed from it
+/// now (`RNDRESEEDCRNG`), so every later read of /dev/urandom or getrandom(2) in this clone
+/// differs from every other clone's.
+fn reseed(entropy: &[u8]) -> io::Result<()> {
+    let f = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut req: Vec<u8> = Vec::with_capacity(8 + entropy.len());
+    req.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+    req.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+    req.extend_from_slice(entropy);
+    // The kernel reads `buf_size` bytes after the header: pad to whole u32 words.
+    req.resize(8 + entropy.len().div_ceil(4) * 4, 0);
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info whose header and `buf_size` bytes lie in
+    // `req`, alive for the call.
+    sys::check(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, req.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    sys::check(unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG, 0) })?;
+    Ok(())
+}
+
+fn set_clock(realtime_ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (realtime_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (realtime_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime reads one timespec on the stack.
+    sys::check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })?;
+    Ok(())
+}
+
+fn parse_mac(s: &str) -> io::Result<[u8; 6]> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad MAC {s:?}"));
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// Finds the interface whose MAC is `from` and sets `to` (`SIOCSIFHWADDR`; virtio-net tells
+/// the device, whose receive filter follows).
+fn set_mac(from: &str, to: &str) -> io::Result<()> {
+    let want = from.to_ascii_lowercase();
+    let mac = parse_mac(to)?;
+    let name = fs::read_dir("/sys/class/net")?
+        .flatten()
+        .find(|e| fs::read_to_string(e.path().join("address")).is_ok_and(|a| a.trim() == want))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such NIC"))?;
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "long name"));
+    }
+    // SAFETY: an all-zero ifreq is valid; the name and hardware address are filled in below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: writing the sockaddr member of the (zeroed) union.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let fd = sys::check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) })?;
+    // SAFETY: SIOCSIFHWADDR reads one ifreq; `fd` is ours and closed right after.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFHWADDR, &req) };
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    sys::check(r)?;
+    Ok(())
+}
+
+/// Unbinds and rebinds each virtio-blk device: the driver reads the capacity (and the
+/// read-only flag) once, at probe, and the template's placeholder disks had other backends.
+/// Nothing may be mounted from them yet (the host sends this before any container).
+fn rescan_disks() -> io::Result<()> {
+    let drv = Path::new("/sys/bus/virtio/drivers/virtio_blk");
+    let Ok(entries) = fs::read_dir(drv) else {
+        return Ok(()); // no virtio-blk driver (no disks)
+    };
+    let mut devs: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("virtio"))
+        .collect();
+    devs.sort();
+    for d in &devs {
+        fs::write(drv.join("unbind"), d)?;
+    }
+    for d in &devs {
+        fs::write(drv.join("bind"), d)?;
+    }
+    Ok(())
+}
+
+/// A fresh random id (hex of 16 bytes from getrandom(2), so after a reseed it is the
+/// clone's own).
+pub fn new_agent_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never with a 16-byte request on Linux ≥ 3.17; keep an id that is at least unique
+        // per boot.
+        let t = sys::boottime_ms().to_ne_bytes();
+        b[..8].copy_from_slice(&t);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("02:aB:00:00:00:ff").unwrap(),
+            [2, 0xab, 0, 0, 0, 0xff]
+        );
+        assert!(parse_mac("02:ab:00:00:00").is_err());
+        assert!(parse_mac("02:ab:00:00:00:zz").is_err());
+    }
+
+    #[test]
+    fn agent_ids_are_random() {
+        let (a, b) = (new_agent_id(), new_agent_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

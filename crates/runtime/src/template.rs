@@ -1,0 +1,666 @@
+//! VM templates: start a pod by restoring a saved, paused VM instead of booting one.
+//!
+//! A template is one VM booted to the point where its guest agent waits for its pod, then
+//! paused and saved with QEMU's `x-ignore-shared` migration capability: its device state goes
+//! to `state` (some KiB), its RAM stays in `mem`, the file it ran on (mapped shared). A pod
+//! restores it with the same machine and devices, its RAM a private copy-on-write mapping of
+//! `mem`, so every pod shares each page it has not written (`docs/runtime.md`, "VM templates").
+//!
+//! One template per shape: QEMU binary, kernel, initramfs and command line, accelerator, guest
+//! memory and vCPUs, and the device layout (how many image disks, which volumes read-only,
+//! whether a NIC). The disks and NIC are placeholders whose backends each pod gives; the guest
+//! agent then re-probes the disks, takes the pod's MAC, reseeds its RNG and sets its clock
+//! (`h8s_guest::Request::Restored`).
+//!
+//! Files under `<root>/templates/<key>/`: `spec.json` (what to build), `lock` (held while
+//! building), `state`, `mem.sock` (the holder's socket), `ready` (written last), `uses` (pods restored so far), `failed`
+//! (a build failed: the shape boots cold until templates are rotated).
+//!
+//! Security: the RAM is a sealed memfd (`F_SEAL_WRITE`, `SHRINK`, `GROW`, `SEAL`): QEMU 7.2
+//! opens a memory file read-write even for a private mapping, and the seals make every write
+//! through the file fail, so no pod's QEMU can change what the next pod starts from. The
+//! builder stays as the memfd's holder and hands it (`SCM_RIGHTS`, same uid only) to each
+//! pod's supervisor; QEMU inherits it and opens it as `/proc/self/fd/N` (the jail mounts a
+//! process-only procfs for that). Clones share the template's kernel layout
+//! (KASLR): templates are retired after `template_max_uses` pods and on
+//! [`crate::Runtime::rotate_templates`] (the node agent calls it when it starts).
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Accel, ImageDisk, NetworkAttachment, SandboxConfig, VolumeDisk};
+use crate::{Error, Result, VmSettings};
+
+/// The templates' directory under the runtime root.
+pub(crate) fn templates_dir(root: &Path) -> PathBuf {
+    root.join("templates")
+}
+
+/// What a template is built from (the spawner writes it, the builder reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Spec {
+    pub vm: VmSettings,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub images: usize,
+    /// One per volume: read-only?
+    pub volumes_read_only: Vec<bool>,
+    pub network: bool,
+}
+
+/// Identity of a file for the template key: a changed kernel or QEMU binary is a new shape.
+fn file_identity(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(p) {
+        Ok(m) => format!(
+            "{}:{}:{}:{}:{}",
+            p.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000
+        ),
+        Err(_) => format!("{}:missing", p.display()),
+    }
+}
+
+impl Spec {
+    /// The template shape for a pod, or `None` when it must boot cold (asked to, templates
+    /// off, or a volume QEMU opens itself, such as `rbd:`).
+    pub fn for_pod(vm: &VmSettings, accel: Accel, cfg: &SandboxConfig) -> Option<Spec> {
+        if cfg.cold_boot || !vm.templates {
+            return None;
+        }
+        let mut volumes_read_only = Vec::new();
+        for v in &cfg.volumes {
+            let (_, ro) = super::vm::drive_local_file(&v.drive)?;
+            volumes_read_only.push(ro);
+        }
+        let mut vm = vm.clone();
+        // Not part of the shape; the balloon is never added to templates.
+        vm.log_limits = Default::default();
+        vm.free_page_reporting = false;
+        vm.boot_timeout_secs = vm.boot_timeout_secs.max(60);
+        Some(Spec {
+            vm,
+            accel,
+            memory_mib: cfg.memory_mib,
+            cpus: cfg.cpus,
+            images: cfg.images.len(),
+            volumes_read_only,
+            network: cfg.network.is_some(),
+        })
+    }
+
+    /// The template's directory name: a digest of everything the saved VM depends on.
+    pub fn key(&self) -> String {
+        let qemu = crate::jail::spawn::resolve_program(&self.vm.qemu)
+            .unwrap_or_else(|_| self.vm.qemu.clone());
+        let desc = format!(
+            "h8s-template-v1\nqemu={}\nkernel={}\ninitrd={}\ncmdline={}\naccel={}\ntb={}\n\
+             mem={}\ncpus={}\nimages={}\nvolumes={:?}\nnet={}\njail={}\n",
+            file_identity(&qemu),
+            file_identity(&self.vm.kernel),
+            file_identity(&self.vm.initramfs),
+            super::vm::kernel_cmdline_for(&self.vm, self.accel),
+            self.accel,
+            self.vm.tcg_tb_size_mib,
+            self.memory_mib,
+            self.cpus,
+            self.images,
+            self.volumes_read_only,
+            self.network,
+            self.vm.jail.enabled,
+        );
+        let d = ring::digest::digest(&ring::digest::SHA256, desc.as_bytes());
+        d.as_ref()[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The sandbox config the template VM boots with: placeholder disks (files in `dir`), a
+    /// NIC without a backend.
+    pub fn placeholder_config(&self, dir: &Path) -> SandboxConfig {
+        let mut cfg = SandboxConfig::new("template");
+        cfg.memory_mib = self.memory_mib;
+        cfg.cpus = self.cpus;
+        for i in 0..self.images {
+            cfg.images.push(ImageDisk {
+                name: format!("placeholder{i}"),
+                path: dir.join("placeholder.img"),
+            });
+        }
+        for (i, ro) in self.volumes_read_only.iter().enumerate() {
+            let file = dir.join(format!("placeholder-vol{i}.img"));
+            cfg.volumes.push(VolumeDisk {
+                serial: format!("placeholder{i}"),
+                drive: format!(
+                    "file={},format=raw,read-only={}",
+                    file.to_string_lossy().replace(',', ",,"),
+                    if *ro { "on" } else { "off" }
+                ),
+            });
+        }
+        if self.network {
+            cfg.network = Some(NetworkAttachment {
+                tap: String::new(),
+                mac: super::vm::TEMPLATE_MAC.into(),
+                address: String::new(),
+                gateway: None,
+                mtu: 1500,
+                dns: vec![],
+                cluster_dns: None,
+            });
+        }
+        cfg
+    }
+}
+
+/// `ready`: written last by a successful build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    pub created_at: String,
+    /// Wall time of the build (boot to saved), ms.
+    pub build_ms: u64,
+}
+
+/// One template's directory.
+#[derive(Debug, Clone)]
+pub(crate) struct TemplateDir {
+    pub dir: PathBuf,
+}
+
+impl TemplateDir {
+    pub fn new(root: &Path, key: &str) -> TemplateDir {
+        TemplateDir {
+            dir: templates_dir(root).join(key),
+        }
+    }
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// The holder's socket, handing out the template's memory (a sealed memfd).
+    pub fn mem(&self) -> PathBuf {
+        self.dir.join("mem.sock")
+    }
+    pub fn ready(&self) -> PathBuf {
+        self.dir.join("ready")
+    }
+    pub fn failed(&self) -> PathBuf {
+        self.dir.join("failed")
+    }
+    fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    fn uses(&self) -> PathBuf {
+        self.dir.join("uses")
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready().is_file()
+    }
+
+    /// Pods restored from it so far.
+    pub fn uses_count(&self) -> u64 {
+        std::fs::read_to_string(self.uses())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Counts one more pod (under the lock of the counter file).
+    pub fn count_use(&self) {
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.uses())
+        else {
+            return;
+        };
+        // SAFETY: flock on a descriptor we own; released when `f` closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
+            return;
+        }
+        let n = self.uses_count() + 1;
+        let _ = f.set_len(0);
+        let _ = (&f).write_all(n.to_string().as_bytes());
+    }
+
+    /// Holds the build lock, or `None` when another process builds.
+    fn try_lock(&self) -> Result<Option<std::fs::File>> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock())
+            .map_err(|e| Error::io(format!("opening {}", self.lock().display()), e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            return Ok(None);
+        }
+        Ok(Some(f))
+    }
+
+    fn building(&self) -> bool {
+        match std::fs::OpenOptions::new().write(true).open(self.lock()) {
+            // SAFETY: flock on a descriptor we own; a lock we get is released on close.
+            Ok(f) => (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) < 0,
+            Err(_) => false,
+        }
+    }
+}
+
+/// What `run_sandbox` decided for a new pod.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// Restore this ready template (its key).
+    Use(String),
+    /// Boot cold; `Some(key)`: start building that template in the background.
+    Cold(Option<String>),
+}
+
+/// Picks the template for a pod: a ready one, else cold boot (and a build to start unless one
+/// runs or failed). A template used `max_uses` times is retired first.
+pub(crate) fn choose(root: &Path, vm: &VmSettings, cfg: &SandboxConfig) -> Result<Choice> {
+    let (accel, _) = super::vm::HostVirt::probe().choose(vm.accel, vm.pvm_guest_kernel);
+    let Some(spec) = Spec::for_pod(vm, accel, cfg) else {
+        return Ok(Choice::Cold(None));
+    };
+    let key = spec.key();
+    let t = TemplateDir::new(root, &key);
+    if t.is_ready() {
+        if UnixStream::connect(t.mem()).is_err() {
+            tracing::info!(template = %key, "VM template's holder is gone; rebuilding it");
+            retire(root, &key);
+        } else if vm.template_max_uses > 0 && t.uses_count() >= u64::from(vm.template_max_uses) {
+            tracing::info!(template = %key, uses = t.uses_count(), "retiring VM template");
+            retire(root, &key);
+        } else {
+            return Ok(Choice::Use(key));
+        }
+    }
+    if t.failed().exists() || t.building() {
+        return Ok(Choice::Cold(None));
+    }
+    std::fs::create_dir_all(&t.dir)
+        .map_err(|e| Error::io(format!("creating {}", t.dir.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(templates_dir(root), std::fs::Permissions::from_mode(0o700));
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Shim(e.to_string()))?;
+    std::fs::write(t.spec(), json)
+        .map_err(|e| Error::io(format!("writing {}", t.spec().display()), e))?;
+    Ok(Choice::Cold(Some(key)))
+}
+
+/// Takes a template out of use: new pods no longer find it; running ones keep their
+/// mappings of its memory. A build in progress is left alone.
+pub(crate) fn retire(root: &Path, key: &str) {
+    let t = TemplateDir::new(root, key);
+    let gone = templates_dir(root).join(format!(".retired-{key}-{}", crate::util::new_id()));
+    if std::fs::rename(&t.dir, &gone).is_err() {
+        return;
+    }
+    // Its holder notices (no `ready` at the old path) and exits.
+    let _ = std::fs::remove_dir_all(&gone);
+}
+
+/// Retires every template (a new kernel layout and RNG state for the pods that follow).
+pub(crate) fn retire_all(root: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir(templates_dir(root)) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".retired-") {
+                let _ = std::fs::remove_dir_all(e.path());
+                continue;
+            }
+            if !TemplateDir::new(root, &name).building() {
+                retire(root, &name);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A memfd for a template's RAM, sealable once the template VM is gone.
+pub(crate) fn memfd(size: u64) -> Result<std::fs::File> {
+    // SAFETY: memfd_create with a static C string; the descriptor returned is ours.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"h8s-template".as_ptr(),
+            libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(size)
+        .map_err(|e| Error::io("sizing the template memory", e))?;
+    Ok(f)
+}
+
+/// Seals the template's memory against every change: no write(2), no shared writable
+/// mapping, no resize, no further seal changes; private (copy-on-write) mappings still work.
+pub(crate) fn seal(mem: &std::fs::File) -> Result<()> {
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own.
+    if unsafe { libc::fcntl(mem.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(Error::io(
+            "sealing the template memory",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends `fd` over `sock` (`SCM_RIGHTS`, with one byte of data).
+fn send_fd(sock: &UnixStream, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call,
+    // and the control buffer has room for one descriptor (CMSG_SPACE).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one descriptor sent by [`send_fd`].
+fn recv_fd(sock: &UnixStream) -> std::io::Result<std::fs::File> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in `send_fd`; the kernel writes at most `space` control bytes, and a
+    // descriptor it hands over (closed on exec) becomes ours.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no descriptor received",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+        Ok(std::fs::File::from_raw_fd(fd))
+    }
+}
+
+/// The uid of the process at the other end of `sock`.
+fn peer_uid(sock: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one ucred of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+/// The template's memory from its holder (the builder, which stays to keep the sealed memfd
+/// alive and hand it out).
+pub(crate) fn fetch_memory(t: &TemplateDir) -> Result<std::fs::File> {
+    let sock = UnixStream::connect(t.mem())
+        .map_err(|e| Error::io(format!("connecting to {}", t.mem().display()), e))?;
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    recv_fd(&sock).map_err(|e| Error::io("receiving the template memory", e))
+}
+
+/// Hands `mem` to every client of the same uid (the directory is root's, 0700) until the
+/// template is retired (its directory renamed away).
+fn hold(t: &TemplateDir, listener: UnixListener, mem: std::fs::File) {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let _ = listener.set_nonblocking(true);
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let _ = conn.set_nonblocking(false);
+                // A liveness probe (`choose`) hangs up at once: EPIPE is no news.
+                if peer_uid(&conn) == Some(me) {
+                    if let Err(e) = send_fd(&conn, mem.as_raw_fd()) {
+                        tracing::debug!(error = %e, "handing out the template memory");
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !t.is_ready() {
+                    tracing::info!("VM template retired; its holder exits");
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "template holder: accept");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Entry point of the background builder (`h8s pod-shim --build-template KEY`): builds
+/// template `key` from its `spec.json` unless another process does. Returns the exit code.
+pub fn template_main(root: &Path, key: &str) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the builder's runtime");
+            return 1;
+        }
+    };
+    let t = TemplateDir::new(root, key);
+    let span = tracing::info_span!("template", key = %key);
+    let _g = span.enter();
+    let lock = match t.try_lock() {
+        Ok(Some(l)) => l,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::error!(error = %e, "template build lock");
+            return 1;
+        }
+    };
+    if t.is_ready() {
+        return 0;
+    }
+    let started = Instant::now();
+    let built = rt
+        .block_on(super::vm::build_template(root, &t))
+        .and_then(|mem| {
+            let _ = std::fs::remove_file(t.mem());
+            let l = UnixListener::bind(t.mem())
+                .map_err(|e| Error::io(format!("binding {}", t.mem().display()), e))?;
+            Ok((mem, l))
+        });
+    match built {
+        Ok((mem, listener)) => {
+            drop(rt);
+            let ready = Ready {
+                created_at: crate::util::rfc3339_nano(SystemTime::now()),
+                build_ms: started.elapsed().as_millis() as u64,
+            };
+            let tmp = t.dir.join("ready.tmp");
+            let ok = serde_json::to_vec(&ready)
+                .ok()
+                .and_then(|j| std::fs::write(&tmp, j).ok())
+                .and_then(|()| std::fs::rename(&tmp, t.ready()).ok());
+            drop(lock);
+            if ok.is_none() {
+                tracing::error!("writing the ready marker failed");
+                return 1;
+            }
+            tracing::info!(build_ms = ready.build_ms, "VM template ready");
+            hold(&t, listener, mem);
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "VM template build failed; this shape boots cold");
+            let _ = std::fs::write(t.failed(), e.to_string());
+            drop(lock);
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> VmSettings {
+        let mut v = VmSettings::from_env().unwrap();
+        v.templates = true;
+        v
+    }
+
+    #[test]
+    fn shape_decides_the_key() {
+        let mut cfg = SandboxConfig::new("a");
+        cfg.images.push(ImageDisk {
+            name: "busybox".into(),
+            path: "/x/busybox.erofs".into(),
+        });
+        let a = Spec::for_pod(&vm(), Accel::Tcg, &cfg).unwrap();
+        // Another image of the same shape: the same template.
+        cfg.images[0].path = "/y/alpine.erofs".into();
+        let b = Spec::for_pod(&vm(), Accel::Tcg, &cfg).unwrap();
+        assert_eq!(a.key(), b.key());
+        cfg.memory_mib = 512;
+        assert_ne!(
+            Spec::for_pod(&vm(), Accel::Tcg, &cfg).unwrap().key(),
+            a.key()
+        );
+        cfg.memory_mib = 256;
+        cfg.volumes.push(VolumeDisk {
+            serial: "v".into(),
+            drive: "file=/v/1.raw,format=raw,read-only=on".into(),
+        });
+        assert_ne!(
+            Spec::for_pod(&vm(), Accel::Tcg, &cfg).unwrap().key(),
+            a.key()
+        );
+        // rbd volumes and --cold boot cold.
+        cfg.volumes[0].drive = "file=rbd:h8s/x,format=raw".into();
+        assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_none());
+        cfg.volumes.clear();
+        cfg.cold_boot = true;
+        assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_none());
+    }
+
+    #[test]
+    fn placeholders_keep_the_layout() {
+        let s = Spec {
+            vm: vm(),
+            accel: Accel::Tcg,
+            memory_mib: 256,
+            cpus: 1,
+            images: 2,
+            volumes_read_only: vec![false, true],
+            network: true,
+        };
+        let c = s.placeholder_config(Path::new("/t/k"));
+        assert_eq!(c.images.len(), 2);
+        assert_eq!(c.volumes.len(), 2);
+        assert!(c.volumes[0].drive.ends_with("read-only=off"));
+        assert!(c.volumes[1].drive.ends_with("read-only=on"));
+        assert_eq!(
+            c.network.as_ref().map(|n| n.mac.as_str()),
+            Some(super::super::vm::TEMPLATE_MAC)
+        );
+    }
+
+    #[test]
+    fn sealed_memory_refuses_writes_but_not_private_mappings() {
+        let f = memfd(1 << 20).unwrap();
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: fcntl on our memfd.
+        assert!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } == 0);
+        assert!((&f).write_all(b"x").is_err(), "write through the fd");
+        assert!(f.set_len(1).is_err(), "shrink");
+        // SAFETY: mapping our memfd privately and writing one byte of the mapping.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            *(p as *mut u8) = 1;
+            libc::munmap(p, 1 << 20);
+            let shared = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_eq!(shared, libc::MAP_FAILED, "a shared writable mapping");
+        }
+        let mut b = [9u8; 1];
+        use std::io::Read;
+        (&f).read_exact(&mut b).unwrap();
+        assert_eq!(b[0], 0, "the private write did not reach the file");
+    }
+}
