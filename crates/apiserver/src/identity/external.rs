@@ -806,9 +806,14 @@ mod tests {
     thread_local! {
         /// A store nothing here reads (these tests never sync objects).
         static STORE: Arc<dyn h8s_store::Store> = {
-            let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
-            let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().unwrap()));
-            rt.block_on(h8s_store::open("embedded", dir.path(), None)).unwrap()
+            // Opened on a thread (and runtime) of its own: tests may be inside one.
+            std::thread::spawn(|| {
+                let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+                let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().unwrap()));
+                rt.block_on(h8s_store::open("embedded", dir.path(), None)).unwrap()
+            })
+            .join()
+            .unwrap()
         };
     }
 
@@ -905,5 +910,110 @@ mod tests {
         let k = sha256("expired");
         e.remember(k, u, super::super::now() - 1);
         assert!(e.cached(&k).is_none(), "an expired token is never served");
+    }
+
+    /// A tiny HTTPS server (the cluster PKI's serving certificate for 127.0.0.1) that
+    /// answers every request with Keystone's 404 for a token.
+    async fn tls_server(pki: &crate::pki::Pki) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let acc = tokio_rustls::TlsAcceptor::from(Arc::new(crate::pki::server_tls(pki).unwrap()));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acc = acc.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acc.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        |r: http::Request<hyper::body::Incoming>| async move {
+                            let body = format!(
+                                r#"{{"path":"{}","subject":"{}"}}"#,
+                                r.uri(),
+                                r.headers()
+                                    .get("x-subject-token")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                            );
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_keystone_trusts_only_its_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = crate::pki::ensure(d.path(), &[], "https://127.0.0.1:1").unwrap();
+        let port = tls_server(&pki).await;
+        let mk = |ca: &str| {
+            External::new(
+                KeystoneConfig {
+                    url: format!("https://127.0.0.1:{port}/v3"),
+                    ca_pem: Some(ca.as_bytes().to_vec()),
+                    timeout: Duration::from_secs(5),
+                    ..Default::default()
+                },
+                STORE.with(|s| s.clone()),
+            )
+            .unwrap()
+        };
+        let e = mk(&pki.ca_pem);
+        let tok = format!("gAAAAAB{}", "x".repeat(100));
+        // Keystone's 404 for the token: refused, not an outage.
+        match e.check(&tok).await {
+            Err(Refused::Denied(why)) => assert!(why.contains("404"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-subject-token", HeaderValue::from_static("abc"));
+        let (code, _, body) =
+            e.ep.call(Method::GET, "/auth/tokens?nocatalog", h, Bytes::new())
+                .await
+                .unwrap();
+        assert_eq!(code, 404);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"path": "/v3/auth/tokens?nocatalog", "subject": "abc"})
+        );
+        // Another CA: the TLS handshake fails, which is an outage (503), never a pass.
+        let d2 = tempfile::tempdir().unwrap();
+        let other = crate::pki::ensure(d2.path(), &[], "https://127.0.0.1:1").unwrap();
+        match mk(&other.ca_pem).check(&tok).await {
+            Err(Refused::Unavailable(why)) => {
+                assert!(why.contains("Keystone at https://127.0.0.1"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nobody listening: 503 naming Keystone.
+        let closed = h8s_free_port();
+        let e = External::new(
+            KeystoneConfig {
+                url: format!("http://127.0.0.1:{closed}/v3"),
+                ..Default::default()
+            },
+            STORE.with(|s| s.clone()),
+        )
+        .unwrap();
+        assert!(matches!(e.check(&tok).await, Err(Refused::Unavailable(_))));
+    }
+
+    fn h8s_free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 }
