@@ -392,13 +392,13 @@ impl H8s {
         )
     }
 
-    /// A scoped token for `user` (password `<user>-pw`) through the API server.
+    /// A scoped token for `user` (see [`password`]) through the API server.
     fn token(&self, user: &str, project: &str) -> String {
         let (c, tok, b) = self.v3(
             "POST",
             "/auth/tokens?nocatalog",
             None,
-            Some(&password_body(user, &format!("{user}-pw"), Some(project))),
+            Some(&password_body(user, &password(user), Some(project))),
         );
         assert_eq!(c, 201, "{user}: {b}");
         assert!(!tok.is_empty());
@@ -420,6 +420,15 @@ impl H8s {
         );
         assert_eq!(c, 201, "{b}");
         b["status"]["userInfo"].clone()
+    }
+}
+
+/// The test users' passwords (`admin`'s is the bootstrap one).
+fn password(user: &str) -> String {
+    if user == "admin" {
+        "secret".into()
+    } else {
+        format!("{user}-pw")
     }
 }
 
