@@ -188,6 +188,11 @@ impl Api {
                 let body = read_body(&parts, body).await;
                 return crate::identity::keystone::handle(&self, &id, parts, body).await;
             }
+            if let Some(ks) = self.keystone.clone() {
+                *verb_out = "keystone";
+                let body = read_body(&parts, body).await;
+                return ks.proxy(parts, body).await;
+            }
         }
         // auth (helper "auth"): authenticators see the whole request and its TLS session.
         let user = match self
@@ -197,6 +202,7 @@ impl Api {
         {
             Authn::User(u) => u,
             Authn::NoOpinion | Authn::Denied => return error_response(&ApiError::unauthorized()),
+            Authn::Unavailable(why) => return error_response(&ApiError::unavailable(why)),
         };
         // rbac: `Impersonate-*` headers (kubectl --as), for callers allowed to impersonate.
         let user = match crate::rbac::impersonate::impersonate(&*self.authz, user, &parts.headers) {

@@ -129,6 +129,9 @@ pub enum Authn {
     NoOpinion,
     /// A credential was presented and is wrong: stop here with 401.
     Denied,
+    /// The credential could not be checked now (an external identity service is down):
+    /// 503 with this message, unless a later authenticator recognises the caller.
+    Unavailable(String),
 }
 
 /// Turns a request's credentials into a user. Asynchronous, so that an authenticator
@@ -383,22 +386,27 @@ impl Authorizer for AllowAuthenticated {
 }
 
 /// A chain of authenticators, as Kubernetes' union authenticator: the first that
-/// recognises the caller wins; when none does, the request is [`Authn::Denied`] if any
-/// rejected a credential, else [`Authn::NoOpinion`] (both answer 401).
+/// recognises the caller wins; when none does, the request is [`Authn::Unavailable`] if a
+/// credential could not be checked (503), else [`Authn::Denied`] if any rejected a
+/// credential, else [`Authn::NoOpinion`] (both answer 401).
 pub struct AuthnChain(pub Vec<Arc<dyn Authenticator>>);
 
 impl Authenticator for AuthnChain {
     fn authenticate<'a>(&'a self, req: &'a RequestInfo<'a>) -> BoxFuture<'a, Authn> {
         Box::pin(async move {
             let mut denied = false;
+            let mut unavailable = None;
             for a in &self.0 {
                 match a.authenticate(req).await {
                     Authn::User(u) => return Authn::User(u),
                     Authn::Denied => denied = true,
+                    Authn::Unavailable(why) => unavailable = Some(why),
                     Authn::NoOpinion => {}
                 }
             }
-            if denied {
+            if let Some(why) = unavailable {
+                Authn::Unavailable(why)
+            } else if denied {
                 Authn::Denied
             } else {
                 Authn::NoOpinion

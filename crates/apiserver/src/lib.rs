@@ -73,6 +73,10 @@ pub use csr::{
 };
 pub use error::{ApiError, Cause, Details, Error, Result};
 pub use flow::LimitsConfig;
+pub use identity::external::{
+    KeystoneConfig, MAX_CACHE as KEYSTONE_MAX_CACHE, PROJECT_ID_ANNOTATION, ROLE_GROUP_PREFIX,
+    USER_ID_ANNOTATION,
+};
 pub use identity::{
     Identity, IdentityAuthenticator, IdentityConfig, ADMIN_PASSWORD_FILE, BOOTSTRAP_ADMIN,
 };

@@ -64,6 +64,10 @@ pub struct Config {
     /// What `/version` reports about the build (the binary stamps it).
     pub build: crate::api::BuildInfo,
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// (identity) An external Keystone instead of the built-in identity service (which
+    /// is then off whatever `identity` says): its tokens on the Kubernetes API, `/v3`
+    /// passed to it.
+    pub keystone: Option<crate::identity::external::KeystoneConfig>,
     /// How long `metrics.k8s.io` reuses a node agent's stats.
     pub metrics_cache_ttl: std::time::Duration,
     /// (audit) Where the audit log goes and its policy; `None`: no audit log.
@@ -91,6 +95,7 @@ impl Config {
             event_ttl: std::time::Duration::from_secs(3600),
             admission_plugins: Default::default(),
             identity: Some(Default::default()),
+            keystone: None,
             build: Default::default(),
             metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
             audit: None,
@@ -177,9 +182,21 @@ impl Server {
         let identity = cfg
             .identity
             .clone()
+            .filter(|_| cfg.keystone.is_none())
             .map(|c| Arc::new(crate::identity::Identity::new(store.clone(), c)));
         if let Some(id) = &identity {
             authn.push(Arc::new(crate::identity::IdentityAuthenticator(id.clone())));
+        }
+        // identity: or an external Keystone, its tokens checked there (cached briefly).
+        let keystone = match cfg.keystone.clone() {
+            Some(k) => Some(Arc::new(
+                crate::identity::external::External::new(k, store.clone())
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
+        if let Some(k) = &keystone {
+            authn.push(k.clone());
         }
         authn.extend(cfg.authenticators.iter().cloned());
         let mut streams: std::collections::HashMap<_, _> = cfg
@@ -303,6 +320,7 @@ impl Server {
             openid: Some(sa_tokens.clone()),
             reviewers,
             identity: identity.clone(),
+            keystone: keystone.clone(),
             build: cfg.build.clone(),
             rbac: Some(rbac),
             metrics_api: Some(metrics_api),
@@ -332,6 +350,9 @@ impl Server {
         crate::kinds::ensure_defaults(&api)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        if let Some(k) = &keystone {
+            k.attach(&api);
+        }
         // identity: the cloud-admin tenant and user; the sweeper of expired tokens.
         if let Some(id) = &identity {
             crate::identity::bootstrap(&api, id, &cfg.data_dir)

@@ -36,6 +36,8 @@ pub struct Api {
     pub(crate) audit: Option<Arc<crate::audit::AuditLog>>,
     /// (identity) The built-in identity service answering `/v3` (Keystone v3).
     pub(crate) identity: Option<Arc<crate::identity::Identity>>,
+    /// (identity) An external Keystone answering `/v3` and checking its tokens.
+    pub(crate) keystone: Option<Arc<crate::identity::external::External>>,
     /// What `/version` reports about the build.
     pub(crate) build: crate::api::BuildInfo,
     /// (rbac) The RBAC index, which a write of an RBAC object waits for.

@@ -7,6 +7,7 @@ mod audit_flags;
 mod bench_support;
 mod crd_bench;
 mod deploy_bench;
+mod identity_bench;
 mod identity_flags;
 mod image;
 mod jail;
@@ -90,6 +91,9 @@ enum BenchCommand {
     /// Tenancy: a tenant user's namespace list filtered by the tenant guard (10,000
     /// namespaces over 100 tenants) against the admin's label-selected list of the same.
     Tenancy(tenancy_bench::Args),
+    /// Identity: tokens issued and validated per second (built-in identity; an external
+    /// Keystone with `--keystone-url`).
+    Identity(identity_bench::Args),
     /// Services: pod → ClusterIP (the in-pod proxy) against pod → pod, request time and
     /// throughput, in pod VMs on one tenant Network.
     Svc(svc_bench::Args),
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Rbac(args)) => rbac_bench::run(args),
         Command::Bench(BenchCommand::Crd(args)) => crd_bench::run(args),
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
+        Command::Bench(BenchCommand::Identity(args)) => identity_bench::run(args),
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
         Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),

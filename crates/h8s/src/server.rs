@@ -104,6 +104,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.service_cidr = args.service_cluster_ip_range.clone();
     cfg.event_ttl = args.event_ttl;
     cfg.identity = args.identity.config();
+    cfg.keystone = args.identity.keystone()?;
     cfg.build = h8s_apiserver::BuildInfo {
         git_commit: env!("H8S_GIT_COMMIT").into(),
         git_tree_state: env!("H8S_GIT_TREE_STATE").into(),

@@ -193,6 +193,30 @@ impl Client {
         let b = resp.into_body().collect().await?.to_bytes();
         Ok((code, b))
     }
+
+    /// A call with extra headers; the answer's status, headers and body.
+    pub(crate) async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, http::HeaderMap, Bytes)> {
+        let mut c = self.conn();
+        c.ready().await?;
+        let mut req = self.req(method, path, body);
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes())?,
+                http::HeaderValue::from_str(v)?,
+            );
+        }
+        let resp = c.send_request(req).await?;
+        let code = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let b = resp.into_body().collect().await?.to_bytes();
+        Ok((code, h, b))
+    }
 }
 
 /// Latency summary in milliseconds.

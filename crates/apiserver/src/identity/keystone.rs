@@ -50,13 +50,13 @@ pub(crate) fn target(res: &'static h8s_types::Resource, name: Option<&str>) -> T
 /// A Keystone error.
 #[derive(Debug)]
 pub struct KsError {
-    code: u16,
-    message: String,
-    retry_after: Option<u64>,
+    pub(crate) code: u16,
+    pub(crate) message: String,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl KsError {
-    fn new(code: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, message: impl Into<String>) -> Self {
         KsError {
             code,
             message: message.into(),
@@ -66,7 +66,7 @@ impl KsError {
     fn unauthorized() -> Self {
         Self::new(401, "The request you have made requires authentication.")
     }
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self::new(400, message)
     }
     fn forbidden(action: &str) -> Self {
@@ -92,7 +92,7 @@ impl KsError {
             _ => "Internal Server Error",
         }
     }
-    fn response(&self) -> Response<Body> {
+    pub(crate) fn response(&self) -> Response<Body> {
         let body =
             json!({"error": {"code": self.code, "message": self.message, "title": self.title()}});
         let mut r = json_resp(self.code, &body);

@@ -10,6 +10,7 @@
 //! its password or deleting its tenant ends its tokens at once.
 
 pub mod backoff;
+pub mod external;
 pub mod keystone;
 pub mod password;
 pub mod tokens;
@@ -127,6 +128,22 @@ fn str_list(v: &Value, ptr: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A cluster-scoped object of `r` by name, straight from the store.
+pub(crate) async fn get_obj(
+    store: &dyn h8s_store::Store,
+    r: &h8s_types::Resource,
+    name: &str,
+) -> Result<Option<Value>, ApiError> {
+    if name.is_empty() || name.len() > 253 || name.contains('/') {
+        return Ok(None);
+    }
+    let kv = store
+        .get(&obj::key(r, None, name))
+        .await
+        .map_err(|e| crate::error::from_store(e, &Subject::default()))?;
+    kv.map(|kv| obj::decode(&kv)).transpose()
+}
+
 fn enabled(v: &Value) -> bool {
     v.pointer("/spec/enabled").and_then(Value::as_bool) != Some(false) && !obj::is_deleting(v)
 }
@@ -145,15 +162,7 @@ impl Identity {
         r: &h8s_types::Resource,
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
-        if name.is_empty() || name.len() > 253 || name.contains('/') {
-            return Ok(None);
-        }
-        let kv = self
-            .store
-            .get(&obj::key(r, None, name))
-            .await
-            .map_err(|e| crate::error::from_store(e, &Subject::default()))?;
-        kv.map(|kv| obj::decode(&kv)).transpose()
+        get_obj(&*self.store, r, name).await
     }
 
     pub(crate) async fn user(&self, name: &str) -> Result<Option<Value>, ApiError> {

@@ -19,7 +19,7 @@
 //! message saying so and the webhook's `failurePolicy` decides (`Fail`: the write is
 //! refused naming the webhook; `Ignore`: admitted).
 
-mod call;
+pub(crate) mod call;
 mod config;
 mod policy;
 
