@@ -434,6 +434,8 @@ fn interactive_terminal_session_and_follow_logs() {
         .args(["-qec", &cmd, "/dev/null"])
         .env("H8S_ROOT", e.root())
         .env("H8S_BOOT_TIMEOUT", "120")
+        // Cold, like `Env::h8s`: a template build would leave its holder running.
+        .env("H8S_TEMPLATES", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
