@@ -7,7 +7,7 @@
 //! pod VMs.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -151,6 +151,25 @@ fn start() -> Cluster {
 
 static TEARDOWN: OnceLock<(u32, PathBuf, String)> = OnceLock::new();
 
+/// Kills (SIGKILL) every process whose command line names `root`: template builders and
+/// their QEMUs outlive the agent that started them, by design, so a test cleans them up.
+fn kill_by_cmdline(root: &Path) {
+    let needle = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
+            // SAFETY: kill(2) on a process whose command line names this test's own root.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 extern "C" fn teardown() {
     let Some((pid, dir, net)) = TEARDOWN.get() else {
         return;
@@ -158,6 +177,7 @@ extern "C" fn teardown() {
     // SAFETY: kill(2) on the server we started.
     unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_secs(3));
+    kill_by_cmdline(&dir.join("r"));
     let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
         .args(["net", "rm", "--force", net])
         .env("H8S_NET_DIR", dir.join("net"))

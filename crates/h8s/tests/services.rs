@@ -101,6 +101,9 @@ fn start() -> Cluster {
         .args(["--max-parallel-starts", "2"])
         .args(["--pod-network", "api"])
         .env("H8S_ROOT", dir.join("r"))
+        // Cold boots: this suite is not about templates, and a template build
+        // (a whole boot, its holder outliving the agent) would only slow it.
+        .env("H8S_TEMPLATES", "0")
         .env("H8S_NET_DIR", dir.join("net"))
         .env("H8S_NODE_NAME", &node)
         .env("H8S_NET_EGRESS", "false")

@@ -87,6 +87,9 @@ fn start() -> Cluster {
         .args(["--pod-cidr", &format!("10.{}.0.0/16", 100 + pid % 40)])
         .args(["--pod-network-vni", &(20000 + pid % 10000).to_string()])
         .env("H8S_ROOT", dir.join("r"))
+        // Cold boots: this suite is not about templates, and a template build
+        // (a whole boot, its holder outliving the agent) would only slow it.
+        .env("H8S_TEMPLATES", "0")
         .env("H8S_NET_DIR", dir.join("net"))
         .env("H8S_NET_EGRESS", "false")
         .env("H8S_BOOT_TIMEOUT", "120")

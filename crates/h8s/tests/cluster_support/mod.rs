@@ -566,12 +566,32 @@ fn gateway_netns(node: &str) -> Vec<String> {
         .collect()
 }
 
+/// Kills (SIGKILL) every process whose command line names `root`: template builders and
+/// their QEMUs outlive the agent that started them, by design, so a test cleans them up.
+fn kill_by_cmdline(root: &Path) {
+    let needle = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
+            // SAFETY: kill(2) on a process whose command line names this test's own root.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 extern "C" fn teardown() {
     let Some(t) = TEARDOWN.lock().ok().and_then(|mut t| t.take()) else {
         return;
     };
     for (name, netns, root) in &t.nodes {
         kill_netns_and_vms(netns, root);
+        kill_by_cmdline(root);
         for gw in gateway_netns(name) {
             kill_netns_and_vms(&gw, Path::new("/nonexistent"));
             let _ = Command::new("ip").args(["netns", "del", &gw]).status();
