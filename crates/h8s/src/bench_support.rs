@@ -32,6 +32,22 @@ impl Drop for ServerProc {
     }
 }
 
+impl ServerProc {
+    /// The server's URL, cluster CA (PEM) and admin token, from its data dir.
+    pub fn endpoint(&self) -> anyhow::Result<(String, String, String)> {
+        let data = self.kubeconfig.parent().context("data dir")?;
+        let token = std::fs::read_to_string(data.join("admin.token"))?
+            .trim()
+            .to_string();
+        let ca = std::fs::read_to_string(data.join("ca.crt"))?;
+        let url = std::fs::read_to_string(&self.kubeconfig)?
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+            .context("server URL in the admin kubeconfig")?;
+        Ok((url, ca, token))
+    }
+}
+
 /// Starts this binary as `h8s server --listen 127.0.0.1:0 <extra> --data-dir <temp>` and waits
 /// for its `ready` line.
 pub fn start_server(extra: &[&str]) -> anyhow::Result<ServerProc> {

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::bench_support::{start_server, write_section, ServerProc};
+use crate::bench_support::{start_server, write_section};
 use crate::server::bench::{connect, drive, loadavg, row, summarize, Client, Summary};
 
 #[derive(clap::Args)]
@@ -54,20 +54,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(bench(args))
-}
-
-/// A started server's URL, CA and admin token.
-fn endpoint(p: &ServerProc) -> anyhow::Result<(String, String, String)> {
-    let data = p.kubeconfig.parent().context("data dir")?.to_path_buf();
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_string();
-    let ca = std::fs::read_to_string(data.join("ca.crt"))?;
-    let url = std::fs::read_to_string(&p.kubeconfig)?
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
-        .context("server URL in the admin kubeconfig")?;
-    Ok((url, ca, token))
 }
 
 async fn expect(
@@ -161,7 +147,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "--disable-controllers",
         "--disable-scheduler",
     ])?;
-    let (url, ca, token) = endpoint(&p)?;
+    let (url, ca, token) = p.endpoint()?;
     let admin = connect(&url, &ca, &token, 4).await?;
     expect(
         &admin,
@@ -325,7 +311,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 "--keystone-timeout",
                 "60s",
             ])?;
-            let (url, ca, token) = endpoint(&p)?;
+            let (url, ca, token) = p.endpoint()?;
             let admin = connect(&url, &ca, &token, 2).await?;
             let anon = v3(&url, &ca, 2).await?;
             let ks_token = issue(&url, &ca, &login).await?;

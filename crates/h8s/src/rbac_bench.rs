@@ -70,14 +70,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let load_before = loadavg();
     let p = start_server(&["--disable-agent"])?;
     let data = p.kubeconfig.parent().context("data dir")?.to_path_buf();
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_string();
-    let ca = std::fs::read_to_string(data.join("ca.crt"))?;
-    let url = std::fs::read_to_string(&p.kubeconfig)?
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
-        .context("server URL in the admin kubeconfig")?;
+    let (url, ca, token) = p.endpoint()?;
     std::fs::write(
         data.join("tokens.csv"),
         format!("{USER_TOKEN},alice,alice-uid,\"h8s:tenant:acme,devs\"\n"),

@@ -129,15 +129,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let load_before = loadavg();
     let p = start_server(&["--disable-agent"])?;
     let pid = p.child.id();
-    let data = p.kubeconfig.parent().context("data dir")?.to_path_buf();
-    let token = std::fs::read_to_string(data.join("admin.token"))?
-        .trim()
-        .to_string();
-    let ca = std::fs::read_to_string(data.join("ca.crt"))?;
-    let url = std::fs::read_to_string(&p.kubeconfig)?
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
-        .context("server URL in the admin kubeconfig")?;
+    let (url, ca, token) = p.endpoint()?;
     let c = connect(&url, &ca, &token, 8).await?;
     create_ns(&c, NS).await?;
     fill(&c, NS, args.objects, 64).await?;
