@@ -469,6 +469,30 @@ async fn run(srv: &Server) {
             )
             .await;
         assert_eq!(r.code, 422, "{}", r.body);
+        // The seeds' inline `cinder:` volume: naming the other tenant's volume (or one that
+        // does not exist, answered alike) is refused at admission; its own is accepted.
+        let cinder_pod = |name: &str, vol: &str| {
+            json!({"metadata": {"name": name}, "spec": {
+                "containers": [{"name": "c", "image": "busybox"}],
+                "volumes": [{"name": "v", "cinder": {"volumeID": vol, "fsType": "ext4"}}]}})
+        };
+        let pods = format!("/api/v1/namespaces/{}/pods", ns_of(t, 1));
+        for vol in [format!("{}-pv", other(t)), format!("{}-pX", other(t))] {
+            let r = c.post(&pods, &cinder_pod("steal-disk", &vol)).await;
+            assert_eq!(r.code, 403, "{}", r.body);
+            let want = format!(
+                "pods \\\"steal-disk\\\" is forbidden: cinder volume \\\"{vol}\\\" is not a volume of tenant \\\"{t}\\\""
+            );
+            assert!(r.body.contains(&want), "{}", r.body);
+        }
+        let r = c
+            .post(&pods, &cinder_pod("own-disk", &format!("{t}-pv")))
+            .await;
+        assert_eq!(r.code, 201, "{}", r.body);
+        let r = c
+            .send("DELETE", &format!("{pods}/own-disk"), "", None)
+            .await;
+        assert_eq!(r.code, 200, "{}", r.body);
         // The label cannot be changed or removed.
         let r = c
             .send(
