@@ -519,48 +519,50 @@ fn taps() -> Vec<String> {
         .collect()
 }
 
+/// `h8s` with this test's own network fabric state (node name, fabric dir, no egress NAT).
+fn net_run(e: &Env, templates: bool, args: &[&str]) -> Output {
+    let out = e
+        .h8s()
+        .args(args)
+        .env("H8S_NET_DIR", e.tmp.path().join("net"))
+        .env("H8S_NODE_NAME", format!("podvm{}", std::process::id()))
+        .env("H8S_NET_EGRESS", "false")
+        .env("H8S_TEMPLATES", if templates { "1" } else { "0" })
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "h8s {args:?} -> {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Resets the test's fabric (bridges, taps, rules) when dropped.
+struct NetReset<'a>(&'a dyn Fn(&[&str]) -> Output);
+impl Drop for NetReset<'_> {
+    fn drop(&mut self) {
+        let _ = (self.0)(&["net", "reset", "--yes"]);
+    }
+}
+
+/// Creates the test's Network `name` (tenant t1) with a VNI of its own.
+fn net_create(net: &dyn Fn(&[&str]) -> Output, name: &str, subnet: &str, vni_base: u32) {
+    let vni = (vni_base + std::process::id() % 1_000_000).to_string();
+    let out = net(&[
+        "net", "create", name, "--tenant", "t1", "--subnet", subnet, "--vni", &vni,
+    ]);
+    assert!(out.status.success());
+}
+
 #[test]
 fn networked_pods_get_their_address_and_failed_starts_release_the_tap() {
     let e = env();
-    let node = format!("podvm{}", std::process::id());
-    let net = |args: &[&str]| {
-        let out = e
-            .h8s()
-            .args(args)
-            .env("H8S_NET_DIR", e.tmp.path().join("net"))
-            .env("H8S_NODE_NAME", &node)
-            .env("H8S_NET_EGRESS", "false")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "h8s {args:?} -> {:?}\n{}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
-    struct Reset<'a>(&'a dyn Fn(&[&str]) -> Output);
-    impl Drop for Reset<'_> {
-        fn drop(&mut self) {
-            let _ = (self.0)(&["net", "reset", "--yes"]);
-        }
-    }
-    let _reset = Reset(&net);
-    let vni = (2_000_000 + std::process::id() % 1_000_000).to_string();
-    let out = net(&[
-        "net",
-        "create",
-        "podnet",
-        "--tenant",
-        "t1",
-        "--subnet",
-        "10.202.0.0/24",
-        "--vni",
-        &vni,
-    ]);
-    assert!(out.status.success());
+    let net = |args: &[&str]| net_run(&e, false, args);
+    let _reset = NetReset(&net);
+    net_create(&net, "podnet", "10.202.0.0/24", 2_000_000);
     let before = taps();
 
     // A start that fails after the tap was made: exit 127, and the tap and address are gone.
@@ -602,4 +604,63 @@ fn networked_pods_get_their_address_and_failed_starts_release_the_tap() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("10.202.0."));
     assert_eq!(taps(), before, "tap left behind after --rm");
     e.assert_clean();
+}
+
+#[test]
+fn networked_pods_restored_from_a_template_take_their_own_address_and_reach_each_other() {
+    let e = env();
+    let net = |args: &[&str]| net_run(&e, true, args);
+    let _reset = NetReset(&net);
+    net_create(&net, "tplnet", "10.203.0.0/24", 3_000_000);
+    let before = taps();
+    // The first networked pod boots cold and starts the build of its shape's template.
+    let out = net(&["run", "--rm", "--network", "tplnet", e.img(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    wait_template_ready(&e);
+    let mut seen = Vec::new();
+    for n in ["tpl-a", "tpl-b"] {
+        let out = net(&[
+            "run",
+            "-d",
+            "--network",
+            "tplnet",
+            "--name",
+            n,
+            e.img(),
+            "--",
+            "sleep",
+            "600",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(pod_status(&e, n)["boot"], "template");
+        let out = net(&[
+            "exec",
+            n,
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mac = text.lines().next().unwrap_or_default().trim().to_string();
+        let ip = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("10.203.0."))
+            .and_then(|w| w.split('/').next())
+            .map(|o| format!("10.203.0.{o}"))
+            .unwrap_or_else(|| panic!("{n} has no fabric address: {text}"));
+        seen.push((mac, ip));
+    }
+    // Each clone took its pod's MAC and address after the restore (not the template's).
+    assert_ne!(seen[0].0, seen[1].0, "MACs: {seen:?}");
+    assert_ne!(seen[0].1, seen[1].1, "addresses: {seen:?}");
+    // And the fabric carries them: a restored pod reaches the other one.
+    let out = net(&[
+        "exec", "tpl-a", "--", "ping", "-c", "2", "-W", "5", &seen[1].1,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "tpl-a → tpl-b over the Network");
+    let out = net(&["rm", "-f", "tpl-a", "tpl-b"]);
+    assert!(out.status.success());
+    assert_eq!(taps(), before, "tap left behind");
 }
