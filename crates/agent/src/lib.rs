@@ -31,6 +31,7 @@ pub mod stream;
 
 mod env;
 mod events;
+mod eviction;
 mod pods;
 mod policy;
 mod pvc;
@@ -147,6 +148,9 @@ pub struct PodTimers {
     /// How often ConfigMap and Secret volumes are refreshed in running pods (kubelet's sync
     /// period, 1 min).
     pub volume_refresh: Duration,
+    /// How often pods' local storage is measured against their limits (kubelet's eviction
+    /// monitoring interval, 10 s).
+    pub eviction_monitoring_period: Duration,
 }
 
 impl Default for PodTimers {
@@ -158,6 +162,7 @@ impl Default for PodTimers {
             image_backoff_initial: Duration::from_secs(10),
             image_backoff_max: Duration::from_secs(300),
             volume_refresh: Duration::from_secs(60),
+            eviction_monitoring_period: Duration::from_secs(10),
         }
     }
 }

@@ -104,6 +104,10 @@ pub struct AgentOpts {
     /// How often ConfigMap and Secret volumes of running pods are refreshed.
     #[arg(long = "volume-refresh-period", default_value = "1m", value_parser = parse_duration)]
     pub volume_refresh: Duration,
+    /// How often pods' local storage (writable layers, emptyDirs) is measured against their
+    /// ephemeral-storage limits and emptyDir sizeLimits (kubelet's eviction monitoring).
+    #[arg(long = "eviction-monitoring-period", default_value = "10s", value_parser = parse_duration)]
+    pub eviction_monitoring_period: Duration,
     /// How many pod VMs may boot at once.
     #[arg(long = "max-parallel-starts", default_value_t = 2)]
     pub max_parallel_starts: usize,
@@ -198,6 +202,7 @@ impl AgentOpts {
             image_backoff_initial: self.image_backoff,
             image_backoff_max: self.image_backoff_max,
             volume_refresh: self.volume_refresh,
+            eviction_monitoring_period: self.eviction_monitoring_period,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
         cfg.stats_interval = self.stats_interval;

@@ -397,6 +397,8 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         tty_size: size,
         init: false,
         mounts: Vec::new(),
+        read_only_root: false,
+        writable_limit_bytes: None,
     }
     .with_image_defaults(
         &img.entrypoint,

@@ -729,6 +729,17 @@ impl Runtime {
         self.call_ok(id, Request::Probe { spec }).await
     }
 
+    /// The pod's local storage usage inside its VM: containers' writable layers and pod
+    /// volumes.
+    pub async fn storage_usage(&self, id: &str) -> Result<h8s_guest::StorageUsage> {
+        match self.call(id, &Request::StorageUsage).await? {
+            (Response::StorageUsage(u), _) => Ok(u),
+            (other, _) => Err(Error::Shim(format!(
+                "unexpected answer to a storage usage request: {other:?}"
+            ))),
+        }
+    }
+
     /// Replaces the files of one of the pod's volumes, atomically (containers mount it with
     /// `h8s_guest::MountSource::PodDir`).
     #[tracing::instrument(skip(self, content), fields(volume = %content.name))]
