@@ -32,6 +32,7 @@ pub mod stream;
 mod env;
 mod events;
 mod eviction;
+mod imagegc;
 mod pods;
 mod policy;
 mod pvc;
@@ -41,6 +42,7 @@ mod status;
 mod volumes;
 mod worker;
 
+pub use imagegc::ImageGcConfig;
 pub use pods::PodLookup;
 pub use pvc::{LOCAL_DRIVER, LOCAL_PROVISIONER, RBD_DRIVER, RBD_PROVISIONER};
 
@@ -248,6 +250,8 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Block volumes.
     pub volumes: VolumeConfig,
+    /// Image garbage collection.
+    pub image_gc: ImageGcConfig,
 }
 
 impl Config {
@@ -277,6 +281,7 @@ impl Config {
                 rbd: None,
                 housekeeping_period: Duration::from_secs(10),
             },
+            image_gc: ImageGcConfig::new(data_dir.join("images")),
             data_dir,
         }
     }
@@ -347,6 +352,14 @@ impl Agent {
             cfg.node_timers.clone(),
             stopped.clone(),
         )));
+        cfg.image_gc.validate().map_err(Error::Config)?;
+        let gc = imagegc::Gc::new(
+            cfg.image_gc.clone(),
+            runtime.clone(),
+            events::Recorder::new(client.clone(), cfg.node_name.clone()),
+            cfg.node_name.clone(),
+        );
+        tasks.push(tokio::spawn(gc.run(stopped.clone())));
         let dispatcher = pods::Dispatcher::new(client, runtime, cfg, lookup.clone()).await?;
         tasks.push(tokio::spawn(dispatcher.run(stopped)));
         Ok(Agent {

@@ -108,6 +108,19 @@ pub struct AgentOpts {
     /// ephemeral-storage limits and emptyDir sizeLimits (kubelet's eviction monitoring).
     #[arg(long = "eviction-monitoring-period", default_value = "10s", value_parser = parse_duration)]
     pub eviction_monitoring_period: Duration,
+    /// Usage percent of the image store's filesystem at which unused images are garbage
+    /// collected (100 disables image GC).
+    #[arg(long = "image-gc-high-threshold", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high: u8,
+    /// Usage percent image GC frees down to (below the high threshold).
+    #[arg(long = "image-gc-low-threshold", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low: u8,
+    /// Images detected more recently than this are never garbage collected.
+    #[arg(long = "minimum-image-ttl-duration", default_value = "2m", value_parser = parse_duration)]
+    pub image_min_age: Duration,
+    /// How often the image store's filesystem usage is checked for image GC.
+    #[arg(long = "image-gc-period", default_value = "5m", value_parser = parse_duration)]
+    pub image_gc_period: Duration,
     /// How many pod VMs may boot at once.
     #[arg(long = "max-parallel-starts", default_value_t = 2)]
     pub max_parallel_starts: usize,
@@ -205,6 +218,14 @@ impl AgentOpts {
             eviction_monitoring_period: self.eviction_monitoring_period,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
+        cfg.image_gc = h8s_agent::ImageGcConfig {
+            high_threshold_percent: self.image_gc_high,
+            low_threshold_percent: self.image_gc_low,
+            minimum_age: self.image_min_age,
+            period: self.image_gc_period,
+            images_dir: data_dir.join("images"),
+        };
+        cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
         cfg.stats_interval = self.stats_interval;
         if let Some(o) = &self.owner {
             cfg.owner = o.clone();
