@@ -19,9 +19,10 @@ use k8s_openapi::api::core::v1::ObjectReference;
 /// The GC's settings (kubelet's flags of the same names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageGcConfig {
-    /// Usage percent of the image filesystem at which GC runs (kubelet: 85; 100 disables).
+    /// Usage percent of the image filesystem at which GC runs (default 90, kubelet's 85;
+    /// 100 disables).
     pub high_threshold_percent: u8,
-    /// Usage percent GC frees down to (kubelet: 80).
+    /// Usage percent GC frees down to (default 85, kubelet's 80).
     pub low_threshold_percent: u8,
     /// Images younger than this (since first detected) are kept (kubelet: 2 min).
     pub minimum_age: Duration,
@@ -32,11 +33,13 @@ pub struct ImageGcConfig {
 }
 
 impl ImageGcConfig {
-    /// kubelet's defaults for the store in `images_dir`.
+    /// Defaults for the store in `images_dir`: kubelet's (2 min, 5 min) but for the
+    /// thresholds, 90 % and 85 % rather than 85 % and 80 %: the image store usually shares the
+    /// host's root filesystem, whose usage is mostly not images.
     pub fn new(images_dir: PathBuf) -> ImageGcConfig {
         ImageGcConfig {
-            high_threshold_percent: 85,
-            low_threshold_percent: 80,
+            high_threshold_percent: 90,
+            low_threshold_percent: 85,
             minimum_age: Duration::from_secs(120),
             period: Duration::from_secs(300),
             images_dir,
@@ -300,6 +303,8 @@ mod tests {
 
     fn cfg() -> ImageGcConfig {
         ImageGcConfig {
+            high_threshold_percent: 85,
+            low_threshold_percent: 80,
             minimum_age: Duration::from_secs(60),
             ..ImageGcConfig::new("/x".into())
         }

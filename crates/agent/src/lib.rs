@@ -35,6 +35,7 @@ mod eviction;
 mod imagegc;
 mod pods;
 mod policy;
+pub mod pressure;
 mod pvc;
 mod quantity;
 mod services;
@@ -252,6 +253,8 @@ pub struct Config {
     pub volumes: VolumeConfig,
     /// Image garbage collection.
     pub image_gc: ImageGcConfig,
+    /// Node-pressure eviction thresholds.
+    pub eviction: pressure::EvictionConfig,
 }
 
 impl Config {
@@ -282,6 +285,10 @@ impl Config {
                 housekeeping_period: Duration::from_secs(10),
             },
             image_gc: ImageGcConfig::new(data_dir.join("images")),
+            eviction: pressure::EvictionConfig::parse(pressure::DEFAULT_HARD, "", "", "", |_| {
+                Err(String::new())
+            })
+            .expect("the default thresholds parse"),
             data_dir,
         }
     }
@@ -346,10 +353,12 @@ impl Agent {
             cfg.node_timers.clone(),
             stopped.clone(),
         )));
+        let flags = Arc::new(pressure::PressureFlags::default());
         tasks.push(tokio::spawn(node::status_loop(
             client.clone(),
             vec![(cfg.node_name.clone(), node)],
             cfg.node_timers.clone(),
+            Some(flags.clone()),
             stopped.clone(),
         )));
         cfg.image_gc.validate().map_err(Error::Config)?;
@@ -361,6 +370,11 @@ impl Agent {
         );
         tasks.push(tokio::spawn(gc.run(stopped.clone())));
         let dispatcher = pods::Dispatcher::new(client, runtime, cfg, lookup.clone()).await?;
+        tasks.push(tokio::spawn(pressure::run(
+            dispatcher.ctx(),
+            flags,
+            stopped.clone(),
+        )));
         tasks.push(tokio::spawn(dispatcher.run(stopped)));
         Ok(Agent {
             stop,

@@ -140,6 +140,9 @@ pub(crate) struct Ctx {
     pub services: Option<Arc<crate::services::ServiceFeed>>,
     /// NetworkPolicy enforcement (with [`Ctx::api_networks`]).
     pub policy: Option<Arc<crate::policy::PolicyAgent>>,
+    /// Node-pressure evictions the eviction manager asked for, by pod uid: the message and
+    /// the grace period; the pod's worker carries each out and removes it.
+    pub evictions: std::sync::Mutex<HashMap<String, (String, std::time::Duration)>>,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -229,8 +232,14 @@ impl Dispatcher {
                 api_networks,
                 services,
                 policy,
+                evictions: Default::default(),
             }),
         })
+    }
+
+    /// The shared context (for the eviction manager).
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
     }
 
     /// This node's pod VMs by pod uid.

@@ -290,7 +290,7 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(Time(jiff::Timestamp::now()));
         }
-        if self.check_deadline().await {
+        if self.check_deadline().await || self.check_node_eviction().await {
             return;
         }
         if self.sandbox.is_none() {
@@ -492,6 +492,35 @@ impl Worker {
         // kubelet evicts for local storage without a grace period.
         self.kill_all(Duration::ZERO).await;
         self.finish().await;
+        true
+    }
+
+    /// Carries out a node-pressure eviction the eviction manager asked for.
+    async fn check_node_eviction(&mut self) -> bool {
+        let asked = self
+            .ctx
+            .evictions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid)
+            .cloned();
+        let Some((msg, grace)) = asked else {
+            return false;
+        };
+        if self.failed.is_none() {
+            self.failed = Some((crate::eviction::REASON.into(), msg.clone()));
+            self.ctx
+                .recorder
+                .event(&self.pod, None, Warning, crate::eviction::REASON, msg)
+                .await;
+            self.kill_all(grace).await;
+            self.finish().await;
+        }
+        self.ctx
+            .evictions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.uid);
         true
     }
 

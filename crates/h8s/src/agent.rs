@@ -108,12 +108,32 @@ pub struct AgentOpts {
     /// ephemeral-storage limits and emptyDir sizeLimits (kubelet's eviction monitoring).
     #[arg(long = "eviction-monitoring-period", default_value = "10s", value_parser = parse_duration)]
     pub eviction_monitoring_period: Duration,
+    /// Hard eviction thresholds, kubelet's syntax: `memory.available<100Mi,nodefs.available<10%`
+    /// (signals memory.available, nodefs.available — the data dir's filesystem —,
+    /// imagefs.available — the image store's); met at once, pods killed without grace.
+    #[arg(long = "eviction-hard", default_value = h8s_agent::pressure::DEFAULT_HARD)]
+    pub eviction_hard: String,
+    /// Soft eviction thresholds (same syntax), met after their grace period.
+    #[arg(long = "eviction-soft", default_value = "")]
+    pub eviction_soft: String,
+    /// Grace period of each soft threshold: `memory.available=1m30s,…`.
+    #[arg(long = "eviction-soft-grace-period", default_value = "")]
+    pub eviction_soft_grace: String,
+    /// What to reclaim beyond a met threshold: `memory.available=0Mi,nodefs.available=500Mi`.
+    #[arg(long = "eviction-minimum-reclaim", default_value = "")]
+    pub eviction_min_reclaim: String,
+    /// How long MemoryPressure/DiskPressure stay after the last met threshold.
+    #[arg(long = "eviction-pressure-transition-period", default_value = "5m", value_parser = parse_duration)]
+    pub eviction_transition: Duration,
+    /// Grace period of pods evicted for a soft threshold (hard: none).
+    #[arg(long = "eviction-max-pod-grace-period", default_value = "0s", value_parser = parse_duration)]
+    pub eviction_max_pod_grace: Duration,
     /// Usage percent of the image store's filesystem at which unused images are garbage
     /// collected (100 disables image GC).
-    #[arg(long = "image-gc-high-threshold", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long = "image-gc-high-threshold", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_high: u8,
     /// Usage percent image GC frees down to (below the high threshold).
-    #[arg(long = "image-gc-low-threshold", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long = "image-gc-low-threshold", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_low: u8,
     /// Images detected more recently than this are never garbage collected.
     #[arg(long = "minimum-image-ttl-duration", default_value = "2m", value_parser = parse_duration)]
@@ -226,6 +246,18 @@ impl AgentOpts {
             images_dir: data_dir.join("images"),
         };
         cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let mut eviction = h8s_agent::pressure::EvictionConfig::parse(
+            &self.eviction_hard,
+            &self.eviction_soft,
+            &self.eviction_soft_grace,
+            &self.eviction_min_reclaim,
+            parse_duration,
+        )
+        .map_err(|e| anyhow::anyhow!("eviction flags: {e}"))?;
+        eviction.transition_period = self.eviction_transition;
+        eviction.monitoring_period = self.eviction_monitoring_period;
+        eviction.max_pod_grace = self.eviction_max_pod_grace;
+        cfg.eviction = eviction;
         cfg.stats_interval = self.stats_interval;
         if let Some(o) = &self.owner {
             cfg.owner = o.clone();

@@ -621,7 +621,8 @@ fn failing_liveness_restarts_and_readiness_gates_ready() {
 
 /// `readOnlyRootFilesystem` inside the VM (volumes stay writable), then local storage limits:
 /// an emptyDir past its `sizeLimit` and a container's writable layer past its
-/// `ephemeral-storage` limit each get their pod evicted with kubelet's reason and message.
+/// `ephemeral-storage` limit (its pod's total, 10 MiB, not exceeded) each get their pod
+/// evicted with kubelet's reason and message.
 #[test]
 fn read_only_root_and_local_storage_limits_evict() {
     let c = cluster();
@@ -641,7 +642,7 @@ fn read_only_root_and_local_storage_limits_evict() {
         &bare_pod(
             "hog",
             &c.node,
-            "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"sleep 2; dd if=/dev/zero of=/fill bs=1024 count=2560; sleep 3600\"]\n    resources:\n      limits: {ephemeral-storage: 2Mi}\n",
+            "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"sleep 2; dd if=/dev/zero of=/fill bs=1024 count=2560; sleep 3600\"]\n    resources:\n      limits: {ephemeral-storage: 2Mi}\n  - name: side\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n    resources:\n      limits: {ephemeral-storage: 8Mi}\n",
         ),
     );
     wait(
