@@ -285,7 +285,7 @@ impl AgentOpts {
         self.jail.apply(&mut vm);
         vm.require_hardware_virt = self.require_hardware_virt;
         let program = std::env::current_exe().context("locating the h8s binary")?;
-        Ok(Runtime::new(RuntimeConfig {
+        let rt = Runtime::new(RuntimeConfig {
             root: self
                 .root
                 .clone()
@@ -296,7 +296,12 @@ impl AgentOpts {
                 program,
                 args: vec!["pod-shim".into()],
             },
-        }))
+        });
+        // The agent's VM template holders end with it (each agent run builds its own).
+        Ok(match h8s_runtime::ProcessRef::current() {
+            Some(me) => rt.with_template_owner(me),
+            None => rt,
+        })
     }
 
     /// The pod network, unless `--pod-network none`.

@@ -64,12 +64,24 @@ impl RuntimeConfig {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     cfg: RuntimeConfig,
+    template_owner: Option<crate::template::ProcessRef>,
 }
 
 impl Runtime {
     /// A runtime over `cfg`.
     pub fn new(cfg: RuntimeConfig) -> Runtime {
-        Runtime { cfg }
+        Runtime {
+            cfg,
+            template_owner: None,
+        }
+    }
+
+    /// The same runtime whose VM template holders exit (retiring their templates) once
+    /// `owner` is gone: a node agent passes itself, so no holder outlives it. Without an
+    /// owner (`h8s run`) holders stay until the templates are rotated.
+    pub fn with_template_owner(mut self, owner: crate::template::ProcessRef) -> Runtime {
+        self.template_owner = Some(owner);
+        self
     }
 
     /// The state root.
@@ -272,6 +284,11 @@ impl Runtime {
             .arg("--root")
             .arg(&self.cfg.root)
             .arg("--build-template")
+            .args(
+                self.template_owner
+                    .iter()
+                    .flat_map(|o| ["--template-owner".to_string(), o.to_string()]),
+            )
             .arg(key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
