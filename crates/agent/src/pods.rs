@@ -397,9 +397,8 @@ pub(crate) async fn remove_orphan(ctx: &Ctx, sb: &SandboxStatus) {
     if let Err(e) = ctx.runtime.stop_sandbox(&sb.id, Duration::ZERO).await {
         tracing::warn!(sandbox = %sb.id, error = %e, "stopping orphan VM");
     }
-    if let Err(e) = ctx.runtime.remove_sandbox(&sb.id, true).await {
-        tracing::warn!(sandbox = %sb.id, error = %e, "removing orphan VM");
-    }
+    // The address goes before the VM's record: once the record is gone, nothing of the
+    // pod is left (an observer waiting for the record sees the address released too).
     if let Some(nets) = &ctx.api_networks {
         let uid = sb.config.labels.get(LABEL_UID).cloned().unwrap_or_default();
         if let Err(e) = nets.release(name, &uid).await {
@@ -409,5 +408,8 @@ pub(crate) async fn remove_orphan(ctx: &Ctx, sb: &SandboxStatus) {
         if let Err(e) = n.network.detach_pod(name).await {
             tracing::warn!(sandbox = %sb.id, error = %e, "releasing orphan's address");
         }
+    }
+    if let Err(e) = ctx.runtime.remove_sandbox(&sb.id, true).await {
+        tracing::warn!(sandbox = %sb.id, error = %e, "removing orphan VM");
     }
 }
