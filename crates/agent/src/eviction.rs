@@ -102,7 +102,7 @@ pub(crate) fn format_bytes(n: u64) -> String {
         ("Mi", 20),
         ("Ki", 10),
     ] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", n >> shift);
         }
     }

@@ -487,7 +487,8 @@ mod tests {
             .into_iter()
             .map(|i| i.id)
             .collect();
-        assert_eq!(left, [busybox.id.clone()]);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0], busybox.id);
         assert!(
             !rootfs(&variant.id).exists(),
             "the variant's root filesystem is gone"
