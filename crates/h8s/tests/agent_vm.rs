@@ -84,6 +84,9 @@ fn start() -> Cluster {
         .args(["--node-lease-renew-interval", "2s"])
         .args(["--volume-refresh-period", "2s"])
         .args(["--eviction-monitoring-period", "1s"])
+        // The imported busybox is the only image and never pulled again: image GC (unit-tested
+        // on its own) must not take it on a host whose disk happens to be full.
+        .args(["--image-gc-high-threshold", "100", "--image-gc-low-threshold", "99"])
         // Metrics sampled and served often enough for `kubectl top` within a test.
         .args(["--stats-interval", "2s"])
         .args(["--metrics-cache-ttl", "1s"])
