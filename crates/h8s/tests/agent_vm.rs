@@ -86,7 +86,12 @@ fn start() -> Cluster {
         .args(["--eviction-monitoring-period", "1s"])
         // The imported busybox is the only image and never pulled again: image GC (unit-tested
         // on its own) must not take it on a host whose disk happens to be full.
-        .args(["--image-gc-high-threshold", "100", "--image-gc-low-threshold", "99"])
+        .args([
+            "--image-gc-high-threshold",
+            "100",
+            "--image-gc-low-threshold",
+            "99",
+        ])
         // Metrics sampled and served often enough for `kubectl top` within a test.
         .args(["--stats-interval", "2s"])
         .args(["--metrics-cache-ttl", "1s"])
@@ -865,19 +870,24 @@ fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
         (running(c, &ns, "busy") && running(c, &ns, "idle")).then_some(())
     });
     for bin in [KUBECTL, KUBECTL_127] {
+        // The spinning guest costs its host a good part of a core, more than the idle one —
+        // once the idle VM's own boot has left the sampling window (under TCG and a loaded
+        // host that takes a while): waited for, not sampled once.
         let out = wait(
-            Duration::from_secs(60),
-            "kubectl top pod with both pods",
+            Duration::from_secs(120),
+            "kubectl top pod with both pods, the busy one busier",
             || {
                 let (ok, out, _) = kubectl_with(c, bin, &["-n", &ns, "top", "pod"]);
-                (ok && top_rows(&out).len() == 2).then_some(out)
+                let rows = top_rows(&out);
+                let busy = rows.iter().find(|r| r.0 == "busy")?;
+                let idle = rows.iter().find(|r| r.0 == "idle")?;
+                (ok && rows.len() == 2 && busy.1 > idle.1 && busy.1 >= 100).then_some(out)
             },
         );
         let rows = top_rows(&out);
         let busy = rows.iter().find(|r| r.0 == "busy").unwrap();
         let idle = rows.iter().find(|r| r.0 == "idle").unwrap();
-        // The spinning guest costs its host a good part of a core; both VMs hold memory.
-        assert!(busy.1 > idle.1 && busy.1 >= 100, "{out}");
+        // Both VMs hold memory.
         assert!(busy.2 > 0 && idle.2 > 0, "{out}");
         // Label selector and get by name.
         let (ok, out, err) = kubectl_with(c, bin, &["-n", &ns, "top", "pod", "-l", "app=idle"]);
