@@ -105,6 +105,7 @@ impl Hollow {
                 client.clone(),
                 nodes,
                 cfg.base.node_timers.clone(),
+                None,
                 stopped.clone(),
             )),
             tokio::spawn(report_pods(client, names.into_iter().collect(), stopped)),

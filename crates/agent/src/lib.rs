@@ -31,8 +31,11 @@ pub mod stream;
 
 mod env;
 mod events;
+mod eviction;
+mod imagegc;
 mod pods;
 mod policy;
+pub mod pressure;
 mod pvc;
 mod quantity;
 mod services;
@@ -40,6 +43,7 @@ mod status;
 mod volumes;
 mod worker;
 
+pub use imagegc::ImageGcConfig;
 pub use pods::PodLookup;
 pub use pvc::{LOCAL_DRIVER, LOCAL_PROVISIONER, RBD_DRIVER, RBD_PROVISIONER};
 
@@ -147,6 +151,9 @@ pub struct PodTimers {
     /// How often ConfigMap and Secret volumes are refreshed in running pods (kubelet's sync
     /// period, 1 min).
     pub volume_refresh: Duration,
+    /// How often pods' local storage is measured against their limits (kubelet's eviction
+    /// monitoring interval, 10 s).
+    pub eviction_monitoring_period: Duration,
 }
 
 impl Default for PodTimers {
@@ -158,6 +165,7 @@ impl Default for PodTimers {
             image_backoff_initial: Duration::from_secs(10),
             image_backoff_max: Duration::from_secs(300),
             volume_refresh: Duration::from_secs(60),
+            eviction_monitoring_period: Duration::from_secs(10),
         }
     }
 }
@@ -243,6 +251,10 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Block volumes.
     pub volumes: VolumeConfig,
+    /// Image garbage collection.
+    pub image_gc: ImageGcConfig,
+    /// Node-pressure eviction thresholds.
+    pub eviction: pressure::EvictionConfig,
 }
 
 impl Config {
@@ -272,6 +284,11 @@ impl Config {
                 rbd: None,
                 housekeeping_period: Duration::from_secs(10),
             },
+            image_gc: ImageGcConfig::new(data_dir.join("images")),
+            eviction: pressure::EvictionConfig::parse(pressure::DEFAULT_HARD, "", "", "", |_| {
+                Err(String::new())
+            })
+            .expect("the default thresholds parse"),
             data_dir,
         }
     }
@@ -336,13 +353,28 @@ impl Agent {
             cfg.node_timers.clone(),
             stopped.clone(),
         )));
+        let flags = Arc::new(pressure::PressureFlags::default());
         tasks.push(tokio::spawn(node::status_loop(
             client.clone(),
             vec![(cfg.node_name.clone(), node)],
             cfg.node_timers.clone(),
+            Some(flags.clone()),
             stopped.clone(),
         )));
+        cfg.image_gc.validate().map_err(Error::Config)?;
+        let gc = imagegc::Gc::new(
+            cfg.image_gc.clone(),
+            runtime.clone(),
+            events::Recorder::new(client.clone(), cfg.node_name.clone()),
+            cfg.node_name.clone(),
+        );
+        tasks.push(tokio::spawn(gc.run(stopped.clone())));
         let dispatcher = pods::Dispatcher::new(client, runtime, cfg, lookup.clone()).await?;
+        tasks.push(tokio::spawn(pressure::run(
+            dispatcher.ctx(),
+            flags,
+            stopped.clone(),
+        )));
         tasks.push(tokio::spawn(dispatcher.run(stopped)));
         Ok(Agent {
             stop,

@@ -413,6 +413,7 @@ pub async fn status_loop(
     client: kube::Client,
     nodes: Vec<(String, Node)>,
     timers: NodeTimers,
+    pressure: Option<std::sync::Arc<crate::pressure::PressureFlags>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let since = now();
@@ -427,14 +428,17 @@ pub async fn status_loop(
         }
         futures::stream::iter(nodes.iter())
             .for_each_concurrent(16, |(name, node)| {
-                let (api, client, since) = (&api, &client, &since);
+                let (api, client, since, pressure) = (&api, &client, &since, &pressure);
                 async move {
                     let hollow = node
                         .metadata
                         .labels
                         .as_ref()
                         .is_some_and(|l| l.contains_key(HOLLOW_LABEL));
-                    let (mem, disk) = if hollow { (false, false) } else { pressure() };
+                    let (mem, disk) = match &pressure {
+                        Some(p) if !hollow => p.get(),
+                        _ => (false, false),
+                    };
                     let patch = json!({"status": {"conditions": conditions(since, mem, disk)}});
                     match api
                         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -455,14 +459,6 @@ pub async fn status_loop(
             })
             .await;
     }
-}
-
-/// Memory pressure (under 100 MiB available) and disk pressure (under 10 % of the root
-/// filesystem available), as kubelet's default hard eviction thresholds.
-fn pressure() -> (bool, bool) {
-    let mem = meminfo("MemAvailable").is_some_and(|a| a < 100 << 20);
-    let disk = disk(std::path::Path::new("/")).is_some_and(|(t, a)| t > 0 && a * 10 < t);
-    (mem, disk)
 }
 
 /// Creates the `h8s-vm` RuntimeClass (handler `h8s-vm`, with the VM's overhead) unless it

@@ -140,6 +140,9 @@ pub(crate) struct Ctx {
     pub services: Option<Arc<crate::services::ServiceFeed>>,
     /// NetworkPolicy enforcement (with [`Ctx::api_networks`]).
     pub policy: Option<Arc<crate::policy::PolicyAgent>>,
+    /// Node-pressure evictions the eviction manager asked for, by pod uid: the message and
+    /// the grace period; the pod's worker carries each out and removes it.
+    pub evictions: std::sync::Mutex<HashMap<String, (String, std::time::Duration)>>,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -229,8 +232,14 @@ impl Dispatcher {
                 api_networks,
                 services,
                 policy,
+                evictions: Default::default(),
             }),
         })
+    }
+
+    /// The shared context (for the eviction manager).
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
     }
 
     /// This node's pod VMs by pod uid.
@@ -388,9 +397,8 @@ pub(crate) async fn remove_orphan(ctx: &Ctx, sb: &SandboxStatus) {
     if let Err(e) = ctx.runtime.stop_sandbox(&sb.id, Duration::ZERO).await {
         tracing::warn!(sandbox = %sb.id, error = %e, "stopping orphan VM");
     }
-    if let Err(e) = ctx.runtime.remove_sandbox(&sb.id, true).await {
-        tracing::warn!(sandbox = %sb.id, error = %e, "removing orphan VM");
-    }
+    // The address goes before the VM's record: once the record is gone, nothing of the
+    // pod is left (an observer waiting for the record sees the address released too).
     if let Some(nets) = &ctx.api_networks {
         let uid = sb.config.labels.get(LABEL_UID).cloned().unwrap_or_default();
         if let Err(e) = nets.release(name, &uid).await {
@@ -400,5 +408,8 @@ pub(crate) async fn remove_orphan(ctx: &Ctx, sb: &SandboxStatus) {
         if let Err(e) = n.network.detach_pod(name).await {
             tracing::warn!(sandbox = %sb.id, error = %e, "releasing orphan's address");
         }
+    }
+    if let Err(e) = ctx.runtime.remove_sandbox(&sb.id, true).await {
+        tracing::warn!(sandbox = %sb.id, error = %e, "removing orphan VM");
     }
 }

@@ -410,6 +410,18 @@ pub(crate) fn pod_status(spec: &PodSpec, v: &PodView, old: Option<&PodStatus>) -
             .cloned()
             .unwrap_or_else(|| cond("PodScheduled", true, None, None)),
     );
+    // An eviction by this node is a disruption (kubelet ≥ 1.26: DisruptionTarget,
+    // TerminationByKubelet).
+    if let Some((r, m)) = &v.failed {
+        if r == "Evicted" {
+            conditions.push(cond(
+                "DisruptionTarget",
+                true,
+                Some("TerminationByKubelet"),
+                Some(m.clone()),
+            ));
+        }
+    }
     // Conditions other agents own (readiness gates, DisruptionTarget) stay.
     for (t, c) in &old_conds {
         if !conditions.iter().any(|x| &x.type_ == t) {
@@ -456,6 +468,8 @@ mod tests {
                 tty_size: None,
                 init: false,
                 mounts: Vec::new(),
+                read_only_root: false,
+                writable_limit_bytes: None,
             },
             state,
             exit_code: code,

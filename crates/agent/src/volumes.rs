@@ -373,6 +373,7 @@ pub(crate) fn mounts(
         } else {
             MountSource::PodDir {
                 name: v.name.clone(),
+                size_bytes: crate::eviction::empty_dir_size(&spec, &v.name),
             }
         };
         out.push(Mount {

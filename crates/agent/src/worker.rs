@@ -122,6 +122,8 @@ struct Worker {
     token: Option<(String, Instant)>,
     /// The pod VM's persistent volume disks (None: not resolved since the agent started).
     disks: Option<Vec<crate::pvc::Attached>>,
+    /// When local storage usage was last measured against the pod's limits.
+    storage_checked: Option<Instant>,
 }
 
 /// Runs one pod until it is gone (or the agent stops).
@@ -163,6 +165,7 @@ pub(crate) async fn run(
         volumes_checked: None,
         token: None,
         disks: None,
+        storage_checked: None,
     };
     async move {
         if let Some(sb) = adopted {
@@ -287,7 +290,7 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(Time(jiff::Timestamp::now()));
         }
-        if self.check_deadline().await {
+        if self.check_deadline().await || self.check_node_eviction().await {
             return;
         }
         if self.sandbox.is_none() {
@@ -338,6 +341,9 @@ impl Worker {
             }
         }
         if !self.sync_volumes(&id).await {
+            return;
+        }
+        if self.check_local_storage(&id).await {
             return;
         }
         if !self.run_init_containers(&id).await {
@@ -432,6 +438,89 @@ impl Worker {
             .await;
         self.kill_all(self.grace()).await;
         self.finish().await;
+        true
+    }
+
+    /// kubelet's local storage eviction: every `eviction_monitoring_period`, the pod's
+    /// local storage inside its VM against its emptyDir `sizeLimit`s and containers'
+    /// `ephemeral-storage` limits; `true` when the pod was evicted.
+    async fn check_local_storage(&mut self, id: &str) -> bool {
+        let spec = self.spec();
+        let period = self.ctx.cfg.pod_timers.eviction_monitoring_period;
+        if self.failed.is_some()
+            || !crate::eviction::has_storage_limits(&spec)
+            || self.storage_checked.is_some_and(|t| t.elapsed() < period)
+        {
+            return false;
+        }
+        self.storage_checked = Some(Instant::now());
+        let usage = match self.ctx.runtime.storage_usage(id).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "measuring the pod's local storage failed");
+                return false;
+            }
+        };
+        let mut used = crate::eviction::StorageUse {
+            volumes: usage.volumes.into_iter().collect(),
+            ..Default::default()
+        };
+        for (inst, bytes) in usage.containers {
+            used.all_containers = used.all_containers.saturating_add(bytes);
+            let Some((base, n)) = parse_instance(&inst) else {
+                continue;
+            };
+            let current = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name.chars().take(55).eq(base.chars()))
+                .filter(|c| self.containers.get(&c.name).and_then(|s| s.instance) == Some(n));
+            if let Some(c) = current {
+                used.current.insert(c.name.clone(), bytes);
+            }
+        }
+        let Some(msg) = crate::eviction::local_storage_violation(&spec, &used) else {
+            return false;
+        };
+        tracing::warn!(reason = %msg, "evicting the pod");
+        self.failed = Some((crate::eviction::REASON.into(), msg.clone()));
+        self.ctx
+            .recorder
+            .event(&self.pod, None, Warning, crate::eviction::REASON, msg)
+            .await;
+        // kubelet evicts for local storage without a grace period.
+        self.kill_all(Duration::ZERO).await;
+        self.finish().await;
+        true
+    }
+
+    /// Carries out a node-pressure eviction the eviction manager asked for.
+    async fn check_node_eviction(&mut self) -> bool {
+        let asked = self
+            .ctx
+            .evictions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid)
+            .cloned();
+        let Some((msg, grace)) = asked else {
+            return false;
+        };
+        if self.failed.is_none() {
+            self.failed = Some((crate::eviction::REASON.into(), msg.clone()));
+            self.ctx
+                .recorder
+                .event(&self.pod, None, Warning, crate::eviction::REASON, msg)
+                .await;
+            self.kill_all(grace).await;
+            self.finish().await;
+        }
+        self.ctx
+            .evictions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.uid);
         true
     }
 
@@ -1484,6 +1573,9 @@ impl Worker {
             stdin: c.stdin.unwrap_or(false),
             tty_size: None,
             init,
+            read_only_root: sc.read_only_root_filesystem.unwrap_or(false),
+            writable_limit_bytes: crate::eviction::container_limit(c)
+                .map(|(n, _)| crate::eviction::hard_cap(n)),
         })
     }
 

@@ -105,6 +105,7 @@ fn main() {
             process_id: ProcessId(1),
             hostname: None,
             mounts: vec![],
+            read_only_root: false,
         }))
         .unwrap();
         let r = c.call(Request::StartContainer {

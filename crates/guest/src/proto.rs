@@ -302,6 +302,11 @@ pub enum Request {
     /// before anything else. Answered with [`Reply::Restored`]. (Added in version 1,
     /// additive.)
     Restored(RestoreInfo),
+    /// How much of the guest's memory the pod's local storage holds: each container's
+    /// writable layer and each pod volume directory ([`MountSource::PodDir`]), in bytes of
+    /// allocated blocks. Answered with [`Reply::StorageUsage`]. (Added in version 1,
+    /// additive.)
+    StorageUsage,
 }
 
 /// What a VM restored from a template needs to stop being a copy ([`Request::Restored`]).
@@ -480,6 +485,11 @@ pub struct ContainerSpec {
     /// Extra mounts (volumes).
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Mount the container's root read-only (`securityContext.readOnlyRootFilesystem`) once
+    /// its mounts and network files are in place; volumes keep their own flags. (Added in
+    /// version 1, additive.)
+    #[serde(default)]
+    pub read_only_root: bool,
 }
 
 /// The content of a pod volume (ConfigMap, Secret, downward API, projected).
@@ -649,6 +659,10 @@ pub enum MountSource {
     PodDir {
         /// The volume's name.
         name: String,
+        /// Make the directory its own tmpfs of this size when the first container mounts it
+        /// (an `emptyDir`'s `sizeLimit`). (Added in version 1, additive.)
+        #[serde(default)]
+        size_bytes: Option<u64>,
     },
     /// A private tmpfs.
     Tmpfs {
@@ -753,6 +767,19 @@ pub enum Reply {
         /// See [`Hello::agent_id`].
         agent_id: String,
     },
+    /// Answer to [`Request::StorageUsage`].
+    StorageUsage(StorageUsage),
+}
+
+/// Local storage a pod uses inside its VM ([`Request::StorageUsage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageUsage {
+    /// Bytes in each container's writable layer, by container id.
+    #[serde(default)]
+    pub containers: Vec<(String, u64)>,
+    /// Bytes in each pod volume directory, by volume name.
+    #[serde(default)]
+    pub volumes: Vec<(String, u64)>,
 }
 
 /// How a process ended.
@@ -1149,9 +1176,11 @@ mod tests {
                 target: "/data".into(),
                 source: MountSource::PodDir {
                     name: "cache".into(),
+                    size_bytes: Some(1 << 20),
                 },
                 read_only: false,
             }],
+            read_only_root: true,
         }
     }
 

@@ -36,6 +36,7 @@ fn container(id: &str, pid: u32, p: ProcessSpec) -> Request {
         process_id: ProcessId(pid),
         hostname: None,
         mounts: Vec::new(),
+        read_only_root: false,
     })
 }
 

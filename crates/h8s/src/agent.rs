@@ -104,6 +104,43 @@ pub struct AgentOpts {
     /// How often ConfigMap and Secret volumes of running pods are refreshed.
     #[arg(long = "volume-refresh-period", default_value = "1m", value_parser = parse_duration)]
     pub volume_refresh: Duration,
+    /// How often pods' local storage (writable layers, emptyDirs) is measured against their
+    /// ephemeral-storage limits and emptyDir sizeLimits (kubelet's eviction monitoring).
+    #[arg(long = "eviction-monitoring-period", default_value = "10s", value_parser = parse_duration)]
+    pub eviction_monitoring_period: Duration,
+    /// Hard eviction thresholds, kubelet's syntax: `memory.available<100Mi,nodefs.available<10%`
+    /// (signals memory.available, nodefs.available — the data dir's filesystem —,
+    /// imagefs.available — the image store's); met at once, pods killed without grace.
+    #[arg(long = "eviction-hard", default_value = h8s_agent::pressure::DEFAULT_HARD)]
+    pub eviction_hard: String,
+    /// Soft eviction thresholds (same syntax), met after their grace period.
+    #[arg(long = "eviction-soft", default_value = "")]
+    pub eviction_soft: String,
+    /// Grace period of each soft threshold: `memory.available=1m30s,…`.
+    #[arg(long = "eviction-soft-grace-period", default_value = "")]
+    pub eviction_soft_grace: String,
+    /// What to reclaim beyond a met threshold: `memory.available=0Mi,nodefs.available=500Mi`.
+    #[arg(long = "eviction-minimum-reclaim", default_value = "")]
+    pub eviction_min_reclaim: String,
+    /// How long MemoryPressure/DiskPressure stay after the last met threshold.
+    #[arg(long = "eviction-pressure-transition-period", default_value = "5m", value_parser = parse_duration)]
+    pub eviction_transition: Duration,
+    /// Grace period of pods evicted for a soft threshold (hard: none).
+    #[arg(long = "eviction-max-pod-grace-period", default_value = "0s", value_parser = parse_duration)]
+    pub eviction_max_pod_grace: Duration,
+    /// Usage percent of the image store's filesystem at which unused images are garbage
+    /// collected (100 disables image GC).
+    #[arg(long = "image-gc-high-threshold", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high: u8,
+    /// Usage percent image GC frees down to (below the high threshold).
+    #[arg(long = "image-gc-low-threshold", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low: u8,
+    /// Images detected more recently than this are never garbage collected.
+    #[arg(long = "minimum-image-ttl-duration", default_value = "2m", value_parser = parse_duration)]
+    pub image_min_age: Duration,
+    /// How often the image store's filesystem usage is checked for image GC.
+    #[arg(long = "image-gc-period", default_value = "5m", value_parser = parse_duration)]
+    pub image_gc_period: Duration,
     /// How many pod VMs may boot at once.
     #[arg(long = "max-parallel-starts", default_value_t = 2)]
     pub max_parallel_starts: usize,
@@ -198,8 +235,29 @@ impl AgentOpts {
             image_backoff_initial: self.image_backoff,
             image_backoff_max: self.image_backoff_max,
             volume_refresh: self.volume_refresh,
+            eviction_monitoring_period: self.eviction_monitoring_period,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
+        cfg.image_gc = h8s_agent::ImageGcConfig {
+            high_threshold_percent: self.image_gc_high,
+            low_threshold_percent: self.image_gc_low,
+            minimum_age: self.image_min_age,
+            period: self.image_gc_period,
+            images_dir: data_dir.join("images"),
+        };
+        cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let mut eviction = h8s_agent::pressure::EvictionConfig::parse(
+            &self.eviction_hard,
+            &self.eviction_soft,
+            &self.eviction_soft_grace,
+            &self.eviction_min_reclaim,
+            parse_duration,
+        )
+        .map_err(|e| anyhow::anyhow!("eviction flags: {e}"))?;
+        eviction.transition_period = self.eviction_transition;
+        eviction.monitoring_period = self.eviction_monitoring_period;
+        eviction.max_pod_grace = self.eviction_max_pod_grace;
+        cfg.eviction = eviction;
         cfg.stats_interval = self.stats_interval;
         if let Some(o) = &self.owner {
             cfg.owner = o.clone();
@@ -227,7 +285,7 @@ impl AgentOpts {
         self.jail.apply(&mut vm);
         vm.require_hardware_virt = self.require_hardware_virt;
         let program = std::env::current_exe().context("locating the h8s binary")?;
-        Ok(Runtime::new(RuntimeConfig {
+        let rt = Runtime::new(RuntimeConfig {
             root: self
                 .root
                 .clone()
@@ -238,7 +296,12 @@ impl AgentOpts {
                 program,
                 args: vec!["pod-shim".into()],
             },
-        }))
+        });
+        // The agent's VM template holders end with it (each agent run builds its own).
+        Ok(match h8s_runtime::ProcessRef::current() {
+            Some(me) => rt.with_template_owner(me),
+            None => rt,
+        })
     }
 
     /// The pod network, unless `--pod-network none`.

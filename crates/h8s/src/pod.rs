@@ -183,6 +183,10 @@ pub struct ShimArgs {
     /// Build the VM template named by ID instead (started by `run` in the background).
     #[arg(long)]
     build_template: bool,
+    /// With --build-template: the process (`PID:START_TICKS`) whose exit retires the
+    /// template and ends its holder (the node agent that asked for it).
+    #[arg(long)]
+    template_owner: Option<h8s_runtime::ProcessRef>,
     id: String,
 }
 
@@ -200,7 +204,7 @@ impl std::error::Error for Exit {}
 pub fn run(cmd: PodCommand) -> anyhow::Result<()> {
     if let PodCommand::PodShim(a) = cmd {
         let code = if a.build_template {
-            h8s_runtime::template_main(&a.root, &a.id)
+            h8s_runtime::template_main(&a.root, &a.id, a.template_owner)
         } else {
             h8s_runtime::shim_main(&a.root, &a.id, a.adopt)
         };
@@ -397,6 +401,8 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         tty_size: size,
         init: false,
         mounts: Vec::new(),
+        read_only_root: false,
+        writable_limit_bytes: None,
     }
     .with_image_defaults(
         &img.entrypoint,

@@ -135,13 +135,14 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     assert!(imp.status.success());
     let node = format!("restart-{}", std::process::id());
     let pid = std::process::id();
-    let agent = |log: &str| {
+    let agent = |log: &str, extra: &[&str]| {
         spawn_ready(
             Command::new(bin)
                 .args(["agent", "--kubeconfig"])
                 .arg(&kc)
                 .arg("--data-dir")
                 .arg(&agent_data)
+                .args(extra)
                 .args(["--node-name", &node, "--streaming-port", "0"])
                 .args(["--pod-sync-period", "500ms"])
                 .args(["--pod-network", &format!("ar{}", pid % 100000)])
@@ -176,7 +177,7 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
         &["apply", "-f", "-"],
         Some(&format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: keep-vol}}\nspec:\n  capacity: {{storage: 16Mi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  csi: {{driver: local.volumes.h8s.io, volumeHandle: keep-vol, fsType: ext4}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions:\n        - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}\n")),
     );
-    let (first, _) = agent("agent1.log");
+    let (first, _) = agent("agent1.log", &[]);
     let spec = |name: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n")
     };
@@ -209,7 +210,7 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
         None,
     );
     assert!(qemu_of("gone").is_some(), "the VM outlives the agent");
-    let (_second, _) = agent("agent2.log");
+    let (second, _) = agent("agent2.log", &[]);
     // The orphan's VM and address go; the other VM is the same one, not restarted.
     wait(
         Duration::from_secs(60),
@@ -242,6 +243,45 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     // `kubectl exec` needs this harness's node to be reachable for streaming, which it is not
     // (its node address is a documentation address); volumes_multinode reads data back.
     assert_eq!(qemu_of("keep"), Some(keep_qemu), "still the same VM");
+    // Node-pressure eviction: an agent whose hard memory threshold is always met reports
+    // MemoryPressure and evicts the pod it takes over (its only, BestEffort, pod).
+    drop(second);
+    let (_third, _) = agent(
+        "agent3.log",
+        &[
+            "--eviction-hard",
+            "memory.available<1Ei",
+            "--eviction-monitoring-period",
+            "1s",
+            "--node-status-update-frequency",
+            "1s",
+        ],
+    );
+    let p = wait(Duration::from_secs(60), "the pod evicted", || {
+        let p = pod(&kc, "keep");
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(p["status"]["reason"], "Evicted");
+    let msg = p["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("The node was low on resource: memory. Threshold quantity: 1Ei")
+            && msg.contains("Pod default/keep was using"),
+        "{msg}"
+    );
+    wait(
+        Duration::from_secs(30),
+        "MemoryPressure on the node",
+        || {
+            let n: Value =
+                serde_json::from_str(&kubectl(&kc, &["get", "node", &node, "-o", "json"], None))
+                    .ok()?;
+            n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+                .then_some(())
+        },
+    );
     // Deleting it now cleans up as usual.
     kubectl(&kc, &["delete", "pod", "keep", "--wait=true"], None);
     wait(Duration::from_secs(60), "the VM to go", || {

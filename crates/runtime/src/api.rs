@@ -289,6 +289,14 @@ pub struct ContainerConfig {
     /// Volumes mounted into the container (pod directories, tmpfs, block devices).
     #[serde(default)]
     pub mounts: Vec<h8s_guest::Mount>,
+    /// Mount the container's root filesystem read-only (`readOnlyRootFilesystem`): writes
+    /// outside its volumes fail with `EROFS`.
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// Bytes the container's writable layer (guest RAM) may hold; unlimited when absent
+    /// (the guest's memory bounds it).
+    #[serde(default)]
+    pub writable_limit_bytes: Option<u64>,
 }
 
 impl ContainerConfig {
@@ -520,6 +528,8 @@ mod tests {
             tty_size: None,
             init: false,
             mounts: vec![],
+            read_only_root: false,
+            writable_limit_bytes: None,
         };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let m = c.clone().with_image_defaults(

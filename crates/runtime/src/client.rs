@@ -64,12 +64,24 @@ impl RuntimeConfig {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     cfg: RuntimeConfig,
+    template_owner: Option<crate::template::ProcessRef>,
 }
 
 impl Runtime {
     /// A runtime over `cfg`.
     pub fn new(cfg: RuntimeConfig) -> Runtime {
-        Runtime { cfg }
+        Runtime {
+            cfg,
+            template_owner: None,
+        }
+    }
+
+    /// The same runtime whose VM template holders exit (retiring their templates) once
+    /// `owner` is gone: a node agent passes itself, so no holder outlives it. Without an
+    /// owner (`h8s run`) holders stay until the templates are rotated.
+    pub fn with_template_owner(mut self, owner: crate::template::ProcessRef) -> Runtime {
+        self.template_owner = Some(owner);
+        self
     }
 
     /// The state root.
@@ -272,6 +284,11 @@ impl Runtime {
             .arg("--root")
             .arg(&self.cfg.root)
             .arg("--build-template")
+            .args(
+                self.template_owner
+                    .iter()
+                    .flat_map(|o| ["--template-owner".to_string(), o.to_string()]),
+            )
             .arg(key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -727,6 +744,17 @@ impl Runtime {
     /// Runs a tcpSocket/httpGet probe inside the pod VM; `Ok` when it passes.
     pub async fn probe(&self, id: &str, spec: h8s_guest::ProbeSpec) -> Result<()> {
         self.call_ok(id, Request::Probe { spec }).await
+    }
+
+    /// The pod's local storage usage inside its VM: containers' writable layers and pod
+    /// volumes.
+    pub async fn storage_usage(&self, id: &str) -> Result<h8s_guest::StorageUsage> {
+        match self.call(id, &Request::StorageUsage).await? {
+            (Response::StorageUsage(u), _) => Ok(u),
+            (other, _) => Err(Error::Shim(format!(
+                "unexpected answer to a storage usage request: {other:?}"
+            ))),
+        }
     }
 
     /// Replaces the files of one of the pod's volumes, atomically (containers mount it with

@@ -32,7 +32,7 @@ pub use service::{
     BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,
     RUNTIME_NAME,
 };
-pub use template::template_main;
+pub use template::{template_main, ProcessRef};
 pub use util::rfc3339_nano;
 pub use vm::{shim_main, AccelChoice, VmSettings};
 

@@ -75,6 +75,16 @@ pub trait SandboxService: Send + Sync {
             ))
         })
     }
+    /// The pod's local storage usage inside its VM (containers' writable layers, pod
+    /// volumes). Runtimes without it refuse.
+    fn storage_usage<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<h8s_guest::StorageUsage>> {
+        let _ = id;
+        Box::pin(async {
+            Err(crate::Error::FailedPrecondition(
+                "this runtime does not report storage usage".into(),
+            ))
+        })
+    }
     /// The runtime's name, version and accelerator.
     fn info(&self) -> RuntimeInfo;
     /// Retires every VM template and starts building the one for the usual pod shape (one
@@ -202,6 +212,9 @@ impl SandboxService for Runtime {
         update: h8s_guest::ServiceUpdate,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(Runtime::update_services(self, id, update))
+    }
+    fn storage_usage<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<h8s_guest::StorageUsage>> {
+        Box::pin(Runtime::storage_usage(self, id))
     }
     fn info(&self) -> RuntimeInfo {
         Runtime::info(self)

@@ -462,13 +462,85 @@ pub(crate) fn fetch_memory(t: &TemplateDir) -> Result<std::fs::File> {
     recv_fd(&sock).map_err(|e| Error::io("receiving the template memory", e))
 }
 
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRef {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time, clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+}
+
+impl ProcessRef {
+    /// The process `pid`, if it runs.
+    pub fn of(pid: u32) -> Option<ProcessRef> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces and parentheses): state is 3rd,
+        // starttime the 22nd.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut f = rest.split_whitespace();
+        let state = f.next()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        let start_ticks = f.nth(18)?.parse().ok()?;
+        Some(ProcessRef { pid, start_ticks })
+    }
+
+    /// This process.
+    pub fn current() -> Option<ProcessRef> {
+        ProcessRef::of(std::process::id())
+    }
+
+    /// Whether it still runs (the pid not reused by another process since).
+    pub fn alive(&self) -> bool {
+        ProcessRef::of(self.pid).is_some_and(|p| p.start_ticks == self.start_ticks)
+    }
+}
+
+impl std::fmt::Display for ProcessRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.pid, self.start_ticks)
+    }
+}
+
+impl std::str::FromStr for ProcessRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ProcessRef> {
+        let bad = || Error::InvalidArgument(format!("{s:?} is not PID:START_TICKS"));
+        let (p, t) = s.split_once(':').ok_or_else(bad)?;
+        Ok(ProcessRef {
+            pid: p.parse().map_err(|_| bad())?,
+            start_ticks: t.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Hands `mem` to every client of the same uid (the directory is root's, 0700) until the
-/// template is retired (its directory renamed away).
-fn hold(t: &TemplateDir, listener: UnixListener, mem: std::fs::File) {
+/// template is retired (its directory renamed away) or its `owner` (the node agent that had it
+/// built) is gone: then it retires the template itself, so no holder outlives its agent
+/// (pods restored from it keep their own mapping of the memory).
+fn hold(
+    root: &Path,
+    key: &str,
+    t: &TemplateDir,
+    listener: UnixListener,
+    mem: std::fs::File,
+    owner: Option<ProcessRef>,
+) {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     let _ = listener.set_nonblocking(true);
+    let mut checked = Instant::now();
     loop {
+        if checked.elapsed() >= std::time::Duration::from_millis(500) {
+            checked = Instant::now();
+            if owner.is_some_and(|o| !o.alive()) {
+                tracing::info!("the VM template's agent is gone; its holder retires it and exits");
+                retire(root, key);
+                return;
+            }
+        }
         match listener.accept() {
             Ok((conn, _)) => {
                 let _ = conn.set_nonblocking(false);
@@ -495,8 +567,9 @@ fn hold(t: &TemplateDir, listener: UnixListener, mem: std::fs::File) {
 }
 
 /// Entry point of the background builder (`h8s pod-shim --build-template KEY`): builds
-/// template `key` from its `spec.json` unless another process does. Returns the exit code.
-pub fn template_main(root: &Path, key: &str) -> i32 {
+/// template `key` from its `spec.json` unless another process does, then holds its memory
+/// until the template is retired or `owner` exits. Returns the exit code.
+pub fn template_main(root: &Path, key: &str, owner: Option<ProcessRef>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -548,7 +621,7 @@ pub fn template_main(root: &Path, key: &str) -> i32 {
                 return 1;
             }
             tracing::info!(build_ms = ready.build_ms, "VM template ready");
-            hold(&t, listener, mem);
+            hold(root, key, &t, listener, mem, owner);
             0
         }
         Err(e) => {
@@ -568,6 +641,60 @@ mod tests {
         let mut v = VmSettings::from_env().unwrap();
         v.templates = true;
         v
+    }
+
+    #[test]
+    fn process_refs_tell_a_reused_pid_apart() {
+        let me = ProcessRef::current().unwrap();
+        assert!(me.alive());
+        assert_eq!(me.to_string().parse::<ProcessRef>().unwrap(), me);
+        assert!("12".parse::<ProcessRef>().is_err());
+        let other = ProcessRef {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        assert!(!other.alive(), "same pid, another start time");
+    }
+
+    #[test]
+    fn a_holder_retires_its_template_when_its_owner_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let key = "k1";
+        let t = TemplateDir::new(&root, key);
+        std::fs::create_dir_all(&t.dir).unwrap();
+        std::fs::write(t.ready(), b"{}").unwrap();
+        let listener = UnixListener::bind(t.mem()).unwrap();
+        let mem = memfd(4096).unwrap();
+        let mut owner = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let o = ProcessRef::of(owner.id()).unwrap();
+        let holder = {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let t = TemplateDir::new(&root, key);
+                hold(&root, key, &t, listener, mem, Some(o));
+            })
+        };
+        // It hands out the memory while its owner runs.
+        let got = fetch_memory(&t).unwrap();
+        assert_eq!(got.metadata().unwrap().len(), 4096);
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert!(!holder.is_finished());
+        owner.kill().unwrap();
+        owner.wait().unwrap();
+        let t0 = Instant::now();
+        while !holder.is_finished() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "the holder outlived its owner"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        holder.join().unwrap();
+        assert!(!t.dir.exists(), "the template was retired");
     }
 
     #[test]

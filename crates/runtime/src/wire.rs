@@ -137,6 +137,8 @@ pub(crate) enum Request {
     UpdateServices {
         update: h8s_guest::ServiceUpdate,
     },
+    /// The pod's local storage usage (see `h8s_guest::Request::StorageUsage`).
+    StorageUsage,
     /// Stop every container and power the VM off; the shim exits afterwards.
     StopPod {
         timeout_secs: u64,
@@ -149,6 +151,7 @@ pub(crate) enum Request {
 pub(crate) enum Response {
     Ok,
     Status(Box<SandboxStatus>),
+    StorageUsage(h8s_guest::StorageUsage),
     Err(WireError),
 }
 

@@ -155,6 +155,8 @@ fn container(name: &str, cmd: &[&str]) -> ContainerConfig {
         tty_size: None,
         init: false,
         mounts: Vec::new(),
+        read_only_root: false,
+        writable_limit_bytes: None,
     }
 }
 

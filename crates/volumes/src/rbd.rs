@@ -9,6 +9,7 @@
 //! and a new image reads zeros.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::{
     qemu_escape, round_mib, tool, Backend, Drive, Error, Filesystem, Info, Result, Topology,
@@ -21,6 +22,7 @@ pub struct Rbd {
     pool: String,
     conf: PathBuf,
     user: String,
+    timeout: Duration,
 }
 
 impl Rbd {
@@ -31,7 +33,18 @@ impl Rbd {
             pool: pool.to_string(),
             conf: conf.into(),
             user: user.to_string(),
+            timeout: Self::DEFAULT_TIMEOUT,
         }
+    }
+
+    /// How long one `rbd` command may take before it is killed (unreachable monitors make
+    /// `rbd` wait for ever otherwise).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The same backend with another `rbd` command timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The pool.
@@ -54,7 +67,7 @@ impl Rbd {
         let conf = self.conf.to_string_lossy().into_owned();
         let mut a = vec!["-c", conf.as_str(), "--id", self.user.as_str()];
         a.extend_from_slice(args);
-        tool::run("rbd", &a)
+        tool::run_timeout("rbd", &a, self.timeout)
     }
 
     fn spec(&self, id: &VolumeId) -> String {

@@ -1577,6 +1577,18 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
                 .await?;
             Ok(Response::Ok)
         }
+        Request::StorageUsage => {
+            match shim
+                .agent
+                .request_timeout(GuestRequest::StorageUsage, Duration::from_secs(30))
+                .await?
+            {
+                Reply::StorageUsage(u) => Ok(Response::StorageUsage(u)),
+                other => Err(Error::Agent(format!(
+                    "unexpected answer to a storage usage request: {other:?}"
+                ))),
+            }
+        }
         Request::Attach { .. }
         | Request::Exec { .. }
         | Request::PortForward { .. }
@@ -1636,7 +1648,12 @@ async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Respon
         let spec = ContainerSpec {
             id: config.name.clone(),
             rootfs: BlockDevice::Serial(format!("img{disk}")),
-            writable: WritableLayer::Default,
+            writable: match config.writable_limit_bytes {
+                Some(n) => WritableLayer::Tmpfs {
+                    size_bytes: Some(n),
+                },
+                None => WritableLayer::Default,
+            },
             process: ProcessSpec {
                 args: config.command.clone(),
                 env: config.env.clone(),
@@ -1655,6 +1672,7 @@ async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Respon
                     .unwrap_or_else(|| st.rec.config.name.clone()),
             ),
             mounts: config.mounts.clone(),
+            read_only_root: config.read_only_root,
         };
         // Reserve the name while the guest works on it.
         st.rec.process_ids.insert(config.name.clone(), pid);

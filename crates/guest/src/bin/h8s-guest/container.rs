@@ -256,6 +256,9 @@ pub fn create(spec: &ContainerSpec, net: &NetFiles) -> Result<Rootfs, ProtoError
             mount_volume(&mut rootfs, m)?;
         }
         write_net_files(&root, net, spec.hostname.as_deref())?;
+        if spec.read_only_root {
+            seal_root(&root, spec.process.working_dir.as_deref())?;
+        }
         Ok(())
     })();
     match result {
@@ -329,10 +332,24 @@ fn mount_volume(rootfs: &mut Rootfs, m: &h8s_guest::Mount) -> Result<(), ProtoEr
     let target = safe_join(&root, &m.target, true, is_device)?;
     let ro = if m.read_only { libc::MS_RDONLY } else { 0 };
     match &m.source {
-        MountSource::PodDir { name } => {
+        MountSource::PodDir { name, size_bytes } => {
             validate_name("volume name", name)?;
             let src = Path::new(RUN_DIR).join("volumes").join(name);
             fs::create_dir_all(&src).map_err(|e| internal("create volume", e))?;
+            if let Some(n) = size_bytes {
+                // The first container to mount a sized volume makes it its own tmpfs; the
+                // pod's other containers share it. It lives as long as the VM.
+                if !is_mount_point(&src).map_err(|e| internal("inspect volume", e))? {
+                    sys::mount(
+                        Some("tmpfs"),
+                        &src,
+                        Some("tmpfs"),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        Some(&format!("mode=777,size={n}")),
+                    )
+                    .map_err(|e| internal(&format!("mount the {name} volume's tmpfs"), e))?;
+                }
+            }
             let src = src.to_string_lossy().into_owned();
             rootfs.mount(
                 Some(&src),
@@ -417,6 +434,90 @@ fn mount_volume(rootfs: &mut Rootfs, m: &h8s_guest::Mount) -> Result<(), ProtoEr
         }
     }
     Ok(())
+}
+
+/// Makes a prepared container root read-only (`readOnlyRootFilesystem`), as runc does: the
+/// root mount alone is remounted `ro`, so /dev, /sys and the volumes mounted inside keep their
+/// own flags. The working directory the start would create is created first.
+pub fn seal_root(root: &Path, working_dir: Option<&str>) -> Result<(), ProtoError> {
+    if let Some(wd) = working_dir {
+        safe_join(root, wd, true, false)?;
+    }
+    sys::mount(
+        None,
+        root,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        None,
+    )
+    .map_err(|e| internal("remount the root read-only", e))
+}
+
+/// Whether `p` is the root of a mount (its device differs from its parent's).
+fn is_mount_point(p: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = p.parent().unwrap_or(Path::new("/"));
+    Ok(fs::metadata(p)?.dev() != fs::metadata(parent)?.dev())
+}
+
+/// Bytes of allocated blocks under `dir` (not following symlinks, not crossing into other
+/// filesystems), counting at most `max_entries` entries; hard links count once per name.
+pub fn disk_usage(dir: &Path, max_entries: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut total = top.blocks() * 512;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > max_entries {
+                return total;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// What the pod's local storage holds: each container's writable layer (its overlay upper
+/// directory) and each pod volume directory.
+pub fn storage_usage(container_dirs: &[(String, PathBuf)]) -> h8s_guest::StorageUsage {
+    const MAX_ENTRIES: usize = 200_000;
+    let containers = container_dirs
+        .iter()
+        .map(|(id, dir)| {
+            (
+                id.clone(),
+                disk_usage(&dir.join("rw").join("upper"), MAX_ENTRIES),
+            )
+        })
+        .collect();
+    let mut volumes = Vec::new();
+    if let Ok(entries) = fs::read_dir(Path::new(RUN_DIR).join("volumes")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            volumes.push((name, disk_usage(&e.path(), MAX_ENTRIES)));
+        }
+    }
+    volumes.sort();
+    h8s_guest::StorageUsage {
+        containers,
+        volumes,
+    }
 }
 
 fn write_net_files(root: &Path, net: &NetFiles, hostname: Option<&str>) -> Result<(), ProtoError> {
@@ -767,6 +868,82 @@ mod tests {
             candidates("ls", &["PATH=/a/:/b::".into()]),
             ["/a/ls", "/b/ls", "ls", "ls"]
         );
+    }
+
+    #[test]
+    fn disk_usage_counts_allocated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let empty = disk_usage(d, 100);
+        fs::create_dir(d.join("sub")).unwrap();
+        fs::write(d.join("sub/a"), vec![1u8; 256 << 10]).unwrap();
+        fs::write(d.join("b"), vec![1u8; 64 << 10]).unwrap();
+        let used = disk_usage(d, 100) - empty;
+        assert!(
+            ((320 << 10)..(400 << 10)).contains(&used),
+            "{used} bytes for 320 KiB of files"
+        );
+        // The walk stops at its entry budget.
+        assert!(disk_usage(d, 1) < disk_usage(d, 100));
+    }
+
+    /// Runs `f` on a thread of its own mount namespace with a tmpfs at `dir` (needs root, as
+    /// the test suite runs).
+    fn in_mount_namespace(dir: &Path, f: impl FnOnce() + Send + 'static) {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            // SAFETY: unshare with a flag only; it affects this thread's mount namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0);
+            sys::mount(
+                None,
+                Path::new("/"),
+                None,
+                libc::MS_REC | libc::MS_PRIVATE,
+                None,
+            )
+            .unwrap();
+            sys::mount(Some("tmpfs"), &dir, Some("tmpfs"), 0, None).unwrap();
+            f();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_sealed_root_refuses_writes_but_its_volumes_take_them() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        in_mount_namespace(&root.clone(), move || {
+            fs::create_dir(root.join("data")).unwrap();
+            sys::mount(Some("tmpfs"), &root.join("data"), Some("tmpfs"), 0, None).unwrap();
+            fs::write(root.join("before"), b"x").unwrap();
+            seal_root(&root, Some("/srv/app")).unwrap();
+            let e = fs::write(root.join("after"), b"x").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            assert!(fs::remove_file(root.join("before")).is_err());
+            assert!(
+                root.join("srv/app").is_dir(),
+                "the working directory was made first"
+            );
+            fs::write(root.join("data/file"), b"x").unwrap();
+        });
+    }
+
+    #[test]
+    fn a_sized_pod_dir_is_its_own_tmpfs() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        in_mount_namespace(&dir.clone(), move || {
+            let v = dir.join("v");
+            fs::create_dir(&v).unwrap();
+            assert!(!is_mount_point(&v).unwrap());
+            sys::mount(Some("tmpfs"), &v, Some("tmpfs"), 0, Some("size=65536")).unwrap();
+            assert!(is_mount_point(&v).unwrap());
+            let e = fs::write(v.join("big"), vec![0u8; 1 << 20]).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        });
     }
 
     #[test]

@@ -291,6 +291,23 @@ impl Agent {
                 *lock(&self.agent_id) = id.clone();
                 Reply::Restored { agent_id: id }
             })),
+            Request::StorageUsage => {
+                let dirs: Vec<(String, std::path::PathBuf)> = lock(&self.state)
+                    .containers
+                    .iter()
+                    .map(|(id, c)| (id.clone(), c.rootfs.dir.clone()))
+                    .collect();
+                // Walking the trees takes a while: answered from its own thread.
+                let this = self.clone();
+                spawn_thread("usage", move || {
+                    let usage = container::storage_usage(&dirs);
+                    this.send_msg(Message::Response {
+                        id,
+                        result: Ok(Reply::StorageUsage(usage)),
+                    });
+                });
+                None
+            }
             Request::Greet => {
                 self.send_msg(Message::Hello(self.hello()));
                 Some(Ok(Reply::Done))
