@@ -125,3 +125,47 @@ fn discovery_of_aggregated_groups() {
     assert_eq!(r["subresources"][0]["subresource"], "status");
     assert_eq!(g["versions"][1]["freshness"], "Stale");
 }
+
+#[test]
+fn tenants_reach_aggregated_resources_only_in_their_namespaces() {
+    use crate::auth::{AllowAuthenticated, Authorizer, Decision};
+    use crate::tenancy::{Owned, TenantGuard};
+    // RBAC allowing everything: the tenant guard alone must confine the tenant.
+    let g = TenantGuard::new(Arc::new(AllowAuthenticated));
+    g.index().replace(
+        Owned::Namespace,
+        vec![("a1".into(), Some("a".into())), ("b1".into(), Some("b".into()))],
+    );
+    let alice = crate::auth::UserInfo {
+        username: "alice".into(),
+        groups: vec!["h8s:tenant:a".into(), "system:authenticated".into()],
+        ..Default::default()
+    };
+    let a = agg_with("wardle.example.com", "v1alpha1", 1000, 15);
+    let crds = Registry::default();
+    let decide = |m: http::Method, p: &str| {
+        let t = a
+            .target(&crate::route::route(p, &crds), &m, p, &Query::parse(None), &crds)
+            .unwrap();
+        let mut attrs = Attributes::default();
+        t.attributes(&mut attrs);
+        g.authorize(&alice, &attrs)
+    };
+    let base = "/apis/wardle.example.com/v1alpha1";
+    assert!(matches!(
+        decide(http::Method::GET, &format!("{base}/namespaces/a1/flunders/f")),
+        Decision::Allow
+    ));
+    for (m, p) in [
+        (http::Method::GET, format!("{base}/namespaces/b1/flunders/f")),
+        (http::Method::POST, format!("{base}/namespaces/b1/flunders")),
+        (http::Method::GET, format!("{base}/flunders")),
+        (http::Method::DELETE, format!("{base}/fischers/x")),
+    ] {
+        let d = decide(m.clone(), &p);
+        assert!(
+            matches!(d, Decision::Deny(_) | Decision::AllowFiltered(_)),
+            "{m} {p}"
+        );
+    }
+}
