@@ -551,6 +551,30 @@ spec:
     assert!(err.contains("x-kubernetes-validations[0].rule"), "{err}");
     assert!(err.contains("compilation failed"), "{err}");
 
+    // Rules are type-checked against the schema at create: a field it does not declare,
+    // a comparison of mismatched types, each with the rule's path in the definition.
+    let typed = |rule: &str| {
+        non_structural
+            .replace("          spec:\n            properties:", &format!("          spec:\n            type: object\n            x-kubernetes-validations:\n            - rule: {rule:?}\n            properties:"))
+            .replace("          list:\n            type: array\n", "")
+    };
+    for (rule, want) in [
+        ("self.sise > 1", "undefined field 'sise'"),
+        (
+            "self.size == 'big'",
+            "found no matching overload for '_==_' applied to '(int, string)'",
+        ),
+    ] {
+        let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&typed(rule)));
+        assert!(
+            err.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value"),
+            "{err}"
+        );
+        assert!(err.contains(want), "{rule}: {err}");
+    }
+    s.kubectl_stdin("1.33", &["apply", "-f", "-"], Some(&typed("self.size > 1")));
+    s.kubectl("1.33", &["delete", "crd", "things.bad.example.com"]);
+
     let bad_names = "apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata: {name: wrong.example.com}

@@ -134,7 +134,10 @@ fn tenants_reach_aggregated_resources_only_in_their_namespaces() {
     let g = TenantGuard::new(Arc::new(AllowAuthenticated));
     g.index().replace(
         Owned::Namespace,
-        vec![("a1".into(), Some("a".into())), ("b1".into(), Some("b".into()))],
+        vec![
+            ("a1".into(), Some("a".into())),
+            ("b1".into(), Some("b".into())),
+        ],
     );
     let alice = crate::auth::UserInfo {
         username: "alice".into(),
@@ -145,7 +148,13 @@ fn tenants_reach_aggregated_resources_only_in_their_namespaces() {
     let crds = Registry::default();
     let decide = |m: http::Method, p: &str| {
         let t = a
-            .target(&crate::route::route(p, &crds), &m, p, &Query::parse(None), &crds)
+            .target(
+                &crate::route::route(p, &crds),
+                &m,
+                p,
+                &Query::parse(None),
+                &crds,
+            )
             .unwrap();
         let mut attrs = Attributes::default();
         t.attributes(&mut attrs);
@@ -153,11 +162,17 @@ fn tenants_reach_aggregated_resources_only_in_their_namespaces() {
     };
     let base = "/apis/wardle.example.com/v1alpha1";
     assert!(matches!(
-        decide(http::Method::GET, &format!("{base}/namespaces/a1/flunders/f")),
+        decide(
+            http::Method::GET,
+            &format!("{base}/namespaces/a1/flunders/f")
+        ),
         Decision::Allow
     ));
     for (m, p) in [
-        (http::Method::GET, format!("{base}/namespaces/b1/flunders/f")),
+        (
+            http::Method::GET,
+            format!("{base}/namespaces/b1/flunders/f"),
+        ),
         (http::Method::POST, format!("{base}/namespaces/b1/flunders")),
         (http::Method::GET, format!("{base}/flunders")),
         (http::Method::DELETE, format!("{base}/fischers/x")),
