@@ -76,7 +76,7 @@ pub(crate) fn encode_for(t: &Target, o: &Value) -> Bytes {
 /// Records a non-apply write in `metadata.managedFields` (the caller's Update entry).
 fn record_manager(
     cx: &Ctx,
-    res: &Resource,
+    t: &Target,
     sub: Option<&str>,
     live: Option<&Value>,
     new: &mut Value,
@@ -86,14 +86,14 @@ fn record_manager(
     }
     let name = cx.manager_name();
     let time = util::now_rfc3339();
-    let av = res.api_version();
+    let av = t.res.api_version();
     let m = h8s_machinery::Manager {
         name: &name,
         api_version: &av,
         subresource: sub.unwrap_or(""),
         time: &time,
     };
-    let schema = h8s_machinery::Schema::for_kind(res.group, res.kind);
+    let schema = t.strategy().patch_schema(t.res);
     h8s_machinery::update_managed_fields(schema, live, new, &m).map_err(from_machinery)
 }
 
@@ -481,7 +481,7 @@ impl Api {
         invalid_fields(t.res, &name, strategy.validate_create(t.res, &o))?;
         self.admit_validated(cx, t, Operation::Create, &name, None, Some(&o))
             .await?;
-        record_manager(cx, t.res, None, None, &mut o)?;
+        record_manager(cx, t, None, None, &mut o)?;
         let key = obj::key(t.res, ns.as_deref(), &name);
         let _guard = strategy.before_create(self, &mut o).await?;
         if cx.dry_run() {
@@ -583,7 +583,7 @@ impl Api {
             )?;
             self.admit_validated(cx, t, Operation::Update, name, Some(&old), Some(&new))
                 .await?;
-            record_manager(cx, t.res, t.sub.as_deref(), Some(&old), &mut new)?;
+            record_manager(cx, t, t.sub.as_deref(), Some(&old), &mut new)?;
             strategy.before_update(self, &old, &mut new).await?;
             if cx.dry_run() {
                 return Ok((new, false));

@@ -38,6 +38,71 @@ pub(crate) struct CustomResource {
     storage_api_version: String,
     /// The compiled `x-kubernetes-validations` of this version's schema.
     pub(crate) rules: Arc<crate::cel::SchemaRules>,
+    /// List and map semantics for server-side apply, from the schema.
+    patch_schema: h8s_machinery::Schema,
+}
+
+/// The server-side apply metadata of a structural schema: `x-kubernetes-list-type`
+/// `map` (keyed by `x-kubernetes-list-map-keys`) and `set` lists, `x-kubernetes-map-type:
+/// atomic` objects, at their paths (`spec.ports`, `spec.ports[].targets`). Lists without
+/// a list type are atomic, as in Kubernetes. Maps (`additionalProperties`) are not
+/// descended into (their keys are not paths).
+pub(crate) fn patch_fields(s: &types::Schema) -> Vec<h8s_machinery::FieldMeta> {
+    fn walk(s: &types::Schema, path: &str, out: &mut Vec<h8s_machinery::FieldMeta>, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        for (k, p) in &s.properties {
+            if path.is_empty() && k == "metadata" {
+                continue;
+            }
+            let here = join(k);
+            if p.ty == "array" {
+                let list_type = match p.list_type.as_str() {
+                    "map" if !p.list_map_keys.is_empty() => {
+                        Some(h8s_machinery::ListType::Map(intern::list(&p.list_map_keys)))
+                    }
+                    "set" => Some(h8s_machinery::ListType::Set),
+                    _ => None,
+                };
+                if let Some(lt) = list_type {
+                    let items_atomic = p.items.as_deref().is_some_and(|i| i.map_type == "atomic");
+                    out.push(h8s_machinery::FieldMeta {
+                        path: intern::str(&here),
+                        patch_strategy: "",
+                        patch_merge_key: "",
+                        list_type: Some(lt),
+                        atomic: items_atomic,
+                    });
+                    if let Some(items) = p.items.as_deref() {
+                        walk(items, &format!("{here}[]"), out, depth + 1);
+                    }
+                }
+            } else if p.ty == "object" {
+                if p.map_type == "atomic" {
+                    out.push(h8s_machinery::FieldMeta {
+                        path: intern::str(&here),
+                        patch_strategy: "",
+                        patch_merge_key: "",
+                        list_type: None,
+                        atomic: true,
+                    });
+                } else {
+                    walk(p, &here, out, depth + 1);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(s, "", &mut out, 0);
+    out
 }
 
 impl std::fmt::Debug for CustomResource {
@@ -285,6 +350,7 @@ impl Registry {
                 api_version: group_version(&def.group, &v.name),
                 storage_api_version: storage_api_version.clone(),
                 rules: Arc::new(rules),
+                patch_schema: h8s_machinery::Schema::custom(&patch_fields(&v.schema)),
             }));
         }
         let mut inner = self.write();
@@ -335,6 +401,10 @@ impl Strategy for CustomResource {
 
     fn tracks_generation(&self, _res: &Resource) -> bool {
         true
+    }
+
+    fn patch_schema(&self, _res: &Resource) -> h8s_machinery::Schema {
+        self.patch_schema
     }
 
     fn strategic_merge_patch(&self) -> bool {
