@@ -68,6 +68,33 @@ async fn answer(path: &str, review: Value) -> Value {
             "response": {"uid": uid, "allowed": false,
                 "status": {"message": "status is frozen"}}}),
         "/baduid" => allow("not-the-uid"),
+        // ConversionReview: conv.example.com v1 `spec.replicas` <-> v2 `spec.count`.
+        "/convert" => {
+            let desired = req["desiredAPIVersion"].as_str().unwrap_or("").to_string();
+            let objs: Vec<Value> = req["objects"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut o| {
+                    let spec = o["spec"].as_object().cloned().unwrap_or_default();
+                    let n = spec.get("replicas").or(spec.get("count")).cloned();
+                    o["spec"] = match (desired.ends_with("/v2"), n) {
+                        (true, Some(n)) => j!({"count": n}),
+                        (false, Some(n)) => j!({"replicas": n}),
+                        _ => j!({}),
+                    };
+                    o["apiVersion"] = j!(desired);
+                    o["metadata"]["labels"]["converted-by"] = j!("hook");
+                    o["metadata"]["name"] = j!("renamed-by-the-hook");
+                    o
+                })
+                .collect();
+            j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+                "response": {"uid": uid, "convertedObjects": objs, "result": {"status": "Success"}}})
+        }
+        "/convert-fail" => j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+            "response": {"uid": uid, "result": {"status": "Failure", "message": "no way"}}}),
         _ => allow(&uid),
     }
 }
@@ -700,18 +727,26 @@ fn webhooks_and_policies_with_kubectl() {
             "insecureSkipTLSVerify": true}})
         .to_string(),
     );
-    let got = json(&k(&[
-        "get",
-        "apiservice",
-        "v1alpha1.example.h8s.io",
-        "-o",
-        "json",
-    ]));
+    // Checked by the aggregator at once: no such Service (kube-aggregator's reason).
+    let mut got = Value::Null;
+    assert!(
+        eventually(20, || {
+            got = json(&k(&[
+                "get",
+                "apiservice",
+                "v1alpha1.example.h8s.io",
+                "-o",
+                "json",
+            ]));
+            got["status"]["conditions"][0]["reason"] == "ServiceNotFound"
+        }),
+        "{got}"
+    );
     assert_eq!(got["spec"]["service"]["port"], 443);
     let cond = &got["status"]["conditions"][0];
     assert_eq!(cond["type"], "Available");
     assert_eq!(cond["status"], "False");
-    assert_eq!(cond["reason"], "FailedDiscoveryCheck");
+    assert_eq!(cond["message"], "service/ext in \"default\" is not present");
     let err = fails(
         &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
             "metadata": {"name": "wrong"},
@@ -1211,4 +1246,152 @@ fn aggregated_api_with_kubectl() {
         .curl("GET", "/apis", None, None)
         .1
         .contains("wardle.example.com")));
+}
+
+// ---- CRD conversion webhooks ----
+
+fn conversion_crd(h: &Hooks, path: &str) -> String {
+    let v = |name: &str, storage: bool, field: &str| {
+        j!({"name": name, "served": true, "storage": storage,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "properties": {field: {"type": "integer"}}}}}}})
+    };
+    j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.conv.example.com"},
+        "spec": {"group": "conv.example.com", "scope": "Namespaced",
+            "names": {"plural": "things", "kind": "Thing"},
+            "versions": [v("v1", true, "replicas"), v("v2", false, "count")],
+            "conversion": {"strategy": "Webhook", "webhook": {
+                "conversionReviewVersions": ["v1"],
+                "clientConfig": {"url": h.url(path), "caBundle": h.ca_bundle()}}}}})
+    .to_string()
+}
+
+#[test]
+fn crd_conversion_webhook() {
+    let s = Server::start();
+    let h = start_hooks();
+    let k = |args: &[&str]| s.kubectl(V, args);
+    s.kubectl_stdin(
+        V,
+        &["apply", "-f", "-"],
+        Some(&conversion_crd(&h, "/convert")),
+    );
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/things.conv.example.com",
+        "--timeout=30s",
+    ]);
+    // Written in v2, stored in v1 (the storage version) through the webhook.
+    s.kubectl_stdin(
+        V,
+        &["create", "-f", "-"],
+        Some(
+            &j!({"apiVersion": "conv.example.com/v2", "kind": "Thing",
+            "metadata": {"name": "t1", "namespace": "default"}, "spec": {"count": 3}})
+            .to_string(),
+        ),
+    );
+    let reviews = h.seen("/convert");
+    assert!(
+        reviews
+            .iter()
+            .any(|r| r["request"]["desiredAPIVersion"] == "conv.example.com/v1"),
+        "{reviews:?}"
+    );
+    let v1 = json(&k(&[
+        "get",
+        "things.v1.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(v1["spec"], j!({"replicas": 3}), "{v1}");
+    // Only labels and annotations may change: the webhook's rename is not taken.
+    assert_eq!(v1["metadata"]["name"], "t1");
+    assert_eq!(v1["metadata"]["labels"]["converted-by"], "hook");
+    // Read (get and list) in v2, through the webhook again.
+    let v2 = json(&k(&[
+        "get",
+        "things.v2.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        (v2["apiVersion"].as_str(), &v2["spec"]),
+        (Some("conv.example.com/v2"), &j!({"count": 3})),
+        "{v2}"
+    );
+    let list = json(&k(&[
+        "get",
+        "things.v2.conv.example.com",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(list["items"][0]["spec"], j!({"count": 3}), "{list}");
+    // An update in v2 is stored converted.
+    k(&[
+        "patch",
+        "things.v2.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"count":5}}"#,
+    ]);
+    let v1 = json(&k(&[
+        "get",
+        "things.v1.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(v1["spec"], j!({"replicas": 5}), "{v1}");
+    // A webhook that fails: the request fails with kube-apiserver's wording (500), while the
+    // storage version is still read without it.
+    s.kubectl_stdin(
+        V,
+        &["apply", "-f", "-"],
+        Some(&conversion_crd(&h, "/convert-fail")),
+    );
+    let mut last = (0, String::new());
+    assert!(
+        eventually(20, || {
+            last = s.curl(
+                "GET",
+                "/apis/conv.example.com/v2/namespaces/default/things/t1",
+                None,
+                None,
+            );
+            last.0 == 500
+        }),
+        "{last:?}"
+    );
+    let st = json(&last.1);
+    assert_eq!(st["reason"], "InternalError", "{st}");
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("conversion webhook for conv.example.com/v1, Kind=Thing failed: no way"),
+        "{st}"
+    );
+    let (code, _) = s.curl(
+        "GET",
+        "/apis/conv.example.com/v1/namespaces/default/things/t1",
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
 }

@@ -9,6 +9,7 @@
 //! - [`openapi`]: OpenAPI v2/v3 documents from the definitions' schemas.
 
 pub(crate) mod controller;
+pub(crate) mod convert;
 mod intern;
 pub(crate) mod kind;
 pub(crate) mod openapi;
@@ -40,6 +41,8 @@ pub(crate) struct CustomResource {
     pub(crate) rules: Arc<crate::cel::SchemaRules>,
     /// List and map semantics for server-side apply, from the schema.
     patch_schema: h8s_machinery::Schema,
+    /// The conversion webhook (`spec.conversion.strategy: Webhook`).
+    conversion: Option<Arc<convert::Webhook>>,
 }
 
 /// The server-side apply metadata of a structural schema: `x-kubernetes-list-type`
@@ -136,6 +139,28 @@ impl CustomResource {
                 .clone()
                 .unwrap_or_else(|| format!("{} {} is deprecated", self.api_version, self.res.kind)),
         )
+    }
+
+    /// `o` (as stored, or as sent) in this version: through the conversion webhook when
+    /// the definition has one, else unchanged (`served_form` rewrites `apiVersion`).
+    pub(crate) async fn to_served(&self, api: &Api, o: Value) -> Result<Value, ApiError> {
+        self.convert_to(api, o, &self.api_version).await
+    }
+
+    /// `o` in the storage version, through the conversion webhook when there is one.
+    pub(crate) async fn to_stored(&self, api: &Api, o: Value) -> Result<Value, ApiError> {
+        self.convert_to(api, o, &self.storage_api_version).await
+    }
+
+    async fn convert_to(&self, api: &Api, o: Value, to: &str) -> Result<Value, ApiError> {
+        let Some(hook) = &self.conversion else {
+            return Ok(o);
+        };
+        if o["apiVersion"].as_str() == Some(to) {
+            return Ok(o);
+        }
+        let mut out = convert::convert(api, hook, &self.def.names.kind, vec![o], to).await?;
+        Ok(out.pop().unwrap_or(Value::Null))
     }
 
     /// The version as the definition states it.
@@ -334,6 +359,10 @@ impl Registry {
             .storage_version()
             .map(|s| group_version(&def.group, &s.name))
             .unwrap_or_default();
+        let conversion = (def.conversion == "Webhook")
+            .then(|| def.conversion_client_config.as_ref())
+            .flatten()
+            .map(|cc| Arc::new(convert::Webhook::parse(cc)));
         let mut versions = Vec::new();
         for (i, v) in def.versions.iter().enumerate().filter(|(_, v)| v.served) {
             let rules = match crate::cel::SchemaRules::compile(&v.schema) {
@@ -351,6 +380,7 @@ impl Registry {
                 storage_api_version: storage_api_version.clone(),
                 rules: Arc::new(rules),
                 patch_schema: h8s_machinery::Schema::custom(&patch_fields(&v.schema)),
+                conversion: conversion.clone(),
             }));
         }
         let mut inner = self.write();
