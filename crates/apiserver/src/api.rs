@@ -467,6 +467,9 @@ impl Api {
             }
             ("watch", None) => {
                 need("watch")?;
+                if let Some(why) = t.cr.as_ref().and_then(|c| c.unconverted_watch()) {
+                    return Err(ApiError::method_not_allowed(why));
+                }
                 self.watch(cx, t).await
             }
             ("get", None | Some(Sub::Status | Sub::Approval)) => {

@@ -1358,6 +1358,18 @@ fn crd_conversion_webhook() {
         "json",
     ]));
     assert_eq!(v1["spec"], j!({"replicas": 5}), "{v1}");
+    // Watches do not convert yet: refused on the converted version, never unconverted data.
+    let (code, body) = s.curl(
+        "GET",
+        "/apis/conv.example.com/v2/namespaces/default/things?watch=true&timeoutSeconds=1",
+        None,
+        None,
+    );
+    assert_eq!(code, 405, "{body}");
+    assert!(
+        body.contains("watch the storage version conv.example.com/v1"),
+        "{body}"
+    );
     // A webhook that fails: the request fails with kube-apiserver's wording (500), while the
     // storage version is still read without it.
     s.kubectl_stdin(
