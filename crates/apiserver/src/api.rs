@@ -235,7 +235,15 @@ impl Api {
             path: parts.uri.path().to_string(),
             ..Default::default()
         };
-        if let Route::Resource(t) = &r {
+        // aggregation: a group version an APIService's service serves.
+        let agg =
+            self.aggregator
+                .target(&r, &parts.method, parts.uri.path(), &cx.query, &self.crds);
+        if let Some(a) = &agg {
+            cx.verb = a.verb;
+            *res_out = a.resource.clone();
+            a.attributes(&mut attrs);
+        } else if let Route::Resource(t) = &r {
             cx.verb = verb_of(&parts.method, t, &cx.query);
             *res_out = t.res.plural.to_string();
             attrs.resource_request = true;
@@ -280,7 +288,13 @@ impl Api {
             Route::Resource(t) => {
                 crate::flow::Kind::of(cx.verb, t.sub.as_deref(), cx.query.flag("follow"))
             }
-            _ => crate::flow::Kind::of(cx.verb, None, false),
+            _ => crate::flow::Kind::of(
+                cx.verb,
+                agg.as_ref()
+                    .map(|a| a.subresource.as_str())
+                    .filter(|s| !s.is_empty()),
+                false,
+            ),
         };
         let admitted = match self.flow.admit(&cx.user, kind).await {
             Ok(a) => a,
@@ -308,6 +322,25 @@ impl Api {
             };
             return error_response(&e);
         }
+        if let Some(a) = agg {
+            // A filtered allowance (a tenant's list across namespaces) cannot filter
+            // what another server answers.
+            let resp = if cx.authz_filter.is_some() {
+                error_response(&ApiError::forbidden(crate::rbac::forbidden_message(
+                    &cx.user, &attrs, "",
+                )))
+            } else {
+                match self
+                    .aggregator
+                    .proxy(&self, a.backend, &cx.user, parts, body)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => error_response(&e),
+                }
+            };
+            return admitted.attach(resp);
+        }
         let body = match read_body(&parts, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e),
@@ -331,8 +364,12 @@ impl Api {
                 Ok(resp)
             }
             Route::LegacyRoot => Ok(crate::discovery::legacy_root(&accept, &self.crds)),
-            Route::GroupList => Ok(crate::discovery::group_list(&accept, &self.crds)),
-            Route::Group(g) => crate::discovery::group(&g, &self.crds),
+            Route::GroupList => Ok(crate::discovery::group_list(
+                &accept,
+                &self.crds,
+                &self.aggregator,
+            )),
+            Route::Group(g) => crate::discovery::group(&g, &self.crds, &self.aggregator),
             Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v, &self.crds),
             Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept, &self.crds),
             Route::OpenApiV3Index => crate::openapi::v3_index(&self.crds),
@@ -430,6 +467,9 @@ impl Api {
             }
             ("watch", None) => {
                 need("watch")?;
+                if let Some(why) = t.cr.as_ref().and_then(|c| c.unconverted_watch()) {
+                    return Err(ApiError::method_not_allowed(why));
+                }
                 self.watch(cx, t).await
             }
             ("get", None | Some(Sub::Status | Sub::Approval)) => {

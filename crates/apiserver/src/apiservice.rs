@@ -2,10 +2,9 @@
 //! version this server serves (`metrics.k8s.io/v1beta1` included, which `metrics_api`
 //! serves in-process), and their `Available` condition.
 //!
-//! h8s does not proxy to aggregated API servers: a non-local APIService (one with
-//! `spec.service`) names a Service in a tenant Network, which the API server on the host
-//! cannot reach. Such an APIService is stored with `Available: False`
-//! (`FailedDiscoveryCheck`, saying why) and its group version is not served.
+//! A local APIService (no `spec.service`) is `Available` at once (`Local`). A
+//! service-backed one starts with an empty status; [`crate::aggregator`] checks its
+//! service, writes its `Available` condition and proxies its group version.
 
 use std::sync::Arc;
 
@@ -18,45 +17,29 @@ use crate::route::Target;
 use crate::state::Api;
 use crate::strategy::{Strategy, Sub};
 
-/// The registry strategy of APIServices: the generic one, and the status derived on
-/// every write of the spec.
+/// The registry strategy of APIServices: the generic one, and the status of local
+/// APIServices derived on every write of the spec.
 pub(crate) struct ApiService;
 
-/// The `status` an APIService gets: Available (Local) or not (no proxying).
-fn status(o: &Value) -> Value {
+fn is_local(o: &Value) -> bool {
+    o.pointer("/spec/service").is_none_or(Value::is_null)
+}
+
+/// The `status` a local APIService gets.
+fn local_status() -> Value {
     let now = crate::util::now_rfc3339();
-    let local = o.pointer("/spec/service").is_none_or(Value::is_null);
-    let (st, reason, message) = if local {
-        (
-            "True",
-            "Local",
-            "Local APIServices are always available".to_string(),
-        )
-    } else {
-        let s = |k: &str| {
-            o.pointer(&format!("/spec/service/{k}"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        (
-            "False",
-            "FailedDiscoveryCheck",
-            format!(
-                "service/{} in \"{}\" is not reachable: h8s does not proxy to aggregated API servers (the API server cannot reach Services in tenant Networks)",
-                s("name"),
-                s("namespace")
-            ),
-        )
-    };
-    json!({"conditions": [{"type": "Available", "status": st, "lastTransitionTime": now,
-        "reason": reason, "message": message}]})
+    json!({"conditions": [{"type": "Available", "status": "True", "lastTransitionTime": now,
+        "reason": "Local", "message": "Local APIServices are always available"}]})
 }
 
 impl Strategy for ApiService {
     fn prepare_for_create(&self, res: &h8s_types::Resource, _user: &UserInfo, o: &mut Value) {
         h8s_types::defaults::prepare_for_create(res, o);
-        o["status"] = status(o);
+        o["status"] = if is_local(o) {
+            local_status()
+        } else {
+            json!({})
+        };
     }
 
     fn prepare_for_update(
@@ -67,8 +50,14 @@ impl Strategy for ApiService {
         new: &mut Value,
     ) {
         crate::strategy::generic_prepare_for_update(res, sub, old, new);
+        // A service-backed APIService keeps its condition until the aggregator has
+        // checked the new spec (at once).
         if sub.is_none() && new.get("spec") != old.get("spec") {
-            new["status"] = status(new);
+            if is_local(new) {
+                new["status"] = local_status();
+            } else if is_local(old) {
+                new["status"] = json!({});
+            }
         }
     }
 }

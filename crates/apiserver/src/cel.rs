@@ -15,6 +15,8 @@
 //! does not make a valid object fail), the remaining rules are not run and the write
 //! fails, as kube-apiserver does when it runs out of cost budget.
 
+mod check;
+
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -332,7 +334,65 @@ fn thread_cpu() -> Duration {
     )
 }
 
+fn type_errors_node(
+    s: &Schema,
+    path: &str,
+    root: bool,
+    skip: &dyn Fn(&str) -> bool,
+    errs: &mut Vec<CompileError>,
+    depth: usize,
+) {
+    if depth > 64 {
+        return;
+    }
+    for (i, r) in s.rules.iter().enumerate() {
+        if skip(&r.rule) {
+            continue;
+        }
+        for m in check::check(&r.rule, s, root) {
+            errs.push(CompileError {
+                path: format!("{path}x-kubernetes-validations[{i}].rule"),
+                rule: r.rule.clone(),
+                message: format!("compilation failed: ERROR: <input>: {m}"),
+            });
+        }
+    }
+    for (k, ps) in &s.properties {
+        type_errors_node(
+            ps,
+            &format!("{path}properties[{k}]."),
+            false,
+            skip,
+            errs,
+            depth + 1,
+        );
+    }
+    if let Some(is) = &s.items {
+        type_errors_node(is, &format!("{path}items."), false, skip, errs, depth + 1);
+    }
+    if let Some(vs) = s.map_values() {
+        type_errors_node(
+            vs,
+            &format!("{path}additionalProperties."),
+            false,
+            skip,
+            errs,
+            depth + 1,
+        );
+    }
+}
+
 impl SchemaRules {
+    /// The type errors of the rules of `s` (the top-level schema of a custom resource):
+    /// fields the schema does not declare, operators on mismatched types (see
+    /// `cel/check.rs`). Rules for which `skip` is true (already in the stored
+    /// definition: kube-apiserver ratchets) are not checked.
+    pub fn type_errors(s: &Schema, skip: &dyn Fn(&str) -> bool) -> Vec<CompileError> {
+        let mut errs = Vec::new();
+        type_errors_node(s, "", true, skip, &mut errs, 0);
+        errs
+    }
+
     /// Compiles every rule of `s`; all failures are reported.
     pub fn compile(s: &Schema) -> Result<SchemaRules, Vec<CompileError>> {
         let mut errs = Vec::new();

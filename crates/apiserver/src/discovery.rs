@@ -104,7 +104,12 @@ fn aggregated_custom_group(name: &str, versions: &[String], crds: &Registry) -> 
     json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
 }
 
-fn aggregated(core: bool, ver: &str, crds: &Registry) -> Response<Body> {
+fn aggregated(
+    core: bool,
+    ver: &str,
+    crds: &Registry,
+    agg: Option<&crate::aggregator::Aggregator>,
+) -> Response<Body> {
     let mut items: Vec<Value> = resources::groups()
         .iter()
         .filter(|g| g.name.is_empty() == core)
@@ -118,6 +123,14 @@ fn aggregated(core: bool, ver: &str, crds: &Registry) -> Response<Body> {
                 .iter()
                 .map(|(g, vs)| aggregated_custom_group(g, vs, crds)),
         );
+        // Then the groups of service-backed APIServices.
+        if let Some(a) = agg {
+            items.extend(
+                a.groups(crds)
+                    .iter()
+                    .map(|(g, vs)| crate::aggregator::aggregated_group(g, vs)),
+            );
+        }
     }
     let doc = json!({
         "kind": "APIGroupDiscoveryList",
@@ -155,7 +168,7 @@ fn with_vary(mut r: Response<Body>) -> Response<Body> {
 /// `/api`.
 pub fn legacy_root(accept: &str, crds: &Registry) -> Response<Body> {
     if let Some(v) = aggregated_version(accept) {
-        return aggregated(true, v, crds);
+        return aggregated(true, v, crds, None);
     }
     with_vary(json_response(
         200,
@@ -183,9 +196,13 @@ fn group_doc<S: AsRef<str>>(name: &str, versions: &[S]) -> Value {
 }
 
 /// `/apis`.
-pub fn group_list(accept: &str, crds: &Registry) -> Response<Body> {
+pub fn group_list(
+    accept: &str,
+    crds: &Registry,
+    agg: &crate::aggregator::Aggregator,
+) -> Response<Body> {
     if let Some(v) = aggregated_version(accept) {
-        return aggregated(false, v, crds);
+        return aggregated(false, v, crds, Some(agg));
     }
     let mut groups: Vec<Value> = resources::groups()
         .iter()
@@ -194,6 +211,11 @@ pub fn group_list(accept: &str, crds: &Registry) -> Response<Body> {
         .collect();
     groups.push(crate::metrics_api::group_doc());
     groups.extend(crds.groups().iter().map(|(g, vs)| group_doc(g, vs)));
+    groups.extend(
+        agg.groups(crds)
+            .iter()
+            .map(|(g, vs)| crate::aggregator::legacy_group(g, vs)),
+    );
     with_vary(json_response(
         200,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
@@ -201,7 +223,11 @@ pub fn group_list(accept: &str, crds: &Registry) -> Response<Body> {
 }
 
 /// `/apis/<group>`.
-pub fn group(name: &str, crds: &Registry) -> Result<Response<Body>, ApiError> {
+pub fn group(
+    name: &str,
+    crds: &Registry,
+    agg: &crate::aggregator::Aggregator,
+) -> Result<Response<Body>, ApiError> {
     if name == crate::metrics_api::GROUP {
         let mut doc = crate::metrics_api::group_doc();
         doc["kind"] = json!("APIGroup");
@@ -213,14 +239,10 @@ pub fn group(name: &str, crds: &Registry) -> Result<Response<Body>, ApiError> {
         .find(|g| g.name == name && !name.is_empty())
     {
         Some(g) => group_doc(g.name, g.versions),
-        None => {
-            let (_, vs) = crds
-                .groups()
-                .into_iter()
-                .find(|(g, _)| g == name)
-                .ok_or_else(ApiError::no_route)?;
-            group_doc(name, &vs)
-        }
+        None => match crds.groups().into_iter().find(|(g, _)| g == name) {
+            Some((_, vs)) => group_doc(name, &vs),
+            None => agg.group_doc(name, crds).ok_or_else(ApiError::no_route)?,
+        },
     };
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");

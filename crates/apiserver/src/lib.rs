@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod aggregator;
 mod api;
 mod apiservice;
 mod audit;
@@ -59,6 +60,7 @@ pub use admission::{
     QuotaHook, Request as AdmissionRequest, Tenancy as TenancyAdmission, TOKEN_MOUNT_PATH,
     TOKEN_VOLUME_PREFIX,
 };
+pub use aggregator::{AggregatorConfig, FRONT_PROXY_CLIENT_CN};
 pub use api::{BuildInfo, GIT_VERSION, KUBE_MINOR};
 pub use audit::{AuditConfig, AuditError, AuditLog, Level as AuditLevel, Policy as AuditPolicy};
 pub use auth::{

@@ -149,7 +149,7 @@ impl Api {
                 subresource: &sub,
                 time: &time,
             };
-            let schema = Schema::for_kind(res.group, res.kind);
+            let schema = t2.strategy().patch_schema(res);
             h8s_machinery::apply(
                 schema,
                 live,

@@ -65,6 +65,32 @@ pub(crate) fn decode_for(t: &Target, kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(t.strategy().served_form(obj::decode(kv)?))
 }
 
+impl Api {
+    /// An object read from the store, in the form `t` serves, through the custom
+    /// resource's conversion webhook when it has one.
+    pub(crate) async fn decode_converted(
+        &self,
+        t: &Target,
+        kv: &KeyValue,
+    ) -> Result<Value, ApiError> {
+        let o = obj::decode(kv)?;
+        let o = match &t.cr {
+            Some(c) => c.to_served(self, o).await?,
+            None => o,
+        };
+        Ok(t.strategy().served_form(o))
+    }
+
+    /// An object as the store keeps it, through the custom resource's conversion
+    /// webhook when it has one.
+    pub(crate) async fn encode_converted(&self, t: &Target, o: &Value) -> Result<Bytes, ApiError> {
+        match &t.cr {
+            Some(c) => Ok(encode_for(t, &c.to_stored(self, o.clone()).await?)),
+            None => Ok(encode_for(t, o)),
+        }
+    }
+}
+
 /// An object as the store keeps it.
 pub(crate) fn encode_for(t: &Target, o: &Value) -> Bytes {
     match t.strategy().stored_form(o) {
@@ -76,7 +102,7 @@ pub(crate) fn encode_for(t: &Target, o: &Value) -> Bytes {
 /// Records a non-apply write in `metadata.managedFields` (the caller's Update entry).
 fn record_manager(
     cx: &Ctx,
-    res: &Resource,
+    t: &Target,
     sub: Option<&str>,
     live: Option<&Value>,
     new: &mut Value,
@@ -86,14 +112,14 @@ fn record_manager(
     }
     let name = cx.manager_name();
     let time = util::now_rfc3339();
-    let av = res.api_version();
+    let av = t.res.api_version();
     let m = h8s_machinery::Manager {
         name: &name,
         api_version: &av,
         subresource: sub.unwrap_or(""),
         time: &time,
     };
-    let schema = h8s_machinery::Schema::for_kind(res.group, res.kind);
+    let schema = t.strategy().patch_schema(t.res);
     h8s_machinery::update_managed_fields(schema, live, new, &m).map_err(from_machinery)
 }
 
@@ -114,7 +140,7 @@ impl Api {
             .map_err(|e| from_store(e, &t.subject(name)))?;
         match kv {
             Some(kv) => {
-                let v = decode_for(t, &kv)?;
+                let v = self.decode_converted(t, &kv).await?;
                 Ok(Some((kv, v)))
             }
             None => Ok(None),
@@ -294,7 +320,7 @@ impl Api {
             more = res.more;
             let n = res.items.len();
             for (i, kv) in res.items.iter().enumerate() {
-                let o = decode_for(t, kv)?;
+                let o = self.decode_converted(t, kv).await?;
                 start_after = Some(kv.key.clone());
                 if filter.matches(&o) {
                     items.push(o);
@@ -481,7 +507,7 @@ impl Api {
         invalid_fields(t.res, &name, strategy.validate_create(t.res, &o))?;
         self.admit_validated(cx, t, Operation::Create, &name, None, Some(&o))
             .await?;
-        record_manager(cx, t.res, None, None, &mut o)?;
+        record_manager(cx, t, None, None, &mut o)?;
         let key = obj::key(t.res, ns.as_deref(), &name);
         let _guard = strategy.before_create(self, &mut o).await?;
         if cx.dry_run() {
@@ -498,7 +524,7 @@ impl Api {
         }
         let kv = self
             .store
-            .create(&key, encode_for(t, &o))
+            .create(&key, self.encode_converted(t, &o).await?)
             .await
             .map_err(|e| from_store(e, &t.subject(&name)))?;
         obj::set_resource_version(&mut o, kv.mod_revision);
@@ -583,7 +609,7 @@ impl Api {
             )?;
             self.admit_validated(cx, t, Operation::Update, name, Some(&old), Some(&new))
                 .await?;
-            record_manager(cx, t.res, t.sub.as_deref(), Some(&old), &mut new)?;
+            record_manager(cx, t, t.sub.as_deref(), Some(&old), &mut new)?;
             strategy.before_update(self, &old, &mut new).await?;
             if cx.dry_run() {
                 return Ok((new, false));
@@ -607,7 +633,11 @@ impl Api {
             }
             match self
                 .store
-                .update(&kv.key, encode_for(t, &new), kv.mod_revision)
+                .update(
+                    &kv.key,
+                    self.encode_converted(t, &new).await?,
+                    kv.mod_revision,
+                )
                 .await
             {
                 Ok(w) => {
@@ -771,7 +801,11 @@ impl Api {
                 }
                 match self
                     .store
-                    .update(&kv.key, encode_for(t, &new), kv.mod_revision)
+                    .update(
+                        &kv.key,
+                        self.encode_converted(t, &new).await?,
+                        kv.mod_revision,
+                    )
                     .await
                 {
                     Ok(w) => {

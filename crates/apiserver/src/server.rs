@@ -74,6 +74,8 @@ pub struct Config {
     pub audit: Option<crate::audit::AuditConfig>,
     /// (limits) In-flight requests, fair queuing, connections, watches.
     pub limits: crate::flow::LimitsConfig,
+    /// (aggregation) Timers of the proxy to aggregated API servers.
+    pub aggregator: crate::aggregator::AggregatorConfig,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ impl Config {
             metrics_cache_ttl: crate::metrics_api::DEFAULT_CACHE_TTL,
             audit: None,
             limits: Default::default(),
+            aggregator: Default::default(),
         }
     }
 }
@@ -144,6 +147,12 @@ impl Server {
             .await
             .map_err(|e| Error::Pki(e.to_string()))??;
         let tls = TlsAcceptor::from(Arc::new(pki::server_tls(&pki)?));
+        // aggregation: the front-proxy CA and client certificate.
+        let fp_dir = cfg.data_dir.clone();
+        let front_proxy =
+            tokio::task::spawn_blocking(move || crate::aggregator::frontproxy::ensure(&fp_dir))
+                .await
+                .map_err(|e| Error::Pki(e.to_string()))??;
 
         // Every watcher reads from one shared upstream watch (fan-out), never the
         // backend directly.
@@ -334,6 +343,10 @@ impl Server {
             dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
             flow: crate::flow::Flow::new(cfg.limits.clone(), Some(tenant_index.clone())),
             watch_encodings: Default::default(),
+            aggregator: Arc::new(crate::aggregator::Aggregator::new(
+                cfg.aggregator.clone(),
+                front_proxy,
+            )),
         });
         crate::ns::bootstrap(&api, addr)
             .await
@@ -344,6 +357,10 @@ impl Server {
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // apiregistration: the local APIService of every served group version.
         crate::apiservice::ensure_local(&api)
+            .await
+            .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // aggregation: the requestheader settings aggregated servers read.
+        crate::aggregator::controller::publish_authentication_config(&api, &pki.ca_pem)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // kinds: the default ServiceCIDR, FlowSchemas and PriorityLevelConfigurations.
@@ -394,6 +411,8 @@ impl Server {
         tokio::task::spawn_blocking(crate::openapi::warm_up);
         // Custom resources: served from a watch on their definitions.
         tokio::spawn(crate::crd::controller::run(api.clone()));
+        // aggregation: service-backed APIServices, their checks and conditions.
+        tokio::spawn(crate::aggregator::controller::run(api.clone()));
         let task = tokio::spawn(accept_loop(listener, tls, api.clone(), shutdown));
         Ok(Server {
             addr,

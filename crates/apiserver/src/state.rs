@@ -50,6 +50,8 @@ pub struct Api {
     pub(crate) dynamic: Option<Arc<crate::webhook::Dynamic>>,
     /// (limits) Priority and fairness, connection and watch limits.
     pub(crate) flow: Arc<crate::flow::Flow>,
+    /// (aggregation) The service-backed APIServices requests are proxied to.
+    pub(crate) aggregator: Arc<crate::aggregator::Aggregator>,
     /// Watch events encoded once for every watch that sends the same bytes.
     pub(crate) watch_encodings: crate::watch::SharedEncodings,
 }

@@ -34,6 +34,10 @@ pub struct ServerArgs {
     /// How long `metrics.k8s.io` reuses a node agent's stats (`kubectl top`, the HPA).
     #[arg(long = "metrics-cache-ttl", default_value = "5s", value_parser = crate::agent::parse_duration)]
     pub metrics_cache_ttl: std::time::Duration,
+    /// How often every service-backed APIService's server is checked (its `Available`
+    /// condition and the discovery document served for it).
+    #[arg(long = "apiservice-check-interval", default_value = "30s", value_parser = crate::agent::parse_duration)]
+    pub apiservice_check_interval: std::time::Duration,
     /// Encryption at rest (kube-apiserver's flag): an `EncryptionConfiguration` YAML file with
     /// `aesgcm` (and `identity`) providers for the resources to encrypt, e.g. secrets.
     #[arg(long = "encryption-provider-config")]
@@ -111,6 +115,9 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
         build_date: env!("H8S_BUILD_DATE").into(),
     };
     cfg.metrics_cache_ttl = args.metrics_cache_ttl;
+    cfg.aggregator.check_interval = args
+        .apiservice_check_interval
+        .max(std::time::Duration::from_millis(100));
     cfg.audit = args.audit.config()?;
     cfg.limits = args.limits.config();
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;

@@ -251,6 +251,61 @@ fn definitions_and_objects(s: &Server, ver: &str) {
             .any(|f| f["manager"] == "ssa-test" && f["operation"] == "Apply")),
         "{o}"
     );
+    // x-kubernetes-list-type: map — another manager's element is merged by its key
+    // (`name`), each manager owning its own element; the same key with another value
+    // conflicts (409) unless forced.
+    let port = |p: u16| {
+        format!(
+            "apiVersion: apps.example.com/v1\nkind: WebApp\nmetadata: {{name: {name}}}\nspec:\n  ports:\n  - {{name: metrics, port: {p}}}\n"
+        )
+    };
+    s.kubectl_stdin(
+        ver,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ports-b",
+            "-f",
+            "-",
+        ],
+        Some(&port(9090)),
+    );
+    let o = json(&s.kubectl(
+        ver,
+        &["get", "wa", &name, "-o", "json", "--show-managed-fields"],
+    ));
+    let names: Vec<&str> = o["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["http", "metrics"], "{o}");
+    let b = o["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["manager"] == "ports-b")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        b["fieldsV1"]["f:spec"]["f:ports"]
+            .get("k:{\"name\":\"metrics\"}")
+            .is_some(),
+        "{b}"
+    );
+    let err = s.kubectl_fails(
+        ver,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ports-c",
+            "-f",
+            "-",
+        ],
+        Some(&port(9091)),
+    );
+    assert!(err.contains("conflict"), "{err}");
 
     // Validation errors with field paths.
     let bad = "apiVersion: apps.example.com/v1
@@ -550,6 +605,30 @@ spec:
     let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&bad_cel));
     assert!(err.contains("x-kubernetes-validations[0].rule"), "{err}");
     assert!(err.contains("compilation failed"), "{err}");
+
+    // Rules are type-checked against the schema at create: a field it does not declare,
+    // a comparison of mismatched types, each with the rule's path in the definition.
+    let typed = |rule: &str| {
+        non_structural
+            .replace("          spec:\n            properties:", &format!("          spec:\n            type: object\n            x-kubernetes-validations:\n            - rule: {rule:?}\n            properties:"))
+            .replace("          list:\n            type: array\n", "")
+    };
+    for (rule, want) in [
+        ("self.sise > 1", "undefined field 'sise'"),
+        (
+            "self.size == 'big'",
+            "found no matching overload for '_==_' applied to '(int, string)'",
+        ),
+    ] {
+        let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&typed(rule)));
+        assert!(
+            err.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value"),
+            "{err}"
+        );
+        assert!(err.contains(want), "{rule}: {err}");
+    }
+    s.kubectl_stdin("1.33", &["apply", "-f", "-"], Some(&typed("self.size > 1")));
+    s.kubectl("1.33", &["delete", "crd", "things.bad.example.com"]);
 
     let bad_names = "apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition

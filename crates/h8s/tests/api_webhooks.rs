@@ -10,7 +10,7 @@ mod api_support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api_support::{json, Server};
+use api_support::{eventually, json, Server};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -68,6 +68,33 @@ async fn answer(path: &str, review: Value) -> Value {
             "response": {"uid": uid, "allowed": false,
                 "status": {"message": "status is frozen"}}}),
         "/baduid" => allow("not-the-uid"),
+        // ConversionReview: conv.example.com v1 `spec.replicas` <-> v2 `spec.count`.
+        "/convert" => {
+            let desired = req["desiredAPIVersion"].as_str().unwrap_or("").to_string();
+            let objs: Vec<Value> = req["objects"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut o| {
+                    let spec = o["spec"].as_object().cloned().unwrap_or_default();
+                    let n = spec.get("replicas").or(spec.get("count")).cloned();
+                    o["spec"] = match (desired.ends_with("/v2"), n) {
+                        (true, Some(n)) => j!({"count": n}),
+                        (false, Some(n)) => j!({"replicas": n}),
+                        _ => j!({}),
+                    };
+                    o["apiVersion"] = j!(desired);
+                    o["metadata"]["labels"]["converted-by"] = j!("hook");
+                    o["metadata"]["name"] = j!("renamed-by-the-hook");
+                    o
+                })
+                .collect();
+            j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+                "response": {"uid": uid, "convertedObjects": objs, "result": {"status": "Success"}}})
+        }
+        "/convert-fail" => j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+            "response": {"uid": uid, "result": {"status": "Failure", "message": "no way"}}}),
         _ => allow(&uid),
     }
 }
@@ -700,18 +727,26 @@ fn webhooks_and_policies_with_kubectl() {
             "insecureSkipTLSVerify": true}})
         .to_string(),
     );
-    let got = json(&k(&[
-        "get",
-        "apiservice",
-        "v1alpha1.example.h8s.io",
-        "-o",
-        "json",
-    ]));
+    // Checked by the aggregator at once: no such Service (kube-aggregator's reason).
+    let mut got = Value::Null;
+    assert!(
+        eventually(20, || {
+            got = json(&k(&[
+                "get",
+                "apiservice",
+                "v1alpha1.example.h8s.io",
+                "-o",
+                "json",
+            ]));
+            got["status"]["conditions"][0]["reason"] == "ServiceNotFound"
+        }),
+        "{got}"
+    );
     assert_eq!(got["spec"]["service"]["port"], 443);
     let cond = &got["status"]["conditions"][0];
     assert_eq!(cond["type"], "Available");
     assert_eq!(cond["status"], "False");
-    assert_eq!(cond["reason"], "FailedDiscoveryCheck");
+    assert_eq!(cond["message"], "service/ext in \"default\" is not present");
     let err = fails(
         &j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
             "metadata": {"name": "wrong"},
@@ -724,4 +759,651 @@ fn webhooks_and_policies_with_kubectl() {
             && err.contains("spec.groupPriorityMinimum: Invalid value: 0"),
         "{err}"
     );
+}
+
+// ---- API aggregation ----
+
+/// What the aggregated server saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    user: String,
+    groups: Vec<String>,
+    authorization: bool,
+    /// The client certificate was the server's front-proxy client certificate.
+    front_proxy_cert: bool,
+}
+
+/// An aggregated API server for `wardle.example.com/v1alpha1` (kind Flunder, namespaced):
+/// TLS as `wardle-api.kube-system.svc` with its own CA, requiring a client certificate of
+/// the front-proxy CA (`front_proxy_ca` PEM) as aggregated servers do.
+struct Wardle {
+    ca_pem: String,
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn wardle_answer(method: &str, path: &str, accept: &str, body: &[u8]) -> (u16, Value) {
+    let gv = "/apis/wardle.example.com/v1alpha1";
+    let flunder = |ns: &str, name: &str| {
+        j!({"apiVersion": "wardle.example.com/v1alpha1", "kind": "Flunder",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"reference": "from-the-aggregated-server"}})
+    };
+    let rest = path.strip_prefix(gv).unwrap_or("");
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segs.as_slice()) {
+        ("GET", []) => (
+            200,
+            j!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": "wardle.example.com/v1alpha1",
+                "resources": [
+                    {"name": "flunders", "singularName": "flunder", "namespaced": true,
+                     "kind": "Flunder", "verbs": ["create", "get", "list"], "shortNames": ["fl"]},
+                    {"name": "flunders/status", "singularName": "", "namespaced": true,
+                     "kind": "Flunder", "verbs": ["get"]}]}),
+        ),
+        ("GET", ["namespaces", ns, "flunders"]) if accept.contains("as=Table") => (
+            200,
+            j!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+                "columnDefinitions": [
+                    {"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0},
+                    {"name": "Reference", "type": "string", "format": "", "description": "", "priority": 0}],
+                "rows": [{"cells": ["f1", "from-the-aggregated-server"],
+                    "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": {"name": "f1", "namespace": ns}}}]}),
+        ),
+        ("GET", ["namespaces", ns, "flunders"]) => (
+            200,
+            j!({"kind": "FlunderList", "apiVersion": "wardle.example.com/v1alpha1",
+                "metadata": {}, "items": [flunder(ns, "f1")]}),
+        ),
+        ("GET", ["namespaces", ns, "flunders", name]) if *name == "f1" => (200, flunder(ns, name)),
+        ("POST", ["namespaces", _, "flunders"]) => {
+            // Echoes what it was sent: the request body went through.
+            let v: Value = serde_json::from_slice(body).unwrap_or_default();
+            (201, v)
+        }
+        _ => (
+            404,
+            j!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server could not find the requested resource",
+                "reason": "NotFound", "code": 404}),
+        ),
+    }
+}
+
+fn start_wardle(front_proxy_ca: &str, front_proxy_cert: &str) -> Wardle {
+    use rustls::pki_types::pem::PemObject;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wardle test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p =
+        rcgen::CertificateParams::new(vec!["wardle-api.kube-system.svc".to_string()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(front_proxy_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let fp_der = rustls::pki_types::CertificateDer::from_pem_slice(front_proxy_cert.as_bytes())
+        .unwrap()
+        .to_vec();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen2.clone();
+            let fp_der = fp_der.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let front_proxy_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .is_some_and(|c| c.as_ref() == fp_der.as_slice());
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let h = req.headers();
+                            let hv = |k: &str| {
+                                h.get_all(k)
+                                    .iter()
+                                    .map(|v| v.to_str().unwrap_or("").to_string())
+                                    .collect::<Vec<_>>()
+                            };
+                            let rec = Seen {
+                                method: req.method().to_string(),
+                                path: req.uri().path().to_string(),
+                                user: hv("x-remote-user").join(","),
+                                groups: hv("x-remote-group"),
+                                authorization: h.contains_key("authorization"),
+                                front_proxy_cert,
+                            };
+                            let accept = hv("accept").join(",");
+                            let method = rec.method.clone();
+                            let path = rec.path.clone();
+                            seen.lock().unwrap().push(rec);
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let (code, out) = wardle_answer(&method, &path, &accept, &body);
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .status(code)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Wardle {
+        ca_pem: ca_cert.pem(),
+        port,
+        seen,
+        _rt: rt,
+    }
+}
+
+impl Wardle {
+    fn seen_on(&self, path_part: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path.contains(path_part))
+            .cloned()
+            .collect()
+    }
+}
+
+fn apiservice(version: &str, ca_pem: &str) -> String {
+    j!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": format!("{version}.wardle.example.com")},
+        "spec": {"group": "wardle.example.com", "version": version,
+            "service": {"namespace": "kube-system", "name": "wardle-api", "port": 443},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+            "groupPriorityMinimum": 1000, "versionPriority": 15}})
+    .to_string()
+}
+
+#[test]
+fn aggregated_api_with_kubectl() {
+    let s = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--apiservice-check-interval".as_ref(), "1s".as_ref()],
+    );
+    let k = |args: &[&str]| s.kubectl(V, args);
+    let apply = |input: &str| s.kubectl_stdin(V, &["apply", "-f", "-"], Some(input));
+    let read = |f: &str| std::fs::read_to_string(s.data_dir().join(f)).unwrap();
+    let fp_ca = read("front-proxy-ca.crt");
+    let w = start_wardle(&fp_ca, &read("front-proxy-client.crt"));
+
+    // The requestheader settings aggregated servers read, with the front-proxy CA
+    // (not the cluster CA).
+    let cm = json(&k(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "extension-apiserver-authentication",
+        "-o",
+        "json",
+    ]));
+    assert!(cm["data"]["requestheader-client-ca-file"]
+        .as_str()
+        .unwrap()
+        .contains(fp_ca.trim()));
+    assert_eq!(
+        cm["data"]["requestheader-username-headers"],
+        "[\"X-Remote-User\"]"
+    );
+    assert_eq!(
+        cm["data"]["requestheader-allowed-names"],
+        "[\"front-proxy-client\"]"
+    );
+    assert!(!fp_ca.contains(read("ca.crt").trim()));
+
+    // A selector-less Service whose EndpointSlice points at the server on this host.
+    apply(
+        &j!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "wardle-api", "namespace": "kube-system"},
+            "spec": {"ports": [{"port": 443, "targetPort": w.port, "protocol": "TCP"}]}})
+        .to_string(),
+    );
+    // Registered before its endpoints exist: not available, kube-aggregator's reason.
+    apply(&apiservice("v1alpha1", &w.ca_pem));
+    let cond = |name: &str| {
+        let o = s.kubectl_out(
+            V,
+            &[
+                "get",
+                "apiservice",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")]}",
+            ],
+            None,
+        );
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        if t.trim().is_empty() {
+            Value::Null
+        } else {
+            json(&t)
+        }
+    };
+    assert!(
+        eventually(30, || cond("v1alpha1.wardle.example.com")["reason"]
+            == "EndpointsNotFound"),
+        "{}",
+        cond("v1alpha1.wardle.example.com")
+    );
+    let (code, body) = s.curl(
+        "GET",
+        "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
+        None,
+        None,
+    );
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(json(&body)["reason"], "ServiceUnavailable", "{body}");
+    apply(
+        &j!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "wardle-api-1", "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": "wardle-api"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "", "port": w.port, "protocol": "TCP"}]})
+        .to_string(),
+    );
+    k(&[
+        "wait",
+        "--for=condition=Available",
+        "apiservice/v1alpha1.wardle.example.com",
+        "--timeout=60s",
+    ]);
+    let c = cond("v1alpha1.wardle.example.com");
+    assert_eq!(
+        (c["reason"].as_str(), c["message"].as_str()),
+        (Some("Passed"), Some("all checks passed"))
+    );
+    // The check came with the front-proxy certificate.
+    let checks = w.seen_on("/apis/wardle.example.com/v1alpha1");
+    assert!(checks.iter().all(|c| c.front_proxy_cert), "{checks:?}");
+
+    // Discovery (aggregated in 1.33, legacy in 1.27) lists the aggregated resource.
+    for ver in ["1.33", "1.27"] {
+        let ar = s.kubectl(ver, &["api-resources", "--api-group=wardle.example.com"]);
+        assert!(
+            ar.contains("flunders") && ar.contains("Flunder") && ar.contains("fl "),
+            "{ver}: {ar}"
+        );
+    }
+    let groups = json(&s.curl("GET", "/apis", None, None).1);
+    assert!(groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"] == "wardle.example.com"
+            && g["preferredVersion"]["groupVersion"] == "wardle.example.com/v1alpha1"));
+
+    // kubectl get/create through the proxy, as the caller.
+    let out = k(&["get", "flunders", "-n", "default"]);
+    assert!(
+        out.contains("f1") && out.contains("from-the-aggregated-server"),
+        "{out}"
+    );
+    let f1 = json(&k(&["get", "fl", "f1", "-n", "default", "-o", "json"]));
+    assert_eq!(f1["kind"], "Flunder");
+    let created = json(
+        &s.kubectl_stdin(
+            V,
+            &["create", "-f", "-", "-o", "json"],
+            Some(
+                &j!({"apiVersion": "wardle.example.com/v1alpha1", "kind": "Flunder",
+                "metadata": {"name": "f2", "namespace": "default"}, "spec": {"reference": "sent"}})
+                .to_string(),
+            ),
+        ),
+    );
+    assert_eq!(created["spec"]["reference"], "sent");
+    let whoami = k(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    let gets = w.seen_on("/namespaces/default/flunders");
+    assert!(gets.len() >= 3, "{gets:?}");
+    for g in &gets {
+        assert_eq!(g.user, whoami, "{g:?}");
+        assert!(
+            g.groups.iter().any(|x| x == "system:authenticated"),
+            "{g:?}"
+        );
+        assert!(
+            !g.authorization,
+            "the caller's credentials were passed on: {g:?}"
+        );
+        assert!(g.front_proxy_cert, "{g:?}");
+    }
+    assert!(gets.iter().any(|g| g.method == "POST"));
+
+    // RBAC first: a ServiceAccount without a role is refused here, never proxied.
+    let token = k(&["create", "token", "default", "-n", "default"]);
+    let token = token.trim();
+    let before = w.seen_on("/namespaces/default/flunders").len();
+    let (code, body) = s.curl_with(
+        "GET",
+        "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
+        None,
+        None,
+        Some(token),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(r#"flunders.wardle.example.com is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"flunders\" in API group \"wardle.example.com\" in the namespace \"default\""#),
+        "{body}"
+    );
+    assert_eq!(w.seen_on("/namespaces/default/flunders").len(), before);
+    k(&[
+        "create",
+        "role",
+        "flunder-reader",
+        "-n",
+        "default",
+        "--verb=get,list",
+        "--resource=flunders.wardle.example.com",
+    ]);
+    k(&[
+        "create",
+        "rolebinding",
+        "flunder-reader",
+        "-n",
+        "default",
+        "--role=flunder-reader",
+        "--serviceaccount=default:default",
+    ]);
+    let mut last = (0, String::new());
+    assert!(
+        eventually(20, || {
+            last = s.curl_with(
+                "GET",
+                "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders/f1",
+                None,
+                None,
+                Some(token),
+            );
+            last.0 == 200
+        }),
+        "{last:?}"
+    );
+    let seen = w.seen_on("/namespaces/default/flunders/f1");
+    assert_eq!(
+        seen.last().unwrap().user,
+        "system:serviceaccount:default:default"
+    );
+    // The role is in one namespace: another one stays closed.
+    let (code, _) = s.curl_with(
+        "GET",
+        "/apis/wardle.example.com/v1alpha1/namespaces/kube-system/flunders",
+        None,
+        None,
+        Some(token),
+    );
+    assert_eq!(code, 403);
+
+    // A caBundle that does not sign the server's certificate: not available, never used.
+    apply(&apiservice("v1beta1", &read("ca.crt")));
+    assert!(
+        eventually(30, || cond("v1beta1.wardle.example.com")["reason"]
+            == "FailedDiscoveryCheck"),
+        "{}",
+        cond("v1beta1.wardle.example.com")
+    );
+    let (code, _) = s.curl(
+        "GET",
+        "/apis/wardle.example.com/v1beta1/namespaces/default/flunders",
+        None,
+        None,
+    );
+    assert_eq!(code, 503);
+
+    // The endpoints go: the APIService becomes unavailable and requests answer 503.
+    k(&[
+        "delete",
+        "endpointslice",
+        "-n",
+        "kube-system",
+        "wardle-api-1",
+    ]);
+    assert!(
+        eventually(30, || cond("v1alpha1.wardle.example.com")["status"]
+            == "False"),
+        "{}",
+        cond("v1alpha1.wardle.example.com")
+    );
+    let (code, body) = s.curl(
+        "GET",
+        "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
+        None,
+        None,
+    );
+    assert_eq!(code, 503, "{body}");
+    // Deleted: the group leaves discovery.
+    k(&[
+        "delete",
+        "apiservice",
+        "v1alpha1.wardle.example.com",
+        "v1beta1.wardle.example.com",
+    ]);
+    assert!(eventually(20, || !s
+        .curl("GET", "/apis", None, None)
+        .1
+        .contains("wardle.example.com")));
+}
+
+// ---- CRD conversion webhooks ----
+
+fn conversion_crd(h: &Hooks, path: &str) -> String {
+    let v = |name: &str, storage: bool, field: &str| {
+        j!({"name": name, "served": true, "storage": storage,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "properties": {field: {"type": "integer"}}}}}}})
+    };
+    j!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.conv.example.com"},
+        "spec": {"group": "conv.example.com", "scope": "Namespaced",
+            "names": {"plural": "things", "kind": "Thing"},
+            "versions": [v("v1", true, "replicas"), v("v2", false, "count")],
+            "conversion": {"strategy": "Webhook", "webhook": {
+                "conversionReviewVersions": ["v1"],
+                "clientConfig": {"url": h.url(path), "caBundle": h.ca_bundle()}}}}})
+    .to_string()
+}
+
+#[test]
+fn crd_conversion_webhook() {
+    let s = Server::start();
+    let h = start_hooks();
+    let k = |args: &[&str]| s.kubectl(V, args);
+    s.kubectl_stdin(
+        V,
+        &["apply", "-f", "-"],
+        Some(&conversion_crd(&h, "/convert")),
+    );
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/things.conv.example.com",
+        "--timeout=30s",
+    ]);
+    // Written in v2, stored in v1 (the storage version) through the webhook.
+    s.kubectl_stdin(
+        V,
+        &["create", "-f", "-"],
+        Some(
+            &j!({"apiVersion": "conv.example.com/v2", "kind": "Thing",
+            "metadata": {"name": "t1", "namespace": "default"}, "spec": {"count": 3}})
+            .to_string(),
+        ),
+    );
+    let reviews = h.seen("/convert");
+    assert!(
+        reviews
+            .iter()
+            .any(|r| r["request"]["desiredAPIVersion"] == "conv.example.com/v1"),
+        "{reviews:?}"
+    );
+    let v1 = json(&k(&[
+        "get",
+        "things.v1.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(v1["spec"], j!({"replicas": 3}), "{v1}");
+    // Only labels and annotations may change: the webhook's rename is not taken.
+    assert_eq!(v1["metadata"]["name"], "t1");
+    assert_eq!(v1["metadata"]["labels"]["converted-by"], "hook");
+    // Read (get and list) in v2, through the webhook again.
+    let v2 = json(&k(&[
+        "get",
+        "things.v2.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        (v2["apiVersion"].as_str(), &v2["spec"]),
+        (Some("conv.example.com/v2"), &j!({"count": 3})),
+        "{v2}"
+    );
+    let list = json(&k(&[
+        "get",
+        "things.v2.conv.example.com",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(list["items"][0]["spec"], j!({"count": 3}), "{list}");
+    // An update in v2 is stored converted.
+    k(&[
+        "patch",
+        "things.v2.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"count":5}}"#,
+    ]);
+    let v1 = json(&k(&[
+        "get",
+        "things.v1.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(v1["spec"], j!({"replicas": 5}), "{v1}");
+    // Watches do not convert yet: refused on the converted version, never unconverted data.
+    let (code, body) = s.curl(
+        "GET",
+        "/apis/conv.example.com/v2/namespaces/default/things?watch=true&timeoutSeconds=1",
+        None,
+        None,
+    );
+    assert_eq!(code, 405, "{body}");
+    assert!(
+        body.contains("watch the storage version conv.example.com/v1"),
+        "{body}"
+    );
+    // A webhook that fails: the request fails with kube-apiserver's wording (500), while the
+    // storage version is still read without it.
+    s.kubectl_stdin(
+        V,
+        &["apply", "-f", "-"],
+        Some(&conversion_crd(&h, "/convert-fail")),
+    );
+    let mut last = (0, String::new());
+    assert!(
+        eventually(20, || {
+            last = s.curl(
+                "GET",
+                "/apis/conv.example.com/v2/namespaces/default/things/t1",
+                None,
+                None,
+            );
+            last.0 == 500
+        }),
+        "{last:?}"
+    );
+    let st = json(&last.1);
+    assert_eq!(st["reason"], "InternalError", "{st}");
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("conversion webhook for conv.example.com/v1, Kind=Thing failed: no way"),
+        "{st}"
+    );
+    let (code, _) = s.curl(
+        "GET",
+        "/apis/conv.example.com/v1/namespaces/default/things/t1",
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
 }

@@ -136,6 +136,32 @@ impl Schema {
         }
     }
 
+    /// A kind described by data (a custom resource's structural schema): object-metadata
+    /// semantics plus `fields`. Each distinct set of fields is kept once for the process
+    /// (definitions are few and written by administrators; requests never add one).
+    pub fn custom(fields: &[FieldMeta]) -> Schema {
+        type Kept = Vec<(Vec<FieldMeta>, &'static Flat)>;
+        static KEPT: OnceLock<std::sync::Mutex<Kept>> = OnceLock::new();
+        if fields.is_empty() {
+            return Schema::metadata_only();
+        }
+        let mut kept = KEPT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, flat)) = kept.iter().find(|(f, _)| f.as_slice() == fields) {
+            return Schema { flat, known: true };
+        }
+        let mut flat = default_flat().clone();
+        let metas: &'static [FieldMeta] = Box::leak(fields.to_vec().into_boxed_slice());
+        for f in metas {
+            flat.insert(f.path.to_string(), f);
+        }
+        let flat: &'static Flat = Box::leak(Box::new(flat));
+        kept.push((fields.to_vec(), flat));
+        Schema { flat, known: true }
+    }
+
     /// Object-metadata semantics only (finalizers as a set, ownerReferences keyed by uid).
     pub fn metadata_only() -> Schema {
         Schema {

@@ -17,7 +17,7 @@ pub(crate) struct Crd;
 
 /// Errors of the definition beyond its shape: groups the server serves itself, CEL rules
 /// that do not compile.
-fn extra_checks(o: &Value, errs: &mut Vec<FieldError>) {
+fn extra_checks(o: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
     let group = o
         .pointer("/spec/group")
         .and_then(Value::as_str)
@@ -42,17 +42,55 @@ fn extra_checks(o: &Value, errs: &mut Vec<FieldError>) {
             continue;
         };
         let schema = types::Schema::parse(raw);
-        if let Err(bad) = crate::cel::SchemaRules::compile(&schema) {
-            for c in bad {
-                errs.push(FieldError {
-                    kind: ErrorType::Invalid,
-                    field: format!("spec.versions[{i}].schema.openAPIV3Schema.{}", c.path),
-                    bad_value: Some(Value::String(c.rule)),
-                    detail: c.message,
-                });
+        let bad = match crate::cel::SchemaRules::compile(&schema) {
+            Err(bad) => bad,
+            // Compiled: the rules are type-checked against the schema; on an update,
+            // rules the stored definition already had are not (kube-apiserver ratchets).
+            Ok(_) => {
+                let before: Vec<String> = old
+                    .map(|o| {
+                        let mut out = Vec::new();
+                        collect_rules(&o["spec"]["versions"], &mut out);
+                        out
+                    })
+                    .unwrap_or_default();
+                crate::cel::SchemaRules::type_errors(&schema, &|r| before.iter().any(|b| b == r))
             }
+        };
+        for c in bad {
+            errs.push(FieldError {
+                kind: ErrorType::Invalid,
+                field: format!("spec.versions[{i}].schema.openAPIV3Schema.{}", c.path),
+                bad_value: Some(Value::String(c.rule)),
+                detail: c.message,
+            });
         }
     }
+}
+
+/// Every `x-kubernetes-validations` rule text under `v` (bounded depth).
+fn collect_rules(v: &Value, out: &mut Vec<String>) {
+    fn walk(v: &Value, out: &mut Vec<String>, depth: usize) {
+        if depth > 100 {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                if let Some(rs) = m.get("x-kubernetes-validations").and_then(Value::as_array) {
+                    out.extend(
+                        rs.iter()
+                            .filter_map(|r| r["rule"].as_str().map(str::to_string)),
+                    );
+                }
+                for x in m.values() {
+                    walk(x, out, depth + 1);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out, depth + 1)),
+            _ => {}
+        }
+    }
+    walk(v, out, 0);
 }
 
 fn result(mut errs: FieldErrors) -> Result<(), FieldErrors> {
@@ -124,7 +162,7 @@ impl Strategy for Crd {
         let mut errs = FieldErrors::default();
         h8s_types::validation::validate_object_meta(res, o, &mut errs);
         errs.0.extend(types::validate_crd(o, None));
-        extra_checks(o, &mut errs.0);
+        extra_checks(o, None, &mut errs.0);
         result(errs)
     }
 
@@ -140,7 +178,7 @@ impl Strategy for Crd {
         h8s_types::validation::validate_object_meta_update(new, old, &mut errs);
         if sub.is_none() {
             errs.0.extend(types::validate_crd(new, Some(old)));
-            extra_checks(new, &mut errs.0);
+            extra_checks(new, Some(old), &mut errs.0);
         }
         result(errs)
     }

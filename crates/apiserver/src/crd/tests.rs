@@ -122,3 +122,101 @@ fn printer_columns() {
     assert_eq!(t["rows"][0]["cells"], json!(["a", "5m"]));
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
 }
+
+#[test]
+fn server_side_apply_follows_list_types() {
+    let schema = types::Schema::parse(&json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name", "protocol"],
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "protocol": {"type": "string"},
+                    "port": {"type": "integer"},
+                    "tags": {"type": "array", "x-kubernetes-list-type": "set",
+                        "items": {"type": "string"}}}}},
+            "hosts": {"type": "array", "items": {"type": "string"}},
+            "selector": {"type": "object", "x-kubernetes-map-type": "atomic",
+                "additionalProperties": {"type": "string"}}}}}}));
+    let fields = patch_fields(&schema);
+    let paths: Vec<&str> = fields.iter().map(|f| f.path).collect();
+    assert_eq!(paths, ["spec.ports", "spec.ports[].tags", "spec.selector"]);
+    assert_eq!(
+        fields[0].list_type,
+        Some(h8s_machinery::ListType::Map(&["name", "protocol"]))
+    );
+    let s = h8s_machinery::Schema::custom(&fields);
+    // Kept once per distinct set of fields.
+    assert!(std::ptr::eq(
+        s.field("spec.ports").unwrap(),
+        h8s_machinery::Schema::custom(&patch_fields(&schema))
+            .field("spec.ports")
+            .unwrap()
+    ));
+    let mgr = |name: &'static str| h8s_machinery::Manager {
+        name,
+        api_version: "example.com/v1",
+        subresource: "",
+        time: "2026-01-01T00:00:00Z",
+    };
+    let obj = |ports: serde_json::Value| {
+        json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "default"}, "spec": {"ports": ports}})
+    };
+    let a = h8s_machinery::apply(
+        s,
+        None,
+        &obj(json!([{"name": "http", "protocol": "TCP", "port": 80, "tags": ["a"]}])),
+        &mgr("alice"),
+        false,
+    )
+    .unwrap();
+    // Another manager's element of the same list is merged by its keys, not a conflict.
+    let b = h8s_machinery::apply(
+        s,
+        Some(&a),
+        &obj(json!([{"name": "dns", "protocol": "UDP", "port": 53}])),
+        &mgr("bob"),
+        false,
+    )
+    .unwrap();
+    let names: Vec<&str> = b["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["http", "dns"], "{b}");
+    let mf = serde_json::to_string(&b["metadata"]["managedFields"]).unwrap();
+    assert!(
+        mf.contains(r#"k:{\"name\":\"dns\",\"protocol\":\"UDP\"}"#),
+        "{mf}"
+    );
+    // The same element from another manager with another value conflicts.
+    let err = h8s_machinery::apply(
+        s,
+        Some(&b),
+        &obj(json!([{"name": "http", "protocol": "TCP", "port": 8080}])),
+        &mgr("bob"),
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("conflict"), "{err}");
+    // Without a schema the list is atomic: bob's apply conflicts with alice's list.
+    let atomic = h8s_machinery::Schema::metadata_only();
+    let a2 = h8s_machinery::apply(
+        atomic,
+        None,
+        &obj(json!([{"name": "http", "protocol": "TCP"}])),
+        &mgr("alice"),
+        false,
+    )
+    .unwrap();
+    assert!(h8s_machinery::apply(
+        atomic,
+        Some(&a2),
+        &obj(json!([{"name": "dns", "protocol": "UDP"}])),
+        &mgr("bob"),
+        false
+    )
+    .is_err());
+}

@@ -70,6 +70,12 @@ pub(crate) trait Strategy: Send + Sync {
         res.has_status && !(res.group.is_empty() && res.kind == "Service")
     }
 
+    /// The list and map semantics server-side apply and managed fields follow (custom
+    /// resources: from their schema's `x-kubernetes-list-type`/`-list-map-keys`/`-map-type`).
+    fn patch_schema(&self, res: &Resource) -> h8s_machinery::Schema {
+        h8s_machinery::Schema::for_kind(res.group, res.kind)
+    }
+
     /// Whether the kind takes strategic merge patches (custom resources do not: 415).
     fn strategic_merge_patch(&self) -> bool {
         true

@@ -118,6 +118,8 @@ pub struct Definition {
     pub versions: Vec<Version>,
     /// `None` or `Webhook`.
     pub conversion: String,
+    /// `spec.conversion.webhook.clientConfig` as written (`Webhook` conversion).
+    pub conversion_client_config: Option<Value>,
     /// The definition is being deleted.
     pub terminating: bool,
 }
@@ -173,6 +175,7 @@ impl Definition {
                 .and_then(Value::as_str)
                 .unwrap_or("None")
                 .to_string(),
+            conversion_client_config: spec.pointer("/conversion/webhook/clientConfig").cloned(),
             terminating: o.pointer("/metadata/deletionTimestamp").is_some(),
         }
     }

@@ -1,0 +1,184 @@
+//! Where a Service reference (namespace, name, port) is reached from the API server.
+//!
+//! The API server runs on the host, outside the tenant Networks: pod addresses are not
+//! routed to it (see docs/network.md). So, as kube-apiserver resolves a service to an
+//! endpoint (`--enable-aggregator-routing`), but only to endpoints the host can reach:
+//!
+//! - `type: ExternalName`: the external name and the referenced port;
+//! - otherwise the Service's port numbered `port` (else `ServicePortError`), then the
+//!   ready endpoints of its EndpointSlices (label `kubernetes.io/service-name`) for that
+//!   port's name, in order: only endpoints that are not pods (`targetRef` absent or not a
+//!   `Pod`: selector-less Services whose EndpointSlices an administrator wrote, such as
+//!   an aggregated server running on the host). Pod endpoints are in a tenant Network;
+//!   a Service with only those is refused with a message saying so. Link-local,
+//!   multicast and unspecified addresses are never dialled.
+//!
+//! The errors carry kube-aggregator's `Available` condition reasons.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::obj;
+use crate::state::Api;
+
+/// Why a Service reference cannot be reached: (condition reason, message).
+pub(crate) type Unreachable = (String, String);
+
+fn res(group: &str, version: &str, plural: &str) -> Option<&'static h8s_types::Resource> {
+    h8s_types::resources::find(group, version, plural)
+}
+
+/// Whether an endpoint address may be dialled from the API server.
+fn dialable(ip: IpAddr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_multicast()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        })
+}
+
+/// The `host:port` to dial for `namespace/name:port`.
+pub(crate) async fn resolve(
+    api: &Api,
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> Result<String, Unreachable> {
+    let svc_res = res("", "v1", "services").ok_or_else(|| {
+        (
+            "ServiceAccessError".to_string(),
+            "services are not served".to_string(),
+        )
+    })?;
+    let access = |e: &dyn std::fmt::Display| ("ServiceAccessError".to_string(), e.to_string());
+    let svc = match api
+        .store
+        .get(&obj::key(svc_res, Some(namespace), name))
+        .await
+        .map_err(|e| access(&e))?
+    {
+        Some(kv) => obj::decode(&kv).map_err(|e| access(&e.message))?,
+        None => {
+            return Err((
+                "ServiceNotFound".to_string(),
+                format!("service/{name} in \"{namespace}\" is not present"),
+            ))
+        }
+    };
+    if svc["spec"]["type"] == "ExternalName" {
+        let host = svc["spec"]["externalName"].as_str().unwrap_or("");
+        if host.is_empty() {
+            return Err((
+                "ServiceAccessError".to_string(),
+                format!("service/{name} in \"{namespace}\" has no externalName"),
+            ));
+        }
+        return Ok(format!("{host}:{port}"));
+    }
+    let empty = Vec::new();
+    let svc_port = svc["spec"]["ports"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .find(|p| p["port"].as_u64() == Some(port as u64))
+        .ok_or_else(|| {
+            (
+                "ServicePortError".to_string(),
+                format!("service/{name} in \"{namespace}\" is not listening on port {port}"),
+            )
+        })?;
+    let port_name = svc_port["name"].as_str().unwrap_or("");
+    let eps_res = res("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| {
+        (
+            "EndpointsNotFound".to_string(),
+            "endpointslices are not served".to_string(),
+        )
+    })?;
+    let listed = api
+        .store
+        .list(&obj::prefix(eps_res, Some(namespace)), Default::default())
+        .await
+        .map_err(|e| access(&e))?;
+    let mut any_slice = false;
+    let mut pods_only = false;
+    for kv in &listed.items {
+        let Ok(s) = obj::decode(kv) else { continue };
+        if s.pointer("/metadata/labels/kubernetes.io~1service-name")
+            .and_then(Value::as_str)
+            != Some(name)
+        {
+            continue;
+        }
+        any_slice = true;
+        let Some(target) = s["ports"].as_array().unwrap_or(&empty).iter().find(|p| {
+            p["name"].as_str().unwrap_or("") == port_name
+                && p["protocol"].as_str().unwrap_or("TCP") == "TCP"
+        }) else {
+            continue;
+        };
+        let Some(target_port) = target["port"].as_u64().filter(|p| (1..=65535).contains(p)) else {
+            continue;
+        };
+        for ep in s["endpoints"].as_array().unwrap_or(&empty) {
+            if ep.pointer("/conditions/ready") == Some(&Value::Bool(false)) {
+                continue;
+            }
+            if ep.pointer("/targetRef/kind").and_then(Value::as_str) == Some("Pod") {
+                pods_only = true;
+                continue;
+            }
+            for a in ep["addresses"].as_array().unwrap_or(&empty) {
+                let Some(ip) = a.as_str().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                    continue;
+                };
+                if !dialable(ip) {
+                    continue;
+                }
+                return Ok(match ip {
+                    IpAddr::V6(v6) => format!("[{v6}]:{target_port}"),
+                    IpAddr::V4(v4) => format!("{v4}:{target_port}"),
+                });
+            }
+        }
+    }
+    if !any_slice {
+        return Err((
+            "EndpointsNotFound".to_string(),
+            format!("cannot find endpoints for service/{name} in \"{namespace}\""),
+        ));
+    }
+    if pods_only {
+        return Err((
+            "MissingEndpoints".to_string(),
+            format!(
+                "endpoints for service/{name} in \"{namespace}\" are pods in a tenant Network, \
+                 which the h8s API server (on the host) cannot reach; serve the aggregated API \
+                 from an address the host reaches (a selector-less Service with an \
+                 EndpointSlice, or an ExternalName Service)"
+            ),
+        ));
+    }
+    Err((
+        "MissingEndpoints".to_string(),
+        format!(
+            "endpoints for service/{name} in \"{namespace}\" have no addresses with port name {port_name:?}"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_may_be_dialled() {
+        assert!(dialable("127.0.0.1".parse().unwrap()));
+        assert!(dialable("10.0.0.7".parse().unwrap()));
+        assert!(!dialable("169.254.169.254".parse().unwrap()));
+        assert!(!dialable("0.0.0.0".parse().unwrap()));
+        assert!(!dialable("fe80::1".parse().unwrap()));
+        assert!(!dialable("224.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,223 @@
+//! `spec.conversion.strategy: Webhook`: objects cross versions through the definition's
+//! conversion webhook, with an `apiextensions.k8s.io/v1 ConversionReview`, as
+//! kube-apiserver converts them.
+//!
+//! The webhook is `clientConfig.url` or `clientConfig.service` (resolved as the
+//! aggregator resolves services: [`crate::aggregator::resolve`], so only endpoints the
+//! host reaches), over TLS trusting only `clientConfig.caBundle` (the service's TLS name
+//! is `<service>.<namespace>.svc`). One call converts every object of a request that is
+//! not in the desired version; the call is bounded by [`TIMEOUT`] and the answer by
+//! [`MAX_RESPONSE`]. The answer is checked as kube-apiserver checks it (uid, `result`,
+//! one object per object sent, each in the desired `apiVersion` and the same `kind`);
+//! of the metadata only labels and annotations may change (the rest is kept from the
+//! object sent). Failures are 500 `conversion webhook for <group/version>, Kind=<kind>
+//! failed: …`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::Api;
+
+/// The longest a conversion call may take (kube-apiserver's).
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest ConversionReview answer read.
+pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Where a conversion webhook is and how it is trusted.
+pub(crate) struct Webhook {
+    url: Option<http::Uri>,
+    service: Option<(String, String, String, u16)>,
+    tls: Result<Arc<rustls::ClientConfig>, String>,
+}
+
+impl Webhook {
+    /// The webhook of a definition's `spec.conversion.webhook.clientConfig`.
+    pub(crate) fn parse(cc: &Value) -> Webhook {
+        use base64::Engine as _;
+        let ca = cc["caBundle"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default();
+        let tls = crate::webhook::call::client_tls(&ca).map(Arc::new);
+        let url = cc["url"].as_str().and_then(|u| u.parse().ok());
+        let service = cc.get("service").filter(|s| s.is_object()).map(|s| {
+            let st = |k: &str| s[k].as_str().unwrap_or("").to_string();
+            let path = match st("path") {
+                p if p.is_empty() => "/".to_string(),
+                p => p,
+            };
+            let port = s["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(443);
+            (st("namespace"), st("name"), path, port)
+        });
+        Webhook { url, service, tls }
+    }
+
+    /// (address to dial, TLS name, path and query).
+    async fn target(&self, api: &Api) -> Result<(String, String, String), String> {
+        if let Some((ns, name, path, port)) = &self.service {
+            let addr = crate::aggregator::resolve::resolve(api, ns, name, *port)
+                .await
+                .map_err(|(_, m)| m)?;
+            return Ok((addr, format!("{name}.{ns}.svc"), path.clone()));
+        }
+        let u = self.url.as_ref().ok_or("no clientConfig.url or service")?;
+        let host = u.host().ok_or("the URL has no host")?.to_string();
+        let port = u.port_u16().unwrap_or(443);
+        let pq = u.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr = if bare.contains(':') {
+            format!("[{bare}]:{port}")
+        } else {
+            format!("{bare}:{port}")
+        };
+        Ok((addr, bare, pq))
+    }
+
+    async fn post(&self, api: &Api, body: Vec<u8>) -> Result<Value, String> {
+        let tls = self.tls.clone()?;
+        let (addr, name, pq) = self.target(api).await?;
+        let url = format!("https://{addr}{pq}");
+        let fail = |e: &dyn std::fmt::Display| format!("Post \"{url}\": {e}");
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| fail(&e))?;
+        let call = async {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| fail(&e))?;
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| fail(&e))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| fail(&e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = http::Request::post(&pq)
+                .header(http::header::HOST, name.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::ACCEPT, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| fail(&e))?;
+            let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
+            let code = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| fail(&e))?
+                .to_bytes();
+            if !code.is_success() {
+                return Err(format!(
+                    "conversion webhook response was not 200: {}",
+                    code.as_u16()
+                ));
+            }
+            serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| format!("unable to parse the conversion webhook response: {e}"))
+        };
+        tokio::time::timeout(TIMEOUT, call)
+            .await
+            .map_err(|_| fail(&"context deadline exceeded"))?
+    }
+}
+
+/// Converts `objs` to `desired` (`group/version`) through the webhook; objects already in
+/// that version are left as they are.
+pub(crate) async fn convert(
+    api: &Api,
+    hook: &Webhook,
+    kind: &str,
+    objs: Vec<Value>,
+    desired: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let todo: Vec<usize> = (0..objs.len())
+        .filter(|i| objs[*i]["apiVersion"].as_str() != Some(desired))
+        .collect();
+    if todo.is_empty() {
+        return Ok(objs);
+    }
+    let from = objs[todo[0]]["apiVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let failed = |e: String| {
+        ApiError::internal(format!(
+            "conversion webhook for {from}, Kind={kind} failed: {e}"
+        ))
+    };
+    let uid = crate::util::new_uid();
+    let sent: Vec<&Value> = todo.iter().map(|i| &objs[*i]).collect();
+    let review = json!({"kind": "ConversionReview", "apiVersion": "apiextensions.k8s.io/v1",
+        "request": {"uid": uid, "desiredAPIVersion": desired, "objects": sent}});
+    let body = serde_json::to_vec(&review).map_err(|e| failed(e.to_string()))?;
+    let answer = hook.post(api, body).await.map_err(&failed)?;
+    let resp = &answer["response"];
+    if resp["uid"].as_str() != Some(uid.as_str()) {
+        return Err(failed(format!(
+            "expected response.uid={uid:?}, got {:?}",
+            resp["uid"].as_str().unwrap_or("")
+        )));
+    }
+    if resp["result"]["status"] != "Success" {
+        return Err(failed(
+            resp["result"]["message"]
+                .as_str()
+                .unwrap_or("the webhook did not report success")
+                .to_string(),
+        ));
+    }
+    let empty = Vec::new();
+    let converted = resp["convertedObjects"].as_array().unwrap_or(&empty);
+    if converted.len() != todo.len() {
+        return Err(failed(format!(
+            "expected {} converted objects, got {}",
+            todo.len(),
+            converted.len()
+        )));
+    }
+    let mut out = objs;
+    for (i, c) in todo.into_iter().zip(converted) {
+        if c["apiVersion"].as_str() != Some(desired) {
+            return Err(failed(format!(
+                "invalid converted object at index {i}: expected apiVersion {desired}, got {}",
+                c["apiVersion"].as_str().unwrap_or("")
+            )));
+        }
+        if c["kind"] != out[i]["kind"] {
+            return Err(failed(format!(
+                "invalid converted object at index {i}: expected kind {}, got {}",
+                out[i]["kind"].as_str().unwrap_or(""),
+                c["kind"].as_str().unwrap_or("")
+            )));
+        }
+        // Only labels and annotations may change in metadata.
+        let mut meta = out[i]["metadata"].clone();
+        for k in ["labels", "annotations"] {
+            match c["metadata"].get(k) {
+                Some(v) if v.is_object() => meta[k] = v.clone(),
+                _ => {
+                    if let Some(m) = meta.as_object_mut() {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
+        let mut c = c.clone();
+        c["metadata"] = meta;
+        out[i] = c;
+    }
+    Ok(out)
+}
