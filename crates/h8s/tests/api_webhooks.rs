@@ -1386,12 +1386,12 @@ fn crd_conversion_webhook() {
                 None,
                 None,
             );
-            last.0 == 500
+            last.0 == 503
         }),
         "{last:?}"
     );
     let st = json(&last.1);
-    assert_eq!(st["reason"], "InternalError", "{st}");
+    assert_eq!(st["reason"], "ServiceUnavailable", "{st}");
     assert!(
         st["message"]
             .as_str()

@@ -10,8 +10,9 @@
 //! [`MAX_RESPONSE`]. The answer is checked as kube-apiserver checks it (uid, `result`,
 //! one object per object sent, each in the desired `apiVersion` and the same `kind`);
 //! of the metadata only labels and annotations may change (the rest is kept from the
-//! object sent). Failures are 500 `conversion webhook for <group/version>, Kind=<kind>
-//! failed: …`.
+//! object sent). Failures are `conversion webhook for <group/version>, Kind=<kind>
+//! failed: …` (kube-apiserver's words), as a 503: the webhook is a dependency that is not
+//! answering well, not a fault of this server (kube-apiserver answers 500).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +155,7 @@ pub(crate) async fn convert(
         .unwrap_or("")
         .to_string();
     let failed = |e: String| {
-        ApiError::internal(format!(
+        ApiError::unavailable(format!(
             "conversion webhook for {from}, Kind={kind} failed: {e}"
         ))
     };
