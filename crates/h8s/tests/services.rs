@@ -637,25 +637,32 @@ spec:
         ],
         Some(&bundle),
     ));
-    let (good, out) = c.exec(
-        &a,
-        "client",
-        &[
-            "timeout",
-            "60",
-            "/tmp/ic/ld-linux-x86-64.so.2",
-            "--library-path",
-            "/tmp/ic",
-            "/tmp/ic/h8s-incluster",
-            "dns",
-        ],
-    );
-    assert!(
-        good && out.contains("server https://kubernetes.default.svc")
-            && out.contains("version v")
-            && out.contains(&format!("user system:serviceaccount:{a}:default")),
-        "in-cluster client from the pod: {out}"
-    );
+    // `dns`: https://kubernetes.default.svc; `env`: KUBERNETES_SERVICE_HOST/PORT, which the
+    // node agent sets in every container as kubelet does (client-go's InClusterConfig).
+    for (mode, server) in [
+        ("dns", "https://kubernetes.default.svc"),
+        ("env", "https://10.96.0.1"),
+    ] {
+        let (good, out) = c.exec(
+            &a,
+            "client",
+            &[
+                "timeout",
+                "60",
+                "/tmp/ic/ld-linux-x86-64.so.2",
+                "--library-path",
+                "/tmp/ic",
+                "/tmp/ic/h8s-incluster",
+                mode,
+            ],
+        );
+        assert!(
+            good && out.contains(&format!("server {server}"))
+                && out.contains("version v")
+                && out.contains(&format!("user system:serviceaccount:{a}:default")),
+            "in-cluster client ({mode}) from the pod: {out}"
+        );
+    }
     ok(&c.run(&["delete", "namespace", &a, "--wait=false"], None));
 }
 
