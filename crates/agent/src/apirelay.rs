@@ -3,7 +3,8 @@
 //! gateway, port [`h8s_net::API_GATEWAY_PORT`]); each gateway forwards that port to this
 //! relay on the node (its uplink's host address, a port the node's rules open to gateway
 //! uplinks only), and the relay splices the TCP stream to the API server's address from the
-//! `default/kubernetes` Endpoints. TLS is end to end between the pod and the API server; the
+//! `default/kubernetes` Endpoints (each server's advertised address; the first that answers).
+//! TLS is end to end between the pod and the API server; the
 //! pod authenticates with its ServiceAccount token like any client. The relay sees bytes
 //! only. At most [`MAX_CONNECTIONS`] at once (more are closed at once).
 
@@ -19,23 +20,37 @@ use tokio::sync::{watch, Semaphore};
 /// Connections the relay carries at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// The API server's address as it publishes itself (`default/kubernetes` Endpoints).
-async fn target(client: &kube::Client) -> Option<SocketAddr> {
-    let ep: Endpoints = Api::namespaced(client.clone(), "default")
+/// The API servers' addresses as they publish themselves (`default/kubernetes` Endpoints,
+/// each server's `--advertise-address`).
+async fn targets(client: &kube::Client) -> Vec<SocketAddr> {
+    let Ok(ep) = Api::<Endpoints>::namespaced(client.clone(), "default")
         .get("kubernetes")
         .await
-        .ok()?;
-    let subset = ep.subsets?.into_iter().next()?;
-    let ip = subset.addresses?.into_iter().next()?.ip;
-    let port = subset.ports?.into_iter().next()?.port;
-    Some(SocketAddr::new(ip.parse().ok()?, u16::try_from(port).ok()?))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in ep.subsets.unwrap_or_default() {
+        let port = s
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|p| u16::try_from(p.port).ok());
+        let Some(port) = port else { continue };
+        for a in s.addresses.unwrap_or_default() {
+            if let Ok(ip) = a.ip.parse() {
+                out.push(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    out
 }
 
 /// Relays connections accepted on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, client: kube::Client, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Looked up again after a connection to it failed (a restarted server may have moved).
-    let cached: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+    let cached: Arc<std::sync::Mutex<Option<Vec<SocketAddr>>>> = Arc::default();
     loop {
         let (conn, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -52,41 +67,50 @@ pub async fn serve(listener: TcpListener, client: kube::Client, mut stop: watch:
             tracing::warn!(%peer, "API relay full; connection closed");
             continue;
         };
-        let known = *cached.lock().unwrap_or_else(|e| e.into_inner());
+        let known = cached.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let to = match known {
-            Some(t) => Some(t),
+            Some(t) => t,
             None => {
-                let t = target(&client).await;
-                *cached.lock().unwrap_or_else(|e| e.into_inner()) = t;
+                let t = targets(&client).await;
+                if !t.is_empty() {
+                    *cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+                }
                 t
             }
         };
-        let Some(to) = to else {
+        if to.is_empty() {
             tracing::warn!(
                 "API relay: the API server's address is unknown (default/kubernetes Endpoints)"
             );
             continue;
-        };
-        tracing::debug!(%peer, %to, "API relay connection");
+        }
+        tracing::debug!(%peer, ?to, "API relay connection");
         let cached = cached.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if !relay(conn, to).await {
+            if !relay(conn, &to).await {
                 *cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         });
     }
 }
 
-/// Splices `conn` to the API server at `to`; `false` if it could not be reached.
+/// Splices `conn` to the first API server of `to` that answers; `false` if none could be
+/// reached.
 #[tracing::instrument(skip(conn), level = "debug")]
-async fn relay(mut conn: TcpStream, to: SocketAddr) -> bool {
-    let mut up = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            tracing::debug!("API relay cannot reach the API server");
-            return false;
+async fn relay(mut conn: TcpStream, to: &[SocketAddr]) -> bool {
+    let mut up = None;
+    for t in to {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(t)).await {
+            Ok(Ok(s)) => {
+                up = Some(s);
+                break;
+            }
+            _ => tracing::debug!(to = %t, "API relay cannot reach this API server"),
         }
+    }
+    let Some(mut up) = up else {
+        return false;
     };
     let _ = conn.set_nodelay(true);
     let _ = up.set_nodelay(true);

@@ -37,6 +37,10 @@ pub(crate) struct PodFacts {
     pub vm_cpu_millis: u128,
     /// The pod VM's memory, bytes.
     pub vm_memory_bytes: u128,
+    /// The `default/kubernetes` Service (ClusterIP, port), for the `KUBERNETES_SERVICE_*`
+    /// variables every container gets (as kubelet sets them; client-go's in-cluster
+    /// configuration reads them). `None`: not set (no Service feed on this node).
+    pub kubernetes: Option<(String, u16)>,
 }
 
 pub(crate) fn references(c: &Container) -> References {
@@ -207,6 +211,26 @@ pub(crate) fn resolve(
         }
         vars.insert(k, v);
     };
+    // First, so that envFrom and env may override them (kubelet's order).
+    if let Some((ip, port)) = &facts.kubernetes {
+        let url = format!("tcp://{ip}:{port}");
+        let tcp = format!("KUBERNETES_PORT_{port}_TCP");
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST".to_string(), ip.clone()),
+            ("KUBERNETES_SERVICE_PORT".to_string(), port.to_string()),
+            (
+                "KUBERNETES_SERVICE_PORT_HTTPS".to_string(),
+                port.to_string(),
+            ),
+            ("KUBERNETES_PORT".to_string(), url.clone()),
+            (format!("{tcp}_PROTO"), "tcp".to_string()),
+            (format!("{tcp}_PORT"), port.to_string()),
+            (format!("{tcp}_ADDR"), ip.clone()),
+            (tcp, url),
+        ] {
+            set(&mut vars, k, v);
+        }
+    }
     for f in c.env_from.iter().flatten() {
         let prefix = f.prefix.clone().unwrap_or_default();
         let (data, name, optional, kind) = if let Some(cm) = &f.config_map_ref {
@@ -437,6 +461,7 @@ mod tests {
         };
         let facts = PodFacts {
             pod_ip: Some("10.88.0.2".into()),
+            kubernetes: Some(("10.96.0.1".into(), 443)),
             ..Default::default()
         };
         let mut fetched = Fetched::default();
@@ -464,6 +489,10 @@ mod tests {
         assert_eq!(env["CPU"], "250");
         assert_eq!(env["KEY"], "cmv");
         assert_eq!(env["PW"], "hunter2");
+        // The kubernetes Service, as kubelet sets it for client-go's in-cluster config.
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP"], "tcp://10.96.0.1:443");
         assert_eq!(
             references(&c),
             References {

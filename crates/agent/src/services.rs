@@ -215,6 +215,23 @@ pub(crate) fn network_table(
     (table, pods)
 }
 
+/// The `default/kubernetes` Service's ClusterIP and port (`https`, else the first), as
+/// pods' `KUBERNETES_SERVICE_*` environment names it (pure).
+pub(crate) fn kubernetes_address(svc: &Service) -> Option<(String, u16)> {
+    let spec = svc.spec.as_ref()?;
+    let ip = spec
+        .cluster_ip
+        .clone()
+        .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())?;
+    let ports = spec.ports.as_ref()?;
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("https"))
+        .or(ports.first())?
+        .port;
+    Some((ip, u16::try_from(port).ok()?))
+}
+
 /// The `default/kubernetes` Service as every pod of `net` sees it (pure): its ClusterIP and
 /// ports, each backed by the Network's (first subnet's) gateway at
 /// [`h8s_net::API_GATEWAY_PORT`], which forwards to the node agent's API relay.
@@ -315,6 +332,15 @@ pub(crate) fn diff(
 }
 
 impl ServiceFeed {
+    /// [`kubernetes_address`] of the `default/kubernetes` Service as this node knows it
+    /// (`None` before the first list, or without the Service).
+    pub(crate) fn kubernetes_service(&self) -> Option<(String, u16)> {
+        let svc = self
+            .services
+            .get(&kube::runtime::reflector::ObjectRef::new("kubernetes").within("default"))?;
+        kubernetes_address(&svc)
+    }
+
     /// Starts following the API.
     pub fn start(
         client: kube::Client,

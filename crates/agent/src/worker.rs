@@ -1114,6 +1114,11 @@ impl Worker {
             node_name: self.ctx.cfg.node_name.clone(),
             vm_cpu_millis: u128::from(self.vm_cpus.max(1)) * 1000,
             vm_memory_bytes: u128::from(self.vm_memory_mib) << 20,
+            kubernetes: self
+                .ctx
+                .services
+                .as_ref()
+                .and_then(|f| f.kubernetes_service()),
         };
         let mut ok = true;
         for v in content {
@@ -1503,6 +1508,11 @@ impl Worker {
             node_name: self.ctx.cfg.node_name.clone(),
             vm_cpu_millis: u128::from(self.vm_cpus.max(1)) * 1000,
             vm_memory_bytes: u128::from(self.vm_memory_mib) << 20,
+            kubernetes: self
+                .ctx
+                .services
+                .as_ref()
+                .and_then(|f| f.kubernetes_service()),
         };
         let env = crate::env::resolve(&self.pod, c, &facts, &fetched).map_err(|e| e.0)?;
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();

@@ -98,7 +98,7 @@ pub use seams::{CsrSigner, Reviewer};
 pub use server::{Config, Server};
 pub use state::Api;
 pub use stream::{SubresourceHandler, SubresourceRequest};
-pub use svc::DEFAULT_SERVICE_CIDR;
+pub use svc::{DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR};
 pub use tenancy::{
     confined_tenant, label_tenant, Owned, TenantGuard, TenantIndex, MASTERS_GROUP, TENANT_LABEL,
 };

@@ -310,6 +310,20 @@ fn san_of(s: &str) -> SanType {
     }
 }
 
+/// The names in-cluster clients reach the API server by: the `kubernetes` Service's DNS
+/// names (kube-apiserver's defaults, cluster domain `cluster.local`), its ClusterIP, and the
+/// address the server advertises.
+pub fn in_cluster_sans(service_ip: std::net::Ipv4Addr, advertise: std::net::IpAddr) -> Vec<String> {
+    vec![
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+        service_ip.to_string(),
+        advertise.to_string(),
+    ]
+}
+
 /// The SANs every serving certificate carries, plus `extra`.
 pub fn wanted_sans(extra: &[String]) -> Vec<String> {
     let mut sans = vec![
@@ -535,6 +549,46 @@ mod tests {
         assert!(server_tls(&c).is_ok());
         let kc = fs::read_to_string(d.path().join("admin.kubeconfig")).unwrap();
         assert!(kc.contains(&a.admin_token));
+    }
+
+    /// The serving certificate names what in-cluster clients dial: `kubernetes.default.svc`
+    /// and the other Service names, the ClusterIP and the advertised address.
+    #[test]
+    fn serving_certificate_names_the_kubernetes_service() {
+        use x509_parser::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let sans = in_cluster_sans("10.96.0.1".parse().unwrap(), ip);
+        let p = ensure(d.path(), &sans, "https://127.0.0.1:1").unwrap();
+        let (_, pem) = parse_x509_pem(p.cert_pem.as_bytes()).unwrap();
+        let x = pem.parse_x509().unwrap();
+        let names: Vec<String> = x
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => d.to_string(),
+                GeneralName::IPAddress(b) if b.len() == 4 => {
+                    std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        for want in [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "10.96.0.1",
+            "192.0.2.7",
+            "127.0.0.1",
+            "localhost",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
     }
 
     fn days_valid(pem: &str) -> i64 {

@@ -610,7 +610,7 @@ impl Api {
             self.admit_validated(cx, t, Operation::Update, name, Some(&old), Some(&new))
                 .await?;
             record_manager(cx, t, t.sub.as_deref(), Some(&old), &mut new)?;
-            strategy.before_update(self, &old, &mut new).await?;
+            let _held = strategy.before_update(self, &old, &mut new).await?;
             if cx.dry_run() {
                 return Ok((new, false));
             }

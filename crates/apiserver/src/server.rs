@@ -28,6 +28,11 @@ use crate::{Error, Result};
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The address this server publishes in the `default/kubernetes` Endpoints (pods reach
+    /// the API there through their node's relay) and names in its certificate
+    /// (kube-apiserver's `--advertise-address`). `None`: the listening address, or for an
+    /// unspecified one (`0.0.0.0`) the host's default-route source address.
+    pub advertise_address: Option<std::net::IpAddr>,
     pub tls_sans: Vec<String>,
     pub store: Arc<dyn h8s_store::Store>,
     /// Extra authenticators, tried after the built-in ones (client certificates, static
@@ -41,6 +46,9 @@ pub struct Config {
     pub admission: Vec<Arc<dyn Admission>>,
     /// The IPv4 CIDR Service cluster IPs come from.
     pub service_cidr: String,
+    /// The node ports NodePort and LoadBalancer Services get, `FIRST-LAST` inclusive
+    /// (kube-apiserver's `--service-node-port-range`).
+    pub service_node_port_range: String,
     /// ServiceAccount tokens: issuer, API audiences, longest lifetime.
     pub service_account: crate::sa_token::ServiceAccountConfig,
     /// The automatic approval of node client certificates (its timers).
@@ -83,12 +91,14 @@ impl Config {
         Config {
             data_dir,
             listen,
+            advertise_address: None,
             tls_sans: Vec::new(),
             store,
             authenticators: Vec::new(),
             authorizer: None,
             admission: Vec::new(),
             service_cidr: crate::svc::DEFAULT_SERVICE_CIDR.to_string(),
+            service_node_port_range: crate::svc::DEFAULT_NODE_PORT_RANGE.to_string(),
             service_account: Default::default(),
             csr_approver: Default::default(),
             subresource_handlers: Vec::new(),
@@ -128,6 +138,13 @@ impl Server {
                 cfg.service_cidr
             ))
         })?;
+        let node_ports =
+            crate::svc::parse_port_range(&cfg.service_node_port_range).ok_or_else(|| {
+                Error::Config(format!(
+                    "service node port range {:?} is not FIRST-LAST within 1-65535",
+                    cfg.service_node_port_range
+                ))
+            })?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::Listen {
@@ -142,7 +159,14 @@ impl Server {
         };
         let url = format!("https://{host}:{}", addr.port());
         let dir = cfg.data_dir.clone();
-        let sans = cfg.tls_sans.clone();
+        let advertise = cfg
+            .advertise_address
+            .unwrap_or_else(|| advertise_default(addr.ip()));
+        let advertised = SocketAddr::new(advertise, addr.port());
+        // In-cluster clients dial `kubernetes.default.svc` (or the Service's ClusterIP): the
+        // certificate names them, and the advertised address, besides the `--tls-san`s.
+        let mut sans = pki::in_cluster_sans(service_cidr.first(), advertise);
+        sans.extend(cfg.tls_sans.iter().cloned());
         let pki = tokio::task::spawn_blocking(move || pki::ensure(&dir, &sans, &url))
             .await
             .map_err(|e| Error::Pki(e.to_string()))??;
@@ -323,6 +347,7 @@ impl Server {
             ready: Default::default(),
             shutdown: shutdown.clone(),
             service_cidr,
+            node_ports,
             svc_lock: Default::default(),
             streams,
             csr_signer: Some(csr_signer),
@@ -348,7 +373,7 @@ impl Server {
                 front_proxy,
             )),
         });
-        crate::ns::bootstrap(&api, addr)
+        crate::ns::bootstrap(&api, advertised)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
         // api: the system PriorityClasses, and the Events' TTL sweeper.
@@ -491,4 +516,23 @@ async fn accept_loop(
             crate::flow::conn::serve(api, conn, peer, stream, &cfg).await;
         });
     }
+}
+
+/// The address to publish when none is configured: the listening one, or for an unspecified
+/// listener the source address of the host's default route (as kube-apiserver picks its
+/// advertise address), else loopback.
+fn advertise_default(listen: std::net::IpAddr) -> std::net::IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    // A connected UDP socket sends nothing; it only makes the kernel choose the route.
+    let routed = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| {
+            s.connect(("192.0.2.1", 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    routed.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }

@@ -21,6 +21,8 @@ pub struct Api {
     pub(crate) ready: std::sync::atomic::AtomicBool,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     pub(crate) service_cidr: crate::cidr::Cidr,
+    /// The node ports Services are given (`--service-node-port-range`).
+    pub(crate) node_ports: std::ops::RangeInclusive<i64>,
     /// Serialises Service address allocation with the write that records it.
     pub(crate) svc_lock: tokio::sync::Mutex<()>,
     /// Delegated subresources by (resource, subresource).

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 
 use h8s_store::ListOptions;
 use serde_json::{json, Value};
@@ -14,9 +15,41 @@ use crate::state::Api;
 
 /// The default service CIDR (kube-apiserver's `--service-cluster-ip-range` default).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
-const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+/// The default node port range (kube-apiserver's `--service-node-port-range` default).
+pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 
 pub(crate) use crate::cidr::Cidr;
+
+/// `FIRST-LAST` (inclusive, within 1–65535, FIRST ≤ LAST).
+pub fn parse_port_range(s: &str) -> Option<RangeInclusive<i64>> {
+    let (a, b) = s.trim().split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a >= 1 && a <= b).then(|| i64::from(a)..=i64::from(b))
+}
+
+/// Whether a Service of this spec has node ports: NodePort, and LoadBalancer unless
+/// `allocateLoadBalancerNodePorts: false`.
+pub(crate) fn needs_node_ports(o: &Value) -> bool {
+    match obj::at(o, "spec.type").and_then(Value::as_str) {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => {
+            obj::at(o, "spec.allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false)
+        }
+        _ => false,
+    }
+}
+
+/// The next free port of `range`, dynamic allocations first from the upper band (as
+/// kube-apiserver's `ServiceNodePortStaticSubrange`: the lower band, 1/32 of the range,
+/// at least 16 and at most 128 ports, is left for ports users pick).
+fn free_port(range: &RangeInclusive<i64>, used: &HashSet<i64>) -> Option<i64> {
+    let size = range.end() - range.start() + 1;
+    let lower = (size / 32).clamp(16, 128).min(size);
+    let split = range.start() + lower;
+    (split..=*range.end())
+        .chain(*range.start()..split)
+        .find(|p| !used.contains(p))
+}
 
 fn invalid(name: &str, field: &str, msg: String) -> ApiError {
     ApiError::invalid(
@@ -32,10 +65,16 @@ fn invalid(name: &str, field: &str, msg: String) -> ApiError {
 }
 
 impl Api {
-    /// Fills `spec.clusterIP(s)` and node ports of a Service about to be created. The caller
-    /// holds `self.svc_lock` until the object is stored.
-    pub(crate) async fn allocate_service(&self, o: &mut Value) -> Result<(), ApiError> {
+    /// Fills `spec.clusterIP(s)` and node ports of a Service about to be created (`old`:
+    /// `None`) or updated. The caller holds `self.svc_lock` until the object is stored, so
+    /// two Services never get the same address or port.
+    pub(crate) async fn allocate_service(
+        &self,
+        o: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         let name = obj::name(o).to_string();
+        let namespace = obj::namespace(o).to_string();
         let ty = obj::at(o, "spec.type")
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP")
@@ -51,6 +90,10 @@ impl Api {
         let mut used_ports = HashSet::new();
         for kv in &all.items {
             let s = obj::decode(kv)?;
+            if old.is_some() && obj::name(&s) == name && obj::namespace(&s) == namespace {
+                // The Service being updated: its own addresses are not in another's way.
+                continue;
+            }
             if let Some(ips) = obj::at(&s, "spec.clusterIPs").and_then(Value::as_array) {
                 used_ips.extend(ips.iter().filter_map(Value::as_str).map(str::to_string));
             }
@@ -67,11 +110,15 @@ impl Api {
                 }
             }
         }
-        if ty != "ExternalName" {
-            let want = obj::at(o, "spec.clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+        let old_ip = old
+            .and_then(|o| obj::at(o, "spec.clusterIP"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let want = obj::at(o, "spec.clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if ty != "ExternalName" && !(old.is_some() && !want.is_empty() && want == old_ip) {
             let ip = if want == "None" {
                 "None".to_string()
             } else if want.is_empty() {
@@ -113,32 +160,63 @@ impl Api {
                 obj::set_at(o, "spec.ipFamilyPolicy", json!("SingleStack"));
             }
         }
-        if ty == "NodePort" || ty == "LoadBalancer" {
-            let mut next = NODE_PORTS.clone();
+        if needs_node_ports(o) {
+            // The ports this Service already holds stay its own.
+            let held: HashSet<i64> = old
+                .and_then(|o| obj::at(o, "spec.ports"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+                .collect();
+            let range = self.node_ports.clone();
+            let (first, last) = (*range.start(), *range.end());
+            let mut mine: HashSet<i64> = HashSet::new();
             if let Some(ports) = o.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut() {
-                    match p.get("nodePort").and_then(Value::as_i64) {
-                        Some(n) if n != 0 => {
-                            if !NODE_PORTS.contains(&n) || !used_ports.insert(n) {
-                                return Err(invalid(
-                                    &name,
-                                    "spec.ports[].nodePort",
-                                    format!("Invalid value: {n}: provided port is already allocated or not in the valid range 30000-32767"),
-                                ));
-                            }
-                        }
-                        _ => {
-                            let n = next.find(|n| !used_ports.contains(n)).ok_or_else(|| {
-                                invalid(
-                                    &name,
-                                    "spec.ports[].nodePort",
-                                    "Internal error: range is full".into(),
-                                )
-                            })?;
-                            used_ports.insert(n);
-                            p["nodePort"] = json!(n);
-                        }
+                // Ports given first, so that a dynamic pick never takes one of them.
+                for (i, p) in ports.iter().enumerate() {
+                    let Some(n) = p
+                        .get("nodePort")
+                        .and_then(Value::as_i64)
+                        .filter(|n| *n != 0)
+                    else {
+                        continue;
+                    };
+                    let field = format!("spec.ports[{i}].nodePort");
+                    if held.contains(&n) {
+                        mine.insert(n);
+                        continue;
                     }
+                    if !range.contains(&n) {
+                        return Err(invalid(&name, &field, format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {first}-{last}")));
+                    }
+                    if used_ports.contains(&n) {
+                        return Err(invalid(
+                            &name,
+                            &field,
+                            format!("Invalid value: {n}: provided port is already allocated"),
+                        ));
+                    }
+                    mine.insert(n);
+                }
+                for p in ports.iter_mut() {
+                    if p.get("nodePort")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|n| n != 0)
+                    {
+                        continue;
+                    }
+                    let mut taken = used_ports.clone();
+                    taken.extend(mine.iter().copied());
+                    let n = free_port(&range, &taken).ok_or_else(|| {
+                        invalid(
+                            &name,
+                            "spec.ports[].nodePort",
+                            format!("Internal error: range is full ({first}-{last})"),
+                        )
+                    })?;
+                    mine.insert(n);
+                    p["nodePort"] = json!(n);
                 }
             }
         }
@@ -149,11 +227,22 @@ impl Api {
 /// On a Service update that leaves the allocated addresses out (a PUT of an edited
 /// manifest), keep them, as kube-apiserver does.
 pub fn keep_allocations(old: &Value, new: &mut Value) {
-    for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        let path = format!("spec.{f}");
-        if obj::at(new, &path).is_none() {
-            if let Some(v) = obj::at(old, &path).cloned() {
-                obj::set_at(new, &path, v);
+    const IP_FIELDS: [&str; 4] = ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"];
+    let external = obj::at(new, "spec.type").and_then(Value::as_str) == Some("ExternalName");
+    if !external {
+        for f in IP_FIELDS {
+            let path = format!("spec.{f}");
+            if obj::at(new, &path).is_none() {
+                if let Some(v) = obj::at(old, &path).cloned() {
+                    obj::set_at(new, &path, v);
+                }
+            }
+        }
+    } else if obj::at(new, "spec.clusterIP") == obj::at(old, "spec.clusterIP") {
+        // A switch to ExternalName drops the cluster IP the user left as it was.
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            for f in IP_FIELDS {
+                spec.remove(f);
             }
         }
     }
@@ -161,19 +250,63 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-        for p in ports.iter_mut() {
-            if p.get("nodePort").is_some() {
-                continue;
+    let keep = needs_node_ports(new);
+    let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for p in ports.iter_mut() {
+        if !keep {
+            // A switch to a type without node ports drops those the user left as they
+            // were (kube-apiserver's dropTypeDependentFields); changed ones are the user's
+            // and fail validation.
+            let n = p.get("nodePort").cloned();
+            if n.is_some() && old_ports.iter().any(|op| op.get("nodePort") == n.as_ref()) {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
             }
-            let same = old_ports.iter().find(|op| {
-                op.get("port") == p.get("port")
-                    && op.get("protocol").unwrap_or(&json!("TCP"))
-                        == p.get("protocol").unwrap_or(&json!("TCP"))
-            });
-            if let Some(n) = same.and_then(|op| op.get("nodePort")) {
-                p["nodePort"] = n.clone();
-            }
+            continue;
         }
+        if p.get("nodePort").is_some() {
+            continue;
+        }
+        let same = old_ports.iter().find(|op| {
+            op.get("port") == p.get("port")
+                && op.get("protocol").unwrap_or(&json!("TCP"))
+                    == p.get("protocol").unwrap_or(&json!("TCP"))
+        });
+        if let Some(n) = same.and_then(|op| op.get("nodePort")) {
+            p["nodePort"] = n.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Some(30000..=32767));
+        assert_eq!(parse_port_range(" 80 - 80 "), Some(80..=80));
+        for bad in ["", "30000", "0-10", "20-10", "1-70000", "a-b"] {
+            assert_eq!(parse_port_range(bad), None, "{bad}");
+        }
+    }
+
+    /// Dynamic picks come from the upper band first, then the lower (static) band, and
+    /// never a used port.
+    #[test]
+    fn free_ports_prefer_the_upper_band() {
+        let r = 30000..=32767;
+        let mut used = HashSet::new();
+        assert_eq!(free_port(&r, &used), Some(30086)); // 2768/32 = 86 ports kept low
+        used.extend(30086..=32767);
+        assert_eq!(free_port(&r, &used), Some(30000));
+        used.extend(30000..30086);
+        assert_eq!(free_port(&r, &used), None);
+        // A small range keeps at least 16 (or all) ports for static picks.
+        assert_eq!(free_port(&(100..=109), &HashSet::new()), Some(100));
+        assert_eq!(free_port(&(100..=199), &HashSet::new()), Some(116));
     }
 }

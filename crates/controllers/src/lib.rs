@@ -27,6 +27,7 @@ pub mod queue;
 pub mod quota;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod services_lb;
 pub mod statefulset;
 pub mod tenancy;
 pub mod tenantquota;
@@ -93,6 +94,9 @@ pub struct Context {
     pub timers: Timers,
     /// The cluster CA (PEM), published as the `kube-root-ca.crt` ConfigMap in every namespace.
     pub root_ca_pem: String,
+    /// Where LoadBalancer Services' addresses come from (`--lb-pool`); `None`: they stay
+    /// pending. See [`services_lb`].
+    pub lb_pool: Option<services_lb::LbPool>,
 }
 
 /// Why a controller stopped.
@@ -122,6 +126,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         cronjob::run(ctx.clone()).boxed(),
         endpoints::run(ctx.clone()).boxed(),
         serviceaccount::run(ctx.clone()).boxed(),
+        services_lb::run(ctx.clone()).boxed(),
         nodelifecycle::run(ctx.clone()).boxed(),
         pdb::run(ctx.clone()).boxed(),
         quota::run(ctx.clone()).boxed(),

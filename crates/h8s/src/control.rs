@@ -19,6 +19,10 @@ pub struct ControlArgs {
     /// controllers) in this server.
     #[arg(long)]
     pub disable_controllers: bool,
+    /// The addresses LoadBalancer Services get (`status.loadBalancer.ingress`), an IPv4
+    /// CIDR of at most 65536 addresses; without it they stay pending.
+    #[arg(long = "lb-pool")]
+    pub lb_pool: Option<h8s_controllers::services_lb::LbPool>,
     /// Do not run the scheduler in this server.
     #[arg(long)]
     pub disable_scheduler: bool,
@@ -228,6 +232,7 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
             client: client.clone(),
             timers: args.timers(),
             root_ca_pem: server.pki.ca_pem.clone(),
+            lb_pool: args.lb_pool,
         };
         tasks.spawn(lead(
             "kube-controller-manager",

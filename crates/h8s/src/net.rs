@@ -52,6 +52,11 @@ pub struct NodeArgs {
         global = true
     )]
     egress_allow: Vec<String>,
+    /// The range of the gateways' uplink /31s on this host (default 100.64.0.0/16). Two
+    /// fabrics on one host (test clusters side by side) need disjoint ones, or replies to
+    /// one's gateway leave through the other's uplink.
+    #[arg(long = "transit", env = "H8S_NET_TRANSIT", global = true)]
+    transit: Option<h8s_net::Ipv4Net>,
 }
 
 #[derive(clap::Subcommand)]
@@ -220,6 +225,9 @@ impl NodeArgs {
         }
         if let Some(allow) = parse_egress_allow(&self.egress_allow)? {
             node.egress_allow = allow;
+        }
+        if let Some(t) = self.transit {
+            node.transit = t;
         }
         Ok(Fabric::new(store, node)?)
     }

@@ -21,12 +21,20 @@ pub struct ServerArgs {
     /// Address to serve HTTPS on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// The address published in the `default/kubernetes` Endpoints, where node agents relay
+    /// pods' connections to `kubernetes.default.svc` (kube-apiserver's flag). Default: the
+    /// `--listen` address, or for 0.0.0.0 the default route's source address.
+    #[arg(long = "advertise-address")]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Extra subject alternative names (DNS names or IPs) for the serving certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     pub tls_san: Vec<String>,
     /// The IPv4 range Service cluster IPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = h8s_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
+    /// The node ports NodePort and LoadBalancer Services get (FIRST-LAST, inclusive).
+    #[arg(long = "service-node-port-range", default_value = h8s_apiserver::DEFAULT_NODE_PORT_RANGE)]
+    pub service_node_port_range: String,
     /// How long Events live after their last write (kube-apiserver's `--event-ttl`);
     /// `0s` keeps them.
     #[arg(long = "event-ttl", default_value = "1h", value_parser = crate::agent::parse_duration)]
@@ -105,7 +113,9 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     };
     let mut cfg = h8s_apiserver::Config::new(data_dir.clone(), args.listen, store.clone());
     cfg.tls_sans = args.tls_san.clone();
+    cfg.advertise_address = args.advertise_address;
     cfg.service_cidr = args.service_cluster_ip_range.clone();
+    cfg.service_node_port_range = args.service_node_port_range.clone();
     cfg.event_ttl = args.event_ttl;
     cfg.identity = args.identity.config();
     cfg.keystone = args.identity.keystone()?;

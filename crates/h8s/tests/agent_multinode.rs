@@ -249,3 +249,101 @@ fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
     assert!(ok, "privileged refused: {err}");
     c.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
+
+/// Issue 13's two tenants across two nodes: tenant A's Deployment (one pod per node) and
+/// tenant B's (one pod) on their own Networks (both tenants' default Networks, same
+/// subnets), each behind a Service named `web`. A's pods reach each other over the VXLAN
+/// fabric and A's Service (by name) answers from both nodes' endpoints; B's pod reaches its
+/// own Service (the positive control); neither tenant reaches the other's pod IPs (an
+/// answer would carry the other tenant's mark) or resolves the other's Service name.
+#[test]
+fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
+    let c = c();
+    let pid = std::process::id() % 100_000;
+    let tenant_ns = |t: &str| {
+        let ns = format!("mt{t}-{pid}");
+        c.apply(
+            "default",
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{tenancy.h8s.io/tenant: mt{t}{pid}}}}}\n"
+            ),
+        );
+        ns
+    };
+    let (a, b) = (tenant_ns("a"), tenant_ns("b"));
+    let app = |tenant: &str, replicas: u32| {
+        deployment("web", replicas).replace(
+            "echo ok > /www/index.html",
+            &format!("echo {tenant}-$(hostname) > /www/index.html"),
+        ) + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"
+    };
+    c.apply(&a, &app("tenant-a", 2));
+    c.apply(&b, &app("tenant-b", 1));
+    let pa = c.wait_running(&a, "app=web", 2, Duration::from_secs(300));
+    let pb = c.wait_running(&b, "app=web", 1, Duration::from_secs(300));
+    assert_ne!(node_of(&pa[0]), node_of(&pa[1]), "tenant A on both nodes");
+    let name = |p: &Value| p["metadata"]["name"].as_str().unwrap().to_string();
+    let ip = |p: &Value| p["status"]["podIP"].as_str().unwrap().to_string();
+    // `timeout 5 wget -qO- URL` in pod `pod` of `ns`: the answer, or None.
+    let get = |ns: &str, pod: &str, url: &str| -> Option<String> {
+        let (ok, out, _) = c.kubectl_out(
+            &[
+                "-n", ns, "exec", pod, "--", "timeout", "5", "wget", "-qO-", url,
+            ],
+            None,
+        );
+        ok.then(|| out.trim().to_string())
+    };
+    // A: pod to pod across the nodes.
+    let (a0, a1) = (name(&pa[0]), name(&pa[1]));
+    let url = |p: &Value| format!("http://{}:8080/", ip(p));
+    assert_eq!(get(&a, &a0, &url(&pa[1])), Some(format!("tenant-a-{a1}")));
+    assert_eq!(get(&a, &a1, &url(&pa[0])), Some(format!("tenant-a-{a0}")));
+    // A's Service by name from either node: both endpoints answer (round robin).
+    for from in [&a0, &a1] {
+        let mut seen = std::collections::BTreeSet::new();
+        cluster_support::wait(Duration::from_secs(60), "A's Service spreads", || {
+            if let Some(got) = get(&a, from, "http://web/") {
+                assert!(got.starts_with("tenant-a-"), "{from} → web: {got}");
+                seen.insert(got);
+            }
+            (seen.len() == 2).then_some(())
+        });
+    }
+    // B's own Service (the positive control of every refusal below).
+    let b0 = name(&pb[0]);
+    cluster_support::wait(Duration::from_secs(60), "B's Service", || {
+        get(&b, &b0, "http://web/")
+            .filter(|g| *g == format!("tenant-b-{b0}"))
+            .map(|_| ())
+    });
+    // Neither reaches the other's pods: an address of the other tenant's pod either
+    // does not answer or is a pod of one's own Network (the subnets overlap).
+    for from in [&a0, &a1] {
+        let got = get(&a, from, &url(&pb[0]));
+        assert!(
+            got.as_deref().is_none_or(|g| g.starts_with("tenant-a-")),
+            "{from} reached tenant B: {got:?}"
+        );
+    }
+    for p in &pa {
+        let got = get(&b, &b0, &url(p));
+        assert!(
+            got.as_deref().is_none_or(|g| g.starts_with("tenant-b-")),
+            "tenant B reached tenant A: {got:?}"
+        );
+    }
+    // Nor resolves the other's Service.
+    for (ns, pod, other) in [(&a, &a0, &b), (&b, &b0, &a)] {
+        let fqdn = format!("web.{other}.svc.cluster.local");
+        let (_, out, err) = c.kubectl_out(&["-n", ns, "exec", pod, "--", "nslookup", &fqdn], None);
+        assert!(
+            out.contains("NXDOMAIN")
+                || err.contains("NXDOMAIN")
+                || !out.contains("Address: 10.96."),
+            "{ns} resolves {fqdn}: {out}{err}"
+        );
+    }
+    c.cleanup(&a);
+    c.cleanup(&b);
+}

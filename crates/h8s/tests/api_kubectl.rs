@@ -347,9 +347,21 @@ fn server_side_apply_conflicts_and_force() {
     assert_eq!(c["metadata"]["resourceVersion"], rv);
 }
 
+/// Cluster IPs and node ports: allocated on create and on a type change, from the configured
+/// node port range (`--service-node-port-range`, here 20 ports: the lower 16 are kept for
+/// ports users pick), collision-free, refused with kube-apiserver's words, released on a
+/// type change and on delete.
 #[test]
 fn services_get_cluster_ips_and_node_ports() {
-    let s = Server::start();
+    let s = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--service-node-port-range".as_ref(),
+            "30100-30119".as_ref(),
+            "--lb-pool".as_ref(),
+            "192.0.2.0/30".as_ref(),
+        ],
+    );
     let k = json(&s.kubectl("1.33", &["get", "svc", "kubernetes", "-o", "json"]));
     assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
     s.kubectl(
@@ -377,7 +389,10 @@ fn services_get_cluster_ips_and_node_ports() {
     );
     assert_eq!(a["spec"]["clusterIPs"][0], ia);
     let np = b["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
-    assert!((30000..=32767).contains(&np), "{np}");
+    assert_eq!(
+        np, 30116,
+        "the first dynamic pick is the upper band's first port"
+    );
     assert_eq!(h["spec"]["clusterIP"], "None");
     // A taken address is refused; an edit that omits the address keeps it.
     let err = s.kubectl_fails(
@@ -396,6 +411,99 @@ fn services_get_cluster_ips_and_node_ports() {
     let a2 = json(&s.kubectl("1.33", &["get", "svc", "a", "-o", "json"]));
     assert_eq!(a2["spec"]["clusterIP"], ia);
     assert_eq!(a2["spec"]["ports"][0]["port"], 81);
+
+    // Node ports: out of range, taken, then released by a type change and by a delete.
+    let np_svc = |name: &str, port: i64| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: {port}\n")
+    };
+    let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&np_svc("c", 30000)));
+    assert!(
+        err.contains("spec.ports[0].nodePort: Invalid value: 30000: provided port is not in the valid range. The range of valid ports is 30100-30119"),
+        "{err}"
+    );
+    let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&np_svc("c", np)));
+    assert!(
+        err.contains(&format!(
+            "spec.ports[0].nodePort: Invalid value: {np}: provided port is already allocated"
+        )),
+        "{err}"
+    );
+    s.kubectl(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "b",
+            "-p",
+            r#"{"spec":{"type":"ClusterIP"}}"#,
+        ],
+    );
+    let b2 = json(&s.kubectl("1.33", &["get", "svc", "b", "-o", "json"]));
+    assert!(b2["spec"]["ports"][0].get("nodePort").is_none(), "{b2}");
+    assert_eq!(b2["spec"]["clusterIP"], ib);
+    s.kubectl_stdin("1.33", &["apply", "-f", "-"], Some(&np_svc("c", np)));
+    // A type change to NodePort allocates (c holds 30116 now, so the next free one).
+    s.kubectl(
+        "1.33",
+        &["patch", "svc", "a", "-p", r#"{"spec":{"type":"NodePort"}}"#],
+    );
+    let a3 = json(&s.kubectl("1.33", &["get", "svc", "a", "-o", "json"]));
+    assert_eq!(a3["spec"]["ports"][0]["nodePort"], 30117, "{a3}");
+    // A delete releases.
+    s.kubectl("1.33", &["delete", "svc", "c"]);
+    s.kubectl_stdin("1.33", &["apply", "-f", "-"], Some(&np_svc("d", np)));
+
+    // LoadBalancer Services get node ports and an address of `--lb-pool` (two usable
+    // here); a third waits until a type change frees one.
+    let ingress = |name: &str| {
+        let o = json(&s.kubectl("1.33", &["get", "svc", name, "-o", "json"]));
+        o["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    for n in ["lb1", "lb2"] {
+        s.kubectl(
+            "1.33",
+            &["create", "service", "loadbalancer", n, "--tcp=80:8080"],
+        );
+        until(&format!("{n} gets an address"), &|| ingress(n).is_some());
+    }
+    let (l1, l2) = (ingress("lb1").unwrap(), ingress("lb2").unwrap());
+    let mut got = vec![l1.clone(), l2];
+    got.sort();
+    assert_eq!(got, ["192.0.2.1", "192.0.2.2"]);
+    let lb1 = json(&s.kubectl("1.33", &["get", "svc", "lb1", "-o", "json"]));
+    assert!(
+        lb1["spec"]["ports"][0]["nodePort"].as_i64().is_some(),
+        "{lb1}"
+    );
+    s.kubectl(
+        "1.33",
+        &["create", "service", "loadbalancer", "lb3", "--tcp=80:8080"],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(ingress("lb3"), None, "the pool is full");
+    s.kubectl(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "lb1",
+            "-p",
+            r#"{"spec":{"type":"ClusterIP"}}"#,
+        ],
+    );
+    until("lb1 loses its address", &|| ingress("lb1").is_none());
+    until("lb3 gets lb1's address", &|| {
+        ingress("lb3") == Some(l1.clone())
+    });
 }
 
 #[test]

@@ -199,6 +199,7 @@ where
         client: client.clone(),
         timers: timers(),
         root_ca_pem: std::fs::read_to_string(server().data_dir.join("ca.crt")).expect("server CA"),
+        lb_pool: None,
     };
     let fut = run(ctx);
     tokio::spawn(async move {

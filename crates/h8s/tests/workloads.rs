@@ -158,6 +158,7 @@ fn start() -> Shared {
                     ..Default::default()
                 },
                 root_ca_pem: String::new(),
+                lb_pool: None,
             };
             tokio::spawn(async move {
                 if let Err(e) = h8s_controllers::run(ctx).await {

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use h8s_types::Resource;
 use serde_json::{json, Value};
 
-use super::{Strategy, Sub};
+use super::{Guard, Strategy, Sub};
 use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::obj;
@@ -148,15 +148,15 @@ impl Strategy for Csr {
         *new = merged;
     }
 
-    fn before_update<'a>(
+    fn before_update<'a: 'b, 'b>(
         &'a self,
         api: &'a Api,
-        _old: &'a Value,
-        new: &'a mut Value,
-    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        _old: &'b Value,
+        new: &'b mut Value,
+    ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
             let Some(signer) = api.csr_signer.as_ref() else {
-                return Ok(());
+                return Ok(None);
             };
             let signed = obj::at(new, "status.certificate")
                 .and_then(Value::as_str)
@@ -166,7 +166,7 @@ impl Strategy for Csr {
                 || has_condition(new, "Denied")
                 || has_condition(new, "Failed")
             {
-                return Ok(());
+                return Ok(None);
             }
             if let Some(pem) = signer.sign(new).await? {
                 obj::set_at(
@@ -175,7 +175,7 @@ impl Strategy for Csr {
                     json!(base64::engine::general_purpose::STANDARD.encode(pem)),
                 );
             }
-            Ok(())
+            Ok(None)
         })
     }
 }

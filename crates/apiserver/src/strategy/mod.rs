@@ -159,14 +159,15 @@ pub(crate) trait Strategy: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
-    /// Work before an update is stored (signing an approved CSR).
-    fn before_update<'a>(
+    /// Work before an update is stored (signing an approved CSR, allocating a Service's
+    /// node ports). What it returns is held until the object is stored.
+    fn before_update<'a: 'b, 'b>(
         &'a self,
         _api: &'a Api,
-        _old: &'a Value,
-        _new: &'a mut Value,
-    ) -> BoxFuture<'a, Result<(), ApiError>> {
-        Box::pin(async { Ok(()) })
+        _old: &'b Value,
+        _new: &'b mut Value,
+    ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// The value of a selectable field, as field selectors compare it.

@@ -10,8 +10,9 @@ use crate::error::ApiError;
 use crate::obj;
 use crate::state::Api;
 
-/// Services: cluster IPs and node ports are allocated on create and kept on updates
-/// that leave them out; a delete answers with the Service.
+/// Services: cluster IPs and node ports are allocated on create and on updates that need
+/// new ones (a type change, a new port), and kept on updates that leave them out; a delete
+/// answers with the Service.
 pub(crate) struct Service;
 
 impl Strategy for Service {
@@ -33,7 +34,24 @@ impl Strategy for Service {
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
             let g = api.svc_lock.lock().await;
-            api.allocate_service(o).await?;
+            api.allocate_service(o, None).await?;
+            Ok(Some(Box::new(g) as Guard<'a>))
+        })
+    }
+
+    fn before_update<'a: 'b, 'b>(
+        &'a self,
+        api: &'a Api,
+        old: &'b Value,
+        new: &'b mut Value,
+    ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
+        Box::pin(async move {
+            // Only a type change or an edited port needs the allocator.
+            if old.get("spec") == new.get("spec") {
+                return Ok(None);
+            }
+            let g = api.svc_lock.lock().await;
+            api.allocate_service(new, Some(old)).await?;
             Ok(Some(Box::new(g) as Guard<'a>))
         })
     }

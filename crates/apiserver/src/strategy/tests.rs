@@ -72,6 +72,24 @@ fn services_keep_their_addresses() {
     of(svc).prepare_for_update(svc, None, &old, &mut new);
     assert_eq!(new["spec"]["clusterIP"], "10.96.0.10");
     assert_eq!(new["spec"]["ports"][0]["nodePort"], 30001);
+    // A switch to ClusterIP drops the node port the edit left as it was (and a changed
+    // one stays, for validation to refuse); the cluster IP stays.
+    let mut to_cip = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+        "ports": [{"port": 80, "nodePort": 30001}, {"port": 81, "nodePort": 30002}]}});
+    of(svc).prepare_for_update(svc, None, &old, &mut to_cip);
+    assert!(to_cip["spec"]["ports"][0].get("nodePort").is_none());
+    assert_eq!(to_cip["spec"]["ports"][1]["nodePort"], 30002);
+    assert_eq!(to_cip["spec"]["clusterIP"], "10.96.0.10");
+    // A switch to ExternalName drops the unchanged cluster IP.
+    let mut to_ext = json!({"spec": {"type": "ExternalName", "externalName": "a.example",
+        "clusterIP": "10.96.0.10", "ports": [{"port": 80}]}});
+    of(svc).prepare_for_update(svc, None, &old, &mut to_ext);
+    assert!(to_ext["spec"].get("clusterIP").is_none(), "{to_ext}");
+    // LoadBalancer without node ports keeps none.
+    let mut lb = json!({"spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+        "ports": [{"port": 80}]}});
+    of(svc).prepare_for_update(svc, None, &old, &mut lb);
+    assert!(lb["spec"]["ports"][0].get("nodePort").is_none());
 }
 
 #[test]
