@@ -296,9 +296,9 @@ impl Api {
                 false,
             ),
         };
-        let admitted = match self.flow.admit(&cx.user, kind).await {
+        let admitted = match self.flow.admit(&cx.user, &attrs, kind).await {
             Ok(a) => a,
-            Err(e) => return error_response(&e),
+            Err(r) => return r.response(),
         };
         let decision = self.authz.authorize(&cx.user, &attrs);
         if self.audit.is_some() {

@@ -261,7 +261,7 @@ fn limited(name: &str, shares: i64, lendable: i64, queuing: Option<(i64, i64, i6
 }
 
 /// kube-apiserver's mandatory (`exempt`, `catch-all`) and suggested priority levels.
-fn priority_levels() -> Vec<Value> {
+pub(crate) fn priority_levels() -> Vec<Value> {
     vec![
         json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
             "metadata": meta("exempt"),
@@ -301,7 +301,7 @@ fn schema(name: &str, level: &str, precedence: i64, by_user: Option<&str>, rules
 }
 
 /// kube-apiserver's mandatory (`exempt`, `catch-all`) and the main suggested FlowSchemas.
-fn flow_schemas() -> Vec<Value> {
+pub(crate) fn flow_schemas() -> Vec<Value> {
     let everyone = || {
         vec![
             group("system:authenticated"),

@@ -4,8 +4,12 @@
 //! The pod's `spec.nodeName` names the Node; its `status.addresses` (InternalIP first) and
 //! `status.daemonEndpoints.kubeletEndpoint.Port` say where the agent's streaming server
 //! listens. The connection is mutually authenticated TLS: this side presents a client
-//! certificate for [`KUBELET_CLIENT_CN`] issued by the cluster CA, and accepts only an
-//! agent certificate that the same CA signed. The request goes on with its query, its
+//! certificate for [`KUBELET_CLIENT_CN`] issued by the cluster CA, and accepts only the
+//! serving certificate of the Node it dials, as kube's kubelet serving certificates are
+//! made: signed by the same CA, for `serverAuth`, naming the address dialed (an IP or DNS
+//! subject alternative name), with subject `CN=system:node:<node>`, `O=system:nodes`. A
+//! node's certificate presented at another node's address is refused (503), so a node that
+//! writes another's address into its status gains nothing. The request goes on with its query, its
 //! upgrade headers and its method; a `101` answer is relayed and the two upgraded
 //! connections are joined with bounded buffers (a slow client slows the pod's stream down),
 //! anything else (logs, errors) is streamed back as it comes.
@@ -264,14 +268,16 @@ impl NodeProxy {
         } else {
             format!("{path}?{q}")
         };
-        self.forward(req, &host, port, &path_q).await
+        let node_name = node_name.to_string();
+        self.forward(req, &node_name, &host, port, &path_q).await
     }
 
-    /// An HTTP/1.1 connection to the agent at `host:port` over mutually authenticated TLS
-    /// (the connection task runs until the sender and any upgrade are dropped), and the
-    /// `Host` value to send.
+    /// An HTTP/1.1 connection to `node`'s agent at `host:port` over mutually authenticated
+    /// TLS (the connection task runs until the sender and any upgrade are dropped), and
+    /// the `Host` value to send.
     async fn connect(
         &self,
+        node: &str,
         host: &str,
         port: u16,
     ) -> Result<
@@ -302,6 +308,13 @@ impl NodeProxy {
         .await
         .map_err(|_| dial(&"TLS handshake timeout"))?
         .map_err(|e| dial(&e))?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| dial(&"the agent presented no certificate"))?;
+        node_of_cert(peer, node).map_err(|e| dial(&e))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| dial(&e))?;
@@ -327,7 +340,7 @@ impl NodeProxy {
         let (host, port) = agent_endpoint(node).ok_or_else(|| {
             ApiError::unavailable(format!("node {name} has no address to reach its agent at"))
         })?;
-        let (mut sender, addr) = self.connect(&host, port).await?;
+        let (mut sender, addr) = self.connect(name, &host, port).await?;
         let req = Request::get(path)
             .header(http::header::HOST, addr.as_str())
             .header(http::header::ACCEPT, "application/json")
@@ -363,11 +376,12 @@ impl NodeProxy {
     async fn forward(
         &self,
         req: SubresourceRequest,
+        node: &str,
         host: &str,
         port: u16,
         path_q: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let (mut sender, addr) = self.connect(host, port).await?;
+        let (mut sender, addr) = self.connect(node, host, port).await?;
         let SubresourceRequest { parts, .. } = req;
         let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let mut b = Request::builder()
@@ -455,50 +469,33 @@ impl NodeProxy {
     }
 }
 
-/// Accepts a server certificate the cluster CA signed, whatever names it carries (agents'
-/// serving certificates name their host, which may differ from the address used).
-#[derive(Debug)]
-struct CaSigned(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl rustls::client::danger::ServerCertVerifier for CaSigned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use rustls::CertificateError as C;
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                C::NotValidForName | C::NotValidForNameContext { .. },
-            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            r => r,
-        }
+/// Checks that an agent's (CA-verified) serving certificate is `node`'s:
+/// `CN=system:node:<node>` in organisation `system:nodes`, as a kubelet serving
+/// certificate (and the `kubernetes.io/kubelet-serving` signer) has it.
+pub(crate) fn node_of_cert(
+    der: &rustls::pki_types::CertificateDer<'_>,
+    node: &str,
+) -> Result<(), String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref())
+        .map_err(|e| format!("the agent's certificate does not parse: {e}"))?;
+    let subject = cert.subject();
+    let cn: Vec<&str> = subject
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    let orgs: Vec<&str> = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    let want = format!("system:node:{node}");
+    if cn != [want.as_str()] || !orgs.contains(&"system:nodes") {
+        return Err(format!(
+            "x509: the agent's serving certificate is for {subject}, not node {node} \
+             (want CN={want}, O=system:nodes)"
+        ));
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+    Ok(())
 }
 
 fn client_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> crate::Result<rustls::ClientConfig> {
@@ -523,8 +520,9 @@ fn client_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> crate::Result<rust
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| pki(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CaSigned(inner)))
+        // The chain to the cluster CA and the address dialed (webpki), then the node's
+        // name ([`node_of_cert`], after the handshake).
+        .with_webpki_verifier(inner)
         .with_client_auth_cert(certs, key)
         .map_err(|e| pki(&e))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -580,5 +578,119 @@ mod tests {
         assert!(passes(&h("sec-websocket-key"), true));
         assert!(passes(&h("x-stream-protocol-version"), true));
         assert!(!passes(&h("impersonate-extra-scopes"), true));
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A TLS server on loopback presenting `cert`/`key`, answering one HTTP/1.1
+    /// request per connection with `ok`.
+    async fn fake_agent(cert: &str, key: &str) -> u16 {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    fn node(name: &str, port: u16) -> Value {
+        json!({
+            "metadata": {"name": name},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn an_agent_must_present_its_own_nodes_serving_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::ensure(dir.path(), &[], "https://127.0.0.1:1").unwrap();
+        let store: Arc<dyn h8s_store::Store> =
+            Arc::new(h8s_store::Embedded::open(&dir.path().join("s.redb")).unwrap());
+        let (cert, key) = pki
+            .issue_client_cert(KUBELET_CLIENT_CN, &[], Duration::from_secs(3600))
+            .unwrap();
+        let proxy = NodeProxy::new(store, &pki.ca_pem, &cert, &key).unwrap();
+        let life = Duration::from_secs(3600);
+        let sans = |n: &str| vec!["127.0.0.1".to_string(), n.to_string()];
+
+        // Node a's own certificate, at node a's address: served.
+        let (c, k) = pki.issue_node_serving_cert("a", &sans("a"), life).unwrap();
+        let a = fake_agent(&c, &k).await;
+        let body = proxy
+            .agent_get(&node("a", a), "/healthz", 100)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"ok");
+
+        // Node b's certificate (same CA, same address) where node a is dialed: refused.
+        let (c, k) = pki.issue_node_serving_cert("b", &sans("b"), life).unwrap();
+        let b = fake_agent(&c, &k).await;
+        let e = proxy
+            .agent_get(&node("a", b), "/healthz", 100)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 503, "{}", e.message);
+        assert!(e.message.contains("not node a"), "{}", e.message);
+
+        // Node a's certificate naming another address: refused by the address check.
+        let (c, k) = pki
+            .issue_node_serving_cert("a", &["10.9.9.9".to_string()], life)
+            .unwrap();
+        let elsewhere = fake_agent(&c, &k).await;
+        let e = proxy
+            .agent_get(&node("a", elsewhere), "/healthz", 100)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 503, "{}", e.message);
+
+        // Not a node certificate at all (the API server's own serving certificate).
+        let own = fake_agent(&pki.cert_pem, &pki.key_pem).await;
+        let e = proxy
+            .agent_get(&node("a", own), "/healthz", 100)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 503, "{}", e.message);
     }
 }

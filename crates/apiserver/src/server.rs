@@ -392,6 +392,8 @@ impl Server {
         crate::kinds::ensure_defaults(&api)
             .await
             .map_err(|e| Error::Config(format!("bootstrapping the cluster: {}", e.message)))?;
+        // limits: priority and fairness follows the FlowSchemas and priority levels.
+        api.flow.follow(api.store.clone());
         if let Some(k) = &keystone {
             k.attach(&api);
         }

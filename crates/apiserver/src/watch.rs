@@ -1,4 +1,11 @@
 //! Watches: a chunked stream of newline-delimited `{"type","object"}` events.
+//!
+//! Bookmarks carry the store's progress, not the watched resource's last event: the
+//! store's watch ([`h8s_store::Store::watch_progress`], the watch cache's ring fed by
+//! every write and by etcd's progress notifications) says up to which revision nothing
+//! under the prefix is left to send. A controller whose resource is quiet while others
+//! churn resumes from a recent revision, inside the ring and the compaction window, as
+//! from kube-apiserver's watch cache, rather than from one the churn has pushed out.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,8 +29,6 @@ use crate::route::Target;
 use crate::state::Api;
 use crate::strategy::Strategy;
 
-/// How often a watch that asked for bookmarks gets one.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 /// The longest a watch lasts without `timeoutSeconds` (kube-apiserver picks a random
 /// value around 30–60 minutes; clients re-establish).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
@@ -186,7 +191,12 @@ impl Api {
             table: cx.as_table,
             include_object: cx.include_object.clone(),
         };
-        let stream = self.store.watch(&prefix, start_rev).await;
+        let stream = self.store.watch_progress(&prefix, start_rev).await;
+        let bookmark_every = self
+            .flow
+            .cfg
+            .watch_bookmark_interval
+            .max(Duration::from_millis(100));
         let me = self.clone();
         let res = t.res;
         let sub_name = t.name.clone().unwrap_or_default();
@@ -221,7 +231,7 @@ impl Api {
             };
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
-            let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+            let mut tick = tokio::time::interval(bookmark_every);
             tick.tick().await;
             let mut last_rev = start_rev;
             let mut shutdown = me.shutdown.clone();
@@ -237,7 +247,13 @@ impl Api {
                     ev = stream.next() => {
                         let Some(ev) = ev else { return };
                         let ev = match ev {
-                            Ok(ev) => ev,
+                            Ok(h8s_store::Notice::Event(ev)) => ev,
+                            Ok(h8s_store::Notice::Progress(rev)) => {
+                                // Nothing under the prefix up to `rev`: the next bookmark
+                                // may say so.
+                                last_rev = last_rev.max(rev);
+                                continue;
+                            }
                             Err(e) => {
                                 let st = from_store(e, &t2.subject(&sub_name)).to_status();
                                 let _ = sink.put(enc.event("ERROR", &st)).await;

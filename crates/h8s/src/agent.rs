@@ -509,15 +509,7 @@ async fn serving_cert(
 ) -> anyhow::Result<(String, String)> {
     let dir = data_dir.join("node");
     let node = opts.node_name();
-    let mut names = Vec::new();
-    if let Some(ip) = opts.node_ip.or_else(default_route_ip) {
-        names.push(ip.to_string());
-    }
-    names.push(node.clone());
-    let host = host_name();
-    if !names.contains(&host) {
-        names.push(host);
-    }
+    let names = serving_names(opts);
     let want = names.join("\n");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     if let (Some(cert), Some(key), Some(have)) = (
@@ -548,6 +540,22 @@ async fn serving_cert(
         String::from_utf8_lossy(&got.cert_pem).into_owned(),
         String::from_utf8_lossy(&got.key_pem).into_owned(),
     ))
+}
+
+/// The names a node's serving certificate carries: the node's address (its
+/// `InternalIP`), its name and the machine's host name (its `Hostname` address). The API
+/// server's node proxy dials the address and checks the certificate names it.
+fn serving_names(opts: &AgentOpts) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(ip) = opts.node_ip.or_else(default_route_ip) {
+        names.push(ip.to_string());
+    }
+    names.push(opts.node_name());
+    let host = host_name();
+    if !names.contains(&host) {
+        names.push(host);
+    }
+    names
 }
 
 /// Writes `data` to `path` with mode 0600 through a temporary file and a rename, so a crash
@@ -696,12 +704,20 @@ pub async fn start_local(
     .context("building the node agent's API client")?;
     let mut opts = args.opts.clone();
     opts.owner = Some(format!("{node}@{}", data_dir.display()));
-    // The streaming server presents the API server's own serving certificate: same machine,
-    // same process, signed by the cluster CA (all the API server's node proxy checks).
+    // The streaming server presents a node serving certificate the CA issues in-process
+    // (what the node proxy accepts: `system:node:<name>`, naming the node's address).
+    let (serving, serving_key) = server
+        .pki
+        .issue_node_serving_cert(
+            &node,
+            &serving_names(&opts),
+            h8s_apiserver::SERVING_CERT_LIFETIME,
+        )
+        .context("issuing the node agent's serving certificate")?;
     let tls = (
         server.pki.ca_pem.as_str(),
-        server.pki.cert_pem.as_str(),
-        server.pki.key_pem.as_str(),
+        serving.as_str(),
+        serving_key.as_str(),
     );
     Ok(Some(opts.start(client, data_dir, Some(tls)).await?))
 }

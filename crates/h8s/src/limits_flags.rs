@@ -64,6 +64,9 @@ pub struct LimitsArgs {
     /// How long a watch waits for a slow reader to make room before ending it.
     #[arg(long = "watch-slow-reader-timeout", default_value = "10s", value_parser = parse_duration)]
     pub watch_slow_reader_timeout: Duration,
+    /// How often a watch that allows bookmarks gets one (carrying the store's revision).
+    #[arg(long = "watch-bookmark-interval", default_value = "10s", value_parser = parse_duration)]
+    pub watch_bookmark_interval: Duration,
 }
 
 impl LimitsArgs {
@@ -87,6 +90,7 @@ impl LimitsArgs {
             read_header_timeout: self.read_header_timeout,
             watch_buffer_bytes: self.watch_buffer_bytes,
             watch_slow_reader_timeout: self.watch_slow_reader_timeout,
+            watch_bookmark_interval: self.watch_bookmark_interval,
             ..Default::default()
         }
     }

@@ -1,6 +1,9 @@
 //! Limits and fairness over real HTTPS (curl), on one server with tiny limits set by
-//! flags: an in-flight seat held by a request whose body never ends makes the next one
-//! wait and get 429 (a proper Status, `Retry-After: 1`) while an admin still gets in;
+//! flags and objects: a FlowSchema sends a tester to a PriorityLevelConfiguration of one
+//! seat and one queue of one; an in-flight seat held by a request whose body never ends
+//! makes the tester's next ones wait and get 429 (a proper Status, `Retry-After: 1`, the
+//! `X-Kubernetes-PF-*-UID` headers) while another user on another level and an admin
+//! still get in; a quiet watch's bookmarks carry the store's revision;
 //! watches over the per-user cap get 429; a watch whose client never reads is ended and
 //! its connection closed; connections over the per-IP cap are closed at accept.
 
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use api_support::{eventually, json, Server};
 
 const TESTER: &str = "tester-token";
+const OTHER: &str = "other-token";
 
 /// One curl request: (code, response headers, body).
 fn curl(
@@ -85,13 +89,15 @@ fn metric(s: &Server, name: &str) -> f64 {
 fn limits_and_fairness() {
     let dir = tempfile::tempdir().unwrap();
     let flags: Vec<std::ffi::OsString> = [
-        // Two mutating seats: one for the control plane, one for everyone else.
-        "--max-mutating-requests-inflight=2",
+        // 200 seats in all: a priority level with 1 share of kube's 245 + 1 gets one.
+        "--max-requests-inflight=120",
+        "--max-mutating-requests-inflight=80",
         "--apf-queue-wait=1s",
         "--max-watches-per-user=2",
         "--watch-buffer-bytes=65536",
         "--watch-slow-reader-timeout=1s",
         "--max-connections-per-ip=100",
+        "--watch-bookmark-interval=1s",
     ]
     .iter()
     .map(Into::into)
@@ -100,7 +106,7 @@ fn limits_and_fairness() {
     let s = Server::start_with(dir, &flags);
     std::fs::write(
         s.data_dir().join("tokens.csv"),
-        format!("{TESTER},tester,u1,\"testers\"\n"),
+        format!("{TESTER},tester,u1,\"testers\"\n{OTHER},other,u2,\"testers\"\n"),
     )
     .unwrap();
     let crb = serde_json::json!({
@@ -130,7 +136,57 @@ fn limits_and_fairness() {
     let cms = "/api/v1/namespaces/default/configmaps";
     assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
 
-    // --- In-flight: a create whose body never ends holds the one workload seat. ---
+    // --- Priority and fairness from objects: the tester's level has one seat, one queue
+    // of one. ---
+    let plc = serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+        "metadata": {"name": "flood"},
+        "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 1,
+            "limitResponse": {"type": "Queuing",
+                "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 1}}}},
+    });
+    let (c, _, b) = curl(
+        &s,
+        &s.token,
+        "POST",
+        "/apis/flowcontrol.apiserver.k8s.io/v1/prioritylevelconfigurations",
+        Some(plc.to_string().as_bytes()),
+    );
+    assert_eq!(c, 201, "{b}");
+    let plc_uid = json(&b)["metadata"]["uid"].as_str().unwrap().to_string();
+    let fs = serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+        "metadata": {"name": "testers"},
+        "spec": {"priorityLevelConfiguration": {"name": "flood"}, "matchingPrecedence": 10,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{"subjects": [{"kind": "User", "user": {"name": "tester"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                    "namespaces": ["*"], "clusterScope": true}]}]},
+    });
+    let (c, _, b) = curl(
+        &s,
+        &s.token,
+        "POST",
+        "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas",
+        Some(fs.to_string().as_bytes()),
+    );
+    assert_eq!(c, 201, "{b}");
+    let fs_uid = json(&b)["metadata"]["uid"].as_str().unwrap().to_string();
+    // The server picks the objects up (a watch); its answers say where a request went.
+    let mut last = None;
+    assert!(
+        eventually(20, || {
+            let r = curl(&s, TESTER, "GET", cms, None);
+            let ok =
+                r.1.to_ascii_lowercase()
+                    .contains(&format!("x-kubernetes-pf-prioritylevel-uid: {plc_uid}"));
+            last = Some(r);
+            ok
+        }),
+        "the tester was not classified into the new level: {last:?}"
+    );
+
+    // --- In-flight: a create whose body never ends holds the level's one seat. ---
     let mut holder = spawn_curl(
         &s,
         TESTER,
@@ -156,7 +212,7 @@ fn limits_and_fairness() {
         .write_all(br#"{"apiVersion":"v1","kind":"ConfigMap","#)
         .unwrap();
     stdin.flush().unwrap();
-    // The next mutating request of a workload user waits its 1 s and gets 429.
+    // The tester's next requests wait in the queue (1 s) or find it full: 429.
     let mut got = None;
     assert!(
         eventually(20, || {
@@ -168,8 +224,14 @@ fn limits_and_fairness() {
         "no 429 while the seat is held: {got:?}"
     );
     let (_, headers, body) = got.unwrap();
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{headers}");
     assert!(
-        headers.to_ascii_lowercase().contains("retry-after: 1"),
+        lower.contains(&format!("x-kubernetes-pf-flowschema-uid: {fs_uid}")),
+        "{headers}"
+    );
+    assert!(
+        lower.contains(&format!("x-kubernetes-pf-prioritylevel-uid: {plc_uid}")),
         "{headers}"
     );
     let st = json(&body);
@@ -178,8 +240,10 @@ fn limits_and_fairness() {
     assert_eq!(st["reason"], "TooManyRequests");
     assert_eq!(st["code"], 429);
     assert_eq!(st["details"]["retryAfterSeconds"], 1);
-    // Reads have seats of their own, and an admin (system:masters) is exempt.
-    assert_eq!(curl(&s, TESTER, "GET", cms, None).0, 200);
+    // Another user (global-default) is served meanwhile, and an admin is exempt.
+    let (c, h, b) = curl(&s, OTHER, "POST", cms, Some(&configmap("by-other", 10)));
+    assert_eq!(c, 201, "{b}");
+    assert!(!h.to_ascii_lowercase().contains(&plc_uid), "{h}");
     let (c, _, b) = curl(&s, &s.token, "POST", cms, Some(&configmap("by-admin", 10)));
     assert_eq!(c, 201, "{b}");
     // The held request completes, and the seat is free again.
@@ -192,6 +256,14 @@ fn limits_and_fairness() {
     let (c, _, b) = curl(&s, TESTER, "POST", cms, Some(&configmap("after", 10)));
     assert_eq!(c, 201, "{b}");
     assert!(metric(&s, "apiserver_flowcontrol_rejected_requests_total") >= 1.0);
+    let (c, _, b) = curl(
+        &s,
+        &s.token,
+        "DELETE",
+        "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/testers",
+        None,
+    );
+    assert_eq!(c, 200, "{b}");
 
     // --- Watches per user: two open, the third is refused. ---
     let w = format!("{cms}?watch=1&timeoutSeconds=6");
@@ -211,6 +283,75 @@ fn limits_and_fairness() {
         let _ = c.wait();
     }
     assert!(eventually(10, || curl(&s, TESTER, "GET", &short, None).0 == 200));
+
+    // --- A quiet watch's bookmarks carry the store's progress, not its last event's. ---
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let mut quiet = spawn_curl(
+        &s,
+        &s.token,
+        &[],
+        &format!("{secrets}?watch=1&allowWatchBookmarks=true&timeoutSeconds=30"),
+    );
+    let out = quiet.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(json(&l)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut churned = 0u64;
+    for i in 0..20 {
+        let (c, _, b) = curl(
+            &s,
+            &s.token,
+            "POST",
+            cms,
+            Some(&configmap(&format!("churn-{i}"), 10)),
+        );
+        assert_eq!(c, 201, "{b}");
+        churned = json(&b)["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let bookmark = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(25),
+            "no bookmark at {churned} or later: {seen:?}"
+        );
+        let Ok(ev) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if ev["type"] == "BOOKMARK" {
+            let rv: u64 = ev["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if rv >= churned {
+                break rv;
+            }
+            seen.push(rv);
+        }
+    };
+    let _ = quiet.kill();
+    let _ = quiet.wait();
+    let _ = lines.join();
+    // Resuming from the bookmark is a watch like any other.
+    let (c, _, b) = curl(
+        &s,
+        &s.token,
+        "GET",
+        &format!("{secrets}?watch=1&resourceVersion={bookmark}&timeoutSeconds=1"),
+        None,
+    );
+    assert_eq!(c, 200, "{b}");
 
     // --- A watch that is never read is ended, and its connection closed. ---
     let mut stalled = spawn_curl(

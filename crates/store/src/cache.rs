@@ -9,6 +9,13 @@
 //! A subscriber so slow that the ring overtakes it gets [`Error::Compacted`], like
 //! Kubernetes' own watch cache, and its client re-lists.
 //!
+//! Progress: the ring knows the store's revision (its upstream watches every key, and
+//! takes the backend's progress notifications — etcd's, for writes outside this store's
+//! prefix). A [`Store::watch_progress`] subscriber that has nothing left to yield reports
+//! that revision ([`Notice::Progress`]), so a quiet watch in a busy store can resume from
+//! the store's revision (the API server's bookmarks) instead of its last event's, which
+//! the ring or a compaction may have left behind.
+//!
 //! Reads and writes pass straight through to the backend.
 
 use std::collections::VecDeque;
@@ -20,8 +27,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::{
-    CheckReport, Error, Event, KeyValue, ListOptions, ListResult, Result, Revision, Store,
-    WatchStream,
+    CheckReport, Error, Event, KeyValue, ListOptions, ListResult, Notice, NoticeStream, Result,
+    Revision, Store, WatchStream,
 };
 
 /// Size of the watch cache's ring.
@@ -93,7 +100,7 @@ impl WatchCache {
         opts: WatchCacheOptions,
     ) -> Result<Arc<WatchCache>> {
         let start = inner.revision().await?;
-        let upstream = inner.watch("", start.max(0)).await;
+        let upstream = inner.watch_progress("", start.max(0)).await;
         // Revision 0 means "from now" to `watch`: the same thing for an empty store.
         let upstream = upstream?;
         let (tick, _) = watch::channel(start);
@@ -122,19 +129,34 @@ impl WatchCache {
         self.ring.tick.receiver_count()
     }
 
-    fn subscribe(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+    fn subscribe(&self, prefix: &str, after: Revision, progress: bool) -> NoticeStream {
         let sub = Subscriber {
             ring: self.ring.clone(),
             rx: self.ring.tick.subscribe(),
             prefix: prefix.to_owned(),
             cursor: after,
+            reported: after,
+            progress,
             pending: VecDeque::new(),
             done: false,
         };
-        Ok(futures::stream::unfold(sub, |mut sub| async move {
+        futures::stream::unfold(sub, |mut sub| async move {
             sub.next().await.map(|item| (item, sub))
         })
-        .boxed())
+        .boxed()
+    }
+
+    /// The revision a watch after `after` starts from, and whether the ring has it
+    /// (else the backend's own, older, history serves it).
+    async fn start(&self, after: Revision) -> Result<(Revision, bool)> {
+        // "From now" is the backend's now, not the ring's (which may trail by a moment).
+        let after = if after == 0 {
+            self.inner.revision().await?
+        } else {
+            after
+        };
+        let covered_from = self.ring.state.read().expect("ring lock").covered_from;
+        Ok((after, after >= covered_from))
     }
 }
 
@@ -185,6 +207,19 @@ impl Ring {
         self.tick.send_modify(|_| {});
     }
 
+    /// The backend reports that every change up to `rev` has been sent (an etcd progress
+    /// notification): the ring is current to `rev` even without an event at it.
+    fn advance(&self, rev: Revision) {
+        {
+            let mut st = self.state.write().expect("ring lock");
+            if rev <= st.current {
+                return;
+            }
+            st.current = rev;
+        }
+        self.tick.send_replace(rev);
+    }
+
     /// The upstream lost history: nobody can be served continuously from before `from`.
     fn reset(&self, from: Revision) {
         {
@@ -198,14 +233,18 @@ impl Ring {
     }
 }
 
-async fn pump(inner: Arc<dyn Store>, ring: Arc<Ring>, mut upstream: WatchStream, start: Revision) {
+async fn pump(inner: Arc<dyn Store>, ring: Arc<Ring>, mut upstream: NoticeStream, start: Revision) {
     let mut last = start;
     loop {
         while let Some(item) = upstream.next().await {
             match item {
-                Ok(ev) => {
+                Ok(Notice::Event(ev)) => {
                     last = ev.revision();
                     ring.push(ev);
+                }
+                Ok(Notice::Progress(rev)) => {
+                    last = last.max(rev);
+                    ring.advance(rev);
                 }
                 Err(Error::Compacted { compacted, .. }) => {
                     tracing::warn!(last, compacted, "watch cache fell behind compaction");
@@ -229,7 +268,7 @@ async fn pump(inner: Arc<dyn Store>, ring: Arc<Ring>, mut upstream: WatchStream,
             } else {
                 last
             };
-            match inner.watch("", from).await {
+            match inner.watch_progress("", from).await {
                 Ok(w) => {
                     upstream = w;
                     last = from;
@@ -251,15 +290,20 @@ struct Subscriber {
     rx: watch::Receiver<Revision>,
     prefix: String,
     cursor: Revision,
+    /// The newest revision yielded (as an event or as progress).
+    reported: Revision,
+    /// Whether to yield [`Notice::Progress`].
+    progress: bool,
     pending: VecDeque<Event>,
     done: bool,
 }
 
 impl Subscriber {
-    async fn next(&mut self) -> Option<Result<Event>> {
+    async fn next(&mut self) -> Option<Result<Notice>> {
         loop {
             if let Some(e) = self.pending.pop_front() {
-                return Some(Ok(e));
+                self.reported = e.revision();
+                return Some(Ok(Notice::Event(e)));
             }
             if self.done {
                 return None;
@@ -276,7 +320,9 @@ impl Subscriber {
                     }));
                 }
                 let start = st.events.partition_point(|e| e.revision() <= self.cursor);
+                let mut seen = 0;
                 for e in st.events.range(start..).take(1024) {
+                    seen += 1;
                     self.cursor = e.revision();
                     if key_of(e).starts_with(self.prefix.as_str()) {
                         self.pending.push_back(e.clone());
@@ -284,6 +330,16 @@ impl Subscriber {
                 }
                 if st.closed && self.pending.is_empty() {
                     return None;
+                }
+                // Caught up with the ring, and nothing to yield: the store's progress is
+                // ours (nothing under the prefix up to the ring's revision is left).
+                let caught_up = start + seen == st.events.len();
+                if self.progress && caught_up && self.pending.is_empty() {
+                    self.cursor = self.cursor.max(st.current);
+                    if st.current > self.reported {
+                        self.reported = st.current;
+                        return Some(Ok(Notice::Progress(st.current)));
+                    }
                 }
             }
             if self.pending.is_empty() && self.rx.changed().await.is_err() {
@@ -320,18 +376,30 @@ impl Store for WatchCache {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        // "From now" is the backend's now, not the ring's (which may trail by a moment).
-        let after = if after == 0 {
-            self.inner.revision().await?
-        } else {
-            after
-        };
-        let covered_from = self.ring.state.read().expect("ring lock").covered_from;
-        if after >= covered_from {
-            self.subscribe(prefix, after)
+        let (after, in_ring) = self.start(after).await?;
+        if in_ring {
+            Ok(self
+                .subscribe(prefix, after, false)
+                .filter_map(|n| async move {
+                    match n {
+                        Ok(Notice::Event(e)) => Some(Ok(e)),
+                        Ok(Notice::Progress(_)) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                })
+                .boxed())
         } else {
             // Older than the ring: the backend's own history may still have it.
             self.inner.watch(prefix, after).await
+        }
+    }
+
+    async fn watch_progress(&self, prefix: &str, after: Revision) -> Result<NoticeStream> {
+        let (after, in_ring) = self.start(after).await?;
+        if in_ring {
+            Ok(self.subscribe(prefix, after, true))
+        } else {
+            self.inner.watch_progress(prefix, after).await
         }
     }
 

@@ -23,8 +23,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
 use crate::{
-    CheckReport, Error, Event, KeyValue, ListOptions, ListResult, Result, Revision, Store,
-    WatchStream,
+    CheckReport, Error, Event, KeyValue, ListOptions, ListResult, Notice, NoticeStream, Result,
+    Revision, Store, WatchStream,
 };
 
 const PREFIX: &[u8] = b"k8s:enc:aesgcm:v1:";
@@ -392,6 +392,16 @@ impl Store for Encrypting {
         let s = self.inner.watch(prefix, after).await?;
         Ok(s.map(move |e| e.and_then(|e| Self::open_event(&rules, e)))
             .boxed())
+    }
+
+    async fn watch_progress(&self, prefix: &str, after: Revision) -> Result<NoticeStream> {
+        let rules = self.rules.clone();
+        let s = self.inner.watch_progress(prefix, after).await?;
+        Ok(s.map(move |n| match n {
+            Ok(Notice::Event(e)) => Self::open_event(&rules, e).map(Notice::Event),
+            other => other,
+        })
+        .boxed())
     }
 
     async fn revision(&self) -> Result<Revision> {

@@ -22,8 +22,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::{
-    CheckReport, Error, EtcdTls, Event, KeyValue, ListOptions, ListResult, Result, Revision, Store,
-    WatchStream,
+    CheckReport, Error, EtcdTls, Event, KeyValue, ListOptions, ListResult, Notice, NoticeStream,
+    Result, Revision, Store, WatchStream,
 };
 
 const MARKER_SUFFIX: &str = "#h8s-store";
@@ -36,6 +36,9 @@ const PAGE: usize = 2000;
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// How long an operation keeps retrying while etcd is unreachable or electing a leader.
 const RETRY_FOR: Duration = Duration::from_secs(10);
+/// How often a progress-reporting watch asks etcd for its progress (`RequestProgress`;
+/// etcd's own periodic notification comes every 10 minutes by default).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Options of the etcd backend.
 #[derive(Clone, Debug)]
@@ -336,6 +339,64 @@ impl Etcd {
             })
             .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// An etcd watch of `prefix` after `after`, resumed on another member when one fails.
+    /// With `progress`, etcd's progress notifications (`WithProgressNotify`, and a
+    /// `RequestProgress` every [`PROGRESS_EVERY`]) become [`Notice::Progress`].
+    async fn notices(&self, prefix: &str, after: Revision, progress: bool) -> Result<NoticeStream> {
+        let range = self.range_prefix(prefix);
+        let from = if after == 0 {
+            self.current().await?
+        } else {
+            after
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
+        let (mut member, mut first) = watch_once(&this, &range, from, progress).await?;
+        tokio::spawn(async move {
+            let mut last = from;
+            loop {
+                match pump_watch(&this, &mut first, &mut last, &tx, progress).await {
+                    WatchEnd::Consumer => return,
+                    WatchEnd::Fatal(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    WatchEnd::Broken(why) => {
+                        tracing::debug!(why, last, "etcd watch broke; resuming");
+                        this.failed(member);
+                    }
+                }
+                // Resume from the last revision delivered, on whichever member answers.
+                let mut attempt = 0;
+                loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    match watch_once(&this, &range, last, progress).await {
+                        Ok((m, w)) => {
+                            member = m;
+                            first = w;
+                            break;
+                        }
+                        Err(e @ Error::Compacted { .. }) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::debug!(%e, "etcd watch not back yet");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed())
     }
 
     fn check_size(&self, v: &Bytes) -> Result<()> {
@@ -687,58 +748,19 @@ impl Store for Etcd {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        let range = self.range_prefix(prefix);
-        let from = if after == 0 {
-            self.current().await?
-        } else {
-            after
-        };
-        let (tx, rx) = mpsc::channel(256);
-        let this = self.clone();
-        let (mut member, mut first) = watch_once(&this, &range, from).await?;
-        tokio::spawn(async move {
-            let mut last = from;
-            loop {
-                match pump_watch(&this, &mut first, &mut last, &tx).await {
-                    WatchEnd::Consumer => return,
-                    WatchEnd::Fatal(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    WatchEnd::Broken(why) => {
-                        tracing::debug!(why, last, "etcd watch broke; resuming");
-                        this.failed(member);
-                    }
-                }
-                // Resume from the last revision delivered, on whichever member answers.
-                let mut attempt = 0;
-                loop {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(backoff(attempt)).await;
-                    match watch_once(&this, &range, last).await {
-                        Ok((m, w)) => {
-                            member = m;
-                            first = w;
-                            break;
-                        }
-                        Err(e @ Error::Compacted { .. }) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                        Err(e) => {
-                            attempt += 1;
-                            tracing::debug!(%e, "etcd watch not back yet");
-                        }
-                    }
-                }
+        let s = self.notices(prefix, after, false).await?;
+        Ok(s.filter_map(|n| async move {
+            match n {
+                Ok(Notice::Progress(_)) => None,
+                Ok(Notice::Event(e)) => Some(Ok(e)),
+                Err(e) => Some(Err(e)),
             }
-        });
-        Ok(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
         })
         .boxed())
+    }
+
+    async fn watch_progress(&self, prefix: &str, after: Revision) -> Result<NoticeStream> {
+        self.notices(prefix, after, true).await
     }
 
     async fn revision(&self) -> Result<Revision> {
@@ -858,13 +880,17 @@ async fn watch_once(
     s: &Etcd,
     range: &[u8],
     after: Revision,
+    progress: bool,
 ) -> Result<(usize, etcd_client::WatchStream)> {
     let (i, m) = s.member();
     let mut w = m.watch.clone();
-    let opts = WatchOptions::new()
+    let mut opts = WatchOptions::new()
         .with_range(prefix_end(range))
         .with_start_revision(after + 1)
         .with_prev_key();
+    if progress {
+        opts = opts.with_progress_notify();
+    }
     let first = async {
         let mut stream = w.watch(range.to_vec(), Some(opts)).await?;
         let first = stream.message().await?;
@@ -904,11 +930,22 @@ async fn pump_watch(
     s: &Etcd,
     stream: &mut etcd_client::WatchStream,
     last: &mut Revision,
-    tx: &mpsc::Sender<Result<Event>>,
+    tx: &mpsc::Sender<Result<Notice>>,
+    progress: bool,
 ) -> WatchEnd {
+    let mut ask = tokio::time::interval(PROGRESS_EVERY);
+    ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             _ = tx.closed() => return WatchEnd::Consumer,
+            _ = ask.tick(), if progress => {
+                // etcd answers with an event-less response carrying its revision once
+                // the watch has sent everything up to it.
+                if let Err(e) = stream.request_progress().await {
+                    return WatchEnd::Broken(e.to_string());
+                }
+                continue;
+            }
             m = stream.message() => m,
         };
         let resp = match msg {
@@ -924,6 +961,17 @@ async fn pump_watch(
                 });
             }
             return WatchEnd::Broken(format!("canceled: {}", resp.cancel_reason()));
+        }
+        if resp.events().is_empty() {
+            // A progress notification: everything up to the header's revision is sent.
+            let rev = resp.header().map_or(0, |h| h.revision());
+            if progress && rev > *last {
+                *last = rev;
+                if tx.send(Ok(Notice::Progress(rev))).await.is_err() {
+                    return WatchEnd::Consumer;
+                }
+            }
+            continue;
         }
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
@@ -965,7 +1013,7 @@ async fn pump_watch(
                 },
             };
             *last = rev;
-            if tx.send(Ok(event)).await.is_err() {
+            if tx.send(Ok(Notice::Event(event))).await.is_err() {
                 return WatchEnd::Consumer;
             }
         }

@@ -99,6 +99,20 @@ pub struct ListResult {
 /// item (for example a compaction that overtook a slow watcher) ends it too.
 pub type WatchStream = BoxStream<'static, Result<Event>>;
 
+/// What a progress-reporting watch ([`Store::watch_progress`]) yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A change under the watched prefix.
+    Event(Event),
+    /// Every change under the prefix up to this revision has been yielded: a watch
+    /// resumed after it misses nothing. Revisions only grow; the revision may belong to
+    /// a write elsewhere in the store (etcd's progress notification, kube's bookmark).
+    Progress(Revision),
+}
+
+/// A stream of [`Notice`]s; it ends as a [`WatchStream`] does.
+pub type NoticeStream = BoxStream<'static, Result<Notice>>;
+
 /// Store errors. The API server maps them to Kubernetes `Status` codes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -179,6 +193,19 @@ pub trait Store: Send + Sync + 'static {
     /// Changes under `prefix` with a revision greater than `after`, in order, without
     /// gaps or duplicates. `after = 0` starts from now.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
+
+    /// [`Store::watch`], plus [`Notice::Progress`] when the store's revision moved on
+    /// past the last change yielded (a watch of a quiet prefix in a busy store). The
+    /// default reports no progress beyond the changes themselves; the watch cache and
+    /// the etcd backend (progress notifications) report the store's.
+    async fn watch_progress(&self, prefix: &str, after: Revision) -> Result<NoticeStream> {
+        use futures::StreamExt;
+        Ok(self
+            .watch(prefix, after)
+            .await?
+            .map(|r| r.map(Notice::Event))
+            .boxed())
+    }
 
     /// The store's newest revision.
     async fn revision(&self) -> Result<Revision>;

@@ -137,3 +137,19 @@ async fn dropping_the_cache_ends_its_watches() {
         .unwrap();
     assert!(end.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_progresses_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Store> = Arc::new(Embedded::open(&dir.path().join("s.redb")).unwrap());
+    let cache = WatchCache::with_options(
+        inner,
+        WatchCacheOptions {
+            max_events: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    conformance::progress_outruns_churn(cache, "/p").await;
+}

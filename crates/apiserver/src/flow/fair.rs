@@ -59,6 +59,11 @@ impl<T: Waiter> FairQueue<T> {
         self.len
     }
 
+    /// Entries waiting for `tenant`.
+    pub(crate) fn tenant_len(&self, tenant: &str) -> usize {
+        self.tenants.get(tenant).map_or(0, |t| t.len)
+    }
+
     /// Queues `item` for (`tenant`, `user`), or gives it back with the bound it hit.
     pub(crate) fn push(&mut self, tenant: &str, user: &str, item: T) -> Result<(), (Full, T)> {
         if self.len >= self.bounds.total {

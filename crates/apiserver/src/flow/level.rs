@@ -33,7 +33,7 @@ pub(crate) enum Refusal {
 }
 
 pub(crate) struct Level {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     /// 0: unlimited.
     seats: usize,
     /// `None`: no queuing, refuse at once when the seats are taken (kube's max-in-flight
@@ -54,7 +54,7 @@ impl Drop for Seat {
 
 impl Level {
     pub(crate) fn new(
-        name: &'static str,
+        name: impl Into<String>,
         seats: usize,
         queuing: Option<QueueBounds>,
         wait: Duration,
@@ -65,7 +65,7 @@ impl Level {
             total: 0,
         });
         Arc::new(Level {
-            name,
+            name: name.into(),
             seats,
             queuing,
             wait,
@@ -88,6 +88,17 @@ impl Level {
     /// Requests waiting now.
     pub(crate) fn waiting(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// Seats in all (0: unlimited).
+    pub(crate) fn seats(&self) -> usize {
+        self.seats
+    }
+
+    /// Of `queues`, the one with the fewest requests waiting (the first of equals).
+    pub(crate) fn shortest<'a>(&self, queues: &'a [String]) -> Option<&'a String> {
+        let st = self.lock();
+        queues.iter().min_by_key(|q| st.queue.tenant_len(q))
     }
 
     /// A seat now, or after waiting in the fair queue of (`tenant`, `user`).

@@ -1,15 +1,18 @@
 //! Limits and fairness: a bounded API that one hostile client cannot take over.
 //!
-//! - **Priority and fairness** (kube-apiserver's APF made small): after authentication,
-//!   each request is classified into a priority level. `exempt` (`system:masters`) is
-//!   never limited; `system` (the control plane's own identities,
-//!   `system:kube-controller-manager`, `system:kube-scheduler`, and nodes, group
-//!   `system:nodes`) has seats of its own so tenants cannot starve it; `workload` is
-//!   everyone else. A level has seats for read-only and for mutating requests (a share of
-//!   `--max-requests-inflight` / `--max-mutating-requests-inflight`); a request that finds
-//!   them taken waits in a fair queue — round-robin over tenants, then over the users of a
-//!   tenant — bounded per user, per tenant and in all, for at most the queue wait. Beyond
-//!   that: 429 TooManyRequests with `Retry-After: 1`, as kube-apiserver.
+//! - **Priority and fairness** (`--enable-priority-and-fairness`, the default): after
+//!   authentication each request is classified by the FlowSchema and
+//!   PriorityLevelConfiguration objects ([`apf`]: kube's matching, per-level seats as
+//!   shares of `--max-requests-inflight` + `--max-mutating-requests-inflight`, shuffle-
+//!   sharded queues, `Reject` levels); the response carries
+//!   `X-Kubernetes-PF-FlowSchema-UID` and `X-Kubernetes-PF-PriorityLevel-UID`. A request
+//!   that finds its level's seats taken waits in its queue (a tenant's users take turns
+//!   in it), bounded per queue and per user, for at most the queue wait; a full queue or
+//!   a long wait: 429 TooManyRequests with `Retry-After: 1`, as kube-apiserver.
+//! - **Plain max-in-flight** (`--enable-priority-and-fairness=false`): fixed levels —
+//!   `exempt` (`system:masters`), `system` (the control plane's identities and nodes, a
+//!   share of the seats of its own), `workload` (everyone else) — with separate read-only
+//!   and mutating seats, refusing at once when they are taken.
 //! - **Long-running requests** (watches, exec/attach/portforward, proxy, `log?follow`)
 //!   take no seat; they are capped in all and watches per user.
 //! - **Connections**: a cap in all and per source IP, HTTP/2 streams per connection,
@@ -18,9 +21,10 @@
 //!   time is cut off (the watch handler uses [`WatchBudget`]).
 //! - **generateName**: a taken generated name is retried ([`retry`]).
 //!
-//! The levels are fixed and sized by flags. FlowSchemas and PriorityLevelConfigurations
-//! are served (`kinds.rs` creates Kubernetes' defaults) but not read here.
+//! The FlowSchemas and PriorityLevelConfigurations are Kubernetes' defaults (`kinds.rs`
+//! creates them) until changed; [`Flow::follow`] picks up every change.
 
+mod apf;
 mod body;
 pub(crate) mod conn;
 mod fair;
@@ -34,13 +38,12 @@ use std::time::Duration;
 
 use http::Response;
 
-use crate::auth::UserInfo;
+use crate::auth::{Attributes, UserInfo};
 use crate::error::ApiError;
-use crate::response::Body;
+use crate::response::{error_response, Body};
 use crate::tenancy::{Owned, TenantIndex, MASTERS_GROUP};
 
 pub(crate) use conn::ConnLimiter;
-use fair::QueueBounds;
 use level::{Level, Seat};
 
 /// Every limit, as `h8s server` flags set them (kube-apiserver's flag names where kube
@@ -87,6 +90,8 @@ pub struct LimitsConfig {
     pub watch_buffer_bytes: usize,
     /// How long a watch waits for its reader to make room before it is ended.
     pub watch_slow_reader_timeout: Duration,
+    /// How often a watch that allows bookmarks gets one (kube: about a minute; h8s: 10 s).
+    pub watch_bookmark_interval: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -110,6 +115,7 @@ impl Default for LimitsConfig {
             read_header_timeout: Duration::from_secs(32),
             watch_buffer_bytes: 4 << 20,
             watch_slow_reader_timeout: Duration::from_secs(10),
+            watch_bookmark_interval: Duration::from_secs(10),
         }
     }
 }
@@ -171,23 +177,69 @@ pub(crate) fn priority_of(user: &UserInfo) -> Priority {
     Priority::Workload
 }
 
+/// The FlowSchema and priority level a request was classified into (their UIDs, as
+/// kube-apiserver's `X-Kubernetes-PF-*-UID` response headers carry them).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PfIds {
+    pub(crate) flow_schema: String,
+    pub(crate) priority_level: String,
+}
+
+impl PfIds {
+    fn stamp<B>(&self, resp: &mut Response<B>) {
+        for (name, v) in [
+            ("x-kubernetes-pf-flowschema-uid", &self.flow_schema),
+            ("x-kubernetes-pf-prioritylevel-uid", &self.priority_level),
+        ] {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                if !v.is_empty() {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+        }
+    }
+}
+
 /// What admission granted; dropping it gives everything back.
-pub(crate) enum Admitted {
+pub(crate) struct Admitted {
+    hold: Hold,
+    pf: Option<PfIds>,
+}
+
+enum Hold {
     Exempt,
     /// The seat (none when the level is unlimited), given back when dropped.
-    Seat {
-        _seat: Option<Seat>,
-    },
+    Seat(#[allow(dead_code)] Option<Seat>),
     LongRunning(LongRunning),
 }
 
 impl Admitted {
     /// The response, holding a long-running permit until its body is done.
-    pub(crate) fn attach(self, resp: Response<Body>) -> Response<Body> {
-        match self {
-            Admitted::LongRunning(l) => body::holding(resp, l),
+    pub(crate) fn attach(self, mut resp: Response<Body>) -> Response<Body> {
+        if let Some(pf) = &self.pf {
+            pf.stamp(&mut resp);
+        }
+        match self.hold {
+            Hold::LongRunning(l) => body::holding(resp, l),
             _ => resp,
         }
+    }
+}
+
+/// A request refused (429), with its classification.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub(crate) error: ApiError,
+    pf: Option<PfIds>,
+}
+
+impl Rejected {
+    pub(crate) fn response(&self) -> Response<Body> {
+        let mut r = error_response(&self.error);
+        if let Some(pf) = &self.pf {
+            pf.stamp(&mut r);
+        }
+        r
     }
 }
 
@@ -222,6 +274,8 @@ pub struct Flow {
     long_running: AtomicUsize,
     watches: Mutex<HashMap<String, usize>>,
     tenants: Option<Arc<TenantIndex>>,
+    /// The FlowSchemas and priority levels in force (with priority and fairness on).
+    apf: std::sync::RwLock<Arc<apf::Built>>,
     pub(crate) conns: Arc<ConnLimiter>,
     rejected: AtomicU64,
     pub(crate) slow_watches_ended: AtomicU64,
@@ -239,12 +293,14 @@ impl Flow {
         };
         let (sys_ro, wl_ro) = split(cfg.max_requests_inflight);
         let (sys_mut, wl_mut) = split(cfg.max_mutating_requests_inflight);
-        let bounds = cfg.priority_and_fairness.then_some(QueueBounds {
-            per_user: cfg.queue_length_limit,
-            per_tenant: cfg.tenant_queue_limit,
-            total: cfg.total_queue_limit,
-        });
-        let lvl = |name, seats| Level::new(name, seats, bounds, cfg.queue_wait);
+        // Plain max-in-flight: no queuing.
+        let lvl = |name, seats| Level::new(name, seats, None, cfg.queue_wait);
+        let apf = apf::Built::new(
+            apf::Config::defaults(),
+            cfg.max_requests_inflight + cfg.max_mutating_requests_inflight,
+            cfg.queue_wait,
+            cfg.queue_length_limit,
+        );
         Arc::new(Flow {
             system_ro: lvl("system", sys_ro),
             system_mut: lvl("system", sys_mut),
@@ -253,6 +309,7 @@ impl Flow {
             long_running: AtomicUsize::new(0),
             watches: Mutex::new(HashMap::new()),
             tenants,
+            apf: std::sync::RwLock::new(Arc::new(apf)),
             conns: ConnLimiter::new(cfg.max_connections, cfg.max_connections_per_ip),
             rejected: AtomicU64::new(0),
             slow_watches_ended: AtomicU64::new(0),
@@ -297,16 +354,24 @@ impl Flow {
         e
     }
 
-    /// Admits a request of `user` of kind `kind`, waiting for a seat if need be, or
-    /// answers 429.
+    /// Admits a request of `user` (`attrs`, of kind `kind`), waiting for a seat if need
+    /// be, or refuses it with 429.
     pub(crate) async fn admit(
         self: &Arc<Self>,
         user: &UserInfo,
+        attrs: &Attributes,
         kind: Kind,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Admitted, Rejected> {
+        if self.cfg.priority_and_fairness {
+            return self.admit_apf(user, attrs, kind).await;
+        }
+        let bare = |r: Result<Hold, ApiError>| {
+            r.map(|hold| Admitted { hold, pf: None })
+                .map_err(|error| Rejected { error, pf: None })
+        };
         let prio = priority_of(user);
         if prio == Priority::Exempt {
-            return Ok(Admitted::Exempt);
+            return bare(Ok(Hold::Exempt));
         }
         let level = match (prio, kind) {
             // The control plane's components are trusted with any number of watches
@@ -314,22 +379,149 @@ impl Flow {
             // collector); they count towards the total only (and are counted per user,
             // uncapped: ComponentStatus reads them).
             (Priority::System, Kind::LongRunning { watch }) => {
-                return self.admit_long_running(user, watch, false)
+                return bare(self.admit_long_running(user, watch, false))
             }
-            (_, Kind::LongRunning { watch }) => return self.admit_long_running(user, watch, true),
+            (_, Kind::LongRunning { watch }) => {
+                return bare(self.admit_long_running(user, watch, true))
+            }
             (Priority::System, Kind::ReadOnly) => &self.system_ro,
             (Priority::System, Kind::Mutating) => &self.system_mut,
             (_, Kind::ReadOnly) => &self.workload_ro,
             (_, Kind::Mutating) => &self.workload_mut,
         };
         let (tenant, who) = self.flow_of(user);
-        match level.acquire(&tenant, &who).await {
-            Ok(seat) => Ok(Admitted::Seat { _seat: seat }),
+        bare(match level.acquire(&tenant, &who).await {
+            Ok(seat) => Ok(Hold::Seat(seat)),
             Err(why) => {
-                tracing::debug!(level = level.name, user = %user.username, ?why, "request refused: too many requests");
+                tracing::debug!(level = %level.name, user = %user.username, ?why, "request refused: too many requests");
                 Err(self.too_many("Too many requests, please try again later."))
             }
+        })
+    }
+
+    /// Priority and fairness from the FlowSchemas and priority levels.
+    async fn admit_apf(
+        self: &Arc<Self>,
+        user: &UserInfo,
+        attrs: &Attributes,
+        kind: Kind,
+    ) -> Result<Admitted, Rejected> {
+        let built = self.apf.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (schema_name, run, pf, distinguisher) = match built.cfg.classify(user, attrs) {
+            Some((schema, spec, d)) => (
+                schema.name.as_str(),
+                built.levels.get(&spec.name).unwrap_or(&built.catch_all),
+                PfIds {
+                    flow_schema: schema.uid.clone(),
+                    priority_level: spec.uid.clone(),
+                },
+                d,
+            ),
+            None => (
+                "catch-all",
+                &built.catch_all,
+                PfIds::default(),
+                user.username.clone(),
+            ),
+        };
+        let with = |r: Result<Hold, ApiError>| match r {
+            Ok(hold) => Ok(Admitted {
+                hold,
+                pf: Some(pf.clone()),
+            }),
+            Err(error) => Err(Rejected {
+                error,
+                pf: Some(pf.clone()),
+            }),
+        };
+        if run.spec.exempt {
+            return with(Ok(Hold::Exempt));
         }
+        if let Kind::LongRunning { watch } = kind {
+            // Long-running requests take no seat (kube: only their start does); the
+            // control plane's watches are not capped per user.
+            let capped = priority_of(user) != Priority::System;
+            return with(self.admit_long_running(user, watch, capped));
+        }
+        let Some(level) = &run.level else {
+            return with(Ok(Hold::Seat(None)));
+        };
+        // Shuffle sharding: the flow's hand of queues, and the shortest of them.
+        let queue = match run.spec.queuing {
+            Some(q) => {
+                let hand: Vec<String> = apf::deal(
+                    apf::flow_hash(schema_name, &distinguisher),
+                    q.queues,
+                    q.hand_size,
+                )
+                .into_iter()
+                .map(|i| i.to_string())
+                .collect();
+                level.shortest(&hand).cloned().unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        with(match level.acquire(&queue, &user.username).await {
+            Ok(seat) => Ok(Hold::Seat(seat)),
+            Err(why) => {
+                tracing::debug!(level = %level.name, flow_schema = schema_name, user = %user.username, ?why, "request refused: too many requests");
+                Err(self.too_many("Too many requests, please try again later."))
+            }
+        })
+    }
+
+    /// Keeps the FlowSchemas and priority levels in force those of the objects in
+    /// `store`: reads them now and again after every change (a watch), until the flow
+    /// is dropped.
+    pub(crate) fn follow(self: &Arc<Self>, store: Arc<dyn h8s_store::Store>) {
+        if !self.cfg.priority_and_fairness {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            const PREFIX: &str = "/registry/flowcontrol.apiserver.k8s.io/";
+            loop {
+                let rev = match load_apf(&store, PREFIX).await {
+                    Ok((cfg, rev)) => {
+                        let Some(flow) = weak.upgrade() else { return };
+                        flow.set_apf(cfg);
+                        rev
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading FlowSchemas and PriorityLevelConfigurations");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let mut w = match store.watch(PREFIX, rev).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "watching FlowSchemas");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                // Any change: read them all again (they are few).
+                match w.next().await {
+                    Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    None => return,
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn set_apf(&self, cfg: apf::Config) {
+        let built = apf::Built::new(
+            cfg,
+            self.cfg.max_requests_inflight + self.cfg.max_mutating_requests_inflight,
+            self.cfg.queue_wait,
+            self.cfg.queue_length_limit,
+        );
+        *self.apf.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(built);
     }
 
     fn admit_long_running(
@@ -337,7 +529,7 @@ impl Flow {
         user: &UserInfo,
         watch: bool,
         capped: bool,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Hold, ApiError> {
         let max = self.cfg.max_long_running;
         let prev = self.long_running.fetch_add(1, Ordering::Relaxed);
         // From here on the permit gives the place back, whatever happens.
@@ -365,7 +557,7 @@ impl Flow {
             *n += 1;
             permit.watch_of = Some(user.username.clone());
         }
-        Ok(Admitted::LongRunning(permit))
+        Ok(Hold::LongRunning(permit))
     }
 
     /// The Prometheus text of the limits (kube's `apiserver_flowcontrol_*` names where
@@ -410,6 +602,30 @@ impl Flow {
                 l.waiting()
             );
         }
+        if self.cfg.priority_and_fairness {
+            let built = self.apf.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut names: Vec<&String> = built.levels.keys().collect();
+            names.sort();
+            for n in names {
+                if let Some(l) = &built.levels[n].level {
+                    let _ = writeln!(
+                        out,
+                        "apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}",
+                        l.seats()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "apiserver_flowcontrol_current_executing_seats{{priority_level=\"{n}\"}} {}",
+                        l.in_use()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "apiserver_flowcontrol_current_inqueue_requests{{priority_level=\"{n}\"}} {}",
+                        l.waiting()
+                    );
+                }
+            }
+        }
         out.push_str("# HELP h8s_apiserver_connections Connections open.\n");
         out.push_str("# TYPE h8s_apiserver_connections gauge\n");
         let _ = writeln!(out, "h8s_apiserver_connections {}", self.conns.open());
@@ -435,6 +651,32 @@ impl Flow {
     pub(crate) fn watches_of(&self, user: &str) -> usize {
         self.watches_lock().get(user).copied().unwrap_or(0)
     }
+}
+
+/// The FlowSchemas and priority levels stored under `prefix`, and the revision read at.
+async fn load_apf(
+    store: &Arc<dyn h8s_store::Store>,
+    prefix: &str,
+) -> Result<(apf::Config, h8s_store::Revision), h8s_store::Error> {
+    let all = store.list(prefix, Default::default()).await?;
+    let (mut schemas, mut levels) = (Vec::new(), Vec::new());
+    for kv in &all.items {
+        let Ok(mut o) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+            continue;
+        };
+        if o["metadata"]["uid"].is_null() {
+            o["metadata"]["uid"] = serde_json::Value::String(String::new());
+        }
+        if kv.key.starts_with(&format!("{prefix}flowschemas/")) {
+            schemas.push(o);
+        } else if kv
+            .key
+            .starts_with(&format!("{prefix}prioritylevelconfigurations/"))
+        {
+            levels.push(o);
+        }
+    }
+    Ok((apf::Config::from_objects(&schemas, &levels), all.revision))
 }
 
 /// The send budget of one watch: bytes encoded and not yet taken by the connection are
@@ -567,48 +809,227 @@ mod tests {
         assert_eq!(f.flow_of(&user("carol", &[])).0, "u:carol");
     }
 
+    fn any() -> Attributes {
+        Attributes::default()
+    }
+
     #[tokio::test]
-    async fn seats_are_split_and_tenants_cannot_take_the_system_seats() {
-        let f = Flow::new(small(), None);
+    async fn without_apf_seats_are_split_and_tenants_cannot_take_the_system_seats() {
+        let f = Flow::new(
+            LimitsConfig {
+                priority_and_fairness: false,
+                ..small()
+            },
+            None,
+        );
         // 4 read seats: 1 for the system level, 3 for workloads.
         let t = user("bob", &["h8s:tenant:acme"]);
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(f.admit(&t, Kind::ReadOnly).await.unwrap());
+            held.push(f.admit(&t, &any(), Kind::ReadOnly).await.ok().unwrap());
         }
-        // The fourth waits (queue of 1), the fifth is refused at once.
-        let f2 = f.clone();
-        let t2 = t.clone();
-        let waiting = tokio::spawn(async move { f2.admit(&t2, Kind::ReadOnly).await.is_ok() });
-        while f.workload_ro.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
-        let e = f.admit(&t, Kind::ReadOnly).await.err().unwrap();
+        // The fourth is refused at once (no queuing), as a proper 429.
+        let e = f
+            .admit(&t, &any(), Kind::ReadOnly)
+            .await
+            .err()
+            .unwrap()
+            .error;
         assert_eq!((e.code, e.reason), (429, "TooManyRequests"));
         assert_eq!(e.details.retry_after, Some(1));
         let st = e.to_status();
         assert_eq!(st["details"]["retryAfterSeconds"], 1);
-        // The waiter times out (50 ms) since nobody lets go.
-        assert!(!waiting.await.unwrap());
         // The scheduler and an admin still get in.
         let s = f
-            .admit(&user("system:kube-scheduler", &[]), Kind::ReadOnly)
+            .admit(&user("system:kube-scheduler", &[]), &any(), Kind::ReadOnly)
             .await
+            .ok()
             .unwrap();
-        assert!(matches!(s, Admitted::Seat { _seat: Some(_) }));
+        assert!(matches!(s.hold, Hold::Seat(Some(_))));
         for _ in 0..10 {
-            assert!(matches!(
-                f.admit(&user("admin", &["system:masters"]), Kind::Mutating)
-                    .await
-                    .unwrap(),
-                Admitted::Exempt
-            ));
+            let a = f
+                .admit(&user("admin", &["system:masters"]), &any(), Kind::Mutating)
+                .await
+                .ok()
+                .unwrap();
+            assert!(matches!(a.hold, Hold::Exempt));
         }
         // Mutating seats are separate from read seats.
-        assert!(f.admit(&t, Kind::Mutating).await.is_ok());
+        assert!(f.admit(&t, &any(), Kind::Mutating).await.is_ok());
         drop(held);
-        assert!(f.admit(&t, Kind::ReadOnly).await.is_ok());
-        assert!(f.rejected() >= 2);
+        assert!(f.admit(&t, &any(), Kind::ReadOnly).await.is_ok());
+        assert!(f.rejected() >= 1);
+    }
+
+    fn objects() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        use serde_json::json;
+        let levels = vec![
+            json!({"metadata": {"name": "exempt", "uid": "pl-exempt"}, "spec": {"type": "Exempt"}}),
+            json!({"metadata": {"name": "tiny", "uid": "pl-tiny"}, "spec": {"type": "Limited",
+                "limited": {"nominalConcurrencyShares": 1, "limitResponse": {"type": "Queuing",
+                    "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 1}}}}}),
+            json!({"metadata": {"name": "other", "uid": "pl-other"}, "spec": {"type": "Limited",
+                "limited": {"nominalConcurrencyShares": 1, "limitResponse": {"type": "Reject"}}}}),
+        ];
+        let fs = |name: &str, prec: i64, lvl: &str, subject: serde_json::Value| {
+            json!({"metadata": {"name": name, "uid": format!("fs-{name}")},
+                "spec": {"matchingPrecedence": prec, "priorityLevelConfiguration": {"name": lvl},
+                    "distinguisherMethod": {"type": "ByUser"},
+                    "rules": [{"subjects": [subject],
+                        "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                            "clusterScope": true, "namespaces": ["*"]}],
+                        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}})
+        };
+        let schemas = vec![
+            fs(
+                "exempt",
+                1,
+                "exempt",
+                json!({"kind": "Group", "group": {"name": "system:masters"}}),
+            ),
+            fs(
+                "acme",
+                100,
+                "tiny",
+                json!({"kind": "Group", "group": {"name": "h8s:tenant:acme"}}),
+            ),
+            fs(
+                "rest",
+                200,
+                "other",
+                json!({"kind": "Group", "group": {"name": "system:authenticated"}}),
+            ),
+        ];
+        (schemas, levels)
+    }
+
+    #[tokio::test]
+    async fn a_tenant_flooding_its_level_gets_429_while_another_level_is_served() {
+        // Two seats in all: one per limited level (equal shares).
+        let f = Flow::new(
+            LimitsConfig {
+                max_requests_inflight: 1,
+                max_mutating_requests_inflight: 1,
+                ..small()
+            },
+            None,
+        );
+        let (schemas, levels) = objects();
+        f.set_apf(apf::Config::from_objects(&schemas, &levels));
+        let bob = user("bob", &["h8s:tenant:acme"]);
+        let ann = user("ann", &["h8s:tenant:acme"]);
+        let held = f.admit(&bob, &any(), Kind::Mutating).await.ok().unwrap();
+        assert_eq!(held.pf.as_ref().unwrap().flow_schema, "fs-acme");
+        assert_eq!(held.pf.as_ref().unwrap().priority_level, "pl-tiny");
+        // The next acme request (another user, same tenant: same flow) waits in the one
+        // queue of length 1; the one after is refused at once with the classification.
+        let f2 = f.clone();
+        let ann2 = ann.clone();
+        let waiting =
+            tokio::spawn(async move { f2.admit(&ann2, &any(), Kind::ReadOnly).await.is_ok() });
+        let tiny = f.apf.read().unwrap().levels["tiny"].level.clone().unwrap();
+        while tiny.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let r = f.admit(&ann, &any(), Kind::ReadOnly).await.err().unwrap();
+        assert_eq!(r.error.code, 429);
+        let resp = r.response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(resp.headers()["x-kubernetes-pf-flowschema-uid"], "fs-acme");
+        assert_eq!(
+            resp.headers()["x-kubernetes-pf-prioritylevel-uid"],
+            "pl-tiny"
+        );
+        // Another level is served meanwhile; it rejects (no queue) once its seat is taken.
+        let carol = user("carol", &[]);
+        let c = f.admit(&carol, &any(), Kind::ReadOnly).await.ok().unwrap();
+        assert_eq!(c.pf.as_ref().unwrap().priority_level, "pl-other");
+        assert_eq!(
+            f.admit(&carol, &any(), Kind::ReadOnly)
+                .await
+                .err()
+                .unwrap()
+                .error
+                .code,
+            429
+        );
+        // system:masters is exempt whatever is taken.
+        let admin = f
+            .admit(&user("admin", &["system:masters"]), &any(), Kind::Mutating)
+            .await
+            .ok()
+            .unwrap();
+        assert!(matches!(admin.hold, Hold::Exempt));
+        assert_eq!(admin.pf.unwrap().priority_level, "pl-exempt");
+        // The waiter gets bob's seat when he is done.
+        drop(held);
+        assert!(waiting.await.unwrap());
+        drop(c);
+        // A changed configuration is in force at once: acme now on the `other` level.
+        let (mut schemas, levels) = objects();
+        schemas[1]["spec"]["priorityLevelConfiguration"]["name"] = "other".into();
+        f.set_apf(apf::Config::from_objects(&schemas, &levels));
+        let b = f.admit(&bob, &any(), Kind::ReadOnly).await.ok().unwrap();
+        assert_eq!(b.pf.unwrap().priority_level, "pl-other");
+    }
+
+    #[tokio::test]
+    async fn apf_follows_the_stored_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn h8s_store::Store> =
+            Arc::new(h8s_store::Embedded::open(&dir.path().join("s.redb")).unwrap());
+        let (schemas, levels) = objects();
+        let put = |kind: &str, o: &serde_json::Value| {
+            (
+                format!(
+                    "/registry/flowcontrol.apiserver.k8s.io/{kind}/{}",
+                    o["metadata"]["name"].as_str().unwrap()
+                ),
+                bytes::Bytes::from(serde_json::to_vec(o).unwrap()),
+            )
+        };
+        for l in &levels {
+            let (k, v) = put("prioritylevelconfigurations", l);
+            store.create(&k, v).await.unwrap();
+        }
+        for s in &schemas[..2] {
+            let (k, v) = put("flowschemas", s);
+            store.create(&k, v).await.unwrap();
+        }
+        let f = Flow::new(small(), None);
+        f.follow(store.clone());
+        let bob = user("bob", &["h8s:tenant:acme"]);
+        let level_of = |f: &Arc<Flow>| {
+            let f = f.clone();
+            let bob = bob.clone();
+            async move {
+                f.admit(&bob, &any(), Kind::ReadOnly)
+                    .await
+                    .ok()
+                    .and_then(|a| a.pf)
+                    .map(|p| p.priority_level)
+            }
+        };
+        let t0 = std::time::Instant::now();
+        while level_of(&f).await.as_deref() != Some("pl-tiny") {
+            assert!(t0.elapsed() < Duration::from_secs(10), "objects not read");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A new schema of higher precedence takes over.
+        let mut first = schemas[2].clone();
+        first["metadata"]["name"] = "first".into();
+        first["metadata"]["uid"] = "fs-first".into();
+        first["spec"]["matchingPrecedence"] = 50.into();
+        let (k, v) = put("flowschemas", &first);
+        store.create(&k, v).await.unwrap();
+        while level_of(&f).await.as_deref() != Some("pl-other") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "change not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
@@ -617,38 +1038,41 @@ mod tests {
         let a = user("alice", &[]);
         let b = user("bob", &[]);
         let w = Kind::LongRunning { watch: true };
-        let a1 = f.admit(&a, w).await.unwrap();
-        let a2 = f.admit(&a, w).await.unwrap();
-        let e = f.admit(&a, w).await.err().unwrap();
-        assert_eq!(e.code, 429);
-        assert!(e.message.contains("alice"), "{}", e.message);
+        let a1 = f.admit(&a, &any(), w).await.unwrap();
+        let a2 = f.admit(&a, &any(), w).await.unwrap();
+        let e = f.admit(&a, &any(), w).await.err().unwrap();
+        assert_eq!(e.error.code, 429);
+        assert!(e.error.message.contains("alice"), "{}", e.error.message);
         assert_eq!(f.watches_of("alice"), 2);
         // Bob has his own cap.
-        let b1 = f.admit(&b, w).await.unwrap();
+        let b1 = f.admit(&b, &any(), w).await.unwrap();
         // Five long-running requests in all: two more (not watches) fit, then none.
         let x1 = f
-            .admit(&b, Kind::LongRunning { watch: false })
+            .admit(&b, &any(), Kind::LongRunning { watch: false })
             .await
             .unwrap();
         let x2 = f
-            .admit(&b, Kind::LongRunning { watch: false })
+            .admit(&b, &any(), Kind::LongRunning { watch: false })
             .await
             .unwrap();
         assert_eq!(
-            f.admit(&b, Kind::LongRunning { watch: false })
+            f.admit(&b, &any(), Kind::LongRunning { watch: false })
                 .await
                 .err()
                 .unwrap()
+                .error
                 .code,
             429
         );
         drop((a1, x1, x2));
         assert_eq!(f.watches_of("alice"), 1);
-        assert!(f.admit(&a, w).await.is_ok());
+        assert!(f.admit(&a, &any(), w).await.is_ok());
         // The scheduler's watches are not capped per user (only in all: 5).
         drop((a2, b1));
         let sched = user("system:kube-scheduler", &[]);
-        let many: Vec<_> = futures::future::join_all((0..5).map(|_| f.admit(&sched, w))).await;
+        let all = any();
+        let many: Vec<_> =
+            futures::future::join_all((0..5).map(|_| f.admit(&sched, &all, w))).await;
         assert!(many.iter().all(Result::is_ok));
         // Counted (ComponentStatus reads it), not capped.
         assert_eq!(f.watches_of("system:kube-scheduler"), 5);

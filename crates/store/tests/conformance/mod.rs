@@ -629,3 +629,65 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+/// Waits on a progress-reporting watch until its progress reaches `at_least`, failing
+/// on any event (the watched prefix is quiet) or after 20 s.
+pub async fn progress_to(w: &mut h8s_store::NoticeStream, at_least: Revision) -> Revision {
+    let t0 = std::time::Instant::now();
+    loop {
+        let left = Duration::from_secs(20).saturating_sub(t0.elapsed());
+        let n = tokio::time::timeout(left, w.next())
+            .await
+            .unwrap_or_else(|_| panic!("no progress to {at_least} within 20 s"))
+            .expect("watch stream still open")
+            .expect("no watch error");
+        match n {
+            h8s_store::Notice::Progress(r) if r >= at_least => return r,
+            h8s_store::Notice::Progress(_) => {}
+            h8s_store::Notice::Event(e) => panic!("an event on a quiet prefix: {e:?}"),
+        }
+    }
+}
+
+/// A quiet prefix's watch through a watch cache with a ring of 10 events, while 50
+/// writes churn another prefix: its progress reaches the churn's revision, so resuming
+/// from that progress works after the ring and a compaction have left the quiet key's
+/// own revision behind (which answers `Compacted`, the API's 410).
+pub async fn progress_outruns_churn(cache: Arc<h8s_store::WatchCache>, p: &str) {
+    let quiet = format!("{p}/quiet/");
+    let q = cache
+        .create(&format!("{quiet}a"), b("q"))
+        .await
+        .unwrap()
+        .mod_revision;
+    let mut w = cache.watch_progress(&quiet, q).await.unwrap();
+    let mut r = q;
+    let mut churn = 0;
+    for i in 0..50 {
+        churn = cache
+            .create(&format!("{p}/busy/{i}"), b("x"))
+            .await
+            .unwrap()
+            .mod_revision;
+        // The watcher keeps up, as the API server's watch loop does (a subscriber the
+        // ring overtakes is ended, progress or not).
+        r = progress_to(&mut w, churn).await;
+    }
+    assert_eq!(r, churn);
+    cache.compact(churn - 1).await.unwrap();
+    // From the quiet key's own revision: gone.
+    let stale = match cache.watch(&quiet, q).await {
+        Err(e) => Err(e),
+        Ok(mut s) => next(&mut s).await,
+    };
+    assert!(matches!(stale, Err(Error::Compacted { .. })), "{stale:?}");
+    // From the progress: the next change under the quiet prefix, and nothing else.
+    let mut resumed = cache.watch(&quiet, r).await.unwrap();
+    let b_rev = cache
+        .create(&format!("{quiet}b"), b("q"))
+        .await
+        .unwrap()
+        .mod_revision;
+    let e = next(&mut resumed).await.unwrap();
+    assert_eq!((key_of(&e), e.revision()), (&*format!("{quiet}b"), b_rev));
+}
