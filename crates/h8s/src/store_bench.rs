@@ -166,6 +166,8 @@ fn start_server(store: &str) -> anyhow::Result<Server> {
             "127.0.0.1:0",
             "--store",
             store,
+            // The API alone (no embedded node agent, fabric or pod VMs).
+            "--disable-agent",
             "--data-dir",
         ])
         .arg(dir.path())
