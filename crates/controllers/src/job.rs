@@ -13,15 +13,26 @@
 //! `podFailurePolicy` ([`match_failure_policy`]): each newly failed pod is matched against
 //! the rules in order (`onExitCodes` In/NotIn, `onPodConditions` such as `DisruptionTarget`);
 //! `FailJob` fails the Job at once (reason `PodFailurePolicy`, kube's message), `Ignore`
-//! leaves the failure uncounted (the pod is replaced, `backoffLimit` untouched), `Count` and
-//! no match count it. Not done: `backoffLimitPerIndex` (so `FailIndex` counts like `Count`;
-//! validation rejects it without `backoffLimitPerIndex`, as kube), `successPolicy`,
-//! `podReplacementPolicy` (a pod being deleted counts as failed at once, also with a
-//! policy, where kube waits for its phase to be `Failed`).
+//! leaves the failure uncounted (the pod is replaced, `backoffLimit` untouched), `FailIndex`
+//! fails the pod's index (with `backoffLimitPerIndex`), `Count` and no match count it.
+//!
+//! Indexed jobs with `backoffLimitPerIndex` track failures per index, as kube does: each pod
+//! carries `batch.kubernetes.io/job-index-failure-count` (and `…-ignored-failure-count`), a
+//! failed pod keeps its finalizer until its replacement (count + 1, after the index's own
+//! back-off) exists, an index whose pod fails with the count at the limit (or by a
+//! `FailIndex` rule) joins `status.failedIndexes` and is not run again; more failed indexes
+//! than `maxFailedIndexes` fail the Job (`MaxFailedIndexesExceeded`), and so does every index
+//! finished with some failed (`FailedIndexes`). `successPolicy` ([`match_success_policy`]):
+//! the first rule whose `succeededIndexes`/`succeededCount` the completed indexes meet sets
+//! `SuccessCriteriaMet` (reason `SuccessPolicy`, "Matched rules at index N"), the remaining
+//! pods are deleted, then `Complete` follows with the same reason. `podReplacementPolicy`:
+//! `TerminatingOrFailed` counts a pod being deleted as failed and replaces it at once;
+//! `Failed` (the default with a `podFailurePolicy`) waits until its phase is `Failed`, and
+//! `status.terminating` counts the pods in between (their indexes are not run twice).
 //!
 //! Each sync is computed by [`plan`] from a snapshot; only [`reconcile`] talks to the API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +57,10 @@ use crate::{Context, Error};
 
 pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub(crate) const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// Failures counted so far in a pod's index (`backoffLimitPerIndex`).
+pub(crate) const FAILURE_COUNT_KEY: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Failures of the index that a `podFailurePolicy` rule ignored.
+pub(crate) const IGNORED_COUNT_KEY: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 const CONTROLLER: &str = "job-controller";
 /// `MaxJobPodFailureBackOff` (10 min) over `DefaultJobPodFailureBackOff` (10 s).
 const BACKOFF_MAX_FACTOR: u32 = 60;
@@ -59,6 +74,9 @@ pub(crate) struct Plan {
     pub(crate) unfinalize: Vec<Arc<Pod>>,
     /// Pods to create: their completion index for Indexed jobs.
     pub(crate) create: Vec<Option<i32>>,
+    /// With `backoffLimitPerIndex`: the (failure, ignored failure) counts each created
+    /// index's pod carries.
+    pub(crate) failure_counts: BTreeMap<i32, (i32, i32)>,
     pub(crate) delete: Vec<Arc<Pod>>,
     pub(crate) status: JobStatus,
     pub(crate) events: Vec<(bool, &'static str, String)>,
@@ -128,14 +146,36 @@ fn has_finalizer(p: &Pod) -> bool {
 }
 
 /// Succeeded, failed, or still going. A pod being deleted before it succeeded counts as
-/// failed, as in Kubernetes.
-fn outcome(p: &Pod) -> Option<bool> {
+/// failed, as in Kubernetes, unless only failed pods are replaced (`podReplacementPolicy:
+/// Failed`): then it is terminating until its phase says.
+fn outcome(p: &Pod, only_failed: bool) -> Option<bool> {
     match pods::phase(p) {
         "Succeeded" => Some(true),
         "Failed" => Some(false),
-        _ if p.metadata.deletion_timestamp.is_some() => Some(false),
+        _ if p.metadata.deletion_timestamp.is_some() && !only_failed => Some(false),
         _ => None,
     }
+}
+
+/// kube's `onlyReplaceFailedPods`: `podReplacementPolicy: Failed`, or any
+/// `podFailurePolicy`.
+fn only_replace_failed(spec: &k8s_openapi::api::batch::v1::JobSpec) -> bool {
+    spec.pod_replacement_policy.as_deref() == Some("Failed") || spec.pod_failure_policy.is_some()
+}
+
+/// A pod's (failure, ignored failure) counts of its index; 0 when absent or not a valid
+/// int32 (the annotations are the user's to tamper with).
+fn index_failure_counts(p: &Pod) -> (i32, i32) {
+    let get = |k: &str| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(k))
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|v| *v >= 0)
+            .unwrap_or(0)
+    };
+    (get(FAILURE_COUNT_KEY), get(IGNORED_COUNT_KEY))
 }
 
 /// What a Job's `podFailurePolicy` makes of a failed pod (kube's `matchPodFailurePolicy`).
@@ -145,8 +185,9 @@ pub(crate) enum FailureAction {
     FailJob(String),
     /// Not counted towards `backoffLimit`; the pod is replaced.
     Ignore,
-    /// Counted, as without a policy (also when no rule matches). `FailIndex` counts too:
-    /// `backoffLimitPerIndex` is not implemented.
+    /// Counted, and the pod's index fails at once (with `backoffLimitPerIndex`).
+    FailIndex,
+    /// Counted, as without a policy (also when no rule matches).
     Count,
 }
 
@@ -209,6 +250,7 @@ pub(crate) fn match_failure_policy(
             return match rule.action.as_str() {
                 "FailJob" => FailureAction::FailJob(msg),
                 "Ignore" => FailureAction::Ignore,
+                "FailIndex" => FailureAction::FailIndex,
                 _ => FailureAction::Count,
             };
         }
@@ -216,7 +258,8 @@ pub(crate) fn match_failure_policy(
     FailureAction::Count
 }
 
-/// `"1,3-5,7"` (Kubernetes' interval notation of `completedIndexes`).
+/// `"1,3-5,7"` (Kubernetes' interval notation of `completedIndexes`: two neighbours are
+/// written `3,4`, longer runs `3-5`).
 pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut it = set.iter().copied().peekable();
@@ -225,13 +268,50 @@ pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
         while it.peek() == Some(&(end + 1)) {
             end = it.next().unwrap_or(end);
         }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
+        out.push(match end - start {
+            0 => start.to_string(),
+            1 => format!("{start},{end}"),
+            _ => format!("{start}-{end}"),
         });
     }
     out.join(",")
+}
+
+/// kube's `matchSuccessPolicy`: the first rule the succeeded indexes meet, as the message
+/// of `SuccessCriteriaMet`. `succeededIndexes` alone needs every listed index (below
+/// `completions`); with `succeededCount` that many of them; `succeededCount` alone that many
+/// of all indexes.
+pub(crate) fn match_success_policy(
+    policy: &k8s_openapi::api::batch::v1::SuccessPolicy,
+    completions: i32,
+    succeeded: &BTreeSet<i32>,
+) -> Option<String> {
+    if succeeded.is_empty() {
+        return None;
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let met = if let Some(idx) = &rule.succeeded_indexes {
+            let required: BTreeSet<i32> = parse_indexes(idx)
+                .into_iter()
+                .filter(|x| *x < completions)
+                .collect();
+            if required.is_empty() {
+                continue;
+            }
+            let contains = required.intersection(succeeded).count();
+            contains == required.len()
+                || rule
+                    .succeeded_count
+                    .is_some_and(|c| contains >= c.max(0) as usize)
+        } else {
+            rule.succeeded_count
+                .is_some_and(|c| succeeded.len() >= c.max(0) as usize)
+        };
+        if met {
+            return Some(format!("Matched rules at index {i}"));
+        }
+    }
+    None
 }
 
 pub(crate) fn parse_indexes(s: &str) -> BTreeSet<i32> {
@@ -274,6 +354,89 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     let old = job.status.clone().unwrap_or_default();
     let mut s = old.clone();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions_n = spec.completions.unwrap_or(0);
+    let per_index = indexed && spec.backoff_limit_per_index.is_some();
+    let limit_per_index = spec.backoff_limit_per_index.unwrap_or(0);
+    let only_failed = only_replace_failed(spec);
+    // Once the outcome is known, pods being deleted count as failed and let go of their
+    // finalizer (kube's canRemoveFinalizer with a finished condition).
+    let finishing =
+        cond_true(&s, "FailureTarget").is_some() || cond_true(&s, "SuccessCriteriaMet").is_some();
+    let outcome_of = |pod: &Pod| {
+        outcome(pod, only_failed)
+            .or_else(|| (finishing && pod.metadata.deletion_timestamp.is_some()).then_some(false))
+    };
+    let valid_index = |pod: &Pod| index_of(pod).filter(|i| *i >= 0 && *i < completions_n);
+    let action_of = |pod: &Pod| match &spec.pod_failure_policy {
+        Some(policy) => match_failure_policy(policy, pod),
+        None => FailureAction::Count,
+    };
+    let active: Vec<Arc<Pod>> = pods
+        .iter()
+        .filter(|p| pods::is_active(p))
+        .cloned()
+        .collect();
+    let active_idx: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+    let mut completed = parse_indexes(s.completed_indexes.as_deref().unwrap_or(""));
+
+    // 0. backoffLimitPerIndex: the failed indexes, and per index the failed pod whose
+    // finalizer stays until its replacement carries its failure count.
+    let mut failed_idx: BTreeSet<i32> = BTreeSet::new();
+    let mut delayed: HashMap<i32, Arc<Pod>> = HashMap::new();
+    if per_index {
+        failed_idx = parse_indexes(s.failed_indexes.as_deref().unwrap_or(""))
+            .into_iter()
+            .filter(|i| *i < completions_n)
+            .collect();
+        let mut succeeded_now = completed.clone();
+        for pod in pods.iter().filter(|p| has_finalizer(p)) {
+            let Some(ix) = valid_index(pod) else { continue };
+            match outcome_of(pod) {
+                Some(true) => {
+                    succeeded_now.insert(ix);
+                }
+                Some(false) => {
+                    let failed = match action_of(pod) {
+                        FailureAction::FailIndex => true,
+                        FailureAction::Ignore => false,
+                        _ => index_failure_counts(pod).0 >= limit_per_index,
+                    };
+                    if failed {
+                        failed_idx.insert(ix);
+                    }
+                }
+                None => {}
+            }
+        }
+        if !finishing && job.metadata.deletion_timestamp.is_none() {
+            for pod in pods.iter().filter(|p| has_finalizer(p)) {
+                let Some(ix) = valid_index(pod) else { continue };
+                if outcome_of(pod) != Some(false)
+                    || succeeded_now.contains(&ix)
+                    || failed_idx.contains(&ix)
+                    || active_idx.contains(&ix)
+                {
+                    continue;
+                }
+                let total = |p: &Pod| {
+                    let (f, i) = index_failure_counts(p);
+                    f.saturating_add(i)
+                };
+                let later = match delayed.get(&ix) {
+                    None => true,
+                    Some(d) => total(d) <= total(pod) && finished_at(pod) >= finished_at(d),
+                };
+                if later {
+                    delayed.insert(ix, pod.clone());
+                }
+            }
+        }
+    }
+    let is_delayed = |pod: &Pod| {
+        valid_index(pod)
+            .and_then(|ix| delayed.get(&ix))
+            .is_some_and(|d| d.metadata.uid == pod.metadata.uid)
+    };
 
     // 1. Count finished pods through the tracking finalizer.
     let mut unc = s.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -286,19 +449,19 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     let mut unc_fail: BTreeSet<String> =
         unc.failed.clone().unwrap_or_default().into_iter().collect();
     let mut new_uncounted = false;
-    let mut completed = parse_indexes(s.completed_indexes.as_deref().unwrap_or(""));
     // A podFailurePolicy rule that fails the Job.
     let mut policy_failure: Option<String> = None;
     for pod in pods {
-        let Some(ok) = outcome(pod) else { continue };
-        if !has_finalizer(pod) {
+        let Some(ok) = outcome_of(pod) else { continue };
+        if !has_finalizer(pod) || is_delayed(pod) {
             continue;
         }
         let uid = pod.uid().unwrap_or_default();
         if !unc_ok.contains(&uid) && !unc_fail.contains(&uid) {
-            let action = match (&spec.pod_failure_policy, ok) {
-                (Some(policy), false) => match_failure_policy(policy, pod),
-                _ => FailureAction::Count,
+            let action = if ok {
+                FailureAction::Count
+            } else {
+                action_of(pod)
             };
             if ok {
                 unc_ok.insert(uid);
@@ -326,8 +489,7 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     for pod in pods {
         let uid = pod.uid().unwrap_or_default();
         if indexed && unc_ok.contains(&uid) {
-            if let Some(i) = index_of(pod).filter(|i| *i >= 0 && *i < spec.completions.unwrap_or(0))
-            {
+            if let Some(i) = valid_index(pod) {
                 completed.insert(i);
             }
         }
@@ -344,16 +506,15 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     if indexed {
         s.completed_indexes = Some(format_indexes(&completed));
     }
+    if per_index {
+        s.failed_indexes = Some(format_indexes(&failed_idx));
+    }
 
-    let active: Vec<Arc<Pod>> = pods
-        .iter()
-        .filter(|p| pods::is_active(p))
-        .cloned()
-        .collect();
-    let terminating = pods
+    let terminating_pods: Vec<&Arc<Pod>> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some() && outcome_phase_running(p))
-        .count() as i32;
+        .collect();
+    let terminating = terminating_pods.len() as i32;
 
     // 2. A finished job only tidies up.
     if let Some(done) = is_finished(&s) {
@@ -382,7 +543,9 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     }
 
     // 3. The outcome: failure first, as Kubernetes.
-    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    let backoff_limit = spec
+        .backoff_limit
+        .unwrap_or(if per_index { i32::MAX } else { 6 });
     let mut failure = cond_true(&s, "FailureTarget")
         .map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
         .or_else(|| policy_failure.map(|m| ("PodFailurePolicy".to_string(), m)));
@@ -406,36 +569,62 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
             }
         }
     }
+    if failure.is_none() && per_index {
+        let nfailed = failed_idx.len() as i32;
+        if spec.max_failed_indexes.is_some_and(|m| nfailed > m) {
+            failure = Some((
+                "MaxFailedIndexesExceeded".into(),
+                "Job has exceeded the specified maximal number of failed indexes".into(),
+            ));
+        } else if nfailed > 0 && nfailed + completed.len() as i32 >= completions_n {
+            failure = Some(("FailedIndexes".into(), "Job has failed indexes".into()));
+        }
+    }
     let completions = spec.completions;
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let success = cond_true(&s, "SuccessCriteriaMet").is_some()
-        || match completions {
+    let success: Option<(String, String)> = if failure.is_some() {
+        None
+    } else if let Some(c) = cond_true(&s, "SuccessCriteriaMet") {
+        Some((c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+    } else if let Some(msg) = spec
+        .success_policy
+        .as_ref()
+        .filter(|_| indexed)
+        .and_then(|sp| match_success_policy(sp, completions_n, &completed))
+    {
+        Some(("SuccessPolicy".into(), msg))
+    } else {
+        let reached = match completions {
             Some(c) => succeeded >= c,
             None => succeeded > 0 && active.is_empty(),
         };
+        reached.then(|| {
+            (
+                "CompletionsReached".into(),
+                "Reached expected number of succeeded pods".into(),
+            )
+        })
+    };
+    // The terminal condition waits for every pod to stop and be counted.
+    let settled = active.is_empty() && terminating == 0 && delayed.is_empty();
+    if !delayed.is_empty() && (failure.is_some() || success.is_some()) {
+        p.requeue = Some(Duration::from_secs(1));
+    }
     if let Some((reason, msg)) = failure {
         set_cond(&mut s, "FailureTarget", "True", &reason, &msg, now);
         p.delete = active.clone();
-        if active.is_empty() && terminating == 0 {
+        if settled {
             set_cond(&mut s, "Failed", "True", &reason, &msg, now);
             p.events.push((true, leak(&reason), msg));
         }
         p.status = finish_status(s, &[], terminating + p.delete.len() as i32);
         return p;
     }
-    if success {
-        let msg = "Reached expected number of succeeded pods";
-        set_cond(
-            &mut s,
-            "SuccessCriteriaMet",
-            "True",
-            "CompletionsReached",
-            msg,
-            now,
-        );
+    if let Some((reason, msg)) = success {
+        set_cond(&mut s, "SuccessCriteriaMet", "True", &reason, &msg, now);
         p.delete = active.clone();
-        if active.is_empty() && terminating == 0 {
-            set_cond(&mut s, "Complete", "True", "CompletionsReached", msg, now);
+        if settled {
+            set_cond(&mut s, "Complete", "True", &reason, &msg, now);
             s.completion_time = Some(Time(now));
             p.events.push((false, "Completed", "Job completed".into()));
         }
@@ -474,52 +663,81 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
         p.events.push((false, "Resumed", "Job resumed".into()));
     }
 
-    // 5. Keep the wanted number of pods running.
-    let mut want = match completions {
+    // 5. Keep the wanted number of pods running; with `podReplacementPolicy: Failed` a
+    // terminating pod still holds its place.
+    let want = match completions {
         Some(c) if !indexed => (c - succeeded).clamp(0, parallelism),
-        Some(c) => (c - completed.len() as i32).clamp(0, parallelism),
+        Some(c) => (c - completed.len() as i32 - failed_idx.len() as i32).clamp(0, parallelism),
         None if succeeded > 0 => 0,
         None => parallelism,
     };
-    if indexed {
-        want = want.min(parallelism);
-    }
     let have = active.len() as i32;
+    let held = have + if only_failed { terminating } else { 0 };
+    let delay_after = |failures: u32| {
+        let exp = failures.saturating_sub(1).min(10);
+        backoff
+            .saturating_mul(1 << exp)
+            .min(backoff.saturating_mul(BACKOFF_MAX_FACTOR))
+    };
     if have > want {
         let mut ranked = active.clone();
         pods::sort_for_deletion(&mut ranked);
         ranked.truncate((have - want) as usize);
         p.delete = ranked;
-    } else if have < want {
-        // Exponential back-off after failures.
+    } else if held < want {
+        // Exponential back-off after failures: per index with backoffLimitPerIndex, else
+        // over the whole Job.
         let last_failure = pods
             .iter()
-            .filter(|p| outcome(p) == Some(false))
+            .filter(|p| outcome(p, only_failed) == Some(false))
             .filter_map(|p| finished_at(p))
             .max();
         let mut wait = Duration::ZERO;
-        if failed > 0 {
+        if failed > 0 && !per_index {
             if let Some(t) = last_failure {
-                let exp = u32::try_from(failed - 1).unwrap_or(0).min(10);
-                let delay = backoff
-                    .saturating_mul(1 << exp)
-                    .min(backoff.saturating_mul(BACKOFF_MAX_FACTOR));
                 let since = Duration::try_from(now.duration_since(t)).unwrap_or_default();
-                wait = delay.saturating_sub(since);
+                wait = delay_after(u32::try_from(failed).unwrap_or(0)).saturating_sub(since);
             }
         }
         if !wait.is_zero() {
             p.requeue = Some(p.requeue.map_or(wait, |r| r.min(wait)));
         } else if indexed {
-            let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
-            let n = completions.unwrap_or(0);
-            p.create = (0..n)
-                .filter(|i| !completed.contains(i) && !running.contains(i))
-                .take((want - have) as usize)
-                .map(Some)
-                .collect();
+            let mut busy: BTreeSet<i32> = active_idx.clone();
+            busy.extend(completed.iter().copied());
+            busy.extend(failed_idx.iter().copied());
+            if only_failed {
+                busy.extend(terminating_pods.iter().filter_map(|p| index_of(p)));
+            }
+            let mut create = Vec::new();
+            for i in (0..completions_n).filter(|i| !busy.contains(i)) {
+                if create.len() as i32 >= want - held {
+                    break;
+                }
+                let mut counts = (0, 0);
+                if let Some(d) = delayed.get(&i) {
+                    let (f, ig) = index_failure_counts(d);
+                    counts = match action_of(d) {
+                        FailureAction::Ignore => (f, ig.saturating_add(1)),
+                        _ => (f.saturating_add(1), ig),
+                    };
+                    let failures = u32::try_from(counts.0.saturating_add(counts.1)).unwrap_or(0);
+                    if let Some(t) = finished_at(d) {
+                        let since = Duration::try_from(now.duration_since(t)).unwrap_or_default();
+                        let w = delay_after(failures).saturating_sub(since);
+                        if !w.is_zero() {
+                            p.requeue = Some(p.requeue.map_or(w, |r| r.min(w)));
+                            continue;
+                        }
+                    }
+                }
+                if per_index {
+                    p.failure_counts.insert(i, counts);
+                }
+                create.push(Some(i));
+            }
+            p.create = create;
         } else {
-            p.create = vec![None; (want - have) as usize];
+            p.create = vec![None; (want - held) as usize];
         }
     }
     let active_after = active.len() as i32 + p.create.len() as i32 - p.delete.len() as i32;
@@ -528,7 +746,6 @@ pub(crate) fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp, backoff: 
     p.status = st;
     p
 }
-
 fn outcome_phase_running(p: &Pod) -> bool {
     !matches!(pods::phase(p), "Succeeded" | "Failed")
 }
@@ -552,8 +769,9 @@ fn finish_status(mut s: JobStatus, active: &[Arc<Pod>], terminating: i32) -> Job
     s
 }
 
-/// A pod of `job`, for completion index `index` when the job is Indexed.
-fn job_pod(job: &Job, index: Option<i32>) -> Pod {
+/// A pod of `job`, for completion index `index` when the job is Indexed, with the index's
+/// (failure, ignored failure) counts under `backoffLimitPerIndex`.
+fn job_pod(job: &Job, index: Option<i32>, failures: Option<(i32, i32)>) -> Pod {
     let name = job.name_any();
     let spec = job
         .spec
@@ -579,6 +797,16 @@ fn job_pod(job: &Job, index: Option<i32>) -> Pod {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(INDEX_KEY.into(), i.to_string());
+        if let Some((f, ignored)) = failures {
+            let a = pod
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            a.insert(FAILURE_COUNT_KEY.into(), f.to_string());
+            if ignored > 0 {
+                a.insert(IGNORED_COUNT_KEY.into(), ignored.to_string());
+            }
+        }
         pod.metadata
             .labels
             .get_or_insert_with(Default::default)
@@ -640,7 +868,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         .reflect(pod_writer)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
-                if has_finalizer(p) && outcome(p).is_some() {
+                if has_finalizer(p) && outcome(p, false).is_some() {
                     let owner = workload::controller_of(&p.metadata);
                     let alive = owner.is_some_and(|r| {
                         job_store
@@ -827,7 +1055,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ReconcileErr
     if !plan.create.is_empty() {
         let (_, err) = workload::slow_start(plan.create.len(), |i| {
             let (api, st, key, job) = (&api, &st, &key, &job);
-            let pod = job_pod(job, plan.create[i]);
+            let index = plan.create[i];
+            let counts = index.and_then(|ix| plan.failure_counts.get(&ix).copied());
+            let pod = job_pod(job, index, counts);
             async move {
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(created) => {
@@ -1223,7 +1453,7 @@ mod tests {
         running.metadata.annotations = Some([(INDEX_KEY.to_string(), "1".to_string())].into());
         let p = plan(&j, &[Arc::new(running)], jiff::Timestamp::now(), BACKOFF);
         assert_eq!(p.create, vec![Some(2)]);
-        let pod = job_pod(&j, Some(2));
+        let pod = job_pod(&j, Some(2), None);
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-2-"));
         assert_eq!(pod.metadata.annotations.unwrap()[INDEX_KEY], "2");
         let ps = pod.spec.unwrap();
@@ -1240,6 +1470,238 @@ mod tests {
         let s = parse_indexes("1,3-5,7");
         assert_eq!(s.iter().copied().collect::<Vec<_>>(), [1, 3, 4, 5, 7]);
         assert_eq!(format_indexes(&s), "1,3-5,7");
+        // Two neighbours are written as kube writes them.
+        let s = parse_indexes("0-1,3-4,6-8");
+        assert_eq!(format_indexes(&s), "0,1,3,4,6-8");
+    }
+
+    /// An Indexed job of `completions` pods, `parallelism` at once.
+    fn indexed(completions: i32, parallelism: i32) -> Job {
+        let mut j = job(Some(completions), parallelism);
+        let spec = j.spec.as_mut().unwrap();
+        spec.completion_mode = Some("Indexed".into());
+        spec.backoff_limit = None;
+        j
+    }
+
+    /// A pod of index `ix` in `phase`, tracked, with the index's failure count.
+    fn ip(name: &str, ix: i32, phase: &str, failures: Option<i32>) -> Arc<Pod> {
+        let mut p = (*jp(name, phase, true)).clone();
+        let a = p.metadata.annotations.get_or_insert_with(Default::default);
+        a.insert(INDEX_KEY.into(), ix.to_string());
+        if let Some(f) = failures {
+            a.insert(FAILURE_COUNT_KEY.into(), f.to_string());
+        }
+        Arc::new(p)
+    }
+
+    #[test]
+    fn backoff_limit_per_index_replaces_a_failed_index_then_fails_it() {
+        let mut j = indexed(3, 3);
+        j.spec.as_mut().unwrap().backoff_limit_per_index = Some(1);
+        // First pods carry a failure count of 0.
+        let p = plan(&j, &[], jiff::Timestamp::now(), Duration::ZERO);
+        assert_eq!(p.create, vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(p.failure_counts.get(&1), Some(&(0, 0)));
+        assert_eq!(p.status.failed_indexes.as_deref(), Some(""));
+        let pod = job_pod(&j, Some(1), Some((1, 0)));
+        assert_eq!(pod.metadata.annotations.unwrap()[FAILURE_COUNT_KEY], "1");
+
+        // Index 1 fails once: its pod keeps the finalizer (uncounted) until the
+        // replacement, with failure count 1, exists. The Job's backoffLimit (defaulted to
+        // MaxInt32 with a per-index limit) is not what fails it.
+        let running = |n: &str, ix| ip(n, ix, "Running", Some(0));
+        let pods = [
+            running("a", 0),
+            ip("b", 1, "Failed", Some(0)),
+            running("c", 2),
+        ];
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert_eq!(p.create, vec![Some(1)]);
+        assert_eq!(p.failure_counts.get(&1), Some(&(1, 0)));
+        assert!(p.unfinalize.is_empty() && p.record.is_none());
+        assert_eq!(p.status.failed_indexes.as_deref(), Some(""));
+        // Once the replacement runs, the failed pod is counted and let go.
+        let pods = [
+            running("a", 0),
+            ip("b", 1, "Failed", Some(0)),
+            ip("b2", 1, "Running", Some(1)),
+            running("c", 2),
+        ];
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert!(p.create.is_empty());
+        assert_eq!(p.unfinalize.len(), 1);
+        assert_eq!(p.status.failed, Some(1));
+        // The replacement fails too, at the limit: index 1 has failed and is not run
+        // again; the others go on.
+        let pods = [
+            running("a", 0),
+            ip("b2", 1, "Failed", Some(1)),
+            running("c", 2),
+        ];
+        let mut j2 = j.clone();
+        j2.status = Some(JobStatus {
+            failed: Some(1),
+            ..Default::default()
+        });
+        let p = plan(&j2, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert!(p.create.is_empty());
+        assert_eq!(p.unfinalize.len(), 1);
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1"));
+        assert_eq!(p.status.failed, Some(2));
+        assert!(cond_true(&p.status, "FailureTarget").is_none());
+        // When the other indexes succeed, the Job fails with FailedIndexes.
+        j2.status = Some(JobStatus {
+            failed: Some(2),
+            failed_indexes: Some("1".into()),
+            completed_indexes: Some("0".into()),
+            ..Default::default()
+        });
+        let p = plan(
+            &j2,
+            &[ip("c", 2, "Succeeded", Some(0))],
+            jiff::Timestamp::now(),
+            Duration::ZERO,
+        );
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0,2"));
+        let f = cond_true(&p.status, "Failed").expect("failed");
+        assert_eq!(f.reason.as_deref(), Some("FailedIndexes"));
+        assert_eq!(f.message.as_deref(), Some("Job has failed indexes"));
+        assert_eq!(p.events[0].1, "FailedIndexes");
+    }
+
+    #[test]
+    fn max_failed_indexes_fails_the_job_and_fail_index_fails_at_once() {
+        let mut j = indexed(4, 4);
+        let spec = j.spec.as_mut().unwrap();
+        spec.backoff_limit_per_index = Some(3);
+        spec.max_failed_indexes = Some(0);
+        spec.pod_failure_policy = Some(
+            serde_json::from_value(json!({"rules": [
+                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}}
+            ]}))
+            .unwrap(),
+        );
+        let mut f = (*failed_with("a", 42, None)).clone();
+        f.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(INDEX_KEY.into(), "2".into());
+        let running: Vec<Arc<Pod>> = [0, 1, 3]
+            .iter()
+            .map(|i| ip(&format!("r{i}"), *i, "Running", Some(0)))
+            .collect();
+        let mut pods = running.clone();
+        pods.push(Arc::new(f));
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        // FailIndex fails index 2 with no retry (limit 3); one failed index is over
+        // maxFailedIndexes 0: the Job fails, its running pods are deleted.
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("2"));
+        assert_eq!(
+            reason(&p.status, "FailureTarget").as_deref(),
+            Some("MaxFailedIndexesExceeded")
+        );
+        assert_eq!(p.delete.len(), 3);
+        assert!(cond_true(&p.status, "Failed").is_none());
+        // With no maxFailedIndexes the other indexes keep running.
+        j.spec.as_mut().unwrap().max_failed_indexes = None;
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert!(cond_true(&p.status, "FailureTarget").is_none());
+        assert!(p.create.is_empty() && p.delete.is_empty());
+    }
+
+    #[test]
+    fn success_policy_rules_match_as_kube() {
+        let policy = |rules: serde_json::Value| -> k8s_openapi::api::batch::v1::SuccessPolicy {
+            serde_json::from_value(json!({ "rules": rules })).unwrap()
+        };
+        let done = parse_indexes("0,2-4");
+        // succeededIndexes alone: every listed index.
+        let p = policy(json!([{"succeededIndexes": "0-1"}, {"succeededIndexes": "2-3"}]));
+        assert_eq!(
+            match_success_policy(&p, 10, &done).as_deref(),
+            Some("Matched rules at index 1")
+        );
+        // With succeededCount: that many of the listed ones.
+        let p = policy(json!([{"succeededIndexes": "0-1", "succeededCount": 1}]));
+        assert_eq!(
+            match_success_policy(&p, 10, &done).as_deref(),
+            Some("Matched rules at index 0")
+        );
+        // succeededCount alone: over all indexes.
+        assert!(match_success_policy(&policy(json!([{"succeededCount": 5}])), 10, &done).is_none());
+        assert!(match_success_policy(&policy(json!([{"succeededCount": 4}])), 10, &done).is_some());
+        // Indexes past completions are ignored; nothing succeeded matches nothing.
+        assert!(
+            match_success_policy(&policy(json!([{"succeededIndexes": "12"}])), 10, &done).is_none()
+        );
+        assert!(match_success_policy(
+            &policy(json!([{"succeededCount": 0}])),
+            10,
+            &BTreeSet::new()
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn a_success_policy_completes_the_job_once_the_rest_stopped() {
+        let mut j = indexed(5, 5);
+        j.spec.as_mut().unwrap().success_policy =
+            Some(serde_json::from_value(json!({"rules": [{"succeededIndexes": "0,1"}]})).unwrap());
+        let pods = [
+            ip("a", 0, "Succeeded", None),
+            ip("b", 1, "Succeeded", None),
+            ip("c", 2, "Running", None),
+        ];
+        let p = plan(&j, &pods, jiff::Timestamp::now(), BACKOFF);
+        let met = cond_true(&p.status, "SuccessCriteriaMet").expect("criteria met");
+        assert_eq!(met.reason.as_deref(), Some("SuccessPolicy"));
+        assert_eq!(met.message.as_deref(), Some("Matched rules at index 0"));
+        assert_eq!(p.delete.len(), 1, "the lingering pod is removed");
+        assert!(p.create.is_empty());
+        assert!(cond_true(&p.status, "Complete").is_none());
+        assert_eq!(p.status.terminating, Some(1));
+        // Next sync: the pod is gone; Complete follows with the same reason.
+        let mut j2 = j.clone();
+        j2.status = Some(p.status.clone());
+        let p = plan(&j2, &[], jiff::Timestamp::now(), BACKOFF);
+        let c = cond_true(&p.status, "Complete").expect("complete");
+        assert_eq!(c.reason.as_deref(), Some("SuccessPolicy"));
+        assert_eq!(c.message.as_deref(), Some("Matched rules at index 0"));
+        assert_eq!(p.status.succeeded, Some(2));
+    }
+
+    #[test]
+    fn pod_replacement_policy_failed_waits_for_the_failed_phase() {
+        let terminating = || {
+            let mut p = (*jp("t", "Running", true)).clone();
+            p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            Arc::new(p)
+        };
+        let mut j = job(Some(4), 2);
+        j.spec.as_mut().unwrap().pod_replacement_policy = Some("Failed".into());
+        let pods = [jp("a", "Running", true), terminating()];
+        let p = plan(&j, &pods, jiff::Timestamp::now(), BACKOFF);
+        // Not counted, not replaced, but reported terminating.
+        assert!(p.create.is_empty());
+        assert!(p.unfinalize.is_empty());
+        assert_eq!(p.status.failed, Some(0));
+        assert_eq!(p.status.terminating, Some(1));
+        assert_eq!(p.status.active, Some(1));
+        // TerminatingOrFailed: counted as failed and replaced at once.
+        j.spec.as_mut().unwrap().pod_replacement_policy = Some("TerminatingOrFailed".into());
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert_eq!(p.status.failed, Some(1));
+        assert_eq!(p.unfinalize.len(), 1);
+        assert_eq!(p.create.len(), 1);
+        // Any podFailurePolicy implies Failed.
+        let mut j = with_policy(json!([
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        ]));
+        j.spec.as_mut().unwrap().parallelism = Some(2);
+        let p = plan(&j, &pods, jiff::Timestamp::now(), Duration::ZERO);
+        assert!(p.create.is_empty());
+        assert_eq!(p.status.terminating, Some(1));
     }
 
     #[test]

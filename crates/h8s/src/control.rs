@@ -73,6 +73,10 @@ pub struct ControlArgs {
     /// CronJob controller: time between schedule checks [default: 10s].
     #[arg(long = "cronjob-sync-period", value_parser = duration)]
     pub cronjob_sync: Option<Duration>,
+    /// Job controller: the first back-off after a pod failure, doubling up to 60 times it
+    /// (kube's 10 s → 10 min) [default: 10s].
+    #[arg(long = "job-pod-failure-backoff", value_parser = duration)]
+    pub job_backoff: Option<Duration>,
     /// Garbage collector: how often discovery is re-read for new resources [default: 30s].
     #[arg(long = "discovery-sync-period", value_parser = duration)]
     pub discovery_sync: Option<Duration>,
@@ -140,6 +144,7 @@ impl ControlArgs {
             .large_cluster_size_threshold
             .unwrap_or(e.large_cluster_size_threshold);
         set(&mut t.cronjob_sync, self.cronjob_sync);
+        set(&mut t.job_backoff, self.job_backoff);
         set(&mut t.discovery_sync, self.discovery_sync);
         set(&mut t.gc_max_backoff, self.gc_max_backoff);
         set(

@@ -190,7 +190,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         bind_concurrency: args.bind_concurrency,
         ..Default::default()
     };
-    let sc = c.clone();
+    // The scheduler's own client, as `h8s server` builds it: every request and watch
+    // multiplexed over one HTTP/2 connection.
+    let (url, ca, token) = server.endpoint()?;
+    let sc = h8s_client::Connection {
+        server: url,
+        ca_pem: ca.into_bytes(),
+        credentials: h8s_client::Credentials::Token(token),
+        user_agent: "kube-scheduler/h8s-bench".into(),
+    }
+    .client_http2()
+    .context("the scheduler's HTTP/2 client")?;
     let t0 = Instant::now();
     let sched = tokio::spawn(async move { h8s_scheduler::run(sc, cfg).await });
     let times = tokio::time::timeout(Duration::from_secs(600), done_rx)
@@ -256,7 +266,8 @@ scheduler, controllers and agent off) gets {nodes} Node objects (32 cpu, 64 GiB,
 Ready, 3 zones; no agent). Baseline: {pods} pods created through the API by the same client \
 ({conc} in flight) — the server's raw pod-create rate. Then {pods} pods (100m cpu, 128 MiB) are \
 created unscheduled, and the scheduler (`h8s_scheduler::run`, in the benchmark process, an API \
-client over TLS like any other; {bconc} bindings in flight) is started: it lists nodes and \
+client over TLS like any other, its requests and watches multiplexed over one HTTP/2 \
+connection as in `h8s server`; {bconc} bindings in flight) is started: it lists nodes and \
 pods, filters and scores every pod, binds it through `pods/binding`, and queues its \
 `Scheduled` event, which a recorder writes off the binding path (8 in flight, a queue of 1,000 \
 that drops when full, as client-go's event broadcaster; {recorded} of {pods} events were \

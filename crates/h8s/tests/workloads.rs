@@ -85,6 +85,9 @@ fn start() -> Shared {
             "--cronjob-sync-period",
             "1s",
         ]);
+        if help.contains("--job-pod-failure-backoff") {
+            cmd.args(["--job-pod-failure-backoff", "1s"]);
+        }
         if help.contains("--leader-elect") {
             cmd.args(["--leader-elect", "false"]);
         }
@@ -233,17 +236,25 @@ async fn fake_kubelet(client: h8s_client::kube::Client) {
                     continue;
                 }
                 let spec = p.spec.clone().unwrap_or_default();
+                // An Indexed job's command may name indexes that fail (`fail-index-N;`) or
+                // keep running (`hang-index-N;`).
+                let cmd = serde_json::to_string(&spec.containers).unwrap_or_default();
+                let marked = |what: &str| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("batch.kubernetes.io/job-completion-index"))
+                        .is_some_and(|i| cmd.contains(&format!("{what}-{i};")))
+                };
                 let job = matches!(
                     spec.restart_policy.as_deref(),
                     Some("Never") | Some("OnFailure")
-                );
+                ) && !marked("hang-index");
                 let now = h8s_client::k8s_openapi::jiff::Timestamp::now()
                     .strftime("%Y-%m-%dT%H:%M:%SZ")
                     .to_string();
                 let status = if job {
-                    let fail = serde_json::to_string(&spec.containers)
-                        .unwrap_or_default()
-                        .contains("exit 1");
+                    let fail = cmd.contains("exit 1") || marked("fail-index");
                     json!({"status": {
                         "phase": if fail { "Failed" } else { "Succeeded" },
                         "startTime": now,
@@ -768,6 +779,134 @@ fn job_flow(ver: &str) {
     assert!(
         ev.contains("Completed") && ev.contains("BackoffLimitExceeded"),
         "{ev}"
+    );
+}
+
+/// backoffLimitPerIndex and successPolicy through kubectl: an index that keeps failing is
+/// retried once, then marked failed while the others complete, and the Job fails with
+/// `FailedIndexes`; a success policy met by indexes 0 and 2 completes a Job whose index 1
+/// never finishes.
+#[test]
+fn job_per_index_limits_and_success_policy_kubectl_1_33() {
+    let ver = "1.33";
+    let ns = ns_for(ver, "jobidx");
+    kubectl(ver, &["create", "namespace", &ns]);
+    apply_json(
+        ver,
+        "perindex",
+        &json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "perindex", "namespace": ns},
+        "spec": {"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+            "backoffLimitPerIndex": 1, "maxFailedIndexes": 1,
+            "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", "# fail-index-1;\necho $JOB_COMPLETION_INDEX"]}]}}}}),
+    );
+    kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/perindex",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+    );
+    let j = get_json(ver, &["get", "job", "perindex", "-n", &ns]);
+    assert_eq!(j["spec"]["backoffLimit"], i32::MAX, "{j}");
+    assert_eq!(j["status"]["failedIndexes"], "1", "{j}");
+    assert_eq!(j["status"]["completedIndexes"], "0,2", "{j}");
+    assert_eq!(j["status"]["failed"], 2, "one retry of index 1: {j}");
+    let failed = j["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed" && c["status"] == "True")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed["reason"], "FailedIndexes", "{j}");
+    assert_eq!(failed["message"], "Job has failed indexes", "{j}");
+    let p = get_json(ver, &["get", "pods", "-n", &ns, "-l", "job-name=perindex"]);
+    let mut counts: Vec<(String, String)> = p["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let a = &p["metadata"]["annotations"];
+            (
+                a["batch.kubernetes.io/job-completion-index"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                a["batch.kubernetes.io/job-index-failure-count"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            )
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [("0", "0"), ("1", "0"), ("1", "1"), ("2", "0")]
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{p}"
+    );
+
+    apply_json(
+        ver,
+        "policy",
+        &json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "policy", "namespace": ns},
+        "spec": {"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+            "successPolicy": {"rules": [{"succeededIndexes": "0,2"}]},
+            "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", "# hang-index-1;\nsleep 3600"]}]}}}}),
+    );
+    kubectl(
+        ver,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/policy",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+    );
+    let j = get_json(ver, &["get", "job", "policy", "-n", &ns]);
+    let conds = j["status"]["conditions"].as_array().unwrap().clone();
+    for t in ["SuccessCriteriaMet", "Complete"] {
+        let c = conds
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap_or_else(|| panic!("{t}: {j}"));
+        assert_eq!(c["reason"], "SuccessPolicy", "{j}");
+        assert_eq!(c["message"], "Matched rules at index 0", "{j}");
+    }
+    assert_eq!(j["status"]["completedIndexes"], "0,2", "{j}");
+    assert_eq!(j["status"]["terminating"], 0, "{j}");
+    assert!(j["status"]["active"].is_null(), "{j}");
+
+    // Validation in kube-apiserver's words.
+    let bad = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "bad", "namespace": ns},
+        "spec": {"completions": 2, "backoffLimitPerIndex": 1,
+            "successPolicy": {"rules": [{"succeededCount": 1}]},
+            "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}});
+    let f = shared().dir.join(format!("{ns}-bad.json"));
+    std::fs::write(&f, bad.to_string()).unwrap();
+    let (ok, out, err) = kubectl_out(ver, &["create", "-f", f.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(
+            "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode"
+        ) && err.contains("spec.successPolicy: Invalid value:")
+            && err.contains("requires indexed completion mode"),
+        "{err}"
     );
 }
 

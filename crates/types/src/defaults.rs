@@ -568,11 +568,21 @@ fn job_spec(spec: &mut Value) {
     } else {
         set(spec, "parallelism", json!(1));
     }
-    set(spec, "backoffLimit", json!(6));
+    // kube: MaxInt32 when failures are limited per index instead.
+    if spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null())
+    {
+        set(spec, "backoffLimit", json!(i32::MAX));
+    } else {
+        set(spec, "backoffLimit", json!(6));
+    }
     set(spec, "completionMode", json!("NonIndexed"));
     set(spec, "suspend", json!(false));
     if spec.get("podFailurePolicy").is_none_or(Value::is_null) {
         set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    } else {
+        set(spec, "podReplacementPolicy", json!("Failed"));
     }
 }
 
@@ -788,6 +798,14 @@ mod tests {
         assert_eq!(job["spec"]["completions"], 1);
         assert_eq!(job["spec"]["parallelism"], 1);
         assert_eq!(job["spec"]["backoffLimit"], 6);
+        assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        // Per-index limits leave the Job's own limit at MaxInt32; a podFailurePolicy makes
+        // only failed pods be replaced.
+        let mut per_index = json!({"spec": {"completionMode": "Indexed", "completions": 2,
+            "backoffLimitPerIndex": 1, "podFailurePolicy": {"rules": []}}});
+        apply(j, &mut per_index);
+        assert_eq!(per_index["spec"]["backoffLimit"], i32::MAX);
+        assert_eq!(per_index["spec"]["podReplacementPolicy"], "Failed");
         assert_eq!(
             job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
             "u-1"

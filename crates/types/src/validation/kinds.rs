@@ -1345,18 +1345,74 @@ fn job_spec(spec_owner: &Value, base_ptr: &str, base: &str, e: &mut FieldErrors)
     if let Some(n) = job.get("activeDeadlineSeconds").and_then(Value::as_i64) {
         positive(e, &format!("{base}.activeDeadlineSeconds"), n);
     }
-    if let Some(m) = job.get("completionMode").and_then(Value::as_str) {
+    let int = |f: &str| job.get(f).and_then(Value::as_i64);
+    let per_index = int("backoffLimitPerIndex");
+    let max_failed = int("maxFailedIndexes");
+    let completions = int("completions");
+    let parallelism = int("parallelism");
+    if let Some(n) = per_index {
+        non_negative(e, &format!("{base}.backoffLimitPerIndex"), n);
+    }
+    if let Some(n) = max_failed {
+        non_negative(e, &format!("{base}.maxFailedIndexes"), n);
+        if per_index.is_none() {
+            e.push(FieldError::required(
+                format!("{base}.backoffLimitPerIndex"),
+                "when maxFailedIndexes is specified",
+            ));
+        }
+    }
+    let mode = job.get("completionMode").and_then(Value::as_str);
+    if let Some(m) = mode {
         one_of(
             e,
             &format!("{base}.completionMode"),
             m,
             &["NonIndexed", "Indexed"],
         );
-        if m == "Indexed" && job.get("completions").is_none_or(Value::is_null) {
-            e.push(FieldError::required(
-                format!("{base}.completions"),
-                "when completion mode is Indexed",
+        if m == "Indexed" {
+            if completions.is_none() {
+                e.push(FieldError::required(
+                    format!("{base}.completions"),
+                    "when completion mode is Indexed",
+                ));
+            }
+            job_indexed_limits(completions, parallelism, per_index, max_failed, base, e);
+        }
+    }
+    if mode.is_none_or(|m| m == "NonIndexed") {
+        for (f, v) in [
+            ("backoffLimitPerIndex", per_index),
+            ("maxFailedIndexes", max_failed),
+        ] {
+            if let Some(v) = v {
+                e.push(FieldError::invalid(
+                    format!("{base}.{f}"),
+                    v,
+                    "requires indexed completion mode",
+                ));
+            }
+        }
+    }
+    if let Some(sp) = job.get("successPolicy").filter(|v| !v.is_null()) {
+        if mode != Some("Indexed") {
+            e.push(FieldError::invalid(
+                format!("{base}.successPolicy"),
+                sp.clone(),
+                "requires indexed completion mode",
             ));
+        } else {
+            success_policy(sp, completions.unwrap_or(0), base, e);
+        }
+    }
+    if let Some(rp) = job.get("podReplacementPolicy").and_then(Value::as_str) {
+        let path = format!("{base}.podReplacementPolicy");
+        if job.get("podFailurePolicy").is_some_and(|v| !v.is_null()) {
+            if rp != "Failed" {
+                e.push(FieldError::not_supported(path, rp, &["Failed"]));
+            }
+        } else {
+            one_of(e, &path, rp, &["Failed", "TerminatingOrFailed"]);
         }
     }
     if job.get("manualSelector").and_then(Value::as_bool) == Some(true) {
@@ -1380,6 +1436,183 @@ fn job_spec(spec_owner: &Value, base_ptr: &str, base: &str, e: &mut FieldErrors)
     );
     if let Some(policy) = job.get("podFailurePolicy").filter(|p| !p.is_null()) {
         pod_failure_policy(&job, policy, base, e);
+    }
+}
+
+/// kube-apiserver's limits on Indexed jobs (they bound `completedIndexes` and
+/// `failedIndexes`).
+fn job_indexed_limits(
+    completions: Option<i64>,
+    parallelism: Option<i64>,
+    per_index: Option<i64>,
+    max_failed: Option<i64>,
+    base: &str,
+    e: &mut FieldErrors,
+) {
+    const MAX_PARALLELISM: i64 = 100_000;
+    const MAX_FAILED_INDEXES: i64 = 100_000;
+    const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+    const HIGH_COMPLETIONS_LIMIT: i64 = 10_000;
+    if let Some(p) = parallelism.filter(|p| *p > MAX_PARALLELISM) {
+        e.push(FieldError::invalid(
+            format!("{base}.parallelism"),
+            p,
+            &format!(
+                "must be less than or equal to {MAX_PARALLELISM} when completion mode is Indexed"
+            ),
+        ));
+    }
+    if let (Some(c), Some(m)) = (completions, max_failed) {
+        if m > c {
+            e.push(FieldError::invalid(
+                format!("{base}.maxFailedIndexes"),
+                m,
+                "must be less than or equal to completions",
+            ));
+        }
+    }
+    if let Some(m) = max_failed.filter(|m| *m > MAX_FAILED_INDEXES) {
+        e.push(FieldError::invalid(
+            format!("{base}.maxFailedIndexes"),
+            m,
+            &format!("must be less than or equal to {MAX_FAILED_INDEXES}"),
+        ));
+    }
+    if completions.is_some_and(|c| c > COMPLETIONS_SOFT_LIMIT) && per_index.is_some() {
+        let high = format!(
+            "must be less than or equal to {HIGH_COMPLETIONS_LIMIT} when completions are above {COMPLETIONS_SOFT_LIMIT} and used with backoff limit per index"
+        );
+        if max_failed.is_none() {
+            e.push(FieldError::required(
+                format!("{base}.maxFailedIndexes"),
+                &format!("must be specified when completions is above {COMPLETIONS_SOFT_LIMIT}"),
+            ));
+        }
+        if let Some(p) = parallelism.filter(|p| *p > HIGH_COMPLETIONS_LIMIT) {
+            e.push(FieldError::invalid(format!("{base}.parallelism"), p, &high));
+        }
+        if let Some(m) = max_failed.filter(|m| *m > HIGH_COMPLETIONS_LIMIT) {
+            e.push(FieldError::invalid(
+                format!("{base}.maxFailedIndexes"),
+                m,
+                &high,
+            ));
+        }
+    }
+}
+
+/// kube's `parseIndexInterval`: one `x` or `x-y` of an index list.
+fn index_interval(s: &str, completions: i64) -> Result<(i64, i64), String> {
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() > 2 {
+        return Err(format!(
+            "the fragment {} violates the requirement that an index interval can have at most two parts separated by '-'",
+            serde_json::to_string(s).unwrap_or_default()
+        ));
+    }
+    let num = |p: &str| -> Result<i64, String> {
+        let q = serde_json::to_string(p).unwrap_or_default();
+        let v: i64 = p
+            .parse()
+            .map_err(|_| format!("cannot convert string to integer for index: {q}"))?;
+        if v >= completions {
+            return Err(format!("too large index: {q}"));
+        }
+        Ok(v)
+    };
+    let x = num(parts[0])?;
+    if let Some(p) = parts.get(1) {
+        let y = num(p)?;
+        if x >= y {
+            return Err(format!("non-increasing order, previous: {x}, current: {y}"));
+        }
+        return Ok((x, y));
+    }
+    Ok((x, x))
+}
+
+/// kube's `validateIndexesFormat`: how many indexes the list names.
+fn indexes_format(s: &str, completions: i64) -> Result<i64, String> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    let mut last: Option<i64> = None;
+    let mut total = 0;
+    for part in s.split(',') {
+        let (x, y) = index_interval(part, completions)?;
+        if let Some(l) = last.filter(|l| *l >= x) {
+            return Err(format!("non-increasing order, previous: {l}, current: {x}"));
+        }
+        total += y - x + 1;
+        last = Some(y);
+    }
+    Ok(total)
+}
+
+/// `spec.successPolicy` of an Indexed job, with kube-apiserver's rules and words.
+fn success_policy(sp: &Value, completions: i64, base: &str, e: &mut FieldErrors) {
+    const MAX_RULES: usize = 20;
+    const MAX_INDEXES_LEN: usize = 64 * 1024;
+    let path = format!("{base}.successPolicy.rules");
+    let rules = sp
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if rules.is_empty() {
+        e.push(FieldError::required(
+            &path,
+            "at least one rules must be specified when the successPolicy is specified",
+        ));
+    }
+    if rules.len() > MAX_RULES {
+        e.push(FieldError::too_many(&path, rules.len(), MAX_RULES));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let rp = format!("{path}[{i}]");
+        let idx = rule.get("succeededIndexes").and_then(Value::as_str);
+        let count = rule.get("succeededCount").and_then(Value::as_i64);
+        if idx.is_none() && count.is_none() {
+            e.push(FieldError::required(
+                &rp,
+                "at least one of succeededCount or succeededIndexes must be specified",
+            ));
+        }
+        let mut total = 0;
+        if let Some(idx) = idx {
+            let ip = format!("{rp}.succeededIndexes");
+            if idx.len() > MAX_INDEXES_LEN {
+                e.push(FieldError::too_long(&ip, MAX_INDEXES_LEN));
+            }
+            match indexes_format(idx, completions) {
+                Ok(n) => total = n,
+                Err(m) => e.push(FieldError::invalid(
+                    &ip,
+                    idx,
+                    &format!("error parsing succeededIndexes: {m}"),
+                )),
+            }
+        }
+        if let Some(c) = count {
+            let cp = format!("{rp}.succeededCount");
+            non_negative(e, &cp, c);
+            if c > completions {
+                e.push(FieldError::invalid(
+                    &cp,
+                    c,
+                    &format!(
+                        "must be less than or equal to {completions} (the number of specified completions)"
+                    ),
+                ));
+            }
+            if idx.is_some() && c > total {
+                e.push(FieldError::invalid(
+                    &cp,
+                    c,
+                    &format!("must be less than or equal to {total} (the number of indexes in the specified succeededIndexes field)"),
+                ));
+            }
+        }
     }
 }
 

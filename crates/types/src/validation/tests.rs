@@ -251,6 +251,58 @@ fn workloads_and_batch() {
             "spec.podFailurePolicy.rules[3].onExitCodes.operator: Unsupported value: \"Within\": supported values: \"In\", \"NotIn\"",
         ]
     );
+    // backoffLimitPerIndex, maxFailedIndexes, successPolicy, podReplacementPolicy.
+    let spec = |extra: Value| {
+        let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "d"},
+            "spec": {"template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "main", "image": "i"}]}}}});
+        for (k, v) in extra.as_object().unwrap() {
+            j["spec"][k] = v.clone();
+        }
+        j
+    };
+    let ok = spec(
+        json!({"completionMode": "Indexed", "completions": 5, "backoffLimitPerIndex": 1,
+        "maxFailedIndexes": 2, "podReplacementPolicy": "Failed",
+        "successPolicy": {"rules": [{"succeededIndexes": "0,2-4", "succeededCount": 3}, {"succeededCount": 5}]}}),
+    );
+    assert_eq!(validate_create(jobs, &ok), Ok(()));
+    assert_eq!(
+        messages(validate_create(jobs, &spec(json!({"backoffLimitPerIndex": 1, "maxFailedIndexes": 1,
+            "successPolicy": {"rules": [{"succeededCount": 1}]}, "podReplacementPolicy": "Sometimes"})))),
+        vec![
+            "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+            "spec.maxFailedIndexes: Invalid value: 1: requires indexed completion mode",
+            "spec.successPolicy: Invalid value: {\"rules\":[{\"succeededCount\":1}]}: requires indexed completion mode",
+            "spec.podReplacementPolicy: Unsupported value: \"Sometimes\": supported values: \"Failed\", \"TerminatingOrFailed\"",
+        ]
+    );
+    assert_eq!(
+        messages(validate_create(jobs, &spec(json!({"completionMode": "Indexed", "completions": 4,
+            "maxFailedIndexes": 5, "successPolicy": {"rules": [{}, {"succeededIndexes": "1-0"},
+                {"succeededIndexes": "0,2,1"}, {"succeededIndexes": "x"}, {"succeededIndexes": "7"},
+                {"succeededIndexes": "1-2", "succeededCount": 3}, {"succeededCount": -1}]}})))),
+        vec![
+            "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+            "spec.maxFailedIndexes: Invalid value: 5: must be less than or equal to completions",
+            "spec.successPolicy.rules[0]: Required value: at least one of succeededCount or succeededIndexes must be specified",
+            "spec.successPolicy.rules[1].succeededIndexes: Invalid value: \"1-0\": error parsing succeededIndexes: non-increasing order, previous: 1, current: 0",
+            "spec.successPolicy.rules[2].succeededIndexes: Invalid value: \"0,2,1\": error parsing succeededIndexes: non-increasing order, previous: 2, current: 1",
+            "spec.successPolicy.rules[3].succeededIndexes: Invalid value: \"x\": error parsing succeededIndexes: cannot convert string to integer for index: \"x\"",
+            "spec.successPolicy.rules[4].succeededIndexes: Invalid value: \"7\": error parsing succeededIndexes: too large index: \"7\"",
+            "spec.successPolicy.rules[5].succeededCount: Invalid value: 3: must be less than or equal to 2 (the number of indexes in the specified succeededIndexes field)",
+            "spec.successPolicy.rules[6].succeededCount: Invalid value: -1: must be greater than or equal to 0",
+        ]
+    );
+    assert_eq!(
+        messages(validate_create(jobs, &spec(json!({"completionMode": "Indexed", "completions": 2,
+            "successPolicy": {"rules": []}, "podReplacementPolicy": "TerminatingOrFailed",
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}})))),
+        vec![
+            "spec.successPolicy.rules: Required value: at least one rules must be specified when the successPolicy is specified",
+            "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\"",
+        ]
+    );
 }
 
 #[test]
