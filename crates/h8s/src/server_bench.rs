@@ -66,7 +66,13 @@ pub(crate) fn start_server() -> anyhow::Result<Proc> {
     let mut child = Command::new(std::env::current_exe()?)
         // The API alone: an embedded node agent would make this machine a node (a fabric,
         // pod VMs) that a killed bench server leaves behind.
-        .args(["server", "--listen", "127.0.0.1:0", "--disable-agent", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--disable-agent",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("H8S_LOG", "warn")
         .stdout(Stdio::piped())
