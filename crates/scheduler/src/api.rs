@@ -21,6 +21,8 @@ const EVENT_CACHE_LIMIT: usize = 10_000;
 /// (pod uid, reason, message) → (event name, count).
 type EventCache = HashMap<(String, String, String), (String, i32)>;
 
+/// How long a binding may take before the pod is retried.
+const BIND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Writer {
     client: kube::Client,
     component: String,
@@ -80,10 +82,20 @@ impl Writer {
                 ..Default::default()
             },
         };
-        let _: serde_json::Value = pods(&self.client, &p.namespace)
-            .create_subresource("binding", &p.name, &PostParams::default(), &b)
-            .await?;
-        Ok(())
+        // Bounded: a binding that never answers (the scheduler's HTTP/2 client has no read
+        // timeout of its own) would leave the pod assumed, and Pending, forever. On timeout
+        // the pod is retried; if the binding did land, the retry's 409 and the watch tell.
+        let api = pods(&self.client, &p.namespace);
+        let call = async {
+            let _: serde_json::Value = api
+                .create_subresource("binding", &p.name, &PostParams::default(), &b)
+                .await?;
+            Ok(())
+        };
+        match tokio::time::timeout(BIND_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(elapsed) => Err(kube::Error::Service(Box::new(elapsed))),
+        }
     }
 
     /// Records an event about a pod (core/v1, as `kubectl describe` shows them); a repeat
