@@ -280,16 +280,17 @@ async fn setup() -> (Env, h8s_apiserver::Server) {
     let kubeconfig = data.join("admin.kubeconfig");
 
     // The agent's serving certificate, from the cluster CA.
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.join("ca.key")).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&srv.pki.ca_pem, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec!["node-1".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let tls = stream::server_tls(&srv.pki.ca_pem, &cert.pem(), &key.serialize_pem()).unwrap();
+    // What a node's kubelet-serving CSR gets: CN=system:node:node-1, O=system:nodes, its
+    // name and InternalIP (the API server checks all three before it proxies a stream).
+    let (cert, key) = srv
+        .pki
+        .issue_node_serving_cert(
+            "node-1",
+            &["node-1".to_string(), "127.0.0.1".to_string()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let tls = stream::server_tls(&srv.pki.ca_pem, &cert, &key).unwrap();
 
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).unwrap();

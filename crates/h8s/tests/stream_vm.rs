@@ -243,14 +243,17 @@ async fn setup(dir: &Path) -> (Env, h8s_apiserver::Server) {
     rt.start_container(&pod_id, "c").await.unwrap();
 
     // The agent's serving certificate from the cluster CA, and its streaming server.
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.join("ca.key")).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&srv.pki.ca_pem, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec!["node-1".to_string()]).unwrap();
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let tls = stream::server_tls(&srv.pki.ca_pem, &cert.pem(), &key.serialize_pem()).unwrap();
+    // What a node's kubelet-serving CSR gets: CN=system:node:node-1, O=system:nodes, its
+    // name and InternalIP (the API server checks all three before it proxies a stream).
+    let (cert, key) = srv
+        .pki
+        .issue_node_serving_cert(
+            "node-1",
+            &["node-1".to_string(), "127.0.0.1".to_string()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let tls = stream::server_tls(&srv.pki.ca_pem, &cert, &key).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_port = listener.local_addr().unwrap().port();
     tokio::spawn(stream::serve(
