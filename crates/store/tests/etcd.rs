@@ -298,8 +298,8 @@ async fn periodic_compaction() {
 }
 
 /// Through the watch cache on etcd: a quiet watch's progress follows the store's (its
-/// ring's events), and writes of another store sharing the etcd — revisions with no event
-/// under this prefix — reach it through etcd's progress notifications (RequestProgress).
+/// ring's events). Writes of another store sharing the etcd do not reach it: etcd 3.4's
+/// progress notifications can overtake events, so they are not used (see `Etcd::watch_progress`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_watch_progresses_with_etcd() {
     let c = EtcdCluster::start(1).unwrap();
@@ -314,23 +314,4 @@ async fn a_quiet_watch_progresses_with_etcd() {
     .await
     .unwrap();
     conformance::progress_outruns_churn(cache.clone(), "/p").await;
-    let mut w = cache.watch_progress("/p/quiet/", 0).await.unwrap();
-    let other = connect(&c, "/cluster-b").await;
-    let mut foreign = 0;
-    for i in 0..5 {
-        foreign = other
-            .create(&format!("/x/{i}"), Bytes::from_static(b"b"))
-            .await
-            .unwrap()
-            .mod_revision;
-    }
-    conformance::progress_to(&mut w, foreign).await;
-    // The backend's own progress-reporting watch says the same.
-    let mut direct = cache.inner().watch_progress("/p/quiet/", 0).await.unwrap();
-    let more = other
-        .create("/x/more", Bytes::from_static(b"b"))
-        .await
-        .unwrap()
-        .mod_revision;
-    conformance::progress_to(&mut direct, more).await;
 }
