@@ -309,7 +309,11 @@ impl AgentOpts {
         if self.pod_network == "none" {
             return Ok(None);
         }
-        let mut fabric = crate::net::fabric_from_env().context("the network fabric")?;
+        // Named after this node: `--node-name` given as a flag (not `H8S_NODE_NAME`) used to
+        // leave the fabric named after the host, so two agents on one host shared gateway
+        // namespaces and a test's teardown missed them.
+        let mut fabric =
+            crate::net::fabric_of_node(Some(&self.node_name())).context("the network fabric")?;
         let from_api = self.pod_network == "api";
         // The API server relay for pods (gateway → this port → the API server); the node's
         // rules open it to gateway uplinks only.

@@ -253,6 +253,12 @@ pub fn parse_egress_allow(v: &[String]) -> anyhow::Result<Option<Vec<h8s_net::Ip
 
 /// The fabric of this node as the environment configures it (`H8S_NET_DIR`, `H8S_NODE_*`).
 pub fn fabric_from_env() -> anyhow::Result<Fabric> {
+    fabric_of_node(None)
+}
+
+/// The fabric as [`fabric_from_env`] reads it, for node `node` when given (the agent's
+/// `--node-name`, which may differ from `H8S_NODE_NAME` and the host's name).
+pub fn fabric_of_node(node: Option<&str>) -> anyhow::Result<Fabric> {
     use clap::{FromArgMatches, Parser};
     #[derive(Parser)]
     struct Env {
@@ -262,7 +268,11 @@ pub fn fabric_from_env() -> anyhow::Result<Fabric> {
     let m = <Env as clap::CommandFactory>::command()
         .no_binary_name(true)
         .get_matches_from(Vec::<String>::new());
-    Env::from_arg_matches(&m)?.node.fabric()
+    let mut args = Env::from_arg_matches(&m)?.node;
+    if let Some(n) = node {
+        args.node_name = Some(n.to_string());
+    }
+    args.fabric()
 }
 
 /// For `h8s run --network`: a tap on `network` for pod VM `pod`.

@@ -291,6 +291,7 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     let rm = Command::new(bin)
         .args(["net", "rm", "--force", &format!("ar{}", pid % 100000)])
         .env("H8S_NET_DIR", d.join("net"))
+        .env("H8S_NODE_NAME", &node)
         .output()
         .unwrap();
     assert!(

@@ -191,6 +191,11 @@ extern "C" fn teardown() {
         .args(["net", "rm", "--force", net])
         .env("H8S_NET_DIR", dir.join("net"))
         .env("H8S_ROOT", dir.join("r"))
+        // The agent's fabric is named after its node.
+        .env(
+            "H8S_NODE_NAME",
+            format!("agent-test-{}", std::process::id()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();

@@ -46,6 +46,16 @@ impl Drop for Cluster {
                 }
             }
         }
+        // And the node's pod network (its bridge, gateway namespace and rules).
+        let pid = std::process::id();
+        let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
+            .args(["net", "rm", "--force", &format!("str{}", pid % 100000)])
+            .env("H8S_NET_DIR", self.dir.join("net"))
+            .env("H8S_ROOT", self.dir.join("r"))
+            .env("H8S_NODE_NAME", format!("stream-{pid}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -214,6 +214,8 @@ extern "C" fn teardown() {
         .args(["net", "rm", "--force", net])
         .env("H8S_NET_DIR", dir.join("net"))
         .env("H8S_ROOT", dir.join("r"))
+        // The agent's fabric is named after its node.
+        .env("H8S_NODE_NAME", format!("vol-test-{}", std::process::id()))
         // Cold boots: this suite is not about templates, and a template build
         // (a whole boot, its holder outliving the agent) would only slow it.
         .env("H8S_TEMPLATES", "0")
