@@ -91,14 +91,7 @@ impl Env {
         c
     }
     fn run(&self, args: &[&str]) -> Output {
-        let out = self.h8s().args(args).stdin(Stdio::null()).output().unwrap();
-        eprintln!(
-            "h8s {args:?} -> {:?}\n--- stdout\n{}--- stderr\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        logged(self.h8s(), args)
     }
     fn img(&self) -> &str {
         self.image.to_str().unwrap()
@@ -229,20 +222,9 @@ fn pod_status(e: &Env, name: &str) -> serde_json::Value {
 fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away() {
     let e = env();
     let with_templates = |args: &[&str]| {
-        let out = e
-            .h8s()
-            .env("H8S_TEMPLATES", "1")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "h8s {args:?} -> {:?}\n--- stdout\n{}--- stderr\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        let mut c = e.h8s();
+        c.env("H8S_TEMPLATES", "1");
+        logged(c, args)
     };
     // No template yet: this pod boots cold and starts the template's build.
     let out = with_templates(&["run", "--rm", e.img(), "--", "true"]);
@@ -521,18 +503,19 @@ fn taps() -> Vec<String> {
 
 /// `h8s` with this test's own network fabric state (node name, fabric dir, no egress NAT).
 fn net_run(e: &Env, templates: bool, args: &[&str]) -> Output {
-    let out = e
-        .h8s()
-        .args(args)
-        .env("H8S_NET_DIR", e.tmp.path().join("net"))
+    let mut c = e.h8s();
+    c.env("H8S_NET_DIR", e.tmp.path().join("net"))
         .env("H8S_NODE_NAME", format!("podvm{}", std::process::id()))
         .env("H8S_NET_EGRESS", "false")
-        .env("H8S_TEMPLATES", if templates { "1" } else { "0" })
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .env("H8S_TEMPLATES", if templates { "1" } else { "0" });
+    logged(c, args)
+}
+
+/// Runs `h8s ARGS` as prepared in `c` (no stdin) and prints what it said, for failures.
+fn logged(mut c: Command, args: &[&str]) -> Output {
+    let out = c.args(args).stdin(Stdio::null()).output().unwrap();
     eprintln!(
-        "h8s {args:?} -> {:?}\n{}{}",
+        "h8s {args:?} -> {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
