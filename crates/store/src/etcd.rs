@@ -39,8 +39,6 @@ const RETRY_FOR: Duration = Duration::from_secs(10);
 /// How often a progress-reporting watch asks etcd for its progress (`RequestProgress`;
 /// etcd's own periodic notification comes every 10 minutes by default).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// Whether etcd's progress notifications are taken as progress (see `watch_progress`).
-const TRUST_PROGRESS_NOTIFY: bool = false;
 
 /// Options of the etcd backend.
 #[derive(Clone, Debug)]
@@ -86,6 +84,9 @@ struct Inner {
     current: AtomicUsize,
     prefix: String,
     max_value_size: usize,
+    /// Every member runs an etcd whose progress notifications never overtake events
+    /// ([`progress_is_ordered`]): only then are they taken as progress.
+    trust_progress: bool,
 }
 
 struct Member {
@@ -131,15 +132,18 @@ impl Etcd {
                 watch,
             });
         }
+        let trust_progress = progress_is_ordered_everywhere(&members).await;
         let store = Etcd {
             inner: Arc::new(Inner {
                 members,
                 current: AtomicUsize::new(0),
                 prefix: opts.prefix.trim_end_matches('/').to_owned(),
                 max_value_size: opts.max_value_size,
+                trust_progress,
             }),
         };
         store.claim_prefix(&opts.endpoints).await?;
+
         if let Some(every) = opts.compact_every {
             tokio::spawn(compactor(Arc::downgrade(&store.inner), every));
         }
@@ -762,13 +766,10 @@ impl Store for Etcd {
     }
 
     async fn watch_progress(&self, prefix: &str, after: Revision) -> Result<NoticeStream> {
-        // Events only: etcd before 3.4.25/3.5.8 (Debian 12 ships 3.4.23) may answer a
-        // RequestProgress of a watch that is still catching up with a revision ahead of
-        // events it has not sent yet (fixed upstream in those releases), and a watch resumed after a member
-        // failure is such a watch: taking that revision as progress skipped events (the
-        // member-loss test saw a gap). The watch cache's progress comes from its ring,
-        // which every write under this store's prefix feeds.
-        self.notices(prefix, after, TRUST_PROGRESS_NOTIFY).await
+        // Progress only from an etcd that orders it with events (see
+        // [`progress_is_ordered`]); otherwise events only, and the watch cache's progress
+        // comes from its ring, which every write under this store's prefix feeds.
+        self.notices(prefix, after, self.inner.trust_progress).await
     }
 
     async fn revision(&self) -> Result<Revision> {
@@ -1024,6 +1025,54 @@ async fn pump_watch(
             if tx.send(Ok(Notice::Event(event))).await.is_err() {
                 return WatchEnd::Consumer;
             }
+        }
+    }
+}
+
+/// Whether every member answers with a version whose progress notifications are ordered
+/// with its events; a member that does not answer counts as no.
+async fn progress_is_ordered_everywhere(members: &[Member]) -> bool {
+    for m in members {
+        let mut maint = m.client.maintenance_client();
+        match maint.status().await {
+            Ok(st) if progress_is_ordered(st.version()) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Whether etcd `version` sends a watch's progress notification only after the events up to
+/// it. Before 3.4.25 and 3.5.8 (Debian 12 ships 3.4.23) a `RequestProgress` of a watch still
+/// catching up — one resumed after a member failure — could report a revision ahead of
+/// events not yet sent; taking it as progress skipped those events (the member-loss test
+/// saw the gap).
+fn progress_is_ordered(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 25,
+        (3, 5) => patch >= 8,
+        (3, m) => m >= 6,
+        (m, _) => m > 3,
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::progress_is_ordered;
+
+    #[test]
+    fn progress_is_trusted_only_from_fixed_etcd_releases() {
+        for v in ["3.4.23", "3.4.24", "3.5.7", "3.3.27", "", "3.5", "x.y.z"] {
+            assert!(!progress_is_ordered(v), "{v}");
+        }
+        for v in ["3.4.25", "3.4.34", "3.5.8", "3.5.17", "3.6.0", "4.0.0"] {
+            assert!(progress_is_ordered(v), "{v}");
         }
     }
 }
