@@ -68,6 +68,7 @@ fn node_of(p: &Value) -> String {
 #[test]
 fn deployment_spreads_over_both_nodes_and_streams_reach_them() {
     let c = c();
+    let _up = c.all_nodes_up();
     let ns = c.namespace("spread");
     c.apply(&ns, &deployment("web", 2));
     let pods = c.wait_running(&ns, "app=web", 2, Duration::from_secs(300));
@@ -117,6 +118,7 @@ fn deployment_spreads_over_both_nodes_and_streams_reach_them() {
 #[test]
 fn killed_node_has_its_pods_replaced_on_the_other() {
     let c = c();
+    let switch = c.power_switch();
     let ns = c.namespace("kill");
     // No spread constraint: a dead node still counts as a topology domain, which would
     // keep the replacement Pending.
@@ -144,7 +146,7 @@ fn killed_node_has_its_pods_replaced_on_the_other() {
         doomed.len()
     );
     let t0 = std::time::Instant::now();
-    c.kill_node(victim);
+    c.kill_node(victim, &switch);
     // The node controller sees the lease expire: the Node goes NotReady (Unknown)...
     cluster_support::wait(Duration::from_secs(60), "the node NotReady", || {
         let n = c.json(&["get", "node", &victim.name]).ok()?;
@@ -176,6 +178,7 @@ fn killed_node_has_its_pods_replaced_on_the_other() {
 #[test]
 fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
     let c = c();
+    let _up = c.all_nodes_up();
     // Each joined agent asked the kubelet-serving signer for its own certificate; the server
     // approved and signed it.
     let csrs = c.json(&["get", "csr"]).unwrap();
@@ -259,6 +262,7 @@ fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
 #[test]
 fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
     let c = c();
+    let _up = c.all_nodes_up();
     let pid = std::process::id() % 100_000;
     let tenant_ns = |t: &str| {
         let ns = format!("mt{t}-{pid}");

@@ -26,7 +26,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -89,6 +89,9 @@ pub struct Cluster {
     /// The bridge's address (the server's), and the /24 the nodes are on.
     pub gateway: String,
     pub subnet: String,
+    /// Held shared by tests that need every node up, exclusively by one that powers a node
+    /// off: the tests of a binary share this cluster and run in parallel.
+    power: RwLock<()>,
 }
 
 /// The cluster of this test binary, started on first use with `opts`.
@@ -237,6 +240,7 @@ fn start(opts: &Opts) -> Cluster {
         bridge,
         gateway,
         subnet: format!("{prefix}.0/24"),
+        power: RwLock::new(()),
     };
     for n in &c.nodes {
         let imp = h8s()
@@ -295,6 +299,17 @@ fn spawn_kept(mut cmd: Command) -> Child {
 }
 
 impl Cluster {
+    /// Every node stays up while the guard lives (a test that powers one off waits).
+    pub fn all_nodes_up(&self) -> RwLockReadGuard<'_, ()> {
+        // A test that panicked holding the guard leaves the nodes as they are: go on.
+        self.power.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The right to power nodes off (`kill_node`): no test needing every node runs meanwhile.
+    pub fn power_switch(&self) -> RwLockWriteGuard<'_, ()> {
+        self.power.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Starts (or restarts) node `n`'s agent: the first time it joins with the join token,
     /// later it uses the credential saved in its data dir. Waits for its `ready` line.
     pub fn start_agent(&self, n: &Node) {
@@ -357,7 +372,7 @@ impl Cluster {
 
     /// Powers node `n` off: SIGKILL to its agent, every other process in its network
     /// namespace (pod supervisors) and its pod VMs' QEMU processes, by PID.
-    pub fn kill_node(&self, n: &Node) {
+    pub fn kill_node(&self, n: &Node, _switch: &RwLockWriteGuard<'_, ()>) {
         if let Some(mut c) = n.agent.lock().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
