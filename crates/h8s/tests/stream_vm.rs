@@ -10,12 +10,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod node_support;
+
 use h8s_agent::stream::{self, RuntimeBackend, ServeConfig};
 use h8s_runtime::{
     ContainerConfig, ImageDisk, Runtime, RuntimeConfig, SandboxConfig, ShimCommand, VmSettings,
 };
-
-const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+use node_support::{curl, free_port, ok, text, wait_timeout, KUBECTL_DIR};
 
 fn guest_ready() -> bool {
     let cache = std::env::var_os("H8S_CACHE")
@@ -105,64 +106,6 @@ impl Env {
         }
         wait_timeout(child, Duration::from_secs(120))
     }
-}
-
-fn wait_timeout(mut child: std::process::Child, limit: Duration) -> Output {
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let e = String::from_utf8_lossy(&err.join().unwrap()).to_string();
-            panic!("timed out; stderr {e:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "status {:?}\nstdout {}\nstderr {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
 }
 
 /// Kills what the test started in `root` (supervisors and QEMU, by PID from the records).
@@ -306,23 +249,6 @@ async fn setup(dir: &Path) -> (Env, h8s_apiserver::Server) {
     );
     assert_eq!(c, 200, "{b}");
     (env, srv)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn curl(port: u16) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "30"])
-        .arg(format!("http://127.0.0.1:{port}/index.html"))
-        .output()
-        .unwrap();
-    text(&out.stdout)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

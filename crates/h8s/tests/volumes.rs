@@ -6,34 +6,14 @@
 //! test works in its own namespace. Volumes are virtio-blk disks of the pod VMs: the tests also
 //! check that nothing is ever mounted on the host.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod node_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
-
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-
-fn cache() -> PathBuf {
-    std::env::var_os("H8S_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
-}
-
-struct Cluster {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    node: String,
-    _child: Child,
-}
-
-impl Cluster {
-    fn root(&self) -> PathBuf {
-        self.dir.join("r")
-    }
-}
+use node_support::{container_status, wait, Node as Cluster, Opts};
 
 fn cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
@@ -41,52 +21,12 @@ fn cluster() -> &'static Cluster {
 }
 
 fn start() -> Cluster {
-    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
-        assert!(
-            cache().join(f).exists(),
-            "needs {f} in the cache: run scripts/setup"
-        );
-    }
-    // Short: unix socket paths under the runtime root must stay below 108 bytes.
-    let dir = tempfile::Builder::new()
-        .prefix("h8s-vo")
-        .tempdir_in("/tmp")
-        .unwrap()
-        .keep();
-    let data = dir.join("data");
-    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["image", "import"])
-        .arg(cache().join("images/busybox-oci"))
-        .env("H8S_DATA_DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        imp.status.success(),
-        "importing busybox: {}",
-        String::from_utf8_lossy(&imp.stderr)
-    );
-    // The seeds' manifest names `nginx`: the node has busybox under that name too (the
-    // registry is not reachable here; the agent then uses the node's copy).
-    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["image", "import", "--name", "nginx:latest"])
-        .arg(cache().join("images/busybox-oci"))
-        .env("H8S_DATA_DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        imp.status.success(),
-        "importing nginx: {}",
-        String::from_utf8_lossy(&imp.stderr)
-    );
+    let dir = node_support::node_dir("vol");
     // One Ceph cluster (one mon, one mgr, one BlueStore OSD on a file) for this test run,
     // started before the server (which provisions and attaches RBD volumes with it), stopped
     // at exit.
     let ceph = dir.join("ceph");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = node_support::free_port();
     let up = Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -102,107 +42,47 @@ fn start() -> Cluster {
         String::from_utf8_lossy(&up.stderr)
     );
     let pid = std::process::id();
-    let node = format!("vol-test-{pid}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .args(["--node-name", &node])
-        .args(["--streaming-port", "0"])
-        .args(["--restart-backoff", "2s", "--restart-backoff-max", "8s"])
-        .args([
-            "--image-pull-backoff",
-            "1s",
-            "--image-pull-backoff-max",
-            "4s",
-        ])
-        .args(["--pod-sync-period", "500ms"])
-        .args(["--node-status-update-frequency", "2s"])
-        .args(["--node-lease-renew-interval", "2s"])
-        .args(["--volume-refresh-period", "2s"])
-        .arg("--volume-dir")
-        .arg(dir.join("vols"))
-        .args(["--volume-capacity", "2Gi"])
-        .args(["--volume-housekeeping-period", "1s"])
-        .args(["--pod-network", &format!("vol{}", pid % 100000)])
-        .args(["--pod-cidr", &format!("10.{}.0.0/16", 100 + pid % 40)])
-        .args(["--pod-network-vni", &(16000 + pid % 10000).to_string()])
-        .env("H8S_ROOT", dir.join("r"))
-        // Cold boots: this suite is not about templates, and a template build
-        // (a whole boot, its holder outliving the agent) would only slow it.
-        .env("H8S_TEMPLATES", "0")
-        .env("H8S_NET_DIR", dir.join("net"))
-        .env("H8S_NET_EGRESS", "false")
-        .env("H8S_BOOT_TIMEOUT", "120")
-        .env("H8S_LOG", "info")
-        .env("H8S_RBD_CEPH_CONF", ceph.join("ceph.conf"))
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::File::create(dir.join("server.log"))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::inherit()),
-        );
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the tests.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    // PR_SET_PDEATHSIG follows the thread that forked: fork from one that lives as long as
-    // the test process, not from whichever test thread happens to start the cluster.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    let mut child = rx.recv().unwrap().expect("spawning h8s server");
-    // At exit: stop the server, then take the pod network's devices down (the tests have
-    // removed their pods; the Network's bridge, gateway and rules are left otherwise).
-    let _ = TEARDOWN.set((child.id(), dir.clone(), format!("vol{}", pid % 100000)));
-    // SAFETY: registering a plain extern "C" fn with atexit(3).
-    unsafe { libc::atexit(teardown) };
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
-    let _url = parts.next().unwrap();
-    let kubeconfig = PathBuf::from(parts.next().unwrap());
-    eprintln!("cluster in {} (server log: server.log)", dir.display());
-    let c = Cluster {
-        dir,
-        kubeconfig,
-        node,
-        _child: child,
-    };
-    wait(Duration::from_secs(30), "the node to register", || {
-        kubectl_json(&c, &["get", "node", &c.node]).ok()
-    });
+    let c = node_support::start_in(
+        dir.clone(),
+        Opts {
+            tag: "vol",
+            args: [
+                "--restart-backoff=2s",
+                "--restart-backoff-max=8s",
+                "--image-pull-backoff=1s",
+                "--image-pull-backoff-max=4s",
+                "--volume-refresh-period=2s",
+                "--volume-capacity=2Gi",
+                "--volume-housekeeping-period=1s",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                format!("--volume-dir={}", dir.join("vols").display()),
+                format!("--pod-network=vol{}", pid % 100000),
+                format!("--pod-cidr=10.{}.0.0/16", 100 + pid % 40),
+                format!("--pod-network-vni={}", 16000 + pid % 10000),
+            ])
+            .collect(),
+            env: vec![(
+                "H8S_RBD_CEPH_CONF".into(),
+                ceph.join("ceph.conf").display().to_string(),
+            )],
+            // The seeds' manifest names `nginx`: the node has busybox under that name too (the
+            // registry is not reachable here; the agent then uses the node's copy).
+            aliases: vec!["nginx:latest"],
+            at_exit: Some(ceph_down),
+            ..Opts::default()
+        },
+    );
     // The volume controller creates the default class at its start.
     wait(Duration::from_secs(60), "the default StorageClass", || {
-        kubectl_json(&c, &["get", "storageclass", "h8s-local"]).ok()
+        c.json(&["get", "storageclass", "h8s-local"]).ok()
     });
     c
 }
 
-static TEARDOWN: OnceLock<(u32, PathBuf, String)> = OnceLock::new();
-
-extern "C" fn teardown() {
-    let Some((pid, dir, net)) = TEARDOWN.get() else {
-        return;
-    };
-    // SAFETY: kill(2) on the server we started.
-    unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_secs(3));
+fn ceph_down(dir: &Path) {
     let _ = Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -210,158 +90,6 @@ extern "C" fn teardown() {
         ))
         .arg(dir.join("ceph"))
         .status();
-    let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["net", "rm", "--force", net])
-        .env("H8S_NET_DIR", dir.join("net"))
-        .env("H8S_ROOT", dir.join("r"))
-        // The agent's fabric is named after its node.
-        .env("H8S_NODE_NAME", format!("vol-test-{}", std::process::id()))
-        // Cold boots: this suite is not about templates, and a template build
-        // (a whole boot, its holder outliving the agent) would only slow it.
-        .env("H8S_TEMPLATES", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn kubectl_out(c: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new(KUBECTL);
-    cmd.arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = cmd.spawn().unwrap();
-    if let Some(s) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn kubectl(c: &Cluster, args: &[&str]) -> String {
-    let (ok, out, err) = kubectl_out(c, args, None);
-    assert!(ok, "kubectl {args:?} failed: {err}");
-    out
-}
-
-fn apply(c: &Cluster, ns: &str, yaml: &str) {
-    let (ok, _, err) = kubectl_out(c, &["-n", ns, "apply", "-f", "-"], Some(yaml));
-    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
-}
-
-fn kubectl_json(c: &Cluster, args: &[&str]) -> Result<Value, String> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let (ok, out, err) = kubectl_out(c, &a, None);
-    if !ok {
-        return Err(err);
-    }
-    serde_json::from_str(&out).map_err(|e| e.to_string())
-}
-
-fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn namespace(c: &Cluster, name: &str) -> String {
-    let ns = format!("{name}-{}", std::process::id() % 100000);
-    kubectl(c, &["create", "namespace", &ns]);
-    ns
-}
-
-fn pod(c: &Cluster, ns: &str, name: &str) -> Value {
-    kubectl_json(c, &["-n", ns, "get", "pod", name]).unwrap_or(Value::Null)
-}
-
-fn container_status(p: &Value) -> Value {
-    p["status"]["containerStatuses"][0].clone()
-}
-
-/// Pod VMs of `ns` the runtime still has (its pod records are labelled with the namespace).
-fn vms_of(c: &Cluster, ns: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(c.root().join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let rec: Value = std::fs::read(e.path().join("pod.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        if rec["config"]["labels"]["io.kubernetes.pod.namespace"] == ns {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-/// Deletes the namespace's pods and checks nothing of them is left: no pod VM record (the
-/// runtime removes it after killing QEMU and the supervisor), no address or tap on the pod
-/// network.
-fn cleanup(c: &Cluster, ns: &str) {
-    let names: Vec<String> = kubectl_json(c, &["-n", ns, "get", "pods"])
-        .ok()
-        .and_then(|l| {
-            l["items"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
-    kubectl(
-        c,
-        &[
-            "-n",
-            ns,
-            "delete",
-            "pod",
-            "--all",
-            "--grace-period=1",
-            "--wait=true",
-        ],
-    );
-    wait(Duration::from_secs(60), "the pod VMs to go", || {
-        vms_of(c, ns).is_empty().then_some(())
-    });
-    let mut nets = String::new();
-    for e in std::fs::read_dir(c.dir.join("net/networks"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        nets.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-    }
-    for n in names {
-        assert!(
-            !nets.contains(&format!("\"pod\": \"{n}-"))
-                && !nets.contains(&format!("\"pod\":\"{n}-")),
-            "pod {n} still has an address on the pod network"
-        );
-    }
-    kubectl(c, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 fn vols(c: &Cluster) -> PathBuf {
@@ -390,39 +118,33 @@ fn assert_nothing_mounted_on_host(c: &Cluster) {
 }
 
 fn pvc_events(c: &Cluster, ns: &str, name: &str) -> String {
-    kubectl(
-        c,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "custom-columns=R:.reason,M:.message,N:.note",
-        ],
-    )
+    c.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "custom-columns=R:.reason,M:.message,N:.note",
+    ])
 }
 
 fn events_of(c: &Cluster, ns: &str) -> String {
     // core/v1 events (the agent's) and events.k8s.io/v1 (the controllers') both list here.
-    kubectl(
-        c,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "-o",
-            "custom-columns=O:.involvedObject.name,R:.reason,M:.message,N:.note",
-        ],
-    )
+    c.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "-o",
+        "custom-columns=O:.involvedObject.name,R:.reason,M:.message,N:.note",
+    ])
 }
 
 fn running_pod(c: &Cluster, ns: &str, selector: &str) -> String {
     wait(Duration::from_secs(240), "a Running pod", || {
-        let l = kubectl_json(c, &["-n", ns, "get", "pods", "-l", selector]).ok()?;
+        let l = c.json(&["-n", ns, "get", "pods", "-l", selector]).ok()?;
         l["items"].as_array()?.iter().find_map(|p| {
             (p["status"]["phase"] == "Running"
                 && p["metadata"]["deletionTimestamp"].is_null()
@@ -433,15 +155,14 @@ fn running_pod(c: &Cluster, ns: &str, selector: &str) -> String {
 }
 
 fn exec(c: &Cluster, ns: &str, pod: &str, cmd: &str) -> (bool, String, String) {
-    kubectl_out(c, &["-n", ns, "exec", pod, "--", "sh", "-c", cmd], None)
+    c.kubectl_out(&["-n", ns, "exec", pod, "--", "sh", "-c", cmd], None)
 }
 
 #[test]
 fn pvc_deployment_keeps_data_across_pods_expands_offline_and_deletes() {
     let c = cluster();
-    let ns = namespace(c, "vol-dep");
-    apply(
-        c,
+    let ns = c.namespace("vol-dep");
+    c.apply(
         &ns,
         r#"
 apiVersion: v1
@@ -476,7 +197,7 @@ spec:
     );
     let p1 = running_pod(c, &ns, "app=vol");
     // The default class bound it to a local volume made on this node.
-    let claim = kubectl_json(c, &["-n", &ns, "get", "pvc", "data"]).unwrap();
+    let claim = c.json(&["-n", &ns, "get", "pvc", "data"]).unwrap();
     assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
     assert_eq!(claim["spec"]["storageClassName"], "h8s-local");
     let finalizers = claim["metadata"]["finalizers"].to_string();
@@ -485,14 +206,14 @@ spec:
         "{finalizers}"
     );
     let pv_name = claim["spec"]["volumeName"].as_str().unwrap().to_string();
-    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    let pv = c.json(&["get", "pv", &pv_name]).unwrap();
     assert_eq!(pv["status"]["phase"], "Bound");
     assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete");
     assert_eq!(pv["spec"]["csi"]["driver"], "local.volumes.h8s.io");
     assert!(pv["metadata"]["finalizers"]
         .to_string()
         .contains("kubernetes.io/pv-protection"));
-    assert!(pv["spec"]["nodeAffinity"].to_string().contains(&c.node));
+    assert!(pv["spec"]["nodeAffinity"].to_string().contains(&c.name));
     let file = vols(c).join(format!("{pv_name}.raw"));
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
     let ev = pvc_events(c, &ns, "data");
@@ -514,38 +235,29 @@ spec:
     assert_nothing_mounted_on_host(c);
 
     // Offline expansion: no pod, the claim asks for more, the next pod sees the data and room.
-    kubectl(
-        c,
-        &["-n", &ns, "scale", "deployment", "app", "--replicas=0"],
-    );
+    c.kubectl(&["-n", &ns, "scale", "deployment", "app", "--replicas=0"]);
     wait(Duration::from_secs(120), "the pod VM to stop", || {
-        vms_of(c, &ns).is_empty().then_some(())
+        c.vms_of(&ns).is_empty().then_some(())
     });
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "patch",
-            "pvc",
-            "data",
-            "-p",
-            r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
-        ],
-    );
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "pvc",
+        "data",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
+    ]);
     wait(Duration::from_secs(60), "the volume to grow", || {
         (std::fs::metadata(&file).ok()?.len() == 128 << 20).then_some(())
     });
     wait(Duration::from_secs(30), "the claim's capacity", || {
-        let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "data"]).ok()?;
+        let cl = c.json(&["-n", &ns, "get", "pvc", "data"]).ok()?;
         (cl["status"]["capacity"]["storage"] == "134217728"
             || cl["status"]["capacity"]["storage"] == "128Mi")
             .then_some(())
     });
-    kubectl(
-        c,
-        &["-n", &ns, "scale", "deployment", "app", "--replicas=1"],
-    );
+    c.kubectl(&["-n", &ns, "scale", "deployment", "app", "--replicas=1"]);
     let p2 = running_pod(c, &ns, "app=vol");
     assert_ne!(p1, p2);
     let (ok, out, err) = exec(c, &ns, &p2, "cat /data/logs/who; df -k /data | tail -1");
@@ -564,29 +276,25 @@ spec:
     assert_nothing_mounted_on_host(c);
 
     // Delete: the claim goes, the volume is Released, its file removed, the PV deleted.
-    kubectl(c, &["-n", &ns, "delete", "deployment", "app"]);
+    c.kubectl(&["-n", &ns, "delete", "deployment", "app"]);
     wait(Duration::from_secs(120), "the pod VMs to go", || {
-        vms_of(c, &ns).is_empty().then_some(())
+        c.vms_of(&ns).is_empty().then_some(())
     });
-    kubectl(c, &["-n", &ns, "delete", "pvc", "data", "--wait=true"]);
+    c.kubectl(&["-n", &ns, "delete", "pvc", "data", "--wait=true"]);
     wait(Duration::from_secs(60), "the volume file to go", || {
         (!file.exists()).then_some(())
     });
     wait(Duration::from_secs(60), "the PV to go", || {
-        kubectl_json(c, &["get", "pv", &pv_name])
-            .is_err()
-            .then_some(())
+        c.json(&["get", "pv", &pv_name]).is_err().then_some(())
     });
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 #[test]
 fn block_mode_gives_the_raw_device_and_rwop_waits_with_multi_attach() {
     let c = cluster();
-    let ns = namespace(c, "vol-blk");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("vol-blk");
+    c.apply(&ns,
         r#"
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -622,19 +330,18 @@ spec:
     assert!(ok || out.contains("h8s-block-data"), "{err}");
     assert!(out.contains("h8s-block-data"), "{out}");
     assert!(out.contains(&(16u64 << 20).to_string()), "{out}");
-    let pv_name = kubectl_json(c, &["-n", &ns, "get", "pvc", "raw"]).unwrap()["spec"]["volumeName"]
+    let pv_name = c.json(&["-n", &ns, "get", "pvc", "raw"]).unwrap()["spec"]["volumeName"]
         .as_str()
         .unwrap()
         .to_string();
-    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    let pv = c.json(&["get", "pv", &pv_name]).unwrap();
     assert_eq!(pv["spec"]["volumeMode"], "Block");
     // The bytes went to the backing file (read as a file, never mounted).
     let data = std::fs::read(vols(c).join(format!("{pv_name}.raw"))).unwrap();
     assert_eq!(&data[4096..4110], b"h8s-block-data");
 
     // ReadWriteOncePod: a second pod waits with a Multi-Attach event.
-    apply(
-        c,
+    c.apply(
         &ns,
         r#"
 apiVersion: v1
@@ -657,26 +364,23 @@ spec:
         let ev = events_of(c, &ns);
         (ev.contains("FailedAttachVolume") && ev.contains("Multi-Attach error")).then_some(())
     });
-    let p = pod(c, &ns, "blk2");
+    let p = c.pod(&ns, "blk2");
     assert_eq!(p["status"]["phase"], "Pending");
     let msg = container_status(&p)["state"]["waiting"]["message"].to_string();
     assert!(msg.contains("Multi-Attach"), "{p}");
-    assert!(vms_of(c, &ns).len() == 1, "the second pod has no VM");
+    assert!(c.vms_of(&ns).len() == 1, "the second pod has no VM");
     assert_nothing_mounted_on_host(c);
-    cleanup(c, &ns);
+    c.cleanup(&ns);
     // The namespace is on its way out with its claim; whichever deletes it first.
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pvc",
-            "raw",
-            "--wait=false",
-            "--ignore-not-found",
-        ],
-    );
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pvc",
+        "raw",
+        "--wait=false",
+        "--ignore-not-found",
+    ]);
 }
 
 fn make_volume_file(c: &Cluster, id: &str, ext4: bool) -> PathBuf {
@@ -718,28 +422,28 @@ spec:
       - matchExpressions:
         - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}
 {extra_spec}"#,
-        node = c.node
+        node = c.name
     )
 }
 
 #[test]
 fn seeds_cinder_manifest_attaches_the_named_volume() {
     let c = cluster();
-    let ns = namespace(c, "vol-cinder");
+    let ns = c.namespace("vol-cinder");
     let id = "651b2a7b-683e-47e1-bdd6-e3c62e8f91c0";
     // The admin makes the volume beforehand (the seeds: "create the Cinder volume first").
     make_volume_file(c, id, true);
-    apply(c, &ns, &static_pv(c, id, ""));
+    c.apply(&ns, &static_pv(c, id, ""));
     // The manifest from the seeds, verbatim (two-space line ends and all).
     let seed = "apiVersion: v1  \nkind: Pod  \nmetadata:  \n  name: nginx  \n  labels:  \n    app: nginx  \nspec:  \n  containers:  \n  - name: nginx  \n    image: nginx  \n    ports:  \n    - containerPort: 80  \n    volumeMounts:  \n    - name: nginx-persistent-storage  \n      mountPath: /var/lib/nginx  \n  volumes:  \n  - name: nginx-persistent-storage  \n    cinder:  \n      volumeID: 651b2a7b-683e-47e1-bdd6-e3c62e8f91c0  \n      fsType: ext4\n";
-    apply(c, &ns, seed);
+    c.apply(&ns, seed);
     // The image's command (busybox's sh here) runs with the volume mounted: the container
     // starts (and ends; it is restarted), it never fails to mount.
     wait(
         Duration::from_secs(240),
         "the nginx container to start",
         || {
-            let p = pod(c, &ns, "nginx");
+            let p = c.pod(&ns, "nginx");
             let cs = container_status(&p);
             let started = cs["restartCount"].as_i64().unwrap_or(0) > 0
                 || !cs["state"]["running"].is_null()
@@ -749,18 +453,15 @@ fn seeds_cinder_manifest_attaches_the_named_volume() {
             started.then_some(())
         },
     );
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            "nginx",
-            "--grace-period=1",
-            "--wait=true",
-        ],
-    );
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pod",
+        "nginx",
+        "--grace-period=1",
+        "--wait=true",
+    ]);
     // The same volume by id in a busybox pod: written, and kept for the next pod.
     let pod_yaml = |name: &str, cmd: &str| {
         format!(
@@ -782,40 +483,35 @@ spec:
 "#
         )
     };
-    apply(
-        c,
+    c.apply(
         &ns,
         &pod_yaml("w", "echo seeded > /var/lib/nginx/f && sleep 3600"),
     );
     running_pod(c, &ns, "app=w");
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            "w",
-            "--grace-period=1",
-            "--wait=true",
-        ],
-    );
-    apply(c, &ns, &pod_yaml("r", "sleep 3600"));
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pod",
+        "w",
+        "--grace-period=1",
+        "--wait=true",
+    ]);
+    c.apply(&ns, &pod_yaml("r", "sleep 3600"));
     running_pod(c, &ns, "app=r");
     let (ok, out, err) = exec(c, &ns, "r", "cat /var/lib/nginx/f");
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "seeded");
     assert_nothing_mounted_on_host(c);
-    cleanup(c, &ns);
-    kubectl(c, &["delete", "pv", id, "--wait=false"]);
+    c.cleanup(&ns);
+    c.kubectl(&["delete", "pv", id, "--wait=false"]);
 }
 
 #[test]
 fn bad_input_is_reported_on_the_claim_and_the_pod() {
     let c = cluster();
-    let ns = namespace(c, "vol-bad");
-    apply(
-        c,
+    let ns = c.namespace("vol-bad");
+    c.apply(
         &ns,
         r#"
 apiVersion: v1
@@ -853,9 +549,9 @@ spec:
             (ev.contains("ProvisioningFailed") && ev.contains("not enough space")).then_some(())
         },
     );
-    let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "huge"]).unwrap();
+    let cl = c.json(&["-n", &ns, "get", "pvc", "huge"]).unwrap();
     assert_eq!(cl["status"]["phase"], "Pending");
-    let p = pod(c, &ns, "huge");
+    let p = c.pod(&ns, "huge");
     assert!(
         container_status(&p)["state"]["waiting"]["message"]
             .to_string()
@@ -875,14 +571,12 @@ spec:
     // A missing and a damaged backing file: the pod's status says so.
     let missing = format!("missing-{}", std::process::id());
     let damaged = format!("damaged-{}", std::process::id());
-    apply(c, &ns, &static_pv(c, &missing, ""));
+    c.apply(&ns, &static_pv(c, &missing, ""));
     std::fs::create_dir_all(vols(c)).unwrap();
     std::fs::write(vols(c).join(format!("{damaged}.raw")), b"not a disk").unwrap();
-    apply(c, &ns, &static_pv(c, &damaged, ""));
+    c.apply(&ns, &static_pv(c, &damaged, ""));
     for (name, vol, want) in [("m", &missing, "not found"), ("d", &damaged, "corrupt")] {
-        apply(
-            c,
-            &ns,
+        c.apply(&ns,
             &format!(
                 r#"
 apiVersion: v1
@@ -901,7 +595,7 @@ spec:
             Duration::from_secs(60),
             "the pod to report its volume",
             || {
-                let p = pod(c, &ns, name);
+                let p = c.pod(&ns, name);
                 container_status(&p)["state"]["waiting"]["message"]
                     .to_string()
                     .contains(want)
@@ -912,10 +606,8 @@ spec:
     // A file that is a disk but holds no filesystem: the guest refuses to mount it.
     let blank = format!("blank-{}", std::process::id());
     make_volume_file(c, &blank, false);
-    apply(c, &ns, &static_pv(c, &blank, ""));
-    apply(
-        c,
-        &ns,
+    c.apply(&ns, &static_pv(c, &blank, ""));
+    c.apply(&ns,
         &format!(
             r#"
 apiVersion: v1
@@ -934,24 +626,23 @@ spec:
         Duration::from_secs(240),
         "the guest's mount failure",
         || {
-            let p = pod(c, &ns, "b");
+            let p = c.pod(&ns, "b");
             let m = container_status(&p)["state"]["waiting"]["message"].to_string();
             m.contains("ext4").then_some(())
         },
     );
     assert_nothing_mounted_on_host(c);
-    cleanup(c, &ns);
+    c.cleanup(&ns);
     for pv in [missing, damaged, blank] {
-        kubectl(c, &["delete", "pv", &pv, "--wait=false"]);
+        c.kubectl(&["delete", "pv", &pv, "--wait=false"]);
     }
 }
 
 #[test]
 fn rbd_volume_follows_its_pod_through_qemus_rbd_driver() {
     let c = cluster();
-    let ns = namespace(c, "vol-rbd");
-    apply(
-        c,
+    let ns = c.namespace("vol-rbd");
+    c.apply(
         &ns,
         r#"
 apiVersion: storage.k8s.io/v1
@@ -973,11 +664,11 @@ spec:
     );
     // Immediate binding: the controller makes the image and binds it.
     let pv_name = wait(Duration::from_secs(90), "the rbd claim to bind", || {
-        let cl = kubectl_json(c, &["-n", &ns, "get", "pvc", "shared"]).ok()?;
+        let cl = c.json(&["-n", &ns, "get", "pvc", "shared"]).ok()?;
         (cl["status"]["phase"] == "Bound")
             .then(|| cl["spec"]["volumeName"].as_str().unwrap().to_string())
     });
-    let pv = kubectl_json(c, &["get", "pv", &pv_name]).unwrap();
+    let pv = c.json(&["get", "pv", &pv_name]).unwrap();
     assert_eq!(pv["spec"]["csi"]["driver"], "rbd.volumes.h8s.io");
     assert!(
         pv["spec"]["nodeAffinity"].is_null(),
@@ -1003,8 +694,7 @@ spec:
 "#
         )
     };
-    apply(
-        c,
+    c.apply(
         &ns,
         &pod_yaml("w", "echo on-ceph > /data/f && sync && sleep 3600"),
     );
@@ -1017,7 +707,7 @@ spec:
     });
     assert!(qemu_has_rbd, "a QEMU process attaches rbd:h8s/{pv_name}");
     // The attach-detach controller's VolumeAttachment of the image to the node.
-    let vas = kubectl_json(c, &["get", "volumeattachments"]).unwrap();
+    let vas = c.json(&["get", "volumeattachments"]).unwrap();
     let va = vas["items"]
         .as_array()
         .unwrap()
@@ -1026,52 +716,44 @@ spec:
         .unwrap_or_else(|| panic!("a VolumeAttachment of {pv_name}: {vas}"))
         .clone();
     assert_eq!(va["spec"]["attacher"], "rbd.volumes.h8s.io");
-    assert_eq!(va["spec"]["nodeName"], c.node.as_str());
+    assert_eq!(va["spec"]["nodeName"], c.name.as_str());
     assert_eq!(va["status"]["attached"], true);
     assert!(va["metadata"]["name"].as_str().unwrap().starts_with("csi-"));
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            "w",
-            "--grace-period=1",
-            "--wait=true",
-        ],
-    );
-    apply(c, &ns, &pod_yaml("r", "sleep 3600"));
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pod",
+        "w",
+        "--grace-period=1",
+        "--wait=true",
+    ]);
+    c.apply(&ns, &pod_yaml("r", "sleep 3600"));
     running_pod(c, &ns, "app=r");
     let (ok, out, err) = exec(c, &ns, "r", "cat /data/f");
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "on-ceph");
     assert_nothing_mounted_on_host(c);
-    cleanup(c, &ns);
+    c.cleanup(&ns);
     // Delete: the controller removes the image and the volume (the claim goes with its
     // namespace, which cleanup is deleting, if this does not get there first).
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pvc",
-            "shared",
-            "--wait=true",
-            "--ignore-not-found",
-        ],
-    );
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pvc",
+        "shared",
+        "--wait=true",
+        "--ignore-not-found",
+    ]);
     wait(Duration::from_secs(60), "the rbd PV to go", || {
-        kubectl_json(c, &["get", "pv", &pv_name])
-            .is_err()
-            .then_some(())
+        c.json(&["get", "pv", &pv_name]).is_err().then_some(())
     });
     wait(
         Duration::from_secs(60),
         "the VolumeAttachment to go",
         || {
-            let vas = kubectl_json(c, &["get", "volumeattachments"]).ok()?;
+            let vas = c.json(&["get", "volumeattachments"]).ok()?;
             (!vas.to_string().contains(&pv_name)).then_some(())
         },
     );
@@ -1085,5 +767,5 @@ spec:
         !String::from_utf8_lossy(&ls.stdout).contains(&pv_name),
         "the image is removed"
     );
-    kubectl(c, &["delete", "storageclass", "h8s-rbd-test"]);
+    c.kubectl(&["delete", "storageclass", "h8s-rbd-test"]);
 }
