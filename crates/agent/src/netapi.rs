@@ -317,7 +317,7 @@ impl ApiNetworks {
 }
 
 /// A Node's `InternalIP` (IPv4).
-fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
+pub(crate) fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
     n.status
         .as_ref()?
         .addresses

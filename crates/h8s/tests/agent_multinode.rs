@@ -25,7 +25,13 @@ fn c() -> &'static Cluster {
             "--default-unreachable-toleration-seconds=4",
         ]
         .map(String::from)
-        .to_vec(),
+        .into_iter()
+        // LoadBalancer addresses on the test bridge, where the outside client is.
+        .chain([format!(
+            "--lb-pool={}.240/28",
+            cluster_support::subnet_prefix()
+        )])
+        .collect(),
         agent_args: Vec::new(),
     })
 }
@@ -275,14 +281,14 @@ fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
         ns
     };
     let (a, b) = (tenant_ns("a"), tenant_ns("b"));
-    let app = |tenant: &str, replicas: u32| {
+    let app = |tenant: &str, replicas: u32, kind: &str| {
         deployment("web", replicas).replace(
             "echo ok > /www/index.html",
             &format!("echo {tenant}-$(hostname) > /www/index.html"),
-        ) + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"
+        ) + &format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: {kind}\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")
     };
-    c.apply(&a, &app("tenant-a", 2));
-    c.apply(&b, &app("tenant-b", 1));
+    c.apply(&a, &app("tenant-a", 2, "LoadBalancer"));
+    c.apply(&b, &app("tenant-b", 1, "NodePort"));
     let pa = c.wait_running(&a, "app=web", 2, Duration::from_secs(300));
     let pb = c.wait_running(&b, "app=web", 1, Duration::from_secs(300));
     assert_ne!(node_of(&pa[0]), node_of(&pa[1]), "tenant A on both nodes");
@@ -348,6 +354,79 @@ fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
             "{ns} resolves {fqdn}: {out}{err}"
         );
     }
+    // From outside (a client namespace on the test bridge, in no tenant): A's LoadBalancer
+    // address and node port on either node reach A's endpoints on both nodes (one through a
+    // hop to the other node); B's node port (same Service port) reaches B only.
+    let client = cluster_support::outside_client(c);
+    let curl = |url: &str| -> Option<String> {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &client, "curl", "-s", "-m", "3", url])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let (lb, np_a) = cluster_support::wait(Duration::from_secs(60), "A's pool address", || {
+        let s = c.json(&["-n", &a, "get", "service", "web"]).ok()?;
+        let ip = s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?;
+        Some((ip.to_string(), s["spec"]["ports"][0]["nodePort"].as_u64()?))
+    });
+    let np_b = c.json(&["-n", &b, "get", "service", "web"]).unwrap()["spec"]["ports"][0]
+        ["nodePort"]
+        .as_u64()
+        .unwrap();
+    let spread_from = |url: &str| {
+        let mut seen = std::collections::BTreeSet::new();
+        cluster_support::wait(Duration::from_secs(120), url, || {
+            if let Some(got) = curl(url) {
+                assert!(got.starts_with("tenant-a-"), "{url}: {got}");
+                seen.insert(got);
+            }
+            (seen.len() == 2).then_some(())
+        });
+    };
+    for n in &c.nodes {
+        spread_from(&format!("http://{}:{np_a}/", n.ip));
+        let url = format!("http://{}:{np_b}/", n.ip);
+        cluster_support::wait(Duration::from_secs(60), &url, || {
+            curl(&url).map(|g| assert_eq!(g, format!("tenant-b-{b0}"), "{url}"))
+        });
+    }
+    spread_from(&format!("http://{lb}/"));
+    // Pod addresses are not reachable from outside, even routed through a node.
+    std::process::Command::new("ip")
+        .args([
+            "-n",
+            &client,
+            "route",
+            "replace",
+            "192.168.0.0/16",
+            "via",
+            &c.nodes[0].ip,
+        ])
+        .status()
+        .unwrap();
+    for p in pa.iter().chain(&pb) {
+        assert_eq!(curl(&url(p)), None, "{} reached from outside", url(p));
+    }
     c.cleanup(&a);
     c.cleanup(&b);
+    // The pool address is withdrawn with the Service: no node holds it any more.
+    cluster_support::wait(
+        Duration::from_secs(120),
+        "the pool address withdrawn",
+        || {
+            c.nodes
+                .iter()
+                .all(|n| {
+                    let o = std::process::Command::new("ip")
+                        .args(["-n", &n.netns, "-o", "addr"])
+                        .output()
+                        .unwrap();
+                    !String::from_utf8_lossy(&o.stdout).contains(&format!(" {lb}/32"))
+                })
+                .then_some(())
+        },
+    );
 }
