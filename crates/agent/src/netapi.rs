@@ -68,7 +68,7 @@ pub struct ApiNetworks {
     _tasks: Vec<AbortOnDrop>,
 }
 
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -73,6 +73,9 @@ pub(crate) struct ServiceFeed {
     nodes: Store<Node>,
     /// What the node's forwarding rules were last programmed with, and when.
     exposed: Mutex<Option<(ServiceRules, Instant)>>,
+    /// Health check node ports of this node's LoadBalancer Services with
+    /// `externalTrafficPolicy: Local`.
+    health: Mutex<crate::lbhealth::HealthChecks>,
     wake: Arc<Notify>,
     pushed: Mutex<HashMap<String, Pushed>>,
     failed: Mutex<HashMap<String, Instant>>,
@@ -375,6 +378,7 @@ impl ServiceFeed {
             expose,
             nodes,
             exposed: Mutex::new(None),
+            health: Mutex::new(Default::default()),
             wake,
             pushed: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
@@ -501,6 +505,11 @@ impl ServiceFeed {
         let Some((fabric, me)) = &self.expose else {
             return;
         };
+        self.health
+            .lock()
+            .await
+            .sync(&health_checks(me, services, slices))
+            .await;
         let rules = exposed(me, services, slices, namespaces, &self.nodes.state());
         let mut last = self.exposed.lock().await;
         if last
@@ -702,6 +711,66 @@ pub(crate) fn exposed(
     rules.lb_addrs.sort();
     rules.lb_addrs.dedup();
     rules
+}
+
+/// The health check node ports node `me` serves (pure): one per LoadBalancer Service with
+/// `externalTrafficPolicy: Local` and a `healthCheckNodePort`, with its ready endpoints on
+/// this node.
+pub(crate) fn health_checks(
+    me: &str,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<u16, crate::lbhealth::Check> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|_| {
+                spec.type_.as_deref() == Some("LoadBalancer")
+                    && spec.external_traffic_policy.as_deref() == Some("Local")
+                    && svc.metadata.deletion_timestamp.is_none()
+            })
+        else {
+            continue;
+        };
+        let mut local: Vec<&str> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| {
+                e.node_name.as_deref() == Some(me)
+                    && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+            })
+            .flat_map(|e| e.addresses.iter().map(String::as_str))
+            .collect();
+        local.sort();
+        local.dedup();
+        out.insert(
+            port,
+            crate::lbhealth::Check {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                local_endpoints: local.len(),
+            },
+        );
+    }
+    out
 }
 
 fn protocol_of(p: Option<&str>) -> Option<L4> {
@@ -972,6 +1041,20 @@ mod tests {
         assert_eq!(b1.lb, [("10.0.0.241".parse().unwrap(), 80)]);
         assert!(b0.lb.is_empty());
         assert_eq!(b1.local, ["192.168.0.5:80".parse().unwrap()]);
+        // B's health check port: 200 on n1 (its endpoint), 503 on n0.
+        let mut svcs_hc = svcs.clone();
+        let mut bh = (*svcs_hc[1]).clone();
+        bh.spec.as_mut().unwrap().health_check_node_port = Some(30090);
+        svcs_hc[1] = Arc::new(bh);
+        assert_eq!(
+            health_checks("n1", &svcs_hc, &slices)[&30090].local_endpoints,
+            1
+        );
+        assert_eq!(
+            health_checks("n0", &svcs_hc, &slices)[&30090].local_endpoints,
+            0
+        );
+        assert_eq!(health_checks("n0", &svcs_hc, &slices).len(), 1);
         // A NotReady node announces nothing.
         let nodes = vec![
             node("n0", "10.0.0.10", true),
