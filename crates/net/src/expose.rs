@@ -8,8 +8,8 @@
 //! * the node (`table ip h8s_svc`): traffic to `node address:nodePort` or `pool address:port`
 //!   picks one ready endpoint slot at random; a slot of a local endpoint is DNATed to the
 //!   Network's gateway uplink (`up0`'s address, the node port kept as the key), a slot of an
-//!   endpoint on another node is DNATed to that node's address and node port and masqueraded
-//!   (one hop over the underlay). Traffic that comes from another node (a hop) only ever goes
+//!   endpoint on another node is DNATed to that node's address and node port and SNATed to
+//!   this node's underlay address (one hop over the underlay). Traffic that comes from another node (a hop) only ever goes
 //!   to local endpoints, so it never bounces. `externalTrafficPolicy: Local`: local endpoints
 //!   only, no masquerade anywhere (the client's address reaches the pod).
 //! * the gateway of the endpoint's node (`table ip h8s_svc` in its namespace): `up0`'s node
@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// Name of the node's and the gateways' Service forwarding tables (ip family).
 pub const SVC_TABLE: &str = "h8s_svc";
 
-/// The packet mark of hops to another node (masqueraded in postrouting).
+/// The packet mark of hops to another node (SNATed in postrouting).
 const HOP_MARK: u32 = 0x4838;
 
 /// Transport protocol of an exposed port.
@@ -111,9 +111,15 @@ fn spread(targets: &[String]) -> String {
     }
 }
 
-/// The node's table. `uplinks`: each local Network's gateway `up0` address; a port whose
-/// Network has none here has no local endpoints as far as this node can forward.
-pub(crate) fn node_script(rules: &ServiceRules, uplinks: &BTreeMap<String, Ipv4Addr>) -> String {
+/// The node's table. `me`: the node's underlay address, the source of its hops (the other
+/// nodes know it as a node's, so they never hop back). `uplinks`: each local Network's
+/// gateway `up0` address; a port whose Network has none here has no local endpoints as far
+/// as this node can forward.
+pub(crate) fn node_script(
+    rules: &ServiceRules,
+    me: Ipv4Addr,
+    uplinks: &BTreeMap<String, Ipv4Addr>,
+) -> String {
     let mut s = String::new();
     let nodes = elements(rules.nodes.iter().map(|n| n.to_string()));
     let lb = elements(rules.lb_addrs.iter().map(|n| n.to_string()));
@@ -189,7 +195,7 @@ table ip {SVC_TABLE} {{
 {pre}  }}
 {chains}  chain postrouting {{
     type nat hook postrouting priority 100; policy accept;
-    meta mark {HOP_MARK:#x} masquerade
+    meta mark {HOP_MARK:#x} snat to {me}
   }}
   chain input {{
     type filter hook input priority -5; policy accept;
@@ -291,7 +297,7 @@ mod tests {
     #[test]
     fn cluster_policy_spreads_over_local_and_remote_endpoints_hops_stay_local() {
         let r = rules(vec![port(&["192.168.0.5:8080"], &["10.9.0.11"], false)]);
-        let s = node_script(&r, &uplinks());
+        let s = node_script(&r, Ipv4Addr::new(10, 9, 0, 10), &uplinks());
         balanced(&s);
         assert!(
             s.contains("tcp dport 30080 fib daddr type local jump svc0"),
@@ -312,7 +318,7 @@ mod tests {
             s.contains("meta mark set 0x4838 meta l4proto tcp dnat to 10.9.0.11:30080"),
             "{s}"
         );
-        assert!(s.contains("meta mark 0x4838 masquerade"), "{s}");
+        assert!(s.contains("meta mark 0x4838 snat to 10.9.0.10"), "{s}");
         assert!(s.contains("elements = { tcp . 30080 }"), "{s}");
         let g = gateway_script(&r, "tenant-a");
         balanced(&g);
@@ -332,7 +338,7 @@ mod tests {
             &["10.9.0.11"],
             true,
         )]);
-        let s = node_script(&r, &uplinks());
+        let s = node_script(&r, Ipv4Addr::new(10, 9, 0, 10), &uplinks());
         balanced(&s);
         assert!(!s.contains("hop0"), "{s}");
         assert!(
@@ -346,13 +352,13 @@ mod tests {
         );
         // Only remote endpoints, Local policy: nothing answers (the input chain drops it).
         let r = rules(vec![port(&[], &["10.9.0.11"], true)]);
-        let s = node_script(&r, &uplinks());
+        let s = node_script(&r, Ipv4Addr::new(10, 9, 0, 10), &uplinks());
         balanced(&s);
         assert!(!s.contains("dnat"), "{s}");
         assert!(s.contains("ip saddr @nodes return"), "{s}");
         // Cluster policy, only remote endpoints: a hop, but never for traffic from a node.
         let r = rules(vec![port(&[], &["10.9.0.11", "10.9.0.11"], false)]);
-        let s = node_script(&r, &uplinks());
+        let s = node_script(&r, Ipv4Addr::new(10, 9, 0, 10), &uplinks());
         let ret = s.find("ip saddr @nodes return").unwrap();
         let spread = s.find("numgen random mod 2").unwrap();
         assert!(ret < spread, "{s}");
@@ -361,7 +367,7 @@ mod tests {
     #[test]
     fn empty_rules_render() {
         let r = ServiceRules::default();
-        let s = node_script(&r, &BTreeMap::new());
+        let s = node_script(&r, Ipv4Addr::new(10, 9, 0, 10), &BTreeMap::new());
         balanced(&s);
         assert!(!s.contains("jump"), "{s}");
         balanced(&gateway_script(&r, "x"));

@@ -707,7 +707,7 @@ impl Fabric {
             NsRef::named(&gw_ns).run(|| nft::apply(&script))?;
             uplinks.insert(name.clone(), self.node.transit_pair(*idx).1);
         }
-        let script = expose::node_script(rules, &uplinks);
+        let script = expose::node_script(rules, self.node.underlay_ip, &uplinks);
         self.node.netns.run(|| {
             let nl = Nl::open()?;
             if rules.lb_addrs.is_empty() {
