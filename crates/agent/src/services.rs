@@ -514,7 +514,7 @@ impl ServiceFeed {
         let mut last = self.exposed.lock().await;
         if last
             .as_ref()
-            .is_some_and(|(r, t)| *r == rules && t.elapsed() < EXPOSE_RESYNC)
+            .is_some_and(|(r, t)| *r == rules && (rules.is_empty() || t.elapsed() < EXPOSE_RESYNC))
         {
             return;
         }
