@@ -708,6 +708,8 @@ pub(crate) fn exposed(
         }
     }
     rules.ports.sort();
+    rules.nodes.sort();
+    rules.nodes.dedup();
     rules.lb_addrs.sort();
     rules.lb_addrs.dedup();
     rules
