@@ -33,6 +33,7 @@ mod env;
 mod events;
 mod eviction;
 mod imagegc;
+mod lbhealth;
 mod pods;
 mod policy;
 pub mod pressure;

@@ -68,7 +68,7 @@ pub struct ApiNetworks {
     _tasks: Vec<AbortOnDrop>,
 }
 
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -317,7 +317,7 @@ impl ApiNetworks {
 }
 
 /// A Node's `InternalIP` (IPv4).
-fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
+pub(crate) fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
     n.status
         .as_ref()?
         .addresses

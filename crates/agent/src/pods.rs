@@ -205,6 +205,9 @@ impl Dispatcher {
                 runtime.clone(),
                 &cfg.owner,
                 cfg.network.as_ref().is_some_and(|n| n.api_relay.is_some()),
+                cfg.network
+                    .as_ref()
+                    .map(|n| (n.network.fabric().clone(), cfg.node_name.clone())),
             )
         });
         let policy =

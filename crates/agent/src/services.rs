@@ -19,16 +19,17 @@ use h8s_guest::{
     PodRecord, PortProtocol, ServiceEntry, ServiceKind, ServiceName, ServicePortEntry,
     ServiceUpdate, SERVICES_VERSION,
 };
+use h8s_net::{ExposedPort, Fabric, ServiceRules, L4};
 use h8s_runtime::{PodRuntime, SandboxState};
 use h8s_types::network::NetNamespace;
 use h8s_types::Network as ApiNetwork;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::Store;
 use kube::Api;
 use tokio::sync::{watch, Mutex, Notify};
 
-use crate::netapi::{reflect, AbortOnDrop};
+use crate::netapi::{internal_ip, reflect, AbortOnDrop};
 use crate::pods::{LABEL_NAMESPACE, LABEL_OWNER};
 
 /// The label tying an EndpointSlice to its Service.
@@ -37,6 +38,9 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const RESYNC: Duration = Duration::from_secs(2);
 /// How long a VM that refused its table is left alone.
 const FAILED_PAUSE: Duration = Duration::from_secs(30);
+/// How often the node's NodePort/LoadBalancer rules are rewritten even when unchanged (a
+/// gateway rebuilt meanwhile gets its table back).
+const EXPOSE_RESYNC: Duration = Duration::from_secs(10);
 
 /// What one VM was last told.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,6 +68,14 @@ pub(crate) struct ServiceFeed {
     /// Every table carries the `kubernetes` Service, backed by the Network's gateway
     /// (the node agent's API relay, see `apirelay`).
     api_relay: bool,
+    /// NodePort and LoadBalancer forwarding on this node: the fabric and the node's name.
+    expose: Option<(Fabric, String)>,
+    nodes: Store<Node>,
+    /// What the node's forwarding rules were last programmed with, and when.
+    exposed: Mutex<Option<(ServiceRules, Instant)>>,
+    /// Health check node ports of this node's LoadBalancer Services with
+    /// `externalTrafficPolicy: Local`.
+    health: Mutex<crate::lbhealth::HealthChecks>,
     wake: Arc<Notify>,
     pushed: Mutex<HashMap<String, Pushed>>,
     failed: Mutex<HashMap<String, Instant>>,
@@ -347,8 +359,10 @@ impl ServiceFeed {
         runtime: Arc<dyn PodRuntime>,
         owner: &str,
         api_relay: bool,
+        expose: Option<(Fabric, String)>,
     ) -> Arc<ServiceFeed> {
         let wake = Arc::new(Notify::new());
+        let (nodes, t5) = reflect(Api::<Node>::all(client.clone()), wake.clone());
         let (services, t1) = reflect(Api::<Service>::all(client.clone()), wake.clone());
         let (slices, t2) = reflect(Api::<EndpointSlice>::all(client.clone()), wake.clone());
         let (namespaces, t3) = reflect(Api::<NetNamespace>::all(client.clone()), wake.clone());
@@ -361,10 +375,14 @@ impl ServiceFeed {
             namespaces,
             networks,
             api_relay,
+            expose,
+            nodes,
+            exposed: Mutex::new(None),
+            health: Mutex::new(Default::default()),
             wake,
             pushed: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
-            _tasks: vec![t1, t2, t3, t4],
+            _tasks: vec![t1, t2, t3, t4, t5],
         })
     }
 
@@ -473,6 +491,295 @@ impl ServiceFeed {
         }
         self.pushed.lock().await.retain(|id, _| live.contains(id));
         self.failed.lock().await.retain(|id, _| live.contains(id));
+        self.expose_pass(&namespaces, &services, &slices).await;
+    }
+
+    /// Programs the node's NodePort/LoadBalancer forwarding when it changed (or every
+    /// [`EXPOSE_RESYNC`]).
+    async fn expose_pass(
+        &self,
+        namespaces: &[Arc<NetNamespace>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) {
+        let Some((fabric, me)) = &self.expose else {
+            return;
+        };
+        self.health
+            .lock()
+            .await
+            .sync(&health_checks(me, services, slices))
+            .await;
+        let rules = exposed(me, services, slices, namespaces, &self.nodes.state());
+        let mut last = self.exposed.lock().await;
+        if last
+            .as_ref()
+            .is_some_and(|(r, t)| *r == rules && (rules.is_empty() || t.elapsed() < EXPOSE_RESYNC))
+        {
+            return;
+        }
+        let f = fabric.clone();
+        let r = rules.clone();
+        match tokio::task::spawn_blocking(move || f.program_services(&r)).await {
+            Ok(Ok(())) => {
+                if last.as_ref().map(|(r, _)| r) != Some(&rules) {
+                    tracing::info!(
+                        ports = rules.ports.len(),
+                        announced = rules.lb_addrs.len(),
+                        "NodePort/LoadBalancer forwarding programmed"
+                    );
+                }
+                *last = Some((rules, Instant::now()));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "programming NodePort/LoadBalancer forwarding failed");
+                *last = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "NodePort/LoadBalancer task failed");
+                *last = None;
+            }
+        }
+    }
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What node `me` forwards for NodePort and LoadBalancer Services (pure): every TCP/UDP
+/// Service port with a node port, its ready endpoints split into this node's (address and
+/// target port) and other nodes' (their `InternalIP`, one entry per endpoint), and the pool
+/// addresses this node announces: of the candidates — the Ready nodes, or for
+/// `externalTrafficPolicy: Local` the nodes with a ready endpoint — the one
+/// [`h8s_net::expose::elect`] picks for the Service.
+pub(crate) fn exposed(
+    me: &str,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    namespaces: &[Arc<NetNamespace>],
+    nodes: &[Arc<Node>],
+) -> ServiceRules {
+    let node_ips: BTreeMap<&str, Ipv4Addr> = nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, internal_ip(n)?)))
+        .collect();
+    let ready_nodes: Vec<&str> = nodes
+        .iter()
+        .filter(|n| node_ready(n))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .filter(|n| node_ips.contains_key(n))
+        .collect();
+    let mut rules = ServiceRules {
+        nodes: node_ips.values().copied().collect(),
+        ..ServiceRules::default()
+    };
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let lb = spec.type_.as_deref() == Some("LoadBalancer");
+        if !(lb || spec.type_.as_deref() == Some("NodePort"))
+            || svc.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let Some(network) = namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns))
+            .map(|n| n.network())
+        else {
+            continue;
+        };
+        let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+        let mine: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.address_type == "IPv4"
+                    && s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .map(|s| s.as_ref())
+            .collect();
+        let ready = |s: &&EndpointSlice| {
+            s.endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .flat_map(|e| {
+                    let node = e.node_name.clone().unwrap_or_default();
+                    e.addresses
+                        .iter()
+                        .filter_map(move |a| Some((a.parse::<Ipv4Addr>().ok()?, node.clone())))
+                })
+                .collect::<Vec<_>>()
+        };
+        // The announcing node, if the Service has pool addresses.
+        let ingress: Vec<Ipv4Addr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        let announce = lb && !ingress.is_empty() && {
+            let mut candidates: Vec<String> = if local_only {
+                mine.iter()
+                    .flat_map(ready)
+                    .map(|(_, n)| n)
+                    .filter(|n| ready_nodes.contains(&n.as_str()))
+                    .collect()
+            } else {
+                ready_nodes.iter().map(|n| n.to_string()).collect()
+            };
+            candidates.sort();
+            candidates.dedup();
+            h8s_net::expose::elect(
+                &format!("{ns}/{name}"),
+                candidates.iter().map(String::as_str),
+            ) == Some(me)
+        };
+        for p in spec.ports.iter().flatten() {
+            let protocol = match p.protocol.as_deref() {
+                Some("UDP") => L4::Udp,
+                None | Some("TCP") => L4::Tcp,
+                _ => continue,
+            };
+            let (Some(node_port), Ok(port)) = (
+                p.node_port.and_then(|n| u16::try_from(n).ok()),
+                u16::try_from(p.port),
+            ) else {
+                continue;
+            };
+            let pname = p.name.clone().unwrap_or_default();
+            let mut out = ExposedPort {
+                service: format!("{ns}/{name}:{port}"),
+                network: network.clone(),
+                protocol,
+                node_port,
+                lb: vec![],
+                local: vec![],
+                remote: vec![],
+                local_only,
+            };
+            for s in &mine {
+                let Some(target) = s
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|sp| {
+                        sp.name.clone().unwrap_or_default() == pname
+                            && protocol_of(sp.protocol.as_deref()) == Some(protocol)
+                    })
+                    .and_then(|sp| sp.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for (ip, node) in ready(s) {
+                    if node == me {
+                        out.local.push(SocketAddrV4::new(ip, target));
+                    } else if let Some(nip) = node_ips.get(node.as_str()) {
+                        out.remote.push(*nip);
+                    }
+                }
+            }
+            out.local.sort();
+            out.local.dedup();
+            out.remote.sort();
+            if announce {
+                out.lb = ingress.iter().map(|ip| (*ip, port)).collect();
+                rules.lb_addrs.extend(&ingress);
+            }
+            rules.ports.push(out);
+        }
+    }
+    rules.ports.sort();
+    rules.nodes.sort();
+    rules.nodes.dedup();
+    rules.lb_addrs.sort();
+    rules.lb_addrs.dedup();
+    rules
+}
+
+/// The health check node ports node `me` serves (pure): one per LoadBalancer Service with
+/// `externalTrafficPolicy: Local` and a `healthCheckNodePort`, with its ready endpoints on
+/// this node.
+pub(crate) fn health_checks(
+    me: &str,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<u16, crate::lbhealth::Check> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|_| {
+                spec.type_.as_deref() == Some("LoadBalancer")
+                    && spec.external_traffic_policy.as_deref() == Some("Local")
+                    && svc.metadata.deletion_timestamp.is_none()
+            })
+        else {
+            continue;
+        };
+        let mut local: Vec<&str> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| {
+                e.node_name.as_deref() == Some(me)
+                    && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+            })
+            .flat_map(|e| e.addresses.iter().map(String::as_str))
+            .collect();
+        local.sort();
+        local.dedup();
+        out.insert(
+            port,
+            crate::lbhealth::Check {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                local_endpoints: local.len(),
+            },
+        );
+    }
+    out
+}
+
+fn protocol_of(p: Option<&str>) -> Option<L4> {
+    match p {
+        None | Some("TCP") => Some(L4::Tcp),
+        Some("UDP") => Some(L4::Udp),
+        _ => None,
     }
 }
 
@@ -659,6 +966,106 @@ mod tests {
         // The pod's Network changed (never in practice): a full table again.
         let (u, _) = diff(Some(&pushed2), "tenant-t2", &t2).unwrap();
         assert!(u.full);
+    }
+
+    fn node(name: &str, ip: &str, ready: bool) -> Arc<Node> {
+        obj(json!({"metadata": {"name": name}, "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}],
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+    }
+
+    #[test]
+    fn node_ports_and_pool_addresses_split_local_and_remote_endpoints() {
+        let nss = vec![ns("a1", "t1"), ns("b1", "t2")];
+        let mut a = (*svc(
+            "a1",
+            "web",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10", "ports": [
+                {"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+                {"name": "sctp", "port": 81, "protocol": "SCTP", "nodePort": 30082}]}),
+        ))
+        .clone();
+        a.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.241"}]}}))
+                .unwrap();
+        let mut b = (*svc(
+            "b1",
+            "web",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.20",
+                   "externalTrafficPolicy": "Local",
+                   "ports": [{"port": 80, "nodePort": 30081}]}),
+        ))
+        .clone();
+        b.status = a.status.clone();
+        let svcs = vec![
+            Arc::new(a),
+            Arc::new(b),
+            svc(
+                "a1",
+                "cip",
+                json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}),
+            ),
+        ];
+        let slices = vec![
+            slice(
+                "a1",
+                "web",
+                json!([{"name": "http", "port": 8080}]),
+                json!([{"addresses": ["192.168.0.5"], "nodeName": "n0"},
+                       {"addresses": ["192.168.0.6"], "nodeName": "n1", "conditions": {"ready": true}},
+                       {"addresses": ["192.168.0.7"], "nodeName": "n1", "conditions": {"ready": false}}]),
+            ),
+            slice(
+                "b1",
+                "web",
+                json!([{"port": 80}]),
+                json!([{"addresses": ["192.168.0.5"], "nodeName": "n1"}]),
+            ),
+        ];
+        let nodes = vec![node("n0", "10.0.0.10", true), node("n1", "10.0.0.11", true)];
+        let r0 = exposed("n0", &svcs, &slices, &nss, &nodes);
+        let r1 = exposed("n1", &svcs, &slices, &nss, &nodes);
+        assert_eq!(r0.nodes.len(), 2);
+        // SCTP and ClusterIP-only Services are not exposed.
+        assert_eq!(r0.ports.len(), 2, "{r0:?}");
+        let a0 = r0.ports.iter().find(|p| p.node_port == 30080).unwrap();
+        assert_eq!(a0.network, "tenant-t1");
+        assert_eq!(a0.local, ["192.168.0.5:8080".parse().unwrap()]);
+        assert_eq!(a0.remote, ["10.0.0.11".parse::<Ipv4Addr>().unwrap()]);
+        assert!(!a0.local_only);
+        let b0 = r0.ports.iter().find(|p| p.node_port == 30081).unwrap();
+        assert!(b0.local_only && b0.local.is_empty());
+        // A's address is announced by exactly one node; B's (Local) by n1, where its
+        // endpoint runs.
+        let a1 = r1.ports.iter().find(|p| p.node_port == 30080).unwrap();
+        assert_eq!(a0.lb.is_empty(), !a1.lb.is_empty());
+        let b1 = r1.ports.iter().find(|p| p.node_port == 30081).unwrap();
+        assert_eq!(b1.lb, [("10.0.0.241".parse().unwrap(), 80)]);
+        assert!(b0.lb.is_empty());
+        assert_eq!(b1.local, ["192.168.0.5:80".parse().unwrap()]);
+        // B's health check port: 200 on n1 (its endpoint), 503 on n0.
+        let mut svcs_hc = svcs.clone();
+        let mut bh = (*svcs_hc[1]).clone();
+        bh.spec.as_mut().unwrap().health_check_node_port = Some(30090);
+        svcs_hc[1] = Arc::new(bh);
+        assert_eq!(
+            health_checks("n1", &svcs_hc, &slices)[&30090].local_endpoints,
+            1
+        );
+        assert_eq!(
+            health_checks("n0", &svcs_hc, &slices)[&30090].local_endpoints,
+            0
+        );
+        assert_eq!(health_checks("n0", &svcs_hc, &slices).len(), 1);
+        // A NotReady node announces nothing.
+        let nodes = vec![
+            node("n0", "10.0.0.10", true),
+            node("n1", "10.0.0.11", false),
+        ];
+        let r1 = exposed("n1", &svcs, &slices, &nss, &nodes);
+        assert!(r1.lb_addrs.is_empty(), "{r1:?}");
+        let r0 = exposed("n0", &svcs, &slices, &nss, &nodes);
+        assert_eq!(r0.lb_addrs, ["10.0.0.241".parse::<Ipv4Addr>().unwrap()]);
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub(crate) fn needs_node_ports(o: &Value) -> bool {
     }
 }
 
+/// Whether a Service of this spec gets a `healthCheckNodePort`: a LoadBalancer with
+/// `externalTrafficPolicy: Local` (load balancers ask each node whether it has a local
+/// endpoint).
+pub(crate) fn needs_health_check_port(o: &Value) -> bool {
+    obj::at(o, "spec.type").and_then(Value::as_str) == Some("LoadBalancer")
+        && obj::at(o, "spec.externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
 /// The next free port of `range`, dynamic allocations first from the upper band (as
 /// kube-apiserver's `ServiceNodePortStaticSubrange`: the lower band, 1/32 of the range,
 /// at least 16 and at most 128 ports, is left for ports users pick).
@@ -108,6 +116,9 @@ impl Api {
                 if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
                     used_ports.insert(n);
                 }
+            }
+            if let Some(n) = obj::at(&s, "spec.healthCheckNodePort").and_then(Value::as_i64) {
+                used_ports.insert(n);
             }
         }
         let old_ip = old
@@ -220,6 +231,66 @@ impl Api {
                 }
             }
         }
+        self.allocate_health_check_port(o, old, &used_ports)
+    }
+
+    /// `spec.healthCheckNodePort`: kept, checked when given (in the node port range, not
+    /// another Service's or one of this Service's node ports), else picked like a node port,
+    /// for a LoadBalancer with `externalTrafficPolicy: Local`; refused on other Services.
+    fn allocate_health_check_port(
+        &self,
+        o: &mut Value,
+        old: Option<&Value>,
+        used: &HashSet<i64>,
+    ) -> Result<(), ApiError> {
+        const FIELD: &str = "spec.healthCheckNodePort";
+        let name = obj::name(o).to_string();
+        let given = obj::at(o, FIELD)
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0);
+        let held = old.and_then(|o| obj::at(o, FIELD)).and_then(Value::as_i64);
+        if !needs_health_check_port(o) {
+            return match given {
+                None => Ok(()),
+                Some(n) => Err(invalid(
+                    &name,
+                    FIELD,
+                    format!("Invalid value: {n}: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"),
+                )),
+            };
+        }
+        let mut taken = used.clone();
+        taken.extend(
+            obj::at(o, "spec.ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("nodePort").and_then(Value::as_i64)),
+        );
+        let range = &self.node_ports;
+        let (first, last) = (*range.start(), *range.end());
+        let n = match given {
+            Some(n) if held == Some(n) => n,
+            Some(n) if !range.contains(&n) => {
+                return Err(invalid(&name, FIELD, format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {first}-{last}")));
+            }
+            Some(n) if taken.contains(&n) => {
+                return Err(invalid(
+                    &name,
+                    FIELD,
+                    format!("Invalid value: {n}: provided port is already allocated"),
+                ));
+            }
+            Some(n) => n,
+            None => free_port(range, &taken).ok_or_else(|| {
+                invalid(
+                    &name,
+                    FIELD,
+                    format!("Internal error: range is full ({first}-{last})"),
+                )
+            })?,
+        };
+        obj::set_at(o, FIELD, json!(n));
         Ok(())
     }
 }
@@ -250,6 +321,20 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // The health check port goes with the LoadBalancer-Local combination, as the node
+    // ports go with their types; an edit that leaves it out keeps it.
+    let hc = obj::at(old, "spec.healthCheckNodePort").cloned();
+    if needs_health_check_port(new) {
+        if obj::at(new, "spec.healthCheckNodePort").is_none() {
+            if let Some(n) = hc {
+                obj::set_at(new, "spec.healthCheckNodePort", n);
+            }
+        }
+    } else if hc.is_some() && obj::at(new, "spec.healthCheckNodePort") == hc.as_ref() {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
+        }
+    }
     let keep = needs_node_ports(new);
     let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
         return;

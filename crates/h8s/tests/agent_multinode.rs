@@ -5,7 +5,8 @@
 //! certificates come from `kubernetes.io/kubelet-serving` CSRs); powering one node off (its
 //! agent, supervisors and QEMU killed) makes its pods replaced on the other once the node
 //! controller has seen it NotReady and the pods' tolerations ran out (shortened here). Also:
-//! the kubelet-serving CSRs approved, and host namespaces / hostPath refused (403).
+//! the kubelet-serving CSRs approved, and host namespaces / hostPath refused (403); two
+//! tenants on the same subnets, isolated, with LoadBalancer Services reached from outside.
 
 mod api_support;
 mod cluster_support;
@@ -25,7 +26,13 @@ fn c() -> &'static Cluster {
             "--default-unreachable-toleration-seconds=4",
         ]
         .map(String::from)
-        .to_vec(),
+        .into_iter()
+        // LoadBalancer addresses on the test bridge, where the outside client is.
+        .chain([format!(
+            "--lb-pool={}.240/28",
+            cluster_support::subnet_prefix()
+        )])
+        .collect(),
         agent_args: Vec::new(),
     })
 }
@@ -259,6 +266,10 @@ fn joined_nodes_serving_csrs_approved_and_host_fields_refused() {
 /// fabric and A's Service (by name) answers from both nodes' endpoints; B's pod reaches its
 /// own Service (the positive control); neither tenant reaches the other's pod IPs (an
 /// answer would carry the other tenant's mark) or resolves the other's Service name.
+/// From outside (a client namespace on the test bridge): A's Service is a LoadBalancer,
+/// reached at its pool address and its node port on both nodes, from both endpoints; B's is
+/// a LoadBalancer with `externalTrafficPolicy: Local`, answered only on its pod's node
+/// (health check port 200 there, 503 elsewhere); no pod address answers from outside.
 #[test]
 fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
     let c = c();
@@ -275,14 +286,21 @@ fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
         ns
     };
     let (a, b) = (tenant_ns("a"), tenant_ns("b"));
-    let app = |tenant: &str, replicas: u32| {
+    let app = |tenant: &str, replicas: u32, kind: &str| {
         deployment("web", replicas).replace(
             "echo ok > /www/index.html",
             &format!("echo {tenant}-$(hostname) > /www/index.html"),
-        ) + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"
+        ) + &format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: {kind}\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")
     };
-    c.apply(&a, &app("tenant-a", 2));
-    c.apply(&b, &app("tenant-b", 1));
+    c.apply(&a, &app("tenant-a", 2, "LoadBalancer"));
+    c.apply(
+        &b,
+        &app(
+            "tenant-b",
+            1,
+            "LoadBalancer\n  externalTrafficPolicy: Local",
+        ),
+    );
     let pa = c.wait_running(&a, "app=web", 2, Duration::from_secs(300));
     let pb = c.wait_running(&b, "app=web", 1, Duration::from_secs(300));
     assert_ne!(node_of(&pa[0]), node_of(&pa[1]), "tenant A on both nodes");
@@ -348,6 +366,121 @@ fn two_tenants_across_nodes_are_isolated_and_reach_their_services() {
             "{ns} resolves {fqdn}: {out}{err}"
         );
     }
+    // From outside (a client namespace on the test bridge, in no tenant): A's LoadBalancer
+    // address and node port on either node reach A's endpoints on both nodes (one through a
+    // hop to the other node), never B's.
+    let client = cluster_support::outside_client(c);
+    let ip_of_node = |p: &Value| p["status"]["hostIP"].as_str().unwrap().to_string();
+    let curl = |url: &str| -> Option<String> {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &client, "curl", "-s", "-m", "3", url])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let (lb, np_a) = cluster_support::wait(Duration::from_secs(60), "A's pool address", || {
+        let s = c.json(&["-n", &a, "get", "service", "web"]).ok()?;
+        let ip = s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?;
+        Some((ip.to_string(), s["spec"]["ports"][0]["nodePort"].as_u64()?))
+    });
+    let spread_from = |url: &str| {
+        let mut seen = std::collections::BTreeSet::new();
+        cluster_support::wait(Duration::from_secs(120), url, || {
+            if let Some(got) = curl(url) {
+                assert!(got.starts_with("tenant-a-"), "{url}: {got}");
+                seen.insert(got);
+            }
+            (seen.len() == 2).then_some(())
+        });
+    };
+    for n in &c.nodes {
+        spread_from(&format!("http://{}:{np_a}/", n.ip));
+    }
+    spread_from(&format!("http://{lb}/"));
+    // B (externalTrafficPolicy Local): its address, node port and health check port answer
+    // only on the node of its one pod.
+    let (lb_b, np_b, hc_b) =
+        cluster_support::wait(Duration::from_secs(60), "B's pool address", || {
+            let s = c.json(&["-n", &b, "get", "service", "web"]).ok()?;
+            let ip = s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?;
+            Some((
+                ip.to_string(),
+                s["spec"]["ports"][0]["nodePort"].as_u64()?,
+                s["spec"]["healthCheckNodePort"].as_u64()?,
+            ))
+        });
+    let want_b = format!("tenant-b-{b0}");
+    for url in [
+        format!("http://{lb_b}/"),
+        format!("http://{}:{np_b}/", ip_of_node(&pb[0])),
+    ] {
+        cluster_support::wait(Duration::from_secs(60), &url, || {
+            curl(&url).map(|g| assert_eq!(g, want_b, "{url}"))
+        });
+    }
+    for n in &c.nodes {
+        let here = n.ip == ip_of_node(&pb[0]);
+        let url = format!("http://{}:{np_b}/", n.ip);
+        assert_eq!(curl(&url).is_some(), here, "{url}");
+        let url = format!("http://{}:{hc_b}/", n.ip);
+        let want = if here { "200" } else { "503" };
+        cluster_support::wait(Duration::from_secs(30), &url, || {
+            let o = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &client,
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "3",
+                    &url,
+                ])
+                .output()
+                .unwrap();
+            (String::from_utf8_lossy(&o.stdout) == want).then_some(())
+        });
+    }
+    // Pod addresses are not reachable from outside, even routed through a node.
+    std::process::Command::new("ip")
+        .args([
+            "-n",
+            &client,
+            "route",
+            "replace",
+            "192.168.0.0/16",
+            "via",
+            &c.nodes[0].ip,
+        ])
+        .status()
+        .unwrap();
+    for p in pa.iter().chain(&pb) {
+        assert_eq!(curl(&url(p)), None, "{} reached from outside", url(p));
+    }
     c.cleanup(&a);
     c.cleanup(&b);
+    // The pool addresses are withdrawn with the Services: no node holds them any more.
+    cluster_support::wait(
+        Duration::from_secs(120),
+        "the pool address withdrawn",
+        || {
+            c.nodes
+                .iter()
+                .all(|n| {
+                    let o = std::process::Command::new("ip")
+                        .args(["-n", &n.netns, "-o", "addr"])
+                        .output()
+                        .unwrap();
+                    let addrs = String::from_utf8_lossy(&o.stdout);
+                    !addrs.contains(&format!(" {lb}/32")) && !addrs.contains(&format!(" {lb_b}/32"))
+                })
+                .then_some(())
+        },
+    );
 }

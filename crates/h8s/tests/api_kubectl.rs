@@ -504,6 +504,64 @@ fn services_get_cluster_ips_and_node_ports() {
     until("lb3 gets lb1's address", &|| {
         ingress("lb3") == Some(l1.clone())
     });
+
+    // externalTrafficPolicy Local: a health check node port of the range, none of the
+    // node ports; kept by an edit, dropped with the policy; refused on other types.
+    let local = r#"{"spec":{"externalTrafficPolicy":"Local"}}"#;
+    s.kubectl("1.33", &["patch", "svc", "lb2", "-p", local]);
+    let l = json(&s.kubectl("1.33", &["get", "svc", "lb2", "-o", "json"]));
+    let hc = l["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .expect("allocated");
+    assert!((30100..=30119).contains(&hc), "{l}");
+    assert_ne!(Some(hc), l["spec"]["ports"][0]["nodePort"].as_i64());
+    s.kubectl(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "lb2",
+            "-p",
+            r#"{"metadata":{"labels":{"x":"y"}}}"#,
+        ],
+    );
+    let l = json(&s.kubectl("1.33", &["get", "svc", "lb2", "-o", "json"]));
+    assert_eq!(l["spec"]["healthCheckNodePort"], hc);
+    let err = s.kubectl_fails(
+        "1.33",
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: e\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {hc}\n  ports:\n  - port: 80\n")),
+    );
+    assert!(
+        err.contains(&format!(
+            "spec.healthCheckNodePort: Invalid value: {hc}: provided port is already allocated"
+        )),
+        "{err}"
+    );
+    let err = s.kubectl_fails(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "d",
+            "-p",
+            r#"{"spec":{"healthCheckNodePort":30101}}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("may only be set when"), "{err}");
+    s.kubectl(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "lb2",
+            "-p",
+            r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+        ],
+    );
+    let l = json(&s.kubectl("1.33", &["get", "svc", "lb2", "-o", "json"]));
+    assert!(l["spec"].get("healthCheckNodePort").is_none(), "{l}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
+use crate::expose::{self, ServiceRules, SVC_TABLE};
 use crate::link::{create_tap, Nl};
 use crate::model::{
     next, port_names, valid_label, Attachment, MacAddr, Network, PortKind, SegmentNames,
@@ -54,6 +55,9 @@ pub struct NodeConfig {
 /// The port of a gateway address that leads to the API server (through the node agent's
 /// relay, [`NodeConfig::api_relay_port`]).
 pub const API_GATEWAY_PORT: u16 = 443;
+
+/// The device holding the LoadBalancer pool addresses a node announces.
+pub const LB_DEVICE: &str = "h8lb0";
 
 /// Ranges no tenant egress reaches by default: cloud metadata and the rest of link-local
 /// (169.254.0.0/16), loopback, "this network", the private ranges where a provider's own
@@ -679,6 +683,60 @@ impl Fabric {
         })
     }
 
+    /// Programs NodePort and LoadBalancer forwarding ([`crate::expose`]): each local
+    /// Network's gateway table, then the node's table, and the pool addresses this node
+    /// announces (on [`LB_DEVICE`]; the node answers ARP for them). Empty rules remove all
+    /// of it. Turns on IPv4 forwarding in the node namespace (hops to other nodes).
+    pub fn program_services(&self, rules: &ServiceRules) -> Result<()> {
+        let _span = tracing::debug_span!("program_services", ports = rules.ports.len()).entered();
+        let local: BTreeMap<String, u32> = self
+            .store
+            .update_node(&self.node.name, |rec| Ok(rec.transit.clone()))?;
+        let mut uplinks = BTreeMap::new();
+        for (name, idx) in &local {
+            let net = match self.store.get(name) {
+                Ok(n) => n,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let gw_ns = self.node.gateway_netns(net.vni);
+            if !netns::list_named(&gw_ns).contains(&gw_ns) {
+                continue;
+            }
+            let script = expose::gateway_script(rules, name);
+            NsRef::named(&gw_ns).run(|| nft::apply(&script))?;
+            uplinks.insert(name.clone(), self.node.transit_pair(*idx).1);
+        }
+        let script = expose::node_script(rules, self.node.underlay_ip, &uplinks);
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            if rules.lb_addrs.is_empty() {
+                nl.del_name(LB_DEVICE)?;
+            } else {
+                let ix = match nl.index(LB_DEVICE)? {
+                    Some(i) => i,
+                    None => {
+                        nl.add_holder(LB_DEVICE)?;
+                        no_ipv6(LB_DEVICE);
+                        nl.require(LB_DEVICE)?
+                    }
+                };
+                nl.sync_host_addrs(ix, &rules.lb_addrs)?;
+            }
+            if rules.is_empty() {
+                let exists = nft::list_tables()?
+                    .iter()
+                    .any(|(f, n)| f == "ip" && n == SVC_TABLE);
+                if exists {
+                    nft::apply(&format!("delete table ip {SVC_TABLE}\n"))?;
+                }
+                return Ok(());
+            }
+            netns::sysctl("net.ipv4.ip_forward", "1")?;
+            nft::apply(&script)
+        })
+    }
+
     /// Everything h8s has made on this node.
     pub fn inventory(&self) -> Result<Inventory> {
         let (links, tables) = self.node.netns.run(|| {
@@ -691,7 +749,9 @@ impl Fabric {
             links.sort();
             let tables = nft::list_tables()?
                 .into_iter()
-                .filter(|(_, n)| n == nft::TABLE || n == crate::policy::POLICY_TABLE)
+                .filter(|(_, n)| {
+                    n == nft::TABLE || n == crate::policy::POLICY_TABLE || n == SVC_TABLE
+                })
                 .map(|(f, n)| format!("{f} {n}"))
                 .collect();
             Ok((links, tables))
@@ -735,6 +795,13 @@ impl Fabric {
             let nl = Nl::open()?;
             for n in &names {
                 nl.del_name(n)?;
+            }
+            nl.del_name(LB_DEVICE)?;
+            if nft::list_tables()?
+                .iter()
+                .any(|(f, n)| f == "ip" && n == SVC_TABLE)
+            {
+                nft::apply(&format!("delete table ip {SVC_TABLE}\n"))?;
             }
             nft::delete_tables()
         })?;

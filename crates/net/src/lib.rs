@@ -3,6 +3,7 @@
 //! masquerades egress, and nftables anti-spoofing on every pod port. See `docs/network.md`.
 
 mod error;
+pub mod expose;
 mod fabric;
 mod link;
 mod model;
@@ -12,7 +13,8 @@ pub mod policy;
 mod store;
 
 pub use error::{Error, Result};
-pub use fabric::{Fabric, Inventory, NodeConfig, API_GATEWAY_PORT, DEFAULT_PROTECTED};
+pub use expose::{ExposedPort, ServiceRules, L4, SVC_TABLE};
+pub use fabric::{Fabric, Inventory, NodeConfig, API_GATEWAY_PORT, DEFAULT_PROTECTED, LB_DEVICE};
 pub use ipnet::Ipv4Net;
 pub use model::{
     Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, SYSTEM_TENANT,

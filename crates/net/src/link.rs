@@ -137,6 +137,58 @@ impl Nl {
         self.add(format!("add vxlan {name}"), msg)
     }
 
+    /// A port-less bridge, up, that holds addresses the node answers for (ARP on every
+    /// interface). A bridge, not a dummy: kernels without the dummy driver have bridges.
+    pub fn add_holder(&self, name: &str) -> Result<()> {
+        self.add(
+            format!("add address holder {name}"),
+            LinkBridge::new(name).up().build(),
+        )
+    }
+
+    /// Makes the IPv4 addresses of link `index` exactly `want` (as /32s).
+    pub fn sync_host_addrs(&self, index: u32, want: &[Ipv4Addr]) -> Result<()> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        self.rt.block_on(async {
+            let have: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("list addresses", e))?;
+            let mut present = vec![];
+            for m in have {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                });
+                match ip {
+                    Some(ip) if want.contains(&ip) && m.header.prefix_len == 32 => present.push(ip),
+                    _ => self
+                        .h
+                        .address()
+                        .del(m)
+                        .execute()
+                        .await
+                        .map_err(|e| Error::nl(format!("delete address {ip:?}"), e))?,
+                }
+            }
+            for ip in want.iter().filter(|ip| !present.contains(ip)) {
+                self.h
+                    .address()
+                    .add(index, IpAddr::V4(*ip), 32)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| Error::nl(format!("add address {ip}/32"), e))?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
         self.add(
             format!("add veth {name}"),

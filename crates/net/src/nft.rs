@@ -147,10 +147,12 @@ table inet {TABLE} {{
   chain forward {{
     type filter hook forward priority -10; policy accept;
     iifname "h8u*" oifname "h8u*" drop
+    iifname "h8u*" ct direction reply ct status dnat accept
     iifname "h8u*" ip daddr @protected drop
     iifname "h8u*" ip daddr != @egress_allow drop
     iifname "h8u*" udp dport {vp} drop
     oifname "h8u*" ct state established,related accept
+    oifname "h8u*" ct direction original ct status dnat accept
     oifname "h8u*" drop
   }}
   chain postrouting {{
@@ -201,6 +203,7 @@ table ip {TABLE} {{
     type filter hook forward priority 0; policy drop;
     iifname "gw0" oifname "gw0" accept
     iifname "gw0" oifname "up0" accept
+    iifname "up0" oifname "gw0" ct status dnat accept
     iifname "up0" oifname "gw0" ct state established,related accept
   }}
   chain postrouting {{
@@ -378,6 +381,6 @@ mod tests {
             "{g}"
         );
         assert_eq!(g.matches('{').count(), g.matches('}').count(), "{g}");
-        assert!(!gateway_script(&[Ipv4Addr::new(192, 168, 0, 1)], None).contains("dnat"));
+        assert!(!gateway_script(&[Ipv4Addr::new(192, 168, 0, 1)], None).contains("dnat to"));
     }
 }

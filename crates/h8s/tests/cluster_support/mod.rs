@@ -120,6 +120,47 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The first three octets of the test bridge's /24 (known before the cluster starts, e.g.
+/// for a `--lb-pool` inside it).
+pub fn subnet_prefix() -> String {
+    let pid = std::process::id();
+    format!("10.{}.{}", 200 + pid % 50, pid % 250)
+}
+
+/// A client namespace on the test bridge (`<prefix>.99`), outside every node and tenant
+/// ("outside" for NodePort and LoadBalancer tests); made once per test binary, deleted at
+/// exit with the nodes'. Its name, for `ip netns exec`.
+pub fn outside_client(c: &Cluster) -> String {
+    static CLIENT: OnceLock<String> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let pid = std::process::id() % 100_000;
+            let netns = format!("h8s-t{pid}-c");
+            let veth = format!("h8tv{pid}-c");
+            let _ = Command::new("ip")
+                .args(["netns", "del", &netns])
+                .stderr(Stdio::null())
+                .status();
+            if let Some(t) = TEARDOWN.lock().unwrap().as_mut() {
+                t.nodes.push((
+                    format!("client-{pid}"),
+                    netns.clone(),
+                    PathBuf::from("/nonexistent"),
+                ));
+            }
+            sh(&format!(
+                "ip netns add {netns} && ip -n {netns} link set lo up && \
+                 ip link add {veth} type veth peer name eth0 netns {netns} && \
+                 ip link set {veth} master {bridge} up && \
+                 ip -n {netns} addr add {prefix}.99/24 dev eth0 && ip -n {netns} link set eth0 up",
+                bridge = c.bridge,
+                prefix = subnet_prefix(),
+            ));
+            netns
+        })
+        .clone()
+}
+
 fn h8s() -> Command {
     Command::new(env!("CARGO_BIN_EXE_h8s"))
 }
@@ -143,7 +184,7 @@ fn start(opts: &Opts) -> Cluster {
         .tempdir_in("/tmp")
         .unwrap()
         .keep();
-    let prefix = format!("10.{}.{}", 200 + pid % 50, pid % 250);
+    let prefix = subnet_prefix();
     let gateway = format!("{prefix}.1");
     let bridge = format!("h8tb{}", pid % 100_000);
     let _ = Command::new("ip")
