@@ -319,6 +319,22 @@ impl SandboxService for FakeRuntime {
             })
         })
     }
+    fn storage_usage<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<h8s_guest::StorageUsage>> {
+        // Every container's writable layer holds 4 KiB; volumes nothing.
+        Box::pin(async move {
+            self.with(|s| {
+                let sb = Self::sandbox(s, id)?;
+                Ok(h8s_guest::StorageUsage {
+                    containers: sb
+                        .containers
+                        .iter()
+                        .map(|c| (c.config.name.clone(), 4096))
+                        .collect(),
+                    volumes: vec![],
+                })
+            })
+        })
+    }
     fn info(&self) -> RuntimeInfo {
         RuntimeInfo {
             name: h8s_runtime::RUNTIME_NAME.into(),

@@ -466,6 +466,9 @@ impl Worker {
             ..Default::default()
         };
         for (inst, bytes) in usage.containers {
+            // Its logs on the host count too, as kubelet counts them.
+            let logs = crate::eviction::log_files(&self.ctx.runtime.log_path(id, &inst)).1;
+            let bytes = bytes.saturating_add(logs);
             used.all_containers = used.all_containers.saturating_add(bytes);
             let Some((base, n)) = parse_instance(&inst) else {
                 continue;

@@ -114,7 +114,7 @@ async fn node(test: &str) -> Node {
         image_backoff_initial: Duration::from_millis(300),
         image_backoff_max: Duration::from_millis(1200),
         volume_refresh: Duration::from_secs(60),
-        eviction_monitoring_period: Duration::from_secs(60),
+        eviction_monitoring_period: Duration::from_millis(200),
     };
     let lookup = crate::pods::PodLookup::new(rt.clone());
     let d = crate::pods::Dispatcher::new(client.clone(), rt.clone(), cfg, lookup)
@@ -740,4 +740,44 @@ async fn a_private_image_is_not_served_from_the_cache_to_a_pod_without_its_secre
         let pod = n.pods().get(p).await.expect("pod");
         assert_eq!(phase(&pod), "Pending", "{p}");
     }
+}
+
+#[tokio::test]
+async fn container_logs_count_in_its_ephemeral_storage() {
+    use h8s_runtime::ContainerService;
+    let n = node("logs").await;
+    n.create(
+        "chatty",
+        json!({"containers": [{
+            "name": "c", "image": "busybox:1.36",
+            "resources": {"limits": {"ephemeral-storage": "1Mi"}},
+        }]}),
+    )
+    .await;
+    let p = n.wait("chatty", "Running", |p| phase(p) == "Running").await;
+    let id = container(&p).container_id.expect("containerID");
+    let sandbox = id
+        .trim_start_matches("h8s-vm://")
+        .split('/')
+        .next()
+        .expect("sandbox")
+        .to_string();
+    // 4 KiB in the writable layer; 600 KiB of log and 600 KiB rotated: over 1Mi only
+    // with the logs.
+    let log = n.rt.log_path(&sandbox, "c.0");
+    std::fs::create_dir_all(log.parent().expect("dir")).expect("log dir");
+    std::fs::write(&log, vec![b'x'; 600 << 10]).expect("log");
+    std::fs::write(
+        format!("{}.20261206T000000.000000000Z", log.display()),
+        vec![b'x'; 600 << 10],
+    )
+    .expect("rotated log");
+    let p = n.wait("chatty", "evicted", |p| phase(p) == "Failed").await;
+    let st = p.status.expect("status");
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        st.message.as_deref(),
+        // kubelet checks the pod's total before each container's own limit.
+        Some("Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. ")
+    );
 }
