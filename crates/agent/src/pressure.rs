@@ -159,10 +159,11 @@ pub struct EvictionConfig {
 }
 
 /// The default `--eviction-hard`. kubelet's is `memory.available<100Mi,nodefs.available<10%,
-/// imagefs.available<15%` (plus inodes), for a node whose nodefs and imagefs hold little else;
-/// an h8s data directory usually shares the host's root filesystem with everything on it, so
-/// the disk signals default to 5 %.
-pub const DEFAULT_HARD: &str = "memory.available<100Mi,nodefs.available<5%,imagefs.available<5%";
+/// imagefs.available<15%,nodefs.inodesFree<5%`, for a node whose nodefs and imagefs hold
+/// little else; an h8s data directory usually shares the host's root filesystem with
+/// everything on it, so the disk space signals default to 5 %.
+pub const DEFAULT_HARD: &str =
+    "memory.available<100Mi,nodefs.available<5%,imagefs.available<5%,nodefs.inodesFree<5%";
 
 fn pairs(s: &str, sep: char) -> Result<Vec<(Signal, String)>, String> {
     let mut out = Vec::new();
@@ -740,7 +741,7 @@ mod tests {
 
     #[test]
     fn parses_kubelet_flags() {
-        assert_eq!(cfg(DEFAULT_HARD, "", "", "").thresholds.len(), 3);
+        assert_eq!(cfg(DEFAULT_HARD, "", "", "").thresholds.len(), 4);
         let c = cfg(
             "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%",
             "memory.available<300Mi",
