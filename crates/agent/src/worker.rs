@@ -561,6 +561,14 @@ impl Worker {
             if self.images.contains_key(&image) {
                 continue;
             }
+            if self.image_backoff.get(&image).is_some_and(Backoff::waiting) {
+                // A pull failed and its back-off runs: nothing to ask anyone until it ends.
+                let msg = format!("Back-off pulling image \"{image}\"");
+                self.image_waiting
+                    .insert(image.clone(), Waiting::new("ImagePullBackOff", Some(msg)));
+                all = false;
+                continue;
+            }
             let tag_latest = {
                 let last = image.rsplit('/').next().unwrap_or(&image);
                 !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"))
