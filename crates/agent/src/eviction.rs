@@ -8,8 +8,8 @@
 //! each emptyDir a directory (its own tmpfs when it has a `sizeLimit`). The agent sizes those
 //! tmpfs a little above the limit ([`hard_cap`]) so a runaway writer gets `ENOSPC` there while
 //! usage beyond the limit stays visible, and evicts the pod at its next check. Container logs
-//! live on the host, capped by `--container-log-max-size`/`--container-log-max-files`, and are
-//! not counted.
+//! live on the host (capped by `--container-log-max-size`/`--container-log-max-files`) and
+//! count in their container's usage, as kubelet counts them ([`log_files`]).
 //!
 //! Everything here is pure: the worker feeds in the spec and what the guest reports.
 
@@ -158,6 +158,28 @@ pub(crate) fn local_storage_violation(spec: &PodSpec, used: &StorageUse) -> Opti
         }
     }
     None
+}
+
+/// A container's log on the host: how many files (the log and its rotated
+/// `<file>.<time>` siblings) and their bytes.
+pub(crate) fn log_files(path: &std::path::Path) -> (u64, u64) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return (0, 0);
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let rotated = format!("{name}.");
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n == name || n.starts_with(&rotated))
+        })
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(f, b), m| (f + 1, b + m.len()))
 }
 
 /// Whether the pod has any local storage limit worth measuring.

@@ -32,17 +32,22 @@ pub mod stream;
 mod env;
 mod events;
 mod eviction;
+#[cfg(test)]
+mod fake;
 mod imagegc;
 mod lbhealth;
 mod pods;
 mod policy;
 pub mod pressure;
+mod pulled;
 mod pvc;
 mod quantity;
 mod services;
 mod status;
 mod volumes;
 mod worker;
+#[cfg(test)]
+mod worker_tests;
 
 pub use imagegc::ImageGcConfig;
 pub use pods::PodLookup;

@@ -138,11 +138,9 @@ fn now() -> Time {
 }
 
 /// Kubelet's four conditions, healthy, with `since` as their transition time.
-pub(crate) fn conditions(
-    since: &Time,
-    memory_pressure: bool,
-    disk_pressure: bool,
-) -> Vec<NodeCondition> {
+pub(crate) fn conditions(since: &Time, pressure: crate::pressure::Pressure) -> Vec<NodeCondition> {
+    let memory_pressure = pressure.memory;
+    let disk_pressure = pressure.disk;
     let c = |type_: &str, ok: bool, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -182,12 +180,21 @@ pub(crate) fn conditions(
                 "kubelet has no disk pressure",
             )
         },
-        c(
-            "PIDPressure",
-            false,
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        if pressure.pid {
+            c(
+                "PIDPressure",
+                true,
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            c(
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
         c(
             "Ready",
             true,
@@ -275,7 +282,7 @@ pub fn build_node(name: &str, cfg: &Config, facts: &NodeFacts) -> Node {
             capacity: Some(capacity),
             allocatable: Some(allocatable),
             addresses: Some(addresses),
-            conditions: Some(conditions(&now(), false, false)),
+            conditions: Some(conditions(&now(), Default::default())),
             daemon_endpoints: Some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint {
                     port: i32::from(cfg.streaming_port),
@@ -435,11 +442,11 @@ pub async fn status_loop(
                         .labels
                         .as_ref()
                         .is_some_and(|l| l.contains_key(HOLLOW_LABEL));
-                    let (mem, disk) = match &pressure {
+                    let now_pressure = match &pressure {
                         Some(p) if !hollow => p.get(),
-                        _ => (false, false),
+                        _ => Default::default(),
                     };
-                    let patch = json!({"status": {"conditions": conditions(since, mem, disk)}});
+                    let patch = json!({"status": {"conditions": conditions(since, now_pressure)}});
                     match api
                         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await

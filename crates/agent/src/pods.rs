@@ -143,6 +143,8 @@ pub(crate) struct Ctx {
     /// Node-pressure evictions the eviction manager asked for, by pod uid: the message and
     /// the grace period; the pod's worker carries each out and removes it.
     pub evictions: std::sync::Mutex<HashMap<String, (String, std::time::Duration)>>,
+    /// Which credentials pulled each image (ensure-secret-pulled-images).
+    pub pulled: crate::pulled::PulledImages,
 }
 
 /// The sandbox name of a pod: `<name>-<uid prefix>` in the runtime's alphabet.
@@ -215,6 +217,14 @@ impl Dispatcher {
                 crate::policy::PolicyAgent::start(client.clone(), n.network.fabric().clone())
             });
         let info = runtime.info();
+        let present: Vec<String> = runtime
+            .list_images()
+            .map(|l| l.iter().map(|i| i.id.to_string()).collect())
+            .unwrap_or_default();
+        let pulled = crate::pulled::PulledImages::load(
+            cfg.data_dir.join("node").join("pulled-images.json"),
+            &present,
+        );
         let recorder = Recorder::new(client.clone(), cfg.node_name.clone());
         let node_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -236,6 +246,7 @@ impl Dispatcher {
                 services,
                 policy,
                 evictions: Default::default(),
+                pulled,
             }),
         })
     }

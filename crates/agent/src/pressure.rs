@@ -1,18 +1,23 @@
 //! Node-pressure eviction, as kubelet's eviction manager does it: eviction signals
-//! (`memory.available`, `nodefs.available`, `imagefs.available`) observed every monitoring
+//! (`memory.available`, `nodefs.available`, `nodefs.inodesFree`, `imagefs.available`,
+//! `imagefs.inodesFree`, `pid.available`) observed every monitoring
 //! period against hard thresholds (`--eviction-hard`, met at once) and soft ones
 //! (`--eviction-soft`, met once they have held for their `--eviction-soft-grace-period`),
-//! `--eviction-minimum-reclaim` added to a met threshold, the node conditions MemoryPressure
-//! and DiskPressure held for `--eviction-pressure-transition-period` after the last time a
-//! threshold was met (the node lifecycle controller turns them into the
-//! `node.kubernetes.io/memory-pressure` / `disk-pressure` taints), and pods ranked for
-//! eviction as kubelet ranks them: first those using more than they request, then lower
-//! priority, then the largest use above request (so BestEffort pods, requesting nothing, go
-//! first). One pod is evicted per period, phase Failed, reason `Evicted`, kubelet's message.
+//! `--eviction-minimum-reclaim` added to a met threshold, the node conditions MemoryPressure,
+//! DiskPressure and PIDPressure held for `--eviction-pressure-transition-period` after the
+//! last time a threshold was met (the node lifecycle controller turns them into the
+//! `node.kubernetes.io/memory-pressure` / `disk-pressure` / `pid-pressure` taints), and pods
+//! ranked for eviction as kubelet ranks them: first those using more than they request, then
+//! lower priority, then the largest use above request (so BestEffort pods, requesting
+//! nothing, go first); for PIDs and inodes, which pods cannot request, lower priority then the
+//! largest use. One pod is evicted per period, phase Failed, reason `Evicted`, kubelet's
+//! message.
 //!
-//! For a pod VM, a pod's memory use is its VM's (QEMU's resident memory) and its disk use is
-//! its local storage inside the VM plus its logs on the host. Everything here is pure; the
-//! agent's loop feeds in observations and pods.
+//! For a pod VM, a pod's memory use is its VM's (QEMU's resident memory), its disk use its
+//! local storage inside the VM plus its logs on the host, its PIDs the host threads of its
+//! QEMU and supervisor, and its inodes the files of its logs on the host (the guest's own
+//! files are guest memory, not host inodes). Everything here is pure; the agent's loop feeds
+//! in observations and pods.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,12 @@ pub enum Signal {
     NodefsAvailable,
     /// The image store's filesystem, free bytes.
     ImagefsAvailable,
+    /// The node's data filesystem, free inodes.
+    NodefsInodesFree,
+    /// The image store's filesystem, free inodes.
+    ImagefsInodesFree,
+    /// Process ids left (`pid_max`, capped by `threads-max`, minus the tasks running).
+    PidAvailable,
 }
 
 impl Signal {
@@ -36,7 +47,18 @@ impl Signal {
             Signal::MemoryAvailable => "memory.available",
             Signal::NodefsAvailable => "nodefs.available",
             Signal::ImagefsAvailable => "imagefs.available",
+            Signal::NodefsInodesFree => "nodefs.inodesFree",
+            Signal::ImagefsInodesFree => "imagefs.inodesFree",
+            Signal::PidAvailable => "pid.available",
         }
+    }
+
+    /// Whether the signal counts things (inodes, PIDs) rather than bytes.
+    pub fn counts(self) -> bool {
+        matches!(
+            self,
+            Signal::NodefsInodesFree | Signal::ImagefsInodesFree | Signal::PidAvailable
+        )
     }
 
     fn parse(s: &str) -> Result<Signal, String> {
@@ -44,8 +66,11 @@ impl Signal {
             "memory.available" => Ok(Signal::MemoryAvailable),
             "nodefs.available" => Ok(Signal::NodefsAvailable),
             "imagefs.available" => Ok(Signal::ImagefsAvailable),
+            "nodefs.inodesFree" => Ok(Signal::NodefsInodesFree),
+            "imagefs.inodesFree" => Ok(Signal::ImagefsInodesFree),
+            "pid.available" => Ok(Signal::PidAvailable),
             other => Err(format!(
-                "unsupported eviction signal {other:?} (memory.available, nodefs.available, imagefs.available)"
+                "unsupported eviction signal {other:?} (memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
             )),
         }
     }
@@ -55,6 +80,8 @@ impl Signal {
         match self {
             Signal::MemoryAvailable => "memory",
             Signal::NodefsAvailable | Signal::ImagefsAvailable => "ephemeral-storage",
+            Signal::NodefsInodesFree | Signal::ImagefsInodesFree => "inodes",
+            Signal::PidAvailable => "pids",
         }
     }
 
@@ -62,12 +89,16 @@ impl Signal {
     pub fn condition(self) -> &'static str {
         match self {
             Signal::MemoryAvailable => "MemoryPressure",
-            Signal::NodefsAvailable | Signal::ImagefsAvailable => "DiskPressure",
+            Signal::NodefsAvailable
+            | Signal::ImagefsAvailable
+            | Signal::NodefsInodesFree
+            | Signal::ImagefsInodesFree => "DiskPressure",
+            Signal::PidAvailable => "PIDPressure",
         }
     }
 }
 
-/// A threshold's quantity: bytes or a percentage of capacity.
+/// A threshold's quantity: bytes (or inodes, PIDs) or a percentage of capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Amount {
     Bytes(u64),
@@ -128,10 +159,11 @@ pub struct EvictionConfig {
 }
 
 /// The default `--eviction-hard`. kubelet's is `memory.available<100Mi,nodefs.available<10%,
-/// imagefs.available<15%` (plus inodes), for a node whose nodefs and imagefs hold little else;
-/// an h8s data directory usually shares the host's root filesystem with everything on it, so
-/// the disk signals default to 5 %.
-pub const DEFAULT_HARD: &str = "memory.available<100Mi,nodefs.available<5%,imagefs.available<5%";
+/// imagefs.available<15%,nodefs.inodesFree<5%`, for a node whose nodefs and imagefs hold
+/// little else; an h8s data directory usually shares the host's root filesystem with
+/// everything on it, so the disk space signals default to 5 %.
+pub const DEFAULT_HARD: &str =
+    "memory.available<100Mi,nodefs.available<5%,imagefs.available<5%,nodefs.inodesFree<5%";
 
 fn pairs(s: &str, sep: char) -> Result<Vec<(Signal, String)>, String> {
     let mut out = Vec::new();
@@ -207,7 +239,7 @@ impl EvictionConfig {
     }
 }
 
-/// One observation of a signal: available and capacity, bytes.
+/// One observation of a signal: available and capacity (bytes, inodes or PIDs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
     pub available: u64,
@@ -247,9 +279,10 @@ pub struct State {
 pub struct Verdict {
     /// Thresholds met now (soft ones only past their grace), hard first.
     pub met: Vec<Met>,
-    /// MemoryPressure and DiskPressure (held for the transition period).
+    /// MemoryPressure, DiskPressure and PIDPressure (held for the transition period).
     pub memory_pressure: bool,
     pub disk_pressure: bool,
+    pub pid_pressure: bool,
 }
 
 impl State {
@@ -301,6 +334,7 @@ impl State {
         Verdict {
             memory_pressure: held("MemoryPressure"),
             disk_pressure: held("DiskPressure"),
+            pid_pressure: held("PIDPressure"),
             met,
         }
     }
@@ -321,6 +355,10 @@ pub struct PodUse {
     pub storage: u64,
     /// Sum of the containers' ephemeral-storage requests.
     pub storage_request: u64,
+    /// Host inodes it holds (its log files).
+    pub inodes: u64,
+    /// Host PIDs it holds (its QEMU's and supervisor's threads).
+    pub pids: u64,
     /// The node's own critical pods are never evicted (kubelet: static and mirror pods,
     /// `system-node-critical`).
     pub critical: bool,
@@ -333,6 +371,9 @@ impl PodUse {
             Signal::NodefsAvailable | Signal::ImagefsAvailable => {
                 (self.storage, self.storage_request)
             }
+            // Nothing requests inodes or PIDs: ranked by priority, then use.
+            Signal::NodefsInodesFree | Signal::ImagefsInodesFree => (self.inodes, 0),
+            Signal::PidAvailable => (self.pids, 0),
         }
     }
 }
@@ -346,8 +387,9 @@ pub fn rank(pods: &[PodUse], signal: Signal) -> Vec<usize> {
         let (pa, pb) = (&pods[*a], &pods[*b]);
         let (ua, ra) = pa.usage(signal);
         let (ub, rb) = pb.usage(signal);
-        let exceeds_a = ua > ra;
-        let exceeds_b = ub > rb;
+        let requestable = !signal.counts();
+        let exceeds_a = requestable && ua > ra;
+        let exceeds_b = requestable && ub > rb;
         let over_a = i128::from(ua) - i128::from(ra);
         let over_b = i128::from(ub) - i128::from(rb);
         exceeds_b
@@ -363,14 +405,21 @@ pub fn rank(pods: &[PodUse], signal: Signal) -> Vec<usize> {
 /// pod's usage is its VM's).
 pub fn message(m: &Met, pod: &PodUse) -> String {
     let (used, request) = pod.usage(m.threshold.signal);
+    let q = |n: u64| {
+        if m.threshold.signal.counts() {
+            n.to_string()
+        } else {
+            format!("{}Ki", n / 1024)
+        }
+    };
     format!(
-        "The node was low on resource: {}. Threshold quantity: {}, available: {}Ki. Pod {} was using {}Ki, request is {}Ki. ",
+        "The node was low on resource: {}. Threshold quantity: {}, available: {}. Pod {} was using {}, request is {}. ",
         m.threshold.signal.resource(),
         m.threshold.text,
-        m.observed.available / 1024,
+        q(m.observed.available),
         pod.key,
-        used / 1024,
-        request / 1024,
+        q(used),
+        q(request),
     )
 }
 
@@ -380,19 +429,33 @@ pub fn message(m: &Met, pod: &PodUse) -> String {
 pub struct PressureFlags {
     memory: std::sync::atomic::AtomicBool,
     disk: std::sync::atomic::AtomicBool,
+    pid: std::sync::atomic::AtomicBool,
+}
+
+/// The node's pressure conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
 }
 
 impl PressureFlags {
-    /// `(MemoryPressure, DiskPressure)`.
-    pub fn get(&self) -> (bool, bool) {
+    /// The conditions now.
+    pub fn get(&self) -> Pressure {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.memory.load(Relaxed), self.disk.load(Relaxed))
+        Pressure {
+            memory: self.memory.load(Relaxed),
+            disk: self.disk.load(Relaxed),
+            pid: self.pid.load(Relaxed),
+        }
     }
 
-    fn set(&self, memory: bool, disk: bool) {
+    fn set(&self, v: &Verdict) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.memory.store(memory, Relaxed);
-        self.disk.store(disk, Relaxed);
+        self.memory.store(v.memory_pressure, Relaxed);
+        self.disk.store(v.disk_pressure, Relaxed);
+        self.pid.store(v.pid_pressure, Relaxed);
     }
 }
 
@@ -400,7 +463,8 @@ impl PressureFlags {
 const CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
 /// Observes the signals of this node: memory from `/proc/meminfo`, nodefs from the data
-/// directory's filesystem, imagefs from the image store's.
+/// directory's filesystem, imagefs from the image store's (bytes and inodes), PIDs from
+/// `pid_max`/`threads-max` and the tasks running.
 fn observe_node(cfg: &crate::Config) -> Observations {
     let mut out = Vec::new();
     if let (Some(total), Some(avail)) = (
@@ -429,7 +493,57 @@ fn observe_node(cfg: &crate::Config) -> Observations {
             ));
         }
     }
+    for (s, dir) in [
+        (Signal::NodefsInodesFree, &cfg.data_dir),
+        (Signal::ImagefsInodesFree, &cfg.image_gc.images_dir),
+    ] {
+        if let Some(o) = inodes(dir) {
+            out.push((s, o));
+        }
+    }
+    if let Some(o) = pids() {
+        out.push((Signal::PidAvailable, o));
+    }
     Observations(out)
+}
+
+/// Free and total inodes of the filesystem holding `dir` (the nearest existing ancestor);
+/// `None` for filesystems without inode counts (0 total).
+fn inodes(dir: &std::path::Path) -> Option<Observation> {
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent()?;
+    }
+    let st = rustix::fs::statvfs(d).ok()?;
+    (st.f_files > 0).then_some(Observation {
+        available: st.f_favail.min(st.f_files),
+        capacity: st.f_files,
+    })
+}
+
+/// PIDs: the limit is `pid_max`, capped by `threads-max` (kubelet's `getMaxPid`); in use, the
+/// tasks the kernel counts (`sysinfo`'s procs).
+fn pids() -> Option<Observation> {
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let max = read("/proc/sys/kernel/pid_max")?;
+    let max = read("/proc/sys/kernel/threads-max").map_or(max, |t| t.min(max));
+    let procs = u64::from(rustix::system::sysinfo().procs);
+    Some(Observation {
+        available: max.saturating_sub(procs),
+        capacity: max,
+    })
+}
+
+/// Threads of process `pid` (its `Threads:`), 0 when gone.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A pod VM's resident memory (its QEMU's `VmRSS`), bytes.
@@ -467,7 +581,7 @@ pub(crate) async fn run(
     let mut state = State::default();
     loop {
         let verdict = state.observe(&cfg, &observe_node(&ctx.cfg), Instant::now());
-        flags.set(verdict.memory_pressure, verdict.disk_pressure);
+        flags.set(&verdict);
         if let Some(m) = verdict.met.first() {
             if let Err(e) = evict_one(&ctx, &cfg, m).await {
                 tracing::warn!(error = %e, "node-pressure eviction failed");
@@ -520,10 +634,18 @@ async fn evict_one(ctx: &crate::pods::Ctx, cfg: &EvictionConfig, m: &Met) -> Res
         }) else {
             continue;
         };
-        let storage = if m.threshold.signal == Signal::MemoryAvailable {
-            0
-        } else {
-            ctx.runtime
+        let signal = m.threshold.signal;
+        // Its logs on the host: bytes count as its local storage, files as its inodes.
+        let (log_files, log_bytes) = sb
+            .containers
+            .iter()
+            .map(|c| crate::eviction::log_files(&c.log_path))
+            .fold((0u64, 0u64), |(f, b), (f2, b2)| {
+                (f.saturating_add(f2), b.saturating_add(b2))
+            });
+        let storage = if matches!(signal, Signal::NodefsAvailable | Signal::ImagefsAvailable) {
+            let inside: u64 = ctx
+                .runtime
                 .storage_usage(&sb.id)
                 .await
                 .map(|u| {
@@ -533,8 +655,16 @@ async fn evict_one(ctx: &crate::pods::Ctx, cfg: &EvictionConfig, m: &Met) -> Res
                         .map(|(_, b)| *b)
                         .sum()
                 })
-                .unwrap_or(0)
+                .unwrap_or(0);
+            inside.saturating_add(log_bytes)
+        } else {
+            0
         };
+        let pids = [sb.qemu_pid, sb.shim_pid]
+            .into_iter()
+            .flatten()
+            .map(threads)
+            .sum();
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
         candidates.push(PodUse {
             key: format!(
@@ -547,6 +677,8 @@ async fn evict_one(ctx: &crate::pods::Ctx, cfg: &EvictionConfig, m: &Met) -> Res
             memory_request: requests(pod, "memory"),
             storage,
             storage_request: requests(pod, "ephemeral-storage"),
+            inodes: log_files,
+            pids,
             critical: priority >= CRITICAL_PRIORITY,
         });
         uids.push(uid);
@@ -609,7 +741,7 @@ mod tests {
 
     #[test]
     fn parses_kubelet_flags() {
-        assert_eq!(cfg(DEFAULT_HARD, "", "", "").thresholds.len(), 3);
+        assert_eq!(cfg(DEFAULT_HARD, "", "", "").thresholds.len(), 4);
         let c = cfg(
             "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%",
             "memory.available<300Mi",
@@ -623,7 +755,15 @@ mod tests {
         assert_eq!(c.thresholds[3].grace, Some(Duration::from_secs(30)));
         let err = |h: &str, s: &str, g: &str| EvictionConfig::parse(h, s, g, "", dur).unwrap_err();
         assert!(err("memory.available<1Mi", "nodefs.available<5%", "").contains("no grace"));
-        assert!(err("pid.available<10", "", "").contains("unsupported"));
+        assert!(err("pids.available<10", "", "").contains("unsupported"));
+        let c = cfg(
+            "nodefs.inodesFree<5%,imagefs.inodesFree<1k,pid.available<10%",
+            "",
+            "",
+            "",
+        );
+        assert_eq!(c.thresholds[1].value, Amount::Bytes(1000));
+        assert_eq!(c.thresholds[2].signal, Signal::PidAvailable);
         assert!(err("memory.available=1Mi", "", "").contains("signal<value"));
         assert!(err("nodefs.available<120%", "", "").contains("percentage"));
         assert!(err("memory.available<1Mi,memory.available<2Mi", "", "").contains("twice"));
@@ -687,7 +827,101 @@ mod tests {
             memory_request: req,
             storage: 0,
             storage_request: 0,
+            inodes: 0,
+            pids: 0,
             critical: false,
+        }
+    }
+
+    #[test]
+    fn inodes_and_pids_set_disk_and_pid_pressure_with_their_own_messages() {
+        let mut c = cfg(
+            "",
+            "nodefs.inodesFree<10%,pid.available<1000",
+            "nodefs.inodesFree=10s,pid.available=10s",
+            "",
+        );
+        c.transition_period = Duration::from_secs(30);
+        let o = |inodes: u64, pids: u64| {
+            Observations(vec![
+                (
+                    Signal::NodefsInodesFree,
+                    Observation {
+                        available: inodes,
+                        capacity: 10_000,
+                    },
+                ),
+                (
+                    Signal::PidAvailable,
+                    Observation {
+                        available: pids,
+                        capacity: 4_194_304,
+                    },
+                ),
+            ])
+        };
+        let mut st = State::default();
+        let t0 = Instant::now();
+        let v = st.observe(&c, &o(500, 900), t0);
+        assert!(
+            v.met.is_empty() && !v.disk_pressure && !v.pid_pressure,
+            "grace"
+        );
+        let v = st.observe(&c, &o(500, 900), t0 + Duration::from_secs(11));
+        assert!(v.disk_pressure && v.pid_pressure && !v.memory_pressure);
+        assert_eq!(v.met.len(), 2);
+        let forky = PodUse {
+            pids: 700,
+            ..p("ns/forky", 0, 0, 0)
+        };
+        let pid_met = v
+            .met
+            .iter()
+            .find(|m| m.threshold.signal == Signal::PidAvailable)
+            .unwrap();
+        assert_eq!(
+            message(pid_met, &forky),
+            "The node was low on resource: pids. Threshold quantity: 1000, available: 900. Pod ns/forky was using 700, request is 0. "
+        );
+        // PIDs cannot be requested: priority first, then the most threads.
+        let pods = vec![
+            forky,
+            PodUse {
+                pids: 10,
+                ..p("ns/low", -5, 0, 0)
+            },
+            PodUse {
+                pids: 900,
+                ..p("ns/high", 100, 0, 0)
+            },
+            PodUse {
+                pids: 30,
+                ..p("ns/small", 0, 0, 0)
+            },
+        ];
+        let order: Vec<&str> = rank(&pods, Signal::PidAvailable)
+            .into_iter()
+            .map(|i| pods[i].key.as_str())
+            .collect();
+        assert_eq!(order, ["ns/low", "ns/forky", "ns/small", "ns/high"]);
+        // Recovered: held for the transition period, then cleared.
+        let v = st.observe(&c, &o(5000, 100_000), t0 + Duration::from_secs(20));
+        assert!(v.met.is_empty() && v.disk_pressure && v.pid_pressure);
+        let v = st.observe(&c, &o(5000, 100_000), t0 + Duration::from_secs(45));
+        assert!(!v.disk_pressure && !v.pid_pressure);
+    }
+
+    #[test]
+    fn this_host_has_inode_and_pid_signals() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = pids().expect("pid_max is readable");
+        assert!(
+            pids.available > 0 && pids.available < pids.capacity,
+            "{pids:?}"
+        );
+        // A path not created yet is measured on its nearest existing ancestor.
+        if let Some(i) = inodes(&dir.path().join("not/yet")) {
+            assert!(i.available <= i.capacity, "{i:?}");
         }
     }
 

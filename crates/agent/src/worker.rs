@@ -466,6 +466,9 @@ impl Worker {
             ..Default::default()
         };
         for (inst, bytes) in usage.containers {
+            // Its logs on the host count too, as kubelet counts them.
+            let logs = crate::eviction::log_files(&self.ctx.runtime.log_path(id, &inst)).1;
+            let bytes = bytes.saturating_add(logs);
             used.all_containers = used.all_containers.saturating_add(bytes);
             let Some((base, n)) = parse_instance(&inst) else {
                 continue;
@@ -558,6 +561,14 @@ impl Worker {
             if self.images.contains_key(&image) {
                 continue;
             }
+            if self.image_backoff.get(&image).is_some_and(Backoff::waiting) {
+                // A pull failed and its back-off runs: nothing to ask anyone until it ends.
+                let msg = format!("Back-off pulling image \"{image}\"");
+                self.image_waiting
+                    .insert(image.clone(), Waiting::new("ImagePullBackOff", Some(msg)));
+                all = false;
+                continue;
+            }
             let tag_latest = {
                 let last = image.rsplit('/').next().unwrap_or(&image);
                 !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"))
@@ -567,6 +578,30 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| if tag_latest { "Always" } else { "IfNotPresent" }.into());
             let present = self.ctx.runtime.image_status(&image).ok();
+            // ensure-secret-pulled-images: a present image pulled with credentials serves
+            // only pods that hold them (crate::pulled).
+            let creds = self.pod_credentials(&image).await;
+            let cached_ok = present.as_ref().is_some_and(|img| {
+                crate::pulled::PullRecord::access(
+                    self.ctx.pulled.get(&img.id.to_string()).as_ref(),
+                    &creds,
+                ) == crate::pulled::Access::Cached
+            });
+            if policy == "Never" && present.is_some() && !cached_ok {
+                let msg = format!(
+                    "Container image \"{image}\" is present with pull policy of Never, but was pulled with credentials this pod does not have"
+                );
+                self.image_waiting.insert(
+                    image.clone(),
+                    Waiting::new("ErrImageNeverPull", Some(msg.clone())),
+                );
+                self.ctx
+                    .recorder
+                    .event(&self.pod, Some(&c.name), Warning, "ErrImageNeverPull", msg)
+                    .await;
+                all = false;
+                continue;
+            }
             let need_pull = match (policy.as_str(), &present) {
                 ("Never", None) => {
                     let msg = format!(
@@ -585,7 +620,7 @@ impl Worker {
                 }
                 ("Always", _) => true,
                 (_, None) => true,
-                _ => false,
+                _ => !cached_ok,
             };
             if !need_pull {
                 if let Some(img) = present {
@@ -623,11 +658,14 @@ impl Worker {
                 .await;
             let started = std::time::Instant::now();
             let opts = h8s_runtime::image::PullOptions {
-                auth: self.pull_credentials(&image).await,
+                auth: creds.first().map(|c| c.credentials.clone()),
                 ..Default::default()
             };
             match self.ctx.runtime.pull_image(&image, opts).await {
                 Ok(img) => {
+                    self.ctx
+                        .pulled
+                        .record(&img.id.to_string(), creds.first().map(|c| c.secret.clone()));
                     self.images.insert(image.clone(), image_id(&img));
                     self.image_waiting.remove(&image);
                     self.image_backoff.remove(&image);
@@ -646,11 +684,12 @@ impl Worker {
                         )
                         .await;
                 }
-                Err(e @ h8s_runtime::Error::ImageUnreachable(_)) if present.is_some() => {
+                Err(e @ h8s_runtime::Error::ImageUnreachable(_)) if cached_ok => {
                     // Policy Always but the registry cannot be reached at all: the node's copy
-                    // serves (documented in docs/agent.md; kubelet would fail the pull). Never
-                    // when the registry answered — a refused or unknown pull must not be
-                    // served another tenant's copy.
+                    // serves a pod that may use it (documented in docs/agent.md; kubelet would
+                    // fail the pull). Never when the registry answered — a refused or unknown
+                    // pull must not be served another tenant's copy — nor when the copy came
+                    // with credentials the pod does not hold.
                     if let Some(img) = present {
                         self.images.insert(image.clone(), image_id(&img));
                     }
@@ -699,20 +738,30 @@ impl Worker {
         all
     }
 
-    /// Registry credentials from the pod's imagePullSecrets for `image`'s registry.
-    async fn pull_credentials(&self, image: &str) -> Option<h8s_runtime::image::Credentials> {
+    /// Registry credentials from the pod's imagePullSecrets for `image`'s registry, one per
+    /// secret that has some, in the pod's order (a pull uses the first).
+    async fn pod_credentials(&self, image: &str) -> Vec<crate::pulled::PodCredential> {
         let spec = self.spec();
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let host = registry_host(image);
+        let mut out = Vec::new();
         for r in spec.image_pull_secrets.iter().flatten() {
             let Ok(Some(s)) = secrets.get_opt(&r.name).await else {
                 continue;
             };
             if let Some(c) = docker_config_credentials(&s, &host) {
-                return Some(c);
+                out.push(crate::pulled::PodCredential {
+                    secret: crate::pulled::SecretRecord {
+                        namespace: self.ns.clone(),
+                        name: r.name.clone(),
+                        uid: s.metadata.uid.clone().unwrap_or_default(),
+                        credential_hash: crate::pulled::credential_hash(&host, &c),
+                    },
+                    credentials: c,
+                });
             }
         }
-        None
+        out
     }
 
     fn container(&mut self, name: &str) -> &mut CState {
@@ -1304,10 +1353,13 @@ impl Worker {
         let timers = self.ctx.cfg.pod_timers.clone();
         let pod_desc = format!("{}_{}({})", self.name, self.ns, self.uid);
         let cs = self.container(&c.name);
-        // Ran long enough (twice the cap, as kubelet): forget past crashes.
-        if cs
-            .started
-            .is_some_and(|s| s.elapsed() > timers.backoff_max * 2)
+        // Ran long enough (twice the cap, as kubelet): forget past crashes. Only when the
+        // exit is first seen: once a back-off runs, the instance's age must not reset it
+        // again on every pass (it would never pass).
+        if cs.backoff.until.is_none()
+            && cs
+                .started
+                .is_some_and(|s| s.elapsed() > timers.backoff_max * 2)
         {
             cs.backoff.reset();
         }

@@ -109,8 +109,9 @@ pub struct AgentOpts {
     #[arg(long = "eviction-monitoring-period", default_value = "10s", value_parser = parse_duration)]
     pub eviction_monitoring_period: Duration,
     /// Hard eviction thresholds, kubelet's syntax: `memory.available<100Mi,nodefs.available<10%`
-    /// (signals memory.available, nodefs.available — the data dir's filesystem —,
-    /// imagefs.available — the image store's); met at once, pods killed without grace.
+    /// (signals memory.available, nodefs.available and nodefs.inodesFree — the data dir's
+    /// filesystem —, imagefs.available and imagefs.inodesFree — the image store's —,
+    /// pid.available); met at once, pods killed without grace.
     #[arg(long = "eviction-hard", default_value = h8s_agent::pressure::DEFAULT_HARD)]
     pub eviction_hard: String,
     /// Soft eviction thresholds (same syntax), met after their grace period.

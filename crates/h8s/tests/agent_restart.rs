@@ -244,13 +244,19 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
     // (its node address is a documentation address); volumes_multinode reads data back.
     assert_eq!(qemu_of("keep"), Some(keep_qemu), "still the same VM");
     // Node-pressure eviction: an agent whose hard memory threshold is always met reports
-    // MemoryPressure and evicts the pod it takes over (its only, BestEffort, pod).
+    // MemoryPressure and evicts the pod it takes over (its only, BestEffort, pod); its soft
+    // disk and PID thresholds, always met too, set DiskPressure and PIDPressure once their
+    // grace has passed (the hard threshold decides the eviction).
     drop(second);
     let (_third, _) = agent(
         "agent3.log",
         &[
             "--eviction-hard",
             "memory.available<1Ei",
+            "--eviction-soft",
+            "nodefs.available<100%,pid.available<100%",
+            "--eviction-soft-grace-period",
+            "nodefs.available=1s,pid.available=1s",
             "--eviction-monitoring-period",
             "1s",
             "--node-status-update-frequency",
@@ -268,17 +274,31 @@ fn restarted_agent_takes_over_running_vms_and_removes_orphans() {
             && msg.contains("Pod default/keep was using"),
         "{msg}"
     );
+    // The conditions, and the node lifecycle controller's taints for them.
     wait(
-        Duration::from_secs(30),
-        "MemoryPressure on the node",
+        Duration::from_secs(60),
+        "Memory/Disk/PIDPressure on the node, with their taints",
         || {
             let n: Value =
                 serde_json::from_str(&kubectl(&kc, &["get", "node", &node, "-o", "json"], None))
                     .ok()?;
-            n["status"]["conditions"]
-                .as_array()?
+            let conds = n["status"]["conditions"].as_array()?;
+            let taints = n["spec"]["taints"].as_array()?;
+            ["MemoryPressure", "DiskPressure", "PIDPressure"]
                 .iter()
-                .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+                .all(|t| {
+                    conds
+                        .iter()
+                        .any(|c| c["type"] == *t && c["status"] == "True")
+                })
+                .then_some(())?;
+            ["memory-pressure", "disk-pressure", "pid-pressure"]
+                .iter()
+                .all(|t| {
+                    taints.iter().any(|x| {
+                        x["key"] == format!("node.kubernetes.io/{t}") && x["effect"] == "NoSchedule"
+                    })
+                })
                 .then_some(())
         },
     );
