@@ -12,12 +12,13 @@
 //!   `lendablePercent`/`borrowingLimitPercent` are not read). `Exempt` levels have no limit.
 //! - **Queuing**: a level with `limitResponse.type: Queuing` has `queues` queues; a flow is
 //!   dealt a hand of `handSize` of them by shuffle sharding (a hash of the FlowSchema and the
-//!   flow's distinguisher) and waits in the shortest; a full queue (`queueLengthLimit`)
-//!   answers 429 with `Retry-After`. Queues take turns (round-robin, kube's fair queuing
-//!   without its virtual clock); a `Reject` level answers 429 at once when its seats are taken.
-//! - **Tenants**: a tenant's users are one flow of a `ByUser` schema (the tenant's), so a
-//!   tenant with many users gets one hand of queues, not many; inside its queue, its users
-//!   take turns ([`super::fair`]).
+//!   flow's distinguisher) and waits in the one holding the fewest seats; a full queue
+//!   (`queueLengthLimit`) answers 429 with `Retry-After`. Dispatch is kube's virtual-time
+//!   fair queuing ([`super::fair`]); a `Reject` level answers 429 at once when its seats are
+//!   taken.
+//! - **Tenants**: a tenant's users (and its namespaces' ServiceAccounts) are one flow of a
+//!   `ByUser` schema (the tenant's), so a tenant with many users gets one hand of queues,
+//!   not many; inside its queue, its users take turns ([`super::fair`]).
 //! - **Objects change**: [`super::Flow::follow`] re-reads both kinds on every change and
 //!   swaps the configuration; requests already holding a seat give it back to the level
 //!   they took it from.
@@ -29,8 +30,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::fair::QueueBounds;
-use super::level::Level;
+use super::level::{Level, Queues};
 use crate::auth::{Attributes, UserInfo, AUTHENTICATED_GROUP};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,9 +199,11 @@ impl Config {
     /// The FlowSchema that matches a request, its priority level, and the request's flow
     /// distinguisher. `None` when no schema (or its level) matches: the caller uses the
     /// mandatory `catch-all`.
+    /// `tenant` is the caller's tenant (its users and ServiceAccounts are one flow).
     pub(crate) fn classify(
         &self,
         user: &UserInfo,
+        tenant: Option<&str>,
         attrs: &Attributes,
     ) -> Option<(&Schema, &LevelSpec, String)> {
         for s in &self.schemas {
@@ -214,7 +216,7 @@ impl Config {
             };
             let d = match s.distinguisher {
                 Distinguisher::None => String::new(),
-                Distinguisher::ByUser => match user.tenant() {
+                Distinguisher::ByUser => match tenant {
                     // h8s: a tenant's users are one flow (users take turns inside it).
                     Some(t) => format!("tenant:{t}"),
                     None => user.username.clone(),
@@ -386,10 +388,10 @@ impl Built {
                 };
             }
             let seats = ((total as u64 * spec.shares).div_ceil(sum)).max(1) as usize;
-            let bounds = spec.queuing.map(|q| QueueBounds {
-                per_user: per_user.max(1).min(q.queue_length_limit),
-                per_tenant: q.queue_length_limit,
-                total: q.queues.saturating_mul(q.queue_length_limit),
+            let bounds = spec.queuing.map(|q| Queues {
+                queues: q.queues,
+                queue_length_limit: q.queue_length_limit,
+                per_user: per_user.max(1),
             });
             RunLevel {
                 spec: spec.clone(),
@@ -437,7 +439,7 @@ mod tests {
     }
 
     fn classify<'a>(c: &'a Config, u: &UserInfo, a: &Attributes) -> (&'a str, &'a str, String) {
-        let (s, l, d) = c.classify(u, a).expect("a schema matches");
+        let (s, l, d) = c.classify(u, u.tenant(), a).expect("a schema matches");
         (s.name.as_str(), l.name.as_str(), d)
     }
 
@@ -527,14 +529,16 @@ mod tests {
         assert_eq!(classify(&c, &ci, &scale), ("ci", "tiny", "ci".into()));
         // Another verb, namespace or subresource does not match.
         scale.verb = "update".into();
-        assert!(c.classify(&ci, &scale).is_none());
+        assert!(c.classify(&ci, None, &scale).is_none());
         let other_ns = user("system:serviceaccount:prod:builder", &[]);
         scale.verb = "create".into();
-        assert!(c.classify(&other_ns, &scale).is_none());
+        assert!(c.classify(&other_ns, None, &scale).is_none());
         // Cluster-scoped rules need clusterScope; the lower precedence wins.
         let ops = user("dana", &["ops"]);
         assert_eq!(classify(&c, &ops, &res("get", "", "nodes", "")).0, "ops");
-        assert!(c.classify(&ops, &res("get", "", "nodes", "x")).is_none());
+        assert!(c
+            .classify(&ops, None, &res("get", "", "nodes", "x"))
+            .is_none());
         let debug = Attributes {
             verb: "get".into(),
             path: "/debug/pprof".into(),
@@ -542,7 +546,7 @@ mod tests {
         };
         assert_eq!(classify(&c, &ops, &debug).0, "ops");
         // The dangling schema (precedence 1) is skipped, not fatal.
-        assert!(c.classify(&user("eve", &[]), &debug).is_none());
+        assert!(c.classify(&user("eve", &[]), None, &debug).is_none());
         let l = c.levels().next().unwrap();
         assert_eq!(
             l.queuing,
