@@ -376,6 +376,7 @@ impl Api {
             Route::Metrics => {
                 let mut text = self.metrics.render();
                 text.push_str(&self.flow.render());
+                text.push_str(&crate::watch::render_metrics(&self));
                 let mut resp = Response::new(full(text));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
