@@ -71,6 +71,10 @@ pub struct LimitsArgs {
     /// width in seats follows the objects it reads).
     #[arg(long = "apf-object-count-interval", default_value = "10s", value_parser = parse_duration)]
     pub apf_object_count_interval: Duration,
+    /// How often priority levels lend and borrow seats for their demand
+    /// (`lendablePercent`, `borrowingLimitPercent`; 0s: never).
+    #[arg(long = "apf-borrowing-interval", default_value = "10s", value_parser = parse_duration)]
+    pub apf_borrowing_interval: Duration,
 }
 
 impl LimitsArgs {
@@ -96,6 +100,7 @@ impl LimitsArgs {
             watch_slow_reader_timeout: self.watch_slow_reader_timeout,
             watch_bookmark_interval: self.watch_bookmark_interval,
             object_count_interval: self.apf_object_count_interval,
+            borrowing_interval: self.apf_borrowing_interval,
             ..Default::default()
         }
     }

@@ -160,6 +160,7 @@ fn limits_and_fairness() {
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
         "metadata": {"name": "flood"},
         "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 1,
+            "borrowingLimitPercent": 0,
             "limitResponse": {"type": "Queuing",
                 "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 1}}}},
     });
@@ -462,6 +463,7 @@ fn tenants_share_a_level_fairly(s: &Server) {
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
         "metadata": {"name": "tenants"},
         "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 5,
+            "borrowingLimitPercent": 0,
             "limitResponse": {"type": "Queuing",
                 "queuing": {"queues": 16, "handSize": 2, "queueLengthLimit": 5}}}},
     });

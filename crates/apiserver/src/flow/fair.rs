@@ -167,6 +167,20 @@ pub(crate) struct QueueSet<T> {
     last: f64,
     /// Where the next scan for the earliest finish starts (ties go round).
     robin: usize,
+    /// Seat demand (taken plus waiting) integrated over time since `demand_since`, its
+    /// square, and its high watermark (kube's integrator, for borrowing).
+    demand_integral: f64,
+    demand_square: f64,
+    demand_since: f64,
+    demand_high: usize,
+}
+
+/// Seat demand over a period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Demand {
+    pub avg: f64,
+    pub stddev: f64,
+    pub high: usize,
 }
 
 impl<T: Waiter> QueueSet<T> {
@@ -182,6 +196,10 @@ impl<T: Waiter> QueueSet<T> {
             r: 0.0,
             last: 0.0,
             robin: 0,
+            demand_integral: 0.0,
+            demand_square: 0.0,
+            demand_since: 0.0,
+            demand_high: 0,
         }
     }
 
@@ -193,6 +211,47 @@ impl<T: Waiter> QueueSet<T> {
     /// Requests waiting (abandoned ones included until they are dropped).
     pub(crate) fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// The concurrency limit in seats.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Changes the concurrency limit (borrowing between levels); requests already
+    /// running keep their seats.
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
+    /// The seat demand since the last call (or the start), and starts a new period.
+    pub(crate) fn take_demand(&mut self, now: f64) -> Demand {
+        self.sync(now);
+        let period = now - self.demand_since;
+        let d = if period > 0.0 {
+            let avg = self.demand_integral / period;
+            let var = (self.demand_square / period - avg * avg).max(0.0);
+            Demand {
+                avg,
+                stddev: var.sqrt(),
+                high: self.demand_high,
+            }
+        } else {
+            Demand {
+                avg: 0.0,
+                stddev: 0.0,
+                high: self.demand_high,
+            }
+        };
+        self.demand_integral = 0.0;
+        self.demand_square = 0.0;
+        self.demand_since = now;
+        self.demand_high = self.in_use + self.seats_waiting;
+        d
+    }
+
+    fn note_demand(&mut self) {
+        self.demand_high = self.demand_high.max(self.in_use + self.seats_waiting);
     }
 
     /// A request's width in seats, at most the whole level (else it could never run).
@@ -212,6 +271,9 @@ impl<T: Waiter> QueueSet<T> {
             return;
         }
         self.last = now;
+        let d = (self.in_use + self.seats_waiting) as f64;
+        self.demand_integral += d * dt;
+        self.demand_square += d * d * dt;
         if self.active > 0 {
             let demand = (self.in_use + self.seats_waiting).min(self.limit);
             self.r += dt * demand as f64 / self.active as f64;
@@ -236,12 +298,15 @@ impl<T: Waiter> QueueSet<T> {
 
     /// Starts a request of `seats` without queuing (a level that does not queue):
     /// `false` when its seats are taken.
-    pub(crate) fn start_now(&mut self, seats: usize) -> bool {
+    pub(crate) fn start_now(&mut self, now: f64, seats: usize) -> bool {
+        self.sync(now);
         let seats = self.width(seats);
         if self.in_use + seats > self.limit {
+            self.demand_high = self.demand_high.max(self.in_use + seats);
             return false;
         }
         self.in_use += seats;
+        self.note_demand();
         true
     }
 
@@ -295,6 +360,7 @@ impl<T: Waiter> QueueSet<T> {
             q.waiting += 1;
             q.seats_waiting += seats;
         });
+        self.note_demand();
         Ok(qi)
     }
 
@@ -552,7 +618,7 @@ mod tests {
     #[test]
     fn a_wide_head_waits_for_its_seats_and_is_not_overtaken() {
         let mut qs = QueueSet::new(cfg(2, 10), 4);
-        assert!(qs.start_now(3));
+        assert!(qs.start_now(0.0, 3));
         qs.enqueue(0.0, &[0], "w", item("w", "w"), 4).unwrap();
         assert!(qs.dispatch(0.0).is_none(), "4 seats do not fit in 1");
         // Wider than the level: clamped to the level, so it can run at all.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::fair::{QueueConfig, QueueSet, Waiter};
+use super::fair::{Demand, QueueConfig, QueueSet, Waiter};
 
 /// kube's estimated service time of a request (`G`), for virtual time.
 const SERVICE_ESTIMATE: f64 = 0.003;
@@ -49,6 +49,12 @@ pub(crate) struct Level {
     wait: Duration,
     epoch: Instant,
     state: Mutex<QueueSet<Ticket>>,
+    /// Seats it may lend (`lendablePercent`) and borrow (`borrowingLimitPercent`;
+    /// `None`: no limit).
+    lendable: usize,
+    borrowable: Option<usize>,
+    /// The smoothed seat demand (kube's `seatDemandStats.smoothed`).
+    smoothed: Mutex<f64>,
 }
 
 /// Seats taken, given back when dropped.
@@ -99,7 +105,60 @@ impl Level {
             wait,
             epoch: Instant::now(),
             state: Mutex::new(QueueSet::new(cfg, seats)),
+            lendable: 0,
+            borrowable: Some(0),
+            smoothed: Mutex::new(0.0),
         })
+    }
+
+    /// The level, lending up to `lendable` of its seats and borrowing up to
+    /// `borrowable` (`None`: any number) from other levels.
+    pub(crate) fn lending(
+        mut self: Arc<Self>,
+        lendable: usize,
+        borrowable: Option<usize>,
+    ) -> Arc<Level> {
+        if let Some(l) = Arc::get_mut(&mut self) {
+            l.lendable = lendable.min(l.seats);
+            l.borrowable = borrowable;
+        }
+        self
+    }
+
+    /// The seats it may have now (its own, plus borrowed, minus lent).
+    pub(crate) fn limit(&self) -> usize {
+        self.lock().limit()
+    }
+
+    /// Its bounds and target for borrowing (kube's `allocProblemItem`): at least its
+    /// seats minus what it may lend — and as much of its own seats as it used at most —
+    /// at most its seats plus what it may borrow; the target is its smoothed demand
+    /// (kube's: average plus standard deviation, decaying slowly).
+    pub(crate) fn borrowing_item(&self) -> (f64, f64, f64) {
+        let d: Demand = self.lock().take_demand(self.now());
+        let envelope = d.avg + d.stddev;
+        let smoothed = {
+            let mut s = self.smoothed.lock().unwrap_or_else(|e| e.into_inner());
+            *s = envelope.max(0.977 * *s + 0.023 * envelope);
+            *s
+        };
+        let min = (self.seats - self.lendable) as f64;
+        let lower = min.max((self.seats as f64).min(d.high as f64));
+        let upper = match self.borrowable {
+            Some(b) => (self.seats + b) as f64,
+            None => f64::INFINITY,
+        };
+        (lower, upper, lower.max(smoothed))
+    }
+
+    /// Sets the seats it may have now, and starts what then fits.
+    pub(crate) fn set_limit(&self, seats: usize) {
+        if self.seats == 0 {
+            return;
+        }
+        let mut qs = self.lock();
+        qs.set_limit(seats);
+        self.dispatch(&mut qs);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueSet<Ticket>> {
@@ -140,7 +199,7 @@ impl Level {
             let mut qs = self.lock();
             if !self.queuing {
                 let seats = qs.width(seats);
-                return if qs.start_now(seats) {
+                return if qs.start_now(self.now(), seats) {
                     Ok(Some(self.seat(None, seats)))
                 } else {
                     Err(Refusal::QueueFull)

@@ -96,6 +96,9 @@ pub struct LimitsConfig {
     /// How old the object count of a resource may be before it is counted again (for
     /// the width of its LISTs; kube counts every minute).
     pub object_count_interval: Duration,
+    /// How often the priority levels lend and borrow seats for their demand (kube: 10 s;
+    /// zero: never).
+    pub borrowing_interval: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -121,6 +124,7 @@ impl Default for LimitsConfig {
             watch_slow_reader_timeout: Duration::from_secs(10),
             watch_bookmark_interval: Duration::from_secs(10),
             object_count_interval: Duration::from_secs(10),
+            borrowing_interval: Duration::from_secs(10),
         }
     }
 }
@@ -632,6 +636,18 @@ impl Flow {
             return;
         }
         let weak = Arc::downgrade(self);
+        let every = self.cfg.borrowing_interval;
+        if !every.is_zero() {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(flow) = weak.upgrade() else { return };
+                    let built = flow.apf.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    built.adjust();
+                }
+            });
+        }
         tokio::spawn(async move {
             use futures::StreamExt;
             const PREFIX: &str = "/registry/flowcontrol.apiserver.k8s.io/";
@@ -775,6 +791,11 @@ impl Flow {
                         out,
                         "apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}",
                         l.seats()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "apiserver_flowcontrol_current_limit_seats{{priority_level=\"{n}\"}} {}",
+                        l.limit()
                     );
                     let _ = writeln!(
                         out,
