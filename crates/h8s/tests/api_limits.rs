@@ -426,6 +426,9 @@ fn limits_and_fairness() {
 
     // --- Fair queuing: one tenant's flood of LISTs does not starve another tenant. ---
     tenants_share_a_level_fairly(&s);
+    // The watch path's memory is in /metrics (the soak benchmark follows it).
+    assert!(metric(&s, "h8s_watch_cache_events") > 0.0);
+    assert!(metric(&s, "h8s_watch_cache_bytes") > 0.0);
 
     // --- Connections over the per-IP cap are closed at accept. ---
     let refused_before = metric(&s, "h8s_apiserver_connections_refused_total");
