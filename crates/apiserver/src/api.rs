@@ -296,7 +296,27 @@ impl Api {
                 false,
             ),
         };
-        let admitted = match self.flow.admit(&cx.user, &attrs, kind).await {
+        // limits: what a LIST (or a watch's initial list) reads, for its width in seats.
+        let work = match &r {
+            Route::Resource(t) if matches!(cx.verb, "list" | "watch") && agg.is_none() => {
+                let q = &cx.query;
+                let selective = [q.get("labelSelector"), q.get("fieldSelector")]
+                    .iter()
+                    .any(|s| s.is_some_and(|s| !s.is_empty()));
+                let rv = q.get("resourceVersion").unwrap_or("");
+                crate::flow::Work {
+                    prefix: Some(crate::obj::prefix(t.res, None)),
+                    limit: (!selective)
+                        .then(|| q.get("limit").and_then(|l| l.parse().ok()))
+                        .flatten(),
+                    initial_list: rv.is_empty()
+                        || rv == "0"
+                        || q.get("sendInitialEvents") == Some("true"),
+                }
+            }
+            _ => crate::flow::Work::default(),
+        };
+        let admitted = match self.flow.admit(&cx.user, &attrs, kind, &work).await {
             Ok(a) => a,
             Err(r) => return r.response(),
         };
@@ -356,6 +376,7 @@ impl Api {
             Route::Metrics => {
                 let mut text = self.metrics.render();
                 text.push_str(&self.flow.render());
+                text.push_str(&crate::watch::render_metrics(&self));
                 let mut resp = Response::new(full(text));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,

@@ -180,8 +180,8 @@ impl Server {
 
         // Every watcher reads from one shared upstream watch (fan-out), never the
         // backend directly.
-        let store: Arc<dyn h8s_store::Store> =
-            h8s_store::WatchCache::new(cfg.store.clone()).await?;
+        let watch_cache = h8s_store::WatchCache::new(cfg.store.clone()).await?;
+        let store: Arc<dyn h8s_store::Store> = watch_cache.clone();
         let join_path = cfg.data_dir.join("join-token");
         let join_token = tokio::task::spawn_blocking(move || JoinToken::ensure(&join_path))
             .await
@@ -368,6 +368,7 @@ impl Server {
             dynamic: Some(crate::webhook::Dynamic::start(api_store, shutdown.clone()).await),
             flow: crate::flow::Flow::new(cfg.limits.clone(), Some(tenant_index.clone())),
             watch_encodings: Default::default(),
+            watch_cache: Some(watch_cache),
             aggregator: Arc::new(crate::aggregator::Aggregator::new(
                 cfg.aggregator.clone(),
                 front_proxy,

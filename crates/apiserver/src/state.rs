@@ -56,4 +56,6 @@ pub struct Api {
     pub(crate) aggregator: Arc<crate::aggregator::Aggregator>,
     /// Watch events encoded once for every watch that sends the same bytes.
     pub(crate) watch_encodings: crate::watch::SharedEncodings,
+    /// The watch cache in front of the store (its size is in `/metrics`).
+    pub(crate) watch_cache: Option<Arc<h8s_store::WatchCache>>,
 }

@@ -56,6 +56,30 @@ type EncodingKey = (i64, usize, u64);
 const SHARED_MAX_EVENTS: usize = 1024;
 const SHARED_MAX_BYTES: usize = 64 << 20;
 
+/// The watch path's memory in Prometheus text: the watch cache's ring and the shared
+/// encodings (what the soak benchmark follows next to RSS).
+pub(crate) fn render_metrics(api: &Api) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(c) = &api.watch_cache {
+        let (events, bytes) = c.ring_size();
+        let _ = writeln!(out, "# HELP h8s_watch_cache_events Events in the watch cache's ring.\n# TYPE h8s_watch_cache_events gauge\nh8s_watch_cache_events {events}");
+        let _ = writeln!(out, "# HELP h8s_watch_cache_bytes Bytes of keys and values in the watch cache's ring.\n# TYPE h8s_watch_cache_bytes gauge\nh8s_watch_cache_bytes {bytes}");
+        let _ = writeln!(out, "# HELP h8s_watch_cache_watchers Subscribers of the watch cache.\n# TYPE h8s_watch_cache_watchers gauge\nh8s_watch_cache_watchers {}", c.watchers());
+    }
+    let (events, bytes) = {
+        let inner = api
+            .watch_encodings
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (inner.map.len(), inner.bytes)
+    };
+    let _ = writeln!(out, "# HELP h8s_watch_shared_encodings_bytes Bytes of watch events encoded once for many watches.\n# TYPE h8s_watch_shared_encodings_bytes gauge\nh8s_watch_shared_encodings_bytes {bytes}");
+    let _ = writeln!(out, "# HELP h8s_watch_shared_encodings Watch events encoded once for many watches.\n# TYPE h8s_watch_shared_encodings gauge\nh8s_watch_shared_encodings {events}");
+    out
+}
+
 impl SharedEncodings {
     fn key(res: &'static h8s_types::Resource, ev: &h8s_store::Event) -> EncodingKey {
         use std::hash::{Hash, Hasher};

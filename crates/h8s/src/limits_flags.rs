@@ -67,6 +67,14 @@ pub struct LimitsArgs {
     /// How often a watch that allows bookmarks gets one (carrying the store's revision).
     #[arg(long = "watch-bookmark-interval", default_value = "10s", value_parser = parse_duration)]
     pub watch_bookmark_interval: Duration,
+    /// How old a resource's object count may get before it is counted again (a LIST's
+    /// width in seats follows the objects it reads).
+    #[arg(long = "apf-object-count-interval", default_value = "10s", value_parser = parse_duration)]
+    pub apf_object_count_interval: Duration,
+    /// How often priority levels lend and borrow seats for their demand
+    /// (`lendablePercent`, `borrowingLimitPercent`; 0s: never).
+    #[arg(long = "apf-borrowing-interval", default_value = "10s", value_parser = parse_duration)]
+    pub apf_borrowing_interval: Duration,
 }
 
 impl LimitsArgs {
@@ -91,6 +99,8 @@ impl LimitsArgs {
             watch_buffer_bytes: self.watch_buffer_bytes,
             watch_slow_reader_timeout: self.watch_slow_reader_timeout,
             watch_bookmark_interval: self.watch_bookmark_interval,
+            object_count_interval: self.apf_object_count_interval,
+            borrowing_interval: self.apf_borrowing_interval,
             ..Default::default()
         }
     }

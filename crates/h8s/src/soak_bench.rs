@@ -178,15 +178,24 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }));
     }
 
-    // RSS every 5 s.
+    // RSS every 5 s; the watch path's memory (the watch cache's ring, the shared
+    // encodings) from /metrics every 15 s.
     let rss: Arc<Mutex<Vec<(f64, u64)>>> = Default::default();
+    let inside: Arc<Mutex<Vec<(f64, Inside)>>> = Default::default();
     let t0 = Instant::now();
     let sampler = {
-        let rss = rss.clone();
+        let (rss, inside, c) = (rss.clone(), inside.clone(), c.clone());
         tokio::spawn(async move {
-            loop {
+            for n in 0u64.. {
                 if let Ok(mut v) = rss.lock() {
                     v.push((t0.elapsed().as_secs_f64(), rss_kib(pid)));
+                }
+                if n % 3 == 0 {
+                    if let Ok(m) = scrape(&c).await {
+                        if let Ok(mut v) = inside.lock() {
+                            v.push((t0.elapsed().as_secs_f64(), m));
+                        }
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -262,6 +271,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     sampler.abort();
     let rss = rss.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let inside = inside.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
     drop(p);
     let load_after = loadavg();
 
@@ -353,10 +363,62 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         samples.len() as f64 / wall.as_secs_f64(),
         args.rate,
     ));
+    // Per minute: RSS (mean, max) and the watch path's memory at the minute's end.
+    md.push_str(
+        "\n| minute | RSS mean, MiB | RSS max, MiB | watch cache events | watch cache MiB | shared encodings MiB |\n|---|---|---|---|---|---|\n",
+    );
+    for m in 0..(secs / 60.0).ceil() as usize {
+        let (from, to) = (m as f64 * 60.0, (m as f64 + 1.0) * 60.0);
+        let v: Vec<u64> = rss
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, r)| *r)
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        let mean = v.iter().sum::<u64>() as f64 / v.len() as f64 / 1024.0;
+        let max = *v.iter().max().unwrap_or(&0) as f64 / 1024.0;
+        let i = inside
+            .iter()
+            .rfind(|(t, _)| *t < to)
+            .map(|(_, i)| *i)
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "| {} | {mean:.0} | {max:.0} | {} | {:.1} | {:.1} |\n",
+            m + 1,
+            i.ring_events,
+            i.ring_bytes / (1024.0 * 1024.0),
+            i.shared_bytes / (1024.0 * 1024.0),
+        ));
+    }
     println!("{md}");
     if let Some(path) = &args.write {
         write_section(path, "soak", "Soak: mixed load with watchers", &md)?;
         eprintln!("bench soak: wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The watch path's memory, as `/metrics` reports it.
+#[derive(Clone, Copy, Default)]
+struct Inside {
+    ring_events: f64,
+    ring_bytes: f64,
+    shared_bytes: f64,
+}
+
+async fn scrape(c: &Client) -> anyhow::Result<Inside> {
+    let (_, text) = c.call("GET", "/metrics", None).await?;
+    let text = String::from_utf8_lossy(&text);
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Inside {
+        ring_events: get("h8s_watch_cache_events"),
+        ring_bytes: get("h8s_watch_cache_bytes"),
+        shared_bytes: get("h8s_watch_shared_encodings_bytes"),
+    })
 }

@@ -1,7 +1,8 @@
 //! schemathesis (PyPI, installed by `scripts/setup.d/60-apifuzz.sh`) against the real
-//! `h8s server`: every operation of the server's own OpenAPI v2 document is called with
-//! generated path, query and body values (valid and invalid), and no response may be a
-//! server error (≥ 500) or a dropped connection. Streaming parameters (`watch`, `follow`) are
+//! `h8s server`: every operation of the server's own OpenAPI v2 document, then those of a
+//! few `/openapi/v3` group-version documents, is called with generated path, query and
+//! body values (valid and invalid), and no response may be a server error (≥ 500) or a
+//! dropped connection. Streaming parameters (`watch`, `follow`) are
 //! taken out of the document first: a watch that streams until the client gives up is the
 //! intended behaviour, exercised by the watch tests, not something to fuzz.
 
@@ -76,20 +77,54 @@ fn generated_requests_never_get_a_server_error() {
     );
     let spec = srv.dir.path().join("openapi-v2.json");
     std::fs::write(&spec, serde_json::to_vec(&doc).unwrap()).unwrap();
-    let report = srv.dir.path().join("report");
     let examples = std::env::var("H8S_FUZZ_EXAMPLES").unwrap_or_else(|_| "2".into());
-    let out = Command::new(&st)
+    run(&st, &srv, &spec, &examples);
+
+    // The OpenAPI v3 documents of a few group versions (the same operations with v3
+    // schemas: `nullable`, `oneOf`, request bodies by media type), one example each.
+    let (code, body) = srv.curl("GET", "/openapi/v3", None, None);
+    assert_eq!(code, 200, "{body}");
+    let index = api_support::json(&body);
+    for gv in [
+        "apis/apps/v1",
+        "apis/flowcontrol.apiserver.k8s.io/v1",
+        "apis/networking.k8s.io/v1",
+    ] {
+        let url = index["paths"][gv]["serverRelativeURL"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{gv} is not in the v3 index: {index}"));
+        let (code, body) = srv.curl("GET", url, None, None);
+        assert_eq!(code, 200, "{body}");
+        let doc = without_streaming(api_support::json(&body));
+        assert!(
+            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+            "{gv}: not an OpenAPI 3 document"
+        );
+        let spec = srv
+            .dir
+            .path()
+            .join(format!("openapi-v3-{}.json", gv.replace('/', "_")));
+        std::fs::write(&spec, serde_json::to_vec(&doc).unwrap()).unwrap();
+        run(&st, &srv, &spec, "1");
+    }
+}
+
+/// schemathesis's fuzzing phase against `spec`, `examples` per operation: it must find
+/// no response ≥ 500 and no dropped connection.
+fn run(st: &std::path::Path, srv: &Server, spec: &std::path::Path, examples: &str) {
+    let report = srv.dir.path().join("report");
+    let out = Command::new(st)
         // Its cache (`.schemathesis/`) goes to the test's temp dir, not the source tree.
         .current_dir(srv.dir.path())
         .arg("run")
-        .arg(&spec)
+        .arg(spec)
         .args(["--url", &srv.url])
         .args(["-H", &format!("Authorization: Bearer {}", srv.token)])
         .arg("--tls-verify")
         .arg(srv.data_dir().join("ca.crt"))
         .args(["--checks", "not_a_server_error"])
         .args(["--phases", "fuzzing"])
-        .args(["--max-examples", &examples])
+        .args(["--max-examples", examples])
         .args(["--workers", "2"])
         .args(["--request-timeout", "30"])
         .arg("--continue-on-failure")
@@ -103,10 +138,11 @@ fn generated_requests_never_get_a_server_error() {
         .find("SUMMARY")
         .map(|i| &stdout[i..])
         .unwrap_or(&stdout);
-    eprintln!("{summary}");
+    eprintln!("{}: {summary}", spec.display());
     assert!(
         out.status.success(),
-        "schemathesis found server errors or dropped connections (report in {}):\n{}\n{}",
+        "schemathesis found server errors or dropped connections in {} (report in {}):\n{}\n{}",
+        spec.display(),
         report.display(),
         stdout,
         String::from_utf8_lossy(&out.stderr)

@@ -14,9 +14,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api_support::{eventually, json, Server};
+use futures::StreamExt;
 
 const TESTER: &str = "tester-token";
 const OTHER: &str = "other-token";
+/// Tenant acme's three users, and tenant bolt's one.
+const ACME: [&str; 3] = ["acme-1-token", "acme-2-token", "acme-3-token"];
+const BOLT: &str = "bolt-token";
+
+/// tokens.csv lines of the tenants' users (RBAC: cluster-admin through `testers`; the
+/// tenant guard still confines them to their tenant's namespaces).
+fn tenant_tokens() -> String {
+    let mut csv = String::new();
+    for (i, t) in ACME.iter().enumerate() {
+        csv += &format!("{t},acme-{i},u-acme-{i},\"testers,h8s:tenant:acme\"\n");
+    }
+    csv + &format!("{BOLT},bolt-0,u-bolt-0,\"testers,h8s:tenant:bolt\"\n")
+}
 
 /// One curl request: (code, response headers, body).
 fn curl(
@@ -98,6 +112,7 @@ fn limits_and_fairness() {
         "--watch-slow-reader-timeout=1s",
         "--max-connections-per-ip=100",
         "--watch-bookmark-interval=1s",
+        "--apf-object-count-interval=1s",
     ]
     .iter()
     .map(Into::into)
@@ -106,7 +121,10 @@ fn limits_and_fairness() {
     let s = Server::start_with(dir, &flags);
     std::fs::write(
         s.data_dir().join("tokens.csv"),
-        format!("{TESTER},tester,u1,\"testers\"\n{OTHER},other,u2,\"testers\"\n"),
+        format!(
+            "{TESTER},tester,u1,\"testers\"\n{OTHER},other,u2,\"testers\"\n{}",
+            tenant_tokens()
+        ),
     )
     .unwrap();
     let crb = serde_json::json!({
@@ -142,6 +160,7 @@ fn limits_and_fairness() {
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
         "metadata": {"name": "flood"},
         "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 1,
+            "borrowingLimitPercent": 0,
             "limitResponse": {"type": "Queuing",
                 "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 1}}}},
     });
@@ -405,6 +424,12 @@ fn limits_and_fairness() {
     // The server is fine: a new watch and a list work.
     assert_eq!(curl(&s, TESTER, "GET", cms, None).0, 200);
 
+    // --- Fair queuing: one tenant's flood of LISTs does not starve another tenant. ---
+    tenants_share_a_level_fairly(&s);
+    // The watch path's memory is in /metrics (the soak benchmark follows it).
+    assert!(metric(&s, "h8s_watch_cache_events") > 0.0);
+    assert!(metric(&s, "h8s_watch_cache_bytes") > 0.0);
+
     // --- Connections over the per-IP cap are closed at accept. ---
     let refused_before = metric(&s, "h8s_apiserver_connections_refused_total");
     let addr = s.url.trim_start_matches("https://").to_string();
@@ -429,4 +454,183 @@ fn limits_and_fairness() {
     drop(conns);
     assert!(eventually(10, || curl(&s, TESTER, "GET", cms, None).0 == 200));
     assert!(metric(&s, "h8s_apiserver_connections_refused_total") >= refused_before + 50.0);
+}
+
+/// Tenant acme floods a level shared by all tenants with LISTs — three users, eight
+/// at a time each, every LIST several seats wide — while tenant bolt reads one object at
+/// a time. The level queues fairly by tenant: acme's flood is refused (429) for the most
+/// part while bolt's requests are served; bolt's rejections are bounded.
+fn tenants_share_a_level_fairly(s: &Server) {
+    // 5 shares of 251 (kube's 245, `flood` 1, these 5) of 200 seats: 4 seats.
+    let plc = serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+        "metadata": {"name": "tenants"},
+        "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 5,
+            "borrowingLimitPercent": 0,
+            "limitResponse": {"type": "Queuing",
+                "queuing": {"queues": 16, "handSize": 2, "queueLengthLimit": 5}}}},
+    });
+    let fs = serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+        "metadata": {"name": "tenants"},
+        "spec": {"priorityLevelConfiguration": {"name": "tenants"}, "matchingPrecedence": 20,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{"subjects": [
+                    {"kind": "Group", "group": {"name": "h8s:tenant:acme"}},
+                    {"kind": "Group", "group": {"name": "h8s:tenant:bolt"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                    "namespaces": ["*"], "clusterScope": true}]}]},
+    });
+    let mut plc_uid = String::new();
+    for (path, o) in [("prioritylevelconfigurations", &plc), ("flowschemas", &fs)] {
+        let (c, _, b) = curl(
+            s,
+            &s.token,
+            "POST",
+            &format!("/apis/flowcontrol.apiserver.k8s.io/v1/{path}"),
+            Some(o.to_string().as_bytes()),
+        );
+        assert_eq!(c, 201, "{b}");
+        if plc_uid.is_empty() {
+            plc_uid = json(&b)["metadata"]["uid"].as_str().unwrap().to_string();
+        }
+    }
+    // Each tenant creates its namespace (stamped as its own).
+    for (token, ns) in [(ACME[0], "acme-ns"), (BOLT, "bolt-ns")] {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns}});
+        let (c, _, b) = curl(
+            s,
+            token,
+            "POST",
+            "/api/v1/namespaces",
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(c, 201, "{b}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    // kube-rs clients without their retry of 429s: the test counts every answer.
+    let client = |token: &str| {
+        let mut cfg = h8s_client::Connection {
+            server: s.url.clone(),
+            ca_pem: std::fs::read(s.data_dir().join("ca.crt")).unwrap(),
+            credentials: h8s_client::Credentials::Token(token.to_string()),
+            user_agent: "h8s-test/fairness".into(),
+        }
+        .config()
+        .unwrap();
+        cfg.default_retry = false;
+        h8s_client::kube::Client::try_from(cfg).unwrap()
+    };
+    let get = |path: String| {
+        http::Request::get(path)
+            .body(Vec::<u8>::new())
+            .unwrap()
+            .map(Into::into)
+    };
+    // 300 ConfigMaps in acme's namespace: its LISTs are 3 or more seats wide (the
+    // resource's object count, 100 a seat), so one runs at a time in the level.
+    let admin = client(&s.token);
+    rt.block_on(async {
+        let mut creates = futures::stream::iter(0..300)
+            .map(|i| {
+                let admin = admin.clone();
+                async move {
+                    let body = configmap(&format!("cm-{i}"), 100);
+                    let req = http::Request::post("/api/v1/namespaces/acme-ns/configmaps")
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .unwrap()
+                        .map(Into::into);
+                    admin.send(req).await.map(|r| r.status().as_u16())
+                }
+            })
+            .buffer_unordered(8);
+        while let Some(r) = creates.next().await {
+            assert_eq!(r.ok(), Some(201));
+        }
+        let req = http::Request::post("/api/v1/namespaces/bolt-ns/configmaps")
+            .header("content-type", "application/json")
+            .body(configmap("calm", 10))
+            .unwrap()
+            .map(Into::into);
+        assert_eq!(admin.send(req).await.unwrap().status(), 201);
+    });
+    // Both tenants are classified into the level.
+    let calm = "/api/v1/namespaces/bolt-ns/configmaps/calm".to_string();
+    let mut last = None;
+    assert!(
+        eventually(20, || {
+            let r = curl(s, BOLT, "GET", &calm, None);
+            let ok = r.0 == 200
+                && r.1
+                    .to_ascii_lowercase()
+                    .contains(&format!("x-kubernetes-pf-prioritylevel-uid: {plc_uid}"));
+            last = Some(r);
+            ok
+        }),
+        "bolt was not classified into the tenants' level: {last:?}"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flood, calm_codes) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for token in ACME {
+            let c = client(token);
+            for _ in 0..8 {
+                let (c, stop) = (c.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut codes = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = c
+                            .send(get("/api/v1/namespaces/acme-ns/configmaps".into()))
+                            .await;
+                        codes.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+                    }
+                    codes
+                }));
+            }
+        }
+        // Let the flood fill its queues, then read as bolt, one request at a time.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let bolt = client(BOLT);
+        let mut calm_codes = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(4) || calm_codes.len() < 40 {
+            let r = bolt.send(get(calm.clone())).await;
+            calm_codes.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut flood = Vec::new();
+        for t in tasks {
+            flood.extend(t.await.unwrap());
+        }
+        (flood, calm_codes)
+    });
+    let count = |v: &[u16], c: u16| v.iter().filter(|x| **x == c).count();
+    let (flood_ok, flood_429) = (count(&flood, 200), count(&flood, 429));
+    let (calm_ok, calm_429) = (count(&calm_codes, 200), count(&calm_codes, 429));
+    eprintln!(
+        "fairness: acme {flood_ok} × 200, {flood_429} × 429 of {}; bolt {calm_ok} × 200, {calm_429} × 429 of {}",
+        flood.len(),
+        calm_codes.len()
+    );
+    // The flood was refused for the most part: the level was full all along.
+    assert!(
+        flood_429 > flood_ok,
+        "acme: {flood_ok} served, {flood_429} refused"
+    );
+    assert_eq!(flood_ok + flood_429, flood.len(), "acme: other answers");
+    // bolt's requests are served: at most one in twenty refused.
+    assert_eq!(calm_ok + calm_429, calm_codes.len(), "bolt: {calm_codes:?}");
+    assert!(
+        calm_429 * 20 <= calm_codes.len(),
+        "bolt: {calm_429} of {} refused",
+        calm_codes.len()
+    );
 }

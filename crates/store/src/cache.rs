@@ -129,6 +129,12 @@ impl WatchCache {
         self.ring.tick.receiver_count()
     }
 
+    /// Events in the ring and the bytes of their keys and values (for metrics).
+    pub fn ring_size(&self) -> (usize, usize) {
+        let st = self.ring.state.read().expect("ring lock");
+        (st.events.len(), st.bytes)
+    }
+
     fn subscribe(&self, prefix: &str, after: Revision, progress: bool) -> NoticeStream {
         let sub = Subscriber {
             ring: self.ring.clone(),

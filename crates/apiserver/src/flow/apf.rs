@@ -8,16 +8,18 @@
 //!   are told apart (`distinguisherMethod`: ByUser, ByNamespace, or one flow).
 //! - **Seats**: each `Limited` level gets `ceil(total × nominalConcurrencyShares / Σ shares)`
 //!   (at least one) of the server's concurrency limit, `--max-requests-inflight` +
-//!   `--max-mutating-requests-inflight`, as kube computes it (no borrowing between levels:
-//!   `lendablePercent`/`borrowingLimitPercent` are not read). `Exempt` levels have no limit.
+//!   `--max-mutating-requests-inflight`, as kube computes it; levels lend
+//!   (`lendablePercent`) and borrow (`borrowingLimitPercent`) seats for their demand every
+//!   `--apf-borrowing-interval` ([`Built::adjust`]). `Exempt` levels have no limit.
 //! - **Queuing**: a level with `limitResponse.type: Queuing` has `queues` queues; a flow is
 //!   dealt a hand of `handSize` of them by shuffle sharding (a hash of the FlowSchema and the
-//!   flow's distinguisher) and waits in the shortest; a full queue (`queueLengthLimit`)
-//!   answers 429 with `Retry-After`. Queues take turns (round-robin, kube's fair queuing
-//!   without its virtual clock); a `Reject` level answers 429 at once when its seats are taken.
-//! - **Tenants**: a tenant's users are one flow of a `ByUser` schema (the tenant's), so a
-//!   tenant with many users gets one hand of queues, not many; inside its queue, its users
-//!   take turns ([`super::fair`]).
+//!   flow's distinguisher) and waits in the one holding the fewest seats; a full queue
+//!   (`queueLengthLimit`) answers 429 with `Retry-After`. Dispatch is kube's virtual-time
+//!   fair queuing ([`super::fair`]); a `Reject` level answers 429 at once when its seats are
+//!   taken.
+//! - **Tenants**: a tenant's users (and its namespaces' ServiceAccounts) are one flow of a
+//!   `ByUser` schema (the tenant's), so a tenant with many users gets one hand of queues,
+//!   not many; inside its queue, its users take turns ([`super::fair`]).
 //! - **Objects change**: [`super::Flow::follow`] re-reads both kinds on every change and
 //!   swaps the configuration; requests already holding a seat give it back to the level
 //!   they took it from.
@@ -29,8 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::fair::QueueBounds;
-use super::level::Level;
+use super::level::{Level, Queues};
 use crate::auth::{Attributes, UserInfo, AUTHENTICATED_GROUP};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,10 @@ pub(crate) struct LevelSpec {
     pub(crate) shares: u64,
     /// `None`: `Reject`.
     pub(crate) queuing: Option<Queuing>,
+    /// `lendablePercent` (0–100).
+    pub(crate) lendable_percent: u64,
+    /// `borrowingLimitPercent` (`None`: no limit).
+    pub(crate) borrowing_percent: Option<u64>,
 }
 
 /// FlowSchemas and priority levels, parsed.
@@ -152,6 +157,8 @@ impl Config {
                     exempt,
                     shares: lim["nominalConcurrencyShares"].as_u64().unwrap_or(30),
                     queuing,
+                    lendable_percent: lim["lendablePercent"].as_u64().unwrap_or(0).min(100),
+                    borrowing_percent: lim["borrowingLimitPercent"].as_u64(),
                 },
             );
         }
@@ -199,9 +206,11 @@ impl Config {
     /// The FlowSchema that matches a request, its priority level, and the request's flow
     /// distinguisher. `None` when no schema (or its level) matches: the caller uses the
     /// mandatory `catch-all`.
+    /// `tenant` is the caller's tenant (its users and ServiceAccounts are one flow).
     pub(crate) fn classify(
         &self,
         user: &UserInfo,
+        tenant: Option<&str>,
         attrs: &Attributes,
     ) -> Option<(&Schema, &LevelSpec, String)> {
         for s in &self.schemas {
@@ -214,7 +223,7 @@ impl Config {
             };
             let d = match s.distinguisher {
                 Distinguisher::None => String::new(),
-                Distinguisher::ByUser => match user.tenant() {
+                Distinguisher::ByUser => match tenant {
                     // h8s: a tenant's users are one flow (users take turns inside it).
                     Some(t) => format!("tenant:{t}"),
                     None => user.username.clone(),
@@ -386,14 +395,19 @@ impl Built {
                 };
             }
             let seats = ((total as u64 * spec.shares).div_ceil(sum)).max(1) as usize;
-            let bounds = spec.queuing.map(|q| QueueBounds {
-                per_user: per_user.max(1).min(q.queue_length_limit),
-                per_tenant: q.queue_length_limit,
-                total: q.queues.saturating_mul(q.queue_length_limit),
+            let bounds = spec.queuing.map(|q| Queues {
+                queues: q.queues,
+                queue_length_limit: q.queue_length_limit,
+                per_user: per_user.max(1),
             });
+            let pct = |p: u64| (seats as u64 * p).div_ceil(100) as usize;
+            let level = Level::new(spec.name.clone(), seats, bounds, wait).lending(
+                (seats as u64 * spec.lendable_percent / 100) as usize,
+                spec.borrowing_percent.map(pct),
+            );
             RunLevel {
                 spec: spec.clone(),
-                level: Some(Level::new(spec.name.clone(), seats, bounds, wait)),
+                level: Some(level),
             }
         };
         let levels = cfg.levels().map(|l| (l.name.clone(), make(l))).collect();
@@ -403,6 +417,8 @@ impl Built {
             exempt: false,
             shares: 5,
             queuing: None,
+            lendable_percent: 0,
+            borrowing_percent: Some(0),
         });
         Built {
             cfg,
@@ -410,6 +426,58 @@ impl Built {
             catch_all,
         }
     }
+}
+
+impl Built {
+    /// Lends and borrows seats between the limited levels for the demand they had since
+    /// the last call (kube's periodic adjustment): the seats in all stay the sum of the
+    /// levels' own; each level gets `fairProp × target` clamped to its bounds
+    /// ([`Level::borrowing_item`]), `fairProp` chosen so that the sum comes out right.
+    pub(crate) fn adjust(&self) {
+        let levels: Vec<&Arc<Level>> = self
+            .levels
+            .values()
+            .filter_map(|r| r.level.as_ref())
+            .filter(|l| l.seats() > 0)
+            .collect();
+        let items: Vec<(f64, f64, f64)> = levels.iter().map(|l| l.borrowing_item()).collect();
+        let total: usize = levels.iter().map(|l| l.seats()).sum();
+        for (l, a) in levels.iter().zip(allocate(total as f64, &items)) {
+            l.set_limit(a.round().max(1.0) as usize);
+        }
+    }
+}
+
+/// kube's `computeConcurrencyAllocation`: `clamp(f × target, lower, upper)` for each item,
+/// with the `f` that makes them sum to `total` (or the bounds, when they cannot).
+pub(crate) fn allocate(total: f64, items: &[(f64, f64, f64)]) -> Vec<f64> {
+    let at = |f: f64| -> Vec<f64> {
+        items
+            .iter()
+            .map(|(lo, hi, t)| (f * t).clamp(*lo, hi.max(*lo)))
+            .collect()
+    };
+    let sum = |f: f64| at(f).iter().sum::<f64>();
+    if items.iter().map(|i| i.0).sum::<f64>() >= total {
+        return items.iter().map(|i| i.0).collect();
+    }
+    if items.iter().map(|i| i.1.max(i.0)).sum::<f64>() <= total {
+        return items.iter().map(|i| i.1.max(i.0)).collect();
+    }
+    let (mut a, mut b) = (0.0, 1.0);
+    while sum(b) < total && b < 1e15 {
+        a = b;
+        b *= 2.0;
+    }
+    for _ in 0..100 {
+        let m = (a + b) / 2.0;
+        if sum(m) < total {
+            a = m;
+        } else {
+            b = m;
+        }
+    }
+    at(b)
 }
 
 #[cfg(test)]
@@ -437,7 +505,7 @@ mod tests {
     }
 
     fn classify<'a>(c: &'a Config, u: &UserInfo, a: &Attributes) -> (&'a str, &'a str, String) {
-        let (s, l, d) = c.classify(u, a).expect("a schema matches");
+        let (s, l, d) = c.classify(u, u.tenant(), a).expect("a schema matches");
         (s.name.as_str(), l.name.as_str(), d)
     }
 
@@ -527,14 +595,16 @@ mod tests {
         assert_eq!(classify(&c, &ci, &scale), ("ci", "tiny", "ci".into()));
         // Another verb, namespace or subresource does not match.
         scale.verb = "update".into();
-        assert!(c.classify(&ci, &scale).is_none());
+        assert!(c.classify(&ci, None, &scale).is_none());
         let other_ns = user("system:serviceaccount:prod:builder", &[]);
         scale.verb = "create".into();
-        assert!(c.classify(&other_ns, &scale).is_none());
+        assert!(c.classify(&other_ns, None, &scale).is_none());
         // Cluster-scoped rules need clusterScope; the lower precedence wins.
         let ops = user("dana", &["ops"]);
         assert_eq!(classify(&c, &ops, &res("get", "", "nodes", "")).0, "ops");
-        assert!(c.classify(&ops, &res("get", "", "nodes", "x")).is_none());
+        assert!(c
+            .classify(&ops, None, &res("get", "", "nodes", "x"))
+            .is_none());
         let debug = Attributes {
             verb: "get".into(),
             path: "/debug/pprof".into(),
@@ -542,7 +612,7 @@ mod tests {
         };
         assert_eq!(classify(&c, &ops, &debug).0, "ops");
         // The dangling schema (precedence 1) is skipped, not fatal.
-        assert!(c.classify(&user("eve", &[]), &debug).is_none());
+        assert!(c.classify(&user("eve", &[]), None, &debug).is_none());
         let l = c.levels().next().unwrap();
         assert_eq!(
             l.queuing,
@@ -575,6 +645,87 @@ mod tests {
             })
             .collect();
         assert!(hands.len() > 95, "{}", hands.len());
+    }
+
+    #[test]
+    fn allocation_meets_the_total_within_bounds() {
+        // Two levels of 10: one idle that lends half, one busy that may borrow any.
+        let a = allocate(20.0, &[(5.0, 10.0, 5.0), (10.0, f64::INFINITY, 30.0)]);
+        assert!(
+            (a[0] - 5.0).abs() < 1e-6 && (a[1] - 15.0).abs() < 1e-6,
+            "{a:?}"
+        );
+        // Both busy: each keeps what it cannot lend, the rest in proportion to demand.
+        let a = allocate(20.0, &[(5.0, 10.0, 30.0), (5.0, 15.0, 30.0)]);
+        assert!(
+            (a[0] - 10.0).abs() < 1e-6 && (a[1] - 10.0).abs() < 1e-6,
+            "{a:?}"
+        );
+        // Bounds win when the total cannot be met.
+        assert_eq!(
+            allocate(5.0, &[(4.0, 4.0, 1.0), (3.0, 3.0, 9.0)]),
+            [4.0, 3.0]
+        );
+        assert_eq!(
+            allocate(50.0, &[(1.0, 4.0, 1.0), (1.0, 3.0, 9.0)]),
+            [4.0, 3.0]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_level_lends_its_seats_to_a_busy_one() {
+        let pl = |name: &str, lendable: u64, borrowing: Option<u64>| {
+            let mut v = json!({"metadata": {"name": name, "uid": name},
+                "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 1,
+                    "lendablePercent": lendable,
+                    "limitResponse": {"type": "Queuing", "queuing": {"queues": 4, "handSize": 1, "queueLengthLimit": 100}}}}});
+            if let Some(b) = borrowing {
+                v["spec"]["limited"]["borrowingLimitPercent"] = b.into();
+            }
+            v
+        };
+        let cfg = Config::from_objects(
+            &[],
+            &[
+                pl("idle", 50, Some(0)),
+                pl("busy", 0, None),
+                pl("capped", 0, Some(20)),
+            ],
+        );
+        // 30 seats: 10 each.
+        let b = Built::new(cfg, 30, Duration::from_secs(30), 100);
+        let level = |n: &str| b.levels[n].level.clone().unwrap();
+        let (idle, busy, capped) = (level("idle"), level("busy"), level("capped"));
+        assert_eq!((idle.limit(), busy.limit(), capped.limit()), (10, 10, 10));
+        // busy and capped each hold their 10 seats and have 20 more waiting.
+        let mut held = Vec::new();
+        let mut waiting = Vec::new();
+        for l in [&busy, &capped] {
+            for _ in 0..10 {
+                held.push(l.acquire(&[0], "u", 1).await.unwrap().unwrap());
+            }
+            for _ in 0..20 {
+                let l = l.clone();
+                waiting.push(tokio::spawn(async move {
+                    l.acquire(&[1], "v", 1).await.map(|s| s.is_some())
+                }));
+            }
+        }
+        while busy.waiting() + capped.waiting() < 40 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        b.adjust();
+        // idle lends its 5 lendable seats; capped may borrow 2 (20 %), busy the rest.
+        assert_eq!(idle.limit(), 5);
+        assert_eq!(capped.limit(), 12);
+        assert_eq!(busy.limit(), 13);
+        assert_eq!(busy.in_use(), 13, "borrowed seats start waiting requests");
+        assert_eq!(busy.limit() + idle.limit() + capped.limit(), 30);
+        drop(held);
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(true));
+        }
     }
 
     #[test]

@@ -1,26 +1,26 @@
-//! A priority level: a number of seats (requests executing at once) and a fair queue of
-//! requests waiting for one. A released seat goes straight to the next waiter in fair
-//! order, so a seat is never free while someone waits.
+//! A priority level: seats (request widths executing at once) and, for a queuing level,
+//! kube's fair queues ([`super::fair`]) of requests waiting for them. A released seat
+//! goes straight to the request the fair queues pick, so seats are never idle while a
+//! request that fits waits.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use super::fair::{FairQueue, Full, QueueBounds, Waiter};
+use super::fair::{Demand, QueueConfig, QueueSet, Waiter};
 
-/// A waiter's handle: the seat is handed over by sending on it.
-struct Ticket(oneshot::Sender<()>);
+/// kube's estimated service time of a request (`G`), for virtual time.
+const SERVICE_ESTIMATE: f64 = 0.003;
+
+/// A waiter's handle: the seats (its queue, their number) are handed over on it.
+struct Ticket(oneshot::Sender<(usize, usize)>);
 
 impl Waiter for Ticket {
     fn abandoned(&self) -> bool {
         self.0.is_closed()
     }
-}
-
-struct State {
-    in_use: usize,
-    queue: FairQueue<Ticket>,
 }
 
 /// Why a request got no seat.
@@ -32,23 +32,51 @@ pub(crate) enum Refusal {
     TimedOut,
 }
 
+/// How a level queues: `None` refuses at once when the seats are taken (kube's
+/// max-in-flight filter and `Reject` levels).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queues {
+    pub(crate) queues: usize,
+    pub(crate) queue_length_limit: usize,
+    pub(crate) per_user: usize,
+}
+
 pub(crate) struct Level {
     pub(crate) name: String,
     /// 0: unlimited.
     seats: usize,
-    /// `None`: no queuing, refuse at once when the seats are taken (kube's max-in-flight
-    /// filter, as with `--enable-priority-and-fairness=false`).
-    queuing: Option<QueueBounds>,
+    queuing: bool,
     wait: Duration,
-    state: Mutex<State>,
+    epoch: Instant,
+    state: Mutex<QueueSet<Ticket>>,
+    /// Seats it may lend (`lendablePercent`) and borrow (`borrowingLimitPercent`;
+    /// `None`: no limit).
+    lendable: usize,
+    borrowable: Option<usize>,
+    /// The smoothed seat demand (kube's `seatDemandStats.smoothed`).
+    smoothed: Mutex<f64>,
 }
 
-/// A seat, given back when dropped.
-pub(crate) struct Seat(Arc<Level>);
+/// Seats taken, given back when dropped.
+pub(crate) struct Seat {
+    level: Arc<Level>,
+    queue: Option<usize>,
+    seats: usize,
+    started: Instant,
+}
+
+#[cfg(test)]
+impl Seat {
+    /// Seats held.
+    pub(crate) fn width(&self) -> usize {
+        self.seats
+    }
+}
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.release();
+        let service = self.started.elapsed().as_secs_f64();
+        self.level.release(self.queue, self.seats, service);
     }
 }
 
@@ -56,38 +84,99 @@ impl Level {
     pub(crate) fn new(
         name: impl Into<String>,
         seats: usize,
-        queuing: Option<QueueBounds>,
+        queuing: Option<Queues>,
         wait: Duration,
     ) -> Arc<Level> {
-        let bounds = queuing.unwrap_or(QueueBounds {
+        let q = queuing.unwrap_or(Queues {
+            queues: 0,
+            queue_length_limit: 0,
             per_user: 0,
-            per_tenant: 0,
-            total: 0,
         });
+        let cfg = QueueConfig {
+            queues: q.queues,
+            queue_length_limit: q.queue_length_limit,
+            per_user: q.per_user.min(q.queue_length_limit),
+            service_estimate: SERVICE_ESTIMATE,
+        };
         Arc::new(Level {
             name: name.into(),
             seats,
-            queuing,
+            queuing: queuing.is_some_and(|q| q.queues > 0),
             wait,
-            state: Mutex::new(State {
-                in_use: 0,
-                queue: FairQueue::new(bounds),
-            }),
+            epoch: Instant::now(),
+            state: Mutex::new(QueueSet::new(cfg, seats)),
+            lendable: 0,
+            borrowable: Some(0),
+            smoothed: Mutex::new(0.0),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    /// The level, lending up to `lendable` of its seats and borrowing up to
+    /// `borrowable` (`None`: any number) from other levels.
+    pub(crate) fn lending(
+        mut self: Arc<Self>,
+        lendable: usize,
+        borrowable: Option<usize>,
+    ) -> Arc<Level> {
+        if let Some(l) = Arc::get_mut(&mut self) {
+            l.lendable = lendable.min(l.seats);
+            l.borrowable = borrowable;
+        }
+        self
+    }
+
+    /// The seats it may have now (its own, plus borrowed, minus lent).
+    pub(crate) fn limit(&self) -> usize {
+        self.lock().limit()
+    }
+
+    /// Its bounds and target for borrowing (kube's `allocProblemItem`): at least its
+    /// seats minus what it may lend — and as much of its own seats as it used at most —
+    /// at most its seats plus what it may borrow; the target is its smoothed demand
+    /// (kube's: average plus standard deviation, decaying slowly).
+    pub(crate) fn borrowing_item(&self) -> (f64, f64, f64) {
+        let d: Demand = self.lock().take_demand(self.now());
+        let envelope = d.avg + d.stddev;
+        let smoothed = {
+            let mut s = self.smoothed.lock().unwrap_or_else(|e| e.into_inner());
+            *s = envelope.max(0.977 * *s + 0.023 * envelope);
+            *s
+        };
+        let min = (self.seats - self.lendable) as f64;
+        let lower = min.max((self.seats as f64).min(d.high as f64));
+        let upper = match self.borrowable {
+            Some(b) => (self.seats + b) as f64,
+            None => f64::INFINITY,
+        };
+        (lower, upper, lower.max(smoothed))
+    }
+
+    /// Sets the seats it may have now, and starts what then fits.
+    pub(crate) fn set_limit(&self, seats: usize) {
+        if self.seats == 0 {
+            return;
+        }
+        let mut qs = self.lock();
+        qs.set_limit(seats);
+        self.dispatch(&mut qs);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueSet<Ticket>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
     }
 
     /// Seats taken now (for tests and metrics).
     pub(crate) fn in_use(&self) -> usize {
-        self.lock().in_use
+        self.lock().in_use()
     }
 
     /// Requests waiting now.
     pub(crate) fn waiting(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().waiting()
     }
 
     /// Seats in all (0: unlimited).
@@ -95,61 +184,76 @@ impl Level {
         self.seats
     }
 
-    /// Of `queues`, the one with the fewest requests waiting (the first of equals).
-    pub(crate) fn shortest<'a>(&self, queues: &'a [String]) -> Option<&'a String> {
-        let st = self.lock();
-        queues.iter().min_by_key(|q| st.queue.tenant_len(q))
-    }
-
-    /// A seat now, or after waiting in the fair queue of (`tenant`, `user`).
+    /// `seats` seats now, or after waiting in the queue of `hand` the fair queues
+    /// choose (the user's turn inside it); `None` when the level is unlimited.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
-        tenant: &str,
+        hand: &[usize],
         user: &str,
+        seats: usize,
     ) -> Result<Option<Seat>, Refusal> {
         if self.seats == 0 {
             return Ok(None);
         }
         let mut rx = {
-            let mut st = self.lock();
-            if st.in_use < self.seats {
-                st.in_use += 1;
-                return Ok(Some(Seat(self.clone())));
-            }
-            if self.queuing.is_none() {
-                return Err(Refusal::QueueFull);
+            let mut qs = self.lock();
+            if !self.queuing {
+                let seats = qs.width(seats);
+                return if qs.start_now(self.now(), seats) {
+                    Ok(Some(self.seat(None, seats)))
+                } else {
+                    Err(Refusal::QueueFull)
+                };
             }
             let (tx, rx) = oneshot::channel();
-            if let Err((_full, _)) = st.queue.push(tenant, user, Ticket(tx)) {
-                let _: Full = _full;
+            if qs
+                .enqueue(self.now(), hand, user, Ticket(tx), seats)
+                .is_err()
+            {
                 return Err(Refusal::QueueFull);
             }
+            self.dispatch(&mut qs);
             rx
         };
         match tokio::time::timeout(self.wait, &mut rx).await {
-            Ok(Ok(())) => Ok(Some(Seat(self.clone()))),
+            Ok(Ok((q, n))) => Ok(Some(self.seat(Some(q), n))),
             // The level never drops a live ticket without sending; treat it as timed out.
             Ok(Err(_)) => Err(Refusal::TimedOut),
             Err(_) => {
-                // A seat may have been handed over just as the wait ended: keep it.
+                // Seats may have been handed over just as the wait ended: keep them.
                 rx.close();
                 match rx.try_recv() {
-                    Ok(()) => Ok(Some(Seat(self.clone()))),
+                    Ok((q, n)) => Ok(Some(self.seat(Some(q), n))),
                     Err(_) => Err(Refusal::TimedOut),
                 }
             }
         }
     }
 
-    fn release(&self) {
-        let mut st = self.lock();
-        while let Some(t) = st.queue.pop() {
-            if t.0.send(()).is_ok() {
-                // The seat passes to the waiter; in_use is unchanged.
-                return;
+    fn seat(self: &Arc<Self>, queue: Option<usize>, seats: usize) -> Seat {
+        Seat {
+            level: self.clone(),
+            queue,
+            seats,
+            started: Instant::now(),
+        }
+    }
+
+    /// Starts every request the fair queues pick while seats are free.
+    fn dispatch(&self, qs: &mut QueueSet<Ticket>) {
+        let now = self.now();
+        while let Some(d) = qs.dispatch(now) {
+            if d.item.0.send((d.queue, d.seats)).is_err() {
+                // Gave up just now: undo, as if it had run for no time.
+                qs.finish(now, Some(d.queue), d.seats, 0.0);
             }
         }
-        st.in_use = st.in_use.saturating_sub(1);
+    }
+
+    fn release(&self, queue: Option<usize>, seats: usize, service: f64) {
+        let mut qs = self.lock();
+        qs.finish(self.now(), queue, seats, service);
+        self.dispatch(&mut qs);
     }
 }
 
@@ -157,30 +261,23 @@ impl Level {
 mod tests {
     use super::*;
 
-    const BOUNDS: QueueBounds = QueueBounds {
+    const QUEUES: Queues = Queues {
+        queues: 1,
+        queue_length_limit: 100,
         per_user: 10,
-        per_tenant: 100,
-        total: 1000,
     };
 
     #[tokio::test]
     async fn seats_pass_to_waiters_in_fair_order() {
-        let l = Level::new("t", 1, Some(BOUNDS), Duration::from_secs(30));
-        let held = l.acquire("a", "a1").await.unwrap().unwrap();
-        // Tenant a queues 5 requests from 5 users, then tenant b one request.
+        let l = Level::new("t", 1, Some(QUEUES), Duration::from_secs(30));
+        let held = l.acquire(&[0], "a1", 1).await.unwrap().unwrap();
+        // One queue: five users of one flow queue, then another user; users take turns.
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (t, u) in [
-            ("a", "a1"),
-            ("a", "a2"),
-            ("a", "a3"),
-            ("a", "a4"),
-            ("a", "a5"),
-            ("b", "b1"),
-        ] {
+        for u in ["a1", "a1", "a1", "a2", "a3", "b1"] {
             let (l2, order) = (l.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let s = l2.acquire(t, u).await.unwrap();
+                let s = l2.acquire(&[0], u, 1).await.unwrap();
                 order.lock().unwrap().push(u);
                 drop(s);
             }));
@@ -195,8 +292,8 @@ mod tests {
             t.await.unwrap();
         }
         let order = order.lock().unwrap().clone();
-        // b1 arrived last but is served second: tenants alternate.
-        assert_eq!(order, ["a1", "b1", "a2", "a3", "a4", "a5"]);
+        // b1 arrived last but is served fourth: users take turns.
+        assert_eq!(order, ["a1", "a2", "a3", "b1", "a1", "a1"]);
         assert_eq!(l.in_use(), 0);
         assert_eq!(l.waiting(), 0);
     }
@@ -206,41 +303,47 @@ mod tests {
         let l = Level::new(
             "t",
             1,
-            Some(QueueBounds {
+            Some(Queues {
+                queues: 1,
+                queue_length_limit: 1,
                 per_user: 1,
-                per_tenant: 1,
-                total: 1,
             }),
             Duration::from_millis(100),
         );
-        let held = l.acquire("a", "u").await.unwrap();
+        let held = l.acquire(&[0], "u", 1).await.unwrap();
         let l2 = l.clone();
-        let waiter = tokio::spawn(async move { l2.acquire("a", "u").await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { l2.acquire(&[0], "u", 1).await.map(|_| ()) });
         while l.waiting() < 1 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            l.acquire("b", "v").await.err(),
+            l.acquire(&[0], "v", 1).await.err(),
             Some(Refusal::QueueFull),
-            "the total bound is 1"
+            "the queue holds 1"
         );
         assert_eq!(waiter.await.unwrap(), Err(Refusal::TimedOut));
         drop(held);
         assert_eq!(l.in_use(), 0);
         // The abandoned ticket is gone; the next request gets the seat at once.
-        assert!(l.acquire("b", "v").await.unwrap().is_some());
+        assert!(l.acquire(&[0], "v", 1).await.unwrap().is_some());
+        assert_eq!(l.waiting(), 0);
     }
 
     #[tokio::test]
-    async fn without_queuing_excess_is_refused_at_once() {
-        let l = Level::new("t", 2, None, Duration::from_secs(5));
-        let a = l.acquire("", "u").await.unwrap();
-        let b = l.acquire("", "u").await.unwrap();
-        assert_eq!(l.acquire("", "u").await.err(), Some(Refusal::QueueFull));
+    async fn without_queuing_excess_is_refused_at_once_and_widths_count() {
+        let l = Level::new("t", 3, None, Duration::from_secs(5));
+        let a = l.acquire(&[], "u", 2).await.unwrap().unwrap();
+        assert_eq!(a.width(), 2);
+        assert_eq!(l.acquire(&[], "u", 2).await.err(), Some(Refusal::QueueFull));
+        let b = l.acquire(&[], "u", 1).await.unwrap();
+        assert_eq!(l.in_use(), 3);
         drop((a, b));
-        assert!(l.acquire("", "u").await.is_ok());
+        // Wider than the level: it takes the whole level.
+        let w = l.acquire(&[], "u", 10).await.unwrap().unwrap();
+        assert_eq!(w.width(), 3);
+        drop(w);
         // Zero seats: unlimited.
         let free = Level::new("t", 0, None, Duration::from_secs(5));
-        assert!(free.acquire("", "u").await.unwrap().is_none());
+        assert!(free.acquire(&[], "u", 1).await.unwrap().is_none());
     }
 }

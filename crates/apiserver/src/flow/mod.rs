@@ -3,8 +3,9 @@
 //! - **Priority and fairness** (`--enable-priority-and-fairness`, the default): after
 //!   authentication each request is classified by the FlowSchema and
 //!   PriorityLevelConfiguration objects ([`apf`]: kube's matching, per-level seats as
-//!   shares of `--max-requests-inflight` + `--max-mutating-requests-inflight`, shuffle-
-//!   sharded queues, `Reject` levels); the response carries
+//!   shares of `--max-requests-inflight` + `--max-mutating-requests-inflight`, requests
+//!   as wide as the work they do ([`Work`]), shuffle-sharded queues dispatched by
+//!   virtual-time fair queuing ([`fair`]), `Reject` levels); the response carries
 //!   `X-Kubernetes-PF-FlowSchema-UID` and `X-Kubernetes-PF-PriorityLevel-UID`. A request
 //!   that finds its level's seats taken waits in its queue (a tenant's users take turns
 //!   in it), bounded per queue and per user, for at most the queue wait; a full queue or
@@ -92,6 +93,12 @@ pub struct LimitsConfig {
     pub watch_slow_reader_timeout: Duration,
     /// How often a watch that allows bookmarks gets one (kube: about a minute; h8s: 10 s).
     pub watch_bookmark_interval: Duration,
+    /// How old the object count of a resource may be before it is counted again (for
+    /// the width of its LISTs; kube counts every minute).
+    pub object_count_interval: Duration,
+    /// How often the priority levels lend and borrow seats for their demand (kube: 10 s;
+    /// zero: never).
+    pub borrowing_interval: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +123,8 @@ impl Default for LimitsConfig {
             watch_buffer_bytes: 4 << 20,
             watch_slow_reader_timeout: Duration::from_secs(10),
             watch_bookmark_interval: Duration::from_secs(10),
+            object_count_interval: Duration::from_secs(10),
+            borrowing_interval: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +170,46 @@ impl Kind {
             _ => Kind::Mutating,
         }
     }
+}
+
+/// What a request reads, for its width in seats (kube's work estimator).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Work {
+    /// The resource's storage prefix (all namespaces) for a LIST, or a watch that starts
+    /// with the current state: it reads as many objects as the resource has.
+    pub(crate) prefix: Option<String>,
+    /// The `limit` of a LIST without selectors (kube: then `2 × limit` objects are read).
+    pub(crate) limit: Option<u64>,
+    /// A watch starting with the current state (RV "", "0", `sendInitialEvents`).
+    pub(crate) initial_list: bool,
+}
+
+/// kube's bounds on a request's width, and its objects (LIST) and watchers (mutating
+/// request) per seat.
+const MAX_SEATS: usize = 10;
+const OBJECTS_PER_SEAT: u64 = 100;
+const WATCHES_PER_SEAT: usize = 10;
+
+/// The width of a LIST reading `objects` of the `stored` ones.
+fn list_seats(stored: u64, limit: Option<u64>) -> usize {
+    let objects = match limit {
+        Some(l) if l > 0 => stored.min(l.saturating_mul(2)),
+        _ => stored,
+    };
+    (objects.div_ceil(OBJECTS_PER_SEAT) as usize).clamp(1, MAX_SEATS)
+}
+
+/// The width of a mutating request whose resource `watchers` watch (each event is sent
+/// to each of them).
+fn mutating_seats(watchers: usize) -> usize {
+    watchers.div_ceil(WATCHES_PER_SEAT).clamp(1, MAX_SEATS)
+}
+
+/// Objects stored per resource prefix, counted now and then.
+struct Counts {
+    store: std::sync::OnceLock<Arc<dyn h8s_store::Store>>,
+    /// prefix → (objects, when counted, a count under way).
+    by_prefix: Mutex<HashMap<String, (u64, std::time::Instant, bool)>>,
 }
 
 pub(crate) fn priority_of(user: &UserInfo) -> Priority {
@@ -210,7 +259,9 @@ enum Hold {
     Exempt,
     /// The seat (none when the level is unlimited), given back when dropped.
     Seat(#[allow(dead_code)] Option<Seat>),
-    LongRunning(LongRunning),
+    /// A long-running request's place; a watch also holds its start's seats until its
+    /// response begins (its initial list is read by then).
+    LongRunning(LongRunning, Option<Seat>),
 }
 
 impl Admitted {
@@ -219,10 +270,19 @@ impl Admitted {
         if let Some(pf) = &self.pf {
             pf.stamp(&mut resp);
         }
-        match self.hold {
-            Hold::LongRunning(l) => body::holding(resp, l),
+        match self.began().hold {
+            Hold::LongRunning(l, _) => body::holding(resp, l),
             _ => resp,
         }
+    }
+
+    /// A long-running request has begun (its response is ready): the seats its start
+    /// took are given back.
+    pub(crate) fn began(mut self) -> Self {
+        if let Hold::LongRunning(_, seat) = &mut self.hold {
+            *seat = None;
+        }
+        self
     }
 }
 
@@ -246,20 +306,28 @@ impl Rejected {
 /// A long-running request's place (and its user's watch), given back when dropped.
 pub(crate) struct LongRunning {
     flow: Arc<Flow>,
-    watch_of: Option<String>,
+    /// A watch's user and resource (`group/resource`).
+    watch_of: Option<(String, String)>,
+}
+
+fn decrement(m: &mut HashMap<String, usize>, k: &str) {
+    if let Some(n) = m.get_mut(k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
 }
 
 impl Drop for LongRunning {
     fn drop(&mut self) {
         self.flow.long_running.fetch_sub(1, Ordering::Relaxed);
-        if let Some(u) = &self.watch_of {
-            let mut m = self.flow.watches_lock();
-            if let Some(n) = m.get_mut(u) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(u);
-                }
-            }
+        if let Some((u, r)) = &self.watch_of {
+            decrement(&mut self.flow.watches_lock(), u);
+            decrement(
+                &mut self.flow.watched.lock().unwrap_or_else(|e| e.into_inner()),
+                r,
+            );
         }
     }
 }
@@ -272,7 +340,11 @@ pub struct Flow {
     workload_ro: Arc<Level>,
     workload_mut: Arc<Level>,
     long_running: AtomicUsize,
+    /// Open watches per user.
     watches: Mutex<HashMap<String, usize>>,
+    /// Open watches per resource (`group/resource`), for mutating requests' widths.
+    watched: Mutex<HashMap<String, usize>>,
+    counts: Counts,
     tenants: Option<Arc<TenantIndex>>,
     /// The FlowSchemas and priority levels in force (with priority and fairness on).
     apf: std::sync::RwLock<Arc<apf::Built>>,
@@ -308,6 +380,11 @@ impl Flow {
             workload_mut: lvl("workload", wl_mut),
             long_running: AtomicUsize::new(0),
             watches: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::new()),
+            counts: Counts {
+                store: std::sync::OnceLock::new(),
+                by_prefix: Mutex::new(HashMap::new()),
+            },
             tenants,
             apf: std::sync::RwLock::new(Arc::new(apf)),
             conns: ConnLimiter::new(cfg.max_connections, cfg.max_connections_per_ip),
@@ -326,25 +403,92 @@ impl Flow {
         self.rejected.load(Ordering::Relaxed)
     }
 
-    /// The fair-queuing flow of a caller: (its tenant, itself). A tenant user's tenant
-    /// is its `h8s:tenant:` group; a ServiceAccount's is its namespace's owner (or the
-    /// namespace); any other caller is a flow of its own.
-    fn flow_of(&self, user: &UserInfo) -> (String, String) {
+    /// A caller's tenant: a tenant user's `h8s:tenant:` group, or the owner of a
+    /// ServiceAccount's namespace. A tenant's callers are one flow of a `ByUser` schema.
+    fn tenant_of(&self, user: &UserInfo) -> Option<String> {
         if let Some(t) = user.tenant() {
-            return (format!("t:{t}"), user.username.clone());
+            return Some(t.to_string());
         }
-        if let Some(rest) = user.username.strip_prefix("system:serviceaccount:") {
-            let ns = rest.split(':').next().unwrap_or("");
-            if let Some(t) = self
-                .tenants
-                .as_ref()
-                .and_then(|i| i.owner(Owned::Namespace, ns))
-            {
-                return (format!("t:{t}"), user.username.clone());
+        let ns = user
+            .username
+            .strip_prefix("system:serviceaccount:")?
+            .split(':')
+            .next()?;
+        self.tenants
+            .as_ref()
+            .and_then(|i| i.owner(Owned::Namespace, ns))
+            .map(|t| t.to_string())
+    }
+
+    /// Objects stored under `prefix` as last counted; counts again in the background
+    /// when the count is older than `object_count_interval` (0 until first counted).
+    fn stored(self: &Arc<Self>, prefix: &str) -> u64 {
+        let now = std::time::Instant::now();
+        let mut m = self
+            .counts
+            .by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(prefix.to_string()).or_insert((
+            0,
+            now - self.cfg.object_count_interval * 2,
+            false,
+        ));
+        let n = e.0;
+        if e.2 || now.duration_since(e.1) < self.cfg.object_count_interval {
+            return n;
+        }
+        let Some(store) = self.counts.store.get().cloned() else {
+            return n;
+        };
+        e.2 = true;
+        drop(m);
+        let (prefix, weak) = (prefix.to_string(), Arc::downgrade(self));
+        tokio::spawn(async move {
+            let n = store.count(&prefix).await;
+            let Some(flow) = weak.upgrade() else { return };
+            let mut m = flow
+                .counts
+                .by_prefix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = m.get_mut(&prefix) {
+                *e = (
+                    n.as_ref().copied().unwrap_or(e.0),
+                    std::time::Instant::now(),
+                    false,
+                );
             }
-            return (format!("ns:{ns}"), user.username.clone());
+            if let Err(err) = n {
+                tracing::debug!(error = %err, prefix, "counting objects");
+            }
+        });
+        n
+    }
+
+    /// The width in seats of a request (kube's work estimator): a LIST by the objects
+    /// it reads, a mutating request by the watchers its event goes to, else one.
+    fn seats(self: &Arc<Self>, attrs: &Attributes, kind: Kind, work: &Work) -> usize {
+        match kind {
+            Kind::ReadOnly | Kind::LongRunning { watch: true } => match &work.prefix {
+                Some(p) if kind == Kind::ReadOnly || work.initial_list => {
+                    list_seats(self.stored(p), work.limit)
+                }
+                _ => 1,
+            },
+            Kind::Mutating if attrs.resource_request => {
+                let k = format!("{}/{}", attrs.group, attrs.resource);
+                mutating_seats(
+                    self.watched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&k)
+                        .copied()
+                        .unwrap_or(0),
+                )
+            }
+            _ => 1,
         }
-        (format!("u:{}", user.username), user.username.clone())
     }
 
     fn too_many(&self, msg: &str) -> ApiError {
@@ -354,16 +498,17 @@ impl Flow {
         e
     }
 
-    /// Admits a request of `user` (`attrs`, of kind `kind`), waiting for a seat if need
-    /// be, or refuses it with 429.
+    /// Admits a request of `user` (`attrs`, of kind `kind`, reading `work`), waiting for
+    /// its seats if need be, or refuses it with 429.
     pub(crate) async fn admit(
         self: &Arc<Self>,
         user: &UserInfo,
         attrs: &Attributes,
         kind: Kind,
+        work: &Work,
     ) -> Result<Admitted, Rejected> {
         if self.cfg.priority_and_fairness {
-            return self.admit_apf(user, attrs, kind).await;
+            return self.admit_apf(user, attrs, kind, work).await;
         }
         let bare = |r: Result<Hold, ApiError>| {
             r.map(|hold| Admitted { hold, pf: None })
@@ -379,18 +524,18 @@ impl Flow {
             // collector); they count towards the total only (and are counted per user,
             // uncapped: ComponentStatus reads them).
             (Priority::System, Kind::LongRunning { watch }) => {
-                return bare(self.admit_long_running(user, watch, false))
+                return bare(self.admit_long_running(user, attrs, watch, false))
             }
             (_, Kind::LongRunning { watch }) => {
-                return bare(self.admit_long_running(user, watch, true))
+                return bare(self.admit_long_running(user, attrs, watch, true))
             }
             (Priority::System, Kind::ReadOnly) => &self.system_ro,
             (Priority::System, Kind::Mutating) => &self.system_mut,
             (_, Kind::ReadOnly) => &self.workload_ro,
             (_, Kind::Mutating) => &self.workload_mut,
         };
-        let (tenant, who) = self.flow_of(user);
-        bare(match level.acquire(&tenant, &who).await {
+        // kube's max-in-flight filter counts requests, not seats; it does not queue.
+        bare(match level.acquire(&[], &user.username, 1).await {
             Ok(seat) => Ok(Hold::Seat(seat)),
             Err(why) => {
                 tracing::debug!(level = %level.name, user = %user.username, ?why, "request refused: too many requests");
@@ -405,25 +550,28 @@ impl Flow {
         user: &UserInfo,
         attrs: &Attributes,
         kind: Kind,
+        work: &Work,
     ) -> Result<Admitted, Rejected> {
         let built = self.apf.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (schema_name, run, pf, distinguisher) = match built.cfg.classify(user, attrs) {
-            Some((schema, spec, d)) => (
-                schema.name.as_str(),
-                built.levels.get(&spec.name).unwrap_or(&built.catch_all),
-                PfIds {
-                    flow_schema: schema.uid.clone(),
-                    priority_level: spec.uid.clone(),
-                },
-                d,
-            ),
-            None => (
-                "catch-all",
-                &built.catch_all,
-                PfIds::default(),
-                user.username.clone(),
-            ),
-        };
+        let tenant = self.tenant_of(user);
+        let (schema_name, run, pf, distinguisher) =
+            match built.cfg.classify(user, tenant.as_deref(), attrs) {
+                Some((schema, spec, d)) => (
+                    schema.name.as_str(),
+                    built.levels.get(&spec.name).unwrap_or(&built.catch_all),
+                    PfIds {
+                        flow_schema: schema.uid.clone(),
+                        priority_level: spec.uid.clone(),
+                    },
+                    d,
+                ),
+                None => (
+                    "catch-all",
+                    &built.catch_all,
+                    PfIds::default(),
+                    user.username.clone(),
+                ),
+            };
         let with = |r: Result<Hold, ApiError>| match r {
             Ok(hold) => Ok(Admitted {
                 hold,
@@ -437,34 +585,43 @@ impl Flow {
         if run.spec.exempt {
             return with(Ok(Hold::Exempt));
         }
-        if let Kind::LongRunning { watch } = kind {
-            // Long-running requests take no seat (kube: only their start does); the
-            // control plane's watches are not capped per user.
-            let capped = priority_of(user) != Priority::System;
-            return with(self.admit_long_running(user, watch, capped));
-        }
-        let Some(level) = &run.level else {
-            return with(Ok(Hold::Seat(None)));
-        };
-        // Shuffle sharding: the flow's hand of queues, and the shortest of them.
-        let queue = match run.spec.queuing {
-            Some(q) => {
-                let hand: Vec<String> = apf::deal(
-                    apf::flow_hash(schema_name, &distinguisher),
-                    q.queues,
-                    q.hand_size,
-                )
-                .into_iter()
-                .map(|i| i.to_string())
-                .collect();
-                level.shortest(&hand).cloned().unwrap_or_default()
+        let long_running = match kind {
+            // Long-running requests hold no seat while they last; the control plane's
+            // watches are not capped per user.
+            Kind::LongRunning { watch } => {
+                let capped = priority_of(user) != Priority::System;
+                match self.admit_long_running(user, attrs, watch, capped) {
+                    Ok(Hold::LongRunning(l, _)) if watch => Some(l),
+                    other => return with(other),
+                }
             }
-            None => String::new(),
+            _ => None,
         };
-        with(match level.acquire(&queue, &user.username).await {
-            Ok(seat) => Ok(Hold::Seat(seat)),
+        let Some(level) = &run.level else {
+            return with(Ok(match long_running {
+                Some(l) => Hold::LongRunning(l, None),
+                None => Hold::Seat(None),
+            }));
+        };
+        // Shuffle sharding: the flow's hand of queues (the fair queues pick the one
+        // holding the fewest seats).
+        let hand = match run.spec.queuing {
+            Some(q) => apf::deal(
+                apf::flow_hash(schema_name, &distinguisher),
+                q.queues,
+                q.hand_size,
+            ),
+            None => Vec::new(),
+        };
+        // A watch's start (its initial list) waits its turn like a LIST.
+        let seats = self.seats(attrs, kind, work);
+        with(match level.acquire(&hand, &user.username, seats).await {
+            Ok(seat) => Ok(match long_running {
+                Some(l) => Hold::LongRunning(l, seat),
+                None => Hold::Seat(seat),
+            }),
             Err(why) => {
-                tracing::debug!(level = %level.name, flow_schema = schema_name, user = %user.username, ?why, "request refused: too many requests");
+                tracing::debug!(level = %level.name, flow_schema = schema_name, user = %user.username, seats, ?why, "request refused: too many requests");
                 Err(self.too_many("Too many requests, please try again later."))
             }
         })
@@ -474,10 +631,23 @@ impl Flow {
     /// `store`: reads them now and again after every change (a watch), until the flow
     /// is dropped.
     pub(crate) fn follow(self: &Arc<Self>, store: Arc<dyn h8s_store::Store>) {
+        let _ = self.counts.store.set(store.clone());
         if !self.cfg.priority_and_fairness {
             return;
         }
         let weak = Arc::downgrade(self);
+        let every = self.cfg.borrowing_interval;
+        if !every.is_zero() {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(flow) = weak.upgrade() else { return };
+                    let built = flow.apf.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    built.adjust();
+                }
+            });
+        }
         tokio::spawn(async move {
             use futures::StreamExt;
             const PREFIX: &str = "/registry/flowcontrol.apiserver.k8s.io/";
@@ -527,6 +697,7 @@ impl Flow {
     fn admit_long_running(
         self: &Arc<Self>,
         user: &UserInfo,
+        attrs: &Attributes,
         watch: bool,
         capped: bool,
     ) -> Result<Hold, ApiError> {
@@ -555,9 +726,17 @@ impl Flow {
                 )));
             }
             *n += 1;
-            permit.watch_of = Some(user.username.clone());
+            drop(m);
+            let resource = format!("{}/{}", attrs.group, attrs.resource);
+            *self
+                .watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(resource.clone())
+                .or_insert(0) += 1;
+            permit.watch_of = Some((user.username.clone(), resource));
         }
-        Ok(Hold::LongRunning(permit))
+        Ok(Hold::LongRunning(permit, None))
     }
 
     /// The Prometheus text of the limits (kube's `apiserver_flowcontrol_*` names where
@@ -612,6 +791,11 @@ impl Flow {
                         out,
                         "apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}",
                         l.seats()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "apiserver_flowcontrol_current_limit_seats{{priority_level=\"{n}\"}} {}",
+                        l.limit()
                     );
                     let _ = writeln!(
                         out,
@@ -799,14 +983,14 @@ mod tests {
         );
         let f = Flow::new(small(), None);
         assert_eq!(
-            f.flow_of(&user("bob", &["h8s:tenant:acme"])),
-            ("t:acme".to_string(), "bob".to_string())
+            f.tenant_of(&user("bob", &["h8s:tenant:acme"])).as_deref(),
+            Some("acme")
         );
         assert_eq!(
-            f.flow_of(&user("system:serviceaccount:ns1:default", &[])).0,
-            "ns:ns1"
+            f.tenant_of(&user("system:serviceaccount:ns1:default", &[])),
+            None
         );
-        assert_eq!(f.flow_of(&user("carol", &[])).0, "u:carol");
+        assert_eq!(f.tenant_of(&user("carol", &[])), None);
     }
 
     fn any() -> Attributes {
@@ -826,11 +1010,16 @@ mod tests {
         let t = user("bob", &["h8s:tenant:acme"]);
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(f.admit(&t, &any(), Kind::ReadOnly).await.ok().unwrap());
+            held.push(
+                f.admit(&t, &any(), Kind::ReadOnly, &Work::default())
+                    .await
+                    .ok()
+                    .unwrap(),
+            );
         }
         // The fourth is refused at once (no queuing), as a proper 429.
         let e = f
-            .admit(&t, &any(), Kind::ReadOnly)
+            .admit(&t, &any(), Kind::ReadOnly, &Work::default())
             .await
             .err()
             .unwrap()
@@ -841,23 +1030,39 @@ mod tests {
         assert_eq!(st["details"]["retryAfterSeconds"], 1);
         // The scheduler and an admin still get in.
         let s = f
-            .admit(&user("system:kube-scheduler", &[]), &any(), Kind::ReadOnly)
+            .admit(
+                &user("system:kube-scheduler", &[]),
+                &any(),
+                Kind::ReadOnly,
+                &Work::default(),
+            )
             .await
             .ok()
             .unwrap();
         assert!(matches!(s.hold, Hold::Seat(Some(_))));
         for _ in 0..10 {
             let a = f
-                .admit(&user("admin", &["system:masters"]), &any(), Kind::Mutating)
+                .admit(
+                    &user("admin", &["system:masters"]),
+                    &any(),
+                    Kind::Mutating,
+                    &Work::default(),
+                )
                 .await
                 .ok()
                 .unwrap();
             assert!(matches!(a.hold, Hold::Exempt));
         }
         // Mutating seats are separate from read seats.
-        assert!(f.admit(&t, &any(), Kind::Mutating).await.is_ok());
+        assert!(f
+            .admit(&t, &any(), Kind::Mutating, &Work::default())
+            .await
+            .is_ok());
         drop(held);
-        assert!(f.admit(&t, &any(), Kind::ReadOnly).await.is_ok());
+        assert!(f
+            .admit(&t, &any(), Kind::ReadOnly, &Work::default())
+            .await
+            .is_ok());
         assert!(f.rejected() >= 1);
     }
 
@@ -918,20 +1123,31 @@ mod tests {
         f.set_apf(apf::Config::from_objects(&schemas, &levels));
         let bob = user("bob", &["h8s:tenant:acme"]);
         let ann = user("ann", &["h8s:tenant:acme"]);
-        let held = f.admit(&bob, &any(), Kind::Mutating).await.ok().unwrap();
+        let held = f
+            .admit(&bob, &any(), Kind::Mutating, &Work::default())
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(held.pf.as_ref().unwrap().flow_schema, "fs-acme");
         assert_eq!(held.pf.as_ref().unwrap().priority_level, "pl-tiny");
         // The next acme request (another user, same tenant: same flow) waits in the one
         // queue of length 1; the one after is refused at once with the classification.
         let f2 = f.clone();
         let ann2 = ann.clone();
-        let waiting =
-            tokio::spawn(async move { f2.admit(&ann2, &any(), Kind::ReadOnly).await.is_ok() });
+        let waiting = tokio::spawn(async move {
+            f2.admit(&ann2, &any(), Kind::ReadOnly, &Work::default())
+                .await
+                .is_ok()
+        });
         let tiny = f.apf.read().unwrap().levels["tiny"].level.clone().unwrap();
         while tiny.waiting() == 0 {
             tokio::task::yield_now().await;
         }
-        let r = f.admit(&ann, &any(), Kind::ReadOnly).await.err().unwrap();
+        let r = f
+            .admit(&ann, &any(), Kind::ReadOnly, &Work::default())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(r.error.code, 429);
         let resp = r.response();
         assert_eq!(resp.status(), 429);
@@ -943,10 +1159,14 @@ mod tests {
         );
         // Another level is served meanwhile; it rejects (no queue) once its seat is taken.
         let carol = user("carol", &[]);
-        let c = f.admit(&carol, &any(), Kind::ReadOnly).await.ok().unwrap();
+        let c = f
+            .admit(&carol, &any(), Kind::ReadOnly, &Work::default())
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(c.pf.as_ref().unwrap().priority_level, "pl-other");
         assert_eq!(
-            f.admit(&carol, &any(), Kind::ReadOnly)
+            f.admit(&carol, &any(), Kind::ReadOnly, &Work::default())
                 .await
                 .err()
                 .unwrap()
@@ -956,7 +1176,12 @@ mod tests {
         );
         // system:masters is exempt whatever is taken.
         let admin = f
-            .admit(&user("admin", &["system:masters"]), &any(), Kind::Mutating)
+            .admit(
+                &user("admin", &["system:masters"]),
+                &any(),
+                Kind::Mutating,
+                &Work::default(),
+            )
             .await
             .ok()
             .unwrap();
@@ -970,7 +1195,11 @@ mod tests {
         let (mut schemas, levels) = objects();
         schemas[1]["spec"]["priorityLevelConfiguration"]["name"] = "other".into();
         f.set_apf(apf::Config::from_objects(&schemas, &levels));
-        let b = f.admit(&bob, &any(), Kind::ReadOnly).await.ok().unwrap();
+        let b = f
+            .admit(&bob, &any(), Kind::ReadOnly, &Work::default())
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(b.pf.unwrap().priority_level, "pl-other");
     }
 
@@ -1004,7 +1233,7 @@ mod tests {
             let f = f.clone();
             let bob = bob.clone();
             async move {
-                f.admit(&bob, &any(), Kind::ReadOnly)
+                f.admit(&bob, &any(), Kind::ReadOnly, &Work::default())
                     .await
                     .ok()
                     .and_then(|a| a.pf)
@@ -1038,41 +1267,76 @@ mod tests {
         let a = user("alice", &[]);
         let b = user("bob", &[]);
         let w = Kind::LongRunning { watch: true };
-        let a1 = f.admit(&a, &any(), w).await.unwrap();
-        let a2 = f.admit(&a, &any(), w).await.unwrap();
-        let e = f.admit(&a, &any(), w).await.err().unwrap();
+        // (The seats of a watch's start are given back when its response begins.)
+        let a1 = f
+            .admit(&a, &any(), w, &Work::default())
+            .await
+            .unwrap()
+            .began();
+        let a2 = f
+            .admit(&a, &any(), w, &Work::default())
+            .await
+            .unwrap()
+            .began();
+        let e = f
+            .admit(&a, &any(), w, &Work::default())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.error.code, 429);
         assert!(e.error.message.contains("alice"), "{}", e.error.message);
         assert_eq!(f.watches_of("alice"), 2);
         // Bob has his own cap.
-        let b1 = f.admit(&b, &any(), w).await.unwrap();
+        let b1 = f
+            .admit(&b, &any(), w, &Work::default())
+            .await
+            .unwrap()
+            .began();
         // Five long-running requests in all: two more (not watches) fit, then none.
         let x1 = f
-            .admit(&b, &any(), Kind::LongRunning { watch: false })
+            .admit(
+                &b,
+                &any(),
+                Kind::LongRunning { watch: false },
+                &Work::default(),
+            )
             .await
             .unwrap();
         let x2 = f
-            .admit(&b, &any(), Kind::LongRunning { watch: false })
+            .admit(
+                &b,
+                &any(),
+                Kind::LongRunning { watch: false },
+                &Work::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
-            f.admit(&b, &any(), Kind::LongRunning { watch: false })
-                .await
-                .err()
-                .unwrap()
-                .error
-                .code,
+            f.admit(
+                &b,
+                &any(),
+                Kind::LongRunning { watch: false },
+                &Work::default()
+            )
+            .await
+            .err()
+            .unwrap()
+            .error
+            .code,
             429
         );
         drop((a1, x1, x2));
         assert_eq!(f.watches_of("alice"), 1);
-        assert!(f.admit(&a, &any(), w).await.is_ok());
+        assert!(f.admit(&a, &any(), w, &Work::default()).await.is_ok());
         // The scheduler's watches are not capped per user (only in all: 5).
         drop((a2, b1));
         let sched = user("system:kube-scheduler", &[]);
         let all = any();
-        let many: Vec<_> =
-            futures::future::join_all((0..5).map(|_| f.admit(&sched, &all, w))).await;
+        let none = Work::default();
+        let many: Vec<_> = futures::future::join_all(
+            (0..5).map(|_| async { f.admit(&sched, &all, w, &none).await.map(Admitted::began) }),
+        )
+        .await;
         assert!(many.iter().all(Result::is_ok));
         // Counted (ComponentStatus reads it), not capped.
         assert_eq!(f.watches_of("system:kube-scheduler"), 5);
@@ -1081,6 +1345,84 @@ mod tests {
         assert_eq!(f.watches_of("alice"), 0);
         assert_eq!(f.long_running.load(Ordering::Relaxed), 0);
         assert!(f.watches_lock().is_empty());
+        assert!(f.watched.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn widths_follow_kubes_work_estimator() {
+        assert_eq!(list_seats(0, None), 1);
+        assert_eq!(list_seats(250, None), 3);
+        assert_eq!(list_seats(1_000_000, None), MAX_SEATS);
+        // A limit without selectors reads 2 × limit objects at most.
+        assert_eq!(list_seats(5000, Some(100)), 2);
+        assert_eq!(list_seats(50, Some(500)), 1);
+        assert_eq!(mutating_seats(0), 1);
+        assert_eq!(mutating_seats(25), 3);
+        assert_eq!(mutating_seats(10_000), MAX_SEATS);
+    }
+
+    #[tokio::test]
+    async fn lists_are_as_wide_as_their_resource_and_writes_as_its_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn h8s_store::Store> =
+            Arc::new(h8s_store::Embedded::open(&dir.path().join("s.redb")).unwrap());
+        for i in 0..450 {
+            store
+                .create(
+                    &format!("/registry/core/configmaps/ns/c{i}"),
+                    bytes::Bytes::from_static(b"{}"),
+                )
+                .await
+                .unwrap();
+        }
+        let f = Flow::new(
+            LimitsConfig {
+                object_count_interval: Duration::from_millis(10),
+                max_long_running: 0,
+                ..small()
+            },
+            None,
+        );
+        f.follow(store);
+        let cms = Attributes {
+            resource_request: true,
+            resource: "configmaps".into(),
+            namespace: "ns".into(),
+            ..any()
+        };
+        let list = Work {
+            prefix: Some("/registry/core/configmaps/".into()),
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        while f.seats(&cms, Kind::ReadOnly, &list) != 5 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let limited = Work {
+            limit: Some(50),
+            ..list.clone()
+        };
+        assert_eq!(f.seats(&cms, Kind::ReadOnly, &limited), 1);
+        // A watch's start is as wide as a LIST when it lists first, else one seat.
+        let w = Kind::LongRunning { watch: true };
+        let initial = Work {
+            initial_list: true,
+            ..list.clone()
+        };
+        assert_eq!(f.seats(&cms, w, &initial), 5);
+        assert_eq!(f.seats(&cms, w, &list), 1);
+        // Writes: one seat per ten watchers of the resource.
+        let mutating = Kind::Mutating;
+        assert_eq!(f.seats(&cms, mutating, &Work::default()), 1);
+        let sched = user("system:kube-scheduler", &[]);
+        let mut watches = Vec::new();
+        for _ in 0..25 {
+            watches.push(f.admit(&sched, &cms, w, &list).await.ok().unwrap().began());
+        }
+        assert_eq!(f.seats(&cms, mutating, &Work::default()), 3);
+        drop(watches);
+        assert_eq!(f.seats(&cms, mutating, &Work::default()), 1);
     }
 
     #[tokio::test]
