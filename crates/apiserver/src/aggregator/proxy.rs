@@ -229,6 +229,44 @@ impl Aggregator {
         .await
     }
 
+    /// `GET path` of the server behind `b` as `system:kube-aggregator` (what the
+    /// aggregator reads for itself: OpenAPI documents): the body of a 2xx answer, at most
+    /// `max` bytes, within the dial and response timeouts.
+    pub(crate) async fn fetch(
+        &self,
+        api: &Api,
+        b: &Backend,
+        path: &str,
+        max: usize,
+    ) -> Result<Bytes, String> {
+        let (mut sender, addr) = self
+            .connect::<Empty<Bytes>>(api, b)
+            .await
+            .map_err(|(_, m)| m)?;
+        let mut req = Request::get(path)
+            .header(http::header::HOST, b.server_name())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        identity_headers(req.headers_mut(), &aggregator_user()).map_err(|e| e.message)?;
+        let read = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let code = resp.status();
+            let body = Limited::new(resp.into_body(), max)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !code.is_success() {
+                return Err(format!("GET https://{addr}{path}: {}", code.as_u16()));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.cfg.response_timeout, read)
+            .await
+            .map_err(|_| format!("GET https://{addr}{path}: timed out"))?
+    }
+
     /// The availability check: `GET /apis/<group>/<version>` as
     /// `system:kube-aggregator`; the `APIResourceList` it answers (at most
     /// [`super::MAX_DISCOVERY`] bytes), or (reason, message).
@@ -255,12 +293,8 @@ impl Aggregator {
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| fail(&addr, &e))?;
-        let aggregator = UserInfo {
-            username: "system:kube-aggregator".into(),
-            groups: vec![crate::tenancy::MASTERS_GROUP.to_string()],
-            ..Default::default()
-        };
-        identity_headers(req.headers_mut(), &aggregator).map_err(|e| fail(&addr, &e.message))?;
+        identity_headers(req.headers_mut(), &aggregator_user())
+            .map_err(|e| fail(&addr, &e.message))?;
         let read = async {
             let resp = sender
                 .send_request(req)
@@ -285,6 +319,15 @@ impl Aggregator {
         tokio::time::timeout(self.cfg.dial_timeout, read)
             .await
             .map_err(|_| fail(&addr, &"Client.Timeout exceeded while awaiting headers"))?
+    }
+}
+
+/// Who the aggregator is to the servers it checks.
+fn aggregator_user() -> UserInfo {
+    UserInfo {
+        username: "system:kube-aggregator".into(),
+        groups: vec![crate::tenancy::MASTERS_GROUP.to_string()],
+        ..Default::default()
     }
 }
 

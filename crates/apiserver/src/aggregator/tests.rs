@@ -20,6 +20,7 @@ fn backend(group: &str, version: &str, gp: i64, vp: i64) -> Backend {
         port: 443,
         tls: Err("none".into()),
         state: RwLock::new(Ok(None)),
+        openapi: RwLock::new(None),
         spec: Value::Null,
     }
 }
