@@ -70,6 +70,7 @@ fn backend(api: &Api, o: &Value) -> Option<Backend> {
         ))),
         spec: spec.clone(),
         openapi: RwLock::new(None),
+        idle: Default::default(),
     })
 }
 

@@ -26,7 +26,7 @@
 pub(crate) mod controller;
 pub(crate) mod frontproxy;
 pub(crate) mod openapi;
-mod proxy;
+pub(crate) mod proxy;
 pub(crate) mod resolve;
 
 use std::collections::HashMap;
@@ -86,6 +86,8 @@ pub(crate) struct Backend {
     pub state: RwLock<Result<Option<Value>, (String, String)>>,
     /// The OpenAPI documents it published at its last passed check.
     pub openapi: RwLock<Option<Arc<openapi::Spec>>>,
+    /// Idle connections to it, reused by proxied requests.
+    pub(crate) idle: proxy::Idle,
 }
 
 impl Backend {
