@@ -392,9 +392,11 @@ impl Api {
             )),
             Route::Group(g) => crate::discovery::group(&g, &self.crds, &self.aggregator),
             Route::GroupVersion(g, v) => crate::discovery::group_version(&g, &v, &self.crds),
-            Route::OpenApiV2 => crate::openapi::v2(&req_path, &accept, &self.crds),
-            Route::OpenApiV3Index => crate::openapi::v3_index(&self.crds),
-            Route::OpenApiV3(p) => crate::openapi::v3(&p, &self.crds),
+            Route::OpenApiV2 => {
+                crate::openapi::v2(&req_path, &accept, &self.crds, &self.aggregator)
+            }
+            Route::OpenApiV3Index => crate::openapi::v3_index(&self.crds, &self.aggregator),
+            Route::OpenApiV3(p) => crate::openapi::v3(&p, &self.crds, &self.aggregator),
             // auth: OIDC discovery of the ServiceAccount token issuer.
             Route::NotFound => self
                 .openid
@@ -488,9 +490,6 @@ impl Api {
             }
             ("watch", None) => {
                 need("watch")?;
-                if let Some(why) = t.cr.as_ref().and_then(|c| c.unconverted_watch()) {
-                    return Err(ApiError::method_not_allowed(why));
-                }
                 self.watch(cx, t).await
             }
             ("get", None | Some(Sub::Status | Sub::Approval)) => {

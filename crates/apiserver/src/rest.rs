@@ -81,6 +81,22 @@ impl Api {
         Ok(t.strategy().served_form(o))
     }
 
+    /// A page of objects read from the store, in the form `t` serves: a custom
+    /// resource's through its conversion webhook in one review for the page.
+    pub(crate) async fn decode_page(
+        &self,
+        t: &Target,
+        kvs: &[KeyValue],
+    ) -> Result<Vec<Value>, ApiError> {
+        let objs = kvs.iter().map(obj::decode).collect::<Result<Vec<_>, _>>()?;
+        let objs = match &t.cr {
+            Some(c) => c.to_served_all(self, objs).await?,
+            None => objs,
+        };
+        let s = t.strategy();
+        Ok(objs.into_iter().map(|o| s.served_form(o)).collect())
+    }
+
     /// An object as the store keeps it, through the custom resource's conversion
     /// webhook when it has one.
     pub(crate) async fn encode_converted(&self, t: &Target, o: &Value) -> Result<Bytes, ApiError> {
@@ -319,8 +335,8 @@ impl Api {
             read_rev = Some(res.revision);
             more = res.more;
             let n = res.items.len();
-            for (i, kv) in res.items.iter().enumerate() {
-                let o = self.decode_converted(t, kv).await?;
+            let page = self.decode_page(t, &res.items).await?;
+            for (i, (kv, o)) in res.items.iter().zip(page).enumerate() {
                 start_after = Some(kv.key.clone());
                 if filter.matches(&o) {
                     items.push(o);

@@ -291,6 +291,19 @@ impl Api {
                             if !sink.put(b).await { return; }
                             continue;
                         }
+                        // A custom resource stored in another version than the one
+                        // watched: through its conversion webhook; a failure ends the
+                        // watch with the webhook's error (the client lists again).
+                        let ev = match &t2.cr {
+                            Some(c) => match c.convert_event(&me, ev).await {
+                                Ok(ev) => ev,
+                                Err(e) => {
+                                    let _ = sink.put(enc.event("ERROR", &e.to_status())).await;
+                                    return;
+                                }
+                            },
+                            None => ev,
+                        };
                         let out = match translate(&ev, &filter, &*enc.strategy) {
                             Ok(Some((kind, o))) => enc.event(kind, &o),
                             Ok(None) => continue,

@@ -7,6 +7,7 @@ mod audit_flags;
 mod bench_support;
 mod crd_bench;
 mod deploy_bench;
+mod extensions_bench;
 mod identity_bench;
 mod identity_flags;
 mod image;
@@ -100,6 +101,9 @@ enum BenchCommand {
     /// Dynamic admission: ConfigMap creates with a validating webhook / a
     /// ValidatingAdmissionPolicy selecting them, against none, in the same run.
     Webhook(webhook_bench::Args),
+    /// API extensions: a CRD conversion webhook's round trip per object, and the
+    /// aggregator's proxy against requests sent to the aggregated server directly.
+    Extensions(extensions_bench::Args),
     /// Limits: GETs of a workload user with priority and fairness off, on and tight.
     Limits(limits_bench::Args),
     /// Soak: a steady open-loop mix of reads and writes with watchers for minutes; no
@@ -131,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Identity(args)) => identity_bench::run(args),
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
         Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
+        Command::Bench(BenchCommand::Extensions(args)) => extensions_bench::run(args),
         Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),
         Command::Bench(BenchCommand::Soak(args)) => soak_bench::run(args),
         Command::Pod(cmd) => pod::run(cmd),

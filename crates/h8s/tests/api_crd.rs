@@ -607,7 +607,7 @@ spec:
     assert!(err.contains("compilation failed"), "{err}");
 
     // Rules are type-checked against the schema at create: a field it does not declare,
-    // a comparison of mismatched types, each with the rule's path in the definition.
+    // a comparison of mismatched types, function arguments, each with the rule's path in the definition.
     let typed = |rule: &str| {
         non_structural
             .replace("          spec:\n            properties:", &format!("          spec:\n            type: object\n            x-kubernetes-validations:\n            - rule: {rule:?}\n            properties:"))
@@ -618,6 +618,15 @@ spec:
         (
             "self.size == 'big'",
             "found no matching overload for '_==_' applied to '(int, string)'",
+        ),
+        // A function called with arguments none of its overloads takes.
+        (
+            "self.size.startsWith('1')",
+            "found no matching overload for 'startsWith' applied to 'int.(string)'",
+        ),
+        (
+            "size(self.size) > 1",
+            "found no matching overload for 'size' applied to '(int)'",
         ),
     ] {
         let err = s.kubectl_fails("1.33", &["apply", "-f", "-"], Some(&typed(rule)));

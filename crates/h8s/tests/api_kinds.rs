@@ -1,6 +1,6 @@
 //! The rest of the built-in kinds (issue 12) with real kubectl 1.33 against the real
-//! `h8s server`: `kubectl api-resources` compared with what a 1.33 cluster lists
-//! (fixtures/api_resources_1.33.txt), create/get/list of each new kind with kubectl's
+//! `h8s server`: `kubectl api-resources -o wide` compared with what a 1.33 cluster lists
+//! (fixtures/api_resources_1.33.txt: names, short names, version, scope, kind, verbs), create/get/list of each new kind with kubectl's
 //! columns, `kubectl autoscale` and the HPA served in autoscaling/v2 and v1 with its
 //! controller scaling the target (no pod metrics here: no node runs the pods), core
 //! Bindings, ComponentStatuses, the default ServiceCIDR and APF objects, and validation
@@ -31,12 +31,22 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row {name} in:\n{table}"))
 }
 
-/// `kubectl api-resources` rows as (name, shortnames, apiversion, namespaced, kind),
-/// cut at the header's column starts (SHORTNAMES may be blank).
-fn api_resources(out: &str) -> Vec<[String; 5]> {
+/// `kubectl api-resources -o wide` rows as (name, shortnames, apiversion, namespaced,
+/// kind, verbs), cut at the header's column starts (SHORTNAMES may be blank); verbs
+/// normalized to a comma-joined list (kubectl prints `[a b]` or `a,b` by version).
+fn api_resources(out: &str) -> Vec<[String; 6]> {
+    const COLS: [&str; 7] = [
+        "NAME",
+        "SHORTNAMES",
+        "APIVERSION",
+        "NAMESPACED",
+        "KIND",
+        "VERBS",
+        "CATEGORIES",
+    ];
     let mut lines = out.lines();
     let head = lines.next().expect("header");
-    let starts: Vec<usize> = ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    let starts: Vec<usize> = COLS
         .iter()
         .map(|c| head.find(c).unwrap_or_else(|| panic!("no {c} in {head}")))
         .collect();
@@ -48,39 +58,62 @@ fn api_resources(out: &str) -> Vec<[String; 5]> {
                 let b = starts.get(i + 1).map_or(l.len(), |&b| b.min(l.len()));
                 l[a..b].trim().to_string()
             };
-            [cut(0), cut(1), cut(2), cut(3), cut(4)]
+            let verbs = cut(5)
+                .trim_matches(|c| c == '[' || c == ']')
+                .split([',', ' '])
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(",");
+            [cut(0), cut(1), cut(2), cut(3), cut(4), verbs]
         })
         .collect()
 }
 
+/// API groups h8s serves beyond a 1.33 cluster: its own kinds, and metrics.k8s.io (a
+/// local APIService here; metrics-server's add-on on Kubernetes).
+const H8S_GROUPS: &[&str] = &["tenancy.h8s.io/", "metrics.k8s.io/"];
+/// h8s's own kinds in the core group.
+const H8S_CORE: &[&str] = &["networks"];
+
 #[test]
 fn api_resources_match_kubernetes_1_33() {
     let s = Server::start();
-    let out = s.kubectl(V, &["api-resources"]);
+    let out = s.kubectl(V, &["api-resources", "-o", "wide"]);
     let served = api_resources(&out);
     let fixture = include_str!("fixtures/api_resources_1.33.txt");
     let mut missing = Vec::new();
+    let mut differ = Vec::new();
+    let mut listed = Vec::new();
     for line in fixture
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
     {
         let f: Vec<&str> = line.split_whitespace().collect();
         let short = if f[1] == "-" { "" } else { f[1] };
-        let got = served.iter().find(|r| r[0] == f[0] && r[2] == f[2]);
-        match got {
-            None if f[0] == "volumeattachments" => {
-                // storage.k8s.io VolumeAttachment is the volumes work's (its own branch).
-                eprintln!("volumeattachments not served yet (the volumes branch adds it)");
-            }
+        let want = [f[0], short, f[2], f[3], f[4], f[5]];
+        listed.push((f[0], f[2]));
+        match served.iter().find(|r| r[0] == f[0] && r[2] == f[2]) {
             None => missing.push(format!("{} {}", f[0], f[2])),
-            Some(r) => {
-                assert_eq!(r[1], short, "short names of {}", f[0]);
-                assert_eq!(r[3], f[3], "namespaced of {}", f[0]);
-                assert_eq!(r[4], f[4], "kind of {}", f[0]);
+            Some(r) if r.iter().zip(want).any(|(a, b)| a != b) => {
+                differ.push(format!("want {want:?}\n got {r:?}"));
             }
+            Some(_) => {}
         }
     }
+    let extra: Vec<String> = served
+        .iter()
+        .filter(|r| !listed.contains(&(r[0].as_str(), r[2].as_str())))
+        .filter(|r| !H8S_GROUPS.iter().any(|g| r[2].starts_with(g)))
+        .filter(|r| !(r[2] == "v1" && H8S_CORE.contains(&r[0].as_str())))
+        .map(|r| format!("{} {}", r[0], r[2]))
+        .collect();
     assert!(missing.is_empty(), "not served: {missing:?}\n{out}");
+    assert!(
+        differ.is_empty(),
+        "differ from 1.33:\n{}",
+        differ.join("\n")
+    );
+    assert!(extra.is_empty(), "not in 1.33 nor h8s's own: {extra:?}");
     // autoscaling/v1 is served too (not preferred: api-resources lists v2).
     let v1 = s.kubectl(
         V,

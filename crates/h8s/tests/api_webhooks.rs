@@ -792,7 +792,49 @@ fn wardle_answer(method: &str, path: &str, accept: &str, body: &[u8]) -> (u16, V
             "metadata": {"name": name, "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"reference": "from-the-aggregated-server"}})
     };
-    let rest = path.strip_prefix(gv).unwrap_or("");
+    // Its OpenAPI, v3 and v2, as aggregated servers publish theirs.
+    let schema = j!({"type": "object", "description": "Flunder is a test kind of the wardle server.",
+        "x-kubernetes-group-version-kind": [{"group": "wardle.example.com", "version": "v1alpha1", "kind": "Flunder"}],
+        "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {"type": "object", "description": "What a flunder is.",
+                "properties": {"reference": {"type": "string",
+                    "description": "The flunder's reference, served by the aggregated server."}}}}});
+    // A read of one flunder, as kube's documents describe it (kubectl explain finds the
+    // kind of a resource from its paths' `x-kubernetes-group-version-kind`).
+    let one = "/apis/wardle.example.com/v1alpha1/namespaces/{namespace}/flunders/{name}";
+    let gvk = j!({"group": "wardle.example.com", "version": "v1alpha1", "kind": "Flunder"});
+    let op = |response: Value| {
+        j!({"get": {"operationId": "readWardleFlunder", "x-kubernetes-action": "get",
+            "x-kubernetes-group-version-kind": gvk, "responses": {"200": response}}})
+    };
+    match (method, path) {
+        ("GET", "/openapi/v3/apis/wardle.example.com/v1alpha1") => {
+            let r = j!({"description": "OK", "content": {"application/json": {"schema":
+                {"$ref": "#/components/schemas/com.example.wardle.v1alpha1.Flunder"}}}});
+            return (
+                200,
+                j!({"openapi": "3.0.0", "info": {"title": "wardle", "version": "v1alpha1"},
+                    "paths": {one: op(r)},
+                    "components": {"schemas": {"com.example.wardle.v1alpha1.Flunder": schema}}}),
+            );
+        }
+        ("GET", "/openapi/v2") => {
+            let r = j!({"description": "OK",
+                "schema": {"$ref": "#/definitions/com.example.wardle.v1alpha1.Flunder"}});
+            return (
+                200,
+                j!({"swagger": "2.0", "info": {"title": "wardle", "version": "v1alpha1"},
+                    "paths": {one: op(r),
+                        "/apis/other.example.com/v1/things": {"get": {"operationId": "notWardles",
+                            "responses": {"200": {"description": "OK"}}}}},
+                    "definitions": {"com.example.wardle.v1alpha1.Flunder": schema}}),
+            );
+        }
+        _ => {}
+    }
+    let rest = path.strip_prefix(gv).unwrap_or("/not-wardle");
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segs.as_slice()) {
         ("GET", []) => (
@@ -1092,6 +1134,48 @@ fn aggregated_api_with_kubectl() {
         .any(|g| g["name"] == "wardle.example.com"
             && g["preferredVersion"]["groupVersion"] == "wardle.example.com/v1alpha1"));
 
+    // Its OpenAPI is published with this server's: v3 listed in the index and served
+    // (kubectl explain reads it), v2 merged (only the group version's paths).
+    assert!(
+        eventually(30, || s
+            .curl("GET", "/openapi/v3", None, None)
+            .1
+            .contains("apis/wardle.example.com/v1alpha1")),
+        "the v3 index lists the aggregated group version"
+    );
+    let explained = k(&["explain", "flunders.spec"]);
+    assert!(
+        explained.contains("What a flunder is.")
+            && explained.contains("The flunder's reference, served by the aggregated server."),
+        "{explained}"
+    );
+    let v2 = json(&s.curl("GET", "/openapi/v2", None, None).1);
+    assert!(v2["definitions"]["com.example.wardle.v1alpha1.Flunder"].is_object());
+    assert!(
+        v2["definitions"]["io.k8s.api.core.v1.Pod"].is_object(),
+        "built-ins stay"
+    );
+    assert!(v2["paths"]
+        ["/apis/wardle.example.com/v1alpha1/namespaces/{namespace}/flunders/{name}"]
+        .is_object());
+    assert!(
+        v2["paths"]["/apis/other.example.com/v1/things"].is_null(),
+        "only its own group version"
+    );
+    // The protobuf v2 document too: kubectl's v2 explain reads it.
+    let explained = s.kubectl(
+        "1.27",
+        &[
+            "explain",
+            "flunders.spec.reference",
+            "--output=plaintext-openapiv2",
+        ],
+    );
+    assert!(
+        explained.contains("The flunder's reference, served by the aggregated server."),
+        "{explained}"
+    );
+
     // kubectl get/create through the proxy, as the caller.
     let out = k(&["get", "flunders", "-n", "default"]);
     assert!(
@@ -1246,6 +1330,10 @@ fn aggregated_api_with_kubectl() {
         .curl("GET", "/apis", None, None)
         .1
         .contains("wardle.example.com")));
+    let (_, index) = s.curl("GET", "/openapi/v3", None, None);
+    assert!(!index.contains("wardle.example.com"), "{index}");
+    let (_, v2) = s.curl("GET", "/openapi/v2", None, None);
+    assert!(!v2.contains("com.example.wardle.v1alpha1.Flunder"));
 }
 
 // ---- CRD conversion webhooks ----
@@ -1337,6 +1425,10 @@ fn crd_conversion_webhook() {
         "json",
     ]));
     assert_eq!(list["items"][0]["spec"], j!({"count": 3}), "{list}");
+    let rv0 = v1["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An update in v2 is stored converted.
     k(&[
         "patch",
@@ -1358,18 +1450,68 @@ fn crd_conversion_webhook() {
         "json",
     ]));
     assert_eq!(v1["spec"], j!({"replicas": 5}), "{v1}");
-    // Watches do not convert yet: refused on the converted version, never unconverted data.
-    let (code, body) = s.curl(
+    // Watches convert too: the initial state (a list) and each event (the object and the
+    // one before it, in one ConversionReview), in v2 while stored in v1.
+    let events = |rv: &str, timeout: u32| {
+        let (code, body) = s.curl(
+            "GET",
+            &format!(
+                "/apis/conv.example.com/v2/namespaces/default/things?watch=true&resourceVersion={rv}&timeoutSeconds={timeout}"
+            ),
+            None,
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect::<Vec<_>>()
+    };
+    let initial = events("", 1);
+    assert_eq!(initial.len(), 1, "{initial:?}");
+    assert_eq!(
+        (
+            initial[0]["type"].as_str(),
+            initial[0]["object"]["apiVersion"].as_str(),
+            &initial[0]["object"]["spec"]
+        ),
+        (
+            Some("ADDED"),
+            Some("conv.example.com/v2"),
+            &j!({"count": 5})
+        ),
+        "{initial:?}"
+    );
+    let before = h.seen("/convert").len();
+    let replay = events(&rv0, 1);
+    assert_eq!(replay.len(), 1, "{replay:?}");
+    assert_eq!(
+        (
+            replay[0]["type"].as_str(),
+            replay[0]["object"]["apiVersion"].as_str(),
+            &replay[0]["object"]["spec"]
+        ),
+        (
+            Some("MODIFIED"),
+            Some("conv.example.com/v2"),
+            &j!({"count": 5})
+        ),
+        "{replay:?}"
+    );
+    assert_eq!(replay[0]["object"]["metadata"]["name"], "t1");
+    let calls = h.seen("/convert");
+    let last = &calls.last().unwrap()["request"];
+    assert_eq!(calls.len(), before + 1, "one review for the event");
+    assert_eq!(last["objects"].as_array().map(Vec::len), Some(2), "{last}");
+    // The storage version's watch needs no webhook.
+    let stored = s.curl(
         "GET",
-        "/apis/conv.example.com/v2/namespaces/default/things?watch=true&timeoutSeconds=1",
+        &format!("/apis/conv.example.com/v1/namespaces/default/things?watch=true&resourceVersion={rv0}&timeoutSeconds=1"),
         None,
         None,
     );
-    assert_eq!(code, 405, "{body}");
-    assert!(
-        body.contains("watch the storage version conv.example.com/v1"),
-        "{body}"
-    );
+    assert!(stored.1.contains(r#""replicas":5"#), "{stored:?}");
+    assert_eq!(h.seen("/convert").len(), before + 1);
     // A webhook that fails: the request fails with kube-apiserver's wording (500), while the
     // storage version is still read without it.
     s.kubectl_stdin(
@@ -1406,4 +1548,40 @@ fn crd_conversion_webhook() {
         None,
     );
     assert_eq!(code, 200);
+    // A watch whose event the webhook cannot convert ends at once with an ERROR event
+    // naming it (never unconverted data, never a hung watch). A write in the storage
+    // version needs no webhook; the event it makes is the one that fails (the earlier one,
+    // already converted at its revision, is served as it was encoded).
+    k(&[
+        "patch",
+        "things.v1.conv.example.com",
+        "t1",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":6}}"#,
+    ]);
+    let started = Instant::now();
+    let failed = events(&rv0, 60);
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the watch ended"
+    );
+    let last = failed.last().expect("events");
+    assert!(failed.iter().all(|e| e["type"] != "ADDED"), "{failed:?}");
+    assert_eq!(last["type"], "ERROR", "{failed:?}");
+    let st = &last["object"];
+    assert_eq!(
+        (st["kind"].as_str(), st["code"].as_u64()),
+        (Some("Status"), Some(503)),
+        "{st}"
+    );
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("conversion webhook for conv.example.com/v1, Kind=Thing failed: no way"),
+        "{st}"
+    );
 }

@@ -69,6 +69,8 @@ fn backend(api: &Api, o: &Value) -> Option<Backend> {
             "not checked yet".into(),
         ))),
         spec: spec.clone(),
+        openapi: RwLock::new(None),
+        idle: Default::default(),
     })
 }
 
@@ -93,7 +95,11 @@ async fn check_and_report(api: &Arc<Api>, b: &Arc<Backend>) {
         ),
         Err((r, m)) => ("False", r.clone(), m.clone()),
     };
+    let passed = result.is_ok();
     *b.state.write().unwrap_or_else(|e| e.into_inner()) = result;
+    if passed {
+        super::openapi::refresh(api, b).await;
+    }
     write_condition(api, &b.name, status, &reason, &message).await;
 }
 

@@ -6,6 +6,8 @@
 //!   one (`GET /apis/<group>/<version>` through the proxy path) at start, on every write
 //!   and every `check_interval`, writes its `Available` condition with kube-aggregator's
 //!   reasons, and keeps the answered `APIResourceList` for discovery.
+//! - [`openapi`] keeps each available server's OpenAPI v3 and v2 documents, listed in
+//!   and merged into this server's `/openapi/v3` and `/openapi/v2`.
 //! - [`proxy`] resolves the Service to an address (see [`resolve`]), connects with the
 //!   front-proxy client certificate ([`frontproxy`]), verifying the server against the
 //!   APIService's `caBundle` as `<service>.<namespace>.svc` (nothing is verified only with
@@ -23,7 +25,8 @@
 
 pub(crate) mod controller;
 pub(crate) mod frontproxy;
-mod proxy;
+pub(crate) mod openapi;
+pub(crate) mod proxy;
 pub(crate) mod resolve;
 
 use std::collections::HashMap;
@@ -81,6 +84,10 @@ pub(crate) struct Backend {
     pub spec: Value,
     /// What the last check found: `Ok(discovery document)` or `Err((reason, message))`.
     pub state: RwLock<Result<Option<Value>, (String, String)>>,
+    /// The OpenAPI documents it published at its last passed check.
+    pub openapi: RwLock<Option<Arc<openapi::Spec>>>,
+    /// Idle connections to it, reused by proxied requests.
+    pub(crate) idle: proxy::Idle,
 }
 
 impl Backend {
@@ -109,6 +116,10 @@ pub struct Aggregator {
     pub(crate) cfg: AggregatorConfig,
     pub(crate) front_proxy: FrontProxy,
     backends: RwLock<HashMap<(String, String), Arc<Backend>>>,
+    /// Bumped when the set of backends or a backend's OpenAPI changes.
+    openapi_gen: std::sync::atomic::AtomicU64,
+    /// The merged `/openapi/v2`, for (custom resource generation, `openapi_gen`).
+    v2_cache: std::sync::Mutex<Option<((u64, u64), openapi::MergedV2)>>,
 }
 
 /// A request for an aggregated group version, with what authorization needs.
@@ -151,6 +162,8 @@ impl Aggregator {
             cfg,
             front_proxy,
             backends: Default::default(),
+            openapi_gen: Default::default(),
+            v2_cache: Default::default(),
         }
     }
 
@@ -159,6 +172,8 @@ impl Aggregator {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert((b.group.clone(), b.version.clone()), b);
+        self.openapi_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn remove_named(&self, name: &str) {
@@ -166,6 +181,8 @@ impl Aggregator {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, b| b.name != name);
+        self.openapi_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Backend>> {

@@ -1,6 +1,8 @@
-//! The proxy to an aggregated API server: one connection per request, HTTP/1.1 over TLS
-//! with the front-proxy client certificate, the caller in the requestheader headers,
-//! bodies streamed both ways.
+//! The proxy to an aggregated API server: HTTP/1.1 over TLS with the front-proxy client
+//! certificate, the caller in the requestheader headers, bodies streamed both ways. A
+//! connection whose response body ended cleanly is kept (at most [`MAX_IDLE`] per
+//! APIService) and reused by the next request; a request that a kept connection could not
+//! take (the server closed it while idle) goes on a new one.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
@@ -100,6 +103,51 @@ pub(crate) fn identity_headers(h: &mut HeaderMap, user: &UserInfo) -> Result<(),
 
 type Sender<B> = hyper::client::conn::http1::SendRequest<B>;
 
+/// The request body of proxied requests.
+pub(crate) type ProxyBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Most idle connections kept per APIService.
+const MAX_IDLE: usize = 8;
+
+/// An idle connection: the sender, the task driving it, the address dialled.
+type IdleConn = (Sender<ProxyBody>, tokio::task::JoinHandle<()>, String);
+
+/// Idle connections to one aggregated server.
+#[derive(Default)]
+pub(crate) struct Idle(std::sync::Mutex<Vec<IdleConn>>);
+
+impl Idle {
+    fn take(&self) -> Option<IdleConn> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, task, addr)) = v.pop() {
+            if !s.is_closed() && !task.is_finished() {
+                return Some((s, task, addr));
+            }
+            task.abort();
+        }
+        None
+    }
+
+    fn put(&self, s: Sender<ProxyBody>, task: tokio::task::JoinHandle<()>, addr: String) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_IDLE && !s.is_closed() {
+            v.push((s, task, addr));
+        } else {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let v = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, task, _) in v.drain(..) {
+            task.abort();
+        }
+    }
+}
+
 impl Aggregator {
     /// Connects to the server behind `b`: resolve, TCP, TLS, HTTP/1.1, all within the
     /// dial timeout. Returns the sender and the address dialled.
@@ -107,7 +155,7 @@ impl Aggregator {
         &self,
         api: &Api,
         b: &Backend,
-    ) -> Result<(Sender<B>, String), (String, String)>
+    ) -> Result<(Sender<B>, String, tokio::task::JoinHandle<()>), (String, String)>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
@@ -135,7 +183,7 @@ impl Aggregator {
             .await
             .map_err(|_| failed(format!("dial tcp {addr}: i/o timeout")))?
             .map_err(failed)?;
-        tokio::spawn(
+        let task = tokio::spawn(
             async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "aggregated server connection ended");
@@ -143,7 +191,7 @@ impl Aggregator {
             }
             .in_current_span(),
         );
-        Ok((sender, addr))
+        Ok((sender, addr, task))
     }
 
     /// Proxies one request of an authorized `user` to the server behind `b`.
@@ -173,15 +221,9 @@ impl Aggregator {
                     "upgrade requests are not proxied to aggregated API servers",
                 ));
             }
-            let body = Limited::new(body, crate::body::MAX_BODY)
+            let body: ProxyBody = Limited::new(body, crate::body::MAX_BODY)
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e })
                 .boxed_unsync();
-            let (mut sender, addr) = self
-                .connect(api, &b)
-                .await
-                .map_err(|(_, e)| {
-                    ApiError::unavailable(format!("error trying to reach service: {e}"))
-                })?;
             let path_q = parts
                 .uri
                 .path_and_query()
@@ -204,19 +246,35 @@ impl Aggregator {
                     .unwrap_or(HeaderValue::from_static("localhost")),
             );
             identity_headers(h, user)?;
-            let resp = tokio::time::timeout(self.cfg.response_timeout, sender.send_request(req))
+            let send = async {
+                // A kept connection first; a request it did not take goes on a new one.
+                let mut req = req;
+                if let Some((mut sender, task, addr)) = b.idle.take() {
+                    if sender.ready().await.is_ok() {
+                        match sender.try_send_request(req).await {
+                            Ok(resp) => return Ok((resp, sender, task, addr)),
+                            Err(mut e) => match e.take_message() {
+                                Some(r) => req = r,
+                                None => return Err(unreachable(&e.into_error())),
+                            },
+                        }
+                    }
+                    task.abort();
+                }
+                self.send_new(api, &b, req).await
+            };
+            let (resp, sender, task, addr) = tokio::time::timeout(self.cfg.response_timeout, send)
                 .await
                 .map_err(|_| {
                     ApiError::timeout(format!(
-                        "the aggregated API server at {addr} did not answer in {}s",
+                        "the aggregated API server for {} did not answer in {}s",
+                        b.name,
                         self.cfg.response_timeout.as_secs()
                     ))
-                })?
-                .map_err(|e| {
-                    ApiError::unavailable(format!("error trying to reach service: {e}"))
-                })?;
+                })??;
             let (rp, incoming) = resp.into_parts();
-            let mut out = Response::new(stream_body(incoming));
+            let keep = (b.clone(), sender, task, addr);
+            let mut out = Response::new(stream_body(incoming, Some(keep)));
             *out.status_mut() = rp.status;
             for (k, v) in rp.headers.iter() {
                 if !dropped_back(k) {
@@ -227,6 +285,72 @@ impl Aggregator {
         }
         .instrument(span)
         .await
+    }
+
+    /// Sends `req` on a new connection to the server behind `b`.
+    async fn send_new(
+        &self,
+        api: &Api,
+        b: &Backend,
+        req: Request<ProxyBody>,
+    ) -> Result<
+        (
+            Response<hyper::body::Incoming>,
+            Sender<ProxyBody>,
+            tokio::task::JoinHandle<()>,
+            String,
+        ),
+        ApiError,
+    > {
+        let (mut sender, addr, task) = self
+            .connect::<ProxyBody>(api, b)
+            .await
+            .map_err(|(_, e)| unreachable(&e))?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, sender, task, addr)),
+            Err(e) => {
+                task.abort();
+                Err(unreachable(&e))
+            }
+        }
+    }
+
+    /// `GET path` of the server behind `b` as `system:kube-aggregator` (what the
+    /// aggregator reads for itself: OpenAPI documents): the body of a 2xx answer, at most
+    /// `max` bytes, within the dial and response timeouts.
+    pub(crate) async fn fetch(
+        &self,
+        api: &Api,
+        b: &Backend,
+        path: &str,
+        max: usize,
+    ) -> Result<Bytes, String> {
+        let (mut sender, addr, _task) = self
+            .connect::<Empty<Bytes>>(api, b)
+            .await
+            .map_err(|(_, m)| m)?;
+        let mut req = Request::get(path)
+            .header(http::header::HOST, b.server_name())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        identity_headers(req.headers_mut(), &aggregator_user()).map_err(|e| e.message)?;
+        let read = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let code = resp.status();
+            let body = Limited::new(resp.into_body(), max)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !code.is_success() {
+                return Err(format!("GET https://{addr}{path}: {}", code.as_u16()));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.cfg.response_timeout, read)
+            .await
+            .map_err(|_| format!("GET https://{addr}{path}: timed out"))?
     }
 
     /// The availability check: `GET /apis/<group>/<version>` as
@@ -245,7 +369,7 @@ impl Aggregator {
                 format!("failing or missing response from {}: {e}", url(addr)),
             )
         };
-        let (mut sender, addr) = match self.connect::<Empty<Bytes>>(api, b).await {
+        let (mut sender, addr, _task) = match self.connect::<Empty<Bytes>>(api, b).await {
             Ok(x) => x,
             Err((r, m)) if r == "FailedDiscoveryCheck" => return Err(fail(&b.server_name(), &m)),
             Err(e) => return Err(e),
@@ -255,12 +379,8 @@ impl Aggregator {
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| fail(&addr, &e))?;
-        let aggregator = UserInfo {
-            username: "system:kube-aggregator".into(),
-            groups: vec![crate::tenancy::MASTERS_GROUP.to_string()],
-            ..Default::default()
-        };
-        identity_headers(req.headers_mut(), &aggregator).map_err(|e| fail(&addr, &e.message))?;
+        identity_headers(req.headers_mut(), &aggregator_user())
+            .map_err(|e| fail(&addr, &e.message))?;
         let read = async {
             let resp = sender
                 .send_request(req)
@@ -288,14 +408,55 @@ impl Aggregator {
     }
 }
 
+/// Who the aggregator is to the servers it checks.
+fn aggregator_user() -> UserInfo {
+    UserInfo {
+        username: "system:kube-aggregator".into(),
+        groups: vec![crate::tenancy::MASTERS_GROUP.to_string()],
+        ..Default::default()
+    }
+}
+
+/// The Status of a request the aggregated server could not be reached for.
+fn unreachable(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::unavailable(format!("error trying to reach service: {e}"))
+}
+
+/// A connection kept after its response: the backend, the sender, its task, the address.
+type Keep = (
+    Arc<Backend>,
+    Sender<ProxyBody>,
+    tokio::task::JoinHandle<()>,
+    String,
+);
+
 /// The aggregated server's response body, streamed as it comes (hyper's backpressure:
-/// nothing is buffered beyond a frame); a broken stream ends the body.
-fn stream_body(incoming: hyper::body::Incoming) -> Body {
+/// nothing is buffered beyond a frame); a broken stream ends the body. When the body ends
+/// cleanly its connection (`keep`) goes back to the backend's idle ones.
+fn stream_body(incoming: hyper::body::Incoming, keep: Option<Keep>) -> Body {
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = broken.clone();
     let frames = http_body_util::BodyStream::new(incoming)
-        .take_while(|r| std::future::ready(r.is_ok()))
+        .take_while(move |r| {
+            if r.is_err() {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::future::ready(r.is_ok())
+        })
         .filter_map(|r| std::future::ready(r.ok()))
         .map(Ok::<_, Infallible>);
-    http_body_util::StreamBody::new(frames).boxed_unsync()
+    let mut keep = keep;
+    let done = futures::stream::poll_fn(move |_| {
+        if let Some((b, sender, task, addr)) = keep.take() {
+            if broken.load(std::sync::atomic::Ordering::Relaxed) {
+                task.abort();
+            } else {
+                b.idle.put(sender, task, addr);
+            }
+        }
+        std::task::Poll::Ready(None::<Result<Frame<Bytes>, Infallible>>)
+    });
+    http_body_util::StreamBody::new(frames.chain(done)).boxed_unsync()
 }
 
 #[cfg(test)]

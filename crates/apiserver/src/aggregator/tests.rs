@@ -20,6 +20,8 @@ fn backend(group: &str, version: &str, gp: i64, vp: i64) -> Backend {
         port: 443,
         tls: Err("none".into()),
         state: RwLock::new(Ok(None)),
+        openapi: RwLock::new(None),
+        idle: Default::default(),
         spec: Value::Null,
     }
 }

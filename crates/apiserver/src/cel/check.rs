@@ -316,27 +316,286 @@ impl<'s> Checker<'s> {
                 _ => T::Dyn,
             },
             (operators::IN | operators::NOT_STRICTLY_FALSE, _) => T::Bool,
-            ("size", _) => T::Int,
-            ("int", _) => T::Int,
-            ("uint", _) => T::Uint,
-            ("double", _) => T::Double,
-            ("string", _) => T::String,
-            ("bytes", _) => T::Bytes,
-            ("bool", _) => T::Bool,
-            ("duration", _) => T::Duration,
-            ("timestamp", _) => T::Timestamp,
-            ("matches" | "startsWith" | "endsWith" | "contains", _) => {
-                if let Some(t) = &tt {
-                    if t.known() && !matches!(t, T::String) {
-                        self.overload_error(f, std::slice::from_ref(t));
-                    }
-                }
-                T::Bool
+            // `strings.quote(x)`, `sets.contains(a, b)`: a namespaced function, not a
+            // call on a value.
+            _ if target.is_some_and(
+                |t| matches!(&t.expr, Expr::Ident(n) if !self.vars.iter().any(|(v, _)| v == n)),
+            ) =>
+            {
+                T::Dyn
             }
-            _ => T::Dyn,
+            _ => self.function(f, tt, &ts),
         }
     }
 }
+
+impl<'s> Checker<'s> {
+    /// A call of a named function (global `f(a)` or on a receiver `r.f(a)`), checked
+    /// against its overloads in [`FUNCTIONS`] as cel-go's checker does: no overload taking
+    /// the argument types is `found no matching overload for 'f' applied to 'r.(a)'`.
+    /// A function not in the table is not checked (its result is `dyn`); an argument of
+    /// type `dyn` matches any parameter.
+    fn function(&mut self, f: &str, recv: Option<T<'s>>, args: &[T<'s>]) -> T<'s> {
+        let mut known_fn = false;
+        let mut result: Option<T<'s>> = None;
+        let mut ambiguous = false;
+        for o in FUNCTIONS.iter().filter(|o| o.name == f) {
+            known_fn = true;
+            let fits = match (&o.recv, &recv) {
+                (None, None) => true,
+                (Some(p), Some(t)) => p.admits(t),
+                _ => false,
+            } && o.args.len() == args.len()
+                && o.args.iter().zip(args).all(|(p, t)| p.admits(t));
+            if !fits {
+                continue;
+            }
+            let r = o.result.of(recv.as_ref(), args);
+            match &result {
+                None => result = Some(r),
+                Some(prev) if !prev.same(&r) => ambiguous = true,
+                Some(_) => {}
+            }
+        }
+        match result {
+            Some(_) if ambiguous => T::Dyn,
+            Some(r) => r,
+            None if known_fn => {
+                let names: Vec<String> = args.iter().map(T::name).collect();
+                let recv = recv.map(|r| format!("{}.", r.name())).unwrap_or_default();
+                self.errors.push(format!(
+                    "found no matching overload for '{f}' applied to '{recv}({})'",
+                    names.join(", ")
+                ));
+                T::Dyn
+            }
+            None => T::Dyn,
+        }
+    }
+}
+
+/// A parameter type of an overload.
+#[derive(Debug, Clone, Copy)]
+enum P {
+    Any,
+    Bool,
+    Int,
+    Uint,
+    Double,
+    Str,
+    Bytes,
+    Duration,
+    Timestamp,
+    List,
+    /// A list of strings.
+    ListStr,
+    Map,
+    /// Any scalar (what `string()` converts).
+    Scalar,
+}
+
+impl P {
+    fn admits(self, t: &T) -> bool {
+        if !t.known() {
+            return true;
+        }
+        match self {
+            P::Any => true,
+            P::Bool => matches!(t, T::Bool),
+            P::Int => matches!(t, T::Int),
+            P::Uint => matches!(t, T::Uint),
+            P::Double => matches!(t, T::Double),
+            P::Str => matches!(t, T::String),
+            P::Bytes => matches!(t, T::Bytes),
+            P::Duration => matches!(t, T::Duration),
+            P::Timestamp => matches!(t, T::Timestamp),
+            P::List => matches!(t, T::List(_)),
+            P::ListStr => match t {
+                T::List(e) => !e.known() || matches!(**e, T::String),
+                _ => false,
+            },
+            // Objects of the schema are maps to the checker's functions (`size`).
+            P::Map => matches!(t, T::Map(_) | T::Object(..)),
+            P::Scalar => !matches!(t, T::List(_) | T::Map(_) | T::Object(..)),
+        }
+    }
+}
+
+/// What an overload returns.
+#[derive(Debug, Clone, Copy)]
+enum R {
+    Dyn,
+    Bool,
+    Int,
+    Uint,
+    Double,
+    Str,
+    Bytes,
+    Duration,
+    Timestamp,
+    ListStr,
+    /// The receiver's element type (`[1, 2].sum()`).
+    Elem,
+}
+
+impl R {
+    fn of<'s>(self, recv: Option<&T<'s>>, _args: &[T<'s>]) -> T<'s> {
+        match self {
+            R::Dyn => T::Dyn,
+            R::Bool => T::Bool,
+            R::Int => T::Int,
+            R::Uint => T::Uint,
+            R::Double => T::Double,
+            R::Str => T::String,
+            R::Bytes => T::Bytes,
+            R::Duration => T::Duration,
+            R::Timestamp => T::Timestamp,
+            R::ListStr => T::List(Box::new(T::String)),
+            R::Elem => match recv {
+                Some(T::List(e)) => (**e).clone(),
+                _ => T::Dyn,
+            },
+        }
+    }
+}
+
+/// One overload: name, receiver (member calls), parameters, result.
+struct Overload {
+    name: &'static str,
+    recv: Option<P>,
+    args: &'static [P],
+    result: R,
+}
+
+const fn g(name: &'static str, args: &'static [P], result: R) -> Overload {
+    Overload {
+        name,
+        recv: None,
+        args,
+        result,
+    }
+}
+
+const fn m(name: &'static str, recv: P, args: &'static [P], result: R) -> Overload {
+    Overload {
+        name,
+        recv: Some(recv),
+        args,
+        result,
+    }
+}
+
+/// The functions whose overloads the checker knows: CEL's standard ones and the
+/// Kubernetes libraries (lists, strings, regex, URLs, IPs and CIDRs, quantities,
+/// semver, format) kube-apiserver declares for `x-kubernetes-validations`, with every
+/// form each takes. Functions not listed are not checked.
+static FUNCTIONS: &[Overload] = &[
+    // Standard: size, conversions, string tests, time accessors.
+    g("size", &[P::Str], R::Int),
+    g("size", &[P::Bytes], R::Int),
+    g("size", &[P::List], R::Int),
+    g("size", &[P::Map], R::Int),
+    m("size", P::Str, &[], R::Int),
+    m("size", P::Bytes, &[], R::Int),
+    m("size", P::List, &[], R::Int),
+    m("size", P::Map, &[], R::Int),
+    g("int", &[P::Int], R::Int),
+    g("int", &[P::Uint], R::Int),
+    g("int", &[P::Double], R::Int),
+    g("int", &[P::Str], R::Int),
+    g("int", &[P::Timestamp], R::Int),
+    g("int", &[P::Duration], R::Int),
+    g("uint", &[P::Int], R::Uint),
+    g("uint", &[P::Uint], R::Uint),
+    g("uint", &[P::Double], R::Uint),
+    g("uint", &[P::Str], R::Uint),
+    g("double", &[P::Int], R::Double),
+    g("double", &[P::Uint], R::Double),
+    g("double", &[P::Double], R::Double),
+    g("double", &[P::Str], R::Double),
+    g("string", &[P::Scalar], R::Str),
+    g("bytes", &[P::Str], R::Bytes),
+    g("bytes", &[P::Bytes], R::Bytes),
+    g("bool", &[P::Bool], R::Bool),
+    g("bool", &[P::Str], R::Bool),
+    g("duration", &[P::Str], R::Duration),
+    g("duration", &[P::Duration], R::Duration),
+    g("timestamp", &[P::Str], R::Timestamp),
+    g("timestamp", &[P::Timestamp], R::Timestamp),
+    g("timestamp", &[P::Int], R::Timestamp),
+    m("contains", P::Str, &[P::Str], R::Bool),
+    m("startsWith", P::Str, &[P::Str], R::Bool),
+    m("endsWith", P::Str, &[P::Str], R::Bool),
+    m("matches", P::Str, &[P::Str], R::Bool),
+    g("matches", &[P::Str, P::Str], R::Bool),
+    m("getFullYear", P::Timestamp, &[], R::Int),
+    m("getFullYear", P::Timestamp, &[P::Str], R::Int),
+    m("getMonth", P::Timestamp, &[], R::Int),
+    m("getMonth", P::Timestamp, &[P::Str], R::Int),
+    m("getDayOfYear", P::Timestamp, &[], R::Int),
+    m("getDayOfYear", P::Timestamp, &[P::Str], R::Int),
+    m("getDayOfMonth", P::Timestamp, &[], R::Int),
+    m("getDayOfMonth", P::Timestamp, &[P::Str], R::Int),
+    m("getDate", P::Timestamp, &[], R::Int),
+    m("getDate", P::Timestamp, &[P::Str], R::Int),
+    m("getDayOfWeek", P::Timestamp, &[], R::Int),
+    m("getDayOfWeek", P::Timestamp, &[P::Str], R::Int),
+    m("getHours", P::Timestamp, &[], R::Int),
+    m("getHours", P::Timestamp, &[P::Str], R::Int),
+    m("getHours", P::Duration, &[], R::Int),
+    m("getMinutes", P::Timestamp, &[], R::Int),
+    m("getMinutes", P::Timestamp, &[P::Str], R::Int),
+    m("getMinutes", P::Duration, &[], R::Int),
+    m("getSeconds", P::Timestamp, &[], R::Int),
+    m("getSeconds", P::Timestamp, &[P::Str], R::Int),
+    m("getSeconds", P::Duration, &[], R::Int),
+    m("getMilliseconds", P::Timestamp, &[], R::Int),
+    m("getMilliseconds", P::Timestamp, &[P::Str], R::Int),
+    m("getMilliseconds", P::Duration, &[], R::Int),
+    // Kubernetes lists library.
+    m("isSorted", P::List, &[], R::Bool),
+    m("sum", P::List, &[], R::Elem),
+    m("min", P::List, &[], R::Elem),
+    m("max", P::List, &[], R::Elem),
+    m("indexOf", P::List, &[P::Any], R::Int),
+    m("lastIndexOf", P::List, &[P::Any], R::Int),
+    // Strings extension (the version Kubernetes declares).
+    m("charAt", P::Str, &[P::Int], R::Str),
+    m("indexOf", P::Str, &[P::Str], R::Int),
+    m("indexOf", P::Str, &[P::Str, P::Int], R::Int),
+    m("lastIndexOf", P::Str, &[P::Str], R::Int),
+    m("lastIndexOf", P::Str, &[P::Str, P::Int], R::Int),
+    m("lowerAscii", P::Str, &[], R::Str),
+    m("upperAscii", P::Str, &[], R::Str),
+    m("replace", P::Str, &[P::Str, P::Str], R::Str),
+    m("replace", P::Str, &[P::Str, P::Str, P::Int], R::Str),
+    m("split", P::Str, &[P::Str], R::ListStr),
+    m("split", P::Str, &[P::Str, P::Int], R::ListStr),
+    m("substring", P::Str, &[P::Int], R::Str),
+    m("substring", P::Str, &[P::Int, P::Int], R::Str),
+    m("trim", P::Str, &[], R::Str),
+    m("join", P::ListStr, &[], R::Str),
+    m("join", P::ListStr, &[P::Str], R::Str),
+    m("reverse", P::Str, &[], R::Str),
+    m("format", P::Str, &[P::List], R::Str),
+    // Regex library.
+    m("find", P::Str, &[P::Str], R::Str),
+    m("findAll", P::Str, &[P::Str], R::ListStr),
+    m("findAll", P::Str, &[P::Str, P::Int], R::ListStr),
+    // URLs, IPs, CIDRs, quantities, semver: constructors and tests take strings.
+    g("url", &[P::Str], R::Dyn),
+    g("isURL", &[P::Str], R::Bool),
+    g("ip", &[P::Str], R::Dyn),
+    g("isIP", &[P::Str], R::Bool),
+    g("cidr", &[P::Str], R::Dyn),
+    g("isCIDR", &[P::Str], R::Bool),
+    g("quantity", &[P::Str], R::Dyn),
+    g("isQuantity", &[P::Str], R::Bool),
+    g("semver", &[P::Str], R::Dyn),
+    g("semver", &[P::Str, P::Bool], R::Dyn),
+    g("isSemver", &[P::Str], R::Bool),
+    g("isSemver", &[P::Str, P::Bool], R::Bool),
+];
 
 /// The type errors of `src` when `self` (and `oldSelf`) is a value of `s` (`root`: the
 /// custom resource's top-level schema). Parse errors are [`super::compile`]'s to report.
@@ -419,6 +678,65 @@ mod tests {
             (
                 "self.name + 1 == 'x'",
                 "found no matching overload for '_+_' applied to '(string, int)'",
+            ),
+        ];
+        for (r, want) in bad {
+            assert_eq!(check(r, &s, false), vec![want.to_string()], "{r}");
+        }
+        // Function arguments: every form of a function is tried; none fitting is an error
+        // in cel-go's words (receiver first for member calls).
+        let ok = [
+            "size(self.name) > 0 && self.name.size() > 0 && size(self.ports) > 0",
+            "self.name.indexOf('a') >= 0 && self.ports.indexOf(self.ports[0]) == 0",
+            "self.name.split(',').join('-') == 'a' && self.name.substring(1, 2) == 'b'",
+            "self.name.lowerAscii().startsWith('a') && isURL(self.name)",
+            "self.when.getHours() < 3 && duration('1h').getMinutes() == 60",
+            "self.ports.map(p, p.port).sum() > 1 && [1, 2].max() == 2",
+            "strings.quote(self.name) != '' && sets.contains([1], [1])",
+            "string(self.replicas) == '1' && int(self.ratio) == 1",
+            "self.free.x.startsWith('a') || self.ios.size() == 1",
+            "self.labels.all(k, k.matches('^a'))",
+        ];
+        for r in ok {
+            assert_eq!(check(r, &s, false), Vec::<String>::new(), "{r}");
+        }
+        let bad = [
+            (
+                "self.name.startsWith(1)",
+                "found no matching overload for 'startsWith' applied to 'string.(int)'",
+            ),
+            (
+                "self.replicas.startsWith('a')",
+                "found no matching overload for 'startsWith' applied to 'int.(string)'",
+            ),
+            (
+                "size(self.replicas) > 0",
+                "found no matching overload for 'size' applied to '(int)'",
+            ),
+            (
+                "self.name.substring('a') == ''",
+                "found no matching overload for 'substring' applied to 'string.(string)'",
+            ),
+            (
+                "self.ports.join(',') == ''",
+                "found no matching overload for 'join' applied to 'list(object).(string)'",
+            ),
+            (
+                "isIP(self.replicas)",
+                "found no matching overload for 'isIP' applied to '(int)'",
+            ),
+            (
+                "self.when.getHours(1) == 0",
+                "found no matching overload for 'getHours' applied to 'google.protobuf.Timestamp.(int)'",
+            ),
+            (
+                "string(self.ports) == ''",
+                "found no matching overload for 'string' applied to '(list(object))'",
+            ),
+            // The result type flows on: charAt gives a string.
+            (
+                "self.name.charAt(0) == 1",
+                "found no matching overload for '_==_' applied to '(string, int)'",
             ),
         ];
         for (r, want) in bad {

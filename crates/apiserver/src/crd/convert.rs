@@ -7,7 +7,8 @@
 //! host reaches), over TLS trusting only `clientConfig.caBundle` (the service's TLS name
 //! is `<service>.<namespace>.svc`). One call converts every object of a request that is
 //! not in the desired version; the call is bounded by [`TIMEOUT`] and the answer by
-//! [`MAX_RESPONSE`]. The answer is checked as kube-apiserver checks it (uid, `result`,
+//! [`MAX_RESPONSE`]. Idle connections to a `url` webhook are kept and reused (at most 8,
+//! as for admission webhooks). The answer is checked as kube-apiserver checks it (uid, `result`,
 //! one object per object sent, each in the desired `apiVersion` and the same `kind`);
 //! of the metadata only labels and annotations may change (the rest is kept from the
 //! object sent). Failures are `conversion webhook for <group/version>, Kind=<kind>
@@ -35,6 +36,9 @@ pub(crate) struct Webhook {
     url: Option<http::Uri>,
     service: Option<(String, String, String, u16)>,
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Idle connections to a `url` webhook, reused as the admission webhooks' are (a
+    /// `service` one is dialled each time: its endpoints may move).
+    idle: crate::webhook::call::Pool,
 }
 
 impl Webhook {
@@ -59,7 +63,12 @@ impl Webhook {
                 .unwrap_or(443);
             (st("namespace"), st("name"), path, port)
         });
-        Webhook { url, service, tls }
+        Webhook {
+            url,
+            service,
+            tls,
+            idle: Default::default(),
+        }
     }
 
     /// (address to dial, TLS name, path and query).
@@ -86,52 +95,115 @@ impl Webhook {
         Ok((addr, bare, pq))
     }
 
+    /// POSTs the review within [`TIMEOUT`]: on an idle connection when there is one
+    /// (replaced by a new one, once, when the webhook closed it), else a new one.
     async fn post(&self, api: &Api, body: Vec<u8>) -> Result<Value, String> {
-        let tls = self.tls.clone()?;
-        let (addr, name, pq) = self.target(api).await?;
+        let pooled = if self.service.is_none() {
+            self.idle.take()
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let body = Bytes::from(body);
+        let call = async {
+            match self.post_on(api, body.clone(), pooled).await {
+                Err((true, _)) if reused => self.post_on(api, body, None).await,
+                other => other,
+            }
+            .map_err(|(_, e)| e)
+        };
+        tokio::time::timeout(TIMEOUT, call).await.map_err(|_| {
+            let shown = match (&self.url, &self.service) {
+                (Some(u), _) => u.to_string(),
+                (None, Some((ns, name, path, port))) => {
+                    format!("https://{name}.{ns}.svc:{port}{path}")
+                }
+                (None, None) => String::new(),
+            };
+            format!("Post \"{shown}\": context deadline exceeded")
+        })?
+    }
+
+    /// One POST on `conn` or a new connection; an error says whether the request may be
+    /// sent again on a new connection (it failed before an answer came).
+    async fn post_on(
+        &self,
+        api: &Api,
+        body: Bytes,
+        conn: Option<crate::webhook::call::Conn>,
+    ) -> Result<Value, (bool, String)> {
+        let tls = self.tls.clone().map_err(|e| (false, e))?;
+        let (addr, name, pq) = self.target(api).await.map_err(|e| (false, e))?;
         let url = format!("https://{addr}{pq}");
         let fail = |e: &dyn std::fmt::Display| format!("Post \"{url}\": {e}");
-        let server_name =
-            rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| fail(&e))?;
-        let call = async {
-            let tcp = tokio::net::TcpStream::connect(&addr)
-                .await
-                .map_err(|e| fail(&e))?;
-            let tls = tokio_rustls::TlsConnector::from(tls)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| fail(&e))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| fail(&e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+        let (mut sender, task) = match conn {
+            Some(c) => c,
+            None => {
+                let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| (false, fail(&e)))?;
+                let tcp = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .map_err(|e| (false, fail(&e)))?;
+                let _ = tcp.set_nodelay(true);
+                let tls = tokio_rustls::TlsConnector::from(tls)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| (false, fail(&e)))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| (false, fail(&e)))?;
+                let task = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                (sender, task)
+            }
+        };
+        let exchange = async {
+            sender.ready().await.map_err(|e| (true, fail(&e)))?;
             let req = http::Request::post(&pq)
                 .header(http::header::HOST, name.as_str())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(http::header::ACCEPT, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| fail(&e))?;
-            let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
+                .body(Full::new(body))
+                .map_err(|e| (false, fail(&e)))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| (true, fail(&e)))?;
             let code = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| fail(&e))?
+                .map_err(|e| (false, fail(&e)))?
                 .to_bytes();
-            if !code.is_success() {
-                return Err(format!(
-                    "conversion webhook response was not 200: {}",
-                    code.as_u16()
-                ));
-            }
-            serde_json::from_slice::<Value>(&bytes)
-                .map_err(|e| format!("unable to parse the conversion webhook response: {e}"))
+            Ok((code, bytes))
         };
-        tokio::time::timeout(TIMEOUT, call)
-            .await
-            .map_err(|_| fail(&"context deadline exceeded"))?
+        let (code, bytes) = match exchange.await {
+            Ok(x) => {
+                if self.service.is_none() {
+                    self.idle.put(sender, task);
+                } else {
+                    task.abort();
+                }
+                x
+            }
+            Err(e) => {
+                task.abort();
+                return Err(e);
+            }
+        };
+        if !code.is_success() {
+            return Err((
+                false,
+                format!("conversion webhook response was not 200: {}", code.as_u16()),
+            ));
+        }
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            (
+                false,
+                format!("unable to parse the conversion webhook response: {e}"),
+            )
+        })
     }
 }
 

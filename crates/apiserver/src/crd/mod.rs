@@ -147,6 +147,21 @@ impl CustomResource {
         self.convert_to(api, o, &self.api_version).await
     }
 
+    /// Objects (a list page) in this version, through the conversion webhook in one
+    /// review for all of them that are in another version.
+    pub(crate) async fn to_served_all(
+        &self,
+        api: &Api,
+        objs: Vec<Value>,
+    ) -> Result<Vec<Value>, ApiError> {
+        match &self.conversion {
+            Some(hook) => {
+                convert::convert(api, hook, &self.def.names.kind, objs, &self.api_version).await
+            }
+            None => Ok(objs),
+        }
+    }
+
     /// `o` in the storage version, through the conversion webhook when there is one.
     pub(crate) async fn to_stored(&self, api: &Api, o: Value) -> Result<Value, ApiError> {
         self.convert_to(api, o, &self.storage_api_version).await
@@ -163,15 +178,38 @@ impl CustomResource {
         Ok(out.pop().unwrap_or(Value::Null))
     }
 
-    /// Why a watch of this version is refused: its objects need the conversion webhook,
-    /// which watches do not call yet (they would show stored objects unconverted).
-    pub(crate) fn unconverted_watch(&self) -> Option<String> {
-        (self.conversion.is_some() && self.api_version != self.storage_api_version).then(|| {
-            format!(
-                "watching {} {} needs the definition's conversion webhook, which h8s does not call for watches yet; watch the storage version {}",
-                self.api_version, self.res.plural, self.storage_api_version
-            )
-        })
+    /// A watch event in this version: its object and, for an update, the object before
+    /// it, through the conversion webhook in one `ConversionReview` when either is stored
+    /// in another version (no call when both are already in this version, or when the
+    /// definition has no webhook). The returned event holds the converted objects.
+    pub(crate) async fn convert_event(
+        &self,
+        api: &Api,
+        mut ev: h8s_store::Event,
+    ) -> Result<h8s_store::Event, ApiError> {
+        let Some(hook) = &self.conversion else {
+            return Ok(ev);
+        };
+        let kvs: Vec<&mut h8s_store::KeyValue> = match &mut ev {
+            h8s_store::Event::Put { kv, prev } => std::iter::once(kv).chain(prev).collect(),
+            h8s_store::Event::Delete { prev, .. } => vec![prev],
+        };
+        let objs = kvs
+            .iter()
+            .map(|kv| crate::obj::decode(kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        if objs
+            .iter()
+            .all(|o| o["apiVersion"].as_str() == Some(self.api_version.as_str()))
+        {
+            return Ok(ev);
+        }
+        let out =
+            convert::convert(api, hook, &self.def.names.kind, objs, &self.api_version).await?;
+        for (kv, o) in kvs.into_iter().zip(out) {
+            kv.value = crate::obj::encode(&o);
+        }
+        Ok(ev)
     }
 
     /// The version as the definition states it.

@@ -24,7 +24,7 @@ const MAX_RESPONSE: usize = crate::body::MAX_BODY;
 const MAX_IDLE: usize = 8;
 
 /// An HTTP/1.1 connection to a webhook: the request half and the task driving it.
-type Conn = (
+pub(crate) type Conn = (
     hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     tokio::task::JoinHandle<()>,
 );
@@ -35,7 +35,7 @@ pub(crate) struct Pool(std::sync::Mutex<Vec<Conn>>);
 
 impl Pool {
     /// An idle connection still open, if any.
-    fn take(&self) -> Option<Conn> {
+    pub(crate) fn take(&self) -> Option<Conn> {
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, task)) = v.pop() {
             if !s.is_closed() && !task.is_finished() {
@@ -46,7 +46,8 @@ impl Pool {
         None
     }
 
-    fn put(
+    /// Keeps a connection after a complete exchange (at most [`MAX_IDLE`]).
+    pub(crate) fn put(
         &self,
         s: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
         task: tokio::task::JoinHandle<()>,

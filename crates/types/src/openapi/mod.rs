@@ -245,6 +245,14 @@ pub fn v3_index_with(extra: &[(String, String)]) -> Vec<u8> {
     serde_json::to_vec(&idx).unwrap_or_default()
 }
 
+/// A Swagger 2.0 document as `/openapi/v2` serves it: (JSON, gnostic protobuf).
+pub fn v2_encode(doc: &Value) -> (Vec<u8>, Vec<u8>) {
+    (
+        serde_json::to_vec(doc).unwrap_or_default(),
+        gnostic::encode_document(doc),
+    )
+}
+
 /// The content hash used in v3 index links.
 pub fn content_hash(bytes: &[u8]) -> String {
     hash(bytes)
