@@ -2,6 +2,7 @@
 //! Each pod is served by its own supervisor process; this side is stateless apart from the
 //! pod directories, so any number of clients, and restarted ones, see the same pods.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -251,7 +252,7 @@ impl Runtime {
                 // The shim cleans up after itself; make sure, then drop the directory.
                 if let Ok(rec) = dir.load() {
                     for p in [rec.qemu, rec.shim].into_iter().flatten() {
-                        p.kill(libc::SIGKILL);
+                        dir.kill(&id, p, libc::SIGKILL);
                         wait_dead(p).await;
                     }
                     if let Some(j) = &rec.jail {
@@ -366,6 +367,7 @@ impl Runtime {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.shim_log())
             .map_err(|e| Error::io(format!("creating {}", dir.shim_log().display()), e))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.shim.program);
@@ -495,7 +497,22 @@ impl Runtime {
             // newest record, not the one read before.
             return Ok(settle(self.dir(id).load()?).status());
         }
+        self.reap_cgroups(id, &rec);
         Ok(settle(rec).status())
+    }
+
+    /// Removes the cgroups of a pod whose VM has ended (the supervisor, running as the pod's
+    /// uid, cannot: their parent is root's), so a pod that stopped or failed on its own does
+    /// not keep them until it is removed.
+    fn reap_cgroups(&self, id: &str, rec: &PodRecord) {
+        let Some(j) = &rec.jail else { return };
+        if !matches!(rec.state, SandboxState::Failed | SandboxState::Stopped)
+            || rec.qemu.is_some_and(|q| q.alive())
+            || !j.cgroup_dirs.iter().any(|d| d.exists())
+        {
+            return;
+        }
+        crate::jail::release(&self.cfg.root, id, j, false);
     }
 
     /// All pods.
@@ -503,7 +520,10 @@ impl Runtime {
         let mut out = Vec::new();
         for id in list_ids(&self.cfg.root)? {
             match self.dir(&id).load() {
-                Ok(rec) => out.push(settle(rec).status()),
+                Ok(rec) => {
+                    self.reap_cgroups(&id, &rec);
+                    out.push(settle(rec).status())
+                }
                 Err(e) => tracing::warn!(pod = %id, error = %e, "unreadable pod record"),
             }
         }
@@ -558,7 +578,7 @@ impl Runtime {
         let mut rec = dir.load()?;
         let mut killed = false;
         for p in [rec.shim, rec.qemu].into_iter().flatten() {
-            if p.kill(libc::SIGKILL) {
+            if dir.kill(id, p, libc::SIGKILL) {
                 killed = true;
                 wait_dead(p).await;
             }
@@ -852,6 +872,7 @@ async fn lock_file(path: &Path) -> Result<std::fs::File> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     for _ in 0..600 {
