@@ -750,7 +750,16 @@ async fn wait_migration(qmp: &Qmp, limit: Duration) -> Result<()> {
 
 /// Starts QEMU and waits for the guest agent's hello; on failure nothing is left running.
 async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<Booted> {
-    let settings = rec.vm.clone();
+    let mut settings = rec.vm.clone();
+    if let Start::Restore { .. } = start {
+        // QEMU would hold the whole kernel and initramfs in memory for nothing.
+        let root = dir
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::Shim("pod directory without a state root".into()))?;
+        settings.kernel = crate::template::kernel_stub(root)?;
+    }
     let (accel, why) = HostVirt::probe().choose(settings.accel, settings.pvm_guest_kernel);
     tracing::info!(%accel, reason = why, "accelerator chosen");
     rec.accel = Some(accel);
