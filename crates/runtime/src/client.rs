@@ -299,14 +299,10 @@ impl Runtime {
                 std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
             );
         use std::os::unix::process::CommandExt;
-        // SAFETY: setsid(2) is async-signal-safe; the builder outlives this process.
+        // SAFETY: `detach` makes only async-signal-safe system calls; the builder outlives
+        // this process.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(detach);
         }
         match cmd.spawn() {
             Ok(mut child) => {
@@ -385,15 +381,10 @@ impl Runtime {
                 "H8S_LOG",
                 std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
             );
-        // SAFETY: setsid(2) is async-signal-safe; it puts the supervisor in its own session so
-        // the terminal's Ctrl-C and hangup reach only the client, never the pod.
+        // SAFETY: `detach` makes only async-signal-safe system calls; its own session keeps
+        // the terminal's Ctrl-C and hangup from the pod.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(detach);
         }
         let mut child = cmd.spawn().map_err(|e| {
             Error::Shim(format!(
@@ -864,6 +855,24 @@ fn state_word(s: SandboxState) -> &'static str {
         SandboxState::Stopped => "stopped",
         SandboxState::Failed => "failed",
     }
+}
+
+/// Between fork and exec of a process that outlives its caller (a pod supervisor, a
+/// template builder): its own session, and every descriptor above stderr it inherited
+/// without `O_CLOEXEC` (a caller's `flock` lock, a pipe) marked close-on-exec, so the daemon
+/// holds none of them. Only async-signal-safe system calls.
+fn detach() -> std::io::Result<()> {
+    // SAFETY: setsid(2) and close_range(2) take plain integers.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive `flock` on `path`, held until the file is dropped.
