@@ -947,7 +947,23 @@ impl Worker {
         let started = std::time::Instant::now();
         match self.ctx.runtime.run_sandbox(cfg).await {
             Ok(id) => {
-                tracing::info!(sandbox = %id, memory_mib = mem, cpus, ms = started.elapsed().as_millis() as u64, "pod VM started");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(sandbox = %id, memory_mib = mem, cpus, ms, "pod VM started");
+                // How the VM started is the user's to see (a template clone shares its
+                // kernel layout with the template's other clones; docs/runtime.md).
+                let boot = match self.ctx.runtime.sandbox_status(&id).await {
+                    Ok(st) => st.boot,
+                    Err(_) => None,
+                };
+                let msg = match boot.as_deref() {
+                    Some("template") => format!("Started the pod VM from a VM template in {ms} ms"),
+                    Some(b) if b.starts_with("cold") => format!("Booted the pod VM {b} in {ms} ms"),
+                    _ => format!("Started the pod VM in {ms} ms"),
+                };
+                self.ctx
+                    .recorder
+                    .event(&self.pod, None, Normal, "StartedVM", msg)
+                    .await;
                 self.sandbox = Some(id.clone());
                 self.disks = Some(disks);
                 self.vm_memory_mib = mem;

@@ -660,7 +660,7 @@ async fn cmd_logs(a: LogsArgs) -> anyhow::Result<()> {
     let st = runtime.sandbox_status(&id).await?;
     let container = pick_container(&st, a.container.as_deref())?;
     let path = runtime.log_path(&id, &container);
-    let mut file = std::fs::File::open(&path)
+    let mut file = h8s_runtime::open_log_file(&path)
         .with_context(|| format!("container {container:?} has no log ({})", path.display()))?;
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -802,6 +802,59 @@ fn busybox_pod(name: &str, node: &str, labels: &str, command: &str) -> String {
     )
 }
 
+/// Pods created through the API start from the node's VM template (the agent starts building
+/// it at start-up for the usual shape: one image, a NIC, 256 MiB, one vCPU) and say so in a
+/// `StartedVM` event; the annotation `h8s.io/vm-boot: cold` boots a pod cold instead.
+#[test]
+fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
+    let c = cluster();
+    let ns = namespace(c, "tmpl");
+    let templates = c.root().join("templates");
+    wait(Duration::from_secs(300), "the node's VM template", || {
+        for d in std::fs::read_dir(&templates)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let failed = d.path().join("failed");
+            assert!(
+                !failed.exists(),
+                "template build failed: {}",
+                std::fs::read_to_string(&failed).unwrap_or_default()
+            );
+            if d.path().join("ready").is_file() {
+                return Some(());
+            }
+        }
+        None
+    });
+    apply(c, &ns, &busybox_pod("warm", &c.node, "", "sleep 3600"));
+    let cold = busybox_pod("cold", &c.node, "", "sleep 3600").replacen(
+        "  labels:",
+        "  annotations: {h8s.io/vm-boot: cold}\n  labels:",
+        1,
+    );
+    apply(c, &ns, &cold);
+    wait(Duration::from_secs(300), "both pods running", || {
+        (running(c, &ns, "warm") && running(c, &ns, "cold")).then_some(())
+    });
+    let started = |name: &str| {
+        wait(Duration::from_secs(60), "the StartedVM event", || {
+            let events = kubectl_json(c, &["-n", &ns, "get", "events"]).ok()?;
+            events["items"].as_array()?.iter().find_map(|e| {
+                (e["involvedObject"]["name"] == name && e["reason"] == "StartedVM")
+                    .then(|| e["message"].as_str().unwrap_or("").to_string())
+            })
+        })
+    };
+    let warm = started("warm");
+    assert!(warm.contains("from a VM template"), "{warm}");
+    let cold = started("cold");
+    assert!(cold.starts_with("Booted the pod VM cold"), "{cold}");
+    eprintln!("warm: {warm}\ncold: {cold}");
+    cleanup(c, &ns);
+}
+
 fn running(c: &Cluster, ns: &str, name: &str) -> bool {
     pod(c, ns, name)["status"]["phase"] == "Running"
 }

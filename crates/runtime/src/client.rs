@@ -2,6 +2,7 @@
 //! Each pod is served by its own supervisor process; this side is stateless apart from the
 //! pod directories, so any number of clients, and restarted ones, see the same pods.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -251,7 +252,7 @@ impl Runtime {
                 // The shim cleans up after itself; make sure, then drop the directory.
                 if let Ok(rec) = dir.load() {
                     for p in [rec.qemu, rec.shim].into_iter().flatten() {
-                        p.kill(libc::SIGKILL);
+                        dir.kill(&id, p, libc::SIGKILL);
                         wait_dead(p).await;
                     }
                     if let Some(j) = &rec.jail {
@@ -298,14 +299,10 @@ impl Runtime {
                 std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
             );
         use std::os::unix::process::CommandExt;
-        // SAFETY: setsid(2) is async-signal-safe; the builder outlives this process.
+        // SAFETY: `detach` makes only async-signal-safe system calls; the builder outlives
+        // this process.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(detach);
         }
         match cmd.spawn() {
             Ok(mut child) => {
@@ -366,6 +363,7 @@ impl Runtime {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.shim_log())
             .map_err(|e| Error::io(format!("creating {}", dir.shim_log().display()), e))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.shim.program);
@@ -383,15 +381,10 @@ impl Runtime {
                 "H8S_LOG",
                 std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
             );
-        // SAFETY: setsid(2) is async-signal-safe; it puts the supervisor in its own session so
-        // the terminal's Ctrl-C and hangup reach only the client, never the pod.
+        // SAFETY: `detach` makes only async-signal-safe system calls; its own session keeps
+        // the terminal's Ctrl-C and hangup from the pod.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(detach);
         }
         let mut child = cmd.spawn().map_err(|e| {
             Error::Shim(format!(
@@ -495,7 +488,22 @@ impl Runtime {
             // newest record, not the one read before.
             return Ok(settle(self.dir(id).load()?).status());
         }
+        self.reap_cgroups(id, &rec);
         Ok(settle(rec).status())
+    }
+
+    /// Removes the cgroups of a pod whose VM has ended (the supervisor, running as the pod's
+    /// uid, cannot: their parent is root's), so a pod that stopped or failed on its own does
+    /// not keep them until it is removed.
+    fn reap_cgroups(&self, id: &str, rec: &PodRecord) {
+        let Some(j) = &rec.jail else { return };
+        if !matches!(rec.state, SandboxState::Failed | SandboxState::Stopped)
+            || rec.qemu.is_some_and(|q| q.alive())
+            || !j.cgroup_dirs.iter().any(|d| d.exists())
+        {
+            return;
+        }
+        crate::jail::release(&self.cfg.root, id, j, false);
     }
 
     /// All pods.
@@ -503,7 +511,10 @@ impl Runtime {
         let mut out = Vec::new();
         for id in list_ids(&self.cfg.root)? {
             match self.dir(&id).load() {
-                Ok(rec) => out.push(settle(rec).status()),
+                Ok(rec) => {
+                    self.reap_cgroups(&id, &rec);
+                    out.push(settle(rec).status())
+                }
                 Err(e) => tracing::warn!(pod = %id, error = %e, "unreadable pod record"),
             }
         }
@@ -558,7 +569,7 @@ impl Runtime {
         let mut rec = dir.load()?;
         let mut killed = false;
         for p in [rec.shim, rec.qemu].into_iter().flatten() {
-            if p.kill(libc::SIGKILL) {
+            if dir.kill(id, p, libc::SIGKILL) {
                 killed = true;
                 wait_dead(p).await;
             }
@@ -846,12 +857,31 @@ fn state_word(s: SandboxState) -> &'static str {
     }
 }
 
+/// Between fork and exec of a process that outlives its caller (a pod supervisor, a
+/// template builder): its own session, and every descriptor above stderr it inherited
+/// without `O_CLOEXEC` (a caller's `flock` lock, a pipe) marked close-on-exec, so the daemon
+/// holds none of them. Only async-signal-safe system calls.
+fn detach() -> std::io::Result<()> {
+    // SAFETY: setsid(2) and close_range(2) take plain integers.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// An exclusive `flock` on `path`, held until the file is dropped.
 async fn lock_file(path: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     for _ in 0..600 {

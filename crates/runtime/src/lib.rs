@@ -27,7 +27,7 @@ pub use api::{
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
 pub use jail::{CgroupLimit, JailSettings, JailStatus, UidRange};
-pub use logs::{LogEntry, LogLimits, LogStream};
+pub use logs::{open_log_file, LogEntry, LogLimits, LogStream};
 pub use service::{
     BoxFuture, ContainerService, ImageService, PodRuntime, RuntimeInfo, SandboxService,
     RUNTIME_NAME,

@@ -266,9 +266,63 @@ impl LogEntry {
     }
 }
 
+/// Opens a container log file (`<pod dir>/logs/<name>.log`, or its rotated `.1`) for
+/// reading, as a root client must: a jailed pod's directory belongs to the pod's uid, so
+/// neither `logs` nor the file may be a link (that could make `kubectl logs` read any host
+/// file) — the path below the pod directory is resolved with `RESOLVE_BENEATH` and
+/// `RESOLVE_NO_SYMLINKS`, and only a regular file is returned.
+pub fn open_log_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+    let name = path.file_name().ok_or_else(|| bad("no file name"))?;
+    let logs = path.parent().ok_or_else(|| bad("no parent"))?;
+    let pod = logs.parent().ok_or_else(|| bad("no pod directory"))?;
+    let logs_name = logs.file_name().ok_or_else(|| bad("no logs directory"))?;
+    let dir = std::fs::File::open(pod)?;
+    let rel = std::path::Path::new(logs_name).join(name);
+    let fd = rustix::fs::openat2(
+        &dir,
+        &rel,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(std::io::Error::from)?;
+    let f = std::fs::File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(bad("not a regular file"));
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_files_open_only_without_links() {
+        let t = tempfile::tempdir().unwrap();
+        let pod = t.path().join("pod");
+        std::fs::create_dir_all(pod.join("logs")).unwrap();
+        std::fs::write(pod.join("logs/app.log"), "x").unwrap();
+        std::fs::write(t.path().join("secret"), "s").unwrap();
+        assert!(open_log_file(&pod.join("logs/app.log")).is_ok());
+        assert_eq!(
+            open_log_file(&pod.join("logs/missing.log"))
+                .unwrap_err()
+                .kind(),
+            std::io::ErrorKind::NotFound
+        );
+        // A link as the file, and a link as the logs directory, are refused.
+        std::os::unix::fs::symlink(t.path().join("secret"), pod.join("logs/evil.log")).unwrap();
+        assert!(open_log_file(&pod.join("logs/evil.log")).is_err());
+        let other = t.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("app.log"), "o").unwrap();
+        std::fs::rename(pod.join("logs"), pod.join("old")).unwrap();
+        std::os::unix::fs::symlink(&other, pod.join("logs")).unwrap();
+        assert!(open_log_file(&pod.join("logs/app.log")).is_err());
+    }
 
     #[test]
     fn lines_partials_and_streams_are_kept_apart() {

@@ -1,6 +1,8 @@
 //! On-disk pod state: one directory per pod under `<root>/pods/<id>/` holding the pod record
 //! (`pod.json`), the sockets of QEMU and the pod supervisor, the VM console and CRI logs.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -155,7 +157,7 @@ impl PodDir {
 
     pub fn load(&self) -> Result<PodRecord> {
         let path = self.record();
-        let data = std::fs::read(&path).map_err(|e| {
+        let data = read_bounded(&path, MAX_RECORD_BYTES).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound {
                     kind: "pod",
@@ -178,9 +180,49 @@ impl PodDir {
         let tmp = self.dir.join(".pod.json.tmp");
         let data = serde_json::to_vec_pretty(rec)
             .map_err(|e| Error::Shim(format!("encoding record: {e}")))?;
-        std::fs::write(&tmp, data)
+        // A jailed pod's directory belongs to its uid: a root writer never follows a link
+        // its supervisor may have left under the temporary name (unlink, then O_EXCL).
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&data))
             .and_then(|_| std::fs::rename(&tmp, self.record()))
             .map_err(|e| Error::io(format!("writing {}", self.record().display()), e))
+    }
+
+    /// The uid owning the pod directory: root until a jailed pod's supervisor takes it over
+    /// (it then belongs to the pod's uid, which cannot give it back to root).
+    pub fn owner(&self) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&self.dir).ok().map(|m| m.uid())
+    }
+
+    /// Sends `sig` to `p`, a process the record names, if it can be pod `id`'s. Once the
+    /// directory is the pod uid's the record is that uid's to write, so a root client
+    /// signals only processes of that uid, or root processes whose command line names the
+    /// pod (its supervisor before it dropped, an rbd pod's QEMU) — never one a compromised
+    /// supervisor wrote into the record.
+    pub fn kill(&self, id: &str, p: ProcRef, sig: i32) -> bool {
+        match self.owner() {
+            None | Some(0) => p.kill(sig),
+            Some(owner) => {
+                let ours = match util::process_uid(p.pid) {
+                    Some(u) if u == owner => true,
+                    Some(0) => util::process_args(p.pid)
+                        .iter()
+                        .any(|a| a == id || a.contains(&format!("pods/{id}"))),
+                    _ => false,
+                };
+                if !ours {
+                    tracing::warn!(pid = p.pid, pod = %id, "the pod record names a process that is not the pod's; not signalling it");
+                    return false;
+                }
+                p.kill(sig)
+            }
+        }
     }
 
     pub fn remove(&self) -> Result<()> {
@@ -207,4 +249,113 @@ pub(crate) fn list_ids(root: &Path) -> Result<Vec<String>> {
         .collect();
     ids.sort();
     Ok(ids)
+}
+
+/// The largest pod record a client reads (a record is a few KiB; a jailed pod's uid owns the
+/// file, so its size is not ours to trust).
+const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// Reads a regular file of at most `max` bytes, not following a final symlink and never
+/// blocking on a FIFO.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a regular file of at most {max} bytes"),
+        ));
+    }
+    let mut data = Vec::with_capacity(m.len() as usize);
+    f.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// Once a pod directory is not root's, a root client signals only the processes a pod
+    /// can have: its uid's, or root's naming the pod. Signal 0 only checks.
+    #[test]
+    fn a_record_the_pod_writes_cannot_aim_signals_elsewhere() {
+        let t = tempfile::tempdir().unwrap();
+        let id = "0123456789ab";
+        let dir = PodDir::new(t.path(), id);
+        std::fs::create_dir_all(&dir.dir).unwrap();
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        let pod_uid = if root {
+            4242
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::geteuid() }
+        };
+        std::os::unix::fs::lchown(&dir.dir, Some(pod_uid), Some(pod_uid)).unwrap();
+        let spawn = |uid: Option<u32>, name: &str| {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", "sleep 30", name]);
+            if let Some(u) = uid {
+                c.uid(u).gid(u);
+            }
+            let child = c.spawn().unwrap();
+            let pid = child.id();
+            for _ in 0..100 {
+                if util::process_args(pid).iter().any(|a| a == name) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (child, ProcRef::of(pid).unwrap())
+        };
+        // PID 1 is nobody's pod.
+        let init = ProcRef::of(1).unwrap();
+        assert!(!dir.kill(id, init, 0));
+        let mut children = Vec::new();
+        let (c, p) = spawn(None, &format!("pods/{id}"));
+        children.push(c);
+        assert!(dir.kill(id, p, 0), "root naming the pod, or the pod's uid");
+        if root {
+            let (c, p) = spawn(None, "pods/000000000000");
+            children.push(c);
+            assert!(!dir.kill(id, p, 0), "root naming another pod");
+            let (c, p) = spawn(Some(pod_uid), "x");
+            children.push(c);
+            assert!(dir.kill(id, p, 0), "the pod's uid");
+            let (c, p) = spawn(Some(pod_uid + 1), "x");
+            children.push(c);
+            assert!(!dir.kill(id, p, 0), "another uid");
+        }
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn records_are_read_bounded_and_never_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![b' '; 100]).unwrap();
+        assert!(read_bounded(&big, 99).is_err());
+        assert_eq!(read_bounded(&big, 100).unwrap().len(), 100);
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&big, &link).unwrap();
+        assert!(read_bounded(&link, 1000).is_err());
+        let fifo =
+            std::ffi::CString::new(t.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(read_bounded(&t.path().join("fifo"), 1000).is_err());
+    }
 }

@@ -171,6 +171,28 @@ pub(crate) struct Ready {
     pub build_ms: u64,
 }
 
+/// The stand-in kernel a restored clone's QEMU is given instead of the guest's: 4 KiB of
+/// zeros, which QEMU's x86 loader takes as an old-protocol image (no initramfs). A restored
+/// guest never reads its kernel or initramfs again (its memory comes from the template, and
+/// `-no-reboot` turns a reset into an exit), but QEMU reads both into its own anonymous
+/// memory for the VM's whole life — 13.5 MiB for Debian's cloud kernel and 3.8 MiB for the
+/// initramfs, per pod. The machine's memory regions (the linuxboot option ROM included) are
+/// the same either way, so the template's state still loads.
+pub(crate) fn kernel_stub(root: &Path) -> Result<PathBuf> {
+    let dir = templates_dir(root);
+    let path = dir.join("kernel.stub");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == 4096) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let tmp = dir.join(format!(".kernel.stub.{}", std::process::id()));
+    std::fs::write(&tmp, [0u8; 4096])
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    Ok(path)
+}
+
 /// One template's directory.
 #[derive(Debug, Clone)]
 pub(crate) struct TemplateDir {

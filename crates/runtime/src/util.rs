@@ -73,6 +73,28 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     state != "Z" && state != "X" && process_start_time(pid) == Some(start)
 }
 
+/// The real uid of process `pid` (`Uid:` in `/proc/PID/status`).
+pub(crate) fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The command line of process `pid`, one string per argument.
+pub(crate) fn process_args(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// Sends `sig` to `pid` only if it is still the process that started at `start`.
 pub(crate) fn kill_checked(pid: u32, start: u64, sig: i32) -> bool {
     if !process_alive(pid, start) {

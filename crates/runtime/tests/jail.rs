@@ -263,10 +263,13 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
             !top.contains(&"etc".to_string()) && !top.contains(&"home".to_string()),
             "{top:?}"
         );
-        // The pod directory is root-only.
+        // The pod directory is the pod uid's alone (its supervisor writes it).
         let mode = std::fs::metadata(pods_dir.join(&s.id)).unwrap();
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert_eq!(mode.permissions().mode() & 0o777, 0o700);
+        assert_eq!(mode.uid(), j.uid);
+        let rec_owner = std::fs::metadata(pods_dir.join(&s.id).join("pod.json")).unwrap();
+        assert_eq!(rec_owner.uid(), j.uid);
         // The memory limit (guest RAM + overhead) is in force on QEMU's cgroup.
         let mem = j
             .cgroups
@@ -288,17 +291,24 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         // The supervisor is filtered: seccomp mode 2.
         let shim = s.shim_pid.unwrap();
         assert_eq!(status_field(shim, "Seccomp"), "2");
-        // …and keeps only CAP_KILL (bit 5), on every thread.
-        assert_eq!(j.supervisor_caps, vec!["CAP_KILL".to_string()]);
+        // …runs as the pod's uid and gid with no capability, on every thread.
+        assert_eq!(j.supervisor_uid, Some(j.uid), "{j:?}");
+        assert!(j.supervisor_caps.is_empty(), "{j:?}");
+        let ids = format!("{0}\t{0}\t{0}\t{0}", j.uid);
         for t in std::fs::read_dir(format!("/proc/{shim}/task"))
             .unwrap()
             .flatten()
         {
             let st = std::fs::read_to_string(t.path().join("status")).unwrap();
             for (field, want) in [
-                ("CapEff", "0000000000000020"),
-                ("CapPrm", "0000000000000020"),
-                ("CapBnd", "0000000000000020"),
+                ("Uid", ids.as_str()),
+                ("Gid", ids.as_str()),
+                ("Groups", ""),
+                ("CapEff", "0000000000000000"),
+                ("CapPrm", "0000000000000000"),
+                ("CapInh", "0000000000000000"),
+                ("CapAmb", "0000000000000000"),
+                ("NoNewPrivs", "1"),
                 ("Seccomp", "2"),
             ] {
                 let got = st
@@ -309,6 +319,7 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
                 assert_eq!(got, want, "supervisor thread {:?} {field}", t.file_name());
             }
         }
+        assert_eq!(status_field(shim, "CapBnd"), "0000000000000000");
         eprintln!(
             "pod {}: uid {} cgroups {:?} not enforced {:?}",
             s.id, j.uid, j.cgroups, j.not_enforced
@@ -327,7 +338,26 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
     let uid_markers = e.rt.root().join("jail/uids");
     for (s, j) in [(&sa, &ja), (&sb, &jb)] {
         assert!(uid_markers.join(j.uid.to_string()).exists());
+        e.rt.stop_sandbox(&s.id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // The record is the pod uid's to write: a directory it names as a cgroup that is
+        // not one (an empty directory elsewhere) survives the pod's removal.
+        let decoy = e.rt.root().join("decoy/h8s").join(&s.id);
+        std::fs::create_dir_all(&decoy).unwrap();
+        let rec_path = pods_dir.join(&s.id).join("pod.json");
+        let mut rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+        rec["jail"]["cgroup_dirs"]
+            .as_array_mut()
+            .unwrap()
+            .push(decoy.to_string_lossy().into());
+        std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
         e.rt.remove_sandbox(&s.id, true).await.unwrap();
+        assert!(
+            decoy.is_dir(),
+            "a directory the record names is not removed"
+        );
         let pid = s.qemu_pid.unwrap();
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(

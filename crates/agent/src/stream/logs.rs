@@ -93,7 +93,7 @@ pub(crate) async fn serve(
         Ok(f) => f,
         Err(e) => return backend_error(&e),
     };
-    let f = match tokio::fs::File::open(&file.path).await {
+    let f = match open_log(&file.path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Created but not started yet: an empty log, as kubelet shows it.
@@ -146,7 +146,7 @@ async fn tail_offset(path: &Path, n: u64) -> std::io::Result<u64> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek};
-        let mut f = std::fs::File::open(&path)?;
+        let mut f = h8s_runtime::open_log_file(&path)?;
         let len = f.metadata()?.len();
         if n == 0 {
             return Ok(len);
@@ -220,7 +220,7 @@ async fn pump(
                 // old file is read to its end (it gets no more writes), go on in the new one.
                 if rotated_away(rd.get_ref(), path).await {
                     if switch_pending {
-                        if let Ok(f) = tokio::fs::File::open(path).await {
+                        if let Ok(f) = open_log(path).await {
                             rd = BufReader::with_capacity(64 * 1024, f);
                             switch_pending = false;
                             continue;
@@ -284,6 +284,15 @@ async fn pump(
         }
     }
     Ok(())
+}
+
+/// Opens a container log without following links (a jailed pod's directory is its uid's).
+async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let path = path.to_path_buf();
+    let f = tokio::task::spawn_blocking(move || h8s_runtime::open_log_file(&path))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(f))
 }
 
 #[cfg(test)]

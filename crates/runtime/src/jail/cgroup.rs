@@ -351,9 +351,50 @@ pub(crate) fn oom_killed(enforced: &[CgroupLimit]) -> bool {
         })
 }
 
+/// Of `dirs`, those that can be pod `id`'s cgroups: absolute, `…/h8s/<id>` with no `..`,
+/// on a cgroup or cgroup2 file system.
+pub(crate) fn pod_dirs_only(dirs: &[PathBuf], id: &str) -> Vec<PathBuf> {
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    dirs.iter()
+        .filter(|d| {
+            let named = d.is_absolute()
+                && !d
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                && d.file_name().is_some_and(|n| n == id)
+                && d.parent()
+                    .and_then(|p| p.file_name())
+                    .is_some_and(|n| n == "h8s");
+            let Some(parent) = d.parent() else {
+                return false;
+            };
+            let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: statfs(2) with a NUL-terminated path and a zeroed struct it fills.
+            let fs_type = unsafe {
+                let mut st: libc::statfs = std::mem::zeroed();
+                if libc::statfs(c.as_ptr(), &mut st) != 0 {
+                    return false;
+                }
+                st.f_type as i64
+            };
+            named && matches!(fs_type, CGROUP_SUPER_MAGIC | CGROUP2_SUPER_MAGIC)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Removes the pod's cgroup directories (their tasks must be gone; retried briefly, since a
 /// just-killed QEMU leaves its cgroup a moment after it is reaped).
 pub(crate) fn remove(dirs: &[PathBuf]) {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        // A supervisor that dropped to its pod's uid cannot remove its cgroups (their parent
+        // is root's): the root client that stops or removes the pod does.
+        return;
+    }
     for d in dirs {
         for i in 0..50 {
             match std::fs::remove_dir(d) {

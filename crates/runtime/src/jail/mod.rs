@@ -128,7 +128,10 @@ pub struct JailStatus {
     /// The pod's cgroup directories (removed when the VM is gone).
     #[serde(default)]
     pub cgroup_dirs: Vec<std::path::PathBuf>,
-    /// The only capabilities the supervisor kept once the VM ran (it stays uid 0).
+    /// The uid the supervisor runs as once the VM is up (the pod's own; `None`: root).
+    #[serde(default)]
+    pub supervisor_uid: Option<u32>,
+    /// Capabilities the supervisor kept once the VM ran: none when it runs as the pod's uid.
     #[serde(default)]
     pub supervisor_caps: Vec<String>,
     /// The supervisor runs under its own seccomp filter.
@@ -155,7 +158,9 @@ pub struct CgroupLimit {
 /// Frees what a pod's jail holds on the host once its VM is gone: its cgroups and, with
 /// `release_uid` (the pod is removed or never started), its uid.
 pub(crate) fn release(root: &std::path::Path, id: &str, jail: &JailStatus, release_uid: bool) {
-    cgroup::remove(&jail.cgroup_dirs);
+    // The record may have been written by the pod's uid (its supervisor): remove only
+    // directories that are this pod's cgroups, never what else a record names.
+    cgroup::remove(&cgroup::pod_dirs_only(&jail.cgroup_dirs, id));
     if release_uid {
         uids::release(root, jail.uid, id);
     }

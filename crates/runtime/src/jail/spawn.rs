@@ -509,21 +509,19 @@ pub(crate) fn open_tap(name: &str, owner: Option<(u32, u32)>) -> Result<std::fs:
     Ok(f)
 }
 
-/// Leaves the supervisor (still uid 0, so it keeps writing its root-owned pod directory)
-/// only `CAP_KILL`, to signal QEMU, which runs under another uid: every other capability
-/// goes from its effective, permitted, inheritable and bounding sets. Capabilities are per
-/// thread: this is done on the thread that runs the supervisor's event loop, before it
-/// starts any helper thread, which then inherits the reduced sets.
-pub(crate) fn drop_supervisor_caps() -> Result<()> {
-    const CAP_KILL: u32 = 5; // linux/capability.h
-    let keep = CAP_KILL;
-    // SAFETY: prctl/capset with plain integers and stack buffers that outlive the calls;
-    // they change only this thread's credentials.
+/// Makes the supervisor the pod's own user once what needs root is done (tap, cgroups,
+/// QEMU's namespaces, the template memory): its bounding set emptied (while `CAP_SETPCAP` is
+/// still held), no supplementary groups, real/effective/saved gid and uid the pod's — which
+/// clears every capability, on every thread (glibc applies `setresuid`/`setresgid` to all
+/// threads) — and `no_new_privs`. It then signals QEMU as the same uid, and writes its pod
+/// directory because [`own_pod_dir`] gave it to that uid. Checked afterwards: no
+/// capability left in the effective or permitted set.
+pub(crate) fn drop_supervisor_to(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: prctl/setgroups/setresgid/setresuid/capget with plain integers, a null list
+    // of length 0 and stack buffers that outlive the calls; they change only this
+    // process's credentials.
     unsafe {
         for cap in 0..64u32 {
-            if cap == keep {
-                continue;
-            }
             if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EINVAL) {
@@ -531,38 +529,83 @@ pub(crate) fn drop_supervisor_caps() -> Result<()> {
                 }
             }
         }
+        if libc::setgroups(0, std::ptr::null()) < 0 {
+            return Err(Error::io(
+                "dropping supplementary groups",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if libc::setresgid(gid, gid, gid) < 0 {
+            return Err(Error::io(
+                format!("setresgid({gid})"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if libc::setresuid(uid, uid, uid) < 0 {
+            return Err(Error::io(
+                format!("setresuid({uid})"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(Error::io(
+                "setting no_new_privs",
+                std::io::Error::last_os_error(),
+            ));
+        }
         #[repr(C)]
         struct Header {
             version: u32,
             pid: libc::c_int,
         }
         #[repr(C)]
+        #[derive(Default, Clone, Copy)]
         struct Data {
             effective: u32,
             permitted: u32,
             inheritable: u32,
         }
-        let hdr = Header {
+        let mut hdr = Header {
             version: 0x2008_0522,
             pid: 0,
         };
-        let data = [
-            Data {
-                effective: 1 << keep,
-                permitted: 1 << keep,
-                inheritable: 0,
-            },
-            Data {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            },
-        ];
-        if libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) < 0 {
+        let mut data = [Data::default(); 2];
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) < 0 {
             return Err(Error::io(
-                "dropping capabilities",
+                "reading capabilities",
                 std::io::Error::last_os_error(),
             ));
+        }
+        if data.iter().any(|d| d.effective != 0 || d.permitted != 0) {
+            return Err(Error::Shim(
+                "capabilities left after dropping to the pod's uid".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Gives the pod directory and what the supervisor writes in it (record, sockets, logs) to
+/// the pod's uid, without following links. `vmroot` (QEMU's mount point) stays root's.
+/// The directory stays 0700: root clients (the node agent, `h8s`) read and finally remove
+/// it; other pods' uids cannot enter it.
+pub(crate) fn own_pod_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<()> {
+    let chown = |p: &std::path::Path| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("giving {} to uid {uid}", p.display()), e))
+    };
+    chown(dir)?;
+    for sub in [dir.to_path_buf(), dir.join("logs")] {
+        let rd = match std::fs::read_dir(&sub) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("listing {}", sub.display()), e)),
+        };
+        for e in rd.flatten() {
+            if e.file_name() == "vmroot" {
+                continue;
+            }
+            chown(&e.path())?;
         }
     }
     Ok(())

@@ -312,6 +312,10 @@ pub(crate) fn qemu_args(
         }
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
     }
+    if !matches!(ep.mode, LaunchMode::Restore { .. }) {
+        // A restored clone gets a stand-in kernel and no initramfs (template::kernel_stub).
+        push(&["-initrd", &ep.initrd.to_string_lossy()]);
+    }
     // A descriptor for QEMU's file opens: fd set N holds fd N.
     let fdset = |fd: RawFd| format!("fd={fd},set={fd}");
     push(&[
@@ -327,8 +331,6 @@ pub(crate) fn qemu_args(
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-kernel",
         &ep.kernel.to_string_lossy(),
-        "-initrd",
-        &ep.initrd.to_string_lossy(),
         "-append",
         &kernel_cmdline(settings, accel),
         "-add-fd",
@@ -559,7 +561,8 @@ mod tests {
             "-add-fd fd=5,set=5,opaque=/r/pods/abc -chardev file,id=con,path=/dev/fdset/5,append=on"
         ));
         assert!(a.contains("-netdev tap,id=net0,fd=8,vhost=off"));
-        assert!(a.contains("-kernel /vm/kernel -initrd /vm/initrd"));
+        assert!(a.contains("-kernel /vm/kernel -append"));
+        assert!(a.contains("-initrd /vm/initrd"));
         // agent port + image + volume + net + balloon = 5 of 8 slots.
         assert!(a.contains("virtio-balloon-device"));
         assert!(a.contains(
@@ -576,6 +579,16 @@ mod tests {
             !a.contains("/r/q") && !a.contains("ifname"),
             "no host path but the kernel's: {a}"
         );
+        // A restored clone: the template's memory, no initramfs, the state comes later.
+        let mut p = p;
+        p.mode = LaunchMode::Restore {
+            mem: "/proc/self/fd/10".into(),
+        };
+        let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
+        assert!(a.contains("-kernel /vm/kernel -append"));
+        assert!(!a.contains("-initrd"), "{a}");
+        assert!(a.contains("mem-path=/proc/self/fd/10,share=off"), "{a}");
+        assert!(a.ends_with("-incoming defer"), "{a}");
     }
 
     #[test]

@@ -165,7 +165,15 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         }
     };
     let booted = if adopt {
-        reattach(&dir, &mut rec).await
+        // Nothing of a takeover needs root: become the pod's user before touching sockets
+        // and files a previous supervisor (as that user) could have changed.
+        match rec.jail.as_mut().map(|j| confine(&dir, j)) {
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot confine the supervisor; not taking over");
+                return Err(e);
+            }
+            _ => reattach(&dir, &mut rec).await,
+        }
     } else {
         boot(&dir, &mut rec).await
     };
@@ -192,51 +200,33 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             return Ok(());
         }
     };
-    if let (false, Some(net)) = (adopt, rec.config.network.clone()) {
-        let hostname = rec.config.hostname.as_deref().unwrap_or(&rec.config.name);
-        if let Err(e) = configure_network(&agent, hostname, &rec.config.dns_search, &net).await {
-            tracing::error!(error = %e, "network set-up failed");
-            if let Qemu::Child(c) = &mut qemu {
-                let _ = c.start_kill();
-                let _ = c.wait().await;
-            }
-            rec.state = SandboxState::Failed;
-            rec.reason = Some(e.to_string());
-            rec.shim = None;
-            rec.qemu = None;
-            if let Some(j) = &rec.jail {
-                crate::jail::cgroup::remove(&j.cgroup_dirs);
-            }
-            let _ = dir.save(&rec);
-            remove_sockets(&dir);
-            ready_line(Err(e));
-            return Ok(());
+    let mut setup = Ok(());
+    if !adopt {
+        if let Some(j) = rec.jail.as_mut() {
+            setup = confine(&dir, j);
         }
     }
-    if let Some(j) = rec.jail.as_mut() {
-        // From here on the supervisor only serves: no capability but CAP_KILL (for QEMU),
-        // no exec, no fork, no mount.
-        match crate::jail::spawn::drop_supervisor_caps() {
-            Ok(()) => j.supervisor_caps = vec!["CAP_KILL".into()],
-            Err(e) => {
-                tracing::warn!(error = %e, "jail: supervisor keeps its capabilities");
-                j.not_enforced
-                    .retain(|w| !w.starts_with("supervisor capabilities"));
-                j.not_enforced.push(format!("supervisor capabilities: {e}"));
-            }
+    if let (Ok(()), false, Some(net)) = (&setup, adopt, rec.config.network.clone()) {
+        let hostname = rec.config.hostname.as_deref().unwrap_or(&rec.config.name);
+        setup = configure_network(&agent, hostname, &rec.config.dns_search, &net).await;
+    }
+    if let Err(e) = setup {
+        tracing::error!(error = %e, "pod set-up failed");
+        if let Qemu::Child(c) = &mut qemu {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
         }
-        match crate::jail::seccomp::supervisor_filters()
-            .and_then(|f| crate::jail::seccomp::apply_to_process(&f))
-        {
-            Ok(()) => j.supervisor_seccomp = true,
-            Err(e) => {
-                tracing::warn!(error = %e, "jail: supervisor seccomp filter not installed");
-                j.supervisor_seccomp = false;
-                j.not_enforced
-                    .retain(|w| !w.starts_with("supervisor seccomp"));
-                j.not_enforced.push(format!("supervisor seccomp: {e}"));
-            }
+        rec.state = SandboxState::Failed;
+        rec.reason = Some(e.to_string());
+        rec.shim = None;
+        rec.qemu = None;
+        if let Some(j) = &rec.jail {
+            crate::jail::cgroup::remove(&j.cgroup_dirs);
         }
+        let _ = dir.save(&rec);
+        remove_sockets(&dir);
+        ready_line(Err(e));
+        return Ok(());
     }
     let qemu_ref = rec
         .qemu
@@ -396,6 +386,34 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     // New clients get "refused" at once instead of waiting on a backlog nobody serves.
     drop(listener);
     teardown(&shim, final_state, reason).await;
+    Ok(())
+}
+
+/// Confines the supervisor of a jailed pod once what needs root is done (QEMU runs in its
+/// namespaces and cgroups, the tap is open, the template memory received): the pod
+/// directory becomes the pod uid's, the supervisor drops to that uid and gid with no
+/// capabilities, then installs its seccomp filter. Failing to drop is fatal (the pod does
+/// not start as a root supervisor); a seccomp filter that cannot be installed is reported
+/// in `not_enforced`.
+fn confine(dir: &PodDir, j: &mut crate::JailStatus) -> Result<()> {
+    crate::jail::spawn::own_pod_dir(&dir.dir, j.uid, j.gid)?;
+    crate::jail::spawn::drop_supervisor_to(j.uid, j.gid)?;
+    j.supervisor_uid = Some(j.uid);
+    j.supervisor_caps = Vec::new();
+    j.not_enforced
+        .retain(|w| !w.starts_with("supervisor capabilities"));
+    match crate::jail::seccomp::supervisor_filters()
+        .and_then(|f| crate::jail::seccomp::apply_to_process(&f))
+    {
+        Ok(()) => j.supervisor_seccomp = true,
+        Err(e) => {
+            tracing::warn!(error = %e, "jail: supervisor seccomp filter not installed");
+            j.supervisor_seccomp = false;
+            j.not_enforced
+                .retain(|w| !w.starts_with("supervisor seccomp"));
+            j.not_enforced.push(format!("supervisor seccomp: {e}"));
+        }
+    }
     Ok(())
 }
 
@@ -732,7 +750,16 @@ async fn wait_migration(qmp: &Qmp, limit: Duration) -> Result<()> {
 
 /// Starts QEMU and waits for the guest agent's hello; on failure nothing is left running.
 async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<Booted> {
-    let settings = rec.vm.clone();
+    let mut settings = rec.vm.clone();
+    if let Start::Restore { .. } = start {
+        // QEMU would hold the whole kernel and initramfs in memory for nothing.
+        let root = dir
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::Shim("pod directory without a state root".into()))?;
+        settings.kernel = crate::template::kernel_stub(root)?;
+    }
     let (accel, why) = HostVirt::probe().choose(settings.accel, settings.pvm_guest_kernel);
     tracing::info!(%accel, reason = why, "accelerator chosen");
     rec.accel = Some(accel);
