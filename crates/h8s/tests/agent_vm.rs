@@ -6,339 +6,50 @@
 //! `metrics.k8s.io` (`kubectl top`, 1.27 and 1.33) is read from the agent's stats of the same
 //! pod VMs.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod node_support;
+
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use node_support::{container_status, wait, Node as Cluster, Opts};
 use serde_json::Value;
-
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-
-fn cache() -> PathBuf {
-    std::env::var_os("H8S_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
-}
-
-struct Cluster {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    node: String,
-    _child: Child,
-}
-
-impl Cluster {
-    fn root(&self) -> PathBuf {
-        self.dir.join("r")
-    }
-}
 
 fn cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(start)
-}
-
-fn start() -> Cluster {
-    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
-        assert!(
-            cache().join(f).exists(),
-            "needs {f} in the cache: run scripts/setup"
-        );
-    }
-    // Short: unix socket paths under the runtime root must stay below 108 bytes.
-    let dir = tempfile::Builder::new()
-        .prefix("h8s-ag")
-        .tempdir_in("/tmp")
-        .unwrap()
-        .keep();
-    let data = dir.join("data");
-    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["image", "import"])
-        .arg(cache().join("images/busybox-oci"))
-        .env("H8S_DATA_DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        imp.status.success(),
-        "importing busybox: {}",
-        String::from_utf8_lossy(&imp.stderr)
-    );
-    let pid = std::process::id();
-    let node = format!("agent-test-{pid}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .args(["--node-name", &node])
-        .args(["--streaming-port", "0"])
-        .args(["--restart-backoff", "2s", "--restart-backoff-max", "8s"])
-        .args([
-            "--image-pull-backoff",
-            "1s",
-            "--image-pull-backoff-max",
-            "4s",
-        ])
-        .args(["--pod-sync-period", "500ms"])
-        .args(["--node-status-update-frequency", "2s"])
-        .args(["--node-lease-renew-interval", "2s"])
-        .args(["--volume-refresh-period", "2s"])
-        .args(["--eviction-monitoring-period", "1s"])
-        // The imported busybox is the only image and never pulled again: image GC (unit-tested
-        // on its own) must not take it on a host whose disk happens to be full.
-        .args([
-            "--image-gc-high-threshold",
-            "100",
-            "--image-gc-low-threshold",
-            "99",
-        ])
-        // Metrics sampled and served often enough for `kubectl top` within a test.
-        .args(["--stats-interval", "2s"])
-        .args(["--metrics-cache-ttl", "1s"])
-        .args(["--pod-network", &format!("agt{}", pid % 100000)])
-        .args(["--pod-cidr", &format!("10.{}.0.0/16", 150 + pid % 50)])
-        .args(["--pod-network-vni", &(5000 + pid % 10000).to_string()])
-        .env("H8S_ROOT", dir.join("r"))
-        .env("H8S_NET_DIR", dir.join("net"))
-        .env("H8S_NET_EGRESS", "false")
-        .env("H8S_BOOT_TIMEOUT", "120")
-        .env("H8S_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::File::create(dir.join("server.log"))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::inherit()),
-        );
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the tests.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    // PR_SET_PDEATHSIG follows the thread that forked: fork from one that lives as long as
-    // the test process, not from whichever test thread happens to start the cluster.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    let mut child = rx.recv().unwrap().expect("spawning h8s server");
-    // At exit: stop the server, then take the pod network's devices down (the tests have
-    // removed their pods; the Network's bridge, gateway and rules are left otherwise).
-    let _ = TEARDOWN.set((child.id(), dir.clone(), format!("agt{}", pid % 100000)));
-    // SAFETY: registering a plain extern "C" fn with atexit(3).
-    unsafe { libc::atexit(teardown) };
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
-    let _url = parts.next().unwrap();
-    let kubeconfig = PathBuf::from(parts.next().unwrap());
-    eprintln!("cluster in {} (server log: server.log)", dir.display());
-    let c = Cluster {
-        dir,
-        kubeconfig,
-        node,
-        _child: child,
-    };
-    wait(Duration::from_secs(30), "the node to register", || {
-        kubectl_json(&c, &["get", "node", &c.node]).ok()
-    });
-    c
-}
-
-static TEARDOWN: OnceLock<(u32, PathBuf, String)> = OnceLock::new();
-
-/// Kills (SIGKILL) every process whose command line names `root`: template builders and
-/// their QEMUs outlive the agent that started them, by design, so a test cleans them up.
-fn kill_by_cmdline(root: &Path) {
-    let needle = root.to_string_lossy().into_owned();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in procs.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
-            // SAFETY: kill(2) on a process whose command line names this test's own root.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-extern "C" fn teardown() {
-    let Some((pid, dir, net)) = TEARDOWN.get() else {
-        return;
-    };
-    // SAFETY: kill(2) on the server we started.
-    unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_secs(3));
-    kill_by_cmdline(&dir.join("r"));
-    let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["net", "rm", "--force", net])
-        .env("H8S_NET_DIR", dir.join("net"))
-        .env("H8S_ROOT", dir.join("r"))
-        // The agent's fabric is named after its node.
-        .env(
-            "H8S_NODE_NAME",
-            format!("agent-test-{}", std::process::id()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn kubectl_out(c: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new(KUBECTL);
-    cmd.arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = cmd.spawn().unwrap();
-    if let Some(s) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn kubectl(c: &Cluster, args: &[&str]) -> String {
-    let (ok, out, err) = kubectl_out(c, args, None);
-    assert!(ok, "kubectl {args:?} failed: {err}");
-    out
-}
-
-fn apply(c: &Cluster, ns: &str, yaml: &str) {
-    let (ok, _, err) = kubectl_out(c, &["-n", ns, "apply", "-f", "-"], Some(yaml));
-    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
-}
-
-fn kubectl_json(c: &Cluster, args: &[&str]) -> Result<Value, String> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let (ok, out, err) = kubectl_out(c, &a, None);
-    if !ok {
-        return Err(err);
-    }
-    serde_json::from_str(&out).map_err(|e| e.to_string())
-}
-
-fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn namespace(c: &Cluster, name: &str) -> String {
-    let ns = format!("{name}-{}", std::process::id() % 100000);
-    kubectl(c, &["create", "namespace", &ns]);
-    ns
-}
-
-fn pod(c: &Cluster, ns: &str, name: &str) -> Value {
-    kubectl_json(c, &["-n", ns, "get", "pod", name]).unwrap_or(Value::Null)
-}
-
-fn container_status(p: &Value) -> Value {
-    p["status"]["containerStatuses"][0].clone()
-}
-
-/// Pod VMs of `ns` the runtime still has (its pod records are labelled with the namespace).
-fn vms_of(c: &Cluster, ns: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(c.root().join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let rec: Value = std::fs::read(e.path().join("pod.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        if rec["config"]["labels"]["io.kubernetes.pod.namespace"] == ns {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-/// Deletes the namespace's pods and checks nothing of them is left: no pod VM record (the
-/// runtime removes it after killing QEMU and the supervisor), no address or tap on the pod
-/// network.
-fn cleanup(c: &Cluster, ns: &str) {
-    let names: Vec<String> = kubectl_json(c, &["-n", ns, "get", "pods"])
-        .ok()
-        .and_then(|l| {
-            l["items"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                    .collect()
-            })
+    C.get_or_init(|| {
+        let pid = std::process::id();
+        node_support::start(Opts {
+            tag: "agt",
+            args: [
+                "--restart-backoff=2s",
+                "--restart-backoff-max=8s",
+                "--image-pull-backoff=1s",
+                "--image-pull-backoff-max=4s",
+                "--volume-refresh-period=2s",
+                "--eviction-monitoring-period=1s",
+                // The imported busybox is the only image and never pulled again: image GC
+                // (unit-tested on its own) must not take it on a host whose disk happens to
+                // be full.
+                "--image-gc-high-threshold=100",
+                "--image-gc-low-threshold=99",
+                // Metrics sampled and served often enough for `kubectl top` within a test.
+                "--stats-interval=2s",
+                "--metrics-cache-ttl=1s",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                format!("--pod-network=agt{}", pid % 100000),
+                format!("--pod-cidr=10.{}.0.0/16", 150 + pid % 50),
+                format!("--pod-network-vni={}", 5000 + pid % 10000),
+            ])
+            .collect(),
+            // The agent's default: pods start from the node's VM template (one test asserts
+            // it, the others do not care).
+            templates: true,
+            ..Opts::default()
         })
-        .unwrap_or_default();
-    kubectl(
-        c,
-        &[
-            "-n",
-            ns,
-            "delete",
-            "pod",
-            "--all",
-            "--grace-period=1",
-            "--wait=true",
-        ],
-    );
-    wait(Duration::from_secs(60), "the pod VMs to go", || {
-        vms_of(c, ns).is_empty().then_some(())
-    });
-    let mut nets = String::new();
-    for e in std::fs::read_dir(c.dir.join("net/networks"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        nets.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-    }
-    for n in names {
-        assert!(
-            !nets.contains(&format!("\"pod\": \"{n}-"))
-                && !nets.contains(&format!("\"pod\":\"{n}-")),
-            "pod {n} still has an address on the pod network"
-        );
-    }
-    kubectl(c, &["delete", "namespace", ns, "--wait=false"]);
+    })
 }
 
 fn bare_pod(name: &str, node: &str, extra: &str) -> String {
@@ -350,7 +61,7 @@ fn bare_pod(name: &str, node: &str, extra: &str) -> String {
 #[test]
 fn node_registers_with_lease_conditions_and_runtime_class() {
     let c = cluster();
-    let n = kubectl_json(c, &["get", "node", &c.node]).unwrap();
+    let n = c.json(&["get", "node", &c.name]).unwrap();
     let st = &n["status"];
     assert_eq!(st["nodeInfo"]["kubeletVersion"], "v1.33.0-h8s");
     assert!(st["nodeInfo"]["containerRuntimeVersion"]
@@ -378,13 +89,17 @@ fn node_registers_with_lease_conditions_and_runtime_class() {
             .unwrap()
             > 0
     );
-    let lease = kubectl_json(c, &["-n", "kube-node-lease", "get", "lease", &c.node]).unwrap();
+    let lease = c
+        .json(&["-n", "kube-node-lease", "get", "lease", &c.name])
+        .unwrap();
     let t1 = lease["spec"]["renewTime"].as_str().unwrap().to_string();
     wait(Duration::from_secs(15), "the lease to be renewed", || {
-        let l = kubectl_json(c, &["-n", "kube-node-lease", "get", "lease", &c.node]).ok()?;
+        let l = c
+            .json(&["-n", "kube-node-lease", "get", "lease", &c.name])
+            .ok()?;
         (l["spec"]["renewTime"].as_str()? != t1).then_some(())
     });
-    let rc = kubectl_json(c, &["get", "runtimeclass", "h8s-vm"]).unwrap();
+    let rc = c.json(&["get", "runtimeclass", "h8s-vm"]).unwrap();
     assert_eq!(rc["handler"], "h8s-vm");
     assert!(rc["overhead"]["podFixed"]["memory"].is_string());
 }
@@ -392,10 +107,8 @@ fn node_registers_with_lease_conditions_and_runtime_class() {
 #[test]
 fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
     let c = cluster();
-    let ns = namespace(c, "run");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("run");
+    c.apply(&ns,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  greeting: hello-from-configmap\n",
     );
     let spec = r#"  containers:
@@ -419,12 +132,12 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
     emptyDir: {}
 "#;
     for name in ["web-1", "web-2"] {
-        apply(c, &ns, &bare_pod(name, &c.node, spec));
+        c.apply(&ns, &bare_pod(name, &c.name, spec));
     }
     let mut ips = Vec::new();
     for name in ["web-1", "web-2"] {
         let p = wait(Duration::from_secs(240), "pods Running and Ready", || {
-            let p = pod(c, &ns, name);
+            let p = c.pod(&ns, name);
             let ready = p["status"]["conditions"]
                 .as_array()?
                 .iter()
@@ -442,15 +155,14 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
     assert_ne!(ips[0], ips[1]);
     // The container's own view: env from the downward API, the ConfigMap volume, hostname.
     let logs = wait(Duration::from_secs(30), "the container's output", || {
-        let (ok, out, _) = kubectl_out(c, &["-n", &ns, "logs", "web-1"], None);
+        let (ok, out, _) = c.kubectl_out(&["-n", &ns, "logs", "web-1"], None);
         (ok && out.contains("greeting=")).then_some(out)
     });
     assert!(logs.contains("name=web-1"), "{logs}");
     assert!(logs.contains("greeting=hello-from-configmap"), "{logs}");
     assert!(logs.contains("host=web-1"), "{logs}");
     // A changed ConfigMap reaches the running pod.
-    apply(
-        c,
+    c.apply(
         &ns,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  greeting: updated\n",
     );
@@ -458,8 +170,7 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
         Duration::from_secs(60),
         "the ConfigMap update inside the pod",
         || {
-            let (ok, out, _) = kubectl_out(
-                c,
+            let (ok, out, _) = c.kubectl_out(
                 &["-n", &ns, "exec", "web-1", "--", "cat", "/etc/cfg/greeting"],
                 None,
             );
@@ -467,8 +178,7 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
         },
     );
     // One pod reaches the other over the pod network.
-    let (ok, out, err) = kubectl_out(
-        c,
+    let (ok, out, err) = c.kubectl_out(
         &[
             "-n",
             &ns,
@@ -484,20 +194,18 @@ fn pods_run_with_ips_env_and_volumes_then_leave_nothing() {
         None,
     );
     assert!(ok && out.contains("it-works"), "pod to pod: {out} {err}");
-    assert_eq!(vms_of(c, &ns).len(), 2);
-    cleanup(c, &ns);
+    assert_eq!(c.vms_of(&ns).len(), 2);
+    c.cleanup(&ns);
 }
 
 #[test]
 fn crashloop_backoff_with_growing_restart_count() {
     let c = cluster();
-    let ns = namespace(c, "crash");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("crash");
+    c.apply(&ns,
         &bare_pod(
             "crash",
-            &c.node,
+            &c.name,
             "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo boom; exit 3\"]\n",
         ),
     );
@@ -505,7 +213,7 @@ fn crashloop_backoff_with_growing_restart_count() {
         Duration::from_secs(240),
         "CrashLoopBackOff with restarts",
         || {
-            let p = pod(c, &ns, "crash");
+            let p = c.pod(&ns, "crash");
             let cs = container_status(&p);
             (cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
                 && cs["restartCount"].as_i64()? >= 2)
@@ -520,49 +228,41 @@ fn crashloop_backoff_with_growing_restart_count() {
     wait(
         Duration::from_secs(120),
         "the restart count to grow",
-        || {
-            (container_status(&pod(c, &ns, "crash"))["restartCount"].as_i64()? > first)
-                .then_some(())
-        },
+        || (container_status(&c.pod(&ns, "crash"))["restartCount"].as_i64()? > first).then_some(()),
     );
-    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    let events = c.kubectl(&["-n", &ns, "get", "events"]);
     assert!(events.contains("BackOff"), "{events}");
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 #[test]
 fn run_to_completion_bad_image_and_bad_command() {
     let c = cluster();
-    let ns = namespace(c, "done");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("done");
+    c.apply(&ns,
         &bare_pod(
             "job",
-            &c.node,
+            &c.name,
             "  restartPolicy: Never\n  initContainers:\n  - name: init\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"true\"]\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo done\"]\n",
         ),
     );
-    apply(
-        c,
+    c.apply(
         &ns,
         &bare_pod(
             "noimage",
-            &c.node,
+            &c.name,
             "  containers:\n  - name: c\n    image: h8s-test-no-such-image:v1\n",
         ),
     );
-    apply(
-        c,
-        &ns,
+    c.apply(&ns,
         &bare_pod(
             "nocmd",
-            &c.node,
+            &c.name,
             "  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"/no/such/command\"]\n",
         ),
     );
     let p = wait(Duration::from_secs(240), "the pod to succeed", || {
-        let p = pod(c, &ns, "job");
+        let p = c.pod(&ns, "job");
         (p["status"]["phase"] == "Succeeded").then_some(p)
     });
     assert_eq!(
@@ -574,13 +274,13 @@ fn run_to_completion_bad_image_and_bad_command() {
         0
     );
     wait(Duration::from_secs(60), "ImagePullBackOff", || {
-        let cs = container_status(&pod(c, &ns, "noimage"));
+        let cs = container_status(&c.pod(&ns, "noimage"));
         (cs["state"]["waiting"]["reason"] == "ImagePullBackOff").then_some(())
     });
-    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    let events = c.kubectl(&["-n", &ns, "get", "events"]);
     assert!(events.contains("Failed to pull image"), "{events}");
     let p = wait(Duration::from_secs(240), "StartError", || {
-        let p = pod(c, &ns, "nocmd");
+        let p = c.pod(&ns, "nocmd");
         (container_status(&p)["state"]["terminated"]["reason"] == "StartError").then_some(p)
     });
     let msg = container_status(&p)["state"]["terminated"]["message"]
@@ -590,19 +290,17 @@ fn run_to_completion_bad_image_and_bad_command() {
     assert!(msg.contains("/no/such/command"), "{msg}");
     assert_eq!(p["status"]["phase"], "Failed");
     // The finished pods' VMs are stopped at once (their records stay until deletion).
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 #[test]
 fn failing_liveness_restarts_and_readiness_gates_ready() {
     let c = cluster();
-    let ns = namespace(c, "probe");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("probe");
+    c.apply(&ns,
         &bare_pod(
             "live",
-            &c.node,
+            &c.name,
             "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"touch /tmp/ok; sleep 3600\"]\n    livenessProbe:\n      exec: {command: [\"cat\", \"/tmp/ok\"]}\n      periodSeconds: 1\n      failureThreshold: 2\n    readinessProbe:\n      exec: {command: [\"cat\", \"/tmp/ready\"]}\n      periodSeconds: 1\n",
         ),
     );
@@ -610,26 +308,26 @@ fn failing_liveness_restarts_and_readiness_gates_ready() {
         Duration::from_secs(240),
         "the container running, not ready",
         || {
-            let p = pod(c, &ns, "live");
+            let p = c.pod(&ns, "live");
             let cs = container_status(&p);
             (cs["state"]["running"].is_object() && cs["ready"] == false).then_some(())
         },
     );
     // Readiness follows the probe.
-    kubectl(c, &["-n", &ns, "exec", "live", "--", "touch", "/tmp/ready"]);
+    c.kubectl(&["-n", &ns, "exec", "live", "--", "touch", "/tmp/ready"]);
     wait(Duration::from_secs(30), "Ready", || {
-        (container_status(&pod(c, &ns, "live"))["ready"] == true).then_some(())
+        (container_status(&c.pod(&ns, "live"))["ready"] == true).then_some(())
     });
     // Liveness failing restarts the container.
-    kubectl(c, &["-n", &ns, "exec", "live", "--", "rm", "/tmp/ok"]);
+    c.kubectl(&["-n", &ns, "exec", "live", "--", "rm", "/tmp/ok"]);
     wait(
         Duration::from_secs(120),
         "a restart after the liveness failure",
-        || (container_status(&pod(c, &ns, "live"))["restartCount"].as_i64()? >= 1).then_some(()),
+        || (container_status(&c.pod(&ns, "live"))["restartCount"].as_i64()? >= 1).then_some(()),
     );
-    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    let events = c.kubectl(&["-n", &ns, "get", "events"]);
     assert!(events.contains("Unhealthy"), "{events}");
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 /// `readOnlyRootFilesystem` inside the VM (volumes stay writable), then local storage limits:
@@ -639,22 +337,18 @@ fn failing_liveness_restarts_and_readiness_gates_ready() {
 #[test]
 fn read_only_root_and_local_storage_limits_evict() {
     let c = cluster();
-    let ns = namespace(c, "disk");
-    apply(
-        c,
-        &ns,
+    let ns = c.namespace("disk");
+    c.apply(&ns,
         &bare_pod(
             "ro",
-            &c.node,
+            &c.name,
             "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n    securityContext: {readOnlyRootFilesystem: true}\n    volumeMounts:\n    - {name: scratch, mountPath: /scratch}\n  volumes:\n  - name: scratch\n    emptyDir: {sizeLimit: 1Mi}\n",
         ),
     );
-    apply(
-        c,
-        &ns,
+    c.apply(&ns,
         &bare_pod(
             "hog",
-            &c.node,
+            &c.name,
             "  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"sleep 2; dd if=/dev/zero of=/fill bs=1024 count=2560; sleep 3600\"]\n    resources:\n      limits: {ephemeral-storage: 2Mi}\n  - name: side\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n    resources:\n      limits: {ephemeral-storage: 8Mi}\n",
         ),
     );
@@ -663,17 +357,15 @@ fn read_only_root_and_local_storage_limits_evict() {
         "the read-only pod running",
         || running(c, &ns, "ro").then_some(()),
     );
-    let (ok, _, err) = kubectl_out(c, &["-n", &ns, "exec", "ro", "--", "touch", "/x"], None);
+    let (ok, _, err) = c.kubectl_out(&["-n", &ns, "exec", "ro", "--", "touch", "/x"], None);
     assert!(!ok && err.contains("Read-only file system"), "{err}");
-    let (ok, _, err) = kubectl_out(
-        c,
+    let (ok, _, err) = c.kubectl_out(
         &["-n", &ns, "exec", "ro", "--", "touch", "/scratch/x"],
         None,
     );
     assert!(ok, "the emptyDir stays writable: {err}");
     // 1.5 MiB into the 1 MiB emptyDir: evicted at the next check.
-    let (ok, _, err) = kubectl_out(
-        c,
+    let (ok, _, err) = c.kubectl_out(
         &[
             "-n",
             &ns,
@@ -700,7 +392,7 @@ fn read_only_root_and_local_storage_limits_evict() {
         ),
     ] {
         let p = wait(Duration::from_secs(240), "the pod evicted", || {
-            let p = pod(c, &ns, name);
+            let p = c.pod(&ns, name);
             (p["status"]["phase"] == "Failed").then_some(p)
         });
         assert_eq!(p["status"]["reason"], "Evicted", "{name}");
@@ -718,37 +410,34 @@ fn read_only_root_and_local_storage_limits_evict() {
             "{name}: {p}"
         );
     }
-    let events = kubectl(c, &["-n", &ns, "get", "events"]);
+    let events = c.kubectl(&["-n", &ns, "get", "events"]);
     assert!(events.contains("Evicted"), "{events}");
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 #[test]
 fn deployment_scales_and_deletes() {
     let c = cluster();
-    let ns = namespace(c, "deploy");
-    kubectl(
-        c,
-        &[
-            "-n",
-            &ns,
-            "create",
-            "deployment",
-            "web",
-            "--image=busybox",
-            "--",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-        ],
-    );
+    let ns = c.namespace("deploy");
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
     let running = |want: usize| {
         wait(
             Duration::from_secs(300),
             "deployment pods Running with IPs",
             || {
-                let l = kubectl_json(c, &["-n", &ns, "get", "pods"]).ok()?;
+                let l = c.json(&["-n", &ns, "get", "pods"]).ok()?;
                 let items = l["items"].as_array()?;
                 let ok = items
                     .iter()
@@ -761,33 +450,23 @@ fn deployment_scales_and_deletes() {
         )
     };
     running(1);
-    kubectl(
-        c,
-        &["-n", &ns, "scale", "deployment", "web", "--replicas=2"],
-    );
+    c.kubectl(&["-n", &ns, "scale", "deployment", "web", "--replicas=2"]);
     running(2);
-    kubectl(c, &["-n", &ns, "delete", "deployment", "web"]);
+    c.kubectl(&["-n", &ns, "delete", "deployment", "web"]);
     wait(
         Duration::from_secs(120),
         "the pods and their VMs to go",
         || {
-            let l = kubectl_json(c, &["-n", &ns, "get", "pods"]).ok()?;
-            (l["items"].as_array()?.is_empty() && vms_of(c, &ns).is_empty()).then_some(())
+            let l = c.json(&["-n", &ns, "get", "pods"]).ok()?;
+            (l["items"].as_array()?.is_empty() && c.vms_of(&ns).is_empty()).then_some(())
         },
     );
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
-const KUBECTL_127: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
-
-fn kubectl_with(c: &Cluster, bin: &str, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+/// kubectl `ver`: (success, stdout, stderr).
+fn kubectl_with(c: &Cluster, ver: &str, args: &[&str]) -> (bool, String, String) {
+    let o = c.run(ver, args, None);
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -808,7 +487,7 @@ fn busybox_pod(name: &str, node: &str, labels: &str, command: &str) -> String {
 #[test]
 fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
     let c = cluster();
-    let ns = namespace(c, "tmpl");
+    let ns = c.namespace("tmpl");
     let templates = c.root().join("templates");
     wait(Duration::from_secs(300), "the node's VM template", || {
         for d in std::fs::read_dir(&templates)
@@ -828,19 +507,19 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
         }
         None
     });
-    apply(c, &ns, &busybox_pod("warm", &c.node, "", "sleep 3600"));
-    let cold = busybox_pod("cold", &c.node, "", "sleep 3600").replacen(
+    c.apply(&ns, &busybox_pod("warm", &c.name, "", "sleep 3600"));
+    let cold = busybox_pod("cold", &c.name, "", "sleep 3600").replacen(
         "  labels:",
         "  annotations: {h8s.io/vm-boot: cold}\n  labels:",
         1,
     );
-    apply(c, &ns, &cold);
+    c.apply(&ns, &cold);
     wait(Duration::from_secs(300), "both pods running", || {
         (running(c, &ns, "warm") && running(c, &ns, "cold")).then_some(())
     });
     let started = |name: &str| {
         wait(Duration::from_secs(60), "the StartedVM event", || {
-            let events = kubectl_json(c, &["-n", &ns, "get", "events"]).ok()?;
+            let events = c.json(&["-n", &ns, "get", "events"]).ok()?;
             events["items"].as_array()?.iter().find_map(|e| {
                 (e["involvedObject"]["name"] == name && e["reason"] == "StartedVM")
                     .then(|| e["message"].as_str().unwrap_or("").to_string())
@@ -852,11 +531,11 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
     let cold = started("cold");
     assert!(cold.starts_with("Booted the pod VM cold"), "{cold}");
     eprintln!("warm: {warm}\ncold: {cold}");
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }
 
 fn running(c: &Cluster, ns: &str, name: &str) -> bool {
-    pod(c, ns, name)["status"]["phase"] == "Running"
+    c.pod(ns, name)["status"]["phase"] == "Running"
 }
 
 /// `kubectl top` output as (name, cpu millicores, memory MiB) rows.
@@ -881,29 +560,25 @@ fn top_rows(out: &str) -> Vec<(String, u64, u64)> {
 fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
     let c = cluster();
     // Discovery lists the group, with both resources (kubectl top checks it first).
-    let out = kubectl(
-        c,
-        &["api-resources", "--api-group=metrics.k8s.io", "-o", "name"],
-    );
+    let out = c.kubectl(&["api-resources", "--api-group=metrics.k8s.io", "-o", "name"]);
     assert!(
         out.contains("nodes.metrics.k8s.io") && out.contains("pods.metrics.k8s.io"),
         "{out}"
     );
     // The node: kubectl 1.27 and 1.33.
-    for bin in [KUBECTL, KUBECTL_127] {
+    for bin in ["1.33", "1.27"] {
         let out = wait(Duration::from_secs(30), "kubectl top node", || {
             let (ok, out, _) = kubectl_with(c, bin, &["top", "node"]);
-            (ok && top_rows(&out).iter().any(|r| r.0 == c.node)).then_some(out)
+            (ok && top_rows(&out).iter().any(|r| r.0 == c.name)).then_some(out)
         });
-        let row = top_rows(&out).into_iter().find(|r| r.0 == c.node).unwrap();
+        let row = top_rows(&out).into_iter().find(|r| r.0 == c.name).unwrap();
         assert!(row.2 > 0, "node memory {out}");
     }
-    let (ok, out, err) = kubectl_out(
-        c,
+    let (ok, out, err) = c.kubectl_out(
         &[
             "get",
             "--raw",
-            &format!("/apis/metrics.k8s.io/v1beta1/nodes/{}", c.node),
+            &format!("/apis/metrics.k8s.io/v1beta1/nodes/{}", c.name),
         ],
         None,
     );
@@ -913,21 +588,19 @@ fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
     assert!(nm["window"].as_str().unwrap().ends_with('s'));
 
     // Two pods: one spinning, one asleep.
-    let ns = namespace(c, "top");
-    apply(
-        c,
+    let ns = c.namespace("top");
+    c.apply(
         &ns,
-        &busybox_pod("busy", &c.node, "app: busy", "while :; do :; done"),
+        &busybox_pod("busy", &c.name, "app: busy", "while :; do :; done"),
     );
-    apply(
-        c,
+    c.apply(
         &ns,
-        &busybox_pod("idle", &c.node, "app: idle", "sleep 3600"),
+        &busybox_pod("idle", &c.name, "app: idle", "sleep 3600"),
     );
     wait(Duration::from_secs(240), "both pods Running", || {
         (running(c, &ns, "busy") && running(c, &ns, "idle")).then_some(())
     });
-    for bin in [KUBECTL, KUBECTL_127] {
+    for bin in ["1.33", "1.27"] {
         // The spinning guest costs its host a good part of a core, more than the idle one —
         // once the idle VM's own boot has left the sampling window (under TCG and a loaded
         // host that takes a while): waited for, not sampled once.
@@ -958,10 +631,9 @@ fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
         assert!(ok && out.contains("main"), "{out}{err}");
     }
     // All namespaces, and errors as Kubernetes words them.
-    let (ok, out, _) = kubectl_with(c, KUBECTL, &["top", "pod", "-A"]);
+    let (ok, out, _) = kubectl_with(c, "1.33", &["top", "pod", "-A"]);
     assert!(ok && out.contains("busy") && out.contains(&ns), "{out}");
-    let (ok, _, err) = kubectl_out(
-        c,
+    let (ok, _, err) = c.kubectl_out(
         &[
             "get",
             "--raw",
@@ -970,15 +642,14 @@ fn kubectl_top_reads_metrics_of_the_node_and_its_pod_vms() {
         None,
     );
     assert!(!ok && err.contains("not found"), "{err}");
-    let (ok, _, err) = kubectl_out(
-        c,
+    let (ok, _, err) = c.kubectl_out(
         &[
             "get",
             "--raw",
-            "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dx",
+            "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nameName%3Dx",
         ],
         None,
     );
     assert!(!ok && err.contains("field label not supported"), "{err}");
-    cleanup(c, &ns);
+    c.cleanup(&ns);
 }

@@ -10,267 +10,43 @@
 //! own pod reaches its Service (the positive control).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+mod node_support;
 
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+use std::sync::OnceLock;
+use std::time::Duration;
 
-fn cache() -> PathBuf {
-    std::env::var_os("H8S_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/h8s"))
-}
+use node_support::{ok, wait, Node as Cluster, Opts};
 
-struct Cluster {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    node: String,
-    child: Child,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the server this test started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        // Pod VMs outlive their agent by design: stop whatever still runs under this
-        // cluster's directory (supervisors and QEMU), by PID after checking the command line.
-        let dir = self.dir.to_string_lossy().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmd).contains(&dir) {
-                // SAFETY: kill(2) on a process whose command line names this test's directory.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-        // The Networks' segments on this node (bridges, VXLANs, gateways, rules).
-        let _ = Command::new(env!("CARGO_BIN_EXE_h8s"))
-            .args(["net", "reset", "--yes"])
-            .env("H8S_NET_DIR", self.dir.join("net"))
-            .env("H8S_NODE_NAME", &self.node)
-            .env("H8S_NET_TRANSIT", transit())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// This cluster's gateway uplinks, disjoint from other fabrics on the host (100.64.0.0/16,
-/// the default, and other test runs): replies to a gateway must leave through its own uplink.
-fn transit() -> String {
-    let pid = std::process::id();
-    format!("100.{}.{}.0/24", 65 + pid % 63, (pid / 63) % 256)
-}
-
-fn start() -> Cluster {
-    for f in ["guest/vmlinuz", "guest/initramfs.img", "images/busybox-oci"] {
-        assert!(
-            cache().join(f).exists(),
-            "needs {f} in the cache: run scripts/setup"
-        );
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("h8s-sv")
-        .tempdir_in("/tmp")
-        .unwrap()
-        .keep();
-    let data = dir.join("data");
-    let imp = Command::new(env!("CARGO_BIN_EXE_h8s"))
-        .args(["image", "import"])
-        .arg(cache().join("images/busybox-oci"))
-        .env("H8S_DATA_DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        imp.status.success(),
-        "{}",
-        String::from_utf8_lossy(&imp.stderr)
-    );
-    let pid = std::process::id();
-    let node = format!("svc-{pid}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_h8s"));
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .args(["--node-name", &node])
-        .args(["--streaming-port", "0"])
-        .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s"])
-        .args(["--pod-sync-period", "500ms"])
-        .args(["--node-status-update-frequency", "2s"])
-        .args(["--node-lease-renew-interval", "2s"])
-        .args(["--max-parallel-starts", "2"])
-        .args(["--pod-network", "api"])
-        .env("H8S_ROOT", dir.join("r"))
-        // Cold boots: this suite is not about templates, and a template build
-        // (a whole boot, its holder outliving the agent) would only slow it.
-        .env("H8S_TEMPLATES", "0")
-        .env("H8S_NET_DIR", dir.join("net"))
-        .env("H8S_NODE_NAME", &node)
-        .env("H8S_NET_EGRESS", "false")
-        .env("H8S_NET_TRANSIT", transit())
-        .env("H8S_BOOT_TIMEOUT", "120")
-        .env(
-            "H8S_LOG",
-            "info,h8s_agent::services=debug,h8s_agent::apirelay=debug,h8s_apiserver::server=debug",
-        )
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::File::create(dir.join("server.log"))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::inherit()),
-        );
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the server ends with the test.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawning h8s server");
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("ready"), "server said {line:?}");
-    let _url = parts.next().unwrap();
-    let kubeconfig = PathBuf::from(parts.next().unwrap());
-    eprintln!("cluster in {} (server log: server.log)", dir.display());
-    Cluster {
-        dir,
-        kubeconfig,
-        node,
-        child,
-    }
-}
-
-impl Cluster {
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut c = Command::new(KUBECTL);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.join("kcache"))
-            .env_remove("KUBECONFIG")
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("kubectl");
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input).unwrap();
-        }
-        wait_timeout(child, Duration::from_secs(120))
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let o = self.run(&a, None);
-        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Runs `cmd` in `pod`'s container; (success, stdout + stderr).
-    fn exec(&self, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
-        let mut a = vec!["-n", ns, "exec", pod, "--"];
-        a.extend_from_slice(cmd);
-        let o = self.run(&a, None);
-        (
-            o.status.success(),
-            format!("{}{}", text(&o.stdout), text(&o.stderr)),
-        )
-    }
-}
-
-fn wait_timeout(mut child: Child, limit: Duration) -> Output {
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut v);
-            }
-            v
+/// The node of this test binary; its tests take turns (the VM-test lock) and use their own
+/// tenants.
+fn start() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| {
+        node_support::start(Opts {
+            tag: "svc",
+            args: [
+                "--restart-backoff=1s",
+                "--restart-backoff-max=4s",
+                "--max-parallel-starts=2",
+                "--pod-network=api",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![(
+                "H8S_LOG".into(),
+                "info,h8s_agent::services=debug,h8s_agent::apirelay=debug,h8s_apiserver::server=debug"
+                    .into(),
+            )],
+            ..Opts::default()
         })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let e = String::from_utf8_lossy(&err.join().unwrap()).to_string();
-            panic!("timed out; stderr {e:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "status {:?}\nstdout {}\nstderr {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    })
 }
 
 fn running_pods(c: &Cluster, ns: &str, selector: &str) -> Vec<(String, String)> {
-    let l = c.json(&["-n", ns, "get", "pods", "-l", selector]);
+    let l = c
+        .json(&["-n", ns, "get", "pods", "-l", selector])
+        .unwrap_or_default();
     l["items"]
         .as_array()
         .into_iter()
@@ -376,7 +152,7 @@ spec:
   ports: [{{port: 80, targetPort: 8080}}]
 "#
     );
-    ok(&c.run(&["apply", "-f", "-"], Some(yaml.as_bytes())));
+    ok(&c.run("1.33", &["apply", "-f", "-"], Some(yaml.as_bytes())));
     let webs = wait(Duration::from_secs(300), "two Running web pods", || {
         let p = running_pods(&c, &a, "app=web");
         (p.len() == 2).then_some(p)
@@ -386,11 +162,15 @@ spec:
             .then_some(())
     });
     let names: BTreeSet<String> = webs.iter().map(|(n, _)| n.clone()).collect();
-    let b_ip = c.json(&["-n", &b, "get", "service", "web"])["spec"]["clusterIP"]
+    let b_ip = c
+        .json(&["-n", &b, "get", "service", "web"])
+        .unwrap_or_default()["spec"]["clusterIP"]
         .as_str()
         .unwrap()
         .to_string();
-    let a_ip = c.json(&["-n", &a, "get", "service", "web"])["spec"]["clusterIP"]
+    let a_ip = c
+        .json(&["-n", &a, "get", "service", "web"])
+        .unwrap_or_default()["spec"]["clusterIP"]
         .as_str()
         .unwrap()
         .to_string();
@@ -429,7 +209,9 @@ spec:
         good && out.contains(&a_ip),
         "nslookup of own Service: {out}"
     );
-    let client_ip = c.json(&["-n", &a, "get", "pod", "client"])["status"]["podIP"]
+    let client_ip = c
+        .json(&["-n", &a, "get", "pod", "client"])
+        .unwrap_or_default()["status"]["podIP"]
         .as_str()
         .unwrap()
         .to_string();
@@ -465,11 +247,14 @@ spec:
 
     // Scaling down: the client sees only the remaining endpoint.
     ok(&c.run(
+        "1.33",
         &["-n", &a, "scale", "deployment", "web", "--replicas=1"],
         None,
     ));
     let left = wait(Duration::from_secs(120), "one web pod left", || {
-        let l = c.json(&["-n", &a, "get", "pods", "-l", "app=web"]);
+        let l = c
+            .json(&["-n", &a, "get", "pods", "-l", "app=web"])
+            .unwrap_or_default();
         let items = l["items"].as_array()?;
         (items.len() == 1).then(|| items[0]["metadata"]["name"].as_str().map(str::to_string))?
     });
@@ -531,7 +316,7 @@ spec:
 "#
         ));
     }
-    ok(&c.run(&["apply", "-f", "-"], Some(yaml.as_bytes())));
+    ok(&c.run("1.33", &["apply", "-f", "-"], Some(yaml.as_bytes())));
     let pods = wait(Duration::from_secs(400), "three Running pods", || {
         let p = running_pods(&c, &a, "app");
         (p.len() == 3).then_some(p)
@@ -565,7 +350,7 @@ spec:
     ports: [{{port: 8080, protocol: TCP}}]
 "#
     );
-    ok(&c.run(&["apply", "-f", "-"], Some(policies.as_bytes())));
+    ok(&c.run("1.33", &["apply", "-f", "-"], Some(policies.as_bytes())));
     // Ingress deny: other → web (web is isolated, other is not a client).
     wait(Duration::from_secs(30), "other → web denied", || {
         (!reaches(&c, &a, "other", &web, "web")).then_some(())
@@ -588,6 +373,7 @@ spec:
     // A label change re-evaluates: other becomes a client and gets in (ingress allow),
     // client's egress still reaches only web.
     ok(&c.run(
+        "1.33",
         &[
             "-n",
             &a,
@@ -604,7 +390,11 @@ spec:
     });
 
     // Deleting the policies opens everything again.
-    ok(&c.run(&["-n", &a, "delete", "networkpolicy", "--all"], None));
+    ok(&c.run(
+        "1.33",
+        &["-n", &a, "delete", "networkpolicy", "--all"],
+        None,
+    ));
     wait(
         Duration::from_secs(30),
         "client → other after delete",
@@ -624,6 +414,7 @@ spec:
     assert!(dns.contains("10.96.0.1"), "kubernetes.default.svc: {dns}");
     let bundle = incluster_bundle(&c.dir);
     ok(&c.run(
+        "1.33",
         &[
             "-n",
             &a,
@@ -663,7 +454,7 @@ spec:
             "in-cluster client ({mode}) from the pod: {out}"
         );
     }
-    ok(&c.run(&["delete", "namespace", &a, "--wait=false"], None));
+    ok(&c.run("1.33", &["delete", "namespace", &a, "--wait=false"], None));
 }
 
 /// `h8s-incluster` and the shared libraries it links (flattened), as a gzipped tar for

@@ -311,6 +311,17 @@ impl Node {
         serde_json::from_str(&out).map_err(|e| e.to_string())
     }
 
+    /// Runs `cmd` in `pod`'s container (kubectl 1.33 exec): (success, stdout + stderr).
+    pub fn exec(&self, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
+        let mut a = vec!["-n", ns, "exec", pod, "--"];
+        a.extend_from_slice(cmd);
+        let o = self.run("1.33", &a, None);
+        (
+            o.status.success(),
+            format!("{}{}", text(&o.stdout), text(&o.stderr)),
+        )
+    }
+
     /// A fresh namespace for one test (`NAME-PID`).
     pub fn namespace(&self, name: &str) -> String {
         let ns = format!("{name}-{}", std::process::id() % 100000);
