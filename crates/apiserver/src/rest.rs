@@ -1064,6 +1064,12 @@ impl Api {
 
     // ---- pods/binding ----
 
+    /// `POST pods/{name}/binding`, as kube-apiserver's `BindingREST`: one guaranteed update
+    /// of the stored pod that sets `spec.nodeName` and the `PodScheduled=True` condition,
+    /// nothing else — no pod defaulting, validation or managedFields (the pod's spec is
+    /// otherwise unchanged; admission webhooks still see the write). Refused with 409 when
+    /// the pod is bound already, being deleted, gated, or not the pod the binding's uid
+    /// names.
     pub(crate) async fn bind(
         self: &Arc<Self>,
         cx: &mut Ctx,
@@ -1076,37 +1082,145 @@ impl Api {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if node.is_empty() {
-            return Err(ApiError::invalid(
+        let kind = obj::at(&b, "target.kind")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let bad_target = |field: &str, reason: &str, message: &str| {
+            ApiError::invalid(
                 "Binding",
                 "",
                 obj::name(&b),
                 vec![Cause {
-                    reason: "FieldValueRequired".into(),
-                    message: "Required value".into(),
-                    field: "target.name".into(),
+                    reason: reason.into(),
+                    message: message.into(),
+                    field: field.into(),
                 }],
+            )
+        };
+        if node.is_empty() {
+            return Err(bad_target(
+                "target.name",
+                "FieldValueRequired",
+                "Required value",
             ));
         }
+        if !kind.is_empty() && kind != "Node" {
+            return Err(bad_target(
+                "target.kind",
+                "FieldValueNotSupported",
+                "Unsupported value: must be empty or 'Node'",
+            ));
+        }
+        let uid = obj::at(&b, "metadata.uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let name = t.name.clone().unwrap_or_default();
-        // Through the binding subresource, so the pod strategy validates a binding (which
-        // sets spec.nodeName) rather than a spec update (which may not change it).
-        self.guaranteed_update(cx, t, &name, false, |old| {
-            let mut new = old.cloned().unwrap_or(Value::Null);
-            let cur = obj::at(&new, "spec.nodeName")
+        let subject = t.subject(&name);
+        for _ in 0..MAX_RETRIES {
+            let (kv, old) = self
+                .read(t, &name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(&subject))?;
+            let refuse = |why: String| Err(ApiError::conflict(&subject, &why));
+            if !uid.is_empty() && obj::uid(&old) != uid {
+                return refuse(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    obj::uid(&old)
+                ));
+            }
+            if obj::is_deleting(&old) {
+                return refuse(format!(
+                    "pod {name} is being deleted, cannot be assigned to a host"
+                ));
+            }
+            let cur = obj::at(&old, "spec.nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if !cur.is_empty() {
-                return Err(ApiError::conflict(
-                    &t.subject(&name),
-                    &format!("pod {name} is already assigned to node \"{cur}\""),
-                ));
+                return refuse(format!("pod {name} is already assigned to node \"{cur}\""));
             }
+            if obj::at(&old, "spec.schedulingGates")
+                .and_then(Value::as_array)
+                .is_some_and(|g| !g.is_empty())
+            {
+                return refuse(format!("pod {name} has non-empty .spec.schedulingGates"));
+            }
+            let mut new = old.clone();
             obj::set_at(&mut new, "spec.nodeName", json!(node));
-            Ok(new)
-        })
-        .await?;
-        Ok(json_response(201, &success_status(201)))
+            set_pod_scheduled(&mut new);
+            self.admit(cx, t, Operation::Update, &name, Some(&old), Some(&mut new))
+                .await?;
+            self.admit_validated(cx, t, Operation::Update, &name, Some(&old), Some(&new))
+                .await?;
+            if cx.dry_run() {
+                break;
+            }
+            match self
+                .store
+                .update(
+                    &kv.key,
+                    self.encode_converted(t, &new).await?,
+                    kv.mod_revision,
+                )
+                .await
+            {
+                Ok(w) => {
+                    self.written(t, w.mod_revision).await;
+                    return Ok(json_response(201, &success_status(201)));
+                }
+                Err(h8s_store::Error::Conflict { .. }) => continue,
+                Err(h8s_store::Error::NotFound(_)) => return Err(ApiError::not_found(&subject)),
+                Err(e) => return Err(from_store(e, &subject)),
+            }
+        }
+        if cx.dry_run() {
+            return Ok(json_response(201, &success_status(201)));
+        }
+        Err(ApiError::conflict(
+            &subject,
+            "the object is being modified by others too often; try again",
+        ))
+    }
+}
+
+/// Sets the pod's `PodScheduled` condition to True, as the binding does in Kubernetes
+/// (`podutil.UpdatePodCondition`: the transition time moves only when the status changes).
+fn set_pod_scheduled(pod: &mut Value) {
+    let now = util::now_rfc3339();
+    let Some(root) = pod.as_object_mut() else {
+        return;
+    };
+    let status = root.entry("status").or_insert_with(|| json!({}));
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let conds = status
+        .as_object_mut()
+        .expect("an object")
+        .entry("conditions")
+        .or_insert_with(|| json!([]));
+    if !conds.is_array() {
+        *conds = json!([]);
+    }
+    let list = conds.as_array_mut().expect("an array");
+    match list.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(c) => {
+            if c["status"] != "True" {
+                c["lastTransitionTime"] = json!(now);
+            }
+            c["status"] = json!("True");
+            if let Some(m) = c.as_object_mut() {
+                m.remove("reason");
+                m.remove("message");
+            }
+        }
+        None => list.push(json!({
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": null,
+            "lastTransitionTime": now,
+        })),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kube::client::retry::RetryPolicy;
 use kube::client::ConfigExt;
 
 use crate::{Connection, Error};
@@ -41,8 +42,15 @@ impl Connection {
                 .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .http2_keep_alive_while_idle(true)
                 .build(https);
+        // Retries 429 (priority and fairness), 503 and 504 with back-off, honouring
+        // `Retry-After`, as kube-rs' own builder and client-go do: without it a component's
+        // writes fail outright whenever the server sheds load.
+        let retry = cfg
+            .default_retry
+            .then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry()));
         let service = tower::ServiceBuilder::new()
             .layer(cfg.base_uri_layer())
+            .option_layer(retry)
             .option_layer(cfg.auth_layer().map_err(Error::Client)?)
             .layer(cfg.extra_headers_layer().map_err(Error::Client)?)
             .map_err(tower::BoxError::from)

@@ -408,9 +408,45 @@ async fn placement_taints_affinity_and_the_failure_message(c: &kube::Client) {
         .await
         .unwrap();
     assert_eq!(node_of(&pods, "big").await, "n1");
+    // The binding turned its PodScheduled condition True (kube-apiserver's BindingREST).
+    let big = pods.get("big").await.unwrap();
+    let cond = big
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "PodScheduled"))
+        .expect("PodScheduled condition");
+    assert_eq!(cond.status, "True");
+    assert_eq!(cond.reason, None);
+
+    // A binding names its pod by uid: one for a pod of the same name but another uid (a
+    // pod deleted and created again) is a 409 and binds nothing.
+    make_pod(
+        &pods,
+        pod_json(
+            "other",
+            "100m",
+            "100Mi",
+            json!({"spec": {"schedulerName": "nobody"}}),
+        ),
+    )
+    .await;
+    let b: k8s_openapi::api::core::v1::Binding = serde_json::from_value(json!({
+        "metadata": {"name": "other", "uid": "not-the-uid"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}))
+    .unwrap();
+    let err = pods
+        .create_subresource::<_, Value>("binding", "other", &PostParams::default(), &b)
+        .await
+        .expect_err("a binding for another uid");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409),
+        "{err:?}"
+    );
+    let other = pods.get("other").await.unwrap();
+    assert_eq!(other.spec.and_then(|s| s.node_name), None);
 
     // Clean up: pods first (force, no agent here), then nodes.
-    for p in ["fits", "big", "tolerant", "affine", "anti"] {
+    for p in ["fits", "big", "tolerant", "affine", "anti", "other"] {
         let _ = pods
             .delete(p, &DeleteParams::default().grace_period(0))
             .await;

@@ -38,6 +38,8 @@ enum Msg {
         node: String,
         result: Result<(), kube::Error>,
     },
+    /// A pod whose binding failed, to retry after its back-off.
+    Retry(Arc<PodInfo>),
     Ended(&'static str),
 }
 
@@ -177,6 +179,8 @@ struct Runner {
     ns_relist: Option<HashSet<String>>,
     namespaces: HashSet<String>,
     scheduled: u64,
+    /// Pods whose binding failed, waiting for their failure to be recorded before a retry.
+    retrying: HashSet<String>,
     /// VolumeBinding's view: claims (`ns/name` → volume, chosen node) and volumes' nodes.
     claims: HashMap<String, (Option<String>, Option<String>)>,
     volumes: HashMap<String, Option<String>>,
@@ -255,6 +259,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), Error> {
         ns_relist: None,
         namespaces: HashSet::new(),
         scheduled: 0,
+        retrying: HashSet::new(),
         claims: HashMap::new(),
         volumes: HashMap::new(),
         cfg,
@@ -342,6 +347,7 @@ impl Runner {
                 self.claim_nodes_changed();
             }
             Msg::Bound { pod, node, result } => self.on_bound(pod, node, result),
+            Msg::Retry(pod) => self.on_retry(pod),
             Msg::Ended(what) => return Err(Error::WatchEnded(what)),
         }
         Ok(())
@@ -514,6 +520,7 @@ impl Runner {
     fn on_pod_gone(&mut self, uid: &str) {
         let was_placed = self.cluster.remove_pod(uid).is_some();
         self.queue.remove(uid);
+        self.retrying.remove(uid);
         self.cluster.clear_nominated(uid);
         self.writer.forget(uid);
         if was_placed {
@@ -523,31 +530,47 @@ impl Runner {
 
     fn on_bound(&mut self, pod: Arc<PodInfo>, node: String, result: Result<(), kube::Error>) {
         let _s = info_span!("bound", pod = %pod.key(), node = %node).entered();
-        match result {
+        let err = match result {
             Ok(()) => {
                 self.scheduled += 1;
+                return;
             }
-            Err(e) if is_conflict(&e) => {
-                // Already bound (by us on a retry, or by someone else): the watch tells.
-                debug!(error = %e, "binding conflict");
-            }
-            Err(e) if is_not_found(&e) => {
-                if self.cluster.placement(&pod.uid).is_some_and(|(_, a)| a) {
-                    self.cluster.remove_pod(&pod.uid);
-                    self.queue.move_on_event(ASSIGNED_POD_DELETE);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "binding failed; retrying after back-off");
-                if self.cluster.placement(&pod.uid).is_some_and(|(_, a)| a) {
-                    self.cluster.remove_pod(&pod.uid);
-                    self.queue.move_on_event(ASSIGNED_POD_DELETE);
-                    self.queue.retry(Arc::clone(&pod));
-                    let msg = format!("running Bind plugin \"DefaultBinder\": {e}");
-                    self.record_failure(pod, msg, Vec::new(), None, String::new());
-                }
-            }
+            Err(e) => e,
+        };
+        // Only a binding still assumed is ours to undo: if the watch already showed the pod
+        // bound (the binding landed despite the error), the assumption is confirmed.
+        if !self.cluster.placement(&pod.uid).is_some_and(|(_, a)| a) {
+            debug!(error = %err, "binding failed, but the pod is no longer assumed");
+            return;
         }
+        self.cluster.remove_pod(&pod.uid);
+        self.queue.move_on_event(ASSIGNED_POD_DELETE);
+        if is_not_found(&err) {
+            return;
+        }
+        if is_conflict(&err) {
+            // Usually already bound (by an earlier attempt whose answer was lost, or by
+            // someone else): the watch will show it and take it out of the queue. If it is
+            // not bound after all, the retry binds it. Either way the pod is never left
+            // assumed, which would keep it Pending forever.
+            debug!(error = %err, "binding conflict; retrying after back-off");
+            self.queue.retry(pod);
+            return;
+        }
+        warn!(error = %err, "binding failed; retrying after back-off");
+        // The retry waits for the failure's event and PodScheduled=False to be written, so
+        // that status cannot land after a later, successful binding.
+        let msg = format!("running Bind plugin \"DefaultBinder\": {err}");
+        self.retrying.insert(pod.uid.clone());
+        self.record_failure(pod, msg, Vec::new(), None, String::new(), true);
+    }
+
+    /// Requeues a pod whose binding failed, unless it was bound or deleted meanwhile.
+    fn on_retry(&mut self, pod: Arc<PodInfo>) {
+        if !self.retrying.remove(&pod.uid) || self.cluster.placement(&pod.uid).is_some() {
+            return;
+        }
+        self.queue.retry(pod);
     }
 
     fn schedule_one(&mut self, p: Arc<PodInfo>) {
@@ -595,7 +618,7 @@ impl Runner {
                 debug!(message = %msg, "unschedulable");
                 self.queue.unschedulable(&p.uid, plugins);
                 let node = nominated.clone().unwrap_or_default();
-                self.record_failure(p, msg, victims, nominated, node);
+                self.record_failure(p, msg, victims, nominated, node, false);
             }
         }
     }
@@ -622,7 +645,8 @@ impl Runner {
     }
 
     /// Evicts preemption victims, then records FailedScheduling and PodScheduled=False
-    /// (with the nominated node when preemption chose one).
+    /// (with the nominated node when preemption chose one); with `retry`, hands the pod
+    /// back to the loop for a retry after its back-off once that is written.
     fn record_failure(
         &self,
         pod: Arc<PodInfo>,
@@ -630,11 +654,13 @@ impl Runner {
         victims: Vec<Arc<PodInfo>>,
         nominated: Option<String>,
         node: String,
+        retry: bool,
     ) {
         let writer = Arc::clone(&self.writer);
         let sem = Arc::clone(&self.sem);
+        let tx = self.tx.clone();
         tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let permit = sem.acquire_owned().await;
             for v in &victims {
                 if let Err(e) = writer.preempt_victim(v, &pod, &node).await {
                     warn!(error = %e, victim = %v.key(), "preempting a victim failed");
@@ -655,6 +681,10 @@ impl Runner {
                         warn!(error = %e, pod = %pod.key(), "updating PodScheduled failed");
                     }
                 }
+            }
+            drop(permit);
+            if retry {
+                let _ = tx.send(Msg::Retry(pod)).await;
             }
         });
     }
