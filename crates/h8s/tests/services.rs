@@ -154,11 +154,11 @@ spec:
     );
     ok(&c.run("1.33", &["apply", "-f", "-"], Some(yaml.as_bytes())));
     let webs = wait(Duration::from_secs(300), "two Running web pods", || {
-        let p = running_pods(&c, &a, "app=web");
+        let p = running_pods(c, &a, "app=web");
         (p.len() == 2).then_some(p)
     });
     wait(Duration::from_secs(300), "client and bweb Running", || {
-        (running_pods(&c, &a, "!app").len() == 1 && running_pods(&c, &b, "app=web").len() == 1)
+        (running_pods(c, &a, "!app").len() == 1 && running_pods(c, &b, "app=web").len() == 1)
             .then_some(())
     });
     let names: BTreeSet<String> = webs.iter().map(|(n, _)| n.clone()).collect();
@@ -191,7 +191,7 @@ spec:
     });
     let mut seen = BTreeSet::new();
     for url in ["http://web", full.as_str(), &format!("http://{a_ip}")] {
-        let got = fetch_many(&c, &a, url, 4);
+        let got = fetch_many(c, &a, url, 4);
         for g in &got {
             assert!(names.contains(g), "{url} answered {g:?}, not a web pod");
         }
@@ -234,7 +234,7 @@ spec:
     );
     assert!(!good, "another tenant's ClusterIP answered: {out}");
     // Positive control: B's own pod reaches B's Service by name (through its own proxy).
-    let bweb = running_pods(&c, &b, "app=web")[0].0.clone();
+    let bweb = running_pods(c, &b, "app=web")[0].0.clone();
     let (good, out) = c.exec(
         &b,
         "bweb",
@@ -262,7 +262,7 @@ spec:
         Duration::from_secs(60),
         "the proxy following the scale-down",
         || {
-            let got = fetch_many(&c, &a, "http://web", 4);
+            let got = fetch_many(c, &a, "http://web", 4);
             got.iter().all(|g| *g == left).then_some(())
         },
     );
@@ -318,16 +318,16 @@ spec:
     }
     ok(&c.run("1.33", &["apply", "-f", "-"], Some(yaml.as_bytes())));
     let pods = wait(Duration::from_secs(400), "three Running pods", || {
-        let p = running_pods(&c, &a, "app");
+        let p = running_pods(c, &a, "app");
         (p.len() == 3).then_some(p)
     });
     let ip = |n: &str| pods.iter().find(|p| p.0 == n).unwrap().1.clone();
     let (web, client, other) = (ip("web"), ip("client"), ip("other"));
     // Before any policy, everything flows (the positive control of every deny below).
     wait(Duration::from_secs(60), "other → web", || {
-        reaches(&c, &a, "other", &web, "web").then_some(())
+        reaches(c, &a, "other", &web, "web").then_some(())
     });
-    assert!(reaches(&c, &a, "client", &other, "other"));
+    assert!(reaches(c, &a, "client", &other, "other"));
 
     let policies = format!(
         r#"apiVersion: networking.k8s.io/v1
@@ -353,22 +353,16 @@ spec:
     ok(&c.run("1.33", &["apply", "-f", "-"], Some(policies.as_bytes())));
     // Ingress deny: other → web (web is isolated, other is not a client).
     wait(Duration::from_secs(30), "other → web denied", || {
-        (!reaches(&c, &a, "other", &web, "web")).then_some(())
+        (!reaches(c, &a, "other", &web, "web")).then_some(())
     });
     // Ingress and egress allow: client → web.
-    assert!(reaches(&c, &a, "client", &web, "web"), "client → web");
+    assert!(reaches(c, &a, "client", &web, "web"), "client → web");
     // Egress deny: client → other (client may only talk to web).
-    assert!(
-        !reaches(&c, &a, "client", &other, "other"),
-        "client → other"
-    );
+    assert!(!reaches(c, &a, "client", &other, "other"), "client → other");
     // Ingress to client is open, and client's replies leave although its egress is isolated.
-    assert!(
-        reaches(&c, &a, "other", &client, "client"),
-        "other → client"
-    );
+    assert!(reaches(c, &a, "other", &client, "client"), "other → client");
     // web's egress is not isolated: it reaches other (and its replies come back).
-    assert!(reaches(&c, &a, "web", &other, "other"), "web → other");
+    assert!(reaches(c, &a, "web", &other, "other"), "web → other");
 
     // A label change re-evaluates: other becomes a client and gets in (ingress allow),
     // client's egress still reaches only web.
@@ -386,7 +380,7 @@ spec:
         None,
     ));
     wait(Duration::from_secs(30), "relabelled other → web", || {
-        reaches(&c, &a, "other", &web, "web").then_some(())
+        reaches(c, &a, "other", &web, "web").then_some(())
     });
 
     // Deleting the policies opens everything again.
@@ -398,7 +392,7 @@ spec:
     wait(
         Duration::from_secs(30),
         "client → other after delete",
-        || reaches(&c, &a, "client", &other, "other").then_some(()),
+        || reaches(c, &a, "client", &other, "other").then_some(()),
     );
 
     // The API server as `kubernetes.default.svc` (in-pod proxy → gateway → the node agent's
