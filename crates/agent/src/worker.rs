@@ -587,10 +587,14 @@ impl Worker {
                     &creds,
                 ) == crate::pulled::Access::Cached
             });
-            if policy == "Never" && present.is_some() && !cached_ok {
-                let msg = format!(
-                    "Container image \"{image}\" is present with pull policy of Never, but was pulled with credentials this pod does not have"
-                );
+            if policy == "Never" && !cached_ok {
+                let msg = if present.is_some() {
+                    format!(
+                        "Container image \"{image}\" is present with pull policy of Never, but was pulled with credentials this pod does not have"
+                    )
+                } else {
+                    format!("Container image \"{image}\" is not present with pull policy of Never")
+                };
                 self.image_waiting.insert(
                     image.clone(),
                     Waiting::new("ErrImageNeverPull", Some(msg.clone())),
@@ -602,26 +606,8 @@ impl Worker {
                 all = false;
                 continue;
             }
-            let need_pull = match (policy.as_str(), &present) {
-                ("Never", None) => {
-                    let msg = format!(
-                        "Container image \"{image}\" is not present with pull policy of Never"
-                    );
-                    self.image_waiting.insert(
-                        image.clone(),
-                        Waiting::new("ErrImageNeverPull", Some(msg.clone())),
-                    );
-                    self.ctx
-                        .recorder
-                        .event(&self.pod, Some(&c.name), Warning, "ErrImageNeverPull", msg)
-                        .await;
-                    all = false;
-                    continue;
-                }
-                ("Always", _) => true,
-                (_, None) => true,
-                _ => !cached_ok,
-            };
+            // Not cached for this pod (absent, or pulled with credentials it lacks) or Always.
+            let need_pull = policy == "Always" || !cached_ok;
             if !need_pull {
                 if let Some(img) = present {
                     self.images.insert(image.clone(), image_id(&img));
