@@ -12,16 +12,15 @@
 //! Written into BENCHMARKS.md between the `extensions` markers.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use crate::server::bench::{connect, drive, start_server, summarize, Client, Summary};
+use crate::server::bench::{
+    connect, drive, json_https_server, start_server, summarize, Client, Summary,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -109,73 +108,7 @@ fn answer(path: &str, body: &[u8]) -> (u16, Value) {
 /// The HTTPS server on 127.0.0.1 (its own CA; HTTP/1.1 for h8s, HTTP/2 for the direct
 /// client, by ALPN); returns its port and CA (PEM).
 async fn backend() -> anyhow::Result<(u16, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let names = vec![
-        "127.0.0.1".to_string(),
-        "bench-agg.kube-system.svc".to_string(),
-    ];
-    let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &issuer)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let path = req.uri().path().to_string();
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let (code, out) = answer(&path, &body);
-                        let mut resp = http::Response::new(Full::new(Bytes::from(
-                            serde_json::to_vec(&out).unwrap_or_default(),
-                        )));
-                        *resp.status_mut() =
-                            http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK);
-                        resp.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, hyper::Error>(resp)
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(tls);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, svc)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
-            });
-        }
-    });
-    Ok((port, ca.pem()))
+    json_https_server(&["127.0.0.1", "bench-agg.kube-system.svc"], true, answer).await
 }
 
 async fn call_ok(

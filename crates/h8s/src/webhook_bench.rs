@@ -5,15 +5,14 @@
 //! selects (two CEL validations). Written into BENCHMARKS.md between the `webhook` markers.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use crate::server::bench::{connect, drive, start_server, summarize, Client, Summary};
+use crate::server::bench::{
+    connect, drive, json_https_server, start_server, summarize, Client, Summary,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,53 +36,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// An HTTPS webhook on 127.0.0.1 that allows every review; returns its port and CA (PEM).
 async fn allow_all_webhook() -> anyhow::Result<(u16, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let review: Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let out = json!({"apiVersion": "admission.k8s.io/v1",
-                            "kind": "AdmissionReview",
-                            "response": {"uid": review["request"]["uid"], "allowed": true}});
-                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
-                            serde_json::to_vec(&out).unwrap_or_default(),
-                        ))))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    Ok((port, ca.pem()))
+    json_https_server(&["127.0.0.1"], false, |_, body| {
+        let review: Value = serde_json::from_slice(body).unwrap_or_default();
+        let out = json!({"apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": true}});
+        (200, out)
+    })
+    .await
 }
 
 async fn post(c: &Client, path: &str, body: Value) -> anyhow::Result<()> {
