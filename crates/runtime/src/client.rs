@@ -1013,3 +1013,39 @@ impl StreamOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    /// A descriptor the caller left inheritable (as `flock FILE cmd` leaves its lock) does not
+    /// reach a detached process: the daemon would hold it for its whole life.
+    #[test]
+    fn detached_processes_do_not_inherit_the_callers_descriptors() {
+        let f = tempfile::tempfile().unwrap();
+        // A number of its own (`ls` opens /proc/self/fd as the lowest free one); dup2(2)
+        // leaves the copy without FD_CLOEXEC, as a caller's inherited lock is.
+        let fd = 345;
+        // SAFETY: dup2(2) of a descriptor this test owns onto a number nothing else uses.
+        assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), fd) }, fd);
+        let listed = |detached: bool| {
+            let mut cmd = std::process::Command::new("ls");
+            cmd.arg("/proc/self/fd");
+            if detached {
+                // SAFETY: `detach` makes only async-signal-safe system calls.
+                unsafe { cmd.pre_exec(super::detach) };
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .any(|n| n == fd.to_string())
+        };
+        // The control: without `detach` the child has it.
+        assert!(listed(false), "fd {fd} not inherited at all");
+        assert!(!listed(true), "fd {fd} reached the detached process");
+        // SAFETY: closing the copy this test made.
+        unsafe { libc::close(fd) };
+    }
+}
