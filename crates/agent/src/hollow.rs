@@ -122,6 +122,10 @@ impl Hollow {
     }
 }
 
+/// How often a hollow node tries to report one pod's status before it waits for the pod's
+/// next change.
+const STATUS_ATTEMPTS: u32 = 8;
+
 /// Watches every pod; those bound to a hollow node are reported Running, and deleted ones
 /// are finished off (grace 0), as a kubelet would after stopping them.
 async fn report_pods(
@@ -199,13 +203,24 @@ async fn report_pods(
         let done = done.clone();
         tokio::spawn(async move {
             let patch = json!({ "status": status });
-            if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                tracing::debug!(pod = %name, error = %e, "hollow pod status");
-                done.lock().await.remove(&uid);
+            // A failed report is retried with back-off, as kubelet's status manager keeps
+            // syncing until the server has the status; a pod that is gone is not.
+            let mut backoff = std::time::Duration::from_millis(100);
+            for attempt in 1..=STATUS_ATTEMPTS {
+                match api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(kube::Error::Api(s)) if s.code == 404 => break,
+                    Err(e) => {
+                        tracing::debug!(pod = %name, attempt, error = %e, "hollow pod status");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
             }
+            done.lock().await.remove(&uid);
         });
     }
 }
