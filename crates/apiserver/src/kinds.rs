@@ -48,7 +48,7 @@ fn component(name: &str, healthy: Result<String, String>) -> Value {
         "metadata": {"name": name}, "conditions": [cond]})
 }
 
-fn target(group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Target> {
+pub(crate) fn target(group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Target> {
     let res = h8s_types::resources::find(group, "v1", plural)?;
     Some(Target {
         res,

@@ -27,6 +27,7 @@ mod flow;
 mod gc;
 mod hooks;
 mod identity;
+mod ipaddr;
 mod kinds;
 mod metrics;
 pub mod metrics_api;

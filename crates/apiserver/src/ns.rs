@@ -82,6 +82,10 @@ async fn kubernetes_service(api: &Arc<Api>, addr: std::net::SocketAddr) -> Resul
             Err(e) => return Err(store_err(e)),
         }
     }
+    // Its address as the allocator would have reserved it (the repair loop would too).
+    if let Err(e) = api.reserve_cluster_ip(&ip, "default", "kubernetes").await {
+        tracing::warn!(error = %e.message, "reserving the kubernetes Service's cluster IP failed");
+    }
     let ep_ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {

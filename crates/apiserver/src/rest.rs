@@ -525,7 +525,7 @@ impl Api {
             .await?;
         record_manager(cx, t, None, None, &mut o)?;
         let key = obj::key(t.res, ns.as_deref(), &name);
-        let _guard = strategy.before_create(self, &mut o).await?;
+        let _guard = strategy.before_create(self, &mut o, cx.dry_run()).await?;
         if cx.dry_run() {
             if self
                 .store
@@ -626,7 +626,9 @@ impl Api {
             self.admit_validated(cx, t, Operation::Update, name, Some(&old), Some(&new))
                 .await?;
             record_manager(cx, t, t.sub.as_deref(), Some(&old), &mut new)?;
-            let _held = strategy.before_update(self, &old, &mut new).await?;
+            let _held = strategy
+                .before_update(self, &old, &mut new, cx.dry_run())
+                .await?;
             if cx.dry_run() {
                 return Ok((new, false));
             }
@@ -641,6 +643,7 @@ impl Api {
                     Ok((_, rev)) => {
                         obj::set_resource_version(&mut new, rev);
                         self.written(t, rev).await;
+                        strategy.after_delete(self, &new).await;
                         return Ok((new, false));
                     }
                     Err(h8s_store::Error::Conflict { .. }) => continue,
@@ -844,6 +847,7 @@ impl Api {
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok((_, rev)) => {
                     self.written(t, rev).await;
+                    strategy.after_delete(self, &old).await;
                     if strategy.returns_deleted_object() {
                         return Ok((200, old));
                     }

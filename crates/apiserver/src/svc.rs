@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use h8s_store::ListOptions;
 use serde_json::{json, Value};
@@ -76,11 +77,15 @@ impl Api {
     /// Fills `spec.clusterIP(s)` and node ports of a Service about to be created (`old`:
     /// `None`) or updated. The caller holds `self.svc_lock` until the object is stored, so
     /// two Services never get the same address or port.
+    /// Unless `dry_run`, a new cluster IP is reserved as its IPAddress object (see
+    /// [`crate::ipaddr`]); what was reserved is returned, for the caller to settle once the
+    /// Service is written.
     pub(crate) async fn allocate_service(
-        &self,
+        self: &Arc<Self>,
         o: &mut Value,
         old: Option<&Value>,
-    ) -> Result<(), ApiError> {
+        dry_run: bool,
+    ) -> Result<Vec<String>, ApiError> {
         let name = obj::name(o).to_string();
         let namespace = obj::namespace(o).to_string();
         let ty = obj::at(o, "spec.type")
@@ -129,21 +134,37 @@ impl Api {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let mut reserved = Vec::new();
+        let used_services_ips = used_ips.clone();
         if ty != "ExternalName" && !(old.is_some() && !want.is_empty() && want == old_ip) {
+            // Addresses reserved as IPAddress objects are taken too, whoever wrote them.
+            used_ips.extend(self.ip_addresses_taken().await?);
             let ip = if want == "None" {
                 "None".to_string()
             } else if want.is_empty() {
                 let n = self.service_cidr.size();
-                (2..n.saturating_sub(1))
+                let mut picked = None;
+                for ip in (2..n.saturating_sub(1))
                     .map(|i| Ipv4Addr::from(self.service_cidr.base + i).to_string())
-                    .find(|ip| !used_ips.contains(ip))
-                    .ok_or_else(|| {
-                        invalid(
-                            &name,
-                            "spec.clusterIP",
-                            "Internal error: range is full".into(),
-                        )
-                    })?
+                    .filter(|ip| !used_ips.contains(ip))
+                {
+                    // Creating the IPAddress is the reservation; one that appeared since
+                    // the scan means the next address.
+                    if dry_run || self.reserve_cluster_ip(&ip, &namespace, &name).await? {
+                        if !dry_run {
+                            reserved.push(ip.clone());
+                        }
+                        picked = Some(ip);
+                        break;
+                    }
+                }
+                picked.ok_or_else(|| {
+                    invalid(
+                        &name,
+                        "spec.clusterIP",
+                        "Internal error: range is full".into(),
+                    )
+                })?
             } else {
                 let parsed: Ipv4Addr = want.parse().map_err(|_| {
                     invalid(&name, "spec.clusterIP", format!("Invalid value: \"{want}\": must be empty, 'None', or a valid IP address"))
@@ -155,12 +176,23 @@ impl Api {
                         format!("Invalid value: [\"{want}\"]: failed to allocate IP {want}: the provided IP ({want}) is not in the valid range"),
                     ));
                 }
-                if used_ips.contains(&want) {
-                    return Err(invalid(
+                let taken = || {
+                    invalid(
                         &name,
                         "spec.clusterIPs",
                         format!("Invalid value: [\"{want}\"]: failed to allocate IP {want}: provided IP is already allocated"),
-                    ));
+                    )
+                };
+                if used_services_ips.contains(&want) {
+                    return Err(taken());
+                }
+                if !dry_run {
+                    if !self.reserve_cluster_ip(&want, &namespace, &name).await? {
+                        return Err(taken());
+                    }
+                    reserved.push(want.clone());
+                } else if used_ips.contains(&want) {
+                    return Err(taken());
                 }
                 want
             };
@@ -231,7 +263,8 @@ impl Api {
                 }
             }
         }
-        self.allocate_health_check_port(o, old, &used_ports)
+        self.allocate_health_check_port(o, old, &used_ports)?;
+        Ok(reserved)
     }
 
     /// `spec.healthCheckNodePort`: kept, checked when given (in the node port range, not

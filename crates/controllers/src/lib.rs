@@ -18,6 +18,7 @@ mod discover;
 pub mod endpoints;
 pub mod gc;
 pub mod hpa;
+pub mod ipaddress;
 pub mod job;
 pub mod namespace;
 pub mod network;
@@ -64,6 +65,10 @@ pub struct Timers {
     /// How long a HorizontalPodAutoscaler keeps its highest recent recommendation before
     /// scaling down (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 min).
     pub hpa_downscale_stabilization: Duration,
+    /// How old an IPAddress the ClusterIP allocator wrote must be before the repair loop
+    /// deletes it for naming no Service that holds its address (kube's fixed 60 s: the
+    /// Service write that reserved it may still be under way).
+    pub ipaddress_leak_grace_period: Duration,
     /// The node lifecycle controller's zone-aware NoExecute tainting rates and thresholds
     /// (`--node-eviction-rate` and friends; rates, not timers, but flags all the same).
     pub node_eviction: nodelifecycle::zones::Limits,
@@ -82,6 +87,7 @@ impl Default for Timers {
             job_backoff: Duration::from_secs(10),
             hpa_sync_period: Duration::from_secs(15),
             hpa_downscale_stabilization: Duration::from_secs(300),
+            ipaddress_leak_grace_period: Duration::from_secs(60),
             node_eviction: Default::default(),
         }
     }
@@ -135,6 +141,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         tenantquota::run(ctx.clone()).boxed(),
         volume::run(ctx.clone()).boxed(),
         hpa::run(ctx.clone()).boxed(),
+        ipaddress::run(ctx.clone()).boxed(),
     ];
     try_join_all(all).await.map(|_| ())
 }

@@ -92,6 +92,10 @@ pub struct ControlArgs {
     /// HorizontalPodAutoscalers: the downscale stabilization window [default: 5m].
     #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", value_parser = duration)]
     pub hpa_downscale_stabilization: Option<Duration>,
+    /// ClusterIP repair loop: how old a leaked IPAddress must be before it is deleted
+    /// [default: 60s].
+    #[arg(long = "ipaddress-leak-grace-period", value_parser = duration)]
+    pub ipaddress_leak_grace_period: Option<Duration>,
 }
 
 /// A duration flag: `50s`, `500ms`, `5m`, `1h30m` (jiff's friendly format, which reads Go's).
@@ -155,6 +159,10 @@ impl ControlArgs {
         set(
             &mut t.hpa_downscale_stabilization,
             self.hpa_downscale_stabilization,
+        );
+        set(
+            &mut t.ipaddress_leak_grace_period,
+            self.ipaddress_leak_grace_period,
         );
         t
     }

@@ -4,7 +4,7 @@
 //! client. Every test works in its own namespace and checks that its pods leave no VM,
 //! socket or tap behind. VMs boot at most two at a time (the agent's start limit).
 //! `metrics.k8s.io` (`kubectl top`, 1.27 and 1.33) is read from the agent's stats of the same
-//! pod VMs.
+//! pod VMs, and a HorizontalPodAutoscaler scales a Deployment on them.
 
 mod node_support;
 
@@ -35,6 +35,8 @@ fn cluster() -> &'static Cluster {
                 // Metrics sampled and served often enough for `kubectl top` within a test.
                 "--stats-interval=2s",
                 "--metrics-cache-ttl=1s",
+                // The HorizontalPodAutoscaler test scales on those metrics.
+                "--horizontal-pod-autoscaler-sync-period=2s",
             ]
             .map(String::from)
             .into_iter()
@@ -415,23 +417,31 @@ fn read_only_root_and_local_storage_limits_evict() {
     c.cleanup(&ns);
 }
 
+/// A Deployment whose pod spins is scaled from 1 to 2 by a HorizontalPodAutoscaler on CPU
+/// utilization, from the agent's live stats through `metrics.k8s.io` (the HPA controller's
+/// path end to end), then deleted with its VMs.
 #[test]
-fn deployment_scales_and_deletes() {
+fn deployment_scaled_by_an_hpa_on_live_cpu_then_deleted() {
     let c = cluster();
     let ns = c.namespace("deploy");
-    c.kubectl(&[
-        "-n",
+    c.apply(
         &ns,
-        "create",
-        "deployment",
-        "web",
-        "--image=busybox",
-        "--",
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-    ]);
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: c
+        image: busybox
+        command: [sh, -c, 'while :; do :; done']
+        resources: {requests: {cpu: 100m}}
+",
+    );
     let running = |want: usize| {
         wait(
             Duration::from_secs(300),
@@ -450,8 +460,38 @@ fn deployment_scales_and_deletes() {
         )
     };
     running(1);
-    c.kubectl(&["-n", &ns, "scale", "deployment", "web", "--replicas=2"]);
+    // The spinning guest costs its host far more than half of its 100m request.
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "autoscale",
+        "deployment",
+        "web",
+        "--min=1",
+        "--max=2",
+        "--cpu-percent=50",
+    ]);
     running(2);
+    let hpa = c.json(&["-n", &ns, "get", "hpa", "web"]).unwrap();
+    assert_eq!(hpa["status"]["desiredReplicas"], 2, "{hpa}");
+    let util = hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(util > 0, "utilization from live metrics: {hpa}");
+    let ev = c.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulRescale",
+    ]);
+    assert!(
+        ev.contains(
+            "New size: 2; reason: cpu resource utilization (percentage of request) above target"
+        ),
+        "{ev}"
+    );
     c.kubectl(&["-n", &ns, "delete", "deployment", "web"]);
     wait(
         Duration::from_secs(120),

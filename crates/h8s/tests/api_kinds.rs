@@ -365,7 +365,10 @@ spec:
 
 #[test]
 fn networking_storage_apf_and_core_kinds_with_kubectl() {
-    let s = Server::start();
+    let s = Server::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &["--ipaddress-leak-grace-period".as_ref(), "2s".as_ref()],
+    );
     let k = |args: &[&str]| s.kubectl(V, args);
     let ki = |args: &[&str], input: &str| s.kubectl_stdin(V, args, Some(input));
 
@@ -392,6 +395,7 @@ fn networking_storage_apf_and_core_kinds_with_kubectl() {
     let ip = k(&["get", "ipaddresses"]);
     assert_eq!(header(&ip), ["NAME", "PARENTREF", "AGE"], "{ip}");
     assert!(row(&ip, "10.96.100.7").contains("services/default/web"));
+    cluster_ips_are_ip_addresses(&s);
     // The default ServiceCIDR is the server's service range, and Ready.
     let sc = k(&["get", "servicecidrs"]);
     assert_eq!(header(&sc), ["NAME", "CIDRS", "AGE"], "{sc}");
@@ -666,4 +670,129 @@ spec:
     );
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("target.name"), "{body}");
+}
+
+/// The ClusterIP allocator writes an IPAddress per address (kube's IPAddress allocator),
+/// takes the address back with the Service, refuses one reserved by another IPAddress, and
+/// its repair loop recreates a missing one and removes a leaked one, with kube's events.
+fn cluster_ips_are_ip_addresses(s: &Server) {
+    let k = |args: &[&str]| s.kubectl(V, args);
+    let ip_of = |svc: &str| {
+        json(&k(&["get", "svc", svc, "-o", "json"]))["spec"]["clusterIP"]
+            .as_str()
+            .expect("clusterIP")
+            .to_string()
+    };
+    let exists = |ip: &str| {
+        s.curl(
+            "GET",
+            &format!("/apis/networking.k8s.io/v1/ipaddresses/{ip}"),
+            None,
+            None,
+        )
+        .0 == 200
+    };
+    // The kubernetes Service's address, as on any 1.33 cluster.
+    let o = json(&k(&["get", "ipaddress", "10.96.0.1", "-o", "json"]));
+    assert_eq!(o["spec"]["parentRef"]["name"], "kubernetes", "{o}");
+    k(&["create", "service", "clusterip", "addr", "--tcp=80"]);
+    let ip = ip_of("addr");
+    let o = json(&k(&["get", "ipaddress", &ip, "-o", "json"]));
+    assert_eq!(
+        o["metadata"]["labels"],
+        serde_json::json!({"ipaddress.kubernetes.io/ip-family": "IPv4",
+            "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"}),
+        "{o}"
+    );
+    assert_eq!(
+        o["spec"]["parentRef"],
+        serde_json::json!({"group": "", "resource": "services", "namespace": "default", "name": "addr"}),
+        "{o}"
+    );
+    assert!(row(&k(&["get", "ipaddresses"]), &ip).contains("services/default/addr"));
+    // A dry run reserves nothing.
+    let before = k(&["get", "ipaddresses", "-o", "name"]).lines().count();
+    k(&[
+        "create",
+        "service",
+        "clusterip",
+        "dry",
+        "--tcp=80",
+        "--dry-run=server",
+    ]);
+    assert_eq!(
+        k(&["get", "ipaddresses", "-o", "name"]).lines().count(),
+        before
+    );
+    // An address another IPAddress holds (the hand-written one above) is taken.
+    let err = s.kubectl_fails(
+        V,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "taken",
+            "--tcp=80",
+            "--clusterip=10.96.100.7",
+        ],
+        None,
+    );
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    // Repair: a deleted IPAddress comes back, and the Service is told.
+    k(&["delete", "ipaddress", &ip]);
+    assert!(
+        api_support::eventually(30, || exists(&ip)),
+        "the repair loop did not recreate {ip}"
+    );
+    assert!(
+        api_support::eventually(30, || k(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=ClusterIPNotAllocated"
+        ])
+        .contains(&format!(
+            "Cluster IP [IPv4]: {ip} is not allocated; repairing"
+        ))),
+        "{}",
+        k(&["get", "events"])
+    );
+    // A leaked one (the allocator's, naming no Service) goes after the grace period.
+    s.kubectl_stdin(
+        V,
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata:\n  name: 10.96.200.200\n  labels: {ipaddress.kubernetes.io/managed-by: ipallocator.k8s.io, ipaddress.kubernetes.io/ip-family: IPv4}\nspec:\n  parentRef: {group: '', resource: services, namespace: default, name: ghost}\n"),
+    );
+    assert!(
+        api_support::eventually(30, || !exists("10.96.200.200")),
+        "the leaked IPAddress was not removed"
+    );
+    let ev = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=IPAddressNotAllocated",
+    ]);
+    assert!(
+        ev.contains("IPAddress: 10.96.200.200 for Service default/ghost appears to have leaked: cleaning up"),
+        "{ev}"
+    );
+    // Released with a type change to ExternalName, and with the Service.
+    k(&["create", "service", "clusterip", "gone", "--tcp=80"]);
+    let gone = ip_of("gone");
+    assert!(exists(&gone));
+    k(&["delete", "svc", "gone"]);
+    assert!(!exists(&gone), "released on delete");
+    k(&[
+        "patch",
+        "svc",
+        "addr",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ExternalName","externalName":"db.example.com","clusterIP":"","clusterIPs":null,"ports":null}}"#,
+    ]);
+    assert!(
+        api_support::eventually(10, || !exists(&ip)),
+        "released on a type change to ExternalName"
+    );
 }

@@ -939,6 +939,11 @@ fn start_wardle(front_proxy_ca: &str, front_proxy_cert: &str) -> Wardle {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                // Requests served on this connection: a request whose query says `flaky`
+                // that comes on a reused connection is read and then the connection is
+                // closed without an answer (a server closing an idle connection just as a
+                // request went out).
+                let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let front_proxy_cert = tls
                     .get_ref()
                     .1
@@ -948,6 +953,8 @@ fn start_wardle(front_proxy_ca: &str, front_proxy_cert: &str) -> Wardle {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
+                        let reused = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+                        let flaky = req.uri().query().is_some_and(|q| q.contains("flaky"));
                         async move {
                             let h = req.headers();
                             let hv = |k: &str| {
@@ -968,9 +975,17 @@ fn start_wardle(front_proxy_ca: &str, front_proxy_cert: &str) -> Wardle {
                             let method = rec.method.clone();
                             let path = rec.path.clone();
                             seen.lock().unwrap().push(rec);
-                            let body = req.into_body().collect().await?.to_bytes();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_err(std::io::Error::other)?
+                                .to_bytes();
+                            if flaky && reused {
+                                return Err(std::io::Error::other("closing without an answer"));
+                            }
                             let (code, out) = wardle_answer(&method, &path, &accept, &body);
-                            Ok::<_, hyper::Error>(
+                            Ok::<_, std::io::Error>(
                                 http::Response::builder()
                                     .status(code)
                                     .header("content-type", "application/json")
@@ -1217,6 +1232,30 @@ fn aggregated_api_with_kubectl() {
         assert!(g.front_proxy_cert, "{g:?}");
     }
     assert!(gets.iter().any(|g| g.method == "POST"));
+
+    // A GET that a kept connection lost after it was sent is replayed once on a new
+    // connection (as Go's transport does); a POST is not: 503.
+    let list = "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders";
+    let flaky = |m: &str| {
+        w.seen_on("/namespaces/default/flunders")
+            .iter()
+            .filter(|g| g.method == m)
+            .count()
+    };
+    let (gets, posts) = (flaky("GET"), flaky("POST"));
+    let (code, _) = s.curl("GET", list, None, None);
+    assert_eq!(code, 200);
+    let (code, body) = s.curl("GET", &format!("{list}?labelSelector=flaky"), None, None);
+    assert_eq!(code, 200, "replayed: {body}");
+    assert_eq!(flaky("GET"), gets + 3, "sent, lost, sent again");
+    let (code, body) = s.curl(
+        "POST",
+        &format!("{list}?fieldManager=flaky"),
+        Some("application/json"),
+        Some(br#"{"apiVersion":"wardle.example.com/v1alpha1","kind":"Flunder","metadata":{"name":"f3"}}"#),
+    );
+    assert_eq!(code, 503, "not replayed: {body}");
+    assert_eq!(flaky("POST"), posts + 1, "a POST is sent once");
 
     // RBAC first: a ServiceAccount without a role is refused here, never proxied.
     let token = k(&["create", "token", "default", "-n", "default"]);

@@ -2,7 +2,11 @@
 //! certificate, the caller in the requestheader headers, bodies streamed both ways. A
 //! connection whose response body ended cleanly is kept (at most [`MAX_IDLE`] per
 //! APIService) and reused by the next request; a request that a kept connection could not
-//! take (the server closed it while idle) goes on a new one.
+//! take (the server closed it while idle) goes on a new one. A request that failed on a kept
+//! connection after it was sent (the server closed it as the request went out) is sent
+//! once more on a new connection when it can be replayed, as Go's transport does: an
+//! idempotent method (GET, HEAD, OPTIONS, TRACE, or an `Idempotency-Key` /
+//! `X-Idempotency-Key` header) without a body. Anything else answers 503.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -221,6 +225,8 @@ impl Aggregator {
                     "upgrade requests are not proxied to aggregated API servers",
                 ));
             }
+            let replayable = replayable(&parts.method, &parts.headers)
+                && (body.is_end_stream() || body.size_hint().exact() == Some(0));
             let body: ProxyBody = Limited::new(body, crate::body::MAX_BODY)
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e })
                 .boxed_unsync();
@@ -246,6 +252,14 @@ impl Aggregator {
                     .unwrap_or(HeaderValue::from_static("localhost")),
             );
             identity_headers(h, user)?;
+            // What a replay needs: the head (the body is empty).
+            let head = replayable.then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                )
+            });
             let send = async {
                 // A kept connection first; a request it did not take goes on a new one.
                 let mut req = req;
@@ -253,9 +267,21 @@ impl Aggregator {
                     if sender.ready().await.is_ok() {
                         match sender.try_send_request(req).await {
                             Ok(resp) => return Ok((resp, sender, task, addr)),
-                            Err(mut e) => match e.take_message() {
-                                Some(r) => req = r,
-                                None => return Err(unreachable(&e.into_error())),
+                            Err(mut e) => match (e.take_message(), head) {
+                                (Some(r), _) => req = r,
+                                (None, Some((method, uri, headers))) => {
+                                    tracing::debug!(error = %e.into_error(), "a kept connection failed after the request was sent; replaying it on a new one");
+                                    task.abort();
+                                    let mut r = Request::new(empty_body());
+                                    *r.method_mut() = method;
+                                    *r.uri_mut() = uri;
+                                    *r.headers_mut() = headers;
+                                    return self.send_new(api, &b, r).await;
+                                }
+                                (None, None) => {
+                                    task.abort();
+                                    return Err(unreachable(&e.into_error()));
+                                }
                             },
                         }
                     }
@@ -409,6 +435,23 @@ impl Aggregator {
 }
 
 /// Who the aggregator is to the servers it checks.
+/// Whether a request may be sent again after it went out on a connection that then failed
+/// (Go's `Request.isReplayable`, for a request without a body).
+fn replayable(method: &http::Method, headers: &HeaderMap) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || headers.contains_key("idempotency-key")
+        || headers.contains_key("x-idempotency-key")
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
 fn aggregator_user() -> UserInfo {
     UserInfo {
         username: "system:kube-aggregator".into(),
@@ -462,6 +505,25 @@ fn stream_body(incoming: hyper::body::Incoming, keep: Option<Keep>) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replayable_requests_as_go() {
+        let none = HeaderMap::new();
+        for m in [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS] {
+            assert!(replayable(&m, &none), "{m}");
+        }
+        for m in [
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+        ] {
+            assert!(!replayable(&m, &none), "{m}");
+        }
+        let mut keyed = HeaderMap::new();
+        keyed.insert("idempotency-key", HeaderValue::from_static("k1"));
+        assert!(replayable(&http::Method::POST, &keyed));
+    }
 
     #[test]
     fn identity_and_dropped_headers() {

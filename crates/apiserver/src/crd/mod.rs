@@ -532,8 +532,9 @@ impl Strategy for CustomResource {
 
     fn before_create<'a: 'b, 'b>(
         &'a self,
-        _api: &'a Api,
+        _api: &'a std::sync::Arc<Api>,
         _o: &'b mut Value,
+        _dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         let terminating = self.def.terminating;
         Box::pin(async move {

@@ -150,9 +150,10 @@ impl Strategy for Csr {
 
     fn before_update<'a: 'b, 'b>(
         &'a self,
-        api: &'a Api,
+        api: &'a std::sync::Arc<Api>,
         _old: &'b Value,
         new: &'b mut Value,
+        _dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
             let Some(signer) = api.csr_signer.as_ref() else {

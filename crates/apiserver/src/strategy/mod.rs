@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::state::Api;
+use std::sync::Arc;
 
 /// What a subresource does, by meaning rather than by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +154,9 @@ pub(crate) trait Strategy: Send + Sync {
     /// it returns is held until the object is stored.
     fn before_create<'a: 'b, 'b>(
         &'a self,
-        _api: &'a Api,
+        _api: &'a Arc<Api>,
         _o: &'b mut Value,
+        _dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async { Ok(None) })
     }
@@ -163,11 +165,17 @@ pub(crate) trait Strategy: Send + Sync {
     /// node ports). What it returns is held until the object is stored.
     fn before_update<'a: 'b, 'b>(
         &'a self,
-        _api: &'a Api,
+        _api: &'a Arc<Api>,
         _old: &'b Value,
         _new: &'b mut Value,
+        _dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// Work after an object is gone from the store (a Service's cluster IPs released).
+    fn after_delete<'a>(&'a self, _api: &'a Arc<Api>, _old: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     /// The value of a selectable field, as field selectors compare it.

@@ -1,5 +1,7 @@
 //! Strategies of kinds that differ from the generic registry in a rule or two.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use h8s_types::Resource;
 use serde_json::Value;
@@ -7,6 +9,7 @@ use serde_json::Value;
 use super::{generic_prepare_for_update, Guard, Propagation, Strategy, Sub};
 use crate::auth::UserInfo;
 use crate::error::ApiError;
+use crate::ipaddr::{cluster_ips, Settle};
 use crate::obj;
 use crate::state::Api;
 
@@ -29,21 +32,29 @@ impl Strategy for Service {
 
     fn before_create<'a: 'b, 'b>(
         &'a self,
-        api: &'a Api,
+        api: &'a Arc<Api>,
         o: &'b mut Value,
+        dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
             let g = api.svc_lock.lock().await;
-            api.allocate_service(o, None).await?;
-            Ok(Some(Box::new(g) as Guard<'a>))
+            let ips = api.allocate_service(o, None, dry_run).await?;
+            Ok(Some(Box::new(Settle {
+                api: api.clone(),
+                namespace: obj::namespace(o).to_string(),
+                name: obj::name(o).to_string(),
+                ips,
+                _lock: g,
+            }) as Guard<'a>))
         })
     }
 
     fn before_update<'a: 'b, 'b>(
         &'a self,
-        api: &'a Api,
+        api: &'a Arc<Api>,
         old: &'b Value,
         new: &'b mut Value,
+        dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
             // Only a type change or an edited port needs the allocator.
@@ -51,8 +62,26 @@ impl Strategy for Service {
                 return Ok(None);
             }
             let g = api.svc_lock.lock().await;
-            api.allocate_service(new, Some(old)).await?;
-            Ok(Some(Box::new(g) as Guard<'a>))
+            let mut ips = api.allocate_service(new, Some(old), dry_run).await?;
+            if !dry_run {
+                // The addresses it held: released once the update is stored, if it no
+                // longer holds them (a type change to ExternalName).
+                ips.extend(cluster_ips(old));
+            }
+            Ok(Some(Box::new(Settle {
+                api: api.clone(),
+                namespace: obj::namespace(new).to_string(),
+                name: obj::name(new).to_string(),
+                ips,
+                _lock: g,
+            }) as Guard<'a>))
+        })
+    }
+
+    fn after_delete<'a>(&'a self, api: &'a Arc<Api>, old: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            api.release_cluster_ips(obj::namespace(old), obj::name(old), cluster_ips(old))
+                .await
         })
     }
 }
