@@ -138,10 +138,75 @@ fn pss_rss(pid: u32) -> (u64, u64) {
     (field("Pss:"), field("Rss:"))
 }
 
+/// The exec rows of the table: the round trip, the host baseline, their ratio.
+fn exec_rows(exec: &mut [f64], host: &mut [f64], error: Option<&str>) -> String {
+    if let Some(e) = error.or(exec.is_empty().then_some("no runs")) {
+        return format!("| exec round trip | not measured: exec failed ({e}) | | | |");
+    }
+    let (emin, emed, e99) = stats(exec);
+    let (hmin, hmed, h99) = stats(host);
+    format!(
+        "| exec round trip (`Runtime::exec` of `true` → exit code back, through the pod supervisor) in an idle pod | {n} | {:.1} ms | **{:.1} ms** | {:.1} ms |\n\
+| baseline: host `true` spawned and waited for (`std::process::Command`), alternating with the execs | {n} | {:.2} ms | {:.2} ms | {:.2} ms |",
+        emin * 1e3,
+        emed * 1e3,
+        e99 * 1e3,
+        hmin * 1e3,
+        hmed * 1e3,
+        h99 * 1e3,
+        n = exec.len(),
+    )
+}
+
+/// `exec true` in an idle pod until its exit code is back, `n` times, each right after a
+/// host `true` spawned and waited for (the baseline: the same work without a VM). Seconds.
+async fn measure_exec(rt: &Runtime, id: &str, n: usize) -> (Vec<f64>, Vec<f64>, Option<String>) {
+    let (mut exec, mut host) = (Vec::new(), Vec::new());
+    // Warm-up: the first exec pages the agent's and busybox's code in.
+    for i in 0..n + 3 {
+        let t0 = Instant::now();
+        let ok = Command::new("true").status().is_ok_and(|s| s.success());
+        let h = t0.elapsed().as_secs_f64();
+        assert!(ok, "host true failed");
+        let t0 = Instant::now();
+        let r = rt
+            .exec(
+                id,
+                "c",
+                ExecConfig {
+                    command: vec!["true".into()],
+                    env: vec![],
+                    tty: false,
+                    stdin: false,
+                    size: None,
+                },
+            )
+            .await;
+        let mut s = match r {
+            Ok(s) => s,
+            Err(e) => return (exec, host, Some(e.to_string())),
+        };
+        loop {
+            match s.output.next().await {
+                Ok(Some(StreamEvent::Exit(_))) | Ok(None) => break,
+                Ok(_) => {}
+                Err(e) => return (exec, host, Some(e.to_string())),
+            }
+        }
+        let e = t0.elapsed().as_secs_f64();
+        if i >= 3 {
+            exec.push(e);
+            host.push(h);
+        }
+    }
+    (exec, host, None)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut shim, mut runs, mut write) = (None, 20usize, None);
+    let (mut exec_runs, mut exec_only) = (100usize, false);
     let mut block = String::from("cloud");
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -149,6 +214,8 @@ async fn main() {
             "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(20),
             "--write" => write = args.next().map(PathBuf::from),
             "--block" => block = args.next().expect("--block NAME"),
+            "--exec-runs" => exec_runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(100),
+            "--exec-only" => exec_only = true,
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -182,7 +249,7 @@ async fn main() {
 
     // 1. Start latency, alternating with bare boots so both see the same noise.
     let (mut pod, mut bare, mut guest_boot) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
+    for i in 0..if exec_only { 0 } else { runs } {
         bare.push(bare_boot(&vm, accel));
         let t0 = Instant::now();
         let id = rt.run_sandbox(sandbox(format!("b{i}"))).await.unwrap();
@@ -201,7 +268,7 @@ async fn main() {
 
     // 2. Exec round trips and 3. memory, in idle pods.
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..if exec_only { 1 } else { 3 } {
         let id = rt.run_sandbox(sandbox(format!("idle{i}"))).await.unwrap();
         rt.create_container(&id, container("c", &["sleep", "100000"]))
             .await
@@ -209,37 +276,15 @@ async fn main() {
         rt.start_container(&id, "c").await.unwrap();
         ids.push(id);
     }
-    let mut exec = Vec::new();
-    let mut exec_error = None;
-    for _ in 0..50 {
-        let t0 = Instant::now();
-        let r = rt
-            .exec(
-                &ids[0],
-                "c",
-                ExecConfig {
-                    command: vec!["true".into()],
-                    env: vec![],
-                    tty: false,
-                    stdin: false,
-                    size: None,
-                },
-            )
-            .await;
-        let mut s = match r {
-            Ok(s) => s,
-            Err(e) => {
-                exec_error = Some(e.to_string());
-                break;
-            }
-        };
-        loop {
-            match s.output.next().await.unwrap() {
-                Some(StreamEvent::Exit(_)) | None => break,
-                _ => {}
-            }
+    let (mut exec, mut host, exec_error) = measure_exec(&rt, &ids[0], exec_runs).await;
+    let exec_row = exec_rows(&mut exec, &mut host, exec_error.as_deref());
+    if exec_only {
+        for id in &ids {
+            rt.stop_sandbox(id, Duration::ZERO).await.unwrap();
+            rt.remove_sandbox(id, true).await.unwrap();
         }
-        exec.push(t0.elapsed().as_secs_f64());
+        println!("{exec_row}");
+        return;
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let mut mem = Vec::new();
@@ -269,22 +314,6 @@ async fn main() {
     };
     let (pmin, pmed, p99) = stats(&mut pod);
     let (bmin, bmed, b99) = stats(&mut bare);
-    let exec_row = match (&exec_error, exec.is_empty()) {
-        (None, false) => {
-            let (emin, emed, e99) = stats(&mut exec);
-            format!(
-                "| exec round trip (`exec true` → exit code back) in an idle pod | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
-                exec.len(),
-                emin * 1000.0,
-                emed * 1000.0,
-                e99 * 1000.0
-            )
-        }
-        (e, _) => format!(
-            "| exec round trip | not measured: exec failed ({}) | | | |",
-            e.as_deref().unwrap_or("no runs")
-        ),
-    };
     let mib = |k: u64| k as f64 / 1024.0;
     type Sample = (u64, u64, u64, u64);
     let avg = |f: &dyn Fn(&Sample) -> u64| mem.iter().map(f).sum::<u64>() / mem.len() as u64;

@@ -11,6 +11,7 @@ mod modules;
 mod net;
 mod probe;
 mod pvol;
+mod relay;
 mod restore;
 mod server;
 mod services;

@@ -2,7 +2,8 @@
 //!
 //! Threads: the main thread reads frames from the port and handles requests (including every
 //! clone, so per-thread namespace switches stay on one thread); one reaper thread turns
-//! `SIGCHLD` into exit records; per process, one thread per output stream and one for stdin.
+//! `SIGCHLD` into exit records; one relay thread ([`crate::relay`]) sends every process's
+//! output and fires the output grace timers; per process with stdin, one thread for it.
 //! All writes to the port go through one mutex, a whole frame at a time.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use h8s_guest::{
 };
 
 use crate::container::{self, NetFiles, Rootfs};
+use crate::relay::Relay;
 use crate::spawn::{self, Stage};
 use crate::sys;
 
@@ -102,6 +104,7 @@ pub struct Agent {
     reboot_to_power_off: bool,
     /// See [`Hello::agent_id`]: drawn at start, again after a restore.
     agent_id: Mutex<String>,
+    relay: Relay,
 }
 
 type Outcome = Option<Result<Reply, ProtoError>>;
@@ -126,7 +129,7 @@ fn decode_wait_status(st: i32) -> ExitStatus {
 
 impl Agent {
     pub fn new(port: File, boot_time_ms: u64, reboot_to_power_off: bool) -> io::Result<Arc<Agent>> {
-        Ok(Arc::new(Agent {
+        let agent = Arc::new(Agent {
             out: Mutex::new(port),
             state: Mutex::new(State::default()),
             net: Mutex::new(NetFiles::default()),
@@ -136,7 +139,16 @@ impl Agent {
             log_budget: Mutex::new((Instant::now(), 0)),
             reboot_to_power_off,
             agent_id: Mutex::new(crate::restore::new_agent_id()),
-        }))
+            relay: Relay::new()?,
+        });
+        let a = Arc::clone(&agent);
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || {
+                let me = Arc::clone(&a);
+                a.relay.run(me)
+            })?;
+        Ok(agent)
     }
 
     fn send(&self, frame: &Frame) {
@@ -576,8 +588,7 @@ impl Agent {
             proc_.exit.is_some()
         };
         for (f, channel) in outputs {
-            let agent = Arc::clone(self);
-            spawn_thread("output", move || agent.pump_output(id, f, channel));
+            self.relay.watch(f, id, channel);
         }
         if p.stdin {
             let sink: Box<dyn Write + Send> = match (&tty, stdin_w) {
@@ -594,26 +605,18 @@ impl Agent {
         Ok(pid)
     }
 
-    fn pump_output(self: Arc<Self>, id: ProcessId, mut f: File, channel: Channel) {
-        let mut buf = vec![0u8; MAX_DATA_LEN];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if self.is_finalized(id) {
-                        break;
-                    }
-                    self.send(&Frame::Data {
-                        process: id,
-                        channel,
-                        data: buf[..n].to_vec(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // EIO: a pty master after the last slave closed.
-                Err(_) => break,
-            }
-        }
+    /// Sends output the relay read.
+    pub fn send_output(&self, process: ProcessId, channel: Channel, data: Vec<u8>) {
+        self.send(&Frame::Data {
+            process,
+            channel,
+            data,
+        });
+    }
+
+    /// Called by the relay when one output stream of a process ended: the exit is reported
+    /// once all its streams ended and it was reaped.
+    pub fn output_closed(&self, id: ProcessId) {
         let done = {
             let mut st = lock(&self.state);
             match st.procs.get_mut(&id) {
@@ -702,7 +705,7 @@ impl Agent {
         Ok(Reply::Done)
     }
 
-    fn is_finalized(&self, id: ProcessId) -> bool {
+    pub fn is_finalized(&self, id: ProcessId) -> bool {
         lock(&self.state)
             .procs
             .get(&id)
@@ -739,16 +742,12 @@ impl Agent {
         }
     }
 
-    fn start_grace_timer(self: &Arc<Self>, id: ProcessId) {
-        let agent = Arc::clone(self);
-        spawn_thread("grace", move || {
-            std::thread::sleep(OUTPUT_GRACE);
-            agent.finalize(id);
-        });
+    fn start_grace_timer(&self, id: ProcessId) {
+        self.relay.timer(id, OUTPUT_GRACE);
     }
 
     /// Reports an exit once: the event, then the answers to waiters.
-    fn finalize(&self, id: ProcessId) {
+    pub fn finalize(&self, id: ProcessId) {
         let (status, waiters) = {
             let mut st = lock(&self.state);
             let Some(p) = st.procs.get_mut(&id) else {

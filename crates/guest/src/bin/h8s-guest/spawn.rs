@@ -1,6 +1,8 @@
-//! Starting a process in a container: a raw `clone` (fork-like, optionally into new
-//! namespaces), then in the child only async-signal-safe syscalls on memory prepared beforehand
-//! (the agent is multi-threaded, so the child must not allocate or take locks).
+//! Starting a process in a container: a `clone` with `CLONE_VM | CLONE_VFORK` (as
+//! posix_spawn: no copy of the agent's page tables, no copy-on-write faults — under TCG a
+//! fork of the agent cost more than the rest of an exec), optionally into new namespaces, then
+//! in the child only async-signal-safe syscalls on memory prepared beforehand (the agent is
+//! multi-threaded and the memory is shared, so the child must not allocate or take locks).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -96,23 +98,32 @@ pub fn spawn(
         crate::sys::setns(target, libc::CLONE_NEWPID)?;
     }
 
-    // SAFETY: a raw clone without CLONE_VM and a null stack behaves like fork: the child gets a
-    // copy of the address space and runs `child`, which only makes syscalls on memory prepared
-    // above (no allocation, no locks) and never returns.
+    let mut stack = vec![0u8; CHILD_STACK];
+    let args = ChildArgs {
+        plan,
+        stdio,
+        argv: &argv,
+        envp: &envp,
+        err: err_w.as_raw_fd(),
+    };
+    // The stack grows down from its (16-byte aligned) end.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `CLONE_VM | CLONE_VFORK` as posix_spawn does: the child shares this address
+    // space but runs on its own stack, and this thread is suspended until the child has
+    // called execve or _exit, so `args`, `argv`, `envp` and `stack` outlive its use of them.
+    // The child (`child_entry`) makes only system calls on memory prepared above: no
+    // allocation, no locks, no writes to memory this thread reads afterwards (errno aside,
+    // which the parent reads only when no child was created).
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            plan.clone_flags | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut libc::c_void,
         )
     };
     let clone_error = io::Error::last_os_error();
-    if pid == 0 {
-        child(plan, stdio, &argv, &envp, err_w.as_raw_fd());
-    }
+    drop(stack);
     if let Some((_, own)) = &plan.pidns {
         if let Err(e) = crate::sys::setns(own, libc::CLONE_NEWPID) {
             // Every later container would nest in this one's namespace, and no thread could be
@@ -149,7 +160,26 @@ pub fn spawn(
     }))
 }
 
-/// The child side. Only async-signal-safe calls from here on.
+/// The child's stack: it only makes system calls (a few frames, no buffers).
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child reads, on the parent's memory (shared until execve).
+struct ChildArgs<'a> {
+    plan: &'a Plan,
+    stdio: [RawFd; 3],
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    err: RawFd,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` of `spawn`, alive while the parent is suspended.
+    let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    child(a.plan, a.stdio, a.argv, a.envp, a.err)
+}
+
+/// The child side. Only async-signal-safe calls from here on; the memory is the agent's
+/// (`CLONE_VM`) until execve, so nothing here may write what the agent relies on.
 fn child(
     plan: &Plan,
     stdio: [RawFd; 3],
@@ -173,6 +203,12 @@ fn child(
     // NUL-terminated strings / arrays prepared by the parent, which stay valid in the child's
     // copy of the address space.
     unsafe {
+        // While this child shares the agent's memory, no process of the container may trace
+        // it (a non-root exec drops to the container's uid below): not dumpable. execve gives
+        // the new program a fresh, dumpable address space.
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+            fail(Stage::Stdio);
+        }
         // The agent blocks SIGCHLD and std ignores SIGPIPE; neither may leak into the workload
         // (an ignored disposition survives execve).
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -269,5 +305,87 @@ fn child(
         }
         *libc::__errno_location() = best_errno;
         fail(Stage::Exec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    fn plan(args: &[&str], cwd: &str) -> Plan {
+        let c = |s: &str| CString::new(s).unwrap();
+        Plan {
+            clone_flags: 0,
+            enter: Vec::new(),
+            pidns: None,
+            pivot_root: None,
+            mount_proc: false,
+            hostname: None,
+            candidates: vec![c(args[0])],
+            argv: args.iter().map(|a| c(a)).collect(),
+            envp: vec![c("GREETING=hello")],
+            cwd: c(cwd),
+            // SAFETY: getuid/getgid have no preconditions.
+            uid: unsafe { libc::getuid() },
+            // SAFETY: as above.
+            gid: unsafe { libc::getgid() },
+            groups: Vec::new(),
+            tty: false,
+        }
+    }
+
+    fn wait(pid: i32) -> i32 {
+        let mut st = 0;
+        // SAFETY: waitpid writes the status of our own child to a valid pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        libc::WEXITSTATUS(st)
+    }
+
+    /// The vfork-style spawn runs the program with the plan's argv, env, working directory
+    /// and stdio, and the exit status is the program's; a failure before execve comes back
+    /// as the stage and errno, not as a running child. (Needs root: it switches identity.)
+    #[test]
+    fn spawns_with_the_plan_and_reports_child_failures() {
+        let (out_r, out_w) = crate::sys::pipe().unwrap();
+        let null = File::open("/dev/null").unwrap();
+        let stdio = [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()];
+        let mut registered = None;
+        let p = plan(&["/bin/sh", "-c", "echo $GREETING $(pwd); exit 3"], "/tmp");
+        let pid = spawn(&p, stdio, |pid| registered = Some(pid))
+            .unwrap()
+            .unwrap();
+        assert_eq!(registered, Some(pid));
+        drop(out_w);
+        let mut out = String::new();
+        File::from(out_r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello /tmp\n");
+        assert_eq!(wait(pid), 3);
+
+        let missing = spawn(&plan(&["/nonexistent/prog"], "/"), stdio_null(), |pid| {
+            registered = Some(pid)
+        })
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(missing.stage, Stage::Exec);
+        assert_eq!(missing.error.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait(registered.unwrap()), 127);
+
+        let bad_dir = spawn(&plan(&["/bin/true"], "/nonexistent"), stdio_null(), |pid| {
+            registered = Some(pid)
+        })
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(bad_dir.stage, Stage::WorkingDir);
+        assert_eq!(wait(registered.unwrap()), 127);
+    }
+
+    fn stdio_null() -> [RawFd; 3] {
+        // Leaked on purpose: the descriptors must outlive the spawn; a test process is short.
+        let fd = File::open("/dev/null").unwrap().into_raw_fd();
+        [fd; 3]
     }
 }
