@@ -19,6 +19,7 @@ H="${H8S_BIN:-$PWD/target/release/h8s}"
 case "$H" in */release/*) build=release ;; *) build=debug ;; esac
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/h8s-bench-tpl.XXXX)
+chmod 755 "$work"   # jailed supervisors run as their pod's uid and must reach their pod directory
 export H8S_ROOT="$work/root" H8S_LOG=warn H8S_TEMPLATES=1 H8S_BOOT_TIMEOUT=120
 server_pid=""
 cleanup() {
