@@ -51,7 +51,7 @@ med() { python3 -c "import sys;v=sorted(float(x) for x in open('$1') if x.strip(
 template_ready() {
   for _ in $(seq 600); do
     for d in "$H8S_ROOT"/templates/*/; do
-      [ -f "$d/ready" ] && grep -q "\"tcg_tb_size_mib\":${H8S_TCG_TB_MIB:-16}," "$d/spec.json" && { echo "$d"; return; }
+      [ -f "$d/ready" ] && grep -Eq "\"tcg_tb_size_mib\": ?${H8S_TCG_TB_MIB:-16}," "$d/spec.json" && { echo "$d"; return; }
     done
     sleep 0.5
   done
