@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Pod startup through the API: create → Running seen by a watcher, for one pod and for a
 burst of N, beside `h8s run` of the same image. Usage:
-  pod_startup.py KUBECONFIG NODE H8S_BIN [BURST]
-The cluster must have a node agent on NODE with busybox in its image store."""
+  pod_startup.py KUBECONFIG NODE H8S_BIN [BURST] [SINGLES]
+The cluster must have a node agent on NODE with busybox in its image store. SINGLES (default
+3) pods are started one at a time before the burst."""
 import json, os, subprocess, sys, threading, time
 
 kc, node, h8s = sys.argv[1], sys.argv[2], sys.argv[3]
 burst = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+singles = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 K = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
 ns = f"bench-{os.getpid()}"
 
@@ -63,7 +65,7 @@ def q(lat, p):
 kubectl("create", "namespace", ns)
 threading.Thread(target=watch, daemon=True).start()
 time.sleep(1)
-single = [run_burst(f"one{i}", 1)[0] for i in range(3)]
+single = [run_burst(f"one{i}", 1)[0] for i in range(singles)]
 b = run_burst("burst", burst)
 runs = []
 for _ in range(3):
@@ -72,8 +74,8 @@ for _ in range(3):
     runs.append(time.monotonic() - t)
 kubectl("delete", "namespace", ns, "--wait=false")
 print(json.dumps({
-    "single_s": [round(x, 2) for x in single],
-    "burst": burst, "burst_min_s": round(b[0], 2), "burst_median_s": round(q(b, 0.5), 2),
-    "burst_p99_s": round(q(b, 0.99), 2), "burst_done": len(b),
+    "single_s": [round(x, 3) for x in single],
+    "burst": burst, "burst_min_s": round(b[0], 3), "burst_median_s": round(q(b, 0.5), 3),
+    "burst_p99_s": round(q(b, 0.99), 3), "burst_done": len(b),
     "h8s_run_s": [round(x, 2) for x in runs],
 }))

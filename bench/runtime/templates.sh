@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# VM template benchmark, through `h8s run` (issue 15): pod start restored from a template vs
+# VM template benchmark (issue 15), every figure in one run: where a template start's time
+# goes (the pod's start timeline, median of RUNS), `h8s run --rm` restored from a template vs
 # cold boot (`--cold`) vs a bare QEMU boot of the same kernel + initramfs to the agent's bench
-# marker, alternating, RUNS each; a burst of BURST concurrent template starts; PSS per idle pod
-# with IDLE pods. Writes the `templates` block of BENCHMARKS.md's runtime section.
-# Usage: bench/runtime/templates.sh [RUNS] [BURST] [IDLE]   (default 20 20 10)
-# Run it inside the VM lock: flock /work/wt/vm.lock bench/runtime/templates.sh
+# marker (alternating, RUNS each), a burst of BURST concurrent template starts, PSS per idle
+# pod with IDLE and MANY idle pods, the translation cache's size against start time and
+# memory, and pod create → Running through the API (`bench/agent/pod_startup.py`).
+# Writes the `templates` block of BENCHMARKS.md's runtime section.
+# Usage: bench/runtime/templates.sh [RUNS] [BURST] [IDLE] [MANY]   (default 20 20 10 50)
+# Env: H8S_BIN (default target/release/h8s, else target/debug/h8s), H8S_CACHE, NO_API=1,
+# TB_RUNS (runs per translation cache size, default 10).
+# Run it inside the VM lock: flock -o /work/wt/vm.lock bench/runtime/templates.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-runs="${1:-20}"; burst="${2:-20}"; idle="${3:-10}"
+runs="${1:-20}"; burst="${2:-20}"; idle="${3:-10}"; many="${4:-50}"
 export H8S_CACHE="${H8S_CACHE:-$HOME/.cache/h8s}"
-H="${H8S_BIN:-$PWD/target/debug/h8s}"
-[ -x "$H" ] || cargo build -q -p h8s
+H="${H8S_BIN:-$PWD/target/release/h8s}"
+[ -x "$H" ] || H="$PWD/target/debug/h8s"
+case "$H" in */release/*) build=release ;; *) build=debug ;; esac
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/h8s-bench-tpl.XXXX)
+chmod 755 "$work"   # jailed supervisors run as their pod's uid and must reach their pod directory
 export H8S_ROOT="$work/root" H8S_LOG=warn H8S_TEMPLATES=1 H8S_BOOT_TIMEOUT=120
+server_pid=""
 cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && sleep 3
   "$H" rm -f $("$H" ps -a -q 2>/dev/null) >/dev/null 2>&1 || true
-  for p in $(pgrep -f -- "--root $H8S_ROOT" || true); do kill "$p" 2>/dev/null || true; done
+  # Supervisors, QEMU and template holders this run started name $work on their command line.
+  for p in $(grep -l -s -F "$work" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    [ "$p" != $$ ] && kill "$p" 2>/dev/null || true
+  done
+  [ -n "$server_pid" ] && H8S_NET_DIR="$work/net" "$H" net reset --yes >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -25,11 +39,47 @@ mkfs.erofs --quiet "$work/busybox.erofs" "$work/rootfs"
 img="$work/busybox.erofs"
 now() { date +%s.%N; }
 ms() { python3 -c "print(round(($2-$1)*1000,1))"; }
-"$H" run --rm "$img" -- true   # cold; starts the template build
-for _ in $(seq 600); do ls "$H8S_ROOT"/templates/*/ready >/dev/null 2>&1 && break; sleep 0.5; done
-ls "$H8S_ROOT"/templates/*/ready >/dev/null
-tdir=$(dirname "$(ls "$H8S_ROOT"/templates/*/ready)")
+stats() { python3 - "$1" <<'PY'
+import sys
+v=sorted(float(x) for x in open(sys.argv[1]) if x.strip())
+p=lambda q: v[round((len(v)-1)*q)]
+print(f"{len(v)} | {v[0]:.0f} ms | {p(0.5):.0f} ms | {p(0.99):.0f} ms")
+PY
+}
+med() { python3 -c "import sys;v=sorted(float(x) for x in open('$1') if x.strip());print(v[round((len(v)-1)*0.5)])"; }
+# Waits until a template for the current settings is ready (the first run starts its build).
+template_ready() {
+  for _ in $(seq 600); do
+    for d in "$H8S_ROOT"/templates/*/; do
+      [ -f "$d/ready" ] && grep -Eq "\"tcg_tb_size_mib\": ?${H8S_TCG_TB_MIB:-16}," "$d/spec.json" && { echo "$d"; return; }
+    done
+    sleep 0.5
+  done
+  echo "no template" >&2; exit 1
+}
+# PSS per idle pod: N detached `sleep` pods, 10 s after the last start; prints
+# "min median max qemu_median shim_median" in MiB (QEMU + supervisor per pod).
+pss() {
+  local n=$1 i
+  for i in $(seq "$n"); do "$H" run -d --name "idle-$i" "$img" -- sleep 3600 >/dev/null; done
+  sleep 10
+  "$H" ps --json | python3 -c '
+import json,sys
+def pss(pid):
+    for l in open(f"/proc/{pid}/smaps_rollup"):
+        if l.startswith("Pss:"): return int(l.split()[1])/1024
+    return 0
+rows=[(pss(p["qemu_pid"]), pss(p["shim_pid"])) for p in json.load(sys.stdin) if p.get("qemu_pid") and p.get("shim_pid")]
+tot=sorted(q+s for q,s in rows); q=sorted(r[0] for r in rows); s=sorted(r[1] for r in rows)
+m=lambda v: v[(len(v)-1)//2]
+print(f"{tot[0]:.1f} {m(tot):.1f} {tot[-1]:.1f} {m(q):.1f} {m(s):.1f} {len(rows)}")'
+  "$H" rm -f $("$H" ps -a -q) >/dev/null
+}
+
+"$H" run --rm "$img" -- true >/dev/null   # cold; starts the template build
+tdir=$(template_ready)
 build_ms=$(python3 -c "import json;print(json.load(open('$tdir/ready'))['build_ms'])")
+accel=$(python3 -c "import json;print(json.load(open('$tdir/pod.json')).get('accel') or '?')")
 kernel="$H8S_CACHE/guest/vmlinuz"; initrd="$H8S_CACHE/guest/initramfs.img"
 khz=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 bare() {
@@ -39,13 +89,65 @@ bare() {
     -append "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 tsc_early_khz=$khz h8s.marker=1" \
     -serial stdio 2>/dev/null | grep -q -m1 H8S-GUEST-MARKER
 }
+
+# 1. Where a template start's time goes: `run -d` of `sh -c 'echo hi'`, its start timeline.
+: > "$work/tl"
+for i in $(seq "$runs"); do
+  t=$(now)
+  "$H" run -d --name "tl-$i" "$img" -- sh -c 'echo hi' >/dev/null
+  for _ in $(seq 100); do
+    "$H" ps -a --json > "$work/ps.json"
+    grep -q container_exited "$work/ps.json" && break
+    sleep 0.1
+  done
+  python3 -c "import json,sys; p=json.load(open('$work/ps.json'))[0]; print(json.dumps({'t0':$t,'boot':p.get('boot'),'tl':p.get('start_timeline',[])}))" >> "$work/tl"
+  "$H" rm -f "tl-$i" >/dev/null
+done
+timeline=$(python3 - "$work/tl" <<'PY'
+import json,sys
+runs=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+runs=[r for r in runs if r["boot"]=="template"]
+order=[]
+for r in runs:
+    for m in r["tl"]:
+        if m["phase"] not in order: order.append(m["phase"])
+q=lambda v,p: sorted(v)[round((len(v)-1)*p)]
+what={"requested":"`h8s run` started → the runtime asks for the pod (CLI start-up, image lookup)",
+"supervisor":"the pod supervisor runs","qemu_spawned":"QEMU exec'd (jail, cgroups, descriptors)",
+"qmp_connected":"QEMU initialised, QMP greeting","migrated":"incoming migration (device state) done",
+"agent_connected":"agent port connected","resumed":"`cont`: the guest runs",
+"guest_reseed":"guest: RNG reseeded (RNDADDENTROPY + RNDRESEEDCRNG)","guest_clock":"guest: clock set",
+"guest_macs":"guest: NIC MACs","guest_disks":"guest: disks bound (real sizes)",
+"guest_network":"guest: network configured",
+"restored":"`Restored` answered (with the Hello)","ready":"pod ready (supervisor tells the runtime)",
+"container_created":"container created (CLI → supervisor → guest: erofs + overlay)",
+"container_started":"container started (clone into namespaces, pivot_root, exec)",
+"first_output":"first output line reached the supervisor","container_exited":"container exited"}
+print("| phase | what | median since `h8s run` | step median | step p99 |")
+print("|---|---|---|---|---|")
+for ph in order:
+    offs=[]; steps=[]
+    for r in runs:
+        ms={m["phase"]:m["at_us"] for m in r["tl"]}
+        if ph not in ms: continue
+        t0=r["t0"]*1e6
+        offs.append((ms[ph]-t0)/1000)
+        prev=[m["at_us"] for m in r["tl"] if m["at_us"]<=ms[ph] and m["phase"]!=ph]
+        steps.append((ms[ph]-(max(prev) if prev else t0))/1000)
+    print(f"| `{ph}` | {what.get(ph,'')} | {q(offs,.5):.0f} ms | {q(steps,.5):.0f} ms | {q(steps,.99):.0f} ms |")
+print(f"\n{len(runs)} runs. Guest steps are placed by the durations the guest measured, counted from when the host sent `Restored`.")
+PY
+)
+
+# 2. `h8s run --rm … true`: template, cold, bare QEMU, alternating.
 : > "$work/t"; : > "$work/c"; : > "$work/b"
 for i in $(seq "$runs"); do
   a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/t"
   a=$(now); "$H" run --rm --cold "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/c"
   a=$(now); bare || true; b=$(now); ms "$a" "$b" >> "$work/b"
 done
-# Burst: BURST concurrent detached template starts (each `run -d` returns once the container runs).
+
+# 3. Burst: BURST concurrent detached template starts (each `run -d` returns once the container runs).
 : > "$work/burst"
 a0=$(now)
 for i in $(seq "$burst"); do
@@ -56,35 +158,66 @@ b0=$(now)
 burst_wall=$(ms "$a0" "$b0")
 booted=$("$H" ps --json | python3 -c 'import json,sys; p=json.load(sys.stdin); print(sum(1 for x in p if x.get("boot")=="template"), len(p))')
 "$H" rm -f $("$H" ps -a -q) >/dev/null
-# PSS per idle pod with IDLE pods.
-for i in $(seq "$idle"); do "$H" run -d --name "idle-$i" "$img" -- sleep 3600 >/dev/null; done
-sleep 10
-pss=$("$H" ps --json | python3 -c '
+
+# 4. PSS per idle pod at IDLE and MANY pods.
+read -r p10min p10med p10max p10q p10s p10n <<< "$(pss "$idle")"
+read -r p50min p50med p50max p50q p50s p50n <<< "$(pss "$many")"
+
+# 5. The translation cache: start time and memory with 8 and 32 MiB (16 is the default above).
+tbrows=""
+for tb in 8 32; do
+  export H8S_TCG_TB_MIB=$tb
+  "$H" run --rm "$img" -- true >/dev/null; template_ready >/dev/null
+  : > "$work/tb$tb"
+  for i in $(seq "${TB_RUNS:-10}"); do a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/tb$tb"; done
+  read -r x tmed x x x x <<< "$(pss "$idle")"
+  tbrows+="| ${tb} MiB | $(stats "$work/tb$tb") | ${tmed} MiB |"$'\n'
+  unset H8S_TCG_TB_MIB
+done
+
+# 6. Through the API: pod create → Running (h8s server with its in-process node agent).
+api=""
+if [ "${NO_API:-0}" != 1 ]; then
+  export H8S_DATA_DIR="$work/data" H8S_NET_DIR="$work/net" H8S_NODE_NAME="bench-$$"
+  export H8S_NET_TRANSIT="100.$((65 + $$ % 63)).$(( ($$ / 63) % 256 )).0/24" H8S_NET_EGRESS=false
+  "$H" image import "$H8S_CACHE/images/busybox-oci" >/dev/null
+  export H8S_ROOT="$work/api-root"
+  coproc SRV { exec "$H" server --listen 127.0.0.1:0 --data-dir "$work/data" --node-name "bench-$$" --streaming-port 0 2>"$work/server.log"; }
+  server_pid=$SRV_PID
+  read -r ready url kc <&"${SRV[0]}"
+  cat <&"${SRV[0]}" >/dev/null &
+  [ "$ready" = ready ] || { echo "server said: $ready $url $kc" >&2; exit 1; }
+  for _ in $(seq 600); do ls "$H8S_ROOT"/templates/*/ready >/dev/null 2>&1 && break; sleep 0.5; done
+  for _ in $(seq 120); do /usr/lib/google-cloud-sdk/bin/kubectl.1.33 --kubeconfig "$kc" get node "bench-$$" >/dev/null 2>&1 && break; sleep 0.5; done
+  api=$(python3 bench/agent/pod_startup.py "$kc" "bench-$$" "$H" "$burst" "$runs")
+fi
+load1=$(cut -d' ' -f1-3 /proc/loadavg)
+
+apirows=""
+if [ -n "$api" ]; then
+  apirows=$(python3 - "$api" <<'PY'
 import json,sys
-tot=0; n=0
-for p in json.load(sys.stdin):
-    for k in ("qemu_pid","shim_pid"):
-        pid=p.get(k)
-        if pid:
-            for l in open(f"/proc/{pid}/smaps_rollup"):
-                if l.startswith("Pss:"): tot+=int(l.split()[1])
-    n+=1
-print(round(tot/1024/n,1))')
-"$H" rm -f $("$H" ps -a -q) >/dev/null
-stats() { python3 - "$1" <<'PY'
-import sys
-v=sorted(float(x) for x in open(sys.argv[1]) if x.strip())
+a=json.loads(sys.argv[1]); v=sorted(x*1000 for x in a["single_s"])
 p=lambda q: v[round((len(v)-1)*q)]
-print(f"{len(v)} | {v[0]:.0f} ms | {p(0.5):.0f} ms | {p(0.99):.0f} ms")
+print(f"| API: pod create → `Running` (kubectl apply → watch), one at a time | {len(v)} | {v[0]:.0f} ms | {p(.5):.0f} ms | {p(.99):.0f} ms |")
+print(f"| API: burst of {a['burst']} pods created at once → each `Running` | {a['burst_done']} | {a['burst_min_s']*1000:.0f} ms | {a['burst_median_s']*1000:.0f} ms | {a['burst_p99_s']*1000:.0f} ms |")
 PY
-}
-med() { python3 -c "import sys;v=sorted(float(x) for x in open('$1') if x.strip());print(v[round((len(v)-1)*0.5)])"; }
-accel=$(python3 -c "import json;print(json.load(open('$tdir/pod.json')).get('accel') or '?')")
+)
+fi
 block=$(cat <<MD
 <!-- bench:runtime:templates:begin -->
-Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` (debug \`h8s\` binary), accelerator **${accel}**,
-2 host cores shared with other work; guest \`$kernel\`, 256 MiB, 1 vCPU, busybox erofs image. Wall time of
-\`h8s run --rm IMAGE -- true\` (CLI start to exit: pod created, container run, pod removed); the three kinds alternate.
+Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` ($build \`h8s\` binary), accelerator **${accel}**,
+2 host cores shared with other work (load average ${load0} at the start, ${load1} at the end); guest
+\`$kernel\` (Debian's cloud kernel), 256 MiB, 1 vCPU, busybox erofs image, translation cache 16 MiB
+unless said otherwise. All rows below come from this one run.
+
+**Where a template start's time goes** (\`h8s run -d IMAGE -- sh -c 'echo hi'\`, each pod's
+\`start_timeline\` from \`h8s ps --json\`; offsets from the moment the CLI was started):
+
+$timeline
+
+**Start latency** (wall time; \`h8s run --rm IMAGE -- true\` is CLI start to exit: pod created,
+container run, pod removed; the three kinds alternate):
 
 | what | runs | min | median | p99 |
 |---|---|---|---|---|
@@ -92,11 +225,26 @@ Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` (deb
 | \`h8s run --rm --cold\` (boots the kernel) | $(stats "$work/c") |
 | baseline: bare \`qemu-system-x86_64\` boot to the agent's bench marker | $(stats "$work/b") |
 | burst: $burst concurrent \`h8s run -d\` from the template (each until its container runs) | $(stats "$work/burst") |
+$apirows
 
 Median ratio cold / template: $(python3 -c "print(round($(med "$work/c")/$(med "$work/t"),1))")×. Burst: $burst pods in ${burst_wall} ms
 ($(python3 -c "print(round($burst/($burst_wall/1000),1))") pods/s); ${booted% *} of ${booted#* } restored from the template.
-Template build (boot + save, in the background): ${build_ms} ms. PSS per idle pod (QEMU + supervisor, ${idle} idle pods,
-10 s after start): **${pss} MiB**.
+Template build (boot + save, in the background): ${build_ms} ms.
+
+**PSS per idle pod** (QEMU + its supervisor, \`sleep\`ing busybox pods restored from the template,
+10 s after the last start, \`Pss\` from \`smaps_rollup\`):
+
+| idle pods | min | median | max | QEMU (median) | supervisor (median) |
+|---|---|---|---|---|---|
+| $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB |
+| $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB |
+
+**The translation cache** (\`H8S_TCG_TB_MIB\`; each size its own template; ${TB_RUNS:-10} runs of
+\`h8s run --rm … true\`, PSS at $idle idle pods):
+
+| cache | runs | min | median | p99 | PSS per idle pod (median) |
+|---|---|---|---|---|---|
+$tbrows| 16 MiB (default, above) | $(stats "$work/t") | $p10med MiB |
 <!-- bench:runtime:templates:end -->
 MD
 )

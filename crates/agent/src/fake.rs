@@ -252,6 +252,7 @@ impl SandboxService for FakeRuntime {
                         jail: None,
                         boot: None,
                         guest_agent_id: None,
+                        start_timeline: Vec::new(),
                     },
                 );
                 Ok(id)

@@ -29,6 +29,9 @@ pub const ACCELERATOR_LABEL: &str = "h8s.io/accelerator";
 pub const HOLLOW_LABEL: &str = "h8s.io/hollow";
 /// The RuntimeClass pod VMs run under.
 pub const RUNTIME_CLASS: &str = "h8s-vm";
+/// The RuntimeClass of pods whose VM boots cold instead of restoring a VM template (a kernel
+/// layout of its own; `docs/runtime.md`, "VM templates").
+pub const RUNTIME_CLASS_COLD: &str = "h8s-vm-cold";
 
 /// What the node is made of, measured once at start.
 #[derive(Debug, Clone)]
@@ -468,14 +471,25 @@ pub async fn status_loop(
     }
 }
 
-/// Creates the `h8s-vm` RuntimeClass (handler `h8s-vm`, with the VM's overhead) unless it
-/// exists. The kind may not be served yet: then it retries in the background.
+/// Creates the `h8s-vm` and `h8s-vm-cold` RuntimeClasses (handler = name, with the VM's
+/// overhead) unless they exist. The kind may not be served yet: then it retries in the
+/// background.
 pub async fn ensure_runtime_class(client: &kube::Client, info: &h8s_runtime::RuntimeInfo) {
+    for class in [RUNTIME_CLASS, RUNTIME_CLASS_COLD] {
+        ensure_one_runtime_class(client, info, class).await;
+    }
+}
+
+async fn ensure_one_runtime_class(
+    client: &kube::Client,
+    info: &h8s_runtime::RuntimeInfo,
+    class: &'static str,
+) {
     let body = json!({
         "apiVersion": "node.k8s.io/v1",
         "kind": "RuntimeClass",
-        "metadata": {"name": RUNTIME_CLASS, "labels": {"h8s.io/runtime": info.name}},
-        "handler": RUNTIME_CLASS,
+        "metadata": {"name": class, "labels": {"h8s.io/runtime": info.name}},
+        "handler": class,
         "overhead": {"podFixed": {
             "memory": format!("{}Mi", info.overhead_memory_mib),
             "cpu": "100m",
@@ -495,7 +509,7 @@ pub async fn ensure_runtime_class(client: &kube::Client, info: &h8s_runtime::Run
             };
             match api.create(&PostParams::default(), &obj).await {
                 Ok(_) => {
-                    tracing::info!("created RuntimeClass {RUNTIME_CLASS}");
+                    tracing::info!("created RuntimeClass {class}");
                     true
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => true,

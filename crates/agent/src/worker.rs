@@ -836,7 +836,7 @@ impl Worker {
         cfg.memory_mib = mem;
         cfg.cpus = cpus;
         // Opt out of VM templates (a kernel layout of its own): RuntimeClass or annotation.
-        cfg.cold_boot = spec.runtime_class_name.as_deref() == Some("h8s-vm-cold")
+        cfg.cold_boot = spec.runtime_class_name.as_deref() == Some(crate::node::RUNTIME_CLASS_COLD)
             || self
                 .pod
                 .metadata

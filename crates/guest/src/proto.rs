@@ -307,6 +307,11 @@ pub enum Request {
     /// allocated blocks. Answered with [`Reply::StorageUsage`]. (Added in version 1,
     /// additive.)
     StorageUsage,
+    /// The host is about to save this VM as a VM template: let go of what each restored
+    /// clone replaces anyway (the placeholder disks are unbound, so a clone's
+    /// [`RestoreInfo::rescan_disks`] only binds its real ones). Answered with
+    /// [`Reply::Done`]. (Added in version 1, additive.)
+    PrepareTemplate,
 }
 
 /// What a VM restored from a template needs to stop being a copy ([`Request::Restored`]).
@@ -322,6 +327,11 @@ pub struct RestoreInfo {
     /// NICs to give another MAC: `(template's MAC, pod's MAC)`.
     #[serde(default)]
     pub macs: Vec<(String, String)>,
+    /// The pod's network, configured right after the MACs (as [`Request::ConfigureNetwork`]
+    /// would), so a restore is one round trip. (Additive: a guest that answers without
+    /// [`Reply::Restored`]'s `hello` predates it and did not configure it.)
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
 }
 
 impl RestoreInfo {
@@ -766,6 +776,14 @@ pub enum Reply {
     Restored {
         /// See [`Hello::agent_id`].
         agent_id: String,
+        /// The agent's greeting after the restore (with the new id), so the host need not
+        /// ask for one ([`Request::Greet`]); `None` from a guest that predates it.
+        #[serde(default)]
+        hello: Option<Hello>,
+        /// How long each step of the restore took in the guest, microseconds, in order
+        /// (`reseed`, `clock`, `macs`, `disks`, `network`).
+        #[serde(default)]
+        steps_us: Vec<(String, u64)>,
     },
     /// Answer to [`Request::StorageUsage`].
     StorageUsage(StorageUsage),
@@ -1201,6 +1219,7 @@ mod tests {
                 realtime_ns: 1_700_000_000_000_000_000,
                 rescan_disks: true,
                 macs: vec![("02:00:00:00:00:01".into(), "02:aa:00:00:00:02".into())],
+                network: None,
             }),
         }));
         roundtrip(Frame::Message(Message::Request {

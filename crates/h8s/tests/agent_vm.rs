@@ -523,7 +523,8 @@ fn busybox_pod(name: &str, node: &str, labels: &str, command: &str) -> String {
 
 /// Pods created through the API start from the node's VM template (the agent starts building
 /// it at start-up for the usual shape: one image, a NIC, 256 MiB, one vCPU) and say so in a
-/// `StartedVM` event; the annotation `h8s.io/vm-boot: cold` boots a pod cold instead.
+/// `StartedVM` event; the annotation `h8s.io/vm-boot: cold` and the RuntimeClass `h8s-vm-cold`
+/// boot a pod cold instead.
 #[test]
 fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
     let c = cluster();
@@ -554,8 +555,23 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
         1,
     );
     c.apply(&ns, &cold);
-    wait(Duration::from_secs(300), "both pods running", || {
-        (running(c, &ns, "warm") && running(c, &ns, "cold")).then_some(())
+    // The other opt-out: the RuntimeClass the node agent publishes for it.
+    let by_class = busybox_pod("cold-class", &c.name, "", "sleep 3600").replacen(
+        "spec:\n",
+        "spec:\n  runtimeClassName: h8s-vm-cold\n",
+        1,
+    );
+    assert!(by_class.contains("runtimeClassName"), "{by_class}");
+    // The agent publishes it once the API serves the kind (retrying every 30 s until then).
+    wait(
+        Duration::from_secs(90),
+        "the h8s-vm-cold RuntimeClass",
+        || c.json(&["get", "runtimeclass", "h8s-vm-cold"]).ok(),
+    );
+    c.apply(&ns, &by_class);
+    wait(Duration::from_secs(300), "the three pods running", || {
+        (running(c, &ns, "warm") && running(c, &ns, "cold") && running(c, &ns, "cold-class"))
+            .then_some(())
     });
     let started = |name: &str| {
         wait(Duration::from_secs(60), "the StartedVM event", || {
@@ -570,7 +586,9 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
     assert!(warm.contains("from a VM template"), "{warm}");
     let cold = started("cold");
     assert!(cold.starts_with("Booted the pod VM cold"), "{cold}");
-    eprintln!("warm: {warm}\ncold: {cold}");
+    let by_class = started("cold-class");
+    assert!(by_class.starts_with("Booted the pod VM cold"), "{by_class}");
+    eprintln!("warm: {warm}\ncold: {cold}\ncold-class: {by_class}");
     c.cleanup(&ns);
 }
 

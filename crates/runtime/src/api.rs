@@ -464,6 +464,33 @@ pub struct SandboxStatus {
     /// The guest agent's random id (drawn again after a restore, so clones differ).
     #[serde(default)]
     pub guest_agent_id: Option<String>,
+    /// When each step of the pod's start happened (the runtime's request, the supervisor,
+    /// QEMU, the restore or boot, the guest agent, the first container's create, start,
+    /// output and exit), in order; see `docs/runtime.md`, "Start timeline".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_timeline: Vec<StartMark>,
+}
+
+/// One step of a pod's start ([`SandboxStatus::start_timeline`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartMark {
+    /// What happened (`supervisor`, `qemu_spawned`, `migrated`, `resumed`, `hello`, …).
+    pub phase: String,
+    /// When: the host's `CLOCK_REALTIME` in microseconds since the epoch.
+    pub at_us: u64,
+}
+
+impl StartMark {
+    /// A mark for `phase`, now.
+    pub fn now(phase: &str) -> StartMark {
+        StartMark {
+            phase: phase.to_string(),
+            at_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// Output and end of an attach or exec stream.

@@ -233,6 +233,7 @@ impl Runtime {
             template: None,
             boot: None,
             guest_agent_id: None,
+            start_timeline: vec![crate::api::StartMark::now("requested")],
         };
         let mut rec = rec;
         match crate::template::choose(&self.cfg.root, &self.cfg.vm, &rec.config) {

@@ -70,6 +70,9 @@ pub(crate) struct PodRecord {
     /// See [`SandboxStatus::guest_agent_id`].
     #[serde(default)]
     pub guest_agent_id: Option<String>,
+    /// See [`SandboxStatus::start_timeline`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_timeline: Vec<crate::api::StartMark>,
 }
 
 impl PodRecord {
@@ -89,6 +92,7 @@ impl PodRecord {
             jail: self.jail.clone(),
             boot: self.boot.clone(),
             guest_agent_id: self.guest_agent_id.clone(),
+            start_timeline: self.start_timeline.clone(),
         }
     }
 }

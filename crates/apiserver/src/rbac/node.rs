@@ -8,7 +8,8 @@
 //! listing or watching pods is answered allow-filtered: it sees its own pods and the pods of
 //! the namespaces it runs pods of (NetworkPolicy peers).
 //! NodeRestriction confines the writes those rules allow to the node's own Node, Lease,
-//! pods (status, deletion, eviction) and the `h8s-vm` RuntimeClass its agent publishes.
+//! pods (status, deletion, eviction) and the `h8s-vm` and `h8s-vm-cold` RuntimeClasses its agent
+//! publishes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -30,6 +31,9 @@ pub const NODES_GROUP: &str = "system:nodes";
 pub const NODE_USER_PREFIX: &str = "system:node:";
 /// The RuntimeClass node agents publish (with the VM overhead).
 pub const AGENT_RUNTIME_CLASS: &str = "h8s-vm";
+/// The RuntimeClass node agents publish for pods that boot cold instead of restoring a VM
+/// template.
+pub const AGENT_RUNTIME_CLASS_COLD: &str = "h8s-vm-cold";
 const POD_PREFIX: &str = "/registry/core/pods/";
 
 /// The node a user is, if it is one.
@@ -534,11 +538,14 @@ impl NodeRestriction {
             }
             ("node.k8s.io", "runtimeclasses", _) => {
                 let n = obj.map(obj::name).unwrap_or(req.name);
-                if req.op == Operation::Create && n == AGENT_RUNTIME_CLASS {
+                if req.op == Operation::Create
+                    && (n == AGENT_RUNTIME_CLASS || n == AGENT_RUNTIME_CLASS_COLD)
+                {
                     Ok(())
                 } else {
                     forbid(format!(
-                        "node {node:?} can only create the {AGENT_RUNTIME_CLASS:?} RuntimeClass"
+                        "node {node:?} can only create the {AGENT_RUNTIME_CLASS:?} and \
+                         {AGENT_RUNTIME_CLASS_COLD:?} RuntimeClasses"
                     ))
                 }
             }
@@ -1013,6 +1020,16 @@ mod tests {
             Operation::Create,
             "",
             AGENT_RUNTIME_CLASS,
+            None
+        )
+        .is_ok());
+        assert!(run(
+            "node.k8s.io",
+            "runtimeclasses",
+            None,
+            Operation::Create,
+            "",
+            AGENT_RUNTIME_CLASS_COLD,
             None
         )
         .is_ok());

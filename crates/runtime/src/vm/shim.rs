@@ -37,9 +37,45 @@ use crate::{Error, Result};
 /// be slow without being dead.
 const PING_FAILURES_FATAL: u32 = 3;
 
+/// The steps of this supervisor's pod start until it is ready (one pod per supervisor
+/// process); moved into the record's `start_timeline` when the pod is ready.
+static START_MARKS: Mutex<Vec<crate::api::StartMark>> = Mutex::new(Vec::new());
+
+/// Records that `phase` of the pod's start happened now.
+fn mark(phase: &str) {
+    let mut m = START_MARKS.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() < MAX_START_MARKS {
+        m.push(crate::api::StartMark::now(phase));
+    }
+}
+
+/// Records that `phase` happened at `at_us` (µs since the epoch).
+fn mark_at(phase: &str, at_us: u64) {
+    let mut m = START_MARKS.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() < MAX_START_MARKS {
+        m.push(crate::api::StartMark {
+            phase: phase.to_string(),
+            at_us,
+        });
+    }
+}
+
+/// Adds `phase` to a ready pod's timeline (the first container's steps only: it stays small).
+fn mark_rec(rec: &mut PodRecord, phase: &str) {
+    if rec.start_timeline.len() < MAX_START_MARKS
+        && !rec.start_timeline.iter().any(|m| m.phase == phase)
+    {
+        rec.start_timeline.push(crate::api::StartMark::now(phase));
+    }
+}
+
+/// Bounds the start timeline (a pod starts once; containers add a few marks each).
+const MAX_START_MARKS: usize = 48;
+
 /// Entry point of `h8s pod-shim` (and the `h8s-pod-shim` binary): supervises pod `id`
 /// under `root` until its VM is gone. Returns the process exit code.
 pub fn shim_main(root: &Path, id: &str, adopt: bool) -> i32 {
+    mark("supervisor");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,9 +242,13 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
             setup = confine(&dir, j);
         }
     }
-    if let (Ok(()), false, Some(net)) = (&setup, adopt, rec.config.network.clone()) {
+    // A restored clone got its network with the restore (`restore_info`).
+    let restored = rec.boot.as_deref() == Some("template");
+    if let (Ok(()), false, false, Some(net)) = (&setup, adopt, restored, &rec.config.network) {
         let hostname = rec.config.hostname.as_deref().unwrap_or(&rec.config.name);
-        setup = configure_network(&agent, hostname, &rec.config.dns_search, &net).await;
+        let cfg = network_config(hostname, &rec.config.dns_search, net);
+        setup = configure_network(&agent, cfg).await;
+        mark("network_configured");
     }
     if let Err(e) = setup {
         tracing::error!(error = %e, "pod set-up failed");
@@ -233,6 +273,12 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         .ok_or_else(|| Error::Qemu("no QEMU process".into()))?;
     rec.state = SandboxState::Ready;
     rec.reason = None;
+    if !adopt {
+        mark("ready");
+        rec.start_timeline.extend(std::mem::take(
+            &mut *START_MARKS.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+    }
     rec.guest_kernel = Some(hello.kernel_release.clone());
     rec.guest_boot_ms = Some(hello.boot_time_ms);
     if !hello.agent_id.is_empty() {
@@ -492,10 +538,11 @@ pub(crate) enum Start<'a> {
         mem: &'a std::fs::File,
         state: &'a std::fs::File,
     },
-    /// Restore template `mem` + `state`.
+    /// Restore template `mem` + `state`, then make the clone the pod's with `info`.
     Restore {
         mem: &'a std::fs::File,
         state: &'a std::fs::File,
+        info: Box<h8s_guest::RestoreInfo>,
     },
 }
 
@@ -519,29 +566,19 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             }
             Ok((crate::template::fetch_memory(&t)?, open(&t.state())?))
         })();
-        let why = match files {
-            Ok((mem, state)) => {
+        let why = match files.and_then(|f| Ok((f, restore_info(&rec.config)?))) {
+            Ok(((mem, state), info)) => {
                 t.count_use();
                 let start = Start::Restore {
                     mem: &mem,
                     state: &state,
+                    info: Box::new(info),
                 };
                 match launch(dir, rec, start).await {
-                    Ok(mut b) => match restored(&b.3, &rec.config).await {
-                        Ok(agent_id) => {
-                            b.5.agent_id = agent_id;
-                            rec.boot = Some("template".into());
-                            return Ok(b);
-                        }
-                        Err(e) => {
-                            if let Qemu::Child(c) = &mut b.0 {
-                                let _ = c.start_kill();
-                                let _ = c.wait().await;
-                            }
-                            rec.qemu = None;
-                            e.to_string()
-                        }
-                    },
+                    Ok(b) => {
+                        rec.boot = Some("template".into());
+                        return Ok(b);
+                    }
                     Err(e) => e.to_string(),
                 }
             }
@@ -558,10 +595,10 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
     launch(dir, rec, Start::Cold).await
 }
 
-/// Makes a restored clone its own before anything runs in it: fresh host entropy for its
-/// kernel RNG (credited, then a forced CRNG reseed), the clock, its disks re-probed, the
-/// pod's MAC. Returns the agent's new id.
-async fn restored(agent: &Agent, cfg: &crate::SandboxConfig) -> Result<String> {
+/// What makes a restored clone the pod's own before anything runs in it: fresh host entropy
+/// for its kernel RNG (credited, then a forced CRNG reseed), the clock, its disks re-probed,
+/// the pod's MAC and network (see [`connect_and_restore`]).
+fn restore_info(cfg: &crate::SandboxConfig) -> Result<h8s_guest::RestoreInfo> {
     let mut entropy = vec![0u8; 64];
     // SAFETY: getrandom writes at most `entropy.len()` bytes into the buffer.
     let n = unsafe { libc::getrandom(entropy.as_mut_ptr().cast(), entropy.len(), 0) };
@@ -571,29 +608,30 @@ async fn restored(agent: &Agent, cfg: &crate::SandboxConfig) -> Result<String> {
             std::io::Error::last_os_error(),
         ));
     }
-    let realtime_ns = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let info = h8s_guest::RestoreInfo {
+    let hostname = cfg.hostname.as_deref().unwrap_or(&cfg.name);
+    Ok(h8s_guest::RestoreInfo {
         entropy,
-        realtime_ns,
+        // Set again when it is sent (`connect_and_restore`).
+        realtime_ns: realtime_ns(),
         rescan_disks: !cfg.images.is_empty() || !cfg.volumes.is_empty(),
         macs: cfg
             .network
             .iter()
             .map(|n| (super::qemu::TEMPLATE_MAC.to_string(), n.mac.clone()))
             .collect(),
-    };
-    match agent
-        .request_timeout(GuestRequest::Restored(info), Duration::from_secs(30))
-        .await?
-    {
-        Reply::Restored { agent_id } => Ok(agent_id),
-        other => Err(Error::Agent(format!(
-            "unexpected answer to Restored: {other:?}"
-        ))),
-    }
+        network: cfg
+            .network
+            .as_ref()
+            .map(|n| network_config(hostname, &cfg.dns_search, n)),
+    })
+}
+
+/// The host's `CLOCK_REALTIME` in nanoseconds since the epoch.
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Builds the VM template in `t` (see [`crate::template`]); returns its memory, sealed.
@@ -657,6 +695,7 @@ pub(crate) async fn build_template(
         template: None,
         boot: None,
         guest_agent_id: None,
+        start_timeline: Vec::new(),
     };
     if jailed {
         let uid = crate::jail::uids::allocate(root, spec.vm.jail.uid_range, &id)?;
@@ -673,8 +712,15 @@ pub(crate) async fn build_template(
             mem: &mem,
             state: &state,
         };
-        let (mut qemu, qmp, _qmp_rx, _agent, _guest_rx, hello) =
+        let (mut qemu, qmp, _qmp_rx, agent, _guest_rx, hello) =
             launch(&dir, &mut rec, start).await?;
+        // Let go of the placeholder disks: each clone then only binds its real ones.
+        if let Err(e) = agent
+            .request_timeout(GuestRequest::PrepareTemplate, Duration::from_secs(30))
+            .await
+        {
+            tracing::warn!(error = %e, "preparing the template guest failed; clones rebind");
+        }
         tracing::info!(
             boot_ms = started.elapsed().as_millis() as u64,
             guest_boot_ms = hello.boot_time_ms,
@@ -819,7 +865,7 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
     };
     let (mem, state_fd) = match &start {
         Start::Cold => (None, None),
-        Start::Template { mem, state } | Start::Restore { mem, state } => {
+        Start::Template { mem, state } | Start::Restore { mem, state, .. } => {
             (Some(*mem), Some(state.as_raw_fd()))
         }
     };
@@ -942,6 +988,7 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
             )));
         }
     };
+    mark("qemu_spawned");
     let pid = child.id().unwrap_or(0);
     rec.qemu = ProcRef::of(pid);
     dir.save(rec)?;
@@ -953,11 +1000,14 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         Error::Qemu(format!("exited during boot: {}", tail.join("; ").trim()))
     };
-    let restore = state_fd.filter(|_| matches!(start, Start::Restore { .. }));
+    let restore = match (&start, state_fd) {
+        (Start::Restore { info, .. }, Some(fd)) => Some((fd, info.as_ref().clone())),
+        _ => None,
+    };
     let result = tokio::select! {
         r = async {
             match restore {
-                Some(fd) => connect_and_restore(dir, timeout, fd).await,
+                Some((fd, info)) => connect_and_restore(dir, timeout, fd, info).await,
                 None => connect_and_hello(dir, timeout, false).await,
             }
         } => match r {
@@ -1090,13 +1140,21 @@ fn ceph_conf_dir(drive: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Gives the guest its interface (found by MAC), address, route, DNS and hostname.
-async fn configure_network(
-    agent: &Agent,
+async fn configure_network(agent: &Agent, cfg: h8s_guest::NetworkConfig) -> Result<()> {
+    agent
+        .request_timeout(GuestRequest::ConfigureNetwork(cfg), Duration::from_secs(30))
+        .await
+        .map(drop)
+}
+
+/// The guest's network configuration: its interface (found by MAC), address, route, DNS and
+/// hostname.
+fn network_config(
     hostname: &str,
     dns_search: &[String],
     net: &crate::api::NetworkAttachment,
-) -> Result<()> {
-    let cfg = h8s_guest::NetworkConfig {
+) -> h8s_guest::NetworkConfig {
+    h8s_guest::NetworkConfig {
         interfaces: vec![h8s_guest::Interface {
             mac: net.mac.clone(),
             name: Some("eth0".into()),
@@ -1108,11 +1166,7 @@ async fn configure_network(
         dns_search: dns_search.to_vec(),
         hostname: Some(hostname.to_string()),
         cluster_dns: net.cluster_dns.clone(),
-    };
-    agent
-        .request_timeout(GuestRequest::ConfigureNetwork(cfg), Duration::from_secs(30))
-        .await
-        .map(drop)
+    }
 }
 
 /// Finds a running pod VM again after the previous supervisor died.
@@ -1136,14 +1190,18 @@ type Connected = (
 );
 
 /// Restores a template VM started with `-incoming defer`: loads its device state from
-/// `state_fd`, connects the agent port, lets the VM run and waits for the agent's `Hello`
-/// (the agent notices the new host connection).
+/// `state_fd`, connects the agent port, lets the VM run and makes it the pod's with `info`
+/// (one round trip: [`Request::Restored`](h8s_guest::Request::Restored) answers with the
+/// agent's `Hello`; a guest that predates that is asked to greet and given its network
+/// separately).
 async fn connect_and_restore(
     dir: &PodDir,
     timeout: Duration,
     state_fd: std::os::fd::RawFd,
+    info: h8s_guest::RestoreInfo,
 ) -> Result<Connected> {
     let (qmp, qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
+    mark("qmp_connected");
     qmp.execute("migrate-set-capabilities", ignore_shared())
         .await?;
     // By name, as for the outgoing side (QEMU 7.2 parses numeric `fd:` only on some paths).
@@ -1151,17 +1209,56 @@ async fn connect_and_restore(
     qmp.execute("migrate-incoming", serde_json::json!({ "uri": "fd:state" }))
         .await?;
     wait_migration(&qmp, timeout).await?;
+    mark("migrated");
     let (agent, guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    mark("agent_connected");
     qmp.execute("cont", serde_json::Value::Null).await?;
-    // The template was saved with its builder connected, so the guest may see no change of
-    // host at all: ask for the Hello.
+    mark("resumed");
+    let network = info.network.clone();
+    let info = h8s_guest::RestoreInfo {
+        realtime_ns: realtime_ns(),
+        ..info
+    };
+    let sent = crate::api::StartMark::now("");
+    let reply = agent
+        .request_timeout(GuestRequest::Restored(info), timeout)
+        .await?;
+    let Reply::Restored {
+        agent_id,
+        hello,
+        steps_us,
+    } = reply
+    else {
+        return Err(Error::Agent(format!(
+            "unexpected answer to Restored: {reply:?}"
+        )));
+    };
+    // The guest's own steps, placed after the request was sent (durations it measured).
+    let mut at = sent.at_us;
+    for (step, us) in &steps_us {
+        at += us;
+        mark_at(&format!("guest_{step}"), at);
+    }
+    mark("restored");
+    if let Some(mut h) = hello {
+        h.agent_id = agent_id;
+        return Ok((qmp, qmp_rx, agent, guest_rx, h));
+    }
+    // A guest that predates the Hello in the answer: the template was saved with its builder
+    // connected, so it may see no change of host at all; ask for the Hello.
     let greeter = agent.clone();
     tokio::spawn(async move {
         if let Err(e) = greeter.request_timeout(GuestRequest::Greet, timeout).await {
             tracing::warn!(error = %e, "asking the restored guest to greet failed");
         }
     });
-    wait_hello(dir, timeout, qmp, qmp_rx, agent, guest_rx, true).await
+    let (qmp, qmp_rx, agent, guest_rx, mut h) =
+        wait_hello(dir, timeout, qmp, qmp_rx, agent, guest_rx, true).await?;
+    if let Some(net) = network {
+        configure_network(&agent, net).await?;
+    }
+    h.agent_id = agent_id;
+    Ok((qmp, qmp_rx, agent, guest_rx, h))
 }
 
 /// Connects QMP and the agent port and waits for the guest's `Hello`. A booting guest greets
@@ -1169,7 +1266,9 @@ async fn connect_and_restore(
 /// it cannot always tell that a new host connected.
 async fn connect_and_hello(dir: &PodDir, timeout: Duration, greet: bool) -> Result<Connected> {
     let (qmp, qmp_rx) = Qmp::connect(&dir.qmp_sock(), Duration::from_secs(10)).await?;
+    mark("qmp_connected");
     let (agent, guest_rx) = Agent::connect(&dir.agent_sock(), Duration::from_secs(10)).await?;
+    mark("agent_connected");
     if greet {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -1204,6 +1303,7 @@ async fn wait_hello(
                             h8s_guest::PROTOCOL_VERSION
                         )));
                     }
+                    mark("hello");
                     return Ok((qmp, qmp_rx, agent, guest_rx, h));
                 }
                 Some(GuestEvent::Closed(why)) | Some(GuestEvent::Event(Event::Log { message: why, .. })) => {
@@ -1269,6 +1369,9 @@ fn on_guest(shim: &Shim, ev: GuestEvent) {
             data,
         } => {
             let mut st = shim.lock();
+            if process.0 == 1 {
+                mark_rec(&mut st.rec, "first_output");
+            }
             if let Some(p) = st.procs.get_mut(&process.0) {
                 let (stream, kind) = match channel {
                     Channel::Stderr => (LogStream::Stderr, Kind::Stderr),
@@ -1306,6 +1409,7 @@ fn on_guest(shim: &Shim, ev: GuestEvent) {
                     c.finished_at = Some(rfc3339_nano(SystemTime::now()));
                 }
                 tracing::info!(container = %name, code, "container exited");
+                mark_rec(&mut st.rec, "container_exited");
                 shim.save(st);
                 let all_done = st.rec.config.stop_with_containers
                     && !st.stopping
@@ -1726,6 +1830,7 @@ async fn create_container(shim: &Shim, config: ContainerConfig) -> Result<Respon
         },
     );
     tracing::info!(container = %config.name, "container created");
+    mark_rec(&mut st.rec, "container_created");
     st.rec.containers.push(ContainerStatus {
         config,
         state: ContainerState::Created,
@@ -1778,6 +1883,7 @@ async fn start_container(shim: &Shim, name: &str) -> Result<Response> {
             }
             c.started_at = Some(now);
             tracing::info!(container = %name, "container started");
+            mark_rec(&mut st.rec, "container_started");
             shim.save(st);
             Ok(Response::Ok)
         }

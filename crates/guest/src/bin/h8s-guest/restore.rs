@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::Instant;
 
 use h8s_guest::{ErrorCode, ProtoError, RestoreInfo};
 
@@ -22,8 +23,9 @@ fn fail(what: &str, e: io::Error) -> ProtoError {
     ProtoError::new(ErrorCode::Internal, format!("{what}: {e}"))
 }
 
-/// Applies `info`; the RNG and the clock first, so nothing after sees the template's.
-pub fn apply(info: &RestoreInfo) -> Result<(), ProtoError> {
+/// Applies `info` but its network (the caller configures that); the RNG and the clock
+/// first, so nothing after sees the template's. Returns how long each step took (µs).
+pub fn apply(info: &RestoreInfo) -> Result<Vec<(String, u64)>, ProtoError> {
     if info.entropy.len() < RestoreInfo::MIN_ENTROPY || info.entropy.len() > 4096 {
         return Err(ProtoError::new(
             ErrorCode::InvalidArgument,
@@ -34,13 +36,35 @@ pub fn apply(info: &RestoreInfo) -> Result<(), ProtoError> {
             ),
         ));
     }
+    let mut steps = Vec::new();
+    let mut t = Instant::now();
+    let mut step = |name: &str| {
+        steps.push((name.to_string(), t.elapsed().as_micros() as u64));
+        t = Instant::now();
+    };
     reseed(&info.entropy).map_err(|e| fail("reseeding the kernel RNG", e))?;
+    step("reseed");
     set_clock(info.realtime_ns).map_err(|e| fail("setting the clock", e))?;
+    step("clock");
     for (from, to) in &info.macs {
         set_mac(from, to).map_err(|e| fail(&format!("giving NIC {from} the MAC {to}"), e))?;
     }
+    step("macs");
     if info.rescan_disks {
         rescan_disks().map_err(|e| fail("re-probing the disks", e))?;
+    }
+    step("disks");
+    Ok(steps)
+}
+
+/// Before the template is saved: unbinds the placeholder disks, so a clone only binds its
+/// real ones ([`rescan_disks`]) instead of unbinding and binding each.
+pub fn prepare_template() -> Result<(), ProtoError> {
+    for (dev, bound) in block_devices().map_err(|e| fail("listing the disks", e))? {
+        if bound {
+            fs::write(Path::new(VIRTIO_BLK).join("unbind"), &dev)
+                .map_err(|e| fail(&format!("unbinding {dev}"), e))?;
+        }
     }
     Ok(())
 }
@@ -123,25 +147,40 @@ fn set_mac(from: &str, to: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Unbinds and rebinds each virtio-blk device: the driver reads the capacity (and the
-/// read-only flag) once, at probe, and the template's placeholder disks had other backends.
-/// Nothing may be mounted from them yet (the host sends this before any container).
-fn rescan_disks() -> io::Result<()> {
-    let drv = Path::new("/sys/bus/virtio/drivers/virtio_blk");
-    let Ok(entries) = fs::read_dir(drv) else {
-        return Ok(()); // no virtio-blk driver (no disks)
-    };
-    let mut devs: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("virtio"))
-        .collect();
-    devs.sort();
-    for d in &devs {
-        fs::write(drv.join("unbind"), d)?;
+/// The virtio-blk driver's sysfs directory.
+const VIRTIO_BLK: &str = "/sys/bus/virtio/drivers/virtio_blk";
+
+/// The virtio block devices (`virtioN`, virtio device id 2), sorted, and whether the
+/// virtio-blk driver has each.
+fn block_devices() -> io::Result<Vec<(String, bool)>> {
+    let mut devs = Vec::new();
+    for e in fs::read_dir("/sys/bus/virtio/devices")?.flatten() {
+        let id = fs::read_to_string(e.path().join("device")).unwrap_or_default();
+        if id.trim() == "0x0002" {
+            let bound = fs::read_link(e.path().join("driver"))
+                .is_ok_and(|d| d.file_name().is_some_and(|n| n == "virtio_blk"));
+            devs.push((e.file_name().to_string_lossy().into_owned(), bound));
+        }
     }
-    for d in &devs {
-        fs::write(drv.join("bind"), d)?;
+    devs.sort();
+    Ok(devs)
+}
+
+/// Binds each virtio-blk device to its driver again (unbinding it first if bound): the
+/// driver reads the capacity (and the read-only flag) once, at probe, and the template's
+/// placeholder disks had other backends. Nothing may be mounted from them yet (the host
+/// sends this before any container). A template unbinds its disks before it is saved
+/// ([`prepare_template`]), so a clone only binds.
+fn rescan_disks() -> io::Result<()> {
+    if !Path::new(VIRTIO_BLK).exists() {
+        return Ok(()); // no virtio-blk driver (no disks)
+    }
+    let devs = block_devices()?;
+    for (d, _) in devs.iter().filter(|(_, bound)| *bound) {
+        fs::write(Path::new(VIRTIO_BLK).join("unbind"), d)?;
+    }
+    for (d, _) in &devs {
+        fs::write(Path::new(VIRTIO_BLK).join("bind"), d)?;
     }
     Ok(())
 }

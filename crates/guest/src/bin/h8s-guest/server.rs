@@ -296,13 +296,25 @@ impl Agent {
                     .and_then(|s| s.update(&u))
                     .map(|()| Reply::Done),
             ),
-            Request::Restored(info) => Some(crate::restore::apply(&info).map(|()| {
+            Request::Restored(info) => Some(crate::restore::apply(&info).and_then(|mut steps| {
                 // After the reseed: the id (and whatever random state follows) is this
                 // clone's own.
                 let id = crate::restore::new_agent_id();
                 *lock(&self.agent_id) = id.clone();
-                Reply::Restored { agent_id: id }
+                if let Some(cfg) = &info.network {
+                    let t = std::time::Instant::now();
+                    *lock(&self.net) = crate::net::configure(cfg)?;
+                    steps.push(("network".into(), t.elapsed().as_micros() as u64));
+                }
+                Ok(Reply::Restored {
+                    agent_id: id,
+                    hello: Some(self.hello()),
+                    steps_us: steps,
+                })
             })),
+            Request::PrepareTemplate => {
+                Some(crate::restore::prepare_template().map(|()| Reply::Done))
+            }
             Request::StorageUsage => {
                 let dirs: Vec<(String, std::path::PathBuf)> = lock(&self.state)
                     .containers
