@@ -270,11 +270,16 @@ fn main() {
     let mut md = String::new();
     let date = sh("date -u +%Y-%m-%dT%H:%MZ");
     md.push_str(&format!(
-        "Measured {} by `bench/net/run.sh` (release `netbench` example under `chrt -f 10`: the measured endpoints run \
+        "Measured {} by `bench/net/run.sh` ({} `netbench` example under `chrt -f 10`: the measured endpoints run \
          at real-time priority), on the shared 2-core machine while other work ran; the cases are interleaved round by \
          round so background load hits them alike. Until session 8 the endpoints ran at normal priority and the \
          VXLAN case lost more to the other work than the baseline did (0.60× throughput, 2.2× RTT).\n\n",
-        date.trim()
+        date.trim(),
+        if cfg!(debug_assertions) {
+            "debug build of the"
+        } else {
+            "release"
+        }
     ));
     md.push_str(
         "Method: endpoints are network namespaces. *Baseline*: two namespaces joined by one veth pair (MTU 1500). \
