@@ -550,6 +550,11 @@ fn node_ready(n: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The first key a port without a node port gets towards its gateway (below the usual node
+/// port range; the key is never opened on the node's addresses, only matched on the
+/// gateway's uplink).
+const INTERNAL_KEYS_FROM: u16 = 20000;
+
 /// What node `me` forwards for NodePort and LoadBalancer Services (pure): every TCP/UDP
 /// Service port with a node port, its ready endpoints split into this node's (address and
 /// target port) and other nodes' (their `InternalIP`, one entry per endpoint), and the pool
@@ -585,12 +590,34 @@ pub(crate) fn exposed(
         ) else {
             continue;
         };
-        let lb = spec.type_.as_deref() == Some("LoadBalancer");
-        if !(lb || spec.type_.as_deref() == Some("NodePort"))
+        let lb = h8s_types::network::load_balancer_type(spec.type_.as_deref());
+        // `externalIPs` are answered like pool addresses, whatever the type (admission lets
+        // only cluster admins set them, and only to pool addresses).
+        let external: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if !(lb || spec.type_.as_deref() == Some("NodePort") || !external.is_empty())
+            || spec.type_.as_deref() == Some("ExternalName")
             || svc.metadata.deletion_timestamp.is_some()
         {
             continue;
         }
+        let source_ranges: Vec<h8s_net::expose::Ipv4Net> = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| r.trim().parse::<h8s_net::expose::Ipv4Net>().ok())
+            .map(|n| n.trunc())
+            .collect();
+        // A Service whose source ranges are all IPv6 (or unreadable) admits no IPv4 client.
+        let closed = source_ranges.is_empty()
+            && spec
+                .load_balancer_source_ranges
+                .as_ref()
+                .is_some_and(|r| !r.is_empty());
         let Some(network) = namespaces
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(ns))
@@ -625,18 +652,29 @@ pub(crate) fn exposed(
                 })
                 .collect::<Vec<_>>()
         };
-        // The announcing node, if the Service has pool addresses.
-        let ingress: Vec<Ipv4Addr> = svc
+        // The announcing node, if the Service has pool (or external) addresses.
+        let mut ingress: Vec<Ipv4Addr> = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|l| l.ingress.as_ref())
             .into_iter()
             .flatten()
+            .filter(|_| lb)
             .filter_map(|i| i.ip.as_deref()?.parse().ok())
             .collect();
-        let announce = lb && !ingress.is_empty() && {
-            let mut candidates: Vec<String> = if local_only {
+        ingress.extend(&external);
+        ingress.sort();
+        ingress.dedup();
+        // Ports without a node port are served by the announcing node's own endpoints only
+        // (no hop: another node would not know the key), so only a node with one announces.
+        let has_node_ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.node_port.is_some_and(|n| n > 0));
+        let announce = !ingress.is_empty() && {
+            let mut candidates: Vec<String> = if local_only || !has_node_ports {
                 mine.iter()
                     .flat_map(ready)
                     .map(|(_, n)| n)
@@ -658,18 +696,26 @@ pub(crate) fn exposed(
                 None | Some("TCP") => L4::Tcp,
                 _ => continue,
             };
-            let (Some(node_port), Ok(port)) = (
-                p.node_port.and_then(|n| u16::try_from(n).ok()),
-                u16::try_from(p.port),
-            ) else {
+            let Ok(port) = u16::try_from(p.port) else {
                 continue;
             };
+            let node_port = p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0);
+            // Without a node port the port is reached only at addresses this node announces.
+            if node_port.is_none() && !announce {
+                continue;
+            }
             let pname = p.name.clone().unwrap_or_default();
             let mut out = ExposedPort {
                 service: format!("{ns}/{name}:{port}"),
                 network: network.clone(),
                 protocol,
-                node_port,
+                // Without a node port: a key picked below (`internal_keys`).
+                node_port: node_port.unwrap_or(0),
+                open: node_port.is_some(),
+                source_ranges: source_ranges.clone(),
                 lb: vec![],
                 local: vec![],
                 remote: vec![],
@@ -700,14 +746,18 @@ pub(crate) fn exposed(
             out.local.sort();
             out.local.dedup();
             out.remote.sort();
-            if announce {
+            if announce && !closed {
                 out.lb = ingress.iter().map(|ip| (*ip, port)).collect();
+            }
+            if announce {
+                // Held (so answered, and dropped when nothing forwards) even when closed.
                 rules.lb_addrs.extend(&ingress);
             }
             rules.ports.push(out);
         }
     }
     rules.ports.sort();
+    h8s_net::expose::internal_keys(&mut rules.ports, INTERNAL_KEYS_FROM);
     rules.nodes.sort();
     rules.nodes.dedup();
     rules.lb_addrs.sort();
@@ -1066,6 +1116,96 @@ mod tests {
         assert!(r1.lb_addrs.is_empty(), "{r1:?}");
         let r0 = exposed("n0", &svcs, &slices, &nss, &nodes);
         assert_eq!(r0.lb_addrs, ["10.0.0.241".parse::<Ipv4Addr>().unwrap()]);
+    }
+
+    #[test]
+    fn ports_without_node_ports_external_ips_and_source_ranges() {
+        let nss = vec![ns("a1", "t1")];
+        // The seeds' NetworkProvider: a pool address, no node port.
+        let mut np = (*svc(
+            "a1",
+            "np",
+            json!({"type": "NetworkProvider", "clusterIP": "10.96.0.10",
+                   "loadBalancerSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
+                   "ports": [{"port": 80}]}),
+        ))
+        .clone();
+        np.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.241"}]}}))
+                .unwrap();
+        // A ClusterIP Service with an external IP.
+        let ext = svc(
+            "a1",
+            "ext",
+            json!({"clusterIP": "10.96.0.11", "externalIPs": ["10.0.0.242"],
+                   "ports": [{"port": 80}]}),
+        );
+        // A NodePort Service with an external IP: its node port stays open, the external
+        // address is answered too.
+        let npext = svc(
+            "a1",
+            "npext",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.12", "externalIPs": ["10.0.0.243"],
+                   "ports": [{"port": 80, "nodePort": 20000}]}),
+        );
+        let svcs = vec![Arc::new(np), ext, npext];
+        let slices = vec![
+            slice(
+                "a1",
+                "np",
+                json!([{"port": 8080}]),
+                json!([{"addresses": ["192.168.0.5"], "nodeName": "n1"}]),
+            ),
+            slice(
+                "a1",
+                "ext",
+                json!([{"port": 8081}]),
+                json!([{"addresses": ["192.168.0.6"], "nodeName": "n1"}]),
+            ),
+            slice(
+                "a1",
+                "npext",
+                json!([{"port": 8082}]),
+                json!([{"addresses": ["192.168.0.7"], "nodeName": "n0"}]),
+            ),
+        ];
+        let nodes = vec![node("n0", "10.0.0.10", true), node("n1", "10.0.0.11", true)];
+        let r0 = exposed("n0", &svcs, &slices, &nss, &nodes);
+        let r1 = exposed("n1", &svcs, &slices, &nss, &nodes);
+        // n0 has no endpoint of np or ext: it announces neither and forwards neither.
+        assert!(r0.ports.iter().all(|p| p.open), "{r0:?}");
+        assert!(
+            !r0.lb_addrs.contains(&"10.0.0.241".parse().unwrap()),
+            "{r0:?}"
+        );
+        let by =
+            |r: &ServiceRules, s: &str| r.ports.iter().find(|p| p.service == s).cloned().unwrap();
+        let p = by(&r1, "a1/np:80");
+        assert!(!p.open);
+        assert_eq!(p.lb, [("10.0.0.241".parse().unwrap(), 80)]);
+        assert_eq!(p.local, ["192.168.0.5:8080".parse().unwrap()]);
+        assert!(p.remote.is_empty());
+        assert_eq!(p.source_ranges, ["203.0.113.0/24".parse().unwrap()]);
+        let e = by(&r1, "a1/ext:80");
+        assert!(!e.open);
+        assert_eq!(e.lb, [("10.0.0.242".parse().unwrap(), 80)]);
+        assert!(e.source_ranges.is_empty());
+        // Keys: distinct, and not the Network's real node port 20000.
+        assert_ne!(p.node_port, e.node_port);
+        assert!(p.node_port != 20000 && e.node_port != 20000, "{r1:?}");
+        // The NodePort Service: open everywhere; its external address is announced by one
+        // node (the election over Ready nodes, as for a LoadBalancer).
+        let (a, b) = (by(&r0, "a1/npext:80"), by(&r1, "a1/npext:80"));
+        assert!(a.open && b.open && a.node_port == 20000);
+        assert_eq!(a.lb.is_empty(), !b.lb.is_empty());
+        // A Service whose source ranges are all IPv6 admits nobody at its pool address,
+        // which stays held (so dropped, not routed elsewhere).
+        let mut closed = (*svcs[0]).clone();
+        closed.spec.as_mut().unwrap().load_balancer_source_ranges =
+            Some(vec!["2001:db8::/32".into()]);
+        let r1 = exposed("n1", &[Arc::new(closed)], &slices, &nss, &nodes);
+        assert!(r1.ports[0].lb.is_empty(), "{r1:?}");
+        assert_eq!(r1.lb_addrs, ["10.0.0.241".parse::<Ipv4Addr>().unwrap()]);
     }
 
     #[test]

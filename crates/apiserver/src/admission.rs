@@ -14,6 +14,7 @@ use crate::auth::UserInfo;
 use crate::error::{ApiError, Subject};
 use crate::obj;
 
+mod external_ips;
 mod host;
 mod lookup;
 mod network;
@@ -22,6 +23,7 @@ mod quota;
 mod storage;
 mod tenancy;
 
+pub use external_ips::ServiceExternalIps;
 pub use host::HostNamespaces;
 pub(crate) use lookup::Lookup;
 pub use network::NamespaceNetwork;
@@ -50,6 +52,9 @@ pub struct PluginConfig {
     pub limit_ranges: Option<Arc<dyn LimitRangeHook>>,
     /// ResourceQuota's enforcement (`None`: the plugin admits everything).
     pub quota: Option<Arc<dyn QuotaHook>>,
+    /// ServiceExternalIPs: the LoadBalancer pool (`--lb-pool`) as (network, prefix length);
+    /// external IPs must be in it (`None`: none allowed).
+    pub lb_pool: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 impl Default for PluginConfig {
@@ -60,14 +65,15 @@ impl Default for PluginConfig {
             require_service_account: true,
             limit_ranges: None,
             quota: None,
+            lb_pool: None,
         }
     }
 }
 
 /// Kubernetes' default admission chain, in kube-apiserver's order: NamespaceLifecycle,
 /// LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds, DefaultStorageClass,
-/// (h8s) CinderVolumeTenant, RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork and
-/// HostNamespaces.
+/// (h8s) CinderVolumeTenant, RuntimeClass, ResourceQuota; then h8s's NamespaceNetwork,
+/// HostNamespaces and ServiceExternalIPs.
 pub fn default_chain(
     store: Arc<dyn h8s_store::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -92,6 +98,7 @@ pub fn default_chain(
         Arc::new(ResourceQuota::new(lookup.clone(), cfg.quota.clone())),
         Arc::new(NamespaceNetwork::new(lookup)),
         Arc::new(HostNamespaces),
+        Arc::new(ServiceExternalIps { pool: cfg.lb_pool }),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! The LoadBalancer address controller (the seeds' LBaaS role, as MetalLB's controller does
-//! it): every `type: LoadBalancer` Service without a `spec.loadBalancerClass` gets an address
+//! it): every `type: LoadBalancer` (or the seeds' `type: NetworkProvider`) Service without a
+//! `spec.loadBalancerClass` gets an address
 //! from the operator's pool (`h8s server --lb-pool CIDR`) in `status.loadBalancer.ingress`;
 //! `spec.loadBalancerIP`, when in the pool and free, is honoured. A Service that stops being
 //! a LoadBalancer loses its address (back to the pool), and so does one whose address is
@@ -72,6 +73,11 @@ impl LbPool {
         (first..=last).map(Ipv4Addr::from)
     }
 
+    /// The pool as `(network address, prefix length)`.
+    pub fn cidr(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::from(self.base), self.len)
+    }
+
     /// Whether `ip` is one of [`LbPool::addresses`].
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let (first, last) = self.bounds();
@@ -82,7 +88,8 @@ impl LbPool {
 /// Whether this controller answers for `svc`.
 fn wants_address(svc: &Service) -> bool {
     svc.spec.as_ref().is_some_and(|s| {
-        s.type_.as_deref() == Some("LoadBalancer") && s.load_balancer_class.is_none()
+        h8s_types::network::load_balancer_type(s.type_.as_deref())
+            && s.load_balancer_class.is_none()
     })
 }
 
@@ -113,7 +120,14 @@ pub(crate) fn plan(
         )
     });
     let key = |s: &Service| (s.namespace().unwrap_or_default(), s.name_any());
-    let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // A Service's `externalIPs` (admitted only from the pool, only for cluster admins) are
+    // never handed out as a LoadBalancer address.
+    let mut used: BTreeSet<Ipv4Addr> = svcs
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.external_ips.as_ref())
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
     let mut pending = Vec::new();
     for s in &svcs {
         let have = ingress_ips(s);
@@ -123,7 +137,7 @@ pub(crate) fn plan(
             let lb_elsewhere = s
                 .spec
                 .as_ref()
-                .is_some_and(|p| p.type_.as_deref() == Some("LoadBalancer"));
+                .is_some_and(|p| h8s_types::network::load_balancer_type(p.type_.as_deref()));
             if !have.is_empty() && !lb_elsewhere {
                 out.insert(key(s), None);
             }
@@ -274,5 +288,22 @@ mod tests {
         assert_eq!(p[&k("e")], None);
         // No pool: nothing assigned.
         assert!(plan(None, &[a, c]).is_empty());
+    }
+
+    #[test]
+    fn network_provider_services_get_addresses_and_external_ips_are_never_handed_out() {
+        let pool: LbPool = "192.0.2.0/30".parse().unwrap(); // .1 and .2
+        let np = svc("np", "NetworkProvider", 1, None, None);
+        let mut ext = svc("ext", "ClusterIP", 2, None, None);
+        ext.spec.as_mut().unwrap().external_ips = Some(vec!["192.0.2.1".into()]);
+        // An older LoadBalancer holding what is now an external IP is moved off it.
+        let lb = svc("lb", "LoadBalancer", 0, None, Some("192.0.2.1"));
+        let p = plan(Some(&pool), &[np, ext, lb]);
+        assert_eq!(p[&k("lb")], Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert!(!p.contains_key(&k("ext")), "{p:?}");
+        assert!(!p.contains_key(&k("np")), "pool full after the move: {p:?}");
+        let np = svc("np", "NetworkProvider", 1, None, None);
+        let p = plan(Some(&"192.0.2.8/29".parse().unwrap()), &[np]);
+        assert_eq!(p[&k("np")], Some(Ipv4Addr::new(192, 0, 2, 9)));
     }
 }

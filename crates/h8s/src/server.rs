@@ -132,6 +132,7 @@ async fn serve(mut args: ServerArgs) -> anyhow::Result<()> {
     cfg.limits = args.limits.config();
     cfg.admission_plugins.not_ready_toleration_seconds = args.not_ready_toleration_seconds;
     cfg.admission_plugins.unreachable_toleration_seconds = args.unreachable_toleration_seconds;
+    cfg.admission_plugins.lb_pool = args.control.lb_pool.map(|p| p.cidr());
     let server = h8s_apiserver::Server::start(cfg)
         .await
         .context("starting the API server")?;

@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+/// The address-range type of [`ExposedPort::source_ranges`].
+pub use ipnet::Ipv4Net;
+
 /// Name of the node's and the gateways' Service forwarding tables (ip family).
 pub const SVC_TABLE: &str = "h8s_svc";
 
@@ -53,10 +56,18 @@ pub struct ExposedPort {
     /// The fabric Network of the Service's namespace.
     pub network: String,
     pub protocol: L4,
-    /// The Service port's node port: answered on every node address, and the key the
-    /// gateway and the other nodes know the port by. A port without one (a LoadBalancer with
-    /// `allocateLoadBalancerNodePorts: false`) is not forwarded.
+    /// The key the gateway (and, for an open node port, the other nodes) know the port by:
+    /// the Service port's node port, or for a port without one (`allocateLoadBalancerNodePorts:
+    /// false`, `type: NetworkProvider`, `externalIPs` of a ClusterIP Service) a key this node
+    /// picked for its own gateway ([`internal_keys`]).
     pub node_port: u16,
+    /// Whether `node_port` is a real node port: answered on every node address and the target
+    /// of other nodes' hops. Without one, only this node's endpoints serve the port's
+    /// addresses (no hop: the other nodes would not know the key).
+    pub open: bool,
+    /// `loadBalancerSourceRanges`: when not empty, only these clients reach the pool and
+    /// external addresses (node ports are not restricted, as with kube-proxy).
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
     /// `(pool address, Service port)` this node announces for the Service.
     pub lb: Vec<(Ipv4Addr, u16)>,
     /// Ready endpoints on this node (address, target port).
@@ -127,6 +138,7 @@ pub(crate) fn node_script(
         rules
             .ports
             .iter()
+            .filter(|p| p.open)
             .map(|p| format!("{} . {}", p.protocol.as_str(), p.node_port)),
     );
     let mut pre = String::new();
@@ -134,13 +146,28 @@ pub(crate) fn node_script(
     for (i, p) in rules.ports.iter().enumerate() {
         let proto = p.protocol.as_str();
         let np = p.node_port;
-        let _ = writeln!(
-            pre,
-            "    {proto} dport {np} fib daddr type local jump svc{i} comment \"{}\"",
-            p.service
-        );
+        if p.open {
+            let _ = writeln!(
+                pre,
+                "    {proto} dport {np} fib daddr type local jump svc{i} comment \"{}\"",
+                p.service
+            );
+        }
+        let from = if p.source_ranges.is_empty() {
+            String::new()
+        } else {
+            let r: Vec<String> = ipnet::Ipv4Net::aggregate(&p.source_ranges)
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            format!("ip saddr {{ {} }} ", r.join(", "))
+        };
         for (ip, port) in &p.lb {
-            let _ = writeln!(pre, "    ip daddr {ip} {proto} dport {port} jump svc{i}");
+            let _ = writeln!(
+                pre,
+                "    ip daddr {ip} {from}{proto} dport {port} jump svc{i} comment \"{}\"",
+                p.service
+            );
         }
         let local = uplinks
             .get(&p.network)
@@ -162,7 +189,7 @@ pub(crate) fn node_script(
             }
             None => body.push("ip saddr @nodes return".to_string()),
         }
-        if !p.local_only {
+        if !p.local_only && p.open {
             for (h, node) in p.remote.iter().enumerate() {
                 slots.push(format!("svc{i}_hop{h}"));
                 let _ = writeln!(
@@ -260,6 +287,29 @@ pub fn elect<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Op
     })
 }
 
+/// Keys for the ports of `ports` without a node port (`open == false`), set in place: per
+/// Network (each has its own gateway), the lowest numbers from `first` up that no other port
+/// of that Network uses as its key, in the order of `ports` (sorted, so every pass gives the
+/// same keys for the same Services). The node's and the gateway's tables are written from the
+/// same rules in one pass, so a key never has to mean the same thing on another node.
+pub fn internal_keys(ports: &mut [ExposedPort], first: u16) {
+    let mut used: BTreeMap<(String, L4), std::collections::BTreeSet<u16>> = BTreeMap::new();
+    for p in ports.iter().filter(|p| p.open) {
+        used.entry((p.network.clone(), p.protocol))
+            .or_default()
+            .insert(p.node_port);
+    }
+    for p in ports.iter_mut().filter(|p| !p.open) {
+        let taken = used.entry((p.network.clone(), p.protocol)).or_default();
+        let mut k = first;
+        while taken.contains(&k) && k < u16::MAX {
+            k += 1;
+        }
+        taken.insert(k);
+        p.node_port = k;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +324,8 @@ mod tests {
             local: local.iter().map(|s| s.parse().unwrap()).collect(),
             remote: remote.iter().map(|s| s.parse().unwrap()).collect(),
             local_only,
+            open: true,
+            source_ranges: vec![],
         }
     }
 
@@ -362,6 +414,59 @@ mod tests {
         let ret = s.find("ip saddr @nodes return").unwrap();
         let spread = s.find("numgen random mod 2").unwrap();
         assert!(ret < spread, "{s}");
+    }
+
+    #[test]
+    fn source_ranges_restrict_pool_addresses_and_ports_without_node_port_never_hop() {
+        let mut p = port(&["192.168.0.5:8080"], &["10.9.0.11"], false);
+        p.source_ranges = vec![
+            "203.0.113.0/25".parse().unwrap(),
+            "203.0.113.128/25".parse().unwrap(),
+        ];
+        let s = node_script(
+            &rules(vec![p.clone()]),
+            Ipv4Addr::new(10, 9, 0, 10),
+            &uplinks(),
+        );
+        balanced(&s);
+        // Aggregated, on the pool address only; the node port stays open to all.
+        assert!(
+            s.contains("ip daddr 10.9.0.241 ip saddr { 203.0.113.0/24 } tcp dport 80 jump svc0"),
+            "{s}"
+        );
+        assert!(
+            s.contains("tcp dport 30080 fib daddr type local jump svc0"),
+            "{s}"
+        );
+        // Without a node port: no node port rule, no hop, the key only towards the gateway.
+        p.open = false;
+        p.source_ranges.clear();
+        let mut ports = vec![p, port(&["192.168.0.6:80"], &[], false)];
+        ports[1].node_port = 20000;
+        internal_keys(&mut ports, 20000);
+        assert_eq!(
+            ports[0].node_port, 20001,
+            "20000 is the other port's node port"
+        );
+        let s = node_script(
+            &rules(ports.clone()),
+            Ipv4Addr::new(10, 9, 0, 10),
+            &uplinks(),
+        );
+        balanced(&s);
+        assert!(!s.contains("dport 20001 fib"), "{s}");
+        assert!(!s.contains("hop"), "{s}");
+        assert!(!s.contains("tcp . 20001"), "{s}");
+        assert!(
+            s.contains("ip daddr 10.9.0.241 tcp dport 80 jump svc0"),
+            "{s}"
+        );
+        assert!(s.contains("dnat to 100.64.0.1:20001"), "{s}");
+        let g = gateway_script(&rules(ports), "tenant-a");
+        assert!(
+            g.contains("iifname \"up0\" tcp dport 20001 goto ep0_0"),
+            "{g}"
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! [`compile`] turns one Network's policies, pods and namespaces into [`PolicyRules`] for the
 //! pods of that Network on this node — pure, no I/O. [`PolicyRules::script`] and
-//! [`PolicyRules::diff_script`] render them as one nftables table, `inet h8s_policy`, whose
-//! sets are keyed by (bridge, pod IP): the whole table once, then only the set elements that
-//! changed.
+//! [`PolicyRules::diff_script`] render them as one nftables table, `inet h8s_policy`, with a
+//! chain and two small sets per isolated pod (found through verdict maps keyed by (bridge,
+//! pod IP)): the whole table once, then only what changed.
 //!
 //! Where it is enforced: pod ports are bridge ports, and this kernel has no bridge-family
 //! connection tracking (`nf_conntrack_bridge`), which NetworkPolicy needs to let replies
@@ -604,31 +604,56 @@ pub fn compile<'a>(
     out
 }
 
-/// Set names and element text of the rules, for rendering and diffing.
-fn set_elements(r: &PolicyRules) -> [(&'static str, BTreeSet<String>); 6] {
-    let iso = |s: &BTreeSet<PodKey>| -> BTreeSet<String> {
-        s.iter().map(|(b, ip)| format!("\"{b}\" . {ip}")).collect()
-    };
-    let any = |s: &BTreeSet<(PodKey, IpRange)>| -> BTreeSet<String> {
-        s.iter()
-            .map(|((b, ip), r)| format!("\"{b}\" . {ip} . {}", r.nft()))
-            .collect()
-    };
-    let ports = |s: &BTreeSet<(PodKey, IpRange, Proto, PortRange)>| -> BTreeSet<String> {
-        s.iter()
-            .map(|((b, ip), r, pr, p)| {
-                format!("\"{b}\" . {ip} . {} . {} . {}", r.nft(), pr.nft(), p.nft())
-            })
-            .collect()
-    };
+/// One isolated pod's allow sets in one direction (each sorted: they come from sorted sets).
+#[derive(Default, PartialEq, Eq)]
+struct PodSets {
+    any: Vec<IpRange>,
+    ports: Vec<(IpRange, Proto, PortRange)>,
+}
+
+/// The two directions: map name, object prefix, the packet field that names the peer.
+const DIRS: [(&str, &str, &str); 2] = [("in_iso", "i", "saddr"), ("eg_iso", "e", "daddr")];
+
+/// Per direction (ingress, egress), every isolated pod with its allow sets. Structured, not
+/// rendered: a diff renders only what changed.
+fn pod_sets(r: &PolicyRules) -> [BTreeMap<&PodKey, PodSets>; 2] {
+    fn dir<'a>(
+        iso: &'a BTreeSet<PodKey>,
+        any: &'a BTreeSet<(PodKey, IpRange)>,
+        ports: &'a BTreeSet<(PodKey, IpRange, Proto, PortRange)>,
+    ) -> BTreeMap<&'a PodKey, PodSets> {
+        let mut m: BTreeMap<&PodKey, PodSets> =
+            iso.iter().map(|k| (k, PodSets::default())).collect();
+        for (k, r) in any {
+            m.entry(k).or_default().any.push(*r);
+        }
+        for (k, r, pr, p) in ports {
+            m.entry(k).or_default().ports.push((*r, *pr, *p));
+        }
+        m
+    }
     [
-        ("in_iso", iso(&r.ingress_isolated)),
-        ("in_any", any(&r.ingress_any)),
-        ("in_ports", ports(&r.ingress_ports)),
-        ("eg_iso", iso(&r.egress_isolated)),
-        ("eg_any", any(&r.egress_any)),
-        ("eg_ports", ports(&r.egress_ports)),
+        dir(&r.ingress_isolated, &r.ingress_any, &r.ingress_ports),
+        dir(&r.egress_isolated, &r.egress_any, &r.egress_ports),
     ]
+}
+
+fn any_text(r: &IpRange) -> String {
+    r.nft()
+}
+
+fn ports_text((r, pr, p): &(IpRange, Proto, PortRange)) -> String {
+    format!("{} . {} . {}", r.nft(), pr.nft(), p.nft())
+}
+
+/// `a` minus `b`, both sorted.
+fn sorted_minus<'a, T: Ord>(a: &'a [T], b: &[T]) -> Vec<&'a T> {
+    a.iter().filter(|x| b.binary_search(x).is_err()).collect()
+}
+
+/// The chain (and set-name stem) of a pod in one direction: `i_`/`e_`, bridge, address in hex.
+fn pod_object(prefix: &str, (bridge, ip): &PodKey) -> String {
+    format!("{prefix}_{bridge}_{:08x}", u32::from(*ip))
 }
 
 fn zone_elements(r: &PolicyRules) -> BTreeSet<String> {
@@ -640,6 +665,58 @@ fn zone_elements(r: &PolicyRules) -> BTreeSet<String> {
 
 fn list(items: &BTreeSet<String>) -> String {
     items.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// Commands creating one pod's sets and chain and entering it in its direction's map.
+fn add_pod(s: &mut String, d: usize, key: &PodKey, sets: &PodSets) {
+    let t = POLICY_TABLE;
+    let (map, prefix, field) = DIRS[d];
+    let o = pod_object(prefix, key);
+    let elems = |e: Vec<String>| {
+        if e.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", e.join(", "))
+        }
+    };
+    let _ = writeln!(
+        s,
+        "add set inet {t} {o}_any {{ type ipv4_addr; flags interval;{} }}",
+        elems(sets.any.iter().map(any_text).collect())
+    );
+    let _ = writeln!(
+        s,
+        "add set inet {t} {o}_ports {{ type ipv4_addr . inet_proto . inet_service; flags interval;{} }}",
+        elems(sets.ports.iter().map(ports_text).collect())
+    );
+    let _ = writeln!(s, "add chain inet {t} {o}");
+    let _ = writeln!(s, "add rule inet {t} {o} ip {field} @{o}_any return");
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {o} ip {field} . meta l4proto . th dport @{o}_ports return"
+    );
+    let _ = writeln!(s, "add rule inet {t} {o} drop");
+    let _ = writeln!(
+        s,
+        "add element inet {t} {map} {{ \"{}\" . {} : jump {o} }}",
+        key.0, key.1
+    );
+}
+
+/// Commands removing what [`add_pod`] made (map element first: it holds the chain).
+fn delete_pod(s: &mut String, d: usize, key: &PodKey) {
+    let t = POLICY_TABLE;
+    let (map, prefix, _) = DIRS[d];
+    let o = pod_object(prefix, key);
+    let _ = writeln!(
+        s,
+        "delete element inet {t} {map} {{ \"{}\" . {} }}",
+        key.0, key.1
+    );
+    let _ = writeln!(s, "flush chain inet {t} {o}");
+    let _ = writeln!(s, "delete chain inet {t} {o}");
+    let _ = writeln!(s, "delete set inet {t} {o}_any");
+    let _ = writeln!(s, "delete set inet {t} {o}_ports");
 }
 
 impl PolicyRules {
@@ -656,11 +733,13 @@ impl PolicyRules {
 
     /// Number of set elements (the size of the rule set).
     pub fn len(&self) -> usize {
-        set_elements(self)
-            .iter()
-            .map(|(_, s)| s.len())
-            .sum::<usize>()
-            + self.zones.len()
+        self.zones.len()
+            + self.ingress_isolated.len()
+            + self.egress_isolated.len()
+            + self.ingress_any.len()
+            + self.ingress_ports.len()
+            + self.egress_any.len()
+            + self.egress_ports.len()
     }
 
     /// No Network, nothing to enforce.
@@ -670,64 +749,56 @@ impl PolicyRules {
 
     /// The whole table, replacing any previous one in one transaction.
     ///
-    /// `forward` (after the node's own `inet h8s` chain) accepts replies, then sends packets
-    /// from an egress-isolated pod through `egress` and packets to an ingress-isolated pod
-    /// through `ingress`; each returns for an allowed packet and drops the rest. `zone` (raw
-    /// priority, before connection tracking) puts each bridge's traffic in its own zone.
+    /// `forward` (after the node's own `inet h8s` chain) accepts replies, then looks the
+    /// packet's (bridge, source) up in the verdict map `eg_iso` and its (bridge, destination)
+    /// in `in_iso`: an isolated pod's entry jumps to that pod's own chain (`e_…`/`i_…`), which
+    /// returns for a peer in the pod's `…_any` set or a (peer, protocol, port) in its
+    /// `…_ports` set and drops the rest. `zone` (raw priority, before connection tracking)
+    /// puts each bridge's traffic in its own zone.
+    ///
+    /// One small set per pod, not one big set keyed by pod: the kernel's concatenated
+    /// interval sets (pipapo) cost in proportion to their size on every change, so an update
+    /// now costs what the changed pods' sets hold, not what the node holds.
     pub fn script(&self) -> String {
         let t = POLICY_TABLE;
-        let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
         let zones = zone_elements(self);
-        let elems = |e: &BTreeSet<String>| {
-            if e.is_empty() {
-                String::new()
-            } else {
-                format!(" elements = {{ {} }};", list(e))
-            }
+        let zones = if zones.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", list(&zones))
         };
-        let _ = writeln!(
-            s,
-            "  map zones {{ typeof iifname : ct zone;{} }}",
-            elems(&zones)
-        );
-        for (name, e) in set_elements(self) {
-            let ty = match name {
-                "in_iso" | "eg_iso" => "type ifname . ipv4_addr;",
-                "in_any" | "eg_any" => "type ifname . ipv4_addr . ipv4_addr; flags interval;",
-                _ => "type ifname . ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval;",
-            };
-            let _ = writeln!(s, "  set {name} {{ {ty}{} }}", elems(&e));
-        }
-        s.push_str(
-            r#"  chain zone {
+        let mut s = format!(
+            r#"table inet {t}
+delete table inet {t}
+table inet {t} {{
+  map zones {{ typeof iifname : ct zone;{zones} }}
+  map in_iso {{ type ifname . ipv4_addr : verdict; }}
+  map eg_iso {{ type ifname . ipv4_addr : verdict; }}
+  chain zone {{
     type filter hook prerouting priority -300; policy accept;
     ct zone set iifname map @zones
-  }
-  chain forward {
+  }}
+  chain forward {{
     type filter hook forward priority 0; policy accept;
     ct state established,related accept
-    iifname . ip saddr @eg_iso jump egress
-    iifname . ip daddr @in_iso jump ingress
-  }
-  chain egress {
-    iifname . ip saddr . ip daddr @eg_any return
-    iifname . ip saddr . ip daddr . meta l4proto . th dport @eg_ports return
-    drop
-  }
-  chain ingress {
-    iifname . ip daddr . ip saddr @in_any return
-    iifname . ip daddr . ip saddr . meta l4proto . th dport @in_ports return
-    drop
-  }
-}
-"#,
+    iifname . ip saddr vmap @eg_iso
+    iifname . ip daddr vmap @in_iso
+  }}
+}}
+"#
         );
+        for (d, pods) in pod_sets(self).iter().enumerate() {
+            for (key, sets) in pods {
+                add_pod(&mut s, d, key, sets);
+            }
+        }
         s
     }
 
-    /// Only what changed since `old` (which must be what the table holds): element deletions
-    /// first (interval sets refuse overlapping elements), then additions, one transaction.
-    /// `None` when nothing changed.
+    /// Only what changed since `old` (which must be what the table holds), one transaction:
+    /// pods no longer isolated lose their map entry, chain and sets; newly isolated pods get
+    /// them; the others get their sets' element deletions first (interval sets refuse
+    /// overlapping elements), then additions. `None` when nothing changed.
     pub fn diff_script(&self, old: &PolicyRules) -> Option<String> {
         let t = POLICY_TABLE;
         let mut del = String::new();
@@ -741,14 +812,62 @@ impl PolicyRules {
         if !new.is_empty() {
             let _ = writeln!(add, "add element inet {t} zones {{ {} }}", list(&new));
         }
-        for ((name, o), (_, n)) in set_elements(old).into_iter().zip(set_elements(self)) {
-            let gone: BTreeSet<String> = o.difference(&n).cloned().collect();
-            let new: BTreeSet<String> = n.difference(&o).cloned().collect();
-            if !gone.is_empty() {
-                let _ = writeln!(del, "delete element inet {t} {name} {{ {} }}", list(&gone));
+        for (d, (o, n)) in pod_sets(old).iter().zip(pod_sets(self).iter()).enumerate() {
+            let prefix = DIRS[d].1;
+            for (key, os) in o {
+                let Some(ns) = n.get(key) else {
+                    delete_pod(&mut del, d, key);
+                    continue;
+                };
+                if os == ns {
+                    continue;
+                }
+                let obj = pod_object(prefix, key);
+                let changes = [
+                    (
+                        "any",
+                        sorted_minus(&os.any, &ns.any)
+                            .into_iter()
+                            .map(any_text)
+                            .collect::<Vec<_>>(),
+                        sorted_minus(&ns.any, &os.any)
+                            .into_iter()
+                            .map(any_text)
+                            .collect::<Vec<_>>(),
+                    ),
+                    (
+                        "ports",
+                        sorted_minus(&os.ports, &ns.ports)
+                            .into_iter()
+                            .map(ports_text)
+                            .collect(),
+                        sorted_minus(&ns.ports, &os.ports)
+                            .into_iter()
+                            .map(ports_text)
+                            .collect(),
+                    ),
+                ];
+                for (name, gone, new) in changes {
+                    if !gone.is_empty() {
+                        let _ = writeln!(
+                            del,
+                            "delete element inet {t} {obj}_{name} {{ {} }}",
+                            gone.join(", ")
+                        );
+                    }
+                    if !new.is_empty() {
+                        let _ = writeln!(
+                            add,
+                            "add element inet {t} {obj}_{name} {{ {} }}",
+                            new.join(", ")
+                        );
+                    }
+                }
             }
-            if !new.is_empty() {
-                let _ = writeln!(add, "add element inet {t} {name} {{ {} }}", list(&new));
+            for (key, ns) in n {
+                if !o.contains_key(key) {
+                    add_pod(&mut add, d, key, ns);
+                }
             }
         }
         if del.is_empty() && add.is_empty() {
@@ -1193,28 +1312,58 @@ mod tests {
         r.zones.insert(BR.into(), zone_for_vni(4096));
         let s = r.script();
         assert_eq!(s.matches('{').count(), s.matches('}').count(), "{s}");
+        // web (192.168.0.2) is isolated for ingress: its own chain and sets.
         assert!(
-            s.contains(r#""h8b4096" . 192.168.0.2 . 192.168.0.3 . tcp . 80-82"#),
+            s.contains("add set inet h8s_policy i_h8b4096_c0a80002_ports { type ipv4_addr . inet_proto . inet_service; flags interval; elements = { 192.168.0.3 . tcp . 80-82 }; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"add element inet h8s_policy in_iso { "h8b4096" . 192.168.0.2 : jump i_h8b4096_c0a80002 }"#),
             "{s}"
         );
         assert!(s.contains(r#"elements = { "h8b4096" : 4097 }"#), "{s}");
-        assert!(s.contains("set eg_iso { type ifname . ipv4_addr; }"), "{s}");
+        assert!(!s.contains("eg_iso { \""), "no pod is egress-isolated: {s}");
         assert_eq!(r.diff_script(&r.clone()), None);
         // The db pod's label changes: one element goes, nothing else.
         let mut pods2 = pods.clone();
         pods2[1].labels.insert("app".into(), "dbx".into());
-        let mut r2 = compile(BR, &ALL.map(ip), &pods2, &nss, &[p]);
+        let mut r2 = compile(BR, &ALL.map(ip), &pods2, &nss, std::slice::from_ref(&p));
         r2.zones = r.zones.clone();
         let d = r2.diff_script(&r).unwrap();
         assert_eq!(
             d,
-            "delete element inet h8s_policy in_ports { \"h8b4096\" . 192.168.0.2 . 192.168.0.3 . tcp . 80-82 }\n"
+            "delete element inet h8s_policy i_h8b4096_c0a80002_ports { 192.168.0.3 . tcp . 80-82 }\n"
         );
         let back = r.diff_script(&r2).unwrap();
-        assert!(
-            back.starts_with("add element inet h8s_policy in_ports"),
-            "{back}"
+        assert_eq!(
+            back,
+            "add element inet h8s_policy i_h8b4096_c0a80002_ports { 192.168.0.3 . tcp . 80-82 }\n"
         );
+        // The policy goes: web's chain and sets go with its map entry.
+        let none = PolicyRules {
+            zones: r.zones.clone(),
+            ..Default::default()
+        };
+        let gone = none.diff_script(&r).unwrap();
+        assert!(
+            gone.starts_with(
+                "delete element inet h8s_policy in_iso { \"h8b4096\" . 192.168.0.2 }\n"
+            ),
+            "{gone}"
+        );
+        assert!(
+            gone.contains("delete chain inet h8s_policy i_h8b4096_c0a80002\n"),
+            "{gone}"
+        );
+        assert!(
+            gone.contains("delete set inet h8s_policy i_h8b4096_c0a80002_any\n"),
+            "{gone}"
+        );
+        // And back: created whole.
+        assert!(r
+            .diff_script(&none)
+            .unwrap()
+            .contains("add chain inet h8s_policy i_h8b4096_c0a80002\n"));
         assert_eq!(zone_for_vni(65535), 1);
         assert_eq!(zone_for_vni(4096), 4097);
     }

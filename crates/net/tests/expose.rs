@@ -109,6 +109,8 @@ fn node_ports_and_lb_addresses_reach_only_their_services_network() {
         local: vec![local],
         remote: vec![remote],
         local_only: false,
+        open: true,
+        source_ranges: vec![],
     };
     let b_port = |local: Vec<SocketAddrV4>| ExposedPort {
         service: "b/web:80".into(),
@@ -119,6 +121,8 @@ fn node_ports_and_lb_addresses_reach_only_their_services_network() {
         local,
         remote: vec!["10.77.0.2".parse().unwrap()],
         local_only: true,
+        open: true,
+        source_ranges: vec![],
     };
     let r1 = ServiceRules {
         nodes: node_ips.clone(),
@@ -166,6 +170,46 @@ fn node_ports_and_lb_addresses_reach_only_their_services_network() {
     // the nodes' A port reaches nothing (the nodes are protected from tenant egress).
     assert_eq!(get(&pb1, sa("10.77.0.1", 30080)), None);
     assert_eq!(get(&pb1, sa("10.77.0.2", 30080)), None);
+
+    // loadBalancerSourceRanges: a range without the client closes the pool address to it
+    // (the node port stays open, as with kube-proxy); one with it opens it again.
+    for (range, open) in [("203.0.113.0/24", false), ("10.77.0.96/29", true)] {
+        let mut r = r1.clone();
+        r.ports[0].source_ranges = vec![range.parse().unwrap()];
+        n1.program_services(&r).unwrap();
+        let got = get(&client, SocketAddrV4::new(lb, 80));
+        assert_eq!(got.is_some(), open, "{range}: {got:?}");
+        assert!(get(&client, sa("10.77.0.1", 30080)).is_some());
+    }
+    // A port without a node port (the seeds' NetworkProvider, allocateLoadBalancerNodePorts:
+    // false, an external IP): B's address 10.77.0.201 on n2, where its endpoint runs; the
+    // key towards the gateway is not a node port.
+    let lb_b: Ipv4Addr = "10.77.0.201".parse().unwrap();
+    let mut r = r2.clone();
+    r.lb_addrs.push(lb_b);
+    r.ports.push(ExposedPort {
+        service: "b/np:80".into(),
+        network: "netb".into(),
+        protocol: L4::Tcp,
+        node_port: 0,
+        lb: vec![(lb_b, 80)],
+        local: vec![SocketAddrV4::new(b1.ip, 8080)],
+        remote: vec![],
+        local_only: false,
+        open: false,
+        source_ranges: vec![],
+    });
+    h8s_net::expose::internal_keys(&mut r.ports, 20000);
+    n2.program_services(&r).unwrap();
+    assert_eq!(
+        get(&client, SocketAddrV4::new(lb_b, 80)).as_deref(),
+        Some("b1 10.77.0.100")
+    );
+    assert_eq!(get(&client, sa("10.77.0.2", 20000)), None, "no node port");
+    assert_eq!(
+        get(&client, sa("10.77.0.2", 30081)).as_deref(),
+        Some("b1 10.77.0.100")
+    );
 
     // Nothing programmed: nothing left.
     for f in [n1, n2] {

@@ -530,7 +530,7 @@ fn service(obj: &mut Value) {
     if ty != "ExternalName" {
         set(spec, "internalTrafficPolicy", json!("Cluster"));
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
+    if ty == "NodePort" || crate::network::load_balancer_type(Some(&ty)) {
         set(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if ty == "LoadBalancer" {

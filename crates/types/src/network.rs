@@ -323,6 +323,17 @@ impl k8s_openapi::Metadata for Network {
     }
 }
 
+/// The seeds' Service type for "a load balancer made by the network provider" (Hypernetes'
+/// Neutron LBaaS): in h8s a pool address answered by the nodes and forwarded into the
+/// Service's Network like a LoadBalancer's, without node ports.
+pub const NETWORK_PROVIDER: &str = "NetworkProvider";
+
+/// Whether a Service of type `ty` gets a load balancer address: `LoadBalancer` and the
+/// seeds' [`NETWORK_PROVIDER`].
+pub fn load_balancer_type(ty: Option<&str>) -> bool {
+    matches!(ty, Some("LoadBalancer") | Some(NETWORK_PROVIDER))
+}
+
 /// The Network a Namespace is attached to (`spec.network`, the field h8s
 /// adds to Namespace), from the Namespace's JSON form. `None` when the
 /// Namespace uses its tenant's default Network ([`effective_network`]).

@@ -526,8 +526,10 @@ pub fn service_usage(svc: &Service) -> Usage {
             out.0
                 .insert("services.nodeports".into(), Amount::count(ports));
         }
-        Some("LoadBalancer") => {
-            let np = if spec.allocate_load_balancer_node_ports == Some(false) {
+        Some("LoadBalancer") | Some(crate::network::NETWORK_PROVIDER) => {
+            let np = if spec.type_.as_deref() == Some(crate::network::NETWORK_PROVIDER) {
+                0
+            } else if spec.allocate_load_balancer_node_ports == Some(false) {
                 spec.ports
                     .iter()
                     .flatten()

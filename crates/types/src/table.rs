@@ -1795,7 +1795,7 @@ fn service_row(o: &Value, now: i64) -> Vec<Value> {
         .unwrap_or_default();
     let external = match ty {
         "ExternalName" => s(o, "/spec/externalName").to_string(),
-        "LoadBalancer" => {
+        "LoadBalancer" | crate::network::NETWORK_PROVIDER => {
             let mut all = lb.clone();
             all.extend(&external_ips);
             if all.is_empty() {

@@ -526,3 +526,64 @@ async fn cinder_volumes_of_other_tenants_are_refused() {
     // Pods without cinder volumes are not looked at.
     plugin.admit(&create, Some(&mut pod())).await.unwrap();
 }
+
+#[tokio::test]
+async fn external_ips_only_from_cluster_admins_and_only_in_the_pool() {
+    let plugin = ServiceExternalIps {
+        pool: Some(("192.0.2.0".parse().unwrap(), 28)),
+    };
+    let tenant = UserInfo {
+        username: "u".into(),
+        groups: vec!["h8s:tenant:acme".into()],
+        ..Default::default()
+    };
+    let admin = UserInfo {
+        username: "admin".into(),
+        groups: vec!["system:masters".into()],
+        ..Default::default()
+    };
+    let svc = |ips: &[&str]| json!({"metadata": {"name": "p"}, "spec": {"externalIPs": ips}});
+    // A tenant: 403, even for a pool address.
+    let r = req("services", "", Operation::Create, &tenant, None);
+    let e = plugin
+        .admit(&r, Some(&mut svc(&["192.0.2.5"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 403);
+    // No external IPs: nothing to check.
+    plugin
+        .admit(&r, Some(&mut json!({"spec": {}})))
+        .await
+        .unwrap();
+    // An admin: pool addresses yes, others 422.
+    let r = req("services", "", Operation::Create, &admin, None);
+    plugin
+        .admit(&r, Some(&mut svc(&["192.0.2.5"])))
+        .await
+        .unwrap();
+    let e = plugin
+        .admit(&r, Some(&mut svc(&["192.0.2.5", "8.8.8.8"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 422);
+    // A tenant's update keeping what an admin set passes; adding one does not.
+    let old = svc(&["192.0.2.5"]);
+    let r = req("services", "", Operation::Update, &tenant, Some(&old));
+    plugin
+        .admit(&r, Some(&mut svc(&["192.0.2.5"])))
+        .await
+        .unwrap();
+    let e = plugin
+        .admit(&r, Some(&mut svc(&["192.0.2.5", "192.0.2.6"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 403);
+    // Without a pool, none at all.
+    let none = ServiceExternalIps { pool: None };
+    let r = req("services", "", Operation::Create, &admin, None);
+    let e = none
+        .admit(&r, Some(&mut svc(&["192.0.2.5"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 422);
+}

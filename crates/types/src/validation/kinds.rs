@@ -784,7 +784,13 @@ fn service(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
         e,
         "spec.type",
         ty,
-        &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        &[
+            "ClusterIP",
+            "ExternalName",
+            "LoadBalancer",
+            "NodePort",
+            crate::network::NETWORK_PROVIDER,
+        ],
     );
     let cluster_ip = str_at(obj, "/spec/clusterIP").unwrap_or_default();
     let headless = cluster_ip == "None";
@@ -840,7 +846,9 @@ fn service(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
             .and_then(Value::as_i64)
             .filter(|n| *n != 0)
         {
-            if ty == "ClusterIP" || ty == "ExternalName" {
+            // A NetworkProvider Service has no node ports (its address leads into the
+            // Network directly, as the seeds' provider load balancers did).
+            if ty == "ClusterIP" || ty == "ExternalName" || ty == crate::network::NETWORK_PROVIDER {
                 e.push(FieldError::forbidden(
                     format!("{pp}.nodePort"),
                     &format!("may not be used when `type` is '{ty}'"),
@@ -863,6 +871,37 @@ fn service(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
     }
     if let Some(sel) = obj.pointer("/spec/selector") {
         validate_labels(sel, "spec.selector", e);
+    }
+    for (i, ip) in arr(obj, "/spec/externalIPs").iter().enumerate() {
+        let path = format!("spec.externalIPs[{i}]");
+        match ip.as_str().map(|s| s.parse::<IpAddr>()) {
+            Some(Ok(a)) if !(a.is_unspecified() || a.is_loopback() || a.is_multicast()) => {}
+            _ => e.push(FieldError::invalid(
+                path,
+                ip.as_str().unwrap_or_default(),
+                "must be a valid IP address, not unspecified, loopback or multicast",
+            )),
+        }
+    }
+    let ranges = arr(obj, "/spec/loadBalancerSourceRanges");
+    if !ranges.is_empty() && !crate::network::load_balancer_type(Some(ty)) {
+        e.push(FieldError::forbidden(
+            "spec.loadBalancerSourceRanges",
+            "may only be used when `type` is 'LoadBalancer'",
+        ));
+    }
+    for (i, r) in ranges.iter().enumerate() {
+        let ok = r.as_str().is_some_and(|r| {
+            let (a, len) = r.trim().split_once('/').unwrap_or((r.trim(), "32"));
+            a.parse::<IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        });
+        if !ok {
+            e.push(FieldError::invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                r.as_str().unwrap_or_default(),
+                "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
+            ));
+        }
     }
     if let Some(sa) = str_at(obj, "/spec/sessionAffinity") {
         one_of(e, "spec.sessionAffinity", sa, &["ClientIP", "None"]);

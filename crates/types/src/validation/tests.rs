@@ -675,3 +675,47 @@ fn volume_attachment_rules() {
     status["status"] = json!({"attached": true, "attachError": {"message": "x".repeat(2000)}});
     assert!(validate_create(r, &status).is_err());
 }
+
+#[test]
+fn network_provider_services_external_ips_and_source_ranges() {
+    let svcs = res("", "services");
+    let svc = |spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "namespace": "default"}, "spec": spec})
+    };
+    // The seeds' type is accepted, without node ports.
+    let np = svc(json!({"type": "NetworkProvider", "ports": [{"port": 80}],
+        "loadBalancerSourceRanges": ["203.0.113.0/24", " 10.0.0.0/8 "]}));
+    assert_eq!(validate_create(svcs, &np), Ok(()));
+    let with_port =
+        svc(json!({"type": "NetworkProvider", "ports": [{"port": 80, "nodePort": 30080}]}));
+    assert_eq!(
+        messages(validate_create(svcs, &with_port)),
+        vec!["spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'NetworkProvider'"]
+    );
+    assert_eq!(
+        messages(validate_create(
+            svcs,
+            &svc(json!({"type": "Magic", "ports": [{"port": 80}]}))
+        ))
+        .len(),
+        1
+    );
+    // Source ranges only on load balancers, and only CIDRs.
+    let msgs = messages(validate_create(
+        svcs,
+        &svc(json!({"ports": [{"port": 80}], "loadBalancerSourceRanges": ["x/8"]})),
+    ));
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with("spec.loadBalancerSourceRanges: Forbidden"),
+        "{msgs:?}"
+    );
+    // External IPs: addresses, not loopback/unspecified/multicast.
+    let ok = svc(json!({"ports": [{"port": 80}], "externalIPs": ["192.0.2.10"]}));
+    assert_eq!(validate_create(svcs, &ok), Ok(()));
+    for bad in ["127.0.0.1", "0.0.0.0", "224.0.0.1", "nope"] {
+        let b = svc(json!({"ports": [{"port": 80}], "externalIPs": [bad]}));
+        assert_eq!(messages(validate_create(svcs, &b)).len(), 1, "{bad}");
+    }
+}
