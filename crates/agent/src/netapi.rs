@@ -404,18 +404,33 @@ impl ApiNetworks {
         }
         let Some(net) = net else { return Ok(()) };
         let fabric_net = h8s_net::Network::from_api(&net, self.mtu)?;
-        let holder = IpAllocation {
-            node: self.node.clone(),
-            namespace: h8s_types::SYSTEM_PODS_NAMESPACE.to_string(),
-            pod: HOST_PORT_POD.to_string(),
-            pod_uid: uid,
+        // The address the cache already shows, else one from the IPAM.
+        let held = net.status.as_ref().and_then(|s| {
+            s.allocations
+                .iter()
+                .find(|(_, h)| h.pod_uid == uid && h.node == self.node)
+                .and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok())
+        });
+        let ip = match held {
+            Some(ip) => ip,
+            None => {
+                let holder = IpAllocation {
+                    node: self.node.clone(),
+                    namespace: h8s_types::SYSTEM_PODS_NAMESPACE.to_string(),
+                    pod: HOST_PORT_POD.to_string(),
+                    pod_uid: uid,
+                };
+                allocate(&api, name, &holder).await?
+            }
         };
-        let ip = allocate(&api, name, &holder).await?;
         let _g = self.lock.lock().await;
         let n = name.to_string();
         let a = self
             .blocking(move |f| {
-                f.store().put(&fabric_net)?;
+                match f.store().attachment(&n, &port) {
+                    Ok(Some(a)) if a.ip == ip => {}
+                    _ => f.store().put(&fabric_net)?,
+                }
                 f.attach_host(&n, &port, ip)
             })
             .await?;

@@ -36,7 +36,6 @@ impl Fabric {
     /// with this address is kept while its device exists, else plugged again.
     pub fn attach_host(&self, network: &str, name: &str, ip: Ipv4Addr) -> Result<Attachment> {
         let _span = tracing::info_span!("attach_host", network, name).entered();
-        self.ensure_network(network)?;
         if let Some(a) = self.store().attachment(network, name)? {
             if a.node == self.node().name && a.ip == ip && a.kind == PortKind::Veth {
                 let present = self
@@ -49,6 +48,7 @@ impl Fabric {
             }
             self.detach(network, name)?;
         }
+        self.ensure_network(network)?;
         let att = self.store().allocate(
             network,
             &PortRequest {
