@@ -520,9 +520,10 @@ fn serving_cert(name: &str) -> (String, String, String) {
 /// kube-system, called by the API server through `clientConfig.service` (the Service's
 /// ready endpoint, dialled directly from the host over the host's port on the system
 /// Network; TLS checked for `NAME.kube-system.svc` against the caBundle), denies and mutates
-/// ConfigMaps. A tenant cannot put its namespace on the system Network; a tenant's Service
-/// as a webhook fails with a clear message; a tenant pod and the system pod cannot reach each
-/// other, while the host reaches the system pod. Two pod VMs.
+/// ConfigMaps, and serves an aggregated API (an APIService backed by the pod). A tenant
+/// cannot put its namespace on the system Network; a tenant's Service as a webhook fails
+/// with a clear message; a tenant pod and the system pod cannot reach each other, while the
+/// host reaches the system pod. Two pod VMs.
 #[test]
 fn webhook_pod_on_the_system_network() {
     use base64::Engine as _;
@@ -757,6 +758,48 @@ spec:
             && err.contains("cannot reach"),
         "{err}"
     );
+
+    // The same pod as an aggregated API server (APIService `spec.service`): available after
+    // the aggregator's check, and requests for its group version are proxied to the pod.
+    let group = format!("sys{id}.h8s.test");
+    ok(&c.run(
+        "1.33",
+        &["apply", "-f", "-"],
+        Some(
+            format!(
+                r#"{{"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                "metadata": {{"name": "v1.{group}"}},
+                "spec": {{"group": "{group}", "version": "v1", "caBundle": "{ca_bundle}",
+                  "service": {{"namespace": "kube-system", "name": "{hook}", "port": 443}},
+                  "groupPriorityMinimum": 1000, "versionPriority": 15}}}}"#
+            )
+            .as_bytes(),
+        ),
+    ));
+    wait(Duration::from_secs(120), "the APIService Available", || {
+        let a = c
+            .json(&["get", "apiservice", &format!("v1.{group}")])
+            .ok()?;
+        let cond = a["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Available")?
+            .clone();
+        if cond["status"] == "True" {
+            return Some(());
+        }
+        eprintln!("not yet: {cond}");
+        None
+    });
+    let list = c.kubectl(&["get", "--raw", &format!("/apis/{group}/v1")]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["groupVersion"], format!("{group}/v1"), "{list}");
+    assert_eq!(list["resources"][0]["kind"], "Echo", "{list}");
+    ok(&c.run(
+        "1.33",
+        &["delete", "apiservice", &format!("v1.{group}")],
+        None,
+    ));
 
     for name in [&deny, &tenant_hook] {
         ok(&c.run(

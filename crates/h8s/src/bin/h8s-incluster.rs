@@ -12,7 +12,9 @@
 //! system Network's test, `services::webhook_pod_on_the_system_network`): HTTPS on
 //! `0.0.0.0:PORT` with the PEM certificate and key, `admission.k8s.io/v1` AdmissionReviews
 //! on `/deny` (denies objects labelled `deny: "true"`, with the message `denied by a pod`)
-//! and `/mutate` (adds the label `mutated-by: pod`); one line per review on stdout.
+//! and `/mutate` (adds the label `mutated-by: pod`); one line per review on stdout. As an
+//! aggregated API server it answers `GET /apis/<group>/<version>` with an `APIResourceList`
+//! of one kind, `Echo` (`echoes`), and logs the caller's `X-Remote-User`.
 
 use std::sync::Arc;
 
@@ -117,6 +119,9 @@ async fn webhook(cert: &str, key: &str, port: u16) -> anyhow::Result<()> {
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
+                    if req.method() == http::Method::GET {
+                        return Ok::<_, http::Error>(aggregated(&path, &req, peer));
+                    }
                     let body = Limited::new(req.into_body(), 3 << 20)
                         .collect()
                         .await
@@ -140,4 +145,45 @@ async fn webhook(cert: &str, key: &str, port: u16) -> anyhow::Result<()> {
                 .await;
         });
     }
+}
+
+/// An aggregated API server's answer to `GET path`: the `APIResourceList` of
+/// `/apis/<group>/<version>`, else 404.
+fn aggregated<B>(
+    path: &str,
+    req: &http::Request<B>,
+    peer: std::net::SocketAddr,
+) -> http::Response<Full<bytes::Bytes>> {
+    let user = req
+        .headers()
+        .get("x-remote-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    println!("GET {path} from {peer} as {user:?}");
+    let gv: Vec<&str> = path
+        .strip_prefix("/apis/")
+        .map(|p| p.split('/').collect())
+        .unwrap_or_default();
+    let (status, body) = match gv.as_slice() {
+        [g, v] if !g.is_empty() && !v.is_empty() => (
+            200,
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/{v}"),
+                "resources": [{"name": "echoes", "singularName": "echo", "namespaced": true,
+                    "kind": "Echo", "verbs": ["get", "list"]}]}),
+        ),
+        _ => (
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "NotFound", "code": 404}),
+        ),
+    };
+    let mut resp = http::Response::new(Full::new(bytes::Bytes::from(
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::NOT_FOUND);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
