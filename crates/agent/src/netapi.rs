@@ -626,6 +626,17 @@ mod tests {
     }
 
     #[test]
+    fn the_system_network_has_pods_only_when_a_holder_is_not_a_host_port() {
+        assert!(!has_pods(&net(&[])));
+        let mut n = net(&["10.0.0.2"]);
+        assert!(has_pods(&n));
+        for h in n.status.as_mut().unwrap().allocations.values_mut() {
+            h.pod_uid = host_port_uid(&h.node);
+        }
+        assert!(!has_pods(&n), "only host ports");
+    }
+
+    #[test]
     fn lowest_free_address_skips_gateways_and_moves_to_the_next_subnet() {
         assert_eq!(free_address(&net(&[])), Some(Ipv4Addr::new(192, 168, 0, 2)));
         assert_eq!(
