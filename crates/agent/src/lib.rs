@@ -193,6 +193,9 @@ pub struct PodNetworkConfig {
     /// The API server relay's listener (with [`PodNetworkConfig::from_api`]); its port is
     /// the fabric's [`h8s_net::NodeConfig::api_relay_port`]. See `apirelay`.
     pub api_relay: Option<Arc<std::net::TcpListener>>,
+    /// This is the API server's node: its host joins the system Network while that has
+    /// pods (with [`PodNetworkConfig::from_api`]; see `netapi`).
+    pub system_host: bool,
 }
 
 /// The streaming server's listening address and TLS.

@@ -65,6 +65,9 @@ pub struct ApiNetworks {
     networks: Store<ApiNetwork>,
     nodes: Store<Node>,
     wake: Arc<Notify>,
+    /// Give this node's host an address on the system Network while it has pods (the API
+    /// server's node: see [`ApiNetworks::sync_system_host`]).
+    system_host: bool,
     _tasks: Vec<AbortOnDrop>,
 }
 
@@ -112,8 +115,14 @@ where
 }
 
 impl ApiNetworks {
-    /// Starts following Networks and Nodes for `node`, whose fabric is `fabric`.
-    pub fn start(client: kube::Client, fabric: Fabric, node: &str) -> Arc<ApiNetworks> {
+    /// Starts following Networks and Nodes for `node`, whose fabric is `fabric`; with
+    /// `system_host`, the node's host joins the system Network while it has pods.
+    pub fn start(
+        client: kube::Client,
+        fabric: Fabric,
+        node: &str,
+        system_host: bool,
+    ) -> Arc<ApiNetworks> {
         let wake = Arc::new(Notify::new());
         let (networks, t1) = reflect(Api::<ApiNetwork>::all(client.clone()), wake.clone());
         let (nodes, t2) = reflect(Api::<Node>::all(client.clone()), wake.clone());
@@ -127,6 +136,7 @@ impl ApiNetworks {
             networks,
             nodes,
             wake,
+            system_host,
             _tasks: vec![t1, t2],
         })
     }
@@ -278,6 +288,11 @@ impl ApiNetworks {
             if let Err(e) = self.sync().await {
                 tracing::warn!(error = %crate::worker::error_chain(&e), "programming remote pods failed");
             }
+            if self.system_host {
+                if let Err(e) = self.sync_system_host().await {
+                    tracing::warn!(error = %crate::worker::error_chain(&e), "the host's port on the system network");
+                }
+            }
         }
     }
 
@@ -313,6 +328,114 @@ impl ApiNetworks {
             Ok(())
         })
         .await
+    }
+}
+
+/// The pod name of a node's host port in the system Network's IPAM and the node store.
+pub const HOST_PORT_POD: &str = "h8s-host";
+
+/// The IPAM holder uid of `node`'s host port (no pod has a uid of this form).
+pub fn host_port_uid(node: &str) -> String {
+    format!("host:{node}")
+}
+
+/// Whether the system Network `net` has pods (holders other than host ports).
+pub fn has_pods(net: &ApiNetwork) -> bool {
+    net.status.as_ref().is_some_and(|s| {
+        s.allocations
+            .values()
+            .any(|h| !h.pod_uid.starts_with("host:"))
+    })
+}
+
+impl ApiNetworks {
+    /// The API server's reach into the cluster (docs/network.md, "The system Network"):
+    /// while the system Network ([`h8s_types::SYSTEM_PODS_NETWORK`]) has pods on any node,
+    /// this node's host holds an address on it (from the same IPAM as pods, so every other
+    /// node forwards it here over the segment's VXLAN) on the device `h8y<vni>`
+    /// ([`Fabric::attach_host`]); when its last pod is gone, the address is released and
+    /// the segment removed if no local pod uses it. Idempotent; runs after every pass.
+    pub async fn sync_system_host(&self) -> Result<(), NetApiError> {
+        let name = h8s_types::SYSTEM_PODS_NETWORK;
+        let port = format!("{HOST_PORT_POD}-{}", self.node);
+        let uid = host_port_uid(&self.node);
+        let api: Api<ApiNetwork> = Api::all(self.client.clone());
+        let net = self.networks.get(&ObjectRef::new(name));
+        let active = net.as_ref().is_some_and(|n| {
+            n.status.as_ref().and_then(|s| s.phase.as_deref())
+                == Some(NetworkPhase::Active.as_str())
+        });
+        let want = active && net.as_ref().is_some_and(|n| has_pods(n));
+        if !want {
+            let _g = self.lock.lock().await;
+            let (n, p, node) = (name.to_string(), port.clone(), self.node.clone());
+            let had = self
+                .blocking(move |f| {
+                    let Ok(Some(_)) = f.store().attachment(&n, &p) else {
+                        return Ok(false);
+                    };
+                    f.detach(&n, &p)?;
+                    let left = f
+                        .store()
+                        .attachments(&n)?
+                        .into_iter()
+                        .any(|x| x.node == node);
+                    if !left {
+                        f.forget_network(&n)?;
+                    }
+                    Ok(true)
+                })
+                .await?;
+            drop(_g);
+            let holds = net.as_ref().is_some_and(|n| {
+                n.status.as_ref().is_some_and(|s| {
+                    s.allocations
+                        .values()
+                        .any(|h| h.pod_uid == uid && h.node == self.node)
+                })
+            });
+            if holds {
+                release(&api, name, &uid, &self.node).await?;
+            }
+            if had {
+                tracing::info!("system network has no pods; host port removed");
+            }
+            return Ok(());
+        }
+        let Some(net) = net else { return Ok(()) };
+        let fabric_net = h8s_net::Network::from_api(&net, self.mtu)?;
+        // The address the cache already shows, else one from the IPAM.
+        let held = net.status.as_ref().and_then(|s| {
+            s.allocations
+                .iter()
+                .find(|(_, h)| h.pod_uid == uid && h.node == self.node)
+                .and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok())
+        });
+        let ip = match held {
+            Some(ip) => ip,
+            None => {
+                let holder = IpAllocation {
+                    node: self.node.clone(),
+                    namespace: h8s_types::SYSTEM_PODS_NAMESPACE.to_string(),
+                    pod: HOST_PORT_POD.to_string(),
+                    pod_uid: uid,
+                };
+                allocate(&api, name, &holder).await?
+            }
+        };
+        let _g = self.lock.lock().await;
+        let n = name.to_string();
+        let a = self
+            .blocking(move |f| {
+                match f.store().attachment(&n, &port) {
+                    Ok(Some(a)) if a.ip == ip => {}
+                    _ => f.store().put(&fabric_net)?,
+                }
+                f.attach_host(&n, &port, ip)
+            })
+            .await?;
+        tracing::debug!(ip = %a.ip, "host port on the system network");
+        Ok(())
     }
 }
 
@@ -500,6 +623,17 @@ mod tests {
             );
         }
         n
+    }
+
+    #[test]
+    fn the_system_network_has_pods_only_when_a_holder_is_not_a_host_port() {
+        assert!(!has_pods(&net(&[])));
+        let mut n = net(&["10.0.0.2"]);
+        assert!(has_pods(&n));
+        for h in n.status.as_mut().unwrap().allocations.values_mut() {
+            h.pod_uid = host_port_uid(&h.node);
+        }
+        assert!(!has_pods(&n), "only host ports");
     }
 
     #[test]

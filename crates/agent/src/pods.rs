@@ -179,6 +179,7 @@ impl Dispatcher {
                 client.clone(),
                 n.network.fabric().clone(),
                 &cfg.node_name,
+                n.system_host,
             ));
         }
         if let Some(n) = cfg.network.as_ref().filter(|n| !n.from_api) {

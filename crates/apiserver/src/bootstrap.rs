@@ -43,6 +43,7 @@ pub(crate) fn system_user() -> UserInfo {
 pub(crate) async fn start(api: &Arc<Api>, event_ttl: Duration) -> Result<(), ApiError> {
     system_priority_classes(api).await?;
     system_service_accounts(api).await?;
+    system_network(api).await?;
     if !event_ttl.is_zero() {
         tokio::spawn(sweep_events(api.clone(), event_ttl));
     }
@@ -113,6 +114,39 @@ async fn system_service_accounts(api: &Arc<Api>) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The cluster's system Network ([`h8s_types::SYSTEM_PODS_NETWORK`], no tenant, subnet
+/// [`h8s_types::SYSTEM_PODS_CIDR`]) if missing: `kube-system`'s pods join it, and the API
+/// server's host reaches it (the node agent of the server's node gives the host an
+/// address on it), so webhooks and aggregated servers can run as pods. The network
+/// controller gives it a segment like any Network.
+async fn system_network(api: &Arc<Api>) -> Result<(), ApiError> {
+    let Some(res) = h8s_types::resources::find("", "v1", "networks") else {
+        return Ok(());
+    };
+    let name = h8s_types::SYSTEM_PODS_NETWORK;
+    let t = Target {
+        res,
+        ns: None,
+        name: Some(name.into()),
+        sub: None,
+        watch_path: false,
+        cr: None,
+    };
+    if api.read(&t, name).await?.is_some() {
+        return Ok(());
+    }
+    let o = json!({"apiVersion": "v1", "kind": "Network", "metadata": {"name": name},
+        "spec": {"subnets": {"system": {"cidr": h8s_types::SYSTEM_PODS_CIDR}}}});
+    match api
+        .create_object(&Ctx::internal(system_user()), &t, o)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest time an Event records, in seconds since the epoch.

@@ -19,7 +19,9 @@
 //! * **Default Networks**: a Namespace without `spec.network` joins
 //!   [`h8s_types::default_network_name`] of its tenant label (`tenant-<tenant>`, or
 //!   `default` without a tenant), created here on demand with [`DEFAULT_NETWORK_CIDR`]; so
-//!   tenants never share a segment unless they ask for it.
+//!   tenants never share a segment unless they ask for it. `kube-system` joins the system
+//!   Network ([`h8s_types::SYSTEM_PODS_NETWORK`], created by the server at start, brought
+//!   back here if missing).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,23 @@ pub fn default_network(tenant: Option<&str>) -> Network {
         },
         status: None,
     }
+}
+
+/// The cluster's system Network (`kube-system`'s; the server creates it at start, this
+/// brings it back if it is missing).
+pub fn system_network() -> Network {
+    let mut n = default_network(None);
+    n.metadata.name = Some(h8s_types::SYSTEM_PODS_NETWORK.into());
+    if let Some(s) = n.spec.subnets.remove("default") {
+        n.spec.subnets.insert(
+            "system".into(),
+            Subnet {
+                cidr: h8s_types::SYSTEM_PODS_CIDR.into(),
+                ..s
+            },
+        );
+    }
+    n
 }
 
 /// What a Network should look like next, as the controller decides it from the cache.
@@ -269,7 +288,11 @@ async fn ensure_default(s: &State, ns: &NetNamespace) {
         return;
     }
     let api: Api<Network> = Api::all(s.client.clone());
-    let net = default_network(ns.tenant());
+    let net = if name == h8s_types::SYSTEM_PODS_NETWORK {
+        system_network()
+    } else {
+        default_network(ns.tenant())
+    };
     let pp = PostParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
@@ -473,6 +496,9 @@ mod tests {
         assert_eq!(h8s_types::validation::validate_create(r, &v), Ok(()));
         let v = serde_json::to_value(default_network(None)).unwrap();
         assert_eq!(h8s_types::validation::validate_create(r, &v), Ok(()));
+        let v = serde_json::to_value(system_network()).unwrap();
+        assert_eq!(h8s_types::validation::validate_create(r, &v), Ok(()));
+        assert_eq!(ns("kube-system", None, None).network(), "system");
     }
 
     #[test]

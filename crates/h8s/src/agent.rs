@@ -162,6 +162,12 @@ pub struct AgentOpts {
     /// one). Only gateway uplinks may connect to it.
     #[arg(long = "api-relay-port", default_value_t = 0)]
     pub api_relay_port: u16,
+    /// This machine runs the API server: while the cluster's system Network has pods, the
+    /// host gets an address on it (device `h8y<vni>`) so the server reaches them (webhooks
+    /// and aggregated API servers run as pods in kube-system). Always on for `h8s server`'s
+    /// own agent; give it to the agent of a server started with `--disable-agent`.
+    #[arg(long = "system-network-host")]
+    pub system_network_host: bool,
     /// The pod Network's subnet.
     #[arg(long = "pod-cidr", default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
@@ -334,6 +340,7 @@ impl AgentOpts {
             vni: self.pod_network_vni,
             from_api,
             api_relay,
+            system_host: from_api && self.system_network_host,
         }))
     }
 
@@ -709,6 +716,8 @@ pub async fn start_local(
     .context("building the node agent's API client")?;
     let mut opts = args.opts.clone();
     opts.owner = Some(format!("{node}@{}", data_dir.display()));
+    // The server's own machine: the server reaches the system Network's pods from here.
+    opts.system_network_host = true;
     // The streaming server presents a node serving certificate the CA issues in-process
     // (what the node proxy accepts: `system:node:<name>`, naming the node's address).
     let (serving, serving_key) = server

@@ -528,7 +528,9 @@ fn webhooks_and_policies_with_kubectl() {
     assert!(t0.elapsed() < Duration::from_secs(4));
     k(&["get", "secret", "s2"]);
 
-    // ---- a service reference: not reachable from the API server ----
+    // ---- a service reference: resolved through the Service's EndpointSlices (pods are
+    // reachable only on the system Network: `services::webhook_pod_on_the_system_network`);
+    // a missing Service fails the call ----
     ok(&config(
         "ValidatingWebhookConfiguration",
         "svc",
@@ -556,7 +558,7 @@ fn webhooks_and_policies_with_kubectl() {
     );
     assert!(
         err.contains(r#"failed calling webhook "svc.h8s.test""#)
-            && err.contains("not reachable from the h8s API server"),
+            && err.contains(r#"service/hook in "default" is not present"#),
         "{err}"
     );
 

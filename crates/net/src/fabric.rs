@@ -814,7 +814,7 @@ impl Fabric {
 
 /// Host-side devices get no IPv6 (no link-local address, no router solicitations onto a
 /// tenant segment). Best effort: a kernel without IPv6 has nothing to turn off.
-fn no_ipv6(dev: &str) {
+pub(crate) fn no_ipv6(dev: &str) {
     let _ = netns::sysctl_dev("ipv6", dev, "disable_ipv6", "1");
 }
 

@@ -5,6 +5,7 @@
 mod error;
 pub mod expose;
 mod fabric;
+mod host;
 mod link;
 mod model;
 pub mod netns;
@@ -15,6 +16,7 @@ mod store;
 pub use error::{Error, Result};
 pub use expose::{ExposedPort, ServiceRules, L4, SVC_TABLE};
 pub use fabric::{Fabric, Inventory, NodeConfig, API_GATEWAY_PORT, DEFAULT_PROTECTED, LB_DEVICE};
+pub use host::{host_device, HOST_DEVICE_PREFIX};
 pub use ipnet::Ipv4Net;
 pub use model::{
     Attachment, MacAddr, Network, PortKind, Subnet, DEVICE_PREFIX, MAX_VNI, SYSTEM_TENANT,

@@ -124,6 +124,8 @@ table inet {TABLE} {{
   chain input {{
     type filter hook input priority -10; policy accept;
     udp dport {vp} ip saddr != @vxlan_peers drop
+    iifname "h8y*" ct state established,related accept
+    iifname "h8y*" drop
     iifname "h8u*" ct state established,related accept
 "#
         );
@@ -146,6 +148,8 @@ table inet {TABLE} {{
   }}
   chain forward {{
     type filter hook forward priority -10; policy accept;
+    iifname "h8y*" drop
+    oifname "h8y*" drop
     iifname "h8u*" oifname "h8u*" drop
     iifname "h8u*" ct direction reply ct status dnat accept
     iifname "h8u*" ip daddr @protected drop

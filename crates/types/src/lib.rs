@@ -40,8 +40,8 @@ pub mod validation;
 pub mod wire;
 
 pub use network::{
-    default_network_name, effective_network, namespace_tenant, segment_id, NETWORK_FINALIZER,
-    TENANT_LABEL,
+    default_network_name, effective_network, implicit_network, namespace_tenant, segment_id,
+    NETWORK_FINALIZER, SYSTEM_PODS_CIDR, SYSTEM_PODS_NAMESPACE, SYSTEM_PODS_NETWORK, TENANT_LABEL,
 };
 pub use network::{Network, NetworkList, NetworkPhase, NetworkSpec, NetworkStatus, Subnet};
 pub use resources::{Resource, Subresource};

@@ -144,11 +144,12 @@ impl NetNamespace {
             .filter(|t| !t.is_empty())
     }
 
-    /// The Network its pods join: `spec.network`, else its tenant's default Network.
+    /// The Network its pods join: `spec.network`, else [`SYSTEM_PODS_NETWORK`] for
+    /// [`SYSTEM_PODS_NAMESPACE`], else its tenant's default Network.
     pub fn network(&self) -> String {
         match self.spec.network.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => n.to_string(),
-            None => default_network_name(self.tenant()),
+            None => implicit_network(self.metadata.name.as_deref(), self.tenant()),
         }
     }
 }
@@ -354,6 +355,28 @@ pub const NETWORK_FINALIZER: &str = "networks.h8s.io/namespaces";
 /// Name of the default Network of namespaces without a tenant.
 pub const SYSTEM_NETWORK: &str = "default";
 
+/// The cluster's system Network: where the system pods (webhooks, aggregated API servers,
+/// metrics) run, and the one Network the API server's host reaches (docs/network.md,
+/// "The system Network"). The server creates it at start; no tenant owns or joins it.
+pub const SYSTEM_PODS_NETWORK: &str = "system";
+
+/// The subnet the server gives [`SYSTEM_PODS_NETWORK`] when it creates it (apart from
+/// [`DEFAULT_NETWORK_CIDR`]: the host routes this one).
+pub const SYSTEM_PODS_CIDR: &str = "10.87.0.0/16";
+
+/// The namespace whose pods join [`SYSTEM_PODS_NETWORK`] without `spec.network`.
+pub const SYSTEM_PODS_NAMESPACE: &str = "kube-system";
+
+/// The Network of a namespace without `spec.network`: [`SYSTEM_PODS_NETWORK`] for
+/// [`SYSTEM_PODS_NAMESPACE`] (when it has no tenant), else its tenant's default Network.
+pub fn implicit_network(namespace: Option<&str>, tenant: Option<&str>) -> String {
+    let tenant = tenant.filter(|t| !t.is_empty());
+    if namespace == Some(SYSTEM_PODS_NAMESPACE) && tenant.is_none() {
+        return SYSTEM_PODS_NETWORK.into();
+    }
+    default_network_name(tenant)
+}
+
 /// Prefix of the names of tenants' default Networks.
 pub const TENANT_NETWORK_PREFIX: &str = "tenant-";
 
@@ -395,11 +418,16 @@ pub fn namespace_tenant(namespace: &serde_json::Value) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The Network a Namespace's pods join: `spec.network`, else its tenant's default Network.
+/// The Network a Namespace's pods join: `spec.network`, else [`implicit_network`].
 pub fn effective_network(namespace: &serde_json::Value) -> String {
     match namespace_network(namespace) {
         Some(n) => n.to_string(),
-        None => default_network_name(namespace_tenant(namespace)),
+        None => implicit_network(
+            namespace
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str),
+            namespace_tenant(namespace),
+        ),
     }
 }
 
@@ -486,6 +514,22 @@ mod tests {
         for bad in ["", "0", "16777216", "-1", "1e3", "abc", "00000001"] {
             assert_eq!(segment_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn kube_system_joins_the_system_network_unless_it_names_one() {
+        let ks = json!({"metadata": {"name": "kube-system"}});
+        assert_eq!(effective_network(&ks), SYSTEM_PODS_NETWORK);
+        let named = json!({"metadata": {"name": "kube-system"}, "spec": {"network": "n1"}});
+        assert_eq!(effective_network(&named), "n1");
+        // A tenant's namespace of that name (not possible through the guard) stays its own.
+        let t = json!({"metadata": {"name": "kube-system", "labels": {TENANT_LABEL: "acme"}}});
+        assert_eq!(effective_network(&t), "tenant-acme");
+        assert_eq!(
+            effective_network(&json!({"metadata": {"name": "x"}})),
+            "default"
+        );
+        assert_eq!(implicit_network(Some("kube-system"), None), "system");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! NamespaceNetwork (an h8s plugin): a Namespace's `spec.network` must name an existing
 //! Network of the Namespace's own tenant, so a namespace never joins a segment that does not
 //! exist or that another tenant owns. A namespace of no tenant (a cluster admin's, as in the
-//! seeds' manifests) may name any Network. Namespaces without `spec.network` use their tenant's
+//! seeds' manifests) may name any Network; a tenant's namespace never names the system
+//! Network ([`h8s_types::SYSTEM_PODS_NETWORK`]). Namespaces without `spec.network` use their tenant's
 //! default Network, which the network controller creates on demand.
 
 use futures::future::BoxFuture;
@@ -82,6 +83,18 @@ impl Admission for NamespaceNetwork {
                 .pointer("/spec/tenantID")
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty());
+            // The system Network is the API server's reach into the cluster (webhooks and
+            // aggregated servers run there): no tenant's namespace joins it.
+            if net == h8s_types::SYSTEM_PODS_NETWORK && ns_tenant.is_some() {
+                return Err(invalid(
+                    req.name,
+                    net,
+                    &format!(
+                        "network {net:?} is the cluster's system Network; a tenant's namespace \
+                         cannot join it"
+                    ),
+                ));
+            }
             // A namespace of no tenant (made by a cluster admin) may join any Network: that
             // is the operator's decision. A tenant's namespace joins only its own, and another
             // tenant's Network is "not found" (its existence is not the caller's business;

@@ -467,6 +467,33 @@ async fn namespace_network_plugin() {
         .admit(&r2, Some(&mut ns("acme-net", None)))
         .await
         .unwrap();
+    // The system Network: a cluster admin's namespace may join it, a tenant's never (by
+    // label, or by the caller's tenant before the label is set).
+    put(
+        &store,
+        "",
+        "networks",
+        None,
+        json!({"apiVersion": "v1", "kind": "Network", "metadata": {"name": "system"},
+            "spec": {"subnets": {"s": {"cidr": "10.87.0.0/16"}}}}),
+    )
+    .await;
+    plugin
+        .admit(&r, Some(&mut ns("system", None)))
+        .await
+        .unwrap();
+    for (r, tenant) in [(&r, Some("acme")), (&r2, None)] {
+        let e = plugin
+            .admit(r, Some(&mut ns("system", tenant)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message.contains("cluster's system Network"),
+            "{}",
+            e.message
+        );
+    }
     // A Network without tenant is open to every namespace; no spec.network: not checked.
     plugin
         .admit(&r, Some(&mut ns("shared", Some("x"))))

@@ -1,16 +1,21 @@
 //! Where a Service reference (namespace, name, port) is reached from the API server.
 //!
-//! The API server runs on the host, outside the tenant Networks: pod addresses are not
-//! routed to it (see docs/network.md). So, as kube-apiserver resolves a service to an
-//! endpoint (`--enable-aggregator-routing`), but only to endpoints the host can reach:
+//! The API server runs on the host, outside the tenant Networks: their pod addresses are not
+//! routed to it (see docs/network.md). The one Network it reaches is the system Network
+//! ([`h8s_types::SYSTEM_PODS_NETWORK`], `kube-system`'s and the namespaces a cluster admin
+//! puts there), through the host port the node agent of the server's node keeps on it. So,
+//! as kube-apiserver resolves a service to an endpoint (`--enable-aggregator-routing`; the
+//! host cannot use the in-pod Service proxy, so never the ClusterIP), but only to endpoints
+//! the host can reach:
 //!
 //! - `type: ExternalName`: the external name and the referenced port;
 //! - otherwise the Service's port numbered `port` (else `ServicePortError`), then the
 //!   ready endpoints of its EndpointSlices (label `kubernetes.io/service-name`) for that
-//!   port's name, in order: only endpoints that are not pods (`targetRef` absent or not a
-//!   `Pod`: selector-less Services whose EndpointSlices an administrator wrote, such as
-//!   an aggregated server running on the host). Pod endpoints are in a tenant Network;
-//!   a Service with only those is refused with a message saying so. Link-local,
+//!   port's name, in order: endpoints that are not pods (`targetRef` absent or not a `Pod`:
+//!   selector-less Services whose EndpointSlices an administrator wrote, such as an
+//!   aggregated server running on the host), and pod endpoints when the Service's namespace
+//!   is on the system Network. Pod endpoints of any other namespace are in a tenant
+//!   Network; a Service with only those is refused with a message saying so. Link-local,
 //!   multicast and unspecified addresses are never dialled.
 //!
 //! The errors carry kube-aggregator's `Available` condition reasons.
@@ -46,6 +51,26 @@ pub(crate) async fn resolve(
     name: &str,
     port: u16,
 ) -> Result<String, Unreachable> {
+    resolve_in(api.store.as_ref(), namespace, name, port).await
+}
+
+/// The Network the pods of `namespace` are on (the namespace's `spec.network`, else its
+/// implicit Network); `None` when the namespace cannot be read.
+async fn pod_network(store: &dyn h8s_store::Store, namespace: &str) -> Option<String> {
+    let ns_res = res("", "v1", "namespaces")?;
+    let kv = store.get(&obj::key(ns_res, None, namespace)).await.ok()??;
+    obj::decode(&kv)
+        .ok()
+        .map(|ns| h8s_types::effective_network(&ns))
+}
+
+/// [`resolve`] on a store.
+pub(crate) async fn resolve_in(
+    store: &dyn h8s_store::Store,
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> Result<String, Unreachable> {
     let svc_res = res("", "v1", "services").ok_or_else(|| {
         (
             "ServiceAccessError".to_string(),
@@ -53,8 +78,7 @@ pub(crate) async fn resolve(
         )
     })?;
     let access = |e: &dyn std::fmt::Display| ("ServiceAccessError".to_string(), e.to_string());
-    let svc = match api
-        .store
+    let svc = match store
         .get(&obj::key(svc_res, Some(namespace), name))
         .await
         .map_err(|e| access(&e))?
@@ -96,13 +120,13 @@ pub(crate) async fn resolve(
             "endpointslices are not served".to_string(),
         )
     })?;
-    let listed = api
-        .store
+    let listed = store
         .list(&obj::prefix(eps_res, Some(namespace)), Default::default())
         .await
         .map_err(|e| access(&e))?;
     let mut any_slice = false;
     let mut pods_only = false;
+    let mut network: Option<Option<String>> = None;
     for kv in &listed.items {
         let Ok(s) = obj::decode(kv) else { continue };
         if s.pointer("/metadata/labels/kubernetes.io~1service-name")
@@ -126,8 +150,15 @@ pub(crate) async fn resolve(
                 continue;
             }
             if ep.pointer("/targetRef/kind").and_then(Value::as_str) == Some("Pod") {
-                pods_only = true;
-                continue;
+                if network.is_none() {
+                    network = Some(pod_network(store, namespace).await);
+                }
+                if network.as_ref().and_then(Option::as_deref)
+                    != Some(h8s_types::SYSTEM_PODS_NETWORK)
+                {
+                    pods_only = true;
+                    continue;
+                }
             }
             for a in ep["addresses"].as_array().unwrap_or(&empty) {
                 let Some(ip) = a.as_str().and_then(|a| a.parse::<IpAddr>().ok()) else {
@@ -153,10 +184,12 @@ pub(crate) async fn resolve(
         return Err((
             "MissingEndpoints".to_string(),
             format!(
-                "endpoints for service/{name} in \"{namespace}\" are pods in a tenant Network, \
-                 which the h8s API server (on the host) cannot reach; serve the aggregated API \
-                 from an address the host reaches (a selector-less Service with an \
-                 EndpointSlice, or an ExternalName Service)"
+                "endpoints for service/{name} in \"{namespace}\" are pods of network {:?}, \
+                 which the h8s API server (on the host) cannot reach: it reaches only the \
+                 system network's pods (namespace kube-system, or a namespace a cluster admin \
+                 gives spec.network: system) and addresses the host reaches (a selector-less \
+                 Service with an EndpointSlice, or an ExternalName Service)",
+                network.flatten().unwrap_or_default()
             ),
         ));
     }
@@ -171,6 +204,100 @@ pub(crate) async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    async fn put(
+        store: &dyn h8s_store::Store,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        o: Value,
+    ) {
+        let r = res(group, "v1", plural).unwrap();
+        let key = obj::key(r, ns, obj::name(&o));
+        store.create(&key, obj::encode(&o)).await.unwrap();
+    }
+
+    /// A Service `hook` in `ns` (port 443 → named port `https`) whose one ready endpoint is
+    /// a pod at 10.87.0.5:8443.
+    async fn pod_service(store: &dyn h8s_store::Store, ns: &str) {
+        put(
+            store,
+            "",
+            "services",
+            Some(ns),
+            json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "hook", "namespace": ns},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 8443}]}}),
+        )
+        .await;
+        put(
+            store,
+            "discovery.k8s.io",
+            "endpointslices",
+            Some(ns),
+            json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "hook-x", "namespace": ns,
+                "labels": {"kubernetes.io/service-name": "hook"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "https", "port": 8443, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.87.0.9"], "conditions": {"ready": false},
+                 "targetRef": {"kind": "Pod", "name": "p0"}},
+                {"addresses": ["10.87.0.5"], "conditions": {"ready": true},
+                 "targetRef": {"kind": "Pod", "name": "p1"}}]}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn pods_are_dialled_only_on_the_system_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = h8s_store::open("embedded", dir.path(), None).await.unwrap();
+        let store = store.as_ref();
+        for (ns, extra) in [
+            ("kube-system", json!({})),
+            ("ops", json!({"spec": {"network": "system"}})),
+            ("default", json!({})),
+            (
+                "acme-a",
+                json!({"metadata": {"labels": {"tenancy.h8s.io/tenant": "acme"}}}),
+            ),
+        ] {
+            let mut o = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            if let Some(l) = extra.pointer("/metadata/labels") {
+                o["metadata"]["labels"] = l.clone();
+            }
+            if let Some(s) = extra.get("spec") {
+                o["spec"] = s.clone();
+            }
+            put(store, "", "namespaces", None, o).await;
+            pod_service(store, ns).await;
+        }
+        // The system Network's pods: the ready endpoint, at its target port.
+        for ns in ["kube-system", "ops"] {
+            assert_eq!(
+                resolve_in(store, ns, "hook", 443).await.unwrap(),
+                "10.87.0.5:8443"
+            );
+            let e = resolve_in(store, ns, "hook", 80).await.unwrap_err();
+            assert_eq!(e.0, "ServicePortError");
+        }
+        // Any other Network's pods: refused, naming the Network.
+        for (ns, net) in [("default", "default"), ("acme-a", "tenant-acme")] {
+            let (reason, msg) = resolve_in(store, ns, "hook", 443).await.unwrap_err();
+            assert_eq!(reason, "MissingEndpoints");
+            assert!(
+                msg.contains(&format!("are pods of network \"{net}\"")),
+                "{msg}"
+            );
+        }
+        let e = resolve_in(store, "kube-system", "nope", 443)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, "ServiceNotFound");
+    }
 
     #[test]
     fn what_may_be_dialled() {

@@ -46,6 +46,14 @@ impl Pool {
         None
     }
 
+    /// Closes every idle connection (their endpoint went away).
+    pub(crate) fn clear(&self) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in v.drain(..) {
+            task.abort();
+        }
+    }
+
     /// Keeps a connection after a complete exchange (at most [`MAX_IDLE`]).
     pub(crate) fn put(
         &self,
@@ -214,6 +222,7 @@ pub(crate) fn review_request(
 /// Calls one webhook about one write. Returns the patched object when a mutating webhook
 /// changed it; a denial or (under `failurePolicy: Fail`) a failed call is the error.
 pub(crate) async fn review(
+    store: &dyn h8s_store::Store,
     h: &Hook,
     req: &Request<'_>,
     options: &Value,
@@ -233,7 +242,7 @@ pub(crate) async fn review(
         }
         let uid = crate::util::new_uid();
         let body = review_request(&uid, req, options, obj);
-        let answer = match tokio::time::timeout(h.timeout, post(h, &body)).await {
+        let answer = match tokio::time::timeout(h.timeout, post(store, h, &body)).await {
             Ok(r) => r.and_then(|resp| check_response(h, &uid, resp)),
             Err(_) => Err(format!(
                 "failed to call webhook: Post {:?}: context deadline exceeded",
@@ -311,7 +320,91 @@ fn url_with_timeout(h: &Hook) -> String {
         Endpoint::Url { url, .. } => {
             format!("{url}?timeout={}s", h.timeout.as_secs())
         }
+        // kube-apiserver shows a service reference as the URL it stands for.
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+            path,
+            ..
+        } => format!(
+            "https://{name}.{namespace}.svc:{port}{path}?timeout={}s",
+            h.timeout.as_secs()
+        ),
         Endpoint::Unreachable(_) => String::new(),
+    }
+}
+
+/// Where one call goes: the address to dial, the name the TLS certificate must carry, the
+/// `Host` header, the path (and query), the TLS client and the idle connections.
+struct Target<'a> {
+    addr: String,
+    tls_name: String,
+    authority: String,
+    path: String,
+    tls: Arc<rustls::ClientConfig>,
+    idle: &'a Pool,
+}
+
+/// Resolves `h`'s endpoint for one call (a service reference to one of its ready
+/// endpoints, now).
+async fn target<'a>(store: &dyn h8s_store::Store, h: &'a Hook) -> Result<Target<'a>, String> {
+    match &h.endpoint {
+        Endpoint::Url { url, tls, idle } => {
+            let host = url.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = url.port_u16().unwrap_or(443);
+            let addr = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) => format!("{host}:{port}"),
+            };
+            Ok(Target {
+                addr,
+                tls_name: host.to_string(),
+                authority: url
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or(host)
+                    .to_string(),
+                path: url
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .to_string(),
+                tls: tls.clone(),
+                idle,
+            })
+        }
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+            path,
+            tls,
+            idle,
+            dialled,
+        } => {
+            let addr = crate::aggregator::resolve::resolve_in(store, namespace, name, *port)
+                .await
+                .map_err(|(_, why)| format!("failed to call webhook: {why}"))?;
+            {
+                let mut last = dialled.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != addr {
+                    // The endpoint moved: connections to the old one are of no use.
+                    idle.clear();
+                    *last = addr.clone();
+                }
+            }
+            Ok(Target {
+                addr,
+                tls_name: format!("{name}.{namespace}.svc"),
+                authority: format!("{name}.{namespace}.svc:{port}"),
+                path: path.clone(),
+                tls: tls.clone(),
+                idle,
+            })
+        }
+        Endpoint::Unreachable(why) => Err(format!("failed to call webhook: {why}")),
     }
 }
 
@@ -319,52 +412,53 @@ fn url_with_timeout(h: &Hook) -> String {
 /// idle connection to the webhook when there is one; a connection is kept only after a
 /// complete exchange (a timed-out call drops it). A reused connection that fails (the
 /// webhook closed it while idle) is replaced by a new one, once.
-async fn post(h: &Hook, body: &Value) -> Result<(u16, Bytes), String> {
-    match post_once(h, body, true).await {
-        Err((true, _)) => post_once(h, body, false).await.map_err(|(_, e)| e),
+async fn post(
+    store: &dyn h8s_store::Store,
+    h: &Hook,
+    body: &Value,
+) -> Result<(u16, Bytes), String> {
+    let t = target(store, h).await?;
+    match post_once(h, &t, body, true).await {
+        Err((true, _)) => post_once(h, &t, body, false).await.map_err(|(_, e)| e),
         other => other.map_err(|(_, e)| e),
     }
 }
 
 /// One POST; the error says whether it was on a reused connection.
-async fn post_once(h: &Hook, body: &Value, reuse: bool) -> Result<(u16, Bytes), (bool, String)> {
+async fn post_once(
+    h: &Hook,
+    t: &Target<'_>,
+    body: &Value,
+    reuse: bool,
+) -> Result<(u16, Bytes), (bool, String)> {
     let reused = std::sync::atomic::AtomicBool::new(false);
-    post_on(h, body, reuse, &reused)
+    post_on(h, t, body, reuse, &reused)
         .await
         .map_err(|e| (reused.load(std::sync::atomic::Ordering::Relaxed), e))
 }
 
 async fn post_on(
     h: &Hook,
+    t: &Target<'_>,
     body: &Value,
     reuse: bool,
     reused: &std::sync::atomic::AtomicBool,
 ) -> Result<(u16, Bytes), String> {
-    let (url, tls, idle) = match &h.endpoint {
-        Endpoint::Url { url, tls, idle } => (url, tls.clone(), idle),
-        Endpoint::Unreachable(why) => return Err(format!("failed to call webhook: {why}")),
-    };
+    let idle = t.idle;
     let shown = url_with_timeout(h);
     let fail = |e: &dyn std::fmt::Display| format!("failed to call webhook: Post {shown:?}: {e}");
-    let host = url.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let pooled = if reuse { idle.take() } else { None };
     reused.store(pooled.is_some(), std::sync::atomic::Ordering::Relaxed);
     let (mut sender, conn) = match pooled {
         Some(c) => c,
         None => {
-            let port = url.port_u16().unwrap_or(443);
-            let addr = match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
-                Err(_) => format!("{host}:{port}"),
-            };
-            let tcp = tokio::net::TcpStream::connect(&addr)
+            let tcp = tokio::net::TcpStream::connect(&t.addr)
                 .await
                 .map_err(|e| fail(&e))?;
             let _ = tcp.set_nodelay(true);
-            let server_name =
-                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
+            let server_name = rustls::pki_types::ServerName::try_from(t.tls_name.clone())
+                .map_err(|e| fail(&e))?;
+            let stream = tokio_rustls::TlsConnector::from(t.tls.clone())
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| fail(&e))?;
@@ -377,10 +471,10 @@ async fn post_on(
             (sender, task)
         }
     };
-    let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = t.path.as_str();
     let sep = if path.contains('?') { '&' } else { '?' };
     let target = format!("{path}{sep}timeout={}s", h.timeout.as_secs());
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or(host);
+    let authority = t.authority.as_str();
     let body_bytes = serde_json::to_vec(body).map_err(|e| fail(&e))?;
     let request = http::Request::post(target)
         .header(http::header::HOST, authority)

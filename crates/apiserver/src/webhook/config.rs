@@ -151,6 +151,21 @@ pub(crate) enum Endpoint {
         tls: Arc<rustls::ClientConfig>,
         idle: super::call::Pool,
     },
+    /// `clientConfig.service`: resolved at each call to a ready endpoint of the Service
+    /// (`aggregator::resolve`: pods of the system Network, or addresses the host reaches),
+    /// TLS checked for `NAME.NAMESPACE.svc` against the caBundle; idle connections are kept
+    /// while the endpoint stays the same.
+    Service {
+        namespace: String,
+        name: String,
+        port: u16,
+        /// The request path (`/` when unset).
+        path: String,
+        tls: Arc<rustls::ClientConfig>,
+        idle: super::call::Pool,
+        /// The endpoint the idle connections go to.
+        dialled: std::sync::Mutex<String>,
+    },
     /// Not callable from the API server; the text says why.
     Unreachable(String),
 }
@@ -311,14 +326,41 @@ pub(crate) fn eval_conditions(conds: &[Condition], vars: &[(&str, Value)]) -> Re
 
 /// Where the webhook is called, from `clientConfig`.
 fn endpoint(cc: &Value) -> Endpoint {
+    let ca = || {
+        cc.get("caBundle")
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default()
+    };
     if let Some(svc) = cc.get("service").filter(|v| v.is_object()) {
-        let s = |k: &str| svc.get(k).and_then(Value::as_str).unwrap_or_default();
-        return Endpoint::Unreachable(format!(
-            "service {}/{} is not reachable from the h8s API server (it runs outside the \
-             tenant Networks); use clientConfig.url",
-            s("namespace"),
-            s("name")
-        ));
+        let s = |k: &str| {
+            svc.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        // Validation checks the port (1-65535) and path; 443 when unset, as Kubernetes.
+        let port = svc
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(443);
+        let path = match s("path") {
+            p if p.is_empty() => "/".to_string(),
+            p => p,
+        };
+        return match super::call::client_tls(&ca()) {
+            Ok(tls) => Endpoint::Service {
+                namespace: s("namespace"),
+                name: s("name"),
+                port,
+                path,
+                tls: Arc::new(tls),
+                idle: Default::default(),
+                dialled: Default::default(),
+            },
+            Err(e) => Endpoint::Unreachable(e),
+        };
     }
     let Some(url) = cc.get("url").and_then(Value::as_str) else {
         return Endpoint::Unreachable("no clientConfig.url".into());
@@ -330,12 +372,7 @@ fn endpoint(cc: &Value) -> Endpoint {
     if uri.scheme_str() != Some("https") {
         return Endpoint::Unreachable(format!("URL {url:?} is not https"));
     }
-    let ca = cc
-        .get("caBundle")
-        .and_then(Value::as_str)
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .unwrap_or_default();
-    match super::call::client_tls(&ca) {
+    match super::call::client_tls(&ca()) {
         Ok(tls) => Endpoint::Url {
             url: uri,
             tls: Arc::new(tls),

@@ -321,7 +321,16 @@ impl Dynamic {
                 if !h.matches(req, current, &ns_labels, &obj_labels)? {
                     continue;
                 }
-                let patched = call::review(h, req, options, current, pass > 0, warnings).await?;
+                let patched = call::review(
+                    self.store.as_ref(),
+                    h,
+                    req,
+                    options,
+                    current,
+                    pass > 0,
+                    warnings,
+                )
+                .await?;
                 if pass == 0 {
                     ran.push((i, false));
                 }
@@ -399,7 +408,8 @@ impl Dynamic {
             if h.matches(req, obj, &ns_labels, &obj_labels)? {
                 calls.push(async move {
                     let mut w = Vec::new();
-                    let r = call::review(h, req, options, obj, false, &mut w).await;
+                    let r = call::review(self.store.as_ref(), h, req, options, obj, false, &mut w)
+                        .await;
                     (r, w)
                 });
             }

@@ -109,6 +109,13 @@ pub(super) fn validate(obj: &Value, old: Option<&Value>, e: &mut FieldErrors) {
         .unwrap_or_default();
     // Default Networks' names belong to their tenant (namespaces without `spec.network`
     // join them by name), so no one else can pre-empt them.
+    if old.is_none() && name == network::SYSTEM_PODS_NETWORK && tenant.is_some() {
+        e.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "is reserved for the cluster's system Network (spec.tenantID must be empty)",
+        ));
+    }
     if old.is_none()
         && (name == network::SYSTEM_NETWORK || name.starts_with(network::TENANT_NETWORK_PREFIX))
         && network::default_network_name(tenant) != name
