@@ -21,6 +21,8 @@
 //! Whatever is unavailable is logged and listed in the pod's [`JailStatus::not_enforced`].
 
 pub(crate) mod cgroup;
+#[cfg(test)]
+mod cgroup_v2_vm;
 pub(crate) mod disk;
 pub(crate) mod seccomp;
 pub(crate) mod spawn;
