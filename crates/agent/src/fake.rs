@@ -38,6 +38,8 @@ pub(crate) enum Call {
         name: String,
         memory_mib: u32,
         cpus: u32,
+        /// Disk bytes and operations per second the pod asked for.
+        disk: (Option<u64>, Option<u64>),
     },
     StopSandbox(String),
     RemoveSandbox(String),
@@ -223,6 +225,7 @@ impl SandboxService for FakeRuntime {
                     name: config.name.clone(),
                     memory_mib: config.memory_mib,
                     cpus: config.cpus,
+                    disk: (config.disk_bps, config.disk_iops),
                 });
                 if let Some(msg) = &s.boot_fails {
                     // A real failed boot leaves nothing either: the runtime removes it.

@@ -844,6 +844,13 @@ impl Worker {
                 .as_ref()
                 .and_then(|a| a.get("h8s.io/vm-boot"))
                 == Some(&"cold".to_string());
+        // Disk I/O beyond the node's default, up to its ceiling (docs/security.md, "Limits").
+        let annotation = |k: &str| {
+            let v = self.pod.metadata.annotations.as_ref()?.get(k)?;
+            crate::quantity::units(v).map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+        };
+        cfg.disk_bps = annotation(h8s_runtime::DISK_BPS_ANNOTATION);
+        cfg.disk_iops = annotation(h8s_runtime::DISK_IOPS_ANNOTATION);
         let host: String = spec
             .hostname
             .clone()

@@ -312,6 +312,39 @@ async fn a_pod_runs_in_a_vm_sized_from_its_resources() {
         ),
         "{run:?}"
     );
+    assert!(matches!(
+        run,
+        Call::RunSandbox {
+            disk: (None, None),
+            ..
+        }
+    ));
+    // Disk I/O beyond the node's default: the pod's annotations (quantities) reach its VM.
+    let mut disk: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "disk", "annotations": {
+            "h8s.io/disk-bandwidth": "200Mi", "h8s.io/disk-iops": "5k",
+        }},
+        "spec": {
+            "nodeName": n.node, "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "1d"]}],
+        },
+    }))
+    .unwrap();
+    disk = n
+        .pods()
+        .create(&PostParams::default(), &disk)
+        .await
+        .unwrap();
+    assert!(disk.metadata.annotations.is_some());
+    n.wait("disk", "Running", |p| phase(p) == "Running").await;
+    assert!(
+        n.rt.calls().iter().any(|c| matches!(
+            c,
+            Call::RunSandbox { disk: (Some(b), Some(5000)), .. } if *b == 200 << 20
+        )),
+        "{:?}",
+        n.rt.calls()
+    );
     let evs = n.events("web").await;
     for want in [
         "Pulled:",

@@ -30,7 +30,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A size flag: `256Mi`, `1Gi`, `512M`, bytes.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

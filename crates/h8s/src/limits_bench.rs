@@ -50,13 +50,35 @@ async fn prepare(
     let mut all = vec!["--disable-agent"];
     all.extend_from_slice(flags);
     let p = start_server(&all)?;
-    let data = p.kubeconfig.parent().context("data dir")?.to_path_buf();
     let (url, ca, token) = p.endpoint()?;
+    let admin = connect(&url, &ca, &token, 4).await?;
+    create_ns(&admin, "bench").await?;
+    fill(&admin, "bench", objects, conc).await?;
+    let user = workload_user(
+        &p,
+        &admin,
+        4,
+        "/api/v1/namespaces/bench/configmaps/cm-000000",
+    )
+    .await?;
+    Ok((p, user))
+}
+
+/// A client of `p` as a user allowed to do anything but not exempt from the API's limits
+/// (no `system:masters`: its requests go through priority and fairness), once it can GET
+/// `probe`.
+pub(crate) async fn workload_user(
+    p: &ServerProc,
+    admin: &Client,
+    conns: usize,
+    probe: &str,
+) -> anyhow::Result<Client> {
+    let data = p.kubeconfig.parent().context("data dir")?.to_path_buf();
+    let (url, ca, _) = p.endpoint()?;
     std::fs::write(
         data.join("tokens.csv"),
         format!("{USER_TOKEN},bench-user,u1,\"bench-users\"\n"),
     )?;
-    let admin = connect(&url, &ca, &token, 4).await?;
     let crb = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"bench-users"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"bench-users"}]}"#;
     let (code, b) = admin
         .call(
@@ -68,18 +90,11 @@ async fn prepare(
     if code != 201 {
         bail!("binding: {code} {}", String::from_utf8_lossy(&b));
     }
-    create_ns(&admin, "bench").await?;
-    fill(&admin, "bench", objects, conc).await?;
-    let user = connect(&url, &ca, USER_TOKEN, 4).await?;
+    let user = connect(&url, &ca, USER_TOKEN, conns).await?;
     // The binding reaches the RBAC index shortly after the write.
     for _ in 0..100 {
-        if user
-            .call("GET", "/api/v1/namespaces/bench/configmaps/cm-000000", None)
-            .await?
-            .0
-            == 200
-        {
-            return Ok((p, user));
+        if user.call("GET", probe, None).await?.0 == 200 {
+            return Ok(user);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

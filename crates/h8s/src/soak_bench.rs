@@ -34,6 +34,10 @@ pub struct Args {
     /// The BENCHMARKS.md to update (nothing is written when absent).
     #[arg(long)]
     pub write: Option<std::path::PathBuf>,
+    /// Send the load as the admin (`system:masters`, exempt from priority and fairness)
+    /// instead of a workload user whose requests go through it.
+    #[arg(long)]
+    pub exempt: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -130,9 +134,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let p = start_server(&["--disable-agent"])?;
     let pid = p.child.id();
     let (url, ca, token) = p.endpoint()?;
-    let c = connect(&url, &ca, &token, 8).await?;
-    create_ns(&c, NS).await?;
-    fill(&c, NS, args.objects, 64).await?;
+    let admin = connect(&url, &ca, &token, 8).await?;
+    create_ns(&admin, NS).await?;
+    fill(&admin, NS, args.objects, 64).await?;
+    let c = if args.exempt {
+        admin
+    } else {
+        let probe = format!("/api/v1/namespaces/{NS}/configmaps/cm-000000");
+        crate::limits_bench::workload_user(&p, &admin, 8, &probe).await?
+    };
     let rss_idle = rss_kib(pid);
 
     // Watchers, from the current resource version (no initial ADDED events): each counts
@@ -309,7 +319,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "Measured by `h8s bench soak --rate {} --seconds {} --watchers {}` (debug={}) on {cpus} cores \
          shared with the load generator and other work; load average before: {load_before}, after: \
          {load_after}. One `h8s server` process (embedded store, no agent) holds {} ConfigMaps in \
-         namespace `{NS}`; the client (HTTP/2 over TLS, 8 connections, at most {} requests in flight) \
+         namespace `{NS}`; the client ({}; HTTP/2 over TLS, 8 connections, at most {} requests in flight) \
          sends an open-loop schedule of requests — of every 20: 10 GET, 2 LIST (limit 50), 3 merge \
          PATCH, 1 PUT, 2 CREATE, 2 DELETE — each timed from its slot in the schedule, so a server that \
          falls behind shows it in the latency; {} watchers follow the namespace for the whole run. \
@@ -319,6 +329,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.watchers,
         cfg!(debug_assertions),
         args.objects,
+        if args.exempt {
+            "the admin, in `system:masters`: exempt from priority and fairness"
+        } else {
+            "a workload user, not exempt: every request and watch through priority and fairness \
+             with the default limits"
+        },
         args.concurrency,
         args.watchers,
     );

@@ -123,6 +123,13 @@ pub struct SandboxConfig {
     /// RuntimeClass `h8s-vm-cold`): the pod then shares no kernel layout (KASLR) with others.
     #[serde(default)]
     pub cold_boot: bool,
+    /// Disk bytes per second the pod asks for (its drives together; 0: unlimited), within
+    /// the node's ceiling ([`crate::DiskIoSettings`]); `None`: the node's default.
+    #[serde(default)]
+    pub disk_bps: Option<u64>,
+    /// Disk operations per second the pod asks for, likewise.
+    #[serde(default)]
+    pub disk_iops: Option<u64>,
 }
 
 /// Guest memory of a pod that asks for none, MiB.
@@ -150,6 +157,8 @@ impl SandboxConfig {
             hostname: None,
             dns_search: Vec::new(),
             cold_boot: false,
+            disk_bps: None,
+            disk_iops: None,
         }
     }
 

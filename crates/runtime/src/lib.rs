@@ -26,6 +26,10 @@ pub use api::{
 };
 pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
 pub use error::{Error, Result};
+pub use jail::disk::{
+    DiskIo, DiskIoSettings, BPS_ANNOTATION as DISK_BPS_ANNOTATION,
+    IOPS_ANNOTATION as DISK_IOPS_ANNOTATION,
+};
 pub use jail::{CgroupLimit, JailSettings, JailStatus, UidRange};
 pub use logs::{open_log_file, LogEntry, LogLimits, LogStream};
 pub use service::{

@@ -51,6 +51,8 @@ struct Env {
     tmp: tempfile::TempDir,
     rt: Runtime,
     image: PathBuf,
+    /// The node's disk I/O limits (the defaults).
+    disk_io: h8s_runtime::DiskIoSettings,
     _lock: VmLock,
 }
 
@@ -114,6 +116,7 @@ fn env(overhead: Option<u32>) -> Env {
     vm.boot_timeout_secs = 180;
     assert!(vm.jail.enabled, "the jail is on by default as root");
     vm.jail.memory_overhead_mib = overhead;
+    let disk_io = vm.disk_io;
     let rt = Runtime::new(RuntimeConfig {
         images: None,
         root: tmp.path().join("state"),
@@ -127,6 +130,7 @@ fn env(overhead: Option<u32>) -> Env {
         tmp,
         rt,
         image,
+        disk_io,
         _lock: lock,
     }
 }
@@ -203,9 +207,14 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         panic!("the jail needs root (run the VM tests as root)");
     }
     let e = env(None);
+    // Pod b asks for more disk bandwidth than the node's ceiling: it gets the ceiling.
+    let io = e.disk_io;
+    assert!(io.bps > 0 && io.iops > 0 && io.max_bps > io.bps, "{io:?}");
+    let mut wide = sandbox(&e, "b", 128);
+    wide.disk_bps = Some(u64::MAX);
     let (a, b) = tokio::join!(
         e.rt.run_sandbox(sandbox(&e, "a", 128)),
-        e.rt.run_sandbox(sandbox(&e, "b", 128))
+        e.rt.run_sandbox(wide)
     );
     let (a, b) = (a.expect("pod a starts"), b.expect("pod b starts"));
     // The pods work: a container runs and prints.
@@ -286,6 +295,36 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
         assert!(mem.path.ends_with(Path::new("h8s").join(&s.id)));
         if let Some(cpu) = j.cgroups.iter().find(|l| l.controller == "cpu") {
             assert!(cpu.limit.contains("100000"), "{cpu:?}");
+        }
+        // Disk I/O: QEMU throttles every drive in the pod's group (as it reports it), the
+        // pod that asked for more gets the node's ceiling, no more.
+        let bps = if s.id == b { io.max_bps } else { io.bps };
+        assert_eq!(
+            j.disk_throttle,
+            [format!("img0 bps={bps} iops={} group=pod-io", io.iops)],
+            "{j:?}"
+        );
+        // …and, on v1 blkio or v2 io, the host disk behind the image is throttled too.
+        let dev = {
+            use std::os::unix::fs::MetadataExt;
+            let d = std::fs::metadata(&e.image).unwrap().dev();
+            (libc::major(d), libc::minor(d))
+        };
+        let blk = j.cgroups.iter().filter(|l| l.controller == "io");
+        let want = format!("{}:{} {bps}", dev.0, dev.1);
+        let whole_disk =
+            !Path::new(&format!("/sys/dev/block/{}:{}/partition", dev.0, dev.1)).exists();
+        if dev.0 != 0 && whole_disk && j.cgroups.iter().any(|l| l.version == 1) {
+            let read = blk
+                .clone()
+                .find(|l| l.limit.starts_with("blkio.throttle.read_bps_device="))
+                .unwrap_or_else(|| panic!("no blkio limit: {j:?}"));
+            assert_eq!(read.limit, format!("blkio.throttle.read_bps_device={want}"));
+            let on_disk =
+                std::fs::read_to_string(read.path.join("blkio.throttle.read_bps_device")).unwrap();
+            assert_eq!(on_disk.trim(), want);
+            let procs = std::fs::read_to_string(read.path.join("cgroup.procs")).unwrap();
+            assert_eq!(procs.trim(), pid.to_string(), "QEMU in its blkio cgroup");
         }
         assert!(j.supervisor_seccomp, "{j:?}");
         // The supervisor is filtered: seccomp mode 2.

@@ -10,6 +10,11 @@
 //!   at the head waits for its seats (no narrower request overtakes it, as in kube).
 //! - **Completion** corrects the estimate: `next_r -= seats × (G − actual service time)`,
 //!   so a queue is charged for the work its requests really did.
+//! - **Work after completion** (kube's `WorkEstimate` with `FinalSeats` and
+//!   `AdditionalLatency`): a write's watch events are sent after it returns. Such a request
+//!   takes `max(seats, final seats)` while it runs and keeps them for `extra` seconds after
+//!   it finishes; its queue is charged `seats × G + final seats × extra` at dispatch, and
+//!   only its initial seats' estimate is corrected at completion.
 //! - A queue that was idle starts at the current `R` (no credit for having been idle).
 //! - Inside one queue (h8s): its users take turns, FIFO per user, so a tenant's users —
 //!   one flow — share the tenant's queue fairly too.
@@ -47,9 +52,47 @@ pub(crate) enum Full {
     User,
 }
 
+/// A request's work, kube's `WorkEstimate`: `seats` while it runs, and `final_seats`
+/// for `extra` seconds after it has finished (a write's watch fan-out).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Estimate {
+    pub seats: usize,
+    pub final_seats: usize,
+    pub extra: f64,
+}
+
+impl From<usize> for Estimate {
+    fn from(seats: usize) -> Self {
+        Estimate {
+            seats,
+            final_seats: 0,
+            extra: 0.0,
+        }
+    }
+}
+
+impl Estimate {
+    /// The seats it holds from dispatch until its extra time is over (kube's `MaxSeats`).
+    pub(crate) fn max_seats(&self) -> usize {
+        self.seats.max(self.final_seats)
+    }
+
+    /// Its charge in virtual time (seat-seconds), `G` the estimated service time.
+    fn work(&self, g: f64) -> f64 {
+        self.seats as f64 * g + self.final_seats as f64 * self.extra.max(0.0)
+    }
+
+    /// Whether its seats outlive it.
+    pub(crate) fn lingers(&self) -> bool {
+        self.extra > 0.0 && self.final_seats > 0
+    }
+}
+
 struct Entry<T> {
     item: T,
+    /// Its seats ([`Estimate::max_seats`]).
     seats: usize,
+    est: Estimate,
 }
 
 struct Queue<T> {
@@ -104,13 +147,13 @@ impl<T> Queue<T> {
 }
 
 impl<T: Waiter> Queue<T> {
-    /// The seats of the live head entry, dropping abandoned ones before it.
-    fn head(&mut self) -> Option<usize> {
+    /// The estimate of the live head entry, dropping abandoned ones before it.
+    fn head(&mut self) -> Option<Estimate> {
         loop {
             let u = self.ring.front()?;
             let e = self.users.get(u)?.front()?;
             if !e.item.abandoned() {
-                return Some(e.seats);
+                return Some(e.est);
             }
             // Only this user's entry goes; the user keeps its turn.
             let u = u.clone();
@@ -148,7 +191,7 @@ impl<T: Waiter> Queue<T> {
 pub(crate) struct Dispatched<T> {
     pub item: T,
     pub queue: usize,
-    pub seats: usize,
+    pub est: Estimate,
 }
 
 /// The queues and seats of one priority level.
@@ -259,6 +302,16 @@ impl<T: Waiter> QueueSet<T> {
         seats.clamp(1, self.limit)
     }
 
+    /// An estimate whose seats fit in the level.
+    pub(crate) fn fit(&self, est: impl Into<Estimate>) -> Estimate {
+        let e = est.into();
+        Estimate {
+            seats: self.width(e.seats),
+            final_seats: e.final_seats.min(self.limit),
+            extra: e.extra,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn virtual_time(&self) -> f64 {
         self.r
@@ -297,10 +350,10 @@ impl<T: Waiter> QueueSet<T> {
     }
 
     /// Starts a request of `seats` without queuing (a level that does not queue):
-    /// `false` when its seats are taken.
-    pub(crate) fn start_now(&mut self, now: f64, seats: usize) -> bool {
+    /// `false` when its seats are taken (`est` fitted by [`fit`](Self::fit)).
+    pub(crate) fn start_now(&mut self, now: f64, est: impl Into<Estimate>) -> bool {
         self.sync(now);
-        let seats = self.width(seats);
+        let seats = self.fit(est).max_seats();
         if self.in_use + seats > self.limit {
             self.demand_high = self.demand_high.max(self.in_use + seats);
             return false;
@@ -318,10 +371,11 @@ impl<T: Waiter> QueueSet<T> {
         hand: &[usize],
         user: &str,
         item: T,
-        seats: usize,
+        est: impl Into<Estimate>,
     ) -> Result<usize, (Full, T)> {
         self.sync(now);
-        let seats = self.width(seats);
+        let est = self.fit(est);
+        let seats = est.max_seats();
         let n = self.queues.len();
         let Some(qi) = hand
             .iter()
@@ -350,11 +404,12 @@ impl<T: Waiter> QueueSet<T> {
                 q.next_r = r;
             }
             match q.users.get_mut(user) {
-                Some(u) => u.push_back(Entry { item, seats }),
+                Some(u) => u.push_back(Entry { item, seats, est }),
                 None => {
                     let k: Arc<str> = Arc::from(user);
                     q.ring.push_back(k.clone());
-                    q.users.insert(k, VecDeque::from([Entry { item, seats }]));
+                    q.users
+                        .insert(k, VecDeque::from([Entry { item, seats, est }]));
                 }
             }
             q.waiting += 1;
@@ -379,12 +434,12 @@ impl<T: Waiter> QueueSet<T> {
             if self.queues[i].waiting == 0 {
                 continue;
             }
-            let Some(seats) = self.with_queue(i, Queue::head) else {
+            let Some(est) = self.with_queue(i, Queue::head) else {
                 continue;
             };
-            let finish = self.queues[i].next_r + seats as f64 * g;
+            let finish = self.queues[i].next_r + est.work(g);
             if best.is_none_or(|(f, _, _)| finish < f) {
-                best = Some((finish, i, seats));
+                best = Some((finish, i, est.max_seats()));
             }
         }
         let (_, qi, seats) = best?;
@@ -395,7 +450,7 @@ impl<T: Waiter> QueueSet<T> {
             let e = q.pop()?;
             q.executing += 1;
             q.seats_executing += e.seats;
-            q.next_r += e.seats as f64 * g;
+            q.next_r += e.est.work(g);
             Some(e)
         })?;
         self.in_use += e.seats;
@@ -403,24 +458,45 @@ impl<T: Waiter> QueueSet<T> {
         Some(Dispatched {
             item: e.item,
             queue: qi,
-            seats: e.seats,
+            est: e.est,
         })
     }
 
-    /// A request of `seats` started from `queue` (`None`: not queued) is done after
-    /// `service` seconds: its seats are free and its queue is charged what it used.
-    pub(crate) fn finish(&mut self, now: f64, queue: Option<usize>, seats: usize, service: f64) {
+    /// A request of `est` started from `queue` (`None`: not queued) is done after
+    /// `service` seconds: its queue is charged what its initial seats used, and its seats
+    /// are free — unless they [linger](Estimate::lingers): then the caller gives them
+    /// back with [`release`](Self::release) `est.extra` seconds later.
+    pub(crate) fn finish(
+        &mut self,
+        now: f64,
+        queue: Option<usize>,
+        est: impl Into<Estimate>,
+        service: f64,
+    ) {
+        // As dispatched (not fitted again: the level's seats may have changed since).
+        let est = est.into();
+        self.sync(now);
+        if let Some(qi) = queue.filter(|i| *i < self.queues.len()) {
+            let g = self.cfg.service_estimate;
+            self.with_queue(qi, |q| {
+                q.executing = q.executing.saturating_sub(1);
+                q.next_r -= est.seats as f64 * (g - service);
+            });
+        }
+        if !est.lingers() {
+            self.release(now, queue, est.max_seats());
+        }
+    }
+
+    /// Gives back `seats` a request from `queue` held (at its end, or after its extra time).
+    pub(crate) fn release(&mut self, now: f64, queue: Option<usize>, seats: usize) {
         self.sync(now);
         self.in_use = self.in_use.saturating_sub(seats);
-        let Some(qi) = queue.filter(|i| *i < self.queues.len()) else {
-            return;
-        };
-        let g = self.cfg.service_estimate;
-        self.with_queue(qi, |q| {
-            q.executing = q.executing.saturating_sub(1);
-            q.seats_executing = q.seats_executing.saturating_sub(seats);
-            q.next_r -= seats as f64 * (g - service);
-        });
+        if let Some(qi) = queue.filter(|i| *i < self.queues.len()) {
+            self.with_queue(qi, |q| {
+                q.seats_executing = q.seats_executing.saturating_sub(seats);
+            });
+        }
     }
 }
 
@@ -491,7 +567,7 @@ mod tests {
             while let Some(d) = self.qs.dispatch(self.now) {
                 let s = service[d.item.flow];
                 self.running
-                    .push((self.now + s, d.queue, d.seats, s, d.item.flow));
+                    .push((self.now + s, d.queue, d.est.max_seats(), s, d.item.flow));
             }
         }
         fn advance(&mut self, to: f64, service: &HashMap<&'static str, f64>) {
@@ -625,7 +701,7 @@ mod tests {
         assert_eq!(qs.width(100), 4);
         qs.finish(1.0, None, 3, 1.0);
         let d = qs.dispatch(1.0).unwrap();
-        assert_eq!((d.queue, d.seats, qs.in_use()), (0, 4, 4));
+        assert_eq!((d.queue, d.est.max_seats(), qs.in_use()), (0, 4, 4));
     }
 
     #[test]
@@ -720,5 +796,58 @@ mod tests {
         qs.enqueue(0.0, &[0], "v", b, 1).unwrap();
         assert!(qs.dispatch(0.0).is_none());
         assert_eq!((qs.waiting(), qs.in_use(), qs.active), (0, 0, 0));
+    }
+    #[test]
+    fn a_writes_fan_out_seats_outlive_it_by_its_extra_time() {
+        // kube's queueset: a write of 1 seat whose event goes to 50 watchers takes
+        // max(1, 5) seats while it runs and keeps them 5 ms after it returns; its queue
+        // is charged 1 × G + 5 × 5 ms, and only its initial seat's estimate is corrected.
+        let mut qs: QueueSet<Item> = QueueSet::new(cfg(2, 10), 6);
+        let write = Estimate {
+            seats: 1,
+            final_seats: 5,
+            extra: 0.005,
+        };
+        let g = 0.003;
+        qs.enqueue(0.0, &[0], "w", item("w", "w"), write).unwrap();
+        qs.enqueue(0.0, &[1], "r", item("r", "r"), 2).unwrap();
+        let d = qs.dispatch(0.0).unwrap();
+        assert_eq!(
+            d.item.flow, "r",
+            "the narrower work finishes first in virtual time"
+        );
+        let r = qs.dispatch(0.0);
+        assert!(r.is_none(), "5 + 2 seats do not fit in 6");
+        qs.finish(0.001, Some(d.queue), 2, 0.001);
+        let w = qs.dispatch(0.001).unwrap();
+        assert_eq!((w.est.max_seats(), w.est), (5, write));
+        let charged = qs.queues[w.queue].next_r;
+        // The write returns after 2 ms: its seats stay taken, its queue is idle.
+        qs.finish(0.003, Some(w.queue), w.est, 0.002);
+        assert_eq!(qs.in_use(), 5);
+        assert!(!qs.queues[w.queue].active());
+        let corrected = qs.queues[w.queue].next_r;
+        assert!(
+            (charged - corrected - (g - 0.002)).abs() < 1e-9,
+            "only the initial seat's estimate is corrected: {charged} → {corrected}"
+        );
+        // A 2-seat request waits for the write's fan-out to end.
+        qs.enqueue(0.003, &[1], "r", item("r", "r"), 2).unwrap();
+        assert!(qs.dispatch(0.004).is_none());
+        qs.release(0.008, Some(w.queue), w.est.max_seats());
+        assert_eq!(qs.in_use(), 0);
+        assert_eq!(qs.queues[w.queue].seats_executing, 0);
+        let r = qs.dispatch(0.008).unwrap();
+        assert_eq!(r.est.max_seats(), 2);
+        // Without extra time the seats are free at once (every other request).
+        qs.finish(0.009, Some(r.queue), r.est, 0.001);
+        assert_eq!(qs.in_use(), 0);
+        // Not queued (a level that does not queue) likewise.
+        assert!(qs.start_now(0.01, write));
+        assert_eq!(qs.in_use(), 5);
+        qs.finish(0.011, None, write, 0.001);
+        assert_eq!(qs.in_use(), 5);
+        qs.release(0.016, None, 5);
+        assert_eq!(qs.in_use(), 0);
     }
 }

@@ -9,13 +9,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::fair::{Demand, QueueConfig, QueueSet, Waiter};
+use super::fair::{Demand, Estimate, QueueConfig, QueueSet, Waiter};
 
 /// kube's estimated service time of a request (`G`), for virtual time.
 const SERVICE_ESTIMATE: f64 = 0.003;
 
-/// A waiter's handle: the seats (its queue, their number) are handed over on it.
-struct Ticket(oneshot::Sender<(usize, usize)>);
+/// A waiter's handle: the seats (its queue, its estimate) are handed over on it.
+struct Ticket(oneshot::Sender<(usize, Estimate)>);
 
 impl Waiter for Ticket {
     fn abandoned(&self) -> bool {
@@ -57,11 +57,12 @@ pub(crate) struct Level {
     smoothed: Mutex<f64>,
 }
 
-/// Seats taken, given back when dropped.
+/// Seats taken, given back when dropped — a write's after its watch events' extra time
+/// (kube's additional latency), on the runtime's clock.
 pub(crate) struct Seat {
     level: Arc<Level>,
     queue: Option<usize>,
-    seats: usize,
+    est: Estimate,
     started: Instant,
 }
 
@@ -69,14 +70,25 @@ pub(crate) struct Seat {
 impl Seat {
     /// Seats held.
     pub(crate) fn width(&self) -> usize {
-        self.seats
+        self.est.max_seats()
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
         let service = self.started.elapsed().as_secs_f64();
-        self.level.release(self.queue, self.seats, service);
+        let (level, queue, est) = (self.level.clone(), self.queue, self.est);
+        let handle = tokio::runtime::Handle::try_current();
+        match handle {
+            Ok(h) if est.lingers() => {
+                level.finish(queue, est, service);
+                h.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(est.extra)).await;
+                    level.release(queue, est.max_seats());
+                });
+            }
+            _ => level.finish(queue, Estimate { extra: 0.0, ..est }, service),
+        }
     }
 }
 
@@ -184,32 +196,29 @@ impl Level {
         self.seats
     }
 
-    /// `seats` seats now, or after waiting in the queue of `hand` the fair queues
+    /// The seats of `est` now, or after waiting in the queue of `hand` the fair queues
     /// choose (the user's turn inside it); `None` when the level is unlimited.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         hand: &[usize],
         user: &str,
-        seats: usize,
+        est: impl Into<Estimate>,
     ) -> Result<Option<Seat>, Refusal> {
         if self.seats == 0 {
             return Ok(None);
         }
         let mut rx = {
             let mut qs = self.lock();
+            let est = qs.fit(est);
             if !self.queuing {
-                let seats = qs.width(seats);
-                return if qs.start_now(self.now(), seats) {
-                    Ok(Some(self.seat(None, seats)))
+                return if qs.start_now(self.now(), est) {
+                    Ok(Some(self.seat(None, est)))
                 } else {
                     Err(Refusal::QueueFull)
                 };
             }
             let (tx, rx) = oneshot::channel();
-            if qs
-                .enqueue(self.now(), hand, user, Ticket(tx), seats)
-                .is_err()
-            {
+            if qs.enqueue(self.now(), hand, user, Ticket(tx), est).is_err() {
                 return Err(Refusal::QueueFull);
             }
             self.dispatch(&mut qs);
@@ -230,11 +239,11 @@ impl Level {
         }
     }
 
-    fn seat(self: &Arc<Self>, queue: Option<usize>, seats: usize) -> Seat {
+    fn seat(self: &Arc<Self>, queue: Option<usize>, est: Estimate) -> Seat {
         Seat {
             level: self.clone(),
             queue,
-            seats,
+            est,
             started: Instant::now(),
         }
     }
@@ -243,16 +252,28 @@ impl Level {
     fn dispatch(&self, qs: &mut QueueSet<Ticket>) {
         let now = self.now();
         while let Some(d) = qs.dispatch(now) {
-            if d.item.0.send((d.queue, d.seats)).is_err() {
+            if d.item.0.send((d.queue, d.est)).is_err() {
                 // Gave up just now: undo, as if it had run for no time.
-                qs.finish(now, Some(d.queue), d.seats, 0.0);
+                let est = Estimate {
+                    extra: 0.0,
+                    ..d.est
+                };
+                qs.finish(now, Some(d.queue), est, 0.0);
             }
         }
     }
 
-    fn release(&self, queue: Option<usize>, seats: usize, service: f64) {
+    /// A request is done after `service` seconds (its seats free unless they linger).
+    fn finish(&self, queue: Option<usize>, est: Estimate, service: f64) {
         let mut qs = self.lock();
-        qs.finish(self.now(), queue, seats, service);
+        qs.finish(self.now(), queue, est, service);
+        self.dispatch(&mut qs);
+    }
+
+    /// A request's lingering seats are free.
+    fn release(&self, queue: Option<usize>, seats: usize) {
+        let mut qs = self.lock();
+        qs.release(self.now(), queue, seats);
         self.dispatch(&mut qs);
     }
 }
@@ -260,6 +281,7 @@ impl Level {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::fair::Estimate;
 
     const QUEUES: Queues = Queues {
         queues: 1,
@@ -345,5 +367,30 @@ mod tests {
         // Zero seats: unlimited.
         let free = Level::new("t", 0, None, Duration::from_secs(5));
         assert!(free.acquire(&[], "u", 1).await.unwrap().is_none());
+    }
+    #[tokio::test]
+    async fn a_writes_fan_out_seats_are_released_after_its_extra_time() {
+        let l = Level::new("t", 4, Some(QUEUES), Duration::from_secs(30));
+        // 200 ms of extra time (kube: 5 ms per ten watchers), long enough to observe.
+        let write = Estimate {
+            seats: 1,
+            final_seats: 3,
+            extra: 0.2,
+        };
+        let w = l.acquire(&[0], "w", write).await.unwrap().unwrap();
+        assert_eq!((w.width(), l.in_use()), (3, 3));
+        let t0 = Instant::now();
+        drop(w);
+        // The write returned: its 3 seats stay taken for its extra time.
+        assert_eq!(l.in_use(), 3);
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move {
+            let s = l2.acquire(&[0], "r", 2).await.unwrap();
+            (Instant::now(), s.map(|s| s.width()))
+        });
+        let (at, width) = waiter.await.unwrap();
+        assert_eq!(width, Some(2));
+        assert!(at - t0 >= Duration::from_millis(200), "{:?}", at - t0);
+        assert_eq!(l.in_use(), 0);
     }
 }

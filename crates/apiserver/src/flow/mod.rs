@@ -45,6 +45,7 @@ use crate::response::{error_response, Body};
 use crate::tenancy::{Owned, TenantIndex, MASTERS_GROUP};
 
 pub(crate) use conn::ConnLimiter;
+use fair::Estimate;
 use level::{Level, Seat};
 
 /// Every limit, as `h8s server` flags set them (kube-apiserver's flag names where kube
@@ -199,10 +200,25 @@ fn list_seats(stored: u64, limit: Option<u64>) -> usize {
     (objects.div_ceil(OBJECTS_PER_SEAT) as usize).clamp(1, MAX_SEATS)
 }
 
-/// The width of a mutating request whose resource `watchers` watch (each event is sent
-/// to each of them).
-fn mutating_seats(watchers: usize) -> usize {
-    watchers.div_ceil(WATCHES_PER_SEAT).clamp(1, MAX_SEATS)
+/// kube's `eventAdditionalDuration`: one seat's time per [`WATCHES_PER_SEAT`] watchers
+/// of a write's event.
+const EVENT_ADDITIONAL_SECS: f64 = 0.005;
+
+/// The work of a mutating request whose resource `watchers` watch (kube's mutating work
+/// estimator): one seat while it runs; with ten watchers or more, its event's fan-out —
+/// one seat per ten watchers (at most [`MAX_SEATS`]) — for 5 ms after it returns (longer
+/// when capped: the same seat-seconds on fewer seats).
+fn mutating_estimate(watchers: usize) -> Estimate {
+    if watchers < WATCHES_PER_SEAT {
+        return Estimate::from(1);
+    }
+    let wanted = watchers.div_ceil(WATCHES_PER_SEAT);
+    let final_seats = wanted.min(MAX_SEATS);
+    Estimate {
+        seats: 1,
+        final_seats,
+        extra: wanted as f64 * EVENT_ADDITIONAL_SECS / final_seats as f64,
+    }
 }
 
 /// Objects stored per resource prefix, counted now and then.
@@ -466,19 +482,20 @@ impl Flow {
         n
     }
 
-    /// The width in seats of a request (kube's work estimator): a LIST by the objects
-    /// it reads, a mutating request by the watchers its event goes to, else one.
-    fn seats(self: &Arc<Self>, attrs: &Attributes, kind: Kind, work: &Work) -> usize {
+    /// The work of a request (kube's work estimator): a LIST is as wide as the objects
+    /// it reads, a mutating request's event fan-out takes seats by the watchers it goes
+    /// to after it returns, anything else takes one seat.
+    fn estimate(self: &Arc<Self>, attrs: &Attributes, kind: Kind, work: &Work) -> Estimate {
         match kind {
             Kind::ReadOnly | Kind::LongRunning { watch: true } => match &work.prefix {
                 Some(p) if kind == Kind::ReadOnly || work.initial_list => {
-                    list_seats(self.stored(p), work.limit)
+                    list_seats(self.stored(p), work.limit).into()
                 }
-                _ => 1,
+                _ => 1.into(),
             },
             Kind::Mutating if attrs.resource_request => {
                 let k = format!("{}/{}", attrs.group, attrs.resource);
-                mutating_seats(
+                mutating_estimate(
                     self.watched
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -487,7 +504,7 @@ impl Flow {
                         .unwrap_or(0),
                 )
             }
-            _ => 1,
+            _ => 1.into(),
         }
     }
 
@@ -614,8 +631,9 @@ impl Flow {
             None => Vec::new(),
         };
         // A watch's start (its initial list) waits its turn like a LIST.
-        let seats = self.seats(attrs, kind, work);
-        with(match level.acquire(&hand, &user.username, seats).await {
+        let est = self.estimate(attrs, kind, work);
+        let seats = est.max_seats();
+        with(match level.acquire(&hand, &user.username, est).await {
             Ok(seat) => Ok(match long_running {
                 Some(l) => Hold::LongRunning(l, seat),
                 None => Hold::Seat(seat),
@@ -1356,9 +1374,16 @@ mod tests {
         // A limit without selectors reads 2 × limit objects at most.
         assert_eq!(list_seats(5000, Some(100)), 2);
         assert_eq!(list_seats(50, Some(500)), 1);
-        assert_eq!(mutating_seats(0), 1);
-        assert_eq!(mutating_seats(25), 3);
-        assert_eq!(mutating_seats(10_000), MAX_SEATS);
+        // Writes: one seat while they run; their events' fan-out after they return.
+        assert_eq!(mutating_estimate(0), Estimate::from(1));
+        assert_eq!(mutating_estimate(9), Estimate::from(1));
+        let e = mutating_estimate(25);
+        assert_eq!((e.seats, e.final_seats), (1, 3));
+        assert!((e.extra - 0.005).abs() < 1e-12, "{e:?}");
+        // Capped at MAX_SEATS: the same seat-seconds, longer.
+        let e = mutating_estimate(10_000);
+        assert_eq!((e.seats, e.final_seats), (1, MAX_SEATS));
+        assert!((e.extra - 1000.0 * 0.005 / 10.0).abs() < 1e-9, "{e:?}");
     }
 
     #[tokio::test]
@@ -1395,7 +1420,7 @@ mod tests {
             ..Default::default()
         };
         let t0 = std::time::Instant::now();
-        while f.seats(&cms, Kind::ReadOnly, &list) != 5 {
+        while f.estimate(&cms, Kind::ReadOnly, &list).max_seats() != 5 {
             assert!(t0.elapsed() < Duration::from_secs(10), "never counted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1403,26 +1428,36 @@ mod tests {
             limit: Some(50),
             ..list.clone()
         };
-        assert_eq!(f.seats(&cms, Kind::ReadOnly, &limited), 1);
+        assert_eq!(
+            f.estimate(&cms, Kind::ReadOnly, &limited),
+            Estimate::from(1)
+        );
         // A watch's start is as wide as a LIST when it lists first, else one seat.
         let w = Kind::LongRunning { watch: true };
         let initial = Work {
             initial_list: true,
             ..list.clone()
         };
-        assert_eq!(f.seats(&cms, w, &initial), 5);
-        assert_eq!(f.seats(&cms, w, &list), 1);
-        // Writes: one seat per ten watchers of the resource.
+        assert_eq!(f.estimate(&cms, w, &initial), Estimate::from(5));
+        assert_eq!(f.estimate(&cms, w, &list), Estimate::from(1));
+        // Writes: one seat, and one per ten watchers of the resource after they return.
         let mutating = Kind::Mutating;
-        assert_eq!(f.seats(&cms, mutating, &Work::default()), 1);
+        assert_eq!(
+            f.estimate(&cms, mutating, &Work::default()),
+            Estimate::from(1)
+        );
         let sched = user("system:kube-scheduler", &[]);
         let mut watches = Vec::new();
         for _ in 0..25 {
             watches.push(f.admit(&sched, &cms, w, &list).await.ok().unwrap().began());
         }
-        assert_eq!(f.seats(&cms, mutating, &Work::default()), 3);
+        let e = f.estimate(&cms, mutating, &Work::default());
+        assert_eq!((e.seats, e.final_seats, e.max_seats()), (1, 3, 3));
         drop(watches);
-        assert_eq!(f.seats(&cms, mutating, &Work::default()), 1);
+        assert_eq!(
+            f.estimate(&cms, mutating, &Work::default()),
+            Estimate::from(1)
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Per-pod cgroups, v1 or v2: whichever hierarchy delegates a controller to us.
 //!
 //! The pod's cgroup is `<our cgroup>/h8s/<pod id>` in each hierarchy that has one of the
-//! controllers we limit (memory, cpu, pids), where "our cgroup" is the supervisor's (so pods
+//! controllers we limit (memory, cpu, pids, io — v1's `blkio`), where "our cgroup" is the supervisor's (so pods
 //! nest under whatever cgroup the node agent was given). QEMU joins it between fork and exec;
 //! the supervisor removes it when QEMU is gone.
 
@@ -10,8 +10,22 @@ use std::path::{Path, PathBuf};
 use super::CgroupLimit;
 use crate::{Error, Result};
 
-/// The controllers a pod is limited by.
-pub(crate) const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// The controllers a pod is limited by (v2 names; v1 calls `io` `blkio`).
+pub(crate) const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "io"];
+
+/// A controller's name in cgroup v1.
+fn v1_name(ctrl: &str) -> &str {
+    if ctrl == "io" {
+        "blkio"
+    } else {
+        ctrl
+    }
+}
+
+/// The controller a cgroup v1 mount option names, if we limit it (by its v2 name).
+fn from_v1(opt: &str) -> Option<&'static str> {
+    CONTROLLERS.into_iter().find(|c| v1_name(c) == opt)
+}
 
 /// The most tasks (QEMU's threads) a pod's cgroup allows: vCPU threads, the main loop, RCU,
 /// and the block layer's worker pool (up to 64).
@@ -60,9 +74,10 @@ pub(crate) fn parse_hierarchies(
         let (mroot, mount) = (l[3], unescape(l[4]));
         match r[0] {
             "cgroup" => {
+                // v1 names, as mount options and /proc/self/cgroup spell them.
                 let ctrls: Vec<String> = r[2]
                     .split(',')
-                    .filter(|o| CONTROLLERS.contains(o) || *o == "cpuacct")
+                    .filter(|o| from_v1(o).is_some() || *o == "cpuacct")
                     .map(str::to_string)
                     .collect();
                 if ctrls.is_empty() {
@@ -85,7 +100,11 @@ pub(crate) fn parse_hierarchies(
                 out.push(Hierarchy {
                     version: 1,
                     mount: PathBuf::from(mount),
-                    controllers: ctrls.into_iter().filter(|c| c != "cpuacct").collect(),
+                    controllers: ctrls
+                        .iter()
+                        .filter_map(|c| from_v1(c))
+                        .map(str::to_string)
+                        .collect(),
                     own: rel,
                 });
             }
@@ -147,21 +166,34 @@ pub(crate) fn host_hierarchies() -> Vec<Hierarchy> {
 }
 
 /// The limits of one pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub memory_bytes: u64,
     pub cpu_quota_us: u64,
     pub pids: u32,
+    /// Block I/O: each direction's bytes and operations per second (0: unlimited) on
+    /// these devices (`major:minor`, whole disks).
+    pub io: super::disk::DiskIo,
+    pub io_devices: Vec<(u32, u32)>,
 }
 
 impl Limits {
-    /// Guest RAM plus `overhead_mib`; one CPU per vCPU.
+    /// Guest RAM plus `overhead_mib`; one CPU per vCPU; no I/O limit.
     pub fn for_pod(memory_mib: u32, cpus: u32, overhead_mib: u32) -> Limits {
         Limits {
             memory_bytes: (u64::from(memory_mib) + u64::from(overhead_mib)) << 20,
             cpu_quota_us: u64::from(cpus.max(1)) * CPU_PERIOD_US,
             pids: PIDS_MAX,
+            io: Default::default(),
+            io_devices: Vec::new(),
         }
+    }
+
+    /// With block I/O limited to `io` on `devices`.
+    pub fn with_io(mut self, io: super::disk::DiskIo, devices: Vec<(u32, u32)>) -> Limits {
+        self.io = io;
+        self.io_devices = devices;
+        self
     }
 }
 
@@ -179,10 +211,20 @@ pub(crate) struct Write {
 
 /// Which hierarchy serves each controller (v2 first, when it offers it), and the files to
 /// write; the controllers nobody offers come back as reasons.
-pub(crate) fn plan(hier: &[Hierarchy], id: &str, l: Limits) -> (Vec<Write>, Vec<String>) {
+pub(crate) fn plan(hier: &[Hierarchy], id: &str, l: &Limits) -> (Vec<Write>, Vec<String>) {
     let mut writes = Vec::new();
     let mut missing = Vec::new();
     for ctrl in CONTROLLERS {
+        if ctrl == "io" && (l.io.is_unlimited() || l.io_devices.is_empty()) {
+            if !l.io.is_unlimited() {
+                missing.push(
+                    "io limit (cgroup): no host block device backs the pod's drives (tmpfs, \
+                     network); QEMU's throttling bounds them"
+                        .into(),
+                );
+            }
+            continue;
+        }
         let pick = |v: u8| {
             hier.iter()
                 .find(|h| h.version == v && h.controllers.iter().any(|c| c == ctrl))
@@ -227,6 +269,37 @@ pub(crate) fn plan(hier: &[Hierarchy], id: &str, l: Limits) -> (Vec<Write>, Vec<
                 format!("{} {CPU_PERIOD_US}", l.cpu_quota_us),
                 true,
             ),
+            ("io", 1) => {
+                for (ma, mi) in &l.io_devices {
+                    for (file, v) in [
+                        ("blkio.throttle.read_bps_device", l.io.bps),
+                        ("blkio.throttle.write_bps_device", l.io.bps),
+                        ("blkio.throttle.read_iops_device", l.io.iops),
+                        ("blkio.throttle.write_iops_device", l.io.iops),
+                    ] {
+                        if v > 0 {
+                            w(file, format!("{ma}:{mi} {v}"), true);
+                        }
+                    }
+                }
+            }
+            ("io", _) => {
+                let n = |v: u64| {
+                    if v == 0 {
+                        "max".to_string()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                for (ma, mi) in &l.io_devices {
+                    let (b, o) = (n(l.io.bps), n(l.io.iops));
+                    w(
+                        "io.max",
+                        format!("{ma}:{mi} rbps={b} wbps={b} riops={o} wiops={o}"),
+                        true,
+                    );
+                }
+            }
             _ => w("pids.max", l.pids.to_string(), true),
         }
     }
@@ -245,7 +318,7 @@ pub(crate) struct PodCgroups {
 }
 
 /// Creates the pod's cgroups and sets their limits. Nothing is left behind on error.
-pub(crate) fn create(hier: &[Hierarchy], id: &str, l: Limits) -> Result<PodCgroups> {
+pub(crate) fn create(hier: &[Hierarchy], id: &str, l: &Limits) -> Result<PodCgroups> {
     let (writes, missing) = plan(hier, id, l);
     let mut out = PodCgroups {
         not_enforced: missing,
@@ -435,7 +508,7 @@ mod tests {
         assert_eq!(h.len(), 3, "{h:?}");
         let l = Limits::for_pod(128, 2, 80);
         assert_eq!(l.memory_bytes, 208 << 20);
-        let (w, missing) = plan(&h, "abc", l);
+        let (w, missing) = plan(&h, "abc", &l);
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert!(missing[0].starts_with("pids limit"));
         let mem: Vec<_> = w.iter().filter(|w| w.controller == "memory").collect();
@@ -457,7 +530,7 @@ mod tests {
             assert_eq!(p, Path::new("/sys/fs/cgroup/unified/agent"));
             vec!["cpu".into(), "memory".into(), "pids".into()]
         });
-        let (w, missing) = plan(&h, "abc", Limits::for_pod(256, 1, 64));
+        let (w, missing) = plan(&h, "abc", &Limits::for_pod(256, 1, 64));
         assert!(missing.is_empty());
         assert!(w.iter().all(|w| w.version == 2));
         let files: Vec<String> = w
@@ -474,6 +547,60 @@ mod tests {
             ]
         );
         assert_eq!(w[0].dir, Path::new("/sys/fs/cgroup/unified/agent/h8s/abc"));
+    }
+
+    #[test]
+    fn block_io_is_limited_per_backing_disk_on_v1_blkio_or_v2_io() {
+        use crate::jail::disk::DiskIo;
+        let mi = "\
+38 31 0:35 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let me = "7:blkio:/\n0::/\n";
+        let io = DiskIo {
+            bps: 1 << 20,
+            iops: 0,
+        };
+        let l = Limits::for_pod(128, 1, 0).with_io(io, vec![(252, 0), (8, 16)]);
+        // v1: blkio (the v2 hierarchy offers no controllers).
+        let h = parse_hierarchies(mi, me, |_| vec![]);
+        assert_eq!(h[0].controllers, ["io"]);
+        let (w, _) = plan(&h, "abc", &l);
+        let files: Vec<String> = w
+            .iter()
+            .filter(|w| w.controller == "io")
+            .map(|w| format!("{} {}={}", w.dir.display(), w.file, w.value))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "/sys/fs/cgroup/blkio/h8s/abc blkio.throttle.read_bps_device=252:0 1048576",
+                "/sys/fs/cgroup/blkio/h8s/abc blkio.throttle.write_bps_device=252:0 1048576",
+                "/sys/fs/cgroup/blkio/h8s/abc blkio.throttle.read_bps_device=8:16 1048576",
+                "/sys/fs/cgroup/blkio/h8s/abc blkio.throttle.write_bps_device=8:16 1048576",
+            ]
+        );
+        // v2 wins when it delegates io; unlimited operations are `max`.
+        let h = parse_hierarchies(mi, me, |_| vec!["io".into()]);
+        let (w, missing) = plan(&h, "abc", &l);
+        let io: Vec<_> = w.iter().filter(|w| w.controller == "io").collect();
+        assert!(io.iter().all(|w| w.version == 2 && w.file == "io.max"));
+        assert_eq!(
+            io[0].value,
+            "252:0 rbps=1048576 wbps=1048576 riops=max wiops=max"
+        );
+        assert_eq!(io.len(), 2);
+        assert!(!missing.iter().any(|m| m.starts_with("io")), "{missing:?}");
+        // A limit without a known disk is reported, not silently dropped; none: no io.
+        let (w, missing) = plan(&h, "abc", &Limits::for_pod(128, 1, 0).with_io(l.io, vec![]));
+        assert!(w.iter().all(|w| w.controller != "io"));
+        assert!(
+            missing.iter().any(|m| m.starts_with("io limit")),
+            "{missing:?}"
+        );
+        let (w, missing) = plan(&h, "abc", &Limits::for_pod(128, 1, 0));
+        assert!(w.iter().all(|w| w.controller != "io"));
+        assert!(!missing.iter().any(|m| m.starts_with("io")), "{missing:?}");
     }
 
     #[test]

@@ -13,13 +13,17 @@
 //!   `/dev/urandom` (and `/dev/kvm` under KVM); own PID, IPC, UTS, cgroup and (unless a volume
 //!   needs the host network) network namespaces.
 //! * **cgroups** ([`cgroup`]): v1 or v2, whichever delegates the controller: memory
-//!   (guest RAM + overhead), CPU quota (the pod's vCPUs), pids.
+//!   (guest RAM + overhead), CPU quota (the pod's vCPUs), pids, and block I/O on the devices
+//!   backing the pod's drives ([`disk`], besides QEMU's own throttling of every drive).
 //! * **seccomp** ([`seccomp`]): the supervisor itself runs under an allow-list filter once the
 //!   VM is up, besides QEMU's own `-sandbox`.
 //!
 //! Whatever is unavailable is logged and listed in the pod's [`JailStatus::not_enforced`].
 
 pub(crate) mod cgroup;
+#[cfg(test)]
+mod cgroup_v2_vm;
+pub(crate) mod disk;
 pub(crate) mod seccomp;
 pub(crate) mod spawn;
 pub(crate) mod uids;
@@ -140,6 +144,10 @@ pub struct JailStatus {
     /// What could not be enforced, and why.
     #[serde(default)]
     pub not_enforced: Vec<String>,
+    /// Each drive's I/O throttling as the running QEMU reports it (`query-block`):
+    /// `img0 bps=… iops=… group=pod-io`.
+    #[serde(default)]
+    pub disk_throttle: Vec<String>,
 }
 
 /// One enforced cgroup limit.

@@ -118,6 +118,9 @@ pub struct VmSettings {
     /// after this many pods were restored from it; 0: never.
     #[serde(default = "default_template_max_uses")]
     pub template_max_uses: u32,
+    /// Pods' disk I/O limits (`docs/security.md`, "Limits").
+    #[serde(default)]
+    pub disk_io: crate::DiskIoSettings,
 }
 
 fn default_templates() -> bool {
@@ -177,6 +180,7 @@ impl VmSettings {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(default_template_max_uses),
+            disk_io: Default::default(),
         })
     }
 
@@ -354,13 +358,16 @@ pub(crate) fn qemu_args(
         "-device",
         "virtserialport,chardev=agent,name=h8s.agent",
     ]);
+    // Every drive in the pod's throttle group: one disk I/O budget for the pod.
+    let throttle =
+        crate::jail::disk::drive_throttling(settings.disk_io.for_pod(cfg.disk_bps, cfg.disk_iops));
     for (i, (_, fd)) in cfg.images.iter().zip(&ep.image_fds).enumerate() {
         // The serial names the disk inside the guest (/sys/block/vdX/serial).
         push(&[
             "-add-fd",
             &fdset(*fd),
             "-drive",
-            &format!("id=img{i},file=/dev/fdset/{fd},format=raw,if=none,read-only=on"),
+            &format!("id=img{i},file=/dev/fdset/{fd},format=raw,if=none,read-only=on{throttle}"),
             "-device",
             &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
         ]);
@@ -378,7 +385,7 @@ pub(crate) fn qemu_args(
         };
         push(&[
             "-drive",
-            &format!("id=vol{i},if=none,{drive}"),
+            &format!("id=vol{i},if=none,{drive}{throttle}"),
             "-device",
             &format!("virtio-blk-device,drive=vol{i},serial={}", v.serial),
         ]);
@@ -493,6 +500,12 @@ mod tests {
             require_hardware_virt: false,
             templates: true,
             template_max_uses: 100,
+            disk_io: crate::DiskIoSettings {
+                bps: 1000,
+                iops: 10,
+                max_bps: 5000,
+                max_iops: 100,
+            },
         }
     }
 
@@ -551,8 +564,8 @@ mod tests {
         });
         let a = qemu_args(&settings(), Accel::Tcg, "abc", &cfg, &p).join(" ");
         assert!(a.contains(
-            "-add-fd fd=7,set=7 -add-fd fd=9,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off -device virtio-blk-device,drive=vol0,serial=vol-data"
-        ));
+            "-add-fd fd=7,set=7 -add-fd fd=9,set=7 -drive id=vol0,if=none,file=/dev/fdset/7,format=raw,read-only=off,throttling.bps-total=1000,throttling.iops-total=10,throttling.group=pod-io -device virtio-blk-device,drive=vol0,serial=vol-data"
+        ), "{a}");
         assert!(a.contains(
             "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"
         ));
@@ -570,8 +583,20 @@ mod tests {
         ));
         assert!(a.contains("-nodefaults -no-user-config"));
         assert!(a.contains(
-            "-add-fd fd=6,set=6 -drive id=img0,file=/dev/fdset/6,format=raw,if=none,read-only=on"
-        ));
+            "-add-fd fd=6,set=6 -drive id=img0,file=/dev/fdset/6,format=raw,if=none,read-only=on,throttling.bps-total=1000,throttling.iops-total=10,throttling.group=pod-io -device"
+        ), "{a}");
+        // Every drive shares the pod's one throttle group; a pod asks for more, up to the
+        // node's ceiling.
+        assert_eq!(a.matches("throttling.group=pod-io").count(), 2, "{a}");
+        let mut more = cfg.clone();
+        (more.disk_bps, more.disk_iops) = (Some(1 << 40), Some(50));
+        let m = qemu_args(&settings(), Accel::Tcg, "abc", &more, &p).join(" ");
+        assert_eq!(
+            m.matches("throttling.bps-total=5000,throttling.iops-total=50,")
+                .count(),
+            2,
+            "{m}"
+        );
         assert!(a.contains("h8s.debug=1"));
         assert!(a.contains("-accel tcg,thread=multi"));
         assert!(!a.contains("virtfs") && !a.contains("9p") && !a.contains("vhost-user"));

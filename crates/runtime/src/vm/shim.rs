@@ -271,6 +271,13 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     let qemu_ref = rec
         .qemu
         .ok_or_else(|| Error::Qemu("no QEMU process".into()))?;
+    if let Some(j) = rec.jail.as_mut() {
+        // The drives' throttling as QEMU applies it (the disk I/O limit's report).
+        match qmp.execute("query-block", serde_json::Value::Null).await {
+            Ok(v) => j.disk_throttle = crate::jail::disk::throttles_of(&v),
+            Err(e) => tracing::warn!(error = %e, "query-block"),
+        }
+    }
     rec.state = SandboxState::Ready;
     rec.reason = None;
     if !adopt {
@@ -1064,13 +1071,28 @@ fn prepare_jail(
         .memory_overhead_mib
         .unwrap_or_else(|| crate::jail::default_overhead_mib(accel, settings.tcg_tb_size_mib))
         .saturating_add(crate::jail::REMOTE_DRIVE_OVERHEAD_MIB * remote.len() as u32);
-    let limits = cgroup::Limits::for_pod(cfg.memory_mib, cfg.cpus, overhead);
+    // Block I/O on the host disks behind the pod's local drives (QEMU throttles every drive).
+    let volume_files: Vec<std::path::PathBuf> = cfg
+        .volumes
+        .iter()
+        .filter_map(|v| drive_local_file(&v.drive).map(|(p, _)| p))
+        .collect();
+    let io_devices = crate::jail::disk::backing_devices(
+        cfg.images
+            .iter()
+            .map(|i| i.path.as_path())
+            .chain(volume_files.iter().map(|p| p.as_path())),
+    );
+    let limits = cgroup::Limits::for_pod(cfg.memory_mib, cfg.cpus, overhead).with_io(
+        settings.disk_io.for_pod(cfg.disk_bps, cfg.disk_iops),
+        io_devices,
+    );
     let id = dir
         .dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cg = match cgroup::create(&cgroup::host_hierarchies(), &id, limits) {
+    let cg = match cgroup::create(&cgroup::host_hierarchies(), &id, &limits) {
         Ok(cg) => cg,
         Err(e) => {
             let mut cg = cgroup::PodCgroups::default();
