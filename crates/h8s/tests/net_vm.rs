@@ -15,7 +15,7 @@ struct Env {
     tmp: tempfile::TempDir,
     image: PathBuf,
     node: String,
-    _lock: std::fs::File,
+    _lock: h8s_runtime::testing::VmTestLock,
 }
 
 impl Env {
@@ -26,14 +26,7 @@ impl Env {
                 "needs {f} in the cache: run scripts/setup"
             );
         }
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open("/tmp/h8s-vm-tests.lock")
-            .unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a valid fd we own.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
         let tmp = tempfile::Builder::new()
             .prefix("h8s-netvm")
             .tempdir_in("/tmp")

@@ -20,7 +20,7 @@ fn guest_files() -> [PathBuf; 2] {
 struct Env {
     tmp: tempfile::TempDir,
     image: PathBuf,
-    _lock: std::fs::File,
+    _lock: h8s_runtime::testing::VmTestLock,
 }
 
 fn env() -> Env {
@@ -31,14 +31,7 @@ fn env() -> Env {
             f.display()
         );
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let tmp = tempfile::Builder::new()
         .prefix("h8s-pod")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))

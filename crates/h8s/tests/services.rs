@@ -81,14 +81,7 @@ const WEB: &str =
 
 #[test]
 fn pods_reach_their_networks_services_only() {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let c = start();
     let id = std::process::id() % 100000;
     let (a, b) = (format!("sva-{id}"), format!("svb-{id}"));
@@ -286,14 +279,7 @@ fn reaches(c: &Cluster, ns: &str, from: &str, ip: &str, to: &str) -> bool {
 /// VMs, each serving its own name on :8080.
 #[test]
 fn network_policy_allows_and_denies_both_directions() {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let c = start();
     let id = std::process::id() % 100000;
     let a = format!("npa-{id}");
@@ -527,14 +513,7 @@ fn serving_cert(name: &str) -> (String, String, String) {
 #[test]
 fn webhook_pod_on_the_system_network() {
     use base64::Engine as _;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let c = start();
     let id = std::process::id() % 100000;
     let (t, hook) = (format!("syst-{id}"), format!("hook-{id}"));

@@ -31,14 +31,7 @@ fn start() -> Node {
 
 #[test]
 fn kubectl_streams_into_deployment_pods() {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let c = start();
     let ns = format!("st-{}", std::process::id() % 100000);
     ok(&c.run("1.33", &["create", "namespace", &ns], None));

@@ -262,14 +262,7 @@ fn kubectl_and_python_stream_into_a_pod_vm() {
         guest_ready(),
         "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
     );
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = h8s_runtime::testing::vm_test_lock().expect("VM test lock");
     let dir = tempfile::Builder::new()
         .prefix("h8s-svm")
         .tempdir_in("/tmp")

@@ -15,6 +15,7 @@ pub mod network;
 mod service;
 mod state;
 mod template;
+pub mod testing;
 mod util;
 mod vm;
 mod wire;

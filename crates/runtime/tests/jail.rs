@@ -11,20 +11,11 @@ use h8s_runtime::{
     ShimCommand, StreamEvent, VmSettings,
 };
 
-struct VmLock(#[allow(dead_code)] std::fs::File);
+use h8s_runtime::testing::VmTestLock as VmLock;
 
-/// The VM tests' lock (see tests/vm.rs): one VM test at a time on this 2-core machine.
+/// The cross-binary VM lock, held for one test.
 fn vm_lock() -> VmLock {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .expect("lock file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(r, 0, "flock");
-    VmLock(f)
+    h8s_runtime::testing::vm_test_lock().expect("VM test lock")
 }
 
 fn busybox_erofs(dir: &Path) -> PathBuf {

@@ -16,20 +16,11 @@ use h8s_volumes::{local::Local, Backend, Filesystem, VolumeId};
 
 const NEEDS: &str = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)";
 
-/// Holds the cross-binary VM lock for one test.
-struct VmLock(#[allow(dead_code)] std::fs::File);
+use h8s_runtime::testing::VmTestLock as VmLock;
 
+/// The cross-binary VM lock, held for one test.
 fn vm_lock() -> VmLock {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .expect("lock file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a valid fd we own; blocks until the other VM test is done.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(r, 0, "flock");
-    VmLock(f)
+    h8s_runtime::testing::vm_test_lock().expect("VM test lock")
 }
 
 /// A busybox root filesystem as an erofs image (Debian's busybox-static).

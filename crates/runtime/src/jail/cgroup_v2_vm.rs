@@ -140,15 +140,8 @@ fn cgroup_v2_limits_hold_inside_a_vm() {
     let img = tmp.path().join("initramfs.cpio");
     std::fs::write(&img, initramfs(&loop_ko)).unwrap();
     let console = tmp.path().join("console.log");
-    // The VM tests' lock (crates/runtime/tests/vm.rs): one VM at a time on this machine.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/h8s-vm-tests.lock")
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file we own; blocks until the other VM test is done.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // The VM tests' lock: one VM at a time on this machine.
+    let lock = crate::testing::vm_test_lock().expect("VM test lock");
     let cmdline = format!(
         "{} rdinit=/init {GUEST_ENV}=1 -- {GUEST_TEST} --exact --ignored --nocapture \
          --test-threads=1",
