@@ -29,11 +29,11 @@ fn ips(o: Option<&Value>) -> Vec<String> {
 }
 
 fn in_pool(pool: (Ipv4Addr, u8), ip: &str) -> bool {
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-        return false;
+    let pool = h8s_types::validation::Cidr {
+        addr: pool.0.into(),
+        prefix: pool.1,
     };
-    let mask = u32::MAX.checked_shl(32 - u32::from(pool.1)).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(pool.0) & mask
+    ip.parse().is_ok_and(|ip| pool.contains(ip))
 }
 
 impl Admission for ServiceExternalIps {
