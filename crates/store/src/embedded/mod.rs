@@ -42,6 +42,8 @@ const FORMAT_MAGIC: &[u8] = b"h8s-store";
 const VERSION_KEY: &str = "format_version";
 const FORMAT_VERSION: u64 = 1;
 const REVISION_KEY: &str = "revision";
+/// The revision of a store nothing has been written to.
+const FIRST_REVISION: Revision = 1;
 const COMPACTED_KEY: &str = "compacted";
 
 /// Tuning of the embedded store. The defaults suit an API server.
@@ -128,10 +130,23 @@ impl Embedded {
     /// [`Embedded::open`] with explicit options.
     pub fn open_with(path: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
         let db = open_or_create(path, opts.cache_size)?;
-        let (revision, compacted) = {
+        let (mut revision, mut compacted) = {
             let txn = db.begin_read().map_err(db_err)?;
             read_marker(&txn, path)?
         };
+        if revision < FIRST_REVISION {
+            // Made before new stores started at revision 1, and never written to.
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                for key in [REVISION_KEY, COMPACTED_KEY] {
+                    meta.insert(key, &FIRST_REVISION.to_le_bytes()[..])
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            (revision, compacted) = (FIRST_REVISION, FIRST_REVISION);
+        }
         tracing::info!(path = %path.display(), revision, compacted, "embedded store opened");
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
@@ -343,9 +358,12 @@ fn create(path: &Path, cache: usize) -> Result<Database> {
         meta.insert(FORMAT_KEY, FORMAT_MAGIC).map_err(db_err)?;
         meta.insert(VERSION_KEY, &FORMAT_VERSION.to_le_bytes()[..])
             .map_err(db_err)?;
-        meta.insert(REVISION_KEY, &0i64.to_le_bytes()[..])
+        // A new store is at revision 1, as a new etcd is: revision 0 means "now" to
+        // `watch`, so a list of an empty store followed by a watch from its revision
+        // would otherwise skip a write landing between the two.
+        meta.insert(REVISION_KEY, &FIRST_REVISION.to_le_bytes()[..])
             .map_err(db_err)?;
-        meta.insert(COMPACTED_KEY, &0i64.to_le_bytes()[..])
+        meta.insert(COMPACTED_KEY, &FIRST_REVISION.to_le_bytes()[..])
             .map_err(db_err)?;
         txn.open_table(KV).map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
