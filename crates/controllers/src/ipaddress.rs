@@ -12,6 +12,10 @@
 //!   "has a wrong reference"), unless the Service it names holds the address too (two
 //!   Services on one address: Warning `ClusterIPAlreadyAllocated`, nothing changed);
 //! - an IPAddress without the allocator's labels: recreated;
+//! - a Service's address inside no ServiceCIDR (`networking.k8s.io/v1`; the server writes the
+//!   `kubernetes` one from `--service-cluster-ip-range`): Warning `ClusterIPOutOfRange` on the
+//!   Service, once, and nothing else (kube's "please recreate service"); with no ServiceCIDR
+//!   object at all, nothing is out of range (kube would call every address out of range);
 //! - a managed IPAddress that names no Service, or a Service that does not hold its address:
 //!   deleted (Warning `IPAddressNotAllocated` / `IPAddressWrongReference` on the IPAddress) once
 //!   it is older than the grace period (`--ipaddress-leak-grace-period`, kube's fixed 60 s), so
@@ -24,8 +28,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use h8s_types::validation::{parse_cidr, Cidr};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{IPAddress, IPAddressSpec, ParentReference};
+use k8s_openapi::api::networking::v1::{IPAddress, IPAddressSpec, ParentReference, ServiceCIDR};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
@@ -131,9 +136,25 @@ pub(crate) enum Action {
     },
 }
 
-/// One pass: what to repair, given every Service and IPAddress, the current time and the
-/// grace period (seconds since the epoch).
-pub(crate) fn plan(services: &[Service], addrs: &[IPAddress], now: i64, grace: i64) -> Vec<Action> {
+/// The ranges of every ServiceCIDR (unparsable entries skipped: validation rejects them).
+fn ranges(cidrs: &[ServiceCIDR]) -> Vec<Cidr> {
+    cidrs
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.cidrs.as_ref())
+        .flatten()
+        .filter_map(|c| parse_cidr(c))
+        .collect()
+}
+
+/// One pass: what to repair, given every Service, IPAddress and ServiceCIDR range, the
+/// current time and the grace period (seconds since the epoch).
+pub(crate) fn plan(
+    services: &[Service],
+    addrs: &[IPAddress],
+    ranges: &[Cidr],
+    now: i64,
+    grace: i64,
+) -> Vec<Action> {
     let by_name: BTreeMap<String, &IPAddress> = addrs.iter().map(|a| (a.name_any(), a)).collect();
     let svcs: BTreeMap<(String, String), &Service> = services
         .iter()
@@ -150,6 +171,18 @@ pub(crate) fn plan(services: &[Service], addrs: &[IPAddress], now: i64, grace: i
                 replace,
                 event,
             };
+            let in_range = |ip: &str| {
+                ip.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ranges.iter().any(|r| r.contains(ip)))
+            };
+            if !ranges.is_empty() && !in_range(&ip) {
+                out.push(Action::Warn {
+                    svc: key.clone(),
+                    reason: "ClusterIPOutOfRange",
+                    note: format!("Cluster IP [{fam}]: {ip} is not within any configured Service CIDR; please recreate service"),
+                });
+                continue;
+            }
             let Some(a) = by_name.get(&ip) else {
                 out.push(create(
                     false,
@@ -381,8 +414,14 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         watcher::Config::default(),
         Some(wake.clone()),
     );
+    let (cidrs, _ct) = cluster::reflect(
+        Api::<ServiceCIDR>::all(client.clone()),
+        watcher::Config::default(),
+        Some(wake.clone()),
+    );
     cluster::ready(&services).await;
     cluster::ready(&addrs).await;
+    cluster::ready(&cidrs).await;
     let repair = Repair {
         events: Events::new(client.clone(), CONTROLLER),
         client,
@@ -397,8 +436,9 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let ips: Vec<IPAddress> = addrs.state().iter().map(|a| (**a).clone()).collect();
+        let cs: Vec<ServiceCIDR> = cidrs.state().iter().map(|c| (**c).clone()).collect();
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        for a in plan(&svcs, &ips, now, grace.as_secs() as i64) {
+        for a in plan(&svcs, &ips, &ranges(&cs), now, grace.as_secs() as i64) {
             repair.apply(a, &svcs, &ips).await;
         }
     }
@@ -408,6 +448,17 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A pass with the default range (10.96.0.0/12).
+    fn plan_in(services: &[Service], addrs: &[IPAddress], now: i64, grace: i64) -> Vec<Action> {
+        plan(
+            services,
+            addrs,
+            &[parse_cidr("10.96.0.0/12").unwrap()],
+            now,
+            grace,
+        )
+    }
 
     fn svc(ns: &str, name: &str, ip: &str) -> Service {
         serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name},
@@ -439,9 +490,9 @@ mod tests {
             addr("10.96.0.10", "a", "web", true, 0),
             addr("10.96.0.11", "a", "db", true, 0),
         ];
-        assert!(plan(&s, &ok, now, 60).is_empty());
+        assert!(plan_in(&s, &ok, now, 60).is_empty());
         // Missing: created, with kube's event.
-        let p = plan(&s, &ok[..1], now, 60);
+        let p = plan_in(&s, &ok[..1], now, 60);
         assert_eq!(
             p,
             vec![Action::Create {
@@ -455,7 +506,7 @@ mod tests {
             }]
         );
         // Labels gone: recreated quietly (and no longer the allocator's to delete).
-        let p = plan(
+        let p = plan_in(
             &s,
             &[ok[0].clone(), addr("10.96.0.11", "a", "db", false, 0)],
             now,
@@ -473,7 +524,7 @@ mod tests {
             "{p:?}"
         );
         // Naming a Service that is gone: recreated for the holder.
-        let p = plan(
+        let p = plan_in(
             &s,
             &[ok[0].clone(), addr("10.96.0.11", "a", "gone", true, 0)],
             now,
@@ -488,7 +539,7 @@ mod tests {
             svc("a", "web", "10.96.0.10"),
             svc("a", "web2", "10.96.0.10"),
         ];
-        let p = plan(&dup, &ok[..1], now, 60);
+        let p = plan_in(&dup, &ok[..1], now, 60);
         assert!(
             matches!(
                 &p[..],
@@ -506,11 +557,11 @@ mod tests {
             addr("10.96.0.12", "a", "old", true, 950),
         ];
         assert_eq!(
-            plan(&s, &leaked, now, 60).len(),
+            plan_in(&s, &leaked, now, 60).len(),
             0,
             "within the grace period"
         );
-        let p = plan(&s, &leaked, now, 40);
+        let p = plan_in(&s, &leaked, now, 40);
         assert_eq!(
             p,
             vec![Action::Delete {
@@ -525,9 +576,9 @@ mod tests {
             ok[1].clone(),
             addr("10.96.0.12", "a", "old", false, 0),
         ];
-        assert!(plan(&s, &mine, now, 60).is_empty());
+        assert!(plan_in(&s, &mine, now, 60).is_empty());
         // An address its Service no longer holds.
-        let p = plan(
+        let p = plan_in(
             &s,
             &[
                 ok[0].clone(),
@@ -547,5 +598,67 @@ mod tests {
             ),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn addresses_outside_every_service_cidr_are_reported_not_repaired() {
+        let s = [svc("a", "web", "10.96.0.10"), svc("a", "old", "10.0.0.10")];
+        let cidrs: Vec<ServiceCIDR> = vec![serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": ["10.96.0.0/12", "fd00:10:96::/112"]}}))
+        .unwrap()];
+        let r = ranges(&cidrs);
+        assert_eq!(r.len(), 2);
+        // Neither has an IPAddress: the one in range gets one, the other only a warning.
+        let p = plan(&s, &[], &r, 1_000, 60);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.contains(&Action::Warn {
+            svc: ("a".into(), "old".into()),
+            reason: "ClusterIPOutOfRange",
+            note: "Cluster IP [IPv4]: 10.0.0.10 is not within any configured Service CIDR; please recreate service".into(),
+        }));
+        assert!(
+            matches!(&p[..], [Action::Create { ip, .. }, _] | [_, Action::Create { ip, .. }] if ip == "10.96.0.10")
+        );
+        // Its IPAddress (written before the range changed) is left alone, as in kube.
+        let p = plan(
+            &s,
+            &[
+                addr("10.96.0.10", "a", "web", true, 0),
+                addr("10.0.0.10", "a", "old", true, 0),
+            ],
+            &r,
+            1_000,
+            60,
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(matches!(
+            &p[0],
+            Action::Warn {
+                reason: "ClusterIPOutOfRange",
+                ..
+            }
+        ));
+        // A second ServiceCIDR covering it: in range again.
+        let mut r2 = r.clone();
+        r2.push(parse_cidr("10.0.0.0/24").unwrap());
+        assert_eq!(
+            plan(
+                &s,
+                &[
+                    addr("10.96.0.10", "a", "web", true, 0),
+                    addr("10.0.0.10", "a", "old", true, 0)
+                ],
+                &r2,
+                1_000,
+                60
+            ),
+            vec![]
+        );
+        // No ServiceCIDR object at all: nothing is called out of range.
+        assert_eq!(plan(&s, &[], &[], 1_000, 60).len(), 2);
+        assert!(plan(&s, &[], &[], 1_000, 60)
+            .iter()
+            .all(|a| matches!(a, Action::Create { .. })));
     }
 }

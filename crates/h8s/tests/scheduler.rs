@@ -1,7 +1,8 @@
 //! The scheduler against a real `h8s server`: Node objects created by the test (allocatable,
 //! Ready, a renewed Lease; no agent), pods placed through `pods/binding`, FailedScheduling
 //! events and PodScheduled conditions worded as kube-scheduler's, requeue on a node change,
-//! taints and affinity, preemption by priority.
+//! taints and affinity, preemption by priority, and a binding the server refuses with 409
+//! because the pod was bound meanwhile.
 //!
 //! The scheduler runs in the test process (`h8s_scheduler::run` with shortened timers) under
 //! its own scheduler name, so whatever scheduler the server runs itself stays out of the way.
@@ -263,13 +264,13 @@ fn scheduler_against_the_api() {
         let c = h8s_client::from_kubeconfig(&server.kubeconfig)
             .await
             .expect("client");
-        let sc = c.clone();
+        let sc = racing_client(c.clone());
         let sched = tokio::spawn(async move { h8s_scheduler::run(sc, sched_config()).await });
         // Leases renewed for the nodes this test makes.
         let hc = c.clone();
         tokio::spawn(async move {
             loop {
-                for n in ["n1", "n2", "n3", "p1"] {
+                for n in ["n1", "n2", "n3", "p1", "c1", "c2"] {
                     renew_lease(&hc, n).await;
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -278,6 +279,7 @@ fn scheduler_against_the_api() {
 
         placement_taints_affinity_and_the_failure_message(&c).await;
         preemption(&c).await;
+        binding_conflict(&c).await;
 
         assert!(
             !sched.is_finished(),
@@ -522,4 +524,123 @@ async fn preemption(c: &kube::Client) {
         .delete("high", &DeleteParams::default().grace_period(0))
         .await;
     delete_nodes(c, &["p1"]).await;
+}
+
+/// The scheduler's client, with a hook: just before the scheduler's binding of a pod named
+/// `race-bind-*` reaches the server, the test binds that pod by hand to node `c2`; for a pod
+/// named `race-del-*`, it deletes the pod (a finalizer keeps it). Either way the real server
+/// answers the scheduler's binding with 409 (already bound; being deleted), as when an
+/// earlier attempt's answer was lost, another scheduler won, or the pod was deleted.
+fn racing_client(c: kube::Client) -> kube::Client {
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let c = c.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            // /api/v1/namespaces/{ns}/pods/{name}/binding
+            let parts: Vec<&str> = path.split('/').collect();
+            if req.method() == http::Method::POST && parts.len() == 8 && parts[7] == "binding" {
+                let (ns, name) = (parts[4], parts[6]);
+                if name.starts_with("race-bind-") {
+                    bind(&c, ns, name, "c2")
+                        .await
+                        .expect("the test's own binding");
+                } else if name.starts_with("race-del-") {
+                    Api::<Pod>::namespaced(c.clone(), ns)
+                        .delete(name, &DeleteParams::default())
+                        .await
+                        .expect("the test's delete");
+                }
+            }
+            c.send(req).await
+        }
+    });
+    kube::Client::new(svc, "default")
+}
+
+async fn bind(c: &kube::Client, ns: &str, pod: &str, node: &str) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    pods.create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &b)
+        .await
+        .map(drop)
+}
+
+/// Bindings the server refuses with 409 (regression test of the scheduler's conflict path).
+/// Each `race-*` pod fits only c1 and takes all its CPU, so the scheduler assumes it there.
+/// 1. `race-del-a` is deleted (a finalizer keeps it) before the binding lands: the
+///    scheduler must drop its assumption, or c1 stays full and step 2 never schedules.
+/// 2. `race-bind-a` is bound to c2 by hand first: it stays there, c1 is free again (`next`
+///    lands there) and c2 counts it (`waits`, which needs c2's CPU, does not fit).
+async fn binding_conflict(c: &kube::Client) {
+    make_ns(c, "s3").await;
+    make_node(c, "c1", "2", "4Gi", json!({})).await;
+    make_node(c, "c2", "2", "4Gi", json!({})).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "s3");
+    let on = |node: &str| json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": node}}});
+    let mut held = pod_json("race-del-a", "2", "1Gi", on("c1"));
+    merge(
+        &mut held,
+        json!({"metadata": {"finalizers": ["h8s.test/hold"]}}),
+    );
+    make_pod(&pods, held).await;
+    wait_for("race-del-a to be deleting", || async {
+        pods.get("race-del-a")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(drop)
+    })
+    .await;
+    make_pod(&pods, pod_json("race-bind-a", "2", "1Gi", on("c1"))).await;
+    assert_eq!(node_of(&pods, "race-bind-a").await, "c2");
+    // The answer was a real 409: binding it again by hand gets one too.
+    let err = bind(c, "s3", "race-bind-a", "c1")
+        .await
+        .expect_err("already bound");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409),
+        "{err:?}"
+    );
+    make_pod(&pods, pod_json("next", "2", "1Gi", on("c1"))).await;
+    assert_eq!(node_of(&pods, "next").await, "c1");
+    make_pod(&pods, pod_json("waits", "1", "1Gi", on("c2"))).await;
+    wait_for("waits to be unschedulable for lack of CPU", || async {
+        events_for(c, "s3", "waits", "FailedScheduling")
+            .await
+            .iter()
+            .any(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("0/2 nodes are available: 1 Insufficient cpu"))
+            })
+            .then_some(())
+    })
+    .await;
+    // The conflicts left the pods as they were: one bound where the test put it, one unbound.
+    assert_eq!(node_of(&pods, "race-bind-a").await, "c2");
+    let held = pods.get("race-del-a").await.unwrap();
+    assert_eq!(held.spec.and_then(|s| s.node_name), None);
+    let w = pods.get("waits").await.unwrap();
+    assert_eq!(w.spec.and_then(|s| s.node_name), None);
+    for p in ["race-bind-a", "race-del-a"] {
+        assert!(
+            events_for(c, "s3", p, "Scheduled").await.is_empty(),
+            "{p}: the scheduler's binding did not land"
+        );
+    }
+    pods.patch(
+        "race-del-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    for p in ["race-bind-a", "next", "waits"] {
+        let _ = pods
+            .delete(p, &DeleteParams::default().grace_period(0))
+            .await;
+    }
+    delete_nodes(c, &["c1", "c2"]).await;
 }

@@ -685,7 +685,8 @@ impl Fabric {
 
     /// Programs NodePort and LoadBalancer forwarding ([`crate::expose`]): each local
     /// Network's gateway table, then the node's table, and the pool addresses this node
-    /// announces (on [`LB_DEVICE`]; the node answers ARP for them). Empty rules remove all
+    /// announces (on [`LB_DEVICE`]; the node answers ARP for them, and broadcasts a gratuitous
+    /// ARP on the underlay interface for each newly added one). Empty rules remove all
     /// of it. Turns on IPv4 forwarding in the node namespace (hops to other nodes).
     pub fn program_services(&self, rules: &ServiceRules) -> Result<()> {
         let _span = tracing::debug_span!("program_services", ports = rules.ports.len()).entered();
@@ -721,7 +722,23 @@ impl Fabric {
                         nl.require(LB_DEVICE)?
                     }
                 };
-                nl.sync_host_addrs(ix, &rules.lb_addrs)?;
+                let added = nl.sync_host_addrs(ix, &rules.lb_addrs)?;
+                // A pool address new on this node may have been another node's a moment
+                // ago: tell the underlay now rather than when its neighbour entries expire.
+                // Best effort: the address is served either way.
+                if !added.is_empty() {
+                    match nl.link_of_addr(self.node.underlay_ip)? {
+                        Some((uix, mac)) => {
+                            if let Err(e) = crate::arp::announce(uix, mac, &added) {
+                                tracing::warn!(error = %e, "gratuitous ARP for pool addresses");
+                            }
+                        }
+                        None => tracing::warn!(
+                            underlay = %self.node.underlay_ip,
+                            "no interface holds the underlay address: no gratuitous ARP"
+                        ),
+                    }
+                }
             }
             if rules.is_empty() {
                 let exists = nft::list_tables()?

@@ -2,6 +2,7 @@
 //! joined across nodes by a unicast VXLAN), with IPAM, a per-Network gateway namespace that
 //! masquerades egress, and nftables anti-spoofing on every pod port. See `docs/network.md`.
 
+mod arp;
 mod error;
 pub mod expose;
 mod fabric;

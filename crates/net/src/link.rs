@@ -147,7 +147,7 @@ impl Nl {
     }
 
     /// Makes the IPv4 addresses of link `index` exactly `want` (as /32s).
-    pub fn sync_host_addrs(&self, index: u32, want: &[Ipv4Addr]) -> Result<()> {
+    pub fn sync_host_addrs(&self, index: u32, want: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>> {
         use netlink_packet_route::address::{AddressAttribute, AddressMessage};
         self.rt.block_on(async {
             let have: Vec<AddressMessage> = self
@@ -176,6 +176,7 @@ impl Nl {
                         .map_err(|e| Error::nl(format!("delete address {ip:?}"), e))?,
                 }
             }
+            let mut added = vec![];
             for ip in want.iter().filter(|ip| !present.contains(ip)) {
                 self.h
                     .address()
@@ -184,8 +185,49 @@ impl Nl {
                     .execute()
                     .await
                     .map_err(|e| Error::nl(format!("add address {ip}/32"), e))?;
+                added.push(*ip);
             }
-            Ok(())
+            Ok(added)
+        })
+    }
+
+    /// `(ifindex, MAC)` of the interface holding the IPv4 address `ip`, if any has it.
+    pub fn link_of_addr(&self, ip: Ipv4Addr) -> Result<Option<(u32, [u8; 6])>> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        self.rt.block_on(async {
+            let addrs: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("list addresses", e))?;
+            let Some(index) = addrs.iter().find_map(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip))
+                    .then_some(m.header.index)
+            }) else {
+                return Ok(None);
+            };
+            let links: Vec<LinkMessage> = self
+                .h
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::nl("get link", e))?;
+            Ok(links
+                .iter()
+                .flat_map(|l| l.attributes.iter())
+                .find_map(|a| match a {
+                    LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+                    _ => None,
+                })
+                .map(|mac| (index, mac)))
         })
     }
 

@@ -181,6 +181,43 @@ fn node_ports_and_lb_addresses_reach_only_their_services_network() {
         assert_eq!(got.is_some(), open, "{range}: {got:?}");
         assert!(get(&client, sa("10.77.0.1", 30080)).is_some());
     }
+    // The pool address moves to n2 (n1 stops announcing it): n2's gratuitous ARP replaces
+    // the client's neighbour entry at once, where it would otherwise keep n1's MAC until it
+    // expired. And back.
+    let mac_of = |f: &h8s_net::Fabric| {
+        let out = sh(&f.node().netns, "ip -o link show dev u0");
+        let w: Vec<&str> = out.split_whitespace().collect();
+        let i = w.iter().position(|x| *x == "link/ether").unwrap();
+        w[i + 1].to_string()
+    };
+    let (mac1, mac2) = (mac_of(n1), mac_of(n2));
+    assert_eq!(neighbour(&client, lb).as_deref(), Some(mac1.as_str()));
+    let lb_on = |rules: &ServiceRules, here: bool| {
+        let mut r = rules.clone();
+        r.lb_addrs = if here { vec![lb] } else { vec![] };
+        r.ports[0].lb = if here { vec![(lb, 80)] } else { vec![] };
+        r
+    };
+    for (from, to, to_rules, from_rules, mac) in
+        [(n1, n2, &r2, &r1, &mac2), (n2, n1, &r1, &r2, &mac1)]
+    {
+        from.program_services(&lb_on(from_rules, false)).unwrap();
+        to.program_services(&lb_on(to_rules, true)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while neighbour(&client, lb).as_deref() != Some(mac.as_str())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            neighbour(&client, lb).as_deref(),
+            Some(mac.as_str()),
+            "the client's entry for {lb} after the move: {}",
+            sh(&client, "ip -4 neigh")
+        );
+        assert_eq!(tokens(&client, SocketAddrV4::new(lb, 80), 24), want);
+    }
+
     // A port without a node port (the seeds' NetworkProvider, allocateLoadBalancerNodePorts:
     // false, an external IP): B's address 10.77.0.201 on n2, where its endpoint runs; the
     // key towards the gateway is not a node port.
