@@ -8,7 +8,7 @@
 # Usage: bench/runtime/qemu_ab.sh QEMU_B [RUNS] [COLD] [IDLE]   (default 20 10 10)
 # Env: QEMU_A (default /usr/bin/qemu-system-x86_64), QEMU_B_DATA (H8S_QEMU_DATA for B, e.g. its
 # share/qemu:share/seabios when B is unpacked outside /usr), H8S_BIN (default
-# target/release/h8s), H8S_CACHE.
+# target/release/h8s; H8S_BUILD names its build when the path does not), H8S_CACHE.
 # Run it inside the VM lock: flock -o /work/wt/vm.lock bench/runtime/qemu_ab.sh …
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +16,7 @@ qb="${1:?QEMU_B}"; runs="${2:-20}"; cold="${3:-10}"; idle="${4:-10}"
 qa="${QEMU_A:-/usr/bin/qemu-system-x86_64}"
 export H8S_CACHE="${H8S_CACHE:-$HOME/.cache/h8s}"
 H="${H8S_BIN:-$PWD/target/release/h8s}"
-case "$H" in */release/*) build=release ;; *) build=debug ;; esac
+case "$H" in */release/*) build=release ;; *) build=${H8S_BUILD:-debug} ;; esac
 va=$("$qa" --version | head -1 | awk '{print $4}'); vb=$("$qb" --version | head -1 | awk '{print $4}')
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/h8s-bench-qab.XXXX)
