@@ -118,8 +118,9 @@ fi
 
 # --- 3. the initramfs -----------------------------------------------------------------------
 # What the pod VM needs that this kernel builds as modules (built-ins are skipped by modprobe);
-# veth joins the pod to its in-VM service namespace (Service proxy and cluster DNS).
-wanted=(virtio_mmio virtio_blk virtio_net virtio_console erofs overlay veth)
+# veth joins the pod to its in-VM service namespace (Service proxy and cluster DNS);
+# virtio_balloon reports freed guest memory to the host (free page reporting, cold pods).
+wanted=(virtio_mmio virtio_blk virtio_net virtio_console erofs overlay veth virtio_balloon)
 mods=()
 [ "${H8S_GUEST_KERNEL:-cloud}" = minimal ] && wanted=()  # everything is built in
 for m in "${wanted[@]}"; do

@@ -104,7 +104,7 @@ impl Spec {
             .unwrap_or_else(|_| self.vm.qemu.clone());
         let desc = format!(
             "h8s-template-v1\nqemu={}\nkernel={}\ninitrd={}\ncmdline={}\naccel={}\ntb={}\n\
-             mem={}\ncpus={}\nimages={}\nvolumes={:?}\nnet={}\njail={}\n",
+             mem={}\ncpus={}\nimages={}\nvolumes={:?}\nnet={}\njail={}\n{}",
             file_identity(&qemu),
             file_identity(&self.vm.kernel),
             file_identity(&self.vm.initramfs),
@@ -117,6 +117,12 @@ impl Spec {
             self.volumes_read_only,
             self.network,
             self.vm.jail.enabled,
+            // Firmware directories; nothing for the default (keys of existing templates stay).
+            self.vm
+                .qemu_data
+                .iter()
+                .map(|d| format!("data={}\n", d.display()))
+                .collect::<String>(),
         );
         let d = ring::digest::digest(&ring::digest::SHA256, desc.as_bytes());
         d.as_ref()[..10]

@@ -489,3 +489,65 @@ async fn a_hung_vm_is_stopped_by_the_watchdog() {
     assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
     e.rt.remove_sandbox(&id, false).await.unwrap();
 }
+
+/// QEMU's resident memory in MiB (`VmRSS`).
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn memory_a_guest_frees_goes_back_to_the_host() {
+    let e = env();
+    // Free page reporting is the default (a cold pod gets the balloon).
+    assert!(VmSettings::from_env().unwrap().free_page_reporting);
+    let mut cfg = sandbox(&e, "balloon");
+    cfg.memory_mib = 256;
+    let id = e.rt.run_sandbox(cfg).await.unwrap();
+    e.rt.start_pod_containers(&id, &[container("app", &["sleep", "600"])])
+        .await
+        .unwrap();
+    let qemu = e.rt.sandbox_status(&id).await.unwrap().qemu_pid.unwrap();
+    let sh = |script: &str| ExecConfig {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![],
+        tty: false,
+        stdin: false,
+        size: None,
+    };
+    // 100 MiB into the container's writable layer (guest memory), then removed.
+    let s = e.rt.exec(
+        &id,
+        "app",
+        sh("dd if=/dev/zero of=/big bs=1M count=100 2>&1"),
+    );
+    let (out, _, code) = collect(s.await.unwrap()).await;
+    assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&out));
+    let full = rss_mib(qemu);
+    let s = e.rt.exec(&id, "app", sh("rm /big"));
+    assert_eq!(collect(s.await.unwrap()).await.2, Some(0));
+    // The guest reports free 2 MiB blocks after ~2 s; QEMU discards them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = rss_mib(qemu);
+        if now + 64 <= full {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU still holds {now} MiB after the guest freed 100 MiB (at {full} MiB before)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    e.rt.stop_sandbox(&id, Duration::from_secs(2))
+        .await
+        .unwrap();
+    e.rt.remove_sandbox(&id, false).await.unwrap();
+}

@@ -74,6 +74,11 @@ impl HostVirt {
 pub struct VmSettings {
     /// `qemu-system-x86_64`.
     pub qemu: PathBuf,
+    /// QEMU's firmware and option ROM directories (`-L`, searched in order before QEMU's
+    /// built-in ones; bound read-only into the jail): for a QEMU installed outside `/usr`,
+    /// whose built-in paths name the host's `/usr/share/qemu`.
+    #[serde(default)]
+    pub qemu_data: Vec<PathBuf>,
     /// Guest kernel (bzImage or PVH vmlinux).
     pub kernel: PathBuf,
     /// Guest initramfs holding the agent (PID 1) and modules.
@@ -95,9 +100,12 @@ pub struct VmSettings {
     /// long, three missed pings in a row fail the pod.
     #[serde(default = "default_watchdog")]
     pub watchdog_secs: u64,
-    /// Add a virtio-balloon with free page reporting, so memory the guest frees goes back to
-    /// the host (needs the guest's `virtio_balloon` driver; without it the device idles).
-    #[serde(default)]
+    /// Add a virtio-balloon with free page reporting to cold-booted pods, so memory the guest
+    /// frees goes back to the host (needs the guest's `virtio_balloon` driver; without it the
+    /// device idles). Never to templates and their clones: QEMU (7.2 and 10) discards a
+    /// private file mapping's pages by punching a hole into the file first, which the
+    /// template's seals refuse, so nothing would be returned.
+    #[serde(default = "default_free_page_reporting")]
     pub free_page_reporting: bool,
     /// Container logs' and the console log's size limits (kubelet's containerLogMaxSize and
     /// containerLogMaxFiles).
@@ -123,6 +131,10 @@ pub struct VmSettings {
     pub disk_io: crate::DiskIoSettings,
 }
 
+fn default_free_page_reporting() -> bool {
+    true
+}
+
 fn default_templates() -> bool {
     true
 }
@@ -133,7 +145,8 @@ fn default_template_max_uses() -> u32 {
 
 impl VmSettings {
     /// Defaults from the environment: `$H8S_CACHE/guest/{vmlinuz,initramfs.img}`,
-    /// `H8S_ACCEL`, `H8S_BOOT_TIMEOUT`, `H8S_QEMU`, `H8S_GUEST_CMDLINE`, `H8S_PVM_GUEST`.
+    /// `H8S_ACCEL`, `H8S_BOOT_TIMEOUT`, `H8S_QEMU`, `H8S_QEMU_DATA` (`:`-separated),
+    /// `H8S_GUEST_CMDLINE`, `H8S_PVM_GUEST`, `H8S_FREE_PAGE_REPORTING` (`0`: off).
     pub fn from_env() -> crate::Result<Self> {
         let cache = std::env::var_os("H8S_CACHE")
             .map(PathBuf::from)
@@ -147,10 +160,24 @@ impl VmSettings {
             })?,
             Err(_) => 60,
         };
+        let qemu_data: Vec<PathBuf> = std::env::var_os("H8S_QEMU_DATA")
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(p) = qemu_data.iter().find(|p| !p.is_absolute()) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "H8S_QEMU_DATA: {} is not an absolute path",
+                p.display()
+            )));
+        }
         Ok(VmSettings {
             qemu: std::env::var_os("H8S_QEMU")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            qemu_data,
             kernel: guest.join("vmlinuz"),
             initramfs: guest.join("initramfs.img"),
             cmdline_extra: std::env::var("H8S_GUEST_CMDLINE").unwrap_or_default(),
@@ -166,7 +193,8 @@ impl VmSettings {
                 .and_then(|v| v.parse().ok())
                 .filter(|&s| s > 0)
                 .unwrap_or_else(default_watchdog),
-            free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING").is_ok_and(|v| v == "1"),
+            free_page_reporting: std::env::var("H8S_FREE_PAGE_REPORTING")
+                .map_or(true, |v| v != "0"),
             log_limits: Default::default(),
             // On where it can work: the jail needs root.
             jail: crate::JailSettings {
@@ -291,6 +319,9 @@ pub(crate) fn qemu_args(
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", &format!("h8s-{id}")]);
+    for d in &settings.qemu_data {
+        push(&["-L", &d.to_string_lossy()]);
+    }
     let mem = match &ep.mode {
         LaunchMode::Cold => None,
         LaunchMode::Template { mem } => Some((mem, "on")),
@@ -391,8 +422,9 @@ pub(crate) fn qemu_args(
         ]);
     }
     // The balloon only while a transport is left (volumes and images come first), and not
-    // for templates: QEMU 7.2 would punch holes into the template's memory file for pages a
-    // clone reports free.
+    // for templates: QEMU (7.2 and 10.0 alike) discards a clone's reported pages by punching
+    // a hole into the template's sealed memory file, which fails (an error logged per report,
+    // nothing returned; measured, docs/runtime.md "Memory").
     if settings.free_page_reporting
         && ep.mode == LaunchMode::Cold
         && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS
@@ -486,6 +518,7 @@ mod tests {
     fn settings() -> VmSettings {
         VmSettings {
             qemu: "qemu-system-x86_64".into(),
+            qemu_data: Vec::new(),
             kernel: "/k".into(),
             initramfs: "/i".into(),
             cmdline_extra: "h8s.debug=1".into(),
@@ -578,6 +611,35 @@ mod tests {
         assert!(a.contains("-initrd /vm/initrd"));
         // agent port + image + volume + net + balloon = 5 of 8 slots.
         assert!(a.contains("virtio-balloon-device"));
+        assert!(
+            !a.contains("-L "),
+            "no firmware directory unless configured: {a}"
+        );
+        // A template clone gets no balloon (its pages cannot be discarded; see VmSettings).
+        let clone = VmEndpoints {
+            mode: LaunchMode::Restore {
+                mem: "/proc/self/fd/10".into(),
+            },
+            kernel: p.kernel.clone(),
+            initrd: p.initrd.clone(),
+            image_fds: p.image_fds.clone(),
+            volume_fds: p.volume_fds.clone(),
+            pod_dir: p.pod_dir.clone(),
+            ..p
+        };
+        let mut s = settings();
+        s.qemu_data = vec![
+            "/opt/qemu/share/qemu".into(),
+            "/opt/qemu/share/seabios".into(),
+        ];
+        let c = qemu_args(&s, Accel::Tcg, "abc", &cfg, &clone).join(" ");
+        assert!(!c.contains("virtio-balloon-device"), "{c}");
+        assert!(
+            c.starts_with(
+                "-name h8s-abc -L /opt/qemu/share/qemu -L /opt/qemu/share/seabios -machine"
+            ),
+            "{c}"
+        );
         assert!(a.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));

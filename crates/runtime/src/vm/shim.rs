@@ -1104,7 +1104,8 @@ fn prepare_jail(
     jail.cgroup_dirs = cg.dirs.clone();
     jail.not_enforced.extend(cg.not_enforced.iter().cloned());
     let own_net = remote.is_empty();
-    let mut extra_ro_dirs = Vec::new();
+    // A QEMU installed outside /usr reads its firmware from its own data directories.
+    let mut extra_ro_dirs = settings.qemu_data.clone();
     if !own_net {
         jail.not_enforced.push(
             "network namespace: a volume drive (rbd:) reaches its storage over the host network"
