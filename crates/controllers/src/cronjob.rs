@@ -446,7 +446,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     )
     .with_config(Config::default().concurrency(4));
     let triggers = workload::child_triggers(
-        job_events,
+        workload::own_events(job_events),
         controller.store(),
         Arc::new(SeenRevision::default()),
         |_: &CronJob, _: &Job| false,

@@ -454,12 +454,11 @@ struct State {
 /// Runs the DaemonSet controller.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.pods(&client);
+    let pod_store = pods.store();
     let (node_store, node_writer) = reflector::store::<Node>();
     let seen = Arc::new(SeenRevision::default());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer);
+    let pod_events = pods.subscribe();
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),

@@ -1169,7 +1169,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     )
     .with_config(Config::default().concurrency(8));
     let triggers = workload::child_triggers(
-        rs_events,
+        workload::own_events(rs_events),
         controller.store(),
         seen.clone(),
         |d: &Deployment, rs: &ReplicaSet| {

@@ -63,7 +63,8 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let cfg = watcher::Config::default();
 
     // Pods and Endpoints: one watch each, caching and triggering (the controller polls them).
-    let (pods, pod_events) = cluster::reflect_stream(Api::<Pod>::all(client.clone()), cfg.clone());
+    let informer = ctx.informers.pods(&client);
+    let (pods, pod_events) = (informer.store(), informer.touched());
     let (endpoints, endpoint_events) =
         cluster::reflect_stream(Api::<Endpoints>::all(client.clone()), cfg.clone());
     // The task ends with this future (a named binding: `_` would drop it at once).
@@ -91,15 +92,17 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         resync,
     ));
     controller
-        .watches_stream(pod_events, move |pod: Pod| {
+        .reconcile_on(pod_events.flat_map(move |pod| {
             let ns = pod.namespace();
-            by_ns
-                .state()
-                .into_iter()
-                .filter(|s| s.namespace() == ns && selector(s).is_some())
-                .map(|s| ObjectRef::from_obj(&*s))
-                .collect::<Vec<_>>()
-        })
+            futures::stream::iter(
+                by_ns
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == ns && selector(s).is_some())
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>(),
+            )
+        }))
         .watches_stream(endpoint_events, |ep: Endpoints| {
             Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
         })

@@ -44,8 +44,8 @@ use kube::api::{
     Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
 };
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -854,7 +854,8 @@ struct State {
 /// Runs the Job controller (and the TTL-after-finished controller's work for jobs).
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.pods(&client);
+    let pod_store = pods.store();
     let seen = Arc::new(SeenRevision::default());
     let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .with_config(Config::default().concurrency(8));
@@ -863,29 +864,26 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let (orphans_tx, orphans_rx) =
         tokio::sync::mpsc::channel::<(String, String, Option<String>)>(1024);
     let job_store = controller.store();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
-                if has_finalizer(p) && outcome(p, false).is_some() {
-                    let owner = workload::controller_of(&p.metadata);
-                    let alive = owner.is_some_and(|r| {
-                        job_store
-                            .state()
-                            .iter()
-                            .any(|j| j.metadata.uid.as_deref() == Some(r.uid.as_str()))
-                    });
-                    if !alive {
-                        let _ = orphans_tx.try_send((
-                            p.namespace().unwrap_or_default(),
-                            p.name_any(),
-                            owner.map(|r| r.name.clone()),
-                        ));
-                    }
+    let pod_events = pods.subscribe().inspect(move |ev| {
+        if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+            if has_finalizer(p) && outcome(p, false).is_some() {
+                let owner = workload::controller_of(&p.metadata);
+                let alive = owner.is_some_and(|r| {
+                    job_store
+                        .state()
+                        .iter()
+                        .any(|j| j.metadata.uid.as_deref() == Some(r.uid.as_str()))
+                });
+                if !alive {
+                    let _ = orphans_tx.try_send((
+                        p.namespace().unwrap_or_default(),
+                        p.name_any(),
+                        owner.map(|r| r.name.clone()),
+                    ));
                 }
             }
-        });
+        }
+    });
     tokio::spawn(release_orphans(client.clone(), orphans_rx));
     let triggers = workload::child_triggers(
         pod_events,

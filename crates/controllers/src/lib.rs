@@ -11,6 +11,8 @@ use std::time::Duration;
 
 mod cluster;
 
+pub use cluster::informer::Informers;
+
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -103,6 +105,10 @@ pub struct Context {
     /// Where LoadBalancer Services' addresses come from (`--lb-pool`); `None`: they stay
     /// pending. See [`services_lb`].
     pub lb_pool: Option<services_lb::LbPool>,
+    /// The informers the controllers share (one watch and one cache per kind). [`run`]
+    /// starts from an empty set each time, so a new leadership term lists afresh; callers
+    /// running single controllers pass `Informers::default()`.
+    pub informers: Informers,
 }
 
 /// Why a controller stopped.
@@ -119,6 +125,10 @@ pub enum Error {
 /// Runs every controller until one fails fatally.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     use futures::future::try_join_all;
+    let ctx = Context {
+        informers: Informers::default(),
+        ..ctx
+    };
     use futures::FutureExt;
     type Fut = futures::future::BoxFuture<'static, Result<(), Error>>;
     let all: Vec<Fut> = vec![

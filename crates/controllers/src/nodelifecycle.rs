@@ -96,11 +96,8 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         watcher::Config::default(),
         None,
     );
-    let (pods, _pods_task) = cluster::reflect(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        Some(wake.clone()),
-    );
+    let informer = ctx.informers.pods(&client);
+    let (pods, _pods_task) = (informer.store(), informer.waking(wake.clone()));
     cluster::ready(&nodes).await;
     cluster::ready(&leases).await;
     cluster::ready(&pods).await;

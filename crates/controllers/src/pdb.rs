@@ -46,7 +46,8 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
     // One pod watch, caching and triggering (the controller polls it).
-    let (pods, pod_events) = cluster::reflect_stream(Api::<Pod>::all(client.clone()), cfg.clone());
+    let informer = ctx.informers.pods(&client);
+    let (pods, pod_events) = (informer.store(), informer.touched());
     let controller = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone());
     let pdbs = controller.store();
     let resync = ctx.timers.resync;
@@ -59,7 +60,9 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         pods,
     });
     controller
-        .watches_stream(pod_events, move |pod: Pod| budgets_of(&pdbs, &pod))
+        .reconcile_on(
+            pod_events.flat_map(move |pod| futures::stream::iter(budgets_of(&pdbs, &pod))),
+        )
         .reconcile_all_on(ticks)
         .run(reconcile, error_policy, state)
         .for_each(|r| async move {

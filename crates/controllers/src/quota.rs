@@ -71,9 +71,12 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         quotas,
     );
     controller
-        .watches(Api::<Pod>::all(client.clone()), cfg.clone(), move |o| {
-            in_ns(&q1, o.namespace())
-        })
+        .reconcile_on(
+            ctx.informers
+                .pods(&client)
+                .touched()
+                .flat_map(move |o| futures::stream::iter(in_ns(&q1, o.namespace()))),
+        )
         .watches(Api::<Service>::all(client.clone()), cfg.clone(), move |o| {
             in_ns(&q2, o.namespace())
         })

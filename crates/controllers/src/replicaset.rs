@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -125,11 +125,10 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
 async fn run_for<K: ReplicaOwner>(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let owners: Api<K> = Api::all(client.clone());
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.pods(&client);
+    let pod_store = pods.store();
     let seen = Arc::new(SeenRevision::default());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer);
+    let pod_events = pods.subscribe();
     let controller = Controller::new(owners, watcher::Config::default())
         .with_config(Config::default().concurrency(8));
     let triggers = workload::child_triggers(

@@ -26,8 +26,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::workload::hash::compute_hash;
@@ -417,11 +417,10 @@ struct State {
 /// Runs the StatefulSet controller.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.pods(&client);
+    let pod_store = pods.store();
     let seen = Arc::new(SeenRevision::default());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer);
+    let pod_events = pods.subscribe();
     let controller = Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),

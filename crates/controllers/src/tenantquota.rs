@@ -87,9 +87,12 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
                 .map(|t| ObjectRef::new_with(t, ar_ns.clone()))
         },
     )
-    .watches(Api::<Pod>::all(client.clone()), cfg.clone(), move |o| {
-        m1(o.namespace())
-    })
+    .reconcile_on(
+        ctx.informers
+            .pods(&client)
+            .touched()
+            .filter_map(move |o| std::future::ready(m1(o.namespace()))),
+    )
     .watches(Api::<Service>::all(client.clone()), cfg.clone(), move |o| {
         m2(o.namespace())
     })

@@ -51,10 +51,15 @@ impl ServerProc {
 /// Starts this binary as `h8s server --listen 127.0.0.1:0 <extra> --data-dir <temp>` and waits
 /// for its `ready` line.
 pub fn start_server(extra: &[&str]) -> anyhow::Result<ServerProc> {
+    start_server_at(&std::env::current_exe()?, extra)
+}
+
+/// [`start_server`] with another `h8s` binary (a benchmark's before/after comparison).
+pub fn start_server_at(exe: &Path, extra: &[&str]) -> anyhow::Result<ServerProc> {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(exe)
         .args(["server", "--listen", "127.0.0.1:0"])
         .args(extra)
         .arg("--data-dir")

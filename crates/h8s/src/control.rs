@@ -246,6 +246,7 @@ pub fn start(server: &h8s_apiserver::Server, args: &ControlArgs) -> anyhow::Resu
             timers: args.timers(),
             root_ca_pem: server.pki.ca_pem.clone(),
             lb_pool: args.lb_pool,
+            informers: Default::default(),
         };
         tasks.spawn(lead(
             "kube-controller-manager",

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use crate::bench_support::{start_server, stats, write_section};
+use crate::bench_support::{start_server, start_server_at, stats, write_section};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,10 @@ pub struct Args {
     /// The BENCHMARKS.md to update (nothing is written when absent).
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// Run the server from this `h8s` binary instead of this one (to compare two builds
+    /// with the same benchmark code).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
 }
 
 /// RSS (bytes) and CPU time (user + system) of a process, from /proc.
@@ -189,13 +193,28 @@ struct Phase {
     cpu: Duration,
 }
 
+/// The watches the server has open (`apiserver_longrunning_requests{verb="watch"}`).
+async fn open_watches(c: &h8s_client::kube::Client) -> Option<u64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).ok()?;
+    let text = c.request_text(req).await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("apiserver_longrunning_requests{verb=\"watch\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let server = start_server(&["--disable-agent"])?;
+    let server = match &args.server_bin {
+        Some(bin) => start_server_at(bin, &["--disable-agent"])?,
+        None => start_server(&["--disable-agent"])?,
+    };
     let pid = server.child.id();
     let c = h8s_client::from_kubeconfig(&server.kubeconfig).await?;
     let n = args.replicas;
+    // The components' watches, once they have started (discovery, first lists).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss_idle, _) = proc_usage(pid).unwrap_or_default();
+    let watches_idle = open_watches(&c).await;
 
     eprintln!("starting {} hollow nodes", args.nodes);
     let data = tempfile::tempdir()?;
@@ -333,7 +352,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
          Ready (for the rollout: pods of the new revision only). The baseline creates the same number of bare pods straight through the API \
          ({conc} in flight), so the ratio is the cost of the workload controllers on top of the \
          scheduler and the nodes. RSS is the server's peak during the phase (idle before the run: \
-         {idle} MiB; after: {after} MiB), CPU its user+system time.\n\n\
+         {idle} MiB; after: {after} MiB), CPU its user+system time. Open watches of the idle \
+         server (controller manager and scheduler, before the hollow nodes start): {watches}.\n\n\
          | phase | wall | rate | vs baseline | Ready after min / median / p99 | server RSS peak | server CPU |\n\
          |---|---|---|---|---|---|---|\n{rows}",
         nodes = args.nodes,
@@ -341,6 +361,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         load = load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         idle = rss_idle >> 20,
         after = rss_after >> 20,
+        watches = watches_idle.map_or("unknown".to_string(), |w| w.to_string()),
     );
     println!("{md}");
     if let Some(path) = &args.write {

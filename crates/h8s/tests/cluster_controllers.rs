@@ -200,6 +200,7 @@ where
         timers: timers(),
         root_ca_pem: std::fs::read_to_string(server().data_dir.join("ca.crt")).expect("server CA"),
         lb_pool: None,
+        informers: Default::default(),
     };
     let fut = run(ctx);
     tokio::spawn(async move {

@@ -162,6 +162,7 @@ fn start() -> Shared {
                 },
                 root_ca_pem: String::new(),
                 lb_pool: None,
+                informers: Default::default(),
             };
             tokio::spawn(async move {
                 if let Err(e) = h8s_controllers::run(ctx).await {

@@ -17,6 +17,8 @@ use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+pub(crate) mod informer;
+
 /// A background task that ends when this handle is dropped — with the controller's future,
 /// e.g. when leader election stops it — instead of outliving it.
 pub(crate) struct Task(tokio::task::JoinHandle<()>);

@@ -97,11 +97,8 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         cfg.clone(),
         Some(wake.clone()),
     );
-    let (pods, _t4) = cluster::reflect(
-        Api::<Pod>::all(client.clone()),
-        cfg.clone(),
-        Some(wake.clone()),
-    );
+    let informer = ctx.informers.pods(&client);
+    let (pods, _t4) = (informer.store(), informer.waking(wake.clone()));
     let (namespaces, _t5) = cluster::reflect(
         Api::<Namespace>::all(client.clone()),
         cfg.clone(),

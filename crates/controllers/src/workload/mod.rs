@@ -25,6 +25,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::Resource;
+
+use crate::cluster::informer::SharedEvent;
 use serde_json::{json, Value};
 
 /// How long an expectation waits for the cache before it is forgotten (Kubernetes'
@@ -520,7 +522,7 @@ pub(crate) fn child_triggers<C, O, S, F>(
 where
     C: Resource + Send + 'static,
     O: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    S: Stream<Item = Result<watcher::Event<C>, watcher::Error>> + Send + 'static,
+    S: Stream<Item = SharedEvent<C>> + Send + 'static,
     F: Fn(&O, &C) -> bool + Send + Sync + 'static,
 {
     let kind = O::kind(&()).into_owned();
@@ -528,9 +530,7 @@ where
     events.flat_map(move |ev| {
         let mut out: Vec<ObjectRef<O>> = Vec::new();
         match ev {
-            Ok(
-                watcher::Event::Apply(c) | watcher::Event::Delete(c) | watcher::Event::InitApply(c),
-            ) => {
+            watcher::Event::Apply(c) | watcher::Event::Delete(c) | watcher::Event::InitApply(c) => {
                 seen.observe(c.meta());
                 let m = c.meta();
                 let ns = m.namespace.clone();
@@ -554,10 +554,29 @@ where
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "child watch failed; retrying"),
+            watcher::Event::Init | watcher::Event::InitDone => {}
         }
         futures::stream::iter(out)
+    })
+}
+
+/// A controller's own child watch (kinds without a shared informer) as [`child_triggers`]
+/// takes it: errors logged (the watcher retries), objects in `Arc`s.
+pub(crate) fn own_events<C: Send + Sync + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<C>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = SharedEvent<C>> + Send + 'static {
+    events.filter_map(|ev| async move {
+        match ev {
+            Ok(watcher::Event::Apply(c)) => Some(watcher::Event::Apply(Arc::new(c))),
+            Ok(watcher::Event::Delete(c)) => Some(watcher::Event::Delete(Arc::new(c))),
+            Ok(watcher::Event::InitApply(c)) => Some(watcher::Event::InitApply(Arc::new(c))),
+            Ok(watcher::Event::Init) => Some(watcher::Event::Init),
+            Ok(watcher::Event::InitDone) => Some(watcher::Event::InitDone),
+            Err(e) => {
+                tracing::warn!(error = %e, "child watch failed; retrying");
+                None
+            }
+        }
     })
 }
 
