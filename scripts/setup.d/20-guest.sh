@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Pod VM guest: Debian's cloud kernel (downloaded and extracted, never installed on the host),
-# the static h8s guest agent, and an initramfs holding the agent as /init plus the kernel
-# modules the pod VM needs. Writes into $H8S_CACHE/guest:
+# Pod VM guest: a minimal kernel built from Debian's linux-source-6.1 (default) or Debian's cloud
+# kernel (downloaded and extracted, never installed on the host), the static h8s guest agent,
+# and an initramfs holding the agent as /init plus, for the cloud kernel, the modules the pod VM
+# needs. Writes into $H8S_CACHE/guest:
 #   vmlinuz          the guest kernel
 #   initramfs.img    /init = h8s-guest, /lib/modules/<release>/{*.ko,modules.dep}
 #   guest.env        KERNEL=… INITRAMFS=… RELEASE=… (for scripts and tests)
 # Idempotent: re-running only rebuilds what changed.
 #
-# Knobs: H8S_GUEST_KERNEL=cloud|minimal (default cloud; minimal builds a small kernel from
-# Debian's linux-source-6.1, see below), H8S_INITRAMFS_COMPRESS=none|gzip (default none).
+# Knobs: H8S_GUEST_KERNEL=minimal|cloud (default minimal: a small kernel built once from
+# Debian's linux-source-6.1, see below; cloud: Debian's cloud kernel, no build),
+# H8S_INITRAMFS_COMPRESS=none|gzip (default none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACHE="${H8S_CACHE:-$HOME/.cache/h8s}"
@@ -25,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # --- 1. the kernel ----------------------------------------------------------------------------
-# cloud (default): the versioned image linux-image-cloud-amd64 points to, extracted.
+# cloud: the versioned image linux-image-cloud-amd64 points to, extracted.
 pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
       | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
 if [ -z "$pkg" ]; then
@@ -53,10 +55,12 @@ kmods="$kroot/lib/modules/$release"
 kernel="$kroot/boot/vmlinuz-$release"
 kernel_desc=$(basename "$deb")
 
-# minimal (H8S_GUEST_KERNEL=minimal): tinyconfig + what a pod needs, everything built in, LZ4,
-# from Debian's linux-source-6.1 (GUEST-KERNEL.md: ~0.7 s vs ~1.9 s to init under TCG). The
-# build takes minutes (niced); it is redone only when the option list or the source changes.
-if [ "${H8S_GUEST_KERNEL:-cloud}" = minimal ]; then
+# minimal (the default): tinyconfig + what a pod needs, everything built in, LZ4, from Debian's
+# linux-source-6.1 (BENCHMARKS.md "Guest kernel": cold boots and the VM test suites take about a
+# third of the cloud kernel's time under TCG). The build takes minutes (niced; a progress line a
+# minute); it is redone only when the option list or the source changes. The cloud kernel above
+# stays unpacked beside it: H8S_GUEST_KERNEL=cloud switches back without a download.
+if [ "${H8S_GUEST_KERNEL:-minimal}" = minimal ]; then
   need=()
   for p in linux-source-6.1 build-essential bc bison flex libelf-dev lz4 xz-utils; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -139,7 +143,7 @@ fi
 # virtio_balloon reports freed guest memory to the host (free page reporting, cold pods).
 wanted=(virtio_mmio virtio_blk virtio_net virtio_console erofs overlay veth virtio_balloon)
 mods=()
-[ "${H8S_GUEST_KERNEL:-cloud}" = minimal ] && wanted=()  # everything is built in
+[ "${H8S_GUEST_KERNEL:-minimal}" = minimal ] && wanted=()  # everything is built in
 for m in "${wanted[@]}"; do
   while read -r verb path _; do
     [ "$verb" = insmod ] && mods+=("${path#"$kmods"/}")
