@@ -8,7 +8,9 @@
 # Writes the `templates` block of BENCHMARKS.md's runtime section.
 # Usage: bench/runtime/templates.sh [RUNS] [BURST] [IDLE] [MANY]   (default 20 20 10 50)
 # Env: H8S_BIN (default target/release/h8s, else target/debug/h8s), H8S_CACHE, NO_API=1,
-# TB_RUNS (runs per translation cache size, default 10).
+# TB_RUNS (runs per translation cache size, default 10), TB_SIZES (default "8 32"; empty skips
+# that part), BLOCK (the BENCHMARKS.md block to write, default templates; another name is added
+# after the templates block, e.g. BLOCK=templates-minimal with H8S_CACHE=~/.cache/h8s-minimal).
 # Run it inside the VM lock: flock -o /work/wt/vm.lock bench/runtime/templates.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,6 +83,8 @@ tdir=$(template_ready)
 build_ms=$(python3 -c "import json;print(json.load(open('$tdir/ready'))['build_ms'])")
 accel=$(python3 -c "import json;print(json.load(open('$tdir/pod.json')).get('accel') or '?')")
 kernel="$H8S_CACHE/guest/vmlinuz"; initrd="$H8S_CACHE/guest/initramfs.img"
+ksource=$(sed -n 's/^KERNEL_SOURCE=//p' "$H8S_CACHE/guest/guest.env")
+block_name="${BLOCK:-templates}"
 khz=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 bare() {
   qemu-system-x86_64 -machine microvm,rtc=on,acpi=on -accel tcg,thread=multi,tb-size=16 -cpu max \
@@ -165,7 +169,7 @@ read -r p50min p50med p50max p50q p50s p50n <<< "$(pss "$many")"
 
 # 5. The translation cache: start time and memory with 8 and 32 MiB (16 is the default above).
 tbrows=""
-for tb in 8 32; do
+for tb in ${TB_SIZES-8 32}; do
   export H8S_TCG_TB_MIB=$tb
   "$H" run --rm "$img" -- true >/dev/null; template_ready >/dev/null
   : > "$work/tb$tb"
@@ -205,10 +209,10 @@ PY
 )
 fi
 block=$(cat <<MD
-<!-- bench:runtime:templates:begin -->
+<!-- bench:runtime:${block_name}:begin -->
 Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` ($build \`h8s\` binary), accelerator **${accel}**,
 2 host cores shared with other work (load average ${load0} at the start, ${load1} at the end); guest
-\`$kernel\` (Debian's cloud kernel), 256 MiB, 1 vCPU, busybox erofs image, translation cache 16 MiB
+\`$kernel\` (${ksource}), 256 MiB, 1 vCPU, busybox erofs image, translation cache 16 MiB
 unless said otherwise. All rows below come from this one run.
 
 **Where a template start's time goes** (\`h8s run -d IMAGE -- sh -c 'echo hi'\`, each pod's
@@ -245,14 +249,16 @@ Template build (boot + save, in the background): ${build_ms} ms.
 | cache | runs | min | median | p99 | PSS per idle pod (median) |
 |---|---|---|---|---|---|
 $tbrows| 16 MiB (default, above) | $(stats "$work/t") | $p10med MiB |
-<!-- bench:runtime:templates:end -->
+<!-- bench:runtime:${block_name}:end -->
 MD
 )
-python3 - "$block" <<'PY'
+python3 - "$block" "$block_name" <<'PY'
 import sys,re
-b=sys.argv[1]; p="BENCHMARKS.md"; s=open(p).read()
-if "<!-- bench:runtime:templates:begin -->" in s:
-    s=re.sub(r"<!-- bench:runtime:templates:begin -->.*?<!-- bench:runtime:templates:end -->", lambda m: b, s, flags=re.S)
+b=sys.argv[1]; n=sys.argv[2]; p="BENCHMARKS.md"; s=open(p).read()
+if f"<!-- bench:runtime:{n}:begin -->" in s:
+    s=re.sub(rf"<!-- bench:runtime:{n}:begin -->.*?<!-- bench:runtime:{n}:end -->", lambda m: b, s, flags=re.S)
+elif "<!-- bench:runtime:templates:end -->" in s:
+    s=s.replace("<!-- bench:runtime:templates:end -->", "<!-- bench:runtime:templates:end -->\n\n"+b, 1)
 else:
     s=s.replace("<!-- bench:runtime:begin -->", "<!-- bench:runtime:begin -->\n### VM templates (issue 15)\n\n"+b+"\n", 1)
 open(p,"w").write(s)
