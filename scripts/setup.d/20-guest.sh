@@ -87,7 +87,12 @@ if [ "${H8S_GUEST_KERNEL:-minimal}" = minimal ]; then
     ADVISE_SYSCALLS MEMBARRIER RSEQ CROSS_MEMORY_ATTACH BUG BASE_FULL
     # Hardening the cloud kernel has: KASLR (cold boots; clones share their template's layout,
     # see docs/runtime.md) and the strong stack protector.
-    RELOCATABLE RANDOMIZE_BASE STACKPROTECTOR STACKPROTECTOR_STRONG)
+    RELOCATABLE RANDOMIZE_BASE STACKPROTECTOR STACKPROTECTOR_STRONG
+    # What tenants' images expect of a Linux kernel and tinyconfig leaves out: io_uring,
+    # AF_PACKET (DHCP clients, tcpdump), keyrings, socket diagnostics (`ss`), file change
+    # notification, userfaultfd, checkpoint/restore (CRIU), TUN, multicast, xattrs on tmpfs.
+    IO_URING PACKET KEYS INET_DIAG INET_TCP_DIAG INET_UDP_DIAG UNIX_DIAG FANOTIFY DNOTIFY
+    USERFAULTFD CHECKPOINT_RESTORE TUN IP_MULTICAST TMPFS_XATTR)
   disable=(KERNEL_XZ KERNEL_GZIP ACPI_AC BATTERY BUTTON FAN THERMAL ACPI_TABLE_UPGRADE VIRTIO_PCI MODULES)
   srcver=$(dpkg-query -W -f '${Version}' linux-source-6.1)
   mdir="$OUT/minimal"
