@@ -9,8 +9,7 @@
 //! that reserved it fails. The repair loop (`h8s-controllers`' `ipaddress`) recreates
 //! missing ones and removes leaked ones.
 //!
-//! ClusterIPs come from one cluster-wide service CIDR whatever the Service's Network (the
-//! allocator scans every Service), so an address names one IPAddress in the whole cluster;
+//! ClusterIPs come from one cluster-wide service CIDR whatever the Service's Network, so an address names one IPAddress in the whole cluster;
 //! tenants never see them (IPAddresses are cluster-scoped objects for administrators only,
 //! see `tenancy`).
 
@@ -85,20 +84,60 @@ pub fn cluster_ips(svc: &Value) -> Vec<String> {
 }
 
 impl Api {
-    /// The names of every IPAddress object: addresses taken, whoever wrote them.
-    pub(crate) async fn ip_addresses_taken(&self) -> Result<Vec<String>, ApiError> {
-        let Some(t) = target("") else {
-            return Ok(Vec::new());
+    /// Whether `ip` is free for Service `ns/name`: no IPAddress, or one naming it (a
+    /// dry run's check, which writes nothing).
+    pub(crate) async fn cluster_ip_free(
+        &self,
+        ip: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<bool, ApiError> {
+        let t = target(ip).ok_or_else(|| ApiError::internal("ipaddresses are not served"))?;
+        Ok(self
+            .read(&t, ip)
+            .await?
+            .is_none_or(|(_, o)| names_service(&o, ns, name)))
+    }
+
+    /// At start: the IPAddress of every cluster IP a stored Service holds without one (a
+    /// store written before the allocator wrote IPAddresses), so that the allocator, which
+    /// reads nothing but IPAddresses, never hands such an address out again. Two lists,
+    /// once; the repair loop keeps them right afterwards.
+    pub(crate) async fn backfill_ip_addresses(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let (Some(t), Some(svc)) = (target(""), h8s_types::resources::find("", "v1", "services"))
+        else {
+            return Ok(0);
         };
-        let all = self
-            .store
-            .list(&obj::prefix(t.res, None), h8s_store::ListOptions::default())
-            .await
-            .map_err(|e| crate::error::from_store(e, &Default::default()))?;
-        all.items
+        let list = |res| {
+            let store = self.store.clone();
+            async move {
+                store
+                    .list(&obj::prefix(res, None), h8s_store::ListOptions::default())
+                    .await
+                    .map_err(|e| crate::error::from_store(e, &Default::default()))
+            }
+        };
+        let have: std::collections::HashSet<String> = list(t.res)
+            .await?
+            .items
             .iter()
             .map(|kv| obj::decode(kv).map(|o| obj::name(&o).to_string()))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let mut made = 0;
+        for kv in &list(svc).await?.items {
+            let s = obj::decode(kv)?;
+            for ip in cluster_ips(&s) {
+                let in_range = ip
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|a| self.service_cidr.contains(a));
+                if in_range && !have.contains(&ip) {
+                    self.reserve_cluster_ip(&ip, obj::namespace(&s), obj::name(&s))
+                        .await?;
+                    made += 1;
+                }
+            }
+        }
+        Ok(made)
     }
 
     /// Reserves `ip` for Service `ns/name` by creating its IPAddress: `Ok(false)` when the

@@ -86,6 +86,14 @@ async fn kubernetes_service(api: &Arc<Api>, addr: std::net::SocketAddr) -> Resul
     if let Err(e) = api.reserve_cluster_ip(&ip, "default", "kubernetes").await {
         tracing::warn!(error = %e.message, "reserving the kubernetes Service's cluster IP failed");
     }
+    match api.backfill_ip_addresses().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "wrote the IPAddresses of Services stored without them"
+        ),
+        Err(e) => tracing::warn!(error = %e.message, "writing the missing IPAddresses failed"),
+    }
     let ep_ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {

@@ -23,8 +23,9 @@ pub struct Api {
     pub(crate) service_cidr: crate::cidr::Cidr,
     /// The node ports Services are given (`--service-node-port-range`).
     pub(crate) node_ports: std::ops::RangeInclusive<i64>,
-    /// Serialises Service address allocation with the write that records it.
-    pub(crate) svc_lock: tokio::sync::Mutex<()>,
+    /// Serialises Service address allocation with the write that records it; holds the
+    /// offset in the service CIDR the next dynamic cluster IP is tried at (0: not chosen yet).
+    pub(crate) svc_lock: tokio::sync::Mutex<u32>,
     /// Delegated subresources by (resource, subresource).
     pub(crate) streams: HashMap<(String, String), Arc<dyn SubresourceHandler>>,
     /// Signs approved CertificateSigningRequests (`None`: they stay approved, unsigned).

@@ -60,6 +60,45 @@ fn free_port(range: &RangeInclusive<i64>, used: &HashSet<i64>) -> Option<i64> {
         .find(|p| !used.contains(p))
 }
 
+/// The first offset of the band dynamic cluster IPs come from first: below it, as kube's
+/// `ServiceIPStaticSubrange`, 1/16 of the range (at least 16, at most 256 addresses) is
+/// left for addresses users pick (offsets 0 and 1 are the network and the `kubernetes`
+/// Service's; the last, the broadcast address, is never handed out).
+fn static_band(size: u32) -> u32 {
+    (size / 16)
+        .clamp(16, 256)
+        .min(size.saturating_sub(1))
+        .max(2)
+}
+
+/// The offsets a dynamic cluster IP is tried at: the upper band from `next` round, then the
+/// static band.
+fn ip_offsets(size: u32, next: u32) -> impl Iterator<Item = u32> {
+    let lower = static_band(size);
+    let band = size.saturating_sub(1).saturating_sub(lower);
+    let start = if band == 0 {
+        0
+    } else {
+        next.saturating_sub(lower) % band
+    };
+    (0..band)
+        .map(move |i| lower + (start + i) % band)
+        .chain(2..lower)
+}
+
+/// Where a server's first dynamic pick starts: a random offset in the upper band (kube's
+/// allocator starts at a random one), so that a restarted server does not walk over the
+/// addresses taken before it.
+fn seed_offset(size: u32) -> u32 {
+    let lower = static_band(size);
+    let band = size.saturating_sub(1).saturating_sub(lower).max(1);
+    let mut b = [0u8; 4];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        return lower;
+    }
+    lower + u32::from_le_bytes(b) % band
+}
+
 fn invalid(name: &str, field: &str, msg: String) -> ApiError {
     ApiError::invalid(
         "Service",
@@ -80,11 +119,13 @@ impl Api {
     /// Unless `dry_run`, a new cluster IP is reserved as its IPAddress object (see
     /// [`crate::ipaddr`]); what was reserved is returned, for the caller to settle once the
     /// Service is written.
+    /// `cursor` (held under the lock) is where the next dynamic cluster IP is tried.
     pub(crate) async fn allocate_service(
         self: &Arc<Self>,
         o: &mut Value,
         old: Option<&Value>,
         dry_run: bool,
+        cursor: &mut u32,
     ) -> Result<Vec<String>, ApiError> {
         let name = obj::name(o).to_string();
         let namespace = obj::namespace(o).to_string();
@@ -92,38 +133,36 @@ impl Api {
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP")
             .to_string();
-        let res = h8s_types::resources::find("", "v1", "services")
-            .ok_or_else(|| ApiError::internal("services are not in the resource table"))?;
-        let all = self
-            .store
-            .list(&obj::prefix(res, None), ListOptions::default())
-            .await
-            .map_err(|e| from_store(e, &Subject::default()))?;
-        let mut used_ips = HashSet::new();
+        // Node ports are found free by a scan of the Services, so only a Service that
+        // needs them pays for the list; cluster IPs need none (their IPAddress objects
+        // are the reservations).
         let mut used_ports = HashSet::new();
-        for kv in &all.items {
-            let s = obj::decode(kv)?;
-            if old.is_some() && obj::name(&s) == name && obj::namespace(&s) == namespace {
-                // The Service being updated: its own addresses are not in another's way.
-                continue;
-            }
-            if let Some(ips) = obj::at(&s, "spec.clusterIPs").and_then(Value::as_array) {
-                used_ips.extend(ips.iter().filter_map(Value::as_str).map(str::to_string));
-            }
-            if let Some(ip) = obj::at(&s, "spec.clusterIP").and_then(Value::as_str) {
-                used_ips.insert(ip.to_string());
-            }
-            for p in obj::at(&s, "spec.ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+        if needs_node_ports(o) || needs_health_check_port(o) {
+            let res = h8s_types::resources::find("", "v1", "services")
+                .ok_or_else(|| ApiError::internal("services are not in the resource table"))?;
+            let all = self
+                .store
+                .list(&obj::prefix(res, None), ListOptions::default())
+                .await
+                .map_err(|e| from_store(e, &Subject::default()))?;
+            for kv in &all.items {
+                let s = obj::decode(kv)?;
+                if old.is_some() && obj::name(&s) == name && obj::namespace(&s) == namespace {
+                    // The Service being updated: its own ports are not in another's way.
+                    continue;
+                }
+                for p in obj::at(&s, "spec.ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+                        used_ports.insert(n);
+                    }
+                }
+                if let Some(n) = obj::at(&s, "spec.healthCheckNodePort").and_then(Value::as_i64) {
                     used_ports.insert(n);
                 }
-            }
-            if let Some(n) = obj::at(&s, "spec.healthCheckNodePort").and_then(Value::as_i64) {
-                used_ports.insert(n);
             }
         }
         let old_ip = old
@@ -135,24 +174,29 @@ impl Api {
             .unwrap_or("")
             .to_string();
         let mut reserved = Vec::new();
-        let used_services_ips = used_ips.clone();
         if ty != "ExternalName" && !(old.is_some() && !want.is_empty() && want == old_ip) {
-            // Addresses reserved as IPAddress objects are taken too, whoever wrote them.
-            used_ips.extend(self.ip_addresses_taken().await?);
             let ip = if want == "None" {
                 "None".to_string()
             } else if want.is_empty() {
-                let n = self.service_cidr.size();
+                // As kube's IPAddress allocator: a candidate, then its IPAddress created —
+                // AlreadyExists means taken, try the next. No list: the cost does not grow
+                // with the number of Services.
+                let size = self.service_cidr.size();
+                if *cursor == 0 {
+                    *cursor = seed_offset(size);
+                }
                 let mut picked = None;
-                for ip in (2..n.saturating_sub(1))
-                    .map(|i| Ipv4Addr::from(self.service_cidr.base + i).to_string())
-                    .filter(|ip| !used_ips.contains(ip))
-                {
-                    // Creating the IPAddress is the reservation; one that appeared since
-                    // the scan means the next address.
-                    if dry_run || self.reserve_cluster_ip(&ip, &namespace, &name).await? {
+                for off in ip_offsets(size, *cursor) {
+                    let ip = Ipv4Addr::from(self.service_cidr.base + off).to_string();
+                    let free = if dry_run {
+                        self.cluster_ip_free(&ip, &namespace, &name).await?
+                    } else {
+                        self.reserve_cluster_ip(&ip, &namespace, &name).await?
+                    };
+                    if free {
                         if !dry_run {
                             reserved.push(ip.clone());
+                            *cursor = off + 1;
                         }
                         picked = Some(ip);
                         break;
@@ -183,15 +227,12 @@ impl Api {
                         format!("Invalid value: [\"{want}\"]: failed to allocate IP {want}: provided IP is already allocated"),
                     )
                 };
-                if used_services_ips.contains(&want) {
-                    return Err(taken());
-                }
                 if !dry_run {
                     if !self.reserve_cluster_ip(&want, &namespace, &name).await? {
                         return Err(taken());
                     }
                     reserved.push(want.clone());
-                } else if used_ips.contains(&want) {
+                } else if !self.cluster_ip_free(&want, &namespace, &name).await? {
                     return Err(taken());
                 }
                 want
@@ -402,6 +443,31 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_cluster_ips_walk_the_upper_band_then_the_static_one() {
+        // 10.96.0.0/12: the static band is the first 256 addresses.
+        let size = 1 << 20;
+        assert_eq!(static_band(size), 256);
+        let first: Vec<u32> = ip_offsets(size, 1000).take(3).collect();
+        assert_eq!(first, vec![1000, 1001, 1002]);
+        // From the last address of the upper band round to its first, then the static band.
+        let all: Vec<u32> = ip_offsets(size, size - 2).collect();
+        assert_eq!(all.len() as u32, size - 3);
+        assert_eq!(&all[..2], &[size - 2, 256]);
+        assert_eq!(all[(size - 257) as usize], 2);
+        assert!(!all.contains(&0) && !all.contains(&1) && !all.contains(&(size - 1)));
+        // A start below the band (not chosen yet) is the band's first.
+        assert_eq!(ip_offsets(size, 0).next(), Some(256));
+        // A /28: all of it is the static band: 2..=14.
+        assert_eq!(
+            ip_offsets(16, 5).collect::<Vec<_>>(),
+            (2..15).collect::<Vec<_>>()
+        );
+        assert_eq!(ip_offsets(4, 0).collect::<Vec<_>>(), vec![2]);
+        let seed = seed_offset(size);
+        assert!((256..size - 1).contains(&seed), "{seed}");
+    }
 
     #[test]
     fn port_ranges() {

@@ -23,6 +23,7 @@ mod server;
 mod soak_bench;
 mod store;
 mod svc_bench;
+mod svcalloc_bench;
 mod tenancy_bench;
 mod tenant_cli;
 mod webhook_bench;
@@ -98,6 +99,9 @@ enum BenchCommand {
     /// Services: pod → ClusterIP (the in-pod proxy) against pod → pod, request time and
     /// throughput, in pod VMs on one tenant Network.
     Svc(svc_bench::Args),
+    /// Services: create latency (the ClusterIP allocation) with 0, 1,000 and 5,000
+    /// Services stored, against ConfigMap creates.
+    SvcAlloc(svcalloc_bench::Args),
     /// Dynamic admission: ConfigMap creates with a validating webhook / a
     /// ValidatingAdmissionPolicy selecting them, against none, in the same run.
     Webhook(webhook_bench::Args),
@@ -134,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Tenancy(args)) => tenancy_bench::run(args),
         Command::Bench(BenchCommand::Identity(args)) => identity_bench::run(args),
         Command::Bench(BenchCommand::Svc(args)) => svc_bench::run(args),
+        Command::Bench(BenchCommand::SvcAlloc(args)) => svcalloc_bench::run(args),
         Command::Bench(BenchCommand::Webhook(args)) => webhook_bench::run(args),
         Command::Bench(BenchCommand::Extensions(args)) => extensions_bench::run(args),
         Command::Bench(BenchCommand::Limits(args)) => limits_bench::run(args),

@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// An HTTPS webhook on 127.0.0.1 that allows every review; returns its port and CA (PEM).
 async fn allow_all_webhook() -> anyhow::Result<(u16, String)> {
-    json_https_server(&["127.0.0.1"], false, |_, body| {
+    json_https_server(&["127.0.0.1", "allow.kube-system.svc"], false, |_, body| {
         let review: Value = serde_json::from_slice(body).unwrap_or_default();
         let out = json!({"apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -105,6 +105,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("plain", "none"),
         ("hooked", "webhook"),
         ("policed", "policy"),
+        ("serviced", "service"),
     ] {
         post(
             &c,
@@ -126,7 +127,35 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                 "resources": ["configmaps"]}],
             "namespaceSelector": {"matchLabels": {"bench": "webhook"}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 5},
+            {"name": "allow-svc.bench.h8s.io",
+            "clientConfig": {"service": {"namespace": "kube-system", "name": "allow", "path": "/allow", "port": 443},
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.as_bytes())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"bench": "service"}},
             "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 5}]}),
+    )
+    .await?;
+    // The same webhook by clientConfig.service: a selector-less Service whose
+    // EndpointSlice names this process (resolved to an endpoint per call).
+    post(
+        &c,
+        "/api/v1/namespaces/kube-system/services",
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "allow", "namespace": "kube-system"},
+            "spec": {"ports": [{"port": 443, "targetPort": port, "protocol": "TCP"}]}}),
+    )
+    .await?;
+    post(
+        &c,
+        "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "allow-1", "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": "allow"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "", "port": port, "protocol": "TCP"}]}),
     )
     .await?;
     post(
@@ -153,13 +182,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .await?;
     let conc = args.concurrency;
     // Warm-up, then the cases alternate so all see the same machine.
-    for ns in ["plain", "hooked", "policed"] {
+    for ns in ["plain", "hooked", "policed", "serviced"] {
         creates(&c, ns, "warm", 100, conc).await?;
     }
     let half = args.creates / 2;
-    let mut parts: Vec<Vec<Summary>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut parts: Vec<Vec<Summary>> = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..2 {
-        for (i, ns) in ["plain", "hooked", "policed"].iter().enumerate() {
+        for (i, ns) in ["plain", "hooked", "policed", "serviced"]
+            .iter()
+            .enumerate()
+        {
             parts[i].push(creates(&c, ns, &format!("r{round}"), half, conc).await?);
         }
     }
@@ -177,11 +209,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let base = pick(&mut parts[0]);
     let hook = pick(&mut parts[1]);
     let vap = pick(&mut parts[2]);
+    let svc = pick(&mut parts[3]);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mut md = format!(
-        "Measured by `h8s bench webhook` (debug={}) on {cpus} cores shared with the client, the webhook and other work: one `h8s server` process (embedded store), the client speaks HTTP/2 over TLS (4 connections, {conc} requests in flight). ConfigMap creates in three namespaces, same run, cases alternating (a warm-up, then two rounds; the second round is shown): no admission configuration selects the first (baseline); a ValidatingWebhookConfiguration selects the second — one HTTPS call per create to a webhook in the benchmark process (rustls, its own CA; h8s keeps up to 8 idle connections per webhook) that allows everything; a ValidatingAdmissionPolicy with two CEL validations selects the third. Latency per request, client side, ms; ratio is p50 over the baseline's.\n\n",
+        "Measured by `h8s bench webhook` (debug={}) on {cpus} cores shared with the client, the webhook and other work: one `h8s server` process (embedded store), the client speaks HTTP/2 over TLS (4 connections, {conc} requests in flight). ConfigMap creates in three namespaces, same run, cases alternating (a warm-up, then two rounds; the second round is shown): no admission configuration selects the first (baseline); a ValidatingWebhookConfiguration selects the second — one HTTPS call per create to a webhook in the benchmark process (rustls, its own CA; h8s keeps up to 8 idle connections per webhook) that allows everything, by `clientConfig.url`; a ValidatingAdmissionPolicy with two CEL validations selects the third; the same webhook by `clientConfig.service` selects the fourth (a selector-less Service in kube-system whose EndpointSlice names the webhook; the Service reference is resolved to an endpoint on every call). Latency per request, client side, ms; ratio is p50 over the baseline's.\n\n",
         cfg!(debug_assertions)
     );
     md.push_str(
@@ -190,6 +223,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     md.push_str(&row("create, no webhook (baseline)", &base, &base));
     md.push_str(&row("create, one validating webhook", &hook, &base));
     md.push_str(&row("create, one ValidatingAdmissionPolicy", &vap, &base));
+    md.push_str(&row(
+        "create, one validating webhook by clientConfig.service",
+        &svc,
+        &base,
+    ));
     println!("{md}");
     if let Some(path) = &args.write {
         crate::bench_support::write_section(

@@ -31,6 +31,8 @@ const FOLLOWED: &[(&str, &str)] = &[
 struct Cache {
     objects: RwLock<HashMap<String, Value>>,
     synced: AtomicBool,
+    /// The keys it holds: every key under this prefix.
+    prefix: String,
 }
 
 /// Object reads for admission plugins.
@@ -75,15 +77,30 @@ impl Lookup {
         shutdown: tokio::sync::watch::Receiver<bool>,
         which: &[(&'static str, &'static str)],
     ) -> Self {
+        Self::following_in(store, shutdown, which, None)
+    }
+
+    /// [`Lookup::following`] of one namespace's objects (`Some`), or all (`None`); reads
+    /// of other namespaces go to the store.
+    pub fn following_in(
+        store: Arc<dyn h8s_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        which: &[(&'static str, &'static str)],
+        namespace: Option<&str>,
+    ) -> Self {
         let mut caches = HashMap::new();
         for (group, plural) in which {
             let Ok(r) = resource(group, plural) else {
                 continue;
             };
-            let cache = Arc::new(Cache::default());
+            let prefix = obj::prefix(r, namespace.filter(|_| r.namespaced));
+            let cache = Arc::new(Cache {
+                prefix: prefix.clone(),
+                ..Default::default()
+            });
             tokio::spawn(follow(
                 store.clone(),
-                obj::prefix(r, None),
+                prefix,
                 cache.clone(),
                 shutdown.clone(),
             ));
@@ -103,6 +120,12 @@ impl Lookup {
             .filter(|c| c.synced.load(Ordering::Acquire))
     }
 
+    /// Whether the cache of (group, plural) has listed (reads are served from it).
+    #[cfg(test)]
+    pub fn synced(&self, group: &str, plural: &str) -> bool {
+        self.cache(group, plural).is_some()
+    }
+
     /// One object, `None` when it does not exist.
     pub async fn get(
         &self,
@@ -113,7 +136,10 @@ impl Lookup {
     ) -> Result<Option<Value>, ApiError> {
         let r = resource(group, plural)?;
         let key = obj::key(r, ns, name);
-        if let Some(c) = self.cache(group, plural) {
+        if let Some(c) = self
+            .cache(group, plural)
+            .filter(|c| key.starts_with(&c.prefix))
+        {
             let hit = c
                 .objects
                 .read()
@@ -144,7 +170,10 @@ impl Lookup {
     ) -> Result<Vec<Value>, ApiError> {
         let r = resource(group, plural)?;
         let prefix = obj::prefix(r, ns);
-        if let Some(c) = self.cache(group, plural) {
+        if let Some(c) = self
+            .cache(group, plural)
+            .filter(|c| prefix.starts_with(&c.prefix))
+        {
             let objects = c.objects.read().unwrap_or_else(|e| e.into_inner());
             let mut out: Vec<(&String, &Value)> = objects
                 .iter()

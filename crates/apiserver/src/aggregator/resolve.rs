@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use crate::admission::Lookup;
 use crate::obj;
 use crate::state::Api;
 
@@ -44,14 +45,18 @@ fn dialable(ip: IpAddr) -> bool {
         })
 }
 
-/// The `host:port` to dial for `namespace/name:port`.
+/// The `host:port` to dial for `namespace/name:port`: from the caches of the webhook
+/// module's resolver when the server has one, else from the store.
 pub(crate) async fn resolve(
     api: &Api,
     namespace: &str,
     name: &str,
     port: u16,
 ) -> Result<String, Unreachable> {
-    resolve_in(api.store.as_ref(), namespace, name, port).await
+    match &api.dynamic {
+        Some(d) => d.resolve(namespace, name, port).await,
+        None => resolve_in(api.store.as_ref(), namespace, name, port).await,
+    }
 }
 
 /// The Network the pods of `namespace` are on (the namespace's `spec.network`, else its
@@ -64,6 +69,166 @@ async fn pod_network(store: &dyn h8s_store::Store, namespace: &str) -> Option<St
         .map(|ns| h8s_types::effective_network(&ns))
 }
 
+/// What a resolver follows in a namespace a Service reference points into.
+const FOLLOWED: &[(&str, &str)] = &[("", "services"), ("discovery.k8s.io", "endpointslices")];
+
+/// The most namespaces a resolver follows; references into further ones read the store.
+/// Only cluster administrators write the objects that reference Services (webhook
+/// configurations, APIServices, CRDs), so few namespaces are referenced.
+const MAX_FOLLOWED: usize = 64;
+
+/// Whether a namespace is on the system Network, from a cache (`None`: not known there).
+pub(crate) type OnSystem<'a> = &'a (dyn Fn(&str) -> Option<bool> + Send + Sync);
+
+/// Resolves Service references from caches kept by watches, as kube-apiserver's service
+/// resolver reads its informers: the Services and EndpointSlices of each namespace a
+/// reference points into, followed from the first reference on (so the memory is that of
+/// the referenced namespaces, not the cluster's); the namespace's Network comes from the
+/// caller's namespace cache. A reference the caches do not resolve (not synced yet, a
+/// Service or endpoint created a moment ago, or one that is really unreachable) is
+/// resolved again from the store, whose answer stands.
+pub(crate) struct Resolver {
+    store: std::sync::Arc<dyn h8s_store::Store>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    followed: std::sync::Mutex<std::collections::HashMap<String, Lookup>>,
+}
+
+impl Resolver {
+    pub(crate) fn new(
+        store: std::sync::Arc<dyn h8s_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Resolver {
+            store,
+            shutdown,
+            followed: Default::default(),
+        }
+    }
+
+    /// The caches of `namespace`, followed from now on if they are not yet.
+    fn lookup(&self, namespace: &str) -> Option<Lookup> {
+        let mut m = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = m.get(namespace) {
+            return Some(l.clone());
+        }
+        if m.len() >= MAX_FOLLOWED {
+            return None;
+        }
+        let l = Lookup::following_in(
+            self.store.clone(),
+            self.shutdown.clone(),
+            FOLLOWED,
+            Some(namespace),
+        );
+        m.insert(namespace.to_string(), l.clone());
+        Some(l)
+    }
+
+    /// [`resolve`] from the caches (see [`Resolver`]).
+    pub(crate) async fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        on_system: OnSystem<'_>,
+    ) -> Result<String, Unreachable> {
+        if let Some(lookup) = self.lookup(namespace) {
+            let reads = Reads::Cached {
+                lookup: &lookup,
+                store: self.store.as_ref(),
+                on_system,
+            };
+            if let Ok(addr) = resolve_with(&reads, namespace, name, port).await {
+                return Ok(addr);
+            }
+        }
+        resolve_in(self.store.as_ref(), namespace, name, port).await
+    }
+}
+
+/// Where a resolution reads: the store, or a resolver's caches.
+enum Reads<'a> {
+    Store(&'a dyn h8s_store::Store),
+    Cached {
+        lookup: &'a Lookup,
+        store: &'a dyn h8s_store::Store,
+        on_system: OnSystem<'a>,
+    },
+}
+
+fn access(e: &dyn std::fmt::Display) -> Unreachable {
+    ("ServiceAccessError".to_string(), e.to_string())
+}
+
+impl Reads<'_> {
+    async fn service(&self, namespace: &str, name: &str) -> Result<Option<Value>, Unreachable> {
+        match self {
+            Reads::Store(store) => {
+                let svc_res = res("", "v1", "services").ok_or_else(|| {
+                    (
+                        "ServiceAccessError".to_string(),
+                        "services are not served".to_string(),
+                    )
+                })?;
+                match store
+                    .get(&obj::key(svc_res, Some(namespace), name))
+                    .await
+                    .map_err(|e| access(&e))?
+                {
+                    Some(kv) => Ok(Some(obj::decode(&kv).map_err(|e| access(&e.message))?)),
+                    None => Ok(None),
+                }
+            }
+            Reads::Cached { lookup, .. } => lookup
+                .get("", "services", Some(namespace), name)
+                .await
+                .map_err(|e| access(&e.message)),
+        }
+    }
+
+    /// The EndpointSlices of `namespace` (undecodable ones left out).
+    async fn slices(&self, namespace: &str) -> Result<Vec<Value>, Unreachable> {
+        match self {
+            Reads::Store(store) => {
+                let eps_res = res("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| {
+                    (
+                        "EndpointsNotFound".to_string(),
+                        "endpointslices are not served".to_string(),
+                    )
+                })?;
+                let listed = store
+                    .list(&obj::prefix(eps_res, Some(namespace)), Default::default())
+                    .await
+                    .map_err(|e| access(&e))?;
+                Ok(listed
+                    .items
+                    .iter()
+                    .filter_map(|kv| obj::decode(kv).ok())
+                    .collect())
+            }
+            Reads::Cached { lookup, .. } => lookup
+                .list("discovery.k8s.io", "endpointslices", Some(namespace))
+                .await
+                .map_err(|e| access(&e.message)),
+        }
+    }
+
+    /// The Network of `namespace`'s pods (`None`: unknown). From a cache only the system
+    /// Network is named: any other answer ends in an error, resolved again from the store.
+    async fn network(&self, namespace: &str) -> Option<String> {
+        match self {
+            Reads::Store(store) => pod_network(*store, namespace).await,
+            Reads::Cached {
+                store, on_system, ..
+            } => match on_system(namespace) {
+                Some(true) => Some(h8s_types::SYSTEM_PODS_NETWORK.to_string()),
+                Some(false) => None,
+                None => pod_network(*store, namespace).await,
+            },
+        }
+    }
+}
+
 /// [`resolve`] on a store.
 pub(crate) async fn resolve_in(
     store: &dyn h8s_store::Store,
@@ -71,19 +236,17 @@ pub(crate) async fn resolve_in(
     name: &str,
     port: u16,
 ) -> Result<String, Unreachable> {
-    let svc_res = res("", "v1", "services").ok_or_else(|| {
-        (
-            "ServiceAccessError".to_string(),
-            "services are not served".to_string(),
-        )
-    })?;
-    let access = |e: &dyn std::fmt::Display| ("ServiceAccessError".to_string(), e.to_string());
-    let svc = match store
-        .get(&obj::key(svc_res, Some(namespace), name))
-        .await
-        .map_err(|e| access(&e))?
-    {
-        Some(kv) => obj::decode(&kv).map_err(|e| access(&e.message))?,
+    resolve_with(&Reads::Store(store), namespace, name, port).await
+}
+
+async fn resolve_with(
+    reads: &Reads<'_>,
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> Result<String, Unreachable> {
+    let svc = match reads.service(namespace, name).await? {
+        Some(svc) => svc,
         None => {
             return Err((
                 "ServiceNotFound".to_string(),
@@ -114,21 +277,11 @@ pub(crate) async fn resolve_in(
             )
         })?;
     let port_name = svc_port["name"].as_str().unwrap_or("");
-    let eps_res = res("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| {
-        (
-            "EndpointsNotFound".to_string(),
-            "endpointslices are not served".to_string(),
-        )
-    })?;
-    let listed = store
-        .list(&obj::prefix(eps_res, Some(namespace)), Default::default())
-        .await
-        .map_err(|e| access(&e))?;
+    let slices = reads.slices(namespace).await?;
     let mut any_slice = false;
     let mut pods_only = false;
     let mut network: Option<Option<String>> = None;
-    for kv in &listed.items {
-        let Ok(s) = obj::decode(kv) else { continue };
+    for s in &slices {
         if s.pointer("/metadata/labels/kubernetes.io~1service-name")
             .and_then(Value::as_str)
             != Some(name)
@@ -151,7 +304,7 @@ pub(crate) async fn resolve_in(
             }
             if ep.pointer("/targetRef/kind").and_then(Value::as_str) == Some("Pod") {
                 if network.is_none() {
-                    network = Some(pod_network(store, namespace).await);
+                    network = Some(reads.network(namespace).await);
                 }
                 if network.as_ref().and_then(Option::as_deref)
                     != Some(h8s_types::SYSTEM_PODS_NETWORK)
@@ -297,6 +450,79 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.0, "ServiceNotFound");
+    }
+
+    #[tokio::test]
+    async fn a_resolver_answers_from_its_caches_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = h8s_store::open("embedded", dir.path(), None).await.unwrap();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let r = Resolver::new(store.clone(), shutdown);
+        pod_service(store.as_ref(), "kube-system").await;
+        let system = |_: &str| Some(true);
+        // Before its caches have listed, the store answers.
+        assert_eq!(
+            r.resolve("kube-system", "hook", 443, &system)
+                .await
+                .unwrap(),
+            "10.87.0.5:8443"
+        );
+        let l = r.lookup("kube-system").unwrap();
+        // Waits are long: CI runs this beside the whole suite on two cores.
+        for _ in 0..2000 {
+            if l.synced("", "services") && l.synced("discovery.k8s.io", "endpointslices") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(l.synced("discovery.k8s.io", "endpointslices"));
+        assert_eq!(
+            r.resolve("kube-system", "hook", 443, &system)
+                .await
+                .unwrap(),
+            "10.87.0.5:8443"
+        );
+        // The endpoint moves: the caches follow.
+        let eps = res("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let key = obj::key(eps, Some("kube-system"), "hook-x");
+        let kv = store.get(&key).await.unwrap().unwrap();
+        let mut s = obj::decode(&kv).unwrap();
+        s["endpoints"][1]["addresses"] = json!(["10.87.0.6"]);
+        store
+            .update(&key, obj::encode(&s), kv.mod_revision)
+            .await
+            .unwrap();
+        let mut now = String::new();
+        for _ in 0..2000 {
+            now = r
+                .resolve("kube-system", "hook", 443, &system)
+                .await
+                .unwrap();
+            if now == "10.87.0.6:8443" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(now, "10.87.0.6:8443");
+        // A namespace the caller's cache says is off the system Network: the store's
+        // answer (no Namespace object here: no Network) stands.
+        let off = |_: &str| Some(false);
+        let e = r
+            .resolve("kube-system", "hook", 443, &off)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, "MissingEndpoints");
+        let e = r
+            .resolve("kube-system", "nope", 443, &system)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, "ServiceNotFound");
+        // Only so many namespaces are followed; the rest read the store.
+        for i in 0..MAX_FOLLOWED {
+            let _ = r.lookup(&format!("ns-{i}"));
+        }
+        assert!(r.lookup("one-more").is_none());
+        let _ = stop.send(true);
     }
 
     #[test]

@@ -37,8 +37,8 @@ impl Strategy for Service {
         dry_run: bool,
     ) -> BoxFuture<'b, Result<Option<Guard<'a>>, ApiError>> {
         Box::pin(async move {
-            let g = api.svc_lock.lock().await;
-            let ips = api.allocate_service(o, None, dry_run).await?;
+            let mut g = api.svc_lock.lock().await;
+            let ips = api.allocate_service(o, None, dry_run, &mut g).await?;
             Ok(Some(Box::new(Settle {
                 api: api.clone(),
                 namespace: obj::namespace(o).to_string(),
@@ -61,8 +61,10 @@ impl Strategy for Service {
             if old.get("spec") == new.get("spec") {
                 return Ok(None);
             }
-            let g = api.svc_lock.lock().await;
-            let mut ips = api.allocate_service(new, Some(old), dry_run).await?;
+            let mut g = api.svc_lock.lock().await;
+            let mut ips = api
+                .allocate_service(new, Some(old), dry_run, &mut g)
+                .await?;
             if !dry_run {
                 // The addresses it held: released once the update is stored, if it no
                 // longer holds them (a type change to ExternalName).

@@ -222,7 +222,7 @@ pub(crate) fn review_request(
 /// Calls one webhook about one write. Returns the patched object when a mutating webhook
 /// changed it; a denial or (under `failurePolicy: Fail`) a failed call is the error.
 pub(crate) async fn review(
-    store: &dyn h8s_store::Store,
+    dynamic: &super::Dynamic,
     h: &Hook,
     req: &Request<'_>,
     options: &Value,
@@ -242,7 +242,7 @@ pub(crate) async fn review(
         }
         let uid = crate::util::new_uid();
         let body = review_request(&uid, req, options, obj);
-        let answer = match tokio::time::timeout(h.timeout, post(store, h, &body)).await {
+        let answer = match tokio::time::timeout(h.timeout, post(dynamic, h, &body)).await {
             Ok(r) => r.and_then(|resp| check_response(h, &uid, resp)),
             Err(_) => Err(format!(
                 "failed to call webhook: Post {:?}: context deadline exceeded",
@@ -348,7 +348,7 @@ struct Target<'a> {
 
 /// Resolves `h`'s endpoint for one call (a service reference to one of its ready
 /// endpoints, now).
-async fn target<'a>(store: &dyn h8s_store::Store, h: &'a Hook) -> Result<Target<'a>, String> {
+async fn target<'a>(dynamic: &super::Dynamic, h: &'a Hook) -> Result<Target<'a>, String> {
     match &h.endpoint {
         Endpoint::Url { url, tls, idle } => {
             let host = url.host().unwrap_or_default();
@@ -384,7 +384,8 @@ async fn target<'a>(store: &dyn h8s_store::Store, h: &'a Hook) -> Result<Target<
             idle,
             dialled,
         } => {
-            let addr = crate::aggregator::resolve::resolve_in(store, namespace, name, *port)
+            let addr = dynamic
+                .resolve(namespace, name, *port)
                 .await
                 .map_err(|(_, why)| format!("failed to call webhook: {why}"))?;
             {
@@ -412,12 +413,8 @@ async fn target<'a>(store: &dyn h8s_store::Store, h: &'a Hook) -> Result<Target<
 /// idle connection to the webhook when there is one; a connection is kept only after a
 /// complete exchange (a timed-out call drops it). A reused connection that fails (the
 /// webhook closed it while idle) is replaced by a new one, once.
-async fn post(
-    store: &dyn h8s_store::Store,
-    h: &Hook,
-    body: &Value,
-) -> Result<(u16, Bytes), String> {
-    let t = target(store, h).await?;
+async fn post(dynamic: &super::Dynamic, h: &Hook, body: &Value) -> Result<(u16, Bytes), String> {
+    let t = target(dynamic, h).await?;
     match post_once(h, &t, body, true).await {
         Err((true, _)) => post_once(h, &t, body, false).await.map_err(|(_, e)| e),
         other => other.map_err(|(_, e)| e),

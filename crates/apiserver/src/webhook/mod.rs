@@ -56,7 +56,11 @@ enum Entry {
     Hooks(Arc<Vec<Arc<Hook>>>),
     Policy(Arc<policy::Policy>),
     Binding(Arc<policy::Binding>),
-    Labels(Value),
+    /// A namespace: its labels, and whether its pods are on the system Network.
+    Namespace {
+        labels: Value,
+        system: bool,
+    },
 }
 
 impl Entry {
@@ -66,7 +70,10 @@ impl Entry {
             VALIDATING => Entry::Hooks(Arc::new(config::hooks(o, false))),
             POLICIES => Entry::Policy(Arc::new(policy::Policy::compile(o))),
             BINDINGS => Entry::Binding(Arc::new(policy::Binding::compile(o))),
-            _ => Entry::Labels(o.pointer("/metadata/labels").cloned().unwrap_or_default()),
+            _ => Entry::Namespace {
+                labels: o.pointer("/metadata/labels").cloned().unwrap_or_default(),
+                system: h8s_types::effective_network(o) == h8s_types::SYSTEM_PODS_NETWORK,
+            },
         }
     }
 }
@@ -121,6 +128,8 @@ const FOLLOWED: &[(&str, &str)] = &[
 pub(crate) struct Dynamic {
     store: Arc<dyn h8s_store::Store>,
     followed: HashMap<&'static str, Followed>,
+    /// Resolves `clientConfig.service` (and, for the server, every Service reference).
+    resolver: crate::aggregator::resolve::Resolver,
 }
 
 impl Dynamic {
@@ -131,6 +140,7 @@ impl Dynamic {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Dynamic> {
         let d = Arc::new(Dynamic {
+            resolver: crate::aggregator::resolve::Resolver::new(store.clone(), shutdown.clone()),
             store,
             followed: FOLLOWED
                 .iter()
@@ -237,10 +247,28 @@ impl Dynamic {
         }
     }
 
+    /// Where Service `namespace/name:port` is reached (see
+    /// [`crate::aggregator::resolve::Resolver`]); the namespace's Network from this
+    /// module's namespace cache.
+    pub(crate) async fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<String, crate::aggregator::resolve::Unreachable> {
+        let on_system = |ns: &str| match self.kind("namespaces").read().get(ns) {
+            Some(Entry::Namespace { system, .. }) => Some(*system),
+            _ => None,
+        };
+        self.resolver
+            .resolve(namespace, name, port, &on_system)
+            .await
+    }
+
     /// The labels of namespace `ns` (from the watch, else the store).
     async fn namespace_labels(&self, ns: &str) -> Result<Value, ApiError> {
-        if let Some(Entry::Labels(l)) = self.kind("namespaces").read().get(ns) {
-            return Ok(l.clone());
+        if let Some(Entry::Namespace { labels, .. }) = self.kind("namespaces").read().get(ns) {
+            return Ok(labels.clone());
         }
         let Some(res) = h8s_types::resources::find("", "v1", "namespaces") else {
             return Ok(Value::Null);
@@ -321,16 +349,8 @@ impl Dynamic {
                 if !h.matches(req, current, &ns_labels, &obj_labels)? {
                     continue;
                 }
-                let patched = call::review(
-                    self.store.as_ref(),
-                    h,
-                    req,
-                    options,
-                    current,
-                    pass > 0,
-                    warnings,
-                )
-                .await?;
+                let patched =
+                    call::review(self, h, req, options, current, pass > 0, warnings).await?;
                 if pass == 0 {
                     ran.push((i, false));
                 }
@@ -408,8 +428,7 @@ impl Dynamic {
             if h.matches(req, obj, &ns_labels, &obj_labels)? {
                 calls.push(async move {
                     let mut w = Vec::new();
-                    let r = call::review(self.store.as_ref(), h, req, options, obj, false, &mut w)
-                        .await;
+                    let r = call::review(self, h, req, options, obj, false, &mut w).await;
                     (r, w)
                 });
             }
