@@ -191,6 +191,20 @@ impl Nl {
         })
     }
 
+    /// The attributes of link `index` (none if it is gone).
+    async fn link_attributes(&self, index: u32) -> Result<Vec<LinkAttribute>> {
+        let links: Vec<LinkMessage> = self
+            .h
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("get link", e))?;
+        Ok(links.into_iter().flat_map(|l| l.attributes).collect())
+    }
+
     /// `(ifindex, MAC)` of the interface holding the IPv4 address `ip`, if any has it.
     pub fn link_of_addr(&self, ip: Ipv4Addr) -> Result<Option<(u32, [u8; 6])>> {
         use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -211,18 +225,10 @@ impl Nl {
             }) else {
                 return Ok(None);
             };
-            let links: Vec<LinkMessage> = self
-                .h
-                .link()
-                .get()
-                .match_index(index)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| Error::nl("get link", e))?;
-            Ok(links
+            Ok(self
+                .link_attributes(index)
+                .await?
                 .iter()
-                .flat_map(|l| l.attributes.iter())
                 .find_map(|a| match a {
                     LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
                     _ => None,
@@ -402,18 +408,10 @@ impl Nl {
             }) else {
                 return Ok(None);
             };
-            let links: Vec<LinkMessage> = self
-                .h
-                .link()
-                .get()
-                .match_index(oif)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| Error::nl("get link", e))?;
-            let mtu = links
+            let mtu = self
+                .link_attributes(oif)
+                .await?
                 .iter()
-                .flat_map(|l| l.attributes.iter())
                 .find_map(|a| match a {
                     LinkAttribute::Mtu(m) => Some(*m),
                     _ => None,
