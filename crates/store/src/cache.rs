@@ -100,9 +100,9 @@ impl WatchCache {
         opts: WatchCacheOptions,
     ) -> Result<Arc<WatchCache>> {
         let start = inner.revision().await?;
-        // Revision 0 would mean "from now", racing with writes after `revision()`; no
-        // backend answers 0 (a new store is at revision 1, as etcd is).
-        let upstream = inner.watch_progress("", start.max(1)).await?;
+        // Never 0 ("from now", which would race with writes after `revision()`): a new
+        // store is at revision 1, as etcd is.
+        let upstream = inner.watch_progress("", start).await?;
         let (tick, _) = watch::channel(start);
         let ring = Arc::new(Ring {
             state: RwLock::new(RingState {

@@ -137,13 +137,7 @@ impl Embedded {
         if revision < FIRST_REVISION {
             // Made before new stores started at revision 1, and never written to.
             let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                for key in [REVISION_KEY, COMPACTED_KEY] {
-                    meta.insert(key, &FIRST_REVISION.to_le_bytes()[..])
-                        .map_err(db_err)?;
-                }
-            }
+            mark_first_revision(&mut txn.open_table(META).map_err(db_err)?)?;
             txn.commit().map_err(db_err)?;
             (revision, compacted) = (FIRST_REVISION, FIRST_REVISION);
         }
@@ -358,13 +352,7 @@ fn create(path: &Path, cache: usize) -> Result<Database> {
         meta.insert(FORMAT_KEY, FORMAT_MAGIC).map_err(db_err)?;
         meta.insert(VERSION_KEY, &FORMAT_VERSION.to_le_bytes()[..])
             .map_err(db_err)?;
-        // A new store is at revision 1, as a new etcd is: revision 0 means "now" to
-        // `watch`, so a list of an empty store followed by a watch from its revision
-        // would otherwise skip a write landing between the two.
-        meta.insert(REVISION_KEY, &FIRST_REVISION.to_le_bytes()[..])
-            .map_err(db_err)?;
-        meta.insert(COMPACTED_KEY, &FIRST_REVISION.to_le_bytes()[..])
-            .map_err(db_err)?;
+        mark_first_revision(&mut meta)?;
         txn.open_table(KV).map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(HIST).map_err(db_err)?;
@@ -423,6 +411,17 @@ fn read_marker(txn: &ReadTransaction, path: &Path) -> Result<(Revision, Revision
         Ok(_) => {}
     }
     Ok((revision, compacted))
+}
+
+/// Puts a store nothing has been written to at [`FIRST_REVISION`], as a new etcd is at
+/// revision 1: revision 0 means "now" to `watch`, so a list of an empty store followed by a
+/// watch from its revision would skip a write landing between the two.
+fn mark_first_revision(meta: &mut redb::Table<&'static str, &'static [u8]>) -> Result<()> {
+    for key in [REVISION_KEY, COMPACTED_KEY] {
+        meta.insert(key, &FIRST_REVISION.to_le_bytes()[..])
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn meta_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<i64> {
