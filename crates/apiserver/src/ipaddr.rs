@@ -9,7 +9,8 @@
 //! that reserved it fails. The repair loop (`h8s-controllers`' `ipaddress`) recreates
 //! missing ones and removes leaked ones.
 //!
-//! ClusterIPs come from one cluster-wide service CIDR whatever the Service's Network, so an address names one IPAddress in the whole cluster;
+//! ClusterIPs come from one cluster-wide service CIDR whatever the Service's Network, so an
+//! address names one IPAddress in the whole cluster;
 //! tenants never see them (IPAddresses are cluster-scoped objects for administrators only,
 //! see `tenancy`).
 
