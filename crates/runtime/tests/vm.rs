@@ -203,6 +203,18 @@ async fn init_containers_run_in_order_then_apps_and_exec_works() {
         host.trim(),
         "the pod must run its own kernel"
     );
+    if st.accel == Some(h8s_runtime::Accel::Tcg) {
+        // Without transparent huge pages (inherited from the supervisor), QEMU's translation
+        // cache is resident only as far as it is written.
+        let pid = st.qemu_pid.expect("QEMU runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+            "QEMU under TCG must run without huge pages:\n{status}"
+        );
+    }
 
     let mut first = container(
         "first",

@@ -945,6 +945,7 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         }
     }
     dir.save(rec)?;
+    super::qemu::without_huge_pages(accel);
     let args = qemu_args(&settings, accel, &rec.id, &rec.config, &ep);
     cmd.args(&args)
         .stdin(std::process::Stdio::null())
