@@ -60,21 +60,30 @@ template_ready() {
   echo "no template" >&2; exit 1
 }
 # PSS per idle pod: N detached `sleep` pods, 10 s after the last start; prints
-# "min median max qemu_median shim_median" in MiB (QEMU + supervisor per pod).
+# "min median max qemu_median shim_median n tb_median" in MiB (QEMU + supervisor per pod; tb:
+# how much of QEMU's translation cache is resident).
 pss() {
   local n=$1 i
   for i in $(seq "$n"); do "$H" run -d --name "idle-$i" "$img" -- sleep 3600 >/dev/null; done
   sleep 10
-  "$H" ps --json | python3 -c '
-import json,sys
+  "$H" ps --json | TB_KIB=$(( ${H8S_TCG_TB_MIB:-16} * 1024 - 4 )) python3 -c '
+import json,os,re,sys
 def pss(pid):
     for l in open(f"/proc/{pid}/smaps_rollup"):
         if l.startswith("Pss:"): return int(l.split()[1])/1024
     return 0
-rows=[(pss(p["qemu_pid"]), pss(p["shim_pid"])) for p in json.load(sys.stdin) if p.get("qemu_pid") and p.get("shim_pid")]
-tot=sorted(q+s for q,s in rows); q=sorted(r[0] for r in rows); s=sorted(r[1] for r in rows)
+def tb(pid):
+    # The translation cache: the anonymous mapping of its size (minus a guard page).
+    cur=False
+    for l in open(f"/proc/{pid}/smaps"):
+        m=re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", l)
+        if m: cur=(int(m[2],16)-int(m[1],16))>>10 == int(os.environ["TB_KIB"])
+        elif cur and l.startswith("Rss:"): return int(l.split()[1])/1024
+    return 0
+rows=[(pss(p["qemu_pid"]), pss(p["shim_pid"]), tb(p["qemu_pid"])) for p in json.load(sys.stdin) if p.get("qemu_pid") and p.get("shim_pid")]
+tot=sorted(r[0]+r[1] for r in rows); q=sorted(r[0] for r in rows); s=sorted(r[1] for r in rows); t=sorted(r[2] for r in rows)
 m=lambda v: v[(len(v)-1)//2]
-print(f"{tot[0]:.1f} {m(tot):.1f} {tot[-1]:.1f} {m(q):.1f} {m(s):.1f} {len(rows)}")'
+print(f"{tot[0]:.1f} {m(tot):.1f} {tot[-1]:.1f} {m(q):.1f} {m(s):.1f} {len(rows)} {m(t):.1f}")'
   "$H" rm -f $("$H" ps -a -q) >/dev/null
 }
 
@@ -163,23 +172,36 @@ burst_wall=$(ms "$a0" "$b0")
 booted=$("$H" ps --json | python3 -c 'import json,sys; p=json.load(sys.stdin); print(sum(1 for x in p if x.get("boot")=="template"), len(p))')
 "$H" rm -f $("$H" ps -a -q) >/dev/null
 
-# 4. PSS per idle pod at IDLE and MANY pods.
-read -r p10min p10med p10max p10q p10s p10n <<< "$(pss "$idle")"
-read -r p50min p50med p50max p50q p50s p50n <<< "$(pss "$many")"
+# 4. Stop and remove an idle template pod: `h8s stop -t 0` (containers killed, the VM powers
+#    off), `h8s rm` of the stopped pod, `h8s rm -f` of a running one; baseline: `h8s ps -q` (the
+#    CLI's start-up and a read of the runtime's state).
+: > "$work/stop"; : > "$work/rm"; : > "$work/rmf"; : > "$work/ps"
+for i in $(seq "$runs"); do
+  "$H" run -d --name "sr-$i" "$img" -- sleep 3600 >/dev/null
+  "$H" run -d --name "rf-$i" "$img" -- sleep 3600 >/dev/null
+  a=$(now); "$H" ps -q >/dev/null; b=$(now); ms "$a" "$b" >> "$work/ps"
+  a=$(now); "$H" stop -t 0 "sr-$i" >/dev/null; b=$(now); ms "$a" "$b" >> "$work/stop"
+  a=$(now); "$H" rm "sr-$i" >/dev/null; b=$(now); ms "$a" "$b" >> "$work/rm"
+  a=$(now); "$H" rm -f "rf-$i" >/dev/null; b=$(now); ms "$a" "$b" >> "$work/rmf"
+done
 
-# 5. The translation cache: start time and memory with 8 and 32 MiB (16 is the default above).
+# 5. PSS per idle pod at IDLE and MANY pods.
+read -r p10min p10med p10max p10q p10s p10n p10tb <<< "$(pss "$idle")"
+read -r p50min p50med p50max p50q p50s p50n p50tb <<< "$(pss "$many")"
+
+# 6. The translation cache: start time and memory with 8 and 32 MiB (16 is the default above).
 tbrows=""
 for tb in ${TB_SIZES-8 32}; do
   export H8S_TCG_TB_MIB=$tb
   "$H" run --rm "$img" -- true >/dev/null; template_ready >/dev/null
   : > "$work/tb$tb"
   for i in $(seq "${TB_RUNS:-10}"); do a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/tb$tb"; done
-  read -r x tmed x x x x <<< "$(pss "$idle")"
-  tbrows+="| ${tb} MiB | $(stats "$work/tb$tb") | ${tmed} MiB |"$'\n'
+  read -r x tmed x x x x ttb <<< "$(pss "$idle")"
+  tbrows+="| ${tb} MiB | $(stats "$work/tb$tb") | ${tmed} MiB | ${ttb} MiB |"$'\n'
   unset H8S_TCG_TB_MIB
 done
 
-# 6. Through the API: pod create → Running (h8s server with its in-process node agent).
+# 7. Through the API: pod create → Running (h8s server with its in-process node agent).
 api=""
 if [ "${NO_API:-0}" != 1 ]; then
   export H8S_DATA_DIR="$work/data" H8S_NET_DIR="$work/net" H8S_NODE_NAME="bench-$$"
@@ -235,20 +257,29 @@ Median ratio cold / template: $(python3 -c "print(round($(med "$work/c")/$(med "
 ($(python3 -c "print(round($burst/($burst_wall/1000),1))") pods/s); ${booted% *} of ${booted#* } restored from the template.
 Template build (boot + save, in the background): ${build_ms} ms.
 
-**PSS per idle pod** (QEMU + its supervisor, \`sleep\`ing busybox pods restored from the template,
-10 s after the last start, \`Pss\` from \`smaps_rollup\`):
+**Stop and remove** (an idle template pod running \`sleep\`; CLI start to exit):
 
-| idle pods | min | median | max | QEMU (median) | supervisor (median) |
-|---|---|---|---|---|---|
-| $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB |
-| $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB |
+| what | runs | min | median | p99 |
+|---|---|---|---|---|
+| \`h8s stop -t 0\` (containers killed, the VM powers off) | $(stats "$work/stop") |
+| \`h8s rm\` of the stopped pod | $(stats "$work/rm") |
+| \`h8s rm -f\` of a running pod | $(stats "$work/rmf") |
+| baseline: \`h8s ps -q\` (CLI start-up, the runtime's state read) | $(stats "$work/ps") |
+
+**PSS per idle pod** (QEMU + its supervisor, \`sleep\`ing busybox pods restored from the template,
+10 s after the last start, \`Pss\` from \`smaps_rollup\`; the translation cache's resident part is in QEMU's):
+
+| idle pods | min | median | max | QEMU (median) | supervisor (median) | translation cache resident (median) |
+|---|---|---|---|---|---|---|
+| $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB | $p10tb MiB |
+| $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB | $p50tb MiB |
 
 **The translation cache** (\`H8S_TCG_TB_MIB\`; each size its own template; ${TB_RUNS:-10} runs of
 \`h8s run --rm … true\`, PSS at $idle idle pods):
 
-| cache | runs | min | median | p99 | PSS per idle pod (median) |
-|---|---|---|---|---|---|
-$tbrows| 16 MiB (default, above) | $(stats "$work/t") | $p10med MiB |
+| cache | runs | min | median | p99 | PSS per idle pod (median) | cache resident (median) |
+|---|---|---|---|---|---|---|
+$tbrows| ${H8S_TCG_TB_MIB:-16} MiB (default, above) | $(stats "$work/t") | $p10med MiB | $p10tb MiB |
 <!-- bench:runtime:${block_name}:end -->
 MD
 )
