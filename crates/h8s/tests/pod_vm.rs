@@ -267,6 +267,53 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     assert!(!ids[0].is_empty());
     assert_ne!(randoms[0], randoms[1], "/dev/urandom of two clones");
 
+    // Rotation without cold boots: with 3 uses per template, the third pod starts its
+    // successor's build; the fourth retires the first template and restores the successor.
+    let rotating = |args: &[&str]| {
+        let mut c = e.h8s();
+        c.env("H8S_TEMPLATES", "1")
+            .env("H8S_TEMPLATE_MAX_USES", "3");
+        logged(c, args)
+    };
+    assert!(rotating(&["run", "--rm", e.img(), "--", "true"])
+        .status
+        .success());
+    let first = t.file_name().unwrap().to_string_lossy().into_owned();
+    let successor = e.root().join("templates").join(format!("{first}-b"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !successor.join("ready").is_file() {
+        assert!(
+            !successor.join("failed").exists(),
+            "the successor's build failed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no successor template after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = rotating(&[
+        "run",
+        "-d",
+        "--name",
+        "clone-c",
+        e.img(),
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let st = pod_status(&e, "clone-c");
+    assert_eq!(st["boot"], "template", "{st}");
+    assert_eq!(
+        std::fs::read_to_string(successor.join("uses"))
+            .unwrap()
+            .trim(),
+        "1",
+        "restored from the successor"
+    );
+    assert!(!t.exists(), "the first template is retired");
+
     // --cold: booted, not restored.
     let out = with_templates(&[
         "run",
@@ -281,7 +328,7 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     ]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(pod_status(&e, "cold")["boot"], "cold");
-    let out = e.run(&["rm", "-f", "clone-a", "clone-b", "cold"]);
+    let out = e.run(&["rm", "-f", "clone-a", "clone-b", "clone-c", "cold"]);
     assert!(out.status.success());
 }
 

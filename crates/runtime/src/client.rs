@@ -237,7 +237,12 @@ impl Runtime {
         };
         let mut rec = rec;
         match crate::template::choose(&self.cfg.root, &self.cfg.vm, &rec.config) {
-            Ok(crate::template::Choice::Use(key)) => rec.template = Some(key),
+            Ok(crate::template::Choice::Use { key, build }) => {
+                rec.template = Some(key);
+                if let Some(next) = build {
+                    self.spawn_template_builder(&next);
+                }
+            }
             Ok(crate::template::Choice::Cold(Some(key))) => self.spawn_template_builder(&key),
             Ok(crate::template::Choice::Cold(None)) => {}
             Err(e) => tracing::warn!(error = %e, "VM templates unavailable; booting cold"),
@@ -321,7 +326,10 @@ impl Runtime {
     /// unless it is ready or building. Returns whether a build was started.
     pub fn prepare_template(&self, config: &SandboxConfig) -> Result<bool> {
         match crate::template::choose(&self.cfg.root, &self.cfg.vm, config)? {
-            crate::template::Choice::Cold(Some(key)) => {
+            crate::template::Choice::Cold(Some(key))
+            | crate::template::Choice::Use {
+                build: Some(key), ..
+            } => {
                 self.spawn_template_builder(&key);
                 Ok(true)
             }

@@ -22,7 +22,8 @@
 //! builder stays as the memfd's holder and hands it (`SCM_RIGHTS`, same uid only) to each
 //! pod's supervisor; QEMU inherits it and opens it as `/proc/self/fd/N` (the jail mounts a
 //! process-only procfs for that). Clones share the template's kernel layout
-//! (KASLR): templates are retired after `template_max_uses` pods and on
+//! (KASLR): templates are retired after `template_max_uses` pods (a successor is built in
+//! the shape's other directory, `<key>-b`, before that) and on
 //! [`crate::Runtime::rotate_templates`] (the node agent calls it when it starts).
 
 use std::io::Write;
@@ -293,43 +294,83 @@ impl TemplateDir {
 /// What `run_sandbox` decided for a new pod.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Choice {
-    /// Restore this ready template (its key).
-    Use(String),
+    /// Restore the ready template `key`; `build`: start building that successor in the
+    /// background (the template is near its last use).
+    Use { key: String, build: Option<String> },
     /// Boot cold; `Some(key)`: start building that template in the background.
     Cold(Option<String>),
 }
 
+/// The two directories a shape's templates alternate between: while one serves pods, its
+/// successor is built in the other, so retiring a template after `template_max_uses` pods
+/// does not leave the pods that follow to boot cold while a new one builds.
+fn slots(key: &str) -> [String; 2] {
+    [key.to_string(), format!("{key}-b")]
+}
+
 /// Picks the template for a pod: a ready one, else cold boot (and a build to start unless one
-/// runs or failed). A template used `max_uses` times is retired first.
+/// runs or failed). A template used `max_uses` times (or whose holder is gone) is retired
+/// first; once one has served three quarters of them, its successor starts building.
 pub(crate) fn choose(root: &Path, vm: &VmSettings, cfg: &SandboxConfig) -> Result<Choice> {
     let (accel, _) = super::vm::HostVirt::probe().choose(vm.accel, vm.pvm_guest_kernel);
     let Some(spec) = Spec::for_pod(vm, accel, cfg) else {
         return Ok(Choice::Cold(None));
     };
-    let key = spec.key();
-    let t = TemplateDir::new(root, &key);
-    if t.is_ready() {
+    let max = u64::from(vm.template_max_uses);
+    let slots = slots(&spec.key());
+    let mut ready = Vec::new();
+    for key in &slots {
+        let t = TemplateDir::new(root, key);
+        if !t.is_ready() {
+            continue;
+        }
         if UnixStream::connect(t.mem()).is_err() {
             tracing::info!(template = %key, "VM template's holder is gone; rebuilding it");
-            retire(root, &key);
-        } else if vm.template_max_uses > 0 && t.uses_count() >= u64::from(vm.template_max_uses) {
+            retire(root, key);
+        } else if max > 0 && t.uses_count() >= max {
             tracing::info!(template = %key, uses = t.uses_count(), "retiring VM template");
-            retire(root, &key);
+            retire(root, key);
         } else {
-            return Ok(Choice::Use(key));
+            ready.push((t.uses_count(), key.clone()));
         }
     }
-    if t.failed().exists() || t.building() {
+    // The most used one first: it is the older, so it retires on time.
+    ready.sort();
+    if let Some((uses, key)) = ready.pop() {
+        let mut build = None;
+        if max > 0 && uses >= max * 3 / 4 && ready.is_empty() {
+            let other = slots.iter().find(|k| **k != key).expect("two slots");
+            build = prepare(root, &spec, other)?.then(|| other.clone());
+        }
+        return Ok(Choice::Use { key, build });
+    }
+    // None ready: one build at a time, in a slot whose last build did not fail.
+    if slots.iter().any(|k| TemplateDir::new(root, k).building()) {
         return Ok(Choice::Cold(None));
+    }
+    for key in &slots {
+        if prepare(root, &spec, key)? {
+            return Ok(Choice::Cold(Some(key.clone())));
+        }
+    }
+    Ok(Choice::Cold(None))
+}
+
+/// Writes `spec` into template directory `key` for a build, unless one runs there or failed
+/// (a failed shape boots cold until templates are rotated). Whether a build is to start.
+fn prepare(root: &Path, spec: &Spec, key: &str) -> Result<bool> {
+    let t = TemplateDir::new(root, key);
+    if t.is_ready() || t.failed().exists() || t.building() {
+        return Ok(false);
     }
     std::fs::create_dir_all(&t.dir)
         .map_err(|e| Error::io(format!("creating {}", t.dir.display()), e))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(templates_dir(root), std::fs::Permissions::from_mode(0o700));
-    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Shim(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(spec).map_err(|e| Error::Shim(e.to_string()))?;
     std::fs::write(t.spec(), json)
         .map_err(|e| Error::io(format!("writing {}", t.spec().display()), e))?;
-    Ok(Choice::Cold(Some(key)))
+    Ok(true)
 }
 
 /// Takes a template out of use: new pods no longer find it; running ones keep their
@@ -723,6 +764,69 @@ mod tests {
         }
         holder.join().unwrap();
         assert!(!t.dir.exists(), "the template was retired");
+    }
+
+    /// Marks template `key` ready with a live holder socket (returned: keep it) and `uses`.
+    fn ready_slot(root: &Path, key: &str, uses: u64) -> UnixListener {
+        let t = TemplateDir::new(root, key);
+        std::fs::create_dir_all(&t.dir).unwrap();
+        std::fs::write(t.ready(), b"{}").unwrap();
+        std::fs::write(t.uses(), uses.to_string()).unwrap();
+        let _ = std::fs::remove_file(t.mem());
+        UnixListener::bind(t.mem()).unwrap()
+    }
+
+    #[test]
+    fn a_successor_is_built_before_a_template_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut vm = vm();
+        vm.template_max_uses = 8;
+        let cfg = SandboxConfig::new("a");
+        let (accel, _) = super::super::vm::HostVirt::probe().choose(vm.accel, vm.pvm_guest_kernel);
+        let [a, b] = slots(&Spec::for_pod(&vm, accel, &cfg).unwrap().key());
+        // Nothing ready: boot cold and build the first slot.
+        assert_eq!(
+            choose(root, &vm, &cfg).unwrap(),
+            Choice::Cold(Some(a.clone()))
+        );
+        // Ready and young: used, nothing built.
+        let _ha = ready_slot(root, &a, 5);
+        let used = |build| Choice::Use {
+            key: a.clone(),
+            build,
+        };
+        assert_eq!(choose(root, &vm, &cfg).unwrap(), used(None));
+        // Three quarters used: its successor starts building in the other slot, once.
+        std::fs::write(TemplateDir::new(root, &a).uses(), "6").unwrap();
+        assert_eq!(choose(root, &vm, &cfg).unwrap(), used(Some(b.clone())));
+        let tb = TemplateDir::new(root, &b);
+        let lock = tb.try_lock().unwrap().expect("the build lock");
+        assert_eq!(choose(root, &vm, &cfg).unwrap(), used(None));
+        drop(lock);
+        // The successor is ready: the older one still serves until its last use...
+        let _hb = ready_slot(root, &b, 0);
+        assert_eq!(choose(root, &vm, &cfg).unwrap(), used(None));
+        // ...then retires, and the successor takes over without a cold boot.
+        std::fs::write(TemplateDir::new(root, &a).uses(), "8").unwrap();
+        assert_eq!(
+            choose(root, &vm, &cfg).unwrap(),
+            Choice::Use {
+                key: b.clone(),
+                build: None
+            }
+        );
+        assert!(!TemplateDir::new(root, &a).dir.exists(), "retired");
+        // A failed slot is skipped; with both failed, pods boot cold.
+        std::fs::write(TemplateDir::new(root, &b).uses(), "8").unwrap();
+        std::fs::create_dir_all(TemplateDir::new(root, &a).dir.clone()).unwrap();
+        std::fs::write(TemplateDir::new(root, &a).failed(), "boom").unwrap();
+        assert_eq!(
+            choose(root, &vm, &cfg).unwrap(),
+            Choice::Cold(Some(b.clone()))
+        );
+        std::fs::write(tb.failed(), "boom").unwrap();
+        assert_eq!(choose(root, &vm, &cfg).unwrap(), Choice::Cold(None));
     }
 
     #[test]
