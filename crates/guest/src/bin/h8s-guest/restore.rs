@@ -297,6 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_finds_the_templates_nics_by_mac() {
+        assert_eq!(template_nic("00:00:00:00:00:00"), None, "no template yet");
+        *template() = Some(Template {
+            disks: Vec::new(),
+            nics: vec!["no-such-nic".into(), "lo".into()],
+        });
+        // The loopback interface's MAC is all zeros, its index 1 (in any network namespace).
+        assert_eq!(
+            template_nic("00:00:00:00:00:00"),
+            Some(("lo".to_string(), 1))
+        );
+        assert_eq!(template_nic("02:00:00:00:00:01"), None);
+        *template() = None;
+    }
+
+    #[test]
     fn agent_ids_are_random() {
         let (a, b) = (new_agent_id(), new_agent_id());
         assert_eq!(a.len(), 32);
