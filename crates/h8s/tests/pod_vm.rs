@@ -344,10 +344,15 @@ fn failed_starts_exit_like_docker_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(125));
     e.assert_clean();
 
-    // A VM that cannot boot in time: the supervisor kills it and everything goes.
+    // A VM that cannot boot in time (its guest never answers): the supervisor kills it and
+    // everything goes.
     let out = e
         .h8s()
         .env("H8S_BOOT_TIMEOUT", "1")
+        .env(
+            "H8S_GUEST_CMDLINE",
+            h8s_runtime::testing::NEVER_BOOTS_CMDLINE,
+        )
         .args(["run", "--rm", e.img(), "--", "true"])
         .output()
         .unwrap();

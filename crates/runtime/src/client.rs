@@ -571,7 +571,7 @@ impl Runtime {
                 .is_some_and(|s| s.alive())
                 && tokio::time::Instant::now() < deadline
             {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         // Whatever is left (a dead or stuck supervisor): kill by PID, checked by start time.

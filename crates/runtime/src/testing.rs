@@ -25,3 +25,10 @@ pub fn vm_test_lock() -> std::io::Result<VmTestLock> {
     }
     Ok(VmTestLock(f))
 }
+
+/// Guest kernel command line words (`H8S_GUEST_CMDLINE`, `VmSettings::cmdline_extra`) that
+/// make a guest which never answers: the kernel finds no `/init` in the initramfs, falls back
+/// to mounting a root device and waits forever for one that does not exist. Boot-timeout
+/// tests use it instead of relying on a boot being slower than their timeout.
+pub const NEVER_BOOTS_CMDLINE: &str =
+    "rdinit=/h8s-no-such-init root=/dev/h8s-no-such-disk rootwait";

@@ -396,6 +396,8 @@ async fn a_vm_that_does_not_boot_in_time_leaves_nothing_behind() {
     // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
     vm.templates = false;
     vm.boot_timeout_secs = 1;
+    // A guest that never answers, however fast the machine boots.
+    vm.cmdline_extra = h8s_runtime::testing::NEVER_BOOTS_CMDLINE.into();
     e.rt = Runtime::new(RuntimeConfig {
         images: None,
         root: e.rt.root().to_path_buf(),

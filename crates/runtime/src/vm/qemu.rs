@@ -267,7 +267,12 @@ pub(crate) fn without_huge_pages(accel: Accel) {
 
 /// The guest kernel command line.
 pub(crate) fn kernel_cmdline(settings: &VmSettings, accel: Accel) -> String {
-    let mut c = String::from("console=ttyS0 reboot=t panic=-1 quiet loglevel=4");
+    // `random.trust_cpu=on`: seed the kernel RNG from RDRAND at boot (the minimal kernel is
+    // built without RANDOM_TRUST_CPU), or the agent's first getrandom(2) waits 0.6-0.9 s for
+    // jitter entropy under TCG (whose RDRAND is the host's getrandom). A template's clones
+    // are reseeded from host entropy after the restore all the same (`RestoreInfo`).
+    let mut c =
+        String::from("console=ttyS0 reboot=t panic=-1 quiet loglevel=4 random.trust_cpu=on");
     if accel == Accel::Tcg {
         if let Some(khz) = host_tsc_khz() {
             c.push_str(&format!(" tsc_early_khz={khz}"));

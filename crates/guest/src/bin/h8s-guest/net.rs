@@ -335,6 +335,9 @@ pub fn loopback_up() -> io::Result<()> {
 /// `(name, ifindex)` of the interface with this MAC.
 fn find_by_mac(mac: &str) -> Option<(String, i32)> {
     let want = mac.to_ascii_lowercase();
+    if let Some(nic) = crate::restore::template_nic(&want) {
+        return Some(nic);
+    }
     for e in fs::read_dir("/sys/class/net").ok()?.flatten() {
         let p = e.path();
         let addr = fs::read_to_string(p.join("address")).unwrap_or_default();
