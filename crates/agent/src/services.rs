@@ -552,9 +552,11 @@ impl ServiceFeed {
             return Push::Done;
         };
         let changed = update.services.len() + update.removed.len();
+        let started = Instant::now();
         let r = match self.runtime.update_services(&sb.id, update).await {
             Ok(()) => {
-                tracing::debug!(sandbox = %sb.id, network, changed, generation = pushed.generation, "Service table pushed");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(sandbox = %sb.id, network, changed, generation = pushed.generation, ms, "Service table pushed");
                 self.failed.lock().await.remove(&sb.id);
                 self.pushed.lock().await.insert(sb.id.clone(), pushed);
                 Push::Done
