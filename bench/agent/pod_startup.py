@@ -17,7 +17,7 @@ the server's agent, so the same VM template): the CLI's wall time (it returns on
 container runs) and the pod's `ready` in its start timeline (`h8s ps --json`), each counted
 from just before the CLI starts.
 Prints one JSON object: for the first mode the legacy keys (`single_s`, `burst_*`), and per
-mode `modes.<mode>` = {single_ms, burst_ms}; `h8s_run` = {wall_ms, ready_ms}."""
+mode `modes.<mode>` = {single_ms, burst_ms}; `h8s_run` = {wall_ms, ready_ms, accel}."""
 import base64, http.client, json, os, re, ssl, subprocess, sys, tempfile, threading, time
 from datetime import datetime
 
@@ -209,18 +209,20 @@ for mode in modes:
         out.update({"single_s": [round(x / 1000, 3) for x in single], "burst": burst,
                     "burst_min_s": round(b[0] / 1000, 3), "burst_median_s": round(q(b, 0.5) / 1000, 3),
                     "burst_p99_s": round(q(b, 0.99) / 1000, 3), "burst_done": len(b)})
-wall, ready = [], []
+wall, ready, accel = [], [], None
 for i in range(singles):
     name = f"{ns}-run-{i}"
     t = time.time()
     subprocess.run([h8s, "run", "-d", "--name", name, "busybox", "--", "sleep", "3600"], capture_output=True, check=True)
     wall.append((time.time() - t) * 1000)
     ps = json.loads(subprocess.run([h8s, "ps", "--json"], capture_output=True, text=True, check=True).stdout)
-    tl = next((p.get("start_timeline", []) for p in ps if name in (p.get("id"), p.get("config", {}).get("name"))), [])
+    me = next((p for p in ps if name in (p.get("id"), p.get("config", {}).get("name"))), {})
+    tl = me.get("start_timeline", [])
+    accel = me.get("accel") or accel
     r = [m["at_us"] for m in tl if m["phase"] == "ready"]
     if r:
         ready.append(r[0] / 1000 - t * 1000)
     subprocess.run([h8s, "rm", "-f", name], capture_output=True)
-out["h8s_run"] = {"wall_ms": [round(x, 1) for x in wall], "ready_ms": [round(x, 1) for x in ready]}
+out["h8s_run"] = {"wall_ms": [round(x, 1) for x in wall], "ready_ms": [round(x, 1) for x in ready], "accel": accel}
 kubectl("delete", "namespace", ns, "--wait=false")
 print(json.dumps(out))
