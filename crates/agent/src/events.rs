@@ -1,16 +1,16 @@
 //! Events about pods, written as core/v1 Events (what `kubectl describe` and `kubectl get
 //! events` read) with kubelet as their source. Repeats of the same event within a pod are
-//! folded into one Event with a growing count, as kubelet's recorder does.
+//! folded into one Event with a growing count, as kubelet's recorder does. Recording queues
+//! (bounded) and returns: one task per recorder writes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use tokio::sync::Mutex;
+use tokio::sync::mpsc;
 
 /// `Normal` or `Warning`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,22 +22,35 @@ pub(crate) enum Kind {
 /// (namespace, involved uid, fieldPath, reason, message).
 type EventKey = (String, String, String, String, String);
 
-/// Writes pod events for one node.
+/// How many events may wait for the writer; beyond that new ones are dropped (logged), as
+/// client-go's event broadcaster drops when its queue is full. Recording never waits for the
+/// API, so a pod's start does not pay for its events.
+const QUEUE: usize = 1024;
+
+/// One event to write.
+struct Item {
+    involved: ObjectReference,
+    component: String,
+    kind: Kind,
+    reason: String,
+    message: String,
+    at: Time,
+}
+
+/// Writes pod events for one node: callers queue them (bounded, never waiting), one task
+/// writes them in order.
 #[derive(Clone)]
 pub(crate) struct Recorder {
-    client: kube::Client,
-    node: String,
-    /// The key → (event name, count).
-    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
+    tx: mpsc::Sender<Item>,
 }
 
 impl Recorder {
+    /// A recorder and its writer task (on the current tokio runtime; it ends when the last
+    /// clone of the recorder is dropped).
     pub fn new(client: kube::Client, node: String) -> Recorder {
-        Recorder {
-            client,
-            node,
-            seen: Default::default(),
-        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write(client, node, rx));
+        Recorder { tx }
     }
 
     /// Records an event about `pod` (and, with `container`, about that container).
@@ -81,7 +94,8 @@ impl Recorder {
     }
 
     /// Records an event about any namespaced object (a PersistentVolumeClaim …) as
-    /// `component`, folding repeats like [`Recorder::event`].
+    /// `component`, folding repeats like [`Recorder::event`]. Queues it and returns at once
+    /// (async only for its callers' sake).
     pub async fn object_event(
         &self,
         involved: ObjectReference,
@@ -90,21 +104,44 @@ impl Recorder {
         reason: &str,
         message: impl Into<String>,
     ) {
-        let message: String = message.into();
-        let ns = involved.namespace.clone().unwrap_or_default();
-        let uid = involved.uid.clone().unwrap_or_default();
-        let name = involved.name.clone().unwrap_or_default();
-        let field_path = involved.field_path.clone().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let now = Time(jiff::Timestamp::now());
+        let item = Item {
+            involved,
+            component: component.to_string(),
+            kind,
+            reason: reason.to_string(),
+            message: message.into(),
+            at: Time(jiff::Timestamp::now()),
+        };
+        if let Err(e) = self.tx.try_send(item) {
+            let reason = match &e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
+                    i.reason.clone()
+                }
+            };
+            tracing::debug!(reason, "event dropped: the event queue is full");
+        }
+    }
+}
+
+/// The writer: events in queue order, repeats of one (namespace, object, field, reason,
+/// message) folded into one Event with a growing count.
+async fn write(client: kube::Client, node: String, mut rx: mpsc::Receiver<Item>) {
+    // The key → (event name, count).
+    let mut seen: HashMap<EventKey, (String, i32)> = HashMap::new();
+    while let Some(it) = rx.recv().await {
+        let ns = it.involved.namespace.clone().unwrap_or_default();
+        let uid = it.involved.uid.clone().unwrap_or_default();
+        let name = it.involved.name.clone().unwrap_or_default();
+        let field_path = it.involved.field_path.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let now = it.at;
         let key = (
             ns.clone(),
             uid.clone(),
             field_path.clone(),
-            reason.to_string(),
-            message.clone(),
+            it.reason.clone(),
+            it.message.clone(),
         );
-        let mut seen = self.seen.lock().await;
         if seen.len() > 4096 {
             seen.clear();
         }
@@ -116,7 +153,7 @@ impl Recorder {
                 .await
                 .is_ok()
             {
-                return;
+                continue;
             }
         }
         let ev_name = format!("{name}.{:x}", jiff::Timestamp::now().as_nanosecond() as u64);
@@ -126,24 +163,24 @@ impl Recorder {
                 namespace: Some(ns.clone()),
                 ..Default::default()
             },
-            involved_object: involved,
-            reason: Some(reason.into()),
-            message: Some(message),
+            involved_object: it.involved,
+            reason: Some(it.reason.clone()),
+            message: Some(it.message),
             type_: Some(
-                match kind {
+                match it.kind {
                     Kind::Normal => "Normal",
                     Kind::Warning => "Warning",
                 }
                 .into(),
             ),
             source: Some(EventSource {
-                component: Some(component.into()),
-                host: Some(self.node.clone()),
+                component: Some(it.component.clone()),
+                host: Some(node.clone()),
             }),
-            reporting_component: Some(component.into()),
-            reporting_instance: Some(self.node.clone()),
+            reporting_component: Some(it.component),
+            reporting_instance: Some(node.clone()),
             first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
             event_time: None::<MicroTime>,
             count: Some(1),
             ..Default::default()
@@ -152,7 +189,7 @@ impl Recorder {
             Ok(_) => {
                 seen.insert(key, (ev_name, 1));
             }
-            Err(e) => tracing::debug!(error = %e, reason, "event not recorded"),
+            Err(e) => tracing::debug!(error = %e, reason = it.reason, "event not recorded"),
         }
     }
 }

@@ -58,6 +58,20 @@ pub(crate) enum Call {
         reference: String,
         user: Option<String>,
     },
+    /// A Service table update for a VM: its generation, whether it was a whole table.
+    UpdateServices {
+        sandbox: String,
+        generation: u64,
+        full: bool,
+    },
+}
+
+/// A VM's Service table as its guest agent applied the updates (the guest's rules: an update
+/// older than the last applied is ignored, a full one replaces everything).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AppliedServices {
+    pub generation: u64,
+    pub services: BTreeMap<h8s_guest::ServiceName, h8s_guest::ServiceEntry>,
 }
 
 #[derive(Default)]
@@ -75,6 +89,8 @@ struct State {
     /// What the "registry" has: reference → the user it requires (None: public).
     registry: HashMap<String, Option<String>>,
     calls: Vec<Call>,
+    /// Each VM's Service table.
+    services: HashMap<String, AppliedServices>,
 }
 
 /// The fake runtime; share it as `Arc<FakeRuntime>` (it is a `PodRuntime`).
@@ -178,6 +194,11 @@ impl FakeRuntime {
     pub fn calls(&self) -> Vec<Call> {
         self.with(|s| s.calls.clone())
     }
+    /// VM `id`'s Service table as applied so far.
+    pub fn services_of(&self, id: &str) -> Option<AppliedServices> {
+        self.with(|s| s.services.get(id).cloned())
+    }
+
     pub fn sandbox_ids(&self) -> Vec<String> {
         self.with(|s| s.sandboxes.keys().cloned().collect())
     }
@@ -297,6 +318,39 @@ impl SandboxService for FakeRuntime {
     }
     fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>> {
         Box::pin(async move { self.with(|s| Ok(s.sandboxes.values().cloned().collect())) })
+    }
+    fn update_services<'a>(
+        &'a self,
+        id: &'a str,
+        update: h8s_guest::ServiceUpdate,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // A guest round trip takes a moment: let other pushes run meanwhile.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.with(|s| {
+                Self::sandbox(s, id)?;
+                s.calls.push(Call::UpdateServices {
+                    sandbox: id.to_string(),
+                    generation: update.generation,
+                    full: update.full,
+                });
+                let t = s.services.entry(id.to_string()).or_default();
+                if update.generation < t.generation {
+                    return Ok(());
+                }
+                t.generation = update.generation;
+                if update.full {
+                    t.services.clear();
+                }
+                for k in &update.removed {
+                    t.services.remove(k);
+                }
+                for e in update.services {
+                    t.services.insert(e.key.clone(), e);
+                }
+                Ok(())
+            })
+        })
     }
     fn recover<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async { Ok(false) })

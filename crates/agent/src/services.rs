@@ -20,7 +20,7 @@ use h8s_guest::{
     ServiceUpdate, SERVICES_VERSION,
 };
 use h8s_net::{ExposedPort, Fabric, ServiceRules, L4};
-use h8s_runtime::{PodRuntime, SandboxState};
+use h8s_runtime::{PodRuntime, SandboxState, SandboxStatus};
 use h8s_types::network::NetNamespace;
 use h8s_types::Network as ApiNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -79,7 +79,25 @@ pub(crate) struct ServiceFeed {
     wake: Arc<Notify>,
     pushed: Mutex<HashMap<String, Pushed>>,
     failed: Mutex<HashMap<String, Instant>>,
+    /// Held from reading what a VM was last told to recording what it was told now, so the
+    /// periodic pass and a new VM's own first push ([`ServiceFeed::push_new`]) never
+    /// interleave: `pushed` is always what the VM last applied.
+    push_lock: Mutex<()>,
+    /// Notified (all waiters) whenever a VM's table was pushed or refused.
+    pushed_changed: Notify,
     _tasks: Vec<AbortOnDrop>,
+}
+
+/// Whether a VM got its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// The VM has its Network's current table (just pushed, or already had it).
+    Done,
+    /// The VM refused it (or could not be reached); retried after [`FAILED_PAUSE`].
+    Failed,
+    /// Not a pod VM to feed (another agent's, not ready, no pod network), or its namespace
+    /// is not known yet.
+    Skipped,
 }
 
 fn protocol(p: Option<&str>) -> PortProtocol {
@@ -382,6 +400,8 @@ impl ServiceFeed {
             wake,
             pushed: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            push_lock: Mutex::new(()),
+            pushed_changed: Notify::new(),
             _tasks: vec![t1, t2, t3, t4, t5],
         })
     }
@@ -401,20 +421,36 @@ impl ServiceFeed {
         }
     }
 
-    /// Waits (up to `limit`) until the VM `id` got its first table, so its containers start
-    /// with their Services resolvable. Wakes the feed.
-    pub async fn wait_pushed(&self, id: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        self.wake.notify_one();
-        while Instant::now() < deadline {
-            if self.pushed.lock().await.contains_key(id)
-                || self.failed.lock().await.contains_key(id)
+    /// Gives the new VM `sb` its Network's whole table now, before its containers start (so
+    /// they start with their Services resolvable): pushed at once from the feed's caches,
+    /// without waiting for a pass. If the feed cannot yet (its namespace not listed yet), it
+    /// wakes the feed and waits up to `limit` for a pass to push it.
+    pub async fn push_new(&self, sb: &SandboxStatus, limit: Duration) {
+        let namespaces = self.namespaces.state();
+        let (services, slices) = (self.services.state(), self.slices.state());
+        let mut tables = HashMap::new();
+        let r = self
+            .push_one(sb, &namespaces, &services, &slices, &mut tables)
+            .await;
+        if r != Push::Skipped {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.pushed_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.pushed.lock().await.contains_key(&sb.id)
+                || self.failed.lock().await.contains_key(&sb.id)
             {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::debug!(sandbox = %sb.id, "no Service table pushed in time");
+                return;
+            }
         }
-        tracing::debug!(sandbox = id, "no Service table pushed in time");
     }
 
     #[tracing::instrument(skip(self), level = "debug")]
@@ -431,67 +467,112 @@ impl ServiceFeed {
         let mut tables: HashMap<String, Table> = HashMap::new();
         let mut live = HashSet::new();
         for sb in sandboxes {
-            if sb.config.labels.get(LABEL_OWNER) != Some(&self.owner)
-                || sb.state != SandboxState::Ready
-                || sb.config.network.is_none()
-            {
-                continue;
+            if self.feeds(&sb) {
+                live.insert(sb.id.clone());
             }
-            live.insert(sb.id.clone());
-            let Some(ns) = sb.config.labels.get(LABEL_NAMESPACE) else {
-                continue;
-            };
-            let Some(network) = namespaces
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(ns.as_str()))
-                .map(|n| n.network())
-            else {
-                continue;
-            };
-            if let Some(t) = self.failed.lock().await.get(&sb.id) {
-                if t.elapsed() < FAILED_PAUSE {
-                    continue;
-                }
-            }
-            let table = tables.entry(network.clone()).or_insert_with(|| {
-                let net = self
-                    .networks
-                    .state()
-                    .into_iter()
-                    .find(|n| n.metadata.name.as_deref() == Some(network.as_str()));
-                let mut t =
-                    network_table(&network, &namespaces, &services, &slices, net.as_deref());
-                if self.api_relay {
-                    if let Some(e) = net.as_deref().and_then(|n| kubernetes_entry(&services, n)) {
-                        t.0.insert(e.key.clone(), e);
-                    }
-                }
-                t
-            });
-            let prev = self.pushed.lock().await.get(&sb.id).cloned();
-            let Some((update, pushed)) = diff(prev.as_ref(), &network, table) else {
-                continue;
-            };
-            let changed = update.services.len() + update.removed.len();
-            match self.runtime.update_services(&sb.id, update).await {
-                Ok(()) => {
-                    tracing::debug!(sandbox = %sb.id, network, changed, generation = pushed.generation, "Service table pushed");
-                    self.failed.lock().await.remove(&sb.id);
-                    self.pushed.lock().await.insert(sb.id.clone(), pushed);
-                }
-                Err(e) => {
-                    tracing::warn!(sandbox = %sb.id, error = %e, "pushing the Service table failed; retrying later with the whole table");
-                    self.pushed.lock().await.remove(&sb.id);
-                    self.failed
-                        .lock()
-                        .await
-                        .insert(sb.id.clone(), Instant::now());
+            self.push_one(&sb, &namespaces, &services, &slices, &mut tables)
+                .await;
+        }
+        // Forget VMs that are gone. One pushed by `push_new` after the listing above is not
+        // in `live`: ask the runtime before forgetting it.
+        let unknown: Vec<String> = {
+            let pushed = self.pushed.lock().await;
+            let failed = self.failed.lock().await;
+            pushed
+                .keys()
+                .chain(failed.keys())
+                .filter(|id| !live.contains(*id))
+                .cloned()
+                .collect()
+        };
+        for id in unknown {
+            if let Ok(sb) = self.runtime.sandbox_status(&id).await {
+                if self.feeds(&sb) {
+                    live.insert(id);
                 }
             }
         }
         self.pushed.lock().await.retain(|id, _| live.contains(id));
         self.failed.lock().await.retain(|id, _| live.contains(id));
         self.expose_pass(&namespaces, &services, &slices).await;
+    }
+
+    /// Whether `sb` is a pod VM this feed keeps a table in.
+    fn feeds(&self, sb: &SandboxStatus) -> bool {
+        sb.config.labels.get(LABEL_OWNER) == Some(&self.owner)
+            && sb.state == SandboxState::Ready
+            && sb.config.network.is_some()
+    }
+
+    /// Pushes VM `sb` what changed in its Network's table since it was last told (the whole
+    /// table the first time). `tables` caches the tables built in one pass, by Network.
+    async fn push_one(
+        &self,
+        sb: &SandboxStatus,
+        namespaces: &[Arc<NetNamespace>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        tables: &mut HashMap<String, Table>,
+    ) -> Push {
+        if !self.feeds(sb) {
+            return Push::Skipped;
+        }
+        let Some(ns) = sb.config.labels.get(LABEL_NAMESPACE) else {
+            return Push::Skipped;
+        };
+        let Some(network) = namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns.as_str()))
+            .map(|n| n.network())
+        else {
+            return Push::Skipped;
+        };
+        if let Some(t) = self.failed.lock().await.get(&sb.id) {
+            if t.elapsed() < FAILED_PAUSE {
+                return Push::Failed;
+            }
+        }
+        let table = tables.entry(network.clone()).or_insert_with(|| {
+            let net = self
+                .networks
+                .state()
+                .into_iter()
+                .find(|n| n.metadata.name.as_deref() == Some(network.as_str()));
+            let mut t = network_table(&network, namespaces, services, slices, net.as_deref());
+            if self.api_relay {
+                if let Some(e) = net.as_deref().and_then(|n| kubernetes_entry(services, n)) {
+                    t.0.insert(e.key.clone(), e);
+                }
+            }
+            t
+        });
+        let _one_at_a_time = self.push_lock.lock().await;
+        let prev = self.pushed.lock().await.get(&sb.id).cloned();
+        let Some((update, pushed)) = diff(prev.as_ref(), &network, table) else {
+            return Push::Done;
+        };
+        let changed = update.services.len() + update.removed.len();
+        let started = Instant::now();
+        let r = match self.runtime.update_services(&sb.id, update).await {
+            Ok(()) => {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(sandbox = %sb.id, network, changed, generation = pushed.generation, ms, "Service table pushed");
+                self.failed.lock().await.remove(&sb.id);
+                self.pushed.lock().await.insert(sb.id.clone(), pushed);
+                Push::Done
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %sb.id, error = %e, "pushing the Service table failed; retrying later with the whole table");
+                self.pushed.lock().await.remove(&sb.id);
+                self.failed
+                    .lock()
+                    .await
+                    .insert(sb.id.clone(), Instant::now());
+                Push::Failed
+            }
+        };
+        self.pushed_changed.notify_waiters();
+        r
     }
 
     /// Programs the node's NodePort/LoadBalancer forwarding when it changed (or every

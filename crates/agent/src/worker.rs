@@ -92,6 +92,14 @@ fn parse_instance(rt_name: &str) -> Option<(&str, u32)> {
     Some((b, n.parse().ok()?))
 }
 
+/// The content volumes' sources as read from the API, and a newly issued service account
+/// token (with when it was issued).
+#[derive(Default)]
+struct VolumeSources {
+    src: crate::volumes::Sources,
+    token: Option<(String, Instant)>,
+}
+
 struct Worker {
     ctx: Arc<Ctx>,
     pod: Arc<Pod>,
@@ -120,6 +128,9 @@ struct Worker {
     volumes_checked: Option<Instant>,
     /// The service account token in projected volumes, and when it was issued.
     token: Option<(String, Instant)>,
+    /// The content volumes' sources, read while the pod VM started (taken by the first
+    /// [`Worker::sync_volumes`]).
+    prefetched: Option<VolumeSources>,
     /// The pod VM's persistent volume disks (None: not resolved since the agent started).
     disks: Option<Vec<crate::pvc::Attached>>,
     /// When local storage usage was last measured against the pod's limits.
@@ -164,6 +175,7 @@ pub(crate) async fn run(
         volumes_written: HashMap::new(),
         volumes_checked: None,
         token: None,
+        prefetched: None,
         disks: None,
         storage_checked: None,
     };
@@ -938,16 +950,19 @@ impl Worker {
             }
         }
         let started = std::time::Instant::now();
-        match self.ctx.runtime.run_sandbox(cfg).await {
+        // What does not need the VM is read while it starts: the content volumes' sources
+        // (ConfigMaps, Secrets, the service account token).
+        let (run, prefetched) =
+            tokio::join!(self.ctx.runtime.run_sandbox(cfg), self.volume_sources());
+        match run {
             Ok(id) => {
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(sandbox = %id, memory_mib = mem, cpus, ms, "pod VM started");
+                self.prefetched = prefetched;
                 // How the VM started is the user's to see (a template clone shares its
                 // kernel layout with the template's other clones; docs/runtime.md).
-                let boot = match self.ctx.runtime.sandbox_status(&id).await {
-                    Ok(st) => st.boot,
-                    Err(_) => None,
-                };
+                let status = self.ctx.runtime.sandbox_status(&id).await.ok();
+                let boot = status.as_ref().and_then(|st| st.boot.clone());
                 let msg = match boot.as_deref() {
                     Some("template") => format!("Started the pod VM from a VM template in {ms} ms"),
                     Some(b) if b.starts_with("cold") => format!("Booted the pod VM {b} in {ms} ms"),
@@ -964,9 +979,9 @@ impl Worker {
                 self.sandbox_waiting = None;
                 self.sandbox_backoff.reset();
                 self.publish_lookup();
-                if let Some(feed) = &self.ctx.services {
+                if let (Some(feed), Some(st)) = (&self.ctx.services, &status) {
                     // Containers start with their Network's Services already known.
-                    feed.wait_pushed(&id, Duration::from_secs(5)).await;
+                    feed.push_new(st, Duration::from_secs(5)).await;
                 }
             }
             Err(e) => {
@@ -1099,72 +1114,15 @@ impl Worker {
             self.volumes_checked = Some(Instant::now());
             return true;
         }
-        let (cms, secrets, token) = crate::volumes::references(&self.pod);
-        let mut src = crate::volumes::Sources::default();
-        let cm_api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        for n in cms {
-            match cm_api.get_opt(&n).await {
-                Ok(v) => {
-                    src.config_maps.insert(
-                        n,
-                        v.map(|cm| {
-                            let mut d: BTreeMap<String, Vec<u8>> = cm
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.into_bytes()))
-                                .collect();
-                            for (k, v) in cm.binary_data.unwrap_or_default() {
-                                d.insert(k, v.0);
-                            }
-                            d
-                        }),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(configmap = %n, error = %e, "reading a volume's configmap");
-                    return self.volumes_checked.is_some();
-                }
-            }
-        }
-        let sec_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        for n in secrets {
-            match sec_api.get_opt(&n).await {
-                Ok(v) => {
-                    src.secrets.insert(
-                        n,
-                        v.map(|s| {
-                            let mut d: BTreeMap<String, Vec<u8>> = s
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0))
-                                .collect();
-                            for (k, v) in s.string_data.unwrap_or_default() {
-                                d.insert(k, v.into_bytes());
-                            }
-                            d
-                        }),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(secret = %n, error = %e, "reading a volume's secret");
-                    return self.volumes_checked.is_some();
-                }
-            }
-        }
-        if token {
-            // Rotated at 80 % of its life, as kubelet does.
-            let fresh = self
-                .token
-                .as_ref()
-                .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(3600 * 8 / 10));
-            if !fresh {
-                if let Some(t) = self.service_account_token(&spec).await {
-                    self.token = Some((t, Instant::now()));
-                }
-            }
-            src.token = self.token.as_ref().map(|(t, _)| t.clone());
+        let sources = match self.prefetched.take() {
+            Some(p) => Some(p),
+            None => self.volume_sources().await,
+        };
+        let Some(VolumeSources { src, token }) = sources else {
+            return self.volumes_checked.is_some();
+        };
+        if token.is_some() {
+            self.token = token;
         }
         let facts = crate::env::PodFacts {
             pod_ip: self.pod_ip.clone(),
@@ -1237,6 +1195,100 @@ impl Worker {
             self.volumes_checked = Some(Instant::now());
         }
         self.volumes_checked.is_some()
+    }
+
+    /// What the pod's content volumes are made of: their ConfigMaps and Secrets, and the
+    /// service account token (a new one when none is held or it is at 80 % of its life, as
+    /// kubelet rotates). `None` when a read failed. Needs no VM: read while it starts.
+    async fn volume_sources(&self) -> Option<VolumeSources> {
+        let spec = self.spec();
+        let any = spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| crate::volumes::kind(v).ok() == Some(crate::volumes::Kind::Content));
+        if !any {
+            return Some(VolumeSources::default());
+        }
+        let (cms, secrets, token) = crate::volumes::references(&self.pod);
+        let mut src = crate::volumes::Sources::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let sec_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let fresh = self
+            .token
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(3600 * 8 / 10));
+        // All reads at once.
+        let cm_reads = futures::future::join_all(cms.iter().map(|n| cm_api.get_opt(n)));
+        let sec_reads = futures::future::join_all(secrets.iter().map(|n| sec_api.get_opt(n)));
+        let token_read = async {
+            match token && !fresh {
+                true => self.service_account_token(&spec).await,
+                false => None,
+            }
+        };
+        let (cm_got, sec_got, new_token) = tokio::join!(cm_reads, sec_reads, token_read);
+        for (n, r) in cms.into_iter().zip(cm_got) {
+            match r {
+                Ok(v) => {
+                    src.config_maps.insert(
+                        n,
+                        v.map(|cm| {
+                            let mut d: BTreeMap<String, Vec<u8>> = cm
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes()))
+                                .collect();
+                            for (k, v) in cm.binary_data.unwrap_or_default() {
+                                d.insert(k, v.0);
+                            }
+                            d
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(configmap = %n, error = %e, "reading a volume's configmap");
+                    return None;
+                }
+            }
+        }
+        for (n, r) in secrets.into_iter().zip(sec_got) {
+            match r {
+                Ok(v) => {
+                    src.secrets.insert(
+                        n,
+                        v.map(|s| {
+                            let mut d: BTreeMap<String, Vec<u8>> = s
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
+                            for (k, v) in s.string_data.unwrap_or_default() {
+                                d.insert(k, v.into_bytes());
+                            }
+                            d
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %n, error = %e, "reading a volume's secret");
+                    return None;
+                }
+            }
+        }
+        let new_token = new_token.map(|t| (t, Instant::now()));
+        if token {
+            src.token = new_token
+                .as_ref()
+                .or(self.token.as_ref())
+                .map(|(t, _)| t.clone());
+        }
+        Some(VolumeSources {
+            src,
+            token: new_token,
+        })
     }
 
     /// A bound token of the pod's service account (TokenRequest), if the API serves it.

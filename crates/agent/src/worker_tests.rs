@@ -200,23 +200,33 @@ impl Node {
         }
     }
 
-    /// The pod's events as `reason: message`.
-    async fn events(&self, pod: &str) -> Vec<String> {
+    /// The pod's events as `reason: message`, once one starts with each of `want` (events
+    /// are written off the pod's path: wait for them, up to the deadline).
+    async fn events(&self, pod: &str, want: &[&str]) -> Vec<String> {
         let evs: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        evs.list(&ListParams::default())
-            .await
-            .expect("events")
-            .items
-            .into_iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some(pod))
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.reason.unwrap_or_default(),
-                    e.message.unwrap_or_default()
-                )
-            })
-            .collect()
+        let start = tokio::time::Instant::now();
+        loop {
+            let got: Vec<String> = evs
+                .list(&ListParams::default())
+                .await
+                .expect("events")
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.reason.unwrap_or_default(),
+                        e.message.unwrap_or_default()
+                    )
+                })
+                .collect();
+            let all = want.iter().all(|w| got.iter().any(|e| e.starts_with(w)));
+            if all || start.elapsed() > DEADLINE {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -345,12 +355,13 @@ async fn a_pod_runs_in_a_vm_sized_from_its_resources() {
         "{:?}",
         n.rt.calls()
     );
-    let evs = n.events("web").await;
-    for want in [
+    let wants = [
         "Pulled:",
         "Created: Created container: c",
         "Started: Started container c",
-    ] {
+    ];
+    let evs = n.events("web", &wants).await;
+    for want in wants {
         assert!(evs.iter().any(|e| e.starts_with(want)), "{want} in {evs:?}");
     }
 }
@@ -389,7 +400,10 @@ async fn restart_policies_with_back_off() {
     assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
     assert_eq!(phase(&p), "Running");
     assert!(n
-        .events("always")
+        .events(
+            "always",
+            &["BackOff: Back-off restarting failed container crash"]
+        )
         .await
         .iter()
         .any(|e| e.starts_with("BackOff: Back-off restarting failed container crash")));
@@ -461,7 +475,7 @@ async fn a_failing_liveness_probe_restarts_and_readiness_gates_ready() {
     let p = n.wait("live", "not Ready", |p| !ready(p)).await;
     assert_eq!(container(&p).restart_count, 0);
     assert!(n
-        .events("live")
+        .events("live", &["Unhealthy: Readiness probe failed:"])
         .await
         .iter()
         .any(|e| e.starts_with("Unhealthy: Readiness probe failed:")));
@@ -472,7 +486,15 @@ async fn a_failing_liveness_probe_restarts_and_readiness_gates_ready() {
     let p = n
         .wait("live", "restarted", |p| container(p).restart_count >= 1)
         .await;
-    let evs = n.events("live").await;
+    let evs = n
+        .events(
+            "live",
+            &[
+                "Unhealthy: Liveness probe failed:",
+                "Killing: Container c failed liveness probe, will be restarted",
+            ],
+        )
+        .await;
     assert!(
         evs.iter()
             .any(|e| e.starts_with("Unhealthy: Liveness probe failed:")),
@@ -553,7 +575,10 @@ async fn a_failed_start_leaves_nothing_and_is_retried() {
     assert_eq!(waiting_reason(&p).as_deref(), Some("ContainerCreating"));
     assert!(n.rt.sandbox_ids().is_empty());
     assert!(n
-        .events("p")
+        .events(
+            "p",
+            &["FailedCreatePodSandBox: Failed to create pod sandbox:"]
+        )
         .await
         .iter()
         .any(|e| e.starts_with("FailedCreatePodSandBox: Failed to create pod sandbox:")));
@@ -675,7 +700,9 @@ async fn an_exec_probe_fails_and_a_crash_is_restarted() {
     n.wait("p", "Ready", ready).await;
     n.rt.exec_exits("check", 1);
     n.wait("p", "not Ready", |p| !ready(p)).await;
-    let evs = n.events("p").await;
+    let evs = n
+        .events("p", &["Unhealthy: Readiness probe failed: fake failure"])
+        .await;
     assert!(
         evs.iter()
             .any(|e| e == "Unhealthy: Readiness probe failed: fake failure"),
@@ -813,4 +840,152 @@ async fn container_logs_count_in_its_ephemeral_storage() {
         // kubelet checks the pod's total before each container's own limit.
         Some("Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. ")
     );
+}
+
+/// A new pod VM gets its Network's whole Service table from the feed's `push_new`, before
+/// it returns (the worker starts containers only after it), while the feed's periodic passes
+/// push Service changes to the other VMs at the same time; and in the end every VM has the
+/// current table (the passes and the new VMs' first pushes never interleave on one VM, so
+/// what the feed records as told is what the VM applied).
+#[tokio::test]
+async fn a_new_vm_gets_its_service_table_at_once_beside_the_periodic_pass() {
+    use h8s_runtime::SandboxService;
+    use k8s_openapi::api::core::v1::Service;
+    let n = node("svcfeed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(FakeRuntime::new(&dir.path().join("logs")));
+    let owner = "feed-test";
+    let feed =
+        crate::services::ServiceFeed::start(n.client.clone(), rt.clone(), owner, false, None);
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(feed.clone().run(stopped));
+    let svcs: Api<Service> = Api::namespaced(n.client.clone(), &n.ns);
+    let service = |name: &str| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .expect("service")
+    };
+    svcs.create(&PostParams::default(), &service("s0"))
+        .await
+        .expect("service created");
+    let vm = |i: usize| {
+        let mut cfg = h8s_runtime::SandboxConfig::new(format!("vm-{i}"));
+        cfg.labels = std::collections::BTreeMap::from([
+            (crate::pods::LABEL_OWNER.to_string(), owner.to_string()),
+            (crate::pods::LABEL_NAMESPACE.to_string(), n.ns.clone()),
+        ]);
+        cfg.network = Some(h8s_runtime::NetworkAttachment {
+            tap: format!("tap{i}"),
+            mac: format!("02:00:00:00:00:{i:02x}"),
+            address: format!("10.9.0.{}/24", i + 2),
+            gateway: Some("10.9.0.1".into()),
+            mtu: 1450,
+            dns: vec![],
+            cluster_dns: None,
+        });
+        cfg
+    };
+    let names = |id: &str| -> Vec<String> {
+        rt.services_of(id)
+            .map(|t| {
+                t.services
+                    .keys()
+                    .filter(|k| k.namespace == n.ns)
+                    .map(|k| k.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The first VM, while the feed's caches fill: it gets s0 (from a pass or at once).
+    let id = rt.run_sandbox(vm(0)).await.expect("vm");
+    let start = tokio::time::Instant::now();
+    while !names(&id).contains(&"s0".to_string()) {
+        let st = rt.sandbox_status(&id).await.expect("status");
+        feed.push_new(&st, Duration::from_secs(5)).await;
+        assert!(start.elapsed() < DEADLINE, "s0 never reached {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Service churn wakes the periodic pass over and over meanwhile.
+    let churn = {
+        let svcs = svcs.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("c{}", i % 4);
+                if svcs
+                    .create(&PostParams::default(), &service(&name))
+                    .await
+                    .is_err()
+                {
+                    let _ = svcs.delete(&name, &DeleteParams::default()).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut ids = vec![id];
+    for i in 1..8 {
+        let id = rt.run_sandbox(vm(i)).await.expect("vm");
+        let st = rt.sandbox_status(&id).await.expect("status");
+        feed.push_new(&st, Duration::from_secs(5)).await;
+        // Before push_new returned: the whole table, first.
+        assert!(
+            names(&id).contains(&"s0".to_string()),
+            "{id}: {:?}",
+            names(&id)
+        );
+        let first = rt.calls().into_iter().find_map(|c| match c {
+            Call::UpdateServices { sandbox, full, .. } if sandbox == id => Some(full),
+            _ => None,
+        });
+        assert_eq!(first, Some(true), "{id}'s first update is its whole table");
+        ids.push(id);
+    }
+    churn.abort();
+    let _ = churn.await;
+    svcs.create(&PostParams::default(), &service("last"))
+        .await
+        .expect("service created");
+    // Every VM converges on the API's Services.
+    let start = tokio::time::Instant::now();
+    loop {
+        let mut want: Vec<String> = svcs
+            .list(&ListParams::default())
+            .await
+            .expect("services")
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        want.sort();
+        let behind: Vec<(&String, Vec<String>)> = ids
+            .iter()
+            .map(|id| (id, names(id)))
+            .filter(|(_, got)| *got != want)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "VMs behind the API's Services {want:?}: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The generations each VM saw only grew (no update was applied out of order).
+    for id in &ids {
+        let gens: Vec<u64> = rt
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::UpdateServices {
+                    sandbox,
+                    generation,
+                    ..
+                } if sandbox == *id => Some(generation),
+                _ => None,
+            })
+            .collect();
+        assert!(gens.windows(2).all(|w| w[0] < w[1]), "{id}: {gens:?}");
+    }
 }

@@ -232,8 +232,7 @@ fn crashloop_backoff_with_growing_restart_count() {
         "the restart count to grow",
         || (container_status(&c.pod(&ns, "crash"))["restartCount"].as_i64()? > first).then_some(()),
     );
-    let events = c.kubectl(&["-n", &ns, "get", "events"]);
-    assert!(events.contains("BackOff"), "{events}");
+    events_with(c, &ns, "BackOff");
     c.cleanup(&ns);
 }
 
@@ -279,8 +278,7 @@ fn run_to_completion_bad_image_and_bad_command() {
         let cs = container_status(&c.pod(&ns, "noimage"));
         (cs["state"]["waiting"]["reason"] == "ImagePullBackOff").then_some(())
     });
-    let events = c.kubectl(&["-n", &ns, "get", "events"]);
-    assert!(events.contains("Failed to pull image"), "{events}");
+    events_with(c, &ns, "Failed to pull image");
     let p = wait(Duration::from_secs(240), "StartError", || {
         let p = c.pod(&ns, "nocmd");
         (container_status(&p)["state"]["terminated"]["reason"] == "StartError").then_some(p)
@@ -327,8 +325,7 @@ fn failing_liveness_restarts_and_readiness_gates_ready() {
         "a restart after the liveness failure",
         || (container_status(&c.pod(&ns, "live"))["restartCount"].as_i64()? >= 1).then_some(()),
     );
-    let events = c.kubectl(&["-n", &ns, "get", "events"]);
-    assert!(events.contains("Unhealthy"), "{events}");
+    events_with(c, &ns, "Unhealthy");
     c.cleanup(&ns);
 }
 
@@ -412,8 +409,7 @@ fn read_only_root_and_local_storage_limits_evict() {
             "{name}: {p}"
         );
     }
-    let events = c.kubectl(&["-n", &ns, "get", "events"]);
-    assert!(events.contains("Evicted"), "{events}");
+    events_with(c, &ns, "Evicted");
     c.cleanup(&ns);
 }
 
@@ -590,6 +586,16 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
     assert!(by_class.starts_with("Booted the pod VM cold"), "{by_class}");
     eprintln!("warm: {warm}\ncold: {cold}\ncold-class: {by_class}");
     c.cleanup(&ns);
+}
+
+/// Waits for an event of namespace `ns` that mentions `what` (the agent writes events off the
+/// pod's path, so one may land just after the state it reports).
+fn events_with(c: &Cluster, ns: &str, what: &str) {
+    wait(Duration::from_secs(60), what, || {
+        c.kubectl(&["-n", ns, "get", "events"])
+            .contains(what)
+            .then_some(())
+    });
 }
 
 fn running(c: &Cluster, ns: &str, name: &str) -> bool {

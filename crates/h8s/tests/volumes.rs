@@ -216,8 +216,16 @@ spec:
     assert!(pv["spec"]["nodeAffinity"].to_string().contains(&c.name));
     let file = vols(c).join(format!("{pv_name}.raw"));
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
-    let ev = pvc_events(c, &ns, "data");
-    assert!(ev.contains("ProvisioningSucceeded"), "{ev}");
+    // Events are written off the provisioning path: wait for it.
+    wait(
+        Duration::from_secs(60),
+        "ProvisioningSucceeded on the claim",
+        || {
+            pvc_events(c, &ns, "data")
+                .contains("ProvisioningSucceeded")
+                .then_some(())
+        },
+    );
 
     // Inside the VM: the filesystem, the subPath read-only, fsGroup on new files.
     let (ok, out, err) = exec(
