@@ -160,6 +160,15 @@ pub struct PodTimers {
     /// How often pods' local storage is measured against their limits (kubelet's eviction
     /// monitoring interval, 10 s).
     pub eviction_monitoring_period: Duration,
+    /// How often the Service feed checks every pod VM's Service table without being woken by a
+    /// change (2 s).
+    pub service_sync_period: Duration,
+    /// How long a pod VM that refused its Service table is left alone before the whole table
+    /// is pushed again (30 s).
+    pub service_retry_pause: Duration,
+    /// How often the node's NodePort/LoadBalancer forwarding is rewritten even when unchanged
+    /// (10 s).
+    pub expose_sync_period: Duration,
 }
 
 impl Default for PodTimers {
@@ -172,6 +181,9 @@ impl Default for PodTimers {
             image_backoff_max: Duration::from_secs(300),
             volume_refresh: Duration::from_secs(60),
             eviction_monitoring_period: Duration::from_secs(10),
+            service_sync_period: Duration::from_secs(2),
+            service_retry_pause: Duration::from_secs(30),
+            expose_sync_period: Duration::from_secs(10),
         }
     }
 }

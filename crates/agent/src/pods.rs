@@ -211,6 +211,7 @@ impl Dispatcher {
                 cfg.network
                     .as_ref()
                     .map(|n| (n.network.fabric().clone(), cfg.node_name.clone())),
+                (&cfg.pod_timers).into(),
             )
         });
         let policy =

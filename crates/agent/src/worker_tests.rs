@@ -115,6 +115,7 @@ async fn node(test: &str) -> Node {
         image_backoff_max: Duration::from_millis(1200),
         volume_refresh: Duration::from_secs(60),
         eviction_monitoring_period: Duration::from_millis(200),
+        ..crate::PodTimers::default()
     };
     let lookup = crate::pods::PodLookup::new(rt.clone());
     let d = crate::pods::Dispatcher::new(client.clone(), rt.clone(), cfg, lookup)
@@ -855,8 +856,14 @@ async fn a_new_vm_gets_its_service_table_at_once_beside_the_periodic_pass() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = Arc::new(FakeRuntime::new(&dir.path().join("logs")));
     let owner = "feed-test";
-    let feed =
-        crate::services::ServiceFeed::start(n.client.clone(), rt.clone(), owner, false, None);
+    let feed = crate::services::ServiceFeed::start(
+        n.client.clone(),
+        rt.clone(),
+        owner,
+        false,
+        None,
+        (&crate::PodTimers::default()).into(),
+    );
     let (_stop, stopped) = watch::channel(false);
     tokio::spawn(feed.clone().run(stopped));
     let svcs: Api<Service> = Api::namespaced(n.client.clone(), &n.ns);

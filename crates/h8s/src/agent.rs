@@ -89,6 +89,15 @@ pub struct AgentOpts {
     /// How often a pod worker re-reads its VM's state.
     #[arg(long = "pod-sync-period", default_value = "1s", value_parser = parse_duration)]
     pub sync_period: Duration,
+    /// How often the Service feed checks every pod VM's Service table without a change.
+    #[arg(long = "service-sync-period", default_value = "2s", value_parser = parse_duration)]
+    pub service_sync_period: Duration,
+    /// How long a pod VM that refused its Service table is left alone before a retry.
+    #[arg(long = "service-retry-pause", default_value = "30s", value_parser = parse_duration)]
+    pub service_retry_pause: Duration,
+    /// How often the node's NodePort/LoadBalancer forwarding is rewritten even when unchanged.
+    #[arg(long = "expose-sync-period", default_value = "10s", value_parser = parse_duration)]
+    pub expose_sync_period: Duration,
     /// First restart delay of a crashing container (doubled per crash).
     #[arg(long = "restart-backoff", default_value = "10s", value_parser = parse_duration)]
     pub backoff_initial: Duration,
@@ -243,6 +252,9 @@ impl AgentOpts {
             image_backoff_max: self.image_backoff_max,
             volume_refresh: self.volume_refresh,
             eviction_monitoring_period: self.eviction_monitoring_period,
+            service_sync_period: self.service_sync_period,
+            service_retry_pause: self.service_retry_pause,
+            expose_sync_period: self.expose_sync_period,
         };
         cfg.max_parallel_starts = self.max_parallel_starts;
         cfg.image_gc = h8s_agent::ImageGcConfig {
