@@ -324,14 +324,15 @@ pub(crate) fn choose(root: &Path, vm: &VmSettings, cfg: &SandboxConfig) -> Resul
         if !t.is_ready() {
             continue;
         }
+        let uses = t.uses_count();
         if UnixStream::connect(t.mem()).is_err() {
             tracing::info!(template = %key, "VM template's holder is gone; rebuilding it");
             retire(root, key);
-        } else if max > 0 && t.uses_count() >= max {
-            tracing::info!(template = %key, uses = t.uses_count(), "retiring VM template");
+        } else if max > 0 && uses >= max {
+            tracing::info!(template = %key, uses, "retiring VM template");
             retire(root, key);
         } else {
-            ready.push((t.uses_count(), key.clone()));
+            ready.push((uses, key.clone()));
         }
     }
     // The most used one first: it is the older, so it retires on time.
