@@ -392,11 +392,17 @@ pub(crate) fn retire_all(root: &Path) -> usize {
     if let Ok(entries) = std::fs::read_dir(templates_dir(root)) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            let dir = e.file_type().is_ok_and(|t| t.is_dir());
             if name.starts_with(".retired-") {
-                let _ = std::fs::remove_dir_all(e.path());
+                // Directories; earlier versions also renamed the stand-in kernel file here.
+                let _ = match dir {
+                    true => std::fs::remove_dir_all(e.path()),
+                    false => std::fs::remove_file(e.path()),
+                };
                 continue;
             }
-            if !TemplateDir::new(root, &name).building() {
+            // Templates are directories; `kernel.stub` (a file) is shared by all of them.
+            if dir && !TemplateDir::new(root, &name).building() {
                 retire(root, &name);
                 n += 1;
             }
@@ -828,6 +834,24 @@ mod tests {
         );
         std::fs::write(tb.failed(), "boom").unwrap();
         assert_eq!(choose(root, &vm, &cfg).unwrap(), Choice::Cold(None));
+    }
+
+    #[test]
+    fn rotation_retires_templates_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let _held = ready_slot(root, "k1", 0);
+        let stub = kernel_stub(root).unwrap();
+        std::fs::write(templates_dir(root).join(".retired-kernel.stub-old"), b"x").unwrap();
+        assert_eq!(retire_all(root), 1, "one template, the stub is none");
+        assert!(stub.is_file(), "the stand-in kernel stays");
+        assert!(!TemplateDir::new(root, "k1").dir.exists());
+        let left: Vec<_> = std::fs::read_dir(templates_dir(root))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["kernel.stub"], "nothing retired is left behind");
     }
 
     #[test]
