@@ -19,6 +19,8 @@ export H8S_CACHE="${H8S_CACHE:-$HOME/.cache/h8s}"
 H="${H8S_BIN:-$PWD/target/release/h8s}"
 [ -x "$H" ] || H="$PWD/target/debug/h8s"
 case "$H" in */release/*) build=release ;; *) build=debug ;; esac
+# The pod supervisor `h8s` runs: the standalone one beside it when built (scripts/up builds it).
+if [ -x "$(dirname "$H")/h8s-pod-shim" ]; then shim="\`h8s-pod-shim\`"; else shim="\`h8s pod-shim\` (no \`h8s-pod-shim\` beside \`h8s\`)"; fi
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/h8s-bench-tpl.XXXX)
 chmod 755 "$work"   # jailed supervisors run as their pod's uid and must reach their pod directory
@@ -251,7 +253,7 @@ block=$(cat <<MD
 Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` ($build \`h8s\` binary), accelerator **${accel}**,
 2 host cores shared with other work (load average ${load0} at the start, ${load1} at the end); guest
 \`$kernel\` (${ksource}), 256 MiB, 1 vCPU, busybox erofs image, translation cache 16 MiB
-unless said otherwise. All rows below come from this one run.
+unless said otherwise; pod supervisor ${shim}. All rows below come from this one run.
 
 **Where a template start's time goes** (\`h8s run -d IMAGE -- sh -c 'echo hi'\`, each pod's
 \`start_timeline\` from \`h8s ps --json\`; offsets from the moment the CLI was started):

@@ -18,14 +18,19 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // Re-run when HEAD moves: HEAD itself, the branch it names, and packed refs.
-    for p in ["HEAD", "packed-refs"] {
-        if let Some(path) = git(&["rev-parse", "--git-path", p]) {
-            println!("cargo:rerun-if-changed={path}");
-        }
-    }
+    // Re-run when HEAD moves: HEAD itself, the branch it names, and packed refs. Only files
+    // that exist: cargo reruns a script that watches a missing file on every build (a clone
+    // without packed refs relinked `h8s` each time). Packing the refs moves the branch's file,
+    // which is watched.
+    let mut watch: Vec<String> = ["HEAD", "packed-refs"]
+        .iter()
+        .filter_map(|p| git(&["rev-parse", "--git-path", p]))
+        .collect();
     if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(path) = git(&["rev-parse", "--git-path", &r]) {
+        watch.extend(git(&["rev-parse", "--git-path", &r]));
+    }
+    for path in watch {
+        if std::path::Path::new(&path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }
     }

@@ -1,7 +1,10 @@
 //! Tells the VM tests whether the guest kernel and initramfs are built (`scripts/setup`), so
-//! they are ignored with a reason instead of failing when they are not.
+//! they are ignored with a reason instead of failing when they are not; and names the build
+//! (`H8S_RUNTIME_BUILD_ID`, a hash of the sources a pod supervisor is made of), so a binary can
+//! tell whether the standalone `h8s-pod-shim` beside it comes from the same sources.
 
-use std::path::PathBuf;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(h8s_guest)");
@@ -18,5 +21,42 @@ fn main() {
         .all(|f| guest.join(f).is_file());
     if ready {
         println!("cargo::rustc-cfg=h8s_guest");
+    }
+    build_id();
+}
+
+/// Hashes this crate's sources, those of the workspace crates it speaks to the guest and the
+/// network with, and the lock file (every dependency's version).
+fn build_id() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let crates = manifest.parent().expect("crates/runtime").to_path_buf();
+    let mut inputs = vec![crates.parent().expect("workspace").join("Cargo.lock")];
+    for c in ["runtime", "guest", "net"] {
+        inputs.push(crates.join(c).join("Cargo.toml"));
+        inputs.push(crates.join(c).join("src"));
+    }
+    let mut files = Vec::new();
+    for i in &inputs {
+        println!("cargo::rerun-if-changed={}", i.display());
+        collect(i, &mut files);
+    }
+    files.sort();
+    let mut h = DefaultHasher::new();
+    for f in &files {
+        f.strip_prefix(&crates).unwrap_or(f).hash(&mut h);
+        std::fs::read(f).unwrap_or_default().hash(&mut h);
+    }
+    println!("cargo::rustc-env=H8S_RUNTIME_BUILD_ID={:016x}", h.finish());
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                collect(&e.path(), out);
+            }
+        }
+        Err(_) if path.is_file() => out.push(path.to_path_buf()),
+        Err(_) => {}
     }
 }

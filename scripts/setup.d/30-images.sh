@@ -28,7 +28,9 @@ bash scripts/build-test-image.sh "$H8S_CACHE/images/busybox-oci"
 # newcomer waits for one build of it, not two.
 profile="${H8S_BUILD_PROFILE:-debug}"
 echo "images: building h8s ($profile) to import the test image"
-if [ "$profile" = release ]; then cargo build --release --locked -p h8s; else cargo build --locked -p h8s; fi
+# With the standalone pod supervisor `h8s` runs from beside itself (smaller per pod).
+bins=(-p h8s -p h8s-runtime --bin h8s --bin h8s-pod-shim)
+if [ "$profile" = release ]; then cargo build --release --locked "${bins[@]}"; else cargo build --locked "${bins[@]}"; fi
 h8s=target/$profile/h8s
 id="$("$h8s" image import "$H8S_CACHE/images/busybox-oci" --name busybox:latest | awk '{print $2}')"
 # Also as busybox:1.35 (Debian's busybox-static version): a tag other than latest has Kubernetes'

@@ -311,10 +311,7 @@ impl AgentOpts {
                 .unwrap_or_else(RuntimeConfig::default_root),
             images: Some(data_dir.join("images")),
             vm,
-            shim: ShimCommand {
-                program,
-                args: vec!["pod-shim".into()],
-            },
+            shim: ShimCommand::beside(program, "pod-shim"),
         });
         // The agent's VM template holders end with it (each agent run builds its own).
         Ok(match h8s_runtime::ProcessRef::current() {

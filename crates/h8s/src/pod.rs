@@ -261,10 +261,7 @@ fn runtime_jailed(
         root,
         images: None,
         vm,
-        shim: ShimCommand {
-            program,
-            args: vec!["pod-shim".into()],
-        },
+        shim: ShimCommand::beside(program, "pod-shim"),
     }))
 }
 

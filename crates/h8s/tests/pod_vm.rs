@@ -518,6 +518,22 @@ fn a_restarted_supervisor_finds_the_running_vm_again() {
     let pods = e.pods();
     let shim = pods[0]["shim_pid"].as_u64().unwrap() as i32;
     let qemu = pods[0]["qemu_pid"].as_u64().unwrap();
+    // `h8s` supervises with the standalone `h8s-pod-shim` beside it (the workspace build makes
+    // it; scripts/test builds the workspace), the first supervisor and the adopting one.
+    let standalone =
+        Path::new(env!("CARGO_BIN_EXE_h8s")).with_file_name(h8s_runtime::ShimCommand::STANDALONE);
+    let check_exe = |pid: i64| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        if standalone.is_file() {
+            assert_eq!(exe, standalone, "the supervisor is the standalone binary");
+        } else {
+            eprintln!(
+                "no {} (build the workspace): not checking the supervisor's binary",
+                standalone.display()
+            );
+        }
+    };
+    check_exe(shim as i64);
     // SAFETY: kill(2) on the supervisor PID this test's pod reported.
     unsafe {
         libc::kill(shim, libc::SIGKILL);
@@ -528,6 +544,7 @@ fn a_restarted_supervisor_finds_the_running_vm_again() {
     assert_eq!(pods[0]["state"], "ready", "{pods}");
     assert_eq!(pods[0]["qemu_pid"].as_u64(), Some(qemu), "same VM");
     assert_ne!(pods[0]["shim_pid"].as_i64(), Some(shim as i64));
+    check_exe(pods[0]["shim_pid"].as_i64().unwrap());
     let out = e.run(&["exec", "keep", "--", "echo", "still here"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     let out = e.run(&["rm", "-f", "keep"]);

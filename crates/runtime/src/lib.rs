@@ -25,7 +25,9 @@ pub use api::{
     NetworkAttachment, SandboxConfig, SandboxState, SandboxStatus, StreamEvent, VolumeDisk,
     DEFAULT_MEMORY_MIB, VIRTIO_MMIO_SLOTS,
 };
-pub use client::{Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput};
+pub use client::{
+    Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput, BUILD_ID,
+};
 pub use error::{Error, Result};
 pub use jail::disk::{
     DiskIo, DiskIoSettings, BPS_ANNOTATION as DISK_BPS_ANNOTATION,

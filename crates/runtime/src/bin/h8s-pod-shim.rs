@@ -1,9 +1,21 @@
-//! A standalone pod supervisor (`h8s pod-shim` without the rest of `h8s`), for the runtime's
-//! own tests and benchmarks: `h8s-pod-shim --root DIR [--adopt | --build-template
-//! [--template-owner PID:START]] ID`.
+//! The standalone pod supervisor: `h8s pod-shim` without the rest of `h8s`, which `h8s` runs
+//! when it finds it beside itself ([`h8s_runtime::ShimCommand::beside`]), and the runtime's
+//! own tests and benchmarks use.
+//!
+//! `h8s-pod-shim [--build-id ID --else PROGRAM SUBCOMMAND] --root DIR [--adopt |
+//! --build-template [--template-owner PID:START]] ID`: with `--build-id`, a binary from other
+//! sources than ID's runs `PROGRAM SUBCOMMAND` with the other arguments instead.
+
+use std::os::unix::process::CommandExt;
+
+const USAGE: &str = "usage: h8s-pod-shim [--build-id ID --else PROGRAM SUBCOMMAND] --root DIR \
+                     [--adopt | --build-template [--template-owner PID:START]] ID";
 
 fn main() {
     let mut args = std::env::args().skip(1);
+    let mut rest = Vec::new();
+    let mut expected = None;
+    let mut fallback = None;
     let mut root = None;
     let mut adopt = false;
     let mut build_template = false;
@@ -11,11 +23,27 @@ fn main() {
     let mut id = None;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--root" => root = args.next(),
+            "--build-id" => {
+                expected = args.next();
+                continue;
+            }
+            "--else" => {
+                fallback = args.next().zip(args.next());
+                continue;
+            }
+            _ => rest.push(a.clone()),
+        }
+        match a.as_str() {
+            "--root" => {
+                root = args.next();
+                rest.extend(root.clone());
+            }
             "--adopt" => adopt = true,
             "--build-template" => build_template = true,
             "--template-owner" => {
-                owner = match args.next().map(|o| o.parse::<h8s_runtime::ProcessRef>()) {
+                let o = args.next();
+                rest.extend(o.clone());
+                owner = match o.map(|o| o.parse::<h8s_runtime::ProcessRef>()) {
                     Some(Ok(o)) => Some(o),
                     _ => {
                         eprintln!("--template-owner takes PID:START_TICKS");
@@ -26,10 +54,23 @@ fn main() {
             _ => id = Some(a),
         }
     }
+    if let Some(expected) = expected.filter(|e| e != h8s_runtime::BUILD_ID) {
+        let Some((program, subcommand)) = fallback else {
+            eprintln!(
+                "h8s-pod-shim: built from other sources ({}) than the caller ({expected})",
+                h8s_runtime::BUILD_ID
+            );
+            std::process::exit(2);
+        };
+        let e = std::process::Command::new(&program)
+            .arg(subcommand)
+            .args(&rest)
+            .exec();
+        eprintln!("h8s-pod-shim: running {program}: {e}");
+        std::process::exit(2);
+    }
     let (Some(root), Some(id)) = (root, id) else {
-        eprintln!(
-            "usage: h8s-pod-shim --root DIR [--adopt | --build-template [--template-owner PID:START]] ID"
-        );
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     let root = std::path::Path::new(&root);
