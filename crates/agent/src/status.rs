@@ -166,8 +166,16 @@ pub(crate) fn container_status(
                         ..Default::default()
                     },
                     last,
-                    v.ready,
-                    v.started,
+                    // As kubelet's prober manager: a running container without a startup
+                    // probe has started, and one without a readiness probe is ready once
+                    // started, in the status that first shows it running (not one probe
+                    // pass and one more status write later).
+                    if spec.readiness_probe.is_none() {
+                        v.started || spec.startup_probe.is_none()
+                    } else {
+                        v.ready
+                    },
+                    v.started || spec.startup_probe.is_none(),
                 ),
                 ContainerState::Exited | ContainerState::Unknown => (
                     K8sState {
@@ -543,6 +551,46 @@ mod tests {
         let cs = &st.container_statuses.unwrap()[0];
         assert!(cs.ready);
         assert_eq!(cs.container_id.as_deref(), Some("h8s-vm://abc/app.0"));
+    }
+
+    #[test]
+    fn a_running_container_without_probes_is_ready_in_its_first_running_status() {
+        // The container runs; no probe pass has set the view's flags yet.
+        let running = || ContainerView {
+            current: Some(rt(ContainerState::Running, None)),
+            ..Default::default()
+        };
+        let st = pod_status(&spec("Always", 0), &view(running()), None);
+        let cs = &st.container_statuses.unwrap()[0];
+        assert!(cs.ready && cs.started == Some(true), "{cs:?}");
+        let ready = st.conditions.unwrap();
+        assert_eq!(
+            ready.iter().find(|c| c.type_ == "Ready").unwrap().status,
+            "True"
+        );
+
+        // A readiness probe decides readiness; a startup probe decides both.
+        let probe = Some(k8s_openapi::api::core::v1::Probe::default());
+        let mut s = spec("Always", 0);
+        s.containers[0].readiness_probe = probe.clone();
+        let cs = &pod_status(&s, &view(running()), None)
+            .container_statuses
+            .unwrap()[0];
+        assert!(!cs.ready && cs.started == Some(true), "{cs:?}");
+        let mut s = spec("Always", 0);
+        s.containers[0].startup_probe = probe;
+        let cs = &pod_status(&s, &view(running()), None)
+            .container_statuses
+            .unwrap()[0];
+        assert!(!cs.ready && cs.started == Some(false), "{cs:?}");
+        let started = ContainerView {
+            started: true,
+            ..running()
+        };
+        let cs = &pod_status(&s, &view(started), None)
+            .container_statuses
+            .unwrap()[0];
+        assert!(cs.ready && cs.started == Some(true), "{cs:?}");
     }
 
     #[test]

@@ -69,4 +69,7 @@ fn a_standalone_supervisor_from_the_same_sources_supervises() {
     assert!(!out.status.success(), "{out:?}");
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(line.get("error").is_some(), "{line}");
+    // It logs (to stderr, the pod's `shim.log`), as `h8s pod-shim` does.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("pod supervisor failed"), "{log}");
 }

@@ -69,6 +69,15 @@ fn main() {
         eprintln!("h8s-pod-shim: running {program}: {e}");
         std::process::exit(2);
     }
+    // The log goes to stderr, which the spawner points at the pod's `shim.log`; filtered by
+    // `H8S_LOG` as `h8s pod-shim` is.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("H8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let (Some(root), Some(id)) = (root, id) else {
         eprintln!("{USAGE}");
         std::process::exit(2);
