@@ -44,8 +44,8 @@ impl ShimCommand {
     /// starts one: through the standalone `h8s-pod-shim` beside it when there is one, else by
     /// running itself. The standalone binary links only the runtime, so each pod's supervisor
     /// keeps ~75 KiB of relocated data private instead of the ~1.6 MiB of `h8s` (its
-    /// read-only-after-relocation segment is dirtied per process): the supervisor measured 3.5 → 1.1 MiB PSS
-    /// per idle template pod at 10 pods (BENCHMARKS.md, "VM templates"). It is told this
+    /// read-only-after-relocation segment is dirtied per process): measured 3.5 → 1.1 MiB PSS
+    /// per supervisor, at 10 idle template pods (BENCHMARKS.md, "VM templates"). It is told this
     /// build's [`BUILD_ID`] and `exe subcommand`, and runs that instead when it comes from
     /// other sources (a stale build beside a newer `h8s`), so it never speaks an older
     /// protocol.
