@@ -158,6 +158,19 @@ fn exec(c: &Cluster, ns: &str, pod: &str, cmd: &str) -> (bool, String, String) {
     c.kubectl_out(&["-n", ns, "exec", pod, "--", "sh", "-c", cmd], None)
 }
 
+/// Waits until `pod`'s command has written `want` to `file`: a container without a readiness
+/// probe is ready as soon as it runs (as in Kubernetes), before its command has done anything.
+fn wait_written(c: &Cluster, ns: &str, pod: &str, file: &str, want: &str) {
+    wait(
+        Duration::from_secs(30),
+        &format!("{pod} to write {file}"),
+        || {
+            let (ok, out, _) = exec(c, ns, pod, &format!("cat {file}"));
+            (ok && out.trim() == want).then_some(())
+        },
+    );
+}
+
 #[test]
 fn pvc_deployment_keeps_data_across_pods_expands_offline_and_deletes() {
     let c = cluster();
@@ -228,14 +241,17 @@ spec:
     );
 
     // Inside the VM: the filesystem, the subPath read-only, fsGroup on new files.
-    let (ok, out, err) = exec(
-        c,
-        &ns,
-        &p1,
-        "cat /logs/who; stat -c %g /data/logs/who; grep ' /data ' /proc/mounts",
-    );
-    assert!(ok, "{err}");
-    assert!(out.contains(&p1), "{out}");
+    // The container writes its line once it runs, and a container without a readiness probe
+    // is ready as soon as it runs (as in Kubernetes): wait for the line.
+    let out = wait(Duration::from_secs(30), "the first pod's line", || {
+        let (ok, out, _) = exec(
+            c,
+            &ns,
+            &p1,
+            "cat /logs/who; stat -c %g /data/logs/who; grep ' /data ' /proc/mounts",
+        );
+        (ok && out.contains(&p1)).then_some(out)
+    });
     assert!(out.contains("2000"), "fsGroup: {out}");
     assert!(out.contains("ext4"), "{out}");
     let (ok, _, err) = exec(c, &ns, &p1, "touch /logs/x");
@@ -268,8 +284,14 @@ spec:
     c.kubectl(&["-n", &ns, "scale", "deployment", "app", "--replicas=1"]);
     let p2 = running_pod(c, &ns, "app=vol");
     assert_ne!(p1, p2);
-    let (ok, out, err) = exec(c, &ns, &p2, "cat /data/logs/who; df -k /data | tail -1");
-    assert!(ok, "{err}");
+    // The first pod's line is there at once (the data survived); the second's once its
+    // container has run its command.
+    let (ok, out, err) = exec(c, &ns, &p2, "cat /data/logs/who");
+    assert!(ok && out.contains(&p1), "the first pod's data: {out} {err}");
+    let out = wait(Duration::from_secs(30), "the second pod's line", || {
+        let (ok, out, _) = exec(c, &ns, &p2, "cat /data/logs/who; df -k /data | tail -1");
+        (ok && out.contains(&p2)).then_some(out)
+    });
     assert!(
         out.contains(&p1) && out.contains(&p2),
         "data of both pods: {out}"
@@ -496,6 +518,7 @@ spec:
         &pod_yaml("w", "echo seeded > /var/lib/nginx/f && sleep 3600"),
     );
     running_pod(c, &ns, "app=w");
+    wait_written(c, &ns, "w", "/var/lib/nginx/f", "seeded");
     c.kubectl(&[
         "-n",
         &ns,
@@ -707,6 +730,7 @@ spec:
         &pod_yaml("w", "echo on-ceph > /data/f && sync && sleep 3600"),
     );
     running_pod(c, &ns, "app=w");
+    wait_written(c, &ns, "w", "/data/f", "on-ceph");
     // QEMU opened the image itself: its command line names the rbd: drive.
     let qemu_has_rbd = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
