@@ -97,9 +97,22 @@ fn deployment_spreads_over_both_nodes_and_streams_reach_them() {
             "{name}: no VM on {}",
             node.name
         );
-        let logs = c.kubectl(&["-n", &ns, "logs", name]);
-        assert!(logs.contains("hello-from-"), "{name} logs: {logs:?}");
-        let out = c.kubectl(&["-n", &ns, "exec", name, "--", "cat", "/www/index.html"]);
+        // Ready means running (no readiness probe): the command's first steps may follow.
+        cluster_support::wait(
+            Duration::from_secs(30),
+            "the container's first line",
+            || {
+                let (_, logs, _) = c.kubectl_out(&["-n", &ns, "logs", name], None);
+                logs.contains("hello-from-").then_some(())
+            },
+        );
+        let out = cluster_support::wait(Duration::from_secs(30), "index.html", || {
+            let (ok, out, _) = c.kubectl_out(
+                &["-n", &ns, "exec", name, "--", "cat", "/www/index.html"],
+                None,
+            );
+            ok.then_some(out)
+        });
         assert_eq!(out.trim(), "ok", "exec in {name}");
     }
     // Pod to pod across the nodes, over the namespace's Network (VXLAN between them).
