@@ -38,9 +38,11 @@ pub(crate) struct ContainerView {
     pub restart_count: i32,
     /// Why it is waiting, when the worker holds it back (pull failure, back-off, …).
     pub waiting: Option<Waiting>,
-    /// Readiness (probe result; true without a readiness probe once running).
+    /// The readiness probe's last result (a container without one is ready once started:
+    /// [`container_status`] derives that).
     pub ready: bool,
-    /// Startup probe passed (true without one once running).
+    /// The startup probe passed (a running container without one has started:
+    /// [`container_status`] derives that).
     pub started: bool,
     /// The image's id (`name@sha256:…`), once known.
     pub image_id: Option<String>,
@@ -158,25 +160,27 @@ pub(crate) fn container_status(
                 .as_ref()
                 .map(|p| last_of(p, v.previous_id.as_ref()));
             match cur.state {
-                ContainerState::Running => (
-                    K8sState {
-                        running: Some(ContainerStateRunning {
-                            started_at: cur.started_at.as_deref().and_then(parse_time),
-                        }),
-                        ..Default::default()
-                    },
-                    last,
+                ContainerState::Running => {
                     // As kubelet's prober manager: a running container without a startup
                     // probe has started, and one without a readiness probe is ready once
-                    // started, in the status that first shows it running (not one probe
-                    // pass and one more status write later).
-                    if spec.readiness_probe.is_none() {
-                        v.started || spec.startup_probe.is_none()
-                    } else {
-                        v.ready
-                    },
-                    v.started || spec.startup_probe.is_none(),
-                ),
+                    // started, in the status that first shows it running.
+                    let started = v.started || spec.startup_probe.is_none();
+                    let ready = match spec.readiness_probe {
+                        None => started,
+                        Some(_) => v.ready,
+                    };
+                    (
+                        K8sState {
+                            running: Some(ContainerStateRunning {
+                                started_at: cur.started_at.as_deref().and_then(parse_time),
+                            }),
+                            ..Default::default()
+                        },
+                        last,
+                        ready,
+                        started,
+                    )
+                }
                 ContainerState::Exited | ContainerState::Unknown => (
                     K8sState {
                         terminated: Some(terminated(cur, v.container_id.as_ref())),

@@ -1776,10 +1776,6 @@ impl Worker {
             let cs = self.container(&c.name);
             c.startup_probe.is_none() || cs.probes.get("startup").is_some_and(|p| p.ok)
         };
-        self.container(&c.name).view.started = started_ok;
-        if c.readiness_probe.is_none() {
-            self.container(&c.name).view.ready = started_ok;
-        }
         for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
             if kind != ProbeKind::Startup && !started_ok {
