@@ -211,7 +211,7 @@ impl Dispatcher {
                 cfg.network
                     .as_ref()
                     .map(|n| (n.network.fabric().clone(), cfg.node_name.clone())),
-                (&cfg.pod_timers).into(),
+                cfg.pod_timers.clone(),
             )
         });
         let policy =

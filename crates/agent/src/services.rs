@@ -34,28 +34,6 @@ use crate::pods::{LABEL_NAMESPACE, LABEL_OWNER};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The feed's timers ([`crate::PodTimers`]'s `service_*` and `expose_sync_period`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FeedTimers {
-    /// How often the feed looks for new pod VMs without being woken.
-    pub resync: Duration,
-    /// How long a VM that refused its table is left alone.
-    pub failed_pause: Duration,
-    /// How often the node's NodePort/LoadBalancer rules are rewritten even when unchanged (a
-    /// gateway rebuilt meanwhile gets its table back).
-    pub expose_resync: Duration,
-}
-
-impl From<&crate::PodTimers> for FeedTimers {
-    fn from(t: &crate::PodTimers) -> FeedTimers {
-        FeedTimers {
-            resync: t.service_sync_period,
-            failed_pause: t.service_retry_pause,
-            expose_resync: t.expose_sync_period,
-        }
-    }
-}
-
 /// What one VM was last told.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Pushed {
@@ -74,7 +52,8 @@ pub(crate) type Table = (
 /// The node's Service feed.
 pub(crate) struct ServiceFeed {
     runtime: Arc<dyn PodRuntime>,
-    timers: FeedTimers,
+    /// `service_sync_period`, `service_retry_pause` and `expose_sync_period` apply here.
+    timers: crate::PodTimers,
     owner: String,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
@@ -108,7 +87,7 @@ pub(crate) struct ServiceFeed {
 pub(crate) enum Push {
     /// The VM has its Network's current table (just pushed, or already had it).
     Done,
-    /// The VM refused it (or could not be reached); retried after `failed_pause`.
+    /// The VM refused it (or could not be reached); retried after `service_retry_pause`.
     Failed,
     /// Not a pod VM to feed (another agent's, not ready, no pod network), or its namespace
     /// is not known yet.
@@ -393,7 +372,7 @@ impl ServiceFeed {
         owner: &str,
         api_relay: bool,
         expose: Option<(Fabric, String)>,
-        timers: FeedTimers,
+        timers: crate::PodTimers,
     ) -> Arc<ServiceFeed> {
         let wake = Arc::new(Notify::new());
         let (nodes, t5) = reflect(Api::<Node>::all(client.clone()), wake.clone());
@@ -432,7 +411,7 @@ impl ServiceFeed {
                     // Let a burst of watch events settle into one pass.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                _ = tokio::time::sleep(self.timers.resync) => {}
+                _ = tokio::time::sleep(self.timers.service_sync_period) => {}
                 _ = stop.changed() => return,
             }
         }
@@ -545,7 +524,7 @@ impl ServiceFeed {
             return Push::Skipped;
         };
         if let Some(t) = self.failed.lock().await.get(&sb.id) {
-            if t.elapsed() < self.timers.failed_pause {
+            if t.elapsed() < self.timers.service_retry_pause {
                 return Push::Failed;
             }
         }
@@ -593,7 +572,7 @@ impl ServiceFeed {
     }
 
     /// Programs the node's NodePort/LoadBalancer forwarding when it changed (or every
-    /// `expose_resync`).
+    /// `expose_sync_period`).
     async fn expose_pass(
         &self,
         namespaces: &[Arc<NetNamespace>],
@@ -611,7 +590,7 @@ impl ServiceFeed {
         let rules = exposed(me, services, slices, namespaces, &self.nodes.state());
         let mut last = self.exposed.lock().await;
         if last.as_ref().is_some_and(|(r, t)| {
-            *r == rules && (rules.is_empty() || t.elapsed() < self.timers.expose_resync)
+            *r == rules && (rules.is_empty() || t.elapsed() < self.timers.expose_sync_period)
         }) {
             return;
         }

@@ -862,7 +862,7 @@ async fn a_new_vm_gets_its_service_table_at_once_beside_the_periodic_pass() {
         owner,
         false,
         None,
-        (&crate::PodTimers::default()).into(),
+        crate::PodTimers::default(),
     );
     let (_stop, stopped) = watch::channel(false);
     tokio::spawn(feed.clone().run(stopped));
