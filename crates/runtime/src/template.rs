@@ -395,9 +395,10 @@ pub(crate) fn retire_all(root: &Path) -> usize {
             let dir = e.file_type().is_ok_and(|t| t.is_dir());
             if name.starts_with(".retired-") {
                 // Directories; earlier versions also renamed the stand-in kernel file here.
-                let _ = match dir {
-                    true => std::fs::remove_dir_all(e.path()),
-                    false => std::fs::remove_file(e.path()),
+                let _ = if dir {
+                    std::fs::remove_dir_all(e.path())
+                } else {
+                    std::fs::remove_file(e.path())
                 };
                 continue;
             }
