@@ -12,46 +12,16 @@ const USAGE: &str = "usage: h8s-pod-shim [--build-id ID --else PROGRAM SUBCOMMAN
                      [--adopt | --build-template [--template-owner PID:START]] ID";
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    // First the caller's build check, which decides who handles the other arguments.
+    let mut all = std::env::args().skip(1);
     let mut rest = Vec::new();
     let mut expected = None;
     let mut fallback = None;
-    let mut root = None;
-    let mut adopt = false;
-    let mut build_template = false;
-    let mut owner = None;
-    let mut id = None;
-    while let Some(a) = args.next() {
+    while let Some(a) = all.next() {
         match a.as_str() {
-            "--build-id" => {
-                expected = args.next();
-                continue;
-            }
-            "--else" => {
-                fallback = args.next().zip(args.next());
-                continue;
-            }
-            _ => rest.push(a.clone()),
-        }
-        match a.as_str() {
-            "--root" => {
-                root = args.next();
-                rest.extend(root.clone());
-            }
-            "--adopt" => adopt = true,
-            "--build-template" => build_template = true,
-            "--template-owner" => {
-                let o = args.next();
-                rest.extend(o.clone());
-                owner = match o.map(|o| o.parse::<h8s_runtime::ProcessRef>()) {
-                    Some(Ok(o)) => Some(o),
-                    _ => {
-                        eprintln!("--template-owner takes PID:START_TICKS");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            _ => id = Some(a),
+            "--build-id" => expected = all.next(),
+            "--else" => fallback = all.next().zip(all.next()),
+            _ => rest.push(a),
         }
     }
     if let Some(expected) = expected.filter(|e| e != h8s_runtime::BUILD_ID) {
@@ -68,6 +38,30 @@ fn main() {
             .exec();
         eprintln!("h8s-pod-shim: running {program}: {e}");
         std::process::exit(2);
+    }
+
+    let mut args = rest.into_iter();
+    let mut root = None;
+    let mut adopt = false;
+    let mut build_template = false;
+    let mut owner = None;
+    let mut id = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--root" => root = args.next(),
+            "--adopt" => adopt = true,
+            "--build-template" => build_template = true,
+            "--template-owner" => {
+                owner = match args.next().map(|o| o.parse::<h8s_runtime::ProcessRef>()) {
+                    Some(Ok(o)) => Some(o),
+                    _ => {
+                        eprintln!("--template-owner takes PID:START_TICKS");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            _ => id = Some(a),
+        }
     }
     // The log goes to stderr, which the spawner points at the pod's `shim.log`; filtered by
     // `H8S_LOG` as `h8s pod-shim` is.
