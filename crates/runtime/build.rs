@@ -41,7 +41,10 @@ fn build_id() {
     // Whole directories where a new file matters; the guest protocol's files one by one (a new
     // module of it changes `lib.rs`).
     for d in ["runtime", "net"] {
-        println!("cargo::rerun-if-changed={}", crates.join(d).join("src").display());
+        println!(
+            "cargo::rerun-if-changed={}",
+            crates.join(d).join("src").display()
+        );
     }
     let agent = crates.join("guest/src/bin");
     files.retain(|f| !f.starts_with(&agent));
