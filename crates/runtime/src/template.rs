@@ -84,9 +84,8 @@ impl Spec {
             volumes_read_only.push(ro);
         }
         let mut vm = vm.clone();
-        // Not part of the shape; the balloon is never added to templates.
+        // Not part of the shape.
         vm.log_limits = Default::default();
-        vm.free_page_reporting = false;
         vm.boot_timeout_secs = vm.boot_timeout_secs.max(60);
         Some(Spec {
             vm,
@@ -105,7 +104,7 @@ impl Spec {
             .unwrap_or_else(|_| self.vm.qemu.clone());
         let desc = format!(
             "h8s-template-v1\nqemu={}\nkernel={}\ninitrd={}\ncmdline={}\naccel={}\ntb={}\n\
-             mem={}\ncpus={}\nimages={}\nvolumes={:?}\nnet={}\njail={}\n{}",
+             mem={}\ncpus={}\nimages={}\nvolumes={:?}\nnet={}\njail={}\nballoon={}\n{}",
             file_identity(&qemu),
             file_identity(&self.vm.kernel),
             file_identity(&self.vm.initramfs),
@@ -118,6 +117,7 @@ impl Spec {
             self.volumes_read_only,
             self.network,
             self.vm.jail.enabled,
+            self.vm.free_page_reporting,
             // Firmware directories; nothing for the default (keys of existing templates stay).
             self.vm
                 .qemu_data

@@ -100,11 +100,9 @@ pub struct VmSettings {
     /// long, three missed pings in a row fail the pod.
     #[serde(default = "default_watchdog")]
     pub watchdog_secs: u64,
-    /// Add a virtio-balloon with free page reporting to cold-booted pods, so memory the guest
-    /// frees goes back to the host (needs the guest's `virtio_balloon` driver; without it the
-    /// device idles). Never to templates and their clones: QEMU (7.2 and 10) discards a
-    /// private file mapping's pages by punching a hole into the file first, which the
-    /// template's seals refuse, so nothing would be returned.
+    /// Add a virtio-balloon with free page reporting to pod VMs (cold and from templates), so
+    /// memory the guest frees goes back to the host (needs the guest's `virtio_balloon`
+    /// driver; without it the device idles). Part of a template's shape.
     #[serde(default = "default_free_page_reporting")]
     pub free_page_reporting: bool,
     /// Container logs' and the console log's size limits (kubelet's containerLogMaxSize and
@@ -445,15 +443,17 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-device,drive=vol{i},serial={}", v.serial),
         ]);
     }
-    // The balloon only while a transport is left (volumes and images come first), and not
-    // for templates: QEMU (7.2 and 10.0 alike) discards a clone's reported pages by punching
-    // a hole into the template's sealed memory file, which fails (an error logged per report,
-    // nothing returned; measured, docs/runtime.md "Memory").
-    if settings.free_page_reporting
-        && ep.mode == LaunchMode::Cold
-        && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS
-    {
-        push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
+    // The balloon (free page reporting) while a transport is left (volumes and images come
+    // first). A template clone's QEMU discards reported pages with the template file's hole
+    // turned into a no-op by its seccomp filter (`jail::seccomp::clone_memory_filter`), so
+    // only the clone's own copies go and the pages read as the template's again. Hence
+    // `page-poison=off`: a guest that relies on freed pages reading as zero (`init_on_free`)
+    // or poisoned does not report at all.
+    if settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS {
+        push(&[
+            "-device",
+            "virtio-balloon-device,free-page-reporting=on,page-poison=off",
+        ]);
     }
     match (&cfg.network, ep.tap_fd, &ep.mode) {
         (Some(n), Some(fd), LaunchMode::Cold) => push(&[
@@ -639,7 +639,7 @@ mod tests {
             !a.contains("-L "),
             "no firmware directory unless configured: {a}"
         );
-        // A template clone gets no balloon (its pages cannot be discarded; see VmSettings).
+        // A template clone has the balloon too (its seccomp filter makes discards work).
         let clone = VmEndpoints {
             mode: LaunchMode::Restore {
                 mem: "/proc/self/fd/10".into(),
@@ -657,7 +657,10 @@ mod tests {
             "/opt/qemu/share/seabios".into(),
         ];
         let c = qemu_args(&s, Accel::Tcg, "abc", &cfg, &clone).join(" ");
-        assert!(!c.contains("virtio-balloon-device"), "{c}");
+        assert!(
+            c.contains("virtio-balloon-device,free-page-reporting=on,page-poison=off"),
+            "{c}"
+        );
         assert!(
             c.starts_with(
                 "-name h8s-abc -L /opt/qemu/share/qemu -L /opt/qemu/share/seabios -machine"

@@ -890,6 +890,13 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         _ => super::qemu::LaunchMode::Cold,
     };
     let jail_proc = mem.is_some();
+    // A clone's QEMU must not punch holes into the template's memory (see the filter).
+    let clone_filter = match (&start, &mem) {
+        (Start::Restore { .. }, Some(m)) => {
+            Some(crate::jail::seccomp::clone_memory_filter(m.as_raw_fd())?)
+        }
+        _ => None,
+    };
     let mut ep = VmEndpoints {
         kernel: settings.kernel.clone(),
         initrd: settings.initramfs.clone(),
@@ -925,20 +932,34 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         ep.initrd = crate::jail::spawn::INITRD.into();
         program = crate::jail::spawn::resolve_program(&settings.qemu)?;
         cmd = tokio::process::Command::new(&program);
-        // SAFETY: `Plan::enter` makes only async-signal-safe system calls on data prepared
-        // before the fork and allocates nothing (see its documentation).
+        // SAFETY: `Plan::enter` and `install_on_thread` make only async-signal-safe system
+        // calls on data prepared before the fork and allocate nothing (see their
+        // documentation); `enter` sets `no_new_privs` last.
         unsafe {
-            cmd.pre_exec(move || plan.enter());
+            cmd.pre_exec(move || {
+                plan.enter()?;
+                if let Some(f) = &clone_filter {
+                    crate::jail::seccomp::install_on_thread(f)?;
+                }
+                Ok(())
+            });
         }
     } else {
         cmd = tokio::process::Command::new(&program);
-        // SAFETY: fcntl(2) is async-signal-safe; the descriptors are ours, open until spawn.
+        // SAFETY: fcntl(2), prctl(2) and `install_on_thread` (one seccomp(2) on data made
+        // before the fork) are async-signal-safe; the descriptors are ours, open until spawn.
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &keep {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if let Some(f) = &clone_filter {
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    crate::jail::seccomp::install_on_thread(f)?;
                 }
                 Ok(())
             });
