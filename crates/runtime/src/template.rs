@@ -445,70 +445,6 @@ pub(crate) fn seal(mem: &std::fs::File) -> Result<()> {
     Ok(())
 }
 
-/// Sends `fd` over `sock` (`SCM_RIGHTS`, with one byte of data).
-fn send_fd(sock: &UnixStream, fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    let byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call,
-    // and the control buffer has room for one descriptor (CMSG_SPACE).
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
-        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Receives one descriptor sent by [`send_fd`].
-fn recv_fd(sock: &UnixStream) -> std::io::Result<std::fs::File> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: as in `send_fd`; the kernel writes at most `space` control bytes, and a
-    // descriptor it hands over (closed on exec) becomes ours.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "no descriptor received",
-            ));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
-        Ok(std::fs::File::from_raw_fd(fd))
-    }
-}
-
 /// The uid of the process at the other end of `sock`.
 fn peer_uid(sock: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred {
@@ -536,7 +472,7 @@ pub(crate) fn fetch_memory(t: &TemplateDir) -> Result<std::fs::File> {
     let sock = UnixStream::connect(t.mem())
         .map_err(|e| Error::io(format!("connecting to {}", t.mem().display()), e))?;
     let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    recv_fd(&sock).map_err(|e| Error::io("receiving the template memory", e))
+    crate::util::recv_fd(&sock).map_err(|e| Error::io("receiving the template memory", e))
 }
 
 /// A process, told apart from a later one with the same pid by its start time.
@@ -623,7 +559,7 @@ fn hold(
                 let _ = conn.set_nonblocking(false);
                 // A liveness probe (`choose`) hangs up at once: EPIPE is no news.
                 if peer_uid(&conn) == Some(me) {
-                    if let Err(e) = send_fd(&conn, mem.as_raw_fd()) {
+                    if let Err(e) = crate::util::send_fd(&conn, mem.as_raw_fd()) {
                         tracing::debug!(error = %e, "handing out the template memory");
                     }
                 }

@@ -1,6 +1,8 @@
 //! Small host helpers: ids, timestamps, process identity.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A fresh 12-hex-digit id (short enough to keep unix socket paths under 108 bytes).
@@ -106,6 +108,76 @@ pub(crate) fn kill_checked(pid: u32, start: u64, sig: i32) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions; the PID was just checked
     // against its start time, so we signal the process we started, not a reused PID.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Sends `fd` over `sock` (`SCM_RIGHTS`, with one byte of data). Allocates nothing and makes
+/// one system call, so a child may call it between fork and exec.
+pub(crate) fn send_fd(sock: &UnixStream, fd: RawFd) -> std::io::Result<()> {
+    /// Room for one descriptor's control message (`CMSG_SPACE(4)` is 24 bytes on 64-bit
+    /// Linux), aligned as a `cmsghdr`.
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut cbuf = Control([0; 32]);
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    debug_assert!(space <= cbuf.0.len());
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call,
+    // and the control buffer has room for one descriptor (CMSG_SPACE).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one descriptor sent by [`send_fd`].
+pub(crate) fn recv_fd(sock: &UnixStream) -> std::io::Result<std::fs::File> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in `send_fd`; the kernel writes at most `space` control bytes, and a
+    // descriptor it hands over (closed on exec) becomes ours.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no descriptor received",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+        Ok(std::fs::File::from_raw_fd(fd))
+    }
 }
 
 #[cfg(test)]

@@ -309,21 +309,20 @@ pub(crate) fn apply_to_process(filters: &[BpfProgram]) -> Result<()> {
     Ok(())
 }
 
-/// The filter for a template clone's QEMU: `fallocate` punching a hole into `mem_fd`, the
-/// template's memory, succeeds without doing anything; every other call is untouched.
+/// The filter for a template clone's QEMU: every `fallocate` that punches a hole waits for
+/// the supervisor's answer ([`serve_clone_memory`]), which skips it (returns 0) when the file
+/// is the template's memory and lets it run otherwise.
 ///
 /// QEMU 7.2 discards guest pages (a balloon's free page reports) in a file-backed memory
 /// backend by punching a hole into the file, then `MADV_DONTNEED`; an error from the first
 /// skips the second. For a clone the first is wrong (its mapping is private: a hole would zero
 /// the page for every clone, and the template's seals refuse it) and the second is all a
 /// discard should be: it drops the clone's private copies, and the pages read as the
-/// template's again. Newer QEMUs skip the hole for private mappings themselves.
-pub(crate) fn clone_memory_filter(mem_fd: RawFd) -> Result<BpfProgram> {
+/// template's again. Newer QEMUs skip the hole for private mappings themselves. A filter
+/// cannot tell the file by itself: QEMU opens `/proc/self/fd/N` as a descriptor of its own
+/// choosing, and holes in a volume's file (write-zeroes, discard) must still happen.
+pub(crate) fn clone_memory_filter() -> Result<BpfProgram> {
     let bad = |e: seccompiler::BackendError| Error::Shim(format!("seccomp filter: {e}"));
-    let fd = u64::try_from(mem_fd)
-        .map_err(|_| Error::InvalidArgument(format!("memory descriptor {mem_fd}")))?;
-    let on_mem =
-        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd).map_err(bad)?;
     let punch = SeccompCondition::new(
         1,
         SeccompCmpArgLen::Dword,
@@ -331,23 +330,37 @@ pub(crate) fn clone_memory_filter(mem_fd: RawFd) -> Result<BpfProgram> {
         libc::FALLOC_FL_PUNCH_HOLE as u64,
     )
     .map_err(bad)?;
+    // seccompiler has no user-notification action: build with a trace action, then make
+    // those return instructions notify.
+    const MARK: u32 = 0x4838;
     let filter = SeccompFilter::new(
         BTreeMap::from([(
             libc::SYS_fallocate,
-            vec![SeccompRule::new(vec![on_mem, punch]).map_err(bad)?],
+            vec![SeccompRule::new(vec![punch]).map_err(bad)?],
         )]),
         SeccompAction::Allow,
-        // Errno 0: the kernel skips the call and returns 0.
-        SeccompAction::Errno(0),
+        SeccompAction::Trace(MARK),
         arch()?,
     )
     .map_err(bad)?;
-    BpfProgram::try_from(filter).map_err(bad)
+    let mut prog = BpfProgram::try_from(filter).map_err(bad)?;
+    let trace = u32::from(SeccompAction::Trace(MARK));
+    let ret_k = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut notifying = 0;
+    for i in prog.iter_mut().filter(|i| i.code == ret_k && i.k == trace) {
+        i.k = libc::SECCOMP_RET_USER_NOTIF;
+        notifying += 1;
+    }
+    if notifying == 0 {
+        return Err(Error::Shim("seccomp filter: no notifying return".into()));
+    }
+    Ok(prog)
 }
 
-/// Installs `prog` on the calling thread, which must have `no_new_privs` set. One system
-/// call, no allocation: for a child between fork and exec.
-pub(crate) fn install_on_thread(prog: &BpfProgram) -> std::io::Result<()> {
+/// Installs `prog` on the calling thread, which must have `no_new_privs` set, and returns its
+/// notification listener (closed on exec). One system call, no allocation: for a child
+/// between fork and exec.
+pub(crate) fn install_with_listener(prog: &BpfProgram) -> std::io::Result<RawFd> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(prog.len())
             .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
@@ -359,14 +372,77 @@ pub(crate) fn install_on_thread(prog: &BpfProgram) -> std::io::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
             &fprog as *const libc::sock_fprog,
         )
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(r as RawFd)
+}
+
+/// Answers the notifications of [`clone_memory_filter`] on a thread of its own, until the
+/// filtered processes are gone: a hole in `mem` (the template's memory, which those processes
+/// opened themselves) is skipped, anything else runs. Without this thread (a supervisor that
+/// died), the filter answers `ENOSYS`: no memory is returned, and QEMU writes a volume's
+/// zeroes without a hole.
+pub(crate) fn serve_clone_memory(
+    listener: std::os::fd::OwnedFd,
+    mem: &std::fs::File,
+) -> Result<std::thread::JoinHandle<()>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let m = mem
+        .metadata()
+        .map_err(|e| Error::io("reading the template memory's identity", e))?;
+    let id = (m.dev(), m.ino());
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("clone-memory".into())
+        .spawn(move || {
+            let _g = span.enter();
+            let fd = listener.as_raw_fd();
+            let (mut skipped, mut passed) = (0u64, 0u64);
+            loop {
+                // SAFETY: an all-zero seccomp_notif is what SECCOMP_IOCTL_NOTIF_RECV expects;
+                // the kernel fills it in.
+                let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+                // SAFETY: ioctl(2) on our listener with a buffer of the type it writes.
+                if unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) } < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        // Interrupted, or the caller died before we read it.
+                        Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                        _ => break,
+                    }
+                }
+                let file = std::fs::metadata(format!("/proc/{}/fd/{}", n.pid, n.data.args[0]))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
+                let ours = file == Some(id);
+                let resp = libc::seccomp_notif_resp {
+                    id: n.id,
+                    val: 0,
+                    error: 0,
+                    flags: if ours {
+                        0
+                    } else {
+                        libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+                    },
+                };
+                if ours {
+                    skipped += 1;
+                } else {
+                    passed += 1;
+                }
+                // SAFETY: ioctl(2) on our listener with the response type it reads. An
+                // answer for a caller that died meanwhile fails with ENOENT: nothing to do.
+                unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
+            }
+            tracing::debug!(skipped, passed, "clone memory: listener closed");
+        })
+        .map_err(|e| Error::io("starting the clone memory thread", e))
 }
 
 #[cfg(test)]
@@ -440,12 +516,13 @@ mod tests {
         .unwrap();
     }
 
-    /// A clone's filter on one thread: punching a hole into the template's (sealed) memory
-    /// succeeds and changes nothing; other calls and other files behave as without it.
+    /// A clone's filter on one thread, answered by the supervisor's thread: punching a hole
+    /// into the template's (sealed) memory succeeds and changes nothing; other calls and other
+    /// files behave as without it.
     #[test]
     fn a_clone_punching_a_hole_into_the_template_changes_nothing() {
         use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
+        use std::os::fd::{AsRawFd, FromRawFd};
         let memfd = || {
             let mut f = crate::template::memfd(8192).unwrap();
             f.write_all(&[7u8; 8192]).unwrap();
@@ -454,16 +531,21 @@ mod tests {
         let mut template = memfd();
         crate::template::seal(&template).unwrap();
         let mut other = memfd();
-        let prog = clone_memory_filter(template.as_raw_fd()).unwrap();
-        let (t, o) = (template.as_raw_fd(), other.as_raw_fd());
+        let prog = clone_memory_filter().unwrap();
+        // The clone opens the template's memory itself, read-write (as QEMU does).
+        let reopened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", template.as_raw_fd()))
+            .unwrap();
+        let (t, o) = (reopened.as_raw_fd(), other.as_raw_fd());
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        std::thread::spawn(move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
             // SAFETY: prctl(2) on this thread only.
-            assert_eq!(
-                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-                0
-            );
-            install_on_thread(&prog).unwrap();
+            let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            assert_eq!(r, 0);
+            tx.send(install_with_listener(&prog).unwrap()).unwrap();
             // SAFETY: fallocate(2) on descriptors this test owns.
             unsafe {
                 assert_eq!(libc::fallocate(t, punch, 0, 4096), 0);
@@ -475,9 +557,13 @@ mod tests {
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::EPERM)
             );
-        })
-        .join()
-        .unwrap();
+        });
+        let listener = rx.recv().unwrap();
+        // SAFETY: the listener descriptor was just made for this test and nobody else owns it.
+        let listener = unsafe { std::os::fd::OwnedFd::from_raw_fd(listener) };
+        let _server = serve_clone_memory(listener, &template).unwrap();
+        caller.join().unwrap();
+        drop(reopened);
         let read = |f: &mut std::fs::File| {
             let mut v = Vec::new();
             f.rewind().unwrap();

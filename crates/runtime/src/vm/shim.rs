@@ -890,12 +890,18 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         _ => super::qemu::LaunchMode::Cold,
     };
     let jail_proc = mem.is_some();
-    // A clone's QEMU must not punch holes into the template's memory (see the filter).
-    let clone_filter = match (&start, &mem) {
-        (Start::Restore { .. }, Some(m)) => {
-            Some(crate::jail::seccomp::clone_memory_filter(m.as_raw_fd())?)
+    // A clone's QEMU must not punch holes into the template's memory: its filter asks this
+    // supervisor (see the filter), whose listener the child sends back over `listener_rx`.
+    let (clone_filter, listener_rx) = match (&start, &mem) {
+        (Start::Restore { .. }, Some(_)) => {
+            let (rx, tx) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| Error::io("a socket pair for the seccomp listener", e))?;
+            rx.set_nonblocking(true)
+                .map_err(|e| Error::io("a socket pair for the seccomp listener", e))?;
+            let prog = crate::jail::seccomp::clone_memory_filter()?;
+            (Some((prog, tx)), Some(rx))
         }
-        _ => None,
+        _ => (None, None),
     };
     let mut ep = VmEndpoints {
         kernel: settings.kernel.clone(),
@@ -932,21 +938,18 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         ep.initrd = crate::jail::spawn::INITRD.into();
         program = crate::jail::spawn::resolve_program(&settings.qemu)?;
         cmd = tokio::process::Command::new(&program);
-        // SAFETY: `Plan::enter` and `install_on_thread` make only async-signal-safe system
+        // SAFETY: `Plan::enter` and `filter_clone_memory` make only async-signal-safe system
         // calls on data prepared before the fork and allocate nothing (see their
         // documentation); `enter` sets `no_new_privs` last.
         unsafe {
             cmd.pre_exec(move || {
                 plan.enter()?;
-                if let Some(f) = &clone_filter {
-                    crate::jail::seccomp::install_on_thread(f)?;
-                }
-                Ok(())
+                filter_clone_memory(&clone_filter)
             });
         }
     } else {
         cmd = tokio::process::Command::new(&program);
-        // SAFETY: fcntl(2), prctl(2) and `install_on_thread` (one seccomp(2) on data made
+        // SAFETY: fcntl(2), prctl(2) and `filter_clone_memory` (system calls on data made
         // before the fork) are async-signal-safe; the descriptors are ours, open until spawn.
         unsafe {
             cmd.pre_exec(move || {
@@ -955,13 +958,11 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if let Some(f) = &clone_filter {
-                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    crate::jail::seccomp::install_on_thread(f)?;
+                if clone_filter.is_some() && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                filter_clone_memory(&clone_filter)
             });
         }
     }
@@ -1018,6 +1019,15 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
         }
     };
     mark("qemu_spawned");
+    if let (Some(rx), Some(m)) = (&listener_rx, mem) {
+        // The child sent it before exec, which spawn waited for.
+        let served = crate::util::recv_fd(rx)
+            .map_err(|e| Error::io("receiving the seccomp listener", e))
+            .and_then(|l| crate::jail::seccomp::serve_clone_memory(l.into(), m));
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "a clone's freed memory will not go back to the host");
+        }
+    }
     let pid = child.id().unwrap_or(0);
     rec.qemu = ProcRef::of(pid);
     dir.save(rec)?;
@@ -1174,6 +1184,20 @@ fn prepare_jail(
         "jail ready"
     );
     Ok((plan, cg))
+}
+
+/// In the child between fork and exec: installs a clone's memory filter, if any, and sends
+/// its listener to the supervisor. Async-signal-safe: system calls only, no allocation.
+fn filter_clone_memory(
+    f: &Option<(seccompiler::BpfProgram, std::os::unix::net::UnixStream)>,
+) -> std::io::Result<()> {
+    if let Some((prog, to_parent)) = f {
+        let l = crate::jail::seccomp::install_with_listener(prog)?;
+        crate::util::send_fd(to_parent, l)?;
+        // SAFETY: `l` is the listener just made in this process; the parent has its copy.
+        unsafe { libc::close(l) };
+    }
+    Ok(())
 }
 
 /// The directory of the `conf=` file of an `rbd:` drive (QEMU's rbd options are `:`-separated).
