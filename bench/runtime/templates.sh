@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" && cp /bin/busybox "$work/rootfs/bin/"
-for a in sh true sleep; do ln -s busybox "$work/rootfs/bin/$a"; done
+for a in sh true sleep dd rm; do ln -s busybox "$work/rootfs/bin/$a"; done
 mkfs.erofs --quiet "$work/busybox.erofs" "$work/rootfs"
 img="$work/busybox.erofs"
 now() { date +%s.%N; }
@@ -191,6 +191,46 @@ done
 read -r p10min p10med p10max p10q p10s p10n p10tb <<< "$(pss "$idle")"
 read -r p50min p50med p50max p50q p50s p50n p50tb <<< "$(pss "$many")"
 
+# 5b. Memory a clone frees goes back to the host: a clone writes 100 MiB into its container's
+#     writable layer (guest memory) and removes it; QEMU's RSS with the file and 5 s after the
+#     removal (or once 64 MiB came back), and how long that took. Baseline: free page
+#     reporting off (`H8S_FREE_PAGE_REPORTING=0`: a template without the balloon), alternating.
+rss() { awk '/^VmRSS/ {print int($2/1024)}' "/proc/$1/status"; }
+freed() {  # NAME → "rss_full rss_after ms_until_back" (ms empty if it did not come back)
+  local name=$1 q full cur a back=""
+  "$H" run -d --name "$name" "$img" -- sleep 3600 >/dev/null
+  q=$("$H" ps --json | python3 -c "import json,sys; print([p for p in json.load(sys.stdin) if p['config']['name']=='$name'][0]['qemu_pid'])")
+  "$H" exec "$name" -- sh -c 'dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null'
+  full=$(rss "$q"); cur=$full
+  "$H" exec "$name" -- rm /big
+  a=$(now)
+  for _ in $(seq 100); do
+    cur=$(rss "$q")
+    if [ $((cur + 64)) -le "$full" ]; then back=$(ms "$a" "$(now)"); break; fi
+    sleep 0.05
+  done
+  "$H" rm -f "$name" >/dev/null
+  echo "$full $cur $back"
+}
+H8S_FREE_PAGE_REPORTING=0 "$H" run --rm "$img" -- true >/dev/null
+for _ in $(seq 600); do [ "$(ls -d "$H8S_ROOT"/templates/*/ready 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.5; done
+: > "$work/freed"; : > "$work/freed0"
+for i in $(seq "${FREE_RUNS:-5}"); do
+  freed "fr-$i" >> "$work/freed"
+  H8S_FREE_PAGE_REPORTING=0 freed "fr0-$i" >> "$work/freed0"
+done
+freedrow() {  # FILE LABEL
+  python3 - "$1" "$2" <<'PY'
+import sys
+rows=[l.split() for l in open(sys.argv[1]) if l.strip()]
+m=lambda v: sorted(v)[(len(v)-1)//2]
+full=m([int(r[0]) for r in rows]); after=m([int(r[1]) for r in rows])
+back=[float(r[2]) for r in rows if len(r)>2]
+t=f"{m(back):.0f} ms (max {max(back):.0f})" if back else "not within 5 s"
+print(f"| {sys.argv[2]} | {len(rows)} | {full} MiB | {after} MiB | {len(back)} of {len(rows)} | {t} |")
+PY
+}
+
 # 6. The translation cache: start time and memory for each size in TB_SIZES and the default
 #    (16 MiB), the sizes alternating run by run (step 2 alternates with cold boots, which
 #    slows the template starts there).
@@ -291,6 +331,15 @@ Template build (boot + save, in the background): ${build_ms} ms.
 |---|---|---|---|---|---|---|
 | $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB | $p10tb MiB |
 | $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB | $p50tb MiB |
+
+**Memory a clone frees** (a clone writes 100 MiB into its container's writable layer, then
+removes it; QEMU's RSS, medians; "after": once 64 MiB came back, or 5 s after the removal; the two
+kinds alternate):
+
+| what | runs | RSS with the file | RSS after | came back | time until back (median) |
+|---|---|---|---|---|---|
+$(freedrow "$work/freed" "free page reporting (default): the balloon; the supervisor skips hole punches into the template")
+$(freedrow "$work/freed0" "baseline: \`H8S_FREE_PAGE_REPORTING=0\` (no balloon)")
 
 **The translation cache** (\`H8S_TCG_TB_MIB\`; each size its own template; ${TB_RUNS:-10} runs of
 \`h8s run --rm … true\` per size, the sizes alternating; PSS at $idle idle pods):
