@@ -332,21 +332,13 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     assert!(out.status.success());
 }
 
-/// QEMU's resident memory in MiB (`VmRSS`).
-fn rss_mib(pid: u64) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
-
 /// Memory a template clone's guest frees goes back to the host: the balloon reports it, QEMU
 /// drops the clone's own copies, and its seccomp filter keeps it from punching holes into the
 /// template's memory (which the seals refuse: QEMU would log a failed discard and keep the
 /// pages).
 #[test]
 fn memory_a_clone_frees_goes_back_to_the_host() {
+    use h8s_runtime::testing::rss_mib;
     let e = env();
     let with_templates = |args: &[&str]| {
         let mut c = e.h8s();
@@ -361,7 +353,7 @@ fn memory_a_clone_frees_goes_back_to_the_host() {
     assert_eq!(out.status.code(), Some(0));
     let st = pod_status(&e, "big");
     assert_eq!(st["boot"], "template", "{st}");
-    let qemu = st["qemu_pid"].as_u64().unwrap();
+    let qemu = st["qemu_pid"].as_u64().unwrap() as u32;
     // 100 MiB into the container's writable layer (guest memory), then removed.
     let out = e.run(&[
         "exec",

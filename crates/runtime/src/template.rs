@@ -8,9 +8,9 @@
 //!
 //! One template per shape: QEMU binary, kernel, initramfs and command line, accelerator, guest
 //! memory and vCPUs, and the device layout (how many image disks, which volumes read-only,
-//! whether a NIC, whether a balloon). The disks and NIC are placeholders whose backends each pod gives; the guest
-//! agent then re-probes the disks, takes the pod's MAC, reseeds its RNG and sets its clock
-//! (`h8s_guest::Request::Restored`).
+//! whether a NIC, whether a balloon). The disks and NIC are placeholders whose backends each
+//! pod gives; the guest agent then re-probes the disks, takes the pod's MAC, reseeds its RNG
+//! and sets its clock (`h8s_guest::Request::Restored`).
 //!
 //! Files under `<root>/templates/<key>/`: `spec.json` (what to build), `lock` (held while
 //! building), `state`, `mem.sock` (the holder's socket), `ready` (written last), `uses` (pods restored so far), `failed`

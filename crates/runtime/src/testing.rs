@@ -26,6 +26,15 @@ pub fn vm_test_lock() -> std::io::Result<VmTestLock> {
     Ok(VmTestLock(f))
 }
 
+/// A process's resident memory in MiB (`VmRSS`; 0 when it is gone).
+pub fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
 /// Guest kernel command line words (`H8S_GUEST_CMDLINE`, `VmSettings::cmdline_extra`) that
 /// make a guest which never answers: the kernel finds no `/init` in the initramfs, falls back
 /// to mounting a root device and waits forever for one that does not exist. Boot-timeout

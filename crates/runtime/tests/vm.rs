@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use h8s_runtime::testing::rss_mib;
 use h8s_runtime::{
     ContainerConfig, ContainerState, Error, ExecConfig, ImageDisk, Runtime, RuntimeConfig,
     SandboxConfig, SandboxState, ShimCommand, StreamEvent, VmSettings,
@@ -502,15 +503,6 @@ async fn a_hung_vm_is_stopped_by_the_watchdog() {
     assert_eq!(st.qemu_pid, None);
     assert!(qemu_procs(&e.rt.root().to_string_lossy()).is_empty());
     e.rt.remove_sandbox(&id, false).await.unwrap();
-}
-
-/// QEMU's resident memory in MiB (`VmRSS`).
-fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
