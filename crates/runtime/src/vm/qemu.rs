@@ -449,7 +449,7 @@ pub(crate) fn qemu_args(
     // only the clone's own copies go and the pages read as the template's again. Hence
     // `page-poison=off`: a guest that relies on freed pages reading as zero (`init_on_free`)
     // or poisoned does not report at all.
-    if settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS {
+    if has_balloon(settings, cfg) {
         push(&[
             "-device",
             "virtio-balloon-device,free-page-reporting=on,page-poison=off",
@@ -477,6 +477,11 @@ pub(crate) fn qemu_args(
         push(&["-incoming", "defer"]);
     }
     a
+}
+
+/// Whether a pod VM gets the balloon: free page reporting on and a transport left for it.
+pub(crate) fn has_balloon(settings: &VmSettings, cfg: &SandboxConfig) -> bool {
+    settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS
 }
 
 /// Splits QEMU `key=value,…` options (`,,` is a literal comma).
