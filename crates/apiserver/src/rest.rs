@@ -474,10 +474,10 @@ impl Api {
                 match m.get("generateName").and_then(Value::as_str) {
                     Some(g) if !g.is_empty() => {
                         let mut base = g.to_string();
-                        // Leave room for the suffix within the 63 characters of a label.
-                        if base.len() > 58 {
-                            base.truncate(58);
-                        }
+                        // Leave room for the suffix within the 63 characters of a label
+                        // (bytes, as Kubernetes counts; never inside a character: an invalid
+                        // name is refused below, not a panic).
+                        base.truncate(base.floor_char_boundary(58));
                         m.insert(
                             "name".into(),
                             json!(format!("{base}{}", util::name_suffix())),

@@ -27,6 +27,16 @@ fn create_get_delete_semantics() {
     assert_eq!(c, 201, "{b}");
     let name = json(&b)["metadata"]["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    // A long generateName is cut to leave room for the suffix, never inside a character; a
+    // name that is no DNS label is refused.
+    let long = "€".repeat(20);
+    let (c, b) = s.curl(
+        "POST",
+        CMS,
+        None,
+        Some(format!(r#"{{"metadata":{{"generateName":"{long}"}}}}"#).as_bytes()),
+    );
+    assert_eq!(c, 422, "{b}");
 
     // dryRun=All answers like a create but stores nothing
     let (c, b) = s.curl(

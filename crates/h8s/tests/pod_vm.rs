@@ -86,6 +86,12 @@ impl Env {
     fn run(&self, args: &[&str]) -> Output {
         logged(self.h8s(), args)
     }
+    /// `h8s ARGS` with VM templates on.
+    fn run_with_templates(&self, args: &[&str]) -> Output {
+        let mut c = self.h8s();
+        c.env("H8S_TEMPLATES", "1");
+        logged(c, args)
+    }
     fn img(&self) -> &str {
         self.image.to_str().unwrap()
     }
@@ -214,13 +220,8 @@ fn pod_status(e: &Env, name: &str) -> serde_json::Value {
 #[test]
 fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away() {
     let e = env();
-    let with_templates = |args: &[&str]| {
-        let mut c = e.h8s();
-        c.env("H8S_TEMPLATES", "1");
-        logged(c, args)
-    };
     // No template yet: this pod boots cold and starts the template's build.
-    let out = with_templates(&["run", "--rm", e.img(), "--", "true"]);
+    let out = e.run_with_templates(&["run", "--rm", e.img(), "--", "true"]);
     assert_eq!(out.status.code(), Some(0));
     let t = wait_template_ready(&e);
     let state = std::fs::metadata(t.join("state")).unwrap().len();
@@ -231,7 +232,7 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
 
     // Two clones, each with its own disk backend: the image's files are there.
     for n in ["clone-a", "clone-b"] {
-        let out = with_templates(&["run", "-d", "--name", n, e.img(), "--", "sleep", "600"]);
+        let out = e.run_with_templates(&["run", "-d", "--name", n, e.img(), "--", "sleep", "600"]);
         assert_eq!(out.status.code(), Some(0));
     }
     let mut ids = Vec::new();
@@ -315,7 +316,7 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     assert!(!t.exists(), "the first template is retired");
 
     // --cold: booted, not restored.
-    let out = with_templates(&[
+    let out = e.run_with_templates(&[
         "run",
         "-d",
         "--cold",
@@ -340,16 +341,12 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
 fn memory_a_clone_frees_goes_back_to_the_host() {
     use h8s_runtime::testing::rss_mib;
     let e = env();
-    let with_templates = |args: &[&str]| {
-        let mut c = e.h8s();
-        c.env("H8S_TEMPLATES", "1");
-        logged(c, args)
-    };
-    assert!(with_templates(&["run", "--rm", e.img(), "--", "true"])
+    assert!(e
+        .run_with_templates(&["run", "--rm", e.img(), "--", "true"])
         .status
         .success());
     wait_template_ready(&e);
-    let out = with_templates(&["run", "-d", "--name", "big", e.img(), "--", "sleep", "600"]);
+    let out = e.run_with_templates(&["run", "-d", "--name", "big", e.img(), "--", "sleep", "600"]);
     assert_eq!(out.status.code(), Some(0));
     let st = pod_status(&e, "big");
     assert_eq!(st["boot"], "template", "{st}");
@@ -384,7 +381,7 @@ fn memory_a_clone_frees_goes_back_to_the_host() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("fallocate"), "no failed discard: {log}");
     // The template still starts pods.
-    let out = with_templates(&["run", "--rm", e.img(), "--", "ls", "/bin/busybox"]);
+    let out = e.run_with_templates(&["run", "--rm", e.img(), "--", "ls", "/bin/busybox"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/bin/busybox\n");
     assert!(e.run(&["rm", "-f", "big"]).status.success());
 }

@@ -113,22 +113,28 @@ pub(crate) fn kill_checked(pid: u32, start: u64, sig: i32) -> bool {
 /// Sends `fd` over `sock` (`SCM_RIGHTS`, with one byte of data). Allocates nothing and makes
 /// one system call, so a child may call it between fork and exec.
 pub(crate) fn send_fd(sock: &UnixStream, fd: RawFd) -> std::io::Result<()> {
+    send_with_fd(sock.as_raw_fd(), &[0], fd).map(drop)
+}
+
+/// Sends `data` with `fd` attached (`SCM_RIGHTS`) over the unix socket `sock`; returns how
+/// many bytes of `data` went. One `sendmsg(2)`, no allocation.
+pub(crate) fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
     /// Room for one descriptor's control message (`CMSG_SPACE(4)` is 24 bytes on 64-bit
     /// Linux), aligned as a `cmsghdr`.
     #[repr(C, align(8))]
     struct Control([u8; 32]);
-    let byte = [0u8; 1];
     let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
     };
     let mut cbuf = Control([0; 32]);
     // SAFETY: CMSG_SPACE is arithmetic.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
     debug_assert!(space <= cbuf.0.len());
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call,
-    // and the control buffer has room for one descriptor (CMSG_SPACE).
-    unsafe {
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call
+    // (the kernel only reads `data`), and the control buffer has room for one descriptor
+    // (CMSG_SPACE).
+    let r = unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
@@ -139,11 +145,12 @@ pub(crate) fn send_fd(sock: &UnixStream, fd: RawFd) -> std::io::Result<()> {
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
-        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(r as usize)
 }
 
 /// Receives one descriptor sent by [`send_fd`].

@@ -145,39 +145,20 @@ impl Qmp {
         {
             let w = self.writer.lock().await;
             let sock = AsRef::<UnixStream>::as_ref(&*w).as_raw_fd();
-            let mut iov = libc::iovec {
-                iov_base: line.as_ptr() as *mut libc::c_void,
-                iov_len: line.len(),
-            };
-            // SAFETY: CMSG_SPACE is arithmetic.
-            let space =
-                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-            let mut cbuf = vec![0u8; space];
             loop {
-                // SAFETY: an all-zero msghdr is valid; the iovec, line and control buffer
-                // outlive the call, and the control buffer holds one descriptor.
-                let r = unsafe {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = &mut iov;
-                    msg.msg_iovlen = 1;
-                    msg.msg_control = cbuf.as_mut_ptr().cast();
-                    msg.msg_controllen = space as _;
-                    let c = libc::CMSG_FIRSTHDR(&msg);
-                    (*c).cmsg_level = libc::SOL_SOCKET;
-                    (*c).cmsg_type = libc::SCM_RIGHTS;
-                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
-                    libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
-                };
-                if r == line.len() as isize {
-                    break;
+                match crate::util::send_with_fd(sock, line.as_bytes(), fd) {
+                    Ok(n) if n == line.len() => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Ok(n) => {
+                        return Err(Error::Qmp(format!(
+                            "getfd: {n} of {} bytes sent",
+                            line.len()
+                        )))
+                    }
+                    Err(e) => return Err(Error::Qmp(format!("getfd: {e}"))),
                 }
-                let e = std::io::Error::last_os_error();
-                if r < 0 && e.kind() == std::io::ErrorKind::WouldBlock {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
-                return Err(Error::Qmp(format!("getfd: {e} ({r} bytes sent)")));
             }
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
