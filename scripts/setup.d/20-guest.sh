@@ -67,6 +67,9 @@ if [ "${H8S_GUEST_KERNEL:-minimal}" = minimal ]; then
   done
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    # On the machine image this transaction also upgrades linux-libc-dev and linux-perf (both
+    # from Debian's kernel source, shipped with the image at an older version); h8s needs
+    # neither. Named here so that upgrade has a known origin (shared/tools/fresh-check).
     apt-get install -y -qq --no-install-recommends "${need[@]}"
   fi
   enable=(64BIT SMP PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE UNIX98_PTYS VIRTIO_CONSOLE HVC_DRIVER
