@@ -142,7 +142,7 @@ PSS per idle template pod (QEMU + supervisor, median) with ${idle} pods: **${va}
 **${vb}** ${pss_b}.
 
 Memory a guest frees (QEMU's RSS; 100 MiB written into the container's writable layer, then
-removed; free page reporting is on for cold pods, never for clones):
+removed; free page reporting is on for cold pods and clones):
 
 | QEMU | pod | idle | after writing 100 MiB | 15 s after removing it | returned |
 |---|---|---|---|---|---|
