@@ -40,18 +40,16 @@ fn build_id() {
     }
     // Whole directories where a new file matters; the guest protocol's files one by one (a new
     // module of it changes `lib.rs`).
-    for d in ["runtime", "net"] {
-        println!(
-            "cargo::rerun-if-changed={}",
-            crates.join(d).join("src").display()
-        );
+    let watched_dirs = [crates.join("runtime/src"), crates.join("net/src")];
+    for d in &watched_dirs {
+        println!("cargo::rerun-if-changed={}", d.display());
     }
     let agent = crates.join("guest/src/bin");
     files.retain(|f| !f.starts_with(&agent));
     files.sort();
     let mut h = DefaultHasher::new();
     for f in &files {
-        if !f.starts_with(crates.join("runtime/src")) && !f.starts_with(crates.join("net/src")) {
+        if !watched_dirs.iter().any(|d| f.starts_with(d)) {
             println!("cargo::rerun-if-changed={}", f.display());
         }
         f.strip_prefix(&crates).unwrap_or(f).hash(&mut h);
