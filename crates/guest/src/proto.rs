@@ -308,8 +308,9 @@ pub enum Request {
     /// additive.)
     StorageUsage,
     /// The host is about to save this VM as a VM template: let go of what each restored
-    /// clone replaces anyway (the placeholder disks are unbound, so a clone's
-    /// [`RestoreInfo::rescan_disks`] only binds its real ones). Answered with
+    /// clone replaces anyway (the placeholder volume disks are unbound, so a clone's
+    /// [`RestoreInfo::rescan_disks`] only binds its real ones; the image disks stay bound,
+    /// their cached blocks dropped). Answered with
     /// [`Reply::Done`]. (Added in version 1, additive.)
     PrepareTemplate,
 }
@@ -322,7 +323,9 @@ pub struct RestoreInfo {
     pub entropy: Vec<u8>,
     /// The host's `CLOCK_REALTIME`, nanoseconds since the epoch.
     pub realtime_ns: u64,
-    /// Unbind and rebind every virtio-blk disk, so the guest reads each one's real size.
+    /// Bind the disks [`Request::PrepareTemplate`] unbound (the volumes), so the guest reads
+    /// each one's real size; in a VM that was no prepared template, unbind and rebind every
+    /// virtio-blk disk.
     pub rescan_disks: bool,
     /// NICs to give another MAC: `(template's MAC, pod's MAC)`.
     #[serde(default)]

@@ -230,11 +230,27 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
         "device state only: {state} bytes"
     );
 
-    // Two clones, each with its own disk backend: the image's files are there.
-    for n in ["clone-a", "clone-b"] {
-        let out = e.run_with_templates(&["run", "-d", "--name", n, e.img(), "--", "sleep", "600"]);
+    // Two clones, each with its own disk backend: the image's files are there. clone-b's
+    // image is another one (the guest keeps image disks bound across the template's save:
+    // each clone must read its own image's blocks).
+    let root = e.tmp.path().join("rootfs");
+    std::fs::write(root.join("etc/marker"), "second image\n").unwrap();
+    let second = e.tmp.path().join("second.erofs");
+    let made = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&second)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (n, img) in [("clone-a", e.img()), ("clone-b", second.to_str().unwrap())] {
+        let out = e.run_with_templates(&["run", "-d", "--name", n, img, "--", "sleep", "600"]);
         assert_eq!(out.status.code(), Some(0));
     }
+    let out = e.run(&["exec", "clone-b", "--", "cat", "/etc/marker"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "second image\n");
+    let out = e.run(&["exec", "clone-a", "--", "ls", "/etc/marker"]);
+    assert_ne!(out.status.code(), Some(0), "clone-a has the first image");
     let mut ids = Vec::new();
     let mut randoms = Vec::new();
     for n in ["clone-a", "clone-b"] {

@@ -42,6 +42,12 @@ pub(crate) fn templates_dir(root: &Path) -> PathBuf {
     root.join("templates")
 }
 
+/// The capacity of a template's placeholder image disk (a sparse file). The guest keeps its
+/// image disks bound across the save, so a clone's image disks keep this capacity (binding
+/// them again took ~45 ms under TCG): an upper bound on any image's size, while QEMU bounds
+/// every request by the real file's. A larger image boots cold.
+pub(crate) const IMAGE_PLACEHOLDER_BYTES: u64 = 1 << 40;
+
 /// What a template is built from (the spawner writes it, the builder reads it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Spec {
@@ -76,6 +82,11 @@ impl Spec {
     /// off, or a volume QEMU opens itself, such as `rbd:`).
     pub fn for_pod(vm: &VmSettings, accel: Accel, cfg: &SandboxConfig) -> Option<Spec> {
         if cfg.cold_boot || !vm.templates {
+            return None;
+        }
+        let too_large =
+            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > IMAGE_PLACEHOLDER_BYTES);
+        if cfg.images.iter().any(|i| too_large(&i.path)) {
             return None;
         }
         let mut volumes_read_only = Vec::new();
@@ -822,6 +833,22 @@ mod tests {
         assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_none());
         cfg.volumes.clear();
         cfg.cold_boot = true;
+        assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_none());
+    }
+
+    #[test]
+    fn an_image_larger_than_the_placeholder_boots_cold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SandboxConfig::new("a");
+        cfg.images.push(ImageDisk {
+            name: "huge".into(),
+            path: dir.path().join("huge.erofs"),
+        });
+        // Sparse files: nothing is written.
+        let f = std::fs::File::create(&cfg.images[0].path).unwrap();
+        f.set_len(IMAGE_PLACEHOLDER_BYTES).unwrap();
+        assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_some());
+        f.set_len(IMAGE_PLACEHOLDER_BYTES + 4096).unwrap();
         assert!(Spec::for_pod(&vm(), Accel::Tcg, &cfg).is_none());
     }
 

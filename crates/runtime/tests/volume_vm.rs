@@ -127,6 +127,12 @@ fn kill_if_ours(pid: u32, root: &str) {
 }
 
 fn env() -> Env {
+    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs and
+    // `a_template_clone_binds_its_own_volumes` below).
+    env_with_templates(false)
+}
+
+fn env_with_templates(templates: bool) -> Env {
     let lock = vm_lock();
     let tmp = tempfile::Builder::new()
         .prefix("h8s-rt")
@@ -134,8 +140,7 @@ fn env() -> Env {
         .unwrap();
     let image = busybox_erofs(tmp.path());
     let mut vm = VmSettings::from_env().unwrap();
-    // Cold boots: VM templates have their own tests (crates/h8s/tests/pod_vm.rs).
-    vm.templates = false;
+    vm.templates = templates;
     vm.boot_timeout_secs = 120;
     let rt = Runtime::new(RuntimeConfig {
         images: None,
@@ -684,4 +689,113 @@ async fn bench_volumes() {
         }
         e.rt.remove_sandbox(&id, true).await.unwrap();
     }
+}
+
+/// A pod restored from a VM template binds its own volume disks, so the guest sees each one's
+/// real size (the template's placeholders were other, smaller files), while its image disk
+/// stays bound across the save (the placeholder's capacity) and reads the pod's own image,
+/// none of the placeholder's blocks the template's guest had cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(h8s_guest),
+    ignore = "needs the guest kernel and initramfs in $H8S_CACHE/guest (scripts/setup)"
+)]
+async fn a_template_clone_binds_its_own_volumes() {
+    let _ = NEEDS;
+    let e = env_with_templates(true);
+    let pool = Local::new(e._tmp.path().join("vols"), "n", None).unwrap();
+    let with_volumes = |name: &str, fsv: &VolumeId, raw: &VolumeId| {
+        let mut cfg = sandbox(&e, name);
+        cfg.volumes.push(VolumeDisk {
+            serial: "vol0".into(),
+            drive: pool.drive(fsv, false).spec,
+        });
+        cfg.volumes.push(VolumeDisk {
+            serial: "vol1".into(),
+            drive: pool.drive(raw, false).spec,
+        });
+        cfg
+    };
+    let (fs_a, raw_a) = (
+        VolumeId::new("a-fs").unwrap(),
+        VolumeId::new("a-raw").unwrap(),
+    );
+    pool.create(&fs_a, 32 << 20, Some(Filesystem::Ext4))
+        .unwrap();
+    pool.create(&raw_a, 8 << 20, None).unwrap();
+    // No template yet: this pod boots cold and starts the build of its shape's template.
+    let first =
+        e.rt.run_sandbox(with_volumes("first", &fs_a, &raw_a))
+            .await
+            .unwrap();
+    e.rt.remove_sandbox(&first, true).await.unwrap();
+    let templates = e._tmp.path().join("state").join("templates");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let ready = std::fs::read_dir(&templates)
+            .map(|d| d.flatten().any(|t| t.path().join("ready").is_file()))
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no template after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (fs_b, raw_b) = (
+        VolumeId::new("b-fs").unwrap(),
+        VolumeId::new("b-raw").unwrap(),
+    );
+    pool.create(&fs_b, 48 << 20, Some(Filesystem::Ext4))
+        .unwrap();
+    pool.create(&raw_b, 12 << 20, None).unwrap();
+    let id =
+        e.rt.run_sandbox(with_volumes("clone", &fs_b, &raw_b))
+            .await
+            .unwrap();
+    let st = e.rt.sandbox_status(&id).await.unwrap();
+    assert_eq!(st.boot.as_deref(), Some("template"), "{st:?}");
+    let mut app = container("app", &["sleep", "600"]);
+    app.mounts = vec![
+        vol_mount("/data", "vol0", None, false),
+        h8s_guest::Mount {
+            target: "/dev/xvdb".into(),
+            source: h8s_guest::MountSource::Device {
+                device: h8s_guest::BlockDevice::Serial("vol1".into()),
+            },
+            read_only: false,
+        },
+    ];
+    e.rt.start_pod_containers(&id, &[app])
+        .await
+        .expect("starts");
+    let (out, err, code) = sh(
+        &e,
+        &id,
+        "app",
+        "blockdev --getsize64 /dev/xvdb && df -k /data | tail -1 && echo hi > /data/f && \
+         cat /data/f && ls /bin/busybox",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        (12u64 << 20).to_string(),
+        "the raw volume's real size: {out}"
+    );
+    let size_k: u64 = lines[1]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        size_k > 40_000,
+        "the 48 MiB ext4 volume, not the placeholder: {out}"
+    );
+    assert_eq!(&lines[2..], ["hi", "/bin/busybox"], "{out}");
+    e.rt.remove_sandbox(&id, true).await.unwrap();
 }

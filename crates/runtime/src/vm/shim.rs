@@ -657,15 +657,16 @@ pub(crate) async fn build_template(
             spec.accel
         )));
     }
-    let placeholder = |name: &str| -> Result<()> {
+    let placeholder = |name: &str, len: u64| -> Result<()> {
         let f = std::fs::File::create(t.dir.join(name))
             .map_err(|e| Error::io(format!("creating placeholder {name}"), e))?;
-        f.set_len(4096)
+        f.set_len(len)
             .map_err(|e| Error::io(format!("sizing placeholder {name}"), e))
     };
-    placeholder("placeholder.img")?;
+    // Sparse: the clones keep its capacity for their images (template::IMAGE_PLACEHOLDER_BYTES).
+    placeholder("placeholder.img", crate::template::IMAGE_PLACEHOLDER_BYTES)?;
     for i in 0..spec.volumes_read_only.len() {
-        placeholder(&format!("placeholder-vol{i}.img"))?;
+        placeholder(&format!("placeholder-vol{i}.img"), 4096)?;
     }
     let key = t
         .dir

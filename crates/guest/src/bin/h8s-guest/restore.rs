@@ -19,6 +19,8 @@ use crate::sys;
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `RNDRESEEDCRNG` (`_IO('R', 0x07)`).
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// `BLKFLSBUF` (`_IO(0x12, 97)`).
+const BLKFLSBUF: libc::c_ulong = 0x1261;
 
 fn fail(what: &str, e: io::Error) -> ProtoError {
     ProtoError::new(ErrorCode::Internal, format!("{what}: {e}"))
@@ -65,8 +67,9 @@ pub fn apply(info: &RestoreInfo) -> Result<Vec<(String, u64)>, ProtoError> {
 static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
 
 struct Template {
-    /// The virtio block devices (`virtioN`), unbound.
-    disks: Vec<String>,
+    /// The virtio block devices (`virtioN`) left unbound (the volume disks); taken by the
+    /// first [`rescan_disks`].
+    disks: Option<Vec<String>>,
     /// The network interfaces' names.
     nics: Vec<String>,
 }
@@ -75,15 +78,26 @@ fn template() -> std::sync::MutexGuard<'static, Option<Template>> {
     TEMPLATE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Before the template is saved: unbinds the placeholder disks, so a clone only binds its
-/// real ones ([`rescan_disks`]) instead of unbinding and binding each, and remembers the
-/// devices for the clones.
+/// Before the template is saved: unbinds the placeholder volume disks, so a clone only binds
+/// its real ones ([`rescan_disks`]) instead of unbinding and binding each, and remembers the
+/// devices for the clones. Image disks stay bound: a clone keeps the placeholder's capacity
+/// for them (the host makes it an upper bound on any image's size, and QEMU bounds every
+/// request by the real file), so a clone binds no image disk at all (a bind took ~45 ms
+/// under TCG). Their cached blocks are dropped, so a clone reads its own image's.
 pub fn prepare_template() -> Result<(), ProtoError> {
     let devs = block_devices().map_err(|e| fail("listing the disks", e))?;
+    let mut unbound = Vec::new();
     for (dev, bound) in &devs {
-        if *bound {
-            fs::write(Path::new(VIRTIO_BLK).join("unbind"), dev)
-                .map_err(|e| fail(&format!("unbinding {dev}"), e))?;
+        match bound.then(|| image_disk(dev)).flatten() {
+            Some(node) => drop_cached_blocks(&node)
+                .map_err(|e| fail(&format!("dropping {}'s cached blocks", node.display()), e))?,
+            None => {
+                if *bound {
+                    fs::write(Path::new(VIRTIO_BLK).join("unbind"), dev)
+                        .map_err(|e| fail(&format!("unbinding {dev}"), e))?;
+                }
+                unbound.push(dev.clone());
+            }
         }
     }
     let nics = fs::read_dir("/sys/class/net")
@@ -92,9 +106,29 @@ pub fn prepare_template() -> Result<(), ProtoError> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     *template() = Some(Template {
-        disks: devs.into_iter().map(|(d, _)| d).collect(),
+        disks: Some(unbound),
         nics,
     });
+    Ok(())
+}
+
+/// The device node (`/dev/vdX`) of virtio device `dev` when it is a bound image disk (its
+/// serial is `img…`, as the host names image disks).
+fn image_disk(dev: &str) -> Option<std::path::PathBuf> {
+    let block = Path::new("/sys/bus/virtio/devices").join(dev).join("block");
+    let name = fs::read_dir(block).ok()?.flatten().next()?.file_name();
+    let serial = fs::read_to_string(Path::new("/sys/block").join(&name).join("serial")).ok()?;
+    serial
+        .trim()
+        .starts_with("img")
+        .then(|| Path::new("/dev").join(name))
+}
+
+/// Drops the cached blocks of the block device at `node` (`BLKFLSBUF`).
+fn drop_cached_blocks(node: &Path) -> io::Result<()> {
+    let f = fs::File::open(node)?;
+    // SAFETY: BLKFLSBUF takes no argument; `f` is an open block device.
+    sys::check(unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) })?;
     Ok(())
 }
 
@@ -241,18 +275,16 @@ fn block_devices() -> io::Result<Vec<(String, bool)>> {
 /// Binds each virtio-blk device to its driver again (unbinding it first if bound): the
 /// driver reads the capacity (and the read-only flag) once, at probe, and the template's
 /// placeholder disks had other backends. Nothing may be mounted from them yet (the host
-/// sends this before any container). A template unbinds its disks before it is saved
-/// ([`prepare_template`]), so a clone only binds.
+/// sends this before any container). A template unbinds its volume disks before it is saved
+/// and keeps its image disks ([`prepare_template`]), so a clone only binds its volumes.
 fn rescan_disks() -> io::Result<()> {
-    // A clone of a prepared template: its disks are known and unbound (taken: a second call
+    // A clone of a prepared template: the disks to bind are known (taken: a second call
     // scans, and unbinds what is bound).
-    if let Some(disks) = template().as_mut().map(|t| std::mem::take(&mut t.disks)) {
-        if !disks.is_empty() {
-            for d in &disks {
-                fs::write(Path::new(VIRTIO_BLK).join("bind"), d)?;
-            }
-            return Ok(());
+    if let Some(disks) = template().as_mut().and_then(|t| t.disks.take()) {
+        for d in &disks {
+            fs::write(Path::new(VIRTIO_BLK).join("bind"), d)?;
         }
+        return Ok(());
     }
     if !Path::new(VIRTIO_BLK).exists() {
         return Ok(()); // no virtio-blk driver (no disks)
@@ -300,7 +332,7 @@ mod tests {
     fn a_clone_finds_the_templates_nics_by_mac() {
         assert_eq!(template_nic("00:00:00:00:00:00"), None, "no template yet");
         *template() = Some(Template {
-            disks: Vec::new(),
+            disks: None,
             nics: vec!["no-such-nic".into(), "lo".into()],
         });
         // The loopback interface's MAC is all zeros, its index 1 (in any network namespace).
