@@ -241,6 +241,17 @@ async fn sh(e: &Env, id: &str, c: &str, cmd: &str) -> (String, String, Option<i3
     )
 }
 
+/// The raw block device with `serial` at `target` in the container, writable.
+fn device_mount(target: &str, serial: &str) -> h8s_guest::Mount {
+    h8s_guest::Mount {
+        target: target.into(),
+        source: h8s_guest::MountSource::Device {
+            device: h8s_guest::BlockDevice::Serial(serial.into()),
+        },
+        read_only: false,
+    }
+}
+
 fn vol_mount(target: &str, serial: &str, sub: Option<&str>, ro: bool) -> h8s_guest::Mount {
     h8s_guest::Mount {
         target: target.into(),
@@ -284,13 +295,7 @@ async fn volume_disks_are_mounted_by_the_guest_only() {
     app.mounts = vec![
         vol_mount("/data", "vol0", None, false),
         vol_mount("/sub", "vol0", Some("a/b"), true),
-        h8s_guest::Mount {
-            target: "/dev/xvdb".into(),
-            source: h8s_guest::MountSource::Device {
-                device: h8s_guest::BlockDevice::Serial("vol1".into()),
-            },
-            read_only: false,
-        },
+        device_mount("/dev/xvdb", "vol1"),
     ];
     e.rt.start_pod_containers(&id, &[app])
         .await
@@ -704,28 +709,27 @@ async fn a_template_clone_binds_its_own_volumes() {
     let _ = NEEDS;
     let e = env_with_templates(true);
     let pool = Local::new(e._tmp.path().join("vols"), "n", None).unwrap();
-    let with_volumes = |name: &str, fsv: &VolumeId, raw: &VolumeId| {
+    // A pod with an ext4 volume of `fs_mib` and a raw one of `raw_mib`, both new.
+    let with_volumes = |name: &str, fs_mib: u64, raw_mib: u64| {
+        let fsv = VolumeId::new(&format!("{name}-fs")).unwrap();
+        let raw = VolumeId::new(&format!("{name}-raw")).unwrap();
+        pool.create(&fsv, fs_mib << 20, Some(Filesystem::Ext4))
+            .unwrap();
+        pool.create(&raw, raw_mib << 20, None).unwrap();
         let mut cfg = sandbox(&e, name);
         cfg.volumes.push(VolumeDisk {
             serial: "vol0".into(),
-            drive: pool.drive(fsv, false).spec,
+            drive: pool.drive(&fsv, false).spec,
         });
         cfg.volumes.push(VolumeDisk {
             serial: "vol1".into(),
-            drive: pool.drive(raw, false).spec,
+            drive: pool.drive(&raw, false).spec,
         });
         cfg
     };
-    let (fs_a, raw_a) = (
-        VolumeId::new("a-fs").unwrap(),
-        VolumeId::new("a-raw").unwrap(),
-    );
-    pool.create(&fs_a, 32 << 20, Some(Filesystem::Ext4))
-        .unwrap();
-    pool.create(&raw_a, 8 << 20, None).unwrap();
     // No template yet: this pod boots cold and starts the build of its shape's template.
     let first =
-        e.rt.run_sandbox(with_volumes("first", &fs_a, &raw_a))
+        e.rt.run_sandbox(with_volumes("first", 32, 8))
             .await
             .unwrap();
     e.rt.remove_sandbox(&first, true).await.unwrap();
@@ -745,15 +749,8 @@ async fn a_template_clone_binds_its_own_volumes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let (fs_b, raw_b) = (
-        VolumeId::new("b-fs").unwrap(),
-        VolumeId::new("b-raw").unwrap(),
-    );
-    pool.create(&fs_b, 48 << 20, Some(Filesystem::Ext4))
-        .unwrap();
-    pool.create(&raw_b, 12 << 20, None).unwrap();
     let id =
-        e.rt.run_sandbox(with_volumes("clone", &fs_b, &raw_b))
+        e.rt.run_sandbox(with_volumes("clone", 48, 12))
             .await
             .unwrap();
     let st = e.rt.sandbox_status(&id).await.unwrap();
@@ -761,13 +758,7 @@ async fn a_template_clone_binds_its_own_volumes() {
     let mut app = container("app", &["sleep", "600"]);
     app.mounts = vec![
         vol_mount("/data", "vol0", None, false),
-        h8s_guest::Mount {
-            target: "/dev/xvdb".into(),
-            source: h8s_guest::MountSource::Device {
-                device: h8s_guest::BlockDevice::Serial("vol1".into()),
-            },
-            read_only: false,
-        },
+        device_mount("/dev/xvdb", "vol1"),
     ];
     e.rt.start_pod_containers(&id, &[app])
         .await
