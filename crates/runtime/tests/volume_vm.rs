@@ -241,6 +241,22 @@ async fn sh(e: &Env, id: &str, c: &str, cmd: &str) -> (String, String, Option<i3
     )
 }
 
+/// Starts the pod's container `app` (`sleep 600`) with `mounts`.
+async fn start_app(e: &Env, id: &str, mounts: Vec<h8s_guest::Mount>) {
+    let mut app = container("app", &["sleep", "600"]);
+    app.mounts = mounts;
+    e.rt.start_pod_containers(id, &[app]).await.expect("starts");
+}
+
+/// The size in KiB of the file system `df -k` printed a line for in `out` (0 if none).
+fn df_size_kib(out: &str) -> u64 {
+    out.lines()
+        .find(|l| l.contains("/data") || l.starts_with("/dev/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The raw block device with `serial` at `target` in the container, writable.
 fn device_mount(target: &str, serial: &str) -> h8s_guest::Mount {
     h8s_guest::Mount {
@@ -291,15 +307,16 @@ async fn volume_disks_are_mounted_by_the_guest_only() {
         drive: pool.drive(&raw, false).spec,
     });
     let id = e.rt.run_sandbox(cfg).await.expect("pod starts");
-    let mut app = container("app", &["sleep", "600"]);
-    app.mounts = vec![
-        vol_mount("/data", "vol0", None, false),
-        vol_mount("/sub", "vol0", Some("a/b"), true),
-        device_mount("/dev/xvdb", "vol1"),
-    ];
-    e.rt.start_pod_containers(&id, &[app])
-        .await
-        .expect("starts");
+    start_app(
+        &e,
+        &id,
+        vec![
+            vol_mount("/data", "vol0", None, false),
+            vol_mount("/sub", "vol0", Some("a/b"), true),
+            device_mount("/dev/xvdb", "vol1"),
+        ],
+    )
+    .await;
     let (out, err, code) = sh(
         &e,
         &id,
@@ -313,12 +330,7 @@ async fn volume_disks_are_mounted_by_the_guest_only() {
     assert!(out.contains("hi\n"), "subPath: {out}");
     assert!(out.contains("3000"), "fsGroup: {out}");
     assert!(out.contains(&(8u64 << 20).to_string()), "{out}");
-    let size_k: u64 = out
-        .lines()
-        .find(|l| l.contains("/data") || l.starts_with("/dev/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let size_k = df_size_kib(&out);
     assert!(size_k > 40_000, "ext4 grown to the 48 MiB disk: {out}");
     let (_, err, code) = sh(&e, &id, "app", "touch /sub/x").await;
     assert_ne!(code, Some(0), "subPath mounted read-only: {err}");
@@ -755,14 +767,15 @@ async fn a_template_clone_binds_its_own_volumes() {
             .unwrap();
     let st = e.rt.sandbox_status(&id).await.unwrap();
     assert_eq!(st.boot.as_deref(), Some("template"), "{st:?}");
-    let mut app = container("app", &["sleep", "600"]);
-    app.mounts = vec![
-        vol_mount("/data", "vol0", None, false),
-        device_mount("/dev/xvdb", "vol1"),
-    ];
-    e.rt.start_pod_containers(&id, &[app])
-        .await
-        .expect("starts");
+    start_app(
+        &e,
+        &id,
+        vec![
+            vol_mount("/data", "vol0", None, false),
+            device_mount("/dev/xvdb", "vol1"),
+        ],
+    )
+    .await;
     let (out, err, code) = sh(
         &e,
         &id,
@@ -778,11 +791,7 @@ async fn a_template_clone_binds_its_own_volumes() {
         (12u64 << 20).to_string(),
         "the raw volume's real size: {out}"
     );
-    let size_k: u64 = lines[1]
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let size_k = df_size_kib(&out);
     assert!(
         size_k > 40_000,
         "the 48 MiB ext4 volume, not the placeholder: {out}"
