@@ -88,16 +88,15 @@ pub fn prepare_template() -> Result<(), ProtoError> {
     let devs = block_devices().map_err(|e| fail("listing the disks", e))?;
     let mut unbound = Vec::new();
     for (dev, bound) in &devs {
-        match bound.then(|| image_disk(dev)).flatten() {
-            Some(node) => drop_cached_blocks(&node)
-                .map_err(|e| fail(&format!("dropping {}'s cached blocks", node.display()), e))?,
-            None => {
-                if *bound {
-                    fs::write(Path::new(VIRTIO_BLK).join("unbind"), dev)
-                        .map_err(|e| fail(&format!("unbinding {dev}"), e))?;
-                }
-                unbound.push(dev.clone());
-            }
+        if !bound {
+            unbound.push(dev.clone());
+        } else if let Some(node) = image_disk(dev) {
+            drop_cached_blocks(&node)
+                .map_err(|e| fail(&format!("dropping {}'s cached blocks", node.display()), e))?;
+        } else {
+            fs::write(Path::new(VIRTIO_BLK).join("unbind"), dev)
+                .map_err(|e| fail(&format!("unbinding {dev}"), e))?;
+            unbound.push(dev.clone());
         }
     }
     let nics = fs::read_dir("/sys/class/net")
