@@ -9,7 +9,7 @@
 # Usage: bench/agent/pod_startup.sh [SINGLES] [BURST] [TIMELINE]   (default 20 10 5)
 # Env: H8S_BIN (default target/release/h8s, else target/debug/h8s), BEFORE_BIN (optional: a
 # build to compare with, e.g. main's), H8S_CACHE, TRANSIT (default 100.78.5.0/24).
-# Run it inside the VM lock: flock -o /work/wt/vm.lock bench/agent/pod_startup.sh
+# Run it inside the VM lock: flock -o /tmp/h8s-vm-tests.lock bench/agent/pod_startup.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 singles="${1:-20}"; burst="${2:-10}"; tl="${3:-5}"

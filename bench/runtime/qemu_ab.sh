@@ -9,7 +9,7 @@
 # Env: QEMU_A (default /usr/bin/qemu-system-x86_64), QEMU_B_DATA (H8S_QEMU_DATA for B, e.g. its
 # share/qemu:share/seabios when B is unpacked outside /usr), H8S_BIN (default
 # target/release/h8s; H8S_BUILD names its build when the path does not), H8S_CACHE.
-# Run it inside the VM lock: flock -o /work/wt/vm.lock bench/runtime/qemu_ab.sh …
+# Run it inside the VM lock: flock -o /tmp/h8s-vm-tests.lock bench/runtime/qemu_ab.sh …
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 qb="${1:?QEMU_B}"; runs="${2:-20}"; cold="${3:-10}"; idle="${4:-10}"

@@ -11,7 +11,7 @@
 # TB_RUNS (runs per translation cache size, default 10), TB_SIZES (default "8 32"; empty skips
 # that part), BLOCK (the BENCHMARKS.md block to write, default templates; another name is added
 # after the templates block, e.g. BLOCK=templates-minimal with H8S_CACHE=~/.cache/h8s-minimal).
-# Run it inside the VM lock: flock -o /work/wt/vm.lock bench/runtime/templates.sh
+# Run it inside the VM lock: flock -o /tmp/h8s-vm-tests.lock bench/runtime/templates.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-20}"; burst="${2:-20}"; idle="${3:-10}"; many="${4:-50}"
