@@ -141,6 +141,13 @@ def post_run(prefix, n):
     return sorted((seen[k] - t0) * 1000 for k in names if k in seen)
 
 
+def boot_of(pod):
+    """How pod `pod`'s VM started (`h8s ps --json` `boot`: template, warm clone, cold …)."""
+    ps = json.loads(subprocess.run([h8s, "ps", "--json"], capture_output=True, text=True, check=True).stdout)
+    me = next((p for p in ps if p.get("config", {}).get("labels", {}).get("io.kubernetes.pod.name") == pod), {})
+    return me.get("boot") or "?"
+
+
 def delete_all():
     kubectl("-n", ns, "delete", "pod", "--all", "--wait=true")
 
@@ -197,14 +204,16 @@ for mode in modes:
         out["timeline"] = timeline(singles, os.environ["SERVER_LOG"])
         continue
     run = apply_run if mode == "apply" else post_run
-    single = []
+    single, boots = [], []
     for i in range(singles):
         single += run(f"{mode}{i}", 1)
+        boots.append(boot_of(f"{mode}{i}-0"))
         delete_all()
         time.sleep(0.5)
     b = run(f"{mode}-burst", burst)
     delete_all()
-    out["modes"][mode] = {"single_ms": [round(x, 1) for x in single], "burst_ms": [round(x, 1) for x in b]}
+    out["modes"][mode] = {"single_ms": [round(x, 1) for x in single], "burst_ms": [round(x, 1) for x in b],
+                          "single_boot": boots}
     if "single_s" not in out:
         out.update({"single_s": [round(x / 1000, 3) for x in single], "burst": burst,
                     "burst_min_s": round(b[0] / 1000, 3), "burst_median_s": round(q(b, 0.5) / 1000, 3),

@@ -24,7 +24,8 @@ if [ -x "$(dirname "$H")/h8s-pod-shim" ]; then shim="\`h8s-pod-shim\`"; else shi
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/h8s-bench-tpl.XXXX)
 chmod 755 "$work"   # jailed supervisors run as their pod's uid and must reach their pod directory
-export H8S_ROOT="$work/root" H8S_LOG=warn H8S_TEMPLATES=1 H8S_BOOT_TIMEOUT=120
+# Warm clones only where a step says so (the plain template rows restore from the template).
+export H8S_ROOT="$work/root" H8S_LOG=warn H8S_TEMPLATES=1 H8S_BOOT_TIMEOUT=120 H8S_WARM_POOL=0
 server_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && sleep 3
@@ -89,6 +90,20 @@ print(f"{tot[0]:.1f} {m(tot):.1f} {tot[-1]:.1f} {m(q):.1f} {m(s):.1f} {len(rows)
   "$H" rm -f $("$H" ps -a -q) >/dev/null
 }
 
+# Waits until N warm clones wait for pods (<root>/pool/<shape>/<id>, the clone's record ready).
+warm_ready() {
+  local n m i
+  for i in $(seq 1200); do
+    n=0
+    for m in "$H8S_ROOT"/pool/*/*; do
+      [ -e "$m" ] && grep -Eq '"state": ?"ready"' "$H8S_ROOT/pods/${m##*/}/pod.json" 2>/dev/null && n=$((n + 1))
+    done
+    [ "$n" -ge "$1" ] && return
+    sleep 0.1
+  done
+  echo "no $1 warm clones" >&2; exit 1
+}
+
 "$H" run --rm "$img" -- true >/dev/null   # cold; starts the template build
 tdir=$(template_ready)
 build_ms=$(python3 -c "import json;print(json.load(open('$tdir/ready'))['build_ms'])")
@@ -105,23 +120,29 @@ bare() {
     -serial stdio 2>/dev/null | grep -q -m1 H8S-GUEST-MARKER
 }
 
-# 1. Where a template start's time goes: `run -d` of `sh -c 'echo hi'`, its start timeline.
-: > "$work/tl"
-for i in $(seq "$runs"); do
-  t=$(now)
-  "$H" run -d --name "tl-$i" "$img" -- sh -c 'echo hi' >/dev/null
-  for _ in $(seq 100); do
-    "$H" ps -a --json > "$work/ps.json"
-    grep -q container_exited "$work/ps.json" && break
-    sleep 0.1
+# 1. Where a template start's time goes: `run -d` of `sh -c 'echo hi'`, its start timeline;
+#    then the same for pods taking a warm clone (the pool full again before each run).
+timeline_runs() {  # FILE [WARM]
+  : > "$1"
+  for i in $(seq "$runs"); do
+    [ -n "${2:-}" ] && warm_ready 2
+    t=$(now)
+    "$H" run -d --name "tl-$i" "$img" -- sh -c 'echo hi' >/dev/null
+    for _ in $(seq 100); do
+      "$H" ps -a --json > "$work/ps.json"
+      grep -q container_exited "$work/ps.json" && break
+      sleep 0.1
+    done
+    python3 -c "import json,sys; p=json.load(open('$work/ps.json'))[0]; print(json.dumps({'t0':$t,'boot':p.get('boot'),'tl':p.get('start_timeline',[])}))" >> "$1"
+    "$H" rm -f "tl-$i" >/dev/null
   done
-  python3 -c "import json,sys; p=json.load(open('$work/ps.json'))[0]; print(json.dumps({'t0':$t,'boot':p.get('boot'),'tl':p.get('start_timeline',[])}))" >> "$work/tl"
-  "$H" rm -f "tl-$i" >/dev/null
-done
-timeline=$(python3 - "$work/tl" <<'PY'
+}
+timeline_of() {  # FILE BOOT
+python3 - "$1" "$2" <<'PY'
 import json,sys
 runs=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-runs=[r for r in runs if r["boot"]=="template"]
+total=len(runs)
+runs=[r for r in runs if r["boot"]==sys.argv[2]]
 order=[]
 for r in runs:
     for m in r["tl"]:
@@ -137,7 +158,8 @@ what={"requested":"`h8s run` started → the runtime asks for the pod (CLI start
 "restored":"`Restored` answered (with the Hello)","ready":"pod ready (supervisor tells the runtime)",
 "container_created":"container created (CLI → supervisor → guest: erofs + overlay)",
 "container_started":"container started (clone into namespaces, pivot_root, exec)",
-"first_output":"first output line reached the supervisor","container_exited":"container exited"}
+"first_output":"first output line reached the supervisor","container_exited":"container exited",
+"assign":"the warm clone's supervisor has the pod","images_swapped":"the pod's images behind the clone's disks (QMP add-fd, blockdev-add, blockdev-reopen)"}
 print("| phase | what | median since `h8s run` | step median | step p99 |")
 print("|---|---|---|---|---|")
 for ph in order:
@@ -150,9 +172,16 @@ for ph in order:
         prev=[m["at_us"] for m in r["tl"] if m["at_us"]<=ms[ph] and m["phase"]!=ph]
         steps.append((ms[ph]-(max(prev) if prev else t0))/1000)
     print(f"| `{ph}` | {what.get(ph,'')} | {q(offs,.5):.0f} ms | {q(steps,.5):.0f} ms | {q(steps,.99):.0f} ms |")
-print(f"\n{len(runs)} runs. Guest steps are placed by the durations the guest measured, counted from when the host sent `Restored`.")
+print(f"\n{len(runs)} of {total} runs started this way (`boot` {sys.argv[2]!r}). Guest steps are placed by the durations the guest measured, counted from when the host sent `Restored`.")
 PY
-)
+}
+timeline_runs "$work/tl"
+timeline=$(timeline_of "$work/tl" template)
+export H8S_WARM_POOL=2
+"$H" run --rm "$img" -- true >/dev/null   # restored; starts the warm clones
+timeline_runs "$work/tlw" warm
+timeline_warm=$(timeline_of "$work/tlw" "warm clone")
+export H8S_WARM_POOL=0
 
 # 2. `h8s run --rm … true`: template, cold, bare QEMU, alternating.
 : > "$work/t"; : > "$work/c"; : > "$work/b"
@@ -161,6 +190,44 @@ for i in $(seq "$runs"); do
   a=$(now); "$H" run --rm --cold "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/c"
   a=$(now); bare || true; b=$(now); ms "$a" "$b" >> "$work/b"
 done
+
+# 2b. `h8s run --rm … true` taking a warm clone: before each run the pool is full again (the
+#     wait not timed), alternating with back-to-back runs (the next started at once: pods
+#     arriving faster than clones warm up restore from the template instead).
+export H8S_WARM_POOL=2
+: > "$work/w"; : > "$work/wb"
+for i in $(seq "$runs"); do
+  warm_ready 2
+  a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/w"
+  a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/wb"
+  a=$(now); "$H" run --rm "$img" -- true; b=$(now); ms "$a" "$b" >> "$work/wb"
+done
+# PSS of idle pods that took warm clones (each waits for a full pool) and of the clones
+# waiting (node overhead, not pods).
+pss_warm() {
+  local i
+  for i in $(seq "$idle"); do warm_ready 2; "$H" run -d --name "wi-$i" "$img" -- sleep 3600 >/dev/null; done
+  warm_ready 2
+  sleep 10
+  "$H" ps --json | python3 -c '
+import json,sys,os,glob
+def pss(pid):
+    try:
+        for l in open(f"/proc/{pid}/smaps_rollup"):
+            if l.startswith("Pss:"): return int(l.split()[1])/1024
+    except OSError: pass
+    return 0
+m=lambda v: sorted(v)[(len(v)-1)//2]
+pods=[pss(p["qemu_pid"])+pss(p["shim_pid"]) for p in json.load(sys.stdin) if p.get("qemu_pid") and p.get("shim_pid") and p.get("boot")=="warm clone"]
+root=os.environ["H8S_ROOT"]; clones=[]
+for mk in glob.glob(f"{root}/pool/*/*"):
+    r=json.load(open(f"{root}/pods/{os.path.basename(mk)}/pod.json"))
+    if r.get("qemu") and r.get("shim"): clones.append(pss(r["qemu"]["pid"])+pss(r["shim"]["pid"]))
+print(f"{len(pods)} {m(pods):.1f} {len(clones)} {m(clones):.1f}")'
+  "$H" rm -f $("$H" ps -a -q) >/dev/null
+}
+read -r pwn pwmed pwcn pwcmed <<< "$(pss_warm)"
+export H8S_WARM_POOL=0
 
 # 3. Burst: BURST concurrent detached template starts (each `run -d` returns once the container runs).
 : > "$work/burst"
@@ -263,7 +330,7 @@ if [ "${NO_API:-0}" != 1 ]; then
   export H8S_DATA_DIR="$work/data" H8S_NET_DIR="$work/net" H8S_NODE_NAME="bench-$$"
   export H8S_NET_TRANSIT="100.$((65 + $$ % 63)).$(( ($$ / 63) % 256 )).0/24" H8S_NET_EGRESS=false
   "$H" image import "$H8S_CACHE/images/busybox-oci" >/dev/null
-  export H8S_ROOT="$work/api-root"
+  export H8S_ROOT="$work/api-root" H8S_WARM_POOL=2
   coproc SRV { exec "$H" server --listen 127.0.0.1:0 --data-dir "$work/data" --node-name "bench-$$" --streaming-port 0 2>"$work/server.log"; }
   server_pid=$SRV_PID
   read -r ready url kc <&"${SRV[0]}"
@@ -283,7 +350,9 @@ if [ -n "$api" ]; then
 import json,sys
 a=json.loads(sys.argv[1]); v=sorted(x*1000 for x in a["single_s"])
 p=lambda q: v[round((len(v)-1)*q)]
-print(f"| API: pod create → `Running` (kubectl apply → watch), one at a time | {len(v)} | {v[0]:.0f} ms | {p(.5):.0f} ms | {p(.99):.0f} ms |")
+boots=a["modes"]["apply"].get("single_boot",[])
+warm=sum(1 for b in boots if b=="warm clone")
+print(f"| API: pod create → `Running` (kubectl apply → watch), one at a time ({warm} of {len(boots)} took a warm clone) | {len(v)} | {v[0]:.0f} ms | {p(.5):.0f} ms | {p(.99):.0f} ms |")
 print(f"| API: burst of {a['burst']} pods created at once → each `Running` | {a['burst_done']} | {a['burst_min_s']*1000:.0f} ms | {a['burst_median_s']*1000:.0f} ms | {a['burst_p99_s']*1000:.0f} ms |")
 PY
 )
@@ -300,12 +369,18 @@ unless said otherwise; pod supervisor ${shim}. All rows below come from this one
 
 $timeline
 
+The same for pods taking a **warm clone** (the pool of two full again before each run):
+
+$timeline_warm
+
 **Start latency** (wall time; \`h8s run --rm IMAGE -- true\` is CLI start to exit: pod created,
 container run, pod removed; the three kinds alternate):
 
 | what | runs | min | median | p99 |
 |---|---|---|---|---|
-| \`h8s run --rm\` restored from a VM template | $(stats "$work/t") |
+| \`h8s run --rm\` taking a **warm clone** (pool full before each run) | $(stats "$work/w") |
+| \`h8s run --rm\` back-to-back right after one (a warm clone when one is ready, else restored) | $(stats "$work/wb") |
+| \`h8s run --rm\` restored from a VM template (no warm clones) | $(stats "$work/t") |
 | \`h8s run --rm --cold\` (boots the kernel) | $(stats "$work/c") |
 | baseline: bare \`qemu-system-x86_64\` boot to the agent's bench marker | $(stats "$work/b") |
 | burst: $burst concurrent \`h8s run -d\` from the template (each until its container runs) | $(stats "$work/burst") |
@@ -331,6 +406,10 @@ Template build (boot + save, in the background): ${build_ms} ms.
 |---|---|---|---|---|---|---|
 | $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB | $p10tb MiB |
 | $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB | $p50tb MiB |
+
+Pods that took **warm clones** ($pwn idle pods, each started with the pool full): median **$pwmed MiB**
+PSS per pod (QEMU + supervisor, same method); the $pwcn clones waiting beside them (node
+overhead, no pod's): median $pwcmed MiB each.
 
 **Memory a clone frees** (a clone writes 100 MiB into its container's writable layer, then
 removes it; QEMU's RSS, medians; "after": once 64 MiB came back, or 5 s after the removal; the two

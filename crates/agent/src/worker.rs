@@ -965,6 +965,9 @@ impl Worker {
                 let boot = status.as_ref().and_then(|st| st.boot.clone());
                 let msg = match boot.as_deref() {
                     Some("template") => format!("Started the pod VM from a VM template in {ms} ms"),
+                    Some("warm clone") => {
+                        format!("Started the pod VM from a warm clone of a VM template in {ms} ms")
+                    }
                     Some(b) if b.starts_with("cold") => format!("Booted the pod VM {b} in {ms} ms"),
                     _ => format!("Started the pod VM in {ms} ms"),
                 };

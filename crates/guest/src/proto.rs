@@ -335,6 +335,11 @@ pub struct RestoreInfo {
     /// [`Reply::Restored`]'s `hello` predates it and did not configure it.)
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// Drop the image disks' cached blocks before anything reads them: a warm clone's image
+    /// disks were just given the pod's images (they held the warm-up image before). (Added
+    /// in version 1, additive.)
+    #[serde(default)]
+    pub flush_images: bool,
 }
 
 impl RestoreInfo {

@@ -56,6 +56,11 @@ pub struct AgentOpts {
     /// under TCG QEMU is no security boundary; such pods fail with that reason.
     #[arg(long = "require-hardware-virt")]
     pub require_hardware_virt: bool,
+    /// Warm clones kept per VM template shape in use: VMs restored ahead of their pods that
+    /// have run one container, so a pod start finds its guest code translated (0: none).
+    #[arg(long = "warm-pool", env = "H8S_WARM_POOL",
+          default_value_t = h8s_runtime::DEFAULT_WARM_POOL)]
+    pub warm_pool: u32,
     /// The Node's name (default: this host's name).
     #[arg(long = "node-name", env = "H8S_NODE_NAME")]
     pub node_name: Option<String>,
@@ -303,6 +308,7 @@ impl AgentOpts {
         };
         self.jail.apply(&mut vm);
         vm.require_hardware_virt = self.require_hardware_virt;
+        vm.warm_pool = self.warm_pool;
         let program = std::env::current_exe().context("locating the h8s binary")?;
         let rt = Runtime::new(RuntimeConfig {
             root: self
@@ -371,8 +377,19 @@ impl AgentOpts {
             });
         }
         let net = self.network()?;
+        let mut rt = self.runtime(data_dir)?;
+        if let Some(n) = &net {
+            // Warm clones for pods with a network: the fabric moves a clone's tap into the
+            // pod's place (docs/runtime.md, "Warm clones").
+            let pods = n.network.clone();
+            rt = rt.with_tap_adopter(Arc::new(move |warm: &str, att| {
+                pods.fabric()
+                    .adopt_tap(warm, &att.tap)
+                    .map_err(|e| e.to_string())
+            }));
+        }
         cfg.network = net;
-        let runtime: Arc<dyn h8s_runtime::PodRuntime> = Arc::new(self.runtime(data_dir)?);
+        let runtime: Arc<dyn h8s_runtime::PodRuntime> = Arc::new(rt);
         let agent = h8s_agent::Agent::start(client, runtime, cfg)
             .await
             .context("starting the node agent")?;

@@ -579,12 +579,95 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
         })
     };
     let warm = started("warm");
-    assert!(warm.contains("from a VM template"), "{warm}");
+    // From the template or from a warm clone of it (other tests' pods start the clones).
+    assert!(warm.contains("VM template"), "{warm}");
     let cold = started("cold");
     assert!(cold.starts_with("Booted the pod VM cold"), "{cold}");
     let by_class = started("cold-class");
     assert!(by_class.starts_with("Booted the pod VM cold"), "{by_class}");
     eprintln!("warm: {warm}\ncold: {cold}\ncold-class: {by_class}");
+    c.cleanup(&ns);
+}
+
+/// Pods through the API take warm clones of the node's VM template (docs/runtime.md, "Warm
+/// clones"): the fabric puts a clone's tap in the place of the tap it made for the pod, so the
+/// pod has its own address on its Network and another pod reaches it. A shape of their own
+/// (192 MiB), so no other test's pod takes these clones: the first pod boots cold and starts
+/// the template's build, the second restores it and starts two clones, the next two take them.
+#[test]
+fn api_pods_take_warm_clones_and_keep_their_network() {
+    let c = cluster();
+    let ns = c.namespace("warmc");
+    let spec = r#"  containers:
+  - name: web
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "mkdir -p /www; echo warm-works > /www/index.html; httpd -f -p 8080 -h /www"]
+    resources: {limits: {memory: 192Mi}}
+"#;
+    let run = |name: &str| {
+        c.apply(&ns, &bare_pod(name, &c.name, spec));
+        wait(Duration::from_secs(300), "the pod running", || {
+            running(c, &ns, name).then_some(())
+        });
+    };
+    run("first");
+    let templates = c.root().join("templates");
+    wait(Duration::from_secs(300), "the 192 MiB VM template", || {
+        std::fs::read_dir(&templates)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| d.path().join("ready").is_file())
+            .any(|d| {
+                std::fs::read_to_string(d.path().join("spec.json")).is_ok_and(|s| {
+                    s.contains("\"memory_mib\": 192") || s.contains("\"memory_mib\":192")
+                })
+            })
+            .then_some(())
+    });
+    run("second");
+    let pool = c.root().join("pool");
+    wait(Duration::from_secs(300), "two warm clones", || {
+        let ready = std::fs::read_dir(&pool)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+            .filter(|m| {
+                let rec = c.root().join("pods").join(m.file_name()).join("pod.json");
+                std::fs::read(rec)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|r| r["state"] == "ready" && r["config"]["memory_mib"] == 192)
+            })
+            .count();
+        (ready >= 2).then_some(())
+    });
+    run("wa");
+    run("wb");
+    for name in ["wa", "wb"] {
+        let msg = wait(Duration::from_secs(60), "the StartedVM event", || {
+            let events = c.json(&["-n", &ns, "get", "events"]).ok()?;
+            events["items"].as_array()?.iter().find_map(|e| {
+                (e["involvedObject"]["name"] == name && e["reason"] == "StartedVM")
+                    .then(|| e["message"].as_str().unwrap_or("").to_string())
+            })
+        });
+        assert!(msg.contains("from a warm clone"), "{name}: {msg}");
+    }
+    let ip = c.pod(&ns, "wb")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{ip}:8080/");
+    wait(Duration::from_secs(60), "wa reaching wb", || {
+        let (ok, out, _) = c.kubectl_out(
+            &["-n", &ns, "exec", "wa", "--", "wget", "-q", "-O", "-", &url],
+            None,
+        );
+        (ok && out.contains("warm-works")).then_some(())
+    });
     c.cleanup(&ns);
 }
 

@@ -79,8 +79,9 @@ impl Env {
             .env("H8S_BOOT_TIMEOUT", "120")
             .env("H8S_LOG", "warn")
             // Cold boots unless a test turns templates on (a template build is a whole boot
-            // in the background, per state root).
-            .env("H8S_TEMPLATES", "0");
+            // in the background, per state root); no warm clones unless a test asks.
+            .env("H8S_TEMPLATES", "0")
+            .env("H8S_WARM_POOL", "0");
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -207,6 +208,54 @@ fn wait_template_ready(e: &Env) -> PathBuf {
     }
 }
 
+/// The busybox image again with `/etc/marker` ("second image").
+fn second_image(e: &Env) -> PathBuf {
+    let root = e.tmp.path().join("rootfs");
+    std::fs::write(root.join("etc/marker"), "second image\n").unwrap();
+    let second = e.tmp.path().join("second.erofs");
+    let made = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&second)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    second
+}
+
+/// Waits until `n` warm clones wait for pods (`<root>/pool/<shape>/<id>`, the record ready).
+fn wait_warm_clones(e: &Env, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ready: Vec<String> = std::fs::read_dir(e.root().join("pool"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|shape| {
+                std::fs::read_dir(shape.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|m| m.file_name().to_string_lossy().into_owned())
+            .filter(|id| {
+                std::fs::read(e.root().join("pods").join(id).join("pod.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|r| r["state"] == "ready")
+            })
+            .collect();
+        if ready.len() >= n {
+            return ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} warm clones not ready after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn pod_status(e: &Env, name: &str) -> serde_json::Value {
     e.pods()
         .as_array()
@@ -233,16 +282,7 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     // Two clones, each with its own disk backend: the image's files are there. clone-b's
     // image is another one (the guest keeps image disks bound across the template's save:
     // each clone must read its own image's blocks).
-    let root = e.tmp.path().join("rootfs");
-    std::fs::write(root.join("etc/marker"), "second image\n").unwrap();
-    let second = e.tmp.path().join("second.erofs");
-    let made = Command::new("mkfs.erofs")
-        .arg("--quiet")
-        .arg(&second)
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let second = second_image(&e);
     for (n, img) in [("clone-a", e.img()), ("clone-b", second.to_str().unwrap())] {
         let out = e.run_with_templates(&["run", "-d", "--name", n, img, "--", "sleep", "600"]);
         assert_eq!(out.status.code(), Some(0));
@@ -346,6 +386,94 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(pod_status(&e, "cold")["boot"], "cold");
     let out = e.run(&["rm", "-f", "clone-a", "clone-b", "clone-c", "cold"]);
+    assert!(out.status.success());
+}
+
+/// Warm clones (docs/runtime.md): once a shape's template serves pods, two clones wait
+/// restored and warmed up; pods take them with their own images (the warm-up image is gone
+/// from their disks and caches), each with its own random state, agent id and clock; the pool
+/// refills; `h8s ps` lists no clone.
+#[test]
+fn pods_take_warm_clones_with_their_own_image_and_random_state() {
+    let e = env();
+    let warm = |args: &[&str]| {
+        let mut c = e.h8s();
+        c.env("H8S_TEMPLATES", "1").env("H8S_WARM_POOL", "2");
+        logged(c, args)
+    };
+    // Cold (builds the template), then restored (starts the warm clones).
+    assert!(warm(&["run", "--rm", e.img(), "--", "true"])
+        .status
+        .success());
+    wait_template_ready(&e);
+    assert!(warm(&["run", "--rm", e.img(), "--", "true"])
+        .status
+        .success());
+    let clones = wait_warm_clones(&e, 2);
+    let second = second_image(&e);
+    for (n, img) in [("warm-a", e.img()), ("warm-b", second.to_str().unwrap())] {
+        let out = warm(&["run", "-d", "--name", n, img, "--", "sleep", "600"]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let ps = e.pods();
+    let names: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["config"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["warm-a", "warm-b"],
+        "h8s ps lists pods, not waiting clones"
+    );
+    let mut ids = Vec::new();
+    let mut randoms = Vec::new();
+    for n in ["warm-a", "warm-b"] {
+        let st = pod_status(&e, n);
+        assert_eq!(st["boot"], "warm clone", "{st}");
+        assert!(
+            clones.contains(&st["id"].as_str().unwrap().to_string()),
+            "{st}"
+        );
+        ids.push(st["guest_agent_id"].as_str().unwrap().to_string());
+        // `vi` is in the busybox image, not in the warm-up image (sh, true, echo).
+        let out = e.run(&[
+            "exec",
+            n,
+            "--",
+            "sh",
+            "-c",
+            "head -c 32 /dev/urandom | od -An -tx1; date +%s; ls /bin/vi",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.pop(), Some("/bin/vi"), "the pod's own image");
+        let guest_now: u64 = lines.pop().unwrap().trim().parse().unwrap();
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            guest_now.abs_diff(host_now) <= 5,
+            "guest clock corrected: guest {guest_now}, host {host_now}"
+        );
+        randoms.push(lines.join(" "));
+    }
+    let out = e.run(&["exec", "warm-b", "--", "cat", "/etc/marker"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "second image\n");
+    let out = e.run(&["exec", "warm-a", "--", "ls", "/etc/marker"]);
+    assert_ne!(out.status.code(), Some(0), "warm-a has the first image");
+    assert_ne!(ids[0], ids[1], "agent ids of two warm clones");
+    assert_ne!(randoms[0], randoms[1], "/dev/urandom of two warm clones");
+    // Two taken, two new ones.
+    let refilled = wait_warm_clones(&e, 2);
+    assert!(
+        refilled.iter().all(|id| !clones.contains(id)),
+        "{refilled:?}"
+    );
+    let out = e.run(&["rm", "-f", "warm-a", "warm-b"]);
     assert!(out.status.success());
 }
 

@@ -497,6 +497,46 @@ impl Fabric {
         Ok(())
     }
 
+    /// Puts the tap `warm` (a warm pod VM's: QEMU holds it open, down, on no bridge) in
+    /// the place of the tap made for the pod whose port is `port`: that tap is deleted,
+    /// `warm` takes its name and is plugged as it was (bridge, MTU, port options, the pod's
+    /// MAC in the bridge's table), so the port's rules apply to it unchanged.
+    pub fn adopt_tap(&self, warm: &str, port: &str) -> Result<()> {
+        let _span = tracing::info_span!("adopt_tap", warm, port).entered();
+        let att = self
+            .store
+            .list()?
+            .iter()
+            .flat_map(|n| self.store.attachments(&n.name).unwrap_or_default())
+            .find(|a| a.port == port && a.node == self.node.name && a.kind == PortKind::Tap)
+            .ok_or_else(|| Error::NotFound {
+                kind: "tap attachment",
+                name: port.to_string(),
+            })?;
+        let net = self.store.get(&att.network)?;
+        let names = SegmentNames::new(net.vni);
+        self.node.netns.run(|| {
+            let nl = Nl::open()?;
+            let br = nl.require(&names.bridge)?;
+            let taken = nl.require(warm).and_then(|w| {
+                nl.del_name(&att.port)?;
+                nl.rename(w, &att.port)
+            });
+            if taken.is_err() && nl.index(&att.port)?.is_none() {
+                // The pod keeps a tap of its own (it will boot another VM).
+                create_tap(&att.port)?;
+            }
+            let p = nl.require(&att.port)?;
+            no_ipv6(&att.port);
+            nl.enslave(p, br, att.mtu)?;
+            nl.pod_port_opts(p)?;
+            nl.bridge_fdb_add(p, att.mac)?;
+            taken
+        })?;
+        tracing::info!("warm tap adopted");
+        Ok(())
+    }
+
     fn unplug(&self, att: &Attachment) -> Result<()> {
         self.node
             .netns

@@ -22,6 +22,8 @@ use crate::util::{new_id, rfc3339_nano};
 use crate::wire::{self, Frame, Kind, Request, Response};
 use crate::{Error, Result, VmSettings};
 
+mod pool;
+
 /// How to start a pod supervisor: a program and the arguments before `--root R [--adopt] ID`.
 #[derive(Debug, Clone)]
 pub struct ShimCommand {
@@ -105,7 +107,26 @@ impl RuntimeConfig {
 pub struct Runtime {
     cfg: RuntimeConfig,
     template_owner: Option<crate::template::ProcessRef>,
+    tap_adopter: Option<Adopter>,
 }
+
+/// A [`TapAdopter`] a `Runtime` can print.
+#[derive(Clone)]
+struct Adopter(TapAdopter);
+
+impl std::fmt::Debug for Adopter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TapAdopter")
+    }
+}
+
+/// Puts a warm clone's tap (its name, first argument) where a pod's network attachment
+/// expects its tap: the network's owner (the node agent's fabric) replaces the tap it made
+/// for the pod with the clone's, under the same name and with the same bridge port settings.
+/// Without one, pods with a network never take a warm clone.
+pub type TapAdopter = std::sync::Arc<
+    dyn Fn(&str, &crate::NetworkAttachment) -> std::result::Result<(), String> + Send + Sync,
+>;
 
 impl Runtime {
     /// A runtime over `cfg`.
@@ -113,7 +134,15 @@ impl Runtime {
         Runtime {
             cfg,
             template_owner: None,
+            tap_adopter: None,
         }
+    }
+
+    /// The same runtime giving warm clones to pods with a network too, moving each clone's
+    /// tap with `adopter` (see [`TapAdopter`]).
+    pub fn with_tap_adopter(mut self, adopter: TapAdopter) -> Runtime {
+        self.tap_adopter = Some(Adopter(adopter));
+        self
     }
 
     /// The same runtime whose VM template holders exit (retiring their templates) once
@@ -251,6 +280,15 @@ impl Runtime {
                 }
             }
         }
+        let requested = crate::api::StartMark::now("requested");
+        if let Some(spec) = self.warm_shape(&config) {
+            let shape = spec.key();
+            let got = self.take_warm_clone(&shape, &config, &requested).await;
+            self.refill_pool(&spec, &shape);
+            if let Some(id) = got {
+                return Ok(id);
+            }
+        }
         let id = new_id();
         let dir = self.dir(&id);
         let rec = PodRecord {
@@ -272,7 +310,9 @@ impl Runtime {
             template: None,
             boot: None,
             guest_agent_id: None,
-            start_timeline: vec![crate::api::StartMark::now("requested")],
+            start_timeline: vec![requested],
+            pool: None,
+            pool_owner: None,
         };
         let mut rec = rec;
         match crate::template::choose(&self.cfg.root, &self.cfg.vm, &rec.config) {
@@ -559,6 +599,8 @@ impl Runtime {
         let mut out = Vec::new();
         for id in list_ids(&self.cfg.root)? {
             match self.dir(&id).load() {
+                // A warm clone is no pod (yet).
+                Ok(rec) if rec.pool.is_some() => {}
                 Ok(rec) => {
                     self.reap_cgroups(&id, &rec);
                     out.push(settle(rec).status())

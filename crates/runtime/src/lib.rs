@@ -26,7 +26,7 @@ pub use api::{
     DEFAULT_MEMORY_MIB, VIRTIO_MMIO_SLOTS,
 };
 pub use client::{
-    Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput, BUILD_ID,
+    Runtime, RuntimeConfig, ShimCommand, Stream, StreamInput, StreamOutput, TapAdopter, BUILD_ID,
 };
 pub use error::{Error, Result};
 pub use jail::disk::{
@@ -41,7 +41,7 @@ pub use service::{
 };
 pub use template::{template_main, ProcessRef};
 pub use util::rfc3339_nano;
-pub use vm::{shim_main, AccelChoice, VmSettings};
+pub use vm::{shim_main, AccelChoice, VmSettings, DEFAULT_WARM_POOL};
 
 /// The accelerator new pods would get on this host with `settings`, and why.
 pub fn probe_accel(settings: &VmSettings) -> (Accel, &'static str) {

@@ -221,6 +221,16 @@ impl SandboxService for Runtime {
     }
     fn rotate_templates(&self) -> usize {
         let n = Runtime::rotate_templates(self);
+        // Warm clones of the retired templates go too (a previous agent run's).
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let me = self.clone();
+            h.spawn(async move {
+                let n = me.drain_pool().await;
+                if n > 0 {
+                    tracing::info!(clones = n, "removed the warm clones of retired templates");
+                }
+            });
+        }
         let mut usual = SandboxConfig::new("template");
         usual.images.push(crate::ImageDisk {
             name: "image".into(),

@@ -73,6 +73,14 @@ pub(crate) struct PodRecord {
     /// See [`SandboxStatus::start_timeline`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub start_timeline: Vec<crate::api::StartMark>,
+    /// While this VM is a warm clone waiting for a pod: the shape it serves (its directory
+    /// under `<root>/pool/`); `None` for a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The process whose exit ends this warm clone while it waits (the node agent, as
+    /// `ProcessRef`'s text), so no idle clone outlives its agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_owner: Option<String>,
 }
 
 impl PodRecord {

@@ -319,6 +319,19 @@ fn slots(key: &str) -> [String; 2] {
     [key.to_string(), format!("{key}-b")]
 }
 
+/// A ready template of `spec`'s shape whose holder serves its memory (the more used one
+/// first), without retiring or building anything: what a warm clone restores.
+pub(crate) fn choose_ready(root: &Path, spec: &Spec) -> Option<String> {
+    let mut ready: Vec<(u64, String)> = slots(&spec.key())
+        .into_iter()
+        .map(|k| (TemplateDir::new(root, &k), k))
+        .filter(|(t, _)| t.is_ready() && UnixStream::connect(t.mem()).is_ok())
+        .map(|(t, k)| (t.uses_count(), k))
+        .collect();
+    ready.sort();
+    ready.pop().map(|(_, k)| k)
+}
+
 /// Picks the template for a pod: a ready one, else cold boot (and a build to start unless one
 /// runs or failed). A template used `max_uses` times (or whose holder is gone) is retired
 /// first; once one has served three quarters of them, its successor starts building.

@@ -119,21 +119,37 @@ pub(crate) fn send_fd(sock: &UnixStream, fd: RawFd) -> std::io::Result<()> {
 /// Sends `data` with `fd` attached (`SCM_RIGHTS`) over the unix socket `sock`; returns how
 /// many bytes of `data` went. One `sendmsg(2)`, no allocation.
 pub(crate) fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
-    /// Room for one descriptor's control message (`CMSG_SPACE(4)` is 24 bytes on 64-bit
-    /// Linux), aligned as a `cmsghdr`.
+    send_with_fds(sock, data, &[fd])
+}
+
+/// Most descriptors one message of [`send_with_fds`] carries.
+pub(crate) const MAX_FDS: usize = 8;
+
+/// Sends `data` with `fds` (at most [`MAX_FDS`]) attached (`SCM_RIGHTS`) over the unix
+/// socket `sock`; returns how many bytes of `data` went. One `sendmsg(2)`, no allocation.
+pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
+    /// Room for [`MAX_FDS`] descriptors' control message (`CMSG_SPACE(32)` is 48 bytes on
+    /// 64-bit Linux), aligned as a `cmsghdr`.
     #[repr(C, align(8))]
-    struct Control([u8; 32]);
+    struct Control([u8; 64]);
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "1 to 8 descriptors per message",
+        ));
+    }
+    let bytes = std::mem::size_of_val(fds) as u32;
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let mut cbuf = Control([0; 32]);
+    let mut cbuf = Control([0; 64]);
     // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
     debug_assert!(space <= cbuf.0.len());
     // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call
-    // (the kernel only reads `data`), and the control buffer has room for one descriptor
-    // (CMSG_SPACE).
+    // (the kernel only reads `data`), and the control buffer has room for `fds`
+    // (CMSG_SPACE, at most MAX_FDS of them).
     let r = unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -143,14 +159,64 @@ pub(crate) fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Resu
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
+        let out = libc::CMSG_DATA(c) as *mut libc::c_int;
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(out.add(i), *fd);
+        }
         libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(r as usize)
+}
+
+/// Receives one byte with up to [`MAX_FDS`] descriptors attached (sent by
+/// [`send_with_fds`]) from the unix socket `sock`; they are closed on exec.
+pub(crate) fn recv_fds(sock: RawFd) -> std::io::Result<Vec<std::fs::File>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    #[repr(C, align(8))]
+    struct Control([u8; 64]);
+    let mut cbuf = Control([0; 64]);
+    // SAFETY: as in `send_with_fds`; the kernel writes at most `msg_controllen` control bytes,
+    // and every descriptor it hands over (closed on exec) becomes ours, each taken once.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr().cast();
+        msg.msg_controllen = cbuf.0.len() as _;
+        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let head = libc::CMSG_LEN(0) as usize;
+                let n = ((*c).cmsg_len as usize).saturating_sub(head) / 4;
+                let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                for i in 0..n {
+                    out.push(std::fs::File::from_raw_fd(std::ptr::read_unaligned(
+                        data.add(i),
+                    )));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more descriptors than expected",
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// Receives one descriptor sent by [`send_fd`].
@@ -199,6 +265,28 @@ mod tests {
         assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert!(rfc3339_nano(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[test]
+    fn descriptors_cross_a_socket_together() {
+        use std::io::{Seek, Write};
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut files: Vec<std::fs::File> = (0..3).map(|_| tempfile::tempfile().unwrap()).collect();
+        for (i, f) in files.iter_mut().enumerate() {
+            write!(f, "file {i}").unwrap();
+        }
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        assert_eq!(send_with_fds(a.as_raw_fd(), &[0], &fds).unwrap(), 1);
+        let got = recv_fds(b.as_raw_fd()).unwrap();
+        assert_eq!(got.len(), 3);
+        for (i, mut f) in got.into_iter().enumerate() {
+            let mut s = String::new();
+            f.rewind().unwrap();
+            f.read_to_string(&mut s).unwrap();
+            assert_eq!(s, format!("file {i}"), "in order");
+        }
+        assert!(send_with_fds(a.as_raw_fd(), &[0], &[]).is_err());
+        assert!(send_with_fds(a.as_raw_fd(), &[0], &[fds[0]; MAX_FDS + 1]).is_err());
     }
 
     #[test]

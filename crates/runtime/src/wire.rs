@@ -143,6 +143,13 @@ pub(crate) enum Request {
     StopPod {
         timeout_secs: u64,
     },
+    /// Make this warm clone the pod `config` (see `docs/runtime.md`, "Warm clones"): one
+    /// byte follows the frame with the pod's image files attached (`SCM_RIGHTS`, in
+    /// `config.images` order); `timeline`: the pod's start marks so far (its `requested`).
+    Assign {
+        config: Box<crate::SandboxConfig>,
+        timeline: Vec<crate::api::StartMark>,
+    },
 }
 
 /// A shim's answer.

@@ -127,6 +127,15 @@ pub struct VmSettings {
     /// Pods' disk I/O limits (`docs/security.md`, "Limits").
     #[serde(default)]
     pub disk_io: crate::DiskIoSettings,
+    /// Warm clones kept per template shape in use: VMs restored from the template ahead of
+    /// their pods, their code paths run once, each given to the next pod of that shape
+    /// (`docs/runtime.md`, "Warm clones"); 0: none.
+    #[serde(default)]
+    pub warm_pool: u32,
+    /// A small erofs image (a static busybox) written at the start of every template's image
+    /// placeholder: a warm clone runs one container from it before it waits for its pod.
+    #[serde(default)]
+    pub warmup_image: Option<PathBuf>,
 }
 
 fn default_free_page_reporting() -> bool {
@@ -207,6 +216,11 @@ impl VmSettings {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(default_template_max_uses),
             disk_io: Default::default(),
+            warm_pool: std::env::var("H8S_WARM_POOL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_WARM_POOL),
+            warmup_image: Some(guest.join("warmup.erofs")).filter(|p| p.is_file()),
         })
     }
 
@@ -230,6 +244,9 @@ impl VmSettings {
         Ok(())
     }
 }
+
+/// Warm clones per shape in use unless `H8S_WARM_POOL` says otherwise.
+pub const DEFAULT_WARM_POOL: u32 = 2;
 
 fn default_watchdog() -> u64 {
     10
@@ -420,7 +437,10 @@ pub(crate) fn qemu_args(
             "-add-fd",
             &fdset(*fd),
             "-drive",
-            &format!("id=img{i},file=/dev/fdset/{fd},format=raw,if=none,read-only=on{throttle}"),
+            &format!(
+                "id=img{i},file=/dev/fdset/{fd},format=raw,if=none,read-only=on,\
+                 node-name=img{i}-fmt{throttle}"
+            ),
             "-device",
             &format!("virtio-blk-device,drive=img{i},serial=img{i}"),
         ]);
@@ -568,6 +588,8 @@ mod tests {
                 max_bps: 5000,
                 max_iops: 100,
             },
+            warm_pool: 0,
+            warmup_image: None,
         }
     }
 
@@ -677,7 +699,7 @@ mod tests {
         ));
         assert!(a.contains("-nodefaults -no-user-config"));
         assert!(a.contains(
-            "-add-fd fd=6,set=6 -drive id=img0,file=/dev/fdset/6,format=raw,if=none,read-only=on,throttling.bps-total=1000,throttling.iops-total=10,throttling.group=pod-io -device"
+            "-add-fd fd=6,set=6 -drive id=img0,file=/dev/fdset/6,format=raw,if=none,read-only=on,node-name=img0-fmt,throttling.bps-total=1000,throttling.iops-total=10,throttling.group=pod-io -device"
         ), "{a}");
         // Every drive shares the pod's one throttle group; a pod asks for more, up to the
         // node's ceiling.

@@ -132,6 +132,27 @@ impl Qmp {
     /// Runs `getfd` handing QEMU `fd` under `name` (`SCM_RIGHTS` with the command), for
     /// commands that take descriptors by name (e.g. an outgoing `migrate` to `fd:NAME`).
     pub async fn getfd(&self, name: &str, fd: std::os::fd::RawFd) -> Result<()> {
+        self.execute_with_fd("getfd", json!({ "fdname": name }), fd)
+            .await
+            .map(drop)
+    }
+
+    /// Runs `add-fd` handing QEMU `fd` (`SCM_RIGHTS`) into a new fd set; returns the set's
+    /// id, for `/dev/fdset/N` file names (e.g. a block node's).
+    pub async fn add_fd(&self, fd: std::os::fd::RawFd) -> Result<i64> {
+        let r = self.execute_with_fd("add-fd", json!({}), fd).await?;
+        r.get("fdset-id")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| Error::Qmp(format!("add-fd: no fdset-id in {r}")))
+    }
+
+    /// Runs `command` with `fd` attached to it (`SCM_RIGHTS`).
+    async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Value,
+        fd: std::os::fd::RawFd,
+    ) -> Result<Value> {
         use std::os::fd::AsRawFd;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -139,8 +160,7 @@ impl Qmp {
             .lock()
             .map_err(|_| Error::Qmp("state poisoned".into()))?
             .insert(id, tx);
-        let mut line =
-            json!({ "execute": "getfd", "arguments": { "fdname": name }, "id": id }).to_string();
+        let mut line = json!({ "execute": command, "arguments": arguments, "id": id }).to_string();
         line.push('\n');
         {
             let w = self.writer.lock().await;
@@ -153,18 +173,18 @@ impl Qmp {
                     }
                     Ok(n) => {
                         return Err(Error::Qmp(format!(
-                            "getfd: {n} of {} bytes sent",
+                            "{command}: {n} of {} bytes sent",
                             line.len()
                         )))
                     }
-                    Err(e) => return Err(Error::Qmp(format!("getfd: {e}"))),
+                    Err(e) => return Err(Error::Qmp(format!("{command}: {e}"))),
                 }
             }
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(r)) => r.map(drop),
-            Ok(Err(_)) => Err(Error::Qmp("getfd: connection closed".into())),
-            Err(_) => Err(Error::Qmp("getfd: no reply in 10 s".into())),
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Qmp(format!("{command}: connection closed"))),
+            Err(_) => Err(Error::Qmp(format!("{command}: no reply in 10 s"))),
         }
     }
 

@@ -268,6 +268,11 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         ready_line(Err(e));
         return Ok(());
     }
+    if let (false, Some(_)) = (adopt, &rec.pool) {
+        if rec.vm.warmup_image.is_some() && !rec.config.images.is_empty() {
+            warm_up(&agent).await;
+        }
+    }
     let qemu_ref = rec
         .qemu
         .ok_or_else(|| Error::Qemu("no QEMU process".into()))?;
@@ -426,6 +431,10 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
                 break f.unwrap_or((SandboxState::Failed, Some("supervisor lost its state".into())));
             }
             _ = tick.tick() => {
+                if warm_clone_orphaned(&shim) {
+                    tracing::info!("the warm clone's owner exited; stopping it");
+                    break (SandboxState::Stopped, Some("warm clone's owner exited".into()));
+                }
                 if !dir.record().exists() {
                     // Someone removed the pod's state under us: nothing may outlive it.
                     break (SandboxState::Failed, Some("pod directory removed".into()));
@@ -440,6 +449,18 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
     drop(listener);
     teardown(&shim, final_state, reason).await;
     Ok(())
+}
+
+/// A warm clone still waiting for a pod whose owner (the node agent) has exited.
+fn warm_clone_orphaned(shim: &Shim) -> bool {
+    let st = shim.lock();
+    st.rec.pool.is_some()
+        && st
+            .rec
+            .pool_owner
+            .as_deref()
+            .and_then(|o| o.parse::<crate::template::ProcessRef>().ok())
+            .is_some_and(|o| !o.alive())
 }
 
 /// Confines the supervisor of a jailed pod once what needs root is done (QEMU runs in its
@@ -573,7 +594,8 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
             }
             Ok((crate::template::fetch_memory(&t)?, open(&t.state())?))
         })();
-        let why = match files.and_then(|f| Ok((f, restore_info(&rec.config)?))) {
+        let why = match files.and_then(|f| Ok((f, restore_info(&rec.config, rec.pool.is_none())?)))
+        {
             Ok(((mem, state), info)) => {
                 t.count_use();
                 let start = Start::Restore {
@@ -605,7 +627,10 @@ async fn boot(dir: &PodDir, rec: &mut PodRecord) -> Result<Booted> {
 /// What makes a restored clone the pod's own before anything runs in it: fresh host entropy
 /// for its kernel RNG (credited, then a forced CRNG reseed), the clock, its disks re-probed,
 /// the pod's MAC and network (see [`connect_and_restore`]).
-fn restore_info(cfg: &crate::SandboxConfig) -> Result<h8s_guest::RestoreInfo> {
+///
+/// A warm clone (`for_pod` false) takes only the RNG and the clock at its restore: its pod,
+/// and so the MAC and network, come later ([`assign`]).
+fn restore_info(cfg: &crate::SandboxConfig, for_pod: bool) -> Result<h8s_guest::RestoreInfo> {
     let mut entropy = vec![0u8; 64];
     // SAFETY: getrandom writes at most `entropy.len()` bytes into the buffer.
     let n = unsafe { libc::getrandom(entropy.as_mut_ptr().cast(), entropy.len(), 0) };
@@ -624,12 +649,15 @@ fn restore_info(cfg: &crate::SandboxConfig) -> Result<h8s_guest::RestoreInfo> {
         macs: cfg
             .network
             .iter()
+            .filter(|_| for_pod)
             .map(|n| (super::qemu::TEMPLATE_MAC.to_string(), n.mac.clone()))
             .collect(),
         network: cfg
             .network
             .as_ref()
+            .filter(|_| for_pod)
             .map(|n| network_config(hostname, &cfg.dns_search, n)),
+        flush_images: false,
     })
 }
 
@@ -665,6 +693,19 @@ pub(crate) async fn build_template(
     };
     // Sparse: the clones keep its capacity for their images (template::IMAGE_PLACEHOLDER_BYTES).
     placeholder("placeholder.img", crate::template::IMAGE_PLACEHOLDER_BYTES)?;
+    if let Some(w) = &spec.vm.warmup_image {
+        // The warm-up image at its start: warm clones run a container from it (the template
+        // VM itself reads none of it).
+        let copied = std::fs::File::open(w).and_then(|mut from| {
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t.dir.join("placeholder.img"))?;
+            std::io::copy(&mut from, &mut to)
+        });
+        if let Err(e) = copied {
+            tracing::warn!(image = %w.display(), error = %e, "no warm-up image in the placeholder");
+        }
+    }
     for i in 0..spec.volumes_read_only.len() {
         placeholder(&format!("placeholder-vol{i}.img"), 4096)?;
     }
@@ -704,6 +745,8 @@ pub(crate) async fn build_template(
         boot: None,
         guest_agent_id: None,
         start_timeline: Vec::new(),
+        pool: None,
+        pool_owner: None,
     };
     if jailed {
         let uid = crate::jail::uids::allocate(root, spec.vm.jail.uid_range, &id)?;
@@ -1721,11 +1764,182 @@ async fn serve(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             }
             Ok(())
         }
+        Request::Assign { config, timeline } => {
+            let r = assign(&shim, &conn, *config, timeline).await;
+            respond(&mut conn, r.map(|()| Response::Ok)).await
+        }
         other => {
             let r = handle(&shim, other).await;
             respond(&mut conn, r).await
         }
     }
+}
+
+/// The warm-up container's process id: far above the ids pods get (1, 2, …).
+const WARMUP_PROCESS: ProcessId = ProcessId(u32::MAX - 1);
+
+/// Runs one container from the warm-up image (the image placeholder's start) in a warm
+/// clone and removes it: create, start, output, exit and removal run once here, so the
+/// clone's pod finds their guest code already translated (TCG translates per process).
+/// A failure only leaves the clone cold.
+async fn warm_up(agent: &Agent) {
+    let id = "h8s-warmup".to_string();
+    let spec = ContainerSpec {
+        id: id.clone(),
+        rootfs: BlockDevice::Serial("img0".into()),
+        writable: WritableLayer::Default,
+        process: ProcessSpec {
+            args: ["/bin/sh", "-c", "echo warm"].map(String::from).to_vec(),
+            env: vec!["PATH=/bin".into()],
+            working_dir: None,
+            user: None,
+            tty: false,
+            stdin: false,
+            tty_size: None,
+        },
+        process_id: WARMUP_PROCESS,
+        hostname: None,
+        mounts: Vec::new(),
+        read_only_root: false,
+    };
+    let t = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let ran = async {
+        agent
+            .request_timeout(GuestRequest::CreateContainer(spec), t)
+            .await?;
+        agent
+            .request_timeout(
+                GuestRequest::StartContainer {
+                    container: id.clone(),
+                },
+                t,
+            )
+            .await?;
+        agent
+            .request_timeout(
+                GuestRequest::Wait {
+                    process: WARMUP_PROCESS,
+                },
+                t,
+            )
+            .await
+    }
+    .await;
+    let removed = agent
+        .request_timeout(GuestRequest::RemoveContainer { container: id }, t)
+        .await;
+    match ran.and(removed) {
+        Ok(_) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "warm-up container ran"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the warm-up container failed; the clone stays cold"),
+    }
+}
+
+/// Makes this warm clone the pod `config`: the pod's image files (attached to the byte that
+/// follows the request on `conn`) go behind the image disks (`add-fd`, a new file node,
+/// `blockdev-reopen` of the disk's format node onto it: the device, its throttling and the
+/// guest's view stay), then the guest gets fresh entropy, the clock, the pod's MAC and network
+/// and drops its image disks' cached blocks (`Restored` again). The record becomes the pod's.
+async fn assign(
+    shim: &Shim,
+    conn: &UnixStream,
+    config: crate::SandboxConfig,
+    mut timeline: Vec<crate::api::StartMark>,
+) -> Result<()> {
+    timeline.push(crate::api::StartMark::now("assign"));
+    let files = loop {
+        conn.readable()
+            .await
+            .map_err(|e| Error::io("waiting for the pod's image files", e))?;
+        match crate::util::recv_fds(conn.as_raw_fd()) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => break r.map_err(|e| Error::io("receiving the pod's image files", e))?,
+        }
+    };
+    {
+        let st = shim.lock();
+        let cur = &st.rec.config;
+        if st.rec.pool.is_none() {
+            return Err(Error::FailedPrecondition("not a warm clone".into()));
+        }
+        if files.len() != config.images.len()
+            || config.images.len() != cur.images.len()
+            || config.network.is_some() != cur.network.is_some()
+            || !config.volumes.is_empty()
+            || (config.memory_mib, config.cpus) != (cur.memory_mib, cur.cpus)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "pod {:?} does not fit this warm clone ({} image files sent)",
+                config.name,
+                files.len()
+            )));
+        }
+    }
+    for (i, f) in files.iter().enumerate() {
+        let set = shim.qmp.add_fd(f.as_raw_fd()).await?;
+        let node = format!("img{i}-pod");
+        shim.qmp
+            .execute(
+                "blockdev-add",
+                serde_json::json!({
+                    "driver": "file", "node-name": node,
+                    "filename": format!("/dev/fdset/{set}"), "read-only": true,
+                }),
+            )
+            .await?;
+        shim.qmp
+            .execute(
+                "blockdev-reopen",
+                serde_json::json!({ "options": [{
+                    "driver": "raw", "node-name": format!("img{i}-fmt"),
+                    "file": node, "read-only": true,
+                }]}),
+            )
+            .await?;
+    }
+    timeline.push(crate::api::StartMark::now("images_swapped"));
+    let info = h8s_guest::RestoreInfo {
+        flush_images: true,
+        // Bound at the clone's restore; a second rescan would unbind and bind them all.
+        rescan_disks: false,
+        realtime_ns: realtime_ns(),
+        ..restore_info(&config, true)?
+    };
+    let sent = crate::api::StartMark::now("");
+    let reply = shim
+        .agent
+        .request_timeout(GuestRequest::Restored(info), Duration::from_secs(30))
+        .await?;
+    let Reply::Restored {
+        agent_id, steps_us, ..
+    } = reply
+    else {
+        return Err(Error::Agent(format!(
+            "unexpected answer to Restored: {reply:?}"
+        )));
+    };
+    let mut at = sent.at_us;
+    for (step, us) in &steps_us {
+        at += us;
+        timeline.push(crate::api::StartMark {
+            phase: format!("guest_{step}"),
+            at_us: at,
+        });
+    }
+    timeline.push(crate::api::StartMark::now("ready"));
+    let mut st = shim.lock();
+    tracing::info!(pod = %config.name, "warm clone assigned");
+    st.rec.config = config;
+    st.rec.created_at = rfc3339_nano(SystemTime::now());
+    st.rec.pool = None;
+    st.rec.boot = Some("warm clone".into());
+    st.rec.guest_agent_id = Some(agent_id);
+    st.rec.start_timeline = timeline;
+    shim.save(&st);
+    Ok(())
 }
 
 async fn respond(conn: &mut UnixStream, r: Result<Response>) -> Result<()> {
@@ -1817,6 +2031,7 @@ async fn handle(shim: &Shim, req: Request) -> Result<Response> {
         Request::Attach { .. }
         | Request::Exec { .. }
         | Request::PortForward { .. }
+        | Request::Assign { .. }
         | Request::StopPod { .. } => Err(Error::InvalidArgument(
             "streaming request on a plain call".into(),
         )),

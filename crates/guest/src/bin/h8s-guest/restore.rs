@@ -56,6 +56,9 @@ pub fn apply(info: &RestoreInfo) -> Result<Vec<(String, u64)>, ProtoError> {
     if info.rescan_disks {
         rescan_disks().map_err(|e| fail("re-probing the disks", e))?;
     }
+    if info.flush_images {
+        flush_image_disks().map_err(|e| fail("dropping the image disks' cached blocks", e))?;
+    }
     step("disks");
     Ok(steps)
 }
@@ -108,6 +111,17 @@ pub fn prepare_template() -> Result<(), ProtoError> {
         disks: Some(unbound),
         nics,
     });
+    Ok(())
+}
+
+/// Drops the cached blocks of every bound image disk: a warm clone read its warm-up image
+/// through them, and the host has since put the pod's images behind the same disks.
+fn flush_image_disks() -> io::Result<()> {
+    for (dev, bound) in block_devices()? {
+        if let (true, Some(node)) = (bound, image_disk(&dev)) {
+            drop_cached_blocks(&node)?;
+        }
+    }
     Ok(())
 }
 
