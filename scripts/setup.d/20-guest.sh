@@ -6,6 +6,7 @@
 #   vmlinuz          the guest kernel
 #   initramfs.img    /init = h8s-guest, /lib/modules/<release>/{*.ko,modules.dep}
 #   guest.env        KERNEL=… INITRAMFS=… RELEASE=… (for scripts and tests)
+#   warmup.erofs     a static busybox: the warm clones' warm-up container (docs/runtime.md)
 # Idempotent: re-running only rebuilds what changed.
 #
 # Knobs: H8S_GUEST_KERNEL=minimal|cloud (default minimal: a small kernel built once from
@@ -197,7 +198,7 @@ fi
 # --- the warm-up image ------------------------------------------------------------------------
 # Warm clones (docs/runtime.md) run one container from it before they wait for a pod: Debian's
 # static busybox as /bin/sh, /bin/true and /bin/echo, in erofs. Rebuilt when busybox changes.
-wstamp="$(dpkg-query -W -f '${Version}' busybox-static) $(mkfs.erofs --version 2>&1 | head -n1)"
+wstamp="busybox-static $(dpkg-query -W -f '${Version}' busybox-static), erofs-utils $(dpkg-query -W -f '${Version}' erofs-utils)"
 if [ ! -s "$OUT/warmup.erofs" ] || [ "$(cat "$OUT/warmup.stamp" 2>/dev/null)" != "$wstamp" ]; then
   wdir=$(mktemp -d)
   mkdir -p "$wdir/bin" "$wdir/tmp" "$wdir/proc" "$wdir/dev" "$wdir/sys" "$wdir/etc"

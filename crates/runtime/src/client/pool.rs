@@ -23,6 +23,22 @@ use crate::util::{new_id, rfc3339_nano};
 use crate::wire::{self, Frame, Kind, Request, Response};
 use crate::{Error, Result};
 
+/// The nice value of a warm clone's supervisor and QEMU until a pod takes it.
+const WARM_NICE: libc::c_int = 10;
+
+/// Sets the nice value of every thread of process `pid` (Linux keeps one per thread).
+fn renice(pid: u32, nice: libc::c_int) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::id_t>() {
+            // SAFETY: setpriority(2) takes plain integers.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        }
+    }
+}
+
 /// `<root>/pool/<shape>`.
 fn shape_dir(root: &Path, shape: &str) -> PathBuf {
     root.join("pool").join(shape)
@@ -96,6 +112,9 @@ impl Runtime {
             }
             match self.assign_clone(&id, &rec, config, requested).await {
                 Ok(()) => {
+                    for p in [rec.qemu, rec.shim].into_iter().flatten().filter(|p| p.alive()) {
+                        renice(p.pid, 0);
+                    }
                     tracing::info!(pod = %config.name, id = %id, "pod took a warm clone");
                     return Some(id);
                 }
@@ -258,10 +277,17 @@ impl Runtime {
                 std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
             );
         use std::os::unix::process::CommandExt;
-        // SAFETY: `detach` makes only async-signal-safe system calls; the supervisor outlives
-        // this process.
+        // SAFETY: `detach` and setpriority(2) are async-signal-safe system calls; the
+        // supervisor outlives this process.
         unsafe {
-            cmd.pre_exec(detach);
+            cmd.pre_exec(|| {
+                detach()?;
+                // Background work: a clone warms up beside the pod that took its predecessor.
+                if libc::setpriority(libc::PRIO_PROCESS, 0, WARM_NICE) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         match cmd.spawn() {
             Ok(mut child) => {
