@@ -8,7 +8,7 @@
 # Writes the `templates` block of BENCHMARKS.md's runtime section.
 # Usage: bench/runtime/templates.sh [RUNS] [BURST] [IDLE] [MANY]   (default 20 20 10 50)
 # Env: H8S_BIN (default target/release/h8s, else target/debug/h8s), H8S_CACHE, NO_API=1,
-# TB_RUNS (runs per translation cache size, default 10), TB_SIZES (default "8 32"; empty skips
+# TB_RUNS (runs per translation cache size, default 10), TB_SIZES (default "16 64"; empty skips
 # that part), BLOCK (the BENCHMARKS.md block to write, default templates; another name is added
 # after the templates block, e.g. BLOCK=templates-minimal with H8S_CACHE=~/.cache/h8s-minimal).
 # Run it inside the VM lock: flock -o /tmp/h8s-vm-tests.lock bench/runtime/templates.sh
@@ -56,7 +56,7 @@ med() { python3 -c "import sys;v=sorted(float(x) for x in open('$1') if x.strip(
 template_ready() {
   for _ in $(seq 600); do
     for d in "$H8S_ROOT"/templates/*/; do
-      [ -f "$d/ready" ] && grep -Eq "\"tcg_tb_size_mib\": ?${H8S_TCG_TB_MIB:-16}," "$d/spec.json" && { echo "$d"; return; }
+      [ -f "$d/ready" ] && grep -Eq "\"tcg_tb_size_mib\": ?${H8S_TCG_TB_MIB:-32}," "$d/spec.json" && { echo "$d"; return; }
     done
     sleep 0.5
   done
@@ -69,7 +69,7 @@ pss() {
   local n=$1 i
   for i in $(seq "$n"); do "$H" run -d --name "idle-$i" "$img" -- sleep 3600 >/dev/null; done
   sleep 10
-  "$H" ps --json | TB_KIB=$(( ${H8S_TCG_TB_MIB:-16} * 1024 - 4 )) python3 -c '
+  "$H" ps --json | TB_KIB=$(( ${H8S_TCG_TB_MIB:-32} * 1024 - 4 )) python3 -c '
 import json,os,re,sys
 def pss(pid):
     for l in open(f"/proc/{pid}/smaps_rollup"):
@@ -113,7 +113,7 @@ ksource=$(sed -n 's/^KERNEL_SOURCE=//p' "$H8S_CACHE/guest/guest.env")
 block_name="${BLOCK:-templates}"
 khz=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 bare() {
-  qemu-system-x86_64 -machine microvm,rtc=on,acpi=on -accel tcg,thread=multi,tb-size=16 -cpu max \
+  qemu-system-x86_64 -machine microvm,rtc=on,acpi=on -accel tcg,thread=multi,tb-size=32 -cpu max \
     -smp 1 -m 256M -nodefaults -no-user-config -nographic -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 tsc_early_khz=$khz h8s.marker=1" \
@@ -299,11 +299,11 @@ PY
 }
 
 # 6. The translation cache: start time and memory for each size in TB_SIZES and the default
-#    (16 MiB), the sizes alternating run by run (step 2 alternates with cold boots, which
+#    (32 MiB), the sizes alternating run by run (step 2 alternates with cold boots, which
 #    slows the template starts there).
 tbrows=""
-if [ -n "${TB_SIZES-8 32}" ]; then
-  sizes="${TB_SIZES-8 32} 16"
+if [ -n "${TB_SIZES-16 64}" ]; then
+  sizes="${TB_SIZES-16 64} 32"
   for tb in $sizes; do
     export H8S_TCG_TB_MIB=$tb
     "$H" run --rm "$img" -- true >/dev/null; template_ready >/dev/null
@@ -318,7 +318,7 @@ if [ -n "${TB_SIZES-8 32}" ]; then
   for tb in $sizes; do
     export H8S_TCG_TB_MIB=$tb
     read -r x tmed x x x x ttb <<< "$(pss "$idle")"
-    label="${tb} MiB"; [ "$tb" = 16 ] && label="16 MiB (default)"
+    label="${tb} MiB"; [ "$tb" = 32 ] && label="32 MiB (default)"
     tbrows+="| ${label} | $(stats "$work/tb$tb") | ${tmed} MiB | ${ttb} MiB |"$'\n'
   done
   unset H8S_TCG_TB_MIB
@@ -361,7 +361,7 @@ block=$(cat <<MD
 <!-- bench:runtime:${block_name}:begin -->
 Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` ($build \`h8s\` binary), accelerator **${accel}**,
 2 host cores shared with other work (load average ${load0} at the start, ${load1} at the end); guest
-\`$kernel\` (${ksource}), 256 MiB, 1 vCPU, busybox erofs image, translation cache 16 MiB
+\`$kernel\` (${ksource}), 256 MiB, 1 vCPU, busybox erofs image, translation cache 32 MiB
 unless said otherwise; pod supervisor ${shim}. All rows below come from this one run.
 
 **Where a template start's time goes** (\`h8s run -d IMAGE -- sh -c 'echo hi'\`, each pod's

@@ -194,7 +194,7 @@ impl VmSettings {
             tcg_tb_size_mib: std::env::var("H8S_TCG_TB_MIB")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(16),
+                .unwrap_or(DEFAULT_TCG_TB_MIB),
             watchdog_secs: std::env::var("H8S_WATCHDOG_SECS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -244,6 +244,11 @@ impl VmSettings {
         Ok(())
     }
 }
+
+/// The TCG translation cache (MiB) unless `H8S_TCG_TB_MIB` says otherwise: a pod start
+/// translates ~17 MiB of guest code, and a warm clone's pod finds its warm-up's translations
+/// only if they were not flushed to make room (16 MiB: flushed; 32: kept; BENCHMARKS.md).
+pub const DEFAULT_TCG_TB_MIB: u32 = 32;
 
 /// Warm clones per shape in use unless `H8S_WARM_POOL` says otherwise.
 pub const DEFAULT_WARM_POOL: u32 = 2;

@@ -822,7 +822,11 @@ pub(crate) async fn build_template(
         crate::jail::release(root, &id, j, true);
     }
     remove_sockets(&dir);
-    let _ = std::fs::remove_file(t.dir.join("placeholder.img"));
+    if spec.vm.warmup_image.is_none() {
+        // Else kept: warm clones open it as their image disks (it holds the warm-up image,
+        // ~2 MiB of a sparse file).
+        let _ = std::fs::remove_file(t.dir.join("placeholder.img"));
+    }
     for i in 0..spec.volumes_read_only.len() {
         let _ = std::fs::remove_file(t.dir.join(format!("placeholder-vol{i}.img")));
     }
