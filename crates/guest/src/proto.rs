@@ -1228,6 +1228,7 @@ mod tests {
                 rescan_disks: true,
                 macs: vec![("02:00:00:00:00:01".into(), "02:aa:00:00:00:02".into())],
                 network: None,
+                flush_images: true,
             }),
         }));
         roundtrip(Frame::Message(Message::Request {

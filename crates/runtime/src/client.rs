@@ -281,6 +281,25 @@ impl Runtime {
             }
         }
         let requested = crate::api::StartMark::now("requested");
+        // The template first, also for a pod that takes a warm clone: choosing retires a
+        // used-up template and starts its successor's build (clones count as its uses).
+        let template = match crate::template::choose(&self.cfg.root, &self.cfg.vm, &config) {
+            Ok(crate::template::Choice::Use { key, build }) => {
+                if let Some(next) = build {
+                    self.spawn_template_builder(&next);
+                }
+                Some(key)
+            }
+            Ok(crate::template::Choice::Cold(Some(key))) => {
+                self.spawn_template_builder(&key);
+                None
+            }
+            Ok(crate::template::Choice::Cold(None)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "VM templates unavailable; booting cold");
+                None
+            }
+        };
         if let Some(spec) = self.warm_shape(&config) {
             let shape = spec.key();
             let got = self.take_warm_clone(&shape, &config, &requested).await;
@@ -307,25 +326,13 @@ impl Runtime {
             process_ids: Default::default(),
             vm: self.cfg.vm.clone(),
             jail: None,
-            template: None,
+            template,
             boot: None,
             guest_agent_id: None,
             start_timeline: vec![requested],
             pool: None,
             pool_owner: None,
         };
-        let mut rec = rec;
-        match crate::template::choose(&self.cfg.root, &self.cfg.vm, &rec.config) {
-            Ok(crate::template::Choice::Use { key, build }) => {
-                rec.template = Some(key);
-                if let Some(next) = build {
-                    self.spawn_template_builder(&next);
-                }
-            }
-            Ok(crate::template::Choice::Cold(Some(key))) => self.spawn_template_builder(&key),
-            Ok(crate::template::Choice::Cold(None)) => {}
-            Err(e) => tracing::warn!(error = %e, "VM templates unavailable; booting cold"),
-        }
         dir.create(&rec)?;
         if let Err(e) = self.assign_jail(&dir, rec) {
             let _ = dir.remove();
