@@ -272,6 +272,9 @@ async fn supervise(dir: PodDir, adopt: bool) -> Result<()> {
         if rec.vm.warmup_image.is_some() && !rec.config.images.is_empty() {
             warm_up(&agent).await;
         }
+        if rec.config.network.is_some() {
+            warm_up_network(&agent).await;
+        }
     }
     let qemu_ref = rec
         .qemu
@@ -1839,6 +1842,51 @@ async fn warm_up(agent: &Agent) {
             "warm-up container ran"
         ),
         Err(e) => tracing::warn!(error = %e, "the warm-up container failed; the clone stays cold"),
+    }
+}
+
+/// The network part of a warm clone's warm-up: its NIC configured as `eth0` and up (no
+/// address; the tap behind it is on no bridge), and the in-pod Service proxy's namespace and
+/// veth pair made by an empty Service table — what a pod's network configuration and first
+/// Service table then find done or translated. The guest takes the NIC down again when the pod
+/// gives it its MAC (`Restored`), so it comes up under the pod's MAC.
+async fn warm_up_network(agent: &Agent) {
+    let t = Duration::from_secs(30);
+    let nic = h8s_guest::NetworkConfig {
+        interfaces: vec![h8s_guest::Interface {
+            mac: super::qemu::TEMPLATE_MAC.into(),
+            name: Some("eth0".into()),
+            addresses: Vec::new(),
+            gateway: None,
+            mtu: Some(1500),
+        }],
+        dns_servers: Vec::new(),
+        dns_search: Vec::new(),
+        hostname: None,
+        cluster_dns: None,
+    };
+    let services = h8s_guest::ServiceUpdate {
+        version: h8s_guest::SERVICES_VERSION,
+        generation: 0,
+        full: true,
+        services: Vec::new(),
+        removed: Vec::new(),
+        pods: Vec::new(),
+        removed_pods: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    let r = async {
+        agent
+            .request_timeout(GuestRequest::ConfigureNetwork(nic), t)
+            .await?;
+        agent
+            .request_timeout(GuestRequest::UpdateServices(services), t)
+            .await
+    }
+    .await;
+    match r {
+        Ok(_) => tracing::info!(ms = started.elapsed().as_millis() as u64, "network warmed up"),
+        Err(e) => tracing::warn!(error = %e, "the network warm-up failed"),
     }
 }
 

@@ -258,6 +258,26 @@ fn set_mac(from: &str, to: &str) -> io::Result<()> {
     }
     // SAFETY: socket(2) with constant arguments.
     let fd = sys::check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) })?;
+    // A warm clone's NIC is up (its warm-up configured it): down first, so the pod's network
+    // configuration brings it up under the new MAC (its IPv6 link-local address then comes
+    // from the pod's MAC, not the template's, which every clone shares).
+    let mut flags =
+        ifreq(&name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "long name"))?;
+    // SAFETY: SIOCGIFFLAGS fills the ifreq's flags; `fd` is ours.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut flags) } == 0 {
+        // SAFETY: the kernel wrote the flags member of the union.
+        let f = unsafe { flags.ifr_ifru.ifru_flags };
+        if f & libc::IFF_UP as libc::c_short != 0 {
+            flags.ifr_ifru.ifru_flags = f & !(libc::IFF_UP as libc::c_short);
+            // SAFETY: SIOCSIFFLAGS reads one ifreq; `fd` is ours.
+            if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &flags) } < 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: closing the socket opened above.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
+        }
+    }
     // SAFETY: SIOCSIFHWADDR reads one ifreq; `fd` is ours and closed right after.
     let r = unsafe { libc::ioctl(fd, libc::SIOCSIFHWADDR, &req) };
     // SAFETY: closing the socket opened above.
