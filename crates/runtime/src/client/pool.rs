@@ -112,7 +112,11 @@ impl Runtime {
             }
             match self.assign_clone(&id, &rec, config, requested).await {
                 Ok(()) => {
-                    for p in [rec.qemu, rec.shim].into_iter().flatten().filter(|p| p.alive()) {
+                    for p in [rec.qemu, rec.shim]
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.alive())
+                    {
                         renice(p.pid, 0);
                     }
                     tracing::info!(pod = %config.name, id = %id, "pod took a warm clone");

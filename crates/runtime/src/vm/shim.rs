@@ -1885,7 +1885,10 @@ async fn warm_up_network(agent: &Agent) {
     }
     .await;
     match r {
-        Ok(_) => tracing::info!(ms = started.elapsed().as_millis() as u64, "network warmed up"),
+        Ok(_) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "network warmed up"
+        ),
         Err(e) => tracing::warn!(error = %e, "the network warm-up failed"),
     }
 }
