@@ -592,8 +592,9 @@ fn api_pods_start_from_the_vm_template_unless_they_opt_out() {
 /// Pods through the API take warm clones of the node's VM template (docs/runtime.md, "Warm
 /// clones"): the fabric puts a clone's tap in the place of the tap it made for the pod, so the
 /// pod has its own address on its Network and another pod reaches it. A shape of their own
-/// (192 MiB), so no other test's pod takes these clones: the first pod boots cold and starts
-/// the template's build, the second restores it and starts two clones, the next two take them.
+/// (a 160 MiB limit: 224 MiB guests), so no other test's pod takes these clones: the first
+/// pod boots cold and starts the template's build, the second restores it and starts two
+/// clones, the next two take them.
 #[test]
 fn api_pods_take_warm_clones_and_keep_their_network() {
     let c = cluster();
@@ -603,7 +604,7 @@ fn api_pods_take_warm_clones_and_keep_their_network() {
     image: busybox
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "mkdir -p /www; echo warm-works > /www/index.html; httpd -f -p 8080 -h /www"]
-    resources: {limits: {memory: 192Mi}}
+    resources: {limits: {memory: 160Mi}}
 "#;
     let run = |name: &str| {
         c.apply(&ns, &bare_pod(name, &c.name, spec));
@@ -613,7 +614,7 @@ fn api_pods_take_warm_clones_and_keep_their_network() {
     };
     run("first");
     let templates = c.root().join("templates");
-    wait(Duration::from_secs(300), "the 192 MiB VM template", || {
+    wait(Duration::from_secs(300), "the 224 MiB VM template", || {
         std::fs::read_dir(&templates)
             .into_iter()
             .flatten()
@@ -621,7 +622,7 @@ fn api_pods_take_warm_clones_and_keep_their_network() {
             .filter(|d| d.path().join("ready").is_file())
             .any(|d| {
                 std::fs::read_to_string(d.path().join("spec.json")).is_ok_and(|s| {
-                    s.contains("\"memory_mib\": 192") || s.contains("\"memory_mib\":192")
+                    s.contains("\"memory_mib\": 224") || s.contains("\"memory_mib\":224")
                 })
             })
             .then_some(())
@@ -639,7 +640,7 @@ fn api_pods_take_warm_clones_and_keep_their_network() {
                 std::fs::read(rec)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .is_some_and(|r| r["state"] == "ready" && r["config"]["memory_mib"] == 192)
+                    .is_some_and(|r| r["state"] == "ready" && r["config"]["memory_mib"] == 224)
             })
             .count();
         (ready >= 2).then_some(())

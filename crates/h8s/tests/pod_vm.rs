@@ -256,6 +256,27 @@ fn wait_warm_clones(e: &Env, n: usize) -> Vec<String> {
     }
 }
 
+/// Inside pod `pod`: 32 bytes of `/dev/urandom` (returned, as hex), the clock (within 5 s of
+/// the host's) and `file`, which must exist (the pod's own image).
+fn random_bytes_and_clock(e: &Env, pod: &str, file: &str) -> String {
+    let script = format!("head -c 32 /dev/urandom | od -An -tx1; date +%s; ls {file}");
+    let out = e.run(&["exec", pod, "--", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.pop(), Some(file), "the pod's own image");
+    let guest_now: u64 = lines.pop().unwrap().trim().parse().unwrap();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        guest_now.abs_diff(host_now) <= 5,
+        "guest clock corrected: guest {guest_now}, host {host_now}"
+    );
+    lines.join(" ")
+}
+
 fn pod_status(e: &Env, name: &str) -> serde_json::Value {
     e.pods()
         .as_array()
@@ -297,28 +318,7 @@ fn pods_restored_from_a_template_share_no_random_state_and_cold_is_one_flag_away
         let st = pod_status(&e, n);
         assert_eq!(st["boot"], "template", "{st}");
         ids.push(st["guest_agent_id"].as_str().unwrap().to_string());
-        let out = e.run(&[
-            "exec",
-            n,
-            "--",
-            "sh",
-            "-c",
-            "head -c 32 /dev/urandom | od -An -tx1; date +%s; ls /bin/busybox",
-        ]);
-        assert_eq!(out.status.code(), Some(0));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.pop(), Some("/bin/busybox"), "the pod's own image");
-        let guest_now: u64 = lines.pop().unwrap().trim().parse().unwrap();
-        let host_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(
-            guest_now.abs_diff(host_now) <= 5,
-            "guest clock corrected: guest {guest_now}, host {host_now}"
-        );
-        randoms.push(lines.join(" "));
+        randoms.push(random_bytes_and_clock(&e, n, "/bin/busybox"));
     }
     assert_ne!(ids[0], ids[1], "agent ids of two clones");
     assert!(!ids[0].is_empty());
@@ -438,28 +438,7 @@ fn pods_take_warm_clones_with_their_own_image_and_random_state() {
         );
         ids.push(st["guest_agent_id"].as_str().unwrap().to_string());
         // `vi` is in the busybox image, not in the warm-up image (sh, true, echo).
-        let out = e.run(&[
-            "exec",
-            n,
-            "--",
-            "sh",
-            "-c",
-            "head -c 32 /dev/urandom | od -An -tx1; date +%s; ls /bin/vi",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.pop(), Some("/bin/vi"), "the pod's own image");
-        let guest_now: u64 = lines.pop().unwrap().trim().parse().unwrap();
-        let host_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(
-            guest_now.abs_diff(host_now) <= 5,
-            "guest clock corrected: guest {guest_now}, host {host_now}"
-        );
-        randoms.push(lines.join(" "));
+        randoms.push(random_bytes_and_clock(&e, n, "/bin/vi"));
     }
     let out = e.run(&["exec", "warm-b", "--", "cat", "/etc/marker"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "second image\n");

@@ -5,7 +5,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -18,7 +18,7 @@ use crate::api::{
 use crate::error::WireError;
 use crate::image::{Image, ImageConfig, ImageStore, PullOptions};
 use crate::state::{list_ids, PodDir, PodRecord, ProcRef};
-use crate::util::{new_id, rfc3339_nano};
+use crate::util::new_id;
 use crate::wire::{self, Frame, Kind, Request, Response};
 use crate::{Error, Result, VmSettings};
 
@@ -311,27 +311,9 @@ impl Runtime {
         let id = new_id();
         let dir = self.dir(&id);
         let rec = PodRecord {
-            id: id.clone(),
-            config,
-            created_at: rfc3339_nano(SystemTime::now()),
-            state: SandboxState::Creating,
-            reason: None,
-            accel: None,
-            accel_reason: None,
-            guest_kernel: None,
-            guest_boot_ms: None,
-            shim: None,
-            qemu: None,
-            containers: Vec::new(),
-            process_ids: Default::default(),
-            vm: self.cfg.vm.clone(),
-            jail: None,
             template,
-            boot: None,
-            guest_agent_id: None,
             start_timeline: vec![requested],
-            pool: None,
-            pool_owner: None,
+            ..PodRecord::new(&id, config, self.cfg.vm.clone())
         };
         dir.create(&rec)?;
         if let Err(e) = self.assign_jail(&dir, rec) {
@@ -372,24 +354,14 @@ impl Runtime {
                 return;
             }
         };
-        let mut cmd = std::process::Command::new(&self.cfg.shim.program);
-        cmd.args(&self.cfg.shim.args)
-            .arg("--root")
-            .arg(&self.cfg.root)
-            .arg("--build-template")
+        let mut cmd = self.background_shim(log);
+        cmd.arg("--build-template")
             .args(
                 self.template_owner
                     .iter()
                     .flat_map(|o| ["--template-owner".to_string(), o.to_string()]),
             )
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env(
-                "H8S_LOG",
-                std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            .arg(key);
         use std::os::unix::process::CommandExt;
         // SAFETY: `detach` makes only async-signal-safe system calls; the builder outlives
         // this process.
@@ -406,6 +378,23 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "cannot start the VM template builder"),
         }
+    }
+
+    /// The supervisor command for a process that runs in the background (a template
+    /// builder, a warm clone): no input or output, its log on stderr to `log`.
+    fn background_shim(&self, log: std::fs::File) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.cfg.shim.program);
+        cmd.args(&self.cfg.shim.args)
+            .arg("--root")
+            .arg(&self.cfg.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env(
+                "H8S_LOG",
+                std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        cmd
     }
 
     /// Builds (in the background) the VM template pods of `config`'s shape would restore,

@@ -84,6 +84,33 @@ pub(crate) struct PodRecord {
 }
 
 impl PodRecord {
+    /// The record of pod `id` about to start (`Creating`, created now) with `config` and `vm`.
+    pub fn new(id: &str, config: SandboxConfig, vm: crate::VmSettings) -> PodRecord {
+        PodRecord {
+            id: id.to_string(),
+            config,
+            created_at: crate::util::rfc3339_nano(std::time::SystemTime::now()),
+            state: SandboxState::Creating,
+            reason: None,
+            accel: None,
+            accel_reason: None,
+            guest_kernel: None,
+            guest_boot_ms: None,
+            shim: None,
+            qemu: None,
+            containers: Vec::new(),
+            process_ids: Default::default(),
+            vm,
+            jail: None,
+            template: None,
+            boot: None,
+            guest_agent_id: None,
+            start_timeline: Vec::new(),
+            pool: None,
+            pool_owner: None,
+        }
+    }
+
     pub fn status(&self) -> SandboxStatus {
         SandboxStatus {
             id: self.id.clone(),

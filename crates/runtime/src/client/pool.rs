@@ -11,7 +11,6 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use tokio::net::UnixStream;
 
@@ -19,7 +18,7 @@ use super::{detach, Runtime};
 use crate::api::{SandboxConfig, SandboxState, StartMark};
 use crate::state::{list_ids, PodRecord};
 use crate::template::{Spec, TemplateDir};
-use crate::util::{new_id, rfc3339_nano};
+use crate::util::new_id;
 use crate::wire::{self, Frame, Kind, Request, Response};
 use crate::{Error, Result};
 
@@ -228,27 +227,10 @@ impl Runtime {
             n.tap = tap_name(&id);
         }
         let rec = PodRecord {
-            id: id.clone(),
-            config,
-            created_at: rfc3339_nano(std::time::SystemTime::now()),
-            state: SandboxState::Creating,
-            reason: None,
-            accel: None,
-            accel_reason: None,
-            guest_kernel: None,
-            guest_boot_ms: None,
-            shim: None,
-            qemu: None,
-            containers: Vec::new(),
-            process_ids: Default::default(),
-            vm: spec.vm.clone(),
-            jail: None,
             template: Some(slot.to_string()),
-            boot: None,
-            guest_agent_id: None,
-            start_timeline: Vec::new(),
             pool: Some(shape.to_string()),
             pool_owner: self.template_owner.map(|o| o.to_string()),
+            ..PodRecord::new(&id, config, spec.vm.clone())
         };
         let dir = self.dir(&id);
         dir.create(&rec)?;
@@ -268,18 +250,8 @@ impl Runtime {
         }
         let log = std::fs::File::create(dir.shim_log())
             .map_err(|e| Error::io(format!("creating {}", dir.shim_log().display()), e))?;
-        let mut cmd = std::process::Command::new(&self.cfg.shim.program);
-        cmd.args(&self.cfg.shim.args)
-            .arg("--root")
-            .arg(&self.cfg.root)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env(
-                "H8S_LOG",
-                std::env::var("H8S_LOG").unwrap_or_else(|_| "info".into()),
-            );
+        let mut cmd = self.background_shim(log);
+        cmd.arg(&id);
         use std::os::unix::process::CommandExt;
         // SAFETY: `detach` and setpriority(2) are async-signal-safe system calls; the
         // supervisor outlives this process.

@@ -728,29 +728,7 @@ pub(crate) async fn build_template(
         .mode(0o600)
         .open(t.state())
         .map_err(|e| Error::io(format!("creating {}", t.state().display()), e))?;
-    let mut rec = PodRecord {
-        id: id.clone(),
-        config: spec.placeholder_config(&t.dir),
-        created_at: rfc3339_nano(SystemTime::now()),
-        state: SandboxState::Creating,
-        reason: None,
-        accel: None,
-        accel_reason: None,
-        guest_kernel: None,
-        guest_boot_ms: None,
-        shim: None,
-        qemu: None,
-        containers: Vec::new(),
-        process_ids: Default::default(),
-        vm: spec.vm.clone(),
-        jail: None,
-        template: None,
-        boot: None,
-        guest_agent_id: None,
-        start_timeline: Vec::new(),
-        pool: None,
-        pool_owner: None,
-    };
+    let mut rec = PodRecord::new(&id, spec.placeholder_config(&t.dir), spec.vm.clone());
     if jailed {
         let uid = crate::jail::uids::allocate(root, spec.vm.jail.uid_range, &id)?;
         rec.jail = Some(crate::JailStatus {
@@ -1367,21 +1345,9 @@ async fn connect_and_restore(
     let reply = agent
         .request_timeout(GuestRequest::Restored(info), timeout)
         .await?;
-    let Reply::Restored {
-        agent_id,
-        hello,
-        steps_us,
-    } = reply
-    else {
-        return Err(Error::Agent(format!(
-            "unexpected answer to Restored: {reply:?}"
-        )));
-    };
-    // The guest's own steps, placed after the request was sent (durations it measured).
-    let mut at = sent.at_us;
-    for (step, us) in &steps_us {
-        at += us;
-        mark_at(&format!("guest_{step}"), at);
+    let (agent_id, hello, steps) = restored_reply(reply, sent.at_us)?;
+    for m in steps {
+        mark_at(&m.phase, m.at_us);
     }
     mark("restored");
     if let Some(mut h) = hello {
@@ -1403,6 +1369,37 @@ async fn connect_and_restore(
     }
     h.agent_id = agent_id;
     Ok((qmp, qmp_rx, agent, guest_rx, h))
+}
+
+/// The guest's answer to `Restored` sent at `sent_at_us`: its new agent id, its `Hello` (a
+/// guest that predates it sends none) and its own steps as start marks (`guest_<step>`),
+/// placed after the request was sent by the durations the guest measured.
+fn restored_reply(
+    reply: Reply,
+    sent_at_us: u64,
+) -> Result<(String, Option<h8s_guest::Hello>, Vec<crate::api::StartMark>)> {
+    let Reply::Restored {
+        agent_id,
+        hello,
+        steps_us,
+    } = reply
+    else {
+        return Err(Error::Agent(format!(
+            "unexpected answer to Restored: {reply:?}"
+        )));
+    };
+    let mut at = sent_at_us;
+    let steps = steps_us
+        .iter()
+        .map(|(step, us)| {
+            at += us;
+            crate::api::StartMark {
+                phase: format!("guest_{step}"),
+                at_us: at,
+            }
+        })
+        .collect();
+    Ok((agent_id, hello, steps))
 }
 
 /// Connects QMP and the agent port and waits for the guest's `Hello`. A booting guest greets
@@ -1968,23 +1965,10 @@ async fn assign(
         .agent
         .request_timeout(GuestRequest::Restored(info), Duration::from_secs(30))
         .await?;
-    let Reply::Restored {
-        agent_id, steps_us, ..
-    } = reply
-    else {
-        return Err(Error::Agent(format!(
-            "unexpected answer to Restored: {reply:?}"
-        )));
-    };
-    let mut at = sent.at_us;
-    for (step, us) in &steps_us {
-        at += us;
-        timeline.push(crate::api::StartMark {
-            phase: format!("guest_{step}"),
-            at_us: at,
-        });
-    }
+    let (agent_id, _, steps) = restored_reply(reply, sent.at_us)?;
+    timeline.extend(steps);
     timeline.push(crate::api::StartMark::now("ready"));
+    timeline.truncate(MAX_START_MARKS);
     let mut st = shim.lock();
     tracing::info!(pod = %config.name, "warm clone assigned");
     st.rec.config = config;
