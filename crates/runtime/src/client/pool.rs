@@ -91,7 +91,10 @@ impl Runtime {
         for id in members(&self.cfg.root, shape) {
             let marker = shape_dir(&self.cfg.root, shape).join(&id);
             let rec = match self.dir(&id).load() {
-                Ok(r) if r.state == SandboxState::Creating => continue, // still warming up
+                // Still warming up (a supervisor that died meanwhile is removed below).
+                Ok(r) if r.state == SandboxState::Creating && r.shim.is_none_or(|s| s.alive()) => {
+                    continue
+                }
                 Ok(r) => r,
                 Err(_) => {
                     let _ = std::fs::remove_file(&marker);
@@ -248,8 +251,17 @@ impl Runtime {
                 e,
             ));
         }
-        let log = std::fs::File::create(dir.shim_log())
-            .map_err(|e| Error::io(format!("creating {}", dir.shim_log().display()), e))?;
+        let log = match std::fs::File::create(dir.shim_log()) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(pool.join(&id));
+                self.release_new(&id);
+                return Err(Error::io(
+                    format!("creating {}", dir.shim_log().display()),
+                    e,
+                ));
+            }
+        };
         let mut cmd = self.background_shim(log);
         cmd.arg(&id);
         use std::os::unix::process::CommandExt;
