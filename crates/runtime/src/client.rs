@@ -399,17 +399,24 @@ impl Runtime {
 
     /// Builds (in the background) the VM template pods of `config`'s shape would restore,
     /// unless it is ready or building. Returns whether a build was started.
+    /// Its warm clones follow once it is ready (not only after its first pod).
     pub fn prepare_template(&self, config: &SandboxConfig) -> Result<bool> {
-        match crate::template::choose(&self.cfg.root, &self.cfg.vm, config)? {
+        let started = match crate::template::choose(&self.cfg.root, &self.cfg.vm, config)? {
             crate::template::Choice::Cold(Some(key))
             | crate::template::Choice::Use {
                 build: Some(key), ..
             } => {
                 self.spawn_template_builder(&key);
-                Ok(true)
+                true
             }
-            _ => Ok(false),
+            _ => false,
+        };
+        if let Some(spec) = self.warm_shape(config) {
+            let me = self.clone();
+            let limit = Duration::from_secs(self.cfg.vm.boot_timeout_secs + 60);
+            std::thread::spawn(move || me.fill_pool_when_ready(&spec, limit));
         }
+        Ok(started)
     }
 
     /// Retires every VM template, so pods that follow restore freshly built ones (a new

@@ -49,6 +49,20 @@ fn tap_name(id: &str) -> String {
     format!("h8sw{}", &id[..id.len().min(11)])
 }
 
+/// An exclusive `flock` on `<root>/pool/.lock`, held until dropped (`None`: no lock to be
+/// had; refilling goes on without it).
+fn pool_lock(root: &Path) -> Option<std::fs::File> {
+    let dir = root.join("pool");
+    std::fs::create_dir_all(&dir).ok()?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(".lock"))
+        .ok()?;
+    // SAFETY: flock(2) on a descriptor we own.
+    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(f)
+}
+
 /// The warm clones of `shape`, by id.
 fn members(root: &Path, shape: &str) -> Vec<String> {
     std::fs::read_dir(shape_dir(root, shape))
@@ -205,6 +219,8 @@ impl Runtime {
     /// the background, restored from the shape's ready template.
     pub(super) fn refill_pool(&self, spec: &Spec, shape: &str) {
         let want = self.cfg.vm.warm_pool as usize;
+        // One refill at a time per state root (a pod's and `fill_pool_when_ready`'s).
+        let _lock = pool_lock(&self.cfg.root);
         let have = members(&self.cfg.root, shape).len();
         if have >= want {
             return;
@@ -218,6 +234,18 @@ impl Runtime {
                 tracing::warn!(error = %e, "cannot start a warm clone");
                 return;
             }
+        }
+    }
+
+    /// Fills the pool of `spec`'s shape once its template is ready (waiting up to `limit`).
+    pub(super) fn fill_pool_when_ready(&self, spec: &Spec, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if crate::template::choose_ready(&self.cfg.root, spec).is_some() {
+                self.refill_pool(spec, &spec.key());
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
         }
     }
 
