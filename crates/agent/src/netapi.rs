@@ -62,6 +62,13 @@ pub struct ApiNetworks {
     mtu: u32,
     /// Fabric changes on this node, one at a time (segment set-up is not concurrent-safe).
     lock: Mutex<()>,
+    /// Pod VMs whose taps wait to be released: whoever holds `lock` next detaches them all
+    /// with one reconcile ([`Fabric::detach_pods`]) and leaves each one's result in `released`.
+    releasing: std::sync::Mutex<Vec<String>>,
+    released: std::sync::Mutex<BTreeMap<String, h8s_net::Result<Vec<Attachment>>>>,
+    /// Attaches waiting for `lock`, per Network: a release batch keeps a segment it would
+    /// remove when a pod is about to join it (no teardown and rebuild in a row).
+    attaching: std::sync::Mutex<BTreeMap<String, usize>>,
     networks: Store<ApiNetwork>,
     nodes: Store<Node>,
     wake: Arc<Notify>,
@@ -133,6 +140,9 @@ impl ApiNetworks {
             node: node.to_string(),
             mtu,
             lock: Mutex::new(()),
+            releasing: Default::default(),
+            released: Default::default(),
+            attaching: Default::default(),
             networks,
             nodes,
             wake,
@@ -195,7 +205,9 @@ impl ApiNetworks {
             pod_uid: uid.to_string(),
         };
         let ip = allocate(&api, &name, &holder).await?;
+        let joining = Joining::new(&self.attaching, &name);
         let _g = self.lock.lock().await;
+        drop(joining);
         let (sb, n) = (sandbox.to_string(), name.clone());
         let r = self
             .blocking(move |f| {
@@ -227,35 +239,59 @@ impl ApiNetworks {
 
     /// Releases everything pod `uid` (VM `sandbox`) holds on this node: its taps, its
     /// addresses in the API, and the segments no other local pod uses.
+    ///
+    /// Pods released at the same time (a deleted Deployment, a namespace) share the fabric
+    /// work: the taps of every pod waiting for the fabric go in one batch with one reconcile,
+    /// so a pod starting meanwhile waits behind one batch, not behind each pod's ruleset load;
+    /// and a segment left without local pods stays when a pod waits to join it.
     pub async fn release(&self, sandbox: &str, uid: &str) -> Result<(), NetApiError> {
-        let _g = self.lock.lock().await;
-        let sb = sandbox.to_string();
-        let node = self.node.clone();
-        let detached = self
-            .blocking(move |f| {
-                let gone = f.detach_pod(&sb)?;
-                let mut emptied = vec![];
-                for a in &gone {
-                    let left = f
-                        .store()
-                        .attachments(&a.network)?
-                        .into_iter()
-                        .any(|x| x.node == node);
-                    if !left {
-                        f.forget_network(&a.network)?;
-                        emptied.push(a.network.clone());
+        lock_unpoisoned(&self.releasing).push(sandbox.to_string());
+        let g = self.lock.lock().await;
+        let batch = std::mem::take(&mut *lock_unpoisoned(&self.releasing));
+        if !batch.is_empty() {
+            let node = self.node.clone();
+            let joining: BTreeSet<String> =
+                lock_unpoisoned(&self.attaching).keys().cloned().collect();
+            let (results, emptied) = self
+                .blocking(move |f| {
+                    let pods: Vec<&str> = batch.iter().map(String::as_str).collect();
+                    let results = f.detach_pods(&pods)?;
+                    let nets: BTreeSet<String> = results
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .map(|a| a.network.clone())
+                        .collect();
+                    let mut emptied = vec![];
+                    for n in nets {
+                        let left = f
+                            .store()
+                            .attachments(&n)?
+                            .into_iter()
+                            .any(|x| x.node == node);
+                        if !left && !joining.contains(&n) {
+                            f.forget_network(&n)?;
+                            emptied.push(n);
+                        }
                     }
-                }
-                Ok((gone, emptied))
-            })
-            .await?;
-        drop(_g);
-        for n in &detached.1 {
-            tracing::info!(network = %n, "last local pod gone; segment removed");
+                    Ok((batch.into_iter().zip(results).collect::<Vec<_>>(), emptied))
+                })
+                .await?;
+            for n in &emptied {
+                tracing::info!(network = %n, "last local pod gone; segment removed");
+            }
+            if results.len() > 1 {
+                tracing::debug!(pods = results.len(), "pod taps released together");
+            }
+            lock_unpoisoned(&self.released).extend(results);
         }
+        // Absent when the batch that took it failed as a whole (its holder reports that).
+        let mine = lock_unpoisoned(&self.released).remove(sandbox);
+        drop(g);
+        let detached = mine.transpose()?.unwrap_or_default();
         // Addresses in the API: the Networks the cache says hold one for this pod (the
         // attachment may be gone already when a start failed half-way).
-        let mut names: BTreeSet<String> = detached.0.into_iter().map(|a| a.network).collect();
+        let mut names: BTreeSet<String> = detached.into_iter().map(|a| a.network).collect();
         for n in self.networks.state() {
             if let Some(st) = &n.status {
                 if st
@@ -600,9 +636,54 @@ pub async fn release(
     )))
 }
 
+/// An attach waiting for the fabric lock, counted per Network until dropped (also when the
+/// waiting pod start is cancelled).
+struct Joining<'a> {
+    map: &'a std::sync::Mutex<BTreeMap<String, usize>>,
+    network: &'a str,
+}
+
+impl<'a> Joining<'a> {
+    fn new(map: &'a std::sync::Mutex<BTreeMap<String, usize>>, network: &'a str) -> Self {
+        *lock_unpoisoned(map).entry(network.to_string()).or_default() += 1;
+        Joining { map, network }
+    }
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let mut m = lock_unpoisoned(self.map);
+        if let Some(n) = m.get_mut(self.network) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(self.network);
+            }
+        }
+    }
+}
+
+/// A std mutex's guard, also after a panic elsewhere (the data are plain lists).
+fn lock_unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_attaches_are_counted_per_network_until_dropped() {
+        let m = std::sync::Mutex::new(BTreeMap::new());
+        let a = Joining::new(&m, "net-a");
+        let b = Joining::new(&m, "net-a");
+        let c = Joining::new(&m, "net-b");
+        assert_eq!(lock_unpoisoned(&m).get("net-a"), Some(&2));
+        drop(a);
+        drop(c);
+        assert_eq!(lock_unpoisoned(&m).keys().collect::<Vec<_>>(), ["net-a"]);
+        drop(b);
+        assert!(lock_unpoisoned(&m).is_empty());
+    }
 
     fn net(allocs: &[&str]) -> ApiNetwork {
         let mut n: ApiNetwork = serde_json::from_value(serde_json::json!({

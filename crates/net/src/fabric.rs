@@ -545,6 +545,13 @@ impl Fabric {
 
     /// Detaches `pod` from `network`: deletes its port, frees its address, drops its rules.
     pub fn detach(&self, network: &str, pod: &str) -> Result<Attachment> {
+        let att = self.unplug_and_release(network, pod)?;
+        self.reconcile()?;
+        Ok(att)
+    }
+
+    /// [`Fabric::detach`] without the reconcile of rules and forwarding entries.
+    fn unplug_and_release(&self, network: &str, pod: &str) -> Result<Attachment> {
         let _span = tracing::info_span!("detach", network, pod).entered();
         let att = self
             .store
@@ -561,19 +568,40 @@ impl Fabric {
         }
         self.unplug(&att)?;
         self.store.release(network, pod)?;
-        self.reconcile()?;
         Ok(att)
     }
 
     /// Detaches `pod` from every Network it is attached to on this node (pod removal).
     pub fn detach_pod(&self, pod: &str) -> Result<Vec<Attachment>> {
-        let mut out = vec![];
-        for net in self.store.list()? {
-            if let Some(a) = self.store.attachment(&net.name, pod)? {
-                if a.node == self.node.name {
-                    out.push(self.detach(&net.name, pod)?);
+        self.detach_pods(&[pod])?
+            .pop()
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Detaches each of `pods` from every Network it is attached to on this node, then
+    /// reconciles rules and forwarding entries once for them all: many pods going at once (a
+    /// deleted Deployment) cost one ruleset load, not one each. The outer error is the
+    /// reconcile's; each pod's own result is in `pods`' order (a pod whose port cannot be
+    /// deleted does not keep the others attached).
+    pub fn detach_pods(&self, pods: &[&str]) -> Result<Vec<Result<Vec<Attachment>>>> {
+        let nets = self.store.list()?;
+        let mut changed = false;
+        let mut out = Vec::with_capacity(pods.len());
+        for pod in pods {
+            let mut gone = vec![];
+            let r = nets.iter().try_for_each(|net| {
+                if let Some(a) = self.store.attachment(&net.name, pod)? {
+                    if a.node == self.node.name {
+                        gone.push(self.unplug_and_release(&net.name, pod)?);
+                        changed = true;
+                    }
                 }
-            }
+                Ok(())
+            });
+            out.push(r.map(|()| gone));
+        }
+        if changed {
+            self.reconcile()?;
         }
         Ok(out)
     }

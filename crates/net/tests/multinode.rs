@@ -378,3 +378,58 @@ fn forged_vxlan_from_the_underlay_is_dropped() {
         "VXLAN from a non-peer must be dropped"
     );
 }
+
+#[test]
+fn pods_detached_together_lose_ports_and_rules_in_one_reconcile_the_rest_stay() {
+    let mut lab = Lab::new("dp");
+    let nodes = lab.nodes(1);
+    let n1 = &nodes[0];
+    lab.store
+        .create(&network("netd", "tenant-d", 120, "192.168.9.0/24"))
+        .unwrap();
+    let ns: Vec<NsRef> = ["d1", "d2", "d3"].iter().map(|p| lab.ns(p)).collect();
+    let atts: Vec<_> = ["d1", "d2", "d3"]
+        .iter()
+        .zip(&ns)
+        .map(|(p, n)| n1.attach_netns("netd", p, n).unwrap())
+        .collect();
+    let node = &n1.node().netns;
+    let rules = sh(node, "nft list ruleset");
+    assert!(atts.iter().all(|a| rules.contains(&a.port)), "{rules}");
+
+    // Two pods and one the fabric never saw, in one call.
+    let got = n1.detach_pods(&["d1", "nobody", "d3"]).unwrap();
+    let got: Vec<Vec<String>> = got
+        .into_iter()
+        .map(|r| r.unwrap().into_iter().map(|a| a.port).collect())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            vec![atts[0].port.clone()],
+            vec![],
+            vec![atts[2].port.clone()]
+        ]
+    );
+    let links = sh(node, "ip -o link | cut -d: -f2");
+    let rules = sh(node, "nft list ruleset");
+    for gone in [&atts[0], &atts[2]] {
+        assert!(!links.contains(&gone.port), "{} still a link", gone.port);
+        assert!(
+            !rules.contains(&gone.port),
+            "{} still in the rules",
+            gone.port
+        );
+    }
+    assert!(links.contains(&atts[1].port) && rules.contains(&atts[1].port));
+    assert!(
+        ping(&ns[1], ip("192.168.9.1"), T).is_some(),
+        "the pod that stays reaches its gateway"
+    );
+    assert_eq!(n1.store().attachments("netd").unwrap().len(), 1);
+    // Nothing left to detach: no reconcile, no error.
+    let again = n1.detach_pods(&["d1", "d3"]).unwrap();
+    assert!(again.iter().all(|r| r.as_ref().is_ok_and(|v| v.is_empty())));
+    n1.detach("netd", "d2").unwrap();
+    n1.teardown_network("netd").unwrap();
+}
