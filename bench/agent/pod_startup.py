@@ -160,11 +160,11 @@ def timeline(n, log):
     """n pods, one at a time, by POST: where each one's time went, from just before the POST
     (wall clock): the node agent's log lines of the pod (`log`, at debug level for h8s_agent)
     and the pod VM's start timeline (`h8s ps --json`). Per step, the median offset (ms)."""
-    steps = {}
+    steps, pods = {}, []
     for i in range(n):
         name = f"tl{i}"
         t0w = time.time()
-        post_run(name, 1)
+        running = post_run(name, 1)
         pod = f"{ns}/{name}-0"
         ps = json.loads(subprocess.run([h8s, "ps", "--json"], capture_output=True, text=True, check=True).stdout)
         sb = next((p for p in ps if p.get("config", {}).get("labels", {}).get("io.kubernetes.pod.name") == f"{name}-0"), {})
@@ -183,16 +183,18 @@ def timeline(n, log):
             except ValueError:
                 continue
             marks.append(("agent: " + msg, at))
-        seen = set()
+        seen, mine = set(), []
         for ph, at in sorted(marks, key=lambda m: m[1]):
             if ph in seen:
                 continue
             seen.add(ph)
             steps.setdefault(ph, []).append((at - t0w) * 1000)
+            mine.append([ph, round((at - t0w) * 1000, 1)])
+        pods.append({"running_ms": round(running[0], 1) if running else None, "steps": mine})
         delete_all()
         time.sleep(0.5)
     rows = sorted(((q(sorted(v), 0.5), ph, len(v)) for ph, v in steps.items()))
-    return [{"step": ph, "median_ms": round(m, 1), "n": k} for m, ph, k in rows]
+    return [{"step": ph, "median_ms": round(m, 1), "n": k} for m, ph, k in rows], pods
 
 
 kubectl("create", "namespace", ns)
@@ -201,7 +203,7 @@ time.sleep(1)
 out = {"modes": {}}
 for mode in modes:
     if mode == "timeline":
-        out["timeline"] = timeline(singles, os.environ["SERVER_LOG"])
+        out["timeline"], out["timeline_pods"] = timeline(singles, os.environ["SERVER_LOG"])
         continue
     run = apply_run if mode == "apply" else post_run
     single, boots = [], []
