@@ -584,21 +584,44 @@ impl Fabric {
     /// reconcile's; each pod's own result is in `pods`' order (a pod whose port cannot be
     /// deleted does not keep the others attached).
     pub fn detach_pods(&self, pods: &[&str]) -> Result<Vec<Result<Vec<Attachment>>>> {
-        let nets = self.store.list()?;
+        let mut out: Vec<Result<Vec<Attachment>>> = pods.iter().map(|_| Ok(vec![])).collect();
         let mut changed = false;
-        let mut out = Vec::with_capacity(pods.len());
-        for pod in pods {
-            let mut gone = vec![];
-            let r = nets.iter().try_for_each(|net| {
-                if let Some(a) = self.store.attachment(&net.name, pod)? {
-                    if a.node == self.node.name {
-                        gone.push(self.unplug_and_release(&net.name, pod)?);
-                        changed = true;
-                    }
+        for net in self.store.list()? {
+            // This Network's attachments of `pods` here: ports deleted one by one, the store
+            // written once.
+            let mut here: BTreeMap<&str, Attachment> = self
+                .store
+                .attachments(&net.name)?
+                .into_iter()
+                .filter(|a| a.node == self.node.name)
+                .map(|a| (a.pod.clone(), a))
+                .filter_map(|(p, a)| pods.iter().find(|q| **q == p).map(|q| (*q, a)))
+                .collect();
+            let mut unplugged = vec![];
+            for (i, pod) in pods.iter().enumerate() {
+                let Some(att) = here.remove(pod) else {
+                    continue;
+                };
+                if out[i].is_err() {
+                    continue;
                 }
-                Ok(())
-            });
-            out.push(r.map(|()| gone));
+                let _span = tracing::info_span!("detach", network = %net.name, pod).entered();
+                match self.unplug(&att) {
+                    Ok(()) => unplugged.push((i, att)),
+                    Err(e) => out[i] = Err(e),
+                }
+            }
+            if unplugged.is_empty() {
+                continue;
+            }
+            let names: Vec<&str> = unplugged.iter().map(|(_, a)| a.pod.as_str()).collect();
+            self.store.release_all(&net.name, &names)?;
+            changed = true;
+            for (i, att) in unplugged {
+                if let Ok(v) = &mut out[i] {
+                    v.push(att);
+                }
+            }
         }
         if changed {
             self.reconcile()?;

@@ -374,6 +374,22 @@ impl NetworkStore {
         Ok(att)
     }
 
+    /// Releases the attachments of `pods` on `network` that exist, with one write (many pods
+    /// leaving at once); the others are skipped.
+    pub(crate) fn release_all(&self, network: &str, pods: &[&str]) -> Result<()> {
+        valid_label("network name", network)?;
+        let l = self.lock()?;
+        let mut rec = l.record(network)?;
+        let before = rec.attachments.len();
+        for p in pods {
+            rec.attachments.remove(*p);
+        }
+        if rec.attachments.len() != before {
+            write_json(&l.store.net_path(network), &rec)?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a node's record under the lock and saves it.
     pub(crate) fn update_node<R>(
         &self,
@@ -649,6 +665,25 @@ mod tests {
         s.release("a", "p0").unwrap();
         let b = s.allocate("a", &req("p1")).unwrap().ip;
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn release_all_drops_the_named_attachments_and_skips_unknown_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let s = NetworkStore::open(d.path()).unwrap();
+        s.create(&net("a", 100, "10.9.0.0/24")).unwrap();
+        for p in ["p0", "p1", "p2"] {
+            s.allocate("a", &req(p)).unwrap();
+        }
+        s.release_all("a", &["p0", "nobody", "p2"]).unwrap();
+        let left: Vec<String> = s
+            .attachments("a")
+            .unwrap()
+            .into_iter()
+            .map(|a| a.pod)
+            .collect();
+        assert_eq!(left, ["p1"]);
+        assert!(s.release_all("missing", &["p1"]).is_err());
     }
 
     #[test]
