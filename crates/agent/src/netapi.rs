@@ -62,8 +62,10 @@ pub struct ApiNetworks {
     mtu: u32,
     /// Fabric changes on this node, one at a time (segment set-up is not concurrent-safe).
     lock: Mutex<()>,
-    /// Pod VMs whose taps wait to be released: whoever holds `lock` next detaches them all
-    /// with one reconcile ([`Fabric::detach_pods`]) and leaves each one's result in `released`.
+    /// Pod VMs whose taps wait to be released: whoever holds `release_lock` next detaches
+    /// them all with one reconcile ([`Fabric::detach_pods`]) and leaves each one's result in
+    /// `released`. Tap deletion does not take `lock` (it sets up no segment).
+    release_lock: Mutex<()>,
     releasing: std::sync::Mutex<Vec<String>>,
     released: std::sync::Mutex<BTreeMap<String, h8s_net::Result<Vec<Attachment>>>>,
     /// Attaches waiting for `lock`, per Network: a release batch keeps a segment it would
@@ -140,6 +142,7 @@ impl ApiNetworks {
             node: node.to_string(),
             mtu,
             lock: Mutex::new(()),
+            release_lock: Mutex::new(()),
             releasing: Default::default(),
             released: Default::default(),
             attaching: Default::default(),
@@ -241,53 +244,38 @@ impl ApiNetworks {
     /// addresses in the API, and the segments no other local pod uses.
     ///
     /// Pods released at the same time (a deleted Deployment, a namespace) share the fabric
-    /// work: the taps of every pod waiting for the fabric go in one batch with one reconcile,
-    /// so a pod starting meanwhile waits behind one batch, not behind each pod's ruleset load;
-    /// and a segment left without local pods stays when a pod waits to join it.
+    /// work: the taps of every pod waiting to be released go in one batch with one reconcile
+    /// ([`Fabric::detach_pods`]). Deleting taps needs no fabric lock, so pods starting
+    /// meanwhile attach beside the batch; only removing a segment left without local pods
+    /// takes it, and a segment stays when a pod waits to join it.
     pub async fn release(&self, sandbox: &str, uid: &str) -> Result<(), NetApiError> {
         lock_unpoisoned(&self.releasing).push(sandbox.to_string());
-        let g = self.lock.lock().await;
+        let rg = self.release_lock.lock().await;
         let batch = std::mem::take(&mut *lock_unpoisoned(&self.releasing));
         if !batch.is_empty() {
-            let node = self.node.clone();
-            let joining: BTreeSet<String> =
-                lock_unpoisoned(&self.attaching).keys().cloned().collect();
-            let (results, emptied) = self
+            let results = self
                 .blocking(move |f| {
                     let pods: Vec<&str> = batch.iter().map(String::as_str).collect();
                     let results = f.detach_pods(&pods)?;
-                    let nets: BTreeSet<String> = results
-                        .iter()
-                        .flatten()
-                        .flatten()
-                        .map(|a| a.network.clone())
-                        .collect();
-                    let mut emptied = vec![];
-                    for n in nets {
-                        let left = f
-                            .store()
-                            .attachments(&n)?
-                            .into_iter()
-                            .any(|x| x.node == node);
-                        if !left && !joining.contains(&n) {
-                            f.forget_network(&n)?;
-                            emptied.push(n);
-                        }
-                    }
-                    Ok((batch.into_iter().zip(results).collect::<Vec<_>>(), emptied))
+                    Ok(batch.into_iter().zip(results).collect::<Vec<_>>())
                 })
                 .await?;
-            for n in &emptied {
-                tracing::info!(network = %n, "last local pod gone; segment removed");
-            }
             if results.len() > 1 {
                 tracing::debug!(pods = results.len(), "pod taps released together");
             }
+            let nets: BTreeSet<String> = results
+                .iter()
+                .flat_map(|(_, r)| r.iter().flatten())
+                .map(|a| a.network.clone())
+                .collect();
             lock_unpoisoned(&self.released).extend(results);
+            if !nets.is_empty() {
+                self.forget_emptied(nets).await?;
+            }
         }
         // Absent when the batch that took it failed as a whole (its holder reports that).
         let mine = lock_unpoisoned(&self.released).remove(sandbox);
-        drop(g);
+        drop(rg);
         let detached = mine.transpose()?.unwrap_or_default();
         // Addresses in the API: the Networks the cache says hold one for this pod (the
         // attachment may be gone already when a start failed half-way).
@@ -306,6 +294,34 @@ impl ApiNetworks {
         let api: Api<ApiNetwork> = Api::all(self.client.clone());
         for n in names {
             release(&api, &n, uid, &self.node).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the segments of `nets` that have no local pod left and no pod waiting to join.
+    async fn forget_emptied(&self, nets: BTreeSet<String>) -> Result<(), NetApiError> {
+        let _g = self.lock.lock().await;
+        let joining: BTreeSet<String> = lock_unpoisoned(&self.attaching).keys().cloned().collect();
+        let node = self.node.clone();
+        let emptied = self
+            .blocking(move |f| {
+                let mut emptied = vec![];
+                for n in nets.into_iter().filter(|n| !joining.contains(n)) {
+                    let left = f
+                        .store()
+                        .attachments(&n)?
+                        .into_iter()
+                        .any(|x| x.node == node);
+                    if !left {
+                        f.forget_network(&n)?;
+                        emptied.push(n);
+                    }
+                }
+                Ok(emptied)
+            })
+            .await?;
+        for n in &emptied {
+            tracing::info!(network = %n, "last local pod gone; segment removed");
         }
         Ok(())
     }

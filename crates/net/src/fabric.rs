@@ -589,9 +589,11 @@ impl Fabric {
         for net in self.store.list()? {
             // This Network's attachments of `pods` here: ports deleted one by one, the store
             // written once.
-            let mut here: BTreeMap<&str, Attachment> = self
-                .store
-                .attachments(&net.name)?
+            let atts = match self.store.attachments(&net.name) {
+                Err(Error::NotFound { .. }) => continue, // removed meanwhile
+                r => r?,
+            };
+            let mut here: BTreeMap<&str, Attachment> = atts
                 .into_iter()
                 .filter(|a| a.node == self.node.name)
                 .map(|a| (a.pod.clone(), a))
@@ -615,7 +617,10 @@ impl Fabric {
                 continue;
             }
             let names: Vec<&str> = unplugged.iter().map(|(_, a)| a.pod.as_str()).collect();
-            self.store.release_all(&net.name, &names)?;
+            match self.store.release_all(&net.name, &names) {
+                Err(Error::NotFound { .. }) => {}
+                r => r?,
+            }
             changed = true;
             for (i, att) in unplugged {
                 if let Ok(v) = &mut out[i] {
