@@ -307,13 +307,7 @@ impl ApiNetworks {
             .blocking(move |f| {
                 let mut emptied = vec![];
                 for n in nets.into_iter().filter(|n| !joining.contains(n)) {
-                    let left = f
-                        .store()
-                        .attachments(&n)?
-                        .into_iter()
-                        .any(|x| x.node == node);
-                    if !left {
-                        f.forget_network(&n)?;
+                    if forget_if_unused(f, &n, &node)? {
                         emptied.push(n);
                     }
                 }
@@ -427,14 +421,7 @@ impl ApiNetworks {
                         return Ok(false);
                     };
                     f.detach(&n, &p)?;
-                    let left = f
-                        .store()
-                        .attachments(&n)?
-                        .into_iter()
-                        .any(|x| x.node == node);
-                    if !left {
-                        f.forget_network(&n)?;
-                    }
+                    forget_if_unused(f, &n, &node)?;
                     Ok(true)
                 })
                 .await?;
@@ -650,6 +637,20 @@ pub async fn release(
     Err(NetApiError::NotReady(format!(
         "network {name:?}: releasing an address kept conflicting"
     )))
+}
+
+/// Removes `network`'s segment from this node when no pod of `node` is attached to it;
+/// whether it did. Under the fabric lock.
+fn forget_if_unused(f: &Fabric, network: &str, node: &str) -> h8s_net::Result<bool> {
+    let left = f
+        .store()
+        .attachments(network)?
+        .into_iter()
+        .any(|x| x.node == node);
+    if !left {
+        f.forget_network(network)?;
+    }
+    Ok(!left)
 }
 
 /// An attach waiting for the fabric lock, counted per Network until dropped (also when the
