@@ -268,7 +268,17 @@ impl ApiNetworks {
                 .flat_map(|(_, r)| r.iter().flatten())
                 .map(|a| a.network.clone())
                 .collect();
-            lock_unpoisoned(&self.released).extend(results);
+            {
+                let mut done = lock_unpoisoned(&self.released);
+                for (sb, r) in results {
+                    // A pod released twice at once (its VM's end and its removal) is in the
+                    // batch twice; the second finds nothing left: keep what the first detached.
+                    let kept = matches!(done.get(&sb), Some(Ok(v)) if !v.is_empty());
+                    if !kept {
+                        done.insert(sb, r);
+                    }
+                }
+            }
             if !nets.is_empty() {
                 self.forget_emptied(nets).await?;
             }
