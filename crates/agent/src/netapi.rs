@@ -251,7 +251,11 @@ impl ApiNetworks {
     pub async fn release(&self, sandbox: &str, uid: &str) -> Result<(), NetApiError> {
         lock_unpoisoned(&self.releasing).push(sandbox.to_string());
         let rg = self.release_lock.lock().await;
-        let batch = std::mem::take(&mut *lock_unpoisoned(&self.releasing));
+        let mut batch = std::mem::take(&mut *lock_unpoisoned(&self.releasing));
+        // A pod released twice at once (its VM's end and its removal) is detached once.
+        batch.sort();
+        batch.dedup();
+        let mut forgot = Ok(());
         if !batch.is_empty() {
             let results = self
                 .blocking(move |f| {
@@ -268,24 +272,16 @@ impl ApiNetworks {
                 .flat_map(|(_, r)| r.iter().flatten())
                 .map(|a| a.network.clone())
                 .collect();
-            {
-                let mut done = lock_unpoisoned(&self.released);
-                for (sb, r) in results {
-                    // A pod released twice at once (its VM's end and its removal) is in the
-                    // batch twice; the second finds nothing left: keep what the first detached.
-                    let kept = matches!(done.get(&sb), Some(Ok(v)) if !v.is_empty());
-                    if !kept {
-                        done.insert(sb, r);
-                    }
-                }
-            }
+            lock_unpoisoned(&self.released).extend(results);
             if !nets.is_empty() {
-                self.forget_emptied(nets).await?;
+                forgot = self.forget_emptied(nets).await;
             }
         }
-        // Absent when the batch that took it failed as a whole (its holder reports that).
+        // Absent when the batch that took it failed as a whole (its holder reports that), or
+        // for the second of two releases of one pod at once.
         let mine = lock_unpoisoned(&self.released).remove(sandbox);
         drop(rg);
+        forgot?;
         let detached = mine.transpose()?.unwrap_or_default();
         // Addresses in the API: the Networks the cache says hold one for this pod (the
         // attachment may be gone already when a start failed half-way).

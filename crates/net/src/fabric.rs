@@ -593,15 +593,14 @@ impl Fabric {
                 Err(Error::NotFound { .. }) => continue, // removed meanwhile
                 r => r?,
             };
-            let mut here: BTreeMap<&str, Attachment> = atts
+            let mut here: BTreeMap<String, Attachment> = atts
                 .into_iter()
-                .filter(|a| a.node == self.node.name)
+                .filter(|a| a.node == self.node.name && pods.contains(&a.pod.as_str()))
                 .map(|a| (a.pod.clone(), a))
-                .filter_map(|(p, a)| pods.iter().find(|q| **q == p).map(|q| (*q, a)))
                 .collect();
             let mut unplugged = vec![];
             for (i, pod) in pods.iter().enumerate() {
-                let Some(att) = here.remove(pod) else {
+                let Some(att) = here.remove(*pod) else {
                     continue;
                 };
                 if out[i].is_err() {
