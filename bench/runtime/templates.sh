@@ -257,6 +257,9 @@ done
 # 5. PSS per idle pod at IDLE and MANY pods.
 read -r p10min p10med p10max p10q p10s p10n p10tb <<< "$(pss "$idle")"
 read -r p50min p50med p50max p50q p50s p50n p50tb <<< "$(pss "$many")"
+# Baseline: the same with the system's libraries only (no set-up stand-ins, docs/runtime.md
+# "QEMU's libraries").
+read -r p10lmin p10lmed p10lmax p10lq p10ls p10ln p10ltb <<< "$(H8S_QEMU_LIBS=0 pss "$idle")"
 
 # 5b. Memory a clone frees goes back to the host: a clone writes 100 MiB into its container's
 #     writable layer (guest memory) and removes it; QEMU's RSS with the file and 5 s after the
@@ -363,12 +366,14 @@ if m:
 PY
 )
 fi
+qemulibs="the system's"
+[ -s "$H8S_CACHE/qemu-lib/qemu.id" ] && qemulibs="set-up's stand-ins for libcapstone and libpmem (\`$H8S_CACHE/qemu-lib\`), the rest the system's"
 block=$(cat <<MD
 <!-- bench:runtime:${block_name}:begin -->
 Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`bench/runtime/templates.sh\` ($build \`h8s\` binary), accelerator **${accel}**,
 2 host cores shared with other work (load average ${load0} at the start, ${load1} at the end); guest
 \`$kernel\` (${ksource}), 256 MiB, 1 vCPU, busybox erofs image, translation cache 32 MiB
-unless said otherwise; pod supervisor ${shim}. All rows below come from this one run.
+unless said otherwise; pod supervisor ${shim}; QEMU's libraries: ${qemulibs}. All rows below come from this one run.
 
 **Where a template start's time goes** (\`h8s run -d IMAGE -- sh -c 'echo hi'\`, each pod's
 \`start_timeline\` from \`h8s ps --json\`; offsets from the moment the CLI was started):
@@ -412,6 +417,7 @@ Template build (boot + save, in the background): ${build_ms} ms.
 |---|---|---|---|---|---|---|
 | $p10n | $p10min MiB | **$p10med MiB** | $p10max MiB | $p10q MiB | $p10s MiB | $p10tb MiB |
 | $p50n | $p50min MiB | **$p50med MiB** | $p50max MiB | $p50q MiB | $p50s MiB | $p50tb MiB |
+| baseline: $p10ln, QEMU with the system's libraries (\`H8S_QEMU_LIBS=0\`: no stand-ins) | $p10lmin MiB | $p10lmed MiB | $p10lmax MiB | $p10lq MiB | $p10ls MiB | $p10ltb MiB |
 
 Pods that took **warm clones** ($pwn idle pods, each started with the pool full): median **$pwmed MiB**
 PSS per pod (QEMU + supervisor, same method); the $pwcn clones waiting beside them (node

@@ -44,6 +44,8 @@ struct Env {
     image: PathBuf,
     /// The node's disk I/O limits (the defaults).
     disk_io: h8s_runtime::DiskIoSettings,
+    /// Set-up's library stand-ins QEMU loads.
+    qemu_lib_dir: Option<PathBuf>,
     _lock: VmLock,
 }
 
@@ -108,6 +110,7 @@ fn env(overhead: Option<u32>) -> Env {
     assert!(vm.jail.enabled, "the jail is on by default as root");
     vm.jail.memory_overhead_mib = overhead;
     let disk_io = vm.disk_io;
+    let qemu_lib_dir = vm.qemu_lib_dir.clone();
     let rt = Runtime::new(RuntimeConfig {
         images: None,
         root: tmp.path().join("state"),
@@ -122,6 +125,7 @@ fn env(overhead: Option<u32>) -> Env {
         rt,
         image,
         disk_io,
+        qemu_lib_dir,
         _lock: lock,
     }
 }
@@ -249,6 +253,24 @@ async fn two_pods_run_jailed_apart_and_leave_nothing() {
             assert!(root.join(p).exists(), "{p} in the jail");
         }
         assert!(!root.join("dev/kvm").exists(), "no /dev/kvm under TCG");
+        // QEMU loaded set-up's stand-ins for the libraries it never calls (docs/runtime.md,
+        // "QEMU's libraries"), not the system's capstone or libpmem (and libpmem's own).
+        let libs = e
+            .qemu_lib_dir
+            .as_ref()
+            .expect("scripts/setup makes $H8S_CACHE/qemu-lib");
+        assert!(libs.join("libcapstone.so.4").is_file());
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        for lib in ["libcapstone.so.4", "libpmem.so.1"] {
+            assert!(maps.contains(&format!(" /vm/lib/{lib}\n")), "{lib}: {maps}");
+            assert!(root.join("vm/lib").join(lib).is_file());
+        }
+        for l in maps.lines() {
+            if l.contains("/libcapstone") || l.contains("/libpmem") {
+                assert!(l.contains(" /vm/lib/"), "{l}");
+            }
+            assert!(!l.contains("/libndctl") && !l.contains("/libcrypto"), "{l}");
+        }
         let rel = |p: &Path| root.join(p.strip_prefix("/").unwrap());
         assert!(!rel(&pods_dir.join(other)).exists());
         assert!(!rel(&pods_dir.join(&s.id)).exists());

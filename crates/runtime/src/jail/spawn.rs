@@ -61,6 +61,8 @@ pub(crate) struct Plan {
 pub(crate) const KERNEL: &str = "/vm/kernel";
 /// See [`KERNEL`].
 pub(crate) const INITRD: &str = "/vm/initrd";
+/// Where [`Contents::lib_dir`] appears inside the jail.
+pub(crate) const LIB_DIR: &str = "/vm/lib";
 
 /// What goes into the jail.
 pub(crate) struct Contents<'a> {
@@ -68,6 +70,9 @@ pub(crate) struct Contents<'a> {
     pub ids: Option<(u32, u32)>,
     /// Host directories QEMU sees read-only at the same path (e.g. a Ceph configuration).
     pub extra_ro_dirs: Vec<PathBuf>,
+    /// A directory of shared libraries QEMU loads (`VmSettings::qemu_lib_dir`), read-only at
+    /// [`LIB_DIR`] (not `noexec`: its files are mapped executable).
+    pub lib_dir: Option<&'a Path>,
     /// The (empty) directory to build the root on.
     pub root: &'a Path,
     /// QEMU's executable, absolute.
@@ -167,6 +172,14 @@ impl Plan {
                 src: cstr(src)?,
                 dst: cstr(at(Path::new(dst)))?,
                 flags: RO | libc::MS_NOEXEC,
+            });
+        }
+        if let Some(d) = c.lib_dir {
+            mkdir_p(&mut ops, Path::new(LIB_DIR))?;
+            ops.push(Op::Bind {
+                src: cstr(d)?,
+                dst: cstr(at(Path::new(LIB_DIR)))?,
+                flags: RO,
             });
         }
         if c.proc_pids {

@@ -79,6 +79,12 @@ pub struct VmSettings {
     /// whose built-in paths name the host's `/usr/share/qemu`.
     #[serde(default)]
     pub qemu_data: Vec<PathBuf>,
+    /// A directory QEMU's dynamic loader searches first (`LD_LIBRARY_PATH`; bound read-only
+    /// into the jail): set-up's stand-ins for libraries Debian's QEMU links but h8s never
+    /// calls (`docs/runtime.md`, "QEMU's libraries"). Used only while its `qemu.id` names the
+    /// QEMU binary in use and nobody but its owner may change it ([`check_lib_dir`]).
+    #[serde(default)]
+    pub qemu_lib_dir: Option<PathBuf>,
     /// Guest kernel (bzImage or PVH vmlinux).
     pub kernel: PathBuf,
     /// Guest initramfs holding the agent (PID 1) and modules.
@@ -153,7 +159,8 @@ fn default_template_max_uses() -> u32 {
 impl VmSettings {
     /// Defaults from the environment: `$H8S_CACHE/guest/{vmlinuz,initramfs.img}`,
     /// `H8S_ACCEL`, `H8S_BOOT_TIMEOUT`, `H8S_QEMU`, `H8S_QEMU_DATA` (`:`-separated),
-    /// `H8S_GUEST_CMDLINE`, `H8S_PVM_GUEST`, `H8S_FREE_PAGE_REPORTING` (`0`: off).
+    /// `H8S_GUEST_CMDLINE`, `H8S_PVM_GUEST`, `H8S_FREE_PAGE_REPORTING` (`0`: off),
+    /// `H8S_QEMU_LIBS` (`0`: QEMU loads the system's libraries only, not `$H8S_CACHE/qemu-lib`).
     pub fn from_env() -> crate::Result<Self> {
         let cache = std::env::var_os("H8S_CACHE")
             .map(PathBuf::from)
@@ -185,6 +192,9 @@ impl VmSettings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
             qemu_data,
+            qemu_lib_dir: Some(cache.join("qemu-lib"))
+                .filter(|_| std::env::var("H8S_QEMU_LIBS").map_or(true, |v| v != "0"))
+                .filter(|p| p.is_dir()),
             kernel: guest.join("vmlinuz"),
             initramfs: guest.join("initramfs.img"),
             cmdline_extra: std::env::var("H8S_GUEST_CMDLINE").unwrap_or_default(),
@@ -504,6 +514,52 @@ pub(crate) fn qemu_args(
     a
 }
 
+/// Whether QEMU may load the libraries in `dir` ([`VmSettings::qemu_lib_dir`]): its
+/// `qemu.id` (`SIZE MTIME PATH`, written by set-up once QEMU had started with them) still names
+/// `qemu` as it is, and nobody but root or this process's user may change the directory or a
+/// file in it. A QEMU upgraded since set-up loads the system's libraries until set-up runs
+/// again. The error says why not, for the log.
+pub(crate) fn check_lib_dir(dir: &Path, qemu: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    let guarded = |p: &Path| -> std::result::Result<(), String> {
+        let m = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if m.file_type().is_symlink() || (m.uid() != 0 && m.uid() != euid) || m.mode() & 0o022 != 0
+        {
+            return Err(format!(
+                "{} may be changed by others (owner {}, mode {:o})",
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+        Ok(())
+    };
+    guarded(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        guarded(&entry.map_err(|e| format!("{}: {e}", dir.display()))?.path())?;
+    }
+    let id_file = dir.join("qemu.id");
+    let mut id = String::new();
+    std::fs::File::open(&id_file)
+        .and_then(|f| f.take(4096).read_to_string(&mut id))
+        .map_err(|e| format!("{}: {e}", id_file.display()))?;
+    let qemu = std::fs::canonicalize(qemu).map_err(|e| format!("{}: {e}", qemu.display()))?;
+    let m = std::fs::metadata(&qemu).map_err(|e| format!("{}: {e}", qemu.display()))?;
+    let now = format!("{} {} {}", m.len(), m.mtime(), qemu.display());
+    if id.trim_end() != now {
+        return Err(format!(
+            "{} names {:?}, not this QEMU ({now:?}): run scripts/setup",
+            id_file.display(),
+            id.trim_end()
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a pod VM gets the balloon: free page reporting on and a transport left for it.
 pub(crate) fn has_balloon(settings: &VmSettings, cfg: &SandboxConfig) -> bool {
     settings.free_page_reporting && cfg.mmio_devices(true) <= crate::api::VIRTIO_MMIO_SLOTS
@@ -595,6 +651,7 @@ mod tests {
             },
             warm_pool: 0,
             warmup_image: None,
+            qemu_lib_dir: None,
         }
     }
 
@@ -755,5 +812,36 @@ mod tests {
             drive_with_file("file=/v/a,,b.raw,format=raw,discard=unmap", "/dev/fdset/9"),
             "file=/dev/fdset/9,format=raw,discard=unmap"
         );
+    }
+
+    #[test]
+    fn a_library_dir_is_used_only_for_the_qemu_it_names_and_only_while_guarded() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let qemu = t.path().join("qemu");
+        std::fs::write(&qemu, b"\x7fELF").unwrap();
+        let dir = t.path().join("lib");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("libcapstone.so.4"), b"").unwrap();
+        let m = std::fs::metadata(&qemu).unwrap();
+        let qemu = std::fs::canonicalize(&qemu).unwrap();
+        let id = format!("{} {} {}\n", m.len(), m.mtime(), qemu.display());
+        // No qemu.id: not for any QEMU.
+        assert!(check_lib_dir(&dir, &qemu).unwrap_err().contains("qemu.id"));
+        std::fs::write(dir.join("qemu.id"), &id).unwrap();
+        assert_eq!(check_lib_dir(&dir, &qemu), Ok(()));
+        // A file others may write.
+        let lib = dir.join("libcapstone.so.4");
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_lib_dir(&dir, &qemu)
+            .unwrap_err()
+            .contains("changed by others"));
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Another QEMU binary (as after an upgrade: another size).
+        std::fs::write(&qemu, b"\x7fELF, upgraded").unwrap();
+        assert!(check_lib_dir(&dir, &qemu)
+            .unwrap_err()
+            .contains("not this QEMU"));
     }
 }

@@ -981,11 +981,21 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
     let stderr = std::fs::File::create(&qemu_log)
         .map_err(|e| Error::io(format!("creating {}", qemu_log.display()), e))?;
     let mut program = settings.qemu.clone();
+    let lib_dir = qemu_lib_dir(&settings);
     let mut cmd;
     // The cgroups' `cgroup.procs` stay open until QEMU has joined them.
     let mut cgroups = crate::jail::cgroup::PodCgroups::default();
     if let Some(jail) = rec.jail.as_mut() {
-        let (plan, cg) = prepare_jail(dir, &settings, &rec.config, accel, jail, keep, jail_proc)?;
+        let (plan, cg) = prepare_jail(
+            dir,
+            &settings,
+            &rec.config,
+            accel,
+            jail,
+            keep,
+            jail_proc,
+            lib_dir,
+        )?;
         cgroups = cg;
         ep.kernel = crate::jail::spawn::KERNEL.into();
         ep.initrd = crate::jail::spawn::INITRD.into();
@@ -1018,6 +1028,10 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
                 filter_clone_memory(&clone_filter)
             });
         }
+    }
+    if let Some(d) = lib_dir {
+        let inside = rec.jail.is_some().then_some(crate::jail::spawn::LIB_DIR);
+        cmd.env("LD_LIBRARY_PATH", inside.map_or(d, std::path::Path::new));
     }
     dir.save(rec)?;
     super::qemu::without_huge_pages(accel);
@@ -1130,6 +1144,23 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
 
 /// Builds the pod's jail: its cgroups (whatever the host offers; what it does not is logged
 /// and recorded), the new root's contents, the namespaces.
+/// The library directory QEMU is started with ([`crate::VmSettings::qemu_lib_dir`]), if
+/// set-up made it for this QEMU; why not goes to the log.
+fn qemu_lib_dir(settings: &crate::VmSettings) -> Option<&std::path::Path> {
+    let dir = settings.qemu_lib_dir.as_deref()?;
+    let checked = crate::jail::spawn::resolve_program(&settings.qemu)
+        .map_err(|e| e.to_string())
+        .and_then(|qemu| super::qemu::check_lib_dir(dir, &qemu));
+    match checked {
+        Ok(()) => Some(dir),
+        Err(why) => {
+            tracing::warn!(dir = %dir.display(), why = %why, "QEMU loads the system's libraries");
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn prepare_jail(
     dir: &PodDir,
     settings: &crate::VmSettings,
@@ -1138,6 +1169,7 @@ fn prepare_jail(
     jail: &mut crate::JailStatus,
     keep: Vec<std::os::fd::RawFd>,
     proc_pids: bool,
+    lib_dir: Option<&std::path::Path>,
 ) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
     use crate::jail::{cgroup, spawn};
     jail.not_enforced.clear();
@@ -1216,6 +1248,7 @@ fn prepare_jail(
     let plan = spawn::Plan::new(&spawn::Contents {
         ids: own_net.then_some((jail.uid, jail.gid)),
         extra_ro_dirs,
+        lib_dir,
         root: &root,
         qemu: &qemu,
         kernel: &settings.kernel,
