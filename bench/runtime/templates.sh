@@ -3,8 +3,9 @@
 # goes (the pod's start timeline, median of RUNS), `h8s run --rm` restored from a template vs
 # cold boot (`--cold`) vs a bare QEMU boot of the same kernel + initramfs to the agent's bench
 # marker (alternating, RUNS each), a burst of BURST concurrent template starts, PSS per idle
-# pod with IDLE and MANY idle pods, the translation cache's size against start time and
-# memory, and pod create → Running through the API (`bench/agent/pod_startup.py`).
+# pod with IDLE and MANY idle pods, the exec round trip (`bench_runtime --exec-pod`, built by
+# `cargo build --release --example bench_runtime`), the translation cache's size against start
+# time and memory, and pod create → Running through the API (`bench/agent/pod_startup.py`).
 # Writes the `templates` block of BENCHMARKS.md's runtime section.
 # Usage: bench/runtime/templates.sh [RUNS] [BURST] [IDLE] [MANY]   (default 20 20 10 50)
 # Env: H8S_BIN (default target/release/h8s, else target/debug/h8s), H8S_CACHE, NO_API=1,
@@ -227,6 +228,26 @@ print(f"{len(pods)} {m(pods):.1f} {len(clones)} {m(clones):.1f}")'
   "$H" rm -f $("$H" ps -a -q) >/dev/null
 }
 read -r pwn pwmed pwcn pwcmed <<< "$(pss_warm)"
+
+# 2c. Exec round trip in an idle pod that took a warm clone (`bench_runtime --exec-pod`:
+#     `Runtime::exec` of `true` until its exit code is back, 100 runs after 3 warm-up ones, each
+#     beside a host `true` spawned and waited for).
+benchrt="$(dirname "$H")/examples/bench_runtime"
+if [ -x "$benchrt" ]; then
+  warm_ready 2
+  "$H" run -d --name exec-idle "$img" -- sleep 3600 >/dev/null
+  read -r exec_pod exec_ctr exec_boot <<< "$("$H" ps --json | python3 -c '
+import json,sys
+p=[x for x in json.load(sys.stdin) if x["config"]["name"]=="exec-idle"][0]
+print(p["id"], p["containers"][0]["config"]["name"], (p.get("boot") or "?").replace(" ","-"))')"
+  sleep 2
+  execrows=$("$benchrt" --shim "$(dirname "$H")/h8s-pod-shim" --root "$H8S_ROOT" \
+    --exec-pod "$exec_pod" --container "$exec_ctr" --exec-runs 100)
+  "$H" rm -f exec-idle >/dev/null
+else
+  execrows="| exec round trip | not measured: no \`$benchrt\` (cargo build --release --example bench_runtime) | | | |"
+  exec_boot="-"
+fi
 export H8S_WARM_POOL=0
 
 # 3. Burst: BURST concurrent detached template starts (each `run -d` returns once the container runs).
@@ -400,6 +421,12 @@ $apirows
 Median ratio cold / template: $(python3 -c "print(round($(med "$work/c")/$(med "$work/t"),1))")×. Burst: $burst pods in ${burst_wall} ms
 ($(python3 -c "print(round($burst/($burst_wall/1000),1))") pods/s); ${booted% *} of ${booted#* } restored from the template.
 Template build (boot + save, in the background): ${build_ms} ms.
+
+**Exec round trip** (the pod started with the pool full; its boot: ${exec_boot//-/ }):
+
+| what | runs | min | median | p99 |
+|---|---|---|---|---|
+${execrows}
 
 **Stop and remove** (an idle template pod running \`sleep\`; CLI start to exit):
 

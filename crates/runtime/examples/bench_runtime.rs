@@ -5,6 +5,10 @@
 //! section's end the first time, so runs for different guest kernels keep each other's figures.
 //!
 //! Usage: bench_runtime --shim PATH [--runs N] [--write BENCHMARKS.md] [--block NAME]
+//!
+//! `--exec-pod ID --root DIR [--container NAME] [--exec-runs N]`: only the exec round trips,
+//! in a pod another run started (`bench/runtime/templates.sh`: a pod from a warm clone), read
+//! from the runtime state in DIR; prints the two table rows.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -160,7 +164,12 @@ fn exec_rows(exec: &mut [f64], host: &mut [f64], error: Option<&str>) -> String 
 
 /// `exec true` in an idle pod until its exit code is back, `n` times, each right after a
 /// host `true` spawned and waited for (the baseline: the same work without a VM). Seconds.
-async fn measure_exec(rt: &Runtime, id: &str, n: usize) -> (Vec<f64>, Vec<f64>, Option<String>) {
+async fn measure_exec(
+    rt: &Runtime,
+    id: &str,
+    container: &str,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>, Option<String>) {
     let (mut exec, mut host) = (Vec::new(), Vec::new());
     // Warm-up: the first exec pages the agent's and busybox's code in.
     for i in 0..n + 3 {
@@ -172,7 +181,7 @@ async fn measure_exec(rt: &Runtime, id: &str, n: usize) -> (Vec<f64>, Vec<f64>, 
         let r = rt
             .exec(
                 id,
-                "c",
+                container,
                 ExecConfig {
                     command: vec!["true".into()],
                     env: vec![],
@@ -207,6 +216,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut shim, mut runs, mut write) = (None, 20usize, None);
     let (mut exec_runs, mut exec_only) = (100usize, false);
+    let (mut root, mut exec_pod, mut exec_container) = (None, None, String::from("c"));
     let mut block = String::from("cloud");
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -216,6 +226,9 @@ async fn main() {
             "--block" => block = args.next().expect("--block NAME"),
             "--exec-runs" => exec_runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(100),
             "--exec-only" => exec_only = true,
+            "--root" => root = args.next().map(PathBuf::from),
+            "--exec-pod" => exec_pod = args.next(),
+            "--container" => exec_container = args.next().expect("--container NAME"),
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -224,12 +237,26 @@ async fn main() {
         .prefix("h8s-bench")
         .tempdir_in("/tmp")
         .unwrap();
-    let image = busybox_erofs(tmp.path());
     let vm = VmSettings::from_env().unwrap();
+    if let Some(pod) = exec_pod {
+        let rt = Runtime::new(RuntimeConfig {
+            images: None,
+            root: root.expect("--exec-pod needs --root DIR"),
+            vm,
+            shim: ShimCommand {
+                program: shim,
+                args: vec![],
+            },
+        });
+        let (mut exec, mut host, error) = measure_exec(&rt, &pod, &exec_container, exec_runs).await;
+        println!("{}", exec_rows(&mut exec, &mut host, error.as_deref()));
+        return;
+    }
+    let image = busybox_erofs(tmp.path());
     let (accel, why) = h8s_runtime::probe_accel(&vm);
     let rt = Runtime::new(RuntimeConfig {
         images: None,
-        root: tmp.path().join("state"),
+        root: root.unwrap_or_else(|| tmp.path().join("state")),
         vm: vm.clone(),
         shim: ShimCommand {
             program: shim,
@@ -276,7 +303,7 @@ async fn main() {
         rt.start_container(&id, "c").await.unwrap();
         ids.push(id);
     }
-    let (mut exec, mut host, exec_error) = measure_exec(&rt, &ids[0], exec_runs).await;
+    let (mut exec, mut host, exec_error) = measure_exec(&rt, &ids[0], "c", exec_runs).await;
     let exec_row = exec_rows(&mut exec, &mut host, exec_error.as_deref());
     if exec_only {
         for id in &ids {

@@ -22,12 +22,27 @@ pub fn etcd_binary() -> Option<PathBuf> {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny window for a race remains).
+/// A free TCP port on 127.0.0.1 for a test server. Taken below Linux's default ephemeral
+/// range (32768–60999): a port the OS picked for `bind(0)` is free again once the probe closes
+/// it, and the next outgoing connection of a parallel test (an etcd client, a health probe)
+/// may take it as its local port before the server binds it. Ports here are handed out once
+/// per process, from a start that differs between processes, and checked free by binding.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 97) * 120;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind an ephemeral port on loopback")
+        .expect("bind a port on loopback")
 }
 
 struct Member {
@@ -165,12 +180,18 @@ impl EtcdCluster {
                     break;
                 }
                 if Instant::now() > deadline {
+                    // The log is removed with the cluster: its end goes into the error.
+                    let log = m.data_dir.with_extension("log");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
-                            "etcd member {} not healthy; log: {}",
+                            "etcd member {} (client port {}) not healthy; {}: …{}",
                             m.name,
-                            m.data_dir.with_extension("log").display()
+                            m.client_port,
+                            log.display(),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                         ),
                     ));
                 }
