@@ -498,9 +498,11 @@ impl Fabric {
     }
 
     /// Puts the tap `warm` (a warm pod VM's: QEMU holds it open, down, on no bridge) in
-    /// the place of the tap made for the pod whose port is `port`: that tap is deleted,
-    /// `warm` takes its name and is plugged as it was (bridge, MTU, port options, the pod's
-    /// MAC in the bridge's table), so the port's rules apply to it unchanged.
+    /// the place of the tap made for the pod whose port is `port`: that tap makes way under a
+    /// retired name ([`RETIRED_TAP_PREFIX`]) and is deleted afterwards, off the caller's path
+    /// (deleting a net device waits for RCU grace periods: 17–25 ms here, a rename does not);
+    /// `warm` takes its name and is plugged as it was (bridge, MTU, port options, the pod's MAC
+    /// in the bridge's table), so the port's rules apply to it unchanged.
     pub fn adopt_tap(&self, warm: &str, port: &str) -> Result<()> {
         let _span = tracing::info_span!("adopt_tap", warm, port).entered();
         let att = self
@@ -515,11 +517,16 @@ impl Fabric {
             })?;
         let net = self.store.get(&att.network)?;
         let names = SegmentNames::new(net.vni);
-        self.node.netns.run(|| {
+        let retired = retired_tap_name(warm);
+        let swapped = self.node.netns.run(|| {
             let nl = Nl::open()?;
             let br = nl.require(&names.bridge)?;
             let taken = nl.require(warm).and_then(|w| {
-                nl.del_name(&att.port)?;
+                if let Some(own) = nl.index(&att.port)? {
+                    // A link is renamed only while down.
+                    nl.set_down(own)?;
+                    nl.rename(own, &retired)?;
+                }
                 nl.rename(w, &att.port)
             });
             if taken.is_err() && nl.index(&att.port)?.is_none() {
@@ -532,7 +539,16 @@ impl Fabric {
             nl.pod_port_opts(p)?;
             nl.bridge_fdb_add(p, att.mac)?;
             taken
-        })?;
+        });
+        // Whatever happened above, retired taps go (this one and any an earlier adoption left
+        // behind when its process ended before deleting its own).
+        let netns = self.node.netns.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = netns.run(|| delete_retired_taps(&Nl::open()?)) {
+                tracing::warn!(error = %e, "deleting retired taps");
+            }
+        });
+        swapped?;
         tracing::info!("warm tap adopted");
         Ok(())
     }
@@ -928,6 +944,31 @@ impl Fabric {
 /// tenant segment). Best effort: a kernel without IPv6 has nothing to turn off.
 pub(crate) fn no_ipv6(dev: &str) {
     let _ = netns::sysctl_dev("ipv6", dev, "disable_ipv6", "1");
+}
+
+/// The name prefix of a pod's own tap once a warm clone's took its place
+/// ([`Fabric::adopt_tap`]): such a link only waits to be deleted.
+pub const RETIRED_TAP_PREFIX: &str = "h8sx";
+
+/// The retired name of the tap that makes way for `warm` (unique while `warm` is).
+fn retired_tap_name(warm: &str) -> String {
+    let tail = warm.strip_prefix("h8sw").unwrap_or(warm);
+    let mut name = format!("{RETIRED_TAP_PREFIX}{tail}");
+    name.truncate(libc::IFNAMSIZ - 1);
+    name
+}
+
+/// Deletes every retired tap in the current network namespace.
+fn delete_retired_taps(nl: &Nl) -> Result<()> {
+    for l in nl.links()? {
+        if l.name.starts_with(RETIRED_TAP_PREFIX) {
+            // Another adoption's thread may have deleted it meanwhile.
+            if let Err(e) = nl.del(l.index) {
+                tracing::debug!(link = %l.name, error = %e, "retired tap not deleted");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -282,6 +282,13 @@ impl Nl {
         self.set(format!("set link {index} up"), b.build())
     }
 
+    pub fn set_down(&self, index: u32) -> Result<()> {
+        self.set(
+            format!("set link {index} down"),
+            LinkUnspec::new_with_index(index).down().build(),
+        )
+    }
+
     pub fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.set(
             format!("rename link {index} to {name}"),

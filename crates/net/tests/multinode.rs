@@ -433,3 +433,57 @@ fn pods_detached_together_lose_ports_and_rules_in_one_reconcile_the_rest_stay() 
     n1.detach("netd", "d2").unwrap();
     n1.teardown_network("netd").unwrap();
 }
+
+#[test]
+fn a_warm_tap_takes_the_pods_port_and_the_pods_own_tap_is_deleted_after() {
+    let mut lab = Lab::new("ad");
+    let nodes = lab.nodes(1);
+    let n1 = &nodes[0];
+    lab.store
+        .create(&network("neta", "tenant-a", 121, "192.168.10.0/24"))
+        .unwrap();
+    let att = n1.attach("neta", "a1").unwrap();
+    let node = &n1.node().netns;
+    let ifindex = |name: &str| -> Option<String> {
+        let line = sh(node, &format!("ip -o link show {name} 2>/dev/null || true"));
+        let index = line.split(':').next()?.trim();
+        index.parse::<u32>().ok().map(|i| i.to_string())
+    };
+    let own = ifindex(&att.port).expect("the pod's tap");
+    // A warm clone's tap (QEMU holds it; here a persistent one), and a retired tap an earlier
+    // adoption left behind.
+    sh(node, "ip tuntap add dev h8swabcdef12345 mode tap");
+    sh(node, "ip tuntap add dev h8sxleftover mode tap");
+    let warm = ifindex("h8swabcdef12345").expect("the warm tap");
+    n1.adopt_tap("h8swabcdef12345", &att.port).unwrap();
+
+    // The warm tap now carries the port's name, on the Network's bridge, up.
+    assert_eq!(ifindex(&att.port).as_deref(), Some(warm.as_str()));
+    assert!(ifindex("h8swabcdef12345").is_none());
+    let link = sh(node, &format!("ip -o link show {}", att.port));
+    assert!(
+        link.contains("master h8b121") && link.contains(",UP"),
+        "{link}"
+    );
+    // The pod's own tap and the leftover go, off the adoption's path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let links = sh(node, "ip -o link | cut -d: -f2");
+        if !links.contains("h8sx") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retired taps stay: {links}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let links = sh(node, "ip -o link");
+    assert!(
+        !links.lines().any(|l| l.starts_with(&format!("{own}: "))),
+        "the pod's own tap ({own}) stays: {links}"
+    );
+    assert!(sh(node, "nft list ruleset").contains(&att.port));
+    n1.detach("neta", "a1").unwrap();
+    n1.teardown_network("neta").unwrap();
+}
