@@ -303,7 +303,16 @@ impl Runtime {
         if let Some(spec) = self.warm_shape(&config) {
             let shape = spec.key();
             let got = self.take_warm_clone(&shape, &config, &requested).await;
-            self.refill_pool(&spec, &shape);
+            if got.is_some() && self.template_owner.is_some() {
+                // A long-lived runtime (a node agent's) refills after the pod's start, not
+                // before it: starting a clone (its records, the jail, the supervisor's fork
+                // and exec) took ~8 ms. `h8s run` may exit right after its pod starts, so it
+                // refills first.
+                let me = self.clone();
+                std::thread::spawn(move || me.refill_pool(&spec, &shape));
+            } else {
+                self.refill_pool(&spec, &shape);
+            }
             if let Some(id) = got {
                 return Ok(id);
             }
