@@ -1142,8 +1142,6 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
     }
 }
 
-/// Builds the pod's jail: its cgroups (whatever the host offers; what it does not is logged
-/// and recorded), the new root's contents, the namespaces.
 /// The library directory QEMU is started with ([`crate::VmSettings::qemu_lib_dir`]), if
 /// set-up made it for this QEMU; why not goes to the log.
 fn qemu_lib_dir(settings: &crate::VmSettings) -> Option<&std::path::Path> {
@@ -1160,6 +1158,9 @@ fn qemu_lib_dir(settings: &crate::VmSettings) -> Option<&std::path::Path> {
     }
 }
 
+/// Builds the pod's jail: its cgroups (whatever the host offers; what it does not is logged
+/// and recorded), the new root's contents (with QEMU's library directory, `lib_dir`), the
+/// namespaces.
 #[allow(clippy::too_many_arguments)]
 fn prepare_jail(
     dir: &PodDir,
