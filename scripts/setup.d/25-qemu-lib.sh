@@ -33,8 +33,9 @@ cc "${flags[@]}" -Wl,-soname,libpmem.so.1 -Wl,--version-script="$src/pmem.map" \
   -o "$tmp/libpmem.so.1" "$src/pmem.c"
 # QEMU is linked with BIND_NOW: a symbol a stand-in lacks fails its start, here.
 LD_LIBRARY_PATH="$tmp" "$qemu" -version >/dev/null
+loaded=$(LD_LIBRARY_PATH="$tmp" ldd "$qemu")
 for lib in libcapstone.so.4 libpmem.so.1; do
-  LD_LIBRARY_PATH="$tmp" ldd "$qemu" | grep -q "$tmp/$lib" || { echo "qemu-lib: $qemu does not load $tmp/$lib" >&2; exit 1; }
+  grep -qF "$tmp/$lib" <<< "$loaded" || { echo "qemu-lib: $qemu does not load $tmp/$lib" >&2; exit 1; }
 done
 echo "$stamp" > "$tmp/stamp"
 echo "$id" > "$tmp/qemu.id"
