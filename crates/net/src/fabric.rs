@@ -499,7 +499,7 @@ impl Fabric {
 
     /// Puts the tap `warm` (a warm pod VM's: QEMU holds it open, down, on no bridge) in
     /// the place of the tap made for the pod whose port is `port`: that tap makes way under a
-    /// retired name ([`RETIRED_TAP_PREFIX`]) and is deleted afterwards, off the caller's path
+    /// retired name (`h8sx…`) and is deleted afterwards, off the caller's path
     /// (deleting a net device waits for RCU grace periods: 17–25 ms here, a rename does not);
     /// `warm` takes its name and is plugged as it was (bridge, MTU, port options, the pod's MAC
     /// in the bridge's table), so the port's rules apply to it unchanged.
@@ -948,7 +948,7 @@ pub(crate) fn no_ipv6(dev: &str) {
 
 /// The name prefix of a pod's own tap once a warm clone's took its place
 /// ([`Fabric::adopt_tap`]): such a link only waits to be deleted.
-pub const RETIRED_TAP_PREFIX: &str = "h8sx";
+const RETIRED_TAP_PREFIX: &str = "h8sx";
 
 /// The retired name of the tap that makes way for `warm` (unique while `warm` is).
 fn retired_tap_name(warm: &str) -> String {
