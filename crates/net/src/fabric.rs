@@ -389,7 +389,8 @@ impl Fabric {
 
     fn remove_segment(&self, name: &str, vni: u32) -> Result<()> {
         let names = SegmentNames::new(vni);
-        netns::delete_named(&self.node.gateway_netns(vni))?;
+        // The gateway's veths first (their other ends go with them, at once), then its
+        // namespace: the kernel destroys a namespace asynchronously, and its veths with it.
         self.node.netns.run(|| {
             let nl = Nl::open()?;
             for n in [&names.vxlan, &names.gw_port, &names.uplink, &names.bridge] {
@@ -397,6 +398,7 @@ impl Fabric {
             }
             Ok(())
         })?;
+        netns::delete_named(&self.node.gateway_netns(vni))?;
         self.store.update_node(&self.node.name, |rec| {
             rec.transit.remove(name);
             Ok(())
@@ -916,9 +918,6 @@ impl Fabric {
                 s.bridge,
             ]);
         }
-        for ns in netns::list_named(&self.node.gateway_netns_prefix()) {
-            netns::delete_named(&ns)?;
-        }
         self.node.netns.run(|| {
             let nl = Nl::open()?;
             for n in &names {
@@ -933,6 +932,10 @@ impl Fabric {
             }
             nft::delete_tables()
         })?;
+        // Gateway namespaces after their veths (see `remove_segment`).
+        for ns in netns::list_named(&self.node.gateway_netns_prefix()) {
+            netns::delete_named(&ns)?;
+        }
         self.store.update_node(&self.node.name, |rec| {
             rec.transit.clear();
             Ok(())

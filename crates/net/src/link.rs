@@ -314,11 +314,20 @@ impl Nl {
         })
     }
 
-    /// Deletes a link by name; a missing link is fine.
+    /// Deletes a link by name; a missing link is fine, also one that went between the lookup
+    /// and the delete (a veth whose other end's namespace the kernel is destroying: that
+    /// happens asynchronously after the namespace's last reference went).
     pub fn del_name(&self, name: &str) -> Result<bool> {
-        match self.index(name)? {
-            Some(i) => self.del(i).map(|()| true),
-            None => Ok(false),
+        let Some(i) = self.index(name)? else {
+            return Ok(false);
+        };
+        match self.del(i) {
+            Ok(()) => Ok(true),
+            Err(Error::Netlink {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            }) if m.code.map(|c| c.get()) == Some(-libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
