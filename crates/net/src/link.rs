@@ -68,12 +68,21 @@ impl Nl {
         })
     }
 
+    /// The index of the link named `name`: one `RTM_GETLINK` by name (the kernel's hash
+    /// lookup), not a dump of every link.
     pub fn index(&self, name: &str) -> Result<Option<u32>> {
-        Ok(self
-            .links()?
-            .into_iter()
-            .find(|l| l.name == name)
-            .map(|l| l.index))
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            // No link can have it (and the kernel would refuse the attribute).
+            return Ok(None);
+        }
+        self.rt.block_on(async {
+            let mut found = self.h.link().get().match_name(name).execute();
+            match found.try_next().await {
+                Ok(m) => Ok(m.map(|m| m.header.index)),
+                Err(e) if no_such_device(&e) => Ok(None),
+                Err(e) => Err(Error::nl(format!("look up link {name}"), e)),
+            }
+        })
     }
 
     pub fn require(&self, name: &str) -> Result<u32> {
@@ -323,10 +332,7 @@ impl Nl {
         };
         match self.del(i) {
             Ok(()) => Ok(true),
-            Err(Error::Netlink {
-                source: rtnetlink::Error::NetlinkError(m),
-                ..
-            }) if m.code.map(|c| c.get()) == Some(-libc::ENODEV) => Ok(false),
+            Err(Error::Netlink { source, .. }) if no_such_device(&source) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -547,6 +553,11 @@ impl Nl {
             format!("add bridge entry {mac} on link {port}"),
         ))
     }
+}
+
+/// Whether the kernel answered "no such device" (`ENODEV`): the link does not exist.
+fn no_such_device(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get()) == Some(-libc::ENODEV))
 }
 
 fn to_link(m: &LinkMessage) -> Link {
