@@ -981,11 +981,15 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
     let stderr = std::fs::File::create(&qemu_log)
         .map_err(|e| Error::io(format!("creating {}", qemu_log.display()), e))?;
     let mut program = settings.qemu.clone();
-    let lib_dir = qemu_lib_dir(&settings);
+    // QEMU's absolute path, found once: what the jail binds and runs, and what the library
+    // directory's `qemu.id` must name.
+    let resolved = crate::jail::spawn::resolve_program(&settings.qemu);
+    let lib_dir = qemu_lib_dir(&settings, &resolved);
     let mut cmd;
     // The cgroups' `cgroup.procs` stay open until QEMU has joined them.
     let mut cgroups = crate::jail::cgroup::PodCgroups::default();
     if let Some(jail) = rec.jail.as_mut() {
+        let qemu = resolved?;
         let (plan, cg) = prepare_jail(
             dir,
             &settings,
@@ -994,12 +998,13 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
             jail,
             keep,
             jail_proc,
+            &qemu,
             lib_dir,
         )?;
         cgroups = cg;
         ep.kernel = crate::jail::spawn::KERNEL.into();
         ep.initrd = crate::jail::spawn::INITRD.into();
-        program = crate::jail::spawn::resolve_program(&settings.qemu)?;
+        program = qemu;
         cmd = tokio::process::Command::new(&program);
         // SAFETY: `Plan::enter` and `filter_clone_memory` make only async-signal-safe system
         // calls on data prepared before the fork and allocate nothing (see their
@@ -1142,13 +1147,18 @@ async fn launch(dir: &PodDir, rec: &mut PodRecord, start: Start<'_>) -> Result<B
     }
 }
 
-/// The library directory QEMU is started with ([`crate::VmSettings::qemu_lib_dir`]), if
-/// set-up made it for this QEMU; why not goes to the log.
-fn qemu_lib_dir(settings: &crate::VmSettings) -> Option<&std::path::Path> {
+/// The library directory QEMU (`qemu`, resolved) is started with
+/// ([`crate::VmSettings::qemu_lib_dir`]), if set-up made it for this QEMU; why not goes to the
+/// log.
+fn qemu_lib_dir<'a>(
+    settings: &'a crate::VmSettings,
+    qemu: &Result<std::path::PathBuf>,
+) -> Option<&'a std::path::Path> {
     let dir = settings.qemu_lib_dir.as_deref()?;
-    let checked = crate::jail::spawn::resolve_program(&settings.qemu)
-        .map_err(|e| e.to_string())
-        .and_then(|qemu| super::qemu::check_lib_dir(dir, &qemu));
+    let checked = match qemu {
+        Ok(qemu) => super::qemu::check_lib_dir(dir, qemu),
+        Err(e) => Err(e.to_string()),
+    };
     match checked {
         Ok(()) => Some(dir),
         Err(why) => {
@@ -1159,8 +1169,8 @@ fn qemu_lib_dir(settings: &crate::VmSettings) -> Option<&std::path::Path> {
 }
 
 /// Builds the pod's jail: its cgroups (whatever the host offers; what it does not is logged
-/// and recorded), the new root's contents (with QEMU's library directory, `lib_dir`), the
-/// namespaces.
+/// and recorded), the new root's contents (QEMU's executable `qemu`, absolute, and its library
+/// directory `lib_dir`), the namespaces.
 #[allow(clippy::too_many_arguments)]
 fn prepare_jail(
     dir: &PodDir,
@@ -1170,6 +1180,7 @@ fn prepare_jail(
     jail: &mut crate::JailStatus,
     keep: Vec<std::os::fd::RawFd>,
     proc_pids: bool,
+    qemu: &std::path::Path,
     lib_dir: Option<&std::path::Path>,
 ) -> Result<(crate::jail::spawn::Plan, crate::jail::cgroup::PodCgroups)> {
     use crate::jail::{cgroup, spawn};
@@ -1245,13 +1256,12 @@ fn prepare_jail(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(format!("creating {}", root.display()), e)),
     }
-    let qemu = spawn::resolve_program(&settings.qemu)?;
     let plan = spawn::Plan::new(&spawn::Contents {
         ids: own_net.then_some((jail.uid, jail.gid)),
         extra_ro_dirs,
         lib_dir,
         root: &root,
-        qemu: &qemu,
+        qemu,
         kernel: &settings.kernel,
         initrd: &settings.initramfs,
         proc_pids,
